@@ -47,7 +47,8 @@ typedef struct gm_engine_opts {
     gm_backend backend;
     const char *model_dir;    /* borrowed */
     int32_t tp_rank, tp_size; /* 0, 1 when not sharded */
-    gm_comm *comm;            /* borrowed; NULL when tp_size == 1 */
+    gm_comm *comm;            /* borrowed; CPU backend's communicator, NULL when tp_size == 1 */
+    const uint8_t *nccl_id;   /* CUDA backend, tp_size > 1: the 128-byte ncclUniqueId (borrowed) */
     int32_t device;           /* CUDA device ordinal */
     int32_t kv_block_size;    /* tokens per KV block */
     int64_t kv_num_blocks;    /* > 0: exactly this many; 0: derive from kv_mem_bytes / kv_mem_fraction */

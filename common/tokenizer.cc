@@ -1,0 +1,432 @@
+/* tokenizer.cc - common/tokenizer.h over libsentencepiece. No C++ exception leaves this file. */
+#include "common/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+#include <vector>
+
+namespace {
+
+// Cached stream bytes of one piece are clipped to this length (at a character
+// boundary) so that one push always fits GM_DETOK_MAX_OUT: at most 3 pending
+// bytes become one U+FFFD (3 bytes), a valid piece is copied 1:1, and a lone
+// byte piece expands to at most 3 bytes.
+constexpr size_t kMaxPieceBytes = GM_DETOK_MAX_OUT - 16;
+constexpr int kNumSpecial = 108; // ids 0..107: pad, eos, bos, unk, controls, turn markers
+
+const char kReplacement[] = "\xEF\xBF\xBD"; // U+FFFD
+
+} // namespace
+
+struct gm_tokenizer {
+    sentencepiece::SentencePieceProcessor sp;
+    int32_t n = 0;
+    int32_t bos = GM_TOK_BOS;
+    std::vector<std::string> bytes; // [n] what each id contributes to a text stream
+    std::vector<bool> special;      // [n] ids that user text must never produce
+    int32_t byte_id[256];           // id of piece <0xNN>, -1 if absent
+    bool has_chat = false;          // 106/107 are the turn markers
+};
+
+struct gm_detok {
+    const gm_tokenizer *t;
+    unsigned char pend[4]; // a valid but unfinished UTF-8 prefix
+    int npend;
+};
+
+namespace {
+
+// Length of the longest prefix of s[0..n) that is whole UTF-8 characters.
+size_t utf8_clip(const std::string &s, size_t n)
+{
+    if (n >= s.size())
+        return s.size();
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
+// Stream bytes of a piece: "▁" -> ' ', <0xNN> -> byte, controls -> nothing.
+std::string piece_stream_bytes(const sentencepiece::SentencePieceProcessor &sp, int id)
+{
+    if (sp.IsControl(id) || sp.IsUnused(id))
+        return std::string();
+    if (sp.IsUnknown(id))
+        return std::string(kReplacement);
+    const std::string &p = sp.IdToPiece(id);
+    if (sp.IsByte(id)) {
+        unsigned v = 0;
+        if (p.size() == 6 && std::sscanf(p.c_str(), "<0x%2X>", &v) == 1)
+            return std::string(1, (char)v);
+        return std::string();
+    }
+    std::string out;
+    out.reserve(p.size());
+    for (size_t i = 0; i < p.size();) {
+        if (p.compare(i, 3, "\xE2\x96\x81") == 0) {
+            out.push_back(' ');
+            i += 3;
+        } else {
+            out.push_back(p[i++]);
+        }
+    }
+    out.resize(utf8_clip(out, kMaxPieceBytes));
+    return out;
+}
+
+gm_status load(const char *path, gm_tokenizer **out)
+{
+    FILE *f = std::fopen(path, "rb");
+    if (!f)
+        return gm_fail(GM_ERR_IO, "tokenizer %s: cannot open", path);
+    std::fclose(f);
+
+    gm_tokenizer *t = new gm_tokenizer();
+    auto st = t->sp.Load(path);
+    if (!st.ok()) {
+        delete t;
+        return gm_fail(GM_ERR_FORMAT, "tokenizer %s: not a sentencepiece model: %s", path, st.ToString().c_str());
+    }
+    t->n = t->sp.GetPieceSize();
+    if (t->sp.bos_id() >= 0)
+        t->bos = t->sp.bos_id();
+    t->bytes.resize(t->n);
+    t->special.assign(t->n, false);
+    for (int i = 0; i < 256; i++)
+        t->byte_id[i] = -1;
+    for (int32_t id = 0; id < t->n; id++) {
+        t->bytes[id] = piece_stream_bytes(t->sp, id);
+        if (t->sp.IsByte(id) && t->bytes[id].size() == 1)
+            t->byte_id[(unsigned char)t->bytes[id][0]] = id;
+        // Controls never come out of Encode; user-defined pieces in the
+        // special range (a real Gemma model's <unused*>, turn markers) do,
+        // and are re-spelled as bytes by encode().
+        const std::string &piece = t->sp.IdToPiece(id);
+        t->special[id] = t->sp.IsControl(id) ||
+                         (id > 3 && id < kNumSpecial && !t->sp.IsByte(id) && !piece.empty() &&
+                          (piece[0] == '<' || piece[0] == '['));
+    }
+    t->has_chat = t->n > GM_TOK_END_OF_TURN && t->sp.IdToPiece(GM_TOK_START_OF_TURN) == "<start_of_turn>" &&
+                  t->sp.IdToPiece(GM_TOK_END_OF_TURN) == "<end_of_turn>";
+    *out = t;
+    return GM_OK;
+}
+
+// Append the ids of text (no BOS) to v; never yields a special id.
+gm_status encode_into(const gm_tokenizer *t, const char *text, size_t len, std::vector<int32_t> &v)
+{
+    if (len == 0)
+        return GM_OK;
+    std::vector<int> ids;
+    auto st = t->sp.Encode(std::string(text, len), &ids);
+    if (!st.ok())
+        return gm_fail(GM_ERR_INVALID_ARG, "tokenizer: cannot encode %zu bytes: %s", len, st.ToString().c_str());
+    for (int id : ids) {
+        if (id >= 0 && id < t->n && t->special[id]) {
+            // A special piece matched literally in user text: spell it in bytes.
+            const std::string &p = t->sp.IdToPiece(id);
+            for (unsigned char c : p) {
+                if (t->byte_id[c] < 0)
+                    return gm_fail(GM_ERR_UNSUPPORTED, "tokenizer: text contains special piece %s and the model has no byte pieces",
+                                   p.c_str());
+                v.push_back(t->byte_id[c]);
+            }
+        } else {
+            v.push_back(id);
+        }
+    }
+    return GM_OK;
+}
+
+gm_status hand_out(const std::vector<int32_t> &v, int32_t **ids, int32_t *n)
+{
+    int32_t *a = (int32_t *)std::malloc((v.size() + 1) * sizeof(int32_t));
+    if (!a)
+        return gm_fail(GM_ERR_NOMEM, "tokenizer: %zu ids", v.size());
+    if (!v.empty())
+        std::memcpy(a, v.data(), v.size() * sizeof(int32_t));
+    *ids = a;
+    *n = (int32_t)v.size();
+    return GM_OK;
+}
+
+// Append the UTF-8-safe form of in[0..n) to out; an unfinished character at
+// the very end is left in d->pend. Invalid sequences (maximal subparts, as
+// Unicode recommends) become one U+FFFD each.
+void emit(gm_detok *d, const unsigned char *in, size_t n, std::string &out)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = in[i];
+        if (c < 0x80) {
+            out.push_back((char)c);
+            i++;
+            continue;
+        }
+        size_t len;
+        unsigned lo = 0x80, hi = 0xBF; // allowed range of the second byte
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            if (c == 0xE0)
+                lo = 0xA0;
+            if (c == 0xED)
+                hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            if (c == 0xF0)
+                lo = 0x90;
+            if (c == 0xF4)
+                hi = 0x8F;
+        } else {
+            out += kReplacement;
+            i++;
+            continue;
+        }
+        size_t k = 1;
+        bool bad = false;
+        for (; k < len && i + k < n; k++) {
+            unsigned b = in[i + k];
+            unsigned l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
+            if (b < l || b > h) {
+                bad = true;
+                break;
+            }
+        }
+        if (bad) {
+            out += kReplacement;
+            i += k;
+        } else if (k < len) { // ran out of input: keep for the next piece
+            d->npend = (int)(n - i);
+            std::memcpy(d->pend, in + i, n - i);
+            return;
+        } else {
+            out.append((const char *)in + i, len);
+            i += len;
+        }
+    }
+}
+
+// Push one id's bytes through the decoder, appending complete text to out.
+void push(gm_detok *d, int32_t id, std::string &out)
+{
+    const gm_tokenizer *t = d->t;
+    if (id < 0 || id >= t->n)
+        return;
+    const std::string &p = t->bytes[id];
+    if (p.empty())
+        return;
+    unsigned char buf[4 + kMaxPieceBytes];
+    size_t m = (size_t)d->npend;
+    std::memcpy(buf, d->pend, m);
+    std::memcpy(buf + m, p.data(), p.size());
+    m += p.size();
+    d->npend = 0;
+    emit(d, buf, m, out);
+}
+
+size_t copy_out(const std::string &s, char *out)
+{
+    size_t n = s.size() < GM_DETOK_MAX_OUT - 1 ? s.size() : GM_DETOK_MAX_OUT - 1;
+    std::memcpy(out, s.data(), n);
+    out[n] = '\0';
+    return n;
+}
+
+} // namespace
+
+extern "C" {
+
+gm_status gm_tok_load(const char *path, gm_tokenizer **out)
+{
+    if (!path || !out)
+        return gm_fail(GM_ERR_INVALID_ARG, "gm_tok_load: NULL argument");
+    *out = nullptr;
+    try {
+        return load(path, out);
+    } catch (const std::bad_alloc &) {
+        return gm_fail(GM_ERR_NOMEM, "tokenizer %s: out of memory", path);
+    } catch (const std::exception &e) {
+        return gm_fail(GM_ERR_FORMAT, "tokenizer %s: %s", path, e.what());
+    } catch (...) {
+        return gm_fail(GM_ERR_INTERNAL, "tokenizer %s: unknown exception", path);
+    }
+}
+
+void gm_tok_destroy(gm_tokenizer **t)
+{
+    if (!t || !*t)
+        return;
+    delete *t;
+    *t = nullptr;
+}
+
+int32_t gm_tok_vocab_size(const gm_tokenizer *t)
+{
+    return t ? t->n : 0;
+}
+
+gm_status gm_tok_encode(const gm_tokenizer *t, const char *text, size_t len, bool add_bos, int32_t **ids,
+                        int32_t *n)
+{
+    if (!t || !ids || !n || (!text && len > 0))
+        return gm_fail(GM_ERR_INVALID_ARG, "gm_tok_encode: NULL argument");
+    try {
+        std::vector<int32_t> v;
+        if (add_bos)
+            v.push_back(t->bos);
+        gm_status s = encode_into(t, text, len, v);
+        if (s != GM_OK)
+            return s;
+        return hand_out(v, ids, n);
+    } catch (const std::bad_alloc &) {
+        return gm_fail(GM_ERR_NOMEM, "tokenizer: out of memory encoding %zu bytes", len);
+    } catch (...) {
+        return gm_fail(GM_ERR_INTERNAL, "tokenizer: exception encoding %zu bytes", len);
+    }
+}
+
+gm_status gm_tok_encode_chat(const gm_tokenizer *t, const gm_chat_msg *msgs, int32_t n_msgs, int32_t **ids,
+                             int32_t *n)
+{
+    if (!t || !ids || !n || (!msgs && n_msgs > 0))
+        return gm_fail(GM_ERR_INVALID_ARG, "gm_tok_encode_chat: NULL argument");
+    if (n_msgs <= 0)
+        return gm_fail(GM_ERR_INVALID_ARG, "chat: no messages (the last message must be the user's)");
+    if (!t->has_chat)
+        return gm_fail(GM_ERR_UNSUPPORTED, "chat: the tokenizer has no <start_of_turn>/<end_of_turn> at ids 106/107");
+    try {
+        std::vector<int32_t> v;
+        v.push_back(t->bos);
+        for (int32_t i = 0; i < n_msgs; i++) {
+            const char *role = msgs[i].role;
+            if (!role || !msgs[i].text)
+                return gm_fail(GM_ERR_INVALID_ARG, "chat: message %d has no role or text", (int)i);
+            const char *r;
+            if (std::strcmp(role, "user") == 0)
+                r = "user";
+            else if (std::strcmp(role, "model") == 0 || std::strcmp(role, "assistant") == 0)
+                r = "model";
+            else if (std::strcmp(role, "system") == 0)
+                return gm_fail(GM_ERR_INVALID_ARG, "chat: message %d: Gemma has no \"system\" role", (int)i);
+            else
+                return gm_fail(GM_ERR_INVALID_ARG, "chat: message %d: unknown role \"%.32s\"", (int)i, role);
+            if (i == n_msgs - 1 && std::strcmp(r, "user") != 0)
+                return gm_fail(GM_ERR_INVALID_ARG, "chat: the last message must be the user's, not \"%s\"", role);
+            std::string body = std::string(r) + "\n" + msgs[i].text;
+            v.push_back(GM_TOK_START_OF_TURN);
+            gm_status s = encode_into(t, body.data(), body.size(), v);
+            if (s != GM_OK)
+                return s;
+            v.push_back(GM_TOK_END_OF_TURN);
+            if ((s = encode_into(t, "\n", 1, v)) != GM_OK)
+                return s;
+        }
+        v.push_back(GM_TOK_START_OF_TURN);
+        gm_status s = encode_into(t, "model\n", 6, v);
+        if (s != GM_OK)
+            return s;
+        return hand_out(v, ids, n);
+    } catch (const std::bad_alloc &) {
+        return gm_fail(GM_ERR_NOMEM, "chat: out of memory");
+    } catch (...) {
+        return gm_fail(GM_ERR_INTERNAL, "chat: exception while encoding");
+    }
+}
+
+size_t gm_tok_piece_bytes(const gm_tokenizer *t, int32_t id, char *out, size_t cap)
+{
+    if (!t || id < 0 || id >= t->n || !out)
+        return 0;
+    const std::string &p = t->bytes[id];
+    size_t n = p.size() < cap ? p.size() : cap;
+    std::memcpy(out, p.data(), n);
+    return n;
+}
+
+gm_detok *gm_detok_new(const gm_tokenizer *t)
+{
+    if (!t) {
+        gm_fail(GM_ERR_INVALID_ARG, "gm_detok_new: NULL tokenizer");
+        return nullptr;
+    }
+    gm_detok *d = (gm_detok *)std::calloc(1, sizeof *d);
+    if (!d) {
+        gm_fail(GM_ERR_NOMEM, "gm_detok_new");
+        return nullptr;
+    }
+    d->t = t;
+    return d;
+}
+
+void gm_detok_destroy(gm_detok **d)
+{
+    if (!d || !*d)
+        return;
+    std::free(*d);
+    *d = nullptr;
+}
+
+size_t gm_detok_push(gm_detok *d, int32_t id, char *out)
+{
+    if (!out)
+        return 0;
+    out[0] = '\0';
+    if (!d)
+        return 0;
+    try {
+        std::string s;
+        push(d, id, s);
+        return copy_out(s, out);
+    } catch (...) {
+        gm_fail(GM_ERR_NOMEM, "gm_detok_push: out of memory");
+        return 0;
+    }
+}
+
+size_t gm_detok_flush(gm_detok *d, char *out)
+{
+    if (!out)
+        return 0;
+    out[0] = '\0';
+    if (!d || d->npend == 0)
+        return 0;
+    d->npend = 0;
+    std::memcpy(out, kReplacement, 4); // 3 bytes + NUL
+    return 3;
+}
+
+char *gm_tok_decode(const gm_tokenizer *t, const int32_t *ids, int32_t n)
+{
+    if (!t || (!ids && n > 0)) {
+        gm_fail(GM_ERR_INVALID_ARG, "gm_tok_decode: NULL argument");
+        return nullptr;
+    }
+    try {
+        gm_detok d = {t, {0, 0, 0, 0}, 0};
+        std::string s;
+        for (int32_t i = 0; i < n; i++)
+            push(&d, ids[i], s);
+        if (d.npend > 0)
+            s += kReplacement;
+        char *r = (char *)std::malloc(s.size() + 1);
+        if (!r) {
+            gm_fail(GM_ERR_NOMEM, "gm_tok_decode: %zu bytes", s.size());
+            return nullptr;
+        }
+        std::memcpy(r, s.data(), s.size());
+        r[s.size()] = '\0';
+        return r;
+    } catch (...) {
+        gm_fail(GM_ERR_NOMEM, "gm_tok_decode: out of memory");
+        return nullptr;
+    }
+}
+
+} // extern "C"

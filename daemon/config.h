@@ -1,0 +1,75 @@
+/* config.h - gemmad's settings: defaults, then a libconfig file, then command-line flags.
+ *
+ * File keys (all optional; flags of the same name with '-' win):
+ *   model = "DIR";             backend = "cpu" | "cuda" | "null";   tp = 1;
+ *   kv_block_size = 16;        kv_memory = "64M" (or bytes);        kv_blocks = 0;
+ *   kv_mem_fraction = 0.9;     max_tokens_per_step = 2048;          max_seqs = 64;
+ *   max_context = 0;           max_waiting = 100000;                listen = "tcp://127.0.0.1:5555";
+ *   log_level = "info";        quant = "none" | "fp8" | "awq";      kv_dtype = "auto" | "bf16" | "fp8";
+ *   device = 0;                worker_bin = "PATH";                 shutdown_timeout_ms = 30000;
+ *   ready_timeout_ms = 0;      use_graphs = true;
+ */
+#ifndef GM_DAEMON_CONFIG_H
+#define GM_DAEMON_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common/status.h"
+#include "worker/engine.h"
+
+typedef struct gd_config {
+    char *model;             /* checkpoint directory; NULL = none (null backend only) */
+    gm_backend backend;
+    int32_t tp;
+    int32_t device;          /* first CUDA device */
+    int32_t kv_block_size;   /* tokens per KV block */
+    int64_t kv_memory;       /* KV budget in bytes per rank (0 = engine default) */
+    int64_t kv_blocks;       /* > 0: exactly this many blocks (overrides kv_memory) */
+    double kv_mem_fraction;  /* CUDA: fraction of free memory after weights (0 = engine default) */
+    int32_t max_tokens_per_step;
+    int32_t max_seqs;        /* running sequences */
+    int32_t max_context;     /* 0 = the model's max_position */
+    int32_t max_waiting;     /* queued requests beyond which OVERLOADED is answered */
+    char *listen;            /* ZeroMQ endpoint the ROUTER binds */
+    int32_t log_level;       /* gm_log_level */
+    gm_quant quant;
+    gm_kv_dtype kv_dtype;
+    bool use_graphs;
+    char *worker_bin;        /* NULL = gemma-worker beside gemmad */
+    int32_t shutdown_timeout_ms; /* SIGTERM: how long in-flight work may take to finish */
+    int32_t ready_timeout_ms;    /* worker (re)start limit (0 = workers.h default) */
+    char *config_path;       /* the file read, or NULL */
+} gd_config;
+
+/* What main should do after gd_config_from_args. */
+typedef enum gd_action {
+    GD_ACTION_RUN = 0,
+    GD_ACTION_HELP,
+    GD_ACTION_CHECK, /* --check-config: validate, print, exit */
+} gd_action;
+
+void gd_config_defaults(gd_config *c);
+void gd_config_free(gd_config *c);
+
+/* Read a libconfig file over c. Errors name the file and line:
+ * "gemmad.conf:7: unknown setting 'max_seq'". */
+gm_status gd_config_load_file(gd_config *c, const char *path);
+
+/* Defaults, then --config FILE (if given), then every other flag. */
+gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *action);
+
+/* Cross-field checks (model required unless backend null, ranges). */
+gm_status gd_config_validate(const gd_config *c);
+
+/* "64M" | "2G" | "512K" | "1048576" (also "64MiB", "64MB": powers of 1024) -> bytes. */
+bool gd_parse_size(const char *s, int64_t *out);
+
+/* The --help text. */
+void gd_config_usage(FILE *f);
+
+/* The settings in effect, one "key = value;" per line (a valid config file). */
+void gd_config_print(const gd_config *c, FILE *f);
+
+#endif

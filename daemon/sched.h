@@ -1,0 +1,158 @@
+/* sched.h - in-flight batching: which tokens of which sequences run in the next step.
+ *
+ * Pure bookkeeping, no I/O: gemmad asks for a plan (gm_seq_step entries for
+ * wk_pool_submit), runs it, and commits the sampled tokens; tests drive the
+ * same calls with a fake token source.
+ *
+ * Every step, under max_tokens_per_step and max_seqs:
+ *   1. each running sequence with one pending token decodes it (oldest first);
+ *      when the KV pool has no block for it, the newest sequence not yet in
+ *      this step is preempted: its blocks are freed and it goes back to the
+ *      front of the waiting queue, to be recomputed later from prompt +
+ *      generated tokens (sampling draws depend only on (seed, position), so
+ *      its output does not change);
+ *   2. running sequences still prefilling get the rest of the budget in chunks;
+ *   3. waiting sequences are admitted in FIFO order while a slot and the blocks
+ *      for all their known tokens are free, and start prefilling.
+ * A sequence's tokens array is its prompt followed by what it generated;
+ * n_computed of them are in the KV cache. */
+#ifndef GM_SCHED_H
+#define GM_SCHED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/sampling.h"
+#include "common/status.h"
+#include "worker/engine.h"
+
+#define SCHED_MAX_STOP_IDS 64
+
+typedef enum sched_state {
+    SCHED_WAITING = 0,
+    SCHED_RUNNING,
+    SCHED_FINISHED,
+} sched_state;
+
+typedef enum sched_finish {
+    SCHED_FINISH_NONE = 0,
+    SCHED_FINISH_LENGTH, /* max_tokens or the context */
+    SCHED_FINISH_STOP,   /* EOS, <end_of_turn>, stop id (stop_token set) or stop string */
+    SCHED_FINISH_CANCELLED,
+    SCHED_FINISH_ERROR,
+} sched_finish;
+
+typedef struct sched_opts {
+    int32_t max_seqs;            /* running sequences (= engine max_seqs; slots 0..max_seqs-1) */
+    int32_t max_tokens_per_step; /* tokens in one step (= engine max_tokens) */
+    int32_t max_context;         /* longest sequence, prompt + generated */
+    int32_t max_waiting;         /* queue bound; sched_add fails with GM_ERR_CAPACITY beyond it */
+    int64_t kv_blocks;           /* blocks in the workers' KV pool */
+    int32_t kv_block_size;
+    int32_t eos_id;              /* 1 */
+    int32_t eot_id;              /* <end_of_turn> 107, a stop token in chat mode */
+} sched_opts;
+
+/* What a request asks for, checked by sched_add. */
+typedef struct sched_req {
+    const int32_t *prompt; /* [n_prompt] copied */
+    int32_t n_prompt;
+    int32_t max_tokens;    /* 0 = until the context (or the KV pool) is full */
+    gm_sampling sampling;
+    const int32_t *stop_ids; /* [n_stop_ids] copied */
+    int32_t n_stop_ids;
+    bool ignore_eos;       /* do not stop at EOS / <end_of_turn> */
+    bool stop_at_eot;      /* chat: <end_of_turn> stops too */
+    void *user;            /* the caller's request; never touched */
+} sched_req;
+
+typedef struct sched_seq sched_seq;
+struct sched_seq {
+    void *user;
+    int32_t *tokens;    /* [cap] prompt then generated ids */
+    int32_t n_prompt, n_tokens, cap;
+    int32_t n_computed; /* tokens whose KV is (being) written */
+    int32_t *blocks;    /* [blocks_cap] block table, logical order */
+    int32_t n_blocks, blocks_cap;
+    int32_t slot;       /* 0..max_seqs-1 while running, else -1 */
+    int32_t max_new;    /* generated tokens allowed (resolved max_tokens) */
+    gm_sampling sampling;
+    int32_t stop_ids[SCHED_MAX_STOP_IDS];
+    int32_t n_stop_ids;
+    bool ignore_eos, stop_at_eot;
+    sched_state state;
+    sched_finish finish;
+    bool stop_token;    /* finished on a stop token (EOS / EOT / stop id): the last id is not text */
+    int32_t preemptions;
+    bool scheduled;     /* has been in a step at least once */
+    int32_t plan_idx;   /* index in the current plan, -1 if none */
+    sched_seq *prev, *next; /* in the running or waiting list */
+};
+
+typedef struct sched sched;
+
+/* One step: entries for wk_pool_submit and the sequence behind each entry
+ * (NULL after the sequence was freed while the step was in flight). Owned by
+ * the scheduler, valid until the next sched_plan. */
+typedef struct sched_plan {
+    gm_seq_step *steps; /* [n] */
+    sched_seq **seqs;   /* [n] */
+    int32_t n;
+    int32_t n_tokens;   /* sum of steps[i].n_tokens */
+    int32_t n_preempted; /* sequences preempted while planning this step */
+} sched_plan;
+
+/* NULL on bad options (names the value in gm_last_error) or no memory. */
+sched *sched_new(const sched_opts *o);
+void sched_destroy(sched **s); /* frees every sequence still held */
+
+/* Why sched_add refused a request (detail in gm_last_error()). */
+typedef enum sched_reject {
+    SCHED_ACCEPTED = 0,
+    SCHED_REJECT_INVALID,  /* empty prompt, max_tokens < 0, too many stop ids -> INVALID_ARGUMENT */
+    SCHED_REJECT_TOO_LONG, /* prompt + max_tokens can never fit the context or the KV pool */
+    SCHED_REJECT_FULL,     /* the waiting queue is full -> OVERLOADED */
+    SCHED_REJECT_NOMEM,
+} sched_reject;
+
+/* Check a request and queue it (ids are not checked against the vocabulary:
+ * the caller knows it). *out receives the new sequence, owned by the
+ * scheduler until sched_seq_free. */
+sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out);
+
+/* Build the next step into *plan; returns plan->n (0 = nothing runnable). */
+int32_t sched_plan_step(sched *s, sched_plan *plan);
+
+/* Apply the last plan's sampled tokens (tokens[i] for entry i; -1 where no
+ * logits were asked). A sequence that reaches a stop condition becomes
+ * SCHED_FINISHED with its blocks and slot freed. The caller then walks
+ * plan->seqs to stream what changed. */
+void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens);
+
+/* End a sequence now (stop string, cancel, error): frees its blocks and slot at
+ * once; it stays allocated until sched_seq_free. No-op if already finished. */
+void sched_finish_seq(sched *s, sched_seq *q, sched_finish why);
+
+/* Free a sequence (finishing it first if needed). Nulls *q. */
+void sched_seq_free(sched *s, sched_seq **q);
+
+/* Drop every running sequence's KV (the workers lost it): each is finished
+ * with SCHED_FINISH_ERROR; out[0..n) receives them (caller frees them after
+ * replying). Returns n. out must hold max_seqs entries. */
+int32_t sched_fail_running(sched *s, sched_seq **out);
+
+/* Generated tokens of q so far. */
+static inline int32_t sched_seq_generated(const sched_seq *q) { return q->n_tokens - q->n_prompt; }
+
+int32_t sched_running(const sched *s);
+int32_t sched_waiting(const sched *s);
+int64_t sched_preemptions(const sched *s);
+int64_t sched_kv_free(const sched *s);
+int64_t sched_kv_used(const sched *s);
+int64_t sched_kv_total(const sched *s);
+/* True when there is nothing to run or wait for. */
+bool sched_idle(const sched *s);
+/* The oldest waiting sequence, or NULL (for shutdown: cancel what never started). */
+sched_seq *sched_first_waiting(sched *s);
+
+#endif

@@ -1,0 +1,844 @@
+/* workers.c - the coordinator's worker pool: fork/exec gemma-worker per rank,
+ * step plans out over a ZeroMQ ROUTER (proto/control.proto), tokens back.
+ *
+ * Resources of one pool: a private directory (mkdtemp, mode 0700) holding the
+ * ipc:// control socket, the ROUTER bound there, for tp > 1 on cpu a POSIX shm
+ * segment for the workers' all-reduce, and the child processes. Each start is a
+ * new "session": workers' routing ids are "<rank>.<session>", so anything a
+ * killed worker sent before a restart is recognised and dropped. */
+#define _GNU_SOURCE /* pipe2 */
+#include "daemon/workers.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "common/log.h"
+#include "common/model_config.h"
+#include "parallel/comm.h"
+#include "proto/control.pb-c.h"
+
+typedef Gemma__Control__V1__ControlMessage ctl_msg;
+
+#define WK_MAX_RANKS 64
+#define WK_ID_MAX 64
+
+struct wk_pool {
+    wk_pool_opts o;         /* copy; string members point at the copies below */
+    char *model_dir;        /* owned */
+    char *worker_bin;       /* owned */
+    int32_t tp;
+    char dir[256];          /* private dir of the ipc socket */
+    char ipc_path[300];
+    char endpoint[320];
+    char shm_name[64];      /* "" when no segment */
+    int64_t shm_elems;
+    void *ctx, *sock;
+    pid_t pids[WK_MAX_RANKS]; /* 0 = not running (reaped) */
+    unsigned session;
+    int64_t kv_blocks;
+    gm_model_config cfg;
+    bool busy;
+    uint64_t step_id;
+    int32_t inflight_n;
+};
+
+static int64_t wk_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *wk_log_name(int32_t lvl)
+{
+    static const char *names[] = {"debug", "info", "warn", "error", "off"};
+    return lvl >= 0 && lvl <= 4 ? names[lvl] : "info";
+}
+
+static gm_status wk_status(int32_t s)
+{
+    return s > 0 && s < GM_STATUS_COUNT ? (gm_status)s : GM_ERR_INTERNAL;
+}
+
+/* Rank of a routing id "<rank>.<session>" of the current session; -1 otherwise. */
+static int wk_rank_of(const wk_pool *p, const char *id, size_t len)
+{
+    char buf[WK_ID_MAX];
+    if (len == 0 || len >= sizeof buf)
+        return -1;
+    memcpy(buf, id, len);
+    buf[len] = 0;
+    int r = -1;
+    unsigned sess = 0;
+    char extra;
+    if (sscanf(buf, "%d.%u%c", &r, &sess, &extra) != 2 || sess != p->session || r < 0 || r >= p->tp)
+        return -1;
+    return r;
+}
+
+static void wk_ident(const wk_pool *p, int r, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%d.%u", r, p->session);
+}
+
+/* Send one serialized message to rank r (ROUTER_MANDATORY: unknown peer = error). */
+static gm_status wk_send_raw(wk_pool *p, int r, const void *buf, size_t n)
+{
+    char id[WK_ID_MAX];
+    wk_ident(p, r, id, sizeof id);
+    if (zmq_send(p->sock, id, strlen(id), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(p->sock, buf, n, ZMQ_DONTWAIT) < 0)
+        return gm_fail(GM_ERR_ZMQ, "send to worker rank %d: %s", r, zmq_strerror(errno));
+    return GM_OK;
+}
+
+static gm_status wk_send(wk_pool *p, int r, const ctl_msg *m)
+{
+    size_t n = gemma__control__v1__control_message__get_packed_size(m);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf)
+        return gm_fail(GM_ERR_NOMEM, "control message of %zu bytes", n);
+    gemma__control__v1__control_message__pack(m, buf);
+    gm_status st = wk_send_raw(p, r, buf, n);
+    free(buf);
+    return st;
+}
+
+/* Receive one [id][payload] message without blocking; *m NULL when nothing or malformed.
+ * Returns the sender's rank in this session, or -1 (message dropped). */
+static int wk_recv(wk_pool *p, ctl_msg **m, bool *got)
+{
+    *m = NULL;
+    *got = false;
+    zmq_msg_t id, body;
+    zmq_msg_init(&id);
+    if (zmq_msg_recv(&id, p->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&id);
+        return -1;
+    }
+    *got = true;
+    int rank = wk_rank_of(p, zmq_msg_data(&id), zmq_msg_size(&id));
+    int more = zmq_msg_more(&id);
+    zmq_msg_close(&id);
+    if (!more)
+        return -1;
+    zmq_msg_init(&body);
+    if (zmq_msg_recv(&body, p->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&body);
+        return -1;
+    }
+    while (zmq_msg_more(&body)) { /* extra frames: drop them */
+        zmq_msg_t x;
+        zmq_msg_init(&x);
+        int rc = zmq_msg_recv(&x, p->sock, ZMQ_DONTWAIT);
+        int mm = rc >= 0 && zmq_msg_more(&x);
+        zmq_msg_close(&x);
+        if (!mm)
+            break;
+    }
+    if (rank >= 0) {
+        *m = gemma__control__v1__control_message__unpack(NULL, zmq_msg_size(&body), zmq_msg_data(&body));
+        if (!*m)
+            GM_WARN("malformed control message from worker rank %d dropped", rank);
+    }
+    zmq_msg_close(&body);
+    return *m ? rank : -1;
+}
+
+/* Kill every running rank with SIGKILL and reap it. */
+static void wk_kill_all(wk_pool *p)
+{
+    for (int r = 0; r < p->tp; r++)
+        if (p->pids[r] > 0)
+            kill(p->pids[r], SIGKILL);
+    for (int r = 0; r < p->tp; r++) {
+        if (p->pids[r] > 0) {
+            while (waitpid(p->pids[r], NULL, 0) < 0 && errno == EINTR) {
+            }
+            p->pids[r] = 0;
+        }
+    }
+}
+
+/* Drop everything queued on the socket (stale replies of a killed session). */
+static void wk_drain(wk_pool *p)
+{
+    for (;;) {
+        ctl_msg *m = NULL;
+        bool got = false;
+        wk_recv(p, &m, &got);
+        if (m)
+            gemma__control__v1__control_message__free_unpacked(m, NULL);
+        if (!got)
+            break;
+    }
+}
+
+static void wk_shm_remove(wk_pool *p)
+{
+    if (p->shm_name[0]) {
+        gm_shm_comm_unlink(p->shm_name);
+        p->shm_name[0] = 0;
+    }
+}
+
+static gm_status wk_shm_make(wk_pool *p)
+{
+    wk_shm_remove(p);
+    if (p->tp <= 1 || p->o.engine.backend != GM_BACKEND_CPU)
+        return GM_OK;
+    static atomic_uint counter;
+    snprintf(p->shm_name, sizeof p->shm_name, "/gemmad-%d-%u", (int)getpid(), atomic_fetch_add(&counter, 1u));
+    gm_status st = gm_shm_comm_create(p->shm_name, p->tp, p->shm_elems);
+    if (st != GM_OK)
+        p->shm_name[0] = 0;
+    return st;
+}
+
+/* Append a formatted argument; a failed strdup leaves a NULL that wk_argv reports. */
+static void wk_arg(char **av, int *n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void wk_arg(char **av, int *n, const char *fmt, ...)
+{
+    char b[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b, sizeof b, fmt, ap);
+    va_end(ap);
+    av[(*n)++] = strdup(b);
+}
+
+/* argv (NULL-terminated, caller frees with wk_argv_free) of rank r's gemma-worker. */
+static char **wk_argv(const wk_pool *p, int r)
+{
+    const gm_engine_opts *e = &p->o.engine;
+    enum { MAXA = 64 };
+    char **av = calloc(MAXA, sizeof *av);
+    if (!av)
+        return NULL;
+    int n = 0;
+    wk_arg(av, &n, "%s", p->worker_bin);
+    wk_arg(av, &n, "--control");
+    wk_arg(av, &n, "%s", p->endpoint);
+    wk_arg(av, &n, "--rank");
+    wk_arg(av, &n, "%d", r);
+    wk_arg(av, &n, "--tp");
+    wk_arg(av, &n, "%d", (int)p->tp);
+    if (p->shm_name[0]) {
+        wk_arg(av, &n, "--shm");
+        wk_arg(av, &n, "%s", p->shm_name);
+    }
+    wk_arg(av, &n, "--session");
+    wk_arg(av, &n, "%u", p->session);
+    wk_arg(av, &n, "--parent-pid");
+    wk_arg(av, &n, "%d", (int)getpid());
+    wk_arg(av, &n, "--backend");
+    wk_arg(av, &n, "%s", gm_backend_name(e->backend));
+    if (p->model_dir) {
+        wk_arg(av, &n, "--model");
+        wk_arg(av, &n, "%s", p->model_dir);
+    }
+    /* one GPU per rank, counted from the configured device */
+    wk_arg(av, &n, "--device");
+    wk_arg(av, &n, "%d", (int)(e->device + (e->backend == GM_BACKEND_CUDA ? r : 0)));
+    if (e->kv_block_size > 0) {
+        wk_arg(av, &n, "--kv-block-size");
+        wk_arg(av, &n, "%d", (int)e->kv_block_size);
+    }
+    if (e->kv_num_blocks > 0) {
+        wk_arg(av, &n, "--kv-blocks");
+        wk_arg(av, &n, "%lld", (long long)e->kv_num_blocks);
+    }
+    if (e->kv_mem_bytes > 0) {
+        wk_arg(av, &n, "--kv-memory");
+        wk_arg(av, &n, "%lld", (long long)e->kv_mem_bytes);
+    }
+    if (e->kv_mem_fraction > 0) {
+        wk_arg(av, &n, "--kv-mem-fraction");
+        wk_arg(av, &n, "%.17g", e->kv_mem_fraction);
+    }
+    if (e->max_seqs > 0) {
+        wk_arg(av, &n, "--max-seqs");
+        wk_arg(av, &n, "%d", (int)e->max_seqs);
+    }
+    if (e->max_tokens > 0) {
+        wk_arg(av, &n, "--max-tokens");
+        wk_arg(av, &n, "%d", (int)e->max_tokens);
+    }
+    if (e->max_context > 0) {
+        wk_arg(av, &n, "--max-context");
+        wk_arg(av, &n, "%d", (int)e->max_context);
+    }
+    wk_arg(av, &n, "--quant");
+    wk_arg(av, &n, "%s", e->quant == GM_QUANT_FP8 ? "fp8" : e->quant == GM_QUANT_AWQ ? "awq" : "none");
+    wk_arg(av, &n, "--kv-dtype");
+    wk_arg(av, &n, "%s", e->kv_dtype == GM_KV_BF16 ? "bf16" : e->kv_dtype == GM_KV_FP8 ? "fp8" : "auto");
+    if (!e->use_graphs)
+        wk_arg(av, &n, "--no-graphs");
+    if (e->verbose)
+        wk_arg(av, &n, "--verbose");
+    wk_arg(av, &n, "--log-level");
+    wk_arg(av, &n, "%s", wk_log_name(p->o.log_level));
+    for (int i = 0; i < n; i++)
+        if (!av[i]) {
+            for (int j = 0; j < n; j++)
+                free(av[j]);
+            free(av);
+            return NULL;
+        }
+    return av;
+}
+
+static void wk_argv_free(char **av)
+{
+    if (!av)
+        return;
+    for (int i = 0; av[i]; i++)
+        free(av[i]);
+    free(av);
+}
+
+/* fork/exec rank r. The child dies with us (PR_SET_PDEATHSIG) and keeps no fd of ours but 0-2. */
+static gm_status wk_spawn(wk_pool *p, int r)
+{
+    char **av = wk_argv(p, r);
+    if (!av)
+        return gm_fail(GM_ERR_NOMEM, "worker argv");
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) != 0) {
+        wk_argv_free(av);
+        return gm_fail(GM_ERR_IO, "pipe: %s", strerror(errno));
+    }
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(pfd[0]);
+        close(pfd[1]);
+        wk_argv_free(av);
+        return gm_fail(GM_ERR_IO, "fork: %s", strerror(e));
+    }
+    if (pid == 0) { /* child: async-signal-safe calls only */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+#ifdef SYS_close_range
+        syscall(SYS_close_range, 3u, ~0u, 4u /* CLOSE_RANGE_CLOEXEC */);
+#endif
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(av[0], av);
+        int e = errno;
+        ssize_t w = write(pfd[1], &e, sizeof e);
+        (void)w;
+        _exit(127);
+    }
+    close(pfd[1]);
+    int e = 0;
+    ssize_t n;
+    do
+        n = read(pfd[0], &e, sizeof e);
+    while (n < 0 && errno == EINTR);
+    close(pfd[0]);
+    p->pids[r] = pid;
+    if (n == (ssize_t)sizeof e) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+        p->pids[r] = 0;
+        gm_status st = gm_fail(GM_ERR_IO, "cannot run worker %s: %s", av[0], strerror(e));
+        wk_argv_free(av);
+        return st;
+    }
+    wk_argv_free(av);
+    return GM_OK;
+}
+
+static void wk_config_from(gm_model_config *c, const Gemma__Control__V1__ModelConfig *m)
+{
+    memset(c, 0, sizeof *c);
+    if (!m)
+        return;
+    c->vocab_size = m->vocab_size;
+    c->hidden_size = m->hidden_size;
+    c->intermediate_size = m->intermediate_size;
+    c->num_layers = m->num_layers;
+    c->num_heads = m->num_heads;
+    c->num_kv_heads = m->num_kv_heads;
+    c->head_dim = m->head_dim;
+    c->max_position = m->max_position;
+    c->rope_theta = m->rope_theta;
+    c->rms_norm_eps = m->rms_norm_eps;
+    c->bos_id = m->bos_id;
+    c->eos_id = m->eos_id;
+    c->pad_id = m->pad_id;
+    snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", m->torch_dtype ? m->torch_dtype : "");
+}
+
+static const char *wk_exit_str(int st, char *buf, size_t cap)
+{
+    if (WIFSIGNALED(st))
+        snprintf(buf, cap, "killed by signal %d", WTERMSIG(st));
+    else
+        snprintf(buf, cap, "exited with code %d", WEXITSTATUS(st));
+    return buf;
+}
+
+/* Wait for Ready from every rank; relays NCCL ids; sends Start with the smallest pool. */
+static gm_status wk_wait_ready(wk_pool *p)
+{
+    bool ready[WK_MAX_RANKS] = {false};
+    int n_ready = 0;
+    int64_t limit = p->o.ready_timeout_ms > 0 ? p->o.ready_timeout_ms : 600000;
+    int64_t deadline = wk_now_ms() + limit;
+    int64_t grace = 0; /* when a rank died: read what it sent before exiting, until then */
+    int dead_rank = -1, dead_status = 0;
+    p->kv_blocks = 0;
+    while (n_ready < p->tp) {
+        zmq_pollitem_t it = {p->sock, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&it, 1, 50);
+        if (rc < 0 && errno != EINTR)
+            return gm_fail(GM_ERR_ZMQ, "poll on %s: %s", p->endpoint, zmq_strerror(errno));
+        for (;;) {
+            ctl_msg *m = NULL;
+            bool got = false;
+            int r = wk_recv(p, &m, &got);
+            if (!got)
+                break;
+            if (!m)
+                continue;
+            gm_status st = GM_OK;
+            if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_HELLO) {
+                if (m->hello->version != GEMMA__CONTROL__V1__CONTROL_VERSION__CONTROL_VERSION_CURRENT)
+                    st = gm_fail(GM_ERR_FORMAT, "worker rank %d speaks control protocol %u, want %d", r,
+                                 m->hello->version, GEMMA__CONTROL__V1__CONTROL_VERSION__CONTROL_VERSION_CURRENT);
+                else
+                    GM_DEBUG("worker rank %d connected (pid %d)", r, (int)m->hello->pid);
+            } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_READY && !ready[r]) {
+                const Gemma__Control__V1__Ready *rd = m->ready;
+                if (!rd->ok) {
+                    st = gm_fail(wk_status(rd->status), "worker rank %d: %s", r,
+                                 rd->error && rd->error[0] ? rd->error : "failed to load");
+                } else {
+                    ready[r] = true;
+                    n_ready++;
+                    if (p->kv_blocks == 0 || rd->kv_num_blocks < p->kv_blocks)
+                        p->kv_blocks = rd->kv_num_blocks;
+                    if (r == 0)
+                        wk_config_from(&p->cfg, rd->model);
+                }
+            } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_NCCL_ID && r == 0) {
+                for (int k = 1; k < p->tp && st == GM_OK; k++)
+                    st = wk_send(p, k, m);
+            }
+            gemma__control__v1__control_message__free_unpacked(m, NULL);
+            if (st != GM_OK)
+                return st;
+        }
+        if (n_ready == p->tp)
+            break;
+        if (dead_rank < 0) {
+            for (int r = 0; r < p->tp; r++) {
+                int ws = 0;
+                if (p->pids[r] > 0 && waitpid(p->pids[r], &ws, WNOHANG) == p->pids[r]) {
+                    p->pids[r] = 0;
+                    dead_rank = r;
+                    dead_status = ws;
+                    grace = wk_now_ms() + 1000;
+                    break;
+                }
+            }
+        } else if (wk_now_ms() >= grace) {
+            char why[64];
+            return gm_fail(GM_ERR_INTERNAL, "worker rank %d %s before it was ready (see its log above)",
+                           dead_rank, wk_exit_str(dead_status, why, sizeof why));
+        }
+        if (wk_now_ms() >= deadline)
+            return gm_fail(GM_ERR_INTERNAL, "workers not ready after %lld ms (%d of %d ranks)", (long long)limit,
+                           n_ready, (int)p->tp);
+    }
+    Gemma__Control__V1__Start s = GEMMA__CONTROL__V1__START__INIT;
+    s.kv_num_blocks = p->kv_blocks;
+    ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
+    m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_START;
+    m.start = &s;
+    for (int r = 0; r < p->tp; r++) {
+        gm_status st = wk_send(p, r, &m);
+        if (st != GM_OK)
+            return st;
+    }
+    return GM_OK;
+}
+
+/* One session: fresh shm, spawn every rank, wait until all are ready. On failure
+ * every rank spawned is killed and reaped. */
+static gm_status wk_launch(wk_pool *p)
+{
+    p->session++;
+    p->busy = false;
+    wk_drain(p);
+    gm_status st = wk_shm_make(p);
+    for (int r = 0; r < p->tp && st == GM_OK; r++)
+        st = wk_spawn(p, r);
+    if (st == GM_OK)
+        st = wk_wait_ready(p);
+    if (st != GM_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", gm_last_error());
+        wk_kill_all(p);
+        wk_shm_remove(p);
+        gm_fail(st, "%s", msg);
+        return st;
+    }
+    /* every rank has mapped the segment: drop its name now, so a SIGKILLed gemmad leaks no shm */
+    wk_shm_remove(p);
+    GM_INFO("%d worker%s ready on %s, %lld KV blocks", (int)p->tp, p->tp > 1 ? "s" : "", p->endpoint,
+            (long long)p->kv_blocks);
+    return GM_OK;
+}
+
+static void wk_release(wk_pool *p)
+{
+    wk_kill_all(p);
+    wk_shm_remove(p);
+    if (p->sock)
+        zmq_close(p->sock);
+    if (p->ctx)
+        zmq_ctx_term(p->ctx);
+    if (p->ipc_path[0])
+        unlink(p->ipc_path);
+    if (p->dir[0])
+        rmdir(p->dir);
+    free(p->model_dir);
+    free(p->worker_bin);
+    free(p);
+}
+
+/* gemma-worker beside the running executable. */
+static char *wk_default_bin(void)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return NULL;
+    self[n] = 0;
+    char *slash = strrchr(self, '/');
+    if (!slash)
+        return NULL;
+    slash[1] = 0;
+    size_t len = strlen(self) + strlen("gemma-worker") + 1;
+    char *out = malloc(len);
+    if (out)
+        snprintf(out, len, "%sgemma-worker", self);
+    return out;
+}
+
+static gm_status wk_make_dir(wk_pool *p)
+{
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp || !tmp[0] || strlen(tmp) > 60)
+        tmp = "/tmp";
+    snprintf(p->dir, sizeof p->dir, "%s/gemmad-XXXXXX", tmp);
+    if (!mkdtemp(p->dir)) {
+        int e = errno;
+        char want[256];
+        snprintf(want, sizeof want, "%s", p->dir);
+        p->dir[0] = 0;
+        return gm_fail(GM_ERR_IO, "mkdtemp(%s): %s", want, strerror(e));
+    }
+    snprintf(p->ipc_path, sizeof p->ipc_path, "%s/control", p->dir);
+    snprintf(p->endpoint, sizeof p->endpoint, "ipc://%s", p->ipc_path);
+    return GM_OK;
+}
+
+static gm_status wk_open_socket(wk_pool *p)
+{
+    p->ctx = zmq_ctx_new();
+    if (!p->ctx)
+        return gm_fail(GM_ERR_ZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
+    p->sock = zmq_socket(p->ctx, ZMQ_ROUTER);
+    if (!p->sock)
+        return gm_fail(GM_ERR_ZMQ, "zmq_socket(ROUTER): %s", zmq_strerror(errno));
+    int one = 1, zero = 0;
+    zmq_setsockopt(p->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof zero);
+    if (zmq_bind(p->sock, p->endpoint) != 0)
+        return gm_fail(GM_ERR_ZMQ, "bind %s: %s", p->endpoint, zmq_strerror(errno));
+    return GM_OK;
+}
+
+/* Largest all-reduce the CPU engine does: [max_tokens, hidden] or a vocab row (doubles). */
+static int64_t wk_shm_elems(const wk_pool_opts *o)
+{
+    int64_t elems = (int64_t)1 << 20;
+    gm_model_config cfg;
+    if (o->engine.model_dir && gm_config_load_dir(o->engine.model_dir, &cfg) == GM_OK) {
+        int64_t tok = o->engine.max_tokens > 0 ? o->engine.max_tokens : 2048;
+        elems = tok * (int64_t)cfg.hidden_size;
+        if (elems < cfg.vocab_size)
+            elems = cfg.vocab_size;
+    }
+    gm_clear_error();
+    if (elems < 4096)
+        elems = 4096;
+    if (elems > ((int64_t)1 << 22))
+        elems = (int64_t)1 << 22; /* 32 MiB a rank; larger all-reduces go in chunks */
+    return elems;
+}
+
+gm_status wk_pool_start(const wk_pool_opts *o, wk_pool **out)
+{
+    if (!out)
+        return gm_fail(GM_ERR_INVALID_ARG, "wk_pool_start: out is NULL");
+    *out = NULL;
+    if (!o)
+        return gm_fail(GM_ERR_INVALID_ARG, "wk_pool_start: options are NULL");
+    int32_t tp = o->engine.tp_size > 0 ? o->engine.tp_size : 1;
+    if (tp > WK_MAX_RANKS)
+        return gm_fail(GM_ERR_INVALID_ARG, "tp %d exceeds %d ranks", (int)tp, WK_MAX_RANKS);
+    if (o->engine.backend != GM_BACKEND_NULL && (!o->engine.model_dir || !o->engine.model_dir[0]))
+        return gm_fail(GM_ERR_INVALID_ARG, "no model directory given");
+    wk_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return gm_fail(GM_ERR_NOMEM, "worker pool");
+    p->o = *o;
+    p->tp = tp;
+    p->model_dir = o->engine.model_dir ? strdup(o->engine.model_dir) : NULL;
+    p->worker_bin = o->worker_bin ? strdup(o->worker_bin) : wk_default_bin();
+    p->o.engine.model_dir = p->model_dir;
+    p->o.worker_bin = p->worker_bin;
+    p->o.engine.tp_size = tp;
+    p->o.engine.comm = NULL;
+    if ((o->engine.model_dir && !p->model_dir) || !p->worker_bin) {
+        wk_release(p);
+        return gm_fail(GM_ERR_NOMEM, "worker pool: cannot find the gemma-worker path");
+    }
+    if (access(p->worker_bin, X_OK) != 0) {
+        gm_status st = gm_fail(GM_ERR_NOT_FOUND, "worker binary %s: %s", p->worker_bin, strerror(errno));
+        wk_release(p);
+        return st;
+    }
+    p->shm_elems = wk_shm_elems(&p->o);
+    gm_status st = wk_make_dir(p);
+    if (st == GM_OK)
+        st = wk_open_socket(p);
+    if (st == GM_OK)
+        st = wk_launch(p);
+    if (st != GM_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", gm_last_error());
+        wk_release(p);
+        return gm_fail(st, "%s", msg);
+    }
+    *out = p;
+    return GM_OK;
+}
+
+int64_t wk_pool_kv_blocks(const wk_pool *p)
+{
+    return p ? p->kv_blocks : 0;
+}
+
+const gm_model_config *wk_pool_config(const wk_pool *p)
+{
+    return p ? &p->cfg : NULL;
+}
+
+void *wk_pool_socket(wk_pool *p)
+{
+    return p ? p->sock : NULL;
+}
+
+bool wk_pool_busy(const wk_pool *p)
+{
+    return p && p->busy;
+}
+
+gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
+{
+    if (!p || n_seqs <= 0 || !seqs)
+        return gm_fail(GM_ERR_INVALID_ARG, "submit: empty step (%d sequences)", (int)n_seqs);
+    if (p->busy)
+        return gm_fail(GM_ERR_INVALID_ARG, "submit: step %llu is still in flight", (unsigned long long)p->step_id);
+    Gemma__Control__V1__SeqPlan *sp = calloc((size_t)n_seqs, sizeof *sp);
+    Gemma__Control__V1__Sampling *sa = calloc((size_t)n_seqs, sizeof *sa);
+    Gemma__Control__V1__SeqPlan **spp = calloc((size_t)n_seqs, sizeof *spp);
+    if (!sp || !sa || !spp) {
+        free(sp), free(sa), free(spp);
+        return gm_fail(GM_ERR_NOMEM, "submit: %d sequences", (int)n_seqs);
+    }
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        if (s->n_tokens < 0 || (s->n_tokens > 0 && !s->tokens) || s->n_blocks < 0 ||
+            (s->n_blocks > 0 && !s->block_table)) {
+            free(sp), free(sa), free(spp);
+            return gm_fail(GM_ERR_INVALID_ARG, "submit: seq %d has bad arrays", (int)i);
+        }
+        gemma__control__v1__seq_plan__init(&sp[i]);
+        gemma__control__v1__sampling__init(&sa[i]);
+        sa[i].temperature = s->sampling.temperature;
+        sa[i].top_k = s->sampling.top_k;
+        sa[i].top_p = s->sampling.top_p;
+        sa[i].seed = s->sampling.seed;
+        sp[i].slot = s->slot;
+        sp[i].tokens = (int32_t *)s->tokens;
+        sp[i].n_tokens = (size_t)s->n_tokens;
+        sp[i].start_pos = s->start_pos;
+        sp[i].block_table = (int32_t *)s->block_table;
+        sp[i].n_block_table = (size_t)s->n_blocks;
+        sp[i].logits_mode = s->logits_mode;
+        sp[i].sampling = &sa[i];
+        spp[i] = &sp[i];
+    }
+    Gemma__Control__V1__StepPlan plan = GEMMA__CONTROL__V1__STEP_PLAN__INIT;
+    plan.step_id = p->step_id + 1;
+    plan.seqs = spp;
+    plan.n_seqs = (size_t)n_seqs;
+    ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
+    m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
+    m.plan = &plan;
+    size_t n = gemma__control__v1__control_message__get_packed_size(&m);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (buf)
+        gemma__control__v1__control_message__pack(&m, buf);
+    free(sp), free(sa), free(spp);
+    if (!buf)
+        return gm_fail(GM_ERR_NOMEM, "submit: plan of %zu bytes", n);
+    gm_status st = GM_OK;
+    for (int r = 0; r < p->tp && st == GM_OK; r++)
+        st = wk_send_raw(p, r, buf, n);
+    free(buf);
+    p->step_id++; /* a half-sent step is abandoned: its results are ignored */
+    if (st != GM_OK)
+        return st;
+    p->busy = true;
+    p->inflight_n = n_seqs;
+    return GM_OK;
+}
+
+gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *done)
+{
+    if (done)
+        *done = false;
+    if (!p || !done)
+        return gm_fail(GM_ERR_INVALID_ARG, "collect: NULL pool or done");
+    if (p->busy && (n_seqs != p->inflight_n || (n_seqs > 0 && !tokens)))
+        return gm_fail(GM_ERR_INVALID_ARG, "collect: %d tokens asked, step has %d sequences", (int)n_seqs,
+                       (int)p->inflight_n);
+    for (;;) {
+        ctl_msg *m = NULL;
+        bool got = false;
+        int r = wk_recv(p, &m, &got);
+        if (!got)
+            return GM_OK;
+        if (!m)
+            continue;
+        gm_status st = GM_OK;
+        bool finished = false;
+        if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_RESULT && p->busy &&
+            m->result->step_id == p->step_id) {
+            const Gemma__Control__V1__StepResult *res = m->result;
+            if (res->status != 0) {
+                st = gm_fail(wk_status(res->status), "%s", res->message && res->message[0] ? res->message
+                                                                                           : "worker step failed");
+                finished = true;
+            } else if (r == 0) {
+                if (res->n_tokens != (size_t)n_seqs) {
+                    st = gm_fail(GM_ERR_INTERNAL, "worker rank 0 returned %zu tokens for %d sequences",
+                                 res->n_tokens, (int)n_seqs);
+                } else {
+                    memcpy(tokens, res->tokens, (size_t)n_seqs * sizeof *tokens);
+                    *done = true;
+                }
+                finished = true;
+            }
+        } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_RESULT) {
+            GM_DEBUG("stale result of step %llu from rank %d dropped", (unsigned long long)m->result->step_id, r);
+        }
+        gemma__control__v1__control_message__free_unpacked(m, NULL);
+        if (finished) {
+            p->busy = false;
+            return st;
+        }
+    }
+}
+
+bool wk_pool_alive(wk_pool *p)
+{
+    if (!p)
+        return false;
+    bool alive = true;
+    for (int r = 0; r < p->tp; r++) {
+        if (p->pids[r] <= 0) {
+            alive = false;
+            continue;
+        }
+        int ws = 0;
+        pid_t w = waitpid(p->pids[r], &ws, WNOHANG);
+        if (w == p->pids[r] || (w < 0 && errno == ECHILD)) {
+            char why[64];
+            GM_ERROR("worker rank %d (pid %d) %s", r, (int)p->pids[r],
+                     w > 0 ? wk_exit_str(ws, why, sizeof why) : "is gone");
+            p->pids[r] = 0;
+            alive = false;
+        }
+    }
+    return alive;
+}
+
+gm_status wk_pool_restart(wk_pool *p)
+{
+    if (!p)
+        return gm_fail(GM_ERR_INVALID_ARG, "restart: NULL pool");
+    GM_WARN("restarting %d worker%s", (int)p->tp, p->tp > 1 ? "s" : "");
+    wk_kill_all(p);
+    return wk_launch(p);
+}
+
+void wk_pool_destroy(wk_pool **pp)
+{
+    if (!pp || !*pp)
+        return;
+    wk_pool *p = *pp;
+    *pp = NULL;
+    Gemma__Control__V1__Shutdown sd = GEMMA__CONTROL__V1__SHUTDOWN__INIT;
+    sd.reason = "gemmad is stopping";
+    ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
+    m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_SHUTDOWN;
+    m.shutdown = &sd;
+    for (int r = 0; r < p->tp; r++)
+        if (p->pids[r] > 0)
+            wk_send(p, r, &m);
+    int64_t deadline = wk_now_ms() + 2000;
+    for (;;) {
+        bool any = false;
+        for (int r = 0; r < p->tp; r++) {
+            if (p->pids[r] <= 0)
+                continue;
+            pid_t w = waitpid(p->pids[r], NULL, WNOHANG);
+            if (w == p->pids[r] || (w < 0 && errno == ECHILD))
+                p->pids[r] = 0;
+            else
+                any = true;
+        }
+        if (!any || wk_now_ms() >= deadline)
+            break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    gm_clear_error();
+    wk_release(p); /* SIGKILLs and reaps whoever is left */
+}

@@ -1,0 +1,89 @@
+/* rope_kv.cu - one block per token: cos/sin once into shared memory, then 16-byte
+ * chunks of the (i, i + hd/2) halves of every q and k head, then the v copy. */
+#include "rope_kv.cuh"
+
+#include <math.h>
+
+#include "cuda_check.h"
+#include "cuda_util.cuh"
+
+#define ROPE_THREADS 256
+
+__global__ void __launch_bounds__(ROPE_THREADS)
+    rope_kv_kernel(bf16 *__restrict__ qkv, int64_t ld, int32_t nh, int32_t nkv, int32_t hd,
+                   const int32_t *__restrict__ pos, const float *__restrict__ inv_freq,
+                   const int32_t *__restrict__ slot, bf16 *__restrict__ kp, bf16 *__restrict__ vp, int32_t bs)
+{
+    __shared__ float cs[256], sn[256];
+    int64_t t = blockIdx.x;
+    int half = hd / 2;
+    float p = (float)pos[t];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float ang = p * inv_freq[i];
+        cs[i] = round_bf16((float)cos((double)ang));
+        sn[i] = round_bf16((float)sin((double)ang));
+    }
+    __syncthreads();
+    bf16 *row = qkv + t * ld;
+    int32_t sl = slot[t];
+    int64_t blk = sl >= 0 ? sl / bs : 0, off = sl >= 0 ? sl % bs : 0;
+    int cph = half / 8; /* 16-byte chunks per half head */
+    int n_rot = (nh + nkv) * cph;
+    for (int w = threadIdx.x; w < n_rot; w += blockDim.x) {
+        int h = w / cph, c = (w % cph) * 8;
+        uint4 *lo_p = reinterpret_cast<uint4 *>(row + (int64_t)h * hd + c);
+        uint4 *hi_p = reinterpret_cast<uint4 *>(row + (int64_t)h * hd + c + half);
+        float lo[8], hi[8], a[8], b[8];
+        bf16x8_to_f32(*lo_p, lo);
+        bf16x8_to_f32(*hi_p, hi);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float cj = cs[c + j], sj = sn[c + j];
+            a[j] = round_bf16(round_bf16(lo[j] * cj) + round_bf16(-hi[j] * sj));
+            b[j] = round_bf16(round_bf16(hi[j] * cj) + round_bf16(lo[j] * sj));
+        }
+        uint4 va = f32_to_bf16x8(a), vb = f32_to_bf16x8(b);
+        if (h < nh) {
+            *lo_p = va;
+            *hi_p = vb;
+        } else {
+            *lo_p = va; /* keep the rotated k in qkv too (tests and debugging read it) */
+            *hi_p = vb;
+            if (sl >= 0) {
+                bf16 *dst = kp + ((blk * nkv + (h - nh)) * bs + off) * hd;
+                *reinterpret_cast<uint4 *>(dst + c) = va;
+                *reinterpret_cast<uint4 *>(dst + c + half) = vb;
+            }
+        }
+    }
+    if (sl < 0)
+        return;
+    int cpv = hd / 8;
+    const bf16 *vsrc = row + (int64_t)(nh + nkv) * hd;
+    for (int w = threadIdx.x; w < nkv * cpv; w += blockDim.x) {
+        int g = w / cpv, c = (w % cpv) * 8;
+        bf16 *dst = vp + ((blk * nkv + g) * bs + off) * hd;
+        *reinterpret_cast<uint4 *>(dst + c) = *reinterpret_cast<const uint4 *>(vsrc + (int64_t)g * hd + c);
+    }
+}
+
+extern "C" void k_rope_inv_freq(float theta, int32_t head_dim, float *inv_freq)
+{
+    for (int32_t i = 0; i < head_dim / 2; i++)
+        inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+}
+
+extern "C" gm_status k_rope_kv_write(void *qkv, int64_t ld, int64_t T, int32_t nh, int32_t nkv, int32_t hd,
+                                     const int32_t *pos, const float *inv_freq, const int32_t *slot, void *k_pool,
+                                     void *v_pool, int32_t bs, cudaStream_t s)
+{
+    if (hd % 16 || hd > 512 || ld % 8 || bs < 1)
+        return gm_fail(GM_ERR_UNSUPPORTED, "k_rope_kv_write: head_dim %d (needs %% 16, <= 512), ld %lld, block %d",
+                       hd, (long long)ld, bs);
+    if (T <= 0)
+        return GM_OK;
+    rope_kv_kernel<<<(unsigned)T, ROPE_THREADS, 0, s>>>((bf16 *)qkv, ld, nh, nkv, hd, pos, inv_freq, slot,
+                                                       (bf16 *)k_pool, (bf16 *)v_pool, bs);
+    GM_LAUNCH_CHECK();
+    return GM_OK;
+}

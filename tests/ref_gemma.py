@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""ref_gemma.py - an independent numpy float32 Gemma v1 forward pass, used to check the C engine.
+
+Reads config.json and the safetensors file(s) of a checkpoint directly (header parsed
+here with json + numpy; bf16 widened as uint16 << 16), runs the full prompt through
+dense causal attention, and compares with a logits dump of gemma-generate:
+relative Frobenius error <= 1e-4.
+
+  ref_gemma.py --model DIR --tokens IDS.i32 --logits LOGITS.f32      compare one dump
+  ref_gemma.py --model DIR --generate BIN --work DIR                  run BIN on built-in prompts
+Exit 0 pass, 1 fail, 77 when numpy is missing (CTest skip).
+"""
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+
+try:
+    import numpy as np
+except ImportError:
+    print("ref_gemma.py: numpy is not installed; skipping", file=sys.stderr)
+    sys.exit(77)
+
+TOL = 1e-4
+
+PROMPTS = [
+    "Hello",
+    "The quick brown fox jumps over the lazy dog.",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman.",
+    # long enough for positions past 64 (and past one KV block many times over)
+    " ".join(["The river ran past the mill and the old stone bridge, and the children counted boats."] * 6),
+]
+
+
+def load_tensors(model_dir):
+    """name -> float32 numpy array, for every tensor in the checkpoint."""
+    index = os.path.join(model_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    out = {}
+    for fn in files:
+        with open(os.path.join(model_dir, fn), "rb") as f:
+            raw = f.read()
+        (hlen,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + hlen].decode("utf-8"))
+        base = 8 + hlen
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            b, e = info["data_offsets"]
+            buf = raw[base + b:base + e]
+            shape = info["shape"]
+            dt = info["dtype"]
+            if dt == "BF16":
+                a = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            elif dt == "F16":
+                a = np.frombuffer(buf, dtype="<f2").astype(np.float32)
+            elif dt == "F32":
+                a = np.frombuffer(buf, dtype="<f4").astype(np.float32)
+            else:
+                raise ValueError("%s: tensor %s: dtype %s not handled" % (fn, name, dt))
+            out[name] = a.reshape(shape)
+    return out
+
+
+def bf16_round(x):
+    """Round float32 to the nearest bf16 value (ties to even), as float32."""
+    u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def rmsnorm(x, w, eps):
+    ms = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
+    return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)) * (np.float32(1.0) + w)
+
+
+def gelu_tanh(x):
+    x64 = x.astype(np.float64)
+    return (0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64 ** 3)))).astype(np.float32)
+
+
+def rope_tables(n, hd, theta):
+    inv = (np.float32(1.0) / (np.float32(theta) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd))))
+    ang = np.arange(n, dtype=np.float32)[:, None] * inv[None, :].astype(np.float32)  # [n, hd/2] f32
+    return np.cos(ang.astype(np.float64)).astype(np.float32), np.sin(ang.astype(np.float64)).astype(np.float32)
+
+
+def rope(x, cos, sin):
+    """x [n, heads, hd]; rotate-half layout."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def forward(cfg, W, ids):
+    """Logits [n, vocab] float32 of a full teacher-forced pass over ids."""
+    H = cfg["hidden_size"]
+    nh = cfg["num_attention_heads"]
+    nkv = cfg.get("num_key_value_heads", nh)
+    hd = cfg.get("head_dim", H // nh)
+    eps = float(cfg.get("rms_norm_eps", 1e-6))
+    theta = float(cfg.get("rope_theta", 10000.0))
+    n = len(ids)
+    emb = W["model.embed_tokens.weight"]
+    h = emb[np.asarray(ids)] * bf16_round(np.float32(np.sqrt(H)))
+    cos, sin = rope_tables(n, hd, theta)
+    mask = np.triu(np.full((n, n), -np.inf, dtype=np.float32), k=1)
+    for l in range(cfg["num_hidden_layers"]):
+        p = "model.layers.%d." % l
+        x = rmsnorm(h, W[p + "input_layernorm.weight"], eps)
+        q = (x @ W[p + "self_attn.q_proj.weight"].T).reshape(n, nh, hd)
+        k = (x @ W[p + "self_attn.k_proj.weight"].T).reshape(n, nkv, hd)
+        v = (x @ W[p + "self_attn.v_proj.weight"].T).reshape(n, nkv, hd)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        rep = nh // nkv
+        k = np.repeat(k, rep, axis=1)
+        v = np.repeat(v, rep, axis=1)
+        s = np.einsum("qhd,khd->hqk", q, k) * np.float32(1.0 / np.sqrt(hd)) + mask[None]
+        s = s - s.max(axis=-1, keepdims=True)
+        pr = np.exp(s)
+        pr = pr / pr.sum(axis=-1, keepdims=True)
+        a = np.einsum("hqk,khd->qhd", pr, v).reshape(n, nh * hd)
+        h = h + a @ W[p + "self_attn.o_proj.weight"].T
+        x = rmsnorm(h, W[p + "post_attention_layernorm.weight"], eps)
+        g = gelu_tanh(x @ W[p + "mlp.gate_proj.weight"].T) * (x @ W[p + "mlp.up_proj.weight"].T)
+        h = h + g @ W[p + "mlp.down_proj.weight"].T
+    h = rmsnorm(h, W["model.norm.weight"], eps)
+    return (h @ emb.T).astype(np.float32)
+
+
+def compare(cfg, W, ids, logits_path, label):
+    got = np.fromfile(logits_path, dtype="<f4")
+    V = cfg["vocab_size"]
+    if got.size != len(ids) * V:
+        print("%s: logits dump has %d floats, expected %d x %d" % (label, got.size, len(ids), V))
+        return False
+    got = got.reshape(len(ids), V)
+    ref = forward(cfg, W, ids)
+    err = float(np.linalg.norm((got - ref).astype(np.float64)) / np.linalg.norm(ref.astype(np.float64)))
+    ok = err <= TOL and np.isfinite(got).all()
+    print("%s: %d tokens, rel frobenius error %.3e %s" % (label, len(ids), err, "ok" if ok else "FAIL"))
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tokens")
+    ap.add_argument("--logits")
+    ap.add_argument("--generate", help="gemma-generate binary: run the built-in prompts")
+    ap.add_argument("--work", default=".", help="directory for dumps (with --generate)")
+    ap.add_argument("--extra", nargs="*", default=[], help="extra gemma-generate flags")
+    a = ap.parse_args()
+    with open(os.path.join(a.model, "config.json")) as f:
+        cfg = json.load(f)
+    W = load_tensors(a.model)
+    if a.generate:
+        os.makedirs(a.work, exist_ok=True)
+        ok = True
+        for i, prompt in enumerate(PROMPTS):
+            tp = os.path.join(a.work, "p%d.ids" % i)
+            lp = os.path.join(a.work, "p%d.logits" % i)
+            cmd = [a.generate, "--model", a.model, "--prompt", prompt, "--max-tokens", "0",
+                   "--dump-logits", lp, "--dump-tokens", tp] + a.extra
+            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if r.returncode != 0:
+                print("prompt %d: gemma-generate failed (%d): %s" % (i, r.returncode, r.stderr.decode()))
+                ok = False
+                continue
+            ids = np.fromfile(tp, dtype="<i4").tolist()
+            ok = compare(cfg, W, ids, lp, "prompt %d" % i) and ok
+        if len(np.fromfile(os.path.join(a.work, "p%d.ids" % (len(PROMPTS) - 1)), dtype="<i4")) <= 80:
+            print("the long prompt has too few tokens to reach position 80")
+            ok = False
+        return 0 if ok else 1
+    if not (a.tokens and a.logits):
+        ap.error("--tokens and --logits (or --generate) are required")
+    ids = np.fromfile(a.tokens, dtype="<i4").tolist()
+    return 0 if compare(cfg, W, ids, a.logits, a.logits) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

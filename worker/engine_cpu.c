@@ -1,0 +1,299 @@
+/* engine_cpu.c - the Gemma v1 forward pass on the CPU, float32 arithmetic over
+ * memory-mapped bf16/f16/f32 weights, with a float32 paged KV pool.
+ *
+ * A step concatenates the new tokens of all its sequences into one activation
+ * matrix [T, hidden]; the matmuls are batch-invariant (kernels/cpu), and
+ * attention runs per sequence over its own blocks, so a sequence's logits do
+ * not depend on what else is in the batch. Tensor parallel ranks hold their
+ * slice (worker/weights.h) and all-reduce float64 partial sums after o_proj and
+ * down_proj; tp=1 takes the same float64 path without the communicator. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "../common/safetensors.h"
+#include "../kernels/cpu/cpu_ops.h"
+#include "../parallel/comm.h"
+#include "engine.h"
+#include "engine_check.h"
+#include "weights.h"
+
+#define MLP_ROWS 32 /* token rows per MLP tile: bounds the [rows, intermediate] scratch */
+
+typedef struct cpu_engine {
+    gm_engine base;
+    st_model *model;
+    gm_weights w;
+    int64_t q_w, kv_w; /* local widths: n_heads*hd, n_kv*hd */
+    float *kv;         /* all layers: [layers][2][num_blocks, n_kv, block_size, head_dim] f32 */
+    int64_t layer_elems; /* elements of one layer's K (or V) pool */
+
+    int64_t cap_t;     /* token rows the scratch below holds */
+    float *h;          /* [T, hidden] residual stream */
+    float *x;          /* [T, hidden] normed input */
+    float *q;          /* [T, q_w] */
+    float *k, *v;      /* [T, kv_w] */
+    float *att;        /* [T, q_w] */
+    double *part;      /* [T, hidden] partial sums to all-reduce */
+    int32_t *ids, *pos; /* [T] */
+    float *gate, *up;  /* [MLP_ROWS, n_inter] */
+
+    int64_t cap_rows;  /* logits rows the scratch below holds */
+    float *fin;        /* [rows, hidden] final-normed rows */
+    float *logits;     /* [rows, vocab] when the caller does not want logits */
+    int64_t *row_tok;  /* [rows] token index (in the step) of each logits row */
+} cpu_engine;
+
+static void *xrealloc(void *p, size_t n, int *fail)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q)
+        *fail = 1;
+    return q ? q : p;
+}
+
+static gm_status ensure_tokens(cpu_engine *c, int64_t T)
+{
+    if (T <= c->cap_t)
+        return GM_OK;
+    const gm_model_config *m = &c->base.cfg;
+    size_t t = (size_t)T, H = (size_t)m->hidden_size;
+    int fail = 0;
+    c->h = xrealloc(c->h, t * H * sizeof(float), &fail);
+    c->x = xrealloc(c->x, t * H * sizeof(float), &fail);
+    c->q = xrealloc(c->q, t * (size_t)c->q_w * sizeof(float), &fail);
+    c->k = xrealloc(c->k, t * (size_t)c->kv_w * sizeof(float), &fail);
+    c->v = xrealloc(c->v, t * (size_t)c->kv_w * sizeof(float), &fail);
+    c->att = xrealloc(c->att, t * (size_t)c->q_w * sizeof(float), &fail);
+    c->part = xrealloc(c->part, t * H * sizeof(double), &fail);
+    c->ids = xrealloc(c->ids, t * sizeof(int32_t), &fail);
+    c->pos = xrealloc(c->pos, t * sizeof(int32_t), &fail);
+    if (fail)
+        return gm_fail(GM_ERR_NOMEM, "cpu engine: no memory for %lld tokens of activations", (long long)T);
+    c->cap_t = T;
+    return GM_OK;
+}
+
+static gm_status ensure_rows(cpu_engine *c, int64_t R)
+{
+    if (R <= c->cap_rows)
+        return GM_OK;
+    size_t r = (size_t)R;
+    int fail = 0;
+    c->fin = xrealloc(c->fin, r * (size_t)c->base.cfg.hidden_size * sizeof(float), &fail);
+    c->logits = xrealloc(c->logits, r * (size_t)c->base.cfg.vocab_size * sizeof(float), &fail);
+    c->row_tok = xrealloc(c->row_tok, r * sizeof(int64_t), &fail);
+    if (fail)
+        return gm_fail(GM_ERR_NOMEM, "cpu engine: no memory for %lld logits rows", (long long)R);
+    c->cap_rows = R;
+    return GM_OK;
+}
+
+/* y [T, N] = x [T, K] . W^T for a weight view. */
+static void mm(const float *x, int64_t T, const gm_wview *W, float *y)
+{
+    cpu_matmul(x, T, W->cols, W->cols, W->data, W->dtype, W->ld, W->rows, y, W->rows);
+}
+
+/* Sum partial results over the tensor-parallel ranks, then add them to h. */
+static gm_status reduce_add(cpu_engine *c, int64_t T)
+{
+    int64_t n = T * c->base.cfg.hidden_size;
+    if (c->base.opts.tp_size > 1) {
+        gm_status st = gm_comm_allreduce_f64(c->base.opts.comm, c->part, n);
+        if (st)
+            return st;
+    }
+    for (int64_t i = 0; i < n; i++)
+        c->h[i] += (float)c->part[i];
+    return GM_OK;
+}
+
+static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs, int32_t n_seqs, int64_t T)
+{
+    const gm_model_config *m = &c->base.cfg;
+    const gm_layer_weights *L = &c->w.layers[l];
+    const gm_tp_layout *tp = &c->w.tp;
+    int64_t H = m->hidden_size, hd = m->head_dim, bs = c->base.opts.kv_block_size;
+    float *kp = c->kv + (int64_t)l * 2 * c->layer_elems, *vp = kp + c->layer_elems;
+
+    /* attention block */
+    cpu_rmsnorm(c->h, L->input_norm.data, L->input_norm.dtype, T, H, m->rms_norm_eps, c->x);
+    mm(c->x, T, &L->q, c->q);
+    mm(c->x, T, &L->k, c->k);
+    mm(c->x, T, &L->v, c->v);
+    cpu_rope(c->q, T, tp->n_heads, hd, c->pos, m->rope_theta);
+    cpu_rope(c->k, T, tp->n_kv, hd, c->pos, m->rope_theta);
+    float scale = 1.0f / sqrtf((float)hd);
+    int64_t t0 = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        cpu_kv_write(kp, vp, s->block_table, (int32_t)bs, s->start_pos, s->n_tokens, tp->n_kv, hd,
+                     c->k + t0 * c->kv_w, c->v + t0 * c->kv_w);
+        cpu_attention_paged(c->q + t0 * c->q_w, s->n_tokens, s->start_pos, tp->n_heads, tp->n_kv, hd, kp, vp,
+                            s->block_table, (int32_t)bs, scale, c->att + t0 * c->q_w);
+        t0 += s->n_tokens;
+    }
+    cpu_matmul_f64(c->att, T, c->q_w, c->q_w, L->o.data, L->o.dtype, L->o.ld, H, c->part, H);
+    gm_status st = reduce_add(c, T);
+    if (st)
+        return st;
+
+    /* MLP block, MLP_ROWS token rows at a time */
+    cpu_rmsnorm(c->h, L->post_norm.data, L->post_norm.dtype, T, H, m->rms_norm_eps, c->x);
+    int64_t ni = tp->n_inter;
+    for (int64_t r = 0; r < T; r += MLP_ROWS) {
+        int64_t nr = T - r < MLP_ROWS ? T - r : MLP_ROWS;
+        mm(c->x + r * H, nr, &L->gate, c->gate);
+        mm(c->x + r * H, nr, &L->up, c->up);
+        cpu_geglu(c->gate, c->up, nr, ni, c->gate);
+        cpu_matmul_f64(c->gate, nr, ni, ni, L->down.data, L->down.dtype, L->down.ld, H, c->part + r * H, H);
+    }
+    return reduce_add(c, T);
+}
+
+static gm_status cpu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
+{
+    cpu_engine *c = (cpu_engine *)e;
+    const gm_model_config *m = &e->cfg;
+    int64_t T = 0, rows = 0;
+    gm_status st = gm_engine_check_step(e, seqs, n_seqs, out, &T, &rows);
+    if (st)
+        return st;
+    if (T == 0)
+        return GM_OK;
+    if ((st = ensure_tokens(c, T)))
+        return st;
+    int64_t t0 = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        for (int32_t t = 0; t < seqs[i].n_tokens; t++) {
+            c->ids[t0 + t] = seqs[i].tokens[t];
+            c->pos[t0 + t] = seqs[i].start_pos + t;
+        }
+        t0 += seqs[i].n_tokens;
+    }
+    int64_t H = m->hidden_size;
+    cpu_embed(c->w.embed.data, c->w.embed.dtype, H, c->ids, T, gm_config_normalizer(m), c->h);
+    for (int32_t l = 0; l < m->num_layers; l++)
+        if ((st = layer_forward(c, l, seqs, n_seqs, T)))
+            return st;
+
+    /* Only rank 0 computes logits and samples. Without out->logits only the
+     * sampled rows are computed. */
+    if (e->opts.tp_rank != 0 || rows == 0 || !out)
+        return GM_OK;
+    int full = out->logits != NULL;
+    if (!full) {
+        if (!out->tokens)
+            return GM_OK;
+        rows = 0;
+        for (int32_t i = 0; i < n_seqs; i++)
+            rows += seqs[i].logits_mode != GM_LOGITS_NONE;
+    }
+    if ((st = ensure_rows(c, rows)))
+        return st;
+    int64_t r = 0;
+    t0 = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        if (s->logits_mode == GM_LOGITS_ALL && full)
+            for (int32_t t = 0; t < s->n_tokens; t++)
+                c->row_tok[r++] = t0 + t;
+        else if (s->logits_mode != GM_LOGITS_NONE)
+            c->row_tok[r++] = t0 + s->n_tokens - 1;
+        t0 += s->n_tokens;
+    }
+    for (int64_t i = 0; i < rows; i++)
+        cpu_rmsnorm(c->h + c->row_tok[i] * H, c->w.final_norm.data, c->w.final_norm.dtype, 1, H, m->rms_norm_eps,
+                    c->fin + i * H);
+    int64_t V = m->vocab_size;
+    float *lg = full ? out->logits : c->logits; /* [rows, V] */
+    cpu_matmul(c->fin, rows, H, H, c->w.embed.data, c->w.embed.dtype, c->w.embed.ld, V, lg, V);
+    if (!out->tokens)
+        return GM_OK;
+    r = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        if (s->logits_mode == GM_LOGITS_NONE) {
+            out->tokens[i] = -1;
+            continue;
+        }
+        r += s->logits_mode == GM_LOGITS_ALL && full ? s->n_tokens : 1;
+        uint64_t counter = (uint64_t)s->start_pos + (uint64_t)s->n_tokens;
+        out->tokens[i] = cpu_sample(lg + (r - 1) * V, V, &s->sampling, counter);
+    }
+    return GM_OK;
+}
+
+static void cpu_destroy(gm_engine *e)
+{
+    cpu_engine *c = (cpu_engine *)e;
+    if (!c)
+        return;
+    free(c->kv);
+    free(c->h), free(c->x), free(c->q), free(c->k), free(c->v), free(c->att), free(c->part);
+    free(c->ids), free(c->pos), free(c->gate), free(c->up);
+    free(c->fin), free(c->logits), free(c->row_tok);
+    gm_weights_release(&c->w);
+    st_model_destroy(&c->model);
+    free(c);
+}
+
+static const gm_engine_ops g_cpu_ops = {cpu_step, cpu_destroy};
+
+gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
+{
+    *out = NULL;
+    if (!o->model_dir || !*o->model_dir)
+        return gm_fail(GM_ERR_INVALID_ARG, "cpu backend: no model directory given");
+    if (o->quant != GM_QUANT_NONE)
+        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: only unquantized weights (--quant none) are supported");
+    if (o->kv_dtype != GM_KV_AUTO)
+        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: the KV cache is float32 (--kv-dtype auto only)");
+    if (o->tp_size > 1) {
+        if (!o->comm)
+            return gm_fail(GM_ERR_INVALID_ARG, "cpu backend: tp_size %d needs a communicator", o->tp_size);
+        if (gm_comm_size(o->comm) != o->tp_size || gm_comm_rank(o->comm) != o->tp_rank)
+            return gm_fail(GM_ERR_INVALID_ARG, "cpu backend: communicator is rank %d of %d, engine is rank %d of %d",
+                           gm_comm_rank(o->comm), gm_comm_size(o->comm), o->tp_rank, o->tp_size);
+    }
+    gm_model_config cfg;
+    gm_status st = gm_config_load_dir(o->model_dir, &cfg);
+    if (st)
+        return st;
+    cpu_engine *c = calloc(1, sizeof *c);
+    if (!c)
+        return gm_fail(GM_ERR_NOMEM, "cpu backend: no memory");
+    c->base.ops = &g_cpu_ops;
+    gm_engine_init_common(&c->base, &cfg, o);
+    if ((st = st_model_open(o->model_dir, &c->model)))
+        goto fail;
+    if ((st = gm_weights_bind(c->model, &cfg, o->tp_rank, o->tp_size, &c->w)))
+        goto fail;
+    const gm_tp_layout *tp = &c->w.tp;
+    c->q_w = (int64_t)tp->n_heads * cfg.head_dim;
+    c->kv_w = (int64_t)tp->n_kv * cfg.head_dim;
+    int64_t block_elems = c->kv_w * o->kv_block_size; /* one block of one layer's K */
+    if ((st = gm_engine_kv_blocks(o, 2 * cfg.num_layers * block_elems * (int64_t)sizeof(float),
+                                  &c->base.kv_num_blocks)))
+        goto fail;
+    c->layer_elems = c->base.kv_num_blocks * block_elems;
+    c->kv = calloc((size_t)(2 * cfg.num_layers) * (size_t)c->layer_elems, sizeof(float));
+    c->gate = malloc((size_t)MLP_ROWS * (size_t)tp->n_inter * sizeof(float));
+    c->up = malloc((size_t)MLP_ROWS * (size_t)tp->n_inter * sizeof(float));
+    if (!c->kv || !c->gate || !c->up) {
+        st = gm_fail(GM_ERR_NOMEM, "cpu backend: no memory for %lld KV blocks (%lld MiB)",
+                     (long long)c->base.kv_num_blocks,
+                     (long long)(2 * cfg.num_layers * c->layer_elems * (int64_t)sizeof(float) >> 20));
+        goto fail;
+    }
+    if (o->verbose)
+        GM_INFO("cpu engine: %s, %d layers, rank %d/%d, %lld KV blocks of %d tokens", o->model_dir, cfg.num_layers,
+                o->tp_rank, o->tp_size, (long long)c->base.kv_num_blocks, o->kv_block_size);
+    *out = &c->base;
+    return GM_OK;
+fail:
+    cpu_destroy(&c->base);
+    return st;
+}

@@ -1,0 +1,152 @@
+/* weights.c - Gemma tensor lookup, shape checks and tensor-parallel slicing. */
+#include "weights.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+gm_status gm_tp_layout_make(const gm_model_config *cfg, int32_t rank, int32_t size, gm_tp_layout *out)
+{
+    memset(out, 0, sizeof *out);
+    if (size < 1 || rank < 0 || rank >= size)
+        return gm_fail(GM_ERR_INVALID_ARG, "tensor parallel rank %d of size %d is out of range", rank, size);
+    if (cfg->num_heads % size != 0)
+        return gm_fail(GM_ERR_UNSUPPORTED, "tensor parallel size %d does not divide num_attention_heads %d", size,
+                       cfg->num_heads);
+    if (cfg->intermediate_size % size != 0)
+        return gm_fail(GM_ERR_UNSUPPORTED, "tensor parallel size %d does not divide intermediate_size %d", size,
+                       cfg->intermediate_size);
+    int32_t nkv = cfg->num_kv_heads;
+    if (nkv <= 0 || cfg->num_heads % nkv != 0)
+        return gm_fail(GM_ERR_INVALID_ARG, "num_key_value_heads %d does not divide num_attention_heads %d", nkv,
+                       cfg->num_heads);
+    out->rank = rank, out->size = size;
+    out->n_heads = cfg->num_heads / size;
+    out->head0 = rank * out->n_heads;
+    if (nkv >= size) {
+        if (nkv % size != 0)
+            return gm_fail(GM_ERR_UNSUPPORTED, "tensor parallel size %d does not divide num_key_value_heads %d", size,
+                           nkv);
+        out->n_kv = nkv / size;
+        out->kv0 = rank * out->n_kv;
+    } else {
+        if (size % nkv != 0)
+            return gm_fail(GM_ERR_UNSUPPORTED,
+                           "num_key_value_heads %d does not divide tensor parallel size %d (needed to replicate KV)",
+                           nkv, size);
+        out->n_kv = 1;
+        out->kv0 = out->head0 / (cfg->num_heads / nkv);
+        out->kv_replicated = 1;
+    }
+    out->n_inter = cfg->intermediate_size / size;
+    out->inter0 = rank * out->n_inter;
+    return GM_OK;
+}
+
+static void shape_str(const st_tensor *t, char *buf, size_t cap)
+{
+    size_t n = 0;
+    n += (size_t)snprintf(buf + n, cap - n, "[");
+    for (int32_t i = 0; i < t->ndim && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (n < cap)
+        snprintf(buf + n, cap - n, "]");
+}
+
+/* Find `name` and check it is [d0] (d1 < 0) or [d0, d1] of a float dtype. */
+static gm_status find_checked(const st_model *m, const char *name, int64_t d0, int64_t d1, const st_tensor **out)
+{
+    const st_tensor *t = st_model_find(m, name);
+    if (!t)
+        return gm_fail(GM_ERR_NOT_FOUND, "checkpoint has no tensor %s", name);
+    int ok = d1 < 0 ? (t->ndim == 1 && t->shape[0] == d0) : (t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1);
+    if (!ok) {
+        char got[128];
+        shape_str(t, got, sizeof got);
+        if (d1 < 0)
+            return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: expected shape [%lld], got %s", t->file ? t->file : "?",
+                           name, (long long)d0, got);
+        return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: expected shape [%lld, %lld], got %s", t->file ? t->file : "?",
+                       name, (long long)d0, (long long)d1, got);
+    }
+    if (t->dtype != GM_DT_F32 && t->dtype != GM_DT_F16 && t->dtype != GM_DT_BF16)
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: tensor %s: dtype %s is not F32, F16 or BF16", t->file ? t->file : "?",
+                       name, gm_dtype_name(t->dtype));
+    if (!t->data)
+        return gm_fail(GM_ERR_INTERNAL, "%s: tensor %s is not mapped", t->file ? t->file : "?", name);
+    *out = t;
+    return GM_OK;
+}
+
+/* View rows [r0, r0+nr) x columns [c0, c0+nc) of a 2-D (or 1-D as [1, n]) tensor. */
+static gm_wview view(const st_tensor *t, int64_t r0, int64_t nr, int64_t c0, int64_t nc)
+{
+    int64_t ld = t->ndim == 1 ? t->shape[0] : t->shape[1];
+    gm_wview v = {0};
+    v.dtype = t->dtype;
+    v.rows = nr, v.cols = nc, v.ld = ld, v.row0 = r0, v.col0 = c0;
+    v.data = (const char *)t->data + (size_t)(r0 * ld + c0) * gm_dtype_size(t->dtype);
+    v.full = t;
+    return v;
+}
+
+gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t rank, int32_t size, gm_weights *w)
+{
+    memset(w, 0, sizeof *w);
+    w->cfg = *cfg;
+    gm_status st = gm_tp_layout_make(cfg, rank, size, &w->tp);
+    if (st)
+        return st;
+    const gm_tp_layout *tp = &w->tp;
+    int64_t H = cfg->hidden_size, hd = cfg->head_dim, I = cfg->intermediate_size;
+    int64_t qw = (int64_t)cfg->num_heads * hd, kvw = (int64_t)cfg->num_kv_heads * hd;
+    const st_tensor *t;
+    if ((st = find_checked(m, "model.embed_tokens.weight", cfg->vocab_size, H, &t)))
+        return st;
+    w->embed = view(t, 0, cfg->vocab_size, 0, H);
+    if ((st = find_checked(m, "model.norm.weight", H, -1, &t)))
+        return st;
+    w->final_norm = view(t, 0, 1, 0, H);
+    w->layers = calloc((size_t)cfg->num_layers, sizeof *w->layers);
+    if (!w->layers)
+        return gm_fail(GM_ERR_NOMEM, "no memory for %d layers of weight views", cfg->num_layers);
+    for (int32_t l = 0; l < cfg->num_layers; l++) {
+        gm_layer_weights *L = &w->layers[l];
+        char name[128];
+#define GET(suffix, d0, d1)                                                         \
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight", (int)l, suffix);       \
+    if ((st = find_checked(m, name, d0, d1, &t)))                                   \
+        goto fail;
+        GET("input_layernorm", H, -1);
+        L->input_norm = view(t, 0, 1, 0, H);
+        GET("post_attention_layernorm", H, -1);
+        L->post_norm = view(t, 0, 1, 0, H);
+        GET("self_attn.q_proj", qw, H);
+        L->q = view(t, tp->head0 * hd, tp->n_heads * hd, 0, H);
+        GET("self_attn.k_proj", kvw, H);
+        L->k = view(t, tp->kv0 * hd, tp->n_kv * hd, 0, H);
+        GET("self_attn.v_proj", kvw, H);
+        L->v = view(t, tp->kv0 * hd, tp->n_kv * hd, 0, H);
+        GET("self_attn.o_proj", H, qw);
+        L->o = view(t, 0, H, tp->head0 * hd, tp->n_heads * hd);
+        GET("mlp.gate_proj", I, H);
+        L->gate = view(t, tp->inter0, tp->n_inter, 0, H);
+        GET("mlp.up_proj", I, H);
+        L->up = view(t, tp->inter0, tp->n_inter, 0, H);
+        GET("mlp.down_proj", H, I);
+        L->down = view(t, 0, H, tp->inter0, tp->n_inter);
+#undef GET
+    }
+    return GM_OK;
+fail:
+    gm_weights_release(w);
+    return st;
+}
+
+void gm_weights_release(gm_weights *w)
+{
+    if (!w)
+        return;
+    free(w->layers);
+    w->layers = NULL;
+}

@@ -1,0 +1,74 @@
+/* weights.h - find every Gemma tensor of a checkpoint, check its shape, and
+ * describe the slice one tensor-parallel rank owns (Megatron layout).
+ *
+ * Layout for rank r of tp (DESIGN.md): q, gate, up split by output rows (query
+ * heads, intermediate); k, v split by rows when num_kv_heads >= tp, else the one
+ * KV head this rank's query heads read is replicated; o, down split by input
+ * columns (followed by an all-reduce); norms, embedding and the tied LM head
+ * replicated. Views point into the mapped checkpoint: nothing is copied. */
+#ifndef GM_WEIGHTS_H
+#define GM_WEIGHTS_H
+
+#include <stdint.h>
+
+#include "../common/dtype.h"
+#include "../common/model_config.h"
+#include "../common/safetensors.h"
+#include "../common/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Which heads / intermediate columns a rank owns. Other backends reuse it. */
+typedef struct gm_tp_layout {
+    int32_t rank, size;
+    int32_t n_heads, head0;  /* query heads [head0, head0 + n_heads) */
+    int32_t n_kv, kv0;       /* KV heads [kv0, kv0 + n_kv) */
+    int32_t kv_replicated;   /* 1 when num_kv_heads < size (each rank keeps one KV head) */
+    int32_t n_inter, inter0; /* intermediate columns [inter0, inter0 + n_inter) */
+} gm_tp_layout;
+
+/* Layout of `rank` of `size`. Fails (GM_ERR_INVALID_ARG / UNSUPPORTED) unless
+ * num_heads and intermediate_size divide by size, and num_kv_heads divides by
+ * size or size by num_kv_heads. */
+gm_status gm_tp_layout_make(const gm_model_config *cfg, int32_t rank, int32_t size, gm_tp_layout *out);
+
+/* A 2-D weight slice [rows, cols] inside a row-major tensor whose rows are ld
+ * elements apart; data points at element (row0, col0). */
+typedef struct gm_wview {
+    const void *data;      /* borrowed from the mapped checkpoint */
+    gm_dtype dtype;
+    int64_t rows, cols, ld;
+    int64_t row0, col0;    /* where the slice starts in the full tensor */
+    const st_tensor *full; /* the whole tensor (name, file, shape) */
+} gm_wview;
+
+typedef struct gm_layer_weights {
+    gm_wview input_norm, post_norm;        /* [1, hidden] */
+    gm_wview q;                            /* [n_heads*hd, hidden] rows of q_proj */
+    gm_wview k, v;                         /* [n_kv*hd, hidden] rows of k_proj, v_proj */
+    gm_wview o;                            /* [hidden, n_heads*hd] columns of o_proj */
+    gm_wview gate, up;                     /* [n_inter, hidden] rows */
+    gm_wview down;                         /* [hidden, n_inter] columns */
+} gm_layer_weights;
+
+typedef struct gm_weights {
+    gm_model_config cfg;
+    gm_tp_layout tp;
+    gm_wview embed;           /* [vocab, hidden], also the LM head */
+    gm_wview final_norm;      /* [1, hidden] */
+    gm_layer_weights *layers; /* [num_layers], owned */
+} gm_weights;
+
+/* Bind every tensor of m (borrowed; must outlive w) to this rank's views.
+ * Errors name file, tensor, expected and actual shape, or the missing tensor.
+ * Only F32, F16 and BF16 tensors are accepted. */
+gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t rank, int32_t size,
+                          gm_weights *w);
+void gm_weights_release(gm_weights *w);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
