@@ -170,8 +170,8 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
     q->blocks_cap = (int32_t)kvb_blocks_for(s->kv, q->cap);
     q->blocks = malloc((size_t)q->blocks_cap * sizeof(int32_t));
     if (!q->tokens || !q->blocks) {
-        seq_free_mem(q);
         gm_fail(GM_ERR_NOMEM, "out of memory for a %d-token sequence", q->cap);
+        seq_free_mem(q);
         return SCHED_REJECT_NOMEM;
     }
     memcpy(q->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));

@@ -11,6 +11,7 @@ if(GM_FUZZ)
     add_executable(fuzz_safetensors
       ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_safetensors.c
       ${CMAKE_SOURCE_DIR}/common/safetensors.c
+      ${CMAKE_SOURCE_DIR}/common/model_config.c
       ${CMAKE_SOURCE_DIR}/common/dtype.c
       ${CMAKE_SOURCE_DIR}/common/status.c)
     target_compile_options(fuzz_safetensors PRIVATE -fsanitize=fuzzer,address,undefined

@@ -8,6 +8,7 @@ relative Frobenius error <= 1e-4.
 
   ref_gemma.py --model DIR --tokens IDS.i32 --logits LOGITS.f32      compare one dump
   ref_gemma.py --model DIR --generate BIN --work DIR                  run BIN on built-in prompts
+  ref_gemma.py --model DIR --golden BIN --work DIR                    end-to-end CLI checks (no numpy)
 Exit 0 pass, 1 fail, 77 when numpy is missing (CTest skip).
 """
 import argparse
@@ -17,11 +18,17 @@ import struct
 import subprocess
 import sys
 
-try:
-    import numpy as np
-except ImportError:
-    print("ref_gemma.py: numpy is not installed; skipping", file=sys.stderr)
-    sys.exit(77)
+np = None
+
+
+def need_numpy():
+    global np
+    try:
+        import numpy
+    except ImportError:
+        print("ref_gemma.py: numpy is not installed; skipping", file=sys.stderr)
+        sys.exit(77)
+    np = numpy
 
 TOL = 1e-4
 
@@ -149,6 +156,61 @@ def compare(cfg, W, ids, logits_path, label):
     return ok
 
 
+def run(cmd):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return r.returncode, r.stdout, r.stderr.decode(errors="replace")
+
+
+def golden(binary, model, work):
+    """Greedy output is reproducible, --max-tokens 0 prints one newline, errors exit 1/2."""
+    os.makedirs(work, exist_ok=True)
+    fails = []
+
+    def check(cond, what):
+        print("%s: %s" % ("ok" if cond else "FAIL", what))
+        if not cond:
+            fails.append(what)
+
+    base = [binary, "--model", model, "--prompt", "Once upon a time"]
+    rc1, out1, err1 = run(base + ["--max-tokens", "24"])
+    rc2, out2, _ = run(base + ["--max-tokens", "24"])
+    check(rc1 == 0 and rc2 == 0, "greedy runs succeed (%d, %d) %s" % (rc1, rc2, err1.strip()[-200:]))
+    check(out1 == out2, "greedy output is identical across runs")
+    check(out1.endswith(b"\n") and not out1.endswith(b"\n\n") or out1 == b"\n", "output ends with one newline")
+    check(len(out1) > 1, "greedy output is not empty (%r)" % out1[:60])
+    rc, out, _ = run(base + ["--max-tokens", "0"])
+    check(rc == 0 and out == b"\n", "--max-tokens 0 prints just a newline (%r)" % out[:40])
+    rc, outc, _ = run(base + ["--max-tokens", "5"])
+    check(rc == 0 and out1.startswith(outc[:-1]), "5 greedy tokens are a prefix of 24 (%r)" % outc[:60])
+    samp = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--seed", "7", "--max-tokens", "16"]
+    rc1, s1, _ = run(base + samp)
+    rc2, s2, _ = run(base + samp)
+    check(rc1 == 0 and s1 == s2, "sampling with one seed is reproducible")
+    rc, out, _ = run(base + ["--chat", "--max-tokens", "8"])
+    check(rc == 0 and out.endswith(b"\n"), "chat mode runs")
+    rc, out, err = run(base + ["--max-tokens", "0", "--kv-block-size", "3", "--dump-logits",
+                               os.path.join(work, "g.logits")])
+    check(rc == 0 and os.path.getsize(os.path.join(work, "g.logits")) % 4 == 0, "--dump-logits writes floats")
+    txt = os.path.join(work, "ppl.txt")
+    with open(txt, "w") as f:
+        f.write("The quick brown fox jumps over the lazy dog. " * 130)
+    rc, out, err = run([binary, "--model", model, "--perplexity", txt])
+    ok = rc == 0 and out.startswith(b"perplexity: ")
+    if ok:
+        ppl = float(out.split()[1])
+        ok = 1.0 < ppl < 1e6
+    check(ok, "--perplexity prints a finite value (%r %s)" % (out[:40], err.strip()[-200:]))
+    rc, out, _ = run(base + ["--top-p", "1.5"])
+    check(rc == 2 and out == b"", "a bad value exits 2")
+    rc, out, _ = run(base + ["--no-such-flag"])
+    check(rc == 2, "an unknown flag exits 2")
+    rc, out, err = run([binary, "--model", os.path.join(work, "missing"), "--prompt", "x"])
+    check(rc == 1 and "missing" in err, "a missing model exits 1 naming it")
+    rc, out, _ = run([binary, "--help"])
+    check(rc == 0 and b"--dump-logits" in out, "--help")
+    return 1 if fails else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -156,8 +218,12 @@ def main():
     ap.add_argument("--logits")
     ap.add_argument("--generate", help="gemma-generate binary: run the built-in prompts")
     ap.add_argument("--work", default=".", help="directory for dumps (with --generate)")
-    ap.add_argument("--extra", nargs="*", default=[], help="extra gemma-generate flags")
+    ap.add_argument("--golden", help="gemma-generate binary: end-to-end output checks")
+    ap.add_argument("--extra", action="append", default=[], help="extra gemma-generate flag (--extra=--x=1)")
     a = ap.parse_args()
+    if a.golden:
+        return golden(a.golden, a.model, a.work)
+    need_numpy()
     with open(os.path.join(a.model, "config.json")) as f:
         cfg = json.load(f)
     W = load_tensors(a.model)

@@ -85,8 +85,9 @@ typedef struct gm_seq_step {
 
 typedef struct gm_step_out {
     int32_t *tokens; /* [n_seqs] sampled id, or -1 where logits_mode == NONE; rank 0 only */
-    float *logits;   /* optional [rows, vocab] float32 for GM_LOGITS_ALL rows then LAST rows
-                        in batch order; NULL = not wanted (rank 0 only) */
+    float *logits;   /* optional [rows, vocab] float32, rows in batch order: a GM_LOGITS_ALL
+                        sequence gives one row per new token, a LAST one gives one row, NONE
+                        gives none; NULL = not wanted (rank 0 only) */
     int64_t logits_rows_cap;
 } gm_step_out;
 

@@ -134,6 +134,68 @@ static void dot4_f(const float *x, const float *const w[TILE], int64_t K, float 
     out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
+/* ---- bf16 rows read directly (small T): widening is exact, so the
+ * arithmetic is the same as over a converted row ---- */
+
+typedef uint16_t v8u16 __attribute__((vector_size(16)));
+
+/* 8 bf16 at p -> floats [0..3] in *lo, [4..7] in *hi. */
+static inline void ld_bf16x8(const uint16_t *p, v4f *lo, v4f *hi)
+{
+    v8u16 v, z = {0, 0, 0, 0, 0, 0, 0, 0};
+    memcpy(&v, p, sizeof v);
+    v8u16 a = __builtin_shufflevector(z, v, 0, 8, 1, 9, 2, 10, 3, 11); /* little endian: v_i << 16 */
+    v8u16 b = __builtin_shufflevector(z, v, 4, 12, 5, 13, 6, 14, 7, 15);
+    memcpy(lo, &a, sizeof a);
+    memcpy(hi, &b, sizeof b);
+}
+
+static inline float bf16f(uint16_t h) { return gm_bf16_to_f32(h); }
+
+static void dot4_bf16(const float *x, const uint16_t *const w[TILE], int64_t K, float out[TILE])
+{
+    v4f a0 = {0, 0, 0, 0}, b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0, wl, wh;
+    int64_t k = 0, K8 = K & ~(int64_t)7;
+    for (; k < K8; k += 8) {
+        v4f xa = ld4(x + k), xb = ld4(x + k + 4);
+        ld_bf16x8(w[0] + k, &wl, &wh);
+        a0 += xa * wl;
+        b0 += xb * wh;
+        ld_bf16x8(w[1] + k, &wl, &wh);
+        a1 += xa * wl;
+        b1 += xb * wh;
+        ld_bf16x8(w[2] + k, &wl, &wh);
+        a2 += xa * wl;
+        b2 += xb * wh;
+        ld_bf16x8(w[3] + k, &wl, &wh);
+        a3 += xa * wl;
+        b3 += xb * wh;
+    }
+    float s0 = fold_f(a0, b0), s1 = fold_f(a1, b1), s2 = fold_f(a2, b2), s3 = fold_f(a3, b3);
+    for (; k < K; k++) {
+        s0 += x[k] * bf16f(w[0][k]);
+        s1 += x[k] * bf16f(w[1][k]);
+        s2 += x[k] * bf16f(w[2][k]);
+        s3 += x[k] * bf16f(w[3][k]);
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+static float dot1_bf16(const float *x, const uint16_t *w, int64_t K)
+{
+    v4f a = {0, 0, 0, 0}, b = {0, 0, 0, 0}, wl, wh;
+    int64_t k = 0, K8 = K & ~(int64_t)7;
+    for (; k < K8; k += 8) {
+        ld_bf16x8(w + k, &wl, &wh);
+        a += ld4(x + k) * wl;
+        b += ld4(x + k + 4) * wh;
+    }
+    float s = fold_f(a, b);
+    for (; k < K; k++)
+        s += x[k] * bf16f(w[k]);
+    return s;
+}
+
 /* Two floats at p as doubles. */
 static inline v2d ld2d(const float *p)
 {
@@ -236,8 +298,36 @@ typedef struct mm_job {
     int64_t j0, j1;
 } mm_job;
 
+#define FUSED_MAX_T 4 /* up to this many rows of x, bf16 weights are widened in the dot itself */
+
+static void mm_run_bf16_fused(const mm_job *jb)
+{
+    for (int64_t j = jb->j0; j < jb->j1; j += TILE) {
+        int64_t nr = jb->j1 - j < TILE ? jb->j1 - j : TILE;
+        const uint16_t *w[TILE];
+        for (int64_t r = 0; r < TILE; r++)
+            w[r] = (const uint16_t *)jb->W + (j + (r < nr ? r : nr - 1)) * jb->ldw;
+        for (int64_t t = 0; t < jb->T; t++) {
+            const float *xr = jb->x + t * jb->ldx;
+            float *yr = (float *)jb->y + t * jb->ldy + j;
+            if (nr == TILE) {
+                float o[TILE];
+                dot4_bf16(xr, w, jb->K, o);
+                memcpy(yr, o, sizeof o);
+            } else {
+                for (int64_t r = 0; r < nr; r++)
+                    yr[r] = dot1_bf16(xr, w[r], jb->K);
+            }
+        }
+    }
+}
+
 static void mm_run(const mm_job *jb)
 {
+    if (jb->wdt == GM_DT_BF16 && !jb->f64 && jb->T <= FUSED_MAX_T) {
+        mm_run_bf16_fused(jb);
+        return;
+    }
     size_t esz = gm_dtype_size(jb->wdt);
     int direct = jb->wdt == GM_DT_F32;
     float *buf = direct ? NULL : malloc((size_t)TILE * (size_t)jb->K * sizeof(float)); /* [TILE, K] */

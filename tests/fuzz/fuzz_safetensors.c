@@ -2,7 +2,8 @@
  *
  * Each input is used twice: as header JSON for st_parse_header (against a 4 KB
  * data section), and as a whole safetensors file opened through st_model_open_file
- * from a memfd, so the length prefix, mapping and alignment checks are fuzzed too.
+ * from a memfd, so the length prefix, mapping and alignment checks are fuzzed too;
+ * and, since it is JSON as well, through gm_config_parse.
  * Build: CC=clang cmake -DGM_FUZZ=ON ...; run: see tests/fuzz/README.md. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/model_config.h"
 #include "common/safetensors.h"
 
 /* Check what a successful parse promised: every tensor inside the data section,
@@ -45,6 +47,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(t, n, 4096);
         st_tensors_free(t, n);
     }
+
+    gm_model_config cfg;
+    if (gm_config_parse((const char *)data, size, "fuzz", &cfg) == GM_OK &&
+        (cfg.num_heads % cfg.num_kv_heads != 0 || cfg.head_dim <= 0 || cfg.eos_id >= cfg.vocab_size))
+        abort();
 
     static int fd = -1;
     static char path[64];

@@ -1,0 +1,428 @@
+/* config.c - gemmad settings from defaults, a libconfig file and flags (flags win). */
+#include "daemon/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <libconfig.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+
+void gd_config_defaults(gd_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->backend = GM_BACKEND_CPU;
+    c->tp = 1;
+    c->kv_block_size = 16;
+    c->kv_memory = 64ll << 20;
+    c->max_tokens_per_step = 2048;
+    c->max_seqs = 64;
+    c->max_waiting = 100000;
+    c->listen = strdup("tcp://127.0.0.1:5555");
+    c->log_level = GM_LOG_INFO;
+    c->use_graphs = true;
+    c->shutdown_timeout_ms = 30000;
+}
+
+void gd_config_free(gd_config *c)
+{
+    free(c->model);
+    free(c->listen);
+    free(c->worker_bin);
+    free(c->config_path);
+    c->model = c->listen = c->worker_bin = c->config_path = NULL;
+}
+
+bool gd_parse_size(const char *s, int64_t *out)
+{
+    if (!s)
+        return false;
+    while (isspace((unsigned char)*s))
+        s++;
+    if (!isdigit((unsigned char)*s))
+        return false;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !(v >= 0))
+        return false;
+    while (isspace((unsigned char)*end))
+        end++;
+    double mul = 1;
+    switch (toupper((unsigned char)*end)) {
+    case 0: break;
+    case 'K': mul = 1024.0; end++; break;
+    case 'M': mul = 1024.0 * 1024; end++; break;
+    case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    case 'B': break;
+    default: return false;
+    }
+    if (mul > 1 && (*end == 'i' || *end == 'I'))
+        end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (*end)
+        return false;
+    double b = v * mul;
+    if (b > 9.0e18 || (mul == 1 && v != floor(v)))
+        return false;
+    *out = (int64_t)b;
+    return true;
+}
+
+static int parse_quant(const char *s)
+{
+    if (!strcmp(s, "none"))
+        return GM_QUANT_NONE;
+    if (!strcmp(s, "fp8"))
+        return GM_QUANT_FP8;
+    if (!strcmp(s, "awq"))
+        return GM_QUANT_AWQ;
+    return -1;
+}
+
+static int parse_kv_dtype(const char *s)
+{
+    if (!strcmp(s, "auto"))
+        return GM_KV_AUTO;
+    if (!strcmp(s, "bf16"))
+        return GM_KV_BF16;
+    if (!strcmp(s, "fp8"))
+        return GM_KV_FP8;
+    return -1;
+}
+
+static const char *quant_name(gm_quant q)
+{
+    return q == GM_QUANT_FP8 ? "fp8" : q == GM_QUANT_AWQ ? "awq" : "none";
+}
+
+static const char *kv_dtype_name(gm_kv_dtype d)
+{
+    return d == GM_KV_BF16 ? "bf16" : d == GM_KV_FP8 ? "fp8" : "auto";
+}
+
+static const char *level_name(int l)
+{
+    static const char *n[] = {"debug", "info", "warn", "error", "off"};
+    return l >= 0 && l <= 4 ? n[l] : "info";
+}
+
+static void set_str(char **dst, const char *v)
+{
+    char *d = strdup(v);
+    if (d) {
+        free(*dst);
+        *dst = d;
+    }
+}
+
+/* One setting by name, from a string value (flags) -- shared by file and flags
+ * for the string-typed keys. Returns GM_OK or GM_ERR_INVALID_ARG with a message
+ * that the caller prefixes with where the value came from. */
+static gm_status set_key_str(gd_config *c, const char *key, const char *v)
+{
+    int64_t n;
+    char *end;
+    if (!strcmp(key, "model")) {
+        set_str(&c->model, v);
+    } else if (!strcmp(key, "listen")) {
+        if (!*v)
+            return gm_fail(GM_ERR_INVALID_ARG, "listen: empty endpoint");
+        set_str(&c->listen, v);
+    } else if (!strcmp(key, "worker_bin")) {
+        set_str(&c->worker_bin, v);
+    } else if (!strcmp(key, "backend")) {
+        int b = gm_backend_parse(v);
+        if (b < 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "backend: '%s' is not cpu, cuda or null", v);
+        c->backend = (gm_backend)b;
+    } else if (!strcmp(key, "log_level")) {
+        int l = gm_log_parse_level(v);
+        if (l < 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "log_level: '%s' is not debug, info, warn, error or off", v);
+        c->log_level = l;
+    } else if (!strcmp(key, "quant")) {
+        int q = parse_quant(v);
+        if (q < 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "quant: '%s' is not none, fp8 or awq", v);
+        c->quant = (gm_quant)q;
+    } else if (!strcmp(key, "kv_dtype")) {
+        int d = parse_kv_dtype(v);
+        if (d < 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "kv_dtype: '%s' is not auto, bf16 or fp8", v);
+        c->kv_dtype = (gm_kv_dtype)d;
+    } else if (!strcmp(key, "kv_memory")) {
+        if (!gd_parse_size(v, &n))
+            return gm_fail(GM_ERR_INVALID_ARG, "kv_memory: '%s' is not a size (bytes, or like 64M, 2G)", v);
+        c->kv_memory = n;
+    } else if (!strcmp(key, "kv_mem_fraction")) {
+        errno = 0;
+        double d = strtod(v, &end);
+        if (errno || end == v || *end || !(d > 0 && d <= 1))
+            return gm_fail(GM_ERR_INVALID_ARG, "kv_mem_fraction: '%s' is not in (0, 1]", v);
+        c->kv_mem_fraction = d;
+    } else if (!strcmp(key, "use_graphs")) {
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "on"))
+            c->use_graphs = true;
+        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "off"))
+            c->use_graphs = false;
+        else
+            return gm_fail(GM_ERR_INVALID_ARG, "use_graphs: '%s' is not true or false", v);
+    } else {
+        /* integer keys */
+        struct {
+            const char *k;
+            int64_t lo, hi;
+        } ik[] = {
+            {"tp", 1, 64},
+            {"device", 0, 1024},
+            {"kv_block_size", 1, 4096},
+            {"kv_blocks", 0, INT32_MAX},
+            {"max_tokens_per_step", 1, 1 << 20},
+            {"max_seqs", 1, 1 << 20},
+            {"max_context", 0, 1 << 24},
+            {"max_waiting", 1, 1 << 30},
+            {"shutdown_timeout_ms", 0, 24 * 3600 * 1000},
+            {"ready_timeout_ms", 0, 24 * 3600 * 1000},
+        };
+        size_t i;
+        for (i = 0; i < sizeof(ik) / sizeof(ik[0]); i++)
+            if (!strcmp(key, ik[i].k))
+                break;
+        if (i == sizeof(ik) / sizeof(ik[0]))
+            return gm_fail(GM_ERR_NOT_FOUND, "unknown setting '%s'", key);
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (errno || end == v || *end || x < ik[i].lo || x > ik[i].hi)
+            return gm_fail(GM_ERR_INVALID_ARG, "%s: '%s' is not an integer in [%lld, %lld]", key, v,
+                           (long long)ik[i].lo, (long long)ik[i].hi);
+        if (!strcmp(key, "tp"))
+            c->tp = (int32_t)x;
+        else if (!strcmp(key, "device"))
+            c->device = (int32_t)x;
+        else if (!strcmp(key, "kv_block_size"))
+            c->kv_block_size = (int32_t)x;
+        else if (!strcmp(key, "kv_blocks"))
+            c->kv_blocks = x;
+        else if (!strcmp(key, "max_tokens_per_step"))
+            c->max_tokens_per_step = (int32_t)x;
+        else if (!strcmp(key, "max_seqs"))
+            c->max_seqs = (int32_t)x;
+        else if (!strcmp(key, "max_context"))
+            c->max_context = (int32_t)x;
+        else if (!strcmp(key, "max_waiting"))
+            c->max_waiting = (int32_t)x;
+        else if (!strcmp(key, "shutdown_timeout_ms"))
+            c->shutdown_timeout_ms = (int32_t)x;
+        else
+            c->ready_timeout_ms = (int32_t)x;
+    }
+    return GM_OK;
+}
+
+gm_status gd_config_load_file(gd_config *c, const char *path)
+{
+    config_t cf;
+    config_init(&cf);
+    if (config_read_file(&cf, path) != CONFIG_TRUE) {
+        gm_status st;
+        if (config_error_type(&cf) == CONFIG_ERR_FILE_IO)
+            st = gm_fail(GM_ERR_IO, "%s: cannot read the config file: %s", path, strerror(errno));
+        else
+            st = gm_fail(GM_ERR_FORMAT, "%s:%d: %s", config_error_file(&cf) ? config_error_file(&cf) : path,
+                         config_error_line(&cf), config_error_text(&cf));
+        config_destroy(&cf);
+        return st;
+    }
+    config_setting_t *root = config_root_setting(&cf);
+    int n = config_setting_length(root);
+    gm_status st = GM_OK;
+    for (int i = 0; i < n && st == GM_OK; i++) {
+        config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
+        const char *name = config_setting_name(s);
+        int line = config_setting_source_line(s);
+        char buf[64];
+        const char *v = NULL;
+        switch (config_setting_type(s)) {
+        case CONFIG_TYPE_STRING:
+            v = config_setting_get_string(s);
+            break;
+        case CONFIG_TYPE_INT:
+            snprintf(buf, sizeof(buf), "%d", config_setting_get_int(s));
+            v = buf;
+            break;
+        case CONFIG_TYPE_INT64:
+            snprintf(buf, sizeof(buf), "%lld", config_setting_get_int64(s));
+            v = buf;
+            break;
+        case CONFIG_TYPE_FLOAT:
+            snprintf(buf, sizeof(buf), "%.17g", config_setting_get_float(s));
+            v = buf;
+            break;
+        case CONFIG_TYPE_BOOL:
+            v = config_setting_get_bool(s) ? "true" : "false";
+            break;
+        default:
+            st = gm_fail(GM_ERR_FORMAT, "%s:%d: setting '%s' must be a string or a number", path, line, name);
+            continue;
+        }
+        st = set_key_str(c, name, v);
+        if (st != GM_OK) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "%s", gm_last_error());
+            st = gm_fail(st == GM_ERR_NOT_FOUND ? GM_ERR_FORMAT : st, "%s:%d: %s", path, line, msg);
+        }
+    }
+    config_destroy(&cf);
+    if (st == GM_OK)
+        set_str(&c->config_path, path);
+    return st;
+}
+
+void gd_config_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: gemmad [--config FILE] [options]\n"
+            "The Gemma serving daemon: answers gemma.v1 protobuf requests on a ZeroMQ ROUTER socket\n"
+            "and runs the model on gemma-worker processes (one per tensor-parallel rank).\n"
+            "Settings come from the defaults, then FILE (libconfig: key = value;), then the flags.\n"
+            "\n"
+            "  --config FILE             libconfig file (keys: the flag names with '_' for '-')\n"
+            "  --model DIR               Hugging Face Gemma checkpoint (optional for --backend null)\n"
+            "  --backend B               cpu | cuda | null (default cpu)\n"
+            "  --tp N                    tensor-parallel ranks = worker processes (default 1)\n"
+            "  --device N                first CUDA device (default 0)\n"
+            "  --listen ENDPOINT         ZeroMQ endpoint (default tcp://127.0.0.1:5555)\n"
+            "  --kv-block-size N         tokens per KV block (default 16)\n"
+            "  --kv-memory SIZE          KV budget per rank: bytes or 64M, 2G (default 64M)\n"
+            "  --kv-blocks N             exactly N KV blocks (overrides --kv-memory)\n"
+            "  --kv-mem-fraction F       CUDA: fraction of free memory for KV (default 0.9)\n"
+            "  --max-tokens-per-step N   token budget of one step (default 2048)\n"
+            "  --max-seqs N              running sequences (default 64)\n"
+            "  --max-context N           longest sequence (default: the model's)\n"
+            "  --max-waiting N           queued requests before OVERLOADED (default 100000)\n"
+            "  --quant Q                 none | fp8 | awq (default none)\n"
+            "  --kv-dtype D              auto | bf16 | fp8 (default auto)\n"
+            "  --use-graphs B            CUDA graphs for decode: true | false (default true)\n"
+            "  --worker-bin PATH         gemma-worker binary (default: beside gemmad)\n"
+            "  --shutdown-timeout-ms N   SIGTERM: time for in-flight work to finish (default 30000)\n"
+            "  --ready-timeout-ms N      worker start limit (default 600000)\n"
+            "  --log-level L             debug | info | warn | error | off (default info)\n"
+            "  --check-config            validate the settings, print them, exit (0 = valid)\n"
+            "  --help                    this text\n");
+}
+
+gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *action)
+{
+    gd_config_defaults(c);
+    *action = GD_ACTION_RUN;
+    /* pass 1: --help, --config */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            *action = GD_ACTION_HELP;
+            return GM_OK;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--config") || !strncmp(a, "--config=", 9)) {
+            const char *v = a[8] == '=' ? a + 9 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!v)
+                return gm_fail(GM_ERR_INVALID_ARG, "--config needs a file name");
+            gm_status st = gd_config_load_file(c, v);
+            if (st)
+                return st;
+        }
+    }
+    /* pass 2: every other flag */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--check-config")) {
+            *action = GD_ACTION_CHECK;
+            continue;
+        }
+        if (strncmp(a, "--", 2) || !a[2])
+            return gm_fail(GM_ERR_INVALID_ARG, "unexpected argument '%s' (see --help)", a);
+        char key[64];
+        const char *eq = strchr(a, '=');
+        size_t kl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+        if (kl >= sizeof(key))
+            return gm_fail(GM_ERR_INVALID_ARG, "unknown option '%s' (see --help)", a);
+        memcpy(key, a + 2, kl);
+        key[kl] = 0;
+        for (char *p = key; *p; p++)
+            if (*p == '-')
+                *p = '_';
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc)
+                return gm_fail(GM_ERR_INVALID_ARG, "%s needs a value", a);
+            v = argv[++i];
+        }
+        if (!strcmp(key, "config"))
+            continue;
+        gm_status st = set_key_str(c, key, v);
+        if (st == GM_ERR_NOT_FOUND)
+            return gm_fail(GM_ERR_INVALID_ARG, "unknown option '--%.*s' (see --help)", (int)kl, a + 2);
+        if (st) {
+            char msg[512];
+            snprintf(msg, sizeof(msg), "%s", gm_last_error());
+            return gm_fail(st, "--%.*s: %s", (int)kl, a + 2, msg);
+        }
+    }
+    return gd_config_validate(c);
+}
+
+gm_status gd_config_validate(const gd_config *c)
+{
+    if ((!c->model || !*c->model) && c->backend != GM_BACKEND_NULL)
+        return gm_fail(GM_ERR_INVALID_ARG, "no model: give --model DIR (or model = \"DIR\"; in the config); "
+                                           "only --backend null runs without one");
+    if (c->backend == GM_BACKEND_NULL && c->quant != GM_QUANT_NONE)
+        return gm_fail(GM_ERR_INVALID_ARG, "quant %s needs a real backend, not null", quant_name(c->quant));
+    if (c->kv_blocks == 0 && c->kv_memory <= 0 && c->backend != GM_BACKEND_CUDA)
+        return gm_fail(GM_ERR_INVALID_ARG, "kv_memory must be > 0 (or give kv_blocks)");
+    if (c->max_context > 0 && c->max_context < 2)
+        return gm_fail(GM_ERR_INVALID_ARG, "max_context %d is too small", c->max_context);
+    if (!c->listen || !*c->listen)
+        return gm_fail(GM_ERR_INVALID_ARG, "listen: no endpoint");
+    if (strncmp(c->listen, "tcp://", 6) && strncmp(c->listen, "ipc://", 6) && strncmp(c->listen, "inproc://", 9))
+        return gm_fail(GM_ERR_INVALID_ARG, "listen: '%s' is not a tcp:// or ipc:// endpoint", c->listen);
+    return GM_OK;
+}
+
+static void print_str(FILE *f, const char *k, const char *v)
+{
+    fprintf(f, "%s = \"", k);
+    for (const char *p = v; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fputc('\\', f);
+        fputc(*p, f);
+    }
+    fprintf(f, "\";\n");
+}
+
+void gd_config_print(const gd_config *c, FILE *f)
+{
+    if (c->model)
+        print_str(f, "model", c->model);
+    fprintf(f, "backend = \"%s\";\n", gm_backend_name(c->backend));
+    fprintf(f, "tp = %d;\ndevice = %d;\n", c->tp, c->device);
+    print_str(f, "listen", c->listen);
+    fprintf(f, "kv_block_size = %d;\nkv_memory = %lldL;\nkv_blocks = %lldL;\n", c->kv_block_size,
+            (long long)c->kv_memory, (long long)c->kv_blocks);
+    if (c->kv_mem_fraction > 0)
+        fprintf(f, "kv_mem_fraction = %g;\n", c->kv_mem_fraction);
+    fprintf(f, "max_tokens_per_step = %d;\nmax_seqs = %d;\nmax_context = %d;\nmax_waiting = %d;\n",
+            c->max_tokens_per_step, c->max_seqs, c->max_context, c->max_waiting);
+    fprintf(f, "quant = \"%s\";\nkv_dtype = \"%s\";\nuse_graphs = %s;\n", quant_name(c->quant),
+            kv_dtype_name(c->kv_dtype), c->use_graphs ? "true" : "false");
+    if (c->worker_bin)
+        print_str(f, "worker_bin", c->worker_bin);
+    fprintf(f, "shutdown_timeout_ms = %d;\nready_timeout_ms = %d;\nlog_level = \"%s\";\n", c->shutdown_timeout_ms,
+            c->ready_timeout_ms, level_name(c->log_level));
+}

@@ -1,0 +1,278 @@
+/* attn_prefill.cu - FA2-style forward: a block = 64 query rows of one head (4 warps x 16 rows),
+ * K/V tiles of 64 keys gathered from the paged pool by cp.async (K of the next tile loads
+ * during P.V, V during Q.K^T), S and P in registers, P reused as the A operand of P.V.
+ * Compute-bound for long prompts: 4 * rows * keys/2 * hd FLOPs per head. */
+#include "attn_prefill.cuh"
+
+#include <math.h>
+
+#include "cuda_check.h"
+#include "cuda_util.cuh"
+
+#define PF_BR 64
+#define PF_BC 64
+#define PF_THREADS 128
+#define LOG2E_F 1.4426950408889634f
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid)
+{
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    int sz = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(sz));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *smem)
+{
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+/* Gather keys [j0, j0 + 64) of one KV head into a [64, LDS] tile; keys >= kv_len are zeros. */
+template <int HD>
+__device__ __forceinline__ void load_kv_tile(bf16 *dst, const bf16 *pool, const int32_t *bt, int32_t bs, int32_t nkv,
+                                             int32_t kvh, int32_t j0, int32_t kv_len)
+{
+    constexpr int LDS = HD + 8, CPR = HD / 8;
+    for (int c = threadIdx.x; c < PF_BC * CPR; c += PF_THREADS) {
+        int r = c / CPR, col = (c % CPR) * 8;
+        int key = j0 + r;
+        bool ok = key < kv_len;
+        const bf16 *src = pool;
+        if (ok)
+            src = pool + (((int64_t)bt[key / bs] * nkv + kvh) * bs + key % bs) * HD + col;
+        cp_async16(dst + r * LDS + col, src, ok);
+    }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(PF_THREADS)
+    attn_prefill_kernel(const bf16 *__restrict__ q, int64_t ldq, const int32_t *__restrict__ q_start,
+                        const int32_t *__restrict__ n_new, const int32_t *__restrict__ start_pos, int32_t nh,
+                        int32_t nkv, const bf16 *__restrict__ kp, const bf16 *__restrict__ vp, int32_t bs,
+                        const int32_t *__restrict__ block_tables, int32_t bt_stride, float scale,
+                        bf16 *__restrict__ out, int64_t ldo)
+{
+    constexpr int LDS = HD + 8, CPR = HD / 8, NT = HD / 8;
+    extern __shared__ uint4 smem_raw[];
+    bf16 *Qs = reinterpret_cast<bf16 *>(smem_raw);
+    bf16 *Ks = Qs + PF_BR * LDS;
+    bf16 *Vs = Ks + PF_BC * LDS;
+
+    int seq = blockIdx.z, h = blockIdx.y;
+    int tile = gridDim.x - 1 - blockIdx.x; /* the longest (last) tiles start first */
+    int nq = n_new[seq];
+    int r0 = tile * PF_BR;
+    if (r0 >= nq)
+        return;
+    int rows = min(PF_BR, nq - r0);
+    int sp = start_pos[seq];
+    int64_t qrow0 = (int64_t)q_start[seq] + r0;
+    int kvh = h / (nh / nkv);
+    int kv_len = sp + r0 + rows;
+    int n_tiles = (kv_len + PF_BC - 1) / PF_BC;
+    const int32_t *bt = block_tables + (int64_t)seq * bt_stride;
+
+    /* Q tile (rows past `rows` are zeros), then K and V of tile 0 */
+    for (int c = threadIdx.x; c < PF_BR * CPR; c += PF_THREADS) {
+        int r = c / CPR, col = (c % CPR) * 8;
+        bool ok = r < rows;
+        const bf16 *src = ok ? q + (qrow0 + r) * ldq + (int64_t)h * HD + col : q;
+        cp_async16(Qs + r * LDS + col, src, ok);
+    }
+    load_kv_tile<HD>(Ks, kp, bt, bs, nkv, kvh, 0, kv_len);
+    cp_async_commit();
+    load_kv_tile<HD>(Vs, vp, bt, bs, nkv, kvh, 0, kv_len);
+    cp_async_commit();
+
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int ra = warp * 16 + g, rb = ra + 8; /* this thread's two query rows in the tile */
+    int pos_a = sp + r0 + ra, pos_b = sp + r0 + rb;
+    float sl2 = scale * LOG2E_F;
+
+    float o[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+
+    for (int jt = 0; jt < n_tiles; jt++) {
+        int j0 = jt * PF_BC;
+        cp_async_wait<1>();
+        __syncthreads();
+        /* S = Q K^T for 16 rows x 64 keys */
+        float sc[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+            sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll 4
+        for (int kk = 0; kk < HD; kk += 16) {
+            uint32_t a0 = lds32(Qs + ra * LDS + kk + 2 * t);
+            uint32_t a1 = lds32(Qs + rb * LDS + kk + 2 * t);
+            uint32_t a2 = lds32(Qs + ra * LDS + kk + 8 + 2 * t);
+            uint32_t a3 = lds32(Qs + rb * LDS + kk + 8 + 2 * t);
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const bf16 *kr = Ks + (n * 8 + g) * LDS + kk + 2 * t;
+                mma16816(sc[n], a0, a1, a2, a3, lds32(kr), lds32(kr + 8));
+            }
+        }
+        __syncthreads(); /* everyone is done with Ks */
+        if (jt + 1 < n_tiles)
+            load_kv_tile<HD>(Ks, kp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len);
+        cp_async_commit();
+
+        /* online softmax (base 2) on rows a and b */
+        float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int key = j0 + n * 8 + 2 * t + e;
+                float va = (key <= pos_a && key < kv_len) ? sc[n][e] * sl2 : -INFINITY;
+                float vb = (key <= pos_b && key < kv_len) ? sc[n][2 + e] * sl2 : -INFINITY;
+                sc[n][e] = va;
+                sc[n][2 + e] = vb;
+                mx_a = fmaxf(mx_a, va);
+                mx_b = fmaxf(mx_b, vb);
+            }
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+        float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        /* a row with no valid key yet keeps m = -inf; use 0 as its reference so exp2 gives 0, not NaN */
+        float ref_a = mn_a == -INFINITY ? 0.0f : mn_a, ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
+        float al_a = exp2f(m_a - ref_a), al_b = exp2f(m_b - ref_b);
+        m_a = mn_a;
+        m_b = mn_b;
+        float sum_a = 0.0f, sum_b = 0.0f;
+        uint32_t pa[8], pb[8]; /* P in bf16 pairs: [n] = keys n*8 + 2t, +1 */
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            float p0 = exp2f(sc[n][0] - ref_a), p1 = exp2f(sc[n][1] - ref_a);
+            float p2 = exp2f(sc[n][2] - ref_b), p3 = exp2f(sc[n][3] - ref_b);
+            sum_a += p0 + p1;
+            sum_b += p2 + p3;
+            pa[n] = pack_bf16(p0, p1);
+            pb[n] = pack_bf16(p2, p3);
+        }
+        l_a = l_a * al_a + sum_a;
+        l_b = l_b * al_b + sum_b;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            o[n][0] *= al_a;
+            o[n][1] *= al_a;
+            o[n][2] *= al_b;
+            o[n][3] *= al_b;
+        }
+
+        cp_async_wait<1>(); /* V of this tile */
+        __syncthreads();
+        /* O += P V */
+#pragma unroll
+        for (int ks = 0; ks < PF_BC / 16; ks++) {
+            uint32_t a0 = pa[2 * ks], a1 = pb[2 * ks], a2 = pa[2 * ks + 1], a3 = pb[2 * ks + 1];
+            int key = ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+            for (int dp = 0; dp < HD / 16; dp++) {
+                uint32_t r[4];
+                ldmatrix_x4_trans(r, Vs + key * LDS + dp * 16 + (lane >> 4) * 8);
+                mma16816(o[2 * dp], a0, a1, a2, a3, r[0], r[1]);
+                mma16816(o[2 * dp + 1], a0, a1, a2, a3, r[2], r[3]);
+            }
+        }
+        __syncthreads(); /* everyone is done with Vs */
+        if (jt + 1 < n_tiles)
+            load_kv_tile<HD>(Vs, vp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len);
+        cp_async_commit();
+    }
+    cp_async_wait<0>();
+
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+    float ia = l_a > 0.0f ? 1.0f / l_a : 0.0f, ib = l_b > 0.0f ? 1.0f / l_b : 0.0f;
+    if (ra < rows) {
+        bf16 *orow = out + (qrow0 + ra) * ldo + (int64_t)h * HD;
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+            *reinterpret_cast<__nv_bfloat162 *>(orow + n * 8 + 2 * t) =
+                __floats2bfloat162_rn(o[n][0] * ia, o[n][1] * ia);
+    }
+    if (rb < rows) {
+        bf16 *orow = out + (qrow0 + rb) * ldo + (int64_t)h * HD;
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+            *reinterpret_cast<__nv_bfloat162 *>(orow + n * 8 + 2 * t) =
+                __floats2bfloat162_rn(o[n][2] * ib, o[n][3] * ib);
+    }
+}
+
+template <int HD>
+static gm_status launch_prefill(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start,
+                                const int32_t *n_new, const int32_t *start_pos, int32_t max_new, int32_t nh,
+                                int32_t nkv, const void *kp, const void *vp, int32_t bs, const int32_t *bt,
+                                int32_t bt_stride, float scale, void *out, int64_t ldo, cudaStream_t s)
+{
+    size_t smem = (size_t)(PF_BR + 2 * PF_BC) * (HD + 8) * sizeof(bf16);
+    static int attr_set = 0; /* per instantiation: raise the dynamic shared-memory limit once */
+    if (!attr_set) {
+        GM_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)smem));
+        attr_set = 1;
+    }
+    dim3 grid(gm_div_up(max_new, PF_BR), (unsigned)nh, (unsigned)n_seqs);
+    attn_prefill_kernel<HD><<<grid, PF_THREADS, smem, s>>>((const bf16 *)q, ldq, q_start, n_new, start_pos, nh, nkv,
+                                                           (const bf16 *)kp, (const bf16 *)vp, bs, bt, bt_stride,
+                                                           scale, (bf16 *)out, ldo);
+    GM_LAUNCH_CHECK();
+    return GM_OK;
+}
+
+extern "C" gm_status k_attn_prefill(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start,
+                                    const int32_t *n_new, const int32_t *start_pos, int32_t max_new, int32_t nh,
+                                    int32_t nkv, int32_t hd, const void *k_pool, const void *v_pool, int32_t bs,
+                                    const int32_t *block_tables, int32_t bt_stride, float scale, void *out,
+                                    int64_t ldo, cudaStream_t s)
+{
+    if (n_seqs <= 0 || max_new <= 0)
+        return GM_OK;
+    if (nkv < 1 || nh % nkv || ldq % 8 || ldo % 8)
+        return gm_fail(GM_ERR_INVALID_ARG, "k_attn_prefill: nh %d, nkv %d, ldq %lld, ldo %lld", nh, nkv,
+                       (long long)ldq, (long long)ldo);
+    switch (hd) {
+    case 32: return launch_prefill<32>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, scale, out, ldo, s);
+    case 64: return launch_prefill<64>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, scale, out, ldo, s);
+    case 128: return launch_prefill<128>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, scale, out, ldo, s);
+    case 256: return launch_prefill<256>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, scale, out, ldo, s);
+    }
+    return gm_fail(GM_ERR_UNSUPPORTED, "k_attn_prefill: head_dim %d (supported: 32, 64, 128, 256)", hd);
+}

@@ -1,0 +1,355 @@
+/* sample.cu - one 1024-thread block per row. Greedy = one argmax pass over the row.
+ * Otherwise each selection (k-th element by count, top-p cut by mass, the draw) is a
+ * radix search over the 32-bit pattern of p (4 passes of 8 bits, histograms in shared
+ * memory) followed by an id-ordered scan among elements with equal p. Every pass
+ * recomputes p from the logits (the row stays in L2: vocab * 4 bytes). */
+#include "sample.cuh"
+
+#include <math.h>
+
+#include "cuda_check.h"
+#include "cuda_util.cuh"
+
+#define SMP_THREADS 1024
+#define SMP_COPIES 8 /* histogram copies, to spread shared-memory atomics */
+#define FX_SCALE 1099511627776.0f /* 2^40: fixed-point scale of masses */
+
+typedef unsigned long long u64;
+
+/* Rank order: p descending, then id ascending. A limit admits e iff e ranks at or before (key, id). */
+struct rank_lim {
+    uint32_t key;
+    int32_t id;
+};
+
+__device__ __forceinline__ bool in_lim(uint32_t key, int32_t id, rank_lim L)
+{
+    return key > L.key || (key == L.key && id <= L.id);
+}
+
+__device__ __forceinline__ uint32_t p_key(const float *lg, int64_t i, float mx, float invt)
+{
+    float p = expf((lg[i] - mx) * invt);
+    if (p != p)
+        p = 0.0f;
+    return __float_as_uint(p); /* p >= 0: the bit pattern orders like the value */
+}
+
+__device__ __forceinline__ u64 fx_of(uint32_t key) { return __float2ull_rn(__uint_as_float(key) * FX_SCALE); }
+
+__device__ __forceinline__ bool cond_met(u64 x, double target, bool strict)
+{
+    return strict ? (double)x > target : (double)x >= target;
+}
+
+struct smp_smem {
+    u64 hw[SMP_COPIES][256];
+    uint32_t hc[SMP_COPIES][256];
+    u64 tw[256];
+    uint32_t tc[256];
+    u64 wsum[32];
+    u64 bcast_u64[2];
+    uint32_t bcast_u32[2];
+    int32_t found_id;
+    float fred[32];
+    int32_t ired[32];
+};
+
+/* Block-wide exclusive prefix sum of v (thread order); *total gets the sum. */
+__device__ u64 block_excl_scan(u64 v, smp_smem *sm, u64 *total)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    u64 inc = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        u64 n = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o)
+            inc += n;
+    }
+    __syncthreads();
+    if (lane == 31)
+        sm->wsum[w] = inc;
+    __syncthreads();
+    if (w == 0) {
+        u64 x = lane < (int)(blockDim.x >> 5) ? sm->wsum[lane] : 0ull;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            u64 n = __shfl_up_sync(0xffffffffu, x, o);
+            if (lane >= o)
+                x += n;
+        }
+        sm->wsum[lane] = x; /* inclusive over warps */
+    }
+    __syncthreads();
+    u64 before = w > 0 ? sm->wsum[w - 1] : 0ull;
+    *total = sm->wsum[(blockDim.x >> 5) - 1];
+    return before + inc - v;
+}
+
+/* Find the first element e in rank order, among those within L, whose cumulative weight
+ * (inclusive) meets the target: >= target, or > target when strict. Weight = 1 (count_mode)
+ * or p in fixed point. If none does (rounding), the last element within L. Returns e's key and
+ * id, and the cumulative weight before e plus e's own weight in *before, *w_e. */
+__device__ rank_lim select_ranked(const float *lg, int64_t V, float mx, float invt, rank_lim L, bool count_mode,
+                                  double target, bool strict, smp_smem *sm, u64 *before, u64 *w_e)
+{
+    int tid = threadIdx.x;
+    uint32_t prefix = 0, pmask = 0;
+    u64 acc = 0;
+    bool fallback = false;
+    for (int pass = 0; pass < 4; pass++) {
+        int shift = 24 - 8 * pass;
+        for (int i = tid; i < SMP_COPIES * 256; i += blockDim.x) {
+            (&sm->hw[0][0])[i] = 0;
+            (&sm->hc[0][0])[i] = 0;
+        }
+        __syncthreads();
+        int cp = (tid >> 5) % SMP_COPIES;
+        for (int64_t i = tid; i < V; i += blockDim.x) {
+            uint32_t key = p_key(lg, i, mx, invt);
+            if (!in_lim(key, (int32_t)i, L) || (key & pmask) != prefix)
+                continue;
+            uint32_t d = (key >> shift) & 255u;
+            atomicAdd(&sm->hw[cp][d], count_mode ? 1ull : fx_of(key));
+            atomicAdd(&sm->hc[cp][d], 1u);
+        }
+        __syncthreads();
+        if (tid < 256) {
+            u64 a = 0;
+            uint32_t c = 0;
+            for (int k = 0; k < SMP_COPIES; k++)
+                a += sm->hw[k][tid], c += sm->hc[k][tid];
+            sm->tw[tid] = a;
+            sm->tc[tid] = c;
+        }
+        __syncthreads();
+        if (tid == 0) {
+            int chosen = -1;
+            u64 a = acc;
+            bool fb = fallback;
+            if (!fb) {
+                for (int d = 255; d >= 0; d--) {
+                    if (!sm->tc[d])
+                        continue;
+                    if (cond_met(a + sm->tw[d], target, strict)) {
+                        chosen = d;
+                        break;
+                    }
+                    a += sm->tw[d];
+                }
+            }
+            if (chosen < 0) { /* take the last element: the smallest non-empty digit */
+                fb = true;
+                for (int d = 0; d < 256; d++)
+                    if (sm->tc[d]) {
+                        chosen = d;
+                        break;
+                    }
+                if (chosen < 0)
+                    chosen = 0;
+            }
+            sm->bcast_u32[0] = (uint32_t)chosen;
+            sm->bcast_u32[1] = fb;
+            sm->bcast_u64[0] = a;
+        }
+        __syncthreads();
+        prefix |= sm->bcast_u32[0] << shift;
+        pmask |= 255u << shift;
+        fallback = sm->bcast_u32[1] != 0;
+        acc = sm->bcast_u64[0];
+        __syncthreads();
+    }
+    /* ties on p: walk ids in order; each thread owns a contiguous id range */
+    int64_t per = (V + blockDim.x - 1) / blockDim.x;
+    int64_t lo = tid * per, hi = lo + per < V ? lo + per : V;
+    u64 local = 0;
+    for (int64_t i = lo; i < hi; i++) {
+        uint32_t key = p_key(lg, i, mx, invt);
+        if (key == prefix && in_lim(key, (int32_t)i, L))
+            local += count_mode ? 1ull : fx_of(key);
+    }
+    if (tid == 0)
+        sm->found_id = -1;
+    u64 tot;
+    u64 excl = block_excl_scan(local, sm, &tot);
+    __syncthreads();
+    if (!fallback && cond_met(acc + excl + local, target, strict) && !cond_met(acc + excl, target, strict)) {
+        u64 cum = acc + excl;
+        for (int64_t i = lo; i < hi; i++) {
+            uint32_t key = p_key(lg, i, mx, invt);
+            if (key != prefix || !in_lim(key, (int32_t)i, L))
+                continue;
+            u64 w = count_mode ? 1ull : fx_of(key);
+            if (cond_met(cum + w, target, strict)) {
+                sm->found_id = (int32_t)i;
+                sm->bcast_u64[0] = cum;
+                sm->bcast_u64[1] = w;
+                break;
+            }
+            cum += w;
+        }
+    }
+    __syncthreads();
+    if (sm->found_id < 0) { /* target not met within L (rounding): the last element of L, whose
+                              * key is L's smallest (every pass took the lowest digit); largest id */
+        u64 all_w = 0;
+        int32_t last = -1;
+        for (int64_t i = lo; i < hi; i++) {
+            uint32_t key = p_key(lg, i, mx, invt);
+            if (!in_lim(key, (int32_t)i, L))
+                continue;
+            all_w += count_mode ? 1ull : fx_of(key);
+            if (key == prefix)
+                last = (int32_t)i;
+        }
+        if (last >= 0)
+            atomicMax(&sm->found_id, last);
+        u64 tot_l;
+        (void)block_excl_scan(all_w, sm, &tot_l);
+        __syncthreads();
+        if (tid == 0) {
+            int32_t id = sm->found_id;
+            u64 w = id < 0 ? 0ull : (count_mode ? 1ull : fx_of(p_key(lg, id, mx, invt)));
+            sm->bcast_u64[1] = w;
+            sm->bcast_u64[0] = tot_l - w;
+        }
+        __syncthreads();
+    }
+    rank_lim r = {prefix, sm->found_id};
+    *before = sm->bcast_u64[0];
+    *w_e = sm->bcast_u64[1];
+    __syncthreads();
+    return r;
+}
+
+__global__ void __launch_bounds__(SMP_THREADS)
+    sample_kernel(const float *__restrict__ logits, int64_t ld, int64_t V, const gm_sampling *__restrict__ params,
+                  const uint64_t *__restrict__ counters, int32_t *__restrict__ tokens)
+{
+    __shared__ smp_smem sm;
+    int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const float *lg = logits + (int64_t)row * ld;
+    gm_sampling sp = params[row];
+
+    /* argmax, ties to the lowest id (also gives the max for the softmax) */
+    float bv = tid < V ? lg[tid] : -INFINITY;
+    int32_t bi = tid < V ? tid : INT32_MAX;
+    for (int64_t i = tid + blockDim.x; i < V; i += blockDim.x) {
+        float x = lg[i];
+        if (x > bv)
+            bv = x, bi = (int32_t)i;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi) || (bi == INT32_MAX && oi != INT32_MAX))
+            bv = ov, bi = oi;
+    }
+    if (lane == 0)
+        sm.fred[w] = bv, sm.ired[w] = bi;
+    __syncthreads();
+    if (w == 0) {
+        int nw = blockDim.x >> 5;
+        bv = lane < nw ? sm.fred[lane] : -INFINITY;
+        bi = lane < nw ? sm.ired[lane] : INT32_MAX;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (ov > bv || (ov == bv && oi < bi) || (bi == INT32_MAX && oi != INT32_MAX))
+                bv = ov, bi = oi;
+        }
+        if (lane == 0)
+            sm.fred[0] = bv, sm.ired[0] = bi;
+    }
+    __syncthreads();
+    int32_t amax = sm.ired[0];
+    float mx = sm.fred[0];
+    if (gm_sampling_is_greedy(&sp) || V <= 0) {
+        if (tid == 0)
+            tokens[row] = V > 0 ? amax : -1;
+        return;
+    }
+    __syncthreads();
+    float invt = 1.0f / sp.temperature;
+    rank_lim all = {0u, (int32_t)(V - 1)};
+    u64 before, we;
+
+    /* top-k set */
+    rank_lim lk = all;
+    if (sp.top_k > 0 && sp.top_k < V)
+        lk = select_ranked(lg, V, mx, invt, all, true, (double)sp.top_k, false, &sm, &before, &we);
+
+    /* its mass */
+    u64 local = 0;
+    for (int64_t i = tid; i < V; i += blockDim.x) {
+        uint32_t key = p_key(lg, i, mx, invt);
+        if (in_lim(key, (int32_t)i, lk))
+            local += fx_of(key);
+    }
+    u64 total;
+    (void)block_excl_scan(local, &sm, &total);
+    __syncthreads();
+
+    /* top-p cut */
+    rank_lim lp = lk;
+    u64 mass = total;
+    if (sp.top_p > 0.0f && sp.top_p < 1.0f) {
+        double need = (double)sp.top_p * (double)total;
+        lp = select_ranked(lg, V, mx, invt, lk, false, need, false, &sm, &before, &we);
+        mass = before + we;
+    }
+
+    /* the draw */
+    double target = (double)gm_rng_uniform(sp.seed, counters[row]) * (double)mass;
+    rank_lim pick = select_ranked(lg, V, mx, invt, lp, false, target, true, &sm, &before, &we);
+    if (tid == 0)
+        tokens[row] = pick.id;
+}
+
+__global__ void feed_kernel(const int32_t *tokens, const int32_t *slots, int32_t n, int32_t *last_tok)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && slots[i] >= 0)
+        last_tok[slots[i]] = tokens[i];
+}
+
+__global__ void resolve_kernel(int32_t *ids, const int32_t *tok_slot, int64_t T, const int32_t *last_tok)
+{
+    int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < T && ids[i] < 0)
+        ids[i] = last_tok[tok_slot[i]];
+}
+
+extern "C" gm_status k_sample(const float *logits, int64_t ld, int64_t vocab, int32_t n, const gm_sampling *params,
+                              const uint64_t *counters, int32_t *tokens, cudaStream_t s)
+{
+    if (n <= 0)
+        return GM_OK;
+    if (vocab > INT32_MAX)
+        return gm_fail(GM_ERR_UNSUPPORTED, "k_sample: vocabulary of %lld", (long long)vocab);
+    sample_kernel<<<(unsigned)n, SMP_THREADS, 0, s>>>(logits, ld, vocab, params, counters, tokens);
+    GM_LAUNCH_CHECK();
+    return GM_OK;
+}
+
+extern "C" gm_status k_feed_tokens(const int32_t *tokens, const int32_t *slots, int32_t n, int32_t *last_tok,
+                                   cudaStream_t s)
+{
+    if (n <= 0)
+        return GM_OK;
+    feed_kernel<<<gm_div_up(n, 256), 256, 0, s>>>(tokens, slots, n, last_tok);
+    GM_LAUNCH_CHECK();
+    return GM_OK;
+}
+
+extern "C" gm_status k_resolve_ids(int32_t *ids, const int32_t *tok_slot, int64_t T, const int32_t *last_tok,
+                                   cudaStream_t s)
+{
+    if (T <= 0)
+        return GM_OK;
+    resolve_kernel<<<gm_div_up(T, 256), 256, 0, s>>>(ids, tok_slot, T, last_tok);
+    GM_LAUNCH_CHECK();
+    return GM_OK;
+}
