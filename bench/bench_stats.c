@@ -153,13 +153,16 @@ void bench_summarize(const bench_req *reqs, int64_t n, double *itl, int64_t n_it
 {
     /* keep the caller's run description (concurrency, rate, isl, osl, label) */
     int32_t conc = s->concurrency, isl = s->isl, osl = s->osl;
-    int64_t events = s->stream_events;
+    int64_t events = s->stream_events, d_steps = s->daemon_steps, d_pre = s->daemon_preemptions;
+    double d_batch = s->daemon_mean_batch, d_step = s->daemon_step_avg_ms;
     double rate = s->rate, isl_std = s->isl_std, osl_std = s->osl_std;
     char label[sizeof(s->label)];
     memcpy(label, s->label, sizeof(label));
     memset(s, 0, sizeof(*s));
     s->concurrency = conc, s->isl = isl, s->osl = osl;
     s->stream_events = events;
+    s->daemon_steps = d_steps, s->daemon_preemptions = d_pre;
+    s->daemon_mean_batch = d_batch, s->daemon_step_avg_ms = d_step;
     s->rate = rate, s->isl_std = isl_std, s->osl_std = osl_std;
     memcpy(s->label, label, sizeof(label));
 
@@ -259,6 +262,10 @@ gm_status bench_write_json(FILE *f, const bench_summary *s, const char *(*name_o
     json_dist(f, "tpot_ms", &s->tpot_ms);
     json_dist(f, "itl_ms", &s->itl_ms);
     json_dist(f, "e2e_ms", &s->e2e_ms);
+    fprintf(f, "  \"daemon_steps\": %lld,\n", (long long)s->daemon_steps);
+    fprintf(f, "  \"daemon_mean_batch\": %.6g,\n", fin(s->daemon_mean_batch));
+    fprintf(f, "  \"daemon_step_avg_ms\": %.6g,\n", fin(s->daemon_step_avg_ms));
+    fprintf(f, "  \"daemon_preemptions\": %lld,\n", (long long)s->daemon_preemptions);
     fprintf(f, "  \"errors\": {");
     bool first = true;
     for (int c = 0; c < 128; c++) {
@@ -332,6 +339,10 @@ void bench_print_report(FILE *f, const bench_summary *s, const char *(*name_of)(
     print_dist(f, "TPOT", &s->tpot_ms);
     print_dist(f, "ITL", &s->itl_ms);
     print_dist(f, "E2E", &s->e2e_ms);
+    if (s->daemon_steps)
+        fprintf(f, "  daemon     %lld steps, %.1f tokens per step, step %.3f ms, %lld preemptions\n",
+                (long long)s->daemon_steps, s->daemon_mean_batch, s->daemon_step_avg_ms,
+                (long long)s->daemon_preemptions);
     if (s->short_outputs)
         fprintf(f, "  %lld requests ended with fewer tokens than asked\n", (long long)s->short_outputs);
     for (int c = 0; c < 128; c++)

@@ -94,6 +94,11 @@ typedef struct bench_summary {
     double total_tokens_per_s;  /* (input + output) / s */
     double per_user_tokens_per_s; /* 1000 / mean TPOT */
     bench_dist ttft_ms, tpot_ms, itl_ms, e2e_ms;
+    /* the daemon's own view over the run (Stats before and after; 0 if unknown) */
+    int64_t daemon_steps;        /* engine steps run */
+    double daemon_mean_batch;    /* completion tokens / steps */
+    double daemon_step_avg_ms;   /* its mean step time at the end */
+    int64_t daemon_preemptions;
     int64_t errors[128]; /* count per gmc_code (index clamped to 127) */
     char label[64];      /* e.g. backend name for the Markdown row */
 } bench_summary;

@@ -23,6 +23,8 @@
 #define BENCH_MAX_SWEEP 64
 #define BENCH_EVENTS 8192
 
+_Static_assert(sizeof(void *) >= 8, "request tags (run << 32 | index) need 64-bit pointers");
+
 typedef struct bench_opts {
     const char *endpoint;
     int32_t isl, osl;
@@ -87,7 +89,7 @@ static void usage(FILE *f)
             "  --vocab N            vocabulary size for prompt ids (default 256000)\n"
             "  --prompts FILE       text prompts, one per line (used in turn); max_tokens = osl\n"
             "  --stop-at-eos        let generations end at EOS (default: forced to osl)\n"
-            "  --num-requests N     measured requests (default: 4 x concurrency, or 100)\n"
+            "  --num-requests N     measured requests (default: 4 x concurrency, at least 32; or 100)\n"
             "  --concurrency N      closed loop: at most N requests in flight (default: all at once)\n"
             "  --rate R             open loop: Poisson arrivals at R requests/s (with --concurrency: a cap)\n"
             "  --warmup N           requests run first and not measured (default 0)\n"
@@ -317,6 +319,9 @@ typedef struct run_state {
     int64_t out_tokens, events;
     uint64_t seed;
     bool transport_failed;
+    uint32_t gen;        /* run number, in every request's user pointer: late events of an
+                            earlier run (cancelled on timeout) are recognised and dropped */
+    bool code_seen[128]; /* first failure of each code is printed */
 } run_state;
 
 static void run_free(run_state *r)
@@ -349,7 +354,8 @@ static void submit_one(bench_ctx *b, run_state *r, int64_t i)
     q->isl = r->isl[i];
     q->osl = r->osl[i];
     q->t_submit = now_ms();
-    gmc_code rc = gmc_submit(b->conn[i % b->n_conn], &p, (void *)(intptr_t)(i + 1), &r->ids[i]);
+    uintptr_t tag = ((uintptr_t)r->gen << 32) | (uintptr_t)(i + 1);
+    gmc_code rc = gmc_submit(b->conn[i % b->n_conn], &p, (void *)tag, &r->ids[i]);
     r->next++;
     if (rc != GMC_OK) {
         q->done = true;
@@ -366,9 +372,10 @@ static void submit_one(bench_ctx *b, run_state *r, int64_t i)
 /* Account one event received at time t. */
 static gm_status on_event(run_state *r, const gmc_event *ev, double t)
 {
-    intptr_t idx = (intptr_t)ev->user - 1;
-    if (idx < 0 || idx >= r->n)
-        return GM_OK; /* not ours (cannot happen: every request carries its index) */
+    uintptr_t tag = (uintptr_t)ev->user;
+    int64_t idx = (int64_t)(tag & 0xffffffffu) - 1;
+    if ((uint32_t)(tag >> 32) != r->gen || idx < 0 || idx >= r->n)
+        return GM_OK; /* a late event of an earlier run */
     bench_req *q = &r->reqs[idx];
     if (q->done)
         return GM_OK;
@@ -398,6 +405,13 @@ static gm_status on_event(run_state *r, const gmc_event *ev, double t)
             q->error = ev->error ? ev->error : GMC_ERR_CANCELLED;
         else if (ev->error)
             q->error = ev->error;
+        int c = q->error < 0 ? 0 : q->error > 127 ? 127 : q->error;
+        if (q->error && !r->code_seen[c]) {
+            r->code_seen[c] = true;
+            fprintf(stderr, "gemma-bench: request %lld failed: %s: %s (further %s failures not shown)\n",
+                    (long long)idx, gmc_code_name((gmc_code)q->error), ev->error_message ? ev->error_message : "",
+                    gmc_code_name((gmc_code)q->error));
+        }
         if (ev->usage.prompt_tokens > 0)
             q->isl = ev->usage.prompt_tokens;
         r->done++;
@@ -476,7 +490,9 @@ static bool run_point(bench_ctx *b, int64_t n, int32_t conc, double rate, uint64
                       bench_summary *s)
 {
     const bench_opts *o = &b->o;
+    static uint32_t runs;
     run_state r = {0};
+    r.gen = ++runs;
     r.n = n;
     r.seed = seed;
     r.reqs = calloc((size_t)n, sizeof(bench_req));
@@ -546,7 +562,7 @@ static bool run_point(bench_ctx *b, int64_t n, int32_t conc, double rate, uint64
         }
         t = now_ms();
         if (o->timeout_s > 0 && t - t0 > o->timeout_s * 1000.0) {
-            fprintf(stderr, "gemma-bench: %s: timeout after %.1f s, %lld of %lld requests unfinished\n", what,
+            fprintf(stderr, "gemma-bench: %s: timeout after %g s, %lld of %lld requests unfinished\n", what,
                     o->timeout_s, (long long)(r.n - r.done), (long long)r.n);
             fail_unfinished(b, &r, GMC_ERR_TIMEOUT, true);
             break;
@@ -568,6 +584,8 @@ static bool run_point(bench_ctx *b, int64_t n, int32_t conc, double rate, uint64
         s->osl_std = o->osl_std;
         s->stream_events = r.events;
         bench_summarize(r.reqs, r.n, r.itl.v, r.itl.n, s);
+        if (b->w.n_lines) /* text prompts: report the mean prompt length the daemon counted */
+            s->isl = s->completed ? (int32_t)(s->input_tokens / s->completed) : 0;
     }
     run_free(&r);
     return ok;
@@ -626,7 +644,7 @@ static int64_t default_requests(const bench_opts *o, int32_t conc)
 {
     if (o->num_requests > 0)
         return o->num_requests;
-    return conc > 0 ? 4 * (int64_t)conc : 100;
+    return conc > 0 ? (conc >= 8 ? 4 * (int64_t)conc : 32) : 100;
 }
 
 int main(int argc, char **argv)
@@ -689,7 +707,17 @@ int main(int argc, char **argv)
         snprintf(s->label, sizeof(s->label), "%s", o->label ? o->label : h.backend);
         char what[48];
         snprintf(what, sizeof(what), "concurrency %d", conc);
+        gmc_stats st0, st1;
+        bool have0 = gmc_stats_get(b.conn[0], o->connect_timeout_ms, &st0) == GMC_OK;
         bool ok = run_point(&b, n, conc, o->rate, o->seed, conc ? what : "all at once", s);
+        if (ok && have0 && gmc_stats_get(b.conn[0], o->connect_timeout_ms, &st1) == GMC_OK) {
+            s->daemon_steps = st1.steps - st0.steps;
+            s->daemon_mean_batch = s->daemon_steps > 0 ? (double)(st1.completion_tokens - st0.completion_tokens) /
+                                                             (double)s->daemon_steps
+                                                       : 0;
+            s->daemon_step_avg_ms = st1.step_avg_ms;
+            s->daemon_preemptions = st1.preemptions - st0.preemptions;
+        }
         if (!conc)
             s->concurrency = (int32_t)(o->rate > 0 ? 0 : n); /* all at once: n in flight */
         bench_print_report(stdout, s, code_name);

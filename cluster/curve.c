@@ -110,12 +110,11 @@ static gm_status read_text(const char *path, char **out, struct stat *stp)
  * Returns 1 public, 2 secret, 0 blank/comment, -1 malformed. */
 static int parse_key_line(char *line, char val[GC_KEY_Z85_LEN + 1])
 {
-    char *hash = strchr(line, '#');
-    if (hash)
-        *hash = 0;
     char *s = line;
     while (*s == ' ' || *s == '\t' || *s == '\r')
         s++;
+    if (*s == '#') /* comments are whole lines: '#' is also a Z85 character */
+        return 0;
     char *e = s + strlen(s);
     while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == ';'))
         *--e = 0;

@@ -8,7 +8,7 @@
  * mpirun inside a Slurm allocation sets both, so MPI's variables win over Slurm's.
  * With none of them the process was started by hand: rank 0 of 1.
  *
- * A replica uses local_rank to pick its GPU and its port ("tcp://*:{5555+local_rank}"),
+ * A replica uses local_rank to pick its GPU and its port ("tcp://0.0.0.0:{5555+local_rank}"),
  * and rank as its name when it registers with gemma-router. */
 #ifndef GC_LAUNCH_H
 #define GC_LAUNCH_H

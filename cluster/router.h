@@ -93,6 +93,7 @@ typedef struct gc_router_counts {
     int64_t replica_failures; /* times a replica was taken out */
     int32_t replicas_up;
     int32_t replicas_known;
+    int32_t replicas_serving; /* up, serving and not draining */
 } gc_router_counts;
 
 void gc_router_get_counts(const gc_router *r, gc_router_counts *out);

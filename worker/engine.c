@@ -110,6 +110,49 @@ gm_status gm_engine_kv_blocks(const gm_engine_opts *o, int64_t bytes_per_block, 
     return GM_OK;
 }
 
+/* Check one sequence of a step (slot uniqueness is the caller's); adds its logits rows. */
+static gm_status check_seq(const gm_engine *e, const gm_seq_step *s, int32_t i, int64_t *rows)
+{
+    const gm_engine_opts *o = &e->opts;
+    if (s->n_tokens < 1 || !s->tokens)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): %d tokens", i, s->slot, s->n_tokens);
+    if (s->start_pos < 0 || (int64_t)s->start_pos + s->n_tokens > o->max_context)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): positions %d..%lld exceed the context of %d",
+                       i, s->slot, s->start_pos, (long long)s->start_pos + s->n_tokens - 1, o->max_context);
+    int64_t need = ((int64_t)s->start_pos + s->n_tokens + o->kv_block_size - 1) / o->kv_block_size;
+    if (s->n_blocks < need || !s->block_table)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): block table has %d blocks, %lld needed", i,
+                       s->slot, s->n_blocks, (long long)need);
+    for (int64_t b = 0; b < need; b++)
+        if (s->block_table[b] < 0 || s->block_table[b] >= e->kv_num_blocks)
+            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): block %lld is id %d, pool has %lld", i,
+                           s->slot, (long long)b, s->block_table[b], (long long)e->kv_num_blocks);
+    for (int32_t t = 0; t < s->n_tokens; t++)
+        if (s->tokens[t] < 0 || s->tokens[t] >= e->cfg.vocab_size)
+            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): token %d is id %d, vocabulary is %d", i,
+                           s->slot, t, s->tokens[t], e->cfg.vocab_size);
+    const gm_sampling *sp = &s->sampling;
+    if (!(sp->temperature >= 0.0f) || isinf(sp->temperature) || sp->top_k < 0 || !(sp->top_p > 0.0f) ||
+        sp->top_p > 1.0f)
+        return gm_fail(GM_ERR_INVALID_ARG,
+                       "sequence %d (slot %d): bad sampling (temperature %g, top_k %d, top_p %g)", i, s->slot,
+                       (double)sp->temperature, sp->top_k, (double)sp->top_p);
+    switch (s->logits_mode) {
+    case GM_LOGITS_NONE:
+        break;
+    case GM_LOGITS_LAST:
+        *rows += 1;
+        break;
+    case GM_LOGITS_ALL:
+        *rows += s->n_tokens;
+        break;
+    default:
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): unknown logits mode %d", i, s->slot,
+                       s->logits_mode);
+    }
+    return GM_OK;
+}
+
 gm_status gm_engine_check_step(const gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, const gm_step_out *out,
                                int64_t *total_tokens, int64_t *logit_rows)
 {
@@ -119,51 +162,26 @@ gm_status gm_engine_check_step(const gm_engine *e, const gm_seq_step *seqs, int3
     if (n_seqs > 0 && !seqs)
         return gm_fail(GM_ERR_INVALID_ARG, "step has %d sequences but no array", n_seqs);
     int64_t total = 0, rows = 0;
-    for (int32_t i = 0; i < n_seqs; i++) {
+    /* slot -> 1 + index of the sequence using it: linear in n_seqs, not quadratic */
+    int32_t *seen = calloc((size_t)o->max_seqs, sizeof *seen);
+    if (!seen)
+        return gm_fail(GM_ERR_NOMEM, "step check: %d slots", o->max_seqs);
+    gm_status st = GM_OK;
+    for (int32_t i = 0; i < n_seqs && st == GM_OK; i++) {
         const gm_seq_step *s = &seqs[i];
         if (s->slot < 0 || s->slot >= o->max_seqs)
-            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d: slot %d is outside 0..%d", i, s->slot, o->max_seqs - 1);
-        for (int32_t j = 0; j < i; j++)
-            if (seqs[j].slot == s->slot)
-                return gm_fail(GM_ERR_INVALID_ARG, "sequences %d and %d share slot %d", j, i, s->slot);
-        if (s->n_tokens < 1 || !s->tokens)
-            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): %d tokens", i, s->slot, s->n_tokens);
-        if (s->start_pos < 0 || (int64_t)s->start_pos + s->n_tokens > o->max_context)
-            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): positions %d..%lld exceed the context of %d",
-                           i, s->slot, s->start_pos, (long long)s->start_pos + s->n_tokens - 1, o->max_context);
-        int64_t need = ((int64_t)s->start_pos + s->n_tokens + o->kv_block_size - 1) / o->kv_block_size;
-        if (s->n_blocks < need || !s->block_table)
-            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): block table has %d blocks, %lld needed", i,
-                           s->slot, s->n_blocks, (long long)need);
-        for (int64_t b = 0; b < need; b++)
-            if (s->block_table[b] < 0 || s->block_table[b] >= e->kv_num_blocks)
-                return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): block %lld is id %d, pool has %lld", i,
-                               s->slot, (long long)b, s->block_table[b], (long long)e->kv_num_blocks);
-        for (int32_t t = 0; t < s->n_tokens; t++)
-            if (s->tokens[t] < 0 || s->tokens[t] >= e->cfg.vocab_size)
-                return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): token %d is id %d, vocabulary is %d", i,
-                               s->slot, t, s->tokens[t], e->cfg.vocab_size);
-        const gm_sampling *sp = &s->sampling;
-        if (!(sp->temperature >= 0.0f) || isinf(sp->temperature) || sp->top_k < 0 || !(sp->top_p > 0.0f) ||
-            sp->top_p > 1.0f)
-            return gm_fail(GM_ERR_INVALID_ARG,
-                           "sequence %d (slot %d): bad sampling (temperature %g, top_k %d, top_p %g)", i, s->slot,
-                           (double)sp->temperature, sp->top_k, (double)sp->top_p);
-        switch (s->logits_mode) {
-        case GM_LOGITS_NONE:
-            break;
-        case GM_LOGITS_LAST:
-            rows += 1;
-            break;
-        case GM_LOGITS_ALL:
-            rows += s->n_tokens;
-            break;
-        default:
-            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): unknown logits mode %d", i, s->slot,
-                           s->logits_mode);
+            st = gm_fail(GM_ERR_INVALID_ARG, "sequence %d: slot %d is outside 0..%d", i, s->slot, o->max_seqs - 1);
+        else if (seen[s->slot])
+            st = gm_fail(GM_ERR_INVALID_ARG, "sequences %d and %d share slot %d", seen[s->slot] - 1, i, s->slot);
+        else {
+            seen[s->slot] = i + 1;
+            st = check_seq(e, s, i, &rows);
+            total += s->n_tokens;
         }
-        total += s->n_tokens;
     }
+    free(seen);
+    if (st != GM_OK)
+        return st;
     if (total > o->max_tokens)
         return gm_fail(GM_ERR_INVALID_ARG, "step has %lld tokens; the engine takes at most %d", (long long)total,
                        o->max_tokens);

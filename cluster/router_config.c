@@ -1,0 +1,314 @@
+/* router_config.c - gemma-router settings: defaults, a libconfig file, then flags. */
+#include <errno.h>
+#include <libconfig.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/router.h"
+#include "common/log.h"
+
+void gc_router_config_defaults(gc_router_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->listen = strdup("tcp://127.0.0.1:5550");
+    c->max_in_flight = 256;
+    c->max_queue = 0;
+    c->queue_timeout_ms = 10000;
+    c->heartbeat_ms = 500;
+    c->dead_ms = 2000;
+    c->max_attempts = 3;
+    c->forget_ms = 60000;
+    c->shutdown_timeout_ms = 10000;
+    c->log_level = GM_LOG_INFO;
+}
+
+static void free_list(char ***list, int32_t *n)
+{
+    for (int32_t i = 0; i < *n; i++)
+        free((*list)[i]);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+}
+
+void gc_router_config_free(gc_router_config *c)
+{
+    free(c->listen);
+    free(c->register_ep);
+    free_list(&c->replicas, &c->n_replicas);
+    free(c->curve_secret_key);
+    free_list(&c->curve_allow, &c->n_curve_allow);
+    free(c->curve_replica_key);
+    free(c->config_path);
+    memset(c, 0, sizeof(*c));
+}
+
+static gm_status set_str(char **dst, const char *v)
+{
+    char *d = strdup(v);
+    if (!d)
+        return gm_fail(GM_ERR_NOMEM, "config string");
+    free(*dst);
+    *dst = d;
+    return GM_OK;
+}
+
+static gm_status push_str(char ***list, int32_t *n, const char *v)
+{
+    char **l = realloc(*list, (size_t)(*n + 1) * sizeof(*l));
+    if (!l)
+        return gm_fail(GM_ERR_NOMEM, "config list");
+    *list = l;
+    l[*n] = strdup(v);
+    if (!l[*n])
+        return gm_fail(GM_ERR_NOMEM, "config string");
+    (*n)++;
+    return GM_OK;
+}
+
+/* The integer settings, by name (file key; the flag is --key-with-dashes). */
+typedef struct int_opt {
+    const char *key;
+    size_t off;
+    int32_t lo, hi;
+} int_opt;
+
+#define IOPT(k, lo, hi) {#k, offsetof(gc_router_config, k), lo, hi}
+static const int_opt INT_OPTS[] = {
+    IOPT(max_in_flight, 1, 1000000),     IOPT(max_queue, 0, 1000000),     IOPT(queue_timeout_ms, 0, 3600000),
+    IOPT(heartbeat_ms, 10, 60000),       IOPT(dead_ms, 50, 600000),       IOPT(max_attempts, 1, 100),
+    IOPT(forget_ms, 0, 86400000),        IOPT(shutdown_timeout_ms, 0, 3600000),
+};
+#undef IOPT
+
+static const int_opt *find_int_opt(const char *key)
+{
+    for (size_t i = 0; i < sizeof(INT_OPTS) / sizeof(INT_OPTS[0]); i++)
+        if (strcmp(INT_OPTS[i].key, key) == 0)
+            return &INT_OPTS[i];
+    return NULL;
+}
+
+static gm_status set_int(gc_router_config *c, const int_opt *o, long long v, const char *where)
+{
+    if (v < o->lo || v > o->hi)
+        return gm_fail(GM_ERR_INVALID_ARG, "%s: %s = %lld is outside [%d, %d]", where, o->key, v, o->lo, o->hi);
+    *(int32_t *)((char *)c + o->off) = (int32_t)v;
+    return GM_OK;
+}
+
+/* A string or a list of strings into list. */
+static gm_status load_str_list(config_setting_t *s, char ***list, int32_t *n, const char *path)
+{
+    if (config_setting_type(s) == CONFIG_TYPE_STRING)
+        return push_str(list, n, config_setting_get_string(s));
+    if (config_setting_type(s) != CONFIG_TYPE_ARRAY && config_setting_type(s) != CONFIG_TYPE_LIST)
+        return gm_fail(GM_ERR_INVALID_ARG, "%s:%d: %s must be a string or a list of strings", path,
+                       config_setting_source_line(s), config_setting_name(s));
+    for (int i = 0; i < config_setting_length(s); i++) {
+        const char *v = config_setting_get_string_elem(s, i);
+        if (!v)
+            return gm_fail(GM_ERR_INVALID_ARG, "%s:%d: %s[%d] is not a string", path,
+                           config_setting_source_line(s), config_setting_name(s), i);
+        gm_status st = push_str(list, n, v);
+        if (st != GM_OK)
+            return st;
+    }
+    return GM_OK;
+}
+
+gm_status gc_router_config_load_file(gc_router_config *c, const char *path)
+{
+    config_t cf;
+    config_init(&cf);
+    if (!config_read_file(&cf, path)) {
+        gm_status st;
+        if (config_error_type(&cf) == CONFIG_ERR_FILE_IO)
+            st = gm_fail(GM_ERR_IO, "cannot read config file '%s'", path);
+        else
+            st = gm_fail(GM_ERR_FORMAT, "%s:%d: %s", path, config_error_line(&cf), config_error_text(&cf));
+        config_destroy(&cf);
+        return st;
+    }
+    gm_status st = set_str(&c->config_path, path);
+    config_setting_t *root = config_root_setting(&cf);
+    for (int i = 0; st == GM_OK && i < config_setting_length(root); i++) {
+        config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
+        const char *k = config_setting_name(s);
+        int line = config_setting_source_line(s);
+        char where[PATH_MAX + 16];
+        snprintf(where, sizeof(where), "%s:%d", path, line);
+        const int_opt *io = find_int_opt(k);
+        int t = config_setting_type(s);
+        if (io) {
+            if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
+                st = gm_fail(GM_ERR_INVALID_ARG, "%s: %s must be an integer", where, k);
+            else
+                st = set_int(c, io, config_setting_get_int64(s), where);
+        } else if (!strcmp(k, "listen") || !strcmp(k, "register") || !strcmp(k, "curve_secret_key") ||
+                   !strcmp(k, "curve_replica_key") || !strcmp(k, "log_level")) {
+            const char *v = config_setting_get_string(s);
+            if (!v)
+                st = gm_fail(GM_ERR_INVALID_ARG, "%s: %s must be a string", where, k);
+            else if (!strcmp(k, "listen"))
+                st = set_str(&c->listen, v);
+            else if (!strcmp(k, "register"))
+                st = set_str(&c->register_ep, v);
+            else if (!strcmp(k, "curve_secret_key"))
+                st = set_str(&c->curve_secret_key, v);
+            else if (!strcmp(k, "curve_replica_key"))
+                st = set_str(&c->curve_replica_key, v);
+            else {
+                int lv = gm_log_parse_level(v);
+                if (lv < 0)
+                    st = gm_fail(GM_ERR_INVALID_ARG, "%s: log_level '%s' is not debug|info|warn|error|off", where, v);
+                else
+                    c->log_level = lv;
+            }
+        } else if (!strcmp(k, "replicas")) {
+            st = load_str_list(s, &c->replicas, &c->n_replicas, path);
+        } else if (!strcmp(k, "curve_allow")) {
+            st = load_str_list(s, &c->curve_allow, &c->n_curve_allow, path);
+        } else if (!strcmp(k, "curve")) {
+            if (t != CONFIG_TYPE_BOOL)
+                st = gm_fail(GM_ERR_INVALID_ARG, "%s: curve must be true or false", where);
+            else
+                c->curve = config_setting_get_bool(s);
+        } else {
+            st = gm_fail(GM_ERR_INVALID_ARG, "%s: unknown setting '%s'", where, k);
+        }
+    }
+    config_destroy(&cf);
+    return st;
+}
+
+void gc_router_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: gemma-router [options]\n"
+            "Spread gemma.proto clients over several gemmad replicas (same API as gemmad).\n"
+            "\n"
+            "  --listen E             client endpoint (default tcp://127.0.0.1:5550)\n"
+            "  --replica E            a gemmad endpoint (repeatable)\n"
+            "  --register E           accept replicas that register themselves on E\n"
+            "  --config FILE          libconfig file; its keys are these flags with '_' (replicas = [..])\n"
+            "  --max-in-flight N      requests the router keeps on one replica (default 256)\n"
+            "  --max-queue N          requests held when every replica is full (default 0: OVERLOADED at once)\n"
+            "  --queue-timeout-ms MS  how long a held request waits for room (default 10000)\n"
+            "  --heartbeat-ms MS      Health/Stats probe interval (default 500)\n"
+            "  --dead-ms MS           a replica silent this long is taken out (default 2000)\n"
+            "  --max-attempts N       replicas one request may be tried on (default 3)\n"
+            "  --forget-ms MS         a registered replica down this long is forgotten (default 60000)\n"
+            "  --shutdown-timeout-ms MS  on SIGTERM, time given to requests in flight (default 10000)\n"
+            "  --log-level L          debug|info|warn|error|off (default info)\n"
+            "  --curve                CurveZMQ on the client and register endpoints\n"
+            "  --curve-secret-key F   the router's key pair (NAME.key_secret from gemma-keygen)\n"
+            "  --curve-allow P        allowed client public keys: a .key file, a directory of them,\n"
+            "                         or a file of Z85 keys one per line (repeatable)\n"
+            "  --curve-replica-key F  the replicas' server public key (for --replica endpoints)\n"
+            "  --keygen PREFIX        write PREFIX.key and PREFIX.key_secret and exit (--force overwrites)\n"
+            "  --help                 this text\n");
+}
+
+gm_status gc_router_config_from_args(int argc, char **argv, gc_router_config *c, gc_router_action *action,
+                                     const char **keygen_prefix, bool *force)
+{
+    gc_router_config_defaults(c);
+    *action = GC_ROUTER_RUN;
+    *force = false;
+    *keygen_prefix = NULL;
+    gm_status st = GM_OK;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc)
+                return gm_fail(GM_ERR_INVALID_ARG, "--config needs a file");
+            st = gc_router_config_load_file(c, argv[i + 1]);
+            if (st != GM_OK)
+                return st;
+        }
+    for (int i = 1; i < argc && st == GM_OK; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            *action = GC_ROUTER_HELP;
+            return GM_OK;
+        }
+        if (!strcmp(a, "--curve")) {
+            c->curve = true;
+            continue;
+        }
+        if (!strcmp(a, "--force")) {
+            *force = true;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "unexpected argument '%s' (see --help)", a);
+        if (i + 1 >= argc)
+            return gm_fail(GM_ERR_INVALID_ARG, "%s needs a value", a);
+        const char *v = argv[++i];
+        char key[64];
+        snprintf(key, sizeof(key), "%s", a + 2);
+        for (char *p = key; *p; p++)
+            if (*p == '-')
+                *p = '_';
+        const int_opt *io = find_int_opt(key);
+        if (io) {
+            char *end;
+            errno = 0;
+            long long x = strtoll(v, &end, 10);
+            if (errno || end == v || *end)
+                return gm_fail(GM_ERR_INVALID_ARG, "%s: '%s' is not an integer", a, v);
+            st = set_int(c, io, x, a);
+        } else if (!strcmp(key, "config")) {
+            /* read above */
+        } else if (!strcmp(key, "listen")) {
+            st = set_str(&c->listen, v);
+        } else if (!strcmp(key, "register")) {
+            st = set_str(&c->register_ep, v);
+        } else if (!strcmp(key, "replica")) {
+            st = push_str(&c->replicas, &c->n_replicas, v);
+        } else if (!strcmp(key, "curve_secret_key")) {
+            st = set_str(&c->curve_secret_key, v);
+        } else if (!strcmp(key, "curve_allow")) {
+            st = push_str(&c->curve_allow, &c->n_curve_allow, v);
+        } else if (!strcmp(key, "curve_replica_key")) {
+            st = set_str(&c->curve_replica_key, v);
+        } else if (!strcmp(key, "log_level")) {
+            int lv = gm_log_parse_level(v);
+            if (lv < 0)
+                return gm_fail(GM_ERR_INVALID_ARG, "--log-level '%s' is not debug|info|warn|error|off", v);
+            c->log_level = lv;
+        } else if (!strcmp(key, "keygen")) {
+            *action = GC_ROUTER_KEYGEN;
+            *keygen_prefix = v;
+        } else {
+            return gm_fail(GM_ERR_INVALID_ARG, "unknown option '%s' (see --help)", a);
+        }
+    }
+    return st;
+}
+
+gm_status gc_router_config_validate(const gc_router_config *c)
+{
+    if (!c->listen || !*c->listen)
+        return gm_fail(GM_ERR_INVALID_ARG, "listen endpoint is empty");
+    if (c->dead_ms <= c->heartbeat_ms)
+        return gm_fail(GM_ERR_INVALID_ARG, "dead_ms (%d) must be larger than heartbeat_ms (%d)", c->dead_ms,
+                       c->heartbeat_ms);
+    if (c->n_replicas == 0 && !c->register_ep)
+        return gm_fail(GM_ERR_INVALID_ARG, "no replicas: give --replica E (repeatable) or --register E");
+    for (int i = 0; i < c->n_replicas; i++)
+        if (!c->replicas[i][0])
+            return gm_fail(GM_ERR_INVALID_ARG, "replica %d has an empty endpoint", i);
+    if (c->curve) {
+        if (!c->curve_secret_key)
+            return gm_fail(GM_ERR_INVALID_ARG, "curve = true needs curve_secret_key (make one with gemma-keygen)");
+        if (c->n_curve_allow == 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "curve = true needs curve_allow (client public keys); "
+                                               "with none every client would be refused");
+    } else if (c->curve_secret_key || c->n_curve_allow || c->curve_replica_key) {
+        return gm_fail(GM_ERR_INVALID_ARG, "curve_* keys are set but curve is off (add --curve / curve = true)");
+    }
+    return GM_OK;
+}

@@ -1,0 +1,19 @@
+# GPU area: CUDA kernels against their CPU twins, the CUDA engine against the CPU engine,
+# gemma-generate --backend cuda against --backend cpu. Label `gpu`; exit 77 without a GPU.
+if(GM_HAVE_CUDA)
+  gm_add_test(test_gpu_ops ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_ops.c
+    LIBS gm_cuda gm_kernels_cpu gm_common CUDA::cudart m LABELS gpu TIMEOUT 600)
+  gm_add_test(test_gpu_model ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_model.c
+    LIBS gm_worker gm_common CUDA::cudart m LABELS gpu TIMEOUT 600)
+  set_tests_properties(test_gpu_model PROPERTIES FIXTURES_REQUIRED tiny_model)
+  # the clear error without a GPU runs on machines without one (skipped where one is present)
+  gm_add_test(test_gpu_nodev ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_nodev.c
+    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 60)
+  if(TARGET gemma-generate)
+    add_test(NAME test_gpu_generate
+      COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_generate.sh $<TARGET_FILE:gemma-generate>
+        ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_BINARY_DIR}/gpu_generate)
+    set_tests_properties(test_gpu_generate PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 300
+      FIXTURES_REQUIRED tiny_model)
+  endif()
+endif()

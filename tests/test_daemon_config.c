@@ -1,0 +1,436 @@
+/* test_daemon_config.c - gemmad settings (file, flags, errors with lines), stop-string
+ * output (textout), and gemma.v1 protobuf round trips. No processes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "daemon/config.h"
+#include "daemon/metrics.h"
+#include "daemon/textout.h"
+#include "daemon/u64map.h"
+#include "proto/gemma.pb-c.h"
+
+static char g_dir[256];
+
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+static gm_status from_args(gd_config *c, gd_action *a, int n, ...)
+{
+    char *argv[32];
+    argv[0] = "gemmad";
+    va_list ap;
+    va_start(ap, n);
+    for (int i = 0; i < n; i++)
+        argv[i + 1] = va_arg(ap, char *);
+    va_end(ap);
+    return gd_config_from_args(n + 1, argv, c, a);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    gd_config c;
+    gd_action a;
+    /* no model with cpu: invalid */
+    assert_int_equal(from_args(&c, &a, 0), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "model"));
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 2, "--backend", "null"), GM_OK);
+    assert_int_equal(a, GD_ACTION_RUN);
+    assert_string_equal(c.listen, "tcp://127.0.0.1:5555");
+    assert_int_equal(c.tp, 1);
+    assert_int_equal(c.kv_block_size, 16);
+    assert_int_equal(c.kv_memory, 64ll << 20);
+    assert_int_equal(c.max_seqs, 64);
+    assert_int_equal(c.max_tokens_per_step, 2048);
+    assert_null(c.model);
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 1, "--help"), GM_OK);
+    assert_int_equal(a, GD_ACTION_HELP);
+    gd_config_free(&c);
+}
+
+static void test_file_and_flags(void **state)
+{
+    (void)state;
+    const char *p = write_file("a.conf", "# gemmad\n"
+                                         "model = \"/models/gemma-2b\";\n"
+                                         "backend = \"cuda\";\n"
+                                         "tp = 2;\n"
+                                         "kv_block_size = 32;\n"
+                                         "kv_memory = \"2G\";\n"
+                                         "kv_mem_fraction = 0.8;\n"
+                                         "max_tokens_per_step = 4096;\n"
+                                         "max_seqs = 256;\n"
+                                         "max_context = 4096;\n"
+                                         "listen = \"tcp://0.0.0.0:6000\";\n"
+                                         "log_level = \"debug\";\n"
+                                         "quant = \"fp8\";\n"
+                                         "kv_dtype = \"fp8\";\n");
+    gd_config c;
+    gd_action a;
+    assert_int_equal(from_args(&c, &a, 2, "--config", p), GM_OK);
+    assert_string_equal(c.model, "/models/gemma-2b");
+    assert_int_equal(c.backend, GM_BACKEND_CUDA);
+    assert_int_equal(c.tp, 2);
+    assert_int_equal(c.kv_block_size, 32);
+    assert_int_equal(c.kv_memory, 2ll << 30);
+    assert_true(fabs(c.kv_mem_fraction - 0.8) < 1e-9);
+    assert_int_equal(c.max_tokens_per_step, 4096);
+    assert_int_equal(c.max_seqs, 256);
+    assert_int_equal(c.max_context, 4096);
+    assert_string_equal(c.listen, "tcp://0.0.0.0:6000");
+    assert_int_equal(c.log_level, GM_LOG_DEBUG);
+    assert_int_equal(c.quant, GM_QUANT_FP8);
+    assert_int_equal(c.kv_dtype, GM_KV_FP8);
+    gd_config_free(&c);
+    /* flags win, whatever their position relative to --config */
+    assert_int_equal(from_args(&c, &a, 9, "--tp", "4", "--config", p, "--listen", "ipc:///tmp/x", "--kv-memory=64M",
+                               "--max-seqs", "8"),
+                     GM_OK);
+    assert_int_equal(c.tp, 4);
+    assert_string_equal(c.listen, "ipc:///tmp/x");
+    assert_int_equal(c.kv_memory, 64ll << 20);
+    assert_int_equal(c.max_seqs, 8);
+    assert_int_equal(c.kv_block_size, 32); /* from the file */
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 3, "--config", p, "--check-config"), GM_OK);
+    assert_int_equal(a, GD_ACTION_CHECK);
+    /* printing gives a file that reads back the same */
+    const char *p2 = write_file("b.conf", "");
+    FILE *f = fopen(p2, "w");
+    gd_config_print(&c, f);
+    fclose(f);
+    gd_config c2;
+    assert_int_equal(from_args(&c2, &a, 2, "--config", p2), GM_OK);
+    assert_string_equal(c2.model, c.model);
+    assert_int_equal(c2.kv_memory, c.kv_memory);
+    assert_int_equal(c2.tp, c.tp);
+    assert_int_equal(c2.quant, c.quant);
+    gd_config_free(&c2);
+    gd_config_free(&c);
+}
+
+static void test_errors_name_the_line(void **state)
+{
+    (void)state;
+    gd_config c;
+    gd_action a;
+    const char *p = write_file("bad1.conf", "backend = \"null\";\n\nmax_seq = 4;\n");
+    assert_int_not_equal(from_args(&c, &a, 2, "--config", p), GM_OK);
+    assert_non_null(strstr(gm_last_error(), "bad1.conf:3:"));
+    assert_non_null(strstr(gm_last_error(), "max_seq"));
+    gd_config_free(&c);
+    p = write_file("bad2.conf", "backend = \"null\";\ntp = 0;\n");
+    assert_int_not_equal(from_args(&c, &a, 2, "--config", p), GM_OK);
+    assert_non_null(strstr(gm_last_error(), "bad2.conf:2:"));
+    gd_config_free(&c);
+    p = write_file("bad3.conf", "backend = \"null\"\nmax_seqs = ;\n"); /* syntax */
+    assert_int_equal(from_args(&c, &a, 2, "--config", p), GM_ERR_FORMAT);
+    assert_non_null(strstr(gm_last_error(), "bad3.conf:2"));
+    gd_config_free(&c);
+    p = write_file("bad4.conf", "backend = \"tpu\";\n");
+    assert_int_not_equal(from_args(&c, &a, 2, "--config", p), GM_OK);
+    assert_non_null(strstr(gm_last_error(), "bad4.conf:1:"));
+    assert_non_null(strstr(gm_last_error(), "tpu"));
+    gd_config_free(&c);
+    p = write_file("bad5.conf", "backend = \"null\";\nkv_memory = \"lots\";\n");
+    assert_int_not_equal(from_args(&c, &a, 2, "--config", p), GM_OK);
+    assert_non_null(strstr(gm_last_error(), "bad5.conf:2:"));
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 2, "--config", "/nonexistent/gemmad.conf"), GM_ERR_IO);
+    gd_config_free(&c);
+    /* flags */
+    assert_int_not_equal(from_args(&c, &a, 3, "--backend", "null", "--bogus"), GM_OK);
+    assert_non_null(strstr(gm_last_error(), "bogus"));
+    gd_config_free(&c);
+    assert_int_not_equal(from_args(&c, &a, 3, "--backend", "null", "--tp"), GM_OK);
+    gd_config_free(&c);
+    assert_int_not_equal(from_args(&c, &a, 4, "--backend", "null", "--tp", "x"), GM_OK);
+    assert_non_null(strstr(gm_last_error(), "--tp"));
+    gd_config_free(&c);
+    assert_int_not_equal(from_args(&c, &a, 4, "--backend", "null", "--listen", "http://x"), GM_OK);
+    gd_config_free(&c);
+    assert_int_not_equal(from_args(&c, &a, 3, "--backend", "null", "stray"), GM_OK);
+    gd_config_free(&c);
+}
+
+static void test_sizes(void **state)
+{
+    (void)state;
+    int64_t v;
+    assert_true(gd_parse_size("1048576", &v));
+    assert_int_equal(v, 1048576);
+    assert_true(gd_parse_size("64M", &v));
+    assert_int_equal(v, 64ll << 20);
+    assert_true(gd_parse_size("2G", &v));
+    assert_int_equal(v, 2ll << 30);
+    assert_true(gd_parse_size("512k", &v));
+    assert_int_equal(v, 512ll << 10);
+    assert_true(gd_parse_size("1.5G", &v));
+    assert_int_equal(v, 3ll << 29);
+    assert_true(gd_parse_size("64MiB", &v));
+    assert_int_equal(v, 64ll << 20);
+    assert_false(gd_parse_size("", &v));
+    assert_false(gd_parse_size("-1", &v));
+    assert_false(gd_parse_size("12X", &v));
+    assert_false(gd_parse_size("M", &v));
+    assert_false(gd_parse_size("1.5", &v));
+}
+
+/* Stop strings across deltas, held-back prefixes, the earliest of several. */
+static void test_textout(void **state)
+{
+    (void)state;
+    size_t n;
+    const char *t;
+    /* no stops: everything at once */
+    txo *x = txo_new(NULL, NULL, 0);
+    assert_false(txo_append(x, "Hello", 5));
+    t = txo_ready(x, &n);
+    assert_int_equal(n, 5);
+    assert_memory_equal(t, "Hello", 5);
+    txo_consume(x);
+    txo_ready(x, &n);
+    assert_int_equal(n, 0);
+    txo_destroy(&x);
+    assert_null(x);
+
+    const char *stops[] = {"END", "\n\n"};
+    size_t lens[] = {3, 2};
+    x = txo_new(stops, lens, 2);
+    assert_false(txo_append(x, "abc E", 5));
+    t = txo_ready(x, &n); /* "E" held back */
+    assert_int_equal(n, 4);
+    assert_memory_equal(t, "abc ", 4);
+    txo_consume(x);
+    assert_false(txo_append(x, "N", 1));
+    txo_ready(x, &n);
+    assert_int_equal(n, 0); /* "EN" held */
+    assert_false(txo_append(x, "x", 1)); /* "ENx" is no stop: all ready */
+    t = txo_ready(x, &n);
+    assert_int_equal(n, 3);
+    assert_memory_equal(t, "ENx", 3);
+    txo_consume(x);
+    assert_true(txo_append(x, "yE", 2) == false);
+    assert_true(txo_append(x, "ND and more", 11)); /* stop completes across deltas */
+    assert_true(txo_stopped(x));
+    t = txo_ready(x, &n);
+    assert_int_equal(n, 1);
+    assert_memory_equal(t, "y", 1);
+    txo_consume(x);
+    assert_true(txo_append(x, "ignored", 7));
+    txo_finish(x);
+    txo_ready(x, &n);
+    assert_int_equal(n, 0);
+    txo_destroy(&x);
+
+    /* earliest of two matches in one delta */
+    x = txo_new(stops, lens, 2);
+    assert_true(txo_append(x, "a\n\nbEND", 7));
+    t = txo_ready(x, &n);
+    assert_int_equal(n, 1);
+    txo_destroy(&x);
+
+    /* held-back text is released at the end */
+    x = txo_new(stops, lens, 2);
+    assert_false(txo_append(x, "tail\n", 5));
+    txo_ready(x, &n);
+    assert_int_equal(n, 4);
+    txo_finish(x);
+    t = txo_ready(x, &n);
+    assert_int_equal(n, 5);
+    assert_memory_equal(t, "tail\n", 5);
+    txo_destroy(&x);
+
+    /* the whole text a stop string: nothing comes out */
+    x = txo_new(stops, lens, 2);
+    assert_true(txo_append(x, "END", 3));
+    txo_finish(x);
+    txo_ready(x, &n);
+    assert_int_equal(n, 0);
+    txo_destroy(&x);
+}
+
+static void test_u64map_and_metrics(void **state)
+{
+    (void)state;
+    u64map m = {0};
+    assert_null(u64map_get(&m, 5));
+    static int vals[5000];
+    for (int i = 1; i < 5000; i++)
+        assert_true(u64map_put(&m, (uint64_t)i * 0x10000, &vals[i]));
+    assert_int_equal(m.n, 4999);
+    for (int i = 1; i < 5000; i += 2)
+        assert_ptr_equal(u64map_del(&m, (uint64_t)i * 0x10000), &vals[i]);
+    for (int i = 1; i < 5000; i++)
+        assert_ptr_equal(u64map_get(&m, (uint64_t)i * 0x10000), i % 2 ? NULL : &vals[i]);
+    for (int round = 0; round < 20; round++) /* churn: tombstones must not fill the table */
+        for (int i = 1; i < 5000; i += 2) {
+            assert_true(u64map_put(&m, (uint64_t)i * 0x10000 + 1, &vals[i]));
+            assert_ptr_equal(u64map_del(&m, (uint64_t)i * 0x10000 + 1), &vals[i]);
+        }
+    assert_int_equal(m.n, 2499);
+    assert_false(u64map_put(&m, 0, &vals[0]));
+    u64map_free(&m);
+
+    met_ring r;
+    memset(&r, 0, sizeof r);
+    assert_true(met_ring_pct(&r, 50) == 0);
+    for (int i = 1; i <= 100; i++)
+        met_ring_add(&r, i);
+    assert_true(fabs(met_ring_pct(&r, 50) - 50.5) < 1e-9);
+    assert_true(fabs(met_ring_pct(&r, 100) - 100) < 1e-9);
+    assert_true(fabs(met_ring_mean(&r) - 50.5) < 1e-9);
+    met_rate rt;
+    memset(&rt, 0, sizeof rt);
+    met_rate_tick(&rt, 10.0, 0);
+    met_rate_tick(&rt, 10.5, 50); /* too soon: not kept */
+    assert_true(fabs(met_rate_get(&rt, 12.0, 200) - 100.0) < 1e-9);
+}
+
+/* Round trips of the client API messages, and the decoder refusing garbage. */
+static void test_proto(void **state)
+{
+    (void)state;
+    Gemma__V1__ClientMessage cm = GEMMA__V1__CLIENT_MESSAGE__INIT;
+    Gemma__V1__GenerateRequest g = GEMMA__V1__GENERATE_REQUEST__INIT;
+    Gemma__V1__SamplingParams sp = GEMMA__V1__SAMPLING_PARAMS__INIT;
+    Gemma__V1__TokenIds tk = GEMMA__V1__TOKEN_IDS__INIT;
+    int32_t ids[] = {2, 651, 6037, 255999};
+    char *stops[] = {"\n\n", "END"};
+    tk.n_ids = 4;
+    tk.ids = ids;
+    sp.temperature = 0.7f;
+    sp.top_k = 40;
+    sp.top_p = 0.9f;
+    sp.seed = 1ull << 40;
+    g.prompt_case = GEMMA__V1__GENERATE_REQUEST__PROMPT_TOKENS;
+    g.tokens = &tk;
+    g.sampling = &sp;
+    g.max_tokens = 128;
+    g.n_stop = 2;
+    g.stop = stops;
+    g.stream = 1;
+    cm.protocol_version = 1;
+    cm.request_id = 42;
+    cm.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE;
+    cm.generate = &g;
+    size_t n = gemma__v1__client_message__get_packed_size(&cm);
+    uint8_t *buf = malloc(n);
+    gemma__v1__client_message__pack(&cm, buf);
+    Gemma__V1__ClientMessage *back = gemma__v1__client_message__unpack(NULL, n, buf);
+    assert_non_null(back);
+    assert_int_equal(back->protocol_version, 1);
+    assert_int_equal(back->request_id, 42);
+    assert_int_equal(back->body_case, GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE);
+    assert_int_equal(back->generate->prompt_case, GEMMA__V1__GENERATE_REQUEST__PROMPT_TOKENS);
+    assert_int_equal(back->generate->tokens->n_ids, 4);
+    assert_memory_equal(back->generate->tokens->ids, ids, sizeof ids);
+    assert_true(back->generate->sampling->top_p == 0.9f);
+    assert_int_equal(back->generate->sampling->seed, 1ull << 40);
+    assert_int_equal(back->generate->n_stop, 2);
+    assert_string_equal(back->generate->stop[1], "END");
+    gemma__v1__client_message__free_unpacked(back, NULL);
+    /* truncated: refused, never a crash */
+    for (size_t cut = 1; cut < n; cut++) {
+        Gemma__V1__ClientMessage *t = gemma__v1__client_message__unpack(NULL, cut, buf);
+        if (t)
+            gemma__v1__client_message__free_unpacked(t, NULL);
+    }
+    free(buf);
+    uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02};
+    assert_null(gemma__v1__client_message__unpack(NULL, sizeof garbage, garbage));
+
+    /* a ServerMessage with many chunks */
+    Gemma__V1__ServerMessage sm = GEMMA__V1__SERVER_MESSAGE__INIT;
+    Gemma__V1__GenerateChunk ch[3], *chp[3];
+    Gemma__V1__Usage u = GEMMA__V1__USAGE__INIT;
+    int32_t t1 = 77;
+    for (int i = 0; i < 3; i++) {
+        ch[i] = (Gemma__V1__GenerateChunk)GEMMA__V1__GENERATE_CHUNK__INIT;
+        ch[i].request_id = 100 + (uint64_t)i;
+        ch[i].n_token_ids = 1;
+        ch[i].token_ids = &t1;
+        ch[i].text.data = (uint8_t *)"h\xc3\xa9";
+        ch[i].text.len = 3;
+        chp[i] = &ch[i];
+    }
+    u.prompt_tokens = 5;
+    u.completion_tokens = 9;
+    u.ttft_ms = 1.5;
+    ch[2].finish_reason = GEMMA__V1__FINISH_REASON__FINISH_ERROR;
+    ch[2].error_code = GEMMA__V1__ERROR_CODE__WORKER_FAILED;
+    ch[2].error_message = "boom";
+    ch[2].usage = &u;
+    sm.protocol_version = 1;
+    sm.n_chunks = 3;
+    sm.chunks = chp;
+    n = gemma__v1__server_message__get_packed_size(&sm);
+    buf = malloc(n);
+    gemma__v1__server_message__pack(&sm, buf);
+    Gemma__V1__ServerMessage *sb = gemma__v1__server_message__unpack(NULL, n, buf);
+    assert_non_null(sb);
+    assert_int_equal(sb->n_chunks, 3);
+    assert_int_equal(sb->chunks[1]->request_id, 101);
+    assert_int_equal(sb->chunks[2]->error_code, GEMMA__V1__ERROR_CODE__WORKER_FAILED);
+    assert_int_equal(sb->chunks[2]->usage->completion_tokens, 9);
+    assert_int_equal(sb->chunks[0]->text.len, 3);
+    assert_int_equal(sb->chunks[0]->finish_reason, GEMMA__V1__FINISH_REASON__FINISH_NONE);
+    gemma__v1__server_message__free_unpacked(sb, NULL);
+    free(buf);
+    /* error codes keep the numbers the client header promises */
+    assert_int_equal(GEMMA__V1__ERROR_CODE__PROMPT_TOO_LONG, 2);
+    assert_int_equal(GEMMA__V1__ERROR_CODE__SHUTTING_DOWN, 10);
+    assert_int_equal(GEMMA__V1__ERROR_CODE__DUPLICATE_ID, 12);
+    assert_int_equal(GEMMA__V1__FINISH_REASON__FINISH_ERROR, 4);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/gd-cfg-XXXXXX");
+    return mkdtemp(g_dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    gm_log_init("test", GM_LOG_WARN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_file_and_flags),
+        cmocka_unit_test(test_errors_name_the_line),
+        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_textout),
+        cmocka_unit_test(test_u64map_and_metrics),
+        cmocka_unit_test(test_proto),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,465 @@
+/* test_daemon_sched.c - the scheduler and KV block manager without processes.
+ *
+ * A fake engine stands in for the workers: it writes each fed token into a
+ * paged "KV" store through the block table, and the token it samples is a
+ * hash of (seed, everything in the sequence's KV read back through the block
+ * table). So a wrong block table, a wrong start_pos, two sequences sharing a
+ * block, or a recompute that feeds other tokens all change the output. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/sampling.h"
+#include "daemon/kvblocks.h"
+#include "daemon/sched.h"
+
+#define VOCAB 1000
+#define MAX_BLOCKS_FAKE 4096
+
+typedef struct fake_kv {
+    int32_t block_size;
+    int32_t *data;  /* [MAX_BLOCKS_FAKE, block_size] token written at each slot */
+    int32_t *owner; /* [MAX_BLOCKS_FAKE] slot that last wrote the block (-1) */
+} fake_kv;
+
+static void fake_init(fake_kv *f, int32_t bs)
+{
+    f->block_size = bs;
+    f->data = malloc(sizeof(int32_t) * MAX_BLOCKS_FAKE * bs);
+    f->owner = malloc(sizeof(int32_t) * MAX_BLOCKS_FAKE);
+    for (int i = 0; i < MAX_BLOCKS_FAKE * bs; i++)
+        f->data[i] = -7;
+    for (int i = 0; i < MAX_BLOCKS_FAKE; i++)
+        f->owner[i] = -1;
+}
+
+static void fake_free(fake_kv *f)
+{
+    free(f->data);
+    free(f->owner);
+}
+
+/* Run one step like an engine: write every fed token, sample where asked. */
+static void fake_step(fake_kv *f, const sched_plan *p, int32_t *out)
+{
+    /* no two entries of a step may share a block or a slot */
+    for (int32_t i = 0; i < p->n; i++)
+        for (int32_t j = i + 1; j < p->n; j++) {
+            assert_int_not_equal(p->steps[i].slot, p->steps[j].slot);
+            for (int32_t a = 0; a < p->steps[i].n_blocks; a++)
+                for (int32_t b = 0; b < p->steps[j].n_blocks; b++)
+                    assert_int_not_equal(p->steps[i].block_table[a], p->steps[j].block_table[b]);
+        }
+    for (int32_t i = 0; i < p->n; i++) {
+        const gm_seq_step *s = &p->steps[i];
+        int32_t end = s->start_pos + s->n_tokens;
+        assert_true(s->n_blocks * f->block_size >= end);
+        for (int32_t k = 0; k < s->n_tokens; k++) {
+            int32_t pos = s->start_pos + k;
+            int32_t blk = s->block_table[pos / f->block_size];
+            assert_true(blk >= 0 && blk < MAX_BLOCKS_FAKE);
+            f->data[blk * f->block_size + pos % f->block_size] = s->tokens[k];
+        }
+        if (s->logits_mode == GM_LOGITS_NONE) {
+            out[i] = -1;
+            continue;
+        }
+        /* "attention" over the whole KV read back through the table */
+        uint64_t h = s->sampling.seed * 0x9e3779b97f4a7c15ull + (uint64_t)end;
+        for (int32_t pos = 0; pos < end; pos++) {
+            int32_t blk = s->block_table[pos / f->block_size];
+            int32_t t = f->data[blk * f->block_size + pos % f->block_size];
+            h = gm_mix64(h ^ (uint64_t)(t + 1) * 0x100000001b3ull);
+        }
+        out[i] = 3 + (int32_t)(h % (VOCAB - 3)); /* never EOS unless forced by the test */
+    }
+}
+
+/* The output a sequence gets when it runs alone with plenty of room. */
+static void reference(const int32_t *prompt, int32_t n_prompt, uint64_t seed, int32_t n_gen, int32_t *out)
+{
+    int32_t *all = malloc(sizeof(int32_t) * (size_t)(n_prompt + n_gen + 1));
+    memcpy(all, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    for (int32_t g = 0; g < n_gen; g++) {
+        int32_t end = n_prompt + g;
+        uint64_t h = seed * 0x9e3779b97f4a7c15ull + (uint64_t)end;
+        for (int32_t pos = 0; pos < end; pos++)
+            h = gm_mix64(h ^ (uint64_t)(all[pos] + 1) * 0x100000001b3ull);
+        all[end] = 3 + (int32_t)(h % (VOCAB - 3));
+        out[g] = all[end];
+    }
+    free(all);
+}
+
+static sched_opts opts(int32_t max_seqs, int32_t budget, int64_t blocks, int32_t bs)
+{
+    sched_opts o = {0};
+    o.max_seqs = max_seqs;
+    o.max_tokens_per_step = budget;
+    o.max_context = 1024;
+    o.max_waiting = 1000;
+    o.kv_blocks = blocks;
+    o.kv_block_size = bs;
+    o.eos_id = 1;
+    o.eot_id = 107;
+    return o;
+}
+
+static void make_prompt(int32_t *p, int32_t n, int seed)
+{
+    p[0] = 2;
+    for (int32_t i = 1; i < n; i++)
+        p[i] = 3 + (int32_t)((uint32_t)(seed * 7919 + i * 104729) % (VOCAB - 3));
+}
+
+/* Run until idle; returns steps taken. Checks the token budget every step. */
+static int run_all(sched *s, fake_kv *f, int32_t budget, int32_t max_seqs, int *max_batch)
+{
+    sched_plan p;
+    int32_t toks[256];
+    int steps = 0;
+    while (!sched_idle(s)) {
+        int32_t n = sched_plan_step(s, &p);
+        assert_true(n > 0);
+        assert_true(n <= max_seqs);
+        assert_true(p.n_tokens <= budget);
+        int32_t sum = 0;
+        for (int32_t i = 0; i < n; i++)
+            sum += p.steps[i].n_tokens;
+        assert_int_equal(sum, p.n_tokens);
+        if (max_batch && n > *max_batch)
+            *max_batch = n;
+        fake_step(f, &p, toks);
+        sched_commit_step(s, &p, toks);
+        /* finished sequences stay allocated until the test frees them */
+        steps++;
+        assert_true(steps < 100000);
+    }
+    return steps;
+}
+
+#define NSEQ 24
+
+/* Many sequences, ragged prompts, chunked prefill, small budget: outputs equal
+ * each sequence alone; every block comes back. */
+static void test_inflight_matches_alone(void **state)
+{
+    (void)state;
+    int32_t bs = 4;
+    sched_opts o = opts(8, 24, 1024, bs);
+    sched *s = sched_new(&o);
+    assert_non_null(s);
+    fake_kv f;
+    fake_init(&f, bs);
+    sched_seq *q[NSEQ];
+    int32_t prompts[NSEQ][80];
+    int32_t np[NSEQ], ngen[NSEQ];
+    for (int i = 0; i < NSEQ; i++) {
+        np[i] = 1 + (i * 13) % 70;
+        ngen[i] = 1 + (i * 7) % 20;
+        make_prompt(prompts[i], np[i], i);
+        sched_req r = {0};
+        r.prompt = prompts[i];
+        r.n_prompt = np[i];
+        r.max_tokens = ngen[i];
+        r.sampling.seed = (uint64_t)i * 31;
+        assert_int_equal(sched_add(s, &r, &q[i]), SCHED_ACCEPTED);
+    }
+    assert_int_equal(sched_waiting(s), NSEQ);
+    int max_batch = 0;
+    run_all(s, &f, 24, 8, &max_batch);
+    assert_true(max_batch > 1); /* sequences really shared steps */
+    for (int i = 0; i < NSEQ; i++) {
+        int32_t want[32];
+        reference(prompts[i], np[i], (uint64_t)i * 31, ngen[i], want);
+        assert_int_equal(q[i]->state, SCHED_FINISHED);
+        assert_int_equal(q[i]->finish, SCHED_FINISH_LENGTH);
+        assert_int_equal(sched_seq_generated(q[i]), ngen[i]);
+        assert_memory_equal(q[i]->tokens + np[i], want, sizeof(int32_t) * (size_t)ngen[i]);
+        sched_seq_free(s, &q[i]);
+    }
+    assert_int_equal(sched_kv_used(s), 0);
+    assert_int_equal(sched_preemptions(s), 0);
+    sched_destroy(&s);
+    fake_free(&f);
+}
+
+/* A KV pool far too small for everyone at once: preemption must happen and the
+ * outputs must not change. */
+static void test_preemption_keeps_outputs(void **state)
+{
+    (void)state;
+    int32_t bs = 4;
+    /* each sequence needs up to ceil((40 + 30) / 4) = 18 blocks; 24 blocks in all */
+    sched_opts o = opts(8, 64, 24, bs);
+    sched *s = sched_new(&o);
+    fake_kv f;
+    fake_init(&f, bs);
+    enum { N = 10 };
+    sched_seq *q[N];
+    int32_t prompts[N][40];
+    for (int i = 0; i < N; i++) {
+        make_prompt(prompts[i], 10 + i * 3, 100 + i);
+        sched_req r = {0};
+        r.prompt = prompts[i];
+        r.n_prompt = 10 + i * 3;
+        r.max_tokens = 30;
+        r.sampling.seed = 5 + (uint64_t)i;
+        assert_int_equal(sched_add(s, &r, &q[i]), SCHED_ACCEPTED);
+    }
+    run_all(s, &f, 64, 8, NULL);
+    assert_true(sched_preemptions(s) > 0);
+    int32_t total_pre = 0;
+    for (int i = 0; i < N; i++) {
+        int32_t want[30];
+        reference(prompts[i], 10 + i * 3, 5 + (uint64_t)i, 30, want);
+        assert_int_equal(q[i]->finish, SCHED_FINISH_LENGTH);
+        assert_memory_equal(q[i]->tokens + q[i]->n_prompt, want, sizeof want);
+        total_pre += q[i]->preemptions;
+        sched_seq_free(s, &q[i]);
+    }
+    assert_int_equal(total_pre, sched_preemptions(s));
+    assert_int_equal(sched_kv_used(s), 0);
+    sched_destroy(&s);
+    fake_free(&f);
+}
+
+/* EOS, stop ids, ignore_eos, <end_of_turn> in chat mode, max_tokens. */
+static void test_stop_conditions(void **state)
+{
+    (void)state;
+    sched_opts o = opts(4, 64, 64, 4);
+    sched *s = sched_new(&o);
+    int32_t prompt[] = {2, 5, 6};
+    sched_req r = {0};
+    r.prompt = prompt;
+    r.n_prompt = 3;
+    r.max_tokens = 10;
+    sched_seq *a, *b, *c, *d, *e;
+    int32_t stop = 77;
+    assert_int_equal(sched_add(s, &r, &a), SCHED_ACCEPTED); /* EOS stops */
+    r.ignore_eos = true;
+    assert_int_equal(sched_add(s, &r, &b), SCHED_ACCEPTED); /* EOS ignored */
+    r.ignore_eos = false;
+    r.stop_ids = &stop;
+    r.n_stop_ids = 1;
+    assert_int_equal(sched_add(s, &r, &c), SCHED_ACCEPTED); /* stop id */
+    r.stop_ids = NULL;
+    r.n_stop_ids = 0;
+    r.stop_at_eot = true;
+    assert_int_equal(sched_add(s, &r, &d), SCHED_ACCEPTED); /* EOT stops in chat */
+    r.stop_at_eot = false;
+    r.max_tokens = 2;
+    assert_int_equal(sched_add(s, &r, &e), SCHED_ACCEPTED); /* length */
+
+    sched_plan p;
+    int32_t toks[8];
+    /* step 1: prefill everyone; all sample 50 */
+    assert_int_equal(sched_plan_step(s, &p), 4); /* max_seqs 4: e waits */
+    for (int i = 0; i < p.n; i++)
+        toks[i] = 50;
+    sched_commit_step(s, &p, toks);
+    /* step 2: a,b,c,d decode; then e admitted */
+    assert_int_equal(sched_plan_step(s, &p), 4);
+    for (int i = 0; i < p.n; i++) {
+        sched_seq *q = p.seqs[i];
+        toks[i] = q == a || q == b ? 1 : q == c ? 77 : q == d ? 107 : 9;
+    }
+    sched_commit_step(s, &p, toks);
+    assert_int_equal(a->state, SCHED_FINISHED);
+    assert_int_equal(a->finish, SCHED_FINISH_STOP);
+    assert_true(a->stop_token);
+    assert_int_equal(b->state, SCHED_RUNNING);
+    assert_int_equal(c->finish, SCHED_FINISH_STOP);
+    assert_true(c->stop_token);
+    assert_int_equal(d->finish, SCHED_FINISH_STOP);
+    /* blocks of finished sequences are free at once; slots too */
+    assert_int_equal(sched_running(s), 1);
+    /* e runs now and finishes by length after 2 tokens */
+    for (int k = 0; k < 3 && e->state != SCHED_FINISHED; k++) {
+        sched_plan_step(s, &p);
+        for (int i = 0; i < p.n; i++)
+            toks[i] = 9;
+        sched_commit_step(s, &p, toks);
+    }
+    assert_int_equal(e->finish, SCHED_FINISH_LENGTH);
+    assert_false(e->stop_token);
+    assert_int_equal(sched_seq_generated(e), 2);
+    sched_seq *all[] = {a, b, c, d, e};
+    for (int i = 0; i < 5; i++)
+        sched_seq_free(s, &all[i]);
+    assert_int_equal(sched_kv_used(s), 0);
+    assert_true(sched_idle(s));
+    sched_destroy(&s);
+}
+
+/* Admission: too long for the context or the pool, empty, negative, queue full. */
+static void test_admission(void **state)
+{
+    (void)state;
+    sched_opts o = opts(4, 64, 8, 4); /* pool: 32 tokens; context 1024 */
+    o.max_waiting = 2;
+    sched *s = sched_new(&o);
+    int32_t prompt[40];
+    make_prompt(prompt, 40, 1);
+    sched_req r = {0};
+    r.prompt = prompt;
+    sched_seq *q = NULL;
+    r.n_prompt = 0;
+    assert_int_equal(sched_add(s, &r, &q), SCHED_REJECT_INVALID);
+    r.n_prompt = 5;
+    r.max_tokens = -1;
+    assert_int_equal(sched_add(s, &r, &q), SCHED_REJECT_INVALID);
+    r.max_tokens = 28; /* 5 + 28 > 32 pool tokens */
+    assert_int_equal(sched_add(s, &r, &q), SCHED_REJECT_TOO_LONG);
+    r.n_prompt = 32;
+    r.max_tokens = 0;
+    assert_int_equal(sched_add(s, &r, &q), SCHED_REJECT_TOO_LONG);
+    r.n_prompt = 5;
+    r.max_tokens = 27; /* exactly fits */
+    sched_seq *a, *b;
+    assert_int_equal(sched_add(s, &r, &a), SCHED_ACCEPTED);
+    r.max_tokens = 0; /* until the pool is full: 27 */
+    assert_int_equal(sched_add(s, &r, &b), SCHED_ACCEPTED);
+    assert_int_equal(b->max_new, 27);
+    assert_int_equal(sched_add(s, &r, &q), SCHED_REJECT_FULL);
+    /* the context limit too */
+    sched_opts o2 = opts(4, 64, 1000, 4);
+    o2.max_context = 16;
+    sched *s2 = sched_new(&o2);
+    r.n_prompt = 10;
+    r.max_tokens = 7;
+    assert_int_equal(sched_add(s2, &r, &q), SCHED_REJECT_TOO_LONG);
+    r.max_tokens = 6;
+    assert_int_equal(sched_add(s2, &r, &q), SCHED_ACCEPTED);
+    sched_destroy(&s2);
+    /* bad options */
+    sched_opts bad = opts(0, 64, 8, 4);
+    assert_null(sched_new(&bad));
+    sched_seq_free(s, &a);
+    sched_seq_free(s, &b);
+    sched_destroy(&s);
+}
+
+/* Cancel (free) a running sequence while its step is "in flight": blocks come
+ * back at once, the commit skips it, the others go on. */
+static void test_cancel_frees_blocks(void **state)
+{
+    (void)state;
+    int32_t bs = 4;
+    sched_opts o = opts(4, 64, 64, bs);
+    sched *s = sched_new(&o);
+    fake_kv f;
+    fake_init(&f, bs);
+    int32_t prompt[20];
+    make_prompt(prompt, 20, 3);
+    sched_req r = {0};
+    r.prompt = prompt;
+    r.n_prompt = 20;
+    r.max_tokens = 10;
+    sched_seq *a, *b;
+    assert_int_equal(sched_add(s, &r, &a), SCHED_ACCEPTED);
+    assert_int_equal(sched_add(s, &r, &b), SCHED_ACCEPTED);
+    sched_plan p;
+    int32_t toks[4];
+    sched_plan_step(s, &p);
+    fake_step(&f, &p, toks);
+    sched_commit_step(s, &p, toks);
+    sched_plan_step(s, &p);
+    fake_step(&f, &p, toks); /* the workers took their copy; the step is in flight ... */
+    int64_t used = sched_kv_used(s);
+    assert_int_equal(used, 12); /* 2 x ceil(21 / 4) */
+    sched_seq_free(s, &a);  /* ... when the cancel arrives */
+    assert_null(a);
+    assert_int_equal(sched_kv_used(s), used / 2);
+    assert_int_equal(sched_running(s), 1);
+    sched_commit_step(s, &p, toks); /* must skip the freed one */
+    run_all(s, &f, 64, 4, NULL);
+    assert_int_equal(sched_seq_generated(b), 10);
+    sched_seq_free(s, &b);
+    assert_int_equal(sched_kv_used(s), 0);
+    sched_destroy(&s);
+    fake_free(&f);
+}
+
+/* Worker failure: every running sequence is failed and its blocks freed;
+ * waiting ones stay queued. */
+static void test_fail_running(void **state)
+{
+    (void)state;
+    sched_opts o = opts(2, 64, 64, 4);
+    sched *s = sched_new(&o);
+    int32_t prompt[] = {2, 3, 4};
+    sched_req r = {0};
+    r.prompt = prompt;
+    r.n_prompt = 3;
+    r.max_tokens = 5;
+    sched_seq *q[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sched_add(s, &r, &q[i]), SCHED_ACCEPTED);
+    sched_plan p;
+    assert_int_equal(sched_plan_step(s, &p), 2);
+    sched_seq *failed[2];
+    assert_int_equal(sched_fail_running(s, failed), 2);
+    assert_int_equal(failed[0]->finish, SCHED_FINISH_ERROR);
+    assert_int_equal(sched_kv_used(s), 0);
+    assert_int_equal(sched_waiting(s), 1);
+    assert_int_equal(sched_running(s), 0);
+    for (int i = 0; i < 3; i++)
+        sched_seq_free(s, &q[i]);
+    assert_true(sched_idle(s));
+    sched_destroy(&s);
+}
+
+/* The block manager alone. */
+static void test_kvblocks(void **state)
+{
+    (void)state;
+    assert_null(kvb_new(0, 16));
+    assert_null(kvb_new(4, 0));
+    kvb_pool *p = kvb_new(10, 16);
+    assert_int_equal(kvb_blocks_for(p, 0), 0);
+    assert_int_equal(kvb_blocks_for(p, 1), 1);
+    assert_int_equal(kvb_blocks_for(p, 16), 1);
+    assert_int_equal(kvb_blocks_for(p, 17), 2);
+    int32_t a[10], b[10];
+    assert_true(kvb_alloc(p, 4, a));
+    assert_int_equal(a[0], 0);
+    assert_int_equal(a[3], 3);
+    assert_true(kvb_alloc(p, 6, b));
+    assert_int_equal(kvb_free_count(p), 0);
+    assert_false(kvb_alloc(p, 1, a + 4));
+    kvb_release(p, a, 4);
+    assert_int_equal(kvb_free_count(p), 4);
+    assert_int_equal(kvb_used(p), 6);
+    int32_t c[4];
+    assert_true(kvb_alloc(p, 4, c));
+    assert_memory_equal(a, c, sizeof c); /* LIFO: the same blocks, same order */
+    assert_false(kvb_alloc(p, -1, c));
+    kvb_release(p, b, 6);
+    kvb_release(p, c, 4);
+    assert_int_equal(kvb_free_count(p), 10);
+    kvb_destroy(&p);
+    assert_null(p);
+    kvb_destroy(&p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_kvblocks),
+        cmocka_unit_test(test_inflight_matches_alone),
+        cmocka_unit_test(test_preemption_keeps_outputs),
+        cmocka_unit_test(test_stop_conditions),
+        cmocka_unit_test(test_admission),
+        cmocka_unit_test(test_cancel_frees_blocks),
+        cmocka_unit_test(test_fail_running),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

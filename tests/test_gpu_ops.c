@@ -1,0 +1,601 @@
+/* test_gpu_ops.c - every CUDA kernel against its CPU twin (kernels/cpu) on random inputs at
+ * Gemma's shapes, by normalized error ||gpu - cpu|| / ||cpu||. Inputs are drawn fresh for each
+ * check and rounded to bf16 so both sides see the same values; GPU outputs are poisoned
+ * (NaN) before each run so an unwritten element fails. Exit 77 without a GPU. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <cuda_runtime_api.h>
+
+#include "common/dtype.h"
+#include "common/sampling.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/attn_decode.cuh"
+#include "kernels/cuda/attn_prefill.cuh"
+#include "kernels/cuda/embed.cuh"
+#include "kernels/cuda/geglu.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/rmsnorm.cuh"
+#include "kernels/cuda/rope_kv.cuh"
+#include "kernels/cuda/sample.cuh"
+
+#define CK(x) assert_int_equal((int)(x), 0)
+#define GOK(x)                                                                                                       \
+    do {                                                                                                             \
+        gm_status s_ = (x);                                                                                          \
+        if (s_ != GM_OK)                                                                                             \
+            fail_msg("%s: %s: %s", #x, gm_status_str(s_), gm_last_error());                                          \
+    } while (0)
+
+static uint64_t g_rng = 0x1234567887654321ull;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((g_rng >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+
+static float nrand(void) /* roughly normal */
+{
+    return (frand() + frand() + frand()) * 1.0f;
+}
+
+/* n random values in [-scale, scale], rounded to bf16: f32 copy in *f, bf16 bits in *b. */
+static void rand_bf16(int64_t n, float scale, float **f, uint16_t **b)
+{
+    *f = malloc((size_t)n * sizeof(float));
+    *b = malloc((size_t)n * sizeof(uint16_t));
+    assert_non_null(*f);
+    assert_non_null(*b);
+    for (int64_t i = 0; i < n; i++) {
+        (*b)[i] = gm_f32_to_bf16(frand() * scale);
+        (*f)[i] = gm_bf16_to_f32((*b)[i]);
+    }
+}
+
+static void *dev_put(const void *h, size_t bytes)
+{
+    void *d = NULL;
+    CK(cudaMalloc(&d, bytes ? bytes : 16));
+    if (h)
+        CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+/* A bf16 device buffer poisoned with NaN. */
+static void *dev_poison_bf16(int64_t n)
+{
+    void *d = dev_put(NULL, (size_t)n * 2);
+    CK(cudaMemset(d, 0xff, (size_t)n * 2));
+    return d;
+}
+
+static float *get_bf16(const void *d, int64_t n)
+{
+    uint16_t *b = malloc((size_t)n * 2);
+    float *f = malloc((size_t)n * sizeof(float));
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(b, d, (size_t)n * 2, cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < n; i++)
+        f[i] = gm_bf16_to_f32(b[i]);
+    free(b);
+    return f;
+}
+
+static float *get_f32(const void *d, int64_t n)
+{
+    float *f = malloc((size_t)n * sizeof(float));
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(f, d, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
+    return f;
+}
+
+/* ||a - b|| / ||b||; NaN anywhere gives +inf. */
+static double nerr(const float *a, const float *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(a[i]) || isnan(b[i]))
+            return INFINITY;
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1e-30));
+}
+
+static void expect_close(const char *what, const float *gpu, const float *cpu, int64_t n, double tol)
+{
+    double e = nerr(gpu, cpu, n);
+    printf("  %-44s nerr %.2e (tol %.0e)\n", what, e, tol);
+    if (!(e <= tol))
+        fail_msg("%s: normalized error %.3e > %.1e", what, e, tol);
+}
+
+/* ------------------------------------------------------------------ embed */
+
+static void test_embed(void **state)
+{
+    (void)state;
+    int64_t V = 4096, H = 3072, n = 37;
+    float *tf;
+    uint16_t *tb;
+    rand_bf16(V * H, 1.0f, &tf, &tb);
+    int32_t ids[37];
+    for (int i = 0; i < n; i++)
+        ids[i] = (int32_t)((frand() + 1.0f) * 0.5f * (float)V) % (int32_t)V;
+    ids[5] = (int32_t)V - 1;
+    ids[6] = 0;
+    void *dt = dev_put(tb, (size_t)(V * H * 2));
+    int32_t *di = dev_put(ids, sizeof ids);
+    void *dout = dev_poison_bf16(n * H);
+    float norm = gm_round_bf16(sqrtf((float)H));
+    GOK(k_embed(dt, V, H, di, n, norm, dout, 0));
+    float *g = get_bf16(dout, n * H), *c = malloc((size_t)(n * H) * sizeof(float));
+    cpu_embed(tf, GM_DT_F32, H, ids, n, norm, c);
+    expect_close("embed [37 x 3072]", g, c, n * H, 4e-3);
+    /* gather rows */
+    int32_t rows[3] = {36, 0, 7};
+    int32_t *dr = dev_put(rows, sizeof rows);
+    void *dg = dev_poison_bf16(3 * H);
+    GOK(k_gather_rows(dout, H, dr, 3, H, dg, 0));
+    float *gg = get_bf16(dg, 3 * H);
+    for (int r = 0; r < 3; r++)
+        assert_memory_equal(gg + r * H, g + rows[r] * H, (size_t)H * sizeof(float));
+    free(gg), free(g), free(c), free(tf), free(tb);
+    cudaFree(dt), cudaFree(di), cudaFree(dout), cudaFree(dr), cudaFree(dg);
+}
+
+/* ------------------------------------------------------------------ rmsnorm */
+
+static void check_rmsnorm(int64_t n, int64_t dim, int delta_f32)
+{
+    float *xf, *wf, *df;
+    uint16_t *xb, *wb, *db;
+    rand_bf16(n * dim, 4.0f, &xf, &xb);
+    rand_bf16(dim, 0.5f, &wf, &wb);
+    rand_bf16(n * dim, 2.0f, &df, &db);
+    float *w1 = malloc((size_t)dim * sizeof(float));
+    for (int64_t i = 0; i < dim; i++)
+        w1[i] = 1.0f + wf[i];
+    float *dw = dev_put(w1, (size_t)dim * 4);
+    void *dx = dev_put(xb, (size_t)(n * dim * 2));
+    void *dout = dev_poison_bf16(n * dim);
+    float *c = malloc((size_t)(n * dim) * sizeof(float));
+    char name[96];
+
+    /* plain */
+    GOK(k_rmsnorm(dx, dim, dw, n, dim, 1e-6f, dout, dim, 0));
+    float *g = get_bf16(dout, n * dim);
+    cpu_rmsnorm(xf, wf, GM_DT_F32, n, dim, 1e-6f, c);
+    snprintf(name, sizeof name, "rmsnorm [%lld x %lld]", (long long)n, (long long)dim);
+    expect_close(name, g, c, n * dim, 8e-3);
+    free(g);
+
+    /* fused residual add: h = bf16(h + delta), out = norm(h) */
+    void *dd = delta_f32 ? dev_put(df, (size_t)(n * dim * 4)) : dev_put(db, (size_t)(n * dim * 2));
+    CK(cudaMemset(dout, 0xff, (size_t)(n * dim * 2)));
+    GOK(k_add_rmsnorm(dx, dd, delta_f32, dw, n, dim, 1e-6f, dout, 0));
+    float *gh = get_bf16(dx, n * dim);
+    g = get_bf16(dout, n * dim);
+    float *h = malloc((size_t)(n * dim) * sizeof(float));
+    for (int64_t i = 0; i < n * dim; i++)
+        h[i] = gm_round_bf16(xf[i] + df[i]);
+    assert_memory_equal(gh, h, (size_t)(n * dim) * sizeof(float)); /* the add rounds exactly once */
+    cpu_rmsnorm(h, wf, GM_DT_F32, n, dim, 1e-6f, c);
+    snprintf(name, sizeof name, "add+rmsnorm [%lld x %lld] delta %s", (long long)n, (long long)dim,
+             delta_f32 ? "f32" : "bf16");
+    expect_close(name, g, c, n * dim, 8e-3);
+    free(g), free(gh), free(h), free(c), free(w1);
+    free(xf), free(xb), free(wf), free(wb), free(df), free(db);
+    cudaFree(dw), cudaFree(dx), cudaFree(dout), cudaFree(dd);
+}
+
+static void test_rmsnorm(void **state)
+{
+    (void)state;
+    check_rmsnorm(33, 2048, 0);
+    check_rmsnorm(5, 3072, 1);
+    check_rmsnorm(3, 128, 0);
+}
+
+/* ------------------------------------------------------------------ rope + kv write */
+
+/* A random block table: a permutation of nb blocks out of pool_blocks. */
+static void rand_table(int32_t *bt, int32_t nb, int32_t pool_blocks)
+{
+    int32_t *perm = malloc((size_t)pool_blocks * sizeof(int32_t));
+    for (int32_t i = 0; i < pool_blocks; i++)
+        perm[i] = i;
+    for (int32_t i = pool_blocks - 1; i > 0; i--) {
+        int32_t j = (int32_t)(((frand() + 1.0f) * 0.5f) * (float)(i + 1)) % (i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    memcpy(bt, perm, (size_t)nb * sizeof(int32_t));
+    free(perm);
+}
+
+static void check_rope_kv(int32_t nh, int32_t nkv, int32_t hd, int64_t T, int32_t start, int32_t bs)
+{
+    int64_t ld = (int64_t)(nh + 2 * nkv) * hd;
+    int32_t nb_seq = (start + (int32_t)T + bs - 1) / bs, pool_blocks = nb_seq + 5;
+    int32_t *bt = malloc((size_t)nb_seq * sizeof(int32_t));
+    rand_table(bt, nb_seq, pool_blocks);
+    int32_t *pos = malloc((size_t)T * 4), *slot = malloc((size_t)T * 4);
+    for (int64_t t = 0; t < T; t++) {
+        pos[t] = start + (int32_t)t;
+        slot[t] = bt[pos[t] / bs] * bs + pos[t] % bs;
+    }
+    slot[T - 1] = -1; /* a padding row: rotated in place, not written to the pool */
+    float *qf;
+    uint16_t *qb;
+    rand_bf16(T * ld, 2.0f, &qf, &qb);
+    void *dq = dev_put(qb, (size_t)(T * ld * 2));
+    int64_t pool_elems = (int64_t)pool_blocks * nkv * bs * hd;
+    void *dk = dev_poison_bf16(pool_elems), *dv = dev_poison_bf16(pool_elems);
+    float inv[512];
+    k_rope_inv_freq(10000.0f, hd, inv);
+    float *dinv = dev_put(inv, (size_t)(hd / 2) * 4);
+    int32_t *dpos = dev_put(pos, (size_t)T * 4), *dslot = dev_put(slot, (size_t)T * 4);
+    GOK(k_rope_kv_write(dq, ld, T, nh, nkv, hd, dpos, dinv, dslot, dk, dv, bs, 0));
+
+    /* CPU: split q/k/v, rope q and k, write k and v */
+    int64_t qw = (int64_t)nh * hd, kw = (int64_t)nkv * hd;
+    float *q = malloc((size_t)(T * qw) * 4), *k = malloc((size_t)(T * kw) * 4), *v = malloc((size_t)(T * kw) * 4);
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(q + t * qw, qf + t * ld, (size_t)qw * 4);
+        memcpy(k + t * kw, qf + t * ld + qw, (size_t)kw * 4);
+        memcpy(v + t * kw, qf + t * ld + qw + kw, (size_t)kw * 4);
+    }
+    cpu_rope(q, T, nh, hd, pos, 10000.0f);
+    cpu_rope(k, T, nkv, hd, pos, 10000.0f);
+    float *kp = calloc((size_t)pool_elems, 4), *vp = calloc((size_t)pool_elems, 4);
+    cpu_kv_write(kp, vp, bt, bs, start, T - 1, nkv, hd, k, v);
+
+    float *g = get_bf16(dq, T * ld);
+    float *gq = malloc((size_t)(T * qw) * 4);
+    for (int64_t t = 0; t < T; t++)
+        memcpy(gq + t * qw, g + t * ld, (size_t)qw * 4);
+    char name[96];
+    snprintf(name, sizeof name, "rope q [%lld x %d x %d] pos %d..", (long long)T, nh, hd, start);
+    expect_close(name, gq, q, T * qw, 1e-2);
+    /* pool: compare the written slots only; the padding row's slot must stay poisoned */
+    float *gk = get_bf16(dk, pool_elems), *gv = get_bf16(dv, pool_elems);
+    int64_t nw = (T - 1) * kw;
+    float *ak = malloc((size_t)nw * 4), *ck = malloc((size_t)nw * 4), *av = malloc((size_t)nw * 4),
+          *cv = malloc((size_t)nw * 4);
+    for (int64_t t = 0; t < T - 1; t++)
+        for (int32_t gi = 0; gi < nkv; gi++) {
+            int64_t off = (((int64_t)bt[pos[t] / bs] * nkv + gi) * bs + pos[t] % bs) * hd;
+            memcpy(ak + (t * nkv + gi) * hd, gk + off, (size_t)hd * 4);
+            memcpy(ck + (t * nkv + gi) * hd, kp + off, (size_t)hd * 4);
+            memcpy(av + (t * nkv + gi) * hd, gv + off, (size_t)hd * 4);
+            memcpy(cv + (t * nkv + gi) * hd, vp + off, (size_t)hd * 4);
+        }
+    snprintf(name, sizeof name, "rope+kv write K [nkv %d]", nkv);
+    expect_close(name, ak, ck, nw, 1e-2);
+    assert_memory_equal(av, cv, (size_t)nw * 4); /* V is copied exactly */
+    {
+        int32_t p = pos[T - 1];
+        int64_t off = (((int64_t)bt[p / bs] * nkv) * bs + p % bs) * hd;
+        if (p / bs < nb_seq)
+            assert_true(isnan(gk[off]));
+    }
+    free(ak), free(ck), free(av), free(cv), free(gk), free(gv), free(g), free(gq);
+    free(q), free(k), free(v), free(kp), free(vp), free(qf), free(qb), free(bt), free(pos), free(slot);
+    cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dinv), cudaFree(dpos), cudaFree(dslot);
+}
+
+static void test_rope_kv(void **state)
+{
+    (void)state;
+    check_rope_kv(8, 1, 256, 19, 0, 16);      /* 2b */
+    check_rope_kv(16, 16, 256, 7, 8100, 16);  /* 7b, far positions */
+    check_rope_kv(4, 2, 32, 23, 5, 7);        /* tiny, odd block size */
+}
+
+/* ------------------------------------------------------------------ geglu */
+
+static void test_geglu(void **state)
+{
+    (void)state;
+    int64_t T = 7, n = 16384;
+    float *f;
+    uint16_t *b;
+    rand_bf16(T * 2 * n, 3.0f, &f, &b);
+    void *d = dev_put(b, (size_t)(T * 2 * n * 2));
+    void *o = dev_poison_bf16(T * n);
+    GOK(k_geglu(d, T, n, o, 0));
+    float *g = get_bf16(o, T * n);
+    float *gate = malloc((size_t)(T * n) * 4), *up = malloc((size_t)(T * n) * 4), *c = malloc((size_t)(T * n) * 4);
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(gate + t * n, f + t * 2 * n, (size_t)n * 4);
+        memcpy(up + t * n, f + t * 2 * n + n, (size_t)n * 4);
+    }
+    cpu_geglu(gate, up, T, n, c);
+    expect_close("geglu [7 x 16384]", g, c, T * n, 1e-2);
+    free(g), free(gate), free(up), free(c), free(f), free(b);
+    cudaFree(d), cudaFree(o);
+}
+
+/* ------------------------------------------------------------------ gemm */
+
+static void check_gemm(gemm_ctx *gc, int path, int64_t T, int64_t K, int64_t N, int yf32)
+{
+    float *xf, *wf;
+    uint16_t *xb, *wb;
+    rand_bf16(T * K, 1.0f, &xf, &xb);
+    rand_bf16(N * K, 0.05f, &wf, &wb);
+    void *dx = dev_put(xb, (size_t)(T * K * 2)), *dw = dev_put(wb, (size_t)(N * K * 2));
+    void *dy = dev_put(NULL, (size_t)(T * N * (yf32 ? 4 : 2)));
+    CK(cudaMemset(dy, 0xff, (size_t)(T * N * (yf32 ? 4 : 2))));
+    if (path == 0)
+        GOK(gemm_bf16(gc, dx, T, K, K, dw, K, N, dy, yf32, N, 0));
+    else if (path == 1)
+        GOK(gemm_bf16_lt(gc, dx, T, K, K, dw, K, N, dy, yf32, N, 0));
+    else
+        GOK(gemv_bf16(dx, T, K, K, dw, K, N, dy, yf32, N, 0));
+    float *g = yf32 ? get_f32(dy, T * N) : get_bf16(dy, T * N);
+    float *c = malloc((size_t)(T * N) * 4);
+    cpu_matmul(xf, T, K, K, wb, GM_DT_BF16, K, N, c, N);
+    char name[96];
+    snprintf(name, sizeof name, "%s T=%lld K=%lld N=%lld -> %s", path == 0 ? "gemm" : path == 1 ? "cublasLt" : "gemv",
+             (long long)T, (long long)K, (long long)N, yf32 ? "f32" : "bf16");
+    expect_close(name, g, c, T * N, yf32 ? 1e-4 : 6e-3);
+    free(g), free(c), free(xf), free(xb), free(wf), free(wb);
+    cudaFree(dx), cudaFree(dw), cudaFree(dy);
+}
+
+static void test_gemm(void **state)
+{
+    (void)state;
+    gemm_ctx *gc = NULL;
+    GOK(gemm_ctx_new(0, &gc));
+    check_gemm(gc, 2, 1, 2048, 2560, 0);    /* 2b qkv, gemv */
+    check_gemm(gc, 1, 1, 2048, 2560, 0);    /* same, cuBLASLt */
+    check_gemm(gc, 2, 3, 16384, 2048, 0);   /* 2b down, 3 rows */
+    check_gemm(gc, 2, 8, 3072, 1024, 1);    /* 8 rows, f32 out */
+    check_gemm(gc, 1, 64, 3072, 4096 + 2 * 4096, 0); /* 7b qkv, a batch */
+    check_gemm(gc, 0, 200, 4096, 3072, 1);  /* 7b o_proj, f32 out (tp > 1 path) */
+    check_gemm(gc, 0, 2, 2048, 32000, 1);   /* LM-head-like, f32 logits */
+    check_gemm(gc, 0, 37, 24576 / 8, 3072, 0);
+    assert_true(gemm_ctx_cached(gc) >= 3);
+    gemm_ctx_destroy(&gc);
+    assert_null(gc);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+typedef struct attn_case {
+    int32_t nh, nkv, hd, bs;
+} attn_case;
+
+/* Random K/V pools for n_seqs sequences of ctx[i] positions each; bt [n_seqs, max_blocks]. */
+static void make_pools(const attn_case *ac, int32_t n_seqs, const int32_t *ctx, int32_t max_blocks, int32_t *bt,
+                       int32_t *pool_blocks, float **kf, uint16_t **kb, float **vf, uint16_t **vb)
+{
+    int32_t total = 0;
+    for (int32_t i = 0; i < n_seqs; i++)
+        total += (ctx[i] + ac->bs - 1) / ac->bs;
+    *pool_blocks = total + 3;
+    int32_t *perm = malloc((size_t)*pool_blocks * 4);
+    rand_table(perm, *pool_blocks, *pool_blocks);
+    int32_t used = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        int32_t nb = (ctx[i] + ac->bs - 1) / ac->bs;
+        for (int32_t j = 0; j < max_blocks; j++)
+            bt[i * max_blocks + j] = j < nb ? perm[used + j] : 0;
+        used += nb;
+    }
+    free(perm);
+    int64_t elems = (int64_t)*pool_blocks * ac->nkv * ac->bs * ac->hd;
+    rand_bf16(elems, 2.0f, kf, kb);
+    rand_bf16(elems, 1.0f, vf, vb);
+}
+
+static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int32_t n_split_override)
+{
+    int32_t max_ctx = 0;
+    for (int32_t i = 0; i < B; i++)
+        max_ctx = ctx[i] > max_ctx ? ctx[i] : max_ctx;
+    int32_t max_blocks = (max_ctx + ac->bs - 1) / ac->bs + 1, pool_blocks;
+    int32_t *bt = malloc((size_t)(B * max_blocks) * 4);
+    float *kf, *vf, *qf;
+    uint16_t *kb, *vb, *qb;
+    make_pools(ac, B, ctx, max_blocks, bt, &pool_blocks, &kf, &kb, &vf, &vb);
+    int64_t elems = (int64_t)pool_blocks * ac->nkv * ac->bs * ac->hd, qw = (int64_t)ac->nh * ac->hd;
+    rand_bf16(B * qw, 2.0f, &qf, &qb);
+    void *dk = dev_put(kb, (size_t)elems * 2), *dv = dev_put(vb, (size_t)elems * 2), *dq = dev_put(qb, (size_t)(B * qw * 2));
+    int32_t *dbt = dev_put(bt, (size_t)(B * max_blocks) * 4), *dctx = dev_put(ctx, (size_t)B * 4);
+    void *dout = dev_poison_bf16(B * qw);
+    int32_t ns = n_split_override > 0 ? n_split_override : k_attn_decode_splits(B, ac->nkv, max_ctx, 132);
+    void *scratch = dev_put(NULL, k_attn_decode_scratch_bytes(B, ac->nh, ac->hd, ns));
+    float scale = 1.0f / sqrtf((float)ac->hd);
+    GOK(k_attn_decode(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, ns, scratch,
+                      dout, qw, 0));
+    float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
+    for (int32_t i = 0; i < B; i++)
+        if (ctx[i] > 0)
+            cpu_attention_paged(qf + i * qw, 1, ctx[i] - 1, ac->nh, ac->nkv, ac->hd, kf, vf, bt + i * max_blocks,
+                                ac->bs, scale, c + i * qw);
+    char name[96];
+    snprintf(name, sizeof name, "decode attn nh %d nkv %d hd %d B %d split %d", ac->nh, ac->nkv, ac->hd, B, ns);
+    expect_close(name, g, c, B * qw, 1e-2);
+    for (int32_t i = 0; i < B; i++)
+        if (ctx[i] == 0)
+            for (int64_t j = 0; j < qw; j++)
+                assert_true(g[i * qw + j] == 0.0f);
+    free(g), free(c), free(kf), free(kb), free(vf), free(vb), free(qf), free(qb), free(bt);
+    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dbt), cudaFree(dctx), cudaFree(dout), cudaFree(scratch);
+}
+
+static void test_attn_decode(void **state)
+{
+    (void)state;
+    attn_case mqa = {8, 1, 256, 16}, mha = {16, 16, 256, 16}, tiny = {4, 2, 32, 7}, gqa = {8, 2, 128, 32};
+    int32_t ctx1[4] = {1, 37, 1100, 0};
+    check_decode(&mqa, 4, ctx1, 0);
+    check_decode(&mqa, 4, ctx1, 1);
+    int32_t ctx2[3] = {300, 5, 4097};
+    check_decode(&mha, 3, ctx2, 0);
+    check_decode(&tiny, 4, ctx1, 0);
+    check_decode(&gqa, 3, ctx2, 0);
+}
+
+static void check_prefill(const attn_case *ac, int32_t n_seqs, const int32_t *start, const int32_t *nnew)
+{
+    int32_t ctx[8], max_ctx = 0, max_new = 0, T = 0, qs[8];
+    for (int32_t i = 0; i < n_seqs; i++) {
+        ctx[i] = start[i] + nnew[i];
+        max_ctx = ctx[i] > max_ctx ? ctx[i] : max_ctx;
+        max_new = nnew[i] > max_new ? nnew[i] : max_new;
+        qs[i] = T;
+        T += nnew[i];
+    }
+    int32_t max_blocks = (max_ctx + ac->bs - 1) / ac->bs, pool_blocks;
+    int32_t *bt = malloc((size_t)(n_seqs * max_blocks) * 4);
+    float *kf, *vf, *qf;
+    uint16_t *kb, *vb, *qb;
+    make_pools(ac, n_seqs, ctx, max_blocks, bt, &pool_blocks, &kf, &kb, &vf, &vb);
+    int64_t elems = (int64_t)pool_blocks * ac->nkv * ac->bs * ac->hd, qw = (int64_t)ac->nh * ac->hd;
+    rand_bf16((int64_t)T * qw, 2.0f, &qf, &qb);
+    void *dk = dev_put(kb, (size_t)elems * 2), *dv = dev_put(vb, (size_t)elems * 2);
+    void *dq = dev_put(qb, (size_t)((int64_t)T * qw * 2));
+    int32_t *dbt = dev_put(bt, (size_t)(n_seqs * max_blocks) * 4);
+    int32_t *dqs = dev_put(qs, (size_t)n_seqs * 4), *dnn = dev_put(nnew, (size_t)n_seqs * 4),
+            *dsp = dev_put(start, (size_t)n_seqs * 4);
+    void *dout = dev_poison_bf16((int64_t)T * qw);
+    float scale = 1.0f / sqrtf((float)ac->hd);
+    GOK(k_attn_prefill(dq, qw, n_seqs, dqs, dnn, dsp, max_new, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt,
+                       max_blocks, scale, dout, qw, 0));
+    float *g = get_bf16(dout, (int64_t)T * qw), *c = malloc((size_t)((int64_t)T * qw) * 4);
+    for (int32_t i = 0; i < n_seqs; i++)
+        cpu_attention_paged(qf + (int64_t)qs[i] * qw, nnew[i], start[i], ac->nh, ac->nkv, ac->hd, kf, vf,
+                            bt + i * max_blocks, ac->bs, scale, c + (int64_t)qs[i] * qw);
+    char name[96];
+    snprintf(name, sizeof name, "prefill attn nh %d nkv %d hd %d T %d", ac->nh, ac->nkv, ac->hd, T);
+    expect_close(name, g, c, (int64_t)T * qw, 1.5e-2);
+    free(g), free(c), free(kf), free(kb), free(vf), free(vb), free(qf), free(qb), free(bt);
+    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dbt), cudaFree(dqs), cudaFree(dnn), cudaFree(dsp);
+    cudaFree(dout);
+}
+
+static void test_attn_prefill(void **state)
+{
+    (void)state;
+    attn_case mqa = {8, 1, 256, 16}, mha = {16, 16, 256, 16}, tiny = {4, 2, 32, 7}, gqa = {8, 2, 128, 32};
+    int32_t st1[3] = {0, 500, 3}, nn1[3] = {130, 70, 1};
+    check_prefill(&mqa, 3, st1, nn1);
+    check_prefill(&mha, 3, st1, nn1);
+    check_prefill(&tiny, 3, st1, nn1);
+    check_prefill(&gqa, 3, st1, nn1);
+    int32_t st2[1] = {0}, nn2[1] = {1500}; /* a long prompt: 24 query tiles */
+    check_prefill(&mqa, 1, st2, nn2);
+}
+
+/* ------------------------------------------------------------------ sampling */
+
+static void check_sampling(const char *what, int64_t V, int ties, gm_sampling sp, int n_draws)
+{
+    float *lg = malloc((size_t)(n_draws * V) * 4);
+    for (int64_t i = 0; i < n_draws * V; i++) {
+        float x = nrand() * 3.0f;
+        lg[i] = ties ? gm_round_bf16(x) : x;
+    }
+    gm_sampling *ps = malloc((size_t)n_draws * sizeof *ps);
+    uint64_t *ctr = malloc((size_t)n_draws * 8);
+    for (int i = 0; i < n_draws; i++) {
+        ps[i] = sp;
+        ps[i].seed = sp.seed + (uint64_t)i * 7919u;
+        ctr[i] = 100 + (uint64_t)i;
+    }
+    float *dl = dev_put(lg, (size_t)(n_draws * V) * 4);
+    gm_sampling *dp = dev_put(ps, (size_t)n_draws * sizeof *ps);
+    uint64_t *dc = dev_put(ctr, (size_t)n_draws * 8);
+    int32_t *dt = dev_put(NULL, (size_t)n_draws * 4);
+    CK(cudaMemset(dt, 0xff, (size_t)n_draws * 4));
+    GOK(k_sample(dl, V, V, n_draws, dp, dc, dt, 0));
+    int32_t *tok = malloc((size_t)n_draws * 4);
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(tok, dt, (size_t)n_draws * 4, cudaMemcpyDeviceToHost));
+    int agree = 0;
+    for (int i = 0; i < n_draws; i++) {
+        int32_t c = cpu_sample(lg + i * V, V, &ps[i], ctr[i]);
+        assert_true(tok[i] >= 0 && tok[i] < V);
+        agree += c == tok[i];
+    }
+    printf("  %-44s %d/%d draws agree with cpu_sample\n", what, agree, n_draws);
+    if (gm_sampling_is_greedy(&sp))
+        assert_int_equal(agree, n_draws);
+    else
+        assert_true(agree >= n_draws - 1);
+    free(lg), free(ps), free(ctr), free(tok);
+    cudaFree(dl), cudaFree(dp), cudaFree(dc), cudaFree(dt);
+}
+
+static void test_sampling(void **state)
+{
+    (void)state;
+    int64_t V = 256000;
+    check_sampling("greedy", V, 0, GM_SAMPLING_GREEDY, 16);
+    check_sampling("greedy, bf16 ties", V, 1, GM_SAMPLING_GREEDY, 16);
+    check_sampling("temperature 1", V, 0, (gm_sampling){1.0f, 0, 1.0f, 11}, 40);
+    check_sampling("temperature 0.7 top-k 50", V, 0, (gm_sampling){0.7f, 50, 1.0f, 12}, 40);
+    check_sampling("temperature 1 top-p 0.9", V, 0, (gm_sampling){1.0f, 0, 0.9f, 13}, 40);
+    check_sampling("temp 0.8 top-k 1000 top-p 0.95, ties", V, 1, (gm_sampling){0.8f, 1000, 0.95f, 14}, 40);
+    check_sampling("temp 2 top-k 40 top-p 0.5, small vocab", 4096, 1, (gm_sampling){2.0f, 40, 0.5f, 15}, 40);
+}
+
+static void test_token_feed(void **state)
+{
+    (void)state;
+    int32_t toks[3] = {11, 22, 33}, slots[3] = {2, -1, 0}, last[4] = {-5, -5, -5, -5};
+    int32_t *dt = dev_put(toks, sizeof toks), *ds = dev_put(slots, sizeof slots), *dl = dev_put(last, sizeof last);
+    GOK(k_feed_tokens(dt, ds, 3, dl, 0));
+    int32_t ids[4] = {7, -1, -1, 9}, tslot[4] = {1, 2, 0, 3};
+    int32_t *di = dev_put(ids, sizeof ids), *dts = dev_put(tslot, sizeof tslot);
+    GOK(k_resolve_ids(di, dts, 4, dl, 0));
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(ids, di, sizeof ids, cudaMemcpyDeviceToHost));
+    assert_int_equal(ids[0], 7);
+    assert_int_equal(ids[1], 11);
+    assert_int_equal(ids[2], 33);
+    assert_int_equal(ids[3], 9);
+    cudaFree(dt), cudaFree(ds), cudaFree(dl), cudaFree(di), cudaFree(dts);
+}
+
+static void test_bad_args(void **state)
+{
+    (void)state;
+    assert_int_equal(k_rmsnorm(NULL, 8, NULL, 1, 12, 1e-6f, NULL, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_attn_decode(NULL, 256, 1, 8, 3, 256, NULL, NULL, 16, NULL, 1, NULL, 1.0f, 1, NULL, NULL, 256, 0),
+                     GM_ERR_INVALID_ARG);
+    assert_int_equal(k_attn_prefill(NULL, 96, 1, NULL, NULL, NULL, 1, 2, 1, 48, NULL, NULL, 16, NULL, 1, 1.0f, NULL,
+                                    96, 0),
+                     GM_ERR_UNSUPPORTED);
+}
+
+int main(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n < 1) {
+        printf("no CUDA device: skipped\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_embed),        cmocka_unit_test(test_rmsnorm),     cmocka_unit_test(test_rope_kv),
+        cmocka_unit_test(test_geglu),        cmocka_unit_test(test_gemm),        cmocka_unit_test(test_attn_decode),
+        cmocka_unit_test(test_attn_prefill), cmocka_unit_test(test_sampling),    cmocka_unit_test(test_token_feed),
+        cmocka_unit_test(test_bad_args),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,466 @@
+/* awq.c - AutoAWQ GEMM-layout checkpoints, the dense-or-AWQ linear, and a float32
+ * reference decoder layer over it. */
+#include "awq.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cpu/cpu_ops.h"
+
+const char *const gm_linear_names[GM_LIN_COUNT] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
+};
+
+/* ---- quantization config ---- */
+
+static void lower_copy(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+    for (; src[i] && i + 1 < cap; i++)
+        dst[i] = (char)tolower((unsigned char)src[i]);
+    dst[i] = '\0';
+}
+
+/* An integer member (or -1 when absent/null); GM_ERR_FORMAT when not a number. */
+static gm_status json_int(const cJSON *o, const char *key, const char *name, int32_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    *out = -1;
+    if (!v || cJSON_IsNull(v))
+        return GM_OK;
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e9)
+        return gm_fail(GM_ERR_FORMAT, "%s: quantization config key \"%s\" is not an integer", name, key);
+    *out = (int32_t)v->valuedouble;
+    return GM_OK;
+}
+
+static gm_status quant_from_json(const cJSON *o, const char *name, int legacy, gm_quant_config *q)
+{
+    memset(q, 0, sizeof *q);
+    if (!cJSON_IsObject(o))
+        return gm_fail(GM_ERR_FORMAT, "%s: quantization config is not a JSON object", name);
+    q->present = 1;
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "quant_method");
+    if (m && !cJSON_IsNull(m) && !cJSON_IsString(m))
+        return gm_fail(GM_ERR_FORMAT, "%s: quant_method is not a string", name);
+    if (m && cJSON_IsString(m))
+        lower_copy(q->method, sizeof q->method, m->valuestring);
+    else if (legacy)
+        snprintf(q->method, sizeof q->method, "awq");
+    else
+        return gm_fail(GM_ERR_FORMAT, "%s: quantization_config has no quant_method", name);
+    if (strcmp(q->method, "awq") != 0)
+        return GM_OK; /* another method: its own loader checks the rest */
+
+    gm_status st;
+    int32_t g1, g2, b1, b2;
+    if ((st = json_int(o, "group_size", name, &g1)) || (st = json_int(o, "q_group_size", name, &g2)) ||
+        (st = json_int(o, "bits", name, &b1)) || (st = json_int(o, "w_bit", name, &b2)))
+        return st;
+    q->group_size = legacy ? (g2 >= 0 ? g2 : g1) : (g1 >= 0 ? g1 : g2);
+    q->bits = legacy ? (b2 >= 0 ? b2 : b1) : (b1 >= 0 ? b1 : b2);
+    const cJSON *zp = cJSON_GetObjectItemCaseSensitive(o, "zero_point");
+    q->zero_point = !zp || cJSON_IsNull(zp) || cJSON_IsTrue(zp);
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(o, "version");
+    if (ver && cJSON_IsString(ver))
+        lower_copy(q->version, sizeof q->version, ver->valuestring);
+    else if (!ver || cJSON_IsNull(ver))
+        snprintf(q->version, sizeof q->version, "gemm");
+    else
+        return gm_fail(GM_ERR_FORMAT, "%s: quantization config \"version\" is not a string", name);
+
+    if (q->bits != 4)
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: AWQ with %d bits; only 4-bit AWQ is supported", name, q->bits);
+    if (strcmp(q->version, "gemm") != 0)
+        return gm_fail(GM_ERR_UNSUPPORTED,
+                       "%s: AWQ version \"%s\"; only the GEMM layout (version \"gemm\") is supported", name,
+                       q->version);
+    if (!q->zero_point)
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: AWQ without zero points is not supported", name);
+    if (q->group_size <= 0)
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: AWQ group_size %d; a positive group size is needed", name,
+                       q->group_size);
+    return GM_OK;
+}
+
+gm_status gm_quant_config_parse(const char *json, size_t len, const char *name, int legacy, gm_quant_config *q)
+{
+    memset(q, 0, sizeof *q);
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root)
+        return gm_fail(GM_ERR_FORMAT, "%s: not valid JSON", name);
+    gm_status st = quant_from_json(root, name, legacy, q);
+    cJSON_Delete(root);
+    return st;
+}
+
+/* Whole file into a NUL-terminated buffer (caller frees); GM_ERR_NOT_FOUND when absent. */
+static gm_status read_file(const char *path, char **out, size_t *len)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return errno == ENOENT ? gm_fail(GM_ERR_NOT_FOUND, "%s: no such file", path)
+                               : gm_fail(GM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? 2 * cap : 65536;
+            if (cap > ((size_t)64 << 20)) {
+                free(buf), fclose(f);
+                return gm_fail(GM_ERR_FORMAT, "%s: larger than 64 MiB, not a config file", path);
+            }
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf), fclose(f);
+                return gm_fail(GM_ERR_NOMEM, "%s: no memory to read it", path);
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(buf);
+        return gm_fail(GM_ERR_IO, "%s: read error", path);
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return GM_OK;
+}
+
+gm_status gm_quant_config_load(const char *dir, gm_quant_config *q)
+{
+    memset(q, 0, sizeof *q);
+    char path[4096];
+    char *text = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    gm_status st = read_file(path, &text, &len);
+    if (st)
+        return st; /* a model directory always has config.json */
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!root)
+        return gm_fail(GM_ERR_FORMAT, "%s: not valid JSON", path);
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    if (qc && !cJSON_IsNull(qc)) {
+        st = quant_from_json(qc, path, 0, q);
+        cJSON_Delete(root);
+        return st;
+    }
+    cJSON_Delete(root);
+    snprintf(path, sizeof path, "%s/quant_config.json", dir);
+    st = read_file(path, &text, &len);
+    if (st == GM_ERR_NOT_FOUND) {
+        gm_clear_error();
+        return GM_OK; /* not quantized */
+    }
+    if (st)
+        return st;
+    st = gm_quant_config_parse(text, len, path, 1, q);
+    free(text);
+    return st;
+}
+
+/* ---- AWQ tensors ---- */
+
+static gm_status check_tensor(const st_model *m, const char *name, gm_dtype dt, int64_t d0, int64_t d1,
+                              const st_tensor **out)
+{
+    const st_tensor *t = st_model_find(m, name);
+    if (!t)
+        return gm_fail(GM_ERR_NOT_FOUND, "checkpoint has no tensor %s", name);
+    const char *file = t->file ? t->file : "?";
+    if (t->dtype != dt)
+        return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: expected dtype %s, got %s", file, name, gm_dtype_name(dt),
+                       gm_dtype_name(t->dtype));
+    if (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
+        char got[96] = "[";
+        for (int32_t i = 0; i < t->ndim && i < 4; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        snprintf(got + strlen(got), sizeof got - strlen(got), "]");
+        return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: expected shape [%lld, %lld], got %s", file, name,
+                       (long long)d0, (long long)d1, got);
+    }
+    if (!t->data)
+        return gm_fail(GM_ERR_INTERNAL, "%s: tensor %s is not mapped", file, name);
+    if (((uintptr_t)t->data & 3u) != 0)
+        return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: data is not 4-byte aligned in the file", file, name);
+    *out = t;
+    return GM_OK;
+}
+
+gm_status gm_awq_find(const st_model *m, const char *prefix, int64_t K, int64_t N, int64_t group, cpu_awq_w *out)
+{
+    memset(out, 0, sizeof *out);
+    if (group <= 0 || K % group != 0)
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: AWQ group size %lld does not divide in_features %lld", prefix,
+                       (long long)group, (long long)K);
+    if (N % 8 != 0)
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: AWQ needs out_features %% 8 == 0, got %lld", prefix, (long long)N);
+    char name[256];
+    const st_tensor *qw, *qz, *sc;
+    gm_status st;
+    snprintf(name, sizeof name, "%s.qweight", prefix);
+    if ((st = check_tensor(m, name, GM_DT_I32, K, N / 8, &qw)))
+        return st;
+    snprintf(name, sizeof name, "%s.qzeros", prefix);
+    if ((st = check_tensor(m, name, GM_DT_I32, K / group, N / 8, &qz)))
+        return st;
+    snprintf(name, sizeof name, "%s.scales", prefix);
+    if ((st = check_tensor(m, name, GM_DT_F16, K / group, N, &sc)))
+        return st;
+    out->qweight = qw->data;
+    out->qzeros = qz->data;
+    out->scales = sc->data;
+    out->K = K, out->N = N;
+    out->ldq = N / 8, out->lds = N;
+    out->group = group;
+    return GM_OK;
+}
+
+gm_status gm_awq_slice(const cpu_awq_w *w, int64_t k0, int64_t nk, int64_t n0, int64_t nn, cpu_awq_w *out)
+{
+    if (k0 < 0 || nk <= 0 || k0 + nk > w->K || n0 < 0 || nn <= 0 || n0 + nn > w->N)
+        return gm_fail(GM_ERR_INVALID_ARG, "AWQ slice rows [%lld, +%lld) cols [%lld, +%lld) outside [%lld, %lld]",
+                       (long long)k0, (long long)nk, (long long)n0, (long long)nn, (long long)w->K,
+                       (long long)w->N);
+    if (k0 % w->group || nk % w->group)
+        return gm_fail(GM_ERR_UNSUPPORTED, "AWQ slice of input rows [%lld, +%lld) is not aligned to group %lld",
+                       (long long)k0, (long long)nk, (long long)w->group);
+    if (n0 % 8 || nn % 8)
+        return gm_fail(GM_ERR_UNSUPPORTED, "AWQ slice of output columns [%lld, +%lld) is not a multiple of 8",
+                       (long long)n0, (long long)nn);
+    *out = *w;
+    out->qweight = w->qweight + k0 * w->ldq + n0 / 8;
+    out->qzeros = w->qzeros + (k0 / w->group) * w->ldq + n0 / 8;
+    out->scales = w->scales + (k0 / w->group) * w->lds + n0;
+    out->K = nk, out->N = nn;
+    return GM_OK;
+}
+
+/* ---- linears ---- */
+
+gm_linear gm_linear_dense(const gm_wview *v)
+{
+    gm_linear L;
+    memset(&L, 0, sizeof L);
+    L.kind = GM_LINEAR_DENSE;
+    L.dense = *v;
+    L.in = v->cols, L.out = v->rows;
+    return L;
+}
+
+/* Bind one Linear: full shape [N, K] (nn.Linear), this rank's rows [r0, r0+nr) and columns [c0, c0+nc). */
+static gm_status bind_one(const st_model *m, const char *prefix, int64_t N, int64_t K, int64_t r0, int64_t nr,
+                          int64_t c0, int64_t nc, int64_t group, gm_linear *L)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    const st_tensor *t = st_model_find(m, name);
+    memset(L, 0, sizeof *L);
+    L->in = nc, L->out = nr;
+    if (t) {
+        if (t->ndim != 2 || t->shape[0] != N || t->shape[1] != K)
+            return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: expected shape [%lld, %lld]", t->file ? t->file : "?",
+                           name, (long long)N, (long long)K);
+        if (t->dtype != GM_DT_F32 && t->dtype != GM_DT_F16 && t->dtype != GM_DT_BF16)
+            return gm_fail(GM_ERR_UNSUPPORTED, "%s: tensor %s: dtype %s is not F32, F16 or BF16",
+                           t->file ? t->file : "?", name, gm_dtype_name(t->dtype));
+        if (!t->data)
+            return gm_fail(GM_ERR_INTERNAL, "tensor %s is not mapped", name);
+        L->kind = GM_LINEAR_DENSE;
+        gm_wview *v = &L->dense;
+        v->dtype = t->dtype;
+        v->rows = nr, v->cols = nc, v->ld = K, v->row0 = r0, v->col0 = c0;
+        v->data = (const char *)t->data + (size_t)(r0 * K + c0) * gm_dtype_size(t->dtype);
+        v->full = t;
+        return GM_OK;
+    }
+    if (group <= 0)
+        return gm_fail(GM_ERR_NOT_FOUND, "checkpoint has no tensor %s (and no AWQ quantization config)", name);
+    cpu_awq_w full;
+    gm_status st = gm_awq_find(m, prefix, K, N, group, &full);
+    if (st)
+        return st;
+    L->kind = GM_LINEAR_AWQ;
+    if ((st = gm_awq_slice(&full, c0, nc, r0, nr, &L->awq)))
+        return gm_fail(st, "%s: %s (tensor-parallel slice)", prefix, gm_last_error());
+    return GM_OK;
+}
+
+gm_status gm_linears_bind(const st_model *m, const gm_model_config *cfg, const gm_tp_layout *tp, int64_t group,
+                          gm_linear **out)
+{
+    *out = NULL;
+    int64_t H = cfg->hidden_size, hd = cfg->head_dim, I = cfg->intermediate_size;
+    int64_t qw = (int64_t)cfg->num_heads * hd, kvw = (int64_t)cfg->num_kv_heads * hd;
+    gm_linear *lin = calloc((size_t)cfg->num_layers * GM_LIN_COUNT, sizeof *lin);
+    if (!lin)
+        return gm_fail(GM_ERR_NOMEM, "no memory for %d layers of linears", cfg->num_layers);
+    gm_status st = GM_OK;
+    for (int32_t l = 0; l < cfg->num_layers && !st; l++) {
+        gm_linear *L = lin + (int64_t)l * GM_LIN_COUNT;
+        char p[GM_LIN_COUNT][128];
+        for (int i = 0; i < GM_LIN_COUNT; i++)
+            snprintf(p[i], sizeof p[i], "model.layers.%d.%s", (int)l, gm_linear_names[i]);
+        int64_t h0 = (int64_t)tp->head0 * hd, nh = (int64_t)tp->n_heads * hd;
+        int64_t k0 = (int64_t)tp->kv0 * hd, nk = (int64_t)tp->n_kv * hd;
+        if ((st = bind_one(m, p[GM_LIN_Q], qw, H, h0, nh, 0, H, group, &L[GM_LIN_Q])) ||
+            (st = bind_one(m, p[GM_LIN_K], kvw, H, k0, nk, 0, H, group, &L[GM_LIN_K])) ||
+            (st = bind_one(m, p[GM_LIN_V], kvw, H, k0, nk, 0, H, group, &L[GM_LIN_V])) ||
+            (st = bind_one(m, p[GM_LIN_O], H, qw, 0, H, h0, nh, group, &L[GM_LIN_O])) ||
+            (st = bind_one(m, p[GM_LIN_GATE], I, H, tp->inter0, tp->n_inter, 0, H, group, &L[GM_LIN_GATE])) ||
+            (st = bind_one(m, p[GM_LIN_UP], I, H, tp->inter0, tp->n_inter, 0, H, group, &L[GM_LIN_UP])) ||
+            (st = bind_one(m, p[GM_LIN_DOWN], H, I, 0, H, tp->inter0, tp->n_inter, group, &L[GM_LIN_DOWN])))
+            break;
+    }
+    if (st) {
+        free(lin);
+        return st;
+    }
+    *out = lin;
+    return GM_OK;
+}
+
+gm_status gm_linear_matmul(const gm_linear *L, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy)
+{
+    if (L->kind == GM_LINEAR_DENSE) {
+        const gm_wview *v = &L->dense;
+        cpu_matmul(x, T, v->cols, ldx, v->data, v->dtype, v->ld, v->rows, y, ldy);
+        return GM_OK;
+    }
+    if (cpu_awq_matmul(x, T, ldx, &L->awq, y, ldy))
+        return gm_fail(GM_ERR_NOMEM, "AWQ matmul: no memory for a dequantized tile of %lld inputs",
+                       (long long)L->in);
+    return GM_OK;
+}
+
+gm_status gm_linear_matmul_f64(const gm_linear *L, const float *x, int64_t T, int64_t ldx, double *y, int64_t ldy)
+{
+    if (L->kind == GM_LINEAR_DENSE) {
+        const gm_wview *v = &L->dense;
+        cpu_matmul_f64(x, T, v->cols, ldx, v->data, v->dtype, v->ld, v->rows, y, ldy);
+        return GM_OK;
+    }
+    if (cpu_awq_matmul_f64(x, T, ldx, &L->awq, y, ldy))
+        return gm_fail(GM_ERR_NOMEM, "AWQ matmul: no memory for a dequantized tile of %lld inputs",
+                       (long long)L->in);
+    return GM_OK;
+}
+
+int64_t gm_linear_bytes(const gm_linear *L)
+{
+    if (L->kind == GM_LINEAR_DENSE)
+        return L->in * L->out * (int64_t)gm_dtype_size(L->dense.dtype);
+    int64_t G = L->in / L->awq.group;
+    return L->in * L->out / 2 + G * L->out / 2 + G * L->out * 2;
+}
+
+/* ---- float32 reference layer ---- */
+
+gm_status gm_ref_attn(const gm_model_config *cfg, const gm_linear *lin, const float *x, int64_t n_seq, int64_t S,
+                      float *out, float *att)
+{
+    int64_t H = cfg->hidden_size, hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
+    int64_t qw = nh * hd, kvw = nkv * hd, T = n_seq * S;
+    float *q = malloc((size_t)(T * qw) * sizeof(float));
+    float *k = malloc((size_t)(T * kvw) * sizeof(float));
+    float *v = malloc((size_t)(T * kvw) * sizeof(float));
+    float *kp = malloc((size_t)(S * kvw) * sizeof(float)); /* one block of S tokens: [1, n_kv, S, hd] */
+    float *vp = malloc((size_t)(S * kvw) * sizeof(float));
+    float *a = att ? att : malloc((size_t)(T * qw) * sizeof(float));
+    int32_t *pos = malloc((size_t)S * sizeof(int32_t));
+    gm_status st = GM_OK;
+    if (!q || !k || !v || !kp || !vp || !a || !pos) {
+        st = gm_fail(GM_ERR_NOMEM, "reference attention: no memory for %lld tokens", (long long)T);
+        goto done;
+    }
+    if ((st = gm_linear_matmul(&lin[GM_LIN_Q], x, T, H, q, qw)) ||
+        (st = gm_linear_matmul(&lin[GM_LIN_K], x, T, H, k, kvw)) ||
+        (st = gm_linear_matmul(&lin[GM_LIN_V], x, T, H, v, kvw)))
+        goto done;
+    for (int64_t i = 0; i < S; i++)
+        pos[i] = (int32_t)i;
+    const int32_t table[1] = {0};
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t s = 0; s < n_seq; s++) {
+        float *qs = q + s * S * qw, *ks = k + s * S * kvw, *vs = v + s * S * kvw;
+        cpu_rope(qs, S, nh, hd, pos, cfg->rope_theta);
+        cpu_rope(ks, S, nkv, hd, pos, cfg->rope_theta);
+        cpu_kv_write(kp, vp, table, (int32_t)S, 0, S, nkv, hd, ks, vs);
+        cpu_attention_paged(qs, S, 0, nh, nkv, hd, kp, vp, table, (int32_t)S, scale, a + s * S * qw);
+    }
+    st = gm_linear_matmul(&lin[GM_LIN_O], a, T, qw, out, H);
+done:
+    free(q), free(k), free(v), free(kp), free(vp), free(pos);
+    if (a != att)
+        free(a);
+    return st;
+}
+
+gm_status gm_ref_mlp(const gm_model_config *cfg, const gm_linear *lin, const float *x, int64_t T, float *out,
+                     float *act)
+{
+    int64_t H = cfg->hidden_size, I = cfg->intermediate_size;
+    float *g = malloc((size_t)(T * I) * sizeof(float));
+    float *u = malloc((size_t)(T * I) * sizeof(float));
+    gm_status st = GM_OK;
+    if (!g || !u) {
+        st = gm_fail(GM_ERR_NOMEM, "reference MLP: no memory for %lld tokens", (long long)T);
+        goto done;
+    }
+    if ((st = gm_linear_matmul(&lin[GM_LIN_GATE], x, T, H, g, I)) ||
+        (st = gm_linear_matmul(&lin[GM_LIN_UP], x, T, H, u, I)))
+        goto done;
+    cpu_geglu(g, u, T, I, g);
+    if (act)
+        memcpy(act, g, (size_t)(T * I) * sizeof(float));
+    st = gm_linear_matmul(&lin[GM_LIN_DOWN], g, T, I, out, H);
+done:
+    free(g), free(u);
+    return st;
+}
+
+gm_status gm_ref_layer(const gm_model_config *cfg, const gm_ref_norms *norms, const gm_linear *lin, float *h,
+                       int64_t n_seq, int64_t S, gm_ref_capture *cap)
+{
+    int64_t H = cfg->hidden_size, T = n_seq * S;
+    float *x = malloc((size_t)(T * H) * sizeof(float));
+    float *o = malloc((size_t)(T * H) * sizeof(float));
+    gm_status st = GM_OK;
+    if (!x || !o) {
+        st = gm_fail(GM_ERR_NOMEM, "reference layer: no memory for %lld tokens", (long long)T);
+        goto done;
+    }
+    cpu_rmsnorm(h, norms->input, norms->input_dt, T, H, cfg->rms_norm_eps, x);
+    if (cap && cap->x_attn)
+        memcpy(cap->x_attn, x, (size_t)(T * H) * sizeof(float));
+    if ((st = gm_ref_attn(cfg, lin, x, n_seq, S, o, cap ? cap->att : NULL)))
+        goto done;
+    for (int64_t i = 0; i < T * H; i++)
+        h[i] += o[i];
+    cpu_rmsnorm(h, norms->post, norms->post_dt, T, H, cfg->rms_norm_eps, x);
+    if (cap && cap->x_mlp)
+        memcpy(cap->x_mlp, x, (size_t)(T * H) * sizeof(float));
+    if ((st = gm_ref_mlp(cfg, lin, x, T, o, cap ? cap->act : NULL)))
+        goto done;
+    for (int64_t i = 0; i < T * H; i++)
+        h[i] += o[i];
+done:
+    free(x), free(o);
+    return st;
+}

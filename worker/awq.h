@@ -1,0 +1,130 @@
+/* awq.h - INT4 AWQ checkpoints (AutoAWQ "GEMM" layout) and the linear-layer abstraction
+ * the engines use: a weight that is either dense (bf16/f16/f32) or AWQ-packed.
+ *
+ * An AWQ checkpoint replaces each decoder Linear's `<m>.weight` by `<m>.qweight`
+ * [K, N/8] int32, `<m>.qzeros` [K/g, N/8] int32 and `<m>.scales` [K/g, N] fp16
+ * (kernels/cpu/cpu_awq.h has the nibble order); embeddings and norms stay dense.
+ * It says so in config.json's `quantization_config` (or an older quant_config.json).
+ *
+ * Also here: a float32 reference of one Gemma decoder layer over gm_linear weights,
+ * the quantizer's calibration forward and the quality test's yardstick. */
+#ifndef GM_AWQ_H
+#define GM_AWQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/model_config.h"
+#include "../common/safetensors.h"
+#include "../common/status.h"
+#include "../kernels/cpu/cpu_awq.h"
+#include "weights.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A checkpoint's quantization config. */
+typedef struct gm_quant_config {
+    int32_t present;       /* 1 when config.json has quantization_config or quant_config.json exists */
+    char method[16];       /* quant_method, lower-cased ("awq", "fp8", ...); "awq" for quant_config.json */
+    int32_t bits;          /* AWQ: 4 */
+    int32_t group_size;    /* AWQ: q_group_size / group_size */
+    int32_t zero_point;    /* AWQ: 1 */
+    char version[16];      /* AWQ: "gemm" (lower-cased) */
+} gm_quant_config;
+
+/* Parse a quantization config object's JSON text: `quantization_config` of config.json
+ * (legacy = 0: keys group_size, bits, version) or a quant_config.json (legacy = 1: keys
+ * q_group_size, w_bit, version). `name` names the file in errors. For AWQ, anything but
+ * 4 bits, zero_point true, version gemm and group_size > 0 fails GM_ERR_UNSUPPORTED
+ * naming the value (the GEMV/gemv_fast/Marlin layouts are not this format). */
+gm_status gm_quant_config_parse(const char *json, size_t len, const char *name, int legacy, gm_quant_config *q);
+
+/* Read DIR/config.json's quantization_config, else DIR/quant_config.json; q->present = 0
+ * when neither exists. */
+gm_status gm_quant_config_load(const char *dir, gm_quant_config *q);
+
+/* Find `<prefix>.qweight/.qzeros/.scales` in m and check dtypes (I32, I32, F16) and shapes
+ * against K inputs, N outputs and group (K % group == 0, N % 8 == 0). Errors name the file,
+ * tensor, expected and actual shape. out points at the whole tensors. */
+gm_status gm_awq_find(const st_model *m, const char *prefix, int64_t K, int64_t N, int64_t group, cpu_awq_w *out);
+
+/* Rows [k0, k0 + nk) x columns [n0, n0 + nn) of w; needs k0, nk % group == 0, n0, nn % 8 == 0. */
+gm_status gm_awq_slice(const cpu_awq_w *w, int64_t k0, int64_t nk, int64_t n0, int64_t nn, cpu_awq_w *out);
+
+/* ---- linear layers ---- */
+
+typedef enum gm_linear_kind {
+    GM_LINEAR_DENSE = 0, /* nn.Linear.weight [out, in] view */
+    GM_LINEAR_AWQ,       /* AutoAWQ GEMM tensors */
+} gm_linear_kind;
+
+typedef struct gm_linear {
+    gm_linear_kind kind;
+    int64_t in, out;  /* K, N of this rank's slice */
+    gm_wview dense;   /* DENSE: rows = out, cols = in */
+    cpu_awq_w awq;    /* AWQ: K = in, N = out */
+} gm_linear;
+
+/* The seven Linears of a decoder layer, in this order. */
+enum { GM_LIN_Q = 0, GM_LIN_K, GM_LIN_V, GM_LIN_O, GM_LIN_GATE, GM_LIN_UP, GM_LIN_DOWN, GM_LIN_COUNT };
+/* "self_attn.q_proj", ..., "mlp.down_proj" */
+extern const char *const gm_linear_names[GM_LIN_COUNT];
+
+/* A dense linear over a weight view. */
+gm_linear gm_linear_dense(const gm_wview *v);
+
+/* Bind the Linears of every layer of m for tensor-parallel layout tp (worker/weights.h
+ * slicing: q, k, v, gate, up by output; o, down by input): `<m>.weight` when present, else
+ * the AWQ tensors with groups of `group` (0 = the checkpoint has none; then a missing
+ * weight is an error). out [num_layers * GM_LIN_COUNT]; caller frees. AWQ slices need
+ * output offsets % 8 and input offsets % group == 0 (GM_ERR_UNSUPPORTED otherwise). */
+gm_status gm_linears_bind(const st_model *m, const gm_model_config *cfg, const gm_tp_layout *tp, int64_t group,
+                          gm_linear **out);
+
+/* y [T, out] = x [T, in] . W^T (row strides ldx, ldy), float32; dense goes to cpu_matmul,
+ * AWQ to cpu_awq_matmul. Same dot-product order for any T. */
+gm_status gm_linear_matmul(const gm_linear *L, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy);
+/* As gm_linear_matmul, float64 accumulation and output (tensor-parallel partial sums). */
+gm_status gm_linear_matmul_f64(const gm_linear *L, const float *x, int64_t T, int64_t ldx, double *y, int64_t ldy);
+
+/* Bytes of the weight as stored (packed int4 + zeros + scales for AWQ). */
+int64_t gm_linear_bytes(const gm_linear *L);
+
+/* ---- float32 reference of a decoder layer (calibration, tests) ---- */
+
+/* Attention block of n_seq sequences of S tokens each (positions 0..S-1), T = n_seq * S:
+ * out [T, hidden] = o_proj(attn(rope(q), rope(k), v)) of x [T, hidden] (already normed).
+ * lin points at the layer's GM_LIN_COUNT linears (q, k, v, o used; tp 1). att [T, q width]
+ * (optional) receives o_proj's input. */
+gm_status gm_ref_attn(const gm_model_config *cfg, const gm_linear *lin, const float *x, int64_t n_seq, int64_t S,
+                      float *out, float *att);
+
+/* MLP block: out [T, hidden] = down(gelu_tanh(gate(x)) * up(x)); act [T, intermediate]
+ * (optional) receives down_proj's input. */
+gm_status gm_ref_mlp(const gm_model_config *cfg, const gm_linear *lin, const float *x, int64_t T, float *out,
+                     float *act);
+
+/* Norm weights of one layer. */
+typedef struct gm_ref_norms {
+    const void *input, *post; /* [hidden] */
+    gm_dtype input_dt, post_dt;
+} gm_ref_norms;
+
+/* Inputs of a layer's Linears, captured by gm_ref_layer (each optional). */
+typedef struct gm_ref_capture {
+    float *x_attn; /* [T, hidden] input of q, k, v */
+    float *att;    /* [T, q width] input of o */
+    float *x_mlp;  /* [T, hidden] input of gate, up */
+    float *act;    /* [T, intermediate] input of down */
+} gm_ref_capture;
+
+/* One decoder layer in place: h [T, hidden] += attn(rmsnorm(h)); h += mlp(rmsnorm(h)). */
+gm_status gm_ref_layer(const gm_model_config *cfg, const gm_ref_norms *norms, const gm_linear *lin, float *h,
+                       int64_t n_seq, int64_t S, gm_ref_capture *cap);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

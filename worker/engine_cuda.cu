@@ -1,0 +1,852 @@
+/* engine_cuda.cu - the Gemma v1 forward pass on one GPU (one tensor-parallel rank), bf16.
+ *
+ * Activations are bf16 as Hugging Face computes them (residual stream, norms' outputs,
+ * projections); norms, softmax and accumulations are float32; logits are float32.
+ * Weights live on the device fused per layer: QKV [(nq + 2 nkv) hd, H], gate|up [2 I, H],
+ * o [H, nq hd], down [H, I]; norm weights as float32 (1 + w). The KV pool holds, per layer,
+ * K and V of [num_blocks, nkv, block_size, head_dim] bf16.
+ *
+ * A step's host-side inputs (ids, positions, KV slots, per-sequence metadata, block tables,
+ * sampling parameters) are packed into one pinned buffer and copied in one transfer. Steps
+ * where every sequence appends one token (decode) are padded to a batch-size bucket and,
+ * after one eager run of that bucket, replayed from a CUDA graph; the graph reads everything
+ * that changes between steps from the device buffers, so replays need only that copy in and
+ * the sampled tokens out. Tensor parallel ranks all-reduce (NCCL, float32) after o_proj and
+ * down_proj; rank 0 computes the logits and samples, and broadcasts the tokens. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+
+#include "../common/log.h"
+#include "../common/safetensors.h"
+#include "../kernels/cuda/attn_decode.cuh"
+#include "../kernels/cuda/attn_prefill.cuh"
+#include "../kernels/cuda/cuda_check.h"
+#include "../kernels/cuda/cuda_util.cuh"
+#include "../kernels/cuda/embed.cuh"
+#include "../kernels/cuda/geglu.cuh"
+#include "../kernels/cuda/gemm.cuh"
+#include "../kernels/cuda/rmsnorm.cuh"
+#include "../kernels/cuda/rope_kv.cuh"
+#include "../kernels/cuda/sample.cuh"
+#include "../parallel/nccl_comm.h"
+#include "engine.h"
+#include "engine_check.h"
+#include "engine_cuda.h"
+#include "weights.h"
+
+#define LOGIT_CHUNK 64       /* rows per LM-head pass when dumping logits */
+#define STAGE_BYTES (64u << 20) /* each of the two pinned staging buffers of the loader */
+#define MAX_BUCKETS 64
+
+typedef struct cu_layer {
+    bf16 *wqkv;       /* [(nq + 2 nkv) * hd, H] */
+    bf16 *wo;         /* [H, nq * hd] */
+    bf16 *wgu;        /* [2 * ni, H]: gate rows then up rows */
+    bf16 *wdown;      /* [H, ni] */
+    float *in_norm;   /* [H] 1 + w */
+    float *post_norm; /* [H] 1 + w */
+} cu_layer;
+
+/* Device (or pinned host mirror) arrays of one step; same offsets on both sides. */
+typedef struct meta_ptrs {
+    int32_t *ids, *pos, *slot, *tok_slot;      /* [Tc] */
+    int32_t *q_start, *n_new, *start_pos, *ctx_len, *rows, *sslot, *tokens; /* [Sc] */
+    uint64_t *counters;                        /* [Sc] */
+    gm_sampling *params;                       /* [Sc] */
+    int32_t *bt;                               /* [Sc, max_blocks] */
+    size_t bytes;
+} meta_ptrs;
+
+typedef struct cu_bucket {
+    int32_t size;
+    int32_t n_split;
+    int32_t warm;           /* ran eagerly once (cuBLASLt algorithms chosen) */
+    cudaGraphExec_t exec;   /* NULL until captured */
+} cu_bucket;
+
+typedef struct cuda_engine {
+    gm_engine base;
+    gm_tp_layout tp;
+    int32_t n_sm;
+    cudaStream_t stream;
+    gemm_ctx *gemm;
+    gm_nccl *nccl;
+    st_model *model;
+    int64_t weight_bytes;
+
+    int64_t H, V, hd, nq, nkv, ni, n_qkv; /* local shapes */
+    int32_t max_blocks;                    /* block-table row length: ceil(max_context / bs) */
+    float eps, normalizer, scale;
+
+    bf16 *embed;        /* [V, H] also the LM head */
+    float *final_norm;  /* [H] */
+    cu_layer *layers;
+    float *inv_freq;    /* [hd / 2] */
+
+    bf16 *kv;           /* [layers][2][num_blocks, nkv, bs, hd] */
+    int64_t layer_elems;
+
+    int64_t cap_t;      /* token rows of the activations */
+    bf16 *h, *xn, *qkv, *att, *gu, *act; /* [T, H], [T, H], [T, n_qkv], [T, nq hd], [T, 2 ni], [T, ni] */
+    void *delta;        /* [T, H] bf16 (tp 1) or f32 (tp > 1) */
+    int delta_f32;
+    bf16 *xs;           /* [cap_rows, H] rows gathered for the LM head */
+    float *logits;      /* [cap_rows, V] */
+    int64_t cap_rows;
+    int32_t *dump_rows; /* [cap_t] token rows whose logits the caller wants */
+    int32_t *last_tok;  /* [max_seqs] token each slot sampled last */
+    void *dec_scratch;
+    size_t dec_scratch_bytes;
+
+    char *meta_d, *meta_h; /* device buffer and pinned mirror */
+    size_t meta_cap;
+    int32_t *tok_h;        /* pinned [max_seqs] */
+    int32_t *dump_rows_h;  /* host [cap_t] */
+
+    cu_bucket buckets[MAX_BUCKETS];
+    int32_t n_buckets;
+} cuda_engine;
+
+static void meta_layout(char *base, int64_t Tc, int64_t Sc, int64_t max_blocks, meta_ptrs *m)
+{
+    size_t o = 0;
+#define TAKE(field, type, n)                                                                                          \
+    do {                                                                                                              \
+        o = (o + 15) & ~(size_t)15;                                                                                   \
+        m->field = (type *)(base + o);                                                                                \
+        o += (size_t)(n) * sizeof(type);                                                                              \
+    } while (0)
+    TAKE(ids, int32_t, Tc);
+    TAKE(pos, int32_t, Tc);
+    TAKE(slot, int32_t, Tc);
+    TAKE(tok_slot, int32_t, Tc);
+    TAKE(q_start, int32_t, Sc);
+    TAKE(n_new, int32_t, Sc);
+    TAKE(start_pos, int32_t, Sc);
+    TAKE(ctx_len, int32_t, Sc);
+    TAKE(rows, int32_t, Sc);
+    TAKE(sslot, int32_t, Sc);
+    TAKE(tokens, int32_t, Sc);
+    TAKE(counters, uint64_t, Sc);
+    TAKE(params, gm_sampling, Sc);
+    TAKE(bt, int32_t, Sc * max_blocks);
+#undef TAKE
+    m->bytes = (o + 15) & ~(size_t)15;
+}
+
+/* ---------------------------------------------------------------- weights */
+
+typedef struct loader {
+    void *stage[2];
+    cudaEvent_t ev[2];
+    int cur;
+    int64_t done, total, next_report;
+    int verbose;
+} loader;
+
+/* Convert n elements of a row (dtype dt) to bf16. */
+static void row_to_bf16(const void *src, gm_dtype dt, int64_t n, uint16_t *dst, float *tmp)
+{
+    if (dt == GM_DT_BF16) {
+        memcpy(dst, src, (size_t)n * 2);
+        return;
+    }
+    gm_to_f32(dt, src, tmp, n);
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = gm_f32_to_bf16(tmp[i]);
+}
+
+static void report(loader *L, int64_t add)
+{
+    L->done += add;
+    if (L->verbose && (L->done >= L->next_report || L->done == L->total)) {
+        fprintf(stderr, "cuda engine: weights %.2f / %.2f GB\n", (double)L->done / 1e9, (double)L->total / 1e9);
+        L->next_report = L->done + (1ll << 30);
+    }
+}
+
+/* Upload view v as rows [v.rows, v.cols] bf16 to dst (dense, row stride v.cols). */
+static gm_status upload_view(cuda_engine *c, loader *L, const gm_wview *v, bf16 *dst)
+{
+    gm_status st = GM_OK;
+    size_t es = gm_dtype_size(v->dtype);
+    int64_t row_bytes = v->cols * 2;
+    int64_t rows_per = (int64_t)STAGE_BYTES / row_bytes;
+    if (rows_per < 1)
+        return gm_fail(GM_ERR_UNSUPPORTED, "tensor %s: a row of %lld bytes exceeds the staging buffer",
+                       v->full ? v->full->name : "?", (long long)row_bytes);
+    float *tmp = (float *)malloc((size_t)v->cols * sizeof(float));
+    if (!tmp)
+        return gm_fail(GM_ERR_NOMEM, "loader: no host memory");
+    for (int64_t r0 = 0; r0 < v->rows; r0 += rows_per) {
+        int64_t nr = v->rows - r0 < rows_per ? v->rows - r0 : rows_per;
+        int b = L->cur;
+        L->cur ^= 1;
+        GM_CUDA_GOTO(cudaEventSynchronize(L->ev[b]), st, done);
+        uint16_t *sg = (uint16_t *)L->stage[b];
+        for (int64_t r = 0; r < nr; r++)
+            row_to_bf16((const char *)v->data + (size_t)(r0 + r) * (size_t)v->ld * es, v->dtype, v->cols,
+                        sg + r * v->cols, tmp);
+        GM_CUDA_GOTO(cudaMemcpyAsync(dst + r0 * v->cols, sg, (size_t)(nr * row_bytes), cudaMemcpyHostToDevice,
+                                     c->stream),
+                     st, done);
+        GM_CUDA_GOTO(cudaEventRecord(L->ev[b], c->stream), st, done);
+        report(L, nr * v->cols * (int64_t)es);
+    }
+done:
+    free(tmp);
+    return st;
+}
+
+/* (1 + w) in float32 for a [1, H] norm weight. */
+static gm_status upload_norm(cuda_engine *c, loader *L, const gm_wview *v, float *dst)
+{
+    float *tmp = (float *)malloc((size_t)v->cols * sizeof(float));
+    if (!tmp)
+        return gm_fail(GM_ERR_NOMEM, "loader: no host memory");
+    gm_to_f32(v->dtype, v->data, tmp, v->cols);
+    for (int64_t i = 0; i < v->cols; i++)
+        tmp[i] = 1.0f + tmp[i];
+    cudaError_t e = cudaMemcpy(dst, tmp, (size_t)v->cols * sizeof(float), cudaMemcpyHostToDevice);
+    free(tmp);
+    if (e != cudaSuccess)
+        return gm_fail(GM_ERR_CUDA, "upload of %s: %s", v->full ? v->full->name : "norm", cudaGetErrorString(e));
+    report(L, v->cols * (int64_t)gm_dtype_size(v->dtype));
+    return GM_OK;
+}
+
+__global__ void fill_random_bf16(bf16 *p, int64_t n, uint64_t seed, float scale)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float u = gm_rng_uniform(seed, (uint64_t)i);
+        p[i] = __float2bfloat16_rn((2.0f * u - 1.0f) * scale);
+    }
+}
+
+__global__ void fill_random_norm(float *p, int64_t n, uint64_t seed)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        p[i] = 1.0f + 0.1f * (gm_rng_uniform(seed, (uint64_t)i) - 0.5f);
+}
+
+static gm_status dev_alloc(void **p, size_t bytes, const char *what)
+{
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 16);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        return gm_fail(GM_ERR_NOMEM, "cuda engine: cannot allocate %.1f MiB of device memory for %s: %s",
+                       (double)bytes / 1048576.0, what, cudaGetErrorString(e));
+    }
+    return GM_OK;
+}
+
+static gm_status alloc_weights(cuda_engine *c)
+{
+    int32_t nl = c->base.cfg.num_layers;
+    c->layers = (cu_layer *)calloc((size_t)nl, sizeof(cu_layer));
+    if (!c->layers)
+        return gm_fail(GM_ERR_NOMEM, "cuda engine: no host memory");
+    int64_t H = c->H;
+    GM_CHECK(dev_alloc((void **)&c->embed, (size_t)(c->V * H * 2), "the embedding"));
+    GM_CHECK(dev_alloc((void **)&c->final_norm, (size_t)H * 4, "norms"));
+    c->weight_bytes = c->V * H * 2 + H * 4;
+    for (int32_t l = 0; l < nl; l++) {
+        cu_layer *y = &c->layers[l];
+        GM_CHECK(dev_alloc((void **)&y->wqkv, (size_t)(c->n_qkv * H * 2), "q/k/v_proj"));
+        GM_CHECK(dev_alloc((void **)&y->wo, (size_t)(H * c->nq * c->hd * 2), "o_proj"));
+        GM_CHECK(dev_alloc((void **)&y->wgu, (size_t)(2 * c->ni * H * 2), "gate/up_proj"));
+        GM_CHECK(dev_alloc((void **)&y->wdown, (size_t)(H * c->ni * 2), "down_proj"));
+        GM_CHECK(dev_alloc((void **)&y->in_norm, (size_t)H * 4, "norms"));
+        GM_CHECK(dev_alloc((void **)&y->post_norm, (size_t)H * 4, "norms"));
+        c->weight_bytes += (c->n_qkv * H + H * c->nq * c->hd + 3 * c->ni * H) * 2 + 2 * H * 4;
+    }
+    return GM_OK;
+}
+
+static gm_status load_weights(cuda_engine *c, const gm_weights *w)
+{
+    gm_status st = GM_OK;
+    loader L;
+    memset(&L, 0, sizeof L);
+    L.verbose = c->base.opts.verbose;
+    int64_t H = c->H;
+    /* bytes read from the checkpoint, for progress */
+    L.total = w->embed.rows * w->embed.cols * (int64_t)gm_dtype_size(w->embed.dtype) + H * 4;
+    for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+        const gm_layer_weights *lw = &w->layers[l];
+        const gm_wview *vs[] = {&lw->q, &lw->k, &lw->v, &lw->o, &lw->gate, &lw->up, &lw->down,
+                                &lw->input_norm, &lw->post_norm};
+        for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++)
+            L.total += vs[i]->rows * vs[i]->cols * (int64_t)gm_dtype_size(vs[i]->dtype);
+    }
+    for (int i = 0; i < 2; i++) {
+        GM_CUDA_GOTO(cudaMallocHost(&L.stage[i], STAGE_BYTES), st, done);
+        GM_CUDA_GOTO(cudaEventCreateWithFlags(&L.ev[i], cudaEventDisableTiming), st, done);
+        GM_CUDA_GOTO(cudaEventRecord(L.ev[i], c->stream), st, done);
+    }
+    GM_GOTO(upload_view(c, &L, &w->embed, c->embed), st, done);
+    GM_GOTO(upload_norm(c, &L, &w->final_norm, c->final_norm), st, done);
+    for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+        const gm_layer_weights *lw = &w->layers[l];
+        cu_layer *y = &c->layers[l];
+        GM_GOTO(upload_view(c, &L, &lw->q, y->wqkv), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->k, y->wqkv + c->nq * c->hd * H), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->v, y->wqkv + (c->nq + c->nkv) * c->hd * H), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->o, y->wo), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->gate, y->wgu), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->up, y->wgu + c->ni * H), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->down, y->wdown), st, done);
+        GM_GOTO(upload_norm(c, &L, &lw->input_norm, y->in_norm), st, done);
+        GM_GOTO(upload_norm(c, &L, &lw->post_norm, y->post_norm), st, done);
+    }
+    GM_CUDA_GOTO(cudaStreamSynchronize(c->stream), st, done);
+done:
+    for (int i = 0; i < 2; i++) {
+        if (L.ev[i])
+            cudaEventDestroy(L.ev[i]);
+        if (L.stage[i])
+            cudaFreeHost(L.stage[i]);
+    }
+    return st;
+}
+
+static gm_status random_weights(cuda_engine *c, uint64_t seed)
+{
+    int64_t H = c->H;
+    unsigned grid = (unsigned)(c->n_sm * 8);
+    float sc = 0.02f;
+    fill_random_bf16<<<grid, 256, 0, c->stream>>>(c->embed, c->V * H, seed, 1.0f);
+    fill_random_norm<<<grid, 256, 0, c->stream>>>(c->final_norm, H, seed + 1);
+    for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+        cu_layer *y = &c->layers[l];
+        uint64_t s = seed + 100 * (uint64_t)(l + 1);
+        fill_random_bf16<<<grid, 256, 0, c->stream>>>(y->wqkv, c->n_qkv * H, s + 2, sc);
+        fill_random_bf16<<<grid, 256, 0, c->stream>>>(y->wo, H * c->nq * c->hd, s + 3, sc);
+        fill_random_bf16<<<grid, 256, 0, c->stream>>>(y->wgu, 2 * c->ni * H, s + 4, sc);
+        fill_random_bf16<<<grid, 256, 0, c->stream>>>(y->wdown, H * c->ni, s + 5, sc);
+        fill_random_norm<<<grid, 256, 0, c->stream>>>(y->in_norm, H, s + 6);
+        fill_random_norm<<<grid, 256, 0, c->stream>>>(y->post_norm, H, s + 7);
+    }
+    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    return GM_OK;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+typedef struct fwd_args {
+    meta_ptrs m;      /* device pointers */
+    int64_t T;        /* token rows */
+    int32_t S;        /* sequences (rows sampled) */
+    int decode;       /* every sequence appends one token: T == S, row i = sequence i */
+    int32_t n_split;  /* decode attention splits */
+    int32_t max_new;  /* prefill: largest n_new */
+    int sample;       /* rank 0 computes logits and samples */
+} fwd_args;
+
+static gm_status forward(cuda_engine *c, const fwd_args *a)
+{
+    cudaStream_t s = c->stream;
+    const meta_ptrs *m = &a->m;
+    int64_t T = a->T, H = c->H, hd = c->hd, qw = c->nq * c->hd;
+    int32_t bs = c->base.opts.kv_block_size;
+    int df = c->delta_f32;
+    GM_CHECK(k_resolve_ids(m->ids, m->tok_slot, T, c->last_tok, s));
+    GM_CHECK(k_embed(c->embed, c->V, H, m->ids, T, c->normalizer, c->h, s));
+    for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+        const cu_layer *y = &c->layers[l];
+        bf16 *kp = c->kv + (int64_t)l * 2 * c->layer_elems, *vp = kp + c->layer_elems;
+        if (l == 0)
+            GM_CHECK(k_rmsnorm(c->h, H, y->in_norm, T, H, c->eps, c->xn, H, s));
+        else
+            GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->in_norm, T, H, c->eps, c->xn, s));
+        GM_CHECK(gemm_bf16(c->gemm, c->xn, T, H, H, y->wqkv, H, c->n_qkv, c->qkv, 0, c->n_qkv, s));
+        GM_CHECK(k_rope_kv_write(c->qkv, c->n_qkv, T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, m->pos,
+                                 c->inv_freq, m->slot, kp, vp, bs, s));
+        if (a->decode)
+            GM_CHECK(k_attn_decode(c->qkv, c->n_qkv, (int32_t)T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp, vp,
+                                   bs, m->bt, c->max_blocks, m->ctx_len, c->scale, a->n_split, c->dec_scratch,
+                                   c->att, qw, s));
+        else
+            GM_CHECK(k_attn_prefill(c->qkv, c->n_qkv, a->S, m->q_start, m->n_new, m->start_pos, a->max_new,
+                                    (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp, vp, bs, m->bt, c->max_blocks,
+                                    c->scale, c->att, qw, s));
+        GM_CHECK(gemm_bf16(c->gemm, c->att, T, qw, qw, y->wo, qw, H, c->delta, df, H, s));
+        if (c->nccl)
+            GM_CHECK(gm_nccl_allreduce_f32(c->nccl, (float *)c->delta, T * H, s));
+        GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->post_norm, T, H, c->eps, c->xn, s));
+        GM_CHECK(gemm_bf16(c->gemm, c->xn, T, H, H, y->wgu, H, 2 * c->ni, c->gu, 0, 2 * c->ni, s));
+        GM_CHECK(k_geglu(c->gu, T, c->ni, c->act, s));
+        GM_CHECK(gemm_bf16(c->gemm, c->act, T, c->ni, c->ni, y->wdown, c->ni, H, c->delta, df, H, s));
+        if (c->nccl)
+            GM_CHECK(gm_nccl_allreduce_f32(c->nccl, (float *)c->delta, T * H, s));
+    }
+    GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, c->final_norm, T, H, c->eps, c->xn, s));
+    if (a->sample) {
+        const bf16 *x = c->xn;
+        if (!a->decode) {
+            GM_CHECK(k_gather_rows(c->xn, H, m->rows, a->S, H, c->xs, s));
+            x = c->xs;
+        }
+        GM_CHECK(gemm_bf16(c->gemm, x, a->S, H, H, c->embed, H, c->V, c->logits, 1, c->V, s));
+        GM_CHECK(k_sample(c->logits, c->V, c->V, a->S, m->params, m->counters, m->tokens, s));
+    }
+    if (c->nccl)
+        GM_CHECK(gm_nccl_broadcast_i32(c->nccl, m->tokens, a->S, 0, s));
+    GM_CHECK(k_feed_tokens(m->tokens, m->sslot, a->S, c->last_tok, s));
+    return GM_OK;
+}
+
+static void drop_graphs(cuda_engine *c)
+{
+    for (int32_t i = 0; i < c->n_buckets; i++) {
+        if (c->buckets[i].exec)
+            cudaGraphExecDestroy(c->buckets[i].exec);
+        c->buckets[i].exec = NULL;
+        c->buckets[i].warm = 0;
+    }
+}
+
+static gm_status capture(cuda_engine *c, const fwd_args *a, cudaGraphExec_t *exec)
+{
+    gm_status st = GM_OK;
+    cudaGraph_t g = NULL;
+    *exec = NULL;
+    GM_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    st = forward(c, a);
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (st)
+        goto done;
+    if (e != cudaSuccess) {
+        st = gm_fail(GM_ERR_CUDA, "cuda graph capture of a decode step: %s", cudaGetErrorString(e));
+        goto done;
+    }
+    GM_CUDA_GOTO(cudaGraphInstantiate(exec, g, 0), st, done);
+done:
+    if (g)
+        cudaGraphDestroy(g);
+    return st;
+}
+
+/* Dump logits of the wanted rows (GM_LOGITS_ALL rows, then one per LAST sequence, batch order). */
+static gm_status dump_logits(cuda_engine *c, int64_t n_rows, float *out)
+{
+    cudaStream_t s = c->stream;
+    GM_CUDA_CHECK(cudaMemcpyAsync(c->dump_rows, c->dump_rows_h, (size_t)n_rows * 4, cudaMemcpyHostToDevice, s));
+    for (int64_t r0 = 0; r0 < n_rows; r0 += c->cap_rows) {
+        int64_t nr = n_rows - r0 < c->cap_rows ? n_rows - r0 : c->cap_rows;
+        GM_CHECK(k_gather_rows(c->xn, c->H, c->dump_rows + r0, nr, c->H, c->xs, s));
+        GM_CHECK(gemm_bf16(c->gemm, c->xs, nr, c->H, c->H, c->embed, c->H, c->V, c->logits, 1, c->V, s));
+        GM_CUDA_CHECK(cudaMemcpyAsync(out + r0 * c->V, c->logits, (size_t)(nr * c->V) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, s));
+    }
+    return GM_OK;
+}
+
+static int32_t bucket_index(const cuda_engine *c, int32_t n)
+{
+    for (int32_t i = 0; i < c->n_buckets; i++)
+        if (c->buckets[i].size >= n)
+            return i;
+    return -1;
+}
+
+static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    const gm_engine_opts *o = &e->opts;
+    int32_t bs = o->kv_block_size;
+    gm_status st;
+
+    /* -1 in a one-token sequence = the token sampled on the device last step: check it as 0 */
+    gm_seq_step local[64];
+    int32_t zero = 0;
+    const gm_seq_step *chk = seqs;
+    int any_feed = 0;
+    for (int32_t i = 0; i < n_seqs && seqs; i++)
+        if (seqs[i].n_tokens == 1 && seqs[i].tokens && seqs[i].tokens[0] == -1)
+            any_feed = 1;
+    gm_seq_step *tmp = NULL;
+    if (any_feed) {
+        tmp = n_seqs <= 64 ? local : (gm_seq_step *)malloc((size_t)n_seqs * sizeof *tmp);
+        if (!tmp)
+            return gm_fail(GM_ERR_NOMEM, "cuda step: no host memory");
+        for (int32_t i = 0; i < n_seqs; i++) {
+            tmp[i] = seqs[i];
+            if (seqs[i].n_tokens == 1 && seqs[i].tokens && seqs[i].tokens[0] == -1)
+                tmp[i].tokens = &zero;
+        }
+        chk = tmp;
+    }
+    int64_t T = 0, rows = 0;
+    st = gm_engine_check_step(e, chk, n_seqs, out, &T, &rows);
+    if (tmp && tmp != local)
+        free(tmp);
+    if (st)
+        return st;
+    if (T == 0)
+        return GM_OK;
+
+    int decode = 1;
+    int32_t max_new = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        if (seqs[i].n_tokens != 1)
+            decode = 0;
+        if (seqs[i].n_tokens > max_new)
+            max_new = seqs[i].n_tokens;
+    }
+    int32_t bi = decode && o->use_graphs ? bucket_index(c, n_seqs) : -1;
+    int use_bucket = bi >= 0;
+    int32_t Sc = use_bucket ? c->buckets[bi].size : n_seqs;
+    int64_t Tc = use_bucket ? Sc : T;
+
+    meta_ptrs mh, md;
+    meta_layout(c->meta_h, Tc, Sc, c->max_blocks, &mh);
+    meta_layout(c->meta_d, Tc, Sc, c->max_blocks, &md);
+    if (mh.bytes > c->meta_cap)
+        return gm_fail(GM_ERR_INTERNAL, "cuda step: metadata of %zu bytes exceeds %zu", mh.bytes, c->meta_cap);
+    int64_t t = 0;
+    for (int32_t i = 0; i < Sc; i++) {
+        int32_t *bt = mh.bt + (int64_t)i * c->max_blocks;
+        if (i >= n_seqs) { /* padding row of a bucket */
+            mh.ids[t] = 0, mh.pos[t] = 0, mh.slot[t] = -1, mh.tok_slot[t] = 0;
+            mh.q_start[i] = (int32_t)t, mh.n_new[i] = 1, mh.start_pos[i] = 0, mh.ctx_len[i] = 0;
+            mh.rows[i] = (int32_t)t, mh.sslot[i] = -1, mh.counters[i] = 0;
+            mh.params[i] = GM_SAMPLING_GREEDY;
+            bt[0] = 0;
+            t++;
+            continue;
+        }
+        const gm_seq_step *q = &seqs[i];
+        mh.q_start[i] = (int32_t)t;
+        mh.n_new[i] = q->n_tokens;
+        mh.start_pos[i] = q->start_pos;
+        mh.ctx_len[i] = q->start_pos + q->n_tokens;
+        mh.rows[i] = (int32_t)(t + q->n_tokens - 1);
+        mh.sslot[i] = q->logits_mode != GM_LOGITS_NONE ? q->slot : -1;
+        mh.counters[i] = (uint64_t)q->start_pos + (uint64_t)q->n_tokens;
+        mh.params[i] = q->sampling;
+        int32_t nb = q->n_blocks < c->max_blocks ? q->n_blocks : c->max_blocks;
+        memcpy(bt, q->block_table, (size_t)nb * sizeof(int32_t));
+        for (int32_t j = 0; j < q->n_tokens; j++, t++) {
+            int32_t p = q->start_pos + j;
+            mh.ids[t] = q->tokens[j];
+            mh.pos[t] = p;
+            mh.slot[t] = q->block_table[p / bs] * bs + p % bs;
+            mh.tok_slot[t] = q->slot;
+        }
+    }
+    GM_CUDA_CHECK(cudaMemcpyAsync(c->meta_d, c->meta_h, mh.bytes, cudaMemcpyHostToDevice, c->stream));
+
+    fwd_args a;
+    memset(&a, 0, sizeof a);
+    a.m = md;
+    a.T = Tc;
+    a.S = Sc;
+    a.decode = decode;
+    a.max_new = max_new;
+    a.sample = o->tp_rank == 0;
+    if (decode) {
+        if (use_bucket)
+            a.n_split = c->buckets[bi].n_split;
+        else
+            a.n_split = k_attn_decode_splits(Sc, (int32_t)c->nkv, o->max_context, c->n_sm);
+    }
+    if (use_bucket) {
+        cu_bucket *b = &c->buckets[bi];
+        if (b->exec) {
+            GM_CUDA_CHECK(cudaGraphLaunch(b->exec, c->stream));
+        } else {
+            /* first sight of this bucket: run it eagerly (cuBLASLt picks its algorithms), then
+             * capture it for the next steps */
+            GM_CHECK(forward(c, &a));
+            b->warm = 1;
+            GM_CHECK(capture(c, &a, &b->exec));
+        }
+    } else {
+        GM_CHECK(forward(c, &a));
+    }
+
+    if (out && out->tokens && o->tp_rank == 0)
+        GM_CUDA_CHECK(cudaMemcpyAsync(c->tok_h, md.tokens, (size_t)n_seqs * 4, cudaMemcpyDeviceToHost, c->stream));
+    int64_t n_dump = 0;
+    if (out && out->logits && o->tp_rank == 0 && rows > 0) {
+        int64_t tt = 0;
+        for (int32_t i = 0; i < n_seqs; i++) {
+            const gm_seq_step *q = &seqs[i];
+            if (q->logits_mode == GM_LOGITS_ALL)
+                for (int32_t j = 0; j < q->n_tokens; j++)
+                    c->dump_rows_h[n_dump++] = (int32_t)(tt + j);
+            else if (q->logits_mode == GM_LOGITS_LAST)
+                c->dump_rows_h[n_dump++] = (int32_t)(tt + q->n_tokens - 1);
+            tt += q->n_tokens;
+        }
+        GM_CHECK(dump_logits(c, n_dump, out->logits));
+    }
+    GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    if (out && out->tokens && o->tp_rank == 0)
+        for (int32_t i = 0; i < n_seqs; i++)
+            out->tokens[i] = seqs[i].logits_mode == GM_LOGITS_NONE ? -1 : c->tok_h[i];
+    return GM_OK;
+}
+
+/* ---------------------------------------------------------------- create / destroy */
+
+static void cuda_destroy(gm_engine *e)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    if (!c)
+        return;
+    if (c->stream)
+        cudaStreamSynchronize(c->stream);
+    drop_graphs(c);
+    if (c->layers) {
+        for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+            cu_layer *y = &c->layers[l];
+            cudaFree(y->wqkv), cudaFree(y->wo), cudaFree(y->wgu), cudaFree(y->wdown);
+            cudaFree(y->in_norm), cudaFree(y->post_norm);
+        }
+        free(c->layers);
+    }
+    cudaFree(c->embed), cudaFree(c->final_norm), cudaFree(c->inv_freq), cudaFree(c->kv);
+    cudaFree(c->h), cudaFree(c->xn), cudaFree(c->qkv), cudaFree(c->att), cudaFree(c->gu), cudaFree(c->act);
+    cudaFree(c->delta), cudaFree(c->xs), cudaFree(c->logits), cudaFree(c->dump_rows), cudaFree(c->last_tok);
+    cudaFree(c->dec_scratch), cudaFree(c->meta_d);
+    if (c->meta_h)
+        cudaFreeHost(c->meta_h);
+    if (c->tok_h)
+        cudaFreeHost(c->tok_h);
+    free(c->dump_rows_h);
+    gemm_ctx_destroy(&c->gemm);
+    gm_nccl_destroy(&c->nccl);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    st_model_destroy(&c->model);
+    free(c);
+}
+
+static const gm_engine_ops g_cuda_ops = {cuda_step, cuda_destroy};
+
+static gm_status alloc_runtime(cuda_engine *c)
+{
+    const gm_engine_opts *o = &c->base.opts;
+    int64_t T = o->max_tokens, H = c->H;
+    c->cap_t = T;
+    c->delta_f32 = o->tp_size > 1;
+    GM_CHECK(dev_alloc((void **)&c->h, (size_t)(T * H * 2), "activations"));
+    GM_CHECK(dev_alloc((void **)&c->xn, (size_t)(T * H * 2), "activations"));
+    GM_CHECK(dev_alloc((void **)&c->qkv, (size_t)(T * c->n_qkv * 2), "activations"));
+    GM_CHECK(dev_alloc((void **)&c->att, (size_t)(T * c->nq * c->hd * 2), "activations"));
+    GM_CHECK(dev_alloc((void **)&c->gu, (size_t)(T * 2 * c->ni * 2), "activations"));
+    GM_CHECK(dev_alloc((void **)&c->act, (size_t)(T * c->ni * 2), "activations"));
+    GM_CHECK(dev_alloc(&c->delta, (size_t)(T * H * 4), "activations"));
+    c->cap_rows = o->max_seqs > LOGIT_CHUNK ? o->max_seqs : LOGIT_CHUNK;
+    GM_CHECK(dev_alloc((void **)&c->xs, (size_t)(c->cap_rows * H * 2), "logits"));
+    GM_CHECK(dev_alloc((void **)&c->logits, (size_t)(c->cap_rows * c->V * 4), "logits"));
+    GM_CHECK(dev_alloc((void **)&c->dump_rows, (size_t)T * 4, "logits"));
+    GM_CHECK(dev_alloc((void **)&c->last_tok, (size_t)o->max_seqs * 4, "tokens"));
+    GM_CUDA_CHECK(cudaMemset(c->last_tok, 0, (size_t)o->max_seqs * 4));
+    c->dump_rows_h = (int32_t *)malloc((size_t)T * 4);
+    if (!c->dump_rows_h)
+        return gm_fail(GM_ERR_NOMEM, "cuda engine: no host memory");
+
+    /* metadata: the largest of an eager step (T tokens, max_seqs) and any bucket */
+    meta_ptrs m;
+    char dummy[16];
+    meta_layout(dummy, T > o->max_seqs ? T : o->max_seqs, o->max_seqs, c->max_blocks, &m);
+    c->meta_cap = m.bytes;
+    GM_CHECK(dev_alloc((void **)&c->meta_d, c->meta_cap, "step metadata"));
+    GM_CUDA_CHECK(cudaMallocHost((void **)&c->meta_h, c->meta_cap));
+    GM_CUDA_CHECK(cudaMallocHost((void **)&c->tok_h, (size_t)o->max_seqs * 4));
+    memset(c->meta_h, 0, c->meta_cap);
+
+    /* decode buckets: 1, 2, 4, 8, then steps of 8 up to max_seqs (and max_tokens) */
+    int32_t most = o->max_seqs < o->max_tokens ? o->max_seqs : o->max_tokens;
+    c->n_buckets = 0;
+    for (int32_t b = 1; c->n_buckets < MAX_BUCKETS;) {
+        int32_t sz = b < most ? b : most;
+        c->buckets[c->n_buckets].size = sz;
+        c->buckets[c->n_buckets].n_split = k_attn_decode_splits(sz, (int32_t)c->nkv, o->max_context, c->n_sm);
+        c->n_buckets++;
+        if (sz >= most)
+            break;
+        b = b < 8 ? 2 * b : b + 8;
+        if (c->n_buckets == MAX_BUCKETS - 1)
+            b = most;
+    }
+    size_t scratch = 0;
+    for (int32_t B = 1; B <= o->max_seqs; B++) {
+        int32_t ns = k_attn_decode_splits(B, (int32_t)c->nkv, o->max_context, c->n_sm);
+        size_t sb = k_attn_decode_scratch_bytes(B, (int32_t)c->nq, (int32_t)c->hd, ns);
+        if (sb > scratch)
+            scratch = sb;
+    }
+    for (int32_t i = 0; i < c->n_buckets; i++) {
+        size_t sb = k_attn_decode_scratch_bytes(c->buckets[i].size, (int32_t)c->nq, (int32_t)c->hd,
+                                                c->buckets[i].n_split);
+        if (sb > scratch)
+            scratch = sb;
+    }
+    c->dec_scratch_bytes = scratch;
+    GM_CHECK(dev_alloc(&c->dec_scratch, scratch, "decode attention scratch"));
+
+    float inv[512];
+    k_rope_inv_freq(c->base.cfg.rope_theta, (int32_t)c->hd, inv);
+    GM_CHECK(dev_alloc((void **)&c->inv_freq, (size_t)(c->hd / 2) * 4, "rope"));
+    GM_CUDA_CHECK(cudaMemcpy(c->inv_freq, inv, (size_t)(c->hd / 2) * 4, cudaMemcpyHostToDevice));
+    return GM_OK;
+}
+
+static gm_status alloc_kv(cuda_engine *c)
+{
+    const gm_engine_opts *o = &c->base.opts;
+    int64_t block_elems = c->nkv * o->kv_block_size * c->hd;
+    int64_t per_block = 2 * (int64_t)c->base.cfg.num_layers * block_elems * 2; /* bytes, all layers, K and V */
+    int64_t n;
+    if (o->kv_num_blocks > 0) {
+        n = o->kv_num_blocks;
+    } else if (o->kv_mem_bytes > 0) {
+        n = o->kv_mem_bytes / per_block;
+    } else {
+        size_t fr = 0, tot = 0;
+        GM_CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+        double f = o->kv_mem_fraction > 0.0 ? o->kv_mem_fraction : 0.9;
+        n = (int64_t)((double)fr * f) / per_block;
+    }
+    if (n < 1)
+        return gm_fail(GM_ERR_CAPACITY, "cuda engine: the KV budget holds no block of %lld bytes",
+                       (long long)per_block);
+    if (n > INT32_MAX / o->kv_block_size)
+        n = INT32_MAX / o->kv_block_size;
+    c->base.kv_num_blocks = n;
+    c->layer_elems = n * block_elems;
+    GM_CHECK(dev_alloc((void **)&c->kv, (size_t)(2 * c->base.cfg.num_layers) * (size_t)c->layer_elems * 2,
+                       "the KV cache"));
+    if (o->verbose)
+        fprintf(stderr, "cuda engine: KV cache %lld blocks of %d tokens (%.2f GB)\n", (long long)n,
+                o->kv_block_size, (double)n * (double)per_block / 1e9);
+    return GM_OK;
+}
+
+static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg, const char *model_dir,
+                             int random, uint64_t seed, gm_engine **out)
+{
+    *out = NULL;
+    gm_status st = GM_OK;
+    int n_dev = 0;
+    cudaError_t ce = cudaGetDeviceCount(&n_dev);
+    if (ce != cudaSuccess || n_dev < 1)
+        return gm_fail(GM_ERR_NO_DEVICE, "backend cuda: no CUDA device (%s)",
+                       ce != cudaSuccess ? cudaGetErrorString(ce) : "device count is 0");
+    if (o->device < 0 || o->device >= n_dev)
+        return gm_fail(GM_ERR_NO_DEVICE, "backend cuda: device %d does not exist (%d devices)", o->device, n_dev);
+    if (o->quant != GM_QUANT_NONE)
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: only bf16 weights (--quant none) are supported so far");
+    if (o->kv_dtype != GM_KV_AUTO && o->kv_dtype != GM_KV_BF16)
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: only a bf16 KV cache is supported so far");
+    if (o->tp_size > 1 && !o->nccl_id)
+        return gm_fail(GM_ERR_INVALID_ARG, "backend cuda: tp_size %d needs the NCCL unique id", o->tp_size);
+    if (cfg->hidden_size % 8 || cfg->vocab_size % 8 || cfg->head_dim > 512)
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: hidden %d and vocab %d must be multiples of 8",
+                       cfg->hidden_size, cfg->vocab_size);
+    GM_CUDA_CHECK(cudaSetDevice(o->device));
+
+    cuda_engine *c = (cuda_engine *)calloc(1, sizeof *c);
+    if (!c)
+        return gm_fail(GM_ERR_NOMEM, "backend cuda: no host memory");
+    c->base.ops = &g_cuda_ops;
+    gm_engine_init_common(&c->base, cfg, o);
+    gm_weights w;
+    memset(&w, 0, sizeof w);
+    int have_w = 0;
+    GM_GOTO(gm_tp_layout_make(cfg, o->tp_rank, o->tp_size, &c->tp), st, fail);
+    if (!random) {
+        GM_GOTO(st_model_open(model_dir, &c->model), st, fail);
+        GM_GOTO(gm_weights_bind(c->model, cfg, o->tp_rank, o->tp_size, &w), st, fail);
+        have_w = 1;
+    }
+    c->H = cfg->hidden_size;
+    c->V = cfg->vocab_size;
+    c->hd = cfg->head_dim;
+    c->nq = c->tp.n_heads;
+    c->nkv = c->tp.n_kv;
+    c->ni = c->tp.n_inter;
+    c->n_qkv = (c->nq + 2 * c->nkv) * c->hd;
+    c->eps = cfg->rms_norm_eps;
+    c->normalizer = gm_config_normalizer(cfg);
+    c->scale = 1.0f / sqrtf((float)cfg->head_dim);
+    c->max_blocks = (c->base.opts.max_context + o->kv_block_size - 1) / o->kv_block_size;
+    {
+        cudaDeviceProp prop;
+        GM_CUDA_GOTO(cudaGetDeviceProperties(&prop, o->device), st, fail);
+        c->n_sm = prop.multiProcessorCount;
+        if (o->verbose)
+            fprintf(stderr, "cuda engine: %s, %d SMs, %.1f GB; rank %d of %d\n", prop.name, c->n_sm,
+                    (double)prop.totalGlobalMem / 1e9, o->tp_rank, o->tp_size);
+    }
+    GM_CUDA_GOTO(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), st, fail);
+    GM_GOTO(gemm_ctx_new(0, &c->gemm), st, fail);
+    {
+        const char *gv = getenv("GM_CUDA_GEMV_ROWS");
+        if (gv && *gv)
+            gemm_ctx_set_gemv_rows(c->gemm, atoi(gv));
+    }
+    if (o->tp_size > 1)
+        GM_GOTO(gm_nccl_create(o->nccl_id, o->tp_rank, o->tp_size, &c->nccl), st, fail);
+
+    GM_GOTO(alloc_weights(c), st, fail);
+    if (random)
+        GM_GOTO(random_weights(c, seed), st, fail);
+    else
+        GM_GOTO(load_weights(c, &w), st, fail);
+    if (have_w)
+        gm_weights_release(&w), have_w = 0;
+    st_model_destroy(&c->model); /* weights are on the device now */
+    GM_GOTO(alloc_runtime(c), st, fail);
+    GM_GOTO(alloc_kv(c), st, fail);
+    if (o->verbose)
+        fprintf(stderr, "cuda engine: ready: %.2f GB of weights, %d decode buckets, graphs %s\n",
+                (double)c->weight_bytes / 1e9, c->n_buckets, o->use_graphs ? "on" : "off");
+    *out = &c->base;
+    return GM_OK;
+fail:
+    if (have_w)
+        gm_weights_release(&w);
+    cuda_destroy(&c->base);
+    return st;
+}
+
+extern "C" gm_status gm_engine_cuda_create(const gm_engine_opts *o, gm_engine **out)
+{
+    *out = NULL;
+    int n_dev = 0;
+    cudaError_t ce = cudaGetDeviceCount(&n_dev);
+    if (ce != cudaSuccess || n_dev < 1)
+        return gm_fail(GM_ERR_NO_DEVICE, "backend cuda: no CUDA device (%s)",
+                       ce != cudaSuccess ? cudaGetErrorString(ce) : "device count is 0");
+    if (!o->model_dir || !*o->model_dir)
+        return gm_fail(GM_ERR_INVALID_ARG, "backend cuda: no model directory given");
+    gm_model_config cfg;
+    GM_CHECK(gm_config_load_dir(o->model_dir, &cfg));
+    return cuda_create(o, &cfg, o->model_dir, 0, 0, out);
+}
+
+extern "C" gm_status gm_engine_cuda_create_random(const gm_engine_opts *o, const gm_model_config *cfg, uint64_t seed,
+                                                  gm_engine **out)
+{
+    return cuda_create(o, cfg, NULL, 1, seed, out);
+}
+
+extern "C" void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    cudaStreamSynchronize(c->stream);
+    drop_graphs(c);
+    gemm_ctx_set_gemv_rows(c->gemm, n);
+}
+
+extern "C" int64_t gm_engine_cuda_weight_bytes(const gm_engine *e) { return ((const cuda_engine *)e)->weight_bytes; }

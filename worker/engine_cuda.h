@@ -1,0 +1,34 @@
+/* engine_cuda.h - extras of the CUDA backend beyond worker/engine.h (benchmarks, tests).
+ *
+ * The backend itself is created through gm_engine_create (backend GM_BACKEND_CUDA).
+ * Its step() also accepts a token id of -1 in a one-token (decode) sequence: the
+ * token this slot sampled in its previous step, which stayed on the GPU. (The shared
+ * step check of engine.c is applied with such ids read as 0.)
+ * Environment: GM_CUDA_GEMV_ROWS=N sets how many rows a product may have to take the
+ * GEMV kernel instead of cuBLASLt (default 4; 0 = cuBLASLt always). */
+#ifndef GM_ENGINE_CUDA_H
+#define GM_ENGINE_CUDA_H
+
+#include <stdint.h>
+
+#include "engine.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* As gm_engine_create for the CUDA backend, with no checkpoint: cfg's shapes, weights drawn
+ * on the device from seed (uniform, small), for benchmarks at the real sizes. */
+gm_status gm_engine_cuda_create_random(const gm_engine_opts *o, const gm_model_config *cfg, uint64_t seed,
+                                       gm_engine **out);
+
+/* Products with at most n rows take the GEMV kernel (0 = cuBLASLt always). Drops captured graphs. */
+void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n);
+
+/* Bytes of weights on this rank's device. */
+int64_t gm_engine_cuda_weight_bytes(const gm_engine *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
