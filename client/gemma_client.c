@@ -80,6 +80,7 @@ typedef struct queued_ev {
 
 struct gmc_client {
     void *ctx, *sock;
+    void *mon; /* PAIR receiving the DEALER's connect/disconnect events, or NULL */
     int timeout_ms;
     uint64_t next_id, next_probe;
     req_ent *tab; /* [tab_cap] */
@@ -269,6 +270,19 @@ gmc_code gmc_connect(const char *endpoint, int timeout_ms, gmc_client **out)
     zmq_setsockopt(c->sock, ZMQ_RCVHWM, &zero, sizeof(zero)); /* unlimited: never make gemmad wait */
     zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
     zmq_setsockopt(c->sock, ZMQ_HEARTBEAT_TIMEOUT, &hto, sizeof(hto));
+    /* watch the connection: requests in flight on a dropped connection are lost */
+    char mon_addr[64];
+    snprintf(mon_addr, sizeof(mon_addr), "inproc://gmc-monitor-%p", (void *)c);
+    if (zmq_socket_monitor(c->sock, mon_addr, ZMQ_EVENT_DISCONNECTED) == 0) {
+        c->mon = zmq_socket(c->ctx, ZMQ_PAIR);
+        if (c->mon) {
+            zmq_setsockopt(c->mon, ZMQ_LINGER, &zero, sizeof(zero));
+            if (zmq_connect(c->mon, mon_addr) != 0) {
+                zmq_close(c->mon);
+                c->mon = NULL;
+            }
+        }
+    }
     if (zmq_connect(c->sock, endpoint) != 0) {
         cfail(NULL, GMC_ERR_TRANSPORT, "cannot connect to '%s': %s", endpoint, zmq_strerror(errno));
         goto fail;
@@ -288,6 +302,8 @@ gmc_code gmc_connect(const char *endpoint, int timeout_ms, gmc_client **out)
     *out = c;
     return GMC_OK;
 fail:
+    if (c->mon)
+        zmq_close(c->mon);
     if (c->sock)
         zmq_close(c->sock);
     zmq_ctx_term(c->ctx);
@@ -318,6 +334,8 @@ void gmc_close(gmc_client **pc)
         if (qe->msg && --qe->msg->refs == 0)
             rx_msg_free(qe->msg);
     }
+    if (c->mon)
+        zmq_close(c->mon);
     zmq_close(c->sock);
     zmq_ctx_term(c->ctx);
     free(c->q);
@@ -696,6 +714,63 @@ static int recv_available(gmc_client *c)
     }
 }
 
+/* Every request in flight ends with a TRANSPORT error: the connection dropped. */
+static void fail_inflight(gmc_client *c)
+{
+    static const char msg[] = "lost the connection to gemmad";
+    for (int64_t i = 0; i < c->tab_cap; i++) {
+        req_ent *e = &c->tab[i];
+        if (!e->id)
+            continue;
+        gmc_event ev = {0};
+        ev.request_id = e->id;
+        ev.user = e->user;
+        ev.finished = true;
+        ev.finish_reason = GMC_FINISH_ERROR;
+        ev.error = GMC_ERR_TRANSPORT;
+        ev.error_message = msg;
+        tab_remove(c, e);
+        deliver(c, &ev, NULL);
+    }
+    if (c->wait_kind == 1 || c->wait_kind == 2) {
+        c->wait_done = true;
+        c->wait_err = cfail(c, GMC_ERR_TRANSPORT, "%s", msg);
+    }
+}
+
+/* Read connection events; on a disconnect, take what arrived first, then fail the rest. */
+static int read_monitor(gmc_client *c)
+{
+    bool lost = false;
+    for (;;) {
+        zmq_msg_t ev, addr;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            break;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&ev) >= 2)
+            memcpy(&event, zmq_msg_data(&ev), 2);
+        bool more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) {
+            zmq_msg_init(&addr);
+            zmq_msg_recv(&addr, c->mon, ZMQ_DONTWAIT);
+            zmq_msg_close(&addr);
+        }
+        if (event == ZMQ_EVENT_DISCONNECTED)
+            lost = true;
+    }
+    if (!lost)
+        return 0;
+    int n = recv_available(c);
+    if (n < 0)
+        return n;
+    fail_inflight(c);
+    return 1;
+}
+
 /* Wait up to timeout_ms (-1 forever) for the socket to become readable, then
  * receive. Returns 0 on timeout, > 0 frames, < 0 error. */
 static int wait_recv(gmc_client *c, int timeout_ms)
@@ -703,8 +778,8 @@ static int wait_recv(gmc_client *c, int timeout_ms)
     int n = recv_available(c);
     if (n != 0)
         return n;
-    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
-    int pr = zmq_poll(&it, 1, timeout_ms);
+    zmq_pollitem_t it[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->mon, 0, ZMQ_POLLIN, 0}};
+    int pr = zmq_poll(it, c->mon ? 2 : 1, timeout_ms);
     if (pr < 0) {
         if (errno == EINTR)
             return 0;
@@ -712,7 +787,16 @@ static int wait_recv(gmc_client *c, int timeout_ms)
     }
     if (pr == 0)
         return 0;
-    return recv_available(c);
+    n = recv_available(c);
+    if (n < 0)
+        return n;
+    if (c->mon && (it[1].revents & ZMQ_POLLIN)) {
+        int m = read_monitor(c);
+        if (m < 0)
+            return m;
+        n += m;
+    }
+    return n;
 }
 
 int gmc_poll(gmc_client *c, gmc_event *events, int max_events, int timeout_ms)
@@ -732,6 +816,8 @@ int gmc_poll(gmc_client *c, gmc_event *events, int max_events, int timeout_ms)
         }
     } else {
         int n = recv_available(c);
+        if (n >= 0 && c->mon)
+            n = read_monitor(c);
         if (n < 0)
             return n;
     }

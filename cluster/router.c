@@ -955,8 +955,8 @@ static void reg_reply(gc_router *r, const uint8_t *id, size_t id_len, bool ok, c
     if (n > sizeof(buf))
         return;
     gemma__cluster__v1__cluster_message__pack(&m, buf);
-    if (zmq_send(r->reg, id, id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) == 0)
-        zmq_send(r->reg, buf, n, ZMQ_DONTWAIT);
+    if (zmq_send(r->reg, id, id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 || zmq_send(r->reg, buf, n, ZMQ_DONTWAIT) < 0)
+        GM_WARN("cannot answer a registration: %s", zmq_strerror(errno));
 }
 
 static rt_replica *replica_find(gc_router *r, const char *name, const char *endpoint)

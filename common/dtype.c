@@ -87,19 +87,19 @@ uint8_t gm_f32_to_e4m3(float f)
         return 0x7f;
     uint8_t sign = signbit(f) ? 0x80 : 0;
     float a = fabsf(f);
-    if (a >= 448.0f)
+    if (a >= 448.0f) /* saturate (SATFINITE) */
         return sign | 0x7e;
-    /* exhaustive nearest search over the 127 non-negative finite codes, ties to even code */
-    uint8_t best = 0;
-    float bd = INFINITY;
-    for (int c = 0; c <= 0x7e; c++) {
-        float d = fabsf(gm_e4m3_to_f32((uint8_t)c) - a);
-        if (d < bd || (d == bd && (c & 1) == 0)) {
-            bd = d;
-            best = (uint8_t)c;
-        }
+    if (a < 0.015625f) /* below 2^-6: subnormal steps of 2^-9; q == 8 is the smallest normal */
+        return sign | (uint8_t)lrintf(a * 512.0f);
+    int e;
+    float m = frexpf(a, &e);                    /* a = m * 2^e, m in [0.5, 1) */
+    long q = lrintf((m * 2.0f - 1.0f) * 8.0f);  /* 3 mantissa bits, ties to even */
+    e -= 1;                                     /* a = (1 + q/8) * 2^e */
+    if (q == 8) {
+        q = 0;
+        e += 1;
     }
-    return sign | best;
+    return sign | (uint8_t)(((e + 7) << 3) | q);
 }
 
 void gm_to_f32(gm_dtype t, const void *src, float *dst, int64_t n)

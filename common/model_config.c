@@ -25,22 +25,23 @@ static gm_status cfg_int(const cJSON *root, const char *name, const char *key, i
                          int64_t hi, int32_t *out)
 {
     const cJSON *v = cfg_get(root, key);
+    double d = (double)def;
     if (!v) {
         if (def < 0)
             return gm_fail(GM_ERR_FORMAT, "%s: required key '%s' is missing", name, key);
-        *out = (int32_t)def;
-        return GM_OK;
+    } else {
+        if (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0)
+            v = cJSON_GetArrayItem(v, 0);
+        if (!cJSON_IsNumber(v))
+            return gm_fail(GM_ERR_FORMAT, "%s: key '%s' must be an integer", name, key);
+        d = v->valuedouble;
+        if (!isfinite(d) || d != floor(d))
+            return gm_fail(GM_ERR_FORMAT, "%s: key '%s' must be an integer, got %g", name, key, d);
     }
-    if (cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0)
-        v = cJSON_GetArrayItem(v, 0);
-    if (!cJSON_IsNumber(v))
-        return gm_fail(GM_ERR_FORMAT, "%s: key '%s' must be an integer", name, key);
-    double d = v->valuedouble;
-    if (!isfinite(d) || d != floor(d))
-        return gm_fail(GM_ERR_FORMAT, "%s: key '%s' must be an integer, got %g", name, key, d);
+    /* defaults are checked too: the default bos id 2 is out of range for a 2-token vocabulary */
     if (d < (double)lo || d > (double)hi)
-        return gm_fail(GM_ERR_FORMAT, "%s: key '%s' = %.0f is out of range [%lld, %lld]", name, key, d,
-                       (long long)lo, (long long)hi);
+        return gm_fail(GM_ERR_FORMAT, "%s: key '%s' = %.0f%s is out of range [%lld, %lld]", name, key, d,
+                       v ? "" : " (its default)", (long long)lo, (long long)hi);
     *out = (int32_t)d;
     return GM_OK;
 }
@@ -102,11 +103,6 @@ gm_status gm_config_parse(const char *json, size_t len, const char *name, gm_mod
         (st = cfg_float(root, name, "rope_theta", 10000.0f, &cfg->rope_theta)) ||
         (st = cfg_float(root, name, "rms_norm_eps", 1e-6f, &cfg->rms_norm_eps)))
         goto done;
-    if (cfg->head_dim == 0) { /* default hidden/heads rounded to 0 */
-        st = gm_fail(GM_ERR_FORMAT, "%s: key 'head_dim' missing and hidden_size %d < num_attention_heads %d", name,
-                     cfg->hidden_size, cfg->num_heads);
-        goto done;
-    }
     if (cfg->num_heads % cfg->num_kv_heads != 0) {
         st = gm_fail(GM_ERR_FORMAT, "%s: key 'num_key_value_heads' = %d does not divide num_attention_heads = %d", name,
                      cfg->num_kv_heads, cfg->num_heads);

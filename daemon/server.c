@@ -89,12 +89,15 @@ struct gd_server {
     bool step_inflight;
     double step_start_ms;
     int32_t *step_tokens; /* [max_seqs] */
+    sched_seq **failed;   /* [max_seqs] scratch of workers_failed */
     u64map clients;       /* identity hash -> gd_client chain */
     int32_t n_clients;
     gd_client *dirty_head, *dirty_tail;
     bool stopping;
     double stop_deadline_ms;
     double start_ms;
+    double next_report_ms;  /* periodic INFO line while busy */
+    int64_t reported_steps;
     gd_counters c;
     met_ring ttft, tpot, queue, step_ms;
     met_rate rate;
@@ -140,9 +143,9 @@ static bool send_to(gd_server *s, const void *id, size_t idlen, Gemma__V1__Serve
 {
     m->protocol_version = GD_PROTOCOL_VERSION;
     size_t n = gemma__v1__server_message__get_packed_size(m);
-    if (!ensure_txbuf(s, n)) {
+    if (!ensure_txbuf(s, n)) { /* our problem, not the client's: drop this message, keep the client */
         GM_ERROR("out of memory packing a %zu-byte reply", n);
-        return true; /* not the client's fault; its request will be retried never, but keep it */
+        return true;
     }
     gemma__v1__server_message__pack(m, s->txbuf);
     if (zmq_send(s->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
@@ -309,6 +312,15 @@ static void req_complete(gd_server *s, gd_req *r, fin_reason fr, err_code code, 
         sched_finish_seq(s->sch, r->seq, fr == GEMMA__V1__FINISH_REASON__FINISH_ERROR ? SCHED_FINISH_ERROR
                                                                                        : SCHED_FINISH_CANCELLED);
     req_flush_text(r);
+    GM_DEBUG("request %llu: %s, %d prompt + %d generated tokens, queue %.1f ms, ttft %.1f ms, total %.1f ms%s%s",
+             (unsigned long long)r->rid,
+             fr == GEMMA__V1__FINISH_REASON__FINISH_LENGTH  ? "length"
+             : fr == GEMMA__V1__FINISH_REASON__FINISH_STOP  ? "stop"
+             : fr == GEMMA__V1__FINISH_REASON__FINISH_ERROR ? "error"
+                                                            : "cancelled",
+             r->n_prompt, r->seq ? sched_seq_generated(r->seq) : 0, r->t_sched > 0 ? r->t_sched - r->t_arrival : 0,
+             r->t_first > 0 ? r->t_first - r->t_arrival : 0, r->t_end - r->t_arrival, r->errmsg ? ": " : "",
+             r->errmsg ? r->errmsg : "");
     if (fr == GEMMA__V1__FINISH_REASON__FINISH_ERROR) {
         s->c.requests_failed++;
     } else if (fr == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED) {
@@ -573,8 +585,6 @@ static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t 
 
     if (s->stopping)
         REJECT(SHUTTING_DOWN, "gemmad is shutting down and accepts no new requests");
-    if (!s->pool_ok && !s->pool)
-        REJECT(WORKER_FAILED, "no workers");
     if (!check_sampling(g->sampling, &samp, msg, sizeof(msg)))
         REJECT(INVALID_ARGUMENT, "%s", msg);
     if (g->max_tokens < 0)
@@ -848,10 +858,9 @@ static void read_clients(gd_server *s)
 static void workers_failed(gd_server *s, const char *why)
 {
     GM_ERROR("workers failed: %s; restarting them", why);
-    sched_seq *failed[s->cfg->max_seqs > 0 ? s->cfg->max_seqs : 1];
-    int32_t n = sched_fail_running(s->sch, failed);
+    int32_t n = sched_fail_running(s->sch, s->failed);
     for (int32_t i = 0; i < n; i++) {
-        gd_req *r = failed[i]->user;
+        gd_req *r = s->failed[i]->user;
         req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__WORKER_FAILED,
                      "a worker failed (%s); gemmad is restarting its workers", why);
     }
@@ -1054,7 +1063,8 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
         goto fail;
     }
     s->step_tokens = calloc((size_t)cfg->max_seqs, sizeof(int32_t));
-    if (!s->step_tokens) {
+    s->failed = calloc((size_t)cfg->max_seqs, sizeof(sched_seq *));
+    if (!s->step_tokens || !s->failed) {
         st = gm_fail(GM_ERR_NOMEM, "step buffers");
         goto fail;
     }
@@ -1124,6 +1134,7 @@ void gd_server_destroy(gd_server **ps)
     sched_destroy(&s->sch);
     gm_tok_destroy(&s->tok);
     free(s->step_tokens);
+    free(s->failed);
     free(s->chunks);
     free(s->chunk_ptrs);
     free(s->usages);
@@ -1167,6 +1178,18 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
         maybe_submit(s);
         flush_clients(s);
         met_rate_tick(&s->rate, now / 1e3, s->c.completion_tokens);
+        if (now >= s->next_report_ms) {
+            if (s->c.steps != s->reported_steps)
+                GM_INFO("running %d, waiting %d, KV %lld/%lld blocks, %.0f tokens/s, %lld done, %lld failed, "
+                        "%lld cancelled, %lld preempted",
+                        sched_running(s->sch), sched_waiting(s->sch), (long long)sched_kv_used(s->sch),
+                        (long long)sched_kv_total(s->sch),
+                        met_rate_get(&s->rate, now / 1e3, s->c.completion_tokens),
+                        (long long)s->c.requests_finished, (long long)s->c.requests_failed,
+                        (long long)s->c.requests_cancelled, (long long)sched_preemptions(s->sch));
+            s->reported_steps = s->c.steps;
+            s->next_report_ms = now + 10000;
+        }
         if (s->stopping && sched_idle(s->sch) && !s->dirty_head) {
             GM_INFO("shutdown complete: %lld requests served", (long long)s->c.requests_finished);
             return GM_OK;

@@ -8,3 +8,23 @@ if(TARGET gm_cluster)
     target_sources(test_router PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/test_router_fake.c)
   endif()
 endif()
+
+# gemma-router in front of real gemmad processes (tiny CPU model and the null backend).
+if(TARGET gemma-router AND TARGET gemmad AND TARGET gm_client AND TARGET gemma-generate AND TARGET gemma-cli)
+  gm_add_test(test_router_e2e ${CMAKE_CURRENT_SOURCE_DIR}/test_router_e2e.c LIBS gm_client PkgConfig::ZMQ TIMEOUT 600)
+  target_compile_definitions(test_router_e2e PRIVATE
+    GEMMAD_BIN="$<TARGET_FILE:gemmad>"
+    ROUTER_BIN="$<TARGET_FILE:gemma-router>"
+    GEMMA_GENERATE_BIN="$<TARGET_FILE:gemma-generate>"
+    GEMMA_CLI_BIN="$<TARGET_FILE:gemma-cli>"
+    TINY_MODEL_DIR="${CMAKE_BINARY_DIR}/models/tiny")
+  add_dependencies(test_router_e2e gemmad gemma-worker gemma-router gemma-generate gemma-cli)
+  set_tests_properties(test_router_e2e PROPERTIES FIXTURES_REQUIRED tiny_model)
+endif()
+
+# Two "hosts" from network namespaces + veth (root only; exits 77 = skipped otherwise).
+if(TARGET gemma-router AND TARGET gemmad AND TARGET gemma-cli AND TARGET gemma-generate)
+  add_test(NAME test_router_netns COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_router_netns.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(test_router_netns PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300 LABELS netns
+    FIXTURES_REQUIRED tiny_model)
+endif()

@@ -218,6 +218,47 @@ static void test_cancel_and_health(void **state)
     gmc_close(&c);
 }
 
+/* gemmad killed under a stream: the request ends with a TRANSPORT error, no hang. */
+static void test_daemon_dies(void **state)
+{
+    (void)state;
+    char ep[400];
+    td_endpoint(ep, sizeof ep, "dies.sock");
+    const char *args[] = {"--backend", "null", "--listen", ep, "--kv-memory", "1G", NULL};
+    pid_t pid = td_spawn_gemmad(args, "gemmad-dies.log");
+    assert_true(td_wait_ready(ep, pid, 60000));
+    gmc_client *c;
+    assert_int_equal(gmc_connect(ep, 10000, &c), GMC_OK);
+    int32_t prompt[] = {2, 10, 11};
+    gmc_params p;
+    gmc_params_init(&p);
+    p.prompt_ids = prompt;
+    p.n_prompt_ids = 3;
+    p.max_tokens = 8000;
+    p.ignore_eos = true;
+    uint64_t id;
+    assert_int_equal(gmc_submit(c, &p, NULL, &id), GMC_OK);
+    gmc_event ev[64];
+    int first = gmc_poll(c, ev, 64, 10000);
+    assert_true(first > 0);
+    assert_false(ev[0].finished);
+    kill(pid, SIGKILL);
+    assert_int_equal(td_wait_exit(pid, 10000), 128 + SIGKILL);
+    bool done = false;
+    while (!done) {
+        int n = gmc_poll(c, ev, 64, 20000);
+        assert_true(n > 0);
+        for (int k = 0; k < n; k++)
+            if (ev[k].finished) {
+                assert_int_equal(ev[k].finish_reason, GMC_FINISH_ERROR);
+                assert_int_equal(ev[k].error, GMC_ERR_TRANSPORT);
+                done = true;
+            }
+    }
+    assert_int_equal(gmc_in_flight(c), 0);
+    gmc_close(&c);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -249,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_connect_timeout),
         cmocka_unit_test(test_many_streams_one_connection),
         cmocka_unit_test(test_cancel_and_health),
+        cmocka_unit_test(test_daemon_dies),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -152,6 +152,13 @@ static void test_bad_values(void **state)
                 "bos_token_id");
     expect_fail("{" BASE ", \"hidden_size\": 64, \"num_attention_heads\": 4, \"eos_token_id\": -1}", GM_ERR_FORMAT,
                 "eos_token_id");
+    /* defaults are range-checked too (found by the fuzzer: eos default 1 with vocab_size 1) */
+    expect_fail("{\"vocab_size\": 1, \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2,"
+                " \"num_attention_heads\": 4, \"bos_token_id\": 0, \"pad_token_id\": 0}",
+                GM_ERR_FORMAT, "eos_token_id");
+    expect_fail("{\"vocab_size\": 2, \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2,"
+                " \"num_attention_heads\": 4}",
+                GM_ERR_FORMAT, "bos_token_id");
     expect_fail("{" BASE ", \"hidden_size\": 64, \"num_attention_heads\": 4, \"torch_dtype\": \"int8\"}",
                 GM_ERR_UNSUPPORTED, "torch_dtype");
     expect_fail("{" BASE ", \"hidden_size\": 64, \"num_attention_heads\": 4, \"model_type\": \"gemma2\"}",

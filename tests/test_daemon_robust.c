@@ -643,6 +643,16 @@ static void test_config_cli(void **state)
     assert_non_null(strstr(out, "max_seqs = 16;"));
     assert_non_null(strstr(out, "kv_memory = 134217728L;"));
     free(out);
+    /* the shipped example is valid */
+    char example[1024];
+    snprintf(example, sizeof example, "%s/daemon/gemmad.conf.example", getenv("GM_SRC") ? getenv("GM_SRC") : ".");
+    if (access(example, R_OK) == 0) {
+        const char *ex[] = {GEMMAD_BIN, "--config", example, "--check-config", NULL};
+        out = td_run_capture(ex, &st, NULL);
+        assert_int_equal(st, 0);
+        assert_non_null(strstr(out, "kv_memory = 2147483648L;"));
+        free(out);
+    }
     const char *help[] = {GEMMAD_BIN, "--help", NULL};
     out = td_run_capture(help, &st, NULL);
     assert_int_equal(st, 0);

@@ -655,6 +655,26 @@ static void test_router_curve(void **state)
     zmq_close(s);
     zmq_close(mon);
     zmq_ctx_term(ctx);
+
+    /* registration is behind CURVE too: an allowed replica key registers, another never does */
+    gc_router_stop(e.r);
+    pthread_join(e.th, NULL);
+    gc_router_destroy(&e.r);
+    e.cfg.register_ep = strdup("tcp://127.0.0.1:*");
+    if (gc_router_new(&e.cfg, NULL, &e.r) != GM_OK)
+        fail_msg("gc_router_new: %s", gm_last_error());
+    pthread_create(&e.th, NULL, router_thread, &e);
+    gc_register_opts o = {.router = gc_router_register_endpoint(e.r), .endpoint = e.f[0]->ep, .name = "bad",
+                          .heartbeat_ms = 50, .rank = -1, .key = &bad, .router_key = server.public_z85};
+    gc_register *rb, *rg;
+    assert_int_equal(gc_register_start(NULL, &o, &rb), GM_OK);
+    o.name = "good";
+    o.key = &good;
+    assert_int_equal(gc_register_start(NULL, &o, &rg), GM_OK);
+    WAIT_UNTIL(gc_register_accepted(rg));
+    assert_false(gc_register_accepted(rb));
+    gc_register_stop(&rb, NULL);
+    gc_register_stop(&rg, NULL);
     env_stop(&e);
     char cmd[600];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);

@@ -15,6 +15,7 @@
 #include "../common/safetensors.h"
 #include "../kernels/cpu/cpu_ops.h"
 #include "../parallel/comm.h"
+#include "awq.h"
 #include "engine.h"
 #include "engine_check.h"
 #include "weights.h"
@@ -25,6 +26,7 @@ typedef struct cpu_engine {
     gm_engine base;
     st_model *model;
     gm_weights w;
+    gm_linear *lin;    /* [layers][GM_LIN_COUNT] dense or AWQ Linears (worker/awq.h) */
     int64_t q_w, kv_w; /* local widths: n_heads*hd, n_kv*hd */
     float *kv;         /* all layers: [layers][2][num_blocks, n_kv, block_size, head_dim] f32 */
     int64_t layer_elems; /* elements of one layer's K (or V) pool */
@@ -90,10 +92,10 @@ static gm_status ensure_rows(cpu_engine *c, int64_t R)
     return GM_OK;
 }
 
-/* y [T, N] = x [T, K] . W^T for a weight view. */
-static void mm(const float *x, int64_t T, const gm_wview *W, float *y)
+/* y [T, out] = x [T, in] . W^T for a dense or AWQ Linear. */
+static gm_status mm(const float *x, int64_t T, const gm_linear *W, float *y)
 {
-    cpu_matmul(x, T, W->cols, W->cols, W->data, W->dtype, W->ld, W->rows, y, W->rows);
+    return gm_linear_matmul(W, x, T, W->in, y, W->out);
 }
 
 /* Sum partial results over the tensor-parallel ranks, then add them to h. */
@@ -114,15 +116,17 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
 {
     const gm_model_config *m = &c->base.cfg;
     const gm_layer_weights *L = &c->w.layers[l];
+    const gm_linear *lin = c->lin + (int64_t)l * GM_LIN_COUNT;
+    gm_status st;
     const gm_tp_layout *tp = &c->w.tp;
     int64_t H = m->hidden_size, hd = m->head_dim, bs = c->base.opts.kv_block_size;
     float *kp = c->kv + (int64_t)l * 2 * c->layer_elems, *vp = kp + c->layer_elems;
 
     /* attention block */
     cpu_rmsnorm(c->h, L->input_norm.data, L->input_norm.dtype, T, H, m->rms_norm_eps, c->x);
-    mm(c->x, T, &L->q, c->q);
-    mm(c->x, T, &L->k, c->k);
-    mm(c->x, T, &L->v, c->v);
+    if ((st = mm(c->x, T, &lin[GM_LIN_Q], c->q)) || (st = mm(c->x, T, &lin[GM_LIN_K], c->k)) ||
+        (st = mm(c->x, T, &lin[GM_LIN_V], c->v)))
+        return st;
     cpu_rope(c->q, T, tp->n_heads, hd, c->pos, m->rope_theta);
     cpu_rope(c->k, T, tp->n_kv, hd, c->pos, m->rope_theta);
     float scale = 1.0f / sqrtf((float)hd);
@@ -135,9 +139,9 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
                             s->block_table, (int32_t)bs, scale, c->att + t0 * c->q_w);
         t0 += s->n_tokens;
     }
-    cpu_matmul_f64(c->att, T, c->q_w, c->q_w, L->o.data, L->o.dtype, L->o.ld, H, c->part, H);
-    gm_status st = reduce_add(c, T);
-    if (st)
+    if ((st = gm_linear_matmul_f64(&lin[GM_LIN_O], c->att, T, c->q_w, c->part, H)))
+        return st;
+    if ((st = reduce_add(c, T)))
         return st;
 
     /* MLP block, MLP_ROWS token rows at a time */
@@ -145,10 +149,12 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
     int64_t ni = tp->n_inter;
     for (int64_t r = 0; r < T; r += MLP_ROWS) {
         int64_t nr = T - r < MLP_ROWS ? T - r : MLP_ROWS;
-        mm(c->x + r * H, nr, &L->gate, c->gate);
-        mm(c->x + r * H, nr, &L->up, c->up);
+        if ((st = mm(c->x + r * H, nr, &lin[GM_LIN_GATE], c->gate)) ||
+            (st = mm(c->x + r * H, nr, &lin[GM_LIN_UP], c->up)))
+            return st;
         cpu_geglu(c->gate, c->up, nr, ni, c->gate);
-        cpu_matmul_f64(c->gate, nr, ni, ni, L->down.data, L->down.dtype, L->down.ld, H, c->part + r * H, H);
+        if ((st = gm_linear_matmul_f64(&lin[GM_LIN_DOWN], c->gate, nr, ni, c->part + r * H, H)))
+            return st;
     }
     return reduce_add(c, T);
 }
@@ -235,6 +241,7 @@ static void cpu_destroy(gm_engine *e)
     free(c->h), free(c->x), free(c->q), free(c->k), free(c->v), free(c->att), free(c->part);
     free(c->ids), free(c->pos), free(c->gate), free(c->up);
     free(c->fin), free(c->logits), free(c->row_tok);
+    free(c->lin);
     gm_weights_release(&c->w);
     st_model_destroy(&c->model);
     free(c);
@@ -247,8 +254,8 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     *out = NULL;
     if (!o->model_dir || !*o->model_dir)
         return gm_fail(GM_ERR_INVALID_ARG, "cpu backend: no model directory given");
-    if (o->quant != GM_QUANT_NONE)
-        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: only unquantized weights (--quant none) are supported");
+    if (o->quant == GM_QUANT_FP8)
+        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: --quant fp8 is not supported (none or awq)");
     if (o->kv_dtype != GM_KV_AUTO)
         return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: the KV cache is float32 (--kv-dtype auto only)");
     if (o->tp_size > 1) {
@@ -262,6 +269,15 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     gm_status st = gm_config_load_dir(o->model_dir, &cfg);
     if (st)
         return st;
+    gm_quant_config qc; /* an AWQ checkpoint is recognised by its quantization config */
+    if ((st = gm_quant_config_load(o->model_dir, &qc)))
+        return st;
+    if (qc.present && strcmp(qc.method, "awq") != 0)
+        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: %s: quantization method \"%s\" is not supported",
+                       o->model_dir, qc.method);
+    if (o->quant == GM_QUANT_AWQ && !qc.present)
+        return gm_fail(GM_ERR_INVALID_ARG, "cpu backend: --quant awq, but %s has no AWQ quantization_config",
+                       o->model_dir);
     cpu_engine *c = calloc(1, sizeof *c);
     if (!c)
         return gm_fail(GM_ERR_NOMEM, "cpu backend: no memory");
@@ -270,6 +286,8 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     if ((st = st_model_open(o->model_dir, &c->model)))
         goto fail;
     if ((st = gm_weights_bind(c->model, &cfg, o->tp_rank, o->tp_size, &c->w)))
+        goto fail;
+    if ((st = gm_linears_bind(c->model, &cfg, &c->w.tp, qc.present ? qc.group_size : 0, &c->lin)))
         goto fail;
     const gm_tp_layout *tp = &c->w.tp;
     c->q_w = (int64_t)tp->n_heads * cfg.head_dim;

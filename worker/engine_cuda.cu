@@ -173,6 +173,9 @@ static void report(loader *L, int64_t add)
 static gm_status upload_view(cuda_engine *c, loader *L, const gm_wview *v, bf16 *dst)
 {
     gm_status st = GM_OK;
+    if (!v->data)
+        return gm_fail(GM_ERR_UNSUPPORTED, "tensor %s: stored quantized (AWQ); the CUDA backend loads bf16/f16/f32 only",
+                       v->full ? v->full->name : "?");
     size_t es = gm_dtype_size(v->dtype);
     int64_t row_bytes = v->cols * 2;
     int64_t rows_per = (int64_t)STAGE_BYTES / row_bytes;

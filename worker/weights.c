@@ -90,6 +90,14 @@ static gm_wview view(const st_tensor *t, int64_t r0, int64_t nr, int64_t c0, int
     return v;
 }
 
+/* Does layer l's Linear `suffix` come as AWQ tensors? */
+static int has_qweight(const st_model *m, int32_t l, const char *suffix)
+{
+    char name[160];
+    snprintf(name, sizeof name, "model.layers.%d.%s.qweight", (int)l, suffix);
+    return st_model_find(m, name) != NULL;
+}
+
 gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t rank, int32_t size, gm_weights *w)
 {
     memset(w, 0, sizeof *w);
@@ -117,24 +125,26 @@ gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t
     snprintf(name, sizeof name, "model.layers.%d.%s.weight", (int)l, suffix);       \
     if ((st = find_checked(m, name, d0, d1, &t)))                                   \
         goto fail;
+/* A Linear that an AWQ checkpoint stores as qweight/qzeros/scales (no .weight) keeps an
+ * empty view; worker/awq.h (gm_linears_bind) binds it. */
+#define GETL(suffix, d0, d1, VIEW)                                                  \
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight", (int)l, suffix);       \
+    if (st_model_find(m, name) || !has_qweight(m, l, suffix)) {                     \
+        GET(suffix, d0, d1);                                                        \
+        VIEW;                                                                       \
+    }
         GET("input_layernorm", H, -1);
         L->input_norm = view(t, 0, 1, 0, H);
         GET("post_attention_layernorm", H, -1);
         L->post_norm = view(t, 0, 1, 0, H);
-        GET("self_attn.q_proj", qw, H);
-        L->q = view(t, tp->head0 * hd, tp->n_heads * hd, 0, H);
-        GET("self_attn.k_proj", kvw, H);
-        L->k = view(t, tp->kv0 * hd, tp->n_kv * hd, 0, H);
-        GET("self_attn.v_proj", kvw, H);
-        L->v = view(t, tp->kv0 * hd, tp->n_kv * hd, 0, H);
-        GET("self_attn.o_proj", H, qw);
-        L->o = view(t, 0, H, tp->head0 * hd, tp->n_heads * hd);
-        GET("mlp.gate_proj", I, H);
-        L->gate = view(t, tp->inter0, tp->n_inter, 0, H);
-        GET("mlp.up_proj", I, H);
-        L->up = view(t, tp->inter0, tp->n_inter, 0, H);
-        GET("mlp.down_proj", H, I);
-        L->down = view(t, 0, H, tp->inter0, tp->n_inter);
+        GETL("self_attn.q_proj", qw, H, L->q = view(t, tp->head0 * hd, tp->n_heads * hd, 0, H))
+        GETL("self_attn.k_proj", kvw, H, L->k = view(t, tp->kv0 * hd, tp->n_kv * hd, 0, H))
+        GETL("self_attn.v_proj", kvw, H, L->v = view(t, tp->kv0 * hd, tp->n_kv * hd, 0, H))
+        GETL("self_attn.o_proj", H, qw, L->o = view(t, 0, H, tp->head0 * hd, tp->n_heads * hd))
+        GETL("mlp.gate_proj", I, H, L->gate = view(t, tp->inter0, tp->n_inter, 0, H))
+        GETL("mlp.up_proj", I, H, L->up = view(t, tp->inter0, tp->n_inter, 0, H))
+        GETL("mlp.down_proj", H, I, L->down = view(t, 0, H, tp->inter0, tp->n_inter))
+#undef GETL
 #undef GET
     }
     return GM_OK;

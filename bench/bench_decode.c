@@ -1,0 +1,226 @@
+/* bench_decode.c - decode tokens/s of the CUDA engine at gemma-2b/7b shapes, beside the
+ * weight-read bound (weight bytes / measured device-copy bandwidth, batch 1).
+ *
+ * Each sequence gets a random prompt (one prefill step each), then `gen` greedy decode steps
+ * of the whole batch are timed by wall clock (every step is synchronous: tokens come back to
+ * the host, as the serving loop sees them). Weights: random on the device at the preset's
+ * shapes (--preset), or a checkpoint (--model). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime_api.h>
+
+#include "common/model_config.h"
+#include "worker/engine.h"
+#include "worker/engine_cuda.h"
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int preset(const char *name, gm_model_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->vocab_size = 256000, c->head_dim = 256, c->max_position = 8192, c->rope_theta = 10000.0f;
+    c->rms_norm_eps = 1e-6f, c->bos_id = 2, c->eos_id = 1, c->pad_id = 0;
+    if (!strcmp(name, "2b")) {
+        c->hidden_size = 2048, c->intermediate_size = 16384, c->num_layers = 18, c->num_heads = 8, c->num_kv_heads = 1;
+    } else if (!strcmp(name, "7b")) {
+        c->hidden_size = 3072, c->intermediate_size = 24576, c->num_layers = 28, c->num_heads = 16;
+        c->num_kv_heads = 16;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* Device-copy bandwidth, bytes read + written, GB/s. */
+static double copy_bw(void)
+{
+    size_t n = (size_t)1 << 30;
+    void *a, *b;
+    if (cudaMalloc(&a, n) != cudaSuccess || cudaMalloc(&b, n) != cudaSuccess)
+        return 0;
+    cudaMemset(a, 1, n);
+    cudaMemset(b, 2, n);
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e0, 0);
+    for (int i = 0; i < 10; i++)
+        cudaMemcpy(i & 1 ? a : b, i & 1 ? b : a, n, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e1, 0);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    cudaFree(a), cudaFree(b);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    return 10.0 * 2.0 * (double)n / (ms * 1e6);
+}
+
+typedef struct run_cfg {
+    int32_t batch, prompt, gen;
+    const char *label;
+} run_cfg;
+
+static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, int64_t wbytes, FILE *csv)
+{
+    int32_t B = rc->batch, V = e->cfg.vocab_size, bs = e->opts.kv_block_size;
+    int32_t per = (rc->prompt + rc->gen + 8 + bs - 1) / bs;
+    int32_t *bt = malloc((size_t)(B * per) * 4), *tok = malloc((size_t)B * 4), *out = malloc((size_t)B * 4);
+    int32_t *prompt = malloc((size_t)rc->prompt * 4);
+    gm_seq_step *s = calloc((size_t)B, sizeof *s);
+    for (int32_t i = 0; i < B * per; i++)
+        bt[i] = i;
+    uint64_t r = 7;
+    double t_pre = 0;
+    for (int32_t b = 0; b < B; b++) {
+        for (int32_t i = 0; i < rc->prompt; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            prompt[i] = (int32_t)((r >> 33) % (uint64_t)V);
+        }
+        prompt[0] = e->cfg.bos_id;
+        gm_seq_step p = {b, prompt, rc->prompt, 0, bt + b * per, per, GM_LOGITS_LAST, GM_SAMPLING_GREEDY};
+        gm_step_out o = {out, NULL, 0};
+        double t0 = now_s();
+        gm_status st = gm_engine_step(e, &p, 1, &o);
+        t_pre += now_s() - t0;
+        if (st) {
+            fprintf(stderr, "bench_decode: prefill: %s: %s\n", gm_status_str(st), gm_last_error());
+            return 1;
+        }
+        tok[b] = out[0];
+    }
+    int32_t pos = rc->prompt;
+    const int warm = 4;
+    double t0 = 0;
+    for (int32_t k = 0; k < warm + rc->gen; k++) {
+        if (k == warm)
+            t0 = now_s();
+        for (int32_t b = 0; b < B; b++)
+            s[b] = (gm_seq_step){b, &tok[b], 1, pos, bt + b * per, per, GM_LOGITS_LAST, GM_SAMPLING_GREEDY};
+        gm_step_out o = {out, NULL, 0};
+        gm_status st = gm_engine_step(e, s, B, &o);
+        if (st) {
+            fprintf(stderr, "bench_decode: decode: %s: %s\n", gm_status_str(st), gm_last_error());
+            return 1;
+        }
+        memcpy(tok, out, (size_t)B * 4);
+        pos++;
+    }
+    double dt = now_s() - t0;
+    double tps = (double)B * rc->gen / dt, ms = 1e3 * dt / rc->gen;
+    double bound = bw > 0 ? bw * 1e9 / (double)wbytes : 0;
+    printf("%-3s B=%-3d prompt %-5d gen %-4d %-22s | %8.1f tok/s | %6.3f ms/step | batch-1 bound %6.0f tok/s (%.2f GB "
+           "at %.0f GB/s) | %5.1f%% | prefill %.0f tok/s\n",
+           model, B, rc->prompt, rc->gen, rc->label, tps, ms, bound, (double)wbytes / 1e9, bw,
+           bound > 0 ? 100.0 * (tps / B) / bound : 0, (double)B * rc->prompt / t_pre);
+    if (csv)
+        fprintf(csv, "%s,%d,%d,%d,%s,%.2f,%.4f,%.1f\n", model, B, rc->prompt, rc->gen, rc->label, tps, ms, bound);
+    free(bt), free(tok), free(out), free(prompt), free(s);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1";
+    int32_t prompt = 128, gen = 256;
+    int variants = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help")) {
+            printf("usage: bench_decode [--preset 2b|7b | --model DIR] [--prompt N] [--gen N] [--batch B[,B...]]\n"
+                   "                    [--variants] [--csv FILE]\n"
+                   "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the\n"
+                   "GEMV kernel and steps without CUDA graphs.\n");
+            return 0;
+        } else if (!strcmp(a, "--preset") && v) {
+            pre = v, i++;
+        } else if (!strcmp(a, "--model") && v) {
+            model = v, i++;
+        } else if (!strcmp(a, "--prompt") && v) {
+            prompt = atoi(v), i++;
+        } else if (!strcmp(a, "--gen") && v) {
+            gen = atoi(v), i++;
+        } else if (!strcmp(a, "--batch") && v) {
+            batches = v, i++;
+        } else if (!strcmp(a, "--csv") && v) {
+            csv_path = v, i++;
+        } else if (!strcmp(a, "--variants")) {
+            variants = 1;
+        } else {
+            fprintf(stderr, "bench_decode: bad argument '%s' (try --help)\n", a);
+            return 2;
+        }
+    }
+    if (prompt < 1 || gen < 1 || prompt + gen + 16 > 8192) {
+        fprintf(stderr, "bench_decode: prompt %d + gen %d must fit 8192 positions\n", prompt, gen);
+        return 2;
+    }
+    int32_t bl[16], nb = 0, maxb = 1;
+    for (const char *p = batches; *p && nb < 16;) {
+        bl[nb] = atoi(p);
+        if (bl[nb] < 1 || bl[nb] > 256) {
+            fprintf(stderr, "bench_decode: --batch %s: each batch in 1..256\n", batches);
+            return 2;
+        }
+        maxb = bl[nb] > maxb ? bl[nb] : maxb;
+        nb++;
+        p = strchr(p, ',');
+        if (!p)
+            break;
+        p++;
+    }
+    gm_model_config cfg;
+    if (!model && !preset(pre, &cfg)) {
+        fprintf(stderr, "bench_decode: unknown preset '%s' (2b or 7b)\n", pre);
+        return 2;
+    }
+    gm_engine_opts o;
+    gm_engine_opts_init(&o);
+    o.backend = GM_BACKEND_CUDA;
+    o.model_dir = model;
+    o.kv_block_size = 16;
+    o.max_seqs = maxb < 8 ? 8 : maxb;
+    o.max_tokens = prompt > o.max_seqs ? prompt : o.max_seqs;
+    o.max_context = 8192;
+    o.kv_num_blocks = (int64_t)maxb * ((prompt + gen + 8 + 15) / 16) + 16;
+    o.verbose = 1;
+    gm_engine *e = NULL;
+    gm_status st = model ? gm_engine_create(&o, &e) : gm_engine_cuda_create_random(&o, &cfg, 1, &e);
+    if (st) {
+        fprintf(stderr, "bench_decode: %s: %s\n", gm_status_str(st), gm_last_error());
+        return 1;
+    }
+    const char *name = model ? "ckpt" : pre;
+    double bw = copy_bw();
+    int64_t wb = gm_engine_cuda_weight_bytes(e);
+    FILE *csv = csv_path ? fopen(csv_path, "a") : NULL;
+    int rc = 0;
+    for (int32_t i = 0; i < nb && !rc; i++) {
+        run_cfg c = {bl[i], prompt, gen, "graphs, gemv<=4 rows"};
+        rc = run(e, &c, name, bw, wb, csv);
+        if (!rc && variants && bl[i] == 1) {
+            gm_engine_cuda_set_gemv_rows(e, 0);
+            c.label = "graphs, cuBLASLt only";
+            rc = run(e, &c, name, bw, wb, csv);
+            gm_engine_cuda_set_gemv_rows(e, 4);
+            e->opts.use_graphs = 0;
+            c.label = "no graphs, gemv";
+            if (!rc)
+                rc = run(e, &c, name, bw, wb, csv);
+            e->opts.use_graphs = 1;
+        }
+    }
+    if (csv)
+        fclose(csv);
+    gm_engine_destroy(&e);
+    return rc;
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""hf_peer.py - the Hugging Face transformers peer for bench_decode: Gemma with random bf16
+weights at the real 2b/7b shapes on the same GPU, batch-1 greedy decode tokens/s.
+
+Two modes: eager (dynamic cache, sdpa attention) and compiled (static cache, forward under
+torch.compile mode="reduce-overhead", i.e. CUDA graphs). Decode rate = (gen - 1) tokens over
+the time of generate(gen) minus generate(1), so the prompt's prefill is left out, as in
+bench_decode. Prints one line per mode and, with --json, appends JSON lines."""
+import argparse
+import json
+import sys
+import time
+
+SHAPES = {
+    "2b": dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+               num_key_value_heads=1),
+    "7b": dict(hidden_size=3072, intermediate_size=24576, num_hidden_layers=28, num_attention_heads=16,
+               num_key_value_heads=16),
+}
+
+
+def build(preset, torch, transformers):
+    cfg = transformers.GemmaConfig(vocab_size=256000, head_dim=256, max_position_embeddings=8192,
+                                   rms_norm_eps=1e-6, rope_theta=10000.0, hidden_activation="gelu_pytorch_tanh",
+                                   bos_token_id=2, eos_token_id=1, pad_token_id=0, **SHAPES[preset])
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = transformers.GemmaForCausalLM(cfg)
+    torch.set_default_dtype(old)
+    model.eval()
+    with torch.no_grad():  # small random weights, like bench_decode's (never zeros)
+        for p in model.parameters():
+            p.uniform_(-0.02, 0.02)
+    return model
+
+
+def timed_generate(model, torch, ids, n, **kw):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0, **kw)
+    torch.cuda.synchronize()
+    assert out.shape[1] == ids.shape[1] + n, out.shape
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="2b", choices=sorted(SHAPES))
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=256)
+    ap.add_argument("--modes", default="eager,compiled")
+    ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
+    a = ap.parse_args()
+
+    import torch
+    import transformers
+    dev = torch.cuda.get_device_name(0)
+    print(f"hf peer: torch {torch.__version__}, transformers {transformers.__version__}, {dev}", flush=True)
+    model = build(a.preset, torch, transformers)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    ids = torch.randint(3, 256000, (1, a.prompt), generator=g).cuda()
+    ids[0, 0] = 2
+    results = []
+    for mode in a.modes.split(","):
+        kw = {}
+        try:
+            if mode == "compiled":
+                kw = dict(cache_implementation="static")
+                model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+            t0 = time.perf_counter()
+            timed_generate(model, torch, ids, 8, **kw)  # warm-up (and compilation)
+            timed_generate(model, torch, ids, 8, **kw)
+            warm = time.perf_counter() - t0
+            t1 = min(timed_generate(model, torch, ids, 1, **kw) for _ in range(2))
+            tn = timed_generate(model, torch, ids, a.gen, **kw)
+            tps = (a.gen - 1) / (tn - t1)
+            r = dict(peer="transformers", preset=a.preset, mode=mode, prompt=a.prompt, gen=a.gen, tok_s=round(tps, 2),
+                     ms_step=round(1e3 / tps, 3), warmup_s=round(warm, 1), device=dev)
+            print(f"hf {a.preset} {mode:9s} B=1 prompt {a.prompt} gen {a.gen}: {tps:8.1f} tok/s "
+                  f"({1e3 / tps:.3f} ms/step; warm-up {warm:.0f} s)", flush=True)
+        except Exception as e:  # report, and go on to the next mode
+            r = dict(peer="transformers", preset=a.preset, mode=mode, error=f"{type(e).__name__}: {e}"[:400])
+            print(f"hf {a.preset} {mode}: failed: {r['error']}", flush=True)
+        results.append(r)
+        if a.json:
+            with open(a.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
+    ok = [r for r in results if "tok_s" in r]
+    if ok:
+        best = max(ok, key=lambda r: r["tok_s"])
+        print(f"hf {a.preset} best: {best['mode']} {best['tok_s']} tok/s", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# run_gpu.sh - every GPU test and benchmark of the CUDA backend, in one call on the GPU machine.
+#
+#   LD_LIBRARY_PATH=pack/lib bash bench/run_gpu.sh [PHASE...]
+#
+# PHASEs (default: tests decode kernels peer):
+#   tests    make the tiny model and 2-layer models at gemma-2b/7b shapes (gemma-mkmodel, into
+#            $GM_MODELS, default /tmp/gm-models), then test_gpu_ops, test_gpu_model, test_gpu_nodev,
+#            tests/test_gpu_generate.sh (gemma-generate --backend cuda vs cpu) and a gemmad smoke test
+#            on the cuda backend (gemma-cli vs gemma-generate, same greedy text)
+#   decode   bench_decode: batch 1, 8, 64 at the 2b and 7b presets (+ batch-1 variants)
+#   kernels  bench_kernels (micro-benchmarks beside the measured ceilings)
+#   peer     bench/hf_peer.py: transformers on the same GPU, eager and compiled ($HF_MODES)
+#   sanitize compute-sanitizer memcheck on test_gpu_ops (slow; not in the default set)
+# Binaries come from $PACK (default pack/, built on the development machine and carried);
+# logs go to $OUT (default ./gpu-out): summary.txt, tests.log, decode.log, kernels.log,
+# kernels.csv, peer.log, peer.jsonl (sanitize.log). The last lines printed are the summary.
+set -u
+OUT=${OUT:-$PWD/gpu-out}
+PACK=${PACK:-pack}
+M=${GM_MODELS:-/tmp/gm-models}
+mkdir -p "$OUT" "$M"
+phases=${*:-tests decode kernels peer}
+summary=$OUT/summary.txt
+: > "$summary"
+say() { echo "$*" | tee -a "$summary"; }
+t_start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - t_start )); }
+
+# Libraries the pack leaves out: the CUDA runtime and cuBLASLt from the toolkit, NCCL from
+# wherever this image keeps it (the toolkit, or the nvidia-nccl Python wheel).
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$d
+done
+have_lib() {
+  ldconfig -p 2>/dev/null | grep -q "$1 " && return 0
+  local d
+  IFS=: read -ra _dirs <<< "${LD_LIBRARY_PATH:-}"
+  for d in "${_dirs[@]}"; do [ -n "$d" ] && [ -e "$d/$1" ] && return 0; done
+  return 1
+}
+for lib in libnccl.so.2 libcublasLt.so.13 libcudart.so.13; do
+  if ! have_lib $lib; then
+    f=$(find / -xdev \( -path /proc -o -path /sys \) -prune -o -name "$lib*" -print 2>/dev/null | head -1)
+    [ -n "$f" ] && LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$f")
+  fi
+done
+export LD_LIBRARY_PATH
+export NCCL_NVLS_ENABLE=0
+
+say "== run_gpu.sh $(date -u +%Y-%m-%dT%H:%MZ) phases: $phases"
+say "$(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 | head -2)"
+for b in "$PACK"/*; do
+  [ -f "$b" ] && [ -x "$b" ] || continue
+  miss=$(ldd "$b" 2>/dev/null | grep "not found" | tr -s ' \t' ' ')
+  [ -n "$miss" ] && say "MISSING LIBS for $b: $miss"
+done
+
+# run NAME TIMEOUT LOG CMD...: run with a time limit, append to LOG, record PASS/FAIL/SKIP
+declare -A RES
+run() {
+  local name=$1 lim=$2 log=$3; shift 3
+  echo "---- $name: $*" >> "$log"
+  local t0=$(date +%s)
+  timeout --kill-after=10 "$lim" "$@" >> "$log" 2>&1
+  local rc=$?
+  local st=PASS
+  [ $rc = 77 ] && st=SKIP
+  [ $rc != 0 ] && [ $rc != 77 ] && st="FAIL(rc=$rc)"
+  [ $rc = 124 ] && st="TIMEOUT(${lim}s)"
+  RES[$name]=$st
+  say "$(printf '%-28s %-14s %4ds' "$name" "$st" $(( $(date +%s) - t0 )))"
+  return $rc
+}
+
+mk() { # mk NAME ARGS...: make a model once
+  local name=$1; shift
+  [ -f "$M/$name/config.json" ] && return 0
+  run "mkmodel_$name" 240 "$OUT/tests.log" "$PACK/gemma-mkmodel" --corpus data/corpus.txt --out "$M/$name" "$@"
+}
+
+for ph in $phases; do
+  case $ph in
+  tests)
+    log=$OUT/tests.log
+    mk tiny --preset tiny --seed 1
+    mk 2b2 --preset 2b --layers 2 --seed 5
+    mk 7b2 --preset 7b --layers 2 --seed 6
+    run test_gpu_nodev 60 "$log" "$PACK/test_gpu_nodev"
+    run test_gpu_ops 400 "$log" "$PACK/test_gpu_ops"
+    run test_gpu_model_tiny 300 "$log" "$PACK/test_gpu_model" "$M/tiny"
+    run test_gpu_model_2b2 300 "$log" "$PACK/test_gpu_model" "$M/2b2"
+    run test_gpu_model_7b2 400 "$log" "$PACK/test_gpu_model" "$M/7b2"
+    run test_gpu_generate_tiny 300 "$log" bash tests/test_gpu_generate.sh "$PACK/gemma-generate" "$M/tiny" /tmp/gg-tiny
+    run test_gpu_generate_2b2 300 "$log" bash tests/test_gpu_generate.sh "$PACK/gemma-generate" "$M/2b2" /tmp/gg-2b2
+    if [ -x "$PACK/gemmad" ] && [ -x "$PACK/gemma-cli" ] && [ -x "$PACK/gemma-worker" ]; then
+      # gemmad on cuda, tp 1: its greedy text equals gemma-generate --backend cuda's
+      ep=ipc:///tmp/gm-gpu-smoke.sock
+      "$PACK/gemmad" --model "$M/tiny" --backend cuda --listen $ep --kv-blocks 256 --worker-bin "$PACK/gemma-worker" \
+        >> "$log" 2>&1 &
+      dpid=$!
+      for i in $(seq 1 60); do "$PACK/gemma-cli" --endpoint $ep --health >/dev/null 2>&1 && break; sleep 1; done
+      p="The capital of the tiny model is"
+      "$PACK/gemma-cli" --endpoint $ep --max-tokens 24 --ignore-eos "$p" > /tmp/gm-smoke-daemon.txt 2>> "$log"
+      "$PACK/gemma-generate" --model "$M/tiny" --backend cuda --prompt "$p" --max-tokens 24 > /tmp/gm-smoke-gen.txt 2>> "$log"
+      { echo "daemon  : $(cat /tmp/gm-smoke-daemon.txt)"; echo "generate: $(cat /tmp/gm-smoke-gen.txt)"; } >> "$log"
+      run daemon_cuda_smoke 10 "$log" cmp /tmp/gm-smoke-daemon.txt /tmp/gm-smoke-gen.txt
+      kill "$dpid" 2>/dev/null; wait "$dpid" 2>/dev/null
+    else
+      say "daemon_cuda_smoke            SKIP (gemmad/gemma-cli/gemma-worker not in $PACK)"
+    fi
+    ;;
+  decode)
+    log=$OUT/decode.log
+    run decode_2b 200 "$log" "$PACK/bench_decode" --preset 2b --prompt 128 --gen 256 --batch 1,8,64 --variants
+    run decode_7b 240 "$log" "$PACK/bench_decode" --preset 7b --prompt 128 --gen 256 --batch 1,8,64 --variants
+    ;;
+  kernels)
+    run bench_kernels 300 "$OUT/kernels.log" "$PACK/bench_kernels" --csv "$OUT/kernels.csv"
+    ;;
+  peer)
+    log=$OUT/peer.log
+    export PYTHONUNBUFFERED=1
+    run hf_peer_2b 200 "$log" python3 bench/hf_peer.py --preset 2b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,compiled}" --json "$OUT/peer.jsonl"
+    run hf_peer_7b 260 "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,compiled}" --json "$OUT/peer.jsonl"
+    ;;
+  sanitize)
+    run sanitize_ops 500 "$OUT/sanitize.log" compute-sanitizer --tool memcheck --leak-check no "$PACK/test_gpu_ops"
+    ;;
+  *)
+    say "unknown phase $ph"
+    ;;
+  esac
+done
+
+say "== results ($(elapsed) s)"
+[ -f "$OUT/decode.log" ] && grep -E "tok/s" "$OUT/decode.log" | tee -a "$summary"
+[ -f "$OUT/peer.log" ] && grep -E "^hf " "$OUT/peer.log" | tee -a "$summary"
+[ -f "$OUT/kernels.log" ] && grep -E "^ceilings|gemm (2b|7b) (qkv|down|lm_head) T=1 |decode attn .*B=(1|64) ctx=(4096|8192)|prefill attn|sample" \
+  "$OUT/kernels.log" | tee -a "$summary"
+fails=0
+for k in "${!RES[@]}"; do case ${RES[$k]} in FAIL*|TIMEOUT*) fails=$((fails + 1));; esac; done
+say "failures: $fails"
+exit 0
