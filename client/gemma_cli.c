@@ -18,7 +18,8 @@ static void usage(FILE *f)
             "\n"
             "  --endpoint E       gemmad endpoint (default $GEMMAD_ENDPOINT or tcp://127.0.0.1:5555)\n"
             "  --chat             format PROMPT as one user turn of Gemma's chat template\n"
-            "  --max-tokens N     tokens to generate (default 128; 0 = until EOS or the context is full)\n"
+            "  --max-tokens N     tokens to generate (default 128; 0 = none, as gemma-generate;\n"
+            "                     -1 = until EOS or the context is full)\n"
             "  --temperature T    0 = greedy (default)\n"
             "  --top-k K          0 = off (default)\n"
             "  --top-p P          (0, 1], default 1\n"
@@ -145,7 +146,7 @@ int main(int argc, char **argv)
     const char *stops[CLI_MAX_STOP];
     int32_t stop_ids[64];
     int n_stops = 0, n_stop_ids = 0;
-    bool chat = false, health = false, stats = false, tokens = false, print_ids = false;
+    bool chat = false, health = false, stats = false, tokens = false, print_ids = false, no_tokens = false;
     long long timeout = 0;
     const char *prompt = NULL;
 
@@ -175,7 +176,12 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gemma-cli: --max-tokens '%s' is not an integer\n", v);
                 return 2;
             }
-            p.max_tokens = (int32_t)n;
+            if (n < -1) {
+                fprintf(stderr, "gemma-cli: --max-tokens %lld: must be >= -1\n", (long long)n);
+                return 2;
+            }
+            no_tokens = n == 0;
+            p.max_tokens = n < 0 ? 0 : (int32_t)n; /* the protocol's 0 means "until EOS" */
         } else if (!strcmp(a, "--temperature")) {
             NEED_ARG;
             if (!parse_f(v, &p.temperature)) {
@@ -292,6 +298,12 @@ int main(int argc, char **argv)
         printf("queue_p50_ms: %.2f\nqueue_p99_ms: %.2f\nstep_avg_ms: %.3f\nclients: %d\nworker_restarts: %lld\n"
                "uptime_s: %.1f\n",
                s.queue_p50_ms, s.queue_p99_ms, s.step_avg_ms, s.clients, (long long)s.worker_restarts, s.uptime_s);
+        return 0;
+    }
+
+    if (no_tokens) { /* --max-tokens 0: nothing to generate; print what gemma-generate prints */
+        gmc_close(&c);
+        putchar('\n');
         return 0;
     }
 

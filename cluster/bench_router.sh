@@ -69,8 +69,8 @@ wait_kv "$R2" 131072
 
 echo "host: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg); median of $RUNS runs"
 echo
-echo "| path | concurrency | requests/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | E2E p50 ms |"
-echo "|---|---|---|---|---|---|---|"
+echo "| path | isl / osl | concurrency | requests/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | E2E p50 ms |"
+echo "|---|---|---|---|---|---|---|---|"
 row() { # label endpoint concurrency n isl osl
     local rps=() t50=() t99=() itl=() e2e=()
     for r in $(seq "$RUNS"); do
@@ -81,10 +81,11 @@ row() { # label endpoint concurrency n isl osl
         itl+=("$(field itl_ms_p50)")
         e2e+=("$(field e2e_ms_p50)")
     done
-    printf '| %s | %s | %.0f | %.3f | %.3f | %.3f | %.3f |\n' "$1" "$3" \
+    local itl_s=-
+    [ "$6" -gt 1 ] && itl_s=$(printf '%.3f' "$(printf '%s\n' "${itl[@]}" | median)")
+    printf '| %s | %s / %s | %s | %.0f | %.3f | %.3f | %s | %.3f |\n' "$1" "$5" "$6" "$3" \
         "$(printf '%s\n' "${rps[@]}" | median)" "$(printf '%s\n' "${t50[@]}" | median)" \
-        "$(printf '%s\n' "${t99[@]}" | median)" "$(printf '%s\n' "${itl[@]}" | median)" \
-        "$(printf '%s\n' "${e2e[@]}" | median)"
+        "$(printf '%s\n' "${t99[@]}" | median)" "$itl_s" "$(printf '%s\n' "${e2e[@]}" | median)"
 }
 row "gemmad direct" "$P1" 1 500 16 16
 row "router -> 1 gemmad" "$R1" 1 500 16 16

@@ -54,6 +54,7 @@ typedef struct rt_req {
 struct rt_replica {
     char *endpoint;
     char *name;
+    char label[320];       /* "name (endpoint)" or the endpoint, for logs */
     char server_key[GC_KEY_Z85_LEN + 1];
     bool dynamic;          /* registered itself (forgotten when gone long enough) */
     bool draining;         /* unregistered: no new requests */
@@ -372,20 +373,32 @@ static gm_status replica_open_socket(gc_router *r, rt_replica *p)
     return GM_OK;
 }
 
+static void replica_set_label(rt_replica *p)
+{
+    if (strcmp(p->name, p->endpoint) != 0)
+        snprintf(p->label, sizeof(p->label), "%s (%s)", p->name, p->endpoint);
+    else
+        snprintf(p->label, sizeof(p->label), "%s", p->endpoint);
+}
+
 static rt_replica *replica_add(gc_router *r, const char *endpoint, const char *name, const char *server_key,
                                bool dynamic, int32_t max_in_flight)
 {
     if (r->n_reps == r->cap_reps) {
         int cap = r->cap_reps ? r->cap_reps * 2 : 8;
         rt_replica **n = realloc(r->reps, (size_t)cap * sizeof(*n));
-        if (!n)
+        if (!n) {
+            gm_fail(GM_ERR_NOMEM, "replica table of %d", cap);
             return NULL;
+        }
         r->reps = n;
         r->cap_reps = cap;
     }
     rt_replica *p = calloc(1, sizeof(*p));
-    if (!p)
+    if (!p) {
+        gm_fail(GM_ERR_NOMEM, "replica '%s'", endpoint);
         return NULL;
+    }
     p->endpoint = strdup(endpoint);
     p->name = strdup(name && *name ? name : endpoint);
     if (server_key)
@@ -394,6 +407,8 @@ static rt_replica *replica_add(gc_router *r, const char *endpoint, const char *n
     p->max_in_flight = max_in_flight > 0 ? max_in_flight : r->cfg->max_in_flight;
     p->serial = r->serial++;
     p->down_since = p->last_register = now_ms();
+    if (!p->endpoint || !p->name)
+        gm_fail(GM_ERR_NOMEM, "replica '%s'", endpoint);
     if (!p->endpoint || !p->name || replica_open_socket(r, p) != GM_OK) {
         replica_close_socket(p);
         free(p->endpoint);
@@ -403,7 +418,8 @@ static rt_replica *replica_add(gc_router *r, const char *endpoint, const char *n
     }
     r->reps[r->n_reps++] = p;
     update_counts(r);
-    GM_INFO("replica %s (%s) added%s", p->name, p->endpoint, dynamic ? " by registration" : "");
+    replica_set_label(p);
+    GM_INFO("replica %s added%s", p->label, dynamic ? " by registration" : "");
     return p;
 }
 
@@ -423,7 +439,7 @@ static void replica_free(rt_replica *p)
 static void replica_remove(gc_router *r, int i)
 {
     rt_replica *p = r->reps[i];
-    GM_INFO("replica %s (%s) removed", p->name, p->endpoint);
+    GM_INFO("replica %s removed", p->label);
     for (rt_req *q = r->q_head; q; q = q->qnext)
         if (q->last_rep == p)
             q->last_rep = NULL;
@@ -538,7 +554,7 @@ static void replica_down(gc_router *r, rt_replica *p, const char *why)
 {
     if (p->up)
         atomic_fetch_add(&r->c_rep_fail, 1);
-    GM_WARN("replica %s (%s) taken out: %s; %d request(s) in flight there", p->name, p->endpoint, why,
+    GM_WARN("replica %s taken out: %s; %d request(s) in flight there", p->label, why,
             p->in_flight);
     p->up = p->serving = false;
     p->down_since = now_ms();
@@ -580,7 +596,7 @@ static void replica_heard(gc_router *r, rt_replica *p, double now)
     p->last_heard = now;
     if (!p->up) {
         p->up = true;
-        GM_INFO("replica %s (%s) is up", p->name, p->endpoint);
+        GM_INFO("replica %s is up", p->label);
         update_counts(r);
     }
 }
@@ -1012,6 +1028,7 @@ static void on_register_msg(gc_router *r, const uint8_t *id, size_t id_len, cons
                     replica_down(r, p, "re-registered at another endpoint");
                 free(p->endpoint);
                 p->endpoint = ep;
+                replica_set_label(p);
                 snprintf(p->server_key, sizeof(p->server_key), "%s", g->server_key ? g->server_key : "");
                 replica_open_socket(r, p);
             }
@@ -1384,7 +1401,7 @@ gm_status gc_router_new(const gc_router_config *c, void *zmq_ctx, gc_router **ou
     }
     for (int i = 0; i < c->n_replicas; i++)
         if (!replica_add(r, c->replicas[i], NULL, r->replica_key[0] ? r->replica_key : NULL, false, 0)) {
-            st = gm_fail(GM_ERR_INVALID_ARG, "replica '%s': %s", c->replicas[i], gm_last_error());
+            st = GM_ERR_INVALID_ARG; /* replica_add said why */
             goto fail;
         }
     GM_INFO("listening on %s%s%s, %d static replica(s), max_in_flight %d", r->listen_ep,

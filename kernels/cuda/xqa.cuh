@@ -70,6 +70,9 @@ int32_t xqa_pick_sub_seq(int32_t batch, int32_t n_kv, int32_t max_ctx, int32_t n
  * (nb_sub_seq, n_kv, batch), so a captured graph replays it for any seq_lens. */
 gm_status xqa_decode(const xqa_params *p, cudaStream_t s);
 
+/* Dynamic shared memory of one CTA for head_dim, rows = (n_heads / n_kv) * q_len, fp8 KV or not. */
+int32_t xqa_smem_bytes(int32_t head_dim, int32_t rows, int32_t fp8);
+
 #ifdef __cplusplus
 }
 #endif
