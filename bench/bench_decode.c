@@ -205,18 +205,35 @@ int main(int argc, char **argv)
     FILE *csv = csv_path ? fopen(csv_path, "a") : NULL;
     int rc = 0;
     for (int32_t i = 0; i < nb && !rc; i++) {
-        run_cfg c = {bl[i], prompt, gen, "graphs, gemv<=4 rows"};
+        run_cfg c = {bl[i], prompt, gen, "graphs, gemv<=2 rows"};
         rc = run(e, &c, name, bw, wb, csv);
         if (!rc && variants && bl[i] == 1) {
             gm_engine_cuda_set_gemv_rows(e, 0);
             c.label = "graphs, cuBLASLt only";
             rc = run(e, &c, name, bw, wb, csv);
-            gm_engine_cuda_set_gemv_rows(e, 4);
+            gm_engine_cuda_set_gemv_rows(e, 2);
             e->opts.use_graphs = 0;
             c.label = "no graphs, gemv";
             if (!rc)
                 rc = run(e, &c, name, bw, wb, csv);
             e->opts.use_graphs = 1;
+            /* where a graph-replayed step spends its time (event nodes between the ops) */
+            gm_engine_cuda_profile(e, 1);
+            c.label = "graphs, profiled";
+            c.gen = 64;
+            if (!rc)
+                rc = run(e, &c, name, bw, wb, csv);
+            const char *names[32];
+            double us[32], tot = 0;
+            int n = gm_engine_cuda_profile_get(e, names, us, 32);
+            for (int k = 0; k < n; k++)
+                tot += us[k];
+            printf("%s B=1 step profile (us per step, graph replay):", name);
+            for (int k = 0; k < n; k++)
+                if (us[k] > 0)
+                    printf(" %s %.1f (%.0f%%)", names[k], us[k], 100.0 * us[k] / tot);
+            printf(" | total %.1f\n", tot);
+            gm_engine_cuda_profile(e, 0);
         }
     }
     if (csv)

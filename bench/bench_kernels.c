@@ -137,17 +137,19 @@ static void run_copy(void *p, int rep)
 
 typedef struct gemm_bctx {
     gemm_ctx *g;
-    void *x[8], *w[8], *y[8];
+    void *x[8], *w[8], *y[8], *gu;
     int nrot;
     int64_t T, K, N;
-    int yf32, path; /* 0 auto, 1 cuBLASLt, 2 gemv */
+    int yf32, path; /* 0 auto, 1 cuBLASLt, 2 gemv, 3 gate_up + GeGLU (N = 2 ni) */
 } gemm_bctx;
 
 static void run_gemm(void *p, int rep)
 {
     gemm_bctx *c = p;
     int i = rep % c->nrot;
-    if (c->path == 1)
+    if (c->path == 3)
+        GOK(gemm_bf16_geglu(c->g, c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N / 2, c->gu, c->y[i], g_s));
+    else if (c->path == 1)
         GOK(gemm_bf16_lt(c->g, c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N, c->y[i], c->yf32, c->N, g_s));
     else if (c->path == 2)
         GOK(gemv_bf16(c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N, c->y[i], c->yf32, c->N, g_s));
@@ -178,7 +180,7 @@ static void ceilings(gemm_ctx *g)
     b.w[0] = rand_dev(b.N * b.K, 1.0f, 2);
     CU(cudaMalloc(&b.y[0], (size_t)(b.T * b.N * 2)));
     us = time_us(run_gemm, &b, 10);
-    g_tflops = 2.0 * 8192.0 * 8192.0 * 8192.0 / (us * 1e6) / 1e3;
+    g_tflops = 2.0 * 8192.0 * 8192.0 * 8192.0 / (us * 1e6);
     cudaFree(b.x[0]), cudaFree(b.w[0]), cudaFree(b.y[0]);
     printf("ceilings: device copy %.0f GB/s (read + write, 2 GiB), bf16 GEMM 8192^3 %.0f TFLOP/s (cuBLASLt)\n\n", g_bw,
            g_tflops);
@@ -207,10 +209,14 @@ static void bench_gemm(gemm_ctx *g, const char *model, const char *op, int64_t T
         CU(cudaMalloc(&b.w[i], (size_t)wbytes));
         CU(cudaMemcpy(b.w[i], b.w[0], (size_t)wbytes, cudaMemcpyDeviceToDevice));
     }
+    if (path == 3)
+        CU(cudaMalloc(&b.gu, (size_t)(T * N * 2)));
     double us = time_us(run_gemm, &b, 20);
+    if (b.gu)
+        cudaFree(b.gu);
     char name[96];
     snprintf(name, sizeof name, "gemm %s %s T=%lld K=%lld N=%lld %s", model, op, (long long)T, (long long)K,
-             (long long)N, path == 2 ? "gemv" : path == 1 ? "lt" : "auto");
+             (long long)N, path == 3 ? "+geglu" : path == 2 ? "gemv" : path == 1 ? "lt" : "auto");
     double bytes = (double)wbytes + (double)(T * K * 2) + (double)(T * N * (yf32 ? 4 : 2));
     if (T <= 16)
         report_bw(name, us, bytes);
@@ -375,7 +381,9 @@ static void bench_attn(const char *model, int32_t nh, int32_t nkv, int32_t B, in
     }
     c.max_new = ctx_len;
     c.n_split = k_attn_decode_splits(B, nkv, 8192, n_sm);
-    CU(cudaMalloc(&c.scratch, k_attn_decode_scratch_bytes(B, nh, 256, c.n_split)));
+    size_t sb = k_attn_decode_scratch_bytes(B, nh, nkv, 256, c.n_split);
+    CU(cudaMalloc(&c.scratch, sb));
+    CU(cudaMemset(c.scratch, 0, sb));
     double us = time_us(run_attn, &c, prefill ? 3 : 20);
     char name[96];
     if (prefill) {
@@ -485,6 +493,8 @@ int main(int argc, char **argv)
         for (size_t ti = 0; ti < (quick ? 1 : sizeof small_t / sizeof small_t[0]); ti++) {
             bench_gemm(g, shapes[s].m, shapes[s].op, small_t[ti], shapes[s].K, shapes[s].N, shapes[s].f32, 2);
             bench_gemm(g, shapes[s].m, shapes[s].op, small_t[ti], shapes[s].K, shapes[s].N, shapes[s].f32, 1);
+            if (!strcmp(shapes[s].op, "gate_up"))
+                bench_gemm(g, shapes[s].m, shapes[s].op, small_t[ti], shapes[s].K, shapes[s].N, 0, 3);
         }
     printf("\n");
     int64_t big_t[] = {64, 256, 2048};

@@ -31,6 +31,7 @@ ms_between() { # two "YYYY-MM-DDTHH:MM:SS.mmm" stamps -> milliseconds
 gemmad() { # endpoint log -> pid in $!
     "$B/daemon/gemmad" --backend null --listen "$1" --max-seqs 256 --kv-blocks 65536 --log-level warn > "$T/$2" 2>&1 &
     PIDS+=($!)
+    disown $! # no "Killed" notice from the shell when we kill it on purpose
 }
 router() { # listen log replicas...
     local l=$1 log=$2
@@ -130,7 +131,7 @@ failover() { # label signal
 }
 failover "kill -9 (connection drops)" KILL
 # bring it back and measure how soon the router uses it again
-wait "${PIDS[1]}" 2> /dev/null
+while kill -0 "${PIDS[1]}" 2> /dev/null; do sleep 0.01; done
 tb=$(now)
 gemmad "$P2" g2b.log
 PIDS[1]=${PIDS[-1]}

@@ -35,6 +35,7 @@ typedef Gemma__Control__V1__ControlMessage ctl_msg;
 
 #define WK_MAX_RANKS 64
 #define WK_ID_MAX 64
+#define WK_MAX_INFLIGHT 2
 
 struct wk_pool {
     wk_pool_opts o;         /* copy; string members point at the copies below */
@@ -50,10 +51,24 @@ struct wk_pool {
     pid_t pids[WK_MAX_RANKS]; /* 0 = not running (reaped) */
     unsigned session;
     int64_t kv_blocks;
+    int32_t max_seqs;       /* slots every rank has (Ready.max_seqs of rank 0) */
     gm_model_config cfg;
-    bool busy;
-    uint64_t step_id;
-    int32_t inflight_n;
+    uint64_t step_id;       /* last step submitted */
+    /* steps in flight, oldest first: their ids and sequence counts */
+    uint64_t inflight_id[WK_MAX_INFLIGHT];
+    int32_t inflight_n[WK_MAX_INFLIGHT];
+    int32_t n_inflight;
+    /* what every rank holds per slot once the plans sent so far have run; plans
+     * carry only the difference */
+    int32_t *sent_blocks;    /* [max_seqs] blocks in the slot's table; -1 = unknown: send a reset */
+    gm_sampling *sent_samp;  /* [max_seqs] the slot's sampling */
+    /* per-step scratch, reused */
+    Gemma__Control__V1__SeqPlan *sp;
+    Gemma__Control__V1__Sampling *sa;
+    Gemma__Control__V1__SeqPlan **spp;
+    size_t plan_cap;
+    uint8_t *buf;
+    size_t buf_cap;
 };
 
 static int64_t wk_now_ms(void)
@@ -437,8 +452,10 @@ static gm_status wk_wait_ready(wk_pool *p)
                     n_ready++;
                     if (p->kv_blocks == 0 || rd->kv_num_blocks < p->kv_blocks)
                         p->kv_blocks = rd->kv_num_blocks;
-                    if (r == 0)
+                    if (r == 0) {
                         wk_config_from(&p->cfg, rd->model);
+                        p->max_seqs = rd->max_seqs;
+                    }
                 }
             } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_NCCL_ID && r == 0) {
                 for (int k = 1; k < p->tp && st == GM_OK; k++)
@@ -483,12 +500,22 @@ static gm_status wk_wait_ready(wk_pool *p)
     return GM_OK;
 }
 
+/* Nothing in flight any more, and no slot state assumed on the ranks: the next
+ * plan resends every slot it names in full (after a restart or a failed step). */
+static void wk_forget(wk_pool *p)
+{
+    p->n_inflight = 0;
+    if (p->sent_blocks)
+        for (int32_t i = 0; i < p->max_seqs; i++)
+            p->sent_blocks[i] = -1;
+}
+
 /* One session: fresh shm, spawn every rank, wait until all are ready. On failure
  * every rank spawned is killed and reaped. */
 static gm_status wk_launch(wk_pool *p)
 {
     p->session++;
-    p->busy = false;
+    wk_forget(p);
     wk_drain(p);
     gm_status st = wk_shm_make(p);
     for (int r = 0; r < p->tp && st == GM_OK; r++)
@@ -505,6 +532,15 @@ static gm_status wk_launch(wk_pool *p)
     }
     /* every rank has mapped the segment: drop its name now, so a SIGKILLed gemmad leaks no shm */
     wk_shm_remove(p);
+    if (!p->sent_blocks && p->max_seqs > 0) {
+        p->sent_blocks = malloc((size_t)p->max_seqs * sizeof *p->sent_blocks);
+        p->sent_samp = calloc((size_t)p->max_seqs, sizeof *p->sent_samp);
+        if (!p->sent_blocks || !p->sent_samp) {
+            wk_kill_all(p);
+            return gm_fail(GM_ERR_NOMEM, "worker pool: slot state for %d sequences", (int)p->max_seqs);
+        }
+        wk_forget(p);
+    }
     GM_INFO("%d worker%s ready on %s, %lld KV blocks", (int)p->tp, p->tp > 1 ? "s" : "", p->endpoint,
             (long long)p->kv_blocks);
     return GM_OK;
@@ -522,6 +558,12 @@ static void wk_release(wk_pool *p)
         unlink(p->ipc_path);
     if (p->dir[0])
         rmdir(p->dir);
+    free(p->sent_blocks);
+    free(p->sent_samp);
+    free(p->sp);
+    free(p->sa);
+    free(p->spp);
+    free(p->buf);
     free(p->model_dir);
     free(p->worker_bin);
     free(p);
@@ -664,69 +706,121 @@ void *wk_pool_socket(wk_pool *p)
 
 bool wk_pool_busy(const wk_pool *p)
 {
-    return p && p->busy;
+    return p && p->n_inflight > 0;
+}
+
+int32_t wk_pool_inflight(const wk_pool *p)
+{
+    return p ? p->n_inflight : 0;
+}
+
+static bool wk_grow(void **a, size_t n, size_t elem)
+{
+    void *q = realloc(*a, n * elem);
+    if (!q)
+        return false;
+    *a = q;
+    return true;
+}
+
+static bool wk_same_sampling(const gm_sampling *a, const gm_sampling *b)
+{
+    return a->temperature == b->temperature && a->top_k == b->top_k && a->top_p == b->top_p && a->seed == b->seed;
 }
 
 gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
 {
     if (!p || n_seqs <= 0 || !seqs)
         return gm_fail(GM_ERR_INVALID_ARG, "submit: empty step (%d sequences)", (int)n_seqs);
-    if (p->busy)
-        return gm_fail(GM_ERR_INVALID_ARG, "submit: step %llu is still in flight", (unsigned long long)p->step_id);
-    Gemma__Control__V1__SeqPlan *sp = calloc((size_t)n_seqs, sizeof *sp);
-    Gemma__Control__V1__Sampling *sa = calloc((size_t)n_seqs, sizeof *sa);
-    Gemma__Control__V1__SeqPlan **spp = calloc((size_t)n_seqs, sizeof *spp);
-    if (!sp || !sa || !spp) {
-        free(sp), free(sa), free(spp);
-        return gm_fail(GM_ERR_NOMEM, "submit: %d sequences", (int)n_seqs);
+    if (p->n_inflight >= WK_MAX_INFLIGHT)
+        return gm_fail(GM_ERR_INVALID_ARG, "submit: %d steps are already in flight", (int)p->n_inflight);
+    if ((size_t)n_seqs > p->plan_cap) {
+        size_t cap = p->plan_cap ? p->plan_cap : 64;
+        while (cap < (size_t)n_seqs)
+            cap *= 2;
+        if (!wk_grow((void **)&p->sp, cap, sizeof *p->sp) || !wk_grow((void **)&p->sa, cap, sizeof *p->sa) ||
+            !wk_grow((void **)&p->spp, cap, sizeof *p->spp))
+            return gm_fail(GM_ERR_NOMEM, "submit: %d sequences", (int)n_seqs);
+        p->plan_cap = cap;
     }
     for (int32_t i = 0; i < n_seqs; i++) {
         const gm_seq_step *s = &seqs[i];
         if (s->n_tokens < 0 || (s->n_tokens > 0 && !s->tokens) || s->n_blocks < 0 ||
-            (s->n_blocks > 0 && !s->block_table)) {
-            free(sp), free(sa), free(spp);
+            (s->n_blocks > 0 && !s->block_table))
             return gm_fail(GM_ERR_INVALID_ARG, "submit: seq %d has bad arrays", (int)i);
+    }
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        Gemma__Control__V1__SeqPlan *q = &p->sp[i];
+        gemma__control__v1__seq_plan__init(q);
+        q->slot = s->slot;
+        q->tokens = (int32_t *)s->tokens;
+        q->n_tokens = (size_t)s->n_tokens;
+        q->start_pos = s->start_pos;
+        q->logits_mode = s->logits_mode;
+        /* the slot's table is append-only between entries at position 0: send what
+         * the ranks do not have yet, or all of it when that is not known */
+        bool tracked = s->slot >= 0 && s->slot < p->max_seqs && p->sent_blocks;
+        int32_t have = tracked ? p->sent_blocks[s->slot] : -1;
+        bool reset = have < 0 || s->start_pos == 0 || s->n_blocks < have;
+        int32_t from = reset ? 0 : have;
+        q->reset = reset;
+        q->block_table = (int32_t *)s->block_table + from;
+        q->n_block_table = (size_t)(s->n_blocks - from);
+        if (reset || !wk_same_sampling(&p->sent_samp[s->slot], &s->sampling)) {
+            Gemma__Control__V1__Sampling *a = &p->sa[i];
+            gemma__control__v1__sampling__init(a);
+            a->temperature = s->sampling.temperature;
+            a->top_k = s->sampling.top_k;
+            a->top_p = s->sampling.top_p;
+            a->seed = s->sampling.seed;
+            q->sampling = a;
         }
-        gemma__control__v1__seq_plan__init(&sp[i]);
-        gemma__control__v1__sampling__init(&sa[i]);
-        sa[i].temperature = s->sampling.temperature;
-        sa[i].top_k = s->sampling.top_k;
-        sa[i].top_p = s->sampling.top_p;
-        sa[i].seed = s->sampling.seed;
-        sp[i].slot = s->slot;
-        sp[i].tokens = (int32_t *)s->tokens;
-        sp[i].n_tokens = (size_t)s->n_tokens;
-        sp[i].start_pos = s->start_pos;
-        sp[i].block_table = (int32_t *)s->block_table;
-        sp[i].n_block_table = (size_t)s->n_blocks;
-        sp[i].logits_mode = s->logits_mode;
-        sp[i].sampling = &sa[i];
-        spp[i] = &sp[i];
+        if (tracked) {
+            p->sent_blocks[s->slot] = s->n_blocks;
+            p->sent_samp[s->slot] = s->sampling;
+        }
+        p->spp[i] = q;
     }
     Gemma__Control__V1__StepPlan plan = GEMMA__CONTROL__V1__STEP_PLAN__INIT;
     plan.step_id = p->step_id + 1;
-    plan.seqs = spp;
+    plan.seqs = p->spp;
     plan.n_seqs = (size_t)n_seqs;
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
     m.plan = &plan;
     size_t n = gemma__control__v1__control_message__get_packed_size(&m);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (buf)
-        gemma__control__v1__control_message__pack(&m, buf);
-    free(sp), free(sa), free(spp);
-    if (!buf)
-        return gm_fail(GM_ERR_NOMEM, "submit: plan of %zu bytes", n);
+    if (n > p->buf_cap) {
+        size_t cap = p->buf_cap ? p->buf_cap : 65536;
+        while (cap < n)
+            cap *= 2;
+        if (!wk_grow((void **)&p->buf, cap, 1)) {
+            wk_forget(p);
+            return gm_fail(GM_ERR_NOMEM, "submit: plan of %zu bytes", n);
+        }
+        p->buf_cap = cap;
+    }
+    gemma__control__v1__control_message__pack(&m, p->buf);
     gm_status st = GM_OK;
     for (int r = 0; r < p->tp && st == GM_OK; r++)
-        st = wk_send_raw(p, r, buf, n);
-    free(buf);
+        st = wk_send_raw(p, r, p->buf, n);
     p->step_id++; /* a half-sent step is abandoned: its results are ignored */
-    if (st != GM_OK)
+    if (st != GM_OK) {
+        wk_forget(p);
         return st;
-    p->busy = true;
-    p->inflight_n = n_seqs;
+    }
+    p->inflight_id[p->n_inflight] = p->step_id;
+    p->inflight_n[p->n_inflight] = n_seqs;
+    p->n_inflight++;
     return GM_OK;
+}
+
+static bool wk_is_inflight(const wk_pool *p, uint64_t id)
+{
+    for (int32_t i = 0; i < p->n_inflight; i++)
+        if (p->inflight_id[i] == id)
+            return true;
+    return false;
 }
 
 gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *done)
@@ -735,9 +829,9 @@ gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *don
         *done = false;
     if (!p || !done)
         return gm_fail(GM_ERR_INVALID_ARG, "collect: NULL pool or done");
-    if (p->busy && (n_seqs != p->inflight_n || (n_seqs > 0 && !tokens)))
+    if (p->n_inflight > 0 && (n_seqs != p->inflight_n[0] || (n_seqs > 0 && !tokens)))
         return gm_fail(GM_ERR_INVALID_ARG, "collect: %d tokens asked, step has %d sequences", (int)n_seqs,
-                       (int)p->inflight_n);
+                       (int)p->inflight_n[0]);
     for (;;) {
         ctl_msg *m = NULL;
         bool got = false;
@@ -747,31 +841,43 @@ gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *don
         if (!m)
             continue;
         gm_status st = GM_OK;
-        bool finished = false;
-        if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_RESULT && p->busy &&
-            m->result->step_id == p->step_id) {
+        bool finished = false, failed = false;
+        if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_RESULT && wk_is_inflight(p, m->result->step_id)) {
             const Gemma__Control__V1__StepResult *res = m->result;
-            if (res->status != 0) {
+            if (res->status != 0) { /* any rank, any step in flight: the pool has failed */
                 st = gm_fail(wk_status(res->status), "%s", res->message && res->message[0] ? res->message
                                                                                            : "worker step failed");
-                finished = true;
-            } else if (r == 0) {
+                failed = true;
+            } else if (r == 0 && res->step_id == p->inflight_id[0]) {
                 if (res->n_tokens != (size_t)n_seqs) {
                     st = gm_fail(GM_ERR_INTERNAL, "worker rank 0 returned %zu tokens for %d sequences",
                                  res->n_tokens, (int)n_seqs);
+                    failed = true;
                 } else {
                     memcpy(tokens, res->tokens, (size_t)n_seqs * sizeof *tokens);
                     *done = true;
+                    finished = true;
                 }
-                finished = true;
+            } else if (r == 0) {
+                st = gm_fail(GM_ERR_INTERNAL, "worker rank 0 answered step %llu before step %llu",
+                             (unsigned long long)res->step_id, (unsigned long long)p->inflight_id[0]);
+                failed = true;
             }
         } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_RESULT) {
             GM_DEBUG("stale result of step %llu from rank %d dropped", (unsigned long long)m->result->step_id, r);
         }
         gemma__control__v1__control_message__free_unpacked(m, NULL);
-        if (finished) {
-            p->busy = false;
+        if (failed) {
+            wk_forget(p); /* every step in flight is abandoned; slots are resent in full */
             return st;
+        }
+        if (finished) {
+            p->n_inflight--;
+            for (int32_t i = 0; i < p->n_inflight; i++) {
+                p->inflight_id[i] = p->inflight_id[i + 1];
+                p->inflight_n[i] = p->inflight_n[i + 1];
+            }
+            return GM_OK;
         }
     }
 }

@@ -3,7 +3,17 @@
  * gemmad runs one gemma-worker process per tensor-parallel rank (fork/exec of the
  * gemma-worker binary beside gemmad). Every rank receives every step plan over
  * the control plane (proto/control.proto on ZeroMQ ipc://); rank 0 answers with
- * the sampled tokens. One step is in flight at a time. */
+ * the sampled tokens. Up to two steps are in flight (run-ahead): the second is
+ * sent before the first one's tokens are back, and a decode whose token is not
+ * known yet carries -1 (worker/engine.h: the slot's previous sample).
+ *
+ * Plans go out as deltas: the pool remembers, per slot, how many blocks of the
+ * slot's table and which sampling parameters the ranks already hold, and sends
+ * only the blocks appended since (the whole table, flagged reset, when an entry
+ * starts at position 0, shrinks, or follows a restart or a failed step). So a
+ * caller must keep a slot's block table append-only between entries that start
+ * at position 0 - the scheduler does: a slot changes hands only through a new
+ * or recomputed sequence, which starts at 0. */
 #ifndef GM_WORKERS_H
 #define GM_WORKERS_H
 
@@ -35,18 +45,21 @@ const gm_model_config *wk_pool_config(const wk_pool *p);
 /* The ZeroMQ socket to poll for ZMQ_POLLIN (results and worker errors). Borrowed. */
 void *wk_pool_socket(wk_pool *p);
 
-/* Send one step plan to every rank (non-blocking; one step in flight at most).
- * The arrays in seqs are copied before return. */
+/* Send one step plan to every rank (non-blocking; at most two steps in flight;
+ * the ranks run them in order). The arrays in seqs are copied before return. */
 gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs);
 
-/* After the socket polled readable: if the in-flight step's result is there,
- * copy its n_seqs sampled tokens into tokens (-1 where no logits were asked),
- * set *done and return GM_OK. A worker-side failure of the step returns its
- * status with the worker's message; the pool then needs wk_pool_restart. */
+/* After the socket polled readable: if the oldest in-flight step's result is
+ * there, copy its n_seqs sampled tokens into tokens (-1 where no logits were
+ * asked), set *done and return GM_OK (call again for the next one). A
+ * worker-side failure of any step in flight returns its status with the
+ * worker's message and abandons every step in flight; the server then restarts
+ * the pool (wk_pool_restart), though the ranks can still take new plans. */
 gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *done);
 
-/* True while a step is in flight. */
+/* True while a step is in flight; wk_pool_inflight: how many (0..2). */
 bool wk_pool_busy(const wk_pool *p);
+int32_t wk_pool_inflight(const wk_pool *p);
 
 /* Reap children without blocking; false when any rank has exited or been killed. */
 bool wk_pool_alive(wk_pool *p);

@@ -1,5 +1,8 @@
-# FP8 area: CPU twins always; GPU kernels (XQA decode attention, FP8 quantize, FP8 GEMM) with CUDA.
-gm_add_test(test_fp8 ${CMAKE_CURRENT_SOURCE_DIR}/test_fp8.c LIBS gm_kernels_cpu gm_common m TIMEOUT 120)
+# FP8 area: CPU twins and the FP8 quantizer always; GPU kernels (XQA decode attention, FP8
+# quantize, FP8 GEMM) when CUDA is built.
+gm_add_test(test_fp8 ${CMAKE_CURRENT_SOURCE_DIR}/test_fp8.c LIBS gm_quantize_fp8 gm_kernels_cpu gm_common
+  PkgConfig::CJSON m TIMEOUT 300)
+set_tests_properties(test_fp8 PROPERTIES FIXTURES_REQUIRED tiny_model)
 
 if(GM_HAVE_CUDA)
   # GPU tests: label gpu, exit 77 (skipped) when no GPU is visible.

@@ -431,6 +431,52 @@ static void test_roundtrip_tiny(void **state)
     tiny_close(&f), tiny_close(&q);
 }
 
+/* Tensor-parallel slices of the AWQ Linears: q's rank outputs are columns of the full
+ * output, o's rank partial sums add up to the full product. */
+static void test_tp_slices(void **state)
+{
+    (void)state;
+    if (!g_quant)
+        skip();
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/awq", g_work);
+    tiny t;
+    tiny_open(dir, &t);
+    const gm_model_config *c = &t.cfg;
+    int64_t H = c->hidden_size, QW = (int64_t)c->num_heads * c->head_dim, T = 3;
+    gm_linear *part[2];
+    gm_tp_layout tp[2];
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(gm_tp_layout_make(c, r, 2, &tp[r]), GM_OK);
+        assert_int_equal(gm_linears_bind(t.m, c, &tp[r], t.group, &part[r]), GM_OK);
+    }
+    float *x = malloc((size_t)(T * QW) * sizeof(float)), *full = malloc((size_t)(T * QW) * sizeof(float));
+    float *y = malloc((size_t)(T * QW) * sizeof(float));
+    double *d0 = malloc((size_t)(T * H) * sizeof(double)), *d1 = malloc((size_t)(T * H) * sizeof(double));
+    for (int64_t i = 0; i < T * QW; i++)
+        x[i] = frand();
+    const gm_linear *Lq = &t.lin[GM_LIN_Q], *Lo = &t.lin[GM_LIN_O];
+    assert_int_equal(gm_linear_matmul(Lq, x, T, H, full, QW), GM_OK);
+    for (int r = 0; r < 2; r++) {
+        const gm_linear *P = &part[r][GM_LIN_Q];
+        assert_int_equal(P->kind, GM_LINEAR_AWQ);
+        assert_int_equal(P->out, QW / 2);
+        assert_int_equal(gm_linear_matmul(P, x, T, H, y, P->out), GM_OK);
+        for (int64_t i = 0; i < T; i++)
+            assert_memory_equal(y + i * P->out, full + i * QW + (int64_t)tp[r].head0 * c->head_dim,
+                                (size_t)P->out * sizeof(float));
+    }
+    assert_int_equal(gm_linear_matmul(Lo, x, T, QW, full, H), GM_OK);
+    int64_t half = QW / 2;
+    assert_int_equal(gm_linear_matmul_f64(&part[0][GM_LIN_O], x, T, QW, d0, H), GM_OK);
+    assert_int_equal(gm_linear_matmul_f64(&part[1][GM_LIN_O], x + half, T, QW, d1, H), GM_OK);
+    for (int64_t i = 0; i < T * H; i++)
+        assert_true(fabs(d0[i] + d1[i] - full[i]) <= 1e-4 * (1.0 + fabs(full[i])));
+    free(x), free(full), free(y), free(d0), free(d1);
+    free(part[0]), free(part[1]);
+    tiny_close(&t);
+}
+
 /* The calibration tokens as gemma-quantize takes them: sequences of CAL_SEQ, BOS first. */
 static float *calib_embed(const tiny *t, int64_t *n_seq)
 {
@@ -573,6 +619,7 @@ int main(int argc, char **argv)
     };
     const struct CMUnitTest model[] = {
         cmocka_unit_test(test_roundtrip_tiny),
+        cmocka_unit_test(test_tp_slices),
         cmocka_unit_test(test_awq_beats_rtn),
         cmocka_unit_test(test_engine_awq),
     };

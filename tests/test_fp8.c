@@ -9,9 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+#include <stdio.h>
+
 #include "common/dtype.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
 #include "kernels/cpu/cpu_fp8.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "tools/quantize_fp8.h"
 
 static uint64_t g_state = 777;
 static uint32_t rnd32(void)
@@ -218,6 +224,153 @@ static void test_fp8_kv(void **st)
     free(oo), free(ko), free(vo);
 }
 
+/* Read a whole small file (caller frees); NULL if missing. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    size_t r = fread(b, 1, (size_t)n, f);
+    b[r] = 0;
+    fclose(f);
+    return b;
+}
+
+static char path_dummy[4096];
+
+static float scalar(const st_model *m, const char *name)
+{
+    const st_tensor *t = st_model_find(m, name);
+    if (!t)
+        fail_msg("missing tensor %s", name);
+    assert_int_equal(t->dtype, GM_DT_F32);
+    assert_int_equal(st_numel(t), 1);
+    float v;
+    memcpy(&v, t->data, 4);
+    return v;
+}
+
+/* gm_quantize_fp8 on the tiny model, with and without calibration: layout, shared scales,
+ * bit-exact codes, untouched embedding/norms, config.json, tokenizer copied. */
+static void check_quantized(const char *src_dir, const char *out_dir, int calibrated)
+{
+    char path[4096];
+    gm_model_config cfg;
+    assert_int_equal(gm_config_load_dir(src_dir, &cfg), GM_OK);
+    st_model *a = NULL, *b = NULL;
+    assert_int_equal(st_model_open(src_dir, &a), GM_OK);
+    assert_int_equal(st_model_open(out_dir, &b), GM_OK);
+    static const char *mods[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                  "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+    for (int32_t l = 0; l < cfg.num_layers; l++) {
+        float ws[7], is[7];
+        for (int k = 0; k < 7; k++) {
+            snprintf(path, sizeof path, "model.layers.%d.%s.weight", l, mods[k]);
+            const st_tensor *ta = st_model_find(a, path), *tb = st_model_find(b, path);
+            assert_non_null(ta);
+            assert_non_null(tb);
+            assert_int_equal(tb->dtype, GM_DT_F8_E4M3);
+            assert_int_equal(tb->ndim, 2);
+            assert_true(tb->shape[0] == ta->shape[0] && tb->shape[1] == ta->shape[1]);
+            snprintf(path, sizeof path, "model.layers.%d.%s.weight_scale", l, mods[k]);
+            ws[k] = scalar(b, path);
+            int64_t n = st_numel(ta);
+            uint8_t *q = malloc((size_t)n);
+            cpu_fp8_quantize(ta->data, ta->dtype, n, ws[k], q);
+            assert_memory_equal(q, tb->data, (size_t)n);
+            float *orig = malloc((size_t)n * 4), *deq = malloc((size_t)n * 4);
+            gm_to_f32(ta->dtype, ta->data, orig, n);
+            cpu_fp8_dequantize(tb->data, n, ws[k], deq);
+            assert_true(nerr(deq, orig, n) < 0.06);
+            free(q), free(orig), free(deq);
+            snprintf(path, sizeof path, "model.layers.%d.%s.input_scale", l, mods[k]);
+            if (calibrated) {
+                is[k] = scalar(b, path);
+                assert_true(is[k] > 0.0f && isfinite(is[k]));
+            } else {
+                assert_null(st_model_find(b, path));
+            }
+        }
+        assert_true(ws[0] == ws[1] && ws[1] == ws[2]); /* q, k, v share */
+        assert_true(ws[4] == ws[5]);                   /* gate, up share */
+        if (calibrated) {
+            assert_true(is[0] == is[1] && is[1] == is[2] && is[4] == is[5]);
+            snprintf(path, sizeof path, "model.layers.%d.self_attn.k_scale", l);
+            float ks = scalar(b, path);
+            snprintf(path, sizeof path, "model.layers.%d.self_attn.v_scale", l);
+            assert_true(ks > 0.0f && ks == scalar(b, path));
+        }
+    }
+    /* everything else is copied bit for bit */
+    for (int32_t i = 0; i < st_model_count(a); i++) {
+        const st_tensor *ta = st_model_at(a, i);
+        if (strstr(ta->name, "_proj."))
+            continue;
+        const st_tensor *tb = st_model_find(b, ta->name);
+        assert_non_null(tb);
+        assert_int_equal(tb->dtype, ta->dtype);
+        assert_true(tb->nbytes == ta->nbytes);
+        assert_memory_equal(tb->data, ta->data, (size_t)ta->nbytes);
+    }
+    snprintf(path, sizeof path, "%s/config.json", out_dir);
+    char *js = slurp(path);
+    assert_non_null(js);
+    cJSON *root = cJSON_Parse(js);
+    assert_non_null(root);
+    cJSON *q = cJSON_GetObjectItem(root, "quantization_config");
+    assert_non_null(q);
+    assert_string_equal(cJSON_GetObjectItem(q, "quant_method")->valuestring, "fp8");
+    assert_string_equal(cJSON_GetObjectItem(q, "activation_scheme")->valuestring, calibrated ? "static" : "dynamic");
+    gm_model_config c2;
+    assert_int_equal(gm_config_parse(js, strlen(js), path, &c2), GM_OK); /* still a valid Gemma config */
+    assert_int_equal(c2.num_layers, cfg.num_layers);
+    cJSON_Delete(root);
+    free(js);
+    snprintf(path, sizeof path, "%s/tokenizer.model", out_dir);
+    char *tk = slurp(path);
+    assert_non_null(tk);
+    free(tk);
+    st_model_destroy(&a);
+    st_model_destroy(&b);
+}
+
+static void test_quantize_tool(void **st)
+{
+    (void)st;
+    const char *bin = getenv("GM_BIN"), *srcd = getenv("GM_SRC");
+    char model[2048], out[4096], calib[4096];
+    snprintf(model, sizeof model, "%s/models/tiny", bin ? bin : ".");
+    snprintf(path_dummy, sizeof path_dummy, "%s/config.json", model);
+    FILE *f = fopen(path_dummy, "r");
+    if (!f) {
+        print_message("no tiny model at %s (run via ctest for the fixture): skipped\n", model);
+        skip();
+    }
+    fclose(f);
+    snprintf(out, sizeof out, "%s/models/tiny_fp8_dyn", bin ? bin : ".");
+    assert_int_equal(gm_quantize_fp8(model, out, NULL), GM_OK);
+    check_quantized(model, out, 0);
+    snprintf(calib, sizeof calib, "%s/data/corpus.txt", srcd ? srcd : ".");
+    snprintf(out, sizeof out, "%s/models/tiny_fp8", bin ? bin : ".");
+    gm_fp8_quant_opts o;
+    gm_fp8_quant_opts_init(&o);
+    o.calib_file = calib;
+    o.calib_tokens = 200;
+    o.calib_seq = 64;
+    gm_status s = gm_quantize_fp8_ex(model, out, &o);
+    if (s != GM_OK)
+        fail_msg("gm_quantize_fp8_ex: %s", gm_last_error());
+    check_quantized(model, out, 1);
+    /* quantizing an FP8 checkpoint again is refused; a missing model is an error */
+    snprintf(calib, sizeof calib, "%s/models/tiny_fp8_again", bin ? bin : ".");
+    assert_int_not_equal(gm_quantize_fp8(out, calib, NULL), GM_OK);
+    assert_int_not_equal(gm_quantize_fp8("/nonexistent/model", calib, NULL), GM_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -225,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_scale_and_roundtrip),
         cmocka_unit_test(test_fp8_matmul),
         cmocka_unit_test(test_fp8_kv),
+        cmocka_unit_test(test_quantize_tool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -242,9 +242,9 @@ static void check_rope_kv(int32_t nh, int32_t nkv, int32_t hd, int64_t T, int32_
     void *dq = dev_put(qb, (size_t)(T * ld * 2));
     int64_t pool_elems = (int64_t)pool_blocks * nkv * bs * hd;
     void *dk = dev_poison_bf16(pool_elems), *dv = dev_poison_bf16(pool_elems);
-    float inv[512];
-    k_rope_inv_freq(10000.0f, hd, inv);
-    float *dinv = dev_put(inv, (size_t)(hd / 2) * 4);
+    int32_t max_pos = start + (int32_t)T;
+    float *dinv = dev_put(NULL, (size_t)max_pos * (size_t)hd * 4);
+    GOK(k_rope_table(dinv, max_pos, hd, 10000.0f));
     int32_t *dpos = dev_put(pos, (size_t)T * 4), *dslot = dev_put(slot, (size_t)T * 4);
     GOK(k_rope_kv_write(dq, ld, T, nh, nkv, hd, dpos, dinv, dslot, dk, dv, bs, 0));
 
@@ -368,9 +368,48 @@ static void test_gemm(void **state)
     check_gemm(gc, 0, 200, 4096, 3072, 1);  /* 7b o_proj, f32 out (tp > 1 path) */
     check_gemm(gc, 0, 2, 2048, 32000, 1);   /* LM-head-like, f32 logits */
     check_gemm(gc, 0, 37, 24576 / 8, 3072, 0);
+    check_gemm(gc, 2, 1, 24576, 3072, 0);   /* 7b down: one column per block */
+    check_gemm(gc, 2, 6, 3072, 1000, 1);    /* 4 + 2 rows, N not a multiple of the block's columns */
+    check_gemm(gc, 2, 2, 4096, 3072, 0);    /* 7b o_proj */
     assert_true(gemm_ctx_cached(gc) >= 3);
     gemm_ctx_destroy(&gc);
     assert_null(gc);
+}
+
+static void check_geglu_gemm(gemm_ctx *gc, int64_t T, int64_t K, int64_t ni)
+{
+    float *xf, *wf;
+    uint16_t *xb, *wb;
+    rand_bf16(T * K, 1.0f, &xf, &xb);
+    rand_bf16(2 * ni * K, 0.05f, &wf, &wb);
+    void *dx = dev_put(xb, (size_t)(T * K * 2)), *dw = dev_put(wb, (size_t)(2 * ni * K * 2));
+    void *dgu = dev_put(NULL, (size_t)(T * 2 * ni * 2)), *dact = dev_poison_bf16(T * ni);
+    GOK(gemm_bf16_geglu(gc, dx, T, K, K, dw, K, ni, dgu, dact, 0));
+    float *g = get_bf16(dact, T * ni);
+    float *gu = malloc((size_t)(T * 2 * ni) * 4), *gate = malloc((size_t)(T * ni) * 4), *up = malloc((size_t)(T * ni) * 4);
+    float *c = malloc((size_t)(T * ni) * 4);
+    cpu_matmul(xf, T, K, K, wb, GM_DT_BF16, K, 2 * ni, gu, 2 * ni);
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(gate + t * ni, gu + t * 2 * ni, (size_t)ni * 4);
+        memcpy(up + t * ni, gu + t * 2 * ni + ni, (size_t)ni * 4);
+    }
+    cpu_geglu(gate, up, T, ni, c);
+    char name[96];
+    snprintf(name, sizeof name, "gate_up+geglu T=%lld K=%lld ni=%lld", (long long)T, (long long)K, (long long)ni);
+    expect_close(name, g, c, T * ni, 1e-2);
+    free(g), free(gu), free(gate), free(up), free(c), free(xf), free(xb), free(wf), free(wb);
+    cudaFree(dx), cudaFree(dw), cudaFree(dgu), cudaFree(dact);
+}
+
+static void test_gemm_geglu(void **state)
+{
+    (void)state;
+    gemm_ctx *gc = NULL;
+    GOK(gemm_ctx_new(0, &gc));
+    check_geglu_gemm(gc, 1, 2048, 16384); /* fused GEMV epilogue */
+    check_geglu_gemm(gc, 2, 3072, 24576);
+    check_geglu_gemm(gc, 9, 2048, 4096);  /* cuBLASLt, then k_geglu */
+    gemm_ctx_destroy(&gc);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -418,8 +457,14 @@ static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int
     int32_t *dbt = dev_put(bt, (size_t)(B * max_blocks) * 4), *dctx = dev_put(ctx, (size_t)B * 4);
     void *dout = dev_poison_bf16(B * qw);
     int32_t ns = n_split_override > 0 ? n_split_override : k_attn_decode_splits(B, ac->nkv, max_ctx, 132);
-    void *scratch = dev_put(NULL, k_attn_decode_scratch_bytes(B, ac->nh, ac->hd, ns));
+    size_t sbytes = k_attn_decode_scratch_bytes(B, ac->nh, ac->nkv, ac->hd, ns);
+    void *scratch = dev_put(NULL, sbytes);
+    CK(cudaMemset(scratch, 0, sbytes));
     float scale = 1.0f / sqrtf((float)ac->hd);
+    GOK(k_attn_decode(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, ns, scratch,
+                      dout, qw, 0));
+    /* the same call again: the split semaphores were left at zero */
+    CK(cudaMemset(dout, 0xff, (size_t)(B * qw * 2)));
     GOK(k_attn_decode(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, ns, scratch,
                       dout, qw, 0));
     float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
@@ -438,6 +483,70 @@ static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int
     cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dbt), cudaFree(dctx), cudaFree(dout), cudaFree(scratch);
 }
 
+/* k_attn_decode_rope: the new token's q/k/v come unrotated in a qkv row; the kernel rotates,
+ * writes k/v to the pool and attends. CPU: rope, kv write, then attention. */
+static void check_decode_rope(const attn_case *ac, int32_t B, const int32_t *ctx)
+{
+    int32_t max_ctx = 0;
+    for (int32_t i = 0; i < B; i++)
+        max_ctx = ctx[i] > max_ctx ? ctx[i] : max_ctx;
+    int32_t max_blocks = (max_ctx + ac->bs - 1) / ac->bs + 1, pool_blocks;
+    int32_t *bt = malloc((size_t)(B * max_blocks) * 4);
+    float *kf, *vf, *xf;
+    uint16_t *kb, *vb, *xb;
+    make_pools(ac, B, ctx, max_blocks, bt, &pool_blocks, &kf, &kb, &vf, &vb);
+    int64_t elems = (int64_t)pool_blocks * ac->nkv * ac->bs * ac->hd, qw = (int64_t)ac->nh * ac->hd;
+    int64_t kw = (int64_t)ac->nkv * ac->hd, ld = qw + 2 * kw;
+    rand_bf16(B * ld, 2.0f, &xf, &xb);
+    int32_t *slot = malloc((size_t)B * 4), *pos = malloc((size_t)B * 4);
+    for (int32_t i = 0; i < B; i++) {
+        pos[i] = ctx[i] > 0 ? ctx[i] - 1 : 0;
+        slot[i] = ctx[i] > 0 ? bt[i * max_blocks + pos[i] / ac->bs] * ac->bs + pos[i] % ac->bs : -1;
+    }
+    void *dk = dev_put(kb, (size_t)elems * 2), *dv = dev_put(vb, (size_t)elems * 2), *dx = dev_put(xb, (size_t)(B * ld * 2));
+    int32_t *dbt = dev_put(bt, (size_t)(B * max_blocks) * 4), *dctx = dev_put(ctx, (size_t)B * 4);
+    int32_t *dslot = dev_put(slot, (size_t)B * 4);
+    float *dtab = dev_put(NULL, (size_t)max_ctx * (size_t)ac->hd * 4);
+    GOK(k_rope_table(dtab, max_ctx, ac->hd, 10000.0f));
+    void *dout = dev_poison_bf16(B * qw);
+    int32_t ns = k_attn_decode_splits(B, ac->nkv, max_ctx, 132);
+    size_t sbytes = k_attn_decode_scratch_bytes(B, ac->nh, ac->nkv, ac->hd, ns);
+    void *scratch = dev_put(NULL, sbytes);
+    CK(cudaMemset(scratch, 0, sbytes));
+    float scale = 1.0f / sqrtf((float)ac->hd);
+    GOK(k_attn_decode_rope(dx, ld, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, dslot, dtab,
+                           scale, ns, scratch, dout, qw, 0));
+    float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
+    float *q = malloc((size_t)qw * 4), *k = malloc((size_t)kw * 4), *v = malloc((size_t)kw * 4);
+    for (int32_t i = 0; i < B; i++) {
+        if (ctx[i] == 0)
+            continue;
+        memcpy(q, xf + i * ld, (size_t)qw * 4);
+        memcpy(k, xf + i * ld + qw, (size_t)kw * 4);
+        memcpy(v, xf + i * ld + qw + kw, (size_t)kw * 4);
+        cpu_rope(q, 1, ac->nh, ac->hd, &pos[i], 10000.0f);
+        cpu_rope(k, 1, ac->nkv, ac->hd, &pos[i], 10000.0f);
+        for (int64_t j = 0; j < qw; j++) /* the GPU rounds rotated q to bf16 as HF does */
+            q[j] = gm_round_bf16(q[j]);
+        for (int64_t j = 0; j < kw; j++)
+            k[j] = gm_round_bf16(k[j]);
+        cpu_kv_write(kf, vf, bt + i * max_blocks, ac->bs, pos[i], 1, ac->nkv, ac->hd, k, v);
+        cpu_attention_paged(q, 1, pos[i], ac->nh, ac->nkv, ac->hd, kf, vf, bt + i * max_blocks, ac->bs, scale,
+                            c + i * qw);
+    }
+    char name[96];
+    snprintf(name, sizeof name, "decode attn+rope nh %d nkv %d hd %d B %d split %d", ac->nh, ac->nkv, ac->hd, B, ns);
+    expect_close(name, g, c, B * qw, 1.5e-2);
+    float *gk = get_bf16(dk, elems), *gv = get_bf16(dv, elems);
+    snprintf(name, sizeof name, "decode attn+rope K pool nkv %d", ac->nkv);
+    expect_close(name, gk, kf, elems, 1e-2);
+    assert_memory_equal(gv, vf, (size_t)elems * 4);
+    free(g), free(c), free(q), free(k), free(v), free(gk), free(gv), free(kf), free(kb), free(vf), free(vb);
+    free(xf), free(xb), free(bt), free(slot), free(pos);
+    cudaFree(dk), cudaFree(dv), cudaFree(dx), cudaFree(dbt), cudaFree(dctx), cudaFree(dslot), cudaFree(dtab);
+    cudaFree(dout), cudaFree(scratch);
+}
+
 static void test_attn_decode(void **state)
 {
     (void)state;
@@ -449,6 +558,10 @@ static void test_attn_decode(void **state)
     check_decode(&mha, 3, ctx2, 0);
     check_decode(&tiny, 4, ctx1, 0);
     check_decode(&gqa, 3, ctx2, 0);
+    int32_t ctx3[4] = {1, 70, 2000, 0};
+    check_decode_rope(&mqa, 4, ctx3);
+    check_decode_rope(&mha, 3, ctx2);
+    check_decode_rope(&tiny, 4, ctx3);
 }
 
 static void check_prefill(const attn_case *ac, int32_t n_seqs, const int32_t *start, const int32_t *nnew)
@@ -553,6 +666,10 @@ static void test_sampling(void **state)
     check_sampling("temperature 1 top-p 0.9", V, 0, (gm_sampling){1.0f, 0, 0.9f, 13}, 40);
     check_sampling("temp 0.8 top-k 1000 top-p 0.95, ties", V, 1, (gm_sampling){0.8f, 1000, 0.95f, 14}, 40);
     check_sampling("temp 2 top-k 40 top-p 0.5, small vocab", 4096, 1, (gm_sampling){2.0f, 40, 0.5f, 15}, 40);
+    /* flat distributions: too many candidates for the fast path, the radix path decides */
+    check_sampling("temp 8 top-p 0.99 (radix path)", V, 0, (gm_sampling){8.0f, 0, 0.99f, 16}, 20);
+    check_sampling("temp 8 top-k 20000 (radix path)", V, 0, (gm_sampling){8.0f, 20000, 1.0f, 17}, 20);
+    check_sampling("temp 6, no cut (radix path)", V, 0, (gm_sampling){6.0f, 0, 1.0f, 18}, 20);
 }
 
 static void test_token_feed(void **state)
@@ -579,6 +696,9 @@ static void test_bad_args(void **state)
     assert_int_equal(k_rmsnorm(NULL, 8, NULL, 1, 12, 1e-6f, NULL, 8, 0), GM_ERR_UNSUPPORTED);
     assert_int_equal(k_attn_decode(NULL, 256, 1, 8, 3, 256, NULL, NULL, 16, NULL, 1, NULL, 1.0f, 1, NULL, NULL, 256, 0),
                      GM_ERR_INVALID_ARG);
+    assert_int_equal(k_attn_decode(NULL, 256, 1, 8, 1, 256, NULL, NULL, 16, NULL, 1, NULL, 1.0f, ATTN_DECODE_MAX_SPLIT + 1,
+                                   NULL, NULL, 256, 0),
+                     GM_ERR_INVALID_ARG);
     assert_int_equal(k_attn_prefill(NULL, 96, 1, NULL, NULL, NULL, 1, 2, 1, 48, NULL, NULL, 16, NULL, 1, 1.0f, NULL,
                                     96, 0),
                      GM_ERR_UNSUPPORTED);
@@ -593,7 +713,8 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embed),        cmocka_unit_test(test_rmsnorm),     cmocka_unit_test(test_rope_kv),
-        cmocka_unit_test(test_geglu),        cmocka_unit_test(test_gemm),        cmocka_unit_test(test_attn_decode),
+        cmocka_unit_test(test_geglu),        cmocka_unit_test(test_gemm),        cmocka_unit_test(test_gemm_geglu),
+        cmocka_unit_test(test_attn_decode),
         cmocka_unit_test(test_attn_prefill), cmocka_unit_test(test_sampling),    cmocka_unit_test(test_token_feed),
         cmocka_unit_test(test_bad_args),
     };

@@ -59,7 +59,7 @@ static void env_start(env *e, int n_fakes, int max_in_flight, bool with_register
     free(e->cfg.listen);
     e->cfg.listen = strdup("tcp://127.0.0.1:*");
     e->cfg.heartbeat_ms = 50;
-    e->cfg.dead_ms = 400;
+    e->cfg.dead_ms = 1000; /* generous: a loaded CI host must not starve a fake replica into a false failover */
     e->cfg.max_in_flight = max_in_flight;
     e->cfg.queue_timeout_ms = 3000;
     e->cfg.shutdown_timeout_ms = 2000;
@@ -602,7 +602,7 @@ static void test_router_curve(void **state)
     free(e.cfg.listen);
     e.cfg.listen = strdup("tcp://127.0.0.1:*");
     e.cfg.heartbeat_ms = 50;
-    e.cfg.dead_ms = 400;
+    e.cfg.dead_ms = 1000;
     e.cfg.log_level = GM_LOG_WARN;
     e.f[0] = fake_start(e.ctx, "tcp://127.0.0.1:*");
     e.nf = 1;

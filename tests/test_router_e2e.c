@@ -539,7 +539,7 @@ static void test_frozen_replica(void **state)
 {
     enum { NJ = 12, MAXSEQ = 4, NTOK = 4000 };
     cluster k;
-    const char *extra[] = {"--heartbeat-ms", "100", "--dead-ms", "600", "--max-in-flight", "4", NULL};
+    const char *extra[] = {"--heartbeat-ms", "100", "--dead-ms", "1000", "--max-in-flight", "4", NULL};
     start_cluster(&k, "null", MAXSEQ, extra);
     gmc_client *c;
     assert_int_equal(gmc_connect(k.router_ep, 10000, &c), GMC_OK);

@@ -31,6 +31,10 @@ T=$(mktemp -d /tmp/gm-netns-XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill -9 "$p" 2> /dev/null; done
+    # and anything else still inside the namespaces (gemma-worker children)
+    for ns in "$NA" "$NB"; do
+        for p in $(ip netns pids "$ns" 2> /dev/null); do kill -9 "$p" 2> /dev/null; done
+    done
     wait 2> /dev/null
     ip netns del "$NA" 2> /dev/null
     ip netns del "$NB" 2> /dev/null
@@ -51,11 +55,15 @@ BB=tcp://10.251.0.2
 inA() { ip netns exec "$NA" "$@"; }
 inB() { ip netns exec "$NB" "$@"; }
 
-inA "$B/daemon/gemmad" --backend cpu --model "$MODEL" --listen "$A:5555" --log-level warn > "$T/gemmad-a.log" 2>&1 &
+# started with `ip netns exec` itself (not through a shell function) so that $! is the
+# daemon's own pid: ip execs the command
+ip netns exec "$NA" "$B/daemon/gemmad" --backend cpu --model "$MODEL" --listen "$A:5555" --log-level warn \
+    > "$T/gemmad-a.log" 2>&1 &
 PIDS+=($!)
-inB "$B/daemon/gemmad" --backend cpu --model "$MODEL" --listen "$BB:5555" --log-level warn > "$T/gemmad-b.log" 2>&1 &
+ip netns exec "$NB" "$B/daemon/gemmad" --backend cpu --model "$MODEL" --listen "$BB:5555" --log-level warn \
+    > "$T/gemmad-b.log" 2>&1 &
 PIDS+=($!)
-inA "$B/cluster/gemma-router" --listen "$A:5550" --replica "$A:5555" --replica "$BB:5555" \
+ip netns exec "$NA" "$B/cluster/gemma-router" --listen "$A:5550" --replica "$A:5555" --replica "$BB:5555" \
     --heartbeat-ms 200 --dead-ms 1000 > "$T/router.log" 2>&1 &
 PIDS+=($!)
 
@@ -85,7 +93,8 @@ done
 # concurrent requests so the least-loaded choice uses both
 CL=()
 for i in $(seq 8); do
-    inB "$B/client/gemma-cli" --endpoint "$A:5550" --timeout 20000 --max-tokens 32 "parallel $i" > "$T/par$i.out" 2>&1 &
+    ip netns exec "$NB" "$B/client/gemma-cli" --endpoint "$A:5550" --timeout 20000 --max-tokens 32 "parallel $i" \
+        > "$T/par$i.out" 2>&1 &
     CL+=($!)
 done
 for p in "${CL[@]}"; do wait "$p" || fail "a concurrent request failed: $(cat "$T"/par*.out)"; done
@@ -120,7 +129,8 @@ done
 rb0=$(reqs_of "$NB" "$BB:5555")
 CL=()
 for i in $(seq 8); do
-    inA "$B/client/gemma-cli" --endpoint "$A:5550" --timeout 20000 --max-tokens 32 "back $i" > /dev/null 2>&1 &
+    ip netns exec "$NA" "$B/client/gemma-cli" --endpoint "$A:5550" --timeout 20000 --max-tokens 32 "back $i" \
+        > /dev/null 2>&1 &
     CL+=($!)
 done
 for p in "${CL[@]}"; do wait "$p" || fail "a request failed after the link came back"; done

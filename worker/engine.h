@@ -4,8 +4,19 @@
  * KV pool. A step runs a batch of sequences, each appending n_tokens new tokens
  * (a prefill chunk, or 1 for decode) at start_pos, with KV for positions
  * [0, start_pos + n_tokens) living in the blocks of its block table. Rank 0
- * samples one token per sequence that asks for it; all ranks must be given the
- * same batch, since they meet in the same all-reduces. */
+ * samples one token per sequence that asks for it and broadcasts the tokens to
+ * the other ranks inside the step (CUDA: NCCL broadcast; CPU: gm_comm_broadcast),
+ * so that every rank knows every slot's last sample; all ranks must be given the
+ * same batch, since they meet in the same all-reduces.
+ *
+ * Run-ahead (DESIGN.md): the coordinator sends step k+1 before it has step k's
+ * tokens. A decode entry (n_tokens == 1, start_pos > 0) whose token it does not
+ * know yet carries tokens[0] == -1, meaning "the token this engine sampled for
+ * this slot in the most recent step that sampled for it" - in practice the
+ * previous step. Every backend resolves it itself, on every rank, before the
+ * embedding lookup (CUDA: from a device-side per-slot table written by the
+ * sampler, without a host round trip); a -1 for a slot with no sample yet is an
+ * error. -1 never appears in a multi-token entry or at position 0. */
 #ifndef GM_ENGINE_H
 #define GM_ENGINE_H
 
@@ -74,7 +85,7 @@ enum {
 
 typedef struct gm_seq_step {
     int32_t slot;               /* sequence slot, 0..max_seqs-1, stable while it runs */
-    const int32_t *tokens;      /* [n_tokens] ids to append; borrowed for the call */
+    const int32_t *tokens;      /* [n_tokens] ids to append, or {-1}: the slot's last sample (above); borrowed */
     int32_t n_tokens;
     int32_t start_pos;          /* tokens already in this sequence's KV */
     const int32_t *block_table; /* [n_blocks] physical KV block ids, logical order */
@@ -84,7 +95,8 @@ typedef struct gm_seq_step {
 } gm_seq_step;
 
 typedef struct gm_step_out {
-    int32_t *tokens; /* [n_seqs] sampled id, or -1 where logits_mode == NONE; rank 0 only */
+    int32_t *tokens; /* [n_seqs] sampled id, or -1 where logits_mode == NONE; filled on rank 0
+                        (other ranks may fill it too) */
     float *logits;   /* optional [rows, vocab] float32, rows in batch order: a GM_LOGITS_ALL
                         sequence gives one row per new token, a LAST one gives one row, NONE
                         gives none; NULL = not wanted (rank 0 only) */

@@ -6,7 +6,9 @@
  * attention runs per sequence over its own blocks, so a sequence's logits do
  * not depend on what else is in the batch. Tensor parallel ranks hold their
  * slice (worker/weights.h) and all-reduce float64 partial sums after o_proj and
- * down_proj; tp=1 takes the same float64 path without the communicator. */
+ * down_proj; tp=1 takes the same float64 path without the communicator.
+ * Rank 0 samples and broadcasts the ids, so every rank can resolve a -1 token
+ * (run-ahead, engine.h) from its slot's last sample (engine_feed.h). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@
 #include "awq.h"
 #include "engine.h"
 #include "engine_check.h"
+#include "engine_feed.h"
 #include "weights.h"
 
 #define MLP_ROWS 32 /* token rows per MLP tile: bounds the [rows, intermediate] scratch */
@@ -45,6 +48,7 @@ typedef struct cpu_engine {
     float *fin;        /* [rows, hidden] final-normed rows */
     float *logits;     /* [rows, vocab] when the caller does not want logits */
     int64_t *row_tok;  /* [rows] token index (in the step) of each logits row */
+    gm_feed feed;      /* each slot's last sample; a step's samples */
 } cpu_engine;
 
 static void *xrealloc(void *p, size_t n, int *fail)
@@ -159,12 +163,61 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
     return reduce_add(c, T);
 }
 
-static gm_status cpu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
+/* Rank 0: logits of the rows asked for (out->logits gets them when given) and a
+ * sample per entry with logits into sampled[] (-1 for the others). */
+static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out,
+                                 int64_t rows, int32_t *sampled)
+{
+    const gm_model_config *m = &c->base.cfg;
+    int full = out && out->logits;
+    if (!full) {
+        rows = 0;
+        for (int32_t i = 0; i < n_seqs; i++)
+            rows += seqs[i].logits_mode != GM_LOGITS_NONE;
+    }
+    gm_status st;
+    if ((st = ensure_rows(c, rows)))
+        return st;
+    int64_t r = 0, t0 = 0, H = m->hidden_size;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        if (s->logits_mode == GM_LOGITS_ALL && full)
+            for (int32_t t = 0; t < s->n_tokens; t++)
+                c->row_tok[r++] = t0 + t;
+        else if (s->logits_mode != GM_LOGITS_NONE)
+            c->row_tok[r++] = t0 + s->n_tokens - 1;
+        t0 += s->n_tokens;
+    }
+    for (int64_t i = 0; i < rows; i++)
+        cpu_rmsnorm(c->h + c->row_tok[i] * H, c->w.final_norm.data, c->w.final_norm.dtype, 1, H, m->rms_norm_eps,
+                    c->fin + i * H);
+    int64_t V = m->vocab_size;
+    float *lg = full ? out->logits : c->logits; /* [rows, V] */
+    cpu_matmul(c->fin, rows, H, H, c->w.embed.data, c->w.embed.dtype, c->w.embed.ld, V, lg, V);
+    r = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        if (s->logits_mode == GM_LOGITS_NONE) {
+            sampled[i] = -1;
+            continue;
+        }
+        r += s->logits_mode == GM_LOGITS_ALL && full ? s->n_tokens : 1;
+        uint64_t counter = (uint64_t)s->start_pos + (uint64_t)s->n_tokens;
+        sampled[i] = cpu_sample(lg + (r - 1) * V, V, &s->sampling, counter);
+    }
+    return GM_OK;
+}
+
+static gm_status cpu_step(gm_engine *e, const gm_seq_step *seqs_in, int32_t n_seqs, gm_step_out *out)
 {
     cpu_engine *c = (cpu_engine *)e;
     const gm_model_config *m = &e->cfg;
+    const gm_seq_step *seqs = NULL;
+    gm_status st = gm_feed_resolve(&c->feed, seqs_in, n_seqs, &seqs);
+    if (st)
+        return st;
     int64_t T = 0, rows = 0;
-    gm_status st = gm_engine_check_step(e, seqs, n_seqs, out, &T, &rows);
+    st = gm_engine_check_step(e, seqs, n_seqs, out, &T, &rows);
     if (st)
         return st;
     if (T == 0)
@@ -185,50 +238,20 @@ static gm_status cpu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs,
         if ((st = layer_forward(c, l, seqs, n_seqs, T)))
             return st;
 
-    /* Only rank 0 computes logits and samples. Without out->logits only the
-     * sampled rows are computed. */
-    if (e->opts.tp_rank != 0 || rows == 0 || !out)
+    /* Only rank 0 computes logits and samples (only the sampled rows unless
+     * out->logits wants more); the ids then go to every rank. */
+    if (rows == 0)
         return GM_OK;
-    int full = out->logits != NULL;
-    if (!full) {
-        if (!out->tokens)
-            return GM_OK;
-        rows = 0;
-        for (int32_t i = 0; i < n_seqs; i++)
-            rows += seqs[i].logits_mode != GM_LOGITS_NONE;
+    int32_t *sampled = c->feed.sampled;
+    if (e->opts.tp_rank == 0) {
+        if ((st = cpu_sample_rows(c, seqs, n_seqs, out, rows, sampled)))
+            return st;
     }
-    if ((st = ensure_rows(c, rows)))
+    if (e->opts.tp_size > 1 && (st = gm_comm_broadcast(e->opts.comm, sampled, (int64_t)n_seqs * 4)))
         return st;
-    int64_t r = 0;
-    t0 = 0;
-    for (int32_t i = 0; i < n_seqs; i++) {
-        const gm_seq_step *s = &seqs[i];
-        if (s->logits_mode == GM_LOGITS_ALL && full)
-            for (int32_t t = 0; t < s->n_tokens; t++)
-                c->row_tok[r++] = t0 + t;
-        else if (s->logits_mode != GM_LOGITS_NONE)
-            c->row_tok[r++] = t0 + s->n_tokens - 1;
-        t0 += s->n_tokens;
-    }
-    for (int64_t i = 0; i < rows; i++)
-        cpu_rmsnorm(c->h + c->row_tok[i] * H, c->w.final_norm.data, c->w.final_norm.dtype, 1, H, m->rms_norm_eps,
-                    c->fin + i * H);
-    int64_t V = m->vocab_size;
-    float *lg = full ? out->logits : c->logits; /* [rows, V] */
-    cpu_matmul(c->fin, rows, H, H, c->w.embed.data, c->w.embed.dtype, c->w.embed.ld, V, lg, V);
-    if (!out->tokens)
-        return GM_OK;
-    r = 0;
-    for (int32_t i = 0; i < n_seqs; i++) {
-        const gm_seq_step *s = &seqs[i];
-        if (s->logits_mode == GM_LOGITS_NONE) {
-            out->tokens[i] = -1;
-            continue;
-        }
-        r += s->logits_mode == GM_LOGITS_ALL && full ? s->n_tokens : 1;
-        uint64_t counter = (uint64_t)s->start_pos + (uint64_t)s->n_tokens;
-        out->tokens[i] = cpu_sample(lg + (r - 1) * V, V, &s->sampling, counter);
-    }
+    gm_feed_record(&c->feed, seqs, n_seqs, sampled);
+    if (out && out->tokens)
+        memcpy(out->tokens, sampled, (size_t)n_seqs * sizeof *sampled);
     return GM_OK;
 }
 
@@ -241,6 +264,7 @@ static void cpu_destroy(gm_engine *e)
     free(c->h), free(c->x), free(c->q), free(c->k), free(c->v), free(c->att), free(c->part);
     free(c->ids), free(c->pos), free(c->gate), free(c->up);
     free(c->fin), free(c->logits), free(c->row_tok);
+    gm_feed_free(&c->feed);
     free(c->lin);
     gm_weights_release(&c->w);
     st_model_destroy(&c->model);
@@ -300,6 +324,8 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     c->kv = calloc((size_t)(2 * cfg.num_layers) * (size_t)c->layer_elems, sizeof(float));
     c->gate = malloc((size_t)MLP_ROWS * (size_t)tp->n_inter * sizeof(float));
     c->up = malloc((size_t)MLP_ROWS * (size_t)tp->n_inter * sizeof(float));
+    if ((st = gm_feed_init(&c->feed, o->max_seqs)))
+        goto fail;
     if (!c->kv || !c->gate || !c->up) {
         st = gm_fail(GM_ERR_NOMEM, "cpu backend: no memory for %lld KV blocks (%lld MiB)",
                      (long long)c->base.kv_num_blocks,

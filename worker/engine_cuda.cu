@@ -41,6 +41,25 @@
 #define LOGIT_CHUNK 64       /* rows per LM-head pass when dumping logits */
 #define STAGE_BYTES (64u << 20) /* each of the two pinned staging buffers of the loader */
 #define MAX_BUCKETS 64
+#define PROF_MAX 1024
+
+/* Decode-step profile: events between the ops of the forward pass (recorded as graph nodes
+ * when captured), summed per op kind. */
+enum {
+    OP_EMBED = 0, OP_NORM, OP_QKV, OP_ROPE_KV, OP_ATTN, OP_O, OP_GATE_UP, OP_DOWN, OP_ALLREDUCE, OP_LM_HEAD,
+    OP_SAMPLE, OP_COUNT
+};
+static const char *const g_op_names[OP_COUNT] = {"embed", "norms", "qkv_proj", "rope_kv", "attention", "o_proj",
+                                                 "gate_up+geglu", "down_proj", "all-reduce", "lm_head",
+                                                 "sample+feed"};
+
+typedef struct prof_state {
+    int on, n;
+    cudaEvent_t ev[PROF_MAX];
+    int op[PROF_MAX];
+    double us[OP_COUNT];
+    int64_t steps;
+} prof_state;
 
 typedef struct cu_layer {
     bf16 *wqkv;       /* [(nq + 2 nkv) * hd, H] */
@@ -65,6 +84,7 @@ typedef struct cu_bucket {
     int32_t size;
     int32_t n_split;
     int32_t warm;           /* ran eagerly once (cuBLASLt algorithms chosen) */
+    int32_t prof_n;         /* profile marks captured in the graph */
     cudaGraphExec_t exec;   /* NULL until captured */
 } cu_bucket;
 
@@ -85,7 +105,7 @@ typedef struct cuda_engine {
     bf16 *embed;        /* [V, H] also the LM head */
     float *final_norm;  /* [H] */
     cu_layer *layers;
-    float *inv_freq;    /* [hd / 2] */
+    float *rope_tab;    /* [max_context, hd / 2, 2] cos, sin */
 
     bf16 *kv;           /* [layers][2][num_blocks, nkv, bs, hd] */
     int64_t layer_elems;
@@ -109,7 +129,33 @@ typedef struct cuda_engine {
 
     cu_bucket buckets[MAX_BUCKETS];
     int32_t n_buckets;
+    prof_state prof;
 } cuda_engine;
+
+static void prof_mark(cuda_engine *c, int op)
+{
+    prof_state *p = &c->prof;
+    if (!p->on || p->n >= PROF_MAX)
+        return;
+    if (!p->ev[p->n] && cudaEventCreate(&p->ev[p->n]) != cudaSuccess)
+        return;
+    if (cudaEventRecordWithFlags(p->ev[p->n], c->stream, cudaEventRecordExternal) == cudaSuccess)
+        p->op[p->n++] = op;
+}
+
+/* After a synchronized step: add the time between marks to their ops. */
+static void prof_collect(cuda_engine *c)
+{
+    prof_state *p = &c->prof;
+    if (!p->on || p->n < 2)
+        return;
+    for (int i = 1; i < p->n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]) == cudaSuccess && p->op[i] >= 0)
+            p->us[p->op[i]] += 1e3 * (double)ms;
+    }
+    p->steps++;
+}
 
 static void meta_layout(char *base, int64_t Tc, int64_t Sc, int64_t max_blocks, meta_ptrs *m)
 {
@@ -358,8 +404,11 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
     int64_t T = a->T, H = c->H, hd = c->hd, qw = c->nq * c->hd;
     int32_t bs = c->base.opts.kv_block_size;
     int df = c->delta_f32;
+    c->prof.n = 0;
+    prof_mark(c, -1);
     GM_CHECK(k_resolve_ids(m->ids, m->tok_slot, T, c->last_tok, s));
     GM_CHECK(k_embed(c->embed, c->V, H, m->ids, T, c->normalizer, c->h, s));
+    prof_mark(c, OP_EMBED);
     for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
         const cu_layer *y = &c->layers[l];
         bf16 *kp = c->kv + (int64_t)l * 2 * c->layer_elems, *vp = kp + c->layer_elems;
@@ -367,28 +416,41 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
             GM_CHECK(k_rmsnorm(c->h, H, y->in_norm, T, H, c->eps, c->xn, H, s));
         else
             GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->in_norm, T, H, c->eps, c->xn, s));
+        prof_mark(c, OP_NORM);
         GM_CHECK(gemm_bf16(c->gemm, c->xn, T, H, H, y->wqkv, H, c->n_qkv, c->qkv, 0, c->n_qkv, s));
-        GM_CHECK(k_rope_kv_write(c->qkv, c->n_qkv, T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, m->pos,
-                                 c->inv_freq, m->slot, kp, vp, bs, s));
-        if (a->decode)
-            GM_CHECK(k_attn_decode(c->qkv, c->n_qkv, (int32_t)T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp, vp,
-                                   bs, m->bt, c->max_blocks, m->ctx_len, c->scale, a->n_split, c->dec_scratch,
-                                   c->att, qw, s));
-        else
+        prof_mark(c, OP_QKV);
+        if (a->decode) { /* RoPE and the KV write happen inside the attention kernel */
+            GM_CHECK(k_attn_decode_rope(c->qkv, c->n_qkv, (int32_t)T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd,
+                                        kp, vp, bs, m->bt, c->max_blocks, m->ctx_len, m->slot, c->rope_tab, c->scale,
+                                        a->n_split, c->dec_scratch, c->att, qw, s));
+        } else {
+            GM_CHECK(k_rope_kv_write(c->qkv, c->n_qkv, T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, m->pos,
+                                     c->rope_tab, m->slot, kp, vp, bs, s));
+            prof_mark(c, OP_ROPE_KV);
             GM_CHECK(k_attn_prefill(c->qkv, c->n_qkv, a->S, m->q_start, m->n_new, m->start_pos, a->max_new,
                                     (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp, vp, bs, m->bt, c->max_blocks,
                                     c->scale, c->att, qw, s));
+        }
+        prof_mark(c, OP_ATTN);
         GM_CHECK(gemm_bf16(c->gemm, c->att, T, qw, qw, y->wo, qw, H, c->delta, df, H, s));
-        if (c->nccl)
+        prof_mark(c, OP_O);
+        if (c->nccl) {
             GM_CHECK(gm_nccl_allreduce_f32(c->nccl, (float *)c->delta, T * H, s));
+            prof_mark(c, OP_ALLREDUCE);
+        }
         GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->post_norm, T, H, c->eps, c->xn, s));
-        GM_CHECK(gemm_bf16(c->gemm, c->xn, T, H, H, y->wgu, H, 2 * c->ni, c->gu, 0, 2 * c->ni, s));
-        GM_CHECK(k_geglu(c->gu, T, c->ni, c->act, s));
+        prof_mark(c, OP_NORM);
+        GM_CHECK(gemm_bf16_geglu(c->gemm, c->xn, T, H, H, y->wgu, H, c->ni, c->gu, c->act, s));
+        prof_mark(c, OP_GATE_UP);
         GM_CHECK(gemm_bf16(c->gemm, c->act, T, c->ni, c->ni, y->wdown, c->ni, H, c->delta, df, H, s));
-        if (c->nccl)
+        prof_mark(c, OP_DOWN);
+        if (c->nccl) {
             GM_CHECK(gm_nccl_allreduce_f32(c->nccl, (float *)c->delta, T * H, s));
+            prof_mark(c, OP_ALLREDUCE);
+        }
     }
     GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, c->final_norm, T, H, c->eps, c->xn, s));
+    prof_mark(c, OP_NORM);
     if (a->sample) {
         const bf16 *x = c->xn;
         if (!a->decode) {
@@ -396,11 +458,13 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
             x = c->xs;
         }
         GM_CHECK(gemm_bf16(c->gemm, x, a->S, H, H, c->embed, H, c->V, c->logits, 1, c->V, s));
+        prof_mark(c, OP_LM_HEAD);
         GM_CHECK(k_sample(c->logits, c->V, c->V, a->S, m->params, m->counters, m->tokens, s));
     }
     if (c->nccl)
         GM_CHECK(gm_nccl_broadcast_i32(c->nccl, m->tokens, a->S, 0, s));
     GM_CHECK(k_feed_tokens(m->tokens, m->sslot, a->S, c->last_tok, s));
+    prof_mark(c, OP_SAMPLE);
     return GM_OK;
 }
 
@@ -563,12 +627,17 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         cu_bucket *b = &c->buckets[bi];
         if (b->exec) {
             GM_CUDA_CHECK(cudaGraphLaunch(b->exec, c->stream));
+            c->prof.n = b->prof_n; /* the marks recorded by this graph's event nodes */
         } else {
             /* first sight of this bucket: run it eagerly (cuBLASLt picks its algorithms), then
              * capture it for the next steps */
             GM_CHECK(forward(c, &a));
             b->warm = 1;
+            GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+            prof_collect(c);
             GM_CHECK(capture(c, &a, &b->exec));
+            b->prof_n = c->prof.n;
+            c->prof.n = 0; /* nothing ran yet */
         }
     } else {
         GM_CHECK(forward(c, &a));
@@ -591,6 +660,8 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         GM_CHECK(dump_logits(c, n_dump, out->logits));
     }
     GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    prof_collect(c);
+    c->prof.n = 0;
     if (out && out->tokens && o->tp_rank == 0)
         for (int32_t i = 0; i < n_seqs; i++)
             out->tokens[i] = seqs[i].logits_mode == GM_LOGITS_NONE ? -1 : c->tok_h[i];
@@ -615,7 +686,10 @@ static void cuda_destroy(gm_engine *e)
         }
         free(c->layers);
     }
-    cudaFree(c->embed), cudaFree(c->final_norm), cudaFree(c->inv_freq), cudaFree(c->kv);
+    cudaFree(c->embed), cudaFree(c->final_norm), cudaFree(c->rope_tab), cudaFree(c->kv);
+    for (int i = 0; i < PROF_MAX; i++)
+        if (c->prof.ev[i])
+            cudaEventDestroy(c->prof.ev[i]);
     cudaFree(c->h), cudaFree(c->xn), cudaFree(c->qkv), cudaFree(c->att), cudaFree(c->gu), cudaFree(c->act);
     cudaFree(c->delta), cudaFree(c->xs), cudaFree(c->logits), cudaFree(c->dump_rows), cudaFree(c->last_tok);
     cudaFree(c->dec_scratch), cudaFree(c->meta_d);
@@ -684,23 +758,23 @@ static gm_status alloc_runtime(cuda_engine *c)
     size_t scratch = 0;
     for (int32_t B = 1; B <= o->max_seqs; B++) {
         int32_t ns = k_attn_decode_splits(B, (int32_t)c->nkv, o->max_context, c->n_sm);
-        size_t sb = k_attn_decode_scratch_bytes(B, (int32_t)c->nq, (int32_t)c->hd, ns);
+        size_t sb = k_attn_decode_scratch_bytes(B, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)c->hd, ns);
         if (sb > scratch)
             scratch = sb;
     }
     for (int32_t i = 0; i < c->n_buckets; i++) {
-        size_t sb = k_attn_decode_scratch_bytes(c->buckets[i].size, (int32_t)c->nq, (int32_t)c->hd,
-                                                c->buckets[i].n_split);
+        size_t sb = k_attn_decode_scratch_bytes(c->buckets[i].size, (int32_t)c->nq, (int32_t)c->nkv,
+                                                (int32_t)c->hd, c->buckets[i].n_split);
         if (sb > scratch)
             scratch = sb;
     }
     c->dec_scratch_bytes = scratch;
     GM_CHECK(dev_alloc(&c->dec_scratch, scratch, "decode attention scratch"));
+    GM_CUDA_CHECK(cudaMemset(c->dec_scratch, 0, scratch)); /* the split semaphores start at 0 */
 
-    float inv[512];
-    k_rope_inv_freq(c->base.cfg.rope_theta, (int32_t)c->hd, inv);
-    GM_CHECK(dev_alloc((void **)&c->inv_freq, (size_t)(c->hd / 2) * 4, "rope"));
-    GM_CUDA_CHECK(cudaMemcpy(c->inv_freq, inv, (size_t)(c->hd / 2) * 4, cudaMemcpyHostToDevice));
+    int32_t mp = o->max_context;
+    GM_CHECK(dev_alloc((void **)&c->rope_tab, (size_t)mp * (size_t)c->hd * 4, "the RoPE table"));
+    GM_CHECK(k_rope_table(c->rope_tab, mp, (int32_t)c->hd, c->base.cfg.rope_theta));
     return GM_OK;
 }
 
@@ -853,3 +927,25 @@ extern "C" void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n)
 }
 
 extern "C" int64_t gm_engine_cuda_weight_bytes(const gm_engine *e) { return ((const cuda_engine *)e)->weight_bytes; }
+
+extern "C" void gm_engine_cuda_profile(gm_engine *e, int on)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    cudaStreamSynchronize(c->stream);
+    drop_graphs(c); /* recapture with (or without) the event nodes */
+    memset(c->prof.us, 0, sizeof c->prof.us);
+    c->prof.steps = 0;
+    c->prof.n = 0;
+    c->prof.on = on;
+}
+
+extern "C" int gm_engine_cuda_profile_get(const gm_engine *e, const char **names, double *us_per_step, int max)
+{
+    const cuda_engine *c = (const cuda_engine *)e;
+    int n = 0;
+    for (int i = 0; i < OP_COUNT && n < max; i++, n++) {
+        names[n] = g_op_names[i];
+        us_per_step[n] = c->prof.steps ? c->prof.us[i] / (double)c->prof.steps : 0.0;
+    }
+    return n;
+}

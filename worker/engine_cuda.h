@@ -5,7 +5,7 @@
  * token this slot sampled in its previous step, which stayed on the GPU. (The shared
  * step check of engine.c is applied with such ids read as 0.)
  * Environment: GM_CUDA_GEMV_ROWS=N sets how many rows a product may have to take the
- * GEMV kernel instead of cuBLASLt (default 4; 0 = cuBLASLt always). */
+ * GEMV kernel instead of cuBLASLt (default 2; 0 = cuBLASLt always). */
 #ifndef GM_ENGINE_CUDA_H
 #define GM_ENGINE_CUDA_H
 
@@ -27,6 +27,14 @@ void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n);
 
 /* Bytes of weights on this rank's device. */
 int64_t gm_engine_cuda_weight_bytes(const gm_engine *e);
+
+/* Time every op of the following steps (event nodes inside the decode graphs too); turning it
+ * on or off drops the captured graphs and clears the sums. */
+void gm_engine_cuda_profile(gm_engine *e, int on);
+
+/* The ops' names (static strings) and mean microseconds per step since profiling began;
+ * returns how many were written (at most max). */
+int gm_engine_cuda_profile_get(const gm_engine *e, const char **names, double *us_per_step, int max);
 
 #ifdef __cplusplus
 }

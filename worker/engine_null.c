@@ -1,39 +1,57 @@
 /* engine_null.c - a backend without a model: each sequence gets a pseudo-random
  * token id in [3, vocab) (never EOS) drawn from (seed, position), so the serving
- * path can be measured and tested without weights. */
+ * path can be measured and tested without weights. Every rank draws the same
+ * ids, so each knows every slot's last sample (run-ahead, engine.h) without a
+ * broadcast. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
 #include "engine_check.h"
+#include "engine_feed.h"
+
+typedef struct null_engine {
+    gm_engine base;
+    gm_feed feed;
+} null_engine;
 
 static gm_status null_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
 {
-    int64_t rows = 0;
-    gm_status st = gm_engine_check_step(e, seqs, n_seqs, out, NULL, &rows);
+    null_engine *ne = (null_engine *)e;
+    const gm_seq_step *q = NULL;
+    gm_status st = gm_feed_resolve(&ne->feed, seqs, n_seqs, &q);
     if (st)
         return st;
-    if (!out || e->opts.tp_rank != 0)
-        return GM_OK;
-    if (out->logits)
+    int64_t rows = 0;
+    st = gm_engine_check_step(e, q, n_seqs, out, NULL, &rows);
+    if (st)
+        return st;
+    if (out && out->logits && e->opts.tp_rank == 0)
         memset(out->logits, 0, (size_t)rows * (size_t)e->cfg.vocab_size * sizeof(float));
-    if (!out->tokens)
-        return GM_OK;
     uint32_t span = (uint32_t)e->cfg.vocab_size - 3u;
+    int32_t *tok = ne->feed.sampled;
     for (int32_t i = 0; i < n_seqs; i++) {
-        const gm_seq_step *s = &seqs[i];
+        const gm_seq_step *s = &q[i];
         if (s->logits_mode == GM_LOGITS_NONE) {
-            out->tokens[i] = -1;
+            tok[i] = -1;
             continue;
         }
         uint64_t pos = (uint64_t)s->start_pos + (uint64_t)s->n_tokens;
         uint32_t r = (uint32_t)(gm_rng_uniform(s->sampling.seed, pos) * (float)span);
-        out->tokens[i] = 3 + (int32_t)(r < span ? r : span - 1);
+        tok[i] = 3 + (int32_t)(r < span ? r : span - 1);
     }
+    gm_feed_record(&ne->feed, q, n_seqs, tok);
+    if (out && out->tokens)
+        memcpy(out->tokens, tok, (size_t)n_seqs * sizeof *tok);
     return GM_OK;
 }
 
-static void null_destroy(gm_engine *e) { free(e); }
+static void null_destroy(gm_engine *e)
+{
+    null_engine *ne = (null_engine *)e;
+    gm_feed_free(&ne->feed);
+    free(ne);
+}
 
 static const gm_engine_ops g_null_ops = {null_step, null_destroy};
 
@@ -62,16 +80,20 @@ gm_status gm_engine_null_create(const gm_engine_opts *o, gm_engine **out)
     }
     if (cfg.vocab_size <= 3)
         return gm_fail(GM_ERR_INVALID_ARG, "null backend: vocabulary of %d has no ordinary token", cfg.vocab_size);
-    gm_engine *e = calloc(1, sizeof *e);
-    if (!e)
+    null_engine *ne = calloc(1, sizeof *ne);
+    if (!ne)
         return gm_fail(GM_ERR_NOMEM, "null backend: no memory");
+    gm_engine *e = &ne->base;
     e->ops = &g_null_ops;
     gm_engine_init_common(e, &cfg, o);
     /* size the pool as a bf16 cache of the model would be */
     int64_t per_block = 2ll * cfg.num_layers * cfg.num_kv_heads * o->kv_block_size * cfg.head_dim * 2;
     gm_status st = gm_engine_kv_blocks(o, per_block, &e->kv_num_blocks);
+    if (st == GM_OK)
+        st = gm_feed_init(&ne->feed, o->max_seqs);
     if (st) {
-        free(e);
+        gm_feed_free(&ne->feed);
+        free(ne);
         return st;
     }
     *out = e;

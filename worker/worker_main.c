@@ -3,7 +3,12 @@
  * Connects a DEALER to the coordinator's control ROUTER (proto/control.proto),
  * says Hello, builds its engine (CPU ranks meet in a shared-memory
  * communicator), answers Ready (or the load error), then runs every StepPlan it
- * receives; rank 0 answers each with a StepResult, other ranks only on error.
+ * receives, in order; rank 0 answers each with a StepResult, other ranks only on
+ * error. Plans are deltas (proto/control.proto): the worker keeps each slot's
+ * KV block table and sampling parameters, and checks a whole plan before it
+ * applies any of it; after a failed step it forgets every table, so a plan
+ * that does not resend a slot in full is refused rather than run on a stale one.
+ * Plans are unpacked into a bump arena that is reset after each message.
  * Exits on Shutdown, when the parent gemmad dies (PR_SET_PDEATHSIG set by the
  * spawner, plus a getppid check), or when an ipc:// coordinator socket goes away. */
 #include <errno.h>
@@ -38,6 +43,71 @@ typedef struct wm_args {
     gm_engine_opts eo;
 } wm_args;
 
+/* A bump arena for protobuf-c unpacking: one block reused for every message;
+ * what does not fit is malloc'd and the block grows at the next reset. */
+typedef struct wm_arena {
+    uint8_t *base;
+    size_t cap, used;
+    void **extra; /* overflow allocations, freed at reset */
+    size_t n_extra, extra_cap, extra_bytes;
+} wm_arena;
+
+static void *wm_arena_alloc(void *ad, size_t n)
+{
+    wm_arena *a = ad;
+    n = (n + 15) & ~(size_t)15;
+    if (a->used + n <= a->cap) {
+        void *p = a->base + a->used;
+        a->used += n;
+        return p;
+    }
+    if (a->n_extra == a->extra_cap) {
+        size_t cap = a->extra_cap ? a->extra_cap * 2 : 16;
+        void **e = realloc(a->extra, cap * sizeof *e);
+        if (!e)
+            return NULL;
+        a->extra = e;
+        a->extra_cap = cap;
+    }
+    void *p = malloc(n);
+    if (!p)
+        return NULL;
+    a->extra[a->n_extra++] = p;
+    a->extra_bytes += n;
+    return p;
+}
+
+static void wm_arena_free(void *ad, void *p)
+{
+    (void)ad, (void)p; /* everything goes at the next reset */
+}
+
+static void wm_arena_reset(wm_arena *a)
+{
+    for (size_t i = 0; i < a->n_extra; i++)
+        free(a->extra[i]);
+    if (a->extra_bytes) {
+        size_t want = (a->used + a->extra_bytes) * 2;
+        uint8_t *b = malloc(want);
+        if (b) {
+            free(a->base);
+            a->base = b;
+            a->cap = want;
+        }
+    }
+    a->n_extra = 0;
+    a->extra_bytes = 0;
+    a->used = 0;
+}
+
+static void wm_arena_destroy(wm_arena *a)
+{
+    wm_arena_reset(a);
+    free(a->base);
+    free(a->extra);
+    memset(a, 0, sizeof *a);
+}
+
 typedef struct wm_state {
     wm_args a;
     void *ctx, *sock, *mon;
@@ -48,6 +118,17 @@ typedef struct wm_state {
     int32_t *tokens;   /* [max_seqs] step output */
     uint8_t nccl_id[128]; /* CUDA, tp > 1: the ncclUniqueId every rank joins with */
     gm_seq_step *seqs; /* [max_seqs] */
+    /* per slot, what the plans so far have built */
+    int32_t max_seqs, max_blocks; /* slots; blocks a slot's table holds (max_context / block size) */
+    int32_t *tables;   /* [max_seqs, max_blocks] block tables */
+    int32_t *tlen;     /* [max_seqs] entries in each table; -1 = unknown (only a reset may name the slot) */
+    gm_sampling *samp; /* [max_seqs] */
+    uint32_t *stamp;   /* [max_seqs] plan number that last named the slot (duplicate check) */
+    uint32_t plan_no;
+    wm_arena arena;
+    ProtobufCAllocator alloc; /* over arena */
+    uint8_t *txbuf;    /* StepResult packing */
+    size_t txcap;
 } wm_state;
 
 static void usage(FILE *f)
@@ -235,15 +316,19 @@ static int parse_args(int argc, char **argv, wm_args *a)
 static gm_status wm_send(wm_state *s, const ctl_msg *m)
 {
     size_t n = gemma__control__v1__control_message__get_packed_size(m);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (!buf)
-        return gm_fail(GM_ERR_NOMEM, "control message of %zu bytes", n);
-    gemma__control__v1__control_message__pack(m, buf);
+    if (n > s->txcap) {
+        size_t cap = n < 4096 ? 4096 : n * 2;
+        uint8_t *b = realloc(s->txbuf, cap);
+        if (!b)
+            return gm_fail(GM_ERR_NOMEM, "control message of %zu bytes", n);
+        s->txbuf = b;
+        s->txcap = cap;
+    }
+    gemma__control__v1__control_message__pack(m, s->txbuf);
     int rc;
     do
-        rc = zmq_send(s->sock, buf, n, 0);
+        rc = zmq_send(s->sock, s->txbuf, n, 0);
     while (rc < 0 && errno == EINTR);
-    free(buf);
     if (rc < 0)
         return gm_fail(GM_ERR_ZMQ, "send to %s: %s", s->a.control, zmq_strerror(errno));
     return GM_OK;
@@ -332,69 +417,109 @@ static int32_t wm_max_context(const gm_engine *e)
     return mc;
 }
 
-/* Check a plan against the engine's limits and fill s->seqs (pointers into p).
- * Every rank decides the same way (same plan, same limits after Start). */
+/* Forget every slot's table (after a failed step: the coordinator resends them). */
+static void wm_forget_slots(wm_state *s)
+{
+    for (int32_t i = 0; i < s->max_seqs; i++)
+        s->tlen[i] = -1;
+}
+
+/* Check a whole plan against the engine's limits and the slots' tables, then
+ * apply its deltas and fill s->seqs. Nothing changes when it fails. Every rank
+ * decides the same way (same plan, same limits after Start, same tables). */
 static gm_status wm_check_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
 {
     const gm_engine *e = s->eng;
-    int32_t max_seqs = e->opts.max_seqs, bs = e->opts.kv_block_size, vocab = e->cfg.vocab_size;
+    int32_t max_seqs = s->max_seqs, bs = e->opts.kv_block_size, vocab = e->cfg.vocab_size;
     int32_t max_ctx = wm_max_context(e);
     if (p->n_seqs == 0)
         return gm_fail(GM_ERR_INVALID_ARG, "step %llu: no sequences", (unsigned long long)p->step_id);
     if (p->n_seqs > (size_t)max_seqs)
         return gm_fail(GM_ERR_INVALID_ARG, "step %llu: %zu sequences > max_seqs %d",
                        (unsigned long long)p->step_id, p->n_seqs, (int)max_seqs);
+    if (++s->plan_no == 0) { /* wrapped: clear the stamps */
+        memset(s->stamp, 0, (size_t)max_seqs * sizeof *s->stamp);
+        s->plan_no = 1;
+    }
     int64_t total = 0;
     for (size_t i = 0; i < p->n_seqs; i++) {
         const Gemma__Control__V1__SeqPlan *q = p->seqs[i];
-        gm_seq_step *o = &s->seqs[i];
         if (q->slot < 0 || q->slot >= max_seqs)
             return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: slot %d out of range 0..%d", i, (int)q->slot,
                            (int)max_seqs - 1);
-        /* a slot used twice is caught by gm_engine_step's check, in linear time */
+        if (s->stamp[q->slot] == s->plan_no)
+            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: slot %d appears twice in step %llu", i, (int)q->slot,
+                           (unsigned long long)p->step_id);
+        s->stamp[q->slot] = s->plan_no;
         if (q->n_tokens == 0)
             return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: no tokens", i);
         total += (int64_t)q->n_tokens;
-        for (size_t j = 0; j < q->n_tokens; j++)
+        bool fed = q->n_tokens == 1 && q->tokens[0] == -1; /* the slot's previous sample (engine.h) */
+        if (fed && q->start_pos == 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: token -1 (previous sample) at position 0", i);
+        for (size_t j = 0; j < q->n_tokens && !fed; j++)
             if (q->tokens[j] < 0 || q->tokens[j] >= vocab)
                 return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: token %d out of range 0..%d", i,
                                (int)q->tokens[j], (int)vocab - 1);
         if (q->start_pos < 0 || (int64_t)q->start_pos + (int64_t)q->n_tokens > max_ctx)
             return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: positions %d..%lld exceed the context %d", i,
                            (int)q->start_pos, (long long)q->start_pos + (long long)q->n_tokens - 1, (int)max_ctx);
+        int64_t have = q->reset ? 0 : s->tlen[q->slot];
+        if (have < 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: slot %d has no block table (a step failed since; "
+                                               "the plan must reset it)", i, (int)q->slot);
+        int64_t len = have + (int64_t)q->n_block_table;
+        if (len > s->max_blocks)
+            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: slot %d would hold %lld KV blocks; at most %d", i,
+                           (int)q->slot, (long long)len, (int)s->max_blocks);
         int64_t need = ((int64_t)q->start_pos + (int64_t)q->n_tokens + bs - 1) / bs;
-        if ((int64_t)q->n_block_table < need || q->n_block_table > (size_t)INT32_MAX)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: %zu KV blocks for %lld positions (need %lld)", i,
-                           q->n_block_table, (long long)q->start_pos + (long long)q->n_tokens, (long long)need);
+        if (len < need)
+            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: %lld KV blocks for %lld positions (need %lld)", i,
+                           (long long)len, (long long)q->start_pos + (long long)q->n_tokens, (long long)need);
         for (size_t j = 0; j < q->n_block_table; j++)
             if (q->block_table[j] < 0 || q->block_table[j] >= s->kv_blocks)
                 return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: KV block %d out of range 0..%lld", i,
                                (int)q->block_table[j], (long long)s->kv_blocks - 1);
         if (q->logits_mode < GM_LOGITS_NONE || q->logits_mode > GM_LOGITS_ALL)
             return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: logits_mode %d", i, (int)q->logits_mode);
-        gm_sampling sp = GM_SAMPLING_GREEDY;
         if (q->sampling) {
-            sp.temperature = q->sampling->temperature;
-            sp.top_k = q->sampling->top_k;
-            sp.top_p = q->sampling->top_p;
-            sp.seed = q->sampling->seed;
+            const Gemma__Control__V1__Sampling *sp = q->sampling;
+            if (!isfinite(sp->temperature) || sp->temperature < 0 || sp->top_k < 0 || !isfinite(sp->top_p) ||
+                sp->top_p <= 0 || sp->top_p > 1)
+                return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: sampling temperature %g top_k %d top_p %g", i,
+                               (double)sp->temperature, (int)sp->top_k, (double)sp->top_p);
         }
-        if (!isfinite(sp.temperature) || sp.temperature < 0 || sp.top_k < 0 || !isfinite(sp.top_p) ||
-            sp.top_p <= 0 || sp.top_p > 1)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: sampling temperature %g top_k %d top_p %g", i,
-                           (double)sp.temperature, (int)sp.top_k, (double)sp.top_p);
-        o->slot = q->slot;
-        o->tokens = q->tokens;
-        o->n_tokens = (int32_t)q->n_tokens;
-        o->start_pos = q->start_pos;
-        o->block_table = q->block_table;
-        o->n_blocks = (int32_t)q->n_block_table;
-        o->logits_mode = q->logits_mode;
-        o->sampling = sp;
     }
     if (total > e->opts.max_tokens)
         return gm_fail(GM_ERR_INVALID_ARG, "step %llu: %lld tokens > max_tokens %d", (unsigned long long)p->step_id,
                        (long long)total, (int)e->opts.max_tokens);
+    /* all good: apply */
+    for (size_t i = 0; i < p->n_seqs; i++) {
+        const Gemma__Control__V1__SeqPlan *q = p->seqs[i];
+        int32_t *t = s->tables + (int64_t)q->slot * s->max_blocks;
+        int32_t have = q->reset ? 0 : s->tlen[q->slot];
+        if (q->n_block_table)
+            memcpy(t + have, q->block_table, q->n_block_table * sizeof *t);
+        s->tlen[q->slot] = have + (int32_t)q->n_block_table;
+        if (q->sampling) {
+            gm_sampling *sp = &s->samp[q->slot];
+            sp->temperature = q->sampling->temperature;
+            sp->top_k = q->sampling->top_k;
+            sp->top_p = q->sampling->top_p;
+            sp->seed = q->sampling->seed;
+        } else if (q->reset) {
+            s->samp[q->slot] = GM_SAMPLING_GREEDY;
+        }
+        gm_seq_step *o = &s->seqs[i];
+        o->slot = q->slot;
+        o->tokens = q->tokens;
+        o->n_tokens = (int32_t)q->n_tokens;
+        o->start_pos = q->start_pos;
+        o->block_table = t;
+        o->n_blocks = s->tlen[q->slot];
+        o->logits_mode = q->logits_mode;
+        o->sampling = s->samp[q->slot];
+    }
     return GM_OK;
 }
 
@@ -404,6 +529,7 @@ static void wm_run_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
     gm_clear_error();
     gm_status st = wm_check_plan(s, p);
     if (st != GM_OK) {
+        wm_forget_slots(s);
         if (s->a.rank == 0) { /* every rank rejects it alike; rank 0 answers */
             GM_WARN("step %llu rejected: %s", (unsigned long long)p->step_id, gm_last_error());
             wm_send_result(s, p->step_id, st, gm_last_error(), NULL, 0);
@@ -416,6 +542,7 @@ static void wm_run_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
     gm_step_out out = {s->tokens, NULL, 0};
     st = gm_engine_step(s->eng, s->seqs, n, &out);
     if (st != GM_OK) {
+        wm_forget_slots(s);
         const char *why = gm_last_error();
         GM_ERROR("step %llu failed: %s: %s", (unsigned long long)p->step_id, gm_status_str(st), why);
         char msg[1024];
@@ -491,9 +618,10 @@ static int wm_loop(wm_state *s)
             zmq_msg_close(&msg);
             continue;
         }
-        ctl_msg *m = gemma__control__v1__control_message__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg));
+        ctl_msg *m = gemma__control__v1__control_message__unpack(&s->alloc, zmq_msg_size(&msg), zmq_msg_data(&msg));
         zmq_msg_close(&msg);
         if (!m) {
+            wm_arena_reset(&s->arena);
             GM_WARN("malformed control message ignored");
             continue;
         }
@@ -514,7 +642,7 @@ static int wm_loop(wm_state *s)
             GM_WARN("unexpected control message (case %d) ignored", (int)m->body_case);
             break;
         }
-        gemma__control__v1__control_message__free_unpacked(m, NULL);
+        wm_arena_reset(&s->arena); /* frees m */
         if (stop)
             return 0;
     }
@@ -634,10 +762,20 @@ static gm_status wm_load(wm_state *s)
         return st;
     s->kv_blocks = s->eng->kv_num_blocks;
     int32_t ms = s->eng->opts.max_seqs > 0 ? s->eng->opts.max_seqs : 1;
+    int32_t bs = s->eng->opts.kv_block_size > 0 ? s->eng->opts.kv_block_size : 1;
+    s->max_seqs = ms;
+    s->max_blocks = (int32_t)(((int64_t)wm_max_context(s->eng) + bs - 1) / bs);
+    if (s->max_blocks < 1)
+        s->max_blocks = 1;
     s->tokens = calloc((size_t)ms, sizeof *s->tokens);
     s->seqs = calloc((size_t)ms, sizeof *s->seqs);
-    if (!s->tokens || !s->seqs)
-        return gm_fail(GM_ERR_NOMEM, "step buffers for %d sequences", (int)ms);
+    s->tables = malloc((size_t)ms * (size_t)s->max_blocks * sizeof *s->tables);
+    s->tlen = malloc((size_t)ms * sizeof *s->tlen);
+    s->samp = calloc((size_t)ms, sizeof *s->samp);
+    s->stamp = calloc((size_t)ms, sizeof *s->stamp);
+    if (!s->tokens || !s->seqs || !s->tables || !s->tlen || !s->samp || !s->stamp)
+        return gm_fail(GM_ERR_NOMEM, "step buffers for %d sequences of %d KV blocks", (int)ms, (int)s->max_blocks);
+    wm_forget_slots(s);
     return GM_OK;
 }
 
@@ -647,6 +785,12 @@ static void wm_close(wm_state *s)
     gm_comm_destroy(&s->comm);
     free(s->tokens);
     free(s->seqs);
+    free(s->tables);
+    free(s->tlen);
+    free(s->samp);
+    free(s->stamp);
+    free(s->txbuf);
+    wm_arena_destroy(&s->arena);
     if (s->mon) {
         zmq_socket_monitor(s->sock, NULL, 0);
         zmq_close(s->mon);
@@ -661,6 +805,9 @@ int main(int argc, char **argv)
 {
     wm_state s;
     memset(&s, 0, sizeof s);
+    s.alloc.alloc = wm_arena_alloc;
+    s.alloc.free = wm_arena_free;
+    s.alloc.allocator_data = &s.arena;
     int pr = parse_args(argc, argv, &s.a);
     if (pr != 0)
         return pr > 0 ? 0 : 2;

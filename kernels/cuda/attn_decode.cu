@@ -1,6 +1,8 @@
-/* attn_decode.cu - split kernel (grid n_split x nkv x B, 4 warps; warps take keys in turn,
- * each lane holds hd/32 dims of every query head of the group, online softmax in base 2),
- * then a merge kernel that combines the splits by their lse.
+/* attn_decode.cu - grid n_split x nkv x B, 4 warps: warps take keys in turn, each lane holds
+ * hd/32 dims of every query head of the group, online softmax in base 2 per warp, warps
+ * combined in shared memory. With several splits, each block stores its normalized partial O
+ * and lse, then counts itself in a per-(sequence, KV head) semaphore; the block that counts
+ * last merges (O = sum exp2(lse_i - lse) O_i) and resets the semaphore.
  * Memory-bound on the KV read: ctx * nkv * hd * 2 (K and V) * 2 bytes per sequence. */
 #include "attn_decode.cuh"
 
@@ -40,6 +42,33 @@ __device__ __forceinline__ void to_f32(const typename kv_vec<VEC>::t &v, float f
         f[i] = __bfloat162float(p[i]);
 }
 
+template <int VEC>
+__device__ __forceinline__ typename kv_vec<VEC>::t to_bf16(const float f[VEC])
+{
+    typename kv_vec<VEC>::t v;
+    bf16 *p = reinterpret_cast<bf16 *>(&v);
+#pragma unroll
+    for (int i = 0; i < VEC; i++)
+        p[i] = __float2bfloat16_rn(f[i]);
+    return v;
+}
+
+/* Rotate-half RoPE of one head held across the warp (lane holds dims lane*VEC ..; the partner
+ * of dim d is d +- hd/2, 16 lanes away), rounding as HF's bf16 ops. cs: [hd/2][2] (cos, sin). */
+template <int VEC, int HD>
+__device__ __forceinline__ void rope_warp(float f[VEC], const float *cs, int lane)
+{
+    bool lo = lane < 16;
+#pragma unroll
+    for (int i = 0; i < VEC; i++) {
+        float other = __shfl_xor_sync(0xffffffffu, f[i], 16);
+        int d = (lane * VEC + i) % (HD / 2);
+        float c = cs[2 * d], sn = cs[2 * d + 1];
+        float a = round_bf16(f[i] * c), b = round_bf16((lo ? -other : other) * sn);
+        f[i] = round_bf16(a + b);
+    }
+}
+
 /* Splits actually used for a context of L keys. */
 __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &chunk)
 {
@@ -52,28 +81,36 @@ __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &
     n_eff = (L + chunk - 1) / chunk;
 }
 
-template <int G, int HD>
+template <int G, int HD, bool ROPE>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
-    attn_decode_split(const bf16 *__restrict__ q, int64_t ldq, int32_t nh, int32_t nkv, const bf16 *__restrict__ kp,
-                      const bf16 *__restrict__ vp, int32_t bs, const int32_t *__restrict__ bt, int32_t bt_stride,
-                      const int32_t *__restrict__ ctx_lens, float scale, int32_t n_split, float *__restrict__ po,
-                      float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo)
+    attn_decode_kernel(const bf16 *__restrict__ q, int64_t ldq, int32_t nh, int32_t nkv, bf16 *__restrict__ kp,
+                       bf16 *__restrict__ vp, int32_t bs, const int32_t *__restrict__ bt, int32_t bt_stride,
+                       const int32_t *__restrict__ ctx_lens, const int32_t *__restrict__ slots,
+                       const float *__restrict__ rope_table, float scale, int32_t n_split, float *__restrict__ po,
+                       float *__restrict__ plse, unsigned *__restrict__ sem, bf16 *__restrict__ out, int64_t ldo)
 {
     constexpr int VEC = HD / 32;
     typedef typename kv_vec<VEC>::t vec_t;
     __shared__ float s_m[DEC_WARPS][G], s_l[DEC_WARPS][G];
     __shared__ float s_acc[DEC_WARPS][G][HD];
+    __shared__ float s_w[G][ATTN_DECODE_MAX_SPLIT];
+    __shared__ int s_last;
 
     int b = blockIdx.z, kvh = blockIdx.y, sp = blockIdx.x;
     int L = ctx_lens[b];
-    if (L <= 0)
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (L <= 0) { /* padding row: block 0 of each KV head writes zeros */
+        if (sp == 0)
+            for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x)
+                out[b * ldo + (int64_t)(kvh * G + idx / HD) * HD + idx % HD] = __float2bfloat16_rn(0.0f);
         return;
+    }
     int n_eff, chunk;
     split_plan(L, n_split, n_eff, chunk);
     if (sp >= n_eff)
         return;
     int j0 = sp * chunk, j1 = min(L, j0 + chunk);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float *cs = ROPE ? rope_table + (int64_t)(L - 1) * HD : nullptr; /* [HD/2][2] of this position */
 
     float qf[G][VEC], acc[G][VEC], m[G], l[G];
     const float qs = scale * LOG2E;
@@ -81,6 +118,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
     for (int g = 0; g < G; g++) {
         vec_t qv = *reinterpret_cast<const vec_t *>(q + b * ldq + (int64_t)(kvh * G + g) * HD + lane * VEC);
         to_f32<VEC>(qv, qf[g]);
+        if (ROPE)
+            rope_warp<VEC, HD>(qf[g], cs, lane);
 #pragma unroll
         for (int i = 0; i < VEC; i++) {
             qf[g][i] *= qs;
@@ -89,18 +128,38 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
         m[g] = -INFINITY;
         l[g] = 0.0f;
     }
+    /* the new token's k and v (from qkv), for the block holding the last key */
+    vec_t knew, vnew;
+    bool has_new = ROPE && j1 == L;
+    if (has_new) {
+        const bf16 *row = q + b * ldq;
+        float kf[VEC];
+        to_f32<VEC>(*reinterpret_cast<const vec_t *>(row + (int64_t)(nh + kvh) * HD + lane * VEC), kf);
+        rope_warp<VEC, HD>(kf, cs, lane);
+        knew = to_bf16<VEC>(kf);
+        vnew = *reinterpret_cast<const vec_t *>(row + (int64_t)(nh + nkv + kvh) * HD + lane * VEC);
+        int32_t sl = slots[b];
+        if (warp == 0 && sl >= 0) {
+            int64_t base = (((int64_t)(sl / bs) * nkv + kvh) * bs + sl % bs) * HD + lane * VEC;
+            *reinterpret_cast<vec_t *>(kp + base) = knew;
+            *reinterpret_cast<vec_t *>(vp + base) = vnew;
+        }
+    }
     const int32_t *tb = bt + (int64_t)b * bt_stride;
+    int last_pool = has_new ? L - 1 : L; /* keys read from the pool: [j0, last_pool) */
     vec_t kn, vn;
     int j = j0 + warp;
-    if (j < j1) {
+    if (j < last_pool) {
         int64_t base = (((int64_t)tb[j / bs] * nkv + kvh) * bs + j % bs) * HD + lane * VEC;
         kn = __ldg(reinterpret_cast<const vec_t *>(kp + base));
         vn = __ldg(reinterpret_cast<const vec_t *>(vp + base));
     }
     for (; j < j1; j += DEC_WARPS) {
         vec_t kc = kn, vc = vn;
+        if (j >= last_pool)
+            kc = knew, vc = vnew;
         int jn = j + DEC_WARPS;
-        if (jn < j1) {
+        if (jn < last_pool) {
             int64_t base = (((int64_t)tb[jn / bs] * nkv + kvh) * bs + jn % bs) * HD + lane * VEC;
             kn = __ldg(reinterpret_cast<const vec_t *>(kp + base));
             vn = __ldg(reinterpret_cast<const vec_t *>(vp + base));
@@ -159,46 +218,52 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
                 plse[r] = M + log2f(Lsum);
         }
     }
-}
-
-/* One block per (head, sequence): combine the used splits, or zero a padding row. */
-template <int HD>
-__global__ void attn_decode_merge(int32_t nh, const int32_t *__restrict__ ctx_lens, int32_t n_split,
-                                  const float *__restrict__ po, const float *__restrict__ plse,
-                                  bf16 *__restrict__ out, int64_t ldo)
-{
-    int h = blockIdx.x, b = blockIdx.y;
-    int L = ctx_lens[b];
-    bf16 *o = out + b * ldo + (int64_t)h * HD;
-    if (L <= 0) {
-        for (int d = threadIdx.x; d < HD; d += blockDim.x)
-            o[d] = __float2bfloat16_rn(0.0f);
-        return;
-    }
-    int n_eff, chunk;
-    split_plan(L, n_split, n_eff, chunk);
     if (n_eff == 1)
-        return; /* the split kernel wrote it */
-    int64_t r0 = ((int64_t)b * nh + h) * n_split;
-    float M = -INFINITY;
-    for (int i = 0; i < n_eff; i++)
-        M = fmaxf(M, plse[r0 + i]);
-    float wsum = 0.0f;
-    for (int i = 0; i < n_eff; i++)
-        wsum += exp2f(plse[r0 + i] - M);
-    float inv = 1.0f / wsum;
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        return;
+    /* count this split in; the last one merges */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned *c = sem + (int64_t)b * nkv + kvh;
+        unsigned prev = atomicAdd(c, 1u);
+        s_last = prev == (unsigned)(n_eff - 1);
+        if (s_last)
+            *c = 0; /* ready for the next call */
+    }
+    __syncthreads();
+    if (!s_last)
+        return;
+    __threadfence();
+    for (int idx = threadIdx.x; idx < G; idx += blockDim.x) {
+        int64_t r0 = ((int64_t)b * nh + kvh * G + idx) * n_split;
+        float M = -INFINITY;
+        for (int i = 0; i < n_eff; i++)
+            M = fmaxf(M, __ldcg(plse + r0 + i));
+        float ws = 0.0f;
+        for (int i = 0; i < n_eff; i++) {
+            float w = exp2f(__ldcg(plse + r0 + i) - M);
+            s_w[idx][i] = w;
+            ws += w;
+        }
+        for (int i = 0; i < n_eff; i++)
+            s_w[idx][i] /= ws;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
+        int g = idx / HD, d = idx % HD;
+        int64_t r0 = ((int64_t)b * nh + kvh * G + g) * n_split;
         float O = 0.0f;
         for (int i = 0; i < n_eff; i++)
-            O += exp2f(plse[r0 + i] - M) * po[(r0 + i) * HD + d];
-        o[d] = __float2bfloat16_rn(O * inv);
+            O += s_w[g][i] * __ldcg(po + (r0 + i) * HD + d);
+        out[b * ldo + (int64_t)(kvh * G + g) * HD + d] = __float2bfloat16_rn(O);
     }
 }
 
-extern "C" size_t k_attn_decode_scratch_bytes(int32_t B, int32_t nh, int32_t hd, int32_t n_split)
+extern "C" size_t k_attn_decode_scratch_bytes(int32_t B, int32_t nh, int32_t nkv, int32_t hd, int32_t n_split)
 {
     size_t rows = (size_t)B * (size_t)nh * (size_t)n_split;
-    return rows * (size_t)hd * sizeof(float) + rows * sizeof(float) + 256;
+    return rows * (size_t)hd * sizeof(float) + rows * sizeof(float) + (size_t)B * (size_t)nkv * sizeof(unsigned) +
+           256;
 }
 
 extern "C" int32_t k_attn_decode_splits(int32_t B, int32_t nkv, int32_t max_ctx, int32_t n_sm)
@@ -207,37 +272,78 @@ extern "C" int32_t k_attn_decode_splits(int32_t B, int32_t nkv, int32_t max_ctx,
     int64_t most = (max_ctx + ATTN_DECODE_MIN_CHUNK - 1) / ATTN_DECODE_MIN_CHUNK;
     if (want > most)
         want = most;
+    if (want > ATTN_DECODE_MAX_SPLIT)
+        want = ATTN_DECODE_MAX_SPLIT;
     return want < 1 ? 1 : (int32_t)want;
 }
 
-template <int G, int HD>
-static void launch_dec(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, const void *kp,
-                       const void *vp, int32_t bs, const int32_t *bt, int32_t bt_stride, const int32_t *ctx,
-                       float scale, int32_t n_split, float *po, float *plse, void *out, int64_t ldo,
-                       cudaStream_t s)
+typedef struct dec_args {
+    const bf16 *q;
+    int64_t ldq;
+    int32_t B, nh, nkv;
+    bf16 *kp, *vp;
+    int32_t bs;
+    const int32_t *bt;
+    int32_t bt_stride;
+    const int32_t *ctx, *slots;
+    const float *rope;
+    float scale;
+    int32_t n_split;
+    float *po, *plse;
+    unsigned *sem;
+    bf16 *out;
+    int64_t ldo;
+} dec_args;
+
+template <int G, int HD, bool ROPE>
+static void launch_dec(const dec_args *a, cudaStream_t s)
 {
-    dim3 grid((unsigned)n_split, (unsigned)nkv, (unsigned)B);
-    attn_decode_split<G, HD><<<grid, DEC_WARPS * 32, 0, s>>>((const bf16 *)q, ldq, nh, nkv, (const bf16 *)kp,
-                                                             (const bf16 *)vp, bs, bt, bt_stride, ctx, scale,
-                                                             n_split, po, plse, (bf16 *)out, ldo);
-    attn_decode_merge<HD><<<dim3((unsigned)nh, (unsigned)B), HD < 128 ? HD : 128, 0, s>>>(nh, ctx, n_split, po, plse,
-                                                                                        (bf16 *)out, ldo);
+    dim3 grid((unsigned)a->n_split, (unsigned)a->nkv, (unsigned)a->B);
+    attn_decode_kernel<G, HD, ROPE><<<grid, DEC_WARPS * 32, 0, s>>>(
+        a->q, a->ldq, a->nh, a->nkv, a->kp, a->vp, a->bs, a->bt, a->bt_stride, a->ctx, a->slots, a->rope, a->scale,
+        a->n_split, a->po, a->plse, a->sem, a->out, a->ldo);
 }
 
-template <int HD>
-static gm_status dispatch_g(int G, const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, const void *kp,
-                            const void *vp, int32_t bs, const int32_t *bt, int32_t bt_stride, const int32_t *ctx,
-                            float scale, int32_t n_split, float *po, float *plse, void *out, int64_t ldo,
-                            cudaStream_t s)
+template <int HD, bool ROPE>
+static gm_status dispatch_g(int G, const dec_args *a, cudaStream_t s)
 {
     switch (G) {
-    case 1: launch_dec<1, HD>(q, ldq, B, nh, nkv, kp, vp, bs, bt, bt_stride, ctx, scale, n_split, po, plse, out, ldo, s); break;
-    case 2: launch_dec<2, HD>(q, ldq, B, nh, nkv, kp, vp, bs, bt, bt_stride, ctx, scale, n_split, po, plse, out, ldo, s); break;
-    case 4: launch_dec<4, HD>(q, ldq, B, nh, nkv, kp, vp, bs, bt, bt_stride, ctx, scale, n_split, po, plse, out, ldo, s); break;
-    case 8: launch_dec<8, HD>(q, ldq, B, nh, nkv, kp, vp, bs, bt, bt_stride, ctx, scale, n_split, po, plse, out, ldo, s); break;
+    case 1: launch_dec<1, HD, ROPE>(a, s); break;
+    case 2: launch_dec<2, HD, ROPE>(a, s); break;
+    case 4: launch_dec<4, HD, ROPE>(a, s); break;
+    case 8: launch_dec<8, HD, ROPE>(a, s); break;
     default:
-        return gm_fail(GM_ERR_UNSUPPORTED, "k_attn_decode: %d query heads per KV head (supported: 1, 2, 4, 8)", G);
+        return gm_fail(GM_ERR_UNSUPPORTED, "decode attention: %d query heads per KV head (supported: 1, 2, 4, 8)", G);
     }
+    return GM_OK;
+}
+
+template <bool ROPE>
+static gm_status run_dec(int32_t hd, dec_args *a, void *scratch, cudaStream_t s)
+{
+    if (a->B <= 0)
+        return GM_OK;
+    if (a->nkv < 1 || a->nh % a->nkv || a->n_split < 1 || a->n_split > ATTN_DECODE_MAX_SPLIT || a->ldq % 8 ||
+        a->ldo % 8)
+        return gm_fail(GM_ERR_INVALID_ARG, "decode attention: nh %d, nkv %d, n_split %d (1..%d), ldq %lld, ldo %lld",
+                       a->nh, a->nkv, a->n_split, ATTN_DECODE_MAX_SPLIT, (long long)a->ldq, (long long)a->ldo);
+    int G = a->nh / a->nkv;
+    size_t rows = (size_t)a->B * a->nh * a->n_split;
+    a->po = (float *)scratch;
+    a->plse = a->po + rows * hd;
+    a->sem = (unsigned *)(a->plse + rows);
+    gm_status st;
+    switch (hd) {
+    case 32: st = dispatch_g<32, ROPE>(G, a, s); break;
+    case 64: st = dispatch_g<64, ROPE>(G, a, s); break;
+    case 128: st = dispatch_g<128, ROPE>(G, a, s); break;
+    case 256: st = dispatch_g<256, ROPE>(G, a, s); break;
+    default:
+        return gm_fail(GM_ERR_UNSUPPORTED, "decode attention: head_dim %d (supported: 32, 64, 128, 256)", hd);
+    }
+    if (st)
+        return st;
+    GM_LAUNCH_CHECK();
     return GM_OK;
 }
 
@@ -246,25 +352,18 @@ extern "C" gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_
                                    int32_t bt_stride, const int32_t *ctx_lens, float scale, int32_t n_split,
                                    void *scratch, void *out, int64_t ldo, cudaStream_t s)
 {
-    if (B <= 0)
-        return GM_OK;
-    if (nkv < 1 || nh % nkv || n_split < 1 || ldq % 8 || ldo % 8)
-        return gm_fail(GM_ERR_INVALID_ARG, "k_attn_decode: nh %d, nkv %d, n_split %d, ldq %lld, ldo %lld", nh, nkv,
-                       n_split, (long long)ldq, (long long)ldo);
-    int G = nh / nkv;
-    float *po = (float *)scratch;
-    float *plse = po + (size_t)B * nh * n_split * hd;
-    gm_status st;
-    switch (hd) {
-    case 32: st = dispatch_g<32>(G, q, ldq, B, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, ctx_lens, scale, n_split, po, plse, out, ldo, s); break;
-    case 64: st = dispatch_g<64>(G, q, ldq, B, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, ctx_lens, scale, n_split, po, plse, out, ldo, s); break;
-    case 128: st = dispatch_g<128>(G, q, ldq, B, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, ctx_lens, scale, n_split, po, plse, out, ldo, s); break;
-    case 256: st = dispatch_g<256>(G, q, ldq, B, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, ctx_lens, scale, n_split, po, plse, out, ldo, s); break;
-    default:
-        return gm_fail(GM_ERR_UNSUPPORTED, "k_attn_decode: head_dim %d (supported: 32, 64, 128, 256)", hd);
-    }
-    if (st)
-        return st;
-    GM_LAUNCH_CHECK();
-    return GM_OK;
+    dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (bf16 *)k_pool, (bf16 *)v_pool, bs, block_tables, bt_stride,
+                  ctx_lens, NULL, NULL, scale, n_split, NULL, NULL, NULL, (bf16 *)out, ldo};
+    return run_dec<false>(hd, &a, scratch, s);
+}
+
+extern "C" gm_status k_attn_decode_rope(const void *qkv, int64_t ld, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
+                                        void *k_pool, void *v_pool, int32_t bs, const int32_t *block_tables,
+                                        int32_t bt_stride, const int32_t *ctx_lens, const int32_t *slots,
+                                        const float *rope_table, float scale, int32_t n_split, void *scratch,
+                                        void *out, int64_t ldo, cudaStream_t s)
+{
+    dec_args a = {(const bf16 *)qkv, ld, B, nh, nkv, (bf16 *)k_pool, (bf16 *)v_pool, bs, block_tables, bt_stride,
+                  ctx_lens, slots, rope_table, scale, n_split, NULL, NULL, NULL, (bf16 *)out, ldo};
+    return run_dec<true>(hd, &a, scratch, s);
 }

@@ -10,6 +10,7 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "geglu.cuh"
 
 typedef struct gemm_key {
     int64_t tb, n, k, ldx, ldw, ldy;
@@ -40,7 +41,7 @@ extern "C" gm_status gemm_ctx_new(size_t workspace_bytes, gemm_ctx **out)
     if (!g)
         return gm_fail(GM_ERR_NOMEM, "gemm_ctx_new: no host memory");
     g->ws_bytes = workspace_bytes ? workspace_bytes : (32u << 20);
-    g->gemv_rows = 4;
+    g->gemv_rows = 2;
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     GM_CUBLAS_GOTO(cublasLtCreate(&g->lt), st, fail);
     GM_CUBLAS_GOTO(cublasLtMatmulDescCreate(&g->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), st, fail);
@@ -186,107 +187,192 @@ extern "C" gm_status gemm_bf16_lt(gemm_ctx *g, const void *x, int64_t T, int64_t
     return GM_OK;
 }
 
-/* ---- GEMV: one warp per output column n, 16-byte weight loads, U loads in flight per lane ---- */
+/* ---- GEMV: a block of 256 threads computes R output columns over the whole K, the K chunks
+ * (16 bytes) strided across all threads, so every load of a step is one coalesced 4 KB run of a
+ * weight row; R = 16384 / K (1..8) keeps 8 weight loads in flight per thread. Partial sums are
+ * reduced across the block. MODE 0: bf16 out, 1: f32 out, 2: GeGLU epilogue (columns j of
+ * gelu(gate_j) * up_j from rows j and ni + j, rounded as HF's bf16 ops). ---- */
 
-#define GEMV_WARPS 8
-#define GEMV_U 8
+#define GV_THREADS 256
 
-__device__ __forceinline__ float dot8(const uint4 &a, const uint4 &b)
+__device__ __forceinline__ float gelu_tanh_f(float x)
 {
-    const __nv_bfloat162 *pa = reinterpret_cast<const __nv_bfloat162 *>(&a);
-    const __nv_bfloat162 *pb = reinterpret_cast<const __nv_bfloat162 *>(&b);
+    const float k = 0.7978845608028654f;
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+__device__ __forceinline__ float dot8f(const uint4 &w, const float x[8])
+{
+    const __nv_bfloat162 *p = reinterpret_cast<const __nv_bfloat162 *>(&w);
     float s = 0.0f;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        float2 fa = __bfloat1622float2(pa[i]), fb = __bfloat1622float2(pb[i]);
-        s = fmaf(fa.x, fb.x, s);
-        s = fmaf(fa.y, fb.y, s);
+        float2 f = __bfloat1622float2(p[i]);
+        s = fmaf(f.x, x[2 * i], s);
+        s = fmaf(f.y, x[2 * i + 1], s);
     }
     return s;
 }
 
-template <int TR, bool F32>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
+template <int TR, int R, int MODE>
+__global__ void __launch_bounds__(GV_THREADS, 2)
     gemv_kernel(const bf16 *__restrict__ x, int64_t K, int64_t ldx, const bf16 *__restrict__ W, int64_t ldw,
                 int64_t N, void *__restrict__ y, int64_t ldy)
 {
-    int lane = threadIdx.x & 31;
-    int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (n >= N)
-        return;
-    const uint4 *wr = reinterpret_cast<const uint4 *>(W + n * ldw);
+    constexpr int U = 8 / R > 0 ? 8 / R : 1;
+    constexpr int NW = GV_THREADS / 32;
+    constexpr int RH = R / 2 > 0 ? R / 2 : 1; /* GeGLU mode: act columns per block */
+    __shared__ float red[NW][TR][R];
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const bf16 *wrow[R]; /* weight rows of this block (row 0 stands in past N) */
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int64_t row;
+        if (MODE == 2) { /* N = ni: act columns j0 .. j0 + RH, gate row j and up row N + j */
+            int64_t j = (int64_t)blockIdx.x * RH + (r % RH);
+            row = j < N ? (r < RH ? j : N + j) : 0;
+        } else {
+            row = (int64_t)blockIdx.x * R + r;
+            row = row < N ? row : 0;
+        }
+        wrow[r] = W + row * ldw;
+    }
     int64_t nc = K / 8;
-    float acc[TR];
+    float acc[TR][R];
 #pragma unroll
     for (int t = 0; t < TR; t++)
-        acc[t] = 0.0f;
-    for (int64_t c0 = lane; c0 < nc; c0 += 32 * GEMV_U) {
-        uint4 wv[GEMV_U];
 #pragma unroll
-        for (int u = 0; u < GEMV_U; u++) {
-            int64_t c = c0 + 32 * u;
-            wv[u] = c < nc ? __ldcs(wr + c) : make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < R; r++)
+            acc[t][r] = 0.0f;
+    for (int64_t c0 = tid; c0 < nc; c0 += (int64_t)GV_THREADS * U) {
+        uint4 wv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int64_t c = c0 + (int64_t)u * GV_THREADS;
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                wv[u][r] = c < nc ? __ldcs(reinterpret_cast<const uint4 *>(wrow[r]) + c) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int u = 0; u < GEMV_U; u++) {
-            int64_t c = c0 + 32 * u;
+        for (int u = 0; u < U; u++) {
+            int64_t c = c0 + (int64_t)u * GV_THREADS;
             if (c < nc) {
 #pragma unroll
                 for (int t = 0; t < TR; t++) {
-                    uint4 xv = __ldg(reinterpret_cast<const uint4 *>(x + t * ldx) + c);
-                    acc[t] += dot8(wv[u], xv);
+                    float xf[8];
+                    bf16x8_to_f32(__ldg(reinterpret_cast<const uint4 *>(x + t * ldx) + c), xf);
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+                        acc[t][r] += dot8f(wv[u][r], xf);
                 }
             }
         }
     }
 #pragma unroll
     for (int t = 0; t < TR; t++)
-        acc[t] = warp_sum(acc[t]);
-    if (lane == 0) {
 #pragma unroll
-        for (int t = 0; t < TR; t++) {
-            if (F32)
-                reinterpret_cast<float *>(y)[t * ldy + n] = acc[t];
-            else
-                reinterpret_cast<bf16 *>(y)[t * ldy + n] = __float2bfloat16_rn(acc[t]);
+        for (int r = 0; r < R; r++) {
+            float v = warp_sum(acc[t][r]);
+            if (lane == 0)
+                red[warp][t][r] = v;
+        }
+    __syncthreads();
+    if (tid < TR * R) {
+        int t = tid / R, r = tid % R;
+        if (MODE == 2 && r >= RH)
+            return;
+        int64_t row = MODE == 2 ? (int64_t)blockIdx.x * RH + r : (int64_t)blockIdx.x * R + r;
+        if (row >= N)
+            return;
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NW; w++)
+            sum += red[w][t][r];
+        if (MODE == 1) {
+            reinterpret_cast<float *>(y)[t * ldy + row] = sum;
+        } else if (MODE == 0) {
+            reinterpret_cast<bf16 *>(y)[t * ldy + row] = __float2bfloat16_rn(sum);
+        } else {
+            float up = 0.0f;
+#pragma unroll
+            for (int w = 0; w < NW; w++)
+                up += red[w][t][(r + RH) % R];
+            float g = round_bf16(sum), u = round_bf16(up);
+            reinterpret_cast<bf16 *>(y)[t * ldy + row] = __float2bfloat16_rn(round_bf16(gelu_tanh_f(g)) * u);
         }
     }
 }
 
-template <int TR>
-static void launch_gemv(const bf16 *x, int64_t K, int64_t ldx, const bf16 *W, int64_t ldw, int64_t N, void *y,
-                        int yf32, int64_t ldy, cudaStream_t s)
+template <int TR, int R>
+static void launch_gemv_r(const bf16 *x, int64_t K, int64_t ldx, const bf16 *W, int64_t ldw, int64_t N, void *y,
+                          int mode, int64_t ldy, cudaStream_t s)
 {
-    unsigned grid = gm_div_up(N, GEMV_WARPS);
-    if (yf32)
-        gemv_kernel<TR, true><<<grid, GEMV_WARPS * 32, 0, s>>>(x, K, ldx, W, ldw, N, y, ldy);
+    if (mode == 2) {
+        unsigned grid = gm_div_up(N, R / 2);
+        gemv_kernel<TR, R, 2><<<grid, GV_THREADS, 0, s>>>(x, K, ldx, W, ldw, N, y, ldy);
+    } else if (mode == 1) {
+        gemv_kernel<TR, R, 1><<<gm_div_up(N, R), GV_THREADS, 0, s>>>(x, K, ldx, W, ldw, N, y, ldy);
+    } else {
+        gemv_kernel<TR, R, 0><<<gm_div_up(N, R), GV_THREADS, 0, s>>>(x, K, ldx, W, ldw, N, y, ldy);
+    }
+}
+
+template <int TR>
+static void launch_gemv_t(const bf16 *x, int64_t K, int64_t ldx, const bf16 *W, int64_t ldw, int64_t N, void *y,
+                          int mode, int64_t ldy, cudaStream_t s)
+{
+    int64_t r = 16384 / K;
+    if (mode == 2 && r < 2)
+        r = 2;
+    if (r >= 8)
+        launch_gemv_r<TR, 8>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
+    else if (r >= 4)
+        launch_gemv_r<TR, 4>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
+    else if (r >= 2)
+        launch_gemv_r<TR, 2>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
     else
-        gemv_kernel<TR, false><<<grid, GEMV_WARPS * 32, 0, s>>>(x, K, ldx, W, ldw, N, y, ldy);
+        launch_gemv_r<TR, 1>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
+}
+
+/* mode 0/1/2 as the kernel's; rows of x in groups of at most 4. */
+static gm_status gemv_any(const void *x, int64_t T, int64_t K, int64_t ldx, const void *W, int64_t ldw, int64_t N,
+                          void *y, int mode, int64_t ldy, cudaStream_t s)
+{
+    if (K % 8 || ldx % 8 || ldw % 8)
+        return gm_fail(GM_ERR_UNSUPPORTED, "gemv: K %lld and strides must be multiples of 8", (long long)K);
+    const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)W;
+    for (int64_t t0 = 0; t0 < T; t0 += 4) {
+        int64_t tr = T - t0 < 4 ? T - t0 : 4;
+        const bf16 *xt = xb + t0 * ldx;
+        void *yt = mode == 1 ? (void *)((float *)y + t0 * ldy) : (void *)((bf16 *)y + t0 * ldy);
+        switch (tr) {
+        case 1: launch_gemv_t<1>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
+        case 2: launch_gemv_t<2>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
+        case 3: launch_gemv_t<3>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
+        default: launch_gemv_t<4>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
+        }
+        GM_LAUNCH_CHECK();
+    }
+    return GM_OK;
 }
 
 extern "C" gm_status gemv_bf16(const void *x, int64_t T, int64_t K, int64_t ldx, const void *W, int64_t ldw,
                                int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s)
 {
-    if (K % 8 || ldx % 8 || ldw % 8)
-        return gm_fail(GM_ERR_UNSUPPORTED, "gemv: K %lld and strides must be multiples of 8", (long long)K);
-    const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)W;
-    for (int64_t t0 = 0; t0 < T; t0 += 8) {
-        int64_t tr = T - t0 < 8 ? T - t0 : 8;
-        const bf16 *xt = xb + t0 * ldx;
-        void *yt = y_f32 ? (void *)((float *)y + t0 * ldy) : (void *)((bf16 *)y + t0 * ldy);
-        switch (tr) {
-        case 1: launch_gemv<1>(xt, K, ldx, wb, ldw, N, yt, y_f32, ldy, s); break;
-        case 2: launch_gemv<2>(xt, K, ldx, wb, ldw, N, yt, y_f32, ldy, s); break;
-        case 3: launch_gemv<3>(xt, K, ldx, wb, ldw, N, yt, y_f32, ldy, s); break;
-        case 4: launch_gemv<4>(xt, K, ldx, wb, ldw, N, yt, y_f32, ldy, s); break;
-        case 5: launch_gemv<5>(xt, K, ldx, wb, ldw, N, yt, y_f32, ldy, s); break;
-        case 6: launch_gemv<6>(xt, K, ldx, wb, ldw, N, yt, y_f32, ldy, s); break;
-        case 7: launch_gemv<7>(xt, K, ldx, wb, ldw, N, yt, y_f32, ldy, s); break;
-        default: launch_gemv<8>(xt, K, ldx, wb, ldw, N, yt, y_f32, ldy, s); break;
-        }
-        GM_LAUNCH_CHECK();
-    }
-    return GM_OK;
+    return gemv_any(x, T, K, ldx, W, ldw, N, y, y_f32 ? 1 : 0, ldy, s);
+}
+
+extern "C" gm_status gemm_bf16_geglu(gemm_ctx *g, const void *x, int64_t T, int64_t K, int64_t ldx, const void *Wgu,
+                                     int64_t ldw, int64_t ni, void *gu, void *act, cudaStream_t s)
+{
+    if (T <= 0)
+        return GM_OK;
+    if (ni % 8)
+        return gm_fail(GM_ERR_UNSUPPORTED, "gemm_bf16_geglu: width %lld is not a multiple of 8", (long long)ni);
+    if (T <= g->gemv_rows)
+        return gemv_any(x, T, K, ldx, Wgu, ldw, ni, act, 2, ni, s);
+    GM_CHECK(gemm_bf16_lt(g, x, T, K, ldx, Wgu, ldw, 2 * ni, gu, 0, 2 * ni, s));
+    return k_geglu(gu, T, ni, act, s);
 }
 
 extern "C" gm_status gemm_bf16(gemm_ctx *g, const void *x, int64_t T, int64_t K, int64_t ldx, const void *W,

@@ -3,6 +3,9 @@
 #include "rope_kv.cuh"
 
 #include <math.h>
+#include <stdlib.h>
+
+#include "../../common/dtype.h"
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
@@ -11,17 +14,16 @@
 
 __global__ void __launch_bounds__(ROPE_THREADS)
     rope_kv_kernel(bf16 *__restrict__ qkv, int64_t ld, int32_t nh, int32_t nkv, int32_t hd,
-                   const int32_t *__restrict__ pos, const float *__restrict__ inv_freq,
+                   const int32_t *__restrict__ pos, const float *__restrict__ table,
                    const int32_t *__restrict__ slot, bf16 *__restrict__ kp, bf16 *__restrict__ vp, int32_t bs)
 {
     __shared__ float cs[256], sn[256];
     int64_t t = blockIdx.x;
     int half = hd / 2;
-    float p = (float)pos[t];
+    const float *tp = table + (int64_t)pos[t] * hd;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float ang = p * inv_freq[i];
-        cs[i] = round_bf16((float)cos((double)ang));
-        sn[i] = round_bf16((float)sin((double)ang));
+        cs[i] = tp[2 * i];
+        sn[i] = tp[2 * i + 1];
     }
     __syncthreads();
     bf16 *row = qkv + t * ld;
@@ -73,8 +75,31 @@ extern "C" void k_rope_inv_freq(float theta, int32_t head_dim, float *inv_freq)
         inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
 }
 
+extern "C" gm_status k_rope_table(float *table, int32_t max_pos, int32_t hd, float theta)
+{
+    if (hd % 2 || hd > 512 || max_pos < 1)
+        return gm_fail(GM_ERR_INVALID_ARG, "k_rope_table: head_dim %d, max_pos %d", hd, max_pos);
+    float inv[256];
+    k_rope_inv_freq(theta, hd, inv);
+    size_t n = (size_t)max_pos * (size_t)hd;
+    float *h = (float *)malloc(n * sizeof(float));
+    if (!h)
+        return gm_fail(GM_ERR_NOMEM, "k_rope_table: no host memory for %d positions", max_pos);
+    for (int32_t p = 0; p < max_pos; p++)
+        for (int32_t i = 0; i < hd / 2; i++) {
+            float ang = (float)p * inv[i];
+            h[(size_t)p * hd + 2 * i] = gm_round_bf16((float)cos((double)ang));
+            h[(size_t)p * hd + 2 * i + 1] = gm_round_bf16((float)sin((double)ang));
+        }
+    cudaError_t e = cudaMemcpy(table, h, n * sizeof(float), cudaMemcpyHostToDevice);
+    free(h);
+    if (e != cudaSuccess)
+        return gm_fail(GM_ERR_CUDA, "k_rope_table: upload: %s", cudaGetErrorString(e));
+    return GM_OK;
+}
+
 extern "C" gm_status k_rope_kv_write(void *qkv, int64_t ld, int64_t T, int32_t nh, int32_t nkv, int32_t hd,
-                                     const int32_t *pos, const float *inv_freq, const int32_t *slot, void *k_pool,
+                                     const int32_t *pos, const float *rope_table, const int32_t *slot, void *k_pool,
                                      void *v_pool, int32_t bs, cudaStream_t s)
 {
     if (hd % 16 || hd > 512 || ld % 8 || bs < 1)
@@ -82,7 +107,7 @@ extern "C" gm_status k_rope_kv_write(void *qkv, int64_t ld, int64_t T, int32_t n
                        hd, (long long)ld, bs);
     if (T <= 0)
         return GM_OK;
-    rope_kv_kernel<<<(unsigned)T, ROPE_THREADS, 0, s>>>((bf16 *)qkv, ld, nh, nkv, hd, pos, inv_freq, slot,
+    rope_kv_kernel<<<(unsigned)T, ROPE_THREADS, 0, s>>>((bf16 *)qkv, ld, nh, nkv, hd, pos, rope_table, slot,
                                                        (bf16 *)k_pool, (bf16 *)v_pool, bs);
     GM_LAUNCH_CHECK();
     return GM_OK;

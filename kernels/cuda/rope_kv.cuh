@@ -14,14 +14,19 @@ extern "C" {
 /* inv_freq[i] = 1 / theta^(2i/head_dim) in float32, i < head_dim/2 (host; as cpu_rope). */
 void k_rope_inv_freq(float theta, int32_t head_dim, float *inv_freq);
 
+/* Fill table [max_pos, hd/2, 2] f32 (device) with (cos, sin) of the float angle pos * inv_freq[i],
+ * computed in double on the host as cpu_rope does, then rounded to bf16 (HF casts cos and sin to
+ * the activation dtype). Synchronous. */
+gm_status k_rope_table(float *table, int32_t max_pos, int32_t hd, float theta);
+
 /* qkv [T, ld] bf16 holds, per token, q heads at columns [0, nh*hd), k heads at [nh*hd, (nh+nkv)*hd)
  * and v heads after them (the fused QKV projection's output). Rotates q and k in place
- * (rotate-half over all hd dims; cos/sin and products rounded to bf16 as HF does), then
- * writes token t's k and v to slot[t] of the pools (slot = block * bs + offset; < 0 = skip,
- * for padding rows). pos [T] int32; inv_freq [hd/2] f32 (device);
+ * (rotate-half over all hd dims; products rounded to bf16 as HF does), then writes token t's k
+ * and v to slot[t] of the pools (slot = block * bs + offset; < 0 = skip, for padding rows).
+ * pos [T] int32 (< the table's max_pos); rope_table from k_rope_table (device);
  * k_pool, v_pool [num_blocks, nkv, bs, hd] bf16. hd % 16 == 0, hd <= 512. */
 gm_status k_rope_kv_write(void *qkv, int64_t ld, int64_t T, int32_t nh, int32_t nkv, int32_t hd, const int32_t *pos,
-                          const float *inv_freq, const int32_t *slot, void *k_pool, void *v_pool, int32_t bs,
+                          const float *rope_table, const int32_t *slot, void *k_pool, void *v_pool, int32_t bs,
                           cudaStream_t s);
 
 #ifdef __cplusplus

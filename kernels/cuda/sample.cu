@@ -1,8 +1,12 @@
 /* sample.cu - one 1024-thread block per row. Greedy = one argmax pass over the row.
- * Otherwise each selection (k-th element by count, top-p cut by mass, the draw) is a
- * radix search over the 32-bit pattern of p (4 passes of 8 bits, histograms in shared
- * memory) followed by an id-ordered scan among elements with equal p. Every pass
- * recomputes p from the logits (the row stays in L2: vocab * 4 bytes). */
+ * Otherwise, fast path: one pass counts, for nested thresholds p >= 4^-j, how many tokens and
+ * how much mass lie above; the largest threshold whose set surely holds every token the
+ * sampler can reach (the top-k, the top-p prefix, the draw) and has at most SMP_CAND tokens
+ * is collected into shared memory, sorted (bitonic), and walked in order exactly as cpu_sample
+ * walks its sorted list. When no threshold qualifies (flat distributions), each selection
+ * (k-th element by count, top-p cut by mass, the draw) is a radix search over the 32-bit
+ * pattern of p (4 passes of 8 bits, histograms in shared memory) followed by an id-ordered scan
+ * among equal p. Every pass recomputes p from the logits (the row stays in L2). */
 #include "sample.cuh"
 
 #include <math.h>
@@ -13,6 +17,8 @@
 #define SMP_THREADS 1024
 #define SMP_COPIES 8 /* histogram copies, to spread shared-memory atomics */
 #define FX_SCALE 1099511627776.0f /* 2^40: fixed-point scale of masses */
+#define SMP_LEVELS 12   /* thresholds 4^-j, j < SMP_LEVELS */
+#define SMP_CAND 4096   /* most candidates the fast path sorts */
 
 typedef unsigned long long u64;
 
@@ -42,11 +48,21 @@ __device__ __forceinline__ bool cond_met(u64 x, double target, bool strict)
     return strict ? (double)x > target : (double)x >= target;
 }
 
-struct smp_smem {
+struct smp_radix {
     u64 hw[SMP_COPIES][256];
     uint32_t hc[SMP_COPIES][256];
     u64 tw[256];
     uint32_t tc[256];
+};
+
+struct smp_smem {
+    union {
+        smp_radix r;
+        u64 cand[SMP_CAND]; /* (p bits << 32) | ~id: descending = cpu_sample's order */
+    } u;
+    uint32_t lvl_cnt[32][SMP_LEVELS];
+    u64 lvl_mass[32][SMP_LEVELS + 1];
+    int32_t n_cand;
     u64 wsum[32];
     u64 bcast_u64[2];
     uint32_t bcast_u32[2];
@@ -100,8 +116,8 @@ __device__ rank_lim select_ranked(const float *lg, int64_t V, float mx, float in
     for (int pass = 0; pass < 4; pass++) {
         int shift = 24 - 8 * pass;
         for (int i = tid; i < SMP_COPIES * 256; i += blockDim.x) {
-            (&sm->hw[0][0])[i] = 0;
-            (&sm->hc[0][0])[i] = 0;
+            (&sm->u.r.hw[0][0])[i] = 0;
+            (&sm->u.r.hc[0][0])[i] = 0;
         }
         __syncthreads();
         int cp = (tid >> 5) % SMP_COPIES;
@@ -110,17 +126,17 @@ __device__ rank_lim select_ranked(const float *lg, int64_t V, float mx, float in
             if (!in_lim(key, (int32_t)i, L) || (key & pmask) != prefix)
                 continue;
             uint32_t d = (key >> shift) & 255u;
-            atomicAdd(&sm->hw[cp][d], count_mode ? 1ull : fx_of(key));
-            atomicAdd(&sm->hc[cp][d], 1u);
+            atomicAdd(&sm->u.r.hw[cp][d], count_mode ? 1ull : fx_of(key));
+            atomicAdd(&sm->u.r.hc[cp][d], 1u);
         }
         __syncthreads();
         if (tid < 256) {
             u64 a = 0;
             uint32_t c = 0;
             for (int k = 0; k < SMP_COPIES; k++)
-                a += sm->hw[k][tid], c += sm->hc[k][tid];
-            sm->tw[tid] = a;
-            sm->tc[tid] = c;
+                a += sm->u.r.hw[k][tid], c += sm->u.r.hc[k][tid];
+            sm->u.r.tw[tid] = a;
+            sm->u.r.tc[tid] = c;
         }
         __syncthreads();
         if (tid == 0) {
@@ -129,19 +145,19 @@ __device__ rank_lim select_ranked(const float *lg, int64_t V, float mx, float in
             bool fb = fallback;
             if (!fb) {
                 for (int d = 255; d >= 0; d--) {
-                    if (!sm->tc[d])
+                    if (!sm->u.r.tc[d])
                         continue;
-                    if (cond_met(a + sm->tw[d], target, strict)) {
+                    if (cond_met(a + sm->u.r.tw[d], target, strict)) {
                         chosen = d;
                         break;
                     }
-                    a += sm->tw[d];
+                    a += sm->u.r.tw[d];
                 }
             }
             if (chosen < 0) { /* take the last element: the smallest non-empty digit */
                 fb = true;
                 for (int d = 0; d < 256; d++)
-                    if (sm->tc[d]) {
+                    if (sm->u.r.tc[d]) {
                         chosen = d;
                         break;
                     }
@@ -222,6 +238,163 @@ __device__ rank_lim select_ranked(const float *lg, int64_t V, float mx, float in
     return r;
 }
 
+/* The fast path; returns the token, or -1 when no threshold qualifies (then the caller takes
+ * the radix path). All threads call it and get the same answer. */
+__device__ int32_t sample_fast(const float *lg, int64_t V, float mx, float invt, const gm_sampling &sp, float u,
+                               smp_smem *sm)
+{
+    int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
+    uint32_t cnt[SMP_LEVELS];
+    u64 mass[SMP_LEVELS + 1];
+#pragma unroll
+    for (int j = 0; j < SMP_LEVELS; j++)
+        cnt[j] = 0, mass[j] = 0;
+    mass[SMP_LEVELS] = 0;
+    for (int64_t i = tid; i < V; i += blockDim.x) {
+        float p = __uint_as_float(p_key(lg, i, mx, invt));
+        u64 f = __float2ull_rn(p * FX_SCALE);
+        mass[SMP_LEVELS] += f;
+#pragma unroll
+        for (int j = 0; j < SMP_LEVELS; j++) {
+            bool in = p >= __uint_as_float((uint32_t)(127 - 2 * j) << 23); /* 4^-j */
+            cnt[j] += in;
+            mass[j] += in ? f : 0ull;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j <= SMP_LEVELS; j++) {
+        u64 m = mass[j];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+            m += __shfl_xor_sync(0xffffffffu, m, o);
+        if (lane == 0)
+            sm->lvl_mass[w][j] = m;
+        if (j < SMP_LEVELS) {
+            uint32_t c = cnt[j];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+                c += __shfl_xor_sync(0xffffffffu, c, o);
+            if (lane == 0)
+                sm->lvl_cnt[w][j] = c;
+        }
+    }
+    __syncthreads();
+    if (tid == 0) {
+        u64 tm[SMP_LEVELS + 1];
+        uint32_t tc[SMP_LEVELS];
+        for (int j = 0; j <= SMP_LEVELS; j++) {
+            tm[j] = 0;
+            for (int k = 0; k < nw; k++)
+                tm[j] += sm->lvl_mass[k][j];
+            if (j < SMP_LEVELS) {
+                tc[j] = 0;
+                for (int k = 0; k < nw; k++)
+                    tc[j] += sm->lvl_cnt[k][j];
+            }
+        }
+        bool topk = sp.top_k > 0 && sp.top_k < V, topp = sp.top_p > 0.0f && sp.top_p < 1.0f;
+        double Z = (double)tm[SMP_LEVELS];
+        /* mass the candidates must hold (with a margin over rounding differences) */
+        double need = topk ? 0.0 : (topp ? (double)sp.top_p * Z : (double)u * Z) * (1.0 + 1e-5) + 2.0;
+        uint32_t need_cnt = topk ? (uint32_t)sp.top_k : 1u;
+        int lvl = -1;
+        for (int j = 0; j < SMP_LEVELS; j++) {
+            if (tc[j] > SMP_CAND)
+                break;
+            if (tc[j] >= need_cnt && (double)tm[j] >= need) {
+                lvl = j;
+                break;
+            }
+        }
+        sm->lvl_cnt[0][0] = (uint32_t)lvl;
+        sm->lvl_mass[0][0] = tm[SMP_LEVELS];
+        sm->n_cand = 0;
+    }
+    __syncthreads();
+    int lvl = (int)sm->lvl_cnt[0][0];
+    u64 Zfx = sm->lvl_mass[0][0];
+    if (lvl < 0)
+        return -1;
+    float theta = __uint_as_float((uint32_t)(127 - 2 * lvl) << 23);
+    /* collect p >= theta */
+    int64_t vr = (V + blockDim.x - 1) / blockDim.x * blockDim.x;
+    for (int64_t i = tid; i < vr; i += blockDim.x) {
+        uint32_t key = i < V ? p_key(lg, i, mx, invt) : 0u;
+        bool in = i < V && __uint_as_float(key) >= theta;
+        unsigned b = __ballot_sync(0xffffffffu, in);
+        int base = 0;
+        if (lane == 0 && b)
+            base = atomicAdd(&sm->n_cand, __popc(b));
+        base = __shfl_sync(0xffffffffu, base, 0);
+        if (in)
+            sm->u.cand[base + __popc(b & ((1u << lane) - 1u))] = ((u64)key << 32) | (u64)(0xffffffffu - (uint32_t)i);
+    }
+    __syncthreads();
+    int n = sm->n_cand, np = 1;
+    while (np < n)
+        np <<= 1;
+    for (int i = n + tid; i < np; i += blockDim.x)
+        sm->u.cand[i] = 0ull;
+    __syncthreads();
+    for (int k = 2; k <= np; k <<= 1) /* bitonic sort, descending */
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = tid; i < np; i += blockDim.x) {
+                int ix = i ^ j;
+                if (ix > i) {
+                    u64 a = sm->u.cand[i], b = sm->u.cand[ix];
+                    bool desc = (i & k) == 0;
+                    if ((a < b) == desc) {
+                        sm->u.cand[i] = b;
+                        sm->u.cand[ix] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    /* cpu_sample's walk over its sorted candidates, in double */
+    if (tid == 0) {
+        bool topk = sp.top_k > 0 && sp.top_k < V;
+        int nk = topk ? sp.top_k : n;
+        double total = 0.0;
+        if (topk)
+            for (int i = 0; i < nk; i++)
+                total += (double)__uint_as_float((uint32_t)(sm->u.cand[i] >> 32));
+        else
+            total = (double)Zfx / (double)FX_SCALE;
+        int keep = nk;
+        if (sp.top_p > 0.0f && sp.top_p < 1.0f) {
+            double need = (double)sp.top_p * total, cum = 0.0;
+            for (int i = 0; i < nk; i++) {
+                cum += (double)__uint_as_float((uint32_t)(sm->u.cand[i] >> 32));
+                if (cum >= need) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        double mass = 0.0;
+        if (keep == n && !topk && !(sp.top_p > 0.0f && sp.top_p < 1.0f))
+            mass = total; /* everything is kept: the draw is over all tokens */
+        else
+            for (int i = 0; i < keep; i++)
+                mass += (double)__uint_as_float((uint32_t)(sm->u.cand[i] >> 32));
+        double target = (double)u * mass, cum = 0.0;
+        int pick = keep - 1;
+        for (int i = 0; i < keep; i++) {
+            cum += (double)__uint_as_float((uint32_t)(sm->u.cand[i] >> 32));
+            if (cum > target) {
+                pick = i;
+                break;
+            }
+        }
+        sm->n_cand = (int32_t)(0xffffffffu - (uint32_t)(sm->u.cand[pick] & 0xffffffffu));
+    }
+    __syncthreads();
+    int32_t id = sm->n_cand;
+    __syncthreads();
+    return id;
+}
+
 __global__ void __launch_bounds__(SMP_THREADS)
     sample_kernel(const float *__restrict__ logits, int64_t ld, int64_t V, const gm_sampling *__restrict__ params,
                   const uint64_t *__restrict__ counters, int32_t *__restrict__ tokens)
@@ -273,6 +446,13 @@ __global__ void __launch_bounds__(SMP_THREADS)
     }
     __syncthreads();
     float invt = 1.0f / sp.temperature;
+    float u = gm_rng_uniform(sp.seed, counters[row]);
+    int32_t fast = sample_fast(lg, V, mx, invt, sp, u, &sm);
+    if (fast >= 0) {
+        if (tid == 0)
+            tokens[row] = fast;
+        return;
+    }
     rank_lim all = {0u, (int32_t)(V - 1)};
     u64 before, we;
 
@@ -302,7 +482,7 @@ __global__ void __launch_bounds__(SMP_THREADS)
     }
 
     /* the draw */
-    double target = (double)gm_rng_uniform(sp.seed, counters[row]) * (double)mass;
+    double target = (double)u * (double)mass;
     rank_lim pick = select_ranked(lg, V, mx, invt, lp, false, target, true, &sm, &before, &we);
     if (tid == 0)
         tokens[row] = pick.id;

@@ -1,0 +1,219 @@
+/* awq_bench.cu - W4A16 kernel micro-benchmark at Gemma's Linear shapes.
+ *
+ * GEMV (M = 1..4): GB/s counting the int4 weights, zeros, scales, x and y once, beside the
+ * 4.2 TB/s copy ceiling of the H200 (DESIGN.md; ~3.0 TB/s on the H100) and beside cuBLAS
+ * bf16 (dense weights, 4x the bytes) in the same run. Weights rotate through copies that
+ * together exceed L2, so every call reads DRAM.
+ * GEMM (M = 16..4096): TFLOP/s (2MNK) beside cuBLAS bf16 on the same shape and the 770
+ * TFLOP/s bf16 ceiling. Usage: awq_bench [--quick]. */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/awq.cuh"
+
+#define CK(x)                                                                                                      \
+    do {                                                                                                           \
+        cudaError_t e_ = (x);                                                                                      \
+        if (e_ != cudaSuccess) {                                                                                   \
+            fprintf(stderr, "awq_bench: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__);                 \
+            exit(1);                                                                                               \
+        }                                                                                                          \
+    } while (0)
+
+#define L2_FLUSH_BYTES (512ll << 20) /* copies of the weights rotate through at least this much */
+
+typedef struct shape {
+    const char *name;
+    int64_t K, N;
+} shape;
+
+static const shape g_shapes[] = {
+    {"2b q/o", 2048, 2048},   {"2b gate/up", 2048, 16384}, {"2b down", 16384, 2048},
+    {"7b q", 3072, 4096},     {"7b o", 4096, 3072},        {"7b gate/up", 3072, 24576},
+    {"7b down", 24576, 3072}, {"2b qkv", 2048, 2560},      {"7b qkv", 3072, 12288},
+};
+
+static void fill_rand(void *p, size_t bytes)
+{
+    uint32_t *u = (uint32_t *)malloc(bytes);
+    uint64_t s = 88172645463325252ull;
+    for (size_t i = 0; i < bytes / 4; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        u[i] = (uint32_t)s;
+    }
+    CK(cudaMemcpy(p, u, bytes, cudaMemcpyHostToDevice));
+    free(u);
+}
+
+/* fp16 scales in [0.001, 0.01] and bf16 values in [-1, 1): no inf/nan in the timed math */
+static void fill_half(void *p, size_t n, bool bf16)
+{
+    uint16_t *h = (uint16_t *)malloc(n * 2);
+    uint64_t s = 1;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        float v = (float)((s >> 40) & 0xffff) / 65536.0f;
+        if (bf16) {
+            float f = v * 2.0f - 1.0f;
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            h[i] = (uint16_t)(u >> 16);
+        } else {
+            __half hv = __float2half(0.001f + 0.009f * v);
+            memcpy(&h[i], &hv, 2);
+        }
+    }
+    CK(cudaMemcpy(p, h, n * 2, cudaMemcpyHostToDevice));
+    free(h);
+}
+
+int main(int argc, char **argv)
+{
+    bool quick = argc > 1 && !strcmp(argv[1], "--quick");
+    if (argc > 1 && !strcmp(argv[1], "--help")) {
+        printf("usage: awq_bench [--quick]\nW4A16 GEMV/GEMM throughput at Gemma shapes, beside cuBLAS bf16.\n");
+        return 0;
+    }
+    int dev = 0, n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        fprintf(stderr, "awq_bench: no CUDA device\n");
+        return 1;
+    }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, dev));
+    printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    cublasHandle_t cb;
+    if (cublasCreate(&cb) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "awq_bench: cublasCreate failed\n");
+        return 1;
+    }
+    cudaStream_t s;
+    CK(cudaStreamCreate(&s));
+    cublasSetStream(cb, s);
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    const int64_t group = 128, Mmax = 4096;
+    const int iters = quick ? 20 : 100;
+
+    printf("\nGEMV (W4A16, group 128): GB/s of int4 weights + zeros + scales + x + y; ceiling 4200 GB/s (H200)\n");
+    printf("%-11s %6s %6s %2s %9s %9s %7s %11s %9s\n", "shape", "K", "N", "M", "awq us", "awq GB/s", "%4.2T",
+           "cublas us", "speedup");
+    printf("\nGEMM: TFLOP/s = 2MNK / time; cuBLAS bf16 on the same shape; bf16 ceiling 770 TFLOP/s (H200)\n");
+    for (size_t si = 0; si < sizeof g_shapes / sizeof g_shapes[0]; si++) {
+        const shape *sh = &g_shapes[si];
+        int64_t K = sh->K, N = sh->N, G = K / group;
+        size_t qb = (size_t)(K * N / 2), zb = (size_t)(G * N / 2), sb = (size_t)(G * N * 2);
+        size_t one = qb + zb + sb;
+        int copies = (int)((L2_FLUSH_BYTES + (int64_t)one - 1) / (int64_t)one);
+        copies = copies < 1 ? 1 : copies > 64 ? 64 : copies;
+        char *wbuf;
+        CK(cudaMalloc(&wbuf, one * copies));
+        fill_rand(wbuf, one * copies);
+        for (int c = 0; c < copies; c++)
+            fill_half(wbuf + c * one + qb + zb, (size_t)(G * N), false);
+        cpu_awq_w *w = (cpu_awq_w *)malloc(sizeof(cpu_awq_w) * copies);
+        for (int c = 0; c < copies; c++) {
+            char *b = wbuf + c * one;
+            w[c] = cpu_awq_w{(const int32_t *)b, (const int32_t *)(b + qb), (const uint16_t *)(b + qb + zb), K, N, N / 8,
+                             N, group};
+        }
+        /* dense bf16 weights for cuBLAS: one copy (bf16 GEMV reads 4x the bytes: rotate 2 copies when they fit) */
+        size_t db = (size_t)(K * N * 2);
+        int dcopies = db * 2 < (size_t)(4ll << 30) ? 2 : 1;
+        char *dw;
+        CK(cudaMalloc(&dw, db * dcopies));
+        fill_half(dw, (size_t)(K * N) * dcopies, true);
+        void *x, *y;
+        CK(cudaMalloc(&x, (size_t)(Mmax * K) * 2));
+        CK(cudaMalloc(&y, (size_t)(Mmax * N) * 2));
+        fill_half(x, (size_t)(Mmax * K), true);
+        size_t wsb = awq_gemv_workspace_bytes(N, K, group);
+        void *ws = NULL;
+        if (wsb) {
+            CK(cudaMalloc(&ws, wsb));
+            CK(cudaMemset(ws, 0, wsb));
+        }
+        const float one_f = 1.0f, zero_f = 0.0f;
+        for (int64_t M = 1; M <= 4; M *= 2) {
+            for (int c = 0; c < copies; c++) /* warm-up */
+                if (awq_gemv(x, M, K, &w[c], y, N, ws, wsb, s)) {
+                    fprintf(stderr, "awq_bench: %s\n", gm_last_error());
+                    return 1;
+                }
+            CK(cudaEventRecord(e0, s));
+            for (int i = 0; i < iters; i++)
+                awq_gemv(x, M, K, &w[i % copies], y, N, ws, wsb, s);
+            CK(cudaEventRecord(e1, s));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            double us = 1000.0 * ms / iters;
+            double bytes = (double)one + (double)(M * K * 2) + (double)(M * N * 2);
+            /* cuBLAS bf16: y^T [N, M] = W [N, K] . x^T, column-major views of row-major data */
+            for (int i = 0; i < 3; i++)
+                cublasGemmEx(cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one_f, dw, CUDA_R_16BF, (int)K, x,
+                             CUDA_R_16BF, (int)K, &zero_f, y, CUDA_R_16BF, (int)N, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT);
+            CK(cudaEventRecord(e0, s));
+            for (int i = 0; i < iters; i++)
+                cublasGemmEx(cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one_f, dw + (i % dcopies) * db,
+                             CUDA_R_16BF, (int)K, x, CUDA_R_16BF, (int)K, &zero_f, y, CUDA_R_16BF, (int)N,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            CK(cudaEventRecord(e1, s));
+            CK(cudaEventSynchronize(e1));
+            float ms2;
+            CK(cudaEventElapsedTime(&ms2, e0, e1));
+            double us2 = 1000.0 * ms2 / iters;
+            printf("GEMV %-11s %6lld %6lld %2lld %9.2f %9.0f %6.1f%% %11.2f %8.2fx\n", sh->name, (long long)K,
+                   (long long)N, (long long)M, us, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / 4200.0, us2,
+                   us2 / us);
+        }
+        const int64_t Ms[] = {16, 64, 256, 1024, 4096};
+        for (int mi = 0; mi < 5; mi++) {
+            int64_t M = Ms[mi];
+            if (quick && M > 1024)
+                continue;
+            int it = M >= 1024 ? iters / 4 + 1 : iters;
+            if (awq_gemm(x, M, K, &w[0], y, N, s)) {
+                fprintf(stderr, "awq_bench: %s\n", gm_last_error());
+                return 1;
+            }
+            CK(cudaEventRecord(e0, s));
+            for (int i = 0; i < it; i++)
+                awq_gemm(x, M, K, &w[i % copies], y, N, s);
+            CK(cudaEventRecord(e1, s));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            double us = 1000.0 * ms / it;
+            cublasGemmEx(cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one_f, dw, CUDA_R_16BF, (int)K, x,
+                         CUDA_R_16BF, (int)K, &zero_f, y, CUDA_R_16BF, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            CK(cudaEventRecord(e0, s));
+            for (int i = 0; i < it; i++)
+                cublasGemmEx(cb, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one_f, dw + (i % dcopies) * db,
+                             CUDA_R_16BF, (int)K, x, CUDA_R_16BF, (int)K, &zero_f, y, CUDA_R_16BF, (int)N,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            CK(cudaEventRecord(e1, s));
+            CK(cudaEventSynchronize(e1));
+            float ms2;
+            CK(cudaEventElapsedTime(&ms2, e0, e1));
+            double us2 = 1000.0 * ms2 / it, fl = 2.0 * (double)M * (double)N * (double)K;
+            printf("GEMM %-11s %6lld %6lld M %5lld: awq %9.2f us %7.1f TFLOP/s | cublas bf16 %9.2f us %7.1f TFLOP/s"
+                   " | awq/cublas %.2fx\n",
+                   sh->name, (long long)K, (long long)N, (long long)M, us, fl / us / 1e6, us2, fl / us2 / 1e6,
+                   us2 / us);
+        }
+        CK(cudaGetLastError());
+        cudaFree(wbuf), cudaFree(dw), cudaFree(x), cudaFree(y), cudaFree(ws);
+        free(w);
+    }
+    cublasDestroy(cb);
+    return 0;
+}

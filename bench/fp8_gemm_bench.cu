@@ -1,0 +1,266 @@
+/* fp8_gemm_bench.cu - cuBLASLt e4m3 GEMM (gemm_fp8) at Gemma's linear shapes, beside 1386 TFLOP/s
+ * (H200, 8192^3 FP8, DESIGN.md) and beside the bf16 path (gemm_bf16, GEMV for T <= 4) on the same
+ * shapes in the same run. Small T is weight-read bound, so the weight GB/s is printed beside
+ * 4.2 TB/s too. The 8192^3 FP8 and bf16 rates measured in this run are printed first.
+ * Weights rotate over enough copies to exceed the L2 cache. Median of 5 timed groups.
+ *
+ *   fp8_gemm_bench [--models 2b,7b] [--t 1,16,64,256,1024,4096] [--fast 0|1|2 (both)] [--csv FILE] */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "common/status.h"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/gemm_fp8.cuh"
+
+#define CU(x)                                                                                                        \
+    do {                                                                                                             \
+        cudaError_t e_ = (x);                                                                                        \
+        if (e_ != cudaSuccess) {                                                                                     \
+            fprintf(stderr, "fp8_gemm_bench: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__);            \
+            exit(1);                                                                                                 \
+        }                                                                                                            \
+    } while (0)
+#define GOK(x)                                                                                                       \
+    do {                                                                                                             \
+        gm_status s_ = (x);                                                                                          \
+        if (s_ != GM_OK) {                                                                                           \
+            fprintf(stderr, "fp8_gemm_bench: %s: %s: %s\n", #x, gm_status_str(s_), gm_last_error());                \
+            exit(1);                                                                                                 \
+        }                                                                                                            \
+    } while (0)
+
+#define CEIL_FP8 1386.0 /* TFLOP/s, H200 8192^3 (DESIGN.md) */
+#define CEIL_GBS 4200.0
+
+/* e4m3 codes (fp8 = 1; |v| in [2^-3, 2^4], never NaN) or bf16 values in [-1, 1) (fp8 = 0). */
+__global__ void fill_kernel(uint8_t *p, int64_t nbytes, uint64_t seed, int fp8)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < nbytes / 4;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        uint64_t h = (uint64_t)i * 0x9e3779b97f4a7c15ull + seed;
+        h ^= h >> 29;
+        h *= 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 32;
+        uint32_t r = (uint32_t)h, v = 0;
+        if (fp8) {
+            for (int k = 0; k < 4; k++) {
+                uint32_t b = (r >> (8 * k)) & 0xff;
+                b = (b & 0x87) | ((4 + ((b >> 3) & 7)) << 3);
+                if ((b & 0x7f) == 0x7f)
+                    b ^= 1;
+                v |= b << (8 * k);
+            }
+        } else {
+            uint32_t lo = (r & 0x807f) | ((120 + ((r >> 7) & 7)) << 7);
+            uint32_t hi = ((r >> 16) & 0x807f) | ((120 + ((r >> 23) & 7)) << 7);
+            v = (lo & 0xffff) | (hi << 16);
+        }
+        reinterpret_cast<uint32_t *>(p)[i] = v;
+    }
+}
+
+static void *dev_rand(size_t bytes, uint64_t seed, int fp8)
+{
+    void *p;
+    CU(cudaMalloc(&p, bytes < 256 ? 256 : bytes));
+    fill_kernel<<<132 * 16, 256>>>((uint8_t *)p, (int64_t)bytes, seed, fp8);
+    CU(cudaGetLastError());
+    return p;
+}
+
+typedef struct gctx {
+    gemm_fp8_ctx *g8;
+    gemm_ctx *g16;
+    void *x8, *x16, *y;
+    void *w8[64], *w16[64];
+    int nrot;
+    float *sx, *sw;
+    int64_t T, N, K;
+    int bf16;
+} gctx;
+
+static void run_one(gctx *c, int rep)
+{
+    int r = rep % c->nrot;
+    if (c->bf16)
+        GOK(gemm_bf16(c->g16, c->x16, c->T, c->K, c->K, c->w16[r], c->K, c->N, c->y, 0, c->N, 0));
+    else
+        GOK(gemm_fp8(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, c->N, 0));
+}
+
+static double time_us(gctx *c, int reps)
+{
+    cudaEvent_t a, b;
+    CU(cudaEventCreate(&a));
+    CU(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++)
+        run_one(c, i);
+    CU(cudaDeviceSynchronize());
+    double t[5];
+    for (int g = 0; g < 5; g++) {
+        CU(cudaEventRecord(a, 0));
+        for (int i = 0; i < reps; i++)
+            run_one(c, i);
+        CU(cudaEventRecord(b, 0));
+        CU(cudaEventSynchronize(b));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, a, b));
+        t[g] = ms * 1000.0 / reps;
+    }
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            if (t[j] < t[i]) {
+                double x = t[i];
+                t[i] = t[j];
+                t[j] = x;
+            }
+    CU(cudaEventDestroy(a));
+    CU(cudaEventDestroy(b));
+    return t[2];
+}
+
+/* Time one shape in fp8 (and bf16 when with_bf16); returns fp8 microseconds. */
+static double bench_shape(gemm_fp8_ctx *g8, gemm_ctx *g16, const char *name, int64_t T, int64_t N, int64_t K,
+                          int with_bf16, int fast, FILE *csv)
+{
+    gctx c;
+    memset(&c, 0, sizeof c);
+    c.g8 = g8, c.g16 = g16, c.T = T, c.N = N, c.K = K;
+    size_t wb = (size_t)N * K;
+    c.nrot = (int)ceil(256e6 / (double)wb);
+    if (c.nrot < 1 || T >= 256)
+        c.nrot = 1;
+    if (c.nrot > 64)
+        c.nrot = 64;
+    for (int i = 0; i < c.nrot; i++) {
+        c.w8[i] = dev_rand(wb, 100 + i, 1);
+        if (with_bf16)
+            c.w16[i] = dev_rand(wb * 2, 200 + i, 0);
+    }
+    c.x8 = dev_rand((size_t)T * K, 3, 1);
+    c.x16 = dev_rand((size_t)T * K * 2, 4, 0);
+    CU(cudaMalloc(&c.y, (size_t)T * N * 2));
+    float s[2] = {0.01f, 0.002f};
+    CU(cudaMalloc(&c.sx, 8));
+    CU(cudaMemcpy(c.sx, s, 8, cudaMemcpyHostToDevice));
+    c.sw = c.sx + 1;
+    double flops = 2.0 * T * N * K;
+    double est = flops / (CEIL_FP8 * 1e12) + wb / (CEIL_GBS * 1e9);
+    int reps = (int)(20e-3 / est);
+    reps = reps < 3 ? 3 : (reps > 3000 ? 3000 : reps);
+    double us = time_us(&c, reps);
+    double tf = flops / (us * 1e-6) / 1e12, gbs = wb / (us * 1e-6) / 1e9;
+    printf("fp8%s  %-12s T=%-5lld N=%-6lld K=%-6lld | %8.1f us %7.1f TFLOP/s %5.1f%% of %g | W %6.0f GB/s %5.1f%%\n",
+           fast ? "f" : " ", name, (long long)T, (long long)N, (long long)K, us, tf, 100.0 * tf / CEIL_FP8, CEIL_FP8,
+           gbs, 100.0 * gbs / CEIL_GBS);
+    if (csv)
+        fprintf(csv, "fp8%s,%s,%lld,%lld,%lld,%.2f,%.2f,%.1f\n", fast ? "_fast" : "", name, (long long)T, (long long)N,
+                (long long)K, us, tf, gbs);
+    if (with_bf16) {
+        c.bf16 = 1;
+        double ub = time_us(&c, reps);
+        double tfb = flops / (ub * 1e-6) / 1e12, gbb = 2.0 * wb / (ub * 1e-6) / 1e9;
+        printf("bf16  %-12s T=%-5lld N=%-6lld K=%-6lld | %8.1f us %7.1f TFLOP/s        (fp8 %.2fx) | W %6.0f GB/s %5.1f%%\n",
+               name, (long long)T, (long long)N, (long long)K, ub, tfb, ub / us, gbb, 100.0 * gbb / CEIL_GBS);
+        if (csv)
+            fprintf(csv, "bf16,%s,%lld,%lld,%lld,%.2f,%.2f,%.1f\n", name, (long long)T, (long long)N, (long long)K, ub,
+                    tfb, gbb);
+    }
+    fflush(stdout);
+    for (int i = 0; i < c.nrot; i++) {
+        cudaFree(c.w8[i]);
+        if (c.w16[i])
+            cudaFree(c.w16[i]);
+    }
+    cudaFree(c.x8), cudaFree(c.x16), cudaFree(c.y), cudaFree(c.sx);
+    return us;
+}
+
+static int parse_list(const char *s, int *out, int max)
+{
+    int n = 0;
+    while (s && *s && n < max) {
+        out[n++] = atoi(s);
+        s = strchr(s, ',');
+        if (s)
+            s++;
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    const char *models = "2b,7b", *csv_path = NULL;
+    int ts[16], nt = parse_list("1,16,64,256,1024,4096", ts, 16), fast_mode = 2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: fp8_gemm_bench [--models 2b,7b] [--t 1,16,64,256,1024,4096] [--fast 0|1|2] [--csv FILE]\n"
+                   "FP8 (cuBLASLt e4m3, bf16 out) GEMM TFLOP/s at Gemma's shapes beside 1386 TFLOP/s, and bf16\n"
+                   "(gemm_bf16) on the same shapes. --fast: 0 accurate accumulation, 1 fast, 2 both (default).\n");
+            return 0;
+        } else if (v && !strcmp(a, "--models")) {
+            models = v, i++;
+        } else if (v && !strcmp(a, "--t")) {
+            nt = parse_list(v, ts, 16), i++;
+        } else if (v && !strcmp(a, "--fast")) {
+            fast_mode = atoi(v), i++;
+        } else if (v && !strcmp(a, "--csv")) {
+            csv_path = v, i++;
+        } else {
+            fprintf(stderr, "fp8_gemm_bench: unknown or incomplete option '%s' (see --help)\n", a);
+            return 2;
+        }
+    }
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        fprintf(stderr, "fp8_gemm_bench: no CUDA device\n");
+        return 77;
+    }
+    cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, 0));
+    FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
+    if (csv)
+        fprintf(csv, "kind,shape,T,N,K,us,tflops,w_gbs\n");
+    gemm_fp8_ctx *g8 = NULL;
+    gemm_ctx *g16 = NULL;
+    GOK(gemm_fp8_ctx_new(0, &g8));
+    GOK(gemm_ctx_new(0, &g16));
+    printf("device %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    printf("-- ceilings measured here (8192^3) --\n");
+    bench_shape(g8, g16, "8192^3", 8192, 8192, 8192, 1, 0, csv);
+    gemm_fp8_ctx_set_fast_accum(g8, 1);
+    bench_shape(g8, g16, "8192^3", 8192, 8192, 8192, 0, 1, csv);
+    gemm_fp8_ctx_set_fast_accum(g8, 0);
+
+    struct {
+        const char *model, *name;
+        int64_t N, K;
+    } shapes[] = {
+        {"2b", "2b qkv", 2560, 2048},    {"2b", "2b o", 2048, 2048},     {"2b", "2b gate_up", 32768, 2048},
+        {"2b", "2b down", 2048, 16384},  {"7b", "7b qkv", 12288, 3072},  {"7b", "7b o", 3072, 4096},
+        {"7b", "7b gate_up", 49152, 3072}, {"7b", "7b down", 3072, 24576},
+    };
+    for (int fast = 0; fast < 2; fast++) {
+        if (fast_mode != 2 && fast != fast_mode)
+            continue;
+        gemm_fp8_ctx_set_fast_accum(g8, fast);
+        printf("-- Gemma shapes, fast accumulation %s --\n", fast ? "on" : "off");
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            if (!strstr(models, shapes[s].model))
+                continue;
+            for (int i = 0; i < nt; i++)
+                bench_shape(g8, g16, shapes[s].name, ts[i], shapes[s].N, shapes[s].K, !fast, fast, csv);
+        }
+    }
+    gemm_fp8_ctx_destroy(&g8);
+    gemm_ctx_destroy(&g16);
+    if (csv)
+        fclose(csv);
+    return 0;
+}

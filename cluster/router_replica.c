@@ -1,0 +1,530 @@
+/* router_replica.c - gemma-router's replicas: sockets, probes, picking, failover,
+ * forwarding their replies, and registration (proto/cluster.proto). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cluster/router_int.h"
+#include "common/log.h"
+
+static void replica_close_socket(rt_replica *p)
+{
+    if (p->sock) {
+        zmq_socket_monitor(p->sock, NULL, 0);
+        zmq_close(p->sock);
+        p->sock = NULL;
+    }
+    if (p->mon) {
+        zmq_close(p->mon);
+        p->mon = NULL;
+    }
+}
+
+/* (Re)create the DEALER to p's endpoint with its disconnect monitor. */
+static gm_status replica_open_socket(gc_router *r, rt_replica *p)
+{
+    replica_close_socket(p);
+    p->sock = zmq_socket(r->ctx, ZMQ_DEALER);
+    if (!p->sock)
+        return gm_fail(GM_ERR_ZMQ, "zmq_socket: %s", zmq_strerror(errno));
+    int zero = 0, one = 1, ivl = 100, ivl_max = 1000;
+    zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof(zero));
+    zmq_setsockopt(p->sock, ZMQ_SNDHWM, &zero, sizeof(zero));
+    zmq_setsockopt(p->sock, ZMQ_RCVHWM, &zero, sizeof(zero));
+    zmq_setsockopt(p->sock, ZMQ_IMMEDIATE, &one, sizeof(one)); /* never queue for a dead peer */
+    zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
+    zmq_setsockopt(p->sock, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof(ivl_max));
+    if (p->server_key[0]) {
+        if (!r->curve)
+            return gm_fail(GM_ERR_INVALID_ARG, "replica %s has a CURVE key but the router has no key pair "
+                                               "(set curve = true and curve_secret_key)", p->endpoint);
+        gm_status s = gc_curve_set_client(p->sock, &r->kp, p->server_key);
+        if (s != GM_OK)
+            return s;
+    }
+    char mon_ep[96];
+    snprintf(mon_ep, sizeof(mon_ep), "inproc://gc-router-mon-%p-%d-%d", (void *)r, p->serial, r->serial++);
+    if (zmq_socket_monitor(p->sock, mon_ep, ZMQ_EVENT_DISCONNECTED) == 0) {
+        p->mon = zmq_socket(r->ctx, ZMQ_PAIR);
+        zmq_setsockopt(p->mon, ZMQ_LINGER, &zero, sizeof(zero));
+        if (zmq_connect(p->mon, mon_ep) != 0) {
+            zmq_close(p->mon);
+            p->mon = NULL;
+        }
+    }
+    if (zmq_connect(p->sock, p->endpoint) != 0)
+        return gm_fail(GM_ERR_INVALID_ARG, "replica endpoint '%s': %s", p->endpoint, zmq_strerror(errno));
+    return GM_OK;
+}
+
+static void replica_set_label(rt_replica *p)
+{
+    if (strcmp(p->name, p->endpoint) != 0)
+        snprintf(p->label, sizeof(p->label), "%s (%s)", p->name, p->endpoint);
+    else
+        snprintf(p->label, sizeof(p->label), "%s", p->endpoint);
+}
+
+rt_replica *rt_replica_add(gc_router *r, const char *endpoint, const char *name, const char *server_key,
+                               bool dynamic, int32_t max_in_flight)
+{
+    if (r->n_reps == r->cap_reps) {
+        int cap = r->cap_reps ? r->cap_reps * 2 : 8;
+        rt_replica **n = realloc(r->reps, (size_t)cap * sizeof(*n));
+        if (!n) {
+            gm_fail(GM_ERR_NOMEM, "replica table of %d", cap);
+            return NULL;
+        }
+        r->reps = n;
+        r->cap_reps = cap;
+    }
+    rt_replica *p = calloc(1, sizeof(*p));
+    if (!p) {
+        gm_fail(GM_ERR_NOMEM, "replica '%s'", endpoint);
+        return NULL;
+    }
+    p->endpoint = strdup(endpoint);
+    p->name = strdup(name && *name ? name : endpoint);
+    if (server_key)
+        snprintf(p->server_key, sizeof(p->server_key), "%s", server_key);
+    p->dynamic = dynamic;
+    p->max_in_flight = max_in_flight > 0 ? max_in_flight : r->cfg->max_in_flight;
+    p->serial = r->serial++;
+    p->down_since = p->last_register = rt_now_ms();
+    if (!p->endpoint || !p->name)
+        gm_fail(GM_ERR_NOMEM, "replica '%s'", endpoint);
+    if (!p->endpoint || !p->name || replica_open_socket(r, p) != GM_OK) {
+        replica_close_socket(p);
+        free(p->endpoint);
+        free(p->name);
+        free(p);
+        return NULL;
+    }
+    r->reps[r->n_reps++] = p;
+    rt_update_counts(r);
+    replica_set_label(p);
+    GM_INFO("replica %s added%s", p->label, dynamic ? " by registration" : "");
+    return p;
+}
+
+void rt_replica_free(rt_replica *p)
+{
+    replica_close_socket(p);
+    if (p->health)
+        gemma__v1__server_message__free_unpacked(p->health, NULL);
+    if (p->stats)
+        gemma__v1__server_message__free_unpacked(p->stats, NULL);
+    free(p->endpoint);
+    free(p->name);
+    free(p);
+}
+
+/* Drop replica i (it has no requests). */
+void rt_replica_remove(gc_router *r, int i)
+{
+    rt_replica *p = r->reps[i];
+    GM_INFO("replica %s removed", p->label);
+    for (rt_req *q = r->q_head; q; q = q->qnext)
+        if (q->last_rep == p)
+            q->last_rep = NULL;
+    rt_replica_free(p);
+    memmove(&r->reps[i], &r->reps[i + 1], (size_t)(r->n_reps - i - 1) * sizeof(*r->reps));
+    r->n_reps--;
+    rt_update_counts(r);
+}
+
+static bool replica_usable(const gc_router *r, const rt_replica *p)
+{
+    return p->up && p->serving && !p->draining && p->in_flight < p->max_in_flight && p->sock;
+}
+
+/* The least-loaded usable replica other than exclude (round-robin among ties). */
+rt_replica *rt_replica_pick(gc_router *r, const rt_replica *exclude)
+{
+    rt_replica *best = NULL;
+    int64_t best_load = 0;
+    int n = r->n_reps;
+    for (int k = 0; k < n; k++) {
+        rt_replica *p = r->reps[(r->rr + k) % n];
+        if (p == exclude || !replica_usable(r, p))
+            continue;
+        int64_t load = (int64_t)p->in_flight + p->ext_load;
+        if (!best || load < best_load) {
+            best = p;
+            best_load = load;
+        }
+    }
+    if (best)
+        r->rr = (r->rr + 1) % (n ? n : 1);
+    return best;
+}
+
+/* Publish the replica counts (read by other threads through gc_router_get_counts). */
+void rt_update_counts(gc_router *r)
+{
+    int32_t up = 0, serving = 0;
+    for (int i = 0; i < r->n_reps; i++) {
+        up += r->reps[i]->up;
+        serving += r->reps[i]->up && r->reps[i]->serving && !r->reps[i]->draining;
+    }
+    atomic_store(&r->c_up, up);
+    atomic_store(&r->c_serving, serving);
+    atomic_store(&r->c_known, r->n_reps);
+}
+
+/* Take p out: fail or move its requests, and reconnect its socket from scratch
+ * (so nothing queued for it is delivered when it comes back). */
+void rt_replica_down(gc_router *r, rt_replica *p, const char *why)
+{
+    if (p->up)
+        atomic_fetch_add(&r->c_rep_fail, 1);
+    GM_WARN("replica %s taken out: %s; %d request(s) in flight there", p->label, why,
+            p->in_flight);
+    p->up = p->serving = false;
+    p->down_since = rt_now_ms();
+    p->failures++;
+    p->ext_load = 0;
+    int n = 0, cap = p->in_flight > 0 ? p->in_flight : 1;
+    rt_req **moved = malloc((size_t)cap * sizeof(*moved));
+    for (size_t b = 0; b < RT_BUCKETS && moved && n < p->in_flight; b++)
+        for (rt_req *q = r->by_rid[b]; q; q = q->next_rid)
+            if (q->rep == p && n < cap)
+                moved[n++] = q;
+    if (replica_open_socket(r, p) != GM_OK)
+        GM_ERROR("replica %s: cannot reopen its socket: %s", p->name, gm_last_error());
+    rt_update_counts(r);
+    for (int i = 0; i < n; i++) {
+        rt_req *q = moved[i];
+        q->rep = NULL;
+        p->in_flight--;
+        q->last_rep = p;
+        char text[300];
+        if (q->cancelled) {
+            rt_req_finish(r, q, GEMMA__V1__FINISH_REASON__FINISH_CANCELLED, GEMMA__V1__ERROR_CODE__CANCELLED,
+                       "cancelled");
+        } else if (q->started) {
+            snprintf(text, sizeof(text), "replica %s failed while streaming this request (%s)", p->name, why);
+            rt_req_finish(r, q, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__WORKER_FAILED, text);
+        } else {
+            atomic_fetch_add(&r->c_resent, 1);
+            rt_req_dispatch(r, q, false);
+        }
+    }
+    if (!moved && p->in_flight > 0)
+        GM_ERROR("out of memory failing over replica %s", p->name);
+    free(moved);
+}
+
+static void replica_heard(gc_router *r, rt_replica *p, double now)
+{
+    p->last_heard = now;
+    if (!p->up) {
+        p->up = true;
+        GM_INFO("replica %s is up", p->label);
+        rt_update_counts(r);
+    }
+}
+
+void rt_replica_probe(gc_router *r, rt_replica *p, double now)
+{
+    Gemma__V1__ClientMessage m = GEMMA__V1__CLIENT_MESSAGE__INIT;
+    Gemma__V1__HealthRequest h = GEMMA__V1__HEALTH_REQUEST__INIT;
+    Gemma__V1__StatsRequest s = GEMMA__V1__STATS_REQUEST__INIT;
+    uint8_t buf[64];
+    m.protocol_version = RT_PROTO_MAJOR;
+    m.request_id = r->next_rid++;
+    m.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_HEALTH;
+    m.health = &h;
+    size_t n = gemma__v1__client_message__pack(&m, buf);
+    zmq_send(p->sock, buf, n, ZMQ_DONTWAIT);
+    m.request_id = r->next_rid++;
+    m.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_STATS;
+    m.stats = &s;
+    n = gemma__v1__client_message__pack(&m, buf);
+    zmq_send(p->sock, buf, n, ZMQ_DONTWAIT);
+    p->last_probe = now;
+    p->in_flight_at_probe = p->in_flight;
+}
+
+static bool retryable(Gemma__V1__ErrorCode c)
+{
+    return c == GEMMA__V1__ERROR_CODE__OVERLOADED || c == GEMMA__V1__ERROR_CODE__SHUTTING_DOWN ||
+           c == GEMMA__V1__ERROR_CODE__WORKER_FAILED;
+}
+
+/* q was refused by its replica before producing anything: try elsewhere. */
+static void req_retry(gc_router *r, rt_req *q)
+{
+    rt_replica *p = q->rep;
+    if (p)
+        p->in_flight--;
+    q->rep = NULL;
+    q->last_rep = p;
+    atomic_fetch_add(&r->c_resent, 1);
+    rt_req_dispatch(r, q, false);
+}
+
+/* One ServerMessage from replica p. */
+void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t len, double now)
+{
+    Gemma__V1__ServerMessage *m = gemma__v1__server_message__unpack(NULL, len, data);
+    if (!m) {
+        GM_WARN("replica %s sent an undecodable %zu-byte frame", p->name, len);
+        return;
+    }
+    replica_heard(r, p, now);
+    bool keep = false;
+    switch (m->body_case) {
+    case GEMMA__V1__SERVER_MESSAGE__BODY_HEALTH:
+        if (p->serving != (m->health->serving && !m->health->shutting_down)) {
+            p->serving = !p->serving;
+            GM_INFO("replica %s %s serving", p->name, p->serving ? "is" : "stopped");
+            rt_update_counts(r);
+        }
+        if (p->health)
+            gemma__v1__server_message__free_unpacked(p->health, NULL);
+        p->health = m;
+        keep = true;
+        break;
+    case GEMMA__V1__SERVER_MESSAGE__BODY_STATS: {
+        int64_t theirs = (int64_t)m->stats->running + m->stats->waiting - p->in_flight_at_probe;
+        p->ext_load = theirs > 0 ? (int32_t)theirs : 0;
+        if (p->stats)
+            gemma__v1__server_message__free_unpacked(p->stats, NULL);
+        p->stats = m;
+        keep = true;
+        break;
+    }
+    case GEMMA__V1__SERVER_MESSAGE__BODY_ERROR: {
+        rt_req *q = rt_req_by_rid(r, m->error->request_id);
+        if (!q || q->rep != p) {
+            if (m->error->code == GEMMA__V1__ERROR_CODE__UNSUPPORTED_VERSION) {
+                GM_WARN("replica %s speaks another protocol version: %s", p->name, m->error->message);
+                p->serving = false;
+            }
+            break;
+        }
+        if (retryable(m->error->code) && !q->started && !q->cancelled) {
+            req_retry(r, q);
+        } else {
+            rt_send_error(r, q->client->id, q->client->id_len, q->cid, m->error->code, m->error->message);
+            atomic_fetch_add(&r->c_failed, 1);
+            rt_req_remove(r, q);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    if (m->n_chunks == 0) {
+        if (!keep)
+            gemma__v1__server_message__free_unpacked(m, NULL);
+        return;
+    }
+
+    /* Forward chunks, one message per client. */
+    size_t nc = m->n_chunks;
+    rt_req **reqs = calloc(nc, sizeof(*reqs));
+    Gemma__V1__GenerateChunk **grouped = malloc(nc * sizeof(*grouped));
+    rt_client **groups = malloc(nc * sizeof(*groups));
+    int32_t *gstart = calloc(nc + 1, sizeof(*gstart)), *gfill = calloc(nc + 1, sizeof(*gfill));
+    if (!reqs || !grouped || !groups || !gstart || !gfill) {
+        GM_ERROR("out of memory forwarding %zu chunks from %s", nc, p->name);
+        goto out;
+    }
+    uint64_t stamp = ++r->stamp;
+    int ng = 0;
+    for (size_t i = 0; i < nc; i++) {
+        Gemma__V1__GenerateChunk *ch = m->chunks[i];
+        rt_req *q = rt_req_by_rid(r, ch->request_id);
+        if (!q || q->rep != p || q->done)
+            continue; /* already ended here (cancel, failover) */
+        bool final = ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE;
+        if (final && ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR && retryable(ch->error_code) &&
+            !q->started && !q->cancelled && ch->n_token_ids == 0 && ch->text.len == 0) {
+            req_retry(r, q);
+            continue;
+        }
+        q->started = true;
+        ch->request_id = q->cid;
+        reqs[i] = q;
+        if (final) {
+            q->done = true;
+            if (ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED)
+                atomic_fetch_add(&r->c_cancelled, 1);
+            else if (ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR)
+                atomic_fetch_add(&r->c_failed, 1);
+            else
+                atomic_fetch_add(&r->c_finished, 1);
+        }
+        rt_client *c = q->client;
+        if (c->stamp != stamp) {
+            c->stamp = stamp;
+            c->group = ng;
+            groups[ng++] = c;
+        }
+        gstart[c->group + 1]++;
+    }
+    for (int g = 0; g < ng; g++)
+        gstart[g + 1] += gstart[g];
+    for (size_t i = 0; i < nc; i++)
+        if (reqs[i]) {
+            int g = reqs[i]->client->group;
+            grouped[gstart[g] + gfill[g]++] = m->chunks[i];
+        }
+    for (int g = 0; g < ng; g++) {
+        Gemma__V1__ServerMessage out = GEMMA__V1__SERVER_MESSAGE__INIT;
+        out.n_chunks = (size_t)(gstart[g + 1] - gstart[g]);
+        out.chunks = grouped + gstart[g];
+        if (groups[g]->gone)
+            continue;
+        if (!rt_send_to_client(r, groups[g]->id, groups[g]->id_len, &out)) {
+            /* the client is gone: stop its requests here and at the replicas */
+            GM_INFO("a client left with %lld request(s) in flight: cancelling them", (long long)groups[g]->n_req);
+            groups[g]->gone = true;
+            for (size_t b = 0; b < RT_BUCKETS; b++)
+                for (rt_req *q = r->by_rid[b]; q; q = q->next_rid)
+                    if (q->client == groups[g] && !q->done) {
+                        q->cancelled = true;
+                        rt_cancel_at_replica(r, q);
+                    }
+        }
+    }
+    for (size_t i = 0; i < nc; i++)
+        if (reqs[i] && reqs[i]->done)
+            rt_req_remove(r, reqs[i]);
+out:
+    free(reqs);
+    free(grouped);
+    free(groups);
+    free(gstart);
+    free(gfill);
+    if (!keep)
+        gemma__v1__server_message__free_unpacked(m, NULL);
+}
+
+static void reg_reply(gc_router *r, const uint8_t *id, size_t id_len, bool ok, const char *err)
+{
+    Gemma__Cluster__V1__ClusterMessage m = GEMMA__CLUSTER__V1__CLUSTER_MESSAGE__INIT;
+    Gemma__Cluster__V1__RegisterAck a = GEMMA__CLUSTER__V1__REGISTER_ACK__INIT;
+    a.accepted = ok;
+    a.error = (char *)(err ? err : "");
+    a.router = r->listen_ep;
+    a.heartbeat_ms = r->cfg->heartbeat_ms;
+    m.body_case = GEMMA__CLUSTER__V1__CLUSTER_MESSAGE__BODY_ACK;
+    m.ack = &a;
+    uint8_t buf[1024];
+    size_t n = gemma__cluster__v1__cluster_message__get_packed_size(&m);
+    if (n > sizeof(buf))
+        return;
+    gemma__cluster__v1__cluster_message__pack(&m, buf);
+    if (zmq_send(r->reg, id, id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 || zmq_send(r->reg, buf, n, ZMQ_DONTWAIT) < 0)
+        GM_WARN("cannot answer a registration: %s", zmq_strerror(errno));
+}
+
+static rt_replica *replica_find(gc_router *r, const char *name, const char *endpoint)
+{
+    for (int i = 0; i < r->n_reps; i++) {
+        rt_replica *p = r->reps[i];
+        if ((name && *name && strcmp(p->name, name) == 0) || (endpoint && *endpoint && strcmp(p->endpoint, endpoint) == 0))
+            return p;
+    }
+    return NULL;
+}
+
+void rt_on_register_msg(gc_router *r, const uint8_t *id, size_t id_len, const uint8_t *data, size_t len, double now)
+{
+    Gemma__Cluster__V1__ClusterMessage *m = gemma__cluster__v1__cluster_message__unpack(NULL, len, data);
+    if (!m) {
+        reg_reply(r, id, id_len, false, "not a gemma.cluster.v1.ClusterMessage");
+        return;
+    }
+    if (m->body_case == GEMMA__CLUSTER__V1__CLUSTER_MESSAGE__BODY_REG) {
+        const Gemma__Cluster__V1__Register *g = m->reg;
+        char err[200] = "";
+        if (g->version != GEMMA__CLUSTER__V1__CLUSTER_VERSION__CLUSTER_VERSION_CURRENT)
+            snprintf(err, sizeof(err), "cluster protocol version %u, router speaks %d", g->version,
+                     GEMMA__CLUSTER__V1__CLUSTER_VERSION__CLUSTER_VERSION_CURRENT);
+        else if (!g->endpoint || !*g->endpoint)
+            snprintf(err, sizeof(err), "Register without an endpoint");
+        else if (g->server_key && *g->server_key && !gc_curve_valid_z85(g->server_key))
+            snprintf(err, sizeof(err), "server_key is not a Z85 public key");
+        else if (g->server_key && *g->server_key && !r->curve)
+            snprintf(err, sizeof(err), "the replica uses CURVE but the router has no key pair");
+        if (err[0]) {
+            GM_WARN("registration refused: %s", err);
+            reg_reply(r, id, id_len, false, err);
+            gemma__cluster__v1__cluster_message__free_unpacked(m, NULL);
+            return;
+        }
+        rt_replica *p = replica_find(r, g->name, g->endpoint);
+        if (!p) {
+            p = rt_replica_add(r, g->endpoint, g->name, g->server_key, true, g->max_in_flight);
+            if (!p) {
+                snprintf(err, sizeof(err), "cannot connect to '%s': %s", g->endpoint, gm_last_error());
+                reg_reply(r, id, id_len, false, err);
+                gemma__cluster__v1__cluster_message__free_unpacked(m, NULL);
+                return;
+            }
+        } else if (strcmp(p->endpoint, g->endpoint) != 0 ||
+                   strcmp(p->server_key, g->server_key ? g->server_key : "") != 0) {
+            GM_INFO("replica %s moved to %s", p->name, g->endpoint);
+            char *ep = strdup(g->endpoint);
+            if (ep) {
+                if (p->up)
+                    rt_replica_down(r, p, "re-registered at another endpoint");
+                free(p->endpoint);
+                p->endpoint = ep;
+                replica_set_label(p);
+                snprintf(p->server_key, sizeof(p->server_key), "%s", g->server_key ? g->server_key : "");
+                replica_open_socket(r, p);
+            }
+        }
+        if (p->draining)
+            GM_INFO("replica %s registered again", p->name);
+        p->draining = false;
+        p->last_register = now;
+        rt_update_counts(r);
+        if (g->max_in_flight > 0)
+            p->max_in_flight = g->max_in_flight;
+        reg_reply(r, id, id_len, true, NULL);
+    } else if (m->body_case == GEMMA__CLUSTER__V1__CLUSTER_MESSAGE__BODY_UNREGISTER) {
+        rt_replica *p = replica_find(r, m->unregister->name, m->unregister->endpoint);
+        if (p && !p->draining) {
+            GM_INFO("replica %s unregistered (%s): draining %d request(s)", p->name,
+                    m->unregister->reason ? m->unregister->reason : "", p->in_flight);
+            p->draining = true;
+            rt_update_counts(r);
+        }
+    }
+    gemma__cluster__v1__cluster_message__free_unpacked(m, NULL);
+}
+
+/* True when the monitor reported that p's connection dropped. */
+bool rt_drain_monitor(rt_replica *p)
+{
+    bool lost = false;
+    for (;;) {
+        zmq_msg_t ev;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, p->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return lost;
+        }
+        if (zmq_msg_size(&ev) >= 2) {
+            uint16_t e;
+            memcpy(&e, zmq_msg_data(&ev), 2);
+            if (e == ZMQ_EVENT_DISCONNECTED)
+                lost = true;
+        }
+        int more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        while (more) {
+            zmq_msg_t x;
+            zmq_msg_init(&x);
+            zmq_msg_recv(&x, p->mon, 0);
+            more = zmq_msg_more(&x);
+            zmq_msg_close(&x);
+        }
+    }
+}

@@ -1,0 +1,413 @@
+/* test_gpu_fp8.c - the FP8 kernels against their CPU twins (kernels/cpu/cpu_fp8.h) and against the
+ * unfused bf16 kernels they replace:
+ *   - weight / static / dynamic quantization: bit-exact scale and codes vs the CPU twin;
+ *   - rmsnorm_fp8, add_rmsnorm_fp8, geglu_fp8: bit-exact vs k_rmsnorm/k_add_rmsnorm/k_geglu followed
+ *     by k_fp8_quantize, and close (normalized error of the dequantized values) to the CPU twin;
+ *   - the FP8 KV write: bit-exact vs cpu_fp8_kv_write;
+ *   - gemm_fp8 (cuBLASLt e4m3): normalized error vs cpu_fp8_matmul_q at Gemma's shapes, T in
+ *     {1, 16, 64, 256, 1024} (rows sampled for large T), accurate and fast accumulation.
+ * Exit 77 without a GPU. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <cuda_runtime_api.h>
+
+#include "common/dtype.h"
+#include "kernels/cpu/cpu_fp8.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/fp8.cuh"
+#include "kernels/cuda/geglu.cuh"
+#include "kernels/cuda/gemm_fp8.cuh"
+#include "kernels/cuda/rmsnorm.cuh"
+
+#define CK(x) assert_int_equal((int)(x), 0)
+#define GOK(x)                                                                                                       \
+    do {                                                                                                             \
+        gm_status s_ = (x);                                                                                          \
+        if (s_ != GM_OK)                                                                                             \
+            fail_msg("%s: %s: %s", #x, gm_status_str(s_), gm_last_error());                                          \
+    } while (0)
+
+static uint64_t g_rng = 0x2545f4914f6cdd1dull;
+static uint32_t rnd(void)
+{
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(g_rng >> 33);
+}
+static float frand(void) /* [-1, 1) */
+{
+    return (float)(rnd() & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+static void *dev_put(const void *h, size_t bytes)
+{
+    void *d = NULL;
+    CK(cudaMalloc(&d, bytes ? bytes : 16));
+    if (h)
+        CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static void *get(const void *d, size_t bytes)
+{
+    void *h = malloc(bytes ? bytes : 1);
+    CK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
+    return h;
+}
+
+static float get_f32(const float *d)
+{
+    float v;
+    CK(cudaMemcpy(&v, d, 4, cudaMemcpyDeviceToHost));
+    return v;
+}
+
+/* n bf16 values of roughly normal shape times scale: bits in *b, values in *f. */
+static void rand_bf16(int64_t n, float scale, uint16_t **b, float **f)
+{
+    *b = malloc(n * 2);
+    *f = malloc(n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) {
+        (*b)[i] = gm_f32_to_bf16((frand() + frand() + frand()) * scale);
+        (*f)[i] = gm_bf16_to_f32((*b)[i]);
+    }
+}
+
+static int64_t count_diff(const uint8_t *a, const uint8_t *b, int64_t n)
+{
+    int64_t d = 0;
+    for (int64_t i = 0; i < n; i++)
+        d += a[i] != b[i];
+    return d;
+}
+
+static double nerr_codes(const uint8_t *a, float sa, const uint8_t *b, float sb, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double x = gm_e4m3_to_f32(a[i]) * sa, y = gm_e4m3_to_f32(b[i]) * sb;
+        num += (x - y) * (x - y);
+        den += y * y;
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* Weight and activation quantization: bit-exact against the CPU twin. */
+static void test_quantize(void **st)
+{
+    (void)st;
+    const int64_t sizes[] = {2048 * 256, 8 * 1000 + 8, 1001};
+    for (int s = 0; s < 3; s++) {
+        int64_t n = sizes[s];
+        uint16_t *wb;
+        float *wf;
+        rand_bf16(n, 0.02f, &wb, &wf);
+        void *dw = dev_put(wb, n * 2), *dq = dev_put(NULL, n);
+        float *dsc = dev_put(NULL, 4), *damax = dev_put(NULL, 4);
+        GOK(k_fp8_quantize_weight(dw, n, dsc, damax, dq, 0));
+        CK(cudaDeviceSynchronize());
+        float sc = cpu_fp8_scale(cpu_fp8_amax(wb, GM_DT_BF16, n));
+        assert_true(get_f32(dsc) == sc);
+        uint8_t *qg = get(dq, n), *qc = malloc(n);
+        cpu_fp8_quantize(wb, GM_DT_BF16, n, sc, qc);
+        assert_int_equal(count_diff(qg, qc, n), 0);
+        /* static quantization with a given scale */
+        float sc2 = sc * 1.7f;
+        CK(cudaMemcpy(dsc, &sc2, 4, cudaMemcpyHostToDevice));
+        GOK(k_fp8_quantize_static(dw, n, dsc, dq, 0));
+        free(qg);
+        qg = get(dq, n);
+        cpu_fp8_quantize(wb, GM_DT_BF16, n, sc2, qc);
+        assert_int_equal(count_diff(qg, qc, n), 0);
+        free(wb), free(wf), free(qg), free(qc);
+        cudaFree(dw), cudaFree(dq), cudaFree(dsc), cudaFree(damax);
+    }
+    /* activations [rows, dim] inside a wider row: static and dynamic */
+    const int64_t rows = 37, dim = 2048, ld = 2560;
+    uint16_t *xb;
+    float *xf;
+    rand_bf16(rows * ld, 3.0f, &xb, &xf);
+    void *dx = dev_put(xb, rows * ld * 2), *dq = dev_put(NULL, rows * dim);
+    float *dsc = dev_put(NULL, 4), *damax = dev_put(NULL, 4);
+    float *xs = malloc(rows * dim * sizeof(float));
+    for (int64_t r = 0; r < rows; r++)
+        memcpy(xs + r * dim, xf + r * ld, dim * sizeof(float));
+    uint8_t *qc = malloc(rows * dim);
+    fp8_act a = {dsc, damax, NULL};
+    GOK(k_fp8_quantize(dx, ld, rows, dim, &a, dq, 0));
+    float dyn = cpu_fp8_act_scale(xs, rows * dim);
+    assert_true(get_f32(dsc) == dyn);
+    cpu_fp8_quantize_act(xs, rows * dim, dyn, qc);
+    uint8_t *qg = get(dq, rows * dim);
+    assert_int_equal(count_diff(qg, qc, rows * dim), 0);
+    free(qg);
+    float stat = 0.01f;
+    CK(cudaMemcpy(dsc, &stat, 4, cudaMemcpyHostToDevice));
+    fp8_act as = {dsc, NULL, NULL};
+    GOK(k_fp8_quantize(dx, ld, rows, dim, &as, dq, 0));
+    cpu_fp8_quantize_act(xs, rows * dim, stat, qc); /* saturates: |x| up to 9 > 448 * 0.01 */
+    qg = get(dq, rows * dim);
+    assert_int_equal(count_diff(qg, qc, rows * dim), 0);
+    free(qg), free(qc), free(xb), free(xf), free(xs);
+    cudaFree(dx), cudaFree(dq), cudaFree(dsc), cudaFree(damax);
+}
+
+/* Fused RMSNorm -> fp8 equals k_rmsnorm then k_fp8_quantize, and is close to the CPU twin. */
+static void check_rmsnorm_fp8(int64_t n, int64_t dim, int add, int delta_f32, int dynamic)
+{
+    uint16_t *xb, *db;
+    float *xf, *df;
+    rand_bf16(n * dim, 1.5f, &xb, &xf);
+    rand_bf16(n * dim, 0.5f, &db, &df);
+    float *w1 = malloc(dim * sizeof(float));
+    for (int64_t i = 0; i < dim; i++)
+        w1[i] = 1.0f + gm_round_bf16(frand() * 0.5f);
+    void *dx = dev_put(xb, n * dim * 2), *dx2 = dev_put(xb, n * dim * 2);
+    void *ddelta = delta_f32 ? dev_put(df, n * dim * 4) : dev_put(db, n * dim * 2);
+    float *dw = dev_put(w1, dim * 4);
+    void *dq = dev_put(NULL, n * dim), *dq2 = dev_put(NULL, n * dim), *dnorm = dev_put(NULL, n * dim * 2);
+    void *dtmp = dev_put(NULL, n * dim * 2);
+    float *dsc = dev_put(NULL, 4), *dsc2 = dev_put(NULL, 4), *damax = dev_put(NULL, 4), *damax2 = dev_put(NULL, 4);
+    float stat = 0.02f;
+    CK(cudaMemcpy(dsc, &stat, 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dsc2, &stat, 4, cudaMemcpyHostToDevice));
+    fp8_act a = {dsc, dynamic ? damax : NULL, dynamic ? dtmp : NULL};
+    fp8_act a2 = {dsc2, dynamic ? damax2 : NULL, NULL};
+    if (add) {
+        GOK(k_add_rmsnorm_fp8(dx, ddelta, delta_f32, dw, n, dim, 1e-6f, &a, dq, 0));
+        GOK(k_add_rmsnorm(dx2, ddelta, delta_f32, dw, n, dim, 1e-6f, dnorm, 0));
+    } else {
+        GOK(k_rmsnorm_fp8(dx, dim, dw, n, dim, 1e-6f, &a, dq, 0));
+        GOK(k_rmsnorm(dx2, dim, dw, n, dim, 1e-6f, dnorm, dim, 0));
+    }
+    GOK(k_fp8_quantize(dnorm, dim, n, dim, &a2, dq2, 0));
+    CK(cudaDeviceSynchronize());
+    uint8_t *q1 = get(dq, n * dim), *q2 = get(dq2, n * dim);
+    assert_int_equal(count_diff(q1, q2, n * dim), 0);
+    float s1 = get_f32(dsc), s2 = get_f32(dsc2);
+    assert_true(s1 == s2);
+    if (add) { /* the residual stream was updated identically */
+        uint16_t *h1 = get(dx, n * dim * 2), *h2 = get(dx2, n * dim * 2);
+        assert_memory_equal(h1, h2, n * dim * 2);
+        free(h1), free(h2);
+    }
+    /* CPU twin: rmsnorm in f32, bf16, quantize */
+    float *h = malloc(n * dim * sizeof(float)), *y = malloc(n * dim * sizeof(float));
+    for (int64_t i = 0; i < n * dim; i++)
+        h[i] = add ? gm_round_bf16(xf[i] + (delta_f32 ? df[i] : gm_bf16_to_f32(db[i]))) : xf[i];
+    float *wraw = malloc(dim * sizeof(float));
+    for (int64_t i = 0; i < dim; i++)
+        wraw[i] = w1[i] - 1.0f;
+    cpu_rmsnorm(h, wraw, GM_DT_F32, n, dim, 1e-6f, y);
+    float sc = dynamic ? cpu_fp8_act_scale(y, n * dim) : stat;
+    uint8_t *qc = malloc(n * dim);
+    cpu_fp8_quantize_act(y, n * dim, sc, qc);
+    double e = nerr_codes(q1, s1, qc, sc, n * dim);
+    int64_t diff = count_diff(q1, qc, n * dim);
+    print_message("rmsnorm_fp8 n=%lld dim=%lld add=%d f32=%d dyn=%d: vs CPU %.2e, %lld/%lld codes differ\n",
+                  (long long)n, (long long)dim, add, delta_f32, dynamic, e, (long long)diff, (long long)(n * dim));
+    assert_true(e < 0.01);
+    assert_true(diff * 50 < n * dim); /* only rounding-boundary cases (rsqrt, sum order) */
+    free(xb), free(db), free(xf), free(df), free(w1), free(q1), free(q2), free(h), free(y), free(wraw), free(qc);
+    cudaFree(dx), cudaFree(dx2), cudaFree(ddelta), cudaFree(dw), cudaFree(dq), cudaFree(dq2), cudaFree(dnorm);
+    cudaFree(dtmp), cudaFree(dsc), cudaFree(dsc2), cudaFree(damax), cudaFree(damax2);
+}
+
+static void test_rmsnorm_fp8(void **st)
+{
+    (void)st;
+    check_rmsnorm_fp8(17, 2048, 0, 0, 0);
+    check_rmsnorm_fp8(17, 2048, 0, 0, 1);
+    check_rmsnorm_fp8(5, 3072, 1, 0, 0);
+    check_rmsnorm_fp8(5, 3072, 1, 1, 1);
+    check_rmsnorm_fp8(64, 2048, 1, 1, 0);
+    check_rmsnorm_fp8(3, 128, 1, 0, 1);
+}
+
+static void check_geglu_fp8(int64_t T, int64_t n, int dynamic)
+{
+    uint16_t *gb;
+    float *gf;
+    rand_bf16(T * 2 * n, 1.0f, &gb, &gf);
+    void *dgu = dev_put(gb, T * 2 * n * 2), *dout = dev_put(NULL, T * n * 2), *dtmp = dev_put(NULL, T * n * 2);
+    void *dq = dev_put(NULL, T * n), *dq2 = dev_put(NULL, T * n);
+    float *dsc = dev_put(NULL, 4), *dsc2 = dev_put(NULL, 4), *damax = dev_put(NULL, 4), *damax2 = dev_put(NULL, 4);
+    float stat = 0.005f;
+    CK(cudaMemcpy(dsc, &stat, 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dsc2, &stat, 4, cudaMemcpyHostToDevice));
+    fp8_act a = {dsc, dynamic ? damax : NULL, dynamic ? dtmp : NULL};
+    fp8_act a2 = {dsc2, dynamic ? damax2 : NULL, NULL};
+    GOK(k_geglu_fp8(dgu, T, n, &a, dq, 0));
+    GOK(k_geglu(dgu, T, n, dout, 0));
+    GOK(k_fp8_quantize(dout, n, T, n, &a2, dq2, 0));
+    CK(cudaDeviceSynchronize());
+    uint8_t *q1 = get(dq, T * n), *q2 = get(dq2, T * n);
+    assert_int_equal(count_diff(q1, q2, T * n), 0);
+    float s1 = get_f32(dsc);
+    assert_true(s1 == get_f32(dsc2));
+    /* CPU twin */
+    float *y = malloc(T * n * sizeof(float));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < n; i++)
+            y[t * n + i] = gm_round_bf16(gm_round_bf16(cpu_gelu_tanh(gf[t * 2 * n + i])) * gf[t * 2 * n + n + i]);
+    float sc = dynamic ? cpu_fp8_act_scale(y, T * n) : stat;
+    uint8_t *qc = malloc(T * n);
+    cpu_fp8_quantize_act(y, T * n, sc, qc);
+    double e = nerr_codes(q1, s1, qc, sc, T * n);
+    print_message("geglu_fp8 T=%lld n=%lld dyn=%d: vs CPU %.2e\n", (long long)T, (long long)n, dynamic, e);
+    assert_true(e < 0.01);
+    free(gb), free(gf), free(q1), free(q2), free(y), free(qc);
+    cudaFree(dgu), cudaFree(dout), cudaFree(dtmp), cudaFree(dq), cudaFree(dq2), cudaFree(dsc), cudaFree(dsc2);
+    cudaFree(damax), cudaFree(damax2);
+}
+
+static void test_geglu_fp8(void **st)
+{
+    (void)st;
+    check_geglu_fp8(9, 16384, 0);
+    check_geglu_fp8(9, 16384, 1);
+    check_geglu_fp8(2, 24576, 1);
+}
+
+/* FP8 KV write: bit-exact against cpu_fp8_kv_write. */
+static void test_kv_write_fp8(void **st)
+{
+    (void)st;
+    const int32_t nh = 8, nkv = 2, hd = 256, bs = 16, T = 21;
+    const int64_t ld = (nh + 2 * nkv) * hd, nblk = 8;
+    uint16_t *qkv;
+    float *qf;
+    rand_bf16(T * ld, 2.0f, &qkv, &qf);
+    int32_t slot[T], bt[4] = {5, 1, 6, 3};
+    for (int t = 0; t < T; t++)
+        slot[t] = (t == 4) ? -1 : bt[(t + 9) / bs] * bs + (t + 9) % bs; /* positions 9..29, token 4 skipped */
+    int64_t pool = nblk * nkv * bs * hd;
+    void *dqkv = dev_put(qkv, T * ld * 2), *dk = dev_put(NULL, pool), *dv = dev_put(NULL, pool);
+    int32_t *dslot = dev_put(slot, sizeof slot);
+    CK(cudaMemset(dk, 0, pool));
+    CK(cudaMemset(dv, 0, pool));
+    float kvs = 0.011f;
+    GOK(k_kv_write_fp8(dqkv, ld, T, nh, nkv, hd, dslot, kvs, dk, dv, bs, 0));
+    CK(cudaDeviceSynchronize());
+    uint8_t *kg = get(dk, pool), *vg = get(dv, pool);
+    uint8_t *kc = calloc(pool, 1), *vc = calloc(pool, 1);
+    float *k = malloc(nkv * hd * sizeof(float)), *v = malloc(nkv * hd * sizeof(float));
+    for (int t = 0; t < T; t++) {
+        if (slot[t] < 0)
+            continue;
+        memcpy(k, qf + t * ld + nh * hd, nkv * hd * sizeof(float));
+        memcpy(v, qf + t * ld + (nh + nkv) * hd, nkv * hd * sizeof(float));
+        cpu_fp8_kv_write(kc, vc, bt, bs, 9 + t, 1, nkv, hd, k, v, kvs);
+    }
+    assert_int_equal(count_diff(kg, kc, pool), 0);
+    assert_int_equal(count_diff(vg, vc, pool), 0);
+    free(qkv), free(qf), free(kg), free(vg), free(kc), free(vc), free(k), free(v);
+    cudaFree(dqkv), cudaFree(dk), cudaFree(dv), cudaFree(dslot);
+}
+
+/* gemm_fp8 vs cpu_fp8_matmul_q on up to 6 rows spread over T. w [N, K] e4m3 (host and device). */
+static double check_gemm(gemm_fp8_ctx *g, const uint8_t *w, const void *dw, int64_t T, int64_t N, int64_t K,
+                         int64_t ldy_extra)
+{
+    const int64_t ldy = N + ldy_extra;
+    uint8_t *x = malloc(T * K);
+    for (int64_t i = 0; i < T * K; i++) /* codes of normal-ish values */
+        x[i] = cpu_fp8_e4m3((frand() + frand() + frand()) * 120.0f);
+    float sw = 0.0003f, sx = 0.02f;
+    void *dx = dev_put(x, T * K), *dy = dev_put(NULL, T * ldy * 2);
+    float *dsw = dev_put(&sw, 4), *dsx = dev_put(&sx, 4);
+    CK(cudaMemset(dy, 0xff, T * ldy * 2));
+    GOK(gemm_fp8(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, ldy, 0));
+    CK(cudaDeviceSynchronize());
+    uint16_t *yg = get(dy, T * ldy * 2);
+    int64_t nrow = T < 6 ? T : 6;
+    float *yc = malloc(N * sizeof(float));
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < nrow; i++) {
+        int64_t t = nrow == T ? i : (i * (T - 1)) / (nrow - 1);
+        assert_int_equal(cpu_fp8_matmul_q(x + t * K, 1, K, K, sx, w, K, N, sw, yc, N), 0);
+        for (int64_t j = 0; j < N; j++) {
+            float gv = gm_bf16_to_f32(yg[t * ldy + j]);
+            if (isnan(gv))
+                fail_msg("gemm_fp8 T=%lld N=%lld K=%lld: NaN at (%lld, %lld)", (long long)T, (long long)N,
+                         (long long)K, (long long)t, (long long)j);
+            num += ((double)gv - yc[j]) * ((double)gv - yc[j]);
+            den += (double)yc[j] * yc[j];
+        }
+        if (ldy_extra) /* columns past N untouched */
+            for (int64_t j = N; j < ldy; j++)
+                assert_int_equal(yg[t * ldy + j], 0xffff);
+    }
+    free(x), free(yg), free(yc);
+    cudaFree(dx), cudaFree(dy), cudaFree(dsw), cudaFree(dsx);
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static void test_gemm_fp8(void **st)
+{
+    (void)st;
+    gemm_fp8_ctx *g = NULL;
+    GOK(gemm_fp8_ctx_new(0, &g));
+    /* Gemma 2b: qkv 2048->2560, o 2048->2048, gate|up 2048->32768, down 16384->2048;
+     * 7b: qkv 3072->12288, o 4096->3072, gate|up 3072->49152, down 24576->3072 */
+    static const int64_t shapes[][2] = {{2560, 2048}, {2048, 2048}, {32768, 2048}, {2048, 16384},
+                                        {12288, 3072}, {3072, 4096}, {49152, 3072}, {3072, 24576}};
+    static const int64_t Ts[] = {1, 16, 64, 256, 1024};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t N = shapes[s][0], K = shapes[s][1];
+        uint8_t *w = malloc(N * K);
+        for (int64_t i = 0; i < N * K; i++) {
+            uint32_t r = rnd(); /* random sign, exponent 4..10 (2^-3 .. 2^3), mantissa */
+            w[i] = (uint8_t)((r & 0x80) | ((4 + (r >> 8) % 7) << 3) | ((r >> 16) & 7));
+        }
+        void *dw = dev_put(w, N * K);
+        for (int fast = 0; fast < 2; fast++) {
+            gemm_fp8_ctx_set_fast_accum(g, fast);
+            for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                if (fast && ti % 2) /* fast accumulation: a subset */
+                    continue;
+                int64_t T = Ts[ti];
+                double e = check_gemm(g, w, dw, T, N, K, 0);
+                print_message("gemm_fp8 fast=%d T=%-5lld N=%-6lld K=%-6lld err %.2e\n", fast, (long long)T,
+                              (long long)N, (long long)K, e);
+                assert_true(e < (fast ? 2e-2 : 5e-3));
+            }
+        }
+        gemm_fp8_ctx_set_fast_accum(g, 0);
+        if (s == 1) { /* output into a column slice of a wider y; odd T */
+            double e = check_gemm(g, w, dw, 7, N, K, 512);
+            assert_true(e < 5e-3);
+        }
+        free(w);
+        cudaFree(dw);
+    }
+    assert_true(gemm_fp8_ctx_cached(g) > 0);
+    /* bad shapes are errors */
+    assert_int_equal(gemm_fp8(g, NULL, 1, 100, 100, NULL, NULL, 100, NULL, 64, NULL, 64, 0), GM_ERR_UNSUPPORTED);
+    gemm_fp8_ctx_destroy(&g);
+    assert_null(g);
+}
+
+int main(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        fprintf(stderr, "test_gpu_fp8: no CUDA device, skipping\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_quantize),
+        cmocka_unit_test(test_rmsnorm_fp8),
+        cmocka_unit_test(test_geglu_fp8),
+        cmocka_unit_test(test_kv_write_fp8),
+        cmocka_unit_test(test_gemm_fp8),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,315 @@
+/* test_gpu_xqa.c - the XQA decode attention against cpu_attention_paged (bf16 KV) and its FP8 twin
+ * cpu_fp8_attention_paged (e4m3 KV), by normalized error ||gpu - cpu|| / ||cpu|| per sequence, at
+ * Gemma's shapes (head_dim 256; MQA 8:1, MHA, GQA 2 and 4; q_len 1..4) and small ones (head_dim
+ * 32/64/128), random sequence lengths (not multiples of the block size, padding rows of length 0),
+ * block sizes 7/16/32/64, several split counts. The output is poisoned (NaN) before each launch so
+ * an unwritten element fails; every case runs twice and must give the same bits (the split-merge
+ * semaphores reset themselves). Exit 77 without a GPU. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <cuda_runtime_api.h>
+
+#include "common/dtype.h"
+#include "kernels/cpu/cpu_fp8.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cuda/xqa.cuh"
+
+#define CK(x) assert_int_equal((int)(x), 0)
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void)
+{
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(g_rng >> 33);
+}
+static float frand(void) /* [-1, 1) */
+{
+    return (float)(rnd() & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+typedef struct xcase {
+    const char *name;
+    int32_t nh, nkv, hd, bs, q_len, fp8, batch, nb, max_ctx;
+    int32_t wide_q; /* q and out inside a wider (fused qkv-like) row */
+} xcase;
+
+static void *dev_put(const void *h, size_t bytes)
+{
+    void *d = NULL;
+    CK(cudaMalloc(&d, bytes ? bytes : 16));
+    if (h)
+        CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+/* One case; returns the worst per-sequence normalized error. */
+static double run_case(const xcase *c)
+{
+    const int64_t hd = c->hd, nh = c->nh, nkv = c->nkv, B = c->batch, ql = c->q_len, bs = c->bs;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const float kv_scale = 0.0125f; /* |k|,|v| <= 4 -> codes up to 320: inside e4m3's range */
+    int32_t *lens = malloc(B * sizeof(int32_t));
+    for (int64_t b = 0; b < B; b++) {
+        int32_t L;
+        switch (b % 6) {
+        case 0: L = c->max_ctx; break;
+        case 1: L = (int32_t)ql; break;                 /* only the new tokens */
+        case 2: L = B > 2 ? 0 : c->max_ctx - 1; break;  /* a padding row */
+        case 3: L = (int32_t)(bs * 3 + 1); break;       /* one key into a block */
+        default: L = (int32_t)ql + (int32_t)(rnd() % (uint32_t)(c->max_ctx - ql + 1)); break;
+        }
+        if (L > c->max_ctx)
+            L = c->max_ctx;
+        lens[b] = L;
+    }
+    const int64_t max_blocks = (c->max_ctx + bs - 1) / bs;
+    const int64_t bt_stride = max_blocks + 3;
+    const int64_t num_blocks = B * max_blocks + 5;
+    /* block tables: a random permutation of the physical blocks */
+    int32_t *perm = malloc(num_blocks * sizeof(int32_t));
+    for (int64_t i = 0; i < num_blocks; i++)
+        perm[i] = (int32_t)i;
+    for (int64_t i = num_blocks - 1; i > 0; i--) {
+        int64_t j = rnd() % (uint32_t)(i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    int32_t *bt = malloc(B * bt_stride * sizeof(int32_t));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < bt_stride; i++)
+            bt[b * bt_stride + i] = i < max_blocks ? perm[b * max_blocks + i] : -1; /* -1: never read */
+    /* pools: random values; bf16 bits or e4m3 codes, and the f32 values the reference reads */
+    const int64_t pool_n = num_blocks * nkv * bs * hd;
+    float *kf = malloc(pool_n * sizeof(float)), *vf = malloc(pool_n * sizeof(float));
+    size_t es = c->fp8 ? 1 : 2;
+    uint8_t *kh = malloc(pool_n * es), *vh = malloc(pool_n * es);
+    for (int64_t i = 0; i < pool_n; i++) {
+        float k = frand() * 4.0f, v = frand() * 4.0f;
+        if (c->fp8) {
+            kh[i] = cpu_fp8_e4m3(k / kv_scale);
+            vh[i] = cpu_fp8_e4m3(v / kv_scale);
+            kf[i] = gm_e4m3_to_f32(kh[i]) * kv_scale;
+            vf[i] = gm_e4m3_to_f32(vh[i]) * kv_scale;
+        } else {
+            uint16_t kb = gm_f32_to_bf16(k), vb = gm_f32_to_bf16(v);
+            memcpy(kh + 2 * i, &kb, 2);
+            memcpy(vh + 2 * i, &vb, 2);
+            kf[i] = gm_bf16_to_f32(kb);
+            vf[i] = gm_bf16_to_f32(vb);
+        }
+    }
+    /* q: [B, q_len, nh, hd] inside rows of width ld */
+    const int64_t ld = c->wide_q ? (nh + 2 * nkv) * hd : nh * hd;
+    const int64_t qn = B * ql * ld;
+    uint16_t *qh = malloc(qn * 2);
+    float *qf = malloc(B * ql * nh * hd * sizeof(float));
+    for (int64_t r = 0; r < B * ql; r++)
+        for (int64_t i = 0; i < ld; i++) {
+            uint16_t v = gm_f32_to_bf16(frand() * 2.0f);
+            qh[r * ld + i] = v;
+            if (i < nh * hd)
+                qf[r * nh * hd + i] = gm_bf16_to_f32(v);
+        }
+
+    void *dq = dev_put(qh, qn * 2), *dout = dev_put(NULL, qn * 2);
+    void *dk = dev_put(kh, pool_n * es), *dv = dev_put(vh, pool_n * es);
+    int32_t *dbt = dev_put(bt, B * bt_stride * sizeof(int32_t)), *dlens = dev_put(lens, B * sizeof(int32_t));
+    size_t sb = xqa_scratch_bytes((int32_t)B, (int32_t)nkv, (int32_t)nh, (int32_t)ql, (int32_t)hd, c->nb);
+    void *dscr = dev_put(NULL, sb);
+    CK(cudaMemset(dscr, 0, sb));
+
+    xqa_params p;
+    memset(&p, 0, sizeof p);
+    p.q = dq, p.ldq = ld, p.out = dout, p.ldo = ld;
+    p.k_pool = dk, p.v_pool = dv, p.kv_type = c->fp8 ? XQA_KV_FP8 : XQA_KV_BF16;
+    p.block_tables = dbt, p.bt_stride = (int32_t)bt_stride, p.seq_lens = dlens;
+    p.batch = (int32_t)B, p.q_len = (int32_t)ql, p.n_heads = (int32_t)nh, p.n_kv = (int32_t)nkv;
+    p.head_dim = (int32_t)hd, p.block_size = (int32_t)bs, p.scale = scale, p.kv_scale = kv_scale;
+    p.nb_sub_seq = c->nb, p.scratch = dscr, p.scratch_bytes = sb;
+
+    uint16_t *o1 = malloc(qn * 2), *o2 = malloc(qn * 2);
+    for (int rep = 0; rep < 2; rep++) {
+        CK(cudaMemset(dout, 0xff, qn * 2)); /* NaN poison */
+        gm_status st = xqa_decode(&p, 0);
+        if (st != GM_OK)
+            fail_msg("%s: xqa_decode: %s: %s", c->name, gm_status_str(st), gm_last_error());
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(rep ? o2 : o1, dout, qn * 2, cudaMemcpyDeviceToHost));
+    }
+    /* the same bits both times, over the attention columns (the rest of a wide row is not ours) */
+    for (int64_t r = 0; r < B * ql; r++)
+        if (memcmp(o1 + r * ld, o2 + r * ld, nh * hd * 2))
+            fail_msg("%s: second launch differs (row %lld)", c->name, (long long)r);
+
+    double worst = 0.0;
+    float *ref = malloc(ql * nh * hd * sizeof(float));
+    for (int64_t b = 0; b < B; b++) {
+        int32_t L = lens[b];
+        const uint16_t *ob = o1 + b * ql * ld;
+        if (L == 0) {
+            for (int64_t t = 0; t < ql; t++)
+                for (int64_t i = 0; i < nh * hd; i++)
+                    if (ob[t * ld + i] != 0)
+                        fail_msg("%s: padding row %lld not zero", c->name, (long long)b);
+            continue;
+        }
+        cpu_attention_paged(qf + b * ql * nh * hd, ql, L - (int32_t)ql, nh, nkv, hd, kf, vf, bt + b * bt_stride,
+                            (int32_t)bs, scale, ref);
+        double num = 0, den = 0;
+        int64_t bad_t = -1, bad_i = -1;
+        for (int64_t t = 0; t < ql; t++)
+            for (int64_t i = 0; i < nh * hd; i++) {
+                float g = gm_bf16_to_f32(ob[t * ld + i]), r = ref[t * nh * hd + i];
+                if (isnan(g) && bad_t < 0)
+                    bad_t = t, bad_i = i;
+                num += ((double)g - r) * ((double)g - r);
+                den += (double)r * r;
+            }
+        if (bad_t >= 0)
+            fail_msg("%s: seq %lld (len %d): NaN at token %lld head %lld dim %lld", c->name, (long long)b, L,
+                     (long long)bad_t, (long long)(bad_i / hd), (long long)(bad_i % hd));
+        double e = sqrt(num / (den > 0 ? den : 1));
+        if (e > 0.02) { /* say where it goes wrong: first bad (token, head, dim) */
+            for (int64_t t = 0; t < ql; t++)
+                for (int64_t i = 0; i < nh * hd; i++) {
+                    float g = gm_bf16_to_f32(ob[t * ld + i]), r = ref[t * nh * hd + i];
+                    if (fabsf(g - r) > 0.05f + 0.05f * fabsf(r)) {
+                        print_message("%s: seq %lld len %d: first mismatch token %lld head %lld dim %lld: gpu %g cpu %g\n",
+                                      c->name, (long long)b, L, (long long)t, (long long)(i / hd),
+                                      (long long)(i % hd), g, r);
+                        t = ql;
+                        break;
+                    }
+                }
+        }
+        if (e > worst)
+            worst = e;
+    }
+    print_message("%-34s worst normalized error %.2e\n", c->name, worst);
+    free(ref), free(o1), free(o2), free(lens), free(perm), free(bt), free(kf), free(vf), free(kh), free(vh);
+    free(qh), free(qf);
+    cudaFree(dq), cudaFree(dout), cudaFree(dk), cudaFree(dv), cudaFree(dbt), cudaFree(dlens), cudaFree(dscr);
+    return worst;
+}
+
+static void run_cases(const xcase *cs, int n)
+{
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        double e = run_case(&cs[i]);
+        if (!(e < 0.02)) {
+            print_message("FAIL %s: %.3e\n", cs[i].name, e);
+            bad++;
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* name, nh, nkv, hd, bs, q_len, fp8, batch, nb, max_ctx, wide_q */
+static void test_xqa_gemma2b(void **st)
+{
+    (void)st;
+    static const xcase cs[] = {
+        {"2b mqa bf16 bs16 nb1", 8, 1, 256, 16, 1, 0, 7, 1, 700, 0},
+        {"2b mqa bf16 bs16 nb4", 8, 1, 256, 16, 1, 0, 7, 4, 3000, 1},
+        {"2b mqa fp8 bs32 nb4", 8, 1, 256, 32, 1, 1, 7, 4, 3000, 0},
+        {"2b mqa fp8 bs64 nb16", 8, 1, 256, 64, 1, 1, 9, 16, 2100, 1},
+        {"2b mqa bf16 q2 bs32", 8, 1, 256, 32, 2, 0, 6, 3, 1500, 0},
+        {"2b mqa bf16 q3 (32 rows) bs16", 8, 1, 256, 16, 3, 0, 6, 3, 1300, 0},
+        {"2b mqa fp8 q4 (32 rows) bs16", 8, 1, 256, 16, 4, 1, 6, 5, 1300, 1},
+        {"2b mqa fp8 q2 bs64 nb1", 8, 1, 256, 64, 2, 1, 5, 1, 900, 0},
+    };
+    run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
+}
+
+static void test_xqa_gemma7b(void **st)
+{
+    (void)st;
+    static const xcase cs[] = {
+        {"7b mha bf16 bs64 nb1", 16, 16, 256, 64, 1, 0, 4, 1, 1200, 1},
+        {"7b mha bf16 bs16 nb3", 16, 16, 256, 16, 1, 0, 4, 3, 1500, 0},
+        {"7b mha fp8 bs32 nb2", 16, 16, 256, 32, 1, 1, 4, 2, 1500, 0},
+        {"7b mha fp8 q4 bs64", 16, 16, 256, 64, 4, 1, 3, 2, 800, 1},
+    };
+    run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
+}
+
+static void test_xqa_gqa(void **st)
+{
+    (void)st;
+    static const xcase cs[] = {
+        {"gqa2 bf16 q2 bs16", 8, 4, 256, 16, 2, 0, 5, 2, 1000, 0},
+        {"gqa2 fp8 q1 bs32", 8, 4, 256, 32, 1, 1, 5, 3, 1000, 0},
+        {"gqa4 bf16 q4 bs32", 16, 4, 256, 32, 4, 0, 5, 2, 900, 0},
+        {"gqa4 fp8 q3 bs16", 16, 4, 256, 16, 3, 1, 5, 2, 900, 1},
+        {"gqa16 fp8 q2 (32 rows)", 32, 2, 128, 16, 2, 1, 4, 2, 700, 0},
+    };
+    run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
+}
+
+static void test_xqa_small_heads(void **st)
+{
+    (void)st;
+    static const xcase cs[] = {
+        {"tiny hd32 bf16 bs7", 4, 2, 32, 7, 1, 0, 6, 3, 300, 1},
+        {"tiny hd32 fp8 bs7 q2", 4, 2, 32, 7, 2, 1, 6, 3, 300, 0},
+        {"hd64 bf16 bs16 q1", 8, 2, 64, 16, 1, 0, 6, 2, 500, 0},
+        {"hd64 fp8 bs16 q4", 8, 2, 64, 16, 4, 1, 6, 2, 500, 0},
+        {"hd128 bf16 bs32 mqa", 8, 1, 128, 32, 1, 0, 6, 4, 800, 0},
+        {"hd128 fp8 bs32 mqa q3", 8, 1, 128, 32, 3, 1, 6, 4, 800, 1},
+    };
+    run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
+}
+
+/* Bad parameters are errors, not crashes. */
+static void test_xqa_args(void **st)
+{
+    (void)st;
+    xqa_params p;
+    memset(&p, 0, sizeof p);
+    assert_int_not_equal(xqa_decode(&p, 0), GM_OK);
+    assert_int_not_equal(xqa_decode(NULL, 0), GM_OK);
+    void *d = dev_put(NULL, 4096);
+    p.q = d, p.out = d, p.k_pool = d, p.v_pool = d;
+    p.block_tables = p.seq_lens = d;
+    p.batch = 1, p.q_len = 1, p.n_heads = 8, p.n_kv = 1, p.head_dim = 96, p.block_size = 16, p.bt_stride = 1;
+    p.nb_sub_seq = 1, p.ldq = p.ldo = 8 * 96, p.scale = 0.1f;
+    assert_int_equal(xqa_decode(&p, 0), GM_ERR_UNSUPPORTED); /* head_dim 96 */
+    p.head_dim = 256, p.ldq = p.ldo = 8 * 256, p.q_len = 5;
+    assert_int_equal(xqa_decode(&p, 0), GM_ERR_UNSUPPORTED); /* 40 rows */
+    p.q_len = 1, p.nb_sub_seq = 4;
+    assert_int_equal(xqa_decode(&p, 0), GM_ERR_INVALID_ARG); /* no scratch */
+    p.nb_sub_seq = 1, p.kv_type = XQA_KV_FP8, p.kv_scale = 0.0f;
+    assert_int_equal(xqa_decode(&p, 0), GM_ERR_INVALID_ARG); /* kv_scale */
+    p.n_heads = 7, p.n_kv = 2;
+    assert_int_equal(xqa_decode(&p, 0), GM_ERR_INVALID_ARG); /* 7 heads over 2 */
+    assert_true(xqa_pick_sub_seq(64, 1, 4096, 132) >= 1);
+    assert_int_equal(xqa_pick_sub_seq(4096, 16, 4096, 132), 1);
+    cudaFree(d);
+}
+
+int main(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        fprintf(stderr, "test_gpu_xqa: no CUDA device, skipping\n");
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_xqa_args),
+        cmocka_unit_test(test_xqa_gemma2b),
+        cmocka_unit_test(test_xqa_gemma7b),
+        cmocka_unit_test(test_xqa_gqa),
+        cmocka_unit_test(test_xqa_small_heads),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
