@@ -4,7 +4,7 @@
  * 4.2 TB/s too. The 8192^3 FP8 and bf16 rates measured in this run are printed first.
  * Weights rotate over enough copies to exceed the L2 cache. Median of 5 timed groups.
  *
- *   fp8_gemm_bench [--models 2b,7b] [--t 1,16,64,256,1024,4096] [--fast 0|1|2 (both)] [--csv FILE] */
+ *   fp8_gemm_bench [--models 2b,7b] [--t 1,2,4,8,16,64,256,1024,4096] [--fast 0|1|2 (both)] [--csv FILE] */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -82,6 +82,7 @@ typedef struct gctx {
     float *sx, *sw;
     int64_t T, N, K;
     int bf16;
+    int path; /* 0 gemm_fp8 (dispatch), 1 cuBLASLt, 2 GEMV */
 } gctx;
 
 static void run_one(gctx *c, int rep)
@@ -89,8 +90,12 @@ static void run_one(gctx *c, int rep)
     int r = rep % c->nrot;
     if (c->bf16)
         GOK(gemm_bf16(c->g16, c->x16, c->T, c->K, c->K, c->w16[r], c->K, c->N, c->y, 0, c->N, 0));
+    else if (c->path == 1)
+        GOK(gemm_fp8_lt(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
+    else if (c->path == 2)
+        GOK(gemv_fp8(c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
     else
-        GOK(gemm_fp8(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, c->N, 0));
+        GOK(gemm_fp8(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
 }
 
 static double time_us(gctx *c, int reps)
@@ -161,6 +166,20 @@ static double bench_shape(gemm_fp8_ctx *g8, gemm_ctx *g16, const char *name, int
     if (csv)
         fprintf(csv, "fp8%s,%s,%lld,%lld,%lld,%.2f,%.2f,%.1f\n", fast ? "_fast" : "", name, (long long)T, (long long)N,
                 (long long)K, us, tf, gbs);
+    if (T <= 8 && !fast) { /* the two small-T paths side by side */
+        for (int path = 1; path <= 2; path++) {
+            c.path = path;
+            double up = time_us(&c, reps);
+            double gp = wb / (up * 1e-6) / 1e9;
+            printf("  %s %-12s T=%-5lld N=%-6lld K=%-6lld | %8.1f us                            | W %6.0f GB/s %5.1f%%\n",
+                   path == 1 ? "lt  " : "gemv", name, (long long)T, (long long)N, (long long)K, up, gp,
+                   100.0 * gp / CEIL_GBS);
+            if (csv)
+                fprintf(csv, "fp8_%s,%s,%lld,%lld,%lld,%.2f,%.2f,%.1f\n", path == 1 ? "lt" : "gemv", name,
+                        (long long)T, (long long)N, (long long)K, up, flops / (up * 1e-6) / 1e12, gp);
+        }
+        c.path = 0;
+    }
     if (with_bf16) {
         c.bf16 = 1;
         double ub = time_us(&c, reps);
@@ -196,11 +215,11 @@ static int parse_list(const char *s, int *out, int max)
 int main(int argc, char **argv)
 {
     const char *models = "2b,7b", *csv_path = NULL;
-    int ts[16], nt = parse_list("1,16,64,256,1024,4096", ts, 16), fast_mode = 2;
+    int ts[16], nt = parse_list("1,2,4,8,16,64,256,1024,4096", ts, 16), fast_mode = 2;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: fp8_gemm_bench [--models 2b,7b] [--t 1,16,64,256,1024,4096] [--fast 0|1|2] [--csv FILE]\n"
+            printf("usage: fp8_gemm_bench [--models 2b,7b] [--t 1,2,4,8,16,64,256,1024,4096] [--fast 0|1|2] [--csv FILE]\n"
                    "FP8 (cuBLASLt e4m3, bf16 out) GEMM TFLOP/s at Gemma's shapes beside 1386 TFLOP/s, and bf16\n"
                    "(gemm_bf16) on the same shapes. --fast: 0 accurate accumulation, 1 fast, 2 both (default).\n");
             return 0;

@@ -46,6 +46,7 @@ typedef struct bench_opts {
     bool ignore_eos;
     double timeout_s; /* per run; 0 = none */
     int connect_timeout_ms;
+    const char *server_key, *client_key; /* CurveZMQ key files, or NULL */
     bool quiet;
     const char *label;
 } bench_opts;
@@ -97,6 +98,8 @@ static void usage(FILE *f)
             "  --connections N      client connections, requests spread round robin (default 1)\n"
             "  --timeout S          give up on a run after S seconds; unfinished requests fail (default none)\n"
             "  --connect-timeout MS wait this long for gemmad's health answer (default 10000)\n"
+            "  --server-key F       CurveZMQ: the server's public key file NAME.key\n"
+            "  --client-key F       CurveZMQ: this client's NAME.key_secret\n"
             "output:\n"
             "  --json FILE          write the results as JSON (a list of objects with --sweep)\n"
             "  --markdown           print a Markdown table row for bench/RESULTS.md\n"
@@ -226,6 +229,12 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         } else if (!strcmp(a, "--connect-timeout")) {
             if ((ok = parse_i64(a, v, 1, INT_MAX, &n)))
                 o->connect_timeout_ms = (int)n;
+        } else if (!strcmp(a, "--server-key")) {
+            if ((ok = v != NULL))
+                o->server_key = v;
+        } else if (!strcmp(a, "--client-key")) {
+            if ((ok = v != NULL))
+                o->client_key = v;
         } else if (!strcmp(a, "--json")) {
             if ((ok = v != NULL))
                 o->json_path = v;
@@ -667,7 +676,12 @@ int main(int argc, char **argv)
     }
     b.n_conn = o->connections;
     for (int c = 0; c < b.n_conn; c++) {
-        gmc_code cr = gmc_connect(o->endpoint, o->connect_timeout_ms, &b.conn[c]);
+        gmc_connect_opts co;
+        gmc_connect_opts_init(&co);
+        co.timeout_ms = o->connect_timeout_ms;
+        co.server_key_file = o->server_key;
+        co.client_key_file = o->client_key;
+        gmc_code cr = gmc_connect_with(o->endpoint, &co, &b.conn[c]);
         if (cr != GMC_OK) {
             fprintf(stderr, "gemma-bench: cannot reach gemmad at %s: %s\n", o->endpoint, gmc_connect_error());
             rc = 3;

@@ -12,7 +12,8 @@
 #   kernels  bench_kernels (micro-benchmarks beside the measured ceilings)
 #   peer     bench/hf_peer.py: transformers on the same GPU, eager and compiled ($HF_MODES)
 #   sanitize compute-sanitizer memcheck on test_gpu_ops (slow; not in the default set)
-# Binaries come from $PACK (default pack/, built on the development machine and carried);
+# Binaries come from $PACK (default pack/, built on the development machine and carried; an
+# xz tarball $PACK/bins.tar.xz of them is unpacked first);
 # logs go to $OUT (default ./gpu-out): summary.txt, tests.log, decode.log, kernels.log,
 # kernels.csv, peer.log, peer.jsonl (sanitize.log). The last lines printed are the summary.
 set -u
@@ -20,6 +21,13 @@ OUT=${OUT:-$PWD/gpu-out}
 PACK=${PACK:-pack}
 M=${GM_MODELS:-/tmp/gm-models}
 mkdir -p "$OUT" "$M"
+# a pack may carry its executables compressed (fatbins are large): unpack them beside its lib/
+if [ -f "$PACK/bins.tar.xz" ]; then
+  rm -rf /tmp/gm-pack && mkdir -p /tmp/gm-pack && tar -xJf "$PACK/bins.tar.xz" -C /tmp/gm-pack && \
+    cp -r "$PACK/lib" /tmp/gm-pack/ || echo "run_gpu.sh: cannot unpack $PACK/bins.tar.xz"
+  PACK=/tmp/gm-pack
+  LD_LIBRARY_PATH=$PACK/lib:${LD_LIBRARY_PATH:-}
+fi
 phases=${*:-tests decode kernels peer}
 summary=$OUT/summary.txt
 : > "$summary"

@@ -301,7 +301,7 @@ int main(int argc, char **argv)
                     p->bt_stride = max_blocks, p->seq_lens = lens;
                     p->batch = B, p->q_len = q_len, p->n_heads = nh, p->n_kv = nkv, p->head_dim = hd;
                     p->block_size = bs, p->scale = 0.0625f, p->kv_scale = 0.01f;
-                    int pick = xqa_pick_sub_seq(B, nkv, ctx, prop.multiProcessorCount);
+                    int pick = xqa_pick_sub_seq(p, ctx, prop.multiProcessorCount);
                     int cand[12] = {pick, 1, 2, 4, 8, 16, 32, 64, 128}, ncand = sweep ? 9 : 1;
                     size_t sbytes = xqa_scratch_bytes(B, nkv, nh, q_len, hd, 128 > pick ? 128 : pick);
                     void *scr;
@@ -326,6 +326,8 @@ int main(int argc, char **argv)
                             printf("%-7s %-3s %-4s %5d %5d %2d %3d | %9.1f %8.0f %5.1f%% | %d B%s\n", "xqa", mname,
                                    fp8 ? "fp8" : "bf16", B, ctx, q_len, nb, us, gbs, 100.0 * gbs / CEIL_GBS,
                                    xqa_smem_bytes(hd, nh / nkv * q_len, fp8), k == 0 ? " (picked)" : "");
+                        if (k == 0)
+                            printf("        %d CTAs/SM resident\n", xqa_ctas_per_sm(p));
                         if (csv)
                             fprintf(csv, "xqa,%s,%s,%d,%d,%d,%d,%d,%.2f,%.1f,%.2f\n", mname, fp8 ? "fp8" : "bf16", B,
                                     ctx, q_len, bs, nb, us, gbs, 100.0 * gbs / CEIL_GBS);

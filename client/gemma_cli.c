@@ -31,6 +31,9 @@ static void usage(FILE *f)
             "  --print-ids        print the generated token ids (space separated) instead of text\n"
             "  --no-stream        ask for one final reply instead of a stream\n"
             "  --timeout MS       give up after MS milliseconds (default: connect 10000, generate none)\n"
+            "  --server-key F     CurveZMQ: the server's public key file NAME.key (gemma-keygen)\n"
+            "  --client-key F     CurveZMQ: this client's NAME.key_secret (its public key must be\n"
+            "                     in the server's curve_allow)\n"
             "  --health           exit 0 when gemmad is ready to serve (prints its state)\n"
             "  --stats            print gemmad's statistics\n"
             "  --help             this text\n",
@@ -149,6 +152,8 @@ int main(int argc, char **argv)
     bool chat = false, health = false, stats = false, tokens = false, print_ids = false, no_tokens = false;
     long long timeout = 0;
     const char *prompt = NULL;
+    gmc_connect_opts co;
+    gmc_connect_opts_init(&co);
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -238,6 +243,12 @@ int main(int argc, char **argv)
                 fprintf(stderr, "gemma-cli: --timeout '%s' is not a number of milliseconds\n", v);
                 return 2;
             }
+        } else if (!strcmp(a, "--server-key")) {
+            NEED_ARG;
+            co.server_key_file = v;
+        } else if (!strcmp(a, "--client-key")) {
+            NEED_ARG;
+            co.client_key_file = v;
         } else if (!strcmp(a, "--health")) {
             health = true;
         } else if (!strcmp(a, "--stats")) {
@@ -256,7 +267,8 @@ int main(int argc, char **argv)
 
     gmc_client *c = NULL;
     int ctimeout = timeout > 0 ? (int)timeout : 10000;
-    gmc_code rc = gmc_connect(endpoint, ctimeout, &c);
+    co.timeout_ms = ctimeout;
+    gmc_code rc = gmc_connect_with(endpoint, &co, &c);
     if (rc != GMC_OK) {
         fprintf(stderr, "gemma-cli: %s: %s\n", gmc_code_name(rc), gmc_connect_error());
         return 1;

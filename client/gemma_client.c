@@ -10,6 +10,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "cluster/curve.h"
 #include "proto/gemma.pb-c.h"
 
 /* ---- a bump arena for unpacking one ServerMessage (freed at once) ---- */
@@ -81,6 +82,7 @@ typedef struct queued_ev {
 struct gmc_client {
     void *ctx, *sock;
     void *mon; /* PAIR receiving the DEALER's connect/disconnect events, or NULL */
+    bool curve, refused; /* CurveZMQ on; the server refused our handshake */
     int timeout_ms;
     uint64_t next_id, next_probe;
     req_ent *tab; /* [tab_cap] */
@@ -243,12 +245,70 @@ static void tab_remove(gmc_client *c, req_ent *e)
 
 /* ---- connection ---- */
 
+void gmc_connect_opts_init(gmc_connect_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+}
+
+/* The CurveZMQ keys of o: *on = false when o asks for a plain connection. */
+static gmc_code curve_keys(const gmc_connect_opts *o, bool *on, gc_keypair *own, char server[GC_KEY_Z85_LEN + 1])
+{
+    *on = false;
+    if (!o || (!o->server_key_file && !o->client_key_file && !o->server_key && !o->client_public_key &&
+               !o->client_secret_key))
+        return GMC_OK;
+    *on = true;
+    memset(own, 0, sizeof(*own));
+    if (o->server_key) {
+        if (!gc_curve_valid_z85(o->server_key))
+            return cfail(NULL, GMC_ERR_INVALID_ARGUMENT, "server key '%s' is not a Z85 public key (40 characters)",
+                         o->server_key);
+        snprintf(server, GC_KEY_Z85_LEN + 1, "%s", o->server_key);
+    } else if (o->server_key_file) {
+        gc_keypair sk;
+        if (gc_curve_load(o->server_key_file, &sk) != GM_OK)
+            return cfail(NULL, GMC_ERR_INVALID_ARGUMENT, "server key: %s", gm_last_error());
+        snprintf(server, GC_KEY_Z85_LEN + 1, "%s", sk.public_z85);
+    } else {
+        return cfail(NULL, GMC_ERR_INVALID_ARGUMENT, "CurveZMQ needs the server's public key (--server-key NAME.key)");
+    }
+    if (o->client_public_key || o->client_secret_key) {
+        if (!o->client_public_key || !o->client_secret_key || !gc_curve_valid_z85(o->client_public_key) ||
+            !gc_curve_valid_z85(o->client_secret_key))
+            return cfail(NULL, GMC_ERR_INVALID_ARGUMENT, "the client key pair must be two Z85 keys (40 characters)");
+        snprintf(own->public_z85, sizeof(own->public_z85), "%s", o->client_public_key);
+        snprintf(own->secret_z85, sizeof(own->secret_z85), "%s", o->client_secret_key);
+    } else if (o->client_key_file) {
+        if (gc_curve_load_secret(o->client_key_file, own) != GM_OK)
+            return cfail(NULL, GMC_ERR_INVALID_ARGUMENT, "client key: %s", gm_last_error());
+    } else {
+        return cfail(NULL, GMC_ERR_INVALID_ARGUMENT,
+                     "CurveZMQ needs this client's key pair (--client-key NAME.key_secret from gemma-keygen)");
+    }
+    return GMC_OK;
+}
+
 gmc_code gmc_connect(const char *endpoint, int timeout_ms, gmc_client **out)
+{
+    gmc_connect_opts o;
+    gmc_connect_opts_init(&o);
+    o.timeout_ms = timeout_ms;
+    return gmc_connect_with(endpoint, &o, out);
+}
+
+gmc_code gmc_connect_with(const char *endpoint, const gmc_connect_opts *o, gmc_client **out)
 {
     *out = NULL;
     connect_err[0] = 0;
+    int timeout_ms = o ? o->timeout_ms : 0;
     if (!endpoint || !*endpoint)
         return cfail(NULL, GMC_ERR_INVALID_ARGUMENT, "no endpoint given");
+    bool curve;
+    gc_keypair own;
+    char server_key[GC_KEY_Z85_LEN + 1];
+    gmc_code kc = curve_keys(o, &curve, &own, server_key);
+    if (kc != GMC_OK)
+        return kc;
     gmc_client *c = calloc(1, sizeof(*c));
     if (!c)
         return cfail(NULL, GMC_ERR_NOMEM, "out of memory");
@@ -273,7 +333,18 @@ gmc_code gmc_connect(const char *endpoint, int timeout_ms, gmc_client **out)
     /* watch the connection: requests in flight on a dropped connection are lost */
     char mon_addr[64];
     snprintf(mon_addr, sizeof(mon_addr), "inproc://gmc-monitor-%p", (void *)c);
-    if (zmq_socket_monitor(c->sock, mon_addr, ZMQ_EVENT_DISCONNECTED) == 0) {
+    int events = ZMQ_EVENT_DISCONNECTED;
+    if (curve) {
+        c->curve = true;
+        events |= ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL;
+        gm_status cs = gc_curve_set_client(c->sock, &own, server_key);
+        memset(&own, 0, sizeof(own));
+        if (cs != GM_OK) {
+            cfail(NULL, GMC_ERR_TRANSPORT, "%s", gm_last_error());
+            goto fail;
+        }
+    }
+    if (zmq_socket_monitor(c->sock, mon_addr, events) == 0) {
         c->mon = zmq_socket(c->ctx, ZMQ_PAIR);
         if (c->mon) {
             zmq_setsockopt(c->mon, ZMQ_LINGER, &zero, sizeof(zero));
@@ -291,7 +362,10 @@ gmc_code gmc_connect(const char *endpoint, int timeout_ms, gmc_client **out)
         gmc_health h;
         gmc_code rc = gmc_health_check(c, timeout_ms, &h);
         if (rc != GMC_OK) {
-            if (rc == GMC_ERR_TIMEOUT)
+            if (rc == GMC_ERR_TIMEOUT && c->curve)
+                cfail(NULL, rc, "no answer from '%s' within %d ms (CurveZMQ: is the server key right, and is "
+                                "curve on at the server?)", endpoint, timeout_ms);
+            else if (rc == GMC_ERR_TIMEOUT)
                 cfail(NULL, rc, "no answer from gemmad at '%s' within %d ms", endpoint, timeout_ms);
             else
                 cfail(NULL, rc, "health probe of '%s' failed: %s", endpoint, c->err);
@@ -761,7 +835,12 @@ static int read_monitor(gmc_client *c)
         }
         if (event == ZMQ_EVENT_DISCONNECTED)
             lost = true;
+        if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH || event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            c->refused = true;
     }
+    if (c->refused) /* a refused key stays refused: fail now rather than time out */
+        return -(int)cfail(c, GMC_ERR_TRANSPORT, "the server refused the CurveZMQ handshake: "
+                                                 "this client's key is not allowed there, or the keys do not match");
     if (!lost)
         return 0;
     int n = recv_available(c);

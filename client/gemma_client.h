@@ -160,6 +160,31 @@ gmc_code gmc_connect(const char *endpoint, int timeout_ms, gmc_client **out);
 /* Detail of the last failed gmc_connect on this thread. */
 const char *gmc_connect_error(void);
 
+/* Options of gmc_connect_with. Initialise with gmc_connect_opts_init. */
+typedef struct gmc_connect_opts {
+    int timeout_ms; /* as gmc_connect's timeout_ms (default 0) */
+    /* CurveZMQ (encryption + authentication, for a gemmad or gemma-router with
+     * curve = true): give the server's public key and this client's key pair,
+     * as files written by gemma-keygen ... */
+    const char *server_key_file; /* the server's NAME.key */
+    const char *client_key_file; /* this client's NAME.key_secret (mode 0600) */
+    /* ... or as Z85 text (40 characters each); these win over the files. */
+    const char *server_key;
+    const char *client_public_key;
+    const char *client_secret_key;
+    /* All NULL: a plain connection, as gmc_connect. */
+} gmc_connect_opts;
+
+/* Defaults: no timeout, plain. */
+void gmc_connect_opts_init(gmc_connect_opts *o);
+
+/* gmc_connect with options (o may be NULL). With CurveZMQ, a server that
+ * refuses this client's key makes the calls fail with GMC_ERR_TRANSPORT
+ * ("refused ... key") as soon as the handshake is refused (or GMC_ERR_TIMEOUT
+ * when the server says nothing, e.g. a wrong server key). A key file that
+ * cannot be read or parsed is GMC_ERR_INVALID_ARGUMENT. */
+gmc_code gmc_connect_with(const char *endpoint, const gmc_connect_opts *o, gmc_client **out);
+
 /* Close the connection; requests still in flight are abandoned (the daemon
  * notices and cancels them). Accepts NULL; nulls *c. */
 void gmc_close(gmc_client **c);

@@ -23,6 +23,7 @@ void gd_config_defaults(gd_config *c)
     c->listen = strdup("tcp://127.0.0.1:5555");
     c->log_level = GM_LOG_INFO;
     c->use_graphs = true;
+    c->run_ahead = true;
     c->shutdown_timeout_ms = 30000;
 }
 
@@ -33,6 +34,7 @@ void gd_config_free(gd_config *c)
     free(c->worker_bin);
     free(c->config_path);
     c->model = c->listen = c->worker_bin = c->config_path = NULL;
+    glue_config_free(&c->cluster);
 }
 
 bool gd_parse_size(const char *s, int64_t *out)
@@ -127,6 +129,9 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
 {
     int64_t n;
     char *end;
+    gm_status gst = glue_config_set(&c->cluster, key, v); /* cluster keys; device templates */
+    if (gst != GM_ERR_NOT_FOUND)
+        return gst;
     if (!strcmp(key, "model")) {
         set_str(&c->model, v);
     } else if (!strcmp(key, "listen")) {
@@ -165,13 +170,14 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
         if (errno || end == v || *end || !(d > 0 && d <= 1))
             return gm_fail(GM_ERR_INVALID_ARG, "kv_mem_fraction: '%s' is not in (0, 1]", v);
         c->kv_mem_fraction = d;
-    } else if (!strcmp(key, "use_graphs")) {
+    } else if (!strcmp(key, "use_graphs") || !strcmp(key, "run_ahead")) {
+        bool *b = !strcmp(key, "use_graphs") ? &c->use_graphs : &c->run_ahead;
         if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "on"))
-            c->use_graphs = true;
+            *b = true;
         else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "off"))
-            c->use_graphs = false;
+            *b = false;
         else
-            return gm_fail(GM_ERR_INVALID_ARG, "use_graphs: '%s' is not true or false", v);
+            return gm_fail(GM_ERR_INVALID_ARG, "%s: '%s' is not true or false", key, v);
     } else {
         /* integer keys */
         struct {
@@ -266,11 +272,14 @@ gm_status gd_config_load_file(gd_config *c, const char *path)
         case CONFIG_TYPE_BOOL:
             v = config_setting_get_bool(s) ? "true" : "false";
             break;
+        case CONFIG_TYPE_ARRAY:
+        case CONFIG_TYPE_LIST:
+            break; /* v stays NULL: glue_config_set_list (curve_allow) */
         default:
             st = gm_fail(GM_ERR_FORMAT, "%s:%d: setting '%s' must be a string or a number", path, line, name);
             continue;
         }
-        st = set_key_str(c, name, v);
+        st = v ? set_key_str(c, name, v) : glue_config_set_list(&c->cluster, s);
         if (st != GM_OK) {
             char msg[512];
             snprintf(msg, sizeof(msg), "%s", gm_last_error());
@@ -308,12 +317,15 @@ void gd_config_usage(FILE *f)
             "  --quant Q                 none | fp8 | awq (default none)\n"
             "  --kv-dtype D              auto | bf16 | fp8 (default auto)\n"
             "  --use-graphs B            CUDA graphs for decode: true | false (default true)\n"
+            "  --run-ahead B             plan step k+1 before step k's tokens are back: true | false\n"
+            "                            (default true; --no-run-ahead = false: one step in flight)\n"
             "  --worker-bin PATH         gemma-worker binary (default: beside gemmad)\n"
             "  --shutdown-timeout-ms N   SIGTERM: time for in-flight work to finish (default 30000)\n"
             "  --ready-timeout-ms N      worker start limit (default 600000)\n"
             "  --log-level L             debug | info | warn | error | off (default info)\n"
             "  --check-config            validate the settings, print them, exit (0 = valid)\n"
             "  --help                    this text\n");
+    glue_config_usage(f);
 }
 
 gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *action)
@@ -345,6 +357,10 @@ gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *ac
             *action = GD_ACTION_CHECK;
             continue;
         }
+        if (!strcmp(a, "--no-run-ahead")) {
+            c->run_ahead = false;
+            continue;
+        }
         if (strncmp(a, "--", 2) || !a[2])
             return gm_fail(GM_ERR_INVALID_ARG, "unexpected argument '%s' (see --help)", a);
         char key[64];
@@ -374,7 +390,8 @@ gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *ac
             return gm_fail(st, "--%.*s: %s", (int)kl, a + 2, msg);
         }
     }
-    return gd_config_validate(c);
+    gm_status gst = glue_config_finish(&c->cluster, &c->listen, &c->device); /* launcher templates, curve keys */
+    return gst != GM_OK ? gst : gd_config_validate(c);
 }
 
 gm_status gd_config_validate(const gd_config *c)
@@ -419,10 +436,11 @@ void gd_config_print(const gd_config *c, FILE *f)
         fprintf(f, "kv_mem_fraction = %g;\n", c->kv_mem_fraction);
     fprintf(f, "max_tokens_per_step = %d;\nmax_seqs = %d;\nmax_context = %d;\nmax_waiting = %d;\n",
             c->max_tokens_per_step, c->max_seqs, c->max_context, c->max_waiting);
-    fprintf(f, "quant = \"%s\";\nkv_dtype = \"%s\";\nuse_graphs = %s;\n", quant_name(c->quant),
-            kv_dtype_name(c->kv_dtype), c->use_graphs ? "true" : "false");
+    fprintf(f, "quant = \"%s\";\nkv_dtype = \"%s\";\nuse_graphs = %s;\nrun_ahead = %s;\n", quant_name(c->quant),
+            kv_dtype_name(c->kv_dtype), c->use_graphs ? "true" : "false", c->run_ahead ? "true" : "false");
     if (c->worker_bin)
         print_str(f, "worker_bin", c->worker_bin);
     fprintf(f, "shutdown_timeout_ms = %d;\nready_timeout_ms = %d;\nlog_level = \"%s\";\n", c->shutdown_timeout_ms,
             c->ready_timeout_ms, level_name(c->log_level));
+    glue_config_print(&c->cluster, f);
 }

@@ -7,7 +7,8 @@
  *   max_context = 0;           max_waiting = 100000;                listen = "tcp://127.0.0.1:5555";
  *   log_level = "info";        quant = "none" | "fp8" | "awq";      kv_dtype = "auto" | "bf16" | "fp8";
  *   device = 0;                worker_bin = "PATH";                 shutdown_timeout_ms = 30000;
- *   ready_timeout_ms = 0;      use_graphs = true;
+ *   ready_timeout_ms = 0;      use_graphs = true;                   run_ahead = true;
+ * and the cluster keys of daemon/cluster_glue.h (router, curve, ...).
  */
 #ifndef GM_DAEMON_CONFIG_H
 #define GM_DAEMON_CONFIG_H
@@ -17,6 +18,7 @@
 #include <stdio.h>
 
 #include "common/status.h"
+#include "daemon/cluster_glue.h"
 #include "worker/engine.h"
 
 typedef struct gd_config {
@@ -37,10 +39,12 @@ typedef struct gd_config {
     gm_quant quant;
     gm_kv_dtype kv_dtype;
     bool use_graphs;
+    bool run_ahead;          /* two steps in flight (DESIGN.md "workers run ahead"); --no-run-ahead */
     char *worker_bin;        /* NULL = gemma-worker beside gemmad */
     int32_t shutdown_timeout_ms; /* SIGTERM: how long in-flight work may take to finish */
     int32_t ready_timeout_ms;    /* worker (re)start limit (0 = workers.h default) */
     char *config_path;       /* the file read, or NULL */
+    glue_config cluster;     /* router, advertise, replica_name, curve* (daemon/cluster_glue.h) */
 } gd_config;
 
 /* What main should do after gd_config_from_args. */

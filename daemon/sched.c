@@ -20,11 +20,21 @@ struct sched {
     int32_t n_free_slots;
     int64_t preemptions;
     int64_t cap_tokens; /* most tokens one sequence can ever hold: min(context, pool) */
-    /* the current plan: [max_seqs] each */
-    gm_seq_step *steps;
-    sched_seq **plan_seqs;
-    int32_t plan_n;
+    /* plan buffers, a ring: [max_seqs] entries each */
+    struct plan_buf {
+        gm_seq_step *steps;
+        sched_seq **seqs;
+        uint32_t *epochs; /* each entry's sequence epoch when planned */
+        uint8_t *got;
+        int32_t n;
+        uint64_t serial;
+    } bufs[SCHED_MAX_OUTSTANDING];
+    int32_t head, n_out; /* oldest outstanding buffer, outstanding count */
+    uint64_t serial;     /* of the last plan made */
 };
+
+/* The token of a decode whose input is still being sampled (worker/engine.h). */
+static const int32_t k_fed_back = -1;
 
 static void list_push_back(seq_list *l, sched_seq *q)
 {
@@ -83,9 +93,16 @@ sched *sched_new(const sched_opts *o)
     s->o = *o;
     s->kv = kvb_new(o->kv_blocks, o->kv_block_size);
     s->free_slots = malloc((size_t)o->max_seqs * sizeof(int32_t));
-    s->steps = calloc((size_t)o->max_seqs, sizeof(gm_seq_step));
-    s->plan_seqs = calloc((size_t)o->max_seqs, sizeof(sched_seq *));
-    if (!s->kv || !s->free_slots || !s->steps || !s->plan_seqs) {
+    bool ok = s->kv && s->free_slots;
+    for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++) {
+        struct plan_buf *pb = &s->bufs[b];
+        pb->steps = calloc((size_t)o->max_seqs, sizeof(gm_seq_step));
+        pb->seqs = calloc((size_t)o->max_seqs, sizeof(sched_seq *));
+        pb->epochs = calloc((size_t)o->max_seqs, sizeof(uint32_t));
+        pb->got = calloc((size_t)o->max_seqs, 1);
+        ok = ok && pb->steps && pb->seqs && pb->epochs && pb->got;
+    }
+    if (!ok) {
         sched_destroy(&s);
         gm_fail(GM_ERR_NOMEM, "scheduler: out of memory for %d sequences, %lld blocks", o->max_seqs,
                 (long long)o->kv_blocks);
@@ -120,8 +137,12 @@ void sched_destroy(sched **ps)
         }
     kvb_destroy(&s->kv);
     free(s->free_slots);
-    free(s->steps);
-    free(s->plan_seqs);
+    for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++) {
+        free(s->bufs[b].steps);
+        free(s->bufs[b].seqs);
+        free(s->bufs[b].epochs);
+        free(s->bufs[b].got);
+    }
     free(s);
     *ps = NULL;
 }
@@ -185,7 +206,8 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
     q->stop_at_eot = r->stop_at_eot;
     q->user = r->user;
     q->slot = -1;
-    q->plan_idx = -1;
+    for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++)
+        q->plan_pos[b] = -1;
     q->state = SCHED_WAITING;
     list_push_back(&s->waiting, q);
     *out = q;
@@ -198,6 +220,8 @@ static void release_kv(sched *s, sched_seq *q)
         kvb_release(s->kv, q->blocks, q->n_blocks);
     q->n_blocks = 0;
     q->n_computed = 0;
+    q->n_pending = 0;
+    q->epoch++; /* what outstanding steps sample for it is dropped */
     if (q->slot >= 0)
         s->free_slots[s->n_free_slots++] = q->slot;
     q->slot = -1;
@@ -218,55 +242,71 @@ static void preempt(sched *s, sched_seq *q)
 static sched_seq *pick_victim(sched *s)
 {
     for (sched_seq *q = s->running.tail; q; q = q->prev)
-        if (q->plan_idx < 0)
+        if (q->plan_mark != s->serial)
             return q;
     return NULL;
 }
 
-static void plan_add(sched *s, sched_seq *q, int32_t n_tokens)
+static inline int32_t virt_len(const sched_seq *q) { return q->n_tokens + q->n_pending; }
+
+static void plan_add(sched *s, int b, sched_seq *q, int32_t n_tokens)
 {
-    int32_t i = s->plan_n++;
-    gm_seq_step *st = &s->steps[i];
+    struct plan_buf *pb = &s->bufs[b];
+    int32_t i = pb->n++;
+    gm_seq_step *st = &pb->steps[i];
     st->slot = q->slot;
-    st->tokens = q->tokens + q->n_computed;
+    /* a decode of a token still being sampled feeds the slot's last sample */
+    st->tokens = q->n_computed < q->n_tokens ? q->tokens + q->n_computed : &k_fed_back;
     st->n_tokens = n_tokens;
     st->start_pos = q->n_computed;
     st->block_table = q->blocks;
     st->n_blocks = q->n_blocks;
-    st->logits_mode = q->n_computed + n_tokens == q->n_tokens ? GM_LOGITS_LAST : GM_LOGITS_NONE;
+    st->logits_mode = q->n_computed + n_tokens == virt_len(q) ? GM_LOGITS_LAST : GM_LOGITS_NONE;
     st->sampling = q->sampling;
-    s->plan_seqs[i] = q;
-    q->plan_idx = i;
+    pb->seqs[i] = q;
+    pb->epochs[i] = q->epoch;
+    pb->got[i] = 0;
+    q->plan_mark = s->serial;
+    q->plan_pos[b] = i;
     q->n_computed += n_tokens;
+    q->n_pending += st->logits_mode != GM_LOGITS_NONE;
     q->scheduled = true;
 }
 
 int32_t sched_plan_step(sched *s, sched_plan *plan)
 {
-    /* forget the previous plan */
-    for (int32_t i = 0; i < s->plan_n; i++)
-        if (s->plan_seqs[i])
-            s->plan_seqs[i]->plan_idx = -1;
-    s->plan_n = 0;
+    memset(plan, 0, sizeof *plan);
+    if (s->n_out >= SCHED_MAX_OUTSTANDING)
+        return 0;
+    int b = (s->head + s->n_out) % SCHED_MAX_OUTSTANDING;
+    struct plan_buf *pb = &s->bufs[b];
+    /* forget what this buffer held before */
+    for (int32_t i = 0; i < pb->n; i++)
+        if (pb->seqs[i] && pb->seqs[i]->plan_pos[b] == i)
+            pb->seqs[i]->plan_pos[b] = -1;
+    pb->n = 0;
+    s->serial++;
     int32_t budget = s->o.max_tokens_per_step;
     int32_t preempted = 0;
 
-    /* 1. decodes, oldest first */
+    /* 1. decodes, oldest first: exactly one token (known, or being sampled) not fed yet,
+     *    and room for another under max_tokens and the context */
     for (sched_seq *q = s->running.head, *next; q && budget > 0; q = next) {
         next = q->next;
-        if (q->n_tokens - q->n_computed != 1)
+        int32_t v = virt_len(q);
+        if (v - q->n_computed != 1 || v >= q->cap || v - q->n_prompt >= q->max_new)
             continue;
-        int64_t need = kvb_blocks_for(s->kv, q->n_tokens) - q->n_blocks;
+        int64_t need = kvb_blocks_for(s->kv, q->n_computed + 1) - q->n_blocks;
         bool self = false;
         while (need > kvb_free_count(s->kv)) {
-            sched_seq *v = pick_victim(s);
-            if (!v || v == q) {
+            sched_seq *victim = pick_victim(s);
+            if (!victim || victim == q) {
                 self = true;
                 break;
             }
-            if (v == next)
-                next = v->next;
-            preempt(s, v);
+            if (victim == next)
+                next = victim->next;
+            preempt(s, victim);
             preempted++;
         }
         if (self) { /* q is the newest unplanned sequence: it yields */
@@ -278,16 +318,16 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
             kvb_alloc(s->kv, (int32_t)need, q->blocks + q->n_blocks);
             q->n_blocks += (int32_t)need;
         }
-        plan_add(s, q, 1);
+        plan_add(s, b, q, 1);
         budget--;
     }
     /* 2. prefill chunks of running sequences (their blocks were taken at admission) */
     for (sched_seq *q = s->running.head; q && budget > 0; q = q->next) {
-        int32_t pending = q->n_tokens - q->n_computed;
-        if (q->plan_idx >= 0 || pending <= 1)
+        int32_t unfed = q->n_tokens - q->n_computed;
+        if (q->plan_mark == s->serial || unfed <= 1 || q->n_pending > 0)
             continue;
-        int32_t chunk = pending < budget ? pending : budget;
-        plan_add(s, q, chunk);
+        int32_t chunk = unfed < budget ? unfed : budget;
+        plan_add(s, b, q, chunk);
         budget -= chunk;
     }
     /* 3. admit waiting sequences, FIFO */
@@ -300,20 +340,28 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         kvb_alloc(s->kv, (int32_t)need, q->blocks);
         q->n_blocks = (int32_t)need;
         q->n_computed = 0;
+        q->n_pending = 0;
         q->slot = s->free_slots[--s->n_free_slots];
         q->state = SCHED_RUNNING;
         list_push_back(&s->running, q);
         int32_t chunk = q->n_tokens < budget ? q->n_tokens : budget;
-        plan_add(s, q, chunk);
+        plan_add(s, b, q, chunk);
         budget -= chunk;
     }
-    plan->steps = s->steps;
-    plan->seqs = s->plan_seqs;
-    plan->n = s->plan_n;
+    pb->serial = s->serial;
+    if (pb->n > 0)
+        s->n_out++;
+    plan->steps = pb->steps;
+    plan->seqs = pb->seqs;
+    plan->got = pb->got;
+    plan->n = pb->n;
     plan->n_tokens = s->o.max_tokens_per_step - budget;
     plan->n_preempted = preempted;
+    plan->serial = s->serial;
     return plan->n;
 }
+
+int32_t sched_outstanding(const sched *s) { return s->n_out; }
 
 static bool is_stop_token(const sched *s, const sched_seq *q, int32_t tok)
 {
@@ -327,16 +375,25 @@ static bool is_stop_token(const sched *s, const sched_seq *q, int32_t tok)
 
 void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens)
 {
-    for (int32_t i = 0; i < plan->n; i++) {
-        sched_seq *q = plan->seqs[i];
-        if (!q || q->state != SCHED_RUNNING || plan->steps[i].logits_mode == GM_LOGITS_NONE)
-            continue;
+    if (s->n_out == 0 || plan->steps != s->bufs[s->head].steps)
+        return; /* not the oldest outstanding plan: a caller bug, nothing to apply */
+    struct plan_buf *pb = &s->bufs[s->head];
+    s->head = (s->head + 1) % SCHED_MAX_OUTSTANDING;
+    s->n_out--;
+    for (int32_t i = 0; i < pb->n; i++) {
+        pb->got[i] = 0;
+        sched_seq *q = pb->seqs[i];
+        if (!q || q->state != SCHED_RUNNING || pb->epochs[i] != q->epoch ||
+            pb->steps[i].logits_mode == GM_LOGITS_NONE)
+            continue; /* freed, finished (an extra run-ahead step), preempted, or no sample */
+        q->n_pending--;
         int32_t tok = tokens[i];
         if (tok < 0) {
             sched_finish_seq(s, q, SCHED_FINISH_ERROR);
             continue;
         }
         q->tokens[q->n_tokens++] = tok;
+        pb->got[i] = 1;
         if (is_stop_token(s, q, tok)) {
             q->stop_token = true;
             sched_finish_seq(s, q, SCHED_FINISH_STOP);
@@ -344,6 +401,21 @@ void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens)
             sched_finish_seq(s, q, SCHED_FINISH_LENGTH);
         }
     }
+}
+
+void sched_abandon(sched *s)
+{
+    for (int32_t k = 0; k < s->n_out; k++) {
+        int b = (s->head + k) % SCHED_MAX_OUTSTANDING;
+        struct plan_buf *pb = &s->bufs[b];
+        for (int32_t i = 0; i < pb->n; i++)
+            if (pb->seqs[i]) {
+                if (pb->seqs[i]->plan_pos[b] == i)
+                    pb->seqs[i]->plan_pos[b] = -1;
+                pb->seqs[i] = NULL;
+            }
+    }
+    s->n_out = 0;
 }
 
 void sched_finish_seq(sched *s, sched_seq *q, sched_finish why)
@@ -362,8 +434,11 @@ void sched_seq_free(sched *s, sched_seq **pq)
         return;
     sched_seq *q = *pq;
     sched_finish_seq(s, q, SCHED_FINISH_CANCELLED);
-    if (q->plan_idx >= 0 && q->plan_idx < s->plan_n && s->plan_seqs[q->plan_idx] == q)
-        s->plan_seqs[q->plan_idx] = NULL;
+    for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++) {
+        int32_t i = q->plan_pos[b];
+        if (i >= 0 && i < s->bufs[b].n && s->bufs[b].seqs[i] == q)
+            s->bufs[b].seqs[i] = NULL; /* its outstanding steps skip it at commit */
+    }
     seq_free_mem(q);
     *pq = NULL;
 }

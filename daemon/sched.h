@@ -15,7 +15,21 @@
  *   3. waiting sequences are admitted in FIFO order while a slot and the blocks
  *      for all their known tokens are free, and start prefilling.
  * A sequence's tokens array is its prompt followed by what it generated;
- * n_computed of them are in the KV cache. */
+ * n_computed of them are in the KV cache.
+ *
+ * Run-ahead: up to two plans may be outstanding (planned, not yet committed).
+ * The second is planned before the first one's tokens are known: a sequence
+ * whose last token is still being sampled decodes it as -1 ("the token this
+ * slot sampled in its previous step", worker/engine.h), and n_pending counts
+ * such tokens. Length limits count them, so a sequence never runs past
+ * max_tokens or the context; a stop token or stop string is only seen at the
+ * commit, so one extra step may already be planned for a finished sequence:
+ * its token is discarded at that step's commit. A sequence that finishes, is
+ * cancelled or preempted gives its blocks and slot back at once: they can only
+ * go to plans made later, which the workers run after the outstanding ones, so
+ * no step ever sees a block that another sequence of the same or an earlier
+ * step still uses. Preemption bumps the sequence's epoch, so the tokens of its
+ * outstanding steps are discarded too (recompute gives the same ones). */
 #ifndef GM_SCHED_H
 #define GM_SCHED_H
 
@@ -27,6 +41,7 @@
 #include "worker/engine.h"
 
 #define SCHED_MAX_STOP_IDS 64
+#define SCHED_MAX_OUTSTANDING 2 /* plans made and not yet committed */
 
 typedef enum sched_state {
     SCHED_WAITING = 0,
@@ -71,7 +86,9 @@ struct sched_seq {
     void *user;
     int32_t *tokens;    /* [cap] prompt then generated ids */
     int32_t n_prompt, n_tokens, cap;
-    int32_t n_computed; /* tokens whose KV is (being) written */
+    int32_t n_computed; /* tokens whose KV is (being) written, pending ones included */
+    int32_t n_pending;  /* tokens outstanding steps are sampling for it (not in tokens yet) */
+    uint32_t epoch;     /* bumped at each preemption: older steps' tokens are discarded */
     int32_t *blocks;    /* [blocks_cap] block table, logical order */
     int32_t n_blocks, blocks_cap;
     int32_t slot;       /* 0..max_seqs-1 while running, else -1 */
@@ -85,7 +102,8 @@ struct sched_seq {
     bool stop_token;    /* finished on a stop token (EOS / EOT / stop id): the last id is not text */
     int32_t preemptions;
     bool scheduled;     /* has been in a step at least once */
-    int32_t plan_idx;   /* index in the current plan, -1 if none */
+    uint64_t plan_mark; /* serial of the last plan that took it */
+    int32_t plan_pos[SCHED_MAX_OUTSTANDING]; /* its entry in each plan buffer, -1 if none */
     sched_seq *prev, *next; /* in the running or waiting list */
 };
 
@@ -93,13 +111,15 @@ typedef struct sched sched;
 
 /* One step: entries for wk_pool_submit and the sequence behind each entry
  * (NULL after the sequence was freed while the step was in flight). Owned by
- * the scheduler, valid until the next sched_plan. */
+ * the scheduler, valid until its commit (or sched_abandon). */
 typedef struct sched_plan {
     gm_seq_step *steps; /* [n] */
     sched_seq **seqs;   /* [n] */
+    uint8_t *got;       /* [n] set by sched_commit_step: 1 where a token was appended to the sequence */
     int32_t n;
     int32_t n_tokens;   /* sum of steps[i].n_tokens */
     int32_t n_preempted; /* sequences preempted while planning this step */
+    uint64_t serial;    /* 1, 2, ... in planning order */
 } sched_plan;
 
 /* NULL on bad options (names the value in gm_last_error) or no memory. */
@@ -120,14 +140,25 @@ typedef enum sched_reject {
  * scheduler until sched_seq_free. */
 sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out);
 
-/* Build the next step into *plan; returns plan->n (0 = nothing runnable). */
+/* Build the next step into *plan; returns plan->n (0 = nothing runnable, and
+ * nothing outstanding added). With a plan already outstanding this is the
+ * run-ahead step; at most SCHED_MAX_OUTSTANDING (else returns 0). */
 int32_t sched_plan_step(sched *s, sched_plan *plan);
 
-/* Apply the last plan's sampled tokens (tokens[i] for entry i; -1 where no
- * logits were asked). A sequence that reaches a stop condition becomes
- * SCHED_FINISHED with its blocks and slot freed. The caller then walks
- * plan->seqs to stream what changed. */
+/* Plans made and not committed. */
+int32_t sched_outstanding(const sched *s);
+
+/* Apply the oldest outstanding plan's sampled tokens (tokens[i] for entry i;
+ * -1 where no logits were asked); plans are committed in planning order. A
+ * sequence that reaches a stop condition becomes SCHED_FINISHED with its
+ * blocks and slot freed. Tokens of finished or preempted sequences are
+ * dropped. The caller then walks plan->seqs where plan->got[i] to stream what
+ * changed (and finished ones to end them). */
 void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens);
+
+/* Forget every outstanding plan (the workers failed; call after
+ * sched_fail_running, which ends every sequence they held). */
+void sched_abandon(sched *s);
 
 /* End a sequence now (stop string, cancel, error): frees its blocks and slot at
  * once; it stays allocated until sched_seq_free. No-op if already finished. */

@@ -4,7 +4,11 @@
  * collect tokens -> sched_commit_step -> per sequence: detokenize, stop
  * strings, mark its request dirty -> plan and submit the next step -> pack one
  * ServerMessage per client holding all its chunks -> send. No allocation per
- * token; one protobuf pack and one zmq_send per client per step. */
+ * token; one protobuf pack and one zmq_send per client per step.
+ *
+ * Run-ahead (run_ahead = true, the default): two steps are in flight, so the
+ * workers always have the next plan queued when a step ends and never wait on
+ * this loop; step k+1 is planned before step k's tokens are back (sched.h). */
 #define _GNU_SOURCE
 #include "daemon/server.h"
 
@@ -22,6 +26,7 @@
 
 #include "common/log.h"
 #include "common/tokenizer.h"
+#include "daemon/cluster_glue.h"
 #include "daemon/metrics.h"
 #include "daemon/sched.h"
 #include "daemon/textout.h"
@@ -78,6 +83,7 @@ typedef struct gd_counters {
 struct gd_server {
     const gd_config *cfg;
     void *zctx, *router;
+    glue *glue;           /* CurveZMQ + router registration (daemon/cluster_glue.h) */
     wk_pool *pool;
     bool pool_ok;
     double next_restart_ms;
@@ -85,9 +91,11 @@ struct gd_server {
     gm_model_config mcfg;
     int32_t max_context;
     sched *sch;
-    sched_plan plan;
-    bool step_inflight;
-    double step_start_ms;
+    sched_plan plans[SCHED_MAX_OUTSTANDING]; /* submitted, oldest first */
+    double plan_sent_ms[SCHED_MAX_OUTSTANDING];
+    int32_t n_plans;
+    int32_t depth;        /* steps in flight at most: 2 with run-ahead, else 1 */
+    double last_done_ms;  /* when the last step's result came */
     int32_t *step_tokens; /* [max_seqs] */
     sched_seq **failed;   /* [max_seqs] scratch of workers_failed */
     u64map clients;       /* identity hash -> gd_client chain */
@@ -864,8 +872,8 @@ static void workers_failed(gd_server *s, const char *why)
         req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__WORKER_FAILED,
                      "a worker failed (%s); gemmad is restarting its workers", why);
     }
-    s->step_inflight = false;
-    s->plan.n = 0;
+    sched_abandon(s->sch);
+    s->n_plans = 0;
     flush_clients(s); /* tell them before the (slow) restart */
     s->c.worker_restarts++;
     gm_status st = wk_pool_restart(s->pool);
@@ -879,22 +887,25 @@ static void workers_failed(gd_server *s, const char *why)
     }
 }
 
+/* The oldest step in flight is done: commit its tokens, stream them. */
 static void on_step_done(gd_server *s)
 {
     double now = now_ms();
-    met_ring_add(&s->step_ms, now - s->step_start_ms);
+    sched_plan *plan = &s->plans[0];
+    double began = s->plan_sent_ms[0] > s->last_done_ms ? s->plan_sent_ms[0] : s->last_done_ms;
+    met_ring_add(&s->step_ms, now - began); /* pipelined: the time since the previous step ended */
+    s->last_done_ms = now;
     s->c.steps++;
-    s->step_inflight = false;
-    sched_commit_step(s->sch, &s->plan, s->step_tokens);
+    sched_commit_step(s->sch, plan, s->step_tokens);
     char buf[GM_DETOK_MAX_OUT];
-    for (int32_t i = 0; i < s->plan.n; i++) {
-        sched_seq *q = s->plan.seqs[i];
+    for (int32_t i = 0; i < plan->n; i++) {
+        sched_seq *q = plan->seqs[i];
         if (!q)
             continue;
         gd_req *r = q->user;
         if (r->done)
             continue;
-        bool got = s->plan.steps[i].logits_mode != GM_LOGITS_NONE && s->step_tokens[i] >= 0;
+        bool got = plan->got[i];
         if (got) {
             if (r->t_first == 0)
                 r->t_first = now;
@@ -928,52 +939,60 @@ static void on_step_done(gd_server *s)
             req_mark_dirty(s, r);
         }
     }
+    s->n_plans--;
+    for (int32_t k = 0; k < s->n_plans; k++) {
+        s->plans[k] = s->plans[k + 1];
+        s->plan_sent_ms[k] = s->plan_sent_ms[k + 1];
+    }
 }
 
 static void on_workers_readable(gd_server *s)
 {
-    if (!s->step_inflight) { /* nothing expected: let the pool drop stale messages */
+    for (;;) {
         bool done = false;
-        wk_pool_collect(s->pool, NULL, 0, &done);
-        return;
-    }
-    bool done = false;
-    gm_status st = wk_pool_collect(s->pool, s->step_tokens, s->plan.n, &done);
-    if (st != GM_OK) {
-        char why[512];
-        snprintf(why, sizeof(why), "%s: %s", gm_status_str(st), gm_last_error());
-        workers_failed(s, why);
-        return;
-    }
-    if (done)
+        if (s->n_plans == 0) { /* nothing expected: let the pool drop stale messages */
+            wk_pool_collect(s->pool, NULL, 0, &done);
+            return;
+        }
+        gm_status st = wk_pool_collect(s->pool, s->step_tokens, s->plans[0].n, &done);
+        if (st != GM_OK) {
+            char why[512];
+            snprintf(why, sizeof(why), "%s: %s", gm_status_str(st), gm_last_error());
+            workers_failed(s, why);
+            return;
+        }
+        if (!done)
+            return;
         on_step_done(s);
+    }
 }
 
-/* Plan and submit the next step when the workers are idle. */
+/* Plan and submit steps while fewer than depth are in flight. */
 static void maybe_submit(gd_server *s)
 {
-    if (!s->pool_ok || s->step_inflight)
-        return;
-    int32_t n = sched_plan_step(s->sch, &s->plan);
-    if (n == 0)
-        return;
-    double now = now_ms();
-    for (int32_t i = 0; i < n; i++) {
-        gd_req *r = s->plan.seqs[i]->user;
-        if (r->t_sched == 0)
-            r->t_sched = now;
+    while (s->pool_ok && s->n_plans < s->depth) {
+        sched_plan *plan = &s->plans[s->n_plans];
+        int32_t n = sched_plan_step(s->sch, plan);
+        if (n == 0)
+            return;
+        double now = now_ms();
+        for (int32_t i = 0; i < n; i++) {
+            gd_req *r = plan->seqs[i]->user;
+            if (r->t_sched == 0)
+                r->t_sched = now;
+        }
+        if (plan->n_preempted)
+            GM_DEBUG("step %llu: %d sequence(s) preempted", (unsigned long long)plan->serial, plan->n_preempted);
+        s->plan_sent_ms[s->n_plans] = now;
+        s->n_plans++; /* outstanding in the scheduler now: workers_failed abandons it */
+        gm_status st = wk_pool_submit(s->pool, plan->steps, n);
+        if (st != GM_OK) {
+            char why[512];
+            snprintf(why, sizeof(why), "submit: %s: %s", gm_status_str(st), gm_last_error());
+            workers_failed(s, why);
+            return;
+        }
     }
-    if (s->plan.n_preempted)
-        GM_DEBUG("step %lld: %d sequence(s) preempted", (long long)s->c.steps, s->plan.n_preempted);
-    gm_status st = wk_pool_submit(s->pool, s->plan.steps, n);
-    if (st != GM_OK) {
-        char why[512];
-        snprintf(why, sizeof(why), "submit: %s: %s", gm_status_str(st), gm_last_error());
-        workers_failed(s, why);
-        return;
-    }
-    s->step_inflight = true;
-    s->step_start_ms = now;
 }
 
 /* Cancel everything still queued or running (shutdown deadline). */
@@ -1062,6 +1081,7 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
         st = GM_ERR_INVALID_ARG;
         goto fail;
     }
+    s->depth = cfg->run_ahead ? 2 : 1;
     s->step_tokens = calloc((size_t)cfg->max_seqs, sizeof(int32_t));
     s->failed = calloc((size_t)cfg->max_seqs, sizeof(sched_seq *));
     if (!s->step_tokens || !s->failed) {
@@ -1082,14 +1102,18 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     zmq_setsockopt(s->router, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
     zmq_setsockopt(s->router, ZMQ_HEARTBEAT_TIMEOUT, &hto, sizeof(hto));
     zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
+    if ((st = glue_new(s->zctx, &cfg->cluster, s->router, &s->glue)) != GM_OK)
+        goto fail;
     if (zmq_bind(s->router, cfg->listen) != 0) {
         st = gm_fail(GM_ERR_ZMQ, "cannot listen on %s: %s", cfg->listen, zmq_strerror(errno));
         goto fail;
     }
-    GM_INFO("serving %s on %s: %lld KV blocks of %d tokens, %d seqs, %d tokens/step, context %d, vocab %d%s",
+    if ((st = glue_start(s->glue, s->router)) != GM_OK)
+        goto fail;
+    GM_INFO("serving %s on %s: %lld KV blocks of %d tokens, %d seqs, %d tokens/step, context %d, vocab %d%s%s",
             cfg->model ? cfg->model : "(no model)", cfg->listen, (long long)so.kv_blocks, so.kv_block_size,
             so.max_seqs, so.max_tokens_per_step, so.max_context, s->mcfg.vocab_size,
-            s->tok ? "" : ", no tokenizer");
+            s->tok ? "" : ", no tokenizer", cfg->run_ahead ? "" : ", no run-ahead");
     *out = s;
     return GM_OK;
 fail:
@@ -1128,6 +1152,7 @@ void gd_server_destroy(gd_server **ps)
     u64map_free(&s->clients);
     if (s->router)
         zmq_close(s->router);
+    glue_destroy(&s->glue);
     if (s->zctx)
         zmq_ctx_term(s->zctx);
     wk_pool_destroy(&s->pool);
@@ -1153,6 +1178,7 @@ static void begin_shutdown(gd_server *s, int sig)
         return;
     }
     s->stopping = true;
+    glue_unregister(s->glue, "shutdown");
     s->stop_deadline_ms = now_ms() + s->cfg->shutdown_timeout_ms;
     GM_INFO("signal %d: shutting down; finishing %d running and %d waiting request(s) (at most %d ms)", sig,
             sched_running(s->sch), sched_waiting(s->sch), s->cfg->shutdown_timeout_ms);

@@ -62,7 +62,17 @@ static void test_defaults(void **state)
     assert_int_equal(c.kv_memory, 64ll << 20);
     assert_int_equal(c.max_seqs, 64);
     assert_int_equal(c.max_tokens_per_step, 2048);
+    assert_true(c.run_ahead);
     assert_null(c.model);
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 3, "--backend", "null", "--no-run-ahead"), GM_OK);
+    assert_false(c.run_ahead);
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--run-ahead", "false"), GM_OK);
+    assert_false(c.run_ahead);
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--run-ahead", "maybe"), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "run_ahead"));
     gd_config_free(&c);
     assert_int_equal(from_args(&c, &a, 1, "--help"), GM_OK);
     assert_int_equal(a, GD_ACTION_HELP);
@@ -85,7 +95,8 @@ static void test_file_and_flags(void **state)
                                          "listen = \"tcp://0.0.0.0:6000\";\n"
                                          "log_level = \"debug\";\n"
                                          "quant = \"fp8\";\n"
-                                         "kv_dtype = \"fp8\";\n");
+                                         "kv_dtype = \"fp8\";\n"
+                                         "run_ahead = false;\n");
     gd_config c;
     gd_action a;
     assert_int_equal(from_args(&c, &a, 2, "--config", p), GM_OK);
@@ -102,6 +113,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c.log_level, GM_LOG_DEBUG);
     assert_int_equal(c.quant, GM_QUANT_FP8);
     assert_int_equal(c.kv_dtype, GM_KV_FP8);
+    assert_false(c.run_ahead);
     gd_config_free(&c);
     /* flags win, whatever their position relative to --config */
     assert_int_equal(from_args(&c, &a, 9, "--tp", "4", "--config", p, "--listen", "ipc:///tmp/x", "--kv-memory=64M",
@@ -126,6 +138,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c2.kv_memory, c.kv_memory);
     assert_int_equal(c2.tp, c.tp);
     assert_int_equal(c2.quant, c.quant);
+    assert_int_equal(c2.run_ahead, c.run_ahead);
     gd_config_free(&c2);
     gd_config_free(&c);
 }

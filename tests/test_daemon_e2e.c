@@ -1,6 +1,7 @@
 /* test_daemon_e2e.c - gemmad on the tiny model (cpu backend) against gemma-generate:
- * 32 concurrent streaming clients at tp=1 and tp=2 get byte-identical text; a KV
- * pool so small that sequences are preempted and recomputed changes nothing;
+ * 32 concurrent streaming clients at tp=1 and tp=2, with run-ahead (two steps in
+ * flight) and without, get byte-identical text; a KV pool so small that sequences
+ * are preempted and recomputed changes nothing (both modes, tp=1 and tp=2);
  * gemma-cli prints exactly what gemma-generate prints (plain and chat). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -161,14 +162,21 @@ static void get_stats(const char *endpoint, gmc_stats *s)
     gmc_close(&c);
 }
 
-static void run_tp(int tp, const char *extra_flag, const char *extra_val, bool expect_preempt)
+/* gemmad at tp with extra flags (NULL-terminated, may be NULL); 32 clients; all
+ * blocks back afterwards. */
+static void run_tp(int tp, const char *const *extra, bool expect_preempt, const char *tag)
 {
-    char ep[400], tps[8], log[64];
+    char ep[400], tps[8], log[64], sock[64];
     snprintf(tps, sizeof tps, "%d", tp);
-    snprintf(log, sizeof log, "gemmad-tp%d%s.log", tp, expect_preempt ? "-pre" : "");
-    td_endpoint(ep, sizeof ep, expect_preempt ? "pre.sock" : tp == 1 ? "tp1.sock" : "tp2.sock");
-    const char *args[] = {"--model", TINY_MODEL_DIR, "--backend", "cpu", "--tp", tps, "--listen", ep,
-                          "--max-tokens-per-step", "64", extra_flag, extra_val, NULL};
+    snprintf(log, sizeof log, "gemmad-tp%d-%s.log", tp, tag);
+    snprintf(sock, sizeof sock, "tp%d-%s.sock", tp, tag);
+    td_endpoint(ep, sizeof ep, sock);
+    const char *args[32] = {"--model", TINY_MODEL_DIR, "--backend", "cpu", "--tp", tps, "--listen", ep,
+                            "--max-tokens-per-step", "64"};
+    int n = 10;
+    for (; extra && *extra && n < 31; extra++)
+        args[n++] = *extra;
+    args[n] = NULL;
     pid_t pid = td_spawn_gemmad(args, log);
     assert_true(pid > 0);
     if (!td_wait_ready(ep, pid, 120000)) {
@@ -195,23 +203,43 @@ static void run_tp(int tp, const char *extra_flag, const char *extra_val, bool e
     assert_int_equal(rc, 0);
 }
 
+static const char *const NO_RUN_AHEAD[] = {"--no-run-ahead", NULL};
+
+/* run-ahead (the default): two steps in flight, decodes fed back on the workers */
 static void test_tp1(void **state)
 {
     (void)state;
-    run_tp(1, NULL, NULL, false);
+    run_tp(1, NULL, false, "ahead");
 }
 
 static void test_tp2(void **state)
 {
     (void)state;
-    run_tp(2, NULL, NULL, false);
+    run_tp(2, NULL, false, "ahead");
+}
+
+static void test_tp1_no_run_ahead(void **state)
+{
+    (void)state;
+    run_tp(1, NO_RUN_AHEAD, false, "serial");
+}
+
+static void test_tp2_no_run_ahead(void **state)
+{
+    (void)state;
+    run_tp(2, NO_RUN_AHEAD, false, "serial");
 }
 
 /* 8 blocks of 16 tokens: a handful of sequences at a time, so decode runs out of blocks. */
 static void test_preemption(void **state)
 {
     (void)state;
-    run_tp(1, "--kv-blocks", "8", true);
+    const char *const ahead[] = {"--kv-blocks", "8", NULL};
+    const char *const serial[] = {"--kv-blocks", "8", "--no-run-ahead", NULL};
+    run_tp(1, ahead, true, "pre-ahead");
+    run_tp(1, serial, true, "pre-serial");
+    const char *const tp2[] = {"--kv-blocks", "8", "--max-seqs", "6", NULL};
+    run_tp(2, tp2, true, "pre-ahead");
 }
 
 /* gemma-cli prints byte for byte what gemma-generate prints. */
@@ -336,6 +364,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tp1),
         cmocka_unit_test(test_tp2),
+        cmocka_unit_test(test_tp1_no_run_ahead),
+        cmocka_unit_test(test_tp2_no_run_ahead),
         cmocka_unit_test(test_preemption),
         cmocka_unit_test(test_cli_matches_generate),
     };

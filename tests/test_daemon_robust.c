@@ -444,11 +444,12 @@ static bool all_freed(const gmc_stats *s)
     return s->running == 0 && s->waiting == 0 && s->kv_blocks_used == 0;
 }
 
-static void test_client_vanishes(void **state)
+static const char *const NO_RUN_AHEAD[] = {"--no-run-ahead", NULL};
+
+static void client_vanishes(const char *name, const char *const *extra)
 {
-    (void)state;
     char ep[400];
-    pid_t pid = start("vanish", NULL, ep, sizeof ep);
+    pid_t pid = start(name, extra, ep, sizeof ep);
     gmc_client *a;
     assert_int_equal(gmc_connect(ep, 10000, &a), GMC_OK);
     uint64_t ids[4];
@@ -466,11 +467,18 @@ static void test_client_vanishes(void **state)
     assert_int_equal(td_stop(pid), 0);
 }
 
-static void test_worker_killed(void **state)
+static void test_client_vanishes(void **state)
 {
     (void)state;
+    client_vanishes("vanish", NULL); /* two steps in flight when it goes */
+    client_vanishes("vanish-serial", NO_RUN_AHEAD);
+}
+
+/* SIGKILL of the worker: with run-ahead two steps are in flight, neither comes back. */
+static void worker_killed(const char *name, const char *const *extra)
+{
     char ep[400];
-    pid_t pid = start("kill", NULL, ep, sizeof ep);
+    pid_t pid = start(name, extra, ep, sizeof ep);
     gmc_client *c;
     assert_int_equal(gmc_connect(ep, 10000, &c), GMC_OK);
     uint64_t ids[4];
@@ -502,6 +510,13 @@ static void test_worker_killed(void **state)
     assert_int_not_equal(td_worker_pid(pid, 0), w);
     gmc_close(&c);
     assert_int_equal(td_stop(pid), 0);
+}
+
+static void test_worker_killed(void **state)
+{
+    (void)state;
+    worker_killed("kill", NULL);
+    worker_killed("kill-serial", NO_RUN_AHEAD);
 }
 
 static bool two_waiting(const gmc_stats *s)

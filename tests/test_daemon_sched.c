@@ -4,7 +4,10 @@
  * paged "KV" store through the block table, and the token it samples is a
  * hash of (seed, everything in the sequence's KV read back through the block
  * table). So a wrong block table, a wrong start_pos, two sequences sharing a
- * block, or a recompute that feeds other tokens all change the output. */
+ * block, or a recompute that feeds other tokens all change the output. Like
+ * a real engine it resolves a -1 token from the slot's last sample, so the
+ * run-ahead tests (two plans outstanding, the second made before the first
+ * one's tokens are committed) check the same outputs. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,11 +25,25 @@
 #define VOCAB 1000
 #define MAX_BLOCKS_FAKE 4096
 
+#define MAX_SLOTS_FAKE 64
+
 typedef struct fake_kv {
     int32_t block_size;
     int32_t *data;  /* [MAX_BLOCKS_FAKE, block_size] token written at each slot */
     int32_t *owner; /* [MAX_BLOCKS_FAKE] slot that last wrote the block (-1) */
+    int32_t last[MAX_SLOTS_FAKE]; /* each slot's last sample, -1 = none (what -1 tokens read) */
+    int n_fed;      /* -1 tokens resolved */
 } fake_kv;
+
+/* 0: never EOS. Else a sampled token is EOS when (seed + position) % g_eos_mod == 0. */
+static int g_eos_mod;
+
+static int32_t fake_token(uint64_t h, uint64_t seed, int32_t end)
+{
+    if (g_eos_mod && (seed + (uint64_t)end) % (uint64_t)g_eos_mod == 0)
+        return 1;
+    return 3 + (int32_t)(h % (VOCAB - 3));
+}
 
 static void fake_init(fake_kv *f, int32_t bs)
 {
@@ -37,6 +54,9 @@ static void fake_init(fake_kv *f, int32_t bs)
         f->data[i] = -7;
     for (int i = 0; i < MAX_BLOCKS_FAKE; i++)
         f->owner[i] = -1;
+    for (int i = 0; i < MAX_SLOTS_FAKE; i++)
+        f->last[i] = -1;
+    f->n_fed = 0;
 }
 
 static void fake_free(fake_kv *f)
@@ -60,14 +80,25 @@ static void fake_step(fake_kv *f, const sched_plan *p, int32_t *out)
         const gm_seq_step *s = &p->steps[i];
         int32_t end = s->start_pos + s->n_tokens;
         assert_true(s->n_blocks * f->block_size >= end);
+        assert_true(end <= 1024); /* max_context of opts() */
+        assert_true(s->slot >= 0 && s->slot < MAX_SLOTS_FAKE);
         for (int32_t k = 0; k < s->n_tokens; k++) {
             int32_t pos = s->start_pos + k;
             int32_t blk = s->block_table[pos / f->block_size];
             assert_true(blk >= 0 && blk < MAX_BLOCKS_FAKE);
-            f->data[blk * f->block_size + pos % f->block_size] = s->tokens[k];
+            int32_t t = s->tokens[k];
+            if (t == -1) { /* run-ahead: the slot's previous sample */
+                assert_int_equal(s->n_tokens, 1);
+                assert_true(s->start_pos > 0);
+                t = f->last[s->slot];
+                assert_true(t >= 0);
+                f->n_fed++;
+            }
+            f->data[blk * f->block_size + pos % f->block_size] = t;
         }
         if (s->logits_mode == GM_LOGITS_NONE) {
             out[i] = -1;
+            f->last[s->slot] = -1;
             continue;
         }
         /* "attention" over the whole KV read back through the table */
@@ -77,24 +108,30 @@ static void fake_step(fake_kv *f, const sched_plan *p, int32_t *out)
             int32_t t = f->data[blk * f->block_size + pos % f->block_size];
             h = gm_mix64(h ^ (uint64_t)(t + 1) * 0x100000001b3ull);
         }
-        out[i] = 3 + (int32_t)(h % (VOCAB - 3)); /* never EOS unless forced by the test */
+        out[i] = fake_token(h, s->sampling.seed, end); /* never EOS unless g_eos_mod */
+        f->last[s->slot] = out[i];
     }
 }
 
-/* The output a sequence gets when it runs alone with plenty of room. */
-static void reference(const int32_t *prompt, int32_t n_prompt, uint64_t seed, int32_t n_gen, int32_t *out)
+/* The output a sequence gets when it runs alone with plenty of room: up to
+ * n_gen tokens, fewer when an EOS comes first (g_eos_mod). Returns the count. */
+static int32_t reference(const int32_t *prompt, int32_t n_prompt, uint64_t seed, int32_t n_gen, int32_t *out)
 {
     int32_t *all = malloc(sizeof(int32_t) * (size_t)(n_prompt + n_gen + 1));
     memcpy(all, prompt, sizeof(int32_t) * (size_t)n_prompt);
-    for (int32_t g = 0; g < n_gen; g++) {
+    int32_t g = 0;
+    while (g < n_gen) {
         int32_t end = n_prompt + g;
         uint64_t h = seed * 0x9e3779b97f4a7c15ull + (uint64_t)end;
         for (int32_t pos = 0; pos < end; pos++)
             h = gm_mix64(h ^ (uint64_t)(all[pos] + 1) * 0x100000001b3ull);
-        all[end] = 3 + (int32_t)(h % (VOCAB - 3));
-        out[g] = all[end];
+        all[end] = fake_token(h, seed, end);
+        out[g++] = all[end];
+        if (all[end] == 1)
+            break;
     }
     free(all);
+    return g;
 }
 
 static sched_opts opts(int32_t max_seqs, int32_t budget, int64_t blocks, int32_t bs)
@@ -144,14 +181,55 @@ static int run_all(sched *s, fake_kv *f, int32_t budget, int32_t max_seqs, int *
     return steps;
 }
 
+/* Run until idle with two plans outstanding (run-ahead): plan k+1 is made
+ * before step k is committed. The fake workers run each plan as soon as it is
+ * made (they run in order); the commit comes one step later. after_commit (may
+ * be NULL) runs after each commit. Returns the steps taken. */
+typedef void (*commit_hook)(sched *s, void *arg);
+
+static int run_all_ahead(sched *s, fake_kv *f, int32_t budget, int32_t max_seqs, int *max_batch,
+                         commit_hook after_commit, void *arg)
+{
+    sched_plan p[2];
+    int32_t toks[2][256];
+    int n_out = 0, steps = 0, both = 0;
+    while (!sched_idle(s) || n_out > 0) {
+        while (n_out < 2) {
+            int32_t n = sched_plan_step(s, &p[n_out]);
+            if (n == 0)
+                break;
+            assert_true(n <= max_seqs);
+            assert_true(p[n_out].n_tokens <= budget);
+            if (max_batch && n > *max_batch)
+                *max_batch = n;
+            fake_step(f, &p[n_out], toks[n_out]);
+            n_out++;
+        }
+        assert_int_equal(sched_outstanding(s), n_out);
+        assert_true(n_out > 0); /* something must be runnable or outstanding */
+        both += n_out == 2;
+        sched_commit_step(s, &p[0], toks[0]);
+        p[0] = p[1];
+        memcpy(toks[0], toks[1], sizeof toks[0]);
+        n_out--;
+        if (after_commit)
+            after_commit(s, arg);
+        steps++;
+        assert_true(steps < 100000);
+    }
+    assert_true(both > 0);
+    return steps;
+}
+
 #define NSEQ 24
 
 /* Many sequences, ragged prompts, chunked prefill, small budget: outputs equal
- * each sequence alone; every block comes back. */
-static void test_inflight_matches_alone(void **state)
+ * each sequence alone; every block comes back. With eos_mod, some stop early
+ * at EOS (under run-ahead their extra step's token is dropped). */
+static void inflight_matches_alone(bool ahead, int eos_mod)
 {
-    (void)state;
     int32_t bs = 4;
+    g_eos_mod = eos_mod;
     sched_opts o = opts(8, 24, 1024, bs);
     sched *s = sched_new(&o);
     assert_non_null(s);
@@ -173,29 +251,62 @@ static void test_inflight_matches_alone(void **state)
     }
     assert_int_equal(sched_waiting(s), NSEQ);
     int max_batch = 0;
-    run_all(s, &f, 24, 8, &max_batch);
+    if (ahead)
+        run_all_ahead(s, &f, 24, 8, &max_batch, NULL, NULL);
+    else
+        run_all(s, &f, 24, 8, &max_batch);
     assert_true(max_batch > 1); /* sequences really shared steps */
+    assert_true(ahead ? f.n_fed > 0 : f.n_fed == 0);
+    int stopped = 0;
     for (int i = 0; i < NSEQ; i++) {
         int32_t want[32];
-        reference(prompts[i], np[i], (uint64_t)i * 31, ngen[i], want);
+        int32_t n = reference(prompts[i], np[i], (uint64_t)i * 31, ngen[i], want);
         assert_int_equal(q[i]->state, SCHED_FINISHED);
-        assert_int_equal(q[i]->finish, SCHED_FINISH_LENGTH);
-        assert_int_equal(sched_seq_generated(q[i]), ngen[i]);
-        assert_memory_equal(q[i]->tokens + np[i], want, sizeof(int32_t) * (size_t)ngen[i]);
+        bool eos = n > 0 && want[n - 1] == 1;
+        stopped += eos;
+        assert_int_equal(q[i]->finish, eos ? SCHED_FINISH_STOP : SCHED_FINISH_LENGTH);
+        assert_int_equal(q[i]->stop_token, eos);
+        assert_int_equal(sched_seq_generated(q[i]), n);
+        assert_memory_equal(q[i]->tokens + np[i], want, sizeof(int32_t) * (size_t)n);
         sched_seq_free(s, &q[i]);
     }
+    if (eos_mod)
+        assert_true(stopped > 0);
     assert_int_equal(sched_kv_used(s), 0);
     assert_int_equal(sched_preemptions(s), 0);
+    assert_int_equal(sched_outstanding(s), 0);
     sched_destroy(&s);
     fake_free(&f);
+    g_eos_mod = 0;
+}
+
+static void test_inflight_matches_alone(void **state)
+{
+    (void)state;
+    inflight_matches_alone(false, 0);
+}
+
+static void test_runahead_matches_alone(void **state)
+{
+    (void)state;
+    inflight_matches_alone(true, 0);
+}
+
+/* EOS learned one step late: the extra step's token is discarded, the outputs
+ * and lengths are those of each sequence alone. */
+static void test_runahead_stop_late(void **state)
+{
+    (void)state;
+    inflight_matches_alone(true, 7);
+    inflight_matches_alone(false, 7);
 }
 
 /* A KV pool far too small for everyone at once: preemption must happen and the
  * outputs must not change. */
-static void test_preemption_keeps_outputs(void **state)
+static void preemption_keeps_outputs(bool ahead, int eos_mod)
 {
-    (void)state;
     int32_t bs = 4;
+    g_eos_mod = eos_mod;
     /* each sequence needs up to ceil((40 + 30) / 4) = 18 blocks; 24 blocks in all */
     sched_opts o = opts(8, 64, 24, bs);
     sched *s = sched_new(&o);
@@ -213,14 +324,18 @@ static void test_preemption_keeps_outputs(void **state)
         r.sampling.seed = 5 + (uint64_t)i;
         assert_int_equal(sched_add(s, &r, &q[i]), SCHED_ACCEPTED);
     }
-    run_all(s, &f, 64, 8, NULL);
+    if (ahead)
+        run_all_ahead(s, &f, 64, 8, NULL, NULL, NULL);
+    else
+        run_all(s, &f, 64, 8, NULL);
     assert_true(sched_preemptions(s) > 0);
     int32_t total_pre = 0;
     for (int i = 0; i < N; i++) {
         int32_t want[30];
-        reference(prompts[i], 10 + i * 3, 5 + (uint64_t)i, 30, want);
-        assert_int_equal(q[i]->finish, SCHED_FINISH_LENGTH);
-        assert_memory_equal(q[i]->tokens + q[i]->n_prompt, want, sizeof want);
+        int32_t n = reference(prompts[i], 10 + i * 3, 5 + (uint64_t)i, 30, want);
+        assert_int_equal(q[i]->finish, n < 30 || want[29] == 1 ? SCHED_FINISH_STOP : SCHED_FINISH_LENGTH);
+        assert_int_equal(sched_seq_generated(q[i]), n);
+        assert_memory_equal(q[i]->tokens + q[i]->n_prompt, want, sizeof(int32_t) * (size_t)n);
         total_pre += q[i]->preemptions;
         sched_seq_free(s, &q[i]);
     }
@@ -228,6 +343,20 @@ static void test_preemption_keeps_outputs(void **state)
     assert_int_equal(sched_kv_used(s), 0);
     sched_destroy(&s);
     fake_free(&f);
+    g_eos_mod = 0;
+}
+
+static void test_preemption_keeps_outputs(void **state)
+{
+    (void)state;
+    preemption_keeps_outputs(false, 0);
+}
+
+static void test_runahead_preemption(void **state)
+{
+    (void)state;
+    preemption_keeps_outputs(true, 0);
+    preemption_keeps_outputs(true, 11);
 }
 
 /* EOS, stop ids, ignore_eos, <end_of_turn> in chat mode, max_tokens. */
@@ -417,6 +546,151 @@ static void test_fail_running(void **state)
     sched_destroy(&s);
 }
 
+/* Run-ahead: a sequence cancelled (freed, or just finished) while it is in
+ * both outstanding plans: its blocks come back at once, neither commit touches
+ * it, the others' outputs do not change. */
+static void test_runahead_cancel(void **state)
+{
+    (void)state;
+    int32_t bs = 4;
+    sched_opts o = opts(4, 64, 64, bs);
+    sched *s = sched_new(&o);
+    fake_kv f;
+    fake_init(&f, bs);
+    enum { N = 3 };
+    int32_t prompt[N][20];
+    sched_seq *q[N];
+    for (int i = 0; i < N; i++) {
+        make_prompt(prompt[i], 20, 30 + i);
+        sched_req r = {0};
+        r.prompt = prompt[i];
+        r.n_prompt = 20;
+        r.max_tokens = 10;
+        r.sampling.seed = 77 + (uint64_t)i;
+        assert_int_equal(sched_add(s, &r, &q[i]), SCHED_ACCEPTED);
+    }
+    sched_plan p1, p2;
+    int32_t t1[4], t2[4];
+    assert_int_equal(sched_plan_step(s, &p1), N); /* prefills */
+    fake_step(&f, &p1, t1);
+    assert_int_equal(sched_plan_step(s, &p2), N); /* decodes of the tokens being sampled */
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(p2.steps[i].n_tokens, 1);
+        assert_int_equal(p2.steps[i].tokens[0], -1);
+        assert_int_equal(p2.steps[i].start_pos, 20);
+    }
+    fake_step(&f, &p2, t2);
+    assert_int_equal(sched_outstanding(s), 2);
+    sched_plan p3;
+    assert_int_equal(sched_plan_step(s, &p3), 0); /* two outstanding at most */
+    int64_t used = sched_kv_used(s);
+    assert_int_equal(used, 3 * 6); /* ceil(21 / 4) blocks each: the run-ahead step's position is covered */
+    sched_seq_free(s, &q[0]);      /* client gone */
+    sched_finish_seq(s, q[1], SCHED_FINISH_CANCELLED); /* cancelled, freed later */
+    assert_int_equal(sched_kv_used(s), used / 3);
+    assert_int_equal(sched_running(s), 1);
+    sched_commit_step(s, &p1, t1);
+    assert_int_equal(p1.got[1], 0);
+    assert_int_equal(p1.got[2], 1);
+    sched_commit_step(s, &p2, t2);
+    assert_int_equal(sched_seq_generated(q[1]), 0); /* nothing appended after the cancel */
+    assert_int_equal(sched_seq_generated(q[2]), 2);
+    run_all_ahead(s, &f, 64, 4, NULL, NULL, NULL);
+    int32_t want[10];
+    assert_int_equal(reference(prompt[2], 20, 79, 10, want), 10);
+    assert_memory_equal(q[2]->tokens + 20, want, sizeof want);
+    sched_seq_free(s, &q[1]);
+    sched_seq_free(s, &q[2]);
+    assert_int_equal(sched_kv_used(s), 0);
+    sched_destroy(&s);
+    fake_free(&f);
+}
+
+/* Run-ahead: max_tokens is never overshot (the pending token counts), and the
+ * decode of a just-prefilled sequence is planned before its first token is back. */
+static void test_runahead_length(void **state)
+{
+    (void)state;
+    sched_opts o = opts(4, 64, 64, 4);
+    sched *s = sched_new(&o);
+    int32_t prompt[] = {2, 9, 8};
+    sched_req r = {0};
+    r.prompt = prompt;
+    r.n_prompt = 3;
+    r.max_tokens = 2;
+    sched_seq *a;
+    assert_int_equal(sched_add(s, &r, &a), SCHED_ACCEPTED);
+    sched_plan p1, p2, p3;
+    int32_t t1[1] = {40}, t2[1] = {41};
+    assert_int_equal(sched_plan_step(s, &p1), 1);
+    assert_int_equal(sched_plan_step(s, &p2), 1); /* second token: decode of the pending first */
+    assert_int_equal(p2.steps[0].tokens[0], -1);
+    assert_int_equal(a->n_pending, 2);
+    sched_commit_step(s, &p1, t1);
+    assert_int_equal(sched_plan_step(s, &p3), 0); /* a third would exceed max_tokens */
+    sched_commit_step(s, &p2, t2);
+    assert_int_equal(a->state, SCHED_FINISHED);
+    assert_int_equal(a->finish, SCHED_FINISH_LENGTH);
+    assert_int_equal(sched_seq_generated(a), 2);
+    assert_int_equal(a->tokens[3], 40);
+    assert_int_equal(a->tokens[4], 41);
+    sched_seq_free(s, &a);
+    assert_true(sched_idle(s));
+    sched_destroy(&s);
+}
+
+/* Run-ahead: the workers fail with two plans outstanding: running sequences
+ * end with an error, the plans are abandoned, waiting ones run later on fresh
+ * workers with the same outputs. */
+static void test_runahead_fail_running(void **state)
+{
+    (void)state;
+    int32_t bs = 4;
+    sched_opts o = opts(2, 64, 64, bs);
+    sched *s = sched_new(&o);
+    fake_kv f;
+    fake_init(&f, bs);
+    int32_t prompt[] = {2, 3, 4, 5, 6};
+    sched_req r = {0};
+    r.prompt = prompt;
+    r.n_prompt = 5;
+    r.max_tokens = 6;
+    sched_seq *q[3];
+    for (int i = 0; i < 3; i++) {
+        r.sampling.seed = 400 + (uint64_t)i;
+        assert_int_equal(sched_add(s, &r, &q[i]), SCHED_ACCEPTED);
+    }
+    sched_plan p1, p2;
+    int32_t t1[2];
+    assert_int_equal(sched_plan_step(s, &p1), 2);
+    fake_step(&f, &p1, t1);
+    sched_commit_step(s, &p1, t1);
+    assert_int_equal(sched_plan_step(s, &p1), 2);
+    assert_int_equal(sched_plan_step(s, &p2), 2);
+    assert_int_equal(sched_outstanding(s), 2);
+    sched_seq *failed[2];
+    assert_int_equal(sched_fail_running(s, failed), 2);
+    sched_abandon(s);
+    assert_int_equal(sched_outstanding(s), 0);
+    assert_int_equal(sched_kv_used(s), 0);
+    assert_int_equal(sched_running(s), 0);
+    assert_int_equal(sched_waiting(s), 1);
+    fake_free(&f);
+    fake_init(&f, bs); /* restarted workers: a fresh KV */
+    run_all_ahead(s, &f, 64, 2, NULL, NULL, NULL);
+    int32_t want[6];
+    assert_int_equal(reference(prompt, 5, 402, 6, want), 6);
+    assert_int_equal(q[2]->finish, SCHED_FINISH_LENGTH);
+    assert_memory_equal(q[2]->tokens + 5, want, sizeof want);
+    assert_int_equal(q[0]->finish, SCHED_FINISH_ERROR);
+    for (int i = 0; i < 3; i++)
+        sched_seq_free(s, &q[i]);
+    assert_true(sched_idle(s));
+    assert_int_equal(sched_kv_used(s), 0);
+    sched_destroy(&s);
+    fake_free(&f);
+}
+
 /* The block manager alone. */
 static void test_kvblocks(void **state)
 {
@@ -460,6 +734,12 @@ int main(void)
         cmocka_unit_test(test_admission),
         cmocka_unit_test(test_cancel_frees_blocks),
         cmocka_unit_test(test_fail_running),
+        cmocka_unit_test(test_runahead_matches_alone),
+        cmocka_unit_test(test_runahead_stop_late),
+        cmocka_unit_test(test_runahead_preemption),
+        cmocka_unit_test(test_runahead_cancel),
+        cmocka_unit_test(test_runahead_length),
+        cmocka_unit_test(test_runahead_fail_running),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -155,6 +155,12 @@ static void test_fp8_matmul(void **st)
             assert_true(got == gm_round_bf16(got));
             assert_true(fabsf(got - ref) <= fabsf(ref) * 0x1p-7f + 1e-6f);
         }
+    /* f32 output: the same sums without the bf16 rounding */
+    float *yf = malloc(T * N * sizeof(float));
+    assert_int_equal(cpu_fp8_matmul_q_f32(xq, T, K, K, sx, wq, K, N, sw, yf, N), 0);
+    for (int64_t i = 0; i < T * N; i++)
+        assert_true(gm_round_bf16(yf[i]) == y[i]);
+    free(yf);
     /* pre-quantized entry point gives the same bits */
     float *y2 = malloc(T * N * sizeof(float));
     assert_int_equal(cpu_fp8_matmul_q(xq, T, K, K, sx, wq, K, N, sw, y2, N), 0);

@@ -313,28 +313,40 @@ static void test_kv_write_fp8(void **st)
 }
 
 /* gemm_fp8 vs cpu_fp8_matmul_q on up to 6 rows spread over T. w [N, K] e4m3 (host and device). */
-static double check_gemm(gemm_fp8_ctx *g, const uint8_t *w, const void *dw, int64_t T, int64_t N, int64_t K,
-                         int64_t ldy_extra)
+/* path: 0 gemm_fp8 (dispatch), 1 cuBLASLt only, 2 GEMV only. */
+static int g_yf32; /* check_gemm_path writes f32 output when set */
+
+static double check_gemm_path(gemm_fp8_ctx *g, int path, const uint8_t *w, const void *dw, int64_t T, int64_t N,
+                              int64_t K, int64_t ldy_extra)
 {
+    const int yf = g_yf32;
+    const size_t ys = yf ? 4 : 2;
     const int64_t ldy = N + ldy_extra;
     uint8_t *x = malloc(T * K);
     for (int64_t i = 0; i < T * K; i++) /* codes of normal-ish values */
         x[i] = cpu_fp8_e4m3((frand() + frand() + frand()) * 120.0f);
     float sw = 0.0003f, sx = 0.02f;
-    void *dx = dev_put(x, T * K), *dy = dev_put(NULL, T * ldy * 2);
+    void *dx = dev_put(x, T * K), *dy = dev_put(NULL, T * ldy * ys);
     float *dsw = dev_put(&sw, 4), *dsx = dev_put(&sx, 4);
-    CK(cudaMemset(dy, 0xff, T * ldy * 2));
-    GOK(gemm_fp8(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, ldy, 0));
+    CK(cudaMemset(dy, 0xff, T * ldy * ys));
+    if (path == 1)
+        GOK(gemm_fp8_lt(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
+    else if (path == 2)
+        GOK(gemv_fp8(dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
+    else
+        GOK(gemm_fp8(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
     CK(cudaDeviceSynchronize());
-    uint16_t *yg = get(dy, T * ldy * 2);
-    int64_t nrow = T < 6 ? T : 6;
+    void *ygv = get(dy, T * ldy * ys);
+    const uint16_t *yg = ygv;
+    const float *ygf = ygv;
+    int64_t nrow = T < 8 ? T : 6;
     float *yc = malloc(N * sizeof(float));
     double num = 0, den = 0;
     for (int64_t i = 0; i < nrow; i++) {
         int64_t t = nrow == T ? i : (i * (T - 1)) / (nrow - 1);
         assert_int_equal(cpu_fp8_matmul_q(x + t * K, 1, K, K, sx, w, K, N, sw, yc, N), 0);
         for (int64_t j = 0; j < N; j++) {
-            float gv = gm_bf16_to_f32(yg[t * ldy + j]);
+            float gv = yf ? ygf[t * ldy + j] : gm_bf16_to_f32(yg[t * ldy + j]);
             if (isnan(gv))
                 fail_msg("gemm_fp8 T=%lld N=%lld K=%lld: NaN at (%lld, %lld)", (long long)T, (long long)N,
                          (long long)K, (long long)t, (long long)j);
@@ -343,11 +355,17 @@ static double check_gemm(gemm_fp8_ctx *g, const uint8_t *w, const void *dw, int6
         }
         if (ldy_extra) /* columns past N untouched */
             for (int64_t j = N; j < ldy; j++)
-                assert_int_equal(yg[t * ldy + j], 0xffff);
+                assert_true(yf ? isnan(ygf[t * ldy + j]) : yg[t * ldy + j] == 0xffff);
     }
-    free(x), free(yg), free(yc);
+    free(x), free(ygv), free(yc);
     cudaFree(dx), cudaFree(dy), cudaFree(dsw), cudaFree(dsx);
     return sqrt(num / (den > 0 ? den : 1));
+}
+
+static double check_gemm(gemm_fp8_ctx *g, const uint8_t *w, const void *dw, int64_t T, int64_t N, int64_t K,
+                         int64_t ldy_extra)
+{
+    return check_gemm_path(g, 0, w, dw, T, N, K, ldy_extra);
 }
 
 static void test_gemm_fp8(void **st)
@@ -385,12 +403,34 @@ static void test_gemm_fp8(void **st)
             double e = check_gemm(g, w, dw, 7, N, K, 512);
             assert_true(e < 5e-3);
         }
+        /* both small-T paths on their own: the FP8 GEMV for T = 1..8, cuBLASLt at T = 1 and 3 */
+        for (int64_t T = 1; T <= 8; T++) {
+            if (s % 2 && T != 1 && T != 8)
+                continue;
+            double e = check_gemm_path(g, 2, w, dw, T, N, K, T == 3 ? 64 : 0);
+            print_message("gemv_fp8 T=%lld N=%-6lld K=%-6lld err %.2e\n", (long long)T, (long long)N, (long long)K, e);
+            assert_true(e < 5e-3);
+        }
+        if (s == 3 || s == 5) { /* f32 output (tensor-parallel partial sums): both paths */
+            g_yf32 = 1;
+            double e1 = check_gemm_path(g, 1, w, dw, 33, N, K, 8), e2 = check_gemm_path(g, 2, w, dw, 2, N, K, 8);
+            g_yf32 = 0;
+            print_message("gemm_fp8 f32 out N=%-6lld K=%-6lld err lt %.2e gemv %.2e\n", (long long)N, (long long)K, e1,
+                          e2);
+            assert_true(e1 < 5e-3 && e2 < 5e-3);
+        }
+        for (int64_t T = 1; T <= 3; T += 2) {
+            double e = check_gemm_path(g, 1, w, dw, T, N, K, 0);
+            print_message("gemm_fp8_lt T=%lld N=%-6lld K=%-6lld err %.2e\n", (long long)T, (long long)N, (long long)K,
+                          e);
+            assert_true(e < 5e-3);
+        }
         free(w);
         cudaFree(dw);
     }
     assert_true(gemm_fp8_ctx_cached(g) > 0);
     /* bad shapes are errors */
-    assert_int_equal(gemm_fp8(g, NULL, 1, 100, 100, NULL, NULL, 100, NULL, 64, NULL, 64, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gemm_fp8(g, NULL, 1, 100, 100, NULL, NULL, 100, NULL, 64, NULL, 0, 64, 0), GM_ERR_UNSUPPORTED);
     gemm_fp8_ctx_destroy(&g);
     assert_null(g);
 }

@@ -292,8 +292,11 @@ static void test_xqa_args(void **st)
     assert_int_equal(xqa_decode(&p, 0), GM_ERR_INVALID_ARG); /* kv_scale */
     p.n_heads = 7, p.n_kv = 2;
     assert_int_equal(xqa_decode(&p, 0), GM_ERR_INVALID_ARG); /* 7 heads over 2 */
-    assert_true(xqa_pick_sub_seq(64, 1, 4096, 132) >= 1);
-    assert_int_equal(xqa_pick_sub_seq(4096, 16, 4096, 132), 1);
+    p.kv_type = XQA_KV_BF16, p.n_heads = 8, p.n_kv = 1, p.batch = 64;
+    assert_true(xqa_ctas_per_sm(&p) >= 1);
+    assert_true(xqa_pick_sub_seq(&p, 4096, 132) >= 2); /* 64 sequences x 1 KV head: split */
+    p.n_heads = 16, p.n_kv = 16, p.batch = 4096;
+    assert_int_equal(xqa_pick_sub_seq(&p, 4096, 132), 1);
     cudaFree(d);
 }
 

@@ -1,6 +1,9 @@
 /* test_workers.c - the worker pool (daemon/workers.c) with real gemma-worker processes:
- * tokens equal an in-process engine at tp=1 and tp=2, the null backend, kill -9 and
- * restart, bad plans answered with errors, a bad model directory reported, nothing leaked. */
+ * tokens equal an in-process engine at tp=1 and tp=2, with one step in flight and with
+ * two (run-ahead: decodes feed -1, the slot's previous sample), with block tables that
+ * grow (sent as deltas) and slots that change hands (reset); the null backend; kill -9
+ * (also with two steps in flight) and restart; bad plans answered with errors; a bad
+ * model directory reported; nothing leaked. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -55,25 +58,29 @@ static void script_init(script *s)
     s->sampling[1] = (gm_sampling){0.9f, 20, 0.95f, 1234};
 }
 
-/* Step k of the script (0 = prefill); last[] = tokens sampled by the previous step. */
+static int g_swap_slots; /* run the script with the two sequences' slots exchanged */
+
+/* Step k of the script (0 = prefill); last[] = tokens sampled by the previous
+ * step, or NULL: feed -1 (the slot's previous sample, run-ahead). Each table
+ * holds just the blocks the step needs, so it grows during decode. */
 static void script_step(const script *s, int k, const int32_t *last, gm_seq_step *out, int32_t *tok_store)
 {
     for (int i = 0; i < N_SEQS; i++) {
         gm_seq_step *q = &out[i];
         memset(q, 0, sizeof *q);
-        q->slot = i == 0 ? 3 : 0;
+        q->slot = (i == 0) != (g_swap_slots != 0) ? 3 : 0;
         if (k == 0) {
             q->tokens = s->prompt[i];
             q->n_tokens = s->n_prompt[i];
             q->start_pos = 0;
         } else {
-            tok_store[i] = last[i];
+            tok_store[i] = last ? last[i] : -1;
             q->tokens = &tok_store[i];
             q->n_tokens = 1;
             q->start_pos = s->n_prompt[i] + k - 1;
         }
         q->block_table = s->table[i];
-        q->n_blocks = MAX_BLOCKS;
+        q->n_blocks = (q->start_pos + q->n_tokens + BLOCK - 1) / BLOCK;
         q->logits_mode = GM_LOGITS_LAST;
         q->sampling = s->sampling[i];
     }
@@ -148,6 +155,33 @@ static void run_pool_script(wk_pool *p, int32_t got[N_DECODE + 1][N_SEQS])
     }
 }
 
+/* The script with two steps in flight: step k+1 goes out before step k's
+ * tokens are back, its decodes feeding -1. */
+static void run_pool_script_ahead(wk_pool *p, int32_t got[N_DECODE + 1][N_SEQS])
+{
+    script s;
+    script_init(&s);
+    int32_t store[N_DECODE + 1][N_SEQS];
+    gm_seq_step q[N_SEQS];
+    for (int k = 0; k <= N_DECODE; k++) {
+        script_step(&s, k, NULL, q, store[k]);
+        assert_int_equal(wk_pool_submit(p, q, N_SEQS), GM_OK);
+        memset(store[k], 0x7f, sizeof store[k]); /* copied: scribbling changes nothing */
+        if (k == 0)
+            continue;
+        assert_int_equal(wk_pool_inflight(p), 2);
+        assert_int_not_equal(wk_pool_submit(p, q, N_SEQS), GM_OK); /* a third is refused, nothing sent */
+        gm_status st = pool_wait(p, got[k - 1], N_SEQS);
+        if (st != GM_OK)
+            fail_msg("step %d: %s", k - 1, gm_last_error());
+        assert_int_equal(wk_pool_inflight(p), 1);
+    }
+    gm_status st = pool_wait(p, got[N_DECODE], N_SEQS);
+    if (st != GM_OK)
+        fail_msg("step %d: %s", N_DECODE, gm_last_error());
+    assert_false(wk_pool_busy(p));
+}
+
 static void pool_opts(wk_pool_opts *o, gm_backend b, int tp)
 {
     memset(o, 0, sizeof *o);
@@ -182,6 +216,7 @@ static int count_prefix(const char *dir, const char *prefix)
 }
 
 static char g_shm_prefix[64];
+static char g_tmpdir[64]; /* TMPDIR of the pools here: other tests' gemmad dirs do not count */
 
 /* Children of this process that are still running (not zombies). */
 static int child_pids(pid_t *out, int cap)
@@ -212,6 +247,18 @@ static int child_pids(pid_t *out, int cap)
     return n;
 }
 
+static void expect_same(int32_t ref[N_DECODE + 1][N_SEQS], int32_t got[N_DECODE + 1][N_SEQS], int tp,
+                        const char *what)
+{
+    for (int k = 0; k <= N_DECODE; k++)
+        for (int i = 0; i < N_SEQS; i++)
+            if (ref[k][i] != got[k][i])
+                fail_msg("tp=%d %s: step %d seq %d: pool %d, engine %d", tp, what, k, i, got[k][i], ref[k][i]);
+}
+
+/* The script one step at a time, then with two in flight, then again with the
+ * slots exchanged (every slot resets to another sequence's table): always the
+ * in-process engine's tokens. */
 static void compare_with_reference(int tp)
 {
     int32_t ref[N_DECODE + 1][N_SEQS], got[N_DECODE + 1][N_SEQS];
@@ -225,11 +272,18 @@ static void compare_with_reference(int tp)
     assert_true(wk_pool_config(p)->vocab_size > 3);
     assert_true(wk_pool_alive(p));
     run_pool_script(p, got);
-    for (int k = 0; k <= N_DECODE; k++)
-        for (int i = 0; i < N_SEQS; i++) {
-            if (ref[k][i] != got[k][i])
-                fail_msg("tp=%d step %d seq %d: pool %d, engine %d", tp, k, i, got[k][i], ref[k][i]);
-        }
+    expect_same(ref, got, tp, "one step in flight");
+    memset(got, 0, sizeof got);
+    run_pool_script_ahead(p, got);
+    expect_same(ref, got, tp, "two steps in flight");
+    g_swap_slots = 1;
+    memset(got, 0, sizeof got);
+    run_pool_script_ahead(p, got);
+    expect_same(ref, got, tp, "slots exchanged");
+    memset(got, 0, sizeof got);
+    run_pool_script(p, got);
+    expect_same(ref, got, tp, "slots exchanged, one in flight");
+    g_swap_slots = 0;
     wk_pool_destroy(&p);
     assert_null(p);
 }
@@ -254,11 +308,13 @@ static void test_null_backend(void **state)
     wk_pool *p = NULL;
     if (wk_pool_start(&o, &p) != GM_OK)
         fail_msg("start: %s", gm_last_error());
-    int32_t got[N_DECODE + 1][N_SEQS];
+    int32_t got[N_DECODE + 1][N_SEQS], ahead[N_DECODE + 1][N_SEQS];
     run_pool_script(p, got);
     for (int k = 0; k <= N_DECODE; k++)
         for (int i = 0; i < N_SEQS; i++)
             assert_true(got[k][i] >= 3 && got[k][i] < wk_pool_config(p)->vocab_size);
+    run_pool_script_ahead(p, ahead); /* both ranks resolve -1 alike */
+    assert_memory_equal(got, ahead, sizeof got);
     wk_pool_destroy(&p);
 }
 
@@ -278,7 +334,8 @@ static void test_bad_plan_is_an_error(void **state)
 
     int32_t bad_table[MAX_BLOCKS] = {0, 1, 999, 3, 4, 5, 6, 7};
     int32_t bad_tokens[3] = {2, 1 << 30, 5};
-    for (int c = 0; c < 5; c++) {
+    int32_t fed[3] = {-1, -1, -1};
+    for (int c = 0; c < 8; c++) {
         script_step(&s, 0, last, q, store);
         if (c == 0)
             q[0].block_table = bad_table, q[0].start_pos = 5; /* positions 5..11 reach block 2 = id 999 */
@@ -290,6 +347,12 @@ static void test_bad_plan_is_an_error(void **state)
             q[0].sampling.top_p = 0.0f;
         if (c == 4)
             q[0].start_pos = 1 << 30;
+        if (c == 5)
+            q[0].tokens = fed, q[0].n_tokens = 1; /* -1 at position 0: nothing was sampled before */
+        if (c == 6)
+            q[0].tokens = fed, q[0].n_tokens = 3; /* -1 inside a prefill */
+        if (c == 7)
+            q[0].n_blocks = 1; /* too few blocks for 7 positions */
         assert_int_equal(wk_pool_submit(p, q, N_SEQS), GM_OK);
         gm_status st = pool_wait(p, tok, N_SEQS);
         assert_int_equal(st, GM_ERR_INVALID_ARG);
@@ -311,7 +374,7 @@ static void test_kill_and_restart(void **state)
 {
     (void)state;
     int fds0 = count_fds();
-    int dirs0 = count_prefix("/tmp", "gemmad-");
+    int dirs0 = count_prefix(g_tmpdir, "gemmad-");
     int shm0 = count_prefix("/dev/shm", g_shm_prefix);
     wk_pool_opts o;
     pool_opts(&o, GM_BACKEND_CPU, 2);
@@ -341,6 +404,31 @@ static void test_kill_and_restart(void **state)
         run_pool_script(p, again); /* a fresh KV pool: the same script gives the same tokens */
         assert_memory_equal(got, again, sizeof got);
     }
+    /* a worker killed with two steps in flight: neither completes, restart recovers */
+    {
+        script s2;
+        script_init(&s2);
+        int32_t st2[2][N_SEQS], tok2[N_SEQS];
+        gm_seq_step q2[N_SEQS];
+        script_step(&s2, 0, NULL, q2, st2[0]);
+        assert_int_equal(wk_pool_submit(p, q2, N_SEQS), GM_OK);
+        script_step(&s2, 1, NULL, q2, st2[1]);
+        assert_int_equal(wk_pool_submit(p, q2, N_SEQS), GM_OK);
+        pid_t k2[8];
+        assert_int_equal(child_pids(k2, 8), 2);
+        kill(k2[0], SIGKILL);
+        kill(k2[1], SIGKILL);
+        gm_status st = GM_OK;
+        for (int i = 0; i < 2 && st == GM_OK; i++) /* a step may finish before the kill lands */
+            st = pool_wait(p, tok2, N_SEQS);
+        if (st == GM_OK)
+            st = wk_pool_alive(p) ? GM_OK : GM_ERR_INTERNAL;
+        assert_int_not_equal(st, GM_OK);
+        assert_int_equal(wk_pool_restart(p), GM_OK);
+        assert_false(wk_pool_busy(p));
+        run_pool_script_ahead(p, again);
+        assert_memory_equal(got, again, sizeof got);
+    }
     /* a worker killed in the middle of a step: the step never completes, restart recovers */
     script s;
     script_init(&s);
@@ -365,7 +453,7 @@ static void test_kill_and_restart(void **state)
     assert_int_equal(child_pids(kids, 8), 0);
     assert_int_equal(waitpid(-1, &z, WNOHANG), -1); /* nothing left to reap */
     assert_int_equal(count_fds(), fds0);
-    assert_int_equal(count_prefix("/tmp", "gemmad-"), dirs0);
+    assert_int_equal(count_prefix(g_tmpdir, "gemmad-"), dirs0);
     assert_int_equal(count_prefix("/dev/shm", g_shm_prefix), shm0);
 }
 
@@ -428,6 +516,11 @@ int main(void)
         fprintf(stderr, "missing %s or %s\n", cfg, g_bin);
         return 1;
     }
+    snprintf(g_tmpdir, sizeof g_tmpdir, "/tmp/gm-test-workers-XXXXXX");
+    if (!mkdtemp(g_tmpdir) || setenv("TMPDIR", g_tmpdir, 1) != 0) {
+        fprintf(stderr, "cannot make a private TMPDIR\n");
+        return 1;
+    }
     gm_log_init("test_workers", GM_LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_worker_cli),       cmocka_unit_test(test_tp1_matches_engine),
@@ -435,5 +528,7 @@ int main(void)
         cmocka_unit_test(test_bad_plan_is_an_error), cmocka_unit_test(test_kill_and_restart),
         cmocka_unit_test(test_bad_model_dir),    cmocka_unit_test(test_bad_worker_bin),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    rmdir(g_tmpdir); /* empty unless a pool leaked its directory */
+    return rc;
 }

@@ -19,7 +19,7 @@
  *      (not for q and k, whose errors the softmax amplifies, as in AutoAWQ);
  *   5. quantize: s = (max - min) / 15 (fp16), zero = -round(min / s), q = round(w / s) + zero.
  * --rtn: the same format by plain round-to-nearest (no calibration), for comparisons.
- * --fp8: reserved for the FP8 quantizer.
+ * --fp8: FP8 e4m3 weights (tools/quantize_fp8.c).
  *
  * Output: config.json with quantization_config, model.safetensors (embedding and
  * folded norms in the checkpoint's dtype, qweight/qzeros/scales for every decoder
@@ -35,6 +35,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "quantize_fp8.h"
 #include "common/dtype.h"
 #include "common/log.h"
 #include "common/model_config.h"
@@ -64,7 +65,7 @@ static void usage(FILE *f)
             "layout: qweight/qzeros/scales, quantization_config in config.json).\n\n"
             "  --awq               activation-aware quantization (scale search, folding, clip search)\n"
             "  --rtn               plain round-to-nearest int4, same format (no calibration)\n"
-            "  --fp8               FP8 e4m3 weights (not implemented yet)\n"
+            "  --fp8               FP8 e4m3 weights, per-tensor scales (static input scales with --calib)\n"
             "  --model DIR         input checkpoint (bf16/f16/f32 safetensors)\n"
             "  --calib FILE        calibration text (--awq)\n"
             "  --out DIR           output directory (created; must not be DIR)\n"
@@ -964,8 +965,8 @@ int main(int argc, char **argv)
         case Q_MODE_RTN:
             st = q_run_int4(&o);
             break;
-        case Q_MODE_FP8: /* the FP8 quantizer plugs in here: st = q_run_fp8(&o); */
-            st = gm_fail(GM_ERR_UNSUPPORTED, "--fp8 is not implemented yet");
+        case Q_MODE_FP8: /* static activation scales with --calib, dynamic without */
+            st = gm_quantize_fp8(o.model, o.out, o.calib);
             break;
         default:
             st = gm_fail(GM_ERR_INTERNAL, "no mode");

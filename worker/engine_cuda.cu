@@ -633,8 +633,7 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
              * capture it for the next steps */
             GM_CHECK(forward(c, &a));
             b->warm = 1;
-            GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
-            prof_collect(c);
+            c->prof.n = 0; /* the profile counts graph replays only */
             GM_CHECK(capture(c, &a, &b->exec));
             b->prof_n = c->prof.n;
             c->prof.n = 0; /* nothing ran yet */
@@ -660,7 +659,8 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         GM_CHECK(dump_logits(c, n_dump, out->logits));
     }
     GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    prof_collect(c);
+    if (decode)
+        prof_collect(c); /* the profile covers decode steps */
     c->prof.n = 0;
     if (out && out->tokens && o->tp_rank == 0)
         for (int32_t i = 0; i < n_seqs; i++)

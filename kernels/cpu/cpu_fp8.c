@@ -104,8 +104,8 @@ void cpu_fp8_dequantize(const uint8_t *q, int64_t n, float scale, float *x)
         x[i] = gm_e4m3_to_f32(q[i]) * scale;
 }
 
-int cpu_fp8_matmul_q(const uint8_t *xq, int64_t T, int64_t K, int64_t ldx, float x_scale, const uint8_t *Wq,
-                      int64_t ldw, int64_t N, float w_scale, float *y, int64_t ldy)
+static int matmul_q(const uint8_t *xq, int64_t T, int64_t K, int64_t ldx, float x_scale, const uint8_t *Wq,
+                    int64_t ldw, int64_t N, float w_scale, float *y, int64_t ldy, int round)
 {
     float lut[256];
     for (int i = 0; i < 256; i++)
@@ -121,9 +121,21 @@ int cpu_fp8_matmul_q(const uint8_t *xq, int64_t T, int64_t K, int64_t ldx, float
     float s = x_scale * w_scale;
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < N; j++)
-            y[t * ldy + j] = gm_round_bf16(y[t * ldy + j] * s);
+            y[t * ldy + j] = round ? gm_round_bf16(y[t * ldy + j] * s) : y[t * ldy + j] * s;
     free(xf);
     return 0;
+}
+
+int cpu_fp8_matmul_q(const uint8_t *xq, int64_t T, int64_t K, int64_t ldx, float x_scale, const uint8_t *Wq,
+                     int64_t ldw, int64_t N, float w_scale, float *y, int64_t ldy)
+{
+    return matmul_q(xq, T, K, ldx, x_scale, Wq, ldw, N, w_scale, y, ldy, 1);
+}
+
+int cpu_fp8_matmul_q_f32(const uint8_t *xq, int64_t T, int64_t K, int64_t ldx, float x_scale, const uint8_t *Wq,
+                         int64_t ldw, int64_t N, float w_scale, float *y, int64_t ldy)
+{
+    return matmul_q(xq, T, K, ldx, x_scale, Wq, ldw, N, w_scale, y, ldy, 0);
 }
 
 int cpu_fp8_matmul(const float *x, int64_t T, int64_t K, int64_t ldx, float x_scale, const uint8_t *Wq,

@@ -56,6 +56,10 @@ int cpu_fp8_matmul(const float *x, int64_t T, int64_t K, int64_t ldx, float x_sc
 int cpu_fp8_matmul_q(const uint8_t *xq, int64_t T, int64_t K, int64_t ldx, float x_scale, const uint8_t *Wq,
                       int64_t ldw, int64_t N, float w_scale, float *y, int64_t ldy);
 
+/* As cpu_fp8_matmul_q with float32 output (no bf16 rounding): gemm_fp8's y_f32 = 1. */
+int cpu_fp8_matmul_q_f32(const uint8_t *xq, int64_t T, int64_t K, int64_t ldx, float x_scale, const uint8_t *Wq,
+                         int64_t ldw, int64_t N, float w_scale, float *y, int64_t ldy);
+
 /* FP8 paged KV pool of one layer: k8, v8 each [num_blocks, n_kv, block_size, head_dim] e4m3,
  * one scalar kv_scale for K and V (vLLM/TRT-LLM convention): stored = e4m3(bf16(x) / kv_scale)
  * (as inv multiply), read = e4m3_value * kv_scale. Writes T tokens at start_pos.. of one

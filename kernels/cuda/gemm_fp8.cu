@@ -9,10 +9,11 @@
 #include <string.h>
 
 #include "cuda_check.h"
+#include "cuda_util.cuh"
 
 typedef struct fp8_key {
     int64_t tb, n, k, ldx, ldw, ldy;
-    int32_t align_x, align_w, align_y, pad;
+    int32_t align_x, align_w, align_y, yf32;
 } fp8_key;
 
 typedef struct fp8_entry {
@@ -26,6 +27,7 @@ struct gemm_fp8_ctx {
     void *ws;
     size_t ws_bytes;
     int8_t fast_accum;
+    int32_t gemv_rows;
     fp8_entry *cache;
     int32_t n_cache, cap_cache;
 };
@@ -38,6 +40,7 @@ extern "C" gm_status gemm_fp8_ctx_new(size_t workspace_bytes, gemm_fp8_ctx **out
     if (!g)
         return gm_fail(GM_ERR_NOMEM, "gemm_fp8_ctx_new: no host memory");
     g->ws_bytes = workspace_bytes ? workspace_bytes : ((size_t)32 << 20);
+    g->gemv_rows = 4;
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     GM_CUBLAS_GOTO(cublasLtCreate(&g->lt), st, fail);
     GM_CUBLAS_GOTO(cublasLtMatmulDescCreate(&g->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), st, fail);
@@ -77,6 +80,11 @@ extern "C" void gemm_fp8_ctx_set_fast_accum(gemm_fp8_ctx *g, int on)
     g->n_cache = 0;
 }
 
+extern "C" void gemm_fp8_ctx_set_gemv_rows(gemm_fp8_ctx *g, int32_t max_rows)
+{
+    g->gemv_rows = max_rows < 0 ? 0 : (max_rows > 8 ? 8 : max_rows);
+}
+
 extern "C" int32_t gemm_fp8_ctx_cached(const gemm_fp8_ctx *g) { return g->n_cache; }
 
 static int64_t t_bucket(int64_t T)
@@ -114,13 +122,15 @@ static void layouts_destroy(fp8_layouts *l)
     memset(l, 0, sizeof *l);
 }
 
-static gm_status layouts_make(int64_t T, int64_t N, int64_t K, int64_t ldx, int64_t ldw, int64_t ldy, fp8_layouts *l)
+static gm_status layouts_make(int64_t T, int64_t N, int64_t K, int64_t ldx, int64_t ldw, int64_t ldy, int yf32,
+                              fp8_layouts *l)
 {
     gm_status st = GM_OK;
     memset(l, 0, sizeof *l);
     GM_CUBLAS_GOTO(cublasLtMatrixLayoutCreate(&l->a, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)N, ldw), st, fail);
     GM_CUBLAS_GOTO(cublasLtMatrixLayoutCreate(&l->b, CUDA_R_8F_E4M3, (uint64_t)K, (uint64_t)T, ldx), st, fail);
-    GM_CUBLAS_GOTO(cublasLtMatrixLayoutCreate(&l->d, CUDA_R_16BF, (uint64_t)N, (uint64_t)T, ldy), st, fail);
+    GM_CUBLAS_GOTO(cublasLtMatrixLayoutCreate(&l->d, yf32 ? CUDA_R_32F : CUDA_R_16BF, (uint64_t)N, (uint64_t)T, ldy),
+                   st, fail);
     return GM_OK;
 fail:
     layouts_destroy(l);
@@ -136,7 +146,7 @@ static gm_status pick_algo(gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cubla
     cublasLtMatmulHeuristicResult_t res;
     int n_res = 0;
     uint32_t aw = (uint32_t)key->align_w, ax = (uint32_t)key->align_x, ay = (uint32_t)key->align_y;
-    GM_CHECK(layouts_make(m, key->n, key->k, key->ldx, key->ldw, key->ldy, &l));
+    GM_CHECK(layouts_make(m, key->n, key->k, key->ldx, key->ldw, key->ldy, key->yf32, &l));
     GM_CUBLAS_GOTO(cublasLtMatmulPreferenceCreate(&pref), st, done);
     GM_CUBLAS_GOTO(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &g->ws_bytes,
                                                         sizeof g->ws_bytes),
@@ -169,24 +179,21 @@ done:
 }
 
 static gm_status run_lt(gemm_fp8_ctx *g, const cublasLtMatmulAlgo_t *algo, const void *xq, int64_t T, int64_t K,
-                        int64_t ldx, const void *Wq, int64_t ldw, int64_t N, void *y, int64_t ldy, cudaStream_t s,
-                        cublasStatus_t *cs)
+                        int64_t ldx, const void *Wq, int64_t ldw, int64_t N, void *y, int yf32, int64_t ldy,
+                        cudaStream_t s, cublasStatus_t *cs)
 {
     fp8_layouts l;
     float alpha = 1.0f, beta = 0.0f;
     *cs = CUBLAS_STATUS_SUCCESS;
-    GM_CHECK(layouts_make(T, N, K, ldx, ldw, ldy, &l));
+    GM_CHECK(layouts_make(T, N, K, ldx, ldw, ldy, yf32, &l));
     *cs = cublasLtMatmul(g->lt, g->op, &alpha, Wq, l.a, xq, l.b, &beta, y, l.d, y, l.d, algo, g->ws, g->ws_bytes, s);
     layouts_destroy(&l);
     return GM_OK;
 }
 
-extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
-                              const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int64_t ldy,
-                              cudaStream_t s)
+static gm_status check_args(const void *xq, int64_t K, int64_t ldx, const float *x_scale, const void *Wq, int64_t ldw,
+                            const float *w_scale, int64_t N, const void *y, int64_t ldy)
 {
-    if (T <= 0)
-        return GM_OK;
     if (K % 16 || ldx % 16 || ldw % 16 || N % 8 || ldy % 8 || K <= 0 || N <= 0 || ldx < K || ldw < K || ldy < N)
         return gm_fail(GM_ERR_UNSUPPORTED,
                        "gemm_fp8: K %lld, ldx %lld, ldw %lld must be multiples of 16 and N %lld, ldy %lld of 8",
@@ -195,6 +202,117 @@ extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_
         return gm_fail(GM_ERR_UNSUPPORTED, "gemm_fp8: x %p, W %p, y %p must be 16-byte aligned", xq, Wq, y);
     if (!x_scale || !w_scale)
         return gm_fail(GM_ERR_INVALID_ARG, "gemm_fp8: missing scale pointer");
+    return GM_OK;
+}
+
+/* ---- GEMV: T <= 8 rows, mma.sync m16n8k32 e4m3 ----
+ * CTA = 8 warps = 16 output columns; warp w takes a contiguous K slice. Per 64-byte
+ * K step a lane loads 16 bytes of weight rows gid and gid+8 and 16 bytes of x row gid (token),
+ * which feed two MMAs (the k order inside the step is permuted identically for W and x). */
+#define GV_WARPS 8
+#define GV_UNROLL 4
+
+__device__ __forceinline__ void mma_e4m3(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <typename OT>
+__global__ void __launch_bounds__(GV_WARPS * 32)
+    gemv_fp8_kernel(const uint8_t *__restrict__ x, int64_t ldx, int32_t T, const uint8_t *__restrict__ W,
+                    int64_t ldw, int64_t K, const float *__restrict__ sx, const float *__restrict__ sw,
+                    OT *__restrict__ y, int64_t ldy)
+{
+    __shared__ float red[GV_WARPS][16][8];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, c = lane & 3;
+    const int64_t n0 = (int64_t)blockIdx.x * 16;
+    const int64_t nsteps = K / 64;
+    const int64_t per = (nsteps + GV_WARPS - 1) / GV_WARPS;
+    const int64_t s0 = warp * per, s1 = s0 + per < nsteps ? s0 + per : nsteps;
+    const uint8_t *w0 = W + (n0 + gid) * ldw + 16 * c, *w1 = w0 + 8 * ldw;
+    const uint8_t *xr = x + (int64_t)gid * ldx + 16 * c;
+    const bool xv = gid < T;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t s = s0; s < s1; s += GV_UNROLL) {
+        uint4 a[GV_UNROLL], b[GV_UNROLL], xx[GV_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GV_UNROLL; u++) {
+            if (s + u < s1) {
+                a[u] = __ldcs(reinterpret_cast<const uint4 *>(w0 + (s + u) * 64));
+                b[u] = __ldcs(reinterpret_cast<const uint4 *>(w1 + (s + u) * 64));
+                xx[u] = xv ? __ldg(reinterpret_cast<const uint4 *>(xr + (s + u) * 64)) : make_uint4(0, 0, 0, 0);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < GV_UNROLL; u++) {
+            if (s + u < s1) {
+                mma_e4m3(acc, a[u].x, b[u].x, a[u].y, b[u].y, xx[u].x, xx[u].y);
+                mma_e4m3(acc, a[u].z, b[u].z, a[u].w, b[u].w, xx[u].z, xx[u].w);
+            }
+        }
+    }
+    /* acc: (column gid, tokens 2c, 2c+1), (column gid + 8, tokens 2c, 2c+1) */
+    red[warp][gid][2 * c] = acc[0];
+    red[warp][gid][2 * c + 1] = acc[1];
+    red[warp][gid + 8][2 * c] = acc[2];
+    red[warp][gid + 8][2 * c + 1] = acc[3];
+    __syncthreads();
+    if (tid < 128) {
+        int r = tid >> 3, t = tid & 7;
+        if (t < T) {
+            float sum = 0.0f;
+#pragma unroll
+            for (int w = 0; w < GV_WARPS; w++)
+                sum += red[w][r][t];
+            float v = sum * (*sx * *sw);
+            if (sizeof(OT) == 4)
+                reinterpret_cast<float *>(y)[(int64_t)t * ldy + n0 + r] = v;
+            else
+                reinterpret_cast<bf16 *>(y)[(int64_t)t * ldy + n0 + r] = __float2bfloat16_rn(v);
+        }
+    }
+}
+
+extern "C" gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
+                              int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy,
+                              cudaStream_t s)
+{
+    if (T <= 0)
+        return GM_OK;
+    GM_CHECK(check_args(xq, K, ldx, x_scale, Wq, ldw, w_scale, N, y, ldy));
+    if (T > 8 || K % 64 || N % 16)
+        return gm_fail(GM_ERR_UNSUPPORTED, "gemv_fp8: T %lld (<= 8), K %lld (%% 64), N %lld (%% 16)", (long long)T,
+                       (long long)K, (long long)N);
+    if (y_f32)
+        gemv_fp8_kernel<float><<<(unsigned)(N / 16), GV_WARPS * 32, 0, s>>>(
+            (const uint8_t *)xq, ldx, (int32_t)T, (const uint8_t *)Wq, ldw, K, x_scale, w_scale, (float *)y, ldy);
+    else
+        gemv_fp8_kernel<bf16><<<(unsigned)(N / 16), GV_WARPS * 32, 0, s>>>(
+            (const uint8_t *)xq, ldx, (int32_t)T, (const uint8_t *)Wq, ldw, K, x_scale, w_scale, (bf16 *)y, ldy);
+    GM_LAUNCH_CHECK();
+    return GM_OK;
+}
+
+extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
+                              const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32,
+                              int64_t ldy, cudaStream_t s)
+{
+    if (T > 0 && T <= g->gemv_rows && K % 64 == 0 && N % 16 == 0)
+        return gemv_fp8(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
+    return gemm_fp8_lt(g, xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
+}
+
+extern "C" gm_status gemm_fp8_lt(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx,
+                                 const float *x_scale, const void *Wq, int64_t ldw, const float *w_scale, int64_t N,
+                                 void *y, int y_f32, int64_t ldy, cudaStream_t s)
+{
+    if (T <= 0)
+        return GM_OK;
+    GM_CHECK(check_args(xq, K, ldx, x_scale, Wq, ldw, w_scale, N, y, ldy));
     /* the scale attributes are read when the call is enqueued (and frozen into a captured graph) */
     GM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale,
                                                    sizeof w_scale));
@@ -204,6 +322,7 @@ extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_
     memset(&key, 0, sizeof key);
     key.tb = t_bucket(T), key.n = N, key.k = K, key.ldx = ldx, key.ldw = ldw, key.ldy = ldy;
     key.align_x = ptr_align(xq), key.align_w = ptr_align(Wq), key.align_y = ptr_align(y);
+    key.yf32 = y_f32 ? 1 : 0;
     fp8_entry *e = NULL;
     for (int32_t i = 0; i < g->n_cache; i++)
         if (!memcmp(&g->cache[i].key, &key, sizeof key)) {
@@ -226,12 +345,12 @@ extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_
         g->n_cache++;
     }
     cublasStatus_t cs;
-    GM_CHECK(run_lt(g, &e->algo, xq, T, K, ldx, Wq, ldw, N, y, ldy, s, &cs));
+    GM_CHECK(run_lt(g, &e->algo, xq, T, K, ldx, Wq, ldw, N, y, key.yf32, ldy, s, &cs));
     if (cs == CUBLAS_STATUS_NOT_SUPPORTED || cs == CUBLAS_STATUS_INVALID_VALUE) {
         /* the bucket's algorithm does not take this exact T: ask for one that does */
         cublasLtMatmulAlgo_t algo;
         GM_CHECK(pick_algo(g, &key, T, &algo));
-        GM_CHECK(run_lt(g, &algo, xq, T, K, ldx, Wq, ldw, N, y, ldy, s, &cs));
+        GM_CHECK(run_lt(g, &algo, xq, T, K, ldx, Wq, ldw, N, y, key.yf32, ldy, s, &cs));
     }
     if (cs != CUBLAS_STATUS_SUCCESS)
         return gm_fail(GM_ERR_CUBLAS, "cublasLtMatmul e4m3 T=%lld N=%lld K=%lld: %s", (long long)T, (long long)N,

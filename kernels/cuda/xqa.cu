@@ -208,6 +208,21 @@ __device__ __forceinline__ void load_tile(uint32_t stage, const xqa_kargs &a, co
     }
 }
 
+/* Pull the block-table entries of tile `tile` into L1 ahead of its load_tile (whose address math
+ * would otherwise wait on an L2 round trip once per tile). */
+__device__ __forceinline__ void prefetch_bt(const xqa_kargs &a, const int32_t *bt, int L, int tile, int tid)
+{
+    int first = tile * XQA_TILE, last = first + XQA_TILE - 1;
+    if (last >= L)
+        last = L - 1;
+    if (first > last)
+        return;
+    int b0 = a.bs_shift >= 0 ? first >> a.bs_shift : first / a.bs;
+    int b1 = a.bs_shift >= 0 ? last >> a.bs_shift : last / a.bs;
+    if (tid <= b1 - b0)
+        asm volatile("prefetch.global.L1 [%0];\n" ::"l"(bt + b0 + tid));
+}
+
 /* A fragments of Q for the 32 head dims of chunk j, rows 16*mt..: f[0..3] for the first MMA of
  * the chunk, f[4..7] for the second (bf16: dims 32j..+15 then +16..+31; FP8: the permuted dims). */
 template <class C, bool FP8>
@@ -284,6 +299,8 @@ __global__ void __launch_bounds__(XQA_THREADS, 1) xqa_kernel(const xqa_kargs a)
             load_tile<C, FP8>(ring + s * C::STAGE_B, a, bt, L, t0 + s, g, tid);
         cp_async_commit();
     }
+    if (XQA_STAGES - 1 < n_my)
+        prefetch_bt(a, bt, L, t0 + XQA_STAGES - 1, tid);
 
     uint16_t *Qs = reinterpret_cast<uint16_t *>(smem + C::Q_OFF);
     uint16_t *Ps = reinterpret_cast<uint16_t *>(smem + C::P_OFF);
@@ -347,6 +364,8 @@ __global__ void __launch_bounds__(XQA_THREADS, 1) xqa_kernel(const xqa_kargs a)
             if (nx < n_my)
                 load_tile<C, FP8>(ring + (nx % XQA_STAGES) * C::STAGE_B, a, bt, L, t0 + nx, g, tid);
             cp_async_commit();
+            if (nx + 1 < n_my)
+                prefetch_bt(a, bt, L, t0 + nx + 1, tid);
         }
         const uint32_t ks = ring + (it % XQA_STAGES) * C::STAGE_B;
         const uint32_t vs = ks + C::TILE_B;
@@ -671,16 +690,24 @@ extern "C" size_t xqa_scratch_bytes(int32_t batch, int32_t n_kv, int32_t n_heads
 
 typedef void (*xqa_fn)(const xqa_kargs);
 
+/* Opt in to the kernel's dynamic shared memory (once per instantiation; one device per process). */
+template <bool FP8, int HD, int MT>
+static gm_status ensure_attr(void)
+{
+    static bool done = false;
+    if (!done) {
+        GM_CUDA_CHECK(cudaFuncSetAttribute(xqa_kernel<FP8, HD, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           xqa_cfg<FP8, HD, MT>::SMEM));
+        done = true;
+    }
+    return GM_OK;
+}
+
 template <bool FP8, int HD, int MT>
 static gm_status launch_one(const xqa_kargs &k, int batch, int n_kv, cudaStream_t s)
 {
     typedef xqa_cfg<FP8, HD, MT> C;
-    static bool attr_done = false; /* per instantiation; one device per process */
-    if (!attr_done) {
-        GM_CUDA_CHECK(cudaFuncSetAttribute(xqa_kernel<FP8, HD, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           C::SMEM));
-        attr_done = true;
-    }
+    GM_CHECK((ensure_attr<FP8, HD, MT>()));
     dim3 grid((unsigned)k.nb, (unsigned)n_kv, (unsigned)batch);
     xqa_kernel<FP8, HD, MT><<<grid, XQA_THREADS, C::SMEM, s>>>(k);
     GM_LAUNCH_CHECK();
@@ -788,15 +815,52 @@ extern "C" gm_status xqa_decode(const xqa_params *p, cudaStream_t s)
                    : launch_hd<false, 2>(k, p->head_dim, p->batch, p->n_kv, s);
 }
 
-extern "C" int32_t xqa_pick_sub_seq(int32_t batch, int32_t n_kv, int32_t max_ctx, int32_t n_sm)
+template <bool FP8, int HD, int MT>
+static int occ_one(void)
 {
-    int64_t ctas = (int64_t)(batch > 0 ? batch : 1) * (n_kv > 0 ? n_kv : 1);
+    int n = 0;
+    if ((ensure_attr<FP8, HD, MT>()) != GM_OK ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, xqa_kernel<FP8, HD, MT>, XQA_THREADS,
+                                                      xqa_cfg<FP8, HD, MT>::SMEM) != cudaSuccess) {
+        cudaGetLastError();
+        gm_clear_error();
+        return 1;
+    }
+    return n > 0 ? n : 1;
+}
+
+template <bool FP8, int MT>
+static int occ_hd(int hd)
+{
+    switch (hd) {
+    case 32: return occ_one<FP8, 32, MT>();
+    case 64: return occ_one<FP8, 64, MT>();
+    case 128: return occ_one<FP8, 128, MT>();
+    default: return occ_one<FP8, 256, MT>();
+    }
+}
+
+extern "C" int32_t xqa_ctas_per_sm(const xqa_params *p)
+{
+    if (!p || p->n_kv <= 0 || p->n_heads <= 0 || p->q_len <= 0)
+        return 1;
+    int rows = (p->n_heads / p->n_kv) * p->q_len;
+    if (rows > XQA_MAX_ROWS)
+        return 1;
+    int mt = rows <= 16 ? 1 : 2;
+    if (p->kv_type == XQA_KV_FP8)
+        return mt == 1 ? occ_hd<true, 1>(p->head_dim) : occ_hd<true, 2>(p->head_dim);
+    return mt == 1 ? occ_hd<false, 1>(p->head_dim) : occ_hd<false, 2>(p->head_dim);
+}
+
+extern "C" int32_t xqa_pick_sub_seq(const xqa_params *p, int32_t max_ctx, int32_t n_sm)
+{
+    if (!p)
+        return 1;
+    int64_t ctas = (int64_t)(p->batch > 0 ? p->batch : 1) * (p->n_kv > 0 ? p->n_kv : 1);
     int64_t tiles = (max_ctx + XQA_TILE - 1) / XQA_TILE;
-    /* fill the machine once (a partial second wave costs as much as a full one), keep >= 2 tiles
-     * per split so the copy ring has something to overlap */
-    int64_t nb = n_sm / ctas;
-    if (nb < 1)
-        nb = 1;
+    int64_t slots = (int64_t)n_sm * xqa_ctas_per_sm(p);
+    int64_t nb = slots / ctas;
     if (nb > tiles / 2)
         nb = tiles / 2;
     if (nb < 1)

@@ -62,9 +62,14 @@ typedef struct xqa_params {
 size_t xqa_scratch_bytes(int32_t batch, int32_t n_kv, int32_t n_heads, int32_t q_len, int32_t head_dim,
                          int32_t nb_sub_seq);
 
-/* A split count for a launch (or a CUDA-graph bucket) of `batch` sequences up to max_ctx keys:
- * about two CTAs per multiprocessor, never more splits than tiles. */
-int32_t xqa_pick_sub_seq(int32_t batch, int32_t n_kv, int32_t max_ctx, int32_t n_sm);
+/* A split count for a launch (or a CUDA-graph bucket) of p->batch sequences up to max_ctx keys
+ * (p's batch, n_kv, n_heads, q_len, head_dim and kv_type are read): the most splits that still fit
+ * in one wave of resident CTAs on n_sm multiprocessors (a partial second wave costs as much as a
+ * full one), at least 2 tiles per split, 1 when the batch alone fills the machine. */
+int32_t xqa_pick_sub_seq(const xqa_params *p, int32_t max_ctx, int32_t n_sm);
+
+/* Resident CTAs per multiprocessor for these parameters (occupancy calculator; 1 on error). */
+int32_t xqa_ctas_per_sm(const xqa_params *p);
 
 /* Run the decode attention. No allocation, no synchronisation; the grid is
  * (nb_sub_seq, n_kv, batch), so a captured graph replays it for any seq_lens. */
