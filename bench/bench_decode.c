@@ -139,7 +139,7 @@ int main(int argc, char **argv)
             printf("usage: bench_decode [--preset 2b|7b | --model DIR] [--prompt N] [--gen N] [--batch B[,B...]]\n"
                    "                    [--variants] [--csv FILE]\n"
                    "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the\n"
-                   "GEMV kernel and steps without CUDA graphs.\n");
+                   "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n");
             return 0;
         } else if (!strcmp(a, "--preset") && v) {
             pre = v, i++;
@@ -212,6 +212,11 @@ int main(int argc, char **argv)
             c.label = "graphs, cuBLASLt only";
             rc = run(e, &c, name, bw, wb, csv);
             gm_engine_cuda_set_gemv_rows(e, 2);
+            gm_engine_cuda_set_pdl(e, 0);
+            c.label = "graphs, no PDL";
+            if (!rc)
+                rc = run(e, &c, name, bw, wb, csv);
+            gm_engine_cuda_set_pdl(e, 1);
             e->opts.use_graphs = 0;
             c.label = "no graphs, gemv";
             if (!rc)

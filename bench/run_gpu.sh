@@ -10,8 +10,9 @@
 #            on the cuda backend (gemma-cli vs gemma-generate, same greedy text)
 #   decode   bench_decode: batch 1, 8, 64 at the 2b and 7b presets (+ batch-1 variants)
 #   kernels  bench_kernels (micro-benchmarks beside the measured ceilings)
-#   peer     bench/hf_peer.py: transformers on the same GPU, eager and compiled ($HF_MODES)
-#   sanitize compute-sanitizer memcheck on test_gpu_ops (slow; not in the default set)
+#   peer     bench/hf_peer.py: transformers on the same GPU ($HF_MODES, default eager,static-loop)
+#   sanitize compute-sanitizer memcheck on subsets of test_gpu_ops (not in the default set; stops
+#            when $GM_TIME_BUDGET seconds, default 500, are near)
 # Binaries come from $PACK (default pack/, built on the development machine and carried; an
 # xz tarball $PACK/bins.tar.xz of them is unpacked first);
 # logs go to $OUT (default ./gpu-out): summary.txt, tests.log, decode.log, kernels.log,
@@ -129,11 +130,19 @@ for ph in $phases; do
   peer)
     log=$OUT/peer.log
     export PYTHONUNBUFFERED=1
-    run hf_peer_2b 200 "$log" python3 bench/hf_peer.py --preset 2b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,compiled}" --json "$OUT/peer.jsonl"
-    run hf_peer_7b 260 "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,compiled}" --json "$OUT/peer.jsonl"
+    run hf_peer_2b 150 "$log" python3 bench/hf_peer.py --preset 2b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,static-loop}" --json "$OUT/peer.jsonl"
+    run hf_peer_7b 180 "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,static-loop}" --json "$OUT/peer.jsonl"
     ;;
   sanitize)
-    run sanitize_ops 500 "$OUT/sanitize.log" compute-sanitizer --tool memcheck --leak-check no "$PACK/test_gpu_ops"
+    # memcheck on the kernels' tests (slow: a subset)
+    for f in "test_attn*" "test_gemm*" "test_rope_kv" "test_embed"; do
+      left=$(( ${GM_TIME_BUDGET:-500} - $(elapsed) ))
+      [ $left -lt 30 ] && { say "sanitize $f: skipped (time budget)"; continue; }
+      export GM_TEST_FILTER="$f"
+      run "sanitize_${f//\*/}" $(( left < 150 ? left : 150 )) "$OUT/sanitize.log" compute-sanitizer --tool memcheck \
+        --leak-check no --error-exitcode 9 "$PACK/test_gpu_ops"
+    done
+    unset GM_TEST_FILTER
     ;;
   *)
     say "unknown phase $ph"

@@ -31,6 +31,7 @@
 #include "daemon/sched.h"
 #include "daemon/textout.h"
 #include "daemon/u64map.h"
+#include "daemon/wire.h"
 #include "daemon/workers.h"
 #include "proto/gemma.pb-c.h"
 
@@ -150,12 +151,16 @@ static bool ensure_txbuf(gd_server *s, size_t n)
 static bool send_to(gd_server *s, const void *id, size_t idlen, Gemma__V1__ServerMessage *m)
 {
     m->protocol_version = GD_PROTOCOL_VERSION;
-    size_t n = gemma__v1__server_message__get_packed_size(m);
+    bool chunks = m->body_case == GEMMA__V1__SERVER_MESSAGE__BODY__NOT_SET; /* the per-step message: by hand */
+    size_t n = chunks ? wire_chunks_size(m) : gemma__v1__server_message__get_packed_size(m);
     if (!ensure_txbuf(s, n)) { /* our problem, not the client's: drop this message, keep the client */
         GM_ERROR("out of memory packing a %zu-byte reply", n);
         return true;
     }
-    gemma__v1__server_message__pack(m, s->txbuf);
+    if (chunks)
+        wire_chunks_pack(m, s->txbuf);
+    else
+        gemma__v1__server_message__pack(m, s->txbuf);
     if (zmq_send(s->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         GM_DEBUG("client gone (%s)", zmq_strerror(errno));
         return false;

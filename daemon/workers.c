@@ -29,6 +29,7 @@
 #include "common/log.h"
 #include "common/model_config.h"
 #include "parallel/comm.h"
+#include "daemon/wire.h"
 #include "proto/control.pb-c.h"
 
 typedef Gemma__Control__V1__ControlMessage ctl_msg;
@@ -789,7 +790,7 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
     m.plan = &plan;
-    size_t n = gemma__control__v1__control_message__get_packed_size(&m);
+    size_t n = wire_plan_size(&m); /* = protobuf-c's bytes, without its reflective walk */
     if (n > p->buf_cap) {
         size_t cap = p->buf_cap ? p->buf_cap : 65536;
         while (cap < n)
@@ -800,7 +801,7 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
         }
         p->buf_cap = cap;
     }
-    gemma__control__v1__control_message__pack(&m, p->buf);
+    wire_plan_pack(&m, n, p->buf);
     gm_status st = GM_OK;
     for (int r = 0; r < p->tp && st == GM_OK; r++)
         st = wk_send_raw(p, r, p->buf, n);

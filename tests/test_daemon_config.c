@@ -18,6 +18,8 @@
 #include "daemon/metrics.h"
 #include "daemon/textout.h"
 #include "daemon/u64map.h"
+#include "daemon/wire.h"
+#include "proto/control.pb-c.h"
 #include "proto/gemma.pb-c.h"
 
 static char g_dir[256];
@@ -433,6 +435,142 @@ static int teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
+/* A small deterministic generator for the encoder test. */
+static uint64_t g_rng = 0x1234567;
+static uint32_t rnd(void)
+{
+    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(g_rng >> 33);
+}
+
+/* An int32 that is often zero, small, large or negative (every varint length). */
+static int32_t rnd_i32(void)
+{
+    switch (rnd() % 6) {
+    case 0: return 0;
+    case 1: return (int32_t)(rnd() % 128);
+    case 2: return (int32_t)(rnd() % 300000);
+    case 3: return -(int32_t)(rnd() % 1000) - 1;
+    case 4: return (int32_t)rnd();
+    default: return rnd() % 2 ? INT32_MIN : INT32_MAX;
+    }
+}
+
+static float rnd_f32(void)
+{
+    switch (rnd() % 4) {
+    case 0: return 0.0f;
+    case 1: return -0.0f;
+    case 2: return 1.0f;
+    default: return (float)rnd() / 1e6f;
+    }
+}
+
+/* wire.c writes exactly protobuf-c's bytes for StepPlans and chunk ServerMessages. */
+static void test_wire_matches_protobuf_c(void **state)
+{
+    (void)state;
+    enum { MAXN = 40 };
+    static int32_t toks[MAXN][8], blks[MAXN][8], ids[MAXN][8];
+    static char texts[MAXN][16], msgs[MAXN][16];
+    for (int round = 0; round < 400; round++) {
+        /* StepPlan */
+        Gemma__Control__V1__SeqPlan sp[MAXN], *spp[MAXN];
+        Gemma__Control__V1__Sampling sa[MAXN];
+        size_t n = rnd() % MAXN;
+        for (size_t i = 0; i < n; i++) {
+            gemma__control__v1__seq_plan__init(&sp[i]);
+            gemma__control__v1__sampling__init(&sa[i]);
+            sp[i].slot = rnd_i32();
+            sp[i].n_tokens = rnd() % 8;
+            for (size_t j = 0; j < sp[i].n_tokens; j++)
+                toks[i][j] = rnd() % 3 ? rnd_i32() : -1;
+            sp[i].tokens = toks[i];
+            sp[i].start_pos = rnd_i32();
+            sp[i].n_block_table = rnd() % 8;
+            for (size_t j = 0; j < sp[i].n_block_table; j++)
+                blks[i][j] = rnd_i32();
+            sp[i].block_table = blks[i];
+            sp[i].logits_mode = rnd_i32();
+            sp[i].reset = rnd() % 2;
+            if (rnd() % 2) {
+                sa[i].temperature = rnd_f32();
+                sa[i].top_k = rnd_i32();
+                sa[i].top_p = rnd_f32();
+                sa[i].seed = rnd() % 2 ? 0 : ((uint64_t)rnd() << 32 | rnd());
+                sp[i].sampling = &sa[i];
+            }
+            spp[i] = &sp[i];
+        }
+        Gemma__Control__V1__StepPlan plan = GEMMA__CONTROL__V1__STEP_PLAN__INIT;
+        plan.step_id = rnd() % 3 ? ((uint64_t)rnd() << (rnd() % 32)) : 0;
+        plan.seqs = spp;
+        plan.n_seqs = n;
+        Gemma__Control__V1__ControlMessage cm = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
+        cm.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
+        cm.plan = &plan;
+        size_t want = gemma__control__v1__control_message__get_packed_size(&cm);
+        assert_int_equal(wire_plan_size(&cm), want);
+        uint8_t *a = malloc(want + 1), *b = malloc(want + 1);
+        gemma__control__v1__control_message__pack(&cm, a);
+        assert_int_equal(wire_plan_pack(&cm, want, b), want);
+        assert_memory_equal(a, b, want);
+        free(a);
+        free(b);
+
+        /* ServerMessage of chunks */
+        Gemma__V1__GenerateChunk ch[MAXN], *chp[MAXN];
+        Gemma__V1__Usage us[MAXN];
+        n = rnd() % MAXN;
+        for (size_t i = 0; i < n; i++) {
+            gemma__v1__generate_chunk__init(&ch[i]);
+            gemma__v1__usage__init(&us[i]);
+            ch[i].request_id = rnd() % 4 ? (uint64_t)rnd() << (rnd() % 33) : 0;
+            ch[i].n_token_ids = rnd() % 8;
+            for (size_t j = 0; j < ch[i].n_token_ids; j++)
+                ids[i][j] = rnd_i32();
+            ch[i].token_ids = ids[i];
+            size_t tl = rnd() % 16;
+            for (size_t j = 0; j < tl; j++)
+                texts[i][j] = (char)('a' + rnd() % 26);
+            ch[i].text.len = tl;
+            ch[i].text.data = (uint8_t *)texts[i];
+            ch[i].finish_reason = (Gemma__V1__FinishReason)(rnd() % 5);
+            ch[i].error_code = (Gemma__V1__ErrorCode)(rnd() % 3 ? 0 : rnd() % 12);
+            if (rnd() % 3 == 0) {
+                us[i].prompt_tokens = rnd_i32();
+                us[i].completion_tokens = rnd_i32();
+                us[i].queue_ms = rnd() % 2 ? 0.0 : rnd() / 7.0;
+                us[i].ttft_ms = rnd() % 2 ? -0.0 : rnd() / 3.0;
+                us[i].total_ms = rnd() / 5.0;
+                us[i].preemptions = rnd_i32();
+                ch[i].usage = &us[i];
+            }
+            if (rnd() % 3 == 0) {
+                size_t ml = rnd() % 15;
+                for (size_t j = 0; j < ml; j++)
+                    msgs[i][j] = (char)('A' + rnd() % 26);
+                msgs[i][ml] = 0;
+                ch[i].error_message = msgs[i];
+            }
+            chp[i] = &ch[i];
+        }
+        Gemma__V1__ServerMessage sm = GEMMA__V1__SERVER_MESSAGE__INIT;
+        sm.protocol_version = rnd() % 4 ? 1 : 0;
+        sm.chunks = chp;
+        sm.n_chunks = n;
+        want = gemma__v1__server_message__get_packed_size(&sm);
+        assert_int_equal(wire_chunks_size(&sm), want);
+        a = malloc(want + 1);
+        b = malloc(want + 1);
+        gemma__v1__server_message__pack(&sm, a);
+        assert_int_equal(wire_chunks_pack(&sm, b), want);
+        assert_memory_equal(a, b, want);
+        free(a);
+        free(b);
+    }
+}
+
 int main(void)
 {
     gm_log_init("test", GM_LOG_WARN);
@@ -444,6 +582,7 @@ int main(void)
         cmocka_unit_test(test_textout),
         cmocka_unit_test(test_u64map_and_metrics),
         cmocka_unit_test(test_proto),
+        cmocka_unit_test(test_wire_matches_protobuf_c),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

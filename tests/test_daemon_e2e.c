@@ -76,7 +76,8 @@ static void append(job *j, const char *t, size_t n)
         j->got_cap = (j->got_len + n + 1) * 2 + 64;
         j->got = realloc(j->got, j->got_cap);
     }
-    memcpy(j->got + j->got_len, t, n);
+    if (n)
+        memcpy(j->got + j->got_len, t, n);
     j->got_len += n;
     j->got[j->got_len] = 0;
 }

@@ -25,6 +25,7 @@
 #include "common/status.h"
 #include "daemon/workers.h"
 #include "worker/engine.h"
+#include "worker/plan_decode.h"
 
 static char g_model[1024], g_bin[1024];
 
@@ -500,6 +501,174 @@ static void test_worker_cli(void **state)
     assert_int_not_equal(system(cmd), 0);
 }
 
+/* ---- worker/plan_decode.h against protobuf-c ---- */
+
+typedef struct t_pool {
+    void *ptrs[4096];
+    int n;
+} t_pool;
+
+static void *t_alloc(void *ad, size_t n)
+{
+    t_pool *p = ad;
+    if (p->n == 4096)
+        return NULL;
+    return p->ptrs[p->n++] = malloc(n);
+}
+
+static void t_free(void *ad, void *ptr)
+{
+    (void)ad, (void)ptr;
+}
+
+static void t_release(t_pool *p)
+{
+    for (int i = 0; i < p->n; i++)
+        free(p->ptrs[i]);
+    p->n = 0;
+}
+
+static uint64_t g_r = 99;
+static uint32_t r32(void)
+{
+    g_r = g_r * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(g_r >> 33);
+}
+
+static void same_plan(const Gemma__Control__V1__ControlMessage *a, const Gemma__Control__V1__ControlMessage *b)
+{
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(a->body_case, GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN);
+    assert_int_equal(b->body_case, GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN);
+    assert_int_equal(a->plan->step_id, b->plan->step_id);
+    assert_int_equal(a->plan->n_seqs, b->plan->n_seqs);
+    for (size_t i = 0; i < a->plan->n_seqs; i++) {
+        const Gemma__Control__V1__SeqPlan *x = a->plan->seqs[i], *y = b->plan->seqs[i];
+        assert_int_equal(x->slot, y->slot);
+        assert_int_equal(x->start_pos, y->start_pos);
+        assert_int_equal(x->logits_mode, y->logits_mode);
+        assert_int_equal(!!x->reset, !!y->reset);
+        assert_int_equal(x->n_tokens, y->n_tokens);
+        if (x->n_tokens)
+            assert_memory_equal(x->tokens, y->tokens, x->n_tokens * sizeof *x->tokens);
+        assert_int_equal(x->n_block_table, y->n_block_table);
+        if (x->n_block_table)
+            assert_memory_equal(x->block_table, y->block_table, x->n_block_table * sizeof *x->block_table);
+        assert_int_equal(x->sampling != NULL, y->sampling != NULL);
+        if (x->sampling) {
+            assert_memory_equal(&x->sampling->temperature, &y->sampling->temperature, 4);
+            assert_memory_equal(&x->sampling->top_p, &y->sampling->top_p, 4);
+            assert_int_equal(x->sampling->top_k, y->sampling->top_k);
+            assert_int_equal(x->sampling->seed, y->sampling->seed);
+        }
+    }
+}
+
+static void test_plan_decoder(void **state)
+{
+    (void)state;
+    t_pool tp = {.n = 0};
+    ProtobufCAllocator al = {t_alloc, t_free, &tp};
+    for (int round = 0; round < 300; round++) {
+        enum { MAXN = 24 };
+        Gemma__Control__V1__SeqPlan sp[MAXN], *spp[MAXN];
+        Gemma__Control__V1__Sampling sa[MAXN];
+        int32_t toks[MAXN][6], blks[MAXN][6];
+        size_t n = r32() % MAXN;
+        for (size_t i = 0; i < n; i++) {
+            gemma__control__v1__seq_plan__init(&sp[i]);
+            gemma__control__v1__sampling__init(&sa[i]);
+            sp[i].slot = (int32_t)(r32() % 3 ? r32() % 5000 : r32());
+            sp[i].n_tokens = r32() % 6;
+            for (size_t j = 0; j < sp[i].n_tokens; j++)
+                toks[i][j] = r32() % 4 ? (int32_t)(r32() % 256000) : (int32_t)r32();
+            sp[i].tokens = toks[i];
+            sp[i].start_pos = (int32_t)(r32() % 9000);
+            sp[i].n_block_table = r32() % 6;
+            for (size_t j = 0; j < sp[i].n_block_table; j++)
+                blks[i][j] = r32() % 4 ? (int32_t)(r32() % 100000) : -(int32_t)(r32() % 9);
+            sp[i].block_table = blks[i];
+            sp[i].logits_mode = (int32_t)(r32() % 3);
+            sp[i].reset = r32() % 2;
+            if (r32() % 2) {
+                sa[i].temperature = (float)(r32() % 100) / 50.0f;
+                sa[i].top_k = (int32_t)(r32() % 100);
+                sa[i].top_p = (float)(r32() % 100) / 100.0f;
+                sa[i].seed = (uint64_t)r32() << (r32() % 32);
+                sp[i].sampling = &sa[i];
+            }
+            spp[i] = &sp[i];
+        }
+        Gemma__Control__V1__StepPlan plan = GEMMA__CONTROL__V1__STEP_PLAN__INIT;
+        plan.step_id = (uint64_t)r32() << (r32() % 30);
+        plan.seqs = spp;
+        plan.n_seqs = n;
+        Gemma__Control__V1__ControlMessage cm = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
+        cm.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
+        cm.plan = &plan;
+        size_t len = gemma__control__v1__control_message__get_packed_size(&cm);
+        uint8_t *buf = malloc(len + 64);
+        gemma__control__v1__control_message__pack(&cm, buf);
+        Gemma__Control__V1__ControlMessage *ref = gemma__control__v1__control_message__unpack(NULL, len, buf);
+        same_plan(pd_decode_plan(buf, len, &al), ref);
+        t_release(&tp);
+        /* every truncation: NULL or a plan, never a crash (the fallback then decides) */
+        for (size_t cut = 0; cut < len; cut += 1 + len / 50)
+            pd_decode_plan(buf, cut, &al), t_release(&tp);
+        /* a byte flipped: no crash either */
+        if (len) {
+            buf[r32() % len] ^= (uint8_t)(1 + r32() % 255);
+            pd_decode_plan(buf, len, &al);
+            t_release(&tp);
+        }
+        gemma__control__v1__control_message__free_unpacked(ref, NULL);
+        free(buf);
+    }
+    /* what another encoder may write: unpacked repeated, fields out of order, unknown fields,
+     * a scalar twice (the last wins), the sampling message twice (the last wins, as in protobuf-c) */
+    const uint8_t seq[] = {
+        0x18, 0x05,                   /* start_pos 5 (before slot) */
+        0x08, 0x03,                   /* slot 3 */
+        0x10, 0x01,                   /* tokens: -1, unpacked */
+        0x12, 0x02, 0x04, 0x06,       /* tokens: 2, 3 packed */
+        0x20, 0x07,                   /* block 7, unpacked */
+        0x58, 0x2a,                   /* field 11 varint: unknown */
+        0x32, 0x02, 0x10, 0x05,       /* sampling: top_k 5 */
+        0x32, 0x05, 0x1d, 0x00, 0x00, 0x80, 0x3f, /* sampling again: top_p 1.0 */
+        0x08, 0x04,                   /* slot 4 (wins) */
+        0x38, 0x01,                   /* reset */
+    };
+    uint8_t msg[64];
+    size_t k = 0;
+    msg[k++] = 0x22; /* ControlMessage.plan */
+    msg[k++] = (uint8_t)(2 + 2 + sizeof seq);
+    msg[k++] = 0x08, msg[k++] = 0x09; /* step_id 9 */
+    msg[k++] = 0x12, msg[k++] = (uint8_t)sizeof seq;
+    memcpy(msg + k, seq, sizeof seq);
+    k += sizeof seq;
+    Gemma__Control__V1__ControlMessage *ref = gemma__control__v1__control_message__unpack(NULL, k, msg);
+    assert_non_null(ref);
+    Gemma__Control__V1__ControlMessage *mine = pd_decode_plan(msg, k, &al);
+    same_plan(mine, ref);
+    assert_int_equal(mine->plan->seqs[0]->slot, 4);
+    assert_int_equal(mine->plan->seqs[0]->n_tokens, 3);
+    assert_int_equal(mine->plan->seqs[0]->tokens[0], -1);
+    assert_int_equal(mine->plan->seqs[0]->sampling->top_k, 0);
+    assert_true(mine->plan->seqs[0]->sampling->top_p == 1.0f);
+    gemma__control__v1__control_message__free_unpacked(ref, NULL);
+    t_release(&tp);
+    /* other messages are not its business */
+    Gemma__Control__V1__Shutdown sd = GEMMA__CONTROL__V1__SHUTDOWN__INIT;
+    sd.reason = "x";
+    Gemma__Control__V1__ControlMessage sm = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
+    sm.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_SHUTDOWN;
+    sm.shutdown = &sd;
+    k = gemma__control__v1__control_message__pack(&sm, msg);
+    assert_null(pd_decode_plan(msg, k, &al));
+    t_release(&tp);
+}
+
 int main(void)
 {
     const char *bin = getenv("GM_BIN");
@@ -527,6 +696,7 @@ int main(void)
         cmocka_unit_test(test_tp2_matches_engine), cmocka_unit_test(test_null_backend),
         cmocka_unit_test(test_bad_plan_is_an_error), cmocka_unit_test(test_kill_and_restart),
         cmocka_unit_test(test_bad_model_dir),    cmocka_unit_test(test_bad_worker_bin),
+        cmocka_unit_test(test_plan_decoder),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rmdir(g_tmpdir); /* empty unless a pool leaked its directory */

@@ -29,6 +29,7 @@
 #include "../kernels/cuda/embed.cuh"
 #include "../kernels/cuda/geglu.cuh"
 #include "../kernels/cuda/gemm.cuh"
+#include "../kernels/cuda/launch.cuh"
 #include "../kernels/cuda/rmsnorm.cuh"
 #include "../kernels/cuda/rope_kv.cuh"
 #include "../kernels/cuda/sample.cuh"
@@ -139,8 +140,14 @@ static void prof_mark(cuda_engine *c, int op)
         return;
     if (!p->ev[p->n] && cudaEventCreate(&p->ev[p->n]) != cudaSuccess)
         return;
-    if (cudaEventRecordWithFlags(p->ev[p->n], c->stream, cudaEventRecordExternal) == cudaSuccess)
+    /* inside a capture an event record becomes a graph node only as an "external" record */
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(c->stream, &cs);
+    unsigned fl = cs == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault;
+    if (cudaEventRecordWithFlags(p->ev[p->n], c->stream, fl) == cudaSuccess)
         p->op[p->n++] = op;
+    else
+        (void)cudaGetLastError(); /* a failed mark must not surface as a later kernel's error */
 }
 
 /* After a synchronized step: add the time between marks to their ops. */
@@ -770,7 +777,7 @@ static gm_status alloc_runtime(cuda_engine *c)
     }
     c->dec_scratch_bytes = scratch;
     GM_CHECK(dev_alloc(&c->dec_scratch, scratch, "decode attention scratch"));
-    GM_CUDA_CHECK(cudaMemset(c->dec_scratch, 0, scratch)); /* the split semaphores start at 0 */
+    GM_CUDA_CHECK(cudaMemset(c->dec_scratch, 0, scratch));
 
     int32_t mp = o->max_context;
     GM_CHECK(dev_alloc((void **)&c->rope_tab, (size_t)mp * (size_t)c->hd * 4, "the RoPE table"));
@@ -871,6 +878,9 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
         const char *gv = getenv("GM_CUDA_GEMV_ROWS");
         if (gv && *gv)
             gemm_ctx_set_gemv_rows(c->gemm, atoi(gv));
+        const char *pdl = getenv("GM_CUDA_PDL");
+        if (pdl && *pdl)
+            k_set_pdl(atoi(pdl));
     }
     if (o->tp_size > 1)
         GM_GOTO(gm_nccl_create(o->nccl_id, o->tp_rank, o->tp_size, &c->nccl), st, fail);
@@ -927,6 +937,14 @@ extern "C" void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n)
 }
 
 extern "C" int64_t gm_engine_cuda_weight_bytes(const gm_engine *e) { return ((const cuda_engine *)e)->weight_bytes; }
+
+extern "C" void gm_engine_cuda_set_pdl(gm_engine *e, int on)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    cudaStreamSynchronize(c->stream);
+    drop_graphs(c);
+    k_set_pdl(on);
+}
 
 extern "C" void gm_engine_cuda_profile(gm_engine *e, int on)
 {

@@ -5,7 +5,8 @@
  * token this slot sampled in its previous step, which stayed on the GPU. (The shared
  * step check of engine.c is applied with such ids read as 0.)
  * Environment: GM_CUDA_GEMV_ROWS=N sets how many rows a product may have to take the
- * GEMV kernel instead of cuBLASLt (default 2; 0 = cuBLASLt always). */
+ * GEMV kernel instead of cuBLASLt (default 2; 0 = cuBLASLt always); GM_CUDA_PDL=0 turns
+ * programmatic dependent launch off. */
 #ifndef GM_ENGINE_CUDA_H
 #define GM_ENGINE_CUDA_H
 
@@ -24,6 +25,10 @@ gm_status gm_engine_cuda_create_random(const gm_engine_opts *o, const gm_model_c
 
 /* Products with at most n rows take the GEMV kernel (0 = cuBLASLt always). Drops captured graphs. */
 void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n);
+
+/* Programmatic dependent launch of the kernels (kernels/cuda/launch.cuh; process-wide,
+ * default on). Drops captured graphs. */
+void gm_engine_cuda_set_pdl(gm_engine *e, int on);
 
 /* Bytes of weights on this rank's device. */
 int64_t gm_engine_cuda_weight_bytes(const gm_engine *e);

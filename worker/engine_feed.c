@@ -39,12 +39,12 @@ static int is_fed(const gm_seq_step *s)
 gm_status gm_feed_resolve(gm_feed *f, const gm_seq_step *seqs, int32_t n_seqs, const gm_seq_step **out)
 {
     *out = seqs;
-    if (!seqs)
+    if (!seqs || n_seqs <= 0 || n_seqs > f->max_seqs) /* nothing to resolve, or a step the check refuses */
         return GM_OK;
     int32_t i = 0;
     while (i < n_seqs && !is_fed(&seqs[i]))
         i++;
-    if (i == n_seqs || n_seqs > f->max_seqs) /* nothing to resolve, or a step the check refuses */
+    if (i == n_seqs)
         return GM_OK;
     memcpy(f->seqs, seqs, (size_t)n_seqs * sizeof *seqs);
     for (; i < n_seqs; i++) {

@@ -2,9 +2,15 @@
  * token id in [3, vocab) (never EOS) drawn from (seed, position), so the serving
  * path can be measured and tested without weights. Every rank draws the same
  * ids, so each knows every slot's last sample (run-ahead, engine.h) without a
- * broadcast. */
+ * broadcast.
+ *
+ * GM_NULL_STEP_US=N in the environment (gemmad passes it on to its workers)
+ * makes every step also sleep N microseconds, standing in for the time a GPU
+ * would spend on it: then the serving path's own cost per step shows as the
+ * difference from N (bench/SERVING.md, run-ahead). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine.h"
 #include "engine_check.h"
@@ -13,6 +19,7 @@
 typedef struct null_engine {
     gm_engine base;
     gm_feed feed;
+    long step_us; /* emulated device time per step (GM_NULL_STEP_US), 0 = none */
 } null_engine;
 
 static gm_status null_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
@@ -41,6 +48,11 @@ static gm_status null_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         tok[i] = 3 + (int32_t)(r < span ? r : span - 1);
     }
     gm_feed_record(&ne->feed, q, n_seqs, tok);
+    if (ne->step_us > 0) {
+        struct timespec ts = {ne->step_us / 1000000, (ne->step_us % 1000000) * 1000};
+        while (nanosleep(&ts, &ts) != 0) {
+        }
+    }
     if (out && out->tokens)
         memcpy(out->tokens, tok, (size_t)n_seqs * sizeof *tok);
     return GM_OK;
@@ -91,6 +103,14 @@ gm_status gm_engine_null_create(const gm_engine_opts *o, gm_engine **out)
     gm_status st = gm_engine_kv_blocks(o, per_block, &e->kv_num_blocks);
     if (st == GM_OK)
         st = gm_feed_init(&ne->feed, o->max_seqs);
+    const char *us = getenv("GM_NULL_STEP_US");
+    if (us && *us) {
+        char *end = NULL;
+        long v = strtol(us, &end, 10);
+        if (*end || v < 0 || v > 10000000)
+            st = gm_fail(GM_ERR_INVALID_ARG, "null backend: GM_NULL_STEP_US='%s' is not 0..10000000 microseconds", us);
+        ne->step_us = v;
+    }
     if (st) {
         gm_feed_free(&ne->feed);
         free(ne);

@@ -8,7 +8,8 @@
  * KV block table and sampling parameters, and checks a whole plan before it
  * applies any of it; after a failed step it forgets every table, so a plan
  * that does not resend a slot in full is refused rather than run on a stale one.
- * Plans are unpacked into a bump arena that is reset after each message.
+ * Plans are decoded by hand (worker/plan_decode.h), other messages by protobuf-c,
+ * into a bump arena that is reset after each message.
  * Exits on Shutdown, when the parent gemmad dies (PR_SET_PDEATHSIG set by the
  * spawner, plus a getppid check), or when an ipc:// coordinator socket goes away. */
 #include <errno.h>
@@ -26,6 +27,7 @@
 #include "parallel/comm.h"
 #include "proto/control.pb-c.h"
 #include "worker/engine.h"
+#include "worker/plan_decode.h"
 
 #ifdef GM_HAVE_NCCL
 #include <nccl.h>
@@ -618,7 +620,12 @@ static int wm_loop(wm_state *s)
             zmq_msg_close(&msg);
             continue;
         }
-        ctl_msg *m = gemma__control__v1__control_message__unpack(&s->alloc, zmq_msg_size(&msg), zmq_msg_data(&msg));
+        /* the per-step plan by hand; anything else (or an odd plan) through protobuf-c */
+        ctl_msg *m = pd_decode_plan(zmq_msg_data(&msg), zmq_msg_size(&msg), &s->alloc);
+        if (!m) {
+            wm_arena_reset(&s->arena);
+            m = gemma__control__v1__control_message__unpack(&s->alloc, zmq_msg_size(&msg), zmq_msg_data(&msg));
+        }
         zmq_msg_close(&msg);
         if (!m) {
             wm_arena_reset(&s->arena);

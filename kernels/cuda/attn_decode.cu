@@ -1,8 +1,8 @@
 /* attn_decode.cu - grid n_split x nkv x B, 4 warps: warps take keys in turn, each lane holds
  * hd/32 dims of every query head of the group, online softmax in base 2 per warp, warps
  * combined in shared memory. With several splits, each block stores its normalized partial O
- * and lse, then counts itself in a per-(sequence, KV head) semaphore; the block that counts
- * last merges (O = sum exp2(lse_i - lse) O_i) and resets the semaphore.
+ * and lse; a merge kernel (grid hd/32 x nh x B, 8 warps sharing the splits) combines them:
+ * O = sum_i exp2(lse_i - M) O_i / sum_i exp2(lse_i - M), M = max lse_i (base-2 lse).
  * Memory-bound on the KV read: ctx * nkv * hd * 2 (K and V) * 2 bytes per sequence. */
 #include "attn_decode.cuh"
 
@@ -10,6 +10,7 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "launch.cuh"
 
 #define DEC_WARPS 4
 #define LOG2E 1.4426950408889634f
@@ -87,24 +88,19 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
                        bf16 *__restrict__ vp, int32_t bs, const int32_t *__restrict__ bt, int32_t bt_stride,
                        const int32_t *__restrict__ ctx_lens, const int32_t *__restrict__ slots,
                        const float *__restrict__ rope_table, float scale, int32_t n_split, float *__restrict__ po,
-                       float *__restrict__ plse, unsigned *__restrict__ sem, bf16 *__restrict__ out, int64_t ldo)
+                       float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo)
 {
     constexpr int VEC = HD / 32;
     typedef typename kv_vec<VEC>::t vec_t;
     __shared__ float s_m[DEC_WARPS][G], s_l[DEC_WARPS][G];
     __shared__ float s_acc[DEC_WARPS][G][HD];
-    __shared__ float s_w[G][ATTN_DECODE_MAX_SPLIT];
-    __shared__ int s_last;
 
+    pdl_wait();
     int b = blockIdx.z, kvh = blockIdx.y, sp = blockIdx.x;
     int L = ctx_lens[b];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (L <= 0) { /* padding row: block 0 of each KV head writes zeros */
-        if (sp == 0)
-            for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x)
-                out[b * ldo + (int64_t)(kvh * G + idx / HD) * HD + idx % HD] = __float2bfloat16_rn(0.0f);
+    if (L <= 0) /* padding row: the merge kernel writes its zeros */
         return;
-    }
     int n_eff, chunk;
     split_plan(L, n_split, n_eff, chunk);
     if (sp >= n_eff)
@@ -218,52 +214,67 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
                 plse[r] = M + log2f(Lsum);
         }
     }
+}
+
+/* Block (dim chunk, head, sequence): combine the used splits of 32 dims, or zero a padding row. */
+template <int HD>
+__global__ void __launch_bounds__(256)
+    attn_decode_merge(int32_t nh, const int32_t *__restrict__ ctx_lens, int32_t n_split, const float *__restrict__ po,
+                      const float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo)
+{
+    constexpr int DW = HD < 32 ? HD : 32; /* dims per block */
+    __shared__ float s_max[8], s_w[8], s_acc[8][32];
+    pdl_wait();
+    int h = blockIdx.y, b = blockIdx.z, d = blockIdx.x * DW + (threadIdx.x & 31);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int L = ctx_lens[b];
+    bf16 *o = out + b * ldo + (int64_t)h * HD;
+    if (L <= 0) {
+        if (warp == 0 && lane < DW)
+            o[d] = __float2bfloat16_rn(0.0f);
+        return;
+    }
+    int n_eff, chunk;
+    split_plan(L, n_split, n_eff, chunk);
     if (n_eff == 1)
-        return;
-    /* count this split in; the last one merges */
-    __threadfence();
+        return; /* the split kernel wrote it */
+    int64_t r0 = ((int64_t)b * nh + h) * n_split;
+    float m = -INFINITY;
+    for (int i = warp; i < n_eff; i += 8)
+        m = fmaxf(m, plse[r0 + i]);
+    if (lane == 0)
+        s_max[warp] = m;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned *c = sem + (int64_t)b * nkv + kvh;
-        unsigned prev = atomicAdd(c, 1u);
-        s_last = prev == (unsigned)(n_eff - 1);
-        if (s_last)
-            *c = 0; /* ready for the next call */
+    float M = s_max[0];
+#pragma unroll
+    for (int w = 1; w < 8; w++)
+        M = fmaxf(M, s_max[w]);
+    float acc = 0.0f, ws = 0.0f;
+#pragma unroll 4
+    for (int i = warp; i < n_eff; i += 8) {
+        float w = exp2f(plse[r0 + i] - M);
+        ws += w;
+        if (lane < DW)
+            acc += w * po[(r0 + i) * HD + d];
     }
+    if (lane == 0)
+        s_w[warp] = ws;
+    s_acc[warp][lane] = acc;
     __syncthreads();
-    if (!s_last)
-        return;
-    __threadfence();
-    for (int idx = threadIdx.x; idx < G; idx += blockDim.x) {
-        int64_t r0 = ((int64_t)b * nh + kvh * G + idx) * n_split;
-        float M = -INFINITY;
-        for (int i = 0; i < n_eff; i++)
-            M = fmaxf(M, __ldcg(plse + r0 + i));
-        float ws = 0.0f;
-        for (int i = 0; i < n_eff; i++) {
-            float w = exp2f(__ldcg(plse + r0 + i) - M);
-            s_w[idx][i] = w;
-            ws += w;
-        }
-        for (int i = 0; i < n_eff; i++)
-            s_w[idx][i] /= ws;
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
-        int g = idx / HD, d = idx % HD;
-        int64_t r0 = ((int64_t)b * nh + kvh * G + g) * n_split;
-        float O = 0.0f;
-        for (int i = 0; i < n_eff; i++)
-            O += s_w[g][i] * __ldcg(po + (r0 + i) * HD + d);
-        out[b * ldo + (int64_t)(kvh * G + g) * HD + d] = __float2bfloat16_rn(O);
+    if (warp == 0 && lane < DW) {
+        float a = 0.0f, wsum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 8; w++)
+            a += s_acc[w][lane], wsum += s_w[w];
+        o[d] = __float2bfloat16_rn(a / wsum);
     }
 }
 
 extern "C" size_t k_attn_decode_scratch_bytes(int32_t B, int32_t nh, int32_t nkv, int32_t hd, int32_t n_split)
 {
     size_t rows = (size_t)B * (size_t)nh * (size_t)n_split;
-    return rows * (size_t)hd * sizeof(float) + rows * sizeof(float) + (size_t)B * (size_t)nkv * sizeof(unsigned) +
-           256;
+    (void)nkv;
+    return rows * (size_t)hd * sizeof(float) + rows * sizeof(float) + 256;
 }
 
 extern "C" int32_t k_attn_decode_splits(int32_t B, int32_t nkv, int32_t max_ctx, int32_t n_sm)
@@ -290,31 +301,38 @@ typedef struct dec_args {
     float scale;
     int32_t n_split;
     float *po, *plse;
-    unsigned *sem;
     bf16 *out;
     int64_t ldo;
 } dec_args;
 
 template <int G, int HD, bool ROPE>
-static void launch_dec(const dec_args *a, cudaStream_t s)
+static cudaError_t launch_dec(const dec_args *a, cudaStream_t s)
 {
     dim3 grid((unsigned)a->n_split, (unsigned)a->nkv, (unsigned)a->B);
-    attn_decode_kernel<G, HD, ROPE><<<grid, DEC_WARPS * 32, 0, s>>>(
-        a->q, a->ldq, a->nh, a->nkv, a->kp, a->vp, a->bs, a->bt, a->bt_stride, a->ctx, a->slots, a->rope, a->scale,
-        a->n_split, a->po, a->plse, a->sem, a->out, a->ldo);
+    cudaError_t e = gm_launch(attn_decode_kernel<G, HD, ROPE>, grid, dim3(DEC_WARPS * 32), 0, s, a->q, a->ldq, a->nh,
+                              a->nkv, a->kp, a->vp, a->bs, a->bt, a->bt_stride, a->ctx, a->slots, a->rope, a->scale,
+                              a->n_split, a->po, a->plse, a->out, a->ldo);
+    if (e != cudaSuccess)
+        return e;
+    dim3 mgrid((unsigned)(HD < 32 ? 1 : HD / 32), (unsigned)a->nh, (unsigned)a->B);
+    return gm_launch(attn_decode_merge<HD>, mgrid, dim3(256), 0, s, a->nh, a->ctx, a->n_split, a->po, a->plse, a->out,
+                     a->ldo);
 }
 
 template <int HD, bool ROPE>
 static gm_status dispatch_g(int G, const dec_args *a, cudaStream_t s)
 {
+    cudaError_t e;
     switch (G) {
-    case 1: launch_dec<1, HD, ROPE>(a, s); break;
-    case 2: launch_dec<2, HD, ROPE>(a, s); break;
-    case 4: launch_dec<4, HD, ROPE>(a, s); break;
-    case 8: launch_dec<8, HD, ROPE>(a, s); break;
+    case 1: e = launch_dec<1, HD, ROPE>(a, s); break;
+    case 2: e = launch_dec<2, HD, ROPE>(a, s); break;
+    case 4: e = launch_dec<4, HD, ROPE>(a, s); break;
+    case 8: e = launch_dec<8, HD, ROPE>(a, s); break;
     default:
         return gm_fail(GM_ERR_UNSUPPORTED, "decode attention: %d query heads per KV head (supported: 1, 2, 4, 8)", G);
     }
+    if (e != cudaSuccess)
+        return gm_fail(GM_ERR_CUDA, "decode attention launch: %s", cudaGetErrorString(e));
     return GM_OK;
 }
 
@@ -331,7 +349,6 @@ static gm_status run_dec(int32_t hd, dec_args *a, void *scratch, cudaStream_t s)
     size_t rows = (size_t)a->B * a->nh * a->n_split;
     a->po = (float *)scratch;
     a->plse = a->po + rows * hd;
-    a->sem = (unsigned *)(a->plse + rows);
     gm_status st;
     switch (hd) {
     case 32: st = dispatch_g<32, ROPE>(G, a, s); break;
@@ -353,7 +370,7 @@ extern "C" gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_
                                    void *scratch, void *out, int64_t ldo, cudaStream_t s)
 {
     dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (bf16 *)k_pool, (bf16 *)v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, NULL, NULL, scale, n_split, NULL, NULL, NULL, (bf16 *)out, ldo};
+                  ctx_lens, NULL, NULL, scale, n_split, NULL, NULL, (bf16 *)out, ldo};
     return run_dec<false>(hd, &a, scratch, s);
 }
 
@@ -364,6 +381,6 @@ extern "C" gm_status k_attn_decode_rope(const void *qkv, int64_t ld, int32_t B, 
                                         void *out, int64_t ldo, cudaStream_t s)
 {
     dec_args a = {(const bf16 *)qkv, ld, B, nh, nkv, (bf16 *)k_pool, (bf16 *)v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, slots, rope_table, scale, n_split, NULL, NULL, NULL, (bf16 *)out, ldo};
+                  ctx_lens, slots, rope_table, scale, n_split, NULL, NULL, (bf16 *)out, ldo};
     return run_dec<true>(hd, &a, scratch, s);
 }

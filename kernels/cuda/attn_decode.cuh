@@ -1,7 +1,6 @@
 /* attn_decode.cuh - paged decode attention: one new query token per sequence, bf16 KV,
  * MQA/GQA/MHA (a block serves all query heads of one KV head, so each KV byte is read once
- * per sequence), the context split across blocks and merged by log-sum-exp (flash-decoding);
- * the last block of a sequence to finish does the merge (no second kernel). */
+ * per sequence), the context split across blocks and merged by log-sum-exp (flash-decoding). */
 #ifndef GM_K_ATTN_DECODE_CUH
 #define GM_K_ATTN_DECODE_CUH
 
@@ -26,8 +25,7 @@ extern "C" {
  * out [B, nh*hd] bf16 (row stride ldo).
  * n_split (1..ATTN_DECODE_MAX_SPLIT) fixes the grid so it can be captured in a CUDA graph: a
  * sequence of L keys uses min(n_split, ceil(L / ATTN_DECODE_MIN_CHUNK)) splits, read on the device.
- * scratch: k_attn_decode_scratch_bytes(B, nh, nkv, hd, n_split) bytes of device memory, zeroed
- * once (cudaMemset) before its first use; every call leaves it ready for the next.
+ * scratch: k_attn_decode_scratch_bytes(B, nh, nkv, hd, n_split) bytes of device memory.
  * hd in {32, 64, 128, 256}; nh / nkv in {1, 2, 4, 8}. */
 gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                         const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,

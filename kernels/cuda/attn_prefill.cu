@@ -8,6 +8,7 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "launch.cuh"
 
 #define PF_BR 64
 #define PF_BC 64
@@ -83,6 +84,7 @@ __global__ void __launch_bounds__(PF_THREADS)
     bf16 *Ks = Qs + PF_BR * LDS;
     bf16 *Vs = Ks + PF_BC * LDS;
 
+    pdl_wait();
     int seq = blockIdx.z, h = blockIdx.y;
     int tile = gridDim.x - 1 - blockIdx.x; /* the longest (last) tiles start first */
     int nq = n_new[seq];

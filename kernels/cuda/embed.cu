@@ -3,11 +3,17 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "launch.cuh"
+
+static int g_pdl = 1;
+extern "C" void k_set_pdl(int on) { g_pdl = on ? 1 : 0; }
+extern "C" int k_get_pdl(void) { return g_pdl; }
 
 /* One block per token row; each thread moves 8 bf16 at a time. */
 __global__ void embed_kernel(const bf16 *__restrict__ table, int64_t vocab, int64_t hidden,
                              const int32_t *__restrict__ ids, float norm, bf16 *__restrict__ out)
 {
+    pdl_wait();
     int64_t t = blockIdx.x;
     int32_t id = ids[t];
     uint4 *o = reinterpret_cast<uint4 *>(out + t * hidden);
@@ -31,6 +37,7 @@ __global__ void embed_kernel(const bf16 *__restrict__ table, int64_t vocab, int6
 __global__ void gather_rows_kernel(const bf16 *__restrict__ src, int64_t ld, const int32_t *__restrict__ rows,
                                    int64_t dim, bf16 *__restrict__ dst)
 {
+    pdl_wait();
     int64_t i = blockIdx.x;
     const uint4 *r = reinterpret_cast<const uint4 *>(src + (int64_t)rows[i] * ld);
     uint4 *o = reinterpret_cast<uint4 *>(dst + i * dim);
@@ -45,8 +52,8 @@ extern "C" gm_status k_embed(const void *table, int64_t vocab, int64_t hidden, c
         return gm_fail(GM_ERR_UNSUPPORTED, "k_embed: hidden %lld is not a multiple of 8", (long long)hidden);
     if (n <= 0)
         return GM_OK;
-    embed_kernel<<<(unsigned)n, 128, 0, s>>>((const bf16 *)table, vocab, hidden, ids, normalizer, (bf16 *)out);
-    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(gm_launch(embed_kernel, dim3((unsigned)n), dim3(128), 0, s, (const bf16 *)table, vocab, hidden, ids,
+                            normalizer, (bf16 *)out));
     return GM_OK;
 }
 
@@ -58,7 +65,7 @@ extern "C" gm_status k_gather_rows(const void *src, int64_t ld_src, const int32_
                        (long long)ld_src);
     if (n <= 0)
         return GM_OK;
-    gather_rows_kernel<<<(unsigned)n, 128, 0, s>>>((const bf16 *)src, ld_src, rows, dim, (bf16 *)dst);
-    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(gm_launch(gather_rows_kernel, dim3((unsigned)n), dim3(128), 0, s, (const bf16 *)src, ld_src, rows, dim,
+                            (bf16 *)dst));
     return GM_OK;
 }

@@ -3,6 +3,7 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "launch.cuh"
 
 __device__ __forceinline__ float gelu_tanh(float x)
 {
@@ -12,6 +13,7 @@ __device__ __forceinline__ float gelu_tanh(float x)
 
 __global__ void geglu_kernel(const bf16 *__restrict__ gu, int64_t n, int64_t total8, bf16 *__restrict__ out)
 {
+    pdl_wait();
     int64_t n8 = n / 8;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total8;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -37,7 +39,7 @@ extern "C" gm_status k_geglu(const void *gu, int64_t T, int64_t n, void *out, cu
     int64_t blocks = (total8 + 255) / 256;
     if (blocks > 132 * 16)
         blocks = 132 * 16;
-    geglu_kernel<<<(unsigned)blocks, 256, 0, s>>>((const bf16 *)gu, n, total8, (bf16 *)out);
-    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(gm_launch(geglu_kernel, dim3((unsigned)blocks), dim3(256), 0, s, (const bf16 *)gu, n, total8,
+                            (bf16 *)out));
     return GM_OK;
 }

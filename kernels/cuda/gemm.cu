@@ -11,6 +11,7 @@
 #include "cuda_check.h"
 #include "cuda_util.cuh"
 #include "geglu.cuh"
+#include "launch.cuh"
 
 typedef struct gemm_key {
     int64_t tb, n, k, ldx, ldw, ldy;
@@ -222,6 +223,7 @@ __global__ void __launch_bounds__(GV_THREADS, 2)
     constexpr int U = 8 / R > 0 ? 8 / R : 1;
     constexpr int NW = GV_THREADS / 32;
     constexpr int RH = R / 2 > 0 ? R / 2 : 1; /* GeGLU mode: act columns per block */
+    pdl_wait();
     __shared__ float red[NW][TR][R];
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const bf16 *wrow[R]; /* weight rows of this block (row 0 stands in past N) */
@@ -304,34 +306,34 @@ __global__ void __launch_bounds__(GV_THREADS, 2)
 }
 
 template <int TR, int R>
-static void launch_gemv_r(const bf16 *x, int64_t K, int64_t ldx, const bf16 *W, int64_t ldw, int64_t N, void *y,
+static cudaError_t launch_gemv_r(const bf16 *x, int64_t K, int64_t ldx, const bf16 *W, int64_t ldw, int64_t N, void *y,
                           int mode, int64_t ldy, cudaStream_t s)
 {
-    if (mode == 2) {
-        unsigned grid = gm_div_up(N, R / 2);
-        gemv_kernel<TR, R, 2><<<grid, GV_THREADS, 0, s>>>(x, K, ldx, W, ldw, N, y, ldy);
-    } else if (mode == 1) {
-        gemv_kernel<TR, R, 1><<<gm_div_up(N, R), GV_THREADS, 0, s>>>(x, K, ldx, W, ldw, N, y, ldy);
-    } else {
-        gemv_kernel<TR, R, 0><<<gm_div_up(N, R), GV_THREADS, 0, s>>>(x, K, ldx, W, ldw, N, y, ldy);
-    }
+    cudaError_t e;
+    if (mode == 2)
+        e = gm_launch(gemv_kernel<TR, R, 2>, dim3(gm_div_up(N, R / 2 > 0 ? R / 2 : 1)), dim3(GV_THREADS), 0, s, x, K,
+                      ldx, W, ldw, N, y, ldy);
+    else if (mode == 1)
+        e = gm_launch(gemv_kernel<TR, R, 1>, dim3(gm_div_up(N, R)), dim3(GV_THREADS), 0, s, x, K, ldx, W, ldw, N, y, ldy);
+    else
+        e = gm_launch(gemv_kernel<TR, R, 0>, dim3(gm_div_up(N, R)), dim3(GV_THREADS), 0, s, x, K, ldx, W, ldw, N, y, ldy);
+    return e;
 }
 
 template <int TR>
-static void launch_gemv_t(const bf16 *x, int64_t K, int64_t ldx, const bf16 *W, int64_t ldw, int64_t N, void *y,
+static cudaError_t launch_gemv_t(const bf16 *x, int64_t K, int64_t ldx, const bf16 *W, int64_t ldw, int64_t N, void *y,
                           int mode, int64_t ldy, cudaStream_t s)
 {
     int64_t r = 16384 / K;
     if (mode == 2 && r < 2)
         r = 2;
     if (r >= 8)
-        launch_gemv_r<TR, 8>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
-    else if (r >= 4)
-        launch_gemv_r<TR, 4>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
-    else if (r >= 2)
-        launch_gemv_r<TR, 2>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
-    else
-        launch_gemv_r<TR, 1>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
+        return launch_gemv_r<TR, 8>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
+    if (r >= 4)
+        return launch_gemv_r<TR, 4>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
+    if (r >= 2)
+        return launch_gemv_r<TR, 2>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
+    return launch_gemv_r<TR, 1>(x, K, ldx, W, ldw, N, y, mode, ldy, s);
 }
 
 /* mode 0/1/2 as the kernel's; rows of x in groups of at most 4. */
@@ -345,13 +347,16 @@ static gm_status gemv_any(const void *x, int64_t T, int64_t K, int64_t ldx, cons
         int64_t tr = T - t0 < 4 ? T - t0 : 4;
         const bf16 *xt = xb + t0 * ldx;
         void *yt = mode == 1 ? (void *)((float *)y + t0 * ldy) : (void *)((bf16 *)y + t0 * ldy);
+        cudaError_t e;
         switch (tr) {
-        case 1: launch_gemv_t<1>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
-        case 2: launch_gemv_t<2>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
-        case 3: launch_gemv_t<3>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
-        default: launch_gemv_t<4>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
+        case 1: e = launch_gemv_t<1>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
+        case 2: e = launch_gemv_t<2>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
+        case 3: e = launch_gemv_t<3>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
+        default: e = launch_gemv_t<4>(xt, K, ldx, wb, ldw, N, yt, mode, ldy, s); break;
         }
-        GM_LAUNCH_CHECK();
+        if (e != cudaSuccess)
+            return gm_fail(GM_ERR_CUDA, "gemv launch (T=%lld K=%lld N=%lld): %s", (long long)tr, (long long)K,
+                           (long long)N, cudaGetErrorString(e));
     }
     return GM_OK;
 }

@@ -4,6 +4,7 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "launch.cuh"
 
 #define NORM_THREADS 256
 #define NORM_CHUNKS 4 /* 16-byte chunks per thread: dim <= 256*4*8 = 8192 */
@@ -27,6 +28,7 @@ __global__ void __launch_bounds__(NORM_THREADS) rmsnorm_kernel(bf16 *__restrict_
                                                               const float *__restrict__ w1, int64_t dim, float eps,
                                                               bf16 *__restrict__ out, int64_t ldo)
 {
+    pdl_wait();
     __shared__ float red[32];
     int64_t row = blockIdx.x;
     int64_t n8 = dim / 8;
@@ -87,9 +89,8 @@ extern "C" gm_status k_rmsnorm(const void *x, int64_t ldx, const float *w1, int6
                        (long long)ldo);
     if (n <= 0)
         return GM_OK;
-    rmsnorm_kernel<false, bf16><<<(unsigned)n, NORM_THREADS, 0, s>>>((bf16 *)x, ldx, (const bf16 *)NULL, w1, dim,
-                                                                    eps, (bf16 *)out, ldo);
-    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(gm_launch(rmsnorm_kernel<false, bf16>, dim3((unsigned)n), dim3(NORM_THREADS), 0, s, (bf16 *)x, ldx,
+                            (const bf16 *)NULL, w1, dim, eps, (bf16 *)out, ldo));
     return GM_OK;
 }
 
@@ -100,11 +101,10 @@ extern "C" gm_status k_add_rmsnorm(void *h, const void *delta, int delta_f32, co
     if (n <= 0)
         return GM_OK;
     if (delta_f32)
-        rmsnorm_kernel<true, float><<<(unsigned)n, NORM_THREADS, 0, s>>>((bf16 *)h, dim, (const float *)delta, w1,
-                                                                        dim, eps, (bf16 *)out, dim);
+        GM_CUDA_CHECK(gm_launch(rmsnorm_kernel<true, float>, dim3((unsigned)n), dim3(NORM_THREADS), 0, s, (bf16 *)h,
+                                dim, (const float *)delta, w1, dim, eps, (bf16 *)out, dim));
     else
-        rmsnorm_kernel<true, bf16><<<(unsigned)n, NORM_THREADS, 0, s>>>((bf16 *)h, dim, (const bf16 *)delta, w1, dim,
-                                                                       eps, (bf16 *)out, dim);
-    GM_LAUNCH_CHECK();
+        GM_CUDA_CHECK(gm_launch(rmsnorm_kernel<true, bf16>, dim3((unsigned)n), dim3(NORM_THREADS), 0, s, (bf16 *)h,
+                                dim, (const bf16 *)delta, w1, dim, eps, (bf16 *)out, dim));
     return GM_OK;
 }

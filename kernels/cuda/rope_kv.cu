@@ -9,6 +9,7 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "launch.cuh"
 
 #define ROPE_THREADS 256
 
@@ -17,6 +18,7 @@ __global__ void __launch_bounds__(ROPE_THREADS)
                    const int32_t *__restrict__ pos, const float *__restrict__ table,
                    const int32_t *__restrict__ slot, bf16 *__restrict__ kp, bf16 *__restrict__ vp, int32_t bs)
 {
+    pdl_wait();
     __shared__ float cs[256], sn[256];
     int64_t t = blockIdx.x;
     int half = hd / 2;
@@ -107,8 +109,7 @@ extern "C" gm_status k_rope_kv_write(void *qkv, int64_t ld, int64_t T, int32_t n
                        hd, (long long)ld, bs);
     if (T <= 0)
         return GM_OK;
-    rope_kv_kernel<<<(unsigned)T, ROPE_THREADS, 0, s>>>((bf16 *)qkv, ld, nh, nkv, hd, pos, rope_table, slot,
-                                                       (bf16 *)k_pool, (bf16 *)v_pool, bs);
-    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(gm_launch(rope_kv_kernel, dim3((unsigned)T), dim3(ROPE_THREADS), 0, s, (bf16 *)qkv, ld, nh, nkv, hd,
+                            pos, rope_table, slot, (bf16 *)k_pool, (bf16 *)v_pool, bs));
     return GM_OK;
 }

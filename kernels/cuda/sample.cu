@@ -1,9 +1,9 @@
-/* sample.cu - one 1024-thread block per row. Greedy = one argmax pass over the row.
+/* sample.cu - one 512-thread block per row. Greedy = one argmax pass over the row.
  * Otherwise, fast path: one pass counts, for nested thresholds p >= 4^-j, how many tokens and
  * how much mass lie above; the largest threshold whose set surely holds every token the
  * sampler can reach (the top-k, the top-p prefix, the draw) and has at most SMP_CAND tokens
- * is collected into shared memory, sorted (bitonic), and walked in order exactly as cpu_sample
- * walks its sorted list. When no threshold qualifies (flat distributions), each selection
+ * (refining between two levels, geometrically, up to SMP_ROUNDS passes) is collected into
+ * shared memory, sorted (bitonic), and walked in order exactly as cpu_sample walks its list. When no threshold qualifies (flat distributions), each selection
  * (k-th element by count, top-p cut by mass, the draw) is a radix search over the 32-bit
  * pattern of p (4 passes of 8 bits, histograms in shared memory) followed by an id-ordered scan
  * among equal p. Every pass recomputes p from the logits (the row stays in L2). */
@@ -13,12 +13,14 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "launch.cuh"
 
-#define SMP_THREADS 1024
+#define SMP_THREADS 512
 #define SMP_COPIES 8 /* histogram copies, to spread shared-memory atomics */
 #define FX_SCALE 1099511627776.0f /* 2^40: fixed-point scale of masses */
 #define SMP_LEVELS 12   /* thresholds 4^-j, j < SMP_LEVELS */
 #define SMP_CAND 4096   /* most candidates the fast path sorts */
+#define SMP_ROUNDS 3    /* threshold refinements before the radix path takes over */
 
 typedef unsigned long long u64;
 
@@ -62,6 +64,7 @@ struct smp_smem {
     } u;
     uint32_t lvl_cnt[32][SMP_LEVELS];
     u64 lvl_mass[32][SMP_LEVELS + 1];
+    float theta[SMP_LEVELS], theta_hi, theta_pick;
     int32_t n_cand;
     u64 wsum[32];
     u64 bcast_u64[2];
@@ -244,78 +247,103 @@ __device__ int32_t sample_fast(const float *lg, int64_t V, float mx, float invt,
                                smp_smem *sm)
 {
     int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
-    uint32_t cnt[SMP_LEVELS];
-    u64 mass[SMP_LEVELS + 1];
+    if (tid < SMP_LEVELS)
+        sm->theta[tid] = __uint_as_float((uint32_t)(127 - 2 * tid) << 23); /* 4^-j */
+    if (tid == 0)
+        sm->theta_hi = 2.0f;
+    __syncthreads();
+    float theta = -1.0f;
+    u64 Zfx = 0;
+    for (int round = 0; round < SMP_ROUNDS && theta < 0.0f; round++) {
+        float th[SMP_LEVELS];
 #pragma unroll
-    for (int j = 0; j < SMP_LEVELS; j++)
-        cnt[j] = 0, mass[j] = 0;
-    mass[SMP_LEVELS] = 0;
-    for (int64_t i = tid; i < V; i += blockDim.x) {
-        float p = __uint_as_float(p_key(lg, i, mx, invt));
-        u64 f = __float2ull_rn(p * FX_SCALE);
-        mass[SMP_LEVELS] += f;
+        for (int j = 0; j < SMP_LEVELS; j++)
+            th[j] = sm->theta[j];
+        uint32_t cnt[SMP_LEVELS];
+        u64 mass[SMP_LEVELS + 1];
 #pragma unroll
-        for (int j = 0; j < SMP_LEVELS; j++) {
-            bool in = p >= __uint_as_float((uint32_t)(127 - 2 * j) << 23); /* 4^-j */
-            cnt[j] += in;
-            mass[j] += in ? f : 0ull;
+        for (int j = 0; j < SMP_LEVELS; j++)
+            cnt[j] = 0, mass[j] = 0;
+        mass[SMP_LEVELS] = 0;
+        for (int64_t i = tid; i < V; i += blockDim.x) {
+            float p = __uint_as_float(p_key(lg, i, mx, invt));
+            u64 f = __float2ull_rn(p * FX_SCALE);
+            mass[SMP_LEVELS] += f;
+#pragma unroll
+            for (int j = 0; j < SMP_LEVELS; j++) {
+                bool in = p >= th[j];
+                cnt[j] += in;
+                mass[j] += in ? f : 0ull;
+            }
         }
-    }
 #pragma unroll
-    for (int j = 0; j <= SMP_LEVELS; j++) {
-        u64 m = mass[j];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1)
-            m += __shfl_xor_sync(0xffffffffu, m, o);
-        if (lane == 0)
-            sm->lvl_mass[w][j] = m;
-        if (j < SMP_LEVELS) {
-            uint32_t c = cnt[j];
+        for (int j = 0; j <= SMP_LEVELS; j++) {
+            u64 m = mass[j];
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1)
-                c += __shfl_xor_sync(0xffffffffu, c, o);
+                m += __shfl_xor_sync(0xffffffffu, m, o);
             if (lane == 0)
-                sm->lvl_cnt[w][j] = c;
-        }
-    }
-    __syncthreads();
-    if (tid == 0) {
-        u64 tm[SMP_LEVELS + 1];
-        uint32_t tc[SMP_LEVELS];
-        for (int j = 0; j <= SMP_LEVELS; j++) {
-            tm[j] = 0;
-            for (int k = 0; k < nw; k++)
-                tm[j] += sm->lvl_mass[k][j];
+                sm->lvl_mass[w][j] = m;
             if (j < SMP_LEVELS) {
-                tc[j] = 0;
+                uint32_t c = cnt[j];
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1)
+                    c += __shfl_xor_sync(0xffffffffu, c, o);
+                if (lane == 0)
+                    sm->lvl_cnt[w][j] = c;
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
+            u64 tm[SMP_LEVELS + 1];
+            uint32_t tc[SMP_LEVELS];
+            for (int j = 0; j <= SMP_LEVELS; j++) {
+                tm[j] = 0;
                 for (int k = 0; k < nw; k++)
-                    tc[j] += sm->lvl_cnt[k][j];
+                    tm[j] += sm->lvl_mass[k][j];
+                if (j < SMP_LEVELS) {
+                    tc[j] = 0;
+                    for (int k = 0; k < nw; k++)
+                        tc[j] += sm->lvl_cnt[k][j];
+                }
             }
-        }
-        bool topk = sp.top_k > 0 && sp.top_k < V, topp = sp.top_p > 0.0f && sp.top_p < 1.0f;
-        double Z = (double)tm[SMP_LEVELS];
-        /* mass the candidates must hold (with a margin over rounding differences) */
-        double need = topk ? 0.0 : (topp ? (double)sp.top_p * Z : (double)u * Z) * (1.0 + 1e-5) + 2.0;
-        uint32_t need_cnt = topk ? (uint32_t)sp.top_k : 1u;
-        int lvl = -1;
-        for (int j = 0; j < SMP_LEVELS; j++) {
-            if (tc[j] > SMP_CAND)
-                break;
-            if (tc[j] >= need_cnt && (double)tm[j] >= need) {
-                lvl = j;
-                break;
+            bool topk = sp.top_k > 0 && sp.top_k < V, topp = sp.top_p > 0.0f && sp.top_p < 1.0f;
+            double Z = (double)tm[SMP_LEVELS];
+            /* mass the candidates must hold (with a margin over rounding differences) */
+            double need = topk ? 0.0 : (topp ? (double)sp.top_p * Z : (double)u * Z) * (1.0 + 1e-5) + 2.0;
+            uint32_t need_cnt = topk ? (uint32_t)sp.top_k : 1u;
+            int k = -1;
+            for (int j = 0; j < SMP_LEVELS; j++)
+                if (tc[j] >= need_cnt && (double)tm[j] >= need) {
+                    k = j;
+                    break;
+                }
+            float chosen = -1.0f;
+            if (k >= 0 && tc[k] <= SMP_CAND) {
+                chosen = sm->theta[k];
+            } else if (k >= 0) { /* too many at the first sufficient level: refine between it and the one above */
+                float hi = k > 0 ? sm->theta[k - 1] : sm->theta_hi, lo = sm->theta[k];
+                float r = powf(lo / hi, 1.0f / SMP_LEVELS);
+                sm->theta_hi = hi;
+                for (int j = 0; j < SMP_LEVELS - 1; j++)
+                    sm->theta[j] = hi * powf(r, (float)(j + 1));
+                sm->theta[SMP_LEVELS - 1] = lo;
+            } else {
+                chosen = -2.0f; /* not even the lowest level holds enough: give up */
             }
+            sm->theta_pick = chosen;
+            sm->lvl_mass[0][0] = tm[SMP_LEVELS];
+            sm->n_cand = 0;
         }
-        sm->lvl_cnt[0][0] = (uint32_t)lvl;
-        sm->lvl_mass[0][0] = tm[SMP_LEVELS];
-        sm->n_cand = 0;
+        __syncthreads();
+        theta = sm->theta_pick;
+        Zfx = sm->lvl_mass[0][0];
+        __syncthreads();
+        if (theta == -2.0f)
+            return -1;
     }
-    __syncthreads();
-    int lvl = (int)sm->lvl_cnt[0][0];
-    u64 Zfx = sm->lvl_mass[0][0];
-    if (lvl < 0)
+    if (theta < 0.0f)
         return -1;
-    float theta = __uint_as_float((uint32_t)(127 - 2 * lvl) << 23);
     /* collect p >= theta */
     int64_t vr = (V + blockDim.x - 1) / blockDim.x * blockDim.x;
     for (int64_t i = tid; i < vr; i += blockDim.x) {
@@ -326,11 +354,12 @@ __device__ int32_t sample_fast(const float *lg, int64_t V, float mx, float invt,
         if (lane == 0 && b)
             base = atomicAdd(&sm->n_cand, __popc(b));
         base = __shfl_sync(0xffffffffu, base, 0);
-        if (in)
-            sm->u.cand[base + __popc(b & ((1u << lane) - 1u))] = ((u64)key << 32) | (u64)(0xffffffffu - (uint32_t)i);
+        int at = base + __popc(b & ((1u << lane) - 1u));
+        if (in && at < SMP_CAND)
+            sm->u.cand[at] = ((u64)key << 32) | (u64)(0xffffffffu - (uint32_t)i);
     }
     __syncthreads();
-    int n = sm->n_cand, np = 1;
+    int n = min(sm->n_cand, SMP_CAND), np = 1;
     while (np < n)
         np <<= 1;
     for (int i = n + tid; i < np; i += blockDim.x)
@@ -400,6 +429,7 @@ __global__ void __launch_bounds__(SMP_THREADS)
                   const uint64_t *__restrict__ counters, int32_t *__restrict__ tokens)
 {
     __shared__ smp_smem sm;
+    pdl_wait();
     int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const float *lg = logits + (int64_t)row * ld;
     gm_sampling sp = params[row];
@@ -490,6 +520,7 @@ __global__ void __launch_bounds__(SMP_THREADS)
 
 __global__ void feed_kernel(const int32_t *tokens, const int32_t *slots, int32_t n, int32_t *last_tok)
 {
+    pdl_wait();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n && slots[i] >= 0)
         last_tok[slots[i]] = tokens[i];
@@ -497,6 +528,7 @@ __global__ void feed_kernel(const int32_t *tokens, const int32_t *slots, int32_t
 
 __global__ void resolve_kernel(int32_t *ids, const int32_t *tok_slot, int64_t T, const int32_t *last_tok)
 {
+    pdl_wait();
     int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i < T && ids[i] < 0)
         ids[i] = last_tok[tok_slot[i]];
@@ -509,8 +541,8 @@ extern "C" gm_status k_sample(const float *logits, int64_t ld, int64_t vocab, in
         return GM_OK;
     if (vocab > INT32_MAX)
         return gm_fail(GM_ERR_UNSUPPORTED, "k_sample: vocabulary of %lld", (long long)vocab);
-    sample_kernel<<<(unsigned)n, SMP_THREADS, 0, s>>>(logits, ld, vocab, params, counters, tokens);
-    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(gm_launch(sample_kernel, dim3((unsigned)n), dim3(SMP_THREADS), 0, s, logits, ld, vocab, params, counters,
+                            tokens));
     return GM_OK;
 }
 
@@ -519,8 +551,7 @@ extern "C" gm_status k_feed_tokens(const int32_t *tokens, const int32_t *slots, 
 {
     if (n <= 0)
         return GM_OK;
-    feed_kernel<<<gm_div_up(n, 256), 256, 0, s>>>(tokens, slots, n, last_tok);
-    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(gm_launch(feed_kernel, dim3(gm_div_up(n, 256)), dim3(256), 0, s, tokens, slots, n, last_tok));
     return GM_OK;
 }
 
@@ -529,7 +560,6 @@ extern "C" gm_status k_resolve_ids(int32_t *ids, const int32_t *tok_slot, int64_
 {
     if (T <= 0)
         return GM_OK;
-    resolve_kernel<<<gm_div_up(T, 256), 256, 0, s>>>(ids, tok_slot, T, last_tok);
-    GM_LAUNCH_CHECK();
+    GM_CUDA_CHECK(gm_launch(resolve_kernel, dim3(gm_div_up(T, 256)), dim3(256), 0, s, ids, tok_slot, T, last_tok));
     return GM_OK;
 }
