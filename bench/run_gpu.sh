@@ -69,6 +69,9 @@ done
 declare -A RES
 run() {
   local name=$1 lim=$2 log=$3; shift 3
+  local left=$(( ${GM_TIME_BUDGET:-100000} - $(elapsed) ))
+  if [ $left -lt 15 ]; then RES[$name]=SKIP; say "$(printf '%-28s %-14s' "$name" "SKIP(budget)")"; return 77; fi
+  [ $lim -gt $left ] && lim=$left
   echo "---- $name: $*" >> "$log"
   local t0=$(date +%s)
   timeout --kill-after=10 "$lim" "$@" >> "$log" 2>&1
@@ -132,6 +135,71 @@ for ph in $phases; do
     export PYTHONUNBUFFERED=1
     run hf_peer_2b 150 "$log" python3 bench/hf_peer.py --preset 2b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,static-loop}" --json "$OUT/peer.jsonl"
     run hf_peer_7b 180 "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,static-loop}" --json "$OUT/peer.jsonl"
+    ;;
+  new)
+    # FP8 / XQA / AWQ kernels against their CPU twins
+    log=$OUT/new.log
+    run test_gpu_xqa 240 "$log" "$PACK/test_gpu_xqa"
+    run test_gpu_fp8 200 "$log" "$PACK/test_gpu_fp8"
+    run test_gpu_awq 200 "$log" "$PACK/test_gpu_awq"
+    ;;
+  newbench)
+    log=$OUT/newbench.log
+    run xqa_bench 150 "$log" "$PACK/xqa_bench"
+    run fp8_gemm_bench 150 "$log" "$PACK/fp8_gemm_bench"
+    run awq_bench 120 "$log" "$PACK/awq_bench"
+    ;;
+  serve)
+    # gemma-bench against gemmad --backend cuda on full-size random-weight models.
+    # SERVE_MODELS (2b 7b), SERVE_CFGS (bf16 | fp8 = FP8 weights + FP8 KV | fp8w | awq),
+    # SERVE_LENS (ISL/OSL list), SERVE_CONC (closed-loop concurrency), SERVE_SEQS (--max-seqs)
+    log=$OUT/serve.log
+    for mdl in ${SERVE_MODELS:-2b}; do
+      mk "${mdl}full" --preset "$mdl" --seed 7
+      for cfg in ${SERVE_CFGS:-bf16}; do
+        case $cfg in
+          bf16) qa="--quant none --kv-dtype bf16" ;;
+          fp8) qa="--quant fp8 --kv-dtype fp8" ;;
+          fp8w) qa="--quant fp8 --kv-dtype bf16" ;;
+          awq) qa="--quant awq --kv-dtype bf16" ;;
+          *) qa="" ;;
+        esac
+        mdir=$M/${mdl}full
+        [ "$cfg" = awq ] && mdir=$M/${mdl}awq
+        [ -f "$mdir/config.json" ] || { say "serve $mdl $cfg: no model $mdir"; continue; }
+        ep=ipc:///tmp/gm-serve.sock
+        seqs=${SERVE_SEQS:-512}
+        echo "---- gemmad $mdl $cfg: $qa --max-seqs $seqs" >> "$log"
+        "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa --kv-memory 0 --max-seqs "$seqs" \
+          --max-tokens-per-step ${SERVE_TOKENS:-8192} --worker-bin "$PACK/gemma-worker" --log-level warn >> "$log" 2>&1 &
+        dpid=$!
+        ok=0
+        for i in $(seq 1 240); do
+          "$PACK/gemma-cli" --endpoint $ep --health >/dev/null 2>&1 && { ok=1; break; }
+          kill -0 $dpid 2>/dev/null || break
+          sleep 1
+        done
+        if [ $ok = 1 ]; then
+          for len in ${SERVE_LENS:-128/128 128/2048 2048/128 b1}; do
+            if [ "$len" = b1 ]; then
+              run "serve_${mdl}_${cfg}_b1" 90 "$log" "$PACK/gemma-bench" --endpoint $ep --isl 128 --osl 256 \
+                --concurrency 1 --num-requests 3 --warmup 1 --label "$mdl $cfg batch-1" --json "$OUT/serve_${mdl}_${cfg}_b1.json" --quiet
+              continue
+            fi
+            isl=${len%/*}; osl=${len#*/}
+            conc=${SERVE_CONC:-$seqs}
+            n=$(( conc * 2 ))
+            [ "$osl" -ge 1024 ] && n=$conc
+            run "serve_${mdl}_${cfg}_${isl}_${osl}" ${SERVE_LIM:-120} "$log" "$PACK/gemma-bench" --endpoint $ep --isl "$isl" --osl "$osl" \
+              --concurrency "$conc" --num-requests $n --warmup 0 --label "$mdl $cfg $isl/$osl" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}.json" --markdown --quiet
+          done
+        else
+          say "serve $mdl $cfg: gemmad did not come up (see serve.log)"
+        fi
+        kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
+      done
+    done
+    grep -E "^\|" "$log" | tee -a "$summary"
     ;;
   sanitize)
     # memcheck on the kernels' tests (slow: a subset)

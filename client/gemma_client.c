@@ -610,7 +610,8 @@ static void capture_event(gmc_client *c, const gmc_event *ev)
             r->text = t;
             c->wait_txt_cap = cap;
         }
-        memcpy(r->text + r->text_len, ev->text, ev->text_len);
+        if (ev->text_len)
+            memcpy(r->text + r->text_len, ev->text, ev->text_len);
         r->text_len += ev->text_len;
         r->text[r->text_len] = 0;
     }

@@ -298,7 +298,7 @@ static void test_find_errors(void **state)
     snprintf(path, sizeof path, "%s/bad-awq.safetensors", g_work);
     run("mkdir -p %s", g_work);
     static int32_t qw[64 * 4], qz[2 * 4];
-    static uint16_t sc[2 * 32];
+    static uint16_t sc[3 * 32]; /* big enough for the [3, 32] case too */
     st_writer *w = st_writer_new();
     int64_t s1[2] = {64, 4}, s2[2] = {2, 4}, s3[2] = {2, 32}, s4[2] = {3, 32};
     st_writer_add(w, "a.qweight", GM_DT_I32, 2, s1, qw);

@@ -243,10 +243,12 @@ static void on_event(const gmc_event *ev)
         j->cap = (j->n + ev->n_tokens) * 2 + 16;
         j->toks = realloc(j->toks, (size_t)j->cap * sizeof(int32_t));
     }
-    memcpy(j->toks + j->n, ev->tokens, (size_t)ev->n_tokens * sizeof(int32_t));
+    if (ev->n_tokens)
+        memcpy(j->toks + j->n, ev->tokens, (size_t)ev->n_tokens * sizeof(int32_t));
     j->n += ev->n_tokens;
     j->text = realloc(j->text, j->text_len + ev->text_len + 1);
-    memcpy(j->text + j->text_len, ev->text, ev->text_len);
+    if (ev->text_len)
+        memcpy(j->text + j->text_len, ev->text, ev->text_len);
     j->text_len += ev->text_len;
     j->text[j->text_len] = 0;
     if (ev->finished) {
