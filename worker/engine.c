@@ -162,24 +162,36 @@ gm_status gm_engine_check_step(const gm_engine *e, const gm_seq_step *seqs, int3
     if (n_seqs > 0 && !seqs)
         return gm_fail(GM_ERR_INVALID_ARG, "step has %d sequences but no array", n_seqs);
     int64_t total = 0, rows = 0;
-    /* slot -> 1 + index of the sequence using it: linear in n_seqs, not quadratic */
-    int32_t *seen = calloc((size_t)o->max_seqs, sizeof *seen);
-    if (!seen)
-        return gm_fail(GM_ERR_NOMEM, "step check: %d slots", o->max_seqs);
+    /* slot -> the step stamp that last used it: linear in n_seqs, no clearing, no per-step
+     * allocation (one buffer per thread, grown to the largest max_seqs seen) */
+    static _Thread_local uint32_t *seen, stamp;
+    static _Thread_local int32_t seen_cap;
+    if (seen_cap < o->max_seqs) {
+        uint32_t *grown = calloc((size_t)o->max_seqs, sizeof *grown);
+        if (!grown)
+            return gm_fail(GM_ERR_NOMEM, "step check: %d slots", o->max_seqs);
+        free(seen);
+        seen = grown;
+        seen_cap = o->max_seqs;
+        stamp = 0;
+    }
+    if (++stamp == 0) { /* wrapped: forget every old stamp */
+        memset(seen, 0, (size_t)seen_cap * sizeof *seen);
+        stamp = 1;
+    }
     gm_status st = GM_OK;
     for (int32_t i = 0; i < n_seqs && st == GM_OK; i++) {
         const gm_seq_step *s = &seqs[i];
         if (s->slot < 0 || s->slot >= o->max_seqs)
             st = gm_fail(GM_ERR_INVALID_ARG, "sequence %d: slot %d is outside 0..%d", i, s->slot, o->max_seqs - 1);
-        else if (seen[s->slot])
-            st = gm_fail(GM_ERR_INVALID_ARG, "sequences %d and %d share slot %d", seen[s->slot] - 1, i, s->slot);
+        else if (seen[s->slot] == stamp)
+            st = gm_fail(GM_ERR_INVALID_ARG, "sequence %d reuses slot %d of an earlier sequence", i, s->slot);
         else {
-            seen[s->slot] = i + 1;
+            seen[s->slot] = stamp;
             st = check_seq(e, s, i, &rows);
             total += s->n_tokens;
         }
     }
-    free(seen);
     if (st != GM_OK)
         return st;
     if (total > o->max_tokens)
