@@ -118,7 +118,7 @@ static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, in
     double dt = now_s() - t0;
     double tps = (double)B * rc->gen / dt, ms = 1e3 * dt / rc->gen;
     double bound = bw > 0 ? bw * 1e9 / (double)wbytes : 0;
-    printf("%-3s B=%-3d prompt %-5d gen %-4d %-22s | %8.1f tok/s | %6.3f ms/step | batch-1 bound %6.0f tok/s (%.2f GB "
+    printf("%-10s B=%-3d prompt %-5d gen %-4d %-22s | %8.1f tok/s | %6.3f ms/step | batch-1 bound %6.0f tok/s (%.2f GB "
            "at %.0f GB/s) | %5.1f%% | prefill %.0f tok/s\n",
            model, B, rc->prompt, rc->gen, rc->label, tps, ms, bound, (double)wbytes / 1e9, bw,
            bound > 0 ? 100.0 * (tps / B) / bound : 0, (double)B * rc->prompt / t_pre);
@@ -132,12 +132,13 @@ int main(int argc, char **argv)
 {
     const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1";
     int32_t prompt = 128, gen = 256;
-    int variants = 0;
+    int variants = 0, q_fp8 = 0, kv_fp8 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench_decode [--preset 2b|7b | --model DIR] [--prompt N] [--gen N] [--batch B[,B...]]\n"
-                   "                    [--variants] [--csv FILE]\n"
+                   "                    [--variants] [--csv FILE] [--quant none|fp8] [--kv-dtype bf16|fp8]\n"
+                   "                    [--xqa 0|1|2]\n"
                    "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the\n"
                    "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n");
             return 0;
@@ -153,6 +154,12 @@ int main(int argc, char **argv)
             batches = v, i++;
         } else if (!strcmp(a, "--csv") && v) {
             csv_path = v, i++;
+        } else if (!strcmp(a, "--quant") && v) {
+            q_fp8 = !strcmp(v, "fp8"), i++;
+        } else if (!strcmp(a, "--kv-dtype") && v) {
+            kv_fp8 = !strcmp(v, "fp8"), i++;
+        } else if (!strcmp(a, "--xqa") && v) {
+            setenv("GM_CUDA_XQA", v, 1), i++; /* read when the engine is created */
         } else if (!strcmp(a, "--variants")) {
             variants = 1;
         } else {
@@ -167,8 +174,8 @@ int main(int argc, char **argv)
     int32_t bl[16], nb = 0, maxb = 1;
     for (const char *p = batches; *p && nb < 16;) {
         bl[nb] = atoi(p);
-        if (bl[nb] < 1 || bl[nb] > 256) {
-            fprintf(stderr, "bench_decode: --batch %s: each batch in 1..256\n", batches);
+        if (bl[nb] < 1 || bl[nb] > 1024) {
+            fprintf(stderr, "bench_decode: --batch %s: each batch in 1..1024\n", batches);
             return 2;
         }
         maxb = bl[nb] > maxb ? bl[nb] : maxb;
@@ -193,13 +200,16 @@ int main(int argc, char **argv)
     o.max_context = 8192;
     o.kv_num_blocks = (int64_t)maxb * ((prompt + gen + 8 + 15) / 16) + 16;
     o.verbose = 1;
+    o.quant = q_fp8 ? GM_QUANT_FP8 : GM_QUANT_NONE;
+    o.kv_dtype = kv_fp8 ? GM_KV_FP8 : GM_KV_BF16;
     gm_engine *e = NULL;
     gm_status st = model ? gm_engine_create(&o, &e) : gm_engine_cuda_create_random(&o, &cfg, 1, &e);
     if (st) {
         fprintf(stderr, "bench_decode: %s: %s\n", gm_status_str(st), gm_last_error());
         return 1;
     }
-    const char *name = model ? "ckpt" : pre;
+    char name[64];
+    snprintf(name, sizeof name, "%s%s%s", model ? "ckpt" : pre, q_fp8 ? " w8" : "", kv_fp8 ? " kv8" : "");
     double bw = copy_bw();
     int64_t wb = gm_engine_cuda_weight_bytes(e);
     FILE *csv = csv_path ? fopen(csv_path, "a") : NULL;

@@ -8,7 +8,11 @@ call outside generate(): the fastest measured, 2026-11-24); compiled (generate()
 cache_implementation="static", which compiles the forward itself; if that fails, the forward is
 compiled here without CUDA graphs). The best mode is reported as the peer. Decode rate = (gen - 1) tokens over
 the time of generate(gen) minus generate(1), so the prompt's prefill is left out, as in
-bench_decode. Prints one line per mode and, with --json, appends JSON lines."""
+bench_decode. Prints one line per mode and, with --json, appends JSON lines.
+
+--batch B (> 1): the serving peer instead: one generate() of B random prompts at once (eager,
+dynamic cache), output tokens/s = B * gen / the whole call's time (prefill included), as
+gemma-bench counts output tokens over a run's duration."""
 import argparse
 import json
 import sys
@@ -89,6 +93,7 @@ def main():
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--modes", default="eager,static-loop,compiled")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
+    ap.add_argument("--batch", type=int, default=1, help="> 1: batched generate() throughput (serving peer)")
     a = ap.parse_args()
 
     import torch
@@ -99,6 +104,25 @@ def main():
     g = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(3, 256000, (1, a.prompt), generator=g).cuda()
     ids[0, 0] = 2
+    if a.batch > 1:
+        ids = torch.randint(3, 256000, (a.batch, a.prompt), generator=g).cuda()
+        ids[:, 0] = 2
+        try:
+            timed_generate(model, torch, ids[:, :], 4)  # warm-up
+            t = timed_generate(model, torch, ids, a.gen)
+            tps = a.batch * a.gen / t
+            r = dict(peer="transformers", preset=a.preset, mode="eager-batch", batch=a.batch, prompt=a.prompt,
+                     gen=a.gen, out_tok_s=round(tps, 1), seconds=round(t, 2), device=dev)
+            print(f"hf {a.preset} eager-batch B={a.batch} prompt {a.prompt} gen {a.gen}: {tps:9.1f} output tok/s "
+                  f"({t:.1f} s)", flush=True)
+        except Exception as e:
+            r = dict(peer="transformers", preset=a.preset, mode="eager-batch", batch=a.batch,
+                     error=f"{type(e).__name__}: {e}"[:400])
+            print(f"hf {a.preset} eager-batch B={a.batch}: failed: {r['error']}", flush=True)
+        if a.json:
+            with open(a.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
+        return 0 if "out_tok_s" in r else 1
     results = []
     for mode in a.modes.split(","):
         kw = {}

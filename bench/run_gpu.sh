@@ -143,6 +143,79 @@ for ph in $phases; do
     run test_gpu_fp8 200 "$log" "$PACK/test_gpu_fp8"
     run test_gpu_awq 200 "$log" "$PACK/test_gpu_awq"
     ;;
+  engine8)
+    # the CUDA engine with XQA forced, an FP8 KV cache, FP8 weights (vs the CPU engine)
+    log=$OUT/engine8.log
+    mk tiny --preset tiny --seed 1
+    mk 2b2 --preset 2b --layers 2 --seed 5
+    mk 7b2 --preset 7b --layers 2 --seed 6
+    run test_gpu_ops 200 "$log" "$PACK/test_gpu_ops"
+    run model_xqa 200 "$log" env GM_CUDA_XQA=2 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
+    run model_kv8 200 "$log" env GM_TEST_KV=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
+    run model_w8 200 "$log" env GM_TEST_QUANT=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
+    run model_w8kv8 200 "$log" env GM_TEST_QUANT=fp8 GM_TEST_KV=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
+    grep -E "^model|CUDA engine:|worst logits|agree" "$log" | head -150 > "$OUT/engine8_summary.txt"
+    ;;
+  decode8)
+    # decode tokens/s: XQA (auto: MQA/GQA batches >= 8) vs k_attn_decode, FP8 weights, FP8 KV
+    log=$OUT/decode8.log
+    run d8_2b_bf16 150 "$log" "$PACK/bench_decode" --preset 2b --batch 1,8,64,256 --gen 128
+    run d8_2b_bf16_noxqa 100 "$log" "$PACK/bench_decode" --preset 2b --batch 64,256 --gen 128 --xqa 0
+    run d8_2b_w8 150 "$log" "$PACK/bench_decode" --preset 2b --batch 1,8,64,256 --gen 128 --quant fp8
+    run d8_2b_w8kv8 150 "$log" "$PACK/bench_decode" --preset 2b --batch 1,64,256 --gen 128 --quant fp8 --kv-dtype fp8
+    run d8_2b_ctx4k 150 "$log" "$PACK/bench_decode" --preset 2b --batch 64 --prompt 4096 --gen 64
+    run d8_2b_ctx4k_noxqa 150 "$log" "$PACK/bench_decode" --preset 2b --batch 64 --prompt 4096 --gen 64 --xqa 0
+    run d8_7b_w8 150 "$log" "$PACK/bench_decode" --preset 7b --batch 1,8,64 --gen 128 --quant fp8
+    run d8_7b_w8kv8 150 "$log" "$PACK/bench_decode" --preset 7b --batch 1,64 --gen 128 --quant fp8 --kv-dtype fp8
+    grep -E "tok/s|profile" "$log" > "$OUT/decode8_summary.txt"
+    ;;
+  accuracy)
+    # FP8 against bf16 (CUDA engine): KL divergence and top-1 agreement of teacher-forced logits over a
+    # text, and perplexity, per model in $ACC_MODELS
+    log=$OUT/accuracy.log
+    head -c 16000 data/corpus.txt > /tmp/acc_text.txt
+    prompt=$(head -c 1200 data/corpus.txt | tr '\n' ' ')
+    for mdl in ${ACC_MODELS:-tiny 2bfull}; do
+      [ -f "$M/$mdl/config.json" ] || { say "accuracy: no model $mdl"; continue; }
+      for cfg in bf16 w8 kv8 w8kv8; do
+        case $cfg in
+          bf16) qa="--quant none --kv-dtype bf16" ;; w8) qa="--quant fp8 --kv-dtype bf16" ;;
+          kv8) qa="--quant none --kv-dtype fp8" ;; w8kv8) qa="--quant fp8 --kv-dtype fp8" ;;
+        esac
+        run "acc_${mdl}_${cfg}" 120 "$log" bash -c "'$PACK/gemma-generate' --model '$M/$mdl' --backend cuda $qa \
+          --prompt \"\$1\" --max-tokens 0 --dump-logits /tmp/acc_${mdl}_${cfg}.bin >/dev/null && \
+          '$PACK/gemma-generate' --model '$M/$mdl' --backend cuda $qa --perplexity /tmp/acc_text.txt > /tmp/acc_${mdl}_${cfg}.ppl" _ "$prompt"
+      done
+      python3 - "$M/$mdl" "$mdl" >> "$OUT/accuracy.md" 2>> "$log" <<'PY'
+import json, sys, numpy as np
+d, name = sys.argv[1], sys.argv[2]
+V = json.load(open(d + "/config.json"))["vocab_size"]
+def load(c):
+    return np.fromfile(f"/tmp/acc_{name}_{c}.bin", dtype=np.float32).reshape(-1, V).astype(np.float64)
+def ppl(c):
+    try:
+        return float(open(f"/tmp/acc_{name}_{c}.ppl").read().split()[-1])
+    except Exception:
+        return float("nan")
+ref = load("bf16")
+lp = ref - ref.max(1, keepdims=True); lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+for c in ("bf16", "w8", "kv8", "w8kv8"):
+    try:
+        x = load(c)
+    except Exception as e:
+        print(f"| {name} | {c} | missing ({e}) |"); continue
+    lq = x - x.max(1, keepdims=True); lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+    kl = (np.exp(lp) * (lp - lq)).sum(1)
+    top1 = (ref.argmax(1) == x.argmax(1)).mean()
+    nerr = np.linalg.norm(x - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    print(f"| {name} | {c} | {ref.shape[0]} | {kl.mean():.3e} | {kl.max():.3e} | {100*top1:.1f}% | {nerr.mean():.3e} | {ppl(c):.4f} |")
+PY
+    done
+    cat "$OUT/accuracy.md" | tee -a "$summary"
+    ;;
+  fp8gemm)
+    run fp8_gemm_bench 150 "$OUT/fp8gemm.log" "$PACK/fp8_gemm_bench"
+    ;;
   newbench)
     log=$OUT/newbench.log
     run xqa_bench 150 "$log" "$PACK/xqa_bench"
@@ -170,8 +243,9 @@ for ph in $phases; do
         ep=ipc:///tmp/gm-serve.sock
         seqs=${SERVE_SEQS:-512}
         echo "---- gemmad $mdl $cfg: $qa --max-seqs $seqs" >> "$log"
-        "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa --kv-memory 0 --max-seqs "$seqs" \
-          --max-tokens-per-step ${SERVE_TOKENS:-8192} --worker-bin "$PACK/gemma-worker" --log-level warn >> "$log" 2>&1 &
+        # --kv-memory 0 does not reach the worker (its own 64M default wins): give the budget explicitly
+        "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa --kv-memory ${SERVE_KV_MEM:-80G} --max-seqs "$seqs" \
+          --max-tokens-per-step ${SERVE_TOKENS:-8192} --worker-bin "$PACK/gemma-worker" --log-level info >> "$log" 2>&1 &
         dpid=$!
         ok=0
         for i in $(seq 1 240); do
@@ -188,10 +262,10 @@ for ph in $phases; do
             fi
             isl=${len%/*}; osl=${len#*/}
             conc=${SERVE_CONC:-$seqs}
-            n=$(( conc * 2 ))
-            [ "$osl" -ge 1024 ] && n=$conc
+            n=$(( conc * 2 )) wu=$conc
+            [ "$osl" -ge 1024 ] && n=$conc wu=0
             run "serve_${mdl}_${cfg}_${isl}_${osl}" ${SERVE_LIM:-120} "$log" "$PACK/gemma-bench" --endpoint $ep --isl "$isl" --osl "$osl" \
-              --concurrency "$conc" --num-requests $n --warmup 0 --label "$mdl $cfg $isl/$osl" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}.json" --markdown --quiet
+              --concurrency "$conc" --num-requests $n --warmup $wu --label "$mdl $cfg $isl/$osl" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}.json" --markdown --quiet
           done
         else
           say "serve $mdl $cfg: gemmad did not come up (see serve.log)"

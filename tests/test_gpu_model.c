@@ -5,7 +5,10 @@
  * decode steps through the CUDA graphs (one sequence, then three at once, padded to a bucket),
  * and the device-side token feed (-1 tokens), each compared with the CPU engine by normalized
  * logits error. The GPU keeps bf16 activations (as Hugging Face does), the CPU float32, so the
- * tolerance is that of bf16 rounding through the layers. Exit 77 without a GPU. */
+ * tolerance is that of bf16 rounding through the layers. Exit 77 without a GPU.
+ * GM_TEST_QUANT=fp8 and/or GM_TEST_KV=fp8 run the CUDA engine with FP8 weights / an FP8 KV cache
+ * (the CPU engine stays the bf16/f32 reference; the tolerance widens to the FP8 rounding);
+ * GM_CUDA_XQA=2 sends every decode step through the XQA kernel. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,7 +24,11 @@
 #include "common/model_config.h"
 #include "worker/engine.h"
 
-#define TOL_LOGITS 6e-2 /* bf16 activations vs float32, a few layers of random weights */
+#define TOL_BF16 6e-2 /* bf16 activations vs float32, a few layers of random weights */
+#define TOL_KV8 1.5e-1 /* + e4m3 K/V (3 mantissa bits) */
+#define TOL_FP8 3e-1   /* + e4m3 weights and activations */
+static double TOL_LOGITS = TOL_BF16;
+static int g_quant_fp8, g_kv_fp8;
 
 static const char *g_models[16];
 static int g_n_models;
@@ -75,6 +82,10 @@ static void open_pair(const char *dir, pair *p)
     GOK(gm_engine_create(&o, &p->cpu));
     o.backend = GM_BACKEND_CUDA;
     o.verbose = 1;
+    if (g_quant_fp8)
+        o.quant = GM_QUANT_FP8;
+    if (g_kv_fp8)
+        o.kv_dtype = GM_KV_FP8;
     GOK(gm_engine_create(&o, &p->gpu));
     p->cfg = p->cpu->cfg;
     p->V = p->cfg.vocab_size;
@@ -226,6 +237,12 @@ int main(int argc, char **argv)
         printf("no CUDA device: skipped\n");
         return 77;
     }
+    const char *q = getenv("GM_TEST_QUANT"), *kv = getenv("GM_TEST_KV");
+    g_quant_fp8 = q && !strcmp(q, "fp8");
+    g_kv_fp8 = kv && !strcmp(kv, "fp8");
+    TOL_LOGITS = g_quant_fp8 ? TOL_FP8 : g_kv_fp8 ? TOL_KV8 : TOL_BF16;
+    printf("CUDA engine: weights %s, KV %s, XQA mode %s; tolerance %.2g\n", g_quant_fp8 ? "fp8" : "bf16",
+           g_kv_fp8 ? "fp8" : "bf16", getenv("GM_CUDA_XQA") ? getenv("GM_CUDA_XQA") : "auto", TOL_LOGITS);
     static char def[4096];
     for (int i = 1; i < argc && g_n_models < 16; i++)
         g_models[g_n_models++] = argv[i];

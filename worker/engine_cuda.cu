@@ -33,6 +33,10 @@
 #include "../kernels/cuda/rmsnorm.cuh"
 #include "../kernels/cuda/rope_kv.cuh"
 #include "../kernels/cuda/sample.cuh"
+#include "../kernels/cuda/fp8.cuh"
+#include "../kernels/cuda/gemm_fp8.cuh"
+#include "../kernels/cuda/xqa.cuh"
+#include "../kernels/cpu/cpu_fp8.h"
 #include "../parallel/nccl_comm.h"
 #include "engine.h"
 #include "engine_check.h"
@@ -43,6 +47,8 @@
 #define STAGE_BYTES (64u << 20) /* each of the two pinned staging buffers of the loader */
 #define MAX_BUCKETS 64
 #define PROF_MAX 1024
+#define SC_STRIDE 64          /* floats between two device scales (256 bytes: cuBLASLt scale pointers) */
+#define XQA_MIN_BATCH 8       /* bf16 KV: XQA for MQA/GQA decode batches from this size (bench/NOTES.md) */
 
 /* Decode-step profile: events between the ops of the forward pass (recorded as graph nodes
  * when captured), summed per op kind. */
@@ -69,6 +75,9 @@ typedef struct cu_layer {
     bf16 *wdown;      /* [H, ni] */
     float *in_norm;   /* [H] 1 + w */
     float *post_norm; /* [H] 1 + w */
+    /* --quant fp8: the same four matrices in e4m3 (the bf16 pointers above stay NULL) */
+    uint8_t *wqkv8, *wo8, *wgu8, *wdown8;
+    float *wsc;       /* [4 * SC_STRIDE] f32: weight scales of qkv, o, gate|up, down (SC_STRIDE apart) */
 } cu_layer;
 
 /* Device (or pinned host mirror) arrays of one step; same offsets on both sides. */
@@ -87,6 +96,10 @@ typedef struct cu_bucket {
     int32_t warm;           /* ran eagerly once (cuBLASLt algorithms chosen) */
     int32_t prof_n;         /* profile marks captured in the graph */
     cudaGraphExec_t exec;   /* NULL until captured */
+    int32_t xqa;            /* decode attention through xqa_decode */
+    int32_t xqa_nb;         /* its split count */
+    void *xqa_scratch;      /* this bucket's own zeroed scratch (the semaphores' offsets depend on the batch) */
+    size_t xqa_bytes;
 } cu_bucket;
 
 typedef struct cuda_engine {
@@ -108,8 +121,23 @@ typedef struct cuda_engine {
     cu_layer *layers;
     float *rope_tab;    /* [max_context, hd / 2, 2] cos, sin */
 
-    bf16 *kv;           /* [layers][2][num_blocks, nkv, bs, hd] */
+    void *kv;           /* [layers][2][num_blocks, nkv, bs, hd] bf16, or e4m3 with --kv-dtype fp8 */
     int64_t layer_elems;
+    int kv8;            /* FP8 KV pool */
+    float kv_scale;     /* its dequant multiplier (1.0: no calibrated k_scale/v_scale) */
+    int32_t *neg_slots; /* [cap_t] all -1: k_rope_kv_write rotates without writing a bf16 pool */
+
+    /* --quant fp8 (dynamic per-tensor activation scales) */
+    int fp8w;
+    gemm_fp8_ctx *gemm8;
+    uint8_t *xq8, *attq8, *actq8; /* [T, H], [T, nq hd], [T, ni] e4m3 */
+    float *act_sc;      /* [5 * SC_STRIDE]: activation scales of qkv, o, gate|up, down; amax scratch */
+    bf16 *act_tmp;      /* [T, max(H, ni)] bf16 scratch of the fused dynamic quantizers */
+    bf16 *wstage;       /* loader: one bf16 matrix before quantization */
+
+    int xqa_mode;       /* 0: k_attn_decode for bf16 KV; 1: XQA for MQA/GQA batches >= XQA_MIN_BATCH; 2: XQA always */
+    void *xqa_scratch;  /* eager (non-graph) decode steps: sized for max_seqs; semaphores cleared per launch */
+    size_t xqa_bytes, xqa_sem_bytes;
 
     int64_t cap_t;      /* token rows of the activations */
     bf16 *h, *xn, *qkv, *att, *gu, *act; /* [T, H], [T, H], [T, n_qkv], [T, nq hd], [T, 2 ni], [T, ni] */
@@ -310,6 +338,25 @@ static gm_status alloc_weights(cuda_engine *c)
     GM_CHECK(dev_alloc((void **)&c->embed, (size_t)(c->V * H * 2), "the embedding"));
     GM_CHECK(dev_alloc((void **)&c->final_norm, (size_t)H * 4, "norms"));
     c->weight_bytes = c->V * H * 2 + H * 4;
+    if (c->fp8w) {
+        int64_t most = c->n_qkv * H;
+        int64_t sizes[3] = {H * c->nq * c->hd, 2 * c->ni * H, H * c->ni};
+        for (int i = 0; i < 3; i++)
+            most = sizes[i] > most ? sizes[i] : most;
+        GM_CHECK(dev_alloc((void **)&c->wstage, (size_t)most * 2, "the FP8 loader's staging"));
+        for (int32_t l = 0; l < nl; l++) {
+            cu_layer *y = &c->layers[l];
+            GM_CHECK(dev_alloc((void **)&y->wqkv8, (size_t)(c->n_qkv * H), "q/k/v_proj (fp8)"));
+            GM_CHECK(dev_alloc((void **)&y->wo8, (size_t)(H * c->nq * c->hd), "o_proj (fp8)"));
+            GM_CHECK(dev_alloc((void **)&y->wgu8, (size_t)(2 * c->ni * H), "gate/up_proj (fp8)"));
+            GM_CHECK(dev_alloc((void **)&y->wdown8, (size_t)(H * c->ni), "down_proj (fp8)"));
+            GM_CHECK(dev_alloc((void **)&y->wsc, 4 * SC_STRIDE * sizeof(float), "fp8 scales"));
+            GM_CHECK(dev_alloc((void **)&y->in_norm, (size_t)H * 4, "norms"));
+            GM_CHECK(dev_alloc((void **)&y->post_norm, (size_t)H * 4, "norms"));
+            c->weight_bytes += (c->n_qkv * H + H * c->nq * c->hd + 3 * c->ni * H) + 2 * H * 4;
+        }
+        return GM_OK;
+    }
     for (int32_t l = 0; l < nl; l++) {
         cu_layer *y = &c->layers[l];
         GM_CHECK(dev_alloc((void **)&y->wqkv, (size_t)(c->n_qkv * H * 2), "q/k/v_proj"));
@@ -321,6 +368,37 @@ static gm_status alloc_weights(cuda_engine *c)
         c->weight_bytes += (c->n_qkv * H + H * c->nq * c->hd + 3 * c->ni * H) * 2 + 2 * H * 4;
     }
     return GM_OK;
+}
+
+/* --quant fp8 from a bf16 checkpoint: one per-tensor scale for the matrices fused into one product
+ * (q|k|v, gate|up), taken over the WHOLE tensors so that every tensor-parallel rank and
+ * gemma-quantize --fp8 get the same codes. One rank holds the whole tensors: 0 = compute the
+ * scale on the device from the staged bf16 copy (the same amax). */
+static float host_scale(const cuda_engine *c, const gm_wview *const *v, int n)
+{
+    if (c->base.opts.tp_size <= 1)
+        return 0.0f;
+    float a = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const st_tensor *t = v[i]->full;
+        if (!t || !t->data)
+            return 0.0f;
+        float m = cpu_fp8_amax(t->data, t->dtype, (int64_t)(t->nbytes / gm_dtype_size(t->dtype)));
+        a = m > a ? m : a;
+    }
+    return cpu_fp8_scale(a);
+}
+
+/* stage [n] bf16 (device) -> dst [n] e4m3 with scale *sc (device): given (host_sc > 0) or max|stage| / 448. */
+static gm_status quant_weight(cuda_engine *c, const bf16 *stage, int64_t n, float host_sc, uint8_t *dst, float *sc)
+{
+    if (host_sc > 0.0f) {
+        GM_CUDA_CHECK(cudaMemcpyAsync(sc, &host_sc, sizeof host_sc, cudaMemcpyHostToDevice, c->stream));
+        GM_CHECK(k_fp8_quantize_static(stage, n, sc, dst, c->stream));
+        GM_CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* host_sc lives on this frame */
+        return GM_OK;
+    }
+    return k_fp8_quantize_weight(stage, n, sc, sc + 1, dst, c->stream);
 }
 
 static gm_status load_weights(cuda_engine *c, const gm_weights *w)
@@ -346,7 +424,27 @@ static gm_status load_weights(cuda_engine *c, const gm_weights *w)
     }
     GM_GOTO(upload_view(c, &L, &w->embed, c->embed), st, done);
     GM_GOTO(upload_norm(c, &L, &w->final_norm, c->final_norm), st, done);
-    for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+    for (int32_t l = 0; l < c->base.cfg.num_layers && c->fp8w; l++) {
+        const gm_layer_weights *lw = &w->layers[l];
+        cu_layer *y = &c->layers[l];
+        bf16 *sg = c->wstage;
+        const gm_wview *qkv[3] = {&lw->q, &lw->k, &lw->v}, *o1[1] = {&lw->o}, *gu[2] = {&lw->gate, &lw->up},
+                       *dn[1] = {&lw->down};
+        GM_GOTO(upload_view(c, &L, &lw->q, sg), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->k, sg + c->nq * c->hd * H), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->v, sg + (c->nq + c->nkv) * c->hd * H), st, done);
+        GM_GOTO(quant_weight(c, sg, c->n_qkv * H, host_scale(c, qkv, 3), y->wqkv8, y->wsc), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->o, sg), st, done);
+        GM_GOTO(quant_weight(c, sg, H * c->nq * c->hd, host_scale(c, o1, 1), y->wo8, y->wsc + SC_STRIDE), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->gate, sg), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->up, sg + c->ni * H), st, done);
+        GM_GOTO(quant_weight(c, sg, 2 * c->ni * H, host_scale(c, gu, 2), y->wgu8, y->wsc + 2 * SC_STRIDE), st, done);
+        GM_GOTO(upload_view(c, &L, &lw->down, sg), st, done);
+        GM_GOTO(quant_weight(c, sg, H * c->ni, host_scale(c, dn, 1), y->wdown8, y->wsc + 3 * SC_STRIDE), st, done);
+        GM_GOTO(upload_norm(c, &L, &lw->input_norm, y->in_norm), st, done);
+        GM_GOTO(upload_norm(c, &L, &lw->post_norm, y->post_norm), st, done);
+    }
+    for (int32_t l = 0; l < c->base.cfg.num_layers && !c->fp8w; l++) {
         const gm_layer_weights *lw = &w->layers[l];
         cu_layer *y = &c->layers[l];
         GM_GOTO(upload_view(c, &L, &lw->q, y->wqkv), st, done);
@@ -377,7 +475,21 @@ static gm_status random_weights(cuda_engine *c, uint64_t seed)
     float sc = 0.02f;
     fill_random_bf16<<<grid, 256, 0, c->stream>>>(c->embed, c->V * H, seed, 1.0f);
     fill_random_norm<<<grid, 256, 0, c->stream>>>(c->final_norm, H, seed + 1);
-    for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+    for (int32_t l = 0; l < c->base.cfg.num_layers && c->fp8w; l++) {
+        cu_layer *y = &c->layers[l];
+        uint64_t s = seed + 100 * (uint64_t)(l + 1);
+        fill_random_bf16<<<grid, 256, 0, c->stream>>>(c->wstage, c->n_qkv * H, s + 2, sc);
+        GM_CHECK(quant_weight(c, c->wstage, c->n_qkv * H, 0.0f, y->wqkv8, y->wsc));
+        fill_random_bf16<<<grid, 256, 0, c->stream>>>(c->wstage, H * c->nq * c->hd, s + 3, sc);
+        GM_CHECK(quant_weight(c, c->wstage, H * c->nq * c->hd, 0.0f, y->wo8, y->wsc + SC_STRIDE));
+        fill_random_bf16<<<grid, 256, 0, c->stream>>>(c->wstage, 2 * c->ni * H, s + 4, sc);
+        GM_CHECK(quant_weight(c, c->wstage, 2 * c->ni * H, 0.0f, y->wgu8, y->wsc + 2 * SC_STRIDE));
+        fill_random_bf16<<<grid, 256, 0, c->stream>>>(c->wstage, H * c->ni, s + 5, sc);
+        GM_CHECK(quant_weight(c, c->wstage, H * c->ni, 0.0f, y->wdown8, y->wsc + 3 * SC_STRIDE));
+        fill_random_norm<<<grid, 256, 0, c->stream>>>(y->in_norm, H, s + 6);
+        fill_random_norm<<<grid, 256, 0, c->stream>>>(y->post_norm, H, s + 7);
+    }
+    for (int32_t l = 0; l < c->base.cfg.num_layers && !c->fp8w; l++) {
         cu_layer *y = &c->layers[l];
         uint64_t s = seed + 100 * (uint64_t)(l + 1);
         fill_random_bf16<<<grid, 256, 0, c->stream>>>(y->wqkv, c->n_qkv * H, s + 2, sc);
@@ -402,7 +514,22 @@ typedef struct fwd_args {
     int32_t n_split;  /* decode attention splits */
     int32_t max_new;  /* prefill: largest n_new */
     int sample;       /* rank 0 computes logits and samples */
+    int xqa;          /* decode attention through xqa_decode */
+    int32_t xqa_nb;   /* its split count */
+    void *xqa_scratch;
+    size_t xqa_bytes;
+    int xqa_clear;    /* eager step: clear the semaphores first (the scratch is shared by all batch sizes) */
 } fwd_args;
+
+/* Dynamic activation quantizer of point i (0 qkv, 1 o, 2 gate|up, 3 down). */
+static fp8_act act_q(const cuda_engine *c, int i)
+{
+    fp8_act q;
+    q.scale = c->act_sc + i * SC_STRIDE;
+    q.amax = c->act_sc + 4 * SC_STRIDE;
+    q.tmp = c->act_tmp;
+    return q;
+}
 
 static gm_status forward(cuda_engine *c, const fwd_args *a)
 {
@@ -411,45 +538,94 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
     int64_t T = a->T, H = c->H, hd = c->hd, qw = c->nq * c->hd;
     int32_t bs = c->base.opts.kv_block_size;
     int df = c->delta_f32;
+    size_t esz = c->kv8 ? 1 : 2;
+    fp8_act aq[4];
+    for (int i = 0; i < 4; i++)
+        aq[i] = act_q(c, i);
     c->prof.n = 0;
     prof_mark(c, -1);
     GM_CHECK(k_resolve_ids(m->ids, m->tok_slot, T, c->last_tok, s));
     GM_CHECK(k_embed(c->embed, c->V, H, m->ids, T, c->normalizer, c->h, s));
     prof_mark(c, OP_EMBED);
+    if (a->xqa && a->xqa_clear)
+        GM_CUDA_CHECK(cudaMemsetAsync(a->xqa_scratch, 0, c->xqa_sem_bytes, s));
     for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
         const cu_layer *y = &c->layers[l];
-        bf16 *kp = c->kv + (int64_t)l * 2 * c->layer_elems, *vp = kp + c->layer_elems;
-        if (l == 0)
-            GM_CHECK(k_rmsnorm(c->h, H, y->in_norm, T, H, c->eps, c->xn, H, s));
-        else
-            GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->in_norm, T, H, c->eps, c->xn, s));
-        prof_mark(c, OP_NORM);
-        GM_CHECK(gemm_bf16(c->gemm, c->xn, T, H, H, y->wqkv, H, c->n_qkv, c->qkv, 0, c->n_qkv, s));
+        char *kp = (char *)c->kv + (size_t)l * 2 * (size_t)c->layer_elems * esz, *vp = kp + (size_t)c->layer_elems * esz;
+        if (c->fp8w) {
+            if (l == 0)
+                GM_CHECK(k_rmsnorm_fp8(c->h, H, y->in_norm, T, H, c->eps, &aq[0], c->xq8, s));
+            else
+                GM_CHECK(k_add_rmsnorm_fp8(c->h, c->delta, df, y->in_norm, T, H, c->eps, &aq[0], c->xq8, s));
+            prof_mark(c, OP_NORM);
+            GM_CHECK(gemm_fp8(c->gemm8, c->xq8, T, H, H, aq[0].scale, y->wqkv8, H, y->wsc, c->n_qkv, c->qkv, 0,
+                              c->n_qkv, s));
+        } else {
+            if (l == 0)
+                GM_CHECK(k_rmsnorm(c->h, H, y->in_norm, T, H, c->eps, c->xn, H, s));
+            else
+                GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->in_norm, T, H, c->eps, c->xn, s));
+            prof_mark(c, OP_NORM);
+            GM_CHECK(gemm_bf16(c->gemm, c->xn, T, H, H, y->wqkv, H, c->n_qkv, c->qkv, 0, c->n_qkv, s));
+        }
         prof_mark(c, OP_QKV);
-        if (a->decode) { /* RoPE and the KV write happen inside the attention kernel */
+        if (a->decode && !a->xqa) { /* RoPE and the KV write happen inside the attention kernel */
             GM_CHECK(k_attn_decode_rope(c->qkv, c->n_qkv, (int32_t)T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd,
                                         kp, vp, bs, m->bt, c->max_blocks, m->ctx_len, m->slot, c->rope_tab, c->scale,
                                         a->n_split, c->dec_scratch, c->att, qw, s));
         } else {
+            /* RoPE on q and k; the bf16 pool is written here, the FP8 one by k_kv_write_fp8 */
             GM_CHECK(k_rope_kv_write(c->qkv, c->n_qkv, T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, m->pos,
-                                     c->rope_tab, m->slot, kp, vp, bs, s));
+                                     c->rope_tab, c->kv8 ? c->neg_slots : m->slot, kp, vp, bs, s));
+            if (c->kv8)
+                GM_CHECK(k_kv_write_fp8(c->qkv, c->n_qkv, T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, m->slot,
+                                        c->kv_scale, kp, vp, bs, s));
             prof_mark(c, OP_ROPE_KV);
-            GM_CHECK(k_attn_prefill(c->qkv, c->n_qkv, a->S, m->q_start, m->n_new, m->start_pos, a->max_new,
-                                    (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp, vp, bs, m->bt, c->max_blocks,
-                                    c->scale, c->att, qw, s));
+            if (a->decode) {
+                xqa_params p;
+                memset(&p, 0, sizeof p);
+                p.q = c->qkv, p.ldq = c->n_qkv, p.out = c->att, p.ldo = qw;
+                p.k_pool = kp, p.v_pool = vp, p.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16;
+                p.block_tables = m->bt, p.bt_stride = c->max_blocks, p.seq_lens = m->ctx_len;
+                p.batch = (int32_t)T, p.q_len = 1, p.n_heads = (int32_t)c->nq, p.n_kv = (int32_t)c->nkv;
+                p.head_dim = (int32_t)hd, p.block_size = bs, p.scale = c->scale, p.kv_scale = c->kv_scale;
+                p.nb_sub_seq = a->xqa_nb, p.scratch = a->xqa_scratch, p.scratch_bytes = a->xqa_bytes;
+                GM_CHECK(xqa_decode(&p, s));
+            } else {
+                GM_CHECK(k_attn_prefill_kv(c->qkv, c->n_qkv, a->S, m->q_start, m->n_new, m->start_pos, a->max_new,
+                                           (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp, vp, bs, m->bt,
+                                           c->max_blocks, c->scale, c->att, qw, c->kv8, c->kv_scale, s));
+            }
         }
         prof_mark(c, OP_ATTN);
-        GM_CHECK(gemm_bf16(c->gemm, c->att, T, qw, qw, y->wo, qw, H, c->delta, df, H, s));
+        if (c->fp8w) {
+            GM_CHECK(k_fp8_quantize(c->att, qw, T, qw, &aq[1], c->attq8, s));
+            GM_CHECK(gemm_fp8(c->gemm8, c->attq8, T, qw, qw, aq[1].scale, y->wo8, qw, y->wsc + SC_STRIDE, H, c->delta,
+                              df, H, s));
+        } else {
+            GM_CHECK(gemm_bf16(c->gemm, c->att, T, qw, qw, y->wo, qw, H, c->delta, df, H, s));
+        }
         prof_mark(c, OP_O);
         if (c->nccl) {
             GM_CHECK(gm_nccl_allreduce_f32(c->nccl, (float *)c->delta, T * H, s));
             prof_mark(c, OP_ALLREDUCE);
         }
-        GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->post_norm, T, H, c->eps, c->xn, s));
-        prof_mark(c, OP_NORM);
-        GM_CHECK(gemm_bf16_geglu(c->gemm, c->xn, T, H, H, y->wgu, H, c->ni, c->gu, c->act, s));
-        prof_mark(c, OP_GATE_UP);
-        GM_CHECK(gemm_bf16(c->gemm, c->act, T, c->ni, c->ni, y->wdown, c->ni, H, c->delta, df, H, s));
+        if (c->fp8w) {
+            GM_CHECK(k_add_rmsnorm_fp8(c->h, c->delta, df, y->post_norm, T, H, c->eps, &aq[2], c->xq8, s));
+            prof_mark(c, OP_NORM);
+            GM_CHECK(gemm_fp8(c->gemm8, c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE, 2 * c->ni,
+                              c->gu, 0, 2 * c->ni, s));
+            GM_CHECK(k_geglu_fp8(c->gu, T, c->ni, &aq[3], c->actq8, s));
+            prof_mark(c, OP_GATE_UP);
+            GM_CHECK(gemm_fp8(c->gemm8, c->actq8, T, c->ni, c->ni, aq[3].scale, y->wdown8, c->ni,
+                              y->wsc + 3 * SC_STRIDE, H, c->delta, df, H, s));
+        } else {
+            GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->post_norm, T, H, c->eps, c->xn, s));
+            prof_mark(c, OP_NORM);
+            GM_CHECK(gemm_bf16_geglu(c->gemm, c->xn, T, H, H, y->wgu, H, c->ni, c->gu, c->act, s));
+            prof_mark(c, OP_GATE_UP);
+            GM_CHECK(gemm_bf16(c->gemm, c->act, T, c->ni, c->ni, y->wdown, c->ni, H, c->delta, df, H, s));
+        }
         prof_mark(c, OP_DOWN);
         if (c->nccl) {
             GM_CHECK(gm_nccl_allreduce_f32(c->nccl, (float *)c->delta, T * H, s));
@@ -519,6 +695,24 @@ static gm_status dump_logits(cuda_engine *c, int64_t n_rows, float *out)
                                       cudaMemcpyDeviceToHost, s));
     }
     return GM_OK;
+}
+
+/* Decode attention through XQA for this batch size? FP8 KV always (k_attn_decode reads bf16 only). */
+static int use_xqa(const cuda_engine *c, int32_t batch)
+{
+    if (c->kv8 || c->xqa_mode == 2)
+        return 1;
+    return c->xqa_mode == 1 && c->nq > c->nkv && batch >= XQA_MIN_BATCH;
+}
+
+static int32_t xqa_nb_for(const cuda_engine *c, int32_t batch)
+{
+    xqa_params p;
+    memset(&p, 0, sizeof p);
+    p.batch = batch, p.q_len = 1, p.n_heads = (int32_t)c->nq, p.n_kv = (int32_t)c->nkv, p.head_dim = (int32_t)c->hd;
+    p.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16, p.block_size = c->base.opts.kv_block_size;
+    int32_t nb = xqa_pick_sub_seq(&p, c->base.opts.max_context, c->n_sm);
+    return nb < 1 ? 1 : nb;
 }
 
 static int32_t bucket_index(const cuda_engine *c, int32_t n)
@@ -625,10 +819,18 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
     a.max_new = max_new;
     a.sample = o->tp_rank == 0;
     if (decode) {
-        if (use_bucket)
-            a.n_split = c->buckets[bi].n_split;
-        else
+        if (use_bucket) {
+            const cu_bucket *b = &c->buckets[bi];
+            a.n_split = b->n_split;
+            a.xqa = b->xqa, a.xqa_nb = b->xqa_nb, a.xqa_scratch = b->xqa_scratch, a.xqa_bytes = b->xqa_bytes;
+        } else {
             a.n_split = k_attn_decode_splits(Sc, (int32_t)c->nkv, o->max_context, c->n_sm);
+            a.xqa = use_xqa(c, Sc);
+            if (a.xqa) {
+                a.xqa_nb = xqa_nb_for(c, Sc);
+                a.xqa_scratch = c->xqa_scratch, a.xqa_bytes = c->xqa_bytes, a.xqa_clear = 1;
+            }
+        }
     }
     if (use_bucket) {
         cu_bucket *b = &c->buckets[bi];
@@ -690,6 +892,7 @@ static void cuda_destroy(gm_engine *e)
             cu_layer *y = &c->layers[l];
             cudaFree(y->wqkv), cudaFree(y->wo), cudaFree(y->wgu), cudaFree(y->wdown);
             cudaFree(y->in_norm), cudaFree(y->post_norm);
+            cudaFree(y->wqkv8), cudaFree(y->wo8), cudaFree(y->wgu8), cudaFree(y->wdown8), cudaFree(y->wsc);
         }
         free(c->layers);
     }
@@ -700,6 +903,11 @@ static void cuda_destroy(gm_engine *e)
     cudaFree(c->h), cudaFree(c->xn), cudaFree(c->qkv), cudaFree(c->att), cudaFree(c->gu), cudaFree(c->act);
     cudaFree(c->delta), cudaFree(c->xs), cudaFree(c->logits), cudaFree(c->dump_rows), cudaFree(c->last_tok);
     cudaFree(c->dec_scratch), cudaFree(c->meta_d);
+    cudaFree(c->neg_slots), cudaFree(c->xq8), cudaFree(c->attq8), cudaFree(c->actq8), cudaFree(c->act_tmp);
+    cudaFree(c->act_sc), cudaFree(c->wstage), cudaFree(c->xqa_scratch);
+    for (int32_t i = 0; i < c->n_buckets; i++)
+        cudaFree(c->buckets[i].xqa_scratch);
+    gemm_fp8_ctx_destroy(&c->gemm8);
     if (c->meta_h)
         cudaFreeHost(c->meta_h);
     if (c->tok_h)
@@ -728,6 +936,17 @@ static gm_status alloc_runtime(cuda_engine *c)
     GM_CHECK(dev_alloc((void **)&c->gu, (size_t)(T * 2 * c->ni * 2), "activations"));
     GM_CHECK(dev_alloc((void **)&c->act, (size_t)(T * c->ni * 2), "activations"));
     GM_CHECK(dev_alloc(&c->delta, (size_t)(T * H * 4), "activations"));
+    GM_CHECK(dev_alloc((void **)&c->neg_slots, (size_t)T * 4, "activations"));
+    GM_CUDA_CHECK(cudaMemset(c->neg_slots, 0xff, (size_t)T * 4));
+    if (c->fp8w) {
+        int64_t wide = c->ni > H ? c->ni : H;
+        GM_CHECK(dev_alloc((void **)&c->xq8, (size_t)(T * H), "fp8 activations"));
+        GM_CHECK(dev_alloc((void **)&c->attq8, (size_t)(T * c->nq * c->hd), "fp8 activations"));
+        GM_CHECK(dev_alloc((void **)&c->actq8, (size_t)(T * c->ni), "fp8 activations"));
+        GM_CHECK(dev_alloc((void **)&c->act_tmp, (size_t)(T * wide * 2), "fp8 activations"));
+        GM_CHECK(dev_alloc((void **)&c->act_sc, 5 * SC_STRIDE * sizeof(float), "fp8 scales"));
+        GM_CUDA_CHECK(cudaMemset(c->act_sc, 0, 5 * SC_STRIDE * sizeof(float)));
+    }
     c->cap_rows = o->max_seqs > LOGIT_CHUNK ? o->max_seqs : LOGIT_CHUNK;
     GM_CHECK(dev_alloc((void **)&c->xs, (size_t)(c->cap_rows * H * 2), "logits"));
     GM_CHECK(dev_alloc((void **)&c->logits, (size_t)(c->cap_rows * c->V * 4), "logits"));
@@ -779,6 +998,38 @@ static gm_status alloc_runtime(cuda_engine *c)
     GM_CHECK(dev_alloc(&c->dec_scratch, scratch, "decode attention scratch"));
     GM_CUDA_CHECK(cudaMemset(c->dec_scratch, 0, scratch));
 
+    /* XQA: a zeroed scratch per bucket (its split semaphores sit at offsets that depend on the batch),
+     * and one for eager steps of any batch, whose semaphores are cleared before each step */
+    {
+        const char *xm = getenv("GM_CUDA_XQA");
+        c->xqa_mode = xm && *xm ? atoi(xm) : 1;
+    }
+    size_t xs = 0;
+    for (int32_t i = 0; i < c->n_buckets; i++) {
+        cu_bucket *b = &c->buckets[i];
+        b->xqa = use_xqa(c, b->size);
+        if (!b->xqa)
+            continue;
+        b->xqa_nb = xqa_nb_for(c, b->size);
+        b->xqa_bytes = xqa_scratch_bytes(b->size, (int32_t)c->nkv, (int32_t)c->nq, 1, (int32_t)c->hd, b->xqa_nb);
+        GM_CHECK(dev_alloc(&b->xqa_scratch, b->xqa_bytes, "XQA scratch"));
+        GM_CUDA_CHECK(cudaMemset(b->xqa_scratch, 0, b->xqa_bytes));
+    }
+    for (int32_t B = 1; B <= o->max_seqs; B++) {
+        if (!use_xqa(c, B))
+            continue;
+        size_t sb = xqa_scratch_bytes(B, (int32_t)c->nkv, (int32_t)c->nq, 1, (int32_t)c->hd, xqa_nb_for(c, B));
+        xs = sb > xs ? sb : xs;
+    }
+    if (xs) {
+        c->xqa_bytes = xs;
+        c->xqa_sem_bytes = ((size_t)o->max_seqs * (size_t)c->nkv * 4 + 255) & ~(size_t)255;
+        if (c->xqa_sem_bytes > xs)
+            c->xqa_sem_bytes = xs;
+        GM_CHECK(dev_alloc(&c->xqa_scratch, xs, "XQA scratch"));
+        GM_CUDA_CHECK(cudaMemset(c->xqa_scratch, 0, xs));
+    }
+
     int32_t mp = o->max_context;
     GM_CHECK(dev_alloc((void **)&c->rope_tab, (size_t)mp * (size_t)c->hd * 4, "the RoPE table"));
     GM_CHECK(k_rope_table(c->rope_tab, mp, (int32_t)c->hd, c->base.cfg.rope_theta));
@@ -789,7 +1040,8 @@ static gm_status alloc_kv(cuda_engine *c)
 {
     const gm_engine_opts *o = &c->base.opts;
     int64_t block_elems = c->nkv * o->kv_block_size * c->hd;
-    int64_t per_block = 2 * (int64_t)c->base.cfg.num_layers * block_elems * 2; /* bytes, all layers, K and V */
+    int64_t esz = c->kv8 ? 1 : 2;
+    int64_t per_block = 2 * (int64_t)c->base.cfg.num_layers * block_elems * esz; /* bytes, all layers, K and V */
     int64_t n;
     if (o->kv_num_blocks > 0) {
         n = o->kv_num_blocks;
@@ -808,11 +1060,11 @@ static gm_status alloc_kv(cuda_engine *c)
         n = INT32_MAX / o->kv_block_size;
     c->base.kv_num_blocks = n;
     c->layer_elems = n * block_elems;
-    GM_CHECK(dev_alloc((void **)&c->kv, (size_t)(2 * c->base.cfg.num_layers) * (size_t)c->layer_elems * 2,
+    GM_CHECK(dev_alloc((void **)&c->kv, (size_t)(2 * c->base.cfg.num_layers) * (size_t)c->layer_elems * (size_t)esz,
                        "the KV cache"));
     if (o->verbose)
-        fprintf(stderr, "cuda engine: KV cache %lld blocks of %d tokens (%.2f GB)\n", (long long)n,
-                o->kv_block_size, (double)n * (double)per_block / 1e9);
+        fprintf(stderr, "cuda engine: KV cache %lld blocks of %d tokens (%.2f GB, %s)\n", (long long)n,
+                o->kv_block_size, (double)n * (double)per_block / 1e9, c->kv8 ? "fp8 e4m3" : "bf16");
     return GM_OK;
 }
 
@@ -828,10 +1080,11 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
                        ce != cudaSuccess ? cudaGetErrorString(ce) : "device count is 0");
     if (o->device < 0 || o->device >= n_dev)
         return gm_fail(GM_ERR_NO_DEVICE, "backend cuda: device %d does not exist (%d devices)", o->device, n_dev);
-    if (o->quant != GM_QUANT_NONE)
-        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: only bf16 weights (--quant none) are supported so far");
-    if (o->kv_dtype != GM_KV_AUTO && o->kv_dtype != GM_KV_BF16)
-        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: only a bf16 KV cache is supported so far");
+    if (o->quant != GM_QUANT_NONE && o->quant != GM_QUANT_FP8)
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: --quant awq is not wired into the CUDA engine yet "
+                                           "(use --quant none or fp8)");
+    if (o->kv_dtype != GM_KV_AUTO && o->kv_dtype != GM_KV_BF16 && o->kv_dtype != GM_KV_FP8)
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: --kv-dtype must be auto, bf16 or fp8");
     if (o->tp_size > 1 && !o->nccl_id)
         return gm_fail(GM_ERR_INVALID_ARG, "backend cuda: tp_size %d needs the NCCL unique id", o->tp_size);
     if (cfg->hidden_size % 8 || cfg->vocab_size % 8 || cfg->head_dim > 512)
@@ -844,6 +1097,9 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
         return gm_fail(GM_ERR_NOMEM, "backend cuda: no host memory");
     c->base.ops = &g_cuda_ops;
     gm_engine_init_common(&c->base, cfg, o);
+    c->fp8w = o->quant == GM_QUANT_FP8;
+    c->kv8 = o->kv_dtype == GM_KV_FP8;
+    c->kv_scale = 1.0f;
     gm_weights w;
     memset(&w, 0, sizeof w);
     int have_w = 0;
@@ -874,6 +1130,8 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     }
     GM_CUDA_GOTO(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), st, fail);
     GM_GOTO(gemm_ctx_new(0, &c->gemm), st, fail);
+    if (c->fp8w)
+        GM_GOTO(gemm_fp8_ctx_new(0, &c->gemm8), st, fail);
     {
         const char *gv = getenv("GM_CUDA_GEMV_ROWS");
         if (gv && *gv)
@@ -893,11 +1151,14 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     if (have_w)
         gm_weights_release(&w), have_w = 0;
     st_model_destroy(&c->model); /* weights are on the device now */
+    cudaFree(c->wstage);
+    c->wstage = NULL;
     GM_GOTO(alloc_runtime(c), st, fail);
     GM_GOTO(alloc_kv(c), st, fail);
     if (o->verbose)
-        fprintf(stderr, "cuda engine: ready: %.2f GB of weights, %d decode buckets, graphs %s\n",
-                (double)c->weight_bytes / 1e9, c->n_buckets, o->use_graphs ? "on" : "off");
+        fprintf(stderr, "cuda engine: ready: %.2f GB of weights (%s), %d decode buckets, graphs %s, XQA mode %d\n",
+                (double)c->weight_bytes / 1e9, c->fp8w ? "fp8 e4m3, bf16 embedding/LM head" : "bf16", c->n_buckets,
+                o->use_graphs ? "on" : "off", c->xqa_mode);
     *out = &c->base;
     return GM_OK;
 fail:

@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "cuda_check.h"
+#include "fp8.cuh"
 #include "cuda_util.cuh"
 #include "launch.cuh"
 
@@ -53,30 +54,44 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 
 __device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
-/* Gather keys [j0, j0 + 64) of one KV head into a [64, LDS] tile; keys >= kv_len are zeros. */
-template <int HD>
-__device__ __forceinline__ void load_kv_tile(bf16 *dst, const bf16 *pool, const int32_t *bt, int32_t bs, int32_t nkv,
-                                             int32_t kvh, int32_t j0, int32_t kv_len)
+/* Gather keys [j0, j0 + 64) of one KV head into a [64, LDS] tile; keys >= kv_len are zeros.
+ * bf16 pool: cp.async. e4m3 pool (F8): 8 codes per load, bf16(code * kvs) stored synchronously (the
+ * callers' __syncthreads after cp_async_wait publish those stores as well). */
+template <int HD, bool F8>
+__device__ __forceinline__ void load_kv_tile(bf16 *dst, const void *pool, const int32_t *bt, int32_t bs, int32_t nkv,
+                                             int32_t kvh, int32_t j0, int32_t kv_len, float kvs)
 {
     constexpr int LDS = HD + 8, CPR = HD / 8;
     for (int c = threadIdx.x; c < PF_BC * CPR; c += PF_THREADS) {
         int r = c / CPR, col = (c % CPR) * 8;
         int key = j0 + r;
         bool ok = key < kv_len;
-        const bf16 *src = pool;
-        if (ok)
-            src = pool + (((int64_t)bt[key / bs] * nkv + kvh) * bs + key % bs) * HD + col;
-        cp_async16(dst + r * LDS + col, src, ok);
+        int64_t off = ok ? (((int64_t)bt[key / bs] * nkv + kvh) * bs + key % bs) * HD + col : 0;
+        if constexpr (F8) {
+            uint4 val = make_uint4(0u, 0u, 0u, 0u);
+            if (ok) {
+                uint2 v = *reinterpret_cast<const uint2 *>(reinterpret_cast<const uint8_t *>(pool) + off);
+                float f[8];
+                fp8x8_to_f32(v, kvs, f);
+                val.x = pack_bf16(f[0], f[1]);
+                val.y = pack_bf16(f[2], f[3]);
+                val.z = pack_bf16(f[4], f[5]);
+                val.w = pack_bf16(f[6], f[7]);
+            }
+            *reinterpret_cast<uint4 *>(dst + r * LDS + col) = val;
+        } else {
+            cp_async16(dst + r * LDS + col, reinterpret_cast<const bf16 *>(pool) + off, ok);
+        }
     }
 }
 
-template <int HD>
+template <int HD, bool F8>
 __global__ void __launch_bounds__(PF_THREADS)
     attn_prefill_kernel(const bf16 *__restrict__ q, int64_t ldq, const int32_t *__restrict__ q_start,
                         const int32_t *__restrict__ n_new, const int32_t *__restrict__ start_pos, int32_t nh,
-                        int32_t nkv, const bf16 *__restrict__ kp, const bf16 *__restrict__ vp, int32_t bs,
+                        int32_t nkv, const void *__restrict__ kp, const void *__restrict__ vp, int32_t bs,
                         const int32_t *__restrict__ block_tables, int32_t bt_stride, float scale,
-                        bf16 *__restrict__ out, int64_t ldo)
+                        bf16 *__restrict__ out, int64_t ldo, float kvs)
 {
     constexpr int LDS = HD + 8, CPR = HD / 8, NT = HD / 8;
     extern __shared__ uint4 smem_raw[];
@@ -106,9 +121,9 @@ __global__ void __launch_bounds__(PF_THREADS)
         const bf16 *src = ok ? q + (qrow0 + r) * ldq + (int64_t)h * HD + col : q;
         cp_async16(Qs + r * LDS + col, src, ok);
     }
-    load_kv_tile<HD>(Ks, kp, bt, bs, nkv, kvh, 0, kv_len);
+    load_kv_tile<HD, F8>(Ks, kp, bt, bs, nkv, kvh, 0, kv_len, kvs);
     cp_async_commit();
-    load_kv_tile<HD>(Vs, vp, bt, bs, nkv, kvh, 0, kv_len);
+    load_kv_tile<HD, F8>(Vs, vp, bt, bs, nkv, kvh, 0, kv_len, kvs);
     cp_async_commit();
 
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -146,7 +161,7 @@ __global__ void __launch_bounds__(PF_THREADS)
         }
         __syncthreads(); /* everyone is done with Ks */
         if (jt + 1 < n_tiles)
-            load_kv_tile<HD>(Ks, kp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len);
+            load_kv_tile<HD, F8>(Ks, kp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len, kvs);
         cp_async_commit();
 
         /* online softmax (base 2) on rows a and b */
@@ -212,7 +227,7 @@ __global__ void __launch_bounds__(PF_THREADS)
         }
         __syncthreads(); /* everyone is done with Vs */
         if (jt + 1 < n_tiles)
-            load_kv_tile<HD>(Vs, vp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len);
+            load_kv_tile<HD, F8>(Vs, vp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len, kvs);
         cp_async_commit();
     }
     cp_async_wait<0>();
@@ -238,26 +253,60 @@ __global__ void __launch_bounds__(PF_THREADS)
     }
 }
 
-template <int HD>
+template <int HD, bool F8>
 static gm_status launch_prefill(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start,
                                 const int32_t *n_new, const int32_t *start_pos, int32_t max_new, int32_t nh,
                                 int32_t nkv, const void *kp, const void *vp, int32_t bs, const int32_t *bt,
-                                int32_t bt_stride, float scale, void *out, int64_t ldo, cudaStream_t s)
+                                int32_t bt_stride, float scale, void *out, int64_t ldo, float kvs, cudaStream_t s)
 {
     size_t smem = (size_t)(PF_BR + 2 * PF_BC) * (HD + 8) * sizeof(bf16);
     static int attr_set = 0; /* per instantiation: raise the dynamic shared-memory limit once */
     if (!attr_set) {
-        GM_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        GM_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HD, F8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)smem));
         attr_set = 1;
     }
     dim3 grid(gm_div_up(max_new, PF_BR), (unsigned)nh, (unsigned)n_seqs);
-    attn_prefill_kernel<HD><<<grid, PF_THREADS, smem, s>>>((const bf16 *)q, ldq, q_start, n_new, start_pos, nh, nkv,
-                                                           (const bf16 *)kp, (const bf16 *)vp, bs, bt, bt_stride,
-                                                           scale, (bf16 *)out, ldo);
+    attn_prefill_kernel<HD, F8><<<grid, PF_THREADS, smem, s>>>((const bf16 *)q, ldq, q_start, n_new, start_pos, nh,
+                                                               nkv, kp, vp, bs, bt, bt_stride, scale, (bf16 *)out,
+                                                               ldo, kvs);
     GM_LAUNCH_CHECK();
     return GM_OK;
 }
+
+#define PF_CASE(HD, F8)                                                                                                \
+    return launch_prefill<HD, F8>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs,    \
+                                  block_tables, bt_stride, scale, out, ldo, kv_scale, s)
+
+extern "C" gm_status k_attn_prefill_kv(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start,
+                                       const int32_t *n_new, const int32_t *start_pos, int32_t max_new, int32_t nh,
+                                       int32_t nkv, int32_t hd, const void *k_pool, const void *v_pool, int32_t bs,
+                                       const int32_t *block_tables, int32_t bt_stride, float scale, void *out,
+                                       int64_t ldo, int kv_fp8, float kv_scale, cudaStream_t s)
+{
+    if (n_seqs <= 0 || max_new <= 0)
+        return GM_OK;
+    if (nkv < 1 || nh % nkv || ldq % 8 || ldo % 8)
+        return gm_fail(GM_ERR_INVALID_ARG, "k_attn_prefill: nh %d, nkv %d, ldq %lld, ldo %lld", nh, nkv,
+                       (long long)ldq, (long long)ldo);
+    if (kv_fp8) {
+        switch (hd) {
+        case 32: PF_CASE(32, true);
+        case 64: PF_CASE(64, true);
+        case 128: PF_CASE(128, true);
+        case 256: PF_CASE(256, true);
+        }
+    } else {
+        switch (hd) {
+        case 32: PF_CASE(32, false);
+        case 64: PF_CASE(64, false);
+        case 128: PF_CASE(128, false);
+        case 256: PF_CASE(256, false);
+        }
+    }
+    return gm_fail(GM_ERR_UNSUPPORTED, "k_attn_prefill: head_dim %d (supported: 32, 64, 128, 256)", hd);
+}
+#undef PF_CASE
 
 extern "C" gm_status k_attn_prefill(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start,
                                     const int32_t *n_new, const int32_t *start_pos, int32_t max_new, int32_t nh,
@@ -265,16 +314,6 @@ extern "C" gm_status k_attn_prefill(const void *q, int64_t ldq, int32_t n_seqs, 
                                     const int32_t *block_tables, int32_t bt_stride, float scale, void *out,
                                     int64_t ldo, cudaStream_t s)
 {
-    if (n_seqs <= 0 || max_new <= 0)
-        return GM_OK;
-    if (nkv < 1 || nh % nkv || ldq % 8 || ldo % 8)
-        return gm_fail(GM_ERR_INVALID_ARG, "k_attn_prefill: nh %d, nkv %d, ldq %lld, ldo %lld", nh, nkv,
-                       (long long)ldq, (long long)ldo);
-    switch (hd) {
-    case 32: return launch_prefill<32>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, scale, out, ldo, s);
-    case 64: return launch_prefill<64>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, scale, out, ldo, s);
-    case 128: return launch_prefill<128>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, scale, out, ldo, s);
-    case 256: return launch_prefill<256>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride, scale, out, ldo, s);
-    }
-    return gm_fail(GM_ERR_UNSUPPORTED, "k_attn_prefill: head_dim %d (supported: 32, 64, 128, 256)", hd);
+    return k_attn_prefill_kv(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, hd, k_pool, v_pool, bs,
+                             block_tables, bt_stride, scale, out, ldo, 0, 1.0f, s);
 }

@@ -25,6 +25,14 @@ gm_status k_attn_prefill(const void *q, int64_t ldq, int32_t n_seqs, const int32
                          const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
                          int32_t bt_stride, float scale, void *out, int64_t ldo, cudaStream_t s);
 
+/* The same over an FP8 e4m3 pool when kv_fp8 (value = code * kv_scale, rounded to bf16 in shared
+ * memory); kv_fp8 = 0 is k_attn_prefill. */
+gm_status k_attn_prefill_kv(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start, const int32_t *n_new,
+                            const int32_t *start_pos, int32_t max_new, int32_t nh, int32_t nkv, int32_t hd,
+                            const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
+                            int32_t bt_stride, float scale, void *out, int64_t ldo, int kv_fp8, float kv_scale,
+                            cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif
