@@ -16,7 +16,7 @@ void gd_config_defaults(gd_config *c)
     c->backend = GM_BACKEND_CPU;
     c->tp = 1;
     c->kv_block_size = 16;
-    c->kv_memory = 64ll << 20;
+    c->kv_memory = -1; /* unset: 64M on cpu/null; on cuda, kv_mem_fraction of free memory */
     c->max_tokens_per_step = 2048;
     c->max_seqs = 64;
     c->max_waiting = 100000;
@@ -307,7 +307,8 @@ void gd_config_usage(FILE *f)
             "  --device N                first CUDA device (default 0)\n"
             "  --listen ENDPOINT         ZeroMQ endpoint (default tcp://127.0.0.1:5555)\n"
             "  --kv-block-size N         tokens per KV block (default 16)\n"
-            "  --kv-memory SIZE          KV budget per rank: bytes or 64M, 2G (default 64M)\n"
+            "  --kv-memory SIZE          KV budget per rank: bytes or 64M, 2G (default: 64M on cpu/null;\n"
+            "                            on cuda, --kv-mem-fraction of the memory left after weights)\n"
             "  --kv-blocks N             exactly N KV blocks (overrides --kv-memory)\n"
             "  --kv-mem-fraction F       CUDA: fraction of free memory for KV (default 0.9)\n"
             "  --max-tokens-per-step N   token budget of one step (default 2048)\n"
@@ -401,7 +402,7 @@ gm_status gd_config_validate(const gd_config *c)
                                            "only --backend null runs without one");
     if (c->backend == GM_BACKEND_NULL && c->quant != GM_QUANT_NONE)
         return gm_fail(GM_ERR_INVALID_ARG, "quant %s needs a real backend, not null", quant_name(c->quant));
-    if (c->kv_blocks == 0 && c->kv_memory <= 0 && c->backend != GM_BACKEND_CUDA)
+    if (c->kv_blocks == 0 && c->kv_memory == 0 && c->backend != GM_BACKEND_CUDA)
         return gm_fail(GM_ERR_INVALID_ARG, "kv_memory must be > 0 (or give kv_blocks)");
     if (c->max_context > 0 && c->max_context < 2)
         return gm_fail(GM_ERR_INVALID_ARG, "max_context %d is too small", c->max_context);
@@ -430,8 +431,9 @@ void gd_config_print(const gd_config *c, FILE *f)
     fprintf(f, "backend = \"%s\";\n", gm_backend_name(c->backend));
     fprintf(f, "tp = %d;\ndevice = %d;\n", c->tp, c->device);
     print_str(f, "listen", c->listen);
-    fprintf(f, "kv_block_size = %d;\nkv_memory = %lldL;\nkv_blocks = %lldL;\n", c->kv_block_size,
-            (long long)c->kv_memory, (long long)c->kv_blocks);
+    fprintf(f, "kv_block_size = %d;\nkv_blocks = %lldL;\n", c->kv_block_size, (long long)c->kv_blocks);
+    if (c->kv_memory >= 0)
+        fprintf(f, "kv_memory = %lldL;\n", (long long)c->kv_memory);
     if (c->kv_mem_fraction > 0)
         fprintf(f, "kv_mem_fraction = %g;\n", c->kv_mem_fraction);
     fprintf(f, "max_tokens_per_step = %d;\nmax_seqs = %d;\nmax_context = %d;\nmax_waiting = %d;\n",

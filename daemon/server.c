@@ -1052,7 +1052,10 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     wo.engine.device = cfg->device;
     wo.engine.kv_block_size = cfg->kv_block_size;
     wo.engine.kv_num_blocks = cfg->kv_blocks;
-    wo.engine.kv_mem_bytes = cfg->kv_memory;
+    /* unset KV budget: a fixed 64 MiB on the CPU (and null) backend; on CUDA the engine takes
+     * kv_mem_fraction of the free memory left after the weights */
+    wo.engine.kv_mem_bytes = cfg->kv_memory >= 0 ? cfg->kv_memory
+                             : cfg->backend == GM_BACKEND_CUDA ? 0 : 64ll << 20;
     wo.engine.kv_mem_fraction = cfg->kv_mem_fraction;
     wo.engine.max_seqs = cfg->max_seqs;
     wo.engine.max_tokens = cfg->max_tokens_per_step;

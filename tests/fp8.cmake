@@ -11,3 +11,8 @@ if(GM_HAVE_CUDA)
   gm_add_test(test_gpu_xqa ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_xqa.c LIBS gm_cuda gm_kernels_cpu gm_common m
     LABELS gpu TIMEOUT 600)
 endif()
+
+# the CPU engine's --quant fp8 (the CUDA FP8 path's twin) against its bf16 self on the tiny model
+gm_add_test(test_cpu_fp8_engine ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_fp8_engine.c LIBS gm_worker gm_common m
+  ARGS ${CMAKE_BINARY_DIR}/models/tiny TIMEOUT 300)
+set_tests_properties(test_cpu_fp8_engine PROPERTIES FIXTURES_REQUIRED tiny_model)

@@ -61,7 +61,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.listen, "tcp://127.0.0.1:5555");
     assert_int_equal(c.tp, 1);
     assert_int_equal(c.kv_block_size, 16);
-    assert_int_equal(c.kv_memory, 64ll << 20);
+    assert_int_equal(c.kv_memory, -1); /* unset: 64M on cpu/null, a fraction of free memory on cuda */
     assert_int_equal(c.max_seqs, 64);
     assert_int_equal(c.max_tokens_per_step, 2048);
     assert_true(c.run_ahead);

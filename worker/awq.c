@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/cpu/cpu_fp8.h"
 #include "../kernels/cpu/cpu_ops.h"
 
 const char *const gm_linear_names[GM_LIN_COUNT] = {
@@ -336,8 +337,91 @@ gm_status gm_linears_bind(const st_model *m, const gm_model_config *cfg, const g
     return GM_OK;
 }
 
+/* ---- FP8 linears ---- */
+
+static float full_amax(const gm_linear *L)
+{
+    const st_tensor *t = L->dense.full;
+    if (t && t->data)
+        return cpu_fp8_amax(t->data, t->dtype, (int64_t)(t->nbytes / gm_dtype_size(t->dtype)));
+    float m = 0.0f; /* no whole tensor: this slice (tp 1 holds all of it) */
+    for (int64_t r = 0; r < L->dense.rows; r++) {
+        float a = cpu_fp8_amax((const char *)L->dense.data + (size_t)(r * L->dense.ld) * gm_dtype_size(L->dense.dtype),
+                               L->dense.dtype, L->dense.cols);
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+gm_status gm_linears_to_fp8(gm_linear *lin, int32_t n_layers)
+{
+    static const int groups[][3] = {{GM_LIN_Q, GM_LIN_K, GM_LIN_V}, {GM_LIN_O, -1, -1},
+                                    {GM_LIN_GATE, GM_LIN_UP, -1}, {GM_LIN_DOWN, -1, -1}};
+    for (int32_t l = 0; l < n_layers; l++) {
+        gm_linear *L = lin + (int64_t)l * GM_LIN_COUNT;
+        for (int g = 0; g < 4; g++) {
+            float amax = 0.0f;
+            for (int j = 0; j < 3 && groups[g][j] >= 0; j++) {
+                if (L[groups[g][j]].kind != GM_LINEAR_DENSE)
+                    return gm_fail(GM_ERR_UNSUPPORTED, "--quant fp8: layer %d %s is not a dense bf16/f16/f32 weight",
+                                   l, gm_linear_names[groups[g][j]]);
+                float a = full_amax(&L[groups[g][j]]);
+                amax = a > amax ? a : amax;
+            }
+            float sc = cpu_fp8_scale(amax);
+            for (int j = 0; j < 3 && groups[g][j] >= 0; j++) {
+                gm_linear *W = &L[groups[g][j]];
+                const gm_wview *v = &W->dense;
+                uint8_t *q = malloc((size_t)(v->rows * v->cols));
+                if (!q)
+                    return gm_fail(GM_ERR_NOMEM, "--quant fp8: no memory for layer %d %s (%lld bytes)", l,
+                                   gm_linear_names[groups[g][j]], (long long)(v->rows * v->cols));
+                size_t es = gm_dtype_size(v->dtype);
+                for (int64_t r = 0; r < v->rows; r++)
+                    cpu_fp8_quantize((const char *)v->data + (size_t)(r * v->ld) * es, v->dtype, v->cols, sc,
+                                     q + r * v->cols);
+                W->q8 = q;
+                W->w_scale = sc;
+                W->kind = GM_LINEAR_FP8;
+            }
+        }
+    }
+    return GM_OK;
+}
+
+void gm_linears_free(gm_linear *lin, int64_t n)
+{
+    for (int64_t i = 0; lin && i < n; i++) {
+        free(lin[i].q8);
+        lin[i].q8 = NULL;
+    }
+}
+
+/* y [T, out] = bf16(fp8(x) . W8^T): x quantized with the dynamic scale of its T rows. */
+static gm_status fp8_matmul(const gm_linear *L, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy)
+{
+    int64_t K = L->in;
+    float sc = 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        float s = cpu_fp8_act_scale(x + t * ldx, K);
+        sc = s > sc ? s : sc;
+    }
+    uint8_t *xq = malloc((size_t)(T * K) + 1);
+    if (!xq)
+        return gm_fail(GM_ERR_NOMEM, "fp8 matmul: no memory for %lld x %lld inputs", (long long)T, (long long)K);
+    for (int64_t t = 0; t < T; t++)
+        cpu_fp8_quantize_act(x + t * ldx, K, sc, xq + t * K);
+    int rc = cpu_fp8_matmul_q(xq, T, K, K, sc, L->q8, K, L->out, L->w_scale, y, ldy);
+    free(xq);
+    if (rc)
+        return gm_fail(GM_ERR_NOMEM, "fp8 matmul: no memory");
+    return GM_OK;
+}
+
 gm_status gm_linear_matmul(const gm_linear *L, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy)
 {
+    if (L->kind == GM_LINEAR_FP8)
+        return fp8_matmul(L, x, T, ldx, y, ldy);
     if (L->kind == GM_LINEAR_DENSE) {
         const gm_wview *v = &L->dense;
         cpu_matmul(x, T, v->cols, ldx, v->data, v->dtype, v->ld, v->rows, y, ldy);
@@ -351,6 +435,17 @@ gm_status gm_linear_matmul(const gm_linear *L, const float *x, int64_t T, int64_
 
 gm_status gm_linear_matmul_f64(const gm_linear *L, const float *x, int64_t T, int64_t ldx, double *y, int64_t ldy)
 {
+    if (L->kind == GM_LINEAR_FP8) {
+        float *t = malloc((size_t)(T * L->out) * sizeof(float) + 4);
+        if (!t)
+            return gm_fail(GM_ERR_NOMEM, "fp8 matmul: no memory for %lld outputs", (long long)(T * L->out));
+        gm_status st = fp8_matmul(L, x, T, ldx, t, L->out);
+        for (int64_t r = 0; !st && r < T; r++)
+            for (int64_t j = 0; j < L->out; j++)
+                y[r * ldy + j] = (double)t[r * L->out + j];
+        free(t);
+        return st;
+    }
     if (L->kind == GM_LINEAR_DENSE) {
         const gm_wview *v = &L->dense;
         cpu_matmul_f64(x, T, v->cols, ldx, v->data, v->dtype, v->ld, v->rows, y, ldy);
@@ -364,6 +459,8 @@ gm_status gm_linear_matmul_f64(const gm_linear *L, const float *x, int64_t T, in
 
 int64_t gm_linear_bytes(const gm_linear *L)
 {
+    if (L->kind == GM_LINEAR_FP8)
+        return L->in * L->out;
     if (L->kind == GM_LINEAR_DENSE)
         return L->in * L->out * (int64_t)gm_dtype_size(L->dense.dtype);
     int64_t G = L->in / L->awq.group;

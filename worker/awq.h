@@ -58,6 +58,7 @@ gm_status gm_awq_slice(const cpu_awq_w *w, int64_t k0, int64_t nk, int64_t n0, i
 typedef enum gm_linear_kind {
     GM_LINEAR_DENSE = 0, /* nn.Linear.weight [out, in] view */
     GM_LINEAR_AWQ,       /* AutoAWQ GEMM tensors */
+    GM_LINEAR_FP8,       /* e4m3 copy [out, in] with a per-tensor scale (--quant fp8, gm_linears_to_fp8) */
 } gm_linear_kind;
 
 typedef struct gm_linear {
@@ -65,6 +66,8 @@ typedef struct gm_linear {
     int64_t in, out;  /* K, N of this rank's slice */
     gm_wview dense;   /* DENSE: rows = out, cols = in */
     cpu_awq_w awq;    /* AWQ: K = in, N = out */
+    uint8_t *q8;      /* FP8: [out, in] e4m3, owned (gm_linears_free) */
+    float w_scale;    /* FP8: dequant multiplier of q8 */
 } gm_linear;
 
 /* The seven Linears of a decoder layer, in this order. */
@@ -88,6 +91,16 @@ gm_status gm_linears_bind(const st_model *m, const gm_model_config *cfg, const g
 gm_status gm_linear_matmul(const gm_linear *L, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy);
 /* As gm_linear_matmul, float64 accumulation and output (tensor-parallel partial sums). */
 gm_status gm_linear_matmul_f64(const gm_linear *L, const float *x, int64_t T, int64_t ldx, double *y, int64_t ldy);
+
+/* --quant fp8 on the CPU (the twin of the CUDA engine's FP8 path): replace every dense Linear of
+ * n_layers layers by an e4m3 copy. One per-tensor scale per product as the GPU fuses them (q|k|v
+ * share one, gate|up share one, o, down), taken over the WHOLE tensors (every rank gets the codes
+ * gemma-quantize --fp8 and the GPU get). The matmul then quantizes its input with a dynamic
+ * per-tensor scale over the T rows it is given (bf16-rounded first) and rounds its output to bf16,
+ * as cuBLASLt FP8 with bf16 output does (kernels/cpu/cpu_fp8.h). AWQ linears: GM_ERR_UNSUPPORTED. */
+gm_status gm_linears_to_fp8(gm_linear *lin, int32_t n_layers);
+/* Free what gm_linears_to_fp8 allocated (the array itself stays the caller's). */
+void gm_linears_free(gm_linear *lin, int64_t n);
 
 /* Bytes of the weight as stored (packed int4 + zeros + scales for AWQ). */
 int64_t gm_linear_bytes(const gm_linear *L);

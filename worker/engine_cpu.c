@@ -265,6 +265,7 @@ static void cpu_destroy(gm_engine *e)
     free(c->ids), free(c->pos), free(c->gate), free(c->up);
     free(c->fin), free(c->logits), free(c->row_tok);
     gm_feed_free(&c->feed);
+    gm_linears_free(c->lin, c->lin ? (int64_t)c->base.cfg.num_layers * GM_LIN_COUNT : 0);
     free(c->lin);
     gm_weights_release(&c->w);
     st_model_destroy(&c->model);
@@ -278,8 +279,6 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     *out = NULL;
     if (!o->model_dir || !*o->model_dir)
         return gm_fail(GM_ERR_INVALID_ARG, "cpu backend: no model directory given");
-    if (o->quant == GM_QUANT_FP8)
-        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: --quant fp8 is not supported (none or awq)");
     if (o->kv_dtype != GM_KV_AUTO)
         return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: the KV cache is float32 (--kv-dtype auto only)");
     if (o->tp_size > 1) {
@@ -299,6 +298,9 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     if (qc.present && strcmp(qc.method, "awq") != 0)
         return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: %s: quantization method \"%s\" is not supported",
                        o->model_dir, qc.method);
+    if (o->quant == GM_QUANT_FP8 && qc.present)
+        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: --quant fp8 needs a bf16/f16/f32 checkpoint; %s is %s",
+                       o->model_dir, qc.method);
     if (o->quant == GM_QUANT_AWQ && !qc.present)
         return gm_fail(GM_ERR_INVALID_ARG, "cpu backend: --quant awq, but %s has no AWQ quantization_config",
                        o->model_dir);
@@ -313,6 +315,8 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
         goto fail;
     if ((st = gm_linears_bind(c->model, &cfg, &c->w.tp, qc.present ? qc.group_size : 0, &c->lin)))
         goto fail;
+    if (o->quant == GM_QUANT_FP8 && (st = gm_linears_to_fp8(c->lin, cfg.num_layers)))
+        goto fail; /* e4m3 weights, dynamic e4m3 activations: the CUDA engine's FP8 twin (worker/awq.h) */
     const gm_tp_layout *tp = &c->w.tp;
     c->q_w = (int64_t)tp->n_heads * cfg.head_dim;
     c->kv_w = (int64_t)tp->n_kv * cfg.head_dim;

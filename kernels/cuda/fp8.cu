@@ -168,6 +168,14 @@ static gm_status act_args(const fp8_act *a, const char *fn)
     return GM_OK;
 }
 
+/* One-block dynamic quantization of a few rows (defined with the fused kernels below). */
+#define SMALL_DYN_ROWS 8
+template <int MODE>
+__global__ void __launch_bounds__(Q_THREADS)
+    small_dyn_kernel(bf16 *__restrict__ x, int64_t ldx, const void *__restrict__ delta, const float *__restrict__ w1,
+                     int64_t dim, float eps, int64_t rows, float *__restrict__ scale, bf16 *__restrict__ tmp,
+                     uint8_t *__restrict__ q);
+
 extern "C" gm_status k_fp8_quantize(const void *x, int64_t ldx, int64_t rows, int64_t dim, const fp8_act *a, void *q,
                                     cudaStream_t s)
 {
@@ -179,6 +187,12 @@ extern "C" gm_status k_fp8_quantize(const void *x, int64_t ldx, int64_t rows, in
     if (rows <= 0)
         return GM_OK;
     int64_t d8 = dim / 8, t8 = rows * d8;
+    if (a->amax && rows <= SMALL_DYN_ROWS) {
+        small_dyn_kernel<4><<<1, Q_THREADS, 0, s>>>((bf16 *)x, ldx, NULL, NULL, dim, 0.0f, rows, a->scale, NULL,
+                                                   (uint8_t *)q);
+        GM_LAUNCH_CHECK();
+        return GM_OK;
+    }
     if (a->amax) {
         GM_CUDA_CHECK(cudaMemsetAsync(a->amax, 0, sizeof(float), s));
         amax_kernel<<<grid_for(t8), Q_THREADS, 0, s>>>((const bf16 *)x, ldx, d8, t8, a->amax);
@@ -194,6 +208,13 @@ extern "C" gm_status k_fp8_quantize(const void *x, int64_t ldx, int64_t rows, in
 }
 
 /* ---- fused RMSNorm -> e4m3 ---- */
+
+__device__ __forceinline__ float gelu_tanh_f(float x)
+{
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
 
 __device__ __forceinline__ void load_delta(const bf16 *d, int64_t i8, float f[8])
 {
@@ -281,6 +302,103 @@ static gm_status norm_args(int64_t dim, const fp8_act *a, const char *fn)
     return GM_OK;
 }
 
+/* Dynamic scale for a few rows (decode batches): ONE block does what the memset + fused kernel +
+ * quant_kernel sequence does (no amax atomics, no memset: 3 launches become 1, ~5 us per quantization
+ * point at batch 1). Same per-row arithmetic as rmsnorm_fp8_kernel / geglu_fp8_kernel (same thread
+ * mapping and reductions), so the codes are the same. MODE 0: rmsnorm; 1: add (bf16 delta) + rmsnorm;
+ * 2: add (f32 delta) + rmsnorm; 3: GeGLU of gu [rows, 2 dim]; 4: plain quantization of x (row stride
+ * ldx; tmp unused). tmp [rows, dim] bf16 scratch. */
+template <int MODE>
+__global__ void __launch_bounds__(Q_THREADS)
+    small_dyn_kernel(bf16 *__restrict__ x, int64_t ldx, const void *__restrict__ delta, const float *__restrict__ w1,
+                     int64_t dim, float eps, int64_t rows, float *__restrict__ scale, bf16 *__restrict__ tmp,
+                     uint8_t *__restrict__ q)
+{
+    __shared__ float red[32];
+    int64_t n8 = dim / 8;
+    float m = 0.0f;
+    for (int64_t row = 0; row < rows; row++) {
+        if (MODE == 4) {
+            const uint4 *xr4 = reinterpret_cast<const uint4 *>(x + row * ldx);
+            for (int64_t c = threadIdx.x; c < n8; c += Q_THREADS) {
+                float f[8];
+                bf16x8_to_f32(xr4[c], f);
+                m = fmaxf(m, amax8(f));
+            }
+            continue;
+        }
+        if (MODE == 3) {
+            const uint4 *gr = reinterpret_cast<const uint4 *>(x + row * 2 * dim);
+            for (int64_t c = threadIdx.x; c < n8; c += Q_THREADS) {
+                float g[8], u[8], o[8];
+                bf16x8_to_f32(gr[c], g);
+                bf16x8_to_f32(gr[n8 + c], u);
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    o[j] = round_bf16(round_bf16(gelu_tanh_f(g[j])) * u[j]);
+                reinterpret_cast<uint4 *>(tmp + row * dim)[c] = f32_to_bf16x8(o);
+                m = fmaxf(m, amax8(o));
+            }
+            continue;
+        }
+        uint4 *xr = reinterpret_cast<uint4 *>(x + row * ldx);
+        float v[NORM_CHUNKS][8];
+        float ss = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NORM_CHUNKS; c++) {
+            int64_t i = threadIdx.x + (int64_t)c * Q_THREADS;
+            if (i < n8) {
+                bf16x8_to_f32(xr[i], v[c]);
+                if (MODE != 0) {
+                    float d[8];
+                    if (MODE == 1)
+                        load_delta(reinterpret_cast<const bf16 *>(delta) + row * dim, i, d);
+                    else
+                        load_delta(reinterpret_cast<const float *>(delta) + row * dim, i, d);
+#pragma unroll
+                    for (int j = 0; j < 8; j++)
+                        v[c][j] = round_bf16(v[c][j] + d[j]);
+                    xr[i] = f32_to_bf16x8(v[c]);
+                }
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    ss += v[c][j] * v[c][j];
+            }
+        }
+        ss = block_sum(ss, red);
+        float r = rsqrtf(ss / (float)dim + eps);
+        const float4 *w4 = reinterpret_cast<const float4 *>(w1);
+#pragma unroll
+        for (int c = 0; c < NORM_CHUNKS; c++) {
+            int64_t i = threadIdx.x + (int64_t)c * Q_THREADS;
+            if (i < n8) {
+                float4 wa = w4[2 * i], wb = w4[2 * i + 1];
+                float w[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+                float f[8];
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    f[j] = v[c][j] * r * w[j];
+                round8(f);
+                reinterpret_cast<uint4 *>(tmp + row * dim)[i] = f32_to_bf16x8(f);
+                m = fmaxf(m, amax8(f));
+            }
+        }
+    }
+    m = block_max(m, red); /* its barriers also publish tmp to the whole block */
+    float sc = fp8_scale_of(m);
+    if (threadIdx.x == 0)
+        *scale = sc;
+    float inv = 1.0f / sc;
+    for (int64_t i = threadIdx.x; i < rows * n8; i += Q_THREADS) {
+        float f[8];
+        if (MODE == 4)
+            bf16x8_to_f32(reinterpret_cast<const uint4 *>(x + (i / n8) * ldx)[i % n8], f);
+        else
+            bf16x8_to_f32(reinterpret_cast<const uint4 *>(tmp)[i], f);
+        reinterpret_cast<uint2 *>(q)[i] = f32x8_to_fp8(f, inv);
+    }
+}
+
 /* Second half of the dynamic path: scale from amax, quantize tmp [rows, dim] (dense). */
 static gm_status dyn_finish(const fp8_act *a, int64_t rows, int64_t dim, void *q, cudaStream_t s)
 {
@@ -299,6 +417,12 @@ extern "C" gm_status k_rmsnorm_fp8(const void *x, int64_t ldx, const float *w1, 
         return gm_fail(GM_ERR_UNSUPPORTED, "k_rmsnorm_fp8: row stride %lld not a multiple of 8", (long long)ldx);
     if (n <= 0)
         return GM_OK;
+    if (a->amax && n <= SMALL_DYN_ROWS) {
+        small_dyn_kernel<0><<<1, Q_THREADS, 0, s>>>((bf16 *)x, ldx, NULL, w1, dim, eps, n, a->scale, (bf16 *)a->tmp,
+                                                   (uint8_t *)q);
+        GM_LAUNCH_CHECK();
+        return GM_OK;
+    }
     if (a->amax) {
         GM_CUDA_CHECK(cudaMemsetAsync(a->amax, 0, sizeof(float), s));
         rmsnorm_fp8_kernel<false, true, bf16><<<(unsigned)n, Q_THREADS, 0, s>>>(
@@ -320,6 +444,14 @@ extern "C" gm_status k_add_rmsnorm_fp8(void *h, const void *delta, int delta_f32
         return GM_OK;
     bf16 *hb = (bf16 *)h;
     uint8_t *qb = (uint8_t *)q;
+    if (a->amax && n <= SMALL_DYN_ROWS) {
+        if (delta_f32)
+            small_dyn_kernel<2><<<1, Q_THREADS, 0, s>>>(hb, dim, delta, w1, dim, eps, n, a->scale, (bf16 *)a->tmp, qb);
+        else
+            small_dyn_kernel<1><<<1, Q_THREADS, 0, s>>>(hb, dim, delta, w1, dim, eps, n, a->scale, (bf16 *)a->tmp, qb);
+        GM_LAUNCH_CHECK();
+        return GM_OK;
+    }
     if (a->amax) {
         GM_CUDA_CHECK(cudaMemsetAsync(a->amax, 0, sizeof(float), s));
         bf16 *tb = (bf16 *)a->tmp;
@@ -344,11 +476,6 @@ extern "C" gm_status k_add_rmsnorm_fp8(void *h, const void *delta, int delta_f32
 
 /* ---- fused GeGLU -> e4m3 ---- */
 
-__device__ __forceinline__ float gelu_tanh_f(float x)
-{
-    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
 
 template <bool DYN>
 __global__ void geglu_fp8_kernel(const bf16 *__restrict__ gu, int64_t n, int64_t total8,
@@ -393,6 +520,12 @@ extern "C" gm_status k_geglu_fp8(const void *gu, int64_t T, int64_t n, const fp8
     if (total8 <= 0)
         return GM_OK;
     unsigned blocks = grid_for(total8);
+    if (a->amax && T <= SMALL_DYN_ROWS) {
+        small_dyn_kernel<3><<<1, Q_THREADS, 0, s>>>((bf16 *)gu, 2 * n, NULL, NULL, n, 0.0f, T, a->scale,
+                                                   (bf16 *)a->tmp, (uint8_t *)q);
+        GM_LAUNCH_CHECK();
+        return GM_OK;
+    }
     if (a->amax) {
         GM_CUDA_CHECK(cudaMemsetAsync(a->amax, 0, sizeof(float), s));
         geglu_fp8_kernel<true><<<blocks, Q_THREADS, 0, s>>>((const bf16 *)gu, n, total8, a->scale, a->amax,
