@@ -13,6 +13,19 @@
 #   peer     bench/hf_peer.py: transformers on the same GPU ($HF_MODES, default eager,static-loop)
 #   sanitize compute-sanitizer memcheck on subsets of test_gpu_ops (not in the default set; stops
 #            when $GM_TIME_BUDGET seconds, default 500, are near)
+#   new      test_gpu_xqa, test_gpu_fp8, test_gpu_awq          newbench  xqa_bench, fp8_gemm_bench, awq_bench
+#   fp8gemm  fp8_gemm_bench alone
+#   engine8  test_gpu_ops + test_gpu_model with XQA forced, FP8 KV, FP8 weights (CPU FP8 twin as reference),
+#            both; test_gpu_fp8; AWQ checkpoints (tiny AWQ, 2b2 RTN) through both engines (ENGINE8_LITE=1:
+#            the four model variants only)
+#   decode8 / decode8b  bench_decode: XQA vs not, FP8 weights, FP8 KV, long context, profiles
+#   accuracy FP8 vs bf16: KL / top-1 / logits error / perplexity ($ACC_MODELS, default tiny 2bfull)
+#   serve / serve2  gemma-bench against gemmad --backend cuda per $SERVE_PLAN / $SERVE_PLAN2 entries
+#            MODEL:CFG:LENS (CFG bf16|fp8|fp8w|awq; LENS ISL/OSL[@CONC],...|b1)
+#   sweep    real-time users: 2b FP8 128/128 at each concurrency of $SWEEP_LIST (one JSON per point)
+#   peerb    transformers batched generate() as the serving peer (2b B=$PEER_B2, 7b B=$PEER_B7)
+#   awqprep / awqtest / awqppl  AWQ-format (RTN) checkpoints in the background; AWQ engine test; perplexity
+# Every run is cut to the time left of $GM_TIME_BUDGET (SKIP(budget) once it is spent).
 # Binaries come from $PACK (default pack/, built on the development machine and carried; an
 # xz tarball $PACK/bins.tar.xz of them is unpacked first);
 # logs go to $OUT (default ./gpu-out): summary.txt, tests.log, decode.log, kernels.log,
@@ -149,12 +162,19 @@ for ph in $phases; do
     mk tiny --preset tiny --seed 1
     mk 2b2 --preset 2b --layers 2 --seed 5
     mk 7b2 --preset 7b --layers 2 --seed 6
-    run test_gpu_ops 200 "$log" "$PACK/test_gpu_ops"
+    [ -n "${ENGINE8_LITE:-}" ] || run test_gpu_ops 200 "$log" "$PACK/test_gpu_ops"
     run model_xqa 200 "$log" env GM_CUDA_XQA=2 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
     run model_kv8 200 "$log" env GM_TEST_KV=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
     run model_w8 200 "$log" env GM_TEST_QUANT=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
     run model_w8kv8 200 "$log" env GM_TEST_QUANT=fp8 GM_TEST_KV=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
-    grep -E "^model|CUDA engine:|worst logits|agree" "$log" | head -150 > "$OUT/engine8_summary.txt"
+    [ -n "${ENGINE8_LITE:-}" ] && { grep -E "^model|CUDA engine:|worst logits|agree|FAIL" "$log" > "$OUT/engine8_summary.txt"; continue; }
+    run test_gpu_fp8 200 "$log" "$PACK/test_gpu_fp8"
+    [ -f "$M/tinyawq/config.json" ] || run quantize_tiny_awq 120 "$log" "$PACK/gemma-quantize" --awq --model "$M/tiny" \
+      --calib data/corpus.txt --out "$M/tinyawq" --group 32 --quiet
+    [ -f "$M/2b2rtn/config.json" ] || run quantize_2b2_rtn 120 "$log" "$PACK/gemma-quantize" --rtn --model "$M/2b2" \
+      --out "$M/2b2rtn" --group 128 --quiet
+    run model_awq 200 "$log" env GM_TEST_QUANT=awq "$PACK/test_gpu_model" "$M/tinyawq" "$M/2b2rtn"
+    grep -E "^model|CUDA engine:|worst logits|agree|codes differ|FAIL" "$log" | head -250 > "$OUT/engine8_summary.txt"
     ;;
   decode8)
     # decode tokens/s: XQA (auto: MQA/GQA batches >= 8) vs k_attn_decode, FP8 weights, FP8 KV
@@ -168,6 +188,45 @@ for ph in $phases; do
     run d8_7b_w8 150 "$log" "$PACK/bench_decode" --preset 7b --batch 1,8,64 --gen 128 --quant fp8
     run d8_7b_w8kv8 150 "$log" "$PACK/bench_decode" --preset 7b --batch 1,64 --gen 128 --quant fp8 --kv-dtype fp8
     grep -E "tok/s|profile" "$log" > "$OUT/decode8_summary.txt"
+    ;;
+  awqprep)
+    # AWQ-format (RTN int4, group 128) checkpoints of the full random 2b/7b models, quantized on the CPUs
+    # in the background while the GPU works; serve waits for $M/<model>awq.done
+    for mdl in ${AWQ_MODELS:-2b 7b}; do
+      [ -f "$M/${mdl}awq.done" ] && continue
+      ( [ -f "$M/${mdl}full/config.json" ] || "$PACK/gemma-mkmodel" --corpus data/corpus.txt --out "$M/${mdl}full" \
+          --preset "$mdl" --seed 7 >> "$OUT/awqprep.log" 2>&1
+        "$PACK/gemma-quantize" --rtn --model "$M/${mdl}full" --out "$M/${mdl}awq" --group 128 --quiet \
+          >> "$OUT/awqprep.log" 2>&1 && touch "$M/${mdl}awq.done" ) &
+    done
+    ;;
+  awqtest)
+    log=$OUT/awqtest.log
+    mk tiny --preset tiny --seed 1
+    mk 2b2 --preset 2b --layers 2 --seed 5
+    [ -f "$M/tinyrtn/config.json" ] || run quantize_tiny_rtn 120 "$log" "$PACK/gemma-quantize" --rtn --model "$M/tiny" \
+      --out "$M/tinyrtn" --group 32 --quiet
+    [ -f "$M/2b2rtn/config.json" ] || run quantize_2b2_rtn 120 "$log" "$PACK/gemma-quantize" --rtn --model "$M/2b2" \
+      --out "$M/2b2rtn" --group 128 --quiet
+    run model_awq 200 "$log" env GM_TEST_QUANT=awq "$PACK/test_gpu_model" "$M/tinyrtn" "$M/2b2rtn"
+    grep -E "^model|CUDA engine:|worst logits|agree|FAIL" "$log" > "$OUT/awqtest_summary.txt"
+    ;;
+  awqppl)
+    # perplexity of the 2b model in bf16 and as its RTN int4 (AWQ format) checkpoint, CUDA engine
+    log=$OUT/awqppl.log
+    head -c 16000 data/corpus.txt > /tmp/acc_text.txt
+    for i in $(seq 1 200); do [ -f "$M/2bawq.done" ] && break; sleep 1; done
+    run ppl_2b_bf16 120 "$log" bash -c "'$PACK/gemma-generate' --model '$M/2bfull' --backend cuda --perplexity /tmp/acc_text.txt > /tmp/ppl_2b_bf16.txt"
+    run ppl_2b_rtn 120 "$log" bash -c "'$PACK/gemma-generate' --model '$M/2bawq' --backend cuda --quant awq --perplexity /tmp/acc_text.txt > /tmp/ppl_2b_rtn.txt"
+    run ppl_2b_fp8 120 "$log" bash -c "'$PACK/gemma-generate' --model '$M/2bfull' --backend cuda --quant fp8 --perplexity /tmp/acc_text.txt > /tmp/ppl_2b_fp8.txt"
+    for f in bf16 rtn fp8; do say "perplexity 2b $f: $(cat /tmp/ppl_2b_$f.txt 2>/dev/null)"; done
+    ;;
+  decode8b)
+    log=$OUT/decode8b.log
+    run d8b_2b_w8 150 "$log" "$PACK/bench_decode" --preset 2b --batch 1,64,256 --gen 128 --quant fp8 --variants
+    run d8b_2b_w8kv8 150 "$log" "$PACK/bench_decode" --preset 2b --batch 1,256,512 --gen 128 --quant fp8 --kv-dtype fp8
+    run d8b_7b_w8 150 "$log" "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 --quant fp8 --variants
+    grep -E "tok/s|profile" "$log" > "$OUT/decode8b_summary.txt"
     ;;
   accuracy)
     # FP8 against bf16 (CUDA engine): KL divergence and top-1 agreement of teacher-forced logits over a
@@ -222,58 +281,113 @@ PY
     run fp8_gemm_bench 150 "$log" "$PACK/fp8_gemm_bench"
     run awq_bench 120 "$log" "$PACK/awq_bench"
     ;;
-  serve)
+  serve|serve2)
     # gemma-bench against gemmad --backend cuda on full-size random-weight models.
-    # SERVE_MODELS (2b 7b), SERVE_CFGS (bf16 | fp8 = FP8 weights + FP8 KV | fp8w | awq),
-    # SERVE_LENS (ISL/OSL list), SERVE_CONC (closed-loop concurrency), SERVE_SEQS (--max-seqs)
+    # SERVE_PLAN: entries MODEL:CFG:LENS, CFG bf16 | fp8 (FP8 weights + FP8 KV) | fp8w | awq (AWQ-format
+    # checkpoint of the model, RTN int4 weights); LENS a comma list of ISL/OSL[@CONCURRENCY] or b1 (batch-1
+    # decode, 128/256). gemmad's --max-seqs = the largest concurrency of the entry.
     log=$OUT/serve.log
-    for mdl in ${SERVE_MODELS:-2b}; do
+    plan=${SERVE_PLAN:-2b:fp8:128/128@512,b1}
+    [ $ph = serve2 ] && plan=${SERVE_PLAN2:-}
+    for entry in $plan; do
+      IFS=: read -r mdl cfg lens <<< "$entry"
+      case $cfg in
+        bf16) qa="--quant none --kv-dtype bf16" ;;
+        fp8) qa="--quant fp8 --kv-dtype fp8" ;;
+        fp8w) qa="--quant fp8 --kv-dtype bf16" ;;
+        awq) qa="--quant awq --kv-dtype bf16" ;;
+        *) qa="" ;;
+      esac
+      left=$(( ${GM_TIME_BUDGET:-100000} - $(elapsed) ))
+      [ $left -lt 40 ] && { say "serve $entry: SKIP(budget)"; continue; }
       mk "${mdl}full" --preset "$mdl" --seed 7
-      for cfg in ${SERVE_CFGS:-bf16}; do
-        case $cfg in
-          bf16) qa="--quant none --kv-dtype bf16" ;;
-          fp8) qa="--quant fp8 --kv-dtype fp8" ;;
-          fp8w) qa="--quant fp8 --kv-dtype bf16" ;;
-          awq) qa="--quant awq --kv-dtype bf16" ;;
-          *) qa="" ;;
-        esac
-        mdir=$M/${mdl}full
-        [ "$cfg" = awq ] && mdir=$M/${mdl}awq
-        [ -f "$mdir/config.json" ] || { say "serve $mdl $cfg: no model $mdir"; continue; }
-        ep=ipc:///tmp/gm-serve.sock
-        seqs=${SERVE_SEQS:-512}
-        echo "---- gemmad $mdl $cfg: $qa --max-seqs $seqs" >> "$log"
-        # --kv-memory 0 does not reach the worker (its own 64M default wins): give the budget explicitly
-        "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa --kv-memory ${SERVE_KV_MEM:-80G} --max-seqs "$seqs" \
-          --max-tokens-per-step ${SERVE_TOKENS:-8192} --worker-bin "$PACK/gemma-worker" --log-level info >> "$log" 2>&1 &
-        dpid=$!
-        ok=0
+      mdir=$M/${mdl}full
+      if [ "$cfg" = awq ]; then
+        mdir=$M/${mdl}awq
         for i in $(seq 1 240); do
-          "$PACK/gemma-cli" --endpoint $ep --health >/dev/null 2>&1 && { ok=1; break; }
-          kill -0 $dpid 2>/dev/null || break
+          [ -f "$M/${mdl}awq.done" ] && break
+          pgrep -f "gemma-(quantize --rtn|mkmodel).*$M/${mdl}full" >/dev/null || break
           sleep 1
         done
-        if [ $ok = 1 ]; then
-          for len in ${SERVE_LENS:-128/128 128/2048 2048/128 b1}; do
-            if [ "$len" = b1 ]; then
-              run "serve_${mdl}_${cfg}_b1" 90 "$log" "$PACK/gemma-bench" --endpoint $ep --isl 128 --osl 256 \
-                --concurrency 1 --num-requests 3 --warmup 1 --label "$mdl $cfg batch-1" --json "$OUT/serve_${mdl}_${cfg}_b1.json" --quiet
-              continue
-            fi
-            isl=${len%/*}; osl=${len#*/}
-            conc=${SERVE_CONC:-$seqs}
-            n=$(( conc * 2 )) wu=$conc
-            [ "$osl" -ge 1024 ] && n=$conc wu=0
-            run "serve_${mdl}_${cfg}_${isl}_${osl}" ${SERVE_LIM:-120} "$log" "$PACK/gemma-bench" --endpoint $ep --isl "$isl" --osl "$osl" \
-              --concurrency "$conc" --num-requests $n --warmup $wu --label "$mdl $cfg $isl/$osl" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}.json" --markdown --quiet
-          done
-        else
-          say "serve $mdl $cfg: gemmad did not come up (see serve.log)"
-        fi
-        kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
+        [ -f "$M/${mdl}awq.done" ] || run "quantize_${mdl}_rtn" 200 "$log" "$PACK/gemma-quantize" --rtn --model "$M/${mdl}full" \
+          --out "$mdir" --group 128 --quiet
+      fi
+      [ -f "$mdir/config.json" ] || { say "serve $mdl $cfg: no model $mdir"; continue; }
+      seqs=8
+      for len in ${lens//,/ }; do c=${len#*@}; [ "$c" != "$len" ] && [ "$c" -gt $seqs ] && seqs=$c; done
+      ep=ipc:///tmp/gm-serve.sock
+      echo "---- gemmad $mdl $cfg: $qa --max-seqs $seqs" >> "$log"
+      # an explicit KV budget (before 8ed730d, --kv-memory 0 left the worker at its 64M default)
+      "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa --kv-memory ${SERVE_KV_MEM:-80G} --max-seqs "$seqs" \
+        --max-context ${SERVE_CTX:-2304} \
+        --max-tokens-per-step ${SERVE_TOKENS:-8192} --worker-bin "$PACK/gemma-worker" --log-level info >> "$log" 2>&1 &
+      dpid=$!
+      ok=0
+      t0=$(date +%s)
+      for i in $(seq 1 300); do
+        "$PACK/gemma-cli" --endpoint $ep --health >/dev/null 2>&1 && { ok=1; break; }
+        kill -0 $dpid 2>/dev/null || break
+        sleep 1
       done
+      say "gemmad $mdl $cfg up in $(( $(date +%s) - t0 )) s (ok=$ok)"
+      first=1
+      if [ $ok = 1 ]; then
+        for len in ${lens//,/ }; do
+          if [ "$len" = b1 ]; then
+            run "serve_${mdl}_${cfg}_b1" 90 "$log" "$PACK/gemma-bench" --endpoint $ep --isl 128 --osl 256 \
+              --concurrency 1 --num-requests 3 --warmup 1 --label "$mdl $cfg batch-1" --json "$OUT/serve_${mdl}_${cfg}_b1.json" --markdown --quiet
+            continue
+          fi
+          conc=${len#*@}; [ "$conc" = "$len" ] && conc=$seqs
+          io=${len%@*}; isl=${io%/*}; osl=${io#*/}
+          n=$(( conc * 2 )) wu=0
+          [ "$osl" -ge 1024 ] || [ "$isl" -ge 1024 ] && n=$conc
+          [ $first = 1 ] && wu=$conc
+          first=0
+          run "serve_${mdl}_${cfg}_${isl}_${osl}" ${SERVE_LIM:-120} "$log" "$PACK/gemma-bench" --endpoint $ep --isl "$isl" --osl "$osl" \
+            --concurrency "$conc" --num-requests $n --warmup $wu --label "$mdl $cfg $isl/$osl" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}.json" --markdown --quiet
+        done
+      else
+        say "serve $mdl $cfg: gemmad did not come up (see serve.log)"
+      fi
+      kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
     done
-    grep -E "^\|" "$log" | tee -a "$summary"
+    grep -E "^\| [27]b" "$log" | sort -u | tee -a "$summary" >/dev/null
+    ;;
+  sweep)
+    # real-time users: 2b, FP8 weights + FP8 KV, 128/128, closed loop at each concurrency of $SWEEP_LIST;
+    # one JSON per point (p99 TPOT <= 50 ms is the bar)
+    log=$OUT/sweep.log
+    mk 2bfull --preset 2b --seed 7
+    list=${SWEEP_LIST:-64 256 512 1024 2048 3072 4096}
+    most=0; for c in $list; do [ $c -gt $most ] && most=$c; done
+    ep=ipc:///tmp/gm-sweep.sock
+    "$PACK/gemmad" --model "$M/2bfull" --backend cuda --listen $ep --quant ${SWEEP_QUANT:-fp8} --kv-dtype ${SWEEP_KV:-fp8} \
+      --kv-memory 80G --max-seqs $most --max-context 512 --max-tokens-per-step ${SWEEP_TOKENS:-8192} --worker-bin "$PACK/gemma-worker" \
+      --log-level info >> "$log" 2>&1 &
+    dpid=$!
+    for i in $(seq 1 300); do
+      "$PACK/gemma-cli" --endpoint $ep --health >/dev/null 2>&1 && break
+      kill -0 $dpid 2>/dev/null || break
+      sleep 1
+    done
+    # warm-up: one wave at the largest concurrency, short outputs (captures every graph bucket on the way down)
+    run sweep_warmup 60 "$log" "$PACK/gemma-bench" --endpoint $ep --isl 128 --osl 32 --concurrency $most --num-requests $most --quiet
+    for c in $list; do
+      n=$(( c * 2 )); [ $n -lt 128 ] && n=128
+      run "sweep_$c" ${SWEEP_LIM:-60} "$log" "$PACK/gemma-bench" --endpoint $ep --isl 128 --osl 128 --concurrency $c \
+        --num-requests $n --label "2b ${SWEEP_QUANT:-fp8} conc $c" --json "$OUT/sweep_$c.json" --markdown --quiet
+    done
+    kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
+    grep -E "^\| 2b" "$log" | tee -a "$summary"
+    ;;
+  peerb)
+    # the transformers serving peer: batched generate() at 128/128 (2b B=$PEER_B2, 7b B=$PEER_B7)
+    log=$OUT/peerb.log
+    export PYTHONUNBUFFERED=1
+    run hf_batch_2b 150 "$log" python3 bench/hf_peer.py --preset 2b --prompt 128 --gen 128 --batch ${PEER_B2:-256} --json "$OUT/peerb.jsonl"
+    run hf_batch_7b 150 "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 128 --batch ${PEER_B7:-64} --json "$OUT/peerb.jsonl"
+    grep -E "^hf " "$log" | tee -a "$summary"
     ;;
   sanitize)
     # memcheck on the kernels' tests (slow: a subset)

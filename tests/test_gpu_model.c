@@ -9,6 +9,7 @@
  * GM_TEST_QUANT=fp8 runs both engines with FP8 weights and dynamic FP8 activations (the CPU engine
  * is the twin: same codes up to bf16-vs-f32 activation differences); GM_TEST_KV=fp8 gives the CUDA
  * engine an FP8 KV cache (the CPU keeps float32 KV; the tolerance widens to e4m3 rounding);
+ * GM_TEST_QUANT=awq: the models are AWQ checkpoints, run by both engines (W4A16 kernels on the GPU).
  * GM_CUDA_XQA=2 sends every decode step through the XQA kernel. */
 #include <math.h>
 #include <setjmp.h>
@@ -29,7 +30,7 @@
 #define TOL_KV8 1.5e-1 /* + e4m3 K/V (3 mantissa bits) */
 #define TOL_FP8 1e-1   /* both FP8: activation codes may flip where bf16 and f32 activations differ */
 static double TOL_LOGITS = TOL_BF16;
-static int g_quant_fp8, g_kv_fp8;
+static int g_quant_fp8, g_kv_fp8, g_quant_awq;
 
 static const char *g_models[16];
 static int g_n_models;
@@ -82,6 +83,8 @@ static void open_pair(const char *dir, pair *p)
     o.backend = GM_BACKEND_CPU;
     if (g_quant_fp8)
         o.quant = GM_QUANT_FP8;
+    if (g_quant_awq)
+        o.quant = GM_QUANT_AWQ;
     GOK(gm_engine_create(&o, &p->cpu));
     o.backend = GM_BACKEND_CUDA;
     o.verbose = 1;
@@ -171,17 +174,18 @@ static void run_model(const char *dir)
     gm_seq_step c2 = {1, prompt + 25, 15, 25, bt1, 64, GM_LOGITS_ALL, GM_SAMPLING_GREEDY};
     assert_true(step_both(&p, &c2, 1, 15, tc, tg, "second prefill chunk") < TOL_LOGITS);
 
-    /* 4. a mixed step: slot 2 prefills 9 tokens while slots 0 and 1 decode */
+    /* 4. a mixed step: slot 2 prefills 9 tokens while slots 0 and 1 decode (listed after the prefill:
+     * the CUDA engine moves decode rows first and must hand results back in the caller's order) */
     int32_t t0 = 5, t1 = 6;
     gm_seq_step mix[3] = {
+        {2, prompt + 3, 9, 0, bt2, 64, GM_LOGITS_LAST, GM_SAMPLING_GREEDY},
         {0, &t0, 1, pos, bt0, 64, GM_LOGITS_LAST, GM_SAMPLING_GREEDY},
         {1, &t1, 1, NP, bt1, 64, GM_LOGITS_LAST, GM_SAMPLING_GREEDY},
-        {2, prompt + 3, 9, 0, bt2, 64, GM_LOGITS_LAST, GM_SAMPLING_GREEDY},
     };
     assert_true(step_both(&p, mix, 3, 3, tc, tg, "mixed prefill + decode") < TOL_LOGITS);
 
     /* 5. three sequences decoding together (bucket 4, one padding row), a few steps */
-    int32_t toks[3] = {tc[0], tc[1], tc[2]}, poss[3] = {pos + 1, NP + 1, 9};
+    int32_t toks[3] = {tc[1], tc[2], tc[0]}, poss[3] = {pos + 1, NP + 1, 9};
     for (int k = 0; k < 3; k++) {
         gm_seq_step b3[3];
         const int32_t *bts[3] = {bt0, bt1, bt2};
@@ -243,8 +247,10 @@ int main(int argc, char **argv)
     const char *q = getenv("GM_TEST_QUANT"), *kv = getenv("GM_TEST_KV");
     g_quant_fp8 = q && !strcmp(q, "fp8");
     g_kv_fp8 = kv && !strcmp(kv, "fp8");
+    g_quant_awq = q && !strcmp(q, "awq"); /* MODEL_DIRs are AWQ checkpoints; both engines dequantize them */
     TOL_LOGITS = g_kv_fp8 ? TOL_KV8 : g_quant_fp8 ? TOL_FP8 : TOL_BF16;
-    printf("CUDA engine: weights %s, KV %s, XQA mode %s; tolerance %.2g\n", g_quant_fp8 ? "fp8" : "bf16",
+    printf("CUDA engine: weights %s, KV %s, XQA mode %s; tolerance %.2g\n",
+           g_quant_fp8 ? "fp8" : g_quant_awq ? "awq" : "bf16",
            g_kv_fp8 ? "fp8" : "bf16", getenv("GM_CUDA_XQA") ? getenv("GM_CUDA_XQA") : "auto", TOL_LOGITS);
     static char def[4096];
     for (int i = 1; i < argc && g_n_models < 16; i++)

@@ -37,6 +37,8 @@
 #include "../kernels/cuda/gemm_fp8.cuh"
 #include "../kernels/cuda/xqa.cuh"
 #include "../kernels/cpu/cpu_fp8.h"
+#include "../kernels/cuda/awq.cuh"
+#include "awq.h"
 #include "../parallel/nccl_comm.h"
 #include "engine.h"
 #include "engine_check.h"
@@ -78,6 +80,9 @@ typedef struct cu_layer {
     /* --quant fp8: the same four matrices in e4m3 (the bf16 pointers above stay NULL) */
     uint8_t *wqkv8, *wo8, *wgu8, *wdown8;
     float *wsc;       /* [4 * SC_STRIDE] f32: weight scales of qkv, o, gate|up, down (SC_STRIDE apart) */
+    /* --quant awq: W4A16 AutoAWQ tensors on the device, q|k|v and gate|up concatenated along N
+     * (qweight [K, N/8] int32, qzeros [K/g, N/8] int32, scales [K/g, N] fp16; ldq = N/8, lds = N) */
+    cpu_awq_w aw[4];  /* qkv, o, gate|up, down */
 } cu_layer;
 
 /* Device (or pinned host mirror) arrays of one step; same offsets on both sides. */
@@ -135,6 +140,11 @@ typedef struct cuda_engine {
     bf16 *act_tmp;      /* [T, max(H, ni)] bf16 scratch of the fused dynamic quantizers */
     bf16 *wstage;       /* loader: one bf16 matrix before quantization */
 
+    int awq;            /* --quant awq */
+    void *awq_ws[4];    /* awq_gemv's split-K workspaces, one per fused shape (qkv, o, gate|up, down): its
+                         * counters' offsets depend on N, so shapes must not share one; zeroed once */
+    size_t awq_ws_bytes[4];
+
     int xqa_mode;       /* 0: k_attn_decode for bf16 KV; 1: XQA for MQA/GQA batches >= XQA_MIN_BATCH; 2: XQA always */
     void *xqa_scratch;  /* eager (non-graph) decode steps: sized for max_seqs; semaphores cleared per launch */
     size_t xqa_bytes, xqa_sem_bytes;
@@ -155,6 +165,8 @@ typedef struct cuda_engine {
     size_t meta_cap;
     int32_t *tok_h;        /* pinned [max_seqs] */
     int32_t *dump_rows_h;  /* host [cap_t] */
+    int32_t *order_h;      /* host [max_seqs]: a mixed step's sequences, decode ones first (caller's indices) */
+    int64_t *tstart_h;     /* host [max_seqs]: first token row of each caller's sequence */
 
     cu_bucket buckets[MAX_BUCKETS];
     int32_t n_buckets;
@@ -338,6 +350,14 @@ static gm_status alloc_weights(cuda_engine *c)
     GM_CHECK(dev_alloc((void **)&c->embed, (size_t)(c->V * H * 2), "the embedding"));
     GM_CHECK(dev_alloc((void **)&c->final_norm, (size_t)H * 4, "norms"));
     c->weight_bytes = c->V * H * 2 + H * 4;
+    if (c->awq) { /* the AWQ tensors are allocated as they are uploaded */
+        for (int32_t l = 0; l < nl; l++) {
+            GM_CHECK(dev_alloc((void **)&c->layers[l].in_norm, (size_t)H * 4, "norms"));
+            GM_CHECK(dev_alloc((void **)&c->layers[l].post_norm, (size_t)H * 4, "norms"));
+            c->weight_bytes += 2 * H * 4;
+        }
+        return GM_OK;
+    }
     if (c->fp8w) {
         int64_t most = c->n_qkv * H;
         int64_t sizes[3] = {H * c->nq * c->hd, 2 * c->ni * H, H * c->ni};
@@ -401,7 +421,62 @@ static gm_status quant_weight(cuda_engine *c, const bf16 *stage, int64_t n, floa
     return k_fp8_quantize_weight(stage, n, sc, sc + 1, dst, c->stream);
 }
 
-static gm_status load_weights(cuda_engine *c, const gm_weights *w)
+/* Upload the AWQ tensors of the Linears parts[0..n) (same K, group) into one device weight whose
+ * N is their sum, in that order along N. */
+static gm_status upload_awq(cuda_engine *c, const gm_linear *const *parts, int n, cpu_awq_w *dw, int slot)
+{
+    int64_t K = parts[0]->awq.K, g = parts[0]->awq.group, N = 0;
+    for (int i = 0; i < n; i++) {
+        if (parts[i]->kind != GM_LINEAR_AWQ || parts[i]->awq.K != K || parts[i]->awq.group != g ||
+            parts[i]->awq.N % 64)
+            return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: AWQ linear %d of a fused product: K %lld, group %lld, "
+                           "N %lld (need AWQ tensors, equal K and group, N %% 64 == 0)", i,
+                           (long long)parts[i]->awq.K, (long long)parts[i]->awq.group, (long long)parts[i]->awq.N);
+        N += parts[i]->awq.N;
+    }
+    int64_t G = K / g;
+    memset(dw, 0, sizeof *dw);
+    dw->K = K, dw->N = N, dw->group = g, dw->ldq = N / 8, dw->lds = N;
+    void *qw = NULL, *qz = NULL, *sc = NULL;
+    GM_CHECK(dev_alloc(&qw, (size_t)(K * N / 2), "AWQ qweight"));
+    GM_CHECK(dev_alloc(&qz, (size_t)(G * N / 2), "AWQ qzeros"));
+    GM_CHECK(dev_alloc(&sc, (size_t)(G * N * 2), "AWQ scales"));
+    dw->qweight = (const int32_t *)qw, dw->qzeros = (const int32_t *)qz, dw->scales = (const uint16_t *)sc;
+    int64_t n0 = 0;
+    for (int i = 0; i < n; i++) {
+        const cpu_awq_w *a = &parts[i]->awq;
+        GM_CUDA_CHECK(cudaMemcpy2D((char *)qw + n0 / 8 * 4, (size_t)(N / 8 * 4), a->qweight, (size_t)(a->ldq * 4),
+                                   (size_t)(a->N / 8 * 4), (size_t)K, cudaMemcpyHostToDevice));
+        GM_CUDA_CHECK(cudaMemcpy2D((char *)qz + n0 / 8 * 4, (size_t)(N / 8 * 4), a->qzeros, (size_t)(a->ldq * 4),
+                                   (size_t)(a->N / 8 * 4), (size_t)G, cudaMemcpyHostToDevice));
+        GM_CUDA_CHECK(cudaMemcpy2D((char *)sc + n0 * 2, (size_t)(N * 2), a->scales, (size_t)(a->lds * 2),
+                                   (size_t)(a->N * 2), (size_t)G, cudaMemcpyHostToDevice));
+        n0 += a->N;
+    }
+    size_t wsb = awq_gemv_workspace_bytes(N, K, g);
+    c->awq_ws_bytes[slot] = wsb > c->awq_ws_bytes[slot] ? wsb : c->awq_ws_bytes[slot];
+    c->weight_bytes += K * N / 2 + G * N / 2 + G * N * 2;
+    return GM_OK;
+}
+
+static gm_status load_awq(cuda_engine *c, const gm_linear *lin, loader *L)
+{
+    for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+        const gm_linear *q = lin + (int64_t)l * GM_LIN_COUNT;
+        cu_layer *y = &c->layers[l];
+        const gm_linear *qkv[3] = {&q[GM_LIN_Q], &q[GM_LIN_K], &q[GM_LIN_V]}, *o1[1] = {&q[GM_LIN_O]},
+                        *gu[2] = {&q[GM_LIN_GATE], &q[GM_LIN_UP]}, *dn[1] = {&q[GM_LIN_DOWN]};
+        GM_CHECK(upload_awq(c, qkv, 3, &y->aw[0], 0));
+        GM_CHECK(upload_awq(c, o1, 1, &y->aw[1], 1));
+        GM_CHECK(upload_awq(c, gu, 2, &y->aw[2], 2));
+        GM_CHECK(upload_awq(c, dn, 1, &y->aw[3], 3));
+        for (int i = 0; i < GM_LIN_COUNT; i++)
+            report(L, gm_linear_bytes(&q[i]));
+    }
+    return GM_OK;
+}
+
+static gm_status load_weights(cuda_engine *c, const gm_weights *w, const gm_linear *lin)
 {
     gm_status st = GM_OK;
     loader L;
@@ -444,7 +519,14 @@ static gm_status load_weights(cuda_engine *c, const gm_weights *w)
         GM_GOTO(upload_norm(c, &L, &lw->input_norm, y->in_norm), st, done);
         GM_GOTO(upload_norm(c, &L, &lw->post_norm, y->post_norm), st, done);
     }
-    for (int32_t l = 0; l < c->base.cfg.num_layers && !c->fp8w; l++) {
+    if (c->awq) {
+        GM_GOTO(load_awq(c, lin, &L), st, done);
+        for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+            GM_GOTO(upload_norm(c, &L, &w->layers[l].input_norm, c->layers[l].in_norm), st, done);
+            GM_GOTO(upload_norm(c, &L, &w->layers[l].post_norm, c->layers[l].post_norm), st, done);
+        }
+    }
+    for (int32_t l = 0; l < c->base.cfg.num_layers && !c->fp8w && !c->awq; l++) {
         const gm_layer_weights *lw = &w->layers[l];
         cu_layer *y = &c->layers[l];
         GM_GOTO(upload_view(c, &L, &lw->q, y->wqkv), st, done);
@@ -519,6 +601,8 @@ typedef struct fwd_args {
     void *xqa_scratch;
     size_t xqa_bytes;
     int xqa_clear;    /* eager step: clear the semaphores first (the scratch is shared by all batch sizes) */
+    int32_t n_dec;    /* mixed step: its first n_dec sequences decode one token each (attention through XQA);
+                       * the others prefill (k_attn_prefill_kv) */
 } fwd_args;
 
 /* Dynamic activation quantizer of point i (0 qkv, 1 o, 2 gate|up, 3 down). */
@@ -552,7 +636,14 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
     for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
         const cu_layer *y = &c->layers[l];
         char *kp = (char *)c->kv + (size_t)l * 2 * (size_t)c->layer_elems * esz, *vp = kp + (size_t)c->layer_elems * esz;
-        if (c->fp8w) {
+        if (c->awq) {
+            if (l == 0)
+                GM_CHECK(k_rmsnorm(c->h, H, y->in_norm, T, H, c->eps, c->xn, H, s));
+            else
+                GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->in_norm, T, H, c->eps, c->xn, s));
+            prof_mark(c, OP_NORM);
+            GM_CHECK(awq_matmul(c->xn, T, H, &y->aw[0], c->qkv, c->n_qkv, c->awq_ws[0], c->awq_ws_bytes[0], s));
+        } else if (c->fp8w) {
             if (l == 0)
                 GM_CHECK(k_rmsnorm_fp8(c->h, H, y->in_norm, T, H, c->eps, &aq[0], c->xq8, s));
             else
@@ -592,13 +683,28 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
                 p.nb_sub_seq = a->xqa_nb, p.scratch = a->xqa_scratch, p.scratch_bytes = a->xqa_bytes;
                 GM_CHECK(xqa_decode(&p, s));
             } else {
-                GM_CHECK(k_attn_prefill_kv(c->qkv, c->n_qkv, a->S, m->q_start, m->n_new, m->start_pos, a->max_new,
-                                           (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp, vp, bs, m->bt,
+                int32_t nd = a->n_dec;
+                if (nd > 0) { /* the decode rows of a mixed step: one query row each, not a 64-row prefill tile */
+                    xqa_params p;
+                    memset(&p, 0, sizeof p);
+                    p.q = c->qkv, p.ldq = c->n_qkv, p.out = c->att, p.ldo = qw;
+                    p.k_pool = kp, p.v_pool = vp, p.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16;
+                    p.block_tables = m->bt, p.bt_stride = c->max_blocks, p.seq_lens = m->ctx_len;
+                    p.batch = nd, p.q_len = 1, p.n_heads = (int32_t)c->nq, p.n_kv = (int32_t)c->nkv;
+                    p.head_dim = (int32_t)hd, p.block_size = bs, p.scale = c->scale, p.kv_scale = c->kv_scale;
+                    p.nb_sub_seq = a->xqa_nb, p.scratch = a->xqa_scratch, p.scratch_bytes = a->xqa_bytes;
+                    GM_CHECK(xqa_decode(&p, s));
+                }
+                GM_CHECK(k_attn_prefill_kv(c->qkv, c->n_qkv, a->S - nd, m->q_start + nd, m->n_new + nd,
+                                           m->start_pos + nd, a->max_new, (int32_t)c->nq, (int32_t)c->nkv,
+                                           (int32_t)hd, kp, vp, bs, m->bt + (int64_t)nd * c->max_blocks,
                                            c->max_blocks, c->scale, c->att, qw, c->kv8, c->kv_scale, s));
             }
         }
         prof_mark(c, OP_ATTN);
-        if (c->fp8w) {
+        if (c->awq) {
+            GM_CHECK(awq_matmul(c->att, T, qw, &y->aw[1], c->delta, H, c->awq_ws[1], c->awq_ws_bytes[1], s));
+        } else if (c->fp8w) {
             GM_CHECK(k_fp8_quantize(c->att, qw, T, qw, &aq[1], c->attq8, s));
             GM_CHECK(gemm_fp8(c->gemm8, c->attq8, T, qw, qw, aq[1].scale, y->wo8, qw, y->wsc + SC_STRIDE, H, c->delta,
                               df, H, s));
@@ -610,7 +716,14 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
             GM_CHECK(gm_nccl_allreduce_f32(c->nccl, (float *)c->delta, T * H, s));
             prof_mark(c, OP_ALLREDUCE);
         }
-        if (c->fp8w) {
+        if (c->awq) {
+            GM_CHECK(k_add_rmsnorm(c->h, c->delta, df, y->post_norm, T, H, c->eps, c->xn, s));
+            prof_mark(c, OP_NORM);
+            GM_CHECK(awq_matmul(c->xn, T, H, &y->aw[2], c->gu, 2 * c->ni, c->awq_ws[2], c->awq_ws_bytes[2], s));
+            GM_CHECK(k_geglu(c->gu, T, c->ni, c->act, s));
+            prof_mark(c, OP_GATE_UP);
+            GM_CHECK(awq_matmul(c->act, T, c->ni, &y->aw[3], c->delta, H, c->awq_ws[3], c->awq_ws_bytes[3], s));
+        } else if (c->fp8w) {
             GM_CHECK(k_add_rmsnorm_fp8(c->h, c->delta, df, y->post_norm, T, H, c->eps, &aq[2], c->xq8, s));
             prof_mark(c, OP_NORM);
             GM_CHECK(gemm_fp8(c->gemm8, c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE, 2 * c->ni,
@@ -767,6 +880,15 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         if (seqs[i].n_tokens > max_new)
             max_new = seqs[i].n_tokens;
     }
+    /* a mixed step runs its decode sequences first (XQA for their attention, one query row each) */
+    int32_t nd = 0;
+    for (int32_t i = 0; i < n_seqs; i++)
+        if (decode || seqs[i].n_tokens == 1)
+            c->order_h[nd++] = i;
+    if (!decode)
+        for (int32_t i = 0, k = nd; i < n_seqs; i++)
+            if (seqs[i].n_tokens != 1)
+                c->order_h[k++] = i;
     int32_t bi = decode && o->use_graphs ? bucket_index(c, n_seqs) : -1;
     int use_bucket = bi >= 0;
     int32_t Sc = use_bucket ? c->buckets[bi].size : n_seqs;
@@ -789,7 +911,8 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
             t++;
             continue;
         }
-        const gm_seq_step *q = &seqs[i];
+        const gm_seq_step *q = &seqs[c->order_h[i]];
+        c->tstart_h[c->order_h[i]] = t;
         mh.q_start[i] = (int32_t)t;
         mh.n_new[i] = q->n_tokens;
         mh.start_pos[i] = q->start_pos;
@@ -818,6 +941,12 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
     a.decode = decode;
     a.max_new = max_new;
     a.sample = o->tp_rank == 0;
+    if (!decode && nd > 0 && c->xqa_scratch) {
+        a.n_dec = nd;
+        a.xqa = 1; /* for the semaphore clear */
+        a.xqa_nb = xqa_nb_for(c, nd);
+        a.xqa_scratch = c->xqa_scratch, a.xqa_bytes = c->xqa_bytes, a.xqa_clear = 1;
+    }
     if (decode) {
         if (use_bucket) {
             const cu_bucket *b = &c->buckets[bi];
@@ -855,15 +984,14 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         GM_CUDA_CHECK(cudaMemcpyAsync(c->tok_h, md.tokens, (size_t)n_seqs * 4, cudaMemcpyDeviceToHost, c->stream));
     int64_t n_dump = 0;
     if (out && out->logits && o->tp_rank == 0 && rows > 0) {
-        int64_t tt = 0;
         for (int32_t i = 0; i < n_seqs; i++) {
             const gm_seq_step *q = &seqs[i];
+            int64_t tt = c->tstart_h[i];
             if (q->logits_mode == GM_LOGITS_ALL)
                 for (int32_t j = 0; j < q->n_tokens; j++)
                     c->dump_rows_h[n_dump++] = (int32_t)(tt + j);
             else if (q->logits_mode == GM_LOGITS_LAST)
                 c->dump_rows_h[n_dump++] = (int32_t)(tt + q->n_tokens - 1);
-            tt += q->n_tokens;
         }
         GM_CHECK(dump_logits(c, n_dump, out->logits));
     }
@@ -873,7 +1001,7 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
     c->prof.n = 0;
     if (out && out->tokens && o->tp_rank == 0)
         for (int32_t i = 0; i < n_seqs; i++)
-            out->tokens[i] = seqs[i].logits_mode == GM_LOGITS_NONE ? -1 : c->tok_h[i];
+            out->tokens[c->order_h[i]] = seqs[c->order_h[i]].logits_mode == GM_LOGITS_NONE ? -1 : c->tok_h[i];
     return GM_OK;
 }
 
@@ -893,6 +1021,10 @@ static void cuda_destroy(gm_engine *e)
             cudaFree(y->wqkv), cudaFree(y->wo), cudaFree(y->wgu), cudaFree(y->wdown);
             cudaFree(y->in_norm), cudaFree(y->post_norm);
             cudaFree(y->wqkv8), cudaFree(y->wo8), cudaFree(y->wgu8), cudaFree(y->wdown8), cudaFree(y->wsc);
+            for (int i = 0; i < 4; i++) {
+                cudaFree((void *)y->aw[i].qweight), cudaFree((void *)y->aw[i].qzeros);
+                cudaFree((void *)y->aw[i].scales);
+            }
         }
         free(c->layers);
     }
@@ -905,6 +1037,8 @@ static void cuda_destroy(gm_engine *e)
     cudaFree(c->dec_scratch), cudaFree(c->meta_d);
     cudaFree(c->neg_slots), cudaFree(c->xq8), cudaFree(c->attq8), cudaFree(c->actq8), cudaFree(c->act_tmp);
     cudaFree(c->act_sc), cudaFree(c->wstage), cudaFree(c->xqa_scratch);
+    for (int i = 0; i < 4; i++)
+        cudaFree(c->awq_ws[i]);
     for (int32_t i = 0; i < c->n_buckets; i++)
         cudaFree(c->buckets[i].xqa_scratch);
     gemm_fp8_ctx_destroy(&c->gemm8);
@@ -912,7 +1046,7 @@ static void cuda_destroy(gm_engine *e)
         cudaFreeHost(c->meta_h);
     if (c->tok_h)
         cudaFreeHost(c->tok_h);
-    free(c->dump_rows_h);
+    free(c->dump_rows_h), free(c->order_h), free(c->tstart_h);
     gemm_ctx_destroy(&c->gemm);
     gm_nccl_destroy(&c->nccl);
     if (c->stream)
@@ -954,7 +1088,9 @@ static gm_status alloc_runtime(cuda_engine *c)
     GM_CHECK(dev_alloc((void **)&c->last_tok, (size_t)o->max_seqs * 4, "tokens"));
     GM_CUDA_CHECK(cudaMemset(c->last_tok, 0, (size_t)o->max_seqs * 4));
     c->dump_rows_h = (int32_t *)malloc((size_t)T * 4);
-    if (!c->dump_rows_h)
+    c->order_h = (int32_t *)malloc((size_t)o->max_seqs * 4);
+    c->tstart_h = (int64_t *)malloc((size_t)o->max_seqs * 8);
+    if (!c->dump_rows_h || !c->order_h || !c->tstart_h)
         return gm_fail(GM_ERR_NOMEM, "cuda engine: no host memory");
 
     /* metadata: the largest of an eager step (T tokens, max_seqs) and any bucket */
@@ -967,7 +1103,8 @@ static gm_status alloc_runtime(cuda_engine *c)
     GM_CUDA_CHECK(cudaMallocHost((void **)&c->tok_h, (size_t)o->max_seqs * 4));
     memset(c->meta_h, 0, c->meta_cap);
 
-    /* decode buckets: 1, 2, 4, 8, then steps of 8 up to max_seqs (and max_tokens) */
+    /* decode buckets: 1, 2, 4, 8, then steps of 8 up to 128, then of 16 up to 256, 32 up to 512, ...
+     * (<= 12.5% padding) up to max_seqs (and max_tokens) */
     int32_t most = o->max_seqs < o->max_tokens ? o->max_seqs : o->max_tokens;
     c->n_buckets = 0;
     for (int32_t b = 1; c->n_buckets < MAX_BUCKETS;) {
@@ -977,7 +1114,11 @@ static gm_status alloc_runtime(cuda_engine *c)
         c->n_buckets++;
         if (sz >= most)
             break;
-        b = b < 8 ? 2 * b : b + 8;
+        int32_t step = 8;
+        if (b >= 128)
+            for (step = 16; step * 16 <= b; step *= 2) {
+            }
+        b = b < 8 ? 2 * b : b + step;
         if (c->n_buckets == MAX_BUCKETS - 1)
             b = most;
     }
@@ -1015,9 +1156,7 @@ static gm_status alloc_runtime(cuda_engine *c)
         GM_CHECK(dev_alloc(&b->xqa_scratch, b->xqa_bytes, "XQA scratch"));
         GM_CUDA_CHECK(cudaMemset(b->xqa_scratch, 0, b->xqa_bytes));
     }
-    for (int32_t B = 1; B <= o->max_seqs; B++) {
-        if (!use_xqa(c, B))
-            continue;
+    for (int32_t B = 1; B <= o->max_seqs; B++) { /* eager steps, mixed steps' decode rows included */
         size_t sb = xqa_scratch_bytes(B, (int32_t)c->nkv, (int32_t)c->nq, 1, (int32_t)c->hd, xqa_nb_for(c, B));
         xs = sb > xs ? sb : xs;
     }
@@ -1080,9 +1219,9 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
                        ce != cudaSuccess ? cudaGetErrorString(ce) : "device count is 0");
     if (o->device < 0 || o->device >= n_dev)
         return gm_fail(GM_ERR_NO_DEVICE, "backend cuda: device %d does not exist (%d devices)", o->device, n_dev);
-    if (o->quant != GM_QUANT_NONE && o->quant != GM_QUANT_FP8)
-        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: --quant awq is not wired into the CUDA engine yet "
-                                           "(use --quant none or fp8)");
+    if (o->quant == GM_QUANT_AWQ && (o->tp_size > 1 || random))
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: --quant awq runs with tp 1 from an AWQ checkpoint "
+                                           "(the W4A16 kernels write bf16 partial sums)");
     if (o->kv_dtype != GM_KV_AUTO && o->kv_dtype != GM_KV_BF16 && o->kv_dtype != GM_KV_FP8)
         return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: --kv-dtype must be auto, bf16 or fp8");
     if (o->tp_size > 1 && !o->nccl_id)
@@ -1098,6 +1237,8 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     c->base.ops = &g_cuda_ops;
     gm_engine_init_common(&c->base, cfg, o);
     c->fp8w = o->quant == GM_QUANT_FP8;
+    c->awq = o->quant == GM_QUANT_AWQ;
+    gm_linear *lin = NULL;
     c->kv8 = o->kv_dtype == GM_KV_FP8;
     c->kv_scale = 1.0f;
     gm_weights w;
@@ -1108,6 +1249,26 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
         GM_GOTO(st_model_open(model_dir, &c->model), st, fail);
         GM_GOTO(gm_weights_bind(c->model, cfg, o->tp_rank, o->tp_size, &w), st, fail);
         have_w = 1;
+        gm_quant_config qc;
+        GM_GOTO(gm_quant_config_load(model_dir, &qc), st, fail);
+        if (qc.present && strcmp(qc.method, "fp8") == 0) {
+            st = gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: %s is an FP8 checkpoint (gemma-quantize --fp8), which the "
+                         "CUDA engine does not read yet: give it the bf16 checkpoint with --quant fp8", model_dir);
+            goto fail;
+        }
+        if (qc.present && strcmp(qc.method, "awq") == 0 && !c->awq) {
+            st = gm_fail(GM_ERR_INVALID_ARG, "backend cuda: %s is an AWQ checkpoint: run it with --quant awq",
+                         model_dir);
+            goto fail;
+        }
+        if (c->awq) {
+            if (!qc.present || strcmp(qc.method, "awq") != 0) {
+                st = gm_fail(GM_ERR_INVALID_ARG, "backend cuda: --quant awq, but %s has no AWQ quantization_config",
+                             model_dir);
+                goto fail;
+            }
+            GM_GOTO(gm_linears_bind(c->model, cfg, &w.tp, qc.group_size, &lin), st, fail);
+        }
     }
     c->H = cfg->hidden_size;
     c->V = cfg->vocab_size;
@@ -1147,7 +1308,13 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     if (random)
         GM_GOTO(random_weights(c, seed), st, fail);
     else
-        GM_GOTO(load_weights(c, &w), st, fail);
+        GM_GOTO(load_weights(c, &w, lin), st, fail);
+    free(lin);
+    lin = NULL;
+    for (int i = 0; i < 4 && c->awq; i++) {
+        GM_GOTO(dev_alloc(&c->awq_ws[i], c->awq_ws_bytes[i], "the AWQ workspace"), st, fail);
+        GM_CUDA_GOTO(cudaMemset(c->awq_ws[i], 0, c->awq_ws_bytes[i] ? c->awq_ws_bytes[i] : 16), st, fail);
+    }
     if (have_w)
         gm_weights_release(&w), have_w = 0;
     st_model_destroy(&c->model); /* weights are on the device now */
@@ -1157,11 +1324,14 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     GM_GOTO(alloc_kv(c), st, fail);
     if (o->verbose)
         fprintf(stderr, "cuda engine: ready: %.2f GB of weights (%s), %d decode buckets, graphs %s, XQA mode %d\n",
-                (double)c->weight_bytes / 1e9, c->fp8w ? "fp8 e4m3, bf16 embedding/LM head" : "bf16", c->n_buckets,
+                (double)c->weight_bytes / 1e9,
+                c->fp8w ? "fp8 e4m3, bf16 embedding/LM head" : c->awq ? "AWQ int4 W4A16, bf16 embedding/LM head" : "bf16",
+                c->n_buckets,
                 o->use_graphs ? "on" : "off", c->xqa_mode);
     *out = &c->base;
     return GM_OK;
 fail:
+    free(lin);
     if (have_w)
         gm_weights_release(&w);
     cuda_destroy(&c->base);

@@ -39,7 +39,10 @@ extern "C" {
 
 /* Workspace bytes awq_gemv needs for a weight of N outputs, K inputs, this group, on the
  * current device (split-K partials and per-tile counters). Zero it (cudaMemset) once after
- * allocating; every call leaves it ready for the next. One workspace per stream. */
+ * allocating; every call leaves it ready for the next. One workspace per stream AND per (N, K, group):
+ * the split counters sit before the partial sums at an offset that depends on N, so a call of
+ * another shape would read the previous call's partials as counters (seen in the CUDA engine on
+ * the H200, 2026-11-24: decode logits error 1.29 with one shared workspace). */
 size_t awq_gemv_workspace_bytes(int64_t N, int64_t K, int64_t group);
 
 /* y [M, N] (row stride ldy) = x [M, K] (row stride ldx) . dequant(w); M in 1..8; bf16. */
