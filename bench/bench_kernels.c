@@ -24,22 +24,8 @@
 #include "kernels/cuda/rope_kv.cuh"
 #include "kernels/cuda/sample.cuh"
 
-#define CU(x)                                                                                                        \
-    do {                                                                                                             \
-        cudaError_t e_ = (x);                                                                                        \
-        if (e_ != cudaSuccess) {                                                                                     \
-            fprintf(stderr, "bench_kernels: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__);             \
-            exit(1);                                                                                                 \
-        }                                                                                                            \
-    } while (0)
-#define GOK(x)                                                                                                       \
-    do {                                                                                                             \
-        gm_status s_ = (x);                                                                                          \
-        if (s_ != GM_OK) {                                                                                           \
-            fprintf(stderr, "bench_kernels: %s: %s: %s\n", #x, gm_status_str(s_), gm_last_error());                 \
-            exit(1);                                                                                                 \
-        }                                                                                                            \
-    } while (0)
+#define BENCH_NAME "bench_kernels"
+#include "bench/bench_check.h"
 
 static double g_bw;     /* measured copy GB/s */
 static double g_tflops; /* measured bf16 GEMM TFLOP/s */

@@ -17,22 +17,8 @@
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/gemm_fp8.cuh"
 
-#define CU(x)                                                                                                        \
-    do {                                                                                                             \
-        cudaError_t e_ = (x);                                                                                        \
-        if (e_ != cudaSuccess) {                                                                                     \
-            fprintf(stderr, "fp8_gemm_bench: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__);            \
-            exit(1);                                                                                                 \
-        }                                                                                                            \
-    } while (0)
-#define GOK(x)                                                                                                       \
-    do {                                                                                                             \
-        gm_status s_ = (x);                                                                                          \
-        if (s_ != GM_OK) {                                                                                           \
-            fprintf(stderr, "fp8_gemm_bench: %s: %s: %s\n", #x, gm_status_str(s_), gm_last_error());                \
-            exit(1);                                                                                                 \
-        }                                                                                                            \
-    } while (0)
+#define BENCH_NAME "fp8_gemm_bench"
+#include "bench/bench_check.h"
 
 #define CEIL_FP8 1386.0 /* TFLOP/s, H200 8192^3 (DESIGN.md) */
 #define CEIL_GBS 4200.0

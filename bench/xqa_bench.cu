@@ -22,22 +22,8 @@
 #include "kernels/cuda/attn_decode.cuh"
 #include "kernels/cuda/xqa.cuh"
 
-#define CU(x)                                                                                                        \
-    do {                                                                                                             \
-        cudaError_t e_ = (x);                                                                                        \
-        if (e_ != cudaSuccess) {                                                                                     \
-            fprintf(stderr, "xqa_bench: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__);                 \
-            exit(1);                                                                                                 \
-        }                                                                                                            \
-    } while (0)
-#define GOK(x)                                                                                                       \
-    do {                                                                                                             \
-        gm_status s_ = (x);                                                                                          \
-        if (s_ != GM_OK) {                                                                                           \
-            fprintf(stderr, "xqa_bench: %s: %s: %s\n", #x, gm_status_str(s_), gm_last_error());                     \
-            exit(1);                                                                                                 \
-        }                                                                                                            \
-    } while (0)
+#define BENCH_NAME "xqa_bench"
+#include "bench/bench_check.h"
 
 #define CEIL_GBS 4200.0 /* DESIGN.md: H200 device copy */
 
