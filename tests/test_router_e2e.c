@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "client/gemma_client.h"
+#include "test_daemon_util.h"
 
 #define WAIT_MS 60000
 #define N_REP 3
@@ -341,39 +342,14 @@ static int teardown(void **state)
     return 0;
 }
 
+/* Run argv, return its stdout (malloc'd); the program must exit 0. */
 static char *run_capture(const char *const *argv)
 {
-    int pfd[2];
-    assert_int_equal(pipe(pfd), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(pfd[1], 1);
-        close(pfd[0]);
-        close(pfd[1]);
-        int dn = open("/dev/null", O_WRONLY);
-        dup2(dn, 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (len + 1024 > cap)
-            buf = realloc(buf, cap *= 2);
-        ssize_t r = read(pfd[0], buf + len, cap - len - 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-    }
-    close(pfd[0]);
-    buf[len] = 0;
-    int st;
-    waitpid(pid, &st, 0);
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    return buf;
+    int status = -1;
+    char *out = td_run_capture(argv, &status, NULL);
+    assert_non_null(out);
+    assert_int_equal(status, 0);
+    return out;
 }
 
 /* Through the router, the tiny model gives exactly gemma-generate's output: gemma-cli
