@@ -128,19 +128,31 @@ static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, in
     return 0;
 }
 
+/* --act-scale: static scale s (> 0) or dynamic (0); 1 on error. */
+static int act_mode(gm_engine *e, float s)
+{
+    gm_status st = gm_engine_cuda_set_static_act(e, s);
+    if (st)
+        fprintf(stderr, "bench_decode: %s: %s\n", gm_status_str(st), gm_last_error());
+    return st ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1";
     int32_t prompt = 128, gen = 256;
-    int variants = 0, q_fp8 = 0, kv_fp8 = 0;
+    int variants = 0, q_fp8 = 0, kv_fp8 = 0, act = 0; /* act: 0 as loaded, 1 dynamic, 2 static, 3 both */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench_decode [--preset 2b|7b | --model DIR] [--prompt N] [--gen N] [--batch B[,B...]]\n"
                    "                    [--variants] [--csv FILE] [--quant none|fp8] [--kv-dtype bf16|fp8]\n"
-                   "                    [--xqa 0|1|2]\n"
+                   "                    [--xqa 0|1|2] [--act-scale dynamic|static|both]\n"
                    "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the\n"
-                   "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n");
+                   "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n"
+                   "--act-scale (FP8 weights): dynamic per-tensor activation scales, or static ones (one fixed\n"
+                   "scale, as calibrated input scales would be; the speed does not depend on its value), or both\n"
+                   "one after the other at each batch.\n");
             return 0;
         } else if (!strcmp(a, "--preset") && v) {
             pre = v, i++;
@@ -160,6 +172,12 @@ int main(int argc, char **argv)
             kv_fp8 = !strcmp(v, "fp8"), i++;
         } else if (!strcmp(a, "--xqa") && v) {
             setenv("GM_CUDA_XQA", v, 1), i++; /* read when the engine is created */
+        } else if (!strcmp(a, "--act-scale") && v) {
+            act = !strcmp(v, "dynamic") ? 1 : !strcmp(v, "static") ? 2 : !strcmp(v, "both") ? 3 : -1, i++;
+            if (act < 0) {
+                fprintf(stderr, "bench_decode: --act-scale %s: dynamic, static or both\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--variants")) {
             variants = 1;
         } else {
@@ -216,7 +234,21 @@ int main(int argc, char **argv)
     int rc = 0;
     for (int32_t i = 0; i < nb && !rc; i++) {
         run_cfg c = {bl[i], prompt, gen, "graphs, gemv<=2 rows"};
-        rc = run(e, &c, name, bw, wb, csv);
+        if (act & 1) {
+            if ((rc = act_mode(e, 0.0f)) == 0) {
+                c.label = "graphs, dynamic act scales";
+                rc = run(e, &c, name, bw, wb, csv);
+            }
+        }
+        if (!rc && (act & 2)) {
+            if ((rc = act_mode(e, 0.05f)) == 0) {
+                c.label = "graphs, static act scales";
+                rc = run(e, &c, name, bw, wb, csv);
+            }
+        }
+        if (!act)
+            rc = run(e, &c, name, bw, wb, csv);
+        c.label = "graphs, gemv<=2 rows";
         if (!rc && variants && bl[i] == 1) {
             gm_engine_cuda_set_gemv_rows(e, 0);
             c.label = "graphs, cuBLASLt only";

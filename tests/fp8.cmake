@@ -16,3 +16,9 @@ endif()
 gm_add_test(test_cpu_fp8_engine ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_fp8_engine.c LIBS gm_worker gm_common m
   ARGS ${CMAKE_BINARY_DIR}/models/tiny TIMEOUT 300)
 set_tests_properties(test_cpu_fp8_engine PROPERTIES FIXTURES_REQUIRED tiny_model)
+
+# FP8 checkpoints (gemma-quantize --fp8, static and dynamic) read by the CPU engine; broken ones
+gm_add_test(test_fp8_ckpt ${CMAKE_CURRENT_SOURCE_DIR}/test_fp8_ckpt.c
+  LIBS gm_quantize_fp8 gm_worker gm_kernels_cpu gm_common PkgConfig::CJSON m
+  ARGS ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_SOURCE_DIR}/data/corpus.txt TIMEOUT 300)
+set_tests_properties(test_fp8_ckpt PROPERTIES FIXTURES_REQUIRED tiny_model)

@@ -17,3 +17,13 @@ if(GM_HAVE_CUDA)
       FIXTURES_REQUIRED tiny_model)
   endif()
 endif()
+
+# FP8 checkpoints (gemma-quantize --fp8, dynamic and calibrated) through the CUDA engine vs the CPU twin
+if(GM_HAVE_CUDA AND TARGET gemma-quantize)
+  add_test(NAME test_gpu_fp8_ckpt
+    COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_fp8_ckpt.sh $<TARGET_FILE:gemma-quantize>
+      $<TARGET_FILE:test_gpu_model> ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_SOURCE_DIR}/data/corpus.txt
+      ${CMAKE_BINARY_DIR}/gpu_fp8_ckpt)
+  set_tests_properties(test_gpu_fp8_ckpt PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600
+    FIXTURES_REQUIRED tiny_model)
+endif()

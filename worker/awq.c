@@ -265,6 +265,59 @@ gm_linear gm_linear_dense(const gm_wview *v)
     return L;
 }
 
+/* A per-tensor scale `<prefix>.<what>`: one F32/BF16/F16 value (shape [] or [1]), finite and > 0.
+ * *out = 0 when the tensor is absent and !required. */
+static gm_status read_scale(const st_model *m, const char *prefix, const char *what, int required, float *out)
+{
+    char name[256];
+    snprintf(name, sizeof name, "%s.%s", prefix, what);
+    const st_tensor *t = st_model_find(m, name);
+    *out = 0.0f;
+    if (!t) {
+        if (required)
+            return gm_fail(GM_ERR_NOT_FOUND, "FP8 checkpoint has no tensor %s (the per-tensor scale of %s.weight)",
+                           name, prefix);
+        return GM_OK;
+    }
+    const char *file = t->file ? t->file : "?";
+    int64_t n = 1;
+    for (int32_t i = 0; i < t->ndim; i++)
+        n *= t->shape[i];
+    if (n != 1)
+        return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: a per-tensor scale must hold one value, not %lld", file, name,
+                       (long long)n);
+    if (t->dtype != GM_DT_F32 && t->dtype != GM_DT_BF16 && t->dtype != GM_DT_F16)
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: tensor %s: dtype %s is not F32, BF16 or F16", file, name,
+                       gm_dtype_name(t->dtype));
+    if (!t->data)
+        return gm_fail(GM_ERR_INTERNAL, "tensor %s is not mapped", name);
+    float v;
+    gm_to_f32(t->dtype, t->data, &v, 1);
+    if (!(v > 0.0f) || !isfinite(v))
+        return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: scale %g is not a finite positive number", file, name, (double)v);
+    *out = v;
+    return GM_OK;
+}
+
+/* An e4m3 weight: copy this rank's [nr, nc] slice (row stride K in the file) into q8. */
+static gm_status bind_fp8(const st_model *m, const char *prefix, const st_tensor *t, int64_t r0, int64_t nr,
+                          int64_t c0, int64_t nc, gm_linear *L)
+{
+    if (!t->data)
+        return gm_fail(GM_ERR_INTERNAL, "tensor %s.weight is not mapped", prefix);
+    gm_status st = read_scale(m, prefix, "weight_scale", 1, &L->w_scale);
+    if (st || (st = read_scale(m, prefix, "input_scale", 0, &L->in_scale)))
+        return st;
+    int64_t K = t->shape[1];
+    L->q8 = malloc((size_t)(nr * nc) + 1);
+    if (!L->q8)
+        return gm_fail(GM_ERR_NOMEM, "no memory for %s.weight (%lld bytes)", prefix, (long long)(nr * nc));
+    for (int64_t r = 0; r < nr; r++)
+        memcpy(L->q8 + r * nc, (const uint8_t *)t->data + (size_t)((r0 + r) * K + c0), (size_t)nc);
+    L->kind = GM_LINEAR_FP8;
+    return GM_OK;
+}
+
 /* Bind one Linear: full shape [N, K] (nn.Linear), this rank's rows [r0, r0+nr) and columns [c0, c0+nc). */
 static gm_status bind_one(const st_model *m, const char *prefix, int64_t N, int64_t K, int64_t r0, int64_t nr,
                           int64_t c0, int64_t nc, int64_t group, gm_linear *L)
@@ -278,8 +331,10 @@ static gm_status bind_one(const st_model *m, const char *prefix, int64_t N, int6
         if (t->ndim != 2 || t->shape[0] != N || t->shape[1] != K)
             return gm_fail(GM_ERR_FORMAT, "%s: tensor %s: expected shape [%lld, %lld]", t->file ? t->file : "?",
                            name, (long long)N, (long long)K);
+        if (t->dtype == GM_DT_F8_E4M3)
+            return bind_fp8(m, prefix, t, r0, nr, c0, nc, L);
         if (t->dtype != GM_DT_F32 && t->dtype != GM_DT_F16 && t->dtype != GM_DT_BF16)
-            return gm_fail(GM_ERR_UNSUPPORTED, "%s: tensor %s: dtype %s is not F32, F16 or BF16",
+            return gm_fail(GM_ERR_UNSUPPORTED, "%s: tensor %s: dtype %s is not F32, F16, BF16 or F8_E4M3",
                            t->file ? t->file : "?", name, gm_dtype_name(t->dtype));
         if (!t->data)
             return gm_fail(GM_ERR_INTERNAL, "tensor %s is not mapped", name);
@@ -300,6 +355,49 @@ static gm_status bind_one(const st_model *m, const char *prefix, int64_t N, int6
     L->kind = GM_LINEAR_AWQ;
     if ((st = gm_awq_slice(&full, c0, nc, r0, nr, &L->awq)))
         return gm_fail(st, "%s: %s (tensor-parallel slice)", prefix, gm_last_error());
+    return GM_OK;
+}
+
+/* The products the engines run as one GEMM: q|k|v, o, gate|up, down (-1 = none). */
+static const int g_fused[4][3] = {{GM_LIN_Q, GM_LIN_K, GM_LIN_V}, {GM_LIN_O, -1, -1},
+                                  {GM_LIN_GATE, GM_LIN_UP, -1}, {GM_LIN_DOWN, -1, -1}};
+
+/* FP8 Linears of one fused product get one weight scale (codes requantized to the largest) and
+ * one input scale (gm_linears_bind). */
+static gm_status fp8_unify(gm_linear *lin, int32_t n_layers)
+{
+    for (int32_t l = 0; l < n_layers; l++) {
+        gm_linear *L = lin + (int64_t)l * GM_LIN_COUNT;
+        for (int g = 0; g < 4; g++) {
+            int n8 = 0, n = 0, no_in = 0;
+            float ws = 0.0f, is = 0.0f;
+            for (int j = 0; j < 3 && g_fused[g][j] >= 0; j++, n++) {
+                const gm_linear *W = &L[g_fused[g][j]];
+                if (W->kind != GM_LINEAR_FP8)
+                    continue;
+                n8++;
+                ws = W->w_scale > ws ? W->w_scale : ws;
+                is = W->in_scale > is ? W->in_scale : is;
+                no_in |= W->in_scale <= 0.0f;
+            }
+            if (!n8)
+                continue;
+            if (n8 != n)
+                return gm_fail(GM_ERR_UNSUPPORTED, "layer %d: %s and %s are run as one product, but only some of "
+                               "them are F8_E4M3", (int)l, gm_linear_names[g_fused[g][0]],
+                               gm_linear_names[g_fused[g][n - 1]]);
+            for (int j = 0; j < n; j++) {
+                gm_linear *W = &L[g_fused[g][j]];
+                if (W->w_scale != ws) {
+                    float f = W->w_scale / ws;
+                    for (int64_t i = 0; i < W->in * W->out; i++)
+                        W->q8[i] = gm_f32_to_e4m3(gm_e4m3_to_f32(W->q8[i]) * f);
+                    W->w_scale = ws;
+                }
+                W->in_scale = no_in ? 0.0f : is;
+            }
+        }
+    }
     return GM_OK;
 }
 
@@ -329,7 +427,10 @@ gm_status gm_linears_bind(const st_model *m, const gm_model_config *cfg, const g
             (st = bind_one(m, p[GM_LIN_DOWN], H, I, 0, H, tp->inter0, tp->n_inter, group, &L[GM_LIN_DOWN])))
             break;
     }
+    if (!st)
+        st = fp8_unify(lin, cfg->num_layers);
     if (st) {
+        gm_linears_free(lin, (int64_t)cfg->num_layers * GM_LIN_COUNT);
         free(lin);
         return st;
     }
@@ -355,11 +456,12 @@ static float full_amax(const gm_linear *L)
 
 gm_status gm_linears_to_fp8(gm_linear *lin, int32_t n_layers)
 {
-    static const int groups[][3] = {{GM_LIN_Q, GM_LIN_K, GM_LIN_V}, {GM_LIN_O, -1, -1},
-                                    {GM_LIN_GATE, GM_LIN_UP, -1}, {GM_LIN_DOWN, -1, -1}};
+    const int(*groups)[3] = g_fused;
     for (int32_t l = 0; l < n_layers; l++) {
         gm_linear *L = lin + (int64_t)l * GM_LIN_COUNT;
         for (int g = 0; g < 4; g++) {
+            if (L[groups[g][0]].kind == GM_LINEAR_FP8)
+                continue; /* an FP8 checkpoint's product (fp8_unify made it whole) */
             float amax = 0.0f;
             for (int j = 0; j < 3 && groups[g][j] >= 0; j++) {
                 if (L[groups[g][j]].kind != GM_LINEAR_DENSE)
@@ -389,6 +491,20 @@ gm_status gm_linears_to_fp8(gm_linear *lin, int32_t n_layers)
     return GM_OK;
 }
 
+gm_status gm_fp8_kv_scale(const st_model *m, int32_t layer, float *out)
+{
+    char prefix[96];
+    snprintf(prefix, sizeof prefix, "model.layers.%d.self_attn", (int)layer);
+    float k = 0.0f, v = 0.0f;
+    gm_status st = read_scale(m, prefix, "k_scale", 0, &k);
+    if (st || (st = read_scale(m, prefix, "v_scale", 0, &v)))
+        return st;
+    *out = k > v ? k : v;
+    if (*out <= 0.0f)
+        *out = 1.0f;
+    return GM_OK;
+}
+
 void gm_linears_free(gm_linear *lin, int64_t n)
 {
     for (int64_t i = 0; lin && i < n; i++) {
@@ -401,8 +517,8 @@ void gm_linears_free(gm_linear *lin, int64_t n)
 static gm_status fp8_matmul(const gm_linear *L, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy)
 {
     int64_t K = L->in;
-    float sc = 0.0f;
-    for (int64_t t = 0; t < T; t++) {
+    float sc = L->in_scale; /* static, or the dynamic scale of these T rows */
+    for (int64_t t = 0; t < T && L->in_scale <= 0.0f; t++) {
         float s = cpu_fp8_act_scale(x + t * ldx, K);
         sc = s > sc ? s : sc;
     }

@@ -68,6 +68,7 @@ typedef struct gm_linear {
     cpu_awq_w awq;    /* AWQ: K = in, N = out */
     uint8_t *q8;      /* FP8: [out, in] e4m3, owned (gm_linears_free) */
     float w_scale;    /* FP8: dequant multiplier of q8 */
+    float in_scale;   /* FP8: static activation scale (a checkpoint's input_scale); 0 = dynamic */
 } gm_linear;
 
 /* The seven Linears of a decoder layer, in this order. */
@@ -81,8 +82,16 @@ gm_linear gm_linear_dense(const gm_wview *v);
 /* Bind the Linears of every layer of m for tensor-parallel layout tp (worker/weights.h
  * slicing: q, k, v, gate, up by output; o, down by input): `<m>.weight` when present, else
  * the AWQ tensors with groups of `group` (0 = the checkpoint has none; then a missing
- * weight is an error). out [num_layers * GM_LIN_COUNT]; caller frees. AWQ slices need
- * output offsets % 8 and input offsets % group == 0 (GM_ERR_UNSUPPORTED otherwise). */
+ * weight is an error). out [num_layers * GM_LIN_COUNT]; caller frees (gm_linears_free, then
+ * free). AWQ slices need output offsets % 8 and input offsets % group == 0
+ * (GM_ERR_UNSUPPORTED otherwise).
+ * An F8_E4M3 `<m>.weight` (gemma-quantize --fp8, or any checkpoint in that layout) binds as
+ * GM_LINEAR_FP8: this rank's slice copied into q8, `<m>.weight_scale` (required, one finite
+ * positive value) as w_scale, `<m>.input_scale` (optional) as in_scale. The Linears the engines
+ * fuse into one product (q|k|v, gate|up) must then agree: where their weight scales differ, the
+ * codes are requantized to the largest (e4m3(code * s_i / s_max)); their input scales become the
+ * largest (or 0 = dynamic for all, when one of them has none). A fused product that mixes FP8
+ * with another kind is GM_ERR_UNSUPPORTED. */
 gm_status gm_linears_bind(const st_model *m, const gm_model_config *cfg, const gm_tp_layout *tp, int64_t group,
                           gm_linear **out);
 
@@ -96,10 +105,17 @@ gm_status gm_linear_matmul_f64(const gm_linear *L, const float *x, int64_t T, in
  * n_layers layers by an e4m3 copy. One per-tensor scale per product as the GPU fuses them (q|k|v
  * share one, gate|up share one, o, down), taken over the WHOLE tensors (every rank gets the codes
  * gemma-quantize --fp8 and the GPU get). The matmul then quantizes its input with a dynamic
- * per-tensor scale over the T rows it is given (bf16-rounded first) and rounds its output to bf16,
- * as cuBLASLt FP8 with bf16 output does (kernels/cpu/cpu_fp8.h). AWQ linears: GM_ERR_UNSUPPORTED. */
+ * per-tensor scale over the T rows it is given (bf16-rounded first; or with in_scale when a
+ * checkpoint gave one) and rounds its output to bf16, as cuBLASLt FP8 with bf16 output does
+ * (kernels/cpu/cpu_fp8.h). Linears already FP8 (an FP8 checkpoint) stay as they are; AWQ
+ * linears: GM_ERR_UNSUPPORTED. */
 gm_status gm_linears_to_fp8(gm_linear *lin, int32_t n_layers);
-/* Free what gm_linears_to_fp8 allocated (the array itself stays the caller's). */
+/* The FP8 KV-cache scale of layer `layer` in an FP8 checkpoint: the larger of
+ * model.layers.N.self_attn.k_scale and .v_scale (one finite positive value each; gemma-quantize
+ * --fp8 --calib writes them), 1.0 when neither is present. */
+gm_status gm_fp8_kv_scale(const st_model *m, int32_t layer, float *out);
+
+/* Free what gm_linears_to_fp8 or gm_linears_bind allocated (the array itself stays the caller's). */
 void gm_linears_free(gm_linear *lin, int64_t n);
 
 /* Bytes of the weight as stored (packed int4 + zeros + scales for AWQ). */

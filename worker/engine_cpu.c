@@ -295,13 +295,14 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     gm_quant_config qc; /* an AWQ checkpoint is recognised by its quantization config */
     if ((st = gm_quant_config_load(o->model_dir, &qc)))
         return st;
-    if (qc.present && strcmp(qc.method, "awq") != 0)
+    int ck_awq = qc.present && !strcmp(qc.method, "awq"), ck_fp8 = qc.present && !strcmp(qc.method, "fp8");
+    if (qc.present && !ck_awq && !ck_fp8)
         return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: %s: quantization method \"%s\" is not supported",
                        o->model_dir, qc.method);
-    if (o->quant == GM_QUANT_FP8 && qc.present)
-        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: --quant fp8 needs a bf16/f16/f32 checkpoint; %s is %s",
+    if (o->quant == GM_QUANT_FP8 && ck_awq)
+        return gm_fail(GM_ERR_UNSUPPORTED, "cpu backend: --quant fp8 needs a bf16/f16/f32 or FP8 checkpoint; %s is %s",
                        o->model_dir, qc.method);
-    if (o->quant == GM_QUANT_AWQ && !qc.present)
+    if (o->quant == GM_QUANT_AWQ && !ck_awq)
         return gm_fail(GM_ERR_INVALID_ARG, "cpu backend: --quant awq, but %s has no AWQ quantization_config",
                        o->model_dir);
     cpu_engine *c = calloc(1, sizeof *c);
@@ -313,8 +314,8 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
         goto fail;
     if ((st = gm_weights_bind(c->model, &cfg, o->tp_rank, o->tp_size, &c->w)))
         goto fail;
-    if ((st = gm_linears_bind(c->model, &cfg, &c->w.tp, qc.present ? qc.group_size : 0, &c->lin)))
-        goto fail;
+    if ((st = gm_linears_bind(c->model, &cfg, &c->w.tp, ck_awq ? qc.group_size : 0, &c->lin)))
+        goto fail; /* an FP8 checkpoint's Linears bind as e4m3 with their scales (worker/awq.h) */
     if (o->quant == GM_QUANT_FP8 && (st = gm_linears_to_fp8(c->lin, cfg.num_layers)))
         goto fail; /* e4m3 weights, dynamic e4m3 activations: the CUDA engine's FP8 twin (worker/awq.h) */
     const gm_tp_layout *tp = &c->w.tp;

@@ -79,7 +79,10 @@ typedef struct cu_layer {
     float *post_norm; /* [H] 1 + w */
     /* --quant fp8: the same four matrices in e4m3 (the bf16 pointers above stay NULL) */
     uint8_t *wqkv8, *wo8, *wgu8, *wdown8;
-    float *wsc;       /* [4 * SC_STRIDE] f32: weight scales of qkv, o, gate|up, down (SC_STRIDE apart) */
+    float *wsc;       /* [8 * SC_STRIDE] f32: weight scales of qkv, o, gate|up, down (SC_STRIDE apart), then
+                       * the static activation scales of the same four products (an FP8 checkpoint's
+                       * input_scale; used when static_act) */
+    float kv_scale;   /* FP8 KV: this layer's dequant multiplier (k_scale/v_scale of an FP8 checkpoint, else 1) */
     /* --quant awq: W4A16 AutoAWQ tensors on the device, q|k|v and gate|up concatenated along N
      * (qweight [K, N/8] int32, qzeros [K/g, N/8] int32, scales [K/g, N] fp16; ldq = N/8, lds = N) */
     cpu_awq_w aw[4];  /* qkv, o, gate|up, down */
@@ -129,11 +132,13 @@ typedef struct cuda_engine {
     void *kv;           /* [layers][2][num_blocks, nkv, bs, hd] bf16, or e4m3 with --kv-dtype fp8 */
     int64_t layer_elems;
     int kv8;            /* FP8 KV pool */
-    float kv_scale;     /* its dequant multiplier (1.0: no calibrated k_scale/v_scale) */
     int32_t *neg_slots; /* [cap_t] all -1: k_rope_kv_write rotates without writing a bf16 pool */
 
-    /* --quant fp8 (dynamic per-tensor activation scales) */
+    /* --quant fp8 or an FP8 checkpoint (per-tensor activation scales: dynamic, or the checkpoint's
+     * static input_scale when every product has one) */
     int fp8w;
+    int fp8_ckpt;       /* weights read as e4m3 from the checkpoint (gemma-quantize --fp8) */
+    int static_act;     /* activation scales from layers[l].wsc + (4 + i) * SC_STRIDE */
     gemm_fp8_ctx *gemm8;
     uint8_t *xq8, *attq8, *actq8; /* [T, H], [T, nq hd], [T, ni] e4m3 */
     float *act_sc;      /* [5 * SC_STRIDE]: activation scales of qkv, o, gate|up, down; amax scratch */
@@ -347,6 +352,8 @@ static gm_status alloc_weights(cuda_engine *c)
     if (!c->layers)
         return gm_fail(GM_ERR_NOMEM, "cuda engine: no host memory");
     int64_t H = c->H;
+    for (int32_t l = 0; l < nl; l++)
+        c->layers[l].kv_scale = 1.0f; /* an FP8 checkpoint's k_scale/v_scale replace it (load_fp8_ckpt) */
     GM_CHECK(dev_alloc((void **)&c->embed, (size_t)(c->V * H * 2), "the embedding"));
     GM_CHECK(dev_alloc((void **)&c->final_norm, (size_t)H * 4, "norms"));
     c->weight_bytes = c->V * H * 2 + H * 4;
@@ -370,7 +377,7 @@ static gm_status alloc_weights(cuda_engine *c)
             GM_CHECK(dev_alloc((void **)&y->wo8, (size_t)(H * c->nq * c->hd), "o_proj (fp8)"));
             GM_CHECK(dev_alloc((void **)&y->wgu8, (size_t)(2 * c->ni * H), "gate/up_proj (fp8)"));
             GM_CHECK(dev_alloc((void **)&y->wdown8, (size_t)(H * c->ni), "down_proj (fp8)"));
-            GM_CHECK(dev_alloc((void **)&y->wsc, 4 * SC_STRIDE * sizeof(float), "fp8 scales"));
+            GM_CHECK(dev_alloc((void **)&y->wsc, 8 * SC_STRIDE * sizeof(float), "fp8 scales"));
             GM_CHECK(dev_alloc((void **)&y->in_norm, (size_t)H * 4, "norms"));
             GM_CHECK(dev_alloc((void **)&y->post_norm, (size_t)H * 4, "norms"));
             c->weight_bytes += (c->n_qkv * H + H * c->nq * c->hd + 3 * c->ni * H) + 2 * H * 4;
@@ -476,6 +483,54 @@ static gm_status load_awq(cuda_engine *c, const gm_linear *lin, loader *L)
     return GM_OK;
 }
 
+/* An FP8 checkpoint's e4m3 Linears (gm_linears_bind: fused products already share one weight
+ * scale and one input scale), its static activation scales and its per-layer KV scales. */
+static gm_status load_fp8_ckpt(cuda_engine *c, const gm_linear *lin, loader *L)
+{
+    int32_t nl = c->base.cfg.num_layers;
+    int all_static = 1;
+    for (int32_t l = 0; l < nl; l++) {
+        const gm_linear *q = lin + (int64_t)l * GM_LIN_COUNT;
+        for (int i = 0; i < GM_LIN_COUNT; i++) {
+            if (q[i].kind != GM_LINEAR_FP8)
+                return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: layer %d %s is not F8_E4M3 in an FP8 checkpoint "
+                               "(the CUDA engine runs every decoder Linear in FP8 or none)", (int)l,
+                               gm_linear_names[i]);
+            all_static &= q[i].in_scale > 0.0f;
+        }
+    }
+    for (int32_t l = 0; l < nl; l++) {
+        const gm_linear *q = lin + (int64_t)l * GM_LIN_COUNT;
+        cu_layer *y = &c->layers[l];
+        struct {
+            uint8_t *dst;
+            int first, n;
+        } prod[4] = {{y->wqkv8, GM_LIN_Q, 3}, {y->wo8, GM_LIN_O, 1}, {y->wgu8, GM_LIN_GATE, 2}, {y->wdown8, GM_LIN_DOWN, 1}};
+        float sc[8 * SC_STRIDE];
+        memset(sc, 0, sizeof sc);
+        for (int p = 0; p < 4; p++) {
+            size_t off = 0;
+            for (int j = 0; j < prod[p].n; j++) {
+                const gm_linear *W = &q[prod[p].first + j];
+                size_t bytes = (size_t)(W->in * W->out);
+                GM_CUDA_CHECK(cudaMemcpy(prod[p].dst + off, W->q8, bytes, cudaMemcpyHostToDevice));
+                off += bytes;
+                report(L, (int64_t)bytes);
+            }
+            sc[p * SC_STRIDE] = q[prod[p].first].w_scale;
+            sc[(4 + p) * SC_STRIDE] = q[prod[p].first].in_scale;
+        }
+        GM_CUDA_CHECK(cudaMemcpy(y->wsc, sc, sizeof sc, cudaMemcpyHostToDevice));
+        if (c->kv8)
+            GM_CHECK(gm_fp8_kv_scale(c->model, l, &y->kv_scale));
+    }
+    c->static_act = all_static;
+    if (c->base.opts.verbose)
+        fprintf(stderr, "cuda engine: FP8 checkpoint, %s activation scales%s\n", all_static ? "static" : "dynamic",
+                c->kv8 ? ", KV scales from k_scale/v_scale where present" : "");
+    return GM_OK;
+}
+
 static gm_status load_weights(cuda_engine *c, const gm_weights *w, const gm_linear *lin)
 {
     gm_status st = GM_OK;
@@ -490,7 +545,10 @@ static gm_status load_weights(cuda_engine *c, const gm_weights *w, const gm_line
         const gm_wview *vs[] = {&lw->q, &lw->k, &lw->v, &lw->o, &lw->gate, &lw->up, &lw->down,
                                 &lw->input_norm, &lw->post_norm};
         for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++)
-            L.total += vs[i]->rows * vs[i]->cols * (int64_t)gm_dtype_size(vs[i]->dtype);
+            L.total += vs[i]->data ? vs[i]->rows * vs[i]->cols * (int64_t)gm_dtype_size(vs[i]->dtype) : 0;
+        for (int i = 0; lin && i < GM_LIN_COUNT; i++) /* quantized Linears (their views are empty) */
+            L.total += lin[(int64_t)l * GM_LIN_COUNT + i].kind != GM_LINEAR_DENSE
+                           ? gm_linear_bytes(&lin[(int64_t)l * GM_LIN_COUNT + i]) : 0;
     }
     for (int i = 0; i < 2; i++) {
         GM_CUDA_GOTO(cudaMallocHost(&L.stage[i], STAGE_BYTES), st, done);
@@ -499,7 +557,14 @@ static gm_status load_weights(cuda_engine *c, const gm_weights *w, const gm_line
     }
     GM_GOTO(upload_view(c, &L, &w->embed, c->embed), st, done);
     GM_GOTO(upload_norm(c, &L, &w->final_norm, c->final_norm), st, done);
-    for (int32_t l = 0; l < c->base.cfg.num_layers && c->fp8w; l++) {
+    if (c->fp8_ckpt) {
+        GM_GOTO(load_fp8_ckpt(c, lin, &L), st, done);
+        for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+            GM_GOTO(upload_norm(c, &L, &w->layers[l].input_norm, c->layers[l].in_norm), st, done);
+            GM_GOTO(upload_norm(c, &L, &w->layers[l].post_norm, c->layers[l].post_norm), st, done);
+        }
+    }
+    for (int32_t l = 0; l < c->base.cfg.num_layers && c->fp8w && !c->fp8_ckpt; l++) {
         const gm_layer_weights *lw = &w->layers[l];
         cu_layer *y = &c->layers[l];
         bf16 *sg = c->wstage;
@@ -605,10 +670,17 @@ typedef struct fwd_args {
                        * the others prefill (k_attn_prefill_kv) */
 } fwd_args;
 
-/* Dynamic activation quantizer of point i (0 qkv, 1 o, 2 gate|up, 3 down). */
-static fp8_act act_q(const cuda_engine *c, int i)
+/* Activation quantizer of point i (0 qkv, 1 o, 2 gate|up, 3 down) of layer y: the layer's static
+ * scale, or a dynamic one computed into the shared act_sc. */
+static fp8_act act_q(const cuda_engine *c, const cu_layer *y, int i)
 {
     fp8_act q;
+    if (c->static_act) {
+        q.scale = y->wsc + (4 + i) * SC_STRIDE;
+        q.amax = NULL;
+        q.tmp = NULL;
+        return q;
+    }
     q.scale = c->act_sc + i * SC_STRIDE;
     q.amax = c->act_sc + 4 * SC_STRIDE;
     q.tmp = c->act_tmp;
@@ -624,8 +696,6 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
     int df = c->delta_f32;
     size_t esz = c->kv8 ? 1 : 2;
     fp8_act aq[4];
-    for (int i = 0; i < 4; i++)
-        aq[i] = act_q(c, i);
     c->prof.n = 0;
     prof_mark(c, -1);
     GM_CHECK(k_resolve_ids(m->ids, m->tok_slot, T, c->last_tok, s));
@@ -636,6 +706,9 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
     for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
         const cu_layer *y = &c->layers[l];
         char *kp = (char *)c->kv + (size_t)l * 2 * (size_t)c->layer_elems * esz, *vp = kp + (size_t)c->layer_elems * esz;
+        const float kvs = y->kv_scale;
+        for (int i = 0; i < 4 && c->fp8w; i++)
+            aq[i] = act_q(c, y, i);
         if (c->awq) {
             if (l == 0)
                 GM_CHECK(k_rmsnorm(c->h, H, y->in_norm, T, H, c->eps, c->xn, H, s));
@@ -670,7 +743,7 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
                                      c->rope_tab, c->kv8 ? c->neg_slots : m->slot, kp, vp, bs, s));
             if (c->kv8)
                 GM_CHECK(k_kv_write_fp8(c->qkv, c->n_qkv, T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, m->slot,
-                                        c->kv_scale, kp, vp, bs, s));
+                                        kvs, kp, vp, bs, s));
             prof_mark(c, OP_ROPE_KV);
             if (a->decode) {
                 xqa_params p;
@@ -679,7 +752,7 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
                 p.k_pool = kp, p.v_pool = vp, p.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16;
                 p.block_tables = m->bt, p.bt_stride = c->max_blocks, p.seq_lens = m->ctx_len;
                 p.batch = (int32_t)T, p.q_len = 1, p.n_heads = (int32_t)c->nq, p.n_kv = (int32_t)c->nkv;
-                p.head_dim = (int32_t)hd, p.block_size = bs, p.scale = c->scale, p.kv_scale = c->kv_scale;
+                p.head_dim = (int32_t)hd, p.block_size = bs, p.scale = c->scale, p.kv_scale = kvs;
                 p.nb_sub_seq = a->xqa_nb, p.scratch = a->xqa_scratch, p.scratch_bytes = a->xqa_bytes;
                 GM_CHECK(xqa_decode(&p, s));
             } else {
@@ -691,14 +764,14 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
                     p.k_pool = kp, p.v_pool = vp, p.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16;
                     p.block_tables = m->bt, p.bt_stride = c->max_blocks, p.seq_lens = m->ctx_len;
                     p.batch = nd, p.q_len = 1, p.n_heads = (int32_t)c->nq, p.n_kv = (int32_t)c->nkv;
-                    p.head_dim = (int32_t)hd, p.block_size = bs, p.scale = c->scale, p.kv_scale = c->kv_scale;
+                    p.head_dim = (int32_t)hd, p.block_size = bs, p.scale = c->scale, p.kv_scale = kvs;
                     p.nb_sub_seq = a->xqa_nb, p.scratch = a->xqa_scratch, p.scratch_bytes = a->xqa_bytes;
                     GM_CHECK(xqa_decode(&p, s));
                 }
                 GM_CHECK(k_attn_prefill_kv(c->qkv, c->n_qkv, a->S - nd, m->q_start + nd, m->n_new + nd,
                                            m->start_pos + nd, a->max_new, (int32_t)c->nq, (int32_t)c->nkv,
                                            (int32_t)hd, kp, vp, bs, m->bt + (int64_t)nd * c->max_blocks,
-                                           c->max_blocks, c->scale, c->att, qw, c->kv8, c->kv_scale, s));
+                                           c->max_blocks, c->scale, c->att, qw, c->kv8, kvs, s));
             }
         }
         prof_mark(c, OP_ATTN);
@@ -1240,7 +1313,6 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     c->awq = o->quant == GM_QUANT_AWQ;
     gm_linear *lin = NULL;
     c->kv8 = o->kv_dtype == GM_KV_FP8;
-    c->kv_scale = 1.0f;
     gm_weights w;
     memset(&w, 0, sizeof w);
     int have_w = 0;
@@ -1251,9 +1323,17 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
         have_w = 1;
         gm_quant_config qc;
         GM_GOTO(gm_quant_config_load(model_dir, &qc), st, fail);
-        if (qc.present && strcmp(qc.method, "fp8") == 0) {
-            st = gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: %s is an FP8 checkpoint (gemma-quantize --fp8), which the "
-                         "CUDA engine does not read yet: give it the bf16 checkpoint with --quant fp8", model_dir);
+        if (qc.present && strcmp(qc.method, "fp8") == 0) { /* e4m3 weights as stored (gemma-quantize --fp8) */
+            if (c->awq) {
+                st = gm_fail(GM_ERR_INVALID_ARG, "backend cuda: %s is an FP8 checkpoint: run it with --quant fp8 (or "
+                             "none), not awq", model_dir);
+                goto fail;
+            }
+            c->fp8w = c->fp8_ckpt = 1;
+            GM_GOTO(gm_linears_bind(c->model, cfg, &w.tp, 0, &lin), st, fail);
+        } else if (qc.present && strcmp(qc.method, "awq") != 0) {
+            st = gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: %s: quantization method \"%s\" is not supported",
+                         model_dir, qc.method);
             goto fail;
         }
         if (qc.present && strcmp(qc.method, "awq") == 0 && !c->awq) {
@@ -1309,6 +1389,8 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
         GM_GOTO(random_weights(c, seed), st, fail);
     else
         GM_GOTO(load_weights(c, &w, lin), st, fail);
+    if (lin)
+        gm_linears_free(lin, (int64_t)cfg->num_layers * GM_LIN_COUNT);
     free(lin);
     lin = NULL;
     for (int i = 0; i < 4 && c->awq; i++) {
@@ -1331,6 +1413,8 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     *out = &c->base;
     return GM_OK;
 fail:
+    if (lin)
+        gm_linears_free(lin, (int64_t)cfg->num_layers * GM_LIN_COUNT);
     free(lin);
     if (have_w)
         gm_weights_release(&w);
@@ -1365,6 +1449,23 @@ extern "C" void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n)
     cudaStreamSynchronize(c->stream);
     drop_graphs(c);
     gemm_ctx_set_gemv_rows(c->gemm, n);
+}
+
+extern "C" gm_status gm_engine_cuda_set_static_act(gm_engine *e, float scale)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    if (!c->fp8w)
+        return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: static activation scales need FP8 weights");
+    if (!(scale >= 0.0f) || !isfinite(scale))
+        return gm_fail(GM_ERR_INVALID_ARG, "cuda engine: activation scale %g", (double)scale);
+    GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    drop_graphs(c);
+    c->static_act = scale > 0.0f;
+    for (int32_t l = 0; l < c->base.cfg.num_layers && scale > 0.0f; l++)
+        for (int i = 0; i < 4; i++)
+            GM_CUDA_CHECK(cudaMemcpy(c->layers[l].wsc + (4 + i) * SC_STRIDE, &scale, sizeof scale,
+                                     cudaMemcpyHostToDevice));
+    return GM_OK;
 }
 
 extern "C" int64_t gm_engine_cuda_weight_bytes(const gm_engine *e) { return ((const cuda_engine *)e)->weight_bytes; }

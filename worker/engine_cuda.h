@@ -30,6 +30,11 @@ void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n);
  * default on). Drops captured graphs. */
 void gm_engine_cuda_set_pdl(gm_engine *e, int on);
 
+/* FP8 engines (benchmarks): scale > 0 makes every activation quantizer use this static scale
+ * (overwriting an FP8 checkpoint's input scales); 0 makes them all dynamic. Drops captured
+ * graphs. GM_ERR_UNSUPPORTED when the engine does not run FP8 weights. */
+gm_status gm_engine_cuda_set_static_act(gm_engine *e, float scale);
+
 /* Bytes of weights on this rank's device. */
 int64_t gm_engine_cuda_weight_bytes(const gm_engine *e);
 

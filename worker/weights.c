@@ -125,11 +125,12 @@ gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t
     snprintf(name, sizeof name, "model.layers.%d.%s.weight", (int)l, suffix);       \
     if ((st = find_checked(m, name, d0, d1, &t)))                                   \
         goto fail;
-/* A Linear that an AWQ checkpoint stores as qweight/qzeros/scales (no .weight) keeps an
- * empty view; worker/awq.h (gm_linears_bind) binds it. */
+/* A Linear that an AWQ checkpoint stores as qweight/qzeros/scales (no .weight), or an FP8
+ * one as an F8_E4M3 .weight, keeps an empty view; worker/awq.h (gm_linears_bind) binds it. */
 #define GETL(suffix, d0, d1, VIEW)                                                  \
     snprintf(name, sizeof name, "model.layers.%d.%s.weight", (int)l, suffix);       \
-    if (st_model_find(m, name) || !has_qweight(m, l, suffix)) {                     \
+    t = st_model_find(m, name);                                                     \
+    if (t ? t->dtype != GM_DT_F8_E4M3 : !has_qweight(m, l, suffix)) {               \
         GET(suffix, d0, d1);                                                        \
         VIEW;                                                                       \
     }

@@ -64,8 +64,8 @@ typedef struct gm_weights {
 /* Bind every tensor of m (borrowed; must outlive w) to this rank's views.
  * Errors name file, tensor, expected and actual shape, or the missing tensor.
  * Only F32, F16 and BF16 tensors are accepted. A Linear that the checkpoint stores as AWQ
- * tensors (`.qweight` and no `.weight`) gets an empty view (data NULL); bind the Linears
- * with worker/awq.h gm_linears_bind. */
+ * tensors (`.qweight` and no `.weight`) or as an F8_E4M3 `.weight` (FP8) gets an empty view
+ * (data NULL); bind the Linears with worker/awq.h gm_linears_bind. */
 gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t rank, int32_t size,
                           gm_weights *w);
 void gm_weights_release(gm_weights *w);
