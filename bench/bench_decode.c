@@ -146,7 +146,7 @@ int main(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench_decode [--preset 2b|7b | --model DIR] [--prompt N] [--gen N] [--batch B[,B...]]\n"
-                   "                    [--variants] [--csv FILE] [--quant none|fp8] [--kv-dtype bf16|fp8]\n"
+                   "                    [--variants] [--csv FILE] [--quant none|fp8|awq] [--kv-dtype bf16|fp8]\n"
                    "                    [--xqa 0|1|2] [--act-scale dynamic|static|both]\n"
                    "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the\n"
                    "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n"
@@ -167,7 +167,11 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--csv") && v) {
             csv_path = v, i++;
         } else if (!strcmp(a, "--quant") && v) {
-            q_fp8 = !strcmp(v, "fp8"), i++;
+            q_fp8 = !strcmp(v, "fp8") ? 1 : !strcmp(v, "awq") ? 2 : !strcmp(v, "none") ? 0 : -1, i++;
+            if (q_fp8 < 0) {
+                fprintf(stderr, "bench_decode: --quant %s: none, fp8 or awq (awq needs --model DIR of an AWQ checkpoint)\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--kv-dtype") && v) {
             kv_fp8 = !strcmp(v, "fp8"), i++;
         } else if (!strcmp(a, "--xqa") && v) {
@@ -218,7 +222,7 @@ int main(int argc, char **argv)
     o.max_context = 8192;
     o.kv_num_blocks = (int64_t)maxb * ((prompt + gen + 8 + 15) / 16) + 16;
     o.verbose = 1;
-    o.quant = q_fp8 ? GM_QUANT_FP8 : GM_QUANT_NONE;
+    o.quant = q_fp8 == 1 ? GM_QUANT_FP8 : q_fp8 == 2 ? GM_QUANT_AWQ : GM_QUANT_NONE;
     o.kv_dtype = kv_fp8 ? GM_KV_FP8 : GM_KV_BF16;
     gm_engine *e = NULL;
     gm_status st = model ? gm_engine_create(&o, &e) : gm_engine_cuda_create_random(&o, &cfg, 1, &e);
@@ -227,7 +231,8 @@ int main(int argc, char **argv)
         return 1;
     }
     char name[64];
-    snprintf(name, sizeof name, "%s%s%s", model ? "ckpt" : pre, q_fp8 ? " w8" : "", kv_fp8 ? " kv8" : "");
+    snprintf(name, sizeof name, "%s%s%s", model ? "ckpt" : pre, q_fp8 == 1 ? " w8" : q_fp8 == 2 ? " awq" : "",
+             kv_fp8 ? " kv8" : "");
     double bw = copy_bw();
     int64_t wb = gm_engine_cuda_weight_bytes(e);
     FILE *csv = csv_path ? fopen(csv_path, "a") : NULL;

@@ -25,6 +25,9 @@
 #   sweep    real-time users: 2b FP8 128/128 at each concurrency of $SWEEP_LIST (one JSON per point)
 #   peerb    transformers batched generate() as the serving peer (2b B=$PEER_B2, 7b B=$PEER_B7)
 #   awqprep / awqtest / awqppl  AWQ-format (RTN) checkpoints in the background; AWQ engine test; perplexity
+#   fp8ckpt  FP8 checkpoints (dynamic, calibrated) on the CUDA engine vs the CPU engine, tiny and 2b2
+#   actscale bench_decode with FP8 weights: dynamic vs static activation scales, 2b and 7b
+#   awq2     test_gpu_awq, awq_bench, batch-1/4 decode of the AWQ 2b/7b checkpoints with GEMV 1 and 2
 # Every run is cut to the time left of $GM_TIME_BUDGET (SKIP(budget) once it is spent).
 # Binaries come from $PACK (default pack/, built on the development machine and carried; an
 # xz tarball $PACK/bins.tar.xz of them is unpacked first);
@@ -399,6 +402,40 @@ PY
         --leak-check no --error-exitcode 9 "$PACK/test_gpu_ops"
     done
     unset GM_TEST_FILTER
+    ;;
+  fp8ckpt)
+    # FP8 checkpoints (gemma-quantize --fp8, uncalibrated and calibrated) through the CUDA engine vs the
+    # CPU engine, bf16 and FP8 KV, on the tiny model and a 2-layer gemma-2b
+    log=$OUT/fp8ckpt.log
+    mk tiny --preset tiny --seed 1
+    mk 2b2 --preset 2b --layers 2 --seed 5
+    run fp8ckpt_tiny 150 "$log" bash tests/test_gpu_fp8_ckpt.sh "$PACK/gemma-quantize" "$PACK/test_gpu_model" \
+      "$M/tiny" data/corpus.txt /tmp/gm-fp8ckpt-tiny
+    run fp8ckpt_2b2 200 "$log" bash tests/test_gpu_fp8_ckpt.sh "$PACK/gemma-quantize" "$PACK/test_gpu_model" \
+      "$M/2b2" data/corpus.txt /tmp/gm-fp8ckpt-2b2
+    grep -E "^==|CUDA engine:|worst logits|agree|FAIL|PASS" "$log" | head -120 > "$OUT/fp8ckpt_summary.txt"
+    ;;
+  actscale)
+    # FP8 weights: dynamic vs static activation scales, decode tokens/s (same engine, same run)
+    log=$OUT/actscale.log
+    run act_2b 150 "$log" "$PACK/bench_decode" --preset 2b --batch 1,64,256 --gen 128 --quant fp8 --act-scale both
+    run act_7b 150 "$log" "$PACK/bench_decode" --preset 7b --batch 1,64 --gen 128 --quant fp8 --act-scale both
+    grep -E "tok/s" "$log" | tee -a "$summary"
+    ;;
+  awq2)
+    # the two W4A16 GEMVs: tests, kernel timings, and batch-1 decode on AWQ-format checkpoints with each
+    log=$OUT/awq2.log
+    run test_gpu_awq 200 "$log" "$PACK/test_gpu_awq"
+    run awq_bench 120 "$log" "$PACK/awq_bench"
+    for mdl in ${AWQ_MODELS:-2b 7b}; do
+      for i in $(seq 1 ${AWQ_WAIT:-240}); do [ -f "$M/${mdl}awq.done" ] && break; sleep 1; done
+      [ -f "$M/${mdl}awq.done" ] || { say "awq2: $mdl AWQ checkpoint not ready"; continue; }
+      for impl in 1 2; do
+        run "awq_b1_${mdl}_gemv$impl" 120 "$log" env GM_AWQ_GEMV=$impl "$PACK/bench_decode" --model "$M/${mdl}awq" \
+          --quant awq --batch 1,4 --gen 128
+      done
+    done
+    grep -E "tok/s|GB/s" "$log" | tee -a "$summary"
     ;;
   *)
     say "unknown phase $ph"
