@@ -141,13 +141,14 @@ int main(int argc, char **argv)
 {
     const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1";
     int32_t prompt = 128, gen = 256;
-    int variants = 0, q_fp8 = 0, kv_fp8 = 0, act = 0; /* act: 0 as loaded, 1 dynamic, 2 static, 3 both */
+    int variants = 0, q_fp8 = 0, kv_fp8 = 0, act = 0, lm8 = 0; /* act: 0 as loaded, 1 dynamic, 2 static, 3 both */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench_decode [--preset 2b|7b | --model DIR] [--prompt N] [--gen N] [--batch B[,B...]]\n"
                    "                    [--variants] [--csv FILE] [--quant none|fp8|awq] [--kv-dtype bf16|fp8]\n"
                    "                    [--xqa 0|1|2] [--act-scale dynamic|static|both]\n"
+                   "                    [--lm-head bf16|fp8]\n"
                    "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the\n"
                    "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n"
                    "--act-scale (FP8 weights): dynamic per-tensor activation scales, or static ones (one fixed\n"
@@ -176,6 +177,8 @@ int main(int argc, char **argv)
             kv_fp8 = !strcmp(v, "fp8"), i++;
         } else if (!strcmp(a, "--xqa") && v) {
             setenv("GM_CUDA_XQA", v, 1), i++; /* read when the engine is created */
+        } else if (!strcmp(a, "--lm-head") && v) {
+            lm8 = !strcmp(v, "fp8"), i++;
         } else if (!strcmp(a, "--act-scale") && v) {
             act = !strcmp(v, "dynamic") ? 1 : !strcmp(v, "static") ? 2 : !strcmp(v, "both") ? 3 : -1, i++;
             if (act < 0) {
@@ -224,6 +227,7 @@ int main(int argc, char **argv)
     o.verbose = 1;
     o.quant = q_fp8 == 1 ? GM_QUANT_FP8 : q_fp8 == 2 ? GM_QUANT_AWQ : GM_QUANT_NONE;
     o.kv_dtype = kv_fp8 ? GM_KV_FP8 : GM_KV_BF16;
+    o.lm_head_fp8 = lm8;
     gm_engine *e = NULL;
     gm_status st = model ? gm_engine_create(&o, &e) : gm_engine_cuda_create_random(&o, &cfg, 1, &e);
     if (st) {
@@ -231,8 +235,8 @@ int main(int argc, char **argv)
         return 1;
     }
     char name[64];
-    snprintf(name, sizeof name, "%s%s%s", model ? "ckpt" : pre, q_fp8 == 1 ? " w8" : q_fp8 == 2 ? " awq" : "",
-             kv_fp8 ? " kv8" : "");
+    snprintf(name, sizeof name, "%s%s%s%s", model ? "ckpt" : pre, q_fp8 == 1 ? " w8" : q_fp8 == 2 ? " awq" : "",
+             kv_fp8 ? " kv8" : "", lm8 ? " lm8" : "");
     double bw = copy_bw();
     int64_t wb = gm_engine_cuda_weight_bytes(e);
     FILE *csv = csv_path ? fopen(csv_path, "a") : NULL;

@@ -26,7 +26,7 @@
 #   peerb    transformers batched generate() as the serving peer (2b B=$PEER_B2, 7b B=$PEER_B7)
 #   awqprep / awqtest / awqppl  AWQ-format (RTN) checkpoints in the background; AWQ engine test; perplexity
 #   fp8ckpt  FP8 checkpoints (dynamic, calibrated) on the CUDA engine vs the CPU engine, tiny and 2b2
-#   actscale bench_decode with FP8 weights: dynamic vs static activation scales, 2b and 7b
+#   actscale bench_decode with FP8 weights: dynamic vs static activation scales, 2b and 7b; + FP8 LM head
 #   awq2     test_gpu_awq, awq_bench, batch-1/4 decode of the AWQ 2b/7b checkpoints with GEMV 1 and 2
 # Every run is cut to the time left of $GM_TIME_BUDGET (SKIP(budget) once it is spent).
 # Binaries come from $PACK (default pack/, built on the development machine and carried; an
@@ -413,13 +413,19 @@ PY
       "$M/tiny" data/corpus.txt /tmp/gm-fp8ckpt-tiny
     run fp8ckpt_2b2 200 "$log" bash tests/test_gpu_fp8_ckpt.sh "$PACK/gemma-quantize" "$PACK/test_gpu_model" \
       "$M/2b2" data/corpus.txt /tmp/gm-fp8ckpt-2b2
-    grep -E "^==|CUDA engine:|worst logits|agree|FAIL|PASS" "$log" | head -120 > "$OUT/fp8ckpt_summary.txt"
+    # the FP8 LM head (--lm-head fp8) against its CPU twin, bf16 and FP8 weights
+    run lm8_models 200 "$log" env GM_TEST_LM=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2"
+    run lm8_w8_models 200 "$log" env GM_TEST_LM=fp8 GM_TEST_QUANT=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2"
+    grep -E "^==|CUDA engine:|worst logits|agree|FAIL|PASS" "$log" | head -160 > "$OUT/fp8ckpt_summary.txt"
     ;;
   actscale)
     # FP8 weights: dynamic vs static activation scales, decode tokens/s (same engine, same run)
     log=$OUT/actscale.log
     run act_2b 150 "$log" "$PACK/bench_decode" --preset 2b --batch 1,64,256 --gen 128 --quant fp8 --act-scale both
     run act_7b 150 "$log" "$PACK/bench_decode" --preset 7b --batch 1,64 --gen 128 --quant fp8 --act-scale both
+    run lm8_2b 120 "$log" "$PACK/bench_decode" --preset 2b --batch 1,64,256 --gen 128 --quant fp8 --act-scale static \
+      --lm-head fp8 --variants
+    run lm8_7b 120 "$log" "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 --quant fp8 --act-scale static --lm-head fp8
     grep -E "tok/s" "$log" | tee -a "$summary"
     ;;
   awq2)

@@ -160,6 +160,10 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
         if (d < 0)
             return gm_fail(GM_ERR_INVALID_ARG, "kv_dtype: '%s' is not auto, bf16 or fp8", v);
         c->kv_dtype = (gm_kv_dtype)d;
+    } else if (!strcmp(key, "lm_head")) {
+        if (strcmp(v, "bf16") && strcmp(v, "fp8"))
+            return gm_fail(GM_ERR_INVALID_ARG, "lm_head: '%s' is not bf16 or fp8", v);
+        c->lm_head_fp8 = !strcmp(v, "fp8");
     } else if (!strcmp(key, "kv_memory")) {
         if (!gd_parse_size(v, &n))
             return gm_fail(GM_ERR_INVALID_ARG, "kv_memory: '%s' is not a size (bytes, or like 64M, 2G)", v);
@@ -317,6 +321,7 @@ void gd_config_usage(FILE *f)
             "  --max-waiting N           queued requests before OVERLOADED (default 100000)\n"
             "  --quant Q                 none | fp8 | awq (default none)\n"
             "  --kv-dtype D              auto | bf16 | fp8 (default auto)\n"
+            "  --lm-head T               bf16 | fp8: the LM head's weights and inputs (default bf16)\n"
             "  --use-graphs B            CUDA graphs for decode: true | false (default true)\n"
             "  --run-ahead B             plan step k+1 before step k's tokens are back: true | false\n"
             "                            (default true; --no-run-ahead = false: one step in flight)\n"
@@ -402,6 +407,8 @@ gm_status gd_config_validate(const gd_config *c)
                                            "only --backend null runs without one");
     if (c->backend == GM_BACKEND_NULL && c->quant != GM_QUANT_NONE)
         return gm_fail(GM_ERR_INVALID_ARG, "quant %s needs a real backend, not null", quant_name(c->quant));
+    if (c->backend == GM_BACKEND_NULL && c->lm_head_fp8)
+        return gm_fail(GM_ERR_INVALID_ARG, "lm_head fp8 needs a real backend, not null");
     if (c->kv_blocks == 0 && c->kv_memory == 0 && c->backend != GM_BACKEND_CUDA)
         return gm_fail(GM_ERR_INVALID_ARG, "kv_memory must be > 0 (or give kv_blocks)");
     if (c->max_context > 0 && c->max_context < 2)
@@ -438,8 +445,9 @@ void gd_config_print(const gd_config *c, FILE *f)
         fprintf(f, "kv_mem_fraction = %g;\n", c->kv_mem_fraction);
     fprintf(f, "max_tokens_per_step = %d;\nmax_seqs = %d;\nmax_context = %d;\nmax_waiting = %d;\n",
             c->max_tokens_per_step, c->max_seqs, c->max_context, c->max_waiting);
-    fprintf(f, "quant = \"%s\";\nkv_dtype = \"%s\";\nuse_graphs = %s;\nrun_ahead = %s;\n", quant_name(c->quant),
-            kv_dtype_name(c->kv_dtype), c->use_graphs ? "true" : "false", c->run_ahead ? "true" : "false");
+    fprintf(f, "quant = \"%s\";\nkv_dtype = \"%s\";\nlm_head = \"%s\";\nuse_graphs = %s;\nrun_ahead = %s;\n",
+            quant_name(c->quant), kv_dtype_name(c->kv_dtype), c->lm_head_fp8 ? "fp8" : "bf16",
+            c->use_graphs ? "true" : "false", c->run_ahead ? "true" : "false");
     if (c->worker_bin)
         print_str(f, "worker_bin", c->worker_bin);
     fprintf(f, "shutdown_timeout_ms = %d;\nready_timeout_ms = %d;\nlog_level = \"%s\";\n", c->shutdown_timeout_ms,

@@ -6,6 +6,7 @@
  *   kv_mem_fraction = 0.9;     max_tokens_per_step = 2048;          max_seqs = 64;
  *   max_context = 0;           max_waiting = 100000;                listen = "tcp://127.0.0.1:5555";
  *   log_level = "info";        quant = "none" | "fp8" | "awq";      kv_dtype = "auto" | "bf16" | "fp8";
+ *   lm_head = "bf16" | "fp8";
  *   device = 0;                worker_bin = "PATH";                 shutdown_timeout_ms = 30000;
  *   ready_timeout_ms = 0;      use_graphs = true;                   run_ahead = true;
  * and the cluster keys of daemon/cluster_glue.h (router, curve, ...).
@@ -38,6 +39,7 @@ typedef struct gd_config {
     int32_t log_level;       /* gm_log_level */
     gm_quant quant;
     gm_kv_dtype kv_dtype;
+    bool lm_head_fp8;        /* lm_head = "fp8": the LM head in FP8 e4m3 (worker/engine.h) */
     bool use_graphs;
     bool run_ahead;          /* two steps in flight (DESIGN.md "workers run ahead"); --no-run-ahead */
     char *worker_bin;        /* NULL = gemma-worker beside gemmad */

@@ -1063,6 +1063,7 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     wo.engine.quant = cfg->quant;
     wo.engine.kv_dtype = cfg->kv_dtype;
     wo.engine.use_graphs = cfg->use_graphs;
+    wo.engine.lm_head_fp8 = cfg->lm_head_fp8;
     wo.engine.verbose = cfg->log_level <= GM_LOG_INFO;
     wo.log_level = cfg->log_level;
     wo.ready_timeout_ms = cfg->ready_timeout_ms;

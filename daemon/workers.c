@@ -302,6 +302,10 @@ static char **wk_argv(const wk_pool *p, int r)
     wk_arg(av, &n, "%s", e->quant == GM_QUANT_FP8 ? "fp8" : e->quant == GM_QUANT_AWQ ? "awq" : "none");
     wk_arg(av, &n, "--kv-dtype");
     wk_arg(av, &n, "%s", e->kv_dtype == GM_KV_BF16 ? "bf16" : e->kv_dtype == GM_KV_FP8 ? "fp8" : "auto");
+    if (e->lm_head_fp8) {
+        wk_arg(av, &n, "--lm-head");
+        wk_arg(av, &n, "fp8");
+    }
     if (!e->use_graphs)
         wk_arg(av, &n, "--no-graphs");
     if (e->verbose)

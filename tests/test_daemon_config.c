@@ -76,6 +76,15 @@ static void test_defaults(void **state)
     assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--run-ahead", "maybe"), GM_ERR_INVALID_ARG);
     assert_non_null(strstr(gm_last_error(), "run_ahead"));
     gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 6, "--backend", "cpu", "--model", "/m", "--lm-head", "int4"), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "lm_head: 'int4' is not bf16 or fp8"));
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--lm-head", "fp8"), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "real backend"));
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 6, "--backend", "cpu", "--model", "/m", "--lm-head", "fp8"), GM_OK);
+    assert_true(c.lm_head_fp8);
+    gd_config_free(&c);
     assert_int_equal(from_args(&c, &a, 1, "--help"), GM_OK);
     assert_int_equal(a, GD_ACTION_HELP);
     gd_config_free(&c);
@@ -98,6 +107,7 @@ static void test_file_and_flags(void **state)
                                          "log_level = \"debug\";\n"
                                          "quant = \"fp8\";\n"
                                          "kv_dtype = \"fp8\";\n"
+                                         "lm_head = \"fp8\";\n"
                                          "run_ahead = false;\n");
     gd_config c;
     gd_action a;
@@ -115,6 +125,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c.log_level, GM_LOG_DEBUG);
     assert_int_equal(c.quant, GM_QUANT_FP8);
     assert_int_equal(c.kv_dtype, GM_KV_FP8);
+    assert_true(c.lm_head_fp8);
     assert_false(c.run_ahead);
     gd_config_free(&c);
     /* flags win, whatever their position relative to --config */

@@ -10,7 +10,8 @@
  * is the twin: same codes up to bf16-vs-f32 activation differences); GM_TEST_KV=fp8 gives the CUDA
  * engine an FP8 KV cache (the CPU keeps float32 KV; the tolerance widens to e4m3 rounding);
  * GM_TEST_QUANT=awq: the models are AWQ checkpoints, run by both engines (W4A16 kernels on the GPU).
- * GM_CUDA_XQA=2 sends every decode step through the XQA kernel. */
+ * GM_CUDA_XQA=2 sends every decode step through the XQA kernel. GM_TEST_LM=fp8 runs both engines'
+ * FP8 LM head (e4m3 embedding and rows, static row scale, f32 logits). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -30,7 +31,7 @@
 #define TOL_KV8 1.5e-1 /* + e4m3 K/V (3 mantissa bits) */
 #define TOL_FP8 1e-1   /* both FP8: activation codes may flip where bf16 and f32 activations differ */
 static double TOL_LOGITS = TOL_BF16;
-static int g_quant_fp8, g_kv_fp8, g_quant_awq;
+static int g_quant_fp8, g_kv_fp8, g_quant_awq, g_lm_fp8;
 
 static const char *g_models[16];
 static int g_n_models;
@@ -85,6 +86,7 @@ static void open_pair(const char *dir, pair *p)
         o.quant = GM_QUANT_FP8;
     if (g_quant_awq)
         o.quant = GM_QUANT_AWQ;
+    o.lm_head_fp8 = g_lm_fp8;
     GOK(gm_engine_create(&o, &p->cpu));
     o.backend = GM_BACKEND_CUDA;
     o.verbose = 1;
@@ -248,9 +250,12 @@ int main(int argc, char **argv)
     g_quant_fp8 = q && !strcmp(q, "fp8");
     g_kv_fp8 = kv && !strcmp(kv, "fp8");
     g_quant_awq = q && !strcmp(q, "awq"); /* MODEL_DIRs are AWQ checkpoints; both engines dequantize them */
-    TOL_LOGITS = g_kv_fp8 ? TOL_KV8 : g_quant_fp8 ? TOL_FP8 : TOL_BF16;
-    printf("CUDA engine: weights %s, KV %s, XQA mode %s; tolerance %.2g\n",
-           g_quant_fp8 ? "fp8" : g_quant_awq ? "awq" : "bf16",
+    const char *lm = getenv("GM_TEST_LM"); /* fp8: both engines run the FP8 LM head */
+    g_lm_fp8 = lm && !strcmp(lm, "fp8");
+    TOL_LOGITS = g_kv_fp8 ? TOL_KV8 : g_quant_fp8 || g_lm_fp8 ? TOL_FP8 : TOL_BF16;
+
+    printf("CUDA engine: weights %s, KV %s, LM head %s, XQA mode %s; tolerance %.2g\n",
+           g_quant_fp8 ? "fp8" : g_quant_awq ? "awq" : "bf16", g_lm_fp8 ? "fp8" : "bf16",
            g_kv_fp8 ? "fp8" : "bf16", getenv("GM_CUDA_XQA") ? getenv("GM_CUDA_XQA") : "auto", TOL_LOGITS);
     static char def[4096];
     for (int i = 1; i < argc && g_n_models < 16; i++)

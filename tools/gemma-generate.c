@@ -29,6 +29,7 @@ typedef struct gen_opts {
     int32_t kv_block;
     gm_quant quant;
     gm_kv_dtype kv_dtype;
+    int lm_head_fp8;
 } gen_opts;
 
 static void usage(FILE *f)
@@ -54,6 +55,7 @@ static void usage(FILE *f)
             "  --kv-block-size N    tokens per KV block (default 16)\n"
             "  --quant Q            none, fp8 or awq (default none)\n"
             "  --kv-dtype D         auto, bf16 or fp8 (default auto)\n"
+            "  --lm-head T          bf16 or fp8: the LM head's weights and inputs in e4m3 (default bf16)\n"
             "  --help               this text\n");
 }
 
@@ -88,7 +90,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
     o->backend = GM_BACKEND_CPU;
     o->kv_block = 16;
     enum { O_MODEL = 1, O_PROMPT, O_CHAT, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_BACKEND, O_DUMP, O_PPL,
-           O_KVB, O_QUANT, O_KVD, O_DUMPTOK, O_HELP };
+           O_KVB, O_QUANT, O_KVD, O_DUMPTOK, O_LMH, O_HELP };
     static const struct option lo[] = {
         {"model", required_argument, 0, O_MODEL},        {"prompt", required_argument, 0, O_PROMPT},
         {"chat", no_argument, 0, O_CHAT},                {"max-tokens", required_argument, 0, O_MAXTOK},
@@ -97,6 +99,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"backend", required_argument, 0, O_BACKEND},    {"dump-logits", required_argument, 0, O_DUMP},
         {"perplexity", required_argument, 0, O_PPL},     {"kv-block-size", required_argument, 0, O_KVB},
         {"quant", required_argument, 0, O_QUANT},        {"kv-dtype", required_argument, 0, O_KVD},
+        {"lm-head", required_argument, 0, O_LMH},
         {"dump-tokens", required_argument, 0, O_DUMPTOK}, {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
@@ -172,6 +175,11 @@ static int parse_args(int argc, char **argv, gen_opts *o)
             else
                 goto bad;
             break;
+        case O_LMH:
+            if (strcmp(a, "bf16") && strcmp(a, "fp8"))
+                goto bad;
+            o->lm_head_fp8 = !strcmp(a, "fp8");
+            break;
         case O_KVD:
             if (!strcmp(a, "auto"))
                 o->kv_dtype = GM_KV_AUTO;
@@ -237,6 +245,7 @@ static gm_status make_engine(const gen_opts *o, int64_t ctx, int32_t chunk, gm_e
     eo.max_context = (int32_t)ctx;
     eo.quant = o->quant;
     eo.kv_dtype = o->kv_dtype;
+    eo.lm_head_fp8 = o->lm_head_fp8;
     return gm_engine_create(&eo, e);
 }
 

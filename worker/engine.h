@@ -71,6 +71,9 @@ typedef struct gm_engine_opts {
     gm_quant quant;
     gm_kv_dtype kv_dtype;
     int32_t use_graphs;       /* CUDA: capture decode steps as graphs (default on) */
+    int32_t lm_head_fp8;      /* LM head in FP8 e4m3 (default 0 = bf16 on CUDA, the weights' type on CPU):
+                               * the tied embedding quantized per tensor (amax / 448), the final-normed
+                               * rows with the static scale cpu_fp8_lm_head_act_scale, float32 logits */
     int32_t verbose;          /* progress output on stderr while loading */
 } gm_engine_opts;
 

@@ -15,6 +15,7 @@
 
 #include "../common/log.h"
 #include "../common/safetensors.h"
+#include "../kernels/cpu/cpu_fp8.h"
 #include "../kernels/cpu/cpu_ops.h"
 #include "../parallel/comm.h"
 #include "awq.h"
@@ -48,6 +49,9 @@ typedef struct cpu_engine {
     float *fin;        /* [rows, hidden] final-normed rows */
     float *logits;     /* [rows, vocab] when the caller does not want logits */
     int64_t *row_tok;  /* [rows] token index (in the step) of each logits row */
+    uint8_t *embed8;   /* --lm-head fp8: [vocab, hidden] e4m3 of the embedding, scale embed8_sc */
+    uint8_t *fin8;     /* [rows, hidden] e4m3 of fin, scale fin8_sc (static) */
+    float embed8_sc, fin8_sc;
     gm_feed feed;      /* each slot's last sample; a step's samples */
 } cpu_engine;
 
@@ -90,6 +94,8 @@ static gm_status ensure_rows(cpu_engine *c, int64_t R)
     c->fin = xrealloc(c->fin, r * (size_t)c->base.cfg.hidden_size * sizeof(float), &fail);
     c->logits = xrealloc(c->logits, r * (size_t)c->base.cfg.vocab_size * sizeof(float), &fail);
     c->row_tok = xrealloc(c->row_tok, r * sizeof(int64_t), &fail);
+    if (c->embed8)
+        c->fin8 = xrealloc(c->fin8, r * (size_t)c->base.cfg.hidden_size, &fail);
     if (fail)
         return gm_fail(GM_ERR_NOMEM, "cpu engine: no memory for %lld logits rows", (long long)R);
     c->cap_rows = R;
@@ -193,7 +199,13 @@ static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t
                     c->fin + i * H);
     int64_t V = m->vocab_size;
     float *lg = full ? out->logits : c->logits; /* [rows, V] */
-    cpu_matmul(c->fin, rows, H, H, c->w.embed.data, c->w.embed.dtype, c->w.embed.ld, V, lg, V);
+    if (c->embed8) { /* the CUDA engine's --lm-head fp8: e4m3 rows (static scale) . e4m3 embedding, f32 out */
+        cpu_fp8_quantize_act(c->fin, rows * H, c->fin8_sc, c->fin8);
+        if (cpu_fp8_matmul_q_f32(c->fin8, rows, H, H, c->fin8_sc, c->embed8, H, V, c->embed8_sc, lg, V))
+            return gm_fail(GM_ERR_NOMEM, "cpu engine: no memory for the FP8 LM head");
+    } else {
+        cpu_matmul(c->fin, rows, H, H, c->w.embed.data, c->w.embed.dtype, c->w.embed.ld, V, lg, V);
+    }
     r = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
         const gm_seq_step *s = &seqs[i];
@@ -263,7 +275,7 @@ static void cpu_destroy(gm_engine *e)
     free(c->kv);
     free(c->h), free(c->x), free(c->q), free(c->k), free(c->v), free(c->att), free(c->part);
     free(c->ids), free(c->pos), free(c->gate), free(c->up);
-    free(c->fin), free(c->logits), free(c->row_tok);
+    free(c->fin), free(c->logits), free(c->row_tok), free(c->embed8), free(c->fin8);
     gm_feed_free(&c->feed);
     gm_linears_free(c->lin, c->lin ? (int64_t)c->base.cfg.num_layers * GM_LIN_COUNT : 0);
     free(c->lin);
@@ -318,6 +330,17 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
         goto fail; /* an FP8 checkpoint's Linears bind as e4m3 with their scales (worker/awq.h) */
     if (o->quant == GM_QUANT_FP8 && (st = gm_linears_to_fp8(c->lin, cfg.num_layers)))
         goto fail; /* e4m3 weights, dynamic e4m3 activations: the CUDA engine's FP8 twin (worker/awq.h) */
+    if (o->lm_head_fp8) {
+        int64_t n = (int64_t)cfg.vocab_size * cfg.hidden_size;
+        c->embed8 = malloc((size_t)n);
+        if (!c->embed8) {
+            st = gm_fail(GM_ERR_NOMEM, "cpu backend: no memory for the FP8 LM head (%lld bytes)", (long long)n);
+            goto fail;
+        }
+        c->embed8_sc = cpu_fp8_scale(cpu_fp8_amax(c->w.embed.data, c->w.embed.dtype, n));
+        cpu_fp8_quantize(c->w.embed.data, c->w.embed.dtype, n, c->embed8_sc, c->embed8);
+        c->fin8_sc = cpu_fp8_lm_head_act_scale(c->w.final_norm.data, c->w.final_norm.dtype, cfg.hidden_size);
+    }
     const gm_tp_layout *tp = &c->w.tp;
     c->q_w = (int64_t)tp->n_heads * cfg.head_dim;
     c->kv_w = (int64_t)tp->n_kv * cfg.head_dim;

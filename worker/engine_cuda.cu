@@ -125,6 +125,9 @@ typedef struct cuda_engine {
     float eps, normalizer, scale;
 
     bf16 *embed;        /* [V, H] also the LM head */
+    uint8_t *embed8;    /* --lm-head fp8: [V, H] e4m3 of embed (the LM head reads it instead) */
+    float *lm_sc;       /* [2 * SC_STRIDE]: embed8's scale, amax scratch; then the rows' static scale */
+    uint8_t *lmq8;      /* [cap_rows, H] e4m3 rows into the FP8 LM head */
     float *final_norm;  /* [H] */
     cu_layer *layers;
     float *rope_tab;    /* [max_context, hd / 2, 2] cos, sin */
@@ -687,6 +690,45 @@ static fp8_act act_q(const cuda_engine *c, const cu_layer *y, int i)
     return q;
 }
 
+/* logits [nr, V] f32 = x [nr, H] bf16 . embed^T: bf16 cuBLASLt/GEMV, or with --lm-head fp8 the rows
+ * quantized with the static scale and the FP8 product (the CPU engine's twin: engine_cpu.c). */
+static gm_status lm_head(cuda_engine *c, const bf16 *x, int64_t nr, cudaStream_t s)
+{
+    if (!c->embed8)
+        return gemm_bf16(c->gemm, x, nr, c->H, c->H, c->embed, c->H, c->V, c->logits, 1, c->V, s);
+    fp8_act q;
+    q.scale = c->lm_sc + SC_STRIDE, q.amax = NULL, q.tmp = NULL;
+    GM_CHECK(k_fp8_quantize(x, c->H, nr, c->H, &q, c->lmq8, s));
+    return gemm_fp8(c->gemm8, c->lmq8, nr, c->H, c->H, c->lm_sc + SC_STRIDE, c->embed8, c->H, c->lm_sc, c->V,
+                    c->logits, 1, c->V, s);
+}
+
+/* --lm-head fp8: embed8 = e4m3(embed / (amax / 448)) on the device, and the rows' static scale
+ * sqrt(H) * max |1 + w_norm| / 448 from the uploaded final norm (cpu_fp8_lm_head_act_scale's value). */
+static gm_status setup_lm_head_fp8(cuda_engine *c)
+{
+    int64_t H = c->H, n = c->V * H;
+    GM_CHECK(dev_alloc((void **)&c->embed8, (size_t)n, "the FP8 LM head"));
+    GM_CHECK(dev_alloc((void **)&c->lm_sc, 2 * SC_STRIDE * sizeof(float), "the FP8 LM head's scales"));
+    GM_CHECK(dev_alloc((void **)&c->lmq8, (size_t)(c->cap_rows * H), "the FP8 LM head's rows"));
+    GM_CHECK(k_fp8_quantize_weight(c->embed, n, c->lm_sc, c->lm_sc + 1, c->embed8, c->stream));
+    float *w1 = (float *)malloc((size_t)H * sizeof(float));
+    if (!w1)
+        return gm_fail(GM_ERR_NOMEM, "cuda engine: no host memory");
+    cudaError_t e = cudaMemcpy(w1, c->final_norm, (size_t)H * sizeof(float), cudaMemcpyDeviceToHost);
+    float m = 0.0f;
+    for (int64_t i = 0; i < H; i++)
+        m = fabsf(w1[i]) > m ? fabsf(w1[i]) : m;
+    free(w1);
+    if (e != cudaSuccess)
+        return gm_fail(GM_ERR_CUDA, "cuda engine: reading the final norm back: %s", cudaGetErrorString(e));
+    float sc = cpu_fp8_scale(sqrtf((float)H) * m);
+    GM_CUDA_CHECK(cudaMemcpy(c->lm_sc + SC_STRIDE, &sc, sizeof sc, cudaMemcpyHostToDevice));
+    GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->weight_bytes -= n; /* a step reads the e4m3 copy (V H bytes), not the bf16 one (2 V H) */
+    return GM_OK;
+}
+
 static gm_status forward(cuda_engine *c, const fwd_args *a)
 {
     cudaStream_t s = c->stream;
@@ -826,7 +868,7 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
             GM_CHECK(k_gather_rows(c->xn, H, m->rows, a->S, H, c->xs, s));
             x = c->xs;
         }
-        GM_CHECK(gemm_bf16(c->gemm, x, a->S, H, H, c->embed, H, c->V, c->logits, 1, c->V, s));
+        GM_CHECK(lm_head(c, x, a->S, s));
         prof_mark(c, OP_LM_HEAD);
         GM_CHECK(k_sample(c->logits, c->V, c->V, a->S, m->params, m->counters, m->tokens, s));
     }
@@ -876,7 +918,7 @@ static gm_status dump_logits(cuda_engine *c, int64_t n_rows, float *out)
     for (int64_t r0 = 0; r0 < n_rows; r0 += c->cap_rows) {
         int64_t nr = n_rows - r0 < c->cap_rows ? n_rows - r0 : c->cap_rows;
         GM_CHECK(k_gather_rows(c->xn, c->H, c->dump_rows + r0, nr, c->H, c->xs, s));
-        GM_CHECK(gemm_bf16(c->gemm, c->xs, nr, c->H, c->H, c->embed, c->H, c->V, c->logits, 1, c->V, s));
+        GM_CHECK(lm_head(c, c->xs, nr, s));
         GM_CUDA_CHECK(cudaMemcpyAsync(out + r0 * c->V, c->logits, (size_t)(nr * c->V) * sizeof(float),
                                       cudaMemcpyDeviceToHost, s));
     }
@@ -1102,6 +1144,7 @@ static void cuda_destroy(gm_engine *e)
         free(c->layers);
     }
     cudaFree(c->embed), cudaFree(c->final_norm), cudaFree(c->rope_tab), cudaFree(c->kv);
+    cudaFree(c->embed8), cudaFree(c->lm_sc), cudaFree(c->lmq8);
     for (int i = 0; i < PROF_MAX; i++)
         if (c->prof.ev[i])
             cudaEventDestroy(c->prof.ev[i]);
@@ -1371,7 +1414,7 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     }
     GM_CUDA_GOTO(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), st, fail);
     GM_GOTO(gemm_ctx_new(0, &c->gemm), st, fail);
-    if (c->fp8w)
+    if (c->fp8w || o->lm_head_fp8)
         GM_GOTO(gemm_fp8_ctx_new(0, &c->gemm8), st, fail);
     {
         const char *gv = getenv("GM_CUDA_GEMV_ROWS");
@@ -1403,11 +1446,13 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     cudaFree(c->wstage);
     c->wstage = NULL;
     GM_GOTO(alloc_runtime(c), st, fail);
+    if (o->lm_head_fp8)
+        GM_GOTO(setup_lm_head_fp8(c), st, fail);
     GM_GOTO(alloc_kv(c), st, fail);
     if (o->verbose)
-        fprintf(stderr, "cuda engine: ready: %.2f GB of weights (%s), %d decode buckets, graphs %s, XQA mode %d\n",
-                (double)c->weight_bytes / 1e9,
-                c->fp8w ? "fp8 e4m3, bf16 embedding/LM head" : c->awq ? "AWQ int4 W4A16, bf16 embedding/LM head" : "bf16",
+        fprintf(stderr, "cuda engine: ready: %.2f GB of weights read per step (%s, %s LM head), %d decode buckets, "
+                "graphs %s, XQA mode %d\n", (double)c->weight_bytes / 1e9,
+                c->fp8w ? "fp8 e4m3" : c->awq ? "AWQ int4 W4A16" : "bf16", o->lm_head_fp8 ? "fp8" : "bf16",
                 c->n_buckets,
                 o->use_graphs ? "on" : "off", c->xqa_mode);
     *out = &c->base;

@@ -35,7 +35,8 @@ void gm_engine_cuda_set_pdl(gm_engine *e, int on);
  * graphs. GM_ERR_UNSUPPORTED when the engine does not run FP8 weights. */
 gm_status gm_engine_cuda_set_static_act(gm_engine *e, float scale);
 
-/* Bytes of weights on this rank's device. */
+/* Bytes of weights a batch-1 decode step reads on this rank (with --lm-head fp8 the e4m3 copy of the
+ * embedding counts, not the bf16 one, of which a step gathers only its rows). */
 int64_t gm_engine_cuda_weight_bytes(const gm_engine *e);
 
 /* Time every op of the following steps (event nodes inside the decode graphs too); turning it

@@ -157,6 +157,7 @@ static void usage(FILE *f)
             "  --max-context N        longest sequence\n"
             "  --quant none|fp8|awq\n"
             "  --kv-dtype auto|bf16|fp8\n"
+            "  --lm-head bf16|fp8\n"
             "  --no-graphs            CUDA: do not capture decode steps as graphs\n"
             "  --verbose              loading progress on stderr\n"
             "  --log-level debug|info|warn|error|off\n"
@@ -285,6 +286,9 @@ static int parse_args(int argc, char **argv, wm_args *a)
                 a->eo.kv_dtype = GM_KV_FP8;
             else
                 bad = 1;
+        } else if (!strcmp(k, "--lm-head")) {
+            bad = strcmp(v, "bf16") && strcmp(v, "fp8");
+            a->eo.lm_head_fp8 = !strcmp(v, "fp8");
         } else if (!strcmp(k, "--log-level")) {
             a->log_level = gm_log_parse_level(v);
             bad = a->log_level < 0;

@@ -98,6 +98,19 @@ float cpu_fp8_act_scale(const float *x, int64_t n)
     return cpu_fp8_scale(m);
 }
 
+float cpu_fp8_lm_head_act_scale(const void *w, gm_dtype dt, int64_t H)
+{
+    float m = 0.0f, v;
+    size_t es = gm_dtype_size(dt);
+    for (int64_t i = 0; i < H; i++) {
+        gm_to_f32(dt, (const char *)w + (size_t)i * es, &v, 1);
+        float a = fabsf(1.0f + v);
+        if (a > m)
+            m = a;
+    }
+    return cpu_fp8_scale(sqrtf((float)H) * m);
+}
+
 void cpu_fp8_dequantize(const uint8_t *q, int64_t n, float scale, float *x)
 {
     for (int64_t i = 0; i < n; i++)

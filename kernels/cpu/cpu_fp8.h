@@ -40,6 +40,13 @@ void cpu_fp8_quantize_act(const float *x, int64_t n, float scale, uint8_t *q);
 /* Dynamic scale of an activation: cpu_fp8_scale(max |bf16(x)|).   x [n] f32 */
 float cpu_fp8_act_scale(const float *x, int64_t n);
 
+/* The static activation scale of an FP8 LM head: no RMS-normed row can exceed it, since
+ * |x_i| / rms(x) <= sqrt(H): sqrtf(H) * max_i |1 + w_i| / 448, w the final norm's weight [H] of
+ * type dt. Both engines use it (--lm-head fp8), so their logits agree and do not depend on the
+ * batch; e4m3 keeps 3 mantissa bits over 2^14 of range, so values far below the bound lose no
+ * precision until they are below 2^-6 of the scale times 448. */
+float cpu_fp8_lm_head_act_scale(const void *w, gm_dtype dt, int64_t H);
+
 /* x[i] = e4m3_value(q[i]) * scale.   q [n] e4m3; x [n] f32 */
 void cpu_fp8_dequantize(const uint8_t *q, int64_t n, float scale, float *x);
 
