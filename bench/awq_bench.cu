@@ -2,10 +2,12 @@
  *
  * GEMV (M = 1..4): GB/s counting the int4 weights, zeros, scales, x and y once, beside the
  * 4.2 TB/s copy ceiling of the H200 (DESIGN.md; ~3.0 TB/s on the H100) and beside cuBLAS
- * bf16 (dense weights, 4x the bytes) in the same run. Weights rotate through copies that
+ * bf16 (dense weights, 4x the bytes) in the same run; awq_gemv and awq_gemv2 side by side
+ * (awq_gemv2 launches with PDL when k_get_pdl() is on, as in the engine: its first weight
+ * copies overlap the previous call's tail; "v2 noPDL" is the same kernel launched plainly). Weights rotate through copies that
  * together exceed L2, so every call reads DRAM.
  * GEMM (M = 16..4096): TFLOP/s (2MNK) beside cuBLAS bf16 on the same shape and the 770
- * TFLOP/s bf16 ceiling. Usage: awq_bench [--quick]. */
+ * TFLOP/s bf16 ceiling. Usage: awq_bench [--quick] [--gemv] [--no-tma] [--only NAME]. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -16,6 +18,7 @@
 #include <string.h>
 
 #include "kernels/cuda/awq.cuh"
+#include "kernels/cuda/launch.cuh"
 
 #define CK(x)                                                                                                      \
     do {                                                                                                           \
@@ -37,7 +40,64 @@ static const shape g_shapes[] = {
     {"2b q/o", 2048, 2048},   {"2b gate/up", 2048, 16384}, {"2b down", 16384, 2048},
     {"7b q", 3072, 4096},     {"7b o", 4096, 3072},        {"7b gate/up", 3072, 24576},
     {"7b down", 24576, 3072}, {"2b qkv", 2048, 2560},      {"7b qkv", 3072, 12288},
+    {"2b gu fused", 2048, 32768}, {"7b gu fused", 3072, 49152}, /* gate|up as the CUDA engine runs them */
 };
+
+/* Mean microseconds of one GEMV call (impl 1 = awq_gemv, 2 = awq_gemv2, 3 = awq_gemv2_tma), weights rotating
+ * through `copies` copies: `iters` calls launched one by one (graph = 0), or captured into one
+ * CUDA graph and replayed (graph = 1: no host launch cost, as the engine runs them); -1 when a
+ * call fails. */
+static double time_gemv(int impl, int graph, const void *x, int64_t M, int64_t K, const cpu_awq_w *w, int copies,
+                        void *y, int64_t N, void *ws, size_t wsb, cudaStream_t s, cudaEvent_t e0, cudaEvent_t e1,
+                        int iters)
+{
+    for (int c = 0; c < copies; c++) { /* warm-up */
+        gm_status st = impl == 3   ? awq_gemv2_tma(x, M, K, &w[c], y, N, ws, wsb, s)
+                       : impl == 2 ? awq_gemv2(x, M, K, &w[c], y, N, ws, wsb, s)
+                                   : awq_gemv(x, M, K, &w[c], y, N, ws, wsb, s);
+        if (st) {
+            fprintf(stderr, "awq_bench: %s\n", gm_last_error());
+            return -1.0;
+        }
+    }
+    cudaGraphExec_t exec = NULL;
+    if (graph) {
+        cudaGraph_t g;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < iters; i++) {
+            if (impl == 3)
+                awq_gemv2_tma(x, M, K, &w[i % copies], y, N, ws, wsb, s);
+            else if (impl == 2)
+                awq_gemv2(x, M, K, &w[i % copies], y, N, ws, wsb, s);
+            else
+                awq_gemv(x, M, K, &w[i % copies], y, N, ws, wsb, s);
+        }
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&exec, g, 0));
+        CK(cudaGraphDestroy(g));
+        CK(cudaGraphLaunch(exec, s)); /* warm-up */
+    }
+    CK(cudaEventRecord(e0, s));
+    if (graph) {
+        CK(cudaGraphLaunch(exec, s));
+    } else {
+        for (int i = 0; i < iters; i++) {
+            if (impl == 3)
+                awq_gemv2_tma(x, M, K, &w[i % copies], y, N, ws, wsb, s);
+            else if (impl == 2)
+                awq_gemv2(x, M, K, &w[i % copies], y, N, ws, wsb, s);
+            else
+                awq_gemv(x, M, K, &w[i % copies], y, N, ws, wsb, s);
+        }
+    }
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    if (exec)
+        CK(cudaGraphExecDestroy(exec));
+    return 1000.0 * ms / iters;
+}
 
 static void fill_rand(void *p, size_t bytes)
 {
@@ -75,10 +135,24 @@ static void fill_half(void *p, size_t n, bool bf16)
 
 int main(int argc, char **argv)
 {
-    bool quick = argc > 1 && !strcmp(argv[1], "--quick");
-    if (argc > 1 && !strcmp(argv[1], "--help")) {
-        printf("usage: awq_bench [--quick]\nW4A16 GEMV/GEMM throughput at Gemma shapes, beside cuBLAS bf16.\n");
-        return 0;
+    bool quick = false, gemv_only = false, tma = true;
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick"))
+            quick = true;
+        else if (!strcmp(argv[i], "--gemv"))
+            gemv_only = true;
+        else if (!strcmp(argv[i], "--no-tma"))
+            tma = false;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else {
+            printf("usage: awq_bench [--quick] [--gemv] [--no-tma] [--only NAME]\nW4A16 GEMV/GEMM throughput at Gemma "
+                   "shapes, beside cuBLAS bf16.\n  --quick      fewer iterations, GEMM up to M = 1024\n  --gemv       the "
+                   "GEMV table only\n  --no-tma     skip awq_gemv2_tma (experimental)\n  --only NAME  the shapes "
+                   "whose name contains NAME (\"7b down\", ...)\n");
+            return strcmp(argv[i], "--help") ? 1 : 0;
+        }
     }
     int dev = 0, n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -103,11 +177,17 @@ int main(int argc, char **argv)
     const int iters = quick ? 20 : 100;
 
     printf("\nGEMV (W4A16, group 128): GB/s of int4 weights + zeros + scales + x + y; ceiling 4200 GB/s (H200)\n");
-    printf("%-11s %6s %6s %2s %9s %9s %7s %11s %9s\n", "shape", "K", "N", "M", "awq us", "awq GB/s", "%4.2T",
-           "cublas us", "speedup");
+    printf("awq = awq_gemv, v2 = awq_gemv2, v2t = awq_gemv2_tma (experimental; -1: skipped); 'us' = launched one by\n"
+           "one, 'gr' = replayed from a CUDA graph (GB/s and %% of 4.2 TB/s from the graph times); v2 noPDL = graph\n"
+           "without programmatic launch; speedup = cuBLAS / v2 gr\n");
+    printf("%-16s %6s %6s %2s %8s %8s %7s %8s %8s %8s %7s %8s %8s %7s %9s %8s\n", "shape", "K", "N", "M", "awq us",
+           "awq gr", "%4.2T", "v2 us", "v2 gr", "v2 GB/s", "%4.2T", "v2 noPDL", "v2t gr", "%4.2T", "cublas us",
+           "speedup");
     printf("\nGEMM: TFLOP/s = 2MNK / time; cuBLAS bf16 on the same shape; bf16 ceiling 770 TFLOP/s (H200)\n");
     for (size_t si = 0; si < sizeof g_shapes / sizeof g_shapes[0]; si++) {
         const shape *sh = &g_shapes[si];
+        if (only && !strstr(sh->name, only))
+            continue;
         int64_t K = sh->K, N = sh->N, G = K / group;
         size_t qb = (size_t)(K * N / 2), zb = (size_t)(G * N / 2), sb = (size_t)(G * N * 2);
         size_t one = qb + zb + sb;
@@ -142,19 +222,17 @@ int main(int argc, char **argv)
         }
         const float one_f = 1.0f, zero_f = 0.0f;
         for (int64_t M = 1; M <= 4; M *= 2) {
-            for (int c = 0; c < copies; c++) /* warm-up */
-                if (awq_gemv(x, M, K, &w[c], y, N, ws, wsb, s)) {
-                    fprintf(stderr, "awq_bench: %s\n", gm_last_error());
-                    return 1;
-                }
-            CK(cudaEventRecord(e0, s));
-            for (int i = 0; i < iters; i++)
-                awq_gemv(x, M, K, &w[i % copies], y, N, ws, wsb, s);
-            CK(cudaEventRecord(e1, s));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            double us = 1000.0 * ms / iters;
+            double us = time_gemv(1, 0, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
+            double v2 = time_gemv(2, 0, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
+            double g1 = time_gemv(1, 1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
+            double g2 = time_gemv(2, 1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
+            int pdl = k_get_pdl();
+            k_set_pdl(0);
+            double g2n = time_gemv(2, 1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
+            k_set_pdl(pdl);
+            if (us < 0 || v2 < 0 || g1 < 0 || g2 < 0 || g2n < 0)
+                return 1;
+            double g3 = tma ? time_gemv(3, 1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters) : -1.0;
             double bytes = (double)one + (double)(M * K * 2) + (double)(M * N * 2);
             /* cuBLAS bf16: y^T [N, M] = W [N, K] . x^T, column-major views of row-major data */
             for (int i = 0; i < 3; i++)
@@ -171,12 +249,14 @@ int main(int argc, char **argv)
             float ms2;
             CK(cudaEventElapsedTime(&ms2, e0, e1));
             double us2 = 1000.0 * ms2 / iters;
-            printf("GEMV %-11s %6lld %6lld %2lld %9.2f %9.0f %6.1f%% %11.2f %8.2fx\n", sh->name, (long long)K,
-                   (long long)N, (long long)M, us, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / 4200.0, us2,
-                   us2 / us);
+            printf("GEMV %-11s %6lld %6lld %2lld %8.2f %8.2f %6.1f%% %8.2f %8.2f %8.0f %6.1f%% %8.2f %8.2f %6.1f%% %9.2f "
+                   "%7.2fx\n",
+                   sh->name, (long long)K, (long long)N, (long long)M, us, g1, 100.0 * bytes / g1 / 1e3 / 4200.0, v2,
+                   g2, bytes / g2 / 1e3, 100.0 * bytes / g2 / 1e3 / 4200.0, g2n, g3,
+                   g3 > 0 ? 100.0 * bytes / g3 / 1e3 / 4200.0 : 0.0, us2, us2 / g2);
         }
         const int64_t Ms[] = {16, 64, 256, 1024, 4096};
-        for (int mi = 0; mi < 5; mi++) {
+        for (int mi = 0; mi < (gemv_only ? 0 : 5); mi++) {
             int64_t M = Ms[mi];
             if (quick && M > 1024)
                 continue;

@@ -11,6 +11,14 @@
  *   sum is scaled in float32, so the product is exact up to float32 rounding. K is split
  *   across blocks when N alone does not fill the GPU; the partial sums go to a workspace
  *   and the last block of each column tile adds them in split order (deterministic).
+ * - awq_gemv2 (M <= 8): the same product, streamed: per warp one 64-column tile and a run of
+ *   whole groups; four warps share a 16-step shared-memory ring that 16-byte cp.async copies
+ *   fill in whole 128-byte lines of qweight; the weights are the MMA's A operand (x as B: 8
+ *   batch columns, no padding rows), group sums scaled in float32; one wave of blocks, K split
+ *   across blocks where the columns do not fill it (workspace, last block adds in order).
+ *   awq_gemv2_tma: the same kernel with the rings filled by the tensor copy engine (TMA).
+ *   awq_matmul picks awq_gemv, awq_gemv2 or awq_gemv2_tma with awq_gemv_set_impl / GM_AWQ_GEMV
+ *   (awq_gemv2.cu).
  * - awq_gemm (any M): tiles of 32*MT x 128 x 32 through a 3-stage cp.async pipeline,
  *   weights dequantized in registers to bf16 ((q - z) * s rounded once) and fed to
  *   mma.sync m16n8k16 with float32 accumulators.
@@ -37,8 +45,9 @@ extern "C" {
 #define AWQ_GEMV_MAX_ROWS 8
 #define AWQ_GEMV_ROWS_DEFAULT 4
 
-/* Workspace bytes awq_gemv needs for a weight of N outputs, K inputs, this group, on the
- * current device (split-K partials and per-tile counters). Zero it (cudaMemset) once after
+/* Workspace bytes awq_gemv, awq_gemv2 AND awq_gemv2_tma need for a weight of N outputs, K inputs,
+ * this group, on the current device (split-K partials and per-tile counters; the largest of the
+ * kernels' needs, so awq_matmul may use any with it). Zero it (cudaMemset) once after
  * allocating; every call leaves it ready for the next. One workspace per stream AND per (N, K, group):
  * the split counters sit before the partial sums at an offset that depends on N, so a call of
  * another shape would read the previous call's partials as counters (seen in the CUDA engine on
@@ -49,11 +58,32 @@ size_t awq_gemv_workspace_bytes(int64_t N, int64_t K, int64_t group);
 gm_status awq_gemv(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
                    size_t ws_bytes, cudaStream_t s);
 
+/* Workspace bytes awq_gemv2 and awq_gemv2_tma need (0: none; same rules as above: zero it once,
+ * one per stream and shape; their counters sit where awq_gemv's do, so one workspace serves all). */
+size_t awq_gemv2_workspace_bytes(int64_t N, int64_t K, int64_t group);
+
+/* As awq_gemv (same arguments, rules and results up to float32 summation order); group 32, 64
+ * or 128. Deterministic, and row r of a batch gives the bits of the 1-row call. Launched with
+ * PDL (launch.cuh): its first weight copies start before the previous kernel finishes. */
+gm_status awq_gemv2(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
+                    size_t ws_bytes, cudaStream_t s);
+
+/* awq_gemv2 with its rings filled by the tensor copy engine (same contract and plan; EXPERIMENTAL:
+ * written without a GPU run, 2026-11-25; a stuck copy traps instead of hanging). */
+gm_status awq_gemv2_tma(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
+                        size_t ws_bytes, cudaStream_t s);
+
+/* The GEMV awq_matmul uses for M <= AWQ_GEMV_ROWS_DEFAULT: 1 = awq_gemv (default), 2 = awq_gemv2,
+ * 3 = awq_gemv2_tma. Process-wide; until set, the environment variable GM_AWQ_GEMV=1|2|3 decides
+ * (read once). Other values select 1. */
+void awq_gemv_set_impl(int impl);
+int awq_gemv_get_impl(void);
+
 /* The tensor-core GEMM for any M >= 1. */
 gm_status awq_gemm(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
                    cudaStream_t s);
 
-/* awq_gemv for M <= AWQ_GEMV_ROWS_DEFAULT (ws needed then), else awq_gemm. */
+/* The selected GEMV (awq_gemv_get_impl) for M <= AWQ_GEMV_ROWS_DEFAULT (ws needed then), else awq_gemm. */
 gm_status awq_matmul(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
                      size_t ws_bytes, cudaStream_t s);
 

@@ -147,7 +147,7 @@ static void gemv_plan(int64_t N, int64_t K, int64_t group, int *splits, int *gps
     *splits = (int)((G + per - 1) / per);
 }
 
-extern "C" size_t awq_gemv_workspace_bytes(int64_t N, int64_t K, int64_t group)
+static size_t gemv1_workspace_bytes(int64_t N, int64_t K, int64_t group)
 {
     if (N <= 0 || K <= 0 || group <= 0 || K % group || N % GEMV_COLS)
         return 0;
@@ -158,6 +158,13 @@ extern "C" size_t awq_gemv_workspace_bytes(int64_t N, int64_t K, int64_t group)
     size_t counters = (size_t)(N / GEMV_COLS) * sizeof(unsigned);
     counters = (counters + 255) & ~(size_t)255;
     return counters + (size_t)splits * AWQ_GEMV_MAX_ROWS * (size_t)N * sizeof(float);
+}
+
+/* The larger of awq_gemv's and awq_gemv2's needs: awq_matmul may use either. */
+extern "C" size_t awq_gemv_workspace_bytes(int64_t N, int64_t K, int64_t group)
+{
+    size_t a = gemv1_workspace_bytes(N, K, group), b = awq_gemv2_workspace_bytes(N, K, group);
+    return a > b ? a : b;
 }
 
 extern "C" gm_status awq_gemv(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
@@ -173,7 +180,7 @@ extern "C" gm_status awq_gemv(const void *x, int64_t M, int64_t ldx, const cpu_a
         return gm_fail(GM_ERR_UNSUPPORTED, "awq_gemv: group %lld (32, 64 or 128 supported)", (long long)w->group);
     int splits, gps;
     gemv_plan(w->N, w->K, w->group, &splits, &gps);
-    size_t need = awq_gemv_workspace_bytes(w->N, w->K, w->group);
+    size_t need = gemv1_workspace_bytes(w->N, w->K, w->group);
     if (need > 0 && (!ws || ws_bytes < need || ((uintptr_t)ws & 255u)))
         return gm_fail(GM_ERR_INVALID_ARG, "awq_gemv: N %lld K %lld needs a 256-byte aligned workspace of %zu bytes",
                        (long long)w->N, (long long)w->K, need);
@@ -204,6 +211,10 @@ extern "C" gm_status awq_matmul(const void *x, int64_t M, int64_t ldx, const cpu
                                 void *ws, size_t ws_bytes, cudaStream_t s)
 {
     if (M <= AWQ_GEMV_ROWS_DEFAULT && (w->group == 32 || w->group == 64 || w->group == 128))
-        return awq_gemv(x, M, ldx, w, y, ldy, ws, ws_bytes, s);
+        switch (awq_gemv_get_impl()) {
+        case 2: return awq_gemv2(x, M, ldx, w, y, ldy, ws, ws_bytes, s);
+        case 3: return awq_gemv2_tma(x, M, ldx, w, y, ldy, ws, ws_bytes, s);
+        default: return awq_gemv(x, M, ldx, w, y, ldy, ws, ws_bytes, s);
+        }
     return awq_gemm(x, M, ldx, w, y, ldy, s);
 }
