@@ -465,7 +465,7 @@ static void test_gemv2_graph(void **state)
     graph_replay(RUN_GEMV2);
 }
 
-/* The switch: GM_AWQ_GEMV (set to 2 by main before any call) is read once; set/get; other values select 1. */
+/* The switch: GM_AWQ_GEMV (set to 2 by main before any call) is read once; set/get; other values select 2. */
 static void test_impl_switch(void **state)
 {
     (void)state;
@@ -477,7 +477,7 @@ static void test_impl_switch(void **state)
     awq_gemv_set_impl(3);
     assert_int_equal(awq_gemv_get_impl(), 3);
     awq_gemv_set_impl(7);
-    assert_int_equal(awq_gemv_get_impl(), 1);
+    assert_int_equal(awq_gemv_get_impl(), 2);
     /* one workspace serves both GEMVs */
     const int64_t shapes[][3] = {{2048, 2048, 128}, {16384, 2048, 128}, {2048, 2560, 128}, {3072, 24576, 128},
                                  {24576, 3072, 128}, {3072, 49152, 128}, {2048, 32768, 128}, {4096, 3072, 64},

@@ -758,7 +758,7 @@ extern "C" gm_status awq_gemv2_tma(const void *x, int64_t M, int64_t ldx, const 
 
 static std::atomic<int> g_awq_gemv_impl(0); /* 0: not chosen yet */
 
-extern "C" void awq_gemv_set_impl(int impl) { g_awq_gemv_impl.store(impl == 2 || impl == 3 ? impl : 1); }
+extern "C" void awq_gemv_set_impl(int impl) { g_awq_gemv_impl.store(impl == 1 || impl == 3 ? impl : 2); }
 
 extern "C" int awq_gemv_get_impl(void)
 {
@@ -766,8 +766,8 @@ extern "C" int awq_gemv_get_impl(void)
     if (v)
         return v;
     const char *env = getenv("GM_AWQ_GEMV");
-    int want = env ? atoi(env) : 1, expected = 0;
-    want = want == 2 || want == 3 ? want : 1;
+    int want = env ? atoi(env) : 2, expected = 0;
+    want = want == 1 || want == 3 ? want : 2;
     g_awq_gemv_impl.compare_exchange_strong(expected, want);
     return g_awq_gemv_impl.load();
 }
