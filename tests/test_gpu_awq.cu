@@ -487,6 +487,52 @@ static void test_impl_switch(void **state)
                     awq_gemv2_workspace_bytes(shapes[i][1], shapes[i][0], shapes[i][2]));
 }
 
+/* Impls 1..n_impl of awq_matmul in turn, twice, on ONE workspace (16384 x 2048, group 128, M rows):
+ * each repeats its own bits, and impls a and b agree to float32 summation order (then bf16). */
+static void alternate_impls(int64_t M, int n_impl, int a_impl, int b_impl)
+{
+    wt w;
+    wt_make(&w, 16384, 2048, 128);
+    const int64_t K = w.K, N = w.N;
+    uint16_t *xb = (uint16_t *)malloc((size_t)(M * K) * 2);
+    for (int64_t i = 0; i < M * K; i++)
+        xb[i] = gm_f32_to_bf16(frand());
+    void *dx, *dy, *ws = NULL;
+    size_t wsb = awq_gemv_workspace_bytes(N, K, 128);
+    CK(cudaMalloc(&dx, (size_t)(M * K) * 2));
+    CK(cudaMalloc(&dy, (size_t)(M * N) * 2));
+    if (wsb) {
+        CK(cudaMalloc(&ws, wsb));
+        CK(cudaMemset(ws, 0, wsb));
+    }
+    CK(cudaMemcpy(dx, xb, (size_t)(M * K) * 2, cudaMemcpyHostToDevice));
+    uint16_t *yr[2][3];
+    for (int rep = 0; rep < 2; rep++)
+        for (int impl = 1; impl <= n_impl; impl++) {
+            awq_gemv_set_impl(impl);
+            CK(cudaMemset(dy, 0, (size_t)(M * N) * 2));
+            assert_int_equal(awq_matmul(dx, M, K, &w.dev, dy, N, ws, wsb, 0), GM_OK);
+            yr[rep][impl - 1] = (uint16_t *)malloc((size_t)(M * N) * 2);
+            CK(cudaMemcpy(yr[rep][impl - 1], dy, (size_t)(M * N) * 2, cudaMemcpyDeviceToHost));
+        }
+    for (int impl = 0; impl < n_impl; impl++)
+        assert_memory_equal(yr[0][impl], yr[1][impl], (size_t)(M * N) * 2);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < M * N; i++) {
+        double a = gm_bf16_to_f32(yr[0][a_impl - 1][i]), b = gm_bf16_to_f32(yr[0][b_impl - 1][i]);
+        num += (a - b) * (a - b), den += a * a;
+    }
+    print_message("awq_matmul impl %d vs %d: normalized difference %.2e\n", a_impl, b_impl, sqrt(num / den));
+    assert_true(sqrt(num / den) < 5e-3);
+    for (int rep = 0; rep < 2; rep++)
+        for (int impl = 0; impl < n_impl; impl++)
+            free(yr[rep][impl]);
+    free(xb);
+    cudaFree(dx), cudaFree(dy), cudaFree(ws);
+    wt_free(&w);
+    awq_gemv_set_impl(2);
+}
+
 /* awq_matmul under both GEMVs (and its GEMM path), then both alternating on ONE workspace: each
  * leaves the counters ready for the other, each repeats its own bits. */
 static void test_matmul_impls(void **state)
@@ -508,45 +554,7 @@ static void test_matmul_impls(void **state)
         }
         wt_free(&w);
     }
-    /* alternate on one workspace */
-    wt w;
-    wt_make(&w, 16384, 2048, 128);
-    const int64_t M = 3, K = w.K, N = w.N;
-    uint16_t *xb = (uint16_t *)malloc((size_t)(M * K) * 2);
-    for (int64_t i = 0; i < M * K; i++)
-        xb[i] = gm_f32_to_bf16(frand());
-    void *dx, *dy, *ws = NULL;
-    size_t wsb = awq_gemv_workspace_bytes(N, K, 128);
-    CK(cudaMalloc(&dx, (size_t)(M * K) * 2));
-    CK(cudaMalloc(&dy, (size_t)(M * N) * 2));
-    if (wsb) {
-        CK(cudaMalloc(&ws, wsb));
-        CK(cudaMemset(ws, 0, wsb));
-    }
-    CK(cudaMemcpy(dx, xb, (size_t)(M * K) * 2, cudaMemcpyHostToDevice));
-    uint16_t *yr[2][2];
-    for (int rep = 0; rep < 2; rep++)
-        for (int impl = 1; impl <= 2; impl++) {
-            awq_gemv_set_impl(impl);
-            CK(cudaMemset(dy, 0, (size_t)(M * N) * 2));
-            assert_int_equal(awq_matmul(dx, M, K, &w.dev, dy, N, ws, wsb, 0), GM_OK);
-            yr[rep][impl - 1] = (uint16_t *)malloc((size_t)(M * N) * 2);
-            CK(cudaMemcpy(yr[rep][impl - 1], dy, (size_t)(M * N) * 2, cudaMemcpyDeviceToHost));
-        }
-    assert_memory_equal(yr[0][0], yr[1][0], (size_t)(M * N) * 2);
-    assert_memory_equal(yr[0][1], yr[1][1], (size_t)(M * N) * 2);
-    double num = 0, den = 0; /* the two GEMVs agree to float32 summation order, then bf16 rounding */
-    for (int64_t i = 0; i < M * N; i++) {
-        double a = gm_bf16_to_f32(yr[0][0][i]), b = gm_bf16_to_f32(yr[0][1][i]);
-        num += (a - b) * (a - b), den += a * a;
-    }
-    assert_true(sqrt(num / den) < 5e-3);
-    for (int rep = 0; rep < 2; rep++)
-        free(yr[rep][0]), free(yr[rep][1]);
-    free(xb);
-    cudaFree(dx), cudaFree(dy), cudaFree(ws);
-    wt_free(&w);
-    awq_gemv_set_impl(1);
+    alternate_impls(3, 2, 1, 2); /* alternate on one workspace */
 }
 
 static void test_gemv2_errors(void **state)
@@ -648,45 +656,7 @@ static void test_tma_matmul(void **state)
         assert_true(e < 5e-3);
     }
     wt_free(&w);
-    wt_make(&w, 16384, 2048, 128);
-    const int64_t M = 2, K = w.K, N = w.N;
-    uint16_t *xb = (uint16_t *)malloc((size_t)(M * K) * 2);
-    for (int64_t i = 0; i < M * K; i++)
-        xb[i] = gm_f32_to_bf16(frand());
-    void *dx, *dy, *ws = NULL;
-    size_t wsb = awq_gemv_workspace_bytes(N, K, 128);
-    CK(cudaMalloc(&dx, (size_t)(M * K) * 2));
-    CK(cudaMalloc(&dy, (size_t)(M * N) * 2));
-    if (wsb) {
-        CK(cudaMalloc(&ws, wsb));
-        CK(cudaMemset(ws, 0, wsb));
-    }
-    CK(cudaMemcpy(dx, xb, (size_t)(M * K) * 2, cudaMemcpyHostToDevice));
-    uint16_t *yr[2][3];
-    for (int rep = 0; rep < 2; rep++)
-        for (int impl = 1; impl <= 3; impl++) {
-            awq_gemv_set_impl(impl);
-            CK(cudaMemset(dy, 0, (size_t)(M * N) * 2));
-            assert_int_equal(awq_matmul(dx, M, K, &w.dev, dy, N, ws, wsb, 0), GM_OK);
-            yr[rep][impl - 1] = (uint16_t *)malloc((size_t)(M * N) * 2);
-            CK(cudaMemcpy(yr[rep][impl - 1], dy, (size_t)(M * N) * 2, cudaMemcpyDeviceToHost));
-        }
-    for (int impl = 0; impl < 3; impl++)
-        assert_memory_equal(yr[0][impl], yr[1][impl], (size_t)(M * N) * 2);
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < M * N; i++) {
-        double a = gm_bf16_to_f32(yr[0][1][i]), b = gm_bf16_to_f32(yr[0][2][i]);
-        num += (a - b) * (a - b), den += a * a;
-    }
-    print_message("awq_gemv2 vs awq_gemv2_tma: normalized difference %.2e\n", sqrt(num / den));
-    assert_true(sqrt(num / den) < 5e-3);
-    for (int rep = 0; rep < 2; rep++)
-        for (int impl = 0; impl < 3; impl++)
-            free(yr[rep][impl]);
-    free(xb);
-    cudaFree(dx), cudaFree(dy), cudaFree(ws);
-    wt_free(&w);
-    awq_gemv_set_impl(1);
+    alternate_impls(2, 3, 2, 3);
 }
 
 static void test_tma_errors(void **state)
