@@ -287,8 +287,9 @@ PY
   serve|serve2)
     # gemma-bench against gemmad --backend cuda on full-size random-weight models.
     # SERVE_PLAN: entries MODEL:CFG:LENS, CFG bf16 | fp8 (FP8 weights + FP8 KV) | fp8w | awq (AWQ-format
-    # checkpoint of the model, RTN int4 weights); LENS a comma list of ISL/OSL[@CONCURRENCY] or b1 (batch-1
-    # decode, 128/256). gemmad's --max-seqs = the largest concurrency of the entry.
+    # checkpoint of the model, RTN int4 weights) | fp8s (calibrated FP8 checkpoint: static activation
+    # scales, per-layer KV scales, FP8 KV, FP8 LM head); LENS a comma list of ISL/OSL[@CONCURRENCY] or b1
+    # (batch-1 decode, 128/256). gemmad's --max-seqs = the largest concurrency of the entry.
     log=$OUT/serve.log
     plan=${SERVE_PLAN:-2b:fp8:128/128@512,b1}
     [ $ph = serve2 ] && plan=${SERVE_PLAN2:-}
@@ -299,6 +300,7 @@ PY
         fp8) qa="--quant fp8 --kv-dtype fp8" ;;
         fp8w) qa="--quant fp8 --kv-dtype bf16" ;;
         awq) qa="--quant awq --kv-dtype bf16" ;;
+        fp8s) qa="--quant fp8 --kv-dtype fp8 --lm-head fp8" ;;
         *) qa="" ;;
       esac
       left=$(( ${GM_TIME_BUDGET:-100000} - $(elapsed) ))
@@ -314,6 +316,11 @@ PY
         done
         [ -f "$M/${mdl}awq.done" ] || run "quantize_${mdl}_rtn" 200 "$log" "$PACK/gemma-quantize" --rtn --model "$M/${mdl}full" \
           --out "$mdir" --group 128 --quiet
+      fi
+      if [ "$cfg" = fp8s ]; then
+        mdir=$M/${mdl}fp8s
+        [ -f "$mdir/config.json" ] || run "quantize_${mdl}_fp8s" 300 "$log" "$PACK/gemma-quantize" --fp8 \
+          --model "$M/${mdl}full" --out "$mdir" --calib data/corpus.txt --quiet
       fi
       [ -f "$mdir/config.json" ] || { say "serve $mdl $cfg: no model $mdir"; continue; }
       seqs=8
