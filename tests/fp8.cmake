@@ -22,3 +22,9 @@ gm_add_test(test_fp8_ckpt ${CMAKE_CURRENT_SOURCE_DIR}/test_fp8_ckpt.c
   LIBS gm_quantize_fp8 gm_worker gm_kernels_cpu gm_common PkgConfig::CJSON m
   ARGS ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_SOURCE_DIR}/data/corpus.txt TIMEOUT 300)
 set_tests_properties(test_fp8_ckpt PROPERTIES FIXTURES_REQUIRED tiny_model)
+
+# an FP8 checkpoint served by gemmad on the CPU backend with the FP8 LM head (== gemma-generate)
+if(TARGET gemmad AND TARGET gemma-quantize)
+  add_test(NAME fp8_serve COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/fp8_serve.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(fp8_serve PROPERTIES LABELS e2e TIMEOUT 300 FIXTURES_REQUIRED tiny_model)
+endif()

@@ -360,9 +360,17 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
                      (long long)(2 * cfg.num_layers * c->layer_elems * (int64_t)sizeof(float) >> 20));
         goto fail;
     }
-    if (o->verbose)
-        GM_INFO("cpu engine: %s, %d layers, rank %d/%d, %lld KV blocks of %d tokens", o->model_dir, cfg.num_layers,
-                o->tp_rank, o->tp_size, (long long)c->base.kv_num_blocks, o->kv_block_size);
+    if (o->verbose) {
+        const gm_linear *l0 = c->lin;
+        const char *wq = !l0                            ? "?"
+                         : l0->kind == GM_LINEAR_AWQ   ? "AWQ int4"
+                         : l0->kind != GM_LINEAR_FP8   ? "dense"
+                         : l0->in_scale > 0.0f         ? "FP8, static activation scales"
+                                                       : "FP8, dynamic activation scales";
+        GM_INFO("cpu engine: %s, %d layers, rank %d/%d, %lld KV blocks of %d tokens; weights %s, LM head %s",
+                o->model_dir, cfg.num_layers, o->tp_rank, o->tp_size, (long long)c->base.kv_num_blocks,
+                o->kv_block_size, wq, c->embed8 ? "fp8" : "as stored");
+    }
     *out = &c->base;
     return GM_OK;
 fail:
