@@ -27,14 +27,11 @@ case $mode in
   *) echo "FAIL: unknown mode '$mode' (null or tiny)" >&2; exit 1 ;;
 esac
 
+. "$(dirname "$0")/proc_lib.sh"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gm-bench-e2e.XXXXXX")
 pid=
 cleanup() {
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-  fi
+  stop_pid "$pid"
   rm -rf "$tmp"
 }
 trap cleanup EXIT

@@ -15,13 +15,10 @@ for f in "$gemmad" "$cli" "$gen" "$quant" "$bin/daemon/gemma-worker"; do
 done
 [ -f "$bin/models/tiny/config.json" ] || { echo "FAIL: $bin/models/tiny is missing" >&2; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gm-fp8-serve.XXXXXX")
+. "$src/tests/proc_lib.sh"
 pid=
 stop() {
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-  fi
+  stop_pid "$pid"
   pid=
 }
 trap 'stop; rm -rf "$tmp"' EXIT
