@@ -439,7 +439,9 @@ PY
     # the two W4A16 GEMVs: tests, kernel timings, and batch-1 decode on AWQ-format checkpoints with each
     log=$OUT/awq2.log
     run test_gpu_awq 200 "$log" "$PACK/test_gpu_awq"
-    run awq_bench 120 "$log" "$PACK/awq_bench"
+    run awq_bench 120 "$log" "$PACK/awq_bench" --no-tma
+    run test_gpu_awq_tma 120 "$log" env GM_TEST_AWQ_TMA=1 "$PACK/test_gpu_awq" "test_tma*"
+    [ "${RES[test_gpu_awq_tma]}" = PASS ] && run awq_bench_tma 120 "$log" "$PACK/awq_bench"
     for mdl in ${AWQ_MODELS:-2b 7b}; do
       for i in $(seq 1 ${AWQ_WAIT:-240}); do [ -f "$M/${mdl}awq.done" ] && break; sleep 1; done
       [ -f "$M/${mdl}awq.done" ] || { say "awq2: $mdl AWQ checkpoint not ready"; continue; }

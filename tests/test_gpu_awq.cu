@@ -3,7 +3,8 @@
  * shapes (tiny, 2b, 7b Linears, fused ones) and odd ones, plus determinism (a second call on the
  * same workspace gives the same bits), batch invariance of the GEMVs, writes confined to y [M, N],
  * weight slices, graph capture, awq_matmul under each GEMV sharing one workspace, and argument
- * errors. Exits 77 (skipped) without a GPU. Usage: test_gpu_awq [PATTERN] (cmocka test filter). */
+ * errors. Exits 77 (skipped) without a GPU. Usage: test_gpu_awq [PATTERN] (cmocka test filter).
+ * GM_TEST_AWQ_TMA=1 adds the tests of the experimental awq_gemv2_tma (not yet run on a GPU). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -709,11 +710,19 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_gemv2_graph),
         cmocka_unit_test(test_matmul_impls),
         cmocka_unit_test(test_gemm),
-        cmocka_unit_test(test_tma_errors), /* awq_gemv2_tma last: see above */
+    };
+    /* awq_gemv2_tma has not run on a GPU yet (a stuck copy traps and poisons the context): its tests
+     * run last, and only when asked for, until a run has passed them */
+    const struct CMUnitTest tma[] = {
+        cmocka_unit_test(test_tma_errors),
         cmocka_unit_test(test_tma_gemv),
         cmocka_unit_test(test_tma_batch_invariant),
         cmocka_unit_test(test_tma_graph),
         cmocka_unit_test(test_tma_matmul),
     };
-    return cmocka_run_group_tests_name("gpu_awq", tests, NULL, NULL);
+    int rc = cmocka_run_group_tests_name("gpu_awq", tests, NULL, NULL);
+    const char *t = getenv("GM_TEST_AWQ_TMA");
+    if (t && !strcmp(t, "1"))
+        rc |= cmocka_run_group_tests_name("gpu_awq_tma (experimental)", tma, NULL, NULL);
+    return rc;
 }
