@@ -363,9 +363,15 @@ static const int g_fused[4][3] = {{GM_LIN_Q, GM_LIN_K, GM_LIN_V}, {GM_LIN_O, -1,
                                   {GM_LIN_GATE, GM_LIN_UP, -1}, {GM_LIN_DOWN, -1, -1}};
 
 /* FP8 Linears of one fused product get one weight scale (codes requantized to the largest) and
- * one input scale (gm_linears_bind). */
+ * one input scale; static input scales are used only when every FP8 Linear of the model has one,
+ * else all are dynamic (gm_linears_bind), which is what the CUDA engine can run. */
 static gm_status fp8_unify(gm_linear *lin, int32_t n_layers)
 {
+    int all_static = 1;
+    for (int64_t i = 0; i < (int64_t)n_layers * GM_LIN_COUNT; i++)
+        all_static &= lin[i].kind != GM_LINEAR_FP8 || lin[i].in_scale > 0.0f;
+    for (int64_t i = 0; i < (int64_t)n_layers * GM_LIN_COUNT && !all_static; i++)
+        lin[i].in_scale = 0.0f;
     for (int32_t l = 0; l < n_layers; l++) {
         gm_linear *L = lin + (int64_t)l * GM_LIN_COUNT;
         for (int g = 0; g < 4; g++) {

@@ -90,8 +90,9 @@ gm_linear gm_linear_dense(const gm_wview *v);
  * positive value) as w_scale, `<m>.input_scale` (optional) as in_scale. The Linears the engines
  * fuse into one product (q|k|v, gate|up) must then agree: where their weight scales differ, the
  * codes are requantized to the largest (e4m3(code * s_i / s_max)); their input scales become the
- * largest (or 0 = dynamic for all, when one of them has none). A fused product that mixes FP8
- * with another kind is GM_ERR_UNSUPPORTED. */
+ * largest. Input scales are kept only when every FP8 Linear of the model has one; otherwise all
+ * become 0 (dynamic), as the CUDA engine runs them. A fused product that mixes FP8 with another
+ * kind is GM_ERR_UNSUPPORTED. */
 gm_status gm_linears_bind(const st_model *m, const gm_model_config *cfg, const gm_tp_layout *tp, int64_t group,
                           gm_linear **out);
 

@@ -330,7 +330,7 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
         goto fail; /* an FP8 checkpoint's Linears bind as e4m3 with their scales (worker/awq.h) */
     if (o->quant == GM_QUANT_FP8 && (st = gm_linears_to_fp8(c->lin, cfg.num_layers)))
         goto fail; /* e4m3 weights, dynamic e4m3 activations: the CUDA engine's FP8 twin (worker/awq.h) */
-    if (o->lm_head_fp8) {
+    if (o->lm_head_fp8 && o->tp_rank == 0) { /* only rank 0 computes logits */
         int64_t n = (int64_t)cfg.vocab_size * cfg.hidden_size;
         c->embed8 = malloc((size_t)n);
         if (!c->embed8) {

@@ -369,7 +369,7 @@ static gm_status alloc_weights(cuda_engine *c)
         return GM_OK;
     }
     if (c->fp8w) {
-        int64_t most = c->n_qkv * H;
+        int64_t most = c->fp8_ckpt ? 8 : c->n_qkv * H; /* a checkpoint's e4m3 codes need no bf16 staging */
         int64_t sizes[3] = {H * c->nq * c->hd, 2 * c->ni * H, H * c->ni};
         for (int i = 0; i < 3; i++)
             most = sizes[i] > most ? sizes[i] : most;
@@ -1345,6 +1345,9 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     if (cfg->hidden_size % 8 || cfg->vocab_size % 8 || cfg->head_dim > 512)
         return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: hidden %d and vocab %d must be multiples of 8",
                        cfg->hidden_size, cfg->vocab_size);
+    if ((o->quant == GM_QUANT_FP8 || o->lm_head_fp8) && cfg->hidden_size % 16)
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: FP8 GEMMs need hidden %% 16 == 0 (hidden %d)",
+                       cfg->hidden_size);
     GM_CUDA_CHECK(cudaSetDevice(o->device));
 
     cuda_engine *c = (cuda_engine *)calloc(1, sizeof *c);
@@ -1446,7 +1449,7 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     cudaFree(c->wstage);
     c->wstage = NULL;
     GM_GOTO(alloc_runtime(c), st, fail);
-    if (o->lm_head_fp8)
+    if (o->lm_head_fp8 && o->tp_rank == 0) /* only rank 0 computes logits */
         GM_GOTO(setup_lm_head_fp8(c), st, fail);
     GM_GOTO(alloc_kv(c), st, fail);
     if (o->verbose)
@@ -1505,11 +1508,12 @@ extern "C" gm_status gm_engine_cuda_set_static_act(gm_engine *e, float scale)
         return gm_fail(GM_ERR_INVALID_ARG, "cuda engine: activation scale %g", (double)scale);
     GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
     drop_graphs(c);
-    c->static_act = scale > 0.0f;
+    c->static_act = 0; /* dynamic until every layer holds the new scale */
     for (int32_t l = 0; l < c->base.cfg.num_layers && scale > 0.0f; l++)
         for (int i = 0; i < 4; i++)
             GM_CUDA_CHECK(cudaMemcpy(c->layers[l].wsc + (4 + i) * SC_STRIDE, &scale, sizeof scale,
                                      cudaMemcpyHostToDevice));
+    c->static_act = scale > 0.0f;
     return GM_OK;
 }
 
