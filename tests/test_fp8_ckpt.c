@@ -5,6 +5,7 @@
  *  - a calibrated one binds static input scales and per-layer KV scales, stays close to bf16,
  *    and --quant fp8 on it changes nothing;
  *  - fused products whose scales differ are made whole (codes requantized to the largest scale);
+ *  - static input scales are all or none: one missing makes the whole model dynamic;
  *  - broken FP8 checkpoints (missing, non-positive, NaN or multi-element scales, a fused product
  *    with one member in bf16, --quant awq on FP8) are clear errors, never crashes.
  *
@@ -268,6 +269,21 @@ static void test_requantize_to_shared_scale(void **st)
     free(a), free(b);
 }
 
+/* One Linear without an input_scale: the whole model runs dynamic scales (as the CUDA engine can),
+ * so its logits equal the uncalibrated checkpoint's bit for bit (same weight codes). */
+static void test_partial_input_scales(void **st)
+{
+    (void)st;
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/partial", g_tmp);
+    edit e = {.drop = "model.layers.1.mlp.down_proj.input_scale"};
+    rewrite(dir, &e);
+    int32_t V = 0;
+    float *a = logits_of(g_dyn, GM_QUANT_NONE, &V), *b = logits_of(dir, GM_QUANT_NONE, &V);
+    assert_memory_equal(a, b, (size_t)NP * V * 4);
+    free(a), free(b);
+}
+
 static void expect_error(const edit *e, const char *dir_name, gm_quant q, gm_status want, const char *needle)
 {
     char dir[512];
@@ -344,6 +360,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_dynamic_ckpt_equals_quant_fp8),
         cmocka_unit_test(test_static_ckpt),
         cmocka_unit_test(test_requantize_to_shared_scale),
+        cmocka_unit_test(test_partial_input_scales),
         cmocka_unit_test(test_broken_ckpts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
