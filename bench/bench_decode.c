@@ -149,7 +149,7 @@ int main(int argc, char **argv)
                    "                    [--variants] [--csv FILE] [--quant none|fp8|awq] [--kv-dtype bf16|fp8]\n"
                    "                    [--xqa 0|1|2] [--act-scale dynamic|static|both]\n"
                    "                    [--lm-head bf16|fp8]\n"
-                   "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the\n"
+                   "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the bf16\n"
                    "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n"
                    "--act-scale (FP8 weights): dynamic per-tensor activation scales, or static ones (one fixed\n"
                    "scale, as calibrated input scales would be; the speed does not depend on its value), or both\n"
@@ -260,7 +260,7 @@ int main(int argc, char **argv)
         c.label = "graphs, gemv<=2 rows";
         if (!rc && variants && bl[i] == 1) {
             gm_engine_cuda_set_gemv_rows(e, 0);
-            c.label = "graphs, cuBLASLt only";
+            c.label = "graphs, cuBLASLt bf16";
             rc = run(e, &c, name, bw, wb, csv);
             gm_engine_cuda_set_gemv_rows(e, 2);
             gm_engine_cuda_set_pdl(e, 0);
