@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/dtype.h"
+#include "common/fsutil.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/sampling.h"
@@ -397,28 +398,6 @@ static gm_status mk_fill(void *vctx, int32_t index, void *dst, uint64_t nbytes)
     return GM_OK;
 }
 
-/* mkdir -p */
-static gm_status mk_mkdirs(const char *dir)
-{
-    char p[4096];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
-        return gm_fail(GM_ERR_INVALID_ARG, "--out: path too long");
-    for (char *s = p + 1;; s++) {
-        if (*s == '/' || *s == '\0') {
-            char keep = *s;
-            *s = '\0';
-            if (mkdir(p, 0755) != 0 && errno != EEXIST)
-                return gm_fail(GM_ERR_IO, "%s: cannot create directory: %s", p, strerror(errno));
-            *s = keep;
-            if (!keep)
-                break;
-        }
-    }
-    struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return gm_fail(GM_ERR_IO, "%s: not a directory", dir);
-    return GM_OK;
-}
 
 /* Write a cJSON tree to path, pretty-printed. Frees j. */
 static gm_status mk_write_json(cJSON *j, const char *path)
@@ -588,7 +567,7 @@ int main(int argc, char **argv)
     char tok[4200];
     snprintf(tok, sizeof tok, "%s/tokenizer.model", o.out);
     int32_t tv = o.cfg.vocab_size < MK_TOK_VOCAB ? o.cfg.vocab_size : MK_TOK_VOCAB;
-    if ((st = mk_mkdirs(o.out)) || (st = mk_config(&o, o.out)) || (st = gm_spm_train(o.corpus, tv, tok)) ||
+    if ((st = gm_mkdirs(o.out)) || (st = mk_config(&o, o.out)) || (st = gm_spm_train(o.corpus, tv, tok)) ||
         (st = mk_weights(&o, o.out))) {
         fprintf(stderr, "gemma-mkmodel: %s: %s\n", gm_status_str(st), gm_last_error());
         return 1;

@@ -37,6 +37,7 @@
 
 #include "quantize_fp8.h"
 #include "common/dtype.h"
+#include "common/fsutil.h"
 #include "common/log.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
@@ -224,70 +225,6 @@ static gm_status q_add(q_out *o, const char *name, gm_dtype dt, int64_t d0, int6
 }
 
 /* ---- files beside the weights ---- */
-
-static gm_status q_mkdir(const char *dir)
-{
-    char p[4096];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
-        return gm_fail(GM_ERR_INVALID_ARG, "--out: path too long");
-    for (char *s = p + 1;; s++) {
-        if (*s == '/' || *s == '\0') {
-            char keep = *s;
-            *s = '\0';
-            if (mkdir(p, 0755) != 0 && errno != EEXIST)
-                return gm_fail(GM_ERR_IO, "%s: cannot create directory: %s", p, strerror(errno));
-            *s = keep;
-            if (!keep)
-                break;
-        }
-    }
-    return GM_OK;
-}
-
-static gm_status q_copy_file(const char *src, const char *dst, bool optional)
-{
-    FILE *in = fopen(src, "rb");
-    if (!in) {
-        if (optional && errno == ENOENT)
-            return GM_OK;
-        return gm_fail(GM_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
-    }
-    FILE *out = fopen(dst, "wb");
-    if (!out) {
-        fclose(in);
-        return gm_fail(GM_ERR_IO, "%s: cannot create: %s", dst, strerror(errno));
-    }
-    char buf[65536];
-    size_t n;
-    gm_status st = GM_OK;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, n, out) != n) {
-            st = gm_fail(GM_ERR_IO, "%s: write failed", dst);
-            break;
-        }
-    if (!st && ferror(in))
-        st = gm_fail(GM_ERR_IO, "%s: read failed", src);
-    fclose(in);
-    if (fclose(out) != 0 && !st)
-        st = gm_fail(GM_ERR_IO, "%s: write failed", dst);
-    return st;
-}
-
-/* Tokenizer and generation files, as they are. */
-static gm_status q_copy_aux(const char *in, const char *out)
-{
-    static const char *const files[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                                        "special_tokens_map.json", "generation_config.json"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char s[4096], d[4096];
-        snprintf(s, sizeof s, "%s/%s", in, files[i]);
-        snprintf(d, sizeof d, "%s/%s", out, files[i]);
-        gm_status st = q_copy_file(s, d, i != 0);
-        if (st)
-            return st;
-    }
-    return GM_OK;
-}
 
 static char *q_slurp(const char *path, size_t *len)
 {
@@ -916,7 +853,7 @@ static gm_status q_run_int4(const q_opts *o)
             goto done;
     if ((st = q_add(&c.out, "model.norm.weight", c.w.final_norm.dtype, m->hidden_size, 0, c.w.final_norm.data)))
         goto done;
-    if ((st = q_mkdir(o->out)))
+    if ((st = gm_mkdirs(o->out)))
         goto done;
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", o->out);
@@ -924,7 +861,7 @@ static gm_status q_run_int4(const q_opts *o)
         fprintf(stderr, "gemma-quantize: writing %s (%.1f MB)\n", path, (double)st_writer_bytes(c.out.w) / 1e6);
     if ((st = st_writer_write(c.out.w, path, NULL, NULL)))
         goto done;
-    if ((st = q_write_config(o->model, o->out, q_awq_config(o->group))) || (st = q_copy_aux(o->model, o->out)))
+    if ((st = q_write_config(o->model, o->out, q_awq_config(o->group))) || (st = gm_copy_checkpoint_aux(o->model, o->out)))
         goto done;
     if (!o->quiet)
         fprintf(stderr, "gemma-quantize: done in %.1f s: %s\n", now_s() - t0, o->out);

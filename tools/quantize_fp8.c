@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "../common/dtype.h"
+#include "../common/fsutil.h"
 #include "../common/model_config.h"
 #include "../common/safetensors.h"
 #include "../common/tokenizer.h"
@@ -260,30 +261,6 @@ static gm_status fill_fp8(void *ctx_, int32_t index, void *dst, uint64_t nbytes)
     return GM_OK;
 }
 
-static gm_status copy_file(const char *src, const char *dst)
-{
-    FILE *in = fopen(src, "rb");
-    if (!in)
-        return GM_ERR_NOT_FOUND;
-    FILE *out = fopen(dst, "wb");
-    if (!out) {
-        fclose(in);
-        return gm_fail(GM_ERR_IO, "%s: %s", dst, strerror(errno));
-    }
-    char buf[1 << 16];
-    size_t r;
-    gm_status st = GM_OK;
-    while ((r = fread(buf, 1, sizeof buf, in)) > 0)
-        if (fwrite(buf, 1, r, out) != r) {
-            st = gm_fail(GM_ERR_IO, "%s: write failed", dst);
-            break;
-        }
-    fclose(in);
-    if (fclose(out) != 0 && st == GM_OK)
-        st = gm_fail(GM_ERR_IO, "%s: close failed", dst);
-    return st;
-}
-
 static gm_status write_config(const char *model_dir, const char *out_dir, int calibrated)
 {
     char path[4096];
@@ -405,10 +382,8 @@ gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const g
         }
     }
 
-    if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
-        st = gm_fail(GM_ERR_IO, "%s: %s", out_dir, strerror(errno));
+    if ((st = gm_mkdirs(out_dir)) != GM_OK)
         goto done;
-    }
     wr = st_writer_new();
     int32_t n_src = st_model_count(m);
     fc.n_items = n_src * 3 + 2 * NL + 8;
@@ -487,18 +462,8 @@ gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const g
         fprintf(stderr, "\ngemma-quantize --fp8: wrote %s (%.2f GB)\n", path, st_writer_bytes(wr) / 1e9);
     if ((st = write_config(model_dir, out_dir, calibrated)) != GM_OK)
         goto done;
-    static const char *extra[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                                  "special_tokens_map.json", "generation_config.json"};
-    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) {
-        char src[4096], dst[4096];
-        snprintf(src, sizeof src, "%s/%s", model_dir, extra[i]);
-        snprintf(dst, sizeof dst, "%s/%s", out_dir, extra[i]);
-        gm_status cs = copy_file(src, dst);
-        if (cs != GM_OK && cs != GM_ERR_NOT_FOUND) {
-            st = cs;
-            goto done;
-        }
-    }
+    if ((st = gm_copy_checkpoint_aux(model_dir, out_dir)) != GM_OK)
+        goto done;
 done:
     st_writer_destroy(&wr);
     free(fc.items);

@@ -1,0 +1,76 @@
+/* fsutil.c - see fsutil.h. */
+#include "fsutil.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+gm_status gm_mkdirs(const char *dir)
+{
+    char p[4096];
+    if (!dir || !*dir)
+        return gm_fail(GM_ERR_INVALID_ARG, "no directory given");
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+        return gm_fail(GM_ERR_INVALID_ARG, "%.64s...: path too long", dir);
+    for (char *s = p + 1;; s++) {
+        if (*s == '/' || *s == '\0') {
+            char keep = *s;
+            *s = '\0';
+            if (mkdir(p, 0755) != 0 && errno != EEXIST)
+                return gm_fail(GM_ERR_IO, "%s: cannot create directory: %s", p, strerror(errno));
+            *s = keep;
+            if (!keep)
+                break;
+        }
+    }
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return gm_fail(GM_ERR_IO, "%s: not a directory", dir);
+    return GM_OK;
+}
+
+gm_status gm_copy_file(const char *src, const char *dst, bool optional)
+{
+    FILE *in = fopen(src, "rb");
+    if (!in) {
+        if (optional && errno == ENOENT)
+            return GM_OK;
+        return gm_fail(GM_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
+    }
+    FILE *out = fopen(dst, "wb");
+    if (!out) {
+        fclose(in);
+        return gm_fail(GM_ERR_IO, "%s: cannot create: %s", dst, strerror(errno));
+    }
+    char buf[65536];
+    size_t n;
+    gm_status st = GM_OK;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n) {
+            st = gm_fail(GM_ERR_IO, "%s: write failed", dst);
+            break;
+        }
+    if (!st && ferror(in))
+        st = gm_fail(GM_ERR_IO, "%s: read failed", src);
+    fclose(in);
+    if (fclose(out) != 0 && !st)
+        st = gm_fail(GM_ERR_IO, "%s: write failed", dst);
+    return st;
+}
+
+gm_status gm_copy_checkpoint_aux(const char *in_dir, const char *out_dir)
+{
+    static const char *const files[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                                        "special_tokens_map.json", "generation_config.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char s[4096], d[4096];
+        if (snprintf(s, sizeof s, "%s/%s", in_dir, files[i]) >= (int)sizeof s ||
+            snprintf(d, sizeof d, "%s/%s", out_dir, files[i]) >= (int)sizeof d)
+            return gm_fail(GM_ERR_INVALID_ARG, "%s: path too long", files[i]);
+        gm_status st = gm_copy_file(s, d, i != 0);
+        if (st)
+            return st;
+    }
+    return GM_OK;
+}

@@ -1,0 +1,29 @@
+/* fsutil.h - the few file-system chores the offline tools share: mkdir -p, copying a file, and
+ * copying a checkpoint's tokenizer and generation files into a new checkpoint directory. */
+#ifndef GM_FSUTIL_H
+#define GM_FSUTIL_H
+
+#include <stdbool.h>
+
+#include "status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* mkdir -p dir (mode 0755); GM_ERR_IO naming the component that failed, or when dir exists but
+ * is not a directory; GM_ERR_INVALID_ARG for a path of 4096 bytes or more. */
+gm_status gm_mkdirs(const char *dir);
+
+/* Copy src to dst (created or truncated). A missing src is GM_OK when optional, else GM_ERR_IO;
+ * read and write errors are GM_ERR_IO naming the file. */
+gm_status gm_copy_file(const char *src, const char *dst, bool optional);
+
+/* Copy in_dir's tokenizer.model (required) and, where present, tokenizer.json,
+ * tokenizer_config.json, special_tokens_map.json and generation_config.json into out_dir. */
+gm_status gm_copy_checkpoint_aux(const char *in_dir, const char *out_dir);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
