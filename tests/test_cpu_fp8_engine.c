@@ -16,16 +16,12 @@
 
 #include <cmocka.h>
 
+#include "tests/test_check.h"
+
 #include "worker/engine.h"
 
 static const char *g_model;
 
-#define GOK(x)                                                                                                       \
-    do {                                                                                                             \
-        gm_status s_ = (x);                                                                                          \
-        if (s_ != GM_OK)                                                                                             \
-            fail_msg("%s: %s: %s", #x, gm_status_str(s_), gm_last_error());                                          \
-    } while (0)
 
 static gm_engine *open_engine_lm(gm_quant q, int lm8)
 {

@@ -23,6 +23,8 @@
 
 #include <cmocka.h>
 
+#include "tests/test_check.h"
+
 #include "common/dtype.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
@@ -33,12 +35,6 @@
 static const char *g_model, *g_calib;
 static char g_tmp[256], g_dyn[300], g_stat[300];
 
-#define GOK(x)                                                                                                       \
-    do {                                                                                                             \
-        gm_status s_ = (x);                                                                                          \
-        if (s_ != GM_OK)                                                                                             \
-            fail_msg("%s: %s: %s", #x, gm_status_str(s_), gm_last_error());                                          \
-    } while (0)
 
 static gm_status open_engine(const char *dir, gm_quant q, gm_engine **e)
 {

@@ -17,6 +17,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+
+#include "tests/test_check.h"
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
@@ -28,12 +30,6 @@
 #include "kernels/cuda/rmsnorm.cuh"
 
 #define CK(x) assert_int_equal((int)(x), 0)
-#define GOK(x)                                                                                                       \
-    do {                                                                                                             \
-        gm_status s_ = (x);                                                                                          \
-        if (s_ != GM_OK)                                                                                             \
-            fail_msg("%s: %s: %s", #x, gm_status_str(s_), gm_last_error());                                          \
-    } while (0)
 
 static uint64_t g_rng = 0x2545f4914f6cdd1dull;
 static uint32_t rnd(void)

@@ -22,6 +22,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+
+#include "tests/test_check.h"
 #include <cuda_runtime_api.h>
 
 #include "common/model_config.h"
@@ -36,12 +38,6 @@ static int g_quant_fp8, g_kv_fp8, g_quant_awq, g_lm_fp8;
 static const char *g_models[16];
 static int g_n_models;
 
-#define GOK(x)                                                                                                       \
-    do {                                                                                                             \
-        gm_status s_ = (x);                                                                                          \
-        if (s_ != GM_OK)                                                                                             \
-            fail_msg("%s: %s: %s", #x, gm_status_str(s_), gm_last_error());                                          \
-    } while (0)
 
 static double nerr(const float *a, const float *b, int64_t n)
 {
