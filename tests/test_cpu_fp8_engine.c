@@ -16,9 +16,8 @@
 
 #include <cmocka.h>
 
-#include "tests/test_check.h"
-
 #include "worker/engine.h"
+#include "tests/test_check.h"
 
 static const char *g_model;
 

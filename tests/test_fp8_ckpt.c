@@ -23,14 +23,13 @@
 
 #include <cmocka.h>
 
-#include "tests/test_check.h"
-
 #include "common/dtype.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "tools/quantize_fp8.h"
 #include "worker/awq.h"
 #include "worker/engine.h"
+#include "tests/test_check.h"
 
 static const char *g_model, *g_calib;
 static char g_tmp[256], g_dyn[300], g_stat[300];

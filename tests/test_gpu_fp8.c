@@ -17,8 +17,6 @@
 #include <string.h>
 
 #include <cmocka.h>
-
-#include "tests/test_check.h"
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
@@ -28,6 +26,7 @@
 #include "kernels/cuda/geglu.cuh"
 #include "kernels/cuda/gemm_fp8.cuh"
 #include "kernels/cuda/rmsnorm.cuh"
+#include "tests/test_check.h"
 
 #define CK(x) assert_int_equal((int)(x), 0)
 

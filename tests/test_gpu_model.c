@@ -22,12 +22,11 @@
 #include <string.h>
 
 #include <cmocka.h>
-
-#include "tests/test_check.h"
 #include <cuda_runtime_api.h>
 
 #include "common/model_config.h"
 #include "worker/engine.h"
+#include "tests/test_check.h"
 
 #define TOL_BF16 6e-2 /* bf16 activations vs float32, a few layers of random weights */
 #define TOL_KV8 1.5e-1 /* + e4m3 K/V (3 mantissa bits) */

@@ -12,8 +12,6 @@
 #include <string.h>
 
 #include <cmocka.h>
-
-#include "tests/test_check.h"
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
@@ -27,6 +25,7 @@
 #include "kernels/cuda/rmsnorm.cuh"
 #include "kernels/cuda/rope_kv.cuh"
 #include "kernels/cuda/sample.cuh"
+#include "tests/test_check.h"
 
 #define CK(x) assert_int_equal((int)(x), 0)
 
