@@ -369,10 +369,12 @@ static gm_status alloc_weights(cuda_engine *c)
         return GM_OK;
     }
     if (c->fp8w) {
-        int64_t most = c->fp8_ckpt ? 8 : c->n_qkv * H; /* a checkpoint's e4m3 codes need no bf16 staging */
+        int64_t most = c->n_qkv * H;
         int64_t sizes[3] = {H * c->nq * c->hd, 2 * c->ni * H, H * c->ni};
         for (int i = 0; i < 3; i++)
             most = sizes[i] > most ? sizes[i] : most;
+        if (c->fp8_ckpt)
+            most = 8; /* a checkpoint's e4m3 codes need no bf16 staging */
         GM_CHECK(dev_alloc((void **)&c->wstage, (size_t)most * 2, "the FP8 loader's staging"));
         for (int32_t l = 0; l < nl; l++) {
             cu_layer *y = &c->layers[l];
