@@ -32,6 +32,9 @@ if(Python3_Interpreter_FOUND AND TARGET gemma-generate AND TARGET gemma-mkmodel)
   add_test(NAME generate_golden
     COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny
       --golden $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/golden)
+  add_test(NAME generate_args
+    COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/generate_args.sh $<TARGET_FILE:gemma-generate> ${GM_MODELS}/tiny)
+  set_tests_properties(generate_args PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 60)
   set_tests_properties(ref_gemma_tiny ref_gemma_tiny_block7 generate_golden PROPERTIES
     FIXTURES_REQUIRED tiny_model SKIP_RETURN_CODE 77 TIMEOUT 300)
 endif()

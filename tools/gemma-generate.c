@@ -91,7 +91,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
     o->kv_block = 16;
     enum { O_MODEL = 1, O_PROMPT, O_CHAT, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_BACKEND, O_DUMP, O_PPL,
            O_KVB, O_QUANT, O_KVD, O_DUMPTOK, O_LMH, O_HELP };
-    static const struct option lo[] = {
+    static const struct option lo[] = { /* in enum order: error messages name lo[c - 1] */
         {"model", required_argument, 0, O_MODEL},        {"prompt", required_argument, 0, O_PROMPT},
         {"chat", no_argument, 0, O_CHAT},                {"max-tokens", required_argument, 0, O_MAXTOK},
         {"temperature", required_argument, 0, O_TEMP},   {"top-k", required_argument, 0, O_TOPK},
@@ -99,8 +99,8 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"backend", required_argument, 0, O_BACKEND},    {"dump-logits", required_argument, 0, O_DUMP},
         {"perplexity", required_argument, 0, O_PPL},     {"kv-block-size", required_argument, 0, O_KVB},
         {"quant", required_argument, 0, O_QUANT},        {"kv-dtype", required_argument, 0, O_KVD},
-        {"lm-head", required_argument, 0, O_LMH},
-        {"dump-tokens", required_argument, 0, O_DUMPTOK}, {"help", no_argument, 0, O_HELP},
+        {"dump-tokens", required_argument, 0, O_DUMPTOK}, {"lm-head", required_argument, 0, O_LMH},
+        {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
     int c;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# generate_args.sh GEMMA_GENERATE MODEL_DIR - gemma-generate's option errors: every bad value exits 2
+# with a message that names the option it came with; --help exits 0.
+set -u
+gen=$1 model=$2
+fail=0
+expect() { # expect OPTION VALUE
+  out=$("$gen" --model "$model" --prompt hi "$1" "$2" 2>&1 >/dev/null)
+  rc=$?
+  if [ $rc != 2 ] || ! grep -q -- "$1: bad value '$2'" <<<"$out"; then
+    echo "FAIL: $1 $2: rc $rc, said: $out"; fail=1
+  else
+    echo "ok: $1 $2 -> $out"
+  fi
+}
+expect --quant int3
+expect --kv-dtype fp4
+expect --lm-head fp16
+expect --backend tpu
+expect --max-tokens -5
+expect --temperature nan
+expect --top-k -1
+expect --top-p 2
+expect --kv-block-size 0
+"$gen" --help >/dev/null || { echo "FAIL: --help"; fail=1; }
+[ $fail = 0 ] && echo "PASS: gemma-generate option errors"
+exit $fail
