@@ -101,18 +101,24 @@ static void *register_thread(void *arg)
     if (zmq_connect(sock, g->router) != 0)
         GM_ERROR("registration: cannot connect to '%s': %s", g->router, zmq_strerror(errno));
     double last = 0, last_ack = now_ms();
+    int answered = 0; /* an answer (accept or refusal) came since the router was last heard of */
     for (;;) {
         double now = now_ms();
-        if (now - last >= g->heartbeat_ms) {
+        /* until the router answers, retry every 50 ms: with ZMQ_IMMEDIATE a Register sent before
+         * the connection is up is dropped, and waiting a whole heartbeat made the first
+         * registration land ~1 s late; after an answer, one Register per heartbeat */
+        double every = answered || g->heartbeat_ms < 50 ? g->heartbeat_ms : 50;
+        if (now - last >= every) {
             send_register(g, sock);
             last = now;
         }
         if (atomic_load(&g->accepted) && now - last_ack > 4.0 * g->heartbeat_ms) {
             GM_WARN("gemma-router %s stopped answering registrations", g->router);
             atomic_store(&g->accepted, false);
+            answered = 0;
         }
         zmq_pollitem_t it[2] = {{sock, 0, ZMQ_POLLIN, 0}, {ctl, 0, ZMQ_POLLIN, 0}};
-        long wait = (long)(g->heartbeat_ms - (now_ms() - last));
+        long wait = (long)(every - (now_ms() - last));
         if (zmq_poll(it, 2, wait > 0 ? wait : 0) < 0 && errno != EINTR)
             break;
         if (it[1].revents & ZMQ_POLLIN) {
@@ -138,6 +144,7 @@ static void *register_thread(void *arg)
             }
             on_ack(g, zmq_msg_data(&msg), zmq_msg_size(&msg));
             last_ack = now_ms();
+            answered = 1;
             zmq_msg_close(&msg);
         }
     }
