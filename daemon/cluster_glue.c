@@ -10,6 +10,7 @@
 #include "cluster/curve.h"
 #include "cluster/register.h"
 #include "common/log.h"
+#include "daemon/config.h"
 
 struct glue {
     const glue_config *cfg; /* borrowed (the daemon's settings outlive the server) */
@@ -174,32 +175,21 @@ gm_status glue_config_finish(glue_config *g, char **listen, int32_t *device)
     return GM_OK;
 }
 
-static void print_str(FILE *f, const char *k, const char *v)
-{
-    fprintf(f, "%s = \"", k);
-    for (const char *p = v; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fputc('\\', f);
-        fputc(*p, f);
-    }
-    fprintf(f, "\";\n");
-}
-
 void glue_config_print(const glue_config *g, FILE *f)
 {
     if (g->router)
-        print_str(f, "router", g->router);
+        gd_config_print_str(f, "router", g->router);
     if (g->advertise)
-        print_str(f, "advertise", g->advertise);
+        gd_config_print_str(f, "advertise", g->advertise);
     if (g->replica_name)
-        print_str(f, "replica_name", g->replica_name);
+        gd_config_print_str(f, "replica_name", g->replica_name);
     if (!g->curve && !g->curve_secret_key && !g->n_curve_allow && !g->curve_router_key)
         return;
     fprintf(f, "curve = %s;\n", g->curve ? "true" : "false");
     if (g->curve_secret_key)
-        print_str(f, "curve_secret_key", g->curve_secret_key);
+        gd_config_print_str(f, "curve_secret_key", g->curve_secret_key);
     if (g->curve_router_key)
-        print_str(f, "curve_router_key", g->curve_router_key);
+        gd_config_print_str(f, "curve_router_key", g->curve_router_key);
     if (g->n_curve_allow) {
         fprintf(f, "curve_allow = [");
         for (int32_t i = 0; i < g->n_curve_allow; i++) {

@@ -420,7 +420,7 @@ gm_status gd_config_validate(const gd_config *c)
     return GM_OK;
 }
 
-static void print_str(FILE *f, const char *k, const char *v)
+void gd_config_print_str(FILE *f, const char *k, const char *v)
 {
     fprintf(f, "%s = \"", k);
     for (const char *p = v; *p; p++) {
@@ -434,10 +434,10 @@ static void print_str(FILE *f, const char *k, const char *v)
 void gd_config_print(const gd_config *c, FILE *f)
 {
     if (c->model)
-        print_str(f, "model", c->model);
+        gd_config_print_str(f, "model", c->model);
     fprintf(f, "backend = \"%s\";\n", gm_backend_name(c->backend));
     fprintf(f, "tp = %d;\ndevice = %d;\n", c->tp, c->device);
-    print_str(f, "listen", c->listen);
+    gd_config_print_str(f, "listen", c->listen);
     fprintf(f, "kv_block_size = %d;\nkv_blocks = %lldL;\n", c->kv_block_size, (long long)c->kv_blocks);
     if (c->kv_memory >= 0)
         fprintf(f, "kv_memory = %lldL;\n", (long long)c->kv_memory);
@@ -449,7 +449,7 @@ void gd_config_print(const gd_config *c, FILE *f)
             quant_name(c->quant), kv_dtype_name(c->kv_dtype), c->lm_head_fp8 ? "fp8" : "bf16",
             c->use_graphs ? "true" : "false", c->run_ahead ? "true" : "false");
     if (c->worker_bin)
-        print_str(f, "worker_bin", c->worker_bin);
+        gd_config_print_str(f, "worker_bin", c->worker_bin);
     fprintf(f, "shutdown_timeout_ms = %d;\nready_timeout_ms = %d;\nlog_level = \"%s\";\n", c->shutdown_timeout_ms,
             c->ready_timeout_ms, level_name(c->log_level));
     glue_config_print(&c->cluster, f);

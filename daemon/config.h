@@ -78,4 +78,7 @@ void gd_config_usage(FILE *f);
 /* The settings in effect, one "key = value;" per line (a valid config file). */
 void gd_config_print(const gd_config *c, FILE *f);
 
+/* One string setting as libconfig reads it: key = "value"; with " and \ escaped. */
+void gd_config_print_str(FILE *f, const char *key, const char *value);
+
 #endif
