@@ -413,24 +413,47 @@ static void test_gemv2_slice(void **state)
     wt_free(&w);
 }
 
+/* Device buffers of one call on weight w: x [M, K] random bf16 (host copy xb too), y [M, N], and a
+ * zeroed workspace of awq_gemv_workspace_bytes. */
+typedef struct io {
+    uint16_t *xb;
+    void *dx, *dy, *ws;
+    size_t wsb;
+} io;
+
+static void io_make(io *b, const wt *w, int64_t M)
+{
+    const int64_t K = w->K, N = w->N;
+    b->xb = (uint16_t *)malloc((size_t)(M * K) * 2);
+    for (int64_t i = 0; i < M * K; i++)
+        b->xb[i] = gm_f32_to_bf16(frand());
+    b->ws = NULL;
+    b->wsb = awq_gemv_workspace_bytes(N, K, w->host.group);
+    CK(cudaMalloc(&b->dx, (size_t)(M * K) * 2));
+    CK(cudaMalloc(&b->dy, (size_t)(M * N) * 2));
+    if (b->wsb) {
+        CK(cudaMalloc(&b->ws, b->wsb));
+        CK(cudaMemset(b->ws, 0, b->wsb));
+    }
+    CK(cudaMemcpy(b->dx, b->xb, (size_t)(M * K) * 2, cudaMemcpyHostToDevice));
+}
+
+static void io_free(io *b)
+{
+    free(b->xb);
+    cudaFree(b->dx), cudaFree(b->dy), cudaFree(b->ws);
+}
+
 /* Captured into a CUDA graph on a stream (PDL edges and all), replays give the direct call's bits. */
 static void graph_replay(int kind)
 {
     wt w;
     wt_make(&w, 16384, 2048, 128); /* split K: workspace and counters in the graph */
     const int64_t M = 2, K = w.K, N = w.N;
-    uint16_t *xb = (uint16_t *)malloc((size_t)(M * K) * 2);
-    for (int64_t i = 0; i < M * K; i++)
-        xb[i] = gm_f32_to_bf16(frand());
-    void *dx, *dy, *ws = NULL;
-    size_t wsb = awq_gemv_workspace_bytes(N, K, 128);
-    CK(cudaMalloc(&dx, (size_t)(M * K) * 2));
-    CK(cudaMalloc(&dy, (size_t)(M * N) * 2));
-    if (wsb) {
-        CK(cudaMalloc(&ws, wsb));
-        CK(cudaMemset(ws, 0, wsb));
-    }
-    CK(cudaMemcpy(dx, xb, (size_t)(M * K) * 2, cudaMemcpyHostToDevice));
+    io b;
+    io_make(&b, &w, M);
+    void *dx = b.dx, *dy = b.dy, *ws = b.ws;
+    size_t wsb = b.wsb;
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     assert_int_equal(run_kind(kind, dx, M, K, &w.dev, dy, N, ws, wsb, s), GM_OK);
@@ -455,8 +478,8 @@ static void graph_replay(int kind)
     CK(cudaGraphExecDestroy(exec));
     CK(cudaGraphDestroy(graph));
     CK(cudaStreamDestroy(s));
-    free(xb), free(y0), free(y1);
-    cudaFree(dx), cudaFree(dy), cudaFree(ws);
+    free(y0), free(y1);
+    io_free(&b);
     wt_free(&w);
 }
 
@@ -495,18 +518,10 @@ static void alternate_impls(int64_t M, int n_impl, int a_impl, int b_impl)
     wt w;
     wt_make(&w, 16384, 2048, 128);
     const int64_t K = w.K, N = w.N;
-    uint16_t *xb = (uint16_t *)malloc((size_t)(M * K) * 2);
-    for (int64_t i = 0; i < M * K; i++)
-        xb[i] = gm_f32_to_bf16(frand());
-    void *dx, *dy, *ws = NULL;
-    size_t wsb = awq_gemv_workspace_bytes(N, K, 128);
-    CK(cudaMalloc(&dx, (size_t)(M * K) * 2));
-    CK(cudaMalloc(&dy, (size_t)(M * N) * 2));
-    if (wsb) {
-        CK(cudaMalloc(&ws, wsb));
-        CK(cudaMemset(ws, 0, wsb));
-    }
-    CK(cudaMemcpy(dx, xb, (size_t)(M * K) * 2, cudaMemcpyHostToDevice));
+    io b;
+    io_make(&b, &w, M);
+    void *dx = b.dx, *dy = b.dy, *ws = b.ws;
+    size_t wsb = b.wsb;
     uint16_t *yr[2][3];
     for (int rep = 0; rep < 2; rep++)
         for (int impl = 1; impl <= n_impl; impl++) {
@@ -528,8 +543,7 @@ static void alternate_impls(int64_t M, int n_impl, int a_impl, int b_impl)
     for (int rep = 0; rep < 2; rep++)
         for (int impl = 0; impl < n_impl; impl++)
             free(yr[rep][impl]);
-    free(xb);
-    cudaFree(dx), cudaFree(dy), cudaFree(ws);
+    io_free(&b);
     wt_free(&w);
     awq_gemv_set_impl(2);
 }
