@@ -1,6 +1,6 @@
 /* bench_check.h - the GPU benchmarks' check macros: a failed CUDA call or gm_status ends the
  * benchmark with the statement, the reason and the line (benchmarks have no cleanup to do).
- * Define BENCH_NAME ("xqa_bench", ...) before including. */
+ * Define BENCH_NAME ("xqa_bench", ...) before including. Also: a median event timer. */
 #ifndef GM_BENCH_CHECK_H
 #define GM_BENCH_CHECK_H
 
@@ -13,6 +13,39 @@
 
 #ifndef BENCH_NAME
 #define BENCH_NAME "bench"
+/* Median over 5 groups of the mean microseconds of f(ctx, i) for i = 0..reps-1, timed with events
+ * on the default stream after 3 warm-up calls. */
+static inline double bench_time_us(void (*f)(void *ctx, int rep), void *ctx, int reps)
+{
+    cudaEvent_t a, b;
+    CU(cudaEventCreate(&a));
+    CU(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++)
+        f(ctx, i);
+    CU(cudaDeviceSynchronize());
+    double t[5];
+    for (int g = 0; g < 5; g++) {
+        CU(cudaEventRecord(a, 0));
+        for (int i = 0; i < reps; i++)
+            f(ctx, i);
+        CU(cudaEventRecord(b, 0));
+        CU(cudaEventSynchronize(b));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, a, b));
+        t[g] = ms * 1000.0 / reps;
+    }
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            if (t[j] < t[i]) {
+                double x = t[i];
+                t[i] = t[j];
+                t[j] = x;
+            }
+    CU(cudaEventDestroy(a));
+    CU(cudaEventDestroy(b));
+    return t[2];
+}
+
 #endif
 
 #define CU(x)                                                                                                        \
@@ -32,5 +65,38 @@
             exit(1);                                                                                                 \
         }                                                                                                            \
     } while (0)
+
+/* Median over 5 groups of the mean microseconds of f(ctx, i) for i = 0..reps-1, timed with events
+ * on the default stream after 3 warm-up calls. */
+static inline double bench_time_us(void (*f)(void *ctx, int rep), void *ctx, int reps)
+{
+    cudaEvent_t a, b;
+    CU(cudaEventCreate(&a));
+    CU(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++)
+        f(ctx, i);
+    CU(cudaDeviceSynchronize());
+    double t[5];
+    for (int g = 0; g < 5; g++) {
+        CU(cudaEventRecord(a, 0));
+        for (int i = 0; i < reps; i++)
+            f(ctx, i);
+        CU(cudaEventRecord(b, 0));
+        CU(cudaEventSynchronize(b));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, a, b));
+        t[g] = ms * 1000.0 / reps;
+    }
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            if (t[j] < t[i]) {
+                double x = t[i];
+                t[i] = t[j];
+                t[j] = x;
+            }
+    CU(cudaEventDestroy(a));
+    CU(cudaEventDestroy(b));
+    return t[2];
+}
 
 #endif

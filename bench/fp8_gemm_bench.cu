@@ -84,36 +84,9 @@ static void run_one(gctx *c, int rep)
         GOK(gemm_fp8(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
 }
 
-static double time_us(gctx *c, int reps)
-{
-    cudaEvent_t a, b;
-    CU(cudaEventCreate(&a));
-    CU(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++)
-        run_one(c, i);
-    CU(cudaDeviceSynchronize());
-    double t[5];
-    for (int g = 0; g < 5; g++) {
-        CU(cudaEventRecord(a, 0));
-        for (int i = 0; i < reps; i++)
-            run_one(c, i);
-        CU(cudaEventRecord(b, 0));
-        CU(cudaEventSynchronize(b));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, a, b));
-        t[g] = ms * 1000.0 / reps;
-    }
-    for (int i = 0; i < 5; i++)
-        for (int j = i + 1; j < 5; j++)
-            if (t[j] < t[i]) {
-                double x = t[i];
-                t[i] = t[j];
-                t[j] = x;
-            }
-    CU(cudaEventDestroy(a));
-    CU(cudaEventDestroy(b));
-    return t[2];
-}
+static void run_one_v(void *c, int rep) { run_one((gctx *)c, rep); }
+
+static double time_us(gctx *c, int reps) { return bench_time_us(run_one_v, c, reps); }
 
 /* Time one shape in fp8 (and bf16 when with_bf16); returns fp8 microseconds. */
 static double bench_shape(gemm_fp8_ctx *g8, gemm_ctx *g16, const char *name, int64_t T, int64_t N, int64_t K,

@@ -63,36 +63,7 @@ static void fill(void *p, size_t bytes, uint64_t seed, int fp8)
 
 typedef void (*run_fn)(void *ctx, int rep);
 
-static double time_us(run_fn f, void *ctx, int reps)
-{
-    cudaEvent_t a, b;
-    CU(cudaEventCreate(&a));
-    CU(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++)
-        f(ctx, i);
-    CU(cudaDeviceSynchronize());
-    double t[5];
-    for (int g = 0; g < 5; g++) {
-        CU(cudaEventRecord(a, 0));
-        for (int i = 0; i < reps; i++)
-            f(ctx, i);
-        CU(cudaEventRecord(b, 0));
-        CU(cudaEventSynchronize(b));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, a, b));
-        t[g] = ms * 1000.0 / reps;
-    }
-    for (int i = 0; i < 5; i++) /* median */
-        for (int j = i + 1; j < 5; j++)
-            if (t[j] < t[i]) {
-                double x = t[i];
-                t[i] = t[j];
-                t[j] = x;
-            }
-    CU(cudaEventDestroy(a));
-    CU(cudaEventDestroy(b));
-    return t[2];
-}
+static double time_us(run_fn f, void *ctx, int reps) { return bench_time_us(f, ctx, reps); }
 
 typedef struct bctx {
     xqa_params p;
