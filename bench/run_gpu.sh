@@ -21,7 +21,7 @@
 #   decode8 / decode8b  bench_decode: XQA vs not, FP8 weights, FP8 KV, long context, profiles
 #   accuracy FP8 vs bf16: KL / top-1 / logits error / perplexity ($ACC_MODELS, default tiny 2bfull)
 #   serve / serve2  gemma-bench against gemmad --backend cuda per $SERVE_PLAN / $SERVE_PLAN2 entries
-#            MODEL:CFG:LENS (CFG bf16|fp8|fp8w|awq; LENS ISL/OSL[@CONC],...|b1)
+#            MODEL:CFG:LENS (CFG bf16|fp8|fp8w|fp8l|fp8s|awq; LENS ISL/OSL[@CONC],...|b1)
 #   sweep    real-time users: 2b FP8 128/128 at each concurrency of $SWEEP_LIST (one JSON per point)
 #   peerb    transformers batched generate() as the serving peer (2b B=$PEER_B2, 7b B=$PEER_B7)
 #   awqprep / awqtest / awqppl  AWQ-format (RTN) checkpoints in the background; AWQ engine test; perplexity
@@ -288,7 +288,7 @@ PY
     # gemma-bench against gemmad --backend cuda on full-size random-weight models.
     # SERVE_PLAN: entries MODEL:CFG:LENS, CFG bf16 | fp8 (FP8 weights + FP8 KV) | fp8w | awq (AWQ-format
     # checkpoint of the model, RTN int4 weights) | fp8s (calibrated FP8 checkpoint: static activation
-    # scales, per-layer KV scales, FP8 KV, FP8 LM head); LENS a comma list of ISL/OSL[@CONCURRENCY] or b1
+    # scales, per-layer KV scales, FP8 KV, FP8 LM head) | fp8l (fp8 + the FP8 LM head, dynamic scales); LENS a comma list of ISL/OSL[@CONCURRENCY] or b1
     # (batch-1 decode, 128/256). gemmad's --max-seqs = the largest concurrency of the entry.
     log=$OUT/serve.log
     plan=${SERVE_PLAN:-2b:fp8:128/128@512,b1}
@@ -301,10 +301,13 @@ PY
         fp8w) qa="--quant fp8 --kv-dtype bf16" ;;
         awq) qa="--quant awq --kv-dtype bf16" ;;
         fp8s) qa="--quant fp8 --kv-dtype fp8 --lm-head fp8" ;;
+        fp8l) qa="--quant fp8 --kv-dtype fp8 --lm-head fp8" ;;
         *) qa="" ;;
       esac
       left=$(( ${GM_TIME_BUDGET:-100000} - $(elapsed) ))
       [ $left -lt 40 ] && { say "serve $entry: SKIP(budget)"; continue; }
+      # awqprep may be writing this model in the background: wait for it
+      for i in $(seq 1 240); do pgrep -f "gemma-mkmodel.*$M/${mdl}full" >/dev/null || break; sleep 1; done
       mk "${mdl}full" --preset "$mdl" --seed 7
       mdir=$M/${mdl}full
       if [ "$cfg" = awq ]; then
