@@ -24,6 +24,7 @@
 #            MODEL:CFG:LENS (CFG bf16|fp8|fp8w|fp8l|fp8s|awq; LENS ISL/OSL[@CONC],...|b1)
 #   sweep    real-time users: 2b FP8 128/128 at each concurrency of $SWEEP_LIST (one JSON per point)
 #   peerb    transformers batched generate() as the serving peer (2b B=$PEER_B2, 7b B=$PEER_B7)
+#   fp8sprep calibrated FP8 checkpoints of the full 2b/7b models in the background ($FP8S_MODELS)
 #   awqprep / awqtest / awqppl  AWQ-format (RTN) checkpoints in the background; AWQ engine test; perplexity
 #   fp8ckpt  FP8 checkpoints (dynamic, calibrated) on the CUDA engine vs the CPU engine, tiny and 2b2
 #   actscale bench_decode with FP8 weights: dynamic vs static activation scales, 2b and 7b; + FP8 LM head
@@ -203,6 +204,17 @@ for ph in $phases; do
           >> "$OUT/awqprep.log" 2>&1 && touch "$M/${mdl}awq.done" ) &
     done
     ;;
+  fp8sprep)
+    # calibrated FP8 checkpoints (gemma-quantize --fp8 --calib, $FP8S_TOKENS calibration tokens) of the full
+    # random 2b/7b models, made on the CPUs in the background; serve waits for $M/<model>fp8s.done
+    for mdl in ${FP8S_MODELS:-2b 7b}; do
+      [ -f "$M/${mdl}fp8s.done" ] && continue
+      ( [ -f "$M/${mdl}full/config.json" ] || "$PACK/gemma-mkmodel" --corpus data/corpus.txt --out "$M/${mdl}full" \
+          --preset "$mdl" --seed 7 >> "$OUT/fp8sprep.log" 2>&1
+        "$PACK/gemma-quantize" --fp8 --model "$M/${mdl}full" --out "$M/${mdl}fp8s" --calib data/corpus.txt \
+          --max-tokens ${FP8S_TOKENS:-1024} --quiet >> "$OUT/fp8sprep.log" 2>&1 && touch "$M/${mdl}fp8s.done" ) &
+    done
+    ;;
   awqtest)
     log=$OUT/awqtest.log
     mk tiny --preset tiny --seed 1
@@ -322,8 +334,13 @@ PY
       fi
       if [ "$cfg" = fp8s ]; then
         mdir=$M/${mdl}fp8s
+        for i in $(seq 1 300); do  # fp8sprep may be making it in the background
+          [ -f "$M/${mdl}fp8s.done" ] && break
+          pgrep -f "gemma-(quantize --fp8|mkmodel).*$M/${mdl}full" >/dev/null || break
+          sleep 1
+        done
         [ -f "$mdir/config.json" ] || run "quantize_${mdl}_fp8s" 300 "$log" "$PACK/gemma-quantize" --fp8 \
-          --model "$M/${mdl}full" --out "$mdir" --calib data/corpus.txt --quiet
+          --model "$M/${mdl}full" --out "$mdir" --calib data/corpus.txt --max-tokens ${FP8S_TOKENS:-1024} --quiet
       fi
       [ -f "$mdir/config.json" ] || { say "serve $mdl $cfg: no model $mdir"; continue; }
       seqs=8
@@ -398,8 +415,10 @@ PY
     # the transformers serving peer: batched generate() at 128/128 (2b B=$PEER_B2, 7b B=$PEER_B7)
     log=$OUT/peerb.log
     export PYTHONUNBUFFERED=1
-    run hf_batch_2b 150 "$log" python3 bench/hf_peer.py --preset 2b --prompt 128 --gen 128 --batch ${PEER_B2:-256} --json "$OUT/peerb.jsonl"
-    run hf_batch_7b 150 "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 128 --batch ${PEER_B7:-64} --json "$OUT/peerb.jsonl"
+    run hf_batch_2b ${PEER_LIM:-200} "$log" python3 bench/hf_peer.py --preset 2b --prompt 128 --gen 128 --batch ${PEER_B2:-256} \
+      --batch-modes ${PEER_MODES:-eager,static} --json "$OUT/peerb.jsonl"
+    run hf_batch_7b ${PEER_LIM:-200} "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 128 --batch ${PEER_B7:-64} \
+      --batch-modes ${PEER_MODES:-eager,static} --json "$OUT/peerb.jsonl"
     grep -E "^hf " "$log" | tee -a "$summary"
     ;;
   sanitize)
