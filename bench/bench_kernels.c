@@ -322,14 +322,17 @@ typedef struct attn_ctx {
     void *q, *kp, *vp, *out, *scratch;
     int32_t *bt, *ctx, *qs, *nn, *sp;
     int32_t B, nh, nkv, max_blocks, n_split, max_new;
-    int prefill;
+    int prefill; /* 1: prefill attention; 2: decode over an FP8 e4m3 pool (k_attn_decode_fp8) */
 } attn_ctx;
 
 static void run_attn(void *p, int rep)
 {
     attn_ctx *c = p;
     int64_t qw = (int64_t)c->nh * 256;
-    if (c->prefill)
+    if (c->prefill == 2)
+        GOK(k_attn_decode_fp8(c->q, qw, c->B, c->nh, c->nkv, 256, c->kp, c->vp, 16, c->bt, c->max_blocks, c->ctx,
+                              0.0625f, 0.01f, c->n_split, c->scratch, c->out, qw, g_s));
+    else if (c->prefill)
         GOK(k_attn_prefill(c->q, qw, c->B, c->qs, c->nn, c->sp, c->max_new, c->nh, c->nkv, 256, c->kp, c->vp, 16,
                            c->bt, c->max_blocks, 0.0625f, c->out, qw, g_s));
     else
@@ -346,8 +349,17 @@ static void bench_attn(const char *model, int32_t nh, int32_t nkv, int32_t B, in
     c.max_blocks = (ctx_len + 15) / 16;
     int64_t blocks = (int64_t)B * c.max_blocks;
     int64_t kv_elems = blocks * nkv * 16 * 256;
-    c.kp = rand_dev(kv_elems, 1.0f, 60);
-    c.vp = rand_dev(kv_elems, 1.0f, 61);
+    int fp8 = prefill == 2;
+    if (fp8) { /* e4m3 codes: 0x38 is 1.0 (timing only) */
+        CU(cudaMalloc(&c.kp, (size_t)kv_elems));
+        CU(cudaMalloc(&c.vp, (size_t)kv_elems));
+        CU(cudaMemset(c.kp, 0x38, (size_t)kv_elems));
+        CU(cudaMemset(c.vp, 0x30, (size_t)kv_elems));
+        prefill = 0;
+    } else {
+        c.kp = rand_dev(kv_elems, 1.0f, 60);
+        c.vp = rand_dev(kv_elems, 1.0f, 61);
+    }
     int64_t T = prefill ? (int64_t)B * ctx_len : B;
     c.q = rand_dev(T * nh * 256, 1.0f, 62);
     CU(cudaMalloc(&c.out, (size_t)(T * nh * 256 * 2)));
@@ -377,8 +389,9 @@ static void bench_attn(const char *model, int32_t nh, int32_t nkv, int32_t B, in
         double flops = 4.0 * B * (double)ctx_len * (ctx_len + 1) / 2.0 * 256.0 * nh;
         report_fl(name, us, flops, (double)kv_elems * 4 + (double)T * nh * 256 * 4);
     } else {
-        snprintf(name, sizeof name, "decode attn %s B=%d ctx=%d split=%d", model, B, ctx_len, c.n_split);
-        report_bw(name, us, (double)kv_elems * 4 + (double)B * nh * 256 * 4);
+        snprintf(name, sizeof name, "decode attn%s %s B=%d ctx=%d split=%d", fp8 ? " fp8" : "", model, B, ctx_len,
+                 c.n_split);
+        report_bw(name, us, (double)kv_elems * (fp8 ? 2 : 4) + (double)B * nh * 256 * 4);
     }
     free(bt), free(cl), free(qs), free(nn), free(sp);
     cudaFree(c.q), cudaFree(c.kp), cudaFree(c.vp), cudaFree(c.out), cudaFree(c.scratch), cudaFree(c.bt);
@@ -433,12 +446,15 @@ static void bench_sample(const char *name, int32_t n, gm_sampling sp)
 int main(int argc, char **argv)
 {
     const char *csv = NULL;
-    int quick = 0;
+    int quick = 0, only_attn = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help")) {
-            printf("usage: bench_kernels [--csv FILE] [--quick]\n"
-                   "CUDA kernel micro-benchmarks at gemma-2b/7b shapes beside the measured ceilings.\n");
+            printf("usage: bench_kernels [--csv FILE] [--quick] [--attn]\n"
+                   "CUDA kernel micro-benchmarks at gemma-2b/7b shapes beside the measured ceilings.\n"
+                   "  --attn   the ceilings and the attention kernels only\n");
             return 0;
+        } else if (!strcmp(argv[i], "--attn")) {
+            only_attn = 1;
         } else if (!strcmp(argv[i], "--csv") && i + 1 < argc) {
             csv = argv[++i];
         } else if (!strcmp(argv[i], "--quick")) {
@@ -462,6 +478,8 @@ int main(int argc, char **argv)
     gemm_ctx *g = NULL;
     GOK(gemm_ctx_new(0, &g));
     ceilings(g);
+    if (only_attn)
+        goto attention;
 
     /* decode-sized products: GEMV vs cuBLASLt; then batched (prefill-sized) */
     struct {
@@ -499,21 +517,29 @@ int main(int argc, char **argv)
     bench_rope("7b", 16, 16, 2048);
     bench_rope("7b", 16, 16, 1);
     printf("\n");
+attention:;
     int32_t ctxs[] = {1024, 4096, 8192};
     int32_t bs_[] = {1, 8, 64};
     for (int m = 0; m < 2; m++)
         for (size_t ci = 0; ci < 3; ci++)
             for (size_t bi = 0; bi < 3; bi++)
                 bench_attn(m ? "7b" : "2b", m ? 16 : 8, m ? 16 : 1, bs_[bi], ctxs[ci], 0, prop.multiProcessorCount);
+    for (int m = 0; m < 2; m++) /* FP8 KV: k_attn_decode_fp8 (XQA is in xqa_bench) */
+        for (int bi = 0; bi < 3; bi++)
+            for (int ci = 0; ci < 3; ci++)
+                bench_attn(m ? "7b" : "2b", m ? 16 : 8, m ? 16 : 1, bs_[bi], ctxs[ci], 2, prop.multiProcessorCount);
     bench_attn("2b", 8, 1, 1, 2048, 1, prop.multiProcessorCount);
     bench_attn("7b", 16, 16, 1, 2048, 1, prop.multiProcessorCount);
     bench_attn("7b", 16, 16, 1, 8192, 1, prop.multiProcessorCount);
     printf("\n");
+    if (only_attn)
+        goto done;
     bench_sample("sample greedy B=1 V=256000", 1, GM_SAMPLING_GREEDY);
     bench_sample("sample greedy B=64", 64, GM_SAMPLING_GREEDY);
     bench_sample("sample T=0.8 top-k 50 B=1", 1, (gm_sampling){0.8f, 50, 1.0f, 1});
     bench_sample("sample T=1 top-p 0.9 B=1", 1, (gm_sampling){1.0f, 0, 0.9f, 1});
     bench_sample("sample T=1 top-k 50 top-p 0.9 B=64", 64, (gm_sampling){1.0f, 50, 0.9f, 1});
+done:
     gemm_ctx_destroy(&g);
     if (g_csv)
         fclose(g_csv);

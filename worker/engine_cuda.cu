@@ -153,7 +153,7 @@ typedef struct cuda_engine {
                          * counters' offsets depend on N, so shapes must not share one; zeroed once */
     size_t awq_ws_bytes[4];
 
-    int xqa_mode;       /* 0: k_attn_decode for bf16 KV; 1: XQA for MQA/GQA batches >= XQA_MIN_BATCH; 2: XQA always */
+    int xqa_mode;       /* 0: k_attn_decode(_fp8) where it serves the shape; 1: XQA for MQA/GQA batches >= XQA_MIN_BATCH; 2: XQA always */
     void *xqa_scratch;  /* eager (non-graph) decode steps: sized for max_seqs; semaphores cleared per launch */
     size_t xqa_bytes, xqa_sem_bytes;
 
@@ -671,6 +671,8 @@ typedef struct fwd_args {
     void *xqa_scratch;
     size_t xqa_bytes;
     int xqa_clear;    /* eager step: clear the semaphores first (the scratch is shared by all batch sizes) */
+    int dec_xqa;      /* mixed step: its decode rows through XQA (else k_attn_decode(_fp8) with dec_split) */
+    int32_t dec_split;
     int32_t n_dec;    /* mixed step: its first n_dec sequences decode one token each (attention through XQA);
                        * the others prefill (k_attn_prefill_kv) */
 } fwd_args;
@@ -777,7 +779,7 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
             GM_CHECK(gemm_bf16(c->gemm, c->xn, T, H, H, y->wqkv, H, c->n_qkv, c->qkv, 0, c->n_qkv, s));
         }
         prof_mark(c, OP_QKV);
-        if (a->decode && !a->xqa) { /* RoPE and the KV write happen inside the attention kernel */
+        if (a->decode && !a->xqa && !c->kv8) { /* RoPE and the KV write happen inside the attention kernel */
             GM_CHECK(k_attn_decode_rope(c->qkv, c->n_qkv, (int32_t)T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd,
                                         kp, vp, bs, m->bt, c->max_blocks, m->ctx_len, m->slot, c->rope_tab, c->scale,
                                         a->n_split, c->dec_scratch, c->att, qw, s));
@@ -789,7 +791,11 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
                 GM_CHECK(k_kv_write_fp8(c->qkv, c->n_qkv, T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, m->slot,
                                         kvs, kp, vp, bs, s));
             prof_mark(c, OP_ROPE_KV);
-            if (a->decode) {
+            if (a->decode && !a->xqa) {
+                GM_CHECK(k_attn_decode_fp8(c->qkv, c->n_qkv, (int32_t)T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd,
+                                           kp, vp, bs, m->bt, c->max_blocks, m->ctx_len, c->scale, kvs, a->n_split,
+                                           c->dec_scratch, c->att, qw, s));
+            } else if (a->decode) {
                 xqa_params p;
                 memset(&p, 0, sizeof p);
                 p.q = c->qkv, p.ldq = c->n_qkv, p.out = c->att, p.ldo = qw;
@@ -801,7 +807,16 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
                 GM_CHECK(xqa_decode(&p, s));
             } else {
                 int32_t nd = a->n_dec;
-                if (nd > 0) { /* the decode rows of a mixed step: one query row each, not a 64-row prefill tile */
+                if (nd > 0 && !a->dec_xqa) { /* the decode rows of a mixed step: one query row each */
+                    if (c->kv8)
+                        GM_CHECK(k_attn_decode_fp8(c->qkv, c->n_qkv, nd, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd,
+                                                   kp, vp, bs, m->bt, c->max_blocks, m->ctx_len, c->scale, kvs,
+                                                   a->dec_split, c->dec_scratch, c->att, qw, s));
+                    else
+                        GM_CHECK(k_attn_decode(c->qkv, c->n_qkv, nd, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp,
+                                               vp, bs, m->bt, c->max_blocks, m->ctx_len, c->scale, a->dec_split,
+                                               c->dec_scratch, c->att, qw, s));
+                } else if (nd > 0) { /* through XQA: one query row each, not a 64-row prefill tile */
                     xqa_params p;
                     memset(&p, 0, sizeof p);
                     p.q = c->qkv, p.ldq = c->n_qkv, p.out = c->att, p.ldo = qw;
@@ -927,12 +942,16 @@ static gm_status dump_logits(cuda_engine *c, int64_t n_rows, float *out)
     return GM_OK;
 }
 
-/* Decode attention through XQA for this batch size? FP8 KV always (k_attn_decode reads bf16 only). */
+/* Decode attention through XQA for this batch size? k_attn_decode (bf16) and k_attn_decode_fp8 serve
+ * 1, 2, 4 or 8 query heads per KV head and read MHA's KV at the copy rate (bench/RESULTS.md); XQA
+ * wins for MQA/GQA batches >= XQA_MIN_BATCH and takes every shape the others do not. */
 static int use_xqa(const cuda_engine *c, int32_t batch)
 {
-    if (c->kv8 || c->xqa_mode == 2)
+    int64_t g = c->nq / c->nkv;
+    int dec_ok = (g == 1 || g == 2 || g == 4 || g == 8) && (c->hd == 32 || c->hd == 64 || c->hd == 128 || c->hd == 256);
+    if (!dec_ok || c->xqa_mode == 2)
         return 1;
-    return c->xqa_mode == 1 && c->nq > c->nkv && batch >= XQA_MIN_BATCH;
+    return c->xqa_mode == 1 && g > 1 && batch >= XQA_MIN_BATCH;
 }
 
 static int32_t xqa_nb_for(const cuda_engine *c, int32_t batch)
@@ -1058,8 +1077,12 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
     a.decode = decode;
     a.max_new = max_new;
     a.sample = o->tp_rank == 0;
-    if (!decode && nd > 0 && c->xqa_scratch) {
+    if (!decode && nd > 0 && !use_xqa(c, nd)) {
         a.n_dec = nd;
+        a.dec_split = k_attn_decode_splits(nd, (int32_t)c->nkv, o->max_context, c->n_sm);
+    } else if (!decode && nd > 0 && c->xqa_scratch) {
+        a.n_dec = nd;
+        a.dec_xqa = 1;
         a.xqa = 1; /* for the semaphore clear */
         a.xqa_nb = xqa_nb_for(c, nd);
         a.xqa_scratch = c->xqa_scratch, a.xqa_bytes = c->xqa_bytes, a.xqa_clear = 1;

@@ -8,6 +8,9 @@
 
 #include <math.h>
 
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
 #include "cuda_check.h"
 #include "cuda_util.cuh"
 #include "launch.cuh"
@@ -54,6 +57,57 @@ __device__ __forceinline__ typename kv_vec<VEC>::t to_bf16(const float f[VEC])
     return v;
 }
 
+/* e4m3 pools: VEC bytes per lane */
+template <int VEC>
+struct kv8_vec;
+template <>
+struct kv8_vec<1> {
+    typedef uint8_t t;
+};
+template <>
+struct kv8_vec<2> {
+    typedef unsigned short t;
+};
+template <>
+struct kv8_vec<4> {
+    typedef unsigned int t;
+};
+template <>
+struct kv8_vec<8> {
+    typedef uint2 t;
+};
+
+/* What a lane loads from a bf16 (KV8 false) or e4m3 (KV8 true) pool and how it becomes floats
+ * (e4m3 exactly, without the pool's scale: the kernel folds that into q and the output). */
+template <bool KV8, int VEC>
+struct kv_io {
+    typedef typename kv_vec<VEC>::t t;
+    static constexpr int esz = 2;
+    static __device__ __forceinline__ void cvt(const t &v, float f[VEC]) { to_f32<VEC>(v, f); }
+};
+template <int VEC>
+struct kv_io<true, VEC> {
+    typedef typename kv8_vec<VEC>::t t;
+    static constexpr int esz = 1;
+    static __device__ __forceinline__ void cvt(const t &v, float f[VEC])
+    {
+        const uint8_t *p = reinterpret_cast<const uint8_t *>(&v);
+#pragma unroll
+        for (int i = 0; i < VEC; i += 2) {
+            if (i + 1 < VEC) {
+                __nv_fp8x2_storage_t two = (__nv_fp8x2_storage_t)(p[i] | (p[i + 1] << 8));
+                __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(two, __NV_E4M3);
+                float2 t2 = __half22float2(*reinterpret_cast<__half2 *>(&h));
+                f[i] = t2.x;
+                f[i + 1] = t2.y;
+            } else {
+                __half_raw h = __nv_cvt_fp8_to_halfraw(p[i], __NV_E4M3);
+                f[i] = __half2float(*reinterpret_cast<__half *>(&h));
+            }
+        }
+    }
+};
+
 /* Rotate-half RoPE of one head held across the warp (lane holds dims lane*VEC ..; the partner
  * of dim d is d +- hd/2, 16 lanes away), rounding as HF's bf16 ops. cs: [hd/2][2] (cos, sin). */
 template <int VEC, int HD>
@@ -82,16 +136,21 @@ __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &
     n_eff = (L + chunk - 1) / chunk;
 }
 
-template <int G, int HD, bool ROPE>
+/* KV8: the pools hold e4m3 codes (value = code * kv_scale); never with ROPE (the FP8 pool is
+ * written by k_kv_write_fp8 before). */
+template <int G, int HD, bool ROPE, bool KV8>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
-    attn_decode_kernel(const bf16 *__restrict__ q, int64_t ldq, int32_t nh, int32_t nkv, bf16 *__restrict__ kp,
-                       bf16 *__restrict__ vp, int32_t bs, const int32_t *__restrict__ bt, int32_t bt_stride,
+    attn_decode_kernel(const bf16 *__restrict__ q, int64_t ldq, int32_t nh, int32_t nkv, void *__restrict__ kpool,
+                       void *__restrict__ vpool, int32_t bs, const int32_t *__restrict__ bt, int32_t bt_stride,
                        const int32_t *__restrict__ ctx_lens, const int32_t *__restrict__ slots,
-                       const float *__restrict__ rope_table, float scale, int32_t n_split, float *__restrict__ po,
-                       float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo)
+                       const float *__restrict__ rope_table, float scale, float kv_scale, int32_t n_split,
+                       float *__restrict__ po, float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo)
 {
+    static_assert(!(ROPE && KV8), "the FP8 pool is written before the attention");
     constexpr int VEC = HD / 32;
-    typedef typename kv_vec<VEC>::t vec_t;
+    typedef kv_io<KV8, VEC> io;
+    typedef typename io::t vec_t;
+    char *kp = reinterpret_cast<char *>(kpool), *vp = reinterpret_cast<char *>(vpool);
     __shared__ float s_m[DEC_WARPS][G], s_l[DEC_WARPS][G];
     __shared__ float s_acc[DEC_WARPS][G][HD];
 
@@ -109,10 +168,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
     const float *cs = ROPE ? rope_table + (int64_t)(L - 1) * HD : nullptr; /* [HD/2][2] of this position */
 
     float qf[G][VEC], acc[G][VEC], m[G], l[G];
-    const float qs = scale * LOG2E;
+    const float qs = scale * LOG2E * (KV8 ? kv_scale : 1.0f); /* K's scale folded into q */
 #pragma unroll
     for (int g = 0; g < G; g++) {
-        vec_t qv = *reinterpret_cast<const vec_t *>(q + b * ldq + (int64_t)(kvh * G + g) * HD + lane * VEC);
+        typedef typename kv_vec<VEC>::t qvec_t; /* q is bf16 whatever the pool holds */
+        qvec_t qv = *reinterpret_cast<const qvec_t *>(q + b * ldq + (int64_t)(kvh * G + g) * HD + lane * VEC);
         to_f32<VEC>(qv, qf[g]);
         if (ROPE)
             rope_warp<VEC, HD>(qf[g], cs, lane);
@@ -127,18 +187,20 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
     /* the new token's k and v (from qkv), for the block holding the last key */
     vec_t knew, vnew;
     bool has_new = ROPE && j1 == L;
-    if (has_new) {
-        const bf16 *row = q + b * ldq;
-        float kf[VEC];
-        to_f32<VEC>(*reinterpret_cast<const vec_t *>(row + (int64_t)(nh + kvh) * HD + lane * VEC), kf);
-        rope_warp<VEC, HD>(kf, cs, lane);
-        knew = to_bf16<VEC>(kf);
-        vnew = *reinterpret_cast<const vec_t *>(row + (int64_t)(nh + nkv + kvh) * HD + lane * VEC);
-        int32_t sl = slots[b];
-        if (warp == 0 && sl >= 0) {
-            int64_t base = (((int64_t)(sl / bs) * nkv + kvh) * bs + sl % bs) * HD + lane * VEC;
-            *reinterpret_cast<vec_t *>(kp + base) = knew;
-            *reinterpret_cast<vec_t *>(vp + base) = vnew;
+    if constexpr (ROPE) {
+        if (has_new) {
+            const bf16 *row = q + b * ldq;
+            float kf[VEC];
+            to_f32<VEC>(*reinterpret_cast<const vec_t *>(row + (int64_t)(nh + kvh) * HD + lane * VEC), kf);
+            rope_warp<VEC, HD>(kf, cs, lane);
+            knew = to_bf16<VEC>(kf);
+            vnew = *reinterpret_cast<const vec_t *>(row + (int64_t)(nh + nkv + kvh) * HD + lane * VEC);
+            int32_t sl = slots[b];
+            if (warp == 0 && sl >= 0) {
+                int64_t base = (((int64_t)(sl / bs) * nkv + kvh) * bs + sl % bs) * HD + lane * VEC;
+                *reinterpret_cast<vec_t *>(kp + base * io::esz) = knew;
+                *reinterpret_cast<vec_t *>(vp + base * io::esz) = vnew;
+            }
         }
     }
     const int32_t *tb = bt + (int64_t)b * bt_stride;
@@ -146,7 +208,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
     vec_t kn, vn;
     int j = j0 + warp;
     if (j < last_pool) {
-        int64_t base = (((int64_t)tb[j / bs] * nkv + kvh) * bs + j % bs) * HD + lane * VEC;
+        int64_t base = ((((int64_t)tb[j / bs] * nkv + kvh) * bs + j % bs) * HD + lane * VEC) * io::esz;
         kn = __ldg(reinterpret_cast<const vec_t *>(kp + base));
         vn = __ldg(reinterpret_cast<const vec_t *>(vp + base));
     }
@@ -156,13 +218,13 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
             kc = knew, vc = vnew;
         int jn = j + DEC_WARPS;
         if (jn < last_pool) {
-            int64_t base = (((int64_t)tb[jn / bs] * nkv + kvh) * bs + jn % bs) * HD + lane * VEC;
+            int64_t base = ((((int64_t)tb[jn / bs] * nkv + kvh) * bs + jn % bs) * HD + lane * VEC) * io::esz;
             kn = __ldg(reinterpret_cast<const vec_t *>(kp + base));
             vn = __ldg(reinterpret_cast<const vec_t *>(vp + base));
         }
         float kf[VEC], vf[VEC];
-        to_f32<VEC>(kc, kf);
-        to_f32<VEC>(vc, vf);
+        io::cvt(kc, kf);
+        io::cvt(vc, vf);
 #pragma unroll
         for (int g = 0; g < G; g++) {
             float sdot = 0.0f;
@@ -204,6 +266,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
             O += wt * s_acc[w][g][d];
         }
         O /= Lsum;
+        if (KV8)
+            O *= kv_scale; /* V's scale */
         int h = kvh * G + g;
         if (n_eff == 1) {
             out[b * ldo + (int64_t)h * HD + d] = __float2bfloat16_rn(O);
@@ -292,26 +356,26 @@ typedef struct dec_args {
     const bf16 *q;
     int64_t ldq;
     int32_t B, nh, nkv;
-    bf16 *kp, *vp;
+    void *kp, *vp;
     int32_t bs;
     const int32_t *bt;
     int32_t bt_stride;
     const int32_t *ctx, *slots;
     const float *rope;
-    float scale;
+    float scale, kv_scale;
     int32_t n_split;
     float *po, *plse;
     bf16 *out;
     int64_t ldo;
 } dec_args;
 
-template <int G, int HD, bool ROPE>
+template <int G, int HD, bool ROPE, bool KV8>
 static cudaError_t launch_dec(const dec_args *a, cudaStream_t s)
 {
     dim3 grid((unsigned)a->n_split, (unsigned)a->nkv, (unsigned)a->B);
-    cudaError_t e = gm_launch(attn_decode_kernel<G, HD, ROPE>, grid, dim3(DEC_WARPS * 32), 0, s, a->q, a->ldq, a->nh,
-                              a->nkv, a->kp, a->vp, a->bs, a->bt, a->bt_stride, a->ctx, a->slots, a->rope, a->scale,
-                              a->n_split, a->po, a->plse, a->out, a->ldo);
+    cudaError_t e = gm_launch(attn_decode_kernel<G, HD, ROPE, KV8>, grid, dim3(DEC_WARPS * 32), 0, s, a->q, a->ldq,
+                              a->nh, a->nkv, a->kp, a->vp, a->bs, a->bt, a->bt_stride, a->ctx, a->slots, a->rope,
+                              a->scale, a->kv_scale, a->n_split, a->po, a->plse, a->out, a->ldo);
     if (e != cudaSuccess)
         return e;
     dim3 mgrid((unsigned)(HD < 32 ? 1 : HD / 32), (unsigned)a->nh, (unsigned)a->B);
@@ -319,15 +383,15 @@ static cudaError_t launch_dec(const dec_args *a, cudaStream_t s)
                      a->ldo);
 }
 
-template <int HD, bool ROPE>
+template <int HD, bool ROPE, bool KV8>
 static gm_status dispatch_g(int G, const dec_args *a, cudaStream_t s)
 {
     cudaError_t e;
     switch (G) {
-    case 1: e = launch_dec<1, HD, ROPE>(a, s); break;
-    case 2: e = launch_dec<2, HD, ROPE>(a, s); break;
-    case 4: e = launch_dec<4, HD, ROPE>(a, s); break;
-    case 8: e = launch_dec<8, HD, ROPE>(a, s); break;
+    case 1: e = launch_dec<1, HD, ROPE, KV8>(a, s); break;
+    case 2: e = launch_dec<2, HD, ROPE, KV8>(a, s); break;
+    case 4: e = launch_dec<4, HD, ROPE, KV8>(a, s); break;
+    case 8: e = launch_dec<8, HD, ROPE, KV8>(a, s); break;
     default:
         return gm_fail(GM_ERR_UNSUPPORTED, "decode attention: %d query heads per KV head (supported: 1, 2, 4, 8)", G);
     }
@@ -336,7 +400,7 @@ static gm_status dispatch_g(int G, const dec_args *a, cudaStream_t s)
     return GM_OK;
 }
 
-template <bool ROPE>
+template <bool ROPE, bool KV8>
 static gm_status run_dec(int32_t hd, dec_args *a, void *scratch, cudaStream_t s)
 {
     if (a->B <= 0)
@@ -351,10 +415,10 @@ static gm_status run_dec(int32_t hd, dec_args *a, void *scratch, cudaStream_t s)
     a->plse = a->po + rows * hd;
     gm_status st;
     switch (hd) {
-    case 32: st = dispatch_g<32, ROPE>(G, a, s); break;
-    case 64: st = dispatch_g<64, ROPE>(G, a, s); break;
-    case 128: st = dispatch_g<128, ROPE>(G, a, s); break;
-    case 256: st = dispatch_g<256, ROPE>(G, a, s); break;
+    case 32: st = dispatch_g<32, ROPE, KV8>(G, a, s); break;
+    case 64: st = dispatch_g<64, ROPE, KV8>(G, a, s); break;
+    case 128: st = dispatch_g<128, ROPE, KV8>(G, a, s); break;
+    case 256: st = dispatch_g<256, ROPE, KV8>(G, a, s); break;
     default:
         return gm_fail(GM_ERR_UNSUPPORTED, "decode attention: head_dim %d (supported: 32, 64, 128, 256)", hd);
     }
@@ -369,9 +433,22 @@ extern "C" gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_
                                    int32_t bt_stride, const int32_t *ctx_lens, float scale, int32_t n_split,
                                    void *scratch, void *out, int64_t ldo, cudaStream_t s)
 {
-    dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (bf16 *)k_pool, (bf16 *)v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, NULL, NULL, scale, n_split, NULL, NULL, (bf16 *)out, ldo};
-    return run_dec<false>(hd, &a, scratch, s);
+    dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (void *)k_pool, (void *)v_pool, bs, block_tables, bt_stride,
+                  ctx_lens, NULL, NULL, scale, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo};
+    return run_dec<false, false>(hd, &a, scratch, s);
+}
+
+extern "C" gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
+                                       const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
+                                       int32_t bt_stride, const int32_t *ctx_lens, float scale, float kv_scale,
+                                       int32_t n_split, void *scratch, void *out, int64_t ldo, cudaStream_t s)
+{
+    if (!(kv_scale > 0.0f) || !isfinite(kv_scale))
+        return gm_fail(GM_ERR_INVALID_ARG, "decode attention (FP8 KV): kv_scale %g must be positive and finite",
+                       (double)kv_scale);
+    dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (void *)k_pool, (void *)v_pool, bs, block_tables, bt_stride,
+                  ctx_lens, NULL, NULL, scale, kv_scale, n_split, NULL, NULL, (bf16 *)out, ldo};
+    return run_dec<false, true>(hd, &a, scratch, s);
 }
 
 extern "C" gm_status k_attn_decode_rope(const void *qkv, int64_t ld, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
@@ -380,7 +457,7 @@ extern "C" gm_status k_attn_decode_rope(const void *qkv, int64_t ld, int32_t B, 
                                         const float *rope_table, float scale, int32_t n_split, void *scratch,
                                         void *out, int64_t ldo, cudaStream_t s)
 {
-    dec_args a = {(const bf16 *)qkv, ld, B, nh, nkv, (bf16 *)k_pool, (bf16 *)v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, slots, rope_table, scale, n_split, NULL, NULL, (bf16 *)out, ldo};
-    return run_dec<true>(hd, &a, scratch, s);
+    dec_args a = {(const bf16 *)qkv, ld, B, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride,
+                  ctx_lens, slots, rope_table, scale, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo};
+    return run_dec<true, false>(hd, &a, scratch, s);
 }

@@ -1,4 +1,4 @@
-/* attn_decode.cuh - paged decode attention: one new query token per sequence, bf16 KV,
+/* attn_decode.cuh - paged decode attention: one new query token per sequence, bf16 or FP8 KV,
  * MQA/GQA/MHA (a block serves all query heads of one KV head, so each KV byte is read once
  * per sequence), the context split across blocks and merged by log-sum-exp (flash-decoding). */
 #ifndef GM_K_ATTN_DECODE_CUH
@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 /* Fewest keys one split handles, and the most splits. */
-#define ATTN_DECODE_MIN_CHUNK 32
+#define ATTN_DECODE_MIN_CHUNK 16
 #define ATTN_DECODE_MAX_SPLIT 128
 
 /* out[b, h, :] = softmax(scale * q[b, h, :] . K[0..ctx_lens[b])^T) . V, KV head h / (nh / nkv).
@@ -31,6 +31,13 @@ gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_t nh, int32
                         const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
                         int32_t bt_stride, const int32_t *ctx_lens, float scale, int32_t n_split, void *scratch,
                         void *out, int64_t ldo, cudaStream_t s);
+
+/* k_attn_decode over an FP8 e4m3 pool (value = code * kv_scale, kv_scale > 0): the codes are read
+ * exactly, K's scale is folded into q and V's into the output; scores, softmax and sums in f32. */
+gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
+                            const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
+                            int32_t bt_stride, const int32_t *ctx_lens, float scale, float kv_scale, int32_t n_split,
+                            void *scratch, void *out, int64_t ldo, cudaStream_t s);
 
 /* The decode step's attention with RoPE and the KV write folded in. qkv [B, ld] bf16 holds each
  * sequence's new token as the QKV projection wrote it (q heads, k heads, v heads; not rotated);
