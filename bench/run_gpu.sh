@@ -13,6 +13,8 @@
 #   peer     bench/hf_peer.py: transformers on the same GPU ($HF_MODES, default eager,static-loop)
 #   sanitize compute-sanitizer memcheck on subsets of test_gpu_ops (not in the default set; stops
 #            when $GM_TIME_BUDGET seconds, default 500, are near)
+#   gate     test_gpu_ops, test_gpu_fp8, test_gpu_xqa; a failure turns the new kernel off for later phases
+#   bench3   bench_kernels --attn, xqa_bench, fp8_gemm_bench, batch-1 and long-context decode, new vs old kernels
 #   new      test_gpu_xqa, test_gpu_fp8, test_gpu_awq          newbench  xqa_bench, fp8_gemm_bench, awq_bench
 #   fp8gemm  fp8_gemm_bench alone
 #   engine8  test_gpu_ops + test_gpu_model with XQA forced, FP8 KV, FP8 weights (CPU FP8 twin as reference),
@@ -152,6 +154,39 @@ for ph in $phases; do
     export PYTHONUNBUFFERED=1
     run hf_peer_2b 150 "$log" python3 bench/hf_peer.py --preset 2b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,static-loop}" --json "$OUT/peer.jsonl"
     run hf_peer_7b 180 "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,static-loop}" --json "$OUT/peer.jsonl"
+    ;;
+  gate)
+    # session 3's kernels against their CPU twins (test_gpu_ops: k_attn_decode_fp8; test_gpu_fp8: the FP8
+    # GEMV v2; test_gpu_xqa: XQA v2); a failed one sends the later phases back to the old kernel
+    log=$OUT/gate.log
+    run test_gpu_ops 300 "$log" "$PACK/test_gpu_ops"
+    run test_gpu_fp8 200 "$log" "$PACK/test_gpu_fp8"
+    [ "${RES[test_gpu_fp8]}" = PASS ] || { export GM_FP8_GEMV=1; say "gate: FP8 GEMV v2 off (GM_FP8_GEMV=1)"; }
+    run test_gpu_xqa 240 "$log" "$PACK/test_gpu_xqa"
+    [ "${RES[test_gpu_xqa]}" = PASS ] || { export GM_XQA_V=1; say "gate: XQA v2 off (GM_XQA_V=1)"; }
+    if [ "${RES[test_gpu_ops]}" != PASS ]; then
+      # k_attn_decode_fp8 is also what the engine now takes for MHA / small batches with FP8 KV
+      grep -q "FAILED.*test_attn_decode" "$log" && { export GM_CUDA_XQA=2; say "gate: XQA forced (GM_CUDA_XQA=2)"; }
+    fi
+    ;;
+  bench3)
+    # session 3's kernels: decode attention over FP8 pools (k_attn_decode_fp8), XQA v2 vs v1, the FP8 GEMV
+    # v2 vs v1 (kernel and batch-1 decode), MHA/MQA long-context decode with FP8 KV
+    log=$OUT/bench3.log
+    d8="--quant fp8 --act-scale static"
+    run attn_kernels 150 "$log" "$PACK/bench_kernels" --attn
+    run xqa_bench 150 "$log" "$PACK/xqa_bench"
+    run fp8_gemm_bench 150 "$log" "$PACK/fp8_gemm_bench"
+    run b1_2b_gemv1 100 "$log" env GM_FP8_GEMV=1 "$PACK/bench_decode" --preset 2b --batch 1,4 --gen 128 $d8 --lm-head fp8
+    run b1_2b 100 "$log" "$PACK/bench_decode" --preset 2b --batch 1,4 --gen 128 $d8 --lm-head fp8 --variants
+    run b1_2b_kv8 100 "$log" "$PACK/bench_decode" --preset 2b --batch 1 --gen 128 $d8 --lm-head fp8 --kv-dtype fp8
+    run b1_7b_gemv1 100 "$log" env GM_FP8_GEMV=1 "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 $d8 --lm-head fp8
+    run b1_7b 100 "$log" "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 $d8 --lm-head fp8
+    run ctx4k_7b_kv8 120 "$log" "$PACK/bench_decode" --preset 7b --batch 64 --prompt 4096 --gen 32 $d8 --kv-dtype fp8
+    run ctx4k_7b_kv8_xqa 120 "$log" env GM_CUDA_XQA=2 "$PACK/bench_decode" --preset 7b --batch 64 --prompt 4096 --gen 32 $d8 --kv-dtype fp8
+    run ctx4k_2b_kv8 120 "$log" "$PACK/bench_decode" --preset 2b --batch 64,256 --prompt 4096 --gen 32 $d8 --kv-dtype fp8
+    run ctx4k_2b_kv8_v1 120 "$log" env GM_XQA_V=1 "$PACK/bench_decode" --preset 2b --batch 64,256 --prompt 4096 --gen 32 $d8 --kv-dtype fp8
+    grep -E "tok/s|profile|GB/s" "$log" > "$OUT/bench3_summary.txt"
     ;;
   new)
     # FP8 / XQA / AWQ kernels against their CPU twins
