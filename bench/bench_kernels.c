@@ -331,7 +331,7 @@ static void run_attn(void *p, int rep)
     int64_t qw = (int64_t)c->nh * 256;
     if (c->prefill == 2)
         GOK(k_attn_decode_fp8(c->q, qw, c->B, c->nh, c->nkv, 256, c->kp, c->vp, 16, c->bt, c->max_blocks, c->ctx,
-                              0.0625f, 0.01f, c->n_split, c->scratch, c->out, qw, g_s));
+                              0.0625f, 0.01f, c->n_split, c->scratch, c->out, qw, NULL, NULL, g_s));
     else if (c->prefill)
         GOK(k_attn_prefill(c->q, qw, c->B, c->qs, c->nn, c->sp, c->max_new, c->nh, c->nkv, 256, c->kp, c->vp, 16,
                            c->bt, c->max_blocks, 0.0625f, c->out, qw, g_s));

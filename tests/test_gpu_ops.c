@@ -115,6 +115,21 @@ static void expect_close(const char *what, const float *gpu, const float *cpu, i
         fail_msg("%s: normalized error %.3e > %.1e", what, e, tol);
 }
 
+/* e4m3 codes a kernel wrote for the o_proj (out8) against k_fp8_quantize's rule applied to the bf16
+ * output the same kernel wrote without out8: e4m3_satfinite(bf16 * (1 / scale)), bit for bit. */
+static void expect_codes(const char *what, const void *dcodes, const float *bf16_out, int64_t n, float scale)
+{
+    uint8_t *codes = malloc((size_t)n);
+    CK(cudaMemcpy(codes, dcodes, (size_t)n, cudaMemcpyDeviceToHost));
+    int64_t bad = 0;
+    float inv = 1.0f / scale;
+    for (int64_t i = 0; i < n; i++)
+        bad += codes[i] != cpu_fp8_e4m3(bf16_out[i] * inv);
+    printf("  %-44s %lld of %lld e4m3 codes differ\n", what, (long long)bad, (long long)n);
+    assert_int_equal(bad, 0);
+    free(codes);
+}
+
 /* ------------------------------------------------------------------ embed */
 
 static void test_embed(void **state)
@@ -511,8 +526,17 @@ static void check_decode_rope(const attn_case *ac, int32_t B, const int32_t *ctx
     CK(cudaMemset(scratch, 0, sbytes));
     float scale = 1.0f / sqrtf((float)ac->hd);
     GOK(k_attn_decode_rope(dx, ld, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, dslot, dtab,
-                           scale, ns, scratch, dout, qw, 0));
+                           scale, ns, scratch, dout, qw, NULL, NULL, 0));
     float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
+    { /* the same step with the output as e4m3 codes under a static scale (the o_proj's FP8 input) */
+        float osc = 0.004f, *dosc = dev_put(&osc, 4);
+        void *d8 = dev_put(NULL, (size_t)(B * qw));
+        CK(cudaMemset(d8, 0x7f, (size_t)(B * qw)));
+        GOK(k_attn_decode_rope(dx, ld, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, dslot,
+                               dtab, scale, ns, scratch, dout, qw, d8, dosc, 0));
+        expect_codes("decode attn+rope, e4m3 output", d8, g, B * qw, osc);
+        cudaFree(d8), cudaFree(dosc);
+    }
     float *q = malloc((size_t)qw * 4), *k = malloc((size_t)kw * 4), *v = malloc((size_t)kw * 4);
     for (int32_t i = 0; i < B; i++) {
         if (ctx[i] == 0)
@@ -574,8 +598,21 @@ static void check_decode_fp8(const attn_case *ac, int32_t B, const int32_t *ctx,
     CK(cudaMemset(scratch, 0, sbytes));
     float scale = 1.0f / sqrtf((float)ac->hd);
     GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, kv_scale,
-                          ns, scratch, dout, qw, 0));
+                          ns, scratch, dout, qw, NULL, NULL, 0));
     float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
+    {
+        float osc = 0.003f, *dosc = dev_put(&osc, 4);
+        void *d8 = dev_put(NULL, (size_t)(B * qw));
+        CK(cudaMemset(d8, 0x7f, (size_t)(B * qw)));
+        GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
+                              kv_scale, ns, scratch, dout, qw, d8, dosc, 0));
+        expect_codes("decode attn fp8, e4m3 output", d8, g, B * qw, osc);
+        /* an e4m3 output needs its scale */
+        assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx,
+                                           scale, kv_scale, ns, scratch, dout, qw, d8, NULL, 0),
+                         GM_ERR_INVALID_ARG);
+        cudaFree(d8), cudaFree(dosc);
+    }
     for (int32_t i = 0; i < B; i++)
         if (ctx[i] > 0)
             cpu_attention_paged(qf + i * qw, 1, ctx[i] - 1, ac->nh, ac->nkv, ac->hd, kf, vf, bt + i * max_blocks,
@@ -589,7 +626,7 @@ static void check_decode_fp8(const attn_case *ac, int32_t B, const int32_t *ctx,
                 assert_true(g[i * qw + j] == 0.0f);
     /* a scale that is not positive is refused */
     assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
-                                       0.0f, ns, scratch, dout, qw, 0),
+                                       0.0f, ns, scratch, dout, qw, NULL, NULL, 0),
                      GM_ERR_INVALID_ARG);
     free(g), free(c), free(kf), free(kb), free(vf), free(vb), free(qf), free(qb), free(bt), free(k8), free(v8);
     cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dbt), cudaFree(dctx), cudaFree(dout), cudaFree(scratch);

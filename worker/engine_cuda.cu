@@ -779,10 +779,14 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
             GM_CHECK(gemm_bf16(c->gemm, c->xn, T, H, H, y->wqkv, H, c->n_qkv, c->qkv, 0, c->n_qkv, s));
         }
         prof_mark(c, OP_QKV);
+        /* a decode step's k_attn_decode(_fp8) under static activation scales writes the o_proj's e4m3
+         * input itself (no k_fp8_quantize) */
+        int att8 = c->fp8w && aq[1].amax == NULL && a->decode && !a->xqa;
         if (a->decode && !a->xqa && !c->kv8) { /* RoPE and the KV write happen inside the attention kernel */
             GM_CHECK(k_attn_decode_rope(c->qkv, c->n_qkv, (int32_t)T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd,
                                         kp, vp, bs, m->bt, c->max_blocks, m->ctx_len, m->slot, c->rope_tab, c->scale,
-                                        a->n_split, c->dec_scratch, c->att, qw, s));
+                                        a->n_split, c->dec_scratch, c->att, qw, att8 ? c->attq8 : NULL,
+                                        att8 ? aq[1].scale : NULL, s));
         } else {
             /* RoPE on q and k; the bf16 pool is written here, the FP8 one by k_kv_write_fp8 */
             GM_CHECK(k_rope_kv_write(c->qkv, c->n_qkv, T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, m->pos,
@@ -794,7 +798,8 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
             if (a->decode && !a->xqa) {
                 GM_CHECK(k_attn_decode_fp8(c->qkv, c->n_qkv, (int32_t)T, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd,
                                            kp, vp, bs, m->bt, c->max_blocks, m->ctx_len, c->scale, kvs, a->n_split,
-                                           c->dec_scratch, c->att, qw, s));
+                                           c->dec_scratch, c->att, qw, att8 ? c->attq8 : NULL,
+                                           att8 ? aq[1].scale : NULL, s));
             } else if (a->decode) {
                 xqa_params p;
                 memset(&p, 0, sizeof p);
@@ -811,7 +816,7 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
                     if (c->kv8)
                         GM_CHECK(k_attn_decode_fp8(c->qkv, c->n_qkv, nd, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd,
                                                    kp, vp, bs, m->bt, c->max_blocks, m->ctx_len, c->scale, kvs,
-                                                   a->dec_split, c->dec_scratch, c->att, qw, s));
+                                                   a->dec_split, c->dec_scratch, c->att, qw, NULL, NULL, s));
                     else
                         GM_CHECK(k_attn_decode(c->qkv, c->n_qkv, nd, (int32_t)c->nq, (int32_t)c->nkv, (int32_t)hd, kp,
                                                vp, bs, m->bt, c->max_blocks, m->ctx_len, c->scale, a->dec_split,
@@ -837,7 +842,8 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
         if (c->awq) {
             GM_CHECK(awq_matmul(c->att, T, qw, &y->aw[1], c->delta, H, c->awq_ws[1], c->awq_ws_bytes[1], s));
         } else if (c->fp8w) {
-            GM_CHECK(k_fp8_quantize(c->att, qw, T, qw, &aq[1], c->attq8, s));
+            if (!att8)
+                GM_CHECK(k_fp8_quantize(c->att, qw, T, qw, &aq[1], c->attq8, s));
             GM_CHECK(gemm_fp8(c->gemm8, c->attq8, T, qw, qw, aq[1].scale, y->wo8, qw, y->wsc + SC_STRIDE, H, c->delta,
                               df, H, s));
         } else {

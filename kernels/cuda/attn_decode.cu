@@ -136,6 +136,14 @@ __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &
     n_eff = (L + chunk - 1) / chunk;
 }
 
+/* The attention output as the o_proj's FP8 input: e4m3(bf16(O) * (1 / scale)), bit for bit what
+ * k_fp8_quantize makes of the bf16 output. */
+__device__ __forceinline__ uint8_t q8_code(float O, const float *scale)
+{
+    float ob = __bfloat162float(__float2bfloat16_rn(O));
+    return (uint8_t)__nv_cvt_float_to_fp8(ob * (1.0f / *scale), __NV_SATFINITE, __NV_E4M3);
+}
+
 /* KV8: the pools hold e4m3 codes (value = code * kv_scale); never with ROPE (the FP8 pool is
  * written by k_kv_write_fp8 before). */
 template <int G, int HD, bool ROPE, bool KV8>
@@ -144,7 +152,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
                        void *__restrict__ vpool, int32_t bs, const int32_t *__restrict__ bt, int32_t bt_stride,
                        const int32_t *__restrict__ ctx_lens, const int32_t *__restrict__ slots,
                        const float *__restrict__ rope_table, float scale, float kv_scale, int32_t n_split,
-                       float *__restrict__ po, float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo)
+                       float *__restrict__ po, float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo,
+                       uint8_t *__restrict__ out8, const float *__restrict__ out8_scale)
 {
     static_assert(!(ROPE && KV8), "the FP8 pool is written before the attention");
     constexpr int VEC = HD / 32;
@@ -275,7 +284,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
             O *= kv_scale; /* V's scale */
         int h = kvh * G + g;
         if (n_eff == 1) {
-            out[b * ldo + (int64_t)h * HD + d] = __float2bfloat16_rn(O);
+            if (out8)
+                out8[((int64_t)b * nh + h) * HD + d] = q8_code(O, out8_scale);
+            else
+                out[b * ldo + (int64_t)h * HD + d] = __float2bfloat16_rn(O);
         } else {
             int64_t r = ((int64_t)b * nh + h) * n_split + sp;
             po[r * HD + d] = O;
@@ -289,7 +301,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
 template <int HD>
 __global__ void __launch_bounds__(256)
     attn_decode_merge(int32_t nh, const int32_t *__restrict__ ctx_lens, int32_t n_split, const float *__restrict__ po,
-                      const float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo)
+                      const float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo, uint8_t *__restrict__ out8,
+                      const float *__restrict__ out8_scale)
 {
     constexpr int DW = HD < 32 ? HD : 32; /* dims per block */
     __shared__ float s_max[8], s_w[8], s_acc[8][32];
@@ -298,9 +311,14 @@ __global__ void __launch_bounds__(256)
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int L = ctx_lens[b];
     bf16 *o = out + b * ldo + (int64_t)h * HD;
+    uint8_t *o8 = out8 ? out8 + ((int64_t)b * nh + h) * HD : NULL;
     if (L <= 0) {
-        if (warp == 0 && lane < DW)
-            o[d] = __float2bfloat16_rn(0.0f);
+        if (warp == 0 && lane < DW) {
+            if (o8)
+                o8[d] = 0;
+            else
+                o[d] = __float2bfloat16_rn(0.0f);
+        }
         return;
     }
     int n_eff, chunk;
@@ -335,7 +353,10 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
         for (int w = 0; w < 8; w++)
             a += s_acc[w][lane], wsum += s_w[w];
-        o[d] = __float2bfloat16_rn(a / wsum);
+        if (o8)
+            o8[d] = q8_code(a / wsum, out8_scale);
+        else
+            o[d] = __float2bfloat16_rn(a / wsum);
     }
 }
 
@@ -372,6 +393,8 @@ typedef struct dec_args {
     float *po, *plse;
     bf16 *out;
     int64_t ldo;
+    uint8_t *out8;            /* non-NULL: e4m3 codes [B, nh*hd] dense instead of out */
+    const float *out8_scale;
 } dec_args;
 
 template <int G, int HD, bool ROPE, bool KV8>
@@ -380,12 +403,13 @@ static cudaError_t launch_dec(const dec_args *a, cudaStream_t s)
     dim3 grid((unsigned)a->n_split, (unsigned)a->nkv, (unsigned)a->B);
     cudaError_t e = gm_launch(attn_decode_kernel<G, HD, ROPE, KV8>, grid, dim3(DEC_WARPS * 32), 0, s, a->q, a->ldq,
                               a->nh, a->nkv, a->kp, a->vp, a->bs, a->bt, a->bt_stride, a->ctx, a->slots, a->rope,
-                              a->scale, a->kv_scale, a->n_split, a->po, a->plse, a->out, a->ldo);
+                              a->scale, a->kv_scale, a->n_split, a->po, a->plse, a->out, a->ldo, a->out8,
+                              a->out8_scale);
     if (e != cudaSuccess)
         return e;
     dim3 mgrid((unsigned)(HD < 32 ? 1 : HD / 32), (unsigned)a->nh, (unsigned)a->B);
     return gm_launch(attn_decode_merge<HD>, mgrid, dim3(256), 0, s, a->nh, a->ctx, a->n_split, a->po, a->plse, a->out,
-                     a->ldo);
+                     a->ldo, a->out8, a->out8_scale);
 }
 
 template <int HD, bool ROPE, bool KV8>
@@ -439,20 +463,24 @@ extern "C" gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_
                                    void *scratch, void *out, int64_t ldo, cudaStream_t s)
 {
     dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (void *)k_pool, (void *)v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, NULL, NULL, scale, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo};
+                  ctx_lens, NULL, NULL, scale, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo, NULL, NULL};
     return run_dec<false, false>(hd, &a, scratch, s);
 }
 
 extern "C" gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                                        const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
                                        int32_t bt_stride, const int32_t *ctx_lens, float scale, float kv_scale,
-                                       int32_t n_split, void *scratch, void *out, int64_t ldo, cudaStream_t s)
+                                       int32_t n_split, void *scratch, void *out, int64_t ldo, void *out8,
+                                       const float *out8_scale, cudaStream_t s)
 {
     if (!(kv_scale > 0.0f) || !isfinite(kv_scale))
         return gm_fail(GM_ERR_INVALID_ARG, "decode attention (FP8 KV): kv_scale %g must be positive and finite",
                        (double)kv_scale);
+    if (out8 && !out8_scale)
+        return gm_fail(GM_ERR_INVALID_ARG, "decode attention: e4m3 output without a scale");
     dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (void *)k_pool, (void *)v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, NULL, NULL, scale, kv_scale, n_split, NULL, NULL, (bf16 *)out, ldo};
+                  ctx_lens, NULL, NULL, scale, kv_scale, n_split, NULL, NULL, (bf16 *)out, ldo, (uint8_t *)out8,
+                  out8_scale};
     return run_dec<false, true>(hd, &a, scratch, s);
 }
 
@@ -460,9 +488,12 @@ extern "C" gm_status k_attn_decode_rope(const void *qkv, int64_t ld, int32_t B, 
                                         void *k_pool, void *v_pool, int32_t bs, const int32_t *block_tables,
                                         int32_t bt_stride, const int32_t *ctx_lens, const int32_t *slots,
                                         const float *rope_table, float scale, int32_t n_split, void *scratch,
-                                        void *out, int64_t ldo, cudaStream_t s)
+                                        void *out, int64_t ldo, void *out8, const float *out8_scale, cudaStream_t s)
 {
+    if (out8 && !out8_scale)
+        return gm_fail(GM_ERR_INVALID_ARG, "decode attention: e4m3 output without a scale");
     dec_args a = {(const bf16 *)qkv, ld, B, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, slots, rope_table, scale, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo};
+                  ctx_lens, slots, rope_table, scale, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo, (uint8_t *)out8,
+                  out8_scale};
     return run_dec<true, false>(hd, &a, scratch, s);
 }

@@ -37,7 +37,12 @@ gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_t nh, int32
 gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                             const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
                             int32_t bt_stride, const int32_t *ctx_lens, float scale, float kv_scale, int32_t n_split,
-                            void *scratch, void *out, int64_t ldo, cudaStream_t s);
+                            void *scratch, void *out, int64_t ldo, void *out8, const float *out8_scale,
+                            cudaStream_t s);
+
+/* out8 / out8_scale (k_attn_decode_fp8, k_attn_decode_rope): when out8 is not NULL the output goes
+ * there instead, as the o_proj's FP8 input under a static scale: out8 [B, nh*hd] e4m3 (dense) =
+ * e4m3_satfinite(bf16(O) * (1 / *out8_scale)), bit for bit k_fp8_quantize of the bf16 output. */
 
 /* The decode step's attention with RoPE and the KV write folded in. qkv [B, ld] bf16 holds each
  * sequence's new token as the QKV projection wrote it (q heads, k heads, v heads; not rotated);
@@ -48,7 +53,8 @@ gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, int32_t nh, i
 gm_status k_attn_decode_rope(const void *qkv, int64_t ld, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                              void *k_pool, void *v_pool, int32_t bs, const int32_t *block_tables, int32_t bt_stride,
                              const int32_t *ctx_lens, const int32_t *slots, const float *rope_table, float scale,
-                             int32_t n_split, void *scratch, void *out, int64_t ldo, cudaStream_t s);
+                             int32_t n_split, void *scratch, void *out, int64_t ldo, void *out8,
+                             const float *out8_scale, cudaStream_t s);
 
 size_t k_attn_decode_scratch_bytes(int32_t B, int32_t nh, int32_t nkv, int32_t hd, int32_t n_split);
 
