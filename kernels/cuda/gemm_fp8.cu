@@ -277,9 +277,9 @@ __global__ void __launch_bounds__(GV_WARPS * 32)
     }
 }
 
-extern "C" gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
-                              int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy,
-                              cudaStream_t s)
+extern "C" gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
+                                 const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32,
+                                 int64_t ldy, cudaStream_t s)
 {
     if (T <= 0)
         return GM_OK;
@@ -295,6 +295,28 @@ extern "C" gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx,
             (const uint8_t *)xq, ldx, (int32_t)T, (const uint8_t *)Wq, ldw, K, x_scale, w_scale, (bf16 *)y, ldy);
     GM_LAUNCH_CHECK();
     return GM_OK;
+}
+
+/* GM_FP8_GEMV=1 keeps the first GEMV; unset, "2" (or anything else) takes v2 for T <= 4. */
+extern "C" int gemv_fp8_v2_enabled(void)
+{
+    static int v; /* 0 = not read yet, 1 = v1, 2 = v2 (a benign race: every thread stores the same) */
+    if (!v) {
+        const char *e = getenv("GM_FP8_GEMV");
+        v = e && !strcmp(e, "1") ? 1 : 2;
+    }
+    return v == 2;
+}
+
+extern "C" gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
+                              int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy,
+                              cudaStream_t s)
+{
+    if (T <= 0)
+        return GM_OK;
+    if (T <= 4 && gemv_fp8_v2_enabled()) /* v2 takes every shape v1 does */
+        return gemv_fp8_v2(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
+    return gemv_fp8_v1(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
 }
 
 extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,

@@ -49,13 +49,47 @@ gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_
                    int64_t ldy, cudaStream_t s);
 
 /* The two paths on their own (benchmarks and tests); same arguments as gemm_fp8.
- * gemv_fp8: T <= 8, K % 64 == 0, N % 16 == 0; mma.sync m16n8k32 e4m3 (float32 accumulation),
- * one CTA per 16 output columns, K split over its 8 warps: weight-read bound. */
+ * gemv_fp8: T <= 8, K % 64 == 0, N % 16 == 0; weight-read bound. Takes gemv_fp8_v2 for T <= 4
+ * unless the environment has GM_FP8_GEMV=1 (read once), else gemv_fp8_v1.
+ * gemv_fp8_v1: the first FP8 GEMV: mma.sync m16n8k32 e4m3 (float32 accumulation), one CTA per 16
+ * output columns, K split over its 8 warps. */
 gm_status gemm_fp8_lt(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
                       const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32,
                       int64_t ldy, cudaStream_t s);
 gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
                    int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s);
+gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
+                      int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s);
+
+/* 1 when gemv_fp8 takes gemv_fp8_v2 for T <= 4 (GM_FP8_GEMV unset or not "1"; read once), else 0.
+ * The engine asks it before calling the fused GeGLU entries below. */
+int gemv_fp8_v2_enabled(void);
+
+/* ---- FP8 GEMV v2 (gemv_fp8v2.cu): T = 1..4 rows, built for batch-1..4 decode ----
+ * y[t, n] = (*x_scale * *w_scale) * sum_k xq[t, k] * Wq[n, k]: the products exact (tensor cores,
+ * mma.sync e4m3), float32 sums; the same semantics and arguments as gemv_fp8, with looser shape rules:
+ * T 1..4 (T <= 0 does nothing); K, ldx, ldw % 16 == 0, ldx, ldw >= K; any N >= 1, ldy >= N; xq and Wq
+ * 16-byte aligned, y aligned to its element. One launch, PDL (launch.cuh), no workspace, capturable.
+ * Wq is read before the kernel's PDL wait (it overlaps the previous kernel): it must not be written by
+ * the kernel launched just before this one on the stream (weights never are during a step).
+ * x_scale and w_scale [1] f32 device, read after the wait. */
+gm_status gemv_fp8_v2(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
+                      int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s);
+
+/* The MLP's first half in one launch: with g, u = bf16((*x_scale * *w_scale) * sum_k xq[t, k] * Wgu[r, k])
+ * for r = j (gate) and r = ni + j (up),
+ *   act[t, j] = bf16(bf16(gelu_tanh(g)) * u)                       (gemv_fp8_v2_geglu; bf16 act)
+ *   actq[t, j] = e4m3_satfinite(bf16(bf16(gelu_tanh(g)) * u) * (1.0f / *act_scale))
+ *                                                                 (gemv_fp8_v2_geglu_fp8; e4m3 act)
+ * i.e. gemm_fp8 into gu then k_geglu, or then k_geglu_fp8 with a static scale, bit for bit when the
+ * sums agree. Wgu [2 ni, K] e4m3 (row stride ldw; gate rows, then up rows); act [T, ni] bf16 / actq
+ * [T, ni] e4m3 (row stride ld_act); act_scale [1] f32 device (a static activation scale). Other rules
+ * as gemv_fp8_v2 (any ni >= 1). */
+gm_status gemv_fp8_v2_geglu(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wgu,
+                            int64_t ldw, const float *w_scale, int64_t ni, void *act, int64_t ld_act, cudaStream_t s);
+gm_status gemv_fp8_v2_geglu_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
+                                const void *Wgu, int64_t ldw, const float *w_scale, int64_t ni, const float *act_scale,
+                                void *actq, int64_t ld_act, cudaStream_t s);
 
 #ifdef __cplusplus
 }
