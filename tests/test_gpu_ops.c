@@ -749,10 +749,43 @@ static void check_sampling(const char *what, int64_t V, int ties, gm_sampling sp
     cudaFree(dl), cudaFree(dp), cudaFree(dc), cudaFree(dt);
 }
 
+/* greedy over one row whose answer is known: a flat row and an all -inf row pick id 0 */
+static void check_greedy_row(const char *what, const float *row, int64_t V, int32_t expect)
+{
+    gm_sampling sp = GM_SAMPLING_GREEDY;
+    uint64_t ctr = 0;
+    float *dl = dev_put(row, (size_t)V * 4);
+    gm_sampling *dp = dev_put(&sp, sizeof sp);
+    uint64_t *dc = dev_put(&ctr, 8);
+    int32_t *dt = dev_put(NULL, 4), tok = -7;
+    GOK(k_sample(dl, V, V, 1, dp, dc, dt, 0));
+    CK(cudaMemcpy(&tok, dt, 4, cudaMemcpyDeviceToHost));
+    printf("  %-44s token %d (expected %d; cpu_sample %d)\n", what, tok, expect, cpu_sample(row, V, &sp, 0));
+    assert_int_equal(tok, expect);
+    assert_int_equal(cpu_sample(row, V, &sp, 0), expect);
+    cudaFree(dl), cudaFree(dp), cudaFree(dc), cudaFree(dt);
+}
+
 static void test_sampling(void **state)
 {
     (void)state;
     int64_t V = 256000;
+    {
+        int64_t n = 70001;
+        float *row = malloc((size_t)n * 4);
+        for (int64_t i = 0; i < n; i++)
+            row[i] = 1.0f;
+        check_greedy_row("greedy, flat row", row, n, 0);
+        for (int64_t i = 0; i < n; i++)
+            row[i] = -INFINITY;
+        check_greedy_row("greedy, all -inf", row, n, 0);
+        row[n - 1] = 0.0f, row[4097] = 0.0f;
+        check_greedy_row("greedy, two equal maxima", row, n, 4097);
+        free(row);
+    }
+    /* rows of an odd vocabulary are not 16-byte aligned: the scalar walk */
+    check_sampling("greedy, odd vocabulary, bf16 ties", 4099, 1, GM_SAMPLING_GREEDY, 16);
+    check_sampling("temp 1 top-k 50, odd vocabulary", 4099, 0, (gm_sampling){1.0f, 50, 1.0f, 19}, 20);
     check_sampling("greedy", V, 0, GM_SAMPLING_GREEDY, 16);
     check_sampling("greedy, bf16 ties", V, 1, GM_SAMPLING_GREEDY, 16);
     check_sampling("temperature 1", V, 0, (gm_sampling){1.0f, 0, 1.0f, 11}, 40);

@@ -434,12 +434,38 @@ __global__ void __launch_bounds__(SMP_THREADS)
     const float *lg = logits + (int64_t)row * ld;
     gm_sampling sp = params[row];
 
-    /* argmax, ties to the lowest id (also gives the max for the softmax) */
-    float bv = tid < V ? lg[tid] : -INFINITY;
-    int32_t bi = tid < V ? tid : INT32_MAX;
-    for (int64_t i = tid + blockDim.x; i < V; i += blockDim.x) {
+    /* argmax, ties to the lowest id (also gives the max for the softmax); each thread walks its
+     * elements in increasing id order and keeps the first of equal values. A 16-byte aligned row is
+     * read as float4, four loads in flight per thread (the row is 1 MB at Gemma's vocabulary). */
+    float bv = -INFINITY;
+    int32_t bi = INT32_MAX;
+    int64_t done = 0;
+    if ((reinterpret_cast<uintptr_t>(lg) & 15) == 0) {
+        const float4 *l4 = reinterpret_cast<const float4 *>(lg);
+        const int64_t V4 = V / 4, step = blockDim.x;
+        for (int64_t j = tid; j < V4; j += 4 * step) {
+            float4 v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (j + u * step < V4)
+                    v[u] = l4[j + u * step];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int64_t jj = j + u * step;
+                if (jj < V4) {
+                    const float x[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (x[e] > bv || bi == INT32_MAX)
+                            bv = x[e], bi = (int32_t)(4 * jj + e);
+                }
+            }
+        }
+        done = 4 * V4;
+    }
+    for (int64_t i = done + tid; i < V; i += blockDim.x) {
         float x = lg[i];
-        if (x > bv)
+        if (x > bv || bi == INT32_MAX)
             bv = x, bi = (int32_t)i;
     }
 #pragma unroll
