@@ -607,6 +607,11 @@ static void check_decode_fp8(const attn_case *ac, int32_t B, const int32_t *ctx,
         GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
                               kv_scale, ns, scratch, dout, qw, d8, dosc, 0));
         expect_codes("decode attn fp8, e4m3 output", d8, g, B * qw, osc);
+        float osat = 0.0005f; /* |O| / scale past 448: saturated codes */
+        CK(cudaMemcpy(dosc, &osat, 4, cudaMemcpyHostToDevice));
+        GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
+                              kv_scale, ns, scratch, dout, qw, d8, dosc, 0));
+        expect_codes("decode attn fp8, e4m3 output, saturating", d8, g, B * qw, osat);
         /* an e4m3 output needs its scale */
         assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx,
                                            scale, kv_scale, ns, scratch, dout, qw, d8, NULL, 0),
@@ -783,6 +788,9 @@ static void test_sampling(void **state)
         check_greedy_row("greedy, two equal maxima", row, n, 4097);
         free(row);
     }
+    /* vocabularies smaller than the block: threads without elements */
+    check_sampling("greedy, V = 3", 3, 0, GM_SAMPLING_GREEDY, 8);
+    check_sampling("greedy, V = 300, bf16 ties", 300, 1, GM_SAMPLING_GREEDY, 8);
     /* rows of an odd vocabulary are not 16-byte aligned: the scalar walk */
     check_sampling("greedy, odd vocabulary, bf16 ties", 4099, 1, GM_SAMPLING_GREEDY, 16);
     check_sampling("temp 1 top-k 50, odd vocabulary", 4099, 0, (gm_sampling){1.0f, 50, 1.0f, 19}, 20);

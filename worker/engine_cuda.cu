@@ -50,7 +50,7 @@
 #define MAX_BUCKETS 64
 #define PROF_MAX 1024
 #define SC_STRIDE 64          /* floats between two device scales (256 bytes: cuBLASLt scale pointers) */
-#define XQA_MIN_BATCH 8       /* bf16 KV: XQA for MQA/GQA decode batches from this size (bench/NOTES.md) */
+#define XQA_MIN_BATCH 8       /* XQA for MQA/GQA decode batches from this size (bf16 crossover, bench/NOTES.md) */
 
 /* Decode-step profile: events between the ops of the forward pass (recorded as graph nodes
  * when captured), summed per op kind. */
@@ -673,8 +673,8 @@ typedef struct fwd_args {
     int xqa_clear;    /* eager step: clear the semaphores first (the scratch is shared by all batch sizes) */
     int dec_xqa;      /* mixed step: its decode rows through XQA (else k_attn_decode(_fp8) with dec_split) */
     int32_t dec_split;
-    int32_t n_dec;    /* mixed step: its first n_dec sequences decode one token each (attention through XQA);
-                       * the others prefill (k_attn_prefill_kv) */
+    int32_t n_dec;    /* mixed step: its first n_dec sequences decode one token each (one query row each:
+                       * XQA or k_attn_decode(_fp8)); the others prefill (k_attn_prefill_kv) */
 } fwd_args;
 
 /* Activation quantizer of point i (0 qkv, 1 o, 2 gate|up, 3 down) of layer y: the layer's static
@@ -954,7 +954,7 @@ static gm_status dump_logits(cuda_engine *c, int64_t n_rows, float *out)
 static int use_xqa(const cuda_engine *c, int32_t batch)
 {
     int64_t g = c->nq / c->nkv;
-    int dec_ok = (g == 1 || g == 2 || g == 4 || g == 8) && (c->hd == 32 || c->hd == 64 || c->hd == 128 || c->hd == 256);
+    int dec_ok = c->nq % c->nkv == 0 && (g == 1 || g == 2 || g == 4 || g == 8) && (c->hd == 32 || c->hd == 64 || c->hd == 128 || c->hd == 256);
     if (!dec_ok || c->xqa_mode == 2)
         return 1;
     return c->xqa_mode == 1 && g > 1 && batch >= XQA_MIN_BATCH;
@@ -1022,7 +1022,7 @@ static gm_status cuda_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         if (seqs[i].n_tokens > max_new)
             max_new = seqs[i].n_tokens;
     }
-    /* a mixed step runs its decode sequences first (XQA for their attention, one query row each) */
+    /* a mixed step runs its decode sequences first (one query row each in the decode attention) */
     int32_t nd = 0;
     for (int32_t i = 0; i < n_seqs; i++)
         if (decode || seqs[i].n_tokens == 1)

@@ -124,7 +124,8 @@ __device__ __forceinline__ void rope_warp(float f[VEC], const float *cs, int lan
     }
 }
 
-/* Splits actually used for a context of L keys. */
+/* Splits actually used for a context of L keys: chunks of whole ATTN_DECODE_MIN_CHUNK-key units (a
+ * split's 4 warps x 4 keys in flight), at most n_split of them. The merge kernel plans the same way. */
 __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &chunk)
 {
     int n = (L + ATTN_DECODE_MIN_CHUNK - 1) / ATTN_DECODE_MIN_CHUNK;
@@ -133,6 +134,7 @@ __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &
     if (n < 1)
         n = 1;
     chunk = (L + n - 1) / n;
+    chunk = (chunk + ATTN_DECODE_MIN_CHUNK - 1) / ATTN_DECODE_MIN_CHUNK * ATTN_DECODE_MIN_CHUNK;
     n_eff = (L + chunk - 1) / chunk;
 }
 
@@ -222,13 +224,15 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
 #pragma unroll
         for (int u = 0; u < P; u++) {
             int jj = j + u * DEC_WARPS;
-            if (jj < last_pool) {
-                int64_t base = ((((int64_t)tb[jj / bs] * nkv + kvh) * bs + jj % bs) * HD + lane * VEC) * io::esz;
-                kc[u] = __ldg(reinterpret_cast<const vec_t *>(kp + base));
-                vc[u] = __ldg(reinterpret_cast<const vec_t *>(vp + base));
-            } else {
-                if constexpr (ROPE)
-                    kc[u] = knew, vc[u] = vnew; /* jj == L - 1 (used only when jj < j1) */
+            if (jj < j1) { /* nothing past this split (another split's block may be writing key L - 1) */
+                if (jj < last_pool) {
+                    int64_t base = ((((int64_t)tb[jj / bs] * nkv + kvh) * bs + jj % bs) * HD + lane * VEC) * io::esz;
+                    kc[u] = __ldg(reinterpret_cast<const vec_t *>(kp + base));
+                    vc[u] = __ldg(reinterpret_cast<const vec_t *>(vp + base));
+                } else {
+                    if constexpr (ROPE)
+                        kc[u] = knew, vc[u] = vnew; /* jj == L - 1 */
+                }
             }
         }
 #pragma unroll

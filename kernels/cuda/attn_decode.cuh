@@ -14,7 +14,8 @@
 extern "C" {
 #endif
 
-/* Fewest keys one split handles, and the most splits. */
+/* Keys per split come in whole units of ATTN_DECODE_MIN_CHUNK (a sequence of L keys uses at most
+ * ceil(L / ATTN_DECODE_MIN_CHUNK) splits); the most splits. */
 #define ATTN_DECODE_MIN_CHUNK 16
 #define ATTN_DECODE_MAX_SPLIT 128
 

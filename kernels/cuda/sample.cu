@@ -435,7 +435,8 @@ __global__ void __launch_bounds__(SMP_THREADS)
     gm_sampling sp = params[row];
 
     /* argmax, ties to the lowest id (also gives the max for the softmax); each thread walks its
-     * elements in increasing id order and keeps the first of equal values. A 16-byte aligned row is
+     * elements in increasing id order and keeps the first of equal values (NaN counts as -inf, so a
+     * NaN logit never wins, as in cpu_argmax past id 0). A 16-byte aligned row is
      * read as float4, four loads in flight per thread (the row is 1 MB at Gemma's vocabulary). */
     float bv = -INFINITY;
     int32_t bi = INT32_MAX;
@@ -453,11 +454,13 @@ __global__ void __launch_bounds__(SMP_THREADS)
             for (int u = 0; u < 4; u++) {
                 int64_t jj = j + u * step;
                 if (jj < V4) {
-                    const float x[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+                    float x[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
 #pragma unroll
-                    for (int e = 0; e < 4; e++)
+                    for (int e = 0; e < 4; e++) {
+                        x[e] = isnan(x[e]) ? -INFINITY : x[e]; /* NaN never wins */
                         if (x[e] > bv || bi == INT32_MAX)
                             bv = x[e], bi = (int32_t)(4 * jj + e);
+                    }
                 }
             }
         }
@@ -465,6 +468,7 @@ __global__ void __launch_bounds__(SMP_THREADS)
     }
     for (int64_t i = done + tid; i < V; i += blockDim.x) {
         float x = lg[i];
+        x = isnan(x) ? -INFINITY : x;
         if (x > bv || bi == INT32_MAX)
             bv = x, bi = (int32_t)i;
     }
