@@ -3,8 +3,13 @@
  * shapes in the same run. Small T is weight-read bound, so the weight GB/s is printed beside
  * 4.2 TB/s too. The 8192^3 FP8 and bf16 rates measured in this run are printed first.
  * Weights rotate over enough copies to exceed the L2 cache. Median of 5 timed groups.
+ * First a GEMV section: gemv_fp8_v1 (the first FP8 GEMV) vs gemv_fp8_v2 at T = 1, 2, 4, timed eagerly
+ * (back-to-back launches) and replayed from a CUDA graph (as decode runs; v2's PDL edges included), in
+ * us and weight GB/s beside the device-to-device copy rate measured in the same run, plus the GeGLU
+ * paths of the gate|up shapes (v1 GEMV + k_geglu[_fp8] vs one v2 launch).
  *
- *   fp8_gemm_bench [--models 2b,7b] [--t 1,2,4,8,16,64,256,1024,4096] [--fast 0|1|2 (both)] [--csv FILE] */
+ *   fp8_gemm_bench [--models 2b,7b] [--t 1,2,4,8,16,64,256,1024,4096] [--fast 0|1|2 (both)] [--csv FILE]
+ *                  [--gemv-t 1,2,4] [--gemv-only] [--no-gemv] */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +19,8 @@
 #include <cuda_runtime_api.h>
 
 #include "common/status.h"
+#include "kernels/cuda/fp8.cuh"
+#include "kernels/cuda/geglu.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/gemm_fp8.cuh"
 
@@ -162,6 +169,210 @@ static double bench_shape(gemm_fp8_ctx *g8, gemm_ctx *g16, const char *name, int
     return us;
 }
 
+/* ---- GEMV section: gemv_fp8_v1 vs gemv_fp8_v2 ---- */
+
+enum {
+    GV_V1,       /* gemv_fp8_v1 */
+    GV_V2,       /* gemv_fp8_v2 */
+    GV_V1_GEGLU, /* gemv_fp8_v1 into gu [T, 2 ni] bf16, then k_geglu -> act bf16 */
+    GV_V2_GEGLU, /* gemv_fp8_v2_geglu -> act bf16 */
+    GV_V1_GEGLU8, /* gemv_fp8_v1 into gu, then k_geglu_fp8 (static scale) -> act e4m3 */
+    GV_V2_GEGLU8, /* gemv_fp8_v2_geglu_fp8 -> act e4m3 */
+};
+
+typedef struct gvctx {
+    void *x8, *gu, *y;
+    void *w8[64];
+    int nrot;
+    float *sc; /* [0] x scale, [64] w scale, [128] act scale (256-byte apart) */
+    int64_t T, N, K; /* GeGLU kinds: N = ni (the weight has 2 ni rows) */
+    int yf32, kind;
+    cudaStream_t st;
+} gvctx;
+
+static void gv_run(gvctx *c, int rep)
+{
+    const void *w = c->w8[rep % c->nrot];
+    const float *sx = c->sc, *sw = c->sc + 64, *sa = c->sc + 128;
+    fp8_act a = {c->sc + 128, NULL, NULL};
+    switch (c->kind) {
+    case GV_V1: GOK(gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->yf32, c->N, c->st)); break;
+    case GV_V2: GOK(gemv_fp8_v2(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->yf32, c->N, c->st)); break;
+    case GV_V1_GEGLU:
+        GOK(gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, 2 * c->N, c->gu, 0, 2 * c->N, c->st));
+        GOK(k_geglu(c->gu, c->T, c->N, c->y, c->st));
+        break;
+    case GV_V2_GEGLU: GOK(gemv_fp8_v2_geglu(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->N, c->st)); break;
+    case GV_V1_GEGLU8:
+        GOK(gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, 2 * c->N, c->gu, 0, 2 * c->N, c->st));
+        GOK(k_geglu_fp8(c->gu, c->T, c->N, &a, c->y, c->st));
+        break;
+    default:
+        GOK(gemv_fp8_v2_geglu_fp8(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, sa, c->y, c->N, c->st));
+        break;
+    }
+}
+
+static void gv_run_v(void *c, int rep) { gv_run((gvctx *)c, rep); }
+
+/* Median over 5 replays of a CUDA graph of reps calls (captured on a non-blocking stream). */
+static double gv_graph_us(gvctx *c, int reps)
+{
+    cudaStream_t st;
+    CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    c->st = st;
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < reps; i++)
+        gv_run(c, i);
+    CU(cudaStreamEndCapture(st, &g));
+    CU(cudaGraphInstantiate(&ge, g, 0));
+    CU(cudaGraphLaunch(ge, st));
+    CU(cudaStreamSynchronize(st));
+    cudaEvent_t a, b;
+    CU(cudaEventCreate(&a));
+    CU(cudaEventCreate(&b));
+    double t[5];
+    for (int r = 0; r < 5; r++) {
+        CU(cudaEventRecord(a, st));
+        CU(cudaGraphLaunch(ge, st));
+        CU(cudaEventRecord(b, st));
+        CU(cudaEventSynchronize(b));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, a, b));
+        t[r] = ms * 1000.0 / reps;
+    }
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            if (t[j] < t[i]) {
+                double x = t[i];
+                t[i] = t[j];
+                t[j] = x;
+            }
+    CU(cudaEventDestroy(a));
+    CU(cudaEventDestroy(b));
+    CU(cudaGraphExecDestroy(ge));
+    CU(cudaGraphDestroy(g));
+    CU(cudaStreamDestroy(st));
+    c->st = 0;
+    return t[2];
+}
+
+/* Device-to-device copy rate (read + write bytes per second, GB/s) of a 1 GiB cudaMemcpyAsync. */
+static double copy_gbs(void)
+{
+    size_t n = (size_t)1 << 30;
+    void *a, *b;
+    CU(cudaMalloc(&a, n));
+    CU(cudaMalloc(&b, n));
+    CU(cudaMemset(a, 1, n));
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    double best = 0;
+    for (int r = 0; r < 6; r++) {
+        CU(cudaEventRecord(e0, 0));
+        CU(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0));
+        CU(cudaEventRecord(e1, 0));
+        CU(cudaEventSynchronize(e1));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, e0, e1));
+        double gbs = 2.0 * n / (ms * 1e-3) / 1e9;
+        if (r > 0 && gbs > best)
+            best = gbs;
+    }
+    CU(cudaEventDestroy(e0));
+    CU(cudaEventDestroy(e1));
+    cudaFree(a), cudaFree(b);
+    return best;
+}
+
+static const char *gv_kind_name(int k)
+{
+    static const char *n[] = {"v1", "v2", "v1+geglu", "v2 geglu", "v1+geglu8", "v2 geglu8"};
+    return n[k];
+}
+
+/* One shape: kinds a (old) and b (new) at T; prints eager and graph times. wrows: weight rows. */
+static void gv_shape(const char *name, int64_t T, int64_t N, int64_t K, int yf32, int ka, int kb, double copy,
+                     FILE *csv)
+{
+    const int gg = ka != GV_V1;
+    const int64_t wrows = gg ? 2 * N : N;
+    gvctx c;
+    memset(&c, 0, sizeof c);
+    c.T = T, c.N = N, c.K = K, c.yf32 = yf32;
+    size_t wb = (size_t)wrows * K;
+    c.nrot = (int)ceil(256e6 / (double)wb);
+    c.nrot = c.nrot < 1 ? 1 : (c.nrot > 64 ? 64 : c.nrot);
+    for (int i = 0; i < c.nrot; i++)
+        c.w8[i] = dev_rand(wb, 300 + i, 1);
+    c.x8 = dev_rand((size_t)T * K, 5, 1);
+    CU(cudaMalloc(&c.y, (size_t)T * wrows * 4));
+    CU(cudaMalloc(&c.gu, (size_t)T * wrows * 2));
+    float s[129] = {0.01f};
+    s[64] = 0.002f;
+    s[128] = 0.05f;
+    CU(cudaMalloc(&c.sc, sizeof s));
+    CU(cudaMemcpy(c.sc, s, sizeof s, cudaMemcpyHostToDevice));
+    double est = wb / (CEIL_GBS * 1e9) + 3e-6;
+    int reps = (int)(10e-3 / est);
+    reps = reps < 20 ? 20 : (reps > 2000 ? 2000 : reps);
+    double us[2][2];
+    for (int v = 0; v < 2; v++) {
+        c.kind = v ? kb : ka;
+        us[v][0] = bench_time_us(gv_run_v, &c, reps);
+        us[v][1] = gv_graph_us(&c, reps);
+    }
+    printf("gemv %-10s %-9s T=%lld N=%-6lld K=%-6lld |", name, gg ? "geglu" : (yf32 ? "f32 out" : "bf16 out"),
+           (long long)T, (long long)N, (long long)K);
+    for (int v = 0; v < 2; v++) {
+        double ge = wb / (us[v][0] * 1e-6) / 1e9, gg2 = wb / (us[v][1] * 1e-6) / 1e9;
+        printf(" %-9s %6.1f us %5.0f GB/s %3.0f%% | graph %6.1f us %5.0f GB/s %3.0f%% |", gv_kind_name(v ? kb : ka),
+               us[v][0], ge, 100.0 * ge / copy, us[v][1], gg2, 100.0 * gg2 / copy);
+        if (csv)
+            fprintf(csv, "gemv_%s,%s,%lld,%lld,%lld,%.2f,%.2f,%.1f\n", gv_kind_name(v ? kb : ka), name, (long long)T,
+                    (long long)N, (long long)K, us[v][1], 0.0, gg2);
+    }
+    printf(" v2/v1 %.2fx (graph %.2fx)\n", us[0][0] / us[1][0], us[0][1] / us[1][1]);
+    fflush(stdout);
+    for (int i = 0; i < c.nrot; i++)
+        cudaFree(c.w8[i]);
+    cudaFree(c.x8), cudaFree(c.y), cudaFree(c.gu), cudaFree(c.sc);
+}
+
+static void gemv_section(const char *models, const int *ts, int nt, FILE *csv)
+{
+    double copy = copy_gbs();
+    printf("-- FP8 GEMV: gemv_fp8_v1 vs gemv_fp8_v2 (weight GB/s; %% of the copy rate %.0f GB/s measured here "
+           "(read + write of a 1 GiB cudaMemcpy D2D); floor = weight bytes / copy rate) --\n",
+           copy);
+    struct {
+        const char *model, *name;
+        int64_t N, K;
+        int yf32;
+    } shapes[] = {
+        {"2b", "2b qkv", 2560, 2048, 0},      {"2b", "2b o", 2048, 2048, 0},     {"2b", "2b gate_up", 32768, 2048, 0},
+        {"2b", "2b down", 2048, 16384, 0},    {"7b", "7b qkv", 12288, 3072, 0},  {"7b", "7b o", 3072, 4096, 0},
+        {"7b", "7b gate_up", 49152, 3072, 0}, {"7b", "7b down", 3072, 24576, 0}, {"2b", "2b lm_head", 256000, 2048, 1},
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        if (!strstr(models, shapes[s].model))
+            continue;
+        for (int i = 0; i < nt; i++) {
+            if (ts[i] < 1 || ts[i] > 4)
+                continue;
+            gv_shape(shapes[s].name, ts[i], shapes[s].N, shapes[s].K, shapes[s].yf32, GV_V1, GV_V2, copy, csv);
+            if (strstr(shapes[s].name, "gate_up")) {
+                gv_shape(shapes[s].name, ts[i], shapes[s].N / 2, shapes[s].K, 0, GV_V1_GEGLU, GV_V2_GEGLU, copy, csv);
+                gv_shape(shapes[s].name, ts[i], shapes[s].N / 2, shapes[s].K, 0, GV_V1_GEGLU8, GV_V2_GEGLU8, copy,
+                         csv);
+            }
+        }
+    }
+}
+
 static int parse_list(const char *s, int *out, int max)
 {
     int n = 0;
@@ -178,12 +389,16 @@ int main(int argc, char **argv)
 {
     const char *models = "2b,7b", *csv_path = NULL;
     int ts[16], nt = parse_list("1,2,4,8,16,64,256,1024,4096", ts, 16), fast_mode = 2;
+    int gts[8], ngt = parse_list("1,2,4", gts, 8), gemv = 1, gemm = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             printf("usage: fp8_gemm_bench [--models 2b,7b] [--t 1,2,4,8,16,64,256,1024,4096] [--fast 0|1|2] [--csv FILE]\n"
+                   "                      [--gemv-t 1,2,4] [--gemv-only] [--no-gemv]\n"
                    "FP8 (cuBLASLt e4m3, bf16 out) GEMM TFLOP/s at Gemma's shapes beside 1386 TFLOP/s, and bf16\n"
-                   "(gemm_bf16) on the same shapes. --fast: 0 accurate accumulation, 1 fast, 2 both (default).\n");
+                   "(gemm_bf16) on the same shapes. --fast: 0 accurate accumulation, 1 fast, 2 both (default).\n"
+                   "First the FP8 GEMV section (gemv_fp8_v1 vs gemv_fp8_v2, T in --gemv-t, 1..4) beside the\n"
+                   "measured device copy rate; --gemv-only stops after it, --no-gemv skips it.\n");
             return 0;
         } else if (v && !strcmp(a, "--models")) {
             models = v, i++;
@@ -193,6 +408,12 @@ int main(int argc, char **argv)
             fast_mode = atoi(v), i++;
         } else if (v && !strcmp(a, "--csv")) {
             csv_path = v, i++;
+        } else if (v && !strcmp(a, "--gemv-t")) {
+            ngt = parse_list(v, gts, 8), i++;
+        } else if (!strcmp(a, "--gemv-only")) {
+            gemm = 0;
+        } else if (!strcmp(a, "--no-gemv")) {
+            gemv = 0;
         } else {
             fprintf(stderr, "fp8_gemm_bench: unknown or incomplete option '%s' (see --help)\n", a);
             return 2;
@@ -213,6 +434,15 @@ int main(int argc, char **argv)
     GOK(gemm_fp8_ctx_new(0, &g8));
     GOK(gemm_ctx_new(0, &g16));
     printf("device %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    if (gemv)
+        gemv_section(models, gts, ngt, csv);
+    if (!gemm) {
+        gemm_fp8_ctx_destroy(&g8);
+        gemm_ctx_destroy(&g16);
+        if (csv)
+            fclose(csv);
+        return 0;
+    }
     printf("-- ceilings measured here (8192^3) --\n");
     bench_shape(g8, g16, "8192^3", 8192, 8192, 8192, 1, 0, csv);
     gemm_fp8_ctx_set_fast_accum(g8, 1);

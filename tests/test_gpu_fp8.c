@@ -6,7 +6,11 @@
  *   - the FP8 KV write: bit-exact vs cpu_fp8_kv_write;
  *   - gemm_fp8 (cuBLASLt e4m3): normalized error vs cpu_fp8_matmul_q at Gemma's shapes, T in
  *     {1, 16, 64, 256, 1024} (rows sampled for large T), accurate and fast accumulation.
- * Exit 77 without a GPU. */
+ *   - gemv_fp8_v2 (T = 1..4): bf16 and f32 output vs the exact CPU twin (e4m3 decoded exactly, f32
+ *     sums) at Gemma's shapes and odd ones (N % 16 != 0, K % 64 != 0, padded strides whose padding holds
+ *     NaN codes), against the first GEMV, rows/columns it must not touch; its GeGLU epilogues (bf16 and
+ *     e4m3 act) vs the CPU twin and bit for bit vs v2 -> k_geglu / k_geglu_fp8 on the GPU.
+ * Exit 77 without a GPU. GM_TEST_FILTER (a cmocka pattern, e.g. 'test_gemv*') runs a subset. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -430,6 +434,287 @@ static void test_gemm_fp8(void **st)
     assert_null(g);
 }
 
+/* ---- FP8 GEMV v2 ---- */
+
+/* n e4m3 codes: mostly |v| in [2^-3, 2^4) (random sign and mantissa), one in 64 any finite code
+ * (zeros, subnormals, 448). */
+static void rand_w_codes(uint8_t *w, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t r = rnd();
+        uint8_t b = (uint8_t)((r & 0x80) | ((4 + (r >> 8) % 7) << 3) | ((r >> 16) & 7));
+        if ((r >> 24) % 64 == 0) {
+            b = (uint8_t)(r >> 11);
+            if ((b & 0x7f) == 0x7f)
+                b ^= 1;
+        }
+        w[i] = b;
+    }
+}
+
+/* [rows, ld] e4m3 with the K used columns random (rand_w_codes for W, activation-like for x) and the
+ * padding columns NaN (0x7f): a kernel that reads past K turns its sums into NaN. */
+static uint8_t *rand_mat(int64_t rows, int64_t K, int64_t ld, int is_x)
+{
+    uint8_t *m = malloc(rows * ld);
+    for (int64_t r = 0; r < rows; r++) {
+        if (is_x)
+            for (int64_t k = 0; k < K; k++)
+                m[r * ld + k] = cpu_fp8_e4m3((frand() + frand() + frand()) * 120.0f);
+        else
+            rand_w_codes(m + r * ld, K);
+        memset(m + r * ld + K, 0x7f, ld - K);
+    }
+    return m;
+}
+
+/* Tolerance on a normalized error vs a bf16/f32 reference: sums that land on the other side of a bf16
+ * rounding boundary differ by one bf16 step (2^-8 relative); a short vector may hold one such value. */
+static double v2_tol(int64_t n) { return n >= 4096 ? 1e-3 : 5e-3; }
+
+static double nerr_f32(const float *a, const float *ref, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += isnan(a[i]) ? 1e30 : d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* Columns [n, ld) of rows 0..T-1 and all of rows T..3 of y (4 rows of ld elements of es bytes) still 0xff. */
+static int untouched(const uint8_t *y, int64_t T, int64_t n, int64_t ld, size_t es)
+{
+    for (int64_t t = 0; t < 4; t++)
+        for (int64_t j = t < T ? n : 0; j < ld; j++)
+            for (size_t b = 0; b < es; b++)
+                if (y[(t * ld + j) * es + b] != 0xff)
+                    return 0;
+    return 1;
+}
+
+/* a and b are the same e4m3 value or neighbours (the rounding of a sum on either side of a boundary). */
+static int codes_adjacent(uint8_t a, uint8_t b)
+{
+    if (a == b)
+        return 1;
+    int ma = a & 0x7f, mb = b & 0x7f;
+    if ((a & 0x80) != (b & 0x80))
+        return ma + mb <= 1; /* +-0 and the smallest subnormal of either sign */
+    return abs(ma - mb) <= 1;
+}
+
+/* One weight through gemv_fp8_v2 at T = 1..4, bf16 and f32 out, vs sums [4, N] (raw, unscaled f32 sums
+ * of the exact products: the CPU twin with unit scales); where v1 takes the shape, vs gemv_fp8_v1 too,
+ * and gemv_fp8 (the dispatcher) is v2 bit for bit unless GM_FP8_GEMV=1. */
+static void check_v2_plain(const char *name, const void *dw, int64_t N, int64_t K, int64_t ldw, const void *dx,
+                           int64_t ldx, const float *sums, float sx, float sw, int64_t ldy)
+{
+    float *dsx = dev_put(&sx, 4), *dsw = dev_put(&sw, 4);
+    const float s = sx * sw; /* the kernels' and the CPU twin's order: sum * (sx * sw) */
+    float *ref = malloc(4 * N * sizeof(float)), *got = malloc(4 * N * sizeof(float));
+    void *dy = dev_put(NULL, 4 * ldy * 4), *dy1 = dev_put(NULL, 4 * ldy * 4);
+    const int v1_ok = K % 64 == 0 && N % 16 == 0 && ldy % 8 == 0;
+    for (int64_t T = 1; T <= 4; T++)
+        for (int yf = 0; yf < 2; yf++) {
+            const size_t es = yf ? 4 : 2;
+            for (int64_t i = 0; i < T * N; i++)
+                ref[i] = yf ? sums[i] * s : gm_round_bf16(sums[i] * s);
+            CK(cudaMemset(dy, 0xff, 4 * ldy * es));
+            GOK(gemv_fp8_v2(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy, yf, ldy, 0));
+            CK(cudaDeviceSynchronize());
+            uint8_t *yh = get(dy, 4 * ldy * es);
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t j = 0; j < N; j++)
+                    got[t * N + j] = yf ? ((float *)yh)[t * ldy + j] : gm_bf16_to_f32(((uint16_t *)yh)[t * ldy + j]);
+            double e = nerr_f32(got, ref, T * N);
+            print_message("gemv_fp8_v2 %-10s T=%lld N=%-6lld K=%-6lld %s err %.2e\n", name, (long long)T, (long long)N,
+                          (long long)K, yf ? "f32 " : "bf16", e);
+            assert_true(e < v2_tol(T * N));
+            assert_true(untouched(yh, T, N, ldy, es));
+            if (v1_ok) { /* the first GEMV (same products, other summation order) and the dispatcher */
+                CK(cudaMemset(dy1, 0xff, 4 * ldy * es));
+                GOK(gemv_fp8_v1(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy1, yf, ldy, 0));
+                CK(cudaDeviceSynchronize());
+                uint8_t *y1 = get(dy1, 4 * ldy * es);
+                float *g1 = malloc(T * N * sizeof(float));
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t j = 0; j < N; j++)
+                        g1[t * N + j] =
+                            yf ? ((float *)y1)[t * ldy + j] : gm_bf16_to_f32(((uint16_t *)y1)[t * ldy + j]);
+                double e1 = nerr_f32(got, g1, T * N);
+                assert_true(e1 < v2_tol(T * N));
+                free(y1), free(g1);
+                CK(cudaMemset(dy1, 0xff, 4 * ldy * es));
+                GOK(gemv_fp8(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy1, yf, ldy, 0));
+                CK(cudaDeviceSynchronize());
+                y1 = get(dy1, 4 * ldy * es);
+                if (gemv_fp8_v2_enabled())
+                    assert_memory_equal(y1, yh, 4 * ldy * es);
+                free(y1);
+            }
+            free(yh);
+        }
+    free(ref), free(got);
+    cudaFree(dy), cudaFree(dy1), cudaFree(dsx), cudaFree(dsw);
+}
+
+/* The GeGLU epilogues over a gate|up weight [2 ni, K] (row stride ldw) at T = 1..4: vs the CPU twin
+ * (sums [4, 2 ni] as in check_v2_plain), and, when ni % 8 == 0, bit for bit vs gemv_fp8_v2 into gu
+ * then k_geglu / k_geglu_fp8 (static scale) on the GPU. ld: the act row stride. */
+static void check_v2_geglu(const char *name, const void *dw, int64_t ni, int64_t K, int64_t ldw, const void *dx,
+                           int64_t ldx, const float *sums, float sx, float sw, int64_t ld)
+{
+    float *dsx = dev_put(&sx, 4), *dsw = dev_put(&sw, 4);
+    const float s = sx * sw;
+    /* CPU twin: gate, up rounded to bf16, act = bf16(bf16(gelu(g)) * u), codes with a static scale that
+     * saturates the largest few */
+    float *act = malloc(4 * ni * sizeof(float));
+    float amax = 0.0f;
+    for (int64_t t = 0; t < 4; t++)
+        for (int64_t j = 0; j < ni; j++) {
+            float g = gm_round_bf16(sums[t * 2 * ni + j] * s), u = gm_round_bf16(sums[t * 2 * ni + ni + j] * s);
+            act[t * ni + j] = gm_round_bf16(gm_round_bf16(cpu_gelu_tanh(g)) * u);
+            amax = fabsf(act[t * ni + j]) > amax ? fabsf(act[t * ni + j]) : amax;
+        }
+    float as = cpu_fp8_scale(amax) * 0.9f;
+    float *das = dev_put(&as, 4);
+    uint8_t *qref = malloc(4 * ni);
+    cpu_fp8_quantize_act(act, 4 * ni, as, qref);
+    void *dact = dev_put(NULL, 4 * ld * 2), *dq = dev_put(NULL, 4 * ld);
+    void *dgu = dev_put(NULL, 4 * 2 * ni * 2), *dact2 = dev_put(NULL, 4 * ni * 2), *dq2 = dev_put(NULL, 4 * ni);
+    float *got = malloc(4 * ni * sizeof(float));
+    for (int64_t T = 1; T <= 4; T++) {
+        CK(cudaMemset(dact, 0xff, 4 * ld * 2));
+        CK(cudaMemset(dq, 0xff, 4 * ld));
+        GOK(gemv_fp8_v2_geglu(dx, T, K, ldx, dsx, dw, ldw, dsw, ni, dact, ld, 0));
+        GOK(gemv_fp8_v2_geglu_fp8(dx, T, K, ldx, dsx, dw, ldw, dsw, ni, das, dq, ld, 0));
+        CK(cudaDeviceSynchronize());
+        uint16_t *ah = get(dact, 4 * ld * 2);
+        uint8_t *qh = get(dq, 4 * ld);
+        int64_t ndiff = 0, far = 0;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t j = 0; j < ni; j++) {
+                got[t * ni + j] = gm_bf16_to_f32(ah[t * ld + j]);
+                uint8_t a = qh[t * ld + j], b = qref[t * ni + j];
+                ndiff += a != b;
+                far += !codes_adjacent(a, b);
+            }
+        double e = nerr_f32(got, act, T * ni);
+        uint8_t *qc = malloc(T * ni);
+        for (int64_t t = 0; t < T; t++)
+            memcpy(qc + t * ni, qh + t * ld, ni);
+        double eq = nerr_codes(qc, as, qref, as, T * ni);
+        print_message("gemv_fp8_v2_geglu %-10s T=%lld ni=%-6lld K=%-6lld err bf16 %.2e, e4m3 %.2e (%lld/%lld codes "
+                      "differ, %lld not adjacent)\n",
+                      name, (long long)T, (long long)ni, (long long)K, e, eq, (long long)ndiff, (long long)(T * ni),
+                      (long long)far);
+        assert_true(e < v2_tol(T * ni));
+        assert_true(eq < 1e-2);
+        assert_int_equal(far, 0);
+        assert_true(ndiff <= 1 + T * ni / 100);
+        assert_true(untouched((const uint8_t *)ah, T, ni, ld, 2));
+        assert_true(untouched(qh, T, ni, ld, 1));
+        if (ni % 8 == 0) { /* the unfused GPU path: same sums, same roundings */
+            GOK(gemv_fp8_v2(dx, T, K, ldx, dsx, dw, ldw, dsw, 2 * ni, dgu, 0, 2 * ni, 0));
+            GOK(k_geglu(dgu, T, ni, dact2, 0));
+            fp8_act a = {das, NULL, NULL};
+            GOK(k_geglu_fp8(dgu, T, ni, &a, dq2, 0));
+            CK(cudaDeviceSynchronize());
+            uint16_t *a2 = get(dact2, T * ni * 2);
+            uint8_t *q2 = get(dq2, T * ni);
+            int64_t d_act = 0, d_q = 0;
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t j = 0; j < ni; j++) {
+                    d_act += a2[t * ni + j] != ah[t * ld + j];
+                    d_q += q2[t * ni + j] != qh[t * ld + j];
+                }
+            if (d_act || d_q)
+                print_message("  vs v2 + k_geglu: %lld bf16 and %lld e4m3 values differ\n", (long long)d_act,
+                              (long long)d_q);
+            assert_int_equal(d_act, 0);
+            assert_int_equal(d_q, 0);
+            free(a2), free(q2);
+        }
+        free(ah), free(qh), free(qc);
+    }
+    free(act), free(qref), free(got);
+    cudaFree(dact), cudaFree(dq), cudaFree(dgu), cudaFree(dact2), cudaFree(dq2), cudaFree(das), cudaFree(dsx);
+    cudaFree(dsw);
+}
+
+/* Raw sums [4, N] of x [4, K] (row stride ldx) . W [N, K]^T (row stride ldw): exact e4m3 values, f32 sums. */
+static float *v2_sums(const uint8_t *x, int64_t K, int64_t ldx, const uint8_t *w, int64_t ldw, int64_t N)
+{
+    float *y = malloc(4 * N * sizeof(float));
+    assert_int_equal(cpu_fp8_matmul_q_f32(x, 4, K, ldx, 1.0f, w, ldw, N, 1.0f, y, N), 0);
+    return y;
+}
+
+static void test_gemv_fp8_v2(void **st)
+{
+    (void)st;
+    /* Gemma 2b: qkv, o, gate|up, down; 7b: qkv, o, gate|up, down (N x K) */
+    static const int64_t shapes[][2] = {{2560, 2048}, {2048, 2048}, {32768, 2048}, {2048, 16384},
+                                        {12288, 3072}, {3072, 4096}, {49152, 3072}, {3072, 24576}};
+    static const char *names[] = {"2b qkv", "2b o", "2b gate_up", "2b down", "7b qkv", "7b o", "7b gate_up", "7b down"};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        int64_t N = shapes[i][0], K = shapes[i][1];
+        uint8_t *w = rand_mat(N, K, K, 0), *x = rand_mat(4, K, K, 1);
+        void *dw = dev_put(w, N * K), *dx = dev_put(x, 4 * K);
+        float *sums = v2_sums(x, K, K, w, K, N);
+        check_v2_plain(names[i], dw, N, K, K, dx, K, sums, 0.02f, 0.0003f, N);
+        if (i == 2 || i == 6) /* the fused gate|up weight: its GeGLU epilogues */
+            check_v2_geglu(names[i], dw, N / 2, K, K, dx, K, sums, 0.02f, 0.003f, N / 2);
+        free(w), free(x), free(sums);
+        cudaFree(dw), cudaFree(dx);
+    }
+    /* odd shapes: N % 16 != 0, K % 64 != 0, row strides past K (NaN padding) and past N */
+    static const int64_t odd[][5] = { /* N, K, ldx, ldw, ldy */
+                                     {8, 64, 64, 64, 8},
+                                     {24, 2048, 2048, 2048, 24},
+                                     {40, 80, 96, 112, 48},
+                                     {100, 1040, 1056, 1040, 101},
+                                     {2056, 2048, 2080, 2064, 2080},
+                                     {3, 16, 32, 16, 5}};
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        int64_t N = odd[i][0], K = odd[i][1], ldx = odd[i][2], ldw = odd[i][3], ldy = odd[i][4];
+        uint8_t *w = rand_mat(N, K, ldw, 0), *x = rand_mat(4, K, ldx, 1);
+        void *dw = dev_put(w, N * ldw), *dx = dev_put(x, 4 * ldx);
+        float *sums = v2_sums(x, K, ldx, w, ldw, N);
+        check_v2_plain("odd", dw, N, K, ldw, dx, ldx, sums, 0.02f, 0.0003f, ldy);
+        free(w), free(x), free(sums);
+        cudaFree(dw), cudaFree(dx);
+    }
+    /* odd GeGLU widths (the weight is [2 ni, K]) */
+    static const int64_t oddg[][4] = {{8, 64, 64, 8}, {24, 2048, 2048, 32}, {40, 1040, 1056, 40}, {20, 48, 64, 21}};
+    for (size_t i = 0; i < sizeof oddg / sizeof oddg[0]; i++) {
+        int64_t ni = oddg[i][0], K = oddg[i][1], ldw = oddg[i][2], ld = oddg[i][3];
+        uint8_t *w = rand_mat(2 * ni, K, ldw, 0), *x = rand_mat(4, K, K, 1);
+        void *dw = dev_put(w, 2 * ni * ldw), *dx = dev_put(x, 4 * K);
+        float *sums = v2_sums(x, K, K, w, ldw, 2 * ni);
+        check_v2_geglu("odd", dw, ni, K, ldw, dx, K, sums, 0.02f, 0.003f, ld);
+        free(w), free(x), free(sums);
+        cudaFree(dw), cudaFree(dx);
+    }
+    /* argument checks */
+    void *d = dev_put(NULL, 4096);
+    float *sc = dev_put(NULL, 4);
+    uint8_t *b = d;
+    assert_int_equal(gemv_fp8_v2(d, 0, 64, 64, sc, d, 64, sc, 8, d, 0, 8, 0), GM_OK);
+    assert_int_equal(gemv_fp8_v2(d, 5, 64, 64, sc, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gemv_fp8_v2(d, 1, 40, 48, sc, d, 48, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gemv_fp8_v2(d, 1, 64, 72, sc, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gemv_fp8_v2(d, 1, 64, 64, sc, b + 8, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gemv_fp8_v2(d, 1, 64, 64, sc, d, 64, sc, 8, b + 2, 1, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gemv_fp8_v2(d, 1, 64, 64, sc, d, 64, sc, 8, d, 0, 7, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gemv_fp8_v2(d, 1, 64, 64, NULL, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(gemv_fp8_v2_geglu(d, 1, 64, 64, sc, d, 64, sc, 8, b + 1, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gemv_fp8_v2_geglu_fp8(d, 1, 64, 64, sc, d, 64, sc, 8, NULL, d, 8, 0), GM_ERR_INVALID_ARG);
+    cudaFree(d), cudaFree(sc);
+}
+
 int main(void)
 {
     int n = 0;
@@ -443,6 +728,10 @@ int main(void)
         cmocka_unit_test(test_geglu_fp8),
         cmocka_unit_test(test_kv_write_fp8),
         cmocka_unit_test(test_gemm_fp8),
+        cmocka_unit_test(test_gemv_fp8_v2),
     };
+    const char *only = getenv("GM_TEST_FILTER"); /* e.g. GM_TEST_FILTER='test_gemv*': a subset */
+    if (only && *only)
+        cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

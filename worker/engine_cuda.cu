@@ -742,6 +742,8 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
     int df = c->delta_f32;
     size_t esz = c->kv8 ? 1 : 2;
     fp8_act aq[4];
+    /* FP8 GEMV v2 for <= 4 rows: the gate|up product takes its fused GeGLU entries */
+    const int gv2 = c->fp8w && T <= 4 && gemv_fp8_v2_enabled() && H % 16 == 0;
     c->prof.n = 0;
     prof_mark(c, -1);
     GM_CHECK(k_resolve_ids(m->ids, m->tok_slot, T, c->last_tok, s));
@@ -864,9 +866,18 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
         } else if (c->fp8w) {
             GM_CHECK(k_add_rmsnorm_fp8(c->h, c->delta, df, y->post_norm, T, H, c->eps, &aq[2], c->xq8, s));
             prof_mark(c, OP_NORM);
-            GM_CHECK(gemm_fp8(c->gemm8, c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE, 2 * c->ni,
-                              c->gu, 0, 2 * c->ni, s));
-            GM_CHECK(k_geglu_fp8(c->gu, T, c->ni, &aq[3], c->actq8, s));
+            if (gv2 && aq[3].amax == NULL) { /* static scales: gate|up, GeGLU and its e4m3 codes in one launch */
+                GM_CHECK(gemv_fp8_v2_geglu_fp8(c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE,
+                                               c->ni, aq[3].scale, c->actq8, c->ni, s));
+            } else if (gv2) { /* dynamic scales: the fused GeGLU to bf16, then the dynamic quantizer */
+                GM_CHECK(gemv_fp8_v2_geglu(c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE, c->ni,
+                                           c->act, c->ni, s));
+                GM_CHECK(k_fp8_quantize(c->act, c->ni, T, c->ni, &aq[3], c->actq8, s));
+            } else {
+                GM_CHECK(gemm_fp8(c->gemm8, c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE,
+                                  2 * c->ni, c->gu, 0, 2 * c->ni, s));
+                GM_CHECK(k_geglu_fp8(c->gu, T, c->ni, &aq[3], c->actq8, s));
+            }
             prof_mark(c, OP_GATE_UP);
             GM_CHECK(gemm_fp8(c->gemm8, c->actq8, T, c->ni, c->ni, aq[3].scale, y->wdown8, c->ni,
                               y->wsc + 3 * SC_STRIDE, H, c->delta, df, H, s));
