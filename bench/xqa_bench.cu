@@ -6,10 +6,12 @@
  * measured in this run is printed too). The bf16 cases also time the engine's generic decode
  * kernel (k_attn_decode) on the same cache as the peer. Pools are filled on the device with random
  * values; block tables are shuffled; launches rotate over enough sequences to exceed the L2 cache.
- * Timing: CUDA events around `reps` launches after warm-up, median of 5 groups.
+ * Timing: CUDA events around `reps` launches after warm-up, median of 5 groups. Both kernel
+ * versions run on the same cache in one process (xqa_set_version; v1 is what GM_XQA_V=1 selects),
+ * each with the split count xqa_pick_sub_seq gives it, and the v2/v1 speedup is printed.
  *
  *   xqa_bench [--models 2b,7b] [--kv bf16,fp8] [--batch 1,64,256] [--ctx 1024,4096,8192]
- *             [--q-len 1] [--block 32] [--sweep] [--csv FILE] */
+ *             [--q-len 1] [--block 32] [--versions 1,2] [--sweep] [--csv FILE] */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -129,15 +131,16 @@ static int parse_list(const char *s, int *out, int max)
 static void usage(void)
 {
     printf("usage: xqa_bench [--models 2b,7b] [--kv bf16,fp8] [--batch 1,64,256] [--ctx 1024,4096,8192]\n"
-           "                 [--q-len N] [--block N] [--sweep] [--csv FILE]\n"
-           "Decode-attention bandwidth (KV bytes read / time) of xqa_decode beside 4.2 TB/s, and of\n"
-           "k_attn_decode (bf16) as the peer. --sweep also tries every split count and prints the best.\n");
+           "                 [--q-len N] [--block N] [--versions 1,2] [--sweep] [--csv FILE]\n"
+           "Decode-attention bandwidth (KV bytes read / time) of xqa_decode (kernel v1 = GM_XQA_V=1, v2 =\n"
+           "default) beside 4.2 TB/s, and of k_attn_decode (bf16) as the peer. --sweep also tries every\n"
+           "split count and prints the best.\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *models = "2b,7b", *kvs = "bf16,fp8", *csv_path = NULL;
-    int batches[16], ctxs[16], nbat = 0, nctx = 0, q_len = 1, bs = 32, sweep = 0;
+    int batches[16], ctxs[16], vers[2] = {1, 2}, nbat = 0, nctx = 0, nver = 2, q_len = 1, bs = 32, sweep = 0;
     nbat = parse_list("1,64,256", batches, 16);
     nctx = parse_list("1024,4096,8192", ctxs, 16);
     for (int i = 1; i < argc; i++) {
@@ -160,6 +163,8 @@ int main(int argc, char **argv)
             q_len = atoi(v), i++;
         } else if (v && !strcmp(a, "--block")) {
             bs = atoi(v), i++;
+        } else if (v && !strcmp(a, "--versions")) {
+            nver = parse_list(v, vers, 2), i++;
         } else if (v && !strcmp(a, "--csv")) {
             csv_path = v, i++;
         } else {
@@ -171,6 +176,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "xqa_bench: --q-len must be 1..4 and --block >= 1\n");
         return 2;
     }
+    for (int i = 0; i < nver; i++)
+        if (vers[i] != 1 && vers[i] != 2) {
+            fprintf(stderr, "xqa_bench: --versions takes 1 and/or 2\n");
+            return 2;
+        }
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
         fprintf(stderr, "xqa_bench: no CUDA device\n");
@@ -185,7 +195,7 @@ int main(int argc, char **argv)
     printf("device %s, %d SMs; device copy %.0f GB/s (read+write); ceiling used: %.0f GB/s\n", prop.name,
            prop.multiProcessorCount, cp, CEIL_GBS);
     printf("%-7s %-3s %-4s %5s %5s %2s %3s | %9s %8s %6s | %s\n", "kernel", "mdl", "kv", "B", "ctx", "q", "nb", "us",
-           "GB/s", "%ceil", "smem");
+           "GB/s", "%ceil", "smem, resident CTAs");
 
     for (int mi = 0; mi < 2; mi++) {
         const char *mname = mi == 0 ? "2b" : "7b";
@@ -258,9 +268,13 @@ int main(int argc, char **argv)
                     p->bt_stride = max_blocks, p->seq_lens = lens;
                     p->batch = B, p->q_len = q_len, p->n_heads = nh, p->n_kv = nkv, p->head_dim = hd;
                     p->block_size = bs, p->scale = 0.0625f, p->kv_scale = 0.01f;
-                    int pick = xqa_pick_sub_seq(p, ctx, prop.multiProcessorCount);
-                    int cand[12] = {pick, 1, 2, 4, 8, 16, 32, 64, 128}, ncand = sweep ? 9 : 1;
-                    size_t sbytes = xqa_scratch_bytes(B, nkv, nh, q_len, hd, 128 > pick ? 128 : pick);
+                    int maxnb = 128;
+                    for (int vi = 0; vi < nver; vi++) {
+                        xqa_set_version(vers[vi]);
+                        int pk = xqa_pick_sub_seq(p, ctx, prop.multiProcessorCount);
+                        maxnb = pk > maxnb ? pk : maxnb;
+                    }
+                    size_t sbytes = xqa_scratch_bytes(B, nkv, nh, q_len, hd, maxnb);
                     void *scr;
                     CU(cudaMalloc(&scr, sbytes));
                     CU(cudaMemset(scr, 0, sbytes));
@@ -270,31 +284,45 @@ int main(int argc, char **argv)
                         reps = 3;
                     if (reps > 2000)
                         reps = 2000;
-                    double best_us = 1e30;
-                    int best_nb = pick;
-                    for (int k = 0; k < ncand; k++) {
-                        int nb = cand[k];
-                        if (k > 0 && (nb == pick || nb > (ctx + XQA_TILE - 1) / XQA_TILE))
-                            continue;
-                        p->nb_sub_seq = nb;
-                        double us = time_us(run_xqa, &c, reps);
-                        double gbs = kv_bytes / (us * 1e-6) / 1e9;
-                        if (k == 0 || sweep)
-                            printf("%-7s %-3s %-4s %5d %5d %2d %3d | %9.1f %8.0f %5.1f%% | %d B%s\n", "xqa", mname,
-                                   fp8 ? "fp8" : "bf16", B, ctx, q_len, nb, us, gbs, 100.0 * gbs / CEIL_GBS,
-                                   xqa_smem_bytes(hd, nh / nkv * q_len, fp8), k == 0 ? " (picked)" : "");
-                        if (k == 0)
-                            printf("        %d CTAs/SM resident\n", xqa_ctas_per_sm(p));
-                        if (csv)
-                            fprintf(csv, "xqa,%s,%s,%d,%d,%d,%d,%d,%.2f,%.1f,%.2f\n", mname, fp8 ? "fp8" : "bf16", B,
-                                    ctx, q_len, bs, nb, us, gbs, 100.0 * gbs / CEIL_GBS);
-                        if (us < best_us)
-                            best_us = us, best_nb = nb;
+                    double picked_us[3] = {0, 0, 0};
+                    for (int vi = 0; vi < nver; vi++) {
+                        int ver = vers[vi];
+                        char kname[16];
+                        snprintf(kname, sizeof kname, "xqa-v%d", ver);
+                        xqa_set_version(ver);
+                        int pick = xqa_pick_sub_seq(p, ctx, prop.multiProcessorCount);
+                        int cand[12] = {pick, 1, 2, 4, 8, 16, 32, 64, 128}, ncand = sweep ? 9 : 1;
+                        double best_us = 1e30;
+                        int best_nb = pick;
+                        for (int k = 0; k < ncand; k++) {
+                            int nb = cand[k];
+                            if (k > 0 && (nb == pick || nb > (ctx + XQA_TILE - 1) / XQA_TILE))
+                                continue;
+                            p->nb_sub_seq = nb;
+                            double us = time_us(run_xqa, &c, reps);
+                            double gbs = kv_bytes / (us * 1e-6) / 1e9;
+                            if (k == 0)
+                                picked_us[ver] = us;
+                            if (k == 0 || sweep)
+                                printf("%-7s %-3s %-4s %5d %5d %2d %3d | %9.1f %8.0f %5.1f%% | %d B, %d CTA/SM%s\n",
+                                       kname, mname, fp8 ? "fp8" : "bf16", B, ctx, q_len, nb, us, gbs,
+                                       100.0 * gbs / CEIL_GBS, xqa_smem_bytes(hd, nh / nkv * q_len, fp8),
+                                       xqa_ctas_per_sm(p), k == 0 ? " (picked)" : "");
+                            if (csv)
+                                fprintf(csv, "xqa_v%d,%s,%s,%d,%d,%d,%d,%d,%.2f,%.1f,%.2f\n", ver, mname,
+                                        fp8 ? "fp8" : "bf16", B, ctx, q_len, bs, nb, us, gbs, 100.0 * gbs / CEIL_GBS);
+                            if (us < best_us)
+                                best_us = us, best_nb = nb;
+                        }
+                        if (sweep)
+                            printf("%-7s %-3s %-4s %5d %5d %2d %3d | %9.1f %8.0f %5.1f%% | best of sweep\n", kname,
+                                   mname, fp8 ? "fp8" : "bf16", B, ctx, q_len, best_nb, best_us,
+                                   kv_bytes / (best_us * 1e-6) / 1e9,
+                                   100.0 * kv_bytes / (best_us * 1e-6) / 1e9 / CEIL_GBS);
                     }
-                    if (sweep)
-                        printf("%-7s %-3s %-4s %5d %5d %2d %3d | %9.1f %8.0f %5.1f%% | best of sweep\n", "xqa*",
-                               mname, fp8 ? "fp8" : "bf16", B, ctx, q_len, best_nb, best_us,
-                               kv_bytes / (best_us * 1e-6) / 1e9, 100.0 * kv_bytes / (best_us * 1e-6) / 1e9 / CEIL_GBS);
+                    xqa_set_version(0);
+                    if (picked_us[1] > 0 && picked_us[2] > 0)
+                        printf("        v2 / v1: %.2fx faster\n", picked_us[1] / picked_us[2]);
                     if (!fp8 && q_len == 1) { /* the peer: the engine's generic decode kernel */
                         c.n_split = k_attn_decode_splits(B, nkv, ctx, prop.multiProcessorCount);
                         size_t pb = k_attn_decode_scratch_bytes(B, nh, nkv, hd, c.n_split);

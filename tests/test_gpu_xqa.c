@@ -2,9 +2,11 @@
  * cpu_fp8_attention_paged (e4m3 KV), by normalized error ||gpu - cpu|| / ||cpu|| per sequence, at
  * Gemma's shapes (head_dim 256; MQA 8:1, MHA, GQA 2 and 4; q_len 1..4) and small ones (head_dim
  * 32/64/128), random sequence lengths (not multiples of the block size, padding rows of length 0),
- * block sizes 7/16/32/64, several split counts. The output is poisoned (NaN) before each launch so
- * an unwritten element fails; every case runs twice and must give the same bits (the split-merge
- * semaphores reset themselves). Exit 77 without a GPU. */
+ * block sizes 7/16/32/64, several split counts, long contexts with many splits, B=64 at ctx 4096,
+ * query rows of very different magnitudes. Every case runs under both kernel versions
+ * (xqa_set_version 1 and 2; v2 takes <= 16 rows, v1 the rest) on the same data. The output is
+ * poisoned (NaN) before each launch so an unwritten element fails; every launch runs twice and
+ * must give the same bits (the split-merge semaphores reset themselves). Exit 77 without a GPU. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -38,8 +40,16 @@ static float frand(void) /* [-1, 1) */
 typedef struct xcase {
     const char *name;
     int32_t nh, nkv, hd, bs, q_len, fp8, batch, nb, max_ctx;
-    int32_t wide_q; /* q and out inside a wider (fused qkv-like) row */
+    int32_t wide_q;   /* q and out inside a wider (fused qkv-like) row */
+    int32_t q_spread; /* q magnitudes differ by head (2^-6 .. 2^2) and by dim (down to 2^-10) */
 } xcase;
+
+/* Scale of q element (head h, dim i) for a q_spread case. */
+static float q_mag(int64_t h, int64_t i)
+{
+    static const float head_scale[4] = {1.0f / 64, 1.0f / 8, 1.0f, 4.0f};
+    return head_scale[h % 4] * ldexpf(1.0f, -(int)(i % 11));
+}
 
 static void *dev_put(const void *h, size_t bytes)
 {
@@ -50,8 +60,9 @@ static void *dev_put(const void *h, size_t bytes)
     return d;
 }
 
-/* One case; returns the worst per-sequence normalized error. */
-static double run_case(const xcase *c)
+/* One case under kernel versions 1 and 2 (same data); worst[v-1] = the worst per-sequence
+ * normalized error of version v. */
+static void run_case(const xcase *c, double worst[2])
 {
     const int64_t hd = c->hd, nh = c->nh, nkv = c->nkv, B = c->batch, ql = c->q_len, bs = c->bs;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -114,7 +125,8 @@ static double run_case(const xcase *c)
     float *qf = malloc(B * ql * nh * hd * sizeof(float));
     for (int64_t r = 0; r < B * ql; r++)
         for (int64_t i = 0; i < ld; i++) {
-            uint16_t v = gm_f32_to_bf16(frand() * 2.0f);
+            float m = c->q_spread && i < nh * hd ? q_mag(i / hd, i % hd) : 1.0f;
+            uint16_t v = gm_f32_to_bf16(frand() * 2.0f * m);
             qh[r * ld + i] = v;
             if (i < nh * hd)
                 qf[r * nh * hd + i] = gm_bf16_to_f32(v);
@@ -136,80 +148,95 @@ static double run_case(const xcase *c)
     p.head_dim = (int32_t)hd, p.block_size = (int32_t)bs, p.scale = scale, p.kv_scale = kv_scale;
     p.nb_sub_seq = c->nb, p.scratch = dscr, p.scratch_bytes = sb;
 
-    uint16_t *o1 = malloc(qn * 2), *o2 = malloc(qn * 2);
-    for (int rep = 0; rep < 2; rep++) {
-        CK(cudaMemset(dout, 0xff, qn * 2)); /* NaN poison */
-        gm_status st = xqa_decode(&p, 0);
-        if (st != GM_OK)
-            fail_msg("%s: xqa_decode: %s: %s", c->name, gm_status_str(st), gm_last_error());
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(rep ? o2 : o1, dout, qn * 2, cudaMemcpyDeviceToHost));
+    uint16_t *o1[2], *o2 = malloc(qn * 2);
+    for (int ver = 1; ver <= 2; ver++) {
+        xqa_set_version(ver);
+        o1[ver - 1] = malloc(qn * 2);
+        for (int rep = 0; rep < 2; rep++) {
+            CK(cudaMemset(dout, 0xff, qn * 2)); /* NaN poison */
+            gm_status st = xqa_decode(&p, 0);
+            if (st != GM_OK)
+                fail_msg("%s (v%d): xqa_decode: %s: %s", c->name, ver, gm_status_str(st), gm_last_error());
+            CK(cudaDeviceSynchronize());
+            CK(cudaMemcpy(rep ? o2 : o1[ver - 1], dout, qn * 2, cudaMemcpyDeviceToHost));
+        }
+        /* the same bits both times, over the attention columns (the rest of a wide row is not ours) */
+        for (int64_t r = 0; r < B * ql; r++)
+            if (memcmp(o1[ver - 1] + r * ld, o2 + r * ld, nh * hd * 2))
+                fail_msg("%s (v%d): second launch differs (row %lld)", c->name, ver, (long long)r);
     }
-    /* the same bits both times, over the attention columns (the rest of a wide row is not ours) */
-    for (int64_t r = 0; r < B * ql; r++)
-        if (memcmp(o1 + r * ld, o2 + r * ld, nh * hd * 2))
-            fail_msg("%s: second launch differs (row %lld)", c->name, (long long)r);
+    xqa_set_version(0);
 
-    double worst = 0.0;
+    worst[0] = worst[1] = 0.0;
     float *ref = malloc(ql * nh * hd * sizeof(float));
     for (int64_t b = 0; b < B; b++) {
         int32_t L = lens[b];
-        const uint16_t *ob = o1 + b * ql * ld;
-        if (L == 0) {
-            for (int64_t t = 0; t < ql; t++)
-                for (int64_t i = 0; i < nh * hd; i++)
-                    if (ob[t * ld + i] != 0)
-                        fail_msg("%s: padding row %lld not zero", c->name, (long long)b);
-            continue;
+        for (int v = 0; v < 2; v++) {
+            const uint16_t *ob = o1[v] + b * ql * ld;
+            if (L == 0)
+                for (int64_t t = 0; t < ql; t++)
+                    for (int64_t i = 0; i < nh * hd; i++)
+                        if (ob[t * ld + i] != 0)
+                            fail_msg("%s (v%d): padding row %lld not zero", c->name, v + 1, (long long)b);
         }
+        if (L == 0)
+            continue;
         cpu_attention_paged(qf + b * ql * nh * hd, ql, L - (int32_t)ql, nh, nkv, hd, kf, vf, bt + b * bt_stride,
                             (int32_t)bs, scale, ref);
-        double num = 0, den = 0;
-        int64_t bad_t = -1, bad_i = -1;
-        for (int64_t t = 0; t < ql; t++)
-            for (int64_t i = 0; i < nh * hd; i++) {
-                float g = gm_bf16_to_f32(ob[t * ld + i]), r = ref[t * nh * hd + i];
-                if (isnan(g) && bad_t < 0)
-                    bad_t = t, bad_i = i;
-                num += ((double)g - r) * ((double)g - r);
-                den += (double)r * r;
-            }
-        if (bad_t >= 0)
-            fail_msg("%s: seq %lld (len %d): NaN at token %lld head %lld dim %lld", c->name, (long long)b, L,
-                     (long long)bad_t, (long long)(bad_i / hd), (long long)(bad_i % hd));
-        double e = sqrt(num / (den > 0 ? den : 1));
-        if (e > 0.02) { /* say where it goes wrong: first bad (token, head, dim) */
+        for (int v = 0; v < 2; v++) {
+            const uint16_t *ob = o1[v] + b * ql * ld;
+            double num = 0, den = 0;
+            int64_t bad_t = -1, bad_i = -1;
             for (int64_t t = 0; t < ql; t++)
                 for (int64_t i = 0; i < nh * hd; i++) {
                     float g = gm_bf16_to_f32(ob[t * ld + i]), r = ref[t * nh * hd + i];
-                    if (fabsf(g - r) > 0.05f + 0.05f * fabsf(r)) {
-                        print_message("%s: seq %lld len %d: first mismatch token %lld head %lld dim %lld: gpu %g cpu %g\n",
-                                      c->name, (long long)b, L, (long long)t, (long long)(i / hd),
-                                      (long long)(i % hd), g, r);
-                        t = ql;
-                        break;
-                    }
+                    if (isnan(g) && bad_t < 0)
+                        bad_t = t, bad_i = i;
+                    num += ((double)g - r) * ((double)g - r);
+                    den += (double)r * r;
                 }
+            if (bad_t >= 0)
+                fail_msg("%s (v%d): seq %lld (len %d): NaN at token %lld head %lld dim %lld", c->name, v + 1,
+                         (long long)b, L, (long long)bad_t, (long long)(bad_i / hd), (long long)(bad_i % hd));
+            double e = sqrt(num / (den > 0 ? den : 1));
+            if (e > 0.02) { /* say where it goes wrong: first bad (token, head, dim) */
+                for (int64_t t = 0; t < ql; t++)
+                    for (int64_t i = 0; i < nh * hd; i++) {
+                        float g = gm_bf16_to_f32(ob[t * ld + i]), r = ref[t * nh * hd + i];
+                        if (fabsf(g - r) > 0.05f + 0.05f * fabsf(r)) {
+                            print_message("%s (v%d): seq %lld len %d: first mismatch token %lld head %lld dim %lld: "
+                                          "gpu %g cpu %g\n",
+                                          c->name, v + 1, (long long)b, L, (long long)t, (long long)(i / hd),
+                                          (long long)(i % hd), g, r);
+                            t = ql;
+                            break;
+                        }
+                    }
+            }
+            if (e > worst[v] || e != e)
+                worst[v] = e;
         }
-        if (e > worst)
-            worst = e;
     }
-    print_message("%-34s worst normalized error %.2e\n", c->name, worst);
-    free(ref), free(o1), free(o2), free(lens), free(perm), free(bt), free(kf), free(vf), free(kh), free(vh);
+    int rows = (int)(nh / nkv * ql);
+    print_message("%-36s worst normalized error v1 %.2e, v2 %.2e%s\n", c->name, worst[0], worst[1],
+                  rows > 16 ? " (v2 = v1: > 16 rows)" : "");
+    free(ref), free(o1[0]), free(o1[1]), free(o2), free(lens), free(perm), free(bt), free(kf), free(vf), free(kh),
+        free(vh);
     free(qh), free(qf);
     cudaFree(dq), cudaFree(dout), cudaFree(dk), cudaFree(dv), cudaFree(dbt), cudaFree(dlens), cudaFree(dscr);
-    return worst;
 }
 
 static void run_cases(const xcase *cs, int n)
 {
     int bad = 0;
     for (int i = 0; i < n; i++) {
-        double e = run_case(&cs[i]);
-        if (!(e < 0.02)) {
-            print_message("FAIL %s: %.3e\n", cs[i].name, e);
-            bad++;
-        }
+        double e[2];
+        run_case(&cs[i], e);
+        for (int v = 0; v < 2; v++)
+            if (!(e[v] < 0.02)) {
+                print_message("FAIL %s (v%d): %.3e\n", cs[i].name, v + 1, e[v]);
+                bad++;
+            }
     }
     assert_int_equal(bad, 0);
 }
@@ -270,6 +297,32 @@ static void test_xqa_small_heads(void **st)
     run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
 }
 
+/* Long contexts with many splits, B=64 at ctx 4096, v2's 16-row tiles (q_len 2-4), odd block sizes,
+ * tiny contexts (partial 16-key chunks), and query rows of very different magnitudes (v2's FP8
+ * hi/lo split of Q). */
+static void test_xqa_v2_paths(void **st)
+{
+    (void)st;
+    static const xcase cs[] = {
+        {"2b bf16 B64 ctx4096 bs32 nb2", 8, 1, 256, 32, 1, 0, 64, 2, 4096, 0, 0},
+        {"2b fp8 B64 ctx4096 bs32 nb4", 8, 1, 256, 32, 1, 1, 64, 4, 4096, 0, 0},
+        {"2b bf16 ctx8192 bs16 nb64", 8, 1, 256, 16, 1, 0, 3, 64, 8192, 0, 0},
+        {"2b fp8 ctx8192 bs64 nb128", 8, 1, 256, 64, 1, 1, 3, 128, 8192, 1, 0},
+        {"2b fp8 q2 (16 rows) bs7 nb5", 8, 1, 256, 7, 2, 1, 5, 5, 1500, 0, 0},
+        {"2b bf16 q2 (16 rows) bs64 nb1", 8, 1, 256, 64, 2, 0, 4, 1, 700, 1, 0},
+        {"gqa4 fp8 q4 (16 rows) bs32", 16, 4, 256, 32, 4, 1, 4, 3, 900, 0, 0},
+        {"gqa2 bf16 q1 bs7 nb7", 8, 4, 256, 7, 1, 0, 4, 7, 1100, 0, 0},
+        {"2b fp8 q spread bs16", 8, 1, 256, 16, 1, 1, 6, 3, 1200, 0, 1},
+        {"2b bf16 q spread bs32", 8, 1, 256, 32, 1, 0, 6, 3, 1200, 0, 1},
+        {"7b fp8 q3 q spread bs16", 16, 16, 256, 16, 3, 1, 3, 2, 600, 0, 1},
+        {"hd128 fp8 q2 (16 rows) bs16", 16, 2, 128, 16, 2, 1, 4, 4, 700, 0, 0},
+        {"hd64 fp8 q1 bs64 nb3", 8, 1, 64, 64, 1, 1, 5, 3, 900, 0, 0},
+        {"hd32 bf16 q4 (16 rows) bs16", 8, 2, 32, 16, 4, 0, 5, 2, 400, 0, 0},
+        {"hd32 fp8 ctx40 bs32 nb1", 4, 4, 32, 32, 1, 1, 6, 1, 40, 0, 0},
+    };
+    run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
+}
+
 /* Bad parameters are errors, not crashes. */
 static void test_xqa_args(void **st)
 {
@@ -297,6 +350,15 @@ static void test_xqa_args(void **st)
     assert_true(xqa_pick_sub_seq(&p, 4096, 132) >= 2); /* 64 sequences x 1 KV head: split */
     p.n_heads = 16, p.n_kv = 16, p.batch = 4096;
     assert_int_equal(xqa_pick_sub_seq(&p, 4096, 132), 1);
+    for (int v = 1; v <= 2; v++) { /* the version switch, and both kernels' occupancy */
+        xqa_set_version(v);
+        assert_int_equal(xqa_version(), v);
+        p.n_heads = 8, p.n_kv = 1, p.batch = 64;
+        assert_true(xqa_ctas_per_sm(&p) >= 1);
+        assert_true(xqa_smem_bytes(256, 8, 1) > 0 && xqa_smem_bytes(256, 8, 0) > 0);
+    }
+    xqa_set_version(0);
+    assert_true(xqa_version() == 1 || xqa_version() == 2);
     cudaFree(d);
 }
 
@@ -313,6 +375,7 @@ int main(void)
         cmocka_unit_test(test_xqa_gemma7b),
         cmocka_unit_test(test_xqa_gqa),
         cmocka_unit_test(test_xqa_small_heads),
+        cmocka_unit_test(test_xqa_v2_paths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,7 @@
-/* xqa.cu - XQA-style paged decode attention (see xqa.cuh).
+/* xqa.cu - XQA-style paged decode attention (see xqa.cuh): kernel v1 (below), the host side, and
+ * kernel v2 (xqa_v2_kernel.cuh, the default for <= 16 rows; GM_XQA_V=1 keeps v1).
  *
+ * v1:
  * Grid (nb_sub_seq, n_kv, batch), 4 warps. A CTA owns the G*q_len query rows of one KV head
  * (padded to 16 or 32 MMA rows) and a range of 64-key tiles, streamed through a 3-stage
  * cp.async ring in shared memory. Per tile:
@@ -20,7 +22,9 @@
 #include "xqa.cuh"
 
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
@@ -661,7 +665,26 @@ __global__ void __launch_bounds__(XQA_THREADS, 1) xqa_kernel(const xqa_kargs a)
     }
 }
 
+#include "xqa_v2_kernel.cuh"
+
 /* ---- host side ---- */
+
+/* Kernel version: 2 (xqa_v2_kernel.cuh) unless GM_XQA_V=1 (read once) or xqa_set_version says
+ * otherwise; v2 serves G * q_len <= 16 rows, v1 the rest. */
+static int32_t g_xqa_ver; /* 0: not chosen yet */
+
+extern "C" int32_t xqa_version(void)
+{
+    if (!g_xqa_ver) {
+        const char *e = getenv("GM_XQA_V");
+        g_xqa_ver = e && atoi(e) == 1 ? 1 : 2;
+    }
+    return g_xqa_ver;
+}
+
+extern "C" void xqa_set_version(int32_t v) { g_xqa_ver = v == 1 || v == 2 ? v : 0; }
+
+static bool use_v2(int rows) { return xqa_version() == 2 && rows <= 16; }
 
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
@@ -701,6 +724,52 @@ static gm_status ensure_attr(void)
         done = true;
     }
     return GM_OK;
+}
+
+template <bool FP8, int HD, int NR>
+static gm_status ensure_attr2(void)
+{
+    static bool done = false;
+    if (!done) {
+        GM_CUDA_CHECK(cudaFuncSetAttribute(xqa2_kernel<FP8, HD, NR>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           xq2_cfg<FP8, HD, NR>::SMEM));
+        GM_CUDA_CHECK(cudaFuncSetAttribute(xqa2_kernel<FP8, HD, NR>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           100));
+        done = true;
+    }
+    return GM_OK;
+}
+
+template <bool FP8, int HD, int NR>
+static gm_status launch2_one(const xqa_kargs &k, int batch, int n_kv, cudaStream_t s)
+{
+    GM_CHECK((ensure_attr2<FP8, HD, NR>()));
+    dim3 grid((unsigned)k.nb, (unsigned)n_kv, (unsigned)batch);
+    xqa2_kernel<FP8, HD, NR><<<grid, XQ2_THREADS, xq2_cfg<FP8, HD, NR>::SMEM, s>>>(k);
+    GM_LAUNCH_CHECK();
+    return GM_OK;
+}
+
+template <bool FP8, int NR>
+static gm_status launch2_hd(const xqa_kargs &k, int hd, int batch, int n_kv, cudaStream_t s)
+{
+    switch (hd) {
+    case 32: return launch2_one<FP8, 32, NR>(k, batch, n_kv, s);
+    case 64: return launch2_one<FP8, 64, NR>(k, batch, n_kv, s);
+    case 128: return launch2_one<FP8, 128, NR>(k, batch, n_kv, s);
+    default: return launch2_one<FP8, 256, NR>(k, batch, n_kv, s);
+    }
+}
+
+template <bool FP8, int NR>
+static int smem2_of(int hd)
+{
+    switch (hd) {
+    case 32: return xq2_cfg<FP8, 32, NR>::SMEM;
+    case 64: return xq2_cfg<FP8, 64, NR>::SMEM;
+    case 128: return xq2_cfg<FP8, 128, NR>::SMEM;
+    default: return xq2_cfg<FP8, 256, NR>::SMEM;
+    }
 }
 
 template <bool FP8, int HD, int MT>
@@ -807,6 +876,13 @@ extern "C" gm_status xqa_decode(const xqa_params *p, cudaStream_t s)
     k.sem = sc ? (uint32_t *)(sc + l.sem) : NULL;
     k.ml = sc ? (float *)(sc + l.ml) : NULL;
     k.opart = sc ? (float *)(sc + l.op) : NULL;
+    if (use_v2(rows)) {
+        if (fp8)
+            return rows <= 8 ? launch2_hd<true, 1>(k, p->head_dim, p->batch, p->n_kv, s)
+                             : launch2_hd<true, 2>(k, p->head_dim, p->batch, p->n_kv, s);
+        return rows <= 8 ? launch2_hd<false, 1>(k, p->head_dim, p->batch, p->n_kv, s)
+                         : launch2_hd<false, 2>(k, p->head_dim, p->batch, p->n_kv, s);
+    }
     int mt = rows <= 16 ? 1 : 2;
     if (fp8)
         return mt == 1 ? launch_hd<true, 1>(k, p->head_dim, p->batch, p->n_kv, s)
@@ -829,6 +905,31 @@ static int occ_one(void)
     return n > 0 ? n : 1;
 }
 
+template <bool FP8, int HD, int NR>
+static int occ2_one(void)
+{
+    int n = 0;
+    if ((ensure_attr2<FP8, HD, NR>()) != GM_OK ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, xqa2_kernel<FP8, HD, NR>, XQ2_THREADS,
+                                                      xq2_cfg<FP8, HD, NR>::SMEM) != cudaSuccess) {
+        cudaGetLastError();
+        gm_clear_error();
+        return 1;
+    }
+    return n > 0 ? n : 1;
+}
+
+template <bool FP8, int NR>
+static int occ2_hd(int hd)
+{
+    switch (hd) {
+    case 32: return occ2_one<FP8, 32, NR>();
+    case 64: return occ2_one<FP8, 64, NR>();
+    case 128: return occ2_one<FP8, 128, NR>();
+    default: return occ2_one<FP8, 256, NR>();
+    }
+}
+
 template <bool FP8, int MT>
 static int occ_hd(int hd)
 {
@@ -847,6 +948,11 @@ extern "C" int32_t xqa_ctas_per_sm(const xqa_params *p)
     int rows = (p->n_heads / p->n_kv) * p->q_len;
     if (rows > XQA_MAX_ROWS)
         return 1;
+    if (use_v2(rows)) {
+        if (p->kv_type == XQA_KV_FP8)
+            return rows <= 8 ? occ2_hd<true, 1>(p->head_dim) : occ2_hd<true, 2>(p->head_dim);
+        return rows <= 8 ? occ2_hd<false, 1>(p->head_dim) : occ2_hd<false, 2>(p->head_dim);
+    }
     int mt = rows <= 16 ? 1 : 2;
     if (p->kv_type == XQA_KV_FP8)
         return mt == 1 ? occ_hd<true, 1>(p->head_dim) : occ_hd<true, 2>(p->head_dim);
@@ -873,6 +979,11 @@ extern "C" int32_t xqa_pick_sub_seq(const xqa_params *p, int32_t max_ctx, int32_
 /* Shared memory one launch of these parameters uses (benchmarks print it). */
 extern "C" int32_t xqa_smem_bytes(int32_t head_dim, int32_t rows, int32_t fp8)
 {
+    if (use_v2(rows)) {
+        if (fp8)
+            return rows <= 8 ? smem2_of<true, 1>(head_dim) : smem2_of<true, 2>(head_dim);
+        return rows <= 8 ? smem2_of<false, 1>(head_dim) : smem2_of<false, 2>(head_dim);
+    }
     int mt = rows <= 16 ? 1 : 2;
     if (fp8)
         return mt == 1 ? smem_of<true, 1>(head_dim) : smem_of<true, 2>(head_dim);

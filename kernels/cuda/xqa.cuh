@@ -4,9 +4,16 @@
  * section 4); paged KV in bf16 or FP8 e4m3; tensor cores (mma.sync m16n8k16) for QK^T and PV.
  *
  * Numerics: scores and softmax in float32 (base 2); P rounded to bf16 (bf16 KV) or f16 (FP8 KV)
- * for the PV product. FP8 KV is read exactly (e4m3 -> f16 is exact; the 2^8 exponent offset and
- * kv_scale are folded into the QK scale and applied to the output); Q is then rounded to f16,
- * so |q| must stay below 65504. */
+ * for the PV product (v2 keeps P = 2^(s - m) against a reference m that may trail the running
+ * max by up to 8, so P <= 256). FP8 KV is read exactly (e4m3 -> f16 is exact; the 2^8 exponent offset and
+ * kv_scale are folded into the QK scale and applied to the output). Q with FP8 KV: kernel v1
+ * rounds it to f16 (so |q| must stay below 65504); v2 multiplies the e4m3 keys directly by Q
+ * split per row into two e4m3 terms times a power of two, which is exact for every element of at
+ * least 2^-9 of its row's largest magnitude and off by at most 2^-17 of that largest otherwise.
+ *
+ * Two kernels: v2 (default; G * q_len <= 16 rows: one pipeline per warp, swapped MMAs, e4m3
+ * MMAs for FP8 QK^T) and v1 (GM_XQA_V=1 in the environment, read once; also every launch with
+ * more than 16 rows). Both use the same scratch and leave it reusable by either. */
 #ifndef GM_K_XQA_CUH
 #define GM_K_XQA_CUH
 
@@ -77,6 +84,14 @@ gm_status xqa_decode(const xqa_params *p, cudaStream_t s);
 
 /* Dynamic shared memory of one CTA for head_dim, rows = (n_heads / n_kv) * q_len, fp8 KV or not. */
 int32_t xqa_smem_bytes(int32_t head_dim, int32_t rows, int32_t fp8);
+
+/* The kernel version launches use: 1 or 2 (GM_XQA_V=1 gives 1, anything else 2; read once). */
+int32_t xqa_version(void);
+
+/* Override the version for the rest of the process (benchmarks and tests compare both): 1 or 2;
+ * 0 goes back to the environment's choice. Not thread-safe; xqa_pick_sub_seq, xqa_ctas_per_sm and
+ * xqa_smem_bytes follow it too. */
+void xqa_set_version(int32_t v);
 
 #ifdef __cplusplus
 }
