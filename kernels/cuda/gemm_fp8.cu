@@ -30,6 +30,7 @@ struct gemm_fp8_ctx {
     int32_t gemv_rows;
     fp8_entry *cache;
     int32_t n_cache, cap_cache;
+    int32_t n_tuned; /* keys whose algorithm was chosen by timing the candidates */
 };
 
 extern "C" gm_status gemm_fp8_ctx_new(size_t workspace_bytes, gemm_fp8_ctx **out)
@@ -86,6 +87,7 @@ extern "C" void gemm_fp8_ctx_set_gemv_rows(gemm_fp8_ctx *g, int32_t max_rows)
 }
 
 extern "C" int32_t gemm_fp8_ctx_cached(const gemm_fp8_ctx *g) { return g->n_cache; }
+extern "C" int32_t gemm_fp8_ctx_tuned(const gemm_fp8_ctx *g) { return g->n_tuned; }
 
 static int64_t t_bucket(int64_t T)
 {
@@ -137,14 +139,15 @@ fail:
     return st;
 }
 
-/* The heuristic's first choice for M (= T) of m under the key's alignments. */
-static gm_status pick_algo(gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cublasLtMatmulAlgo_t *algo)
+/* The heuristic's first max_res choices for M (= T) of m under the key's alignments (best first). */
+static gm_status pick_algos(gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cublasLtMatmulHeuristicResult_t *res,
+                            int max_res, int *n_out)
 {
     gm_status st = GM_OK;
     fp8_layouts l;
     cublasLtMatmulPreference_t pref = NULL;
-    cublasLtMatmulHeuristicResult_t res;
     int n_res = 0;
+    *n_out = 0;
     uint32_t aw = (uint32_t)key->align_w, ax = (uint32_t)key->align_x, ay = (uint32_t)key->align_y;
     GM_CHECK(layouts_make(m, key->n, key->k, key->ldx, key->ldw, key->ldy, key->yf32, &l));
     GM_CUBLAS_GOTO(cublasLtMatmulPreferenceCreate(&pref), st, done);
@@ -163,19 +166,29 @@ static gm_status pick_algo(gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cubla
     GM_CUBLAS_GOTO(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ay,
                                                         sizeof ay),
                    st, done);
-    GM_CUBLAS_GOTO(cublasLtMatmulAlgoGetHeuristic(g->lt, g->op, l.a, l.b, l.d, l.d, pref, 1, &res, &n_res), st, done);
+    GM_CUBLAS_GOTO(cublasLtMatmulAlgoGetHeuristic(g->lt, g->op, l.a, l.b, l.d, l.d, pref, max_res, res, &n_res), st,
+                   done);
     if (n_res < 1) {
         st = gm_fail(GM_ERR_CUBLAS, "cuBLASLt has no e4m3 algorithm for T=%lld N=%lld K=%lld (ld %lld/%lld/%lld)",
                      (long long)m, (long long)key->n, (long long)key->k, (long long)key->ldx, (long long)key->ldw,
                      (long long)key->ldy);
         goto done;
     }
-    *algo = res.algo;
+    *n_out = n_res;
 done:
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
     layouts_destroy(&l);
     return st;
+}
+
+static gm_status pick_algo(gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cublasLtMatmulAlgo_t *algo)
+{
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    GM_CHECK(pick_algos(g, key, m, &res, 1, &n));
+    *algo = res.algo;
+    return GM_OK;
 }
 
 static gm_status run_lt(gemm_fp8_ctx *g, const cublasLtMatmulAlgo_t *algo, const void *xq, int64_t T, int64_t K,
@@ -189,6 +202,67 @@ static gm_status run_lt(gemm_fp8_ctx *g, const cublasLtMatmulAlgo_t *algo, const
     *cs = cublasLtMatmul(g->lt, g->op, &alpha, Wq, l.a, xq, l.b, &beta, y, l.d, y, l.d, algo, g->ws, g->ws_bytes, s);
     layouts_destroy(&l);
     return GM_OK;
+}
+
+/* Autotuning (the first call of a (T bucket, shape) key with M >= GEMM_TUNE_MIN_M, outside stream
+ * capture, unless GM_GEMM_TUNE=0): the heuristic's first GEMM_TUNE_N candidates each run once to warm
+ * up and GEMM_TUNE_REPS times timed on the call's own operands; the fastest is kept (the heuristic's
+ * order breaks ties). The output is recomputed each time, so the call's result is unchanged. */
+#define GEMM_TUNE_N 8
+#define GEMM_TUNE_REPS 3
+#define GEMM_TUNE_MIN_M 64
+
+static int tune_enabled(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("GM_GEMM_TUNE");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
+static gm_status tune_algo(gemm_fp8_ctx *g, const fp8_key *key, const void *xq, int64_t T, int64_t K, int64_t ldx,
+                           const void *Wq, int64_t ldw, int64_t N, void *y, int64_t ldy, cudaStream_t s,
+                           cublasLtMatmulAlgo_t *algo)
+{
+    cublasLtMatmulHeuristicResult_t res[GEMM_TUNE_N];
+    int n = 0;
+    GM_CHECK(pick_algos(g, key, key->tb, res, GEMM_TUNE_N, &n));
+    *algo = res[0].algo;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (n < 2 || !tune_enabled() || T < GEMM_TUNE_MIN_M || cudaStreamIsCapturing(s, &cap) != cudaSuccess ||
+        cap != cudaStreamCaptureStatusNone)
+        return GM_OK;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    gm_status st = GM_OK;
+    float best = -1.0f;
+    GM_CUDA_GOTO(cudaEventCreate(&e0), st, done);
+    GM_CUDA_GOTO(cudaEventCreate(&e1), st, done);
+    for (int i = 0; i < n; i++) {
+        cublasStatus_t cs;
+        GM_GOTO(run_lt(g, &res[i].algo, xq, T, K, ldx, Wq, ldw, N, y, key->yf32, ldy, s, &cs), st, done);
+        if (cs != CUBLAS_STATUS_SUCCESS)
+            continue; /* this candidate does not take the exact T */
+        GM_CUDA_GOTO(cudaEventRecord(e0, s), st, done);
+        for (int r = 0; r < GEMM_TUNE_REPS; r++)
+            GM_GOTO(run_lt(g, &res[i].algo, xq, T, K, ldx, Wq, ldw, N, y, key->yf32, ldy, s, &cs), st, done);
+        GM_CUDA_GOTO(cudaEventRecord(e1, s), st, done);
+        GM_CUDA_GOTO(cudaEventSynchronize(e1), st, done);
+        float ms = 0.0f;
+        GM_CUDA_GOTO(cudaEventElapsedTime(&ms, e0, e1), st, done);
+        if (best < 0.0f || ms < best) {
+            best = ms;
+            *algo = res[i].algo;
+        }
+    }
+    g->n_tuned++;
+done:
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    return st;
 }
 
 static gm_status check_args(const void *xq, int64_t K, int64_t ldx, const float *x_scale, const void *Wq, int64_t ldw,
@@ -363,7 +437,7 @@ extern "C" gm_status gemm_fp8_lt(gemm_fp8_ctx *g, const void *xq, int64_t T, int
         e = &g->cache[g->n_cache];
         memset(e, 0, sizeof *e);
         e->key = key;
-        GM_CHECK(pick_algo(g, &key, key.tb, &e->algo));
+        GM_CHECK(tune_algo(g, &key, xq, T, K, ldx, Wq, ldw, N, y, ldy, s, &e->algo));
         g->n_cache++;
     }
     cublasStatus_t cs;

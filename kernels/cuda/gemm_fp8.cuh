@@ -37,6 +37,9 @@ void gemm_fp8_ctx_set_gemv_rows(gemm_fp8_ctx *g, int32_t max_rows);
 
 /* Algorithms chosen so far (one per T bucket, shape, strides and pointer alignment). */
 int32_t gemm_fp8_ctx_cached(const gemm_fp8_ctx *g);
+/* Keys whose algorithm was picked by timing cuBLASLt's top candidates on the first call (M >= 64,
+ * outside stream capture; GM_GEMM_TUNE=0 keeps the heuristic's first choice). */
+int32_t gemm_fp8_ctx_tuned(const gemm_fp8_ctx *g);
 
 /* y[T, N] = (*x_scale * *w_scale) * sum_k xq[t, k] * Wq[n, k], float32 accumulation, stored as bf16
  * (y_f32 = 0) or f32 (y_f32 = 1). xq e4m3 (row stride ldx); Wq e4m3 (row stride ldw); y row stride ldy;
