@@ -23,7 +23,8 @@
 #   decode8 / decode8b  bench_decode: XQA vs not, FP8 weights, FP8 KV, long context, profiles
 #   accuracy FP8 vs bf16: KL / top-1 / logits error / perplexity ($ACC_MODELS, default tiny 2bfull)
 #   serve / serve2  gemma-bench against gemmad --backend cuda per $SERVE_PLAN / $SERVE_PLAN2 entries
-#            MODEL:CFG:LENS (CFG bf16|fp8|fp8w|fp8l|fp8s|awq; LENS ISL/OSL[@CONC],...|b1)
+#            MODEL:CFG:LENS[:ENV] (CFG bf16|fp8|fp8w|fp8l|fp8s|awq; LENS ISL/OSL[@CONC],...|b1; ENV
+#            VAR=VALUE[,VAR=VALUE] set for gemmad and its workers)
 #   sweep    real-time users: 2b FP8 128/128 at each concurrency of $SWEEP_LIST (one JSON per point)
 #   peerb    transformers batched generate() as the serving peer (2b B=$PEER_B2, 7b B=$PEER_B7)
 #   fp8sprep calibrated FP8 checkpoints of the full 2b/7b models in the background ($FP8S_MODELS)
@@ -341,7 +342,7 @@ PY
     plan=${SERVE_PLAN:-2b:fp8:128/128@512,b1}
     [ $ph = serve2 ] && plan=${SERVE_PLAN2:-}
     for entry in $plan; do
-      IFS=: read -r mdl cfg lens <<< "$entry"
+      IFS=: read -r mdl cfg lens xenv <<< "$entry"  # xenv: VAR=VALUE[,VAR=VALUE] for gemmad and its workers
       case $cfg in
         bf16) qa="--quant none --kv-dtype bf16" ;;
         fp8) qa="--quant fp8 --kv-dtype fp8" ;;
@@ -381,9 +382,9 @@ PY
       seqs=8
       for len in ${lens//,/ }; do c=${len#*@}; [ "$c" != "$len" ] && [ "$c" -gt $seqs ] && seqs=$c; done
       ep=ipc:///tmp/gm-serve.sock
-      echo "---- gemmad $mdl $cfg: $qa --max-seqs $seqs" >> "$log"
+      echo "---- gemmad $mdl $cfg: $qa --max-seqs $seqs ${xenv:+(env ${xenv//,/ })}" >> "$log"
       # an explicit KV budget (before 8ed730d, --kv-memory 0 left the worker at its 64M default)
-      "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa --kv-memory ${SERVE_KV_MEM:-80G} --max-seqs "$seqs" \
+      env ${xenv//,/ } "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa --kv-memory ${SERVE_KV_MEM:-80G} --max-seqs "$seqs" \
         --max-context ${SERVE_CTX:-2304} \
         --max-tokens-per-step ${SERVE_TOKENS:-8192} --worker-bin "$PACK/gemma-worker" --log-level info >> "$log" 2>&1 &
       dpid=$!
@@ -409,8 +410,9 @@ PY
           [ "$osl" -ge 1024 ] || [ "$isl" -ge 1024 ] && n=$conc
           [ $first = 1 ] && wu=$conc
           first=0
-          run "serve_${mdl}_${cfg}_${isl}_${osl}" ${SERVE_LIM:-120} "$log" "$PACK/gemma-bench" --endpoint $ep --isl "$isl" --osl "$osl" \
-            --concurrency "$conc" --num-requests $n --warmup $wu --label "$mdl $cfg $isl/$osl" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}.json" --markdown --quiet
+          tag=${xenv:+_${xenv//[=,]/_}}
+          run "serve_${mdl}_${cfg}_${isl}_${osl}_c${conc}$tag" ${SERVE_LIM:-120} "$log" "$PACK/gemma-bench" --endpoint $ep --isl "$isl" --osl "$osl" \
+            --concurrency "$conc" --num-requests $n --warmup $wu --label "$mdl $cfg $isl/$osl${xenv:+ $xenv}" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}_c${conc}$tag.json" --markdown --quiet
         done
       else
         say "serve $mdl $cfg: gemmad did not come up (see serve.log)"
