@@ -153,7 +153,8 @@ typedef struct cuda_engine {
                          * counters' offsets depend on N, so shapes must not share one; zeroed once */
     size_t awq_ws_bytes[4];
 
-    int xqa_mode;       /* 0: k_attn_decode(_fp8) where it serves the shape; 1: XQA for MQA/GQA batches >= XQA_MIN_BATCH; 2: XQA always */
+    int gu_fused;       /* <= 4 rows: FP8 gate|up fused with its GeGLU (pick_gate_up) */
+    int xqa_mode;       /* 0: k_attn_decode(_fp8) where it serves the shape; 1: XQA for MHA and for MQA/GQA batches >= XQA_MIN_BATCH; 2: XQA always */
     void *xqa_scratch;  /* eager (non-graph) decode steps: sized for max_seqs; semaphores cleared per launch */
     size_t xqa_bytes, xqa_sem_bytes;
 
@@ -694,6 +695,65 @@ static fp8_act act_q(const cuda_engine *c, const cu_layer *y, int i)
     return q;
 }
 
+/* The FP8 MLP's first half: gate|up product, GeGLU and the down_proj's e4m3 input (actq8) from xq8.
+ * fused (T <= 4): FP8 GEMV v2 with the GeGLU in its epilogue (writing e4m3 directly under a static
+ * scale); else gemm_fp8 into gu, then k_geglu_fp8. */
+static gm_status gate_up_fp8(cuda_engine *c, const cu_layer *y, int64_t T, const fp8_act *a2, const fp8_act *a3,
+                             int fused)
+{
+    cudaStream_t s = c->stream;
+    int64_t H = c->H;
+    if (fused && a3->amax == NULL)
+        return gemv_fp8_v2_geglu_fp8(c->xq8, T, H, H, a2->scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE, c->ni,
+                                     a3->scale, c->actq8, c->ni, s);
+    if (fused) { /* dynamic scales: the fused GeGLU to bf16, then the dynamic quantizer */
+        GM_CHECK(gemv_fp8_v2_geglu(c->xq8, T, H, H, a2->scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE, c->ni, c->act,
+                                   c->ni, s));
+        return k_fp8_quantize(c->act, c->ni, T, c->ni, a3, c->actq8, s);
+    }
+    GM_CHECK(gemm_fp8(c->gemm8, c->xq8, T, H, H, a2->scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE, 2 * c->ni, c->gu, 0,
+                      2 * c->ni, s));
+    return k_geglu_fp8(c->gu, T, c->ni, a3, c->actq8, s);
+}
+
+/* Which gate|up path a batch-1..4 step takes: the faster of the two at T = 1 on layer 0 (timed once at
+ * load, before any graph; the fused one wins on gemma-2b's shapes and loses on 7b's, bench/NOTES.md
+ * run F), unless GM_FP8_GEMV forces the GEMV (2: fused, 1: not). */
+static gm_status pick_gate_up(cuda_engine *c)
+{
+    int f = gemv_fp8_forced();
+    c->gu_fused = f ? f == 2 : 1;
+    if (!c->fp8w || c->H % 16 || f)
+        return GM_OK;
+    const cu_layer *y = &c->layers[0];
+    fp8_act a2 = act_q(c, y, 2), a3 = act_q(c, y, 3);
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    gm_status st = GM_OK;
+    float t[2] = {0.0f, 0.0f};
+    GM_CUDA_GOTO(cudaMemsetAsync(c->xq8, 0x38, (size_t)c->H, c->stream), st, done); /* codes of 1.0 */
+    GM_CUDA_GOTO(cudaEventCreate(&e0), st, done);
+    GM_CUDA_GOTO(cudaEventCreate(&e1), st, done);
+    for (int fused = 0; fused < 2; fused++) {
+        GM_GOTO(gate_up_fp8(c, y, 1, &a2, &a3, fused), st, done); /* warm-up (and gemm_fp8's own choice) */
+        GM_CUDA_GOTO(cudaEventRecord(e0, c->stream), st, done);
+        for (int r = 0; r < 10; r++)
+            GM_GOTO(gate_up_fp8(c, y, 1, &a2, &a3, fused), st, done);
+        GM_CUDA_GOTO(cudaEventRecord(e1, c->stream), st, done);
+        GM_CUDA_GOTO(cudaEventSynchronize(e1), st, done);
+        GM_CUDA_GOTO(cudaEventElapsedTime(&t[fused], e0, e1), st, done);
+    }
+    c->gu_fused = t[1] <= t[0];
+    if (c->base.opts.verbose)
+        fprintf(stderr, "cuda engine: batch-1 gate|up %s (fused FP8 GEMV v2 + GeGLU %.1f us, GEMM + GeGLU %.1f us)\n",
+                c->gu_fused ? "fused" : "unfused", t[1] * 100.0f, t[0] * 100.0f);
+done:
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    return st;
+}
+
 /* logits [nr, V] f32 = x [nr, H] bf16 . embed^T: bf16 cuBLASLt/GEMV, or with --lm-head fp8 the rows
  * quantized with the static scale and the FP8 product (the CPU engine's twin: engine_cpu.c). */
 static gm_status lm_head(cuda_engine *c, const bf16 *x, int64_t nr, cudaStream_t s)
@@ -742,8 +802,8 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
     int df = c->delta_f32;
     size_t esz = c->kv8 ? 1 : 2;
     fp8_act aq[4];
-    /* FP8 GEMV v2 for <= 4 rows: the gate|up product takes its fused GeGLU entries */
-    const int gv2 = c->fp8w && T <= 4 && gemv_fp8_v2_enabled() && H % 16 == 0;
+    /* <= 4 rows: the gate|up product fused with its GeGLU where pick_gate_up found that faster */
+    const int gv2 = c->fp8w && T <= 4 && c->gu_fused;
     c->prof.n = 0;
     prof_mark(c, -1);
     GM_CHECK(k_resolve_ids(m->ids, m->tok_slot, T, c->last_tok, s));
@@ -866,18 +926,7 @@ static gm_status forward(cuda_engine *c, const fwd_args *a)
         } else if (c->fp8w) {
             GM_CHECK(k_add_rmsnorm_fp8(c->h, c->delta, df, y->post_norm, T, H, c->eps, &aq[2], c->xq8, s));
             prof_mark(c, OP_NORM);
-            if (gv2 && aq[3].amax == NULL) { /* static scales: gate|up, GeGLU and its e4m3 codes in one launch */
-                GM_CHECK(gemv_fp8_v2_geglu_fp8(c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE,
-                                               c->ni, aq[3].scale, c->actq8, c->ni, s));
-            } else if (gv2) { /* dynamic scales: the fused GeGLU to bf16, then the dynamic quantizer */
-                GM_CHECK(gemv_fp8_v2_geglu(c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE, c->ni,
-                                           c->act, c->ni, s));
-                GM_CHECK(k_fp8_quantize(c->act, c->ni, T, c->ni, &aq[3], c->actq8, s));
-            } else {
-                GM_CHECK(gemm_fp8(c->gemm8, c->xq8, T, H, H, aq[2].scale, y->wgu8, H, y->wsc + 2 * SC_STRIDE,
-                                  2 * c->ni, c->gu, 0, 2 * c->ni, s));
-                GM_CHECK(k_geglu_fp8(c->gu, T, c->ni, &aq[3], c->actq8, s));
-            }
+            GM_CHECK(gate_up_fp8(c, y, T, &aq[2], &aq[3], gv2));
             prof_mark(c, OP_GATE_UP);
             GM_CHECK(gemm_fp8(c->gemm8, c->actq8, T, c->ni, c->ni, aq[3].scale, y->wdown8, c->ni,
                               y->wsc + 3 * SC_STRIDE, H, c->delta, df, H, s));
@@ -959,16 +1008,17 @@ static gm_status dump_logits(cuda_engine *c, int64_t n_rows, float *out)
     return GM_OK;
 }
 
-/* Decode attention through XQA for this batch size? k_attn_decode (bf16) and k_attn_decode_fp8 serve
- * 1, 2, 4 or 8 query heads per KV head and read MHA's KV at the copy rate (bench/RESULTS.md); XQA
- * wins for MQA/GQA batches >= XQA_MIN_BATCH and takes every shape the others do not. */
+/* Decode attention through XQA for this batch size? XQA (v2) reads MHA's KV at the copy rate at every
+ * batch and MQA/GQA's from XQA_MIN_BATCH rows (bench/RESULTS.md, run F); below that k_attn_decode (bf16)
+ * and k_attn_decode_fp8 (1, 2, 4 or 8 query heads per KV head) answer sooner. */
 static int use_xqa(const cuda_engine *c, int32_t batch)
 {
     int64_t g = c->nq / c->nkv;
-    int dec_ok = c->nq % c->nkv == 0 && (g == 1 || g == 2 || g == 4 || g == 8) && (c->hd == 32 || c->hd == 64 || c->hd == 128 || c->hd == 256);
+    int dec_ok = c->nq % c->nkv == 0 && (g == 1 || g == 2 || g == 4 || g == 8) &&
+                 (c->hd == 32 || c->hd == 64 || c->hd == 128 || c->hd == 256);
     if (!dec_ok || c->xqa_mode == 2)
         return 1;
-    return c->xqa_mode == 1 && g > 1 && batch >= XQA_MIN_BATCH;
+    return c->xqa_mode == 1 && (g == 1 || batch >= XQA_MIN_BATCH);
 }
 
 static int32_t xqa_nb_for(const cuda_engine *c, int32_t batch)
@@ -1494,6 +1544,7 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     if (o->lm_head_fp8 && o->tp_rank == 0) /* only rank 0 computes logits */
         GM_GOTO(setup_lm_head_fp8(c), st, fail);
     GM_GOTO(alloc_kv(c), st, fail);
+    GM_GOTO(pick_gate_up(c), st, fail);
     if (o->verbose)
         fprintf(stderr, "cuda engine: ready: %.2f GB of weights read per step (%s, %s LM head), %d decode buckets, "
                 "graphs %s, XQA mode %d\n", (double)c->weight_bytes / 1e9,

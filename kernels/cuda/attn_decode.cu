@@ -124,8 +124,8 @@ __device__ __forceinline__ void rope_warp(float f[VEC], const float *cs, int lan
     }
 }
 
-/* Splits actually used for a context of L keys: chunks of whole ATTN_DECODE_MIN_CHUNK-key units (a
- * split's 4 warps x 4 keys in flight), at most n_split of them. The merge kernel plans the same way. */
+/* Splits actually used for a context of L keys (at most n_split, at least ATTN_DECODE_MIN_CHUNK keys
+ * each but the last); the merge kernel plans the same way. */
 __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &chunk)
 {
     int n = (L + ATTN_DECODE_MIN_CHUNK - 1) / ATTN_DECODE_MIN_CHUNK;
@@ -134,7 +134,6 @@ __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &
     if (n < 1)
         n = 1;
     chunk = (L + n - 1) / n;
-    chunk = (chunk + ATTN_DECODE_MIN_CHUNK - 1) / ATTN_DECODE_MIN_CHUNK * ATTN_DECODE_MIN_CHUNK;
     n_eff = (L + chunk - 1) / chunk;
 }
 
@@ -216,47 +215,44 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
     }
     const int32_t *tb = bt + (int64_t)b * bt_stride;
     int last_pool = has_new ? L - 1 : L; /* keys read from the pool: [j0, last_pool) */
-    /* P keys per warp in flight: issue their loads, then fold them in (fewer rounds of memory latency
-     * per warp; P falls with G as q and the accumulators take the registers) */
-    constexpr int P = G >= 4 ? 2 : 4;
-    for (int j = j0 + warp; j < j1; j += DEC_WARPS * P) {
-        vec_t kc[P], vc[P];
-#pragma unroll
-        for (int u = 0; u < P; u++) {
-            int jj = j + u * DEC_WARPS;
-            if (jj < j1) { /* nothing past this split (another split's block may be writing key L - 1) */
-                if (jj < last_pool) {
-                    int64_t base = ((((int64_t)tb[jj / bs] * nkv + kvh) * bs + jj % bs) * HD + lane * VEC) * io::esz;
-                    kc[u] = __ldg(reinterpret_cast<const vec_t *>(kp + base));
-                    vc[u] = __ldg(reinterpret_cast<const vec_t *>(vp + base));
-                } else {
-                    if constexpr (ROPE)
-                        kc[u] = knew, vc[u] = vnew; /* jj == L - 1 */
-                }
-            }
+    /* each warp walks its keys with the next one's load in flight (nothing past this split: another
+     * split's block may be writing key L - 1) */
+    vec_t kn, vn;
+    int j = j0 + warp;
+    if (j < last_pool) {
+        int64_t base = ((((int64_t)tb[j / bs] * nkv + kvh) * bs + j % bs) * HD + lane * VEC) * io::esz;
+        kn = __ldg(reinterpret_cast<const vec_t *>(kp + base));
+        vn = __ldg(reinterpret_cast<const vec_t *>(vp + base));
+    }
+    for (; j < j1; j += DEC_WARPS) {
+        vec_t kc = kn, vc = vn;
+        if constexpr (ROPE) {
+            if (j >= last_pool)
+                kc = knew, vc = vnew;
         }
+        int jn = j + DEC_WARPS;
+        if (jn < last_pool && jn < j1) {
+            int64_t base = ((((int64_t)tb[jn / bs] * nkv + kvh) * bs + jn % bs) * HD + lane * VEC) * io::esz;
+            kn = __ldg(reinterpret_cast<const vec_t *>(kp + base));
+            vn = __ldg(reinterpret_cast<const vec_t *>(vp + base));
+        }
+        float kf[VEC], vf[VEC];
+        io::cvt(kc, kf);
+        io::cvt(vc, vf);
 #pragma unroll
-        for (int u = 0; u < P; u++) {
-            if (j + u * DEC_WARPS >= j1)
-                break;
-            float kf[VEC], vf[VEC];
-            io::cvt(kc[u], kf);
-            io::cvt(vc[u], vf);
+        for (int g = 0; g < G; g++) {
+            float sdot = 0.0f;
 #pragma unroll
-            for (int g = 0; g < G; g++) {
-                float sdot = 0.0f;
+            for (int i = 0; i < VEC; i++)
+                sdot = fmaf(qf[g][i], kf[i], sdot);
+            sdot = warp_sum(sdot);
+            float mn = fmaxf(m[g], sdot);
+            float corr = exp2f(m[g] - mn), p = exp2f(sdot - mn);
+            l[g] = l[g] * corr + p;
 #pragma unroll
-                for (int i = 0; i < VEC; i++)
-                    sdot = fmaf(qf[g][i], kf[i], sdot);
-                sdot = warp_sum(sdot);
-                float mn = fmaxf(m[g], sdot);
-                float corr = exp2f(m[g] - mn), p = exp2f(sdot - mn);
-                l[g] = l[g] * corr + p;
-#pragma unroll
-                for (int i = 0; i < VEC; i++)
-                    acc[g][i] = acc[g][i] * corr + p * vf[i];
-                m[g] = mn;
-            }
+            for (int i = 0; i < VEC; i++)
+                acc[g][i] = acc[g][i] * corr + p * vf[i];
+            m[g] = mn;
         }
     }
 #pragma unroll

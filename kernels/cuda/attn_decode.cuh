@@ -14,9 +14,8 @@
 extern "C" {
 #endif
 
-/* Keys per split come in whole units of ATTN_DECODE_MIN_CHUNK (a sequence of L keys uses at most
- * ceil(L / ATTN_DECODE_MIN_CHUNK) splits); the most splits. */
-#define ATTN_DECODE_MIN_CHUNK 16
+/* A sequence of L keys uses at most ceil(L / ATTN_DECODE_MIN_CHUNK) splits; the most splits. */
+#define ATTN_DECODE_MIN_CHUNK 32
 #define ATTN_DECODE_MAX_SPLIT 128
 
 /* out[b, h, :] = softmax(scale * q[b, h, :] . K[0..ctx_lens[b])^T) . V, KV head h / (nh / nkv).
