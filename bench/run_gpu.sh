@@ -14,6 +14,7 @@
 #   sanitize compute-sanitizer memcheck on subsets of test_gpu_ops (not in the default set; stops
 #            when $GM_TIME_BUDGET seconds, default 500, are near)
 #   gate     test_gpu_ops, test_gpu_fp8, test_gpu_xqa; a failure turns the new kernel off for later phases
+#   b1final  batch-1 decode, FP8 static + FP8 LM head, 2b (+ FP8 KV) and 7b, the engine's own choices
 #   bench3   bench_kernels --attn, xqa_bench, fp8_gemm_bench, batch-1 and long-context decode, new vs old kernels
 #   new      test_gpu_xqa, test_gpu_fp8, test_gpu_awq          newbench  xqa_bench, fp8_gemm_bench, awq_bench
 #   fp8gemm  fp8_gemm_bench alone
@@ -169,6 +170,15 @@ for ph in $phases; do
       # k_attn_decode_fp8 is also what the engine now takes for MHA / small batches with FP8 KV
       grep -q "FAILED.*test_attn_decode" "$log" && { export GM_CUDA_XQA=2; say "gate: XQA forced (GM_CUDA_XQA=2)"; }
     fi
+    ;;
+  b1final)
+    # batch-1 decode with what the engine picks by itself (GEMV v1/v2 and the gate|up path timed at load)
+    log=$OUT/b1final.log
+    d8="--quant fp8 --act-scale static --lm-head fp8"
+    run b1f_2b 100 "$log" "$PACK/bench_decode" --preset 2b --batch 1 --gen 128 $d8 --variants
+    run b1f_2b_kv8 100 "$log" "$PACK/bench_decode" --preset 2b --batch 1 --gen 128 $d8 --kv-dtype fp8
+    run b1f_7b 100 "$log" "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 $d8
+    grep -E "tok/s|profile|gate.up" "$log" | tee -a "$summary"
     ;;
   bench3)
     # session 3's kernels: decode attention over FP8 pools (k_attn_decode_fp8), XQA v2 vs v1, the FP8 GEMV
@@ -408,7 +418,8 @@ PY
           io=${len%@*}; isl=${io%/*}; osl=${io#*/}
           n=$(( conc * 2 )) wu=0
           [ "$osl" -ge 1024 ] || [ "$isl" -ge 1024 ] && n=$conc
-          [ $first = 1 ] && wu=$conc
+          # warm-up wave before an entry's first run (long sequences: a small one, it costs a whole run)
+          [ $first = 1 ] && { wu=$conc; [ $n = $conc ] && [ $conc -gt 32 ] && wu=32; }
           first=0
           tag=${xenv:+_${xenv//[=,]/_}}
           run "serve_${mdl}_${cfg}_${isl}_${osl}_c${conc}$tag" ${SERVE_LIM:-120} "$log" "$PACK/gemma-bench" --endpoint $ep --isl "$isl" --osl "$osl" \
