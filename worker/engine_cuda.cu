@@ -733,7 +733,7 @@ static gm_status pick_gate_up(cuda_engine *c)
     GM_CUDA_GOTO(cudaMemsetAsync(c->xq8, 0x38, (size_t)c->H, c->stream), st, done); /* codes of 1.0 */
     GM_CUDA_GOTO(cudaEventCreate(&e0), st, done);
     GM_CUDA_GOTO(cudaEventCreate(&e1), st, done);
-    for (int i = 0; i < 300; i++) /* ~10 ms of work first: the clocks leave idle */
+    for (int i = 0; i < 300 && c->H % 64 == 0 && c->ni % 8 == 0; i++) /* ~10 ms of work first: clocks leave idle */
         GM_GOTO(gemv_fp8_v1(c->xq8, 1, c->H, c->H, a2.scale, y->wgu8, c->H, y->wsc + 2 * SC_STRIDE, 2 * c->ni, c->gu,
                             0, 2 * c->ni, c->stream),
                 st, done);
