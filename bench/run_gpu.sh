@@ -15,6 +15,7 @@
 #            when $GM_TIME_BUDGET seconds, default 500, are near)
 #   gate     test_gpu_ops, test_gpu_fp8, test_gpu_xqa; a failure turns the new kernel off for later phases
 #   b1final  batch-1 decode, FP8 static + FP8 LM head, 2b (+ FP8 KV) and 7b, the engine's own choices
+#   xsweep   xqa_bench split sweep, 2b FP8 KV;   nsys  per-kernel times of 2b batch-1 FP8 decode (Nsight Systems)
 #   bench3   bench_kernels --attn, xqa_bench, fp8_gemm_bench, batch-1 and long-context decode, new vs old kernels
 #   new      test_gpu_xqa, test_gpu_fp8, test_gpu_awq          newbench  xqa_bench, fp8_gemm_bench, awq_bench
 #   fp8gemm  fp8_gemm_bench alone
@@ -179,6 +180,22 @@ for ph in $phases; do
     run b1f_2b_kv8 100 "$log" "$PACK/bench_decode" --preset 2b --batch 1 --gen 128 $d8 --kv-dtype fp8
     run b1f_7b 100 "$log" "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 $d8
     grep -E "tok/s|profile|gate.up" "$log" | tee -a "$summary"
+    ;;
+  xsweep)
+    # XQA v2 split counts for 2b with FP8 KV (the one attention case under 80%)
+    run xqa_sweep 120 "$OUT/xsweep.log" "$PACK/xqa_bench" --models 2b --kv fp8 --batch 64,256 --ctx 4096,8192 \
+      --versions 2 --sweep
+    grep -E "xqa-v2|best" "$OUT/xsweep.log" | tee -a "$summary"
+    ;;
+  nsys)
+    # per-kernel times of a batch-1 2b FP8 decode (graph nodes traced), when Nsight Systems is there
+    if command -v nsys >/dev/null 2>&1; then
+      run nsys_b1 150 "$OUT/nsys.log" nsys profile --cuda-graph-trace=node --force-overwrite true -o /tmp/gm-b1 \
+        "$PACK/bench_decode" --preset 2b --batch 1 --gen 64 --quant fp8 --act-scale static --lm-head fp8
+      nsys stats -r cuda_gpu_kern_sum --format csv -o "$OUT/b1" /tmp/gm-b1.nsys-rep >> "$OUT/nsys.log" 2>&1
+    else
+      say "nsys: not installed"
+    fi
     ;;
   bench3)
     # session 3's kernels: decode attention over FP8 pools (k_attn_decode_fp8), XQA v2 vs v1, the FP8 GEMV
