@@ -716,50 +716,16 @@ static gm_status gate_up_fp8(cuda_engine *c, const cu_layer *y, int64_t T, const
     return k_geglu_fp8(c->gu, T, c->ni, a3, c->actq8, s);
 }
 
-/* Which gate|up path a batch-1..4 step takes: the faster of the two at T = 1 on layer 0 (timed once at
- * load, before any graph; the fused one wins on gemma-2b's shapes and loses on 7b's, bench/NOTES.md
- * run F), unless GM_FP8_GEMV forces the GEMV (2: fused, 1: not). */
+/* Which gate|up path a batch-1..4 step takes: fused with its GeGLU exactly when gemm_fp8 would take the
+ * FP8 GEMV v2 for the product (gemma-2b: fused, 19.2 vs 20.5 us graph-timed; 7b: not, v2 is slower at
+ * K = 3072; bench/NOTES.md run F); GM_FP8_GEMV forces it (2: fused, 1: not). */
 static gm_status pick_gate_up(cuda_engine *c)
 {
-    int f = gemv_fp8_forced();
-    c->gu_fused = f ? f == 2 : 1;
-    if (!c->fp8w || c->H % 16 || f)
-        return GM_OK;
-    const cu_layer *y = &c->layers[0];
-    fp8_act a2 = act_q(c, y, 2), a3 = act_q(c, y, 3);
-    cudaEvent_t e0 = NULL, e1 = NULL;
-    gm_status st = GM_OK;
-    float t[2] = {0.0f, 0.0f};
-    GM_CUDA_GOTO(cudaMemsetAsync(c->xq8, 0x38, (size_t)c->H, c->stream), st, done); /* codes of 1.0 */
-    GM_CUDA_GOTO(cudaEventCreate(&e0), st, done);
-    GM_CUDA_GOTO(cudaEventCreate(&e1), st, done);
-    for (int i = 0; i < 300 && c->H % 64 == 0 && c->ni % 8 == 0; i++) /* ~10 ms of work first: clocks leave idle */
-        GM_GOTO(gemv_fp8_v1(c->xq8, 1, c->H, c->H, a2.scale, y->wgu8, c->H, y->wsc + 2 * SC_STRIDE, 2 * c->ni, c->gu,
-                            0, 2 * c->ni, c->stream),
-                st, done);
-    for (int fused = 0; fused < 2; fused++) /* warm-up (and gemm_fp8's own GEMV choice) */
-        GM_GOTO(gate_up_fp8(c, y, 1, &a2, &a3, fused), st, done);
-    for (int trial = 0; trial < 6; trial++) { /* interleaved, the best trial of each kept */
-        int fused = trial & 1;
-        float ms = 0.0f;
-        GM_CUDA_GOTO(cudaEventRecord(e0, c->stream), st, done);
-        for (int r = 0; r < 10; r++)
-            GM_GOTO(gate_up_fp8(c, y, 1, &a2, &a3, fused), st, done);
-        GM_CUDA_GOTO(cudaEventRecord(e1, c->stream), st, done);
-        GM_CUDA_GOTO(cudaEventSynchronize(e1), st, done);
-        GM_CUDA_GOTO(cudaEventElapsedTime(&ms, e0, e1), st, done);
-        t[fused] = trial < 2 || ms < t[fused] ? ms : t[fused];
-    }
-    c->gu_fused = t[1] <= t[0];
-    if (c->base.opts.verbose)
-        fprintf(stderr, "cuda engine: batch-1 gate|up %s (fused FP8 GEMV v2 + GeGLU %.1f us, GEMM + GeGLU %.1f us)\n",
-                c->gu_fused ? "fused" : "unfused", t[1] * 100.0f, t[0] * 100.0f);
-done:
-    if (e0)
-        cudaEventDestroy(e0);
-    if (e1)
-        cudaEventDestroy(e1);
-    return st;
+    c->gu_fused = c->fp8w && c->H % 16 == 0 && gemv_fp8_v2_for(1, c->H);
+    if (c->fp8w && c->base.opts.verbose)
+        fprintf(stderr, "cuda engine: batch-1 FP8 GEMVs: v2 where K is a power of two; gate|up %s\n",
+                c->gu_fused ? "fused with its GeGLU" : "then GeGLU");
+    return GM_OK;
 }
 
 /* logits [nr, V] f32 = x [nr, H] bf16 . embed^T: bf16 cuBLASLt/GEMV, or with --lm-head fp8 the rows

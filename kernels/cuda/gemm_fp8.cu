@@ -21,11 +21,6 @@ typedef struct fp8_entry {
     cublasLtMatmulAlgo_t algo;
 } fp8_entry;
 
-typedef struct gv_entry {
-    int64_t t, n, k, ldx, ldw, ldy;
-    int32_t yf32, impl;
-} gv_entry;
-
 struct gemm_fp8_ctx {
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t op;
@@ -36,8 +31,6 @@ struct gemm_fp8_ctx {
     fp8_entry *cache;
     int32_t n_cache, cap_cache;
     int32_t n_tuned; /* keys whose algorithm was chosen by timing the candidates */
-    gv_entry *gv;    /* GEMV shapes: v1 or v2, chosen by timing both on the first call */
-    int32_t n_gv, cap_gv;
 };
 
 extern "C" gm_status gemm_fp8_ctx_new(size_t workspace_bytes, gemm_fp8_ctx **out)
@@ -77,7 +70,6 @@ extern "C" void gemm_fp8_ctx_destroy(gemm_fp8_ctx **gp)
     if (g->lt)
         cublasLtDestroy(g->lt);
     free(g->cache);
-    free(g->gv);
     free(g);
     *gp = NULL;
 }
@@ -380,7 +372,7 @@ extern "C" gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t l
 }
 
 /* GM_FP8_GEMV: "1" keeps the first GEMV, "2" takes v2 for T <= 4; unset (or anything else), gemv_fp8
- * takes v2 for T <= 4 and gemm_fp8 times both per shape. 0 = unset, 1, 2. */
+ * takes v2 for T <= 4 and gemm_fp8 chooses per shape (gemv_choose). 0 = unset, 1, 2. */
 static int gemv_forced(void)
 {
     static int v = -1; /* a benign race: every thread stores the same */
@@ -394,85 +386,23 @@ static int gemv_forced(void)
 extern "C" int gemv_fp8_v2_enabled(void) { return gemv_forced() != 1; }
 extern "C" int gemv_fp8_forced(void) { return gemv_forced(); }
 
-/* Time of 8 calls of fn after one warm-up, on s (not capturing). */
-typedef gm_status (*gv_fn)(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
-                           int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy,
-                           cudaStream_t s);
-
-static gm_status time_gv(gv_fn fn, const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
-                         const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32,
-                         int64_t ldy, cudaStream_t s, float *ms)
-{
-    cudaEvent_t e0 = NULL, e1 = NULL;
-    gm_status st = GM_OK;
-    GM_CUDA_GOTO(cudaEventCreate(&e0), st, done);
-    GM_CUDA_GOTO(cudaEventCreate(&e1), st, done);
-    GM_GOTO(fn(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s), st, done);
-    GM_CUDA_GOTO(cudaEventRecord(e0, s), st, done);
-    for (int r = 0; r < 8; r++)
-        GM_GOTO(fn(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s), st, done);
-    GM_CUDA_GOTO(cudaEventRecord(e1, s), st, done);
-    GM_CUDA_GOTO(cudaEventSynchronize(e1), st, done);
-    GM_CUDA_GOTO(cudaEventElapsedTime(ms, e0, e1), st, done);
-done:
-    if (e0)
-        cudaEventDestroy(e0);
-    if (e1)
-        cudaEventDestroy(e1);
-    return st;
-}
-
-/* The GEMV for this shape: forced by GM_FP8_GEMV, else the faster of v1 and v2 timed on the first call
- * outside stream capture (during capture of an unseen shape: v2, not remembered). */
-static gm_status gemv_choose(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
-                             const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32,
-                             int64_t ldy, cudaStream_t s, int *impl)
+/* The GEMV for this shape: forced by GM_FP8_GEMV, else v2 when K is a power of two. Measured (run F,
+ * CUDA graphs, H200): v2 is faster at K = 2048, 4096 and 16384 (gemma-2b's shapes, 7b's o_proj, the LM
+ * heads) and slower at K = 3072 and 24576 (7b's qkv, gate|up, down: 0.84-0.97x), where its K split
+ * leaves lanes idle. (Timing both at the first call was tried: eager launches at T = 1 measure launch
+ * overhead more than the kernels, and the picks were worse than this rule.) */
+static int gemv_choose(int64_t T, int64_t K)
 {
     int f = gemv_forced();
-    *impl = T > 4 ? 1 : f ? f : 2;
-    if (T > 4 || f)
-        return GM_OK;
-    for (int32_t i = 0; i < g->n_gv; i++) {
-        const gv_entry *e = &g->gv[i];
-        if (e->t == T && e->n == N && e->k == K && e->ldx == ldx && e->ldw == ldw && e->ldy == ldy &&
-            e->yf32 == (y_f32 ? 1 : 0)) {
-            *impl = e->impl;
-            return GM_OK;
-        }
-    }
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(s, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone)
-        return GM_OK;
-    /* three interleaved trials each, the best of each kept (clocks still ramping, other work) */
-    float t1 = 0.0f, t2 = 0.0f;
-    for (int trial = 0; trial < 3; trial++) {
-        float a = 0.0f, b = 0.0f;
-        GM_CHECK(time_gv(gemv_fp8_v1, xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s, &a));
-        GM_CHECK(time_gv(gemv_fp8_v2, xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s, &b));
-        t1 = trial == 0 || a < t1 ? a : t1;
-        t2 = trial == 0 || b < t2 ? b : t2;
-    }
-    *impl = t2 <= t1 ? 2 : 1;
-    if (g->n_gv == g->cap_gv) {
-        int32_t cap2 = g->cap_gv ? 2 * g->cap_gv : 32;
-        gv_entry *c = (gv_entry *)realloc(g->gv, (size_t)cap2 * sizeof *c);
-        if (!c)
-            return GM_OK; /* not remembered: timed again next time */
-        g->gv = c;
-        g->cap_gv = cap2;
-    }
-    gv_entry *e = &g->gv[g->n_gv++];
-    e->t = T, e->n = N, e->k = K, e->ldx = ldx, e->ldw = ldw, e->ldy = ldy, e->yf32 = y_f32 ? 1 : 0, e->impl = *impl;
-    return GM_OK;
+    if (T > 4)
+        return 1;
+    if (f)
+        return f;
+    return (K & (K - 1)) == 0 ? 2 : 1;
 }
 
-extern "C" int32_t gemm_fp8_ctx_gemv_v2(const gemm_fp8_ctx *g)
-{
-    int32_t n = 0;
-    for (int32_t i = 0; i < g->n_gv; i++)
-        n += g->gv[i].impl == 2;
-    return n;
-}
+extern "C" int gemv_fp8_v2_for(int64_t T, int64_t K) { return gemv_choose(T, K) == 2; }
+
 
 extern "C" gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
                               int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy,
@@ -490,10 +420,7 @@ extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_
                               int64_t ldy, cudaStream_t s)
 {
     if (T > 0 && T <= g->gemv_rows && K % 64 == 0 && N % 16 == 0) {
-        int impl = 1;
-        GM_CHECK(check_args(xq, K, ldx, x_scale, Wq, ldw, w_scale, N, y, ldy));
-        GM_CHECK(gemv_choose(g, xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s, &impl));
-        if (impl == 2)
+        if (gemv_choose(T, K) == 2)
             return gemv_fp8_v2(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
         return gemv_fp8_v1(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
     }

@@ -67,11 +67,11 @@ gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t ldx, const f
 /* 1 when gemv_fp8 takes gemv_fp8_v2 for T <= 4 (GM_FP8_GEMV unset or not "1"; read once), else 0.
  * The engine asks it before calling the fused GeGLU entries below. */
 int gemv_fp8_v2_enabled(void);
-/* GM_FP8_GEMV as read: 0 unset (gemm_fp8 times v1 and v2 per shape on its first call outside stream
- * capture and keeps the faster), 1 or 2 (that one whenever it applies). */
+/* GM_FP8_GEMV as read: 0 unset, 1 or 2 (that one whenever it applies). */
 int gemv_fp8_forced(void);
-/* GEMV shapes for which gemm_fp8's timing chose v2 (diagnostics, tests). */
-int32_t gemm_fp8_ctx_gemv_v2(const gemm_fp8_ctx *g);
+/* 1 when gemm_fp8 takes gemv_fp8_v2 for T rows and inner dimension K: T <= 4 and (GM_FP8_GEMV=2, or
+ * unset and K a power of two: v2 measured faster at K = 2048/4096/16384, slower at 3072/24576). */
+int gemv_fp8_v2_for(int64_t T, int64_t K);
 
 /* ---- FP8 GEMV v2 (gemv_fp8v2.cu): T = 1..4 rows, built for batch-1..4 decode ----
  * y[t, n] = (*x_scale * *w_scale) * sum_k xq[t, k] * Wq[n, k]: the products exact (tensor cores,
