@@ -154,7 +154,7 @@ typedef struct cuda_engine {
     size_t awq_ws_bytes[4];
 
     int gu_fused;       /* <= 4 rows: FP8 gate|up fused with its GeGLU (pick_gate_up) */
-    int xqa_mode;       /* 0: k_attn_decode(_fp8) where it serves the shape; 1: XQA for MHA and for MQA/GQA batches >= XQA_MIN_BATCH; 2: XQA always */
+    int xqa_mode;       /* 0: k_attn_decode(_fp8) where it serves the shape; 1: XQA for MHA from 2 rows, MQA/GQA from XQA_MIN_BATCH; 2: XQA always */
     void *xqa_scratch;  /* eager (non-graph) decode steps: sized for max_seqs; semaphores cleared per launch */
     size_t xqa_bytes, xqa_sem_bytes;
 
@@ -982,9 +982,11 @@ static gm_status dump_logits(cuda_engine *c, int64_t n_rows, float *out)
     return GM_OK;
 }
 
-/* Decode attention through XQA for this batch size? XQA (v2) reads MHA's KV at the copy rate at every
- * batch and MQA/GQA's from XQA_MIN_BATCH rows (bench/RESULTS.md, run F); below that k_attn_decode (bf16)
- * and k_attn_decode_fp8 (1, 2, 4 or 8 query heads per KV head) answer sooner. */
+/* Decode attention through XQA for this batch size? XQA (v2) reads MHA's KV at the copy rate from 2 rows
+ * and MQA/GQA's from XQA_MIN_BATCH rows (bench/RESULTS.md, run F); below that k_attn_decode (bf16, with
+ * RoPE and the KV write folded in) and k_attn_decode_fp8 (1, 2, 4 or 8 query heads per KV head) answer
+ * sooner at the contexts batch-1 chat sees (7b batch 1: 343 vs 328 tok/s at 128-256 tokens; XQA wins
+ * past ~2k tokens). */
 static int use_xqa(const cuda_engine *c, int32_t batch)
 {
     int64_t g = c->nq / c->nkv;
@@ -992,7 +994,7 @@ static int use_xqa(const cuda_engine *c, int32_t batch)
                  (c->hd == 32 || c->hd == 64 || c->hd == 128 || c->hd == 256);
     if (!dec_ok || c->xqa_mode == 2)
         return 1;
-    return c->xqa_mode == 1 && (g == 1 || batch >= XQA_MIN_BATCH);
+    return c->xqa_mode == 1 && (g == 1 ? batch >= 2 : batch >= XQA_MIN_BATCH);
 }
 
 static int32_t xqa_nb_for(const cuda_engine *c, int32_t batch)
