@@ -15,6 +15,7 @@
 #            when $GM_TIME_BUDGET seconds, default 500, are near)
 #   gate     test_gpu_ops, test_gpu_fp8, test_gpu_xqa; a failure turns the new kernel off for later phases
 #   b1final  batch-1 decode, FP8 static + FP8 LM head, 2b (+ FP8 KV) and 7b, the engine's own choices
+#   sanitize3 compute-sanitizer memcheck/racecheck on the FP8 GEMV v2, decode attention, sampling, XQA v2
 #   xsweep   xqa_bench split sweep, 2b FP8 KV;   nsys  per-kernel times of 2b batch-1 FP8 decode (Nsight Systems)
 #   bench3   bench_kernels --attn, xqa_bench, fp8_gemm_bench, batch-1 and long-context decode, new vs old kernels
 #   new      test_gpu_xqa, test_gpu_fp8, test_gpu_awq          newbench  xqa_bench, fp8_gemm_bench, awq_bench
@@ -180,6 +181,20 @@ for ph in $phases; do
     run b1f_2b_kv8 100 "$log" "$PACK/bench_decode" --preset 2b --batch 1 --gen 128 $d8 --kv-dtype fp8
     run b1f_7b 100 "$log" "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 $d8
     grep -E "tok/s|profile|gate.up" "$log" | tee -a "$summary"
+    ;;
+  sanitize3)
+    # compute-sanitizer on session 3's kernels: memcheck (out-of-bounds, misaligned) and racecheck
+    # (shared-memory hazards: XQA v2's per-warp rings, the GEMV v2 reduction)
+    log=$OUT/sanitize3.log
+    cs="compute-sanitizer --error-exitcode 9 --leak-check no"
+    run mc_gemv_v2 150 "$log" env GM_TEST_FILTER='test_gemv*' $cs --tool memcheck "$PACK/test_gpu_fp8"
+    run mc_attn_decode 150 "$log" env GM_TEST_FILTER='test_attn_decode' $cs --tool memcheck "$PACK/test_gpu_ops"
+    run mc_sampling 150 "$log" env GM_TEST_FILTER='test_sampling' $cs --tool memcheck "$PACK/test_gpu_ops"
+    run mc_xqa_small 150 "$log" env GM_TEST_FILTER='test_xqa_small_heads' $cs --tool memcheck "$PACK/test_gpu_xqa"
+    run mc_xqa_v2 200 "$log" env GM_TEST_FILTER='test_xqa_v2_paths' $cs --tool memcheck "$PACK/test_gpu_xqa"
+    run rc_xqa_v2 200 "$log" env GM_TEST_FILTER='test_xqa_small_heads' $cs --tool racecheck "$PACK/test_gpu_xqa"
+    run rc_gemv_v2 150 "$log" env GM_TEST_FILTER='test_gemv*' $cs --tool racecheck "$PACK/test_gpu_fp8"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race" "$log" | sort | uniq -c | head -40 | tee -a "$summary"
     ;;
   xsweep)
     # XQA v2 split counts for 2b with FP8 KV (the one attention case under 80%)
