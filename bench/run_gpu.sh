@@ -166,7 +166,7 @@ for ph in $phases; do
     run test_gpu_ops 300 "$log" "$PACK/test_gpu_ops"
     run test_gpu_fp8 200 "$log" "$PACK/test_gpu_fp8"
     [ "${RES[test_gpu_fp8]}" = PASS ] || { export GM_FP8_GEMV=1; say "gate: FP8 GEMV v2 off (GM_FP8_GEMV=1)"; }
-    run test_gpu_xqa 240 "$log" "$PACK/test_gpu_xqa"
+    run test_gpu_xqa 420 "$log" "$PACK/test_gpu_xqa"
     [ "${RES[test_gpu_xqa]}" = PASS ] || { export GM_XQA_V=1; say "gate: XQA v2 off (GM_XQA_V=1)"; }
     if [ "${RES[test_gpu_ops]}" != PASS ]; then
       # k_attn_decode_fp8 is also what the engine now takes for MHA / small batches with FP8 KV
