@@ -243,49 +243,13 @@ static double gv_graph_us(gvctx *c, int reps)
         CU(cudaEventElapsedTime(&ms, a, b));
         t[r] = ms * 1000.0 / reps;
     }
-    for (int i = 0; i < 5; i++)
-        for (int j = i + 1; j < 5; j++)
-            if (t[j] < t[i]) {
-                double x = t[i];
-                t[i] = t[j];
-                t[j] = x;
-            }
     CU(cudaEventDestroy(a));
     CU(cudaEventDestroy(b));
     CU(cudaGraphExecDestroy(ge));
     CU(cudaGraphDestroy(g));
     CU(cudaStreamDestroy(st));
     c->st = 0;
-    return t[2];
-}
-
-/* Device-to-device copy rate (read + write bytes per second, GB/s) of a 1 GiB cudaMemcpyAsync. */
-static double copy_gbs(void)
-{
-    size_t n = (size_t)1 << 30;
-    void *a, *b;
-    CU(cudaMalloc(&a, n));
-    CU(cudaMalloc(&b, n));
-    CU(cudaMemset(a, 1, n));
-    cudaEvent_t e0, e1;
-    CU(cudaEventCreate(&e0));
-    CU(cudaEventCreate(&e1));
-    double best = 0;
-    for (int r = 0; r < 6; r++) {
-        CU(cudaEventRecord(e0, 0));
-        CU(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0));
-        CU(cudaEventRecord(e1, 0));
-        CU(cudaEventSynchronize(e1));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, e0, e1));
-        double gbs = 2.0 * n / (ms * 1e-3) / 1e9;
-        if (r > 0 && gbs > best)
-            best = gbs;
-    }
-    CU(cudaEventDestroy(e0));
-    CU(cudaEventDestroy(e1));
-    cudaFree(a), cudaFree(b);
-    return best;
+    return bench_median5(t);
 }
 
 static const char *gv_kind_name(int k)
@@ -344,7 +308,7 @@ static void gv_shape(const char *name, int64_t T, int64_t N, int64_t K, int yf32
 
 static void gemv_section(const char *models, const int *ts, int nt, FILE *csv)
 {
-    double copy = copy_gbs();
+    double copy = bench_copy_gbs((size_t)1 << 30);
     printf("-- FP8 GEMV: gemv_fp8_v1 vs gemv_fp8_v2 (weight GB/s; %% of the copy rate %.0f GB/s measured here "
            "(read + write of a 1 GiB cudaMemcpy D2D); floor = weight bytes / copy rate) --\n",
            copy);

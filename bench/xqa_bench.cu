@@ -93,29 +93,6 @@ static void run_peer(void *c_, int rep)
                       p->scale, c->n_split, c->dscratch, p->out, p->ldo, 0));
 }
 
-static double copy_gbs(void)
-{
-    size_t n = (size_t)2 << 30;
-    void *a, *b;
-    CU(cudaMalloc(&a, n));
-    CU(cudaMalloc(&b, n));
-    CU(cudaMemset(a, 1, n));
-    cudaEvent_t e0, e1;
-    CU(cudaEventCreate(&e0));
-    CU(cudaEventCreate(&e1));
-    CU(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-    CU(cudaEventRecord(e0, 0));
-    for (int i = 0; i < 5; i++)
-        CU(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0));
-    CU(cudaEventRecord(e1, 0));
-    CU(cudaEventSynchronize(e1));
-    float ms;
-    CU(cudaEventElapsedTime(&ms, e0, e1));
-    cudaFree(a);
-    cudaFree(b);
-    return 2.0 * n * 5 / (ms * 1e-3) / 1e9;
-}
-
 static int parse_list(const char *s, int *out, int max)
 {
     int n = 0;
@@ -191,7 +168,7 @@ int main(int argc, char **argv)
     FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
     if (csv)
         fprintf(csv, "kernel,model,kv,batch,ctx,q_len,block,nb,us,gbs,pct\n");
-    double cp = copy_gbs();
+    double cp = bench_copy_gbs((size_t)2 << 30);
     printf("device %s, %d SMs; device copy %.0f GB/s (read+write); ceiling used: %.0f GB/s\n", prop.name,
            prop.multiProcessorCount, cp, CEIL_GBS);
     printf("%-7s %-3s %-4s %5s %5s %2s %3s | %9s %8s %6s | %s\n", "kernel", "mdl", "kv", "B", "ctx", "q", "nb", "us",

@@ -452,8 +452,12 @@ static void make_pools(const attn_case *ac, int32_t n_seqs, const int32_t *ctx, 
     rand_bf16(elems, 1.0f, vf, vb);
 }
 
-static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int32_t n_split_override)
+/* k_attn_decode (fp8 = 0) or k_attn_decode_fp8 (fp8 = 1: the pools hold e4m3 codes of the random values,
+ * the reference reads the codes' exact values times kv_scale) against cpu_attention_paged; the FP8
+ * kernel's e4m3 output (the o_proj's input) against k_fp8_quantize's rule, saturating too. */
+static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int32_t n_split_override, int fp8)
 {
+    const float kv_scale = 0.0125f; /* |k| <= 2 -> codes up to 160 */
     int32_t max_ctx = 0;
     for (int32_t i = 0; i < B; i++)
         max_ctx = ctx[i] > max_ctx ? ctx[i] : max_ctx;
@@ -463,8 +467,22 @@ static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int
     uint16_t *kb, *vb, *qb;
     make_pools(ac, B, ctx, max_blocks, bt, &pool_blocks, &kf, &kb, &vf, &vb);
     int64_t elems = (int64_t)pool_blocks * ac->nkv * ac->bs * ac->hd, qw = (int64_t)ac->nh * ac->hd;
+    void *dk, *dv;
+    if (fp8) {
+        uint8_t *k8 = malloc((size_t)elems), *v8 = malloc((size_t)elems);
+        for (int64_t i = 0; i < elems; i++) {
+            k8[i] = cpu_fp8_e4m3(kf[i] / kv_scale);
+            v8[i] = cpu_fp8_e4m3(vf[i] / kv_scale);
+            kf[i] = gm_e4m3_to_f32(k8[i]) * kv_scale;
+            vf[i] = gm_e4m3_to_f32(v8[i]) * kv_scale;
+        }
+        dk = dev_put(k8, (size_t)elems), dv = dev_put(v8, (size_t)elems);
+        free(k8), free(v8);
+    } else {
+        dk = dev_put(kb, (size_t)elems * 2), dv = dev_put(vb, (size_t)elems * 2);
+    }
     rand_bf16(B * qw, 2.0f, &qf, &qb);
-    void *dk = dev_put(kb, (size_t)elems * 2), *dv = dev_put(vb, (size_t)elems * 2), *dq = dev_put(qb, (size_t)(B * qw * 2));
+    void *dq = dev_put(qb, (size_t)(B * qw * 2));
     int32_t *dbt = dev_put(bt, (size_t)(B * max_blocks) * 4), *dctx = dev_put(ctx, (size_t)B * 4);
     void *dout = dev_poison_bf16(B * qw);
     int32_t ns = n_split_override > 0 ? n_split_override : k_attn_decode_splits(B, ac->nkv, max_ctx, 132);
@@ -472,24 +490,49 @@ static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int
     void *scratch = dev_put(NULL, sbytes);
     CK(cudaMemset(scratch, 0, sbytes));
     float scale = 1.0f / sqrtf((float)ac->hd);
-    GOK(k_attn_decode(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, ns, scratch,
-                      dout, qw, 0));
-    /* the same call again, on the same scratch */
-    CK(cudaMemset(dout, 0xff, (size_t)(B * qw * 2)));
-    GOK(k_attn_decode(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, ns, scratch,
-                      dout, qw, 0));
+    for (int call = 0; call < 2; call++) { /* the same call twice, on the same scratch */
+        CK(cudaMemset(dout, 0xff, (size_t)(B * qw * 2)));
+        if (fp8)
+            GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
+                                  kv_scale, ns, scratch, dout, qw, NULL, NULL, 0));
+        else
+            GOK(k_attn_decode(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, ns,
+                              scratch, dout, qw, 0));
+    }
     float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
     for (int32_t i = 0; i < B; i++)
         if (ctx[i] > 0)
             cpu_attention_paged(qf + i * qw, 1, ctx[i] - 1, ac->nh, ac->nkv, ac->hd, kf, vf, bt + i * max_blocks,
                                 ac->bs, scale, c + i * qw);
     char name[96];
-    snprintf(name, sizeof name, "decode attn nh %d nkv %d hd %d B %d split %d", ac->nh, ac->nkv, ac->hd, B, ns);
+    snprintf(name, sizeof name, "decode attn%s nh %d nkv %d hd %d B %d split %d", fp8 ? " fp8" : "", ac->nh, ac->nkv,
+             ac->hd, B, ns);
     expect_close(name, g, c, B * qw, 1e-2);
     for (int32_t i = 0; i < B; i++)
         if (ctx[i] == 0)
             for (int64_t j = 0; j < qw; j++)
                 assert_true(g[i * qw + j] == 0.0f);
+    if (fp8) {
+        float osc[2] = {0.003f, 0.0005f}; /* the second saturates: |O| / scale past 448 */
+        float *dosc = dev_put(NULL, 4);
+        void *d8 = dev_put(NULL, (size_t)(B * qw));
+        for (int k = 0; k < 2; k++) {
+            CK(cudaMemcpy(dosc, &osc[k], 4, cudaMemcpyHostToDevice));
+            CK(cudaMemset(d8, 0x7f, (size_t)(B * qw)));
+            GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
+                                  kv_scale, ns, scratch, dout, qw, d8, dosc, 0));
+            expect_codes(k ? "decode attn fp8, e4m3 output, saturating" : "decode attn fp8, e4m3 output", d8, g,
+                         B * qw, osc[k]);
+        }
+        /* an e4m3 output needs its scale; the pool's scale must be positive */
+        assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx,
+                                           scale, kv_scale, ns, scratch, dout, qw, d8, NULL, 0),
+                         GM_ERR_INVALID_ARG);
+        assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx,
+                                           scale, 0.0f, ns, scratch, dout, qw, NULL, NULL, 0),
+                         GM_ERR_INVALID_ARG);
+        cudaFree(d8), cudaFree(dosc);
+    }
     free(g), free(c), free(kf), free(kb), free(vf), free(vb), free(qf), free(qb), free(bt);
     cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dbt), cudaFree(dctx), cudaFree(dout), cudaFree(scratch);
 }
@@ -567,100 +610,30 @@ static void check_decode_rope(const attn_case *ac, int32_t B, const int32_t *ctx
     cudaFree(dout), cudaFree(scratch);
 }
 
-/* k_attn_decode_fp8: the pools hold e4m3 codes of random values; the reference reads the codes'
- * exact values times kv_scale. */
-static void check_decode_fp8(const attn_case *ac, int32_t B, const int32_t *ctx, int32_t n_split_override)
-{
-    const float kv_scale = 0.0125f; /* |k| <= 2 -> codes up to 160 */
-    int32_t max_ctx = 0;
-    for (int32_t i = 0; i < B; i++)
-        max_ctx = ctx[i] > max_ctx ? ctx[i] : max_ctx;
-    int32_t max_blocks = (max_ctx + ac->bs - 1) / ac->bs + 1, pool_blocks;
-    int32_t *bt = malloc((size_t)(B * max_blocks) * 4);
-    float *kf, *vf, *qf;
-    uint16_t *kb, *vb, *qb;
-    make_pools(ac, B, ctx, max_blocks, bt, &pool_blocks, &kf, &kb, &vf, &vb);
-    int64_t elems = (int64_t)pool_blocks * ac->nkv * ac->bs * ac->hd, qw = (int64_t)ac->nh * ac->hd;
-    uint8_t *k8 = malloc((size_t)elems), *v8 = malloc((size_t)elems);
-    for (int64_t i = 0; i < elems; i++) {
-        k8[i] = cpu_fp8_e4m3(kf[i] / kv_scale);
-        v8[i] = cpu_fp8_e4m3(vf[i] / kv_scale);
-        kf[i] = gm_e4m3_to_f32(k8[i]) * kv_scale;
-        vf[i] = gm_e4m3_to_f32(v8[i]) * kv_scale;
-    }
-    rand_bf16(B * qw, 2.0f, &qf, &qb);
-    void *dk = dev_put(k8, (size_t)elems), *dv = dev_put(v8, (size_t)elems), *dq = dev_put(qb, (size_t)(B * qw * 2));
-    int32_t *dbt = dev_put(bt, (size_t)(B * max_blocks) * 4), *dctx = dev_put(ctx, (size_t)B * 4);
-    void *dout = dev_poison_bf16(B * qw);
-    int32_t ns = n_split_override > 0 ? n_split_override : k_attn_decode_splits(B, ac->nkv, max_ctx, 132);
-    size_t sbytes = k_attn_decode_scratch_bytes(B, ac->nh, ac->nkv, ac->hd, ns);
-    void *scratch = dev_put(NULL, sbytes);
-    CK(cudaMemset(scratch, 0, sbytes));
-    float scale = 1.0f / sqrtf((float)ac->hd);
-    GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, kv_scale,
-                          ns, scratch, dout, qw, NULL, NULL, 0));
-    float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
-    {
-        float osc = 0.003f, *dosc = dev_put(&osc, 4);
-        void *d8 = dev_put(NULL, (size_t)(B * qw));
-        CK(cudaMemset(d8, 0x7f, (size_t)(B * qw)));
-        GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
-                              kv_scale, ns, scratch, dout, qw, d8, dosc, 0));
-        expect_codes("decode attn fp8, e4m3 output", d8, g, B * qw, osc);
-        float osat = 0.0005f; /* |O| / scale past 448: saturated codes */
-        CK(cudaMemcpy(dosc, &osat, 4, cudaMemcpyHostToDevice));
-        GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
-                              kv_scale, ns, scratch, dout, qw, d8, dosc, 0));
-        expect_codes("decode attn fp8, e4m3 output, saturating", d8, g, B * qw, osat);
-        /* an e4m3 output needs its scale */
-        assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx,
-                                           scale, kv_scale, ns, scratch, dout, qw, d8, NULL, 0),
-                         GM_ERR_INVALID_ARG);
-        cudaFree(d8), cudaFree(dosc);
-    }
-    for (int32_t i = 0; i < B; i++)
-        if (ctx[i] > 0)
-            cpu_attention_paged(qf + i * qw, 1, ctx[i] - 1, ac->nh, ac->nkv, ac->hd, kf, vf, bt + i * max_blocks,
-                                ac->bs, scale, c + i * qw);
-    char name[96];
-    snprintf(name, sizeof name, "decode attn fp8 nh %d nkv %d hd %d B %d split %d", ac->nh, ac->nkv, ac->hd, B, ns);
-    expect_close(name, g, c, B * qw, 1e-2);
-    for (int32_t i = 0; i < B; i++)
-        if (ctx[i] == 0)
-            for (int64_t j = 0; j < qw; j++)
-                assert_true(g[i * qw + j] == 0.0f);
-    /* a scale that is not positive is refused */
-    assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
-                                       0.0f, ns, scratch, dout, qw, NULL, NULL, 0),
-                     GM_ERR_INVALID_ARG);
-    free(g), free(c), free(kf), free(kb), free(vf), free(vb), free(qf), free(qb), free(bt), free(k8), free(v8);
-    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dbt), cudaFree(dctx), cudaFree(dout), cudaFree(scratch);
-}
-
 static void test_attn_decode(void **state)
 {
     (void)state;
     attn_case mqa = {8, 1, 256, 16}, mha = {16, 16, 256, 16}, tiny = {4, 2, 32, 7}, gqa = {8, 2, 128, 32};
     int32_t ctx1[4] = {1, 37, 1100, 0};
-    check_decode(&mqa, 4, ctx1, 0);
-    check_decode(&mqa, 4, ctx1, 1);
+    check_decode(&mqa, 4, ctx1, 0, 0);
+    check_decode(&mqa, 4, ctx1, 1, 0);
     int32_t ctx2[3] = {300, 5, 4097};
-    check_decode(&mha, 3, ctx2, 0);
-    check_decode(&tiny, 4, ctx1, 0);
-    check_decode(&gqa, 3, ctx2, 0);
+    check_decode(&mha, 3, ctx2, 0, 0);
+    check_decode(&tiny, 4, ctx1, 0, 0);
+    check_decode(&gqa, 3, ctx2, 0, 0);
     int32_t ctx3[4] = {1, 70, 2000, 0};
     check_decode_rope(&mqa, 4, ctx3);
     check_decode_rope(&mha, 3, ctx2);
     check_decode_rope(&tiny, 4, ctx3);
     /* FP8 e4m3 pools: MQA, MHA (7b), GQA, tiny (hd 32, odd block size), one split and many */
     attn_case gqa64 = {8, 4, 64, 16};
-    check_decode_fp8(&mqa, 4, ctx1, 0);
-    check_decode_fp8(&mqa, 4, ctx1, 1);
-    check_decode_fp8(&mha, 3, ctx2, 0);
-    check_decode_fp8(&mha, 3, ctx2, 1);
-    check_decode_fp8(&gqa, 3, ctx2, 0);
-    check_decode_fp8(&tiny, 4, ctx1, 0);
-    check_decode_fp8(&gqa64, 4, ctx3, 0);
+    check_decode(&mqa, 4, ctx1, 0, 1);
+    check_decode(&mqa, 4, ctx1, 1, 1);
+    check_decode(&mha, 3, ctx2, 0, 1);
+    check_decode(&mha, 3, ctx2, 1, 1);
+    check_decode(&gqa, 3, ctx2, 0, 1);
+    check_decode(&tiny, 4, ctx1, 0, 1);
+    check_decode(&gqa64, 4, ctx3, 0, 1);
 }
 
 static void check_prefill(const attn_case *ac, int32_t n_seqs, const int32_t *start, const int32_t *nnew)
