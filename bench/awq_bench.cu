@@ -43,6 +43,15 @@ static const shape g_shapes[] = {
     {"2b gu fused", 2048, 32768}, {"7b gu fused", 3072, 49152}, /* gate|up as the CUDA engine runs them */
 };
 
+/* One call of GEMV impl (1 = awq_gemv, 2 = awq_gemv2, 3 = awq_gemv2_tma). */
+static gm_status run_gemv(int impl, const void *x, int64_t M, int64_t K, const cpu_awq_w *w, void *y, int64_t N,
+                          void *ws, size_t wsb, cudaStream_t s)
+{
+    return impl == 3   ? awq_gemv2_tma(x, M, K, w, y, N, ws, wsb, s)
+           : impl == 2 ? awq_gemv2(x, M, K, w, y, N, ws, wsb, s)
+                       : awq_gemv(x, M, K, w, y, N, ws, wsb, s);
+}
+
 /* Mean microseconds of one GEMV call (impl 1 = awq_gemv, 2 = awq_gemv2, 3 = awq_gemv2_tma), weights rotating
  * through `copies` copies: `iters` calls launched one by one (graph = 0), or captured into one
  * CUDA graph and replayed (graph = 1: no host launch cost, as the engine runs them); -1 when a
@@ -52,9 +61,7 @@ static double time_gemv(int impl, int graph, const void *x, int64_t M, int64_t K
                         int iters)
 {
     for (int c = 0; c < copies; c++) { /* warm-up */
-        gm_status st = impl == 3   ? awq_gemv2_tma(x, M, K, &w[c], y, N, ws, wsb, s)
-                       : impl == 2 ? awq_gemv2(x, M, K, &w[c], y, N, ws, wsb, s)
-                                   : awq_gemv(x, M, K, &w[c], y, N, ws, wsb, s);
+        gm_status st = run_gemv(impl, x, M, K, &w[c], y, N, ws, wsb, s);
         if (st) {
             fprintf(stderr, "awq_bench: %s\n", gm_last_error());
             return -1.0;
@@ -64,14 +71,8 @@ static double time_gemv(int impl, int graph, const void *x, int64_t M, int64_t K
     if (graph) {
         cudaGraph_t g;
         CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        for (int i = 0; i < iters; i++) {
-            if (impl == 3)
-                awq_gemv2_tma(x, M, K, &w[i % copies], y, N, ws, wsb, s);
-            else if (impl == 2)
-                awq_gemv2(x, M, K, &w[i % copies], y, N, ws, wsb, s);
-            else
-                awq_gemv(x, M, K, &w[i % copies], y, N, ws, wsb, s);
-        }
+        for (int i = 0; i < iters; i++)
+            run_gemv(impl, x, M, K, &w[i % copies], y, N, ws, wsb, s);
         CK(cudaStreamEndCapture(s, &g));
         CK(cudaGraphInstantiate(&exec, g, 0));
         CK(cudaGraphDestroy(g));
@@ -81,14 +82,8 @@ static double time_gemv(int impl, int graph, const void *x, int64_t M, int64_t K
     if (graph) {
         CK(cudaGraphLaunch(exec, s));
     } else {
-        for (int i = 0; i < iters; i++) {
-            if (impl == 3)
-                awq_gemv2_tma(x, M, K, &w[i % copies], y, N, ws, wsb, s);
-            else if (impl == 2)
-                awq_gemv2(x, M, K, &w[i % copies], y, N, ws, wsb, s);
-            else
-                awq_gemv(x, M, K, &w[i % copies], y, N, ws, wsb, s);
-        }
+        for (int i = 0; i < iters; i++)
+            run_gemv(impl, x, M, K, &w[i % copies], y, N, ws, wsb, s);
     }
     CK(cudaEventRecord(e1, s));
     CK(cudaEventSynchronize(e1));

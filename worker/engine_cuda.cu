@@ -721,7 +721,7 @@ static gm_status gate_up_fp8(cuda_engine *c, const cu_layer *y, int64_t T, const
  * K = 3072; bench/NOTES.md run F); GM_FP8_GEMV forces it (2: fused, 1: not). */
 static gm_status pick_gate_up(cuda_engine *c)
 {
-    c->gu_fused = c->fp8w && c->H % 16 == 0 && gemv_fp8_v2_for(1, c->H);
+    c->gu_fused = c->fp8w && c->H % 16 == 0 && gemv_fp8_v2_for(1, c->H, 2 * c->ni);
     if (c->fp8w && c->base.opts.verbose)
         fprintf(stderr, "cuda engine: batch-1 FP8 GEMVs: v2 where K is a power of two; gate|up %s\n",
                 c->gu_fused ? "fused with its GeGLU" : "then GeGLU");

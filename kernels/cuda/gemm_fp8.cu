@@ -371,8 +371,8 @@ extern "C" gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t l
     return GM_OK;
 }
 
-/* GM_FP8_GEMV: "1" keeps the first GEMV, "2" takes v2 for T <= 4; unset (or anything else), gemv_fp8
- * takes v2 for T <= 4 and gemm_fp8 chooses per shape (gemv_choose). 0 = unset, 1, 2. */
+/* GM_FP8_GEMV: "1" keeps the first GEMV, "2" takes v2 for T <= 4; unset (or anything else), the
+ * shape decides (gemv_choose). 0 = unset, 1, 2. */
 static int gemv_forced(void)
 {
     static int v = -1; /* a benign race: every thread stores the same */
@@ -383,25 +383,24 @@ static int gemv_forced(void)
     return v;
 }
 
-extern "C" int gemv_fp8_v2_enabled(void) { return gemv_forced() != 1; }
-extern "C" int gemv_fp8_forced(void) { return gemv_forced(); }
-
 /* The GEMV for this shape: forced by GM_FP8_GEMV, else v2 when K is a power of two. Measured (run F,
  * CUDA graphs, H200): v2 is faster at K = 2048, 4096 and 16384 (gemma-2b's shapes, 7b's o_proj, the LM
  * heads) and slower at K = 3072 and 24576 (7b's qkv, gate|up, down: 0.84-0.97x), where its K split
  * leaves lanes idle. (Timing both at the first call was tried: eager launches at T = 1 measure launch
  * overhead more than the kernels, and the picks were worse than this rule.) */
-static int gemv_choose(int64_t T, int64_t K)
+static int gemv_choose(int64_t T, int64_t K, int64_t N)
 {
-    int f = gemv_forced();
     if (T > 4)
         return 1;
+    int f = gemv_forced();
     if (f)
         return f;
+    if (K % 64 || N % 16) /* shapes only v2 takes */
+        return 2;
     return (K & (K - 1)) == 0 ? 2 : 1;
 }
 
-extern "C" int gemv_fp8_v2_for(int64_t T, int64_t K) { return gemv_choose(T, K) == 2; }
+extern "C" int gemv_fp8_v2_for(int64_t T, int64_t K, int64_t N) { return gemv_choose(T, K, N) == 2; }
 
 
 extern "C" gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
@@ -410,7 +409,7 @@ extern "C" gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx,
 {
     if (T <= 0)
         return GM_OK;
-    if (T <= 4 && gemv_fp8_v2_enabled()) /* v2 takes every shape v1 does */
+    if (gemv_choose(T, K, N) == 2)
         return gemv_fp8_v2(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
     return gemv_fp8_v1(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
 }
@@ -420,7 +419,7 @@ extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_
                               int64_t ldy, cudaStream_t s)
 {
     if (T > 0 && T <= g->gemv_rows && K % 64 == 0 && N % 16 == 0) {
-        if (gemv_choose(T, K) == 2)
+        if (gemv_choose(T, K, N) == 2)
             return gemv_fp8_v2(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
         return gemv_fp8_v1(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
     }

@@ -52,8 +52,8 @@ gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_
                    int64_t ldy, cudaStream_t s);
 
 /* The two paths on their own (benchmarks and tests); same arguments as gemm_fp8.
- * gemv_fp8: T <= 8, K % 64 == 0, N % 16 == 0; weight-read bound. Takes gemv_fp8_v2 for T <= 4
- * unless the environment has GM_FP8_GEMV=1 (read once), else gemv_fp8_v1.
+ * gemv_fp8: T <= 8; weight-read bound. Takes gemv_fp8_v2 where gemv_fp8_v2_for says so, else
+ * gemv_fp8_v1 (T <= 8, K % 64 == 0, N % 16 == 0).
  * gemv_fp8_v1: the first FP8 GEMV: mma.sync m16n8k32 e4m3 (float32 accumulation), one CTA per 16
  * output columns, K split over its 8 warps. */
 gm_status gemm_fp8_lt(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
@@ -64,14 +64,11 @@ gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const floa
 gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
                       int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s);
 
-/* 1 when gemv_fp8 takes gemv_fp8_v2 for T <= 4 (GM_FP8_GEMV unset or not "1"; read once), else 0.
- * The engine asks it before calling the fused GeGLU entries below. */
-int gemv_fp8_v2_enabled(void);
-/* GM_FP8_GEMV as read: 0 unset, 1 or 2 (that one whenever it applies). */
-int gemv_fp8_forced(void);
-/* 1 when gemm_fp8 takes gemv_fp8_v2 for T rows and inner dimension K: T <= 4 and (GM_FP8_GEMV=2, or
- * unset and K a power of two: v2 measured faster at K = 2048/4096/16384, slower at 3072/24576). */
-int gemv_fp8_v2_for(int64_t T, int64_t K);
+/* 1 when gemv_fp8 and gemm_fp8's GEMV path take gemv_fp8_v2 for a [T, K] x [N, K]^T product: T <= 4 and
+ * GM_FP8_GEMV=2 (read once), or GM_FP8_GEMV unset and K a power of two (v2 measured faster at
+ * K = 2048/4096/16384, slower at 3072/24576) or a shape v1 does not take (K % 64, N % 16). The engine
+ * asks it before calling the fused GeGLU entries below. */
+int gemv_fp8_v2_for(int64_t T, int64_t K, int64_t N);
 
 /* ---- FP8 GEMV v2 (gemv_fp8v2.cu): T = 1..4 rows, built for batch-1..4 decode ----
  * y[t, n] = (*x_scale * *w_scale) * sum_k xq[t, k] * Wq[n, k]: the products exact (tensor cores,

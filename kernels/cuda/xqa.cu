@@ -266,6 +266,33 @@ __device__ __forceinline__ void load_kfrag(uint32_t ks, const uint8_t *ksp, int 
     }
 }
 
+/* The split plan both kernels share. Sequence b (length L) is cut into ns_eff splits of whole XQA_TILE
+ * tiles, at most a.nb; split blockIdx.x takes keys [k0, k1). Returns 0 when this CTA has nothing to
+ * do: past the last split, or a padding row (L <= 0), whose output split 0 zeroes (nthreads threads). */
+template <int HD>
+__device__ __forceinline__ int xqa_split(const xqa_kargs &a, int L, int nthreads, int &k0, int &k1, int &ns_eff)
+{
+    const int x = blockIdx.x, g = blockIdx.y, b = blockIdx.z, G = a.group;
+    if (L <= 0) { /* padding row: zeros, so the output is defined */
+        if (x == 0)
+            for (int i = threadIdx.x; i < a.rows * (HD / 8); i += nthreads) {
+                int r = i / (HD / 8), ch = i % (HD / 8), t = r / G, h = r % G;
+                *reinterpret_cast<uint4 *>(a.out + ((int64_t)b * a.q_len + t) * a.ldo + (int64_t)(g * G + h) * HD +
+                                           ch * 8) = make_uint4(0, 0, 0, 0);
+            }
+        return 0;
+    }
+    const int n_tiles = (L + XQA_TILE - 1) / XQA_TILE;
+    const int ns = a.nb < n_tiles ? a.nb : n_tiles;
+    const int per = (n_tiles + ns - 1) / ns;
+    ns_eff = (n_tiles + per - 1) / per;
+    if (x >= ns_eff)
+        return 0;
+    k0 = x * per * XQA_TILE;
+    k1 = min(L, (x + 1) * per * XQA_TILE);
+    return 1;
+}
+
 template <bool FP8, int HD, int MT>
 __global__ void __launch_bounds__(XQA_THREADS, 1) xqa_kernel(const xqa_kargs a)
 {
@@ -276,23 +303,11 @@ __global__ void __launch_bounds__(XQA_THREADS, 1) xqa_kernel(const xqa_kargs a)
     const int G = a.group, rows = a.rows;
     const int L = a.seq_lens[b];
 
-    if (L <= 0) { /* padding row: zeros, so the output is defined */
-        if (x == 0)
-            for (int i = tid; i < rows * (HD / 8); i += XQA_THREADS) {
-                int r = i / (HD / 8), ch = i % (HD / 8), t = r / G, h = r % G;
-                *reinterpret_cast<uint4 *>(a.out + ((int64_t)b * a.q_len + t) * a.ldo + (int64_t)(g * G + h) * HD +
-                                           ch * 8) = make_uint4(0, 0, 0, 0);
-            }
+    int k0, k1, ns_eff;
+    if (!xqa_split<HD>(a, L, XQA_THREADS, k0, k1, ns_eff))
         return;
-    }
-    const int n_tiles = (L + XQA_TILE - 1) / XQA_TILE;
-    const int ns = a.nb < n_tiles ? a.nb : n_tiles;
-    const int per = (n_tiles + ns - 1) / ns;
-    const int ns_eff = (n_tiles + per - 1) / per;
-    if (x >= ns_eff)
-        return;
-    const int t0 = x * per;
-    const int n_my = (n_tiles - t0 < per ? n_tiles - t0 : per);
+    const int t0 = k0 / XQA_TILE;
+    const int n_my = (k1 - k0 + XQA_TILE - 1) / XQA_TILE;
     const int32_t *bt = a.bt + (int64_t)b * a.bt_stride;
     const uint32_t ring = smem_u32(smem);
 

@@ -193,23 +193,9 @@ __global__ void __launch_bounds__(XQ2_THREADS, FP8 ? 2 : 1) xqa2_kernel(const xq
     const int G = a.group, rows = a.rows;
     const int L = a.seq_lens[b];
 
-    if (L <= 0) { /* padding row: zeros, so the output is defined */
-        if (x == 0)
-            for (int i = tid; i < rows * (HD / 8); i += XQ2_THREADS) {
-                int r = i / (HD / 8), ch = i % (HD / 8), t = r / G, h = r % G;
-                *reinterpret_cast<uint4 *>(a.out + ((int64_t)b * a.q_len + t) * a.ldo + (int64_t)(g * G + h) * HD +
-                                           ch * 8) = make_uint4(0, 0, 0, 0);
-            }
+    int k0, k1, ns_eff;
+    if (!xqa_split<HD>(a, L, XQ2_THREADS, k0, k1, ns_eff))
         return;
-    }
-    const int n_tiles = (L + XQA_TILE - 1) / XQA_TILE;
-    const int ns = a.nb < n_tiles ? a.nb : n_tiles;
-    const int per = (n_tiles + ns - 1) / ns;
-    const int ns_eff = (n_tiles + per - 1) / per;
-    if (x >= ns_eff)
-        return;
-    const int k0 = x * per * XQA_TILE;
-    const int k1 = min(L, (x + 1) * per * XQA_TILE);
     const int n_chunks = (k1 - k0 + XQ2_CHUNK - 1) / XQ2_CHUNK;
     const int n_mine = w < n_chunks ? (n_chunks - w + XQ2_WARPS - 1) / XQ2_WARPS : 0; /* warp-uniform */
     const int32_t *bt = a.bt + (int64_t)b * a.bt_stride;
