@@ -113,6 +113,12 @@ gm_status gm_config_parse(const char *json, size_t len, const char *name, gm_mod
                      cfg->head_dim, cfg->num_heads);
         goto done;
     }
+    if (cfg->num_layers > GM_MAX_LAYERS) {
+        st = gm_fail(GM_ERR_UNSUPPORTED, "%s: num_hidden_layers = %d exceeds %d", name, cfg->num_layers,
+                     GM_MAX_LAYERS);
+        goto done;
+    }
+    gm_config_set_gemma1(cfg);
     const cJSON *dt = cfg_get(root, "torch_dtype");
     if (dt) {
         if (!cJSON_IsString(dt)) {
@@ -184,6 +190,20 @@ done:
     free(buf);
     free(path);
     return st;
+}
+
+void gm_config_set_gemma1(gm_model_config *cfg)
+{
+    cfg->family = GM_FAMILY_GEMMA1;
+    cfg->query_pre_attn_scalar = (float)cfg->head_dim;
+    cfg->attn_softcap = cfg->final_softcap = 0.0f;
+    cfg->sliding_window = 0;
+    memset(cfg->layer_sliding, 0, sizeof cfg->layer_sliding);
+    cfg->rope_theta_local = cfg->rope_theta;
+    cfg->rope_scale = 1.0f;
+    cfg->qk_norm = cfg->sandwich_norm = 0;
+    cfg->start_of_turn_id = 106;
+    cfg->end_of_turn_id = 107;
 }
 
 float gm_config_normalizer(const gm_model_config *cfg)

@@ -11,6 +11,14 @@
 extern "C" {
 #endif
 
+#define GM_MAX_LAYERS 256
+
+typedef enum gm_family {
+    GM_FAMILY_GEMMA1 = 1, /* GemmaForCausalLM */
+    GM_FAMILY_GEMMA2 = 2, /* Gemma2ForCausalLM */
+    GM_FAMILY_GEMMA3 = 3, /* Gemma3ForCausalLM, or the text part of Gemma3ForConditionalGeneration */
+} gm_family;
+
 typedef struct gm_model_config {
     int32_t vocab_size;        /* 256000 for the real models */
     int32_t hidden_size;       /* 2048 (2b), 3072 (7b) */
@@ -24,6 +32,19 @@ typedef struct gm_model_config {
     float rms_norm_eps;        /* 1e-6 */
     int32_t bos_id, eos_id, pad_id;
     char torch_dtype[16];      /* "bfloat16", "float16", "float32" or "" */
+
+    /* ---- Gemma 2 / Gemma 3 (text) switches; Gemma 1 leaves them at the values noted ---- */
+    gm_family family;            /* GM_FAMILY_GEMMA1 for model_type "gemma" */
+    float query_pre_attn_scalar; /* attention scale = query_pre_attn_scalar^-0.5 (Gemma 1: head_dim) */
+    float attn_softcap;          /* scores = tanh(s / cap) * cap after scaling; 0 = none (Gemma 1, 3) */
+    float final_softcap;         /* logits = tanh(l / cap) * cap; 0 = none (Gemma 1, 3) */
+    int32_t sliding_window;      /* W: a sliding layer's query at i sees keys i-W < j <= i; 0 = none */
+    uint8_t layer_sliding[GM_MAX_LAYERS]; /* [num_layers] 1 = sliding_attention, 0 = full_attention */
+    float rope_theta_local;      /* RoPE base of sliding layers (Gemma 3: 10000; else = rope_theta) */
+    float rope_scale;            /* linear RoPE scaling factor of full layers (positions / factor); 1 = none */
+    int32_t qk_norm;             /* 1: RMSNorm (1 + w) over head_dim on q and k before RoPE (Gemma 3) */
+    int32_t sandwich_norm;       /* 1: post-attention and pre/post-feed-forward norms (Gemma 2, 3) */
+    int32_t start_of_turn_id, end_of_turn_id; /* chat markers: 106/107 (Gemma 1, 2), 105/106 (Gemma 3) */
 } gm_model_config;
 
 /* Parse config.json text. `name` (borrowed) names the file in error messages.
@@ -33,6 +54,10 @@ gm_status gm_config_parse(const char *json, size_t len, const char *name, gm_mod
 
 /* Read and parse DIR/config.json. */
 gm_status gm_config_load_dir(const char *dir, gm_model_config *cfg);
+
+/* Set the Gemma 2/3 switches to Gemma 1's values (every layer full attention, plain norms, scale
+ * head_dim^-0.5, chat ids 106/107); for configs built by hand after the shape fields are set. */
+void gm_config_set_gemma1(gm_model_config *cfg);
 
 /* sqrt(hidden_size) rounded to bf16, the embedding normalizer of Gemma. */
 float gm_config_normalizer(const gm_model_config *cfg);

@@ -227,6 +227,7 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
     if (ov[OPT_INTER] > 0) m->intermediate_size = (int32_t)ov[OPT_INTER];
     if (ov[OPT_HDIM] > 0) m->head_dim = (int32_t)ov[OPT_HDIM];
     if (ov[OPT_VOCAB] > 0) m->vocab_size = (int32_t)ov[OPT_VOCAB];
+    gm_config_set_gemma1(m); /* after the shape overrides: the attention scale follows head_dim */
     if (m->num_heads % m->num_kv_heads != 0)
         return gm_fail(GM_ERR_INVALID_ARG, "--heads %d is not a multiple of --kv-heads %d", m->num_heads,
                        m->num_kv_heads);

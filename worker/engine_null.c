@@ -89,6 +89,7 @@ gm_status gm_engine_null_create(const gm_engine_opts *o, gm_engine **out)
         cfg.rms_norm_eps = 1e-6f;
         cfg.bos_id = 2, cfg.eos_id = 1, cfg.pad_id = 0;
         strcpy(cfg.torch_dtype, "bfloat16");
+        gm_config_set_gemma1(&cfg);
     }
     if (cfg.vocab_size <= 3)
         return gm_fail(GM_ERR_INVALID_ARG, "null backend: vocabulary of %d has no ordinary token", cfg.vocab_size);
