@@ -16,6 +16,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "common/args.h"
 #include "bench/bench_stats.h"
 #include "client/gemma_client.h"
 
@@ -109,63 +110,32 @@ static void usage(FILE *f)
             "  --allow-errors       exit 0 even if requests failed\n"
             "  --quiet              no progress on stderr\n"
             "  --help               this text\n"
+            "Options take their value as --opt VALUE or --opt=VALUE.\n"
             "exit status: 0 ok, 1 some request failed, 2 bad arguments, 3 cannot reach gemmad or a\n"
             "transport failure.\n");
 }
 
 /* ---- argument parsing ---- */
 
-static bool parse_i64(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out)
+static gm_status parse_sweep(void *ctx, const char *s)
 {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s ? s : "", &end, 10);
-    if (!s || !*s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "gemma-bench: %s '%s': expected an integer in [%lld, %lld]\n", flag, s ? s : "",
-                (long long)lo, (long long)hi);
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
-static bool parse_f64(const char *flag, const char *s, double lo, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s ? s : "", &end);
-    if (!s || !*s || *end || errno || !isfinite(v) || v < lo) {
-        fprintf(stderr, "gemma-bench: %s '%s': expected a number >= %g\n", flag, s ? s : "", lo);
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
-static bool parse_sweep(const char *s, bench_opts *o)
-{
+    bench_opts *o = ctx;
     o->n_sweep = 0;
     const char *p = s;
     while (*p) {
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < 1 || v > 1000000 || (*end && *end != ',')) {
-            fprintf(stderr, "gemma-bench: --sweep '%s': expected a comma-separated list of concurrencies >= 1\n", s);
-            return false;
-        }
-        if (o->n_sweep == BENCH_MAX_SWEEP) {
-            fprintf(stderr, "gemma-bench: --sweep: at most %d points\n", BENCH_MAX_SWEEP);
-            return false;
-        }
+        if (end == p || errno || v < 1 || v > 1000000 || (*end && *end != ','))
+            return gm_fail(GM_ERR_INVALID_ARG, "expected a comma-separated list of concurrencies >= 1");
+        if (o->n_sweep == BENCH_MAX_SWEEP)
+            return gm_fail(GM_ERR_INVALID_ARG, "at most %d points", BENCH_MAX_SWEEP);
         o->sweep[o->n_sweep++] = (int32_t)v;
         p = *end ? end + 1 : end;
     }
-    if (!o->n_sweep) {
-        fprintf(stderr, "gemma-bench: --sweep: empty list\n");
-        return false;
-    }
-    return true;
+    if (!o->n_sweep)
+        return gm_fail(GM_ERR_INVALID_ARG, "empty list");
+    return GM_OK;
 }
 
 /* 0 ok, 1 --help printed, 2 bad arguments. */
@@ -178,97 +148,46 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     o->connections = 1;
     o->ignore_eos = true;
     o->connect_timeout_ms = 10000;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int64_t n;
-        bool ok = true, takes = true;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 1;
-        } else if (!strcmp(a, "--endpoint")) {
-            if ((ok = v != NULL))
-                o->endpoint = v;
-        } else if (!strcmp(a, "--isl")) {
-            if ((ok = parse_i64(a, v, 1, 1 << 24, &n)))
-                o->isl = (int32_t)n;
-        } else if (!strcmp(a, "--osl")) {
-            if ((ok = parse_i64(a, v, 1, 1 << 24, &n)))
-                o->osl = (int32_t)n;
-        } else if (!strcmp(a, "--isl-std")) {
-            ok = parse_f64(a, v, 0, &o->isl_std);
-        } else if (!strcmp(a, "--osl-std")) {
-            ok = parse_f64(a, v, 0, &o->osl_std);
-        } else if (!strcmp(a, "--vocab")) {
-            if ((ok = parse_i64(a, v, 4, INT32_MAX, &n)))
-                o->vocab = (int32_t)n;
-        } else if (!strcmp(a, "--prompts")) {
-            if ((ok = v != NULL))
-                o->prompts_file = v;
-        } else if (!strcmp(a, "--num-requests")) {
-            ok = parse_i64(a, v, 1, 100000000, &o->num_requests);
-        } else if (!strcmp(a, "--concurrency")) {
-            if ((ok = parse_i64(a, v, 1, 1000000, &n)))
-                o->concurrency = (int32_t)n;
-        } else if (!strcmp(a, "--rate")) {
-            ok = parse_f64(a, v, 0, &o->rate);
-            if (ok && o->rate <= 0) {
-                fprintf(stderr, "gemma-bench: --rate must be > 0\n");
-                ok = false;
-            }
-        } else if (!strcmp(a, "--warmup")) {
-            ok = parse_i64(a, v, 0, 100000000, &o->warmup);
-        } else if (!strcmp(a, "--seed")) {
-            if ((ok = parse_i64(a, v, 0, INT64_MAX, &n)))
-                o->seed = (uint64_t)n;
-        } else if (!strcmp(a, "--connections")) {
-            if ((ok = parse_i64(a, v, 1, BENCH_MAX_CONN, &n)))
-                o->connections = (int32_t)n;
-        } else if (!strcmp(a, "--timeout")) {
-            ok = parse_f64(a, v, 0, &o->timeout_s);
-        } else if (!strcmp(a, "--connect-timeout")) {
-            if ((ok = parse_i64(a, v, 1, INT_MAX, &n)))
-                o->connect_timeout_ms = (int)n;
-        } else if (!strcmp(a, "--server-key")) {
-            if ((ok = v != NULL))
-                o->server_key = v;
-        } else if (!strcmp(a, "--client-key")) {
-            if ((ok = v != NULL))
-                o->client_key = v;
-        } else if (!strcmp(a, "--json")) {
-            if ((ok = v != NULL))
-                o->json_path = v;
-        } else if (!strcmp(a, "--plot")) {
-            if ((ok = v != NULL))
-                o->plot_path = v;
-        } else if (!strcmp(a, "--label")) {
-            if ((ok = v != NULL))
-                o->label = v;
-        } else if (!strcmp(a, "--sweep")) {
-            ok = v != NULL && parse_sweep(v, o);
-        } else {
-            takes = false;
-            if (!strcmp(a, "--markdown"))
-                o->markdown = true;
-            else if (!strcmp(a, "--allow-errors"))
-                o->allow_errors = true;
-            else if (!strcmp(a, "--stop-at-eos"))
-                o->ignore_eos = false;
-            else if (!strcmp(a, "--quiet"))
-                o->quiet = true;
-            else {
-                fprintf(stderr, "gemma-bench: unknown option '%s' (see --help)\n", a);
-                return 2;
-            }
-        }
-        if (!ok) {
-            if (!v)
-                fprintf(stderr, "gemma-bench: %s needs a value\n", a);
-            return 2;
-        }
-        if (takes)
-            i++;
+    bool stop_at_eos = false;
+    int32_t connect_timeout = o->connect_timeout_ms;
+    args_opt opts[] = {
+        {"endpoint", ARGS_STRING, &o->endpoint},
+        {"isl", ARGS_INT, &o->isl, 1, 1 << 24},
+        {"osl", ARGS_INT, &o->osl, 1, 1 << 24},
+        {"isl-std", ARGS_DOUBLE, &o->isl_std, 0, 1e12},
+        {"osl-std", ARGS_DOUBLE, &o->osl_std, 0, 1e12},
+        {"vocab", ARGS_INT, &o->vocab, 4, INT32_MAX},
+        {"prompts", ARGS_STRING, &o->prompts_file},
+        {"num-requests", ARGS_INT64, &o->num_requests, 1, 100000000},
+        {"concurrency", ARGS_INT, &o->concurrency, 1, 1000000},
+        {"rate", ARGS_DOUBLE, &o->rate, 1e-9, 1e12},
+        {"warmup", ARGS_INT64, &o->warmup, 0, 100000000},
+        {"seed", ARGS_UINT64, &o->seed},
+        {"connections", ARGS_INT, &o->connections, 1, BENCH_MAX_CONN},
+        {"timeout", ARGS_DOUBLE, &o->timeout_s, 0, 1e12},
+        {"connect-timeout", ARGS_INT, &connect_timeout, 1, INT32_MAX},
+        {"server-key", ARGS_STRING, &o->server_key},
+        {"client-key", ARGS_STRING, &o->client_key},
+        {"json", ARGS_STRING, &o->json_path},
+        {"plot", ARGS_STRING, &o->plot_path},
+        {"label", ARGS_STRING, &o->label},
+        {"sweep", ARGS_CALL, .call = parse_sweep, .ctx = o},
+        {"markdown", ARGS_FLAG, &o->markdown},
+        {"allow-errors", ARGS_FLAG, &o->allow_errors},
+        {"stop-at-eos", ARGS_FLAG, &stop_at_eos},
+        {"quiet", ARGS_FLAG, &o->quiet},
+        {NULL},
+    };
+    args_spec spec = {"gemma-bench", opts};
+    int rc = args_parse(&spec, argc, argv);
+    if (rc == ARGS_HELP) {
+        usage(stdout);
+        return 1;
     }
+    if (rc != ARGS_OK)
+        return 2;
+    o->ignore_eos = !stop_at_eos;
+    o->connect_timeout_ms = connect_timeout;
     if (o->n_sweep && o->concurrency) {
         fprintf(stderr, "gemma-bench: --sweep and --concurrency exclude each other\n");
         return 2;

@@ -335,7 +335,7 @@ for ph in $phases; do
           kv8) qa="--quant none --kv-dtype fp8" ;; w8kv8) qa="--quant fp8 --kv-dtype fp8" ;;
         esac
         run "acc_${mdl}_${cfg}" 120 "$log" bash -c "'$PACK/gemma-generate' --model '$M/$mdl' --backend cuda $qa \
-          --prompt \"\$1\" --max-tokens 0 --dump-logits /tmp/acc_${mdl}_${cfg}.bin >/dev/null && \
+          --prompt \"\$1\" --prefill-only --dump-logits /tmp/acc_${mdl}_${cfg}.bin >/dev/null && \
           '$PACK/gemma-generate' --model '$M/$mdl' --backend cuda $qa --perplexity /tmp/acc_text.txt > /tmp/acc_${mdl}_${cfg}.ppl" _ "$prompt"
       done
       python3 - "$M/$mdl" "$mdl" >> "$OUT/accuracy.md" 2>> "$log" <<'PY'
@@ -426,9 +426,12 @@ PY
       ep=ipc:///tmp/gm-serve.sock
       echo "---- gemmad $mdl $cfg: $qa --max-seqs $seqs ${xenv:+(env ${xenv//,/ })}" >> "$log"
       # an explicit KV budget (before 8ed730d, --kv-memory 0 left the worker at its 64M default)
-      env ${xenv//,/ } "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa --kv-memory ${SERVE_KV_MEM:-80G} --max-seqs "$seqs" \
-        --max-context ${SERVE_CTX:-2304} \
-        --max-tokens-per-step ${SERVE_TOKENS:-8192} --worker-bin "$PACK/gemma-worker" --log-level info >> "$log" 2>&1 &
+      # SERVE_FLAGS (set, even empty) replaces the sizing flags: SERVE_FLAGS= measures gemmad's own defaults
+      sizing="--kv-memory ${SERVE_KV_MEM:-80G} --max-seqs $seqs --max-context ${SERVE_CTX:-2304} --max-tokens-per-step ${SERVE_TOKENS:-8192}"
+      [ -n "${SERVE_FLAGS+x}" ] && sizing=$SERVE_FLAGS
+      echo "---- sizing: ${sizing:-(gemmad defaults)}" >> "$log"
+      env ${xenv//,/ } "$PACK/gemmad" --model "$mdir" --backend cuda --listen $ep $qa $sizing \
+        --worker-bin "$PACK/gemma-worker" --log-level info >> "$log" 2>&1 &
       dpid=$!
       ok=0
       t0=$(date +%s)
@@ -453,9 +456,9 @@ PY
           # warm-up wave before an entry's first run (long sequences: a small one, it costs a whole run)
           [ $first = 1 ] && { wu=$conc; [ $n = $conc ] && [ $conc -gt 32 ] && wu=32; }
           first=0
-          tag=${xenv:+_${xenv//[=,]/_}}
+          tag=${xenv:+_${xenv//[=,]/_}}${SERVE_TAG:+_$SERVE_TAG}
           run "serve_${mdl}_${cfg}_${isl}_${osl}_c${conc}$tag" ${SERVE_LIM:-120} "$log" "$PACK/gemma-bench" --endpoint $ep --isl "$isl" --osl "$osl" \
-            --concurrency "$conc" --num-requests $n --warmup $wu --label "$mdl $cfg $isl/$osl${xenv:+ $xenv}" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}_c${conc}$tag.json" --markdown --quiet
+            --concurrency "$conc" --num-requests $n --warmup $wu --label "$mdl $cfg $isl/$osl${xenv:+ $xenv}${SERVE_TAG:+ $SERVE_TAG}" --json "$OUT/serve_${mdl}_${cfg}_${isl}_${osl}_c${conc}$tag.json" --markdown --quiet
         done
       else
         say "serve $mdl $cfg: gemmad did not come up (see serve.log)"

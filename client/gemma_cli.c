@@ -6,8 +6,10 @@
 #include <string.h>
 
 #include "client/gemma_client.h"
+#include "common/args.h"
 
 #define CLI_MAX_STOP 16
+#define CLI_MAX_STOP_IDS 64
 
 static void usage(FILE *f)
 {
@@ -18,8 +20,8 @@ static void usage(FILE *f)
             "\n"
             "  --endpoint E       gemmad endpoint (default $GEMMAD_ENDPOINT or tcp://127.0.0.1:5555)\n"
             "  --chat             format PROMPT as one user turn of Gemma's chat template\n"
-            "  --max-tokens N     tokens to generate (default 128; 0 = none, as gemma-generate;\n"
-            "                     -1 = until EOS or the context is full)\n"
+            "  --max-tokens N     the most tokens to generate (default 128); 0 = no limit: until EOS,\n"
+            "                     a stop string or id, or the context is full (as in gemma.proto)\n"
             "  --temperature T    0 = greedy (default)\n"
             "  --top-k K          0 = off (default)\n"
             "  --top-p P          (0, 1], default 1\n"
@@ -36,7 +38,8 @@ static void usage(FILE *f)
             "                     in the server's curve_allow)\n"
             "  --health           exit 0 when gemmad is ready to serve (prints its state)\n"
             "  --stats            print gemmad's statistics\n"
-            "  --help             this text\n",
+            "  --help             this text\n"
+            "Options take their value as --opt VALUE or --opt=VALUE.\n",
             CLI_MAX_STOP);
 }
 
@@ -66,26 +69,32 @@ static char *read_stdin(size_t *len)
     return b;
 }
 
-static bool parse_i64(const char *s, long long lo, long long hi, long long *out)
+typedef struct cli_lists {
+    const char **stops;
+    int n_stops;
+    int32_t *ids;
+    int n_ids;
+} cli_lists;
+
+static gm_status cli_add_stop(void *ctx, const char *v)
 {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
+    cli_lists *l = ctx;
+    if (l->n_stops == CLI_MAX_STOP)
+        return gm_fail(GM_ERR_INVALID_ARG, "at most %d stop strings", CLI_MAX_STOP);
+    l->stops[l->n_stops++] = v;
+    return GM_OK;
 }
 
-static bool parse_f(const char *s, float *out)
+static gm_status cli_add_stop_id(void *ctx, const char *v)
 {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end)
-        return false;
-    *out = v;
-    return true;
+    cli_lists *l = ctx;
+    int64_t n;
+    if (!args_parse_i64(v, 0, INT32_MAX, &n))
+        return gm_fail(GM_ERR_INVALID_ARG, "not a token id");
+    if (l->n_ids == CLI_MAX_STOP_IDS)
+        return gm_fail(GM_ERR_INVALID_ARG, "at most %d stop ids", CLI_MAX_STOP_IDS);
+    l->ids[l->n_ids++] = (int32_t)n;
+    return GM_OK;
 }
 
 /* "2,651 6037" -> ids; false on a bad entry. */
@@ -147,123 +156,55 @@ int main(int argc, char **argv)
     gmc_params_init(&p);
     p.max_tokens = 128;
     const char *stops[CLI_MAX_STOP];
-    int32_t stop_ids[64];
+    int32_t stop_ids[CLI_MAX_STOP_IDS];
     int n_stops = 0, n_stop_ids = 0;
-    bool chat = false, health = false, stats = false, tokens = false, print_ids = false, no_tokens = false;
-    long long timeout = 0;
+    bool chat = false, health = false, stats = false, tokens = false, print_ids = false;
+    int64_t timeout = 0;
     const char *prompt = NULL;
     gmc_connect_opts co;
     gmc_connect_opts_init(&co);
 
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        long long n;
-#define NEED_ARG                                                                                                       \
-    do {                                                                                                               \
-        if (!v) {                                                                                                      \
-            fprintf(stderr, "gemma-cli: %s needs a value\n", a);                                                       \
-            return 2;                                                                                                  \
-        }                                                                                                              \
-        i++;                                                                                                           \
-    } while (0)
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--endpoint")) {
-            NEED_ARG;
-            endpoint = v;
-        } else if (!strcmp(a, "--chat")) {
-            chat = true;
-        } else if (!strcmp(a, "--max-tokens")) {
-            NEED_ARG;
-            if (!parse_i64(v, INT32_MIN, INT32_MAX, &n)) {
-                fprintf(stderr, "gemma-cli: --max-tokens '%s' is not an integer\n", v);
-                return 2;
-            }
-            if (n < -1) {
-                fprintf(stderr, "gemma-cli: --max-tokens %lld: must be >= -1\n", (long long)n);
-                return 2;
-            }
-            no_tokens = n == 0;
-            p.max_tokens = n < 0 ? 0 : (int32_t)n; /* the protocol's 0 means "until EOS" */
-        } else if (!strcmp(a, "--temperature")) {
-            NEED_ARG;
-            if (!parse_f(v, &p.temperature)) {
-                fprintf(stderr, "gemma-cli: --temperature '%s' is not a number\n", v);
-                return 2;
-            }
-        } else if (!strcmp(a, "--top-k")) {
-            NEED_ARG;
-            if (!parse_i64(v, INT32_MIN, INT32_MAX, &n)) {
-                fprintf(stderr, "gemma-cli: --top-k '%s' is not an integer\n", v);
-                return 2;
-            }
-            p.top_k = (int32_t)n;
-        } else if (!strcmp(a, "--top-p")) {
-            NEED_ARG;
-            if (!parse_f(v, &p.top_p)) {
-                fprintf(stderr, "gemma-cli: --top-p '%s' is not a number\n", v);
-                return 2;
-            }
-        } else if (!strcmp(a, "--seed")) {
-            NEED_ARG;
-            char *end;
-            errno = 0;
-            p.seed = strtoull(v, &end, 10);
-            if (errno || end == v || *end) {
-                fprintf(stderr, "gemma-cli: --seed '%s' is not an unsigned integer\n", v);
-                return 2;
-            }
-        } else if (!strcmp(a, "--stop")) {
-            NEED_ARG;
-            if (n_stops == CLI_MAX_STOP) {
-                fprintf(stderr, "gemma-cli: at most %d --stop strings\n", CLI_MAX_STOP);
-                return 2;
-            }
-            stops[n_stops++] = v;
-        } else if (!strcmp(a, "--stop-id")) {
-            NEED_ARG;
-            if (n_stop_ids == 64 || !parse_i64(v, 0, INT32_MAX, &n)) {
-                fprintf(stderr, "gemma-cli: bad --stop-id '%s' (a token id; at most 64)\n", v);
-                return 2;
-            }
-            stop_ids[n_stop_ids++] = (int32_t)n;
-        } else if (!strcmp(a, "--ignore-eos")) {
-            p.ignore_eos = true;
-        } else if (!strcmp(a, "--tokens")) {
-            tokens = true;
-        } else if (!strcmp(a, "--print-ids")) {
-            print_ids = true;
-        } else if (!strcmp(a, "--no-stream")) {
-            p.stream = false;
-        } else if (!strcmp(a, "--timeout")) {
-            NEED_ARG;
-            if (!parse_i64(v, 0, INT32_MAX, &timeout)) {
-                fprintf(stderr, "gemma-cli: --timeout '%s' is not a number of milliseconds\n", v);
-                return 2;
-            }
-        } else if (!strcmp(a, "--server-key")) {
-            NEED_ARG;
-            co.server_key_file = v;
-        } else if (!strcmp(a, "--client-key")) {
-            NEED_ARG;
-            co.client_key_file = v;
-        } else if (!strcmp(a, "--health")) {
-            health = true;
-        } else if (!strcmp(a, "--stats")) {
-            stats = true;
-        } else if (a[0] == '-' && a[1] == '-' && a[2]) {
-            fprintf(stderr, "gemma-cli: unknown option '%s' (see --help)\n", a);
-            return 2;
-        } else if (!prompt) {
-            prompt = !strcmp(a, "--") && v ? argv[++i] : a;
-        } else {
-            fprintf(stderr, "gemma-cli: more than one PROMPT given ('%s'); quote the prompt\n", a);
-            return 2;
-        }
-#undef NEED_ARG
+    cli_lists lists = {stops, 0, stop_ids, 0};
+    int32_t max_tokens = 128, top_k = 0;
+    float top_p = 1.0f;
+    const char *positional[1];
+    int n_pos = 0;
+    args_opt opts[] = {
+        {"endpoint", ARGS_STRING, &endpoint},
+        {"chat", ARGS_FLAG, &chat},
+        {"max-tokens", ARGS_INT, &max_tokens, 0, INT32_MAX},
+        /* sampling values are judged by gemmad, which answers INVALID_ARGUMENT with the reason */
+        {"temperature", ARGS_FLOAT, &p.temperature},
+        {"top-k", ARGS_INT, &top_k},
+        {"top-p", ARGS_FLOAT, &top_p},
+        {"seed", ARGS_UINT64, &p.seed},
+        {"stop", ARGS_CALL, .call = cli_add_stop, .ctx = &lists},
+        {"stop-id", ARGS_CALL, .call = cli_add_stop_id, .ctx = &lists},
+        {"ignore-eos", ARGS_FLAG, &p.ignore_eos},
+        {"tokens", ARGS_FLAG, &tokens},
+        {"print-ids", ARGS_FLAG, &print_ids},
+        {"stream", ARGS_FLAG, &p.stream, .negatable = true},
+        {"timeout", ARGS_INT64, &timeout, 0, INT32_MAX},
+        {"server-key", ARGS_STRING, &co.server_key_file},
+        {"client-key", ARGS_STRING, &co.client_key_file},
+        {"health", ARGS_FLAG, &health},
+        {"stats", ARGS_FLAG, &stats},
+        {NULL},
+    };
+    args_spec spec = {"gemma-cli", opts, positional, 1, &n_pos};
+    int arc = args_parse(&spec, argc, argv);
+    if (arc == ARGS_HELP) {
+        usage(stdout);
+        return 0;
     }
+    if (arc != ARGS_OK)
+        return 2;
+    prompt = n_pos ? positional[0] : NULL;
+    n_stops = lists.n_stops;
+    n_stop_ids = lists.n_ids;
+    p.max_tokens = max_tokens; /* the protocol's meaning: 0 = until EOS or the context is full */
+    p.top_k = top_k;
+    p.top_p = top_p;
 
     gmc_client *c = NULL;
     int ctimeout = timeout > 0 ? (int)timeout : 10000;
@@ -310,12 +251,6 @@ int main(int argc, char **argv)
         printf("queue_p50_ms: %.2f\nqueue_p99_ms: %.2f\nstep_avg_ms: %.3f\nclients: %d\nworker_restarts: %lld\n"
                "uptime_s: %.1f\n",
                s.queue_p50_ms, s.queue_p99_ms, s.step_avg_ms, s.clients, (long long)s.worker_restarts, s.uptime_s);
-        return 0;
-    }
-
-    if (no_tokens) { /* --max-tokens 0: nothing to generate; print what gemma-generate prints */
-        gmc_close(&c);
-        putchar('\n');
         return 0;
     }
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cluster/curve.h"
+#include "common/args.h"
 
 static void usage(FILE *f)
 {
@@ -23,21 +24,16 @@ int main(int argc, char **argv)
 {
     bool force = false, print = false;
     const char *prefix = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--force")) {
-            force = true;
-        } else if (!strcmp(argv[i], "--print")) {
-            print = true;
-        } else if (argv[i][0] == '-' || prefix) {
-            fprintf(stderr, "gemma-keygen: unexpected argument '%s' (see --help)\n", argv[i]);
-            return 2;
-        } else {
-            prefix = argv[i];
-        }
+    int n_pos = 0;
+    args_opt opts[] = {{"force", ARGS_FLAG, &force}, {"print", ARGS_FLAG, &print}, {NULL}};
+    args_spec spec = {"gemma-keygen", opts, &prefix, 1, &n_pos};
+    int rc = args_parse(&spec, argc, argv);
+    if (rc == ARGS_HELP) {
+        usage(stdout);
+        return 0;
     }
+    if (rc != ARGS_OK)
+        return 2;
     if (!prefix && !print) {
         usage(stderr);
         return 2;

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/log.h"
 
 void gd_config_defaults(gd_config *c)
@@ -35,44 +36,6 @@ void gd_config_free(gd_config *c)
     free(c->config_path);
     c->model = c->listen = c->worker_bin = c->config_path = NULL;
     glue_config_free(&c->cluster);
-}
-
-bool gd_parse_size(const char *s, int64_t *out)
-{
-    if (!s)
-        return false;
-    while (isspace((unsigned char)*s))
-        s++;
-    if (!isdigit((unsigned char)*s))
-        return false;
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || !(v >= 0))
-        return false;
-    while (isspace((unsigned char)*end))
-        end++;
-    double mul = 1;
-    switch (toupper((unsigned char)*end)) {
-    case 0: break;
-    case 'K': mul = 1024.0; end++; break;
-    case 'M': mul = 1024.0 * 1024; end++; break;
-    case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
-    case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
-    case 'B': break;
-    default: return false;
-    }
-    if (mul > 1 && (*end == 'i' || *end == 'I'))
-        end++;
-    if (*end == 'B' || *end == 'b')
-        end++;
-    if (*end)
-        return false;
-    double b = v * mul;
-    if (b > 9.0e18 || (mul == 1 && v != floor(v)))
-        return false;
-    *out = (int64_t)b;
-    return true;
 }
 
 static int parse_quant(const char *s)
@@ -165,7 +128,7 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             return gm_fail(GM_ERR_INVALID_ARG, "lm_head: '%s' is not bf16 or fp8", v);
         c->lm_head_fp8 = !strcmp(v, "fp8");
     } else if (!strcmp(key, "kv_memory")) {
-        if (!gd_parse_size(v, &n))
+        if (!args_parse_size(v, &n))
             return gm_fail(GM_ERR_INVALID_ARG, "kv_memory: '%s' is not a size (bytes, or like 64M, 2G)", v);
         c->kv_memory = n;
     } else if (!strcmp(key, "kv_mem_fraction")) {
@@ -334,19 +297,30 @@ void gd_config_usage(FILE *f)
     glue_config_usage(f);
 }
 
+/* args_parse's fallback: every --name VALUE not in the flag table is a config key ('-' -> '_'). */
+static gm_status config_set_flag(void *ctx, const char *name, const char *value)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s", name);
+    for (char *p = key; *p; p++)
+        if (*p == '-')
+            *p = '_';
+    return set_key_str(ctx, key, value);
+}
+
 gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *action)
 {
     gd_config_defaults(c);
     *action = GD_ACTION_RUN;
-    /* pass 1: --help, --config */
+    /* --config FILE first, wherever it stands: the flags override the file */
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--"))
+            break;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             *action = GD_ACTION_HELP;
             return GM_OK;
         }
-    }
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
         if (!strcmp(a, "--config") || !strncmp(a, "--config=", 9)) {
             const char *v = a[8] == '=' ? a + 9 : (i + 1 < argc ? argv[++i] : NULL);
             if (!v)
@@ -356,46 +330,26 @@ gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *ac
                 return st;
         }
     }
-    /* pass 2: every other flag */
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--check-config")) {
-            *action = GD_ACTION_CHECK;
-            continue;
-        }
-        if (!strcmp(a, "--no-run-ahead")) {
-            c->run_ahead = false;
-            continue;
-        }
-        if (strncmp(a, "--", 2) || !a[2])
-            return gm_fail(GM_ERR_INVALID_ARG, "unexpected argument '%s' (see --help)", a);
-        char key[64];
-        const char *eq = strchr(a, '=');
-        size_t kl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
-        if (kl >= sizeof(key))
-            return gm_fail(GM_ERR_INVALID_ARG, "unknown option '%s' (see --help)", a);
-        memcpy(key, a + 2, kl);
-        key[kl] = 0;
-        for (char *p = key; *p; p++)
-            if (*p == '-')
-                *p = '_';
-        const char *v = eq ? eq + 1 : NULL;
-        if (!v) {
-            if (i + 1 >= argc)
-                return gm_fail(GM_ERR_INVALID_ARG, "%s needs a value", a);
-            v = argv[++i];
-        }
-        if (!strcmp(key, "config"))
-            continue;
-        gm_status st = set_key_str(c, key, v);
-        if (st == GM_ERR_NOT_FOUND)
-            return gm_fail(GM_ERR_INVALID_ARG, "unknown option '--%.*s' (see --help)", (int)kl, a + 2);
-        if (st) {
-            char msg[512];
-            snprintf(msg, sizeof(msg), "%s", gm_last_error());
-            return gm_fail(st, "--%.*s: %s", (int)kl, a + 2, msg);
-        }
+    const char *config_file = NULL;
+    bool check = false, no_run_ahead = false;
+    args_opt opts[] = {
+        {"config", ARGS_STRING, &config_file}, /* read above */
+        {"check-config", ARGS_FLAG, &check},
+        {"no-run-ahead", ARGS_FLAG, &no_run_ahead},
+        {NULL},
+    };
+    args_spec spec = {"gemmad", opts, .unknown = config_set_flag, .unknown_ctx = c, .quiet = true};
+    int rc = args_parse(&spec, argc, argv);
+    if (rc == ARGS_HELP) {
+        *action = GD_ACTION_HELP;
+        return GM_OK;
     }
+    if (rc != ARGS_OK)
+        return GM_ERR_INVALID_ARG; /* gm_last_error() says why */
+    if (check)
+        *action = GD_ACTION_CHECK;
+    if (no_run_ahead)
+        c->run_ahead = false;
     gm_status gst = glue_config_finish(&c->cluster, &c->listen, &c->device); /* launcher templates, curve keys */
     return gst != GM_OK ? gst : gd_config_validate(c);
 }

@@ -69,9 +69,6 @@ gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *ac
 /* Cross-field checks (model required unless backend null, ranges). */
 gm_status gd_config_validate(const gd_config *c);
 
-/* "64M" | "2G" | "512K" | "1048576" (also "64MiB", "64MB": powers of 1024) -> bytes. */
-bool gd_parse_size(const char *s, int64_t *out);
-
 /* The --help text. */
 void gd_config_usage(FILE *f);
 

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # generate_args.sh GEMMA_GENERATE MODEL_DIR - gemma-generate's option errors: every bad value exits 2
-# with a message that names the option it came with; --help exits 0.
+# with a message that names the option and the value it came with, in both --opt VALUE and --opt=VALUE
+# forms; --help exits 0.
 set -u
 gen=$1 model=$2
 fail=0
 expect() { # expect OPTION VALUE
-  out=$("$gen" --model "$model" --prompt hi "$1" "$2" 2>&1 >/dev/null)
-  rc=$?
-  if [ $rc != 2 ] || ! grep -q -- "$1: bad value '$2'" <<<"$out"; then
-    echo "FAIL: $1 $2: rc $rc, said: $out"; fail=1
-  else
-    echo "ok: $1 $2 -> $out"
-  fi
+  for form in split joined; do
+    if [ $form = split ]; then
+      out=$("$gen" --model "$model" --prompt hi "$1" "$2" 2>&1 >/dev/null)
+    else
+      out=$("$gen" --model="$model" --prompt=hi "$1=$2" 2>&1 >/dev/null)
+    fi
+    rc=$?
+    if [ $rc != 2 ] || ! grep -q -- "$1 '$2'" <<<"$out"; then
+      echo "FAIL: $1 $2 ($form): rc $rc, said: $out"; fail=1
+    else
+      echo "ok: $1 $2 ($form) -> $out"
+    fi
+  done
 }
 expect --quant int3
 expect --kv-dtype fp4

@@ -162,7 +162,7 @@ def run(cmd):
 
 
 def golden(binary, model, work):
-    """Greedy output is reproducible, --max-tokens 0 prints one newline, errors exit 1/2."""
+    """Greedy output is reproducible, --prefill-only prints one newline, errors exit 1/2."""
     os.makedirs(work, exist_ok=True)
     fails = []
 
@@ -178,8 +178,10 @@ def golden(binary, model, work):
     check(out1 == out2, "greedy output is identical across runs")
     check(out1.endswith(b"\n") and not out1.endswith(b"\n\n") or out1 == b"\n", "output ends with one newline")
     check(len(out1) > 1, "greedy output is not empty (%r)" % out1[:60])
-    rc, out, _ = run(base + ["--max-tokens", "0"])
-    check(rc == 0 and out == b"\n", "--max-tokens 0 prints just a newline (%r)" % out[:40])
+    rc, out, _ = run(base + ["--prefill-only"])
+    check(rc == 0 and out == b"\n", "--prefill-only prints just a newline (%r)" % out[:40])
+    rc, out, _ = run(base + ["--max-tokens=0", "--kv-block-size=4"])
+    check(rc == 0 and len(out) > len(out1) - 1, "--max-tokens 0 runs until EOS or the context (%d bytes)" % len(out))
     rc, outc, _ = run(base + ["--max-tokens", "5"])
     check(rc == 0 and out1.startswith(outc[:-1]), "5 greedy tokens are a prefix of 24 (%r)" % outc[:60])
     samp = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.95", "--seed", "7", "--max-tokens", "16"]
@@ -188,18 +190,28 @@ def golden(binary, model, work):
     check(rc1 == 0 and s1 == s2, "sampling with one seed is reproducible")
     rc, out, _ = run(base + ["--chat", "--max-tokens", "8"])
     check(rc == 0 and out.endswith(b"\n"), "chat mode runs")
-    rc, out, err = run(base + ["--max-tokens", "0", "--kv-block-size", "3", "--dump-logits",
+    rc, out, err = run(base + ["--prefill-only", "--kv-block-size", "3", "--dump-logits",
                                os.path.join(work, "g.logits")])
     check(rc == 0 and os.path.getsize(os.path.join(work, "g.logits")) % 4 == 0, "--dump-logits writes floats")
     txt = os.path.join(work, "ppl.txt")
     with open(txt, "w") as f:
         f.write("The quick brown fox jumps over the lazy dog. " * 130)
     rc, out, err = run([binary, "--model", model, "--perplexity", txt])
-    ok = rc == 0 and out.startswith(b"perplexity: ")
+    lines = out.decode(errors="replace").splitlines()
+    ok = rc == 0 and len(lines) == 2 and lines[1].startswith("perplexity: ")
     if ok:
-        ppl = float(out.split()[1])
+        ppl = float(lines[1].split()[1])
         ok = 1.0 < ppl < 1e6
-    check(ok, "--perplexity prints a finite value (%r %s)" % (out[:40], err.strip()[-200:]))
+    check(ok, "--perplexity prints a finite value (%r %s)" % (out[:80], err.strip()[-200:]))
+    rc, out, err = run([binary, "--model", model, "--perplexity", txt, "--ctx=128"])
+    words = out.decode(errors="replace").split()
+    ok = rc == 0 and words[:1] == ["tokens:"] and words[4:6] == ["ctx:", "128"]
+    if ok:  # windows of 128 tokens (BOS + 127 scored) cover every token once
+        ntok, nwin = int(words[1]), int(words[3])
+        ok = nwin == -(-ntok // 127) and nwin > 1
+    check(ok, "--ctx 128 scores the text in ceil(tokens / 127) windows (%r)" % out[:80])
+    rc, out, _ = run([binary, "--model", model, "--perplexity", txt, "--ctx", "1000000"])
+    check(rc == 2, "--ctx beyond the model's context exits 2")
     rc, out, _ = run(base + ["--top-p", "1.5"])
     check(rc == 2 and out == b"", "a bad value exits 2")
     rc, out, _ = run(base + ["--no-such-flag"])
@@ -233,7 +245,7 @@ def main():
         for i, prompt in enumerate(PROMPTS):
             tp = os.path.join(a.work, "p%d.ids" % i)
             lp = os.path.join(a.work, "p%d.logits" % i)
-            cmd = [a.generate, "--model", a.model, "--prompt", prompt, "--max-tokens", "0",
+            cmd = [a.generate, "--model", a.model, "--prompt", prompt, "--prefill-only",
                    "--dump-logits", lp, "--dump-tokens", tp] + a.extra
             r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             if r.returncode != 0:

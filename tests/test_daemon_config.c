@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "common/args.h"
 #include "daemon/config.h"
 #include "daemon/metrics.h"
 #include "daemon/textout.h"
@@ -204,23 +205,23 @@ static void test_sizes(void **state)
 {
     (void)state;
     int64_t v;
-    assert_true(gd_parse_size("1048576", &v));
+    assert_true(args_parse_size("1048576", &v));
     assert_int_equal(v, 1048576);
-    assert_true(gd_parse_size("64M", &v));
+    assert_true(args_parse_size("64M", &v));
     assert_int_equal(v, 64ll << 20);
-    assert_true(gd_parse_size("2G", &v));
+    assert_true(args_parse_size("2G", &v));
     assert_int_equal(v, 2ll << 30);
-    assert_true(gd_parse_size("512k", &v));
+    assert_true(args_parse_size("512k", &v));
     assert_int_equal(v, 512ll << 10);
-    assert_true(gd_parse_size("1.5G", &v));
+    assert_true(args_parse_size("1.5G", &v));
     assert_int_equal(v, 3ll << 29);
-    assert_true(gd_parse_size("64MiB", &v));
+    assert_true(args_parse_size("64MiB", &v));
     assert_int_equal(v, 64ll << 20);
-    assert_false(gd_parse_size("", &v));
-    assert_false(gd_parse_size("-1", &v));
-    assert_false(gd_parse_size("12X", &v));
-    assert_false(gd_parse_size("M", &v));
-    assert_false(gd_parse_size("1.5", &v));
+    assert_false(args_parse_size("", &v));
+    assert_false(args_parse_size("-1", &v));
+    assert_false(args_parse_size("12X", &v));
+    assert_false(args_parse_size("M", &v));
+    assert_false(args_parse_size("1.5", &v));
 }
 
 /* Stop strings across deltas, held-back prefixes, the earliest of several. */

@@ -13,7 +13,7 @@ prompt="The quick brown fox jumps over the lazy dog while the cat sleeps near th
 printf '%s\n' "$prompt" "$prompt" "Gemma is a family of open models." > "$work/text.txt"
 fail=0
 for b in cpu cuda; do
-  "$gen" --model "$model" --backend $b --prompt "$prompt" --max-tokens 0 \
+  "$gen" --model "$model" --backend $b --prompt "$prompt" --prefill-only \
     --dump-logits "$work/logits_$b.bin" --dump-tokens "$work/tokens_$b.bin" >/dev/null || { echo "dump on $b failed"; exit 1; }
   "$gen" --model "$model" --backend $b --perplexity "$work/text.txt" > "$work/ppl_$b.txt" || { echo "perplexity on $b failed"; exit 1; }
   "$gen" --model "$model" --backend $b --prompt "$prompt" --max-tokens 24 > "$work/gen_$b.txt" || { echo "generate on $b failed"; exit 1; }

@@ -4,13 +4,13 @@
  * final "\n", or "perplexity: X"; everything else goes to stderr.
  * Exit status: 0 ok, 1 runtime error (model, tokenizer, engine), 2 bad usage. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/args.h"
 #include "common/gen_stream.h"
 #include "common/log.h"
 #include "common/model_config.h"
@@ -23,7 +23,9 @@
 typedef struct gen_opts {
     const char *model, *prompt, *dump, *dump_tokens, *ppl;
     bool chat;
-    int64_t max_tokens;
+    int64_t max_tokens;   /* the most tokens to generate; 0 = until EOS or the context is full */
+    bool prefill_only;    /* run the prompt (and --dump-logits), generate nothing */
+    int64_t ppl_ctx;      /* --perplexity window length; 0 = the model's context */
     gm_sampling samp;
     gm_backend backend;
     int32_t kv_block;
@@ -41,7 +43,9 @@ static void usage(FILE *f)
             "  --model DIR          Hugging Face Gemma checkpoint directory\n"
             "  --prompt TEXT        the prompt (BOS is prepended)\n"
             "  --chat               wrap the prompt in the Gemma chat template; stop at <end_of_turn>\n"
-            "  --max-tokens N       most tokens to generate (default 128; 0 allowed)\n"
+            "  --max-tokens N       the most tokens to generate (default 128); 0 = no limit: until EOS\n"
+            "                       (or <end_of_turn> with --chat) or the context is full\n"
+            "  --prefill-only       run the prompt only (with --dump-logits), generate nothing\n"
             "  --temperature T      0 = greedy (default 0)\n"
             "  --top-k K            keep the K most likely tokens (default 0 = all)\n"
             "  --top-p P            nucleus mass in (0, 1] (default 1)\n"
@@ -50,173 +54,68 @@ static void usage(FILE *f)
             "  --dump-logits FILE   write float32 logits [prompt_tokens, vocab] of a teacher-forced\n"
             "                       pass over the prompt (BOS included), row-major\n"
             "  --dump-tokens FILE   write the prompt's token ids (BOS included) as raw int32\n"
-            "  --perplexity FILE    print `perplexity: X` of FILE's text (context-sized windows,\n"
-            "                       each starting with BOS)\n"
+            "  --perplexity FILE    score FILE's text in windows of --ctx tokens, each starting with\n"
+            "                       BOS; prints `tokens: N windows: W ctx: C`, then `perplexity: X`\n"
+            "  --ctx N              perplexity window length (default: the model's context)\n"
             "  --kv-block-size N    tokens per KV block (default 16)\n"
             "  --quant Q            none, fp8 or awq (default none)\n"
             "  --kv-dtype D         auto, bf16 or fp8 (default auto)\n"
             "  --lm-head T          bf16 or fp8: the LM head's weights and inputs in e4m3 (default bf16)\n"
-            "  --help               this text\n");
+            "  --help               this text\n"
+            "Options take their value as --opt VALUE or --opt=VALUE.\n");
 }
 
-static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
-
-static bool parse_f(const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v))
-        return false;
-    *out = v;
-    return true;
-}
-
-/* Returns 0, or 2 after printing why. */
+/* Returns 0, or 2 after printing why (exits 0 after --help). */
 static int parse_args(int argc, char **argv, gen_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->max_tokens = 128;
     o->samp = GM_SAMPLING_GREEDY;
-    o->backend = GM_BACKEND_CPU;
     o->kv_block = 16;
-    enum { O_MODEL = 1, O_PROMPT, O_CHAT, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_BACKEND, O_DUMP, O_PPL,
-           O_KVB, O_QUANT, O_KVD, O_DUMPTOK, O_LMH, O_HELP };
-    static const struct option lo[] = { /* in enum order: error messages name lo[c - 1] */
-        {"model", required_argument, 0, O_MODEL},        {"prompt", required_argument, 0, O_PROMPT},
-        {"chat", no_argument, 0, O_CHAT},                {"max-tokens", required_argument, 0, O_MAXTOK},
-        {"temperature", required_argument, 0, O_TEMP},   {"top-k", required_argument, 0, O_TOPK},
-        {"top-p", required_argument, 0, O_TOPP},         {"seed", required_argument, 0, O_SEED},
-        {"backend", required_argument, 0, O_BACKEND},    {"dump-logits", required_argument, 0, O_DUMP},
-        {"perplexity", required_argument, 0, O_PPL},     {"kv-block-size", required_argument, 0, O_KVB},
-        {"quant", required_argument, 0, O_QUANT},        {"kv-dtype", required_argument, 0, O_KVD},
-        {"dump-tokens", required_argument, 0, O_DUMPTOK}, {"lm-head", required_argument, 0, O_LMH},
-        {"help", no_argument, 0, O_HELP},
-        {0, 0, 0, 0},
+    int backend = 0, quant = 0, kv_dtype = 0, lm_head = 0;
+    args_opt opts[] = {
+        {"model", ARGS_STRING, &o->model},
+        {"prompt", ARGS_STRING, &o->prompt},
+        {"chat", ARGS_FLAG, &o->chat},
+        {"max-tokens", ARGS_INT64, &o->max_tokens, 0, INT32_MAX},
+        {"prefill-only", ARGS_FLAG, &o->prefill_only},
+        {"temperature", ARGS_FLOAT, &o->samp.temperature, 0, 1e30},
+        {"top-k", ARGS_INT, &o->samp.top_k, 0, INT32_MAX},
+        {"top-p", ARGS_FLOAT, &o->samp.top_p, 1e-30, 1},
+        {"seed", ARGS_UINT64, &o->samp.seed},
+        {"backend", ARGS_CHOICE, &backend, .choices = "cpu|cuda"},
+        {"dump-logits", ARGS_STRING, &o->dump},
+        {"dump-tokens", ARGS_STRING, &o->dump_tokens},
+        {"perplexity", ARGS_STRING, &o->ppl},
+        {"ctx", ARGS_INT64, &o->ppl_ctx, 2, INT32_MAX},
+        {"kv-block-size", ARGS_INT, &o->kv_block, 1, 1 << 16},
+        {"quant", ARGS_CHOICE, &quant, .choices = "none|fp8|awq"},
+        {"kv-dtype", ARGS_CHOICE, &kv_dtype, .choices = "auto|bf16|fp8"},
+        {"lm-head", ARGS_CHOICE, &lm_head, .choices = "bf16|fp8"},
+        {NULL},
     };
-    int c;
-    int64_t v;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        const char *a = optarg;
-        switch (c) {
-        case O_MODEL:
-            o->model = a;
-            break;
-        case O_PROMPT:
-            o->prompt = a;
-            break;
-        case O_CHAT:
-            o->chat = true;
-            break;
-        case O_MAXTOK:
-            if (!parse_i64(a, 0, INT32_MAX, &o->max_tokens))
-                goto bad;
-            break;
-        case O_TEMP:
-            if (!parse_f(a, &o->samp.temperature) || o->samp.temperature < 0)
-                goto bad;
-            break;
-        case O_TOPK:
-            if (!parse_i64(a, 0, INT32_MAX, &v))
-                goto bad;
-            o->samp.top_k = (int32_t)v;
-            break;
-        case O_TOPP:
-            if (!parse_f(a, &o->samp.top_p) || !(o->samp.top_p > 0.0f) || o->samp.top_p > 1.0f)
-                goto bad;
-            break;
-        case O_SEED: {
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(a, &end, 10);
-            if (errno || end == a || *end || a[0] == '-')
-                goto bad;
-            o->samp.seed = s;
-            break;
-        }
-        case O_BACKEND: {
-            int b = gm_backend_parse(a);
-            if (b < 0 || b == GM_BACKEND_NULL)
-                goto bad;
-            o->backend = (gm_backend)b;
-            break;
-        }
-        case O_DUMP:
-            o->dump = a;
-            break;
-        case O_DUMPTOK:
-            o->dump_tokens = a;
-            break;
-        case O_PPL:
-            o->ppl = a;
-            break;
-        case O_KVB:
-            if (!parse_i64(a, 1, 1 << 16, &v))
-                goto bad;
-            o->kv_block = (int32_t)v;
-            break;
-        case O_QUANT:
-            if (!strcmp(a, "none"))
-                o->quant = GM_QUANT_NONE;
-            else if (!strcmp(a, "fp8"))
-                o->quant = GM_QUANT_FP8;
-            else if (!strcmp(a, "awq"))
-                o->quant = GM_QUANT_AWQ;
-            else
-                goto bad;
-            break;
-        case O_LMH:
-            if (strcmp(a, "bf16") && strcmp(a, "fp8"))
-                goto bad;
-            o->lm_head_fp8 = !strcmp(a, "fp8");
-            break;
-        case O_KVD:
-            if (!strcmp(a, "auto"))
-                o->kv_dtype = GM_KV_AUTO;
-            else if (!strcmp(a, "bf16"))
-                o->kv_dtype = GM_KV_BF16;
-            else if (!strcmp(a, "fp8"))
-                o->kv_dtype = GM_KV_FP8;
-            else
-                goto bad;
-            break;
-        case O_HELP:
-            usage(stdout);
-            exit(0);
-        case '?':
-        default:
-            if (optopt && optopt < O_HELP + 1 && optopt > 0)
-                fprintf(stderr, "gemma-generate: --%s needs a value\n", lo[optopt - 1].name);
-            else
-                fprintf(stderr, "gemma-generate: unknown option '%s'\n", argv[optind - 1]);
-            fprintf(stderr, "try gemma-generate --help\n");
-            return 2;
-        }
-        continue;
-    bad:
-        fprintf(stderr, "gemma-generate: --%s: bad value '%s'\n", lo[c - 1].name, a);
-        return 2;
+    args_spec spec = {"gemma-generate", opts};
+    int rc = args_parse(&spec, argc, argv);
+    if (rc == ARGS_HELP) {
+        usage(stdout);
+        exit(0);
     }
-    if (optind < argc) {
-        fprintf(stderr, "gemma-generate: unexpected argument '%s'\n", argv[optind]);
+    if (rc != ARGS_OK)
         return 2;
-    }
+    o->backend = backend == 1 ? GM_BACKEND_CUDA : GM_BACKEND_CPU;
+    o->quant = quant == 1 ? GM_QUANT_FP8 : quant == 2 ? GM_QUANT_AWQ : GM_QUANT_NONE;
+    o->kv_dtype = kv_dtype == 1 ? GM_KV_BF16 : kv_dtype == 2 ? GM_KV_FP8 : GM_KV_AUTO;
+    o->lm_head_fp8 = lm_head == 1;
     if (!o->model) {
-        fprintf(stderr, "gemma-generate: --model DIR is required (try --help)\n");
+        fprintf(stderr, "gemma-generate: --model DIR is required (see --help)\n");
         return 2;
     }
     if (!o->prompt && !o->ppl) {
-        fprintf(stderr, "gemma-generate: --prompt TEXT (or --perplexity FILE) is required (try --help)\n");
+        fprintf(stderr, "gemma-generate: --prompt TEXT (or --perplexity FILE) is required (see --help)\n");
+        return 2;
+    }
+    if (o->ppl_ctx && !o->ppl) {
+        fprintf(stderr, "gemma-generate: --ctx sets the --perplexity window; give --perplexity FILE\n");
         return 2;
     }
     return 0;
@@ -291,7 +190,13 @@ static int run_perplexity(const gen_opts *o, const gm_model_config *cfg, const g
         fprintf(stderr, "gemma-generate: --perplexity %s: no tokens to score\n", o->ppl);
         return 1;
     }
-    int64_t ctx = cfg->max_position;
+    int64_t ctx = o->ppl_ctx > 0 ? o->ppl_ctx : cfg->max_position;
+    if (ctx > cfg->max_position) {
+        free(ids);
+        fprintf(stderr, "gemma-generate: --ctx %lld exceeds the model's context of %d\n", (long long)ctx,
+                cfg->max_position);
+        return 2;
+    }
     int32_t chunk = rows_chunk(cfg);
     gm_engine *e = NULL;
     if ((st = make_engine(o, ctx, chunk, &e))) {
@@ -312,8 +217,9 @@ static int run_perplexity(const gen_opts *o, const gm_model_config *cfg, const g
     for (int32_t i = 0; i < nbt; i++)
         bt[i] = i;
     double nll = 0.0;
-    int64_t count = 0;
+    int64_t count = 0, windows = 0;
     for (int64_t s = 0; s < n_ids; s += ctx - 1) {
+        windows++;
         int64_t nt = n_ids - s < ctx - 1 ? n_ids - s : ctx - 1, wn = nt + 1;
         win[0] = GM_TOK_BOS;
         memcpy(win + 1, ids + s, (size_t)nt * sizeof(int32_t));
@@ -338,8 +244,8 @@ static int run_perplexity(const gen_opts *o, const gm_model_config *cfg, const g
             }
         }
     }
-    printf("perplexity: %.4f\n", exp(nll / (double)count));
-    GM_INFO("%lld tokens scored in windows of %lld", (long long)count, (long long)ctx);
+    printf("tokens: %lld windows: %lld ctx: %lld\nperplexity: %.4f\n", (long long)count, (long long)windows,
+           (long long)ctx, exp(nll / (double)count));
 done:
     free(lg), free(win), free(bt), free(ids);
     gm_engine_destroy(&e);
@@ -375,10 +281,12 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
             return 1;
         }
     }
-    int64_t ctx = (int64_t)n_ids + o->max_tokens;
+    int64_t want = o->prefill_only ? 0 : o->max_tokens > 0 ? o->max_tokens : cfg->max_position;
+    int64_t ctx = (int64_t)n_ids + want;
     if (ctx > cfg->max_position) {
-        GM_WARN("prompt (%d tokens) + --max-tokens %lld exceeds the context of %d; generation stops there", n_ids,
-                (long long)o->max_tokens, cfg->max_position);
+        if (o->max_tokens > 0 && !o->prefill_only)
+            GM_WARN("prompt (%d tokens) + --max-tokens %lld exceeds the context of %d; generation stops there",
+                    n_ids, (long long)o->max_tokens, cfg->max_position);
         ctx = cfg->max_position;
     }
     int32_t chunk = o->dump ? rows_chunk(cfg) : PREFILL_CHUNK;
@@ -417,7 +325,7 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
     int64_t len = n_ids, produced = 0;
     int32_t next = -1;
     bool stop = false;
-    if (o->max_tokens > 0 || o->dump) {
+    if (want > 0 || o->dump) {
         for (int64_t p = 0; p < n_ids; p += chunk) {
             int32_t m = (int32_t)(n_ids - p < chunk ? n_ids - p : chunk);
             bool last = p + m == n_ids;
@@ -435,14 +343,14 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
             }
         }
     }
-    while (produced < o->max_tokens) {
+    while (produced < want) {
         size_t n = gm_gen_stream_push(gs, next, buf, &stop);
         if (stop)
             break;
         fwrite(buf, 1, n, stdout);
         fflush(stdout);
         produced++;
-        if (produced == o->max_tokens || len >= ctx)
+        if (produced == want || len >= ctx)
             break;
         seq[len] = next;
         gm_seq_step sq = {0, seq + len, 1, (int32_t)len, bt, nbt, GM_LOGITS_LAST, o->samp};

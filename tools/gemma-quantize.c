@@ -26,7 +26,6 @@
  * Linear) and the tokenizer files. Exit status 0 ok, 1 failure, 2 bad usage. */
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -36,6 +35,7 @@
 #include <time.h>
 
 #include "quantize_fp8.h"
+#include "common/args.h"
 #include "common/dtype.h"
 #include "common/fsutil.h"
 #include "common/log.h"
@@ -77,18 +77,8 @@ static void usage(FILE *f)
             "  --grid N            alpha grid points in [0, 1) (default 20)\n"
             "  --no-clip           skip the clipping search\n"
             "  --quiet             no progress output\n"
-            "  --help              this text\n");
-}
-
-static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
+            "  --help              this text\n"
+            "Options take their value as --opt VALUE or --opt=VALUE.\n");
 }
 
 /* 0 ok, 1 --help, 2 bad usage (printed). */
@@ -96,72 +86,31 @@ static int parse_args(int argc, char **argv, q_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->group = 128, o->max_tokens = 4096, o->seq_len = 512, o->n_grid = 20;
-    enum { O_AWQ = 1, O_RTN, O_FP8, O_MODEL, O_CALIB, O_OUT, O_GROUP, O_MAXTOK, O_SEQ, O_GRID, O_NOCLIP, O_QUIET,
-           O_HELP };
-    static const struct option lo[] = {
-        {"awq", no_argument, 0, O_AWQ},           {"rtn", no_argument, 0, O_RTN},
-        {"fp8", no_argument, 0, O_FP8},           {"model", required_argument, 0, O_MODEL},
-        {"calib", required_argument, 0, O_CALIB}, {"out", required_argument, 0, O_OUT},
-        {"group", required_argument, 0, O_GROUP}, {"max-tokens", required_argument, 0, O_MAXTOK},
-        {"seq-len", required_argument, 0, O_SEQ}, {"grid", required_argument, 0, O_GRID},
-        {"no-clip", no_argument, 0, O_NOCLIP},    {"quiet", no_argument, 0, O_QUIET},
-        {"help", no_argument, 0, O_HELP},         {0, 0, 0, 0},
+    bool awq = false, rtn = false, fp8 = false;
+    args_opt opts[] = {
+        {"awq", ARGS_FLAG, &awq},
+        {"rtn", ARGS_FLAG, &rtn},
+        {"fp8", ARGS_FLAG, &fp8},
+        {"model", ARGS_STRING, &o->model},
+        {"calib", ARGS_STRING, &o->calib},
+        {"out", ARGS_STRING, &o->out},
+        {"group", ARGS_INT64, &o->group, 8, 1 << 20},
+        {"max-tokens", ARGS_INT64, &o->max_tokens, 2, INT32_MAX},
+        {"seq-len", ARGS_INT64, &o->seq_len, 2, 1 << 20},
+        {"grid", ARGS_INT64, &o->n_grid, 1, 1000},
+        {"no-clip", ARGS_FLAG, &o->no_clip},
+        {"quiet", ARGS_FLAG, &o->quiet},
+        {NULL},
     };
-    int c;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        const char *a = optarg;
-        q_mode m = Q_MODE_NONE;
-        switch (c) {
-        case O_AWQ: m = Q_MODE_AWQ; break;
-        case O_RTN: m = Q_MODE_RTN; break;
-        case O_FP8: m = Q_MODE_FP8; break;
-        case O_MODEL: o->model = a; break;
-        case O_CALIB: o->calib = a; break;
-        case O_OUT: o->out = a; break;
-        case O_GROUP:
-            if (!parse_i64(a, 8, 1 << 20, &o->group)) {
-                fprintf(stderr, "gemma-quantize: --group '%s': expected an integer >= 8\n", a);
-                return 2;
-            }
-            break;
-        case O_MAXTOK:
-            if (!parse_i64(a, 2, INT32_MAX, &o->max_tokens)) {
-                fprintf(stderr, "gemma-quantize: --max-tokens '%s': expected an integer >= 2\n", a);
-                return 2;
-            }
-            break;
-        case O_SEQ:
-            if (!parse_i64(a, 2, 1 << 20, &o->seq_len)) {
-                fprintf(stderr, "gemma-quantize: --seq-len '%s': expected an integer >= 2\n", a);
-                return 2;
-            }
-            break;
-        case O_GRID:
-            if (!parse_i64(a, 1, 1000, &o->n_grid)) {
-                fprintf(stderr, "gemma-quantize: --grid '%s': expected an integer in [1, 1000]\n", a);
-                return 2;
-            }
-            break;
-        case O_NOCLIP: o->no_clip = true; break;
-        case O_QUIET: o->quiet = true; break;
-        case O_HELP: return 1;
-        default:
-            fprintf(stderr, "gemma-quantize: unknown or incomplete option '%s' (see --help)\n", argv[optind - 1]);
-            return 2;
-        }
-        if (m != Q_MODE_NONE) {
-            if (o->mode != Q_MODE_NONE && o->mode != m) {
-                fprintf(stderr, "gemma-quantize: give one of --awq, --rtn, --fp8\n");
-                return 2;
-            }
-            o->mode = m;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "gemma-quantize: unexpected argument '%s'\n", argv[optind]);
+    args_spec spec = {"gemma-quantize", opts};
+    int rc = args_parse(&spec, argc, argv);
+    if (rc != ARGS_OK)
+        return rc;
+    if (awq + rtn + fp8 > 1) {
+        fprintf(stderr, "gemma-quantize: give one of --awq, --rtn, --fp8\n");
         return 2;
     }
+    o->mode = awq ? Q_MODE_AWQ : rtn ? Q_MODE_RTN : fp8 ? Q_MODE_FP8 : Q_MODE_NONE;
     const char *miss = o->mode == Q_MODE_NONE ? "--awq, --rtn or --fp8"
                        : !o->model            ? "--model"
                        : !o->out              ? "--out"
