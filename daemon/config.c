@@ -6,10 +6,14 @@
 #include <libconfig.h>
 #include <math.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "common/args.h"
 #include "common/log.h"
+#include "common/model_config.h"
+#include "common/safetensors.h"
 
 void gd_config_defaults(gd_config *c)
 {
@@ -371,6 +375,46 @@ gm_status gd_config_validate(const gd_config *c)
         return gm_fail(GM_ERR_INVALID_ARG, "listen: no endpoint");
     if (strncmp(c->listen, "tcp://", 6) && strncmp(c->listen, "ipc://", 6) && strncmp(c->listen, "inproc://", 9))
         return gm_fail(GM_ERR_INVALID_ARG, "listen: '%s' is not a tcp:// or ipc:// endpoint", c->listen);
+    return GM_OK;
+}
+
+gm_status gd_config_check_model(const gd_config *c, FILE *f)
+{
+    if (!c->model || !*c->model) {
+        fprintf(f, "model: none (the null backend runs gemma-2b's shapes)\n");
+        return GM_OK;
+    }
+    struct stat sb;
+    errno = 0;
+    if (stat(c->model, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return gm_fail(GM_ERR_NOT_FOUND, "model: %s is not a directory%s%s", c->model, errno ? ": " : "",
+                       errno ? strerror(errno) : "");
+    gm_model_config mc;
+    gm_status st = gm_config_load_dir(c->model, &mc);
+    if (st != GM_OK)
+        return st;
+    fprintf(f, "model: %s/config.json: Gemma %d, %d layers, hidden %d, %d/%d heads, vocab %d, context %d\n",
+            c->model, (int)mc.family, mc.num_layers, mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.vocab_size,
+            mc.max_position);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.model", c->model);
+    if (access(path, R_OK) == 0)
+        fprintf(f, "tokenizer: %s\n", path);
+    else
+        fprintf(f, "tokenizer: %s is missing: gemmad will accept token-id prompts only\n", path);
+    st_model *m = NULL;
+    if ((st = st_model_open(c->model, &m)) != GM_OK)
+        return st;
+    int64_t bytes = 0;
+    for (int32_t i = 0; i < st_model_count(m); i++)
+        bytes += (int64_t)st_model_at(m, i)->nbytes;
+    bool embed = st_model_find(m, "model.embed_tokens.weight") ||
+                 st_model_find(m, "model.language_model.embed_tokens.weight");
+    fprintf(f, "weights: %d tensors, %.2f GB%s\n", st_model_count(m), (double)bytes / 1e9,
+            embed ? "" : " (no model.embed_tokens.weight!)");
+    st_model_destroy(&m);
+    if (!embed)
+        return gm_fail(GM_ERR_FORMAT, "weights: %s has no model.embed_tokens.weight", c->model);
     return GM_OK;
 }
 

@@ -69,6 +69,11 @@ gm_status gd_config_from_args(int argc, char **argv, gd_config *c, gd_action *ac
 /* Cross-field checks (model required unless backend null, ranges). */
 gm_status gd_config_validate(const gd_config *c);
 
+/* --check-config's look at the model: DIR exists and holds a config.json that parses, a tokenizer.model
+ * (its absence is reported, not an error: token-id prompts still work) and safetensors whose headers
+ * parse and hold the embedding. One line per check goes to f. GM_OK when gemmad could load it. */
+gm_status gd_config_check_model(const gd_config *c, FILE *f);
+
 /* The --help text. */
 void gd_config_usage(FILE *f);
 

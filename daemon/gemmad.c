@@ -55,6 +55,12 @@ int main(int argc, char **argv)
         return 2;
     }
     if (action == GD_ACTION_CHECK) {
+        st = gd_config_check_model(&cfg, stderr);
+        if (st != GM_OK) {
+            fprintf(stderr, "gemmad: %s\n", gm_last_error());
+            gd_config_free(&cfg);
+            return 1;
+        }
         printf("# gemmad settings%s%s: valid\n", cfg.config_path ? " from " : "",
                cfg.config_path ? cfg.config_path : "");
         gd_config_print(&cfg, stdout);

@@ -1028,6 +1028,26 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     s->start_ms = now_ms();
     gm_status st;
 
+    /* the listen endpoint first: a port in use fails now, not after a model load of minutes */
+    s->zctx = zmq_ctx_new();
+    s->router = s->zctx ? zmq_socket(s->zctx, ZMQ_ROUTER) : NULL;
+    if (!s->router) {
+        st = gm_fail(GM_ERR_ZMQ, "zmq ROUTER socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    int one = 1, hwm = 100000, ivl = 2000, hto = 10000, linger = 2000;
+    zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+    zmq_setsockopt(s->router, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(s->router, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(s->router, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
+    zmq_setsockopt(s->router, ZMQ_HEARTBEAT_TIMEOUT, &hto, sizeof(hto));
+    zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
+    if ((st = glue_new(s->zctx, &cfg->cluster, s->router, &s->glue)) != GM_OK)
+        goto fail;
+    if (zmq_bind(s->router, cfg->listen) != 0) {
+        st = gm_fail(GM_ERR_ZMQ, "cannot listen on %s: %s", cfg->listen, zmq_strerror(errno));
+        goto fail;
+    }
     if (cfg->model && *cfg->model) {
         char path[4096];
         snprintf(path, sizeof(path), "%s/tokenizer.model", cfg->model);
@@ -1098,25 +1118,6 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
         goto fail;
     }
 
-    s->zctx = zmq_ctx_new();
-    s->router = s->zctx ? zmq_socket(s->zctx, ZMQ_ROUTER) : NULL;
-    if (!s->router) {
-        st = gm_fail(GM_ERR_ZMQ, "zmq ROUTER socket: %s", zmq_strerror(errno));
-        goto fail;
-    }
-    int one = 1, hwm = 100000, ivl = 2000, hto = 10000, linger = 2000;
-    zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-    zmq_setsockopt(s->router, ZMQ_SNDHWM, &hwm, sizeof(hwm));
-    zmq_setsockopt(s->router, ZMQ_RCVHWM, &hwm, sizeof(hwm));
-    zmq_setsockopt(s->router, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
-    zmq_setsockopt(s->router, ZMQ_HEARTBEAT_TIMEOUT, &hto, sizeof(hto));
-    zmq_setsockopt(s->router, ZMQ_LINGER, &linger, sizeof(linger));
-    if ((st = glue_new(s->zctx, &cfg->cluster, s->router, &s->glue)) != GM_OK)
-        goto fail;
-    if (zmq_bind(s->router, cfg->listen) != 0) {
-        st = gm_fail(GM_ERR_ZMQ, "cannot listen on %s: %s", cfg->listen, zmq_strerror(errno));
-        goto fail;
-    }
     if ((st = glue_start(s->glue, s->router)) != GM_OK)
         goto fail;
     GM_INFO("serving %s on %s: %lld KV blocks of %d tokens, %d seqs, %d tokens/step, context %d, vocab %d%s%s",

@@ -1,18 +1,99 @@
 #!/usr/bin/env bash
 # Install the Debian packages gemmad builds and tests with (skips what is there).
+# Survives a busy package manager: waits for apt/dpkg locks held by another process (up to
+# GM_APT_WAIT seconds, default 900) and retries a failed download. Optional packages (gnuplot for
+# gemma-bench --plot) never fail the script.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
-      libsentencepiece-dev sentencepiece libconfig-dev libcjson-dev libcmocka-dev
-      python3 python3-numpy gnuplot-nox)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  echo "deps: installing ${missing[*]}" >&2
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+required=(build-essential cmake pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
+          libsentencepiece-dev sentencepiece libconfig-dev libcjson-dev libcmocka-dev
+          python3 python3-numpy)
+optional=(gnuplot-nox)
+
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+wait_s=${GM_APT_WAIT:-900}
+
+missing_of() { # the packages of "$@" that are not installed
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+
+# True when another process holds lock file $1 (apt and dpkg take fcntl write locks).
+lock_busy() {
+  [ -e "$1" ] || return 1
+  if command -v python3 >/dev/null 2>&1; then
+    python3 - "$1" <<'PY' 2>/dev/null
+import fcntl, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDWR)
+except OSError:
+    sys.exit(1)  # cannot open it: cannot tell; let apt's own lock timeout decide
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except OSError:
+    sys.exit(0)  # busy
+sys.exit(1)
+PY
+  elif command -v fuser >/dev/null 2>&1; then
+    fuser "$1" >/dev/null 2>&1
+  else
+    return 1
+  fi
+}
+
+# Wait until no other process holds apt's or dpkg's locks (an unattended upgrade, another apt-get).
+# GM_APT_LOCKS (space-separated paths) replaces the lock list, for tests.
+wait_for_apt() {
+  local waited=0 l busy
+  local locks=(${GM_APT_LOCKS:-/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock})
+  while :; do
+    busy=
+    for l in "${locks[@]}"; do
+      lock_busy "$l" && busy=$l && break
+    done
+    [ -z "$busy" ] && return 0
+    if [ $waited -ge "$wait_s" ]; then
+      echo "deps: $busy is still held after ${wait_s}s; giving up (GM_APT_WAIT raises the limit)" >&2
+      return 1
+    fi
+    [ $((waited % 30)) = 0 ] && echo "deps: waiting for another package manager ($busy)..." >&2
+    sleep 1
+    waited=$((waited + 1))
+  done
+}
+
+# apt-get with the lock wait and up to 3 tries (a mirror hiccup, a lock taken between our check and apt's)
+apt_get() {
+  local try
+  for try in 1 2 3; do
+    wait_for_apt || return 1
+    if DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout="$wait_s" "$@"; then
+      return 0
+    fi
+    echo "deps: apt-get $1 failed (try $try of 3)" >&2
+    sleep $((try * 10))
+  done
+  return 1
+}
+
+if [ -n "${GM_DEPS_WAIT_ONLY:-}" ]; then # tests: only the lock wait
+  wait_for_apt
+  exit $?
+fi
+mapfile -t need < <(missing_of "${required[@]}")
+mapfile -t want < <(missing_of "${optional[@]}")
+if [ ${#need[@]} -gt 0 ] || [ ${#want[@]} -gt 0 ]; then
+  apt_get update -qq || echo "deps: apt-get update failed; trying the package lists already here" >&2
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}" >&2
+  apt_get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ ${#want[@]} -gt 0 ]; then
+  echo "deps: installing optional ${want[*]}" >&2
+  apt_get install -y -qq "${want[@]}" >/dev/null || echo "deps: optional ${want[*]} not installed (gemma-bench --plot needs gnuplot)" >&2
 fi
 # The numpy reference test needs numpy in whatever python3 is first on PATH.
 if ! python3 -c 'import numpy' 2>/dev/null; then

@@ -16,3 +16,10 @@ if(TARGET gm_daemon)
     set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED tiny_model)
   endforeach()
 endif()
+
+# A new user's first minute: --check-config, a busy port.
+if(TARGET gemmad)
+  add_test(NAME gemmad_startup COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_gemmad_startup.sh
+           $<TARGET_FILE:gemmad> ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(gemmad_startup PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 120)
+endif()

@@ -1,0 +1,6 @@
+# The user-facing scripts: scripts/deps.sh under a busy package manager.
+find_program(GM_PYTHON3 python3)
+if(GM_PYTHON3)
+  add_test(NAME deps_lock COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_deps_lock.sh ${CMAKE_SOURCE_DIR})
+  set_tests_properties(deps_lock PROPERTIES TIMEOUT 120)
+endif()
