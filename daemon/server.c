@@ -829,6 +829,26 @@ static void on_client_message(gd_server *s, const uint8_t *id, size_t idlen, con
     gemma__v1__client_message__free_unpacked(cm, NULL);
 }
 
+/* A REQ client: answer MALFORMED in the REQ envelope [id][empty][ServerMessage], which it can read. */
+static void reply_req_socket(gd_server *s, const void *id, size_t idlen)
+{
+    Gemma__V1__ServerMessage m = GEMMA__V1__SERVER_MESSAGE__INIT;
+    Gemma__V1__Error e = GEMMA__V1__ERROR__INIT;
+    e.code = GEMMA__V1__ERROR_CODE__MALFORMED;
+    e.message = "gemmad speaks to DEALER sockets (one frame per message, many requests in flight); "
+                "this message came from a REQ socket: connect a ZMQ_DEALER instead";
+    m.protocol_version = GD_PROTOCOL_VERSION;
+    m.body_case = GEMMA__V1__SERVER_MESSAGE__BODY_ERROR;
+    m.error = &e;
+    size_t n = gemma__v1__server_message__get_packed_size(&m);
+    if (!ensure_txbuf(s, n))
+        return;
+    gemma__v1__server_message__pack(&m, s->txbuf);
+    if (zmq_send(s->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(s->router, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 || zmq_send(s->router, s->txbuf, n, ZMQ_DONTWAIT) < 0)
+        GM_DEBUG("REQ client gone (%s)", zmq_strerror(errno));
+}
+
 /* Read up to GD_RECV_BATCH client messages without blocking. */
 static void read_clients(gd_server *s)
 {
@@ -850,6 +870,9 @@ static void read_clients(gd_server *s)
             return;
         }
         bool extra = zmq_msg_more(&body);
+        /* [id][empty][payload]: a REQ socket's envelope. A reply without the empty delimiter would be
+         * dropped by the REQ socket unseen, so this one answers in the REQ shape. */
+        bool req_envelope = extra && zmq_msg_size(&body) == 0;
         for (bool more = extra; more;) { /* drop the extra frames */
             zmq_msg_t x;
             zmq_msg_init(&x);
@@ -857,7 +880,9 @@ static void read_clients(gd_server *s)
             more = rc >= 0 && zmq_msg_more(&x);
             zmq_msg_close(&x);
         }
-        if (zmq_msg_size(&idm) <= GD_ID_MAX)
+        if (req_envelope)
+            reply_req_socket(s, zmq_msg_data(&idm), zmq_msg_size(&idm));
+        else if (zmq_msg_size(&idm) <= GD_ID_MAX)
             on_client_message(s, zmq_msg_data(&idm), zmq_msg_size(&idm), zmq_msg_data(&body), zmq_msg_size(&body),
                               extra);
         zmq_msg_close(&body);

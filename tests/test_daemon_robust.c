@@ -197,6 +197,22 @@ static void test_malformed_frames(void **state)
         zmq_msg_close(&m);
     }
     zmq_close(s);
+
+    /* a REQ socket (the first thing people try) gets an answer it can read, not silence */
+    void *rq = zmq_socket(ctx, ZMQ_REQ);
+    zmq_setsockopt(rq, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_connect(rq, ep), 0);
+    cm.protocol_version = 1;
+    cm.request_id = 81;
+    cm.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_HEALTH;
+    cm.health = &hr;
+    n = gemma__v1__client_message__pack(&cm, buf);
+    sm = raw_roundtrip(rq, buf, n, false);
+    assert_int_equal(sm->body_case, GEMMA__V1__SERVER_MESSAGE__BODY_ERROR);
+    assert_int_equal(sm->error->code, GEMMA__V1__ERROR_CODE__MALFORMED);
+    assert_non_null(strstr(sm->error->message, "DEALER"));
+    gemma__v1__server_message__free_unpacked(sm, NULL);
+    zmq_close(rq);
     zmq_ctx_term(ctx);
 
     gmc_client *c;
@@ -632,7 +648,7 @@ static void test_sigterm_deadline(void **state)
     assert_int_equal(td_wait_exit(pid, 60000), 0);
 }
 
-/* Config errors: exit 2 with the file and line; --check-config; --help. */
+/* Config errors: exit 2 with the file and line; --check-config (which also checks the model); --help. */
 static void test_config_cli(void **state)
 {
     (void)state;
@@ -662,7 +678,7 @@ static void test_config_cli(void **state)
     char example[1024];
     snprintf(example, sizeof example, "%s/daemon/gemmad.conf.example", getenv("GM_SRC") ? getenv("GM_SRC") : ".");
     if (access(example, R_OK) == 0) {
-        const char *ex[] = {GEMMAD_BIN, "--config", example, "--check-config", NULL};
+        const char *ex[] = {GEMMAD_BIN, "--config", example, "--model", TINY_MODEL_DIR, "--check-config", NULL};
         out = td_run_capture(ex, &st, NULL);
         assert_int_equal(st, 0);
         assert_non_null(strstr(out, "kv_memory = 2147483648L;"));
