@@ -2,9 +2,12 @@
 #include "fsutil.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 gm_status gm_mkdirs(const char *dir)
 {
@@ -73,4 +76,29 @@ gm_status gm_copy_checkpoint_aux(const char *in_dir, const char *out_dir)
             return st;
     }
     return GM_OK;
+}
+
+char *gm_data_path(const char *name, const char *source_dir)
+{
+    char cand[3][PATH_MAX + 64];
+    int n = 0;
+    const char *env = getenv("GEMMAD_DATA");
+    if (env && *env)
+        snprintf(cand[n++], sizeof cand[0], "%s/%s", env, name);
+    char self[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len > 0) {
+        self[len] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash) {
+            *slash = 0;
+            snprintf(cand[n++], sizeof cand[0], "%.*s/../share/gemmad/%s", PATH_MAX - 1, self, name);
+        }
+    }
+    if (source_dir && *source_dir)
+        snprintf(cand[n++], sizeof cand[0], "%s/data/%s", source_dir, name);
+    for (int i = 0; i < n; i++)
+        if (access(cand[i], R_OK) == 0)
+            return strdup(cand[i]);
+    return NULL;
 }

@@ -23,6 +23,11 @@ gm_status gm_copy_file(const char *src, const char *dst, bool optional);
  * tokenizer_config.json, special_tokens_map.json and generation_config.json into out_dir. */
 gm_status gm_copy_checkpoint_aux(const char *in_dir, const char *out_dir);
 
+/* The path of a data file the programs ship (corpus.txt, gemma.proto): the first readable of
+ * $GEMMAD_DATA/NAME, <the executable's dir>/../share/gemmad/NAME (an installed tree) and
+ * source_dir/data/NAME (a build tree); NULL if none. Caller frees. */
+char *gm_data_path(const char *name, const char *source_dir);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,3 +4,7 @@ if(GM_PYTHON3)
   add_test(NAME deps_lock COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_deps_lock.sh ${CMAKE_SOURCE_DIR})
   set_tests_properties(deps_lock PROPERTIES TIMEOUT 120)
 endif()
+
+# cmake --install, then the programs work from PATH and the client library from pkg-config.
+add_test(NAME install_from_path COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_install.sh ${CMAKE_BINARY_DIR})
+set_tests_properties(install_from_path PROPERTIES TIMEOUT 300)

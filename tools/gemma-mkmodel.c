@@ -84,7 +84,8 @@ static void usage(FILE *f)
             "  --shards N          number of safetensors files (default: 1 for tiny, ~4 GB each otherwise)\n"
             "  --layers N --heads N --kv-heads N --hidden N --intermediate N --head-dim N --vocab N\n"
             "                      override the preset's shape (vocab >= %d)\n"
-            "  --corpus FILE       tokenizer training text (default %s/data/corpus.txt)\n"
+            "  --corpus FILE       tokenizer training text (default: the shipped data/corpus.txt, from\n"
+            "                      $GEMMAD_DATA, the install's share/gemmad or the source tree %s)\n"
             "  --threads N         generator threads (default: all CPUs; output does not depend on it)\n"
             "  --help              this text\n",
             MK_MIN_VOCAB, GM_SOURCE_DIR);
@@ -164,7 +165,7 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
         ov[i] = -1;
     const char *dtype = "bf16";
     memset(o, 0, sizeof *o);
-    o->corpus = GM_SOURCE_DIR "/data/corpus.txt";
+    o->corpus = NULL; /* the shipped corpus (gm_data_path) unless --corpus */
     *help = false;
     opterr = 0;
     optind = 1;
@@ -565,13 +566,21 @@ int main(int argc, char **argv)
         long np = sysconf(_SC_NPROCESSORS_ONLN);
         o.threads = np < 1 ? 1 : np > 1024 ? 1024 : (int32_t)np;
     }
+    char *shipped = NULL;
+    if (!o.corpus && !(o.corpus = shipped = gm_data_path("corpus.txt", GM_SOURCE_DIR))) {
+        fprintf(stderr, "gemma-mkmodel: no corpus.txt found ($GEMMAD_DATA, share/gemmad beside the program, %s/data); "
+                        "give --corpus FILE\n", GM_SOURCE_DIR);
+        return 1;
+    }
     char tok[4200];
     snprintf(tok, sizeof tok, "%s/tokenizer.model", o.out);
     int32_t tv = o.cfg.vocab_size < MK_TOK_VOCAB ? o.cfg.vocab_size : MK_TOK_VOCAB;
     if ((st = gm_mkdirs(o.out)) || (st = mk_config(&o, o.out)) || (st = gm_spm_train(o.corpus, tv, tok)) ||
         (st = mk_weights(&o, o.out))) {
         fprintf(stderr, "gemma-mkmodel: %s: %s\n", gm_status_str(st), gm_last_error());
+        free(shipped);
         return 1;
     }
+    free(shipped);
     return 0;
 }
