@@ -209,7 +209,9 @@ static gm_status cfg_layers(const cJSON *tc, const char *name, const cfg_family 
     }
     int32_t pattern = f->pattern;
     if (f->family == GM_FAMILY_GEMMA3) {
-        gm_status st = cfg_int(tc, name, "sliding_window_pattern", pattern, 1, 65536, &pattern);
+        const char *key = cfg_get(tc, "sliding_window_pattern") ? "sliding_window_pattern"
+                                                                  : "_sliding_window_pattern"; /* transformers 5 */
+        gm_status st = cfg_int(tc, name, key, pattern, 1, 65536, &pattern);
         if (st)
             return st;
     }
@@ -335,7 +337,8 @@ gm_status gm_config_parse(const char *json, size_t len, const char *name, gm_mod
         goto done;
     }
     gm_config_set_gemma1(cfg);
-    snprintf(cfg->tensor_prefix, sizeof cfg->tensor_prefix, "%s", tc != root ? "model.language_model." : "model.");
+    /* a Gemma3ForConditionalGeneration's text model: transformers saves it as language_model.model.* */
+    snprintf(cfg->tensor_prefix, sizeof cfg->tensor_prefix, "%s", tc != root ? "language_model.model." : "model.");
     if (f->family == GM_FAMILY_GEMMA1) {
         if ((st = cfg_rope(tc, name, f, cfg)))
             goto done;
@@ -444,6 +447,11 @@ void gm_config_set_gemma1(gm_model_config *cfg)
     cfg->start_of_turn_id = 106;
     cfg->end_of_turn_id = 107;
     snprintf(cfg->tensor_prefix, sizeof cfg->tensor_prefix, "model.");
+}
+
+const char *gm_config_tensor_prefix(const gm_model_config *cfg)
+{
+    return cfg->tensor_prefix[0] ? cfg->tensor_prefix : "model.";
 }
 
 float gm_config_normalizer(const gm_model_config *cfg)

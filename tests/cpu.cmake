@@ -29,6 +29,41 @@ if(Python3_Interpreter_FOUND AND TARGET gemma-generate AND TARGET gemma-mkmodel)
     COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny
       --generate $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/tiny_block7
       --extra=--kv-block-size=7)
+  # Gemma 2 and 3: tiny checkpoints with a 16-token window (gemma-mkmodel tiny-gemma2/3), the reference's prompts
+  # reaching 121 tokens; whole-prompt steps, chunks of 5 over 3-token KV blocks, and one token per step (decode).
+  # ref_<fam>_transformers checks the numpy reference itself against transformers (skips without torch).
+  foreach(fam gemma2 gemma3)
+    add_test(NAME make_tiny_${fam}
+      COMMAND $<TARGET_FILE:gemma-mkmodel> --preset tiny-${fam} --seed 5 --out ${GM_MODELS}/tiny_${fam})
+    set_tests_properties(make_tiny_${fam} PROPERTIES FIXTURES_SETUP tiny_${fam})
+    foreach(v "whole;--extra=--kv-block-size=16" "chunk5;--extra=--prefill-chunk=5;--extra=--kv-block-size=3" "decode;--extra=--prefill-chunk=1")
+      list(GET v 0 vname)
+      list(SUBLIST v 1 -1 vflags)
+      add_test(NAME ref_${fam}_${vname}
+        COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny_${fam}
+          --generate $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/${fam}_${vname} ${vflags})
+      set_tests_properties(ref_${fam}_${vname} PROPERTIES FIXTURES_REQUIRED tiny_${fam} SKIP_RETURN_CODE 77
+        TIMEOUT 300)
+    endforeach()
+    add_test(NAME ref_${fam}_transformers COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny_${fam}
+      --transformers)
+    set_tests_properties(ref_${fam}_transformers PROPERTIES FIXTURES_REQUIRED tiny_${fam} SKIP_RETURN_CODE 77
+      TIMEOUT 300)
+  endforeach()
+  # the text part of a Gemma3ForConditionalGeneration (config under text_config), under both tensor prefixes
+  foreach(pre "language_model.model." "model.language_model.")
+    string(REPLACE "." "_" pname ${pre})
+    add_test(NAME make_tiny_gemma3_mm_${pname}
+      COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny_gemma3
+        --as-multimodal ${GM_MODELS}/tiny_gemma3_mm_${pname} ${pre})
+    set_tests_properties(make_tiny_gemma3_mm_${pname} PROPERTIES FIXTURES_REQUIRED tiny_gemma3
+      FIXTURES_SETUP tiny_gemma3_mm_${pname})
+    add_test(NAME ref_gemma3_mm_${pname}
+      COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny_gemma3_mm_${pname}
+        --generate $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/gemma3_mm_${pname})
+    set_tests_properties(ref_gemma3_mm_${pname} PROPERTIES FIXTURES_REQUIRED tiny_gemma3_mm_${pname}
+      SKIP_RETURN_CODE 77 TIMEOUT 300)
+  endforeach()
   add_test(NAME generate_golden
     COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny
       --golden $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/golden)

@@ -267,6 +267,11 @@ static void test_gemma3_text(void **state)
     assert_int_equal(c.layer_sliding[0], 0);
     assert_int_equal(c.layer_sliding[1], 1);
     assert_int_equal(c.layer_sliding[2], 0);
+    /* transformers 5 saves the pattern as _sliding_window_pattern */
+    assert_int_equal(parse("{\"model_type\": \"gemma3_text\", \"num_hidden_layers\": 3, \"_sliding_window_pattern\": 3}",
+                           &c),
+                     GM_OK);
+    assert_int_equal(c.layer_sliding[1] * 10 + c.layer_sliding[2], 10);
     /* an older config's sliding_window_pattern */
     assert_int_equal(parse("{\"model_type\": \"gemma3_text\", \"num_hidden_layers\": 4, \"sliding_window_pattern\": 2}",
                            &c),
@@ -300,7 +305,7 @@ static void test_gemma3_multimodal(void **state)
     assert_int_equal(c.eos_id, 1);
     assert_int_equal(c.bos_id, 2);
     assert_string_equal(c.torch_dtype, "bfloat16"); /* from the top level */
-    assert_string_equal(c.tensor_prefix, "model.language_model.");
+    assert_string_equal(c.tensor_prefix, "language_model.model.");
     /* no text_config at all: every text key at its default */
     assert_int_equal(parse("{\"model_type\": \"gemma3\"}", &c), GM_OK);
     assert_int_equal(c.hidden_size, 2304);

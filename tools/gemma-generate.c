@@ -30,6 +30,7 @@ typedef struct gen_opts {
     gm_quant quant;
     gm_kv_dtype kv_dtype;
     int lm_head_fp8;
+    int32_t prefill_chunk; /* 0 = the default */
 } gen_opts;
 
 static void usage(FILE *f)
@@ -53,6 +54,7 @@ static void usage(FILE *f)
             "  --perplexity FILE    print `perplexity: X` of FILE's text (context-sized windows,\n"
             "                       each starting with BOS)\n"
             "  --kv-block-size N    tokens per KV block (default 16)\n"
+            "  --prefill-chunk N    at most N prompt tokens per engine step (default 512; 1 = decode steps)\n"
             "  --quant Q            none, fp8 or awq (default none)\n"
             "  --kv-dtype D         auto, bf16 or fp8 (default auto)\n"
             "  --lm-head T          bf16 or fp8: the LM head's weights and inputs in e4m3 (default bf16)\n"
@@ -90,7 +92,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
     o->backend = GM_BACKEND_CPU;
     o->kv_block = 16;
     enum { O_MODEL = 1, O_PROMPT, O_CHAT, O_MAXTOK, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_BACKEND, O_DUMP, O_PPL,
-           O_KVB, O_QUANT, O_KVD, O_DUMPTOK, O_LMH, O_HELP };
+           O_KVB, O_QUANT, O_KVD, O_DUMPTOK, O_LMH, O_CHUNK, O_HELP };
     static const struct option lo[] = { /* in enum order: error messages name lo[c - 1] */
         {"model", required_argument, 0, O_MODEL},        {"prompt", required_argument, 0, O_PROMPT},
         {"chat", no_argument, 0, O_CHAT},                {"max-tokens", required_argument, 0, O_MAXTOK},
@@ -100,7 +102,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"perplexity", required_argument, 0, O_PPL},     {"kv-block-size", required_argument, 0, O_KVB},
         {"quant", required_argument, 0, O_QUANT},        {"kv-dtype", required_argument, 0, O_KVD},
         {"dump-tokens", required_argument, 0, O_DUMPTOK}, {"lm-head", required_argument, 0, O_LMH},
-        {"help", no_argument, 0, O_HELP},
+        {"prefill-chunk", required_argument, 0, O_CHUNK}, {"help", no_argument, 0, O_HELP},
         {0, 0, 0, 0},
     };
     int c;
@@ -164,6 +166,11 @@ static int parse_args(int argc, char **argv, gen_opts *o)
             if (!parse_i64(a, 1, 1 << 16, &v))
                 goto bad;
             o->kv_block = (int32_t)v;
+            break;
+        case O_CHUNK:
+            if (!parse_i64(a, 1, 1 << 20, &v))
+                goto bad;
+            o->prefill_chunk = (int32_t)v;
             break;
         case O_QUANT:
             if (!strcmp(a, "none"))
@@ -249,11 +256,12 @@ static gm_status make_engine(const gen_opts *o, int64_t ctx, int32_t chunk, gm_e
     return gm_engine_create(&eo, e);
 }
 
-/* Steps per token count for teacher-forced passes: every row's logits are kept. */
-static int32_t rows_chunk(const gm_model_config *cfg)
+/* Tokens per step of a teacher-forced pass (every row's logits kept), at most --prefill-chunk. */
+static int32_t rows_chunk(const gen_opts *o, const gm_model_config *cfg)
 {
     int64_t c = LOGITS_BUDGET / cfg->vocab_size;
-    return (int32_t)(c < 1 ? 1 : c > PREFILL_CHUNK ? PREFILL_CHUNK : c);
+    c = c < 1 ? 1 : c > PREFILL_CHUNK ? PREFILL_CHUNK : c;
+    return (int32_t)(o->prefill_chunk > 0 && o->prefill_chunk < c ? o->prefill_chunk : c);
 }
 
 static int run_perplexity(const gen_opts *o, const gm_model_config *cfg, const gm_tokenizer *tok)
@@ -292,7 +300,7 @@ static int run_perplexity(const gen_opts *o, const gm_model_config *cfg, const g
         return 1;
     }
     int64_t ctx = cfg->max_position;
-    int32_t chunk = rows_chunk(cfg);
+    int32_t chunk = rows_chunk(o, cfg);
     gm_engine *e = NULL;
     if ((st = make_engine(o, ctx, chunk, &e))) {
         free(ids);
@@ -381,7 +389,7 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
                 (long long)o->max_tokens, cfg->max_position);
         ctx = cfg->max_position;
     }
-    int32_t chunk = o->dump ? rows_chunk(cfg) : PREFILL_CHUNK;
+    int32_t chunk = o->dump ? rows_chunk(o, cfg) : o->prefill_chunk > 0 ? o->prefill_chunk : PREFILL_CHUNK;
     int32_t nbt = (int32_t)((ctx + o->kv_block - 1) / o->kv_block);
     int32_t *seq = malloc((size_t)ctx * sizeof(int32_t));
     int32_t *bt = malloc((size_t)nbt * sizeof(int32_t));
