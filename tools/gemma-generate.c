@@ -360,7 +360,8 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
     gm_status st;
     if (o->chat) {
         gm_chat_msg msg = {"user", o->prompt};
-        st = gm_tok_encode_chat(tok, &msg, 1, &ids, &n_ids);
+        gm_chat_format cf = {cfg->start_of_turn_id, cfg->end_of_turn_id, cfg->family == GM_FAMILY_GEMMA3};
+        st = gm_tok_encode_chat_fmt(tok, &cf, &msg, 1, &ids, &n_ids);
     } else {
         st = gm_tok_encode(tok, o->prompt, strlen(o->prompt), true, &ids, &n_ids);
     }
@@ -421,6 +422,7 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
         rc = 1;
         goto done;
     }
+    gm_gen_stream_set_stop_ids(gs, cfg->eos_id, cfg->end_of_turn_id);
     char buf[GM_DETOK_MAX_OUT];
     int64_t len = n_ids, produced = 0;
     int32_t next = -1;

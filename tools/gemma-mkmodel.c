@@ -50,6 +50,7 @@ typedef struct mk_opts {
     gm_dtype dtype;
     int32_t shards;  /* 0 = automatic */
     int32_t threads; /* 0 = nproc */
+    bool config_only; /* no weights */
     gm_model_config cfg;
 } mk_opts;
 
@@ -90,6 +91,7 @@ static void usage(FILE *f)
             "  --sliding-window N  the sliding layers' window (Gemma 2/3 presets)\n"
             "  --corpus FILE       tokenizer training text (default %s/data/corpus.txt)\n"
             "  --threads N         generator threads (default: all CPUs; output does not depend on it)\n"
+            "  --config-only       write the configs and the tokenizer, no weights\n"
             "  --help              this text\n"
             "The tokenizer is a small one trained from the corpus (at most %d pieces, Gemma's special ids,\n"
             "turn markers at 105/106 for Gemma 3, else 106/107); ids from it up to vocab_size are all valid\n"
@@ -191,7 +193,7 @@ static gm_status mk_int(const char *flag, const char *s, int64_t lo, int64_t hi,
 }
 
 enum { OPT_PRESET = 1, OPT_OUT, OPT_SEED, OPT_DTYPE, OPT_SHARDS, OPT_LAYERS, OPT_KV, OPT_HEADS, OPT_HIDDEN,
-       OPT_INTER, OPT_HDIM, OPT_VOCAB, OPT_WINDOW, OPT_CORPUS, OPT_THREADS, OPT_HELP };
+       OPT_INTER, OPT_HDIM, OPT_VOCAB, OPT_WINDOW, OPT_CORPUS, OPT_THREADS, OPT_CONFIG_ONLY, OPT_HELP };
 
 /* Parse argv into o. Returns GM_OK, or an error; *help set when --help was given. */
 static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
@@ -205,6 +207,7 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
         {"head-dim", required_argument, 0, OPT_HDIM}, {"vocab", required_argument, 0, OPT_VOCAB},
         {"sliding-window", required_argument, 0, OPT_WINDOW},
         {"corpus", required_argument, 0, OPT_CORPUS}, {"threads", required_argument, 0, OPT_THREADS},
+        {"config-only", no_argument, 0, OPT_CONFIG_ONLY},
         {"help", no_argument, 0, OPT_HELP},           {0, 0, 0, 0},
     };
     /* shape overrides, applied after the preset: -1 = not given */
@@ -227,6 +230,7 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
         case OPT_DTYPE: dtype = optarg; break;
         case OPT_CORPUS: o->corpus = optarg; break;
         case OPT_HELP: *help = true; return GM_OK;
+        case OPT_CONFIG_ONLY: o->config_only = true; break;
         case OPT_SEED: {
             char *end;
             errno = 0;
@@ -483,17 +487,28 @@ static gm_status mk_write_json(cJSON *j, const char *path)
     return ok ? GM_OK : gm_fail(GM_ERR_IO, "%s: write failed", path);
 }
 
+/* A float key written with a decimal point (30.0, not 30): transformers 5 type-checks float fields. */
+static void mk_add_float(cJSON *j, const char *key, double v)
+{
+    char buf[48];
+    if (v == floor(v) && fabs(v) < 1e15)
+        snprintf(buf, sizeof buf, "%.1f", v);
+    else
+        snprintf(buf, sizeof buf, "%.7g", v); /* the values are floats */
+    cJSON_AddRawToObject(j, key, buf);
+}
+
 /* config.json keys of Gemma 2/3 (transformers 4.5x spelling, which transformers 5 loads as well). */
 static void mk_config_gemma23(const gm_model_config *c, cJSON *j)
 {
     cJSON_AddStringToObject(j, "cache_implementation", "hybrid");
     cJSON_AddNumberToObject(j, "query_pre_attn_scalar", c->query_pre_attn_scalar);
     if (c->attn_softcap > 0)
-        cJSON_AddNumberToObject(j, "attn_logit_softcapping", c->attn_softcap);
+        mk_add_float(j, "attn_logit_softcapping", c->attn_softcap);
     else
         cJSON_AddNullToObject(j, "attn_logit_softcapping");
     if (c->final_softcap > 0)
-        cJSON_AddNumberToObject(j, "final_logit_softcapping", c->final_softcap);
+        mk_add_float(j, "final_logit_softcapping", c->final_softcap);
     else
         cJSON_AddNullToObject(j, "final_logit_softcapping");
     cJSON_AddNumberToObject(j, "sliding_window", c->sliding_window);
@@ -501,7 +516,7 @@ static void mk_config_gemma23(const gm_model_config *c, cJSON *j)
     for (int32_t i = 0; i < c->num_layers; i++)
         cJSON_AddItemToArray(lt, cJSON_CreateString(c->layer_sliding[i] ? "sliding_attention" : "full_attention"));
     if (c->family == GM_FAMILY_GEMMA3)
-        cJSON_AddNumberToObject(j, "rope_local_base_freq", c->rope_theta_local);
+        mk_add_float(j, "rope_local_base_freq", c->rope_theta_local);
 }
 
 /* eos_token_id: Gemma 3 lists <end_of_turn> after <eos>, as its published configs do. */
@@ -545,12 +560,12 @@ static gm_status mk_config(const mk_opts *o, const char *dir)
     cJSON_AddNumberToObject(j, "rms_norm_eps", 1e-6);
     if (c->rope_scale != 1.0f) { /* Gemma 3's full layers */
         cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
-        cJSON_AddNumberToObject(rs, "factor", c->rope_scale);
+        mk_add_float(rs, "factor", c->rope_scale);
         cJSON_AddStringToObject(rs, "rope_type", "linear");
     } else {
         cJSON_AddNullToObject(j, "rope_scaling");
     }
-    cJSON_AddNumberToObject(j, "rope_theta", c->rope_theta);
+    mk_add_float(j, "rope_theta", c->rope_theta);
     cJSON_AddBoolToObject(j, "tie_word_embeddings", 1);
     cJSON_AddStringToObject(j, "torch_dtype", c->torch_dtype);
     cJSON_AddStringToObject(j, "transformers_version", c->family == GM_FAMILY_GEMMA1 ? "4.38.0" : "4.50.0");
@@ -676,7 +691,7 @@ int main(int argc, char **argv)
     snprintf(tok, sizeof tok, "%s/tokenizer.model", o.out);
     int32_t tv = o.cfg.vocab_size < MK_TOK_VOCAB ? o.cfg.vocab_size : MK_TOK_VOCAB;
     if ((st = gm_mkdirs(o.out)) || (st = mk_config(&o, o.out)) || (st = gm_spm_train(o.corpus, tv, o.cfg.start_of_turn_id, tok)) ||
-        (st = mk_weights(&o, o.out))) {
+        (!o.config_only && (st = mk_weights(&o, o.out)))) {
         fprintf(stderr, "gemma-mkmodel: %s: %s\n", gm_status_str(st), gm_last_error());
         return 1;
     }

@@ -102,8 +102,8 @@ static int has_qweight(const st_model *m, const char *prefix, int32_t l, const c
 static void find_prefix(const st_model *m, gm_model_config *cfg)
 {
     static const char *const known[] = {"model.", "model.language_model.", "language_model.model."};
-    char name[96];
-    const char *own = gm_config_tensor_prefix(cfg);
+    char name[96], own[sizeof cfg->tensor_prefix];
+    snprintf(own, sizeof own, "%s", gm_config_tensor_prefix(cfg));
     snprintf(name, sizeof name, "%sembed_tokens.weight", own);
     if (st_model_find(m, name))
         return;
