@@ -33,6 +33,13 @@ if(TARGET gemma-quantize AND TARGET gemma-generate AND TARGET gemma-mkmodel)
   set_tests_properties(quantize_gemma3_fp8 PROPERTIES FIXTURES_REQUIRED tiny_gemma3 TIMEOUT 120)
 endif()
 
+# The engine tests (batch invariance, chunked and scattered KV, tensor parallel tp=2 vs tp=1) on Gemma 2 and 3.
+foreach(fam gemma2 gemma3)
+  add_test(NAME test_engine_cpu_${fam} COMMAND test_engine_cpu ${CMAKE_BINARY_DIR}/models/tiny_${fam})
+  set_tests_properties(test_engine_cpu_${fam} PROPERTIES FIXTURES_REQUIRED tiny_${fam} TIMEOUT 300
+    ENVIRONMENT "GM_SRC=${CMAKE_SOURCE_DIR};GM_BIN=${CMAKE_BINARY_DIR}")
+endforeach()
+
 # gemma-generate end to end, and against the independent numpy Gemma (tests/ref_gemma.py).
 if(Python3_Interpreter_FOUND AND TARGET gemma-generate AND TARGET gemma-mkmodel)
   set(GM_REF ${CMAKE_CURRENT_SOURCE_DIR}/ref_gemma.py)
