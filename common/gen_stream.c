@@ -7,6 +7,7 @@ struct gm_gen_stream {
     gm_detok *d;
     bool chat;
     bool stopped;
+    int32_t eos, eot; /* stop ids */
 };
 
 gm_gen_stream *gm_gen_stream_new(const gm_tokenizer *t, bool chat)
@@ -20,7 +21,15 @@ gm_gen_stream *gm_gen_stream_new(const gm_tokenizer *t, bool chat)
         return NULL;
     }
     s->chat = chat;
+    s->eos = GM_TOK_EOS;
+    s->eot = GM_TOK_END_OF_TURN;
     return s;
+}
+
+void gm_gen_stream_set_stop_ids(gm_gen_stream *s, int32_t eos, int32_t end_of_turn)
+{
+    s->eos = eos;
+    s->eot = end_of_turn;
 }
 
 void gm_gen_stream_destroy(gm_gen_stream **s)
@@ -39,7 +48,7 @@ size_t gm_gen_stream_push(gm_gen_stream *s, int32_t id, char *out, bool *stop)
         *stop = s->stopped;
     if (s->stopped)
         return 0;
-    if (gm_gen_is_stop(id, s->chat)) {
+    if (id == s->eos || (s->chat && id == s->eot)) {
         s->stopped = true;
         if (stop)
             *stop = true;

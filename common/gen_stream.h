@@ -23,8 +23,11 @@ static inline bool gm_gen_is_stop(int32_t id, bool chat)
 
 typedef struct gm_gen_stream gm_gen_stream;
 
-/* t is borrowed for the stream's life. NULL when out of memory. */
+/* t is borrowed for the stream's life. NULL when out of memory. Stops as gm_gen_is_stop (Gemma 1/2's ids)
+ * until gm_gen_stream_set_stop_ids says otherwise. */
 gm_gen_stream *gm_gen_stream_new(const gm_tokenizer *t, bool chat);
+/* The model's stop ids: eos always, end_of_turn in chat mode (model_config.h eos_id, end_of_turn_id). */
+void gm_gen_stream_set_stop_ids(gm_gen_stream *s, int32_t eos, int32_t end_of_turn);
 void gm_gen_stream_destroy(gm_gen_stream **s);
 
 /* Feed one generated id. Writes newly complete text to out (at least

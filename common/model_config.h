@@ -45,11 +45,19 @@ typedef struct gm_model_config {
     int32_t qk_norm;             /* 1: RMSNorm (1 + w) over head_dim on q and k before RoPE (Gemma 3) */
     int32_t sandwich_norm;       /* 1: post-attention and pre/post-feed-forward norms (Gemma 2, 3) */
     int32_t start_of_turn_id, end_of_turn_id; /* chat markers: 106/107 (Gemma 1, 2), 105/106 (Gemma 3) */
+    /* Names of the text model's tensors start with this: "model." (…ForCausalLM), "language_model.model."
+     * (a Gemma3ForConditionalGeneration as released and as transformers saves it) or "model.language_model."
+     * (its names inside transformers >= 4.52, kept by some converters); gm_weights_bind settles which one. */
+    char tensor_prefix[32];
 } gm_model_config;
 
 /* Parse config.json text. `name` (borrowed) names the file in error messages.
- * Missing optional keys get Gemma's defaults; missing required keys, wrong
- * types and impossible values (num_heads % num_kv_heads != 0, zero sizes) fail. */
+ * model_type "gemma" (or none), "gemma2", "gemma3_text", or "gemma3" (the text model is read from
+ * "text_config"; ids and dtype may sit at the top level). Gemma 1 needs its shape keys; Gemma 2/3 fill
+ * missing keys with transformers' Gemma2Config / Gemma3TextConfig defaults (saved Gemma 3 configs omit
+ * keys equal to them). Wrong types, impossible values (num_heads % num_kv_heads != 0, zero sizes, a
+ * layer_types list of the wrong length) and what the engines cannot run (RoPE other than default/linear,
+ * an activation other than tanh-GELU, attention bias, untied embeddings, bidirectional attention) fail. */
 gm_status gm_config_parse(const char *json, size_t len, const char *name, gm_model_config *cfg);
 
 /* Read and parse DIR/config.json. */
@@ -58,6 +66,9 @@ gm_status gm_config_load_dir(const char *dir, gm_model_config *cfg);
 /* Set the Gemma 2/3 switches to Gemma 1's values (every layer full attention, plain norms, scale
  * head_dim^-0.5, chat ids 106/107); for configs built by hand after the shape fields are set. */
 void gm_config_set_gemma1(gm_model_config *cfg);
+
+/* cfg->tensor_prefix, or "model." when it is empty (a config built by hand). */
+const char *gm_config_tensor_prefix(const gm_model_config *cfg);
 
 /* sqrt(hidden_size) rounded to bf16, the embedding normalizer of Gemma. */
 float gm_config_normalizer(const gm_model_config *cfg);

@@ -30,7 +30,6 @@ struct gm_tokenizer {
     std::vector<std::string> bytes; // [n] what each id contributes to a text stream
     std::vector<bool> special;      // [n] ids that user text must never produce
     int32_t byte_id[256];           // id of piece <0xNN>, -1 if absent
-    bool has_chat = false;          // 106/107 are the turn markers
 };
 
 struct gm_detok {
@@ -111,8 +110,6 @@ gm_status load(const char *path, gm_tokenizer **out)
                          (id > 3 && id < kNumSpecial && !t->sp.IsByte(id) && !piece.empty() &&
                           (piece[0] == '<' || piece[0] == '['));
     }
-    t->has_chat = t->n > GM_TOK_END_OF_TURN && t->sp.IdToPiece(GM_TOK_START_OF_TURN) == "<start_of_turn>" &&
-                  t->sp.IdToPiece(GM_TOK_END_OF_TURN) == "<end_of_turn>";
     *out = t;
     return GM_OK;
 }
@@ -292,19 +289,32 @@ gm_status gm_tok_encode(const gm_tokenizer *t, const char *text, size_t len, boo
     }
 }
 
-gm_status gm_tok_encode_chat(const gm_tokenizer *t, const gm_chat_msg *msgs, int32_t n_msgs, int32_t **ids,
-                             int32_t *n)
+gm_status gm_tok_encode_chat_fmt(const gm_tokenizer *t, const gm_chat_format *f, const gm_chat_msg *msgs,
+                                 int32_t n_msgs, int32_t **ids, int32_t *n)
 {
-    if (!t || !ids || !n || (!msgs && n_msgs > 0))
+    if (!t || !f || !ids || !n || (!msgs && n_msgs > 0))
         return gm_fail(GM_ERR_INVALID_ARG, "gm_tok_encode_chat: NULL argument");
     if (n_msgs <= 0)
         return gm_fail(GM_ERR_INVALID_ARG, "chat: no messages (the last message must be the user's)");
-    if (!t->has_chat)
-        return gm_fail(GM_ERR_UNSUPPORTED, "chat: the tokenizer has no <start_of_turn>/<end_of_turn> at ids 106/107");
+    int32_t sot = f->start_of_turn, eot = f->end_of_turn;
+    if (sot < 0 || eot < 0 || sot >= t->n || eot >= t->n || t->sp.IdToPiece(sot) != "<start_of_turn>" ||
+        t->sp.IdToPiece(eot) != "<end_of_turn>")
+        return gm_fail(GM_ERR_UNSUPPORTED, "chat: the tokenizer has no <start_of_turn>/<end_of_turn> at ids %d/%d",
+                       (int)sot, (int)eot);
     try {
         std::vector<int32_t> v;
         v.push_back(t->bos);
-        for (int32_t i = 0; i < n_msgs; i++) {
+        std::string prefix; // Gemma 3: the system message, folded into the first user turn
+        int32_t first = 0;
+        if (f->system_prefix && msgs[0].role && std::strcmp(msgs[0].role, "system") == 0) {
+            if (!msgs[0].text)
+                return gm_fail(GM_ERR_INVALID_ARG, "chat: message 0 has no role or text");
+            prefix = std::string(msgs[0].text) + "\n\n";
+            first = 1;
+            if (n_msgs == 1)
+                return gm_fail(GM_ERR_INVALID_ARG, "chat: the last message must be the user's, not \"system\"");
+        }
+        for (int32_t i = first; i < n_msgs; i++) {
             const char *role = msgs[i].role;
             if (!role || !msgs[i].text)
                 return gm_fail(GM_ERR_INVALID_ARG, "chat: message %d has no role or text", (int)i);
@@ -314,21 +324,25 @@ gm_status gm_tok_encode_chat(const gm_tokenizer *t, const gm_chat_msg *msgs, int
             else if (std::strcmp(role, "model") == 0 || std::strcmp(role, "assistant") == 0)
                 r = "model";
             else if (std::strcmp(role, "system") == 0)
-                return gm_fail(GM_ERR_INVALID_ARG, "chat: message %d: Gemma has no \"system\" role", (int)i);
+                return gm_fail(GM_ERR_INVALID_ARG, f->system_prefix ? "chat: message %d: \"system\" must be the first message"
+                                                                   : "chat: message %d: this Gemma has no \"system\" role",
+                               (int)i);
             else
                 return gm_fail(GM_ERR_INVALID_ARG, "chat: message %d: unknown role \"%.32s\"", (int)i, role);
             if (i == n_msgs - 1 && std::strcmp(r, "user") != 0)
                 return gm_fail(GM_ERR_INVALID_ARG, "chat: the last message must be the user's, not \"%s\"", role);
-            std::string body = std::string(r) + "\n" + msgs[i].text;
-            v.push_back(GM_TOK_START_OF_TURN);
+            if (i == first && !prefix.empty() && std::strcmp(r, "user") != 0)
+                return gm_fail(GM_ERR_INVALID_ARG, "chat: the message after \"system\" must be the user's");
+            std::string body = std::string(r) + "\n" + (i == first ? prefix : std::string()) + msgs[i].text;
+            v.push_back(sot);
             gm_status s = encode_into(t, body.data(), body.size(), v);
             if (s != GM_OK)
                 return s;
-            v.push_back(GM_TOK_END_OF_TURN);
+            v.push_back(eot);
             if ((s = encode_into(t, "\n", 1, v)) != GM_OK)
                 return s;
         }
-        v.push_back(GM_TOK_START_OF_TURN);
+        v.push_back(sot);
         gm_status s = encode_into(t, "model\n", 6, v);
         if (s != GM_OK)
             return s;
@@ -338,6 +352,13 @@ gm_status gm_tok_encode_chat(const gm_tokenizer *t, const gm_chat_msg *msgs, int
     } catch (...) {
         return gm_fail(GM_ERR_INTERNAL, "chat: exception while encoding");
     }
+}
+
+gm_status gm_tok_encode_chat(const gm_tokenizer *t, const gm_chat_msg *msgs, int32_t n_msgs, int32_t **ids,
+                             int32_t *n)
+{
+    const gm_chat_format gemma1 = {GM_TOK_START_OF_TURN, GM_TOK_END_OF_TURN, false};
+    return gm_tok_encode_chat_fmt(t, &gemma1, msgs, n_msgs, ids, n);
 }
 
 size_t gm_tok_piece_bytes(const gm_tokenizer *t, int32_t id, char *out, size_t cap)

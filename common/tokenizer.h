@@ -38,9 +38,23 @@ typedef struct gm_chat_msg {
     const char *text;
 } gm_chat_msg;
 
+/* A model's chat template: its turn-marker ids (model_config.h start_of_turn_id, end_of_turn_id) and
+ * whether a leading "system" message is folded into the first user turn (Gemma 3's template does:
+ * "<start_of_turn>user\nSYSTEM\n\nUSER"; Gemma 1's and 2's reject a system role). */
+typedef struct gm_chat_format {
+    int32_t start_of_turn, end_of_turn; /* 106/107 (Gemma 1, 2), 105/106 (Gemma 3) */
+    bool system_prefix;
+} gm_chat_format;
+
 /* Gemma chat template:
  * <bos>(<start_of_turn>ROLE\nTEXT<end_of_turn>\n)* <start_of_turn>model\n
- * The last message must be the user's. *ids is caller-owned. */
+ * with f's turn markers (their pieces must be <start_of_turn>/<end_of_turn>, else GM_ERR_UNSUPPORTED).
+ * The last message must be the user's; "system" only first, and only when f->system_prefix.
+ * *ids is caller-owned. */
+gm_status gm_tok_encode_chat_fmt(const gm_tokenizer *t, const gm_chat_format *f, const gm_chat_msg *msgs,
+                                 int32_t n_msgs, int32_t **ids, int32_t *n);
+
+/* gm_tok_encode_chat_fmt with Gemma 1's format (106/107, no system role). */
 gm_status gm_tok_encode_chat(const gm_tokenizer *t, const gm_chat_msg *msgs, int32_t n_msgs, int32_t **ids,
                              int32_t *n);
 

@@ -1,8 +1,44 @@
 # CPU reference area: ops, the CPU engine, gemma-generate against an independent numpy Gemma.
 gm_add_test(test_cpu_ops ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_ops.c LIBS gm_kernels_cpu gm_common m TIMEOUT 120)
+gm_add_test(test_cpu_gemma23 ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_gemma23.c LIBS gm_kernels_cpu gm_common m TIMEOUT 60)
+gm_add_test(test_weights_gemma23 ${CMAKE_CURRENT_SOURCE_DIR}/test_weights_gemma23.c LIBS gm_worker gm_common m
+  TIMEOUT 60)
 gm_add_test(test_engine_cpu ${CMAKE_CURRENT_SOURCE_DIR}/test_engine_cpu.c LIBS gm_worker gm_parallel gm_common m
   TIMEOUT 300)
 set_tests_properties(test_engine_cpu PROPERTIES FIXTURES_REQUIRED tiny_model)
+
+# Tiny Gemma 2 and Gemma 3 checkpoints (fixtures tiny_gemma2, tiny_gemma3; a 16-token sliding window).
+if(TARGET gemma-mkmodel)
+  foreach(fam gemma2 gemma3)
+    add_test(NAME make_tiny_${fam}
+      COMMAND $<TARGET_FILE:gemma-mkmodel> --preset tiny-${fam} --seed 5 --out ${CMAKE_BINARY_DIR}/models/tiny_${fam})
+    set_tests_properties(make_tiny_${fam} PROPERTIES FIXTURES_SETUP tiny_${fam})
+  endforeach()
+endif()
+
+# The quantizers on Gemma 3: int4 (AWQ/RTN) and FP8 calibration run Gemma 1's forward and refuse it;
+# FP8 with dynamic scales works, and the CPU engine runs the result.
+if(TARGET gemma-quantize AND TARGET gemma-generate AND TARGET gemma-mkmodel)
+  set(GM_G3 ${CMAKE_BINARY_DIR}/models/tiny_gemma3)
+  add_test(NAME quantize_gemma3_int4_refused
+    COMMAND $<TARGET_FILE:gemma-quantize> --rtn --model ${GM_G3} --out ${CMAKE_BINARY_DIR}/q/g3_rtn)
+  add_test(NAME quantize_gemma3_fp8_calib_refused
+    COMMAND $<TARGET_FILE:gemma-quantize> --fp8 --model ${GM_G3} --calib ${CMAKE_SOURCE_DIR}/data/corpus.txt
+      --out ${CMAKE_BINARY_DIR}/q/g3_fp8c)
+  set_tests_properties(quantize_gemma3_int4_refused quantize_gemma3_fp8_calib_refused PROPERTIES
+    FIXTURES_REQUIRED tiny_gemma3 PASS_REGULAR_EXPRESSION "supports Gemma 1 only \\(this is Gemma 3\\)")
+  add_test(NAME quantize_gemma3_fp8
+    COMMAND bash -c "'$<TARGET_FILE:gemma-quantize>' --fp8 --model '${GM_G3}' --out '${CMAKE_BINARY_DIR}/q/g3_fp8' &&
+      '$<TARGET_FILE:gemma-generate>' --model '${CMAKE_BINARY_DIR}/q/g3_fp8' --prompt 'Once upon a time' --max-tokens 4")
+  set_tests_properties(quantize_gemma3_fp8 PROPERTIES FIXTURES_REQUIRED tiny_gemma3 TIMEOUT 120)
+endif()
+
+# The engine tests (batch invariance, chunked and scattered KV, tensor parallel tp=2 vs tp=1) on Gemma 2 and 3.
+foreach(fam gemma2 gemma3)
+  add_test(NAME test_engine_cpu_${fam} COMMAND test_engine_cpu ${CMAKE_BINARY_DIR}/models/tiny_${fam})
+  set_tests_properties(test_engine_cpu_${fam} PROPERTIES FIXTURES_REQUIRED tiny_${fam} TIMEOUT 300
+    ENVIRONMENT "GM_SRC=${CMAKE_SOURCE_DIR};GM_BIN=${CMAKE_BINARY_DIR}")
+endforeach()
 
 # gemma-generate end to end, and against the independent numpy Gemma (tests/ref_gemma.py).
 if(Python3_Interpreter_FOUND AND TARGET gemma-generate AND TARGET gemma-mkmodel)
@@ -29,6 +65,38 @@ if(Python3_Interpreter_FOUND AND TARGET gemma-generate AND TARGET gemma-mkmodel)
     COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny
       --generate $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/tiny_block7
       --extra=--kv-block-size=7)
+  # Gemma 2 and 3: tiny checkpoints with a 16-token window (gemma-mkmodel tiny-gemma2/3), the reference's prompts
+  # reaching 121 tokens; whole-prompt steps, chunks of 5 over 3-token KV blocks, and one token per step (decode).
+  # ref_<fam>_transformers checks the numpy reference itself against transformers (skips without torch).
+  foreach(fam gemma2 gemma3)
+    foreach(v "whole;--extra=--kv-block-size=16" "chunk5;--extra=--prefill-chunk=5;--extra=--kv-block-size=3" "decode;--extra=--prefill-chunk=1")
+      list(GET v 0 vname)
+      list(SUBLIST v 1 -1 vflags)
+      add_test(NAME ref_${fam}_${vname}
+        COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny_${fam}
+          --generate $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/${fam}_${vname} ${vflags})
+      set_tests_properties(ref_${fam}_${vname} PROPERTIES FIXTURES_REQUIRED tiny_${fam} SKIP_RETURN_CODE 77
+        TIMEOUT 300)
+    endforeach()
+    add_test(NAME ref_${fam}_transformers COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny_${fam}
+      --transformers)
+    set_tests_properties(ref_${fam}_transformers PROPERTIES FIXTURES_REQUIRED tiny_${fam} SKIP_RETURN_CODE 77
+      TIMEOUT 300)
+  endforeach()
+  # the text part of a Gemma3ForConditionalGeneration (config under text_config), under both tensor prefixes
+  foreach(pre "language_model.model." "model.language_model.")
+    string(REPLACE "." "_" pname ${pre})
+    add_test(NAME make_tiny_gemma3_mm_${pname}
+      COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny_gemma3
+        --as-multimodal ${GM_MODELS}/tiny_gemma3_mm_${pname} ${pre})
+    set_tests_properties(make_tiny_gemma3_mm_${pname} PROPERTIES FIXTURES_REQUIRED tiny_gemma3
+      FIXTURES_SETUP tiny_gemma3_mm_${pname})
+    add_test(NAME ref_gemma3_mm_${pname}
+      COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny_gemma3_mm_${pname}
+        --generate $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/gemma3_mm_${pname})
+    set_tests_properties(ref_gemma3_mm_${pname} PROPERTIES FIXTURES_REQUIRED tiny_gemma3_mm_${pname}
+      SKIP_RETURN_CODE 77 TIMEOUT 300)
+  endforeach()
   add_test(NAME generate_golden
     COMMAND ${Python3_EXECUTABLE} ${GM_REF} --model ${GM_MODELS}/tiny
       --golden $<TARGET_FILE:gemma-generate> --work ${CMAKE_BINARY_DIR}/ref/golden)

@@ -480,10 +480,14 @@ static void test_dispatch_and_null(void **state)
     gm_engine_destroy(&e);
 }
 
-int main(void)
+/* argv[1]: the model (default GM_BIN/models/tiny); CTest runs this on the Gemma 2 and 3 tiny models too. */
+int main(int argc, char **argv)
 {
     const char *bin = getenv("GM_BIN");
-    snprintf(g_model, sizeof g_model, "%s/models/tiny", bin ? bin : "build");
+    if (argc > 1)
+        snprintf(g_model, sizeof g_model, "%s", argv[1]);
+    else
+        snprintf(g_model, sizeof g_model, "%s/models/tiny", bin ? bin : "build");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_invariance), cmocka_unit_test(test_chunked_and_scattered),
         cmocka_unit_test(test_invalid_inputs),   cmocka_unit_test(test_tensor_parallel),

@@ -340,6 +340,65 @@ static void test_overrides(void **state)
     gm_tok_destroy(&t);
 }
 
+/* The Gemma 2/3 presets: --config-only configs that parse with the published parameter counts, and a tiny
+ * Gemma 3 with its extra tensors and a tokenizer whose turn markers sit at 105/106. */
+static void test_gemma23_presets(void **state)
+{
+    (void)state;
+    static const struct { const char *preset; gm_family fam; int64_t params; int32_t window, full0; } p[] = {
+        {"gemma2-2b", GM_FAMILY_GEMMA2, 2614341888LL, 4096, 1},     /* published sizes */
+        {"gemma2-9b", GM_FAMILY_GEMMA2, 9241705984LL, 4096, 1},
+        {"gemma3-270m", GM_FAMILY_GEMMA3, 268098176LL, 512, 5},
+        {"gemma3-1b", GM_FAMILY_GEMMA3, 999885952LL, 512, 5},
+        {"gemma3-4b", GM_FAMILY_GEMMA3, 3880099328LL, 1024, 5},     /* text model, vocab 262144 */
+        {"gemma3-12b", GM_FAMILY_GEMMA3, 11765788416LL, 1024, 5},
+    };
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) {
+        char flags[256], dir[4096];
+        snprintf(flags, sizeof flags, "--preset %s --config-only", p[i].preset);
+        make(p[i].preset, flags);
+        assert_false(exists_in(p[i].preset, "model.safetensors"));
+        assert_true(exists_in(p[i].preset, "tokenizer.model"));
+        snprintf(dir, sizeof dir, "%s/%s", g_work, p[i].preset);
+        gm_model_config c;
+        assert_int_equal(gm_config_load_dir(dir, &c), GM_OK);
+        assert_int_equal(c.family, p[i].fam);
+        assert_int_equal(gm_config_param_count(&c), p[i].params);
+        assert_int_equal(c.sliding_window, p[i].window);
+        assert_int_equal(c.layer_sliding[p[i].full0], 0); /* the first full-attention layer */
+        assert_int_equal(c.layer_sliding[0], 1);
+        assert_true(c.rope_scale == (strstr(p[i].preset, "4b") || strstr(p[i].preset, "12b") ? 8.0f : 1.0f));
+    }
+    make("g3", "--preset tiny-gemma3 --sliding-window 7 --seed 2");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/g3", g_work);
+    gm_model_config c;
+    assert_int_equal(gm_config_load_dir(dir, &c), GM_OK);
+    assert_int_equal(c.sliding_window, 7);
+    assert_int_equal(c.qk_norm, 1);
+    st_model *m = NULL;
+    assert_int_equal(st_model_open(dir, &m), GM_OK);
+    const st_tensor *qn = st_model_find(m, "model.layers.5.self_attn.q_norm.weight");
+    assert_non_null(qn);
+    assert_int_equal(qn->shape[0], 64);
+    assert_non_null(st_model_find(m, "model.layers.0.pre_feedforward_layernorm.weight"));
+    assert_non_null(st_model_find(m, "model.layers.0.post_feedforward_layernorm.weight"));
+    st_model_destroy(&m);
+    char tp[4200];
+    snprintf(tp, sizeof tp, "%s/tokenizer.model", dir);
+    gm_tokenizer *t = NULL;
+    assert_int_equal(gm_tok_load(tp, &t), GM_OK);
+    gm_chat_msg msg = {"user", "Hi"};
+    gm_chat_format f3 = {105, 106, true};
+    int32_t *ids = NULL, n = 0;
+    assert_int_equal(gm_tok_encode_chat_fmt(t, &f3, &msg, 1, &ids, &n), GM_OK);
+    free(ids);
+    gm_tok_destroy(&t);
+    char flags[4300];
+    snprintf(flags, sizeof flags, "--preset tiny --out '%s/bad' --sliding-window 4", g_work);
+    expect_fail(flags, "no sliding layers");
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -352,6 +411,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_help),   cmocka_unit_test(test_bad_flags), cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_config), cmocka_unit_test(test_tensors),   cmocka_unit_test(test_shards),
         cmocka_unit_test(test_overrides),
+        cmocka_unit_test(test_gemma23_presets),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

@@ -14,6 +14,7 @@
 
 static const char *g_model_path;
 static gm_tokenizer *g_tok;
+static const char *g_gemma3_path; /* a tokenizer with Gemma 3's turn markers (105/106) */
 
 /* Texts that must survive encode -> decode unchanged. */
 static const char *const g_texts[] = {
@@ -473,6 +474,56 @@ static void test_chat_errors(void **state)
     assert_null(ids);
 }
 
+/* Gemma 3's template: turn markers 105/106, a leading system message folded into the first user turn. */
+static void test_chat_gemma3(void **state)
+{
+    (void)state;
+    gm_tokenizer *t3 = NULL;
+    assert_int_equal(gm_tok_load(g_gemma3_path, &t3), GM_OK);
+    const gm_chat_format g3 = {105, 106, true}, g1 = {106, 107, false};
+    gm_chat_msg msgs[] = {{"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}};
+    int32_t *ids = NULL, n = 0;
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, &g3, msgs, 4, &ids, &n), GM_OK);
+    int sot = 0, eot = 0;
+    for (int32_t i = 0; i < n; i++)
+        sot += ids[i] == 105, eot += ids[i] == 106;
+    assert_int_equal(sot, 4); /* user, model, user, and the generation prompt: no system turn */
+    assert_int_equal(eot, 3);
+    assert_int_equal(ids[0], GM_TOK_BOS);
+    assert_int_equal(ids[1], 105);
+    char *s = gm_tok_decode(t3, ids, n);
+    assert_string_equal(s, "user\nBe brief.\n\nHi\nmodel\nHello\nuser\nBye\nmodel\n");
+    free(s);
+    free(ids);
+    ids = NULL;
+    /* the same messages without the system one: only the prefix differs */
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, &g3, msgs + 1, 3, &ids, &n), GM_OK);
+    s = gm_tok_decode(t3, ids, n);
+    assert_string_equal(s, "user\nHi\nmodel\nHello\nuser\nBye\nmodel\n");
+    free(s);
+    free(ids);
+    ids = NULL;
+    /* errors: Gemma 1's ids on this tokenizer, system elsewhere, system alone, system without the flag */
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, &g1, msgs + 1, 1, &ids, &n), GM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(gm_last_error(), "106/107"));
+    assert_int_equal(gm_tok_encode_chat(t3, msgs + 1, 1, &ids, &n), GM_ERR_UNSUPPORTED);
+    gm_chat_msg late[] = {{"user", "Hi"}, {"system", "x"}, {"user", "Hi"}};
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, &g3, late, 3, &ids, &n), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "first"));
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, &g3, msgs, 1, &ids, &n), GM_ERR_INVALID_ARG);
+    gm_chat_msg sys_model[] = {{"system", "x"}, {"model", "y"}, {"user", "z"}};
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, &g3, sys_model, 3, &ids, &n), GM_ERR_INVALID_ARG);
+    const gm_chat_format g3_nosys = {105, 106, false};
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, &g3_nosys, msgs, 2, &ids, &n), GM_ERR_INVALID_ARG);
+    const gm_chat_format bad = {105, 5000, true};
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, &bad, msgs + 1, 1, &ids, &n), GM_ERR_UNSUPPORTED);
+    assert_int_equal(gm_tok_encode_chat_fmt(t3, NULL, msgs + 1, 1, &ids, &n), GM_ERR_INVALID_ARG);
+    assert_null(ids);
+    /* and the Gemma 1 tokenizer refuses Gemma 3's ids */
+    assert_int_equal(gm_tok_encode_chat_fmt(g_tok, &g3, msgs + 1, 1, &ids, &n), GM_ERR_UNSUPPORTED);
+    gm_tok_destroy(&t3);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -492,17 +543,18 @@ static int teardown(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: test_tokenizer PATH/tokenizer.model\n");
+    if (argc != 3) {
+        fprintf(stderr, "usage: test_tokenizer PATH/tokenizer.model GEMMA3_PATH/tokenizer.model\n");
         return 2;
     }
     g_model_path = argv[1];
+    g_gemma3_path = argv[2];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_special_layout),  cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_round_trip),      cmocka_unit_test(test_streaming),
         cmocka_unit_test(test_invalid_bytes),   cmocka_unit_test(test_special_text_not_parsed),
         cmocka_unit_test(test_invalid_input_text), cmocka_unit_test(test_chat_template),
-        cmocka_unit_test(test_chat_errors),
+        cmocka_unit_test(test_chat_errors),     cmocka_unit_test(test_chat_gemma3),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

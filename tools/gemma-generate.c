@@ -32,6 +32,7 @@ typedef struct gen_opts {
     gm_quant quant;
     gm_kv_dtype kv_dtype;
     int lm_head_fp8;
+    int32_t prefill_chunk; /* 0 = the default */
 } gen_opts;
 
 static void usage(FILE *f)
@@ -58,6 +59,7 @@ static void usage(FILE *f)
             "                       BOS; prints `tokens: N windows: W ctx: C`, then `perplexity: X`\n"
             "  --ctx N              perplexity window length (default: the model's context)\n"
             "  --kv-block-size N    tokens per KV block (default 16)\n"
+            "  --prefill-chunk N    at most N prompt tokens per engine step (default 512; 1 = decode steps)\n"
             "  --quant Q            none, fp8 or awq (default none)\n"
             "  --kv-dtype D         auto, bf16 or fp8 (default auto)\n"
             "  --lm-head T          bf16 or fp8: the LM head's weights and inputs in e4m3 (default bf16)\n"
@@ -89,6 +91,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"perplexity", ARGS_STRING, &o->ppl},
         {"ctx", ARGS_INT64, &o->ppl_ctx, 2, INT32_MAX},
         {"kv-block-size", ARGS_INT, &o->kv_block, 1, 1 << 16},
+        {"prefill-chunk", ARGS_INT, &o->prefill_chunk, 1, 1 << 20},
         {"quant", ARGS_CHOICE, &quant, .choices = "none|fp8|awq"},
         {"kv-dtype", ARGS_CHOICE, &kv_dtype, .choices = "auto|bf16|fp8"},
         {"lm-head", ARGS_CHOICE, &lm_head, .choices = "bf16|fp8"},
@@ -148,11 +151,12 @@ static gm_status make_engine(const gen_opts *o, int64_t ctx, int32_t chunk, gm_e
     return gm_engine_create(&eo, e);
 }
 
-/* Steps per token count for teacher-forced passes: every row's logits are kept. */
-static int32_t rows_chunk(const gm_model_config *cfg)
+/* Tokens per step of a teacher-forced pass (every row's logits kept), at most --prefill-chunk. */
+static int32_t rows_chunk(const gen_opts *o, const gm_model_config *cfg)
 {
     int64_t c = LOGITS_BUDGET / cfg->vocab_size;
-    return (int32_t)(c < 1 ? 1 : c > PREFILL_CHUNK ? PREFILL_CHUNK : c);
+    c = c < 1 ? 1 : c > PREFILL_CHUNK ? PREFILL_CHUNK : c;
+    return (int32_t)(o->prefill_chunk > 0 && o->prefill_chunk < c ? o->prefill_chunk : c);
 }
 
 static int run_perplexity(const gen_opts *o, const gm_model_config *cfg, const gm_tokenizer *tok)
@@ -197,7 +201,7 @@ static int run_perplexity(const gen_opts *o, const gm_model_config *cfg, const g
                 cfg->max_position);
         return 2;
     }
-    int32_t chunk = rows_chunk(cfg);
+    int32_t chunk = rows_chunk(o, cfg);
     gm_engine *e = NULL;
     if ((st = make_engine(o, ctx, chunk, &e))) {
         free(ids);
@@ -258,7 +262,8 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
     gm_status st;
     if (o->chat) {
         gm_chat_msg msg = {"user", o->prompt};
-        st = gm_tok_encode_chat(tok, &msg, 1, &ids, &n_ids);
+        gm_chat_format cf = {cfg->start_of_turn_id, cfg->end_of_turn_id, cfg->family == GM_FAMILY_GEMMA3};
+        st = gm_tok_encode_chat_fmt(tok, &cf, &msg, 1, &ids, &n_ids);
     } else {
         st = gm_tok_encode(tok, o->prompt, strlen(o->prompt), true, &ids, &n_ids);
     }
@@ -289,7 +294,7 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
                     n_ids, (long long)o->max_tokens, cfg->max_position);
         ctx = cfg->max_position;
     }
-    int32_t chunk = o->dump ? rows_chunk(cfg) : PREFILL_CHUNK;
+    int32_t chunk = o->dump ? rows_chunk(o, cfg) : o->prefill_chunk > 0 ? o->prefill_chunk : PREFILL_CHUNK;
     int32_t nbt = (int32_t)((ctx + o->kv_block - 1) / o->kv_block);
     int32_t *seq = malloc((size_t)ctx * sizeof(int32_t));
     int32_t *bt = malloc((size_t)nbt * sizeof(int32_t));
@@ -321,6 +326,7 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
         rc = 1;
         goto done;
     }
+    gm_gen_stream_set_stop_ids(gs, cfg->eos_id, cfg->end_of_turn_id);
     char buf[GM_DETOK_MAX_OUT];
     int64_t len = n_ids, produced = 0;
     int32_t next = -1;

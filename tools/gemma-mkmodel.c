@@ -50,6 +50,7 @@ typedef struct mk_opts {
     gm_dtype dtype;
     int32_t shards;  /* 0 = automatic */
     int32_t threads; /* 0 = nproc */
+    bool config_only; /* no weights */
     gm_model_config cfg;
 } mk_opts;
 
@@ -73,61 +74,110 @@ typedef struct mk_job {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gemma-mkmodel --preset tiny|2b|7b --out DIR [options]\n"
+            "usage: gemma-mkmodel --preset P --out DIR [options]\n"
             "Writes a Gemma checkpoint with random weights in Hugging Face layout:\n"
             "config.json, generation_config.json, tokenizer.model and model.safetensors\n"
             "(or N shards with model.safetensors.index.json).\n\n"
-            "  --preset P          tiny (4 layers, hidden 128, a few MB), 2b or 7b (real shapes)\n"
+            "  --preset P          Gemma 1: tiny (4 layers, hidden 128, a few MB), 2b, 7b;\n"
+            "                      Gemma 2: tiny-gemma2 (window 16), gemma2-2b, gemma2-9b;\n"
+            "                      Gemma 3: tiny-gemma3 (window 16), gemma3-270m, gemma3-1b, gemma3-4b, gemma3-12b\n"
+            "                      (the real models' shapes, vocabulary and switches, with random weights)\n"
             "  --out DIR           output directory (created if missing)\n"
             "  --seed N            random seed (default 0); same seed, same bytes\n"
             "  --dtype D           bf16, f16 or f32 (default bf16)\n"
             "  --shards N          number of safetensors files (default: 1 for tiny, ~4 GB each otherwise)\n"
             "  --layers N --heads N --kv-heads N --hidden N --intermediate N --head-dim N --vocab N\n"
             "                      override the preset's shape (vocab >= %d)\n"
+            "  --sliding-window N  the sliding layers' window (Gemma 2/3 presets)\n"
             "  --corpus FILE       tokenizer training text (default: the shipped data/corpus.txt, from\n"
             "                      $GEMMAD_DATA, the install's share/gemmad or the source tree %s)\n"
             "  --threads N         generator threads (default: all CPUs; output does not depend on it)\n"
-            "  --help              this text\n",
-            MK_MIN_VOCAB, GM_SOURCE_DIR);
+            "  --config-only       write the configs and the tokenizer, no weights\n"
+            "  --help              this text\n"
+            "The tokenizer is a small one trained from the corpus (at most %d pieces, Gemma's special ids,\n"
+            "turn markers at 105/106 for Gemma 3, else 106/107); ids from it up to vocab_size are all valid\n"
+            "model ids, and a model's larger vocabulary only widens the embedding (its extra rows are never\n"
+            "produced by the tokenizer, but the model may sample them: they decode to nothing).\n",
+            MK_MIN_VOCAB, GM_SOURCE_DIR, MK_TOK_VOCAB);
 }
 
-/* Fill cfg with a preset's shape; false if the name is unknown. */
-static bool mk_preset(const char *name, gm_model_config *c)
+/* A preset: shape and, for Gemma 2/3, the switches (shapes of the public configs; tiny-* are test sizes). */
+typedef struct mk_preset_def {
+    const char *name;
+    gm_family family;
+    int32_t vocab, hidden, inter, layers, heads, kv, head_dim, max_pos;
+    int32_t window, pattern;         /* sliding window; layer i slides unless (i + 1) % pattern == 0 */
+    float qpas, attn_cap, final_cap; /* query_pre_attn_scalar (0: head_dim), soft-caps (0: none) */
+    float theta, theta_local, rope_scale;
+} mk_preset_def;
+
+static const mk_preset_def k_presets[] = {
+    {"tiny", GM_FAMILY_GEMMA1, 4096, 128, 512, 4, 4, 2, 32, 1024, 0, 0, 0, 0, 0, 1e4f, 1e4f, 1},
+    {"2b", GM_FAMILY_GEMMA1, 256000, 2048, 16384, 18, 8, 1, 256, 8192, 0, 0, 0, 0, 0, 1e4f, 1e4f, 1},
+    {"7b", GM_FAMILY_GEMMA1, 256000, 3072, 24576, 28, 16, 16, 256, 8192, 0, 0, 0, 0, 0, 1e4f, 1e4f, 1},
+    /* tiny Gemma 2/3 for tests: a short window so that prompts cross it, soft-caps small enough to bend the
+     * scores and logits of random weights, query_pre_attn_scalar != head_dim, q width != hidden */
+    {"tiny-gemma2", GM_FAMILY_GEMMA2, 4096, 128, 512, 4, 4, 2, 32, 1024, 16, 2, 48, 0.1f, 0.3f, 1e4f, 1e4f, 1},
+    {"tiny-gemma3", GM_FAMILY_GEMMA3, 4096, 128, 512, 6, 4, 1, 64, 1024, 16, 6, 0, 0, 0, 1e6f, 1e4f, 8},
+    {"gemma2-2b", GM_FAMILY_GEMMA2, 256000, 2304, 9216, 26, 8, 4, 256, 8192, 4096, 2, 256, 50, 30, 1e4f, 1e4f, 1},
+    {"gemma2-9b", GM_FAMILY_GEMMA2, 256000, 3584, 14336, 42, 16, 8, 256, 8192, 4096, 2, 256, 50, 30, 1e4f, 1e4f, 1},
+    {"gemma3-270m", GM_FAMILY_GEMMA3, 262144, 640, 2048, 18, 4, 1, 256, 32768, 512, 6, 256, 0, 0, 1e6f, 1e4f, 1},
+    {"gemma3-1b", GM_FAMILY_GEMMA3, 262144, 1152, 6912, 26, 4, 1, 256, 32768, 512, 6, 256, 0, 0, 1e6f, 1e4f, 1},
+    {"gemma3-4b", GM_FAMILY_GEMMA3, 262144, 2560, 10240, 34, 8, 4, 256, 131072, 1024, 6, 256, 0, 0, 1e6f, 1e4f, 8},
+    {"gemma3-12b", GM_FAMILY_GEMMA3, 262144, 3840, 15360, 48, 16, 8, 256, 131072, 1024, 6, 256, 0, 0, 1e6f, 1e4f,
+     8},
+};
+#define MK_PRESET_NAMES "tiny, 2b, 7b, tiny-gemma2, tiny-gemma3, gemma2-2b, gemma2-9b, gemma3-270m, gemma3-1b, " \
+                        "gemma3-4b or gemma3-12b"
+
+static const mk_preset_def *mk_preset_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof k_presets / sizeof k_presets[0]; i++)
+        if (strcmp(name, k_presets[i].name) == 0)
+            return &k_presets[i];
+    return NULL;
+}
+
+/* Fill cfg with a preset's shape (the switches come later: mk_preset_switches). */
+static void mk_preset_shape(const mk_preset_def *p, gm_model_config *c)
 {
     memset(c, 0, sizeof *c);
-    c->rope_theta = 10000.0f;
+    c->rope_theta = p->theta;
     c->rms_norm_eps = 1e-6f;
     c->bos_id = 2;
     c->eos_id = 1;
     c->pad_id = 0;
-    c->vocab_size = 256000;
-    c->max_position = 8192;
-    c->head_dim = 256;
-    if (strcmp(name, "tiny") == 0) {
-        c->vocab_size = 4096;
-        c->hidden_size = 128;
-        c->intermediate_size = 512;
-        c->num_layers = 4;
-        c->num_heads = 4;
-        c->num_kv_heads = 2;
-        c->head_dim = 32;
-        c->max_position = 1024;
-    } else if (strcmp(name, "2b") == 0) {
-        c->hidden_size = 2048;
-        c->intermediate_size = 16384;
-        c->num_layers = 18;
-        c->num_heads = 8;
-        c->num_kv_heads = 1;
-    } else if (strcmp(name, "7b") == 0) {
-        c->hidden_size = 3072;
-        c->intermediate_size = 24576;
-        c->num_layers = 28;
-        c->num_heads = 16;
-        c->num_kv_heads = 16;
-    } else {
-        return false;
+    c->vocab_size = p->vocab;
+    c->hidden_size = p->hidden;
+    c->intermediate_size = p->inter;
+    c->num_layers = p->layers;
+    c->num_heads = p->heads;
+    c->num_kv_heads = p->kv;
+    c->head_dim = p->head_dim;
+    c->max_position = p->max_pos;
+}
+
+/* The Gemma 2/3 switches of a preset, after the shape overrides (window < 0: the preset's). */
+static void mk_preset_switches(const mk_preset_def *p, int64_t window, gm_model_config *c)
+{
+    gm_config_set_gemma1(c); /* the attention scale follows head_dim */
+    if (p->family == GM_FAMILY_GEMMA1)
+        return;
+    c->family = p->family;
+    c->query_pre_attn_scalar = p->qpas > 0 ? p->qpas : (float)c->head_dim;
+    c->attn_softcap = p->attn_cap;
+    c->final_softcap = p->final_cap;
+    c->sliding_window = window > 0 ? (int32_t)window : p->window;
+    for (int32_t i = 0; i < c->num_layers && i < GM_MAX_LAYERS; i++)
+        c->layer_sliding[i] = (uint8_t)((i + 1) % p->pattern != 0);
+    c->rope_theta_local = p->theta_local;
+    c->rope_scale = p->rope_scale;
+    c->sandwich_norm = 1;
+    c->qk_norm = p->family == GM_FAMILY_GEMMA3;
+    if (p->family == GM_FAMILY_GEMMA3) {
+        c->start_of_turn_id = 105;
+        c->end_of_turn_id = 106;
     }
-    return true;
 }
 
 /* Parse a positive int flag value. */
@@ -144,7 +194,7 @@ static gm_status mk_int(const char *flag, const char *s, int64_t lo, int64_t hi,
 }
 
 enum { OPT_PRESET = 1, OPT_OUT, OPT_SEED, OPT_DTYPE, OPT_SHARDS, OPT_LAYERS, OPT_KV, OPT_HEADS, OPT_HIDDEN,
-       OPT_INTER, OPT_HDIM, OPT_VOCAB, OPT_CORPUS, OPT_THREADS, OPT_HELP };
+       OPT_INTER, OPT_HDIM, OPT_VOCAB, OPT_WINDOW, OPT_CORPUS, OPT_THREADS, OPT_CONFIG_ONLY, OPT_HELP };
 
 /* Parse argv into o. Returns GM_OK, or an error; *help set when --help was given. */
 static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
@@ -156,12 +206,14 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
         {"kv-heads", required_argument, 0, OPT_KV},   {"heads", required_argument, 0, OPT_HEADS},
         {"hidden", required_argument, 0, OPT_HIDDEN}, {"intermediate", required_argument, 0, OPT_INTER},
         {"head-dim", required_argument, 0, OPT_HDIM}, {"vocab", required_argument, 0, OPT_VOCAB},
+        {"sliding-window", required_argument, 0, OPT_WINDOW},
         {"corpus", required_argument, 0, OPT_CORPUS}, {"threads", required_argument, 0, OPT_THREADS},
+        {"config-only", no_argument, 0, OPT_CONFIG_ONLY},
         {"help", no_argument, 0, OPT_HELP},           {0, 0, 0, 0},
     };
     /* shape overrides, applied after the preset: -1 = not given */
-    int64_t ov[OPT_VOCAB + 1];
-    for (int i = 0; i <= OPT_VOCAB; i++)
+    int64_t ov[OPT_WINDOW + 1];
+    for (int i = 0; i <= OPT_WINDOW; i++)
         ov[i] = -1;
     const char *dtype = "bf16";
     memset(o, 0, sizeof *o);
@@ -179,6 +231,7 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
         case OPT_DTYPE: dtype = optarg; break;
         case OPT_CORPUS: o->corpus = optarg; break;
         case OPT_HELP: *help = true; return GM_OK;
+        case OPT_CONFIG_ONLY: o->config_only = true; break;
         case OPT_SEED: {
             char *end;
             errno = 0;
@@ -199,7 +252,7 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
             o->threads = (int32_t)v;
             break;
         case OPT_LAYERS: case OPT_KV: case OPT_HEADS: case OPT_HIDDEN: case OPT_INTER: case OPT_HDIM:
-        case OPT_VOCAB:
+        case OPT_VOCAB: case OPT_WINDOW:
             if ((st = mk_int(lo[c - 1].name, optarg, 1, 1 << 24, &v)))
                 return gm_fail(GM_ERR_INVALID_ARG, "--%s: '%s' is not an integer in [1, %d]", lo[c - 1].name,
                                optarg, 1 << 24);
@@ -215,12 +268,17 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
     if (optind < argc)
         return gm_fail(GM_ERR_INVALID_ARG, "unexpected argument: %s", argv[optind]);
     if (!o->preset)
-        return gm_fail(GM_ERR_INVALID_ARG, "--preset is required (tiny, 2b or 7b)");
+        return gm_fail(GM_ERR_INVALID_ARG, "--preset is required (" MK_PRESET_NAMES ")");
     if (!o->out)
         return gm_fail(GM_ERR_INVALID_ARG, "--out DIR is required");
-    if (!mk_preset(o->preset, &o->cfg))
-        return gm_fail(GM_ERR_INVALID_ARG, "--preset: unknown preset '%s' (expected tiny, 2b or 7b)", o->preset);
+    const mk_preset_def *pd = mk_preset_find(o->preset);
+    if (!pd)
+        return gm_fail(GM_ERR_INVALID_ARG, "--preset: unknown preset '%s' (expected " MK_PRESET_NAMES ")", o->preset);
+    if (ov[OPT_WINDOW] > 0 && pd->family == GM_FAMILY_GEMMA1)
+        return gm_fail(GM_ERR_INVALID_ARG, "--sliding-window: preset '%s' (Gemma 1) has no sliding layers",
+                       o->preset);
     gm_model_config *m = &o->cfg;
+    mk_preset_shape(pd, m);
     if (ov[OPT_LAYERS] > 0) m->num_layers = (int32_t)ov[OPT_LAYERS];
     if (ov[OPT_KV] > 0) m->num_kv_heads = (int32_t)ov[OPT_KV];
     if (ov[OPT_HEADS] > 0) m->num_heads = (int32_t)ov[OPT_HEADS];
@@ -228,7 +286,9 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
     if (ov[OPT_INTER] > 0) m->intermediate_size = (int32_t)ov[OPT_INTER];
     if (ov[OPT_HDIM] > 0) m->head_dim = (int32_t)ov[OPT_HDIM];
     if (ov[OPT_VOCAB] > 0) m->vocab_size = (int32_t)ov[OPT_VOCAB];
-    gm_config_set_gemma1(m); /* after the shape overrides: the attention scale follows head_dim */
+    if (m->num_layers > GM_MAX_LAYERS)
+        return gm_fail(GM_ERR_INVALID_ARG, "--layers %d: at most %d", m->num_layers, GM_MAX_LAYERS);
+    mk_preset_switches(pd, ov[OPT_WINDOW], m); /* after the shape overrides */
     if (m->num_heads % m->num_kv_heads != 0)
         return gm_fail(GM_ERR_INVALID_ARG, "--heads %d is not a multiple of --kv-heads %d", m->num_heads,
                        m->num_kv_heads);
@@ -266,7 +326,7 @@ static void mk_add(mk_tensor *t, int32_t *n, const char *name, int64_t d0, int64
 static mk_tensor *mk_tensors(const mk_opts *o, int32_t *n)
 {
     const gm_model_config *c = &o->cfg;
-    int32_t cap = 2 + 9 * c->num_layers;
+    int32_t cap = 2 + 13 * c->num_layers;
     mk_tensor *t = calloc((size_t)cap, sizeof *t);
     if (!t)
         return NULL;
@@ -282,8 +342,16 @@ static mk_tensor *mk_tensors(const mk_opts *o, int32_t *n)
         mk_add(t, n, L("self_attn.q_proj"), q, h, 0.02f, dt);
         mk_add(t, n, L("self_attn.k_proj"), kv, h, 0.02f, dt);
         mk_add(t, n, L("self_attn.v_proj"), kv, h, 0.02f, dt);
+        if (c->qk_norm) { /* Gemma 3: [head_dim] */
+            mk_add(t, n, L("self_attn.q_norm"), c->head_dim, 0, 0.1f, dt);
+            mk_add(t, n, L("self_attn.k_norm"), c->head_dim, 0, 0.1f, dt);
+        }
         mk_add(t, n, L("self_attn.o_proj"), h, q, 0.02f, dt);
         mk_add(t, n, L("post_attention_layernorm"), h, 0, 0.1f, dt);
+        if (c->sandwich_norm) { /* Gemma 2/3 */
+            mk_add(t, n, L("pre_feedforward_layernorm"), h, 0, 0.1f, dt);
+            mk_add(t, n, L("post_feedforward_layernorm"), h, 0, 0.1f, dt);
+        }
         mk_add(t, n, L("mlp.gate_proj"), f, h, 0.02f, dt);
         mk_add(t, n, L("mlp.up_proj"), f, h, 0.02f, dt);
         mk_add(t, n, L("mlp.down_proj"), h, f, 0.02f, dt);
@@ -420,18 +488,64 @@ static gm_status mk_write_json(cJSON *j, const char *path)
     return ok ? GM_OK : gm_fail(GM_ERR_IO, "%s: write failed", path);
 }
 
+/* A float key written with a decimal point (30.0, not 30): transformers 5 type-checks float fields. */
+static void mk_add_float(cJSON *j, const char *key, double v)
+{
+    char buf[48];
+    if (v == floor(v) && fabs(v) < 1e15)
+        snprintf(buf, sizeof buf, "%.1f", v);
+    else
+        snprintf(buf, sizeof buf, "%.7g", v); /* the values are floats */
+    cJSON_AddRawToObject(j, key, buf);
+}
+
+/* config.json keys of Gemma 2/3 (transformers 4.5x spelling, which transformers 5 loads as well). */
+static void mk_config_gemma23(const gm_model_config *c, cJSON *j)
+{
+    cJSON_AddStringToObject(j, "cache_implementation", "hybrid");
+    cJSON_AddNumberToObject(j, "query_pre_attn_scalar", c->query_pre_attn_scalar);
+    if (c->attn_softcap > 0)
+        mk_add_float(j, "attn_logit_softcapping", c->attn_softcap);
+    else
+        cJSON_AddNullToObject(j, "attn_logit_softcapping");
+    if (c->final_softcap > 0)
+        mk_add_float(j, "final_logit_softcapping", c->final_softcap);
+    else
+        cJSON_AddNullToObject(j, "final_logit_softcapping");
+    cJSON_AddNumberToObject(j, "sliding_window", c->sliding_window);
+    cJSON *lt = cJSON_AddArrayToObject(j, "layer_types");
+    for (int32_t i = 0; i < c->num_layers; i++)
+        cJSON_AddItemToArray(lt, cJSON_CreateString(c->layer_sliding[i] ? "sliding_attention" : "full_attention"));
+    if (c->family == GM_FAMILY_GEMMA3)
+        mk_add_float(j, "rope_local_base_freq", c->rope_theta_local);
+}
+
+/* eos_token_id: Gemma 3 lists <end_of_turn> after <eos>, as its published configs do. */
+static void mk_add_eos(const gm_model_config *c, cJSON *j)
+{
+    if (c->family != GM_FAMILY_GEMMA3) {
+        cJSON_AddNumberToObject(j, "eos_token_id", c->eos_id);
+        return;
+    }
+    cJSON *e = cJSON_AddArrayToObject(j, "eos_token_id");
+    cJSON_AddItemToArray(e, cJSON_CreateNumber(c->eos_id));
+    cJSON_AddItemToArray(e, cJSON_CreateNumber(c->end_of_turn_id));
+}
+
 static gm_status mk_config(const mk_opts *o, const char *dir)
 {
     const gm_model_config *c = &o->cfg;
+    static const char *const arch_of[] = {"", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"};
+    static const char *const type_of[] = {"", "gemma", "gemma2", "gemma3_text"};
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     cJSON *j = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString("GemmaForCausalLM"));
+    cJSON_AddItemToArray(arch, cJSON_CreateString(arch_of[c->family]));
     cJSON_AddBoolToObject(j, "attention_bias", 0);
     cJSON_AddNumberToObject(j, "attention_dropout", 0.0);
     cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
-    cJSON_AddNumberToObject(j, "eos_token_id", c->eos_id);
+    mk_add_eos(c, j);
     cJSON_AddNumberToObject(j, "head_dim", c->head_dim);
     cJSON_AddStringToObject(j, "hidden_act", "gelu_pytorch_tanh");
     cJSON_AddStringToObject(j, "hidden_activation", "gelu_pytorch_tanh");
@@ -439,19 +553,27 @@ static gm_status mk_config(const mk_opts *o, const char *dir)
     cJSON_AddNumberToObject(j, "initializer_range", 0.02);
     cJSON_AddNumberToObject(j, "intermediate_size", c->intermediate_size);
     cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_position);
-    cJSON_AddStringToObject(j, "model_type", "gemma");
+    cJSON_AddStringToObject(j, "model_type", type_of[c->family]);
     cJSON_AddNumberToObject(j, "num_attention_heads", c->num_heads);
     cJSON_AddNumberToObject(j, "num_hidden_layers", c->num_layers);
     cJSON_AddNumberToObject(j, "num_key_value_heads", c->num_kv_heads);
     cJSON_AddNumberToObject(j, "pad_token_id", c->pad_id);
     cJSON_AddNumberToObject(j, "rms_norm_eps", 1e-6);
-    cJSON_AddNullToObject(j, "rope_scaling");
-    cJSON_AddNumberToObject(j, "rope_theta", 10000.0);
+    if (c->rope_scale != 1.0f) { /* Gemma 3's full layers */
+        cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
+        mk_add_float(rs, "factor", c->rope_scale);
+        cJSON_AddStringToObject(rs, "rope_type", "linear");
+    } else {
+        cJSON_AddNullToObject(j, "rope_scaling");
+    }
+    mk_add_float(j, "rope_theta", c->rope_theta);
     cJSON_AddBoolToObject(j, "tie_word_embeddings", 1);
     cJSON_AddStringToObject(j, "torch_dtype", c->torch_dtype);
-    cJSON_AddStringToObject(j, "transformers_version", "4.38.0");
+    cJSON_AddStringToObject(j, "transformers_version", c->family == GM_FAMILY_GEMMA1 ? "4.38.0" : "4.50.0");
     cJSON_AddBoolToObject(j, "use_cache", 1);
     cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
+    if (c->family != GM_FAMILY_GEMMA1)
+        mk_config_gemma23(c, j);
     gm_status st = mk_write_json(j, path);
     if (st)
         return st;
@@ -459,9 +581,9 @@ static gm_status mk_config(const mk_opts *o, const char *dir)
     j = cJSON_CreateObject();
     cJSON_AddBoolToObject(j, "_from_model_config", 1);
     cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
-    cJSON_AddNumberToObject(j, "eos_token_id", c->eos_id);
+    mk_add_eos(c, j);
     cJSON_AddNumberToObject(j, "pad_token_id", c->pad_id);
-    cJSON_AddStringToObject(j, "transformers_version", "4.38.0");
+    cJSON_AddStringToObject(j, "transformers_version", c->family == GM_FAMILY_GEMMA1 ? "4.38.0" : "4.50.0");
     return mk_write_json(j, path);
 }
 
@@ -489,7 +611,7 @@ static gm_status mk_weights(const mk_opts *o, const char *dir)
         total += t[i].nbytes;
     int32_t ns = o->shards;
     if (ns == 0)
-        ns = strcmp(o->preset, "tiny") == 0 ? 1 : (int32_t)((total + MK_SHARD_BYTES - 1) / MK_SHARD_BYTES);
+        ns = strncmp(o->preset, "tiny", 4) == 0 ? 1 : (int32_t)((total + MK_SHARD_BYTES - 1) / MK_SHARD_BYTES);
     gm_status st = GM_OK;
     char path[4200], fname[64];
     if (ns > n) {
@@ -575,8 +697,8 @@ int main(int argc, char **argv)
     char tok[4200];
     snprintf(tok, sizeof tok, "%s/tokenizer.model", o.out);
     int32_t tv = o.cfg.vocab_size < MK_TOK_VOCAB ? o.cfg.vocab_size : MK_TOK_VOCAB;
-    if ((st = gm_mkdirs(o.out)) || (st = mk_config(&o, o.out)) || (st = gm_spm_train(o.corpus, tv, tok)) ||
-        (st = mk_weights(&o, o.out))) {
+    if ((st = gm_mkdirs(o.out)) || (st = mk_config(&o, o.out)) || (st = gm_spm_train(o.corpus, tv, o.cfg.start_of_turn_id, tok)) ||
+        (!o.config_only && (st = mk_weights(&o, o.out)))) {
         fprintf(stderr, "gemma-mkmodel: %s: %s\n", gm_status_str(st), gm_last_error());
         free(shipped);
         return 1;

@@ -765,6 +765,9 @@ static gm_status q_run_int4(const q_opts *o)
     if ((st = gm_config_load_dir(o->model, &c.cfg)))
         return st;
     const gm_model_config *m = &c.cfg;
+    if (m->family != GM_FAMILY_GEMMA1) /* the calibration forward below is Gemma 1's */
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: int4 quantization (--awq, --rtn) supports Gemma 1 only (this is Gemma %d); "
+                       "--fp8 without --calib works for every family", o->model, (int)m->family);
     int64_t qw = (int64_t)m->num_heads * m->head_dim, kvw = (int64_t)m->num_kv_heads * m->head_dim;
     int64_t Ks[3] = {m->hidden_size, qw, m->intermediate_size}, Ns[4] = {qw, kvw, m->hidden_size,
                                                                          m->intermediate_size};

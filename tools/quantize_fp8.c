@@ -333,6 +333,10 @@ gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const g
 
     if ((st = gm_config_load_dir(model_dir, &cfg)) != GM_OK)
         return st;
+    if (o->calib_file && cfg.family != GM_FAMILY_GEMMA1) /* calibrate() runs Gemma 1's forward */
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: FP8 calibration (static input scales) supports Gemma 1 only (this "
+                       "is Gemma %d); quantize without a calibration text for dynamic scales", model_dir,
+                       (int)cfg.family);
     if ((st = st_model_open(model_dir, &m)) != GM_OK)
         return st;
     for (int32_t i = 0; i < st_model_count(m); i++)

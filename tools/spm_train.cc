@@ -8,18 +8,26 @@
 #include <unordered_map>
 
 // Control symbols for ids 4..107, in Gemma's order: <mask>, <2mass>, [@BOS@],
-// <unused0>..<unused98>, then the two turn markers. Control symbols are never
-// produced from user text, so a prompt cannot forge a turn marker.
-static std::string control_symbols()
+// <unused0>.., with the two turn markers at start_of_turn and start_of_turn + 1
+// (106/107 as in Gemma 1/2, or 105/106 as in Gemma 3) and the remaining
+// <unused*> after them. Control symbols are never produced from user text, so a
+// prompt cannot forge a turn marker.
+static std::string control_symbols(int32_t start_of_turn)
 {
     std::string s = "<mask>,<2mass>,[@BOS@]";
-    for (int i = 0; i <= 98; i++)
-        s += ",<unused" + std::to_string(i) + ">";
-    s += ",<start_of_turn>,<end_of_turn>";
+    int unused = 0;
+    for (int id = 7; id < GM_SPM_N_SPECIAL; id++) {
+        if (id == start_of_turn)
+            s += ",<start_of_turn>";
+        else if (id == start_of_turn + 1)
+            s += ",<end_of_turn>";
+        else
+            s += ",<unused" + std::to_string(unused++) + ">";
+    }
     return s;
 }
 
-static gm_status train(const char *corpus_path, int32_t vocab_size, const char *out_path)
+static gm_status train(const char *corpus_path, int32_t vocab_size, int32_t start_of_turn, const char *out_path)
 {
     FILE *f = fopen(corpus_path, "rb");
     if (!f)
@@ -50,7 +58,7 @@ static gm_status train(const char *corpus_path, int32_t vocab_size, const char *
         {"eos_piece", "<eos>"},
         {"bos_piece", "<bos>"},
         {"unk_piece", "<unk>"},
-        {"control_symbols", control_symbols()},
+        {"control_symbols", control_symbols(start_of_turn)},
         {"minloglevel", "2"},
     };
     std::string model;
@@ -68,12 +76,16 @@ static gm_status train(const char *corpus_path, int32_t vocab_size, const char *
     return GM_OK;
 }
 
-extern "C" gm_status gm_spm_train(const char *corpus_path, int32_t vocab_size, const char *out_path)
+extern "C" gm_status gm_spm_train(const char *corpus_path, int32_t vocab_size, int32_t start_of_turn,
+                                  const char *out_path)
 {
     if (!corpus_path || !out_path)
         return gm_fail(GM_ERR_INVALID_ARG, "gm_spm_train: NULL path");
     try {
-        return train(corpus_path, vocab_size, out_path);
+        if (start_of_turn < 7 || start_of_turn + 1 >= GM_SPM_N_SPECIAL)
+            return gm_fail(GM_ERR_INVALID_ARG, "tokenizer: <start_of_turn> id %d is outside 7..%d", (int)start_of_turn,
+                           GM_SPM_N_SPECIAL - 2);
+        return train(corpus_path, vocab_size, start_of_turn, out_path);
     } catch (const std::exception &e) {
         return gm_fail(GM_ERR_INTERNAL, "tokenizer training on %s: %s", corpus_path, e.what());
     } catch (...) {

@@ -421,7 +421,7 @@ gm_status gm_linears_bind(const st_model *m, const gm_model_config *cfg, const g
         gm_linear *L = lin + (int64_t)l * GM_LIN_COUNT;
         char p[GM_LIN_COUNT][128];
         for (int i = 0; i < GM_LIN_COUNT; i++)
-            snprintf(p[i], sizeof p[i], "model.layers.%d.%s", (int)l, gm_linear_names[i]);
+            snprintf(p[i], sizeof p[i], "%slayers.%d.%s", gm_config_tensor_prefix(cfg), (int)l, gm_linear_names[i]);
         int64_t h0 = (int64_t)tp->head0 * hd, nh = (int64_t)tp->n_heads * hd;
         int64_t k0 = (int64_t)tp->kv0 * hd, nk = (int64_t)tp->n_kv * hd;
         if ((st = bind_one(m, p[GM_LIN_Q], qw, H, h0, nh, 0, H, group, &L[GM_LIN_Q])) ||

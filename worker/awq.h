@@ -80,7 +80,9 @@ extern const char *const gm_linear_names[GM_LIN_COUNT];
 gm_linear gm_linear_dense(const gm_wview *v);
 
 /* Bind the Linears of every layer of m for tensor-parallel layout tp (worker/weights.h
- * slicing: q, k, v, gate, up by output; o, down by input): `<m>.weight` when present, else
+ * slicing: q, k, v, gate, up by output; o, down by input); <m> is
+ * cfg->tensor_prefix + "layers.N.self_attn.q_proj" etc. (pass gm_weights' cfg, whose prefix is
+ * settled): `<m>.weight` when present, else
  * the AWQ tensors with groups of `group` (0 = the checkpoint has none; then a missing
  * weight is an error). out [num_layers * GM_LIN_COUNT]; caller frees (gm_linears_free, then
  * free). AWQ slices need output offsets % 8 and input offsets % group == 0

@@ -1,5 +1,11 @@
-/* engine_cpu.c - the Gemma v1 forward pass on the CPU, float32 arithmetic over
+/* engine_cpu.c - the Gemma 1/2/3 forward pass on the CPU, float32 arithmetic over
  * memory-mapped bf16/f16/f32 weights, with a float32 paged KV pool.
+ *
+ * One pass for every family, switched by the config (common/model_config.h): Gemma 2/3 add
+ * sandwich norms (post-attention and pre/post-feed-forward), the query_pre_attn_scalar^-0.5
+ * attention scale, soft-capped attention scores and logits (Gemma 2), QK-norm before RoPE
+ * (Gemma 3), sliding-window layers with their own RoPE base, and linear RoPE scaling on full
+ * layers (Gemma 3 4B+). Gemma 1 takes exactly the operations it always did.
  *
  * A step concatenates the new tokens of all its sequences into one activation
  * matrix [T, hidden]; the matmuls are batch-invariant (kernels/cpu), and
@@ -16,6 +22,7 @@
 #include "../common/log.h"
 #include "../common/safetensors.h"
 #include "../kernels/cpu/cpu_fp8.h"
+#include "../kernels/cpu/cpu_gemma23.h"
 #include "../kernels/cpu/cpu_ops.h"
 #include "../parallel/comm.h"
 #include "awq.h"
@@ -122,6 +129,24 @@ static gm_status reduce_add(cpu_engine *c, int64_t T)
     return GM_OK;
 }
 
+/* Gemma 2/3's sandwich: sum the partial results over the ranks, RMSNorm them with `norm`, add to h.
+ * Uses x [T, hidden] as scratch. */
+static gm_status reduce_norm_add(cpu_engine *c, int64_t T, const gm_wview *norm)
+{
+    int64_t H = c->base.cfg.hidden_size, n = T * H;
+    if (c->base.opts.tp_size > 1) {
+        gm_status st = gm_comm_allreduce_f64(c->base.opts.comm, c->part, n);
+        if (st)
+            return st;
+    }
+    for (int64_t i = 0; i < n; i++)
+        c->x[i] = (float)c->part[i];
+    cpu_rmsnorm(c->x, norm->data, norm->dtype, T, H, c->base.cfg.rms_norm_eps, c->x);
+    for (int64_t i = 0; i < n; i++)
+        c->h[i] += c->x[i];
+    return GM_OK;
+}
+
 static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs, int32_t n_seqs, int64_t T)
 {
     const gm_model_config *m = &c->base.cfg;
@@ -131,31 +156,46 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
     const gm_tp_layout *tp = &c->w.tp;
     int64_t H = m->hidden_size, hd = m->head_dim, bs = c->base.opts.kv_block_size;
     float *kp = c->kv + (int64_t)l * 2 * c->layer_elems, *vp = kp + c->layer_elems;
+    int gemma1 = m->family == GM_FAMILY_GEMMA1, sliding = m->layer_sliding[l] && m->sliding_window > 0;
 
     /* attention block */
     cpu_rmsnorm(c->h, L->input_norm.data, L->input_norm.dtype, T, H, m->rms_norm_eps, c->x);
     if ((st = mm(c->x, T, &lin[GM_LIN_Q], c->q)) || (st = mm(c->x, T, &lin[GM_LIN_K], c->k)) ||
         (st = mm(c->x, T, &lin[GM_LIN_V], c->v)))
         return st;
-    cpu_rope(c->q, T, tp->n_heads, hd, c->pos, m->rope_theta);
-    cpu_rope(c->k, T, tp->n_kv, hd, c->pos, m->rope_theta);
-    float scale = 1.0f / sqrtf((float)hd);
+    if (m->qk_norm) {
+        cpu_head_rmsnorm(c->q, T, tp->n_heads, hd, L->q_norm.data, L->q_norm.dtype, m->rms_norm_eps);
+        cpu_head_rmsnorm(c->k, T, tp->n_kv, hd, L->k_norm.data, L->k_norm.dtype, m->rms_norm_eps);
+    }
+    float theta = m->layer_sliding[l] ? m->rope_theta_local : m->rope_theta;
+    float rscale = m->layer_sliding[l] ? 1.0f : m->rope_scale;
+    cpu_rope_scaled(c->q, T, tp->n_heads, hd, c->pos, theta, rscale);
+    cpu_rope_scaled(c->k, T, tp->n_kv, hd, c->pos, theta, rscale);
+    /* Gemma 1: 1/sqrt(head_dim) as it always was; Gemma 2/3: query_pre_attn_scalar^-0.5, as
+     * transformers computes it in double and applies it as a float32 scalar */
+    float scale = gemma1 ? 1.0f / sqrtf((float)hd) : (float)(1.0 / sqrt((double)m->query_pre_attn_scalar));
     int64_t t0 = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
         const gm_seq_step *s = &seqs[i];
         cpu_kv_write(kp, vp, s->block_table, (int32_t)bs, s->start_pos, s->n_tokens, tp->n_kv, hd,
                      c->k + t0 * c->kv_w, c->v + t0 * c->kv_w);
-        cpu_attention_paged(c->q + t0 * c->q_w, s->n_tokens, s->start_pos, tp->n_heads, tp->n_kv, hd, kp, vp,
-                            s->block_table, (int32_t)bs, scale, c->att + t0 * c->q_w);
+        if (gemma1)
+            cpu_attention_paged(c->q + t0 * c->q_w, s->n_tokens, s->start_pos, tp->n_heads, tp->n_kv, hd, kp, vp,
+                                s->block_table, (int32_t)bs, scale, c->att + t0 * c->q_w);
+        else
+            cpu_attention_paged_ex(c->q + t0 * c->q_w, s->n_tokens, s->start_pos, tp->n_heads, tp->n_kv, hd, kp,
+                                   vp, s->block_table, (int32_t)bs, scale, m->attn_softcap,
+                                   sliding ? m->sliding_window : 0, c->att + t0 * c->q_w);
         t0 += s->n_tokens;
     }
     if ((st = gm_linear_matmul_f64(&lin[GM_LIN_O], c->att, T, c->q_w, c->part, H)))
         return st;
-    if ((st = reduce_add(c, T)))
+    if ((st = m->sandwich_norm ? reduce_norm_add(c, T, &L->post_attn_norm) : reduce_add(c, T)))
         return st;
 
     /* MLP block, MLP_ROWS token rows at a time */
-    cpu_rmsnorm(c->h, L->post_norm.data, L->post_norm.dtype, T, H, m->rms_norm_eps, c->x);
+    const gm_wview *mlp_norm = m->sandwich_norm ? &L->pre_ffw_norm : &L->post_norm;
+    cpu_rmsnorm(c->h, mlp_norm->data, mlp_norm->dtype, T, H, m->rms_norm_eps, c->x);
     int64_t ni = tp->n_inter;
     for (int64_t r = 0; r < T; r += MLP_ROWS) {
         int64_t nr = T - r < MLP_ROWS ? T - r : MLP_ROWS;
@@ -166,7 +206,7 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
         if ((st = gm_linear_matmul_f64(&lin[GM_LIN_DOWN], c->gate, nr, ni, c->part + r * H, H)))
             return st;
     }
-    return reduce_add(c, T);
+    return m->sandwich_norm ? reduce_norm_add(c, T, &L->post_ffw_norm) : reduce_add(c, T);
 }
 
 /* Rank 0: logits of the rows asked for (out->logits gets them when given) and a
@@ -206,6 +246,8 @@ static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t
     } else {
         cpu_matmul(c->fin, rows, H, H, c->w.embed.data, c->w.embed.dtype, c->w.embed.ld, V, lg, V);
     }
+    if (m->final_softcap > 0.0f) /* Gemma 2 */
+        cpu_softcap(lg, rows * V, m->final_softcap);
     r = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
         const gm_seq_step *s = &seqs[i];
@@ -326,7 +368,7 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
         goto fail;
     if ((st = gm_weights_bind(c->model, &cfg, o->tp_rank, o->tp_size, &c->w)))
         goto fail;
-    if ((st = gm_linears_bind(c->model, &cfg, &c->w.tp, ck_awq ? qc.group_size : 0, &c->lin)))
+    if ((st = gm_linears_bind(c->model, &c->w.cfg, &c->w.tp, ck_awq ? qc.group_size : 0, &c->lin)))
         goto fail; /* an FP8 checkpoint's Linears bind as e4m3 with their scales (worker/awq.h) */
     if (o->quant == GM_QUANT_FP8 && (st = gm_linears_to_fp8(c->lin, cfg.num_layers)))
         goto fail; /* e4m3 weights, dynamic e4m3 activations: the CUDA engine's FP8 twin (worker/awq.h) */

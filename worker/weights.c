@@ -91,11 +91,30 @@ static gm_wview view(const st_tensor *t, int64_t r0, int64_t nr, int64_t c0, int
 }
 
 /* Does layer l's Linear `suffix` come as AWQ tensors? */
-static int has_qweight(const st_model *m, int32_t l, const char *suffix)
+static int has_qweight(const st_model *m, const char *prefix, int32_t l, const char *suffix)
 {
-    char name[160];
-    snprintf(name, sizeof name, "model.layers.%d.%s.qweight", (int)l, suffix);
+    char name[200];
+    snprintf(name, sizeof name, "%slayers.%d.%s.qweight", prefix, (int)l, suffix);
     return st_model_find(m, name) != NULL;
+}
+
+/* Settle cfg->tensor_prefix: its own, else the first known prefix whose embed_tokens the checkpoint has. */
+static void find_prefix(const st_model *m, gm_model_config *cfg)
+{
+    static const char *const known[] = {"model.", "model.language_model.", "language_model.model."};
+    char name[96], own[sizeof cfg->tensor_prefix];
+    snprintf(own, sizeof own, "%s", gm_config_tensor_prefix(cfg));
+    snprintf(name, sizeof name, "%sembed_tokens.weight", own);
+    if (st_model_find(m, name))
+        return;
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        snprintf(name, sizeof name, "%sembed_tokens.weight", known[i]);
+        if (st_model_find(m, name)) {
+            snprintf(cfg->tensor_prefix, sizeof cfg->tensor_prefix, "%s", known[i]);
+            return;
+        }
+    }
+    snprintf(cfg->tensor_prefix, sizeof cfg->tensor_prefix, "%s", own); /* the error will name it */
 }
 
 gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t rank, int32_t size, gm_weights *w)
@@ -105,14 +124,19 @@ gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t
     gm_status st = gm_tp_layout_make(cfg, rank, size, &w->tp);
     if (st)
         return st;
+    find_prefix(m, &w->cfg);
+    const char *pre = w->cfg.tensor_prefix;
     const gm_tp_layout *tp = &w->tp;
     int64_t H = cfg->hidden_size, hd = cfg->head_dim, I = cfg->intermediate_size;
     int64_t qw = (int64_t)cfg->num_heads * hd, kvw = (int64_t)cfg->num_kv_heads * hd;
     const st_tensor *t;
-    if ((st = find_checked(m, "model.embed_tokens.weight", cfg->vocab_size, H, &t)))
+    char name[200];
+    snprintf(name, sizeof name, "%sembed_tokens.weight", pre);
+    if ((st = find_checked(m, name, cfg->vocab_size, H, &t)))
         return st;
     w->embed = view(t, 0, cfg->vocab_size, 0, H);
-    if ((st = find_checked(m, "model.norm.weight", H, -1, &t)))
+    snprintf(name, sizeof name, "%snorm.weight", pre);
+    if ((st = find_checked(m, name, H, -1, &t)))
         return st;
     w->final_norm = view(t, 0, 1, 0, H);
     w->layers = calloc((size_t)cfg->num_layers, sizeof *w->layers);
@@ -120,24 +144,37 @@ gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t
         return gm_fail(GM_ERR_NOMEM, "no memory for %d layers of weight views", cfg->num_layers);
     for (int32_t l = 0; l < cfg->num_layers; l++) {
         gm_layer_weights *L = &w->layers[l];
-        char name[128];
 #define GET(suffix, d0, d1)                                                         \
-    snprintf(name, sizeof name, "model.layers.%d.%s.weight", (int)l, suffix);       \
+    snprintf(name, sizeof name, "%slayers.%d.%s.weight", pre, (int)l, suffix);      \
     if ((st = find_checked(m, name, d0, d1, &t)))                                   \
         goto fail;
 /* A Linear that an AWQ checkpoint stores as qweight/qzeros/scales (no .weight), or an FP8
  * one as an F8_E4M3 .weight, keeps an empty view; worker/awq.h (gm_linears_bind) binds it. */
 #define GETL(suffix, d0, d1, VIEW)                                                  \
-    snprintf(name, sizeof name, "model.layers.%d.%s.weight", (int)l, suffix);       \
+    snprintf(name, sizeof name, "%slayers.%d.%s.weight", pre, (int)l, suffix);      \
     t = st_model_find(m, name);                                                     \
-    if (t ? t->dtype != GM_DT_F8_E4M3 : !has_qweight(m, l, suffix)) {               \
+    if (t ? t->dtype != GM_DT_F8_E4M3 : !has_qweight(m, pre, l, suffix)) {          \
         GET(suffix, d0, d1);                                                        \
         VIEW;                                                                       \
     }
         GET("input_layernorm", H, -1);
         L->input_norm = view(t, 0, 1, 0, H);
         GET("post_attention_layernorm", H, -1);
-        L->post_norm = view(t, 0, 1, 0, H);
+        if (cfg->sandwich_norm) {
+            L->post_attn_norm = view(t, 0, 1, 0, H);
+            GET("pre_feedforward_layernorm", H, -1);
+            L->pre_ffw_norm = view(t, 0, 1, 0, H);
+            GET("post_feedforward_layernorm", H, -1);
+            L->post_ffw_norm = view(t, 0, 1, 0, H);
+        } else {
+            L->post_norm = view(t, 0, 1, 0, H);
+        }
+        if (cfg->qk_norm) {
+            GET("self_attn.q_norm", hd, -1);
+            L->q_norm = view(t, 0, 1, 0, hd);
+            GET("self_attn.k_norm", hd, -1);
+            L->k_norm = view(t, 0, 1, 0, hd);
+        }
         GETL("self_attn.q_proj", qw, H, L->q = view(t, tp->head0 * hd, tp->n_heads * hd, 0, H))
         GETL("self_attn.k_proj", kvw, H, L->k = view(t, tp->kv0 * hd, tp->n_kv * hd, 0, H))
         GETL("self_attn.v_proj", kvw, H, L->v = view(t, tp->kv0 * hd, tp->n_kv * hd, 0, H))

@@ -44,8 +44,17 @@ typedef struct gm_wview {
     const st_tensor *full; /* the whole tensor (name, file, shape) */
 } gm_wview;
 
+/* One decoder layer. A norm view is [1, n] of a Gemma RMSNorm weight w (applied as 1 + w); the views a
+ * family does not have stay empty (data NULL). What post_attention_layernorm means depends on the family,
+ * so it binds to a different field in each:
+ *   Gemma 1:   h += attn(input_norm(h));  h += mlp(post_norm(h))
+ *   Gemma 2/3: h += post_attn_norm(attn(input_norm(h)));  h += post_ffw_norm(mlp(pre_ffw_norm(h))) */
 typedef struct gm_layer_weights {
-    gm_wview input_norm, post_norm;        /* [1, hidden] */
+    gm_wview input_norm;                   /* [1, hidden] input_layernorm (every family) */
+    gm_wview post_norm;                    /* [1, hidden] Gemma 1's post_attention_layernorm: the pre-MLP norm */
+    gm_wview post_attn_norm;               /* [1, hidden] Gemma 2/3's post_attention_layernorm: on attn output */
+    gm_wview pre_ffw_norm, post_ffw_norm;  /* [1, hidden] Gemma 2/3: pre/post_feedforward_layernorm */
+    gm_wview q_norm, k_norm;               /* [1, head_dim] Gemma 3: self_attn.q_norm/k_norm, per head, pre-RoPE */
     gm_wview q;                            /* [n_heads*hd, hidden] rows of q_proj */
     gm_wview k, v;                         /* [n_kv*hd, hidden] rows of k_proj, v_proj */
     gm_wview o;                            /* [hidden, n_heads*hd] columns of o_proj */
@@ -62,7 +71,9 @@ typedef struct gm_weights {
 } gm_weights;
 
 /* Bind every tensor of m (borrowed; must outlive w) to this rank's views.
- * Errors name file, tensor, expected and actual shape, or the missing tensor.
+ * Tensor names start with cfg->tensor_prefix, or with whichever of "model.", "model.language_model." and
+ * "language_model.model." the checkpoint's embed_tokens uses; w->cfg.tensor_prefix records the one found
+ * (pass &w->cfg to gm_linears_bind). Errors name file, tensor, expected and actual shape, or the missing tensor.
  * Only F32, F16 and BF16 tensors are accepted. A Linear that the checkpoint stores as AWQ
  * tensors (`.qweight` and no `.weight`) or as an F8_E4M3 `.weight` (FP8) gets an empty view
  * (data NULL); bind the Linears with worker/awq.h gm_linears_bind. */
