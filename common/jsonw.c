@@ -125,13 +125,18 @@ void jsonw_obj_end(jsonw *w) { close_(w, '}'); }
 void jsonw_arr_begin(jsonw *w) { open_(w, '['); }
 void jsonw_arr_end(jsonw *w) { close_(w, ']'); }
 
-void jsonw_key(jsonw *w, const char *k)
+void jsonw_keyn(jsonw *w, const char *k, size_t n)
 {
     sep(w);
     jsonw_raw(w, "\"", 1);
-    jsonw_escape(w, k, strlen(k));
+    jsonw_escape(w, k, n);
     jsonw_raw(w, "\":", 2);
     w->after_key = true;
+}
+
+void jsonw_key(jsonw *w, const char *k)
+{
+    jsonw_keyn(w, k, strlen(k));
 }
 
 /* Bytes of the UTF-8 character at s[0..n), or 0 when it is not a valid one. */

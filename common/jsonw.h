@@ -57,6 +57,8 @@ void jsonw_arr_begin(jsonw *w);
 void jsonw_arr_end(jsonw *w);
 /* An object key (a NUL-terminated ASCII literal in practice; escaped anyway). */
 void jsonw_key(jsonw *w, const char *k);
+/* A key from any bytes (invalid UTF-8 becomes U+FFFD, as in values). */
+void jsonw_keyn(jsonw *w, const char *k, size_t n);
 
 /* Values. */
 void jsonw_strn(jsonw *w, const char *s, size_t n); /* any bytes; invalid UTF-8 becomes U+FFFD */

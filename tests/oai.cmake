@@ -11,3 +11,23 @@ if(TARGET gm_daemon)
     set_tests_properties(test_prom_parse PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 60)
   endif()
 endif()
+if(TARGET gm_daemon)
+  gm_add_test(test_oai ${CMAKE_CURRENT_SOURCE_DIR}/test_oai.c LIBS gm_daemon TIMEOUT 60)
+  gm_add_test(test_oai_fmt ${CMAKE_CURRENT_SOURCE_DIR}/test_oai_fmt.c LIBS gm_daemon TIMEOUT 60)
+  gm_add_test(test_oai_mutate ${CMAKE_CURRENT_SOURCE_DIR}/test_oai_mutate.c LIBS gm_daemon TIMEOUT 300)
+endif()
+
+# libFuzzer harness for the OpenAI request parsers (configure with CC=clang -DGM_FUZZ=ON);
+# the sources it checks are compiled into it so they carry the fuzzer's instrumentation.
+if(GM_FUZZ AND CMAKE_C_COMPILER_ID MATCHES "Clang")
+  add_executable(fuzz_oai
+    ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_oai.c
+    ${CMAKE_SOURCE_DIR}/daemon/oai.c
+    ${CMAKE_SOURCE_DIR}/daemon/oai_fmt.c
+    ${CMAKE_SOURCE_DIR}/common/jsonw.c
+    ${CMAKE_SOURCE_DIR}/common/status.c)
+  target_compile_options(fuzz_oai PRIVATE -fsanitize=fuzzer,address,undefined
+    -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g)
+  target_link_options(fuzz_oai PRIVATE -fsanitize=fuzzer,address,undefined)
+  target_link_libraries(fuzz_oai PRIVATE PkgConfig::CJSON m)
+endif()
