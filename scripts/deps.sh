@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
       libsentencepiece-dev sentencepiece libconfig-dev libcjson-dev libcmocka-dev
-      python3 python3-numpy gnuplot-nox)
+      python3 python3-numpy python3-venv gnuplot-nox
+      libmicrohttpd-dev curl protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,4 +18,22 @@ fi
 # The numpy reference test needs numpy in whatever python3 is first on PATH.
 if ! python3 -c 'import numpy' 2>/dev/null; then
   python3 -m pip install -q numpy 2>/dev/null || echo "deps: numpy not installed; the numpy reference test will skip" >&2
+fi
+
+# Python packages the tests use: prometheus_client parses /metrics, pyzmq + protobuf carry the
+# Python client (python/), openai drives the HTTP API. Offline or failing pip is not fatal:
+# the tests that need a package skip (exit 77) without it.
+missing_py=()
+for m in prometheus_client:prometheus-client zmq:pyzmq google.protobuf:protobuf openai:openai; do
+  python3 -c "import ${m%%:*}" 2>/dev/null || missing_py+=("${m##*:}")
+done
+if [ ${#missing_py[@]} -gt 0 ]; then
+  ok=0
+  for attempt in 1 2 3; do
+    if python3 -m pip install -q --disable-pip-version-check --timeout 30 "${missing_py[@]}" 2>/dev/null; then
+      ok=1; break
+    fi
+    sleep $((attempt * 2))
+  done
+  [ $ok = 1 ] || echo "deps: pip could not install ${missing_py[*]} (offline?); the tests needing them will skip" >&2
 fi
