@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
       libsentencepiece-dev sentencepiece libconfig-dev libcjson-dev libcmocka-dev
-      python3 python3-numpy python3-venv gnuplot-nox
+      python3 python3-numpy gnuplot-nox
       libmicrohttpd-dev curl protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -21,10 +21,10 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
 fi
 
 # Python packages the tests use: prometheus_client parses /metrics, pyzmq + protobuf carry the
-# Python client (python/), openai drives the HTTP API. Offline or failing pip is not fatal:
+# Python client (python/; wheel builds it without fetching build tools), openai drives the HTTP API. Offline or failing pip is not fatal:
 # the tests that need a package skip (exit 77) without it.
 missing_py=()
-for m in prometheus_client:prometheus-client zmq:pyzmq google.protobuf:protobuf openai:openai; do
+for m in prometheus_client:prometheus-client zmq:pyzmq google.protobuf:protobuf openai:openai wheel:wheel; do
   python3 -c "import ${m%%:*}" 2>/dev/null || missing_py+=("${m##*:}")
 done
 if [ ${#missing_py[@]} -gt 0 ]; then

@@ -23,6 +23,13 @@ if(TARGET gm_daemon)
   target_link_libraries(http_fake_core PRIVATE gm_daemon)
   gm_add_py_test(test_http test_http.py $<TARGET_FILE:http_fake_core>)
 endif()
+if(TARGET gemmad AND TARGET gemma-generate)
+  gm_add_py_test(test_python_client test_python_client.py $<TARGET_FILE:gemmad> $<TARGET_FILE:gemma-generate>
+                 ${CMAKE_BINARY_DIR}/models/tiny)
+  if(TEST test_python_client)
+    set_tests_properties(test_python_client PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 600)
+  endif()
+endif()
 
 # libFuzzer harness for the OpenAI request parsers (configure with CC=clang -DGM_FUZZ=ON);
 # the sources it checks are compiled into it so they carry the fuzzer's instrumentation.
