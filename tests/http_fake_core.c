@@ -9,7 +9,9 @@
  *   GET  /stream?n=N&ms=M        text/event-stream: N events `data: {"i":K}` every M ms, then [DONE]
  *   GET  /big?kb=K               a stream of K KiB written at once (slow-reader tests)
  *   GET  /later?ms=M             200 "later" after M ms (a held, suspended request)
- *   GET  /stats                  {"aborts", "held", "connections", "streams_done"}
+ *   GET  /misuse                 answers, after checking that stream calls on a plain request fail,
+ *                                and that a second answer is refused (misuse_ok in /stats)
+ *   GET  /stats                  {"aborts", "held", "connections", "streams_done", "misuse_ok"}
  *   other                        404 OpenAI-shaped error
  * The loop polls only http_server_fd() with http_server_timeout_ms() and its own timers,
  * exactly as gemmad's loop would. */
@@ -35,7 +37,7 @@ typedef struct core {
     http_server *h;
     job jobs[MAX_JOBS];
     int64_t aborts, streams_done;
-    bool quit;
+    bool quit, misuse_ok;
 } core;
 
 static double now_ms(void)
@@ -100,11 +102,23 @@ static void on_request(void *cls, http_req *r)
             return;
         }
         j->next = now_ms() + qint(r, "ms", 100);
+    } else if (!strcmp(p, "/misuse")) { /* calls out of order are refused, not crashes */
+        bool ok = http_req_stream_write(r, "x", 1) != GM_OK && http_req_stream_end(r) != GM_OK;
+        http_req_add_header(r, "X-Test", "1");
+        http_req_respond(r, 200, "text/plain", ok ? "refused" : "accepted", ok ? 7 : 8);
+        ok = http_req_respond(r, 500, "text/plain", "again", 5) != GM_OK &&
+             http_req_stream_begin(r, 200, "text/plain") != GM_OK && http_req_stream_write(r, "x", 1) != GM_OK;
+        if (!ok)
+            fprintf(stderr, "http_fake_core: a second answer was accepted\n");
+        c->misuse_ok = ok;
     } else if (!strcmp(p, "/stats")) {
         char b[256];
-        int n = snprintf(b, sizeof b, "{\"aborts\": %lld, \"held\": %lld, \"connections\": %lld, \"streams_done\": %lld}",
+        int n = snprintf(b, sizeof b,
+                         "{\"aborts\": %lld, \"held\": %lld, \"connections\": %lld, \"streams_done\": %lld, "
+                         "\"misuse_ok\": %s}",
                          (long long)c->aborts, (long long)http_server_requests_held(c->h),
-                         (long long)http_server_connections(c->h), (long long)c->streams_done);
+                         (long long)http_server_connections(c->h), (long long)c->streams_done,
+                         c->misuse_ok ? "true" : "false");
         http_req_respond(r, 200, "application/json", b, (size_t)n);
     } else if (!strcmp(p, "/quit") && !strcmp(m, "POST")) {
         http_req_respond(r, 200, "text/plain", "bye", 3);

@@ -147,6 +147,9 @@ def test_echo_keepalive(core):
     r = c.getresponse()
     assert r.status == 200 and r.read() == b"ok"
     c.close()
+    status, h, body = core.get("/misuse")
+    assert status == 200 and body == b"refused" and h.get("X-Test") == "1", (status, body, h)
+    assert core.stats()["misuse_ok"] is True
     status, _, body = core.get("/nope")
     err = json.loads(body)["error"]
     assert status == 404 and err["code"] == "not_found" and set(err) == {"message", "type", "param", "code"}, err
