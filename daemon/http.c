@@ -641,16 +641,21 @@ gm_status http_req_respond(http_req *r, int status, const char *content_type, co
     return GM_OK;
 }
 
+gm_status http_req_respond_oai_error(http_req *r, const oai_error *e)
+{
+    jsonw w = {0};
+    oai_write_error(&w, e);
+    gm_status st = jsonw_ok(&w) ? http_req_respond(r, e->status, "application/json", w.p, w.len)
+                                : gm_fail(GM_ERR_NOMEM, "http: out of memory");
+    jsonw_free(&w);
+    return st;
+}
+
 gm_status http_req_respond_error(http_req *r, int status, const char *type, const char *code, const char *message)
 {
     oai_error e;
     oai_fail(&e, status, type ? type : "invalid_request_error", NULL, code, "%s", message);
-    jsonw w = {0};
-    oai_write_error(&w, &e);
-    gm_status st = jsonw_ok(&w) ? http_req_respond(r, status, "application/json", w.p, w.len)
-                                : gm_fail(GM_ERR_NOMEM, "http: out of memory");
-    jsonw_free(&w);
-    return st;
+    return http_req_respond_oai_error(r, &e);
 }
 
 gm_status http_req_stream_begin(http_req *r, int status, const char *content_type)

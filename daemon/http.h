@@ -102,7 +102,11 @@ void *http_req_user(const http_req *r);
 gm_status http_req_add_header(http_req *r, const char *name, const char *value);
 /* The whole answer (body copied). Ends the core's hold on r. */
 gm_status http_req_respond(http_req *r, int status, const char *content_type, const void *body, size_t len);
-/* An OpenAI-shaped JSON error {"error": {message, type, param, code}} as the answer. */
+/* An OpenAI-shaped JSON error {"error": {message, type, param, code}} as the answer
+ * (status from e; oai_error comes from daemon/oai.h's parsers and oai_error_from_code). */
+struct oai_error;
+gm_status http_req_respond_oai_error(http_req *r, const struct oai_error *e);
+/* The same from parts (param null). */
 gm_status http_req_respond_error(http_req *r, int status, const char *type, const char *code, const char *message);
 /* Start a streamed answer; text/event-stream also gets Cache-Control: no-cache. */
 gm_status http_req_stream_begin(http_req *r, int status, const char *content_type);

@@ -4,7 +4,8 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
       libsentencepiece-dev sentencepiece libconfig-dev libcjson-dev libcmocka-dev
       python3 python3-numpy gnuplot-nox
-      libmicrohttpd-dev curl protobuf-compiler)
+      libmicrohttpd-dev curl protobuf-compiler
+      python3-zmq python3-protobuf python3-prometheus-client python3-setuptools python3-wheel)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,9 +31,12 @@ done
 if [ ${#missing_py[@]} -gt 0 ]; then
   ok=0
   for attempt in 1 2 3; do
-    if python3 -m pip install -q --disable-pip-version-check --timeout 30 "${missing_py[@]}" 2>/dev/null; then
-      ok=1; break
-    fi
+    # a Debian system Python refuses pip (PEP 668) unless told to
+    for extra in "" "--break-system-packages"; do
+      if python3 -m pip install -q --disable-pip-version-check --timeout 30 $extra "${missing_py[@]}" 2>/dev/null; then
+        ok=1; break 2
+      fi
+    done
     sleep $((attempt * 2))
   done
   [ $ok = 1 ] || echo "deps: pip could not install ${missing_py[*]} (offline?); the tests needing them will skip" >&2

@@ -11,6 +11,7 @@
  *   GET  /later?ms=M             200 "later" after M ms (a held, suspended request)
  *   GET  /misuse                 answers, after checking that stream calls on a plain request fail,
  *                                and that a second answer is refused (misuse_ok in /stats)
+ *   POST /v1/completions         {} when daemon/oai parses the body, else its error (status, JSON)
  *   GET  /stats                  {"aborts", "held", "connections", "streams_done", "misuse_ok"}
  *   other                        404 OpenAI-shaped error
  * The loop polls only http_server_fd() with http_server_timeout_ms() and its own timers,
@@ -23,6 +24,7 @@
 #include <time.h>
 
 #include "daemon/http.h"
+#include "daemon/oai.h"
 
 #define MAX_JOBS 4096
 
@@ -123,6 +125,17 @@ static void on_request(void *cls, http_req *r)
     } else if (!strcmp(p, "/quit") && !strcmp(m, "POST")) {
         http_req_respond(r, 200, "text/plain", "bye", 3);
         c->quit = true;
+    } else if (!strcmp(p, "/v1/completions") && !strcmp(m, "POST")) { /* parse errors come back as they are */
+        size_t n;
+        const char *b = http_req_body(r, &n);
+        oai_request q;
+        oai_error e;
+        if (oai_parse_request(OAI_COMPLETIONS, b, n, &q, &e) != GM_OK) {
+            http_req_respond_oai_error(r, &e);
+            return;
+        }
+        oai_request_free(&q);
+        http_req_respond(r, 200, "application/json", "{}", 2);
     } else {
         char msg[300];
         snprintf(msg, sizeof msg, "no route %.10s %.200s", m, p);

@@ -150,6 +150,11 @@ def test_echo_keepalive(core):
     status, h, body = core.get("/misuse")
     assert status == 200 and body == b"refused" and h.get("X-Test") == "1", (status, body, h)
     assert core.stats()["misuse_ok"] is True
+    status, _, body = core.post("/v1/completions", b'{"prompt": "x", "temperature": 3}')
+    err = json.loads(body)["error"]
+    assert status == 400 and err["param"] == "temperature" and err["code"] == "decimal_above_max_value", err
+    status, _, body = core.post("/v1/completions", b'{"prompt": "x"}')
+    assert status == 200 and body == b"{}"
     status, _, body = core.get("/nope")
     err = json.loads(body)["error"]
     assert status == 404 and err["code"] == "not_found" and set(err) == {"message", "type", "param", "code"}, err
