@@ -43,12 +43,15 @@ def install(tmp):
                     ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "gemma_pb2.py"))
     shutil.copytree(os.path.join(SRC, "proto"), os.path.join(src, "proto"))
     site = os.path.join(tmp, "site")
-    base = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-            "--target", site, os.path.join(src, "python")]
-    p = subprocess.run(base[:5] + ["--no-build-isolation"] + base[5:], capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:  # e.g. no `wheel` here: let pip fetch the build requirements
-        print("build without isolation failed, retrying with it:", p.stderr.strip().splitlines()[-1:])
-        p = subprocess.run(base, capture_output=True, text=True, timeout=600)
+    base = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--target", site]
+    # without build isolation first (no network needed); with it (pip fetches setuptools/wheel);
+    # a PEP 668 system Python may want --break-system-packages even for --target
+    p = None
+    for extra in (["--no-build-isolation"], [], ["--no-build-isolation", "--break-system-packages"]):
+        p = subprocess.run(base + extra + [os.path.join(src, "python")], capture_output=True, text=True, timeout=600)
+        if p.returncode == 0:
+            break
+        print(f"pip install {' '.join(extra)} failed:", p.stderr.strip().splitlines()[-1:])
     assert p.returncode == 0, f"pip install ./python failed:\n{p.stdout}\n{p.stderr}"
     assert os.path.isfile(os.path.join(site, "gemmad_client", "gemma_pb2.py")), "gemma_pb2 not generated"
     return site
