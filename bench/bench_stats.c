@@ -102,47 +102,20 @@ void bench_vec_free(bench_vec *a)
     memset(a, 0, sizeof(*a));
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-void bench_sort(double *v, int64_t n)
-{
-    if (n > 1)
-        qsort(v, (size_t)n, sizeof(double), cmp_double);
-}
-
-double bench_percentile_sorted(const double *v, int64_t n, double p)
-{
-    if (n <= 0)
-        return 0;
-    if (p <= 0)
-        return v[0];
-    if (p >= 100)
-        return v[n - 1];
-    double rank = p / 100.0 * (double)(n - 1);
-    int64_t lo = (int64_t)floor(rank);
-    int64_t hi = lo + 1 < n ? lo + 1 : lo;
-    double frac = rank - (double)lo;
-    return v[lo] + (v[hi] - v[lo]) * frac;
-}
-
 void bench_dist_of(double *v, int64_t n, bench_dist *d)
 {
     memset(d, 0, sizeof(*d));
     d->n = n;
     if (n <= 0)
         return;
-    bench_sort(v, n);
+    histo_sort(v, n);
     double sum = 0;
     for (int64_t i = 0; i < n; i++)
         sum += v[i];
     d->mean = sum / (double)n;
-    d->p50 = bench_percentile_sorted(v, n, 50);
-    d->p90 = bench_percentile_sorted(v, n, 90);
-    d->p99 = bench_percentile_sorted(v, n, 99);
+    d->p50 = histo_percentile_sorted(v, n, 50);
+    d->p90 = histo_percentile_sorted(v, n, 90);
+    d->p99 = histo_percentile_sorted(v, n, 99);
     d->min = v[0];
     d->max = v[n - 1];
 }

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common/histo.h"
 #include "common/status.h"
 
 #ifdef __cplusplus
@@ -52,10 +53,7 @@ typedef struct bench_vec {
 gm_status bench_vec_push(bench_vec *a, double x);
 void bench_vec_free(bench_vec *a);
 
-/* The p-th percentile (0..100) of v[0..n), linear interpolation between order
- * statistics (numpy's default). Sorts v in place. 0 when n == 0. */
-double bench_percentile_sorted(const double *v, int64_t n, double p);
-void bench_sort(double *v, int64_t n);
+/* Percentiles: common/histo.h (histo_sort, histo_percentile_sorted). */
 
 /* ---- per-request record ---- */
 

@@ -1,6 +1,8 @@
 /* metrics.c - rings of recent latencies, percentiles, a windowed rate. */
 #include "daemon/metrics.h"
 
+#include "common/histo.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,25 +14,14 @@ void met_ring_add(met_ring *r, double x)
         r->n++;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 double met_ring_pct(const met_ring *r, double p)
 {
     if (r->n == 0)
         return 0;
     double tmp[MET_WINDOW];
     memcpy(tmp, r->v, (size_t)r->n * sizeof(double)); /* the first n slots hold the samples */
-    qsort(tmp, (size_t)r->n, sizeof(double), cmp_d);
-    double k = p / 100.0 * (r->n - 1);
-    int32_t i = (int32_t)k;
-    if (i >= r->n - 1)
-        return tmp[r->n - 1];
-    double f = k - i;
-    return tmp[i] * (1 - f) + tmp[i + 1] * f;
+    histo_sort(tmp, r->n);
+    return histo_percentile_sorted(tmp, r->n, p);
 }
 
 double met_ring_mean(const met_ring *r)

@@ -27,8 +27,8 @@ static void test_percentiles(void **st)
     assert_true(fabs(d.p99 - 99.01) < 1e-9);
     assert_true(d.min == 1 && d.max == 100);
     double one = 7;
-    assert_true(bench_percentile_sorted(&one, 1, 99) == 7);
-    assert_true(bench_percentile_sorted(NULL, 0, 50) == 0);
+    assert_true(histo_percentile_sorted(&one, 1, 99) == 7);
+    assert_true(histo_percentile_sorted(NULL, 0, 50) == 0);
     bench_dist_of(NULL, 0, &d);
     assert_int_equal(d.n, 0);
     assert_true(d.p99 == 0);
