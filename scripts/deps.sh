@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
       libsentencepiece-dev sentencepiece libconfig-dev libcjson-dev libcmocka-dev
-      python3 python3-numpy gnuplot-nox)
+      python3 python3-numpy python3-zmq python3-protobuf gnuplot-nox)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,7 +14,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The numpy reference test needs numpy in whatever python3 is first on PATH.
+# The numpy reference test needs numpy, and the reply fuzz test (test_router_fuzz) pyzmq and
+# protobuf, in whatever python3 is first on PATH.
 if ! python3 -c 'import numpy' 2>/dev/null; then
   python3 -m pip install -q numpy 2>/dev/null || echo "deps: numpy not installed; the numpy reference test will skip" >&2
+fi
+if ! python3 -c 'import zmq, google.protobuf' 2>/dev/null; then
+  python3 -m pip install -q pyzmq protobuf 2>/dev/null ||
+    echo "deps: pyzmq/protobuf not installed; test_router_fuzz will skip" >&2
 fi
