@@ -4,8 +4,11 @@ if(TARGET gm_cluster)
   gm_add_test(test_curve ${CMAKE_CURRENT_SOURCE_DIR}/test_curve.c LIBS gm_cluster TIMEOUT 60)
   gm_add_test(test_launch ${CMAKE_CURRENT_SOURCE_DIR}/test_launch.c LIBS gm_cluster TIMEOUT 30)
   if(TARGET gm_client)
-    gm_add_test(test_router ${CMAKE_CURRENT_SOURCE_DIR}/test_router.c LIBS gm_cluster gm_client TIMEOUT 180)
-    target_sources(test_router PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/test_router_fake.c)
+    foreach(t test_router test_router_reg)
+      gm_add_test(${t} ${CMAKE_CURRENT_SOURCE_DIR}/${t}.c LIBS gm_cluster gm_client TIMEOUT 180)
+      target_sources(${t} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/test_router_fake.c
+                                  ${CMAKE_CURRENT_SOURCE_DIR}/test_router_util.c)
+    endforeach()
   endif()
 endif()
 
