@@ -358,14 +358,78 @@ bool gc_allowlist_contains(const gc_allowlist *a, const uint8_t key[32])
 
 /* ---- ZAP handler (RFC 27) ---- */
 
+#define ZAP_MAX_DOMAINS 8
+#define ZAP_DOMAIN_MAX 64
+
+typedef struct zap_domain {
+    char name[ZAP_DOMAIN_MAX + 1];
+    gc_allowlist allow;
+} zap_domain;
+
 struct gc_zap {
     void *ctx;
     void *ctl; /* PAIR, our end of the stop pipe */
     char ctl_ep[64];
     pthread_t thread;
     gc_allowlist allow; /* private copy: the thread reads it, nobody writes */
+    pthread_mutex_t mu; /* guards domains (set by the owner, read by the thread) */
+    zap_domain domains[ZAP_MAX_DOMAINS];
+    int n_domains;
     _Atomic uint64_t allowed, denied;
 };
+
+/* Copy src's keys into dst (whose old keys are freed). */
+static gm_status allow_copy(gc_allowlist *dst, const gc_allowlist *src)
+{
+    uint8_t(*keys)[32] = NULL;
+    int n = src ? src->n : 0;
+    if (n) {
+        keys = malloc((size_t)n * 32);
+        if (!keys)
+            return gm_fail(GM_ERR_NOMEM, "zap allow-list of %d keys", n);
+        memcpy(keys, src->keys, (size_t)n * 32);
+    }
+    free(dst->keys);
+    dst->keys = keys;
+    dst->n = dst->cap = n;
+    return GM_OK;
+}
+
+/* Whether key may pass in domain dom[0..dl): its own list if it has one, else the default. */
+static bool zap_key_allowed(gc_zap *z, const char *dom, size_t dl, const uint8_t key[32])
+{
+    pthread_mutex_lock(&z->mu);
+    const gc_allowlist *list = &z->allow;
+    for (int i = 0; i < z->n_domains; i++)
+        if (strlen(z->domains[i].name) == dl && memcmp(z->domains[i].name, dom, dl) == 0)
+            list = &z->domains[i].allow;
+    bool ok = gc_allowlist_contains(list, key);
+    pthread_mutex_unlock(&z->mu);
+    return ok;
+}
+
+gm_status gc_zap_set_domain(gc_zap *z, const char *domain, const gc_allowlist *allow)
+{
+    if (!z || !domain || !*domain || strlen(domain) > ZAP_DOMAIN_MAX)
+        return gm_fail(GM_ERR_INVALID_ARG, "ZAP domain '%s': 1..%d characters", domain ? domain : "(null)",
+                       ZAP_DOMAIN_MAX);
+    pthread_mutex_lock(&z->mu);
+    int i = 0;
+    while (i < z->n_domains && strcmp(z->domains[i].name, domain) != 0)
+        i++;
+    gm_status st = GM_OK;
+    if (i == ZAP_MAX_DOMAINS) {
+        st = gm_fail(GM_ERR_INVALID_ARG, "more than %d ZAP domains", ZAP_MAX_DOMAINS);
+    } else {
+        st = allow_copy(&z->domains[i].allow, allow);
+        if (st == GM_OK && i == z->n_domains) {
+            snprintf(z->domains[i].name, sizeof(z->domains[i].name), "%s", domain);
+            z->n_domains++;
+        }
+    }
+    pthread_mutex_unlock(&z->mu);
+    return st;
+}
 
 #define ZAP_MAX_FRAMES 16
 
@@ -390,6 +454,7 @@ static void zap_answer(gc_zap *z, void *rep)
     }
     /* frames: version, request id, domain, address, routing id, mechanism, credentials... */
     const char *status = "400", *text = "denied";
+    char user[GC_KEY_Z85_LEN + 1] = ""; /* the CURVE key that passed, as the connection's user id */
     if (n >= 6) {
         const char *mech = zmq_msg_data(&fr[5]);
         size_t ml = zmq_msg_size(&fr[5]);
@@ -397,9 +462,10 @@ static void zap_answer(gc_zap *z, void *rep)
             status = "200";
             text = "OK";
         } else if (ml == 5 && memcmp(mech, "CURVE", 5) == 0 && n >= 7 && zmq_msg_size(&fr[6]) == 32 &&
-                   gc_allowlist_contains(&z->allow, zmq_msg_data(&fr[6]))) {
+                   zap_key_allowed(z, zmq_msg_data(&fr[2]), zmq_msg_size(&fr[2]), zmq_msg_data(&fr[6]))) {
             status = "200";
             text = "OK";
+            zmq_z85_encode(user, zmq_msg_data(&fr[6]), 32);
         }
     }
     if (status[0] == '2')
@@ -411,7 +477,7 @@ static void zap_answer(gc_zap *z, void *rep)
         zmq_send(rep, zmq_msg_data(&fr[1]), zmq_msg_size(&fr[1]), ZMQ_SNDMORE);
         zmq_send(rep, status, 3, ZMQ_SNDMORE);
         zmq_send(rep, text, strlen(text), ZMQ_SNDMORE);
-        zmq_send(rep, "", 0, ZMQ_SNDMORE); /* user id */
+        zmq_send(rep, user, strlen(user), ZMQ_SNDMORE); /* user id */
         zmq_send(rep, "", 0, 0);           /* metadata */
     }
     for (int i = 0; i < n; i++)
@@ -458,15 +524,11 @@ gm_status gc_zap_start(void *zmq_ctx, const gc_allowlist *allow, gc_zap **out)
     if (!z)
         return gm_fail(GM_ERR_NOMEM, "zap");
     z->ctx = zmq_ctx;
-    if (allow && allow->n) {
-        z->allow.keys = malloc((size_t)allow->n * 32);
-        if (!z->allow.keys) {
-            free(z);
-            return gm_fail(GM_ERR_NOMEM, "zap allow-list");
-        }
-        memcpy(z->allow.keys, allow->keys, (size_t)allow->n * 32);
-        z->allow.n = z->allow.cap = allow->n;
+    if (allow_copy(&z->allow, allow) != GM_OK) {
+        free(z);
+        return GM_ERR_NOMEM;
     }
+    pthread_mutex_init(&z->mu, NULL);
     snprintf(z->ctl_ep, sizeof(z->ctl_ep), "inproc://gc-zap-ctl-%p", (void *)z);
     int zero = 0;
     void *rep = zmq_socket(zmq_ctx, ZMQ_REP);
@@ -480,6 +542,7 @@ gm_status gc_zap_start(void *zmq_ctx, const gc_allowlist *allow, gc_zap **out)
                 zmq_strerror(errno));
         zmq_close(rep);
         zmq_close(z->ctl);
+        pthread_mutex_destroy(&z->mu);
         free(z->allow.keys);
         free(z);
         return GM_ERR_ZMQ;
@@ -502,6 +565,7 @@ fail:
         zmq_close(rep);
     if (z->ctl)
         zmq_close(z->ctl);
+    pthread_mutex_destroy(&z->mu);
     free(z->allow.keys);
     free(z);
     return gm_fail(GM_ERR_ZMQ, "cannot start the ZAP handler: %s", zmq_strerror(errno));
@@ -523,6 +587,9 @@ void gc_zap_destroy(gc_zap **zp)
     zmq_send(z->ctl, "STOP", 4, 0);
     pthread_join(z->thread, NULL);
     zmq_close(z->ctl);
+    for (int i = 0; i < z->n_domains; i++)
+        free(z->domains[i].allow.keys);
+    pthread_mutex_destroy(&z->mu);
     free(z->allow.keys);
     free(z);
     *zp = NULL;

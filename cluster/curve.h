@@ -75,9 +75,16 @@ typedef struct gc_zap gc_zap;
 
 /* Serve ZAP (inproc://zeromq.zap.01) for zmq_ctx on a thread: CURVE clients
  * whose key is in allow (copied; NULL = allow none) pass, every other CURVE
- * or PLAIN client is refused, NULL-mechanism sockets pass. One per context;
- * start it before binding the server sockets. Caller owns *out. */
+ * or PLAIN client is refused, NULL-mechanism sockets pass. A client that passes
+ * gets its public key (Z85) as its ZeroMQ user id: the server reads it from each
+ * message with zmq_msg_gets(msg, "User-Id"). One per context; start it before
+ * binding the server sockets. Caller owns *out. */
 gm_status gc_zap_start(void *zmq_ctx, const gc_allowlist *allow, gc_zap **out);
+/* Give the server sockets of one ZAP domain (gc_curve_set_server's zap_domain)
+ * an allow-list of their own (copied), used instead of gc_zap_start's: e.g. the
+ * router's register socket admits replica keys only, not client keys. Call it
+ * before binding those sockets; setting a domain again replaces its list. */
+gm_status gc_zap_set_domain(gc_zap *z, const char *domain, const gc_allowlist *allow);
 /* Handshakes answered so far (allowed, denied). Thread-safe. */
 void gc_zap_counts(const gc_zap *z, uint64_t *allowed, uint64_t *denied);
 /* Stop the thread; accepts NULL; nulls *z. Call before zmq_ctx_term. */

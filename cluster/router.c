@@ -7,6 +7,7 @@
 
 #include "cluster/router_int.h"
 #include "common/log.h"
+#include "common/utf8.h"
 
 double rt_now_ms(void)
 {
@@ -182,9 +183,11 @@ void rt_send_error(gc_router *r, const uint8_t *id, size_t id_len, uint64_t requ
 {
     Gemma__V1__ServerMessage m = GEMMA__V1__SERVER_MESSAGE__INIT;
     Gemma__V1__Error e = GEMMA__V1__ERROR__INIT;
+    char msg[512]; /* may quote a replica or its name: valid UTF-8, cut between characters */
+    gm_utf8_copy(msg, sizeof(msg), text ? text : "", text ? strlen(text) : 0);
     e.request_id = request_id;
     e.code = code;
-    e.message = (char *)text;
+    e.message = msg;
     m.body_case = GEMMA__V1__SERVER_MESSAGE__BODY_ERROR;
     m.error = &e;
     rt_send_to_client(r, id, id_len, &m);
@@ -197,10 +200,12 @@ void rt_req_finish(gc_router *r, rt_req *q, Gemma__V1__FinishReason fr, Gemma__V
     Gemma__V1__ServerMessage m = GEMMA__V1__SERVER_MESSAGE__INIT;
     Gemma__V1__GenerateChunk ch = GEMMA__V1__GENERATE_CHUNK__INIT;
     Gemma__V1__GenerateChunk *chp = &ch;
+    char msg[512]; /* may quote a replica or its name: valid UTF-8, cut between characters */
+    gm_utf8_copy(msg, sizeof(msg), text ? text : "", text ? strlen(text) : 0);
     ch.request_id = q->cid;
     ch.finish_reason = fr;
     ch.error_code = code;
-    ch.error_message = (char *)text;
+    ch.error_message = msg;
     m.n_chunks = 1;
     m.chunks = &chp;
     rt_send_to_client(r, q->client->id, q->client->id_len, &m);
@@ -500,7 +505,9 @@ static void drain_reg(gc_router *r, double now)
             return;
         if (n == -2)
             continue;
-        rt_on_register_msg(r, id, id_len, zmq_msg_data(&pl), zmq_msg_size(&pl), now);
+        rt_peer peer;
+        rt_peer_of(r, &pl, &peer);
+        rt_on_register_msg(r, &peer, id, id_len, zmq_msg_data(&pl), zmq_msg_size(&pl), now);
         zmq_msg_close(&pl);
     }
 }
@@ -531,6 +538,7 @@ static void tick(gc_router *r, double now)
             snprintf(why, sizeof(why), "silent for %.0f ms", now - p->last_heard);
             rt_replica_down(r, p, why);
         }
+        rt_replica_health_tick(r, p, now);
         /* a replica that is down is asked more often, so that it is used again soon */
         double ivl = p->up ? r->cfg->heartbeat_ms : (r->cfg->heartbeat_ms < 100 ? r->cfg->heartbeat_ms : 100);
         if (now - p->last_probe >= ivl)
@@ -673,7 +681,8 @@ static gm_status bind_socket(void *sock, const char *ep, char *out, size_t cap)
     return GM_OK;
 }
 
-static void *server_socket(gc_router *r)
+/* A ROUTER socket for clients or registrations; with CURVE, zap_domain picks its allow-list. */
+static void *server_socket(gc_router *r, const char *zap_domain)
 {
     void *s = zmq_socket(r->ctx, ZMQ_ROUTER);
     if (!s)
@@ -683,11 +692,23 @@ static void *server_socket(gc_router *r)
     zmq_setsockopt(s, ZMQ_SNDHWM, &zero, sizeof(zero));
     zmq_setsockopt(s, ZMQ_RCVHWM, &zero, sizeof(zero));
     zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-    if (r->curve && gc_curve_set_server(s, &r->kp, "gemma-router") != GM_OK) {
+    if (r->curve && gc_curve_set_server(s, &r->kp, zap_domain) != GM_OK) {
         zmq_close(s);
         return NULL;
     }
     return s;
+}
+
+/* An allow-list of the keys found in paths[0..n). Caller owns *out. */
+static gm_status allowlist_load(char **paths, int32_t n, gc_allowlist **out)
+{
+    *out = gc_allowlist_new();
+    if (!*out)
+        return gm_fail(GM_ERR_NOMEM, "allow-list");
+    gm_status st = GM_OK;
+    for (int32_t i = 0; i < n && st == GM_OK; i++)
+        st = gc_allowlist_add_path(*out, paths[i]);
+    return st;
 }
 
 gm_status gc_router_new(const gc_router_config *c, void *zmq_ctx, gc_router **out)
@@ -716,17 +737,20 @@ gm_status gc_router_new(const gc_router_config *c, void *zmq_ctx, gc_router **ou
         st = gc_curve_load_secret(c->curve_secret_key, &r->kp);
         if (st != GM_OK)
             goto fail;
-        gc_allowlist *allow = gc_allowlist_new();
-        if (!allow) {
-            st = gm_fail(GM_ERR_NOMEM, "allow-list");
-            goto fail;
-        }
-        for (int i = 0; i < c->n_curve_allow && st == GM_OK; i++)
-            st = gc_allowlist_add_path(allow, c->curve_allow[i]);
+        /* two allow-lists: client keys for the client socket, replica keys for the register socket */
+        gc_allowlist *clients = NULL, *replicas = NULL;
+        st = allowlist_load(c->curve_allow, c->n_curve_allow, &clients);
         if (st == GM_OK)
-            st = gc_zap_start(r->ctx, allow, &r->zap);
-        GM_INFO("CURVE on: %d allowed client key(s)", gc_allowlist_count(allow));
-        gc_allowlist_destroy(&allow);
+            st = allowlist_load(c->replica_allow, c->n_replica_allow, &replicas);
+        if (st == GM_OK)
+            st = gc_zap_start(r->ctx, clients, &r->zap);
+        if (st == GM_OK)
+            st = gc_zap_set_domain(r->zap, RT_ZAP_REPLICAS, replicas);
+        if (st == GM_OK)
+            GM_INFO("CURVE on: %d client key(s)%s, %d replica key(s) may register", gc_allowlist_count(clients),
+                    c->register_ep ? "" : " (no register endpoint)", gc_allowlist_count(replicas));
+        gc_allowlist_destroy(&clients);
+        gc_allowlist_destroy(&replicas);
         if (st != GM_OK)
             goto fail;
         if (c->curve_replica_key) {
@@ -737,7 +761,7 @@ gm_status gc_router_new(const gc_router_config *c, void *zmq_ctx, gc_router **ou
             memcpy(r->replica_key, rk.public_z85, sizeof(r->replica_key));
         }
     }
-    r->front = server_socket(r);
+    r->front = server_socket(r, RT_ZAP_CLIENTS);
     if (!r->front) {
         st = gm_fail(GM_ERR_ZMQ, "client socket: %s", zmq_strerror(errno));
         goto fail;
@@ -746,8 +770,9 @@ gm_status gc_router_new(const gc_router_config *c, void *zmq_ctx, gc_router **ou
     if (st != GM_OK)
         goto fail;
     if (c->register_ep) {
-        r->reg = server_socket(r);
-        if (!r->reg) {
+        r->reg = server_socket(r, RT_ZAP_REPLICAS);
+        int64_t max_frame = RT_REG_MAX_FRAME; /* a Register is a few hundred bytes; a peer sending more is dropped */
+        if (!r->reg || zmq_setsockopt(r->reg, ZMQ_MAXMSGSIZE, &max_frame, sizeof(max_frame)) != 0) {
             st = gm_fail(GM_ERR_ZMQ, "register socket: %s", zmq_strerror(errno));
             goto fail;
         }

@@ -17,7 +17,7 @@
  *    produced no output yet go to another replica, those already streaming end
  *    with WORKER_FAILED; it is used again as soon as it answers again;
  *  - accepts replicas that register themselves (proto/cluster.proto) on the
- *    register endpoint.
+ *    register endpoint (cluster/router_reg.c says who may register what).
  * One thread around zmq_poll. */
 #ifndef GC_ROUTER_H
 #define GC_ROUTER_H
@@ -48,6 +48,10 @@ typedef struct gc_router_config {
     char **curve_allow;      /* [n_curve_allow] client key files / directories / key lists */
     int32_t n_curve_allow;
     char *curve_replica_key; /* replicas' server public key file (static replicas) */
+    char **replica_allow;    /* [n_replica_allow] public keys that may register (same forms as curve_allow);
+                                client keys cannot register */
+    int32_t n_replica_allow;
+    bool insecure_register;  /* allow a register endpoint other hosts can reach without CURVE */
     char *config_path;
 } gc_router_config;
 
@@ -97,5 +101,20 @@ typedef struct gc_router_counts {
 } gc_router_counts;
 
 void gc_router_get_counts(const gc_router *r, gc_router_counts *out);
+
+/* ---- registration policy (cluster/router_reg.c) ---- */
+
+#define GC_ENDPOINT_MAX 200 /* bytes of a registered endpoint */
+#define GC_NAME_MAX 128     /* bytes of a registered replica name */
+
+/* Whether a Register may name endpoint ep: tcp://HOST:PORT (no wildcard host or
+ * port, no source address; a loopback host only from a local peer) or, from a
+ * local peer only (ipc register socket or a loopback address), ipc://PATH; at most
+ * GC_ENDPOINT_MAX bytes of printable ASCII. When false, why[cap] says why. */
+bool gc_router_endpoint_ok(const char *ep, bool local_peer, char *why, size_t cap);
+
+/* Whether a bind endpoint can be reached from this host only: ipc://, inproc://,
+ * or tcp:// on a loopback address (127.0.0.0/8, [::1], localhost, lo). */
+bool gc_router_endpoint_local(const char *ep);
 
 #endif

@@ -41,6 +41,7 @@ void gc_router_config_free(gc_router_config *c)
     free(c->curve_secret_key);
     free_list(&c->curve_allow, &c->n_curve_allow);
     free(c->curve_replica_key);
+    free_list(&c->replica_allow, &c->n_replica_allow);
     free(c->config_path);
     memset(c, 0, sizeof(*c));
 }
@@ -171,11 +172,15 @@ gm_status gc_router_config_load_file(gc_router_config *c, const char *path)
             st = load_str_list(s, &c->replicas, &c->n_replicas, path);
         } else if (!strcmp(k, "curve_allow")) {
             st = load_str_list(s, &c->curve_allow, &c->n_curve_allow, path);
-        } else if (!strcmp(k, "curve")) {
+        } else if (!strcmp(k, "replica_allow")) {
+            st = load_str_list(s, &c->replica_allow, &c->n_replica_allow, path);
+        } else if (!strcmp(k, "curve") || !strcmp(k, "insecure_register")) {
             if (t != CONFIG_TYPE_BOOL)
-                st = gm_fail(GM_ERR_INVALID_ARG, "%s: curve must be true or false", where);
-            else
+                st = gm_fail(GM_ERR_INVALID_ARG, "%s: %s must be true or false", where, k);
+            else if (!strcmp(k, "curve"))
                 c->curve = config_setting_get_bool(s);
+            else
+                c->insecure_register = config_setting_get_bool(s);
         } else {
             st = gm_fail(GM_ERR_INVALID_ARG, "%s: unknown setting '%s'", where, k);
         }
@@ -192,7 +197,8 @@ void gc_router_usage(FILE *f)
             "\n"
             "  --listen E             client endpoint (default tcp://127.0.0.1:5550)\n"
             "  --replica E            a gemmad endpoint (repeatable)\n"
-            "  --register E           accept replicas that register themselves on E\n"
+            "  --register E           accept replicas that register themselves on E (loopback or ipc://\n"
+            "                         unless --curve, or --insecure-register)\n"
             "  --config FILE          libconfig file; its keys are these flags with '_' (replicas = [..])\n"
             "  --max-in-flight N      requests the router keeps on one replica (default 256)\n"
             "  --max-queue N          requests held when every replica is full (default 0: OVERLOADED at once)\n"
@@ -208,6 +214,10 @@ void gc_router_usage(FILE *f)
             "  --curve-allow P        allowed client public keys: a .key file, a directory of them,\n"
             "                         or a file of Z85 keys one per line (repeatable)\n"
             "  --curve-replica-key F  the replicas' server public key (for --replica endpoints)\n"
+            "  --replica-allow P      public keys that may register as replicas (same forms as\n"
+            "                         --curve-allow; needed with --curve and --register)\n"
+            "  --insecure-register    let --register bind where other hosts reach it without CURVE:\n"
+            "                         anyone there can add replicas (a trusted network only)\n"
             "  --keygen PREFIX        write PREFIX.key and PREFIX.key_secret and exit (--force overwrites)\n"
             "  --help                 this text\n");
 }
@@ -242,6 +252,10 @@ gm_status gc_router_config_from_args(int argc, char **argv, gc_router_config *c,
             *force = true;
             continue;
         }
+        if (!strcmp(a, "--insecure-register")) {
+            c->insecure_register = true;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0)
             return gm_fail(GM_ERR_INVALID_ARG, "unexpected argument '%s' (see --help)", a);
         if (i + 1 >= argc)
@@ -274,6 +288,8 @@ gm_status gc_router_config_from_args(int argc, char **argv, gc_router_config *c,
             st = push_str(&c->curve_allow, &c->n_curve_allow, v);
         } else if (!strcmp(key, "curve_replica_key")) {
             st = set_str(&c->curve_replica_key, v);
+        } else if (!strcmp(key, "replica_allow")) {
+            st = push_str(&c->replica_allow, &c->n_replica_allow, v);
         } else if (!strcmp(key, "log_level")) {
             int lv = gm_log_parse_level(v);
             if (lv < 0)
@@ -307,8 +323,19 @@ gm_status gc_router_config_validate(const gc_router_config *c)
         if (c->n_curve_allow == 0)
             return gm_fail(GM_ERR_INVALID_ARG, "curve = true needs curve_allow (client public keys); "
                                                "with none every client would be refused");
-    } else if (c->curve_secret_key || c->n_curve_allow || c->curve_replica_key) {
-        return gm_fail(GM_ERR_INVALID_ARG, "curve_* keys are set but curve is off (add --curve / curve = true)");
+        if (c->register_ep && c->n_replica_allow == 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "curve = true with a register endpoint needs replica_allow: the "
+                                               "public keys of the replicas that may register (client keys cannot)");
+    } else if (c->curve_secret_key || c->n_curve_allow || c->curve_replica_key || c->n_replica_allow) {
+        return gm_fail(GM_ERR_INVALID_ARG, "curve_* or replica_allow keys are set but curve is off "
+                                           "(add --curve / curve = true)");
     }
+    if (c->register_ep && !c->curve && !c->insecure_register && !gc_router_endpoint_local(c->register_ep))
+        return gm_fail(GM_ERR_INVALID_ARG,
+                       "register endpoint '%s' can be reached from other hosts but CURVE is off: anyone there "
+                       "could add replicas or take over their names. Turn on curve (with replica_allow), bind it "
+                       "to loopback or ipc://, or pass --insecure-register (insecure_register = true) on a "
+                       "network you trust",
+                       c->register_ep);
     return GM_OK;
 }

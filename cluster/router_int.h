@@ -1,6 +1,6 @@
 /* router_int.h - gemma-router's private state, shared by router.c (clients, requests,
- * the loop) and router_replica.c (replica sockets, probes, failover, registration).
- * Not a contract: only those two files include it. */
+ * the loop), router_replica.c (replica sockets, probes, failover, forwarding) and
+ * router_reg.c (registration). Not a contract: only those files include it. */
 #ifndef GC_ROUTER_INT_H
 #define GC_ROUTER_INT_H
 
@@ -20,6 +20,11 @@
 #define RT_CLIENT_BUCKETS 4096
 #define RT_POLL_MS 20
 #define RT_DRAIN_BATCH 512  /* messages read from one socket per loop turn */
+#define RT_ZAP_CLIENTS "gemma-router"           /* ZAP domain of the client socket: curve_allow */
+#define RT_ZAP_REPLICAS "gemma-router-register" /* ZAP domain of the register socket: replica_allow */
+#define RT_MAX_REGISTERED 1024 /* replicas that registered themselves, at most */
+#define RT_REG_MAX_FRAME 4096  /* bytes of one frame on the register socket */
+#define RT_OWNER_MAX 64     /* "key:" + Z85 key, "addr:" + an IP address, or "local" */
 
 typedef struct rt_client {
     uint8_t id[255]; /* ZeroMQ routing id of the client's connection */
@@ -57,12 +62,14 @@ struct rt_replica {
     char label[320];       /* "name (endpoint)" or the endpoint, for logs */
     char server_key[GC_KEY_Z85_LEN + 1];
     bool dynamic;          /* registered itself (forgotten when gone long enough) */
+    char owner[RT_OWNER_MAX]; /* who registered it (rt_peer.owner); only they may change it */
     bool draining;         /* unregistered: no new requests */
     bool up;               /* answered within dead_ms */
     bool serving;          /* its last HealthReply said serving */
     void *sock;            /* DEALER to its client endpoint */
     void *mon;             /* PAIR receiving the DEALER's disconnect events */
     double last_heard, last_probe, down_since, last_register;
+    double last_health;    /* when its last HealthReply came (a replica without one for dead_ms is not serving) */
     int32_t in_flight;     /* router requests there */
     int32_t max_in_flight;
     int32_t in_flight_at_probe;
@@ -108,6 +115,12 @@ struct gc_router {
     _Atomic int32_t c_up, c_known, c_serving;
 };
 
+/* The peer a message on the register socket came from. */
+typedef struct rt_peer {
+    char owner[RT_OWNER_MAX]; /* "key:<Z85>" (CURVE), else "addr:<IP>", or "local" on an ipc socket */
+    bool local;               /* on this host: an ipc socket or a loopback address */
+} rt_peer;
+
 /* router.c: time, hashing, requests, replies to clients, dispatch */
 double rt_now_ms(void);
 uint64_t rt_mix64(uint64_t x);
@@ -127,7 +140,13 @@ void rt_update_counts(gc_router *r);
 void rt_replica_down(gc_router *r, rt_replica *p, const char *why);
 void rt_replica_probe(gc_router *r, rt_replica *p, double now);
 void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t len, double now);
-void rt_on_register_msg(gc_router *r, const uint8_t *id, size_t id_len, const uint8_t *data, size_t len, double now);
+gm_status rt_replica_open_socket(gc_router *r, rt_replica *p);
+void rt_replica_set_label(rt_replica *p);
 bool rt_drain_monitor(rt_replica *p);
+void rt_replica_health_tick(gc_router *r, rt_replica *p, double now);
+/* router_reg.c: the register endpoint */
+void rt_peer_of(const gc_router *r, zmq_msg_t *payload, rt_peer *out);
+void rt_on_register_msg(gc_router *r, const rt_peer *peer, const uint8_t *id, size_t id_len, const uint8_t *data,
+                        size_t len, double now);
 
 #endif

@@ -1,11 +1,12 @@
 /* router_replica.c - gemma-router's replicas: sockets, probes, picking, failover,
- * forwarding their replies, and registration (proto/cluster.proto). */
+ * taking a replica that is not serving out of rotation, forwarding their replies. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cluster/router_int.h"
 #include "common/log.h"
+#include "common/utf8.h"
 
 static void replica_close_socket(rt_replica *p)
 {
@@ -21,7 +22,7 @@ static void replica_close_socket(rt_replica *p)
 }
 
 /* (Re)create the DEALER to p's endpoint with its disconnect monitor. */
-static gm_status replica_open_socket(gc_router *r, rt_replica *p)
+gm_status rt_replica_open_socket(gc_router *r, rt_replica *p)
 {
     replica_close_socket(p);
     p->sock = zmq_socket(r->ctx, ZMQ_DEALER);
@@ -57,7 +58,7 @@ static gm_status replica_open_socket(gc_router *r, rt_replica *p)
     return GM_OK;
 }
 
-static void replica_set_label(rt_replica *p)
+void rt_replica_set_label(rt_replica *p)
 {
     if (strcmp(p->name, p->endpoint) != 0)
         snprintf(p->label, sizeof(p->label), "%s (%s)", p->name, p->endpoint);
@@ -93,7 +94,7 @@ rt_replica *rt_replica_add(gc_router *r, const char *endpoint, const char *name,
     p->down_since = p->last_register = rt_now_ms();
     if (!p->endpoint || !p->name)
         gm_fail(GM_ERR_NOMEM, "replica '%s'", endpoint);
-    if (!p->endpoint || !p->name || replica_open_socket(r, p) != GM_OK) {
+    if (!p->endpoint || !p->name || rt_replica_open_socket(r, p) != GM_OK) {
         replica_close_socket(p);
         free(p->endpoint);
         free(p->name);
@@ -102,7 +103,7 @@ rt_replica *rt_replica_add(gc_router *r, const char *endpoint, const char *name,
     }
     r->reps[r->n_reps++] = p;
     rt_update_counts(r);
-    replica_set_label(p);
+    rt_replica_set_label(p);
     GM_INFO("replica %s added%s", p->label, dynamic ? " by registration" : "");
     return p;
 }
@@ -172,6 +173,23 @@ void rt_update_counts(gc_router *r)
     atomic_store(&r->c_known, r->n_reps);
 }
 
+/* The requests in flight on p (caller frees *out; NULL when out of memory). Returns
+ * their number; with unstarted_only, only those that produced no output and were
+ * not cancelled. */
+static int replica_requests(gc_router *r, rt_replica *p, bool unstarted_only, rt_req ***out)
+{
+    int n = 0, cap = p->in_flight > 0 ? p->in_flight : 1;
+    rt_req **list = malloc((size_t)cap * sizeof(*list));
+    for (size_t b = 0; b < RT_BUCKETS && list && n < p->in_flight; b++)
+        for (rt_req *q = r->by_rid[b]; q; q = q->next_rid)
+            if (q->rep == p && n < cap && (!unstarted_only || (!q->started && !q->cancelled && !q->done)))
+                list[n++] = q;
+    if (!list && p->in_flight > 0)
+        GM_ERROR("out of memory moving the requests of replica %s", p->name);
+    *out = list;
+    return list ? n : 0;
+}
+
 /* Take p out: fail or move its requests, and reconnect its socket from scratch
  * (so nothing queued for it is delivered when it comes back). */
 void rt_replica_down(gc_router *r, rt_replica *p, const char *why)
@@ -184,13 +202,9 @@ void rt_replica_down(gc_router *r, rt_replica *p, const char *why)
     p->down_since = rt_now_ms();
     p->failures++;
     p->ext_load = 0;
-    int n = 0, cap = p->in_flight > 0 ? p->in_flight : 1;
-    rt_req **moved = malloc((size_t)cap * sizeof(*moved));
-    for (size_t b = 0; b < RT_BUCKETS && moved && n < p->in_flight; b++)
-        for (rt_req *q = r->by_rid[b]; q; q = q->next_rid)
-            if (q->rep == p && n < cap)
-                moved[n++] = q;
-    if (replica_open_socket(r, p) != GM_OK)
+    rt_req **moved;
+    int n = replica_requests(r, p, false, &moved);
+    if (rt_replica_open_socket(r, p) != GM_OK)
         GM_ERROR("replica %s: cannot reopen its socket: %s", p->name, gm_last_error());
     rt_update_counts(r);
     for (int i = 0; i < n; i++) {
@@ -210,9 +224,49 @@ void rt_replica_down(gc_router *r, rt_replica *p, const char *why)
             rt_req_dispatch(r, q, false);
         }
     }
-    if (!moved && p->in_flight > 0)
-        GM_ERROR("out of memory failing over replica %s", p->name);
     free(moved);
+}
+
+/* p says it serves (or not). A replica that stops serving without shutting down
+ * (its workers hung or restart) is out of rotation until it serves again; its
+ * requests that produced nothing yet are cancelled there and sent elsewhere, so
+ * they do not wait out its outage. A replica that is shutting down drains: what
+ * it holds finishes there. */
+static void replica_set_serving(gc_router *r, rt_replica *p, bool serving, bool shutting_down, const char *why)
+{
+    if (p->serving == serving)
+        return;
+    p->serving = serving;
+    rt_update_counts(r);
+    if (serving) {
+        GM_INFO("replica %s is serving", p->label);
+        return;
+    }
+    GM_WARN("replica %s out of rotation: %s; %d request(s) in flight there", p->label, why, p->in_flight);
+    if (shutting_down)
+        return;
+    rt_req **moved;
+    int n = replica_requests(r, p, true, &moved);
+    for (int i = 0; i < n; i++) {
+        rt_req *q = moved[i];
+        rt_cancel_at_replica(r, q); /* its final chunk from p is dropped: q no longer runs there */
+        q->rep = NULL;
+        p->in_flight--;
+        q->last_rep = p;
+        atomic_fetch_add(&r->c_resent, 1);
+        rt_req_dispatch(r, q, false);
+    }
+    free(moved);
+}
+
+/* A replica that answers but not to Health (for dead_ms) is out of rotation too. */
+void rt_replica_health_tick(gc_router *r, rt_replica *p, double now)
+{
+    if (p->up && p->serving && now - p->last_health > r->cfg->dead_ms) {
+        char why[64];
+        snprintf(why, sizeof(why), "no Health answer for %.0f ms", now - p->last_health);
+        replica_set_serving(r, p, false, false, why);
+    }
 }
 
 static void replica_heard(gc_router *r, rt_replica *p, double now)
@@ -220,8 +274,51 @@ static void replica_heard(gc_router *r, rt_replica *p, double now)
     p->last_heard = now;
     if (!p->up) {
         p->up = true;
+        p->last_health = now; /* its Health deadline starts now */
         GM_INFO("replica %s is up", p->label);
         rt_update_counts(r);
+    }
+}
+
+/* Make every string field of m (nested messages included) valid UTF-8 in place: a
+ * replica may be an older gemmad that cut a character in half, and strict protobuf
+ * clients would reject the whole message the router forwards. */
+static void msg_fix_utf8(ProtobufCMessage *m)
+{
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_STRING && f->type != PROTOBUF_C_TYPE_MESSAGE)
+            continue;
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && *(uint32_t *)((char *)m + f->quantifier_offset) != f->id)
+            continue;
+        void **items = (void **)((char *)m + f->offset); /* [n] char * or ProtobufCMessage * */
+        size_t n = 1;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            n = *(size_t *)((char *)m + f->quantifier_offset);
+            items = *(void ***)items;
+        }
+        for (size_t k = 0; k < n; k++) {
+            if (!items[k])
+                continue;
+            if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+                msg_fix_utf8(items[k]);
+                continue;
+            }
+            char *str = items[k];
+            size_t len = strlen(str);
+            if (gm_utf8_valid(str, len))
+                continue;
+            char *fixed = malloc(3 * len + 1); /* each bad byte may become U+FFFD (3 bytes) */
+            if (fixed) {
+                gm_utf8_copy(fixed, 3 * len + 1, str, len);
+                if (str != f->default_value)
+                    free(str); /* protobuf-c's default allocator: malloc/free */
+                items[k] = fixed;
+            } else {
+                str[0] = 0; /* no memory: empty beats invalid */
+            }
+        }
     }
 }
 
@@ -272,15 +369,14 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
         GM_WARN("replica %s sent an undecodable %zu-byte frame", p->name, len);
         return;
     }
+    msg_fix_utf8(&m->base);
     replica_heard(r, p, now);
     bool keep = false;
     switch (m->body_case) {
     case GEMMA__V1__SERVER_MESSAGE__BODY_HEALTH:
-        if (p->serving != (m->health->serving && !m->health->shutting_down)) {
-            p->serving = !p->serving;
-            GM_INFO("replica %s %s serving", p->name, p->serving ? "is" : "stopped");
-            rt_update_counts(r);
-        }
+        p->last_health = now;
+        replica_set_serving(r, p, m->health->serving && !m->health->shutting_down, m->health->shutting_down,
+                            m->health->shutting_down ? "it is shutting down" : "its Health says not serving");
         if (p->health)
             gemma__v1__server_message__free_unpacked(p->health, NULL);
         p->health = m;
@@ -401,103 +497,6 @@ out:
     free(gfill);
     if (!keep)
         gemma__v1__server_message__free_unpacked(m, NULL);
-}
-
-static void reg_reply(gc_router *r, const uint8_t *id, size_t id_len, bool ok, const char *err)
-{
-    Gemma__Cluster__V1__ClusterMessage m = GEMMA__CLUSTER__V1__CLUSTER_MESSAGE__INIT;
-    Gemma__Cluster__V1__RegisterAck a = GEMMA__CLUSTER__V1__REGISTER_ACK__INIT;
-    a.accepted = ok;
-    a.error = (char *)(err ? err : "");
-    a.router = r->listen_ep;
-    a.heartbeat_ms = r->cfg->heartbeat_ms;
-    m.body_case = GEMMA__CLUSTER__V1__CLUSTER_MESSAGE__BODY_ACK;
-    m.ack = &a;
-    uint8_t buf[1024];
-    size_t n = gemma__cluster__v1__cluster_message__get_packed_size(&m);
-    if (n > sizeof(buf))
-        return;
-    gemma__cluster__v1__cluster_message__pack(&m, buf);
-    if (zmq_send(r->reg, id, id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 || zmq_send(r->reg, buf, n, ZMQ_DONTWAIT) < 0)
-        GM_WARN("cannot answer a registration: %s", zmq_strerror(errno));
-}
-
-static rt_replica *replica_find(gc_router *r, const char *name, const char *endpoint)
-{
-    for (int i = 0; i < r->n_reps; i++) {
-        rt_replica *p = r->reps[i];
-        if ((name && *name && strcmp(p->name, name) == 0) || (endpoint && *endpoint && strcmp(p->endpoint, endpoint) == 0))
-            return p;
-    }
-    return NULL;
-}
-
-void rt_on_register_msg(gc_router *r, const uint8_t *id, size_t id_len, const uint8_t *data, size_t len, double now)
-{
-    Gemma__Cluster__V1__ClusterMessage *m = gemma__cluster__v1__cluster_message__unpack(NULL, len, data);
-    if (!m) {
-        reg_reply(r, id, id_len, false, "not a gemma.cluster.v1.ClusterMessage");
-        return;
-    }
-    if (m->body_case == GEMMA__CLUSTER__V1__CLUSTER_MESSAGE__BODY_REG) {
-        const Gemma__Cluster__V1__Register *g = m->reg;
-        char err[200] = "";
-        if (g->version != GEMMA__CLUSTER__V1__CLUSTER_VERSION__CLUSTER_VERSION_CURRENT)
-            snprintf(err, sizeof(err), "cluster protocol version %u, router speaks %d", g->version,
-                     GEMMA__CLUSTER__V1__CLUSTER_VERSION__CLUSTER_VERSION_CURRENT);
-        else if (!g->endpoint || !*g->endpoint)
-            snprintf(err, sizeof(err), "Register without an endpoint");
-        else if (g->server_key && *g->server_key && !gc_curve_valid_z85(g->server_key))
-            snprintf(err, sizeof(err), "server_key is not a Z85 public key");
-        else if (g->server_key && *g->server_key && !r->curve)
-            snprintf(err, sizeof(err), "the replica uses CURVE but the router has no key pair");
-        if (err[0]) {
-            GM_WARN("registration refused: %s", err);
-            reg_reply(r, id, id_len, false, err);
-            gemma__cluster__v1__cluster_message__free_unpacked(m, NULL);
-            return;
-        }
-        rt_replica *p = replica_find(r, g->name, g->endpoint);
-        if (!p) {
-            p = rt_replica_add(r, g->endpoint, g->name, g->server_key, true, g->max_in_flight);
-            if (!p) {
-                snprintf(err, sizeof(err), "cannot connect to '%s': %s", g->endpoint, gm_last_error());
-                reg_reply(r, id, id_len, false, err);
-                gemma__cluster__v1__cluster_message__free_unpacked(m, NULL);
-                return;
-            }
-        } else if (strcmp(p->endpoint, g->endpoint) != 0 ||
-                   strcmp(p->server_key, g->server_key ? g->server_key : "") != 0) {
-            GM_INFO("replica %s moved to %s", p->name, g->endpoint);
-            char *ep = strdup(g->endpoint);
-            if (ep) {
-                if (p->up)
-                    rt_replica_down(r, p, "re-registered at another endpoint");
-                free(p->endpoint);
-                p->endpoint = ep;
-                replica_set_label(p);
-                snprintf(p->server_key, sizeof(p->server_key), "%s", g->server_key ? g->server_key : "");
-                replica_open_socket(r, p);
-            }
-        }
-        if (p->draining)
-            GM_INFO("replica %s registered again", p->name);
-        p->draining = false;
-        p->last_register = now;
-        rt_update_counts(r);
-        if (g->max_in_flight > 0)
-            p->max_in_flight = g->max_in_flight;
-        reg_reply(r, id, id_len, true, NULL);
-    } else if (m->body_case == GEMMA__CLUSTER__V1__CLUSTER_MESSAGE__BODY_UNREGISTER) {
-        rt_replica *p = replica_find(r, m->unregister->name, m->unregister->endpoint);
-        if (p && !p->draining) {
-            GM_INFO("replica %s unregistered (%s): draining %d request(s)", p->name,
-                    m->unregister->reason ? m->unregister->reason : "", p->in_flight);
-            p->draining = true;
-            rt_update_counts(r);
-        }
-    }
-    gemma__cluster__v1__cluster_message__free_unpacked(m, NULL);
 }
 
 /* True when the monitor reported that p's connection dropped. */

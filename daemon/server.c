@@ -26,6 +26,7 @@
 
 #include "common/log.h"
 #include "common/tokenizer.h"
+#include "common/utf8.h"
 #include "daemon/cluster_glue.h"
 #include "daemon/metrics.h"
 #include "daemon/sched.h"
@@ -180,7 +181,7 @@ static void reply_error(gd_server *s, const void *id, size_t idlen, uint64_t rid
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    gm_utf8_vformat(msg, sizeof(msg), fmt, ap); /* client text in it: valid UTF-8, cut between characters */
     va_end(ap);
     Gemma__V1__ServerMessage m = GEMMA__V1__SERVER_MESSAGE__INIT;
     Gemma__V1__Error e = GEMMA__V1__ERROR__INIT;
@@ -317,7 +318,7 @@ static void req_complete(gd_server *s, gd_req *r, fin_reason fr, err_code code, 
         char msg[512];
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(msg, sizeof(msg), fmt, ap);
+        gm_utf8_vformat(msg, sizeof(msg), fmt, ap); /* client text in it: valid UTF-8, cut between characters */
         va_end(ap);
         r->errmsg = strdup(msg);
     }
@@ -741,7 +742,9 @@ static void on_health(gd_server *s, const uint8_t *id, size_t idlen, uint64_t ri
     h.request_id = rid;
     h.serving = s->pool_ok && !s->stopping;
     h.shutting_down = s->stopping;
-    h.model = s->cfg->model ? s->cfg->model : "";
+    char model[512]; /* a path from the operator: made valid UTF-8 like every reply string */
+    gm_utf8_format(model, sizeof(model), "%s", s->cfg->model ? s->cfg->model : "");
+    h.model = model;
     h.backend = (char *)gm_backend_name(s->cfg->backend);
     h.tp = s->cfg->tp;
     h.version = GD_VERSION;

@@ -1,5 +1,6 @@
 /* test_curve.c - key files (format, modes, mismatches), allow-lists, and the ZAP handler:
- * an allowed client key talks, a wrong one gets nothing, a wrong server key gets nothing. */
+ * an allowed client key talks, a wrong one gets nothing, a wrong server key gets nothing;
+ * domains with lists of their own, and the key that passed as the messages' User-Id. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -260,6 +261,83 @@ static void test_zap_allows_only_listed_keys(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* A bound CURVE ROUTER in ZAP domain dom; its endpoint goes to ep. */
+static void *curve_server(void *ctx, const gc_keypair *kp, const char *dom, char ep[128])
+{
+    void *srv = zmq_socket(ctx, ZMQ_ROUTER);
+    int zero = 0;
+    zmq_setsockopt(srv, ZMQ_LINGER, &zero, sizeof(zero));
+    assert_int_equal(gc_curve_set_server(srv, kp, dom), GM_OK);
+    assert_int_equal(zmq_bind(srv, "tcp://127.0.0.1:*"), 0);
+    size_t epl = 128;
+    zmq_getsockopt(srv, ZMQ_LAST_ENDPOINT, ep, &epl);
+    return srv;
+}
+
+/* The User-Id of the next message on srv (within 10 s) into user; false when none came. */
+static bool recv_user(void *srv, char *user, size_t cap)
+{
+    zmq_pollitem_t it = {srv, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 10000) != 1)
+        return false;
+    zmq_msg_t id, body;
+    zmq_msg_init(&id);
+    zmq_msg_init(&body);
+    zmq_msg_recv(&id, srv, 0);
+    zmq_msg_recv(&body, srv, 0);
+    const char *u = zmq_msg_gets(&body, "User-Id");
+    snprintf(user, cap, "%s", u ? u : "");
+    zmq_msg_close(&id);
+    zmq_msg_close(&body);
+    return true;
+}
+
+/* One ZAP handler, two domains with their own lists (the router's client and register
+ * sockets): a key passes only where it is listed, and the server learns which key spoke. */
+static void test_zap_domains(void **state)
+{
+    void *ctx = zmq_ctx_new();
+    gc_keypair server, client_key, replica_key;
+    assert_int_equal(gc_curve_generate(&server), GM_OK);
+    assert_int_equal(gc_curve_generate(&client_key), GM_OK);
+    assert_int_equal(gc_curve_generate(&replica_key), GM_OK);
+    gc_allowlist *clients = gc_allowlist_new(), *replicas = gc_allowlist_new();
+    assert_int_equal(gc_allowlist_add(clients, client_key.public_z85), GM_OK);
+    assert_int_equal(gc_allowlist_add(replicas, replica_key.public_z85), GM_OK);
+    gc_zap *zap;
+    assert_int_equal(gc_zap_start(ctx, clients, &zap), GM_OK);
+    assert_int_equal(gc_zap_set_domain(zap, "reg", replicas), GM_OK);
+    assert_int_equal(gc_zap_set_domain(zap, "", replicas), GM_ERR_INVALID_ARG);
+    gc_allowlist_destroy(&clients);
+    gc_allowlist_destroy(&replicas);
+    char ep_main[128], ep_reg[128], user[64];
+    void *srv_main = curve_server(ctx, &server, "main", ep_main), *srv_reg = curve_server(ctx, &server, "reg", ep_reg);
+
+    client c = connect_client(ctx, ep_main, &client_key, server.public_z85, 11);
+    assert_int_equal(handshake_event(c.mon), ZMQ_EVENT_HANDSHAKE_SUCCEEDED);
+    zmq_send(c.s, "hi", 2, 0);
+    assert_true(recv_user(srv_main, user, sizeof(user)));
+    assert_string_equal(user, client_key.public_z85);
+    close_client(&c);
+    c = connect_client(ctx, ep_reg, &client_key, server.public_z85, 12); /* a client key on "reg" */
+    assert_int_equal(handshake_event(c.mon), ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+    close_client(&c);
+    c = connect_client(ctx, ep_reg, &replica_key, server.public_z85, 13);
+    assert_int_equal(handshake_event(c.mon), ZMQ_EVENT_HANDSHAKE_SUCCEEDED);
+    zmq_send(c.s, "hi", 2, 0);
+    assert_true(recv_user(srv_reg, user, sizeof(user)));
+    assert_string_equal(user, replica_key.public_z85);
+    close_client(&c);
+    c = connect_client(ctx, ep_main, &replica_key, server.public_z85, 14); /* a replica key on "main" */
+    assert_int_equal(handshake_event(c.mon), ZMQ_EVENT_HANDSHAKE_FAILED_AUTH);
+    close_client(&c);
+
+    zmq_close(srv_main);
+    zmq_close(srv_reg);
+    gc_zap_destroy(&zap);
+    zmq_ctx_term(ctx);
+}
+
 static void test_client_needs_keys(void **state)
 {
     void *ctx = zmq_ctx_new();
@@ -281,6 +359,7 @@ int main(void)
         cmocka_unit_test(test_bad_key_files),
         cmocka_unit_test(test_allowlist_paths),
         cmocka_unit_test(test_zap_allows_only_listed_keys),
+        cmocka_unit_test(test_zap_domains),
         cmocka_unit_test(test_client_needs_keys),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,6 +1,7 @@
 /* test_router.c - gemma-router against scripted in-process replicas: routing, id rewriting,
- * cancel, load shedding, failover (frozen and dropped replicas), comeback, registration,
- * protocol errors, CurveZMQ on the client endpoint. Waits are bounded polls on events. */
+ * cancel, load shedding, failover (frozen and dropped replicas), comeback, replicas out of
+ * rotation while their Health says not serving, registration, protocol errors, CurveZMQ on
+ * the client endpoint (registration rules: test_router_reg.c). Waits are bounded polls. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,181 +16,10 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "client/gemma_client.h"
-#include "cluster/curve.h"
 #include "cluster/register.h"
-#include "cluster/router.h"
 #include "common/log.h"
-#include "proto/gemma.pb-c.h"
-#include "tests/test_router_fake.h"
-
-#define WAIT_MS 15000 /* upper bound of every wait: reached only when something is broken */
-
-static double ms_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-/* ---- the router under test, on a thread ---- */
-
-typedef struct env {
-    gc_router_config cfg;
-    gc_router *r;
-    pthread_t th;
-    void *ctx; /* the fakes' context */
-    fake_replica *f[3];
-    int nf;
-    char ep[256];
-} env;
-
-static void *router_thread(void *arg)
-{
-    env *e = arg;
-    gc_router_run(e->r);
-    return NULL;
-}
-
-static void env_start(env *e, int n_fakes, int max_in_flight, bool with_register)
-{
-    memset(e, 0, sizeof(*e));
-    e->ctx = zmq_ctx_new();
-    gc_router_config_defaults(&e->cfg);
-    free(e->cfg.listen);
-    e->cfg.listen = strdup("tcp://127.0.0.1:*");
-    e->cfg.heartbeat_ms = 50;
-    e->cfg.dead_ms = 1000; /* generous: a loaded CI host must not starve a fake replica into a false failover */
-    e->cfg.max_in_flight = max_in_flight;
-    e->cfg.queue_timeout_ms = 3000;
-    e->cfg.shutdown_timeout_ms = 2000;
-    e->cfg.log_level = getenv("GM_TEST_LOG") ? GM_LOG_DEBUG : GM_LOG_WARN;
-    if (with_register)
-        e->cfg.register_ep = strdup("tcp://127.0.0.1:*");
-    e->cfg.replicas = calloc(3, sizeof(char *));
-    for (int i = 0; i < n_fakes; i++) {
-        e->f[i] = fake_start(e->ctx, "tcp://127.0.0.1:*");
-        assert_non_null(e->f[i]);
-        e->cfg.replicas[e->cfg.n_replicas++] = strdup(e->f[i]->ep);
-    }
-    e->nf = n_fakes;
-    gm_status st = gc_router_new(&e->cfg, NULL, &e->r);
-    if (st != GM_OK)
-        fail_msg("gc_router_new: %s", gm_last_error());
-    snprintf(e->ep, sizeof(e->ep), "%s", gc_router_listen_endpoint(e->r));
-    pthread_create(&e->th, NULL, router_thread, e);
-}
-
-static void env_stop(env *e)
-{
-    gc_router_stop(e->r);
-    pthread_join(e->th, NULL);
-    gc_router_destroy(&e->r);
-    for (int i = 0; i < e->nf; i++)
-        fake_stop(e->f[i]);
-    gc_router_config_free(&e->cfg);
-    zmq_ctx_term(e->ctx);
-}
-
-static int32_t up_count(env *e)
-{
-    gc_router_counts c;
-    gc_router_get_counts(e->r, &c);
-    return c.replicas_up;
-}
-
-static int32_t serving_count(env *e)
-{
-    gc_router_counts c;
-    gc_router_get_counts(e->r, &c);
-    return c.replicas_serving;
-}
-
-/* Wait (bounded) until n replicas are up and serving. */
-static void wait_up(env *e, int n)
-{
-    double t0 = ms_now();
-    while ((up_count(e) < n || serving_count(e) < n) && ms_now() - t0 < WAIT_MS)
-        usleep(2000);
-    assert_int_equal(up_count(e), n);
-    assert_int_equal(serving_count(e), n);
-}
-
-/* ---- client side ---- */
-
-typedef struct res {
-    int32_t toks[64];
-    int n;
-    bool done;
-    gmc_finish fr;
-    gmc_code err;
-} res;
-
-static void pump(gmc_client *c, int timeout_ms)
-{
-    gmc_event ev[64];
-    int n = gmc_poll(c, ev, 64, timeout_ms);
-    assert_true(n >= 0);
-    for (int i = 0; i < n; i++) {
-        res *x = ev[i].user;
-        for (int k = 0; k < ev[i].n_tokens && x->n < 64; k++)
-            x->toks[x->n++] = ev[i].tokens[k];
-        if (ev[i].finished) {
-            x->done = true;
-            x->fr = ev[i].finish_reason;
-            x->err = ev[i].error;
-        }
-    }
-}
-
-static uint64_t submit(gmc_client *c, int32_t seed, int32_t marker, int32_t max_tokens, res *x, uint64_t id)
-{
-    int32_t ids[3] = {2, marker, seed};
-    gmc_params p;
-    gmc_params_init(&p);
-    p.prompt_ids = ids;
-    p.n_prompt_ids = 3;
-    p.max_tokens = max_tokens;
-    p.request_id = id;
-    memset(x, 0, sizeof(*x));
-    uint64_t got = 0;
-    assert_int_equal(gmc_submit(c, &p, x, &got), GMC_OK);
-    return got;
-}
-
-/* Pump until every res in xs[0..n) is done (bounded). */
-static void wait_done(gmc_client *c, res *xs, int n)
-{
-    double t0 = ms_now();
-    for (;;) {
-        int done = 0;
-        for (int i = 0; i < n; i++)
-            done += xs[i].done;
-        if (done == n)
-            return;
-        if (ms_now() - t0 > WAIT_MS)
-            fail_msg("%d of %d requests finished within %d ms", done, n, WAIT_MS);
-        pump(c, 20);
-    }
-}
-
-static void expect_tokens(const res *x, int32_t seed, int32_t n)
-{
-    assert_true(x->done);
-    assert_int_equal(x->err, GMC_OK);
-    assert_int_equal(x->fr, GMC_FINISH_LENGTH);
-    assert_int_equal(x->n, n);
-    for (int i = 0; i < n; i++)
-        assert_int_equal(x->toks[i], fake_token(seed, i));
-}
-
-#define WAIT_UNTIL(cond)                                                                                        \
-    do {                                                                                                        \
-        double t0_ = ms_now();                                                                                  \
-        while (!(cond) && ms_now() - t0_ < WAIT_MS)                                                             \
-            usleep(2000);                                                                                       \
-        assert_true(cond);                                                                                      \
-    } while (0)
+#include "common/utf8.h"
+#include "tests/test_router_util.h"
 
 /* ---- tests ---- */
 
@@ -395,6 +225,121 @@ static void test_failover_dropped(void **state)
     failover_case(true);
 }
 
+/* Pump (bounded) until x has at least n tokens. */
+static void wait_tokens(gmc_client *c, res *x, int n)
+{
+    double t0 = ms_now();
+    while (x->n < n && !x->done && ms_now() - t0 < WAIT_MS)
+        pump(c, 20);
+    assert_true(x->n >= n);
+}
+
+/* A replica whose Health says not serving (say its workers hung and restart), or that
+ * stops answering Health while it still answers the rest, is out of rotation until it
+ * serves again: its requests that produced nothing yet are cancelled there and finish on
+ * another replica, one already streaming stays, and new requests go elsewhere. */
+static void test_not_serving(void **state)
+{
+    env e;
+    env_start(&e, 2, 64, false);
+    wait_up(&e, 2);
+    fake_replica *A = e.f[0], *B = e.f[1];
+    atomic_store(&B->serving, false); /* everything goes to A first */
+    WAIT_UNTIL(serving_count(&e) == 1);
+    gmc_client *c;
+    assert_int_equal(gmc_connect(e.ep, WAIT_MS, &c), GMC_OK);
+    atomic_store(&A->hold, true);
+    res xs[3], more[4];
+    submit(c, 1, FAKE_MARK_FIRST, 5, &xs[0], 0); /* streams one token, then waits */
+    submit(c, 2, 0, 5, &xs[1], 0);
+    submit(c, 3, 0, 5, &xs[2], 0);
+    WAIT_UNTIL(atomic_load(&A->n_held) == 3);
+    wait_tokens(c, &xs[0], 1);
+    atomic_store(&B->serving, true);
+    WAIT_UNTIL(serving_count(&e) == 2);
+
+    atomic_store(&A->serving, false);
+    wait_done(c, xs + 1, 2);
+    expect_tokens(&xs[1], 2, 5);
+    expect_tokens(&xs[2], 3, 5);
+    assert_int_equal(atomic_load(&B->n_generate), 2);
+    WAIT_UNTIL(atomic_load(&A->n_cancel) == 2); /* cancelled where they waited */
+    assert_false(xs[0].done);
+    assert_int_equal(serving_count(&e), 1);
+    assert_int_equal(up_count(&e), 2);
+    int a_gen = atomic_load(&A->n_generate);
+    for (int i = 0; i < 4; i++)
+        submit(c, 10 + i, 0, 3, &more[i], 0);
+    wait_done(c, more, 4);
+    for (int i = 0; i < 4; i++)
+        expect_tokens(&more[i], 10 + i, 3);
+    assert_int_equal(atomic_load(&A->n_generate), a_gen);
+
+    /* A serves again: back in rotation; its streaming request finishes there */
+    atomic_store(&A->serving, true);
+    WAIT_UNTIL(serving_count(&e) == 2);
+    atomic_store(&A->hold, false);
+    wait_done(c, xs, 1);
+    expect_tokens(&xs[0], 1, 5);
+
+    /* Health unanswered for dead_ms while Stats still come: out of rotation, not down */
+    atomic_store(&A->mute_health, true);
+    WAIT_UNTIL(serving_count(&e) == 1);
+    assert_int_equal(up_count(&e), 2);
+    a_gen = atomic_load(&A->n_generate);
+    for (int i = 0; i < 4; i++)
+        submit(c, 20 + i, 0, 3, &more[i], 0);
+    wait_done(c, more, 4);
+    for (int i = 0; i < 4; i++)
+        expect_tokens(&more[i], 20 + i, 3);
+    assert_int_equal(atomic_load(&A->n_generate), a_gen);
+    atomic_store(&A->mute_health, false);
+    WAIT_UNTIL(serving_count(&e) == 2);
+
+    gc_router_counts k;
+    gc_router_get_counts(e.r, &k);
+    assert_int_equal(k.replica_failures, 0); /* never taken down: only out of rotation */
+    assert_int_equal(k.resent, 2);
+    gmc_close(&c);
+    env_stop(&e);
+}
+
+/* A replica's strings that are not valid UTF-8 (an older gemmad cut a character in half)
+ * reach the client repaired: proto3 strings must be valid, or strict clients reject the
+ * whole message. */
+static void test_replica_utf8_repaired(void **state)
+{
+    env e;
+    env_start(&e, 1, 64, false);
+    wait_up(&e, 1);
+    atomic_store(&e.f[0]->bad_utf8, true);
+    void *ctx = zmq_ctx_new(), *s = raw_dealer(ctx, e.ep);
+    uint8_t buf[256];
+    Gemma__V1__ServerMessage *m = raw_call(s, buf, pack_generate(buf, 5, 3, 2, false));
+    assert_int_equal(m->n_chunks, 1);
+    const char *em = m->chunks[0]->error_message;
+    assert_true(gm_utf8_valid(em, strlen(em)));
+    assert_string_equal(em, "unknown role \"aaa\xEF\xBF\xBD\""); /* the cut character became U+FFFD */
+    gemma__v1__server_message__free_unpacked(m, NULL);
+    /* Health's model comes from the replica's last Health: once that is the bad one, it is repaired too */
+    WAIT_UNTIL(atomic_load(&e.f[0]->n_health) > 2);
+    int before = atomic_load(&e.f[0]->n_health);
+    WAIT_UNTIL(atomic_load(&e.f[0]->n_health) > before + 1);
+    Gemma__V1__ClientMessage cm = GEMMA__V1__CLIENT_MESSAGE__INIT;
+    Gemma__V1__HealthRequest hr = GEMMA__V1__HEALTH_REQUEST__INIT;
+    cm.protocol_version = 1;
+    cm.request_id = 6;
+    cm.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_HEALTH;
+    cm.health = &hr;
+    m = raw_call(s, buf, gemma__v1__client_message__pack(&cm, buf));
+    assert_int_equal(m->body_case, GEMMA__V1__SERVER_MESSAGE__BODY_HEALTH);
+    assert_string_equal(m->health->model, "fake-\xEF\xBF\xBD");
+    gemma__v1__server_message__free_unpacked(m, NULL);
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    env_stop(&e);
+}
+
 /* All replicas gone: new work is refused with a typed error, nothing hangs. */
 static void test_no_replica(void **state)
 {
@@ -453,28 +398,12 @@ static void test_registration(void **state)
 }
 
 /* Raw frames: malformed, wrong version, unknown body, duplicate id. */
-static Gemma__V1__ServerMessage *raw_call(void *s, const void *buf, size_t n)
-{
-    assert_true(zmq_send(s, buf, n, 0) >= 0);
-    zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
-    assert_int_equal(zmq_poll(&it, 1, WAIT_MS), 1);
-    uint8_t rx[4096];
-    int r = zmq_recv(s, rx, sizeof(rx), 0);
-    assert_true(r > 0);
-    Gemma__V1__ServerMessage *m = gemma__v1__server_message__unpack(NULL, (size_t)r, rx);
-    assert_non_null(m);
-    return m;
-}
-
 static void test_protocol_errors(void **state)
 {
     env e;
     env_start(&e, 1, 64, false);
     wait_up(&e, 1);
-    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
-    int zero = 0;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
-    assert_int_equal(zmq_connect(s, e.ep), 0);
+    void *ctx = zmq_ctx_new(), *s = raw_dealer(ctx, e.ep);
     Gemma__V1__ServerMessage *m = raw_call(s, "\xff\xff\xff", 3);
     assert_int_equal(m->body_case, GEMMA__V1__SERVER_MESSAGE__BODY_ERROR);
     assert_int_equal(m->error->code, GEMMA__V1__ERROR_CODE__MALFORMED);
@@ -500,19 +429,7 @@ static void test_protocol_errors(void **state)
 
     /* duplicate id while the first is held */
     atomic_store(&e.f[0]->hold, true);
-    Gemma__V1__GenerateRequest g = GEMMA__V1__GENERATE_REQUEST__INIT;
-    Gemma__V1__TokenIds t = GEMMA__V1__TOKEN_IDS__INIT;
-    int32_t ids[3] = {2, 0, 3};
-    t.ids = ids;
-    t.n_ids = 3;
-    g.prompt_case = GEMMA__V1__GENERATE_REQUEST__PROMPT_TOKENS;
-    g.tokens = &t;
-    g.max_tokens = 2;
-    g.stream = true;
-    cm.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE;
-    cm.generate = &g;
-    cm.request_id = 99;
-    size_t n = gemma__v1__client_message__pack(&cm, buf);
+    size_t n = pack_generate(buf, 99, 3, 2, true);
     assert_true(zmq_send(s, buf, n, 0) >= 0);
     WAIT_UNTIL(atomic_load(&e.f[0]->n_held) == 1);
     m = raw_call(s, buf, n);
@@ -541,44 +458,6 @@ static void test_protocol_errors(void **state)
     env_stop(&e);
 }
 
-/* Poll a client socket's monitor for a handshake outcome. */
-static int handshake_result(void *mon)
-{
-    for (;;) {
-        zmq_pollitem_t it = {mon, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&it, 1, WAIT_MS) != 1)
-            return 0;
-        zmq_msg_t a, b;
-        zmq_msg_init(&a);
-        zmq_msg_init(&b);
-        zmq_msg_recv(&a, mon, 0);
-        zmq_msg_recv(&b, mon, 0);
-        uint16_t ev;
-        memcpy(&ev, zmq_msg_data(&a), 2);
-        zmq_msg_close(&a);
-        zmq_msg_close(&b);
-        if (ev & (ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                  ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL))
-            return ev;
-    }
-}
-
-/* A DEALER with key pair kp (NULL: plain) that trusts server_pub; returns its monitor. */
-static void *curve_dealer(void *ctx, const char *ep, const gc_keypair *kp, const char *server_pub, void **mon,
-                          const char *mon_ep)
-{
-    void *s = zmq_socket(ctx, ZMQ_DEALER);
-    int zero = 0;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
-    if (kp)
-        assert_int_equal(gc_curve_set_client(s, kp, server_pub), GM_OK);
-    zmq_socket_monitor(s, mon_ep, ZMQ_EVENT_ALL);
-    *mon = zmq_socket(ctx, ZMQ_PAIR);
-    zmq_connect(*mon, mon_ep);
-    assert_int_equal(zmq_connect(s, ep), 0);
-    return s;
-}
-
 static void test_router_curve(void **state)
 {
     char dir[] = "/tmp/gm_router_curveXXXXXX";
@@ -596,28 +475,14 @@ static void test_router_curve(void **state)
     assert_int_equal(gc_curve_write_keypair(&good, allow, false), GM_OK);
 
     env e;
-    memset(&e, 0, sizeof(e));
-    e.ctx = zmq_ctx_new();
-    gc_router_config_defaults(&e.cfg);
-    free(e.cfg.listen);
-    e.cfg.listen = strdup("tcp://127.0.0.1:*");
-    e.cfg.heartbeat_ms = 50;
-    e.cfg.dead_ms = 1000;
-    e.cfg.log_level = GM_LOG_WARN;
-    e.f[0] = fake_start(e.ctx, "tcp://127.0.0.1:*");
-    e.nf = 1;
-    e.cfg.replicas = calloc(1, sizeof(char *));
-    e.cfg.replicas[e.cfg.n_replicas++] = strdup(e.f[0]->ep);
+    env_init(&e, 1, 64, false);
     e.cfg.curve = true;
     snprintf(path, sizeof(path), "%s/router.key_secret", dir);
     e.cfg.curve_secret_key = strdup(path);
     e.cfg.curve_allow = calloc(1, sizeof(char *));
     snprintf(path, sizeof(path), "%s/clients", dir);
     e.cfg.curve_allow[e.cfg.n_curve_allow++] = strdup(path);
-    if (gc_router_new(&e.cfg, NULL, &e.r) != GM_OK)
-        fail_msg("gc_router_new: %s", gm_last_error());
-    snprintf(e.ep, sizeof(e.ep), "%s", gc_router_listen_endpoint(e.r));
-    pthread_create(&e.th, NULL, router_thread, &e);
+    env_run(&e);
     WAIT_UNTIL(up_count(&e) == 1);
 
     void *ctx = zmq_ctx_new();
@@ -655,26 +520,6 @@ static void test_router_curve(void **state)
     zmq_close(s);
     zmq_close(mon);
     zmq_ctx_term(ctx);
-
-    /* registration is behind CURVE too: an allowed replica key registers, another never does */
-    gc_router_stop(e.r);
-    pthread_join(e.th, NULL);
-    gc_router_destroy(&e.r);
-    e.cfg.register_ep = strdup("tcp://127.0.0.1:*");
-    if (gc_router_new(&e.cfg, NULL, &e.r) != GM_OK)
-        fail_msg("gc_router_new: %s", gm_last_error());
-    pthread_create(&e.th, NULL, router_thread, &e);
-    gc_register_opts o = {.router = gc_router_register_endpoint(e.r), .endpoint = e.f[0]->ep, .name = "bad",
-                          .heartbeat_ms = 50, .rank = -1, .key = &bad, .router_key = server.public_z85};
-    gc_register *rb, *rg;
-    assert_int_equal(gc_register_start(NULL, &o, &rb), GM_OK);
-    o.name = "good";
-    o.key = &good;
-    assert_int_equal(gc_register_start(NULL, &o, &rg), GM_OK);
-    WAIT_UNTIL(gc_register_accepted(rg));
-    assert_false(gc_register_accepted(rb));
-    gc_register_stop(&rb, NULL);
-    gc_register_stop(&rg, NULL);
     env_stop(&e);
     char cmd[600];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
@@ -737,6 +582,8 @@ int main(void)
         cmocka_unit_test(test_overload_shed),
         cmocka_unit_test(test_failover_frozen),
         cmocka_unit_test(test_failover_dropped),
+        cmocka_unit_test(test_not_serving),
+        cmocka_unit_test(test_replica_utf8_repaired),
         cmocka_unit_test(test_no_replica),
         cmocka_unit_test(test_registration),
         cmocka_unit_test(test_protocol_errors),

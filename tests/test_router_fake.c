@@ -65,10 +65,12 @@ static void fake_on_msg(fake_replica *f, const uint8_t *id, size_t id_len, const
         return;
     switch (cm->body_case) {
     case GEMMA__V1__CLIENT_MESSAGE__BODY_HEALTH: {
+        if (atomic_load(&f->mute_health))
+            break;
         Gemma__V1__HealthReply h = GEMMA__V1__HEALTH_REPLY__INIT;
         h.request_id = cm->request_id;
         h.serving = atomic_load(&f->serving);
-        h.model = "fake";
+        h.model = atomic_load(&f->bad_utf8) ? "fake-\xC3" : "fake";
         h.backend = "null";
         h.tp = 1;
         h.version = "fake-1";
@@ -101,6 +103,18 @@ static void fake_on_msg(fake_replica *f, const uint8_t *id, size_t id_len, const
         }
         if (h.max_tokens <= 0 || h.max_tokens > 1000)
             h.max_tokens = 4;
+        if (atomic_load(&f->bad_utf8)) { /* an error that echoes client text cut by "%.32s" */
+            Gemma__V1__GenerateChunk ch = GEMMA__V1__GENERATE_CHUNK__INIT;
+            Gemma__V1__GenerateChunk *chp = &ch;
+            ch.request_id = h.rid;
+            ch.finish_reason = GEMMA__V1__FINISH_REASON__FINISH_ERROR;
+            ch.error_code = GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT;
+            ch.error_message = "unknown role \"aaa\xC3\"";
+            m.n_chunks = 1;
+            m.chunks = &chp;
+            fake_send(f, id, id_len, &m);
+            break;
+        }
         if (!atomic_load(&f->hold)) {
             fake_emit(f, &h, h.max_tokens);
         } else if (f->nh < FAKE_MAX_HELD) {

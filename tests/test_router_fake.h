@@ -38,6 +38,9 @@ typedef struct fake_replica {
     _Atomic int mode;          /* fake_mode, set by the test */
     _Atomic bool hold;         /* hold generate requests until hold is cleared */
     _Atomic bool serving;      /* what Health says */
+    _Atomic bool mute_health;  /* Health gets no answer (Stats and generation go on) */
+    _Atomic bool bad_utf8;     /* like an old gemmad: invalid UTF-8 in Health's model and error messages;
+                                  generate requests end at once with FINISH_ERROR */
     _Atomic bool quit;
     _Atomic int n_generate;    /* generate requests received */
     _Atomic int n_cancel;

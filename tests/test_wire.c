@@ -387,7 +387,7 @@ static void test_curve_router(void **state)
     path_of(p_gsec, sizeof p_gsec, "gd.key_secret");
     /* the router lets in the client and the replica (which registers with its own pair) */
     pid_t rt = spawn((const char *[]){ROUTER_BIN, "--listen", rt_ep, "--register", reg_ep, "--curve",
-                                      "--curve-secret-key", p_rsec, "--curve-allow", p_cl, "--curve-allow", p_gd, NULL},
+                                      "--curve-secret-key", p_rsec, "--curve-allow", p_cl, "--replica-allow", p_gd, NULL},
                      "crouter.log");
     /* the replica lets in the router only */
     pid_t g = start_gemmad((const char *[]){"--listen", g_ep, "--router", reg_ep, "--curve", "true",
