@@ -501,11 +501,12 @@ __device__ __forceinline__ void hp_release(uint32_t bar, int lane)
         sm90_mbar_arrive(bar);
 }
 
-/* bf16: zero V rows [kv_len - j0, BN) of a stage (the unwritten slots of the last page), both
- * consumer warpgroups, then publish to the async proxy. */
-template <int HD, int BN> __device__ void hp_zero_v_tail(uint8_t *vst, int r_lo, int ct)
+/* bf16: zero V rows [r_lo, r_hi) of a stage (the unwritten slots after kv_len in the last
+ * box: boxes starting past kv_len were zero-filled by the copy engine), both consumer
+ * warpgroups, then publish to the async proxy. */
+template <int HD, int BN> __device__ void hp_zero_v_tail(uint8_t *vst, int r_lo, int r_hi, int ct)
 {
-    const int units = (BN - r_lo) * (HD / 64) * 8; /* 16-byte pieces */
+    const int units = (r_hi - r_lo) * (HD / 64) * 8; /* 16-byte pieces */
     for (int u = ct; u < units; u += 256) {
         const int row = r_lo + u / ((HD / 64) * 8), rest = u % ((HD / 64) * 8);
         *reinterpret_cast<uint4 *>(vst + (rest >> 3) * (BN * 128) + row * 128 + (rest & 7) * 16) =
@@ -570,9 +571,10 @@ template <int HD, int BN, bool F8> __device__ void hp_consume(const hp_params &p
 #pragma unroll
         for (int i = 0; i < HD / 2; i++)
             O[i] = 0.0f;
-        if (!F8 && k.kv_len < (n + 1) * BN) { /* garbage after kv_len in the last page */
+        if (!F8 && k.kv_len % p.box_rows) { /* the last box read slots after kv_len of its page */
+            const int r_lo = k.kv_len - n * BN, r_hi = min(BN, r_lo + p.box_rows - k.kv_len % p.box_rows);
             sm90_mbar_wait(hp_bar_vf(bars, s), ph);
-            hp_zero_v_tail<HD, BN>(smem + C::OFF_V + s * C::KV_BYTES, k.kv_len - n * BN, ct);
+            hp_zero_v_tail<HD, BN>(smem + C::OFF_V + s * C::KV_BYTES, r_lo, r_hi, ct);
         }
         int sv = s;
         uint32_t phv = ph;
