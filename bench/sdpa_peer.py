@@ -54,8 +54,9 @@ def main():
         print("sdpa_peer: no CUDA device", file=sys.stderr)
         return 77
     dev = torch.cuda.get_device_name().replace(",", " ")
-    backends = [("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION),
-                ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    backends = [(name, getattr(SDPBackend, attr)) for name, attr in
+                (("sdpa_cudnn", "CUDNN_ATTENTION"), ("sdpa_flash", "FLASH_ATTENTION"),
+                 ("sdpa_efficient", "EFFICIENT_ATTENTION")) if hasattr(SDPBackend, attr)]
     print(f"# {dev}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}; "
           f"FLOPs = batch*4*T^2*hd*heads/2; median of {args.reps} calls")
     print("prefill,kernel,model,kv,T,batch,nh,nkv,hd,us,tflops,device,gqa")
