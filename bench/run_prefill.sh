@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# run_prefill.sh - the Hopper prefill attention kernel's GPU checks and benchmarks in one call.
+#
+#   LD_LIBRARY_PATH=pack/lib BIN=<dir with the binaries> bash bench/run_prefill.sh [PHASE...]
+#
+# PHASEs (default: tests bench peer sass):
+#   tests     test_gpu_prefill_hopper (vs the CPU twin, every case) and test_cpu_attn
+#   sanitize  compute-sanitizer memcheck, racecheck and synccheck on the small cases
+#             (GM_PREFILL_SMALL=1); slow, not in the default set
+#   bench     prefill_bench: Hopper and mma.sync kernels, 2b/7b x bf16/fp8 x T 1k..8k
+#   peer      bench/sdpa_peer.py: torch SDPA (cuDNN, flash, efficient) on the same shapes
+#   sass      HGMMA / UTMALDG / UBLKCP counts, spills and registers of the kernels
+# Binaries from $BIN (default pack/): test_gpu_prefill_hopper test_cpu_attn prefill_bench.
+# Logs in $OUT/prefill (default ./gpu-out/prefill): summary.txt, tests.log, bench.csv, sanitize.log.
+set -u
+OUT=${OUT:-$PWD/gpu-out}
+BIN=${BIN:-pack}
+D=$OUT/prefill
+mkdir -p "$D"
+phases=${*:-tests bench peer sass}
+summary=$D/summary.txt
+: > "$summary"
+say() { echo "$*" | tee -a "$summary"; }
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$d
+done
+export LD_LIBRARY_PATH
+say "== run_prefill.sh $(date -u +%Y-%m-%dT%H:%MZ) phases: $phases"
+say "$(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>&1 | head -2)"
+
+fails=0
+run() { # run NAME TIMEOUT LOG CMD...
+  local name=$1 lim=$2 log=$3; shift 3
+  echo "---- $name: $*" >> "$log"
+  local t0=$(date +%s)
+  timeout --kill-after=10 "$lim" "$@" >> "$log" 2>&1
+  local rc=$? st=PASS
+  [ $rc = 77 ] && st=SKIP
+  [ $rc != 0 ] && [ $rc != 77 ] && st="FAIL(rc=$rc)" && fails=$((fails + 1))
+  [ $rc = 124 ] && st="TIMEOUT(${lim}s)"
+  say "$(printf '%-28s %-14s %4ds' "$name" "$st" $(( $(date +%s) - t0 )))"
+  return $rc
+}
+
+for ph in $phases; do
+  case $ph in
+  tests)
+    run test_cpu_attn 60 "$D/tests.log" "$BIN/test_cpu_attn"
+    run test_gpu_prefill_hopper 900 "$D/tests.log" "$BIN/test_gpu_prefill_hopper"
+    grep -E "nerr|FAIL|fail|differ|unwritten [1-9]|skipped" "$D/tests.log" | head -80 >> "$summary"
+    ;;
+  sanitize)
+    export GM_PREFILL_SMALL=1
+    run memcheck 900 "$D/sanitize.log" compute-sanitizer --tool memcheck --leak-check no "$BIN/test_gpu_prefill_hopper"
+    run racecheck 900 "$D/sanitize.log" compute-sanitizer --tool racecheck "$BIN/test_gpu_prefill_hopper"
+    run synccheck 900 "$D/sanitize.log" compute-sanitizer --tool synccheck "$BIN/test_gpu_prefill_hopper"
+    unset GM_PREFILL_SMALL
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|Invalid" "$D/sanitize.log" | sort | uniq -c | head -20 >> "$summary"
+    ;;
+  bench)
+    run prefill_bench 600 "$D/bench.log" "$BIN/prefill_bench"
+    grep "^prefill," "$D/bench.log" >> "$D/bench.csv"
+    ;;
+  peer)
+    run sdpa_peer 600 "$D/peer.log" python3 "$(dirname "$0")/sdpa_peer.py"
+    grep "^prefill," "$D/peer.log" | grep -v "^prefill,kernel" >> "$D/bench.csv"
+    ;;
+  sass)
+    {
+      echo "---- SASS per prefill kernel (HGMMA = wgmma, UTMALDG = TMA, UBLKCP = bulk copy, LDL/STL = local memory)"
+      cuobjdump --dump-sass "$BIN/prefill_bench" 2>&1 | awk '
+        /Function :/ { if (fn != "") printf "%-90s HGMMA %3d UTMALDG %3d UBLKCP %2d LDL %3d STL %3d\n", fn, h, t, b, l, s;
+                       fn = $3; h = t = b = l = s = 0 }
+        /HGMMA/ { h++ } /UTMALDG/ { t++ } /UBLKCP/ { b++ } /LDL/ { l++ } /STL/ { s++ }
+        END { if (fn != "") printf "%-90s HGMMA %3d UTMALDG %3d UBLKCP %2d LDL %3d STL %3d\n", fn, h, t, b, l, s }' |
+        grep -E "hp_prefill|attn_prefill"
+      echo "---- resource usage"
+      cuobjdump --dump-resource-usage "$BIN/prefill_bench" 2>&1 | grep -A1 -E "hp_prefill|attn_prefill" | head -40
+    } >> "$D/tests.log" 2>&1
+    say "sass: see tests.log"
+    ;;
+  *)
+    say "unknown phase $ph"
+    ;;
+  esac
+done
+
+say "== results"
+[ -f "$D/bench.csv" ] && sort -t, -k3,3 -k4,4 -k5,5n -k2,2 "$D/bench.csv" | tee -a "$summary" > /dev/null
+tail -n 80 "$summary"
+say "failures: $fails"
+exit 0
