@@ -21,7 +21,7 @@ extern "C" {
 }
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_awq.h"
+#include "kernels/cpu/gemm_awq.h"
 #include "kernels/cuda/awq.cuh"
 
 #define CK(x) assert_int_equal((int)(x), (int)cudaSuccess)

@@ -24,8 +24,11 @@
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_fp8.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/geglu.h"
+#include "kernels/cpu/gemm_fp8.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/quant_fp8.h"
+#include "kernels/cpu/rope_kv.h"
 #include "kernels/cuda/fp8.cuh"
 #include "kernels/cuda/geglu.cuh"
 #include "kernels/cuda/gemm_fp8.cuh"

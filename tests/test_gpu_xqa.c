@@ -20,8 +20,8 @@
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_fp8.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/quant_fp8.h"
 #include "kernels/cuda/xqa.cuh"
 
 #define CK(x) assert_int_equal((int)(x), 0)

@@ -35,7 +35,7 @@
 #include <stdint.h>
 
 #include "../../common/status.h"
-#include "../cpu/cpu_awq.h"
+#include "../cpu/gemm_awq.h"
 
 #ifdef __cplusplus
 extern "C" {
