@@ -42,7 +42,8 @@ void cpu_attention_paged(const float *q, int64_t T, int32_t start_pos, int64_t n
             int64_t g = h / group;
             float mx = -INFINITY;
             for (int64_t j = 0; j < n_ctx; j++) {
-                float s = dot_f(qv, k_pool + cpu_kv_offset(block_table, block_size, j, g, n_kv, head_dim), head_dim) * scale;
+                const float *kj = k_pool + cpu_kv_offset(block_table, block_size, j, g, n_kv, head_dim);
+                float s = dot_f(qv, kj, head_dim) * scale;
                 if (s > mx)
                     mx = s;
             }
