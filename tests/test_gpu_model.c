@@ -93,6 +93,7 @@ static void open_pair(const char *dir, pair *p)
     if (g_kv_fp8)
         o.kv_dtype = GM_KV_FP8;
     GOK(gm_engine_create(&o, &p->gpu));
+    assert_int_equal(gm_engine_cuda_set_decode_attn(p->gpu, (gm_cuda_attn)7), GM_ERR_INVALID_ARG);
     if (g_attn != GM_CUDA_ATTN_AUTO)
         GOK(gm_engine_cuda_set_decode_attn(p->gpu, g_attn));
     p->cfg = p->cpu->cfg;
@@ -262,6 +263,22 @@ static void test_models(void **state)
         run_model(g_models[i]);
 }
 
+/* More query heads per KV head than the decode attention kernels serve (16): a clear error at create,
+ * before anything is allocated. */
+static void test_refused_shape(void **state)
+{
+    (void)state;
+    gm_model_config cfg;
+    GOK(gm_config_load_dir(g_models[0], &cfg));
+    cfg.num_kv_heads = 1, cfg.num_heads = 32;
+    gm_engine_opts o;
+    gm_engine_opts_init(&o);
+    o.backend = GM_BACKEND_CUDA;
+    gm_engine *e = NULL;
+    assert_int_equal(gm_engine_cuda_create_random(&o, &cfg, 1, &e), GM_ERR_UNSUPPORTED);
+    assert_null(e);
+}
+
 int main(int argc, char **argv)
 {
     int n = 0;
@@ -298,6 +315,6 @@ int main(int argc, char **argv)
         snprintf(def, sizeof def, "%s/models/tiny", bin ? bin : ".");
         g_models[g_n_models++] = def;
     }
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_models)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_refused_shape), cmocka_unit_test(test_models)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
