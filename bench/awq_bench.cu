@@ -1,13 +1,13 @@
 /* awq_bench.cu - W4A16 kernel micro-benchmark at Gemma's Linear shapes.
  *
- * GEMV (M = 1..4): GB/s counting the int4 weights, zeros, scales, x and y once, beside the
- * 4.2 TB/s copy ceiling of the H200 (DESIGN.md; ~3.0 TB/s on the H100) and beside cuBLAS
- * bf16 (dense weights, 4x the bytes) in the same run; awq_gemv and awq_gemv2 side by side
- * (awq_gemv2 launches with PDL when k_get_pdl() is on, as in the engine: its first weight
- * copies overlap the previous call's tail; "v2 noPDL" is the same kernel launched plainly). Weights rotate through copies that
- * together exceed L2, so every call reads DRAM.
- * GEMM (M = 16..4096): TFLOP/s (2MNK) beside cuBLAS bf16 on the same shape and the 770
- * TFLOP/s bf16 ceiling. Usage: awq_bench [--quick] [--gemv] [--no-tma] [--only NAME]. */
+ * GEMV (M = 1..4, k_gemv_awq): GB/s counting the int4 weights, zeros, scales, x and y once, beside the
+ * 4.2 TB/s copy ceiling of the H200 (bench/NOTES.md; ~3.0 TB/s on the H100) and beside cuBLAS bf16
+ * (dense weights, 4x the bytes) in the same run. k_gemv_awq launches with PDL when k_get_pdl() is on,
+ * as in the engine: its first weight copies overlap the previous call's tail; "noPDL" is the same
+ * kernel launched plainly. Weights rotate through copies that together exceed L2, so every call reads
+ * DRAM.
+ * GEMM (M = 16..4096, k_gemm_awq_mma): TFLOP/s (2MNK) beside cuBLAS bf16 on the same shape and the
+ * 770 TFLOP/s bf16 ceiling. Usage: awq_bench [--quick] [--gemv] [--only NAME]. */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda/awq.cuh"
+#include "kernels/cuda/gemm_awq.cuh"
 #include "kernels/cuda/launch.cuh"
 
 #define CK(x)                                                                                                      \
@@ -43,25 +43,16 @@ static const shape g_shapes[] = {
     {"2b gu fused", 2048, 32768}, {"7b gu fused", 3072, 49152}, /* gate|up as the CUDA engine runs them */
 };
 
-/* One call of GEMV impl (1 = awq_gemv, 2 = awq_gemv2, 3 = awq_gemv2_tma). */
-static gm_status run_gemv(int impl, const void *x, int64_t M, int64_t K, const cpu_awq_w *w, void *y, int64_t N,
-                          void *ws, size_t wsb, cudaStream_t s)
-{
-    return impl == 3   ? awq_gemv2_tma(x, M, K, w, y, N, ws, wsb, s)
-           : impl == 2 ? awq_gemv2(x, M, K, w, y, N, ws, wsb, s)
-                       : awq_gemv(x, M, K, w, y, N, ws, wsb, s);
-}
-
-/* Mean microseconds of one GEMV call (impl 1 = awq_gemv, 2 = awq_gemv2, 3 = awq_gemv2_tma), weights rotating
+/* Mean microseconds of one k_gemv_awq call, weights rotating
  * through `copies` copies: `iters` calls launched one by one (graph = 0), or captured into one
  * CUDA graph and replayed (graph = 1: no host launch cost, as the engine runs them); -1 when a
  * call fails. */
-static double time_gemv(int impl, int graph, const void *x, int64_t M, int64_t K, const cpu_awq_w *w, int copies,
+static double time_gemv(int graph, const void *x, int64_t M, int64_t K, const cpu_awq_w *w, int copies,
                         void *y, int64_t N, void *ws, size_t wsb, cudaStream_t s, cudaEvent_t e0, cudaEvent_t e1,
                         int iters)
 {
     for (int c = 0; c < copies; c++) { /* warm-up */
-        gm_status st = run_gemv(impl, x, M, K, &w[c], y, N, ws, wsb, s);
+        gm_status st = k_gemv_awq(x, M, K, &w[c], y, N, ws, wsb, s);
         if (st) {
             fprintf(stderr, "awq_bench: %s\n", gm_last_error());
             return -1.0;
@@ -72,7 +63,7 @@ static double time_gemv(int impl, int graph, const void *x, int64_t M, int64_t K
         cudaGraph_t g;
         CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
         for (int i = 0; i < iters; i++)
-            run_gemv(impl, x, M, K, &w[i % copies], y, N, ws, wsb, s);
+            k_gemv_awq(x, M, K, &w[i % copies], y, N, ws, wsb, s);
         CK(cudaStreamEndCapture(s, &g));
         CK(cudaGraphInstantiate(&exec, g, 0));
         CK(cudaGraphDestroy(g));
@@ -83,7 +74,7 @@ static double time_gemv(int impl, int graph, const void *x, int64_t M, int64_t K
         CK(cudaGraphLaunch(exec, s));
     } else {
         for (int i = 0; i < iters; i++)
-            run_gemv(impl, x, M, K, &w[i % copies], y, N, ws, wsb, s);
+            k_gemv_awq(x, M, K, &w[i % copies], y, N, ws, wsb, s);
     }
     CK(cudaEventRecord(e1, s));
     CK(cudaEventSynchronize(e1));
@@ -130,22 +121,19 @@ static void fill_half(void *p, size_t n, bool bf16)
 
 int main(int argc, char **argv)
 {
-    bool quick = false, gemv_only = false, tma = true;
+    bool quick = false, gemv_only = false;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick"))
             quick = true;
         else if (!strcmp(argv[i], "--gemv"))
             gemv_only = true;
-        else if (!strcmp(argv[i], "--no-tma"))
-            tma = false;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
         else {
-            printf("usage: awq_bench [--quick] [--gemv] [--no-tma] [--only NAME]\nW4A16 GEMV/GEMM throughput at Gemma "
+            printf("usage: awq_bench [--quick] [--gemv] [--only NAME]\nW4A16 GEMV/GEMM throughput at Gemma "
                    "shapes, beside cuBLAS bf16.\n  --quick      fewer iterations, GEMM up to M = 1024\n  --gemv       the "
-                   "GEMV table only\n  --no-tma     skip awq_gemv2_tma (experimental)\n  --only NAME  the shapes "
-                   "whose name contains NAME (\"7b down\", ...)\n");
+                   "GEMV table only\n  --only NAME  the shapes whose name contains NAME (\"7b down\", ...)\n");
             return strcmp(argv[i], "--help") ? 1 : 0;
         }
     }
@@ -172,12 +160,10 @@ int main(int argc, char **argv)
     const int iters = quick ? 20 : 100;
 
     printf("\nGEMV (W4A16, group 128): GB/s of int4 weights + zeros + scales + x + y; ceiling 4200 GB/s (H200)\n");
-    printf("awq = awq_gemv, v2 = awq_gemv2, v2t = awq_gemv2_tma (experimental; -1: skipped); 'us' = launched one by\n"
-           "one, 'gr' = replayed from a CUDA graph (GB/s and %% of 4.2 TB/s from the graph times); v2 noPDL = graph\n"
-           "without programmatic launch; speedup = cuBLAS / v2 gr\n");
-    printf("%-16s %6s %6s %2s %8s %8s %7s %8s %8s %8s %7s %8s %8s %7s %9s %8s\n", "shape", "K", "N", "M", "awq us",
-           "awq gr", "%4.2T", "v2 us", "v2 gr", "v2 GB/s", "%4.2T", "v2 noPDL", "v2t gr", "%4.2T", "cublas us",
-           "speedup");
+    printf("k_gemv_awq: 'us' = launched one by one, 'gr' = replayed from a CUDA graph (GB/s and %% of 4.2 TB/s from\n"
+           "the graph times); noPDL = graph without programmatic launch; speedup = cuBLAS / gr\n");
+    printf("%-16s %6s %6s %2s %8s %8s %8s %7s %8s %9s %8s\n", "shape", "K", "N", "M", "us", "gr", "GB/s", "%4.2T",
+           "noPDL", "cublas us", "speedup");
     printf("\nGEMM: TFLOP/s = 2MNK / time; cuBLAS bf16 on the same shape; bf16 ceiling 770 TFLOP/s (H200)\n");
     for (size_t si = 0; si < sizeof g_shapes / sizeof g_shapes[0]; si++) {
         const shape *sh = &g_shapes[si];
@@ -209,7 +195,7 @@ int main(int argc, char **argv)
         CK(cudaMalloc(&x, (size_t)(Mmax * K) * 2));
         CK(cudaMalloc(&y, (size_t)(Mmax * N) * 2));
         fill_half(x, (size_t)(Mmax * K), true);
-        size_t wsb = awq_gemv_workspace_bytes(N, K, group);
+        size_t wsb = k_gemv_awq_workspace_bytes(N, K, group);
         void *ws = NULL;
         if (wsb) {
             CK(cudaMalloc(&ws, wsb));
@@ -217,17 +203,14 @@ int main(int argc, char **argv)
         }
         const float one_f = 1.0f, zero_f = 0.0f;
         for (int64_t M = 1; M <= 4; M *= 2) {
-            double us = time_gemv(1, 0, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
-            double v2 = time_gemv(2, 0, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
-            double g1 = time_gemv(1, 1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
-            double g2 = time_gemv(2, 1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
+            double v2 = time_gemv(0, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
+            double g2 = time_gemv(1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
             int pdl = k_get_pdl();
             k_set_pdl(0);
-            double g2n = time_gemv(2, 1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
+            double g2n = time_gemv(1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters);
             k_set_pdl(pdl);
-            if (us < 0 || v2 < 0 || g1 < 0 || g2 < 0 || g2n < 0)
+            if (v2 < 0 || g2 < 0 || g2n < 0)
                 return 1;
-            double g3 = tma ? time_gemv(3, 1, x, M, K, w, copies, y, N, ws, wsb, s, e0, e1, iters) : -1.0;
             double bytes = (double)one + (double)(M * K * 2) + (double)(M * N * 2);
             /* cuBLAS bf16: y^T [N, M] = W [N, K] . x^T, column-major views of row-major data */
             for (int i = 0; i < 3; i++)
@@ -244,11 +227,9 @@ int main(int argc, char **argv)
             float ms2;
             CK(cudaEventElapsedTime(&ms2, e0, e1));
             double us2 = 1000.0 * ms2 / iters;
-            printf("GEMV %-11s %6lld %6lld %2lld %8.2f %8.2f %6.1f%% %8.2f %8.2f %8.0f %6.1f%% %8.2f %8.2f %6.1f%% %9.2f "
-                   "%7.2fx\n",
-                   sh->name, (long long)K, (long long)N, (long long)M, us, g1, 100.0 * bytes / g1 / 1e3 / 4200.0, v2,
-                   g2, bytes / g2 / 1e3, 100.0 * bytes / g2 / 1e3 / 4200.0, g2n, g3,
-                   g3 > 0 ? 100.0 * bytes / g3 / 1e3 / 4200.0 : 0.0, us2, us2 / g2);
+            printf("GEMV %-11s %6lld %6lld %2lld %8.2f %8.2f %8.0f %6.1f%% %8.2f %9.2f %7.2fx\n", sh->name, (long long)K,
+                   (long long)N, (long long)M, v2, g2, bytes / g2 / 1e3, 100.0 * bytes / g2 / 1e3 / 4200.0, g2n, us2,
+                   us2 / g2);
         }
         const int64_t Ms[] = {16, 64, 256, 1024, 4096};
         for (int mi = 0; mi < (gemv_only ? 0 : 5); mi++) {
@@ -256,13 +237,13 @@ int main(int argc, char **argv)
             if (quick && M > 1024)
                 continue;
             int it = M >= 1024 ? iters / 4 + 1 : iters;
-            if (awq_gemm(x, M, K, &w[0], y, N, s)) {
+            if (k_gemm_awq_mma(x, M, K, &w[0], y, N, s)) {
                 fprintf(stderr, "awq_bench: %s\n", gm_last_error());
                 return 1;
             }
             CK(cudaEventRecord(e0, s));
             for (int i = 0; i < it; i++)
-                awq_gemm(x, M, K, &w[i % copies], y, N, s);
+                k_gemm_awq_mma(x, M, K, &w[i % copies], y, N, s);
             CK(cudaEventRecord(e1, s));
             CK(cudaEventSynchronize(e1));
             float ms;

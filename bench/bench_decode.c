@@ -142,6 +142,7 @@ int main(int argc, char **argv)
     const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1";
     int32_t prompt = 128, gen = 256;
     int variants = 0, q_fp8 = 0, kv_fp8 = 0, act = 0, lm8 = 0; /* act: 0 as loaded, 1 dynamic, 2 static, 3 both */
+    int attn = GM_CUDA_ATTN_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
@@ -176,7 +177,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--kv-dtype") && v) {
             kv_fp8 = !strcmp(v, "fp8"), i++;
         } else if (!strcmp(a, "--xqa") && v) {
-            setenv("GM_CUDA_XQA", v, 1), i++; /* read when the engine is created */
+            attn = atoi(v), i++; /* gm_cuda_attn: 0 k_attn_decode, 1 the measured rule, 2 XQA */
         } else if (!strcmp(a, "--lm-head") && v) {
             lm8 = !strcmp(v, "fp8"), i++;
         } else if (!strcmp(a, "--act-scale") && v) {
@@ -230,8 +231,11 @@ int main(int argc, char **argv)
     o.lm_head_fp8 = lm8;
     gm_engine *e = NULL;
     gm_status st = model ? gm_engine_create(&o, &e) : gm_engine_cuda_create_random(&o, &cfg, 1, &e);
+    if (!st && attn != GM_CUDA_ATTN_AUTO)
+        st = gm_engine_cuda_set_decode_attn(e, (gm_cuda_attn)attn);
     if (st) {
         fprintf(stderr, "bench_decode: %s: %s\n", gm_status_str(st), gm_last_error());
+        gm_engine_destroy(&e);
         return 1;
     }
     char name[64];

@@ -20,7 +20,7 @@
 #include "kernels/cuda/embed.cuh"
 #include "kernels/cuda/geglu.cuh"
 #include "kernels/cuda/gemm.cuh"
-#include "kernels/cuda/rmsnorm.cuh"
+#include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/rope_kv.cuh"
 #include "kernels/cuda/sample.cuh"
 
@@ -122,7 +122,7 @@ static void run_copy(void *p, int rep)
 }
 
 typedef struct gemm_bctx {
-    gemm_ctx *g;
+    k_gemm_ctx *g;
     void *x[8], *w[8], *y[8], *gu;
     int nrot;
     int64_t T, K, N;
@@ -134,16 +134,16 @@ static void run_gemm(void *p, int rep)
     gemm_bctx *c = p;
     int i = rep % c->nrot;
     if (c->path == 3)
-        GOK(gemm_bf16_geglu(c->g, c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N / 2, c->gu, c->y[i], g_s));
+        GOK(k_gemm_bf16_geglu(c->g, c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N / 2, c->gu, c->y[i], g_s));
     else if (c->path == 1)
-        GOK(gemm_bf16_lt(c->g, c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N, c->y[i], c->yf32, c->N, g_s));
+        GOK(k_gemm_bf16_lt(c->g, c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N, c->y[i], c->yf32, c->N, g_s));
     else if (c->path == 2)
-        GOK(gemv_bf16(c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N, c->y[i], c->yf32, c->N, g_s));
+        GOK(k_gemv_bf16(c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N, c->y[i], c->yf32, c->N, g_s));
     else
-        GOK(gemm_bf16(c->g, c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N, c->y[i], c->yf32, c->N, g_s));
+        GOK(k_gemm_bf16(c->g, c->x[i], c->T, c->K, c->K, c->w[i], c->K, c->N, c->y[i], c->yf32, c->N, g_s));
 }
 
-static void ceilings(gemm_ctx *g)
+static void ceilings(k_gemm_ctx *g)
 {
     copy_ctx c;
     c.bytes = (size_t)2 << 30;
@@ -176,7 +176,7 @@ static void ceilings(gemm_ctx *g)
 
 /* ---------------------------------------------------------------- gemm at model shapes */
 
-static void bench_gemm(gemm_ctx *g, const char *model, const char *op, int64_t T, int64_t K, int64_t N, int yf32,
+static void bench_gemm(k_gemm_ctx *g, const char *model, const char *op, int64_t T, int64_t K, int64_t N, int yf32,
                        int path)
 {
     gemm_bctx b;
@@ -475,8 +475,8 @@ int main(int argc, char **argv)
     if (csv)
         g_csv = fopen(csv, "w");
     CU(cudaStreamCreate(&g_s));
-    gemm_ctx *g = NULL;
-    GOK(gemm_ctx_new(0, &g));
+    k_gemm_ctx *g = NULL;
+    GOK(k_gemm_ctx_new(0, &g));
     ceilings(g);
     if (only_attn)
         goto attention;
@@ -540,7 +540,7 @@ attention:;
     bench_sample("sample T=1 top-p 0.9 B=1", 1, (gm_sampling){1.0f, 0, 0.9f, 1});
     bench_sample("sample T=1 top-k 50 top-p 0.9 B=64", 64, (gm_sampling){1.0f, 50, 0.9f, 1});
 done:
-    gemm_ctx_destroy(&g);
+    k_gemm_ctx_destroy(&g);
     if (g_csv)
         fclose(g_csv);
     return 0;

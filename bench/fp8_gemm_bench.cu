@@ -1,9 +1,9 @@
-/* fp8_gemm_bench.cu - cuBLASLt e4m3 GEMM (gemm_fp8) at Gemma's linear shapes, beside 1386 TFLOP/s
- * (H200, 8192^3 FP8, DESIGN.md) and beside the bf16 path (gemm_bf16, GEMV for T <= 4) on the same
- * shapes in the same run. Small T is weight-read bound, so the weight GB/s is printed beside
+/* fp8_gemm_bench.cu - cuBLASLt e4m3 GEMM (k_gemm_fp8) at Gemma's linear shapes, beside 1386 TFLOP/s
+ * (H200, 8192^3 FP8; 1404 measured in run B, bench/NOTES.md) and beside the bf16 path (k_gemm_bf16,
+ * GEMV for T <= 4) on the same shapes in the same run. Small T is weight-read bound, so the weight GB/s is printed beside
  * 4.2 TB/s too. The 8192^3 FP8 and bf16 rates measured in this run are printed first.
  * Weights rotate over enough copies to exceed the L2 cache. Median of 5 timed groups.
- * First a GEMV section: gemv_fp8_v1 (the first FP8 GEMV) vs gemv_fp8_v2 at T = 1, 2, 4, timed eagerly
+ * First a GEMV section: k_gemv_fp8_v1 (the first FP8 GEMV) vs k_gemv_fp8_v2 at T = 1, 2, 4, timed eagerly
  * (back-to-back launches) and replayed from a CUDA graph (as decode runs; v2's PDL edges included), in
  * us and weight GB/s beside the device-to-device copy rate measured in the same run, plus the GeGLU
  * paths of the gate|up shapes (v1 GEMV + k_geglu[_fp8] vs one v2 launch).
@@ -19,7 +19,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/status.h"
-#include "kernels/cuda/fp8.cuh"
+#include "kernels/cuda/quant_fp8.cuh"
 #include "kernels/cuda/geglu.cuh"
 #include "kernels/cuda/gemm.cuh"
 #include "kernels/cuda/gemm_fp8.cuh"
@@ -27,7 +27,7 @@
 #define BENCH_NAME "fp8_gemm_bench"
 #include "bench/bench_check.h"
 
-#define CEIL_FP8 1386.0 /* TFLOP/s, H200 8192^3 (DESIGN.md) */
+#define CEIL_FP8 1386.0 /* TFLOP/s, H200 8192^3 (the rate this bench prints measured: ~1400) */
 #define CEIL_GBS 4200.0
 
 /* e4m3 codes (fp8 = 1; |v| in [2^-3, 2^4], never NaN) or bf16 values in [-1, 1) (fp8 = 0). */
@@ -67,28 +67,28 @@ static void *dev_rand(size_t bytes, uint64_t seed, int fp8)
 }
 
 typedef struct gctx {
-    gemm_fp8_ctx *g8;
-    gemm_ctx *g16;
+    k_gemm_fp8_ctx *g8;
+    k_gemm_ctx *g16;
     void *x8, *x16, *y;
     void *w8[64], *w16[64];
     int nrot;
     float *sx, *sw;
     int64_t T, N, K;
     int bf16;
-    int path; /* 0 gemm_fp8 (dispatch), 1 cuBLASLt, 2 GEMV */
+    int path; /* 0 k_gemm_fp8 (dispatch), 1 cuBLASLt, 2 GEMV */
 } gctx;
 
 static void run_one(gctx *c, int rep)
 {
     int r = rep % c->nrot;
     if (c->bf16)
-        GOK(gemm_bf16(c->g16, c->x16, c->T, c->K, c->K, c->w16[r], c->K, c->N, c->y, 0, c->N, 0));
+        GOK(k_gemm_bf16(c->g16, c->x16, c->T, c->K, c->K, c->w16[r], c->K, c->N, c->y, 0, c->N, 0));
     else if (c->path == 1)
-        GOK(gemm_fp8_lt(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
+        GOK(k_gemm_fp8_lt(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
     else if (c->path == 2)
-        GOK(gemv_fp8(c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
+        GOK(k_gemv_fp8(c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
     else
-        GOK(gemm_fp8(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
+        GOK(k_gemm_fp8(c->g8, c->x8, c->T, c->K, c->K, c->sx, c->w8[r], c->K, c->sw, c->N, c->y, 0, c->N, 0));
 }
 
 static void run_one_v(void *c, int rep) { run_one((gctx *)c, rep); }
@@ -96,7 +96,7 @@ static void run_one_v(void *c, int rep) { run_one((gctx *)c, rep); }
 static double time_us(gctx *c, int reps) { return bench_time_us(run_one_v, c, reps); }
 
 /* Time one shape in fp8 (and bf16 when with_bf16); returns fp8 microseconds. */
-static double bench_shape(gemm_fp8_ctx *g8, gemm_ctx *g16, const char *name, int64_t T, int64_t N, int64_t K,
+static double bench_shape(k_gemm_fp8_ctx *g8, k_gemm_ctx *g16, const char *name, int64_t T, int64_t N, int64_t K,
                           int with_bf16, int fast, FILE *csv)
 {
     gctx c;
@@ -169,15 +169,15 @@ static double bench_shape(gemm_fp8_ctx *g8, gemm_ctx *g16, const char *name, int
     return us;
 }
 
-/* ---- GEMV section: gemv_fp8_v1 vs gemv_fp8_v2 ---- */
+/* ---- GEMV section: k_gemv_fp8_v1 vs k_gemv_fp8_v2 ---- */
 
 enum {
-    GV_V1,       /* gemv_fp8_v1 */
-    GV_V2,       /* gemv_fp8_v2 */
-    GV_V1_GEGLU, /* gemv_fp8_v1 into gu [T, 2 ni] bf16, then k_geglu -> act bf16 */
-    GV_V2_GEGLU, /* gemv_fp8_v2_geglu -> act bf16 */
-    GV_V1_GEGLU8, /* gemv_fp8_v1 into gu, then k_geglu_fp8 (static scale) -> act e4m3 */
-    GV_V2_GEGLU8, /* gemv_fp8_v2_geglu_fp8 -> act e4m3 */
+    GV_V1,       /* k_gemv_fp8_v1 */
+    GV_V2,       /* k_gemv_fp8_v2 */
+    GV_V1_GEGLU, /* k_gemv_fp8_v1 into gu [T, 2 ni] bf16, then k_geglu -> act bf16 */
+    GV_V2_GEGLU, /* k_gemv_fp8_v2_geglu -> act bf16 */
+    GV_V1_GEGLU8, /* k_gemv_fp8_v1 into gu, then k_geglu_fp8 (static scale) -> act e4m3 */
+    GV_V2_GEGLU8, /* k_gemv_fp8_v2_geglu_fp8 -> act e4m3 */
 };
 
 typedef struct gvctx {
@@ -194,21 +194,21 @@ static void gv_run(gvctx *c, int rep)
 {
     const void *w = c->w8[rep % c->nrot];
     const float *sx = c->sc, *sw = c->sc + 64, *sa = c->sc + 128;
-    fp8_act a = {c->sc + 128, NULL, NULL};
+    k_fp8_act a = {c->sc + 128, NULL, NULL};
     switch (c->kind) {
-    case GV_V1: GOK(gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->yf32, c->N, c->st)); break;
-    case GV_V2: GOK(gemv_fp8_v2(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->yf32, c->N, c->st)); break;
+    case GV_V1: GOK(k_gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->yf32, c->N, c->st)); break;
+    case GV_V2: GOK(k_gemv_fp8_v2(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->yf32, c->N, c->st)); break;
     case GV_V1_GEGLU:
-        GOK(gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, 2 * c->N, c->gu, 0, 2 * c->N, c->st));
+        GOK(k_gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, 2 * c->N, c->gu, 0, 2 * c->N, c->st));
         GOK(k_geglu(c->gu, c->T, c->N, c->y, c->st));
         break;
-    case GV_V2_GEGLU: GOK(gemv_fp8_v2_geglu(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->N, c->st)); break;
+    case GV_V2_GEGLU: GOK(k_gemv_fp8_v2_geglu(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, c->y, c->N, c->st)); break;
     case GV_V1_GEGLU8:
-        GOK(gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, 2 * c->N, c->gu, 0, 2 * c->N, c->st));
+        GOK(k_gemv_fp8_v1(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, 2 * c->N, c->gu, 0, 2 * c->N, c->st));
         GOK(k_geglu_fp8(c->gu, c->T, c->N, &a, c->y, c->st));
         break;
     default:
-        GOK(gemv_fp8_v2_geglu_fp8(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, sa, c->y, c->N, c->st));
+        GOK(k_gemv_fp8_v2_geglu_fp8(c->x8, c->T, c->K, c->K, sx, w, c->K, sw, c->N, sa, c->y, c->N, c->st));
         break;
     }
 }
@@ -309,7 +309,7 @@ static void gv_shape(const char *name, int64_t T, int64_t N, int64_t K, int yf32
 static void gemv_section(const char *models, const int *ts, int nt, FILE *csv)
 {
     double copy = bench_copy_gbs((size_t)1 << 30);
-    printf("-- FP8 GEMV: gemv_fp8_v1 vs gemv_fp8_v2 (weight GB/s; %% of the copy rate %.0f GB/s measured here "
+    printf("-- FP8 GEMV: k_gemv_fp8_v1 vs k_gemv_fp8_v2 (weight GB/s; %% of the copy rate %.0f GB/s measured here "
            "(read + write of a 1 GiB cudaMemcpy D2D); floor = weight bytes / copy rate) --\n",
            copy);
     struct {
@@ -360,8 +360,8 @@ int main(int argc, char **argv)
             printf("usage: fp8_gemm_bench [--models 2b,7b] [--t 1,2,4,8,16,64,256,1024,4096] [--fast 0|1|2] [--csv FILE]\n"
                    "                      [--gemv-t 1,2,4] [--gemv-only] [--no-gemv]\n"
                    "FP8 (cuBLASLt e4m3, bf16 out) GEMM TFLOP/s at Gemma's shapes beside 1386 TFLOP/s, and bf16\n"
-                   "(gemm_bf16) on the same shapes. --fast: 0 accurate accumulation, 1 fast, 2 both (default).\n"
-                   "First the FP8 GEMV section (gemv_fp8_v1 vs gemv_fp8_v2, T in --gemv-t, 1..4) beside the\n"
+                   "(k_gemm_bf16) on the same shapes. --fast: 0 accurate accumulation, 1 fast, 2 both (default).\n"
+                   "First the FP8 GEMV section (k_gemv_fp8_v1 vs k_gemv_fp8_v2, T in --gemv-t, 1..4) beside the\n"
                    "measured device copy rate; --gemv-only stops after it, --no-gemv skips it.\n");
             return 0;
         } else if (v && !strcmp(a, "--models")) {
@@ -393,25 +393,25 @@ int main(int argc, char **argv)
     FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
     if (csv)
         fprintf(csv, "kind,shape,T,N,K,us,tflops,w_gbs\n");
-    gemm_fp8_ctx *g8 = NULL;
-    gemm_ctx *g16 = NULL;
-    GOK(gemm_fp8_ctx_new(0, &g8));
-    GOK(gemm_ctx_new(0, &g16));
+    k_gemm_fp8_ctx *g8 = NULL;
+    k_gemm_ctx *g16 = NULL;
+    GOK(k_gemm_fp8_ctx_new(0, &g8));
+    GOK(k_gemm_ctx_new(0, &g16));
     printf("device %s, %d SMs\n", prop.name, prop.multiProcessorCount);
     if (gemv)
         gemv_section(models, gts, ngt, csv);
     if (!gemm) {
-        gemm_fp8_ctx_destroy(&g8);
-        gemm_ctx_destroy(&g16);
+        k_gemm_fp8_ctx_destroy(&g8);
+        k_gemm_ctx_destroy(&g16);
         if (csv)
             fclose(csv);
         return 0;
     }
     printf("-- ceilings measured here (8192^3) --\n");
     bench_shape(g8, g16, "8192^3", 8192, 8192, 8192, 1, 0, csv);
-    gemm_fp8_ctx_set_fast_accum(g8, 1);
+    k_gemm_fp8_ctx_set_fast_accum(g8, 1);
     bench_shape(g8, g16, "8192^3", 8192, 8192, 8192, 0, 1, csv);
-    gemm_fp8_ctx_set_fast_accum(g8, 0);
+    k_gemm_fp8_ctx_set_fast_accum(g8, 0);
 
     struct {
         const char *model, *name;
@@ -424,7 +424,7 @@ int main(int argc, char **argv)
     for (int fast = 0; fast < 2; fast++) {
         if (fast_mode != 2 && fast != fast_mode)
             continue;
-        gemm_fp8_ctx_set_fast_accum(g8, fast);
+        k_gemm_fp8_ctx_set_fast_accum(g8, fast);
         printf("-- Gemma shapes, fast accumulation %s --\n", fast ? "on" : "off");
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
             if (!strstr(models, shapes[s].model))
@@ -433,8 +433,8 @@ int main(int argc, char **argv)
                 bench_shape(g8, g16, shapes[s].name, ts[i], shapes[s].N, shapes[s].K, !fast, fast, csv);
         }
     }
-    gemm_fp8_ctx_destroy(&g8);
-    gemm_ctx_destroy(&g16);
+    k_gemm_fp8_ctx_destroy(&g8);
+    k_gemm_ctx_destroy(&g16);
     if (csv)
         fclose(csv);
     return 0;

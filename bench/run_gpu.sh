@@ -13,11 +13,11 @@
 #   peer     bench/hf_peer.py: transformers on the same GPU ($HF_MODES, default eager,static-loop)
 #   sanitize compute-sanitizer memcheck on subsets of test_gpu_ops (not in the default set; stops
 #            when $GM_TIME_BUDGET seconds, default 500, are near)
-#   gate     test_gpu_ops, test_gpu_fp8, test_gpu_xqa; a failure turns the new kernel off for later phases
+#   gate     test_gpu_ops, test_gpu_fp8, test_gpu_xqa (the kernels against their CPU twins)
 #   b1final  batch-1 decode, FP8 static + FP8 LM head, 2b (+ FP8 KV) and 7b, the engine's own choices
-#   sanitize3 compute-sanitizer memcheck/racecheck on the FP8 GEMV v2, decode attention, sampling, XQA v2
+#   sanitize3 compute-sanitizer memcheck/racecheck on the FP8 GEMV v2, decode attention, sampling, XQA
 #   xsweep   xqa_bench split sweep, 2b FP8 KV;   nsys  per-kernel times of 2b batch-1 FP8 decode (Nsight Systems)
-#   bench3   bench_kernels --attn, xqa_bench, fp8_gemm_bench, batch-1 and long-context decode, new vs old kernels
+#   bench3   bench_kernels --attn, xqa_bench, fp8_gemm_bench, batch-1 and long-context decode (XQA forced too)
 #   new      test_gpu_xqa, test_gpu_fp8, test_gpu_awq          newbench  xqa_bench, fp8_gemm_bench, awq_bench
 #   fp8gemm  fp8_gemm_bench alone
 #   engine8  test_gpu_ops + test_gpu_model with XQA forced, FP8 KV, FP8 weights (CPU FP8 twin as reference),
@@ -34,7 +34,7 @@
 #   awqprep / awqtest / awqppl  AWQ-format (RTN) checkpoints in the background; AWQ engine test; perplexity
 #   fp8ckpt  FP8 checkpoints (dynamic, calibrated) on the CUDA engine vs the CPU engine, tiny and 2b2
 #   actscale bench_decode with FP8 weights: dynamic vs static activation scales, 2b and 7b; + FP8 LM head
-#   awq2     test_gpu_awq, awq_bench, batch-1/4 decode of the AWQ 2b/7b checkpoints with GEMV 1 and 2
+#   awq2     test_gpu_awq, awq_bench, batch-1/4 decode of the AWQ 2b/7b checkpoints
 # Every run is cut to the time left of $GM_TIME_BUDGET (SKIP(budget) once it is spent).
 # Binaries come from $PACK (default pack/, built on the development machine and carried; an
 # xz tarball $PACK/bins.tar.xz of them is unpacked first);
@@ -160,18 +160,12 @@ for ph in $phases; do
     run hf_peer_7b 180 "$log" python3 bench/hf_peer.py --preset 7b --prompt 128 --gen 256 --modes "${HF_MODES:-eager,static-loop}" --json "$OUT/peer.jsonl"
     ;;
   gate)
-    # session 3's kernels against their CPU twins (test_gpu_ops: k_attn_decode_fp8; test_gpu_fp8: the FP8
-    # GEMV v2; test_gpu_xqa: XQA v2); a failed one sends the later phases back to the old kernel
+    # the kernels against their CPU twins (test_gpu_ops: k_attn_decode_fp8 and the bf16 ops; test_gpu_fp8:
+    # the FP8 quantizers and GEMVs; test_gpu_xqa: XQA)
     log=$OUT/gate.log
     run test_gpu_ops 300 "$log" "$PACK/test_gpu_ops"
     run test_gpu_fp8 200 "$log" "$PACK/test_gpu_fp8"
-    [ "${RES[test_gpu_fp8]}" = PASS ] || { export GM_FP8_GEMV=1; say "gate: FP8 GEMV v2 off (GM_FP8_GEMV=1)"; }
     run test_gpu_xqa 420 "$log" "$PACK/test_gpu_xqa"
-    [ "${RES[test_gpu_xqa]}" = PASS ] || { export GM_XQA_V=1; say "gate: XQA v2 off (GM_XQA_V=1)"; }
-    if [ "${RES[test_gpu_ops]}" != PASS ]; then
-      # k_attn_decode_fp8 is also what the engine now takes for MHA / small batches with FP8 KV
-      grep -q "FAILED.*test_attn_decode" "$log" && { export GM_CUDA_XQA=2; say "gate: XQA forced (GM_CUDA_XQA=2)"; }
-    fi
     ;;
   b1final)
     # batch-1 decode with what the engine picks by itself (GEMV v1/v2 and the gate|up path timed at load)
@@ -184,23 +178,23 @@ for ph in $phases; do
     ;;
   sanitize3)
     # compute-sanitizer on session 3's kernels: memcheck (out-of-bounds, misaligned) and racecheck
-    # (shared-memory hazards: XQA v2's per-warp rings, the GEMV v2 reduction)
+    # (shared-memory hazards: XQA's per-warp rings, the GEMV v2 reduction)
     log=$OUT/sanitize3.log
     cs="compute-sanitizer --error-exitcode 9 --leak-check no"
     run mc_gemv_v2 150 "$log" env GM_TEST_FILTER='test_gemv*' $cs --tool memcheck "$PACK/test_gpu_fp8"
     run mc_attn_decode 150 "$log" env GM_TEST_FILTER='test_attn_decode' $cs --tool memcheck "$PACK/test_gpu_ops"
     run mc_sampling 150 "$log" env GM_TEST_FILTER='test_sampling' $cs --tool memcheck "$PACK/test_gpu_ops"
     run mc_xqa_small 150 "$log" env GM_TEST_FILTER='test_xqa_small_heads' $cs --tool memcheck "$PACK/test_gpu_xqa"
-    run mc_xqa_v2 200 "$log" env GM_TEST_FILTER='test_xqa_v2_paths' $cs --tool memcheck "$PACK/test_gpu_xqa"
-    run rc_xqa_v2 200 "$log" env GM_TEST_FILTER='test_xqa_small_heads' $cs --tool racecheck "$PACK/test_gpu_xqa"
+    run mc_xqa_paths 200 "$log" env GM_TEST_FILTER='test_xqa_paths' $cs --tool memcheck "$PACK/test_gpu_xqa"
+    run rc_xqa 200 "$log" env GM_TEST_FILTER='test_xqa_small_heads' $cs --tool racecheck "$PACK/test_gpu_xqa"
     run rc_gemv_v2 150 "$log" env GM_TEST_FILTER='test_gemv*' $cs --tool racecheck "$PACK/test_gpu_fp8"
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race" "$log" | sort | uniq -c | head -40 | tee -a "$summary"
     ;;
   xsweep)
-    # XQA v2 split counts for 2b with FP8 KV (the one attention case under 80%)
+    # XQA split counts for 2b with FP8 KV (the one attention case under 80%)
     run xqa_sweep 120 "$OUT/xsweep.log" "$PACK/xqa_bench" --models 2b --kv fp8 --batch 64,256 --ctx 4096,8192 \
-      --versions 2 --sweep
-    grep -E "xqa-v2|best" "$OUT/xsweep.log" | tee -a "$summary"
+      --sweep
+    grep -E "^xqa |best" "$OUT/xsweep.log" | tee -a "$summary"
     ;;
   nsys)
     # per-kernel times of a batch-1 2b FP8 decode (graph nodes traced), when Nsight Systems is there
@@ -213,22 +207,19 @@ for ph in $phases; do
     fi
     ;;
   bench3)
-    # session 3's kernels: decode attention over FP8 pools (k_attn_decode_fp8), XQA v2 vs v1, the FP8 GEMV
-    # v2 vs v1 (kernel and batch-1 decode), MHA/MQA long-context decode with FP8 KV
+    # decode attention over FP8 pools (k_attn_decode_fp8), XQA, the FP8 GEMV v2 vs v1 (kernels), batch-1
+    # decode, MHA/MQA long-context decode with FP8 KV (the engine's rule, and XQA forced)
     log=$OUT/bench3.log
     d8="--quant fp8 --act-scale static"
     run attn_kernels 150 "$log" "$PACK/bench_kernels" --attn
     run xqa_bench 150 "$log" "$PACK/xqa_bench"
     run fp8_gemm_bench 150 "$log" "$PACK/fp8_gemm_bench"
-    run b1_2b_gemv1 100 "$log" env GM_FP8_GEMV=1 "$PACK/bench_decode" --preset 2b --batch 1,4 --gen 128 $d8 --lm-head fp8
     run b1_2b 100 "$log" "$PACK/bench_decode" --preset 2b --batch 1,4 --gen 128 $d8 --lm-head fp8 --variants
     run b1_2b_kv8 100 "$log" "$PACK/bench_decode" --preset 2b --batch 1 --gen 128 $d8 --lm-head fp8 --kv-dtype fp8
-    run b1_7b_gemv1 100 "$log" env GM_FP8_GEMV=1 "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 $d8 --lm-head fp8
     run b1_7b 100 "$log" "$PACK/bench_decode" --preset 7b --batch 1 --gen 128 $d8 --lm-head fp8
     run ctx4k_7b_kv8 120 "$log" "$PACK/bench_decode" --preset 7b --batch 64 --prompt 4096 --gen 32 $d8 --kv-dtype fp8
-    run ctx4k_7b_kv8_xqa 120 "$log" env GM_CUDA_XQA=2 "$PACK/bench_decode" --preset 7b --batch 64 --prompt 4096 --gen 32 $d8 --kv-dtype fp8
+    run ctx4k_7b_kv8_xqa 120 "$log" "$PACK/bench_decode" --preset 7b --batch 64 --prompt 4096 --gen 32 $d8 --kv-dtype fp8 --xqa 2
     run ctx4k_2b_kv8 120 "$log" "$PACK/bench_decode" --preset 2b --batch 64,256 --prompt 4096 --gen 32 $d8 --kv-dtype fp8
-    run ctx4k_2b_kv8_v1 120 "$log" env GM_XQA_V=1 "$PACK/bench_decode" --preset 2b --batch 64,256 --prompt 4096 --gen 32 $d8 --kv-dtype fp8
     grep -E "tok/s|profile|GB/s" "$log" > "$OUT/bench3_summary.txt"
     ;;
   new)
@@ -245,7 +236,7 @@ for ph in $phases; do
     mk 2b2 --preset 2b --layers 2 --seed 5
     mk 7b2 --preset 7b --layers 2 --seed 6
     [ -n "${ENGINE8_LITE:-}" ] || run test_gpu_ops 200 "$log" "$PACK/test_gpu_ops"
-    run model_xqa 200 "$log" env GM_CUDA_XQA=2 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
+    run model_xqa 200 "$log" env GM_TEST_ATTN=xqa "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
     run model_kv8 200 "$log" env GM_TEST_KV=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
     run model_w8 200 "$log" env GM_TEST_QUANT=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
     run model_w8kv8 200 "$log" env GM_TEST_QUANT=fp8 GM_TEST_KV=fp8 "$PACK/test_gpu_model" "$M/tiny" "$M/2b2" "$M/7b2"
@@ -541,19 +532,14 @@ PY
     grep -E "tok/s" "$log" | tee -a "$summary"
     ;;
   awq2)
-    # the two W4A16 GEMVs: tests, kernel timings, and batch-1 decode on AWQ-format checkpoints with each
+    # the W4A16 kernels: tests, kernel timings, and batch-1/4 decode on AWQ-format checkpoints
     log=$OUT/awq2.log
     run test_gpu_awq 200 "$log" "$PACK/test_gpu_awq"
-    run awq_bench 120 "$log" "$PACK/awq_bench" --no-tma
-    run test_gpu_awq_tma 120 "$log" env GM_TEST_AWQ_TMA=1 "$PACK/test_gpu_awq" "test_tma*"
-    [ "${RES[test_gpu_awq_tma]}" = PASS ] && run awq_bench_tma 120 "$log" "$PACK/awq_bench"
+    run awq_bench 120 "$log" "$PACK/awq_bench"
     for mdl in ${AWQ_MODELS:-2b 7b}; do
       for i in $(seq 1 ${AWQ_WAIT:-240}); do [ -f "$M/${mdl}awq.done" ] && break; sleep 1; done
       [ -f "$M/${mdl}awq.done" ] || { say "awq2: $mdl AWQ checkpoint not ready"; continue; }
-      for impl in 1 2; do
-        run "awq_b1_${mdl}_gemv$impl" 120 "$log" env GM_AWQ_GEMV=$impl "$PACK/bench_decode" --model "$M/${mdl}awq" \
-          --quant awq --batch 1,4 --gen 128
-      done
+      run "awq_b1_${mdl}" 120 "$log" "$PACK/bench_decode" --model "$M/${mdl}awq" --quant awq --batch 1,4 --gen 128
     done
     grep -E "tok/s|GB/s" "$log" | tee -a "$summary"
     ;;

@@ -6,12 +6,11 @@
  * measured in this run is printed too). The bf16 cases also time the engine's generic decode
  * kernel (k_attn_decode) on the same cache as the peer. Pools are filled on the device with random
  * values; block tables are shuffled; launches rotate over enough sequences to exceed the L2 cache.
- * Timing: CUDA events around `reps` launches after warm-up, median of 5 groups. Both kernel
- * versions run on the same cache in one process (xqa_set_version; v1 is what GM_XQA_V=1 selects),
- * each with the split count xqa_pick_sub_seq gives it, and the v2/v1 speedup is printed.
+ * Timing: CUDA events around `reps` launches after warm-up, median of 5 groups, with the split count
+ * k_xqa_pick_sub_seq gives (--sweep: every split count too).
  *
  *   xqa_bench [--models 2b,7b] [--kv bf16,fp8] [--batch 1,64,256] [--ctx 1024,4096,8192]
- *             [--q-len 1] [--block 32] [--versions 1,2] [--sweep] [--csv FILE] */
+ *             [--q-len 1] [--block 32] [--sweep] [--csv FILE] */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,12 +21,11 @@
 
 #include "common/status.h"
 #include "kernels/cuda/attn_decode.cuh"
-#include "kernels/cuda/xqa.cuh"
 
 #define BENCH_NAME "xqa_bench"
 #include "bench/bench_check.h"
 
-#define CEIL_GBS 4200.0 /* DESIGN.md: H200 device copy */
+#define CEIL_GBS 4200.0 /* H200 device copy (bench/NOTES.md: 4222-4280 GB/s measured) */
 
 /* Random fill: bf16 in [-1, 1) (fp8 = 0: n halves) or e4m3 codes with |v| in [2^-3, 2^4] (bytes). */
 __global__ void fill_kernel(uint8_t *p, int64_t nbytes, uint64_t seed, int fp8)
@@ -68,7 +66,7 @@ typedef void (*run_fn)(void *ctx, int rep);
 static double time_us(run_fn f, void *ctx, int reps) { return bench_time_us(f, ctx, reps); }
 
 typedef struct bctx {
-    xqa_params p;
+    k_xqa_params p;
     int32_t *bt_all; /* [n_rot][batch][bt_stride] device */
     int32_t n_rot, bt_stride;
     /* peer */
@@ -79,15 +77,15 @@ typedef struct bctx {
 static void run_xqa(void *c_, int rep)
 {
     bctx *c = (bctx *)c_;
-    xqa_params p = c->p;
+    k_xqa_params p = c->p;
     p.block_tables = c->bt_all + (int64_t)(rep % c->n_rot) * p.batch * c->bt_stride;
-    GOK(xqa_decode(&p, 0));
+    GOK(k_attn_decode_xqa(&p, 0));
 }
 
 static void run_peer(void *c_, int rep)
 {
     bctx *c = (bctx *)c_;
-    const xqa_params *p = &c->p;
+    const k_xqa_params *p = &c->p;
     GOK(k_attn_decode(p->q, p->ldq, p->batch, p->n_heads, p->n_kv, p->head_dim, p->k_pool, p->v_pool, p->block_size,
                       c->bt_all + (int64_t)(rep % c->n_rot) * p->batch * c->bt_stride, c->bt_stride, p->seq_lens,
                       p->scale, c->n_split, c->dscratch, p->out, p->ldo, 0));
@@ -108,16 +106,15 @@ static int parse_list(const char *s, int *out, int max)
 static void usage(void)
 {
     printf("usage: xqa_bench [--models 2b,7b] [--kv bf16,fp8] [--batch 1,64,256] [--ctx 1024,4096,8192]\n"
-           "                 [--q-len N] [--block N] [--versions 1,2] [--sweep] [--csv FILE]\n"
-           "Decode-attention bandwidth (KV bytes read / time) of xqa_decode (kernel v1 = GM_XQA_V=1, v2 =\n"
-           "default) beside 4.2 TB/s, and of k_attn_decode (bf16) as the peer. --sweep also tries every\n"
-           "split count and prints the best.\n");
+           "                 [--q-len N] [--block N] [--sweep] [--csv FILE]\n"
+           "Decode-attention bandwidth (KV bytes read / time) of k_attn_decode_xqa beside 4.2 TB/s, and of\n"
+           "k_attn_decode (bf16) as the peer. --sweep also tries every split count and prints the best.\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *models = "2b,7b", *kvs = "bf16,fp8", *csv_path = NULL;
-    int batches[16], ctxs[16], vers[2] = {1, 2}, nbat = 0, nctx = 0, nver = 2, q_len = 1, bs = 32, sweep = 0;
+    int batches[16], ctxs[16], nbat = 0, nctx = 0, q_len = 1, bs = 32, sweep = 0;
     nbat = parse_list("1,64,256", batches, 16);
     nctx = parse_list("1024,4096,8192", ctxs, 16);
     for (int i = 1; i < argc; i++) {
@@ -140,8 +137,6 @@ int main(int argc, char **argv)
             q_len = atoi(v), i++;
         } else if (v && !strcmp(a, "--block")) {
             bs = atoi(v), i++;
-        } else if (v && !strcmp(a, "--versions")) {
-            nver = parse_list(v, vers, 2), i++;
         } else if (v && !strcmp(a, "--csv")) {
             csv_path = v, i++;
         } else {
@@ -153,11 +148,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "xqa_bench: --q-len must be 1..4 and --block >= 1\n");
         return 2;
     }
-    for (int i = 0; i < nver; i++)
-        if (vers[i] != 1 && vers[i] != 2) {
-            fprintf(stderr, "xqa_bench: --versions takes 1 and/or 2\n");
-            return 2;
-        }
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
         fprintf(stderr, "xqa_bench: no CUDA device\n");
@@ -239,19 +229,15 @@ int main(int argc, char **argv)
                     free(lens_h);
                     c.n_rot = n_rot;
                     c.bt_stride = max_blocks;
-                    xqa_params *p = &c.p;
+                    k_xqa_params *p = &c.p;
                     p->q = q, p->ldq = (int64_t)nh * hd, p->out = out, p->ldo = (int64_t)nh * hd;
                     p->k_pool = kp, p->v_pool = vp, p->kv_type = fp8 ? XQA_KV_FP8 : XQA_KV_BF16;
                     p->bt_stride = max_blocks, p->seq_lens = lens;
                     p->batch = B, p->q_len = q_len, p->n_heads = nh, p->n_kv = nkv, p->head_dim = hd;
                     p->block_size = bs, p->scale = 0.0625f, p->kv_scale = 0.01f;
-                    int maxnb = 128;
-                    for (int vi = 0; vi < nver; vi++) {
-                        xqa_set_version(vers[vi]);
-                        int pk = xqa_pick_sub_seq(p, ctx, prop.multiProcessorCount);
-                        maxnb = pk > maxnb ? pk : maxnb;
-                    }
-                    size_t sbytes = xqa_scratch_bytes(B, nkv, nh, q_len, hd, maxnb);
+                    int maxnb = 128, pick = k_xqa_pick_sub_seq(p, ctx, prop.multiProcessorCount);
+                    maxnb = pick > maxnb ? pick : maxnb;
+                    size_t sbytes = k_xqa_scratch_bytes(B, nkv, nh, q_len, hd, maxnb);
                     void *scr;
                     CU(cudaMalloc(&scr, sbytes));
                     CU(cudaMemset(scr, 0, sbytes));
@@ -261,13 +247,8 @@ int main(int argc, char **argv)
                         reps = 3;
                     if (reps > 2000)
                         reps = 2000;
-                    double picked_us[3] = {0, 0, 0};
-                    for (int vi = 0; vi < nver; vi++) {
-                        int ver = vers[vi];
-                        char kname[16];
-                        snprintf(kname, sizeof kname, "xqa-v%d", ver);
-                        xqa_set_version(ver);
-                        int pick = xqa_pick_sub_seq(p, ctx, prop.multiProcessorCount);
+                    {
+                        const char *kname = "xqa";
                         int cand[12] = {pick, 1, 2, 4, 8, 16, 32, 64, 128}, ncand = sweep ? 9 : 1;
                         double best_us = 1e30;
                         int best_nb = pick;
@@ -278,15 +259,13 @@ int main(int argc, char **argv)
                             p->nb_sub_seq = nb;
                             double us = time_us(run_xqa, &c, reps);
                             double gbs = kv_bytes / (us * 1e-6) / 1e9;
-                            if (k == 0)
-                                picked_us[ver] = us;
                             if (k == 0 || sweep)
                                 printf("%-7s %-3s %-4s %5d %5d %2d %3d | %9.1f %8.0f %5.1f%% | %d B, %d CTA/SM%s\n",
                                        kname, mname, fp8 ? "fp8" : "bf16", B, ctx, q_len, nb, us, gbs,
-                                       100.0 * gbs / CEIL_GBS, xqa_smem_bytes(hd, nh / nkv * q_len, fp8),
-                                       xqa_ctas_per_sm(p), k == 0 ? " (picked)" : "");
+                                       100.0 * gbs / CEIL_GBS, k_xqa_smem_bytes(hd, nh / nkv * q_len, fp8),
+                                       k_xqa_ctas_per_sm(p), k == 0 ? " (picked)" : "");
                             if (csv)
-                                fprintf(csv, "xqa_v%d,%s,%s,%d,%d,%d,%d,%d,%.2f,%.1f,%.2f\n", ver, mname,
+                                fprintf(csv, "xqa,%s,%s,%d,%d,%d,%d,%d,%.2f,%.1f,%.2f\n", mname,
                                         fp8 ? "fp8" : "bf16", B, ctx, q_len, bs, nb, us, gbs, 100.0 * gbs / CEIL_GBS);
                             if (us < best_us)
                                 best_us = us, best_nb = nb;
@@ -297,9 +276,6 @@ int main(int argc, char **argv)
                                    kv_bytes / (best_us * 1e-6) / 1e9,
                                    100.0 * kv_bytes / (best_us * 1e-6) / 1e9 / CEIL_GBS);
                     }
-                    xqa_set_version(0);
-                    if (picked_us[1] > 0 && picked_us[2] > 0)
-                        printf("        v2 / v1: %.2fx faster\n", picked_us[1] / picked_us[2]);
                     if (!fp8 && q_len == 1) { /* the peer: the engine's generic decode kernel */
                         c.n_split = k_attn_decode_splits(B, nkv, ctx, prop.multiProcessorCount);
                         size_t pb = k_attn_decode_scratch_bytes(B, nh, nkv, hd, c.n_split);

@@ -20,8 +20,8 @@
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/tokenizer.h"
-#include "kernels/cpu/cpu_awq.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/embed.h"
+#include "kernels/cpu/gemm_awq.h"
 #include "worker/awq.h"
 
 static const char *g_quant, *g_tiny, *g_calib, *g_work, *g_gen;
@@ -100,7 +100,7 @@ static void test_dequant_known(void **state)
     cpu_awq_w w = {qweight, qzeros, scales, 4, 16, 2, 16, 2};
     float wt[16 * 4]; /* [N, K] */
     cpu_awq_dequant(&w, 0, 16, wt);
-    /* expected W[k][n], worked by hand from the table in FACTS.md */
+    /* expected W[k][n], worked by hand from the nibble order of kernels/cpu/gemm_awq.h */
     const float expect[4][16] = {
         {-0.5f, 1.5f, 0.0f, 2.0f, 0.5f, 2.5f, 1.0f, 3.0f, 3.5f, 15.0f, 7.5f, 7.5f, 7.5f, 7.5f, 7.5f, 7.5f},
         {-0.5f, -0.5f, -0.5f, -0.5f, -0.5f, -0.5f, -0.5f, -0.5f, 3.5f, 14.0f, 6.5f, 6.0f, 5.5f, 5.0f, 4.5f, 4.0f},

@@ -12,8 +12,10 @@
 
 #include <cmocka.h>
 
-#include "kernels/cpu/cpu_attn.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/rope_kv.h"
 
 static uint64_t g_rng = 0x5851f42d4c957f2dull;
 static float frand(void) /* [-1, 1) */

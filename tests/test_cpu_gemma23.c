@@ -11,8 +11,9 @@
 #include <string.h>
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_gemma23.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/rope_kv.h"
 
 static uint64_t g_state = 777;
 static float frand(void) /* [-1, 1) */

@@ -11,7 +11,13 @@
 #include <string.h>
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/embed.h"
+#include "kernels/cpu/geglu.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/rope_kv.h"
+#include "kernels/cpu/sample.h"
 
 /* Deterministic normal-ish values in [-1, 1). */
 static uint64_t g_state = 12345;

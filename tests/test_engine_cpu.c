@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "common/safetensors.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/sample.h"
 #include "parallel/comm.h"
 #include "worker/engine.h"
 #include "worker/weights.h"

@@ -15,8 +15,11 @@
 #include "common/dtype.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
-#include "kernels/cpu/cpu_fp8.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemm_fp8.h"
+#include "kernels/cpu/quant_fp8.h"
+#include "kernels/cpu/rope_kv.h"
 #include "tools/quantize_fp8.h"
 
 static uint64_t g_state = 777;

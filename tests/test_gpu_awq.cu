@@ -1,10 +1,9 @@
-/* test_gpu_awq.cu - the CUDA W4A16 GEMVs (awq_gemv, awq_gemv2, awq_gemv2_tma) and GEMM against
- * the CPU twin (cpu_awq_matmul on the same bf16 activations) by normalized error, at Gemma's
- * shapes (tiny, 2b, 7b Linears, fused ones) and odd ones, plus determinism (a second call on the
- * same workspace gives the same bits), batch invariance of the GEMVs, writes confined to y [M, N],
- * weight slices, graph capture, awq_matmul under each GEMV sharing one workspace, and argument
- * errors. Exits 77 (skipped) without a GPU. Usage: test_gpu_awq [PATTERN] (cmocka test filter).
- * GM_TEST_AWQ_TMA=1 adds the tests of the experimental awq_gemv2_tma (not yet run on a GPU). */
+/* test_gpu_awq.cu - the CUDA W4A16 products (kernels/cuda/gemm_awq.cuh: k_gemv_awq, k_gemm_awq_mma and
+ * the dispatcher k_gemm_awq) against the CPU twin (cpu_awq_matmul on the same bf16 activations) by
+ * normalized error, at Gemma's shapes (tiny, 2b, 7b Linears, fused ones) and odd ones, plus determinism
+ * (a second call on the same workspace gives the same bits), batch invariance of the GEMV, writes
+ * confined to y [M, N], weight slices, graph capture, and argument errors. Exits 77 (skipped) without
+ * a GPU. Usage: test_gpu_awq [PATTERN] (cmocka test filter). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -21,8 +20,8 @@ extern "C" {
 }
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_awq.h"
-#include "kernels/cuda/awq.cuh"
+#include "kernels/cpu/gemm_awq.h"
+#include "kernels/cuda/gemm_awq.cuh"
 
 #define CK(x) assert_int_equal((int)(x), (int)cudaSuccess)
 
@@ -78,17 +77,15 @@ static void wt_free(wt *w)
 }
 
 /* What check() runs on the GPU. */
-enum { RUN_GEMM = 0, RUN_GEMV = 1, RUN_GEMV2 = 2, RUN_MATMUL = 3, RUN_GEMV2T = 4 };
+enum { RUN_GEMM = 0, RUN_GEMV = 1, RUN_MATMUL = 2 };
 
 static gm_status run_kind(int kind, const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
                           void *ws, size_t wsb, cudaStream_t s)
 {
     switch (kind) {
-    case RUN_GEMV: return awq_gemv(x, M, ldx, w, y, ldy, ws, wsb, s);
-    case RUN_GEMV2: return awq_gemv2(x, M, ldx, w, y, ldy, ws, wsb, s);
-    case RUN_GEMV2T: return awq_gemv2_tma(x, M, ldx, w, y, ldy, ws, wsb, s);
-    case RUN_MATMUL: return awq_matmul(x, M, ldx, w, y, ldy, ws, wsb, s);
-    default: return awq_gemm(x, M, ldx, w, y, ldy, s);
+    case RUN_GEMV: return k_gemv_awq(x, M, ldx, w, y, ldy, ws, wsb, s);
+    case RUN_MATMUL: return k_gemm_awq(x, M, ldx, w, y, ldy, ws, wsb, s);
+    default: return k_gemm_awq_mma(x, M, ldx, w, y, ldy, s);
     }
 }
 
@@ -98,9 +95,9 @@ static bool g_skip_cpu; /* check() runs only the GPU side (tests that compare GP
 
 /* Run one product on the GPU (kind) and on the CPU; return the normalized error.
  * ldx = K + 8, ldy = N + 64 to exercise strides. y_out (optional, [M, ldy] bf16 bits) keeps the GPU result.
- * awq_gemv2, awq_gemv2_tma and awq_matmul: y [M + 1, ldy] starts as Y_POISON and must keep it outside
- * [M, N]; the workspace is awq_gemv2_workspace_bytes' (awq_gemv2*) or awq_gemv_workspace_bytes' (others),
- * and a second call on the same workspace (y poisoned again) must give the same bits. */
+ * k_gemv_awq and k_gemm_awq: y [M + 1, ldy] starts as Y_POISON and must keep it outside [M, N]; the
+ * workspace is k_gemv_awq_workspace_bytes', and a second call on the same workspace (y poisoned again)
+ * must give the same bits. */
 static double check(const wt *w, int64_t M, int kind, uint16_t *y_out, const uint16_t *x_in)
 {
     int64_t K = w->K, N = w->N, ldx = K + 8, ldy = N + 64;
@@ -112,7 +109,7 @@ static double check(const wt *w, int64_t M, int kind, uint16_t *y_out, const uin
             xb[m * ldx + k] = v;
             xf[m * K + k] = gm_bf16_to_f32(v);
         }
-    const bool fenced = kind == RUN_GEMV2 || kind == RUN_GEMV2T || kind == RUN_MATMUL;
+    const bool fenced = kind == RUN_GEMV || kind == RUN_MATMUL;
     const int64_t yrows = fenced ? M + 1 : M; /* one sentinel row after y */
     void *dx, *dy, *ws = NULL;
     CK(cudaMalloc(&dx, (size_t)(M * ldx) * 2));
@@ -122,8 +119,7 @@ static double check(const wt *w, int64_t M, int kind, uint16_t *y_out, const uin
         CK(cudaMemset(dy, Y_POISON & 0xff, (size_t)(yrows * ldy) * 2));
     else
         CK(cudaMemset(dy, 0, (size_t)(M * ldy) * 2));
-    size_t wsb = kind == RUN_GEMV2 || kind == RUN_GEMV2T ? awq_gemv2_workspace_bytes(N, K, w->group)
-                                                         : awq_gemv_workspace_bytes(N, K, w->group);
+    size_t wsb = k_gemv_awq_workspace_bytes(N, K, w->group);
     if (wsb) {
         CK(cudaMalloc(&ws, wsb));
         CK(cudaMemset(ws, 0, wsb));
@@ -141,7 +137,7 @@ static double check(const wt *w, int64_t M, int kind, uint16_t *y_out, const uin
                 if (yb[m * ldy + n] != Y_POISON)
                     fail_msg("kind %d K %lld N %lld M %lld: y[%lld][%lld] written outside [M, N]", kind, (long long)K,
                              (long long)N, (long long)M, (long long)m, (long long)n);
-    if ((kind == RUN_GEMV && wsb) || fenced) { /* a second call (counters reset by the first) gives the same bits */
+    if (fenced) { /* a second call (counters reset by the first) gives the same bits */
         if (fenced)
             CK(cudaMemset(dy, Y_POISON & 0xff, (size_t)(yrows * ldy) * 2));
         assert_int_equal(run_kind(kind, dx, M, ldx, &w->dev, dy, ldy, ws, wsb, 0), GM_OK);
@@ -184,23 +180,6 @@ static const shape g_shapes[] = {
     {"7b gate/up", 3072, 24576, 128}, {"7b down", 24576, 3072, 128},
 };
 
-static void test_gemv(void **state)
-{
-    (void)state;
-    for (size_t i = 0; i < sizeof g_shapes / sizeof g_shapes[0]; i++) {
-        wt w;
-        wt_make(&w, g_shapes[i].K, g_shapes[i].N, g_shapes[i].group);
-        const int64_t Ms[] = {1, 2, 4, 8};
-        for (int j = 0; j < 4; j++) {
-            double e = check(&w, Ms[j], RUN_GEMV, NULL, NULL);
-            print_message("gemv %-10s K %6lld N %6lld g %3lld M %lld: normalized error %.2e\n", g_shapes[i].name,
-                          (long long)w.K, (long long)w.N, (long long)w.group, (long long)Ms[j], e);
-            assert_true(e < 5e-3);
-        }
-        wt_free(&w);
-    }
-}
-
 static void test_gemm(void **state)
 {
     (void)state;
@@ -221,27 +200,8 @@ static void test_gemm(void **state)
     }
 }
 
-/* Row r of a 4-row GEMV is bit-identical to the 1-row GEMV of x's row r. */
-static void test_gemv_batch_invariant(void **state)
-{
-    (void)state;
-    wt w;
-    wt_make(&w, 2048, 2048, 128);
-    const int64_t K = w.K, ldy = w.N + 64;
-    uint16_t *x = (uint16_t *)malloc((size_t)(4 * K) * 2);
-    for (int64_t i = 0; i < 4 * K; i++)
-        x[i] = gm_f32_to_bf16(frand());
-    uint16_t *y4 = (uint16_t *)malloc((size_t)(4 * ldy) * 2), *y1 = (uint16_t *)malloc((size_t)ldy * 2);
-    check(&w, 4, RUN_GEMV, y4, x);
-    for (int r = 0; r < 4; r++) {
-        check(&w, 1, RUN_GEMV, y1, x + r * K);
-        assert_memory_equal(y1, y4 + r * ldy, (size_t)w.N * 2);
-    }
-    free(x), free(y4), free(y1);
-    wt_free(&w);
-}
-
-static void test_errors(void **state)
+/* Bad arguments of the GEMM are errors (the GEMV's: test_gemv_errors). */
+static void test_gemm_errors(void **state)
 {
     (void)state;
     wt w;
@@ -251,23 +211,14 @@ static void test_errors(void **state)
     CK(cudaMalloc(&dy, 16 * 256 * 2));
     cpu_awq_w bad = w.dev;
     bad.N = 96, bad.lds = 96, bad.ldq = 12;
-    assert_int_equal(awq_gemm(dx, 4, 256, &bad, dy, 128, 0), GM_ERR_UNSUPPORTED);
-    bad = w.dev;
-    bad.group = 48;
-    assert_int_equal(awq_gemv(dx, 1, 256, &bad, dy, 128, NULL, 0, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(awq_gemv(dx, 9, 256, &w.dev, dy, 128, NULL, 0, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemm(dx, 4, 250, &w.dev, dy, 128, 0), GM_ERR_INVALID_ARG); /* ldx < K */
-    assert_int_equal(awq_gemm((char *)dx + 2, 4, 256, &w.dev, dy, 128, 0), GM_ERR_INVALID_ARG);
-    wt big;
-    wt_make(&big, 16384, 2048, 128); /* split K: needs a workspace */
-    if (awq_gemv_workspace_bytes(2048, 16384, 128) > 0)
-        assert_int_equal(awq_gemv(dx, 1, 16384, &big.dev, dy, 2048, NULL, 0, 0), GM_ERR_INVALID_ARG);
-    wt_free(&big);
+    assert_int_equal(k_gemm_awq_mma(dx, 4, 256, &bad, dy, 128, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemm_awq_mma(dx, 4, 250, &w.dev, dy, 128, 0), GM_ERR_INVALID_ARG); /* ldx < K */
+    assert_int_equal(k_gemm_awq_mma((char *)dx + 2, 4, 256, &w.dev, dy, 128, 0), GM_ERR_INVALID_ARG);
     cudaFree(dx), cudaFree(dy);
     wt_free(&w);
 }
 
-/* ---- awq_gemv2 ---- */
+/* ---- k_gemv_awq ---- */
 
 typedef struct shape_m {
     const char *name;
@@ -300,36 +251,36 @@ static const shape_m g_shapes2[] = {
     {"N2048 K1920", 1920, 2048, 128, {1, 5, 0}},
 };
 
-static void run_gemv2_shape(int kind, const char *name, int64_t K, int64_t N, int64_t group, const int64_t *Ms, int nM)
+static void run_gemv_shape(int kind, const char *name, int64_t K, int64_t N, int64_t group, const int64_t *Ms, int nM)
 {
     wt w;
     wt_make(&w, K, N, group);
     for (int j = 0; j < nM && Ms[j]; j++) {
         double e = check(&w, Ms[j], kind, NULL, NULL);
         print_message("%s %-14s K %6lld N %6lld g %3lld M %lld: normalized error %.2e (ws %zu B)\n",
-                      kind == RUN_GEMV2T ? "gemv2t" : "gemv2", name,
+                      kind == RUN_GEMV ? "gemv" : "gemm_awq", name,
                       (long long)K, (long long)N, (long long)group, (long long)Ms[j], e,
-                      awq_gemv2_workspace_bytes(N, K, group));
+                      k_gemv_awq_workspace_bytes(N, K, group));
         assert_true(e < 5e-3);
     }
     wt_free(&w);
 }
 
-/* awq_gemv2 at the shapes awq_gemv is tested at, M = 1, 2, 3, 4, 8. */
-static void test_gemv2(void **state)
+/* k_gemv_awq at the shapes the GEMM is tested at, M = 1, 2, 3, 4, 8. */
+static void test_gemv(void **state)
 {
     (void)state;
     const int64_t Ms[] = {1, 2, 3, 4, 8};
     for (size_t i = 0; i < sizeof g_shapes / sizeof g_shapes[0]; i++)
-        run_gemv2_shape(RUN_GEMV2, g_shapes[i].name, g_shapes[i].K, g_shapes[i].N, g_shapes[i].group, Ms, 5);
+        run_gemv_shape(RUN_GEMV, g_shapes[i].name, g_shapes[i].K, g_shapes[i].N, g_shapes[i].group, Ms, 5);
 }
 
 /* Other groups, fused and odd shapes. */
-static void test_gemv2_shapes(void **state)
+static void test_gemv_shapes(void **state)
 {
     (void)state;
     for (size_t i = 0; i < sizeof g_shapes2 / sizeof g_shapes2[0]; i++)
-        run_gemv2_shape(RUN_GEMV2, g_shapes2[i].name, g_shapes2[i].K, g_shapes2[i].N, g_shapes2[i].group,
+        run_gemv_shape(RUN_GEMV, g_shapes2[i].name, g_shapes2[i].K, g_shapes2[i].N, g_shapes2[i].group,
                         g_shapes2[i].Ms, 5);
 }
 
@@ -361,15 +312,15 @@ static void batch_invariant(int kind)
     }
 }
 
-static void test_gemv2_batch_invariant(void **state)
+static void test_gemv_batch_invariant(void **state)
 {
     (void)state;
-    batch_invariant(RUN_GEMV2);
+    batch_invariant(RUN_GEMV);
 }
 
 /* A slice of a larger weight (columns 512..1535 of 2048, rows 256..1279 of 2048): strides ldq,
  * lds larger than N, pointers inside the tensors. */
-static void test_gemv2_slice(void **state)
+static void test_gemv_slice(void **state)
 {
     (void)state;
     wt w;
@@ -386,7 +337,7 @@ static void test_gemv2_slice(void **state)
         xf[i] = gm_bf16_to_f32(xb[i]);
     }
     void *dx, *dy, *ws = NULL;
-    size_t wsb = awq_gemv2_workspace_bytes(N, K, 128);
+    size_t wsb = k_gemv_awq_workspace_bytes(N, K, 128);
     CK(cudaMalloc(&dx, (size_t)(M * K) * 2));
     CK(cudaMalloc(&dy, (size_t)(M * N) * 2));
     if (wsb) {
@@ -394,7 +345,7 @@ static void test_gemv2_slice(void **state)
         CK(cudaMemset(ws, 0, wsb));
     }
     CK(cudaMemcpy(dx, xb, (size_t)(M * K) * 2, cudaMemcpyHostToDevice));
-    gm_status st = awq_gemv2(dx, M, ldx, &ds, dy, ldy, ws, wsb, 0);
+    gm_status st = k_gemv_awq(dx, M, ldx, &ds, dy, ldy, ws, wsb, 0);
     if (st)
         print_error("%s\n", gm_last_error());
     assert_int_equal(st, GM_OK);
@@ -405,7 +356,7 @@ static void test_gemv2_slice(void **state)
         double g = gm_bf16_to_f32(yb[i]), c = yc[i];
         num += (g - c) * (g - c), den += c * c;
     }
-    print_message("gemv2 slice K %lld N %lld of 2048 x 2048: normalized error %.2e\n", (long long)K, (long long)N,
+    print_message("gemv slice K %lld N %lld of 2048 x 2048: normalized error %.2e\n", (long long)K, (long long)N,
                   sqrt(num / den));
     assert_true(sqrt(num / den) < 5e-3);
     free(xb), free(yb), free(xf), free(yc);
@@ -414,7 +365,7 @@ static void test_gemv2_slice(void **state)
 }
 
 /* Device buffers of one call on weight w: x [M, K] random bf16 (host copy xb too), y [M, N], and a
- * zeroed workspace of awq_gemv_workspace_bytes. */
+ * zeroed workspace of k_gemv_awq_workspace_bytes. */
 typedef struct io {
     uint16_t *xb;
     void *dx, *dy, *ws;
@@ -428,7 +379,7 @@ static void io_make(io *b, const wt *w, int64_t M)
     for (int64_t i = 0; i < M * K; i++)
         b->xb[i] = gm_f32_to_bf16(frand());
     b->ws = NULL;
-    b->wsb = awq_gemv_workspace_bytes(N, K, w->host.group);
+    b->wsb = k_gemv_awq_workspace_bytes(N, K, w->host.group);
     CK(cudaMalloc(&b->dx, (size_t)(M * K) * 2));
     CK(cudaMalloc(&b->dy, (size_t)(M * N) * 2));
     if (b->wsb) {
@@ -483,74 +434,15 @@ static void graph_replay(int kind)
     wt_free(&w);
 }
 
-static void test_gemv2_graph(void **state)
+static void test_gemv_graph(void **state)
 {
     (void)state;
-    graph_replay(RUN_GEMV2);
+    graph_replay(RUN_GEMV);
 }
 
-/* The switch: GM_AWQ_GEMV (set to 2 by main before any call) is read once; set/get; other values select 2. */
-static void test_impl_switch(void **state)
-{
-    (void)state;
-    assert_int_equal(awq_gemv_get_impl(), 2);
-    awq_gemv_set_impl(1);
-    assert_int_equal(awq_gemv_get_impl(), 1);
-    awq_gemv_set_impl(2);
-    assert_int_equal(awq_gemv_get_impl(), 2);
-    awq_gemv_set_impl(3);
-    assert_int_equal(awq_gemv_get_impl(), 3);
-    awq_gemv_set_impl(7);
-    assert_int_equal(awq_gemv_get_impl(), 2);
-    /* one workspace serves both GEMVs */
-    const int64_t shapes[][3] = {{2048, 2048, 128}, {16384, 2048, 128}, {2048, 2560, 128}, {3072, 24576, 128},
-                                 {24576, 3072, 128}, {3072, 49152, 128}, {2048, 32768, 128}, {4096, 3072, 64},
-                                 {16384, 64, 32},    {128, 64, 32}};
-    for (int i = 0; i < 10; i++)
-        assert_true(awq_gemv_workspace_bytes(shapes[i][1], shapes[i][0], shapes[i][2]) >=
-                    awq_gemv2_workspace_bytes(shapes[i][1], shapes[i][0], shapes[i][2]));
-}
-
-/* Impls 1..n_impl of awq_matmul in turn, twice, on ONE workspace (16384 x 2048, group 128, M rows):
- * each repeats its own bits, and impls a and b agree to float32 summation order (then bf16). */
-static void alternate_impls(int64_t M, int n_impl, int a_impl, int b_impl)
-{
-    wt w;
-    wt_make(&w, 16384, 2048, 128);
-    const int64_t K = w.K, N = w.N;
-    io b;
-    io_make(&b, &w, M);
-    void *dx = b.dx, *dy = b.dy, *ws = b.ws;
-    size_t wsb = b.wsb;
-    uint16_t *yr[2][3];
-    for (int rep = 0; rep < 2; rep++)
-        for (int impl = 1; impl <= n_impl; impl++) {
-            awq_gemv_set_impl(impl);
-            CK(cudaMemset(dy, 0, (size_t)(M * N) * 2));
-            assert_int_equal(awq_matmul(dx, M, K, &w.dev, dy, N, ws, wsb, 0), GM_OK);
-            yr[rep][impl - 1] = (uint16_t *)malloc((size_t)(M * N) * 2);
-            CK(cudaMemcpy(yr[rep][impl - 1], dy, (size_t)(M * N) * 2, cudaMemcpyDeviceToHost));
-        }
-    for (int impl = 0; impl < n_impl; impl++)
-        assert_memory_equal(yr[0][impl], yr[1][impl], (size_t)(M * N) * 2);
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < M * N; i++) {
-        double a = gm_bf16_to_f32(yr[0][a_impl - 1][i]), b = gm_bf16_to_f32(yr[0][b_impl - 1][i]);
-        num += (a - b) * (a - b), den += a * a;
-    }
-    print_message("awq_matmul impl %d vs %d: normalized difference %.2e\n", a_impl, b_impl, sqrt(num / den));
-    assert_true(sqrt(num / den) < 5e-3);
-    for (int rep = 0; rep < 2; rep++)
-        for (int impl = 0; impl < n_impl; impl++)
-            free(yr[rep][impl]);
-    io_free(&b);
-    wt_free(&w);
-    awq_gemv_set_impl(2);
-}
-
-/* awq_matmul under both GEMVs (and its GEMM path), then both alternating on ONE workspace: each
- * leaves the counters ready for the other, each repeats its own bits. */
-static void test_matmul_impls(void **state)
+/* k_gemm_awq (the GEMV up to AWQ_GEMV_ROWS rows, the GEMM above) at fused and odd shapes, on one
+ * workspace per shape (check() repeats each call on it and wants the same bits). */
+static void test_matmul(void **state)
 {
     (void)state;
     const int64_t shapes[][3] = {{128, 512, 32}, {2048, 2048, 128}, {16384, 2048, 128}, {3072, 12288, 128}};
@@ -558,21 +450,17 @@ static void test_matmul_impls(void **state)
         wt w;
         wt_make(&w, shapes[si][0], shapes[si][1], shapes[si][2]);
         const int64_t Ms[] = {1, 4, 5};
-        for (int impl = 1; impl <= 2; impl++) {
-            awq_gemv_set_impl(impl);
-            for (int j = 0; j < 3; j++) {
-                double e = check(&w, Ms[j], RUN_MATMUL, NULL, NULL);
-                print_message("matmul impl %d K %6lld N %6lld M %lld: normalized error %.2e\n", impl, (long long)w.K,
-                              (long long)w.N, (long long)Ms[j], e);
-                assert_true(e < (Ms[j] <= AWQ_GEMV_ROWS_DEFAULT ? 5e-3 : 1e-2));
-            }
+        for (int j = 0; j < 3; j++) {
+            double e = check(&w, Ms[j], RUN_MATMUL, NULL, NULL);
+            print_message("matmul K %6lld N %6lld M %lld: normalized error %.2e\n", (long long)w.K, (long long)w.N,
+                          (long long)Ms[j], e);
+            assert_true(e < (Ms[j] <= AWQ_GEMV_ROWS ? 5e-3 : 1e-2));
         }
         wt_free(&w);
     }
-    alternate_impls(3, 2, 1, 2); /* alternate on one workspace */
 }
 
-static void test_gemv2_errors(void **state)
+static void test_gemv_errors(void **state)
 {
     (void)state;
     wt w;
@@ -582,121 +470,51 @@ static void test_gemv2_errors(void **state)
     CK(cudaMalloc(&dy, 16 * 256 * 2));
     CK(cudaMalloc(&ws, 1 << 20));
     CK(cudaMemset(ws, 0, 1 << 20));
-    assert_int_equal(awq_gemv2(NULL, 1, 256, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2(dx, 1, 256, &w.dev, NULL, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2(dx, 1, 256, NULL, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2(dx, 0, 256, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2(dx, 9, 256, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2(dx, 4, 250, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG); /* ldx < K */
-    assert_int_equal(awq_gemv2(dx, 4, 260, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG); /* ldx % 8 */
-    assert_int_equal(awq_gemv2(dx, 4, 256, &w.dev, dy, 100, ws, 1 << 20, 0), GM_ERR_INVALID_ARG); /* ldy < N */
-    assert_int_equal(awq_gemv2((char *)dx + 2, 4, 256, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2(dx, 4, 256, &w.dev, (char *)dy + 8, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq(NULL, 1, 256, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq(dx, 1, 256, &w.dev, NULL, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq(dx, 1, 256, NULL, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq(dx, 0, 256, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq(dx, 9, 256, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq(dx, 4, 250, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG); /* ldx < K */
+    assert_int_equal(k_gemv_awq(dx, 4, 260, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG); /* ldx % 8 */
+    assert_int_equal(k_gemv_awq(dx, 4, 256, &w.dev, dy, 100, ws, 1 << 20, 0), GM_ERR_INVALID_ARG); /* ldy < N */
+    assert_int_equal(k_gemv_awq((char *)dx + 2, 4, 256, &w.dev, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq(dx, 4, 256, &w.dev, (char *)dy + 8, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
     cpu_awq_w bad = w.dev;
     bad.group = 48;
-    assert_int_equal(awq_gemv2(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_awq(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_UNSUPPORTED);
     bad.group = 256;
-    assert_int_equal(awq_gemv2(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_awq(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_UNSUPPORTED);
     bad = w.dev;
     bad.N = 96, bad.lds = 96, bad.ldq = 12;
-    assert_int_equal(awq_gemv2(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_awq(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_UNSUPPORTED);
     bad = w.dev;
     bad.K = 200; /* not a multiple of the group */
-    assert_int_equal(awq_gemv2(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_awq(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_UNSUPPORTED);
     bad = w.dev;
     bad.ldq = 18; /* ldq % 4 */
-    assert_int_equal(awq_gemv2(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
     bad = w.dev;
     bad.scales = (const uint16_t *)((const char *)bad.scales + 2);
-    assert_int_equal(awq_gemv2(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2_workspace_bytes(96, 256, 64), (size_t)0); /* bad shapes need nothing */
-    assert_int_equal(awq_gemv2_workspace_bytes(128, 256, 256), (size_t)0);
+    assert_int_equal(k_gemv_awq(dx, 1, 256, &bad, dy, 128, ws, 1 << 20, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_awq_workspace_bytes(96, 256, 64), (size_t)0); /* bad shapes need nothing */
+    assert_int_equal(k_gemv_awq_workspace_bytes(128, 256, 256), (size_t)0);
     wt big;
     wt_make(&big, 16384, 2048, 128); /* split K: needs a workspace */
-    size_t need = awq_gemv2_workspace_bytes(2048, 16384, 128);
+    size_t need = k_gemv_awq_workspace_bytes(2048, 16384, 128);
     if (need > 0) {
         void *bws;
         CK(cudaMalloc(&bws, need + 256));
         CK(cudaMemset(bws, 0, need + 256));
-        assert_int_equal(awq_gemv2(dx, 1, 16384, &big.dev, dy, 2048, NULL, 0, 0), GM_ERR_INVALID_ARG);
-        assert_int_equal(awq_gemv2(dx, 1, 16384, &big.dev, dy, 2048, bws, need - 4, 0), GM_ERR_INVALID_ARG);
-        assert_int_equal(awq_gemv2(dx, 1, 16384, &big.dev, dy, 2048, (char *)bws + 16, need, 0), GM_ERR_INVALID_ARG);
+        assert_int_equal(k_gemv_awq(dx, 1, 16384, &big.dev, dy, 2048, NULL, 0, 0), GM_ERR_INVALID_ARG);
+        assert_int_equal(k_gemv_awq(dx, 1, 16384, &big.dev, dy, 2048, bws, need - 4, 0), GM_ERR_INVALID_ARG);
+        assert_int_equal(k_gemv_awq(dx, 1, 16384, &big.dev, dy, 2048, (char *)bws + 16, need, 0), GM_ERR_INVALID_ARG);
         cudaFree(bws);
     }
     CK(cudaDeviceSynchronize()); /* none of the refused calls launched anything that fails */
     CK(cudaGetLastError());
     wt_free(&big);
     cudaFree(dx), cudaFree(dy), cudaFree(ws);
-    wt_free(&w);
-}
-
-/* ---- awq_gemv2_tma (experimental): the same checks, run last (a stuck copy traps, which ends
- * the process's CUDA context for the tests after it) ---- */
-
-static void test_tma_gemv(void **state)
-{
-    (void)state;
-    const int64_t Ms[] = {1, 3, 4, 8};
-    for (size_t i = 0; i < sizeof g_shapes / sizeof g_shapes[0]; i++)
-        run_gemv2_shape(RUN_GEMV2T, g_shapes[i].name, g_shapes[i].K, g_shapes[i].N, g_shapes[i].group, Ms, 4);
-    for (size_t i = 0; i < sizeof g_shapes2 / sizeof g_shapes2[0]; i++)
-        run_gemv2_shape(RUN_GEMV2T, g_shapes2[i].name, g_shapes2[i].K, g_shapes2[i].N, g_shapes2[i].group,
-                        g_shapes2[i].Ms, 5);
-}
-
-static void test_tma_batch_invariant(void **state)
-{
-    (void)state;
-    batch_invariant(RUN_GEMV2T);
-}
-
-static void test_tma_graph(void **state)
-{
-    (void)state;
-    graph_replay(RUN_GEMV2T);
-}
-
-/* awq_matmul with impl 3; awq_gemv2 and awq_gemv2_tma alternating on one workspace repeat their
- * own bits and agree with each other (to float32 summation order). */
-static void test_tma_matmul(void **state)
-{
-    (void)state;
-    wt w;
-    wt_make(&w, 2048, 2560, 128);
-    for (int j = 1; j <= 4; j += 3) {
-        awq_gemv_set_impl(3);
-        double e = check(&w, j, RUN_MATMUL, NULL, NULL);
-        print_message("matmul impl 3 K %6lld N %6lld M %d: normalized error %.2e\n", (long long)w.K, (long long)w.N, j,
-                      e);
-        assert_true(e < 5e-3);
-    }
-    wt_free(&w);
-    alternate_impls(2, 3, 2, 3);
-}
-
-static void test_tma_errors(void **state)
-{
-    (void)state;
-    wt w;
-    wt_make(&w, 256, 128, 64);
-    void *dx, *dy;
-    CK(cudaMalloc(&dx, 16 * 256 * 2));
-    CK(cudaMalloc(&dy, 16 * 256 * 2));
-    assert_int_equal(awq_gemv2_tma(NULL, 1, 256, &w.dev, dy, 128, NULL, 0, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2_tma(dx, 9, 256, &w.dev, dy, 128, NULL, 0, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(awq_gemv2_tma(dx, 4, 250, &w.dev, dy, 128, NULL, 0, 0), GM_ERR_INVALID_ARG);
-    cpu_awq_w bad = w.dev;
-    bad.group = 256;
-    assert_int_equal(awq_gemv2_tma(dx, 1, 256, &bad, dy, 128, NULL, 0, 0), GM_ERR_UNSUPPORTED);
-    bad = w.dev;
-    bad.N = 96, bad.lds = 96, bad.ldq = 12;
-    assert_int_equal(awq_gemv2_tma(dx, 1, 256, &bad, dy, 128, NULL, 0, 0), GM_ERR_UNSUPPORTED);
-    wt big;
-    wt_make(&big, 16384, 2048, 128);
-    if (awq_gemv2_workspace_bytes(2048, 16384, 128) > 0)
-        assert_int_equal(awq_gemv2_tma(dx, 1, 16384, &big.dev, dy, 2048, NULL, 0, 0), GM_ERR_INVALID_ARG);
-    wt_free(&big);
-    cudaFree(dx), cudaFree(dy);
     wt_free(&w);
 }
 
@@ -710,33 +528,16 @@ int main(int argc, char **argv)
         printf("test_gpu_awq: no CUDA device, skipped\n");
         return 77;
     }
-    setenv("GM_AWQ_GEMV", "2", 1); /* test_impl_switch: read on the first awq_gemv_get_impl() */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_impl_switch),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_gemv2_errors),
+        cmocka_unit_test(test_gemm_errors),
+        cmocka_unit_test(test_gemv_errors),
         cmocka_unit_test(test_gemv),
+        cmocka_unit_test(test_gemv_shapes),
         cmocka_unit_test(test_gemv_batch_invariant),
-        cmocka_unit_test(test_gemv2),
-        cmocka_unit_test(test_gemv2_shapes),
-        cmocka_unit_test(test_gemv2_batch_invariant),
-        cmocka_unit_test(test_gemv2_slice),
-        cmocka_unit_test(test_gemv2_graph),
-        cmocka_unit_test(test_matmul_impls),
+        cmocka_unit_test(test_gemv_slice),
+        cmocka_unit_test(test_gemv_graph),
+        cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_gemm),
     };
-    /* awq_gemv2_tma has not run on a GPU yet (a stuck copy traps and poisons the context): its tests
-     * run last, and only when asked for, until a run has passed them */
-    const struct CMUnitTest tma[] = {
-        cmocka_unit_test(test_tma_errors),
-        cmocka_unit_test(test_tma_gemv),
-        cmocka_unit_test(test_tma_batch_invariant),
-        cmocka_unit_test(test_tma_graph),
-        cmocka_unit_test(test_tma_matmul),
-    };
-    int rc = cmocka_run_group_tests_name("gpu_awq", tests, NULL, NULL);
-    const char *t = getenv("GM_TEST_AWQ_TMA");
-    if (t && !strcmp(t, "1"))
-        rc |= cmocka_run_group_tests_name("gpu_awq_tma (experimental)", tma, NULL, NULL);
-    return rc;
+    return cmocka_run_group_tests_name("gpu_awq", tests, NULL, NULL);
 }

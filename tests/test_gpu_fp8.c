@@ -1,12 +1,12 @@
-/* test_gpu_fp8.c - the FP8 kernels against their CPU twins (kernels/cpu/cpu_fp8.h) and against the
- * unfused bf16 kernels they replace:
+/* test_gpu_fp8.c - the FP8 kernels against their CPU twins (kernels/cpu/quant_fp8.h, gemm_fp8.h, rope_kv.h) and against
+ * the unfused bf16 kernels they replace:
  *   - weight / static / dynamic quantization: bit-exact scale and codes vs the CPU twin;
  *   - rmsnorm_fp8, add_rmsnorm_fp8, geglu_fp8: bit-exact vs k_rmsnorm/k_add_rmsnorm/k_geglu followed
  *     by k_fp8_quantize, and close (normalized error of the dequantized values) to the CPU twin;
  *   - the FP8 KV write: bit-exact vs cpu_fp8_kv_write;
- *   - gemm_fp8 (cuBLASLt e4m3): normalized error vs cpu_fp8_matmul_q at Gemma's shapes, T in
+ *   - k_gemm_fp8 (cuBLASLt e4m3): normalized error vs cpu_fp8_matmul_q at Gemma's shapes, T in
  *     {1, 16, 64, 256, 1024} (rows sampled for large T), accurate and fast accumulation.
- *   - gemv_fp8_v2 (T = 1..4): bf16 and f32 output vs the exact CPU twin (e4m3 decoded exactly, f32
+ *   - k_gemv_fp8_v2 (T = 1..4): bf16 and f32 output vs the exact CPU twin (e4m3 decoded exactly, f32
  *     sums) at Gemma's shapes and odd ones (N % 16 != 0, K % 64 != 0, padded strides whose padding holds
  *     NaN codes), against the first GEMV, rows/columns it must not touch; its GeGLU epilogues (bf16 and
  *     e4m3 act) vs the CPU twin and bit for bit vs v2 -> k_geglu / k_geglu_fp8 on the GPU.
@@ -24,12 +24,17 @@
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_fp8.h"
-#include "kernels/cpu/cpu_ops.h"
-#include "kernels/cuda/fp8.cuh"
+#include "kernels/cpu/geglu.h"
+#include "kernels/cpu/gemm_fp8.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/quant_fp8.h"
+#include "kernels/cpu/rope_kv.h"
 #include "kernels/cuda/geglu.cuh"
 #include "kernels/cuda/gemm_fp8.cuh"
-#include "kernels/cuda/rmsnorm.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/norm.cuh"
+#include "kernels/cuda/quant_fp8.cuh"
+#include "kernels/cuda/rope_kv.cuh"
 #include "tests/test_check.h"
 
 #define CK(x) assert_int_equal((int)(x), 0)
@@ -139,7 +144,7 @@ static void test_quantize(void **st)
     for (int64_t r = 0; r < rows; r++)
         memcpy(xs + r * dim, xf + r * ld, dim * sizeof(float));
     uint8_t *qc = malloc(rows * dim);
-    fp8_act a = {dsc, damax, NULL};
+    k_fp8_act a = {dsc, damax, NULL};
     GOK(k_fp8_quantize(dx, ld, rows, dim, &a, dq, 0));
     float dyn = cpu_fp8_act_scale(xs, rows * dim);
     assert_true(get_f32(dsc) == dyn);
@@ -149,7 +154,7 @@ static void test_quantize(void **st)
     free(qg);
     float stat = 0.01f;
     CK(cudaMemcpy(dsc, &stat, 4, cudaMemcpyHostToDevice));
-    fp8_act as = {dsc, NULL, NULL};
+    k_fp8_act as = {dsc, NULL, NULL};
     GOK(k_fp8_quantize(dx, ld, rows, dim, &as, dq, 0));
     cpu_fp8_quantize_act(xs, rows * dim, stat, qc); /* saturates: |x| up to 9 > 448 * 0.01 */
     qg = get(dq, rows * dim);
@@ -177,8 +182,8 @@ static void check_rmsnorm_fp8(int64_t n, int64_t dim, int add, int delta_f32, in
     float stat = 0.02f;
     CK(cudaMemcpy(dsc, &stat, 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dsc2, &stat, 4, cudaMemcpyHostToDevice));
-    fp8_act a = {dsc, dynamic ? damax : NULL, dynamic ? dtmp : NULL};
-    fp8_act a2 = {dsc2, dynamic ? damax2 : NULL, NULL};
+    k_fp8_act a = {dsc, dynamic ? damax : NULL, dynamic ? dtmp : NULL};
+    k_fp8_act a2 = {dsc2, dynamic ? damax2 : NULL, NULL};
     if (add) {
         GOK(k_add_rmsnorm_fp8(dx, ddelta, delta_f32, dw, n, dim, 1e-6f, &a, dq, 0));
         GOK(k_add_rmsnorm(dx2, ddelta, delta_f32, dw, n, dim, 1e-6f, dnorm, 0));
@@ -241,8 +246,8 @@ static void check_geglu_fp8(int64_t T, int64_t n, int dynamic)
     float stat = 0.005f;
     CK(cudaMemcpy(dsc, &stat, 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dsc2, &stat, 4, cudaMemcpyHostToDevice));
-    fp8_act a = {dsc, dynamic ? damax : NULL, dynamic ? dtmp : NULL};
-    fp8_act a2 = {dsc2, dynamic ? damax2 : NULL, NULL};
+    k_fp8_act a = {dsc, dynamic ? damax : NULL, dynamic ? dtmp : NULL};
+    k_fp8_act a2 = {dsc2, dynamic ? damax2 : NULL, NULL};
     GOK(k_geglu_fp8(dgu, T, n, &a, dq, 0));
     GOK(k_geglu(dgu, T, n, dout, 0));
     GOK(k_fp8_quantize(dout, n, T, n, &a2, dq2, 0));
@@ -311,11 +316,11 @@ static void test_kv_write_fp8(void **st)
     cudaFree(dqkv), cudaFree(dk), cudaFree(dv), cudaFree(dslot);
 }
 
-/* gemm_fp8 vs cpu_fp8_matmul_q on up to 6 rows spread over T. w [N, K] e4m3 (host and device). */
-/* path: 0 gemm_fp8 (dispatch), 1 cuBLASLt only, 2 GEMV only. */
+/* k_gemm_fp8 vs cpu_fp8_matmul_q on up to 6 rows spread over T. w [N, K] e4m3 (host and device). */
+/* path: 0 k_gemm_fp8 (dispatch), 1 cuBLASLt only, 2 GEMV only. */
 static int g_yf32; /* check_gemm_path writes f32 output when set */
 
-static double check_gemm_path(gemm_fp8_ctx *g, int path, const uint8_t *w, const void *dw, int64_t T, int64_t N,
+static double check_gemm_path(k_gemm_fp8_ctx *g, int path, const uint8_t *w, const void *dw, int64_t T, int64_t N,
                               int64_t K, int64_t ldy_extra)
 {
     const int yf = g_yf32;
@@ -329,11 +334,11 @@ static double check_gemm_path(gemm_fp8_ctx *g, int path, const uint8_t *w, const
     float *dsw = dev_put(&sw, 4), *dsx = dev_put(&sx, 4);
     CK(cudaMemset(dy, 0xff, T * ldy * ys));
     if (path == 1)
-        GOK(gemm_fp8_lt(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
+        GOK(k_gemm_fp8_lt(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
     else if (path == 2)
-        GOK(gemv_fp8(dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
+        GOK(k_gemv_fp8(dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
     else
-        GOK(gemm_fp8(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
+        GOK(k_gemm_fp8(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, yf, ldy, 0));
     CK(cudaDeviceSynchronize());
     void *ygv = get(dy, T * ldy * ys);
     const uint16_t *yg = ygv;
@@ -347,7 +352,7 @@ static double check_gemm_path(gemm_fp8_ctx *g, int path, const uint8_t *w, const
         for (int64_t j = 0; j < N; j++) {
             float gv = yf ? ygf[t * ldy + j] : gm_bf16_to_f32(yg[t * ldy + j]);
             if (isnan(gv))
-                fail_msg("gemm_fp8 T=%lld N=%lld K=%lld: NaN at (%lld, %lld)", (long long)T, (long long)N,
+                fail_msg("k_gemm_fp8 T=%lld N=%lld K=%lld: NaN at (%lld, %lld)", (long long)T, (long long)N,
                          (long long)K, (long long)t, (long long)j);
             num += ((double)gv - yc[j]) * ((double)gv - yc[j]);
             den += (double)yc[j] * yc[j];
@@ -361,7 +366,7 @@ static double check_gemm_path(gemm_fp8_ctx *g, int path, const uint8_t *w, const
     return sqrt(num / (den > 0 ? den : 1));
 }
 
-static double check_gemm(gemm_fp8_ctx *g, const uint8_t *w, const void *dw, int64_t T, int64_t N, int64_t K,
+static double check_gemm(k_gemm_fp8_ctx *g, const uint8_t *w, const void *dw, int64_t T, int64_t N, int64_t K,
                          int64_t ldy_extra)
 {
     return check_gemm_path(g, 0, w, dw, T, N, K, ldy_extra);
@@ -370,8 +375,8 @@ static double check_gemm(gemm_fp8_ctx *g, const uint8_t *w, const void *dw, int6
 static void test_gemm_fp8(void **st)
 {
     (void)st;
-    gemm_fp8_ctx *g = NULL;
-    GOK(gemm_fp8_ctx_new(0, &g));
+    k_gemm_fp8_ctx *g = NULL;
+    GOK(k_gemm_fp8_ctx_new(0, &g));
     /* Gemma 2b: qkv 2048->2560, o 2048->2048, gate|up 2048->32768, down 16384->2048;
      * 7b: qkv 3072->12288, o 4096->3072, gate|up 3072->49152, down 24576->3072 */
     static const int64_t shapes[][2] = {{2560, 2048}, {2048, 2048}, {32768, 2048}, {2048, 16384},
@@ -386,18 +391,18 @@ static void test_gemm_fp8(void **st)
         }
         void *dw = dev_put(w, N * K);
         for (int fast = 0; fast < 2; fast++) {
-            gemm_fp8_ctx_set_fast_accum(g, fast);
+            k_gemm_fp8_ctx_set_fast_accum(g, fast);
             for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                 if (fast && ti % 2) /* fast accumulation: a subset */
                     continue;
                 int64_t T = Ts[ti];
                 double e = check_gemm(g, w, dw, T, N, K, 0);
-                print_message("gemm_fp8 fast=%d T=%-5lld N=%-6lld K=%-6lld err %.2e\n", fast, (long long)T,
+                print_message("k_gemm_fp8 fast=%d T=%-5lld N=%-6lld K=%-6lld err %.2e\n", fast, (long long)T,
                               (long long)N, (long long)K, e);
                 assert_true(e < (fast ? 2e-2 : 5e-3));
             }
         }
-        gemm_fp8_ctx_set_fast_accum(g, 0);
+        k_gemm_fp8_ctx_set_fast_accum(g, 0);
         if (s == 1) { /* output into a column slice of a wider y; odd T */
             double e = check_gemm(g, w, dw, 7, N, K, 512);
             assert_true(e < 5e-3);
@@ -407,35 +412,35 @@ static void test_gemm_fp8(void **st)
             if (s % 2 && T != 1 && T != 8)
                 continue;
             double e = check_gemm_path(g, 2, w, dw, T, N, K, T == 3 ? 64 : 0);
-            print_message("gemv_fp8 T=%lld N=%-6lld K=%-6lld err %.2e\n", (long long)T, (long long)N, (long long)K, e);
+            print_message("k_gemv_fp8 T=%lld N=%-6lld K=%-6lld err %.2e\n", (long long)T, (long long)N, (long long)K,
+                          e);
             assert_true(e < 5e-3);
         }
         if (s == 3 || s == 5) { /* f32 output (tensor-parallel partial sums): both paths */
             g_yf32 = 1;
             double e1 = check_gemm_path(g, 1, w, dw, 33, N, K, 8), e2 = check_gemm_path(g, 2, w, dw, 2, N, K, 8);
             g_yf32 = 0;
-            print_message("gemm_fp8 f32 out N=%-6lld K=%-6lld err lt %.2e gemv %.2e\n", (long long)N, (long long)K, e1,
-                          e2);
+            print_message("k_gemm_fp8 f32 out N=%-6lld K=%-6lld err lt %.2e gemv %.2e\n", (long long)N, (long long)K,
+                          e1, e2);
             assert_true(e1 < 5e-3 && e2 < 5e-3);
         }
         for (int64_t T = 1; T <= 3; T += 2) {
             double e = check_gemm_path(g, 1, w, dw, T, N, K, 0);
-            print_message("gemm_fp8_lt T=%lld N=%-6lld K=%-6lld err %.2e\n", (long long)T, (long long)N, (long long)K,
+            print_message("k_gemm_fp8_lt T=%lld N=%-6lld K=%-6lld err %.2e\n", (long long)T, (long long)N, (long long)K,
                           e);
             assert_true(e < 5e-3);
         }
         free(w);
         cudaFree(dw);
     }
-    assert_true(gemm_fp8_ctx_cached(g) > 0);
+    assert_true(k_gemm_fp8_ctx_cached(g) > 0);
     /* the T >= 64 keys had their algorithm picked by timing the candidates (the results above checked) */
-    const char *tune = getenv("GM_GEMM_TUNE");
-    print_message("gemm_fp8: %d keys cached, %d tuned\n", gemm_fp8_ctx_cached(g), gemm_fp8_ctx_tuned(g));
-    if (!(tune && tune[0] == '0'))
-        assert_true(gemm_fp8_ctx_tuned(g) > 0);
+    print_message("k_gemm_fp8: %d keys cached, %d tuned\n", k_gemm_fp8_ctx_cached(g), k_gemm_fp8_ctx_tuned(g));
+    if (k_gemm_tune_default()) /* on unless GM_GEMM_TUNE=0 */
+        assert_true(k_gemm_fp8_ctx_tuned(g) > 0);
     /* bad shapes are errors */
-    assert_int_equal(gemm_fp8(g, NULL, 1, 100, 100, NULL, NULL, 100, NULL, 64, NULL, 0, 64, 0), GM_ERR_UNSUPPORTED);
-    gemm_fp8_ctx_destroy(&g);
+    assert_int_equal(k_gemm_fp8(g, NULL, 1, 100, 100, NULL, NULL, 100, NULL, 64, NULL, 0, 64, 0), GM_ERR_UNSUPPORTED);
+    k_gemm_fp8_ctx_destroy(&g);
     assert_null(g);
 }
 
@@ -510,9 +515,9 @@ static int codes_adjacent(uint8_t a, uint8_t b)
     return abs(ma - mb) <= 1;
 }
 
-/* One weight through gemv_fp8_v2 at T = 1..4, bf16 and f32 out, vs sums [4, N] (raw, unscaled f32 sums
- * of the exact products: the CPU twin with unit scales); where v1 takes the shape, vs gemv_fp8_v1 too,
- * and gemv_fp8 (the dispatcher) is v2 bit for bit unless GM_FP8_GEMV=1. */
+/* One weight through k_gemv_fp8_v2 at T = 1..4, bf16 and f32 out, vs sums [4, N] (raw, unscaled f32 sums
+ * of the exact products: the CPU twin with unit scales); where v1 takes the shape, vs k_gemv_fp8_v1 too,
+ * and k_gemv_fp8 (the dispatcher) is v2 bit for bit where k_gemv_fp8_v2_for says it takes v2. */
 static void check_v2_plain(const char *name, const void *dw, int64_t N, int64_t K, int64_t ldw, const void *dx,
                            int64_t ldx, const float *sums, float sx, float sw, int64_t ldy)
 {
@@ -527,20 +532,20 @@ static void check_v2_plain(const char *name, const void *dw, int64_t N, int64_t 
             for (int64_t i = 0; i < T * N; i++)
                 ref[i] = yf ? sums[i] * s : gm_round_bf16(sums[i] * s);
             CK(cudaMemset(dy, 0xff, 4 * ldy * es));
-            GOK(gemv_fp8_v2(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy, yf, ldy, 0));
+            GOK(k_gemv_fp8_v2(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy, yf, ldy, 0));
             CK(cudaDeviceSynchronize());
             uint8_t *yh = get(dy, 4 * ldy * es);
             for (int64_t t = 0; t < T; t++)
                 for (int64_t j = 0; j < N; j++)
                     got[t * N + j] = yf ? ((float *)yh)[t * ldy + j] : gm_bf16_to_f32(((uint16_t *)yh)[t * ldy + j]);
             double e = nerr_f32(got, ref, T * N);
-            print_message("gemv_fp8_v2 %-10s T=%lld N=%-6lld K=%-6lld %s err %.2e\n", name, (long long)T, (long long)N,
-                          (long long)K, yf ? "f32 " : "bf16", e);
+            print_message("k_gemv_fp8_v2 %-10s T=%lld N=%-6lld K=%-6lld %s err %.2e\n", name, (long long)T,
+                          (long long)N, (long long)K, yf ? "f32 " : "bf16", e);
             assert_true(e < v2_tol(T * N));
             assert_true(untouched(yh, T, N, ldy, es));
             if (v1_ok) { /* the first GEMV (same products, other summation order) and the dispatcher */
                 CK(cudaMemset(dy1, 0xff, 4 * ldy * es));
-                GOK(gemv_fp8_v1(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy1, yf, ldy, 0));
+                GOK(k_gemv_fp8_v1(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy1, yf, ldy, 0));
                 CK(cudaDeviceSynchronize());
                 uint8_t *y1 = get(dy1, 4 * ldy * es);
                 float *g1 = malloc(T * N * sizeof(float));
@@ -552,10 +557,10 @@ static void check_v2_plain(const char *name, const void *dw, int64_t N, int64_t 
                 assert_true(e1 < v2_tol(T * N));
                 free(y1), free(g1);
                 CK(cudaMemset(dy1, 0xff, 4 * ldy * es));
-                GOK(gemv_fp8(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy1, yf, ldy, 0));
+                GOK(k_gemv_fp8(dx, T, K, ldx, dsx, dw, ldw, dsw, N, dy1, yf, ldy, 0));
                 CK(cudaDeviceSynchronize());
                 y1 = get(dy1, 4 * ldy * es);
-                if (gemv_fp8_v2_for(T, K, N))
+                if (k_gemv_fp8_v2_for(T, K, N))
                     assert_memory_equal(y1, yh, 4 * ldy * es);
                 free(y1);
             }
@@ -566,7 +571,7 @@ static void check_v2_plain(const char *name, const void *dw, int64_t N, int64_t 
 }
 
 /* The GeGLU epilogues over a gate|up weight [2 ni, K] (row stride ldw) at T = 1..4: vs the CPU twin
- * (sums [4, 2 ni] as in check_v2_plain), and, when ni % 8 == 0, bit for bit vs gemv_fp8_v2 into gu
+ * (sums [4, 2 ni] as in check_v2_plain), and, when ni % 8 == 0, bit for bit vs k_gemv_fp8_v2 into gu
  * then k_geglu / k_geglu_fp8 (static scale) on the GPU. ld: the act row stride. */
 static void check_v2_geglu(const char *name, const void *dw, int64_t ni, int64_t K, int64_t ldw, const void *dx,
                            int64_t ldx, const float *sums, float sx, float sw, int64_t ld)
@@ -593,8 +598,8 @@ static void check_v2_geglu(const char *name, const void *dw, int64_t ni, int64_t
     for (int64_t T = 1; T <= 4; T++) {
         CK(cudaMemset(dact, 0xff, 4 * ld * 2));
         CK(cudaMemset(dq, 0xff, 4 * ld));
-        GOK(gemv_fp8_v2_geglu(dx, T, K, ldx, dsx, dw, ldw, dsw, ni, dact, ld, 0));
-        GOK(gemv_fp8_v2_geglu_fp8(dx, T, K, ldx, dsx, dw, ldw, dsw, ni, das, dq, ld, 0));
+        GOK(k_gemv_fp8_v2_geglu(dx, T, K, ldx, dsx, dw, ldw, dsw, ni, dact, ld, 0));
+        GOK(k_gemv_fp8_v2_geglu_fp8(dx, T, K, ldx, dsx, dw, ldw, dsw, ni, das, dq, ld, 0));
         CK(cudaDeviceSynchronize());
         uint16_t *ah = get(dact, 4 * ld * 2);
         uint8_t *qh = get(dq, 4 * ld);
@@ -611,7 +616,7 @@ static void check_v2_geglu(const char *name, const void *dw, int64_t ni, int64_t
         for (int64_t t = 0; t < T; t++)
             memcpy(qc + t * ni, qh + t * ld, ni);
         double eq = nerr_codes(qc, as, qref, as, T * ni);
-        print_message("gemv_fp8_v2_geglu %-10s T=%lld ni=%-6lld K=%-6lld err bf16 %.2e, e4m3 %.2e (%lld/%lld codes "
+        print_message("k_gemv_fp8_v2_geglu %-10s T=%lld ni=%-6lld K=%-6lld err bf16 %.2e, e4m3 %.2e (%lld/%lld codes "
                       "differ, %lld not adjacent)\n",
                       name, (long long)T, (long long)ni, (long long)K, e, eq, (long long)ndiff, (long long)(T * ni),
                       (long long)far);
@@ -622,9 +627,9 @@ static void check_v2_geglu(const char *name, const void *dw, int64_t ni, int64_t
         assert_true(untouched((const uint8_t *)ah, T, ni, ld, 2));
         assert_true(untouched(qh, T, ni, ld, 1));
         if (ni % 8 == 0) { /* the unfused GPU path: same sums, same roundings */
-            GOK(gemv_fp8_v2(dx, T, K, ldx, dsx, dw, ldw, dsw, 2 * ni, dgu, 0, 2 * ni, 0));
+            GOK(k_gemv_fp8_v2(dx, T, K, ldx, dsx, dw, ldw, dsw, 2 * ni, dgu, 0, 2 * ni, 0));
             GOK(k_geglu(dgu, T, ni, dact2, 0));
-            fp8_act a = {das, NULL, NULL};
+            k_fp8_act a = {das, NULL, NULL};
             GOK(k_geglu_fp8(dgu, T, ni, &a, dq2, 0));
             CK(cudaDeviceSynchronize());
             uint16_t *a2 = get(dact2, T * ni * 2);
@@ -707,16 +712,16 @@ static void test_gemv_fp8_v2(void **st)
     void *d = dev_put(NULL, 4096);
     float *sc = dev_put(NULL, 4);
     uint8_t *b = d;
-    assert_int_equal(gemv_fp8_v2(d, 0, 64, 64, sc, d, 64, sc, 8, d, 0, 8, 0), GM_OK);
-    assert_int_equal(gemv_fp8_v2(d, 5, 64, 64, sc, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(gemv_fp8_v2(d, 1, 40, 48, sc, d, 48, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(gemv_fp8_v2(d, 1, 64, 72, sc, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(gemv_fp8_v2(d, 1, 64, 64, sc, b + 8, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(gemv_fp8_v2(d, 1, 64, 64, sc, d, 64, sc, 8, b + 2, 1, 8, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(gemv_fp8_v2(d, 1, 64, 64, sc, d, 64, sc, 8, d, 0, 7, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(gemv_fp8_v2(d, 1, 64, 64, NULL, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_INVALID_ARG);
-    assert_int_equal(gemv_fp8_v2_geglu(d, 1, 64, 64, sc, d, 64, sc, 8, b + 1, 8, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(gemv_fp8_v2_geglu_fp8(d, 1, 64, 64, sc, d, 64, sc, 8, NULL, d, 8, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_fp8_v2(d, 0, 64, 64, sc, d, 64, sc, 8, d, 0, 8, 0), GM_OK);
+    assert_int_equal(k_gemv_fp8_v2(d, 5, 64, 64, sc, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_fp8_v2(d, 1, 40, 48, sc, d, 48, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_fp8_v2(d, 1, 64, 72, sc, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_fp8_v2(d, 1, 64, 64, sc, b + 8, 64, sc, 8, d, 0, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_fp8_v2(d, 1, 64, 64, sc, d, 64, sc, 8, b + 2, 1, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_fp8_v2(d, 1, 64, 64, sc, d, 64, sc, 8, d, 0, 7, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_fp8_v2(d, 1, 64, 64, NULL, d, 64, sc, 8, d, 0, 8, 0), GM_ERR_INVALID_ARG);
+    assert_int_equal(k_gemv_fp8_v2_geglu(d, 1, 64, 64, sc, d, 64, sc, 8, b + 1, 8, 0), GM_ERR_UNSUPPORTED);
+    assert_int_equal(k_gemv_fp8_v2_geglu_fp8(d, 1, 64, 64, sc, d, 64, sc, 8, NULL, d, 8, 0), GM_ERR_INVALID_ARG);
     cudaFree(d), cudaFree(sc);
 }
 

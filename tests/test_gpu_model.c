@@ -10,8 +10,9 @@
  * is the twin: same codes up to bf16-vs-f32 activation differences); GM_TEST_KV=fp8 gives the CUDA
  * engine an FP8 KV cache (the CPU keeps float32 KV; the tolerance widens to e4m3 rounding);
  * GM_TEST_QUANT=awq: the models are AWQ checkpoints, run by both engines (W4A16 kernels on the GPU).
- * GM_CUDA_XQA=2 sends every decode step through the XQA kernel. GM_TEST_LM=fp8 runs both engines'
- * FP8 LM head (e4m3 embedding and rows, static row scale, f32 logits). */
+ * GM_TEST_ATTN=xqa sends every decode row through the XQA kernel (gm_engine_cuda_set_decode_attn), =split
+ * through k_attn_decode where it serves the shape. GM_TEST_LM=fp8 runs both engines' FP8 LM head (e4m3
+ * embedding and rows, static row scale, f32 logits). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -26,6 +27,7 @@
 
 #include "common/model_config.h"
 #include "worker/engine.h"
+#include "worker/engine_cuda.h"
 #include "tests/test_check.h"
 
 #define TOL_BF16 6e-2 /* bf16 activations vs float32, a few layers of random weights */
@@ -33,6 +35,7 @@
 #define TOL_FP8 1e-1   /* both FP8: activation codes may flip where bf16 and f32 activations differ */
 static double TOL_LOGITS = TOL_BF16;
 static int g_quant_fp8, g_kv_fp8, g_quant_awq, g_lm_fp8;
+static gm_cuda_attn g_attn = GM_CUDA_ATTN_AUTO;
 
 static const char *g_models[16];
 static int g_n_models;
@@ -90,6 +93,9 @@ static void open_pair(const char *dir, pair *p)
     if (g_kv_fp8)
         o.kv_dtype = GM_KV_FP8;
     GOK(gm_engine_create(&o, &p->gpu));
+    assert_int_equal(gm_engine_cuda_set_decode_attn(p->gpu, (gm_cuda_attn)7), GM_ERR_INVALID_ARG);
+    if (g_attn != GM_CUDA_ATTN_AUTO)
+        GOK(gm_engine_cuda_set_decode_attn(p->gpu, g_attn));
     p->cfg = p->cpu->cfg;
     p->V = p->cfg.vocab_size;
     assert_int_equal(p->gpu->cfg.vocab_size, p->V);
@@ -257,6 +263,22 @@ static void test_models(void **state)
         run_model(g_models[i]);
 }
 
+/* More query heads per KV head than the decode attention kernels serve (16): a clear error at create,
+ * before anything is allocated. */
+static void test_refused_shape(void **state)
+{
+    (void)state;
+    gm_model_config cfg;
+    GOK(gm_config_load_dir(g_models[0], &cfg));
+    cfg.num_kv_heads = 1, cfg.num_heads = 32;
+    gm_engine_opts o;
+    gm_engine_opts_init(&o);
+    o.backend = GM_BACKEND_CUDA;
+    gm_engine *e = NULL;
+    assert_int_equal(gm_engine_cuda_create_random(&o, &cfg, 1, &e), GM_ERR_UNSUPPORTED);
+    assert_null(e);
+}
+
 int main(int argc, char **argv)
 {
     int n = 0;
@@ -271,10 +293,20 @@ int main(int argc, char **argv)
     const char *lm = getenv("GM_TEST_LM"); /* fp8: both engines run the FP8 LM head */
     g_lm_fp8 = lm && !strcmp(lm, "fp8");
     TOL_LOGITS = g_kv_fp8 ? TOL_KV8 : g_quant_fp8 || g_lm_fp8 ? TOL_FP8 : TOL_BF16;
+    const char *at = getenv("GM_TEST_ATTN"); /* xqa | split: the decode attention forced (default: the rule) */
+    g_attn = at && !strcmp(at, "xqa")     ? GM_CUDA_ATTN_XQA
+             : at && !strcmp(at, "split") ? GM_CUDA_ATTN_SPLIT
+                                          : GM_CUDA_ATTN_AUTO;
 
-    printf("CUDA engine: weights %s, KV %s, LM head %s, XQA mode %s; tolerance %.2g\n",
-           g_quant_fp8 ? "fp8" : g_quant_awq ? "awq" : "bf16", g_kv_fp8 ? "fp8" : "bf16",
-           g_lm_fp8 ? "fp8" : "bf16", getenv("GM_CUDA_XQA") ? getenv("GM_CUDA_XQA") : "auto", TOL_LOGITS);
+    printf("CUDA engine: weights %s, KV %s, LM head %s, decode attention %s; tolerance %.2g\n",
+           g_quant_fp8   ? "fp8"
+           : g_quant_awq ? "awq"
+                         : "bf16",
+           g_kv_fp8 ? "fp8" : "bf16", g_lm_fp8 ? "fp8" : "bf16",
+           g_attn == GM_CUDA_ATTN_XQA     ? "xqa"
+           : g_attn == GM_CUDA_ATTN_SPLIT ? "split"
+                                          : "auto",
+           TOL_LOGITS);
     static char def[4096];
     for (int i = 1; i < argc && g_n_models < 16; i++)
         g_models[g_n_models++] = argv[i];
@@ -283,6 +315,6 @@ int main(int argc, char **argv)
         snprintf(def, sizeof def, "%s/models/tiny", bin ? bin : ".");
         g_models[g_n_models++] = def;
     }
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_models)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_refused_shape), cmocka_unit_test(test_models)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

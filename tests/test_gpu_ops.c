@@ -16,14 +16,20 @@
 
 #include "common/dtype.h"
 #include "common/sampling.h"
-#include "kernels/cpu/cpu_fp8.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/embed.h"
+#include "kernels/cpu/geglu.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/quant_fp8.h"
+#include "kernels/cpu/rope_kv.h"
+#include "kernels/cpu/sample.h"
 #include "kernels/cuda/attn_decode.cuh"
 #include "kernels/cuda/attn_prefill.cuh"
 #include "kernels/cuda/embed.cuh"
 #include "kernels/cuda/geglu.cuh"
 #include "kernels/cuda/gemm.cuh"
-#include "kernels/cuda/rmsnorm.cuh"
+#include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/rope_kv.cuh"
 #include "kernels/cuda/sample.cuh"
 #include "tests/test_check.h"
@@ -340,7 +346,7 @@ static void test_geglu(void **state)
 
 /* ------------------------------------------------------------------ gemm */
 
-static void check_gemm(gemm_ctx *gc, int path, int64_t T, int64_t K, int64_t N, int yf32)
+static void check_gemm(k_gemm_ctx *gc, int path, int64_t T, int64_t K, int64_t N, int yf32)
 {
     float *xf, *wf;
     uint16_t *xb, *wb;
@@ -350,11 +356,11 @@ static void check_gemm(gemm_ctx *gc, int path, int64_t T, int64_t K, int64_t N, 
     void *dy = dev_put(NULL, (size_t)(T * N * (yf32 ? 4 : 2)));
     CK(cudaMemset(dy, 0xff, (size_t)(T * N * (yf32 ? 4 : 2))));
     if (path == 0)
-        GOK(gemm_bf16(gc, dx, T, K, K, dw, K, N, dy, yf32, N, 0));
+        GOK(k_gemm_bf16(gc, dx, T, K, K, dw, K, N, dy, yf32, N, 0));
     else if (path == 1)
-        GOK(gemm_bf16_lt(gc, dx, T, K, K, dw, K, N, dy, yf32, N, 0));
+        GOK(k_gemm_bf16_lt(gc, dx, T, K, K, dw, K, N, dy, yf32, N, 0));
     else
-        GOK(gemv_bf16(dx, T, K, K, dw, K, N, dy, yf32, N, 0));
+        GOK(k_gemv_bf16(dx, T, K, K, dw, K, N, dy, yf32, N, 0));
     float *g = yf32 ? get_f32(dy, T * N) : get_bf16(dy, T * N);
     float *c = malloc((size_t)(T * N) * 4);
     cpu_matmul(xf, T, K, K, wb, GM_DT_BF16, K, N, c, N);
@@ -369,8 +375,8 @@ static void check_gemm(gemm_ctx *gc, int path, int64_t T, int64_t K, int64_t N, 
 static void test_gemm(void **state)
 {
     (void)state;
-    gemm_ctx *gc = NULL;
-    GOK(gemm_ctx_new(0, &gc));
+    k_gemm_ctx *gc = NULL;
+    GOK(k_gemm_ctx_new(0, &gc));
     check_gemm(gc, 2, 1, 2048, 2560, 0);    /* 2b qkv, gemv */
     check_gemm(gc, 1, 1, 2048, 2560, 0);    /* same, cuBLASLt */
     check_gemm(gc, 2, 3, 16384, 2048, 0);   /* 2b down, 3 rows */
@@ -382,12 +388,12 @@ static void test_gemm(void **state)
     check_gemm(gc, 2, 1, 24576, 3072, 0);   /* 7b down: one column per block */
     check_gemm(gc, 2, 6, 3072, 1000, 1);    /* 4 + 2 rows, N not a multiple of the block's columns */
     check_gemm(gc, 2, 2, 4096, 3072, 0);    /* 7b o_proj */
-    assert_true(gemm_ctx_cached(gc) >= 3);
-    gemm_ctx_destroy(&gc);
+    assert_true(k_gemm_ctx_cached(gc) >= 3);
+    k_gemm_ctx_destroy(&gc);
     assert_null(gc);
 }
 
-static void check_geglu_gemm(gemm_ctx *gc, int64_t T, int64_t K, int64_t ni)
+static void check_geglu_gemm(k_gemm_ctx *gc, int64_t T, int64_t K, int64_t ni)
 {
     float *xf, *wf;
     uint16_t *xb, *wb;
@@ -395,7 +401,7 @@ static void check_geglu_gemm(gemm_ctx *gc, int64_t T, int64_t K, int64_t ni)
     rand_bf16(2 * ni * K, 0.05f, &wf, &wb);
     void *dx = dev_put(xb, (size_t)(T * K * 2)), *dw = dev_put(wb, (size_t)(2 * ni * K * 2));
     void *dgu = dev_put(NULL, (size_t)(T * 2 * ni * 2)), *dact = dev_poison_bf16(T * ni);
-    GOK(gemm_bf16_geglu(gc, dx, T, K, K, dw, K, ni, dgu, dact, 0));
+    GOK(k_gemm_bf16_geglu(gc, dx, T, K, K, dw, K, ni, dgu, dact, 0));
     float *g = get_bf16(dact, T * ni);
     float *gu = malloc((size_t)(T * 2 * ni) * 4), *gate = malloc((size_t)(T * ni) * 4), *up = malloc((size_t)(T * ni) * 4);
     float *c = malloc((size_t)(T * ni) * 4);
@@ -415,12 +421,12 @@ static void check_geglu_gemm(gemm_ctx *gc, int64_t T, int64_t K, int64_t ni)
 static void test_gemm_geglu(void **state)
 {
     (void)state;
-    gemm_ctx *gc = NULL;
-    GOK(gemm_ctx_new(0, &gc));
+    k_gemm_ctx *gc = NULL;
+    GOK(k_gemm_ctx_new(0, &gc));
     check_geglu_gemm(gc, 1, 2048, 16384); /* fused GEMV epilogue */
     check_geglu_gemm(gc, 2, 3072, 24576);
     check_geglu_gemm(gc, 9, 2048, 4096);  /* cuBLASLt, then k_geglu */
-    gemm_ctx_destroy(&gc);
+    k_gemm_ctx_destroy(&gc);
 }
 
 /* ------------------------------------------------------------------ attention */

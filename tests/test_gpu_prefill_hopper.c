@@ -27,8 +27,8 @@
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_attn.h"
-#include "kernels/cpu/cpu_fp8.h"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/quant_fp8.h"
 #include "kernels/cuda/attn_prefill_hopper.cuh"
 #include "tests/test_check.h"
 

@@ -3,10 +3,9 @@
  * Gemma's shapes (head_dim 256; MQA 8:1, MHA, GQA 2 and 4; q_len 1..4) and small ones (head_dim
  * 32/64/128), random sequence lengths (not multiples of the block size, padding rows of length 0),
  * block sizes 7/16/32/64, several split counts, long contexts with many splits, B=64 at ctx 4096,
- * query rows of very different magnitudes. Every case runs under both kernel versions
- * (xqa_set_version 1 and 2; v2 takes <= 16 rows, v1 the rest) on the same data. The output is
- * poisoned (NaN) before each launch so an unwritten element fails; every launch runs twice and
- * must give the same bits (the split-merge semaphores reset themselves). Exit 77 without a GPU. */
+ * query rows of very different magnitudes; at most 16 query rows per KV head (more are refused). The
+ * output is poisoned (NaN) before each launch so an unwritten element fails; every launch runs twice
+ * and must give the same bits (the split-merge semaphores reset themselves). Exit 77 without a GPU. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,9 +19,9 @@
 #include <cuda_runtime_api.h>
 
 #include "common/dtype.h"
-#include "kernels/cpu/cpu_fp8.h"
-#include "kernels/cpu/cpu_ops.h"
-#include "kernels/cuda/xqa.cuh"
+#include "kernels/cpu/attn.h"
+#include "kernels/cpu/quant_fp8.h"
+#include "kernels/cuda/attn_decode.cuh"
 
 #define CK(x) assert_int_equal((int)(x), 0)
 
@@ -60,9 +59,8 @@ static void *dev_put(const void *h, size_t bytes)
     return d;
 }
 
-/* One case under kernel versions 1 and 2 (same data); worst[v-1] = the worst per-sequence
- * normalized error of version v. */
-static void run_case(const xcase *c, double worst[2])
+/* One case; *worst = the worst per-sequence normalized error. */
+static void run_case(const xcase *c, double *worst)
 {
     const int64_t hd = c->hd, nh = c->nh, nkv = c->nkv, B = c->batch, ql = c->q_len, bs = c->bs;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -135,11 +133,11 @@ static void run_case(const xcase *c, double worst[2])
     void *dq = dev_put(qh, qn * 2), *dout = dev_put(NULL, qn * 2);
     void *dk = dev_put(kh, pool_n * es), *dv = dev_put(vh, pool_n * es);
     int32_t *dbt = dev_put(bt, B * bt_stride * sizeof(int32_t)), *dlens = dev_put(lens, B * sizeof(int32_t));
-    size_t sb = xqa_scratch_bytes((int32_t)B, (int32_t)nkv, (int32_t)nh, (int32_t)ql, (int32_t)hd, c->nb);
+    size_t sb = k_xqa_scratch_bytes((int32_t)B, (int32_t)nkv, (int32_t)nh, (int32_t)ql, (int32_t)hd, c->nb);
     void *dscr = dev_put(NULL, sb);
     CK(cudaMemset(dscr, 0, sb));
 
-    xqa_params p;
+    k_xqa_params p;
     memset(&p, 0, sizeof p);
     p.q = dq, p.ldq = ld, p.out = dout, p.ldo = ld;
     p.k_pool = dk, p.v_pool = dv, p.kv_type = c->fp8 ? XQA_KV_FP8 : XQA_KV_BF16;
@@ -148,43 +146,35 @@ static void run_case(const xcase *c, double worst[2])
     p.head_dim = (int32_t)hd, p.block_size = (int32_t)bs, p.scale = scale, p.kv_scale = kv_scale;
     p.nb_sub_seq = c->nb, p.scratch = dscr, p.scratch_bytes = sb;
 
-    uint16_t *o1[2], *o2 = malloc(qn * 2);
-    for (int ver = 1; ver <= 2; ver++) {
-        xqa_set_version(ver);
-        o1[ver - 1] = malloc(qn * 2);
-        for (int rep = 0; rep < 2; rep++) {
-            CK(cudaMemset(dout, 0xff, qn * 2)); /* NaN poison */
-            gm_status st = xqa_decode(&p, 0);
-            if (st != GM_OK)
-                fail_msg("%s (v%d): xqa_decode: %s: %s", c->name, ver, gm_status_str(st), gm_last_error());
-            CK(cudaDeviceSynchronize());
-            CK(cudaMemcpy(rep ? o2 : o1[ver - 1], dout, qn * 2, cudaMemcpyDeviceToHost));
-        }
-        /* the same bits both times, over the attention columns (the rest of a wide row is not ours) */
-        for (int64_t r = 0; r < B * ql; r++)
-            if (memcmp(o1[ver - 1] + r * ld, o2 + r * ld, nh * hd * 2))
-                fail_msg("%s (v%d): second launch differs (row %lld)", c->name, ver, (long long)r);
+    uint16_t *o1 = malloc(qn * 2), *o2 = malloc(qn * 2);
+    for (int rep = 0; rep < 2; rep++) {
+        CK(cudaMemset(dout, 0xff, qn * 2)); /* NaN poison */
+        gm_status st = k_attn_decode_xqa(&p, 0);
+        if (st != GM_OK)
+            fail_msg("%s: k_attn_decode_xqa: %s: %s", c->name, gm_status_str(st), gm_last_error());
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(rep ? o2 : o1, dout, qn * 2, cudaMemcpyDeviceToHost));
     }
-    xqa_set_version(0);
+    /* the same bits both times, over the attention columns (the rest of a wide row is not ours) */
+    for (int64_t r = 0; r < B * ql; r++)
+        if (memcmp(o1 + r * ld, o2 + r * ld, nh * hd * 2))
+            fail_msg("%s: second launch differs (row %lld)", c->name, (long long)r);
 
-    worst[0] = worst[1] = 0.0;
+    *worst = 0.0;
     float *ref = malloc(ql * nh * hd * sizeof(float));
     for (int64_t b = 0; b < B; b++) {
         int32_t L = lens[b];
-        for (int v = 0; v < 2; v++) {
-            const uint16_t *ob = o1[v] + b * ql * ld;
-            if (L == 0)
-                for (int64_t t = 0; t < ql; t++)
-                    for (int64_t i = 0; i < nh * hd; i++)
-                        if (ob[t * ld + i] != 0)
-                            fail_msg("%s (v%d): padding row %lld not zero", c->name, v + 1, (long long)b);
-        }
-        if (L == 0)
+        const uint16_t *ob = o1 + b * ql * ld;
+        if (L == 0) {
+            for (int64_t t = 0; t < ql; t++)
+                for (int64_t i = 0; i < nh * hd; i++)
+                    if (ob[t * ld + i] != 0)
+                        fail_msg("%s: padding row %lld not zero", c->name, (long long)b);
             continue;
+        }
         cpu_attention_paged(qf + b * ql * nh * hd, ql, L - (int32_t)ql, nh, nkv, hd, kf, vf, bt + b * bt_stride,
                             (int32_t)bs, scale, ref);
-        for (int v = 0; v < 2; v++) {
-            const uint16_t *ob = o1[v] + b * ql * ld;
+        {
             double num = 0, den = 0;
             int64_t bad_t = -1, bad_i = -1;
             for (int64_t t = 0; t < ql; t++)
@@ -196,32 +186,29 @@ static void run_case(const xcase *c, double worst[2])
                     den += (double)r * r;
                 }
             if (bad_t >= 0)
-                fail_msg("%s (v%d): seq %lld (len %d): NaN at token %lld head %lld dim %lld", c->name, v + 1,
-                         (long long)b, L, (long long)bad_t, (long long)(bad_i / hd), (long long)(bad_i % hd));
+                fail_msg("%s: seq %lld (len %d): NaN at token %lld head %lld dim %lld", c->name, (long long)b, L,
+                         (long long)bad_t, (long long)(bad_i / hd), (long long)(bad_i % hd));
             double e = sqrt(num / (den > 0 ? den : 1));
             if (e > 0.02) { /* say where it goes wrong: first bad (token, head, dim) */
                 for (int64_t t = 0; t < ql; t++)
                     for (int64_t i = 0; i < nh * hd; i++) {
                         float g = gm_bf16_to_f32(ob[t * ld + i]), r = ref[t * nh * hd + i];
                         if (fabsf(g - r) > 0.05f + 0.05f * fabsf(r)) {
-                            print_message("%s (v%d): seq %lld len %d: first mismatch token %lld head %lld dim %lld: "
+                            print_message("%s: seq %lld len %d: first mismatch token %lld head %lld dim %lld: "
                                           "gpu %g cpu %g\n",
-                                          c->name, v + 1, (long long)b, L, (long long)t, (long long)(i / hd),
+                                          c->name, (long long)b, L, (long long)t, (long long)(i / hd),
                                           (long long)(i % hd), g, r);
                             t = ql;
                             break;
                         }
                     }
             }
-            if (e > worst[v] || e != e)
-                worst[v] = e;
+            if (e > *worst || e != e)
+                *worst = e;
         }
     }
-    int rows = (int)(nh / nkv * ql);
-    print_message("%-36s worst normalized error v1 %.2e, v2 %.2e%s\n", c->name, worst[0], worst[1],
-                  rows > 16 ? " (v2 = v1: > 16 rows)" : "");
-    free(ref), free(o1[0]), free(o1[1]), free(o2), free(lens), free(perm), free(bt), free(kf), free(vf), free(kh),
-        free(vh);
+    print_message("%-36s worst normalized error %.2e\n", c->name, *worst);
+    free(ref), free(o1), free(o2), free(lens), free(perm), free(bt), free(kf), free(vf), free(kh), free(vh);
     free(qh), free(qf);
     cudaFree(dq), cudaFree(dout), cudaFree(dk), cudaFree(dv), cudaFree(dbt), cudaFree(dlens), cudaFree(dscr);
 }
@@ -230,13 +217,12 @@ static void run_cases(const xcase *cs, int n)
 {
     int bad = 0;
     for (int i = 0; i < n; i++) {
-        double e[2];
-        run_case(&cs[i], e);
-        for (int v = 0; v < 2; v++)
-            if (!(e[v] < 0.02)) {
-                print_message("FAIL %s (v%d): %.3e\n", cs[i].name, v + 1, e[v]);
-                bad++;
-            }
+        double e;
+        run_case(&cs[i], &e);
+        if (!(e < 0.02)) {
+            print_message("FAIL %s: %.3e\n", cs[i].name, e);
+            bad++;
+        }
     }
     assert_int_equal(bad, 0);
 }
@@ -251,8 +237,6 @@ static void test_xqa_gemma2b(void **st)
         {"2b mqa fp8 bs32 nb4", 8, 1, 256, 32, 1, 1, 7, 4, 3000, 0},
         {"2b mqa fp8 bs64 nb16", 8, 1, 256, 64, 1, 1, 9, 16, 2100, 1},
         {"2b mqa bf16 q2 bs32", 8, 1, 256, 32, 2, 0, 6, 3, 1500, 0},
-        {"2b mqa bf16 q3 (32 rows) bs16", 8, 1, 256, 16, 3, 0, 6, 3, 1300, 0},
-        {"2b mqa fp8 q4 (32 rows) bs16", 8, 1, 256, 16, 4, 1, 6, 5, 1300, 1},
         {"2b mqa fp8 q2 bs64 nb1", 8, 1, 256, 64, 2, 1, 5, 1, 900, 0},
     };
     run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
@@ -278,7 +262,6 @@ static void test_xqa_gqa(void **st)
         {"gqa2 fp8 q1 bs32", 8, 4, 256, 32, 1, 1, 5, 3, 1000, 0},
         {"gqa4 bf16 q4 bs32", 16, 4, 256, 32, 4, 0, 5, 2, 900, 0},
         {"gqa4 fp8 q3 bs16", 16, 4, 256, 16, 3, 1, 5, 2, 900, 1},
-        {"gqa16 fp8 q2 (32 rows)", 32, 2, 128, 16, 2, 1, 4, 2, 700, 0},
     };
     run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
 }
@@ -292,15 +275,14 @@ static void test_xqa_small_heads(void **st)
         {"hd64 bf16 bs16 q1", 8, 2, 64, 16, 1, 0, 6, 2, 500, 0},
         {"hd64 fp8 bs16 q4", 8, 2, 64, 16, 4, 1, 6, 2, 500, 0},
         {"hd128 bf16 bs32 mqa", 8, 1, 128, 32, 1, 0, 6, 4, 800, 0},
-        {"hd128 fp8 bs32 mqa q3", 8, 1, 128, 32, 3, 1, 6, 4, 800, 1},
     };
     run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
 }
 
-/* Long contexts with many splits, B=64 at ctx 4096, v2's 16-row tiles (q_len 2-4), odd block sizes,
- * tiny contexts (partial 16-key chunks), and query rows of very different magnitudes (v2's FP8
+/* Long contexts with many splits, B=64 at ctx 4096, 16-row tiles (q_len 2-4), odd block sizes,
+ * tiny contexts (partial 16-key chunks), and query rows of very different magnitudes (the FP8
  * hi/lo split of Q). */
-static void test_xqa_v2_paths(void **st)
+static void test_xqa_paths(void **st)
 {
     (void)st;
     static const xcase cs[] = {
@@ -327,38 +309,33 @@ static void test_xqa_v2_paths(void **st)
 static void test_xqa_args(void **st)
 {
     (void)st;
-    xqa_params p;
+    k_xqa_params p;
     memset(&p, 0, sizeof p);
-    assert_int_not_equal(xqa_decode(&p, 0), GM_OK);
-    assert_int_not_equal(xqa_decode(NULL, 0), GM_OK);
+    assert_int_not_equal(k_attn_decode_xqa(&p, 0), GM_OK);
+    assert_int_not_equal(k_attn_decode_xqa(NULL, 0), GM_OK);
     void *d = dev_put(NULL, 4096);
     p.q = d, p.out = d, p.k_pool = d, p.v_pool = d;
     p.block_tables = p.seq_lens = d;
     p.batch = 1, p.q_len = 1, p.n_heads = 8, p.n_kv = 1, p.head_dim = 96, p.block_size = 16, p.bt_stride = 1;
     p.nb_sub_seq = 1, p.ldq = p.ldo = 8 * 96, p.scale = 0.1f;
-    assert_int_equal(xqa_decode(&p, 0), GM_ERR_UNSUPPORTED); /* head_dim 96 */
-    p.head_dim = 256, p.ldq = p.ldo = 8 * 256, p.q_len = 5;
-    assert_int_equal(xqa_decode(&p, 0), GM_ERR_UNSUPPORTED); /* 40 rows */
+    assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_UNSUPPORTED); /* head_dim 96 */
+    p.head_dim = 256, p.ldq = p.ldo = 8 * 256, p.q_len = 3;
+    assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_UNSUPPORTED); /* 24 rows (at most 16) */
     p.q_len = 1, p.nb_sub_seq = 4;
-    assert_int_equal(xqa_decode(&p, 0), GM_ERR_INVALID_ARG); /* no scratch */
+    assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_INVALID_ARG); /* no scratch */
     p.nb_sub_seq = 1, p.kv_type = XQA_KV_FP8, p.kv_scale = 0.0f;
-    assert_int_equal(xqa_decode(&p, 0), GM_ERR_INVALID_ARG); /* kv_scale */
+    assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_INVALID_ARG); /* kv_scale */
     p.n_heads = 7, p.n_kv = 2;
-    assert_int_equal(xqa_decode(&p, 0), GM_ERR_INVALID_ARG); /* 7 heads over 2 */
+    assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_INVALID_ARG); /* 7 heads over 2 */
     p.kv_type = XQA_KV_BF16, p.n_heads = 8, p.n_kv = 1, p.batch = 64;
-    assert_true(xqa_ctas_per_sm(&p) >= 1);
-    assert_true(xqa_pick_sub_seq(&p, 4096, 132) >= 2); /* 64 sequences x 1 KV head: split */
+    assert_true(k_xqa_ctas_per_sm(&p) >= 1);
+    assert_true(k_xqa_pick_sub_seq(&p, 4096, 132) >= 2); /* 64 sequences x 1 KV head: split */
     p.n_heads = 16, p.n_kv = 16, p.batch = 4096;
-    assert_int_equal(xqa_pick_sub_seq(&p, 4096, 132), 1);
-    for (int v = 1; v <= 2; v++) { /* the version switch, and both kernels' occupancy */
-        xqa_set_version(v);
-        assert_int_equal(xqa_version(), v);
-        p.n_heads = 8, p.n_kv = 1, p.batch = 64;
-        assert_true(xqa_ctas_per_sm(&p) >= 1);
-        assert_true(xqa_smem_bytes(256, 8, 1) > 0 && xqa_smem_bytes(256, 8, 0) > 0);
-    }
-    xqa_set_version(0);
-    assert_true(xqa_version() == 1 || xqa_version() == 2);
+    assert_int_equal(k_xqa_pick_sub_seq(&p, 4096, 132), 1);
+    p.n_heads = 8, p.n_kv = 1, p.batch = 64; /* the kernel's occupancy and shared memory */
+    assert_true(k_xqa_ctas_per_sm(&p) >= 1);
+    assert_true(k_xqa_smem_bytes(256, 8, 1) > 0 && k_xqa_smem_bytes(256, 8, 0) > 0);
+    assert_int_equal(k_xqa_smem_bytes(256, 24, 0), 0); /* more rows than a CTA holds */
     cudaFree(d);
 }
 
@@ -370,14 +347,10 @@ int main(void)
         return 77;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_xqa_args),
-        cmocka_unit_test(test_xqa_gemma2b),
-        cmocka_unit_test(test_xqa_gemma7b),
-        cmocka_unit_test(test_xqa_gqa),
-        cmocka_unit_test(test_xqa_small_heads),
-        cmocka_unit_test(test_xqa_v2_paths),
+        cmocka_unit_test(test_xqa_args), cmocka_unit_test(test_xqa_gemma2b),     cmocka_unit_test(test_xqa_gemma7b),
+        cmocka_unit_test(test_xqa_gqa),  cmocka_unit_test(test_xqa_small_heads), cmocka_unit_test(test_xqa_paths),
     };
-    const char *only = getenv("GM_TEST_FILTER"); /* e.g. 'test_xqa_v2*' (compute-sanitizer runs) */
+    const char *only = getenv("GM_TEST_FILTER"); /* e.g. 'test_xqa_paths' (compute-sanitizer runs) */
     if (only && *only)
         cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -204,7 +204,7 @@ static void test_config(void **state)
     assert_false(exists_in("a", "model.safetensors.index.json"));
 }
 
-/* Every tensor of DESIGN.md with its [out, in] shape; norms non-zero; std about 0.02. */
+/* Every tensor of a Gemma v1 checkpoint with its [out, in] shape; norms non-zero; std about 0.02. */
 static void test_tensors(void **state)
 {
     (void)state;

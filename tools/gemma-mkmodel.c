@@ -322,7 +322,7 @@ static void mk_add(mk_tensor *t, int32_t *n, const char *name, int64_t d0, int64
     x->nbytes = (uint64_t)d0 * (uint64_t)(d1 > 0 ? d1 : 1) * gm_dtype_size(dt);
 }
 
-/* The tensors of DESIGN.md, [out, in], in file order. *n set; caller frees. */
+/* The tensors of a Gemma v1 checkpoint (Hugging Face names), [out, in], in file order. *n set; caller frees. */
 static mk_tensor *mk_tensors(const mk_opts *o, int32_t *n)
 {
     const gm_model_config *c = &o->cfg;

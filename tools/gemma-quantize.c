@@ -43,8 +43,8 @@
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "common/tokenizer.h"
-#include "kernels/cpu/cpu_awq.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/embed.h"
+#include "kernels/cpu/gemm_awq.h"
 #include "worker/awq.h"
 #include "worker/weights.h"
 

@@ -22,8 +22,13 @@
 #include "../common/model_config.h"
 #include "../common/safetensors.h"
 #include "../common/tokenizer.h"
-#include "../kernels/cpu/cpu_fp8.h"
-#include "../kernels/cpu/cpu_ops.h"
+#include "../kernels/cpu/attn.h"
+#include "../kernels/cpu/embed.h"
+#include "../kernels/cpu/geglu.h"
+#include "../kernels/cpu/gemm.h"
+#include "../kernels/cpu/norm.h"
+#include "../kernels/cpu/quant_fp8.h"
+#include "../kernels/cpu/rope_kv.h"
 #include "../worker/weights.h"
 
 enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_N };

@@ -16,7 +16,7 @@
  *   "activation_scheme": "static" | "dynamic", "weight_scheme": "per-tensor",
  *   "kv_cache_scheme": "static" (when k_scale/v_scale are written), "ignored_layers": []}.
  *   tokenizer.model and the other tokenizer/generation files: copied.
- * Quantization is bit-exact with kernels/cpu/cpu_fp8.h and the GPU's k_fp8_quantize_weight. */
+ * Quantization is bit-exact with kernels/cpu/quant_fp8.h and the GPU's k_fp8_quantize_weight. */
 #ifndef GM_QUANTIZE_FP8_H
 #define GM_QUANTIZE_FP8_H
 

@@ -10,8 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kernels/cpu/cpu_fp8.h"
-#include "../kernels/cpu/cpu_ops.h"
+#include "../kernels/cpu/attn.h"
+#include "../kernels/cpu/geglu.h"
+#include "../kernels/cpu/gemm.h"
+#include "../kernels/cpu/gemm_awq.h"
+#include "../kernels/cpu/gemm_fp8.h"
+#include "../kernels/cpu/norm.h"
+#include "../kernels/cpu/quant_fp8.h"
+#include "../kernels/cpu/rope_kv.h"
 
 const char *const gm_linear_names[GM_LIN_COUNT] = {
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

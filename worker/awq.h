@@ -3,7 +3,7 @@
  *
  * An AWQ checkpoint replaces each decoder Linear's `<m>.weight` by `<m>.qweight`
  * [K, N/8] int32, `<m>.qzeros` [K/g, N/8] int32 and `<m>.scales` [K/g, N] fp16
- * (kernels/cpu/cpu_awq.h has the nibble order); embeddings and norms stay dense.
+ * (kernels/cpu/gemm_awq.h has the nibble order); embeddings and norms stay dense.
  * It says so in config.json's `quantization_config` (or an older quant_config.json).
  *
  * Also here: a float32 reference of one Gemma decoder layer over gm_linear weights,
@@ -17,7 +17,7 @@
 #include "../common/model_config.h"
 #include "../common/safetensors.h"
 #include "../common/status.h"
-#include "../kernels/cpu/cpu_awq.h"
+#include "../kernels/cpu/gemm_awq.h"
 #include "weights.h"
 
 #ifdef __cplusplus
@@ -110,7 +110,7 @@ gm_status gm_linear_matmul_f64(const gm_linear *L, const float *x, int64_t T, in
  * gemma-quantize --fp8 and the GPU get). The matmul then quantizes its input with a dynamic
  * per-tensor scale over the T rows it is given (bf16-rounded first; or with in_scale when a
  * checkpoint gave one) and rounds its output to bf16, as cuBLASLt FP8 with bf16 output does
- * (kernels/cpu/cpu_fp8.h). Linears already FP8 (an FP8 checkpoint) stay as they are; AWQ
+ * (kernels/cpu/quant_fp8.h). Linears already FP8 (an FP8 checkpoint) stay as they are; AWQ
  * linears: GM_ERR_UNSUPPORTED. */
 gm_status gm_linears_to_fp8(gm_linear *lin, int32_t n_layers);
 /* The FP8 KV-cache scale of layer `layer` in an FP8 checkpoint: the larger of

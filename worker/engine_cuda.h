@@ -4,9 +4,9 @@
  * Its step() also accepts a token id of -1 in a one-token (decode) sequence: the
  * token this slot sampled in its previous step, which stayed on the GPU. (The shared
  * step check of engine.c is applied with such ids read as 0.)
- * Environment: GM_CUDA_GEMV_ROWS=N sets how many rows a product may have to take the
- * GEMV kernel instead of cuBLASLt (default 2; 0 = cuBLASLt always); GM_CUDA_PDL=0 turns
- * programmatic dependent launch off. */
+ * The kernel choices the engine makes by itself (decode attention, GEMV or GEMM, fused gate|up) follow
+ * measured rules in code; docs/KERNELS.md lists them and the two environment switches of the kernels
+ * (GM_CUDA_PDL, GM_GEMM_TUNE). The setters below override a rule for benchmarks and tests. */
 #ifndef GM_ENGINE_CUDA_H
 #define GM_ENGINE_CUDA_H
 
@@ -18,16 +18,28 @@
 extern "C" {
 #endif
 
+/* Decode attention of the engine's steps (values as bench_decode --xqa takes them). */
+typedef enum gm_cuda_attn {
+    GM_CUDA_ATTN_SPLIT = 0, /* k_attn_decode(_fp8/_rope) wherever it serves the shape, XQA elsewhere */
+    GM_CUDA_ATTN_AUTO = 1,  /* the measured rule (default): XQA for MHA from 2 rows, MQA/GQA from 8 */
+    GM_CUDA_ATTN_XQA = 2,   /* XQA for every decode row */
+} gm_cuda_attn;
+
 /* As gm_engine_create for the CUDA backend, with no checkpoint: cfg's shapes, weights drawn
  * on the device from seed (uniform, small), for benchmarks at the real sizes. */
 gm_status gm_engine_cuda_create_random(const gm_engine_opts *o, const gm_model_config *cfg, uint64_t seed,
                                        gm_engine **out);
 
-/* Products with at most n rows take the GEMV kernel (0 = cuBLASLt always). Drops captured graphs. */
+/* bf16 products with at most n rows take the GEMV kernel (0 = cuBLASLt always; default 2). Drops captured
+ * graphs. */
 void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n);
 
+/* Decode attention by mode (default GM_CUDA_ATTN_AUTO). Drops captured graphs; GM_ERR_NOMEM when a graph
+ * bucket's XQA scratch cannot be allocated, GM_ERR_INVALID_ARG for an unknown mode. */
+gm_status gm_engine_cuda_set_decode_attn(gm_engine *e, gm_cuda_attn mode);
+
 /* Programmatic dependent launch of the kernels (kernels/cuda/launch.cuh; process-wide,
- * default on). Drops captured graphs. */
+ * default on unless GM_CUDA_PDL=0). Drops captured graphs. */
 void gm_engine_cuda_set_pdl(gm_engine *e, int on);
 
 /* FP8 engines (benchmarks): scale > 0 makes every activation quantizer use this static scale

@@ -1,7 +1,7 @@
 /* weights.h - find every Gemma tensor of a checkpoint, check its shape, and
  * describe the slice one tensor-parallel rank owns (Megatron layout).
  *
- * Layout for rank r of tp (DESIGN.md): q, gate, up split by output rows (query
+ * Layout for rank r of tp: q, gate, up split by output rows (query
  * heads, intermediate); k, v split by rows when num_kv_heads >= tp, else the one
  * KV head this rank's query heads read is replicated; o, down split by input
  * columns (followed by an all-reduce); norms, embedding and the tied LM head

@@ -7,7 +7,7 @@
 #include <math.h>
 
 #include "cuda_check.h"
-#include "fp8.cuh"
+#include "quant_fp8.cuh"
 #include "cuda_util.cuh"
 #include "launch.cuh"
 

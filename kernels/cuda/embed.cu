@@ -5,10 +5,6 @@
 #include "cuda_util.cuh"
 #include "launch.cuh"
 
-static int g_pdl = 1;
-extern "C" void k_set_pdl(int on) { g_pdl = on ? 1 : 0; }
-extern "C" int k_get_pdl(void) { return g_pdl; }
-
 /* One block per token row; each thread moves 8 bf16 at a time. */
 __global__ void embed_kernel(const bf16 *__restrict__ table, int64_t vocab, int64_t hidden,
                              const int32_t *__restrict__ ids, float norm, bf16 *__restrict__ out)

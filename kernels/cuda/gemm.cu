@@ -23,7 +23,7 @@ typedef struct gemm_entry {
     cublasLtMatmulAlgo_t algo;
 } gemm_entry;
 
-struct gemm_ctx {
+struct k_gemm_ctx {
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t op;
     cublasLtMatmulPreference_t pref;
@@ -34,13 +34,13 @@ struct gemm_ctx {
     int32_t n_cache, cap_cache;
 };
 
-extern "C" gm_status gemm_ctx_new(size_t workspace_bytes, gemm_ctx **out)
+extern "C" gm_status k_gemm_ctx_new(size_t workspace_bytes, k_gemm_ctx **out)
 {
     *out = NULL;
     gm_status st = GM_OK;
-    gemm_ctx *g = (gemm_ctx *)calloc(1, sizeof *g);
+    k_gemm_ctx *g = (k_gemm_ctx *)calloc(1, sizeof *g);
     if (!g)
-        return gm_fail(GM_ERR_NOMEM, "gemm_ctx_new: no host memory");
+        return gm_fail(GM_ERR_NOMEM, "k_gemm_ctx_new: no host memory");
     g->ws_bytes = workspace_bytes ? workspace_bytes : (32u << 20);
     g->gemv_rows = 2;
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -56,15 +56,15 @@ extern "C" gm_status gemm_ctx_new(size_t workspace_bytes, gemm_ctx **out)
     *out = g;
     return GM_OK;
 fail:
-    gemm_ctx_destroy(&g);
+    k_gemm_ctx_destroy(&g);
     return st;
 }
 
-extern "C" void gemm_ctx_destroy(gemm_ctx **gp)
+extern "C" void k_gemm_ctx_destroy(k_gemm_ctx **gp)
 {
     if (!gp || !*gp)
         return;
-    gemm_ctx *g = *gp;
+    k_gemm_ctx *g = *gp;
     if (g->ws)
         cudaFree(g->ws);
     if (g->pref)
@@ -78,12 +78,12 @@ extern "C" void gemm_ctx_destroy(gemm_ctx **gp)
     *gp = NULL;
 }
 
-extern "C" void gemm_ctx_set_gemv_rows(gemm_ctx *g, int32_t max_rows)
+extern "C" void k_gemm_ctx_set_gemv_rows(k_gemm_ctx *g, int32_t max_rows)
 {
     g->gemv_rows = max_rows < 0 ? 0 : (max_rows > 8 ? 8 : max_rows);
 }
 
-extern "C" int32_t gemm_ctx_cached(const gemm_ctx *g) { return g->n_cache; }
+extern "C" int32_t k_gemm_ctx_cached(const k_gemm_ctx *g) { return g->n_cache; }
 
 static int64_t t_bucket(int64_t T)
 {
@@ -96,7 +96,7 @@ static int64_t t_bucket(int64_t T)
 }
 
 /* Heuristic's first choice for an M (= T) of m. */
-static gm_status pick_algo(gemm_ctx *g, int64_t m, int64_t N, int64_t K, int64_t ldx, int64_t ldw, int64_t ldy,
+static gm_status pick_algo(k_gemm_ctx *g, int64_t m, int64_t N, int64_t K, int64_t ldx, int64_t ldw, int64_t ldy,
                            int yf32, cublasLtMatmulAlgo_t *algo)
 {
     gm_status st = GM_OK;
@@ -124,7 +124,7 @@ done:
     return st;
 }
 
-static gm_status run_lt(gemm_ctx *g, const cublasLtMatmulAlgo_t *algo, const void *x, int64_t T, int64_t K,
+static gm_status run_lt(k_gemm_ctx *g, const cublasLtMatmulAlgo_t *algo, const void *x, int64_t T, int64_t K,
                         int64_t ldx, const void *W, int64_t ldw, int64_t N, void *y, int yf32, int64_t ldy,
                         cudaStream_t s, cublasStatus_t *cs)
 {
@@ -147,7 +147,7 @@ done:
     return st;
 }
 
-extern "C" gm_status gemm_bf16_lt(gemm_ctx *g, const void *x, int64_t T, int64_t K, int64_t ldx, const void *W,
+extern "C" gm_status k_gemm_bf16_lt(k_gemm_ctx *g, const void *x, int64_t T, int64_t K, int64_t ldx, const void *W,
                                   int64_t ldw, int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s)
 {
     if (T <= 0)
@@ -195,12 +195,6 @@ extern "C" gm_status gemm_bf16_lt(gemm_ctx *g, const void *x, int64_t T, int64_t
  * gelu(gate_j) * up_j from rows j and ni + j, rounded as HF's bf16 ops). ---- */
 
 #define GV_THREADS 256
-
-__device__ __forceinline__ float gelu_tanh_f(float x)
-{
-    const float k = 0.7978845608028654f;
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
 
 __device__ __forceinline__ float dot8f(const uint4 &w, const float x[8])
 {
@@ -300,7 +294,7 @@ __global__ void __launch_bounds__(GV_THREADS, 2)
             for (int w = 0; w < NW; w++)
                 up += red[w][t][(r + RH) % R];
             float g = round_bf16(sum), u = round_bf16(up);
-            reinterpret_cast<bf16 *>(y)[t * ldy + row] = __float2bfloat16_rn(round_bf16(gelu_tanh_f(g)) * u);
+            reinterpret_cast<bf16 *>(y)[t * ldy + row] = __float2bfloat16_rn(round_bf16(gelu_tanh(g)) * u);
         }
     }
 }
@@ -361,26 +355,26 @@ static gm_status gemv_any(const void *x, int64_t T, int64_t K, int64_t ldx, cons
     return GM_OK;
 }
 
-extern "C" gm_status gemv_bf16(const void *x, int64_t T, int64_t K, int64_t ldx, const void *W, int64_t ldw,
+extern "C" gm_status k_gemv_bf16(const void *x, int64_t T, int64_t K, int64_t ldx, const void *W, int64_t ldw,
                                int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s)
 {
     return gemv_any(x, T, K, ldx, W, ldw, N, y, y_f32 ? 1 : 0, ldy, s);
 }
 
-extern "C" gm_status gemm_bf16_geglu(gemm_ctx *g, const void *x, int64_t T, int64_t K, int64_t ldx, const void *Wgu,
+extern "C" gm_status k_gemm_bf16_geglu(k_gemm_ctx *g, const void *x, int64_t T, int64_t K, int64_t ldx, const void *Wgu,
                                      int64_t ldw, int64_t ni, void *gu, void *act, cudaStream_t s)
 {
     if (T <= 0)
         return GM_OK;
     if (ni % 8)
-        return gm_fail(GM_ERR_UNSUPPORTED, "gemm_bf16_geglu: width %lld is not a multiple of 8", (long long)ni);
+        return gm_fail(GM_ERR_UNSUPPORTED, "k_gemm_bf16_geglu: width %lld is not a multiple of 8", (long long)ni);
     if (T <= g->gemv_rows)
         return gemv_any(x, T, K, ldx, Wgu, ldw, ni, act, 2, ni, s);
-    GM_CHECK(gemm_bf16_lt(g, x, T, K, ldx, Wgu, ldw, 2 * ni, gu, 0, 2 * ni, s));
+    GM_CHECK(k_gemm_bf16_lt(g, x, T, K, ldx, Wgu, ldw, 2 * ni, gu, 0, 2 * ni, s));
     return k_geglu(gu, T, ni, act, s);
 }
 
-extern "C" gm_status gemm_bf16(gemm_ctx *g, const void *x, int64_t T, int64_t K, int64_t ldx, const void *W,
+extern "C" gm_status k_gemm_bf16(k_gemm_ctx *g, const void *x, int64_t T, int64_t K, int64_t ldx, const void *W,
                                int64_t ldw, int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s)
 {
     if (T <= 0)
@@ -389,6 +383,6 @@ extern "C" gm_status gemm_bf16(gemm_ctx *g, const void *x, int64_t T, int64_t K,
         return gm_fail(GM_ERR_UNSUPPORTED, "gemm: K %lld and strides (%lld, %lld, %lld) must be multiples of 8",
                        (long long)K, (long long)ldx, (long long)ldw, (long long)ldy);
     if (T <= g->gemv_rows)
-        return gemv_bf16(x, T, K, ldx, W, ldw, N, y, y_f32, ldy, s);
-    return gemm_bf16_lt(g, x, T, K, ldx, W, ldw, N, y, y_f32, ldy, s);
+        return k_gemv_bf16(x, T, K, ldx, W, ldw, N, y, y_f32, ldy, s);
+    return k_gemm_bf16_lt(g, x, T, K, ldx, W, ldw, N, y, y_f32, ldy, s);
 }

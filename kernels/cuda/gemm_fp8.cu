@@ -1,4 +1,6 @@
-/* gemm_fp8.cu - cuBLASLt e4m3 GEMM (TN, f32 accumulate, bf16 out) with a per-shape algorithm cache.
+/* gemm_fp8.cu - cuBLASLt e4m3 GEMM (TN, f32 accumulate, bf16 out) with a per-shape algorithm cache,
+ * the first FP8 GEMV (v1), and the rule that sends few-row products to GEMV v1 or v2
+ * (gemm_fp8_gemv2.cu).
  *
  * FLOP floor: 2*T*N*K; byte floor: N*K + T*K + 2*T*N. Decode (T <= 64) is weight-read bound
  * (N*K bytes at ~4.2 TB/s on H200), prefill is FP8-tensor-core bound (1386 TFLOP/s at 8192^3). */
@@ -10,6 +12,7 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "launch.cuh"
 
 typedef struct fp8_key {
     int64_t tb, n, k, ldx, ldw, ldy;
@@ -21,7 +24,7 @@ typedef struct fp8_entry {
     cublasLtMatmulAlgo_t algo;
 } fp8_entry;
 
-struct gemm_fp8_ctx {
+struct k_gemm_fp8_ctx {
     cublasLtHandle_t lt;
     cublasLtMatmulDesc_t op;
     void *ws;
@@ -31,17 +34,19 @@ struct gemm_fp8_ctx {
     fp8_entry *cache;
     int32_t n_cache, cap_cache;
     int32_t n_tuned; /* keys whose algorithm was chosen by timing the candidates */
+    int8_t tune;     /* time the candidates (k_gemm_fp8_ctx_set_tune) */
 };
 
-extern "C" gm_status gemm_fp8_ctx_new(size_t workspace_bytes, gemm_fp8_ctx **out)
+extern "C" gm_status k_gemm_fp8_ctx_new(size_t workspace_bytes, k_gemm_fp8_ctx **out)
 {
     *out = NULL;
     gm_status st = GM_OK;
-    gemm_fp8_ctx *g = (gemm_fp8_ctx *)calloc(1, sizeof *g);
+    k_gemm_fp8_ctx *g = (k_gemm_fp8_ctx *)calloc(1, sizeof *g);
     if (!g)
-        return gm_fail(GM_ERR_NOMEM, "gemm_fp8_ctx_new: no host memory");
+        return gm_fail(GM_ERR_NOMEM, "k_gemm_fp8_ctx_new: no host memory");
     g->ws_bytes = workspace_bytes ? workspace_bytes : ((size_t)32 << 20);
     g->gemv_rows = 4;
+    g->tune = (int8_t)k_gemm_tune_default();
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     GM_CUBLAS_GOTO(cublasLtCreate(&g->lt), st, fail);
     GM_CUBLAS_GOTO(cublasLtMatmulDescCreate(&g->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), st, fail);
@@ -54,15 +59,15 @@ extern "C" gm_status gemm_fp8_ctx_new(size_t workspace_bytes, gemm_fp8_ctx **out
     *out = g;
     return GM_OK;
 fail:
-    gemm_fp8_ctx_destroy(&g);
+    k_gemm_fp8_ctx_destroy(&g);
     return st;
 }
 
-extern "C" void gemm_fp8_ctx_destroy(gemm_fp8_ctx **gp)
+extern "C" void k_gemm_fp8_ctx_destroy(k_gemm_fp8_ctx **gp)
 {
     if (!gp || !*gp)
         return;
-    gemm_fp8_ctx *g = *gp;
+    k_gemm_fp8_ctx *g = *gp;
     if (g->ws)
         cudaFree(g->ws);
     if (g->op)
@@ -74,20 +79,22 @@ extern "C" void gemm_fp8_ctx_destroy(gemm_fp8_ctx **gp)
     *gp = NULL;
 }
 
-extern "C" void gemm_fp8_ctx_set_fast_accum(gemm_fp8_ctx *g, int on)
+extern "C" void k_gemm_fp8_ctx_set_fast_accum(k_gemm_fp8_ctx *g, int on)
 {
     g->fast_accum = on ? 1 : 0;
     cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &g->fast_accum, sizeof g->fast_accum);
     g->n_cache = 0;
 }
 
-extern "C" void gemm_fp8_ctx_set_gemv_rows(gemm_fp8_ctx *g, int32_t max_rows)
+extern "C" void k_gemm_fp8_ctx_set_gemv_rows(k_gemm_fp8_ctx *g, int32_t max_rows)
 {
     g->gemv_rows = max_rows < 0 ? 0 : (max_rows > 8 ? 8 : max_rows);
 }
 
-extern "C" int32_t gemm_fp8_ctx_cached(const gemm_fp8_ctx *g) { return g->n_cache; }
-extern "C" int32_t gemm_fp8_ctx_tuned(const gemm_fp8_ctx *g) { return g->n_tuned; }
+extern "C" void k_gemm_fp8_ctx_set_tune(k_gemm_fp8_ctx *g, int on) { g->tune = on ? 1 : 0; }
+
+extern "C" int32_t k_gemm_fp8_ctx_cached(const k_gemm_fp8_ctx *g) { return g->n_cache; }
+extern "C" int32_t k_gemm_fp8_ctx_tuned(const k_gemm_fp8_ctx *g) { return g->n_tuned; }
 
 static int64_t t_bucket(int64_t T)
 {
@@ -140,7 +147,7 @@ fail:
 }
 
 /* The heuristic's first max_res choices for M (= T) of m under the key's alignments (best first). */
-static gm_status pick_algos(gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cublasLtMatmulHeuristicResult_t *res,
+static gm_status pick_algos(k_gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cublasLtMatmulHeuristicResult_t *res,
                             int max_res, int *n_out)
 {
     gm_status st = GM_OK;
@@ -182,7 +189,7 @@ done:
     return st;
 }
 
-static gm_status pick_algo(gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cublasLtMatmulAlgo_t *algo)
+static gm_status pick_algo(k_gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cublasLtMatmulAlgo_t *algo)
 {
     cublasLtMatmulHeuristicResult_t res;
     int n = 0;
@@ -191,7 +198,7 @@ static gm_status pick_algo(gemm_fp8_ctx *g, const fp8_key *key, int64_t m, cubla
     return GM_OK;
 }
 
-static gm_status run_lt(gemm_fp8_ctx *g, const cublasLtMatmulAlgo_t *algo, const void *xq, int64_t T, int64_t K,
+static gm_status run_lt(k_gemm_fp8_ctx *g, const cublasLtMatmulAlgo_t *algo, const void *xq, int64_t T, int64_t K,
                         int64_t ldx, const void *Wq, int64_t ldw, int64_t N, void *y, int yf32, int64_t ldy,
                         cudaStream_t s, cublasStatus_t *cs)
 {
@@ -205,24 +212,15 @@ static gm_status run_lt(gemm_fp8_ctx *g, const cublasLtMatmulAlgo_t *algo, const
 }
 
 /* Autotuning (the first call of a (T bucket, shape) key with M >= GEMM_TUNE_MIN_M, outside stream
- * capture, unless GM_GEMM_TUNE=0): the heuristic's first GEMM_TUNE_N candidates each run once to warm
- * up and GEMM_TUNE_REPS times timed on the call's own operands; the fastest is kept (the heuristic's
- * order breaks ties). The output is recomputed each time, so the call's result is unchanged. */
+ * capture, unless the context's tune switch is off: GM_GEMM_TUNE=0): the heuristic's first GEMM_TUNE_N
+ * candidates each run once to warm up and GEMM_TUNE_REPS times timed on the call's own operands; the
+ * fastest is kept (the heuristic's order breaks ties). The output is recomputed each time, so the
+ * call's result is unchanged. */
 #define GEMM_TUNE_N 8
 #define GEMM_TUNE_REPS 3
 #define GEMM_TUNE_MIN_M 64
 
-static int tune_enabled(void)
-{
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("GM_GEMM_TUNE");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-
-static gm_status tune_algo(gemm_fp8_ctx *g, const fp8_key *key, const void *xq, int64_t T, int64_t K, int64_t ldx,
+static gm_status tune_algo(k_gemm_fp8_ctx *g, const fp8_key *key, const void *xq, int64_t T, int64_t K, int64_t ldx,
                            const void *Wq, int64_t ldw, int64_t N, void *y, int64_t ldy, cudaStream_t s,
                            cublasLtMatmulAlgo_t *algo)
 {
@@ -231,7 +229,7 @@ static gm_status tune_algo(gemm_fp8_ctx *g, const fp8_key *key, const void *xq, 
     GM_CHECK(pick_algos(g, key, key->tb, res, GEMM_TUNE_N, &n));
     *algo = res[0].algo;
     cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    if (n < 2 || !tune_enabled() || T < GEMM_TUNE_MIN_M || cudaStreamIsCapturing(s, &cap) != cudaSuccess ||
+    if (n < 2 || !g->tune || T < GEMM_TUNE_MIN_M || cudaStreamIsCapturing(s, &cap) != cudaSuccess ||
         cap != cudaStreamCaptureStatusNone)
         return GM_OK;
     cudaEvent_t e0 = NULL, e1 = NULL;
@@ -270,12 +268,12 @@ static gm_status check_args(const void *xq, int64_t K, int64_t ldx, const float 
 {
     if (K % 16 || ldx % 16 || ldw % 16 || N % 8 || ldy % 8 || K <= 0 || N <= 0 || ldx < K || ldw < K || ldy < N)
         return gm_fail(GM_ERR_UNSUPPORTED,
-                       "gemm_fp8: K %lld, ldx %lld, ldw %lld must be multiples of 16 and N %lld, ldy %lld of 8",
+                       "k_gemm_fp8: K %lld, ldx %lld, ldw %lld must be multiples of 16 and N %lld, ldy %lld of 8",
                        (long long)K, (long long)ldx, (long long)ldw, (long long)N, (long long)ldy);
     if ((uintptr_t)xq % 16 || (uintptr_t)Wq % 16 || (uintptr_t)y % 16)
-        return gm_fail(GM_ERR_UNSUPPORTED, "gemm_fp8: x %p, W %p, y %p must be 16-byte aligned", xq, Wq, y);
+        return gm_fail(GM_ERR_UNSUPPORTED, "k_gemm_fp8: x %p, W %p, y %p must be 16-byte aligned", xq, Wq, y);
     if (!x_scale || !w_scale)
-        return gm_fail(GM_ERR_INVALID_ARG, "gemm_fp8: missing scale pointer");
+        return gm_fail(GM_ERR_INVALID_ARG, "k_gemm_fp8: missing scale pointer");
     return GM_OK;
 }
 
@@ -351,7 +349,7 @@ __global__ void __launch_bounds__(GV_WARPS * 32)
     }
 }
 
-extern "C" gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
+extern "C" gm_status k_gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
                                  const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32,
                                  int64_t ldy, cudaStream_t s)
 {
@@ -359,7 +357,7 @@ extern "C" gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t l
         return GM_OK;
     GM_CHECK(check_args(xq, K, ldx, x_scale, Wq, ldw, w_scale, N, y, ldy));
     if (T > 8 || K % 64 || N % 16)
-        return gm_fail(GM_ERR_UNSUPPORTED, "gemv_fp8: T %lld (<= 8), K %lld (%% 64), N %lld (%% 16)", (long long)T,
+        return gm_fail(GM_ERR_UNSUPPORTED, "k_gemv_fp8: T %lld (<= 8), K %lld (%% 64), N %lld (%% 16)", (long long)T,
                        (long long)K, (long long)N);
     if (y_f32)
         gemv_fp8_kernel<float><<<(unsigned)(N / 16), GV_WARPS * 32, 0, s>>>(
@@ -371,19 +369,7 @@ extern "C" gm_status gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t l
     return GM_OK;
 }
 
-/* GM_FP8_GEMV: "1" keeps the first GEMV, "2" takes v2 for T <= 4; unset (or anything else), the
- * shape decides (gemv_choose). 0 = unset, 1, 2. */
-static int gemv_forced(void)
-{
-    static int v = -1; /* a benign race: every thread stores the same */
-    if (v < 0) {
-        const char *e = getenv("GM_FP8_GEMV");
-        v = e && !strcmp(e, "1") ? 1 : e && !strcmp(e, "2") ? 2 : 0;
-    }
-    return v;
-}
-
-/* The GEMV for this shape: forced by GM_FP8_GEMV, else v2 when K is a power of two. Measured (run F,
+/* The GEMV for this shape: v2 when K is a power of two (or a shape v1 does not take). Measured (run F,
  * CUDA graphs, H200): v2 is faster at K = 2048, 4096 and 16384 (gemma-2b's shapes, 7b's o_proj, the LM
  * heads) and slower at K = 3072 and 24576 (7b's qkv, gate|up, down: 0.84-0.97x), where its K split
  * leaves lanes idle. (Timing both at the first call was tried: eager launches at T = 1 measure launch
@@ -392,41 +378,37 @@ static int gemv_choose(int64_t T, int64_t K, int64_t N)
 {
     if (T > 4)
         return 1;
-    int f = gemv_forced();
-    if (f)
-        return f;
     if (K % 64 || N % 16) /* shapes only v2 takes */
         return 2;
     return (K & (K - 1)) == 0 ? 2 : 1;
 }
 
-extern "C" int gemv_fp8_v2_for(int64_t T, int64_t K, int64_t N) { return gemv_choose(T, K, N) == 2; }
+extern "C" int k_gemv_fp8_v2_for(int64_t T, int64_t K, int64_t N) { return gemv_choose(T, K, N) == 2; }
 
-
-extern "C" gm_status gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
+extern "C" gm_status k_gemv_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale, const void *Wq,
                               int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy,
                               cudaStream_t s)
 {
     if (T <= 0)
         return GM_OK;
     if (gemv_choose(T, K, N) == 2)
-        return gemv_fp8_v2(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
-    return gemv_fp8_v1(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
+        return k_gemv_fp8_v2(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
+    return k_gemv_fp8_v1(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
 }
 
-extern "C" gm_status gemm_fp8(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
-                              const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32,
-                              int64_t ldy, cudaStream_t s)
+extern "C" gm_status k_gemm_fp8(k_gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx,
+                                const float *x_scale, const void *Wq, int64_t ldw, const float *w_scale, int64_t N,
+                                void *y, int y_f32, int64_t ldy, cudaStream_t s)
 {
     if (T > 0 && T <= g->gemv_rows && K % 64 == 0 && N % 16 == 0) {
         if (gemv_choose(T, K, N) == 2)
-            return gemv_fp8_v2(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
-        return gemv_fp8_v1(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
+            return k_gemv_fp8_v2(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
+        return k_gemv_fp8_v1(xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
     }
-    return gemm_fp8_lt(g, xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
+    return k_gemm_fp8_lt(g, xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32, ldy, s);
 }
 
-extern "C" gm_status gemm_fp8_lt(gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx,
+extern "C" gm_status k_gemm_fp8_lt(k_gemm_fp8_ctx *g, const void *xq, int64_t T, int64_t K, int64_t ldx,
                                  const float *x_scale, const void *Wq, int64_t ldw, const float *w_scale, int64_t N,
                                  void *y, int y_f32, int64_t ldy, cudaStream_t s)
 {
@@ -454,7 +436,7 @@ extern "C" gm_status gemm_fp8_lt(gemm_fp8_ctx *g, const void *xq, int64_t T, int
             int32_t cap = g->cap_cache ? 2 * g->cap_cache : 64;
             fp8_entry *c = (fp8_entry *)realloc(g->cache, (size_t)cap * sizeof *c);
             if (!c)
-                return gm_fail(GM_ERR_NOMEM, "gemm_fp8: no host memory for the algorithm cache");
+                return gm_fail(GM_ERR_NOMEM, "k_gemm_fp8: no host memory for the algorithm cache");
             g->cache = c;
             g->cap_cache = cap;
         }

@@ -12,9 +12,18 @@
 extern "C" {
 #endif
 
-/* Process-wide switch (default on). */
+/* The kernels' process-wide switches. These, and GM_CPU_THREADS of kernels/cpu/gemm.c, are the only
+ * environment variables kernels/ reads: each once, on its first use, in launch.cu (docs/KERNELS.md).
+ *   GM_CUDA_PDL=0   launches without programmatic dependent launch (default on)
+ *   GM_GEMM_TUNE=0  k_gemm_fp8_lt keeps cuBLASLt's first (heuristic) algorithm instead of timing its
+ *                   top candidates on the first call of a shape (reproducible algorithm choice) */
+
+/* PDL on or off for the following launches; the default comes from GM_CUDA_PDL. */
 void k_set_pdl(int on);
 int k_get_pdl(void);
+
+/* 0 when GM_GEMM_TUNE=0 (the default of a new k_gemm_fp8_ctx; k_gemm_fp8_ctx_set_tune changes one). */
+int k_gemm_tune_default(void);
 
 #ifdef __cplusplus
 }

@@ -10,6 +10,7 @@
 #include "cuda_check.h"
 #include "cuda_util.cuh"
 #include "launch.cuh"
+#include "quant_fp8.cuh"
 
 #define ROPE_THREADS 256
 
@@ -111,5 +112,43 @@ extern "C" gm_status k_rope_kv_write(void *qkv, int64_t ld, int64_t T, int32_t n
         return GM_OK;
     GM_CUDA_CHECK(gm_launch(rope_kv_kernel, dim3((unsigned)T), dim3(ROPE_THREADS), 0, s, (bf16 *)qkv, ld, nh, nkv, hd,
                             pos, rope_table, slot, (bf16 *)k_pool, (bf16 *)v_pool, bs));
+    return GM_OK;
+}
+
+/* ---- FP8 KV write ---- */
+
+/* One block per token; 8 elements per thread-step over the token's nkv K heads then V heads. */
+__global__ void kv_write_fp8_kernel(const bf16 *__restrict__ qkv, int64_t ld, int32_t nh, int32_t nkv, int32_t hd,
+                                    const int32_t *__restrict__ slot, float inv, uint8_t *__restrict__ kp,
+                                    uint8_t *__restrict__ vp, int32_t bs)
+{
+    int64_t t = blockIdx.x;
+    int32_t sl = slot[t];
+    if (sl < 0)
+        return;
+    int64_t blk = sl / bs, off = sl % bs;
+    const bf16 *src = qkv + t * ld + (int64_t)nh * hd; /* k heads, then v heads */
+    int c8 = hd / 8, n = 2 * nkv * c8;
+    for (int w = threadIdx.x; w < n; w += blockDim.x) {
+        int kv = w / (nkv * c8), g = (w / c8) % nkv, c = (w % c8) * 8;
+        float f[8];
+        bf16x8_to_f32(*reinterpret_cast<const uint4 *>(src + ((int64_t)kv * nkv + g) * hd + c), f);
+        uint8_t *dst = (kv ? vp : kp) + ((blk * nkv + g) * bs + off) * hd + c;
+        *reinterpret_cast<uint2 *>(dst) = f32x8_to_fp8(f, inv);
+    }
+}
+
+extern "C" gm_status k_kv_write_fp8(const void *qkv, int64_t ld, int64_t T, int32_t nh, int32_t nkv, int32_t hd,
+                                    const int32_t *slot, float kv_scale, void *k_pool, void *v_pool, int32_t bs,
+                                    cudaStream_t s)
+{
+    if (hd % 8 || ld % 8 || bs < 1 || !(kv_scale > 0.0f))
+        return gm_fail(GM_ERR_UNSUPPORTED, "k_kv_write_fp8: head_dim %d, ld %lld, block %d, kv_scale %g", hd,
+                       (long long)ld, bs, (double)kv_scale);
+    if (T <= 0)
+        return GM_OK;
+    kv_write_fp8_kernel<<<(unsigned)T, 128, 0, s>>>((const bf16 *)qkv, ld, nh, nkv, hd, slot, 1.0f / kv_scale,
+                                                    (uint8_t *)k_pool, (uint8_t *)v_pool, bs);
+    GM_LAUNCH_CHECK();
     return GM_OK;
 }

@@ -1,4 +1,5 @@
-/* rope_kv.cuh - RoPE on q and k fused with the paged KV-cache write. */
+/* rope_kv.cuh - RoPE on q and k fused with the paged KV-cache write (bf16 pool), and the FP8 pool's
+ * writer. CPU twins: kernels/cpu/rope_kv.h (cpu_rope, cpu_kv_write, cpu_fp8_kv_write). */
 #ifndef GM_K_ROPE_KV_CUH
 #define GM_K_ROPE_KV_CUH
 
@@ -28,6 +29,15 @@ gm_status k_rope_table(float *table, int32_t max_pos, int32_t hd, float theta);
 gm_status k_rope_kv_write(void *qkv, int64_t ld, int64_t T, int32_t nh, int32_t nkv, int32_t hd, const int32_t *pos,
                           const float *rope_table, const int32_t *slot, void *k_pool, void *v_pool, int32_t bs,
                           cudaStream_t s);
+
+/* The FP8 KV-cache write: token t's K and V (already rotated, in the fused qkv row: k heads at
+ * columns [nh*hd, (nh+nkv)*hd), v heads after them) go to slot[t] (= block * bs + offset; < 0 =
+ * skip) of the e4m3 pools as e4m3(x / kv_scale). Run k_rope_kv_write first with every slot < 0
+ * (it still rotates q and k in qkv) so that nothing is written to a bf16 pool.
+ * qkv [T, ld] bf16; slot [T] int32; k_pool, v_pool [num_blocks, nkv, bs, hd] e4m3. hd % 8 == 0. */
+gm_status k_kv_write_fp8(const void *qkv, int64_t ld, int64_t T, int32_t nh, int32_t nkv, int32_t hd,
+                         const int32_t *slot, float kv_scale, void *k_pool, void *v_pool, int32_t bs,
+                         cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,4 @@
-/* gemv_fp8v2.cu - the e4m3 GEMV of batch-1..4 decode: y[t, n] = (sx * sw) * sum_k xq[t, k] * Wq[n, k],
+/* gemm_fp8_gemv2.cu - FP8 GEMV v2, the e4m3 GEMV of batch-1..4 decode: y[t, n] = (sx * sw) * sum_k xq[t, k] * Wq[n, k],
  * plus two GeGLU epilogues over a fused gate|up weight (bf16 act, or e4m3 act with a static scale).
  *
  * Byte floor: N*K weight bytes (x, y are < 0.1% of it) at ~4.2 TB/s (H200 copy rate): 2b gate|up
@@ -31,6 +31,7 @@
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
+#include "geglu.cuh"
 #include "launch.cuh"
 
 enum { V2_BF16 = 0, V2_F32 = 1, V2_GEGLU = 2, V2_GEGLU_FP8 = 3 };
@@ -62,12 +63,6 @@ __device__ __forceinline__ void v2_launch_dependents()
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
-__device__ __forceinline__ float v2_gelu_tanh(float x)
-{
-    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
-
 /* Store one output: plain (gs only) or GeGLU of (gs, us), both already scaled by sx * sw. */
 template <int MODE>
 __device__ __forceinline__ void v2_store(void *y, int64_t ldy, int t, int64_t col, float gs, float us, float inv)
@@ -79,7 +74,7 @@ __device__ __forceinline__ void v2_store(void *y, int64_t ldy, int t, int64_t co
     } else {
         /* gate and up as the bf16 GEMM output would store them, then k_geglu / k_geglu_fp8's rounding */
         float g = round_bf16(gs), u = round_bf16(us);
-        float o = round_bf16(v2_gelu_tanh(g)) * u;
+        float o = round_bf16(gelu_tanh(g)) * u;
         if (MODE == V2_GEGLU)
             reinterpret_cast<bf16 *>(y)[t * ldy + col] = __float2bfloat16_rn(o);
         else
@@ -383,36 +378,36 @@ static gm_status v2_run(const char *fn, int mode, const void *xq, int64_t T, int
     return GM_OK;
 }
 
-extern "C" gm_status gemv_fp8_v2(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
+extern "C" gm_status k_gemv_fp8_v2(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
                                  const void *Wq, int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32,
                                  int64_t ldy, cudaStream_t s)
 {
     if (T <= 0)
         return GM_OK;
-    GM_CHECK(v2_check("gemv_fp8_v2", xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32 ? 4 : 2, ldy));
-    return v2_run("gemv_fp8_v2", y_f32 ? V2_F32 : V2_BF16, xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, NULL, y, ldy,
+    GM_CHECK(v2_check("k_gemv_fp8_v2", xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, y, y_f32 ? 4 : 2, ldy));
+    return v2_run("k_gemv_fp8_v2", y_f32 ? V2_F32 : V2_BF16, xq, T, K, ldx, x_scale, Wq, ldw, w_scale, N, NULL, y, ldy,
                   s);
 }
 
-extern "C" gm_status gemv_fp8_v2_geglu(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
+extern "C" gm_status k_gemv_fp8_v2_geglu(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
                                        const void *Wgu, int64_t ldw, const float *w_scale, int64_t ni, void *act,
                                        int64_t ld_act, cudaStream_t s)
 {
     if (T <= 0)
         return GM_OK;
-    GM_CHECK(v2_check("gemv_fp8_v2_geglu", xq, T, K, ldx, x_scale, Wgu, ldw, w_scale, ni, act, 2, ld_act));
-    return v2_run("gemv_fp8_v2_geglu", V2_GEGLU, xq, T, K, ldx, x_scale, Wgu, ldw, w_scale, ni, NULL, act, ld_act, s);
+    GM_CHECK(v2_check("k_gemv_fp8_v2_geglu", xq, T, K, ldx, x_scale, Wgu, ldw, w_scale, ni, act, 2, ld_act));
+    return v2_run("k_gemv_fp8_v2_geglu", V2_GEGLU, xq, T, K, ldx, x_scale, Wgu, ldw, w_scale, ni, NULL, act, ld_act, s);
 }
 
-extern "C" gm_status gemv_fp8_v2_geglu_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
+extern "C" gm_status k_gemv_fp8_v2_geglu_fp8(const void *xq, int64_t T, int64_t K, int64_t ldx, const float *x_scale,
                                            const void *Wgu, int64_t ldw, const float *w_scale, int64_t ni,
                                            const float *act_scale, void *actq, int64_t ld_act, cudaStream_t s)
 {
     if (T <= 0)
         return GM_OK;
-    GM_CHECK(v2_check("gemv_fp8_v2_geglu_fp8", xq, T, K, ldx, x_scale, Wgu, ldw, w_scale, ni, actq, 1, ld_act));
+    GM_CHECK(v2_check("k_gemv_fp8_v2_geglu_fp8", xq, T, K, ldx, x_scale, Wgu, ldw, w_scale, ni, actq, 1, ld_act));
     if (!act_scale)
-        return gm_fail(GM_ERR_INVALID_ARG, "gemv_fp8_v2_geglu_fp8: missing act_scale");
-    return v2_run("gemv_fp8_v2_geglu_fp8", V2_GEGLU_FP8, xq, T, K, ldx, x_scale, Wgu, ldw, w_scale, ni, act_scale,
+        return gm_fail(GM_ERR_INVALID_ARG, "k_gemv_fp8_v2_geglu_fp8: missing act_scale");
+    return v2_run("k_gemv_fp8_v2_geglu_fp8", V2_GEGLU_FP8, xq, T, K, ldx, x_scale, Wgu, ldw, w_scale, ni, act_scale,
                   actq, ld_act, s);
 }

@@ -1,5 +1,5 @@
-/* awq_gemv2.cu - W4A16 GEMV for decode batches (M <= 8) that streams the int4 weights through
- * shared-memory rings in whole 128-byte lines, and the awq_gemv / awq_gemv2 switch.
+/* gemm_awq_gemv.cu - k_gemv_awq, the W4A16 GEMV of decode batches (M <= 8): streams the int4 weights
+ * through shared-memory rings in whole 128-byte lines.
  *
  * Work: a warp owns one 64-column tile (8 packed words, 32 bytes, of each k row) and a run of
  * whole groups of K. Four warps with adjacent tiles and the same run form a quad that shares
@@ -8,14 +8,10 @@
  * zero words (128 B) and scales (512 B). 15 steps (30 KB of weights) are in flight per quad,
  * 120 KB per SM. A named barrier per quad and step frees the previous slot. The first stages'
  * weight copies start before griddepcontrol.wait: weights never depend on the previous kernel.
- * Two ways of filling the rings:
- * - awq_gemv2_kernel (awq_gemv2): every thread of the quad copies one 16-byte chunk per step
- *   with cp.async (eight lanes per 128-byte line); cp.async groups + the quad barrier publish a
- *   slot. Measured on an H200 (2026-11-25, before the split-K loads were unrolled): all tests
- *   pass; 37-60% of 4.2 TB/s on the large shapes, 1.3-2.5x awq_gemv.
- * - awq_gemv2t_kernel (awq_gemv2_tma, experimental, not yet run on a GPU): one lane of the quad
- *   starts a 2D tensor copy (TMA, 128-byte swizzle) of the step's weights and bulk copies of x,
- *   zeros and scales, all completing on the slot's mbarrier.
+ * Every thread of the quad copies one 16-byte chunk per step with cp.async (eight lanes per
+ * 128-byte line); cp.async groups + the quad barrier publish a slot. Measured on an H200
+ * (bench/NOTES.md, session 2 and run E): 37-60% of 4.2 TB/s on the large shapes, 1.3-2.5x the first
+ * AWQ GEMV (removed); filling the rings by TMA instead measured no faster (removed too).
  *
  * Product: mma.sync m16n8k16 with the WEIGHTS as A (16 MMA rows = output columns) and x as B
  * (8 MMA columns = batch rows: M <= 8 needs no padding rows). Lane (g = lane/4, q = lane%4)
@@ -31,14 +27,11 @@
  * group adds the partials in split order (workspace, deterministic). One block per SM; the plan
  * sizes the grid to one wave. */
 #include <atomic>
-#include <stdlib.h>
 
-#include <cuda.h> /* CUtensorMap (types only: the encoder comes from cudaGetDriverEntryPointByVersion) */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cudaTypedefs.h>
 
-#include "awq.cuh"
+#include "gemm_awq.cuh"
 #include "cuda_check.h"
 #include "launch.cuh"
 
@@ -49,14 +42,10 @@
 #define G2_SLOT_Z (G2_SLOT_X + 256) /*       [2048, 2304) x 8 rows x 16 bf16 */
 #define G2_SLOT_S (G2_SLOT_Z + 128) /*       [2304, 2432) zero words of 4 tiles */
 #define G2_SLOT (G2_SLOT_S + 512)   /*       [2432, 2944) scales of 4 tiles (256 fp16) */
-#define G2_SMEM (G2_QUADS * G2_STAGES * G2_SLOT) /* awq_gemv2_kernel: 188416 bytes of dynamic shared memory */
-#define G2T_SLOT 3072                            /* awq_gemv2t_kernel: 1024-aligned slots (TMA swizzle) */
-#define G2T_RING (G2_STAGES * G2T_SLOT)
-#define G2T_SMEM (G2_QUADS * G2T_RING + 1024) /* 197632 bytes (+ alignment) */
+#define G2_SMEM (G2_QUADS * G2_STAGES * G2_SLOT) /* 188416 bytes of dynamic shared memory */
 #define G2_RED_FLOATS (G2_QUADS * 4 * AWQ_GEMV_MAX_ROWS * 64) /* reduction, reuses the rings */
 
 static_assert(G2_RED_FLOATS * 4 <= G2_SMEM, "the reduction buffer must fit in the rings");
-static_assert(G2_SLOT <= G2T_SLOT && G2T_SLOT % 1024 == 0, "slot layouts");
 static_assert((G2_STAGES & (G2_STAGES - 1)) == 0 && G2_STAGES >= 8, "stages: a power of two >= 128 / 16");
 
 __device__ __forceinline__ uint64_t g2_evict_first(void)
@@ -98,58 +87,6 @@ __device__ __forceinline__ void g2_commit(void) { asm volatile("cp.async.commit_
 template <int N> __device__ __forceinline__ void g2_wait(void)
 {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void g2_mbar_init(uint32_t bar, unsigned count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-
-/* Expect tx more bytes on bar's current phase without arriving. */
-__device__ __forceinline__ void g2_mbar_expect(uint32_t bar, uint32_t tx)
-{
-    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(tx) : "memory");
-}
-
-/* Expect tx more bytes and arrive (the barrier's one arrival per phase). */
-__device__ __forceinline__ void g2_mbar_arrive_expect(uint32_t bar, uint32_t tx)
-{
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(tx) : "memory");
-}
-
-/* Wait until the phase with this parity has completed; trap (a launch error, not a hang) if
- * it never does. */
-__device__ __forceinline__ void g2_mbar_wait(uint32_t bar, uint32_t parity)
-{
-    uint32_t done = 0;
-    for (uint32_t spins = 0; !done; spins++) {
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(bar), "r"(parity)
-                     : "memory");
-        if (spins > (1u << 24))
-            __trap();
-    }
-}
-
-/* 2D tensor copy (box 32 words x 16 rows at {c0 words, r0 rows}) -> shared, completing on bar. */
-__device__ __forceinline__ void g2_tma_w(uint32_t dst, const CUtensorMap *map, int c0, int r0, uint32_t bar,
-                                         uint64_t pol)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
-                 " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(r0), "r"(bar), "l"(pol)
-                 : "memory");
-}
-
-/* bytes (a multiple of 16, 16-aligned) global -> shared, completing on bar. */
-__device__ __forceinline__ void g2_bulk(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar)
-{
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                     dst),
-                 "l"(src), "r"(bytes), "r"(bar)
-                 : "memory");
 }
 
 /* The 128 threads of quad `id - 1` (barrier 0 is __syncthreads'). */
@@ -405,141 +342,6 @@ __global__ void __launch_bounds__(G2_THREADS, 1)
     g2_epilogue(acc, reinterpret_cast<float *>(g2_smem), &s_last, QC, M, NT, N, splits, y, ldy, part, counters);
 }
 
-/* qweight through wmap (u32 [K, N/8], row stride ldq) by the tensor copy engine. */
-template <int GS>
-__global__ void __launch_bounds__(G2_THREADS, 1)
-    awq_gemv2t_kernel(const __grid_constant__ CUtensorMap wmap, const __nv_bfloat16 *__restrict__ x, int M, int ldx,
-                      const uint32_t *__restrict__ qz, const __half *__restrict__ sc, int K, int N, int ldq, int lds,
-                      int QC, int GB, int GW, int splits, __nv_bfloat16 *__restrict__ y, int ldy,
-                      float *__restrict__ part, unsigned *__restrict__ counters)
-{
-    G2_KERNEL_SETUP;
-    extern __shared__ unsigned char g2_dsmem[];
-    __shared__ __align__(8) uint64_t s_full[G2_QUADS][P]; /* one mbarrier per slot: the step's copies landed */
-    __shared__ bool s_last;
-
-    /* 1024-aligned rings (the 128-byte swizzle repeats every 1024 bytes of shared address) */
-    const uint32_t dyn_s = (uint32_t)__cvta_generic_to_shared(g2_dsmem);
-    const uint32_t pad = ((dyn_s + 1023u) & ~1023u) - dyn_s;
-    unsigned char *ring = g2_dsmem + pad + quad * G2T_RING;
-    const uint32_t ring_s = dyn_s + pad + (uint32_t)(quad * G2T_RING);
-    const uint32_t bar0 = (uint32_t)__cvta_generic_to_shared(&s_full[quad][0]);
-
-    /* the producer: lanes of the quad's warp 0. Lane 0 arms the slot's barrier and copies the
-     * weights, lanes 1..M the x rows, lanes 30 and 31 the group's zeros and scales. */
-    const bool producer = ct == 0;
-    const int ntq = min(4, NT - 4 * cq);                                   /* tiles of the quad inside N */
-    const uint32_t zbytes = (uint32_t)(32 * ntq), sbytes = (uint32_t)(128 * ntq); /* per group */
-    const uint32_t xbytes = (uint32_t)(32 * M);
-    if (producer && lane == 0)
-        for (int i = 0; i < P; i++)
-            g2_mbar_init(bar0 + 8 * i, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    __syncthreads();
-
-    const uint64_t pol = g2_evict_first();
-    const char *zsrc = (const char *)(lane == 30 ? (const void *)(qz + (size_t)j0 * ldq + 32 * cq)
-                                                 : (const void *)(sc + (size_t)j0 * lds + 256 * cq));
-    const size_t zstep = lane == 30 ? (size_t)ldq * 4 : (size_t)lds * 2; /* bytes per group */
-    const uint32_t zdst = lane == 30 ? G2_SLOT_Z : G2_SLOT_S;
-    const __nv_bfloat16 *xsrc = x + (size_t)(lane >= 1 && lane <= M ? lane - 1 : 0) * ldx + (size_t)j0 * GS;
-
-    /* start the weight (and zero, scale) copies of step s: tx bytes expected before the copies */
-    auto issue_w = [&](int s, int slot, uint32_t extra, bool arrive) {
-        const uint32_t bar = bar0 + 8 * slot, base = ring_s + (uint32_t)(slot * G2T_SLOT);
-        const bool first = s % SPG == 0;
-        if (lane == 0) {
-            const uint32_t tx = 2048u + (first ? zbytes + sbytes : 0u) + extra;
-            if (arrive)
-                g2_mbar_arrive_expect(bar, tx);
-            else
-                g2_mbar_expect(bar, tx);
-        }
-        __syncwarp();
-        if (lane == 0)
-            g2_tma_w(base, &wmap, 32 * cq, j0 * GS + 16 * s, bar, pol);
-        if (first && lane >= 30)
-            g2_bulk(base + zdst, zsrc + (size_t)(s / SPG) * zstep, lane == 30 ? zbytes : sbytes, bar);
-    };
-    /* the x rows of step s (after griddepcontrol.wait) */
-    auto issue_x = [&](int s, int slot) {
-        if (lane >= 1 && lane <= M)
-            g2_bulk(ring_s + (uint32_t)(slot * G2T_SLOT) + G2_SLOT_X + 32 * (lane - 1), xsrc + 16 * s, 32,
-                    bar0 + 8 * slot);
-    };
-
-    /* prologue: the weights of the first P - 1 steps (expected, not yet arrived), then, once the
-     * previous kernel is done, their x with the arrival */
-    if (producer) {
-        for (int s = 0; s < P - 1 && s < nsteps; s++)
-            issue_w(s, s, 0u, false);
-    }
-    g2_trigger();
-    pdl_wait();
-    if (producer) {
-        for (int s = 0; s < P - 1 && s < nsteps; s++) {
-            if (lane == 0)
-                g2_mbar_arrive_expect(bar0 + 8 * s, xbytes);
-            __syncwarp();
-            issue_x(s, s);
-        }
-    }
-
-    /* reads of this lane in a slot: word g of tile ct in rows 2q + b and 2q + 8 + b (chunk
-     * 2ct + g/4 of a row, at chunk position chunk ^ (row % 8)), x row min(g, M - 1) k 2q, 2q + 1
-     * and 2q + 8, 2q + 9, zero word g and scales of columns 8g .. 8g + 7 of tile ct */
-    const int ch = 2 * ct + (g >> 2);
-    const int rw0 = 256 * q + 16 * (ch ^ (2 * q)) + 4 * (g & 3);       /* row 2q (2q + 8: + 1024) */
-    const int rw1 = 256 * q + 128 + 16 * (ch ^ (2 * q + 1)) + 4 * (g & 3); /* row 2q + 1 (2q + 9: + 1024) */
-    const int rx = G2_SLOT_X + 32 * min(g, M - 1) + 4 * q;               /* (k 2q + 8: + 16) */
-    const int rz = G2_SLOT_Z + 32 * ct + 4 * g, rs = G2_SLOT_S + 128 * ct + 16 * g;
-
-    float acc[4][4], accg[4][4], xs[4]; /* as g2_flush says */
-    g2_zero(acc, accg, xs);
-#pragma unroll 1
-    for (int jg = 0; jg < ngroups; jg++) {
-        const int sb = (jg * SPG) & (P - 1); /* slot of the group's first step */
-        const uint32_t parity = (uint32_t)((jg * SPG) / P) & 1u; /* a group's steps share the ring pass */
-        uint32_t zw = 0u;
-        uint4 sv = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-        for (int t = 0; t < SPG; t++) {
-            const int s = jg * SPG + t;
-            g2_quad_sync(1 + quad); /* every warp of the quad is done with step s - 1's slot */
-            if (producer && s + P - 1 < nsteps) { /* step s + P - 1 into that slot */
-                const int slot = (sb + t + P - 1) & (P - 1);
-                issue_w(s + P - 1, slot, xbytes, true);
-                issue_x(s + P - 1, slot);
-            }
-            g2_mbar_wait(bar0 + 8 * (sb + t), parity);
-            const unsigned char *sl = ring + (sb + t) * G2T_SLOT;
-            if (t == 0) {
-                zw = *reinterpret_cast<const uint32_t *>(sl + rz);
-                sv = *reinterpret_cast<const uint4 *>(sl + rs);
-            }
-            const uint32_t w0 = *reinterpret_cast<const uint32_t *>(sl + rw0);
-            const uint32_t w1 = *reinterpret_cast<const uint32_t *>(sl + rw1);
-            const uint32_t w2 = *reinterpret_cast<const uint32_t *>(sl + rw0 + 1024);
-            const uint32_t w3 = *reinterpret_cast<const uint32_t *>(sl + rw1 + 1024);
-            const uint32_t b0 = *reinterpret_cast<const uint32_t *>(sl + rx);
-            const uint32_t b1 = *reinterpret_cast<const uint32_t *>(sl + rx + 16);
-            /* bytes of nibbles 0..3 (columns 0, 2, 4, 6) and 4..7 (1, 3, 5, 7), rows paired */
-            const uint32_t lo01 = __byte_perm(w0, w1, 0x5410), hi01 = __byte_perm(w0, w1, 0x7632);
-            const uint32_t lo23 = __byte_perm(w2, w3, 0x5410), hi23 = __byte_perm(w2, w3, 0x7632);
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                awq_mma_bf16(accg[i], awq_nib2_bf16(lo01 >> (4 * i)), awq_nib2_bf16(hi01 >> (4 * i)),
-                             awq_nib2_bf16(lo23 >> (4 * i)), awq_nib2_bf16(hi23 >> (4 * i)), b0, b1);
-            g2_mma_ones(xs, b0, b1);
-            if (t == SPG - 1) /* end of the group */
-                g2_flush(acc, accg, xs, zw, sv);
-        }
-    }
-    __syncthreads(); /* every ring is idle (all its copies waited for): reuse it for the reduction */
-    g2_epilogue(acc, reinterpret_cast<float *>(g2_dsmem + pad), &s_last, QC, M, NT, N, splits, y, ldy, part,
-                counters);
-}
-
 /* ---- plan: one wave of blocks ---- */
 
 typedef struct g2_plan {
@@ -550,13 +352,13 @@ typedef struct g2_plan {
 } g2_plan;
 
 #define G2_DEVS 64
-/* (SMs << 8 | blocks per SM) per kernel (0 cp.async, 1 TMA), device and group; 0 = unknown */
-static std::atomic<int> g2_cache[2][G2_DEVS][3];
+/* (SMs << 8 | blocks per SM) per device and group; 0 = unknown */
+static std::atomic<int> g2_cache[G2_DEVS][3];
 
-template <int GS> static cudaError_t g2_setup(int tma, int *blocks)
+template <int GS> static cudaError_t g2_setup(int *blocks)
 {
-    const void *fn = tma ? (const void *)awq_gemv2t_kernel<GS> : (const void *)awq_gemv2_kernel<GS>;
-    const int smem = tma ? G2T_SMEM : G2_SMEM;
+    const void *fn = (const void *)awq_gemv2_kernel<GS>;
+    const int smem = G2_SMEM;
     cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(fn, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -566,32 +368,31 @@ template <int GS> static cudaError_t g2_setup(int tma, int *blocks)
     return e;
 }
 
-/* SMs and resident blocks per SM of the kernel (tma or not) for `group` on the current device
- * (also sets its shared-memory limit, needed before the first launch). Cached per device. */
-static gm_status g2_resources(int tma, int64_t group, int *sms, int *blocks)
+/* SMs and resident blocks per SM of the kernel for `group` on the current device (also sets its
+ * shared-memory limit, needed before the first launch). Cached per device. */
+static gm_status g2_resources(int64_t group, int *sms, int *blocks)
 {
     int dev = 0, gi = group == 32 ? 0 : group == 64 ? 1 : 2;
     GM_CUDA_CHECK(cudaGetDevice(&dev));
     if (dev >= 0 && dev < G2_DEVS) {
-        int v = g2_cache[tma][dev][gi].load(std::memory_order_acquire);
+        int v = g2_cache[dev][gi].load(std::memory_order_acquire);
         if (v) {
             *sms = v >> 8, *blocks = v & 255;
             return GM_OK;
         }
     }
     GM_CUDA_CHECK(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev));
-    cudaError_t e = gi == 0 ? g2_setup<32>(tma, blocks) : gi == 1 ? g2_setup<64>(tma, blocks)
-                                                                   : g2_setup<128>(tma, blocks);
+    cudaError_t e = gi == 0 ? g2_setup<32>(blocks) : gi == 1 ? g2_setup<64>(blocks) : g2_setup<128>(blocks);
     if (e != cudaSuccess)
-        return gm_fail(GM_ERR_CUDA, "awq_gemv2%s: kernel setup (group %lld, %d bytes of shared memory): %s",
-                       tma ? "_tma" : "", (long long)group, tma ? G2T_SMEM : G2_SMEM, cudaGetErrorString(e));
+        return gm_fail(GM_ERR_CUDA, "k_gemv_awq: kernel setup (group %lld, %d bytes of shared memory): %s",
+                       (long long)group, G2_SMEM, cudaGetErrorString(e));
     if (*blocks < 1)
-        return gm_fail(GM_ERR_CUDA, "awq_gemv2%s: no block of %d threads and %d bytes of shared memory fits an SM",
-                       tma ? "_tma" : "", G2_THREADS, tma ? G2T_SMEM : G2_SMEM);
+        return gm_fail(GM_ERR_CUDA, "k_gemv_awq: no block of %d threads and %d bytes of shared memory fits an SM",
+                       G2_THREADS, G2_SMEM);
     if (*blocks > 255)
         *blocks = 255;
     if (dev >= 0 && dev < G2_DEVS)
-        g2_cache[tma][dev][gi].store(*sms << 8 | *blocks, std::memory_order_release);
+        g2_cache[dev][gi].store(*sms << 8 | *blocks, std::memory_order_release);
     return GM_OK;
 }
 
@@ -620,29 +421,11 @@ static void g2_make_plan(int64_t N, int64_t K, int64_t group, int sms, int block
     }
 }
 
-/* The driver's tensor-map encoder (looked up once; NULL when the driver has none). */
-static PFN_cuTensorMapEncodeTiled_v12000 g2_encoder(void)
-{
-    static std::atomic<void *> fn(nullptr);
-    void *f = fn.load(std::memory_order_acquire);
-    if (!f) {
-        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
-                cudaSuccess ||
-            q != cudaDriverEntryPointSuccess)
-            f = nullptr;
-        (void)cudaGetLastError();
-        if (f)
-            fn.store(f, std::memory_order_release);
-    }
-    return (PFN_cuTensorMapEncodeTiled_v12000)f;
-}
-
 static size_t g2_ws_bytes(const g2_plan *p, int64_t N)
 {
     if (p->splits <= 1)
         return 0;
-    /* counters [N/64] padded to 256 bytes, as awq_gemv's, so the two share a workspace */
+    /* counters [N/64] padded to 256 bytes, then the partial sums */
     size_t counters = ((size_t)(N / 64) * sizeof(unsigned) + 255) & ~(size_t)255;
     return counters + (size_t)p->splits * AWQ_GEMV_MAX_ROWS * (size_t)N * sizeof(float);
 }
@@ -653,33 +436,27 @@ static bool g2_shape_ok(int64_t N, int64_t K, int64_t group)
            K <= INT32_MAX / 2 && N <= INT32_MAX / 2;
 }
 
-extern "C" size_t awq_gemv2_workspace_bytes(int64_t N, int64_t K, int64_t group)
+extern "C" size_t k_gemv_awq_workspace_bytes(int64_t N, int64_t K, int64_t group)
 {
     if (!g2_shape_ok(N, K, group))
         return 0;
-    size_t need = 0;
-    for (int tma = 0; tma < 2; tma++) { /* both kernels (the same plan while both fit one block per SM) */
-        int sms, blocks;
-        if (g2_resources(tma, group, &sms, &blocks))
-            continue;
-        g2_plan p;
-        g2_make_plan(N, K, group, sms, blocks, &p);
-        size_t b = g2_ws_bytes(&p, N);
-        need = b > need ? b : need;
-    }
-    return need;
+    int sms, blocks;
+    if (g2_resources(group, &sms, &blocks))
+        return 0;
+    g2_plan p;
+    g2_make_plan(N, K, group, sms, blocks, &p);
+    return g2_ws_bytes(&p, N);
 }
 
-/* awq_gemv2 (tma 0) and awq_gemv2_tma (tma 1). */
-static gm_status g2_run(int tma, const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
-                        void *ws, size_t ws_bytes, cudaStream_t s)
+extern "C" gm_status k_gemv_awq(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
+                                void *ws, size_t ws_bytes, cudaStream_t s)
 {
-    const char *what = tma ? "awq_gemv2_tma" : "awq_gemv2";
+    const char *what = "k_gemv_awq";
     gm_status st = awq_check_common(what, x, M, ldx, w, y, ldy);
     if (st)
         return st;
     if (M > AWQ_GEMV_MAX_ROWS)
-        return gm_fail(GM_ERR_INVALID_ARG, "%s: %lld rows; at most %d (use awq_gemm)", what, (long long)M,
+        return gm_fail(GM_ERR_INVALID_ARG, "%s: %lld rows; at most %d (use k_gemm_awq_mma)", what, (long long)M,
                        AWQ_GEMV_MAX_ROWS);
     if (w->group != 32 && w->group != 64 && w->group != 128)
         return gm_fail(GM_ERR_UNSUPPORTED, "%s: group %lld (32, 64 or 128 supported)", what, (long long)w->group);
@@ -692,7 +469,7 @@ static gm_status g2_run(int tma, const void *x, int64_t M, int64_t ldx, const cp
                        "tensors too large for 32-bit offsets", what, (long long)w->K, (long long)w->ldq,
                        (long long)w->lds, (long long)ldx, (long long)ldy);
     int sms, blocks;
-    GM_CHECK(g2_resources(tma, w->group, &sms, &blocks));
+    GM_CHECK(g2_resources(w->group, &sms, &blocks));
     g2_plan p;
     g2_make_plan(w->N, w->K, w->group, sms, blocks, &p);
     size_t need = g2_ws_bytes(&p, w->N);
@@ -709,65 +486,13 @@ static gm_status g2_run(int tma, const void *x, int64_t M, int64_t ldx, const cp
     const __half *sc = (const __half *)w->scales;
     __nv_bfloat16 *yb = (__nv_bfloat16 *)y;
     cudaError_t e;
-    if (!tma) {
 #define G2_LAUNCH(GS)                                                                                              \
     gm_launch(awq_gemv2_kernel<GS>, grid, block, (size_t)G2_SMEM, s, xb, (int)M, (int)ldx, qw, qz, sc, (int)w->K,  \
               (int)w->N, (int)w->ldq, (int)w->lds, p.qc, p.gb, p.gw, p.splits, yb, (int)ldy, part, counters)
-        e = w->group == 32 ? G2_LAUNCH(32) : w->group == 64 ? G2_LAUNCH(64) : G2_LAUNCH(128);
+    e = w->group == 32 ? G2_LAUNCH(32) : w->group == 64 ? G2_LAUNCH(64) : G2_LAUNCH(128);
 #undef G2_LAUNCH
-    } else {
-        /* qweight as a 2D tensor of u32 [K, N/8] (row stride ldq), boxes of 16 rows x 32 words */
-        PFN_cuTensorMapEncodeTiled_v12000 encode = g2_encoder();
-        if (!encode)
-            return gm_fail(GM_ERR_CUDA, "%s: the driver has no cuTensorMapEncodeTiled", what);
-        CUtensorMap wmap;
-        const cuuint64_t dims[2] = {(cuuint64_t)(w->N / 8), (cuuint64_t)w->K}, strides[1] = {(cuuint64_t)w->ldq * 4};
-        const cuuint32_t box[2] = {32, 16}, estr[2] = {1, 1};
-        CUresult r = encode(&wmap, CU_TENSOR_MAP_DATA_TYPE_UINT32, 2, (void *)w->qweight, dims, strides, box, estr,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-        if (r != CUDA_SUCCESS)
-            return gm_fail(GM_ERR_CUDA, "%s: cuTensorMapEncodeTiled (qweight K %lld N %lld ldq %lld): error %d", what,
-                           (long long)w->K, (long long)w->N, (long long)w->ldq, (int)r);
-#define G2_LAUNCH(GS)                                                                                              \
-    gm_launch(awq_gemv2t_kernel<GS>, grid, block, (size_t)G2T_SMEM, s, wmap, xb, (int)M, (int)ldx, qz, sc,        \
-              (int)w->K, (int)w->N, (int)w->ldq, (int)w->lds, p.qc, p.gb, p.gw, p.splits, yb, (int)ldy, part,     \
-              counters)
-        e = w->group == 32 ? G2_LAUNCH(32) : w->group == 64 ? G2_LAUNCH(64) : G2_LAUNCH(128);
-#undef G2_LAUNCH
-    }
     if (e != cudaSuccess)
         return gm_fail(GM_ERR_CUDA, "%s launch (M %lld K %lld N %lld group %lld): %s", what, (long long)M,
                        (long long)w->K, (long long)w->N, (long long)w->group, cudaGetErrorString(e));
     return GM_OK;
-}
-
-extern "C" gm_status awq_gemv2(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
-                               void *ws, size_t ws_bytes, cudaStream_t s)
-{
-    return g2_run(0, x, M, ldx, w, y, ldy, ws, ws_bytes, s);
-}
-
-extern "C" gm_status awq_gemv2_tma(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
-                                   void *ws, size_t ws_bytes, cudaStream_t s)
-{
-    return g2_run(1, x, M, ldx, w, y, ldy, ws, ws_bytes, s);
-}
-
-/* ---- which GEMV awq_matmul uses ---- */
-
-static std::atomic<int> g_awq_gemv_impl(0); /* 0: not chosen yet */
-
-extern "C" void awq_gemv_set_impl(int impl) { g_awq_gemv_impl.store(impl == 1 || impl == 3 ? impl : 2); }
-
-extern "C" int awq_gemv_get_impl(void)
-{
-    int v = g_awq_gemv_impl.load();
-    if (v)
-        return v;
-    const char *env = getenv("GM_AWQ_GEMV");
-    int want = env ? atoi(env) : 2, expected = 0;
-    want = want == 1 || want == 3 ? want : 2;
-    g_awq_gemv_impl.compare_exchange_strong(expected, want);
-    return g_awq_gemv_impl.load();
 }

@@ -1,6 +1,6 @@
-/* cpu_awq.c - AutoAWQ int4 packing, group quantization, clipping search and the
- * dequantizing matmul reference (see cpu_awq.h for the layout). */
-#include "cpu_awq.h"
+/* gemm_awq.c - AutoAWQ int4 packing, group quantization, clipping search and the
+ * dequantizing matmul reference (see gemm_awq.h for the layout). */
+#include "gemm_awq.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "../../common/dtype.h"
-#include "cpu_ops.h"
+#include "gemm.h"
 
 const int cpu_awq_order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 const int cpu_awq_rev[8] = {0, 4, 1, 5, 2, 6, 3, 7};

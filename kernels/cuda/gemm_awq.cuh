@@ -1,97 +1,72 @@
-/* awq.cuh - W4A16 products with AutoAWQ GEMM-layout int4 weights on Hopper (sm_90a).
+/* gemm_awq.cuh - W4A16 products with AutoAWQ GEMM-layout int4 weights on Hopper (sm_90a).
  *
- * y [M, N] = x [M, K] . W, W[k, n] = (q[k, n] - z[k/g, n]) * s[k/g, n]  (kernels/cpu/cpu_awq.h:
+ * y [M, N] = x [M, K] . W, W[k, n] = (q[k, n] - z[k/g, n]) * s[k/g, n]  (kernels/cpu/gemm_awq.h:
  * qweight [K, N/8] int32, qzeros [K/g, N/8] int32, scales [K/g, N] fp16; the weight struct is
  * cpu_awq_w with device pointers). Activations and outputs are bf16, accumulation float32.
+ * CPU twin: cpu_awq_matmul (kernels/cpu/gemm_awq.h).
  *
- * - awq_gemv (M <= 8, meant for decode batches <= 4): bound by reading the packed weights.
- *   Each warp owns 64 output columns and whole groups of K; nibbles become exact bf16
- *   (q - z) integers (FasterTransformer's lop3 trick with magic 0x4300 = 128.0), an
- *   m16n8k16 bf16 MMA takes x as A (batch rows) and the weights as B, and every group's
- *   sum is scaled in float32, so the product is exact up to float32 rounding. K is split
- *   across blocks when N alone does not fill the GPU; the partial sums go to a workspace
- *   and the last block of each column tile adds them in split order (deterministic).
- * - awq_gemv2 (M <= 8): the same product, streamed: per warp one 64-column tile and a run of
- *   whole groups; four warps share a 16-step shared-memory ring that 16-byte cp.async copies
- *   fill in whole 128-byte lines of qweight; the weights are the MMA's A operand (x as B: 8
- *   batch columns, no padding rows), group sums scaled in float32; one wave of blocks, K split
- *   across blocks where the columns do not fill it (workspace, last block adds in order).
- *   awq_gemv2_tma: the same kernel with the rings filled by the tensor copy engine (TMA).
- *   awq_matmul picks awq_gemv, awq_gemv2 or awq_gemv2_tma with awq_gemv_set_impl / GM_AWQ_GEMV
- *   (awq_gemv2.cu).
- * - awq_gemm (any M): tiles of 32*MT x 128 x 32 through a 3-stage cp.async pipeline,
- *   weights dequantized in registers to bf16 ((q - z) * s rounded once) and fed to
+ * - k_gemm_awq: the product for any M: k_gemv_awq for M <= AWQ_GEMV_ROWS (and group 32/64/128),
+ *   else k_gemm_awq_mma.
+ * - k_gemv_awq (M <= 8, decode batches; gemm_awq_gemv.cu): bound by reading the packed weights.
+ *   Per warp one 64-column tile and a run of whole groups; four warps share a 16-step shared-memory
+ *   ring that 16-byte cp.async copies fill in whole 128-byte lines of qweight; nibbles become exact
+ *   bf16 (128 + q) integers (lop3 with magic 0x4300 = 128.0), the weights are the MMA's A operand
+ *   (x as B: 8 batch columns, no padding rows), group sums scaled in float32, so the product is exact
+ *   up to float32 rounding; one wave of blocks, K split across blocks where the columns do not fill
+ *   it (workspace, the last block adds the partials in split order: deterministic).
+ * - k_gemm_awq_mma (any M; gemm_awq.cu): tiles of 32*MT x 128 x 32 through a 3-stage cp.async
+ *   pipeline, weights dequantized in registers to bf16 ((q - z) * s rounded once) and fed to
  *   mma.sync m16n8k16 with float32 accumulators.
  *
  * Requirements (checked, GM_ERR_INVALID_ARG / GM_ERR_UNSUPPORTED): group 32, 64 or 128
  * (gemm: any multiple of 32), K % group == 0, N % 64 == 0, ldq % 4 == 0, lds % 8 == 0,
  * ldx and ldy % 8 == 0, x, y, scales 16-byte aligned. Launchers take a stream, allocate
  * nothing and do not synchronise (graph-capturable). */
-#ifndef GM_K_AWQ_CUH
-#define GM_K_AWQ_CUH
+#ifndef GM_K_GEMM_AWQ_CUH
+#define GM_K_GEMM_AWQ_CUH
 
 #include <cuda_runtime_api.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "../../common/status.h"
-#include "../cpu/cpu_awq.h"
+#include "../cpu/gemm_awq.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Most rows awq_gemv takes; awq_matmul sends M <= AWQ_GEMV_ROWS_DEFAULT rows to it. */
+/* Most rows k_gemv_awq takes; k_gemm_awq sends M <= AWQ_GEMV_ROWS rows to it. */
 #define AWQ_GEMV_MAX_ROWS 8
-#define AWQ_GEMV_ROWS_DEFAULT 4
+#define AWQ_GEMV_ROWS 4
 
-/* Workspace bytes awq_gemv, awq_gemv2 AND awq_gemv2_tma need for a weight of N outputs, K inputs,
- * this group, on the current device (split-K partials and per-tile counters; the largest of the
- * kernels' needs, so awq_matmul may use any with it). Zero it (cudaMemset) once after
+/* Workspace bytes k_gemv_awq needs for a weight of N outputs, K inputs, this group, on the current
+ * device (split-K partials and per-tile counters; 0: none). Zero it (cudaMemset) once after
  * allocating; every call leaves it ready for the next. One workspace per stream AND per (N, K, group):
  * the split counters sit before the partial sums at an offset that depends on N, so a call of
  * another shape would read the previous call's partials as counters (seen in the CUDA engine on
  * the H200, 2026-11-24: decode logits error 1.29 with one shared workspace). */
-size_t awq_gemv_workspace_bytes(int64_t N, int64_t K, int64_t group);
+size_t k_gemv_awq_workspace_bytes(int64_t N, int64_t K, int64_t group);
 
-/* y [M, N] (row stride ldy) = x [M, K] (row stride ldx) . dequant(w); M in 1..8; bf16. */
-gm_status awq_gemv(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
-                   size_t ws_bytes, cudaStream_t s);
-
-/* Workspace bytes awq_gemv2 and awq_gemv2_tma need (0: none; same rules as above: zero it once,
- * one per stream and shape; their counters sit where awq_gemv's do, so one workspace serves all). */
-size_t awq_gemv2_workspace_bytes(int64_t N, int64_t K, int64_t group);
-
-/* As awq_gemv (same arguments, rules and results up to float32 summation order); group 32, 64
- * or 128. Deterministic, and row r of a batch gives the bits of the 1-row call. Launched with
- * PDL (launch.cuh): its first weight copies start before the previous kernel finishes. */
-gm_status awq_gemv2(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
-                    size_t ws_bytes, cudaStream_t s);
-
-/* awq_gemv2 with its rings filled by the tensor copy engine (same contract and plan; EXPERIMENTAL:
- * written without a GPU run, 2026-11-25; a stuck copy traps instead of hanging). */
-gm_status awq_gemv2_tma(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
-                        size_t ws_bytes, cudaStream_t s);
-
-/* The GEMV awq_matmul uses for M <= AWQ_GEMV_ROWS_DEFAULT: 1 = awq_gemv, 2 = awq_gemv2 (default:
- * 1.2-1.8x faster on an H200, tests passed there), 3 = awq_gemv2_tma (experimental). Process-wide;
- * until set, the environment variable GM_AWQ_GEMV=1|2|3 decides (read once). Other values select 2. */
-void awq_gemv_set_impl(int impl);
-int awq_gemv_get_impl(void);
+/* y [M, N] (row stride ldy) = x [M, K] (row stride ldx) . dequant(w); M in 1..8; bf16; group 32, 64
+ * or 128. Deterministic, and row r of a batch gives the bits of the 1-row call. Launched with PDL
+ * (launch.cuh): its first weight copies start before the previous kernel finishes. */
+gm_status k_gemv_awq(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
+                     size_t ws_bytes, cudaStream_t s);
 
 /* The tensor-core GEMM for any M >= 1. */
-gm_status awq_gemm(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
-                   cudaStream_t s);
+gm_status k_gemm_awq_mma(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
+                         cudaStream_t s);
 
-/* The selected GEMV (awq_gemv_get_impl) for M <= AWQ_GEMV_ROWS_DEFAULT (ws needed then), else awq_gemm. */
-gm_status awq_matmul(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
+/* k_gemv_awq for M <= AWQ_GEMV_ROWS and group 32, 64 or 128 (ws needed then), else k_gemm_awq_mma. */
+gm_status k_gemm_awq(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy, void *ws,
                      size_t ws_bytes, cudaStream_t s);
 
 #ifdef __cplusplus
 }
 #endif
 
-/* ---- device helpers shared by awq_gemv.cu and awq_gemm.cu ---- */
+/* ---- device helpers shared by gemm_awq.cu and gemm_awq_gemv.cu ---- */
 #ifdef __CUDACC__
 #include <cuda_bf16.h>
 

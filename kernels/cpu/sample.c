@@ -1,10 +1,10 @@
-/* cpu_sample.c - greedy / temperature / top-k / top-p sampling with the counter-based draw.
+/* sample.c - greedy / temperature / top-k / top-p sampling with the counter-based draw.
  *
  * Kept tokens are walked in descending probability (ties: lower id first) and
  * the draw picks the first whose cumulative mass exceeds u * kept_mass, where
  * u = gm_rng_uniform(seed, counter). Probabilities are float32 exp() values,
  * summed in double. */
-#include "cpu_ops.h"
+#include "sample.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -104,4 +104,13 @@ int32_t cpu_sample(const float *logits, int64_t vocab, const gm_sampling *s, uin
     }
     free(c);
     return id;
+}
+
+int64_t cpu_argmax(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
 }

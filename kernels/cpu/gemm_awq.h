@@ -1,14 +1,14 @@
-/* cpu_awq.h - INT4 AWQ weights on the CPU: AutoAWQ "GEMM" packing, group quantization
+/* gemm_awq.h - INT4 AWQ weights on the CPU: AutoAWQ "GEMM" packing, group quantization
  * (round-to-nearest and clipped), the clipping search, dequantization and the
  * y = x . dequant(W) reference that the CUDA W4A16 kernels are tested against.
  *
- * Layout (FACTS.md section 1), for a Linear with K inputs, N outputs, group g:
+ * Layout (AutoAWQ's GEMM packing), for a Linear with K inputs, N outputs, group g:
  *   qweight [K, N/8] int32, qzeros [K/g, N/8] int32, scales [K/g, N] fp16.
  * Nibble i (bits 4i..4i+3) of packed word c holds logical column 8c + ORDER[i],
  * ORDER = [0,2,4,6,1,3,5,7]; logical column n lives in nibble REV[n % 8] of word n / 8.
  * W[k, n] = (q[k, n] - z[k/g, n]) * s[k/g, n]; y = x . W (W is nn.Linear.weight transposed). */
-#ifndef GM_CPU_AWQ_H
-#define GM_CPU_AWQ_H
+#ifndef GM_CPU_GEMM_AWQ_H
+#define GM_CPU_GEMM_AWQ_H
 
 #include <stdint.h>
 

@@ -1,4 +1,4 @@
-/* cpu_matmul.c - y = x . W^T with float32 (or float64) dot products whose order depends only on K.
+/* gemm.c - y = x . W^T with float32 (or float64) dot products whose order depends only on K.
  *
  * Every output is one dot product over k = 0..K-1 computed in 8 lanes
  * (lane l takes k = 8i + l), the lanes folded as ((s0+s1)+(s2+s3)) with
@@ -7,7 +7,7 @@
  * order, so results are bit-identical for any batch size T or thread count.
  * Weights are converted to float32 one tile of rows at a time and reused
  * across all T rows of x (this loop is nearly all of the CPU backend's time). */
-#include "cpu_ops.h"
+#include "gemm.h"
 
 #include <pthread.h>
 #include <stdlib.h>

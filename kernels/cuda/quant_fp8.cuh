@@ -1,13 +1,15 @@
-/* fp8.cuh - FP8 e4m3 quantization kernels: weights at load (per-tensor scale), activations
- * fused into RMSNorm and GeGLU (static or dynamic per-tensor scale), a plain quantizer for
- * the attention output, and the FP8 paged-KV writer.
+/* quant_fp8.cuh - FP8 e4m3 quantization: weights at load (per-tensor scale), activations (a plain
+ * quantizer, e.g. for the attention output; static or dynamic per-tensor scale), the dequantizer, and
+ * the activation-quantizer type k_fp8_act that the fused producers take too: k_rmsnorm_fp8 /
+ * k_add_rmsnorm_fp8 (norm.cuh), k_geglu_fp8 (geglu.cuh); the FP8 KV write is k_kv_write_fp8
+ * (rope_kv.cuh). CPU twin: kernels/cpu/quant_fp8.h.
  *
- * Scales are dequant multipliers in device memory (x ~= e4m3 * scale; FACTS.md section 3),
- * scale = max(amax, 1e-12) / 448, and quantizing computes e4m3_satfinite(x * (1.0f / scale)):
- * bit for bit what kernels/cpu/cpu_fp8.h does. Activations are rounded to bf16 first (the value
- * the unfused bf16 kernel would have stored), so fused == rmsnorm/geglu then k_fp8_quantize. */
-#ifndef GM_K_FP8_CUH
-#define GM_K_FP8_CUH
+ * Scales are dequant multipliers in device memory (x ~= e4m3 * scale), scale = max(amax, 1e-12) / 448,
+ * and quantizing computes e4m3_satfinite(x * (1.0f / scale)): bit for bit what kernels/cpu/quant_fp8.h
+ * does. Activations are rounded to bf16 first (the value the unfused bf16 kernel would have stored), so
+ * fused == rmsnorm/geglu then k_fp8_quantize. */
+#ifndef GM_K_QUANT_FP8_CUH
+#define GM_K_QUANT_FP8_CUH
 
 #include <cuda_runtime_api.h>
 #include <stddef.h>
@@ -24,12 +26,12 @@ extern "C" {
  * Dynamic: amax [1] f32 scratch and tmp [rows, dim] bf16 scratch are given; the launcher zeroes
  * amax (cudaMemsetAsync, capturable), one kernel writes the bf16 values to tmp and the max |x| to
  * amax, a second writes scale = max(amax, 1e-12)/448 and quantizes tmp. scale then feeds
- * gemm_fp8's x_scale. */
-typedef struct fp8_act {
+ * k_gemm_fp8's x_scale. */
+typedef struct k_fp8_act {
     float *scale;
     float *amax;
     void *tmp;
-} fp8_act;
+} k_fp8_act;
 
 /* Per-tensor weight quantization at load: *scale = max|w| / 448, q = e4m3(w / scale).
  * w [n] bf16; q [n] e4m3; scale [1] f32 (written); amax [1] f32 scratch. */
@@ -41,31 +43,7 @@ gm_status k_fp8_quantize_static(const void *x, int64_t n, const float *scale, vo
 
 /* Quantize an activation.   x [rows, dim] bf16 (row stride ldx); q [rows, dim] e4m3 (dense).
  * dim % 8 == 0, ldx % 8 == 0. Dynamic mode reads x twice (amax, then quantize) and needs no tmp. */
-gm_status k_fp8_quantize(const void *x, int64_t ldx, int64_t rows, int64_t dim, const fp8_act *a, void *q,
-                         cudaStream_t s);
-
-/* q = e4m3(bf16(rmsnorm(x)) / scale): k_rmsnorm's math (x * rsqrt(mean(x^2) + eps) * w1, float32)
- * with the quantization fused. x [n, dim] bf16 (row stride ldx); w1 [dim] f32 (1 + weight);
- * q [n, dim] e4m3 (dense). dim % 8 == 0, dim <= 8192. */
-gm_status k_rmsnorm_fp8(const void *x, int64_t ldx, const float *w1, int64_t n, int64_t dim, float eps,
-                        const fp8_act *a, void *q, cudaStream_t s);
-
-/* As k_add_rmsnorm (h = bf16(h + delta) written back, delta bf16 or f32 when delta_f32), then the
- * norm quantized as k_rmsnorm_fp8.   h [n, dim] bf16 dense; q [n, dim] e4m3 dense. */
-gm_status k_add_rmsnorm_fp8(void *h, const void *delta, int delta_f32, const float *w1, int64_t n, int64_t dim,
-                            float eps, const fp8_act *a, void *q, cudaStream_t s);
-
-/* q[t, i] = e4m3(bf16(bf16(gelu_tanh(gate)) * up) / scale), k_geglu's math with the quantization
- * fused.   gu [T, 2n] bf16 (gate | up); q [T, n] e4m3. n % 8 == 0. */
-gm_status k_geglu_fp8(const void *gu, int64_t T, int64_t n, const fp8_act *a, void *q, cudaStream_t s);
-
-/* The FP8 KV-cache write: token t's K and V (already rotated, in the fused qkv row: k heads at
- * columns [nh*hd, (nh+nkv)*hd), v heads after them) go to slot[t] (= block * bs + offset; < 0 =
- * skip) of the e4m3 pools as e4m3(x / kv_scale). Run k_rope_kv_write first with every slot < 0
- * (it still rotates q and k in qkv) so that nothing is written to a bf16 pool.
- * qkv [T, ld] bf16; slot [T] int32; k_pool, v_pool [num_blocks, nkv, bs, hd] e4m3. hd % 8 == 0. */
-gm_status k_kv_write_fp8(const void *qkv, int64_t ld, int64_t T, int32_t nh, int32_t nkv, int32_t hd,
-                         const int32_t *slot, float kv_scale, void *k_pool, void *v_pool, int32_t bs,
+gm_status k_fp8_quantize(const void *x, int64_t ldx, int64_t rows, int64_t dim, const k_fp8_act *a, void *q,
                          cudaStream_t s);
 
 /* out = bf16(e4m3 * scale) (tests, debugging, a bf16 fallback).   q [n] e4m3; out [n] bf16;

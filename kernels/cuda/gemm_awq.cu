@@ -1,5 +1,6 @@
-/* awq_gemm.cu - W4A16 tensor-core GEMM (prefill and batches > 4): int4 weights dequantized
- * in registers to bf16, mma.sync m16n8k16, float32 accumulators.
+/* gemm_awq.cu - k_gemm_awq (the W4A16 product for any M: GEMV or GEMM) and k_gemm_awq_mma, the W4A16
+ * tensor-core GEMM (prefill and batches > 4): int4 weights dequantized in registers to bf16, mma.sync
+ * m16n8k16, float32 accumulators.
  *
  * Block tile BM = 32 * MT rows x BN = 128 columns, BK = 32 (one quantization group per k
  * tile, since group % 32 == 0); 8 warps as 2 (rows) x 4 (columns), a warp computing
@@ -12,7 +13,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "awq.cuh"
+#include "gemm_awq.cuh"
 #include "cuda_check.h"
 
 #define BN 128
@@ -187,7 +188,7 @@ static gm_status gemm_launch(const void *x, int64_t M, int64_t ldx, const cpu_aw
     const size_t smem = sizeof(gemm_smem<MT>); /* 38 KB at MT 4: under the 48 KB default */
     dim3 grid((unsigned)((w->N + BN - 1) / BN), (unsigned)((M + 32 * MT - 1) / (32 * MT))), block(THREADS);
     if (grid.y > 65535)
-        return gm_fail(GM_ERR_UNSUPPORTED, "awq_gemm: %lld rows is too many for one launch", (long long)M);
+        return gm_fail(GM_ERR_UNSUPPORTED, "k_gemm_awq_mma: %lld rows is too many for one launch", (long long)M);
     awq_gemm_kernel<MT><<<grid, block, smem, s>>>(
         (const __nv_bfloat16 *)x, (int)M, (int)ldx, (const uint32_t *)w->qweight, (const uint32_t *)w->qzeros,
         (const __half *)w->scales, (int)w->K, (int)w->N, (int)w->ldq, (int)w->lds, (int)w->group,
@@ -196,10 +197,10 @@ static gm_status gemm_launch(const void *x, int64_t M, int64_t ldx, const cpu_aw
     return GM_OK;
 }
 
-extern "C" gm_status awq_gemm(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
+extern "C" gm_status k_gemm_awq_mma(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
                               cudaStream_t s)
 {
-    gm_status st = awq_check_common("awq_gemm", x, M, ldx, w, y, ldy);
+    gm_status st = awq_check_common("k_gemm_awq_mma", x, M, ldx, w, y, ldy);
     if (st)
         return st;
     if (M <= 32)
@@ -207,4 +208,12 @@ extern "C" gm_status awq_gemm(const void *x, int64_t M, int64_t ldx, const cpu_a
     if (M <= 64)
         return gemm_launch<2>(x, M, ldx, w, y, ldy, s);
     return gemm_launch<4>(x, M, ldx, w, y, ldy, s);
+}
+
+extern "C" gm_status k_gemm_awq(const void *x, int64_t M, int64_t ldx, const cpu_awq_w *w, void *y, int64_t ldy,
+                                void *ws, size_t ws_bytes, cudaStream_t s)
+{
+    if (M <= AWQ_GEMV_ROWS && (w->group == 32 || w->group == 64 || w->group == 128))
+        return k_gemv_awq(x, M, ldx, w, y, ldy, ws, ws_bytes, s);
+    return k_gemm_awq_mma(x, M, ldx, w, y, ldy, s);
 }

@@ -1,12 +1,13 @@
-/* xqa_v2_kernel.cuh - XQA decode attention, kernel version 2. Internal: included by xqa.cu only
- * (after its PTX wrappers and xqa_kargs); the contract is xqa.cuh. Analysis and predictions:
- * bench/NOTES_FP8.md, "XQA v2".
+/* attn_decode_xqa_kernel.cuh - the XQA decode-attention kernel (its second version, "v2" in the lab
+ * notes; the first one was removed once v2 measured faster everywhere: bench/NOTES.md run F). Internal:
+ * included by attn_decode_xqa.cu only (after its PTX wrappers and xqa_kargs); the contract is
+ * attn_decode.cuh. Analysis and predictions: bench/NOTES_FP8.md, "XQA v2".
  *
- * Grid (nb_sub_seq, n_kv, batch) and the split rule are v1's; the CTA is 4 warps, but each warp is
+ * Grid (nb_sub_seq, n_kv, batch) and the split rule are xqa_split's; the CTA is 4 warps, but each warp is
  * its own pipeline: chunk c (16 keys) of the CTA's key range belongs to warp c % 4, which copies it
  * into its own 3-slot cp.async ring, runs QK^T, an online softmax and PV on it, and never waits
  * for the other warps until the end, where the four (max, sum, O) states are merged through
- * shared memory (and splits through scratch, as v1, with a merge that keeps its loads in flight).
+ * shared memory (and splits through scratch, with a merge that keeps its loads in flight).
  *
  * MMAs are swapped (A = keys for QK^T, A = head dims for PV; B = query rows, 8 per n8 tile), so
  * G * q_len <= 8 rows cost 16 + 16 MMAs per 16 keys at head_dim 256. Per thread, QK^T leaves
@@ -21,10 +22,10 @@
  * e4m3(rest); hi and lo are two n8 tiles of B and their products add in f32. That is exact for
  * every element of at least 2^-9 of the row's largest magnitude (bf16 has 8 significant bits, hi
  * and lo 4 each) and off by at most 2^-17 of that largest otherwise (lo's subnormal step). An
- * e4m3 NaN code (0x7f, 0xff) in K gives a NaN score here (v1 read it as a finite value); the
+ * e4m3 NaN code (0x7f, 0xff) in K gives a NaN score here; the
  * KV writers saturate, so pools hold none. Keys are permuted inside a chunk so both the K
  * (8 bytes per lane) and the V (4 keys x 4 bytes per lane) reads are conflict-free: MMA index
- * s = 2c + j + 8u <-> key c + 4j + 8u. PV stays f16 (P rounded to f16 as in v1): V bytes go to
+ * s = 2c + j + 8u <-> key c + 4j + 8u. PV stays f16 (P rounded to f16): V bytes go to
  * f16 by the bit move (value * 2^-8, the 2^8 back in v_fac), byte-transposed with one prmt.
  *
  * Lazy rescaling: a row's reference max moves only when a score passes it by 2^8 (then O, l

@@ -1,0 +1,333 @@
+/* engine_cuda_forward.cu - the Gemma v1 forward pass of one step on one GPU (one tensor-parallel rank).
+ *
+ * cu_forward reads as the model: embed; per layer norm, q|k|v, RoPE + KV write + attention, o, residual +
+ * norm, gate|up + GeGLU, down; final norm, LM head, sample. Two helpers hide the kernel choices:
+ * - linear(): y = x . W^T in W's format (bf16: cuBLASLt or the GEMV; FP8: static or dynamic activation
+ *   scale; AWQ: W4A16). The quantization of an FP8 product's input rides on the kernel that writes it
+ *   when it can (norm(), attention(), linear_geglu()); linear() quantizes bf16 rows itself otherwise.
+ * - attention(): the decode rows by the kernel the plan names (cu_decode_uses_xqa, the one measured rule),
+ *   the prompt rows by the prefill kernel.
+ * Tensor-parallel ranks all-reduce (NCCL, float32) after o_proj and down_proj; rank 0 computes the logits
+ * and samples, and broadcasts the tokens. */
+#include <stdio.h>
+#include <string.h>
+
+#include "../kernels/cuda/attn_decode.cuh"
+#include "../kernels/cuda/attn_prefill.cuh"
+#include "../kernels/cuda/cuda_check.h"
+#include "../kernels/cuda/embed.cuh"
+#include "../kernels/cuda/geglu.cuh"
+#include "../kernels/cuda/norm.cuh"
+#include "../kernels/cuda/rope_kv.cuh"
+#include "../kernels/cuda/sample.cuh"
+#include "engine_cuda_internal.h"
+
+void cu_prof_mark(cuda_engine *c, int op)
+{
+    prof_state *p = &c->prof;
+    if (!p->on || p->n >= PROF_MAX)
+        return;
+    if (!p->ev[p->n] && cudaEventCreate(&p->ev[p->n]) != cudaSuccess)
+        return;
+    /* inside a capture an event record becomes a graph node only as an "external" record */
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(c->stream, &cs);
+    unsigned fl = cs == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault;
+    if (cudaEventRecordWithFlags(p->ev[p->n], c->stream, fl) == cudaSuccess)
+        p->op[p->n++] = op;
+    else
+        (void)cudaGetLastError(); /* a failed mark must not surface as a later kernel's error */
+}
+
+/* ---------------------------------------------------------------- the measured decode-attention rule */
+
+/* XQA (1) or k_attn_decode (0) for a decode batch of `rows` rows. XQA reads MHA's KV at the copy rate from
+ * 2 rows and MQA/GQA's from XQA_MIN_BATCH rows (bench/NOTES.md runs F-K, bench/RESULTS.md); below that
+ * k_attn_decode (bf16, with RoPE and the KV write folded in) and k_attn_decode_fp8 answer sooner at the
+ * contexts batch-1 chat sees (7b batch 1: 338 vs 328 tok/s at 128-256 tokens, runs J-K; XQA wins past ~2k
+ * tokens).
+ * Shapes k_attn_decode does not serve (1, 2, 4 or 8 query heads per KV head; head_dim 32..256) take XQA. */
+int cu_decode_uses_xqa(const cuda_engine *c, int32_t rows)
+{
+    int64_t g = c->nq / c->nkv;
+    int split_ok = c->nq % c->nkv == 0 && (g == 1 || g == 2 || g == 4 || g == 8) &&
+                   (c->hd == 32 || c->hd == 64 || c->hd == 128 || c->hd == 256);
+    if (!split_ok || c->opt.attn == GM_CUDA_ATTN_XQA)
+        return 1;
+    return c->opt.attn == GM_CUDA_ATTN_AUTO && (g == 1 ? rows >= 2 : rows >= XQA_MIN_BATCH);
+}
+
+int32_t cu_xqa_splits(const cuda_engine *c, int32_t rows)
+{
+    k_xqa_params p;
+    memset(&p, 0, sizeof p);
+    p.batch = rows, p.q_len = 1, p.n_heads = (int32_t)c->nq, p.n_kv = (int32_t)c->nkv, p.head_dim = (int32_t)c->hd;
+    p.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16, p.block_size = c->base.opts.kv_block_size;
+    int32_t nb = k_xqa_pick_sub_seq(&p, c->base.opts.max_context, c->n_sm);
+    return nb < 1 ? 1 : nb;
+}
+
+void cu_attn_plan_eager(const cuda_engine *c, int32_t rows, cu_attn_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    p->rows = rows;
+    if (rows <= 0)
+        return;
+    p->xqa = cu_decode_uses_xqa(c, rows);
+    if (!p->xqa) {
+        p->n_split = k_attn_decode_splits(rows, (int32_t)c->nkv, c->base.opts.max_context, c->n_sm);
+        return;
+    }
+    p->n_split = cu_xqa_splits(c, rows);
+    p->scratch = c->xqa_scratch, p->scratch_bytes = c->xqa_bytes, p->clear = 1;
+}
+
+/* ---------------------------------------------------------------- the steps of a layer */
+
+/* Rows [T, K] entering a product: bf16 (x, row stride ld), or the e4m3 codes a fused producer already
+ * wrote (scale: their dequant scale [1] f32). q8 [T, K] e4m3: where linear() quantizes bf16 rows. */
+typedef struct cu_rows {
+    const void *x;
+    int64_t ld;
+    const float *scale;
+    uint8_t *q8;
+} cu_rows;
+
+/* How the input of FP8 product w is quantized: its static scale, or a dynamic one computed into act_sc. */
+static k_fp8_act act_quant(const cuda_engine *c, const cu_linear *w)
+{
+    k_fp8_act q;
+    if (w->act_slot < 0 || c->static_act) {
+        q.scale = w->in_scale, q.amax = NULL, q.tmp = NULL;
+        return q;
+    }
+    q.scale = c->act_sc + w->act_slot * SC_STRIDE;
+    q.amax = c->act_sc + 4 * SC_STRIDE;
+    q.tmp = c->act_tmp;
+    return q;
+}
+
+/* y [T, N] = x [T, K] . W^T in W's format; y bf16, or f32 when y_f32 (the tensor-parallel partial sums),
+ * row stride ldy. */
+static gm_status linear(cuda_engine *c, const cu_linear *w, const cu_rows *x, int64_t T, void *y, int y_f32,
+                        int64_t ldy)
+{
+    cudaStream_t s = c->stream;
+    if (w->fmt == CU_W_FP8) {
+        const void *xq = x->x;
+        int64_t ldx = x->ld;
+        const float *xs = x->scale;
+        if (!xs) { /* bf16 rows: quantize them for this product */
+            k_fp8_act q = act_quant(c, w);
+            GM_CHECK(k_fp8_quantize(x->x, x->ld, T, w->K, &q, x->q8, s));
+            xq = x->q8, ldx = w->K, xs = q.scale;
+        }
+        return k_gemm_fp8(c->gemm8, xq, T, w->K, ldx, xs, w->w8, w->K, w->w_scale, w->N, y, y_f32, ldy, s);
+    }
+    if (w->fmt == CU_W_AWQ) {
+        if (y_f32)
+            return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: the W4A16 products write bf16 only");
+        return k_gemm_awq(x->x, T, x->ld, &w->awq, y, ldy, w->ws, w->ws_bytes, s);
+    }
+    return k_gemm_bf16(c->gemm, x->x, T, w->K, x->ld, w->w, w->K, w->N, y, y_f32, ldy, s);
+}
+
+/* h += delta (not when delta is NULL: the first layer), then RMSNorm(h) * (1 + w) as the input rows of
+ * product `to` (NULL: the LM head): e4m3 codes under its activation scale when it runs FP8 weights
+ * (c->xq8), else bf16 (c->xn). */
+static gm_status norm(cuda_engine *c, const void *delta, const float *w1, const cu_linear *to, int64_t T,
+                      cu_rows *x)
+{
+    cudaStream_t s = c->stream;
+    int64_t H = c->H;
+    int df = c->delta_f32;
+    x->ld = H, x->q8 = c->xq8;
+    if (to && to->fmt == CU_W_FP8) {
+        k_fp8_act q = act_quant(c, to);
+        x->x = c->xq8, x->scale = q.scale;
+        if (!delta)
+            return k_rmsnorm_fp8(c->h, H, w1, T, H, c->eps, &q, c->xq8, s);
+        return k_add_rmsnorm_fp8(c->h, delta, df, w1, T, H, c->eps, &q, c->xq8, s);
+    }
+    x->x = c->xn, x->scale = NULL;
+    if (!delta)
+        return k_rmsnorm(c->h, H, w1, T, H, c->eps, c->xn, H, s);
+    return k_add_rmsnorm(c->h, delta, df, w1, T, H, c->eps, c->xn, s);
+}
+
+/* The step's XQA scratch shared by all batch sizes: clear its split semaphores before the first layer. */
+static gm_status attention_prepare(cuda_engine *c, const fwd_args *a)
+{
+    if (a->dec.xqa && a->dec.clear)
+        GM_CUDA_CHECK(cudaMemsetAsync(a->dec.scratch, 0, c->xqa_sem_bytes, c->stream));
+    return GM_OK;
+}
+
+/* Decode rows [0, p->rows) through XQA (one query row each). */
+static gm_status attention_xqa(cuda_engine *c, const fwd_args *a, const void *kp, const void *vp, float kvs)
+{
+    const cu_attn_plan *p = &a->dec;
+    k_xqa_params x;
+    memset(&x, 0, sizeof x);
+    x.q = c->qkv, x.ldq = c->n_qkv, x.out = c->att, x.ldo = c->nq * c->hd;
+    x.k_pool = kp, x.v_pool = vp, x.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16;
+    x.block_tables = a->m.bt, x.bt_stride = c->max_blocks, x.seq_lens = a->m.ctx_len;
+    x.batch = p->rows, x.q_len = 1, x.n_heads = (int32_t)c->nq, x.n_kv = (int32_t)c->nkv;
+    x.head_dim = (int32_t)c->hd, x.block_size = c->base.opts.kv_block_size, x.scale = c->scale, x.kv_scale = kvs;
+    x.nb_sub_seq = p->n_split, x.scratch = p->scratch, x.scratch_bytes = p->scratch_bytes;
+    return k_attn_decode_xqa(&x, c->stream);
+}
+
+/* Layer l's attention over the step's T query rows: RoPE on q and k (c->qkv [T, n_qkv]), the new K and V
+ * into the pool, then softmax(scale q K^T) V into c->att [T, nq hd] bf16. The first a->dec.rows rows
+ * decode one token each (XQA, or k_attn_decode / _fp8; a decode step on a bf16 pool folds RoPE and the KV
+ * write into k_attn_decode_rope); the others are prompt chunks (k_attn_prefill_kv). *out: o_proj's input
+ * rows, already e4m3 when a decode kernel wrote them under o's static activation scale. */
+static gm_status attention(cuda_engine *c, const fwd_args *a, int32_t l, const cu_linear *o, cu_rows *out)
+{
+    cudaStream_t s = c->stream;
+    const meta_ptrs *m = &a->m;
+    const cu_attn_plan *p = &a->dec;
+    const int32_t nq = (int32_t)c->nq, nkv = (int32_t)c->nkv, hd = (int32_t)c->hd, bs = c->base.opts.kv_block_size;
+    const int64_t qw = c->nq * c->hd;
+    const size_t esz = c->kv8 ? 1 : 2;
+    char *kp = (char *)c->kv + (size_t)l * 2 * (size_t)c->layer_elems * esz, *vp = kp + (size_t)c->layer_elems * esz;
+    const float kvs = c->layers[l].kv_scale;
+    /* a decode step's split kernel writes o_proj's e4m3 input itself under a static activation scale */
+    const k_fp8_act oq = o->fmt == CU_W_FP8 ? act_quant(c, o) : k_fp8_act{NULL, NULL, NULL};
+    const int att8 = o->fmt == CU_W_FP8 && oq.amax == NULL && a->decode && !p->xqa;
+    out->x = att8 ? (const void *)c->attq8 : (const void *)c->att, out->ld = qw;
+    out->scale = att8 ? oq.scale : NULL, out->q8 = c->attq8;
+    if (a->decode && !p->xqa && !c->kv8) /* RoPE and the KV write happen inside the attention kernel */
+        return k_attn_decode_rope(c->qkv, c->n_qkv, p->rows, nq, nkv, hd, kp, vp, bs, m->bt, c->max_blocks,
+                                  m->ctx_len, m->slot, c->rope_tab, c->scale, p->n_split, c->dec_scratch, c->att, qw,
+                                  att8 ? c->attq8 : NULL, att8 ? oq.scale : NULL, s);
+    /* RoPE on q and k; the bf16 pool is written here, the FP8 one by k_kv_write_fp8 */
+    GM_CHECK(k_rope_kv_write(c->qkv, c->n_qkv, a->T, nq, nkv, hd, m->pos, c->rope_tab,
+                             c->kv8 ? c->neg_slots : m->slot, kp, vp, bs, s));
+    if (c->kv8)
+        GM_CHECK(k_kv_write_fp8(c->qkv, c->n_qkv, a->T, nq, nkv, hd, m->slot, kvs, kp, vp, bs, s));
+    cu_prof_mark(c, OP_ROPE_KV);
+    if (p->rows > 0 && p->xqa)
+        GM_CHECK(attention_xqa(c, a, kp, vp, kvs));
+    else if (p->rows > 0 && c->kv8)
+        GM_CHECK(k_attn_decode_fp8(c->qkv, c->n_qkv, p->rows, nq, nkv, hd, kp, vp, bs, m->bt, c->max_blocks,
+                                   m->ctx_len, c->scale, kvs, p->n_split, c->dec_scratch, c->att, qw,
+                                   att8 ? c->attq8 : NULL, att8 ? oq.scale : NULL, s));
+    else if (p->rows > 0)
+        GM_CHECK(k_attn_decode(c->qkv, c->n_qkv, p->rows, nq, nkv, hd, kp, vp, bs, m->bt, c->max_blocks, m->ctx_len,
+                               c->scale, p->n_split, c->dec_scratch, c->att, qw, s));
+    if (a->decode)
+        return GM_OK;
+    int32_t nd = p->rows; /* the prompt chunks follow the decode rows */
+    return k_attn_prefill_kv(c->qkv, c->n_qkv, a->S - nd, m->q_start + nd, m->n_new + nd, m->start_pos + nd,
+                             a->max_new, nq, nkv, hd, kp, vp, bs, m->bt + (int64_t)nd * c->max_blocks, c->max_blocks,
+                             c->scale, c->att, qw, c->kv8, kvs, s);
+}
+
+/* act = GeGLU(x . Wgu^T) (gate rows, then up rows) as the input rows of product `to` (down): for FP8 weights
+ * e4m3 (at <= CU_GU_FUSED_ROWS rows where opt.gu_fused, the GeGLU in the FP8 GEMV v2's epilogue; else the
+ * FP8 product into c->gu, then k_geglu_fp8), else bf16 (k_gemm_bf16_geglu: the GeGLU in the bf16 GEMV's
+ * epilogue at few rows; AWQ: the product into c->gu, then k_geglu). */
+static gm_status linear_geglu(cuda_engine *c, const cu_linear *gu, const cu_rows *x, const cu_linear *to, int64_t T,
+                              cu_rows *act)
+{
+    cudaStream_t s = c->stream;
+    const int64_t ni = c->ni, K = gu->K;
+    act->x = c->act, act->ld = ni, act->scale = NULL, act->q8 = c->actq8;
+    if (gu->fmt == CU_W_FP8) {
+        if (!x->scale)
+            return gm_fail(GM_ERR_INTERNAL, "cuda engine: FP8 gate|up needs e4m3 rows");
+        const k_fp8_act aq = act_quant(c, to);
+        act->x = c->actq8, act->scale = aq.scale;
+        const int fused = T <= CU_GU_FUSED_ROWS && c->opt.gu_fused;
+        if (fused && aq.amax == NULL)
+            return k_gemv_fp8_v2_geglu_fp8(x->x, T, K, x->ld, x->scale, gu->w8, K, gu->w_scale, ni, aq.scale,
+                                           c->actq8, ni, s);
+        if (fused) { /* dynamic scales: the fused GeGLU to bf16, then the dynamic quantizer */
+            GM_CHECK(k_gemv_fp8_v2_geglu(x->x, T, K, x->ld, x->scale, gu->w8, K, gu->w_scale, ni, c->act, ni, s));
+            return k_fp8_quantize(c->act, ni, T, ni, &aq, c->actq8, s);
+        }
+        GM_CHECK(k_gemm_fp8(c->gemm8, x->x, T, K, x->ld, x->scale, gu->w8, K, gu->w_scale, 2 * ni, c->gu, 0, 2 * ni,
+                            s));
+        return k_geglu_fp8(c->gu, T, ni, &aq, c->actq8, s);
+    }
+    if (gu->fmt == CU_W_AWQ) {
+        GM_CHECK(linear(c, gu, x, T, c->gu, 0, 2 * ni));
+        return k_geglu(c->gu, T, ni, c->act, s);
+    }
+    return k_gemm_bf16_geglu(c->gemm, x->x, T, K, x->ld, gu->w, K, ni, c->gu, c->act, s);
+}
+
+/* Tensor-parallel ranks: delta [T, H] f32 summed over the ranks. */
+static gm_status all_reduce(cuda_engine *c, int64_t T)
+{
+    if (!c->nccl)
+        return GM_OK;
+    GM_CHECK(gm_nccl_allreduce_f32(c->nccl, (float *)c->delta, T * c->H, c->stream));
+    cu_prof_mark(c, OP_ALLREDUCE);
+    return GM_OK;
+}
+
+gm_status cu_lm_head(cuda_engine *c, const bf16 *x, int64_t nr)
+{
+    cu_rows r = {x, c->H, NULL, c->lmq8};
+    return linear(c, &c->lm, &r, nr, c->logits, 1, c->V);
+}
+
+/* ---------------------------------------------------------------- the forward pass */
+
+gm_status cu_forward(cuda_engine *c, const fwd_args *a)
+{
+    cudaStream_t s = c->stream;
+    const meta_ptrs *m = &a->m;
+    const int64_t T = a->T, H = c->H;
+    const int df = c->delta_f32;
+    cu_rows x, att, act;
+    c->prof.n = 0;
+    cu_prof_mark(c, -1);
+    /* h [T, H] = embed[id] * normalizer; an id < 0 is the token its slot sampled on the device last step */
+    GM_CHECK(k_resolve_ids(m->ids, m->tok_slot, T, c->last_tok, s));
+    GM_CHECK(k_embed(c->embed, c->V, H, m->ids, T, c->normalizer, c->h, s));
+    cu_prof_mark(c, OP_EMBED);
+    GM_CHECK(attention_prepare(c, a));
+    for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
+        const cu_layer *y = &c->layers[l];
+        /* attention block: h += o_proj(attention(rope(q), rope(k), v)), q|k|v = qkv_proj(norm(h)) */
+        GM_CHECK(norm(c, l == 0 ? NULL : c->delta, y->in_norm, &y->qkv, T, &x));
+        cu_prof_mark(c, OP_NORM);
+        GM_CHECK(linear(c, &y->qkv, &x, T, c->qkv, 0, c->n_qkv));
+        cu_prof_mark(c, OP_QKV);
+        GM_CHECK(attention(c, a, l, &y->o, &att));
+        cu_prof_mark(c, OP_ATTN);
+        GM_CHECK(linear(c, &y->o, &att, T, c->delta, df, H));
+        cu_prof_mark(c, OP_O);
+        GM_CHECK(all_reduce(c, T));
+        /* MLP block: h += down(gelu_tanh(gate(x)) * up(x)), x = norm(h) (the add of o_proj's output first) */
+        GM_CHECK(norm(c, c->delta, y->post_norm, &y->gate_up, T, &x));
+        cu_prof_mark(c, OP_NORM);
+        GM_CHECK(linear_geglu(c, &y->gate_up, &x, &y->down, T, &act));
+        cu_prof_mark(c, OP_GATE_UP);
+        GM_CHECK(linear(c, &y->down, &act, T, c->delta, df, H));
+        cu_prof_mark(c, OP_DOWN);
+        GM_CHECK(all_reduce(c, T));
+    }
+    GM_CHECK(norm(c, c->delta, c->final_norm, NULL, T, &x)); /* h += down's output; final norm -> c->xn */
+    cu_prof_mark(c, OP_NORM);
+    if (a->sample) {
+        /* logits of each sequence's last row (every row of a decode step), then the sampled tokens */
+        const bf16 *last = c->xn;
+        if (!a->decode) {
+            GM_CHECK(k_gather_rows(c->xn, H, m->rows, a->S, H, c->xs, s));
+            last = c->xs;
+        }
+        GM_CHECK(cu_lm_head(c, last, a->S));
+        cu_prof_mark(c, OP_LM_HEAD);
+        GM_CHECK(k_sample(c->logits, c->V, c->V, a->S, m->params, m->counters, m->tokens, s));
+    }
+    if (c->nccl)
+        GM_CHECK(gm_nccl_broadcast_i32(c->nccl, m->tokens, a->S, 0, s));
+    GM_CHECK(k_feed_tokens(m->tokens, m->sslot, a->S, c->last_tok, s));
+    cu_prof_mark(c, OP_SAMPLE);
+    return GM_OK;
+}
