@@ -166,14 +166,9 @@ static int parse_args(int argc, char **argv, gen_opts *o)
             o->kv_block = (int32_t)v;
             break;
         case O_QUANT:
-            if (!strcmp(a, "none"))
-                o->quant = GM_QUANT_NONE;
-            else if (!strcmp(a, "fp8"))
-                o->quant = GM_QUANT_FP8;
-            else if (!strcmp(a, "awq"))
-                o->quant = GM_QUANT_AWQ;
-            else
+            if ((v = gm_quant_parse(a)) < 0)
                 goto bad;
+            o->quant = (gm_quant)v;
             break;
         case O_LMH:
             if (strcmp(a, "bf16") && strcmp(a, "fp8"))
@@ -181,14 +176,9 @@ static int parse_args(int argc, char **argv, gen_opts *o)
             o->lm_head_fp8 = !strcmp(a, "fp8");
             break;
         case O_KVD:
-            if (!strcmp(a, "auto"))
-                o->kv_dtype = GM_KV_AUTO;
-            else if (!strcmp(a, "bf16"))
-                o->kv_dtype = GM_KV_BF16;
-            else if (!strcmp(a, "fp8"))
-                o->kv_dtype = GM_KV_FP8;
-            else
+            if ((v = gm_kv_dtype_parse(a)) < 0)
                 goto bad;
+            o->kv_dtype = (gm_kv_dtype)v;
             break;
         case O_HELP:
             usage(stdout);
@@ -229,7 +219,9 @@ static int fail_status(const char *what, gm_status st)
     return 1;
 }
 
-/* An engine for one sequence of at most ctx tokens, steps of at most chunk tokens. */
+/* An engine for one sequence of at most ctx tokens, steps of at most chunk tokens: explicit
+ * sizes, so the sizing rule (ctl/sizing.h, applied by gm_engine_create as in gemma-worker)
+ * keeps them; what it decided is logged at debug level. */
 static gm_status make_engine(const gen_opts *o, int64_t ctx, int32_t chunk, gm_engine **e)
 {
     gm_engine_opts eo;
@@ -246,7 +238,14 @@ static gm_status make_engine(const gen_opts *o, int64_t ctx, int32_t chunk, gm_e
     eo.quant = o->quant;
     eo.kv_dtype = o->kv_dtype;
     eo.lm_head_fp8 = o->lm_head_fp8;
-    return gm_engine_create(&eo, e);
+    gm_status st = gm_engine_create(&eo, e);
+    if (st == GM_OK) {
+        const gm_sizing *z = &(*e)->sizing;
+        GM_DEBUG("KV pool: %lld blocks: %s", (long long)z->kv_num_blocks, z->why_kv);
+        GM_DEBUG("max_seqs %d: %s; max_tokens %d: %s; max_context %d: %s", z->max_seqs, z->why_seqs, z->max_tokens,
+                 z->why_tokens, z->max_context, z->why_context);
+    }
+    return st;
 }
 
 /* Steps per token count for teacher-forced passes: every row's logits are kept. */
