@@ -1447,7 +1447,6 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     gm_engine_init_common(&c->base, cfg, o);
     gm_worker_spec spec; /* the sizes as asked (0 = derive), before init_common filled them in */
     gm_device_mem mem = {0, 0, 0, 0};
-    GM_GOTO(gm_engine_opts_spec(o, &spec), st, fail);
     c->fp8w = o->quant == GM_QUANT_FP8;
     c->awq = o->quant == GM_QUANT_AWQ;
     gm_linear *lin = NULL;
@@ -1455,6 +1454,7 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     gm_weights w;
     memset(&w, 0, sizeof w);
     int have_w = 0;
+    GM_GOTO(gm_engine_opts_spec(o, &spec), st, fail);
     GM_GOTO(gm_tp_layout_make(cfg, o->tp_rank, o->tp_size, &c->tp), st, fail);
     if (!random) {
         GM_GOTO(st_model_open(model_dir, &c->model), st, fail);
