@@ -21,9 +21,7 @@ void gd_config_defaults(gd_config *c)
     c->backend = GM_BACKEND_CPU;
     c->tp = 1;
     c->kv_block_size = 16;
-    c->kv_memory = -1; /* unset: 64M on cpu/null; on cuda, kv_mem_fraction of free memory */
-    c->max_tokens_per_step = 2048;
-    c->max_seqs = 64;
+    c->kv_memory = -1; /* unset: the workers derive it (ctl/sizing.h) */
     c->max_waiting = 100000;
     c->listen = strdup("tcp://127.0.0.1:5555");
     c->log_level = GM_LOG_INFO;
@@ -40,38 +38,6 @@ void gd_config_free(gd_config *c)
     free(c->config_path);
     c->model = c->listen = c->worker_bin = c->config_path = NULL;
     glue_config_free(&c->cluster);
-}
-
-static int parse_quant(const char *s)
-{
-    if (!strcmp(s, "none"))
-        return GM_QUANT_NONE;
-    if (!strcmp(s, "fp8"))
-        return GM_QUANT_FP8;
-    if (!strcmp(s, "awq"))
-        return GM_QUANT_AWQ;
-    return -1;
-}
-
-static int parse_kv_dtype(const char *s)
-{
-    if (!strcmp(s, "auto"))
-        return GM_KV_AUTO;
-    if (!strcmp(s, "bf16"))
-        return GM_KV_BF16;
-    if (!strcmp(s, "fp8"))
-        return GM_KV_FP8;
-    return -1;
-}
-
-static const char *quant_name(gm_quant q)
-{
-    return q == GM_QUANT_FP8 ? "fp8" : q == GM_QUANT_AWQ ? "awq" : "none";
-}
-
-static const char *kv_dtype_name(gm_kv_dtype d)
-{
-    return d == GM_KV_BF16 ? "bf16" : d == GM_KV_FP8 ? "fp8" : "auto";
 }
 
 static const char *level_name(int l)
@@ -118,12 +84,12 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             return gm_fail(GM_ERR_INVALID_ARG, "log_level: '%s' is not debug, info, warn, error or off", v);
         c->log_level = l;
     } else if (!strcmp(key, "quant")) {
-        int q = parse_quant(v);
+        int q = gm_quant_parse(v);
         if (q < 0)
             return gm_fail(GM_ERR_INVALID_ARG, "quant: '%s' is not none, fp8 or awq", v);
         c->quant = (gm_quant)q;
     } else if (!strcmp(key, "kv_dtype")) {
-        int d = parse_kv_dtype(v);
+        int d = gm_kv_dtype_parse(v);
         if (d < 0)
             return gm_fail(GM_ERR_INVALID_ARG, "kv_dtype: '%s' is not auto, bf16 or fp8", v);
         c->kv_dtype = (gm_kv_dtype)d;
@@ -159,8 +125,8 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             {"device", 0, 1024},
             {"kv_block_size", 1, 4096},
             {"kv_blocks", 0, INT32_MAX},
-            {"max_tokens_per_step", 1, 1 << 20},
-            {"max_seqs", 1, 1 << 20},
+            {"max_tokens_per_step", 0, 1 << 20},
+            {"max_seqs", 0, 1 << 20},
             {"max_context", 0, 1 << 24},
             {"max_waiting", 1, 1 << 30},
             {"shutdown_timeout_ms", 0, 24 * 3600 * 1000},
@@ -279,12 +245,16 @@ void gd_config_usage(FILE *f)
             "  --listen ENDPOINT         ZeroMQ endpoint (default tcp://127.0.0.1:5555)\n"
             "  --kv-block-size N         tokens per KV block (default 16)\n"
             "  --kv-memory SIZE          KV budget per rank: bytes or 64M, 2G (default: 64M on cpu/null;\n"
-            "                            on cuda, --kv-mem-fraction of the memory left after weights)\n"
+            "                            on cuda, --kv-mem-fraction of the memory left after the weights\n"
+            "                            and runtime buffers; more than is free is an error)\n"
             "  --kv-blocks N             exactly N KV blocks (overrides --kv-memory)\n"
             "  --kv-mem-fraction F       CUDA: fraction of free memory for KV (default 0.9)\n"
-            "  --max-tokens-per-step N   token budget of one step (default 2048)\n"
-            "  --max-seqs N              running sequences (default 64)\n"
-            "  --max-context N           longest sequence (default: the model's)\n"
+            "  --max-tokens-per-step N   token budget of one step (default: 2048 on cpu/null, 8192 on\n"
+            "                            cuda, less when the GPU is small)\n"
+            "  --max-seqs N              running sequences (default: 64 on cpu/null; on cuda the KV pool's\n"
+            "                            tokens / 256, within 8..1024)\n"
+            "  --max-context N           longest sequence (default: the model's, unless the KV pool is\n"
+            "                            smaller; the workers log each choice and why)\n"
             "  --max-waiting N           queued requests before OVERLOADED (default 100000)\n"
             "  --quant Q                 none | fp8 | awq (default none)\n"
             "  --kv-dtype D              auto | bf16 | fp8 (default auto)\n"
@@ -364,7 +334,7 @@ gm_status gd_config_validate(const gd_config *c)
         return gm_fail(GM_ERR_INVALID_ARG, "no model: give --model DIR (or model = \"DIR\"; in the config); "
                                            "only --backend null runs without one");
     if (c->backend == GM_BACKEND_NULL && c->quant != GM_QUANT_NONE)
-        return gm_fail(GM_ERR_INVALID_ARG, "quant %s needs a real backend, not null", quant_name(c->quant));
+        return gm_fail(GM_ERR_INVALID_ARG, "quant %s needs a real backend, not null", gm_quant_name(c->quant));
     if (c->backend == GM_BACKEND_NULL && c->lm_head_fp8)
         return gm_fail(GM_ERR_INVALID_ARG, "lm_head fp8 needs a real backend, not null");
     if (c->kv_blocks == 0 && c->kv_memory == 0 && c->backend != GM_BACKEND_CUDA)
@@ -418,6 +388,28 @@ gm_status gd_config_check_model(const gd_config *c, FILE *f)
     return GM_OK;
 }
 
+gm_status gd_config_spec(const gd_config *c, gm_worker_spec *s)
+{
+    ctl_spec_init(s);
+    s->backend = c->backend;
+    s->tp_size = c->tp;
+    s->device = c->device;
+    s->kv_block_size = c->kv_block_size;
+    s->kv_num_blocks = c->kv_blocks;
+    s->kv_mem_bytes = c->kv_memory > 0 ? c->kv_memory : 0; /* unset (or 0 on cuda): derived */
+    s->kv_mem_fraction = c->kv_mem_fraction;
+    s->max_seqs = c->max_seqs;
+    s->max_tokens = c->max_tokens_per_step;
+    s->max_context = c->max_context;
+    s->quant = c->quant;
+    s->kv_dtype = c->kv_dtype;
+    s->use_graphs = c->use_graphs;
+    s->lm_head_fp8 = c->lm_head_fp8;
+    s->verbose = c->log_level <= GM_LOG_INFO;
+    gm_status st = ctl_spec_set_model(s, c->model && *c->model ? c->model : NULL);
+    return st != GM_OK ? st : ctl_spec_check(s);
+}
+
 void gd_config_print_str(FILE *f, const char *k, const char *v)
 {
     fprintf(f, "%s = \"", k);
@@ -444,7 +436,7 @@ void gd_config_print(const gd_config *c, FILE *f)
     fprintf(f, "max_tokens_per_step = %d;\nmax_seqs = %d;\nmax_context = %d;\nmax_waiting = %d;\n",
             c->max_tokens_per_step, c->max_seqs, c->max_context, c->max_waiting);
     fprintf(f, "quant = \"%s\";\nkv_dtype = \"%s\";\nlm_head = \"%s\";\nuse_graphs = %s;\nrun_ahead = %s;\n",
-            quant_name(c->quant), kv_dtype_name(c->kv_dtype), c->lm_head_fp8 ? "fp8" : "bf16",
+            gm_quant_name(c->quant), gm_kv_dtype_name(c->kv_dtype), c->lm_head_fp8 ? "fp8" : "bf16",
             c->use_graphs ? "true" : "false", c->run_ahead ? "true" : "false");
     if (c->worker_bin)
         gd_config_print_str(f, "worker_bin", c->worker_bin);

@@ -3,13 +3,17 @@
  * File keys (all optional; flags of the same name with '-' win):
  *   model = "DIR";             backend = "cpu" | "cuda" | "null";   tp = 1;
  *   kv_block_size = 16;        kv_memory = "64M" (or bytes);        kv_blocks = 0;
- *   kv_mem_fraction = 0.9;     max_tokens_per_step = 2048;          max_seqs = 64;
+ *   kv_mem_fraction = 0.9;     max_tokens_per_step = 0;             max_seqs = 0;
  *   max_context = 0;           max_waiting = 100000;                listen = "tcp://127.0.0.1:5555";
  *   log_level = "info";        quant = "none" | "fp8" | "awq";      kv_dtype = "auto" | "bf16" | "fp8";
  *   lm_head = "bf16" | "fp8";
  *   device = 0;                worker_bin = "PATH";                 shutdown_timeout_ms = 30000;
  *   ready_timeout_ms = 0;      use_graphs = true;                   run_ahead = true;
  * and the cluster keys of daemon/cluster_glue.h (router, curve, ...).
+ * The sizing keys (kv_memory, kv_blocks, kv_mem_fraction, max_tokens_per_step,
+ * max_seqs, max_context) left unset (0; kv_memory -1) are decided by the
+ * workers from the model and the device (ctl/sizing.h), which report their
+ * choice and its reason when they are ready.
  */
 #ifndef GM_DAEMON_CONFIG_H
 #define GM_DAEMON_CONFIG_H
@@ -20,7 +24,7 @@
 
 #include "common/status.h"
 #include "daemon/cluster_glue.h"
-#include "worker/engine.h"
+#include "ctl/spec.h"
 
 typedef struct gd_config {
     char *model;             /* checkpoint directory; NULL = none (null backend only) */
@@ -28,18 +32,18 @@ typedef struct gd_config {
     int32_t tp;
     int32_t device;          /* first CUDA device */
     int32_t kv_block_size;   /* tokens per KV block */
-    int64_t kv_memory;       /* KV budget in bytes per rank (0 = engine default) */
+    int64_t kv_memory;       /* KV budget in bytes per rank (-1 = unset: the workers derive it) */
     int64_t kv_blocks;       /* > 0: exactly this many blocks (overrides kv_memory) */
-    double kv_mem_fraction;  /* CUDA: fraction of free memory after weights (0 = engine default) */
-    int32_t max_tokens_per_step;
-    int32_t max_seqs;        /* running sequences */
-    int32_t max_context;     /* 0 = the model's max_position */
+    double kv_mem_fraction;  /* CUDA: fraction of free memory after weights and buffers (0 = 0.9) */
+    int32_t max_tokens_per_step; /* 0 = derived by the workers (ctl/sizing.h) */
+    int32_t max_seqs;        /* running sequences; 0 = derived */
+    int32_t max_context;     /* 0 = derived: the model's max_position unless the pool is smaller */
     int32_t max_waiting;     /* queued requests beyond which OVERLOADED is answered */
     char *listen;            /* ZeroMQ endpoint the ROUTER binds */
     int32_t log_level;       /* gm_log_level */
     gm_quant quant;
     gm_kv_dtype kv_dtype;
-    bool lm_head_fp8;        /* lm_head = "fp8": the LM head in FP8 e4m3 (worker/engine.h) */
+    bool lm_head_fp8;        /* lm_head = "fp8": the LM head in FP8 e4m3 */
     bool use_graphs;
     bool run_ahead;          /* two steps in flight (DESIGN.md "workers run ahead"); --no-run-ahead */
     char *worker_bin;        /* NULL = gemma-worker beside gemmad */
@@ -73,6 +77,10 @@ gm_status gd_config_validate(const gd_config *c);
  * (its absence is reported, not an error: token-id prompts still work) and safetensors whose headers
  * parse and hold the embedding. One line per check goes to f. GM_OK when gemmad could load it. */
 gm_status gd_config_check_model(const gd_config *c, FILE *f);
+
+/* The worker spec these settings give (rank 0's device; the pool adds the rank to
+ * it on cuda). Unset sizing keys stay 0: the workers derive them. */
+gm_status gd_config_spec(const gd_config *c, gm_worker_spec *s);
 
 /* The --help text. */
 void gd_config_usage(FILE *f);

@@ -33,8 +33,8 @@ struct sched {
     uint64_t serial;     /* of the last plan made */
 };
 
-/* The token of a decode whose input is still being sampled (worker/engine.h). */
-static const int32_t k_fed_back = -1;
+/* The token of a decode whose input is still being sampled (ctl/step.h). */
+static const int32_t k_fed_back = GM_TOKEN_PREVIOUS;
 
 static void list_push_back(seq_list *l, sched_seq *q)
 {

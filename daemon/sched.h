@@ -20,7 +20,7 @@
  * Run-ahead: up to two plans may be outstanding (planned, not yet committed).
  * The second is planned before the first one's tokens are known: a sequence
  * whose last token is still being sampled decodes it as -1 ("the token this
- * slot sampled in its previous step", worker/engine.h), and n_pending counts
+ * slot sampled in its previous step", GM_TOKEN_PREVIOUS in ctl/step.h), and n_pending counts
  * such tokens. Length limits count them, so a sequence never runs past
  * max_tokens or the context; a stop token or stop string is only seen at the
  * commit, so one extra step may already be planned for a finished sequence:
@@ -38,7 +38,7 @@
 
 #include "common/sampling.h"
 #include "common/status.h"
-#include "worker/engine.h"
+#include "ctl/step.h"
 
 #define SCHED_MAX_STOP_IDS 64
 #define SCHED_MAX_OUTSTANDING 2 /* plans made and not yet committed */

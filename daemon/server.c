@@ -1093,40 +1093,22 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     wk_pool_opts wo;
     memset(&wo, 0, sizeof(wo));
     wo.worker_bin = cfg->worker_bin;
-    gm_engine_opts_init(&wo.engine);
-    wo.engine.backend = cfg->backend;
-    wo.engine.model_dir = cfg->model && *cfg->model ? cfg->model : NULL;
-    wo.engine.tp_size = cfg->tp;
-    wo.engine.device = cfg->device;
-    wo.engine.kv_block_size = cfg->kv_block_size;
-    wo.engine.kv_num_blocks = cfg->kv_blocks;
-    /* unset KV budget: a fixed 64 MiB on the CPU (and null) backend; on CUDA the engine takes
-     * kv_mem_fraction of the free memory left after the weights */
-    wo.engine.kv_mem_bytes = cfg->kv_memory >= 0 ? cfg->kv_memory
-                             : cfg->backend == GM_BACKEND_CUDA ? 0 : 64ll << 20;
-    wo.engine.kv_mem_fraction = cfg->kv_mem_fraction;
-    wo.engine.max_seqs = cfg->max_seqs;
-    wo.engine.max_tokens = cfg->max_tokens_per_step;
-    wo.engine.max_context = cfg->max_context;
-    wo.engine.quant = cfg->quant;
-    wo.engine.kv_dtype = cfg->kv_dtype;
-    wo.engine.use_graphs = cfg->use_graphs;
-    wo.engine.lm_head_fp8 = cfg->lm_head_fp8;
-    wo.engine.verbose = cfg->log_level <= GM_LOG_INFO;
     wo.log_level = cfg->log_level;
     wo.ready_timeout_ms = cfg->ready_timeout_ms;
-    GM_INFO("starting %d %s worker(s)%s%s", cfg->tp, gm_backend_name(cfg->backend), wo.engine.model_dir ? " for " : "",
-            wo.engine.model_dir ? wo.engine.model_dir : "");
+    if ((st = gd_config_spec(cfg, &wo.spec)) != GM_OK)
+        goto fail;
+    GM_INFO("starting %d %s worker(s)%s%s", cfg->tp, gm_backend_name(cfg->backend), wo.spec.model_dir[0] ? " for " : "",
+            wo.spec.model_dir);
     st = wk_pool_start(&wo, &s->pool);
     if (st != GM_OK)
         goto fail;
     s->pool_ok = true;
     s->mcfg = *wk_pool_config(s->pool);
-    s->max_context = cfg->max_context > 0 && cfg->max_context < s->mcfg.max_position ? cfg->max_context
-                                                                                       : s->mcfg.max_position;
+    const gm_sizing *sz = wk_pool_sizing(s->pool); /* what the workers decided (ctl/sizing.h) */
+    s->max_context = sz->max_context;
     sched_opts so = {0};
-    so.max_seqs = cfg->max_seqs;
-    so.max_tokens_per_step = cfg->max_tokens_per_step;
+    so.max_seqs = sz->max_seqs;
+    so.max_tokens_per_step = sz->max_tokens;
     so.max_context = s->max_context;
     so.max_waiting = cfg->max_waiting;
     so.kv_blocks = wk_pool_kv_blocks(s->pool);
@@ -1139,8 +1121,8 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
         goto fail;
     }
     s->depth = cfg->run_ahead ? 2 : 1;
-    s->step_tokens = calloc((size_t)cfg->max_seqs, sizeof(int32_t));
-    s->failed = calloc((size_t)cfg->max_seqs, sizeof(sched_seq *));
+    s->step_tokens = calloc((size_t)so.max_seqs, sizeof(int32_t));
+    s->failed = calloc((size_t)so.max_seqs, sizeof(sched_seq *));
     if (!s->step_tokens || !s->failed) {
         st = gm_fail(GM_ERR_NOMEM, "step buffers");
         goto fail;

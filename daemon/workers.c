@@ -27,9 +27,10 @@
 #include <zmq.h>
 
 #include "common/log.h"
-#include "common/model_config.h"
+#include "ctl/msg.h"
+#include "ctl/plan.h"
+#include "ctl/slots.h"
 #include "parallel/comm.h"
-#include "daemon/wire.h"
 #include "proto/control.pb-c.h"
 
 typedef Gemma__Control__V1__ControlMessage ctl_msg;
@@ -39,8 +40,8 @@ typedef Gemma__Control__V1__ControlMessage ctl_msg;
 #define WK_MAX_INFLIGHT 2
 
 struct wk_pool {
-    wk_pool_opts o;         /* copy; string members point at the copies below */
-    char *model_dir;        /* owned */
+    wk_pool_opts o;         /* copy; worker_bin points at the copy below; after the first start the
+                             * spec's sizing fields hold what the ranks decided (restarts ask for it) */
     char *worker_bin;       /* owned */
     int32_t tp;
     char dir[256];          /* private dir of the ipc socket */
@@ -51,8 +52,12 @@ struct wk_pool {
     void *ctx, *sock;
     pid_t pids[WK_MAX_RANKS]; /* 0 = not running (reaped) */
     unsigned session;
-    int64_t kv_blocks;
-    int32_t max_seqs;       /* slots every rank has (Ready.max_seqs of rank 0) */
+    int64_t kv_blocks;      /* the smallest pool over ranks */
+    int32_t max_seqs;       /* slots every rank has (the smallest Ready.max_seqs) */
+    gm_sizing sizing;       /* what the ranks decided (smallest over ranks), rank 0's reasons */
+    gm_worker_spec *spec_sent; /* [tp] the spec each rank got at this (re)start */
+    gm_worker_spec *echo;   /* [tp] the spec each rank says it received */
+    bool *echoed;           /* [tp] */
     gm_model_config cfg;
     uint64_t step_id;       /* last step submitted */
     /* steps in flight, oldest first: their ids and sequence counts */
@@ -60,9 +65,8 @@ struct wk_pool {
     int32_t inflight_n[WK_MAX_INFLIGHT];
     int32_t n_inflight;
     /* what every rank holds per slot once the plans sent so far have run; plans
-     * carry only the difference */
-    int32_t *sent_blocks;    /* [max_seqs] blocks in the slot's table; -1 = unknown: send a reset */
-    gm_sampling *sent_samp;  /* [max_seqs] the slot's sampling */
+     * carry only the difference (ctl/slots.h, without the tables) */
+    ctl_slots sent;
     /* per-step scratch, reused */
     Gemma__Control__V1__SeqPlan *sp;
     Gemma__Control__V1__Sampling *sa;
@@ -83,6 +87,19 @@ static const char *wk_log_name(int32_t lvl)
 {
     static const char *names[] = {"debug", "info", "warn", "error", "off"};
     return lvl >= 0 && lvl <= 4 ? names[lvl] : "info";
+}
+
+/* The spec rank r is to be created with. */
+static void wk_spec_for(const wk_pool *p, int r, gm_worker_spec *out)
+{
+    *out = p->o.spec;
+    if (out->backend == GM_BACKEND_CUDA) /* one GPU per rank, counted from the configured device */
+        out->device += r;
+}
+
+void wk_pool_rank_spec(const wk_pool *p, int32_t r, gm_worker_spec *out)
+{
+    *out = p->spec_sent[r];
 }
 
 static gm_status wk_status(int32_t s)
@@ -215,7 +232,7 @@ static void wk_shm_remove(wk_pool *p)
 static gm_status wk_shm_make(wk_pool *p)
 {
     wk_shm_remove(p);
-    if (p->tp <= 1 || p->o.engine.backend != GM_BACKEND_CPU)
+    if (p->tp <= 1 || p->o.spec.backend != GM_BACKEND_CPU)
         return GM_OK;
     static atomic_uint counter;
     snprintf(p->shm_name, sizeof p->shm_name, "/gemmad-%d-%u", (int)getpid(), atomic_fetch_add(&counter, 1u));
@@ -237,11 +254,11 @@ static void wk_arg(char **av, int *n, const char *fmt, ...)
     av[(*n)++] = strdup(b);
 }
 
-/* argv (NULL-terminated, caller frees with wk_argv_free) of rank r's gemma-worker. */
+/* argv (NULL-terminated, caller frees with wk_argv_free) of rank r's gemma-worker:
+ * how to reach us and who it is; everything else comes in its WorkerSpec. */
 static char **wk_argv(const wk_pool *p, int r)
 {
-    const gm_engine_opts *e = &p->o.engine;
-    enum { MAXA = 64 };
+    enum { MAXA = 24 };
     char **av = calloc(MAXA, sizeof *av);
     if (!av)
         return NULL;
@@ -261,55 +278,6 @@ static char **wk_argv(const wk_pool *p, int r)
     wk_arg(av, &n, "%u", p->session);
     wk_arg(av, &n, "--parent-pid");
     wk_arg(av, &n, "%d", (int)getpid());
-    wk_arg(av, &n, "--backend");
-    wk_arg(av, &n, "%s", gm_backend_name(e->backend));
-    if (p->model_dir) {
-        wk_arg(av, &n, "--model");
-        wk_arg(av, &n, "%s", p->model_dir);
-    }
-    /* one GPU per rank, counted from the configured device */
-    wk_arg(av, &n, "--device");
-    wk_arg(av, &n, "%d", (int)(e->device + (e->backend == GM_BACKEND_CUDA ? r : 0)));
-    if (e->kv_block_size > 0) {
-        wk_arg(av, &n, "--kv-block-size");
-        wk_arg(av, &n, "%d", (int)e->kv_block_size);
-    }
-    if (e->kv_num_blocks > 0) {
-        wk_arg(av, &n, "--kv-blocks");
-        wk_arg(av, &n, "%lld", (long long)e->kv_num_blocks);
-    }
-    if (e->kv_mem_bytes > 0) {
-        wk_arg(av, &n, "--kv-memory");
-        wk_arg(av, &n, "%lld", (long long)e->kv_mem_bytes);
-    }
-    if (e->kv_mem_fraction > 0) {
-        wk_arg(av, &n, "--kv-mem-fraction");
-        wk_arg(av, &n, "%.17g", e->kv_mem_fraction);
-    }
-    if (e->max_seqs > 0) {
-        wk_arg(av, &n, "--max-seqs");
-        wk_arg(av, &n, "%d", (int)e->max_seqs);
-    }
-    if (e->max_tokens > 0) {
-        wk_arg(av, &n, "--max-tokens");
-        wk_arg(av, &n, "%d", (int)e->max_tokens);
-    }
-    if (e->max_context > 0) {
-        wk_arg(av, &n, "--max-context");
-        wk_arg(av, &n, "%d", (int)e->max_context);
-    }
-    wk_arg(av, &n, "--quant");
-    wk_arg(av, &n, "%s", e->quant == GM_QUANT_FP8 ? "fp8" : e->quant == GM_QUANT_AWQ ? "awq" : "none");
-    wk_arg(av, &n, "--kv-dtype");
-    wk_arg(av, &n, "%s", e->kv_dtype == GM_KV_BF16 ? "bf16" : e->kv_dtype == GM_KV_FP8 ? "fp8" : "auto");
-    if (e->lm_head_fp8) {
-        wk_arg(av, &n, "--lm-head");
-        wk_arg(av, &n, "fp8");
-    }
-    if (!e->use_graphs)
-        wk_arg(av, &n, "--no-graphs");
-    if (e->verbose)
-        wk_arg(av, &n, "--verbose");
     wk_arg(av, &n, "--log-level");
     wk_arg(av, &n, "%s", wk_log_name(p->o.log_level));
     for (int i = 0; i < n; i++)
@@ -387,27 +355,6 @@ static gm_status wk_spawn(wk_pool *p, int r)
     return GM_OK;
 }
 
-static void wk_config_from(gm_model_config *c, const Gemma__Control__V1__ModelConfig *m)
-{
-    memset(c, 0, sizeof *c);
-    if (!m)
-        return;
-    c->vocab_size = m->vocab_size;
-    c->hidden_size = m->hidden_size;
-    c->intermediate_size = m->intermediate_size;
-    c->num_layers = m->num_layers;
-    c->num_heads = m->num_heads;
-    c->num_kv_heads = m->num_kv_heads;
-    c->head_dim = m->head_dim;
-    c->max_position = m->max_position;
-    c->rope_theta = m->rope_theta;
-    c->rms_norm_eps = m->rms_norm_eps;
-    c->bos_id = m->bos_id;
-    c->eos_id = m->eos_id;
-    c->pad_id = m->pad_id;
-    snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", m->torch_dtype ? m->torch_dtype : "");
-}
-
 static const char *wk_exit_str(int st, char *buf, size_t cap)
 {
     if (WIFSIGNALED(st))
@@ -417,7 +364,64 @@ static const char *wk_exit_str(int st, char *buf, size_t cap)
     return buf;
 }
 
-/* Wait for Ready from every rank; relays NCCL ids; sends Start with the smallest pool. */
+/* Answer rank r's Hello with the spec its engine is created with. */
+static gm_status wk_send_spec(wk_pool *p, int r)
+{
+    wk_spec_for(p, r, &p->spec_sent[r]);
+    Gemma__Control__V1__WorkerSpec ws;
+    ctl_spec_pack(&p->spec_sent[r], &ws);
+    ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
+    m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_SPEC;
+    m.spec = &ws;
+    return wk_send(p, r, &m);
+}
+
+/* Rank r is ready (n_ready ranks were before it): check the spec it received
+ * against the one sent, and merge its sizes into p->sizing (smallest over ranks). */
+static gm_status wk_take_ready(wk_pool *p, int r, int n_ready, const Gemma__Control__V1__Ready *rd)
+{
+    gm_worker_spec want, *got = &p->echo[r];
+    wk_spec_for(p, r, &want);
+    if (ctl_spec_unpack(rd->spec, got) != GM_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", gm_last_error());
+        return gm_fail(GM_ERR_FORMAT, "worker rank %d: its Ready carries no valid spec (%s)", r, msg);
+    }
+    const char *d = ctl_spec_diff(&want, got);
+    if (d)
+        return gm_fail(GM_ERR_INTERNAL, "worker rank %d received a different spec than was sent: '%s' differs", r, d);
+    p->echoed[r] = true;
+    gm_sizing z;
+    ctl_sizing_unpack(rd, &z);
+    if (z.kv_num_blocks < 1 || z.max_seqs < 1 || z.max_tokens < 1 || z.max_context < 1)
+        return gm_fail(GM_ERR_FORMAT, "worker rank %d reports %lld KV blocks, %d seqs, %d tokens, context %d", r,
+                       (long long)z.kv_num_blocks, (int)z.max_seqs, (int)z.max_tokens, (int)z.max_context);
+    gm_sizing *m = &p->sizing;
+    if (n_ready == 0 || r == 0) { /* rank 0's reasons; the numbers are merged below */
+        gm_sizing keep = *m;
+        *m = z;
+        if (n_ready > 0) {
+            m->kv_num_blocks = keep.kv_num_blocks, m->kv_bytes = keep.kv_bytes, m->max_seqs = keep.max_seqs;
+            m->max_tokens = keep.max_tokens, m->max_context = keep.max_context;
+        }
+    }
+    if (r == 0)
+        ctl_model_unpack(rd->model, &p->cfg);
+    if (n_ready > 0 && (z.max_seqs != m->max_seqs || z.max_tokens != m->max_tokens || z.max_context != m->max_context))
+        GM_WARN("worker rank %d decided %d seqs, %d tokens/step, context %d; the others %d, %d, %d: all take the "
+                "smallest", r, (int)z.max_seqs, (int)z.max_tokens, (int)z.max_context, (int)m->max_seqs,
+                (int)m->max_tokens, (int)m->max_context);
+    bool first = n_ready == 0;
+    m->kv_num_blocks = first || z.kv_num_blocks < m->kv_num_blocks ? z.kv_num_blocks : m->kv_num_blocks;
+    m->kv_bytes = first || z.kv_bytes < m->kv_bytes ? z.kv_bytes : m->kv_bytes;
+    m->max_seqs = first || z.max_seqs < m->max_seqs ? z.max_seqs : m->max_seqs;
+    m->max_tokens = first || z.max_tokens < m->max_tokens ? z.max_tokens : m->max_tokens;
+    m->max_context = first || z.max_context < m->max_context ? z.max_context : m->max_context;
+    return GM_OK;
+}
+
+/* Wait for Ready from every rank; answers Hellos with specs, relays NCCL ids,
+ * sends Start with the smallest pool and limits. */
 static gm_status wk_wait_ready(wk_pool *p)
 {
     bool ready[WK_MAX_RANKS] = {false};
@@ -426,7 +430,8 @@ static gm_status wk_wait_ready(wk_pool *p)
     int64_t deadline = wk_now_ms() + limit;
     int64_t grace = 0; /* when a rank died: read what it sent before exiting, until then */
     int dead_rank = -1, dead_status = 0;
-    p->kv_blocks = 0;
+    for (int r = 0; r < p->tp; r++)
+        p->echoed[r] = false;
     while (n_ready < p->tp) {
         zmq_pollitem_t it = {p->sock, 0, ZMQ_POLLIN, 0};
         int rc = zmq_poll(&it, 1, 50);
@@ -442,25 +447,21 @@ static gm_status wk_wait_ready(wk_pool *p)
                 continue;
             gm_status st = GM_OK;
             if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_HELLO) {
-                if (m->hello->version != GEMMA__CONTROL__V1__CONTROL_VERSION__CONTROL_VERSION_CURRENT)
+                if (m->hello->version != GEMMA__CONTROL__V1__CONTROL_VERSION__CONTROL_VERSION_CURRENT) {
                     st = gm_fail(GM_ERR_FORMAT, "worker rank %d speaks control protocol %u, want %d", r,
                                  m->hello->version, GEMMA__CONTROL__V1__CONTROL_VERSION__CONTROL_VERSION_CURRENT);
-                else
+                } else {
                     GM_DEBUG("worker rank %d connected (pid %d)", r, (int)m->hello->pid);
+                    st = wk_send_spec(p, r);
+                }
             } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_READY && !ready[r]) {
                 const Gemma__Control__V1__Ready *rd = m->ready;
                 if (!rd->ok) {
                     st = gm_fail(wk_status(rd->status), "worker rank %d: %s", r,
                                  rd->error && rd->error[0] ? rd->error : "failed to load");
-                } else {
+                } else if ((st = wk_take_ready(p, r, n_ready, rd)) == GM_OK) {
                     ready[r] = true;
                     n_ready++;
-                    if (p->kv_blocks == 0 || rd->kv_num_blocks < p->kv_blocks)
-                        p->kv_blocks = rd->kv_num_blocks;
-                    if (r == 0) {
-                        wk_config_from(&p->cfg, rd->model);
-                        p->max_seqs = rd->max_seqs;
-                    }
                 }
             } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_NCCL_ID && r == 0) {
                 for (int k = 1; k < p->tp && st == GM_OK; k++)
@@ -492,8 +493,13 @@ static gm_status wk_wait_ready(wk_pool *p)
             return gm_fail(GM_ERR_INTERNAL, "workers not ready after %lld ms (%d of %d ranks)", (long long)limit,
                            n_ready, (int)p->tp);
     }
+    p->kv_blocks = p->sizing.kv_num_blocks;
+    p->max_seqs = p->sizing.max_seqs;
     Gemma__Control__V1__Start s = GEMMA__CONTROL__V1__START__INIT;
     s.kv_num_blocks = p->kv_blocks;
+    s.max_seqs = p->sizing.max_seqs;
+    s.max_tokens = p->sizing.max_tokens;
+    s.max_context = p->sizing.max_context;
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_START;
     m.start = &s;
@@ -505,14 +511,23 @@ static gm_status wk_wait_ready(wk_pool *p)
     return GM_OK;
 }
 
+/* One INFO line per size the ranks decided, with its reason. */
+static void wk_log_sizing(const wk_pool *p)
+{
+    const gm_sizing *z = &p->sizing;
+    GM_INFO("KV pool: %lld blocks of %d tokens (%.1f MiB per rank): %s", (long long)z->kv_num_blocks,
+            (int)p->o.spec.kv_block_size, (double)z->kv_bytes / (1024.0 * 1024.0), z->why_kv);
+    GM_INFO("max_seqs = %d: %s", (int)z->max_seqs, z->why_seqs);
+    GM_INFO("max_tokens_per_step = %d: %s", (int)z->max_tokens, z->why_tokens);
+    GM_INFO("max_context = %d: %s", (int)z->max_context, z->why_context);
+}
+
 /* Nothing in flight any more, and no slot state assumed on the ranks: the next
  * plan resends every slot it names in full (after a restart or a failed step). */
 static void wk_forget(wk_pool *p)
 {
     p->n_inflight = 0;
-    if (p->sent_blocks)
-        for (int32_t i = 0; i < p->max_seqs; i++)
-            p->sent_blocks[i] = -1;
+    ctl_slots_forget(&p->sent);
 }
 
 /* One session: fresh shm, spawn every rank, wait until all are ready. On failure
@@ -537,17 +552,19 @@ static gm_status wk_launch(wk_pool *p)
     }
     /* every rank has mapped the segment: drop its name now, so a SIGKILLed gemmad leaks no shm */
     wk_shm_remove(p);
-    if (!p->sent_blocks && p->max_seqs > 0) {
-        p->sent_blocks = malloc((size_t)p->max_seqs * sizeof *p->sent_blocks);
-        p->sent_samp = calloc((size_t)p->max_seqs, sizeof *p->sent_samp);
-        if (!p->sent_blocks || !p->sent_samp) {
+    if (p->sent.n == 0) { /* the first start: restarts ask for exactly these sizes */
+        if ((st = ctl_slots_init(&p->sent, p->max_seqs, 0)) != GM_OK) {
             wk_kill_all(p);
-            return gm_fail(GM_ERR_NOMEM, "worker pool: slot state for %d sequences", (int)p->max_seqs);
+            return st;
         }
-        wk_forget(p);
+        gm_worker_spec *sp = &p->o.spec;
+        sp->kv_num_blocks = p->kv_blocks;
+        sp->max_seqs = p->sizing.max_seqs;
+        sp->max_tokens = p->sizing.max_tokens;
+        sp->max_context = p->sizing.max_context;
     }
-    GM_INFO("%d worker%s ready on %s, %lld KV blocks", (int)p->tp, p->tp > 1 ? "s" : "", p->endpoint,
-            (long long)p->kv_blocks);
+    GM_INFO("%d worker%s ready on %s", (int)p->tp, p->tp > 1 ? "s" : "", p->endpoint);
+    wk_log_sizing(p);
     return GM_OK;
 }
 
@@ -563,13 +580,14 @@ static void wk_release(wk_pool *p)
         unlink(p->ipc_path);
     if (p->dir[0])
         rmdir(p->dir);
-    free(p->sent_blocks);
-    free(p->sent_samp);
+    ctl_slots_free(&p->sent);
+    free(p->spec_sent);
+    free(p->echo);
+    free(p->echoed);
     free(p->sp);
     free(p->sa);
     free(p->spp);
     free(p->buf);
-    free(p->model_dir);
     free(p->worker_bin);
     free(p);
 }
@@ -632,8 +650,8 @@ static int64_t wk_shm_elems(const wk_pool_opts *o)
 {
     int64_t elems = (int64_t)1 << 20;
     gm_model_config cfg;
-    if (o->engine.model_dir && gm_config_load_dir(o->engine.model_dir, &cfg) == GM_OK) {
-        int64_t tok = o->engine.max_tokens > 0 ? o->engine.max_tokens : 2048;
+    if (o->spec.model_dir[0] && gm_config_load_dir(o->spec.model_dir, &cfg) == GM_OK) {
+        int64_t tok = o->spec.max_tokens > 0 ? o->spec.max_tokens : GM_SIZING_HOST_TOKENS;
         elems = tok * (int64_t)cfg.hidden_size;
         if (elems < cfg.vocab_size)
             elems = cfg.vocab_size;
@@ -653,23 +671,29 @@ gm_status wk_pool_start(const wk_pool_opts *o, wk_pool **out)
     *out = NULL;
     if (!o)
         return gm_fail(GM_ERR_INVALID_ARG, "wk_pool_start: options are NULL");
-    int32_t tp = o->engine.tp_size > 0 ? o->engine.tp_size : 1;
+    gm_status st = ctl_spec_check(&o->spec);
+    if (st != GM_OK)
+        return st;
+    int32_t tp = o->spec.tp_size;
     if (tp > WK_MAX_RANKS)
         return gm_fail(GM_ERR_INVALID_ARG, "tp %d exceeds %d ranks", (int)tp, WK_MAX_RANKS);
-    if (o->engine.backend != GM_BACKEND_NULL && (!o->engine.model_dir || !o->engine.model_dir[0]))
+    if (o->spec.backend != GM_BACKEND_NULL && !o->spec.model_dir[0])
         return gm_fail(GM_ERR_INVALID_ARG, "no model directory given");
     wk_pool *p = calloc(1, sizeof *p);
     if (!p)
         return gm_fail(GM_ERR_NOMEM, "worker pool");
     p->o = *o;
     p->tp = tp;
-    p->model_dir = o->engine.model_dir ? strdup(o->engine.model_dir) : NULL;
     p->worker_bin = o->worker_bin ? strdup(o->worker_bin) : wk_default_bin();
-    p->o.engine.model_dir = p->model_dir;
     p->o.worker_bin = p->worker_bin;
-    p->o.engine.tp_size = tp;
-    p->o.engine.comm = NULL;
-    if ((o->engine.model_dir && !p->model_dir) || !p->worker_bin) {
+    p->spec_sent = calloc((size_t)tp, sizeof *p->spec_sent);
+    p->echo = calloc((size_t)tp, sizeof *p->echo);
+    p->echoed = calloc((size_t)tp, sizeof *p->echoed);
+    if (!p->spec_sent || !p->echo || !p->echoed) {
+        wk_release(p);
+        return gm_fail(GM_ERR_NOMEM, "worker pool");
+    }
+    if (!p->worker_bin) {
         wk_release(p);
         return gm_fail(GM_ERR_NOMEM, "worker pool: cannot find the gemma-worker path");
     }
@@ -679,7 +703,7 @@ gm_status wk_pool_start(const wk_pool_opts *o, wk_pool **out)
         return st;
     }
     p->shm_elems = wk_shm_elems(&p->o);
-    gm_status st = wk_make_dir(p);
+    st = wk_make_dir(p);
     if (st == GM_OK)
         st = wk_open_socket(p);
     if (st == GM_OK)
@@ -702,6 +726,16 @@ int64_t wk_pool_kv_blocks(const wk_pool *p)
 const gm_model_config *wk_pool_config(const wk_pool *p)
 {
     return p ? &p->cfg : NULL;
+}
+
+const gm_sizing *wk_pool_sizing(const wk_pool *p)
+{
+    return p ? &p->sizing : NULL;
+}
+
+const gm_worker_spec *wk_pool_spec_echo(const wk_pool *p, int32_t r)
+{
+    return p && r >= 0 && r < p->tp && p->echoed[r] ? &p->echo[r] : NULL;
 }
 
 void *wk_pool_socket(wk_pool *p)
@@ -728,11 +762,6 @@ static bool wk_grow(void **a, size_t n, size_t elem)
     return true;
 }
 
-static bool wk_same_sampling(const gm_sampling *a, const gm_sampling *b)
-{
-    return a->temperature == b->temperature && a->top_k == b->top_k && a->top_p == b->top_p && a->seed == b->seed;
-}
-
 gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
 {
     if (!p || n_seqs <= 0 || !seqs)
@@ -755,37 +784,8 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
             return gm_fail(GM_ERR_INVALID_ARG, "submit: seq %d has bad arrays", (int)i);
     }
     for (int32_t i = 0; i < n_seqs; i++) {
-        const gm_seq_step *s = &seqs[i];
-        Gemma__Control__V1__SeqPlan *q = &p->sp[i];
-        gemma__control__v1__seq_plan__init(q);
-        q->slot = s->slot;
-        q->tokens = (int32_t *)s->tokens;
-        q->n_tokens = (size_t)s->n_tokens;
-        q->start_pos = s->start_pos;
-        q->logits_mode = s->logits_mode;
-        /* the slot's table is append-only between entries at position 0: send what
-         * the ranks do not have yet, or all of it when that is not known */
-        bool tracked = s->slot >= 0 && s->slot < p->max_seqs && p->sent_blocks;
-        int32_t have = tracked ? p->sent_blocks[s->slot] : -1;
-        bool reset = have < 0 || s->start_pos == 0 || s->n_blocks < have;
-        int32_t from = reset ? 0 : have;
-        q->reset = reset;
-        q->block_table = (int32_t *)s->block_table + from;
-        q->n_block_table = (size_t)(s->n_blocks - from);
-        if (reset || !wk_same_sampling(&p->sent_samp[s->slot], &s->sampling)) {
-            Gemma__Control__V1__Sampling *a = &p->sa[i];
-            gemma__control__v1__sampling__init(a);
-            a->temperature = s->sampling.temperature;
-            a->top_k = s->sampling.top_k;
-            a->top_p = s->sampling.top_p;
-            a->seed = s->sampling.seed;
-            q->sampling = a;
-        }
-        if (tracked) {
-            p->sent_blocks[s->slot] = s->n_blocks;
-            p->sent_samp[s->slot] = s->sampling;
-        }
-        p->spp[i] = q;
+        ctl_slots_put(&p->sent, &seqs[i], &p->sp[i], &p->sa[i]);
+        p->spp[i] = &p->sp[i];
     }
     Gemma__Control__V1__StepPlan plan = GEMMA__CONTROL__V1__STEP_PLAN__INIT;
     plan.step_id = p->step_id + 1;
@@ -794,7 +794,7 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
     m.plan = &plan;
-    size_t n = wire_plan_size(&m); /* = protobuf-c's bytes, without its reflective walk */
+    size_t n = ctl_plan_size(&m); /* = protobuf-c's bytes, without its reflective walk */
     if (n > p->buf_cap) {
         size_t cap = p->buf_cap ? p->buf_cap : 65536;
         while (cap < n)
@@ -805,7 +805,7 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
         }
         p->buf_cap = cap;
     }
-    wire_plan_pack(&m, n, p->buf);
+    ctl_plan_pack(&m, n, p->buf);
     gm_status st = GM_OK;
     for (int r = 0; r < p->tp && st == GM_OK; r++)
         st = wk_send_raw(p, r, p->buf, n);

@@ -1,44 +1,57 @@
 /* workers.h - the coordinator's side of its workers: spawn, step plans out, tokens back, restart.
  *
  * gemmad runs one gemma-worker process per tensor-parallel rank (fork/exec of the
- * gemma-worker binary beside gemmad). Every rank receives every step plan over
- * the control plane (proto/control.proto on ZeroMQ ipc://); rank 0 answers with
- * the sampled tokens. Up to two steps are in flight (run-ahead): the second is
- * sent before the first one's tokens are back, and a decode whose token is not
- * known yet carries -1 (worker/engine.h: the slot's previous sample).
+ * gemma-worker binary beside gemmad; its argv names only the control socket,
+ * its rank and session). Each rank says Hello and gets its worker spec
+ * (ctl/spec.h) over the control plane (proto/control.proto on ZeroMQ ipc://),
+ * loads its engine and answers Ready with the sizes it decided and the spec as
+ * it received it, which the pool compares field by field. Every rank receives
+ * every step plan; rank 0 answers with the sampled tokens. Up to two steps are
+ * in flight (run-ahead): the second is sent before the first one's tokens are
+ * back, and a decode whose token is not known yet carries GM_TOKEN_PREVIOUS
+ * (ctl/step.h).
  *
- * Plans go out as deltas: the pool remembers, per slot, how many blocks of the
- * slot's table and which sampling parameters the ranks already hold, and sends
- * only the blocks appended since (the whole table, flagged reset, when an entry
- * starts at position 0, shrinks, or follows a restart or a failed step). So a
- * caller must keep a slot's block table append-only between entries that start
- * at position 0 - the scheduler does: a slot changes hands only through a new
- * or recomputed sequence, which starts at 0. */
+ * Plans go out as deltas against what the ranks hold per slot (ctl/slots.h),
+ * so a caller must keep a slot's block table append-only between entries that
+ * start at position 0 - the scheduler does. */
 #ifndef GM_WORKERS_H
 #define GM_WORKERS_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/model_config.h"
 #include "common/status.h"
-#include "worker/engine.h"
+#include "ctl/sizing.h"
+#include "ctl/spec.h"
+#include "ctl/step.h"
 
 typedef struct wk_pool wk_pool;
 
 typedef struct wk_pool_opts {
     const char *worker_bin; /* path of gemma-worker; NULL = beside the running executable */
-    gm_engine_opts engine;  /* what every rank's engine is created with (tp_rank/comm filled per rank) */
+    gm_worker_spec spec;    /* what every rank's engine is created with; device is rank 0's (cuda:
+                             * rank r gets device + r) */
     int32_t log_level;      /* gm_log_level for the workers */
     int32_t ready_timeout_ms; /* how long a (re)start may take before it fails (0 = 600 s) */
 } wk_pool_opts;
 
-/* Spawn engine.tp_size workers and wait until every rank has loaded its shard
- * (their progress goes to gemmad's stderr). Fails with the worker's own error
- * message (e.g. the loader's) when a rank cannot start. */
+/* Spawn spec.tp_size workers and wait until every rank has loaded its shard
+ * (their progress goes to gemmad's stderr); logs each size the ranks decided
+ * and why. Fails with the worker's own error message (e.g. the loader's, or
+ * "does not fit") when a rank cannot start. A restart asks for exactly the
+ * sizes of the first start. */
 gm_status wk_pool_start(const wk_pool_opts *o, wk_pool **out);
 
 /* KV blocks each rank's pool holds (the smallest over ranks). */
 int64_t wk_pool_kv_blocks(const wk_pool *p);
+/* What the ranks decided: pool, max_seqs, max_tokens, max_context (each the
+ * smallest over ranks, as sent in Start), with rank 0's reasons. */
+const gm_sizing *wk_pool_sizing(const wk_pool *p);
+/* The spec sent to rank r at the last (re)start (*out), and the one rank r says
+ * it received (NULL before it is ready). The pool refuses to start when they differ. */
+void wk_pool_rank_spec(const wk_pool *p, int32_t r, gm_worker_spec *out);
+const gm_worker_spec *wk_pool_spec_echo(const wk_pool *p, int32_t r);
 /* The model config the workers loaded. */
 const gm_model_config *wk_pool_config(const wk_pool *p);
 

@@ -4,6 +4,11 @@ if(TARGET gm_daemon)
   gm_add_test(test_daemon_sched ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_sched.c LIBS gm_daemon TIMEOUT 60)
   gm_add_test(test_daemon_config ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_config.c LIBS gm_daemon TIMEOUT 60)
 
+  # gemmad links no device code (ldd, ELF sections, cuobjdump --list-elf when the toolkit has it)
+  find_program(GM_CUOBJDUMP cuobjdump HINTS ${CUDAToolkit_BIN_DIR} /usr/local/cuda/bin)
+  add_test(NAME gemmad_no_device_code
+    COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/gemmad_deps.sh $<TARGET_FILE:gemmad> "$<$<BOOL:${GM_CUOBJDUMP}>:${GM_CUOBJDUMP}>")
+
   set(GM_DAEMON_TEST_DEFS
     GEMMAD_BIN="$<TARGET_FILE:gemmad>"
     GEMMA_GENERATE_BIN="$<TARGET_FILE:gemma-generate>"

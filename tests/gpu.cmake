@@ -10,6 +10,10 @@ if(GM_HAVE_CUDA)
   add_test(NAME test_gpu_model_lm8 COMMAND test_gpu_model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(test_gpu_model_lm8 PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600
     ENVIRONMENT GM_TEST_LM=fp8 FIXTURES_REQUIRED tiny_model)
+  # the CUDA engine's own sizes with no sizing options (ctl/sizing.h); takes the whole GPU
+  gm_add_test(test_gpu_sizing ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sizing.c
+    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(test_gpu_sizing PROPERTIES FIXTURES_REQUIRED tiny_model RUN_SERIAL TRUE)
   # the clear error without a GPU runs on machines without one (skipped where one is present)
   gm_add_test(test_gpu_nodev ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_nodev.c
     LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 60)

@@ -19,6 +19,7 @@
 #include "daemon/metrics.h"
 #include "daemon/textout.h"
 #include "daemon/u64map.h"
+#include "ctl/plan.h"
 #include "daemon/wire.h"
 #include "proto/control.pb-c.h"
 #include "proto/gemma.pb-c.h"
@@ -62,9 +63,10 @@ static void test_defaults(void **state)
     assert_string_equal(c.listen, "tcp://127.0.0.1:5555");
     assert_int_equal(c.tp, 1);
     assert_int_equal(c.kv_block_size, 16);
-    assert_int_equal(c.kv_memory, -1); /* unset: 64M on cpu/null, a fraction of free memory on cuda */
-    assert_int_equal(c.max_seqs, 64);
-    assert_int_equal(c.max_tokens_per_step, 2048);
+    assert_int_equal(c.kv_memory, -1); /* unset: the workers derive every sizing key (ctl/sizing.h) */
+    assert_int_equal(c.max_seqs, 0);
+    assert_int_equal(c.max_tokens_per_step, 0);
+    assert_int_equal(c.max_context, 0);
     assert_true(c.run_ahead);
     assert_null(c.model);
     gd_config_free(&c);
@@ -478,7 +480,7 @@ static float rnd_f32(void)
     }
 }
 
-/* wire.c writes exactly protobuf-c's bytes for StepPlans and chunk ServerMessages. */
+/* ctl/plan.c and wire.c write exactly protobuf-c's bytes for StepPlans and chunk ServerMessages. */
 static void test_wire_matches_protobuf_c(void **state)
 {
     (void)state;
@@ -522,10 +524,10 @@ static void test_wire_matches_protobuf_c(void **state)
         cm.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
         cm.plan = &plan;
         size_t want = gemma__control__v1__control_message__get_packed_size(&cm);
-        assert_int_equal(wire_plan_size(&cm), want);
+        assert_int_equal(ctl_plan_size(&cm), want);
         uint8_t *a = malloc(want + 1), *b = malloc(want + 1);
         gemma__control__v1__control_message__pack(&cm, a);
-        assert_int_equal(wire_plan_pack(&cm, want, b), want);
+        assert_int_equal(ctl_plan_pack(&cm, want, b), want);
         assert_memory_equal(a, b, want);
         free(a);
         free(b);

@@ -131,7 +131,9 @@ static int fail_status(const char *what, gm_status st)
     return 1;
 }
 
-/* An engine for one sequence of at most ctx tokens, steps of at most chunk tokens. */
+/* An engine for one sequence of at most ctx tokens, steps of at most chunk tokens: explicit
+ * sizes, so the sizing rule (ctl/sizing.h, applied by gm_engine_create as in gemma-worker)
+ * keeps them; what it decided is logged at debug level. */
 static gm_status make_engine(const gen_opts *o, int64_t ctx, int32_t chunk, gm_engine **e)
 {
     gm_engine_opts eo;
@@ -148,7 +150,14 @@ static gm_status make_engine(const gen_opts *o, int64_t ctx, int32_t chunk, gm_e
     eo.quant = o->quant;
     eo.kv_dtype = o->kv_dtype;
     eo.lm_head_fp8 = o->lm_head_fp8;
-    return gm_engine_create(&eo, e);
+    gm_status st = gm_engine_create(&eo, e);
+    if (st == GM_OK) {
+        const gm_sizing *z = &(*e)->sizing;
+        GM_DEBUG("KV pool: %lld blocks: %s", (long long)z->kv_num_blocks, z->why_kv);
+        GM_DEBUG("max_seqs %d: %s; max_tokens %d: %s; max_context %d: %s", z->max_seqs, z->why_seqs, z->max_tokens,
+                 z->why_tokens, z->max_context, z->why_context);
+    }
+    return st;
 }
 
 /* Tokens per step of a teacher-forced pass (every row's logits kept), at most --prefill-chunk. */

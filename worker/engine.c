@@ -1,7 +1,7 @@
-/* engine.c - backend dispatch, defaults and the step checks every backend shares. */
+/* engine.c - backend dispatch, defaults, host sizing and the step check every backend runs. */
 #include "engine.h"
 
-#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,42 +9,56 @@
 
 void gm_engine_opts_init(gm_engine_opts *o)
 {
+    gm_worker_spec s;
+    ctl_spec_init(&s);
     memset(o, 0, sizeof *o);
-    o->backend = GM_BACKEND_CPU;
-    o->tp_rank = 0;
-    o->tp_size = 1;
-    o->kv_block_size = 16;
-    o->kv_mem_bytes = 64ll << 20;
-    o->max_seqs = 64;
-    o->max_tokens = 2048;
-    o->max_context = 0; /* the model's max_position */
-    o->use_graphs = 1;
+    gm_engine_opts_set_spec(o, &s);
+    o->model_dir = NULL;
 }
 
-int gm_backend_parse(const char *s)
+void gm_engine_opts_set_spec(gm_engine_opts *o, const gm_worker_spec *s)
 {
-    if (!s)
-        return -1;
-    if (!strcmp(s, "cpu"))
-        return GM_BACKEND_CPU;
-    if (!strcmp(s, "cuda"))
-        return GM_BACKEND_CUDA;
-    if (!strcmp(s, "null"))
-        return GM_BACKEND_NULL;
-    return -1;
+#define SET_(type, name, num) o->name = s->name;
+    GM_SPEC_FIELDS(SET_)
+#undef SET_
+    o->model_dir = s->model_dir[0] ? s->model_dir : NULL;
 }
 
-const char *gm_backend_name(gm_backend b)
+gm_status gm_engine_opts_spec(const gm_engine_opts *o, gm_worker_spec *s)
 {
-    switch (b) {
-    case GM_BACKEND_CPU:
-        return "cpu";
-    case GM_BACKEND_CUDA:
-        return "cuda";
-    case GM_BACKEND_NULL:
-        return "null";
-    }
-    return "?";
+    ctl_spec_init(s);
+#define GET_(type, name, num) s->name = o->name;
+    GM_SPEC_FIELDS(GET_)
+#undef GET_
+    return ctl_spec_set_model(s, o->model_dir);
+}
+
+/* cpu, null: the fixed defaults of ctl/sizing.h into r before the backend sizes its pool. */
+static gm_status size_host(const gm_engine_opts *o, gm_engine_opts *r, gm_sizing *z)
+{
+    gm_worker_spec sp;
+    gm_device_mem none = {0};
+    gm_status st = gm_engine_opts_spec(o, &sp);
+    if (st == GM_OK)
+        st = gm_sizing_decide(NULL, &sp, &none, z);
+    if (st != GM_OK)
+        return st;
+    r->max_seqs = z->max_seqs;
+    r->max_tokens = z->max_tokens;
+    if (r->kv_num_blocks <= 0)
+        r->kv_mem_bytes = z->kv_bytes;
+    return GM_OK;
+}
+
+/* What the backend made of the host sizing: its pool and context. */
+static void size_host_done(gm_engine *e, const gm_sizing *z)
+{
+    int32_t asked = z->max_context;
+    e->sizing = *z;
+    e->sizing.kv_num_blocks = e->kv_num_blocks;
+    e->sizing.max_context = e->opts.max_context;
+    if (asked != e->opts.max_context)
+        snprintf(e->sizing.why_context, sizeof e->sizing.why_context, "the model's max_position");
 }
 
 gm_status gm_engine_create(const gm_engine_opts *o, gm_engine **out)
@@ -57,13 +71,22 @@ gm_status gm_engine_create(const gm_engine_opts *o, gm_engine **out)
                        o->tp_size);
     if (o->kv_block_size < 1)
         return gm_fail(GM_ERR_INVALID_ARG, "kv block size %d must be positive", o->kv_block_size);
-    if (o->max_seqs < 1 || o->max_tokens < 1)
-        return gm_fail(GM_ERR_INVALID_ARG, "max_seqs %d and max_tokens %d must be positive", o->max_seqs,
-                       o->max_tokens);
+    if (o->max_seqs < 0 || o->max_tokens < 0 || o->max_context < 0 || o->kv_num_blocks < 0 || o->kv_mem_bytes < 0)
+        return gm_fail(GM_ERR_INVALID_ARG, "max_seqs %d, max_tokens %d, max_context %d and the KV size must not be "
+                       "negative (0 = derive)", o->max_seqs, o->max_tokens, o->max_context);
+    gm_engine_opts r = *o;
+    gm_sizing z;
+    gm_status st = GM_OK;
     switch (o->backend) {
     case GM_BACKEND_CPU:
-        return gm_engine_cpu_create(o, out);
-    case GM_BACKEND_CUDA:
+    case GM_BACKEND_NULL:
+        if ((st = size_host(o, &r, &z)) != GM_OK)
+            return st;
+        st = o->backend == GM_BACKEND_CPU ? gm_engine_cpu_create(&r, out) : gm_engine_null_create(&r, out);
+        if (st == GM_OK)
+            size_host_done(*out, &z);
+        return st;
+    case GM_BACKEND_CUDA: /* sizes itself: it measures the device after loading */
 #ifdef GM_HAVE_CUDA
         if (o->model_dir && *o->model_dir) { /* a config that does not load: the engine says why */
             /* the CUDA engine computes Gemma 1 only: it would run a Gemma 2/3 checkpoint without its
@@ -73,14 +96,35 @@ gm_status gm_engine_create(const gm_engine_opts *o, gm_engine **out)
                 return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: %s is Gemma %d; the CUDA engine runs Gemma 1 only "
                                "(use --backend cpu)", o->model_dir, (int)cfg.family);
         }
-        return gm_engine_cuda_create(o, out);
+        return gm_engine_cuda_create(&r, out);
 #else
         return gm_fail(GM_ERR_NO_DEVICE, "backend cuda: built without CUDA");
 #endif
-    case GM_BACKEND_NULL:
-        return gm_engine_null_create(o, out);
+    default:
+        break;
     }
     return gm_fail(GM_ERR_INVALID_ARG, "unknown backend %d", (int)o->backend);
+}
+
+void gm_engine_share_limits(gm_engine *e, const ctl_limits *l)
+{
+    e->shared = *l;
+}
+
+ctl_limits gm_engine_limits(const gm_engine *e)
+{
+    ctl_limits l = {e->opts.max_seqs,      e->opts.max_tokens,  e->opts.max_context,
+                    e->opts.kv_block_size, e->cfg.vocab_size,   e->kv_num_blocks};
+    const ctl_limits *s = &e->shared;
+    if (s->max_seqs > 0 && s->max_seqs < l.max_seqs)
+        l.max_seqs = s->max_seqs;
+    if (s->max_tokens > 0 && s->max_tokens < l.max_tokens)
+        l.max_tokens = s->max_tokens;
+    if (s->max_context > 0 && s->max_context < l.max_context)
+        l.max_context = s->max_context;
+    if (s->kv_blocks > 0 && s->kv_blocks < l.kv_blocks)
+        l.kv_blocks = s->kv_blocks;
+    return l;
 }
 
 gm_status gm_engine_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
@@ -118,99 +162,22 @@ gm_status gm_engine_kv_blocks(const gm_engine_opts *o, int64_t bytes_per_block, 
     return GM_OK;
 }
 
-/* Check one sequence of a step (slot uniqueness is the caller's); adds its logits rows. */
-static gm_status check_seq(const gm_engine *e, const gm_seq_step *s, int32_t i, int64_t *rows)
-{
-    const gm_engine_opts *o = &e->opts;
-    if (s->n_tokens < 1 || !s->tokens)
-        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): %d tokens", i, s->slot, s->n_tokens);
-    if (s->start_pos < 0 || (int64_t)s->start_pos + s->n_tokens > o->max_context)
-        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): positions %d..%lld exceed the context of %d",
-                       i, s->slot, s->start_pos, (long long)s->start_pos + s->n_tokens - 1, o->max_context);
-    int64_t need = ((int64_t)s->start_pos + s->n_tokens + o->kv_block_size - 1) / o->kv_block_size;
-    if (s->n_blocks < need || !s->block_table)
-        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): block table has %d blocks, %lld needed", i,
-                       s->slot, s->n_blocks, (long long)need);
-    for (int64_t b = 0; b < need; b++)
-        if (s->block_table[b] < 0 || s->block_table[b] >= e->kv_num_blocks)
-            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): block %lld is id %d, pool has %lld", i,
-                           s->slot, (long long)b, s->block_table[b], (long long)e->kv_num_blocks);
-    for (int32_t t = 0; t < s->n_tokens; t++)
-        if (s->tokens[t] < 0 || s->tokens[t] >= e->cfg.vocab_size)
-            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): token %d is id %d, vocabulary is %d", i,
-                           s->slot, t, s->tokens[t], e->cfg.vocab_size);
-    const gm_sampling *sp = &s->sampling;
-    if (!(sp->temperature >= 0.0f) || isinf(sp->temperature) || sp->top_k < 0 || !(sp->top_p > 0.0f) ||
-        sp->top_p > 1.0f)
-        return gm_fail(GM_ERR_INVALID_ARG,
-                       "sequence %d (slot %d): bad sampling (temperature %g, top_k %d, top_p %g)", i, s->slot,
-                       (double)sp->temperature, sp->top_k, (double)sp->top_p);
-    switch (s->logits_mode) {
-    case GM_LOGITS_NONE:
-        break;
-    case GM_LOGITS_LAST:
-        *rows += 1;
-        break;
-    case GM_LOGITS_ALL:
-        *rows += s->n_tokens;
-        break;
-    default:
-        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): unknown logits mode %d", i, s->slot,
-                       s->logits_mode);
-    }
-    return GM_OK;
-}
-
 gm_status gm_engine_check_step(const gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, const gm_step_out *out,
                                int64_t *total_tokens, int64_t *logit_rows)
 {
-    const gm_engine_opts *o = &e->opts;
-    if (n_seqs < 0 || n_seqs > o->max_seqs)
-        return gm_fail(GM_ERR_INVALID_ARG, "step has %d sequences; the engine takes 0..%d", n_seqs, o->max_seqs);
-    if (n_seqs > 0 && !seqs)
-        return gm_fail(GM_ERR_INVALID_ARG, "step has %d sequences but no array", n_seqs);
-    int64_t total = 0, rows = 0;
-    /* slot -> the step stamp that last used it: linear in n_seqs, no clearing, no per-step
-     * allocation (one buffer per thread, grown to the largest max_seqs seen) */
-    static _Thread_local uint32_t *seen, stamp;
-    static _Thread_local int32_t seen_cap;
-    if (seen_cap < o->max_seqs) {
-        uint32_t *grown = calloc((size_t)o->max_seqs, sizeof *grown);
-        if (!grown)
-            return gm_fail(GM_ERR_NOMEM, "step check: %d slots", o->max_seqs);
-        free(seen);
-        seen = grown;
-        seen_cap = o->max_seqs;
-        stamp = 0;
-    }
-    if (++stamp == 0) { /* wrapped: forget every old stamp */
-        memset(seen, 0, (size_t)seen_cap * sizeof *seen);
-        stamp = 1;
-    }
-    gm_status st = GM_OK;
-    for (int32_t i = 0; i < n_seqs && st == GM_OK; i++) {
-        const gm_seq_step *s = &seqs[i];
-        if (s->slot < 0 || s->slot >= o->max_seqs)
-            st = gm_fail(GM_ERR_INVALID_ARG, "sequence %d: slot %d is outside 0..%d", i, s->slot, o->max_seqs - 1);
-        else if (seen[s->slot] == stamp)
-            st = gm_fail(GM_ERR_INVALID_ARG, "sequence %d reuses slot %d of an earlier sequence", i, s->slot);
-        else {
-            seen[s->slot] = stamp;
-            st = check_seq(e, s, i, &rows);
-            total += s->n_tokens;
-        }
-    }
+    /* one set of slot marks per thread, grown to the largest max_seqs seen */
+    static _Thread_local ctl_marks marks;
+    ctl_limits l = gm_engine_limits(e);
+    ctl_step_sums sums;
+    gm_status st = ctl_check_step(&l, &marks, seqs, n_seqs, NULL, &sums);
     if (st != GM_OK)
         return st;
-    if (total > o->max_tokens)
-        return gm_fail(GM_ERR_INVALID_ARG, "step has %lld tokens; the engine takes at most %d", (long long)total,
-                       o->max_tokens);
-    if (out && out->logits && rows > out->logits_rows_cap)
-        return gm_fail(GM_ERR_INVALID_ARG, "step produces %lld logits rows; the output holds %lld", (long long)rows,
-                       (long long)out->logits_rows_cap);
+    if (out && out->logits && sums.logits_rows > out->logits_rows_cap)
+        return gm_fail(GM_ERR_INVALID_ARG, "step produces %lld logits rows; the output holds %lld",
+                       (long long)sums.logits_rows, (long long)out->logits_rows_cap);
     if (total_tokens)
-        *total_tokens = total;
+        *total_tokens = sums.tokens;
     if (logit_rows)
-        *logit_rows = rows;
+        *logit_rows = sums.logits_rows;
     return GM_OK;
 }

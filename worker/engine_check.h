@@ -16,12 +16,9 @@ void gm_engine_init_common(gm_engine *e, const gm_model_config *cfg, const gm_en
  * bytes_per_block. GM_ERR_CAPACITY when that is zero. */
 gm_status gm_engine_kv_blocks(const gm_engine_opts *o, int64_t bytes_per_block, int64_t *n_blocks);
 
-/* Validate a step against the engine's config and options before anything is
- * touched: slots in range and distinct, n_tokens >= 1, positions within
- * max_context, enough blocks and every used block id in the pool, token ids
- * in the vocabulary, known logits modes, sane sampling parameters, the total
- * token count within max_tokens, and the logits rows within out's capacity.
- * *logit_rows (optional) gets the number of logits rows the step produces. */
+/* Validate a step before anything is touched: ctl/check.h's validator against
+ * gm_engine_limits(e), then the logits rows within out's capacity.
+ * *total_tokens and *logit_rows (optional) get the step's sums. */
 gm_status gm_engine_check_step(const gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, const gm_step_out *out,
                                int64_t *total_tokens, int64_t *logit_rows);
 

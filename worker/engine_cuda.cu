@@ -127,12 +127,15 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
         return gm_fail(GM_ERR_NOMEM, "backend cuda: no host memory");
     c->base.ops = &g_cuda_ops;
     gm_engine_init_common(&c->base, cfg, o);
+    gm_worker_spec spec; /* the sizes as asked (0 = derive), before init_common filled them in */
+    gm_device_mem mem = {0, 0, 0, 0};
     c->wfmt = o->quant == GM_QUANT_FP8 ? CU_W_FP8 : o->quant == GM_QUANT_AWQ ? CU_W_AWQ : CU_W_BF16;
     gm_linear *lin = NULL;
     c->kv8 = o->kv_dtype == GM_KV_FP8;
     gm_weights w;
     memset(&w, 0, sizeof w);
     int have_w = 0;
+    GM_GOTO(gm_engine_opts_spec(o, &spec), st, fail);
     GM_GOTO(gm_tp_layout_make(cfg, o->tp_rank, o->tp_size, &c->tp), st, fail);
     if (!random) {
         GM_GOTO(st_model_open(model_dir, &c->model), st, fail);
@@ -150,7 +153,6 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     c->eps = cfg->rms_norm_eps;
     c->normalizer = gm_config_normalizer(cfg);
     c->scale = 1.0f / sqrtf((float)cfg->head_dim);
-    c->max_blocks = (c->base.opts.max_context + o->kv_block_size - 1) / o->kv_block_size;
     {
         cudaDeviceProp prop;
         GM_CUDA_GOTO(cudaGetDeviceProperties(&prop, o->device), st, fail);
@@ -183,10 +185,11 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     cudaFree(c->wstage);
     c->wstage = NULL;
     opts_init(c);
+    GM_GOTO(cu_size_limits(c, &spec, &mem), st, fail);
     GM_GOTO(cu_runtime_alloc(c), st, fail);
     if (o->lm_head_fp8 && o->tp_rank == 0) /* only rank 0 computes logits */
         GM_GOTO(cu_lm_head_fp8_setup(c), st, fail);
-    GM_GOTO(cu_kv_alloc(c), st, fail);
+    GM_GOTO(cu_kv_alloc(c, &spec, &mem), st, fail);
     if (o->verbose)
         fprintf(stderr, "cuda engine: ready: %.2f GB of weights read per step (%s, %s LM head), %d decode buckets, "
                 "graphs %s, decode attention: %s\n", (double)c->weight_bytes / 1e9,

@@ -271,7 +271,8 @@ gm_status cu_runtime_alloc(cuda_engine *c);
 /* (Re)plan every decode bucket's attention by the rule; (re)allocates their XQA scratch as needed. */
 gm_status cu_buckets_plan(cuda_engine *c);
 /* The KV pool, sized by the options (blocks, bytes, or a fraction of the free memory). */
-gm_status cu_kv_alloc(cuda_engine *c);
+gm_status cu_size_limits(cuda_engine *c, const gm_worker_spec *spec, gm_device_mem *mem);
+gm_status cu_kv_alloc(cuda_engine *c, const gm_worker_spec *spec, gm_device_mem *mem);
 /* Drop every captured decode graph (the next step of each bucket runs eagerly and captures again). */
 void cu_graphs_drop(cuda_engine *c);
 /* Free the step's buffers and graphs. */

@@ -427,28 +427,50 @@ void cu_runtime_free(cuda_engine *c)
     free(c->dump_rows_h), free(c->order_h), free(c->tstart_h);
 }
 
-gm_status cu_kv_alloc(cuda_engine *c)
+/* The sizes the spec leaves unset (ctl/sizing.h), from the memory left after the weights;
+ * at tp > 1 every rank takes rank 0's, since graph buckets and collectives must match. */
+gm_status cu_size_limits(cuda_engine *c, const gm_worker_spec *spec, gm_device_mem *mem)
+{
+    gm_engine_opts *o = &c->base.opts;
+    size_t fr = 0, tot = 0;
+    GM_CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    mem->total = (int64_t)tot, mem->free_weights = (int64_t)fr;
+    mem->kv_block_bytes = 2 * (int64_t)c->base.cfg.num_layers * c->nkv * o->kv_block_size * c->hd * (c->kv8 ? 1 : 2);
+    gm_sizing *z = &c->base.sizing;
+    GM_CHECK(gm_sizing_decide(&c->base.cfg, spec, mem, z));
+    if (c->nccl) {
+        int32_t v[3] = {z->max_seqs, z->max_tokens, z->max_context}, *d = NULL;
+        gm_status st = GM_OK;
+        GM_CHECK(cu_dev_alloc((void **)&d, sizeof v, "sizing"));
+        GM_CUDA_GOTO(cudaMemcpy(d, v, sizeof v, cudaMemcpyHostToDevice), st, done);
+        GM_GOTO(gm_nccl_broadcast_i32(c->nccl, d, 3, 0, c->stream), st, done);
+        GM_CUDA_GOTO(cudaMemcpyAsync(v, d, sizeof v, cudaMemcpyDeviceToHost, c->stream), st, done);
+        GM_CUDA_GOTO(cudaStreamSynchronize(c->stream), st, done);
+        z->max_seqs = v[0], z->max_tokens = v[1], z->max_context = v[2];
+    done:
+        cudaFree(d);
+        GM_CHECK(st);
+    }
+    o->max_seqs = z->max_seqs, o->max_tokens = z->max_tokens, o->max_context = z->max_context;
+    c->max_blocks = (o->max_context + o->kv_block_size - 1) / o->kv_block_size;
+    return GM_OK;
+}
+
+/* The KV pool: the spec's, or kv_mem_fraction of what the runtime buffers left (ctl/sizing.h). */
+gm_status cu_kv_alloc(cuda_engine *c, const gm_worker_spec *spec, gm_device_mem *mem)
 {
     const gm_engine_opts *o = &c->base.opts;
     int64_t block_elems = c->nkv * o->kv_block_size * c->hd;
     int64_t esz = c->kv8 ? 1 : 2;
     int64_t per_block = 2 * (int64_t)c->base.cfg.num_layers * block_elems * esz; /* bytes, all layers, K and V */
-    int64_t n;
-    if (o->kv_num_blocks > 0) {
-        n = o->kv_num_blocks;
-    } else if (o->kv_mem_bytes > 0) {
-        n = o->kv_mem_bytes / per_block;
-    } else {
-        size_t fr = 0, tot = 0;
-        GM_CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
-        double f = o->kv_mem_fraction > 0.0 ? o->kv_mem_fraction : 0.9;
-        n = (int64_t)((double)fr * f) / per_block;
-    }
-    if (n < 1)
-        return gm_fail(GM_ERR_CAPACITY, "cuda engine: the KV budget holds no block of %lld bytes",
-                       (long long)per_block);
-    if (n > INT32_MAX / o->kv_block_size)
-        n = INT32_MAX / o->kv_block_size;
+    size_t fr = 0, tot = 0;
+    GM_CUDA_CHECK(cudaMemGetInfo(&fr, &tot));
+    mem->free_runtime = (int64_t)fr > 0 ? (int64_t)fr : 1;
+    gm_sizing z;
+    GM_CHECK(gm_sizing_decide(&c->base.cfg, spec, mem, &z));
+    int64_t n = z.kv_num_blocks;
+    c->base.sizing.kv_num_blocks = n, c->base.sizing.kv_bytes = z.kv_bytes, c->base.sizing.kv_block_bytes = per_block;
+    memcpy(c->base.sizing.why_kv, z.why_kv, sizeof z.why_kv);
     c->base.kv_num_blocks = n;
     c->layer_elems = n * block_elems;
     GM_CHECK(cu_dev_alloc((void **)&c->kv, (size_t)(2 * c->base.cfg.num_layers) * (size_t)c->layer_elems * (size_t)esz,

@@ -31,32 +31,26 @@ void gm_feed_free(gm_feed *f)
     memset(f, 0, sizeof *f);
 }
 
-static int is_fed(const gm_seq_step *s)
-{
-    return s->n_tokens == 1 && s->tokens && s->tokens[0] == -1;
-}
-
 gm_status gm_feed_resolve(gm_feed *f, const gm_seq_step *seqs, int32_t n_seqs, const gm_seq_step **out)
 {
     *out = seqs;
     if (!seqs || n_seqs <= 0 || n_seqs > f->max_seqs) /* nothing to resolve, or a step the check refuses */
         return GM_OK;
     int32_t i = 0;
-    while (i < n_seqs && !is_fed(&seqs[i]))
+    while (i < n_seqs && !gm_seq_step_fed(&seqs[i]))
         i++;
     if (i == n_seqs)
         return GM_OK;
     memcpy(f->seqs, seqs, (size_t)n_seqs * sizeof *seqs);
     for (; i < n_seqs; i++) {
-        if (!is_fed(&seqs[i]))
+        if (!gm_seq_step_fed(&seqs[i]))
             continue;
         int32_t slot = seqs[i].slot;
         if (slot < 0 || slot >= f->max_seqs)
             continue;
-        if (f->last[slot] < 0 || seqs[i].start_pos == 0)
-            return gm_fail(GM_ERR_INVALID_ARG,
-                           "sequence %d (slot %d): token -1 asks for the slot's last sample, but it has none", i,
-                           slot);
+        gm_status st = ctl_check_previous(&seqs[i], i, f->last);
+        if (st != GM_OK)
+            return st;
         f->tok[i] = f->last[slot];
         f->seqs[i].tokens = &f->tok[i];
     }

@@ -1,7 +1,7 @@
 /* engine_feed.h - run-ahead for the host-side engines (CPU, null): resolve the
- * -1 tokens of a step (worker/engine.h: "the slot's last sample") from a
- * per-slot table, and record each step's samples into it. The CUDA engine
- * keeps the same table on the device instead. */
+ * GM_TOKEN_PREVIOUS tokens of a step (ctl/step.h: "the slot's last sample")
+ * from a per-slot table, and record each step's samples into it. The CUDA
+ * engine keeps the same table on the device instead. */
 #ifndef GM_ENGINE_FEED_H
 #define GM_ENGINE_FEED_H
 
@@ -21,8 +21,9 @@ gm_status gm_feed_init(gm_feed *f, int32_t max_seqs);
 void gm_feed_free(gm_feed *f);
 
 /* *out = seqs when no entry is {-1}; else f->seqs, a copy with each {-1}
- * replaced by its slot's last sample. GM_ERR_INVALID_ARG when such a slot has
- * no sample. Entries with bad slots are left for gm_engine_check_step. */
+ * replaced by its slot's last sample. GM_ERR_INVALID_ARG (ctl_check_previous)
+ * when such an entry is at position 0 or its slot has no sample. Entries with
+ * bad slots are left for gm_engine_check_step. */
 gm_status gm_feed_resolve(gm_feed *f, const gm_seq_step *seqs, int32_t n_seqs, const gm_seq_step **out);
 
 /* After a step: each slot's last sample becomes sampled[i] (-1 for entries

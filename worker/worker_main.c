@@ -1,19 +1,19 @@
 /* worker_main.c - gemma-worker: one tensor-parallel rank of a replica.
  *
  * Connects a DEALER to the coordinator's control ROUTER (proto/control.proto),
- * says Hello, builds its engine (CPU ranks meet in a shared-memory
- * communicator), answers Ready (or the load error), then runs every StepPlan it
- * receives, in order; rank 0 answers each with a StepResult, other ranks only on
- * error. Plans are deltas (proto/control.proto): the worker keeps each slot's
- * KV block table and sampling parameters, and checks a whole plan before it
- * applies any of it; after a failed step it forgets every table, so a plan
- * that does not resend a slot in full is refused rather than run on a stale one.
- * Plans are decoded by hand (worker/plan_decode.h), other messages by protobuf-c,
- * into a bump arena that is reset after each message.
+ * says Hello, receives its WorkerSpec (what its engine is created with: argv
+ * names only the coordinator, the rank and the session), builds its engine
+ * (CPU ranks meet in a shared-memory communicator), answers Ready (the sizes it
+ * chose and why, and the spec it received; or the load error), then runs every
+ * StepPlan it receives, in order; rank 0 answers each with a StepResult, other
+ * ranks only on error. Plans are deltas against per-slot state (ctl/slots.h);
+ * the engine checks each step (ctl/check.h); after a failed step the worker
+ * forgets every table, so a plan that does not resend a slot in full is
+ * refused rather than run on a stale one. Plans are decoded by hand
+ * (ctl/plan.h), into a bump arena that is reset after each message.
  * Exits on Shutdown, when the parent gemmad dies (PR_SET_PDEATHSIG set by the
  * spawner, plus a getppid check), or when an ipc:// coordinator socket goes away. */
 #include <errno.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,9 +25,11 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "parallel/comm.h"
+#include "ctl/msg.h"
+#include "ctl/plan.h"
+#include "ctl/slots.h"
 #include "proto/control.pb-c.h"
 #include "worker/engine.h"
-#include "worker/plan_decode.h"
 
 #ifdef GM_HAVE_NCCL
 #include <nccl.h>
@@ -42,7 +44,6 @@ typedef struct wm_args {
     const char *session;
     long parent_pid;
     int log_level;
-    gm_engine_opts eo;
 } wm_args;
 
 /* A bump arena for protobuf-c unpacking: one block reused for every message;
@@ -114,19 +115,14 @@ typedef struct wm_state {
     wm_args a;
     void *ctx, *sock, *mon;
     bool exit_on_disconnect;
+    gm_worker_spec spec; /* as received from the coordinator */
     gm_comm *comm;
     gm_engine *eng;
-    int64_t kv_blocks; /* limit plans are checked against (Start may lower it) */
+    int64_t kv_blocks; /* block ids a plan may append (Start may lower it) */
     int32_t *tokens;   /* [max_seqs] step output */
     uint8_t nccl_id[128]; /* CUDA, tp > 1: the ncclUniqueId every rank joins with */
-    gm_seq_step *seqs; /* [max_seqs] */
-    /* per slot, what the plans so far have built */
-    int32_t max_seqs, max_blocks; /* slots; blocks a slot's table holds (max_context / block size) */
-    int32_t *tables;   /* [max_seqs, max_blocks] block tables */
-    int32_t *tlen;     /* [max_seqs] entries in each table; -1 = unknown (only a reset may name the slot) */
-    gm_sampling *samp; /* [max_seqs] */
-    uint32_t *stamp;   /* [max_seqs] plan number that last named the slot (duplicate check) */
-    uint32_t plan_no;
+    gm_seq_step *seqs; /* [max_seqs] a plan as whole step entries */
+    ctl_slots slots;   /* per slot, what the plans so far have built */
     wm_arena arena;
     ProtobufCAllocator alloc; /* over arena */
     uint8_t *txbuf;    /* StepResult packing */
@@ -136,30 +132,17 @@ typedef struct wm_state {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gemma-worker --control ENDPOINT --rank R --tp N [--shm NAME] [engine flags]\n"
+            "usage: gemma-worker --control ENDPOINT --rank R [--tp N] [--shm NAME] [--log-level L]\n"
             "\n"
             "One tensor-parallel rank of a gemmad replica. gemmad starts these itself;\n"
             "a launcher (Slurm, mpirun) may start them by hand with the coordinator's endpoint.\n"
+            "Everything about the engine (model, backend, device, KV and batch sizes) comes\n"
+            "from the coordinator after connecting (control.proto: WorkerSpec).\n"
             "\n"
             "  --control ENDPOINT     coordinator's control socket (ipc://... or tcp://...)\n"
             "  --rank R               this rank, 0..N-1\n"
-            "  --tp N                 tensor-parallel size\n"
+            "  --tp N                 tensor-parallel size (default 1)\n"
             "  --shm NAME             shared-memory segment of the CPU communicator (tp > 1, cpu)\n"
-            "  --model DIR            Hugging Face model directory\n"
-            "  --backend cpu|cuda|null\n"
-            "  --device D             CUDA device ordinal\n"
-            "  --kv-block-size T      tokens per KV block\n"
-            "  --kv-blocks N          exact number of KV blocks (0 = from the memory budget)\n"
-            "  --kv-memory BYTES      KV budget (suffix K, M, G allowed)\n"
-            "  --kv-mem-fraction F    CUDA: fraction of free memory for KV\n"
-            "  --max-seqs N           most sequences in one step\n"
-            "  --max-tokens N         most tokens in one step\n"
-            "  --max-context N        longest sequence\n"
-            "  --quant none|fp8|awq\n"
-            "  --kv-dtype auto|bf16|fp8\n"
-            "  --lm-head bf16|fp8\n"
-            "  --no-graphs            CUDA: do not capture decode steps as graphs\n"
-            "  --verbose              loading progress on stderr\n"
             "  --log-level debug|info|warn|error|off\n"
             "  --session S            tag of this worker set (set by gemmad; part of the routing id)\n"
             "  --parent-pid P         exit when the parent is no longer P (set by gemmad)\n"
@@ -177,30 +160,6 @@ static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
     return 0;
 }
 
-static int parse_bytes(const char *s, int64_t *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || !(v >= 0))
-        return -1;
-    double mul = 1;
-    if (*end == 'K' || *end == 'k')
-        mul = 1024.0, end++;
-    else if (*end == 'M' || *end == 'm')
-        mul = 1024.0 * 1024, end++;
-    else if (*end == 'G' || *end == 'g')
-        mul = 1024.0 * 1024 * 1024, end++;
-    if (*end == 'i')
-        end++;
-    if (*end == 'B')
-        end++;
-    if (*end || v * mul > 9e18)
-        return -1;
-    *out = (int64_t)(v * mul);
-    return 0;
-}
-
 /* Parse argv; returns 0 ok, 1 help printed, -1 error printed. */
 static int parse_args(int argc, char **argv, wm_args *a)
 {
@@ -208,20 +167,11 @@ static int parse_args(int argc, char **argv, wm_args *a)
     a->rank = -1;
     a->tp = 1;
     a->log_level = GM_LOG_INFO;
-    gm_engine_opts_init(&a->eo);
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
         if (!strcmp(k, "--help") || !strcmp(k, "-h")) {
             usage(stdout);
             return 1;
-        }
-        if (!strcmp(k, "--no-graphs")) {
-            a->eo.use_graphs = 0;
-            continue;
-        }
-        if (!strcmp(k, "--verbose")) {
-            a->eo.verbose = 1;
-            continue;
         }
         if (strncmp(k, "--", 2) != 0 || i + 1 >= argc) {
             fprintf(stderr, "gemma-worker: %s '%s' (try --help)\n",
@@ -243,57 +193,12 @@ static int parse_args(int argc, char **argv, wm_args *a)
             a->session = v;
         else if (!strcmp(k, "--parent-pid"))
             bad = parse_i64(v, 1, INT32_MAX, &n), a->parent_pid = (long)n;
-        else if (!strcmp(k, "--model"))
-            a->eo.model_dir = v;
-        else if (!strcmp(k, "--backend")) {
-            int b = gm_backend_parse(v);
-            bad = b < 0;
-            a->eo.backend = (gm_backend)(b < 0 ? 0 : b);
-        } else if (!strcmp(k, "--device"))
-            bad = parse_i64(v, 0, 1023, &n), a->eo.device = (int32_t)n;
-        else if (!strcmp(k, "--kv-block-size"))
-            bad = parse_i64(v, 1, 1 << 16, &n), a->eo.kv_block_size = (int32_t)n;
-        else if (!strcmp(k, "--kv-blocks"))
-            bad = parse_i64(v, 0, INT32_MAX, &n), a->eo.kv_num_blocks = n;
-        else if (!strcmp(k, "--kv-memory"))
-            bad = parse_bytes(v, &a->eo.kv_mem_bytes);
-        else if (!strcmp(k, "--kv-mem-fraction")) {
-            char *end = NULL;
-            double f = strtod(v, &end);
-            bad = end == v || *end || !(f >= 0 && f <= 1);
-            a->eo.kv_mem_fraction = f;
-        } else if (!strcmp(k, "--max-seqs"))
-            bad = parse_i64(v, 1, 1 << 20, &n), a->eo.max_seqs = (int32_t)n;
-        else if (!strcmp(k, "--max-tokens"))
-            bad = parse_i64(v, 1, 1 << 24, &n), a->eo.max_tokens = (int32_t)n;
-        else if (!strcmp(k, "--max-context"))
-            bad = parse_i64(v, 0, 1 << 24, &n), a->eo.max_context = (int32_t)n;
-        else if (!strcmp(k, "--quant")) {
-            if (!strcmp(v, "none"))
-                a->eo.quant = GM_QUANT_NONE;
-            else if (!strcmp(v, "fp8"))
-                a->eo.quant = GM_QUANT_FP8;
-            else if (!strcmp(v, "awq"))
-                a->eo.quant = GM_QUANT_AWQ;
-            else
-                bad = 1;
-        } else if (!strcmp(k, "--kv-dtype")) {
-            if (!strcmp(v, "auto"))
-                a->eo.kv_dtype = GM_KV_AUTO;
-            else if (!strcmp(v, "bf16"))
-                a->eo.kv_dtype = GM_KV_BF16;
-            else if (!strcmp(v, "fp8"))
-                a->eo.kv_dtype = GM_KV_FP8;
-            else
-                bad = 1;
-        } else if (!strcmp(k, "--lm-head")) {
-            bad = strcmp(v, "bf16") && strcmp(v, "fp8");
-            a->eo.lm_head_fp8 = !strcmp(v, "fp8");
-        } else if (!strcmp(k, "--log-level")) {
+        else if (!strcmp(k, "--log-level")) {
             a->log_level = gm_log_parse_level(v);
             bad = a->log_level < 0;
         } else {
-            fprintf(stderr, "gemma-worker: unknown flag '%s' (try --help)\n", k);
+            fprintf(stderr, "gemma-worker: unknown flag '%s' (engine settings come from the coordinator; "
+                            "try --help)\n", k);
             return -1;
         }
         if (bad) {
@@ -309,12 +214,6 @@ static int parse_args(int argc, char **argv, wm_args *a)
         fprintf(stderr, "gemma-worker: --rank %d out of range for --tp %d\n", (int)a->rank, (int)a->tp);
         return -1;
     }
-    if (a->tp > 1 && a->eo.backend == GM_BACKEND_CPU && !a->shm) {
-        fprintf(stderr, "gemma-worker: --tp %d on the cpu backend needs --shm NAME\n", (int)a->tp);
-        return -1;
-    }
-    a->eo.tp_rank = a->rank;
-    a->eo.tp_size = a->tp;
     return 0;
 }
 
@@ -352,44 +251,31 @@ static gm_status wm_send_hello(wm_state *s, const char *identity)
     h.host = host;
     h.identity = (char *)identity;
     h.external = s->a.parent_pid == 0;
-    h.backend = (char *)gm_backend_name(s->a.eo.backend);
-    h.device = s->a.eo.device;
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_HELLO;
     m.hello = &h;
     return wm_send(s, &m);
 }
 
+/* Ready: the engine's sizes and why, the spec as received, the model; or the load error. */
 static gm_status wm_send_ready(wm_state *s, gm_status st, const char *err)
 {
     Gemma__Control__V1__Ready r = GEMMA__CONTROL__V1__READY__INIT;
-    Gemma__Control__V1__ModelConfig mc = GEMMA__CONTROL__V1__MODEL_CONFIG__INIT;
+    Gemma__Control__V1__ModelConfig mc;
+    Gemma__Control__V1__WorkerSpec sp;
     r.rank = s->a.rank;
     r.ok = st == GM_OK;
     r.status = (int32_t)st;
     r.error = (char *)(err ? err : "");
+    if (s->spec.kv_block_size > 0) { /* the spec arrived */
+        ctl_spec_pack(&s->spec, &sp);
+        r.spec = &sp;
+    }
     if (s->eng) {
-        const gm_model_config *c = &s->eng->cfg;
-        mc.vocab_size = c->vocab_size;
-        mc.hidden_size = c->hidden_size;
-        mc.intermediate_size = c->intermediate_size;
-        mc.num_layers = c->num_layers;
-        mc.num_heads = c->num_heads;
-        mc.num_kv_heads = c->num_kv_heads;
-        mc.head_dim = c->head_dim;
-        mc.max_position = c->max_position;
-        mc.rope_theta = c->rope_theta;
-        mc.rms_norm_eps = c->rms_norm_eps;
-        mc.bos_id = c->bos_id;
-        mc.eos_id = c->eos_id;
-        mc.pad_id = c->pad_id;
-        mc.torch_dtype = (char *)c->torch_dtype;
+        ctl_model_pack(&s->eng->cfg, &mc);
         r.model = &mc;
-        r.kv_num_blocks = s->eng->kv_num_blocks;
+        ctl_sizing_pack(&s->eng->sizing, &r);
         r.kv_block_size = s->eng->opts.kv_block_size;
-        r.max_seqs = s->eng->opts.max_seqs;
-        r.max_tokens = s->eng->opts.max_tokens;
-        r.max_context = s->eng->opts.max_context;
     }
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_READY;
@@ -415,127 +301,13 @@ static gm_status wm_send_result(wm_state *s, uint64_t step_id, gm_status st, con
     return wm_send(s, &m);
 }
 
-static int32_t wm_max_context(const gm_engine *e)
-{
-    int32_t mc = e->cfg.max_position;
-    if (e->opts.max_context > 0 && (mc <= 0 || e->opts.max_context < mc))
-        mc = e->opts.max_context;
-    return mc;
-}
-
-/* Forget every slot's table (after a failed step: the coordinator resends them). */
-static void wm_forget_slots(wm_state *s)
-{
-    for (int32_t i = 0; i < s->max_seqs; i++)
-        s->tlen[i] = -1;
-}
-
-/* Check a whole plan against the engine's limits and the slots' tables, then
- * apply its deltas and fill s->seqs. Nothing changes when it fails. Every rank
- * decides the same way (same plan, same limits after Start, same tables). */
-static gm_status wm_check_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
-{
-    const gm_engine *e = s->eng;
-    int32_t max_seqs = s->max_seqs, bs = e->opts.kv_block_size, vocab = e->cfg.vocab_size;
-    int32_t max_ctx = wm_max_context(e);
-    if (p->n_seqs == 0)
-        return gm_fail(GM_ERR_INVALID_ARG, "step %llu: no sequences", (unsigned long long)p->step_id);
-    if (p->n_seqs > (size_t)max_seqs)
-        return gm_fail(GM_ERR_INVALID_ARG, "step %llu: %zu sequences > max_seqs %d",
-                       (unsigned long long)p->step_id, p->n_seqs, (int)max_seqs);
-    if (++s->plan_no == 0) { /* wrapped: clear the stamps */
-        memset(s->stamp, 0, (size_t)max_seqs * sizeof *s->stamp);
-        s->plan_no = 1;
-    }
-    int64_t total = 0;
-    for (size_t i = 0; i < p->n_seqs; i++) {
-        const Gemma__Control__V1__SeqPlan *q = p->seqs[i];
-        if (q->slot < 0 || q->slot >= max_seqs)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: slot %d out of range 0..%d", i, (int)q->slot,
-                           (int)max_seqs - 1);
-        if (s->stamp[q->slot] == s->plan_no)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: slot %d appears twice in step %llu", i, (int)q->slot,
-                           (unsigned long long)p->step_id);
-        s->stamp[q->slot] = s->plan_no;
-        if (q->n_tokens == 0)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: no tokens", i);
-        total += (int64_t)q->n_tokens;
-        bool fed = q->n_tokens == 1 && q->tokens[0] == -1; /* the slot's previous sample (engine.h) */
-        if (fed && q->start_pos == 0)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: token -1 (previous sample) at position 0", i);
-        for (size_t j = 0; j < q->n_tokens && !fed; j++)
-            if (q->tokens[j] < 0 || q->tokens[j] >= vocab)
-                return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: token %d out of range 0..%d", i,
-                               (int)q->tokens[j], (int)vocab - 1);
-        if (q->start_pos < 0 || (int64_t)q->start_pos + (int64_t)q->n_tokens > max_ctx)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: positions %d..%lld exceed the context %d", i,
-                           (int)q->start_pos, (long long)q->start_pos + (long long)q->n_tokens - 1, (int)max_ctx);
-        int64_t have = q->reset ? 0 : s->tlen[q->slot];
-        if (have < 0)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: slot %d has no block table (a step failed since; "
-                                               "the plan must reset it)", i, (int)q->slot);
-        int64_t len = have + (int64_t)q->n_block_table;
-        if (len > s->max_blocks)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: slot %d would hold %lld KV blocks; at most %d", i,
-                           (int)q->slot, (long long)len, (int)s->max_blocks);
-        int64_t need = ((int64_t)q->start_pos + (int64_t)q->n_tokens + bs - 1) / bs;
-        if (len < need)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: %lld KV blocks for %lld positions (need %lld)", i,
-                           (long long)len, (long long)q->start_pos + (long long)q->n_tokens, (long long)need);
-        for (size_t j = 0; j < q->n_block_table; j++)
-            if (q->block_table[j] < 0 || q->block_table[j] >= s->kv_blocks)
-                return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: KV block %d out of range 0..%lld", i,
-                               (int)q->block_table[j], (long long)s->kv_blocks - 1);
-        if (q->logits_mode < GM_LOGITS_NONE || q->logits_mode > GM_LOGITS_ALL)
-            return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: logits_mode %d", i, (int)q->logits_mode);
-        if (q->sampling) {
-            const Gemma__Control__V1__Sampling *sp = q->sampling;
-            if (!isfinite(sp->temperature) || sp->temperature < 0 || sp->top_k < 0 || !isfinite(sp->top_p) ||
-                sp->top_p <= 0 || sp->top_p > 1)
-                return gm_fail(GM_ERR_INVALID_ARG, "seq %zu: sampling temperature %g top_k %d top_p %g", i,
-                               (double)sp->temperature, (int)sp->top_k, (double)sp->top_p);
-        }
-    }
-    if (total > e->opts.max_tokens)
-        return gm_fail(GM_ERR_INVALID_ARG, "step %llu: %lld tokens > max_tokens %d", (unsigned long long)p->step_id,
-                       (long long)total, (int)e->opts.max_tokens);
-    /* all good: apply */
-    for (size_t i = 0; i < p->n_seqs; i++) {
-        const Gemma__Control__V1__SeqPlan *q = p->seqs[i];
-        int32_t *t = s->tables + (int64_t)q->slot * s->max_blocks;
-        int32_t have = q->reset ? 0 : s->tlen[q->slot];
-        if (q->n_block_table)
-            memcpy(t + have, q->block_table, q->n_block_table * sizeof *t);
-        s->tlen[q->slot] = have + (int32_t)q->n_block_table;
-        if (q->sampling) {
-            gm_sampling *sp = &s->samp[q->slot];
-            sp->temperature = q->sampling->temperature;
-            sp->top_k = q->sampling->top_k;
-            sp->top_p = q->sampling->top_p;
-            sp->seed = q->sampling->seed;
-        } else if (q->reset) {
-            s->samp[q->slot] = GM_SAMPLING_GREEDY;
-        }
-        gm_seq_step *o = &s->seqs[i];
-        o->slot = q->slot;
-        o->tokens = q->tokens;
-        o->n_tokens = (int32_t)q->n_tokens;
-        o->start_pos = q->start_pos;
-        o->block_table = t;
-        o->n_blocks = s->tlen[q->slot];
-        o->logits_mode = q->logits_mode;
-        o->sampling = s->samp[q->slot];
-    }
-    return GM_OK;
-}
-
 /* Run one plan; rank 0 always answers, other ranks only when their engine fails. */
 static void wm_run_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
 {
     gm_clear_error();
-    gm_status st = wm_check_plan(s, p);
+    gm_status st = ctl_slots_take(&s->slots, p, s->kv_blocks, s->seqs);
     if (st != GM_OK) {
-        wm_forget_slots(s);
+        ctl_slots_forget(&s->slots);
         if (s->a.rank == 0) { /* every rank rejects it alike; rank 0 answers */
             GM_WARN("step %llu rejected: %s", (unsigned long long)p->step_id, gm_last_error());
             wm_send_result(s, p->step_id, st, gm_last_error(), NULL, 0);
@@ -546,11 +318,14 @@ static void wm_run_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
     for (int32_t i = 0; i < n; i++)
         s->tokens[i] = -1;
     gm_step_out out = {s->tokens, NULL, 0};
-    st = gm_engine_step(s->eng, s->seqs, n, &out);
+    st = gm_engine_step(s->eng, s->seqs, n, &out); /* checks the step first (ctl/check.h) */
     if (st != GM_OK) {
-        wm_forget_slots(s);
+        ctl_slots_forget(&s->slots);
         const char *why = gm_last_error();
-        GM_ERROR("step %llu failed: %s: %s", (unsigned long long)p->step_id, gm_status_str(st), why);
+        if (st != GM_ERR_INVALID_ARG) /* a failure */
+            GM_ERROR("step %llu failed: %s: %s", (unsigned long long)p->step_id, gm_status_str(st), why);
+        else if (s->a.rank == 0) /* a plan every rank refuses alike, before any collective */
+            GM_WARN("step %llu rejected: %s", (unsigned long long)p->step_id, why);
         char msg[1024];
         snprintf(msg, sizeof msg, "rank %d: %s", (int)s->a.rank, why && *why ? why : gm_status_str(st));
         wm_send_result(s, p->step_id, st, msg, NULL, 0);
@@ -598,6 +373,33 @@ static bool wm_parent_gone(const wm_state *s)
     return s->a.parent_pid > 0 && (long)getppid() != s->a.parent_pid;
 }
 
+/* One message from the coordinator, without blocking: decoded (ctl_msg_unpack,
+ * into a's memory when given), or NULL when there is none or it is malformed. */
+static ctl_msg *wm_recv(wm_state *s, ProtobufCAllocator *a)
+{
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
+    if (zmq_msg_recv(&msg, s->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&msg);
+        return NULL;
+    }
+    ctl_msg *m = ctl_msg_unpack(zmq_msg_data(&msg), zmq_msg_size(&msg), a);
+    zmq_msg_close(&msg);
+    if (!m)
+        GM_WARN("malformed control message ignored");
+    return m;
+}
+
+/* Start: the limits every rank shares (the smallest over ranks), so that all
+ * ranks accept or reject a plan alike. */
+static void wm_start(wm_state *s, const Gemma__Control__V1__Start *st)
+{
+    if (st->kv_num_blocks > 0 && st->kv_num_blocks < s->kv_blocks)
+        s->kv_blocks = st->kv_num_blocks;
+    ctl_limits l = {st->max_seqs, st->max_tokens, st->max_context, 0, 0, s->kv_blocks};
+    gm_engine_share_limits(s->eng, &l);
+}
+
 /* Receive and handle control messages until Shutdown or the coordinator is gone. */
 static int wm_loop(wm_state *s)
 {
@@ -618,22 +420,9 @@ static int wm_loop(wm_state *s)
         }
         if (!(items[0].revents & ZMQ_POLLIN))
             continue;
-        zmq_msg_t msg;
-        zmq_msg_init(&msg);
-        if (zmq_msg_recv(&msg, s->sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&msg);
-            continue;
-        }
-        /* the per-step plan by hand; anything else (or an odd plan) through protobuf-c */
-        ctl_msg *m = pd_decode_plan(zmq_msg_data(&msg), zmq_msg_size(&msg), &s->alloc);
+        ctl_msg *m = wm_recv(s, &s->alloc); /* plans by hand into the arena */
         if (!m) {
             wm_arena_reset(&s->arena);
-            m = gemma__control__v1__control_message__unpack(&s->alloc, zmq_msg_size(&msg), zmq_msg_data(&msg));
-        }
-        zmq_msg_close(&msg);
-        if (!m) {
-            wm_arena_reset(&s->arena);
-            GM_WARN("malformed control message ignored");
             continue;
         }
         int stop = 0;
@@ -642,8 +431,7 @@ static int wm_loop(wm_state *s)
             wm_run_plan(s, m->plan);
             break;
         case GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_START:
-            if (m->start->kv_num_blocks > 0 && m->start->kv_num_blocks < s->kv_blocks)
-                s->kv_blocks = m->start->kv_num_blocks;
+            wm_start(s, m->start);
             break;
         case GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_SHUTDOWN:
             GM_INFO("shutdown: %s", m->shutdown->reason ? m->shutdown->reason : "");
@@ -689,6 +477,56 @@ static gm_status wm_connect(wm_state *s, char *identity, size_t cap)
     return GM_OK;
 }
 
+/* Wait for one control message of body case want (while the coordinator is up
+ * and no Shutdown comes); *out is the caller's to free (free_unpacked). */
+static gm_status wm_wait_for(wm_state *s, Gemma__Control__V1__ControlMessage__BodyCase want, const char *what,
+                             ctl_msg **out)
+{
+    *out = NULL;
+    for (;;) {
+        zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&it, 1, 500);
+        if (rc < 0 && errno != EINTR)
+            return gm_fail(GM_ERR_ZMQ, "poll: %s", zmq_strerror(errno));
+        if (wm_parent_gone(s))
+            return gm_fail(GM_ERR_CANCELLED, "parent exited while waiting for %s", what);
+        if (!(it.revents & ZMQ_POLLIN))
+            continue;
+        ctl_msg *m = wm_recv(s, NULL);
+        if (!m)
+            continue;
+        if (m->body_case == want) {
+            *out = m;
+            return GM_OK;
+        }
+        bool stop = m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_SHUTDOWN;
+        if (!stop)
+            GM_WARN("unexpected control message (case %d) ignored while waiting for %s", (int)m->body_case, what);
+        gemma__control__v1__control_message__free_unpacked(m, NULL);
+        if (stop)
+            return gm_fail(GM_ERR_CANCELLED, "shut down while waiting for %s", what);
+    }
+}
+
+/* The coordinator's answer to Hello: what this rank's engine is created with. */
+static gm_status wm_recv_spec(wm_state *s)
+{
+    ctl_msg *m = NULL;
+    gm_status st = wm_wait_for(s, GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_SPEC, "the worker spec", &m);
+    if (st != GM_OK)
+        return st;
+    st = ctl_spec_unpack(m->spec, &s->spec);
+    gemma__control__v1__control_message__free_unpacked(m, NULL);
+    if (st != GM_OK)
+        return st;
+    if (s->spec.tp_size != s->a.tp)
+        return gm_fail(GM_ERR_INVALID_ARG, "the coordinator runs tp %d; this worker was started with --tp %d",
+                       (int)s->spec.tp_size, (int)s->a.tp);
+    if (s->a.tp > 1 && s->spec.backend == GM_BACKEND_CPU && !s->a.shm)
+        return gm_fail(GM_ERR_INVALID_ARG, "tp %d on the cpu backend needs --shm NAME", (int)s->a.tp);
+    return GM_OK;
+}
+
 /* NCCL bootstrap over the control plane: rank 0 makes the unique id and sends it
  * (NcclUniqueId); the coordinator relays it to the other ranks, which wait for it
  * here. The engine then joins the NCCL communicator with it (opts.nccl_id). */
@@ -711,50 +549,28 @@ static gm_status wm_nccl_bootstrap(wm_state *s)
         cm.nccl_id = &m;
         return wm_send(s, &cm);
     }
-    for (;;) {
-        zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&it, 1, 500);
-        if (rc < 0 && errno != EINTR)
-            return gm_fail(GM_ERR_ZMQ, "poll: %s", zmq_strerror(errno));
-        if (wm_parent_gone(s))
-            return gm_fail(GM_ERR_CANCELLED, "parent exited while waiting for the NCCL id");
-        if (!(it.revents & ZMQ_POLLIN))
-            continue;
-        zmq_msg_t msg;
-        zmq_msg_init(&msg);
-        if (zmq_msg_recv(&msg, s->sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&msg);
-            continue;
-        }
-        ctl_msg *m = gemma__control__v1__control_message__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg));
-        zmq_msg_close(&msg);
-        if (!m)
-            continue;
-        gm_status st = GM_ERR_INTERNAL; /* keep waiting */
-        if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_NCCL_ID) {
-            if (m->nccl_id->id.len != sizeof s->nccl_id) {
-                st = gm_fail(GM_ERR_FORMAT, "NCCL id of %zu bytes, want %zu", m->nccl_id->id.len,
-                             sizeof s->nccl_id);
-            } else {
-                memcpy(s->nccl_id, m->nccl_id->id.data, sizeof s->nccl_id);
-                st = GM_OK;
-            }
-        } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_SHUTDOWN) {
-            st = gm_fail(GM_ERR_CANCELLED, "shut down while waiting for the NCCL id");
-        }
-        gemma__control__v1__control_message__free_unpacked(m, NULL);
-        if (st != GM_ERR_INTERNAL)
-            return st;
-    }
+    ctl_msg *m = NULL;
+    gm_status st = wm_wait_for(s, GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_NCCL_ID, "the NCCL id", &m);
+    if (st != GM_OK)
+        return st;
+    if (m->nccl_id->id.len != sizeof s->nccl_id)
+        st = gm_fail(GM_ERR_FORMAT, "NCCL id of %zu bytes, want %zu", m->nccl_id->id.len, sizeof s->nccl_id);
+    else
+        memcpy(s->nccl_id, m->nccl_id->id.data, sizeof s->nccl_id);
+    gemma__control__v1__control_message__free_unpacked(m, NULL);
+    return st;
 #else
     return gm_fail(GM_ERR_UNSUPPORTED, "tp %d on the cuda backend: built without NCCL", (int)s->a.tp);
 #endif
 }
 
-/* Build the communicator and the engine. */
+/* Build the communicator and the engine from the spec. */
 static gm_status wm_load(wm_state *s)
 {
-    gm_engine_opts eo = s->a.eo;
+    gm_engine_opts eo;
+    gm_engine_opts_init(&eo);
+    gm_engine_opts_set_spec(&eo, &s->spec);
+    eo.tp_rank = s->a.rank;
     if (s->a.tp > 1) {
         if (eo.backend == GM_BACKEND_CPU) {
             gm_status st = gm_shm_comm_open(s->a.shm, s->a.rank, s->a.tp, &s->comm);
@@ -771,23 +587,15 @@ static gm_status wm_load(wm_state *s)
     gm_status st = gm_engine_create(&eo, &s->eng);
     if (st != GM_OK)
         return st;
+    const gm_engine_opts *o = &s->eng->opts; /* the sizes decided */
+    int32_t ms = o->max_seqs > 0 ? o->max_seqs : 1;
+    int32_t max_blocks = (int32_t)(((int64_t)o->max_context + o->kv_block_size - 1) / o->kv_block_size);
     s->kv_blocks = s->eng->kv_num_blocks;
-    int32_t ms = s->eng->opts.max_seqs > 0 ? s->eng->opts.max_seqs : 1;
-    int32_t bs = s->eng->opts.kv_block_size > 0 ? s->eng->opts.kv_block_size : 1;
-    s->max_seqs = ms;
-    s->max_blocks = (int32_t)(((int64_t)wm_max_context(s->eng) + bs - 1) / bs);
-    if (s->max_blocks < 1)
-        s->max_blocks = 1;
     s->tokens = calloc((size_t)ms, sizeof *s->tokens);
     s->seqs = calloc((size_t)ms, sizeof *s->seqs);
-    s->tables = malloc((size_t)ms * (size_t)s->max_blocks * sizeof *s->tables);
-    s->tlen = malloc((size_t)ms * sizeof *s->tlen);
-    s->samp = calloc((size_t)ms, sizeof *s->samp);
-    s->stamp = calloc((size_t)ms, sizeof *s->stamp);
-    if (!s->tokens || !s->seqs || !s->tables || !s->tlen || !s->samp || !s->stamp)
-        return gm_fail(GM_ERR_NOMEM, "step buffers for %d sequences of %d KV blocks", (int)ms, (int)s->max_blocks);
-    wm_forget_slots(s);
-    return GM_OK;
+    if (!s->tokens || !s->seqs)
+        return gm_fail(GM_ERR_NOMEM, "step buffers for %d sequences", (int)ms);
+    return ctl_slots_init(&s->slots, ms, max_blocks > 0 ? max_blocks : 1);
 }
 
 static void wm_close(wm_state *s)
@@ -796,10 +604,7 @@ static void wm_close(wm_state *s)
     gm_comm_destroy(&s->comm);
     free(s->tokens);
     free(s->seqs);
-    free(s->tables);
-    free(s->tlen);
-    free(s->samp);
-    free(s->stamp);
+    ctl_slots_free(&s->slots);
     free(s->txbuf);
     wm_arena_destroy(&s->arena);
     if (s->mon) {
@@ -837,7 +642,9 @@ int main(int argc, char **argv)
         wm_close(&s);
         return 1;
     }
-    st = wm_load(&s);
+    st = wm_recv_spec(&s);
+    if (st == GM_OK)
+        st = wm_load(&s);
     if (st != GM_OK) {
         char err[1024];
         snprintf(err, sizeof err, "%s", gm_last_error()[0] ? gm_last_error() : gm_status_str(st));
@@ -846,8 +653,9 @@ int main(int argc, char **argv)
         wm_close(&s); /* linger delivers the Ready */
         return 1;
     }
-    GM_INFO("rank %d/%d ready: %s backend, %lld KV blocks", (int)s.a.rank, (int)s.a.tp,
-            gm_backend_name(s.a.eo.backend), (long long)s.kv_blocks);
+    GM_INFO("rank %d/%d ready: %s backend, %lld KV blocks, %d seqs, %d tokens/step, context %d", (int)s.a.rank,
+            (int)s.a.tp, gm_backend_name(s.spec.backend), (long long)s.kv_blocks, (int)s.eng->opts.max_seqs,
+            (int)s.eng->opts.max_tokens, (int)s.eng->opts.max_context);
     if (wm_send_ready(&s, GM_OK, NULL) != GM_OK) {
         GM_ERROR("%s", gm_last_error());
         wm_close(&s);

@@ -1,24 +1,99 @@
-/* plan_decode.h - a hand-written decoder for the one message a worker gets at
- * every step: a ControlMessage holding a StepPlan (proto/control.proto).
- *
- * It fills the same protobuf-c structs that gemma__control__v1__control_message__unpack
- * would, allocating from the caller's ProtobufCAllocator (gemma-worker's bump
- * arena), in one pass per level instead of protobuf-c's reflective unpack. It
- * takes only the shape gemmad sends - a buffer that is exactly one plan field -
- * and accepts what any protobuf encoder may write there (packed or unpacked
- * repeated fields, any field order, a scalar or message field given twice: the
- * last wins, as protobuf-c decodes it; unknown fields skipped); for anything else (another message, a wire type it does not
- * expect, a truncated buffer) it returns NULL and the caller falls back to
- * protobuf-c, which decodes or rejects it. Header-only (static functions) so
- * that tests can compare it with protobuf-c. Needs proto/control.pb-c.h. */
-#ifndef GM_PLAN_DECODE_H
-#define GM_PLAN_DECODE_H
+/* plan.c - the step plan's encoder and decoder by hand (see plan.h). */
+#include "ctl/plan.h"
 
 #include <stdbool.h>
-#include <stdint.h>
 #include <string.h>
 
-#include "proto/control.pb-c.h"
+#include "ctl/pbwire.h"
+
+/* ---- encoder ---- */
+
+static size_t sampling_body(const Gemma__Control__V1__Sampling *s)
+{
+    return (s->temperature != 0.0f ? 5 : 0) + pb_fv(pb_i32v(s->top_k)) + (s->top_p != 0.0f ? 5 : 0) + pb_fv(s->seed);
+}
+
+static size_t tokens_body(const Gemma__Control__V1__SeqPlan *q)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < q->n_tokens; i++)
+        n += pb_vlen(pb_zz32(q->tokens[i]));
+    return n;
+}
+
+static size_t blocks_body(const Gemma__Control__V1__SeqPlan *q)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < q->n_block_table; i++)
+        n += pb_vlen(pb_i32v(q->block_table[i]));
+    return n;
+}
+
+static size_t seq_body(const Gemma__Control__V1__SeqPlan *q, size_t *tok_b, size_t *blk_b, size_t *samp_b)
+{
+    *tok_b = tokens_body(q);
+    *blk_b = blocks_body(q);
+    *samp_b = q->sampling ? sampling_body(q->sampling) : 0;
+    return pb_fv(pb_i32v(q->slot)) + (q->n_tokens ? pb_flen(*tok_b) : 0) + pb_fv(pb_i32v(q->start_pos)) +
+           (q->n_block_table ? pb_flen(*blk_b) : 0) + pb_fv(pb_i32v(q->logits_mode)) +
+           (q->sampling ? pb_flen(*samp_b) : 0) + (q->reset ? 2 : 0);
+}
+
+static size_t plan_body(const Gemma__Control__V1__StepPlan *p)
+{
+    size_t n = pb_fv(p->step_id), a, b, c;
+    for (size_t i = 0; i < p->n_seqs; i++)
+        n += pb_flen(seq_body(p->seqs[i], &a, &b, &c));
+    return n;
+}
+
+size_t ctl_plan_size(const Gemma__Control__V1__ControlMessage *m)
+{
+    return pb_flen(plan_body(m->plan));
+}
+
+size_t ctl_plan_pack(const Gemma__Control__V1__ControlMessage *m, size_t size, uint8_t *out)
+{
+    const Gemma__Control__V1__StepPlan *p = m->plan;
+    size_t body = 0; /* size = 1 + pb_vlen(body) + body */
+    for (size_t k = 1; k <= 10 && size > k; k++)
+        if (pb_vlen(size - 1 - k) == k) {
+            body = size - 1 - k;
+            break;
+        }
+    uint8_t *w = pb_plen(out, 4, body);
+    w = pb_pv(w, 1, p->step_id);
+    for (size_t i = 0; i < p->n_seqs; i++) {
+        const Gemma__Control__V1__SeqPlan *q = p->seqs[i];
+        size_t tb, bb, sb;
+        w = pb_plen(w, 2, seq_body(q, &tb, &bb, &sb));
+        w = pb_pv(w, 1, pb_i32v(q->slot));
+        if (q->n_tokens) {
+            w = pb_plen(w, 2, tb);
+            for (size_t j = 0; j < q->n_tokens; j++)
+                w = pb_vput(w, pb_zz32(q->tokens[j]));
+        }
+        w = pb_pv(w, 3, pb_i32v(q->start_pos));
+        if (q->n_block_table) {
+            w = pb_plen(w, 4, bb);
+            for (size_t j = 0; j < q->n_block_table; j++)
+                w = pb_vput(w, pb_i32v(q->block_table[j]));
+        }
+        w = pb_pv(w, 5, pb_i32v(q->logits_mode));
+        if (q->sampling) {
+            const Gemma__Control__V1__Sampling *s = q->sampling;
+            w = pb_plen(w, 6, sb);
+            w = pb_pf32(w, 1, s->temperature);
+            w = pb_pv(w, 2, pb_i32v(s->top_k));
+            w = pb_pf32(w, 3, s->top_p);
+            w = pb_pv(w, 4, s->seed);
+        }
+        w = pb_pv(w, 7, q->reset ? 1 : 0);
+    }
+    return (size_t)(w - out);
+}
+
+/* ---- decoder: a reader over one buffer ---- */
 
 typedef struct pd_rd {
     const uint8_t *p, *end;
@@ -209,8 +284,10 @@ static bool pd_seq(pd_rd r, Gemma__Control__V1__SeqPlan *q, ProtobufCAllocator *
     return true;
 }
 
+/* ---- decoder ---- */
+
 /* The plan in buf, or NULL: not this shape (fall back to protobuf-c). */
-static Gemma__Control__V1__ControlMessage *pd_decode_plan(const uint8_t *buf, size_t len, ProtobufCAllocator *a)
+Gemma__Control__V1__ControlMessage *ctl_plan_decode(const uint8_t *buf, size_t len, ProtobufCAllocator *a)
 {
     pd_rd top = {buf, buf + len}, body;
     uint32_t f;
@@ -258,4 +335,8 @@ static Gemma__Control__V1__ControlMessage *pd_decode_plan(const uint8_t *buf, si
     return m;
 }
 
-#endif
+Gemma__Control__V1__ControlMessage *ctl_msg_unpack(const uint8_t *buf, size_t len, ProtobufCAllocator *a)
+{
+    Gemma__Control__V1__ControlMessage *m = a ? ctl_plan_decode(buf, len, a) : NULL;
+    return m ? m : gemma__control__v1__control_message__unpack(a, len, buf);
+}

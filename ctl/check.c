@@ -1,0 +1,126 @@
+/* check.c - the step validator (see check.h). */
+#include "ctl/check.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ctl_marks_free(ctl_marks *m)
+{
+    free(m->seen);
+    memset(m, 0, sizeof *m);
+}
+
+/* A new stamp for this step; the marks cover n slots. */
+static gm_status marks_begin(ctl_marks *m, int32_t n)
+{
+    if (m->cap < n) {
+        uint32_t *grown = calloc((size_t)n, sizeof *grown);
+        if (!grown)
+            return gm_fail(GM_ERR_NOMEM, "step check: %d slots", (int)n);
+        free(m->seen);
+        m->seen = grown;
+        m->cap = n;
+        m->stamp = 0;
+    }
+    if (++m->stamp == 0) { /* wrapped: forget every old stamp */
+        memset(m->seen, 0, (size_t)m->cap * sizeof *m->seen);
+        m->stamp = 1;
+    }
+    return GM_OK;
+}
+
+gm_status ctl_check_previous(const gm_seq_step *s, int32_t i, const int32_t *last)
+{
+    if (s->start_pos <= 0)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): token -1 (the previous sample) at position %d", i,
+                       s->slot, s->start_pos);
+    if (last && last[s->slot] < 0)
+        return gm_fail(GM_ERR_INVALID_ARG,
+                       "sequence %d (slot %d): token -1 asks for the slot's last sample, but it has none", i, s->slot);
+    return GM_OK;
+}
+
+/* The tokens of entry i: a lone previous-sample marker, or ids in the vocabulary. */
+static gm_status check_tokens(const ctl_limits *l, const gm_seq_step *s, int32_t i, const int32_t *last)
+{
+    if (gm_seq_step_fed(s))
+        return ctl_check_previous(s, i, last);
+    for (int32_t t = 0; t < s->n_tokens; t++)
+        if (s->tokens[t] < 0 || s->tokens[t] >= l->vocab_size)
+            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): token %d is id %d, vocabulary is %d", i,
+                           s->slot, t, s->tokens[t], l->vocab_size);
+    return GM_OK;
+}
+
+/* One entry, its slot already checked; adds its logits rows. */
+static gm_status check_seq(const ctl_limits *l, const gm_seq_step *s, int32_t i, const int32_t *last, int64_t *rows)
+{
+    if (s->n_tokens < 1 || !s->tokens)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): %d tokens", i, s->slot, s->n_tokens);
+    if (s->start_pos < 0 || (int64_t)s->start_pos + s->n_tokens > l->max_context)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): positions %d..%lld exceed the context of %d", i,
+                       s->slot, s->start_pos, (long long)s->start_pos + s->n_tokens - 1, l->max_context);
+    int64_t need = ((int64_t)s->start_pos + s->n_tokens + l->kv_block_size - 1) / l->kv_block_size;
+    if (s->n_blocks < need || !s->block_table)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): block table has %d blocks, %lld needed", i, s->slot,
+                       s->n_blocks, (long long)need);
+    for (int64_t b = 0; b < need; b++)
+        if (s->block_table[b] < 0 || s->block_table[b] >= l->kv_blocks)
+            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): block %lld is id %d, pool has %lld", i, s->slot,
+                           (long long)b, s->block_table[b], (long long)l->kv_blocks);
+    gm_status st = check_tokens(l, s, i, last);
+    if (st != GM_OK)
+        return st;
+    const gm_sampling *sp = &s->sampling;
+    if (!(sp->temperature >= 0.0f) || isinf(sp->temperature) || sp->top_k < 0 || !(sp->top_p > 0.0f) ||
+        sp->top_p > 1.0f)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): bad sampling (temperature %g, top_k %d, top_p %g)",
+                       i, s->slot, (double)sp->temperature, sp->top_k, (double)sp->top_p);
+    switch (s->logits_mode) {
+    case GM_LOGITS_NONE:
+        break;
+    case GM_LOGITS_LAST:
+        *rows += 1;
+        break;
+    case GM_LOGITS_ALL:
+        *rows += s->n_tokens;
+        break;
+    default:
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): unknown logits mode %d", i, s->slot,
+                       s->logits_mode);
+    }
+    return GM_OK;
+}
+
+gm_status ctl_check_step(const ctl_limits *l, ctl_marks *marks, const gm_seq_step *seqs, int32_t n_seqs,
+                         const int32_t *last, ctl_step_sums *sums)
+{
+    if (n_seqs < 0 || n_seqs > l->max_seqs)
+        return gm_fail(GM_ERR_INVALID_ARG, "step has %d sequences; the engine takes 0..%d", n_seqs, l->max_seqs);
+    if (n_seqs > 0 && !seqs)
+        return gm_fail(GM_ERR_INVALID_ARG, "step has %d sequences but no array", n_seqs);
+    gm_status st = marks_begin(marks, l->max_seqs);
+    if (st != GM_OK)
+        return st;
+    int64_t total = 0, rows = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        if (s->slot < 0 || s->slot >= l->max_seqs)
+            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d: slot %d is outside 0..%d", i, s->slot, l->max_seqs - 1);
+        if (marks->seen[s->slot] == marks->stamp)
+            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d reuses slot %d of an earlier sequence", i, s->slot);
+        marks->seen[s->slot] = marks->stamp;
+        if ((st = check_seq(l, s, i, last, &rows)) != GM_OK)
+            return st;
+        total += s->n_tokens;
+    }
+    if (total > l->max_tokens)
+        return gm_fail(GM_ERR_INVALID_ARG, "step has %lld tokens; the engine takes at most %d", (long long)total,
+                       l->max_tokens);
+    if (sums) {
+        sums->tokens = total;
+        sums->logits_rows = rows;
+    }
+    return GM_OK;
+}
