@@ -18,3 +18,7 @@ fi
 if ! python3 -c 'import numpy' 2>/dev/null; then
   python3 -m pip install -q numpy 2>/dev/null || echo "deps: numpy not installed; the numpy reference test will skip" >&2
 fi
+# test_gguf_py checks the GGUF dequantizers against the gguf Python package (it skips without it).
+if ! python3 -c 'import gguf' 2>/dev/null; then
+  python3 -m pip install -q gguf 2>/dev/null || echo "deps: gguf not installed; test_gguf_py will skip" >&2
+fi
