@@ -249,6 +249,8 @@ struct st_model {
     st_tensor *t;      /* [n] all tensors of all files */
     int32_t n;
     st_tensor **by_name; /* [n] sorted by name, for st_model_find */
+    char *source;      /* in-memory model: its name; NULL for files */
+    void **owned;      /* in-memory model: [n] tensor bytes it owns */
 };
 
 static char *st_join(const char *dir, const char *name)
@@ -546,11 +548,80 @@ gm_status st_model_open(const char *dir, st_model **out)
     return GM_OK;
 }
 
+st_model *st_model_new_mem(const char *source)
+{
+    st_model *m = calloc(1, sizeof *m);
+    if (m && !(m->source = strdup(source ? source : "(memory)"))) {
+        free(m);
+        m = NULL;
+    }
+    if (!m)
+        gm_fail(GM_ERR_NOMEM, "st_model_new_mem: out of memory");
+    return m;
+}
+
+gm_status st_model_add_owned(st_model *m, const char *name, gm_dtype dt, int32_t ndim, const int64_t *shape,
+                             void *data)
+{
+    gm_status st = GM_OK;
+    uint64_t numel = 1;
+    int of = 0;
+    if (!m || !m->source || m->by_name || !name || (unsigned)dt >= GM_DT_COUNT || ndim < 0 || ndim > ST_MAX_DIMS ||
+        (ndim && !shape)) {
+        st = gm_fail(GM_ERR_INVALID_ARG, "st_model_add_owned: bad argument for tensor '%s'", name ? name : "(null)");
+        goto fail;
+    }
+    for (int32_t i = 0; i < ndim; i++)
+        of |= shape[i] < 0 || __builtin_mul_overflow(numel, (uint64_t)shape[i], &numel);
+    if (of || numel > (uint64_t)INT64_MAX / 8 || (numel && !data)) {
+        st = gm_fail(GM_ERR_INVALID_ARG, "%s: tensor '%s': bad shape or no data", m->source, name);
+        goto fail;
+    }
+    st_tensor t = {0};
+    t.dtype = dt;
+    t.ndim = ndim;
+    for (int32_t i = 0; i < ndim; i++)
+        t.shape[i] = shape[i];
+    t.nbytes = numel * gm_dtype_size(dt);
+    t.data = data;
+    t.file = m->source;
+    void **no = realloc(m->owned, ((size_t)m->n + 1) * sizeof *no);
+    if (no)
+        m->owned = no;
+    if (!no || !(t.name = strdup(name)) || (st = st_append(m, &t, 1))) {
+        free(t.name);
+        st = st ? st : gm_fail(GM_ERR_NOMEM, "%s: out of memory adding tensor '%s'", m->source, name);
+        goto fail;
+    }
+    m->owned[m->n - 1] = data;
+    return GM_OK;
+fail:
+    free(data);
+    return st;
+}
+
+gm_status st_model_seal(st_model *m)
+{
+    if (!m || !m->source || m->by_name)
+        return gm_fail(GM_ERR_INVALID_ARG, "st_model_seal: not an unsealed in-memory model");
+    gm_status st = st_index(m);
+    if (st) {
+        free(m->by_name);
+        m->by_name = NULL;
+    }
+    return st;
+}
+
 void st_model_destroy(st_model **pm)
 {
     if (!pm || !*pm)
         return;
     st_model *m = *pm;
+    if (m->owned)
+        for (int32_t i = 0; i < m->n; i++)
+            free(m->owned[i]);
+    free(m->owned);
+    free(m->source);
     st_tensors_free(m->t, m->n);
     free(m->by_name);
     for (int32_t i = 0; i < m->n_files; i++)

@@ -52,6 +52,17 @@ gm_status st_model_open(const char *dir, st_model **out);
 gm_status st_model_open_file(const char *path, st_model **out);
 void st_model_destroy(st_model **m);
 
+/* An in-memory checkpoint (a GGUF file dequantized at load, for one): start empty, add tensors
+ * whose bytes the model takes over, then seal it to index the names. `source` (copied) stands in
+ * for the file name in errors and in each tensor's `file`. */
+st_model *st_model_new_mem(const char *source);
+/* Add a tensor of dtype dt and shape [ndim] whose bytes (numel * dtype size, malloc'd) the model
+ * owns from now on, even when this fails. Fails after st_model_seal. */
+gm_status st_model_add_owned(st_model *m, const char *name, gm_dtype dt, int32_t ndim, const int64_t *shape,
+                             void *data);
+/* Index the names (a name added twice fails); st_model_find works from here on. */
+gm_status st_model_seal(st_model *m);
+
 /* Find a tensor by name; NULL if absent. Borrowed until st_model_destroy. */
 const st_tensor *st_model_find(const st_model *m, const char *name);
 int32_t st_model_count(const st_model *m);

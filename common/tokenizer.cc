@@ -30,6 +30,8 @@ struct gm_tokenizer {
     std::vector<std::string> bytes; // [n] what each id contributes to a text stream
     std::vector<bool> special;      // [n] ids that user text must never produce
     int32_t byte_id[256];           // id of piece <0xNN>, -1 if absent
+    bool has_chat = false;          // the model has <start_of_turn> and <end_of_turn>
+    int32_t sot = -1, eot = -1;     // their ids
 };
 
 struct gm_detok {
@@ -78,6 +80,9 @@ std::string piece_stream_bytes(const sentencepiece::SentencePieceProcessor &sp, 
     return out;
 }
 
+// Fill t's tables from its loaded SentencePiece model and hand it out.
+gm_status finish(gm_tokenizer *t, gm_tokenizer **out);
+
 gm_status load(const char *path, gm_tokenizer **out)
 {
     FILE *f = std::fopen(path, "rb");
@@ -91,6 +96,11 @@ gm_status load(const char *path, gm_tokenizer **out)
         delete t;
         return gm_fail(GM_ERR_FORMAT, "tokenizer %s: not a sentencepiece model: %s", path, st.ToString().c_str());
     }
+    return finish(t, out);
+}
+
+gm_status finish(gm_tokenizer *t, gm_tokenizer **out)
+{
     t->n = t->sp.GetPieceSize();
     if (t->sp.bos_id() >= 0)
         t->bos = t->sp.bos_id();
@@ -108,10 +118,172 @@ gm_status load(const char *path, gm_tokenizer **out)
         const std::string &piece = t->sp.IdToPiece(id);
         t->special[id] = t->sp.IsControl(id) ||
                          (id > 3 && id < kNumSpecial && !t->sp.IsByte(id) && !piece.empty() &&
-                          (piece[0] == '<' || piece[0] == '['));
+                          (piece[0] == '<' || piece[0] == '[')) ||
+                         piece == "<start_of_image>" || piece == "<end_of_image>"; // Gemma 3's, user-defined
     }
+    // Turn markers by name: 106/107 in Gemma 1 and 2, 105/106 in Gemma 3.
+    t->sot = t->sp.PieceToId("<start_of_turn>");
+    t->eot = t->sp.PieceToId("<end_of_turn>");
+    t->has_chat = t->sot != t->sp.unk_id() && t->eot != t->sp.unk_id() && t->sot >= 0 && t->eot >= 0;
     *out = t;
     return GM_OK;
+}
+
+// ---- a SentencePiece ModelProto from GGUF metadata, serialized by hand (protobuf wire format;
+// field numbers of sentencepiece_model.proto) ----
+
+void pb_varint(std::string &s, uint64_t v)
+{
+    while (v >= 0x80) {
+        s.push_back((char)(v | 0x80));
+        v >>= 7;
+    }
+    s.push_back((char)v);
+}
+
+void pb_tag(std::string &s, int field, int wire) { pb_varint(s, (uint64_t)field << 3 | (uint64_t)wire); }
+
+void pb_int(std::string &s, int field, int64_t v) // int32/enum/bool: negatives as 10-byte varints
+{
+    pb_tag(s, field, 0);
+    pb_varint(s, (uint64_t)v);
+}
+
+void pb_bytes(std::string &s, int field, const char *p, size_t n)
+{
+    pb_tag(s, field, 2);
+    pb_varint(s, n);
+    s.append(p, n);
+}
+
+void pb_float(std::string &s, int field, float f)
+{
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    pb_tag(s, field, 5);
+    for (int i = 0; i < 4; i++)
+        s.push_back((char)(u >> (8 * i)));
+}
+
+// SentencePiece.Type: NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6 -- the
+// numbering GGUF's tokenizer.ggml.token_type uses too (0, undefined, is taken as NORMAL).
+constexpr int64_t kPieceNormal = 1, kPieceUnknown = 2, kPieceByte = 6;
+
+// An optional integer key of the GGUF file, or def.
+int64_t gguf_int_or(const gguf_file *g, const char *key, int64_t def)
+{
+    int64_t v;
+    return gguf_get_int(g, key, INT32_MIN, INT32_MAX, &v) == GM_OK ? v : def;
+}
+
+gm_status gguf_proto(const gguf_file *g, std::string &proto)
+{
+    const char *name = gguf_name(g);
+    char model[32];
+    gm_status st = gguf_get_str(g, "tokenizer.ggml.model", model, sizeof model);
+    if (st != GM_OK)
+        return st;
+    if (std::strcmp(model, "llama") != 0)
+        return gm_fail(GM_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model is \"%s\", only \"llama\" (SentencePiece) is supported",
+                       name, model);
+    const gguf_kv *tok, *scores = nullptr, *types = nullptr;
+    if ((st = gguf_get_array(g, "tokenizer.ggml.tokens", GGUF_VT_STRING, &tok)) != GM_OK)
+        return st;
+    if (gguf_find_kv(g, "tokenizer.ggml.scores") &&
+        (st = gguf_get_array(g, "tokenizer.ggml.scores", GGUF_VT_F32, &scores)) != GM_OK)
+        return st;
+    if (gguf_find_kv(g, "tokenizer.ggml.token_type") &&
+        (st = gguf_get_array(g, "tokenizer.ggml.token_type", GGUF_VT_COUNT, &types)) != GM_OK)
+        return st;
+    uint64_t n = tok->n;
+    if (n == 0 || n > INT32_MAX)
+        return gm_fail(GM_ERR_FORMAT, "%s: tokenizer.ggml.tokens has %llu entries", name, (unsigned long long)n);
+    if ((scores && scores->n != n) || (types && types->n != n))
+        return gm_fail(GM_ERR_FORMAT, "%s: tokenizer.ggml.scores/token_type lengths differ from the %llu tokens", name,
+                       (unsigned long long)n);
+    int64_t unk = gguf_int_or(g, "tokenizer.ggml.unknown_token_id", -1);
+    for (uint64_t i = 0; unk < 0 && types && i < n; i++)
+        if (gguf_kv_int_at(types, i) == kPieceUnknown)
+            unk = (int64_t)i;
+    if (unk < 0 || (uint64_t)unk >= n)
+        return gm_fail(GM_ERR_FORMAT, "%s: the vocabulary has no unknown token (tokenizer.ggml.unknown_token_id)", name);
+    int n_bytes = 0;
+    std::string piece, text;
+    for (uint64_t i = 0; i < n; i++) {
+        int64_t ty = types ? gguf_kv_int_at(types, i) : kPieceNormal;
+        if ((int64_t)i == unk)
+            ty = kPieceUnknown;
+        else if (ty == kPieceUnknown || ty < 1 || ty > 6)
+            ty = kPieceNormal; // SentencePiece allows one unknown piece; 0 (undefined) and others are normal
+        n_bytes += ty == kPieceByte;
+        // GGUF spells the whitespace-run pieces ("  ", user-defined) with real spaces; SentencePiece
+        // matches pieces against text whose spaces are already escaped, so escape them the same way.
+        text.clear();
+        for (uint64_t k = 0; k < tok->strs[i].len; k++) {
+            char c = tok->strs[i].p[k];
+            if (c == ' ')
+                text += "\xE2\x96\x81";
+            else
+                text.push_back(c);
+        }
+        piece.clear();
+        pb_bytes(piece, 1, text.data(), text.size());
+        pb_float(piece, 2, scores ? (float)gguf_kv_float_at(scores, i) : 0.0f);
+        pb_int(piece, 3, ty);
+        pb_bytes(proto, 1, piece.data(), piece.size());
+    }
+    // TrainerSpec: what encoding and the special ids depend on.
+    auto pc = [&](int64_t id) { // the piece of id, or "" when id is out of range
+        return id >= 0 && (uint64_t)id < n ? std::string(tok->strs[id].p, (size_t)tok->strs[id].len) : std::string();
+    };
+    int64_t bos = gguf_int_or(g, "tokenizer.ggml.bos_token_id", -1), eos = gguf_int_or(g, "tokenizer.ggml.eos_token_id", -1),
+            pad = gguf_int_or(g, "tokenizer.ggml.padding_token_id", -1);
+    std::string ts;
+    pb_int(ts, 3, 2);                 // model_type BPE
+    pb_int(ts, 4, (int64_t)n);        // vocab_size
+    pb_int(ts, 35, n_bytes == 256);   // byte_fallback when all 256 <0xNN> pieces exist
+    pb_int(ts, 40, unk);              // unk_id, bos_id, eos_id, pad_id
+    pb_int(ts, 41, bos >= 0 && (uint64_t)bos < n ? bos : -1);
+    pb_int(ts, 42, eos >= 0 && (uint64_t)eos < n ? eos : -1);
+    pb_int(ts, 43, pad >= 0 && (uint64_t)pad < n ? pad : -1);
+    std::string p;
+    p = pc(unk), pb_bytes(ts, 45, p.data(), p.size()); // unk_piece, bos_piece, eos_piece, pad_piece
+    if (!(p = pc(bos)).empty())
+        pb_bytes(ts, 46, p.data(), p.size());
+    if (!(p = pc(eos)).empty())
+        pb_bytes(ts, 47, p.data(), p.size());
+    if (!(p = pc(pad)).empty())
+        pb_bytes(ts, 48, p.data(), p.size());
+    pb_bytes(proto, 2, ts.data(), ts.size());
+    // NormalizerSpec: identity (no precompiled charsmap), spaces escaped as U+2581, a dummy prefix
+    // only when the file asks for one, whitespace kept as it is.
+    bool prefix = false;
+    if (gguf_find_kv(g, "tokenizer.ggml.add_space_prefix") &&
+        (st = gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &prefix)) != GM_OK)
+        return st;
+    std::string ns;
+    pb_bytes(ns, 1, "identity", 8);
+    pb_int(ns, 3, prefix); // add_dummy_prefix
+    pb_int(ns, 4, 0);      // remove_extra_whitespaces
+    pb_int(ns, 5, 1);      // escape_whitespaces
+    pb_bytes(proto, 3, ns.data(), ns.size());
+    return GM_OK;
+}
+
+gm_status load_gguf(const gguf_file *g, gm_tokenizer **out)
+{
+    std::string proto;
+    gm_status st = gguf_proto(g, proto);
+    if (st != GM_OK)
+        return st;
+    gm_tokenizer *t = new gm_tokenizer();
+    auto s = t->sp.LoadFromSerializedProto(proto);
+    if (!s.ok()) {
+        delete t;
+        return gm_fail(GM_ERR_FORMAT, "%s: the GGUF vocabulary is not a valid SentencePiece model: %s", gguf_name(g),
+                       s.ToString().c_str());
+    }
+    return finish(t, out);
 }
 
 // Append the ids of text (no BOS) to v; never yields a special id.
@@ -256,6 +428,22 @@ gm_status gm_tok_load(const char *path, gm_tokenizer **out)
     }
 }
 
+gm_status gm_tok_load_gguf(const gguf_file *g, gm_tokenizer **out)
+{
+    if (!g || !out)
+        return gm_fail(GM_ERR_INVALID_ARG, "gm_tok_load_gguf: NULL argument");
+    *out = nullptr;
+    try {
+        return load_gguf(g, out);
+    } catch (const std::bad_alloc &) {
+        return gm_fail(GM_ERR_NOMEM, "tokenizer %s: out of memory", gguf_name(g));
+    } catch (const std::exception &e) {
+        return gm_fail(GM_ERR_FORMAT, "tokenizer %s: %s", gguf_name(g), e.what());
+    } catch (...) {
+        return gm_fail(GM_ERR_INTERNAL, "tokenizer %s: unknown exception", gguf_name(g));
+    }
+}
+
 void gm_tok_destroy(gm_tokenizer **t)
 {
     if (!t || !*t)
@@ -357,8 +545,12 @@ gm_status gm_tok_encode_chat_fmt(const gm_tokenizer *t, const gm_chat_format *f,
 gm_status gm_tok_encode_chat(const gm_tokenizer *t, const gm_chat_msg *msgs, int32_t n_msgs, int32_t **ids,
                              int32_t *n)
 {
-    const gm_chat_format gemma1 = {GM_TOK_START_OF_TURN, GM_TOK_END_OF_TURN, false};
-    return gm_tok_encode_chat_fmt(t, &gemma1, msgs, n_msgs, ids, n);
+    if (!t)
+        return gm_fail(GM_ERR_INVALID_ARG, "gm_tok_encode_chat: NULL argument");
+    if (!t->has_chat)
+        return gm_fail(GM_ERR_UNSUPPORTED, "chat: the tokenizer has no <start_of_turn>/<end_of_turn> pieces");
+    const gm_chat_format by_name = {t->sot, t->eot, false}; /* 106/107 (Gemma 1, 2), 105/106 (Gemma 3) */
+    return gm_tok_encode_chat_fmt(t, &by_name, msgs, n_msgs, ids, n);
 }
 
 size_t gm_tok_piece_bytes(const gm_tokenizer *t, int32_t id, char *out, size_t cap)

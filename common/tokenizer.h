@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gguf.h"
 #include "status.h"
 
 #ifdef __cplusplus
@@ -24,6 +25,11 @@ typedef struct gm_tokenizer gm_tokenizer;
 
 /* Load a sentencepiece model file (tokenizer.model). */
 gm_status gm_tok_load(const char *path, gm_tokenizer **out);
+/* Build the tokenizer from a GGUF file's vocabulary (tokenizer.ggml.model "llama": tokens, scores,
+ * token_type, special ids) as a SentencePiece BPE model: byte fallback when all 256 byte pieces
+ * exist, identity normalizer, spaces escaped as U+2581, a dummy prefix only when
+ * tokenizer.ggml.add_space_prefix says so. g is only read during the call. */
+gm_status gm_tok_load_gguf(const gguf_file *g, gm_tokenizer **out);
 void gm_tok_destroy(gm_tokenizer **t);
 
 int32_t gm_tok_vocab_size(const gm_tokenizer *t);

@@ -102,10 +102,11 @@ if ! python3 -c 'import numpy' 2>/dev/null; then
 fi
 
 # Python packages the tests use: prometheus_client parses /metrics, pyzmq + protobuf carry the
-# Python client (python/; wheel builds it without fetching build tools), openai drives the HTTP API.
+# Python client (python/; wheel builds it without fetching build tools), openai drives the HTTP API,
+# gguf checks the GGUF dequantizers (test_gguf_py).
 # Offline or failing pip is not fatal: the tests that need a package skip (exit 77) without it.
 missing_py=()
-for m in prometheus_client:prometheus-client zmq:pyzmq google.protobuf:protobuf openai:openai wheel:wheel; do
+for m in prometheus_client:prometheus-client zmq:pyzmq google.protobuf:protobuf openai:openai wheel:wheel gguf:gguf; do
   python3 -c "import ${m%%:*}" 2>/dev/null || missing_py+=("${m##*:}")
 done
 if [ ${#missing_py[@]} -gt 0 ]; then
