@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # pack.sh [BUILD_DIR] - the executables the GPU machine runs, for the device tool's `carry`:
-# pack/bins.tar.xz (xz: the fatbins are large; bench/run_gpu.sh unpacks it) and pack/lib (their
-# non-CUDA shared libraries, from ../shared/bin/bundle-libs). Build with CUDA first.
+# pack/bins.tar.xz (xz: the fatbins are large; bench/run_gpu.sh unpacks it) and pack/lib (the shared
+# libraries they need beyond glibc, the C++ runtime and CUDA, found with ldd). Build with CUDA first.
+# PACK_DIR names another output folder (e.g. pack-base for a baseline build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build}
-bins="tests/test_gpu_model tests/test_gpu_nodev tests/test_gpu_xqa tests/test_gpu_awq tests/test_gpu_ops
-      tests/test_gpu_fp8 daemon/gemmad daemon/gemma-worker client/gemma-cli tools/gemma-generate
+# every GPU test, the programs, the benches
+bins="$(cd "$B" && ls tests/test_gpu_* 2>/dev/null | tr '\n' ' ') tests/test_cpu_attn
+      daemon/gemmad daemon/gemma-worker client/gemma-cli tools/gemma-generate
       tools/gemma-mkmodel tools/gemma-quantize bench/gemma-bench bench/bench_decode bench/bench_kernels
-      bench/xqa_bench bench/fp8_gemm_bench bench/awq_bench bench/allreduce_bench"
+      bench/xqa_bench bench/fp8_gemm_bench bench/awq_bench bench/allreduce_bench bench/prefill_bench"
 stage=$(mktemp -d)
 for b in $bins; do
   if [ -x "$B/$b" ]; then cp "$B/$b" "$stage/"; else echo "pack.sh: $B/$b not built, left out" >&2; fi
 done
-rm -rf pack && mkdir -p pack/lib
-../shared/bin/bundle-libs pack/lib "$stage"/* > /dev/null
-tar -cJf pack/bins.tar.xz -C "$stage" .
+P=${PACK_DIR:-pack}
+rm -rf "$P" && mkdir -p "$P/lib"
+# the libraries the GPU machine may lack: everything ldd resolves, but glibc, the C++ runtime and CUDA
+ldd "$stage"/* 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u | while read -r lib; do
+  case $(basename "$lib") in
+    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|libresolv.so*|libnsl.so*|libutil.so*|ld-linux*) ;;
+    libgcc_s.so*|libstdc++.so*) ;;
+    libcuda.so*|libcudart.so*|libcublas*|libnccl.so*|libnvidia*|libcufile*) ;;
+    *) cp -L "$lib" "$P/lib/" ;;
+  esac
+done
+tar -cJf "$P/bins.tar.xz" -C "$stage" .
 rm -rf "$stage"
-du -sh pack/bins.tar.xz pack/lib
+du -sh "$P/bins.tar.xz" "$P/lib"
