@@ -1,0 +1,191 @@
+/* server_int.h - what the modules of gemmad's loop share (not a public header).
+ *
+ *   server.c  lifecycle and the event loop (zmq_poll over the client ROUTER, the workers, the HTTP
+ *             front door and the signal pipe)
+ *   admit.c   one admission path for both front doors: a gd_gen_req is checked, tokenized and queued;
+ *             request lifetime (complete, mark dirty, free)
+ *   rpc.c     the protobuf front door: ZeroMQ clients, their messages, one ServerMessage per client per step
+ *   steps.c   the step pipeline: plan and submit, collect tokens, stream them, worker failures
+ *
+ * A request (gd_req) belongs to one front door (gd_front); its output - token ids, a text delta with
+ * stop strings applied, the finish - is produced once, in steps.c, and each front door formats it. */
+#ifndef GM_SERVER_INT_H
+#define GM_SERVER_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/clock.h"
+#include "common/model_config.h"
+#include "common/sampling.h"
+#include "common/tokenizer.h"
+#include "daemon/cluster_glue.h"
+#include "daemon/config.h"
+#include "daemon/metrics.h"
+#include "daemon/sched.h"
+#include "daemon/server.h"
+#include "daemon/textout.h"
+#include "daemon/u64map.h"
+#include "daemon/workers.h"
+#include "proto/gemma.pb-c.h"
+
+#define GD_VERSION "0.2.0"
+#define GD_PROTOCOL_VERSION 1
+#define GD_MAX_STOP 16
+#define GD_MAX_STOP_LEN 256
+#define GD_MAX_STOP_IDS SCHED_MAX_STOP_IDS
+#define GD_MAX_CHAT_MSGS 1024
+#define GD_RECV_BATCH 4096
+#define GD_ID_MAX 256
+
+typedef Gemma__V1__ErrorCode err_code;
+typedef Gemma__V1__FinishReason fin_reason;
+
+typedef struct gd_client gd_client;
+typedef struct gd_req gd_req;
+
+typedef enum gd_front {
+    GD_FRONT_RPC = 0, /* a ZeroMQ client (rpc.c) */
+    GD_FRONT_HTTP,    /* an HTTP connection (the OpenAI API) */
+} gd_front;
+
+struct gd_req {
+    gd_front front;
+    gd_client *cl;    /* RPC: the client connection */
+    void *conn;       /* HTTP: the front door's per-request state; NULL once the connection is gone */
+    uint64_t rid;     /* RPC: the client's request id; HTTP: a serial */
+    sched_seq *seq;   /* NULL when rejected before scheduling */
+    gm_detok *dt;     /* NULL without a tokenizer */
+    txo *tx;
+    bool stream, done, dirty;
+    int32_t n_sent;   /* generated tokens already handed to the front door */
+    int32_t n_prompt;
+    fin_reason finish;
+    err_code err;
+    char *errmsg;     /* owned, or NULL */
+    double t_arrival, t_sched, t_first, t_end; /* ms, monotonic */
+    gd_req *dirty_next;
+    gd_req *live_prev, *live_next; /* every request not yet freed, in arrival order */
+};
+
+struct gd_client {
+    uint8_t id[GD_ID_MAX];
+    size_t id_len;
+    uint64_t hash;
+    gd_client *hnext; /* same hash */
+    u64map reqs;      /* request id -> gd_req */
+    gd_req *dirty_head, *dirty_tail;
+    bool dirty;
+    gd_client *dirty_next;
+};
+
+typedef struct gd_counters {
+    int64_t requests_total, requests_finished, requests_failed, requests_cancelled;
+    int64_t prompt_tokens, completion_tokens, steps, worker_restarts;
+} gd_counters;
+
+/* A generation request as either front door hands it to admission (borrowed pointers). */
+typedef enum gd_prompt_kind {
+    GD_PROMPT_NONE = 0,
+    GD_PROMPT_TEXT, /* tokenized by gemmad, BOS prepended */
+    GD_PROMPT_IDS,  /* used verbatim */
+    GD_PROMPT_CHAT, /* the model's chat template */
+} gd_prompt_kind;
+
+typedef struct gd_gen_req {
+    gd_prompt_kind kind;
+    const char *text;
+    size_t text_len;
+    const int32_t *ids;
+    size_t n_ids;
+    const gm_chat_msg *msgs;
+    size_t n_msgs;
+    int64_t max_tokens;        /* 0 = until a stop condition or the context is full */
+    float temperature, top_p;  /* as sent: checked by admission; top_p 0 = 1 */
+    int32_t top_k;
+    uint64_t seed;
+    const char *const *stops;  /* [n_stops] NUL-terminated */
+    size_t n_stops;
+    const int32_t *stop_ids;
+    size_t n_stop_ids;
+    bool stream, ignore_eos;
+} gd_gen_req;
+
+struct gd_server {
+    const gd_config *cfg;
+    void *zctx, *router;
+    glue *glue;           /* CurveZMQ + router registration (daemon/cluster_glue.h) */
+    wk_pool *pool;
+    bool pool_ok;
+    double next_restart_ms;
+    gm_tokenizer *tok;
+    gm_model_config mcfg;
+    gm_chat_format chat;  /* the model's turn markers */
+    int32_t max_context;
+    sched *sch;
+    sched_plan plans[SCHED_MAX_OUTSTANDING]; /* submitted, oldest first */
+    double plan_sent_ms[SCHED_MAX_OUTSTANDING];
+    int32_t n_plans;
+    int32_t depth;        /* steps in flight at most: 2 with run-ahead, else 1 */
+    double last_done_ms;  /* when the last step's result came */
+    int32_t *step_tokens; /* [max_seqs] */
+    sched_seq **failed;   /* [max_seqs] scratch of gd_workers_failed */
+    u64map clients;       /* identity hash -> gd_client chain */
+    int32_t n_clients;
+    gd_client *dirty_head, *dirty_tail;   /* RPC clients with chunks to send */
+    gd_req *http_dirty_head, *http_dirty_tail; /* HTTP requests with output to send */
+    gd_req *live_head, *live_tail;
+    uint64_t http_serial;
+    bool stopping;
+    double stop_deadline_ms;
+    double start_ms;
+    double next_report_ms;  /* periodic INFO line while busy */
+    int64_t reported_steps;
+    gd_counters c;
+    met_ring ttft, tpot, queue, step_ms;
+    met_rate rate;
+    /* rpc.c flush scratch */
+    Gemma__V1__GenerateChunk *chunks;
+    Gemma__V1__GenerateChunk **chunk_ptrs;
+    Gemma__V1__Usage *usages;
+    gd_req **chunk_reqs;
+    size_t chunk_cap;
+    uint8_t *txbuf;
+    size_t txcap;
+    gd_req **finished; /* requests to free after their final chunk went out */
+    size_t n_finished, finished_cap;
+};
+
+/* ---- admit.c ---- */
+
+/* A new request of front f (not yet admitted), linked into the live list; NULL when out of memory. */
+gd_req *gd_req_new(gd_server *s, gd_front f, uint64_t rid);
+/* Check g, tokenize its prompt and queue it; a rejection completes r with the error code and reason
+ * (r->done, r->finish == FINISH_ERROR), which its front door sends like any final chunk. */
+void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g);
+/* End a request: its KV blocks are freed now; the final chunk goes out at the next flush. */
+void gd_req_complete(gd_server *s, gd_req *r, fin_reason fr, err_code code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Queue r's new output for its front door's next flush. */
+void gd_req_mark_dirty(gd_server *s, gd_req *r);
+/* Free r (its sequence, decoder, text output) and unlink it from its front door and the live list. */
+void gd_req_free(gd_server *s, gd_req *r);
+/* Complete every live request (shutdown deadline). */
+void gd_cancel_all(gd_server *s, err_code code, const char *why);
+
+/* ---- rpc.c ---- */
+
+gm_status gd_rpc_open(gd_server *s);   /* the ROUTER socket, bound (before the model loads) */
+void gd_rpc_read(gd_server *s);        /* up to GD_RECV_BATCH client messages, without blocking */
+void gd_rpc_flush(gd_server *s);       /* one ServerMessage per dirty client */
+void gd_rpc_mark_dirty(gd_server *s, gd_req *r);
+void gd_rpc_forget(gd_server *s, gd_req *r); /* r leaves its client's table */
+void gd_rpc_close(gd_server *s);       /* every client and its requests, then the socket */
+
+/* ---- steps.c ---- */
+
+void gd_steps_submit(gd_server *s);           /* plan and submit while fewer than depth are in flight */
+void gd_steps_on_readable(gd_server *s);      /* the workers' socket polled readable */
+void gd_workers_failed(gd_server *s, const char *why);
+
+#endif
