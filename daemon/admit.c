@@ -179,6 +179,9 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
         REJECT(SHUTTING_DOWN, "gemmad is shutting down and accepts no new requests");
     if (!check_sampling(g, &samp, msg, sizeof(msg)))
         REJECT(INVALID_ARGUMENT, "%s", msg);
+    if (g->logprobs || g->top_logprobs || g->presence_penalty != 0.0f || g->frequency_penalty != 0.0f ||
+        (g->repetition_penalty != 0.0f && g->repetition_penalty != 1.0f) || g->min_tokens || g->n > 1)
+        REJECT(INVALID_ARGUMENT, "logprobs, penalties, min_tokens and n > 1 are not supported by this gemmad yet");
     if (g->max_tokens < 0)
         REJECT(INVALID_ARGUMENT, "max_tokens %lld is negative", (long long)g->max_tokens);
     if (g->max_tokens > s->max_context)

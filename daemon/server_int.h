@@ -109,6 +109,14 @@ typedef struct gd_gen_req {
     const int32_t *stop_ids;
     size_t n_stop_ids;
     bool stream, ignore_eos;
+    /* sampling extensions (OpenAI / vLLM meanings); admission refuses what the engine does not do yet */
+    bool logprobs;             /* the chosen token's log-probability with every token */
+    int32_t top_logprobs;      /* 0..20 most likely alternatives with every token */
+    float presence_penalty;    /* [-2, 2]; 0 = off */
+    float frequency_penalty;   /* [-2, 2]; 0 = off */
+    float repetition_penalty;  /* > 0; 0 or 1 = off (HF: logits of seen tokens divided or multiplied) */
+    int32_t min_tokens;        /* EOS and stop ids/strings are ignored before this many tokens */
+    int32_t n;                 /* sequences for this prompt; 0 or 1 = one */
 } gd_gen_req;
 
 struct gd_server {
