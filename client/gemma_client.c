@@ -10,7 +10,7 @@
 #include <time.h>
 #include <zmq.h>
 
-#include "cluster/curve.h"
+#include "common/curve.h"
 #include "proto/gemma.pb-c.h"
 
 /* ---- a bump arena for unpacking one ServerMessage (freed at once) ---- */

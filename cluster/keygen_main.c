@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cluster/curve.h"
+#include "common/curve.h"
 #include "common/args.h"
 
 static void usage(FILE *f)

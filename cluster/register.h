@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cluster/curve.h"
+#include "common/curve.h"
 #include "common/status.h"
 
 typedef struct gc_register_opts {

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <zmq.h>
 
-#include "cluster/curve.h"
+#include "common/curve.h"
 #include "cluster/router.h"
 #include "proto/cluster.pb-c.h"
 #include "proto/gemma.pb-c.h"

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "cluster/curve.h"
+#include "common/curve.h"
 #include "cluster/router.h"
 #include "common/log.h"
 

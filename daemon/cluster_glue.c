@@ -7,7 +7,7 @@
 #include <string.h>
 #include <zmq.h>
 
-#include "cluster/curve.h"
+#include "common/curve.h"
 #include "cluster/register.h"
 #include "common/log.h"
 #include "daemon/config.h"

@@ -45,7 +45,7 @@ typedef struct gd_config {
     gm_kv_dtype kv_dtype;
     bool lm_head_fp8;        /* lm_head = "fp8": the LM head in FP8 e4m3 */
     bool use_graphs;
-    bool run_ahead;          /* two steps in flight (DESIGN.md "workers run ahead"); --no-run-ahead */
+    bool run_ahead;          /* two steps in flight (docs/ARCHITECTURE.md, "run-ahead"); --no-run-ahead */
     char *worker_bin;        /* NULL = gemma-worker beside gemmad */
     int32_t shutdown_timeout_ms; /* SIGTERM: how long in-flight work may take to finish */
     int32_t ready_timeout_ms;    /* worker (re)start limit (0 = workers.h default) */

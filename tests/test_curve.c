@@ -13,7 +13,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "cluster/curve.h"
+#include "common/curve.h"
 
 static char g_dir[] = "/tmp/gm_curveXXXXXX";
 

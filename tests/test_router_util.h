@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "client/gemma_client.h"
-#include "cluster/curve.h"
+#include "common/curve.h"
 #include "cluster/router.h"
 #include "proto/gemma.pb-c.h"
 #include "tests/test_router_fake.h"

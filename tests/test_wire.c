@@ -15,7 +15,7 @@
 
 #include <cmocka.h>
 
-#include "cluster/curve.h"
+#include "common/curve.h"
 #include "tests/test_daemon_util.h"
 
 #define WAIT_MS 60000

@@ -1,5 +1,5 @@
 /* curve.c - CurveZMQ key files, socket options, and the ZAP allow-list thread. */
-#include "cluster/curve.h"
+#include "common/curve.h"
 
 #include <dirent.h>
 #include <errno.h>
