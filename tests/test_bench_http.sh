@@ -8,8 +8,9 @@
 # shown; the usage chunk's count wins when a chunk carries several tokens; chat and text
 # prompts; a wrong model, a missing API key, an unreachable server and bad arguments give
 # their exit status; a run timeout fails the unfinished requests and closes their
-# connections (the fake sees the aborts). Latencies are only checked to be numbers >= 0:
-# no timing thresholds.
+# connections (the fake sees the aborts); a reset connection, a JSON answer instead of a
+# stream and an event that is not JSON fail their requests (tests/bench_http_rude.py).
+# Latencies are only checked to be numbers >= 0: no timing thresholds.
 set -u
 bench=${1:?usage: test_bench_http.sh GEMMA_BENCH BENCH_HTTP_FAKE}
 fake=${2:?usage: test_bench_http.sh GEMMA_BENCH BENCH_HTTP_FAKE}
@@ -229,6 +230,36 @@ else
   echo "ok: the timed-out streams were closed (the fake saw the aborts)"
 fi
 config "itl=1"
+
+# 8. a server that misbehaves (tests/bench_http_rude.py): the connection reset mid-stream, a JSON
+#    body instead of a stream, an event that is not JSON; each request fails with its code
+rude() { # MODE ERRORS_OBJECT MESSAGE
+  local rpid rport
+  python3 "$(dirname "$0")/bench_http_rude.py" "$1" >"$tmp/rude.out" 2>"$tmp/rude.err" &
+  rpid=$!
+  rport=
+  for _ in $(seq 100); do
+    rport=$(sed -n 's/^PORT \([0-9]*\)$/\1/p' "$tmp/rude.out")
+    [ -n "$rport" ] && break
+    sleep 0.1
+  done
+  if [ -z "$rport" ]; then
+    echo "FAIL: bench_http_rude.py $1 did not start: $(cat "$tmp/rude.err")" >&2
+    fail=1
+  else
+    run "rude_$1" 0 --http "http://127.0.0.1:$rport" --model m --quiet --timeout 30 --num-requests 3 \
+      --concurrency 1 --isl 4 --osl 4 --allow-errors
+    check "rude_$1" failed == 3
+    check "rude_$1" output_tokens '<=' 3
+    check_errors "rude_$1" "$2"
+    grep_err "rude_$1" "$3"
+  fi
+  kill "$rpid" 2>/dev/null
+  wait "$rpid" 2>/dev/null
+}
+rude reset '{"TRANSPORT": 3}' "TRANSPORT:"
+rude json '{"BAD_STREAM": 3}' "not a text/event-stream"
+rude junk '{"BAD_STREAM": 3}' "not a JSON object"
 
 if [ $fail != 0 ]; then
   echo "FAIL: gemma-bench --http" >&2
