@@ -1,11 +1,13 @@
 /* gemma_bench.c - gemma-bench: a serving load generator for gemmad.
  *
- * One thread drives every stream: a few gmc_client connections (DEALER
- * sockets), gmc_submit to start requests, gmc_poll to collect their streamed
- * tokens. Arrivals are all at once, closed loop (--concurrency) or Poisson
- * (--rate). Timings are taken on this side: TTFT from submit to the first
- * token's arrival, TPOT per request over the tokens after the first, ITL over
- * every gap between consecutive tokens of a stream. */
+ * One thread drives every stream, through one of two drivers: gemmad's RPC (a
+ * few gmc_client connections, DEALER sockets; gmc_submit starts requests,
+ * gmc_poll collects their streamed tokens), or with --http any
+ * OpenAI-compatible server (bench/http_load.c: libcurl, a connection per
+ * stream). Arrivals are all at once, closed loop (--concurrency) or Poisson
+ * (--rate) (bench/bench_run.c). Timings are taken on this side: TTFT from
+ * submit to the first token's arrival, TPOT per request over the tokens after
+ * the first, ITL over every gap between consecutive tokens of a stream. */
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -13,11 +15,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <zmq.h>
 
 #include "common/args.h"
+#include "bench/bench_run.h"
 #include "bench/bench_stats.h"
+#include "bench/http_load.h"
 #include "client/gemma_client.h"
 
 #define BENCH_MAX_CONN 64
@@ -50,13 +56,15 @@ typedef struct bench_opts {
     const char *server_key, *client_key; /* CurveZMQ key files, or NULL */
     bool quiet;
     const char *label;
+    const char *http_url; /* --http: an OpenAI-compatible server instead of the RPC */
+    const char *model, *api_key;
+    bool chat;
 } bench_opts;
 
 /* The workload: prompts as ids (synthetic) or text lines. */
 typedef struct bench_work {
     char **lines; /* [n_lines] prompts from --prompts, owned */
     int64_t n_lines;
-    int32_t *prompt_buf; /* [max isl] scratch for a synthetic prompt */
 } bench_work;
 
 typedef struct bench_ctx {
@@ -64,15 +72,9 @@ typedef struct bench_ctx {
     bench_work w;
     gmc_client *conn[BENCH_MAX_CONN];
     int n_conn;
+    http_load *http;
     gmc_event ev[BENCH_EVENTS];
 } bench_ctx;
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static const char *code_name(int code) { return gmc_code_name((gmc_code)code); }
 
@@ -101,6 +103,15 @@ static void usage(FILE *f)
             "  --connect-timeout MS wait this long for gemmad's health answer (default 10000)\n"
             "  --server-key F       CurveZMQ: the server's public key file NAME.key\n"
             "  --client-key F       CurveZMQ: this client's NAME.key_secret\n"
+            "HTTP (an OpenAI-compatible server instead of gemmad's RPC):\n"
+            "  --http URL           e.g. http://127.0.0.1:8000: streaming POST /v1/completions with the\n"
+            "                       prompt as token ids (text with --prompts), max_tokens = osl,\n"
+            "                       temperature 0, ignore_eos, stream_options.include_usage; one\n"
+            "                       keep-alive connection per request in flight\n"
+            "  --model NAME         the requests' model (default: the first of GET /v1/models)\n"
+            "  --api-key KEY        sent as Authorization: Bearer KEY\n"
+            "  --chat               POST /v1/chat/completions, one user message (synthetic prompts\n"
+            "                       become isl - 1 common words)\n"
             "output:\n"
             "  --json FILE          write the results as JSON (a list of objects with --sweep)\n"
             "  --markdown           print a Markdown table row for bench/RESULTS.md\n"
@@ -111,8 +122,8 @@ static void usage(FILE *f)
             "  --quiet              no progress on stderr\n"
             "  --help               this text\n"
             "Options take their value as --opt VALUE or --opt=VALUE.\n"
-            "exit status: 0 ok, 1 some request failed, 2 bad arguments, 3 cannot reach gemmad or a\n"
-            "transport failure.\n");
+            "exit status: 0 ok, 1 some request failed, 2 bad arguments, 3 cannot reach gemmad (or the\n"
+            "HTTP server) or a transport failure.\n");
 }
 
 /* ---- argument parsing ---- */
@@ -148,10 +159,10 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     o->connections = 1;
     o->ignore_eos = true;
     o->connect_timeout_ms = 10000;
-    bool stop_at_eos = false;
+    bool stop_at_eos = false, endpoint_seen = false, conn_seen = false;
     int32_t connect_timeout = o->connect_timeout_ms;
     args_opt opts[] = {
-        {"endpoint", ARGS_STRING, &o->endpoint},
+        {"endpoint", ARGS_STRING, &o->endpoint, .seen = &endpoint_seen},
         {"isl", ARGS_INT, &o->isl, 1, 1 << 24},
         {"osl", ARGS_INT, &o->osl, 1, 1 << 24},
         {"isl-std", ARGS_DOUBLE, &o->isl_std, 0, 1e12},
@@ -163,7 +174,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"rate", ARGS_DOUBLE, &o->rate, 1e-9, 1e12},
         {"warmup", ARGS_INT64, &o->warmup, 0, 100000000},
         {"seed", ARGS_UINT64, &o->seed},
-        {"connections", ARGS_INT, &o->connections, 1, BENCH_MAX_CONN},
+        {"connections", ARGS_INT, &o->connections, 1, BENCH_MAX_CONN, .seen = &conn_seen},
         {"timeout", ARGS_DOUBLE, &o->timeout_s, 0, 1e12},
         {"connect-timeout", ARGS_INT, &connect_timeout, 1, INT32_MAX},
         {"server-key", ARGS_STRING, &o->server_key},
@@ -176,6 +187,10 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"allow-errors", ARGS_FLAG, &o->allow_errors},
         {"stop-at-eos", ARGS_FLAG, &stop_at_eos},
         {"quiet", ARGS_FLAG, &o->quiet},
+        {"http", ARGS_STRING, &o->http_url},
+        {"model", ARGS_STRING, &o->model},
+        {"api-key", ARGS_STRING, &o->api_key},
+        {"chat", ARGS_FLAG, &o->chat},
         {NULL},
     };
     args_spec spec = {"gemma-bench", opts};
@@ -190,6 +205,22 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     o->connect_timeout_ms = connect_timeout;
     if (o->n_sweep && o->concurrency) {
         fprintf(stderr, "gemma-bench: --sweep and --concurrency exclude each other\n");
+        return 2;
+    }
+    const char *rpc_only = endpoint_seen ? "--endpoint" : conn_seen ? "--connections"
+                           : o->server_key ? "--server-key" : o->client_key ? "--client-key" : NULL;
+    if (o->http_url && rpc_only) {
+        fprintf(stderr, "gemma-bench: %s is for gemmad's RPC, not --http\n", rpc_only);
+        return 2;
+    }
+    const char *http_only = o->chat ? "--chat" : o->model ? "--model" : o->api_key ? "--api-key" : NULL;
+    if (!o->http_url && http_only) {
+        fprintf(stderr, "gemma-bench: %s needs --http\n", http_only);
+        return 2;
+    }
+    if (o->http_url && (strncasecmp(o->http_url, "http://", 7) != 0 || !o->http_url[7])) {
+        fprintf(stderr, "gemma-bench: --http '%s': expected http://HOST:PORT (https is not supported)\n",
+                o->http_url);
         return 2;
     }
     return 0;
@@ -234,124 +265,62 @@ static gm_status load_prompts(const char *path, bench_work *w)
     return st;
 }
 
-/* ---- one run ---- */
+/* ---- the RPC driver: gmc_client connections ---- */
 
-typedef struct run_state {
-    bench_req *reqs;   /* [n] */
-    int32_t *isl;      /* [n] drawn prompt lengths */
-    int32_t *osl;      /* [n] drawn output lengths */
-    double *arrival;   /* [n] Poisson arrival offsets (ms) or NULL */
-    uint64_t *ids;     /* [n] request ids the library gave */
-    int64_t n, next, done, in_flight;
-    bench_vec itl;     /* ms gaps between consecutive tokens of a stream */
-    int64_t out_tokens, events;
-    uint64_t seed;
-    bool transport_failed;
-    uint32_t gen;        /* run number, in every request's user pointer: late events of an
-                            earlier run (cancelled on timeout) are recognised and dropped */
-    bool code_seen[128]; /* first failure of each code is printed */
-} run_state;
-
-static void run_free(run_state *r)
+/* Send request i on connection i % n_conn. */
+static int32_t rpc_submit(void *ctx, bench_run *r, int64_t i)
 {
-    free(r->reqs);
-    free(r->isl);
-    free(r->osl);
-    free(r->arrival);
-    free(r->ids);
-    bench_vec_free(&r->itl);
-}
-
-/* Start request i on connection i % n_conn; a local failure ends it at once. */
-static void submit_one(bench_ctx *b, run_state *r, int64_t i)
-{
+    bench_ctx *b = ctx;
     const bench_opts *o = &b->o;
-    bench_req *q = &r->reqs[i];
     gmc_params p;
     gmc_params_init(&p);
     if (b->w.n_lines) {
         p.prompt = b->w.lines[i % b->w.n_lines];
     } else {
-        bench_make_prompt(r->seed, i, o->vocab, r->isl[i], b->w.prompt_buf);
-        p.prompt_ids = b->w.prompt_buf;
+        bench_make_prompt(r->seed, i, o->vocab, r->isl[i], r->prompt_buf);
+        p.prompt_ids = r->prompt_buf;
         p.n_prompt_ids = r->isl[i];
     }
     p.max_tokens = r->osl[i];
     p.ignore_eos = o->ignore_eos;
     p.seed = r->seed + (uint64_t)i;
-    q->isl = r->isl[i];
-    q->osl = r->osl[i];
-    q->t_submit = now_ms();
+    r->reqs[i].t_submit = bench_now_ms();
     uintptr_t tag = ((uintptr_t)r->gen << 32) | (uintptr_t)(i + 1);
-    gmc_code rc = gmc_submit(b->conn[i % b->n_conn], &p, (void *)tag, &r->ids[i]);
-    r->next++;
-    if (rc != GMC_OK) {
-        q->done = true;
-        q->error = rc;
-        q->t_last = q->t_submit;
-        r->done++;
-        if (rc == GMC_ERR_TRANSPORT)
-            r->transport_failed = true;
-        return;
-    }
-    r->in_flight++;
+    return gmc_submit(b->conn[i % b->n_conn], &p, (void *)tag, &r->ids[i]);
 }
 
 /* Account one event received at time t. */
-static gm_status on_event(run_state *r, const gmc_event *ev, double t)
+static gm_status rpc_on_event(bench_run *r, const gmc_event *ev, double t)
 {
     uintptr_t tag = (uintptr_t)ev->user;
     int64_t idx = (int64_t)(tag & 0xffffffffu) - 1;
     if ((uint32_t)(tag >> 32) != r->gen || idx < 0 || idx >= r->n)
         return GM_OK; /* a late event of an earlier run */
-    bench_req *q = &r->reqs[idx];
-    if (q->done)
+    if (r->reqs[idx].done)
         return GM_OK;
     if (ev->n_tokens > 0) {
-        gm_status st = GM_OK;
-        if (q->t_first == 0) {
-            q->t_first = t;
-        } else {
-            st = bench_vec_push(&r->itl, t - q->t_last);
-        }
-        for (int32_t k = 1; k < ev->n_tokens && !st; k++) /* tokens that came together: no gap */
-            st = bench_vec_push(&r->itl, 0);
+        gm_status st = bench_run_tokens(r, idx, ev->n_tokens, t);
         if (st)
             return st;
-        q->t_last = t;
-        q->out_tokens += ev->n_tokens;
-        r->out_tokens += ev->n_tokens;
-        r->events++;
     }
     if (ev->finished) {
-        q->done = true;
-        if (q->t_last == 0)
-            q->t_last = t;
+        int32_t error = 0;
         if (ev->finish_reason == GMC_FINISH_ERROR)
-            q->error = ev->error ? ev->error : GMC_ERR_INTERNAL;
+            error = ev->error ? ev->error : GMC_ERR_INTERNAL;
         else if (ev->finish_reason == GMC_FINISH_CANCELLED)
-            q->error = ev->error ? ev->error : GMC_ERR_CANCELLED;
+            error = ev->error ? ev->error : GMC_ERR_CANCELLED;
         else if (ev->error)
-            q->error = ev->error;
-        int c = q->error < 0 ? 0 : q->error > 127 ? 127 : q->error;
-        if (q->error && !r->code_seen[c]) {
-            r->code_seen[c] = true;
-            fprintf(stderr, "gemma-bench: request %lld failed: %s: %s (further %s failures not shown)\n",
-                    (long long)idx, gmc_code_name((gmc_code)q->error), ev->error_message ? ev->error_message : "",
-                    gmc_code_name((gmc_code)q->error));
-        }
-        if (ev->usage.prompt_tokens > 0)
-            q->isl = ev->usage.prompt_tokens;
-        r->done++;
-        r->in_flight--;
+            error = ev->error;
+        bench_run_finish(r, idx, error, ev->error_message, ev->usage.prompt_tokens, -1, t);
     }
     return GM_OK;
 }
 
 /* Wait up to timeout_ms for events on any connection and account them.
  * Returns false on a transport failure (printed). */
-static bool pump(bench_ctx *b, run_state *r, int timeout_ms)
+static bool rpc_pump(void *ctx, bench_run *r, int timeout_ms)
 {
+    bench_ctx *b = ctx;
     int wait = timeout_ms;
     if (b->n_conn > 1) {
         bool pending = false;
@@ -375,9 +344,9 @@ static bool pump(bench_ctx *b, run_state *r, int timeout_ms)
                     gmc_last_error(b->conn[c]));
             return false;
         }
-        double t = now_ms();
+        double t = bench_now_ms();
         for (int k = 0; k < got; k++) {
-            gm_status st = on_event(r, &b->ev[k], t);
+            gm_status st = rpc_on_event(r, &b->ev[k], t);
             if (st) {
                 fprintf(stderr, "gemma-bench: %s\n", gm_last_error());
                 return false;
@@ -387,136 +356,23 @@ static bool pump(bench_ctx *b, run_state *r, int timeout_ms)
     return true;
 }
 
-/* Mark every unfinished request as failed with code (timeout, transport). */
-static void fail_unfinished(bench_ctx *b, run_state *r, int code, bool cancel)
+static void rpc_cancel(void *ctx, bench_run *r, int64_t i)
 {
-    for (int64_t i = 0; i < r->next; i++) {
-        bench_req *q = &r->reqs[i];
-        if (q->done)
-            continue;
-        if (cancel)
-            (void)gmc_cancel(b->conn[i % b->n_conn], r->ids[i]);
-        q->done = true;
-        q->error = code;
-        if (q->t_last == 0)
-            q->t_last = q->t_submit;
-        r->done++;
-        r->in_flight--;
-    }
-    for (int64_t i = r->next; i < r->n; i++) { /* never sent */
-        bench_req *q = &r->reqs[i];
-        q->done = true;
-        q->error = code;
-        r->done++;
-    }
-    r->next = r->n;
+    bench_ctx *b = ctx;
+    (void)gmc_cancel(b->conn[i % b->n_conn], r->ids[i]);
 }
 
-/* Run n requests at concurrency conc (0 = unlimited) and rate (0 = closed
- * loop); fills s. Returns false on a transport failure. */
-static bool run_point(bench_ctx *b, int64_t n, int32_t conc, double rate, uint64_t seed, const char *what,
-                      bench_summary *s)
+static const char *rpc_last_error(void *ctx)
 {
-    const bench_opts *o = &b->o;
-    static uint32_t runs;
-    run_state r = {0};
-    r.gen = ++runs;
-    r.n = n;
-    r.seed = seed;
-    r.reqs = calloc((size_t)n, sizeof(bench_req));
-    r.isl = malloc((size_t)n * sizeof(int32_t));
-    r.osl = malloc((size_t)n * sizeof(int32_t));
-    r.ids = calloc((size_t)n, sizeof(uint64_t));
-    if (rate > 0)
-        r.arrival = malloc((size_t)n * sizeof(double));
-    if (!r.reqs || !r.isl || !r.osl || !r.ids || (rate > 0 && !r.arrival)) {
-        fprintf(stderr, "gemma-bench: no memory for %lld requests\n", (long long)n);
-        run_free(&r);
-        return false;
-    }
-    bench_rng rng;
-    bench_rng_init(&rng, seed);
-    bench_draw_lengths(&rng, o->isl, o->isl_std, 0, n, r.isl);
-    bench_draw_lengths(&rng, o->osl, o->osl_std, 0, n, r.osl);
-    int32_t max_isl = 1;
-    for (int64_t i = 0; i < n; i++)
-        if (r.isl[i] > max_isl)
-            max_isl = r.isl[i];
-    free(b->w.prompt_buf);
-    b->w.prompt_buf = malloc((size_t)max_isl * sizeof(int32_t));
-    if (!b->w.prompt_buf) {
-        fprintf(stderr, "gemma-bench: no memory for a %d-token prompt\n", max_isl);
-        run_free(&r);
-        return false;
-    }
-    if (rate > 0) {
-        double t = 0;
-        for (int64_t i = 0; i < n; i++) {
-            t += bench_rng_exp(&rng, rate) * 1000.0;
-            r.arrival[i] = t;
-        }
-    }
+    bench_ctx *b = ctx;
+    return gmc_last_error(b->conn[0]);
+}
 
-    double t0 = now_ms(), last_report = t0;
-    int64_t last_tokens = 0;
-    bool ok = true;
-    while (r.done < r.n) {
-        double t = now_ms();
-        while (r.next < r.n && (conc <= 0 || r.in_flight < conc) && (rate <= 0 || r.arrival[r.next] <= t - t0)) {
-            submit_one(b, &r, r.next);
-            if (r.transport_failed)
-                break;
-        }
-        if (r.transport_failed) {
-            fprintf(stderr, "gemma-bench: submit failed: %s\n", gmc_last_error(b->conn[0]));
-            fail_unfinished(b, &r, GMC_ERR_TRANSPORT, false);
-            ok = false;
-            break;
-        }
-        if (r.done >= r.n)
-            break;
-        int wait = 100;
-        if (rate > 0 && r.next < r.n && (conc <= 0 || r.in_flight < conc)) {
-            double due = r.arrival[r.next] - (now_ms() - t0);
-            wait = due <= 0 ? 0 : (int)ceil(due < 100 ? due : 100);
-        }
-        if (r.in_flight == 0 && wait > 0 && r.next < r.n) {
-            struct timespec ts = {0, (long)wait * 1000000L};
-            nanosleep(&ts, NULL);
-        } else if (!pump(b, &r, wait)) {
-            fail_unfinished(b, &r, GMC_ERR_TRANSPORT, false);
-            ok = false;
-            break;
-        }
-        t = now_ms();
-        if (o->timeout_s > 0 && t - t0 > o->timeout_s * 1000.0) {
-            fprintf(stderr, "gemma-bench: %s: timeout after %g s, %lld of %lld requests unfinished\n", what,
-                    o->timeout_s, (long long)(r.n - r.done), (long long)r.n);
-            fail_unfinished(b, &r, GMC_ERR_TIMEOUT, true);
-            break;
-        }
-        if (!o->quiet && t - last_report >= 1000.0) {
-            fprintf(stderr, "[%7.1f s] %s: %lld/%lld done, %lld in flight, %.0f output tok/s\n", (t - t0) / 1000.0,
-                    what, (long long)r.done, (long long)r.n, (long long)r.in_flight,
-                    (double)(r.out_tokens - last_tokens) * 1000.0 / (t - last_report));
-            last_report = t;
-            last_tokens = r.out_tokens;
-        }
-    }
-    if (s) {
-        s->concurrency = conc;
-        s->rate = rate;
-        s->isl = o->isl;
-        s->osl = o->osl;
-        s->isl_std = o->isl_std;
-        s->osl_std = o->osl_std;
-        s->stream_events = r.events;
-        bench_summarize(r.reqs, r.n, r.itl.v, r.itl.n, s);
-        if (b->w.n_lines) /* text prompts: report the mean prompt length the daemon counted */
-            s->isl = s->completed ? (int32_t)(s->input_tokens / s->completed) : 0;
-    }
-    run_free(&r);
-    return ok;
+static void rpc_driver(bench_ctx *b, bench_driver *d)
+{
+    *d = (bench_driver){.ctx = b, .submit = rpc_submit, .pump = rpc_pump, .cancel = rpc_cancel,
+                        .last_error = rpc_last_error, .code_name = code_name,
+                        .code_transport = GMC_ERR_TRANSPORT, .code_timeout = GMC_ERR_TIMEOUT};
 }
 
 /* ---- plot ---- */
@@ -575,6 +431,105 @@ static int64_t default_requests(const bench_opts *o, int32_t conc)
     return conc > 0 ? (conc >= 8 ? 4 * (int64_t)conc : 32) : 100;
 }
 
+/* Connect to gemmad and check that it serves; 0 or exit status 3 (printed). */
+static int rpc_open(bench_ctx *b, gmc_health *h)
+{
+    const bench_opts *o = &b->o;
+    b->n_conn = o->connections;
+    for (int c = 0; c < b->n_conn; c++) {
+        gmc_connect_opts co;
+        gmc_connect_opts_init(&co);
+        co.timeout_ms = o->connect_timeout_ms;
+        co.server_key_file = o->server_key;
+        co.client_key_file = o->client_key;
+        gmc_code cr = gmc_connect_with(o->endpoint, &co, &b->conn[c]);
+        if (cr != GMC_OK) {
+            fprintf(stderr, "gemma-bench: cannot reach gemmad at %s: %s\n", o->endpoint, gmc_connect_error());
+            return 3;
+        }
+    }
+    if (gmc_health_check(b->conn[0], o->connect_timeout_ms, h) != GMC_OK) {
+        fprintf(stderr, "gemma-bench: health check failed: %s\n", gmc_last_error(b->conn[0]));
+        return 3;
+    }
+    if (!h->serving) {
+        fprintf(stderr, "gemma-bench: gemmad at %s is not serving%s\n", o->endpoint,
+                h->shutting_down ? " (shutting down)" : "");
+        return 3;
+    }
+    if (!o->quiet)
+        fprintf(stderr, "gemma-bench: gemmad %s, backend %s, model '%s', tp %d\n", h->version, h->backend, h->model,
+                h->tp);
+    return 0;
+}
+
+/* Set up the HTTP driver and check the server; 0 or exit status 3 (printed). */
+static int http_open(bench_ctx *b)
+{
+    const bench_opts *o = &b->o;
+    http_load_opts ho = {.url = o->http_url,
+                         .model = o->model,
+                         .api_key = o->api_key,
+                         .chat = o->chat,
+                         .prompts = b->w.lines,
+                         .n_prompts = b->w.n_lines,
+                         .vocab = o->vocab,
+                         .ignore_eos = o->ignore_eos,
+                         .connect_timeout_ms = o->connect_timeout_ms};
+    if (!(b->http = http_load_new(&ho))) {
+        fprintf(stderr, "gemma-bench: %s\n", gm_last_error());
+        return 3;
+    }
+    if (http_load_check(b->http) != GM_OK) {
+        fprintf(stderr, "gemma-bench: %s\n", gm_last_error());
+        return 3;
+    }
+    if (!o->quiet)
+        fprintf(stderr, "gemma-bench: %s, model '%s'\n", o->http_url, http_load_model(b->http));
+    return 0;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Run one measured point; the RPC adds the daemon's own view (Stats before
+ * and after), HTTP this process's CPU time per stream event (stderr, also
+ * with --quiet: it tells whether the bench or the server was the limit). */
+static bool measure_point(bench_ctx *b, const bench_driver *d, const bench_load *l, int64_t n, int32_t conc,
+                          const char *what, bench_summary *s)
+{
+    const bench_opts *o = &b->o;
+    if (b->http) {
+        double c0 = cpu_seconds();
+        int64_t k0 = http_load_connects(b->http);
+        bool ok = bench_run_point(d, l, n, conc, o->rate, o->seed, what, s);
+        double cpu = cpu_seconds() - c0;
+        fprintf(stderr,
+                "gemma-bench: %s: this process used %.3f s CPU for %lld stream events (%.2f us each, "
+                "%.0f events per CPU second); %lld connections opened\n",
+                what, cpu, (long long)s->stream_events, s->stream_events ? cpu * 1e6 / (double)s->stream_events : 0.0,
+                cpu > 0 ? (double)s->stream_events / cpu : 0.0, (long long)(http_load_connects(b->http) - k0));
+        return ok;
+    }
+    gmc_stats st0, st1;
+    bool have0 = gmc_stats_get(b->conn[0], o->connect_timeout_ms, &st0) == GMC_OK;
+    bool ok = bench_run_point(d, l, n, conc, o->rate, o->seed, what, s);
+    if (ok && have0 && gmc_stats_get(b->conn[0], o->connect_timeout_ms, &st1) == GMC_OK) {
+        s->daemon_steps = st1.steps - st0.steps;
+        s->daemon_mean_batch = s->daemon_steps > 0 ? (double)(st1.completion_tokens - st0.completion_tokens) /
+                                                         (double)s->daemon_steps
+                                                   : 0;
+        s->daemon_step_avg_ms = st1.step_avg_ms;
+        s->daemon_preemptions = st1.preemptions - st0.preemptions;
+    }
+    return ok;
+}
+
 int main(int argc, char **argv)
 {
     static bench_ctx b; /* large: the event buffer */
@@ -593,39 +548,29 @@ int main(int argc, char **argv)
         fprintf(stderr, "gemma-bench: no memory\n");
         return 3;
     }
-    b.n_conn = o->connections;
-    for (int c = 0; c < b.n_conn; c++) {
-        gmc_connect_opts co;
-        gmc_connect_opts_init(&co);
-        co.timeout_ms = o->connect_timeout_ms;
-        co.server_key_file = o->server_key;
-        co.client_key_file = o->client_key;
-        gmc_code cr = gmc_connect_with(o->endpoint, &co, &b.conn[c]);
-        if (cr != GMC_OK) {
-            fprintf(stderr, "gemma-bench: cannot reach gemmad at %s: %s\n", o->endpoint, gmc_connect_error());
-            rc = 3;
+    gmc_health h = {0};
+    bench_driver d;
+    if (o->http_url) {
+        if ((rc = http_open(&b)))
             goto done;
-        }
+        http_load_driver(b.http, &d);
+    } else {
+        if ((rc = rpc_open(&b, &h)))
+            goto done;
+        rpc_driver(&b, &d);
     }
-    gmc_health h;
-    if (gmc_health_check(b.conn[0], o->connect_timeout_ms, &h) != GMC_OK) {
-        fprintf(stderr, "gemma-bench: health check failed: %s\n", gmc_last_error(b.conn[0]));
-        rc = 3;
-        goto done;
-    }
-    if (!h.serving) {
-        fprintf(stderr, "gemma-bench: gemmad at %s is not serving%s\n", o->endpoint,
-                h.shutting_down ? " (shutting down)" : "");
-        rc = 3;
-        goto done;
-    }
-    if (!o->quiet)
-        fprintf(stderr, "gemma-bench: gemmad %s, backend %s, model '%s', tp %d\n", h.version, h.backend, h.model,
-                h.tp);
+    const char *label = o->label ? o->label : o->http_url ? "http" : h.backend;
+    bench_load load = {.isl = o->isl,
+                       .osl = o->osl,
+                       .isl_std = o->isl_std,
+                       .osl_std = o->osl_std,
+                       .timeout_s = o->timeout_s,
+                       .quiet = o->quiet,
+                       .text_prompts = b.w.n_lines > 0};
 
     if (o->warmup > 0) {
         int32_t wc = o->concurrency > 0 ? o->concurrency : (o->n_sweep ? o->sweep[o->n_sweep - 1] : 0);
-        if (!run_point(&b, o->warmup, wc, 0, o->seed ^ 0x5eed5eedull, "warmup", NULL)) {
+        if (!bench_run_point(&d, &load, o->warmup, wc, 0, o->seed ^ 0x5eed5eedull, "warmup", NULL)) {
             rc = 3;
             goto done;
         }
@@ -637,23 +582,13 @@ int main(int argc, char **argv)
         int32_t conc = o->n_sweep ? o->sweep[k] : o->concurrency;
         int64_t n = o->n_sweep ? default_requests(o, conc) : default_requests(o, o->concurrency);
         bench_summary *s = &pts[k];
-        snprintf(s->label, sizeof(s->label), "%s", o->label ? o->label : h.backend);
+        snprintf(s->label, sizeof(s->label), "%s", label);
         char what[48];
         snprintf(what, sizeof(what), "concurrency %d", conc);
-        gmc_stats st0, st1;
-        bool have0 = gmc_stats_get(b.conn[0], o->connect_timeout_ms, &st0) == GMC_OK;
-        bool ok = run_point(&b, n, conc, o->rate, o->seed, conc ? what : "all at once", s);
-        if (ok && have0 && gmc_stats_get(b.conn[0], o->connect_timeout_ms, &st1) == GMC_OK) {
-            s->daemon_steps = st1.steps - st0.steps;
-            s->daemon_mean_batch = s->daemon_steps > 0 ? (double)(st1.completion_tokens - st0.completion_tokens) /
-                                                             (double)s->daemon_steps
-                                                       : 0;
-            s->daemon_step_avg_ms = st1.step_avg_ms;
-            s->daemon_preemptions = st1.preemptions - st0.preemptions;
-        }
+        bool ok = measure_point(&b, &d, &load, n, conc, conc ? what : "all at once", s);
         if (!conc)
             s->concurrency = (int32_t)(o->rate > 0 ? 0 : n); /* all at once: n in flight */
-        bench_print_report(stdout, s, code_name);
+        bench_print_report(stdout, s, d.code_name);
         failed += s->failed;
         if (!ok) {
             rc = 3;
@@ -677,7 +612,7 @@ int main(int argc, char **argv)
             for (int k = 0; k < npts; k++) {
                 if (k)
                     fprintf(f, ",\n");
-                bench_write_json(f, &pts[k], code_name);
+                bench_write_json(f, &pts[k], d.code_name);
             }
             if (o->n_sweep)
                 fprintf(f, "]\n");
@@ -696,10 +631,10 @@ int main(int argc, char **argv)
 done:
     for (int c = 0; c < b.n_conn; c++)
         gmc_close(&b.conn[c]);
+    http_load_destroy(&b.http);
     for (int64_t i = 0; i < b.w.n_lines; i++)
         free(b.w.lines[i]);
     free(b.w.lines);
-    free(b.w.prompt_buf);
     free(pts);
     return rc;
 }

@@ -6,7 +6,7 @@
 set -euo pipefail
 required=(build-essential cmake pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler
           libsentencepiece-dev sentencepiece libconfig-dev libcjson-dev libcmocka-dev
-          python3 python3-numpy libmicrohttpd-dev curl protobuf-compiler
+          python3 python3-numpy libmicrohttpd-dev libcurl4-openssl-dev curl protobuf-compiler
           python3-zmq python3-protobuf python3-prometheus-client python3-setuptools python3-wheel)
 optional=(gnuplot-nox)
 
