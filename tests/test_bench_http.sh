@@ -235,6 +235,7 @@ config "itl=1"
 #    body instead of a stream, an event that is not JSON; each request fails with its code
 rude() { # MODE ERRORS_OBJECT MESSAGE
   local rpid rport
+  rm -f "$tmp/rude.out" # the last server's PORT line must not be read before this one truncates the file
   python3 "$(dirname "$0")/bench_http_rude.py" "$1" >"$tmp/rude.out" 2>"$tmp/rude.err" &
   rpid=$!
   rport=
