@@ -135,12 +135,13 @@ typedef struct oai_request {
 gm_status oai_parse_request(oai_endpoint ep, const char *body, size_t len, oai_request *r, oai_error *err);
 void oai_request_free(oai_request *r);
 
-/* The request's chat as Gemma's template wants it: a leading system or
- * developer message is folded into the first user message ("SYSTEM\n\nUSER"),
- * the way Gemma's own chat template does; assistant becomes "model"; roles must
- * then alternate user/model starting with user and ending with user. *msgs is
- * one allocation (texts included) the caller frees with free(). 400 otherwise. */
-gm_status oai_chat_to_gemma(const oai_request *r, gm_chat_msg **msgs, int32_t *n, oai_error *err);
+/* A chat as gm_tok_encode_chat_fmt takes it; gemmad's admission applies the model's own template:
+ * a leading system or developer message keeps the role "system" (Gemma 3's template puts it at the
+ * start of the first user turn, Gemma 1's and 2's have no system role and refuse it), assistant
+ * becomes "model"; after it roles must alternate user/model starting and ending with user, as
+ * Gemma's templates require (400 naming the message otherwise). Texts are borrowed from m;
+ * *msgs [*n_out] is the caller's to free(). */
+gm_status oai_chat_to_gemma(const oai_message *m, int32_t n, gm_chat_msg **msgs, int32_t *n_out, oai_error *err);
 
 /* vLLM's POST /tokenize: {"prompt": str} or {"messages": [...]}; optional
  * "model", "add_special_tokens" (default true for prompt, false for messages),

@@ -139,8 +139,9 @@ static void oai_check_input(const char *data, size_t size)
             if (ep == OAI_CHAT) {
                 gm_chat_msg *m;
                 int32_t n;
-                if (oai_chat_to_gemma(&r, &m, &n, &e) == GM_OK) {
-                    OAI_CHECK(n >= 1 && n % 2 == 1 && !strcmp(m[n - 1].role, "user"));
+                if (oai_chat_to_gemma(r.messages, r.n_messages, &m, &n, &e) == GM_OK) {
+                    int32_t turns = n - (!strcmp(m[0].role, "system") ? 1 : 0);
+                    OAI_CHECK(n == r.n_messages && turns >= 1 && turns % 2 == 1 && !strcmp(m[n - 1].role, "user"));
                     free(m);
                 } else {
                     oai_check_error(&e, &w);
