@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
+#include "daemon/http.h"
 
 void gd_config_defaults(gd_config *c)
 {
@@ -73,24 +74,15 @@ static void set_opt_str(char **dst, const char *v)
     }
 }
 
-/* The API key from a file: its first line, surrounding blanks dropped; empty is an error. */
+/* The API key from a file (daemon/http.h). */
 static gm_status read_key_file(gd_config *c, const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return gm_fail(GM_ERR_IO, "api_key_file: cannot read %s: %s", path, strerror(errno));
-    char line[1024];
-    if (!fgets(line, sizeof line, f))
-        line[0] = '\0';
-    fclose(f);
-    char *b = line, *e = line + strlen(line);
-    while (*b && isspace((unsigned char)*b))
-        b++;
-    while (e > b && isspace((unsigned char)e[-1]))
-        *--e = '\0';
-    if (!*b)
-        return gm_fail(GM_ERR_INVALID_ARG, "api_key_file: %s holds no key", path);
-    set_str(&c->api_key, b);
+    char *key = NULL;
+    gm_status st = http_read_key_file(path, &key);
+    if (st != GM_OK)
+        return st;
+    free(c->api_key);
+    c->api_key = key;
     set_str(&c->api_key_file, path);
     return GM_OK;
 }

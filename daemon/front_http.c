@@ -28,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "common/log.h"
@@ -62,7 +61,6 @@ struct gd_http {
     http_server *srv;
     char model[256];       /* the served model name */
     int64_t created;       /* unix time gemmad started */
-    uint64_t seed_key;     /* seeds of requests that give none */
     int32_t n_live;
     double next_run_ms;    /* pacing: the socket work waits until then while steps are in flight */
     jsonw w;               /* formatting scratch, reused by every answer */
@@ -102,21 +100,12 @@ static bool model_ok(const gd_server *s, const char *model)
 /* The name the API serves the model under: --served-model-name, else the --model path's last component. */
 static void model_name(const gd_config *cfg, char *out, size_t cap)
 {
-    if (cfg->served_model_name) {
+    if (cfg->served_model_name)
         gm_utf8_format(out, cap, "%s", cfg->served_model_name);
-        return;
-    }
-    if (!cfg->model || !*cfg->model) {
+    else if (cfg->model && *cfg->model)
+        oai_model_name(cfg->model, out, cap);
+    else
         snprintf(out, cap, "null");
-        return;
-    }
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", cfg->model);
-    size_t n = strlen(tmp);
-    while (n > 1 && tmp[n - 1] == '/')
-        tmp[--n] = '\0';
-    const char *b = strrchr(tmp, '/');
-    gm_utf8_format(out, cap, "%s", b && b[1] ? b + 1 : tmp);
 }
 
 /* ---- exchanges ---- */
@@ -284,16 +273,12 @@ static void hx_respond(gd_server *s, hx *x)
 /* Streaming: the events after the last choice ended (error or usage, then [DONE]), appended to w. */
 static void hx_stream_tail(gd_server *s, hx *x, jsonw *w)
 {
-    if (x->err_sub >= 0) {
-        oai_error e;
+    oai_error e;
+    if (x->err_sub >= 0)
         hx_error(x, &e);
-        oai_write_error_event(w, &e);
-    } else if (x->q.include_usage) {
-        oai_resp rs = hx_resp(s, x);
-        oai_usage u = hx_usage(x);
-        oai_write_usage_chunk(w, &rs, &u);
-    }
-    oai_write_done(w);
+    oai_resp rs = hx_resp(s, x);
+    oai_usage u = hx_usage(x);
+    oai_write_stream_end(w, &rs, x->err_sub >= 0 ? &e : NULL, &u);
 }
 
 /* x is over: answer what is left (if anyone listens) and free it after this flush. */
@@ -402,7 +387,7 @@ static void gen_from_oai(gd_server *s, const oai_request *q, gd_gen_req *g, cons
     g->temperature = q->has_temperature ? (float)q->temperature : 1.0f;
     g->top_p = q->has_top_p ? (float)q->top_p : 1.0f;
     g->top_k = q->top_k;
-    g->seed = q->has_seed ? q->seed : gm_mix64(s->http->seed_key ^ gm_mix64(s->http_serial));
+    g->seed = q->has_seed ? q->seed : oai_seed(s->http_serial);
     for (int32_t i = 0; i < q->n_stop && i < GD_MAX_STOP; i++)
         stops[i] = q->stop[i];
     g->stops = stops;
@@ -730,48 +715,30 @@ static void on_detokenize(gd_server *s, http_req *h)
 
 /* ---- routing ---- */
 
-typedef struct route {
-    const char *path, *method;
-    void (*fn)(gd_server *s, http_req *h);
-    oai_endpoint ep; /* generation routes */
-    bool gen;
-} route;
+enum { R_COMPLETIONS, R_CHAT, R_MODELS, R_HEALTH, R_METRICS, R_VERSION, R_TOKENIZE, R_DETOKENIZE };
 
 static void on_request(void *core, http_req *h)
 {
-    static const route routes[] = {
-        {"/v1/completions", "POST", NULL, OAI_COMPLETIONS, true},
-        {"/v1/chat/completions", "POST", NULL, OAI_CHAT, true},
-        {"/v1/models", "GET", on_models, 0, false},
-        {"/health", "GET", on_health, 0, false},
-        {"/metrics", "GET", on_metrics, 0, false},
-        {"/version", "GET", on_version, 0, false},
-        {"/tokenize", "POST", on_tokenize, 0, false},
-        {"/detokenize", "POST", on_detokenize, 0, false},
+    static const http_route routes[] = {
+        {"/v1/completions", "POST", R_COMPLETIONS}, {"/v1/chat/completions", "POST", R_CHAT},
+        {"/v1/models", "GET", R_MODELS},            {"/health", "GET", R_HEALTH},
+        {"/metrics", "GET", R_METRICS},             {"/version", "GET", R_VERSION},
+        {"/tokenize", "POST", R_TOKENIZE},          {"/detokenize", "POST", R_DETOKENIZE},
     };
     gd_server *s = core;
-    const char *path = http_req_path(h), *method = http_req_method(h);
-    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        const route *rt = &routes[i];
-        if (strcmp(path, rt->path) != 0)
-            continue;
-        if (strcmp(method, rt->method) != 0) {
-            char msg[128];
-            snprintf(msg, sizeof msg, "%s takes %s, not %.16s.", rt->path, rt->method, method);
-            http_req_add_header(h, "Allow", rt->method);
-            http_req_respond_error(h, 405, "invalid_request_error", "method_not_allowed", msg);
-            return;
-        }
-        if (rt->gen)
-            on_generate(s, h, rt->ep);
-        else
-            rt->fn(s, h);
-        return;
+    switch (http_route_find(h, routes, sizeof routes / sizeof routes[0],
+                            "/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics, /tokenize, "
+                            "/detokenize")) {
+    case R_COMPLETIONS: on_generate(s, h, OAI_COMPLETIONS); break;
+    case R_CHAT: on_generate(s, h, OAI_CHAT); break;
+    case R_MODELS: on_models(s, h); break;
+    case R_HEALTH: on_health(s, h); break;
+    case R_METRICS: on_metrics(s, h); break;
+    case R_VERSION: on_version(s, h); break;
+    case R_TOKENIZE: on_tokenize(s, h); break;
+    case R_DETOKENIZE: on_detokenize(s, h); break;
+    default: break; /* answered: 404 or 405 */
     }
-    char msg[160];
-    gm_utf8_format(msg, sizeof msg, "Unknown path %.100s: gemmad serves /v1/completions, /v1/chat/completions, "
-                                    "/v1/models, /health, /metrics, /tokenize, /detokenize.", path);
-    http_req_respond_error(h, 404, "invalid_request_error", "not_found", msg);
 }
 
 /* ---- lifecycle ---- */
@@ -787,8 +754,6 @@ gm_status gd_http_open(gd_server *s)
     s->http = g;
     model_name(cfg, g->model, sizeof g->model);
     g->created = (int64_t)time(NULL);
-    if (getrandom(&g->seed_key, sizeof g->seed_key, GRND_NONBLOCK) != (ssize_t)sizeof g->seed_key)
-        g->seed_key = gm_mix64((uint64_t)g->created ^ (uint64_t)(s->start_ms * 1e3));
     http_opts o;
     http_opts_init(&o);
     o.listen = cfg->http_listen;
@@ -825,8 +790,7 @@ long gd_http_timeout_ms(gd_server *s, long t, double now)
         long left = (long)(s->http->next_run_ms - now) + 1;
         return left < t ? left : t;
     }
-    int64_t h = http_server_timeout_ms(s->http->srv);
-    return h >= 0 && h < t ? (long)h : t;
+    return http_server_wait_ms(s->http->srv, t);
 }
 
 void gd_http_run(gd_server *s, bool force)

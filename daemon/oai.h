@@ -206,6 +206,11 @@ typedef struct oai_resp {
 /* A unique id: prefix ("cmpl-" or "chatcmpl-" by endpoint) + 24 hex digits of
  * a mix of seq and a process-random key. out holds at least 40 bytes. */
 void oai_make_id(char *out, size_t cap, oai_endpoint ep, uint64_t seq);
+/* The sampling seed of a request that gives none: a mix of seq and the process-random key. */
+uint64_t oai_seed(uint64_t seq);
+/* The model name an API serves a checkpoint path under: its last component ("/m/gemma-2b/" ->
+ * "gemma-2b"), valid UTF-8, cut to cap. */
+void oai_model_name(const char *path, char *out, size_t cap);
 
 /* One choice of a response or chunk. */
 typedef struct oai_choice {
@@ -233,12 +238,15 @@ void oai_write_chunk(jsonw *w, const oai_resp *r, const oai_choice *choices, int
 void oai_write_usage_chunk(jsonw *w, const oai_resp *r, const oai_usage *u);
 /* "data: [DONE]\n\n". */
 void oai_write_done(jsonw *w);
+/* The end of a stream: the error event when e, else the usage chunk when r->include_usage; then
+ * [DONE]. */
+void oai_write_stream_end(jsonw *w, const oai_resp *r, const oai_error *e, const oai_usage *u);
 /* An error as a body {"error": {...}}. */
 void oai_write_error(jsonw *w, const oai_error *e);
 /* An error inside a stream: "data: {"error": {...}}\n\n" (then oai_write_done). */
 void oai_write_error_event(jsonw *w, const oai_error *e);
 
-/* GET /v1/models: one model. */
+/* GET /v1/models: one model (max_model_len <= 0 writes null: not known). */
 void oai_write_models(jsonw *w, const char *model, int64_t created, int32_t max_model_len);
 /* POST /tokenize answer: {"count", "max_model_len", "tokens"}. */
 void oai_write_tokenize(jsonw *w, const int32_t *ids, int32_t n, int32_t max_model_len);

@@ -43,6 +43,13 @@ if(TARGET gemmad AND TARGET gemma-generate)
       set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED "tiny_model;tiny_gemma3" TIMEOUT 600)
     endif()
   endforeach()
+  if(TARGET gemma-router)
+    gm_add_py_test(test_router_http test_router_http.py $<TARGET_FILE:gemmad> $<TARGET_FILE:gemma-router>
+                   ${CMAKE_BINARY_DIR}/models/tiny)
+    if(TEST test_router_http)
+      set_tests_properties(test_router_http PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 600)
+    endif()
+  endif()
   add_test(NAME test_http_load COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_http_load.sh $<TARGET_FILE:gemmad>
            $<TARGET_FILE:http_load> ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(test_http_load PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 600)
