@@ -221,6 +221,11 @@ static gm_status read_ids(const cJSON *a, const char *param, int32_t **ids, int3
     const cJSON *x;
     cJSON_ArrayForEach(x, a)
     {
+        double d = cJSON_IsNumber(x) ? x->valuedouble : -1;
+        if (d >= 0 && d <= OAI_MAX_TOKEN_ID && d == (double)(int32_t)d) { /* the common case, no message built */
+            v[i++] = (int32_t)d;
+            continue;
+        }
         char p[96];
         snprintf(p, sizeof p, "%s[%d]", param, i);
         int64_t id;

@@ -177,6 +177,9 @@ def test_errors(c):
                  lambda: c.completions.create(model="tiny", prompt=[5] * 2000, max_tokens=2),
                  code="context_length_exceeded")
     expect_error(openai.BadRequestError, 400,
+                 lambda: c.completions.create(model="tiny", prompt=[5] * 1020, max_tokens=16),
+                 code="context_length_exceeded")  # prompt + max_tokens past the context, as vLLM
+    expect_error(openai.BadRequestError, 400,
                  lambda: c.completions.create(model="tiny", prompt=[1 << 20], max_tokens=2))
     # what admission does not do yet is refused by name (another branch turns these on)
     for kw, param in [(dict(logprobs=2), "logprobs"), (dict(presence_penalty=0.5), "presence_penalty"),

@@ -263,6 +263,17 @@ def test_slow_and_vanishing(d):
     gone.close()
     stalled.close()
     d.wait_metric("gemmad_request_success_total", aborts0 + 2, {"finished_reason": "abort"})
+    d.wait_metric("gemmad_num_requests_running", 0)
+    # one that asks for a whole (non-streamed) answer and leaves while it is made
+    quitter = socket.create_connection(("127.0.0.1", d.port), timeout=TIMEOUT)
+    quitter.sendall(http_post("/v1/completions", json.dumps({"prompt": "quit", "max_tokens": 900,
+                                                             "ignore_eos": True})))
+    deadline = time.time() + TIMEOUT
+    while metric(d.metrics(), "gemmad_num_requests_running") < 1:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    quitter.close()
+    d.wait_metric("gemmad_request_success_total", aborts0 + 3, {"finished_reason": "abort"})
     d.wait_metric("gemmad_kv_cache_blocks_used", 0)
     d.wait_metric("gemmad_num_requests_running", 0)
     st, r = d.post_json("/v1/completions", {"prompt": "after", "max_tokens": 3})
