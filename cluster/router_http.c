@@ -279,7 +279,7 @@ static void x_chunk(gc_router *r, rh_x *x, const Gemma__V1__GenerateChunk *ch)
             if (jsonw_ok(w))
                 http_req_stream_write(x->h, w->p, w->len);
         }
-    } else if (ch->text.len > 0 && !text_append(s, ch->text.data, ch->text.len)) {
+    } else if (x->h && ch->text.len > 0 && !text_append(s, ch->text.data, ch->text.len)) {
         x_sub_end(r, x, (int32_t)i, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INTERNAL,
                   "gemma-router ran out of memory");
         return;
