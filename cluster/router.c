@@ -161,6 +161,8 @@ static bool tx_reserve(gc_router *r, size_t n)
 bool rt_send_to_client(gc_router *r, const uint8_t *id, size_t id_len, Gemma__V1__ServerMessage *m)
 {
     m->protocol_version = RT_PROTO_MAJOR;
+    if (rt_http_is_client(id, id_len))
+        return rt_http_deliver(r, id, id_len, m);
     size_t n = gemma__v1__server_message__get_packed_size(m);
     if (!tx_reserve(r, n)) {
         GM_ERROR("out of memory packing a %zu-byte reply", n);
@@ -419,7 +421,7 @@ static void on_cancel(gc_router *r, const uint8_t *id, size_t id_len, const Gemm
         rt_cancel_at_replica(r, q);
 }
 
-static void on_client_msg(gc_router *r, const uint8_t *id, size_t id_len, const uint8_t *data, size_t len)
+void rt_on_client_msg(gc_router *r, const uint8_t *id, size_t id_len, const uint8_t *data, size_t len)
 {
     Gemma__V1__ClientMessage *cm = gemma__v1__client_message__unpack(NULL, len, data);
     if (!cm) {
@@ -489,7 +491,7 @@ static void drain_front(gc_router *r)
             rt_send_error(r, id, id_len, 0, GEMMA__V1__ERROR_CODE__MALFORMED, "expected one frame per message");
             continue;
         }
-        on_client_msg(r, id, id_len, zmq_msg_data(&pl), zmq_msg_size(&pl));
+        rt_on_client_msg(r, id, id_len, zmq_msg_data(&pl), zmq_msg_size(&pl));
         zmq_msg_close(&pl);
     }
 }
@@ -590,7 +592,7 @@ gm_status gc_router_run(gc_router *r)
         if (r->stopping && (r->n_reqs == 0 || now >= stop_deadline))
             break;
         tick(r, now);
-        int need = 2 + 2 * r->n_reps;
+        int need = 3 + 2 * r->n_reps;
         if (need > cap) {
             zmq_pollitem_t *ni = realloc(items, (size_t)need * sizeof(*ni));
             rt_replica **no = ni ? realloc(owners, (size_t)need * sizeof(*no)) : NULL;
@@ -610,6 +612,10 @@ gm_status gc_router_run(gc_router *r)
             items[n] = (zmq_pollitem_t){r->reg, 0, ZMQ_POLLIN, 0};
             owners[n++] = NULL;
         }
+        if (rt_http_fd(r) >= 0) {
+            items[n] = (zmq_pollitem_t){NULL, rt_http_fd(r), ZMQ_POLLIN, 0};
+            owners[n++] = NULL;
+        }
         int first_rep = n;
         for (int i = 0; i < r->n_reps; i++) {
             rt_replica *p = r->reps[i];
@@ -622,7 +628,7 @@ gm_status gc_router_run(gc_router *r)
                 owners[n++] = p;
             }
         }
-        int rc = zmq_poll(items, n, RT_POLL_MS);
+        int rc = zmq_poll(items, n, rt_http_timeout_ms(r, RT_POLL_MS));
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
@@ -649,6 +655,7 @@ gm_status gc_router_run(gc_router *r)
             drain_front(r);
         if (r->reg && (items[1].revents & ZMQ_POLLIN))
             drain_reg(r, now);
+        rt_http_run(r); /* always: cheap when idle, and the HTTP server's timeouts need it */
     }
     free(items);
     free(owners);
@@ -660,6 +667,7 @@ gm_status gc_router_run(gc_router *r)
             rt_req_finish(r, q, GEMMA__V1__FINISH_REASON__FINISH_CANCELLED, GEMMA__V1__ERROR_CODE__SHUTTING_DOWN,
                        "gemma-router stopped before the request finished");
         }
+    rt_http_run(r); /* the last HTTP answers out */
     GM_INFO("stopped");
     return st;
 }
@@ -780,6 +788,8 @@ gm_status gc_router_new(const gc_router_config *c, void *zmq_ctx, gc_router **ou
         if (st != GM_OK)
             goto fail;
     }
+    if ((st = rt_http_open(r)) != GM_OK)
+        goto fail;
     for (int i = 0; i < c->n_replicas; i++)
         if (!rt_replica_add(r, c->replicas[i], NULL, r->replica_key[0] ? r->replica_key : NULL, false, 0)) {
             st = GM_ERR_INVALID_ARG; /* rt_replica_add said why */
@@ -799,6 +809,7 @@ void gc_router_destroy(gc_router **rp)
     if (!rp || !*rp)
         return;
     gc_router *r = *rp;
+    rt_http_close(r);
     for (size_t b = 0; b < RT_BUCKETS; b++)
         while (r->by_rid[b])
             rt_req_remove(r, r->by_rid[b]);

@@ -52,6 +52,13 @@ typedef struct gc_router_config {
                                 client keys cannot register */
     int32_t n_replica_allow;
     bool insecure_register;  /* allow a register endpoint other hosts can reach without CURVE */
+    /* the OpenAI-compatible HTTP API in front of the replicas (cluster/router_http.c) */
+    char *http_listen;       /* "HOST:PORT"; NULL = off */
+    char *api_key;           /* bearer key the /v1/ paths require (api_key or api_key_file); NULL = none */
+    char *served_model_name; /* the API's model name; NULL = the replicas' model directory name */
+    int32_t http_max_body;   /* request body limit, bytes (default 8 MiB; 413 beyond) */
+    int32_t http_max_requests;    /* generation requests in flight over HTTP (429 beyond); 0 = no own limit */
+    int32_t http_max_connections; /* open HTTP connections (default 4096) */
     char *config_path;
 } gc_router_config;
 

@@ -8,6 +8,7 @@
 
 #include "cluster/router.h"
 #include "common/log.h"
+#include "http/http.h"
 
 void gc_router_config_defaults(gc_router_config *c)
 {
@@ -22,6 +23,8 @@ void gc_router_config_defaults(gc_router_config *c)
     c->forget_ms = 60000;
     c->shutdown_timeout_ms = 10000;
     c->log_level = GM_LOG_INFO;
+    c->http_max_body = 8 << 20;
+    c->http_max_connections = 4096;
 }
 
 static void free_list(char ***list, int32_t *n)
@@ -43,6 +46,9 @@ void gc_router_config_free(gc_router_config *c)
     free(c->curve_replica_key);
     free_list(&c->replica_allow, &c->n_replica_allow);
     free(c->config_path);
+    free(c->http_listen);
+    free(c->api_key);
+    free(c->served_model_name);
     memset(c, 0, sizeof(*c));
 }
 
@@ -81,6 +87,7 @@ static const int_opt INT_OPTS[] = {
     IOPT(max_in_flight, 1, 1000000),     IOPT(max_queue, 0, 1000000),     IOPT(queue_timeout_ms, 0, 3600000),
     IOPT(heartbeat_ms, 10, 60000),       IOPT(dead_ms, 50, 600000),       IOPT(max_attempts, 1, 100),
     IOPT(forget_ms, 0, 86400000),        IOPT(shutdown_timeout_ms, 0, 3600000),
+    IOPT(http_max_body, 1024, 1 << 30),  IOPT(http_max_requests, 0, 1000000), IOPT(http_max_connections, 1, 1000000),
 };
 #undef IOPT
 
@@ -98,6 +105,27 @@ static gm_status set_int(gc_router_config *c, const int_opt *o, long long v, con
         return gm_fail(GM_ERR_INVALID_ARG, "%s: %s = %lld is outside [%d, %d]", where, o->key, v, o->lo, o->hi);
     *(int32_t *)((char *)c + o->off) = (int32_t)v;
     return GM_OK;
+}
+
+/* The HTTP API's string settings (file keys; the flags are --key-with-dashes); GM_ERR_NOT_FOUND for others. */
+static gm_status set_http_str(gc_router_config *c, const char *key, const char *v)
+{
+    if (!strcmp(key, "http_listen"))
+        return *v ? set_str(&c->http_listen, v) : GM_OK;
+    if (!strcmp(key, "api_key"))
+        return *v ? set_str(&c->api_key, v) : GM_OK;
+    if (!strcmp(key, "served_model_name"))
+        return *v ? set_str(&c->served_model_name, v) : GM_OK;
+    if (!strcmp(key, "api_key_file")) {
+        char *k = NULL;
+        gm_status st = *v ? http_read_key_file(v, &k) : GM_OK;
+        if (st == GM_OK && k) {
+            free(c->api_key);
+            c->api_key = k;
+        }
+        return st;
+    }
+    return GM_ERR_NOT_FOUND;
 }
 
 /* A string or a list of strings into list. */
@@ -168,6 +196,15 @@ gm_status gc_router_config_load_file(gc_router_config *c, const char *path)
                 else
                     c->log_level = lv;
             }
+        } else if (!strcmp(k, "http_listen") || !strcmp(k, "api_key") || !strcmp(k, "api_key_file") ||
+                   !strcmp(k, "served_model_name")) {
+            const char *v = config_setting_get_string(s);
+            st = v ? set_http_str(c, k, v) : gm_fail(GM_ERR_INVALID_ARG, "%s: %s must be a string", where, k);
+            if (st != GM_OK && v) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "%s", gm_last_error());
+                st = gm_fail(st, "%s: %s", where, msg);
+            }
         } else if (!strcmp(k, "replicas")) {
             st = load_str_list(s, &c->replicas, &c->n_replicas, path);
         } else if (!strcmp(k, "curve_allow")) {
@@ -209,6 +246,16 @@ void gc_router_usage(FILE *f)
             "  --forget-ms MS         a registered replica down this long is forgotten (default 60000)\n"
             "  --shutdown-timeout-ms MS  on SIGTERM, time given to requests in flight (default 10000)\n"
             "  --log-level L          debug|info|warn|error|off (default info)\n"
+            "  --http-listen HOST:PORT  also serve the OpenAI-compatible HTTP API (/v1/completions,\n"
+            "                         /v1/chat/completions, /v1/models, /health, /metrics) there, in front\n"
+            "                         of the replicas (off by default)\n"
+            "  --api-key KEY          require 'Authorization: Bearer KEY' on the HTTP /v1/ paths\n"
+            "  --api-key-file F       the same, the key read from F's first line\n"
+            "  --served-model-name N  the HTTP API's model name (default: the replicas' model directory)\n"
+            "  --http-max-body BYTES  largest HTTP request body (default 8388608; 413 beyond)\n"
+            "  --http-max-requests N  generation requests in flight over HTTP (default 0: no own limit;\n"
+            "                         429 beyond)\n"
+            "  --http-max-connections N  open HTTP connections (default 4096)\n"
             "  --curve                CurveZMQ on the client and register endpoints\n"
             "  --curve-secret-key F   the router's key pair (NAME.key_secret from gemma-keygen)\n"
             "  --curve-allow P        allowed client public keys: a .key file, a directory of them,\n"
@@ -295,6 +342,10 @@ gm_status gc_router_config_from_args(int argc, char **argv, gc_router_config *c,
             if (lv < 0)
                 return gm_fail(GM_ERR_INVALID_ARG, "--log-level '%s' is not debug|info|warn|error|off", v);
             c->log_level = lv;
+        } else if (!strncmp(key, "http_", 5) || !strncmp(key, "api_key", 7) || !strcmp(key, "served_model_name")) {
+            st = set_http_str(c, key, v);
+            if (st == GM_ERR_NOT_FOUND)
+                return gm_fail(GM_ERR_INVALID_ARG, "unknown option '%s' (see --help)", a);
         } else if (!strcmp(key, "keygen")) {
             *action = GC_ROUTER_KEYGEN;
             *keygen_prefix = v;
@@ -312,6 +363,8 @@ gm_status gc_router_config_validate(const gc_router_config *c)
     if (c->dead_ms <= c->heartbeat_ms)
         return gm_fail(GM_ERR_INVALID_ARG, "dead_ms (%d) must be larger than heartbeat_ms (%d)", c->dead_ms,
                        c->heartbeat_ms);
+    if (c->http_listen && (!strchr(c->http_listen, ':') || strstr(c->http_listen, "://")))
+        return gm_fail(GM_ERR_INVALID_ARG, "http_listen: '%s' is not HOST:PORT (like 127.0.0.1:8000)", c->http_listen);
     if (c->n_replicas == 0 && !c->register_ep)
         return gm_fail(GM_ERR_INVALID_ARG, "no replicas: give --replica E (repeatable) or --register E");
     for (int i = 0; i < c->n_replicas; i++)

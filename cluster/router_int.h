@@ -1,6 +1,7 @@
 /* router_int.h - gemma-router's private state, shared by router.c (clients, requests,
- * the loop), router_replica.c (replica sockets, probes, failover, forwarding) and
- * router_reg.c (registration). Not a contract: only those files include it. */
+ * the loop), router_replica.c (replica sockets, probes, failover, forwarding),
+ * router_reg.c (registration) and router_http.c (the OpenAI-compatible HTTP front door).
+ * Not a contract: only those files include it. */
 #ifndef GC_ROUTER_INT_H
 #define GC_ROUTER_INT_H
 
@@ -38,6 +39,7 @@ typedef struct rt_client {
 } rt_client;
 
 typedef struct rt_replica rt_replica;
+typedef struct rt_http rt_http;
 
 typedef struct rt_req {
     uint64_t rid;          /* router id: the request_id the replica sees */
@@ -110,6 +112,7 @@ struct gc_router {
 
     uint8_t *tx;
     size_t tx_cap;
+    rt_http *http;         /* the HTTP front door, or NULL (router_http.c) */
 
     _Atomic int64_t c_accepted, c_finished, c_failed, c_shed, c_resent, c_rep_fail, c_cancelled;
     _Atomic int32_t c_up, c_known, c_serving;
@@ -131,6 +134,8 @@ void rt_send_error(gc_router *r, const uint8_t *id, size_t id_len, uint64_t requ
 void rt_req_finish(gc_router *r, rt_req *q, Gemma__V1__FinishReason fr, Gemma__V1__ErrorCode code, const char *text);
 void rt_req_dispatch(gc_router *r, rt_req *q, bool is_new);
 void rt_cancel_at_replica(gc_router *r, rt_req *q);
+/* One ClientMessage from client id (a ZeroMQ peer, or the HTTP front door's own identities). */
+void rt_on_client_msg(gc_router *r, const uint8_t *id, size_t id_len, const uint8_t *data, size_t len);
 /* router_replica.c: the replica set, probes, failover, forwarding, registration */
 rt_replica *rt_replica_add(gc_router *r, const char *endpoint, const char *name, const char *server_key, bool dynamic, int32_t max_in_flight);
 void rt_replica_free(rt_replica *p);
@@ -144,6 +149,16 @@ gm_status rt_replica_open_socket(gc_router *r, rt_replica *p);
 void rt_replica_set_label(rt_replica *p);
 bool rt_drain_monitor(rt_replica *p);
 void rt_replica_health_tick(gc_router *r, rt_replica *p, double now);
+/* router_http.c: the OpenAI-compatible HTTP front door, a client of the router inside it */
+gm_status rt_http_open(gc_router *r);           /* listen when cfg->http_listen is set */
+int rt_http_fd(const gc_router *r);             /* the fd to poll; -1 without HTTP */
+long rt_http_timeout_ms(gc_router *r, long t);  /* t, or less when the HTTP server wants to run sooner */
+void rt_http_run(gc_router *r);                 /* accept, read, write, call back; never blocks */
+void rt_http_close(gc_router *r);
+/* Whether a client identity is one of the HTTP front door's; what the router sends it goes to
+ * rt_http_deliver instead of the client socket (true: keep sending). */
+bool rt_http_is_client(const uint8_t *id, size_t id_len);
+bool rt_http_deliver(gc_router *r, const uint8_t *id, size_t id_len, const Gemma__V1__ServerMessage *m);
 /* router_reg.c: the register endpoint */
 void rt_peer_of(const gc_router *r, zmq_msg_t *payload, rt_peer *out);
 void rt_on_register_msg(gc_router *r, const rt_peer *peer, const uint8_t *id, size_t id_len, const uint8_t *data,

@@ -241,16 +241,30 @@ void jsonw_str(jsonw *w, const char *s)
         jsonw_strn(w, s, strlen(s));
 }
 
+/* Decimal digits of v, without printf (a chunk per token writes several integers). */
+static void put_u64(jsonw *w, uint64_t v, bool neg)
+{
+    char buf[24];
+    size_t i = sizeof buf;
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    if (neg)
+        buf[--i] = '-';
+    jsonw_raw(w, buf + i, sizeof buf - i);
+}
+
 void jsonw_int(jsonw *w, int64_t v)
 {
     sep(w);
-    jsonw_printf(w, "%" PRId64, v);
+    put_u64(w, v < 0 ? 0 - (uint64_t)v : (uint64_t)v, v < 0);
 }
 
 void jsonw_uint(jsonw *w, uint64_t v)
 {
     sep(w);
-    jsonw_printf(w, "%" PRIu64, v);
+    put_u64(w, v, false);
 }
 
 void jsonw_num(jsonw *w, double v)

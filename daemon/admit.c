@@ -110,21 +110,19 @@ void gd_req_complete(gd_server *s, gd_req *r, fin_reason fr, err_code code, cons
              r->n_prompt, r->seq ? sched_seq_generated(r->seq) : 0, r->t_sched > 0 ? r->t_sched - r->t_arrival : 0,
              r->t_first > 0 ? r->t_first - r->t_arrival : 0, r->t_end - r->t_arrival, r->errmsg ? ": " : "",
              r->errmsg ? r->errmsg : "");
-    if (fr == GEMMA__V1__FINISH_REASON__FINISH_ERROR) {
+    if (fr == GEMMA__V1__FINISH_REASON__FINISH_ERROR)
         s->c.requests_failed++;
-    } else if (fr == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED) {
+    else if (fr == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED)
         s->c.requests_cancelled++;
-    } else {
+    else
         s->c.requests_finished++;
-        if (r->t_sched > 0)
-            met_ring_add(&s->queue, r->t_sched - r->t_arrival);
-        if (r->t_first > 0) {
-            met_ring_add(&s->ttft, r->t_first - r->t_arrival);
-            int32_t gen = r->seq ? sched_seq_generated(r->seq) : 0;
-            if (gen > 1)
-                met_ring_add(&s->tpot, (r->t_end - r->t_first) / (gen - 1));
-        }
-    }
+    met_req mr = {r->t_arrival, r->t_sched, r->t_first, r->t_end, r->n_prompt, r->seq ? sched_seq_generated(r->seq) : 0};
+    met_request_done(&s->met, &mr,
+                     fr == GEMMA__V1__FINISH_REASON__FINISH_ERROR       ? MET_ERROR
+                     : fr == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED ? MET_CANCELLED
+                     : fr == GEMMA__V1__FINISH_REASON__FINISH_LENGTH    ? MET_LENGTH
+                                                                        : MET_STOP,
+                     code);
     gd_req_mark_dirty(s, r);
 }
 

@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
+#include "http/http.h"
 
 void gd_config_defaults(gd_config *c)
 {
@@ -28,6 +29,8 @@ void gd_config_defaults(gd_config *c)
     c->use_graphs = true;
     c->run_ahead = true;
     c->shutdown_timeout_ms = 30000;
+    c->http_max_body = 8 << 20;
+    c->http_max_connections = 4096;
 }
 
 void gd_config_free(gd_config *c)
@@ -36,7 +39,12 @@ void gd_config_free(gd_config *c)
     free(c->listen);
     free(c->worker_bin);
     free(c->config_path);
+    free(c->http_listen);
+    free(c->api_key);
+    free(c->api_key_file);
+    free(c->served_model_name);
     c->model = c->listen = c->worker_bin = c->config_path = NULL;
+    c->http_listen = c->api_key = c->api_key_file = c->served_model_name = NULL;
     glue_config_free(&c->cluster);
 }
 
@@ -53,6 +61,30 @@ static void set_str(char **dst, const char *v)
         free(*dst);
         *dst = d;
     }
+}
+
+/* An optional string setting: "" unsets it. */
+static void set_opt_str(char **dst, const char *v)
+{
+    if (*v) {
+        set_str(dst, v);
+    } else {
+        free(*dst);
+        *dst = NULL;
+    }
+}
+
+/* The API key from a file (http/http.h). */
+static gm_status read_key_file(gd_config *c, const char *path)
+{
+    char *key = NULL;
+    gm_status st = http_read_key_file(path, &key);
+    if (st != GM_OK)
+        return st;
+    free(c->api_key);
+    c->api_key = key;
+    set_str(&c->api_key_file, path);
+    return GM_OK;
 }
 
 /* One setting by name, from a string value (flags) -- shared by file and flags
@@ -73,6 +105,18 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
         set_str(&c->listen, v);
     } else if (!strcmp(key, "worker_bin")) {
         set_str(&c->worker_bin, v);
+    } else if (!strcmp(key, "http_listen")) {
+        set_opt_str(&c->http_listen, v);
+    } else if (!strcmp(key, "api_key")) {
+        set_opt_str(&c->api_key, v);
+    } else if (!strcmp(key, "api_key_file")) {
+        return *v ? read_key_file(c, v) : GM_OK;
+    } else if (!strcmp(key, "served_model_name")) {
+        set_opt_str(&c->served_model_name, v);
+    } else if (!strcmp(key, "http_max_body")) {
+        if (!args_parse_size(v, &n) || n < 1024 || n > (1ll << 32))
+            return gm_fail(GM_ERR_INVALID_ARG, "http_max_body: '%s' is not a size in [1K, 4G] (bytes, or like 8M)", v);
+        c->http_max_body = n;
     } else if (!strcmp(key, "backend")) {
         int b = gm_backend_parse(v);
         if (b < 0)
@@ -131,6 +175,8 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             {"max_waiting", 1, 1 << 30},
             {"shutdown_timeout_ms", 0, 24 * 3600 * 1000},
             {"ready_timeout_ms", 0, 24 * 3600 * 1000},
+            {"http_max_requests", 0, 1 << 20},
+            {"http_max_connections", 1, 1 << 20},
         };
         size_t i;
         for (i = 0; i < sizeof(ik) / sizeof(ik[0]); i++)
@@ -161,6 +207,10 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             c->max_waiting = (int32_t)x;
         else if (!strcmp(key, "shutdown_timeout_ms"))
             c->shutdown_timeout_ms = (int32_t)x;
+        else if (!strcmp(key, "http_max_requests"))
+            c->http_max_requests = (int32_t)x;
+        else if (!strcmp(key, "http_max_connections"))
+            c->http_max_connections = (int32_t)x;
         else
             c->ready_timeout_ms = (int32_t)x;
     }
@@ -266,6 +316,16 @@ void gd_config_usage(FILE *f)
             "  --shutdown-timeout-ms N   SIGTERM: time for in-flight work to finish (default 30000)\n"
             "  --ready-timeout-ms N      worker start limit (default 600000)\n"
             "  --log-level L             debug | info | warn | error | off (default info)\n"
+            "  --http-listen HOST:PORT   also serve the OpenAI-compatible HTTP API there (off by default;\n"
+            "                            e.g. 127.0.0.1:8000): /v1/completions, /v1/chat/completions,\n"
+            "                            /v1/models, /health, /metrics, /tokenize, /detokenize\n"
+            "  --api-key KEY             require 'Authorization: Bearer KEY' on the HTTP /v1/ paths\n"
+            "  --api-key-file FILE       the same, the key read from FILE's first line\n"
+            "  --served-model-name NAME  the HTTP API's model name (default: the --model path's last part)\n"
+            "  --http-max-body SIZE      largest HTTP request body (default 8M; 413 beyond)\n"
+            "  --http-max-requests N     generation requests in flight over HTTP (default 0 = no own\n"
+            "                            limit; 429 beyond, like the RPC's OVERLOADED)\n"
+            "  --http-max-connections N  open HTTP connections (default 4096)\n"
             "  --check-config            validate the settings, print them, exit (0 = valid)\n"
             "  --help                    this text\n");
     glue_config_usage(f);
@@ -345,6 +405,8 @@ gm_status gd_config_validate(const gd_config *c)
         return gm_fail(GM_ERR_INVALID_ARG, "listen: no endpoint");
     if (strncmp(c->listen, "tcp://", 6) && strncmp(c->listen, "ipc://", 6) && strncmp(c->listen, "inproc://", 9))
         return gm_fail(GM_ERR_INVALID_ARG, "listen: '%s' is not a tcp:// or ipc:// endpoint", c->listen);
+    if (c->http_listen && (!strchr(c->http_listen, ':') || strstr(c->http_listen, "://")))
+        return gm_fail(GM_ERR_INVALID_ARG, "http_listen: '%s' is not HOST:PORT (like 127.0.0.1:8000)", c->http_listen);
     return GM_OK;
 }
 
@@ -442,5 +504,15 @@ void gd_config_print(const gd_config *c, FILE *f)
         gd_config_print_str(f, "worker_bin", c->worker_bin);
     fprintf(f, "shutdown_timeout_ms = %d;\nready_timeout_ms = %d;\nlog_level = \"%s\";\n", c->shutdown_timeout_ms,
             c->ready_timeout_ms, level_name(c->log_level));
+    if (c->http_listen)
+        gd_config_print_str(f, "http_listen", c->http_listen);
+    if (c->api_key_file)
+        gd_config_print_str(f, "api_key_file", c->api_key_file);
+    else if (c->api_key)
+        fprintf(f, "# api_key is set (not shown)\n");
+    if (c->served_model_name)
+        gd_config_print_str(f, "served_model_name", c->served_model_name);
+    fprintf(f, "http_max_body = %lldL;\nhttp_max_requests = %d;\nhttp_max_connections = %d;\n",
+            (long long)c->http_max_body, c->http_max_requests, c->http_max_connections);
     glue_config_print(&c->cluster, f);
 }

@@ -9,6 +9,9 @@
  *   lm_head = "bf16" | "fp8";
  *   device = 0;                worker_bin = "PATH";                 shutdown_timeout_ms = 30000;
  *   ready_timeout_ms = 0;      use_graphs = true;                   run_ahead = true;
+ *   http_listen = "";          api_key = "";                        api_key_file = "";
+ *   http_max_body = "8M";      http_max_requests = 0;               http_max_connections = 4096;
+ *   served_model_name = "";
  * and the cluster keys of daemon/cluster_glue.h (router, curve, ...).
  * The sizing keys (kv_memory, kv_blocks, kv_mem_fraction, max_tokens_per_step,
  * max_seqs, max_context) left unset (0; kv_memory -1) are decided by the
@@ -50,6 +53,14 @@ typedef struct gd_config {
     int32_t shutdown_timeout_ms; /* SIGTERM: how long in-flight work may take to finish */
     int32_t ready_timeout_ms;    /* worker (re)start limit (0 = workers.h default) */
     char *config_path;       /* the file read, or NULL */
+    /* the OpenAI-compatible HTTP API (daemon/front_http.c) */
+    char *http_listen;       /* "HOST:PORT"; NULL = off */
+    char *api_key;           /* bearer token the /v1/ paths require; NULL = none (from api_key or api_key_file) */
+    char *api_key_file;      /* where api_key was read from, or NULL */
+    int64_t http_max_body;   /* request body limit in bytes (413 beyond) */
+    int32_t http_max_requests;    /* generation requests in flight over HTTP (429 beyond); 0 = no own limit */
+    int32_t http_max_connections; /* open HTTP connections */
+    char *served_model_name; /* the API's model name; NULL = the --model path's last component */
     glue_config cluster;     /* router, advertise, replica_name, curve* (daemon/cluster_glue.h) */
 } gd_config;
 

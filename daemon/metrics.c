@@ -1,37 +1,73 @@
-/* metrics.c - rings of recent latencies, percentiles, a windowed rate. */
+/* metrics.c - the Prometheus set, recent-latency windows and a windowed rate (metrics.h). */
 #include "daemon/metrics.h"
 
-#include "common/histo.h"
-
-#include <stdlib.h>
 #include <string.h>
 
-void met_ring_add(met_ring *r, double x)
+void met_init(gd_metrics *m)
 {
-    r->v[r->head] = x;
-    r->head = (r->head + 1) % MET_WINDOW;
-    if (r->n < MET_WINDOW)
-        r->n++;
+    memset(m, 0, sizeof(*m));
+    prom_metrics_init(&m->prom);
+    histo_samples_init(&m->ttft, MET_WINDOW);
+    histo_samples_init(&m->tpot, MET_WINDOW);
+    histo_samples_init(&m->queue, MET_WINDOW);
+    histo_samples_init(&m->step, MET_WINDOW);
 }
 
-double met_ring_pct(const met_ring *r, double p)
+void met_free(gd_metrics *m)
 {
-    if (r->n == 0)
-        return 0;
-    double tmp[MET_WINDOW];
-    memcpy(tmp, r->v, (size_t)r->n * sizeof(double)); /* the first n slots hold the samples */
-    histo_sort(tmp, r->n);
-    return histo_percentile_sorted(tmp, r->n, p);
+    histo_samples_free(&m->ttft);
+    histo_samples_free(&m->tpot);
+    histo_samples_free(&m->queue);
+    histo_samples_free(&m->step);
 }
 
-double met_ring_mean(const met_ring *r)
+void met_request_done(gd_metrics *m, const met_req *r, met_outcome o, int32_t code)
 {
-    if (r->n == 0)
-        return 0;
-    double s = 0;
-    for (int32_t i = 0; i < r->n; i++)
-        s += r->v[i];
-    return s / r->n;
+    prom_metrics *p = &m->prom;
+    switch (o) {
+    case MET_ERROR:
+        prom_count_failure(p, code);
+        return;
+    case MET_CANCELLED: /* counted from the server's cancellation counter when rendered */
+        return;
+    case MET_STOP:
+        p->finished[PROM_FINISH_STOP]++;
+        break;
+    case MET_LENGTH:
+        p->finished[PROM_FINISH_LENGTH]++;
+        break;
+    }
+    histo_observe(&p->prompt_len, r->n_prompt);
+    histo_observe(&p->generation_len, r->n_generated);
+    histo_observe(&p->e2e, (r->t_end - r->t_arrival) / 1e3);
+    if (r->t_sched > 0) {
+        histo_observe(&p->queue, (r->t_sched - r->t_arrival) / 1e3);
+        histo_samples_add(&m->queue, r->t_sched - r->t_arrival);
+    }
+    if (r->t_first > 0) {
+        histo_observe(&p->ttft, (r->t_first - r->t_arrival) / 1e3);
+        histo_samples_add(&m->ttft, r->t_first - r->t_arrival);
+        if (r->n_generated > 1) {
+            double tpot = (r->t_end - r->t_first) / (r->n_generated - 1);
+            histo_observe(&p->tpot, tpot / 1e3);
+            histo_samples_add(&m->tpot, tpot);
+        }
+    }
+}
+
+void met_step_done(gd_metrics *m, double ms)
+{
+    histo_samples_add(&m->step, ms);
+}
+
+double met_pct(histo_samples *s, double p)
+{
+    return histo_samples_percentile(s, p);
+}
+
+double met_mean(const histo_samples *s)
+{
+    return histo_samples_mean(s);
 }
 
 void met_rate_tick(met_rate *r, double now, int64_t total)

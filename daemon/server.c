@@ -1,7 +1,8 @@
 /* server.c - gemmad's lifecycle and its one event loop (server_int.h says which module does what).
  *
  * Before each sleep: restart failed workers when due, plan and submit steps, flush every front door's
- * output, report; then zmq_poll over the client ROUTER, the workers' socket and the signal pipe. */
+ * output, report; then zmq_poll over the client ROUTER, the workers' socket, the HTTP server's fd
+ * (--http-listen) and the signal pipe; after it, the HTTP server runs (accepts, reads, writes). */
 #define _GNU_SOURCE
 #include "daemon/server.h"
 
@@ -27,10 +28,11 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
         return gm_fail(GM_ERR_NOMEM, "server");
     s->cfg = cfg;
     s->start_ms = gm_now_ms();
+    met_init(&s->met);
     gm_status st;
 
     /* the listen endpoint first: a port in use fails now, not after a model load of minutes */
-    if ((st = gd_rpc_open(s)) != GM_OK)
+    if ((st = gd_rpc_open(s)) != GM_OK || (st = gd_http_open(s)) != GM_OK)
         goto fail;
     /* the model's own config (chat markers, stop ids) and tokenizer: a checkpoint directory or a GGUF file */
     s->chat = (gm_chat_format){GM_TOK_START_OF_TURN, GM_TOK_END_OF_TURN, false};
@@ -111,6 +113,7 @@ void gd_server_destroy(gd_server **ps)
     if (!ps || !*ps)
         return;
     gd_server *s = *ps;
+    gd_http_close(s);
     gd_rpc_close(s);
     while (s->live_head) /* requests of other front doors */
         gd_req_free(s, s->live_head);
@@ -119,6 +122,7 @@ void gd_server_destroy(gd_server **ps)
     gm_tok_destroy(&s->tok);
     free(s->step_tokens);
     free(s->failed);
+    met_free(&s->met);
     free(s);
     *ps = NULL;
 }
@@ -156,30 +160,37 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
             gd_cancel_all(s, GEMMA__V1__ERROR_CODE__SHUTTING_DOWN, "gemmad shut down before the request finished");
         gd_steps_submit(s);
         gd_rpc_flush(s);
-        met_rate_tick(&s->rate, now / 1e3, s->c.completion_tokens);
+        gd_http_flush(s);
+        met_rate_tick(&s->met.rate, now / 1e3, s->c.completion_tokens);
         if (now >= s->next_report_ms) {
             if (s->c.steps != s->reported_steps)
                 GM_INFO("running %d, waiting %d, KV %lld/%lld blocks, %.0f tokens/s, %lld done, %lld failed, "
                         "%lld cancelled, %lld preempted",
                         sched_running(s->sch), sched_waiting(s->sch), (long long)sched_kv_used(s->sch),
                         (long long)sched_kv_total(s->sch),
-                        met_rate_get(&s->rate, now / 1e3, s->c.completion_tokens),
+                        met_rate_get(&s->met.rate, now / 1e3, s->c.completion_tokens),
                         (long long)s->c.requests_finished, (long long)s->c.requests_failed,
                         (long long)s->c.requests_cancelled, (long long)sched_preemptions(s->sch));
             s->reported_steps = s->c.steps;
             s->next_report_ms = now + 10000;
         }
-        if (s->stopping && sched_idle(s->sch) && !s->dirty_head) {
+        if (s->stopping && sched_idle(s->sch) && !s->dirty_head && !s->http_dirty_head) {
+            gd_http_run(s, true); /* the last answers out */
             GM_INFO("shutdown complete: %lld requests served", (long long)s->c.requests_finished);
             return GM_OK;
         }
 
-        zmq_pollitem_t items[3] = {
+        zmq_pollitem_t items[4] = {
             {s->router, 0, ZMQ_POLLIN, 0},
             {wk_pool_socket(s->pool), 0, ZMQ_POLLIN, 0},
             {NULL, signal_fd, ZMQ_POLLIN, 0},
+            {NULL, gd_http_fd(s, now), ZMQ_POLLIN, 0},
         };
-        int nitems = signal_fd >= 0 ? 3 : 2;
+        int nitems = 2, sig_item = -1;
+        if (signal_fd >= 0)
+            sig_item = nitems++;
+        if (items[3].fd >= 0)
+            items[nitems++] = items[3];
         long timeout = 1000;
         if (s->stopping) {
             double left = s->stop_deadline_ms - now;
@@ -187,13 +198,15 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
         }
         if (!s->pool_ok)
             timeout = 500;
+        timeout = gd_http_timeout_ms(s, timeout, now);
         int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
             return gm_fail(GM_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
         }
-        if (nitems == 3 && (items[2].revents & ZMQ_POLLIN)) {
+        gd_http_run(s, false); /* always (unless paced): cheap when idle, and its timeouts need it */
+        if (sig_item >= 0 && (items[sig_item].revents & ZMQ_POLLIN)) {
             unsigned char sigs[64];
             ssize_t n = read(signal_fd, sigs, sizeof(sigs));
             bool child = false;

@@ -6,6 +6,8 @@
  *             request lifetime (complete, mark dirty, free)
  *   rpc.c     the protobuf front door: ZeroMQ clients, their messages, one ServerMessage per client per step
  *   steps.c   the step pipeline: plan and submit, collect tokens, stream them, worker failures
+ *   front_http.c  the OpenAI-compatible HTTP front door (--http-listen): JSON and server-sent events,
+ *             /v1/models, /health, /metrics, /tokenize, /detokenize
  *
  * A request (gd_req) belongs to one front door (gd_front); its output - token ids, a text delta with
  * stop strings applied, the finish - is produced once, in steps.c, and each front door formats it. */
@@ -150,8 +152,8 @@ struct gd_server {
     double next_report_ms;  /* periodic INFO line while busy */
     int64_t reported_steps;
     gd_counters c;
-    met_ring ttft, tpot, queue, step_ms;
-    met_rate rate;
+    gd_metrics met;
+    struct gd_http *http; /* the HTTP front door, or NULL (front_http.c) */
     /* rpc.c flush scratch */
     Gemma__V1__GenerateChunk *chunks;
     Gemma__V1__GenerateChunk **chunk_ptrs;
@@ -189,6 +191,19 @@ void gd_rpc_flush(gd_server *s);       /* one ServerMessage per dirty client */
 void gd_rpc_mark_dirty(gd_server *s, gd_req *r);
 void gd_rpc_forget(gd_server *s, gd_req *r); /* r leaves its client's table */
 void gd_rpc_close(gd_server *s);       /* every client and its requests, then the socket */
+
+/* ---- front_http.c ---- */
+
+gm_status gd_http_open(gd_server *s);      /* listen when cfg->http_listen is set (before the model loads) */
+void gd_http_ready(gd_server *s);          /* the model is loaded: generation may be routed */
+int gd_http_fd(const gd_server *s, double now); /* the fd to poll for reading; -1 without HTTP or while paced */
+long gd_http_timeout_ms(gd_server *s, long t, double now); /* t, or less when HTTP wants to run sooner */
+void gd_http_run(gd_server *s, bool force);    /* accept, read, write, call back (unless paced); never blocks */
+void gd_http_flush(gd_server *s);          /* per dirty HTTP request, one write with all it is owed */
+void gd_http_close(gd_server *s);          /* every HTTP request (freed) and the listener */
+
+/* Flush every front door and hand the bytes to the sockets now (before a long blocking call). */
+void gd_flush_fronts(gd_server *s);
 
 /* ---- steps.c ---- */
 

@@ -26,7 +26,7 @@ void gd_workers_failed(gd_server *s, const char *why)
     }
     sched_abandon(s->sch);
     s->n_plans = 0;
-    gd_rpc_flush(s); /* tell them before the (slow) restart */
+    gd_flush_fronts(s); /* tell them before the (slow) restart */
     s->c.worker_restarts++;
     gm_status st = wk_pool_restart(s->pool);
     if (st != GM_OK) {
@@ -45,7 +45,7 @@ static void on_step_done(gd_server *s)
     double now = gm_now_ms();
     sched_plan *plan = &s->plans[0];
     double began = s->plan_sent_ms[0] > s->last_done_ms ? s->plan_sent_ms[0] : s->last_done_ms;
-    met_ring_add(&s->step_ms, now - began); /* pipelined: the time since the previous step ended */
+    met_step_done(&s->met, now - began); /* pipelined: the time since the previous step ended */
     s->last_done_ms = now;
     s->c.steps++;
     sched_commit_step(s->sch, plan, s->step_tokens);

@@ -9,7 +9,7 @@ add_test(NAME bench_e2e_tiny COMMAND bash ${CMAKE_SOURCE_DIR}/tests/bench_e2e.sh
 set_tests_properties(bench_e2e_tiny PROPERTIES TIMEOUT 300 LABELS e2e FIXTURES_REQUIRED tiny_model)
 
 # gemma-bench --http: the SSE reader alone (split at every byte, chunk shapes of vLLM and
-# gemmad), then gemma-bench against bench_http_fake (daemon/http + daemon/oai streaming fake
+# gemmad), then gemma-bench against bench_http_fake (http/http + http/oai streaming fake
 # tokens, failures injected) with exact request and token counts.
 gm_add_test(test_bench_sse ${CMAKE_SOURCE_DIR}/tests/test_bench_sse.c LIBS gm_bench_http TIMEOUT 60)
 if(TARGET gm_daemon)

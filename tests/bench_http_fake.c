@@ -4,7 +4,7 @@
  *
  *   bench_http_fake [--listen HOST:PORT] [--api-key KEY] [--itl-ms M]
  *
- * daemon/http serves, daemon/oai parses the requests and writes the chunks, in
+ * http/http serves, http/oai parses the requests and writes the chunks, in
  * a poll loop like gemmad's. Prints "PORT <n>" once listening; serves until
  * POST /quit, SIGINT or SIGTERM.
  *   GET  /health, GET /v1/models     200 ("fake-model")
@@ -30,8 +30,8 @@
 
 #include "bench/bench_run.h"
 #include "common/jsonw.h"
-#include "daemon/http.h"
-#include "daemon/oai.h"
+#include "http/http.h"
+#include "http/oai.h"
 
 #define FAKE_MODEL "fake-model"
 #define FAKE_BACKLOG 65536

@@ -1,4 +1,4 @@
-/* http_fake_core.c - daemon/http in a small poll loop with a fake core, for tests/test_http.py.
+/* http_fake_core.c - http/http in a small poll loop with a fake core, for tests/test_http.py.
  *
  *   http_fake_core [--api-key KEY] [--max-body BYTES] [--listen HOST:PORT]
  *
@@ -11,7 +11,7 @@
  *   GET  /later?ms=M             200 "later" after M ms (a held, suspended request)
  *   GET  /misuse                 answers, after checking that stream calls on a plain request fail,
  *                                and that a second answer is refused (misuse_ok in /stats)
- *   POST /v1/completions         {} when daemon/oai parses the body, else its error (status, JSON)
+ *   POST /v1/completions         {} when http/oai parses the body, else its error (status, JSON)
  *   GET  /stats                  {"aborts", "held", "connections", "streams_done", "misuse_ok"}
  *   other                        404 OpenAI-shaped error
  * The loop polls only http_server_fd() with http_server_timeout_ms() and its own timers,
@@ -23,8 +23,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "daemon/http.h"
-#include "daemon/oai.h"
+#include "http/http.h"
+#include "http/oai.h"
 
 #define MAX_JOBS 4096
 

@@ -31,13 +31,37 @@ if(TARGET gemmad AND TARGET gemma-generate)
   endif()
 endif()
 
+# gemmad's HTTP front door end to end: the openai package (output equal to gemma-generate's),
+# curl, prometheus_client and hostile clients, and a load driver for many concurrent streams.
+if(TARGET gemmad AND TARGET gemma-generate)
+  add_executable(http_load ${CMAKE_CURRENT_SOURCE_DIR}/http_load.c)
+  gm_add_py_test(test_http_openai test_http_openai.py $<TARGET_FILE:gemmad> $<TARGET_FILE:gemma-generate>
+                 ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_BINARY_DIR}/models/tiny_gemma3)
+  gm_add_py_test(test_http_serve test_http_serve.py $<TARGET_FILE:gemmad> ${CMAKE_BINARY_DIR}/models/tiny)
+  foreach(t test_http_openai test_http_serve)
+    if(TEST ${t})
+      set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED "tiny_model;tiny_gemma3" TIMEOUT 600)
+    endif()
+  endforeach()
+  if(TARGET gemma-router)
+    gm_add_py_test(test_router_http test_router_http.py $<TARGET_FILE:gemmad> $<TARGET_FILE:gemma-router>
+                   ${CMAKE_BINARY_DIR}/models/tiny)
+    if(TEST test_router_http)
+      set_tests_properties(test_router_http PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 600)
+    endif()
+  endif()
+  add_test(NAME test_http_load COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_http_load.sh $<TARGET_FILE:gemmad>
+           $<TARGET_FILE:http_load> ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(test_http_load PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 600)
+endif()
+
 # libFuzzer harness for the OpenAI request parsers (configure with CC=clang -DGM_FUZZ=ON);
 # the sources it checks are compiled into it so they carry the fuzzer's instrumentation.
 if(GM_FUZZ AND CMAKE_C_COMPILER_ID MATCHES "Clang")
   add_executable(fuzz_oai
     ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_oai.c
-    ${CMAKE_SOURCE_DIR}/daemon/oai.c
-    ${CMAKE_SOURCE_DIR}/daemon/oai_fmt.c
+    ${CMAKE_SOURCE_DIR}/http/oai.c
+    ${CMAKE_SOURCE_DIR}/http/oai_fmt.c
     ${CMAKE_SOURCE_DIR}/common/jsonw.c
     ${CMAKE_SOURCE_DIR}/common/status.c)
   target_compile_options(fuzz_oai PRIVATE -fsanitize=fuzzer,address,undefined

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test_bench_http.sh GEMMA_BENCH BENCH_HTTP_FAKE - gemma-bench --http against a fake
-# OpenAI-compatible server (tests/bench_http_fake.c: daemon/http + daemon/oai, fake tokens).
+# OpenAI-compatible server (tests/bench_http_fake.c: http/http + http/oai, fake tokens).
 #
 # Checks exact counts from the JSON report: requests, completed, failed, output and input
 # tokens, stream events; failures injected by the fake (429, 400, an error event inside the

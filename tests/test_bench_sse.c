@@ -147,7 +147,7 @@ typedef struct chunk_case {
 } chunk_case;
 
 static const chunk_case CHUNKS[] = {
-    /* gemmad's completions chunk (daemon/oai_fmt.c), and vLLM's with spaces after colons */
+    /* gemmad's completions chunk (http/oai_fmt.c), and vLLM's with spaces after colons */
     {"{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,"
      "\"text\":\" tok\",\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}",
      false, "t", -1, -1, NULL},

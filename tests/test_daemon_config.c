@@ -93,6 +93,62 @@ static void test_defaults(void **state)
     gd_config_free(&c);
 }
 
+/* The HTTP front door's settings: off by default, a key from a file, limits checked. */
+static void test_http_settings(void **state)
+{
+    (void)state;
+    gd_config c;
+    gd_action a;
+    assert_int_equal(from_args(&c, &a, 2, "--backend", "null"), GM_OK);
+    assert_null(c.http_listen);
+    assert_null(c.api_key);
+    assert_int_equal(c.http_max_body, 8 << 20);
+    assert_int_equal(c.http_max_requests, 0);
+    assert_int_equal(c.http_max_connections, 4096);
+    gd_config_free(&c);
+    const char *key = write_file("key.txt", "\n  tok-123 \t\nsecond line\n");
+    assert_int_not_equal(from_args(&c, &a, 4, "--backend", "null", "--api-key-file", key), GM_OK);
+    assert_non_null(strstr(gm_last_error(), "holds no key")); /* the first line is blank */
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 12, "--backend", "null", "--http-listen", "127.0.0.1:8000", "--http-max-body",
+                               "1M", "--http-max-requests", "64", "--served-model-name", "gemma",
+                               "--http-max-connections", "100"),
+                     GM_OK);
+    assert_string_equal(c.http_listen, "127.0.0.1:8000");
+    assert_int_equal(c.http_max_body, 1 << 20);
+    assert_int_equal(c.http_max_requests, 64);
+    assert_int_equal(c.http_max_connections, 100);
+    assert_string_equal(c.served_model_name, "gemma");
+    gd_config_free(&c);
+    key = write_file("key.txt", "  tok-123 \t\nsecond line\n");
+    assert_int_equal(from_args(&c, &a, 6, "--backend", "null", "--http-listen", "[::1]:0", "--api-key-file", key), GM_OK);
+    assert_string_equal(c.api_key, "tok-123");
+    /* the printed settings name the key file, never the key */
+    char buf[4096] = {0};
+    FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+    gd_config_print(&c, f);
+    fclose(f);
+    assert_null(strstr(buf, "tok-123"));
+    assert_non_null(strstr(buf, "api_key_file"));
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--api-key", "k"), GM_OK);
+    assert_string_equal(c.api_key, "k");
+    f = fmemopen(buf, sizeof buf - 1, "w");
+    gd_config_print(&c, f);
+    fclose(f);
+    assert_null(strstr(buf, "\"k\""));
+    gd_config_free(&c);
+    const char *bad[][2] = {
+        {"--http-listen", "tcp://127.0.0.1:8000"}, {"--http-listen", "8000"},   {"--http-max-body", "12"},
+        {"--http-max-body", "lots"},               {"--http-max-requests", "-1"}, {"--http-max-connections", "0"},
+        {"--api-key-file", "/nonexistent/key"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(from_args(&c, &a, 4, "--backend", "null", bad[i][0], bad[i][1]), GM_OK);
+        gd_config_free(&c);
+    }
+}
+
 static void test_file_and_flags(void **state)
 {
     (void)state;
@@ -322,14 +378,34 @@ static void test_u64map_and_metrics(void **state)
     assert_false(u64map_put(&m, 0, &vals[0]));
     u64map_free(&m);
 
-    met_ring r;
-    memset(&r, 0, sizeof r);
-    assert_true(met_ring_pct(&r, 50) == 0);
-    for (int i = 1; i <= 100; i++)
-        met_ring_add(&r, i);
-    assert_true(fabs(met_ring_pct(&r, 50) - 50.5) < 1e-9);
-    assert_true(fabs(met_ring_pct(&r, 100) - 100) < 1e-9);
-    assert_true(fabs(met_ring_mean(&r) - 50.5) < 1e-9);
+    /* metrics: requests observed once when they end; Stats windows keep the last MET_WINDOW */
+    gd_metrics mt;
+    met_init(&mt);
+    assert_true(met_pct(&mt.ttft, 50) == 0 && met_mean(&mt.step) == 0);
+    for (int i = 1; i <= 100; i++) {
+        met_req q = {1000.0, 1000.0 + i / 10.0, 1000.0 + i, 1000.0 + i + 10.0 * (i % 4), 7, 1 + i % 4};
+        met_request_done(&mt, &q, i % 2 ? MET_STOP : MET_LENGTH, 0);
+    }
+    met_req q0 = {5.0, 0, 0, 9.0, 3, 0};
+    met_request_done(&mt, &q0, MET_ERROR, GEMMA__V1__ERROR_CODE__PROMPT_TOO_LONG);
+    met_request_done(&mt, &q0, MET_ERROR, 99);
+    met_request_done(&mt, &q0, MET_CANCELLED, GEMMA__V1__ERROR_CODE__CANCELLED);
+    assert_int_equal(mt.prom.finished[PROM_FINISH_STOP], 50);
+    assert_int_equal(mt.prom.finished[PROM_FINISH_LENGTH], 50);
+    assert_int_equal(mt.prom.failed[GEMMA__V1__ERROR_CODE__PROMPT_TOO_LONG], 1);
+    assert_int_equal(mt.prom.failed[0], 1); /* unknown codes count as "other" */
+    assert_int_equal(mt.prom.e2e.count, 100);
+    assert_int_equal(mt.prom.ttft.count, 100);
+    assert_int_equal(mt.prom.tpot.count, 75); /* one generated token has no time per output token */
+    assert_int_equal(mt.prom.prompt_len.count, 100);
+    assert_true(fabs(mt.prom.prompt_len.sum - 700) < 1e-9);
+    assert_true(fabs(mt.prom.ttft.sum - 5050 / 1e3) < 1e-9); /* seconds */
+    assert_true(fabs(met_pct(&mt.ttft, 50) - 50.5) < 1e-9); /* milliseconds */
+    assert_true(fabs(met_pct(&mt.ttft, 100) - 100) < 1e-9);
+    for (int i = 0; i < MET_WINDOW + 10; i++)
+        met_step_done(&mt, i < 10 ? 1e6 : 2.0);
+    assert_true(fabs(met_mean(&mt.step) - 2.0) < 1e-9); /* the oldest fell out of the window */
+    met_free(&mt);
     met_rate rt;
     memset(&rt, 0, sizeof rt);
     met_rate_tick(&rt, 10.0, 0);
@@ -590,6 +666,7 @@ int main(void)
     gm_log_init("test", GM_LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_http_settings),
         cmocka_unit_test(test_file_and_flags),
         cmocka_unit_test(test_errors_name_the_line),
         cmocka_unit_test(test_sizes),

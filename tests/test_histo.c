@@ -215,6 +215,17 @@ static void test_jsonw_structure(void **st)
     assert_true(jsonw_ok(&w));
     assert_string_equal(w.p, "{\"a\":-5,\"b\":[18446744073709551615,0.1,null,null,true,null,null,{},[]],\"c\":\"x\"}");
     assert_int_equal(w.depth, 0);
+    /* integers at their edges (written without printf) */
+    jsonw_reset(&w);
+    jsonw_arr_begin(&w);
+    jsonw_int(&w, 0);
+    jsonw_int(&w, INT64_MIN);
+    jsonw_int(&w, INT64_MAX);
+    jsonw_int(&w, -1);
+    jsonw_uint(&w, 0);
+    jsonw_uint(&w, 10);
+    jsonw_arr_end(&w);
+    assert_string_equal(w.p, "[0,-9223372036854775808,9223372036854775807,-1,0,10]");
     /* two top-level documents with raw framing between */
     jsonw_reset(&w);
     jsonw_rawz(&w, "data: ");

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test_http.py HTTP_FAKE_CORE - daemon/http driven by curl, http.client and raw sockets.
+"""test_http.py HTTP_FAKE_CORE - http/http driven by curl, http.client and raw sockets.
 
 http_fake_core runs the http module in a poll loop with a fake core (tests/http_fake_core.c).
 Checked: SSE framing exactly `data: ...\\n\\n` with the event-stream headers and chunked

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_layering.sh SRC - the include rules of docs/ARCHITECTURE.md hold: daemon/ never includes worker/
-# or kernels/; kernels/ nothing of worker/, daemon/ or ctl/; client/ and cluster/ only common/ and proto/
-# (and their own folder); ctl/ only common/ and proto/; no two files include each other.
+# or kernels/; kernels/ nothing of worker/, daemon/ or ctl/; client/ only common/ and proto/, cluster/
+# also http/; ctl/ only common/ and proto/; no two files include each other.
 set -u
 src=$1
 cd "$src" || exit 1
@@ -34,8 +34,9 @@ check_dir ctl common proto
 check_dir kernels common
 check_dir parallel common kernels
 check_dir client common proto
-check_dir cluster common proto
-check_dir daemon common proto ctl cluster parallel
+check_dir http common
+check_dir cluster common proto http
+check_dir daemon common proto ctl cluster parallel http
 check_dir worker common proto ctl kernels parallel
 # no two files include each other
 pairs=$(for f in $(git ls-files | grep -E '\.(c|h|cc|cu|cuh)$'); do

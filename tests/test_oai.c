@@ -1,4 +1,4 @@
-/* test_oai.c - daemon/oai: every request field of /v1/completions and /v1/chat/completions,
+/* test_oai.c - http/oai: every request field of /v1/completions and /v1/chat/completions,
  * every refusal with its OpenAI error (status, param, code), Gemma's chat turns, /tokenize and
  * /detokenize bodies, and the response shapes (whole bodies, SSE chunks, logprobs in both
  * forms, errors, /v1/models) read back with cJSON. */
@@ -14,7 +14,7 @@
 #include <cJSON.h>
 #include <cmocka.h>
 
-#include "daemon/oai.h"
+#include "http/oai.h"
 #include "tests/test_check.h"
 
 static oai_request R;
@@ -431,10 +431,13 @@ static void test_bodies(void **st)
     assert_int_equal(oai_parse_request(C, b, 15, &R, &E), GM_OK);
     assert_string_equal(R.prompts[0].text, "x");
     oai_request_free(&R);
-    /* NUL bytes between tokens count as whitespace (cJSON's rule); inside a string they end it */
-    const char z[] = "{\"prompt\"\0: \"x\"}\0";
-    assert_int_equal(oai_parse_request(C, z, sizeof z - 1, &R, &E), GM_OK);
-    oai_request_free(&R);
+    /* a NUL byte anywhere is refused: cJSON would end a string there ("a\0b" read as "a") */
+    const char z[] = "{\"prompt\": \"a\0b\"}";
+    assert_int_equal(oai_parse_request(C, z, sizeof z - 1, &R, &E), GM_ERR_INVALID_ARG);
+    assert_int_equal(E.status, 400);
+    assert_non_null(strstr(E.message, "NUL"));
+    const char z2[] = "{\"prompt\"\0: \"x\"}";
+    assert_int_equal(oai_parse_request(C, z2, sizeof z2 - 1, &R, &E), GM_ERR_INVALID_ARG);
 }
 
 static void test_chat_to_gemma(void **st)
@@ -443,22 +446,26 @@ static void test_chat_to_gemma(void **st)
     int32_t n;
     ok(CH, "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hi\"},"
            " {\"role\": \"assistant\", \"content\": \"Hello\"}, {\"role\": \"user\", \"content\": \"Why?\"}]}");
-    GOK(oai_chat_to_gemma(&R, &m, &n, &E));
-    assert_int_equal(n, 3);
-    assert_string_equal(m[0].role, "user");
-    assert_string_equal(m[0].text, "Be brief.\n\nHi");
-    assert_string_equal(m[1].role, "model");
-    assert_string_equal(m[1].text, "Hello");
-    assert_string_equal(m[2].role, "user");
-    assert_string_equal(m[2].text, "Why?");
+    GOK(oai_chat_to_gemma(R.messages, R.n_messages, &m, &n, &E));
+    assert_int_equal(n, 4);
+    assert_string_equal(m[0].role, "system");
+    assert_string_equal(m[0].text, "Be brief.");
+    assert_string_equal(m[1].role, "user");
+    assert_string_equal(m[1].text, "Hi");
+    assert_string_equal(m[2].role, "model");
+    assert_string_equal(m[2].text, "Hello");
+    assert_string_equal(m[3].role, "user");
+    assert_string_equal(m[3].text, "Why?");
     free(m);
     ok(CH, "{\"messages\": [{\"role\": \"developer\", \"content\": \"D\"}, {\"role\": \"user\", \"content\": \"U\"}]}");
-    GOK(oai_chat_to_gemma(&R, &m, &n, &E));
-    assert_int_equal(n, 1);
-    assert_string_equal(m[0].text, "D\n\nU");
+    GOK(oai_chat_to_gemma(R.messages, R.n_messages, &m, &n, &E));
+    assert_int_equal(n, 2);
+    assert_string_equal(m[0].role, "system");
+    assert_string_equal(m[0].text, "D");
+    assert_string_equal(m[1].text, "U");
     free(m);
     ok(CH, "{\"messages\": [{\"role\": \"user\", \"content\": \"U\"}]}");
-    GOK(oai_chat_to_gemma(&R, &m, &n, &E));
+    GOK(oai_chat_to_gemma(R.messages, R.n_messages, &m, &n, &E));
     assert_string_equal(m[0].text, "U");
     free(m);
 
@@ -479,7 +486,7 @@ static void test_chat_to_gemma(void **st)
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         ok(CH, refused[i][0]);
         m = (gm_chat_msg *)1;
-        assert_int_equal(oai_chat_to_gemma(&R, &m, &n, &E), GM_ERR_INVALID_ARG);
+        assert_int_equal(oai_chat_to_gemma(R.messages, R.n_messages, &m, &n, &E), GM_ERR_INVALID_ARG);
         assert_null(m);
         assert_int_equal(E.status, 400);
         assert_string_equal(E.param, refused[i][1]);

@@ -1,4 +1,4 @@
-/* test_oai_fmt.c - daemon/oai_fmt: OpenAI response bodies read back with cJSON: completion and
+/* test_oai_fmt.c - http/oai_fmt: OpenAI response bodies read back with cJSON: completion and
  * chat.completion objects, SSE chunks (framing, first chat chunk with the role, finish chunk,
  * usage: null / the usage chunk, [DONE]), logprobs in the chat and completions shapes (bytes of
  * tokens that are not UTF-8, -inf), errors, /v1/models, /tokenize, /detokenize, ids. */
@@ -14,7 +14,7 @@
 #include <cJSON.h>
 #include <cmocka.h>
 
-#include "daemon/oai.h"
+#include "http/oai.h"
 #include "tests/test_check.h"
 
 static jsonw W;

@@ -1,4 +1,4 @@
-/* test_prom.c - daemon/prom: the text format line by line, label and HELP escaping,
+/* test_prom.c - http/prom: the text format line by line, label and HELP escaping,
  * histogram buckets cumulative with +Inf last, the error-code names equal to
  * proto/gemma.proto's. `test_prom --dump` prints a filled metric set for
  * tests/test_prom_parse.py, which parses it with prometheus_client. */
@@ -14,7 +14,7 @@
 
 #include <cmocka.h>
 
-#include "daemon/prom.h"
+#include "http/prom.h"
 #include "proto/gemma.pb-c.h"
 #include "tests/test_check.h"
 

@@ -568,6 +568,39 @@ static void test_config_checks(void **state)
     assert_int_equal(gc_router_config_load_file(&c, path), GM_ERR_INVALID_ARG);
     assert_non_null(strstr(gm_last_error(), ":2: unknown setting 'max_inflight'"));
     gc_router_config_free(&c);
+
+    /* the HTTP front door's settings, from the file and from flags; the key from a key file */
+    char key[] = "/tmp/gm_router_keyXXXXXX";
+    fd = mkstemp(key);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, " k3y \n", 6), 6);
+    close(fd);
+    f = fopen(path, "w");
+    fprintf(f, "replicas = [\"tcp://a:1\"];\nhttp_listen = \"127.0.0.1:8001\";\nhttp_max_requests = 5;\n"
+               "api_key_file = \"%s\";\n", key);
+    fclose(f);
+    char *argv5[] = {"gemma-router", "--config", path, "--served-model-name", "gemma", "--http-max-body", "4096"};
+    assert_int_equal(gc_router_config_from_args(7, argv5, &c, &act, &prefix, &force), GM_OK);
+    assert_int_equal(gc_router_config_validate(&c), GM_OK);
+    assert_string_equal(c.http_listen, "127.0.0.1:8001");
+    assert_string_equal(c.api_key, "k3y");
+    assert_string_equal(c.served_model_name, "gemma");
+    assert_int_equal(c.http_max_requests, 5);
+    assert_int_equal(c.http_max_body, 4096);
+    assert_int_equal(c.http_max_connections, 4096);
+    gc_router_config_free(&c);
+    char *argv6[] = {"gemma-router", "--replica", "tcp://a:1", "--http-listen", "http://127.0.0.1:8001"};
+    assert_int_equal(gc_router_config_from_args(5, argv6, &c, &act, &prefix, &force), GM_OK);
+    assert_int_equal(gc_router_config_validate(&c), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "http_listen"));
+    gc_router_config_free(&c);
+    char *argv7[] = {"gemma-router", "--replica", "tcp://a:1", "--api-key-file", "/nonexistent/key"};
+    assert_int_not_equal(gc_router_config_from_args(5, argv7, &c, &act, &prefix, &force), GM_OK);
+    gc_router_config_free(&c);
+    char *argv8[] = {"gemma-router", "--replica", "tcp://a:1", "--http-bogus", "1"};
+    assert_int_equal(gc_router_config_from_args(5, argv8, &c, &act, &prefix, &force), GM_ERR_INVALID_ARG);
+    gc_router_config_free(&c);
+    unlink(key);
     unlink(path);
 }
 

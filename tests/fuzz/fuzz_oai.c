@@ -1,5 +1,5 @@
-/* fuzz_oai.c - libFuzzer harness for the OpenAI request parsers (daemon/oai.c) and the
- * bodies built from what they accept (daemon/oai_fmt.c): see oai_check.h for what is checked.
+/* fuzz_oai.c - libFuzzer harness for the OpenAI request parsers (http/oai.c) and the
+ * bodies built from what they accept (http/oai_fmt.c): see oai_check.h for what is checked.
  * Build: CC=clang cmake -DGM_FUZZ=ON ...; run: see tests/fuzz/README.md. */
 #include <stddef.h>
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* oai_check.h - what must hold for any body given to daemon/oai's parsers, shared by the
+/* oai_check.h - what must hold for any body given to http/oai's parsers, shared by the
  * libFuzzer harness (fuzz_oai.c) and the deterministic mutation test (test_oai_mutate.c).
  *
  * Every input goes through all four parsers. A refusal must carry a 4xx/5xx status, a
@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "daemon/oai.h"
+#include "http/oai.h"
 
 #define OAI_CHECK(cond)                                                                                              \
     do {                                                                                                             \
@@ -139,8 +139,9 @@ static void oai_check_input(const char *data, size_t size)
             if (ep == OAI_CHAT) {
                 gm_chat_msg *m;
                 int32_t n;
-                if (oai_chat_to_gemma(&r, &m, &n, &e) == GM_OK) {
-                    OAI_CHECK(n >= 1 && n % 2 == 1 && !strcmp(m[n - 1].role, "user"));
+                if (oai_chat_to_gemma(r.messages, r.n_messages, &m, &n, &e) == GM_OK) {
+                    int32_t turns = n - (!strcmp(m[0].role, "system") ? 1 : 0);
+                    OAI_CHECK(n == r.n_messages && turns >= 1 && turns % 2 == 1 && !strcmp(m[n - 1].role, "user"));
                     free(m);
                 } else {
                     oai_check_error(&e, &w);

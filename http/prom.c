@@ -1,5 +1,5 @@
 /* prom.c - Prometheus text format writer and gemmad's metric families. */
-#include "daemon/prom.h"
+#include "http/prom.h"
 
 #include <inttypes.h>
 #include <math.h>

@@ -135,12 +135,13 @@ typedef struct oai_request {
 gm_status oai_parse_request(oai_endpoint ep, const char *body, size_t len, oai_request *r, oai_error *err);
 void oai_request_free(oai_request *r);
 
-/* The request's chat as Gemma's template wants it: a leading system or
- * developer message is folded into the first user message ("SYSTEM\n\nUSER"),
- * the way Gemma's own chat template does; assistant becomes "model"; roles must
- * then alternate user/model starting with user and ending with user. *msgs is
- * one allocation (texts included) the caller frees with free(). 400 otherwise. */
-gm_status oai_chat_to_gemma(const oai_request *r, gm_chat_msg **msgs, int32_t *n, oai_error *err);
+/* A chat as gm_tok_encode_chat_fmt takes it; gemmad's admission applies the model's own template:
+ * a leading system or developer message keeps the role "system" (Gemma 3's template puts it at the
+ * start of the first user turn, Gemma 1's and 2's have no system role and refuse it), assistant
+ * becomes "model"; after it roles must alternate user/model starting and ending with user, as
+ * Gemma's templates require (400 naming the message otherwise). Texts are borrowed from m;
+ * *msgs [*n_out] is the caller's to free(). */
+gm_status oai_chat_to_gemma(const oai_message *m, int32_t n, gm_chat_msg **msgs, int32_t *n_out, oai_error *err);
 
 /* vLLM's POST /tokenize: {"prompt": str} or {"messages": [...]}; optional
  * "model", "add_special_tokens" (default true for prompt, false for messages),
@@ -205,6 +206,11 @@ typedef struct oai_resp {
 /* A unique id: prefix ("cmpl-" or "chatcmpl-" by endpoint) + 24 hex digits of
  * a mix of seq and a process-random key. out holds at least 40 bytes. */
 void oai_make_id(char *out, size_t cap, oai_endpoint ep, uint64_t seq);
+/* The sampling seed of a request that gives none: a mix of seq and the process-random key. */
+uint64_t oai_seed(uint64_t seq);
+/* The model name an API serves a checkpoint path under: its last component ("/m/gemma-2b/" ->
+ * "gemma-2b"), valid UTF-8, cut to cap. */
+void oai_model_name(const char *path, char *out, size_t cap);
 
 /* One choice of a response or chunk. */
 typedef struct oai_choice {
@@ -232,12 +238,15 @@ void oai_write_chunk(jsonw *w, const oai_resp *r, const oai_choice *choices, int
 void oai_write_usage_chunk(jsonw *w, const oai_resp *r, const oai_usage *u);
 /* "data: [DONE]\n\n". */
 void oai_write_done(jsonw *w);
+/* The end of a stream: the error event when e, else the usage chunk when r->include_usage; then
+ * [DONE]. */
+void oai_write_stream_end(jsonw *w, const oai_resp *r, const oai_error *e, const oai_usage *u);
 /* An error as a body {"error": {...}}. */
 void oai_write_error(jsonw *w, const oai_error *e);
 /* An error inside a stream: "data: {"error": {...}}\n\n" (then oai_write_done). */
 void oai_write_error_event(jsonw *w, const oai_error *e);
 
-/* GET /v1/models: one model. */
+/* GET /v1/models: one model (max_model_len <= 0 writes null: not known). */
 void oai_write_models(jsonw *w, const char *model, int64_t created, int32_t max_model_len);
 /* POST /tokenize answer: {"count", "max_model_len", "tokens"}. */
 void oai_write_tokenize(jsonw *w, const int32_t *ids, int32_t n, int32_t max_model_len);

@@ -7,7 +7,7 @@
  * holds once its connection was first suspended: libmicrohttpd does not watch
  * suspended sockets, so this is how a disconnect while waiting is seen. */
 #define _GNU_SOURCE
-#include "daemon/http.h"
+#include "http/http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -24,7 +24,7 @@
 
 #include "common/jsonw.h"
 #include "common/log.h"
-#include "daemon/oai.h"
+#include "http/oai.h"
 
 #define HTTP_MAX_HEADERS 8
 #define HTTP_STREAM_BLOCK 16384
@@ -88,6 +88,27 @@ void http_opts_init(http_opts *o)
     o->auth_prefix = "/v1/";
     o->max_connections = 4096;
     o->idle_timeout_s = 300;
+}
+
+gm_status http_read_key_file(const char *path, char **key)
+{
+    *key = NULL;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return gm_fail(GM_ERR_IO, "api_key_file: cannot read %s: %s", path, strerror(errno));
+    char line[1024];
+    if (!fgets(line, sizeof line, f))
+        line[0] = '\0';
+    fclose(f);
+    char *b = line, *e = line + strlen(line);
+    while (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')
+        b++;
+    while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+        *--e = '\0';
+    if (!*b)
+        return gm_fail(GM_ERR_INVALID_ARG, "api_key_file: %s holds no key on its first line", path);
+    *key = strdup(b);
+    return *key ? GM_OK : gm_fail(GM_ERR_NOMEM, "api_key_file: out of memory");
 }
 
 /* ---- requests ---- */
@@ -541,6 +562,12 @@ int64_t http_server_timeout_ms(http_server *s)
     return t > INT64_MAX ? INT64_MAX : (int64_t)t;
 }
 
+long http_server_wait_ms(http_server *s, long t)
+{
+    int64_t h = http_server_timeout_ms(s);
+    return h >= 0 && h < t ? (long)h : t;
+}
+
 gm_status http_server_run(http_server *s)
 {
     struct epoll_event ev[64];
@@ -571,6 +598,26 @@ int64_t http_server_connections(const http_server *s)
 int64_t http_server_requests_held(const http_server *s)
 {
     return s->n_held;
+}
+
+int http_route_find(http_req *r, const http_route *routes, int n, const char *served)
+{
+    char msg[256];
+    for (int i = 0; i < n; i++) {
+        if (strcmp(r->path, routes[i].path) != 0)
+            continue;
+        if (strcmp(r->method, routes[i].method) == 0)
+            return routes[i].id;
+        snprintf(msg, sizeof msg, "%s takes %s, not %.16s.", routes[i].path, routes[i].method, r->method);
+        http_req_add_header(r, "Allow", routes[i].method);
+        http_req_respond_error(r, 405, "invalid_request_error", "method_not_allowed", msg);
+        return -1;
+    }
+    /* the path is the client's: cut it short, and never between the bytes of a character */
+    size_t n_path = jsonw_utf8_valid_prefix(r->path, strnlen(r->path, 100));
+    snprintf(msg, sizeof msg, "Unknown path %.*s: this server serves %s.", (int)n_path, r->path, served);
+    http_req_respond_error(r, 404, "invalid_request_error", "not_found", msg);
+    return -1;
 }
 
 /* ---- the core's side of a request ---- */

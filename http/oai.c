@@ -1,5 +1,5 @@
 /* oai.c - OpenAI request bodies -> oai_request, with OpenAI-shaped errors. */
-#include "daemon/oai.h"
+#include "http/oai.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -181,6 +181,8 @@ static gm_status parse_body(const char *body, size_t len, cJSON **out, oai_error
         return BAD(e, NULL, NULL, "The request body is empty; expected a JSON object.");
     if (jsonw_utf8_valid_prefix(body, len) != len)
         return BAD(e, NULL, NULL, "The request body is not valid UTF-8.");
+    if (memchr(body, '\0', len)) /* cJSON would end a string there and read on */
+        return BAD(e, NULL, NULL, "The request body contains a NUL byte; JSON strings must escape it (\\u0000).");
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!j) {
@@ -219,6 +221,11 @@ static gm_status read_ids(const cJSON *a, const char *param, int32_t **ids, int3
     const cJSON *x;
     cJSON_ArrayForEach(x, a)
     {
+        double d = cJSON_IsNumber(x) ? x->valuedouble : -1;
+        if (d >= 0 && d <= OAI_MAX_TOKEN_ID && d == (double)(int32_t)d) { /* the common case, no message built */
+            v[i++] = (int32_t)d;
+            continue;
+        }
         char p[96];
         snprintf(p, sizeof p, "%s[%d]", param, i);
         int64_t id;
@@ -723,62 +730,38 @@ void oai_request_free(oai_request *r)
 
 /* ---- Gemma's chat turns ---- */
 
-gm_status oai_chat_to_gemma(const oai_request *r, gm_chat_msg **msgs, int32_t *n, oai_error *err)
+gm_status oai_chat_to_gemma(const oai_message *m, int32_t n, gm_chat_msg **msgs, int32_t *n_out, oai_error *err)
 {
     *msgs = NULL;
-    *n = 0;
-    int32_t first = 0;
-    const oai_message *sys = NULL;
-    if (r->n_messages > 0 && (r->messages[0].role == OAI_ROLE_SYSTEM || r->messages[0].role == OAI_ROLE_DEVELOPER)) {
-        sys = &r->messages[0];
-        first = 1;
-    }
-    int32_t cnt = r->n_messages - first;
-    if (cnt <= 0)
-        return BAD(err, "messages", NULL, "The chat has no user message after the system message.");
-    size_t bytes = (size_t)cnt * sizeof(gm_chat_msg) + (sys ? sys->content_len + 2 : 0);
-    for (int32_t i = first; i < r->n_messages; i++)
-        bytes += r->messages[i].content_len + 1;
-    gm_chat_msg *out = malloc(bytes);
-    if (!out)
-        return nomem(err);
-    char *text = (char *)(out + cnt);
-    for (int32_t i = first; i < r->n_messages; i++) {
-        const oai_message *m = &r->messages[i];
-        int32_t k = i - first;
+    *n_out = 0;
+    int32_t first = n > 0 && (m[0].role == OAI_ROLE_SYSTEM || m[0].role == OAI_ROLE_DEVELOPER) ? 1 : 0;
+    if (n - first <= 0)
+        return BAD(err, "messages", NULL, "The chat has no user message%s.", first ? " after the system message" : "");
+    for (int32_t i = first; i < n; i++) {
         char p[48];
         snprintf(p, sizeof p, "messages[%d].role", i);
-        if (m->role == OAI_ROLE_SYSTEM || m->role == OAI_ROLE_DEVELOPER) {
-            free(out);
+        if (m[i].role == OAI_ROLE_SYSTEM || m[i].role == OAI_ROLE_DEVELOPER)
             return BAD(err, p, "invalid_value",
                        "Invalid 'messages[%d]': a system or developer message may only come first (Gemma's chat "
-                       "template folds it into the first user turn).",
+                       "template puts it at the start of the first user turn).",
                        i);
-        }
-        bool user = m->role == OAI_ROLE_USER;
-        if (user != (k % 2 == 0)) {
-            free(out);
+        if ((m[i].role == OAI_ROLE_USER) != ((i - first) % 2 == 0))
             return BAD(err, p, "invalid_value",
                        "Invalid 'messages[%d]': conversation roles must alternate user/assistant/user/... starting "
                        "with user.",
                        i);
-        }
-        out[k].role = user ? "user" : "model";
-        out[k].text = text;
-        if (k == 0 && sys) {
-            memcpy(text, sys->content, sys->content_len);
-            memcpy(text + sys->content_len, "\n\n", 2);
-            text += sys->content_len + 2;
-        }
-        memcpy(text, m->content, m->content_len + 1);
-        text += m->content_len + 1;
     }
-    if (cnt % 2 == 0) {
-        free(out);
+    if ((n - first) % 2 == 0)
         return BAD(err, "messages", "invalid_value", "The last message must be the user's.");
+    gm_chat_msg *out = malloc((size_t)n * sizeof(*out));
+    if (!out)
+        return nomem(err);
+    for (int32_t i = 0; i < n; i++) {
+        out[i].role = i < first ? "system" : m[i].role == OAI_ROLE_USER ? "user" : "model";
+        out[i].text = m[i].content;
     }
     *msgs = out;
-    *n = cnt;
+    *n_out = n;
     return GM_OK;
 }
 

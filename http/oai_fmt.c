@@ -1,5 +1,5 @@
 /* oai_fmt.c - OpenAI response bodies and server-sent events, written with jsonw. */
-#include "daemon/oai.h"
+#include "http/oai.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -9,9 +9,10 @@
 
 #include "common/sampling.h"
 
-void oai_make_id(char *out, size_t cap, oai_endpoint ep, uint64_t seq)
+/* The process-random key of ids and seeds (read once). */
+static const uint64_t *process_key(void)
 {
-    static uint64_t key[2];
+    static uint64_t key[3];
     static int have_key;
     if (!have_key) {
         if (getrandom(key, sizeof key, GRND_NONBLOCK) != (ssize_t)sizeof key) {
@@ -19,12 +20,42 @@ void oai_make_id(char *out, size_t cap, oai_endpoint ep, uint64_t seq)
             clock_gettime(CLOCK_REALTIME, &ts);
             key[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30);
             key[1] = gm_mix64(key[0]);
+            key[2] = gm_mix64(key[1]);
         }
         have_key = 1;
     }
+    return key;
+}
+
+void oai_make_id(char *out, size_t cap, oai_endpoint ep, uint64_t seq)
+{
+    const uint64_t *key = process_key();
     uint64_t a = gm_mix64(seq ^ key[0]), b = gm_mix64(seq + key[1]);
     snprintf(out, cap, "%s%016llx%08x", ep == OAI_CHAT ? "chatcmpl-" : "cmpl-", (unsigned long long)a,
              (unsigned)(b >> 32));
+}
+
+uint64_t oai_seed(uint64_t seq)
+{
+    return gm_mix64(process_key()[2] ^ gm_mix64(seq));
+}
+
+void oai_model_name(const char *path, char *out, size_t cap)
+{
+    if (!cap)
+        return;
+    size_t n = path ? strlen(path) : 0;
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/')
+        b--;
+    if (b == n) /* "/" or "" */
+        b = 0;
+    size_t len = n - b < cap - 1 ? n - b : cap - 1;
+    len = jsonw_utf8_valid_prefix(path ? path + b : "", len);
+    memcpy(out, path ? path + b : "", len);
+    out[len] = '\0';
 }
 
 static const char *finish_name(oai_finish f)
@@ -237,6 +268,15 @@ void oai_write_done(jsonw *w)
     jsonw_rawz(w, "data: [DONE]\n\n");
 }
 
+void oai_write_stream_end(jsonw *w, const oai_resp *r, const oai_error *e, const oai_usage *u)
+{
+    if (e)
+        oai_write_error_event(w, e);
+    else if (r->include_usage)
+        oai_write_usage_chunk(w, r, u);
+    oai_write_done(w);
+}
+
 void oai_write_error(jsonw *w, const oai_error *e)
 {
     jsonw_obj_begin(w);
@@ -282,7 +322,10 @@ void oai_write_models(jsonw *w, const char *model, int64_t created, int32_t max_
     jsonw_key(w, "parent");
     jsonw_null(w);
     jsonw_key(w, "max_model_len");
-    jsonw_int(w, max_model_len);
+    if (max_model_len > 0)
+        jsonw_int(w, max_model_len);
+    else
+        jsonw_null(w);
     jsonw_obj_end(w);
     jsonw_arr_end(w);
     jsonw_obj_end(w);
@@ -294,7 +337,10 @@ void oai_write_tokenize(jsonw *w, const int32_t *ids, int32_t n, int32_t max_mod
     jsonw_key(w, "count");
     jsonw_int(w, n);
     jsonw_key(w, "max_model_len");
-    jsonw_int(w, max_model_len);
+    if (max_model_len > 0)
+        jsonw_int(w, max_model_len);
+    else
+        jsonw_null(w);
     jsonw_key(w, "tokens");
     jsonw_arr_begin(w);
     for (int32_t i = 0; i < n; i++)

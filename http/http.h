@@ -60,6 +60,10 @@ typedef struct http_opts {
 /* Defaults above; listen "127.0.0.1:8000". */
 void http_opts_init(http_opts *o);
 
+/* A bearer key from a file (--api-key-file): its first line, surrounding blanks dropped, into *key
+ * (caller frees). GM_ERR_IO when unreadable, GM_ERR_INVALID_ARG when that line is blank. */
+gm_status http_read_key_file(const char *path, char **key);
+
 typedef struct http_callbacks {
     /* A whole request arrived. The core now holds req until it ends its answer
      * (http_req_respond or http_req_stream_end) or gets on_abort for it. */
@@ -82,11 +86,24 @@ int http_server_fd(const http_server *s);
 int http_server_port(const http_server *s);
 /* Longest the caller may sleep before http_server_run: -1 none, 0 now. */
 int64_t http_server_timeout_ms(http_server *s);
+/* t (ms), or less when the server wants to run sooner. */
+long http_server_wait_ms(http_server *s, long t);
 /* Do all pending I/O and callbacks; never blocks. */
 gm_status http_server_run(http_server *s);
 /* Open connections, requests the core holds now. */
 int64_t http_server_connections(const http_server *s);
 int64_t http_server_requests_held(const http_server *s);
+
+/* ---- routing ---- */
+
+typedef struct http_route {
+    const char *path, *method;
+    int id;
+} http_route;
+
+/* The id of the route matching r's path and method. A known path asked with another method is
+ * answered 405 (with Allow), an unknown one 404 whose message lists `served`; both return -1. */
+int http_route_find(http_req *r, const http_route *routes, int n, const char *served);
 
 /* ---- one request (valid while the core holds it) ---- */
 
@@ -103,7 +120,7 @@ gm_status http_req_add_header(http_req *r, const char *name, const char *value);
 /* The whole answer (body copied). Ends the core's hold on r. */
 gm_status http_req_respond(http_req *r, int status, const char *content_type, const void *body, size_t len);
 /* An OpenAI-shaped JSON error {"error": {message, type, param, code}} as the answer
- * (status from e; oai_error comes from daemon/oai.h's parsers and oai_error_from_code). */
+ * (status from e; oai_error comes from http/oai.h's parsers and oai_error_from_code). */
 struct oai_error;
 gm_status http_req_respond_oai_error(http_req *r, const struct oai_error *e);
 /* The same from parts (param null). */

@@ -1,0 +1,837 @@
+/* front_http.c - the OpenAI-compatible HTTP front door (server_int.h): http/http.h (libmicrohttpd
+ * in gemmad's own loop) for the transport, http/oai.h for the bodies, admit.c for everything a
+ * request means.
+ *
+ *   POST /v1/completions, /v1/chat/completions   generation: one JSON body, or server-sent events
+ *   GET  /v1/models                              the served model
+ *   POST /tokenize, /detokenize                  vLLM's shapes
+ *   GET  /health                                 200 serving; 503 while the workers restart or gemmad drains
+ *   GET  /metrics                                Prometheus text (http/prom.h, daemon/metrics.h)
+ *   GET  /version
+ *
+ * A generation request (an "exchange", hx) becomes one gd_req per prompt; steps.c marks them dirty,
+ * and gd_http_flush writes, per dirty request, one stream_write holding every byte it is owed (text
+ * of the step, its finish, and when the exchange is over the usage event and [DONE]). No allocation
+ * per token: one formatting buffer serves every write. A client that goes away cancels its requests
+ * at once (their KV blocks are freed), and so does one that leaves more than HX_MAX_BACKLOG bytes
+ * unread.
+ *
+ * Pacing: while steps are in flight, the HTTP server's socket work (one send per streaming
+ * connection) runs at most half of the time: after a run that took d ms, the next waits d ms, and
+ * the steps finishing meanwhile queue their events behind it, so one send carries several. With
+ * few streams a run takes microseconds and nothing waits; with a thousand, sends are amortised
+ * over steps instead of capping the step rate (the bytes and events are the same).
+ *
+ * Defaults follow vLLM: max_tokens 16 for completions, the rest of the context for chat;
+ * temperature 1 and top_p 1 when absent (OpenAI's); a fresh random seed when none is given. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/utf8.h"
+#include "http/http.h"
+#include "http/oai.h"
+#include "daemon/server_int.h"
+
+#define HX_MAX_BACKLOG (8u << 20) /* unread stream bytes after which a slow client is cut off */
+#define HTTP_JSON "application/json"
+
+typedef struct hx hx;
+typedef struct gd_http gd_http;
+
+/* One generation request over HTTP. */
+struct hx {
+    http_req *h;           /* NULL once answered in full or the client left */
+    oai_request q;         /* the parsed body (prompts, stop strings) */
+    gd_req **sub;          /* [n_sub] one per prompt, in choice order */
+    int32_t n_sub;
+    int32_t err_sub;       /* the first sub that failed, or -1 */
+    bool begun;            /* streaming: headers and the first events are out */
+    bool finished;         /* answered (or abandoned); freed after this flush */
+    char id[48];
+    int64_t created;
+    hx *prev, *next;       /* live exchanges */
+    hx *free_next;
+};
+
+struct gd_http {
+    http_server *srv;
+    char model[256];       /* the served model name */
+    int64_t created;       /* unix time gemmad started */
+    int32_t n_live;
+    double next_run_ms;    /* pacing: the socket work waits until then while steps are in flight */
+    jsonw w;               /* formatting scratch, reused by every answer */
+    hx *live, *to_free;
+};
+
+/* ---- small answers ---- */
+
+static void respond_json(gd_server *s, http_req *h, int status)
+{
+    jsonw *w = &s->http->w;
+    if (!jsonw_ok(w)) {
+        http_req_respond_error(h, 500, "server_error", NULL, "out of memory formatting the answer");
+        return;
+    }
+    http_req_respond(h, status, HTTP_JSON, w->p, w->len);
+}
+
+static void respond_err(http_req *h, const oai_error *e)
+{
+    http_req_respond_oai_error(h, e);
+}
+
+/* A request the front door refused before admission still counts as a failed request. */
+static void refuse(gd_server *s, http_req *h, const oai_error *e, err_code code)
+{
+    s->c.requests_failed++;
+    prom_count_failure(&s->met.prom, code);
+    respond_err(h, e);
+}
+
+static bool model_ok(const gd_server *s, const char *model)
+{
+    return !model || !strcmp(model, s->http->model) || (s->cfg->model && !strcmp(model, s->cfg->model));
+}
+
+/* The name the API serves the model under: --served-model-name, else the --model path's last component. */
+static void model_name(const gd_config *cfg, char *out, size_t cap)
+{
+    if (cfg->served_model_name)
+        gm_utf8_format(out, cap, "%s", cfg->served_model_name);
+    else if (cfg->model && *cfg->model)
+        oai_model_name(cfg->model, out, cap);
+    else
+        snprintf(out, cap, "null");
+}
+
+/* ---- exchanges ---- */
+
+static int32_t sub_index(const hx *x, const gd_req *r)
+{
+    for (int32_t i = 0; i < x->n_sub; i++)
+        if (x->sub[i] == r)
+            return i;
+    return 0;
+}
+
+static bool all_done(const hx *x)
+{
+    for (int32_t i = 0; i < x->n_sub; i++)
+        if (!x->sub[i]->done)
+            return false;
+    return true;
+}
+
+/* Every request of x ended and none has output waiting in the dirty list: x is over. */
+static bool all_out(const hx *x)
+{
+    for (int32_t i = 0; i < x->n_sub; i++)
+        if (!x->sub[i]->done || x->sub[i]->dirty)
+            return false;
+    return true;
+}
+
+/* A request failed (or was cancelled by the server): a client sees an error. */
+static bool sub_failed(const gd_req *r)
+{
+    return r->finish == GEMMA__V1__FINISH_REASON__FINISH_ERROR || r->finish == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED;
+}
+
+static oai_finish sub_finish(const gd_req *r)
+{
+    if (!r->done)
+        return OAI_FINISH_NONE;
+    return r->finish == GEMMA__V1__FINISH_REASON__FINISH_LENGTH ? OAI_FINISH_LENGTH
+           : r->finish == GEMMA__V1__FINISH_REASON__FINISH_STOP ? OAI_FINISH_STOP
+                                                                  : OAI_FINISH_ABORT;
+}
+
+/* Cancel every unfinished request of x (their KV blocks are freed now). */
+static void hx_cancel(gd_server *s, hx *x, const char *why)
+{
+    for (int32_t i = 0; i < x->n_sub; i++)
+        if (!x->sub[i]->done)
+            gd_req_complete(s, x->sub[i], GEMMA__V1__FINISH_REASON__FINISH_CANCELLED, GEMMA__V1__ERROR_CODE__CANCELLED,
+                            "%s", why);
+}
+
+static void hx_unlink(gd_http *g, hx *x)
+{
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        g->live = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+    x->prev = x->next = NULL;
+    g->n_live--;
+}
+
+static void hx_free(gd_server *s, hx *x)
+{
+    for (int32_t i = 0; i < x->n_sub; i++) {
+        x->sub[i]->conn = NULL;
+        gd_req_free(s, x->sub[i]);
+    }
+    free(x->sub);
+    oai_request_free(&x->q);
+    free(x);
+}
+
+static oai_resp hx_resp(const gd_server *s, const hx *x)
+{
+    return (oai_resp){x->q.endpoint, x->id, x->created, s->http->model, x->q.include_usage};
+}
+
+static oai_usage hx_usage(const hx *x)
+{
+    oai_usage u = {0, 0};
+    for (int32_t i = 0; i < x->n_sub; i++) {
+        u.prompt_tokens += x->sub[i]->n_prompt;
+        u.completion_tokens += x->sub[i]->seq ? sched_seq_generated(x->sub[i]->seq) : 0;
+    }
+    return u;
+}
+
+/* The error a failed exchange answers with. */
+static void hx_error(const hx *x, oai_error *e)
+{
+    const gd_req *r = x->sub[x->err_sub >= 0 ? x->err_sub : 0];
+    const char *param = NULL;
+    /* the sampling extensions admission does not do yet: name the field that asked for one */
+    if (r->err == GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT && r->errmsg && strstr(r->errmsg, "not supported")) {
+        const oai_request *q = &x->q;
+        param = q->logprobs ? (q->endpoint == OAI_CHAT && q->top_logprobs ? "top_logprobs" : "logprobs")
+                : q->presence_penalty != 0    ? "presence_penalty"
+                : q->frequency_penalty != 0   ? "frequency_penalty"
+                : q->repetition_penalty != 1  ? "repetition_penalty"
+                : q->min_tokens               ? "min_tokens"
+                : q->n > 1                    ? "n"
+                                              : NULL;
+    } else if (r->err == GEMMA__V1__ERROR_CODE__PROMPT_TOO_LONG ||
+               (r->errmsg && !strncmp(r->errmsg, "bad chat", 8))) {
+        param = x->q.endpoint == OAI_CHAT ? "messages" : "prompt";
+    }
+    oai_error_from_code(e, r->err, param, r->errmsg ? r->errmsg : "request failed");
+}
+
+/* The prompt's text for echo (completions): the text given, or the ids decoded. Caller frees. */
+static char *echo_text(const gd_server *s, const oai_prompt *p, size_t *len)
+{
+    char *t = NULL;
+    if (p->text)
+        t = strndup(p->text, p->text_len);
+    else if (s->tok)
+        t = gm_tok_decode(s->tok, p->ids, p->n_ids);
+    *len = t ? strlen(t) : 0;
+    return t;
+}
+
+/* Non-streaming: the whole answer, or the error. */
+static void hx_respond(gd_server *s, hx *x)
+{
+    jsonw *w = &s->http->w;
+    jsonw_reset(w);
+    if (x->err_sub >= 0) {
+        oai_error e;
+        hx_error(x, &e);
+        respond_err(x->h, &e);
+        return;
+    }
+    oai_choice ch[OAI_MAX_PROMPTS];
+    char *joined[OAI_MAX_PROMPTS] = {0};
+    for (int32_t i = 0; i < x->n_sub; i++) {
+        gd_req *r = x->sub[i];
+        size_t n = 0;
+        const char *t = r->tx ? txo_ready(r->tx, &n) : "";
+        if (x->q.echo) {
+            size_t el;
+            char *e = echo_text(s, &x->q.prompts[i], &el);
+            joined[i] = malloc(el + n + 1);
+            if (joined[i]) {
+                memcpy(joined[i], e ? e : "", el);
+                memcpy(joined[i] + el, t, n);
+                t = joined[i];
+                n += el;
+            }
+            free(e);
+        }
+        ch[i] = (oai_choice){.index = i, .text = t, .text_len = n, .finish = sub_finish(r)};
+    }
+    oai_resp rs = hx_resp(s, x);
+    oai_usage u = hx_usage(x);
+    oai_write_response(w, &rs, ch, x->n_sub, &u);
+    respond_json(s, x->h, 200);
+    for (int32_t i = 0; i < x->n_sub; i++)
+        free(joined[i]);
+}
+
+/* Streaming: the events after the last choice ended (error or usage, then [DONE]), appended to w. */
+static void hx_stream_tail(gd_server *s, hx *x, jsonw *w)
+{
+    oai_error e;
+    if (x->err_sub >= 0)
+        hx_error(x, &e);
+    oai_resp rs = hx_resp(s, x);
+    oai_usage u = hx_usage(x);
+    oai_write_stream_end(w, &rs, x->err_sub >= 0 ? &e : NULL, &u);
+}
+
+/* x is over: answer what is left (if anyone listens) and free it after this flush. */
+static void hx_finish(gd_server *s, hx *x)
+{
+    gd_http *g = s->http;
+    if (x->h && !x->begun) {
+        hx_respond(s, x);
+    } else if (x->h) {
+        jsonw_reset(&g->w);
+        hx_stream_tail(s, x, &g->w);
+        if (jsonw_ok(&g->w))
+            http_req_stream_write(x->h, g->w.p, g->w.len);
+        http_req_stream_end(x->h);
+    }
+    if (x->h)
+        http_req_set_user(x->h, NULL);
+    x->h = NULL;
+    x->finished = true;
+    hx_unlink(g, x);
+    x->free_next = g->to_free;
+    g->to_free = x;
+}
+
+/* One dirty request of a streaming exchange: its new text (and finish) as one event, plus the
+ * exchange's tail when this was its last request, in one write. */
+static void hx_stream_step(gd_server *s, hx *x, gd_req *r)
+{
+    gd_http *g = s->http;
+    jsonw *w = &g->w;
+    jsonw_reset(w);
+    size_t n = 0;
+    const char *t = r->tx ? txo_ready(r->tx, &n) : "";
+    bool failed = r->done && sub_failed(r);
+    if (n > 0 || (r->done && !failed)) {
+        oai_choice c = {.index = sub_index(x, r), .text = t, .text_len = n, .finish = failed ? OAI_FINISH_NONE : sub_finish(r)};
+        oai_resp rs = hx_resp(s, x);
+        oai_write_chunk(w, &rs, &c, 1);
+    }
+    if (r->tx)
+        txo_consume(r->tx);
+    bool last = all_out(x);
+    if (last)
+        hx_stream_tail(s, x, w);
+    if (w->len > 0 && jsonw_ok(w))
+        http_req_stream_write(x->h, w->p, w->len);
+    if (last) {
+        http_req_stream_end(x->h);
+        http_req_set_user(x->h, NULL);
+        x->h = NULL;
+        return;
+    }
+    if (http_req_stream_pending(x->h) > HX_MAX_BACKLOG) {
+        GM_WARN("http: a streaming client left %zu bytes unread: cancelling its request",
+                http_req_stream_pending(x->h));
+        http_req_stream_end(x->h);
+        http_req_set_user(x->h, NULL);
+        x->h = NULL;
+        hx_cancel(s, x, "the client reads too slowly");
+    }
+}
+
+void gd_http_flush(gd_server *s)
+{
+    gd_http *g = s->http;
+    if (!g)
+        return;
+    gd_req *r;
+    while ((r = s->http_dirty_head)) {
+        s->http_dirty_head = r->dirty_next;
+        if (!s->http_dirty_head)
+            s->http_dirty_tail = NULL;
+        r->dirty = false;
+        r->dirty_next = NULL;
+        hx *x = r->conn;
+        if (!x || x->finished)
+            continue;
+        if (r->done && sub_failed(r) && x->err_sub < 0) {
+            /* one prompt failed: the whole request does (its siblings join the dirty list) */
+            x->err_sub = sub_index(x, r);
+            hx_cancel(s, x, "another prompt of the same request failed");
+        }
+        if (x->h && x->begun)
+            hx_stream_step(s, x, r);
+        else if (r->tx && x->h == NULL)
+            txo_consume(r->tx);
+        if (all_out(x))
+            hx_finish(s, x);
+    }
+    while (g->to_free) {
+        hx *x = g->to_free;
+        g->to_free = x->free_next;
+        hx_free(s, x);
+    }
+}
+
+/* ---- generation ---- */
+
+/* The request's sampling and limits as admission takes them (prompt set by the caller). */
+static void gen_from_oai(gd_server *s, const oai_request *q, gd_gen_req *g, const char **stops)
+{
+    memset(g, 0, sizeof(*g));
+    g->max_tokens = q->max_tokens >= 0 ? q->max_tokens
+                    : q->endpoint == OAI_COMPLETIONS ? OAI_COMPLETIONS_DEFAULT_MAX_TOKENS
+                                                     : 0; /* chat: until a stop or the context is full */
+    g->temperature = q->has_temperature ? (float)q->temperature : 1.0f;
+    g->top_p = q->has_top_p ? (float)q->top_p : 1.0f;
+    g->top_k = q->top_k;
+    g->seed = q->has_seed ? q->seed : oai_seed(s->http_serial);
+    for (int32_t i = 0; i < q->n_stop && i < GD_MAX_STOP; i++)
+        stops[i] = q->stop[i];
+    g->stops = stops;
+    g->n_stops = (size_t)q->n_stop;
+    g->stop_ids = q->stop_ids;
+    g->n_stop_ids = (size_t)q->n_stop_ids;
+    g->stream = q->stream;
+    g->ignore_eos = q->ignore_eos;
+    g->logprobs = q->logprobs;
+    g->top_logprobs = q->top_logprobs;
+    g->presence_penalty = (float)q->presence_penalty;
+    g->frequency_penalty = (float)q->frequency_penalty;
+    g->repetition_penalty = (float)q->repetition_penalty;
+    g->min_tokens = q->min_tokens;
+    g->n = q->n;
+}
+
+/* Streaming: headers now, then the events that open every choice (chat: the role; echo: the prompt). */
+static void hx_begin_stream(gd_server *s, hx *x)
+{
+    jsonw *w = &s->http->w;
+    jsonw_reset(w);
+    http_req_stream_begin(x->h, 200, "text/event-stream; charset=utf-8");
+    x->begun = true;
+    oai_resp rs = hx_resp(s, x);
+    for (int32_t i = 0; i < x->n_sub; i++) {
+        oai_choice c = {.index = i, .first = true};
+        char *e = NULL;
+        if (x->q.endpoint == OAI_COMPLETIONS) {
+            if (!x->q.echo)
+                continue;
+            e = echo_text(s, &x->q.prompts[i], &c.text_len);
+            c.text = e;
+        }
+        oai_write_chunk(w, &rs, &c, 1);
+        free(e);
+    }
+    if (w->len > 0 && jsonw_ok(w))
+        http_req_stream_write(x->h, w->p, w->len);
+}
+
+static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
+{
+    gd_http *g = s->http;
+    oai_error e;
+    if (s->cfg->http_max_requests > 0 && g->n_live >= s->cfg->http_max_requests) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "gemmad has %d requests in flight over HTTP (http_max_requests); retry later",
+                 g->n_live);
+        oai_error_from_code(&e, GEMMA__V1__ERROR_CODE__OVERLOADED, NULL, msg);
+        http_req_add_header(h, "Retry-After", "1");
+        refuse(s, h, &e, GEMMA__V1__ERROR_CODE__OVERLOADED);
+        return;
+    }
+    hx *x = calloc(1, sizeof(*x));
+    if (!x) {
+        http_req_respond_error(h, 500, "server_error", NULL, "out of memory");
+        return;
+    }
+    size_t blen;
+    const char *body = http_req_body(h, &blen);
+    gm_status st = oai_parse_request(ep, body, blen, &x->q, &e);
+    if (st == GM_OK && !model_ok(s, x->q.model)) {
+        oai_error_model_not_found(&e, x->q.model);
+        st = GM_ERR_NOT_FOUND;
+    }
+    if (st == GM_OK && x->q.use_beam_search)
+        st = oai_fail(&e, 400, "invalid_request_error", "use_beam_search", "unsupported_parameter",
+                      "Unsupported parameter: 'use_beam_search': beam search is not supported.");
+    if (st == GM_OK && x->q.best_of > x->q.n)
+        st = oai_fail(&e, 400, "invalid_request_error", "best_of", "unsupported_parameter",
+                      "Unsupported parameter: 'best_of' larger than n is not supported.");
+    if (st != GM_OK) {
+        refuse(s, h, &e, GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT);
+        oai_request_free(&x->q);
+        free(x);
+        return;
+    }
+    int32_t n = ep == OAI_COMPLETIONS ? x->q.n_prompts : 1;
+    gm_chat_msg *msgs = NULL;
+    int32_t n_msgs = 0;
+    if (ep == OAI_CHAT && oai_chat_to_gemma(x->q.messages, x->q.n_messages, &msgs, &n_msgs, &e) != GM_OK) {
+        refuse(s, h, &e, GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT);
+        oai_request_free(&x->q);
+        free(x);
+        return;
+    }
+    x->sub = calloc((size_t)n, sizeof(*x->sub));
+    if (!x->sub) {
+        free(msgs);
+        oai_request_free(&x->q);
+        free(x);
+        http_req_respond_error(h, 500, "server_error", NULL, "out of memory");
+        return;
+    }
+    x->h = h;
+    x->err_sub = -1;
+    x->created = (int64_t)time(NULL);
+    oai_make_id(x->id, sizeof x->id, ep, s->http_serial + 1);
+    x->next = g->live;
+    if (g->live)
+        g->live->prev = x;
+    g->live = x;
+    g->n_live++;
+    http_req_set_user(h, x);
+
+    const char *stops[GD_MAX_STOP];
+    for (int32_t i = 0; i < n; i++) {
+        gd_req *r = gd_req_new(s, GD_FRONT_HTTP, ++s->http_serial);
+        if (!r) {
+            hx_cancel(s, x, "out of memory");
+            x->err_sub = x->n_sub > 0 ? 0 : -1;
+            break;
+        }
+        r->conn = x;
+        x->sub[x->n_sub++] = r;
+        gd_gen_req gg;
+        gen_from_oai(s, &x->q, &gg, stops);
+        if (ep == OAI_CHAT) {
+            gg.kind = GD_PROMPT_CHAT;
+            gg.msgs = msgs;
+            gg.n_msgs = (size_t)n_msgs;
+        } else if (x->q.prompts[i].text) {
+            gg.kind = GD_PROMPT_TEXT;
+            gg.text = x->q.prompts[i].text;
+            gg.text_len = x->q.prompts[i].text_len;
+        } else {
+            gg.kind = GD_PROMPT_IDS;
+            gg.ids = x->q.prompts[i].ids;
+            gg.n_ids = (size_t)x->q.prompts[i].n_ids;
+        }
+        gd_admit(s, r, &gg);
+        if (r->done) /* refused: the flush answers with its error (and cancels the others) */
+            break;
+    }
+    free(msgs);
+    if (x->n_sub == 0) { /* not even one request: answer now */
+        http_req_respond_error(h, 500, "server_error", NULL, "out of memory");
+        x->h = NULL;
+        hx_unlink(g, x);
+        hx_free(s, x);
+        return;
+    }
+    bool refused = false;
+    for (int32_t i = 0; i < x->n_sub; i++)
+        refused |= x->sub[i]->done;
+    if (x->n_sub < n && !refused) /* out of memory part way */
+        hx_cancel(s, x, "out of memory");
+    else if (x->q.stream && !refused)
+        hx_begin_stream(s, x);
+}
+
+/* The client went away (or the server dropped the request): cancel what it asked for. */
+static void on_abort(void *core, http_req *h, void *user)
+{
+    gd_server *s = core;
+    (void)h;
+    hx *x = user;
+    if (!x || x->finished)
+        return;
+    x->h = NULL;
+    GM_DEBUG("http: client of %s disconnected: cancelling", x->id);
+    hx_cancel(s, x, "the client disconnected");
+    if (all_done(x)) /* nothing left to wait for: free it at the next flush */
+        gd_req_mark_dirty(s, x->sub[0]);
+}
+
+/* ---- the other routes ---- */
+
+static void on_models(gd_server *s, http_req *h)
+{
+    jsonw *w = &s->http->w;
+    jsonw_reset(w);
+    oai_write_models(w, s->http->model, s->http->created, s->max_context);
+    respond_json(s, h, 200);
+}
+
+static void on_health(gd_server *s, http_req *h)
+{
+    jsonw *w = &s->http->w;
+    jsonw_reset(w);
+    bool ok = s->pool_ok && !s->stopping;
+    jsonw_obj_begin(w);
+    jsonw_key(w, "status");
+    jsonw_str(w, ok ? "ok" : s->stopping ? "draining" : "restarting workers");
+    jsonw_key(w, "model");
+    jsonw_str(w, s->http->model);
+    jsonw_obj_end(w);
+    respond_json(s, h, ok ? 200 : 503);
+}
+
+static void on_version(gd_server *s, http_req *h)
+{
+    jsonw *w = &s->http->w;
+    jsonw_reset(w);
+    jsonw_obj_begin(w);
+    jsonw_key(w, "version");
+    jsonw_str(w, GD_VERSION);
+    jsonw_obj_end(w);
+    respond_json(s, h, 200);
+}
+
+static void on_metrics(gd_server *s, http_req *h)
+{
+    prom_metrics *p = &s->met.prom;
+    p->prompt_tokens = (uint64_t)s->c.prompt_tokens;
+    p->generation_tokens = (uint64_t)s->c.completion_tokens;
+    p->steps = (uint64_t)s->c.steps;
+    p->worker_restarts = (uint64_t)s->c.worker_restarts;
+    p->preemptions = (uint64_t)sched_preemptions(s->sch);
+    p->finished[PROM_FINISH_ABORT] = (uint64_t)s->c.requests_cancelled;
+    p->running = sched_running(s->sch);
+    p->waiting = sched_waiting(s->sch);
+    p->kv_blocks_total = sched_kv_total(s->sch);
+    p->kv_blocks_used = sched_kv_used(s->sch);
+    p->http_connections = http_server_connections(s->http->srv);
+    p->rpc_clients = s->n_clients;
+    p->uptime_s = (gm_now_ms() - s->start_ms) / 1e3;
+    p->version = GD_VERSION;
+    p->model = s->http->model;
+    p->backend = gm_backend_name(s->cfg->backend);
+    p->tp = s->cfg->tp;
+    jsonw *w = &s->http->w;
+    jsonw_reset(w);
+    if (prom_render(p, w) != GM_OK) {
+        http_req_respond_error(h, 500, "server_error", NULL, "out of memory rendering the metrics");
+        return;
+    }
+    http_req_respond(h, 200, PROM_CONTENT_TYPE, w->p, w->len);
+}
+
+static bool need_tokenizer(gd_server *s, http_req *h)
+{
+    if (s->tok)
+        return true;
+    http_req_respond_error(h, 400, "invalid_request_error", NULL,
+                           "this gemmad has no tokenizer (it was started without a model that has one)");
+    return false;
+}
+
+static void on_tokenize(gd_server *s, http_req *h)
+{
+    oai_tokenize_req t;
+    oai_error e;
+    size_t blen;
+    const char *body = http_req_body(h, &blen);
+    if (oai_parse_tokenize(body, blen, &t, &e) != GM_OK) {
+        respond_err(h, &e);
+        return;
+    }
+    int32_t *ids = NULL, n = 0;
+    gm_chat_msg *msgs = NULL;
+    int32_t n_msgs = 0;
+    if (!model_ok(s, t.model)) {
+        oai_error_model_not_found(&e, t.model);
+        respond_err(h, &e);
+        goto out;
+    }
+    if (!need_tokenizer(s, h))
+        goto out;
+    if (t.prompt) {
+        if (gm_tok_encode(s->tok, t.prompt, t.prompt_len, t.add_special_tokens, &ids, &n) != GM_OK) {
+            http_req_respond_error(h, 400, "invalid_request_error", NULL, gm_last_error());
+            goto out;
+        }
+    } else {
+        if (oai_chat_to_gemma(t.messages, t.n_messages, &msgs, &n_msgs, &e) != GM_OK) {
+            respond_err(h, &e);
+            goto out;
+        }
+        if (gm_tok_encode_chat_fmt(s->tok, &s->chat, msgs, n_msgs, &ids, &n) != GM_OK) {
+            oai_fail(&e, 400, "invalid_request_error", "messages", NULL, "bad chat: %s", gm_last_error());
+            respond_err(h, &e);
+            goto out;
+        }
+        if (!t.add_generation_prompt) { /* drop the trailing "<start_of_turn>model\n" */
+            int32_t *tail = NULL, nt = 0;
+            if (gm_tok_encode(s->tok, "model\n", 6, false, &tail, &nt) == GM_OK && n > nt)
+                n -= nt + 1;
+            free(tail);
+        }
+    }
+    jsonw *w = &s->http->w;
+    jsonw_reset(w);
+    oai_write_tokenize(w, ids, n, s->max_context);
+    respond_json(s, h, 200);
+out:
+    free(ids);
+    free(msgs);
+    oai_tokenize_req_free(&t);
+}
+
+static void on_detokenize(gd_server *s, http_req *h)
+{
+    oai_detokenize_req d;
+    oai_error e;
+    size_t blen;
+    const char *body = http_req_body(h, &blen);
+    if (oai_parse_detokenize(body, blen, &d, &e) != GM_OK) {
+        respond_err(h, &e);
+        return;
+    }
+    if (!model_ok(s, d.model)) {
+        oai_error_model_not_found(&e, d.model);
+        respond_err(h, &e);
+    } else if (need_tokenizer(s, h)) {
+        int32_t vocab = gm_tok_vocab_size(s->tok);
+        for (int32_t i = 0; i < d.n_ids; i++)
+            if (d.ids[i] < 0 || d.ids[i] >= vocab) {
+                oai_fail(&e, 400, "invalid_request_error", "tokens", "invalid_value",
+                         "Invalid 'tokens[%d]': %d is outside the vocabulary [0, %d).", i, d.ids[i], vocab);
+                respond_err(h, &e);
+                oai_detokenize_req_free(&d);
+                return;
+            }
+        char *text = gm_tok_decode(s->tok, d.ids, d.n_ids);
+        jsonw *w = &s->http->w;
+        jsonw_reset(w);
+        oai_write_detokenize(w, text, text ? strlen(text) : 0);
+        free(text);
+        respond_json(s, h, 200);
+    }
+    oai_detokenize_req_free(&d);
+}
+
+/* ---- routing ---- */
+
+enum { R_COMPLETIONS, R_CHAT, R_MODELS, R_HEALTH, R_METRICS, R_VERSION, R_TOKENIZE, R_DETOKENIZE };
+
+static void on_request(void *core, http_req *h)
+{
+    static const http_route routes[] = {
+        {"/v1/completions", "POST", R_COMPLETIONS}, {"/v1/chat/completions", "POST", R_CHAT},
+        {"/v1/models", "GET", R_MODELS},            {"/health", "GET", R_HEALTH},
+        {"/metrics", "GET", R_METRICS},             {"/version", "GET", R_VERSION},
+        {"/tokenize", "POST", R_TOKENIZE},          {"/detokenize", "POST", R_DETOKENIZE},
+    };
+    gd_server *s = core;
+    switch (http_route_find(h, routes, sizeof routes / sizeof routes[0],
+                            "/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics, /tokenize, "
+                            "/detokenize")) {
+    case R_COMPLETIONS: on_generate(s, h, OAI_COMPLETIONS); break;
+    case R_CHAT: on_generate(s, h, OAI_CHAT); break;
+    case R_MODELS: on_models(s, h); break;
+    case R_HEALTH: on_health(s, h); break;
+    case R_METRICS: on_metrics(s, h); break;
+    case R_VERSION: on_version(s, h); break;
+    case R_TOKENIZE: on_tokenize(s, h); break;
+    case R_DETOKENIZE: on_detokenize(s, h); break;
+    default: break; /* answered: 404 or 405 */
+    }
+}
+
+/* ---- lifecycle ---- */
+
+gm_status gd_http_open(gd_server *s)
+{
+    const gd_config *cfg = s->cfg;
+    if (!cfg->http_listen)
+        return GM_OK;
+    gd_http *g = calloc(1, sizeof(*g));
+    if (!g)
+        return gm_fail(GM_ERR_NOMEM, "http: out of memory");
+    s->http = g;
+    model_name(cfg, g->model, sizeof g->model);
+    g->created = (int64_t)time(NULL);
+    http_opts o;
+    http_opts_init(&o);
+    o.listen = cfg->http_listen;
+    o.max_body = (size_t)cfg->http_max_body;
+    o.api_key = cfg->api_key;
+    o.max_connections = (uint32_t)cfg->http_max_connections;
+    http_callbacks cb = {on_request, on_abort};
+    gm_status st = http_server_new(&o, &cb, s, &g->srv);
+    if (st != GM_OK)
+        return st;
+    GM_INFO("OpenAI-compatible HTTP API on %s (port %d), model \"%s\"%s", cfg->http_listen, http_server_port(g->srv),
+            g->model, cfg->api_key ? ", bearer key required on /v1/" : "");
+    return GM_OK;
+}
+
+/* True while the socket work should wait (steps in flight, the last run too recent). */
+static bool paced(const gd_server *s, double now)
+{
+    return s->n_plans > 0 && now < s->http->next_run_ms;
+}
+
+int gd_http_fd(const gd_server *s, double now)
+{
+    if (!s->http || !s->http->srv || paced(s, now))
+        return -1;
+    return http_server_fd(s->http->srv);
+}
+
+long gd_http_timeout_ms(gd_server *s, long t, double now)
+{
+    if (!s->http || !s->http->srv)
+        return t;
+    if (paced(s, now)) {
+        long left = (long)(s->http->next_run_ms - now) + 1;
+        return left < t ? left : t;
+    }
+    return http_server_wait_ms(s->http->srv, t);
+}
+
+void gd_http_run(gd_server *s, bool force)
+{
+    gd_http *g = s->http;
+    if (!g || !g->srv)
+        return;
+    double t0 = gm_now_ms();
+    if (!force && paced(s, t0))
+        return;
+    if (http_server_run(g->srv) != GM_OK)
+        GM_WARN("%s", gm_last_error());
+    double t1 = gm_now_ms();
+    g->next_run_ms = t1 + (t1 - t0);
+}
+
+void gd_flush_fronts(gd_server *s)
+{
+    gd_rpc_flush(s);
+    gd_http_flush(s);
+    gd_http_run(s, true);
+}
+
+void gd_http_close(gd_server *s)
+{
+    gd_http *g = s->http;
+    if (!g)
+        return;
+    while (g->live) {
+        hx *x = g->live;
+        hx_unlink(g, x);
+        hx_free(s, x);
+    }
+    while (g->to_free) {
+        hx *x = g->to_free;
+        g->to_free = x->free_next;
+        hx_free(s, x);
+    }
+    s->http_dirty_head = s->http_dirty_tail = NULL;
+    http_server_destroy(&g->srv);
+    jsonw_free(&g->w);
+    free(g);
+    s->http = NULL;
+}

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""test_router_http.py GEMMAD GEMMA_ROUTER TINY_DIR - gemma-router's OpenAI-compatible HTTP API
+(--http-listen) in front of two gemmad replicas (CPU backend, tiny model), with the official
+`openai` package.
+
+Checked: /health and /v1/models (the replicas' model name); greedy completions and chat equal to
+what a replica answers over its own HTTP API, streamed and not; a list of prompts; usage; errors
+(unknown model 404, bad parameters 400, a too-long prompt 400 context_length_exceeded as the
+replica says, the sampling extensions the RPC does not carry 400 naming the field); a client
+that disconnects mid-stream has its request cancelled at the replica (its KV blocks come back);
+/metrics parsed by prometheus_client; with every replica gone, /health says 503 and a request
+is refused, and the router exits cleanly on SIGTERM. Exit 77 only when openai or
+prometheus_client cannot be installed."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gemmad_http import Daemon, metric, need_module  # noqa: E402
+
+GEMMAD, ROUTER, TINY = sys.argv[1:4]
+openai = need_module("openai", "openai")
+need_module("prometheus_client", "prometheus-client")
+TIMEOUT = 60.0
+
+
+class Router(Daemon):
+    """gemma-router with --http-listen on a free port (Daemon's helpers for requests and metrics)."""
+
+    def __init__(self, tmp, replicas):  # pylint: disable=super-init-not-called
+        self.name = "router"
+        self.log = os.path.join(tmp, "router.log")
+        args = [ROUTER, "--listen", f"ipc://{tmp}/router.sock", "--http-listen", "127.0.0.1:0",
+                "--heartbeat-ms", "100", "--dead-ms", "500"]
+        for r in replicas:
+            args += ["--replica", r.endpoint]
+        with open(self.log, "w") as f:
+            self.p = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT)
+        deadline = time.time() + TIMEOUT
+        self.port = None
+        while self.port is None:
+            assert self.p.poll() is None, self.logtext()
+            assert time.time() < deadline, self.logtext()
+            m = re.search(r"HTTP API on \S+ \(port (\d+)\)", self.logtext())
+            self.port = int(m.group(1)) if m else None
+            time.sleep(0.05)
+        self.base = f"http://127.0.0.1:{self.port}"
+        while self.request("GET", "/health")[0] != 200:
+            assert time.time() < deadline, self.logtext()
+            time.sleep(0.05)
+
+
+def expect(exc, status, fn, param=None, code=None):
+    try:
+        fn()
+    except exc as e:
+        assert e.status_code == status, e
+        body = e.body.get("error", e.body) if isinstance(e.body, dict) else {}
+        if param is not None:
+            assert body.get("param") == param, body
+        if code is not None:
+            assert body.get("code") == code, body
+        return
+    raise AssertionError(f"expected {exc.__name__}")
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="gd-router-http-") as tmp:
+        reps = [Daemon(GEMMAD, tmp, f"rep{i}", "--model", TINY, "--backend", "cpu") for i in range(2)]
+        rt = None
+        try:
+            rt = Router(tmp, reps)
+            c = openai.OpenAI(base_url=rt.base + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+            direct = openai.OpenAI(base_url=reps[0].base + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+            assert [m.id for m in c.models.list().data] == ["tiny"]
+            # the same answers as a replica's own API
+            for prompt in ("The quick brown fox", "Once upon a time"):
+                want = direct.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0)
+                got = c.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0)
+                assert got.choices[0].text == want.choices[0].text, (got, want)
+                assert got.usage.completion_tokens == want.usage.completion_tokens
+                s = list(c.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0, stream=True,
+                                              stream_options={"include_usage": True}))
+                assert "".join(ch.choices[0].text for ch in s if ch.choices) == want.choices[0].text
+                assert s[-1].usage.completion_tokens == want.usage.completion_tokens
+            want = direct.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}],
+                                                  max_tokens=12, temperature=0)
+            got = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}],
+                                            max_tokens=12, temperature=0)
+            assert got.choices[0].message.content == want.choices[0].message.content
+            s = list(c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hello"}],
+                                               max_tokens=12, temperature=0, stream=True))
+            assert s[0].choices[0].delta.role == "assistant"
+            assert "".join(ch.choices[0].delta.content or "" for ch in s) == want.choices[0].message.content
+            r = c.completions.create(model="tiny", prompt=["alpha", "beta"], max_tokens=5, temperature=0)
+            one = direct.completions.create(model="tiny", prompt="beta", max_tokens=5, temperature=0)
+            assert [ch.index for ch in r.choices] == [0, 1] and r.choices[1].text == one.choices[0].text
+            a = c.completions.create(model="tiny", prompt="seeded", max_tokens=10, temperature=1.0, seed=5)
+            b = c.completions.create(model="tiny", prompt="seeded", max_tokens=10, temperature=1.0, seed=5)
+            assert a.choices[0].text == b.choices[0].text
+            # errors
+            expect(openai.NotFoundError, 404, lambda: c.completions.create(model="x", prompt="a", max_tokens=2),
+                   param="model", code="model_not_found")
+            expect(openai.BadRequestError, 400, lambda: c.completions.create(model="tiny", prompt="a", top_p=7),
+                   param="top_p")
+            expect(openai.BadRequestError, 400, lambda: c.completions.create(model="tiny", prompt="w " * 3000,
+                                                                             max_tokens=2),
+                   code="context_length_exceeded")
+            for kw, param in [(dict(logprobs=1), "logprobs"), (dict(presence_penalty=1.0), "presence_penalty"),
+                              (dict(n=2), "n")]:
+                expect(openai.BadRequestError, 400,
+                       lambda: c.completions.create(model="tiny", prompt="a", max_tokens=2, **kw), param=param)
+            st, _, data = rt.request("POST", "/v1/completions", b"{oops")
+            assert st == 400 and "error" in json.loads(data)
+            st, _, data = rt.request("POST", "/tokenize", {"prompt": "x"})
+            assert st == 404, (st, data)
+            # a client that leaves mid-stream: the replica cancels it and frees its blocks
+            s = socket.create_connection(("127.0.0.1", rt.port), timeout=TIMEOUT)
+            body = json.dumps({"prompt": "leave", "max_tokens": 900, "ignore_eos": True, "stream": True}).encode()
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            got = b""
+            while got.count(b"data: ") < 3:
+                got += s.recv(4096)
+            s.close()
+            for rep in reps:
+                rep.wait_metric("gemmad_kv_cache_blocks_used", 0)
+                rep.wait_metric("gemmad_num_requests_running", 0)
+            deadline = time.time() + TIMEOUT
+            while metric(rt.metrics(), "gemma_router_requests_in_flight") != 0:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            m = rt.metrics()
+            assert metric(m, "gemma_router_replicas_serving") == 2
+            assert metric(m, "gemma_router_requests_total") >= 10
+            # no replica left: 503 health, requests refused
+            for rep in reps:
+                assert rep.stop() == 0
+            deadline = time.time() + TIMEOUT
+            while rt.request("GET", "/health")[0] != 503:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            st, _, data = rt.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": 2})
+            assert st in (429, 503) and json.loads(data)["error"]["message"], (st, data)
+            assert rt.stop() == 0
+        except BaseException:
+            for d in reps + ([rt] if rt else []):
+                print(f"--- {d.name}\n{d.logtext()[-3000:]}")
+            raise
+        finally:
+            for d in reps + ([rt] if rt else []):
+                d.kill()
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
