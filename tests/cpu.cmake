@@ -1,5 +1,6 @@
 # CPU reference area: ops, the CPU engine, gemma-generate against an independent numpy Gemma.
 gm_add_test(test_cpu_ops ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_ops.c LIBS gm_kernels_cpu gm_common m TIMEOUT 120)
+gm_add_test(test_cpu_sample ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_sample.c LIBS gm_kernels_cpu gm_common m TIMEOUT 60)
 gm_add_test(test_cpu_gemma23 ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_gemma23.c LIBS gm_kernels_cpu gm_common m TIMEOUT 60)
 gm_add_test(test_weights_gemma23 ${CMAKE_CURRENT_SOURCE_DIR}/test_weights_gemma23.c LIBS gm_worker gm_common m
   TIMEOUT 60)
