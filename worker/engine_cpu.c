@@ -347,14 +347,15 @@ static gm_status cpu_forward_sample(cpu_engine *c, const gm_seq_step *seqs, int3
             return st;
 
     /* Only rank 0 computes logits and samples (only the sampled rows unless
-     * out->logits wants more); the ids then go to every rank. */
+     * out->logits wants more); the ids then go to every rank. Every step's tokens
+     * go into the penalties' histories, those of steps that sample nothing too. */
+    if (e->opts.tp_rank == 0 && (st = pen_record(c, seqs, n_seqs)))
+        return st;
     if (rows == 0)
         return GM_OK;
     int32_t *sampled = c->feed.sampled;
-    if (e->opts.tp_rank == 0) {
-        if ((st = pen_record(c, seqs, n_seqs)) || (st = cpu_sample_rows(c, seqs, n_seqs, out, rows, sampled)))
-            return st;
-    }
+    if (e->opts.tp_rank == 0 && (st = cpu_sample_rows(c, seqs, n_seqs, out, rows, sampled)))
+        return st;
     if (e->opts.tp_size > 1 && (st = gm_comm_broadcast(e->opts.comm, sampled, (int64_t)n_seqs * 4)))
         return st;
     gm_feed_record(&c->feed, seqs, n_seqs, sampled);
