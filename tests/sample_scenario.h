@@ -200,6 +200,25 @@ static void sc_probe(sc_run *r, const sc_seq *s, int32_t spare_slot, int32_t k, 
     sc_top_ids(r->logits, r->V, k, out->ids);
 }
 
+/* An engine of backend b on model_dir sized for the scenario (caller destroys it). */
+static gm_engine *sc_engine(gm_backend b, const char *model_dir)
+{
+    gm_engine_opts o;
+    gm_engine_opts_init(&o);
+    o.backend = b;
+    o.model_dir = model_dir;
+    o.kv_block_size = 4;
+    o.kv_num_blocks = 8 * SC_BLKS;
+    o.max_seqs = SC_SEQS;
+    o.max_tokens = 256;
+    o.max_context = 96;
+    gm_engine *e = NULL;
+    gm_status st = gm_engine_create(&o, &e);
+    if (st)
+        fail_msg("engine: %s: %s", gm_status_str(st), gm_last_error());
+    return e;
+}
+
 static void sc_run_all(gm_engine *e, sc_tol tol)
 {
     sc_run r = {e, e->cfg.vocab_size, tol, NULL, NULL, NULL, 0, 0, 0};

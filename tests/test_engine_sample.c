@@ -22,16 +22,7 @@ static char g_model[1024];
 static void test_scenario(void **state)
 {
     (void)state;
-    gm_engine_opts o;
-    gm_engine_opts_init(&o);
-    o.model_dir = g_model;
-    o.kv_block_size = 4;
-    o.kv_num_blocks = 8 * SC_BLKS;
-    o.max_seqs = SC_SEQS;
-    o.max_tokens = 256;
-    o.max_context = 96;
-    gm_engine *e = NULL;
-    GOK(gm_engine_create(&o, &e));
+    gm_engine *e = sc_engine(GM_BACKEND_CPU, g_model);
     sc_run_all(e, (sc_tol){1e-6, 0.0f});
     gm_engine_destroy(&e);
 }

@@ -310,17 +310,7 @@ static void test_bad_args(void **state)
 static void test_engine_scenario(void **state)
 {
     (void)state;
-    gm_engine_opts o;
-    gm_engine_opts_init(&o);
-    o.backend = GM_BACKEND_CUDA;
-    o.model_dir = g_model;
-    o.kv_block_size = 4;
-    o.kv_num_blocks = 8 * SC_BLKS;
-    o.max_seqs = SC_SEQS;
-    o.max_tokens = 256;
-    o.max_context = 96;
-    gm_engine *e = NULL;
-    GOK(gm_engine_create(&o, &e));
+    gm_engine *e = sc_engine(GM_BACKEND_CUDA, g_model);
     /* bf16 activations: the dumped logits are the sampler's to bf16-GEMM noise */
     sc_run_all(e, (sc_tol){2e-3, 0.05f});
     gm_engine_destroy(&e);
