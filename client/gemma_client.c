@@ -502,7 +502,13 @@ gmc_code gmc_submit(gmc_client *c, const gmc_params *p, void *user, uint64_t *id
     sp.top_k = p->top_k;
     sp.top_p = p->top_p;
     sp.seed = p->seed;
+    sp.presence_penalty = p->presence_penalty;
+    sp.frequency_penalty = p->frequency_penalty;
+    sp.repetition_penalty = p->repetition_penalty;
     g.sampling = &sp;
+    g.min_tokens = p->min_tokens;
+    g.logprobs = p->logprobs;
+    g.top_logprobs = p->top_logprobs;
     g.max_tokens = p->max_tokens;
     g.n_stop = p->n_stop > 0 ? (size_t)p->n_stop : 0;
     g.stop = (char **)p->stop;
@@ -706,6 +712,16 @@ static gmc_code handle_frame(gmc_client *c, const void *data, size_t len)
         ev.user = e->user;
         ev.tokens = ch->token_ids;
         ev.n_tokens = (int32_t)ch->n_token_ids;
+        gmc_logprob *lp = ch->n_logprobs ? arena_alloc(r, ch->n_logprobs * sizeof(*lp)) : NULL; /* as long as m */
+        if (lp) { /* out of memory: the event goes without them */
+            for (size_t k = 0; k < ch->n_logprobs; k++) {
+                const Gemma__V1__TokenLogprobs *t = ch->logprobs[k];
+                size_t nt = t->n_top_ids < t->n_top_logprobs ? t->n_top_ids : t->n_top_logprobs;
+                lp[k] = (gmc_logprob){t->logprob, (int32_t)nt, t->top_ids, t->top_logprobs};
+            }
+            ev.logprobs = lp;
+            ev.n_logprobs = (int32_t)ch->n_logprobs;
+        }
         ev.text = (const char *)ch->text.data;
         ev.text_len = ch->text.len;
         ev.error_message = ch->error_message ? ch->error_message : "";

@@ -117,6 +117,15 @@ typedef struct gmc_params {
     int32_t n_stop_ids;      /* at most 64 */
     bool ignore_eos;         /* keep going past EOS (benchmarks force full length) */
 
+    /* OpenAI / vLLM sampling extensions (0 = off for each) */
+    float presence_penalty;   /* [-2, 2]: logit -= p for tokens among the outputs so far */
+    float frequency_penalty;  /* [-2, 2]: logit -= f * a token's count among the outputs */
+    float repetition_penalty; /* > 0 (0 = unset = 1): tokens of prompt or outputs, logit / r if > 0 else * r */
+    int32_t min_tokens;       /* EOS, <end_of_turn>, stop ids and stop strings cannot end the output before
+                                 this many tokens (<= max_tokens when that is set) */
+    bool logprobs;            /* each event carries the log-probability of each of its tokens */
+    int32_t top_logprobs;     /* and this many (0..20) most likely alternatives (implies logprobs) */
+
     bool stream;          /* true (default): one event per decoded step; false: one final event */
     uint64_t request_id;  /* 0 = assigned by the library (unique per client); else yours,
                              must be unique among this client's in-flight requests */
@@ -135,6 +144,15 @@ typedef struct gmc_usage {
     int32_t preemptions; /* times this request was preempted and recomputed */
 } gmc_usage;
 
+/* Log-probabilities of one generated token: log_softmax of the model's raw logits at its position
+ * (before penalties, min_tokens, temperature, top_k and top_p). */
+typedef struct gmc_logprob {
+    float logprob;              /* the token's */
+    int32_t n_top;              /* gmc_params.top_logprobs */
+    const int32_t *top_ids;     /* [n_top] the most likely tokens, most likely first */
+    const float *top_logprobs;  /* [n_top] theirs */
+} gmc_logprob;
+
 /* One piece of a request's output. All pointers are borrowed until the next
  * gmc_poll / blocking call on the same client. */
 typedef struct gmc_event {
@@ -142,6 +160,8 @@ typedef struct gmc_event {
     void *user;              /* the pointer given to gmc_submit */
     const int32_t *tokens;   /* [n_tokens] new token ids (stream: usually 1; non-stream: all) */
     int32_t n_tokens;
+    const gmc_logprob *logprobs; /* [n_logprobs] with gmc_params.logprobs: one per token, in order */
+    int32_t n_logprobs;
     const char *text;        /* UTF-8 delta, not NUL-terminated; empty without a tokenizer */
     size_t text_len;
     bool finished;           /* last event of this request; the id is free again afterwards */

@@ -53,6 +53,37 @@ static gm_status check_tokens(const ctl_limits *l, const gm_seq_step *s, int32_t
     return GM_OK;
 }
 
+/* The sampling of entry i and its stop set. */
+static gm_status check_sampling(const ctl_limits *l, const gm_seq_step *s, int32_t i)
+{
+    const gm_sampling *sp = &s->sampling;
+    if (!(sp->temperature >= 0.0f) || isinf(sp->temperature) || sp->top_k < 0 || !(sp->top_p > 0.0f) ||
+        sp->top_p > 1.0f)
+        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): bad sampling (temperature %g, top_k %d, top_p %g)",
+                       i, s->slot, (double)sp->temperature, sp->top_k, (double)sp->top_p);
+    if (!isfinite(sp->presence_penalty) || !isfinite(sp->frequency_penalty) || !isfinite(sp->repetition_penalty) ||
+        sp->repetition_penalty < 0.0f)
+        return gm_fail(GM_ERR_INVALID_ARG,
+                       "sequence %d (slot %d): bad penalties (presence %g, frequency %g, repetition %g)", i, s->slot,
+                       (double)sp->presence_penalty, (double)sp->frequency_penalty, (double)sp->repetition_penalty);
+    if (sp->n_prompt < 0 || sp->min_tokens < 0 || (sp->logprobs != 0 && sp->logprobs != 1) || sp->top_logprobs < 0 ||
+        sp->top_logprobs > GM_MAX_TOP_LOGPROBS)
+        return gm_fail(GM_ERR_INVALID_ARG,
+                       "sequence %d (slot %d): bad sampling (n_prompt %d, min_tokens %d, logprobs %d, top_logprobs %d "
+                       "of 0..%d)", i, s->slot, sp->n_prompt, sp->min_tokens, sp->logprobs, sp->top_logprobs,
+                       GM_MAX_TOP_LOGPROBS);
+    if (s->stops) {
+        if (s->stops->n < 0 || s->stops->n > GM_MAX_STOP_SET)
+            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): %d stop ids; at most %d", i, s->slot,
+                           s->stops->n, GM_MAX_STOP_SET);
+        for (int32_t k = 0; k < s->stops->n; k++)
+            if (s->stops->ids[k] < 0 || s->stops->ids[k] >= l->vocab_size)
+                return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): stop id %d, vocabulary is %d", i, s->slot,
+                               s->stops->ids[k], l->vocab_size);
+    }
+    return GM_OK;
+}
+
 /* One entry, its slot already checked; adds its logits rows. */
 static gm_status check_seq(const ctl_limits *l, const gm_seq_step *s, int32_t i, const int32_t *last, int64_t *rows)
 {
@@ -72,11 +103,8 @@ static gm_status check_seq(const ctl_limits *l, const gm_seq_step *s, int32_t i,
     gm_status st = check_tokens(l, s, i, last);
     if (st != GM_OK)
         return st;
-    const gm_sampling *sp = &s->sampling;
-    if (!(sp->temperature >= 0.0f) || isinf(sp->temperature) || sp->top_k < 0 || !(sp->top_p > 0.0f) ||
-        sp->top_p > 1.0f)
-        return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): bad sampling (temperature %g, top_k %d, top_p %g)",
-                       i, s->slot, (double)sp->temperature, sp->top_k, (double)sp->top_p);
+    if ((st = check_sampling(l, s, i)) != GM_OK)
+        return st;
     switch (s->logits_mode) {
     case GM_LOGITS_NONE:
         break;

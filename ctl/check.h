@@ -7,7 +7,9 @@
  * all; positions [start_pos, start_pos + n_tokens) lie in [0, max_context);
  * the block table covers them and every block it uses is in the pool; the
  * logits mode is known; the sampling is sane (temperature finite and >= 0,
- * top_k >= 0, top_p in (0, 1]); and every token is in the vocabulary, except a
+ * top_k >= 0, top_p in (0, 1], penalties finite, repetition >= 0, n_prompt and
+ * min_tokens >= 0, logprobs 0 or 1, top_logprobs 0..GM_MAX_TOP_LOGPROBS, at most
+ * GM_MAX_STOP_SET stop ids, each in the vocabulary); and every token is in the vocabulary, except a
  * lone GM_TOKEN_PREVIOUS (ctl/step.h) at start_pos > 0, which is valid when
  * the slot has a previous sample (checked when the caller passes last[]). */
 #ifndef GM_CTL_CHECK_H

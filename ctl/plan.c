@@ -8,9 +8,21 @@
 
 /* ---- encoder ---- */
 
-static size_t sampling_body(const Gemma__Control__V1__Sampling *s)
+static size_t stops_body(const Gemma__Control__V1__Sampling *s)
 {
-    return (s->temperature != 0.0f ? 5 : 0) + pb_fv(pb_i32v(s->top_k)) + (s->top_p != 0.0f ? 5 : 0) + pb_fv(s->seed);
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_stop_ids; i++)
+        n += pb_vlen(pb_i32v(s->stop_ids[i]));
+    return n;
+}
+
+static size_t sampling_body(const Gemma__Control__V1__Sampling *s, size_t *stop_b)
+{
+    *stop_b = stops_body(s);
+    return (s->temperature != 0.0f ? 5 : 0) + pb_fv(pb_i32v(s->top_k)) + (s->top_p != 0.0f ? 5 : 0) + pb_fv(s->seed) +
+           (s->presence_penalty != 0.0f ? 5 : 0) + (s->frequency_penalty != 0.0f ? 5 : 0) +
+           (s->repetition_penalty != 0.0f ? 5 : 0) + pb_fv(pb_i32v(s->n_prompt)) + pb_fv(pb_i32v(s->min_tokens)) +
+           (s->n_stop_ids ? pb_flen(*stop_b) : 0) + (s->logprobs ? 2 : 0) + pb_fv(pb_i32v(s->top_logprobs));
 }
 
 static size_t tokens_body(const Gemma__Control__V1__SeqPlan *q)
@@ -29,11 +41,12 @@ static size_t blocks_body(const Gemma__Control__V1__SeqPlan *q)
     return n;
 }
 
-static size_t seq_body(const Gemma__Control__V1__SeqPlan *q, size_t *tok_b, size_t *blk_b, size_t *samp_b)
+static size_t seq_body(const Gemma__Control__V1__SeqPlan *q, size_t *tok_b, size_t *blk_b, size_t *samp_b,
+                       size_t *stop_b)
 {
     *tok_b = tokens_body(q);
     *blk_b = blocks_body(q);
-    *samp_b = q->sampling ? sampling_body(q->sampling) : 0;
+    *samp_b = q->sampling ? sampling_body(q->sampling, stop_b) : 0;
     return pb_fv(pb_i32v(q->slot)) + (q->n_tokens ? pb_flen(*tok_b) : 0) + pb_fv(pb_i32v(q->start_pos)) +
            (q->n_block_table ? pb_flen(*blk_b) : 0) + pb_fv(pb_i32v(q->logits_mode)) +
            (q->sampling ? pb_flen(*samp_b) : 0) + (q->reset ? 2 : 0);
@@ -41,9 +54,9 @@ static size_t seq_body(const Gemma__Control__V1__SeqPlan *q, size_t *tok_b, size
 
 static size_t plan_body(const Gemma__Control__V1__StepPlan *p)
 {
-    size_t n = pb_fv(p->step_id), a, b, c;
+    size_t n = pb_fv(p->step_id), a, b, c, d;
     for (size_t i = 0; i < p->n_seqs; i++)
-        n += pb_flen(seq_body(p->seqs[i], &a, &b, &c));
+        n += pb_flen(seq_body(p->seqs[i], &a, &b, &c, &d));
     return n;
 }
 
@@ -65,8 +78,8 @@ size_t ctl_plan_pack(const Gemma__Control__V1__ControlMessage *m, size_t size, u
     w = pb_pv(w, 1, p->step_id);
     for (size_t i = 0; i < p->n_seqs; i++) {
         const Gemma__Control__V1__SeqPlan *q = p->seqs[i];
-        size_t tb, bb, sb;
-        w = pb_plen(w, 2, seq_body(q, &tb, &bb, &sb));
+        size_t tb, bb, sb, xb = 0;
+        w = pb_plen(w, 2, seq_body(q, &tb, &bb, &sb, &xb));
         w = pb_pv(w, 1, pb_i32v(q->slot));
         if (q->n_tokens) {
             w = pb_plen(w, 2, tb);
@@ -87,6 +100,18 @@ size_t ctl_plan_pack(const Gemma__Control__V1__ControlMessage *m, size_t size, u
             w = pb_pv(w, 2, pb_i32v(s->top_k));
             w = pb_pf32(w, 3, s->top_p);
             w = pb_pv(w, 4, s->seed);
+            w = pb_pf32(w, 5, s->presence_penalty);
+            w = pb_pf32(w, 6, s->frequency_penalty);
+            w = pb_pf32(w, 7, s->repetition_penalty);
+            w = pb_pv(w, 8, pb_i32v(s->n_prompt));
+            w = pb_pv(w, 9, pb_i32v(s->min_tokens));
+            if (s->n_stop_ids) {
+                w = pb_plen(w, 10, xb);
+                for (size_t j = 0; j < s->n_stop_ids; j++)
+                    w = pb_vput(w, pb_i32v(s->stop_ids[j]));
+            }
+            w = pb_pv(w, 11, s->logprobs ? 1 : 0);
+            w = pb_pv(w, 12, pb_i32v(s->top_logprobs));
         }
         w = pb_pv(w, 7, q->reset ? 1 : 0);
     }
@@ -214,6 +239,39 @@ static bool pd_append(int32_t **arr, size_t *n, const pd_rd *run, uint64_t v, bo
     return true;
 }
 
+/* A Sampling message's fields into s (initialised); false on a wire type it does not expect. */
+static bool pd_sampling(pd_rd sub, Gemma__Control__V1__Sampling *s, ProtobufCAllocator *a)
+{
+    while (sub.p < sub.end) {
+        uint32_t g;
+        int gwt;
+        pd_rd x;
+        uint64_t w;
+        if (!pd_field(&sub, &g, &gwt, &x, &w))
+            return false;
+        float *f32 = g == 1 ? &s->temperature : g == 3 ? &s->top_p : g == 5 ? &s->presence_penalty
+                   : g == 6 ? &s->frequency_penalty : g == 7 ? &s->repetition_penalty : NULL;
+        int32_t *i32 = g == 2 ? &s->top_k : g == 8 ? &s->n_prompt : g == 9 ? &s->min_tokens
+                     : g == 12 ? &s->top_logprobs : NULL;
+        if (f32 && gwt == 5) {
+            uint32_t u = (uint32_t)w;
+            memcpy(f32, &u, 4);
+        } else if (i32 && gwt == 0) {
+            *i32 = (int32_t)w;
+        } else if (g == 4 && gwt == 0) {
+            s->seed = w;
+        } else if (g == 11 && gwt == 0) {
+            s->logprobs = w != 0;
+        } else if (g == 10 && (gwt == 0 || gwt == 2)) {
+            if (!pd_append(&s->stop_ids, &s->n_stop_ids, gwt == 2 ? &x : NULL, w, false, a))
+                return false;
+        } else if (g <= 12) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool pd_seq(pd_rd r, Gemma__Control__V1__SeqPlan *q, ProtobufCAllocator *a)
 {
     gemma__control__v1__seq_plan__init(q);
@@ -256,25 +314,8 @@ static bool pd_seq(pd_rd r, Gemma__Control__V1__SeqPlan *q, ProtobufCAllocator *
             if (!q->sampling)
                 return false;
             gemma__control__v1__sampling__init(q->sampling);
-            Gemma__Control__V1__Sampling *s = q->sampling;
-            while (sub.p < sub.end) {
-                uint32_t g;
-                int gwt;
-                pd_rd x;
-                uint64_t w;
-                if (!pd_field(&sub, &g, &gwt, &x, &w))
-                    return false;
-                if ((g == 1 || g == 3) && gwt == 5) {
-                    uint32_t u = (uint32_t)w;
-                    memcpy(g == 1 ? &s->temperature : &s->top_p, &u, 4);
-                } else if (g == 2 && gwt == 0) {
-                    s->top_k = (int32_t)w;
-                } else if (g == 4 && gwt == 0) {
-                    s->seed = w;
-                } else if (g <= 4) {
-                    return false;
-                }
-            }
+            if (!pd_sampling(sub, q->sampling, a))
+                return false;
             break;
         }
         default: /* unknown field: skipped */

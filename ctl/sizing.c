@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/sampling.h"
+
 #define GIB (1024.0 * 1024.0 * 1024.0)
 #define MIB (1024.0 * 1024.0)
 #define RESERVE_BYTES (512ll << 20) /* cuBLAS workspaces, NCCL buffers, graph memory, allocator slack */
@@ -56,9 +58,12 @@ int64_t gm_sizing_runtime_bytes(const gm_model_config *cfg, const gm_worker_spec
     /* per logits row (at least 64 rows): the final-normed row (bf16) and its float32 logits */
     int64_t rows = max_seqs > 64 ? max_seqs : 64;
     int64_t per_row = H * 2 + V * 4;
-    /* per sequence: its block-table row, decode-attention and XQA partial outputs (f32) */
+    /* per sequence: its block-table row, decode-attention and XQA partial outputs (f32), its penalty
+     * table (token, count, raw logit: 12 bytes an entry) and log-probabilities */
     int64_t bs = spec->kv_block_size > 0 ? spec->kv_block_size : 16;
-    int64_t per_seq = (max_context + bs - 1) / bs * 4 + 2 * nq * hd * 4 + 64;
+    int64_t per_seq = (max_context + bs - 1) / bs * 4 + 2 * nq * hd * 4 + 64 +
+                      (int64_t)gm_pen_table_cap(max_context, V) * 12 + (2 * GM_MAX_TOP_LOGPROBS + 1) * 4 +
+                      (GM_MAX_STOP_SET + 4) * 4;
     int64_t rope = (int64_t)max_context * hd * 4;
     return (int64_t)max_tokens * per_tok + rows * per_row + (int64_t)max_seqs * per_seq + rope + RESERVE_BYTES;
 }

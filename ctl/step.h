@@ -43,12 +43,36 @@ typedef struct gm_seq_step {
     int32_t n_blocks;           /* >= ceil((start_pos + n_tokens) / kv_block_size) */
     int32_t logits_mode;        /* GM_LOGITS_* */
     gm_sampling sampling;
+    const gm_stop_set *stops;   /* the ids sampling.min_tokens masks; NULL = none; borrowed */
 } gm_seq_step;
+
+/* A sampled token's log-probabilities (common/sampling.h: of the raw logits), rank 0's answer
+ * for an entry whose sampling asks for them. */
+typedef struct gm_token_logprobs {
+    float logprob;                            /* the sampled token's */
+    int32_t n_top;                            /* alternatives below: the sampling's top_logprobs */
+    int32_t top_ids[GM_MAX_TOP_LOGPROBS];     /* the most likely tokens, most likely first (ties: lower id) */
+    float top_logprobs[GM_MAX_TOP_LOGPROBS];  /* theirs */
+} gm_token_logprobs;
 
 /* True when s asks for its slot's previous sample (a lone GM_TOKEN_PREVIOUS). */
 static inline bool gm_seq_step_fed(const gm_seq_step *s)
 {
     return s->n_tokens == 1 && s->tokens && s->tokens[0] == GM_TOKEN_PREVIOUS;
+}
+
+/* True when the token s samples must not be a stop id: fewer than min_tokens outputs precede it
+ * (the token sampled goes to position start_pos + n_tokens; outputs begin at sampling.n_prompt). */
+static inline bool gm_seq_step_masks_stops(const gm_seq_step *s)
+{
+    return s->sampling.min_tokens > 0 && s->stops && s->stops->n > 0 && s->logits_mode != GM_LOGITS_NONE &&
+           (int64_t)s->start_pos + s->n_tokens - s->sampling.n_prompt < (int64_t)s->sampling.min_tokens;
+}
+
+/* True when the entry returns log-probabilities with its sample. */
+static inline bool gm_seq_step_wants_logprobs(const gm_seq_step *s)
+{
+    return s->logits_mode != GM_LOGITS_NONE && gm_sampling_wants_logprobs(&s->sampling);
 }
 
 #ifdef __cplusplus

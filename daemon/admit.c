@@ -21,6 +21,7 @@ gd_req *gd_req_new(gd_server *s, gd_front f, uint64_t rid)
         return NULL;
     r->front = f;
     r->rid = rid;
+    r->lp_top = -1;
     r->t_arrival = gm_now_ms();
     r->live_prev = s->live_tail;
     if (s->live_tail)
@@ -48,7 +49,52 @@ void gd_req_free(gd_server *s, gd_req *r)
     else
         s->live_tail = r->live_prev;
     free(r->errmsg);
+    free(r->lp), free(r->lp_ids), free(r->lp_alts);
     free(r);
+}
+
+bool gd_req_logprobs(const gd_req *r, int32_t i, float *lp, const int32_t **top_ids, const float **top_lps,
+                     int32_t *n_top)
+{
+    if (!r || r->lp_top < 0 || i < 0 || i >= r->n_lp)
+        return false;
+    *lp = r->lp[i];
+    *top_ids = r->lp_ids + (size_t)i * (size_t)r->lp_top;
+    *top_lps = r->lp_alts + (size_t)i * (size_t)r->lp_top;
+    *n_top = r->lp_top;
+    return true;
+}
+
+void gd_req_add_logprobs(gd_req *r, const gm_token_logprobs *lp)
+{
+    if (r->lp_top < 0)
+        return;
+    size_t k = (size_t)r->lp_top;
+    if (r->n_lp == r->lp_cap) {
+        int32_t cap = r->lp_cap ? 2 * r->lp_cap : 64;
+        float *a = realloc(r->lp, (size_t)cap * sizeof *a);
+        if (a)
+            r->lp = a;
+        int32_t *b = k ? realloc(r->lp_ids, (size_t)cap * k * sizeof *b) : r->lp_ids;
+        if (b)
+            r->lp_ids = b;
+        float *c = k ? realloc(r->lp_alts, (size_t)cap * k * sizeof *c) : r->lp_alts;
+        if (c)
+            r->lp_alts = c;
+        if (!a || (k && (!b || !c))) { /* out of memory: the request keeps the entries it has */
+            GM_WARN("request %llu: no memory for log-probabilities; the rest are dropped", (unsigned long long)r->rid);
+            return;
+        }
+        r->lp_cap = cap;
+    }
+    size_t at = (size_t)r->n_lp * k;
+    r->lp[r->n_lp] = lp ? lp->logprob : NAN;
+    for (size_t j = 0; j < k; j++) {
+        bool have = lp && (int32_t)j < lp->n_top;
+        r->lp_ids[at + j] = have ? lp->top_ids[j] : -1;
+        r->lp_alts[at + j] = have ? lp->top_logprobs[j] : NAN;
+    }
+    r->n_lp++;
 }
 
 void gd_req_mark_dirty(gd_server *s, gd_req *r)
@@ -133,9 +179,40 @@ void gd_cancel_all(gd_server *s, err_code code, const char *why)
             gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_CANCELLED, code, "%s", why);
 }
 
+/* The penalties, logprobs and min_tokens of g (OpenAI's and vLLM's ranges); the reason into msg. */
+static bool check_extensions(const gd_gen_req *g, char *msg, size_t cap)
+{
+    if (g->top_logprobs < 0 || g->top_logprobs > GM_MAX_TOP_LOGPROBS) {
+        snprintf(msg, cap, "top_logprobs %d must be in 0..%d", g->top_logprobs, GM_MAX_TOP_LOGPROBS);
+        return false;
+    }
+    const float pen[2] = {g->presence_penalty, g->frequency_penalty};
+    const char *name[2] = {"presence_penalty", "frequency_penalty"};
+    for (int i = 0; i < 2; i++)
+        if (!(pen[i] >= -2.0f && pen[i] <= 2.0f)) {
+            snprintf(msg, cap, "%s %g must be in [-2, 2]", name[i], (double)pen[i]);
+            return false;
+        }
+    if (!isfinite(g->repetition_penalty) || g->repetition_penalty < 0.0f) {
+        snprintf(msg, cap, "repetition_penalty %g must be > 0 and finite (0 = unset = 1)", (double)g->repetition_penalty);
+        return false;
+    }
+    if (g->min_tokens < 0) {
+        snprintf(msg, cap, "min_tokens %d is negative", g->min_tokens);
+        return false;
+    }
+    if (g->max_tokens > 0 && g->min_tokens > g->max_tokens) {
+        snprintf(msg, cap, "min_tokens %d exceeds max_tokens %lld", g->min_tokens, (long long)g->max_tokens);
+        return false;
+    }
+    return true;
+}
+
 /* Check the sampling parameters into *out; the reason into msg on failure. */
 static bool check_sampling(const gd_gen_req *g, gm_sampling *out, char *msg, size_t cap)
 {
+    if (!check_extensions(g, msg, cap))
+        return false;
     if (!isfinite(g->temperature) || g->temperature < 0) {
         snprintf(msg, cap, "temperature %g must be finite and >= 0", (double)g->temperature);
         return false;
@@ -153,6 +230,11 @@ static bool check_sampling(const gd_gen_req *g, gm_sampling *out, char *msg, siz
     out->top_k = g->top_k;
     out->top_p = tp;
     out->seed = g->seed;
+    out->presence_penalty = g->presence_penalty;
+    out->frequency_penalty = g->frequency_penalty;
+    out->repetition_penalty = g->repetition_penalty == 0.0f ? 1.0f : g->repetition_penalty;
+    out->logprobs = g->logprobs || g->top_logprobs > 0;
+    out->top_logprobs = g->top_logprobs;
     return true;
 }
 
@@ -177,9 +259,8 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
         REJECT(SHUTTING_DOWN, "gemmad is shutting down and accepts no new requests");
     if (!check_sampling(g, &samp, msg, sizeof(msg)))
         REJECT(INVALID_ARGUMENT, "%s", msg);
-    if (g->logprobs || g->top_logprobs || g->presence_penalty != 0.0f || g->frequency_penalty != 0.0f ||
-        (g->repetition_penalty != 0.0f && g->repetition_penalty != 1.0f) || g->min_tokens || g->n > 1)
-        REJECT(INVALID_ARGUMENT, "logprobs, penalties, min_tokens and n > 1 are not supported by this gemmad yet");
+    if (g->n > 1)
+        REJECT(INVALID_ARGUMENT, "n > 1 is not supported by this gemmad yet");
     if (g->max_tokens < 0)
         REJECT(INVALID_ARGUMENT, "max_tokens %lld is negative", (long long)g->max_tokens);
     if (g->max_tokens > s->max_context)
@@ -256,7 +337,10 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
     sr.n_stop_ids = (int32_t)g->n_stop_ids;
     sr.ignore_eos = g->ignore_eos;
     sr.stop_at_eot = chat;
+    sr.min_tokens = g->min_tokens;
     sr.user = r;
+    r->min_tokens = g->min_tokens;
+    r->lp_top = samp.logprobs ? samp.top_logprobs : -1;
     switch (sched_add(s->sch, &sr, &r->seq)) {
     case SCHED_ACCEPTED:
         break;

@@ -197,6 +197,55 @@ static bool ensure_chunks(gd_server *s, size_t n)
     return true;
 }
 
+static bool ensure_lps(gd_server *s, size_t n)
+{
+    if (n <= s->lp_cap)
+        return true;
+    size_t cap = s->lp_cap ? s->lp_cap * 2 : 256;
+    while (cap < n)
+        cap *= 2;
+    void *a = realloc(s->lps, cap * sizeof(*s->lps));
+    if (!a)
+        return false;
+    s->lps = a;
+    a = realloc(s->lp_ptrs, cap * sizeof(*s->lp_ptrs));
+    if (!a)
+        return false;
+    s->lp_ptrs = a;
+    s->lp_cap = cap;
+    return true;
+}
+
+/* Log-probabilities r owes with its next chunk: one per token id from n_sent on (fewer only when some
+ * could not be kept). */
+static size_t lps_owed(const gd_req *r)
+{
+    if (r->lp_top < 0 || !r->seq)
+        return 0;
+    int32_t gen = sched_seq_generated(r->seq), upto = gen < r->n_lp ? gen : r->n_lp;
+    return upto > r->n_sent ? (size_t)(upto - r->n_sent) : 0;
+}
+
+/* The chunk's logprobs field: TokenLogprobs messages for r's tokens [n_sent, n_sent + n) in s->lps[at..]. */
+static void chunk_logprobs(gd_server *s, const gd_req *r, size_t n, size_t at, Gemma__V1__GenerateChunk *ch)
+{
+    for (size_t j = 0; j < n; j++) {
+        Gemma__V1__TokenLogprobs *t = &s->lps[at + j];
+        *t = (Gemma__V1__TokenLogprobs)GEMMA__V1__TOKEN_LOGPROBS__INIT;
+        const int32_t *ids;
+        const float *lps;
+        int32_t k;
+        if (gd_req_logprobs(r, r->n_sent + (int32_t)j, &t->logprob, &ids, &lps, &k)) {
+            t->n_top_ids = t->n_top_logprobs = (size_t)k;
+            t->top_ids = (int32_t *)ids;
+            t->top_logprobs = (float *)lps;
+        }
+        s->lp_ptrs[at + j] = t;
+    }
+    ch->n_logprobs = n;
+    ch->logprobs = n ? s->lp_ptrs + at : NULL;
+}
+
 static void finished_push(gd_server *s, gd_req *r)
 {
     if (s->n_finished == s->finished_cap) {
@@ -242,14 +291,16 @@ void gd_rpc_flush(gd_server *s)
         if (!s->dirty_head)
             s->dirty_tail = NULL;
         c->dirty = false;
-        size_t n = 0;
-        for (gd_req *r = c->dirty_head; r; r = r->dirty_next)
+        size_t n = 0, n_lp = 0;
+        for (gd_req *r = c->dirty_head; r; r = r->dirty_next) {
             n++;
-        if (!ensure_chunks(s, n)) {
+            n_lp += lps_owed(r);
+        }
+        if (!ensure_chunks(s, n) || !ensure_lps(s, n_lp)) {
             GM_ERROR("out of memory for %zu chunks", n);
             continue;
         }
-        size_t k = 0;
+        size_t k = 0, at_lp = 0;
         for (gd_req *r = c->dirty_head, *next; r; r = next) {
             next = r->dirty_next;
             r->dirty = false;
@@ -260,6 +311,9 @@ void gd_rpc_flush(gd_server *s)
             if (r->seq) {
                 sched_seq *q = r->seq;
                 int32_t gen = q->n_tokens - q->n_prompt;
+                size_t nl = lps_owed(r);
+                chunk_logprobs(s, r, nl, at_lp, ch);
+                at_lp += nl;
                 ch->n_token_ids = (size_t)(gen - r->n_sent);
                 ch->token_ids = q->tokens + q->n_prompt + r->n_sent;
                 r->n_sent = gen;
@@ -351,7 +405,13 @@ static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t 
         gg.top_p = g->sampling->top_p;
         gg.top_k = g->sampling->top_k;
         gg.seed = g->sampling->seed;
+        gg.presence_penalty = g->sampling->presence_penalty;
+        gg.frequency_penalty = g->sampling->frequency_penalty;
+        gg.repetition_penalty = g->sampling->repetition_penalty;
     }
+    gg.min_tokens = g->min_tokens;
+    gg.logprobs = g->logprobs;
+    gg.top_logprobs = g->top_logprobs;
     gg.max_tokens = g->max_tokens;
     gg.stream = g->stream;
     gg.ignore_eos = g->ignore_eos;
@@ -629,6 +689,8 @@ void gd_rpc_close(gd_server *s)
     free(s->chunk_ptrs);
     free(s->usages);
     free(s->chunk_reqs);
+    free(s->lps);
+    free(s->lp_ptrs);
     free(s->txbuf);
     free(s->finished);
 }

@@ -147,6 +147,27 @@ void sched_destroy(sched **ps)
     *ps = NULL;
 }
 
+/* What min_tokens masks: every token that would end r (is_stop_token's list), each once. */
+static void stop_set_build(const sched *s, const sched_req *r, gm_stop_set *ss)
+{
+    int32_t cand[SCHED_MAX_STOP_IDS + 2], n = 0;
+    if (!r->ignore_eos) {
+        cand[n++] = s->o.eos_id;
+        if (r->stop_at_eot)
+            cand[n++] = s->o.eot_id;
+    }
+    for (int32_t i = 0; i < r->n_stop_ids; i++)
+        cand[n++] = r->stop_ids[i];
+    ss->n = 0;
+    for (int32_t i = 0; i < n; i++) {
+        bool dup = cand[i] < 0;
+        for (int32_t k = 0; k < ss->n && !dup; k++)
+            dup = ss->ids[k] == cand[i];
+        if (!dup)
+            ss->ids[ss->n++] = cand[i];
+    }
+}
+
 sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
 {
     *out = NULL;
@@ -156,6 +177,10 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
     }
     if (r->max_tokens < 0) {
         gm_fail(GM_ERR_INVALID_ARG, "max_tokens %d is negative", r->max_tokens);
+        return SCHED_REJECT_INVALID;
+    }
+    if (r->min_tokens < 0) {
+        gm_fail(GM_ERR_INVALID_ARG, "min_tokens %d is negative", r->min_tokens);
         return SCHED_REJECT_INVALID;
     }
     if (r->n_stop_ids < 0 || r->n_stop_ids > SCHED_MAX_STOP_IDS) {
@@ -199,9 +224,13 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
     q->n_prompt = q->n_tokens = r->n_prompt;
     q->max_new = (int32_t)max_new;
     q->sampling = r->sampling;
+    q->sampling.n_prompt = r->n_prompt;
+    q->sampling.min_tokens = r->min_tokens;
     if (r->n_stop_ids)
         memcpy(q->stop_ids, r->stop_ids, (size_t)r->n_stop_ids * sizeof(int32_t));
     q->n_stop_ids = r->n_stop_ids;
+    if (r->min_tokens > 0)
+        stop_set_build(s, r, &q->stops);
     q->ignore_eos = r->ignore_eos;
     q->stop_at_eot = r->stop_at_eot;
     q->user = r->user;
@@ -263,6 +292,7 @@ static void plan_add(sched *s, int b, sched_seq *q, int32_t n_tokens)
     st->n_blocks = q->n_blocks;
     st->logits_mode = q->n_computed + n_tokens == virt_len(q) ? GM_LOGITS_LAST : GM_LOGITS_NONE;
     st->sampling = q->sampling;
+    st->stops = q->sampling.min_tokens > 0 ? &q->stops : NULL;
     pb->seqs[i] = q;
     pb->epochs[i] = q->epoch;
     pb->got[i] = 0;

@@ -78,6 +78,8 @@ typedef struct sched_req {
     int32_t n_stop_ids;
     bool ignore_eos;       /* do not stop at EOS / <end_of_turn> */
     bool stop_at_eot;      /* chat: <end_of_turn> stops too */
+    int32_t min_tokens;    /* the engine masks the stop tokens (EOS, <end_of_turn>, stop ids) before this many
+                            * outputs (sampling.min_tokens; sampling.n_prompt is set from the prompt) */
     void *user;            /* the caller's request; never touched */
 } sched_req;
 
@@ -93,7 +95,8 @@ struct sched_seq {
     int32_t n_blocks, blocks_cap;
     int32_t slot;       /* 0..max_seqs-1 while running, else -1 */
     int32_t max_new;    /* generated tokens allowed (resolved max_tokens) */
-    gm_sampling sampling;
+    gm_sampling sampling; /* n_prompt, min_tokens filled in */
+    gm_stop_set stops;    /* min_tokens > 0: what the engine masks before then (every entry carries it) */
     int32_t stop_ids[SCHED_MAX_STOP_IDS];
     int32_t n_stop_ids;
     bool ignore_eos, stop_at_eot;

@@ -21,6 +21,7 @@
 #include "common/model_config.h"
 #include "common/sampling.h"
 #include "common/tokenizer.h"
+#include "ctl/step.h"
 #include "daemon/cluster_glue.h"
 #include "daemon/config.h"
 #include "daemon/metrics.h"
@@ -62,6 +63,13 @@ struct gd_req {
     bool stream, done, dirty;
     int32_t n_sent;   /* generated tokens already handed to the front door */
     int32_t n_prompt;
+    int32_t min_tokens; /* stop strings are looked for from this many generated tokens on */
+    /* log-probabilities, one entry per generated token in order (gd_req_logprobs reads them) */
+    int32_t lp_top;     /* alternatives kept per token: the request's top_logprobs; -1 = none asked */
+    int32_t n_lp, lp_cap;
+    float *lp;          /* [n_lp] token i's log-probability */
+    int32_t *lp_ids;    /* [n_lp * lp_top] token i's alternatives at i * lp_top, most likely first */
+    float *lp_alts;     /* [n_lp * lp_top] their log-probabilities, same layout */
     fin_reason finish;
     err_code err;
     char *errmsg;     /* owned, or NULL */
@@ -111,14 +119,15 @@ typedef struct gd_gen_req {
     const int32_t *stop_ids;
     size_t n_stop_ids;
     bool stream, ignore_eos;
-    /* sampling extensions (OpenAI / vLLM meanings); admission refuses what the engine does not do yet */
-    bool logprobs;             /* the chosen token's log-probability with every token */
-    int32_t top_logprobs;      /* 0..20 most likely alternatives with every token */
+    /* sampling extensions (OpenAI / vLLM meanings; common/sampling.h says how the engine applies them) */
+    bool logprobs;             /* the chosen token's log-probability with every token (gd_req_logprobs) */
+    int32_t top_logprobs;      /* 0..20 most likely alternatives with every token (implies logprobs) */
     float presence_penalty;    /* [-2, 2]; 0 = off */
     float frequency_penalty;   /* [-2, 2]; 0 = off */
-    float repetition_penalty;  /* > 0; 0 or 1 = off (HF: logits of seen tokens divided or multiplied) */
-    int32_t min_tokens;        /* EOS and stop ids/strings are ignored before this many tokens */
-    int32_t n;                 /* sequences for this prompt; 0 or 1 = one */
+    float repetition_penalty;  /* > 0, finite; 0 or 1 = off (HF: logits of seen tokens divided or multiplied) */
+    int32_t min_tokens;        /* EOS, <end_of_turn>, stop ids and stop strings cannot end the output before
+                                * this many tokens; >= 0, <= max_tokens when that is set */
+    int32_t n;                 /* sequences for this prompt; 0 or 1 = one (n > 1 is refused for now) */
 } gd_gen_req;
 
 struct gd_server {
@@ -160,6 +169,8 @@ struct gd_server {
     Gemma__V1__Usage *usages;
     gd_req **chunk_reqs;
     size_t chunk_cap;
+    Gemma__V1__TokenLogprobs *lps, **lp_ptrs; /* [lp_cap] the chunks' log-probabilities */
+    size_t lp_cap;
     uint8_t *txbuf;
     size_t txcap;
     gd_req **finished; /* requests to free after their final chunk went out */
@@ -182,6 +193,17 @@ void gd_req_mark_dirty(gd_server *s, gd_req *r);
 void gd_req_free(gd_server *s, gd_req *r);
 /* Complete every live request (shutdown deadline). */
 void gd_cancel_all(gd_server *s, err_code code, const char *why);
+/* Log-probabilities of r's generated token i: i counts r's generated tokens from 0, in the order their
+ * ids go out (a final stop token - EOS, <end_of_turn>, a stop id - has its entry too, though it is not
+ * text). False when r asked for none (gd_gen_req.logprobs / top_logprobs) or token i has none yet.
+ * *lp gets the token's log-probability (log_softmax of the raw logits, common/sampling.h); *top_ids and
+ * *top_lps point at *n_top (= the request's top_logprobs) alternatives, most likely first, ties to the
+ * lower id; borrowed until the next step or gd_req_free. An entry the workers failed to return reads
+ * NaN with ids -1. Layout: r->lp[i], r->lp_ids[i * r->lp_top + k], r->lp_alts[i * r->lp_top + k]. */
+bool gd_req_logprobs(const gd_req *r, int32_t i, float *lp, const int32_t **top_ids, const float **top_lps,
+                     int32_t *n_top);
+/* Append the log-probabilities of r's newest generated token (NULL: the workers sent none). */
+void gd_req_add_logprobs(gd_req *r, const gm_token_logprobs *lp);
 
 /* ---- rpc.c ---- */
 

@@ -49,6 +49,8 @@ static void on_step_done(gd_server *s)
     s->last_done_ms = now;
     s->c.steps++;
     sched_commit_step(s->sch, plan, s->step_tokens);
+    const uint8_t *lp_has = NULL;
+    const gm_token_logprobs *lp = wk_pool_logprobs(s->pool, &lp_has);
     char buf[GM_DETOK_MAX_OUT];
     for (int32_t i = 0; i < plan->n; i++) {
         sched_seq *q = plan->seqs[i];
@@ -62,7 +64,11 @@ static void on_step_done(gd_server *s)
             if (r->t_first == 0)
                 r->t_first = now;
             s->c.completion_tokens++;
+            if (r->lp_top >= 0)
+                gd_req_add_logprobs(r, lp && lp_has[i] ? &lp[i] : NULL);
             if (r->dt && !(q->state == SCHED_FINISHED && q->stop_token)) {
+                if (r->min_tokens > 0) /* stop strings only from min_tokens outputs on, as vLLM */
+                    txo_arm(r->tx, sched_seq_generated(q) >= r->min_tokens);
                 size_t n = gm_detok_push(r->dt, q->tokens[q->n_tokens - 1], buf);
                 if (n && txo_append(r->tx, buf, n) && q->state != SCHED_FINISHED)
                     sched_finish_seq(s->sch, q, SCHED_FINISH_STOP);

@@ -9,6 +9,7 @@ struct txo {
     size_t len, cap;
     size_t hold;    /* bytes at the end of buf not yet ready */
     bool stopped, finished;
+    bool unarmed;   /* stop strings not looked for (txo_arm) */
     int n_stops;
     size_t max_stop;
     char **stops;   /* [n_stops] */
@@ -58,6 +59,8 @@ void txo_destroy(txo **pt)
 
 bool txo_stopped(const txo *t) { return t->stopped; }
 
+void txo_arm(txo *t, bool armed) { t->unarmed = !armed; }
+
 bool txo_append(txo *t, const char *s, size_t n)
 {
     if (t->stopped || n == 0)
@@ -75,8 +78,10 @@ bool txo_append(txo *t, const char *s, size_t n)
     size_t old = t->len;
     memcpy(t->buf + t->len, s, n);
     t->len += n;
-    if (!t->n_stops)
+    if (!t->n_stops || t->unarmed) {
+        t->hold = 0;
         return false;
+    }
     /* earliest match that ends in the new bytes */
     size_t from = old + 1 > t->max_stop ? old + 1 - t->max_stop : 0;
     size_t best = (size_t)-1;

@@ -20,6 +20,11 @@ void txo_destroy(txo **t);
  * from the match on is discarded; later appends are ignored). */
 bool txo_append(txo *t, const char *s, size_t n);
 
+/* Look for stop strings in what is appended from now on (armed, the default) or not (min_tokens not
+ * reached: the text passes untouched and nothing is held back). A match that ends in text appended
+ * while armed may begin in earlier text not yet sent (txo_consume). */
+void txo_arm(txo *t, bool armed);
+
 /* True once a stop string matched. */
 bool txo_stopped(const txo *t);
 

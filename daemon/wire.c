@@ -21,6 +21,46 @@ static size_t ids_body(const Gemma__V1__GenerateChunk *c)
 
 static size_t str_len(const char *s) { return s ? strlen(s) : 0; }
 
+/* A TokenLogprobs message: its body, and the body of its packed top_ids in *ids_b. */
+static size_t lp_body(const Gemma__V1__TokenLogprobs *t, size_t *ids_b)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->n_top_ids; i++)
+        n += pb_vlen(pb_i32v(t->top_ids[i]));
+    *ids_b = n;
+    return (t->logprob != 0.0f ? 5 : 0) + (t->n_top_ids ? pb_flen(n) : 0) +
+           (t->n_top_logprobs ? pb_flen(4 * t->n_top_logprobs) : 0);
+}
+
+static size_t lps_size(const Gemma__V1__GenerateChunk *c)
+{
+    size_t n = 0, ib;
+    for (size_t i = 0; i < c->n_logprobs; i++)
+        n += pb_flen(lp_body(c->logprobs[i], &ib));
+    return n;
+}
+
+static uint8_t *lps_pack(const Gemma__V1__GenerateChunk *c, uint8_t *w)
+{
+    for (size_t i = 0; i < c->n_logprobs; i++) {
+        const Gemma__V1__TokenLogprobs *t = c->logprobs[i];
+        size_t ib;
+        w = pb_plen(w, 8, lp_body(t, &ib));
+        w = pb_pf32(w, 1, t->logprob);
+        if (t->n_top_ids) {
+            w = pb_plen(w, 2, ib);
+            for (size_t j = 0; j < t->n_top_ids; j++)
+                w = pb_vput(w, pb_i32v(t->top_ids[j]));
+        }
+        if (t->n_top_logprobs) {
+            w = pb_plen(w, 3, 4 * t->n_top_logprobs);
+            memcpy(w, t->top_logprobs, 4 * t->n_top_logprobs);
+            w += 4 * t->n_top_logprobs;
+        }
+    }
+    return w;
+}
+
 static size_t chunk_body(const Gemma__V1__GenerateChunk *c, size_t *ids_b, size_t *use_b, size_t *msg_l)
 {
     *ids_b = ids_body(c);
@@ -28,7 +68,7 @@ static size_t chunk_body(const Gemma__V1__GenerateChunk *c, size_t *ids_b, size_
     *msg_l = str_len(c->error_message);
     return pb_fv(c->request_id) + (c->n_token_ids ? pb_flen(*ids_b) : 0) + (c->text.len ? pb_flen(c->text.len) : 0) +
            pb_fv(pb_i32v((int32_t)c->finish_reason)) + (c->usage ? pb_flen(*use_b) : 0) +
-           pb_fv(pb_i32v((int32_t)c->error_code)) + (*msg_l ? pb_flen(*msg_l) : 0);
+           pb_fv(pb_i32v((int32_t)c->error_code)) + (*msg_l ? pb_flen(*msg_l) : 0) + lps_size(c);
 }
 
 size_t wire_chunks_size(const Gemma__V1__ServerMessage *m)
@@ -74,6 +114,7 @@ size_t wire_chunks_pack(const Gemma__V1__ServerMessage *m, uint8_t *out)
             memcpy(w, c->error_message, ml);
             w += ml;
         }
+        w = lps_pack(c, w);
     }
     return (size_t)(w - out);
 }

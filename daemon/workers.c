@@ -74,6 +74,11 @@ struct wk_pool {
     size_t plan_cap;
     uint8_t *buf;
     size_t buf_cap;
+    /* the log-probabilities of the step collected last (wk_pool_logprobs) */
+    gm_token_logprobs *lp;
+    uint8_t *lp_has;
+    size_t lp_cap;
+    bool lp_any;
 };
 
 static int64_t wk_now_ms(void)
@@ -588,6 +593,8 @@ static void wk_release(wk_pool *p)
     free(p->sa);
     free(p->spp);
     free(p->buf);
+    free(p->lp);
+    free(p->lp_has);
     free(p->worker_bin);
     free(p);
 }
@@ -820,6 +827,45 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
     return GM_OK;
 }
 
+/* Keep the log-probabilities of a finished step of n entries (rank 0's result res). */
+static gm_status wk_take_logprobs(wk_pool *p, const Gemma__Control__V1__StepResult *res, int32_t n)
+{
+    p->lp_any = res->n_logprobs > 0;
+    if (!p->lp_any)
+        return GM_OK;
+    if ((size_t)n > p->lp_cap) {
+        if (!wk_grow((void **)&p->lp, (size_t)n, sizeof *p->lp) || !wk_grow((void **)&p->lp_has, (size_t)n, 1)) {
+            p->lp_any = false;
+            return gm_fail(GM_ERR_NOMEM, "log-probabilities of %d sequences", (int)n);
+        }
+        p->lp_cap = (size_t)n;
+    }
+    memset(p->lp_has, 0, (size_t)n);
+    for (size_t k = 0; k < res->n_logprobs; k++) {
+        const Gemma__Control__V1__TokenLogprobs *t = res->logprobs[k];
+        if (t->seq < 0 || t->seq >= n || t->n_top_ids != t->n_top_logprobs || t->n_top_ids > GM_MAX_TOP_LOGPROBS) {
+            p->lp_any = false;
+            return gm_fail(GM_ERR_INTERNAL, "worker rank 0 returned log-probabilities for sequence %d of %d with %zu "
+                           "ids and %zu values", (int)t->seq, (int)n, t->n_top_ids, t->n_top_logprobs);
+        }
+        gm_token_logprobs *o = &p->lp[t->seq];
+        o->logprob = t->logprob;
+        o->n_top = (int32_t)t->n_top_ids;
+        if (t->n_top_ids) {
+            memcpy(o->top_ids, t->top_ids, t->n_top_ids * sizeof *o->top_ids);
+            memcpy(o->top_logprobs, t->top_logprobs, t->n_top_ids * sizeof *o->top_logprobs);
+        }
+        p->lp_has[t->seq] = 1;
+    }
+    return GM_OK;
+}
+
+const gm_token_logprobs *wk_pool_logprobs(const wk_pool *p, const uint8_t **has)
+{
+    *has = p && p->lp_any ? p->lp_has : NULL;
+    return p && p->lp_any ? p->lp : NULL;
+}
+
 static bool wk_is_inflight(const wk_pool *p, uint64_t id)
 {
     for (int32_t i = 0; i < p->n_inflight; i++)
@@ -857,6 +903,8 @@ gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *don
                 if (res->n_tokens != (size_t)n_seqs) {
                     st = gm_fail(GM_ERR_INTERNAL, "worker rank 0 returned %zu tokens for %d sequences",
                                  res->n_tokens, (int)n_seqs);
+                    failed = true;
+                } else if ((st = wk_take_logprobs(p, res, n_seqs)) != GM_OK) {
                     failed = true;
                 } else {
                     memcpy(tokens, res->tokens, (size_t)n_seqs * sizeof *tokens);

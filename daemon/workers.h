@@ -70,6 +70,11 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs);
  * the pool (wk_pool_restart), though the ranks can still take new plans. */
 gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *done);
 
+/* The log-probabilities rank 0 returned with the step wk_pool_collect finished last: entry i's at
+ * [i] where (*has)[i] (entries whose sampling asked, ctl/step.h); NULL (and *has NULL) when no entry
+ * did. Borrowed until the next wk_pool_collect. */
+const gm_token_logprobs *wk_pool_logprobs(const wk_pool *p, const uint8_t **has);
+
 /* True while a step is in flight; wk_pool_inflight: how many (0..2). */
 bool wk_pool_busy(const wk_pool *p);
 int32_t wk_pool_inflight(const wk_pool *p);

@@ -1,11 +1,18 @@
 # CPU reference area: ops, the CPU engine, gemma-generate against an independent numpy Gemma.
 gm_add_test(test_cpu_ops ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_ops.c LIBS gm_kernels_cpu gm_common m TIMEOUT 120)
+gm_add_test(test_cpu_sample ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_sample.c LIBS gm_kernels_cpu gm_common m TIMEOUT 60)
 gm_add_test(test_cpu_gemma23 ${CMAKE_CURRENT_SOURCE_DIR}/test_cpu_gemma23.c LIBS gm_kernels_cpu gm_common m TIMEOUT 60)
 gm_add_test(test_weights_gemma23 ${CMAKE_CURRENT_SOURCE_DIR}/test_weights_gemma23.c LIBS gm_worker gm_common m
   TIMEOUT 60)
 gm_add_test(test_engine_cpu ${CMAKE_CURRENT_SOURCE_DIR}/test_engine_cpu.c LIBS gm_worker gm_parallel gm_common m
   TIMEOUT 300)
 set_tests_properties(test_engine_cpu PROPERTIES FIXTURES_REQUIRED tiny_model)
+
+# The sampling extras through the CPU engine (logprobs, penalties, min_tokens), on Gemma 1 and Gemma 2 (soft-capped
+# logits).
+gm_add_test(test_engine_sample ${CMAKE_CURRENT_SOURCE_DIR}/test_engine_sample.c LIBS gm_worker gm_parallel gm_common m
+  TIMEOUT 300)
+set_tests_properties(test_engine_sample PROPERTIES FIXTURES_REQUIRED tiny_model)
 
 # Tiny Gemma 2 and Gemma 3 checkpoints (fixtures tiny_gemma2, tiny_gemma3; a 16-token sliding window).
 if(TARGET gemma-mkmodel)
@@ -34,6 +41,9 @@ if(TARGET gemma-quantize AND TARGET gemma-generate AND TARGET gemma-mkmodel)
 endif()
 
 # The engine tests (batch invariance, chunked and scattered KV, tensor parallel tp=2 vs tp=1) on Gemma 2 and 3.
+add_test(NAME test_engine_sample_gemma2 COMMAND test_engine_sample ${CMAKE_BINARY_DIR}/models/tiny_gemma2)
+set_tests_properties(test_engine_sample_gemma2 PROPERTIES FIXTURES_REQUIRED tiny_gemma2 TIMEOUT 300
+  ENVIRONMENT "GM_SRC=${CMAKE_SOURCE_DIR};GM_BIN=${CMAKE_BINARY_DIR}")
 foreach(fam gemma2 gemma3)
   add_test(NAME test_engine_cpu_${fam} COMMAND test_engine_cpu ${CMAKE_BINARY_DIR}/models/tiny_${fam})
   set_tests_properties(test_engine_cpu_${fam} PROPERTIES FIXTURES_REQUIRED tiny_${fam} TIMEOUT 300

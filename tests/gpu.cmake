@@ -10,6 +10,10 @@ if(GM_HAVE_CUDA)
   add_test(NAME test_gpu_model_lm8 COMMAND test_gpu_model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(test_gpu_model_lm8 PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600
     ENVIRONMENT GM_TEST_LM=fp8 FIXTURES_REQUIRED tiny_model)
+  # the sampler's extras (logprobs, penalties, min_tokens) against their CPU twins, and through the CUDA engine
+  gm_add_test(test_gpu_sample ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sample.c
+    LIBS gm_worker gm_cuda gm_kernels_cpu gm_common CUDA::cudart m LABELS gpu TIMEOUT 600)
+  set_tests_properties(test_gpu_sample PROPERTIES FIXTURES_REQUIRED tiny_model)
   # the CUDA engine's own sizes with no sizing options (ctl/sizing.h); takes the whole GPU
   gm_add_test(test_gpu_sizing ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sizing.c
     LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)

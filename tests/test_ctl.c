@@ -86,6 +86,17 @@ static void same_plan(const ctl_msg *a, const ctl_msg *b)
             assert_memory_equal(&x->sampling->top_p, &y->sampling->top_p, 4);
             assert_int_equal(x->sampling->top_k, y->sampling->top_k);
             assert_int_equal(x->sampling->seed, y->sampling->seed);
+            assert_memory_equal(&x->sampling->presence_penalty, &y->sampling->presence_penalty, 4);
+            assert_memory_equal(&x->sampling->frequency_penalty, &y->sampling->frequency_penalty, 4);
+            assert_memory_equal(&x->sampling->repetition_penalty, &y->sampling->repetition_penalty, 4);
+            assert_int_equal(x->sampling->n_prompt, y->sampling->n_prompt);
+            assert_int_equal(x->sampling->min_tokens, y->sampling->min_tokens);
+            assert_int_equal(!!x->sampling->logprobs, !!y->sampling->logprobs);
+            assert_int_equal(x->sampling->top_logprobs, y->sampling->top_logprobs);
+            assert_int_equal(x->sampling->n_stop_ids, y->sampling->n_stop_ids);
+            if (x->sampling->n_stop_ids)
+                assert_memory_equal(x->sampling->stop_ids, y->sampling->stop_ids,
+                                    x->sampling->n_stop_ids * sizeof *x->sampling->stop_ids);
         }
     }
 }
@@ -101,7 +112,7 @@ static void test_plan_codec(void **state)
         enum { MAXN = 24 };
         Gemma__Control__V1__SeqPlan sp[MAXN], *spp[MAXN];
         Gemma__Control__V1__Sampling sa[MAXN];
-        int32_t toks[MAXN][6], blks[MAXN][6];
+        int32_t toks[MAXN][6], blks[MAXN][6], stops[MAXN][GM_MAX_STOP_SET];
         size_t n = r32() % MAXN;
         for (size_t i = 0; i < n; i++) {
             gemma__control__v1__seq_plan__init(&sp[i]);
@@ -123,6 +134,19 @@ static void test_plan_codec(void **state)
                 sa[i].top_k = (int32_t)(r32() % 100);
                 sa[i].top_p = (float)(r32() % 100) / 100.0f;
                 sa[i].seed = (uint64_t)r32() << (r32() % 32);
+                if (r32() % 2) { /* the sampling extensions, each present or absent */
+                    sa[i].presence_penalty = r32() % 3 ? (float)((int)(r32() % 9) - 4) / 2.0f : 0.0f;
+                    sa[i].frequency_penalty = r32() % 3 ? -(float)(r32() % 100) / 50.0f : 0.0f;
+                    sa[i].repetition_penalty = r32() % 3 ? (float)(r32() % 100) / 25.0f : 0.0f;
+                    sa[i].n_prompt = (int32_t)(r32() % 3 ? r32() % 9000 : 0);
+                    sa[i].min_tokens = (int32_t)(r32() % 3 ? r32() % 300 : 0);
+                    sa[i].logprobs = r32() % 2;
+                    sa[i].top_logprobs = (int32_t)(r32() % 21);
+                    sa[i].n_stop_ids = r32() % 4 ? r32() % GM_MAX_STOP_SET : 0;
+                    for (size_t j = 0; j < sa[i].n_stop_ids; j++)
+                        stops[i][j] = r32() % 4 ? (int32_t)(r32() % 256000) : -(int32_t)(r32() % 5);
+                    sa[i].stop_ids = stops[i];
+                }
                 sp[i].sampling = &sa[i];
             }
             spp[i] = &sp[i];
@@ -189,6 +213,40 @@ static void test_plan_codec(void **state)
     assert_int_equal(mine->plan->seqs[0]->tokens[0], -1);
     assert_int_equal(mine->plan->seqs[0]->sampling->top_k, 0);
     assert_true(mine->plan->seqs[0]->sampling->top_p == 1.0f);
+    gemma__control__v1__control_message__free_unpacked(ref, NULL);
+    t_release(&tp);
+    /* the sampling extensions as another encoder may write them: stop ids unpacked then packed, a bool as a
+     * multi-byte varint, a field number past the known ones (skipped) */
+    const uint8_t samp[] = {
+        0x32, 0x16,                   /* SeqPlan.sampling, 22 bytes: */
+        0x50, 0x07,                   /*   stop_ids: 7, unpacked */
+        0x52, 0x02, 0x01, 0x6a,       /*   stop_ids: 1, 106 packed */
+        0x58, 0x81, 0x00,             /*   logprobs: true (a two-byte varint) */
+        0x60, 0x05,                   /*   top_logprobs 5 */
+        0x3d, 0x00, 0x00, 0xc0, 0x3f, /*   repetition_penalty 1.5 */
+        0x48, 0x03,                   /*   min_tokens 3 */
+        0x40, 0x0c,                   /*   n_prompt 12 */
+        0x68, 0x01,                   /*   field 13: unknown */
+        0x08, 0x02,                   /* slot 2 */
+    };
+    k = 0;
+    msg[k++] = 0x22;
+    msg[k++] = (uint8_t)(2 + sizeof samp);
+    msg[k++] = 0x12, msg[k++] = (uint8_t)sizeof samp;
+    memcpy(msg + k, samp, sizeof samp);
+    k += sizeof samp;
+    ref = gemma__control__v1__control_message__unpack(NULL, k, msg);
+    assert_non_null(ref);
+    mine = ctl_plan_decode(msg, k, &al);
+    same_plan(mine, ref);
+    const Gemma__Control__V1__Sampling *ms = mine->plan->seqs[0]->sampling;
+    assert_int_equal(ms->n_stop_ids, 3);
+    assert_int_equal(ms->stop_ids[2], 106);
+    assert_true(ms->logprobs);
+    assert_int_equal(ms->top_logprobs, 5);
+    assert_true(ms->repetition_penalty == 1.5f);
+    assert_int_equal(ms->min_tokens, 3);
+    assert_int_equal(ms->n_prompt, 12);
     gemma__control__v1__control_message__free_unpacked(ref, NULL);
     t_release(&tp);
     /* other messages are not the hand decoder's business; ctl_msg_unpack hands them to protobuf-c */
@@ -357,6 +415,8 @@ static const ctl_limits g_lim = {.max_seqs = 4, .max_tokens = 16, .max_context =
 static int32_t g_tok[16] = {2, 5, 7, 9, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53}, g_prev = GM_TOKEN_PREVIOUS;
 static int32_t g_tab[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
+static const gm_stop_set g_stops_many = {GM_MAX_STOP_SET + 1, {0}}, g_stops_bad = {2, {1, 100}};
+
 static gm_seq_step step_ok(int32_t slot)
 {
     gm_seq_step s = {slot, g_tok, 3, 0, g_tab, 1, GM_LOGITS_LAST, GM_SAMPLING_GREEDY};
@@ -369,7 +429,9 @@ static const char *const g_step_says[] = {
     "tokens",             "exceed the context", "exceed the context", "blocks, 2 needed", "block table",
     "pool has 10",        "vocabulary is 100", "is id -7",        "is id -1",         "at position 0",
     "bad sampling",       "bad sampling",      "bad sampling",    "bad sampling",     "bad sampling",
-    "bad sampling",       "unknown logits mode", "at most 16",
+    "bad sampling",       "bad penalties",     "bad penalties",   "bad penalties",    "bad penalties",
+    "n_prompt -1",        "min_tokens -2",     "logprobs 2",      "top_logprobs 21",  "67 stop ids",
+    "stop id 100",        "unknown logits mode", "at most 16",
 };
 #define N_STEP_CASES ((int)(sizeof g_step_says / sizeof g_step_says[0]))
 
@@ -399,7 +461,17 @@ static int step_spoil(gm_seq_step *s, int c)
     case 18: s[0].sampling.top_k = -1; break;
     case 19: s[0].sampling.top_p = 0; break;
     case 20: s[0].sampling.top_p = 1.5f; break;
-    case 21: s[0].logits_mode = 3; break;
+    case 21: s[0].sampling.presence_penalty = NAN; break;
+    case 22: s[0].sampling.frequency_penalty = INFINITY; break;
+    case 23: s[0].sampling.repetition_penalty = -1.0f; break;
+    case 24: s[0].sampling.repetition_penalty = NAN; break;
+    case 25: s[0].sampling.n_prompt = -1; break;
+    case 26: s[0].sampling.min_tokens = -2; break;
+    case 27: s[0].sampling.logprobs = 2; break;
+    case 28: s[0].sampling.top_logprobs = GM_MAX_TOP_LOGPROBS + 1; break;
+    case 29: s[0].stops = &g_stops_many; break;
+    case 30: s[0].stops = &g_stops_bad; break;
+    case 31: s[0].logits_mode = 3; break;
     default: s[0].n_tokens = 8, s[1].n_tokens = 9, s[1].n_blocks = 2; return 2; /* 17 > max_tokens */
     }
     return 1;
@@ -420,6 +492,12 @@ static void test_check_step(void **state)
     assert_int_equal(sums.tokens, 7);
     assert_int_equal(sums.logits_rows, 1 + 3 + 1);
     GOK(ctl_check_step(&g_lim, &mk, NULL, 0, NULL, NULL)); /* an empty step is valid */
+    static const gm_stop_set stops = {3, {1, 99, 0}};
+    q[0].sampling.presence_penalty = -2.0f, q[0].sampling.frequency_penalty = 2.0f;
+    q[0].sampling.repetition_penalty = 1.3f, q[0].sampling.n_prompt = 3, q[0].sampling.min_tokens = 5;
+    q[0].sampling.logprobs = 1, q[0].sampling.top_logprobs = GM_MAX_TOP_LOGPROBS;
+    q[0].stops = &stops;
+    GOK(ctl_check_step(&g_lim, &mk, q, 3, NULL, NULL)); /* the extensions at their limits */
     int32_t last[4] = {-1, 42, -1, -1};
     GOK(ctl_check_step(&g_lim, &mk, q, 3, last, NULL)); /* slot 1 has a sample */
 
@@ -489,7 +567,16 @@ static void same_entry(const gm_seq_step *a, const gm_seq_step *b)
     assert_int_equal(a->n_blocks, b->n_blocks);
     assert_memory_equal(a->block_table, b->block_table, (size_t)a->n_blocks * sizeof *a->block_table);
     assert_int_equal(a->logits_mode, b->logits_mode);
-    assert_memory_equal(&a->sampling, &b->sampling, sizeof a->sampling);
+    const gm_sampling *x = &a->sampling, *y = &b->sampling; /* field by field: padding may differ */
+    assert_true(x->temperature == y->temperature && x->top_k == y->top_k && x->top_p == y->top_p);
+    assert_true(x->seed == y->seed && x->presence_penalty == y->presence_penalty);
+    assert_true(x->frequency_penalty == y->frequency_penalty && x->repetition_penalty == y->repetition_penalty);
+    assert_true(x->n_prompt == y->n_prompt && x->min_tokens == y->min_tokens && x->logprobs == y->logprobs);
+    assert_true(x->top_logprobs == y->top_logprobs);
+    int32_t na = a->stops ? a->stops->n : 0, nb = b->stops ? b->stops->n : 0;
+    assert_int_equal(na, nb);
+    if (na)
+        assert_memory_equal(a->stops->ids, b->stops->ids, (size_t)na * sizeof *a->stops->ids);
 }
 
 static void test_slots(void **state)
@@ -503,22 +590,28 @@ static void test_slots(void **state)
     Gemma__Control__V1__SeqPlan sp[8];
     gm_seq_step got[8];
     int32_t table[2][6] = {{5, 1, 9, 2, 7, 3}, {0, 4, 6, 8, 10, 11}};
-    gm_sampling hot = {0.7f, 40, 0.9f, 77};
+    gm_sampling hot = {0.7f, 40, 0.9f, 77, 0.5f, -0.25f, 1.2f, 5, 3, 1, 4};
+    gm_stop_set stops = {3, {1, 107, 9}}, stops2 = {2, {1, 107}};
     /* a sequence that grows: prefill, then decodes, its table growing by deltas */
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 8; k++) {
         gm_seq_step s[2];
         for (int i = 0; i < 2; i++) {
             s[i] = (gm_seq_step){i ? 3 : 0, k ? &g_prev : g_tok, k ? 1 : 5, k ? 5 + 4 * (k - 1) : 0, table[i],
-                                 k + 1, GM_LOGITS_LAST, i ? hot : GM_SAMPLING_GREEDY};
-            if (k == 4 && i == 1)
+                                 k + 1 < 6 ? k + 1 : 6, GM_LOGITS_LAST, i ? hot : GM_SAMPLING_GREEDY, i ? &stops : NULL};
+            if (k >= 4 && i == 1)
                 s[i].sampling.temperature = 0.5f; /* a sampling change goes out as a delta */
+            if (k >= 6 && i == 1)
+                s[i].stops = &stops2; /* and so does a change of the stop set alone */
         }
+        if (k == 7)
+            s[1].stops = NULL;
         GOK(send_plan(&tx, &rx, s, 2, 12, got, &tp, sp));
         for (int i = 0; i < 2; i++)
             same_entry(&s[i], &got[i]);
         assert_int_equal(!!sp[0].reset, k == 0);
-        assert_int_equal(sp[0].n_block_table, 1); /* only the appended block */
-        assert_int_equal(sp[1].sampling != NULL, k == 0 || k == 4 || k == 5);
+        assert_int_equal(sp[0].n_block_table, k < 6 ? 1 : 0); /* only the appended block */
+        assert_int_equal(sp[1].sampling != NULL, k == 0 || k == 4 || k == 6 || k == 7);
+        assert_null(got[0].stops);
         t_release(&tp);
     }
     /* a shrinking table and a new sequence at position 0 reset the slot */
@@ -576,8 +669,20 @@ static void test_slots(void **state)
     p.n_seqs = 1, q.slot = 1, q.reset = true, q.n_block_table = 2, blocks[0] = 0;
     q.tokens = g_tok, q.n_tokens = 2;
     rx.samp[1] = hot;
+    rx.stops[1] = stops;
     GOK(ctl_slots_take(&rx, &p, 12, got));
     assert_memory_equal(&got[0].sampling, &GM_SAMPLING_GREEDY, sizeof(gm_sampling));
+    assert_null(got[0].stops); /* and no stop set */
+    /* more stop ids than a slot holds */
+    int32_t many[GM_MAX_STOP_SET + 1] = {0};
+    Gemma__Control__V1__Sampling sa = GEMMA__CONTROL__V1__SAMPLING__INIT;
+    sa.top_p = 1.0f, sa.stop_ids = many, sa.n_stop_ids = GM_MAX_STOP_SET + 1;
+    q.sampling = &sa;
+    assert_int_equal(ctl_slots_take(&rx, &p, 12, got), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "67 stop ids"));
+    sa.n_stop_ids = GM_MAX_STOP_SET;
+    GOK(ctl_slots_take(&rx, &p, 12, got));
+    assert_int_equal(got[0].stops->n, GM_MAX_STOP_SET);
     assert_int_equal(ctl_slots_init(&tx, 0, 0), GM_ERR_INVALID_ARG);
     ctl_slots_free(&tx);
     ctl_slots_free(&rx);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/sampling.h"
 #include "common/status.h"
 #include "common/args.h"
 #include "daemon/config.h"
@@ -329,6 +330,20 @@ static void test_textout(void **state)
     assert_int_equal(n, 0);
     txo_destroy(&x);
 
+    /* unarmed (min_tokens not reached): no match, nothing held back; armed again, a match may begin in text
+     * not yet sent */
+    x = txo_new(stops, lens, 2);
+    txo_arm(x, false);
+    assert_false(txo_append(x, "aEND bE", 7));
+    txo_ready(x, &n);
+    assert_int_equal(n, 7);
+    txo_arm(x, true);
+    assert_true(txo_append(x, "ND", 2));
+    t = txo_ready(x, &n);
+    assert_int_equal(n, 6);
+    assert_memory_equal(t, "aEND b", 6);
+    txo_destroy(&x);
+
     /* earliest of two matches in one delta */
     x = txo_new(stops, lens, 2);
     assert_true(txo_append(x, "a\n\nbEND", 7));
@@ -563,6 +578,9 @@ static void test_wire_matches_protobuf_c(void **state)
     enum { MAXN = 40 };
     static int32_t toks[MAXN][8], blks[MAXN][8], ids[MAXN][8];
     static char texts[MAXN][16], msgs[MAXN][16];
+    static Gemma__V1__TokenLogprobs lps[MAXN][8], *lpp[MAXN][8];
+    static int32_t top_ids[MAXN][8][GM_MAX_TOP_LOGPROBS];
+    static float top_lps[MAXN][8][GM_MAX_TOP_LOGPROBS];
     for (int round = 0; round < 400; round++) {
         /* StepPlan */
         Gemma__Control__V1__SeqPlan sp[MAXN], *spp[MAXN];
@@ -642,6 +660,23 @@ static void test_wire_matches_protobuf_c(void **state)
                     msgs[i][j] = (char)('A' + rnd() % 26);
                 msgs[i][ml] = 0;
                 ch[i].error_message = msgs[i];
+            }
+            if (rnd() % 2) { /* log-probabilities, one per token id, with 0..20 alternatives */
+                for (size_t j = 0; j < ch[i].n_token_ids; j++) {
+                    Gemma__V1__TokenLogprobs *t = &lps[i][j];
+                    gemma__v1__token_logprobs__init(t);
+                    t->logprob = rnd() % 5 ? -(float)(rnd() % 1000) / 37.0f : (rnd() % 2 ? 0.0f : -0.0f);
+                    t->n_top_ids = t->n_top_logprobs = rnd() % (GM_MAX_TOP_LOGPROBS + 1);
+                    for (size_t k = 0; k < t->n_top_ids; k++) {
+                        top_ids[i][j][k] = rnd() % 4 ? (int32_t)(rnd() % 256000) : -1;
+                        top_lps[i][j][k] = rnd() % 6 ? -(float)(rnd() % 1000) / 13.0f : -INFINITY;
+                    }
+                    t->top_ids = top_ids[i][j];
+                    t->top_logprobs = top_lps[i][j];
+                    lpp[i][j] = t;
+                }
+                ch[i].n_logprobs = ch[i].n_token_ids;
+                ch[i].logprobs = lpp[i];
             }
             chp[i] = &ch[i];
         }

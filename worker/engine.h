@@ -11,7 +11,11 @@
  * engine sampled for the slot in its most recent step that sampled for it.
  * Every backend resolves it itself, on every rank, before the embedding lookup
  * (CUDA: from a device-side per-slot table written by the sampler, without a
- * host round trip). Every step is checked by ctl/check.h's validator first. */
+ * host round trip). Every step is checked by ctl/check.h's validator first.
+ *
+ * Sampling (common/sampling.h says in which order): log-probabilities of the raw logits when an
+ * entry asks, penalties from the slot's tokens since position 0 (worker/engine_pen.h), the
+ * min_tokens mask of the entry's stop ids, then temperature / top-k / top-p and the draw. */
 #ifndef GM_ENGINE_H
 #define GM_ENGINE_H
 
@@ -57,8 +61,11 @@ typedef struct gm_step_out {
                         (other ranks may fill it too) */
     float *logits;   /* optional [rows, vocab] float32, rows in batch order: a GM_LOGITS_ALL
                         sequence gives one row per new token, a LAST one gives one row, NONE
-                        gives none; NULL = not wanted (rank 0 only) */
+                        gives none; NULL = not wanted (rank 0 only). Raw: before penalties and
+                        min_tokens (common/sampling.h) */
     int64_t logits_rows_cap;
+    gm_token_logprobs *logprobs; /* optional [n_seqs]: entry i's where gm_seq_step_wants_logprobs
+                                    (others untouched); NULL = not wanted (rank 0 only) */
 } gm_step_out;
 
 typedef struct gm_engine gm_engine;

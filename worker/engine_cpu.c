@@ -35,6 +35,7 @@
 #include "engine.h"
 #include "engine_check.h"
 #include "engine_feed.h"
+#include "engine_pen.h"
 #include "weights.h"
 
 #define MLP_ROWS 32 /* token rows per MLP tile: bounds the [rows, intermediate] scratch */
@@ -66,6 +67,12 @@ typedef struct cpu_engine {
     uint8_t *fin8;     /* [rows, hidden] e4m3 of fin, scale fin8_sc (static) */
     float embed8_sc, fin8_sc;
     gm_feed feed;      /* each slot's last sample; a step's samples */
+    gm_pen_track pen;  /* which slots' histories the penalties may use (engine_pen.h) */
+    uint8_t *pen_flags; /* [max_seqs] a step's GM_PEN_* per entry */
+    int32_t **hist;    /* [max_seqs] rank 0: a slot's tokens by position, [max_context] int32 once it has
+                        * penalties (allocated then) */
+    int32_t *cnt;      /* [vocab] zero: cpu_penalize's scratch */
+    float *work;       /* [vocab] a row being penalized or masked (the logits stay raw) */
 } cpu_engine;
 
 static void *xrealloc(void *p, size_t n, int *fail)
@@ -215,6 +222,53 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
     return m->sandwich_norm ? reduce_norm_add(c, T, &L->post_ffw_norm) : reduce_add(c, T);
 }
 
+/* One entry's token from its raw logits row [vocab] (not modified): log-probabilities into *lp when
+ * it asks (and lp is given), then its penalties and min_tokens mask on a copy, then the draw. */
+static int32_t sample_row(cpu_engine *c, const gm_seq_step *s, uint8_t pen, const float *row, gm_token_logprobs *lp,
+                          uint64_t counter)
+{
+    int64_t V = c->base.cfg.vocab_size;
+    const gm_sampling *sp = &s->sampling;
+    double lse = 0.0;
+    if (lp && !gm_seq_step_wants_logprobs(s))
+        lp = NULL;
+    if (lp) {
+        lp->n_top = sp->top_logprobs < V ? sp->top_logprobs : (int32_t)V;
+        cpu_logprobs(row, V, lp->n_top, &lse, lp->top_ids, lp->top_logprobs);
+    }
+    bool mask = gm_seq_step_masks_stops(s);
+    const float *w = row;
+    if ((pen & GM_PEN_APPLY) || mask) {
+        memcpy(c->work, row, (size_t)V * sizeof *row);
+        if (pen & GM_PEN_APPLY)
+            cpu_penalize(c->work, V, c->hist[s->slot], (int64_t)s->start_pos + s->n_tokens, sp, c->cnt);
+        if (mask)
+            cpu_mask_ids(c->work, V, s->stops->ids, s->stops->n);
+        w = c->work;
+    }
+    int32_t id = cpu_sample(w, V, sp, counter);
+    if (lp)
+        lp->logprob = id >= 0 ? (float)((double)row[id] - lse) : -INFINITY;
+    return id;
+}
+
+/* Rank 0: each penalized entry's new tokens (ids [T], the step's resolved inputs) into its slot's history. */
+static gm_status pen_record(cpu_engine *c, const gm_seq_step *seqs, int32_t n_seqs)
+{
+    int64_t t0 = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        const gm_seq_step *s = &seqs[i];
+        if (c->pen_flags[i] & GM_PEN_ON) {
+            int32_t **h = &c->hist[s->slot];
+            if (!*h && !(*h = malloc((size_t)c->base.opts.max_context * sizeof **h)))
+                return gm_fail(GM_ERR_NOMEM, "cpu engine: no memory for slot %d's token history", (int)s->slot);
+            memcpy(*h + s->start_pos, c->ids + t0, (size_t)s->n_tokens * sizeof **h);
+        }
+        t0 += s->n_tokens;
+    }
+    return GM_OK;
+}
+
 /* Rank 0: logits of the rows asked for (out->logits gets them when given) and a
  * sample per entry with logits into sampled[] (-1 for the others). */
 static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out,
@@ -263,25 +317,19 @@ static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t
         }
         r += s->logits_mode == GM_LOGITS_ALL && full ? s->n_tokens : 1;
         uint64_t counter = (uint64_t)s->start_pos + (uint64_t)s->n_tokens;
-        sampled[i] = cpu_sample(lg + (r - 1) * V, V, &s->sampling, counter);
+        sampled[i] = sample_row(c, s, c->pen_flags[i], lg + (r - 1) * V,
+                                out && out->logprobs ? &out->logprobs[i] : NULL, counter);
     }
     return GM_OK;
 }
 
-static gm_status cpu_step(gm_engine *e, const gm_seq_step *seqs_in, int32_t n_seqs, gm_step_out *out)
+/* A checked step of T tokens and `rows` logits rows: the forward pass, then rank 0 samples. */
+static gm_status cpu_forward_sample(cpu_engine *c, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out,
+                                    int64_t T, int64_t rows)
 {
-    cpu_engine *c = (cpu_engine *)e;
+    gm_engine *e = &c->base;
     const gm_model_config *m = &e->cfg;
-    const gm_seq_step *seqs = NULL;
-    gm_status st = gm_feed_resolve(&c->feed, seqs_in, n_seqs, &seqs);
-    if (st)
-        return st;
-    int64_t T = 0, rows = 0;
-    st = gm_engine_check_step(e, seqs, n_seqs, out, &T, &rows);
-    if (st)
-        return st;
-    if (T == 0)
-        return GM_OK;
+    gm_status st;
     if ((st = ensure_tokens(c, T)))
         return st;
     int64_t t0 = 0;
@@ -299,20 +347,42 @@ static gm_status cpu_step(gm_engine *e, const gm_seq_step *seqs_in, int32_t n_se
             return st;
 
     /* Only rank 0 computes logits and samples (only the sampled rows unless
-     * out->logits wants more); the ids then go to every rank. */
+     * out->logits wants more); the ids then go to every rank. Every step's tokens
+     * go into the penalties' histories, those of steps that sample nothing too. */
+    if (e->opts.tp_rank == 0 && (st = pen_record(c, seqs, n_seqs)))
+        return st;
     if (rows == 0)
         return GM_OK;
     int32_t *sampled = c->feed.sampled;
-    if (e->opts.tp_rank == 0) {
-        if ((st = cpu_sample_rows(c, seqs, n_seqs, out, rows, sampled)))
-            return st;
-    }
+    if (e->opts.tp_rank == 0 && (st = cpu_sample_rows(c, seqs, n_seqs, out, rows, sampled)))
+        return st;
     if (e->opts.tp_size > 1 && (st = gm_comm_broadcast(e->opts.comm, sampled, (int64_t)n_seqs * 4)))
         return st;
     gm_feed_record(&c->feed, seqs, n_seqs, sampled);
     if (out && out->tokens)
         memcpy(out->tokens, sampled, (size_t)n_seqs * sizeof *sampled);
     return GM_OK;
+}
+
+static gm_status cpu_step(gm_engine *e, const gm_seq_step *seqs_in, int32_t n_seqs, gm_step_out *out)
+{
+    cpu_engine *c = (cpu_engine *)e;
+    const gm_seq_step *seqs = NULL;
+    gm_status st = gm_feed_resolve(&c->feed, seqs_in, n_seqs, &seqs);
+    if (st)
+        return st;
+    int64_t T = 0, rows = 0;
+    st = gm_engine_check_step(e, seqs, n_seqs, out, &T, &rows);
+    if (st)
+        return st;
+    if ((st = gm_pen_step(&c->pen, seqs, n_seqs, c->pen_flags)))
+        return st;
+    if (T == 0)
+        return GM_OK;
+    st = cpu_forward_sample(c, seqs, n_seqs, out, T, rows);
+    if (st)
+        gm_pen_forget(&c->pen); /* a step that failed part way: no history is trusted */
+    return st;
 }
 
 static void cpu_destroy(gm_engine *e)
@@ -325,6 +395,11 @@ static void cpu_destroy(gm_engine *e)
     free(c->ids), free(c->pos), free(c->gate), free(c->up);
     free(c->fin), free(c->logits), free(c->row_tok), free(c->embed8), free(c->fin8);
     gm_feed_free(&c->feed);
+    gm_pen_free(&c->pen);
+    if (c->hist)
+        for (int32_t i = 0; i < c->base.opts.max_seqs; i++)
+            free(c->hist[i]);
+    free(c->hist), free(c->pen_flags), free(c->cnt), free(c->work);
     gm_linears_free(c->lin, c->lin ? (int64_t)c->base.cfg.num_layers * GM_LIN_COUNT : 0);
     free(c->lin);
     gm_weights_release(&c->w);
@@ -400,8 +475,16 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     c->kv = calloc((size_t)(2 * cfg.num_layers) * (size_t)c->layer_elems, sizeof(float));
     c->gate = malloc((size_t)MLP_ROWS * (size_t)tp->n_inter * sizeof(float));
     c->up = malloc((size_t)MLP_ROWS * (size_t)tp->n_inter * sizeof(float));
-    if ((st = gm_feed_init(&c->feed, o->max_seqs)))
+    if ((st = gm_feed_init(&c->feed, o->max_seqs)) || (st = gm_pen_init(&c->pen, o->max_seqs)))
         goto fail;
+    c->pen_flags = calloc((size_t)(o->max_seqs > 0 ? o->max_seqs : 1), 1);
+    c->hist = calloc((size_t)(o->max_seqs > 0 ? o->max_seqs : 1), sizeof *c->hist);
+    c->cnt = calloc((size_t)cfg.vocab_size, sizeof *c->cnt);
+    c->work = malloc((size_t)cfg.vocab_size * sizeof *c->work);
+    if (!c->pen_flags || !c->hist || !c->cnt || !c->work) {
+        st = gm_fail(GM_ERR_NOMEM, "cpu backend: no memory for the sampler's state");
+        goto fail;
+    }
     if (!c->kv || !c->gate || !c->up) {
         st = gm_fail(GM_ERR_NOMEM, "cpu backend: no memory for %lld KV blocks (%lld MiB)",
                      (long long)c->base.kv_num_blocks,

@@ -275,6 +275,21 @@ gm_status cu_lm_head(cuda_engine *c, const bf16 *x, int64_t nr)
     return linear(c, &c->lm, &r, nr, c->logits, 1, c->V);
 }
 
+/* Rank 0: the token of each of a's rows from c->logits, with the rows' penalties, min_tokens masks and
+ * log-probabilities (k_sample_aux; rows that ask for none of them cost nothing more). */
+static gm_status sample(cuda_engine *c, const fwd_args *a, cudaStream_t s)
+{
+    const meta_ptrs *m = &a->m;
+    k_sample_aux x;
+    memset(&x, 0, sizeof x);
+    x.ids = m->ids, x.q_start = m->q_start, x.n_new = m->n_new, x.start_pos = m->start_pos;
+    x.slot = m->pslot, x.pen = m->pen;
+    x.keys = c->pen_keys, x.counts = c->pen_counts, x.raw = c->pen_raw, x.cap = c->pen_cap;
+    x.mask_off = m->mask_off, x.mask_n = m->mask_n, x.mask_ids = m->mask_ids;
+    cu_lp_layout(c->lp_d, c->base.opts.max_seqs, &x.lp, &x.top_ids, &x.top_lps);
+    return k_sample_ex(c->logits, c->V, c->V, a->S, m->params, m->counters, m->tokens, &x, s);
+}
+
 /* ---------------------------------------------------------------- the forward pass */
 
 gm_status cu_forward(cuda_engine *c, const fwd_args *a)
@@ -323,7 +338,7 @@ gm_status cu_forward(cuda_engine *c, const fwd_args *a)
         }
         GM_CHECK(cu_lm_head(c, last, a->S));
         cu_prof_mark(c, OP_LM_HEAD);
-        GM_CHECK(k_sample(c->logits, c->V, c->V, a->S, m->params, m->counters, m->tokens, s));
+        GM_CHECK(sample(c, a, s));
     }
     if (c->nccl)
         GM_CHECK(gm_nccl_broadcast_i32(c->nccl, m->tokens, a->S, 0, s));

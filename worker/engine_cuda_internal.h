@@ -30,6 +30,7 @@
 #include "awq.h"
 #include "engine.h"
 #include "engine_cuda.h"
+#include "engine_pen.h"
 #include "weights.h"
 
 #define LOGIT_CHUNK 64     /* rows per LM-head pass when dumping logits */
@@ -109,13 +110,30 @@ static inline cu_linear *cu_layer_linear(cu_layer *y, int i)
     return p[i];
 }
 
+/* The three log-probability arrays in a block of max_seqs rows (c->lp_d, or its mirror c->lp_h). */
+static inline void cu_lp_layout(void *base, int32_t max_seqs, float **lp, int32_t **ids, float **top)
+{
+    char *b = (char *)base;
+    *lp = (float *)b;
+    *ids = (int32_t *)(b + (size_t)max_seqs * 4);
+    *top = (float *)(b + (size_t)max_seqs * 4 * (1 + GM_MAX_TOP_LOGPROBS));
+}
+
+static inline size_t cu_lp_bytes(int32_t max_seqs)
+{
+    return (size_t)max_seqs * 4 * (1 + 2 * GM_MAX_TOP_LOGPROBS);
+}
+
 /* Device (or pinned host mirror) arrays of one step; same offsets on both sides. */
 typedef struct meta_ptrs {
     int32_t *ids, *pos, *slot, *tok_slot;                                   /* [Tc] */
     int32_t *q_start, *n_new, *start_pos, *ctx_len, *rows, *sslot, *tokens; /* [Sc] */
+    int32_t *pslot, *pen, *mask_off, *mask_n;                               /* [Sc] k_sample_aux's */
     uint64_t *counters;                                                     /* [Sc] */
     gm_sampling *params;                                                    /* [Sc] */
     int32_t *bt;                                                            /* [Sc, max_blocks] */
+    int32_t *mask_ids;  /* [Sc * GM_MAX_STOP_SET] last: a step copies only the part it fills */
+    size_t mask_at;     /* byte offset of mask_ids */
     size_t bytes;
 } meta_ptrs;
 
@@ -204,6 +222,16 @@ typedef struct cuda_engine {
     int64_t cap_rows;
     int32_t *dump_rows; /* [cap_t] token rows whose logits the caller wants */
     int32_t *last_tok;  /* [max_seqs] token each slot sampled last */
+    /* sampling extras (kernels/cuda/sample.cuh: k_sample_aux), rank 0 */
+    int32_t pen_cap;       /* entries of a slot's penalty table (gm_pen_table_cap) */
+    int32_t *pen_keys;     /* [max_seqs, pen_cap] */
+    int32_t *pen_counts;   /* [max_seqs, pen_cap] */
+    float *pen_raw;        /* [max_seqs, pen_cap] */
+    gm_pen_track pen;      /* host: which slots' tables may be built on (every rank, for the same answer) */
+    uint8_t *pen_flags_h;  /* host [max_seqs]: a step's GM_PEN_* per caller's entry */
+    float *lp_d;           /* rows in step order: [max_seqs] f32 sampled tokens' log-probabilities, then
+                            * [max_seqs, GM_MAX_TOP_LOGPROBS] int32 alternatives and f32 theirs */
+    char *lp_h;            /* pinned mirror, same layout */
     void *dec_scratch;
     size_t dec_scratch_bytes;
 

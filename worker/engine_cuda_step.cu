@@ -53,9 +53,15 @@ static void meta_layout(char *base, int64_t Tc, int64_t Sc, int64_t max_blocks, 
     TAKE(rows, int32_t, Sc);
     TAKE(sslot, int32_t, Sc);
     TAKE(tokens, int32_t, Sc);
+    TAKE(pslot, int32_t, Sc);
+    TAKE(pen, int32_t, Sc);
+    TAKE(mask_off, int32_t, Sc);
+    TAKE(mask_n, int32_t, Sc);
     TAKE(counters, uint64_t, Sc);
     TAKE(params, gm_sampling, Sc);
     TAKE(bt, int32_t, Sc * max_blocks);
+    TAKE(mask_ids, int32_t, Sc * GM_MAX_STOP_SET);
+    m->mask_at = (size_t)((char *)m->mask_ids - base);
 #undef TAKE
     m->bytes = (o + 15) & ~(size_t)15;
 }
@@ -149,9 +155,11 @@ static gm_status check_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seq
 }
 
 /* The step's metadata in the pinned mirror (mh) for Sc sequences (n_seqs real ones, in c->order_h's order,
- * then bucket padding), c->tstart_h of each caller's sequence. */
-static void fill_meta(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, int32_t Sc, meta_ptrs *mh)
+ * then bucket padding), c->tstart_h of each caller's sequence. Returns the min_tokens ids written to
+ * mh->mask_ids. */
+static int32_t fill_meta(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, int32_t Sc, meta_ptrs *mh)
 {
+    int32_t n_mask = 0;
     int32_t bs = c->base.opts.kv_block_size;
     int64_t t = 0;
     for (int32_t i = 0; i < Sc; i++) {
@@ -160,6 +168,7 @@ static void fill_meta(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, i
             mh->ids[t] = 0, mh->pos[t] = 0, mh->slot[t] = -1, mh->tok_slot[t] = 0;
             mh->q_start[i] = (int32_t)t, mh->n_new[i] = 1, mh->start_pos[i] = 0, mh->ctx_len[i] = 0;
             mh->rows[i] = (int32_t)t, mh->sslot[i] = -1, mh->counters[i] = 0;
+            mh->pslot[i] = 0, mh->pen[i] = 0, mh->mask_off[i] = 0, mh->mask_n[i] = 0;
             mh->params[i] = GM_SAMPLING_GREEDY;
             bt[0] = 0;
             t++;
@@ -175,6 +184,15 @@ static void fill_meta(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, i
         mh->sslot[i] = q->logits_mode != GM_LOGITS_NONE ? q->slot : -1;
         mh->counters[i] = (uint64_t)q->start_pos + (uint64_t)q->n_tokens;
         mh->params[i] = q->sampling;
+        mh->pslot[i] = q->slot;
+        mh->pen[i] = c->pen_flags_h[c->order_h[i]];
+        mh->mask_off[i] = n_mask;
+        mh->mask_n[i] = 0;
+        if (gm_seq_step_masks_stops(q)) {
+            memcpy(mh->mask_ids + n_mask, q->stops->ids, (size_t)q->stops->n * sizeof(int32_t));
+            mh->mask_n[i] = q->stops->n;
+            n_mask += q->stops->n;
+        }
         int32_t nb = q->n_blocks < c->max_blocks ? q->n_blocks : c->max_blocks;
         memcpy(bt, q->block_table, (size_t)nb * sizeof(int32_t));
         for (int32_t j = 0; j < q->n_tokens; j++, t++) {
@@ -185,16 +203,34 @@ static void fill_meta(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, i
             mh->tok_slot[t] = q->slot;
         }
     }
+    return n_mask;
 }
 
-gm_status cu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
+/* After the step synchronized: each caller's entry that asked gets its log-probabilities from lp_h. */
+static void lp_deliver(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, gm_token_logprobs *out)
 {
-    cuda_engine *c = (cuda_engine *)e;
+    float *lp, *top;
+    int32_t *ids;
+    cu_lp_layout(c->lp_h, c->base.opts.max_seqs, &lp, &ids, &top);
+    for (int32_t i = 0; i < n_seqs; i++) {
+        int32_t k = c->order_h[i];
+        const gm_seq_step *q = &seqs[k];
+        if (!gm_seq_step_wants_logprobs(q))
+            continue;
+        gm_token_logprobs *o = &out[k];
+        o->logprob = lp[i];
+        o->n_top = q->sampling.top_logprobs < c->V ? q->sampling.top_logprobs : (int32_t)c->V;
+        memcpy(o->top_ids, ids + (int64_t)i * GM_MAX_TOP_LOGPROBS, (size_t)o->n_top * sizeof(int32_t));
+        memcpy(o->top_logprobs, top + (int64_t)i * GM_MAX_TOP_LOGPROBS, (size_t)o->n_top * sizeof(float));
+    }
+}
+
+/* A checked step of T tokens and `rows` logits rows. */
+static gm_status step_run(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out, int64_t T,
+                          int64_t rows)
+{
+    gm_engine *e = &c->base;
     const gm_engine_opts *o = &e->opts;
-    int64_t T = 0, rows = 0;
-    GM_CHECK(check_step(e, seqs, n_seqs, out, &T, &rows));
-    if (T == 0)
-        return GM_OK;
 
     int decode = 1;
     int32_t max_new = 0;
@@ -223,8 +259,9 @@ gm_status cu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step
     meta_layout(c->meta_d, Tc, Sc, c->max_blocks, &md);
     if (mh.bytes > c->meta_cap)
         return gm_fail(GM_ERR_INTERNAL, "cuda step: metadata of %zu bytes exceeds %zu", mh.bytes, c->meta_cap);
-    fill_meta(c, seqs, n_seqs, Sc, &mh);
-    GM_CUDA_CHECK(cudaMemcpyAsync(c->meta_d, c->meta_h, mh.bytes, cudaMemcpyHostToDevice, c->stream));
+    int32_t n_mask = fill_meta(c, seqs, n_seqs, Sc, &mh);
+    GM_CUDA_CHECK(cudaMemcpyAsync(c->meta_d, c->meta_h, mh.mask_at + (size_t)n_mask * sizeof(int32_t),
+                                  cudaMemcpyHostToDevice, c->stream));
 
     fwd_args a;
     memset(&a, 0, sizeof a);
@@ -259,6 +296,19 @@ gm_status cu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step
 
     if (out && out->tokens && o->tp_rank == 0)
         GM_CUDA_CHECK(cudaMemcpyAsync(c->tok_h, md.tokens, (size_t)n_seqs * 4, cudaMemcpyDeviceToHost, c->stream));
+    bool want_lp = false;
+    for (int32_t i = 0; i < n_seqs && out && out->logprobs && o->tp_rank == 0; i++)
+        want_lp = want_lp || gm_seq_step_wants_logprobs(&seqs[i]);
+    if (want_lp) {
+        float *lp_d, *top_d, *lp_h, *top_h;
+        int32_t *ids_d, *ids_h;
+        cu_lp_layout(c->lp_d, o->max_seqs, &lp_d, &ids_d, &top_d);
+        cu_lp_layout(c->lp_h, o->max_seqs, &lp_h, &ids_h, &top_h);
+        size_t nb = (size_t)n_seqs * 4, nt = nb * GM_MAX_TOP_LOGPROBS;
+        GM_CUDA_CHECK(cudaMemcpyAsync(lp_h, lp_d, nb, cudaMemcpyDeviceToHost, c->stream));
+        GM_CUDA_CHECK(cudaMemcpyAsync(ids_h, ids_d, nt, cudaMemcpyDeviceToHost, c->stream));
+        GM_CUDA_CHECK(cudaMemcpyAsync(top_h, top_d, nt, cudaMemcpyDeviceToHost, c->stream));
+    }
     int64_t n_dump = 0;
     if (out && out->logits && o->tp_rank == 0 && rows > 0) {
         for (int32_t i = 0; i < n_seqs; i++) {
@@ -279,7 +329,23 @@ gm_status cu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step
     if (out && out->tokens && o->tp_rank == 0)
         for (int32_t i = 0; i < n_seqs; i++)
             out->tokens[c->order_h[i]] = seqs[c->order_h[i]].logits_mode == GM_LOGITS_NONE ? -1 : c->tok_h[i];
+    if (want_lp)
+        lp_deliver(c, seqs, n_seqs, out->logprobs);
     return GM_OK;
+}
+
+gm_status cu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    int64_t T = 0, rows = 0;
+    GM_CHECK(check_step(e, seqs, n_seqs, out, &T, &rows));
+    GM_CHECK(gm_pen_step(&c->pen, seqs, n_seqs, c->pen_flags_h));
+    if (T == 0)
+        return GM_OK;
+    gm_status st = step_run(c, seqs, n_seqs, out, T, rows);
+    if (st != GM_OK)
+        gm_pen_forget(&c->pen); /* a table may be half built: the next entry of each slot must reset it */
+    return st;
 }
 
 /* ---------------------------------------------------------------- buffers */
@@ -306,6 +372,28 @@ gm_status cu_buckets_plan(cuda_engine *c)
         GM_CHECK(cu_dev_alloc(&p->scratch, need, "XQA scratch"));
         GM_CUDA_CHECK(cudaMemset(p->scratch, 0, need));
     }
+    return GM_OK;
+}
+
+/* The sampler's extras: penalty tables and log-probability rows (rank 0 samples), the host bookkeeping. */
+static gm_status sampler_alloc(cuda_engine *c)
+{
+    const gm_engine_opts *o = &c->base.opts;
+    GM_CHECK(gm_pen_init(&c->pen, o->max_seqs));
+    c->pen_flags_h = (uint8_t *)calloc((size_t)o->max_seqs, 1);
+    if (!c->pen_flags_h)
+        return gm_fail(GM_ERR_NOMEM, "cuda engine: no host memory");
+    if (o->tp_rank != 0)
+        return GM_OK;
+    c->pen_cap = gm_pen_table_cap(o->max_context, c->V);
+    size_t n = (size_t)o->max_seqs * (size_t)c->pen_cap;
+    GM_CHECK(cu_dev_alloc((void **)&c->pen_keys, n * 4, "penalty tables"));
+    GM_CHECK(cu_dev_alloc((void **)&c->pen_counts, n * 4, "penalty tables"));
+    GM_CHECK(cu_dev_alloc((void **)&c->pen_raw, n * 4, "penalty tables"));
+    GM_CUDA_CHECK(cudaMemset(c->pen_keys, 0xff, n * 4));
+    GM_CUDA_CHECK(cudaMemset(c->pen_counts, 0, n * 4));
+    GM_CHECK(cu_dev_alloc((void **)&c->lp_d, cu_lp_bytes(o->max_seqs), "log-probabilities"));
+    GM_CUDA_CHECK(cudaMallocHost((void **)&c->lp_h, cu_lp_bytes(o->max_seqs)));
     return GM_OK;
 }
 
@@ -339,6 +427,7 @@ gm_status cu_runtime_alloc(cuda_engine *c)
     GM_CHECK(cu_dev_alloc((void **)&c->dump_rows, (size_t)T * 4, "logits"));
     GM_CHECK(cu_dev_alloc((void **)&c->last_tok, (size_t)o->max_seqs * 4, "tokens"));
     GM_CUDA_CHECK(cudaMemset(c->last_tok, 0, (size_t)o->max_seqs * 4));
+    GM_CHECK(sampler_alloc(c));
     c->dump_rows_h = (int32_t *)malloc((size_t)T * 4);
     c->order_h = (int32_t *)malloc((size_t)o->max_seqs * 4);
     c->tstart_h = (int64_t *)malloc((size_t)o->max_seqs * 8);
@@ -418,6 +507,11 @@ void cu_runtime_free(cuda_engine *c)
     cudaFree(c->dec_scratch), cudaFree(c->meta_d);
     cudaFree(c->neg_slots), cudaFree(c->xq8), cudaFree(c->attq8), cudaFree(c->actq8), cudaFree(c->act_tmp);
     cudaFree(c->act_sc), cudaFree(c->xqa_scratch);
+    cudaFree(c->pen_keys), cudaFree(c->pen_counts), cudaFree(c->pen_raw), cudaFree(c->lp_d);
+    if (c->lp_h)
+        cudaFreeHost(c->lp_h);
+    gm_pen_free(&c->pen);
+    free(c->pen_flags_h);
     for (int32_t i = 0; i < c->n_buckets; i++)
         cudaFree(c->buckets[i].attn.scratch);
     if (c->meta_h)

@@ -2,12 +2,14 @@
  * token id in [3, vocab) (never EOS) drawn from (seed, position), so the serving
  * path can be measured and tested without weights. Every rank draws the same
  * ids, so each knows every slot's last sample (run-ahead, engine.h) without a
- * broadcast.
+ * broadcast. Asked for log-probabilities, it reports those of that uniform draw; penalties and
+ * min_tokens change nothing (no token is more likely than another, and EOS never comes).
  *
  * GM_NULL_STEP_US=N in the environment (gemmad passes it on to its workers)
  * makes every step also sleep N microseconds, standing in for the time a GPU
  * would spend on it: then the serving path's own cost per step shows as the
  * difference from N (bench/SERVING.md, run-ahead). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,6 +23,19 @@ typedef struct null_engine {
     gm_feed feed;
     long step_us; /* emulated device time per step (GM_NULL_STEP_US), 0 = none */
 } null_engine;
+
+/* The distribution the null backend draws from: uniform over the span ids from 3 on, so every
+ * drawn token has log-probability -log(span) and the most likely are 3, 4, ... (ties: lower id). */
+static void null_logprobs(uint32_t span, int32_t n_top, gm_token_logprobs *lp)
+{
+    float l = -(float)log((double)span);
+    lp->logprob = l;
+    lp->n_top = n_top < (int32_t)span ? n_top : (int32_t)span;
+    for (int32_t k = 0; k < lp->n_top; k++) {
+        lp->top_ids[k] = 3 + k;
+        lp->top_logprobs[k] = l;
+    }
+}
 
 static gm_status null_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
 {
@@ -46,6 +61,8 @@ static gm_status null_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         uint64_t pos = (uint64_t)s->start_pos + (uint64_t)s->n_tokens;
         uint32_t r = (uint32_t)(gm_rng_uniform(s->sampling.seed, pos) * (float)span);
         tok[i] = 3 + (int32_t)(r < span ? r : span - 1);
+        if (out && out->logprobs && e->opts.tp_rank == 0 && gm_seq_step_wants_logprobs(s))
+            null_logprobs(span, s->sampling.top_logprobs, &out->logprobs[i]);
     }
     gm_feed_record(&ne->feed, q, n_seqs, tok);
     if (ne->step_us > 0) {

@@ -14,6 +14,7 @@
  * Exits on Shutdown, when the parent gemmad dies (PR_SET_PDEATHSIG set by the
  * spawner, plus a getppid check), or when an ipc:// coordinator socket goes away. */
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -120,6 +121,8 @@ typedef struct wm_state {
     gm_engine *eng;
     int64_t kv_blocks; /* block ids a plan may append (Start may lower it) */
     int32_t *tokens;   /* [max_seqs] step output */
+    gm_token_logprobs *lps; /* [max_seqs] step output: log-probabilities of the entries that ask */
+    Gemma__Control__V1__TokenLogprobs *tl, **tlp; /* [max_seqs] their StepResult messages */
     uint8_t nccl_id[128]; /* CUDA, tp > 1: the ncclUniqueId every rank joins with */
     gm_seq_step *seqs; /* [max_seqs] a plan as whole step entries */
     ctl_slots slots;   /* per slot, what the plans so far have built */
@@ -283,6 +286,27 @@ static gm_status wm_send_ready(wm_state *s, gm_status st, const char *err)
     return wm_send(s, &m);
 }
 
+/* The log-probabilities of the entries of the step just run that asked for them, into r. */
+static void wm_result_logprobs(wm_state *s, int32_t n, Gemma__Control__V1__StepResult *r)
+{
+    size_t k = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (!gm_seq_step_wants_logprobs(&s->seqs[i]))
+            continue;
+        const gm_token_logprobs *lp = &s->lps[i];
+        Gemma__Control__V1__TokenLogprobs *t = &s->tl[k];
+        gemma__control__v1__token_logprobs__init(t);
+        t->seq = i;
+        t->logprob = lp->logprob;
+        t->n_top_ids = t->n_top_logprobs = (size_t)lp->n_top;
+        t->top_ids = (int32_t *)lp->top_ids;
+        t->top_logprobs = (float *)lp->top_logprobs;
+        s->tlp[k++] = t;
+    }
+    r->logprobs = s->tlp;
+    r->n_logprobs = k;
+}
+
 static gm_status wm_send_result(wm_state *s, uint64_t step_id, gm_status st, const char *msg,
                                 const int32_t *tokens, int32_t n)
 {
@@ -294,6 +318,7 @@ static gm_status wm_send_result(wm_state *s, uint64_t step_id, gm_status st, con
     if (st == GM_OK && tokens) {
         r.tokens = (int32_t *)tokens;
         r.n_tokens = (size_t)n;
+        wm_result_logprobs(s, n, &r);
     }
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_RESULT;
@@ -315,9 +340,12 @@ static void wm_run_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
         return;
     }
     int32_t n = (int32_t)p->n_seqs;
-    for (int32_t i = 0; i < n; i++)
+    for (int32_t i = 0; i < n; i++) {
         s->tokens[i] = -1;
-    gm_step_out out = {s->tokens, NULL, 0};
+        s->lps[i].logprob = NAN; /* an engine that fails to fill one shows it */
+        s->lps[i].n_top = 0;
+    }
+    gm_step_out out = {s->tokens, NULL, 0, s->lps};
     st = gm_engine_step(s->eng, s->seqs, n, &out); /* checks the step first (ctl/check.h) */
     if (st != GM_OK) {
         ctl_slots_forget(&s->slots);
@@ -593,7 +621,10 @@ static gm_status wm_load(wm_state *s)
     s->kv_blocks = s->eng->kv_num_blocks;
     s->tokens = calloc((size_t)ms, sizeof *s->tokens);
     s->seqs = calloc((size_t)ms, sizeof *s->seqs);
-    if (!s->tokens || !s->seqs)
+    s->lps = calloc((size_t)ms, sizeof *s->lps);
+    s->tl = calloc((size_t)ms, sizeof *s->tl);
+    s->tlp = calloc((size_t)ms, sizeof *s->tlp);
+    if (!s->tokens || !s->seqs || !s->lps || !s->tl || !s->tlp)
         return gm_fail(GM_ERR_NOMEM, "step buffers for %d sequences", (int)ms);
     return ctl_slots_init(&s->slots, ms, max_blocks > 0 ? max_blocks : 1);
 }
@@ -604,6 +635,7 @@ static void wm_close(wm_state *s)
     gm_comm_destroy(&s->comm);
     free(s->tokens);
     free(s->seqs);
+    free(s->lps), free(s->tl), free(s->tlp);
     ctl_slots_free(&s->slots);
     free(s->txbuf);
     wm_arena_destroy(&s->arena);

@@ -114,3 +114,67 @@ int64_t cpu_argmax(const float *x, int64_t n)
             best = i;
     return best;
 }
+
+void cpu_logprobs(const float *logits, int64_t vocab, int32_t n_top, double *lse, int32_t *top_ids, float *top_lps)
+{
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < vocab; i++)
+        if (logits[i] > mx) /* NaN never compares greater */
+            mx = logits[i];
+    double sum = 0.0;
+    if (isfinite(mx))
+        for (int64_t i = 0; i < vocab; i++) {
+            float e = expf(logits[i] - mx);
+            if (e == e)
+                sum += (double)e;
+        }
+    double z = isfinite(mx) ? (double)mx + log(sum) : (double)mx;
+    *lse = z;
+    if (n_top > vocab)
+        n_top = (int32_t)vocab;
+    int32_t n = 0; /* top_ids[0..n) sorted: larger logit first, then lower id */
+    for (int64_t i = 0; i < vocab && n_top > 0; i++) {
+        float x = logits[i] == logits[i] ? logits[i] : -INFINITY;
+        if (n == n_top && !(x > top_lps[n - 1]))
+            continue; /* ids grow: an equal logit ranks after the ones kept */
+        int32_t at = n < n_top ? n++ : n - 1;
+        while (at > 0 && x > top_lps[at - 1]) {
+            top_lps[at] = top_lps[at - 1];
+            top_ids[at] = top_ids[at - 1];
+            at--;
+        }
+        top_lps[at] = x; /* the raw logit until the end */
+        top_ids[at] = (int32_t)i;
+    }
+    for (int32_t k = 0; k < n; k++)
+        top_lps[k] = (float)((double)top_lps[k] - z);
+}
+
+void cpu_penalize(float *logits, int64_t vocab, const int32_t *hist, int64_t n_hist, const gm_sampling *s,
+                  int32_t *cnt)
+{
+    /* cnt[t] = 1 + the outputs that are t, for every t of the history; then each once, and back to 0 */
+    for (int64_t p = 0; p < n_hist; p++) {
+        int32_t t = hist[p];
+        if (t < 0 || t >= vocab)
+            continue;
+        if (cnt[t] == 0)
+            cnt[t] = 1;
+        if (p >= s->n_prompt)
+            cnt[t]++;
+    }
+    for (int64_t p = 0; p < n_hist; p++) {
+        int32_t t = hist[p];
+        if (t < 0 || t >= vocab || cnt[t] == 0)
+            continue;
+        logits[t] = gm_penalize_logit(logits[t], cnt[t] - 1, s);
+        cnt[t] = 0;
+    }
+}
+
+void cpu_mask_ids(float *logits, int64_t vocab, const int32_t *ids, int32_t n)
+{
+    for (int32_t k = 0; k < n; k++)
+        if (ids[k] >= 0 && ids[k] < vocab)
+            logits[ids[k]] = -INFINITY;
+}

@@ -10,6 +10,7 @@
 #include "sample.cuh"
 
 #include <math.h>
+#include <string.h>
 
 #include "cuda_check.h"
 #include "cuda_util.cuh"
@@ -72,6 +73,7 @@ struct smp_smem {
     int32_t found_id;
     float fred[32];
     int32_t ired[32];
+    double dred[32];
 };
 
 /* Block-wide exclusive prefix sum of v (thread order); *total gets the sum. */
@@ -424,15 +426,11 @@ __device__ int32_t sample_fast(const float *lg, int64_t V, float mx, float invt,
     return id;
 }
 
-__global__ void __launch_bounds__(SMP_THREADS)
-    sample_kernel(const float *__restrict__ logits, int64_t ld, int64_t V, const gm_sampling *__restrict__ params,
-                  const uint64_t *__restrict__ counters, int32_t *__restrict__ tokens)
+/* The token of one row lg [V] (not written) under sp with the draw at counter; every thread of the block
+ * calls it and gets the same id (-1 when V <= 0). */
+__device__ int32_t sample_one(const float *lg, int64_t V, const gm_sampling &sp, uint64_t counter, smp_smem &sm)
 {
-    __shared__ smp_smem sm;
-    pdl_wait();
-    int row = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-    const float *lg = logits + (int64_t)row * ld;
-    gm_sampling sp = params[row];
+    int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
 
     /* argmax, ties to the lowest id (also gives the max for the softmax); each thread walks its
      * elements in increasing id order and keeps the first of equal values (NaN counts as -inf, so a
@@ -499,20 +497,14 @@ __global__ void __launch_bounds__(SMP_THREADS)
     __syncthreads();
     int32_t amax = sm.ired[0];
     float mx = sm.fred[0];
-    if (gm_sampling_is_greedy(&sp) || V <= 0) {
-        if (tid == 0)
-            tokens[row] = V > 0 ? amax : -1;
-        return;
-    }
-    __syncthreads();
+    __syncthreads(); /* every thread has read fred[0] / ired[0] before anything reuses them */
+    if (gm_sampling_is_greedy(&sp) || V <= 0)
+        return V > 0 ? amax : -1;
     float invt = 1.0f / sp.temperature;
-    float u = gm_rng_uniform(sp.seed, counters[row]);
+    float u = gm_rng_uniform(sp.seed, counter);
     int32_t fast = sample_fast(lg, V, mx, invt, sp, u, &sm);
-    if (fast >= 0) {
-        if (tid == 0)
-            tokens[row] = fast;
-        return;
-    }
+    if (fast >= 0)
+        return fast;
     rank_lim all = {0u, (int32_t)(V - 1)};
     u64 before, we;
 
@@ -544,8 +536,218 @@ __global__ void __launch_bounds__(SMP_THREADS)
     /* the draw */
     double target = (double)u * (double)mass;
     rank_lim pick = select_ranked(lg, V, mx, invt, lp, false, target, true, &sm, &before, &we);
-    if (tid == 0)
-        tokens[row] = pick.id;
+    return pick.id;
+}
+
+
+/* ---- the extras of k_sample_ex (sample.cuh), one block per row ---- */
+
+__device__ __forceinline__ int32_t pen_home(int32_t tok, int32_t cap)
+{
+    return (int32_t)(((uint64_t)((uint32_t)tok * 2654435761u) * (uint32_t)cap) >> 32);
+}
+
+/* Row r's new tokens into its slot's table (emptied first on RESET). Ends with the block in step. */
+__device__ void pen_update(const k_sample_aux &a, int32_t r, int flags, int32_t n_prompt, int32_t *keys,
+                           int32_t *counts)
+{
+    int tid = threadIdx.x;
+    if (flags & GM_PEN_RESET) {
+        for (int32_t k = tid; k < a.cap; k += blockDim.x)
+            keys[k] = -1, counts[k] = 0;
+        __syncthreads();
+    }
+    int32_t q0 = a.q_start[r], n = a.n_new[r], p0 = a.start_pos[r];
+    for (int32_t t = tid; t < n; t += blockDim.x) {
+        int32_t tok = a.ids[q0 + t];
+        if (tok < 0)
+            continue;
+        int32_t k = pen_home(tok, a.cap);
+        for (int32_t probe = 0; probe < a.cap; probe++) {
+            int32_t was = atomicCAS(&keys[k], -1, tok);
+            if (was == -1 || was == tok) {
+                if (p0 + t >= n_prompt)
+                    atomicAdd(&counts[k], 1);
+                break;
+            }
+            k = k + 1 == a.cap ? 0 : k + 1;
+        }
+    }
+    __syncthreads();
+}
+
+/* The entry of tok in a slot's table, or -1. */
+__device__ int32_t pen_find(const int32_t *keys, int32_t cap, int32_t tok)
+{
+    int32_t k = pen_home(tok, cap);
+    for (int32_t probe = 0; probe < cap; probe++) {
+        int32_t key = keys[k];
+        if (key == tok)
+            return k;
+        if (key == -1)
+            return -1;
+        k = k + 1 == cap ? 0 : k + 1;
+    }
+    return -1;
+}
+
+/* Block-wide reductions (every thread gets the result; the block must be in step). */
+__device__ float block_max(float v, smp_smem &sm)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0)
+        sm.fred[w] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int k = 0; k < nw; k++)
+        m = fmaxf(m, sm.fred[k]);
+    __syncthreads();
+    return m;
+}
+
+__device__ double block_sum(double v, smp_smem &sm)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0)
+        sm.dred[w] = v;
+    __syncthreads();
+    double t = 0.0;
+    for (int k = 0; k < nw; k++) /* the same order in every thread: one value for all */
+        t += sm.dred[k];
+    __syncthreads();
+    return t;
+}
+
+/* True when (v, i) ranks before (bv, bi): larger logit, then lower id. */
+__device__ __forceinline__ bool lp_before(float v, int32_t i, float bv, int32_t bi)
+{
+    return v > bv || (v == bv && i < bi);
+}
+
+/* cpu_logprobs on the GPU: returns lse to every thread; thread 0 writes the n_top most likely ids and
+ * their log-probabilities. Each thread keeps the best n_top of its elements, sorted; then n_top rounds
+ * of a block-wide best among the threads' heads. */
+__device__ double logprobs_row(const float *lg, int64_t V, int32_t n_top, int32_t *top_ids, float *top_lps,
+                               smp_smem &sm)
+{
+    int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = blockDim.x >> 5;
+    if (n_top > V)
+        n_top = (int32_t)V;
+    float tv[GM_MAX_TOP_LOGPROBS];
+    int32_t ti[GM_MAX_TOP_LOGPROBS];
+    int32_t cnt = 0;
+    float m = -INFINITY;
+    for (int64_t i = tid; i < V; i += blockDim.x) {
+        float x = lg[i];
+        x = x == x ? x : -INFINITY;
+        m = fmaxf(m, x);
+        if (n_top > 0 && (cnt < n_top || x > tv[n_top - 1])) { /* ids grow: equal logits rank after */
+            int32_t at = cnt < n_top ? cnt++ : n_top - 1;
+            while (at > 0 && x > tv[at - 1]) {
+                tv[at] = tv[at - 1];
+                ti[at] = ti[at - 1];
+                at--;
+            }
+            tv[at] = x;
+            ti[at] = (int32_t)i;
+        }
+    }
+    float mx = block_max(m, sm);
+    double sum = 0.0;
+    if (isfinite(mx))
+        for (int64_t i = tid; i < V; i += blockDim.x) {
+            float e = expf(lg[i] - mx);
+            if (e == e)
+                sum += (double)e;
+        }
+    sum = block_sum(sum, sm);
+    double lse = isfinite(mx) ? (double)mx + log(sum) : (double)mx;
+    int32_t h = 0;
+    for (int32_t k = 0; k < n_top; k++) {
+        float bv = h < cnt ? tv[h] : -INFINITY;
+        int32_t bi = h < cnt ? ti[h] : INT32_MAX;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (lp_before(ov, oi, bv, bi))
+                bv = ov, bi = oi;
+        }
+        if (lane == 0)
+            sm.fred[w] = bv, sm.ired[w] = bi;
+        __syncthreads();
+        bv = sm.fred[0], bi = sm.ired[0];
+        for (int j = 1; j < nw; j++)
+            if (lp_before(sm.fred[j], sm.ired[j], bv, bi))
+                bv = sm.fred[j], bi = sm.ired[j];
+        __syncthreads();
+        if (h < cnt && ti[h] == bi)
+            h++;
+        if (tid == 0) {
+            top_ids[k] = bi;
+            top_lps[k] = (float)((double)bv - lse);
+        }
+    }
+    return lse;
+}
+
+__global__ void __launch_bounds__(SMP_THREADS)
+    sample_kernel(float *logits, int64_t ld, int64_t V, const gm_sampling *__restrict__ params,
+                  const uint64_t *__restrict__ counters, int32_t *__restrict__ tokens, k_sample_aux aux, int has_aux)
+{
+    __shared__ smp_smem sm;
+    pdl_wait();
+    int row = blockIdx.x, tid = threadIdx.x;
+    float *lg = logits + (int64_t)row * ld;
+    gm_sampling sp = params[row];
+    int flags = has_aux ? aux.pen[row] : 0;
+    int32_t n_mask = has_aux ? aux.mask_n[row] : 0;
+    bool want_lp = has_aux && gm_sampling_wants_logprobs(&sp);
+    int64_t at = (int64_t)(has_aux ? aux.slot[row] : 0) * aux.cap;
+    int32_t *keys = aux.keys + at, *counts = aux.counts + at;
+    float *raw = aux.raw + at;
+    if (flags & GM_PEN_ON)
+        pen_update(aux, row, flags, sp.n_prompt, keys, counts);
+    double lse = 0.0;
+    if (want_lp)
+        lse = logprobs_row(lg, V, sp.top_logprobs, aux.top_ids + (int64_t)row * GM_MAX_TOP_LOGPROBS,
+                           aux.top_lps + (int64_t)row * GM_MAX_TOP_LOGPROBS, sm);
+    if (flags & GM_PEN_APPLY) {
+        for (int32_t k = tid; k < aux.cap; k += blockDim.x) {
+            int32_t tok = keys[k];
+            if (tok < 0 || tok >= V)
+                continue;
+            float v = lg[tok];
+            if (want_lp)
+                raw[k] = v;
+            lg[tok] = gm_penalize_logit(v, counts[k], &sp);
+        }
+        __syncthreads();
+    }
+    if (n_mask > 0) {
+        const int32_t *ids = aux.mask_ids + aux.mask_off[row];
+        for (int32_t j = tid; j < n_mask; j += blockDim.x)
+            if (ids[j] >= 0 && ids[j] < V)
+                lg[ids[j]] = -INFINITY;
+        __syncthreads();
+    }
+    int32_t tok = sample_one(lg, V, sp, counters[row], sm);
+    if (tid == 0) {
+        tokens[row] = tok;
+        if (want_lp) {
+            float x = tok >= 0 ? lg[tok] : -INFINITY;
+            int32_t k = tok >= 0 && (flags & GM_PEN_APPLY) ? pen_find(keys, aux.cap, tok) : -1;
+            if (k >= 0)
+                x = raw[k];
+            aux.lp[row] = tok >= 0 ? (float)((double)x - lse) : -INFINITY;
+        }
+    }
 }
 
 __global__ void feed_kernel(const int32_t *tokens, const int32_t *slots, int32_t n, int32_t *last_tok)
@@ -564,16 +766,30 @@ __global__ void resolve_kernel(int32_t *ids, const int32_t *tok_slot, int64_t T,
         ids[i] = last_tok[tok_slot[i]];
 }
 
-extern "C" gm_status k_sample(const float *logits, int64_t ld, int64_t vocab, int32_t n, const gm_sampling *params,
-                              const uint64_t *counters, int32_t *tokens, cudaStream_t s)
+extern "C" gm_status k_sample_ex(float *logits, int64_t ld, int64_t vocab, int32_t n, const gm_sampling *params,
+                                 const uint64_t *counters, int32_t *tokens, const k_sample_aux *aux, cudaStream_t s)
 {
     if (n <= 0)
         return GM_OK;
     if (vocab > INT32_MAX)
         return gm_fail(GM_ERR_UNSUPPORTED, "k_sample: vocabulary of %lld", (long long)vocab);
+    k_sample_aux a;
+    memset(&a, 0, sizeof a);
+    if (aux) {
+        a = *aux;
+        if (!a.pen || !a.slot || !a.mask_n || !a.lp || !a.top_ids || !a.top_lps || (a.keys && a.cap <= 0))
+            return gm_fail(GM_ERR_INVALID_ARG, "k_sample_ex: incomplete extras");
+    }
     GM_CUDA_CHECK(gm_launch(sample_kernel, dim3((unsigned)n), dim3(SMP_THREADS), 0, s, logits, ld, vocab, params, counters,
-                            tokens));
+                            tokens, a, aux ? 1 : 0));
     return GM_OK;
+}
+
+extern "C" gm_status k_sample(const float *logits, int64_t ld, int64_t vocab, int32_t n, const gm_sampling *params,
+                              const uint64_t *counters, int32_t *tokens, cudaStream_t s)
+{
+    /* without extras the kernel never writes the logits */
+    return k_sample_ex(const_cast<float *>(logits), ld, vocab, n, params, counters, tokens, NULL, s);
 }
 
 extern "C" gm_status k_feed_tokens(const int32_t *tokens, const int32_t *slots, int32_t n, int32_t *last_tok,
