@@ -23,9 +23,9 @@ out=$("$gemmad" --model "$work/badcfg" --check-config 2>&1); rc=$?
 
 # a busy port: gemmad exits with the reason and never starts a worker
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -c 'import socket,sys,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1",int(sys.argv[1]))); s.listen(); time.sleep(60)' "$port" &
+python3 -c 'import socket,sys,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1",int(sys.argv[1]))); s.listen(); open(sys.argv[2],"w").close(); time.sleep(60)' "$port" "$work/bound" &
 holder=$!
-sleep 0.5
+for _ in $(seq 1 100); do [ -e "$work/bound" ] && break; sleep 0.1; done  # the port is taken before gemmad tries
 cat > "$work/worker" <<W
 #!/bin/sh
 touch "$work/worker-started"
