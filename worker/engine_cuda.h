@@ -25,6 +25,13 @@ typedef enum gm_cuda_attn {
     GM_CUDA_ATTN_XQA = 2,   /* XQA for every decode row */
 } gm_cuda_attn;
 
+/* Prefill attention of the engine's steps: the prompt rows (bench_decode --prefill-attn takes the names). */
+typedef enum gm_cuda_prefill {
+    GM_CUDA_PREFILL_AUTO = 0,   /* the rule (default): the Hopper kernel wherever it serves the device and shape */
+    GM_CUDA_PREFILL_MMA = 1,    /* the mma.sync kernel (k_attn_prefill_kv) always */
+    GM_CUDA_PREFILL_HOPPER = 2, /* the Hopper kernel (k_attn_prefill_hopper: wgmma, TMA) always */
+} gm_cuda_prefill;
+
 /* As gm_engine_create for the CUDA backend, with no checkpoint: cfg's shapes, weights drawn
  * on the device from seed (uniform, small), for benchmarks at the real sizes. */
 gm_status gm_engine_cuda_create_random(const gm_engine_opts *o, const gm_model_config *cfg, uint64_t seed,
@@ -37,6 +44,15 @@ void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n);
 /* Decode attention by mode (default GM_CUDA_ATTN_AUTO). Drops captured graphs; GM_ERR_NOMEM when a graph
  * bucket's XQA scratch cannot be allocated, GM_ERR_INVALID_ARG for an unknown mode. */
 gm_status gm_engine_cuda_set_decode_attn(gm_engine *e, gm_cuda_attn mode);
+
+/* Prefill attention by mode (default GM_CUDA_PREFILL_AUTO). GM_ERR_UNSUPPORTED for GM_CUDA_PREFILL_HOPPER where
+ * the Hopper kernel does not serve this engine (not an sm_90 device, head_dim other than 128/256, a bf16 pool
+ * whose block size is not a multiple of 8, a pool over 2^31 rows per layer), GM_ERR_INVALID_ARG for an unknown
+ * mode; the mode is unchanged then. */
+gm_status gm_engine_cuda_set_prefill_attn(gm_engine *e, gm_cuda_prefill mode);
+
+/* 1 when the engine's prompt rows go to the Hopper prefill kernel under its current mode, else 0. */
+int gm_engine_cuda_prefill_uses_hopper(const gm_engine *e);
 
 /* Programmatic dependent launch of the kernels (kernels/cuda/launch.cuh; process-wide,
  * default on unless GM_CUDA_PDL=0). Drops captured graphs. */
