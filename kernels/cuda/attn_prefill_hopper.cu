@@ -43,13 +43,14 @@
  *   (block * nkv + kvh) * bs + slot, hd columns; box = 64 columns (128 bytes, the swizzle width)
  *   x R rows with R = gcd(bs, BN) (a multiple of 8 so every box fills whole 1024-byte swizzle
  *   blocks). A key tile is BN/R boxes per 64-column panel, each inside one page (R divides bs),
- *   at the page's row; a box starting at or past kv_len is pointed past the tensor (zero fill)
- *   and its block-table entry is never read. A page that ends past kv_len still brings the
- *   unwritten slots after kv_len: K garbage is masked (select, not add), V garbage would be 0 *
- *   NaN in P.V, so the consumers zero V rows >= kv_len of that one tile (generic stores,
- *   fence.proxy.async, named barrier 2) before it is used. Q: a 2D map over [n_tokens, nh*hd],
- *   boxes 64 x 64; rows past n_tokens read zeros, rows of the next sequence are computed but
- *   never stored.
+ *   at the page's row; a box starting at or past kv_len copies the tile's first box again (its
+ *   block-table entry is never read, and no box lies wholly outside the tensor). A page that ends
+ *   past kv_len still brings the unwritten slots after kv_len: K garbage is masked (select, not
+ *   add), V garbage would be 0 * NaN in P.V, so the consumers zero V rows >= kv_len of that one
+ *   (diagonal) tile (generic stores, fence.proxy.async, named barrier 2) before it is used. Q: a
+ *   2D map over [n_tokens, nh*hd], boxes 64 x 64; rows past n_tokens read zeros (a box partly
+ *   outside: the copy engine fills and counts the whole box), rows of the next sequence are
+ *   computed but never stored.
  *
  * GEMMs per consumer warpgroup (64 rows) and key tile:
  *   S[64, BN] = Q K^T: HD/16 wgmma m64nBNk16, A = Q (K-major, SW128), B = K (K-major, SW128);
@@ -118,6 +119,7 @@ struct hp_params {
     int64_t ldo;
     int32_t bt_stride, nh, nkv, group, bs, n_seqs, n_qt, total, window;
     int32_t kv_rows, box_rows; /* pool rows (first row past the tensor), TMA box rows R */
+    int32_t n_tokens;          /* rows of q */
     float score_mul;           /* logit (base 2) = acc * score_mul, without soft-capping */
     float cap_in, cap_out;     /* soft-capping: x = cap_out * tanh(acc * cap_in), logit = x * log2 e */
     float out_mul;             /* O = out_mul * (P V) / l (kv_scale for FP8) */
@@ -182,31 +184,35 @@ __device__ __forceinline__ float hp_tanh(float x)
 
 /* ------------------------------------------------------------------ producer */
 
-/* Row of key `key` of KV head kvh in the pool's 2D view; past the tensor (zero fill) when the key
- * is not in the sequence or its block id is out of range. */
+/* Row of key `key` (< kv_len) of KV head kvh in the pool's 2D view; past the tensor (zero fill) only
+ * when its block id is out of range (a corrupt block table). */
 __device__ __forceinline__ int hp_kv_row(const hp_params &p, const int32_t *bt, const hp_work &k, int key)
 {
-    if (key >= k.kv_len)
-        return p.kv_rows;
     const int64_t r = ((int64_t)bt[key / p.bs] * p.nkv + k.kvh) * p.bs + key % p.bs;
     return r >= 0 && r < p.kv_rows ? (int)r : p.kv_rows;
 }
 
-/* Tensor copies of key tile n (BN keys, every panel) into dst, completing on bar. */
+/* Tensor copies of key tile n (BN keys, every panel) into dst, completing on bar. A box that starts at
+ * or past kv_len (the last tile's tail) copies the tile's first box again instead of pointing outside
+ * the tensor: its keys are masked and the consumers zero its V rows (hp_zero_v_tail), so no copy
+ * depends on how the copy engine counts the bytes of a box that lies wholly outside the tensor. */
 template <int HD, int BN>
 __device__ __forceinline__ void hp_tma_kv(const hp_params &p, const CUtensorMap *map, const int32_t *bt,
                                           const hp_work &k, int n, uint32_t dst, uint32_t bar)
 {
     const uint64_t pol = sm90_evict_last();
+    const int row0 = hp_kv_row(p, bt, k, n * BN); /* n * BN < kv_len */
     for (int r = 0; r < BN; r += p.box_rows) {
-        const int row = hp_kv_row(p, bt, k, n * BN + r);
+        const int row = r == 0 || n * BN + r >= k.kv_len ? row0 : hp_kv_row(p, bt, k, n * BN + r);
 #pragma unroll
         for (int c = 0; c < HD / 64; c++)
             sm90_tma_2d(dst + c * (BN * 128) + r * 128, map, c * 64, row, bar, pol);
     }
 }
 
-/* Tensor copies of the item's Q tile (128 rows x HD) into shared memory at sq. */
+/* Tensor copies of the item's Q tile (128 rows x HD) into shared memory at sq. Rows past n_tokens read
+ * zeros (a box partly outside the tensor); the second 64-row box starts at row n_tokens - 1 at the
+ * latest, so no box lies wholly outside (its rows then belong to no query of the item: never stored). */
 template <int HD>
 __device__ __forceinline__ void hp_tma_q(const hp_params &p, const hp_work &k, uint32_t sq, uint32_t bar, uint64_t pol)
 {
@@ -215,8 +221,8 @@ __device__ __forceinline__ void hp_tma_q(const hp_params &p, const hp_work &k, u
     for (int h2 = 0; h2 < 2; h2++)
 #pragma unroll
         for (int c = 0; c < HD / 64; c++)
-            sm90_tma_2d(sq + c * (HP_BM * 128) + h2 * 64 * 128, &p.qmap, k.head * HD + c * 64, k.qrow0 + h2 * 64, bar,
-                        pol);
+            sm90_tma_2d(sq + c * (HP_BM * 128) + h2 * 64 * 128, &p.qmap, k.head * HD + c * 64,
+                        min(k.qrow0 + h2 * 64, p.n_tokens - 1), bar, pol);
 }
 
 /* bf16 pools: warp 0 of the producer warpgroup (all lanes wait, lane 0 issues the copies). Per
@@ -501,9 +507,9 @@ __device__ __forceinline__ void hp_release(uint32_t bar, int lane)
         sm90_mbar_arrive(bar);
 }
 
-/* bf16: zero V rows [r_lo, r_hi) of a stage (the unwritten slots after kv_len in the last
- * box: boxes starting past kv_len were zero-filled by the copy engine), both consumer
- * warpgroups, then publish to the async proxy. */
+/* bf16: zero V rows [r_lo, r_hi) of a stage (the keys at and past kv_len of the diagonal tile:
+ * unwritten slots of the last page, repeated boxes), both consumer warpgroups, then publish to the
+ * async proxy. Whole 128-byte rows, so the swizzle does not matter. */
 template <int HD, int BN> __device__ void hp_zero_v_tail(uint8_t *vst, int r_lo, int r_hi, int ct)
 {
     const int units = (r_hi - r_lo) * (HD / 64) * 8; /* 16-byte pieces */
@@ -571,10 +577,9 @@ template <int HD, int BN, bool F8> __device__ void hp_consume(const hp_params &p
 #pragma unroll
         for (int i = 0; i < HD / 2; i++)
             O[i] = 0.0f;
-        if (!F8 && k.kv_len % p.box_rows) { /* the last box read slots after kv_len of its page */
-            const int r_lo = k.kv_len - n * BN, r_hi = min(BN, r_lo + p.box_rows - k.kv_len % p.box_rows);
+        if (!F8 && k.kv_len < (n + 1) * BN) { /* V rows at and past kv_len: unwritten slots, repeated boxes */
             sm90_mbar_wait(hp_bar_vf(bars, s), ph);
-            hp_zero_v_tail<HD, BN>(smem + C::OFF_V + s * C::KV_BYTES, r_lo, r_hi, ct);
+            hp_zero_v_tail<HD, BN>(smem + C::OFF_V + s * C::KV_BYTES, k.kv_len - n * BN, BN, ct);
         }
         int sv = s;
         uint32_t phv = ph;
@@ -799,6 +804,7 @@ extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n
     prm.total = (int32_t)total;
     prm.window = opt->window;
     prm.kv_rows = (int32_t)kv_rows;
+    prm.n_tokens = (int32_t)n_tokens;
     prm.box_rows = box;
     const float kvs = opt->kv_fp8 ? opt->kv_scale : 1.0f, sc = opt->scale * kvs;
     prm.score_mul = sc * HP_LOG2E;
