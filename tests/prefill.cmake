@@ -23,3 +23,10 @@ if(GM_HAVE_CUDA)
     TIMEOUT 900 FIXTURES_REQUIRED hd256_models)
   set_tests_properties(test_gpu_model_long_kv8 PROPERTIES ENVIRONMENT GM_TEST_KV=fp8)
 endif()
+
+# The e4m3 QGMMA prefill kernel's data path (Q8, the tensor-copy boxes, the V transposer, the wgmma descriptors,
+# the P fragment), emulated byte for byte in numpy: runs without a GPU.
+if(Python3_Interpreter_FOUND)
+  add_test(NAME test_prefill_e4m3_layout COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/prefill_e4m3_layout.py)
+  set_tests_properties(test_prefill_e4m3_layout PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120)
+endif()

@@ -102,7 +102,7 @@ template <int HD, int BN, bool F8> struct hp_cfg {
     static constexpr int LOAD_REGS = F8 ? 56 : 40;
     static constexpr int MMA_REGS = F8 ? 224 : 232;
     static_assert(HD % 64 == 0 && BN % 16 == 0 && BN <= 256, "tile shape");
-    static_assert(SMEM <= HP_SMEM_MAX, "227 KB of shared memory per block");
+    static_assert(SMEM + 1024 <= HP_SMEM_MAX, "227 KB of shared memory per block (ptxas reports 1 KB static)");
     static_assert(LOAD_REGS * 128 + MMA_REGS * 256 <= 168 * HP_THREADS, "the registers the block starts with");
 };
 
@@ -376,7 +376,6 @@ template <int HD, int BN, bool F8> __device__ void hp_consume(const hp_params &p
     const int ct = threadIdx.x - 128, wg = ct >> 7, warp = (ct >> 5) & 3, lane = ct & 31, tq = lane & 3;
     const int row_a = wg * 64 + warp * 16 + (lane >> 2); /* tile row of d[4i], d[4i+1]; + 8 for the others */
     const uint32_t sbase = sm90_smem(smem), q_wg = sbase + wg * 64 * 128;
-    const hp_rows rw = hp_rows_uniform(p);
     float O[HD / 2], S[BN / 2], m[2], l[2], alpha[2];
     uint32_t P[BN / 4];
     int it = 0, item = 0;
@@ -397,7 +396,7 @@ template <int HD, int BN, bool F8> __device__ void hp_consume(const hp_params &p
         hp_release(hp_bar_ke(bars, s), lane);
         m[0] = m[1] = -INFINITY;
         l[0] = l[1] = 0.0f;
-        hp_softmax<BN, true>(p, rw, S, m, l, alpha, n * BN, pos0, k.kv_len, tq);
+        hp_softmax<BN, true>(p, S, m, l, alpha, n * BN, pos0, k.kv_len, tq);
         hp_pack_p<BN, F8>(S, P);
 #pragma unroll
         for (int i = 0; i < HD / 2; i++)
@@ -424,9 +423,9 @@ template <int HD, int BN, bool F8> __device__ void hp_consume(const hp_params &p
             /* masked when a key may pass a row's position or fall out of a row's window */
             const bool mask = j0 + BN - 1 > k.sp + k.r0 || (p.window > 0 && j0 <= k.sp + k.r0 + HP_BM - 1 - p.window);
             if (mask)
-                hp_softmax<BN, true>(p, rw, S, m, l, alpha, j0, pos0, k.kv_len, tq);
+                hp_softmax<BN, true>(p, S, m, l, alpha, j0, pos0, k.kv_len, tq);
             else
-                hp_softmax<BN, false>(p, rw, S, m, l, alpha, j0, pos0, k.kv_len, tq);
+                hp_softmax<BN, false>(p, S, m, l, alpha, j0, pos0, k.kv_len, tq);
             sm90_wgmma_wait<0>();
             sm90_fence_regs(O);
             sm90_fence_regs(P);
@@ -525,6 +524,12 @@ extern "C" int k_attn_prefill_hopper_supported(int32_t hd, int32_t bs, int32_t k
     return kv_fp8 || hp_gcd(bs, hp_bn(hd, 0)) % 8 == 0;
 }
 
+extern "C" int k_attn_prefill_hopper_e4m3_supported(int32_t hd, int32_t bs)
+{
+    int sms = 0;
+    return !hp_device(&sms) && (hd == 128 || hd == 256) && bs >= 1 && hp_gcd(bs, 128) % 8 == 0;
+}
+
 extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n_tokens, int32_t n_seqs,
                                            const int32_t *q_start, const int32_t *n_new, const int32_t *start_pos,
                                            int32_t max_new, int32_t nh, int32_t nkv, int32_t hd, const void *k_pool,
@@ -552,8 +557,9 @@ extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n
         return gm_fail(GM_ERR_UNSUPPORTED, "%s: needs an sm_90 (Hopper) device", fn);
     if (hd != 128 && hd != 256)
         return gm_fail(GM_ERR_UNSUPPORTED, "%s: head_dim %d (128 or 256)", fn, hd);
-    const int bn = hp_bn(hd, opt->kv_fp8), box = hp_gcd(bs, bn);
-    if (!opt->kv_fp8 && box % 8)
+    const int e4m3 = opt->kv_fp8 && opt->kv_fp8_mma; /* both GEMMs on e4m3 tensor cores */
+    const int bn = e4m3 ? 128 : hp_bn(hd, opt->kv_fp8), box = hp_gcd(bs, bn);
+    if ((!opt->kv_fp8 || e4m3) && box % 8)
         return gm_fail(GM_ERR_UNSUPPORTED, "%s: block size %d shares %d rows with the %d-key tile (needs a multiple "
                        "of 8)", fn, bs, box, bn);
     const int64_t kv_rows = (int64_t)pool_blocks * nkv * bs, n_qt = ((int64_t)max_new + HP_BM - 1) / HP_BM;
@@ -564,11 +570,17 @@ extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n
 
     hp_params prm;
     memset(&prm, 0, sizeof prm);
-    GM_CHECK(hp_map(&prm.qmap, q, 2, (uint64_t)nh * hd, (uint64_t)n_tokens, (uint64_t)ldq * 2, 64, "q"));
-    if (!opt->kv_fp8) {
-        GM_CHECK(hp_map(&prm.kmap, k_pool, 2, (uint64_t)hd, (uint64_t)kv_rows, (uint64_t)hd * 2, (uint32_t)box, "k pool"));
-        GM_CHECK(hp_map(&prm.vmap, v_pool, 2, (uint64_t)hd, (uint64_t)kv_rows, (uint64_t)hd * 2, (uint32_t)box, "v pool"));
+    if (!e4m3) /* the QGMMA kernel's consumers read q themselves */
+        GM_CHECK(hp_map(&prm.qmap, q, 2, (uint64_t)nh * hd, (uint64_t)n_tokens, (uint64_t)ldq * 2, 64, "q"));
+    if (!opt->kv_fp8 || e4m3) {
+        const int eb = e4m3 ? 1 : 2; /* bytes per element of the pools */
+        GM_CHECK(hp_map(&prm.kmap, k_pool, eb, (uint64_t)hd, (uint64_t)kv_rows, (uint64_t)hd * eb, (uint32_t)box,
+                        "k pool"));
+        GM_CHECK(hp_map(&prm.vmap, v_pool, eb, (uint64_t)hd, (uint64_t)kv_rows, (uint64_t)hd * eb, (uint32_t)box,
+                        "v pool"));
     }
+    prm.q = (const __nv_bfloat16 *)q;
+    prm.ldq = ldq;
     prm.k8 = (const uint8_t *)k_pool;
     prm.v8 = (const uint8_t *)v_pool;
     prm.q_start = q_start;
@@ -595,6 +607,8 @@ extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n
     prm.cap_out = opt->softcap;
     prm.out_mul = kvs;
     const int grid = (int)(total < sms ? total : sms);
+    if (e4m3)
+        return hp_e4m3_launch(prm, hd, grid, s);
     if (hd == 256)
         return opt->kv_fp8 ? hp_launch<256, 64, true>(prm, grid, s) : hp_launch<256, 80, false>(prm, grid, s);
     return opt->kv_fp8 ? hp_launch<128, 128, true>(prm, grid, s) : hp_launch<128, 128, false>(prm, grid, s);

@@ -135,31 +135,21 @@ template <int HD> __device__ __forceinline__ void hp_rescale(float (&O)[HD / 2],
     }
 }
 
-/* The score multipliers of this thread's two rows (row_a, row_a + 8): logit (base 2) = acc * mul
- * without soft-capping, x = cap_out * tanh(acc * cin) with it. poff: log2 of the factor the P values
- * carry (0; the QGMMA kernel's 8 keeps e4m3 P in its normal range), cancelled by l. */
-struct hp_rows {
-    float mul[2], cin[2], poff;
-};
-
-__device__ __forceinline__ hp_rows hp_rows_uniform(const hp_params &p)
-{
-    hp_rows r = {{p.score_mul, p.score_mul}, {p.cap_in, p.cap_in}, 0.0f};
-    return r;
-}
-
 /* Online softmax step on S (this thread's 2 rows x BN/4 keys of tile j0..j0+BN): soft-capping,
- * the mask when MASK, new maxima m, the factor alpha that rescales O and l, S -> exp2 values (times
- * 2^poff). */
-template <int BN, bool MASK>
-__device__ __forceinline__ void hp_softmax(const hp_params &p, const hp_rows &rw, float (&S)[BN / 2], float (&m)[2],
-                                           float (&l)[2], float (&alpha)[2], int j0, int pos0, int kv_len, int tq)
+ * the mask when MASK, new maxima m, the factor alpha that rescales O and l, S -> exp2 values.
+ * QS (the QGMMA kernel): the rows' scores carry the q scales qs[2] (row_a, row_a + 8), folded into the
+ * multipliers, and the exp2 values are 2^8 times larger (e4m3 P in its normal range; l cancels it). */
+template <int BN, bool MASK, bool QS = false>
+__device__ __forceinline__ void hp_softmax(const hp_params &p, float (&S)[BN / 2], float (&m)[2], float (&l)[2],
+                                           float (&alpha)[2], int j0, int pos0, int kv_len, int tq,
+                                           const float (&qs)[2] = {1.0f, 1.0f})
 {
-    float c[2] = {rw.mul[0], rw.mul[1]};
+    float c[2] = {QS ? p.score_mul * qs[0] : p.score_mul, QS ? p.score_mul * qs[1] : p.score_mul};
     if (p.cap_in > 0.0f) {
+        const float cin[2] = {QS ? p.cap_in * qs[0] : p.cap_in, QS ? p.cap_in * qs[1] : p.cap_in};
 #pragma unroll
         for (int i = 0; i < BN / 2; i++)
-            S[i] = p.cap_out * hp_tanh(S[i] * rw.cin[(i >> 1) & 1]);
+            S[i] = p.cap_out * hp_tanh(S[i] * cin[(i >> 1) & 1]);
         c[0] = c[1] = HP_LOG2E;
     }
     if (MASK) {
@@ -191,7 +181,8 @@ __device__ __forceinline__ void hp_softmax(const hp_params &p, const hp_rows &rw
         ref[r] = mx[r] == -INFINITY ? 0.0f : mx[r] * c[r]; /* a row with no key yet: exp2 gives 0, not NaN */
         alpha[r] = hp_exp2(m[r] * c[r] - ref[r]);
         m[r] = mx[r];
-        ref[r] -= rw.poff;
+        if (QS)
+            ref[r] -= 8.0f;
     }
 #pragma unroll
     for (int i = 0; i < BN / 8; i++)
