@@ -7,11 +7,12 @@
 #   tests     test_gpu_prefill_hopper (vs the CPU twin, every case) and test_cpu_attn
 #   engine    the CUDA engine vs the CPU engine on long prompts under each prefill mode (test_gpu_model on two
 #             head_dim-256 models made by gemma-mkmodel, bf16 and FP8 KV), then bench_decode's prefill tok/s
-#             at 2b/7b shapes with a 2,048-token prompt, --prefill-attn mma vs hopper (bf16 and FP8 KV)
+#             at 2b/7b shapes with a 2,048-token prompt, --prefill-attn mma vs hopper (bf16 and FP8 KV) vs e4m3
+#             (FP8 KV: the Hopper kernel on e4m3 tensor cores)
 #   gemm      fp8_gemm_bench --prefill: cuBLASLt heuristic vs top-8 vs wide search at T 2048..16384
 #   sanitize  compute-sanitizer memcheck, racecheck and synccheck on the small cases
 #             (GM_PREFILL_SMALL=1); slow, not in the default set
-#   bench     prefill_bench: Hopper and mma.sync kernels, 2b/7b x bf16/fp8 x T 1k..8k
+#   bench     prefill_bench: Hopper and mma.sync kernels, 2b/7b x bf16/fp8/e4m3 x T 1k..8k
 #   peer      bench/sdpa_peer.py: torch SDPA (cuDNN, flash, efficient) on the same shapes
 #   sass      HGMMA / UTMALDG / UBLKCP counts, spills and registers of the kernels
 # Binaries from $BIN (default pack/): test_gpu_prefill_hopper test_cpu_attn prefill_bench test_gpu_model
@@ -78,7 +79,8 @@ for ph in $phases; do
     grep -E "^model|CUDA engine|prefill attention|hopper|mma |auto |FAIL|fail" "$D/engine.log" | head -80 >> "$summary"
     for m in 2b 7b; do
       for kv in bf16 fp8; do
-        for pa in mma hopper; do
+        pas="mma hopper"; [ $kv = fp8 ] && pas="mma hopper e4m3"
+        for pa in $pas; do
           run "decode_${m}_${kv}_${pa}" 300 "$D/engine.log" "$BIN/bench_decode" --preset $m --quant fp8 --kv-dtype $kv \
             --prompt 2048 --gen 16 --batch 8 --prefill-attn $pa
         done
@@ -100,15 +102,15 @@ for ph in $phases; do
     ;;
   sass)
     {
-      echo "---- SASS per prefill kernel (HGMMA = wgmma, UTMALDG = TMA, UBLKCP = bulk copy, LDL/STL = local memory)"
+      echo "---- SASS per prefill kernel (HGMMA/QGMMA = wgmma bf16-f16/e4m3, UTMALDG = TMA, UBLKCP = bulk copy, LDL/STL = local memory)"
       cuobjdump --dump-sass "$BIN/prefill_bench" 2>&1 | awk '
-        /Function :/ { if (fn != "") printf "%-90s HGMMA %3d UTMALDG %3d UBLKCP %2d LDL %3d STL %3d\n", fn, h, t, b, l, s;
-                       fn = $3; h = t = b = l = s = 0 }
-        /HGMMA/ { h++ } /UTMALDG/ { t++ } /UBLKCP/ { b++ } /LDL/ { l++ } /STL/ { s++ }
-        END { if (fn != "") printf "%-90s HGMMA %3d UTMALDG %3d UBLKCP %2d LDL %3d STL %3d\n", fn, h, t, b, l, s }' |
-        grep -E "hp_prefill|attn_prefill"
+        function out() { printf "%-90s HGMMA %3d QGMMA %3d UTMALDG %3d UBLKCP %2d LDL %3d STL %3d\n", fn, h, q, t, b, l, s }
+        /Function :/ { if (fn != "") out(); fn = $3; h = q = t = b = l = s = 0 }
+        /HGMMA/ { h++ } /QGMMA/ { q++ } /UTMALDG/ { t++ } /UBLKCP/ { b++ } /LDL/ { l++ } /STL/ { s++ }
+        END { if (fn != "") out() }' |
+        grep -E "hp_prefill|h8_prefill|attn_prefill"
       echo "---- resource usage"
-      cuobjdump --dump-resource-usage "$BIN/prefill_bench" 2>&1 | grep -A1 -E "hp_prefill|attn_prefill" | head -40
+      cuobjdump --dump-resource-usage "$BIN/prefill_bench" 2>&1 | grep -A1 -E "hp_prefill|h8_prefill|attn_prefill" | head -40
     } >> "$D/tests.log" 2>&1
     say "sass: see tests.log"
     ;;

@@ -13,7 +13,8 @@
  * GM_TEST_ATTN=xqa sends every decode row through the XQA kernel (gm_engine_cuda_set_decode_attn), =split
  * through k_attn_decode where it serves the shape. Models with max_position >= 2048 also run long prompts
  * (1,600 tokens in one step, chunks of 700 + 900 + 300, a mixed step with a fresh 1,000-token prompt) under each
- * prefill-attention mode (gm_engine_cuda_set_prefill_attn: the rule, mma.sync, Hopper). GM_TEST_LM=fp8 runs both engines' FP8 LM head (e4m3
+ * prefill-attention mode (gm_engine_cuda_set_prefill_attn: the rule, mma.sync, Hopper, Hopper on e4m3 tensor
+ * cores with GM_TEST_KV=fp8). GM_TEST_LM=fp8 runs both engines' FP8 LM head (e4m3
  * embedding and rows, static row scale, f32 logits). */
 #include <math.h>
 #include <setjmp.h>
@@ -299,8 +300,9 @@ static double long_step(pair *p, const gm_seq_step *seqs, int32_t n, int64_t row
 }
 
 /* Long prompts against the CPU engine under each prefill-attention mode the device has: the rule (on an sm_90
- * device with head_dim 128 or 256 it must pick the Hopper kernel: asserted), the mma.sync kernel, and the
- * Hopper kernel forced where it serves. Cases, in order (every prompt position's logits):
+ * device with head_dim 128 or 256 it must pick the Hopper kernel, on e4m3 tensor cores with an FP8 pool:
+ * asserted), the mma.sync kernel, the Hopper kernel forced (FP8 pools on f16 tensor cores) and forced on e4m3
+ * tensor cores (FP8 KV; refused with a bf16 pool). Cases, in order (every prompt position's logits):
  *   1. slot 0: a 1,600-token prompt in one step;
  *   2. one step of two prompts: slot 1's first chunk (700 tokens), slot 3's whole 50-token prompt;
  *   3. slot 1's second chunk, 900 tokens at 700 (attending to the first chunk in the paged cache);
@@ -325,7 +327,8 @@ static void run_long(const char *dir)
     assert_int_equal(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
     assert_int_equal(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), cudaSuccess);
     const int hopper = major == 9 && minor == 0 && (cfg.head_dim == 128 || cfg.head_dim == 256);
-    assert_int_equal(gm_engine_cuda_prefill_uses_hopper(p.gpu), hopper); /* the rule, under the default mode */
+    /* the rule, under the default mode: the Hopper kernel, an FP8 pool on e4m3 tensor cores (blocks of 16) */
+    assert_int_equal(gm_engine_cuda_prefill_uses_hopper(p.gpu), hopper ? (g_kv_fp8 ? 2 : 1) : 0);
     assert_int_equal(gm_engine_cuda_set_prefill_attn(p.gpu, (gm_cuda_prefill)9), GM_ERR_INVALID_ARG);
 
     int32_t *bt = malloc((size_t)(LONG_SLOTS * per) * 4), *pr0 = malloc(1900 * 4), *pr2 = malloc(1000 * 4);
@@ -358,17 +361,19 @@ static void run_long(const char *dir)
     const char *cname[LONG_CASES] = {"1,600-token prompt, one step", "two prompts (700 + 50), one step",
                                      "second chunk: 900 at 700", "mixed: 1,000 + 300 at 1,600 + 2 decode rows"};
     float *ref[LONG_CASES] = {NULL, NULL, NULL, NULL};
-    const gm_cuda_prefill modes[3] = {GM_CUDA_PREFILL_AUTO, GM_CUDA_PREFILL_MMA, GM_CUDA_PREFILL_HOPPER};
-    const char *mname[3] = {"auto", "mma", "hopper"};
-    for (int mi = 0; mi < 3; mi++) {
+    const gm_cuda_prefill modes[4] = {GM_CUDA_PREFILL_AUTO, GM_CUDA_PREFILL_MMA, GM_CUDA_PREFILL_HOPPER,
+                                      GM_CUDA_PREFILL_HOPPER_E4M3};
+    const char *mname[4] = {"auto", "mma", "hopper", "e4m3"};
+    const int expect[4] = {hopper ? (g_kv_fp8 ? 2 : 1) : 0, 0, hopper, hopper && g_kv_fp8 ? 2 : -1};
+    for (int mi = 0; mi < 4; mi++) {
         gm_status st = gm_engine_cuda_set_prefill_attn(p.gpu, modes[mi]);
-        if (modes[mi] == GM_CUDA_PREFILL_HOPPER && !hopper) {
+        if (expect[mi] < 0 || (modes[mi] == GM_CUDA_PREFILL_HOPPER && !hopper)) {
             assert_int_equal(st, GM_ERR_UNSUPPORTED); /* a clear refusal where the kernel does not serve */
-            printf("  hopper  forced: refused on this device/shape (%s)\n", gm_last_error());
+            printf("  %-7s forced: refused (%s)\n", mname[mi], gm_last_error());
             continue;
         }
         GOK(st);
-        assert_int_equal(gm_engine_cuda_prefill_uses_hopper(p.gpu), modes[mi] == GM_CUDA_PREFILL_MMA ? 0 : hopper);
+        assert_int_equal(gm_engine_cuda_prefill_uses_hopper(p.gpu), expect[mi]);
         for (int k = 0; k < LONG_CASES; k++)
             assert_true(long_step(&p, cs[k], cn[k], crows[k], &ref[k], cname[k], mname[mi]) < TOL_LOGITS);
     }

@@ -24,7 +24,9 @@ static const char *attn_name(gm_cuda_attn a)
 
 static const char *prefill_name(const cuda_engine *c)
 {
-    return c->opt.prefill_hopper ? "Hopper (wgmma, TMA)" : "mma.sync";
+    return c->opt.prefill_e4m3 ? "Hopper (wgmma, TMA), FP8 on e4m3 tensor cores"
+           : c->opt.prefill_hopper ? "Hopper (wgmma, TMA)"
+                                   : "mma.sync";
 }
 
 /* The engine's own options from the rules in code (docs/KERNELS.md). Needs the shapes and the stream. */
@@ -271,7 +273,8 @@ extern "C" gm_status gm_engine_cuda_set_prefill_attn(gm_engine *e, gm_cuda_prefi
 
 extern "C" int gm_engine_cuda_prefill_uses_hopper(const gm_engine *e)
 {
-    return ((const cuda_engine *)e)->opt.prefill_hopper;
+    const cuda_engine *c = (const cuda_engine *)e;
+    return c->opt.prefill_e4m3 ? 2 : c->opt.prefill_hopper;
 }
 
 extern "C" gm_status gm_engine_cuda_set_static_act(gm_engine *e, float scale)

@@ -89,21 +89,28 @@ void cu_attn_plan_eager(const cuda_engine *c, int32_t rows, cu_attn_plan *p)
  * k_attn_prefill_hopper (wgmma + TMA, warp-specialised: the FlashAttention-3 design) wherever it serves the
  * engine: an sm_90 device, head_dim 128 or 256, a bf16 pool whose block size shares a multiple of 8 rows with
  * its key tile (FP8 pools: any), a pool of fewer than 2^31 rows per layer; else through k_attn_prefill_kv
- * (mma.sync). Why: bench/NOTES_PREFILL.md (the mma.sync kernel reached 57-108 TFLOP/s at head_dim 256, torch's
- * cuDNN SDPA 371-641 on the same H100). */
+ * (mma.sync). An FP8 pool runs both GEMMs on e4m3 tensor cores (QGMMA, twice the f16 rate: issue 18's FP8
+ * target) where that variant serves (a block size sharing a multiple of 8 rows with its 128-key tile), else on
+ * f16 tensor cores after an exact conversion. Why: bench/NOTES_PREFILL.md (the mma.sync kernel reached 57-108
+ * TFLOP/s at head_dim 256, torch's cuDNN SDPA 371-641 on the same H100). */
 gm_status cu_prefill_rule(cuda_engine *c, gm_cuda_prefill mode)
 {
-    if (mode != GM_CUDA_PREFILL_AUTO && mode != GM_CUDA_PREFILL_MMA && mode != GM_CUDA_PREFILL_HOPPER)
-        return gm_fail(GM_ERR_INVALID_ARG, "cuda engine: prefill attention mode %d (0, 1 or 2)", (int)mode);
-    const int32_t bs = c->base.opts.kv_block_size;
+    if (mode != GM_CUDA_PREFILL_AUTO && mode != GM_CUDA_PREFILL_MMA && mode != GM_CUDA_PREFILL_HOPPER &&
+        mode != GM_CUDA_PREFILL_HOPPER_E4M3)
+        return gm_fail(GM_ERR_INVALID_ARG, "cuda engine: prefill attention mode %d (0, 1, 2 or 3)", (int)mode);
+    const int32_t bs = c->base.opts.kv_block_size, hd = (int32_t)c->hd;
     const int64_t pool_rows = c->base.kv_num_blocks * c->nkv * bs;
-    const int serves = k_attn_prefill_hopper_supported((int32_t)c->hd, bs, c->kv8) && pool_rows < INT32_MAX;
-    if (mode == GM_CUDA_PREFILL_HOPPER && !serves)
-        return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: the Hopper prefill kernel does not serve this engine (needs an "
-                       "sm_90 device, head_dim 128 or 256 (here %lld), block size %d with a bf16 pool a multiple of 8, "
-                       "a pool under 2^31 rows per layer (%lld))", (long long)c->hd, bs, (long long)pool_rows);
+    const int serves = k_attn_prefill_hopper_supported(hd, bs, c->kv8) && pool_rows < INT32_MAX;
+    const int serves8 = serves && c->kv8 && k_attn_prefill_hopper_e4m3_supported(hd, bs);
+    if ((mode == GM_CUDA_PREFILL_HOPPER && !serves) || (mode == GM_CUDA_PREFILL_HOPPER_E4M3 && !serves8))
+        return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: the Hopper prefill kernel%s does not serve this engine (needs an "
+                       "sm_90 device, head_dim 128 or 256 (here %d), block size %d sharing a multiple of 8 rows with "
+                       "the key tile, a pool under 2^31 rows per layer (%lld)%s)",
+                       mode == GM_CUDA_PREFILL_HOPPER_E4M3 ? " on e4m3 tensor cores" : "", hd, bs,
+                       (long long)pool_rows, mode == GM_CUDA_PREFILL_HOPPER_E4M3 ? ", an FP8 KV cache" : "");
     c->opt.prefill = mode;
     c->opt.prefill_hopper = mode != GM_CUDA_PREFILL_MMA && serves;
+    c->opt.prefill_e4m3 = (mode == GM_CUDA_PREFILL_AUTO || mode == GM_CUDA_PREFILL_HOPPER_E4M3) && serves8;
     return GM_OK;
 }
 
@@ -213,10 +220,13 @@ static gm_status attention_prefill(cuda_engine *c, const fwd_args *a, const void
     const int32_t nd = a->dec.rows, ns = a->S - nd, nq = (int32_t)c->nq, nkv = (int32_t)c->nkv, hd = (int32_t)c->hd;
     const int32_t bs = c->base.opts.kv_block_size, *bt = m->bt + (int64_t)nd * c->max_blocks;
     const int64_t qw = c->nq * c->hd;
-    if (c->opt.prefill_hopper)
+    if (c->opt.prefill_hopper) {
+        k_prefill_opts o = *po;
+        o.kv_fp8_mma = c->opt.prefill_e4m3;
         return k_attn_prefill_hopper(c->qkv, c->n_qkv, a->T, ns, m->q_start + nd, m->n_new + nd, m->start_pos + nd,
                                      a->max_new, nq, nkv, hd, kp, vp, bs, (int32_t)c->base.kv_num_blocks, bt,
-                                     c->max_blocks, po, c->att, qw, c->stream);
+                                     c->max_blocks, &o, c->att, qw, c->stream);
+    }
     if (po->softcap > 0.0f || po->window > 0)
         return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: soft-capping or a sliding window needs the Hopper prefill "
                        "kernel (the mma.sync one has neither)");
@@ -266,7 +276,7 @@ static gm_status attention(cuda_engine *c, const fwd_args *a, int32_t l, const c
                                c->scale, p->n_split, c->dec_scratch, c->att, qw, s));
     if (a->decode)
         return GM_OK;
-    const k_prefill_opts po = {c->scale, 0.0f, 0, c->kv8, kvs}; /* scale, soft-cap (off), window (off), KV format */
+    const k_prefill_opts po = {c->scale, 0.0f, 0, c->kv8, kvs, 0}; /* scale, soft-cap, window (off), KV format */
     return attention_prefill(c, a, kp, vp, &po);
 }
 

@@ -148,6 +148,7 @@ typedef struct cu_opts {
                         * its epilogue; where k_gemv_fp8_v2_for takes v2 for gate|up */
     gm_cuda_prefill prefill; /* prefill attention: GM_CUDA_PREFILL_AUTO = the rule (cu_prefill_rule) */
     int prefill_hopper;      /* the rule's answer under `prefill`: prompt rows through k_attn_prefill_hopper */
+    int prefill_e4m3;        /* ... with an FP8 pool on e4m3 tensor cores (k_prefill_opts.kv_fp8_mma) */
 } cu_opts;
 
 typedef struct cuda_engine {
