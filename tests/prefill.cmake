@@ -24,9 +24,10 @@ if(GM_HAVE_CUDA)
   set_tests_properties(test_gpu_model_long_kv8 PROPERTIES ENVIRONMENT GM_TEST_KV=fp8)
 endif()
 
-# The e4m3 QGMMA prefill kernel's data path (Q8, the tensor-copy boxes, the V transposer, the wgmma descriptors,
-# the P fragment), emulated byte for byte in numpy: runs without a GPU.
+# The Hopper prefill kernels' data paths (the tensor-copy boxes, Q8 and the V transposer of the e4m3 kernel, the
+# wgmma descriptors, the P fragments), emulated element by element in numpy: runs without a GPU.
 if(Python3_Interpreter_FOUND)
-  add_test(NAME test_prefill_e4m3_layout COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/prefill_e4m3_layout.py)
-  set_tests_properties(test_prefill_e4m3_layout PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120)
+  add_test(NAME test_prefill_hopper_layout
+    COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/prefill_hopper_layout.py)
+  set_tests_properties(test_prefill_hopper_layout PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120)
 endif()

@@ -70,7 +70,9 @@
  *   shared memory (saturating at 65504), both GEMMs run on f16 tensor cores; kv_scale is folded
  *   into the score scale and the final 1/l. Not done: e4m3 QGMMA (needs V transposed in shared
  *   memory and P permuted for the 8-bit A layout).
- * Output: bf16x2 stores straight from the accumulators (rows < the tile's real rows). */
+ * Output: bf16x2 stores straight from the accumulators (rows < the tile's real rows).
+ * tests/prefill_hopper_layout.py mirrors the bf16 index arithmetic (copies, descriptors, P fragment) and
+ * checks S and O exactly: keep the two in step. */
 #include "attn_prefill_hopper.cuh"
 
 #include <atomic>

@@ -37,7 +37,9 @@
  *   ones with the opposite. Named barriers HP_BAR_QCONV + wg (128 threads): a consumer warpgroup's Q8 rows and
  *   scales written; before the next item's, its previous scales read.
  * Registers: head_dim 256 runs FA3's split, 24 (producer) / 240 (consumers); the producer warpgroup then
- *   keeps a few words of loop state in local memory (40 bytes, outside the transposer's unit loop). */
+ *   keeps a few words of loop state in local memory (40 bytes, outside the transposer's unit loop).
+ * tests/prefill_hopper_layout.py mirrors the index arithmetic of Q8, the copies, the transposer, the
+ * descriptors and the P fragment, and checks S and O exactly: keep the two in step. */
 #include <atomic>
 #include <string.h>
 

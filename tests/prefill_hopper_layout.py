@@ -1,8 +1,18 @@
 #!/usr/bin/env python3
-"""prefill_e4m3_layout.py - the data path of kernels/cuda/attn_prefill_hopper_e4m3.cu, emulated byte for byte.
+"""prefill_hopper_layout.py - the data paths of the Hopper prefill kernels, emulated element by element.
 
-The kernel cannot be run without a Hopper GPU; this mirrors its index arithmetic (keep the two in step) and
-checks it end to end with integer data, so a layout mistake shows here before the GPU run:
+The kernels cannot be run without a Hopper GPU; this mirrors their index arithmetic (keep them in step) and
+checks it end to end with integer data, so a layout mistake shows here before the GPU run.
+
+kernels/cuda/attn_prefill_hopper.cu (bf16 pools):
+- Q, K and V tiles as the copy engine writes 64-column x R-row bf16 boxes with the 128-byte swizzle (panels of
+  64 columns: Q 128 x 128 bytes apart, K/V BN x 128);
+- S = Q K^T through K-major SW128 descriptors (k16 step: panel ks / 4, start + 32 (ks % 4) bytes);
+- the P packing (P[i] = S[2i], S[2i+1]) as the m64nNk16 A fragment, and O += P V with V read through the
+  MN-major SW128 descriptor (LBO = BN * 128 between 64-column panels, SBO = 1024 between 8-key groups, k-step
+  start + 2048 bytes) - the PTX canonical layout ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO)), T = 8 elements.
+
+kernels/cuda/attn_prefill_hopper_e4m3.cu (e4m3 QGMMA):
 - Q8 written by the consumer warpgroups (HD/16 threads per row, 16 codes each, SW128 chunk = chunk ^ row % 8);
 - K and V tiles as the copy engine writes 128-byte x R-row boxes with CU_TENSOR_MAP_SWIZZLE_128B (the 16-byte
   chunk bits [6:4] of a shared address XOR its bits [9:7], boxes 1024-aligned);
@@ -11,8 +21,8 @@ checks it end to end with integer data, so a layout mistake shows here before th
   start + 32 bytes, SBO 1024) for S = Q8 K^T (m64n128k32) and O += P V^T (m64nHDk32, A from registers);
 - the S accumulator layout (d[4i+e] = S[16w+g][8i+2t+e], d[4i+2+e] = row + 8) and the P packing into the
   8-bit A fragment (a0 = A[g][4t..4t+3], a1 = row g+8, a2 = A[g][16+4t..], a3 = row g+8).
-Checks S == Q K^T and O == P V exactly, for head_dim 256 and 128, all keys valid and the last 28 masked.
-Exit 0 on success, 1 on a mismatch, 77 without numpy."""
+Checks S == Q K^T and O == P V exactly: bf16 at head_dim 256 (BN 80) and 128 (BN 128); e4m3 at head_dim 256
+and 128, all keys valid and the last 28 masked. Exit 0 on success, 1 on a mismatch, 77 without numpy."""
 import sys
 
 try:
@@ -28,6 +38,61 @@ CH_Q = 128 * 128  # bytes between Q8 panels
 def swz(a):
     """The 128-byte swizzle as a function of the shared address."""
     return a ^ (((a >> 7) & 7) << 4)
+
+
+def check_bf16(hd, bn, rng):
+    """attn_prefill_hopper.cu, bf16: element addresses in bytes, 2 bytes per element."""
+    mem = {}
+    q = rng.integers(-7, 8, size=(128, hd))
+    k = rng.integers(-7, 8, size=(bn, hd))
+    v = rng.integers(-7, 8, size=(bn, hd))
+    sq, kst, vst = 0, 1 << 17, 2 << 17
+    ch_q, ch_kv = 128 * 128, bn * 128
+    for row in range(128):  # hp_tma_q: boxes of 64 rows x 64 columns
+        for col in range(hd):
+            mem[swz(sq + (col // 64) * ch_q + row * 128 + (col % 64) * 2)] = q[row, col]
+    for base, m in ((kst, k), (vst, v)):  # hp_tma_kv<HD/64, BN, 64>
+        for key in range(bn):
+            for col in range(hd):
+                mem[swz(base + (col // 64) * ch_kv + key * 128 + (col % 64) * 2)] = m[key, col]
+    ok = True
+    for wg in range(2):
+        qwg = sq + wg * 64 * 128
+        s = np.zeros((64, bn), dtype=np.int64)
+        for ks in range(hd // 16):  # hp_qk: K-major A and B, SBO 1024
+            oq = (ks >> 2) * ch_q + (ks & 3) * 32
+            ok_ = (ks >> 2) * ch_kv + (ks & 3) * 32
+            a = np.array([[mem[swz(qwg + oq + (m // 8) * 1024 + (m % 8) * 128 + 2 * kk)] for kk in range(16)]
+                          for m in range(64)])
+            b = np.array([[mem[swz(kst + ok_ + (n // 8) * 1024 + (n % 8) * 128 + 2 * kk)] for kk in range(16)]
+                          for n in range(bn)])
+            s += a @ b.T
+        ok &= np.array_equal(s, q[wg * 64:wg * 64 + 64] @ k.T)
+        p = (s % 5) - 2
+        o = np.zeros((64, hd), dtype=np.int64)
+        lbo, sbo = bn * 128, 1024
+        for kk in range(bn // 16):  # hp_pack_p + hp_pv
+            a = np.zeros((64, 16), dtype=np.int64)
+            for w in range(4):
+                for lane in range(32):
+                    g, t = lane >> 2, lane & 3
+                    d = [0] * (bn // 2)
+                    for i in range(bn // 8):
+                        for e in range(2):
+                            d[4 * i + e] = p[16 * w + g, 8 * i + 2 * t + e]
+                            d[4 * i + 2 + e] = p[16 * w + g + 8, 8 * i + 2 * t + e]
+                    regs = [(d[2 * r], d[2 * r + 1]) for r in range(4 * kk, 4 * kk + 4)]  # P[4kk + r]
+                    # m64nNk16 A fragment: a0 = A[g][2t, 2t+1], a1 = A[g+8][..], a2 = A[g][8+2t, ..], a3 = A[g+8][8+..]
+                    for ri, (mo, ko) in enumerate(((0, 0), (8, 0), (0, 8), (8, 8))):
+                        for j in range(2):
+                            a[16 * w + g + mo, ko + 2 * t + j] = regs[ri][j]
+            start = vst + kk * 2048
+            b = np.array([[mem[swz(start + 2 * (n % 64) + lbo * (n // 64) + 128 * (kx % 8) + sbo * (kx // 8))]
+                           for kx in range(16)] for n in range(hd)])
+            o += a @ b.T
+        ok &= np.array_equal(o, p @ v)
+    print("bf16 head_dim %d, BN %3d: S = Q K^T and O = P V %s" % (hd, bn, "exact" if ok else "WRONG"))
+    return ok
 
 
 def check(hd, valid, rng):
@@ -104,13 +169,14 @@ def check(hd, valid, rng):
         vz = v.copy()
         vz[valid:] = 0
         ok &= np.array_equal(o, p @ vz)
-    print("head_dim %d, keys valid %3d: S = Q K^T and O = P V %s" % (hd, valid, "exact" if ok else "WRONG"))
+    print("e4m3 head_dim %d, keys valid %3d: S = Q K^T and O = P V %s" % (hd, valid, "exact" if ok else "WRONG"))
     return ok
 
 
 def main():
     rng = np.random.default_rng(1)
-    good = all([check(hd, valid, rng) for hd in (256, 128) for valid in (BN, 100)])
+    good = all([check_bf16(hd, bn, rng) for hd, bn in ((256, 80), (128, 128))])
+    good &= all([check(hd, valid, rng) for hd in (256, 128) for valid in (BN, 100)])
     return 0 if good else 1
 
 
