@@ -10,7 +10,8 @@ kernels/cuda/attn_prefill_hopper.cu (bf16 pools):
 - S = Q K^T through K-major SW128 descriptors (k16 step: panel ks / 4, start + 32 (ks % 4) bytes);
 - the P packing (P[i] = S[2i], S[2i+1]) as the m64nNk16 A fragment, and O += P V with V read through the
   MN-major SW128 descriptor (LBO = BN * 128 between 64-column panels, SBO = 1024 between 8-key groups, k-step
-  start + 2048 bytes) - the PTX canonical layout ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO)), T = 8 elements.
+  start + 2048 bytes) - the PTX canonical layout ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO)), T = 8 elements;
+- FP8 pools on f16 tensor cores: the converter's stores (hp_convert_kv) reproduce that copy layout.
 
 kernels/cuda/attn_prefill_hopper_e4m3.cu (e4m3 QGMMA):
 - Q8 written by the consumer warpgroups (HD/16 threads per row, 16 codes each, SW128 chunk = chunk ^ row % 8);
@@ -95,6 +96,30 @@ def check_bf16(hd, bn, rng):
     return ok
 
 
+def check_f8_convert(hd, bn):
+    """attn_prefill_hopper.cu, FP8 pools on f16 tensor cores: hp_convert_kv's stores (128 producer threads, 16 codes
+    -> two 16-byte f16 pieces) land where the bf16 path's tensor copies put the same element."""
+    pr = hd // 16
+    rstep, per = 128 // pr, bn * pr // 128
+    got = {}
+    for t in range(128):
+        r0, e0 = t // pr, (t % pr) * 16
+        j, sw = (e0 % 64) // 8, r0 & 7
+        d = (e0 // 64) * (bn * 128) + r0 * 128
+        for u in range(per):
+            row = r0 + rstep * u
+            for half, jj in ((0, j), (1, j + 1)):
+                base = d + rstep * u * 128 + ((jj ^ sw) << 4)
+                for i in range(8):
+                    got[(row, e0 + 8 * half + i)] = base + 2 * i
+    want = {(row, col): swz((col // 64) * (bn * 128) + row * 128 + (col % 64) * 2) for row in range(bn)
+            for col in range(hd)}
+    ok = got == want
+    print("fp8->f16 head_dim %d, BN %3d: converted tile in the copy engine's layout %s" % (hd, bn,
+          "exact" if ok else "WRONG"))
+    return ok
+
+
 def check(hd, valid, rng):
     mem = np.zeros(1 << 18, dtype=np.int64)
     q = rng.integers(-7, 8, size=(128, hd))
@@ -176,6 +201,7 @@ def check(hd, valid, rng):
 def main():
     rng = np.random.default_rng(1)
     good = all([check_bf16(hd, bn, rng) for hd, bn in ((256, 80), (128, 128))])
+    good &= all([check_f8_convert(hd, bn) for hd, bn in ((256, 64), (128, 128))])
     good &= all([check(hd, valid, rng) for hd in (256, 128) for valid in (BN, 100)])
     return 0 if good else 1
 
