@@ -302,6 +302,9 @@ static gm_status tune_algo(k_gemm_fp8_ctx *g, const fp8_key *key, const void *xq
     cudaEvent_t e0 = NULL, e1 = NULL;
     gm_status st = GM_OK;
     float best = -1.0f;
+    /* products of over ~1 ms (2 T N K > 1e12 FLOP) are timed once: the tuning of a 16k-row 7b gate|up then costs
+     * ~0.3 s, once per key */
+    const int reps = 2.0 * (double)T * (double)N * (double)K > 1e12 ? 1 : GEMM_TUNE_REPS;
     GM_CUDA_GOTO(cudaEventCreate(&e0), st, done);
     GM_CUDA_GOTO(cudaEventCreate(&e1), st, done);
     for (int i = 0; i < nc; i++) {
@@ -310,7 +313,7 @@ static gm_status tune_algo(k_gemm_fp8_ctx *g, const fp8_key *key, const void *xq
         if (cs != CUBLAS_STATUS_SUCCESS)
             continue; /* this candidate does not take the exact T */
         GM_CUDA_GOTO(cudaEventRecord(e0, s), st, done);
-        for (int r = 0; r < GEMM_TUNE_REPS; r++)
+        for (int r = 0; r < reps; r++)
             GM_GOTO(run_lt(g, &cand[i], xq, T, K, ldx, Wq, ldw, N, y, key->yf32, ldy, s, &cs), st, done);
         GM_CUDA_GOTO(cudaEventRecord(e1, s), st, done);
         GM_CUDA_GOTO(cudaEventSynchronize(e1), st, done);
