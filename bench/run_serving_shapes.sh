@@ -63,7 +63,13 @@ for m in ${MODELS:-2b 7b}; do
     pgrep -f "gemma-(quantize --fp8|mkmodel).*$M/${m}full" > /dev/null || break
     sleep 1
   done
-  [ -f "$mdir/config.json" ] || { echo "| $m | no checkpoint $mdir (see $OUT/prep/fp8sprep.log) |" | tee -a "$rows"; continue; }
+  if [ ! -f "$M/${m}fp8s.done" ]; then  # the background job ended early or not at all: make it here
+    [ -f "$M/${m}full/config.json" ] || "$PACK/gemma-mkmodel" --corpus data/corpus.txt --out "$M/${m}full" \
+      --preset "$m" --seed 7 >> "$OUT/prep.log" 2>&1
+    "$PACK/gemma-quantize" --fp8 --model "$M/${m}full" --out "$mdir" --calib data/corpus.txt \
+      --max-tokens ${FP8S_TOKENS:-1024} --quiet >> "$OUT/prep.log" 2>&1 && touch "$M/${m}fp8s.done"
+  fi
+  [ -f "$mdir/config.json" ] || { echo "| $m | no checkpoint $mdir (see $OUT/prep.log) |" | tee -a "$rows"; continue; }
   log=$OUT/serve_$m.log
   ep=ipc:///tmp/gm-shapes.sock
   echo "---- gemmad $m fp8s, default sizing" >> "$log"
