@@ -58,9 +58,10 @@ rows=$OUT/rows.md
 : > "$rows"
 for m in ${MODELS:-2b 7b}; do
   mdir=$M/${m}fp8s
-  for i in $(seq 1 900); do  # the quantizer writes config.json last; .done once it exits
+  busy() { pgrep -f "gemma-(quantize --fp8|mkmodel).*$M/${m}full" > /dev/null; }
+  for i in $(seq 1 900); do  # .done once the background quantizer exits (mkmodel, then quantize: look twice)
     [ -f "$M/${m}fp8s.done" ] && break
-    pgrep -f "gemma-(quantize --fp8|mkmodel).*$M/${m}full" > /dev/null || break
+    busy || { sleep 3; busy; } || break
     sleep 1
   done
   if [ ! -f "$M/${m}fp8s.done" ]; then  # the background job ended early or not at all: make it here
