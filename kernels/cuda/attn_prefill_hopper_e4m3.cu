@@ -8,7 +8,8 @@
  *     of K and V tiles: the pool's e4m3 rows as they are (a uint8 2D map, boxes of 128 codes = 128 bytes x R
  *     rows, R = gcd(bs, 128) a multiple of 8; 128-byte swizzle). Warps 1-3 (96 threads) transpose each V
  *     tile into V^T, the K-major B operand QGMMA needs (8-bit operands have no transposed form), zeroing the
- *     keys at and past kv_len.
+ *     keys at and past kv_len; they walk no work list: with each V copy the copy warp posts the tile's count
+ *     of keys below kv_len in shared memory (read after the Vfull wait), and -1 after the last tile.
  *   warpgroups 1, 2 (setmaxnreg 232): 64 query rows each.
  * Key tiles: BN = 128 keys, visited from the diagonal tile down, as in the bf16 kernel.
  * Q: each consumer warpgroup reads its 64 rows of q (bf16) itself, once per item: the row's scale is
@@ -36,8 +37,8 @@
  *   K, V and V^T of tile counter it share stage it % 2; full barriers waited with parity (it / 2) & 1, empty
  *   ones with the opposite. Named barriers HP_BAR_QCONV + wg (128 threads): a consumer warpgroup's Q8 rows and
  *   scales written; before the next item's, its previous scales read.
- * Registers: head_dim 256 runs FA3's split, 24 (producer) / 240 (consumers); the producer warpgroup then
- *   keeps a few words of loop state in local memory (40 bytes, outside the transposer's unit loop).
+ * Registers: head_dim 256 runs FA3's split, 24 (producer) / 240 (consumers); the copy warp then keeps a few
+ *   words of its per-tile loop state in local memory (40 bytes); the transposer and the consumers none.
  * tests/prefill_hopper_layout.py mirrors the index arithmetic of Q8, the copies, the transposer, the
  * descriptors and the P fragment, and checks S and O exactly: keep the two in step. */
 #include <atomic>
@@ -65,8 +66,8 @@ template <int HD> struct h8_cfg {
     static constexpr int OFF_V = OFF_K + HP_STAGES * KV_BYTES;
     static constexpr int OFF_T = OFF_V + HP_STAGES * KV_BYTES;
     static constexpr int OFF_SC = OFF_T + HP_STAGES * KV_BYTES; /* [128] f32 row scales of Q8 */
-    static constexpr int OFF_BAR = OFF_SC + HP_BM * 4;
-    static constexpr int SMEM = OFF_BAR + 96 + 1024; /* + barriers + alignment slack */
+    static constexpr int OFF_BAR = OFF_SC + HP_BM * 4;     /* 12 mbarriers, then [2] int32 keys valid per V stage */
+    static constexpr int SMEM = OFF_BAR + 128 + 1024;      /* + alignment slack */
     /* head_dim 256: FA3's split (at 232 the consumers' O, S and P leave ptxas too few registers and it
      * serializes the wgmmas, warning C7512; at 24 the producer keeps some loop state in local memory) */
     static constexpr int LOAD_REGS = HD == 256 ? 24 : 40, MMA_REGS = HD == 256 ? 240 : 232;
@@ -81,8 +82,10 @@ __device__ __forceinline__ uint32_t h8_bar(uint32_t b, int kind, int s) { return
 
 /* ------------------------------------------------------------------ producer: copies */
 
-/* Warp 0: K(n) and V(n) of every tile, the consumers' order (the last tile first). */
-template <int HD> __device__ void h8_produce_tma(const hp_params &p, uint32_t sbase, uint32_t bars)
+/* Warp 0: K(n) and V(n) of every tile, the consumers' order (the last tile first). With each V copy the
+ * leader posts the tile's count of keys below kv_len for the transposer (vvalid[stage], published by the
+ * arrival on Vfull); after the last tile, -1 and a plain arrival: the transposer stops there. */
+template <int HD> __device__ void h8_produce_tma(const hp_params &p, uint32_t sbase, uint32_t bars, int32_t *vvalid)
 {
     using C = h8_cfg<HD>;
     const bool leader = (threadIdx.x & 31) == 0;
@@ -101,6 +104,7 @@ template <int HD> __device__ void h8_produce_tma(const hp_params &p, uint32_t sb
             }
             sm90_mbar_wait(h8_bar(bars, H8_VE, s), ph);
             if (leader) {
+                vvalid[s] = k.kv_len - n * H8_BN;
                 sm90_mbar_arrive_tx(h8_bar(bars, H8_VF, s), C::KV_BYTES);
                 hp_tma_kv<HD / 128, H8_BN, 128>(p, &p.vmap, bt, k, n, sbase + C::OFF_V + s * C::KV_BYTES,
                                                 h8_bar(bars, H8_VF, s));
@@ -108,6 +112,13 @@ template <int HD> __device__ void h8_produce_tma(const hp_params &p, uint32_t sb
             __syncwarp();
         }
     }
+    const int s = it % HP_STAGES; /* the end, in the next V stage */
+    sm90_mbar_wait(h8_bar(bars, H8_VE, s), ((it / HP_STAGES) & 1) ^ 1);
+    if (leader) {
+        vvalid[s] = -1;
+        sm90_mbar_arrive(h8_bar(bars, H8_VF, s));
+    }
+    __syncwarp();
 }
 
 /* ------------------------------------------------------------------ producer: V transposer */
@@ -152,26 +163,23 @@ template <int HD> __device__ __forceinline__ void h8_transpose_tile(const uint8_
     }
 }
 
-template <int HD> __device__ void h8_transpose(const hp_params &p, uint8_t *smem, uint32_t bars)
+/* Warps 1-3: every V tile the copy warp posts, until it posts -1 (the transposer walks no work list). */
+template <int HD> __device__ void h8_transpose(uint8_t *smem, uint32_t bars, const int32_t *vvalid)
 {
     using C = h8_cfg<HD>;
     const int tt = threadIdx.x - 32;
-    int it = 0;
-    for (int w = blockIdx.x; w < p.total; w += gridDim.x) {
-        hp_work k;
-        if (!hp_work_at<H8_BN>(p, w, k))
-            continue;
-        for (int n = k.n_hi - 1; n >= k.n_lo; n--, it++) {
-            const int s = it % HP_STAGES;
-            const uint32_t ph = (it / HP_STAGES) & 1;
-            sm90_mbar_wait(h8_bar(bars, H8_VF, s), ph);
-            sm90_mbar_wait(h8_bar(bars, H8_TE, s), ph ^ 1);
-            h8_transpose_tile<HD>(smem + C::OFF_V + s * C::KV_BYTES, smem + C::OFF_T + s * C::KV_BYTES,
-                                  k.kv_len - n * H8_BN, tt);
-            sm90_fence_proxy_async(); /* V^T is read by the tensor cores next */
-            sm90_mbar_arrive(h8_bar(bars, H8_TF, s));
-            sm90_mbar_arrive(h8_bar(bars, H8_VE, s)); /* done reading V: the next copy may land */
-        }
+    for (int it = 0;; it++) {
+        const int s = it % HP_STAGES;
+        const uint32_t ph = (it / HP_STAGES) & 1;
+        sm90_mbar_wait(h8_bar(bars, H8_VF, s), ph);
+        const int valid = *(volatile const int32_t *)&vvalid[s];
+        if (valid < 0)
+            return;
+        sm90_mbar_wait(h8_bar(bars, H8_TE, s), ph ^ 1);
+        h8_transpose_tile<HD>(smem + C::OFF_V + s * C::KV_BYTES, smem + C::OFF_T + s * C::KV_BYTES, valid, tt);
+        sm90_fence_proxy_async(); /* V^T is read by the tensor cores next */
+        sm90_mbar_arrive(h8_bar(bars, H8_TF, s));
+        sm90_mbar_arrive(h8_bar(bars, H8_VE, s)); /* done reading V: the next copy may land */
     }
 }
 
@@ -403,12 +411,13 @@ template <int HD> __global__ void __launch_bounds__(HP_THREADS, 1) h8_prefill_ke
     }
     __syncthreads();
     pdl_wait();
+    int32_t *vvalid = reinterpret_cast<int32_t *>(smem + C::OFF_BAR + 96);
     if (threadIdx.x < 128) {
         sm90_reg_dealloc<C::LOAD_REGS>();
         if (threadIdx.x < 32)
-            h8_produce_tma<HD>(p, sbase, bars);
+            h8_produce_tma<HD>(p, sbase, bars, vvalid);
         else
-            h8_transpose<HD>(p, smem, bars);
+            h8_transpose<HD>(smem, bars, vvalid);
     } else {
         sm90_reg_alloc<C::MMA_REGS>();
         h8_consume<HD>(p, smem, bars);
