@@ -200,7 +200,8 @@ static void prefill_row(k_gemm_fp8_ctx *g8, const char *name, int64_t T, int64_t
         const int64_t cand0 = k_gemm_fp8_ctx_candidates(g8);
         const double us = time_us(&c, reps);
         tf[level] = flops / (us * 1e-6) / 1e12;
-        printf("prefill %-12s T=%-6lld N=%-6lld K=%-6lld %-9s | %9.1f us %7.1f TFLOP/s %5.1f%% of 8192^3 (%lld timed)\n",
+        printf("prefill %-12s T=%-6lld N=%-6lld K=%-6lld %-9s | %9.1f us %7.1f TFLOP/s %5.1f%% of 8192^3 "
+               "(%lld timed)\n",
                name, (long long)T, (long long)N, (long long)K, lv[level], us, tf[level], 100.0 * tf[level] / ceil_tf,
                (long long)(k_gemm_fp8_ctx_candidates(g8) - cand0));
         if (csv)

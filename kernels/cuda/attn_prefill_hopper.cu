@@ -142,7 +142,8 @@ template <int HD, int BN> __device__ void hp_produce_tma(const hp_params &p, uin
                 sm90_mbar_wait(hp_bar_ke(bars, s), ((it / HP_STAGES) & 1) ^ 1);
                 if (leader) {
                     sm90_mbar_arrive_tx(hp_bar_kf(bars, s), C::KV_BYTES);
-                    hp_tma_kv<HD / 64, BN, 64>(p, &p.kmap, bt, k, n, sbase + C::OFF_K + s * C::KV_BYTES, hp_bar_kf(bars, s));
+                    hp_tma_kv<HD / 64, BN, 64>(p, &p.kmap, bt, k, n, sbase + C::OFF_K + s * C::KV_BYTES,
+                                               hp_bar_kf(bars, s));
                 }
                 it++;
             }
@@ -157,7 +158,8 @@ template <int HD, int BN> __device__ void hp_produce_tma(const hp_params &p, uin
                 sm90_mbar_wait(hp_bar_ve(bars, s), ((iv / HP_STAGES) & 1) ^ 1);
                 if (leader) {
                     sm90_mbar_arrive_tx(hp_bar_vf(bars, s), C::KV_BYTES);
-                    hp_tma_kv<HD / 64, BN, 64>(p, &p.vmap, bt, k, n + 1, sbase + C::OFF_V + s * C::KV_BYTES, hp_bar_vf(bars, s));
+                    hp_tma_kv<HD / 64, BN, 64>(p, &p.vmap, bt, k, n + 1, sbase + C::OFF_V + s * C::KV_BYTES,
+                                               hp_bar_vf(bars, s));
                 }
                 iv++;
             }

@@ -392,7 +392,8 @@ template <int HD> __device__ void h8_consume(const hp_params &p, uint8_t *smem, 
     }
 }
 
-template <int HD> __global__ void __launch_bounds__(HP_THREADS, 1) h8_prefill_kernel(const __grid_constant__ hp_params p)
+template <int HD>
+__global__ void __launch_bounds__(HP_THREADS, 1) h8_prefill_kernel(const __grid_constant__ hp_params p)
 {
     using C = h8_cfg<HD>;
     extern __shared__ __align__(128) uint8_t h8_smem_raw[];
