@@ -97,7 +97,8 @@ static void pf_ref_e4m3(const float *q, int32_t pos, int32_t nh, int32_t nkv, in
                 double acc = 0.0;
                 for (int32_t i = 0; i < hd; i++)
                     acc += (double)qc[i] * gm_e4m3_to_f32(k8[off + i]);
-                x[j - j0] = softcap > 0.0f ? softcap * tanh((double)(float)acc * cin) * log2e : (double)(float)acc * mul;
+                x[j - j0] = softcap > 0.0f ? softcap * tanh((double)(float)acc * cin) * log2e
+                                           : (double)(float)acc * mul;
                 mx = x[j - j0] > mx ? x[j - j0] : mx;
             }
             const double alpha = m == -INFINITY ? 0.0 : exp2(m - mx);
@@ -284,7 +285,8 @@ static void run_case(const pf_case *c)
         printf(" | vs exact %.2e", err_x);
     printf("\n");
 
-    free(ref), free(ref8), free(qrow), free(g[0]), free(g[1]), free(perm), free(bt), free(kf), free(vf), free(kb), free(vb);
+    free(ref), free(ref8), free(qrow), free(g[0]), free(g[1]), free(perm), free(bt), free(kf), free(vf), free(kb);
+    free(vb);
     free(k8), free(v8), free(qb), free(qf);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dbt), cudaFree(dqs), cudaFree(dnn), cudaFree(dsp);
     cudaFree(dout);

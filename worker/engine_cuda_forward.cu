@@ -103,9 +103,9 @@ gm_status cu_prefill_rule(cuda_engine *c, gm_cuda_prefill mode)
     const int serves = k_attn_prefill_hopper_supported(hd, bs, c->kv8) && pool_rows < INT32_MAX;
     const int serves8 = serves && c->kv8 && k_attn_prefill_hopper_e4m3_supported(hd, bs);
     if ((mode == GM_CUDA_PREFILL_HOPPER && !serves) || (mode == GM_CUDA_PREFILL_HOPPER_E4M3 && !serves8))
-        return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: the Hopper prefill kernel%s does not serve this engine (needs an "
-                       "sm_90 device, head_dim 128 or 256 (here %d), block size %d sharing a multiple of 8 rows with "
-                       "the key tile, a pool under 2^31 rows per layer (%lld)%s)",
+        return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: the Hopper prefill kernel%s does not serve this engine "
+                       "(needs an sm_90 device, head_dim 128 or 256 (here %d), block size %d sharing a multiple of 8 "
+                       "rows with the key tile, a pool under 2^31 rows per layer (%lld)%s)",
                        mode == GM_CUDA_PREFILL_HOPPER_E4M3 ? " on e4m3 tensor cores" : "", hd, bs,
                        (long long)pool_rows, mode == GM_CUDA_PREFILL_HOPPER_E4M3 ? ", an FP8 KV cache" : "");
     c->opt.prefill = mode;

@@ -217,8 +217,8 @@ inline gm_status hp_map(CUtensorMap *m, const void *base, int bytes, uint64_t co
     const cuuint64_t dims[2] = {cols, rows}, strides[1] = {row_bytes};
     const cuuint32_t box[2] = {bytes == 1 ? 128u : 64u, box_rows}, estr[2] = {1, 1};
     const CUtensorMapDataType ty = bytes == 1 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-    CUresult r = encode(m, ty, 2, const_cast<void *>(base), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    CUresult r = encode(m, ty, 2, const_cast<void *>(base), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
         return gm_fail(GM_ERR_CUDA, "k_attn_prefill_hopper: cuTensorMapEncodeTiled (%s: %llu x %llu, row %llu bytes, "
                        "box %u rows): error %d", what, (unsigned long long)rows, (unsigned long long)cols,
