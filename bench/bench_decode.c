@@ -142,19 +142,22 @@ int main(int argc, char **argv)
     const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1";
     int32_t prompt = 128, gen = 256;
     int variants = 0, q_fp8 = 0, kv_fp8 = 0, act = 0, lm8 = 0; /* act: 0 as loaded, 1 dynamic, 2 static, 3 both */
-    int attn = GM_CUDA_ATTN_AUTO;
+    int attn = GM_CUDA_ATTN_AUTO, pre_attn = GM_CUDA_PREFILL_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: bench_decode [--preset 2b|7b | --model DIR] [--prompt N] [--gen N] [--batch B[,B...]]\n"
                    "                    [--variants] [--csv FILE] [--quant none|fp8|awq] [--kv-dtype bf16|fp8]\n"
                    "                    [--xqa 0|1|2] [--act-scale dynamic|static|both]\n"
-                   "                    [--lm-head bf16|fp8]\n"
+                   "                    [--lm-head bf16|fp8] [--prefill-attn auto|mma|hopper|e4m3]\n"
                    "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the bf16\n"
                    "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n"
                    "--act-scale (FP8 weights): dynamic per-tensor activation scales, or static ones (one fixed\n"
                    "scale, as calibrated input scales would be; the speed does not depend on its value), or both\n"
-                   "one after the other at each batch.\n");
+                   "one after the other at each batch.\n"
+                   "--prefill-attn: the prompt rows' attention kernel (default: the engine's rule; e4m3: the Hopper\n"
+                   "kernel on e4m3 tensor cores, FP8 KV only); the prefill tok/s each line prints is the prompts'\n"
+                   "step time.\n");
             return 0;
         } else if (!strcmp(a, "--preset") && v) {
             pre = v, i++;
@@ -178,6 +181,17 @@ int main(int argc, char **argv)
             kv_fp8 = !strcmp(v, "fp8"), i++;
         } else if (!strcmp(a, "--xqa") && v) {
             attn = atoi(v), i++; /* gm_cuda_attn: 0 k_attn_decode, 1 the measured rule, 2 XQA */
+        } else if (!strcmp(a, "--prefill-attn") && v) {
+            pre_attn = !strcmp(v, "auto")     ? GM_CUDA_PREFILL_AUTO
+                       : !strcmp(v, "mma")    ? GM_CUDA_PREFILL_MMA
+                       : !strcmp(v, "hopper") ? GM_CUDA_PREFILL_HOPPER
+                       : !strcmp(v, "e4m3")   ? GM_CUDA_PREFILL_HOPPER_E4M3
+                                              : -1;
+            i++;
+            if (pre_attn < 0) {
+                fprintf(stderr, "bench_decode: --prefill-attn %s: auto, mma, hopper or e4m3\n", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--lm-head") && v) {
             lm8 = !strcmp(v, "fp8"), i++;
         } else if (!strcmp(a, "--act-scale") && v) {
@@ -233,14 +247,17 @@ int main(int argc, char **argv)
     gm_status st = model ? gm_engine_create(&o, &e) : gm_engine_cuda_create_random(&o, &cfg, 1, &e);
     if (!st && attn != GM_CUDA_ATTN_AUTO)
         st = gm_engine_cuda_set_decode_attn(e, (gm_cuda_attn)attn);
+    if (!st && pre_attn != GM_CUDA_PREFILL_AUTO)
+        st = gm_engine_cuda_set_prefill_attn(e, (gm_cuda_prefill)pre_attn);
     if (st) {
         fprintf(stderr, "bench_decode: %s: %s\n", gm_status_str(st), gm_last_error());
         gm_engine_destroy(&e);
         return 1;
     }
     char name[64];
-    snprintf(name, sizeof name, "%s%s%s%s", model ? "ckpt" : pre, q_fp8 == 1 ? " w8" : q_fp8 == 2 ? " awq" : "",
-             kv_fp8 ? " kv8" : "", lm8 ? " lm8" : "");
+    const int pk = gm_engine_cuda_prefill_uses_hopper(e);
+    snprintf(name, sizeof name, "%s%s%s%s%s", model ? "ckpt" : pre, q_fp8 == 1 ? " w8" : q_fp8 == 2 ? " awq" : "",
+             kv_fp8 ? " kv8" : "", lm8 ? " lm8" : "", pk == 2 ? " pfH8" : pk ? " pfH" : " pfM");
     double bw = copy_bw();
     int64_t wb = gm_engine_cuda_weight_bytes(e);
     FILE *csv = csv_path ? fopen(csv_path, "a") : NULL;

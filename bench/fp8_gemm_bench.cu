@@ -95,6 +95,18 @@ static void run_one_v(void *c, int rep) { run_one((gctx *)c, rep); }
 
 static double time_us(gctx *c, int reps) { return bench_time_us(run_one_v, c, reps); }
 
+/* The x and w scales on the device, each 256-byte aligned (cuBLASLt refused the 8192^3 product with the
+ * weight scale 4 bytes after the input scale: "the requested functionality is not supported", H200 run of
+ * 23:00Z). */
+static void gctx_scales(gctx *c)
+{
+    float s[65] = {0.01f};
+    s[64] = 0.002f;
+    CU(cudaMalloc(&c->sx, sizeof s));
+    CU(cudaMemcpy(c->sx, s, sizeof s, cudaMemcpyHostToDevice));
+    c->sw = c->sx + 64;
+}
+
 /* Time one shape in fp8 (and bf16 when with_bf16); returns fp8 microseconds. */
 static double bench_shape(k_gemm_fp8_ctx *g8, k_gemm_ctx *g16, const char *name, int64_t T, int64_t N, int64_t K,
                           int with_bf16, int fast, FILE *csv)
@@ -116,13 +128,7 @@ static double bench_shape(k_gemm_fp8_ctx *g8, k_gemm_ctx *g16, const char *name,
     c.x8 = dev_rand((size_t)T * K, 3, 1);
     c.x16 = dev_rand((size_t)T * K * 2, 4, 0);
     CU(cudaMalloc(&c.y, (size_t)T * N * 2));
-    /* each scale 256-byte aligned (cuBLASLt refused the 8192^3 product with the weight scale 4 bytes
-     * after the input scale: "the requested functionality is not supported", H200 run of 23:00Z) */
-    float s[65] = {0.01f};
-    s[64] = 0.002f;
-    CU(cudaMalloc(&c.sx, sizeof s));
-    CU(cudaMemcpy(c.sx, s, sizeof s, cudaMemcpyHostToDevice));
-    c.sw = c.sx + 64;
+    gctx_scales(&c);
     double flops = 2.0 * T * N * K;
     double est = flops / (CEIL_FP8 * 1e12) + wb / (CEIL_GBS * 1e9);
     int reps = (int)(20e-3 / est);
@@ -167,6 +173,45 @@ static double bench_shape(k_gemm_fp8_ctx *g8, k_gemm_ctx *g16, const char *name,
     }
     cudaFree(c.x8), cudaFree(c.x16), cudaFree(c.y), cudaFree(c.sx);
     return us;
+}
+
+/* ---- prefill section: the algorithm choice at prefill rows (issue 18 item 4) ----
+ * Per shape and T: k_gemm_fp8_lt with the algorithm cuBLASLt's heuristic puts first (K_GEMM_TUNE_OFF), the
+ * fastest of its first 8 (K_GEMM_TUNE_TOP, the choice before issue 18) and the wide search (K_GEMM_TUNE_WIDE:
+ * 24 candidates + split-K variants, the default now), each after forgetting the cached choice; TFLOP/s and %
+ * of the 8192^3 FP8 rate measured first in the same run. One line per (shape, T), then a Markdown row. */
+static void prefill_row(k_gemm_fp8_ctx *g8, const char *name, int64_t T, int64_t N, int64_t K, double ceil_tf,
+                        FILE *csv)
+{
+    gctx c;
+    memset(&c, 0, sizeof c);
+    c.g8 = g8, c.T = T, c.N = N, c.K = K, c.nrot = 1, c.path = 1;
+    c.w8[0] = dev_rand((size_t)N * K, 100, 1);
+    c.x8 = dev_rand((size_t)T * K, 3, 1);
+    CU(cudaMalloc(&c.y, (size_t)T * N * 2));
+    gctx_scales(&c);
+    const double flops = 2.0 * T * N * K;
+    int reps = (int)(30e-3 / (flops / (ceil_tf * 1e12)));
+    reps = reps < 3 ? 3 : (reps > 200 ? 200 : reps);
+    double tf[3];
+    static const char *lv[3] = {"heuristic", "top-8", "wide"};
+    for (int level = K_GEMM_TUNE_OFF; level <= K_GEMM_TUNE_WIDE; level++) {
+        k_gemm_fp8_ctx_set_tune(g8, level);
+        const int64_t cand0 = k_gemm_fp8_ctx_candidates(g8);
+        const double us = time_us(&c, reps);
+        tf[level] = flops / (us * 1e-6) / 1e12;
+        printf("prefill %-12s T=%-6lld N=%-6lld K=%-6lld %-9s | %9.1f us %7.1f TFLOP/s %5.1f%% of 8192^3 "
+               "(%lld timed)\n",
+               name, (long long)T, (long long)N, (long long)K, lv[level], us, tf[level], 100.0 * tf[level] / ceil_tf,
+               (long long)(k_gemm_fp8_ctx_candidates(g8) - cand0));
+        if (csv)
+            fprintf(csv, "prefill_%s,%s,%lld,%lld,%lld,%.2f,%.2f,0\n", lv[level], name, (long long)T, (long long)N,
+                    (long long)K, us, tf[level]);
+    }
+    printf("| %s | %lld | %.0f (%.0f%%) | %.0f (%.0f%%) | %.0f (%.0f%%) |\n", name, (long long)T, tf[0],
+           100.0 * tf[0] / ceil_tf, tf[1], 100.0 * tf[1] / ceil_tf, tf[2], 100.0 * tf[2] / ceil_tf);
+    fflush(stdout);
+    cudaFree(c.w8[0]), cudaFree(c.x8), cudaFree(c.y), cudaFree(c.sx);
 }
 
 /* ---- GEMV section: k_gemv_fp8_v1 vs k_gemv_fp8_v2 ---- */
@@ -337,6 +382,16 @@ static void gemv_section(const char *models, const int *ts, int nt, FILE *csv)
     }
 }
 
+/* Gemma's linear shapes (N x K of each fused product). */
+static const struct {
+    const char *model, *name;
+    int64_t N, K;
+} g_shapes[] = {
+    {"2b", "2b qkv", 2560, 2048},    {"2b", "2b o", 2048, 2048},     {"2b", "2b gate_up", 32768, 2048},
+    {"2b", "2b down", 2048, 16384},  {"7b", "7b qkv", 12288, 3072},  {"7b", "7b o", 3072, 4096},
+    {"7b", "7b gate_up", 49152, 3072}, {"7b", "7b down", 3072, 24576},
+};
+
 static int parse_list(const char *s, int *out, int max)
 {
     int n = 0;
@@ -353,21 +408,23 @@ int main(int argc, char **argv)
 {
     const char *models = "2b,7b", *csv_path = NULL;
     int ts[16], nt = parse_list("1,2,4,8,16,64,256,1024,4096", ts, 16), fast_mode = 2;
-    int gts[8], ngt = parse_list("1,2,4", gts, 8), gemv = 1, gemm = 1;
+    int gts[8], ngt = parse_list("1,2,4", gts, 8), gemv = 1, gemm = 1, prefill = 0, t_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             printf("usage: fp8_gemm_bench [--models 2b,7b] [--t 1,2,4,8,16,64,256,1024,4096] [--fast 0|1|2] [--csv FILE]\n"
-                   "                      [--gemv-t 1,2,4] [--gemv-only] [--no-gemv]\n"
+                   "                      [--gemv-t 1,2,4] [--gemv-only] [--no-gemv] [--prefill]\n"
                    "FP8 (cuBLASLt e4m3, bf16 out) GEMM TFLOP/s at Gemma's shapes beside 1386 TFLOP/s, and bf16\n"
                    "(k_gemm_bf16) on the same shapes. --fast: 0 accurate accumulation, 1 fast, 2 both (default).\n"
                    "First the FP8 GEMV section (k_gemv_fp8_v1 vs k_gemv_fp8_v2, T in --gemv-t, 1..4) beside the\n"
-                   "measured device copy rate; --gemv-only stops after it, --no-gemv skips it.\n");
+                   "measured device copy rate; --gemv-only stops after it, --no-gemv skips it.\n"
+                   "--prefill: only the 8192^3 rate, then the algorithm choice at prefill rows (--t, default\n"
+                   "2048,4096,8192,16384): cuBLASLt's heuristic, the fastest of its first 8, the wide search.\n");
             return 0;
         } else if (v && !strcmp(a, "--models")) {
             models = v, i++;
         } else if (v && !strcmp(a, "--t")) {
-            nt = parse_list(v, ts, 16), i++;
+            nt = parse_list(v, ts, 16), i++, t_given = 1;
         } else if (v && !strcmp(a, "--fast")) {
             fast_mode = atoi(v), i++;
         } else if (v && !strcmp(a, "--csv")) {
@@ -378,6 +435,8 @@ int main(int argc, char **argv)
             gemm = 0;
         } else if (!strcmp(a, "--no-gemv")) {
             gemv = 0;
+        } else if (!strcmp(a, "--prefill")) {
+            prefill = 1, gemv = 0;
         } else {
             fprintf(stderr, "fp8_gemm_bench: unknown or incomplete option '%s' (see --help)\n", a);
             return 2;
@@ -408,29 +467,38 @@ int main(int argc, char **argv)
         return 0;
     }
     printf("-- ceilings measured here (8192^3) --\n");
-    bench_shape(g8, g16, "8192^3", 8192, 8192, 8192, 1, 0, csv);
+    const double us8k = bench_shape(g8, g16, "8192^3", 8192, 8192, 8192, !prefill, 0, csv);
+    const double tf8k = 2.0 * 8192.0 * 8192.0 * 8192.0 / (us8k * 1e-6) / 1e12;
+    if (prefill) {
+        if (!t_given)
+            nt = parse_list("2048,4096,8192,16384", ts, 16);
+        printf("-- prefill rows: algorithm choice (8192^3 here: %.0f TFLOP/s) --\n", tf8k);
+        printf("| shape | T | heuristic | top-8 | wide |\n|---|---|---|---|---|\n");
+        for (size_t sh = 0; sh < sizeof g_shapes / sizeof g_shapes[0]; sh++)
+            if (strstr(models, g_shapes[sh].model))
+                for (int i = 0; i < nt; i++)
+                    prefill_row(g8, g_shapes[sh].name, ts[i], g_shapes[sh].N, g_shapes[sh].K, tf8k, csv);
+        k_gemm_fp8_ctx_destroy(&g8);
+        k_gemm_ctx_destroy(&g16);
+        if (csv)
+            fclose(csv);
+        return 0;
+    }
     k_gemm_fp8_ctx_set_fast_accum(g8, 1);
     bench_shape(g8, g16, "8192^3", 8192, 8192, 8192, 0, 1, csv);
     k_gemm_fp8_ctx_set_fast_accum(g8, 0);
 
-    struct {
-        const char *model, *name;
-        int64_t N, K;
-    } shapes[] = {
-        {"2b", "2b qkv", 2560, 2048},    {"2b", "2b o", 2048, 2048},     {"2b", "2b gate_up", 32768, 2048},
-        {"2b", "2b down", 2048, 16384},  {"7b", "7b qkv", 12288, 3072},  {"7b", "7b o", 3072, 4096},
-        {"7b", "7b gate_up", 49152, 3072}, {"7b", "7b down", 3072, 24576},
-    };
+    const size_t n_shapes = sizeof g_shapes / sizeof g_shapes[0];
     for (int fast = 0; fast < 2; fast++) {
         if (fast_mode != 2 && fast != fast_mode)
             continue;
         k_gemm_fp8_ctx_set_fast_accum(g8, fast);
         printf("-- Gemma shapes, fast accumulation %s --\n", fast ? "on" : "off");
-        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-            if (!strstr(models, shapes[s].model))
+        for (size_t s = 0; s < n_shapes; s++) {
+            if (!strstr(models, g_shapes[s].model))
                 continue;
             for (int i = 0; i < nt; i++)
-                bench_shape(g8, g16, shapes[s].name, ts[i], shapes[s].N, shapes[s].K, !fast, fast, csv);
+                bench_shape(g8, g16, g_shapes[s].name, ts[i], g_shapes[s].N, g_shapes[s].K, !fast, fast, csv);
         }
     }
     k_gemm_fp8_ctx_destroy(&g8);

@@ -12,7 +12,10 @@
  *
  * Output: one CSV line per kernel and shape (prefix "prefill,"; header line "prefill,kernel,...")
  * for joining with bench/sdpa_peer.py, then a table.
- *   prefill_bench [--T 1024,2048,4096,8192] [--models 2b,7b] [--kv bf16,fp8] [--tokens 16384]
+ * kv: bf16, fp8 (e4m3 pool; the Hopper kernel on f16 tensor cores after an exact conversion), e4m3 (the
+ * same pool, the Hopper kernel on e4m3 tensor cores: q and P rounded to e4m3; its check_nerr is against the
+ * mma.sync kernel's exact-KV output, so a few percent).
+ *   prefill_bench [--T 1024,2048,4096,8192] [--models 2b,7b] [--kv bf16,fp8,e4m3] [--tokens 16384]
  *                 [--reps 20] [--kernels hopper,mma] */
 #include <math.h>
 #include <stdint.h>
@@ -84,7 +87,7 @@ static int cmp_double(const void *a, const void *b)
 
 typedef struct pb_shape {
     const char *model;
-    int32_t nh, nkv, T, batch, fp8;
+    int32_t nh, nkv, T, batch, fp8, mma8; /* mma8: the Hopper kernel on e4m3 tensor cores (kv "e4m3") */
 } pb_shape;
 
 typedef struct pb_bufs {
@@ -150,7 +153,7 @@ static void launch(int which, const pb_shape *s, const pb_bufs *b, void *out)
     const int64_t qw = (int64_t)s->nh * PB_HD, tokens = (int64_t)s->batch * s->T;
     const float scale = 1.0f / 16.0f, kvs = s->fp8 ? 0.05f : 1.0f;
     if (which == 0) {
-        k_prefill_opts o = {scale, 0.0f, 0, s->fp8, kvs};
+        k_prefill_opts o = {scale, 0.0f, 0, s->fp8, kvs, s->mma8};
         GOK(k_attn_prefill_hopper(b->q, qw, tokens, s->batch, b->q_start, b->n_new, b->start, s->T, s->nh, s->nkv,
                                   PB_HD, b->k, b->v, PB_BS, b->pool_blocks, b->bt, b->bt_stride, &o, out, qw, 0));
     } else {
@@ -214,13 +217,13 @@ static double dev_nerr(const void *a, const void *b, int64_t n)
 int main(int argc, char **argv)
 {
     char Ts[PB_MAX_LIST][16] = {"1024", "2048", "4096", "8192"}, models[PB_MAX_LIST][16] = {"2b", "7b"};
-    char kvs[PB_MAX_LIST][16] = {"bf16", "fp8"}, kernels[PB_MAX_LIST][16] = {"hopper", "mma"};
-    int nT = 4, nm = 2, nkv = 2, nk = 2, reps = 20;
+    char kvs[PB_MAX_LIST][16] = {"bf16", "fp8", "e4m3"}, kernels[PB_MAX_LIST][16] = {"hopper", "mma"};
+    int nT = 4, nm = 2, nkv = 3, nk = 2, reps = 20;
     int64_t tokens = 16384;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
-            fprintf(stderr, "usage: %s [--T list] [--models 2b,7b] [--kv bf16,fp8] [--tokens N] [--reps N] "
+            fprintf(stderr, "usage: %s [--T list] [--models 2b,7b] [--kv bf16,fp8,e4m3] [--tokens N] [--reps N] "
                             "[--kernels hopper,mma]\n", argv[0]);
             return 2;
         }
@@ -268,7 +271,8 @@ int main(int argc, char **argv)
                 s.nh = !strcmp(models[mi], "7b") ? 16 : 8;
                 s.nkv = !strcmp(models[mi], "7b") ? 16 : 1;
                 s.T = atoi(Ts[ti]);
-                s.fp8 = !strcmp(kvs[ki], "fp8");
+                s.mma8 = !strcmp(kvs[ki], "e4m3");
+                s.fp8 = s.mma8 || !strcmp(kvs[ki], "fp8");
                 if (s.T < 1) {
                     fprintf(stderr, BENCH_NAME ": bad T %s\n", Ts[ti]);
                     return 2;
@@ -279,7 +283,9 @@ int main(int argc, char **argv)
                 const int64_t n_out = (int64_t)s.batch * s.T * s.nh * PB_HD;
                 const double flops = (double)s.batch * 4.0 * (double)s.T * s.T * PB_HD * s.nh / 2.0;
                 double nerr = NAN;
-                if (k_attn_prefill_hopper_supported(PB_HD, PB_BS, s.fp8)) {
+                const int hop = s.mma8 ? k_attn_prefill_hopper_e4m3_supported(PB_HD, PB_BS)
+                                       : k_attn_prefill_hopper_supported(PB_HD, PB_BS, s.fp8);
+                if (hop) {
                     launch(0, &s, &b, b.out);
                     launch(1, &s, &b, b.out_ref);
                     CU(cudaDeviceSynchronize());
@@ -287,7 +293,7 @@ int main(int argc, char **argv)
                 }
                 for (int k = 0; k < nk; k++) {
                     const int which = !strcmp(kernels[k], "mma") ? 1 : 0;
-                    if (which == 0 && !k_attn_prefill_hopper_supported(PB_HD, PB_BS, s.fp8))
+                    if ((which == 0 && !hop) || (which == 1 && s.mma8)) /* e4m3: the mma.sync kernel is fp8's */
                         continue;
                     const double us = time_kernel(which, &s, &b, reps), tf = flops / (us * 1e-6) / 1e12;
                     printf("prefill,%s,%s,%s,%d,%d,%d,%d,%d,%.1f,%.1f,%s,%.2e\n", which ? "mma_sync" : "hopper",

@@ -3,21 +3,32 @@
 #
 #   LD_LIBRARY_PATH=pack/lib BIN=<dir with the binaries> bash bench/run_prefill.sh [PHASE...]
 #
-# PHASEs (default: tests bench peer sass):
+# PHASEs (default: tests engine bench peer sass):
 #   tests     test_gpu_prefill_hopper (vs the CPU twin, every case) and test_cpu_attn
+#   engine    the CUDA engine vs the CPU engine on long prompts under each prefill mode (test_gpu_model on two
+#             head_dim-256 models made by gemma-mkmodel, bf16 and FP8 KV), then bench_decode's prefill tok/s
+#             at 2b/7b shapes with a 2,048-token prompt, --prefill-attn mma vs hopper (bf16 and FP8 KV) vs e4m3
+#             (FP8 KV: the Hopper kernel on e4m3 tensor cores)
+#   gemm      fp8_gemm_bench --prefill: cuBLASLt heuristic vs top-8 vs wide search at T 2048..16384
 #   sanitize  compute-sanitizer memcheck, racecheck and synccheck on the small cases
 #             (GM_PREFILL_SMALL=1); slow, not in the default set
-#   bench     prefill_bench: Hopper and mma.sync kernels, 2b/7b x bf16/fp8 x T 1k..8k
+#   bench     prefill_bench: Hopper and mma.sync kernels, 2b/7b x bf16/fp8/e4m3 x T 1k..8k
 #   peer      bench/sdpa_peer.py: torch SDPA (cuDNN, flash, efficient) on the same shapes
 #   sass      HGMMA / UTMALDG / UBLKCP counts, spills and registers of the kernels
-# Binaries from $BIN (default pack/): test_gpu_prefill_hopper test_cpu_attn prefill_bench.
+# Binaries from $BIN (default pack/): test_gpu_prefill_hopper test_cpu_attn prefill_bench test_gpu_model
+# gemma-mkmodel bench_decode fp8_gemm_bench (a pack's bins.tar.xz is unpacked first, as run_gpu.sh does).
 # Logs in $OUT/prefill (default ./gpu-out/prefill): summary.txt, tests.log, bench.csv, sanitize.log.
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 BIN=${BIN:-pack}
 D=$OUT/prefill
 mkdir -p "$D"
-phases=${*:-tests bench peer sass}
+phases=${*:-tests engine bench peer sass}
+if [ -f "$BIN/bins.tar.xz" ]; then
+  rm -rf /tmp/gm-pack && mkdir -p /tmp/gm-pack && tar -xJf "$BIN/bins.tar.xz" -C /tmp/gm-pack &&
+    cp -r "$BIN/lib" /tmp/gm-pack/ && LD_LIBRARY_PATH=/tmp/gm-pack/lib:${LD_LIBRARY_PATH:-}
+  BIN=/tmp/gm-pack
+fi
 summary=$D/summary.txt
 : > "$summary"
 say() { echo "$*" | tee -a "$summary"; }
@@ -57,6 +68,30 @@ for ph in $phases; do
     unset GM_PREFILL_SMALL
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard|Invalid" "$D/sanitize.log" | sort | uniq -c | head -20 >> "$summary"
     ;;
+  engine)
+    M=${GM_MODELS:-/tmp/gm-models}/hd256
+    [ -f "$M/mqa/config.json" ] || "$BIN/gemma-mkmodel" --preset 2b --layers 2 --hidden 256 --intermediate 512 \
+      --vocab 4096 --seed 3 --out "$M/mqa" > /dev/null
+    [ -f "$M/mha/config.json" ] || "$BIN/gemma-mkmodel" --preset 7b --layers 2 --hidden 256 --heads 4 --kv-heads 4 \
+      --intermediate 512 --vocab 4096 --seed 4 --out "$M/mha" > /dev/null
+    run model_long_bf16kv 600 "$D/engine.log" "$BIN/test_gpu_model" "$M/mqa" "$M/mha"
+    run model_long_fp8kv 600 "$D/engine.log" env GM_TEST_KV=fp8 "$BIN/test_gpu_model" "$M/mqa" "$M/mha"
+    grep -E "^model|CUDA engine|prefill attention|hopper|mma |auto |FAIL|fail" "$D/engine.log" | head -80 >> "$summary"
+    for m in 2b 7b; do
+      for kv in bf16 fp8; do
+        pas="mma hopper"; [ $kv = fp8 ] && pas="mma hopper e4m3"
+        for pa in $pas; do
+          run "decode_${m}_${kv}_${pa}" 300 "$D/engine.log" "$BIN/bench_decode" --preset $m --quant fp8 --kv-dtype $kv \
+            --prompt 2048 --gen 16 --batch 8 --prefill-attn $pa
+        done
+      done
+    done
+    grep -E "tok/s" "$D/engine.log" | sed 's/^/  /' >> "$summary"
+    ;;
+  gemm)
+    run fp8_gemm_prefill 600 "$D/gemm.log" "$BIN/fp8_gemm_bench" --prefill
+    grep -E "^\||8192\^3" "$D/gemm.log" >> "$summary"
+    ;;
   bench)
     run prefill_bench 600 "$D/bench.log" "$BIN/prefill_bench"
     grep "^prefill," "$D/bench.log" >> "$D/bench.csv"
@@ -67,15 +102,15 @@ for ph in $phases; do
     ;;
   sass)
     {
-      echo "---- SASS per prefill kernel (HGMMA = wgmma, UTMALDG = TMA, UBLKCP = bulk copy, LDL/STL = local memory)"
+      echo "---- SASS per prefill kernel (HGMMA/QGMMA = wgmma bf16-f16/e4m3, UTMALDG = TMA, UBLKCP = bulk copy, LDL/STL = local memory)"
       cuobjdump --dump-sass "$BIN/prefill_bench" 2>&1 | awk '
-        /Function :/ { if (fn != "") printf "%-90s HGMMA %3d UTMALDG %3d UBLKCP %2d LDL %3d STL %3d\n", fn, h, t, b, l, s;
-                       fn = $3; h = t = b = l = s = 0 }
-        /HGMMA/ { h++ } /UTMALDG/ { t++ } /UBLKCP/ { b++ } /LDL/ { l++ } /STL/ { s++ }
-        END { if (fn != "") printf "%-90s HGMMA %3d UTMALDG %3d UBLKCP %2d LDL %3d STL %3d\n", fn, h, t, b, l, s }' |
-        grep -E "hp_prefill|attn_prefill"
+        function out() { printf "%-90s HGMMA %3d QGMMA %3d UTMALDG %3d UBLKCP %2d LDL %3d STL %3d\n", fn, h, q, t, b, l, s }
+        /Function :/ { if (fn != "") out(); fn = $3; h = q = t = b = l = s = 0 }
+        /HGMMA/ { h++ } /QGMMA/ { q++ } /UTMALDG/ { t++ } /UBLKCP/ { b++ } /LDL/ { l++ } /STL/ { s++ }
+        END { if (fn != "") out() }' |
+        grep -E "hp_prefill|h8_prefill|attn_prefill"
       echo "---- resource usage"
-      cuobjdump --dump-resource-usage "$BIN/prefill_bench" 2>&1 | grep -A1 -E "hp_prefill|attn_prefill" | head -40
+      cuobjdump --dump-resource-usage "$BIN/prefill_bench" 2>&1 | grep -A1 -E "hp_prefill|h8_prefill|attn_prefill" | head -40
     } >> "$D/tests.log" 2>&1
     say "sass: see tests.log"
     ;;

@@ -444,6 +444,55 @@ static void test_gemm_fp8(void **st)
     assert_null(g);
 }
 
+/* The three algorithm-choice levels at prefill rows (T = 2048, where K_GEMM_TUNE_WIDE times 24 candidates and
+ * split-K variants): each level's pick matches the CPU twin, and the wide search's pick (a split-K variant when
+ * it wins) gives the same bits twice. */
+static void test_gemm_fp8_tune_levels(void **st)
+{
+    (void)st;
+    k_gemm_fp8_ctx *g = NULL;
+    GOK(k_gemm_fp8_ctx_new(0, &g));
+    static const int64_t shapes[][2] = {{2048, 2048}, {2048, 16384}, {3072, 4096}}; /* 2b o, 2b down, 7b o */
+    const int64_t T = 2048;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t N = shapes[s][0], K = shapes[s][1];
+        uint8_t *w = malloc(N * K), *x = malloc(T * K);
+        assert_true(w && x);
+        for (int64_t i = 0; i < N * K; i++) {
+            uint32_t r = rnd();
+            w[i] = (uint8_t)((r & 0x80) | ((4 + (r >> 8) % 7) << 3) | ((r >> 16) & 7));
+        }
+        for (int64_t i = 0; i < T * K; i++)
+            x[i] = cpu_fp8_e4m3((frand() + frand() + frand()) * 120.0f);
+        void *dw = dev_put(w, N * K);
+        for (int level = K_GEMM_TUNE_OFF; level <= K_GEMM_TUNE_WIDE; level++) {
+            k_gemm_fp8_ctx_set_tune(g, level);
+            const double e = check_gemm_path(g, 1, w, dw, T, N, K, 0);
+            print_message("k_gemm_fp8_lt tune level %d T=%lld N=%-6lld K=%-6lld err %.2e\n", level, (long long)T,
+                          (long long)N, (long long)K, e);
+            assert_true(e < 5e-3);
+        }
+        float sw = 0.0003f, sx = 0.02f; /* the wide pick, cached now: same bits twice */
+        void *dx = dev_put(x, T * K), *dy = dev_put(NULL, T * N * 2);
+        float *dsw = dev_put(&sw, 4), *dsx = dev_put(&sx, 4);
+        uint16_t *y[2];
+        for (int r = 0; r < 2; r++) {
+            CK(cudaMemset(dy, 0xff, T * N * 2));
+            GOK(k_gemm_fp8_lt(g, dx, T, K, K, dsx, dw, K, dsw, N, dy, 0, N, 0));
+            CK(cudaDeviceSynchronize());
+            y[r] = get(dy, T * N * 2);
+        }
+        assert_memory_equal(y[0], y[1], T * N * 2);
+        free(y[0]), free(y[1]), free(w), free(x);
+        cudaFree(dw), cudaFree(dx), cudaFree(dy), cudaFree(dsw), cudaFree(dsx);
+    }
+    print_message("k_gemm_fp8: %d keys tuned, %lld algorithms timed\n", k_gemm_fp8_ctx_tuned(g),
+                  (long long)k_gemm_fp8_ctx_candidates(g));
+    if (k_gemm_tune_default()) /* the top-8 and wide levels timed candidates (where cuBLASLt offered two or more) */
+        assert_true(k_gemm_fp8_ctx_tuned(g) > 0 && k_gemm_fp8_ctx_candidates(g) >= 2 * k_gemm_fp8_ctx_tuned(g));
+    k_gemm_fp8_ctx_destroy(&g);
+}
+
 /* ---- FP8 GEMV v2 ---- */
 
 /* n e4m3 codes: mostly |v| in [2^-3, 2^4) (random sign and mantissa), one in 64 any finite code
@@ -738,6 +787,7 @@ int main(void)
         cmocka_unit_test(test_geglu_fp8),
         cmocka_unit_test(test_kv_write_fp8),
         cmocka_unit_test(test_gemm_fp8),
+        cmocka_unit_test(test_gemm_fp8_tune_levels),
         cmocka_unit_test(test_gemv_fp8_v2),
     };
     const char *only = getenv("GM_TEST_FILTER"); /* e.g. GM_TEST_FILTER='test_gemv*': a subset */

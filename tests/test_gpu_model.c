@@ -11,7 +11,10 @@
  * engine an FP8 KV cache (the CPU keeps float32 KV; the tolerance widens to e4m3 rounding);
  * GM_TEST_QUANT=awq: the models are AWQ checkpoints, run by both engines (W4A16 kernels on the GPU).
  * GM_TEST_ATTN=xqa sends every decode row through the XQA kernel (gm_engine_cuda_set_decode_attn), =split
- * through k_attn_decode where it serves the shape. GM_TEST_LM=fp8 runs both engines' FP8 LM head (e4m3
+ * through k_attn_decode where it serves the shape. Models with max_position >= 2048 also run long prompts
+ * (1,600 tokens in one step, chunks of 700 + 900 + 300, a mixed step with a fresh 1,000-token prompt) under each
+ * prefill-attention mode (gm_engine_cuda_set_prefill_attn: the rule, mma.sync, Hopper, Hopper on e4m3 tensor
+ * cores with GM_TEST_KV=fp8). GM_TEST_LM=fp8 runs both engines' FP8 LM head (e4m3
  * embedding and rows, static row scale, f32 logits). */
 #include <math.h>
 #include <setjmp.h>
@@ -69,16 +72,17 @@ typedef struct pair {
     int32_t V;
 } pair;
 
-static void open_pair(const char *dir, pair *p)
+/* Both engines on one checkpoint: max_context positions, max_tokens rows per step, blocks of 16 tokens. */
+static void open_pair_sized(const char *dir, pair *p, int32_t max_context, int32_t max_tokens, int64_t blocks)
 {
     gm_engine_opts o;
     gm_engine_opts_init(&o);
     o.model_dir = dir;
     o.kv_block_size = 16;
-    o.kv_num_blocks = 128;
+    o.kv_num_blocks = blocks;
     o.max_seqs = 8;
-    o.max_tokens = 256;
-    o.max_context = 1024;
+    o.max_tokens = max_tokens;
+    o.max_context = max_context;
     o.backend = GM_BACKEND_CPU;
     if (g_quant_fp8)
         o.quant = GM_QUANT_FP8;
@@ -100,6 +104,8 @@ static void open_pair(const char *dir, pair *p)
     p->V = p->cfg.vocab_size;
     assert_int_equal(p->gpu->cfg.vocab_size, p->V);
 }
+
+static void open_pair(const char *dir, pair *p) { open_pair_sized(dir, p, 1024, 256, 128); }
 
 static void close_pair(pair *p)
 {
@@ -256,6 +262,134 @@ static void run_model(const char *dir)
     close_pair(&p);
 }
 
+/* ---- long prompts through the prefill attention kernels ---- */
+
+#define LONG_CTX 2048 /* positions per sequence (the models' max_position must reach it) */
+#define LONG_SLOTS 4
+#define LONG_CASES 4
+
+/* One step of the long cases: the GPU's logits against the CPU's, kept in ref[c] from the first mode's run
+ * (the CPU engine runs each case once; the GPU under every mode, rewriting the same KV positions). */
+static double long_step(pair *p, const gm_seq_step *seqs, int32_t n, int64_t rows, float **ref, const char *what,
+                        const char *mode)
+{
+    int32_t tok[8];
+    float *lg = malloc((size_t)(rows * p->V) * 4);
+    assert_non_null(lg);
+    for (int64_t i = 0; i < rows * p->V; i++)
+        lg[i] = NAN;
+    if (!*ref) {
+        *ref = malloc((size_t)(rows * p->V) * 4);
+        assert_non_null(*ref);
+        gm_step_out oc = {tok, *ref, rows};
+        GOK(gm_engine_step(p->cpu, seqs, n, &oc));
+    }
+    gm_step_out og = {tok, lg, rows};
+    GOK(gm_engine_step(p->gpu, seqs, n, &og));
+    double worst = 0;
+    int top1 = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        double e = nerr(lg + r * p->V, *ref + r * p->V, p->V);
+        worst = e > worst ? e : worst;
+        top1 += argmax(lg + r * p->V, p->V) == argmax(*ref + r * p->V, p->V);
+    }
+    printf("  %-7s %-44s rows %4lld  worst logits nerr %.2e  top-1 agree %d/%lld\n", mode, what, (long long)rows,
+           worst, top1, (long long)rows);
+    free(lg);
+    return worst;
+}
+
+/* Long prompts against the CPU engine under each prefill-attention mode the device has: the rule (on an sm_90
+ * device with head_dim 128 or 256 it must pick the Hopper kernel, on e4m3 tensor cores with an FP8 pool:
+ * asserted), the mma.sync kernel, the Hopper kernel forced (FP8 pools on f16 tensor cores) and forced on e4m3
+ * tensor cores (FP8 KV; refused with a bf16 pool). Cases, in order (every prompt position's logits):
+ *   1. slot 0: a 1,600-token prompt in one step;
+ *   2. one step of two prompts: slot 1's first chunk (700 tokens), slot 3's whole 50-token prompt;
+ *   3. slot 1's second chunk, 900 tokens at 700 (attending to the first chunk in the paged cache);
+ *   4. a mixed step: slot 2's fresh 1,000-token prompt, slot 1's third chunk (300 at 1,600) and two decode rows
+ *      (slot 0 at 1,600, slot 3 at 50), listed prompts first (the engine moves decode rows first).
+ * Block tables: slot i owns blocks [i*128, i*128+128), in reverse order for odd slots. Models whose
+ * max_position is under 2,048 skip it. */
+static void run_long(const char *dir)
+{
+    gm_model_config cfg;
+    GOK(gm_config_load_dir(dir, &cfg));
+    if (cfg.max_position < LONG_CTX) {
+        printf("model %s: long prompts skipped (max_position %d < %d)\n", dir, cfg.max_position, LONG_CTX);
+        return;
+    }
+    printf("model %s: long prompts (head_dim %d, %d/%d heads)\n", dir, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+    pair p;
+    const int32_t per = LONG_CTX / 16;
+    open_pair_sized(dir, &p, LONG_CTX, LONG_CTX, (int64_t)LONG_SLOTS * per);
+    int dev = 0, major = 0, minor = 0;
+    assert_int_equal(cudaGetDevice(&dev), cudaSuccess);
+    assert_int_equal(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), cudaSuccess);
+    assert_int_equal(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), cudaSuccess);
+    const int hopper = major == 9 && minor == 0 && (cfg.head_dim == 128 || cfg.head_dim == 256);
+    /* the rule, under the default mode: the Hopper kernel, an FP8 pool on e4m3 tensor cores (blocks of 16) */
+    assert_int_equal(gm_engine_cuda_prefill_uses_hopper(p.gpu), hopper ? (g_kv_fp8 ? 2 : 1) : 0);
+    assert_int_equal(gm_engine_cuda_set_prefill_attn(p.gpu, (gm_cuda_prefill)9), GM_ERR_INVALID_ARG);
+
+    int32_t *bt = malloc((size_t)(LONG_SLOTS * per) * 4), *pr0 = malloc(1900 * 4), *pr2 = malloc(1000 * 4);
+    int32_t pr3[50];
+    assert_true(bt && pr0 && pr2);
+    for (int32_t sl = 0; sl < LONG_SLOTS; sl++)
+        for (int32_t i = 0; i < per; i++)
+            bt[sl * per + i] = sl * per + (sl & 1 ? per - 1 - i : i);
+    uint64_t r = 777;
+    int32_t *fill[3] = {pr0, pr2, pr3}, len[3] = {1900, 1000, 50};
+    for (int k = 0; k < 3; k++)
+        for (int32_t i = 0; i < len[k]; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            fill[k][i] = i == 0 ? p.cfg.bos_id : (int32_t)((r >> 33) % (uint64_t)p.V);
+        }
+    /* slot 0 and slot 1 read the same 1,900-token text (slot 1 in chunks) */
+    const int32_t *bt0 = bt, *bt1 = bt + per, *bt2 = bt + 2 * per, *bt3 = bt + 3 * per;
+    int32_t t0 = 11, t3 = 12;
+    const gm_seq_step c1[1] = {{0, pr0, 1600, 0, bt0, per, GM_LOGITS_ALL, GM_SAMPLING_GREEDY}};
+    const gm_seq_step c2[2] = {{1, pr0, 700, 0, bt1, per, GM_LOGITS_ALL, GM_SAMPLING_GREEDY},
+                               {3, pr3, 50, 0, bt3, per, GM_LOGITS_ALL, GM_SAMPLING_GREEDY}};
+    const gm_seq_step c3[1] = {{1, pr0 + 700, 900, 700, bt1, per, GM_LOGITS_ALL, GM_SAMPLING_GREEDY}};
+    const gm_seq_step c4[4] = {{2, pr2, 1000, 0, bt2, per, GM_LOGITS_ALL, GM_SAMPLING_GREEDY},
+                               {1, pr0 + 1600, 300, 1600, bt1, per, GM_LOGITS_ALL, GM_SAMPLING_GREEDY},
+                               {0, &t0, 1, 1600, bt0, per, GM_LOGITS_LAST, GM_SAMPLING_GREEDY},
+                               {3, &t3, 1, 50, bt3, per, GM_LOGITS_LAST, GM_SAMPLING_GREEDY}};
+    const gm_seq_step *cs[LONG_CASES] = {c1, c2, c3, c4};
+    const int32_t cn[LONG_CASES] = {1, 2, 1, 4};
+    const int64_t crows[LONG_CASES] = {1600, 750, 900, 1302};
+    const char *cname[LONG_CASES] = {"1,600-token prompt, one step", "two prompts (700 + 50), one step",
+                                     "second chunk: 900 at 700", "mixed: 1,000 + 300 at 1,600 + 2 decode rows"};
+    float *ref[LONG_CASES] = {NULL, NULL, NULL, NULL};
+    const gm_cuda_prefill modes[4] = {GM_CUDA_PREFILL_AUTO, GM_CUDA_PREFILL_MMA, GM_CUDA_PREFILL_HOPPER,
+                                      GM_CUDA_PREFILL_HOPPER_E4M3};
+    const char *mname[4] = {"auto", "mma", "hopper", "e4m3"};
+    const int expect[4] = {hopper ? (g_kv_fp8 ? 2 : 1) : 0, 0, hopper, hopper && g_kv_fp8 ? 2 : -1};
+    for (int mi = 0; mi < 4; mi++) {
+        gm_status st = gm_engine_cuda_set_prefill_attn(p.gpu, modes[mi]);
+        if (expect[mi] < 0 || (modes[mi] == GM_CUDA_PREFILL_HOPPER && !hopper)) {
+            assert_int_equal(st, GM_ERR_UNSUPPORTED); /* a clear refusal where the kernel does not serve */
+            printf("  %-7s forced: refused (%s)\n", mname[mi], gm_last_error());
+            continue;
+        }
+        GOK(st);
+        assert_int_equal(gm_engine_cuda_prefill_uses_hopper(p.gpu), expect[mi]);
+        for (int k = 0; k < LONG_CASES; k++)
+            assert_true(long_step(&p, cs[k], cn[k], crows[k], &ref[k], cname[k], mname[mi]) < TOL_LOGITS);
+    }
+    for (int k = 0; k < LONG_CASES; k++)
+        free(ref[k]);
+    free(bt), free(pr0), free(pr2);
+    close_pair(&p);
+}
+
+static void test_long_prefill(void **state)
+{
+    (void)state;
+    for (int i = 0; i < g_n_models; i++)
+        run_long(g_models[i]);
+}
+
 static void test_models(void **state)
 {
     (void)state;
@@ -315,6 +449,7 @@ int main(int argc, char **argv)
         snprintf(def, sizeof def, "%s/models/tiny", bin ? bin : ".");
         g_models[g_n_models++] = def;
     }
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_refused_shape), cmocka_unit_test(test_models)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_refused_shape), cmocka_unit_test(test_models),
+                                       cmocka_unit_test(test_long_prefill)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

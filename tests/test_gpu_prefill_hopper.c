@@ -3,7 +3,9 @@
  * single prompts of T = 1 .. 4096, MQA / GQA / MHA at head_dim 256 and 128, chunked prefill
  * (start_pos 512, 1500: the earlier tokens are already in the paged cache), batches of sequences
  * of mixed lengths, soft-capping and sliding windows on and off, other softmax scales, bf16 and
- * FP8 (e4m3) pools, block sizes 8 .. 64. Every input is drawn fresh per case.
+ * FP8 (e4m3) pools, block sizes 8 .. 64. Every input is drawn fresh per case. FP8 pools run twice: f16
+ * tensor cores after an exact conversion (against the exact reference), and e4m3 QGMMA (kv_fp8_mma:
+ * against pf_ref_e4m3, the emulation of its rounding of Q and P, and loosely against the exact one).
  *
  * Poison: every pool slot no sequence has written holds NaN (bf16 0xffff, e4m3 0x7f), block-table
  * entries past a sequence's blocks name a block that is all NaN, the output is NaN before the
@@ -59,7 +61,64 @@ typedef struct pf_case {
     float qpas;      /* query_pre_attn_scalar; 0 = head_dim */
     int32_t fp8;     /* e4m3 pools */
     int32_t big;     /* skipped with GM_PREFILL_SMALL */
+    int32_t mma8;    /* with fp8: both GEMMs on e4m3 tensor cores (k_prefill_opts.kv_fp8_mma) */
 } pf_case;
+
+/* The e4m3 QGMMA kernel's arithmetic for one query row at position pos (every head): q rounded to e4m3 per
+ * head with scale amax / 448, scores from the codes, key tiles of 128 from the row's own down, P rounded to
+ * e4m3 as 2^(logit - running max + 8), l summed unrounded, out = kv_scale * O / l (double). Reproduces the
+ * kernel up to f32 accumulation order and the approximate exp2 / tanh: rare P codes off by one step. */
+static void pf_ref_e4m3(const float *q, int32_t pos, int32_t nh, int32_t nkv, int32_t hd, const uint8_t *k8,
+                        const uint8_t *v8, const int32_t *bt, int32_t bs, float scale, float kv_scale, float softcap,
+                        int32_t window, float *out)
+{
+    const float log2e = 1.4426950408889634f, sc = scale * kv_scale, score_mul = sc * log2e;
+    const float cap_in = softcap > 0.0f ? sc / softcap : 0.0f;
+    const int32_t lo = window > 0 ? (pos - window + 1 > 0 ? pos - window + 1 : 0) : 0;
+    float qc[512];
+    double o[512], x[128];
+    for (int32_t h = 0; h < nh; h++) {
+        const float *qh = q + (int64_t)h * hd;
+        float amax = 0.0f;
+        for (int32_t i = 0; i < hd; i++)
+            amax = fmaxf(amax, fabsf(qh[i]));
+        const float sq = amax / 448.0f, inv = amax > 0.0f ? 448.0f / amax : 0.0f;
+        for (int32_t i = 0; i < hd; i++)
+            qc[i] = gm_e4m3_to_f32(cpu_fp8_e4m3(qh[i] * inv));
+        const float mul = score_mul * sq, cin = cap_in * sq;
+        const int32_t g = h / (nh / nkv);
+        double m = -INFINITY, l = 0.0;
+        memset(o, 0, sizeof o);
+        for (int32_t t = pos / 128; t >= lo / 128; t--) {
+            const int32_t j0 = t * 128 > lo ? t * 128 : lo, j1 = t * 128 + 127 < pos ? t * 128 + 127 : pos;
+            double mx = m;
+            for (int32_t j = j0; j <= j1; j++) {
+                const int64_t off = (((int64_t)bt[j / bs] * nkv + g) * bs + j % bs) * hd;
+                double acc = 0.0;
+                for (int32_t i = 0; i < hd; i++)
+                    acc += (double)qc[i] * gm_e4m3_to_f32(k8[off + i]);
+                x[j - j0] = softcap > 0.0f ? softcap * tanh((double)(float)acc * cin) * log2e
+                                           : (double)(float)acc * mul;
+                mx = x[j - j0] > mx ? x[j - j0] : mx;
+            }
+            const double alpha = m == -INFINITY ? 0.0 : exp2(m - mx);
+            l *= alpha;
+            for (int32_t d = 0; d < hd; d++)
+                o[d] *= alpha;
+            for (int32_t j = j0; j <= j1; j++) {
+                const int64_t off = (((int64_t)bt[j / bs] * nkv + g) * bs + j % bs) * hd;
+                const double e = exp2(x[j - j0] - mx + 8.0);
+                const double pq = gm_e4m3_to_f32(cpu_fp8_e4m3((float)e));
+                l += e;
+                for (int32_t d = 0; d < hd; d++)
+                    o[d] += pq * gm_e4m3_to_f32(v8[off + d]);
+            }
+            m = mx;
+        }
+        for (int32_t d = 0; d < hd; d++)
+            out[(int64_t)h * hd + d] = (float)(kv_scale * o[d] / l);
+    }
+}
 
 static void *dev_put(const void *h, size_t bytes)
 {
@@ -160,7 +219,7 @@ static void run_case(const pf_case *c)
     int32_t *dnn = dev_put(c->nnew, (size_t)ns * 4), *dsp = dev_put(c->start, (size_t)ns * 4);
     void *dout = dev_put(NULL, (size_t)(n_tokens * ldo) * 2);
     const float qpas = c->qpas > 0.0f ? c->qpas : (float)hd;
-    k_prefill_opts opt = {1.0f / sqrtf(qpas), c->softcap, c->window, c->fp8, kv_scale};
+    k_prefill_opts opt = {1.0f / sqrtf(qpas), c->softcap, c->window, c->fp8, kv_scale, c->fp8 && c->mma8};
 
     uint16_t *g[2];
     for (int run = 0; run < 2; run++) {
@@ -189,11 +248,12 @@ static void run_case(const pf_case *c)
         }
     }
 
-    /* accuracy on the sampled rows */
-    double num = 0.0, den = 0.0;
+    /* accuracy on the sampled rows: against the exact (double) attention, and for the QGMMA kernel against
+     * the emulation of its e4m3 rounding (the tolerance applies to that one; the exact error is printed) */
+    double num = 0.0, den = 0.0, num_x = 0.0, den_x = 0.0;
     int64_t n_cmp = 0;
-    float *ref = malloc((size_t)qw * 4), *qrow = malloc((size_t)qw * 4);
-    assert_true(ref && qrow);
+    float *ref = malloc((size_t)qw * 4), *qrow = malloc((size_t)qw * 4), *ref8 = malloc((size_t)qw * 4);
+    assert_true(ref && qrow && ref8);
     cpu_attn_opts co = {opt.scale, c->softcap, c->window};
     for (int32_t i = 0; i < ns; i++)
         for (int32_t t = 0; t < c->nnew[i]; t++) {
@@ -203,20 +263,30 @@ static void run_case(const pf_case *c)
             memcpy(qrow, qf + r * ldq, (size_t)qw * 4);
             CK(cpu_attention_paged_opts(qrow, 1, c->start[i] + t, nh, nkv, hd, kf, vf, bt + i * bt_stride, bs, &co,
                                         ref));
+            if (opt.kv_fp8_mma)
+                pf_ref_e4m3(qrow, c->start[i] + t, nh, nkv, hd, k8, v8, bt + i * bt_stride, bs, opt.scale, kv_scale,
+                            c->softcap, c->window, ref8);
             for (int64_t j = 0; j < qw; j++) {
-                double d = (double)gm_bf16_to_f32(g[0][r * ldo + j]) - ref[j];
-                num += isnan(d) ? INFINITY : d * d;
-                den += (double)ref[j] * ref[j];
+                const double gv = (double)gm_bf16_to_f32(g[0][r * ldo + j]), d = gv - ref[j];
+                num_x += isnan(d) ? INFINITY : d * d;
+                den_x += (double)ref[j] * ref[j];
+                const double d8 = opt.kv_fp8_mma ? gv - ref8[j] : d;
+                num += isnan(d8) ? INFINITY : d8 * d8;
+                den += opt.kv_fp8_mma ? (double)ref8[j] * ref8[j] : (double)ref[j] * ref[j];
             }
             n_cmp++;
         }
-    const double err = sqrt(num / (den > 0.0 ? den : 1e-30));
+    const double err = sqrt(num / (den > 0.0 ? den : 1e-30)), err_x = sqrt(num_x / (den_x > 0.0 ? den_x : 1e-30));
     const double tol = 1e-2;
     const int same = memcmp(g[0], g[1], (size_t)(n_tokens * ldo) * 2) == 0;
-    printf("  %-58s nerr %.2e (tol %.0e) rows %lld unwritten %lld stray %lld %s\n", c->name, err, tol,
+    printf("  %-58s nerr %.2e (tol %.0e) rows %lld unwritten %lld stray %lld %s", c->name, err, tol,
            (long long)n_cmp, (long long)unwritten, (long long)stray, same ? "repeatable" : "RUNS DIFFER");
+    if (opt.kv_fp8_mma) /* e4m3 Q and P against exact attention: expected a few percent on these random inputs */
+        printf(" | vs exact %.2e", err_x);
+    printf("\n");
 
-    free(ref), free(qrow), free(g[0]), free(g[1]), free(perm), free(bt), free(kf), free(vf), free(kb), free(vb);
+    free(ref), free(ref8), free(qrow), free(g[0]), free(g[1]), free(perm), free(bt), free(kf), free(vf), free(kb);
+    free(vb);
     free(k8), free(v8), free(qb), free(qf);
     cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dbt), cudaFree(dqs), cudaFree(dnn), cudaFree(dsp);
     cudaFree(dout);
@@ -225,6 +295,8 @@ static void run_case(const pf_case *c)
                  (long long)unwritten, (long long)stray);
     if (!(err <= tol))
         fail_msg("%s: normalized error %.3e > %.1e", c->name, err, tol);
+    if (opt.kv_fp8_mma && !(err_x <= 0.15)) /* the emulation itself could share a mistake: a loose exact bound */
+        fail_msg("%s: normalized error against exact attention %.3e > 0.15", c->name, err_x);
     if (!same)
         fail_msg("%s: two runs on the same inputs differ (a race?)", c->name);
 }
@@ -255,6 +327,7 @@ static void test_pf_args(void **state)
                      GM_ERR_INVALID_ARG);
     if (!g_supported) {
         assert_int_equal(k_attn_prefill_hopper_supported(256, 16, 0), 0);
+        assert_int_equal(k_attn_prefill_hopper_e4m3_supported(256, 16), 0);
         assert_int_equal(k_attn_prefill_hopper(d, 2048, 1, 1, d, d, d, 1, 8, 1, 256, d, d, 16, 1, d, 1, &ok, d,
                                                2048, 0),
                          GM_ERR_UNSUPPORTED);
@@ -267,6 +340,13 @@ static void test_pf_args(void **state)
     assert_int_equal(k_attn_prefill_hopper_supported(256, 16, 0), 1);
     assert_int_equal(k_attn_prefill_hopper_supported(128, 32, 0), 1);
     assert_int_equal(k_attn_prefill_hopper_supported(256, 7, 1), 1); /* FP8 takes any block size */
+    assert_int_equal(k_attn_prefill_hopper_e4m3_supported(256, 16), 1);
+    assert_int_equal(k_attn_prefill_hopper_e4m3_supported(128, 8), 1);
+    assert_int_equal(k_attn_prefill_hopper_e4m3_supported(256, 7), 0); /* but the QGMMA kernel's boxes do not */
+    assert_int_equal(k_attn_prefill_hopper_e4m3_supported(64, 16), 0);
+    bad = ok, bad.kv_fp8 = 1, bad.kv_scale = 1.0f, bad.kv_fp8_mma = 1;
+    assert_int_equal(k_attn_prefill_hopper(d, 2048, 1, 1, d, d, d, 1, 8, 1, 256, d, d, 7, 1, d, 1, &bad, d, 2048, 0),
+                     GM_ERR_UNSUPPORTED);
     assert_int_equal(k_attn_prefill_hopper_supported(256, 7, 0), 0);
     assert_int_equal(k_attn_prefill_hopper_supported(64, 16, 0), 0);
 }
@@ -371,6 +451,34 @@ static void test_pf_fp8(void **state)
         run_case(&cs[i]);
 }
 
+/* FP8 pools with both GEMMs on e4m3 tensor cores (QGMMA): the shapes of test_pf_fp8 and the options, block
+ * sizes that share a multiple of 8 rows with the 128-key tile; against the emulation of the kernel's rounding. */
+static void test_pf_fp8_mma(void **state)
+{
+    (void)state;
+    pf_case cs[] = {
+        {"e4m3 2b T 7", 8, 1, 256, 16, 1, {0}, {7}, 0.0f, 0, 0.0f, 1, 0, 1},
+        {"e4m3 2b T 100", 8, 1, 256, 16, 1, {0}, {100}, 0.0f, 0, 0.0f, 1, 0, 1},
+        {"e4m3 2b T 129 bs 8", 8, 1, 256, 8, 1, {0}, {129}, 0.0f, 0, 0.0f, 1, 0, 1},
+        {"e4m3 2b T 2048", 8, 1, 256, 16, 1, {0}, {2048}, 0.0f, 0, 0.0f, 1, 1, 1},
+        {"e4m3 7b T 1000", 16, 16, 256, 16, 1, {0}, {1000}, 0.0f, 0, 0.0f, 1, 1, 1},
+        {"e4m3 7b chunk start 1500 n 700", 16, 16, 256, 16, 1, {1500}, {700}, 0.0f, 0, 0.0f, 1, 1, 1},
+        {"e4m3 7b chunk start 130 n 100 bs 32", 16, 16, 256, 32, 1, {130}, {100}, 0.0f, 0, 0.0f, 1, 0, 1},
+        {"e4m3 2b batch 6 mixed bs 64", 8, 1, 256, 64, 6, {0, 500, 3, 1500, 0, 2000}, {130, 70, 1, 700, 1000, 5}, 0.0f,
+         0, 0.0f, 1, 1, 1},
+        {"e4m3 7b batch 4 small bs 24", 16, 16, 256, 24, 4, {0, 17, 200, 0}, {33, 1, 150, 128}, 0.0f, 0, 0.0f, 1, 0,
+         1},
+        {"e4m3 GQA 16/8 softcap 50 window 512", 16, 8, 256, 16, 2, {0, 700}, {1000, 300}, 50.0f, 512, 144.0f, 1, 1, 1},
+        {"e4m3 2b softcap 3 T 300", 8, 1, 256, 16, 1, {0}, {300}, 3.0f, 0, 0.0f, 1, 0, 1},
+        {"e4m3 2b window 100 chunk start 250 n 200", 8, 1, 256, 16, 1, {250}, {200}, 0.0f, 100, 0.0f, 1, 0, 1},
+        {"e4m3 GQA 8/2 hd128 T 250 window 100", 8, 2, 128, 16, 1, {0}, {250}, 0.0f, 100, 0.0f, 1, 0, 1},
+        {"e4m3 MQA 4/1 hd128 T 4096", 4, 1, 128, 16, 1, {0}, {4096}, 0.0f, 0, 0.0f, 1, 1, 1},
+        {"e4m3 GQA 8/4 hd128 batch 3 bs 32", 8, 4, 128, 32, 3, {0, 64, 300}, {257, 64, 40}, 0.0f, 0, 0.0f, 1, 0, 1},
+    };
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
+        run_case(&cs[i]);
+}
+
 int main(void)
 {
     int n = 0;
@@ -386,7 +494,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pf_args),    cmocka_unit_test(test_pf_mqa_lengths), cmocka_unit_test(test_pf_mha_gqa),
         cmocka_unit_test(test_pf_chunked), cmocka_unit_test(test_pf_batch),       cmocka_unit_test(test_pf_options),
-        cmocka_unit_test(test_pf_fp8),
+        cmocka_unit_test(test_pf_fp8),     cmocka_unit_test(test_pf_fp8_mma),
     };
     const char *only = getenv("GM_TEST_FILTER"); /* e.g. 'test_pf_fp8' */
     if (only && *only)

@@ -22,6 +22,13 @@ static const char *attn_name(gm_cuda_attn a)
     return a == GM_CUDA_ATTN_XQA ? "XQA always" : a == GM_CUDA_ATTN_SPLIT ? "k_attn_decode" : "measured rule";
 }
 
+static const char *prefill_name(const cuda_engine *c)
+{
+    return c->opt.prefill_e4m3 ? "Hopper (wgmma, TMA), FP8 on e4m3 tensor cores"
+           : c->opt.prefill_hopper ? "Hopper (wgmma, TMA)"
+                                   : "mma.sync";
+}
+
 /* The engine's own options from the rules in code (docs/KERNELS.md). Needs the shapes and the stream. */
 static void opts_init(cuda_engine *c)
 {
@@ -190,11 +197,13 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     if (o->lm_head_fp8 && o->tp_rank == 0) /* only rank 0 computes logits */
         GM_GOTO(cu_lm_head_fp8_setup(c), st, fail);
     GM_GOTO(cu_kv_alloc(c, &spec, &mem), st, fail);
+    GM_GOTO(cu_prefill_rule(c, GM_CUDA_PREFILL_AUTO), st, fail); /* needs the pool's size */
     if (o->verbose)
         fprintf(stderr, "cuda engine: ready: %.2f GB of weights read per step (%s, %s LM head), %d decode buckets, "
-                "graphs %s, decode attention: %s\n", (double)c->weight_bytes / 1e9,
+                "graphs %s, decode attention: %s, prefill attention: %s\n", (double)c->weight_bytes / 1e9,
                 c->wfmt == CU_W_FP8 ? "fp8 e4m3" : c->wfmt == CU_W_AWQ ? "AWQ int4 W4A16" : "bf16",
-                o->lm_head_fp8 ? "fp8" : "bf16", c->n_buckets, o->use_graphs ? "on" : "off", attn_name(c->opt.attn));
+                o->lm_head_fp8 ? "fp8" : "bf16", c->n_buckets, o->use_graphs ? "on" : "off", attn_name(c->opt.attn),
+                prefill_name(c));
     *out = &c->base;
     return GM_OK;
 fail:
@@ -250,6 +259,22 @@ extern "C" gm_status gm_engine_cuda_set_decode_attn(gm_engine *e, gm_cuda_attn m
     if (c->base.opts.verbose)
         fprintf(stderr, "cuda engine: decode attention: %s\n", attn_name(mode));
     return cu_buckets_plan(c);
+}
+
+extern "C" gm_status gm_engine_cuda_set_prefill_attn(gm_engine *e, gm_cuda_prefill mode)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    GM_CUDA_CHECK(cudaStreamSynchronize(c->stream)); /* prefill steps run eagerly: no graph holds the choice */
+    GM_CHECK(cu_prefill_rule(c, mode));
+    if (c->base.opts.verbose)
+        fprintf(stderr, "cuda engine: prefill attention: %s\n", prefill_name(c));
+    return GM_OK;
+}
+
+extern "C" int gm_engine_cuda_prefill_uses_hopper(const gm_engine *e)
+{
+    const cuda_engine *c = (const cuda_engine *)e;
+    return c->opt.prefill_e4m3 ? 2 : c->opt.prefill_hopper;
 }
 
 extern "C" gm_status gm_engine_cuda_set_static_act(gm_engine *e, float scale)

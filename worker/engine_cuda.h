@@ -25,6 +25,17 @@ typedef enum gm_cuda_attn {
     GM_CUDA_ATTN_XQA = 2,   /* XQA for every decode row */
 } gm_cuda_attn;
 
+/* Prefill attention of the engine's steps: the prompt rows (bench_decode --prefill-attn takes the names). */
+typedef enum gm_cuda_prefill {
+    GM_CUDA_PREFILL_AUTO = 0,        /* the rule (default): the Hopper kernel wherever it serves the device and shape,
+                                      * FP8 pools on e4m3 tensor cores where that variant serves */
+    GM_CUDA_PREFILL_MMA = 1,         /* the mma.sync kernel (k_attn_prefill_kv) always */
+    GM_CUDA_PREFILL_HOPPER = 2,      /* the Hopper kernel (k_attn_prefill_hopper: wgmma, TMA); FP8 pools on f16 tensor
+                                      * cores after an exact conversion */
+    GM_CUDA_PREFILL_HOPPER_E4M3 = 3, /* the Hopper kernel with an FP8 pool on e4m3 tensor cores (q and P rounded to
+                                      * e4m3); FP8 KV only */
+} gm_cuda_prefill;
+
 /* As gm_engine_create for the CUDA backend, with no checkpoint: cfg's shapes, weights drawn
  * on the device from seed (uniform, small), for benchmarks at the real sizes. */
 gm_status gm_engine_cuda_create_random(const gm_engine_opts *o, const gm_model_config *cfg, uint64_t seed,
@@ -37,6 +48,16 @@ void gm_engine_cuda_set_gemv_rows(gm_engine *e, int32_t n);
 /* Decode attention by mode (default GM_CUDA_ATTN_AUTO). Drops captured graphs; GM_ERR_NOMEM when a graph
  * bucket's XQA scratch cannot be allocated, GM_ERR_INVALID_ARG for an unknown mode. */
 gm_status gm_engine_cuda_set_decode_attn(gm_engine *e, gm_cuda_attn mode);
+
+/* Prefill attention by mode (default GM_CUDA_PREFILL_AUTO). GM_ERR_UNSUPPORTED for GM_CUDA_PREFILL_HOPPER(_E4M3)
+ * where that kernel does not serve this engine (not an sm_90 device, head_dim other than 128/256, a block size
+ * sharing no multiple of 8 rows with the key tile (bf16 pools and the e4m3 variant), a pool over 2^31 rows per
+ * layer; _E4M3: a bf16 pool), GM_ERR_INVALID_ARG for an unknown mode; the mode is unchanged then. */
+gm_status gm_engine_cuda_set_prefill_attn(gm_engine *e, gm_cuda_prefill mode);
+
+/* The kernel the engine's prompt rows go to under its current mode: 0 the mma.sync kernel, 1 the Hopper kernel,
+ * 2 the Hopper kernel on e4m3 tensor cores (FP8 KV). */
+int gm_engine_cuda_prefill_uses_hopper(const gm_engine *e);
 
 /* Programmatic dependent launch of the kernels (kernels/cuda/launch.cuh; process-wide,
  * default on unless GM_CUDA_PDL=0). Drops captured graphs. */

@@ -6,7 +6,7 @@
  *   scale; AWQ: W4A16). The quantization of an FP8 product's input rides on the kernel that writes it
  *   when it can (norm(), attention(), linear_geglu()); linear() quantizes bf16 rows itself otherwise.
  * - attention(): the decode rows by the kernel the plan names (cu_decode_uses_xqa, the one measured rule),
- *   the prompt rows by the prefill kernel.
+ *   the prompt rows by the prefill kernel the rule names (cu_prefill_rule: the Hopper kernel where it serves).
  * Tensor-parallel ranks all-reduce (NCCL, float32) after o_proj and down_proj; rank 0 computes the logits
  * and samples, and broadcasts the tokens. */
 #include <stdio.h>
@@ -14,6 +14,7 @@
 
 #include "../kernels/cuda/attn_decode.cuh"
 #include "../kernels/cuda/attn_prefill.cuh"
+#include "../kernels/cuda/attn_prefill_hopper.cuh"
 #include "../kernels/cuda/cuda_check.h"
 #include "../kernels/cuda/embed.cuh"
 #include "../kernels/cuda/geglu.cuh"
@@ -80,6 +81,37 @@ void cu_attn_plan_eager(const cuda_engine *c, int32_t rows, cu_attn_plan *p)
     }
     p->n_split = cu_xqa_splits(c, rows);
     p->scratch = c->xqa_scratch, p->scratch_bytes = c->xqa_bytes, p->clear = 1;
+}
+
+/* ---------------------------------------------------------------- the prefill-attention rule */
+
+/* The prompt rows of every step (prompt chunks, chunked prefill, the prefill rows of mixed steps) go through
+ * k_attn_prefill_hopper (wgmma + TMA, warp-specialised: the FlashAttention-3 design) wherever it serves the
+ * engine: an sm_90 device, head_dim 128 or 256, a bf16 pool whose block size shares a multiple of 8 rows with
+ * its key tile (FP8 pools: any), a pool of fewer than 2^31 rows per layer; else through k_attn_prefill_kv
+ * (mma.sync). An FP8 pool runs both GEMMs on e4m3 tensor cores (QGMMA, twice the f16 rate: issue 18's FP8
+ * target) where that variant serves (a block size sharing a multiple of 8 rows with its 128-key tile), else on
+ * f16 tensor cores after an exact conversion. Why: bench/NOTES_PREFILL.md (the mma.sync kernel reached 57-108
+ * TFLOP/s at head_dim 256, torch's cuDNN SDPA 371-641 on the same H100). */
+gm_status cu_prefill_rule(cuda_engine *c, gm_cuda_prefill mode)
+{
+    if (mode != GM_CUDA_PREFILL_AUTO && mode != GM_CUDA_PREFILL_MMA && mode != GM_CUDA_PREFILL_HOPPER &&
+        mode != GM_CUDA_PREFILL_HOPPER_E4M3)
+        return gm_fail(GM_ERR_INVALID_ARG, "cuda engine: prefill attention mode %d (0, 1, 2 or 3)", (int)mode);
+    const int32_t bs = c->base.opts.kv_block_size, hd = (int32_t)c->hd;
+    const int64_t pool_rows = c->base.kv_num_blocks * c->nkv * bs;
+    const int serves = k_attn_prefill_hopper_supported(hd, bs, c->kv8) && pool_rows < INT32_MAX;
+    const int serves8 = serves && c->kv8 && k_attn_prefill_hopper_e4m3_supported(hd, bs);
+    if ((mode == GM_CUDA_PREFILL_HOPPER && !serves) || (mode == GM_CUDA_PREFILL_HOPPER_E4M3 && !serves8))
+        return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: the Hopper prefill kernel%s does not serve this engine "
+                       "(needs an sm_90 device, head_dim 128 or 256 (here %d), block size %d sharing a multiple of 8 "
+                       "rows with the key tile, a pool under 2^31 rows per layer (%lld)%s)",
+                       mode == GM_CUDA_PREFILL_HOPPER_E4M3 ? " on e4m3 tensor cores" : "", hd, bs,
+                       (long long)pool_rows, mode == GM_CUDA_PREFILL_HOPPER_E4M3 ? ", an FP8 KV cache" : "");
+    c->opt.prefill = mode;
+    c->opt.prefill_hopper = mode != GM_CUDA_PREFILL_MMA && serves;
+    c->opt.prefill_e4m3 = (mode == GM_CUDA_PREFILL_AUTO || mode == GM_CUDA_PREFILL_HOPPER_E4M3) && serves8;
+    return GM_OK;
 }
 
 /* ---------------------------------------------------------------- the steps of a layer */
@@ -178,10 +210,35 @@ static gm_status attention_xqa(cuda_engine *c, const fwd_args *a, const void *kp
     return k_attn_decode_xqa(&x, c->stream);
 }
 
+/* The prompt chunks of a step (its sequences after the a->dec.rows decode rows; q rows c->qkv, positions
+ * start_pos.., their K/V already in the pool) into c->att: the kernel the rule names (c->opt.prefill_hopper),
+ * with the layer's options po (the mma.sync kernel has no soft-capping and no window). */
+static gm_status attention_prefill(cuda_engine *c, const fwd_args *a, const void *kp, const void *vp,
+                                   const k_prefill_opts *po)
+{
+    const meta_ptrs *m = &a->m;
+    const int32_t nd = a->dec.rows, ns = a->S - nd, nq = (int32_t)c->nq, nkv = (int32_t)c->nkv, hd = (int32_t)c->hd;
+    const int32_t bs = c->base.opts.kv_block_size, *bt = m->bt + (int64_t)nd * c->max_blocks;
+    const int64_t qw = c->nq * c->hd;
+    if (c->opt.prefill_hopper) {
+        k_prefill_opts o = *po;
+        o.kv_fp8_mma = c->opt.prefill_e4m3;
+        return k_attn_prefill_hopper(c->qkv, c->n_qkv, a->T, ns, m->q_start + nd, m->n_new + nd, m->start_pos + nd,
+                                     a->max_new, nq, nkv, hd, kp, vp, bs, (int32_t)c->base.kv_num_blocks, bt,
+                                     c->max_blocks, &o, c->att, qw, c->stream);
+    }
+    if (po->softcap > 0.0f || po->window > 0)
+        return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: soft-capping or a sliding window needs the Hopper prefill "
+                       "kernel (the mma.sync one has neither)");
+    return k_attn_prefill_kv(c->qkv, c->n_qkv, ns, m->q_start + nd, m->n_new + nd, m->start_pos + nd, a->max_new, nq,
+                             nkv, hd, kp, vp, bs, bt, c->max_blocks, po->scale, c->att, qw, po->kv_fp8, po->kv_scale,
+                             c->stream);
+}
+
 /* Layer l's attention over the step's T query rows: RoPE on q and k (c->qkv [T, n_qkv]), the new K and V
  * into the pool, then softmax(scale q K^T) V into c->att [T, nq hd] bf16. The first a->dec.rows rows
  * decode one token each (XQA, or k_attn_decode / _fp8; a decode step on a bf16 pool folds RoPE and the KV
- * write into k_attn_decode_rope); the others are prompt chunks (k_attn_prefill_kv). *out: o_proj's input
+ * write into k_attn_decode_rope); the others are prompt chunks (attention_prefill). *out: o_proj's input
  * rows, already e4m3 when a decode kernel wrote them under o's static activation scale. */
 static gm_status attention(cuda_engine *c, const fwd_args *a, int32_t l, const cu_linear *o, cu_rows *out)
 {
@@ -219,10 +276,8 @@ static gm_status attention(cuda_engine *c, const fwd_args *a, int32_t l, const c
                                c->scale, p->n_split, c->dec_scratch, c->att, qw, s));
     if (a->decode)
         return GM_OK;
-    int32_t nd = p->rows; /* the prompt chunks follow the decode rows */
-    return k_attn_prefill_kv(c->qkv, c->n_qkv, a->S - nd, m->q_start + nd, m->n_new + nd, m->start_pos + nd,
-                             a->max_new, nq, nkv, hd, kp, vp, bs, m->bt + (int64_t)nd * c->max_blocks, c->max_blocks,
-                             c->scale, c->att, qw, c->kv8, kvs, s);
+    const k_prefill_opts po = {c->scale, 0.0f, 0, c->kv8, kvs, 0}; /* scale, soft-cap, window (off), KV format */
+    return attention_prefill(c, a, kp, vp, &po);
 }
 
 /* act = GeGLU(x . Wgu^T) (gate rows, then up rows) as the input rows of product `to` (down): for FP8 weights

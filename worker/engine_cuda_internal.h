@@ -164,6 +164,9 @@ typedef struct cu_opts {
     int32_t gemv_rows; /* bf16 products with at most this many rows take the GEMV (CU_GEMV_ROWS) */
     int gu_fused;      /* FP8 weights, <= CU_GU_FUSED_ROWS rows: gate|up in the FP8 GEMV v2 with the GeGLU in
                         * its epilogue; where k_gemv_fp8_v2_for takes v2 for gate|up */
+    gm_cuda_prefill prefill; /* prefill attention: GM_CUDA_PREFILL_AUTO = the rule (cu_prefill_rule) */
+    int prefill_hopper;      /* the rule's answer under `prefill`: prompt rows through k_attn_prefill_hopper */
+    int prefill_e4m3;        /* ... with an FP8 pool on e4m3 tensor cores (k_prefill_opts.kv_fp8_mma) */
 } cu_opts;
 
 typedef struct cuda_engine {
@@ -285,6 +288,9 @@ gm_status cu_lm_head(cuda_engine *c, const bf16 *x, int64_t nr);
 int cu_decode_uses_xqa(const cuda_engine *c, int32_t rows);
 /* The decode attention of `rows` rows (0: none) of an eager step, on the engine's shared XQA scratch. */
 void cu_attn_plan_eager(const cuda_engine *c, int32_t rows, cu_attn_plan *p);
+/* The prefill-attention rule under `mode`: sets c->opt.prefill and c->opt.prefill_hopper (needs the KV pool's
+ * size); GM_ERR_UNSUPPORTED (nothing changed) when mode forces the Hopper kernel where it does not serve. */
+gm_status cu_prefill_rule(cuda_engine *c, gm_cuda_prefill mode);
 /* XQA's split count for a batch of `rows` rows up to max_context keys. */
 int32_t cu_xqa_splits(const cuda_engine *c, int32_t rows);
 /* Record a profile mark after op (-1: the start). */

@@ -43,13 +43,14 @@
  *   (block * nkv + kvh) * bs + slot, hd columns; box = 64 columns (128 bytes, the swizzle width)
  *   x R rows with R = gcd(bs, BN) (a multiple of 8 so every box fills whole 1024-byte swizzle
  *   blocks). A key tile is BN/R boxes per 64-column panel, each inside one page (R divides bs),
- *   at the page's row; a box starting at or past kv_len is pointed past the tensor (zero fill)
- *   and its block-table entry is never read. A page that ends past kv_len still brings the
- *   unwritten slots after kv_len: K garbage is masked (select, not add), V garbage would be 0 *
- *   NaN in P.V, so the consumers zero V rows >= kv_len of that one tile (generic stores,
- *   fence.proxy.async, named barrier 2) before it is used. Q: a 2D map over [n_tokens, nh*hd],
- *   boxes 64 x 64; rows past n_tokens read zeros, rows of the next sequence are computed but
- *   never stored.
+ *   at the page's row; a box starting at or past kv_len copies the tile's first box again (its
+ *   block-table entry is never read, and no box lies wholly outside the tensor). A page that ends
+ *   past kv_len still brings the unwritten slots after kv_len: K garbage is masked (select, not
+ *   add), V garbage would be 0 * NaN in P.V, so the consumers zero V rows >= kv_len of that one
+ *   (diagonal) tile (generic stores, fence.proxy.async, named barrier 2) before it is used. Q: a
+ *   2D map over [n_tokens, nh*hd], boxes 64 x 64; rows past n_tokens read zeros (a box partly
+ *   outside: the copy engine fills and counts the whole box), rows of the next sequence are
+ *   computed but never stored.
  *
  * GEMMs per consumer warpgroup (64 rows) and key tile:
  *   S[64, BN] = Q K^T: HD/16 wgmma m64nBNk16, A = Q (K-major, SW128), B = K (K-major, SW128);
@@ -69,7 +70,9 @@
  *   shared memory (saturating at 65504), both GEMMs run on f16 tensor cores; kv_scale is folded
  *   into the score scale and the final 1/l. Not done: e4m3 QGMMA (needs V transposed in shared
  *   memory and P permuted for the 8-bit A layout).
- * Output: bf16x2 stores straight from the accumulators (rows < the tile's real rows). */
+ * Output: bf16x2 stores straight from the accumulators (rows < the tile's real rows).
+ * tests/prefill_hopper_layout.py mirrors the bf16 index arithmetic (copies, descriptors, P fragment) and
+ * checks S and O exactly: keep the two in step. */
 #include "attn_prefill_hopper.cuh"
 
 #include <atomic>
@@ -79,18 +82,14 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include "attn_prefill_hopper_impl.cuh"
 #include "cuda_check.h"
 #include "launch.cuh"
 #include "sm90_async.cuh"
 
-namespace {
+using namespace gm_hp;
 
-constexpr int HP_BM = 128; /* query rows per work item (2 consumer warpgroups x 64) */
-constexpr int HP_STAGES = 2;
-constexpr int HP_THREADS = 384;
-/* named barrier ids (0 is __syncthreads'); HP_BAR_QCONV + wg for the two consumer warpgroups */
-constexpr int HP_BAR_QEMPTY = 1, HP_BAR_VTAIL = 2, HP_BAR_STAGED = 3, HP_BAR_QCONV = 4;
-constexpr float HP_LOG2E = 1.4426950408889634f;
+namespace {
 
 template <int HD, int BN, bool F8> struct hp_cfg {
     static constexpr int Q_BYTES = HP_BM * HD * 2;  /* Q tile */
@@ -105,108 +104,15 @@ template <int HD, int BN, bool F8> struct hp_cfg {
     static constexpr int LOAD_REGS = F8 ? 56 : 40;
     static constexpr int MMA_REGS = F8 ? 224 : 232;
     static_assert(HD % 64 == 0 && BN % 16 == 0 && BN <= 256, "tile shape");
-    static_assert(SMEM <= 232448, "227 KB of shared memory per block");
+    static_assert(SMEM + 1024 <= HP_SMEM_MAX, "227 KB of shared memory per block (ptxas reports 1 KB static)");
     static_assert(LOAD_REGS * 128 + MMA_REGS * 256 <= 168 * HP_THREADS, "the registers the block starts with");
 };
 
-/* Kernel arguments (a __grid_constant__ parameter: the tensor maps stay in parameter space). */
-struct hp_params {
-    CUtensorMap qmap, kmap, vmap; /* kmap, vmap unused by the FP8 kernels */
-    const uint8_t *k8, *v8;       /* FP8 pools */
-    const int32_t *q_start, *n_new, *start_pos, *block_tables;
-    __nv_bfloat16 *out;
-    int64_t ldo;
-    int32_t bt_stride, nh, nkv, group, bs, n_seqs, n_qt, total, window;
-    int32_t kv_rows, box_rows; /* pool rows (first row past the tensor), TMA box rows R */
-    float score_mul;           /* logit (base 2) = acc * score_mul, without soft-capping */
-    float cap_in, cap_out;     /* soft-capping: x = cap_out * tanh(acc * cap_in), logit = x * log2 e */
-    float out_mul;             /* O = out_mul * (P V) / l (kv_scale for FP8) */
-};
-
-/* One work item. */
-struct hp_work {
-    int32_t seq, head, kvh, r0, rows, sp, kv_len, n_lo, n_hi, qrow0;
-};
-
-template <int BN> __device__ __forceinline__ bool hp_work_at(const hp_params &p, int w, hp_work &k)
-{
-    const int per = p.nh * p.n_seqs, qt = p.n_qt - 1 - w / per, rem = w % per;
-    k.seq = rem / p.nh;
-    k.head = rem % p.nh;
-    const int nq = p.n_new[k.seq];
-    k.r0 = qt * HP_BM;
-    if (k.r0 >= nq)
-        return false;
-    k.rows = min(HP_BM, nq - k.r0);
-    k.sp = p.start_pos[k.seq];
-    k.qrow0 = p.q_start[k.seq] + k.r0;
-    k.kvh = k.head / p.group;
-    k.kv_len = k.sp + k.r0 + k.rows;
-    const int lo = p.window > 0 ? max(0, k.sp + k.r0 - p.window + 1) : 0;
-    k.n_lo = lo / BN;
-    k.n_hi = (k.kv_len + BN - 1) / BN;
-    return true;
-}
-
-/* The first non-empty item at or after w of this block's list (w, w + grid, ...); -1 at the end. */
-template <int BN> __device__ __forceinline__ int hp_work_next(const hp_params &p, int w, hp_work &k)
-{
-    for (; w < p.total; w += gridDim.x)
-        if (hp_work_at<BN>(p, w, k))
-            return w;
-    return -1;
-}
-
-/* mbarrier addresses: Qfull, Kfull[2], Kempty[2], Vfull[2], Vempty[2]. */
-__device__ __forceinline__ uint32_t hp_bar_q(uint32_t b) { return b; }
-__device__ __forceinline__ uint32_t hp_bar_kf(uint32_t b, int s) { return b + 8 + 8 * s; }
-__device__ __forceinline__ uint32_t hp_bar_ke(uint32_t b, int s) { return b + 24 + 8 * s; }
-__device__ __forceinline__ uint32_t hp_bar_vf(uint32_t b, int s) { return b + 40 + 8 * s; }
-__device__ __forceinline__ uint32_t hp_bar_ve(uint32_t b, int s) { return b + 56 + 8 * s; }
-__device__ __forceinline__ uint32_t hp_bar_sk(uint32_t b) { return b + 72; } /* FP8 staging of K */
-__device__ __forceinline__ uint32_t hp_bar_sv(uint32_t b) { return b + 80; } /* FP8 staging of V */
-
-__device__ __forceinline__ float hp_exp2(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ float hp_tanh(float x)
-{
-    float y;
-    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
 /* ------------------------------------------------------------------ producer */
 
-/* Row of key `key` of KV head kvh in the pool's 2D view; past the tensor (zero fill) when the key
- * is not in the sequence or its block id is out of range. */
-__device__ __forceinline__ int hp_kv_row(const hp_params &p, const int32_t *bt, const hp_work &k, int key)
-{
-    if (key >= k.kv_len)
-        return p.kv_rows;
-    const int64_t r = ((int64_t)bt[key / p.bs] * p.nkv + k.kvh) * p.bs + key % p.bs;
-    return r >= 0 && r < p.kv_rows ? (int)r : p.kv_rows;
-}
-
-/* Tensor copies of key tile n (BN keys, every panel) into dst, completing on bar. */
-template <int HD, int BN>
-__device__ __forceinline__ void hp_tma_kv(const hp_params &p, const CUtensorMap *map, const int32_t *bt,
-                                          const hp_work &k, int n, uint32_t dst, uint32_t bar)
-{
-    const uint64_t pol = sm90_evict_last();
-    for (int r = 0; r < BN; r += p.box_rows) {
-        const int row = hp_kv_row(p, bt, k, n * BN + r);
-#pragma unroll
-        for (int c = 0; c < HD / 64; c++)
-            sm90_tma_2d(dst + c * (BN * 128) + r * 128, map, c * 64, row, bar, pol);
-    }
-}
-
-/* Tensor copies of the item's Q tile (128 rows x HD) into shared memory at sq. */
+/* Tensor copies of the item's Q tile (128 rows x HD) into shared memory at sq. Rows past n_tokens read
+ * zeros (a box partly outside the tensor); the second 64-row box starts at row n_tokens - 1 at the
+ * latest, so no box lies wholly outside (its rows then belong to no query of the item: never stored). */
 template <int HD>
 __device__ __forceinline__ void hp_tma_q(const hp_params &p, const hp_work &k, uint32_t sq, uint32_t bar, uint64_t pol)
 {
@@ -215,8 +121,8 @@ __device__ __forceinline__ void hp_tma_q(const hp_params &p, const hp_work &k, u
     for (int h2 = 0; h2 < 2; h2++)
 #pragma unroll
         for (int c = 0; c < HD / 64; c++)
-            sm90_tma_2d(sq + c * (HP_BM * 128) + h2 * 64 * 128, &p.qmap, k.head * HD + c * 64, k.qrow0 + h2 * 64, bar,
-                        pol);
+            sm90_tma_2d(sq + c * (HP_BM * 128) + h2 * 64 * 128, &p.qmap, k.head * HD + c * 64,
+                        min(k.qrow0 + h2 * 64, p.n_tokens - 1), bar, pol);
 }
 
 /* bf16 pools: warp 0 of the producer warpgroup (all lanes wait, lane 0 issues the copies). Per
@@ -236,7 +142,8 @@ template <int HD, int BN> __device__ void hp_produce_tma(const hp_params &p, uin
                 sm90_mbar_wait(hp_bar_ke(bars, s), ((it / HP_STAGES) & 1) ^ 1);
                 if (leader) {
                     sm90_mbar_arrive_tx(hp_bar_kf(bars, s), C::KV_BYTES);
-                    hp_tma_kv<HD, BN>(p, &p.kmap, bt, k, n, sbase + C::OFF_K + s * C::KV_BYTES, hp_bar_kf(bars, s));
+                    hp_tma_kv<HD / 64, BN, 64>(p, &p.kmap, bt, k, n, sbase + C::OFF_K + s * C::KV_BYTES,
+                                               hp_bar_kf(bars, s));
                 }
                 it++;
             }
@@ -251,7 +158,8 @@ template <int HD, int BN> __device__ void hp_produce_tma(const hp_params &p, uin
                 sm90_mbar_wait(hp_bar_ve(bars, s), ((iv / HP_STAGES) & 1) ^ 1);
                 if (leader) {
                     sm90_mbar_arrive_tx(hp_bar_vf(bars, s), C::KV_BYTES);
-                    hp_tma_kv<HD, BN>(p, &p.vmap, bt, k, n + 1, sbase + C::OFF_V + s * C::KV_BYTES, hp_bar_vf(bars, s));
+                    hp_tma_kv<HD / 64, BN, 64>(p, &p.vmap, bt, k, n + 1, sbase + C::OFF_V + s * C::KV_BYTES,
+                                               hp_bar_vf(bars, s));
                 }
                 iv++;
             }
@@ -403,17 +311,6 @@ __device__ __forceinline__ void hp_pv(float (&O)[HD / 2], uint32_t (&P)[BN / 4],
     sm90_fence_regs(P);
 }
 
-template <int HD> __device__ __forceinline__ void hp_rescale(float (&O)[HD / 2], const float (&alpha)[2])
-{
-#pragma unroll
-    for (int i = 0; i < HD / 8; i++) {
-        O[4 * i] *= alpha[0];
-        O[4 * i + 1] *= alpha[0];
-        O[4 * i + 2] *= alpha[1];
-        O[4 * i + 3] *= alpha[1];
-    }
-}
-
 /* Rescale O to the newest row maxima, wait for V of stage sv, issue O += P V. */
 template <int HD, int BN, bool F8>
 __device__ __forceinline__ void hp_pv_issue(float (&O)[HD / 2], const float (&alpha)[2], uint32_t (&P)[BN / 4],
@@ -422,61 +319,6 @@ __device__ __forceinline__ void hp_pv_issue(float (&O)[HD / 2], const float (&al
     hp_rescale<HD>(O, alpha);
     sm90_mbar_wait(hp_bar_vf(bars, sv), phv);
     hp_pv<HD, BN, F8>(O, P, sbase + hp_cfg<HD, BN, F8>::OFF_V + sv * hp_cfg<HD, BN, F8>::KV_BYTES);
-}
-
-/* Online softmax step on S (this thread's 2 rows x BN/4 keys of tile j0..j0+BN): soft-capping,
- * the mask when MASK, new maxima m, the factor alpha that rescales O and l, S -> exp2 values. */
-template <int BN, bool MASK>
-__device__ __forceinline__ void hp_softmax(const hp_params &p, float (&S)[BN / 2], float (&m)[2], float (&l)[2],
-                                           float (&alpha)[2], int j0, int pos0, int kv_len, int tq)
-{
-    float c = p.score_mul;
-    if (p.cap_in > 0.0f) {
-#pragma unroll
-        for (int i = 0; i < BN / 2; i++)
-            S[i] = p.cap_out * hp_tanh(S[i] * p.cap_in);
-        c = HP_LOG2E;
-    }
-    if (MASK) {
-        const int pos1 = pos0 + 8, lim = min(kv_len, pos0 + 1), lim1 = min(kv_len, pos1 + 1);
-        const int lo0 = p.window > 0 ? pos0 - p.window : INT32_MIN, lo1 = p.window > 0 ? pos1 - p.window : INT32_MIN;
-#pragma unroll
-        for (int i = 0; i < BN / 8; i++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int key = j0 + 8 * i + 2 * tq + e;
-                S[4 * i + e] = key < lim && key > lo0 ? S[4 * i + e] : -INFINITY;
-                S[4 * i + 2 + e] = key < lim1 && key > lo1 ? S[4 * i + 2 + e] : -INFINITY;
-            }
-    }
-    float mx[2] = {m[0], m[1]};
-#pragma unroll
-    for (int i = 0; i < BN / 8; i++) {
-        mx[0] = fmaxf(mx[0], fmaxf(S[4 * i], S[4 * i + 1]));
-        mx[1] = fmaxf(mx[1], fmaxf(S[4 * i + 2], S[4 * i + 3]));
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    }
-    float ref[2], sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        ref[r] = mx[r] == -INFINITY ? 0.0f : mx[r] * c; /* a row with no key yet: exp2 gives 0, not NaN */
-        alpha[r] = hp_exp2(m[r] * c - ref[r]);
-        m[r] = mx[r];
-    }
-#pragma unroll
-    for (int i = 0; i < BN / 8; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            S[4 * i + e] = hp_exp2(fmaf(S[4 * i + e], c, -ref[e >> 1]));
-            sum[e >> 1] += S[4 * i + e];
-        }
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-        l[r] = l[r] * alpha[r] + sum[r];
 }
 
 template <int BN, bool F8> __device__ __forceinline__ void hp_pack_p(const float (&S)[BN / 2], uint32_t (&P)[BN / 4])
@@ -493,17 +335,9 @@ template <int BN, bool F8> __device__ __forceinline__ void hp_pack_p(const float
     }
 }
 
-/* Release a stage: lane 0 of each consumer warp arrives once its warp is past the wgmma wait. */
-__device__ __forceinline__ void hp_release(uint32_t bar, int lane)
-{
-    __syncwarp();
-    if (lane == 0)
-        sm90_mbar_arrive(bar);
-}
-
-/* bf16: zero V rows [r_lo, r_hi) of a stage (the unwritten slots after kv_len in the last
- * box: boxes starting past kv_len were zero-filled by the copy engine), both consumer
- * warpgroups, then publish to the async proxy. */
+/* bf16: zero V rows [r_lo, r_hi) of a stage (the keys at and past kv_len of the diagonal tile:
+ * unwritten slots of the last page, repeated boxes), both consumer warpgroups, then publish to the
+ * async proxy. Whole 128-byte rows, so the swizzle does not matter. */
 template <int HD, int BN> __device__ void hp_zero_v_tail(uint8_t *vst, int r_lo, int r_hi, int ct)
 {
     const int units = (r_hi - r_lo) * (HD / 64) * 8; /* 16-byte pieces */
@@ -571,10 +405,9 @@ template <int HD, int BN, bool F8> __device__ void hp_consume(const hp_params &p
 #pragma unroll
         for (int i = 0; i < HD / 2; i++)
             O[i] = 0.0f;
-        if (!F8 && k.kv_len % p.box_rows) { /* the last box read slots after kv_len of its page */
-            const int r_lo = k.kv_len - n * BN, r_hi = min(BN, r_lo + p.box_rows - k.kv_len % p.box_rows);
+        if (!F8 && k.kv_len < (n + 1) * BN) { /* V rows at and past kv_len: unwritten slots, repeated boxes */
             sm90_mbar_wait(hp_bar_vf(bars, s), ph);
-            hp_zero_v_tail<HD, BN>(smem + C::OFF_V + s * C::KV_BYTES, r_lo, r_hi, ct);
+            hp_zero_v_tail<HD, BN>(smem + C::OFF_V + s * C::KV_BYTES, k.kv_len - n * BN, BN, ct);
         }
         int sv = s;
         uint32_t phv = ph;
@@ -669,50 +502,8 @@ __global__ void __launch_bounds__(HP_THREADS, 1) hp_prefill_kernel(const __grid_
 
 /* ------------------------------------------------------------------ host */
 
-/* A bf16 2D map [rows, cols] (row stride row_bytes), boxes of 64 columns x box_rows, 128-byte swizzle. */
-gm_status hp_map(CUtensorMap *m, const void *base, uint64_t cols, uint64_t rows, uint64_t row_bytes,
-                 uint32_t box_rows, const char *what)
-{
-    PFN_cuTensorMapEncodeTiled_v12000 encode = sm90_tensor_map_encoder();
-    if (!encode)
-        return gm_fail(GM_ERR_CUDA, "k_attn_prefill_hopper: the driver has no cuTensorMapEncodeTiled");
-    const cuuint64_t dims[2] = {cols, rows}, strides[1] = {row_bytes};
-    const cuuint32_t box[2] = {64, box_rows}, estr[2] = {1, 1};
-    CUresult r = encode(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void *>(base), dims, strides, box, estr,
-                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS)
-        return gm_fail(GM_ERR_CUDA, "k_attn_prefill_hopper: cuTensorMapEncodeTiled (%s: %llu x %llu, row %llu bytes, "
-                       "box %u rows): error %d", what, (unsigned long long)rows, (unsigned long long)cols,
-                       (unsigned long long)row_bytes, box_rows, (int)r);
-    return GM_OK;
-}
-
-int hp_gcd(int a, int b)
-{
-    while (b) {
-        int t = a % b;
-        a = b;
-        b = t;
-    }
-    return a;
-}
-
 /* Key tile width per head_dim (FP8 256: 64, to leave room for the staging buffers). */
 int hp_bn(int32_t hd, int32_t fp8) { return hd == 256 ? (fp8 ? 64 : 80) : 128; }
-
-/* 0 when the current device is an sm_90 part; its SM count in *sms. */
-int hp_device(int *sms)
-{
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) ||
-        cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev)) {
-        (void)cudaGetLastError();
-        return -1;
-    }
-    return major == 9 && minor == 0 ? 0 : -1;
-}
 
 template <int HD, int BN, bool F8> gm_status hp_launch(const hp_params &prm, int grid, cudaStream_t s)
 {
@@ -735,6 +526,12 @@ extern "C" int k_attn_prefill_hopper_supported(int32_t hd, int32_t bs, int32_t k
     if (hp_device(&sms) || (hd != 128 && hd != 256) || bs < 1)
         return 0;
     return kv_fp8 || hp_gcd(bs, hp_bn(hd, 0)) % 8 == 0;
+}
+
+extern "C" int k_attn_prefill_hopper_e4m3_supported(int32_t hd, int32_t bs)
+{
+    int sms = 0;
+    return !hp_device(&sms) && (hd == 128 || hd == 256) && bs >= 1 && hp_gcd(bs, 128) % 8 == 0;
 }
 
 extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n_tokens, int32_t n_seqs,
@@ -764,8 +561,9 @@ extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n
         return gm_fail(GM_ERR_UNSUPPORTED, "%s: needs an sm_90 (Hopper) device", fn);
     if (hd != 128 && hd != 256)
         return gm_fail(GM_ERR_UNSUPPORTED, "%s: head_dim %d (128 or 256)", fn, hd);
-    const int bn = hp_bn(hd, opt->kv_fp8), box = hp_gcd(bs, bn);
-    if (!opt->kv_fp8 && box % 8)
+    const int e4m3 = opt->kv_fp8 && opt->kv_fp8_mma; /* both GEMMs on e4m3 tensor cores */
+    const int bn = e4m3 ? 128 : hp_bn(hd, opt->kv_fp8), box = hp_gcd(bs, bn);
+    if ((!opt->kv_fp8 || e4m3) && box % 8)
         return gm_fail(GM_ERR_UNSUPPORTED, "%s: block size %d shares %d rows with the %d-key tile (needs a multiple "
                        "of 8)", fn, bs, box, bn);
     const int64_t kv_rows = (int64_t)pool_blocks * nkv * bs, n_qt = ((int64_t)max_new + HP_BM - 1) / HP_BM;
@@ -776,11 +574,17 @@ extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n
 
     hp_params prm;
     memset(&prm, 0, sizeof prm);
-    GM_CHECK(hp_map(&prm.qmap, q, (uint64_t)nh * hd, (uint64_t)n_tokens, (uint64_t)ldq * 2, 64, "q"));
-    if (!opt->kv_fp8) {
-        GM_CHECK(hp_map(&prm.kmap, k_pool, (uint64_t)hd, (uint64_t)kv_rows, (uint64_t)hd * 2, (uint32_t)box, "k pool"));
-        GM_CHECK(hp_map(&prm.vmap, v_pool, (uint64_t)hd, (uint64_t)kv_rows, (uint64_t)hd * 2, (uint32_t)box, "v pool"));
+    if (!e4m3) /* the QGMMA kernel's consumers read q themselves */
+        GM_CHECK(hp_map(&prm.qmap, q, 2, (uint64_t)nh * hd, (uint64_t)n_tokens, (uint64_t)ldq * 2, 64, "q"));
+    if (!opt->kv_fp8 || e4m3) {
+        const int eb = e4m3 ? 1 : 2; /* bytes per element of the pools */
+        GM_CHECK(hp_map(&prm.kmap, k_pool, eb, (uint64_t)hd, (uint64_t)kv_rows, (uint64_t)hd * eb, (uint32_t)box,
+                        "k pool"));
+        GM_CHECK(hp_map(&prm.vmap, v_pool, eb, (uint64_t)hd, (uint64_t)kv_rows, (uint64_t)hd * eb, (uint32_t)box,
+                        "v pool"));
     }
+    prm.q = (const __nv_bfloat16 *)q;
+    prm.ldq = ldq;
     prm.k8 = (const uint8_t *)k_pool;
     prm.v8 = (const uint8_t *)v_pool;
     prm.q_start = q_start;
@@ -799,6 +603,7 @@ extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n
     prm.total = (int32_t)total;
     prm.window = opt->window;
     prm.kv_rows = (int32_t)kv_rows;
+    prm.n_tokens = (int32_t)n_tokens;
     prm.box_rows = box;
     const float kvs = opt->kv_fp8 ? opt->kv_scale : 1.0f, sc = opt->scale * kvs;
     prm.score_mul = sc * HP_LOG2E;
@@ -806,6 +611,8 @@ extern "C" gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n
     prm.cap_out = opt->softcap;
     prm.out_mul = kvs;
     const int grid = (int)(total < sms ? total : sms);
+    if (e4m3)
+        return hp_e4m3_launch(prm, hd, grid, s);
     if (hd == 256)
         return opt->kv_fp8 ? hp_launch<256, 64, true>(prm, grid, s) : hp_launch<256, 80, false>(prm, grid, s);
     return opt->kv_fp8 ? hp_launch<128, 128, true>(prm, grid, s) : hp_launch<128, 128, false>(prm, grid, s);

@@ -19,6 +19,9 @@ typedef struct k_prefill_opts {
     int32_t window; /* > 0: the query at position i sees keys i - window < j <= i (sliding layers); 0 = causal */
     int32_t kv_fp8; /* 1: the pools hold e4m3 codes, value = code * kv_scale (one scale for K and V) */
     float kv_scale; /* > 0 when kv_fp8 */
+    int32_t kv_fp8_mma; /* with kv_fp8: 1 = both GEMMs on e4m3 tensor cores (QGMMA, twice the f16 rate; q rounded
+                         * to e4m3 per row with scale amax/448, P to e4m3); 0 = f16 tensor cores after an exact
+                         * conversion of the codes (only P rounded, to f16) */
 } k_prefill_opts;
 
 /* For each sequence i of a step, its n_new[i] query tokens (rows q_start[i].. of q, positions
@@ -31,8 +34,9 @@ typedef struct k_prefill_opts {
  * (device); k_pool, v_pool [pool_blocks, nkv, bs, hd] bf16, or e4m3 when opt->kv_fp8;
  * max_new = the largest n_new (host; sizes the work list). nh % nkv == 0.
  * GM_ERR_UNSUPPORTED where this kernel does not apply (not an sm_90 device; hd other than 128 or
- * 256; a bf16 pool whose bs shares fewer than 8 rows with the key tile, i.e. bs not a multiple of
- * 8 or 16; pools beyond 2^31 rows): use k_attn_prefill_kv there (softcap and window 0 only). */
+ * 256; a bf16 pool (or an FP8 one with kv_fp8_mma) whose bs shares fewer than 8 rows with the key tile,
+ * i.e. bs not a multiple of 8 or 16; pools beyond 2^31 rows): use k_attn_prefill_kv there (softcap and
+ * window 0 only). */
 gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n_tokens, int32_t n_seqs, const int32_t *q_start,
                                 const int32_t *n_new, const int32_t *start_pos, int32_t max_new, int32_t nh,
                                 int32_t nkv, int32_t hd, const void *k_pool, const void *v_pool, int32_t bs,
@@ -41,6 +45,9 @@ gm_status k_attn_prefill_hopper(const void *q, int64_t ldq, int64_t n_tokens, in
 
 /* 1 when k_attn_prefill_hopper takes this shape on the current device, else 0 (no error recorded). */
 int k_attn_prefill_hopper_supported(int32_t hd, int32_t bs, int32_t kv_fp8);
+/* The same for FP8 pools with kv_fp8_mma (e4m3 QGMMA): head_dim 128 or 256, bs sharing a multiple of 8 rows
+ * with the 128-key tile. */
+int k_attn_prefill_hopper_e4m3_supported(int32_t hd, int32_t bs);
 
 #ifdef __cplusplus
 }

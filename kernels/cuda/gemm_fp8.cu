@@ -33,8 +33,9 @@ struct k_gemm_fp8_ctx {
     int32_t gemv_rows;
     fp8_entry *cache;
     int32_t n_cache, cap_cache;
-    int32_t n_tuned; /* keys whose algorithm was chosen by timing the candidates */
-    int8_t tune;     /* time the candidates (k_gemm_fp8_ctx_set_tune) */
+    int32_t n_tuned;      /* keys whose algorithm was chosen by timing the candidates */
+    int64_t n_candidates; /* algorithms timed for them */
+    int8_t tune;          /* K_GEMM_TUNE_* (k_gemm_fp8_ctx_set_tune) */
 };
 
 extern "C" gm_status k_gemm_fp8_ctx_new(size_t workspace_bytes, k_gemm_fp8_ctx **out)
@@ -46,7 +47,7 @@ extern "C" gm_status k_gemm_fp8_ctx_new(size_t workspace_bytes, k_gemm_fp8_ctx *
         return gm_fail(GM_ERR_NOMEM, "k_gemm_fp8_ctx_new: no host memory");
     g->ws_bytes = workspace_bytes ? workspace_bytes : ((size_t)32 << 20);
     g->gemv_rows = 4;
-    g->tune = (int8_t)k_gemm_tune_default();
+    g->tune = (int8_t)(k_gemm_tune_default() ? K_GEMM_TUNE_WIDE : K_GEMM_TUNE_OFF);
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     GM_CUBLAS_GOTO(cublasLtCreate(&g->lt), st, fail);
     GM_CUBLAS_GOTO(cublasLtMatmulDescCreate(&g->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), st, fail);
@@ -91,10 +92,16 @@ extern "C" void k_gemm_fp8_ctx_set_gemv_rows(k_gemm_fp8_ctx *g, int32_t max_rows
     g->gemv_rows = max_rows < 0 ? 0 : (max_rows > 8 ? 8 : max_rows);
 }
 
-extern "C" void k_gemm_fp8_ctx_set_tune(k_gemm_fp8_ctx *g, int on) { g->tune = on ? 1 : 0; }
+extern "C" void k_gemm_fp8_ctx_set_tune(k_gemm_fp8_ctx *g, int level)
+{
+    g->tune = (int8_t)(level <= K_GEMM_TUNE_OFF ? K_GEMM_TUNE_OFF : level >= K_GEMM_TUNE_WIDE ? K_GEMM_TUNE_WIDE
+                                                                                             : K_GEMM_TUNE_TOP);
+    g->n_cache = 0; /* choose again under the new level */
+}
 
 extern "C" int32_t k_gemm_fp8_ctx_cached(const k_gemm_fp8_ctx *g) { return g->n_cache; }
 extern "C" int32_t k_gemm_fp8_ctx_tuned(const k_gemm_fp8_ctx *g) { return g->n_tuned; }
+extern "C" int64_t k_gemm_fp8_ctx_candidates(const k_gemm_fp8_ctx *g) { return g->n_candidates; }
 
 static int64_t t_bucket(int64_t T)
 {
@@ -212,49 +219,113 @@ static gm_status run_lt(k_gemm_fp8_ctx *g, const cublasLtMatmulAlgo_t *algo, con
 }
 
 /* Autotuning (the first call of a (T bucket, shape) key with M >= GEMM_TUNE_MIN_M, outside stream
- * capture, unless the context's tune switch is off: GM_GEMM_TUNE=0): the heuristic's first GEMM_TUNE_N
- * candidates each run once to warm up and GEMM_TUNE_REPS times timed on the call's own operands; the
- * fastest is kept (the heuristic's order breaks ties). The output is recomputed each time, so the
- * call's result is unchanged. */
+ * capture, unless the context's tune level is K_GEMM_TUNE_OFF: GM_GEMM_TUNE=0): candidates each run once
+ * to warm up and GEMM_TUNE_REPS times timed on the call's own operands; the fastest is kept (the
+ * heuristic's order breaks ties). The output is recomputed each time, so the call's result is unchanged.
+ * K_GEMM_TUNE_TOP: the heuristic's first GEMM_TUNE_N candidates. K_GEMM_TUNE_WIDE (the default) at
+ * M >= GEMM_WIDE_MIN_M (prefill: 2048-16384 rows, where one product takes 0.1-4 ms and a wrong tile
+ * costs 13-39% of the FP8 rate, bench/RESULTS.md): the first GEMM_WIDE_N candidates, plus, for the first
+ * GEMM_SPLIT_N of them that take split-K, their split-K variants (1, 2, 4 splits; reduction through the
+ * workspace, never in place, so results stay deterministic) that cuBLASLt accepts for this shape and the
+ * workspace; below it as K_GEMM_TUNE_TOP. */
 #define GEMM_TUNE_N 8
 #define GEMM_TUNE_REPS 3
 #define GEMM_TUNE_MIN_M 64
+#define GEMM_WIDE_MIN_M 1024
+#define GEMM_WIDE_N 24
+#define GEMM_SPLIT_N 4
+#define GEMM_CAND_MAX (GEMM_WIDE_N + 2 * GEMM_SPLIT_N)
+
+/* Split-K variants of candidate `base` (splits 1, 2, 4 other than its own) that cuBLASLt accepts for the
+ * key's shape within the workspace, appended to out[*n] (capacity cap). */
+static void split_variants(k_gemm_fp8_ctx *g, const fp8_key *key, int64_t T, const cublasLtMatmulAlgo_t *base,
+                           cublasLtMatmulAlgo_t *out, int *n, int cap)
+{
+    int32_t can = 0, own = 1;
+    uint32_t schemes = 0, scheme = 0;
+    size_t got = 0;
+    if (cublasLtMatmulAlgoCapGetAttribute(base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &can, sizeof can, &got) !=
+            CUBLAS_STATUS_SUCCESS || !can ||
+        cublasLtMatmulAlgoCapGetAttribute(base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes,
+                                          &got) != CUBLAS_STATUS_SUCCESS)
+        return;
+    if (schemes & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
+        scheme = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    else if (schemes & CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE)
+        scheme = CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+    else
+        return; /* in-place reduction only: its order of additions may vary between runs */
+    cublasLtMatmulAlgoConfigGetAttribute(base, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &own, sizeof own, &got);
+    fp8_layouts l;
+    if (layouts_make(T, key->n, key->k, key->ldx, key->ldw, key->ldy, key->yf32, &l) != GM_OK)
+        return;
+    static const int32_t splits[3] = {1, 2, 4};
+    for (int i = 0; i < 3 && *n < cap; i++) {
+        if (splits[i] == own)
+            continue;
+        cublasLtMatmulAlgo_t a = *base;
+        uint32_t sch = splits[i] > 1 ? scheme : CUBLASLT_REDUCTION_SCHEME_NONE;
+        cublasLtMatmulHeuristicResult_t chk;
+        memset(&chk, 0, sizeof chk);
+        if (cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits[i], sizeof splits[i]) !=
+                CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &sch, sizeof sch) !=
+                CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatmulAlgoCheck(g->lt, g->op, l.a, l.b, l.d, l.d, &a, &chk) != CUBLAS_STATUS_SUCCESS ||
+            chk.state != CUBLAS_STATUS_SUCCESS || chk.workspaceSize > g->ws_bytes)
+            continue;
+        out[(*n)++] = a;
+    }
+    layouts_destroy(&l);
+}
 
 static gm_status tune_algo(k_gemm_fp8_ctx *g, const fp8_key *key, const void *xq, int64_t T, int64_t K, int64_t ldx,
                            const void *Wq, int64_t ldw, int64_t N, void *y, int64_t ldy, cudaStream_t s,
                            cublasLtMatmulAlgo_t *algo)
 {
-    cublasLtMatmulHeuristicResult_t res[GEMM_TUNE_N];
-    int n = 0;
-    GM_CHECK(pick_algos(g, key, key->tb, res, GEMM_TUNE_N, &n));
+    const int wide = g->tune >= K_GEMM_TUNE_WIDE && T >= GEMM_WIDE_MIN_M;
+    cublasLtMatmulHeuristicResult_t res[GEMM_WIDE_N];
+    cublasLtMatmulAlgo_t cand[GEMM_CAND_MAX];
+    int n = 0, nc = 0;
+    GM_CHECK(pick_algos(g, key, key->tb, res, wide ? GEMM_WIDE_N : GEMM_TUNE_N, &n));
     *algo = res[0].algo;
     cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    if (n < 2 || !g->tune || T < GEMM_TUNE_MIN_M || cudaStreamIsCapturing(s, &cap) != cudaSuccess ||
+    if (g->tune == K_GEMM_TUNE_OFF || T < GEMM_TUNE_MIN_M || cudaStreamIsCapturing(s, &cap) != cudaSuccess ||
         cap != cudaStreamCaptureStatusNone)
+        return GM_OK;
+    for (int i = 0; i < n; i++)
+        cand[nc++] = res[i].algo;
+    for (int i = 0; wide && i < n && i < GEMM_SPLIT_N; i++)
+        split_variants(g, key, T, &res[i].algo, cand, &nc, GEMM_CAND_MAX);
+    if (nc < 2)
         return GM_OK;
     cudaEvent_t e0 = NULL, e1 = NULL;
     gm_status st = GM_OK;
     float best = -1.0f;
+    /* products of over ~1 ms (2 T N K > 1e12 FLOP) are timed once: the tuning of a 16k-row 7b gate|up then costs
+     * ~0.3 s, once per key */
+    const int reps = 2.0 * (double)T * (double)N * (double)K > 1e12 ? 1 : GEMM_TUNE_REPS;
     GM_CUDA_GOTO(cudaEventCreate(&e0), st, done);
     GM_CUDA_GOTO(cudaEventCreate(&e1), st, done);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < nc; i++) {
         cublasStatus_t cs;
-        GM_GOTO(run_lt(g, &res[i].algo, xq, T, K, ldx, Wq, ldw, N, y, key->yf32, ldy, s, &cs), st, done);
+        GM_GOTO(run_lt(g, &cand[i], xq, T, K, ldx, Wq, ldw, N, y, key->yf32, ldy, s, &cs), st, done);
         if (cs != CUBLAS_STATUS_SUCCESS)
             continue; /* this candidate does not take the exact T */
         GM_CUDA_GOTO(cudaEventRecord(e0, s), st, done);
-        for (int r = 0; r < GEMM_TUNE_REPS; r++)
-            GM_GOTO(run_lt(g, &res[i].algo, xq, T, K, ldx, Wq, ldw, N, y, key->yf32, ldy, s, &cs), st, done);
+        for (int r = 0; r < reps; r++)
+            GM_GOTO(run_lt(g, &cand[i], xq, T, K, ldx, Wq, ldw, N, y, key->yf32, ldy, s, &cs), st, done);
         GM_CUDA_GOTO(cudaEventRecord(e1, s), st, done);
         GM_CUDA_GOTO(cudaEventSynchronize(e1), st, done);
         float ms = 0.0f;
         GM_CUDA_GOTO(cudaEventElapsedTime(&ms, e0, e1), st, done);
         if (best < 0.0f || ms < best) {
             best = ms;
-            *algo = res[i].algo;
+            *algo = cand[i];
         }
     }
     g->n_tuned++;
+    g->n_candidates += nc;
 done:
     if (e0)
         cudaEventDestroy(e0);

@@ -43,9 +43,18 @@ int32_t k_gemm_fp8_ctx_cached(const k_gemm_fp8_ctx *g);
  * outside stream capture, tuning on). */
 int32_t k_gemm_fp8_ctx_tuned(const k_gemm_fp8_ctx *g);
 
-/* Time the candidates (1) or keep the heuristic's first choice (0) for keys not cached yet. Default:
- * k_gemm_tune_default() (launch.cuh: off under GM_GEMM_TUNE=0). */
-void k_gemm_fp8_ctx_set_tune(k_gemm_fp8_ctx *g, int on);
+/* How a key's algorithm is chosen on its first call (M >= 64, outside stream capture). */
+enum {
+    K_GEMM_TUNE_OFF = 0,  /* cuBLASLt's heuristic's first choice */
+    K_GEMM_TUNE_TOP = 1,  /* the fastest of the heuristic's first 8, timed on the call's operands */
+    K_GEMM_TUNE_WIDE = 2, /* M >= 1024: the fastest of its first 24 and the split-K variants (1, 2, 4 splits,
+                           * deterministic reductions) of its first 4; below as K_GEMM_TUNE_TOP */
+};
+/* Set the tuning level (clamped to the three above) and forget the algorithms chosen so far. Default:
+ * K_GEMM_TUNE_WIDE, or K_GEMM_TUNE_OFF under GM_GEMM_TUNE=0 (k_gemm_tune_default(), launch.cuh). */
+void k_gemm_fp8_ctx_set_tune(k_gemm_fp8_ctx *g, int level);
+/* Algorithms timed so far over all tuned keys (candidates plus split-K variants). */
+int64_t k_gemm_fp8_ctx_candidates(const k_gemm_fp8_ctx *g);
 
 /* y[T, N] = (*x_scale * *w_scale) * sum_k xq[t, k] * Wq[n, k], float32 accumulation, stored as bf16
  * (y_f32 = 0) or f32 (y_f32 = 1). xq e4m3 (row stride ldx); Wq e4m3 (row stride ldw); y row stride ldy;

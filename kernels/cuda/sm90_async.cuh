@@ -229,6 +229,43 @@ SM90_WGMMA_RS(sm90_rs_n128_f16, 128, "f16", SM90_D64, SM90_ACC64, "%64, %65, %66
 SM90_WGMMA_RS(sm90_rs_n256_bf16, 256, "bf16", SM90_D128, SM90_ACC128, "%128, %129, %130, %131", "%132", "%133")
 SM90_WGMMA_RS(sm90_rs_n256_f16, 256, "f16", SM90_D128, SM90_ACC128, "%128, %129, %130, %131", "%132", "%133")
 
+/* e4m3 x e4m3 -> f32 (QGMMA), m64nNk32: 8-bit operands are K-major only (no transpose arguments).
+ * A in registers (m64nNk32, 8-bit): 4 b32 registers of 4 codes each (lowest byte = lowest k):
+ * a0 = A[16w + g][4t .. 4t+3], a1 = A[16w + g + 8][4t .. 4t+3], a2 = A[16w + g][16+4t .. 16+4t+3],
+ * a3 = A[16w + g + 8][16+4t .. 16+4t+3]. D as for k16. A k32 step of a K-major SW128 operand is 32 bytes
+ * along its 128-byte row, as a k16 step of a 16-bit one. */
+#define SM90_QGMMA_SS(NAME, N, DLIST, ACC, IA, IB, IS)                                                             \
+    __device__ __forceinline__ void NAME(float(&d)[N / 2], uint64_t da, uint64_t db, int acc)                      \
+    {                                                                                                              \
+        asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, " IS ", 0;\n wgmma.mma_async.sync.aligned.m64n" #N       \
+                     "k32.f32.e4m3.e4m3 {" DLIST "}, " IA ", " IB ", p, 1, 1;\n}\n"                                 \
+                     : ACC(d)                                                                                      \
+                     : "l"(da), "l"(db), "r"(acc));                                                                \
+    }
+#define SM90_QGMMA_RS(NAME, N, DLIST, ACC, IA, IB, IS)                                                             \
+    __device__ __forceinline__ void NAME(float(&d)[N / 2], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,     \
+                                         uint64_t db, int acc)                                                     \
+    {                                                                                                              \
+        asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, " IS ", 0;\n wgmma.mma_async.sync.aligned.m64n" #N       \
+                     "k32.f32.e4m3.e4m3 {" DLIST "}, {" IA "}, " IB ", p, 1, 1;\n}\n"                               \
+                     : ACC(d)                                                                                      \
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "r"(acc));                                     \
+    }
+
+SM90_QGMMA_SS(sm90_qss_n128, 128, SM90_D64, SM90_ACC64, "%64", "%65", "%66")
+SM90_QGMMA_RS(sm90_qrs_n128, 128, SM90_D64, SM90_ACC64, "%64, %65, %66, %67", "%68", "%69")
+SM90_QGMMA_RS(sm90_qrs_n256, 256, SM90_D128, SM90_ACC128, "%128, %129, %130, %131", "%132", "%133")
+
+template <int N> __device__ __forceinline__ void sm90_qrs(float (&d)[N / 2], const uint32_t *a, uint64_t db, int acc)
+{
+    if constexpr (N == 128)
+        sm90_qrs_n128(d, a[0], a[1], a[2], a[3], db, acc);
+    else {
+        static_assert(N == 256, "QGMMA P.V width (head_dim): 128 or 256");
+        sm90_qrs_n256(d, a[0], a[1], a[2], a[3], db, acc);
+    }
+}
+
 /* Dispatch by shape and type (F16 = the FP8-KV kernels' f16 operands). */
 template <int N, bool F16> __device__ __forceinline__ void sm90_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int acc)
 {
