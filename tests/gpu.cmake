@@ -10,6 +10,21 @@ if(GM_HAVE_CUDA)
   add_test(NAME test_gpu_model_lm8 COMMAND test_gpu_model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(test_gpu_model_lm8 PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600
     ENVIRONMENT GM_TEST_LM=fp8 FIXTURES_REQUIRED tiny_model)
+  # Gemma 2/3: the kernels' options against their CPU twins; the engine on the tiny Gemma 2 and 3 checkpoints
+  # (16-token window, soft-caps, QK-norm, RoPE scaling) against the CPU engine, as loaded and with FP8 weights,
+  # FP8 KV, every decode row through XQA, the FP8 LM head
+  gm_add_test(test_gpu_gemma23 ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_gemma23.c
+    LIBS gm_cuda gm_kernels_cpu gm_common m LABELS gpu TIMEOUT 600)
+  foreach(fam gemma2 gemma3)
+    foreach(v "bf16;GM_TEST_QUANT=none" "fp8;GM_TEST_QUANT=fp8" "kv8;GM_TEST_KV=fp8" "xqa;GM_TEST_ATTN=xqa"
+              "lm8;GM_TEST_LM=fp8")
+      list(GET v 0 vname)
+      list(GET v 1 venv)
+      add_test(NAME test_gpu_model_${fam}_${vname} COMMAND test_gpu_model ${CMAKE_BINARY_DIR}/models/tiny_${fam})
+      set_tests_properties(test_gpu_model_${fam}_${vname} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600
+        FIXTURES_REQUIRED tiny_${fam} ENVIRONMENT "${venv}")
+    endforeach()
+  endforeach()
   # the CUDA engine's own sizes with no sizing options (ctl/sizing.h); takes the whole GPU
   gm_add_test(test_gpu_sizing ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sizing.c
     LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)
