@@ -10,6 +10,20 @@ if(GM_HAVE_CUDA)
   add_test(NAME test_gpu_model_lm8 COMMAND test_gpu_model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(test_gpu_model_lm8 PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600
     ENVIRONMENT GM_TEST_LM=fp8 FIXTURES_REQUIRED tiny_model)
+  # the CUDA engine's own sizes with no sizing options (ctl/sizing.h); takes the whole GPU
+  gm_add_test(test_gpu_sizing ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sizing.c
+    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(test_gpu_sizing PROPERTIES FIXTURES_REQUIRED tiny_model RUN_SERIAL TRUE)
+  # the clear error without a GPU runs on machines without one (skipped where one is present)
+  gm_add_test(test_gpu_nodev ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_nodev.c
+    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 60)
+  if(TARGET gemma-generate)
+    add_test(NAME test_gpu_generate
+      COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_generate.sh $<TARGET_FILE:gemma-generate>
+        ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_BINARY_DIR}/gpu_generate)
+    set_tests_properties(test_gpu_generate PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 300
+      FIXTURES_REQUIRED tiny_model)
+  endif()
   # Gemma 2/3: the kernels' options against their CPU twins; the engine on the tiny Gemma 2 and 3 checkpoints
   # (16-token window, soft-caps, QK-norm, RoPE scaling) against the CPU engine, as loaded and with FP8 weights,
   # FP8 KV, every decode row through XQA, the FP8 LM head
@@ -25,20 +39,6 @@ if(GM_HAVE_CUDA)
         FIXTURES_REQUIRED tiny_${fam} ENVIRONMENT "${venv}")
     endforeach()
   endforeach()
-  # the CUDA engine's own sizes with no sizing options (ctl/sizing.h); takes the whole GPU
-  gm_add_test(test_gpu_sizing ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sizing.c
-    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)
-  set_tests_properties(test_gpu_sizing PROPERTIES FIXTURES_REQUIRED tiny_model RUN_SERIAL TRUE)
-  # the clear error without a GPU runs on machines without one (skipped where one is present)
-  gm_add_test(test_gpu_nodev ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_nodev.c
-    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 60)
-  if(TARGET gemma-generate)
-    add_test(NAME test_gpu_generate
-      COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_generate.sh $<TARGET_FILE:gemma-generate>
-        ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_BINARY_DIR}/gpu_generate)
-    set_tests_properties(test_gpu_generate PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 300
-      FIXTURES_REQUIRED tiny_model)
-  endif()
 endif()
 
 # FP8 checkpoints (gemma-quantize --fp8, dynamic and calibrated) through the CUDA engine vs the CPU twin
