@@ -16,7 +16,8 @@ if(GM_HAVE_CUDA)
   set_tests_properties(test_gpu_sizing PROPERTIES FIXTURES_REQUIRED tiny_model RUN_SERIAL TRUE)
   # the clear error without a GPU runs on machines without one (skipped where one is present)
   gm_add_test(test_gpu_nodev ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_nodev.c
-    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 60)
+    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 60 ARGS ${CMAKE_BINARY_DIR}/models/tiny_gemma3)
+  set_tests_properties(test_gpu_nodev PROPERTIES FIXTURES_REQUIRED tiny_gemma3)
   if(TARGET gemma-generate)
     add_test(NAME test_gpu_generate
       COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_generate.sh $<TARGET_FILE:gemma-generate>
