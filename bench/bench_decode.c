@@ -1,10 +1,12 @@
-/* bench_decode.c - decode tokens/s of the CUDA engine at gemma-2b/7b shapes, beside the
- * weight-read bound (weight bytes / measured device-copy bandwidth, batch 1).
+/* bench_decode.c - decode tokens/s of the CUDA engine at Gemma 1 (2b, 7b), Gemma 2 (gemma2-9b) and Gemma 3
+ * (gemma3-4b, gemma3-12b) shapes, beside the weight-read bound (weight bytes / measured device-copy
+ * bandwidth, batch 1).
  *
  * Each sequence gets a random prompt (one prefill step each), then `gen` greedy decode steps
  * of the whole batch are timed by wall clock (every step is synchronous: tokens come back to
  * the host, as the serving loop sees them). Weights: random on the device at the preset's
- * shapes (--preset), or a checkpoint (--model). */
+ * shapes (--preset, or --config DIR: any config.json, e.g. gemma-mkmodel --preset P --config-only), or a
+ * checkpoint (--model). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,20 @@ static double now_s(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+/* The Gemma 2/3 presets: the public configs' shapes and switches (layer i slides unless (i + 1) % pattern == 0). */
+typedef struct g23_preset {
+    const char *name;
+    gm_family family;
+    int32_t vocab, hidden, inter, layers, heads, kv, window, pattern;
+    float attn_cap, final_cap, theta, theta_local, rope_scale;
+} g23_preset;
+
+static const g23_preset k_g23[] = {
+    {"gemma2-9b", GM_FAMILY_GEMMA2, 256000, 3584, 14336, 42, 16, 8, 4096, 2, 50.0f, 30.0f, 1e4f, 1e4f, 1.0f},
+    {"gemma3-4b", GM_FAMILY_GEMMA3, 262144, 2560, 10240, 34, 8, 4, 1024, 6, 0.0f, 0.0f, 1e6f, 1e4f, 8.0f},
+    {"gemma3-12b", GM_FAMILY_GEMMA3, 262144, 3840, 15360, 48, 16, 8, 1024, 6, 0.0f, 0.0f, 1e6f, 1e4f, 8.0f},
+};
+
 static int preset(const char *name, gm_model_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -35,8 +51,24 @@ static int preset(const char *name, gm_model_config *c)
         c->hidden_size = 3072, c->intermediate_size = 24576, c->num_layers = 28, c->num_heads = 16;
         c->num_kv_heads = 16;
     } else {
+        for (size_t i = 0; i < sizeof k_g23 / sizeof k_g23[0]; i++) {
+            const g23_preset *p = &k_g23[i];
+            if (strcmp(name, p->name))
+                continue;
+            c->vocab_size = p->vocab, c->hidden_size = p->hidden, c->intermediate_size = p->inter;
+            c->num_layers = p->layers, c->num_heads = p->heads, c->num_kv_heads = p->kv, c->rope_theta = p->theta;
+            gm_config_set_gemma1(c);
+            c->family = p->family, c->query_pre_attn_scalar = 256.0f;
+            c->attn_softcap = p->attn_cap, c->final_softcap = p->final_cap, c->sliding_window = p->window;
+            for (int32_t l = 0; l < c->num_layers; l++)
+                c->layer_sliding[l] = (uint8_t)((l + 1) % p->pattern != 0);
+            c->rope_theta_local = p->theta_local, c->rope_scale = p->rope_scale;
+            c->sandwich_norm = 1, c->qk_norm = p->family == GM_FAMILY_GEMMA3;
+            return 1;
+        }
         return 0;
     }
+    gm_config_set_gemma1(c);
     return 1;
 }
 
@@ -139,18 +171,21 @@ static int act_mode(gm_engine *e, float s)
 
 int main(int argc, char **argv)
 {
-    const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1";
+    const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1", *cfg_dir = NULL;
     int32_t prompt = 128, gen = 256;
     int variants = 0, q_fp8 = 0, kv_fp8 = 0, act = 0, lm8 = 0; /* act: 0 as loaded, 1 dynamic, 2 static, 3 both */
     int attn = GM_CUDA_ATTN_AUTO, pre_attn = GM_CUDA_PREFILL_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
-            printf("usage: bench_decode [--preset 2b|7b | --model DIR] [--prompt N] [--gen N] [--batch B[,B...]]\n"
+            printf("usage: bench_decode [--preset P | --config DIR | --model DIR] [--prompt N] [--gen N]\n"
+                   "                    [--batch B[,B...]]\n"
                    "                    [--variants] [--csv FILE] [--quant none|fp8|awq] [--kv-dtype bf16|fp8]\n"
                    "                    [--xqa 0|1|2] [--act-scale dynamic|static|both]\n"
                    "                    [--lm-head bf16|fp8] [--prefill-attn auto|mma|hopper|e4m3]\n"
-                   "Decode tokens/s of the CUDA engine; --variants adds, at batch 1, cuBLASLt instead of the bf16\n"
+                   "Decode tokens/s of the CUDA engine, random weights at a preset's shapes (2b, 7b, gemma2-9b,\n"
+                   "gemma3-4b, gemma3-12b) or a config.json's (--config DIR), or a checkpoint (--model DIR).\n"
+                   "--variants adds, at batch 1, cuBLASLt instead of the bf16\n"
                    "GEMV kernel, no programmatic dependent launch, no CUDA graphs, and a per-op profile.\n"
                    "--act-scale (FP8 weights): dynamic per-tensor activation scales, or static ones (one fixed\n"
                    "scale, as calibrated input scales would be; the speed does not depend on its value), or both\n"
@@ -163,6 +198,8 @@ int main(int argc, char **argv)
             pre = v, i++;
         } else if (!strcmp(a, "--model") && v) {
             model = v, i++;
+        } else if (!strcmp(a, "--config") && v) {
+            cfg_dir = v, i++;
         } else if (!strcmp(a, "--prompt") && v) {
             prompt = atoi(v), i++;
         } else if (!strcmp(a, "--gen") && v) {
@@ -226,8 +263,15 @@ int main(int argc, char **argv)
         p++;
     }
     gm_model_config cfg;
-    if (!model && !preset(pre, &cfg)) {
-        fprintf(stderr, "bench_decode: unknown preset '%s' (2b or 7b)\n", pre);
+    if (!model && cfg_dir) {
+        gm_status cs = gm_config_load_dir(cfg_dir, &cfg);
+        if (cs) {
+            fprintf(stderr, "bench_decode: --config %s: %s\n", cfg_dir, gm_last_error());
+            return 2;
+        }
+        pre = cfg_dir;
+    } else if (!model && !preset(pre, &cfg)) {
+        fprintf(stderr, "bench_decode: unknown preset '%s' (2b, 7b, gemma2-9b, gemma3-4b or gemma3-12b)\n", pre);
         return 2;
     }
     gm_engine_opts o;

@@ -329,15 +329,16 @@ static void run_attn(void *p, int rep)
 {
     attn_ctx *c = p;
     int64_t qw = (int64_t)c->nh * 256;
+    const k_attn_opts ao = {0.0625f, 0.0f, 0}; /* Gemma 1 */
     if (c->prefill == 2)
         GOK(k_attn_decode_fp8(c->q, qw, c->B, c->nh, c->nkv, 256, c->kp, c->vp, 16, c->bt, c->max_blocks, c->ctx,
-                              0.0625f, 0.01f, c->n_split, c->scratch, c->out, qw, NULL, NULL, g_s));
+                              &ao, 0.01f, c->n_split, c->scratch, c->out, qw, NULL, NULL, g_s));
     else if (c->prefill)
         GOK(k_attn_prefill(c->q, qw, c->B, c->qs, c->nn, c->sp, c->max_new, c->nh, c->nkv, 256, c->kp, c->vp, 16,
                            c->bt, c->max_blocks, 0.0625f, c->out, qw, g_s));
     else
         GOK(k_attn_decode(c->q, qw, c->B, c->nh, c->nkv, 256, c->kp, c->vp, 16, c->bt, c->max_blocks, c->ctx,
-                          0.0625f, c->n_split, c->scratch, c->out, qw, g_s));
+                          &ao, c->n_split, c->scratch, c->out, qw, g_s));
 }
 
 static void bench_attn(const char *model, int32_t nh, int32_t nkv, int32_t B, int32_t ctx_len, int prefill,

@@ -157,8 +157,9 @@ static void launch(int which, const pb_shape *s, const pb_bufs *b, void *out)
         GOK(k_attn_prefill_hopper(b->q, qw, tokens, s->batch, b->q_start, b->n_new, b->start, s->T, s->nh, s->nkv,
                                   PB_HD, b->k, b->v, PB_BS, b->pool_blocks, b->bt, b->bt_stride, &o, out, qw, 0));
     } else {
+        const k_attn_opts ao = {scale, 0.0f, 0};
         GOK(k_attn_prefill_kv(b->q, qw, s->batch, b->q_start, b->n_new, b->start, s->T, s->nh, s->nkv, PB_HD, b->k,
-                              b->v, PB_BS, b->bt, b->bt_stride, scale, out, qw, s->fp8, kvs, 0));
+                              b->v, PB_BS, b->bt, b->bt_stride, &ao, out, qw, s->fp8, kvs, 0));
     }
     CU(cudaGetLastError());
 }

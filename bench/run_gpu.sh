@@ -35,6 +35,15 @@
 #   fp8ckpt  FP8 checkpoints (dynamic, calibrated) on the CUDA engine vs the CPU engine, tiny and 2b2
 #   actscale bench_decode with FP8 weights: dynamic vs static activation scales, 2b and 7b; + FP8 LM head
 #   awq2     test_gpu_awq, awq_bench, batch-1/4 decode of the AWQ 2b/7b checkpoints
+#   g23tests Gemma 2/3: test_gpu_gemma23 (the kernels' soft-cap, window, QK-norm, sandwich norm, scaled
+#            RoPE against their CPU twins); test_gpu_model on tiny-gemma2/3 (bf16, FP8 KV, XQA forced, FP8
+#            weights, FP8 LM head), on tiny Gemma 1, and on cuts of gemma2-9b (2 layers), gemma3-4b (6
+#            layers, the last one full; vocab 262208, a multimodal checkpoint's) and gemma3-12b (2 layers),
+#            window 24 so that the prompts cross it; test_gpu_xqa, test_gpu_ops (the API change)
+#   g23sanitize  compute-sanitizer memcheck of the Gemma 2/3 kernel options
+#   g23bench bench_decode at gemma2-9b, gemma3-4b, gemma3-12b (random weights): batch 1 and 128/128-like
+#            batches (64, 128), bf16 and FP8 (static activation scales, FP8 LM head), FP8 KV; long prompts
+#            past the window; the 2b preset in the same run as the Gemma 1 baseline
 # Every run is cut to the time left of $GM_TIME_BUDGET (SKIP(budget) once it is spent).
 # Binaries come from $PACK (default pack/, built on the development machine and carried; an
 # xz tarball $PACK/bins.tar.xz of them is unpacked first);
@@ -542,6 +551,57 @@ PY
       run "awq_b1_${mdl}" 120 "$log" "$PACK/bench_decode" --model "$M/${mdl}awq" --quant awq --batch 1,4 --gen 128
     done
     grep -E "tok/s|GB/s" "$log" | tee -a "$summary"
+    ;;
+  g23tests)
+    # most telling first: the kernels' options, the engine on the tiny Gemma 2/3, the realistic cuts, Gemma 1
+    log=$OUT/g23tests.log
+    mk tiny --preset tiny --seed 1
+    mk tiny_gemma2 --preset tiny-gemma2 --seed 5
+    mk tiny_gemma3 --preset tiny-gemma3 --seed 5
+    run test_gpu_gemma23 300 "$log" "$PACK/test_gpu_gemma23"
+    for v in "bf16:GM_TEST_QUANT=none" "kv8:GM_TEST_KV=fp8" "xqa:GM_TEST_ATTN=xqa" "fp8:GM_TEST_QUANT=fp8" \
+             "lm8:GM_TEST_LM=fp8"; do
+      run "g23_model_tiny_${v%%:*}" 300 "$log" env "${v#*:}" "$PACK/test_gpu_model" "$M/tiny_gemma2" "$M/tiny_gemma3"
+    done
+    run g23_model_gemma1 300 "$log" "$PACK/test_gpu_model" "$M/tiny"
+    run test_gpu_xqa_g23 300 "$log" env GM_TEST_FILTER='test_xqa_gemma23' "$PACK/test_gpu_xqa"
+    mk g2_9b2 --preset gemma2-9b --layers 2 --sliding-window 24 --vocab 32768 --seed 7
+    mk g3_4b6 --preset gemma3-4b --layers 6 --sliding-window 24 --vocab 262208 --seed 8 # layer 5: full, RoPE x8
+    mk g3_12b2 --preset gemma3-12b --layers 2 --sliding-window 24 --vocab 32768 --seed 9
+    run g23_model_cuts 500 "$log" "$PACK/test_gpu_model" "$M/g2_9b2" "$M/g3_4b6" "$M/g3_12b2"
+    run g23_model_cuts_xqa_kv8 500 "$log" env GM_TEST_ATTN=xqa GM_TEST_KV=fp8 "$PACK/test_gpu_model" "$M/g2_9b2" \
+      "$M/g3_4b6" "$M/g3_12b2"
+    run test_gpu_ops_g23 300 "$log" "$PACK/test_gpu_ops"
+    run test_gpu_xqa_all 420 "$log" "$PACK/test_gpu_xqa"
+    grep -E "^model|worst logits nerr|nerr .*tol|codes differ|FAIL" "$log" > "$OUT/g23tests_summary.txt"
+    ;;
+  g23sanitize)
+    # compute-sanitizer memcheck on the Gemma 2/3 kernel options (slow: after g23tests)
+    log=$OUT/g23sanitize.log
+    cs="compute-sanitizer --error-exitcode 9 --leak-check no --tool memcheck"
+    run mc_g23_decode 200 "$log" env GM_TEST_FILTER='test_decode_opts' $cs "$PACK/test_gpu_gemma23"
+    run mc_g23_prefill 200 "$log" env GM_TEST_FILTER='test_prefill_opts' $cs "$PACK/test_gpu_gemma23"
+    run mc_g23_norm 150 "$log" env GM_TEST_FILTER='test_norm_sandwich' $cs "$PACK/test_gpu_gemma23"
+    run mc_g23_rope 150 "$log" env GM_TEST_FILTER='test_rope_qkn' $cs "$PACK/test_gpu_gemma23"
+    run mc_g23_xqa 200 "$log" env GM_TEST_FILTER='test_xqa_gemma23' $cs "$PACK/test_gpu_xqa"
+    grep -E "ERROR SUMMARY|Invalid" "$log" | sort | uniq -c | head -20 | tee -a "$summary"
+    ;;
+  g23bench)
+    # tokens/s with the weight-read bound beside it; each preset's engine runs its batches in one process
+    log=$OUT/g23bench.log
+    d8="--quant fp8 --act-scale static --lm-head fp8"
+    run g23b_2b_base 200 "$log" "$PACK/bench_decode" --preset 2b --batch 1,64 --gen 128 $d8
+    for p in gemma2-9b gemma3-4b gemma3-12b; do
+      run "g23b_${p}_bf16" 300 "$log" "$PACK/bench_decode" --preset $p --prompt 128 --gen 128 --batch 1,64,128
+      run "g23b_${p}_fp8" 300 "$log" "$PACK/bench_decode" --preset $p --prompt 128 --gen 128 --batch 1,64,128 $d8
+      run "g23b_${p}_fp8_kv8" 300 "$log" "$PACK/bench_decode" --preset $p --prompt 128 --gen 128 --batch 1,128 $d8 \
+        --kv-dtype fp8
+      # past the window (gemma3: 1024, gemma2: 4096): the sliding layers read the window only
+      run "g23b_${p}_long" 300 "$log" "$PACK/bench_decode" --preset $p --prompt 6000 --gen 128 --batch 1,16 $d8
+    done
+    run g23b_gemma3-4b_b1_variants 200 "$log" "$PACK/bench_decode" --preset gemma3-4b --batch 1 --gen 128 $d8 \
+      --variants
+    grep -E "tok/s|profile" "$log" | tee -a "$summary"
     ;;
   *)
     say "unknown phase $ph"

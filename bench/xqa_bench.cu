@@ -86,9 +86,10 @@ static void run_peer(void *c_, int rep)
 {
     bctx *c = (bctx *)c_;
     const k_xqa_params *p = &c->p;
+    const k_attn_opts ao = {p->scale, p->softcap, p->window};
     GOK(k_attn_decode(p->q, p->ldq, p->batch, p->n_heads, p->n_kv, p->head_dim, p->k_pool, p->v_pool, p->block_size,
                       c->bt_all + (int64_t)(rep % c->n_rot) * p->batch * c->bt_stride, c->bt_stride, p->seq_lens,
-                      p->scale, c->n_split, c->dscratch, p->out, p->ldo, 0));
+                      &ao, c->n_split, c->dscratch, p->out, p->ldo, 0));
 }
 
 static int parse_list(const char *s, int *out, int max)

@@ -20,7 +20,8 @@ if(GM_HAVE_CUDA)
   set_tests_properties(test_gpu_sizing PROPERTIES FIXTURES_REQUIRED tiny_model RUN_SERIAL TRUE)
   # the clear error without a GPU runs on machines without one (skipped where one is present)
   gm_add_test(test_gpu_nodev ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_nodev.c
-    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 60)
+    LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 60 ARGS ${CMAKE_BINARY_DIR}/models/tiny_gemma3)
+  set_tests_properties(test_gpu_nodev PROPERTIES FIXTURES_REQUIRED tiny_gemma3)
   if(TARGET gemma-generate)
     add_test(NAME test_gpu_generate
       COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_generate.sh $<TARGET_FILE:gemma-generate>
@@ -28,6 +29,21 @@ if(GM_HAVE_CUDA)
     set_tests_properties(test_gpu_generate PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 300
       FIXTURES_REQUIRED tiny_model)
   endif()
+  # Gemma 2/3: the kernels' options against their CPU twins; the engine on the tiny Gemma 2 and 3 checkpoints
+  # (16-token window, soft-caps, QK-norm, RoPE scaling) against the CPU engine, as loaded and with FP8 weights,
+  # FP8 KV, every decode row through XQA, the FP8 LM head
+  gm_add_test(test_gpu_gemma23 ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_gemma23.c
+    LIBS gm_cuda gm_kernels_cpu gm_common m LABELS gpu TIMEOUT 600)
+  foreach(fam gemma2 gemma3)
+    foreach(v "bf16;GM_TEST_QUANT=none" "fp8;GM_TEST_QUANT=fp8" "kv8;GM_TEST_KV=fp8" "xqa;GM_TEST_ATTN=xqa"
+              "lm8;GM_TEST_LM=fp8")
+      list(GET v 0 vname)
+      list(GET v 1 venv)
+      add_test(NAME test_gpu_model_${fam}_${vname} COMMAND test_gpu_model ${CMAKE_BINARY_DIR}/models/tiny_${fam})
+      set_tests_properties(test_gpu_model_${fam}_${vname} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600
+        FIXTURES_REQUIRED tiny_${fam} ENVIRONMENT "${venv}")
+    endforeach()
+  endforeach()
 endif()
 
 # FP8 checkpoints (gemma-quantize --fp8, dynamic and calibrated) through the CUDA engine vs the CPU twin

@@ -1,10 +1,11 @@
 /* test_gpu_model.c - the CUDA engine against the CPU engine on a whole model.
  *
  * usage: test_gpu_model MODEL_DIR [MODEL_DIR...]   (default: $GM_BIN/models/tiny)
- * For each model: a teacher-forced prompt (logits of every position), chunked prefill, greedy
- * decode steps through the CUDA graphs (one sequence, then three at once, padded to a bucket),
- * and the device-side token feed (-1 tokens), each compared with the CPU engine by normalized
- * logits error. The GPU keeps bf16 activations (as Hugging Face does), the CPU float32, so the
+ * For each model (Gemma 1, 2 or 3): a teacher-forced prompt (logits of every position), chunked prefill,
+ * greedy decode steps through the CUDA graphs (one sequence, then three at once, padded to a bucket), a mixed
+ * step, and the device-side token feed (-1 tokens), each compared with the CPU engine by normalized
+ * logits error. The 40-token prompt and the chunks (starting at 0, inside a 16-token window and past it)
+ * cross the tiny Gemma 2/3 checkpoints' sliding window. The GPU keeps bf16 activations (as Hugging Face does), the CPU float32, so the
  * tolerance is that of bf16 rounding through the layers. Exit 77 without a GPU.
  * GM_TEST_QUANT=fp8 runs both engines with FP8 weights and dynamic FP8 activations (the CPU engine
  * is the twin: same codes up to bf16-vs-f32 activation differences); GM_TEST_KV=fp8 gives the CUDA
@@ -32,6 +33,7 @@
 #include "worker/engine.h"
 #include "worker/engine_cuda.h"
 #include "tests/test_check.h"
+#include "tests/test_gpu_util.h"
 
 #define TOL_BF16 6e-2 /* bf16 activations vs float32, a few layers of random weights */
 #define TOL_KV8 1.5e-1 /* + e4m3 K/V (3 mantissa bits) */
@@ -43,19 +45,6 @@ static gm_cuda_attn g_attn = GM_CUDA_ATTN_AUTO;
 static const char *g_models[16];
 static int g_n_models;
 
-
-static double nerr(const float *a, const float *b, int64_t n)
-{
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (isnan(a[i]) || isnan(b[i]))
-            return INFINITY;
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * (double)b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1e-30));
-}
 
 static int64_t argmax(const float *x, int64_t n)
 {
@@ -163,9 +152,11 @@ static double step_both(pair *p, const gm_seq_step *seqs, int32_t n, int64_t row
 
 static void run_model(const char *dir)
 {
-    printf("model %s\n", dir);
     pair p;
     open_pair(dir, &p);
+    printf("model %s: Gemma %d, window %d, soft-caps %g / %g, QK-norm %d, %d layers, %d:%d heads, head_dim %d, "
+           "vocab %d\n", dir, (int)p.cfg.family, p.cfg.sliding_window, (double)p.cfg.attn_softcap, (double)p.cfg.final_softcap,
+           p.cfg.qk_norm, p.cfg.num_layers, p.cfg.num_heads, p.cfg.num_kv_heads, p.cfg.head_dim, p.cfg.vocab_size);
     int32_t V = p.V;
     enum { NP = 40 };
     int32_t prompt[NP];
@@ -198,13 +189,16 @@ static void run_model(const char *dir)
     }
     printf("  greedy tokens agree %d/6\n", agree);
 
-    /* 3. chunked prefill of another sequence (slot 1): 25 tokens, then 15 at start 25 */
-    gm_seq_step c1 = {1, prompt, 25, 0, bt1, 64, GM_LOGITS_NONE, GM_SAMPLING_GREEDY};
+    /* 3. chunked prefill of another sequence (slot 1): 10 tokens, 15 at start 10 (inside a 16-token window),
+     * then 15 at start 25 (past it) */
+    gm_seq_step c1 = {1, prompt, 10, 0, bt1, 64, GM_LOGITS_NONE, GM_SAMPLING_GREEDY};
     GOK(gm_engine_step(p.cpu, &c1, 1, &(gm_step_out){tc, NULL, 0}));
     GOK(gm_engine_step(p.gpu, &c1, 1, &(gm_step_out){tg, NULL, 0}));
     assert_int_equal(tg[0], -1);
+    gm_seq_step c15 = {1, prompt + 10, 15, 10, bt1, 64, GM_LOGITS_ALL, GM_SAMPLING_GREEDY};
+    assert_true(step_both(&p, &c15, 1, 15, tc, tg, "second prefill chunk (start 10)") < TOL_LOGITS);
     gm_seq_step c2 = {1, prompt + 25, 15, 25, bt1, 64, GM_LOGITS_ALL, GM_SAMPLING_GREEDY};
-    assert_true(step_both(&p, &c2, 1, 15, tc, tg, "second prefill chunk") < TOL_LOGITS);
+    assert_true(step_both(&p, &c2, 1, 15, tc, tg, "third prefill chunk (start 25)") < TOL_LOGITS);
 
     /* 4. a mixed step: slot 2 prefills 9 tokens while slots 0 and 1 decode (listed after the prefill:
      * the CUDA engine moves decode rows first and must hand results back in the caller's order) */

@@ -33,93 +33,7 @@
 #include "kernels/cuda/rope_kv.cuh"
 #include "kernels/cuda/sample.cuh"
 #include "tests/test_check.h"
-
-#define CK(x) assert_int_equal((int)(x), 0)
-
-static uint64_t g_rng = 0x1234567887654321ull;
-
-static float frand(void) /* uniform in [-1, 1) */
-{
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((g_rng >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
-}
-
-static float nrand(void) /* roughly normal */
-{
-    return (frand() + frand() + frand()) * 1.0f;
-}
-
-/* n random values in [-scale, scale], rounded to bf16: f32 copy in *f, bf16 bits in *b. */
-static void rand_bf16(int64_t n, float scale, float **f, uint16_t **b)
-{
-    *f = malloc((size_t)n * sizeof(float));
-    *b = malloc((size_t)n * sizeof(uint16_t));
-    assert_non_null(*f);
-    assert_non_null(*b);
-    for (int64_t i = 0; i < n; i++) {
-        (*b)[i] = gm_f32_to_bf16(frand() * scale);
-        (*f)[i] = gm_bf16_to_f32((*b)[i]);
-    }
-}
-
-static void *dev_put(const void *h, size_t bytes)
-{
-    void *d = NULL;
-    CK(cudaMalloc(&d, bytes ? bytes : 16));
-    if (h)
-        CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
-    return d;
-}
-
-/* A bf16 device buffer poisoned with NaN. */
-static void *dev_poison_bf16(int64_t n)
-{
-    void *d = dev_put(NULL, (size_t)n * 2);
-    CK(cudaMemset(d, 0xff, (size_t)n * 2));
-    return d;
-}
-
-static float *get_bf16(const void *d, int64_t n)
-{
-    uint16_t *b = malloc((size_t)n * 2);
-    float *f = malloc((size_t)n * sizeof(float));
-    CK(cudaDeviceSynchronize());
-    CK(cudaMemcpy(b, d, (size_t)n * 2, cudaMemcpyDeviceToHost));
-    for (int64_t i = 0; i < n; i++)
-        f[i] = gm_bf16_to_f32(b[i]);
-    free(b);
-    return f;
-}
-
-static float *get_f32(const void *d, int64_t n)
-{
-    float *f = malloc((size_t)n * sizeof(float));
-    CK(cudaDeviceSynchronize());
-    CK(cudaMemcpy(f, d, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost));
-    return f;
-}
-
-/* ||a - b|| / ||b||; NaN anywhere gives +inf. */
-static double nerr(const float *a, const float *b, int64_t n)
-{
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (isnan(a[i]) || isnan(b[i]))
-            return INFINITY;
-        double d = (double)a[i] - (double)b[i];
-        num += d * d;
-        den += (double)b[i] * (double)b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1e-30));
-}
-
-static void expect_close(const char *what, const float *gpu, const float *cpu, int64_t n, double tol)
-{
-    double e = nerr(gpu, cpu, n);
-    printf("  %-44s nerr %.2e (tol %.0e)\n", what, e, tol);
-    if (!(e <= tol))
-        fail_msg("%s: normalized error %.3e > %.1e", what, e, tol);
-}
+#include "tests/test_gpu_util.h"
 
 /* e4m3 codes a kernel wrote for the o_proj (out8) against k_fp8_quantize's rule applied to the bf16
  * output the same kernel wrote without out8: e4m3_satfinite(bf16 * (1 / scale)), bit for bit. */
@@ -225,22 +139,6 @@ static void test_rmsnorm(void **state)
 
 /* ------------------------------------------------------------------ rope + kv write */
 
-/* A random block table: a permutation of nb blocks out of pool_blocks. */
-static void rand_table(int32_t *bt, int32_t nb, int32_t pool_blocks)
-{
-    int32_t *perm = malloc((size_t)pool_blocks * sizeof(int32_t));
-    for (int32_t i = 0; i < pool_blocks; i++)
-        perm[i] = i;
-    for (int32_t i = pool_blocks - 1; i > 0; i--) {
-        int32_t j = (int32_t)(((frand() + 1.0f) * 0.5f) * (float)(i + 1)) % (i + 1);
-        int32_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
-    memcpy(bt, perm, (size_t)nb * sizeof(int32_t));
-    free(perm);
-}
-
 static void check_rope_kv(int32_t nh, int32_t nkv, int32_t hd, int64_t T, int32_t start, int32_t bs)
 {
     int64_t ld = (int64_t)(nh + 2 * nkv) * hd;
@@ -261,7 +159,7 @@ static void check_rope_kv(int32_t nh, int32_t nkv, int32_t hd, int64_t T, int32_
     void *dk = dev_poison_bf16(pool_elems), *dv = dev_poison_bf16(pool_elems);
     int32_t max_pos = start + (int32_t)T;
     float *dinv = dev_put(NULL, (size_t)max_pos * (size_t)hd * 4);
-    GOK(k_rope_table(dinv, max_pos, hd, 10000.0f));
+    GOK(k_rope_table(dinv, max_pos, hd, 10000.0f, 1.0f));
     int32_t *dpos = dev_put(pos, (size_t)T * 4), *dslot = dev_put(slot, (size_t)T * 4);
     GOK(k_rope_kv_write(dq, ld, T, nh, nkv, hd, dpos, dinv, dslot, dk, dv, bs, 0));
 
@@ -431,33 +329,6 @@ static void test_gemm_geglu(void **state)
 
 /* ------------------------------------------------------------------ attention */
 
-typedef struct attn_case {
-    int32_t nh, nkv, hd, bs;
-} attn_case;
-
-/* Random K/V pools for n_seqs sequences of ctx[i] positions each; bt [n_seqs, max_blocks]. */
-static void make_pools(const attn_case *ac, int32_t n_seqs, const int32_t *ctx, int32_t max_blocks, int32_t *bt,
-                       int32_t *pool_blocks, float **kf, uint16_t **kb, float **vf, uint16_t **vb)
-{
-    int32_t total = 0;
-    for (int32_t i = 0; i < n_seqs; i++)
-        total += (ctx[i] + ac->bs - 1) / ac->bs;
-    *pool_blocks = total + 3;
-    int32_t *perm = malloc((size_t)*pool_blocks * 4);
-    rand_table(perm, *pool_blocks, *pool_blocks);
-    int32_t used = 0;
-    for (int32_t i = 0; i < n_seqs; i++) {
-        int32_t nb = (ctx[i] + ac->bs - 1) / ac->bs;
-        for (int32_t j = 0; j < max_blocks; j++)
-            bt[i * max_blocks + j] = j < nb ? perm[used + j] : 0;
-        used += nb;
-    }
-    free(perm);
-    int64_t elems = (int64_t)*pool_blocks * ac->nkv * ac->bs * ac->hd;
-    rand_bf16(elems, 2.0f, kf, kb);
-    rand_bf16(elems, 1.0f, vf, vb);
-}
-
 /* k_attn_decode (fp8 = 0) or k_attn_decode_fp8 (fp8 = 1: the pools hold e4m3 codes of the random values,
  * the reference reads the codes' exact values times kv_scale) against cpu_attention_paged; the FP8
  * kernel's e4m3 output (the o_proj's input) against k_fp8_quantize's rule, saturating too. */
@@ -496,13 +367,14 @@ static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int
     void *scratch = dev_put(NULL, sbytes);
     CK(cudaMemset(scratch, 0, sbytes));
     float scale = 1.0f / sqrtf((float)ac->hd);
+    const k_attn_opts ao = {scale, 0.0f, 0};
     for (int call = 0; call < 2; call++) { /* the same call twice, on the same scratch */
         CK(cudaMemset(dout, 0xff, (size_t)(B * qw * 2)));
         if (fp8)
-            GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
+            GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, &ao,
                                   kv_scale, ns, scratch, dout, qw, NULL, NULL, 0));
         else
-            GOK(k_attn_decode(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale, ns,
+            GOK(k_attn_decode(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, &ao, ns,
                               scratch, dout, qw, 0));
     }
     float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
@@ -525,17 +397,17 @@ static void check_decode(const attn_case *ac, int32_t B, const int32_t *ctx, int
         for (int k = 0; k < 2; k++) {
             CK(cudaMemcpy(dosc, &osc[k], 4, cudaMemcpyHostToDevice));
             CK(cudaMemset(d8, 0x7f, (size_t)(B * qw)));
-            GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, scale,
+            GOK(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, &ao,
                                   kv_scale, ns, scratch, dout, qw, d8, dosc, 0));
             expect_codes(k ? "decode attn fp8, e4m3 output, saturating" : "decode attn fp8, e4m3 output", d8, g,
                          B * qw, osc[k]);
         }
         /* an e4m3 output needs its scale; the pool's scale must be positive */
         assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx,
-                                           scale, kv_scale, ns, scratch, dout, qw, d8, NULL, 0),
+                                           &ao, kv_scale, ns, scratch, dout, qw, d8, NULL, 0),
                          GM_ERR_INVALID_ARG);
         assert_int_equal(k_attn_decode_fp8(dq, qw, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx,
-                                           scale, 0.0f, ns, scratch, dout, qw, NULL, NULL, 0),
+                                           &ao, 0.0f, ns, scratch, dout, qw, NULL, NULL, 0),
                          GM_ERR_INVALID_ARG);
         cudaFree(d8), cudaFree(dosc);
     }
@@ -567,22 +439,23 @@ static void check_decode_rope(const attn_case *ac, int32_t B, const int32_t *ctx
     int32_t *dbt = dev_put(bt, (size_t)(B * max_blocks) * 4), *dctx = dev_put(ctx, (size_t)B * 4);
     int32_t *dslot = dev_put(slot, (size_t)B * 4);
     float *dtab = dev_put(NULL, (size_t)max_ctx * (size_t)ac->hd * 4);
-    GOK(k_rope_table(dtab, max_ctx, ac->hd, 10000.0f));
+    GOK(k_rope_table(dtab, max_ctx, ac->hd, 10000.0f, 1.0f));
     void *dout = dev_poison_bf16(B * qw);
     int32_t ns = k_attn_decode_splits(B, ac->nkv, max_ctx, 132);
     size_t sbytes = k_attn_decode_scratch_bytes(B, ac->nh, ac->nkv, ac->hd, ns);
     void *scratch = dev_put(NULL, sbytes);
     CK(cudaMemset(scratch, 0, sbytes));
     float scale = 1.0f / sqrtf((float)ac->hd);
+    const k_attn_opts ao = {scale, 0.0f, 0};
     GOK(k_attn_decode_rope(dx, ld, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, dslot, dtab,
-                           scale, ns, scratch, dout, qw, NULL, NULL, 0));
+                           NULL, &ao, ns, scratch, dout, qw, NULL, NULL, 0));
     float *g = get_bf16(dout, B * qw), *c = calloc((size_t)(B * qw), 4);
     { /* the same step with the output as e4m3 codes under a static scale (the o_proj's FP8 input) */
         float osc = 0.004f, *dosc = dev_put(&osc, 4);
         void *d8 = dev_put(NULL, (size_t)(B * qw));
         CK(cudaMemset(d8, 0x7f, (size_t)(B * qw)));
         GOK(k_attn_decode_rope(dx, ld, B, ac->nh, ac->nkv, ac->hd, dk, dv, ac->bs, dbt, max_blocks, dctx, dslot,
-                               dtab, scale, ns, scratch, dout, qw, d8, dosc, 0));
+                               dtab, NULL, &ao, ns, scratch, dout, qw, d8, dosc, 0));
         expect_codes("decode attn+rope, e4m3 output", d8, g, B * qw, osc);
         cudaFree(d8), cudaFree(dosc);
     }
@@ -590,9 +463,7 @@ static void check_decode_rope(const attn_case *ac, int32_t B, const int32_t *ctx
     for (int32_t i = 0; i < B; i++) {
         if (ctx[i] == 0)
             continue;
-        memcpy(q, xf + i * ld, (size_t)qw * 4);
-        memcpy(k, xf + i * ld + qw, (size_t)kw * 4);
-        memcpy(v, xf + i * ld + qw + kw, (size_t)kw * 4);
+        qkv_row_split(xf + i * ld, qw, kw, q, k, v);
         cpu_rope(q, 1, ac->nh, ac->hd, &pos[i], 10000.0f);
         cpu_rope(k, 1, ac->nkv, ac->hd, &pos[i], 10000.0f);
         for (int64_t j = 0; j < qw; j++) /* the GPU rounds rotated q to bf16 as HF does */
@@ -644,14 +515,8 @@ static void test_attn_decode(void **state)
 
 static void check_prefill(const attn_case *ac, int32_t n_seqs, const int32_t *start, const int32_t *nnew)
 {
-    int32_t ctx[8], max_ctx = 0, max_new = 0, T = 0, qs[8];
-    for (int32_t i = 0; i < n_seqs; i++) {
-        ctx[i] = start[i] + nnew[i];
-        max_ctx = ctx[i] > max_ctx ? ctx[i] : max_ctx;
-        max_new = nnew[i] > max_new ? nnew[i] : max_new;
-        qs[i] = T;
-        T += nnew[i];
-    }
+    int32_t ctx[8], max_ctx, max_new, T, qs[8];
+    prefill_layout(n_seqs, start, nnew, ctx, qs, &max_ctx, &max_new, &T);
     int32_t max_blocks = (max_ctx + ac->bs - 1) / ac->bs, pool_blocks;
     int32_t *bt = malloc((size_t)(n_seqs * max_blocks) * 4);
     float *kf, *vf, *qf;
@@ -808,9 +673,10 @@ static void test_bad_args(void **state)
 {
     (void)state;
     assert_int_equal(k_rmsnorm(NULL, 8, NULL, 1, 12, 1e-6f, NULL, 8, 0), GM_ERR_UNSUPPORTED);
-    assert_int_equal(k_attn_decode(NULL, 256, 1, 8, 3, 256, NULL, NULL, 16, NULL, 1, NULL, 1.0f, 1, NULL, NULL, 256, 0),
+    const k_attn_opts ao = {1.0f, 0.0f, 0};
+    assert_int_equal(k_attn_decode(NULL, 256, 1, 8, 3, 256, NULL, NULL, 16, NULL, 1, NULL, &ao, 1, NULL, NULL, 256, 0),
                      GM_ERR_INVALID_ARG);
-    assert_int_equal(k_attn_decode(NULL, 256, 1, 8, 1, 256, NULL, NULL, 16, NULL, 1, NULL, 1.0f, ATTN_DECODE_MAX_SPLIT + 1,
+    assert_int_equal(k_attn_decode(NULL, 256, 1, 8, 1, 256, NULL, NULL, 16, NULL, 1, NULL, &ao, ATTN_DECODE_MAX_SPLIT + 1,
                                    NULL, NULL, 256, 0),
                      GM_ERR_INVALID_ARG);
     assert_int_equal(k_attn_prefill(NULL, 96, 1, NULL, NULL, NULL, 1, 2, 1, 48, NULL, NULL, 16, NULL, 1, 1.0f, NULL,

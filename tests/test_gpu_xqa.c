@@ -5,7 +5,10 @@
  * block sizes 7/16/32/64, several split counts, long contexts with many splits, B=64 at ctx 4096,
  * query rows of very different magnitudes; at most 16 query rows per KV head (more are refused). The
  * output is poisoned (NaN) before each launch so an unwritten element fails; every launch runs twice
- * and must give the same bits (the split-merge semaphores reset themselves). Exit 77 without a GPU. */
+ * and must give the same bits (the split-merge semaphores reset themselves). Gemma 2/3's options
+ * (test_xqa_gemma23): soft-capped scores and sliding windows shorter and longer than the contexts, against
+ * cpu_attention_paged_opts; the blocks wholly before a sequence's first window start are NaN (their table
+ * entries point at a NaN block), so reading one fails. Exit 77 without a GPU. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -41,6 +44,9 @@ typedef struct xcase {
     int32_t nh, nkv, hd, bs, q_len, fp8, batch, nb, max_ctx;
     int32_t wide_q;   /* q and out inside a wider (fused qkv-like) row */
     int32_t q_spread; /* q magnitudes differ by head (2^-6 .. 2^2) and by dim (down to 2^-10) */
+    float softcap;    /* Gemma 2's soft-cap (0: off) */
+    int32_t window;   /* sliding window (0: off) */
+    float qpas;       /* query_pre_attn_scalar: scale qpas^-0.5 (0: head_dim) */
 } xcase;
 
 /* Scale of q element (head h, dim i) for a q_spread case. */
@@ -63,8 +69,9 @@ static void *dev_put(const void *h, size_t bytes)
 static void run_case(const xcase *c, double *worst)
 {
     const int64_t hd = c->hd, nh = c->nh, nkv = c->nkv, B = c->batch, ql = c->q_len, bs = c->bs;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = 1.0f / sqrtf(c->qpas > 0 ? c->qpas : (float)hd);
     const float kv_scale = 0.0125f; /* |k|,|v| <= 4 -> codes up to 320: inside e4m3's range */
+    const int opts = c->softcap > 0 || c->window > 0;
     int32_t *lens = malloc(B * sizeof(int32_t));
     for (int64_t b = 0; b < B; b++) {
         int32_t L;
@@ -81,7 +88,7 @@ static void run_case(const xcase *c, double *worst)
     }
     const int64_t max_blocks = (c->max_ctx + bs - 1) / bs;
     const int64_t bt_stride = max_blocks + 3;
-    const int64_t num_blocks = B * max_blocks + 5;
+    const int64_t num_blocks = B * max_blocks + 5; /* the last one: NaN, where window cases point their past */
     /* block tables: a random permutation of the physical blocks */
     int32_t *perm = malloc(num_blocks * sizeof(int32_t));
     for (int64_t i = 0; i < num_blocks; i++)
@@ -96,16 +103,24 @@ static void run_case(const xcase *c, double *worst)
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < bt_stride; i++)
             bt[b * bt_stride + i] = i < max_blocks ? perm[b * max_blocks + i] : -1; /* -1: never read */
+    const int32_t nan_block = c->window > 0 ? perm[num_blocks - 1] : -1; /* a block no table holds */
+    for (int64_t b = 0; b < B && nan_block >= 0; b++) { /* blocks wholly before the first row's window start */
+        int64_t lo = (int64_t)lens[b] - ql + 1 - c->window;
+        for (int64_t i = 0; (i + 1) * bs <= lo; i++)
+            bt[b * bt_stride + i] = nan_block;
+    }
     /* pools: random values; bf16 bits or e4m3 codes, and the f32 values the reference reads */
     const int64_t pool_n = num_blocks * nkv * bs * hd;
     float *kf = malloc(pool_n * sizeof(float)), *vf = malloc(pool_n * sizeof(float));
     size_t es = c->fp8 ? 1 : 2;
     uint8_t *kh = malloc(pool_n * es), *vh = malloc(pool_n * es);
     for (int64_t i = 0; i < pool_n; i++) {
+        const int nan = i / (nkv * bs * hd) == nan_block;
         float k = frand() * 4.0f, v = frand() * 4.0f;
+        k = nan ? NAN : k, v = nan ? NAN : v;
         if (c->fp8) {
-            kh[i] = cpu_fp8_e4m3(k / kv_scale);
-            vh[i] = cpu_fp8_e4m3(v / kv_scale);
+            kh[i] = nan ? 0x7f : cpu_fp8_e4m3(k / kv_scale); /* 0x7f: e4m3 NaN */
+            vh[i] = nan ? 0x7f : cpu_fp8_e4m3(v / kv_scale);
             kf[i] = gm_e4m3_to_f32(kh[i]) * kv_scale;
             vf[i] = gm_e4m3_to_f32(vh[i]) * kv_scale;
         } else {
@@ -145,6 +160,7 @@ static void run_case(const xcase *c, double *worst)
     p.batch = (int32_t)B, p.q_len = (int32_t)ql, p.n_heads = (int32_t)nh, p.n_kv = (int32_t)nkv;
     p.head_dim = (int32_t)hd, p.block_size = (int32_t)bs, p.scale = scale, p.kv_scale = kv_scale;
     p.nb_sub_seq = c->nb, p.scratch = dscr, p.scratch_bytes = sb;
+    p.softcap = c->softcap, p.window = c->window;
 
     uint16_t *o1 = malloc(qn * 2), *o2 = malloc(qn * 2);
     for (int rep = 0; rep < 2; rep++) {
@@ -172,8 +188,15 @@ static void run_case(const xcase *c, double *worst)
                         fail_msg("%s: padding row %lld not zero", c->name, (long long)b);
             continue;
         }
-        cpu_attention_paged(qf + b * ql * nh * hd, ql, L - (int32_t)ql, nh, nkv, hd, kf, vf, bt + b * bt_stride,
-                            (int32_t)bs, scale, ref);
+        if (opts) {
+            const cpu_attn_opts co = {scale, c->softcap, c->window};
+            assert_int_equal(cpu_attention_paged_opts(qf + b * ql * nh * hd, ql, L - (int32_t)ql, nh, nkv, hd, kf, vf,
+                                                      bt + b * bt_stride, (int32_t)bs, &co, ref),
+                             0);
+        } else {
+            cpu_attention_paged(qf + b * ql * nh * hd, ql, L - (int32_t)ql, nh, nkv, hd, kf, vf, bt + b * bt_stride,
+                                (int32_t)bs, scale, ref);
+        }
         {
             double num = 0, den = 0;
             int64_t bad_t = -1, bad_i = -1;
@@ -305,6 +328,30 @@ static void test_xqa_paths(void **st)
     run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
 }
 
+/* Gemma 2/3: soft-caps (0.7 bends the scores of these inputs, 50 is Gemma 2's), windows shorter than most
+ * contexts, crossing the split boundaries, and longer than every context, with the shapes of gemma2-9b (16:8),
+ * gemma3-1b (4:1), gemma3-4b (8:4) and Gemma 2 27B (head_dim 128, query_pre_attn_scalar 144), q_len 1..3. */
+static void test_xqa_gemma23(void **st)
+{
+    (void)st;
+    static const xcase cs[] = {
+        /* name, nh, nkv, hd, bs, q_len, fp8, batch, nb, max_ctx, wide_q, q_spread, softcap, window, qpas */
+        {"g2-9b bf16 cap50 win100", 16, 8, 256, 16, 1, 0, 6, 4, 1500, 1, 0, 50.0f, 100, 256},
+        {"g2-9b fp8 cap0.7 win100", 16, 8, 256, 16, 1, 1, 6, 4, 1500, 0, 0, 0.7f, 100, 256},
+        {"g2-9b bf16 cap0.7", 16, 8, 256, 32, 1, 0, 6, 3, 900, 0, 0, 0.7f, 0, 256},
+        {"g3-1b bf16 win512 nb8", 4, 1, 256, 16, 1, 0, 7, 8, 3000, 0, 0, 0.0f, 512, 256},
+        {"g3-1b fp8 win512 nb8", 4, 1, 256, 16, 1, 1, 7, 8, 3000, 0, 0, 0.0f, 512, 256},
+        {"g3-4b bf16 win1024 > ctx", 8, 4, 256, 16, 1, 0, 6, 2, 700, 1, 0, 0.0f, 1024, 256},
+        {"g3-4b bf16 q3 win37 bs7", 8, 4, 256, 7, 3, 0, 6, 3, 800, 0, 0, 0.0f, 37, 256},
+        {"g3-4b fp8 q2 win16", 8, 4, 256, 16, 2, 1, 6, 2, 600, 0, 0, 0.0f, 16, 256},
+        {"g2-27b hd128 bf16 cap50 win64", 32, 16, 128, 32, 1, 0, 4, 4, 2000, 0, 0, 50.0f, 64, 144},
+        {"g2-27b hd128 fp8 cap0.7 win64 q2", 32, 16, 128, 32, 2, 1, 4, 4, 2000, 0, 0, 0.7f, 64, 144},
+        {"tiny hd32 bf16 cap0.7 win16 bs7", 4, 2, 32, 7, 1, 0, 6, 3, 300, 1, 0, 0.7f, 16, 48},
+        {"hd64 fp8 win16 q4 (16 rows)", 16, 4, 64, 16, 4, 1, 5, 2, 500, 0, 0, 0.0f, 16, 64},
+    };
+    run_cases(cs, (int)(sizeof cs / sizeof cs[0]));
+}
+
 /* Bad parameters are errors, not crashes. */
 static void test_xqa_args(void **st)
 {
@@ -327,6 +374,11 @@ static void test_xqa_args(void **st)
     assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_INVALID_ARG); /* kv_scale */
     p.n_heads = 7, p.n_kv = 2;
     assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_INVALID_ARG); /* 7 heads over 2 */
+    p.n_heads = 8, p.n_kv = 1, p.kv_type = XQA_KV_BF16, p.window = -1;
+    assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_INVALID_ARG); /* negative window */
+    p.window = 0, p.softcap = -1.0f;
+    assert_int_equal(k_attn_decode_xqa(&p, 0), GM_ERR_INVALID_ARG); /* negative soft-cap */
+    p.softcap = 0.0f, p.n_heads = 7, p.n_kv = 2, p.kv_type = XQA_KV_FP8;
     p.kv_type = XQA_KV_BF16, p.n_heads = 8, p.n_kv = 1, p.batch = 64;
     assert_true(k_xqa_ctas_per_sm(&p) >= 1);
     assert_true(k_xqa_pick_sub_seq(&p, 4096, 132) >= 2); /* 64 sequences x 1 KV head: split */
@@ -349,6 +401,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_xqa_args), cmocka_unit_test(test_xqa_gemma2b),     cmocka_unit_test(test_xqa_gemma7b),
         cmocka_unit_test(test_xqa_gqa),  cmocka_unit_test(test_xqa_small_heads), cmocka_unit_test(test_xqa_paths),
+        cmocka_unit_test(test_xqa_gemma23),
     };
     const char *only = getenv("GM_TEST_FILTER"); /* e.g. 'test_xqa_paths' (compute-sanitizer runs) */
     if (only && *only)

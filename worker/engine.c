@@ -88,14 +88,6 @@ gm_status gm_engine_create(const gm_engine_opts *o, gm_engine **out)
         return st;
     case GM_BACKEND_CUDA: /* sizes itself: it measures the device after loading */
 #ifdef GM_HAVE_CUDA
-        if (o->model_dir && *o->model_dir) { /* a config that does not load: the engine says why */
-            /* the CUDA engine computes Gemma 1 only: it would run a Gemma 2/3 checkpoint without its
-             * sandwich norms, soft-caps and windows (drop this when engine_cuda.cu switches on family) */
-            gm_model_config cfg;
-            if (gm_config_load_dir(o->model_dir, &cfg) == GM_OK && cfg.family != GM_FAMILY_GEMMA1)
-                return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: %s is Gemma %d; the CUDA engine runs Gemma 1 only "
-                               "(use --backend cpu)", o->model_dir, (int)cfg.family);
-        }
         return gm_engine_cuda_create(&r, out);
 #else
         return gm_fail(GM_ERR_NO_DEVICE, "backend cuda: built without CUDA");

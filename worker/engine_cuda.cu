@@ -1,7 +1,8 @@
-/* engine_cuda.cu - the CUDA backend of gm_engine: Gemma v1 on one GPU (one tensor-parallel rank), bf16
- * activations, weights in bf16, FP8 or AWQ int4. This file creates and destroys the engine, sets its
- * own options (cu_opts: the kernel choices, from rules in code) and implements the gm_engine_cuda_*
- * extras of engine_cuda.h. The rest: engine_cuda_internal.h. */
+/* engine_cuda.cu - the CUDA backend of gm_engine: Gemma 1, 2 and 3 (text) on one GPU (one tensor-parallel
+ * rank), bf16 activations, weights in bf16, FP8 or AWQ int4. This file creates and destroys the engine, sets
+ * its own options (cu_opts: the kernel choices, from rules in code) and each layer's attention options from
+ * the model's family switches, and implements the gm_engine_cuda_* extras of engine_cuda.h. The rest:
+ * engine_cuda_internal.h. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +44,27 @@ static void opts_init(cuda_engine *c)
                 c->opt.gu_fused ? "fused with its GeGLU" : "then GeGLU");
 }
 
+/* Each layer's attention options from the config (after sizing: a window that covers max_context is no
+ * window): Gemma 1's head_dim^-0.5 as it always was, Gemma 2/3's query_pre_attn_scalar^-0.5 (computed in
+ * double, as transformers does, then used as a float); Gemma 2's soft-cap; the sliding layers' window. */
+static void layers_attn_init(cuda_engine *c)
+{
+    const gm_model_config *m = &c->base.cfg;
+    const int gemma1 = m->family != GM_FAMILY_GEMMA2 && m->family != GM_FAMILY_GEMMA3; /* or built by hand */
+    const float scale =
+        gemma1 ? 1.0f / sqrtf((float)m->head_dim) : (float)(1.0 / sqrt((double)m->query_pre_attn_scalar));
+    const int32_t w = m->sliding_window > 0 && m->sliding_window < c->base.opts.max_context ? m->sliding_window : 0;
+    c->window = 0;
+    for (int32_t l = 0; l < m->num_layers; l++) {
+        k_attn_opts *a = &c->layers[l].attn;
+        a->scale = scale;
+        a->softcap = gemma1 ? 0.0f : m->attn_softcap;
+        a->window = m->layer_sliding[l] ? w : 0;
+        c->window = a->window > 0 ? a->window : c->window;
+    }
+    c->final_softcap = gemma1 ? 0.0f : m->final_softcap;
+}
+
 static void cuda_destroy(gm_engine *e)
 {
     cuda_engine *c = (cuda_engine *)e;
@@ -80,9 +102,20 @@ static gm_status check_opts(const gm_engine_opts *o, const gm_model_config *cfg,
         return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: --kv-dtype must be auto, bf16 or fp8");
     if (o->tp_size > 1 && !o->nccl_id)
         return gm_fail(GM_ERR_INVALID_ARG, "backend cuda: tp_size %d needs the NCCL unique id", o->tp_size);
-    if (cfg->hidden_size % 8 || cfg->vocab_size % 8 || cfg->head_dim > 512)
+    if (cfg->hidden_size % 8 || cfg->vocab_size % 8)
         return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: hidden %d and vocab %d must be multiples of 8",
                        cfg->hidden_size, cfg->vocab_size);
+    if (cfg->head_dim != 32 && cfg->head_dim != 64 && cfg->head_dim != 128 && cfg->head_dim != 256)
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: head_dim %d (the attention kernels serve 32, 64, 128 and "
+                       "256)", cfg->head_dim);
+    const int g23 = cfg->family == GM_FAMILY_GEMMA2 || cfg->family == GM_FAMILY_GEMMA3;
+    if (g23 && (!(cfg->query_pre_attn_scalar > 0.0f) || !(cfg->attn_softcap >= 0.0f) || !(cfg->final_softcap >= 0.0f) ||
+                cfg->sliding_window < 0))
+        return gm_fail(GM_ERR_INVALID_ARG, "backend cuda: query_pre_attn_scalar %g, soft-caps %g / %g, window %d",
+                       (double)cfg->query_pre_attn_scalar, (double)cfg->attn_softcap, (double)cfg->final_softcap,
+                       cfg->sliding_window);
+    if (cfg->num_layers < 1 || cfg->num_layers > GM_MAX_LAYERS)
+        return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: %d layers (1..%d)", cfg->num_layers, GM_MAX_LAYERS);
     if ((o->quant == GM_QUANT_FP8 || o->lm_head_fp8) && cfg->hidden_size % 16)
         return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: FP8 GEMMs need hidden %% 16 == 0 (hidden %d)",
                        cfg->hidden_size);
@@ -159,7 +192,6 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     c->n_qkv = (c->nq + 2 * c->nkv) * c->hd;
     c->eps = cfg->rms_norm_eps;
     c->normalizer = gm_config_normalizer(cfg);
-    c->scale = 1.0f / sqrtf((float)cfg->head_dim);
     {
         cudaDeviceProp prop;
         GM_CUDA_GOTO(cudaGetDeviceProperties(&prop, o->device), st, fail);
@@ -193,11 +225,19 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     c->wstage = NULL;
     opts_init(c);
     GM_GOTO(cu_size_limits(c, &spec, &mem), st, fail);
+    layers_attn_init(c); /* before the decode plans (the sliding layers' split counts) */
     GM_GOTO(cu_runtime_alloc(c), st, fail);
     if (o->lm_head_fp8 && o->tp_rank == 0) /* only rank 0 computes logits */
         GM_GOTO(cu_lm_head_fp8_setup(c), st, fail);
     GM_GOTO(cu_kv_alloc(c, &spec, &mem), st, fail);
     GM_GOTO(cu_prefill_rule(c, GM_CUDA_PREFILL_AUTO), st, fail); /* needs the pool's size */
+    if (o->verbose && (cfg->family == GM_FAMILY_GEMMA2 || cfg->family == GM_FAMILY_GEMMA3))
+        fprintf(stderr, "cuda engine: Gemma %d: scale %g, soft-caps %g / %g, window %d%s, QK-norm %s, RoPE %g / %g "
+                "(scale %g)\n", (int)cfg->family, (double)c->layers[0].attn.scale, (double)cfg->attn_softcap,
+                (double)c->final_softcap, c->window,
+                cfg->sliding_window > 0 && !c->window ? " (covers max_context)" : "",
+                cfg->qk_norm ? "on" : "off", (double)cfg->rope_theta, (double)cfg->rope_theta_local,
+                (double)cfg->rope_scale);
     if (o->verbose)
         fprintf(stderr, "cuda engine: ready: %.2f GB of weights read per step (%s, %s LM head), %d decode buckets, "
                 "graphs %s, decode attention: %s, prefill attention: %s\n", (double)c->weight_bytes / 1e9,

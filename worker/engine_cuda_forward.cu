@@ -1,7 +1,11 @@
-/* engine_cuda_forward.cu - the Gemma v1 forward pass of one step on one GPU (one tensor-parallel rank).
+/* engine_cuda_forward.cu - the Gemma 1/2/3 forward pass of one step on one GPU (one tensor-parallel rank).
  *
- * cu_forward reads as the model: embed; per layer norm, q|k|v, RoPE + KV write + attention, o, residual +
- * norm, gate|up + GeGLU, down; final norm, LM head, sample. Two helpers hide the kernel choices:
+ * cu_forward reads as the model: embed; per layer norm, q|k|v, (QK-norm,) RoPE + KV write + attention, o,
+ * residual + norm, gate|up + GeGLU, down; final norm, LM head (soft-capped for Gemma 2), sample. Gemma 2/3's
+ * sandwich norms ride on the residual add: the norm of o_proj's (down_proj's) output, the add and the next
+ * norm are one kernel (norm()). Each layer carries its attention options (scale, soft-cap, window) and its
+ * RoPE table (cu_layer); the kernels take the options' Gemma 1 code where they are off. Two helpers hide the
+ * kernel choices:
  * - linear(): y = x . W^T in W's format (bf16: cuBLASLt or the GEMV; FP8: static or dynamic activation
  *   scale; AWQ: W4A16). The quantization of an FP8 product's input rides on the kernel that writes it
  *   when it can (norm(), attention(), linear_geglu()); linear() quantizes bf16 rows itself otherwise.
@@ -58,14 +62,26 @@ int cu_decode_uses_xqa(const cuda_engine *c, int32_t rows)
     return c->opt.attn == GM_CUDA_ATTN_AUTO && (g == 1 ? rows >= 2 : rows >= XQA_MIN_BATCH);
 }
 
-int32_t cu_xqa_splits(const cuda_engine *c, int32_t rows)
+/* XQA's split count for a batch of `rows` rows reading up to ctx keys. */
+static int32_t xqa_splits(const cuda_engine *c, int32_t rows, int32_t ctx)
 {
     k_xqa_params p;
     memset(&p, 0, sizeof p);
     p.batch = rows, p.q_len = 1, p.n_heads = (int32_t)c->nq, p.n_kv = (int32_t)c->nkv, p.head_dim = (int32_t)c->hd;
     p.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16, p.block_size = c->base.opts.kv_block_size;
-    int32_t nb = k_xqa_pick_sub_seq(&p, c->base.opts.max_context, c->n_sm);
+    int32_t nb = k_xqa_pick_sub_seq(&p, ctx, c->n_sm);
     return nb < 1 ? 1 : nb;
+}
+
+void cu_attn_plan_splits(const cuda_engine *c, cu_attn_plan *p)
+{
+    const int32_t ctx = c->base.opts.max_context, ctx_w = c->window > 0 && c->window < ctx ? c->window : ctx;
+    if (p->xqa) {
+        p->n_split = xqa_splits(c, p->rows, ctx), p->n_split_w = xqa_splits(c, p->rows, ctx_w);
+    } else {
+        p->n_split = k_attn_decode_splits(p->rows, (int32_t)c->nkv, ctx, c->n_sm);
+        p->n_split_w = k_attn_decode_splits(p->rows, (int32_t)c->nkv, ctx_w, c->n_sm);
+    }
 }
 
 void cu_attn_plan_eager(const cuda_engine *c, int32_t rows, cu_attn_plan *p)
@@ -75,12 +91,9 @@ void cu_attn_plan_eager(const cuda_engine *c, int32_t rows, cu_attn_plan *p)
     if (rows <= 0)
         return;
     p->xqa = cu_decode_uses_xqa(c, rows);
-    if (!p->xqa) {
-        p->n_split = k_attn_decode_splits(rows, (int32_t)c->nkv, c->base.opts.max_context, c->n_sm);
-        return;
-    }
-    p->n_split = cu_xqa_splits(c, rows);
-    p->scratch = c->xqa_scratch, p->scratch_bytes = c->xqa_bytes, p->clear = 1;
+    cu_attn_plan_splits(c, p);
+    if (p->xqa)
+        p->scratch = c->xqa_scratch, p->scratch_bytes = c->xqa_bytes, p->clear = 1;
 }
 
 /* ---------------------------------------------------------------- the prefill-attention rule */
@@ -164,11 +177,11 @@ static gm_status linear(cuda_engine *c, const cu_linear *w, const cu_rows *x, in
     return k_gemm_bf16(c->gemm, x->x, T, w->K, x->ld, w->w, w->K, w->N, y, y_f32, ldy, s);
 }
 
-/* h += delta (not when delta is NULL: the first layer), then RMSNorm(h) * (1 + w) as the input rows of
- * product `to` (NULL: the LM head): e4m3 codes under its activation scale when it runs FP8 weights
- * (c->xq8), else bf16 (c->xn). */
-static gm_status norm(cuda_engine *c, const void *delta, const float *w1, const cu_linear *to, int64_t T,
-                      cu_rows *x)
+/* h += delta (not when delta is NULL: the first layer; Gemma 2/3: h += RMSNorm(delta) * dw1, dw1 the sandwich
+ * norm of the sub-block that wrote delta), then RMSNorm(h) * (1 + w) as the input rows of product `to` (NULL:
+ * the LM head): e4m3 codes under its activation scale when it runs FP8 weights (c->xq8), else bf16 (c->xn). */
+static gm_status norm(cuda_engine *c, const void *delta, const float *dw1, const float *w1, const cu_linear *to,
+                      int64_t T, cu_rows *x)
 {
     cudaStream_t s = c->stream;
     int64_t H = c->H;
@@ -179,11 +192,15 @@ static gm_status norm(cuda_engine *c, const void *delta, const float *w1, const 
         x->x = c->xq8, x->scale = q.scale;
         if (!delta)
             return k_rmsnorm_fp8(c->h, H, w1, T, H, c->eps, &q, c->xq8, s);
+        if (dw1)
+            return k_norm_add_rmsnorm_fp8(c->h, delta, df, dw1, w1, T, H, c->eps, &q, c->xq8, s);
         return k_add_rmsnorm_fp8(c->h, delta, df, w1, T, H, c->eps, &q, c->xq8, s);
     }
     x->x = c->xn, x->scale = NULL;
     if (!delta)
         return k_rmsnorm(c->h, H, w1, T, H, c->eps, c->xn, H, s);
+    if (dw1)
+        return k_norm_add_rmsnorm(c->h, delta, df, dw1, w1, T, H, c->eps, c->xn, s);
     return k_add_rmsnorm(c->h, delta, df, w1, T, H, c->eps, c->xn, s);
 }
 
@@ -195,8 +212,9 @@ static gm_status attention_prepare(cuda_engine *c, const fwd_args *a)
     return GM_OK;
 }
 
-/* Decode rows [0, p->rows) through XQA (one query row each). */
-static gm_status attention_xqa(cuda_engine *c, const fwd_args *a, const void *kp, const void *vp, float kvs)
+/* Decode rows [0, p->rows) of layer y through XQA (one query row each). */
+static gm_status attention_xqa(cuda_engine *c, const fwd_args *a, const cu_layer *y, const void *kp, const void *vp,
+                               float kvs)
 {
     const cu_attn_plan *p = &a->dec;
     k_xqa_params x;
@@ -205,14 +223,16 @@ static gm_status attention_xqa(cuda_engine *c, const fwd_args *a, const void *kp
     x.k_pool = kp, x.v_pool = vp, x.kv_type = c->kv8 ? XQA_KV_FP8 : XQA_KV_BF16;
     x.block_tables = a->m.bt, x.bt_stride = c->max_blocks, x.seq_lens = a->m.ctx_len;
     x.batch = p->rows, x.q_len = 1, x.n_heads = (int32_t)c->nq, x.n_kv = (int32_t)c->nkv;
-    x.head_dim = (int32_t)c->hd, x.block_size = c->base.opts.kv_block_size, x.scale = c->scale, x.kv_scale = kvs;
-    x.nb_sub_seq = p->n_split, x.scratch = p->scratch, x.scratch_bytes = p->scratch_bytes;
+    x.head_dim = (int32_t)c->hd, x.block_size = c->base.opts.kv_block_size, x.kv_scale = kvs;
+    x.scale = y->attn.scale, x.softcap = y->attn.softcap, x.window = y->attn.window;
+    x.nb_sub_seq = y->attn.window > 0 ? p->n_split_w : p->n_split;
+    x.scratch = p->scratch, x.scratch_bytes = p->scratch_bytes;
     return k_attn_decode_xqa(&x, c->stream);
 }
 
 /* The prompt chunks of a step (its sequences after the a->dec.rows decode rows; q rows c->qkv, positions
  * start_pos.., their K/V already in the pool) into c->att: the kernel the rule names (c->opt.prefill_hopper),
- * with the layer's options po (the mma.sync kernel has no soft-capping and no window). */
+ * with the layer's options po (scale, soft-cap, window; the KV format). */
 static gm_status attention_prefill(cuda_engine *c, const fwd_args *a, const void *kp, const void *vp,
                                    const k_prefill_opts *po)
 {
@@ -227,56 +247,62 @@ static gm_status attention_prefill(cuda_engine *c, const fwd_args *a, const void
                                      a->max_new, nq, nkv, hd, kp, vp, bs, (int32_t)c->base.kv_num_blocks, bt,
                                      c->max_blocks, &o, c->att, qw, c->stream);
     }
-    if (po->softcap > 0.0f || po->window > 0)
-        return gm_fail(GM_ERR_UNSUPPORTED, "cuda engine: soft-capping or a sliding window needs the Hopper prefill "
-                       "kernel (the mma.sync one has neither)");
+    const k_attn_opts ko = {po->scale, po->softcap, po->window};
     return k_attn_prefill_kv(c->qkv, c->n_qkv, ns, m->q_start + nd, m->n_new + nd, m->start_pos + nd, a->max_new, nq,
-                             nkv, hd, kp, vp, bs, bt, c->max_blocks, po->scale, c->att, qw, po->kv_fp8, po->kv_scale,
+                             nkv, hd, kp, vp, bs, bt, c->max_blocks, &ko, c->att, qw, po->kv_fp8, po->kv_scale,
                              c->stream);
 }
 
-/* Layer l's attention over the step's T query rows: RoPE on q and k (c->qkv [T, n_qkv]), the new K and V
- * into the pool, then softmax(scale q K^T) V into c->att [T, nq hd] bf16. The first a->dec.rows rows
- * decode one token each (XQA, or k_attn_decode / _fp8; a decode step on a bf16 pool folds RoPE and the KV
- * write into k_attn_decode_rope); the others are prompt chunks (attention_prefill). *out: o_proj's input
- * rows, already e4m3 when a decode kernel wrote them under o's static activation scale. */
+/* Layer l's attention over the step's T query rows: (Gemma 3: QK-norm,) RoPE on q and k (c->qkv [T, n_qkv];
+ * the layer's table), the new K and V into the pool, then softmax(s) V into c->att [T, nq hd] bf16, s = the
+ * layer's scaled (soft-capped) scores over its causal (sliding) window. The first a->dec.rows rows decode one
+ * token each (XQA, or k_attn_decode / _fp8; a decode step on a bf16 pool folds QK-norm, RoPE and the KV write
+ * into k_attn_decode_rope); the others are prompt chunks (attention_prefill). *out: o_proj's input rows,
+ * already e4m3 when a decode kernel wrote them under o's static activation scale. */
 static gm_status attention(cuda_engine *c, const fwd_args *a, int32_t l, const cu_linear *o, cu_rows *out)
 {
     cudaStream_t s = c->stream;
     const meta_ptrs *m = &a->m;
     const cu_attn_plan *p = &a->dec;
+    const cu_layer *y = &c->layers[l];
+    const k_attn_opts *ao = &y->attn;
     const int32_t nq = (int32_t)c->nq, nkv = (int32_t)c->nkv, hd = (int32_t)c->hd, bs = c->base.opts.kv_block_size;
+    const int32_t ns = ao->window > 0 ? p->n_split_w : p->n_split; /* the decode kernels' splits */
     const int64_t qw = c->nq * c->hd;
     const size_t esz = c->kv8 ? 1 : 2;
     char *kp = (char *)c->kv + (size_t)l * 2 * (size_t)c->layer_elems * esz, *vp = kp + (size_t)c->layer_elems * esz;
-    const float kvs = c->layers[l].kv_scale;
+    const float kvs = y->kv_scale;
+    const k_qk_norm qkn = {y->q_norm, y->k_norm, c->eps}, *qn = y->q_norm ? &qkn : NULL;
     /* a decode step's split kernel writes o_proj's e4m3 input itself under a static activation scale */
     const k_fp8_act oq = o->fmt == CU_W_FP8 ? act_quant(c, o) : k_fp8_act{NULL, NULL, NULL};
     const int att8 = o->fmt == CU_W_FP8 && oq.amax == NULL && a->decode && !p->xqa;
     out->x = att8 ? (const void *)c->attq8 : (const void *)c->att, out->ld = qw;
     out->scale = att8 ? oq.scale : NULL, out->q8 = c->attq8;
-    if (a->decode && !p->xqa && !c->kv8) /* RoPE and the KV write happen inside the attention kernel */
+    if (a->decode && !p->xqa && !c->kv8) /* QK-norm, RoPE and the KV write happen inside the attention kernel */
         return k_attn_decode_rope(c->qkv, c->n_qkv, p->rows, nq, nkv, hd, kp, vp, bs, m->bt, c->max_blocks,
-                                  m->ctx_len, m->slot, c->rope_tab, c->scale, p->n_split, c->dec_scratch, c->att, qw,
+                                  m->ctx_len, m->slot, y->rope, qn, ao, ns, c->dec_scratch, c->att, qw,
                                   att8 ? c->attq8 : NULL, att8 ? oq.scale : NULL, s);
-    /* RoPE on q and k; the bf16 pool is written here, the FP8 one by k_kv_write_fp8 */
-    GM_CHECK(k_rope_kv_write(c->qkv, c->n_qkv, a->T, nq, nkv, hd, m->pos, c->rope_tab,
-                             c->kv8 ? c->neg_slots : m->slot, kp, vp, bs, s));
+    /* (QK-norm,) RoPE on q and k; the bf16 pool is written here, the FP8 one by k_kv_write_fp8 */
+    const int32_t *slots = c->kv8 ? c->neg_slots : m->slot;
+    if (qn)
+        GM_CHECK(k_rope_kv_write_qkn(c->qkv, c->n_qkv, a->T, nq, nkv, hd, m->pos, y->rope, qn, slots, kp, vp, bs, s));
+    else
+        GM_CHECK(k_rope_kv_write(c->qkv, c->n_qkv, a->T, nq, nkv, hd, m->pos, y->rope, slots, kp, vp, bs, s));
     if (c->kv8)
         GM_CHECK(k_kv_write_fp8(c->qkv, c->n_qkv, a->T, nq, nkv, hd, m->slot, kvs, kp, vp, bs, s));
     cu_prof_mark(c, OP_ROPE_KV);
     if (p->rows > 0 && p->xqa)
-        GM_CHECK(attention_xqa(c, a, kp, vp, kvs));
+        GM_CHECK(attention_xqa(c, a, y, kp, vp, kvs));
     else if (p->rows > 0 && c->kv8)
         GM_CHECK(k_attn_decode_fp8(c->qkv, c->n_qkv, p->rows, nq, nkv, hd, kp, vp, bs, m->bt, c->max_blocks,
-                                   m->ctx_len, c->scale, kvs, p->n_split, c->dec_scratch, c->att, qw,
-                                   att8 ? c->attq8 : NULL, att8 ? oq.scale : NULL, s));
+                                   m->ctx_len, ao, kvs, ns, c->dec_scratch, c->att, qw, att8 ? c->attq8 : NULL,
+                                   att8 ? oq.scale : NULL, s));
     else if (p->rows > 0)
         GM_CHECK(k_attn_decode(c->qkv, c->n_qkv, p->rows, nq, nkv, hd, kp, vp, bs, m->bt, c->max_blocks, m->ctx_len,
-                               c->scale, p->n_split, c->dec_scratch, c->att, qw, s));
+                               ao, ns, c->dec_scratch, c->att, qw, s));
     if (a->decode)
         return GM_OK;
-    const k_prefill_opts po = {c->scale, 0.0f, 0, c->kv8, kvs, 0}; /* scale, soft-cap, window (off), KV format */
+    const k_prefill_opts po = {ao->scale, ao->softcap, ao->window, c->kv8, kvs, 0}; /* the layer's options, KV format */
     return attention_prefill(c, a, kp, vp, &po);
 }
 
@@ -327,7 +353,10 @@ static gm_status all_reduce(cuda_engine *c, int64_t T)
 gm_status cu_lm_head(cuda_engine *c, const bf16 *x, int64_t nr)
 {
     cu_rows r = {x, c->H, NULL, c->lmq8};
-    return linear(c, &c->lm, &r, nr, c->logits, 1, c->V);
+    GM_CHECK(linear(c, &c->lm, &r, nr, c->logits, 1, c->V));
+    if (c->final_softcap > 0.0f) /* Gemma 2: before sampling, and in the logits a step dumps */
+        return k_logits_softcap(c->logits, c->V, c->V, (int32_t)nr, c->final_softcap, c->stream);
+    return GM_OK;
 }
 
 /* Rank 0: the token of each of a's rows from c->logits, with the rows' penalties, min_tokens masks and
@@ -363,8 +392,10 @@ gm_status cu_forward(cuda_engine *c, const fwd_args *a)
     GM_CHECK(attention_prepare(c, a));
     for (int32_t l = 0; l < c->base.cfg.num_layers; l++) {
         const cu_layer *y = &c->layers[l];
-        /* attention block: h += o_proj(attention(rope(q), rope(k), v)), q|k|v = qkv_proj(norm(h)) */
-        GM_CHECK(norm(c, l == 0 ? NULL : c->delta, y->in_norm, &y->qkv, T, &x));
+        /* attention block: h += o_proj(attention(rope(q), rope(k), v)), q|k|v = qkv_proj(norm(h)); the add of
+         * the previous layer's down_proj output first (Gemma 2/3: normed by its post-feed-forward norm) */
+        GM_CHECK(norm(c, l == 0 ? NULL : c->delta, l == 0 ? NULL : c->layers[l - 1].mlp_out_norm, y->in_norm,
+                      &y->qkv, T, &x));
         cu_prof_mark(c, OP_NORM);
         GM_CHECK(linear(c, &y->qkv, &x, T, c->qkv, 0, c->n_qkv));
         cu_prof_mark(c, OP_QKV);
@@ -373,8 +404,9 @@ gm_status cu_forward(cuda_engine *c, const fwd_args *a)
         GM_CHECK(linear(c, &y->o, &att, T, c->delta, df, H));
         cu_prof_mark(c, OP_O);
         GM_CHECK(all_reduce(c, T));
-        /* MLP block: h += down(gelu_tanh(gate(x)) * up(x)), x = norm(h) (the add of o_proj's output first) */
-        GM_CHECK(norm(c, c->delta, y->post_norm, &y->gate_up, T, &x));
+        /* MLP block: h += down(gelu_tanh(gate(x)) * up(x)), x = norm(h) (the add of o_proj's output first;
+         * Gemma 2/3: normed by the post-attention norm) */
+        GM_CHECK(norm(c, c->delta, y->attn_out_norm, y->post_norm, &y->gate_up, T, &x));
         cu_prof_mark(c, OP_NORM);
         GM_CHECK(linear_geglu(c, &y->gate_up, &x, &y->down, T, &act));
         cu_prof_mark(c, OP_GATE_UP);
@@ -382,7 +414,8 @@ gm_status cu_forward(cuda_engine *c, const fwd_args *a)
         cu_prof_mark(c, OP_DOWN);
         GM_CHECK(all_reduce(c, T));
     }
-    GM_CHECK(norm(c, c->delta, c->final_norm, NULL, T, &x)); /* h += down's output; final norm -> c->xn */
+    const float *last_out = c->layers[c->base.cfg.num_layers - 1].mlp_out_norm;
+    GM_CHECK(norm(c, c->delta, last_out, c->final_norm, NULL, T, &x)); /* h += down's output; final norm -> c->xn */
     cu_prof_mark(c, OP_NORM);
     if (a->sample) {
         /* logits of each sequence's last row (every row of a decode step), then the sampled tokens */

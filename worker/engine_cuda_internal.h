@@ -8,6 +8,9 @@
  *   engine_cuda_step.cu     a step: its metadata, the decode buckets and their CUDA graphs, the
  *                           activation / scratch / KV buffers, the logits dump, the profile
  *
+ * One forward pass for Gemma 1, 2 and 3 (text), switched per layer by what the config gives it (cu_layer:
+ * the sandwich norms, the attention options, the RoPE table, the QK-norm) and per model (the final soft-cap).
+ *
  * Activations are bf16 as Hugging Face computes them (residual stream, norms' outputs, projections);
  * norms, softmax and accumulations are float32; logits are float32. Weights live on the device fused per
  * layer: q|k|v [(nq + 2 nkv) hd, H], gate|up [2 I, H], o [H, nq hd], down [H, I]; norm weights as float32
@@ -20,6 +23,7 @@
 
 #include <cuda_runtime.h>
 
+#include "../kernels/cuda/attn_opts.h"
 #include "../kernels/cuda/cuda_util.cuh"
 #include "../kernels/cuda/gemm.cuh"
 #include "../kernels/cuda/gemm_awq.cuh"
@@ -96,8 +100,14 @@ typedef struct cu_layer {
     cu_linear o;       /* [H, nq hd] */
     cu_linear gate_up; /* [2 ni, H]: gate rows then up rows */
     cu_linear down;    /* [H, ni] */
-    float *in_norm;    /* [H] 1 + w */
-    float *post_norm;  /* [H] 1 + w */
+    float *in_norm;    /* [H] 1 + w: input_layernorm */
+    float *post_norm;  /* [H] 1 + w: the norm before gate|up (Gemma 1's post_attention_layernorm, Gemma 2/3's
+                        * pre_feedforward_layernorm) */
+    float *attn_out_norm; /* Gemma 2/3: [H] 1 + w: post_attention_layernorm, on o_proj's output; else NULL */
+    float *mlp_out_norm;  /* Gemma 2/3: [H] 1 + w: post_feedforward_layernorm, on down_proj's output; else NULL */
+    float *q_norm, *k_norm; /* Gemma 3: [hd] 1 + w: the QK-norm; else NULL */
+    k_attn_opts attn;  /* scale, soft-cap, window (0 on full layers and where the window covers max_context) */
+    const float *rope; /* [max_context, hd / 2, 2]: the engine's table for this layer's RoPE base and scaling */
     float *wsc;        /* FP8: [8 * SC_STRIDE] f32: weight scales of qkv, o, gate|up, down (SC_STRIDE apart), then
                         * the static activation scales of the same four products */
     float kv_scale;    /* FP8 KV: this layer's dequant multiplier (k_scale/v_scale of an FP8 checkpoint, else 1) */
@@ -143,6 +153,7 @@ typedef struct cu_attn_plan {
     int32_t rows;    /* decode rows (0: none) */
     int xqa;         /* 1: k_attn_decode_xqa; 0: k_attn_decode / _fp8 / _rope */
     int32_t n_split; /* k_attn_decode's split count, or XQA's nb_sub_seq */
+    int32_t n_split_w; /* the same for sliding layers (their window's keys only; <= n_split) */
     void *scratch;   /* XQA: a bucket's own zeroed scratch, or the eager one */
     size_t scratch_bytes;
     int clear; /* XQA on the eager scratch (shared by all batch sizes): clear its semaphores first */
@@ -182,7 +193,9 @@ typedef struct cuda_engine {
 
     int64_t H, V, hd, nq, nkv, ni, n_qkv; /* local shapes */
     int32_t max_blocks;                   /* block-table row length: ceil(max_context / bs) */
-    float eps, normalizer, scale;
+    float eps, normalizer;
+    int32_t window;      /* the sliding layers' window where it is shorter than max_context, else 0 */
+    float final_softcap; /* Gemma 2: logits = tanh(l / cap) * cap; 0 = none */
 
     cu_wfmt wfmt;      /* the decoder products' format */
     bf16 *embed;       /* [V, H] also the LM head */
@@ -192,7 +205,8 @@ typedef struct cuda_engine {
     cu_linear lm;      /* the LM head: logits = x . embed^T (bf16), or the e4m3 copy with --lm-head fp8 */
     float *final_norm; /* [H] */
     cu_layer *layers;
-    float *rope_tab; /* [max_context, hd / 2, 2] cos, sin */
+    float *rope_tab;   /* [max_context, hd / 2, 2] cos, sin: rope_theta, rope_scale (full layers) */
+    float *rope_local; /* the same for sliding layers (rope_theta_local, no scaling) where it differs; else NULL */
 
     void *kv; /* [layers][2][num_blocks, nkv, bs, hd] bf16, or e4m3 with --kv-dtype fp8 */
     int64_t layer_elems;
@@ -291,8 +305,9 @@ void cu_attn_plan_eager(const cuda_engine *c, int32_t rows, cu_attn_plan *p);
 /* The prefill-attention rule under `mode`: sets c->opt.prefill and c->opt.prefill_hopper (needs the KV pool's
  * size); GM_ERR_UNSUPPORTED (nothing changed) when mode forces the Hopper kernel where it does not serve. */
 gm_status cu_prefill_rule(cuda_engine *c, gm_cuda_prefill mode);
-/* XQA's split count for a batch of `rows` rows up to max_context keys. */
-int32_t cu_xqa_splits(const cuda_engine *c, int32_t rows);
+/* A decode plan's split counts for a batch of `rows` rows: full layers (max_context keys), sliding layers
+ * (window keys). */
+void cu_attn_plan_splits(const cuda_engine *c, cu_attn_plan *p);
 /* Record a profile mark after op (-1: the start). */
 void cu_prof_mark(cuda_engine *c, int op);
 
@@ -300,7 +315,7 @@ void cu_prof_mark(cuda_engine *c, int op);
 
 /* gm_engine_ops.step of the CUDA backend. */
 gm_status cu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out);
-/* Activations, step metadata, decode buckets and their scratch, the RoPE table. */
+/* Activations, step metadata, decode buckets and their scratch, the RoPE tables (and each layer's). */
 gm_status cu_runtime_alloc(cuda_engine *c);
 /* (Re)plan every decode bucket's attention by the rule; (re)allocates their XQA scratch as needed. */
 gm_status cu_buckets_plan(cuda_engine *c);

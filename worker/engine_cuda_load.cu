@@ -1,7 +1,8 @@
 /* engine_cuda_load.cu - the CUDA engine's weights: device layout (per layer: q|k|v, o, gate|up and down
  * fused as engine_cuda_internal.h says, in the engine's one format), loading from a checkpoint (bf16/f16/f32
  * converted to bf16; FP8 quantized at load, or read as e4m3 from an FP8 checkpoint; AWQ int4 as stored),
- * random weights for benchmarks, and the FP8 copy of the LM head.
+ * the norms each family has (layer_norms: Gemma 2/3's sandwich, Gemma 3's QK-norm), random weights for
+ * benchmarks, and the FP8 copy of the LM head.
  *
  * The loader converts rows on the host into two pinned 64 MiB staging buffers and copies them while the
  * next rows are converted (double buffering on the engine's stream). */
@@ -84,6 +85,9 @@ done:
 /* (1 + w) in float32 for a [1, H] norm weight. */
 static gm_status upload_norm(cuda_engine *c, loader *L, const gm_wview *v, float *dst)
 {
+    if (!v->data)
+        return gm_fail(GM_ERR_INVALID_ARG, "cuda engine: a norm weight of this %s checkpoint is missing",
+                       c->base.cfg.family == GM_FAMILY_GEMMA1 ? "Gemma 1" : "Gemma 2/3");
     float *tmp = (float *)malloc((size_t)v->cols * sizeof(float));
     if (!tmp)
         return gm_fail(GM_ERR_NOMEM, "loader: no host memory");
@@ -123,6 +127,60 @@ gm_status cu_dev_alloc(void **p, size_t bytes, const char *what)
     return GM_OK;
 }
 
+/* The norms of a layer in the engine's order (what is NULL for a family stays NULL), their length and the
+ * checkpoint's view of each. */
+enum { N_IN = 0, N_POST, N_ATTN_OUT, N_MLP_OUT, N_Q, N_K, N_COUNT };
+
+static float **layer_norm_ptr(cu_layer *y, int i)
+{
+    float **p[N_COUNT] = {&y->in_norm, &y->post_norm, &y->attn_out_norm, &y->mlp_out_norm, &y->q_norm, &y->k_norm};
+    return p[i];
+}
+
+/* Elements of norm i in this model (0: the family has none). */
+static int64_t layer_norm_len(const cuda_engine *c, int i)
+{
+    const gm_model_config *m = &c->base.cfg;
+    switch (i) {
+    case N_IN:
+    case N_POST: return c->H;
+    case N_ATTN_OUT:
+    case N_MLP_OUT: return m->sandwich_norm ? c->H : 0;
+    default: return m->qk_norm ? c->hd : 0;
+    }
+}
+
+/* The checkpoint's view of norm i (Gemma 1's pre-MLP norm is post_attention_layernorm, Gemma 2/3's
+ * pre_feedforward_layernorm: worker/weights.h). */
+static const gm_wview *layer_norm_view(const cuda_engine *c, const gm_layer_weights *lw, int i)
+{
+    const gm_wview *v[N_COUNT] = {&lw->input_norm, c->base.cfg.sandwich_norm ? &lw->pre_ffw_norm : &lw->post_norm,
+                                  &lw->post_attn_norm, &lw->post_ffw_norm, &lw->q_norm, &lw->k_norm};
+    return v[i];
+}
+
+/* Device memory of every norm of layer y. */
+static gm_status alloc_norms(cuda_engine *c, cu_layer *y)
+{
+    for (int i = 0; i < N_COUNT; i++) {
+        int64_t n = layer_norm_len(c, i);
+        if (n == 0)
+            continue;
+        GM_CHECK(cu_dev_alloc((void **)layer_norm_ptr(y, i), (size_t)n * 4, "norms"));
+        c->weight_bytes += n * 4;
+    }
+    return GM_OK;
+}
+
+/* Upload every norm of layer y from the checkpoint's views. */
+static gm_status load_norms(cuda_engine *c, loader *L, const gm_layer_weights *lw, cu_layer *y)
+{
+    for (int i = 0; i < N_COUNT; i++)
+        if (layer_norm_len(c, i) > 0)
+            GM_CHECK(upload_norm(c, L, layer_norm_view(c, lw, i), *layer_norm_ptr(y, i)));
+    return GM_OK;
+}
+
 /* The shapes (and FP8 scale slots) of layer y's products in format fmt. */
 static void layer_shapes(const cuda_engine *c, cu_layer *y, cu_wfmt fmt)
 {
@@ -159,14 +217,10 @@ gm_status cu_weights_alloc(cuda_engine *c)
     GM_CHECK(cu_dev_alloc((void **)&c->final_norm, (size_t)H * 4, "norms"));
     c->lm.fmt = CU_W_BF16, c->lm.N = c->V, c->lm.K = H, c->lm.w = c->embed, c->lm.act_slot = -1;
     c->weight_bytes = c->V * H * 2 + H * 4;
-    if (c->wfmt == CU_W_AWQ) { /* the AWQ tensors are allocated as they are uploaded */
-        for (int32_t l = 0; l < nl; l++) {
-            GM_CHECK(cu_dev_alloc((void **)&c->layers[l].in_norm, (size_t)H * 4, "norms"));
-            GM_CHECK(cu_dev_alloc((void **)&c->layers[l].post_norm, (size_t)H * 4, "norms"));
-            c->weight_bytes += 2 * H * 4;
-        }
+    for (int32_t l = 0; l < nl; l++)
+        GM_CHECK(alloc_norms(c, &c->layers[l]));
+    if (c->wfmt == CU_W_AWQ) /* the AWQ tensors are allocated as they are uploaded */
         return GM_OK;
-    }
     if (c->wfmt == CU_W_FP8) {
         int64_t most = c->n_qkv * H;
         int64_t sizes[3] = {H * c->nq * c->hd, 2 * c->ni * H, H * c->ni};
@@ -182,10 +236,8 @@ gm_status cu_weights_alloc(cuda_engine *c)
             GM_CHECK(cu_dev_alloc((void **)&y->gate_up.w8, (size_t)(2 * c->ni * H), "gate/up_proj (fp8)"));
             GM_CHECK(cu_dev_alloc((void **)&y->down.w8, (size_t)(H * c->ni), "down_proj (fp8)"));
             GM_CHECK(cu_dev_alloc((void **)&y->wsc, 8 * SC_STRIDE * sizeof(float), "fp8 scales"));
-            GM_CHECK(cu_dev_alloc((void **)&y->in_norm, (size_t)H * 4, "norms"));
-            GM_CHECK(cu_dev_alloc((void **)&y->post_norm, (size_t)H * 4, "norms"));
             layer_scales(y);
-            c->weight_bytes += (c->n_qkv * H + H * c->nq * c->hd + 3 * c->ni * H) + 2 * H * 4;
+            c->weight_bytes += c->n_qkv * H + H * c->nq * c->hd + 3 * c->ni * H;
         }
         return GM_OK;
     }
@@ -195,9 +247,7 @@ gm_status cu_weights_alloc(cuda_engine *c)
         GM_CHECK(cu_dev_alloc((void **)&y->o.w, (size_t)(H * c->nq * c->hd * 2), "o_proj"));
         GM_CHECK(cu_dev_alloc((void **)&y->gate_up.w, (size_t)(2 * c->ni * H * 2), "gate/up_proj"));
         GM_CHECK(cu_dev_alloc((void **)&y->down.w, (size_t)(H * c->ni * 2), "down_proj"));
-        GM_CHECK(cu_dev_alloc((void **)&y->in_norm, (size_t)H * 4, "norms"));
-        GM_CHECK(cu_dev_alloc((void **)&y->post_norm, (size_t)H * 4, "norms"));
-        c->weight_bytes += (c->n_qkv * H + H * c->nq * c->hd + 3 * c->ni * H) * 2 + 2 * H * 4;
+        c->weight_bytes += (c->n_qkv * H + H * c->nq * c->hd + 3 * c->ni * H) * 2;
     }
     return GM_OK;
 }
@@ -212,7 +262,9 @@ void cu_weights_free(cuda_engine *c)
                 cudaFree(w->w), cudaFree(w->w8);
                 cudaFree((void *)w->awq.qweight), cudaFree((void *)w->awq.qzeros), cudaFree((void *)w->awq.scales);
             }
-            cudaFree(y->in_norm), cudaFree(y->post_norm), cudaFree(y->wsc);
+            for (int i = 0; i < N_COUNT; i++)
+                cudaFree(*layer_norm_ptr(y, i));
+            cudaFree(y->wsc);
         }
         free(c->layers);
         c->layers = NULL;
@@ -387,8 +439,7 @@ static gm_status load_layer_fp8(cuda_engine *c, loader *L, const gm_layer_weight
     GM_CHECK(quant_weight(c, sg, 2 * c->ni * H, host_scale(c, gu, 2), y->gate_up.w8, y->gate_up.w_scale));
     GM_CHECK(upload_view(c, L, &lw->down, sg));
     GM_CHECK(quant_weight(c, sg, H * c->ni, host_scale(c, dn, 1), y->down.w8, y->down.w_scale));
-    GM_CHECK(upload_norm(c, L, &lw->input_norm, y->in_norm));
-    return upload_norm(c, L, &lw->post_norm, y->post_norm);
+    return load_norms(c, L, lw, y);
 }
 
 /* Layer y's four products from the checkpoint's views as bf16. */
@@ -402,8 +453,7 @@ static gm_status load_layer_bf16(cuda_engine *c, loader *L, const gm_layer_weigh
     GM_CHECK(upload_view(c, L, &lw->gate, y->gate_up.w));
     GM_CHECK(upload_view(c, L, &lw->up, y->gate_up.w + c->ni * H));
     GM_CHECK(upload_view(c, L, &lw->down, y->down.w));
-    GM_CHECK(upload_norm(c, L, &lw->input_norm, y->in_norm));
-    return upload_norm(c, L, &lw->post_norm, y->post_norm);
+    return load_norms(c, L, lw, y);
 }
 
 gm_status cu_weights_load(cuda_engine *c, const gm_weights *w, const gm_linear *lin)
@@ -418,10 +468,13 @@ gm_status cu_weights_load(cuda_engine *c, const gm_weights *w, const gm_linear *
     L.total = w->embed.rows * w->embed.cols * (int64_t)gm_dtype_size(w->embed.dtype) + H * 4;
     for (int32_t l = 0; l < nl; l++) {
         const gm_layer_weights *lw = &w->layers[l];
-        const gm_wview *vs[] = {&lw->q, &lw->k, &lw->v, &lw->o, &lw->gate, &lw->up, &lw->down,
-                                &lw->input_norm, &lw->post_norm};
+        const gm_wview *vs[] = {&lw->q, &lw->k, &lw->v, &lw->o, &lw->gate, &lw->up, &lw->down};
         for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++)
             L.total += vs[i]->data ? vs[i]->rows * vs[i]->cols * (int64_t)gm_dtype_size(vs[i]->dtype) : 0;
+        for (int i = 0; i < N_COUNT; i++) {
+            const gm_wview *v = layer_norm_view(c, lw, i);
+            L.total += layer_norm_len(c, i) > 0 && v->data ? v->cols * (int64_t)gm_dtype_size(v->dtype) : 0;
+        }
         for (int i = 0; lin && i < GM_LIN_COUNT; i++) /* quantized Linears (their views are empty) */
             L.total += lin[(int64_t)l * GM_LIN_COUNT + i].kind != GM_LINEAR_DENSE
                            ? gm_linear_bytes(&lin[(int64_t)l * GM_LIN_COUNT + i]) : 0;
@@ -438,10 +491,8 @@ gm_status cu_weights_load(cuda_engine *c, const gm_weights *w, const gm_linear *
             GM_GOTO(load_fp8_ckpt(c, lin, &L), st, done);
         else
             GM_GOTO(load_awq(c, lin, &L), st, done);
-        for (int32_t l = 0; l < nl; l++) {
-            GM_GOTO(upload_norm(c, &L, &w->layers[l].input_norm, c->layers[l].in_norm), st, done);
-            GM_GOTO(upload_norm(c, &L, &w->layers[l].post_norm, c->layers[l].post_norm), st, done);
-        }
+        for (int32_t l = 0; l < nl; l++)
+            GM_GOTO(load_norms(c, &L, &w->layers[l], &c->layers[l]), st, done);
     } else {
         for (int32_t l = 0; l < nl; l++)
             GM_GOTO(c->wfmt == CU_W_FP8 ? load_layer_fp8(c, &L, &w->layers[l], &c->layers[l])
@@ -479,8 +530,10 @@ gm_status cu_weights_random(cuda_engine *c, uint64_t seed)
                 fill_random_bf16<<<grid, 256, 0, c->stream>>>(w->w, n[i], s + 2 + i, sc);
             }
         }
-        fill_random_norm<<<grid, 256, 0, c->stream>>>(y->in_norm, H, s + 6);
-        fill_random_norm<<<grid, 256, 0, c->stream>>>(y->post_norm, H, s + 7);
+        for (int i = 0; i < N_COUNT; i++)
+            if (layer_norm_len(c, i) > 0)
+                fill_random_norm<<<grid, 256, 0, c->stream>>>(*layer_norm_ptr(y, i), layer_norm_len(c, i),
+                                                              s + 6 + (uint64_t)i);
     }
     GM_LAUNCH_CHECK();
     GM_CUDA_CHECK(cudaStreamSynchronize(c->stream));

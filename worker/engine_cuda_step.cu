@@ -358,12 +358,11 @@ gm_status cu_buckets_plan(cuda_engine *c)
         p->rows = b->size;
         p->xqa = cu_decode_uses_xqa(c, b->size);
         p->clear = 0;
-        if (!p->xqa) {
-            p->n_split = k_attn_decode_splits(b->size, (int32_t)c->nkv, c->base.opts.max_context, c->n_sm);
+        cu_attn_plan_splits(c, p);
+        if (!p->xqa)
             continue;
-        }
-        /* XQA: a zeroed scratch of its own (its split semaphores sit at offsets that depend on the batch) */
-        p->n_split = cu_xqa_splits(c, b->size);
+        /* XQA: a zeroed scratch of its own (its split semaphores sit at offsets that depend on the batch); the
+         * sliding layers' split count is at most n_split */
         size_t need = k_xqa_scratch_bytes(b->size, (int32_t)c->nkv, (int32_t)c->nq, 1, (int32_t)c->hd, p->n_split);
         if (p->scratch && p->scratch_bytes >= need)
             continue;
@@ -479,7 +478,11 @@ gm_status cu_runtime_alloc(cuda_engine *c)
     GM_CHECK(cu_buckets_plan(c));
     size_t xs = 0;
     for (int32_t B = 1; B <= o->max_seqs; B++) {
-        size_t sb = k_xqa_scratch_bytes(B, (int32_t)c->nkv, (int32_t)c->nq, 1, (int32_t)c->hd, cu_xqa_splits(c, B));
+        cu_attn_plan pl;
+        memset(&pl, 0, sizeof pl);
+        pl.rows = B, pl.xqa = 1;
+        cu_attn_plan_splits(c, &pl);
+        size_t sb = k_xqa_scratch_bytes(B, (int32_t)c->nkv, (int32_t)c->nq, 1, (int32_t)c->hd, pl.n_split);
         xs = sb > xs ? sb : xs;
     }
     c->xqa_bytes = xs;
@@ -489,9 +492,23 @@ gm_status cu_runtime_alloc(cuda_engine *c)
     GM_CHECK(cu_dev_alloc(&c->xqa_scratch, xs, "XQA scratch"));
     GM_CUDA_CHECK(cudaMemset(c->xqa_scratch, 0, xs ? xs : 16));
 
+    /* RoPE: the full layers' table (rope_theta, linear scaling); the sliding layers' own where its base or
+     * scaling differs (Gemma 3: rope_theta_local, unscaled) */
+    const gm_model_config *mc = &c->base.cfg;
     int32_t mp = o->max_context;
-    GM_CHECK(cu_dev_alloc((void **)&c->rope_tab, (size_t)mp * (size_t)c->hd * 4, "the RoPE table"));
-    GM_CHECK(k_rope_table(c->rope_tab, mp, (int32_t)c->hd, c->base.cfg.rope_theta));
+    size_t tab_bytes = (size_t)mp * (size_t)c->hd * 4;
+    float scale = mc->rope_scale > 0.0f ? mc->rope_scale : 1.0f;
+    GM_CHECK(cu_dev_alloc((void **)&c->rope_tab, tab_bytes, "the RoPE table"));
+    GM_CHECK(k_rope_table(c->rope_tab, mp, (int32_t)c->hd, mc->rope_theta, scale));
+    int any_sliding = 0;
+    for (int32_t l = 0; l < mc->num_layers; l++)
+        any_sliding |= mc->layer_sliding[l];
+    if (any_sliding && (mc->rope_theta_local != mc->rope_theta || scale != 1.0f)) {
+        GM_CHECK(cu_dev_alloc((void **)&c->rope_local, tab_bytes, "the sliding layers' RoPE table"));
+        GM_CHECK(k_rope_table(c->rope_local, mp, (int32_t)c->hd, mc->rope_theta_local, 1.0f));
+    }
+    for (int32_t l = 0; l < mc->num_layers; l++)
+        c->layers[l].rope = mc->layer_sliding[l] && c->rope_local ? c->rope_local : c->rope_tab;
     return GM_OK;
 }
 
@@ -501,7 +518,7 @@ void cu_runtime_free(cuda_engine *c)
     for (int i = 0; i < PROF_MAX; i++)
         if (c->prof.ev[i])
             cudaEventDestroy(c->prof.ev[i]);
-    cudaFree(c->rope_tab), cudaFree(c->kv);
+    cudaFree(c->rope_tab), cudaFree(c->rope_local), cudaFree(c->kv);
     cudaFree(c->h), cudaFree(c->xn), cudaFree(c->qkv), cudaFree(c->att), cudaFree(c->gu), cudaFree(c->act);
     cudaFree(c->delta), cudaFree(c->xs), cudaFree(c->logits), cudaFree(c->dump_rows), cudaFree(c->last_tok);
     cudaFree(c->dec_scratch), cudaFree(c->meta_d);

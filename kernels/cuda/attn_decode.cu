@@ -3,7 +3,10 @@
  * combined in shared memory. With several splits, each block stores its normalized partial O
  * and lse; a merge kernel (grid hd/32 x nh x B, 8 warps sharing the splits) combines them:
  * O = sum_i exp2(lse_i - M) O_i / sum_i exp2(lse_i - M), M = max lse_i (base-2 lse).
- * Memory-bound on the KV read: ctx * nkv * hd * 2 (K and V) * 2 bytes per sequence. */
+ * Memory-bound on the KV read: ctx * nkv * hd * 2 (K and V) * 2 bytes per sequence (a sliding layer
+ * reads its window only: the splits cover [L - window, L)).
+ * Template switches: OPT = the layer has a soft-cap or a window (k_attn_opts_plain false; OPT false is
+ * Gemma 1's code, instruction for instruction), QKN = Gemma 3's QK-norm in the RoPE fold. */
 #include "attn_decode.cuh"
 
 #include <math.h>
@@ -124,6 +127,24 @@ __device__ __forceinline__ void rope_warp(float f[VEC], const float *cs, int lan
     }
 }
 
+/* Gemma 3's QK-norm of one head held across the warp as rope_warp holds it: x * rsqrt(mean(x^2) + eps) * w1,
+ * rounded to bf16 (HF's Gemma3RMSNorm). w1 [HD] f32. */
+template <int VEC, int HD>
+__device__ __forceinline__ void qk_norm_warp(float f[VEC], const float *w1, float eps, int lane)
+{
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VEC; i++)
+        ss += f[i] * f[i];
+    const float r = rsqrtf(warp_sum(ss) / (float)HD + eps);
+#pragma unroll
+    for (int i = 0; i < VEC; i++)
+        f[i] = round_bf16(f[i] * r * w1[lane * VEC + i]);
+}
+
+/* First key a sliding layer's query at position L - 1 reads (0 without a window). */
+__device__ __forceinline__ int window_lo(int L, int32_t window) { return window > 0 && L > window ? L - window : 0; }
+
 /* Splits actually used for a context of L keys (at most n_split, at least ATTN_DECODE_MIN_CHUNK keys
  * each but the last); the merge kernel plans the same way. */
 __device__ __forceinline__ void split_plan(int L, int n_split, int &n_eff, int &chunk)
@@ -146,17 +167,21 @@ __device__ __forceinline__ uint8_t q8_code(float O, const float *scale)
 }
 
 /* KV8: the pools hold e4m3 codes (value = code * kv_scale); never with ROPE (the FP8 pool is
- * written by k_kv_write_fp8 before). */
-template <int G, int HD, bool ROPE, bool KV8>
+ * written by k_kv_write_fp8 before). OPT: keys from window_lo(L, window); cap_l2 > 0: the score is
+ * cap_l2 * tanh(q . k) with q pre-scaled by scale (the host passes scale / softcap and softcap * log2 e),
+ * else q . k with q pre-scaled by scale * log2 e. QKN (with ROPE): q and k QK-normed by qn_w1 / kn_w1 first. */
+template <int G, int HD, bool ROPE, bool KV8, bool OPT, bool QKN>
 __global__ void __launch_bounds__(DEC_WARPS * 32)
     attn_decode_kernel(const bf16 *__restrict__ q, int64_t ldq, int32_t nh, int32_t nkv, void *__restrict__ kpool,
                        void *__restrict__ vpool, int32_t bs, const int32_t *__restrict__ bt, int32_t bt_stride,
                        const int32_t *__restrict__ ctx_lens, const int32_t *__restrict__ slots,
                        const float *__restrict__ rope_table, float scale, float kv_scale, int32_t n_split,
                        float *__restrict__ po, float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo,
-                       uint8_t *__restrict__ out8, const float *__restrict__ out8_scale)
+                       uint8_t *__restrict__ out8, const float *__restrict__ out8_scale, int32_t window, float cap_l2,
+                       const float *__restrict__ qn_w1, const float *__restrict__ kn_w1, float qk_eps)
 {
     static_assert(!(ROPE && KV8), "the FP8 pool is written before the attention");
+    static_assert(!QKN || ROPE, "QK-norm rides on the RoPE fold");
     constexpr int VEC = HD / 32;
     typedef kv_io<KV8, VEC> io;
     typedef typename io::t vec_t;
@@ -170,20 +195,25 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (L <= 0) /* padding row: the merge kernel writes its zeros */
         return;
+    const int lo = OPT ? window_lo(L, window) : 0;
     int n_eff, chunk;
-    split_plan(L, n_split, n_eff, chunk);
+    split_plan(L - lo, n_split, n_eff, chunk);
     if (sp >= n_eff)
         return;
-    int j0 = sp * chunk, j1 = min(L, j0 + chunk);
+    int j0 = lo + sp * chunk, j1 = min(L, j0 + chunk);
     const float *cs = ROPE ? rope_table + (int64_t)(L - 1) * HD : nullptr; /* [HD/2][2] of this position */
 
     float qf[G][VEC], acc[G][VEC], m[G], l[G];
-    const float qs = scale * LOG2E * (KV8 ? kv_scale : 1.0f); /* K's scale folded into q */
+    float qs = scale * LOG2E * (KV8 ? kv_scale : 1.0f); /* K's scale folded into q */
+    if (OPT && cap_l2 > 0.0f)
+        qs = scale * (KV8 ? kv_scale : 1.0f); /* scale / softcap: the argument of the tanh */
 #pragma unroll
     for (int g = 0; g < G; g++) {
         typedef typename kv_vec<VEC>::t qvec_t; /* q is bf16 whatever the pool holds */
         qvec_t qv = *reinterpret_cast<const qvec_t *>(q + b * ldq + (int64_t)(kvh * G + g) * HD + lane * VEC);
         to_f32<VEC>(qv, qf[g]);
+        if constexpr (QKN)
+            qk_norm_warp<VEC, HD>(qf[g], qn_w1, qk_eps, lane);
         if (ROPE)
             rope_warp<VEC, HD>(qf[g], cs, lane);
 #pragma unroll
@@ -202,6 +232,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
             const bf16 *row = q + b * ldq;
             float kf[VEC];
             to_f32<VEC>(*reinterpret_cast<const vec_t *>(row + (int64_t)(nh + kvh) * HD + lane * VEC), kf);
+            if constexpr (QKN)
+                qk_norm_warp<VEC, HD>(kf, kn_w1, qk_eps, lane);
             rope_warp<VEC, HD>(kf, cs, lane);
             knew = to_bf16<VEC>(kf);
             vnew = *reinterpret_cast<const vec_t *>(row + (int64_t)(nh + nkv + kvh) * HD + lane * VEC);
@@ -246,6 +278,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
             for (int i = 0; i < VEC; i++)
                 sdot = fmaf(qf[g][i], kf[i], sdot);
             sdot = warp_sum(sdot);
+            if (OPT && cap_l2 > 0.0f)
+                sdot = cap_l2 * tanh_fast(sdot);
             float mn = fmaxf(m[g], sdot);
             float corr = exp2f(m[g] - mn), p = exp2f(sdot - mn);
             l[g] = l[g] * corr + p;
@@ -298,11 +332,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32)
 }
 
 /* Block (dim chunk, head, sequence): combine the used splits of 32 dims, or zero a padding row. */
-template <int HD>
+template <int HD, bool OPT>
 __global__ void __launch_bounds__(256)
     attn_decode_merge(int32_t nh, const int32_t *__restrict__ ctx_lens, int32_t n_split, const float *__restrict__ po,
                       const float *__restrict__ plse, bf16 *__restrict__ out, int64_t ldo, uint8_t *__restrict__ out8,
-                      const float *__restrict__ out8_scale)
+                      const float *__restrict__ out8_scale, int32_t window)
 {
     constexpr int DW = HD < 32 ? HD : 32; /* dims per block */
     __shared__ float s_max[8], s_w[8], s_acc[8][32];
@@ -322,7 +356,7 @@ __global__ void __launch_bounds__(256)
         return;
     }
     int n_eff, chunk;
-    split_plan(L, n_split, n_eff, chunk);
+    split_plan(OPT ? L - window_lo(L, window) : L, n_split, n_eff, chunk);
     if (n_eff == 1)
         return; /* the split kernel wrote it */
     int64_t r0 = ((int64_t)b * nh + h) * n_split;
@@ -395,38 +429,69 @@ typedef struct dec_args {
     int64_t ldo;
     uint8_t *out8;            /* non-NULL: e4m3 codes [B, nh*hd] dense instead of out */
     const float *out8_scale;
+    int32_t window;           /* the layer's options as the kernel takes them (dec_set_opts) */
+    float cap_l2;
+    const k_qk_norm *qkn;     /* ROPE: Gemma 3's QK-norm, or NULL */
 } dec_args;
 
-template <int G, int HD, bool ROPE, bool KV8>
+/* The layer's options into a: the kernel's scale (scale / softcap under a soft-cap, whose tanh output is
+ * scaled by softcap * log2 e), window. */
+static gm_status dec_set_opts(dec_args *a, const k_attn_opts *opt)
+{
+    if (!k_attn_opts_valid(opt))
+        return gm_fail(GM_ERR_INVALID_ARG, "decode attention: options scale %g, softcap %g, window %d",
+                       opt ? (double)opt->scale : 0.0, opt ? (double)opt->softcap : 0.0, opt ? opt->window : 0);
+    a->scale = opt->softcap > 0.0f ? opt->scale / opt->softcap : opt->scale;
+    a->cap_l2 = opt->softcap > 0.0f ? opt->softcap * LOG2E : 0.0f;
+    a->window = opt->window;
+    return GM_OK;
+}
+
+template <int G, int HD, bool ROPE, bool KV8, bool OPT, bool QKN>
 static cudaError_t launch_dec(const dec_args *a, cudaStream_t s)
 {
     dim3 grid((unsigned)a->n_split, (unsigned)a->nkv, (unsigned)a->B);
-    cudaError_t e = gm_launch(attn_decode_kernel<G, HD, ROPE, KV8>, grid, dim3(DEC_WARPS * 32), 0, s, a->q, a->ldq,
-                              a->nh, a->nkv, a->kp, a->vp, a->bs, a->bt, a->bt_stride, a->ctx, a->slots, a->rope,
-                              a->scale, a->kv_scale, a->n_split, a->po, a->plse, a->out, a->ldo, a->out8,
-                              a->out8_scale);
+    const float *qn = QKN ? a->qkn->q_w1 : NULL, *kn = QKN ? a->qkn->k_w1 : NULL;
+    cudaError_t e = gm_launch(attn_decode_kernel<G, HD, ROPE, KV8, OPT, QKN>, grid, dim3(DEC_WARPS * 32), 0, s, a->q,
+                              a->ldq, a->nh, a->nkv, a->kp, a->vp, a->bs, a->bt, a->bt_stride, a->ctx, a->slots,
+                              a->rope, a->scale, a->kv_scale, a->n_split, a->po, a->plse, a->out, a->ldo, a->out8,
+                              a->out8_scale, a->window, a->cap_l2, qn, kn, QKN ? a->qkn->eps : 0.0f);
     if (e != cudaSuccess)
         return e;
     dim3 mgrid((unsigned)(HD < 32 ? 1 : HD / 32), (unsigned)a->nh, (unsigned)a->B);
-    return gm_launch(attn_decode_merge<HD>, mgrid, dim3(256), 0, s, a->nh, a->ctx, a->n_split, a->po, a->plse, a->out,
-                     a->ldo, a->out8, a->out8_scale);
+    return gm_launch(attn_decode_merge<HD, OPT>, mgrid, dim3(256), 0, s, a->nh, a->ctx, a->n_split, a->po, a->plse,
+                     a->out, a->ldo, a->out8, a->out8_scale, a->window);
 }
 
-template <int HD, bool ROPE, bool KV8>
+template <int HD, bool ROPE, bool KV8, bool OPT, bool QKN>
 static gm_status dispatch_g(int G, const dec_args *a, cudaStream_t s)
 {
     cudaError_t e;
     switch (G) {
-    case 1: e = launch_dec<1, HD, ROPE, KV8>(a, s); break;
-    case 2: e = launch_dec<2, HD, ROPE, KV8>(a, s); break;
-    case 4: e = launch_dec<4, HD, ROPE, KV8>(a, s); break;
-    case 8: e = launch_dec<8, HD, ROPE, KV8>(a, s); break;
+    case 1: e = launch_dec<1, HD, ROPE, KV8, OPT, QKN>(a, s); break;
+    case 2: e = launch_dec<2, HD, ROPE, KV8, OPT, QKN>(a, s); break;
+    case 4: e = launch_dec<4, HD, ROPE, KV8, OPT, QKN>(a, s); break;
+    case 8: e = launch_dec<8, HD, ROPE, KV8, OPT, QKN>(a, s); break;
     default:
         return gm_fail(GM_ERR_UNSUPPORTED, "decode attention: %d query heads per KV head (supported: 1, 2, 4, 8)", G);
     }
     if (e != cudaSuccess)
         return gm_fail(GM_ERR_CUDA, "decode attention launch: %s", cudaGetErrorString(e));
     return GM_OK;
+}
+
+/* The template switches from the arguments: OPT where the options are not plain, QKN where a QK-norm rides
+ * on the RoPE fold. */
+template <int HD, bool ROPE, bool KV8>
+static gm_status dispatch_opt(int G, const dec_args *a, cudaStream_t s)
+{
+    const bool opt = a->window > 0 || a->cap_l2 > 0.0f;
+    if constexpr (ROPE) {
+        if (a->qkn)
+            return opt ? dispatch_g<HD, ROPE, KV8, true, true>(G, a, s)
+                       : dispatch_g<HD, ROPE, KV8, false, true>(G, a, s);
+    }
+    return opt ? dispatch_g<HD, ROPE, KV8, true, false>(G, a, s) : dispatch_g<HD, ROPE, KV8, false, false>(G, a, s);
 }
 
 template <bool ROPE, bool KV8>
@@ -438,16 +503,18 @@ static gm_status run_dec(int32_t hd, dec_args *a, void *scratch, cudaStream_t s)
         a->ldo % 8)
         return gm_fail(GM_ERR_INVALID_ARG, "decode attention: nh %d, nkv %d, n_split %d (1..%d), ldq %lld, ldo %lld",
                        a->nh, a->nkv, a->n_split, ATTN_DECODE_MAX_SPLIT, (long long)a->ldq, (long long)a->ldo);
+    if (a->qkn && (!a->qkn->q_w1 || !a->qkn->k_w1))
+        return gm_fail(GM_ERR_INVALID_ARG, "decode attention: QK-norm without its weights");
     int G = a->nh / a->nkv;
     size_t rows = (size_t)a->B * a->nh * a->n_split;
     a->po = (float *)scratch;
     a->plse = a->po + rows * hd;
     gm_status st;
     switch (hd) {
-    case 32: st = dispatch_g<32, ROPE, KV8>(G, a, s); break;
-    case 64: st = dispatch_g<64, ROPE, KV8>(G, a, s); break;
-    case 128: st = dispatch_g<128, ROPE, KV8>(G, a, s); break;
-    case 256: st = dispatch_g<256, ROPE, KV8>(G, a, s); break;
+    case 32: st = dispatch_opt<32, ROPE, KV8>(G, a, s); break;
+    case 64: st = dispatch_opt<64, ROPE, KV8>(G, a, s); break;
+    case 128: st = dispatch_opt<128, ROPE, KV8>(G, a, s); break;
+    case 256: st = dispatch_opt<256, ROPE, KV8>(G, a, s); break;
     default:
         return gm_fail(GM_ERR_UNSUPPORTED, "decode attention: head_dim %d (supported: 32, 64, 128, 256)", hd);
     }
@@ -459,19 +526,20 @@ static gm_status run_dec(int32_t hd, dec_args *a, void *scratch, cudaStream_t s)
 
 extern "C" gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                                    const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
-                                   int32_t bt_stride, const int32_t *ctx_lens, float scale, int32_t n_split,
-                                   void *scratch, void *out, int64_t ldo, cudaStream_t s)
+                                   int32_t bt_stride, const int32_t *ctx_lens, const k_attn_opts *opt,
+                                   int32_t n_split, void *scratch, void *out, int64_t ldo, cudaStream_t s)
 {
     dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (void *)k_pool, (void *)v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, NULL, NULL, scale, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo, NULL, NULL};
+                  ctx_lens, NULL, NULL, 0.0f, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo, NULL, NULL, 0, 0.0f, NULL};
+    GM_CHECK(dec_set_opts(&a, opt));
     return run_dec<false, false>(hd, &a, scratch, s);
 }
 
 extern "C" gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                                        const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
-                                       int32_t bt_stride, const int32_t *ctx_lens, float scale, float kv_scale,
-                                       int32_t n_split, void *scratch, void *out, int64_t ldo, void *out8,
-                                       const float *out8_scale, cudaStream_t s)
+                                       int32_t bt_stride, const int32_t *ctx_lens, const k_attn_opts *opt,
+                                       float kv_scale, int32_t n_split, void *scratch, void *out, int64_t ldo,
+                                       void *out8, const float *out8_scale, cudaStream_t s)
 {
     if (!(kv_scale > 0.0f) || !isfinite(kv_scale))
         return gm_fail(GM_ERR_INVALID_ARG, "decode attention (FP8 KV): kv_scale %g must be positive and finite",
@@ -479,21 +547,24 @@ extern "C" gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, in
     if (out8 && !out8_scale)
         return gm_fail(GM_ERR_INVALID_ARG, "decode attention: e4m3 output without a scale");
     dec_args a = {(const bf16 *)q, ldq, B, nh, nkv, (void *)k_pool, (void *)v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, NULL, NULL, scale, kv_scale, n_split, NULL, NULL, (bf16 *)out, ldo, (uint8_t *)out8,
-                  out8_scale};
+                  ctx_lens, NULL, NULL, 0.0f, kv_scale, n_split, NULL, NULL, (bf16 *)out, ldo, (uint8_t *)out8,
+                  out8_scale, 0, 0.0f, NULL};
+    GM_CHECK(dec_set_opts(&a, opt));
     return run_dec<false, true>(hd, &a, scratch, s);
 }
 
 extern "C" gm_status k_attn_decode_rope(const void *qkv, int64_t ld, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                                         void *k_pool, void *v_pool, int32_t bs, const int32_t *block_tables,
                                         int32_t bt_stride, const int32_t *ctx_lens, const int32_t *slots,
-                                        const float *rope_table, float scale, int32_t n_split, void *scratch,
-                                        void *out, int64_t ldo, void *out8, const float *out8_scale, cudaStream_t s)
+                                        const float *rope_table, const k_qk_norm *qkn, const k_attn_opts *opt,
+                                        int32_t n_split, void *scratch, void *out, int64_t ldo, void *out8,
+                                        const float *out8_scale, cudaStream_t s)
 {
     if (out8 && !out8_scale)
         return gm_fail(GM_ERR_INVALID_ARG, "decode attention: e4m3 output without a scale");
     dec_args a = {(const bf16 *)qkv, ld, B, nh, nkv, k_pool, v_pool, bs, block_tables, bt_stride,
-                  ctx_lens, slots, rope_table, scale, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo, (uint8_t *)out8,
-                  out8_scale};
+                  ctx_lens, slots, rope_table, 0.0f, 1.0f, n_split, NULL, NULL, (bf16 *)out, ldo, (uint8_t *)out8,
+                  out8_scale, 0, 0.0f, qkn};
+    GM_CHECK(dec_set_opts(&a, opt));
     return run_dec<true, false>(hd, &a, scratch, s);
 }

@@ -5,7 +5,10 @@
  *   log-sum-exp (flash-decoding); CUDA cores; _rope folds RoPE and the KV write in.
  * - k_attn_decode_xqa (attn_decode_xqa.cu): XQA-style, one CTA per (sequence, KV head, split) with
  *   every query row of the KV head on tensor cores; the splits merged by the last CTA to finish.
- * CPU twin: cpu_attention_paged / cpu_fp8_attention_paged (kernels/cpu/attn.h). */
+ * Every launcher takes the layer's score options (attn_opts.h: scale, Gemma 2's soft-cap, a sliding window);
+ * a sliding layer's query at position p reads only keys p - window < j <= p: the blocks before the window
+ * are never touched (nor their block-table entries), and the splits cover the window only.
+ * CPU twin: cpu_attention_paged_opts / cpu_attention_paged_ex (kernels/cpu/attn.h). */
 #ifndef GM_K_ATTN_DECODE_CUH
 #define GM_K_ATTN_DECODE_CUH
 
@@ -14,6 +17,8 @@
 #include <stdint.h>
 
 #include "../../common/status.h"
+#include "attn_opts.h"
+#include "rope_kv.cuh"
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,27 +28,29 @@ extern "C" {
 #define ATTN_DECODE_MIN_CHUNK 32
 #define ATTN_DECODE_MAX_SPLIT 128
 
-/* out[b, h, :] = softmax(scale * q[b, h, :] . K[0..ctx_lens[b])^T) . V, KV head h / (nh / nkv).
+/* out[b, h, :] = softmax(s) . V over keys [lo, ctx_lens[b]) with s = opt->scale * q[b, h, :] . K^T (soft-capped
+ * when opt->softcap > 0), lo = ctx_lens[b] - opt->window when that is > 0 (else 0); KV head h / (nh / nkv).
  * q [B, nh*hd] bf16 (row stride ldq), already rotated; the pools already hold every key.
  * k_pool, v_pool [num_blocks, nkv, bs, hd] bf16; block_tables [B, bt_stride] int32 (physical
  * block of each logical block); ctx_lens [B] int32 (device; 0 = padding row: zeros out);
  * out [B, nh*hd] bf16 (row stride ldo).
  * n_split (1..ATTN_DECODE_MAX_SPLIT) fixes the grid so it can be captured in a CUDA graph: a
- * sequence of L keys uses min(n_split, ceil(L / ATTN_DECODE_MIN_CHUNK)) splits, read on the device.
+ * sequence of L keys uses min(n_split, ceil(L' / ATTN_DECODE_MIN_CHUNK)) splits, L' = the keys it reads
+ * (L, or the window), decided on the device.
  * scratch: k_attn_decode_scratch_bytes(B, nh, nkv, hd, n_split) bytes of device memory.
  * hd in {32, 64, 128, 256}; nh / nkv in {1, 2, 4, 8}. */
 gm_status k_attn_decode(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                         const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
-                        int32_t bt_stride, const int32_t *ctx_lens, float scale, int32_t n_split, void *scratch,
-                        void *out, int64_t ldo, cudaStream_t s);
+                        int32_t bt_stride, const int32_t *ctx_lens, const k_attn_opts *opt, int32_t n_split,
+                        void *scratch, void *out, int64_t ldo, cudaStream_t s);
 
 /* k_attn_decode over an FP8 e4m3 pool (value = code * kv_scale, kv_scale > 0): the codes are read
  * exactly, K's scale is folded into q and V's into the output; scores, softmax and sums in f32. */
 gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                             const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
-                            int32_t bt_stride, const int32_t *ctx_lens, float scale, float kv_scale, int32_t n_split,
-                            void *scratch, void *out, int64_t ldo, void *out8, const float *out8_scale,
-                            cudaStream_t s);
+                            int32_t bt_stride, const int32_t *ctx_lens, const k_attn_opts *opt, float kv_scale,
+                            int32_t n_split, void *scratch, void *out, int64_t ldo, void *out8,
+                            const float *out8_scale, cudaStream_t s);
 
 /* out8 / out8_scale (k_attn_decode_fp8, k_attn_decode_rope): when out8 is not NULL the output goes
  * there instead, as the o_proj's FP8 input under a static scale: out8 [B, nh*hd] e4m3 (dense) =
@@ -53,17 +60,18 @@ gm_status k_attn_decode_fp8(const void *q, int64_t ldq, int32_t B, int32_t nh, i
  * sequence's new token as the QKV projection wrote it (q heads, k heads, v heads; not rotated);
  * the token sits at position ctx_lens[b] - 1. q and k are rotated with rope_table (as
  * k_rope_kv_write does), the new k and v are written to slots[b] of the pools (< 0: not
- * written) and attended to directly; keys before it come from the pools. Other arguments as
- * k_attn_decode. */
+ * written) and attended to directly; keys before it come from the pools. qkn (not NULL): Gemma 3's
+ * QK-norm on q and k before the rotation, as k_rope_kv_write_qkn. Other arguments as k_attn_decode. */
 gm_status k_attn_decode_rope(const void *qkv, int64_t ld, int32_t B, int32_t nh, int32_t nkv, int32_t hd,
                              void *k_pool, void *v_pool, int32_t bs, const int32_t *block_tables, int32_t bt_stride,
-                             const int32_t *ctx_lens, const int32_t *slots, const float *rope_table, float scale,
-                             int32_t n_split, void *scratch, void *out, int64_t ldo, void *out8,
-                             const float *out8_scale, cudaStream_t s);
+                             const int32_t *ctx_lens, const int32_t *slots, const float *rope_table,
+                             const k_qk_norm *qkn, const k_attn_opts *opt, int32_t n_split, void *scratch, void *out,
+                             int64_t ldo, void *out8, const float *out8_scale, cudaStream_t s);
 
 size_t k_attn_decode_scratch_bytes(int32_t B, int32_t nh, int32_t nkv, int32_t hd, int32_t n_split);
 
-/* A split count that fills n_sm multiprocessors about twice at batch B (at most what max_ctx needs). */
+/* A split count that fills n_sm multiprocessors about twice at batch B (at most what max_ctx needs; a
+ * sliding layer's max_ctx is its window). */
 int32_t k_attn_decode_splits(int32_t B, int32_t nkv, int32_t max_ctx, int32_t n_sm);
 
 /* ---- XQA (attn_decode_xqa.cu) ----
@@ -104,17 +112,21 @@ typedef struct k_xqa_params {
     const int32_t *seq_lens;     /* [batch] int32 (device): keys per sequence INCLUDING its q_len new tokens
                                   * (already written to the pool); 0 = padding row (output zeros) */
     int32_t batch, q_len;        /* query token t of a sequence sits at position seq_len - q_len + t and
-                                  * sees keys 0 .. seq_len - q_len + t (causal among the new tokens) */
+                                  * sees keys 0 .. seq_len - q_len + t (causal among the new tokens), or
+                                  * only the last `window` of them */
     int32_t n_heads, n_kv;       /* query head h reads KV head h / (n_heads / n_kv) */
     int32_t head_dim;            /* 32, 64, 128 or 256 */
     int32_t block_size;          /* tokens per KV block, >= 1 (any; 16/32/64 are the tuned ones) */
-    float scale;                 /* softmax scale, 1/sqrt(head_dim) for Gemma */
+    float scale;                 /* score scale: head_dim^-0.5 (Gemma 1), query_pre_attn_scalar^-0.5 (2/3) */
     float kv_scale;              /* FP8: the pool's dequant multiplier (ignored for bf16) */
-    int32_t nb_sub_seq;          /* CTAs per (sequence, KV head) = grid.x, 1..XQA_MAX_SUB_SEQ; a sequence of
-                                  * L keys uses min(nb_sub_seq, ceil(L / XQA_TILE)) of them */
+    int32_t nb_sub_seq;          /* CTAs per (sequence, KV head) = grid.x, 1..XQA_MAX_SUB_SEQ; a sequence
+                                  * reading L keys uses min(nb_sub_seq, ceil(L / XQA_TILE)) of them */
     void *scratch;               /* k_xqa_scratch_bytes(...) bytes of device memory, zeroed once after
                                   * allocation (cudaMemset); launches leave it reusable */
     size_t scratch_bytes;
+    float softcap;               /* > 0: scores soft-capped after scaling, before the mask (Gemma 2); 0 = off */
+    int32_t window;              /* > 0: query token at position p reads keys p - window < j <= p only; the
+                                  * CTAs cover [first row's window start, seq_len); 0 = off (memset: off) */
 } k_xqa_params;
 
 /* Scratch for the split merge: a semaphore per (sequence, KV head), then per split the rows'

@@ -35,6 +35,9 @@ typedef struct xqa_kargs {
     uint32_t *sem;        /* [batch * n_kv] */
     float *ml;            /* [batch, n_kv, nb, rows, 2] */
     float *opart;         /* [batch, n_kv, nb, rows, hd] */
+    int32_t window;       /* > 0: each row reads keys pos - window < j <= pos (kernels with OPT only) */
+    float cap_l2;         /* > 0: score = cap_l2 * tanh(q . k * qk_log2), qk_log2 = scale / softcap * kv factor
+                           * (kernels with OPT only) */
 } xqa_kargs;
 
 /* ---- small PTX wrappers ---- */
@@ -86,10 +89,11 @@ __device__ __forceinline__ uint32_t pack2(float a, float b, bool f16)
     return *reinterpret_cast<uint32_t *>(&h);
 }
 
-/* The split plan. Sequence b (length L) is cut into ns_eff splits of whole XQA_TILE
- * tiles, at most a.nb; split blockIdx.x takes keys [k0, k1). Returns 0 when this CTA has nothing to
- * do: past the last split, or a padding row (L <= 0), whose output split 0 zeroes (nthreads threads). */
-template <int HD>
+/* The split plan. The keys sequence b (length L) reads, [lo, L) (lo = the first row's window start with
+ * OPT and a window, else 0), are cut into ns_eff splits of whole XQA_TILE tiles, at most a.nb; split
+ * blockIdx.x takes keys [k0, k1). Returns 0 when this CTA has nothing to do: past the last split, or a
+ * padding row (L <= 0), whose output split 0 zeroes (nthreads threads). */
+template <int HD, bool OPT>
 __device__ __forceinline__ int xqa_split(const xqa_kargs &a, int L, int nthreads, int &k0, int &k1, int &ns_eff)
 {
     const int x = blockIdx.x, g = blockIdx.y, b = blockIdx.z, G = a.group;
@@ -102,14 +106,15 @@ __device__ __forceinline__ int xqa_split(const xqa_kargs &a, int L, int nthreads
             }
         return 0;
     }
-    const int n_tiles = (L + XQA_TILE - 1) / XQA_TILE;
+    const int lo = OPT && a.window > 0 ? max(0, L - a.q_len + 1 - a.window) : 0;
+    const int n_tiles = (L - lo + XQA_TILE - 1) / XQA_TILE;
     const int ns = a.nb < n_tiles ? a.nb : n_tiles;
     const int per = (n_tiles + ns - 1) / ns;
     ns_eff = (n_tiles + per - 1) / per;
     if (x >= ns_eff)
         return 0;
-    k0 = x * per * XQA_TILE;
-    k1 = min(L, (x + 1) * per * XQA_TILE);
+    k0 = lo + x * per * XQA_TILE;
+    k1 = min(L, lo + (x + 1) * per * XQA_TILE);
     return 1;
 }
 
@@ -142,39 +147,48 @@ extern "C" size_t k_xqa_scratch_bytes(int32_t batch, int32_t n_kv, int32_t n_hea
     return scratch_layout(batch, n_kv, rows, head_dim, nb_sub_seq).total;
 }
 
-template <bool FP8, int HD, int NR>
+template <bool FP8, int HD, int NR, bool OPT>
 static gm_status ensure_attr2(void)
 {
     static bool done = false;
     if (!done) {
-        GM_CUDA_CHECK(cudaFuncSetAttribute(xqa2_kernel<FP8, HD, NR>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           xq2_cfg<FP8, HD, NR>::SMEM));
-        GM_CUDA_CHECK(cudaFuncSetAttribute(xqa2_kernel<FP8, HD, NR>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                           100));
+        GM_CUDA_CHECK(cudaFuncSetAttribute(xqa2_kernel<FP8, HD, NR, OPT>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, xq2_cfg<FP8, HD, NR>::SMEM));
+        GM_CUDA_CHECK(cudaFuncSetAttribute(xqa2_kernel<FP8, HD, NR, OPT>,
+                                           cudaFuncAttributePreferredSharedMemoryCarveout, 100));
         done = true;
     }
     return GM_OK;
 }
 
-template <bool FP8, int HD, int NR>
+template <bool FP8, int HD, int NR, bool OPT>
 static gm_status launch2_one(const xqa_kargs &k, int batch, int n_kv, cudaStream_t s)
 {
-    GM_CHECK((ensure_attr2<FP8, HD, NR>()));
+    GM_CHECK((ensure_attr2<FP8, HD, NR, OPT>()));
     dim3 grid((unsigned)k.nb, (unsigned)n_kv, (unsigned)batch);
-    xqa2_kernel<FP8, HD, NR><<<grid, XQ2_THREADS, xq2_cfg<FP8, HD, NR>::SMEM, s>>>(k);
+    xqa2_kernel<FP8, HD, NR, OPT><<<grid, XQ2_THREADS, xq2_cfg<FP8, HD, NR>::SMEM, s>>>(k);
     GM_LAUNCH_CHECK();
     return GM_OK;
+}
+
+/* OPT: the layer has a soft-cap or a window (OPT false is Gemma 1's code, instruction for instruction). */
+template <bool FP8, int NR, bool OPT>
+static gm_status launch2_hd_opt(const xqa_kargs &k, int hd, int batch, int n_kv, cudaStream_t s)
+{
+    switch (hd) {
+    case 32: return launch2_one<FP8, 32, NR, OPT>(k, batch, n_kv, s);
+    case 64: return launch2_one<FP8, 64, NR, OPT>(k, batch, n_kv, s);
+    case 128: return launch2_one<FP8, 128, NR, OPT>(k, batch, n_kv, s);
+    default: return launch2_one<FP8, 256, NR, OPT>(k, batch, n_kv, s);
+    }
 }
 
 template <bool FP8, int NR>
 static gm_status launch2_hd(const xqa_kargs &k, int hd, int batch, int n_kv, cudaStream_t s)
 {
-    switch (hd) {
-    case 32: return launch2_one<FP8, 32, NR>(k, batch, n_kv, s);
-    case 64: return launch2_one<FP8, 64, NR>(k, batch, n_kv, s);
-    case 128: return launch2_one<FP8, 128, NR>(k, batch, n_kv, s);
-    default: return launch2_one<FP8, 256, NR>(k, batch, n_kv, s);
-    }
+    if (k.window > 0 || k.cap_l2 > 0.0f)
+        return launch2_hd_opt<FP8, NR, true>(k, hd, batch, n_kv, s);
+    return launch2_hd_opt<FP8, NR, false>(k, hd, batch, n_kv, s);
 }
 
 template <bool FP8, int NR>
@@ -214,6 +228,10 @@ static gm_status check_params(const k_xqa_params *p)
         return gm_fail(GM_ERR_INVALID_ARG, "k_attn_decode_xqa: kv_type %d", (int)p->kv_type);
     if (p->kv_type == XQA_KV_FP8 && !(p->kv_scale > 0.0f && isfinite(p->kv_scale)))
         return gm_fail(GM_ERR_INVALID_ARG, "k_attn_decode_xqa: kv_scale %g", (double)p->kv_scale);
+    const k_attn_opts o = {p->scale, p->softcap, p->window};
+    if (!k_attn_opts_valid(&o))
+        return gm_fail(GM_ERR_INVALID_ARG, "k_attn_decode_xqa: scale %g, softcap %g, window %d", (double)p->scale,
+                       (double)p->softcap, p->window);
     if (p->nb_sub_seq > 1) {
         size_t need = k_xqa_scratch_bytes(p->batch, p->n_kv, p->n_heads, p->q_len, p->head_dim, p->nb_sub_seq);
         if (!p->scratch || p->scratch_bytes < need || (uintptr_t)p->scratch % 256)
@@ -253,7 +271,9 @@ extern "C" gm_status k_attn_decode_xqa(const k_xqa_params *p, cudaStream_t s)
     for (int sh = 0; sh < 31; sh++)
         if ((1 << sh) == p->block_size)
             k.bs_shift = sh;
-    k.qk_log2 = p->scale * kvf * XQA_LOG2E;
+    k.qk_log2 = p->softcap > 0.0f ? p->scale / p->softcap * kvf : p->scale * kvf * XQA_LOG2E;
+    k.cap_l2 = p->softcap > 0.0f ? p->softcap * XQA_LOG2E : 0.0f;
+    k.window = p->window;
     k.v_fac = kvf;
     k.nb = p->nb_sub_seq;
     xqa_layout l = scratch_layout(p->batch, p->n_kv, rows, p->head_dim, p->nb_sub_seq);
@@ -272,8 +292,8 @@ template <bool FP8, int HD, int NR>
 static int occ2_one(void)
 {
     int n = 0;
-    if ((ensure_attr2<FP8, HD, NR>()) != GM_OK ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, xqa2_kernel<FP8, HD, NR>, XQ2_THREADS,
+    if ((ensure_attr2<FP8, HD, NR, false>()) != GM_OK ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, xqa2_kernel<FP8, HD, NR, false>, XQ2_THREADS,
                                                       xq2_cfg<FP8, HD, NR>::SMEM) != cudaSuccess) {
         cudaGetLastError();
         gm_clear_error();

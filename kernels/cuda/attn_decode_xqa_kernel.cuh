@@ -181,7 +181,9 @@ __device__ __forceinline__ int xq2_dim(int t, int m)
     return 16 * t + m;
 }
 
-template <bool FP8, int HD, int NR>
+/* OPT: a soft-cap (cap_l2 * tanh of the scaled score, before the mask) and a window (each row masks keys
+ * before its window start; the CTAs cover the first row's window only: xqa_split). */
+template <bool FP8, int HD, int NR, bool OPT>
 __global__ void __launch_bounds__(XQ2_THREADS, FP8 ? 2 : 1) xqa2_kernel(const xqa_kargs a)
 {
     typedef xq2_cfg<FP8, HD, NR> C;
@@ -195,7 +197,7 @@ __global__ void __launch_bounds__(XQ2_THREADS, FP8 ? 2 : 1) xqa2_kernel(const xq
     const int L = a.seq_lens[b];
 
     int k0, k1, ns_eff;
-    if (!xqa_split<HD>(a, L, XQ2_THREADS, k0, k1, ns_eff))
+    if (!xqa_split<HD, OPT>(a, L, XQ2_THREADS, k0, k1, ns_eff))
         return;
     const int n_chunks = (k1 - k0 + XQ2_CHUNK - 1) / XQ2_CHUNK;
     const int n_mine = w < n_chunks ? (n_chunks - w + XQ2_WARPS - 1) / XQ2_WARPS : 0; /* warp-uniform */
@@ -283,7 +285,7 @@ __global__ void __launch_bounds__(XQ2_THREADS, FP8 ? 2 : 1) xqa2_kernel(const xq
     }
 
     /* per thread: rows 2*c4 + jj + 8*rt (jj = 0, 1) */
-    int lim[NR][2];
+    int lim[NR][2], wlo[NR][2]; /* wlo: OPT only */
     float fac[NR][2], m_run[NR][2], l_run[NR][2];
 #pragma unroll
     for (int rt = 0; rt < NR; rt++)
@@ -292,6 +294,8 @@ __global__ void __launch_bounds__(XQ2_THREADS, FP8 ? 2 : 1) xqa2_kernel(const xq
             const int r = 8 * rt + 2 * c4 + jj;
             const int t = r < rows ? r / G : a.q_len - 1;
             lim[rt][jj] = L - a.q_len + t; /* last key this row may see */
+            if (OPT)
+                wlo[rt][jj] = a.window > 0 ? lim[rt][jj] - a.window + 1 : 0; /* its first (window) */
             fac[rt][jj] = FP8 ? s_f[r] : qk;
             m_run[rt][jj] = -INFINITY;
             l_run[rt][jj] = 0.0f;
@@ -395,7 +399,15 @@ __global__ void __launch_bounds__(XQ2_THREADS, FP8 ? 2 : 1) xqa2_kernel(const xq
                 for (int u = 0; u < 2 * C::P2; u++)
                     s += sc[rt][u][e];
                 const int jj = e & 1;
-                v[rt][e] = ((e < 2 ? posA : posB) <= lim[rt][jj]) ? s * fac[rt][jj] : -INFINITY;
+                if constexpr (OPT) {
+                    const int pos = e < 2 ? posA : posB;
+                    float x = s * fac[rt][jj];
+                    if (a.cap_l2 > 0.0f)
+                        x = a.cap_l2 * tanh_fast(x);
+                    v[rt][e] = pos <= lim[rt][jj] && pos >= wlo[rt][jj] ? x : -INFINITY;
+                } else {
+                    v[rt][e] = ((e < 2 ? posA : posB) <= lim[rt][jj]) ? s * fac[rt][jj] : -INFINITY;
+                }
             }
 #pragma unroll
             for (int jj = 0; jj < 2; jj++) {

@@ -1,7 +1,10 @@
 /* attn_prefill.cu - FA2-style forward: a block = 64 query rows of one head (4 warps x 16 rows),
  * K/V tiles of 64 keys gathered from the paged pool by cp.async (K of the next tile loads
  * during P.V, V during Q.K^T), S and P in registers, P reused as the A operand of P.V.
- * Compute-bound for long prompts: 4 * rows * keys/2 * hd FLOPs per head. */
+ * Compute-bound for long prompts: 4 * rows * keys/2 * hd FLOPs per head. OPT (a soft-cap or a sliding
+ * window; OPT false is Gemma 1's code, instruction for instruction): the scores are soft-capped before the
+ * mask, and a window starts the key walk at the tile holding the window start of the block's first row;
+ * keys before that start are neither loaded nor their block-table entries read (zeros in the tile). */
 #include "attn_prefill.cuh"
 
 #include <math.h>
@@ -57,15 +60,15 @@ __device__ __forceinline__ uint32_t lds32(const bf16 *p) { return *reinterpret_c
 /* Gather keys [j0, j0 + 64) of one KV head into a [64, LDS] tile; keys >= kv_len are zeros.
  * bf16 pool: cp.async. e4m3 pool (F8): 8 codes per load, bf16(code * kvs) stored synchronously (the
  * callers' __syncthreads after cp_async_wait publish those stores as well). */
-template <int HD, bool F8>
+template <int HD, bool F8, bool OPT>
 __device__ __forceinline__ void load_kv_tile(bf16 *dst, const void *pool, const int32_t *bt, int32_t bs, int32_t nkv,
-                                             int32_t kvh, int32_t j0, int32_t kv_len, float kvs)
+                                             int32_t kvh, int32_t j0, int32_t kv_len, float kvs, int32_t kv_lo)
 {
     constexpr int LDS = HD + 8, CPR = HD / 8;
     for (int c = threadIdx.x; c < PF_BC * CPR; c += PF_THREADS) {
         int r = c / CPR, col = (c % CPR) * 8;
         int key = j0 + r;
-        bool ok = key < kv_len;
+        bool ok = key < kv_len && (!OPT || key >= kv_lo);
         int64_t off = ok ? (((int64_t)bt[key / bs] * nkv + kvh) * bs + key % bs) * HD + col : 0;
         if constexpr (F8) {
             uint4 val = make_uint4(0u, 0u, 0u, 0u);
@@ -85,13 +88,15 @@ __device__ __forceinline__ void load_kv_tile(bf16 *dst, const void *pool, const 
     }
 }
 
-template <int HD, bool F8>
+/* OPT: window > 0 masks keys <= pos - window; cap_l2 > 0 makes the score cap_l2 * tanh(q . k * scale) (the
+ * host passes scale / softcap and softcap * log2 e), else q . k * scale * log2 e. */
+template <int HD, bool F8, bool OPT>
 __global__ void __launch_bounds__(PF_THREADS)
     attn_prefill_kernel(const bf16 *__restrict__ q, int64_t ldq, const int32_t *__restrict__ q_start,
                         const int32_t *__restrict__ n_new, const int32_t *__restrict__ start_pos, int32_t nh,
                         int32_t nkv, const void *__restrict__ kp, const void *__restrict__ vp, int32_t bs,
                         const int32_t *__restrict__ block_tables, int32_t bt_stride, float scale,
-                        bf16 *__restrict__ out, int64_t ldo, float kvs)
+                        bf16 *__restrict__ out, int64_t ldo, float kvs, int32_t window, float cap_l2)
 {
     constexpr int LDS = HD + 8, CPR = HD / 8, NT = HD / 8;
     extern __shared__ uint4 smem_raw[];
@@ -113,6 +118,9 @@ __global__ void __launch_bounds__(PF_THREADS)
     int kv_len = sp + r0 + rows;
     int n_tiles = (kv_len + PF_BC - 1) / PF_BC;
     const int32_t *bt = block_tables + (int64_t)seq * bt_stride;
+    /* OPT: the first key any row of this block sees (its first row's window start), its tile */
+    const int kv_lo = OPT && window > 0 ? max(0, sp + r0 - window + 1) : 0;
+    const int jt0 = OPT ? kv_lo / PF_BC : 0;
 
     /* Q tile (rows past `rows` are zeros), then K and V of tile 0 */
     for (int c = threadIdx.x; c < PF_BR * CPR; c += PF_THREADS) {
@@ -121,9 +129,9 @@ __global__ void __launch_bounds__(PF_THREADS)
         const bf16 *src = ok ? q + (qrow0 + r) * ldq + (int64_t)h * HD + col : q;
         cp_async16(Qs + r * LDS + col, src, ok);
     }
-    load_kv_tile<HD, F8>(Ks, kp, bt, bs, nkv, kvh, 0, kv_len, kvs);
+    load_kv_tile<HD, F8, OPT>(Ks, kp, bt, bs, nkv, kvh, jt0 * PF_BC, kv_len, kvs, kv_lo);
     cp_async_commit();
-    load_kv_tile<HD, F8>(Vs, vp, bt, bs, nkv, kvh, 0, kv_len, kvs);
+    load_kv_tile<HD, F8, OPT>(Vs, vp, bt, bs, nkv, kvh, jt0 * PF_BC, kv_len, kvs, kv_lo);
     cp_async_commit();
 
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -131,6 +139,13 @@ __global__ void __launch_bounds__(PF_THREADS)
     int ra = warp * 16 + g, rb = ra + 8; /* this thread's two query rows in the tile */
     int pos_a = sp + r0 + ra, pos_b = sp + r0 + rb;
     float sl2 = scale * LOG2E_F;
+    int lo_a = -1, lo_b = -1; /* OPT: keys <= lo are outside the row's window */
+    if (OPT) {
+        if (cap_l2 > 0.0f)
+            sl2 = scale; /* scale / softcap: the argument of the tanh */
+        if (window > 0)
+            lo_a = pos_a - window, lo_b = pos_b - window;
+    }
 
     float o[NT][4];
 #pragma unroll
@@ -138,7 +153,7 @@ __global__ void __launch_bounds__(PF_THREADS)
         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
-    for (int jt = 0; jt < n_tiles; jt++) {
+    for (int jt = jt0; jt < n_tiles; jt++) {
         int j0 = jt * PF_BC;
         cp_async_wait<1>();
         __syncthreads();
@@ -161,7 +176,7 @@ __global__ void __launch_bounds__(PF_THREADS)
         }
         __syncthreads(); /* everyone is done with Ks */
         if (jt + 1 < n_tiles)
-            load_kv_tile<HD, F8>(Ks, kp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len, kvs);
+            load_kv_tile<HD, F8, OPT>(Ks, kp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len, kvs, kv_lo);
         cp_async_commit();
 
         /* online softmax (base 2) on rows a and b */
@@ -171,8 +186,17 @@ __global__ void __launch_bounds__(PF_THREADS)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int key = j0 + n * 8 + 2 * t + e;
-                float va = (key <= pos_a && key < kv_len) ? sc[n][e] * sl2 : -INFINITY;
-                float vb = (key <= pos_b && key < kv_len) ? sc[n][2 + e] * sl2 : -INFINITY;
+                float va, vb;
+                if constexpr (OPT) {
+                    float xa = sc[n][e] * sl2, xb = sc[n][2 + e] * sl2;
+                    if (cap_l2 > 0.0f)
+                        xa = cap_l2 * tanh_fast(xa), xb = cap_l2 * tanh_fast(xb);
+                    va = (key <= pos_a && key < kv_len && key > lo_a) ? xa : -INFINITY;
+                    vb = (key <= pos_b && key < kv_len && key > lo_b) ? xb : -INFINITY;
+                } else {
+                    va = (key <= pos_a && key < kv_len) ? sc[n][e] * sl2 : -INFINITY;
+                    vb = (key <= pos_b && key < kv_len) ? sc[n][2 + e] * sl2 : -INFINITY;
+                }
                 sc[n][e] = va;
                 sc[n][2 + e] = vb;
                 mx_a = fmaxf(mx_a, va);
@@ -227,7 +251,7 @@ __global__ void __launch_bounds__(PF_THREADS)
         }
         __syncthreads(); /* everyone is done with Vs */
         if (jt + 1 < n_tiles)
-            load_kv_tile<HD, F8>(Vs, vp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len, kvs);
+            load_kv_tile<HD, F8, OPT>(Vs, vp, bt, bs, nkv, kvh, j0 + PF_BC, kv_len, kvs, kv_lo);
         cp_async_commit();
     }
     cp_async_wait<0>();
@@ -253,42 +277,53 @@ __global__ void __launch_bounds__(PF_THREADS)
     }
 }
 
-template <int HD, bool F8>
+template <int HD, bool F8, bool OPT>
 static gm_status launch_prefill(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start,
                                 const int32_t *n_new, const int32_t *start_pos, int32_t max_new, int32_t nh,
                                 int32_t nkv, const void *kp, const void *vp, int32_t bs, const int32_t *bt,
-                                int32_t bt_stride, float scale, void *out, int64_t ldo, float kvs, cudaStream_t s)
+                                int32_t bt_stride, float scale, void *out, int64_t ldo, float kvs, int32_t window,
+                                float cap_l2, cudaStream_t s)
 {
     size_t smem = (size_t)(PF_BR + 2 * PF_BC) * (HD + 8) * sizeof(bf16);
     static int attr_set = 0; /* per instantiation: raise the dynamic shared-memory limit once */
     if (!attr_set) {
-        GM_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HD, F8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)smem));
+        GM_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel<HD, F8, OPT>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         attr_set = 1;
     }
     dim3 grid(gm_div_up(max_new, PF_BR), (unsigned)nh, (unsigned)n_seqs);
-    attn_prefill_kernel<HD, F8><<<grid, PF_THREADS, smem, s>>>((const bf16 *)q, ldq, q_start, n_new, start_pos, nh,
-                                                               nkv, kp, vp, bs, bt, bt_stride, scale, (bf16 *)out,
-                                                               ldo, kvs);
+    attn_prefill_kernel<HD, F8, OPT><<<grid, PF_THREADS, smem, s>>>((const bf16 *)q, ldq, q_start, n_new, start_pos,
+                                                                    nh, nkv, kp, vp, bs, bt, bt_stride, scale,
+                                                                    (bf16 *)out, ldo, kvs, window, cap_l2);
     GM_LAUNCH_CHECK();
     return GM_OK;
 }
 
 #define PF_CASE(HD, F8)                                                                                                \
-    return launch_prefill<HD, F8>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, v_pool, bs,    \
-                                  block_tables, bt_stride, scale, out, ldo, kv_scale, s)
+    return opt_on ? launch_prefill<HD, F8, true>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool,  \
+                                                 v_pool, bs, block_tables, bt_stride, sc, out, ldo, kv_scale,          \
+                                                 opt->window, cap_l2, s)                                               \
+                  : launch_prefill<HD, F8, false>(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, k_pool, \
+                                                  v_pool, bs, block_tables, bt_stride, sc, out, ldo, kv_scale, 0,     \
+                                                  0.0f, s)
 
 extern "C" gm_status k_attn_prefill_kv(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start,
                                        const int32_t *n_new, const int32_t *start_pos, int32_t max_new, int32_t nh,
                                        int32_t nkv, int32_t hd, const void *k_pool, const void *v_pool, int32_t bs,
-                                       const int32_t *block_tables, int32_t bt_stride, float scale, void *out,
-                                       int64_t ldo, int kv_fp8, float kv_scale, cudaStream_t s)
+                                       const int32_t *block_tables, int32_t bt_stride, const k_attn_opts *opt,
+                                       void *out, int64_t ldo, int kv_fp8, float kv_scale, cudaStream_t s)
 {
+    if (!k_attn_opts_valid(opt))
+        return gm_fail(GM_ERR_INVALID_ARG, "k_attn_prefill: options scale %g, softcap %g, window %d",
+                       opt ? (double)opt->scale : 0.0, opt ? (double)opt->softcap : 0.0, opt ? opt->window : 0);
     if (n_seqs <= 0 || max_new <= 0)
         return GM_OK;
     if (nkv < 1 || nh % nkv || ldq % 8 || ldo % 8)
         return gm_fail(GM_ERR_INVALID_ARG, "k_attn_prefill: nh %d, nkv %d, ldq %lld, ldo %lld", nh, nkv,
                        (long long)ldq, (long long)ldo);
+    const bool opt_on = !k_attn_opts_plain(opt);
+    const float sc = opt->softcap > 0.0f ? opt->scale / opt->softcap : opt->scale;
+    const float cap_l2 = opt->softcap > 0.0f ? opt->softcap * LOG2E_F : 0.0f;
     if (kv_fp8) {
         switch (hd) {
         case 32: PF_CASE(32, true);
@@ -314,6 +349,7 @@ extern "C" gm_status k_attn_prefill(const void *q, int64_t ldq, int32_t n_seqs, 
                                     const int32_t *block_tables, int32_t bt_stride, float scale, void *out,
                                     int64_t ldo, cudaStream_t s)
 {
+    const k_attn_opts opt = {scale, 0.0f, 0};
     return k_attn_prefill_kv(q, ldq, n_seqs, q_start, n_new, start_pos, max_new, nh, nkv, hd, k_pool, v_pool, bs,
-                             block_tables, bt_stride, scale, out, ldo, 0, 1.0f, s);
+                             block_tables, bt_stride, &opt, out, ldo, 0, 1.0f, s);
 }

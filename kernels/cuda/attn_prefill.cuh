@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "../../common/status.h"
+#include "attn_opts.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,13 +26,16 @@ gm_status k_attn_prefill(const void *q, int64_t ldq, int32_t n_seqs, const int32
                          const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
                          int32_t bt_stride, float scale, void *out, int64_t ldo, cudaStream_t s);
 
-/* The same over an FP8 e4m3 pool when kv_fp8 (value = code * kv_scale, rounded to bf16 in shared
- * memory); kv_fp8 = 0 is k_attn_prefill. */
+/* The same with the layer's score options (scale; Gemma 2's soft-cap, after scaling and before the mask;
+ * a sliding window: the query at position i sees keys i - window < j <= i, and no block wholly before a
+ * query block's first window start is read), over an FP8 e4m3 pool when kv_fp8 (value = code * kv_scale,
+ * rounded to bf16 in shared memory). k_attn_prefill is opt = {scale, 0, 0}, kv_fp8 = 0.
+ * CPU twin: cpu_attention_paged_opts (kernels/cpu/attn.h). */
 gm_status k_attn_prefill_kv(const void *q, int64_t ldq, int32_t n_seqs, const int32_t *q_start, const int32_t *n_new,
                             const int32_t *start_pos, int32_t max_new, int32_t nh, int32_t nkv, int32_t hd,
                             const void *k_pool, const void *v_pool, int32_t bs, const int32_t *block_tables,
-                            int32_t bt_stride, float scale, void *out, int64_t ldo, int kv_fp8, float kv_scale,
-                            cudaStream_t s);
+                            int32_t bt_stride, const k_attn_opts *opt, void *out, int64_t ldo, int kv_fp8,
+                            float kv_scale, cudaStream_t s);
 
 #ifdef __cplusplus
 }

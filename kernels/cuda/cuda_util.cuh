@@ -64,6 +64,16 @@ __device__ __forceinline__ float block_sum(float v, float *red)
     return warp_sum(t);
 }
 
+/* tanh(x) as 1 - 2 / (1 + 2^(2 x log2 e)) on ex2.approx and a fast reciprocal: absolute error below about
+ * 5e-7 everywhere (tanh.approx.f32's relative 2^-11 would move a soft-capped score of 50 by 0.02). x is
+ * clamped to +-15, where tanh is 1 to float precision. The attention soft-cap (Gemma 2). */
+__device__ __forceinline__ float tanh_fast(float x)
+{
+    float e, t = fminf(fmaxf(x, -15.0f), 15.0f) * 2.8853900817779268f; /* 2 log2(e) */
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(t));
+    return 1.0f - __fdividef(2.0f, 1.0f + e);
+}
+
 static inline unsigned gm_div_up(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
 
 #endif

@@ -68,6 +68,40 @@ __device__ __forceinline__ void load_delta(const float *d, int64_t i8, float f[8
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
+/* Gemma 2/3's sandwich norm of a residual delta: the row d [dim] (bf16 or f32) RMS-normed with dw1 (1 + the
+ * post-attention or post-feed-forward weight, f32) and rounded to bf16, as HF's norm before the residual add
+ * computes it. out: this thread's NORM_CHUNKS chunks of 8 (chunk c: 8-element group threadIdx.x + c * STRIDE,
+ * the norm kernels' mapping). Every thread of the block calls it (a block reduction). red: __shared__ [32]. */
+template <int STRIDE, typename DT>
+__device__ __forceinline__ void normed_delta(const DT *d, const float *dw1, int64_t n8, int64_t dim, float eps,
+                                             float *red, float out[NORM_CHUNKS][8])
+{
+    float ss = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; c++) {
+        int64_t i = threadIdx.x + (int64_t)c * STRIDE;
+        if (i < n8) {
+            load_delta(d, i, out[c]);
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                ss += out[c][j] * out[c][j];
+        }
+    }
+    ss = block_sum(ss, red);
+    const float r = rsqrtf(ss / (float)dim + eps);
+#pragma unroll
+    for (int c = 0; c < NORM_CHUNKS; c++) {
+        int64_t i = threadIdx.x + (int64_t)c * STRIDE;
+        if (i < n8) {
+            float w[8];
+            load_delta(dw1, i, w); /* 8 floats of the weight */
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                out[c][j] = round_bf16(out[c][j] * r * w[j]);
+        }
+    }
+}
+
 static inline unsigned fp8q_grid_for(int64_t total8)
 {
     int64_t b = (total8 + Q_THREADS - 1) / Q_THREADS;
@@ -92,12 +126,13 @@ gm_status fp8q_dyn_finish(const k_fp8_act *a, int64_t rows, int64_t dim, void *q
  * point at batch 1). Same per-row arithmetic as rmsnorm_fp8_kernel / geglu_fp8_kernel (same thread
  * mapping and reductions), so the codes are the same. MODE 0: rmsnorm; 1: add (bf16 delta) + rmsnorm;
  * 2: add (f32 delta) + rmsnorm; 3: GeGLU of gu [rows, 2 dim]; 4: plain quantization of x (row stride
- * ldx; tmp unused). tmp [rows, dim] bf16 scratch. */
+ * ldx; tmp unused); 5, 6: as 1, 2 with the delta RMS-normed by dw1 first (Gemma 2/3's sandwich,
+ * normed_delta). tmp [rows, dim] bf16 scratch. */
 template <int MODE>
 __global__ void __launch_bounds__(Q_THREADS)
     small_dyn_kernel(bf16 *__restrict__ x, int64_t ldx, const void *__restrict__ delta, const float *__restrict__ w1,
                      int64_t dim, float eps, int64_t rows, float *__restrict__ scale, bf16 *__restrict__ tmp,
-                     uint8_t *__restrict__ q)
+                     uint8_t *__restrict__ q, const float *__restrict__ dw1 = nullptr)
 {
     __shared__ float red[32];
     int64_t n8 = dim / 8;
@@ -129,6 +164,11 @@ __global__ void __launch_bounds__(Q_THREADS)
         uint4 *xr = reinterpret_cast<uint4 *>(x + row * ldx);
         float v[NORM_CHUNKS][8];
         float ss = 0.0f;
+        float dn[MODE >= 5 ? NORM_CHUNKS : 1][8]; /* MODE 5, 6: the normed delta */
+        if constexpr (MODE == 5)
+            normed_delta<Q_THREADS>(reinterpret_cast<const bf16 *>(delta) + row * dim, dw1, n8, dim, eps, red, dn);
+        if constexpr (MODE == 6)
+            normed_delta<Q_THREADS>(reinterpret_cast<const float *>(delta) + row * dim, dw1, n8, dim, eps, red, dn);
 #pragma unroll
         for (int c = 0; c < NORM_CHUNKS; c++) {
             int64_t i = threadIdx.x + (int64_t)c * Q_THREADS;
@@ -136,7 +176,11 @@ __global__ void __launch_bounds__(Q_THREADS)
                 bf16x8_to_f32(xr[i], v[c]);
                 if (MODE != 0) {
                     float d[8];
-                    if (MODE == 1)
+                    if constexpr (MODE >= 5) {
+#pragma unroll
+                        for (int j = 0; j < 8; j++)
+                            d[j] = dn[c][j];
+                    } else if (MODE == 1)
                         load_delta(reinterpret_cast<const bf16 *>(delta) + row * dim, i, d);
                     else
                         load_delta(reinterpret_cast<const float *>(delta) + row * dim, i, d);

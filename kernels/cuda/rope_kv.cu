@@ -14,10 +14,15 @@
 
 #define ROPE_THREADS 256
 
+/* QKN: Gemma 3's QK-norm first: the cph = hd/16 threads of a head (consecutive lanes of one warp, since
+ * blockDim and cph are powers of two) sum its squares by shuffles, then scale by rsqrt(mean + eps) * w1
+ * and round to bf16, before the rotation. */
+template <bool QKN>
 __global__ void __launch_bounds__(ROPE_THREADS)
     rope_kv_kernel(bf16 *__restrict__ qkv, int64_t ld, int32_t nh, int32_t nkv, int32_t hd,
                    const int32_t *__restrict__ pos, const float *__restrict__ table,
-                   const int32_t *__restrict__ slot, bf16 *__restrict__ kp, bf16 *__restrict__ vp, int32_t bs)
+                   const int32_t *__restrict__ slot, bf16 *__restrict__ kp, bf16 *__restrict__ vp, int32_t bs,
+                   const float *__restrict__ qn, const float *__restrict__ kn, float eps)
 {
     pdl_wait();
     __shared__ float cs[256], sn[256];
@@ -34,13 +39,33 @@ __global__ void __launch_bounds__(ROPE_THREADS)
     int64_t blk = sl >= 0 ? sl / bs : 0, off = sl >= 0 ? sl % bs : 0;
     int cph = half / 8; /* 16-byte chunks per half head */
     int n_rot = (nh + nkv) * cph;
-    for (int w = threadIdx.x; w < n_rot; w += blockDim.x) {
+    int n_loop = QKN ? (n_rot + 31) & ~31 : n_rot; /* QKN: whole warps (the shuffles) */
+    for (int w = threadIdx.x; w < n_loop; w += blockDim.x) {
+        const bool act = !QKN || w < n_rot;
         int h = w / cph, c = (w % cph) * 8;
         uint4 *lo_p = reinterpret_cast<uint4 *>(row + (int64_t)h * hd + c);
         uint4 *hi_p = reinterpret_cast<uint4 *>(row + (int64_t)h * hd + c + half);
         float lo[8], hi[8], a[8], b[8];
-        bf16x8_to_f32(*lo_p, lo);
-        bf16x8_to_f32(*hi_p, hi);
+        if (act) {
+            bf16x8_to_f32(*lo_p, lo);
+            bf16x8_to_f32(*hi_p, hi);
+        }
+        if constexpr (QKN) {
+            float ss = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                ss += act ? lo[j] * lo[j] + hi[j] * hi[j] : 0.0f;
+            for (int o = 1; o < cph; o <<= 1)
+                ss += __shfl_xor_sync(0xffffffffu, ss, o);
+            if (!act)
+                continue;
+            const float r = rsqrtf(ss / (float)hd + eps), *w1 = h < nh ? qn : kn;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                lo[j] = round_bf16(lo[j] * r * w1[c + j]);
+                hi[j] = round_bf16(hi[j] * r * w1[c + j + half]);
+            }
+        }
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             float cj = cs[c + j], sj = sn[c + j];
@@ -78,12 +103,15 @@ extern "C" void k_rope_inv_freq(float theta, int32_t head_dim, float *inv_freq)
         inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
 }
 
-extern "C" gm_status k_rope_table(float *table, int32_t max_pos, int32_t hd, float theta)
+extern "C" gm_status k_rope_table(float *table, int32_t max_pos, int32_t hd, float theta, float scale)
 {
-    if (hd % 2 || hd > 512 || max_pos < 1)
-        return gm_fail(GM_ERR_INVALID_ARG, "k_rope_table: head_dim %d, max_pos %d", hd, max_pos);
+    if (hd % 2 || hd > 512 || max_pos < 1 || !(scale > 0.0f) || !(theta > 0.0f))
+        return gm_fail(GM_ERR_INVALID_ARG, "k_rope_table: head_dim %d, max_pos %d, theta %g, scale %g", hd, max_pos,
+                       (double)theta, (double)scale);
     float inv[256];
     k_rope_inv_freq(theta, hd, inv);
+    for (int32_t i = 0; i < hd / 2; i++)
+        inv[i] = inv[i] / scale; /* as cpu_rope_scaled (exact for scale 1) */
     size_t n = (size_t)max_pos * (size_t)hd;
     float *h = (float *)malloc(n * sizeof(float));
     if (!h)
@@ -110,8 +138,26 @@ extern "C" gm_status k_rope_kv_write(void *qkv, int64_t ld, int64_t T, int32_t n
                        hd, (long long)ld, bs);
     if (T <= 0)
         return GM_OK;
-    GM_CUDA_CHECK(gm_launch(rope_kv_kernel, dim3((unsigned)T), dim3(ROPE_THREADS), 0, s, (bf16 *)qkv, ld, nh, nkv, hd,
-                            pos, rope_table, slot, (bf16 *)k_pool, (bf16 *)v_pool, bs));
+    GM_CUDA_CHECK(gm_launch(rope_kv_kernel<false>, dim3((unsigned)T), dim3(ROPE_THREADS), 0, s, (bf16 *)qkv, ld, nh,
+                            nkv, hd, pos, rope_table, slot, (bf16 *)k_pool, (bf16 *)v_pool, bs, (const float *)NULL,
+                            (const float *)NULL, 0.0f));
+    return GM_OK;
+}
+
+extern "C" gm_status k_rope_kv_write_qkn(void *qkv, int64_t ld, int64_t T, int32_t nh, int32_t nkv, int32_t hd,
+                                         const int32_t *pos, const float *rope_table, const k_qk_norm *qkn,
+                                         const int32_t *slot, void *k_pool, void *v_pool, int32_t bs, cudaStream_t s)
+{
+    if (!qkn || !qkn->q_w1 || !qkn->k_w1 || !(qkn->eps >= 0.0f))
+        return gm_fail(GM_ERR_INVALID_ARG, "k_rope_kv_write_qkn: no QK-norm weights");
+    if (hd < 32 || hd > 512 || (hd & (hd - 1)) || ld % 8 || bs < 1)
+        return gm_fail(GM_ERR_UNSUPPORTED, "k_rope_kv_write_qkn: head_dim %d (a power of two, 32..512), ld %lld, "
+                       "block %d", hd, (long long)ld, bs);
+    if (T <= 0)
+        return GM_OK;
+    GM_CUDA_CHECK(gm_launch(rope_kv_kernel<true>, dim3((unsigned)T), dim3(ROPE_THREADS), 0, s, (bf16 *)qkv, ld, nh,
+                            nkv, hd, pos, rope_table, slot, (bf16 *)k_pool, (bf16 *)v_pool, bs, qkn->q_w1, qkn->k_w1,
+                            qkn->eps));
     return GM_OK;
 }
 

@@ -809,3 +809,28 @@ extern "C" gm_status k_resolve_ids(int32_t *ids, const int32_t *tok_slot, int64_
     GM_CUDA_CHECK(gm_launch(resolve_kernel, dim3(gm_div_up(T, 256)), dim3(256), 0, s, ids, tok_slot, T, last_tok));
     return GM_OK;
 }
+
+/* ---- Gemma 2's final soft-cap ---- */
+
+__global__ void logits_softcap_kernel(float *__restrict__ logits, int64_t ld, int64_t vocab, int32_t n, float cap)
+{
+    pdl_wait();
+    const int64_t total = (int64_t)n * vocab;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        float *p = logits + (i / vocab) * ld + i % vocab;
+        *p = tanhf(*p / cap) * cap; /* as cpu_softcap */
+    }
+}
+
+extern "C" gm_status k_logits_softcap(float *logits, int64_t ld, int64_t vocab, int32_t n, float cap, cudaStream_t s)
+{
+    if (!(cap > 0.0f) || !isfinite(cap) || ld < vocab)
+        return gm_fail(GM_ERR_INVALID_ARG, "k_logits_softcap: cap %g, ld %lld, vocab %lld", (double)cap, (long long)ld,
+                       (long long)vocab);
+    if (n <= 0 || vocab <= 0)
+        return GM_OK;
+    int64_t blocks = ((int64_t)n * vocab + 255) / 256;
+    GM_CUDA_CHECK(gm_launch(logits_softcap_kernel, dim3((unsigned)(blocks < 1056 ? blocks : 1056)), dim3(256), 0, s,
+                            logits, ld, vocab, n, cap));
+    return GM_OK;
+}

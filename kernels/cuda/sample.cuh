@@ -71,6 +71,10 @@ gm_status k_feed_tokens(const int32_t *tokens, const int32_t *slots, int32_t n, 
  * previous step sampled on the device.  All device arrays. */
 gm_status k_resolve_ids(int32_t *ids, const int32_t *tok_slot, int64_t T, const int32_t *last_tok, cudaStream_t s);
 
+/* Gemma 2's final logit soft-cap, in place: logits[r, i] = tanhf(logits[r, i] / cap) * cap for r < n,
+ * i < vocab (row stride ld), before sampling and in dumped logits. cap > 0. CPU twin: cpu_softcap. */
+gm_status k_logits_softcap(float *logits, int64_t ld, int64_t vocab, int32_t n, float cap, cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif
