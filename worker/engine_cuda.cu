@@ -231,6 +231,7 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
         GM_GOTO(cu_lm_head_fp8_setup(c), st, fail);
     GM_GOTO(cu_kv_alloc(c, &spec, &mem), st, fail);
     GM_GOTO(cu_prefill_rule(c, GM_CUDA_PREFILL_AUTO), st, fail); /* needs the pool's size */
+    GM_GOTO(cu_prefill_selfcheck(c), st, fail);
     if (o->verbose && (cfg->family == GM_FAMILY_GEMMA2 || cfg->family == GM_FAMILY_GEMMA3))
         fprintf(stderr, "cuda engine: Gemma %d: scale %g, soft-caps %g / %g, window %d%s, QK-norm %s, RoPE %g / %g "
                 "(scale %g)\n", (int)cfg->family, (double)c->layers[0].attn.scale, (double)cfg->attn_softcap,

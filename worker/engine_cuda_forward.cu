@@ -13,9 +13,12 @@
  *   the prompt rows by the prefill kernel the rule names (cu_prefill_rule: the Hopper kernel where it serves).
  * Tensor-parallel ranks all-reduce (NCCL, float32) after o_proj and down_proj; rank 0 computes the logits
  * and samples, and broadcasts the tokens. */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "../common/log.h"
 #include "../kernels/cuda/attn_decode.cuh"
 #include "../kernels/cuda/attn_prefill.cuh"
 #include "../kernels/cuda/attn_prefill_hopper.cuh"
@@ -432,5 +435,132 @@ gm_status cu_forward(cuda_engine *c, const fwd_args *a)
         GM_CHECK(gm_nccl_broadcast_i32(c->nccl, m->tokens, a->S, 0, s));
     GM_CHECK(k_feed_tokens(m->tokens, m->sslot, a->S, c->last_tok, s));
     cu_prof_mark(c, OP_SAMPLE);
+    return GM_OK;
+}
+
+/* ---------------------------------------------------------------- the prefill kernel's check at load */
+
+/* Host bf16 of a float, round to nearest even. */
+static uint16_t sc_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static float sc_from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* One prompt chunk (T rows at start_pos S0, so it attends to earlier rows in the pool too) through the kernel
+ * the rule picked and through the mma.sync kernel, on this engine's head counts, block size, KV format and
+ * layer 0's score options, with random inputs; *nerr = ||hopper - mma|| / ||mma||, NaN when either wrote NaN. */
+static gm_status prefill_compare(cuda_engine *c, int e4m3, double *nerr)
+{
+    const int32_t nq = (int32_t)c->nq, nkv = (int32_t)c->nkv, hd = (int32_t)c->hd, bs = c->base.opts.kv_block_size;
+    const int32_t T = 150, S0 = 90, n_tok = S0 + T, nb = (n_tok + bs - 1) / bs;
+    const int64_t qw = (int64_t)nq * hd, pool_elems = (int64_t)nb * nkv * bs * hd, esz = c->kv8 ? 1 : 2;
+    const k_attn_opts *ao = &c->layers[0].attn;
+    const float kvs = 0.5f;
+    uint16_t *qh = (uint16_t *)malloc((size_t)(T * qw) * 2);
+    uint8_t *poolh = (uint8_t *)malloc((size_t)(2 * pool_elems * esz));
+    uint16_t *o1 = (uint16_t *)malloc((size_t)(T * qw) * 2), *o2 = (uint16_t *)malloc((size_t)(T * qw) * 2);
+    int32_t meta[3 + 64];
+    void *d = NULL;
+    gm_status st = GM_OK;
+    if (!qh || !poolh || !o1 || !o2 || nb > 64) {
+        st = gm_fail(GM_ERR_NOMEM, "cuda engine: prefill check buffers");
+        goto done;
+    }
+    {
+        uint64_t x = 0x9e3779b97f4a7c15ull;
+        for (int64_t i = 0; i < T * qw; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            qh[i] = sc_bf16(((float)(x >> 40) / 16777216.0f - 0.5f) * 4.0f);
+        }
+        for (int64_t i = 0; i < 2 * pool_elems; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            float v = ((float)(x >> 40) / 16777216.0f - 0.5f) * 2.0f;
+            if (c->kv8) { /* a finite e4m3 code: sign, exponent 0..14, any mantissa */
+                uint8_t code = (uint8_t)((x >> 8) & 0x77u);
+                poolh[i] = (uint8_t)((v < 0 ? 0x80u : 0u) | code);
+            } else {
+                ((uint16_t *)poolh)[i] = sc_bf16(v);
+            }
+        }
+        meta[0] = 0, meta[1] = T, meta[2] = S0; /* q_start, n_new, start_pos */
+        for (int32_t b = 0; b < nb; b++)
+            meta[3 + b] = nb - 1 - b; /* a scattered table */
+    }
+    {
+        const size_t qb = (size_t)(T * qw) * 2, pb = (size_t)(2 * pool_elems * esz), mb = sizeof meta;
+        GM_CUDA_GOTO(cudaMalloc(&d, qb + pb + 2 * qb + mb + 256), st, done);
+        char *q = (char *)d, *pool = q + qb, *out1 = pool + pb, *out2 = out1 + qb, *md = out2 + qb;
+        const int32_t *dm = (const int32_t *)md;
+        GM_CUDA_GOTO(cudaMemcpy(q, qh, qb, cudaMemcpyHostToDevice), st, done);
+        GM_CUDA_GOTO(cudaMemcpy(pool, poolh, pb, cudaMemcpyHostToDevice), st, done);
+        GM_CUDA_GOTO(cudaMemcpy(md, meta, mb, cudaMemcpyHostToDevice), st, done);
+        GM_CUDA_GOTO(cudaMemset(out1, 0xff, 2 * qb), st, done); /* NaN: unwritten rows fail the check */
+        const void *kp = pool, *vp = pool + pool_elems * esz;
+        k_prefill_opts po = {ao->scale, ao->softcap, ao->window, c->kv8, kvs, e4m3};
+        GM_GOTO(k_attn_prefill_hopper(q, qw, T, 1, dm, dm + 1, dm + 2, T, nq, nkv, hd, kp, vp, bs, nb, dm + 3, nb, &po,
+                                      out1, qw, c->stream), st, done);
+        GM_GOTO(k_attn_prefill_kv(q, qw, 1, dm, dm + 1, dm + 2, T, nq, nkv, hd, kp, vp, bs, dm + 3, nb, ao, out2, qw,
+                                  c->kv8, kvs, c->stream), st, done);
+        GM_CUDA_GOTO(cudaStreamSynchronize(c->stream), st, done);
+        GM_CUDA_GOTO(cudaMemcpy(o1, out1, qb, cudaMemcpyDeviceToHost), st, done);
+        GM_CUDA_GOTO(cudaMemcpy(o2, out2, qb, cudaMemcpyDeviceToHost), st, done);
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < T * qw; i++) {
+            double a = sc_from_bf16(o1[i]), b = sc_from_bf16(o2[i]);
+            num += (a - b) * (a - b), den += b * b;
+        }
+        *nerr = den > 0 ? sqrt(num / den) : NAN; /* NaN anywhere makes num NaN */
+    }
+done:
+    cudaFree(d);
+    free(qh), free(poolh), free(o1), free(o2);
+    if (st != GM_OK)
+        cudaGetLastError(); /* a failed launch must not poison the engine's later checks */
+    return st;
+}
+
+/* The Hopper prefill kernels are new: before the engine serves with them, check each variant the rule picked
+ * against the mma.sync kernel on this device and this model's shapes, and fall back (with a warning) when one
+ * fails to launch or disagrees (normalized error above 3e-2 on f16/bf16 tensor cores, 1.5e-1 with e4m3 Q and
+ * P). Costs two small launches at load. */
+gm_status cu_prefill_selfcheck(cuda_engine *c)
+{
+    if (!c->opt.prefill_hopper || c->opt.prefill != GM_CUDA_PREFILL_AUTO)
+        return GM_OK; /* nothing new in use, or a test/bench forced a kernel on purpose */
+    double e = NAN;
+    if (c->opt.prefill_e4m3) {
+        gm_status st = prefill_compare(c, 1, &e);
+        if (st != GM_OK || !(e < 1.5e-1)) {
+            GM_WARN("cuda engine: the e4m3 Hopper prefill kernel %s (error %.3g against mma.sync): using f16 tensor "
+                    "cores for FP8 pools", st != GM_OK ? gm_last_error() : "disagrees", e);
+            c->opt.prefill_e4m3 = 0;
+            gm_clear_error();
+        } else if (c->base.opts.verbose) {
+            fprintf(stderr, "cuda engine: e4m3 Hopper prefill checked against mma.sync: error %.3g\n", e);
+        }
+    }
+    if (!c->opt.prefill_e4m3) {
+        e = NAN;
+        gm_status st = prefill_compare(c, 0, &e);
+        if (st != GM_OK || !(e < 3e-2)) {
+            GM_WARN("cuda engine: the Hopper prefill kernel %s (error %.3g against mma.sync): prefill stays on "
+                    "mma.sync", st != GM_OK ? gm_last_error() : "disagrees", e);
+            c->opt.prefill_hopper = 0;
+            gm_clear_error();
+        } else if (c->base.opts.verbose) {
+            fprintf(stderr, "cuda engine: Hopper prefill checked against mma.sync: error %.3g\n", e);
+        }
+    }
     return GM_OK;
 }

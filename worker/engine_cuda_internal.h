@@ -305,6 +305,9 @@ void cu_attn_plan_eager(const cuda_engine *c, int32_t rows, cu_attn_plan *p);
 /* The prefill-attention rule under `mode`: sets c->opt.prefill and c->opt.prefill_hopper (needs the KV pool's
  * size); GM_ERR_UNSUPPORTED (nothing changed) when mode forces the Hopper kernel where it does not serve. */
 gm_status cu_prefill_rule(cuda_engine *c, gm_cuda_prefill mode);
+/* Under the automatic rule, check the Hopper prefill kernels it picked against mma.sync on this device and
+ * model; a variant that fails or disagrees is turned off with a warning. */
+gm_status cu_prefill_selfcheck(cuda_engine *c);
 /* A decode plan's split counts for a batch of `rows` rows: full layers (max_context keys), sliding layers
  * (window keys). */
 void cu_attn_plan_splits(const cuda_engine *c, cu_attn_plan *p);
