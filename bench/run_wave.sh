@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# run_wave.sh - one GPU call that checks and measures a build against the previous one on the same card.
+# run_wave.sh - one GPU call that checks a build and measures it against a base build on the same card.
 #
 #   OUT=$OUT WAVE_BUDGET=560 bash bench/run_wave.sh [PHASE...]
 #
-# Carry `pack` (this build, bench/pack.sh) and `pack-base` (the build to compare with, made the same way
-# with PACK_DIR=pack-base from an older commit). PHASEs, run in the order given (default: tests serve2b
-# prefill b1 serve7b), each cut to what is left of WAVE_BUDGET seconds:
-#   tests    run_gpu.sh tests + gate, test_gpu_awq, test_gpu_sizing, the Hopper prefill test (small cases)
-#   serve2b  gemmad 2b FP8 (calibrated) 128/128 at 1,024 streams: this build with no sizing flags, this
-#            build with the tuned flags, the base build with the tuned flags
-#   serve7b  the same for 7b
-#   prefill  prefill_bench (Hopper kernel vs mma.sync) and torch SDPA on the same shapes
-#   b1       bench_decode batch 1, 2b and 7b FP8 (static scales, FP8 LM head): this build and the base
-#   prefillfull  the Hopper prefill test with every case (long CPU references)
-# Everything lands in $OUT/wave.tgz; the last lines printed are the summary.
+# Carry `pack` (this build: bench/pack.sh) and `pack-base` (the build to compare with: PACK_DIR=pack-base
+# bench/pack.sh on an older commit). PHASEs run in the order given (default: tests serve2b prefill b1 g23b
+# serve7b), each cut to what is left of WAVE_BUDGET seconds; every GPU test runs under its own timeout:
+#   tests    the GPU tests, most telling first (kernels vs CPU twins, the engine vs the CPU engine for Gemma 1,
+#            2, 3, sampling extras, the Hopper prefill kernel, sizing, prefix-block copies, a gemmad smoke test)
+#   serve2b  gemmad 2b FP8 (calibrated, FP8 KV and LM head), 128/128 at 1,024 streams: this build with no sizing
+#            flags through the RPC and through HTTP (the same gemmad), a shared-prefix workload with the prefix
+#            cache on and off, this build with the tuned flags, the base build with the tuned flags
+#   serve7b  defaults, tuned and base rows for 7b
+#   prefill  Hopper prefill vs mma.sync vs torch SDPA (cuDNN, flash) at T = 1k..8k (bench/run_prefill.sh)
+#   b1       bench_decode batch 1 and 4, 2b and 7b FP8 (static scales, FP8 LM head): this build and the base
+#   g23b     bench_decode of gemma2-9b / gemma3-4b / gemma3-12b shapes, FP8, batch 1 and 64
+# Logs: $OUT/wave.tgz (everything), $OUT/summary.txt (the lines printed last).
 set -u
+ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null  # 1,024 HTTP streams and the bench's side of them
 OUT=${OUT:-$PWD/gpu-out}
 W=/tmp/wave
 mkdir -p "$OUT" "$W"
@@ -29,69 +32,156 @@ unpack() { # unpack PACKDIR DEST
 }
 unpack pack /tmp/gm-pack || { say "no pack"; exit 1; }
 [ -d pack-base ] && unpack pack-base /tmp/gm-base
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$d
+done
 export LD_LIBRARY_PATH=/tmp/gm-pack/lib:${LD_LIBRARY_PATH:-}
+P=/tmp/gm-pack
 say "== run_wave.sh $(date -u +%Y-%m-%dT%H:%MZ) on $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
 export M=${GM_MODELS:-/tmp/gm-models}
 mkdir -p "$M"
 # calibrated FP8 checkpoints of the full random 2b/7b, made on the CPUs while the GPU runs the tests
-OUT=$W/prep PACK=/tmp/gm-pack FP8S_MODELS="2b 7b" bash bench/run_gpu.sh fp8sprep > /dev/null 2>&1
+[ -n "${WAVE_NOPREP:-}" ] || OUT=$W/prep PACK=$P FP8S_MODELS="2b 7b" bash bench/run_gpu.sh fp8sprep > /dev/null 2>&1
 
-gpu() { # gpu SUBDIR PACKDIR PHASES... with env: bench/run_gpu.sh on the time left
-  local sub=$1 p=$2; shift 2
-  local l=$(left)
-  [ "$l" -lt 30 ] && { say "$sub: SKIP(budget)"; return; }
-  OUT=$W/$sub PACK=$p GM_TIME_BUDGET=$l LD_LIBRARY_PATH=$p/lib:${LD_LIBRARY_PATH} bash bench/run_gpu.sh "$@" > /dev/null 2>&1
-  sed "s/^/[$sub] /" "$W/$sub/summary.txt" | tee -a "$summary"
+t() { # t NAME LIMIT CMD...: one test under a timeout; PASS/FAIL/SKIP line in the summary
+  local name=$1 lim=$2 l; shift 2
+  l=$(left)
+  [ "$l" -lt 20 ] && { say "$(printf '%-32s SKIP(budget)' "$name")"; return; }
+  [ "$lim" -gt $((l - 10)) ] && lim=$((l - 10))
+  local s=$(date +%s)
+  timeout --kill-after=5 "$lim" "$@" > "$W/t_$name.log" 2>&1
+  local rc=$? st=PASS
+  [ $rc = 77 ] && st=SKIP
+  [ $rc != 0 ] && [ $rc != 77 ] && st="FAIL(rc=$rc)"
+  [ $rc = 124 ] && st="TIMEOUT(${lim}s)"
+  say "$(printf '%-32s %-14s %4ds %s' "$name" "$st" $(( $(date +%s) - s )) \
+    "$(grep -hoE 'worst logits nerr[^,;]*|nerr [0-9.e+-]+' "$W/t_$name.log" | tail -1)")"
+}
+mk() { # mk NAME ARGS...: a random model, once
+  [ -f "$M/$1/config.json" ] || "$P/gemma-mkmodel" --corpus data/corpus.txt --out "$M/$1" "${@:2}" > "$W/mk_$1.log" 2>&1
 }
 
-serve() { # serve MODEL
-  local m=$1
-  SERVE_FLAGS= SERVE_TAG=defaults SERVE_PLAN="$m:fp8s:128/128@1024" gpu serve-$m-defaults /tmp/gm-pack serve
-  local mem kv=60G
+wait_up() { # wait_up EP PID: gemmad answers Health (seconds it took, or FAIL)
+  local s=$(date +%s)
+  for _ in $(seq 1 400); do
+    "$P/gemma-cli" --endpoint "$1" --health > /dev/null 2>&1 && { echo $(( $(date +%s) - s )); return 0; }
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.5
+  done
+  echo FAIL
+  return 1
+}
+
+bench() { # bench LABEL ARGS...: one gemma-bench run, its markdown row in the summary
+  local label=$1 f; shift
+  f=$W/bench_$(echo "$label" | tr -c 'A-Za-z0-9_.-' '_')
+  [ "$(left)" -lt 40 ] && { say "bench $label: SKIP(budget)"; return; }
+  timeout $(( $(left) - 20 > 150 ? 150 : $(left) - 20 )) "$P/gemma-bench" "$@" --label "$label" --markdown --quiet \
+    --json "$f.json" > "$f.md" 2> "$f.err"
+  say "$(grep -E '^\|' "$f.md" | tail -1) $(grep -m1 -iE 'fail|error' "$f.err")"
+}
+
+serve_model() { # serve_model 2b|7b
+  local m=$1 mdir=$M/${1}fp8s ep=ipc:///tmp/gm-wave.sock kv=60G mem
+  for _ in $(seq 1 400); do [ -f "$M/${m}fp8s.done" ] && break; [ "$(left)" -lt 60 ] && break; sleep 1; done
+  [ -f "$mdir/config.json" ] || { say "serve $m: no calibrated checkpoint ($(tail -2 "$W/prep/fp8sprep.log" 2>/dev/null))"; return; }
   mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
   [ "${mem:-0}" -gt 100000 ] && kv=80G
-  SERVE_KV_MEM=$kv SERVE_TAG=tuned SERVE_PLAN="$m:fp8s:128/128@1024" gpu serve-$m-tuned /tmp/gm-pack serve
-  [ -d /tmp/gm-base ] && SERVE_KV_MEM=$kv SERVE_TAG=base-tuned SERVE_PLAN="$m:fp8s:128/128@1024" \
-    gpu serve-$m-base /tmp/gm-base serve
-  grep -h "KV pool\|max_seqs\|max_tokens_per_step\|max_context\|KV cache" "$W/serve-$m-defaults/serve.log" 2>/dev/null |
-    head -6 | sed "s/^/[serve-$m-defaults] /" | tee -a "$summary"
+  kv=${WAVE_KV:-$kv}
+  local qa=${WAVE_QA---quant fp8 --kv-dtype fp8 --lm-head fp8} be=${WAVE_BACKEND:-cuda}
+  local common=${WAVE_COMMON:---isl 128 --osl 128 --concurrency 1024 --num-requests 2048 --warmup 1024}
+  # 1. this build, no sizing flags: RPC and HTTP on the same gemmad, then the shared-prefix workload
+  "$P/gemmad" --model "$mdir" --backend $be --listen $ep --http-listen 127.0.0.1:8000 $qa \
+    --worker-bin "$P/gemma-worker" > "$W/gemmad_${m}_defaults.log" 2>&1 &
+  local pid=$!
+  say "gemmad $m defaults up in $(wait_up $ep $pid) s; $(grep -hE 'KV pool|max_seqs|max_tokens_per_step' "$W/gemmad_${m}_defaults.log" | head -3 | sed 's/.*gemmad: //' | tr '\n' ';')"
+  bench "$m defaults rpc 128/128" --endpoint $ep $common
+  bench "$m defaults http 128/128" --http http://127.0.0.1:8000 $common
+  if "$P/gemma-bench" --help 2>&1 | grep -q -- --shared-prefix; then
+    bench "$m prefix-cache on 1000+128/128@256" --endpoint $ep --shared-prefix 1000 --isl 128 --osl 128 \
+      --concurrency 256 --num-requests 512 --warmup 64
+  fi
+  kill $pid; wait $pid 2>/dev/null
+  if "$P/gemma-bench" --help 2>&1 | grep -q -- --shared-prefix && [ "$(left)" -gt 120 ]; then
+    "$P/gemmad" --model "$mdir" --backend $be --listen $ep $qa --prefix-cache false \
+      --worker-bin "$P/gemma-worker" > "$W/gemmad_${m}_nocache.log" 2>&1 &
+    pid=$!
+    wait_up $ep $pid > /dev/null
+    bench "$m prefix-cache off 1000+128/128@256" --endpoint $ep --shared-prefix 1000 --isl 128 --osl 128 \
+      --concurrency 256 --num-requests 512 --warmup 64
+    kill $pid; wait $pid 2>/dev/null
+  fi
+  # 2. tuned flags, this build and the base build
+  local tuned="--kv-memory $kv --max-seqs 1024 --max-context 2304 --max-tokens-per-step 8192"
+  for b in pack base; do
+    local bin=$P; [ $b = base ] && bin=/tmp/gm-base
+    [ -x $bin/gemmad ] || continue
+    [ "$(left)" -lt 90 ] && { say "serve $m tuned $b: SKIP(budget)"; continue; }
+    LD_LIBRARY_PATH=$bin/lib:$LD_LIBRARY_PATH "$bin/gemmad" --model "$mdir" --backend $be --listen $ep $qa $tuned \
+      --worker-bin "$bin/gemma-worker" > "$W/gemmad_${m}_tuned_$b.log" 2>&1 &
+    pid=$!
+    wait_up $ep $pid > /dev/null
+    bench "$m tuned $b 128/128" --endpoint $ep $common
+    kill $pid; wait $pid 2>/dev/null
+  done
 }
 
-for ph in ${*:-tests serve2b prefill b1 serve7b}; do
+for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
   case $ph in
   tests)
-    gpu tests /tmp/gm-pack tests gate
-    d=$W/tests-more
-    mkdir -p "$d"
-    for t in test_gpu_awq test_gpu_sizing; do
-      [ "$(left)" -lt 30 ] && break
-      timeout 240 /tmp/gm-pack/$t > "$d/$t.log" 2>&1
-      say "[tests] $t rc=$? $(grep -E 'PASSED|FAILED' "$d/$t.log" | tail -1)"
-    done
-    [ "$(left)" -gt 60 ] && GM_PREFILL_SMALL=1 BIN=/tmp/gm-pack OUT=$W timeout $(( $(left) > 200 ? 200 : $(left) - 20 )) \
-      bash bench/run_prefill.sh tests > /dev/null 2>&1
-    [ -f "$W/prefill/summary.txt" ] && sed "s/^/[prefill-small] /" "$W/prefill/summary.txt" | tee -a "$summary"
+    mk tiny --preset tiny --seed 1
+    mk tiny_gemma2 --preset tiny-gemma2 --seed 5
+    mk tiny_gemma3 --preset tiny-gemma3 --seed 5
+    mk 2b2 --preset 2b --layers 2 --seed 5
+    t test_gpu_ops 240 $P/test_gpu_ops
+    t model_tiny 120 $P/test_gpu_model $M/tiny
+    t model_2b2 120 $P/test_gpu_model $M/2b2
+    t test_gpu_sample 120 $P/test_gpu_sample $M/tiny
+    t test_gpu_gemma23 150 $P/test_gpu_gemma23
+    t model_g23 150 $P/test_gpu_model $M/tiny_gemma2 $M/tiny_gemma3
+    t model_g23_kv8_xqa 150 env GM_TEST_KV=fp8 GM_TEST_ATTN=xqa $P/test_gpu_model $M/tiny_gemma2 $M/tiny_gemma3
+    t model_tiny_fp8 120 env GM_TEST_QUANT=fp8 $P/test_gpu_model $M/tiny
+    t test_gpu_xqa 200 $P/test_gpu_xqa
+    t test_gpu_fp8 150 $P/test_gpu_fp8
+    t prefill_hopper_small 150 env GM_PREFILL_SMALL=1 $P/test_gpu_prefill_hopper
+    for x in $P/test_gpu_prefix*; do [ -x "$x" ] && t "$(basename $x)" 120 $x $M/tiny; done
+    t test_gpu_awq 150 $P/test_gpu_awq
+    t test_gpu_sizing 120 $P/test_gpu_sizing
+    t test_gpu_generate 120 bash tests/test_gpu_generate.sh $P/gemma-generate $M/tiny /tmp/gg-tiny
+    # gemmad on cuda: its greedy text equals gemma-generate --backend cuda's
+    ep=ipc:///tmp/gm-smoke.sock
+    $P/gemmad --model $M/tiny --backend cuda --listen $ep --worker-bin $P/gemma-worker > $W/smoke.log 2>&1 &
+    pid=$!
+    wait_up $ep $pid > /dev/null
+    $P/gemma-cli --endpoint $ep --max-tokens 24 --ignore-eos "The capital of the tiny model is" > $W/smoke_d.txt 2>> $W/smoke.log
+    $P/gemma-generate --model $M/tiny --backend cuda --prompt "The capital of the tiny model is" --max-tokens 24 \
+      > $W/smoke_g.txt 2>> $W/smoke.log
+    t daemon_cuda_smoke 10 cmp $W/smoke_d.txt $W/smoke_g.txt
+    kill $pid; wait $pid 2>/dev/null
     ;;
-  serve2b) serve 2b ;;
-  serve7b) serve 7b ;;
+  serve2b) serve_model 2b ;;
+  serve7b) serve_model 7b ;;
   prefill)
-    [ "$(left)" -gt 60 ] && BIN=/tmp/gm-pack OUT=$W/pb timeout $(( $(left) - 10 )) bash bench/run_prefill.sh bench peer > /dev/null 2>&1
-    [ -f "$W/pb/prefill/summary.txt" ] && sed "s/^/[prefill] /" "$W/pb/prefill/summary.txt" | tee -a "$summary"
-    ;;
-  prefillfull)
-    [ "$(left)" -gt 60 ] && BIN=/tmp/gm-pack OUT=$W/pf timeout $(( $(left) - 10 )) bash bench/run_prefill.sh tests > /dev/null 2>&1
-    [ -f "$W/pf/prefill/summary.txt" ] && sed "s/^/[prefill-full] /" "$W/pf/prefill/summary.txt" | tee -a "$summary"
+    [ "$(left)" -gt 60 ] && BIN=$P OUT=$W/pb timeout $(( $(left) - 10 )) bash bench/run_prefill.sh bench peer > /dev/null 2>&1
+    [ -f "$W/pb/prefill/summary.txt" ] && sed "s/^/[prefill] /" "$W/pb/prefill/summary.txt" | tail -40 | tee -a "$summary"
     ;;
   b1)
     d8="--quant fp8 --act-scale static --lm-head fp8"
-    for p in /tmp/gm-pack /tmp/gm-base; do
+    for p in $P /tmp/gm-base; do
       [ -x $p/bench_decode ] || continue
       for m in 2b 7b; do
         [ "$(left)" -lt 40 ] && break
-        LD_LIBRARY_PATH=$p/lib:$LD_LIBRARY_PATH timeout 100 $p/bench_decode --preset $m --batch 1 --gen 128 $d8 \
+        LD_LIBRARY_PATH=$p/lib:$LD_LIBRARY_PATH timeout 90 $p/bench_decode --preset $m --batch 1,4 --gen 128 $d8 \
           > "$W/b1_$(basename $p)_$m.log" 2>&1
         say "[b1 $(basename $p) $m] $(grep -E 'tok/s' "$W/b1_$(basename $p)_$m.log" | tail -2 | tr '\n' ' ')"
       done
+    done
+    ;;
+  g23b)
+    for m in gemma3-4b gemma2-9b gemma3-12b; do
+      [ "$(left)" -lt 40 ] && break
+      timeout 90 $P/bench_decode --preset $m --batch 1,64 --gen 64 --quant fp8 --kv-dtype fp8 > "$W/g23b_$m.log" 2>&1
+      say "[g23b $m fp8] $(grep -E 'tok/s' "$W/g23b_$m.log" | tail -2 | tr '\n' ' ')"
     done
     ;;
   *) say "unknown phase $ph" ;;
