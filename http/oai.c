@@ -559,6 +559,10 @@ static gm_status refuse_unsupported(const cJSON *obj, oai_error *e)
         if (lb->child)
             return BAD(e, "logit_bias", "unsupported_parameter", "Unsupported parameter: 'logit_bias' is not supported.");
     }
+    if (given(cJSON_GetObjectItemCaseSensitive(obj, "prompt_logprobs"))) /* vLLM's: no prompt logprobs here */
+        return BAD(e, "prompt_logprobs", "unsupported_parameter",
+                   "Unsupported parameter: 'prompt_logprobs': gemmad does not compute the log-probabilities of "
+                   "prompt tokens.");
     const cJSON *sx = cJSON_GetObjectItemCaseSensitive(obj, "suffix");
     if (given(sx)) {
         if (!cJSON_IsString(sx))

@@ -392,6 +392,8 @@ static void test_unsupported(void **st)
     bad(C, "{\"prompt\": \"x\", \"suffix\": \"tail\"}", "suffix", "unsupported_parameter");
     bad(C, "{\"prompt\": \"x\", \"suffix\": 1}", "suffix", "invalid_type");
     ok(C, "{\"prompt\": \"x\", \"suffix\": \"\"}");
+    bad(C, "{\"prompt\": \"x\", \"prompt_logprobs\": 1}", "prompt_logprobs", "unsupported_parameter");
+    ok(C, "{\"prompt\": \"x\", \"prompt_logprobs\": null}");
     bad(C, "{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_object\"}}", "response_format.type",
         "unsupported_value");
 #undef CHAT_BAD
