@@ -7,6 +7,7 @@
 
 #include "client/gemma_client.h"
 #include "common/args.h"
+#include "common/jsonw.h"
 
 #define CLI_MAX_STOP 16
 #define CLI_MAX_STOP_IDS 64
@@ -29,6 +30,16 @@ static void usage(FILE *f)
             "  --stop STR         stop string (repeatable, up to %d)\n"
             "  --stop-id ID       stop token id (repeatable)\n"
             "  --ignore-eos       do not stop at EOS\n"
+            "  --presence-penalty P   [-2, 2]: lower the logits of tokens already generated (OpenAI)\n"
+            "  --frequency-penalty F  [-2, 2]: lower them by F times their count so far (OpenAI)\n"
+            "  --repetition-penalty R > 0: the logits of tokens of the prompt or the output: positive ones\n"
+            "                     divided by R, negative ones multiplied (Hugging Face, vLLM; 1 = off)\n"
+            "  --min-tokens N     EOS, stop ids and stop strings cannot end the output before N tokens\n"
+            "  --logprobs N       ask for each token's log-probability and its N (0..20) most likely\n"
+            "                     alternatives (--top-logprobs N is the same)\n"
+            "  --print-logprobs   print one JSON line per generated token instead of the text:\n"
+            "                     {\"id\", \"token\", \"logprob\", \"top_logprobs\": [{\"id\", \"token\", \"logprob\"}]}\n"
+            "                     (--logprobs 0 unless given)\n"
             "  --tokens           PROMPT is a list of token ids (\"2,651,6037\"), used verbatim\n"
             "  --print-ids        print the generated token ids (space separated) instead of text\n"
             "  --no-stream        ask for one final reply instead of a stream\n"
@@ -129,14 +140,54 @@ static bool parse_ids(const char *s, int32_t **ids, int32_t *n)
 }
 
 typedef struct cli_out {
-    bool print_ids;
+    bool print_ids, print_logprobs;
     bool any;
+    jsonw w;
 } cli_out;
+
+/* One JSON line per token: its id, string, log-probability and alternatives. */
+static void print_logprobs(cli_out *o, const gmc_event *ev)
+{
+    for (int32_t i = 0; i < ev->n_logprobs && i < ev->n_tokens; i++) {
+        const gmc_logprob *lp = &ev->logprobs[i];
+        jsonw *w = &o->w;
+        jsonw_reset(w);
+        jsonw_obj_begin(w);
+        jsonw_key(w, "id");
+        jsonw_int(w, ev->tokens[i]);
+        jsonw_key(w, "token");
+        jsonw_strn(w, lp->token.data, lp->token.len);
+        jsonw_key(w, "logprob");
+        jsonw_num(w, lp->logprob);
+        jsonw_key(w, "top_logprobs");
+        jsonw_arr_begin(w);
+        for (int32_t k = 0; k < lp->n_top; k++) {
+            jsonw_obj_begin(w);
+            jsonw_key(w, "id");
+            jsonw_int(w, lp->top_ids[k]);
+            jsonw_key(w, "token");
+            if (lp->top_tokens)
+                jsonw_strn(w, lp->top_tokens[k].data, lp->top_tokens[k].len);
+            else
+                jsonw_null(w);
+            jsonw_key(w, "logprob");
+            jsonw_num(w, lp->top_logprobs[k]);
+            jsonw_obj_end(w);
+        }
+        jsonw_arr_end(w);
+        jsonw_obj_end(w);
+        jsonw_raw(w, "\n", 1);
+        if (jsonw_ok(w))
+            fwrite(w->p, 1, w->len, stdout);
+    }
+}
 
 static void on_chunk(const gmc_event *ev, void *arg)
 {
     cli_out *o = arg;
-    if (o->print_ids) {
+    if (o->print_logprobs) {
+        print_logprobs(o, ev);
+    } else if (o->print_ids) {
         for (int32_t i = 0; i < ev->n_tokens; i++) {
             printf("%s%d", o->any ? " " : "", ev->tokens[i]);
             o->any = true;
@@ -158,14 +209,14 @@ int main(int argc, char **argv)
     const char *stops[CLI_MAX_STOP];
     int32_t stop_ids[CLI_MAX_STOP_IDS];
     int n_stops = 0, n_stop_ids = 0;
-    bool chat = false, health = false, stats = false, tokens = false, print_ids = false;
+    bool chat = false, health = false, stats = false, tokens = false, print_ids = false, print_lp = false;
     int64_t timeout = 0;
     const char *prompt = NULL;
     gmc_connect_opts co;
     gmc_connect_opts_init(&co);
 
     cli_lists lists = {stops, 0, stop_ids, 0};
-    int32_t max_tokens = 128, top_k = 0;
+    int32_t max_tokens = 128, top_k = 0, logprobs = -1;
     float top_p = 1.0f;
     const char *positional[1];
     int n_pos = 0;
@@ -181,6 +232,13 @@ int main(int argc, char **argv)
         {"stop", ARGS_CALL, .call = cli_add_stop, .ctx = &lists},
         {"stop-id", ARGS_CALL, .call = cli_add_stop_id, .ctx = &lists},
         {"ignore-eos", ARGS_FLAG, &p.ignore_eos},
+        {"presence-penalty", ARGS_FLOAT, &p.presence_penalty},
+        {"frequency-penalty", ARGS_FLOAT, &p.frequency_penalty},
+        {"repetition-penalty", ARGS_FLOAT, &p.repetition_penalty},
+        {"min-tokens", ARGS_INT, &p.min_tokens, 0, INT32_MAX},
+        {"logprobs", ARGS_INT, &logprobs, 0, 20},
+        {"top-logprobs", ARGS_INT, &logprobs, 0, 20},
+        {"print-logprobs", ARGS_FLAG, &print_lp},
         {"tokens", ARGS_FLAG, &tokens},
         {"print-ids", ARGS_FLAG, &print_ids},
         {"stream", ARGS_FLAG, &p.stream, .negatable = true},
@@ -205,6 +263,10 @@ int main(int argc, char **argv)
     p.max_tokens = max_tokens; /* the protocol's meaning: 0 = until EOS or the context is full */
     p.top_k = top_k;
     p.top_p = top_p;
+    if (print_lp && logprobs < 0)
+        logprobs = 0;
+    p.logprobs = logprobs >= 0;
+    p.top_logprobs = logprobs > 0 ? logprobs : 0;
 
     gmc_client *c = NULL;
     int ctimeout = timeout > 0 ? (int)timeout : 10000;
@@ -294,7 +356,7 @@ int main(int argc, char **argv)
     p.stop_ids = stop_ids;
     p.n_stop_ids = n_stop_ids;
 
-    cli_out o = {print_ids, false};
+    cli_out o = {print_ids, print_lp, false, {0}};
     gmc_result r;
     rc = gmc_generate(c, &p, timeout > 0 ? (int)timeout : -1, on_chunk, &o, &r);
     int status = 0;
@@ -302,10 +364,11 @@ int main(int argc, char **argv)
         fflush(stdout);
         fprintf(stderr, "gemma-cli: %s: %s\n", gmc_code_name(rc), r.error_message[0] ? r.error_message : gmc_last_error(c));
         status = 1;
-    } else {
+    } else if (!print_lp) {
         printf("\n");
     }
     fflush(stdout);
+    jsonw_free(&o.w);
     gmc_result_free(&r);
     free(ids);
     free(owned);

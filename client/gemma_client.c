@@ -717,7 +717,14 @@ static gmc_code handle_frame(gmc_client *c, const void *data, size_t len)
             for (size_t k = 0; k < ch->n_logprobs; k++) {
                 const Gemma__V1__TokenLogprobs *t = ch->logprobs[k];
                 size_t nt = t->n_top_ids < t->n_top_logprobs ? t->n_top_ids : t->n_top_logprobs;
-                lp[k] = (gmc_logprob){t->logprob, (int32_t)nt, t->top_ids, t->top_logprobs};
+                lp[k] = (gmc_logprob){t->logprob, (int32_t)nt, t->top_ids, t->top_logprobs,
+                                      {(const char *)t->token.data, t->token.len}, NULL};
+                gmc_bytes *tt = nt ? arena_alloc(r, nt * sizeof(*tt)) : NULL;
+                for (size_t j = 0; tt && j < nt; j++) /* an older gemmad sends no strings: empty ones */
+                    tt[j] = j < t->n_top_tokens ? (gmc_bytes){(const char *)t->top_tokens[j].data,
+                                                              t->top_tokens[j].len}
+                                                : (gmc_bytes){"", 0};
+                lp[k].top_tokens = tt;
             }
             ev.logprobs = lp;
             ev.n_logprobs = (int32_t)ch->n_logprobs;

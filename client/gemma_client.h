@@ -144,6 +144,12 @@ typedef struct gmc_usage {
     int32_t preemptions; /* times this request was preempted and recomputed */
 } gmc_usage;
 
+/* Bytes that need not be text: not NUL-terminated, possibly part of a UTF-8 character. */
+typedef struct gmc_bytes {
+    const char *data;
+    size_t len;
+} gmc_bytes;
+
 /* Log-probabilities of one generated token: log_softmax of the model's raw logits at its position
  * (before penalties, min_tokens, temperature, top_k and top_p). */
 typedef struct gmc_logprob {
@@ -151,6 +157,11 @@ typedef struct gmc_logprob {
     int32_t n_top;              /* gmc_params.top_logprobs */
     const int32_t *top_ids;     /* [n_top] the most likely tokens, most likely first */
     const float *top_logprobs;  /* [n_top] theirs */
+    gmc_bytes token;            /* the token alone as gemmad's tokenizer spells it (a leading space for
+                                   "\u2581", "<eos>" for a control token, one byte of a character for a
+                                   byte-fallback token); empty when gemmad has no tokenizer */
+    const gmc_bytes *top_tokens; /* [n_top] the alternatives', likewise (NULL when n_top is 0, or when
+                                    the library ran out of memory) */
 } gmc_logprob;
 
 /* One piece of a request's output. All pointers are borrowed until the next

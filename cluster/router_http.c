@@ -14,8 +14,9 @@
  * serves), /metrics (the router's counters, Prometheus text). Tokenizing needs a replica:
  * /tokenize and /detokenize are answered by gemmad itself, not here.
  *
- * The sampling extensions (logprobs, penalties, min_tokens, n > 1) are refused with a 400 naming
- * the field until the RPC carries them. */
+ * logprobs, the penalties and min_tokens go through the RPC; the replicas spell the tokens of the
+ * logprobs (TokenLogprobs.token), so no tokenizer is needed here. n > 1, best_of, beam search and echo
+ * are refused with a 400 naming the field. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,8 @@ typedef struct rh_sub {
     char *errmsg;            /* (owned) */
     char *text;              /* non-streaming: every delta so far (owned) */
     size_t len, cap;
+    oai_lpbuf lp;            /* non-streaming: every token's logprobs so far */
+    int64_t lp_chars;        /* streaming: text_offset of the next token's logprobs (characters) */
     int64_t prompt_tokens, completion_tokens;
 } rh_sub;
 
@@ -63,6 +66,7 @@ struct rh_x {
 struct rt_http {
     http_server *srv;
     jsonw w;
+    oai_lpbuf lp;            /* a chunk's logprobs (streaming) */
     rh_x *live, *to_free;
     int32_t n_live;
     uint64_t serial;
@@ -107,6 +111,7 @@ static void x_free(rh_x *x)
     for (int32_t i = 0; i < x->n_sub; i++) {
         free(x->sub[i].errmsg);
         free(x->sub[i].text);
+        oai_lpbuf_free(&x->sub[i].lp);
     }
     free(x->sub);
     oai_request_free(&x->q);
@@ -180,12 +185,17 @@ static void x_answer(gc_router *r, rh_x *x)
         http_req_respond_oai_error(x->h, &e);
     } else if (x->h) {
         oai_choice ch[OAI_MAX_PROMPTS];
-        for (int32_t i = 0; i < x->n_sub; i++)
-            ch[i] = (oai_choice){.index = i, .text = x->sub[i].text, .text_len = x->sub[i].len,
-                                 .finish = finish_of(x->sub[i].finish)};
+        bool lp_oom = false;
+        for (int32_t i = 0; i < x->n_sub; i++) {
+            rh_sub *s = &x->sub[i];
+            ch[i] = (oai_choice){.index = i, .text = s->text, .text_len = s->len, .finish = finish_of(s->finish),
+                                 .has_logprobs = x->q.logprobs, .logprobs = oai_lpbuf_view(&s->lp),
+                                 .n_logprobs = s->lp.n};
+            lp_oom |= s->lp.oom;
+        }
         oai_usage u = x_usage(x);
         oai_write_response(w, &rs, ch, x->n_sub, &u);
-        if (jsonw_ok(w))
+        if (jsonw_ok(w) && !lp_oom)
             http_req_respond(x->h, 200, "application/json", w->p, w->len);
         else
             http_req_respond_error(x->h, 500, "server_error", NULL, "out of memory formatting the answer");
@@ -255,6 +265,33 @@ static bool text_append(rh_sub *s, const void *p, size_t n)
     return true;
 }
 
+/* Add a chunk's log-probabilities to b: one entry per token id, the replica's strings for them
+ * ("token_id:ID" where it sent none: a replica without a tokenizer). */
+static void lp_from_chunk(const Gemma__V1__GenerateChunk *ch, oai_lpbuf *b)
+{
+    char buf[32];
+    for (size_t k = 0; k < ch->n_logprobs && k < ch->n_token_ids; k++) {
+        const Gemma__V1__TokenLogprobs *t = ch->logprobs[k];
+        int32_t id = ch->token_ids[k];
+        size_t nt = t->n_top_ids < t->n_top_logprobs ? t->n_top_ids : t->n_top_logprobs;
+        bool in_top = false;
+        for (size_t j = 0; j < nt; j++)
+            in_top |= t->top_ids[j] == id;
+        if (t->token.len)
+            oai_lpbuf_add(b, (const char *)t->token.data, t->token.len, t->logprob, in_top);
+        else
+            oai_lpbuf_add(b, buf, oai_token_id_str(id, buf, sizeof buf), t->logprob, in_top);
+        for (size_t j = 0; j < nt; j++) {
+            if (t->top_ids[j] < 0) /* the replica's workers sent none */
+                continue;
+            if (j < t->n_top_tokens && t->top_tokens[j].len)
+                oai_lpbuf_add_top(b, (const char *)t->top_tokens[j].data, t->top_tokens[j].len, t->top_logprobs[j]);
+            else
+                oai_lpbuf_add_top(b, buf, oai_token_id_str(t->top_ids[j], buf, sizeof buf), t->top_logprobs[j]);
+        }
+    }
+}
+
 /* One chunk from the router for x: a delta (and maybe the end) of one of its requests. */
 static void x_chunk(gc_router *r, rh_x *x, const Gemma__V1__GenerateChunk *ch)
 {
@@ -270,19 +307,30 @@ static void x_chunk(gc_router *r, rh_x *x, const Gemma__V1__GenerateChunk *ch)
     }
     if (x->h && x->begun) {
         jsonw *w = &r->http->w;
+        oai_lpbuf *lb = &r->http->lp;
         jsonw_reset(w);
-        if (ch->text.len > 0 || (ch->finish_reason && !failed)) {
+        oai_lpbuf_clear(lb);
+        if (x->q.logprobs)
+            lp_from_chunk(ch, lb);
+        if (ch->text.len > 0 || lb->n > 0 || (ch->finish_reason && !failed)) {
             oai_choice c = {.index = (int32_t)i, .text = (const char *)ch->text.data, .text_len = ch->text.len,
-                            .finish = ch->finish_reason && !failed ? finish_of(ch->finish_reason) : OAI_FINISH_NONE};
+                            .finish = ch->finish_reason && !failed ? finish_of(ch->finish_reason) : OAI_FINISH_NONE,
+                            .has_logprobs = lb->n > 0, .logprobs = oai_lpbuf_view(lb), .n_logprobs = lb->n,
+                            .text_offset = s->lp_chars};
             oai_resp rs = x_resp(r, x);
             oai_write_chunk(w, &rs, &c, 1);
             if (jsonw_ok(w))
                 http_req_stream_write(x->h, w->p, w->len);
         }
-    } else if (x->h && ch->text.len > 0 && !text_append(s, ch->text.data, ch->text.len)) {
-        x_sub_end(r, x, (int32_t)i, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INTERNAL,
-                  "gemma-router ran out of memory");
-        return;
+        s->lp_chars += lb->chars;
+    } else if (x->h) {
+        if (x->q.logprobs)
+            lp_from_chunk(ch, &s->lp);
+        if ((ch->text.len > 0 && !text_append(s, ch->text.data, ch->text.len)) || s->lp.oom) {
+            x_sub_end(r, x, (int32_t)i, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INTERNAL,
+                      "gemma-router ran out of memory");
+            return;
+        }
     }
     if (ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE)
         x_sub_end(r, x, (int32_t)i, ch->finish_reason, ch->error_code, ch->error_message);
@@ -315,19 +363,10 @@ bool rt_http_deliver(gc_router *r, const uint8_t *id, size_t id_len, const Gemma
 
 /* ---- generation ---- */
 
-/* The sampling extensions the RPC does not carry yet: the first one asked for, or NULL. */
+/* What the router does not do (the RPC has no n; no prompt text to echo for id prompts): the first one
+ * asked for, or NULL. */
 static const char *unsupported_field(const oai_request *q)
 {
-    if (q->logprobs)
-        return q->endpoint == OAI_CHAT && q->top_logprobs ? "top_logprobs" : "logprobs";
-    if (q->presence_penalty != 0)
-        return "presence_penalty";
-    if (q->frequency_penalty != 0)
-        return "frequency_penalty";
-    if (q->repetition_penalty != 1)
-        return "repetition_penalty";
-    if (q->min_tokens)
-        return "min_tokens";
     if (q->n > 1)
         return "n";
     if (q->best_of > 1)
@@ -387,7 +426,13 @@ static void x_submit(gc_router *r, rh_x *x, int32_t i, const gm_chat_msg *msgs, 
     sp.top_p = q->has_top_p ? (float)q->top_p : 1.0f;
     sp.top_k = q->top_k;
     sp.seed = q->has_seed ? q->seed : oai_seed(++r->http->serial);
+    sp.presence_penalty = (float)q->presence_penalty;
+    sp.frequency_penalty = (float)q->frequency_penalty;
+    sp.repetition_penalty = (float)q->repetition_penalty;
     gr.sampling = &sp;
+    gr.min_tokens = q->min_tokens;
+    gr.logprobs = q->logprobs;
+    gr.top_logprobs = q->top_logprobs;
     gr.n_stop = (size_t)q->n_stop;
     gr.stop = q->stop;
     gr.n_stop_token_ids = (size_t)q->n_stop_ids;
@@ -671,6 +716,7 @@ void rt_http_close(gc_router *r)
         x_free(x);
     }
     jsonw_free(&g->w);
+    oai_lpbuf_free(&g->lp);
     free(g);
     r->http = NULL;
 }

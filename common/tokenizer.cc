@@ -563,6 +563,21 @@ size_t gm_tok_piece_bytes(const gm_tokenizer *t, int32_t id, char *out, size_t c
     return n;
 }
 
+const char *gm_tok_token_str(const gm_tokenizer *t, int32_t id, size_t *len)
+{
+    *len = 0;
+    if (!t || id < 0 || id >= t->n)
+        return nullptr;
+    if (t->sp.IsControl(id) || t->sp.IsUnused(id) || t->sp.IsUnknown(id)) {
+        const std::string &p = t->sp.IdToPiece(id); // held by the loaded model
+        *len = p.size();
+        return p.data();
+    }
+    const std::string &b = t->bytes[id];
+    *len = b.size();
+    return b.data();
+}
+
 gm_detok *gm_detok_new(const gm_tokenizer *t)
 {
     if (!t) {

@@ -70,6 +70,13 @@ gm_status gm_tok_encode_chat(const gm_tokenizer *t, const gm_chat_msg *msgs, int
  * (at most cap; pieces are short). */
 size_t gm_tok_piece_bytes(const gm_tokenizer *t, int32_t id, char *out, size_t cap);
 
+/* A token on its own, as log-probabilities show it (each id decoded alone, as vLLM does): the bytes
+ * gm_tok_piece_bytes gives, or for a control, unused or unknown token its piece as the vocabulary
+ * spells it ("<eos>", "<end_of_turn>"). Borrowed for t's life: *len bytes, not NUL-terminated, not
+ * always UTF-8 (a byte piece is one byte of a character). NULL with *len 0 for an id outside the
+ * vocabulary. */
+const char *gm_tok_token_str(const gm_tokenizer *t, int32_t id, size_t *len);
+
 /* Streaming decoder for one sequence: push ids, get back only complete UTF-8.
  * Invalid byte sequences come out as U+FFFD, never as broken UTF-8. */
 typedef struct gm_detok gm_detok;

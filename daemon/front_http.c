@@ -22,6 +22,10 @@
  * few streams a run takes microseconds and nothing waits; with a thousand, sends are amortised
  * over steps instead of capping the step rate (the bytes and events are the same).
  *
+ * Log-probabilities (gd_req_logprobs) go out in OpenAI's shape for the endpoint, a stream's with the
+ * event of the step that produced their tokens (even when the text waits); token strings are the
+ * tokenizer's (gm_tok_token_str). echo with logprobs is refused: no prompt log-probabilities here.
+ *
  * Defaults follow vLLM: max_tokens 16 for completions, the rest of the context for chat;
  * temperature 1 and top_p 1 when absent (OpenAI's); a fresh random seed when none is given. */
 #define _GNU_SOURCE
@@ -47,6 +51,7 @@ struct hx {
     http_req *h;           /* NULL once answered in full or the client left */
     oai_request q;         /* the parsed body (prompts, stop strings) */
     gd_req **sub;          /* [n_sub] one per prompt, in choice order */
+    int64_t *lp_chars;     /* [n_sub] streaming logprobs: text_offset of the next token (characters) */
     int32_t n_sub;
     int32_t err_sub;       /* the first sub that failed, or -1 */
     bool begun;            /* streaming: headers and the first events are out */
@@ -64,6 +69,7 @@ struct gd_http {
     int32_t n_live;
     double next_run_ms;    /* pacing: the socket work waits until then while steps are in flight */
     jsonw w;               /* formatting scratch, reused by every answer */
+    oai_lpbuf lp;          /* log-probabilities scratch, the same way */
     hx *live, *to_free;
 };
 
@@ -178,6 +184,7 @@ static void hx_free(gd_server *s, hx *x)
         gd_req_free(s, x->sub[i]);
     }
     free(x->sub);
+    free(x->lp_chars);
     oai_request_free(&x->q);
     free(x);
 }
@@ -201,22 +208,58 @@ static oai_usage hx_usage(const hx *x)
 static void hx_error(const hx *x, oai_error *e)
 {
     const gd_req *r = x->sub[x->err_sub >= 0 ? x->err_sub : 0];
-    const char *param = NULL;
-    /* the sampling extensions admission does not do yet: name the field that asked for one */
-    if (r->err == GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT && r->errmsg && strstr(r->errmsg, "not supported")) {
-        const oai_request *q = &x->q;
-        param = q->logprobs ? (q->endpoint == OAI_CHAT && q->top_logprobs ? "top_logprobs" : "logprobs")
-                : q->presence_penalty != 0    ? "presence_penalty"
-                : q->frequency_penalty != 0   ? "frequency_penalty"
-                : q->repetition_penalty != 1  ? "repetition_penalty"
-                : q->min_tokens               ? "min_tokens"
-                : q->n > 1                    ? "n"
-                                              : NULL;
-    } else if (r->err == GEMMA__V1__ERROR_CODE__PROMPT_TOO_LONG ||
+    const char *param = NULL; /* INVALID_ARGUMENT: oai_error_from_code finds the field in the message */
+    if (r->err == GEMMA__V1__ERROR_CODE__PROMPT_TOO_LONG ||
                (r->errmsg && !strncmp(r->errmsg, "bad chat", 8))) {
         param = x->q.endpoint == OAI_CHAT ? "messages" : "prompt";
     }
     oai_error_from_code(e, r->err, param, r->errmsg ? r->errmsg : "request failed");
+}
+
+/* r's generated tokens that have log-probabilities: [0, lp_upto(r)). */
+static int32_t lp_upto(const gd_req *r)
+{
+    if (r->lp_top < 0 || !r->seq)
+        return 0;
+    int32_t gen = sched_seq_generated(r->seq);
+    return gen < r->n_lp ? gen : r->n_lp;
+}
+
+/* A token as logprobs show it: its string from the tokenizer, else "token_id:ID" in buf. */
+static const char *token_str(const gd_server *s, int32_t id, char *buf, size_t cap, size_t *len)
+{
+    const char *t = s->tok ? gm_tok_token_str(s->tok, id, len) : NULL;
+    if (t)
+        return t;
+    *len = oai_token_id_str(id, buf, cap);
+    return buf;
+}
+
+/* Add r's generated tokens [from, to) with their log-probabilities and alternatives to b. */
+static void lp_collect(const gd_server *s, const gd_req *r, int32_t from, int32_t to, oai_lpbuf *b)
+{
+    const int32_t *gen = r->seq->tokens + r->seq->n_prompt;
+    char buf[32];
+    for (int32_t i = from; i < to; i++) {
+        float lp;
+        const int32_t *ids;
+        const float *lps;
+        int32_t k;
+        if (!gd_req_logprobs(r, i, &lp, &ids, &lps, &k))
+            return;
+        bool in_top = false;
+        for (int32_t m = 0; m < k; m++)
+            in_top |= ids[m] == gen[i];
+        size_t n;
+        const char *t = token_str(s, gen[i], buf, sizeof buf, &n);
+        oai_lpbuf_add(b, t, n, lp, in_top);
+        for (int32_t m = 0; m < k; m++) {
+            if (ids[m] < 0) /* the workers sent none for this token */
+                continue;
+            t = token_str(s, ids[m], buf, sizeof buf, &n);
+            oai_lpbuf_add_top(b, t, n, lps[m]);
+        }
+    }
 }
 
 /* The prompt's text for echo (completions): the text given, or the ids decoded. Caller frees. */
@@ -244,6 +287,15 @@ static void hx_respond(gd_server *s, hx *x)
     }
     oai_choice ch[OAI_MAX_PROMPTS];
     char *joined[OAI_MAX_PROMPTS] = {0};
+    int32_t lp_at[OAI_MAX_PROMPTS + 1] = {0}; /* choice i's entries: [lp_at[i], lp_at[i + 1]) of g->lp */
+    oai_lpbuf *lb = &s->http->lp;
+    oai_lpbuf_clear(lb);
+    for (int32_t i = 0; i < x->n_sub; i++) {
+        if (x->q.logprobs)
+            lp_collect(s, x->sub[i], 0, lp_upto(x->sub[i]), lb);
+        lp_at[i + 1] = lb->n;
+    }
+    const oai_token_logprob *lv = oai_lpbuf_view(lb);
     for (int32_t i = 0; i < x->n_sub; i++) {
         gd_req *r = x->sub[i];
         size_t n = 0;
@@ -260,12 +312,17 @@ static void hx_respond(gd_server *s, hx *x)
             }
             free(e);
         }
-        ch[i] = (oai_choice){.index = i, .text = t, .text_len = n, .finish = sub_finish(r)};
+        ch[i] = (oai_choice){.index = i, .text = t, .text_len = n, .finish = sub_finish(r),
+                             .has_logprobs = x->q.logprobs, .logprobs = lv + lp_at[i],
+                             .n_logprobs = lp_at[i + 1] - lp_at[i]};
     }
     oai_resp rs = hx_resp(s, x);
     oai_usage u = hx_usage(x);
     oai_write_response(w, &rs, ch, x->n_sub, &u);
-    respond_json(s, x->h, 200);
+    if (lb->oom) /* an answer short of some logprobs would mislead */
+        http_req_respond_error(x->h, 500, "server_error", NULL, "out of memory gathering the logprobs");
+    else
+        respond_json(s, x->h, 200);
     for (int32_t i = 0; i < x->n_sub; i++)
         free(joined[i]);
 }
@@ -313,11 +370,22 @@ static void hx_stream_step(gd_server *s, hx *x, gd_req *r)
     size_t n = 0;
     const char *t = r->tx ? txo_ready(r->tx, &n) : "";
     bool failed = r->done && sub_failed(r);
-    if (n > 0 || (r->done && !failed)) {
-        oai_choice c = {.index = sub_index(x, r), .text = t, .text_len = n, .finish = failed ? OAI_FINISH_NONE : sub_finish(r)};
+    int32_t i = sub_index(x, r), upto = lp_upto(r);
+    oai_lpbuf_clear(&g->lp);
+    if (x->q.logprobs && upto > r->n_sent) /* the new tokens' logprobs, even when their text waits */
+        lp_collect(s, r, r->n_sent, upto, &g->lp);
+    if (n > 0 || g->lp.n > 0 || (r->done && !failed)) {
+        oai_choice c = {.index = i, .text = t, .text_len = n, .finish = failed ? OAI_FINISH_NONE : sub_finish(r),
+                        .has_logprobs = g->lp.n > 0, .logprobs = oai_lpbuf_view(&g->lp), .n_logprobs = g->lp.n,
+                        .text_offset = x->lp_chars[i]};
         oai_resp rs = hx_resp(s, x);
         oai_write_chunk(w, &rs, &c, 1);
     }
+    if (g->lp.oom)
+        GM_WARN("http: out of memory gathering logprobs: a chunk of %s lacks some", x->id);
+    x->lp_chars[i] += g->lp.chars;
+    if (upto > r->n_sent)
+        r->n_sent = upto;
     if (r->tx)
         txo_consume(r->tx);
     bool last = all_out(x);
@@ -457,6 +525,10 @@ static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
     if (st == GM_OK && x->q.use_beam_search)
         st = oai_fail(&e, 400, "invalid_request_error", "use_beam_search", "unsupported_parameter",
                       "Unsupported parameter: 'use_beam_search': beam search is not supported.");
+    if (st == GM_OK && x->q.echo && x->q.logprobs)
+        st = oai_fail(&e, 400, "invalid_request_error", "echo", "unsupported_parameter",
+                      "Unsupported parameter: 'echo' with 'logprobs': gemmad does not compute the log-probabilities "
+                      "of prompt tokens; ask for one or the other.");
     if (st == GM_OK && x->q.best_of > x->q.n)
         st = oai_fail(&e, 400, "invalid_request_error", "best_of", "unsupported_parameter",
                       "Unsupported parameter: 'best_of' larger than n is not supported.");
@@ -476,7 +548,10 @@ static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
         return;
     }
     x->sub = calloc((size_t)n, sizeof(*x->sub));
-    if (!x->sub) {
+    x->lp_chars = calloc((size_t)n, sizeof(*x->lp_chars));
+    if (!x->sub || !x->lp_chars) {
+        free(x->sub);
+        free(x->lp_chars);
         free(msgs);
         oai_request_free(&x->q);
         free(x);
@@ -832,6 +907,7 @@ void gd_http_close(gd_server *s)
     s->http_dirty_head = s->http_dirty_tail = NULL;
     http_server_destroy(&g->srv);
     jsonw_free(&g->w);
+    oai_lpbuf_free(&g->lp);
     free(g);
     s->http = NULL;
 }

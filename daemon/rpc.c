@@ -197,8 +197,17 @@ static bool ensure_chunks(gd_server *s, size_t n)
     return true;
 }
 
-static bool ensure_lps(gd_server *s, size_t n)
+/* Room for n TokenLogprobs and n_str strings of their alternatives. */
+static bool ensure_lps(gd_server *s, size_t n, size_t n_str)
 {
+    if (n_str > s->lp_strs_cap) {
+        size_t c = n_str + n_str / 2 + 64;
+        void *a = realloc(s->lp_strs, c * sizeof(*s->lp_strs));
+        if (!a)
+            return false;
+        s->lp_strs = a;
+        s->lp_strs_cap = c;
+    }
     if (n <= s->lp_cap)
         return true;
     size_t cap = s->lp_cap ? s->lp_cap * 2 : 256;
@@ -216,6 +225,14 @@ static bool ensure_lps(gd_server *s, size_t n)
     return true;
 }
 
+/* A token's string for TokenLogprobs (empty without a tokenizer). */
+static ProtobufCBinaryData token_bytes(const gd_server *s, int32_t id)
+{
+    size_t n = 0;
+    const char *p = s->tok ? gm_tok_token_str(s->tok, id, &n) : NULL;
+    return (ProtobufCBinaryData){p ? n : 0, (uint8_t *)p};
+}
+
 /* Log-probabilities r owes with its next chunk: one per token id from n_sent on (fewer only when some
  * could not be kept). */
 static size_t lps_owed(const gd_req *r)
@@ -226,19 +243,27 @@ static size_t lps_owed(const gd_req *r)
     return upto > r->n_sent ? (size_t)(upto - r->n_sent) : 0;
 }
 
-/* The chunk's logprobs field: TokenLogprobs messages for r's tokens [n_sent, n_sent + n) in s->lps[at..]. */
-static void chunk_logprobs(gd_server *s, const gd_req *r, size_t n, size_t at, Gemma__V1__GenerateChunk *ch)
+/* The chunk's logprobs field: TokenLogprobs messages for r's tokens [n_sent, n_sent + n) in s->lps[at..],
+ * their alternatives' strings in s->lp_strs[*at_str..]. */
+static void chunk_logprobs(gd_server *s, const gd_req *r, size_t n, size_t at, size_t *at_str,
+                           Gemma__V1__GenerateChunk *ch)
 {
+    const int32_t *gen = r->seq->tokens + r->seq->n_prompt;
     for (size_t j = 0; j < n; j++) {
         Gemma__V1__TokenLogprobs *t = &s->lps[at + j];
         *t = (Gemma__V1__TokenLogprobs)GEMMA__V1__TOKEN_LOGPROBS__INIT;
         const int32_t *ids;
         const float *lps;
         int32_t k;
-        if (gd_req_logprobs(r, r->n_sent + (int32_t)j, &t->logprob, &ids, &lps, &k)) {
-            t->n_top_ids = t->n_top_logprobs = (size_t)k;
+        int32_t i = r->n_sent + (int32_t)j;
+        t->token = token_bytes(s, gen[i]);
+        if (gd_req_logprobs(r, i, &t->logprob, &ids, &lps, &k)) {
+            t->n_top_ids = t->n_top_logprobs = t->n_top_tokens = (size_t)k;
             t->top_ids = (int32_t *)ids;
             t->top_logprobs = (float *)lps;
+            t->top_tokens = s->lp_strs + *at_str;
+            for (int32_t m = 0; m < k; m++)
+                s->lp_strs[(*at_str)++] = token_bytes(s, ids[m]);
         }
         s->lp_ptrs[at + j] = t;
     }
@@ -291,16 +316,18 @@ void gd_rpc_flush(gd_server *s)
         if (!s->dirty_head)
             s->dirty_tail = NULL;
         c->dirty = false;
-        size_t n = 0, n_lp = 0;
+        size_t n = 0, n_lp = 0, n_str = 0;
         for (gd_req *r = c->dirty_head; r; r = r->dirty_next) {
             n++;
-            n_lp += lps_owed(r);
+            size_t o = lps_owed(r);
+            n_lp += o;
+            n_str += o * (size_t)(r->lp_top > 0 ? r->lp_top : 0);
         }
-        if (!ensure_chunks(s, n) || !ensure_lps(s, n_lp)) {
+        if (!ensure_chunks(s, n) || !ensure_lps(s, n_lp, n_str)) {
             GM_ERROR("out of memory for %zu chunks", n);
             continue;
         }
-        size_t k = 0, at_lp = 0;
+        size_t k = 0, at_lp = 0, at_str = 0;
         for (gd_req *r = c->dirty_head, *next; r; r = next) {
             next = r->dirty_next;
             r->dirty = false;
@@ -312,7 +339,7 @@ void gd_rpc_flush(gd_server *s)
                 sched_seq *q = r->seq;
                 int32_t gen = q->n_tokens - q->n_prompt;
                 size_t nl = lps_owed(r);
-                chunk_logprobs(s, r, nl, at_lp, ch);
+                chunk_logprobs(s, r, nl, at_lp, &at_str, ch);
                 at_lp += nl;
                 ch->n_token_ids = (size_t)(gen - r->n_sent);
                 ch->token_ids = q->tokens + q->n_prompt + r->n_sent;
@@ -691,6 +718,7 @@ void gd_rpc_close(gd_server *s)
     free(s->chunk_reqs);
     free(s->lps);
     free(s->lp_ptrs);
+    free(s->lp_strs);
     free(s->txbuf);
     free(s->finished);
 }

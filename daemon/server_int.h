@@ -171,6 +171,8 @@ struct gd_server {
     size_t chunk_cap;
     Gemma__V1__TokenLogprobs *lps, **lp_ptrs; /* [lp_cap] the chunks' log-probabilities */
     size_t lp_cap;
+    ProtobufCBinaryData *lp_strs; /* [lp_strs_cap] their alternatives' token strings (borrowed from tok) */
+    size_t lp_strs_cap;
     uint8_t *txbuf;
     size_t txcap;
     gd_req **finished; /* requests to free after their final chunk went out */

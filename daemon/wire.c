@@ -28,8 +28,20 @@ static size_t lp_body(const Gemma__V1__TokenLogprobs *t, size_t *ids_b)
     for (size_t i = 0; i < t->n_top_ids; i++)
         n += pb_vlen(pb_i32v(t->top_ids[i]));
     *ids_b = n;
+    size_t strs = t->token.len ? pb_flen(t->token.len) : 0;
+    for (size_t i = 0; i < t->n_top_tokens; i++) /* repeated bytes: every one written, empty ones too */
+        strs += pb_flen(t->top_tokens[i].len);
     return (t->logprob != 0.0f ? 5 : 0) + (t->n_top_ids ? pb_flen(n) : 0) +
-           (t->n_top_logprobs ? pb_flen(4 * t->n_top_logprobs) : 0);
+           (t->n_top_logprobs ? pb_flen(4 * t->n_top_logprobs) : 0) + strs;
+}
+
+/* Length-delimited bytes field f (b.len bytes). */
+static uint8_t *put_bytes(uint8_t *w, int f, ProtobufCBinaryData b)
+{
+    w = pb_plen(w, f, b.len);
+    if (b.len)
+        memcpy(w, b.data, b.len);
+    return w + b.len;
 }
 
 static size_t lps_size(const Gemma__V1__GenerateChunk *c)
@@ -57,6 +69,10 @@ static uint8_t *lps_pack(const Gemma__V1__GenerateChunk *c, uint8_t *w)
             memcpy(w, t->top_logprobs, 4 * t->n_top_logprobs);
             w += 4 * t->n_top_logprobs;
         }
+        if (t->token.len)
+            w = put_bytes(w, 4, t->token);
+        for (size_t j = 0; j < t->n_top_tokens; j++)
+            w = put_bytes(w, 5, t->top_tokens[j]);
     }
     return w;
 }

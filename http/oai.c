@@ -34,11 +34,33 @@ void oai_error_model_not_found(oai_error *e, const char *model)
              "The model '%.200s' does not exist or is not served here.", model ? model : "");
 }
 
+/* The request field one of gemmad's INVALID_ARGUMENT messages is about: admission names it first
+ * ("min_tokens 20 exceeds max_tokens 16", "n > 1 is not supported ..."), or NULL. */
+static const char *param_in_message(const char *msg)
+{
+    static const char *const fields[][2] = {
+        {"n > 1", "n"},
+        {"top_logprobs ", "top_logprobs"},
+        {"presence_penalty ", "presence_penalty"},
+        {"frequency_penalty ", "frequency_penalty"},
+        {"repetition_penalty ", "repetition_penalty"},
+        {"min_tokens ", "min_tokens"},
+        {"max_tokens ", "max_tokens"},
+        {"temperature ", "temperature"},
+        {"top_k ", "top_k"},
+        {"top_p ", "top_p"},
+    };
+    for (size_t i = 0; msg && i < sizeof fields / sizeof fields[0]; i++)
+        if (!strncmp(msg, fields[i][0], strlen(fields[i][0])))
+            return fields[i][1];
+    return NULL;
+}
+
 void oai_error_from_code(oai_error *e, int32_t code, const char *param, const char *message)
 {
     const char *m = message && *message ? message : "request failed";
     switch (code) {
-    case 1: oai_fail(e, 400, "invalid_request_error", param, NULL, "%s", m); break;
+    case 1: oai_fail(e, 400, "invalid_request_error", param ? param : param_in_message(m), NULL, "%s", m); break;
     case 2: oai_fail(e, 400, "invalid_request_error", param, "context_length_exceeded", "%s", m); break;
     case 3: oai_fail(e, 429, "rate_limit_error", NULL, "overloaded", "%s", m); break;
     case 4: oai_fail(e, 503, "server_error", NULL, "cancelled", "%s", m); break;
@@ -537,6 +559,10 @@ static gm_status refuse_unsupported(const cJSON *obj, oai_error *e)
         if (lb->child)
             return BAD(e, "logit_bias", "unsupported_parameter", "Unsupported parameter: 'logit_bias' is not supported.");
     }
+    if (given(cJSON_GetObjectItemCaseSensitive(obj, "prompt_logprobs"))) /* vLLM's: no prompt logprobs here */
+        return BAD(e, "prompt_logprobs", "unsupported_parameter",
+                   "Unsupported parameter: 'prompt_logprobs': gemmad does not compute the log-probabilities of "
+                   "prompt tokens.");
     const cJSON *sx = cJSON_GetObjectItemCaseSensitive(obj, "suffix");
     if (given(sx)) {
         if (!cJSON_IsString(sx))

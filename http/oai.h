@@ -67,7 +67,8 @@ gm_status oai_fail(oai_error *e, int status, const char *type, const char *param
 void oai_error_model_not_found(oai_error *e, const char *model);
 /* An error from gemmad's RPC ErrorCode (proto/gemma.proto numbers: 1 INVALID_ARGUMENT,
  * 2 PROMPT_TOO_LONG, 3 OVERLOADED, 4 CANCELLED, 5 INTERNAL, 6 WORKER_FAILED,
- * 10 SHUTTING_DOWN; others are 500) with its message. param may be NULL. */
+ * 10 SHUTTING_DOWN; others are 500) with its message. param may be NULL; for INVALID_ARGUMENT it is
+ * then the field admission's message starts with ("min_tokens 20 exceeds ..." -> min_tokens), if any. */
 void oai_error_from_code(oai_error *e, int32_t code, const char *param, const char *message);
 
 /* ---- requests ---- */
@@ -185,14 +186,52 @@ typedef struct oai_top_logprob {
     float logprob;     /* -inf is written as -9999.0, as vLLM does */
 } oai_top_logprob;
 
-/* The chosen token at one position and its alternatives. */
+/* The chosen token at one position and its alternatives. Token strings are the token's bytes alone
+ * (gm_tok_token_str): JSON shows them with U+FFFD for bytes that are not UTF-8 (vLLM shows a piece
+ * that is part of a character so), "bytes" has them exactly (OpenAI's meaning: consecutive tokens'
+ * bytes join into the text). */
 typedef struct oai_token_logprob {
     const char *token;             /* bytes of the chosen token */
     size_t token_len;
     float logprob;
     const oai_top_logprob *top;    /* [n_top], most likely first */
     int32_t n_top;
+    bool in_top;                   /* the chosen token is one of top (the same id). Otherwise completions'
+                                    * top_logprobs dict gets it too (OpenAI: "up to logprobs + 1") */
 } oai_token_logprob;
+
+/* Code points the JSON form of s[0..n) has (each byte that is not UTF-8 shows as one U+FFFD): what
+ * completions' text_offset counts, as Python's len() of the token strings. */
+int64_t oai_text_chars(const char *s, size_t n);
+
+/* Log-probabilities gathered for output (oai_lp.c): entries with a copy of their token bytes, so they
+ * can come from messages that do not live long (the router's chunks). Grows as needed. */
+typedef struct oai_lpbuf {
+    oai_token_logprob *tok;  /* [n] entries; their pointers are valid after oai_lpbuf_view (owned) */
+    int32_t n, cap;
+    oai_top_logprob *top;    /* [n_top] the entries' alternatives, entry after entry (owned) */
+    size_t n_top, top_cap;
+    size_t *off;             /* [cap] where entry i's token bytes start in str */
+    size_t *top_off;         /* [top_cap] where alternative j's start */
+    int32_t *n_tops;         /* [cap] alternatives of entry i */
+    char *str;               /* [str_len] (owned) */
+    size_t str_len, str_cap;
+    int64_t chars;           /* oai_text_chars of the entries' chosen tokens, summed */
+    bool oom;                /* an allocation failed: entries are missing (sticky until clear) */
+} oai_lpbuf;
+
+/* No entries; memory kept. */
+void oai_lpbuf_clear(oai_lpbuf *b);
+void oai_lpbuf_free(oai_lpbuf *b);
+/* Append a position: the chosen token's bytes and log-probability; its alternatives follow with
+ * oai_lpbuf_add_top. False when out of memory. */
+bool oai_lpbuf_add(oai_lpbuf *b, const char *tok, size_t len, float logprob, bool in_top);
+/* Append an alternative to the last position. */
+bool oai_lpbuf_add_top(oai_lpbuf *b, const char *tok, size_t len, float logprob);
+/* The entries with their pointers set, valid until the next add or clear. */
+const oai_token_logprob *oai_lpbuf_view(oai_lpbuf *b);
+/* A token's string when no tokenizer can spell it: "token_id:ID" (vLLM's form) into out (>= 24 bytes). */
+size_t oai_token_id_str(int32_t id, char *out, size_t cap);
 
 /* Per-request facts every body repeats. */
 typedef struct oai_resp {
@@ -221,7 +260,8 @@ typedef struct oai_choice {
     bool has_logprobs;       /* false writes "logprobs": null */
     const oai_token_logprob *logprobs; /* [n_logprobs] */
     int32_t n_logprobs;
-    int64_t text_offset;     /* completions: offset of the first token's text (echoed prompt length) */
+    int64_t text_offset;     /* completions: text_offset of the first entry of logprobs, in characters (the
+                              * tokens' before it, in a stream; oai_text_chars) */
     bool first;              /* chat streaming: the first chunk of this choice carries the role */
 } oai_choice;
 

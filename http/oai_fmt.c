@@ -68,6 +68,23 @@ static const char *finish_name(oai_finish f)
     }
 }
 
+int64_t oai_text_chars(const char *s, size_t n)
+{
+    int64_t chars = 0;
+    size_t i = 0;
+    while (i < n) {
+        size_t k = jsonw_utf8_valid_prefix(s + i, n - i);
+        for (size_t j = 0; j < k; j++) /* characters: bytes that do not continue one */
+            chars += ((unsigned char)s[i + j] & 0xC0) != 0x80;
+        i += k;
+        if (i < n) { /* a byte that is not UTF-8: one U+FFFD */
+            chars++;
+            i++;
+        }
+    }
+    return chars;
+}
+
 /* A logprob as a JSON number: -inf (a token the sampler could not pick) is -9999.0. */
 static void logprob(jsonw *w, float lp)
 {
@@ -118,7 +135,8 @@ static void chat_logprobs(jsonw *w, const oai_token_logprob *lp, int32_t n)
     jsonw_obj_end(w);
 }
 
-/* completions: {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}], "text_offset": [...]} */
+/* completions: {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}], "text_offset": [...]};
+ * offset is the first token's (the length of the text before it, in characters) */
 static void completion_logprobs(jsonw *w, const oai_token_logprob *lp, int32_t n, int64_t offset)
 {
     jsonw_obj_begin(w);
@@ -132,7 +150,7 @@ static void completion_logprobs(jsonw *w, const oai_token_logprob *lp, int32_t n
     for (int32_t i = 0; i < n; i++)
         logprob(w, lp[i].logprob);
     jsonw_arr_end(w);
-    jsonw_key(w, "top_logprobs");
+    jsonw_key(w, "top_logprobs"); /* the alternatives, and the chosen token when it is not one of them */
     jsonw_arr_begin(w);
     for (int32_t i = 0; i < n; i++) {
         jsonw_obj_begin(w);
@@ -140,14 +158,18 @@ static void completion_logprobs(jsonw *w, const oai_token_logprob *lp, int32_t n
             jsonw_keyn(w, lp[i].top[k].token, lp[i].top[k].token_len);
             logprob(w, lp[i].top[k].logprob);
         }
+        if (!lp[i].in_top) {
+            jsonw_keyn(w, lp[i].token, lp[i].token_len);
+            logprob(w, lp[i].logprob);
+        }
         jsonw_obj_end(w);
     }
     jsonw_arr_end(w);
-    jsonw_key(w, "text_offset");
+    jsonw_key(w, "text_offset"); /* in characters, as the text is indexed */
     jsonw_arr_begin(w);
     for (int32_t i = 0; i < n; i++) {
         jsonw_int(w, offset);
-        offset += (int64_t)lp[i].token_len;
+        offset += oai_text_chars(lp[i].token, lp[i].token_len);
     }
     jsonw_arr_end(w);
     jsonw_obj_end(w);

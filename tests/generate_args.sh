@@ -29,6 +29,11 @@ expect --temperature nan
 expect --top-k -1
 expect --top-p 2
 expect --kv-block-size 0
+expect --presence-penalty 3
+expect --frequency-penalty -2.5
+expect --repetition-penalty 0
+expect --repetition-penalty inf
+expect --min-tokens -1
 "$gen" --help >/dev/null || { echo "FAIL: --help"; fail=1; }
 [ $fail = 0 ] && echo "PASS: gemma-generate option errors"
 exit $fail

@@ -33,12 +33,15 @@ endif()
 
 # gemmad's HTTP front door end to end: the openai package (output equal to gemma-generate's),
 # curl, prometheus_client and hostile clients, and a load driver for many concurrent streams.
-if(TARGET gemmad AND TARGET gemma-generate)
+if(TARGET gemmad AND TARGET gemma-generate AND TARGET gemma-cli)
   add_executable(http_load ${CMAKE_CURRENT_SOURCE_DIR}/http_load.c)
   gm_add_py_test(test_http_openai test_http_openai.py $<TARGET_FILE:gemmad> $<TARGET_FILE:gemma-generate>
-                 ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_BINARY_DIR}/models/tiny_gemma3)
+                 ${CMAKE_BINARY_DIR}/models/tiny ${CMAKE_BINARY_DIR}/models/tiny_gemma3 $<TARGET_FILE:gemma-cli>)
   gm_add_py_test(test_http_serve test_http_serve.py $<TARGET_FILE:gemmad> ${CMAKE_BINARY_DIR}/models/tiny)
-  foreach(t test_http_openai test_http_serve)
+  # the clients' sampling flags: gemma-cli over the RPC against gemma-generate offline
+  gm_add_py_test(test_cli_sampling test_cli_sampling.py $<TARGET_FILE:gemmad> $<TARGET_FILE:gemma-cli>
+                 $<TARGET_FILE:gemma-generate> ${CMAKE_BINARY_DIR}/models/tiny)
+  foreach(t test_http_openai test_http_serve test_cli_sampling)
     if(TEST ${t})
       set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED "tiny_model;tiny_gemma3" TIMEOUT 600)
     endif()

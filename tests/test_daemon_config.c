@@ -581,6 +581,8 @@ static void test_wire_matches_protobuf_c(void **state)
     static Gemma__V1__TokenLogprobs lps[MAXN][8], *lpp[MAXN][8];
     static int32_t top_ids[MAXN][8][GM_MAX_TOP_LOGPROBS];
     static float top_lps[MAXN][8][GM_MAX_TOP_LOGPROBS];
+    static ProtobufCBinaryData top_strs[MAXN][8][GM_MAX_TOP_LOGPROBS];
+    static const char *const words[] = {"", " the", "<eos>", "\xe2", "\n", "caf\xc3\xa9 au lait, s'il vous plait"};
     for (int round = 0; round < 400; round++) {
         /* StepPlan */
         Gemma__Control__V1__SeqPlan sp[MAXN], *spp[MAXN];
@@ -673,6 +675,16 @@ static void test_wire_matches_protobuf_c(void **state)
                     }
                     t->top_ids = top_ids[i][j];
                     t->top_logprobs = top_lps[i][j];
+                    if (rnd() % 4) { /* the tokens' strings (an older gemmad sends none) */
+                        const char *wd = words[rnd() % 6];
+                        t->token = (ProtobufCBinaryData){strlen(wd), (uint8_t *)wd};
+                        t->n_top_tokens = t->n_top_ids;
+                        t->top_tokens = top_strs[i][j];
+                        for (size_t k = 0; k < t->n_top_ids; k++) {
+                            wd = words[rnd() % 6];
+                            top_strs[i][j][k] = (ProtobufCBinaryData){strlen(wd), (uint8_t *)wd};
+                        }
+                    }
                     lpp[i][j] = t;
                 }
                 ch[i].n_logprobs = ch[i].n_token_ids;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""test_http_openai.py GEMMAD GEMMA_GENERATE TINY_DIR TINY_GEMMA3_DIR - the official `openai` package
-against gemmad's OpenAI-compatible HTTP API (--http-listen) on the CPU backend.
+"""test_http_openai.py GEMMAD GEMMA_GENERATE TINY_DIR TINY_GEMMA3_DIR GEMMA_CLI - the official `openai`
+package against gemmad's OpenAI-compatible HTTP API (--http-listen) on the CPU backend.
 
 Checked with the unmodified client: /v1/models; completions and chat, greedy and seeded, equal byte
 for byte to gemma-generate's output for the same request; streaming (the deltas add up to the
@@ -10,8 +10,13 @@ stop strings; seed reproducibility; usage in every response; token-id prompts, a
 puts it at the start of the first user turn, equal to writing it there; Gemma 1 refuses it: 400);
 errors as the SDK's typed exceptions with OpenAI's status and body (unknown model 404, bad
 parameters 400 naming the parameter, a prompt longer than the context 400
-context_length_exceeded, the sampling extensions admission refuses 400 naming the field); and the
-daemon still serving afterwards. Exit 77 only when the openai package cannot be installed."""
+context_length_exceeded, n > 1 400 naming n, echo with logprobs 400 naming echo); logprobs in
+OpenAI's two shapes, streamed and not, equal to the RPC's (gemma-cli --print-logprobs) for the same
+greedy request, each greedy token its own first alternative; presence, frequency and repetition
+penalties changing greedy output to what gemma-generate gives with the same flags; min_tokens
+holding back a stop id and a stop string; and the daemon still serving afterwards. Exit 77 only when
+the openai package cannot be installed."""
+import json
 import os
 import subprocess
 import sys
@@ -20,7 +25,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gemmad_http import need_module, serving  # noqa: E402
 
-GEMMAD, GENERATE, TINY, TINY3 = sys.argv[1:5]
+GEMMAD, GENERATE, TINY, TINY3, CLI = sys.argv[1:6]
 openai = need_module("openai", "openai")
 
 
@@ -181,16 +186,21 @@ def test_errors(c):
                  code="context_length_exceeded")  # prompt + max_tokens past the context, as vLLM
     expect_error(openai.BadRequestError, 400,
                  lambda: c.completions.create(model="tiny", prompt=[1 << 20], max_tokens=2))
-    # what admission does not do yet is refused by name (another branch turns these on)
-    for kw, param in [(dict(logprobs=2), "logprobs"), (dict(presence_penalty=0.5), "presence_penalty"),
-                      (dict(frequency_penalty=0.5), "frequency_penalty"), (dict(n=2), "n"),
-                      (dict(extra_body={"min_tokens": 2}), "min_tokens"),
-                      (dict(extra_body={"repetition_penalty": 1.2}), "repetition_penalty")]:
+    # n > 1 is refused by name until gemmad does it; bad sampling extensions by name too
+    for kw, param in [(dict(n=2), "n"), (dict(presence_penalty=2.5), "presence_penalty"),
+                      (dict(frequency_penalty=-3), "frequency_penalty"), (dict(logprobs=21), "logprobs"),
+                      (dict(extra_body={"min_tokens": 5}), "min_tokens"),  # more than max_tokens
+                      (dict(extra_body={"repetition_penalty": 0}), "repetition_penalty"),
+                      (dict(echo=True, logprobs=1), "echo")]:  # no prompt logprobs
         expect_error(openai.BadRequestError, 400,
                      lambda: c.completions.create(model="tiny", prompt="x", max_tokens=4, **kw), param=param)
-    expect_error(openai.BadRequestError, 400, lambda: c.chat.completions.create(
-        model="tiny", max_tokens=2, messages=[{"role": "user", "content": "x"}], logprobs=True, top_logprobs=2),
-        param="top_logprobs")
+    # min_tokens past the default max_tokens (16): admission names it
+    expect_error(openai.BadRequestError, 400, lambda: c.completions.create(
+        model="tiny", prompt="x", extra_body={"min_tokens": 20}), param="min_tokens")
+    for kw, param in [(dict(n=3), "n"), (dict(logprobs=True, top_logprobs=21), "top_logprobs"),
+                      (dict(top_logprobs=2), "top_logprobs")]:  # top_logprobs without logprobs
+        expect_error(openai.BadRequestError, 400, lambda: c.chat.completions.create(
+            model="tiny", max_tokens=2, messages=[{"role": "user", "content": "x"}], **kw), param=param)
     expect_error(openai.BadRequestError, 400, lambda: c.chat.completions.create(
         model="tiny", max_tokens=2, messages=[{"role": "user", "content": "x"}],
         tools=[{"type": "function", "function": {"name": "f"}}]), param="tools")
@@ -199,6 +209,114 @@ def test_errors(c):
         model="tiny", prompt="x", max_tokens=2, temperature=9, stream=True)), param="temperature")
     # still serving
     assert c.completions.create(model="tiny", prompt="still", max_tokens=2).usage.completion_tokens >= 1
+
+
+def rpc_logprobs(d, *args):
+    """The RPC's logprobs for a greedy request: gemma-cli --print-logprobs, one dict per token."""
+    p = subprocess.run([CLI, "--endpoint", d.endpoint, "--print-logprobs", *args], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    return [json.loads(line) for line in p.stdout.splitlines()]
+
+
+def check_rpc_equal(entries, rpc):
+    """HTTP logprobs entries (token, logprob, [(token, logprob)]) equal the RPC's, number for number."""
+    assert len(entries) == len(rpc), (len(entries), len(rpc))
+    for (tok, lp, top), want in zip(entries, rpc):
+        assert tok == want["token"] and lp == want["logprob"], (tok, lp, want)
+        assert top == [(t["token"], t["logprob"]) for t in want["top_logprobs"]], (top, want)
+
+
+def test_logprobs(c, d):
+    prompt = "The quick brown fox"
+    rpc = rpc_logprobs(d, "--max-tokens", "12", "--ignore-eos", "--logprobs", "3", prompt)
+    # completions: logprobs N -> tokens, token_logprobs, top_logprobs (dicts), text_offset
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, logprobs=3,
+                             extra_body={"ignore_eos": True})
+    ch = r.choices[0]
+    lp = ch.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 12, lp
+    assert "".join(lp.tokens) == ch.text, (lp.tokens, ch.text)
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(12)], lp.text_offset
+    for tok, val, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert len(top) == 3 and top[tok] == val == max(top.values()) and val <= 0, (tok, val, top)
+    assert [(t["token"], t["logprob"]) for t in rpc] == list(zip(lp.tokens, lp.token_logprobs))
+    assert [{a["token"]: a["logprob"] for a in t["top_logprobs"]} for t in rpc] == lp.top_logprobs
+    # streamed: the chunks' logprobs add up to the same, text_offset running on
+    s = list(c.completions.create(model="tiny", prompt=prompt, max_tokens=12, temperature=0, logprobs=3, stream=True,
+                                  extra_body={"ignore_eos": True}))
+    parts = [x.choices[0].logprobs for x in s if x.choices and x.choices[0].logprobs]
+    assert sum((p.tokens for p in parts), []) == lp.tokens
+    assert sum((p.token_logprobs for p in parts), []) == lp.token_logprobs
+    assert sum((p.top_logprobs for p in parts), []) == lp.top_logprobs
+    assert sum((p.text_offset for p in parts), []) == lp.text_offset
+    # logprobs 0: the chosen token alone in each dict (OpenAI: up to logprobs + 1 entries)
+    r0 = c.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0, logprobs=0)
+    assert r0.choices[0].logprobs.top_logprobs == [{t: v} for t, v in zip(lp.tokens[:4], lp.token_logprobs[:4])]
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0)
+    assert r.choices[0].logprobs is None
+    # chat: logprobs + top_logprobs -> content[] of {token, logprob, bytes, top_logprobs}
+    msgs = [{"role": "user", "content": "Hello there"}]
+    rpc = rpc_logprobs(d, "--chat", "--max-tokens", "10", "--logprobs", "2", "Hello there")
+    r = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, logprobs=True,
+                                  top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == len(rpc)
+    for e in content:
+        assert bytes(e.bytes) == e.token.encode() and len(e.top_logprobs) == 2, e
+        assert e.top_logprobs[0].token == e.token and e.top_logprobs[0].logprob == e.logprob, e
+        assert all(bytes(t.bytes) == t.token.encode() for t in e.top_logprobs)
+    text = r.choices[0].message.content
+    if r.choices[0].finish_reason == "stop":  # the token that ended the turn has its entry, as in vLLM
+        assert content[-1].token in ("<end_of_turn>", "<eos>"), content[-1]
+        content = content[:-1]
+    assert b"".join(bytes(e.bytes) for e in content).decode() == text
+    check_rpc_equal([(e.token, e.logprob, [(t.token, t.logprob) for t in e.top_logprobs])
+                     for e in r.choices[0].logprobs.content], rpc)
+    s = list(c.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, logprobs=True,
+                                       top_logprobs=2, stream=True))
+    streamed = [e for x in s if x.choices and x.choices[0].logprobs for e in x.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in r.choices[0].logprobs.content]
+    # logprobs without alternatives: empty top_logprobs
+    r = c.chat.completions.create(model="tiny", messages=msgs, max_tokens=3, temperature=0, logprobs=True)
+    assert [e.top_logprobs for e in r.choices[0].logprobs.content] == [[], [], []]
+    assert [e.logprob for e in r.choices[0].logprobs.content] == [t["logprob"] for t in rpc[:3]]
+
+
+def test_penalties_min_tokens(c, d):
+    prompt = "The quick brown fox"
+    base = c.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0).choices[0].text
+    for flag, kw, v in [("--presence-penalty", dict(presence_penalty=2.0), "2"),
+                        ("--frequency-penalty", dict(frequency_penalty=1.0), "1"),
+                        ("--repetition-penalty", dict(extra_body={"repetition_penalty": 5.0}), "5")]:
+        want = gemma_generate(TINY, "--prompt", prompt, "--max-tokens", "16", flag, v)
+        r = c.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0, **kw)
+        assert r.choices[0].text == want != base, (kw, r.choices[0].text, want, base)
+        s = list(c.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0, stream=True, **kw))
+        assert "".join(x.choices[0].text for x in s) == want
+    want = gemma_generate(TINY, "--chat", "--prompt", "Hi", "--max-tokens", "12", "--presence-penalty", "2")
+    r = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=12,
+                                  temperature=0, presence_penalty=2.0)
+    assert r.choices[0].message.content == want, (r.choices[0].message.content, want)
+    # min_tokens: the first greedy token as a stop id ends the output at once; min_tokens holds it back
+    first = rpc_logprobs(d, "--max-tokens", "1", prompt)[0]
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0,
+                             extra_body={"stop_token_ids": [first["id"]]})
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == 1 and r.choices[0].text == "", r
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, logprobs=0,
+                             extra_body={"stop_token_ids": [first["id"]], "min_tokens": 4})
+    ids = [t["id"] for t in rpc_logprobs(d, "--max-tokens", "8", "--stop-id", str(first["id"]), "--min-tokens", "4",
+                                         prompt)]
+    assert len(ids) >= 4 and first["id"] not in ids[:4], ids
+    assert r.usage.completion_tokens == len(ids) and r.choices[0].text != "", (r, ids)
+    assert r.choices[0].logprobs.tokens[0] != first["token"], r
+    # and a stop string: not looked for before min_tokens outputs
+    cut = first["token"]
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, stop=cut)
+    assert r.choices[0].text == "" and r.usage.completion_tokens == 1, r
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, stop=cut,
+                             extra_body={"min_tokens": 4})
+    assert r.usage.completion_tokens >= 4 and len(r.choices[0].text) >= 3 * len(cut), r
 
 
 def test_gemma3_system(tmp):
@@ -246,6 +364,8 @@ def main():
             test_chat(c)
             test_errors(c)
             test_tokenize(d)
+            test_logprobs(c, d)
+            test_penalties_min_tokens(c, d)
             assert d.request("GET", "/health")[0] == 200
         test_gemma3_system(tmp)
     print("ok")

@@ -392,6 +392,8 @@ static void test_unsupported(void **st)
     bad(C, "{\"prompt\": \"x\", \"suffix\": \"tail\"}", "suffix", "unsupported_parameter");
     bad(C, "{\"prompt\": \"x\", \"suffix\": 1}", "suffix", "invalid_type");
     ok(C, "{\"prompt\": \"x\", \"suffix\": \"\"}");
+    bad(C, "{\"prompt\": \"x\", \"prompt_logprobs\": 1}", "prompt_logprobs", "unsupported_parameter");
+    ok(C, "{\"prompt\": \"x\", \"prompt_logprobs\": null}");
     bad(C, "{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_object\"}}", "response_format.type",
         "unsupported_value");
 #undef CHAT_BAD
@@ -574,6 +576,15 @@ static void test_errors(void **st)
         assert_string_equal(e.message, "why");
     }
     assert_string_equal(e.param, "");
+    /* INVALID_ARGUMENT without a param: the field admission's message names first */
+    oai_error_from_code(&e, 1, NULL, "min_tokens 20 exceeds max_tokens 16");
+    assert_string_equal(e.param, "min_tokens");
+    oai_error_from_code(&e, 1, NULL, "n > 1 is not supported by this gemmad yet");
+    assert_string_equal(e.param, "n");
+    oai_error_from_code(&e, 1, NULL, "the prompt is empty");
+    assert_string_equal(e.param, "");
+    oai_error_from_code(&e, 1, "messages", "top_k -1 must be >= 0");
+    assert_string_equal(e.param, "messages");
     /* a message cut inside a UTF-8 character is cut before it */
     char longmsg[600];
     memset(longmsg, 'a', sizeof longmsg);

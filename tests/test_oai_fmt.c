@@ -182,7 +182,8 @@ static const oai_top_logprob TOP1[] = {{"!", 1, -0.5f}};
 
 static void test_logprobs(void **st)
 {
-    oai_token_logprob lp[] = {{"Hello", 5, -0.25f, TOP0, 3}, {"\xe6", 1, -3.0f, TOP1, 1}, {"!", 1, -INFINITY, NULL, 0}};
+    oai_token_logprob lp[] = {{"Hello", 5, -0.25f, TOP0, 3, true}, {"\xe6", 1, -3.0f, TOP1, 1, false},
+                              {"!", 1, -INFINITY, NULL, 0, false}};
     oai_choice c = {.index = 0, .text = "Hello!", .text_len = 6, .finish = OAI_FINISH_STOP, .has_logprobs = true,
                     .logprobs = lp, .n_logprobs = 3};
     jsonw_reset(&W);
@@ -228,8 +229,11 @@ static void test_logprobs(void **st)
     assert_true(num(d0, "Hello") == -0.25);
     assert_true(num(d0, "Hi") == -1.5);
     assert_true(num(d0, "\xef\xbf\xbd") == -9999.0);
+    assert_int_equal(cJSON_GetArraySize(d0), 3); /* the chosen token is one of them: listed once */
     assert_true(num(cJSON_GetArrayItem(tl, 1), "!") == -0.5);
-    assert_null(cJSON_GetArrayItem(tl, 2)->child); /* {} */
+    assert_true(num(cJSON_GetArrayItem(tl, 1), "\xef\xbf\xbd") == -3.0); /* the chosen one joins them */
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetArrayItem(tl, 2)), 1); /* no alternatives: the chosen one */
+    assert_true(num(cJSON_GetArrayItem(tl, 2), "!") == -9999.0);
     assert_true(cJSON_GetArrayItem(off, 0)->valuedouble == 10);
     assert_true(cJSON_GetArrayItem(off, 1)->valuedouble == 15);
     assert_true(cJSON_GetArrayItem(off, 2)->valuedouble == 16);
@@ -243,6 +247,59 @@ static void test_logprobs(void **st)
     l = get(cJSON_GetArrayItem(get(j, "choices"), 0), "logprobs");
     assert_int_equal(cJSON_GetArraySize(get(l, "content")), 1);
     cJSON_Delete(j);
+}
+
+/* text_offset counts characters as JSON shows them; oai_lpbuf keeps copies of the token bytes */
+static void test_logprob_offsets(void **st)
+{
+    (void)st;
+    assert_int_equal(oai_text_chars("abc", 3), 3);
+    assert_int_equal(oai_text_chars("\xc3\xa9t\xc3\xa9", 5), 3);       /* "\u00e9t\u00e9" */
+    assert_int_equal(oai_text_chars("\xf0\x9f\x98\x80", 4), 1);        /* one emoji */
+    assert_int_equal(oai_text_chars("\xe2\x80", 2), 2);                /* half a character: two U+FFFD */
+    assert_int_equal(oai_text_chars("a\xff" "b", 3), 3);
+    assert_int_equal(oai_text_chars("", 0), 0);
+
+    oai_lpbuf b = {0};
+    char tok[8] = "caf";
+    assert_true(oai_lpbuf_add(&b, tok, 3, -0.5f, true));
+    assert_true(oai_lpbuf_add_top(&b, tok, 3, -0.5f));
+    strcpy(tok, "xx");                                              /* the buffer keeps its own copy */
+    assert_true(oai_lpbuf_add_top(&b, "\xc3", 1, -1.0f));
+    assert_true(oai_lpbuf_add(&b, "\xc3\xa9!", 3, -2.0f, false));
+    for (int i = 0; i < 100; i++) /* growth moves the strings; view() points at them again */
+        assert_true(oai_lpbuf_add(&b, "z", 1, -3.0f, false));
+    assert_int_equal(b.n, 102);
+    assert_int_equal(b.chars, 3 + 2 + 100);
+    const oai_token_logprob *v = oai_lpbuf_view(&b);
+    assert_memory_equal(v[0].token, "caf", 3);
+    assert_int_equal(v[0].n_top, 2);
+    assert_memory_equal(v[0].top[0].token, "caf", 3);
+    assert_int_equal(v[0].top[1].token_len, 1);
+    assert_true(v[0].top[1].logprob == -1.0f);
+    assert_int_equal(v[1].n_top, 0);
+    assert_null(v[1].top);
+    assert_memory_equal(v[1].token, "\xc3\xa9!", 3);
+    assert_memory_equal(v[101].token, "z", 1);
+    oai_choice c = {.index = 0, .text = "caf\xc3\xa9!", .text_len = 6, .has_logprobs = true, .logprobs = v,
+                    .n_logprobs = 3, .text_offset = 4};
+    jsonw_reset(&W);
+    oai_write_response(&W, &CMPL, &c, 1, NULL);
+    cJSON *j = read_back(W.p, W.len);
+    const cJSON *off = get(get(cJSON_GetArrayItem(get(j, "choices"), 0), "logprobs"), "text_offset");
+    assert_true(cJSON_GetArrayItem(off, 0)->valuedouble == 4);
+    assert_true(cJSON_GetArrayItem(off, 1)->valuedouble == 7);
+    assert_true(cJSON_GetArrayItem(off, 2)->valuedouble == 9); /* "\u00e9!" is two characters */
+    cJSON_Delete(j);
+    oai_lpbuf_clear(&b);
+    assert_int_equal(b.n, 0);
+    assert_int_equal(b.chars, 0);
+    assert_false(oai_lpbuf_add_top(&b, "a", 1, 0.0f)); /* no entry to add it to */
+    oai_lpbuf_free(&b);
+    assert_null(b.tok);
+    char idb[32];
+    assert_int_equal(oai_token_id_str(1234, idb, sizeof idb), 13);
+    assert_string_equal(idb, "token_id:1234");
 }
 
 static void test_error_bodies(void **st)
@@ -318,7 +375,7 @@ static void test_misc_bodies(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_response_bodies), cmocka_unit_test(test_chunks),  cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_response_bodies), cmocka_unit_test(test_chunks),  cmocka_unit_test(test_logprobs), cmocka_unit_test(test_logprob_offsets),
         cmocka_unit_test(test_error_bodies),    cmocka_unit_test(test_misc_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,7 +6,8 @@
 Checked: /health and /v1/models (the replicas' model name); greedy completions and chat equal to
 what a replica answers over its own HTTP API, streamed and not; a list of prompts; usage; errors
 (unknown model 404, bad parameters 400, a too-long prompt 400 context_length_exceeded as the
-replica says, the sampling extensions the RPC does not carry 400 naming the field); a client
+replica says, n > 1 and echo 400 naming the field); logprobs (both shapes, streamed and not),
+penalties and min_tokens passed through the RPC, equal to a replica's own answers; a client
 that disconnects mid-stream has its request cancelled at the replica (its KV blocks come back);
 /metrics parsed by prometheus_client; with every replica gone, /health says 503 and a request
 is refused, and the router exits cleanly on SIGTERM. Exit 77 only when openai or
@@ -69,6 +70,39 @@ def expect(exc, status, fn, param=None, code=None):
     raise AssertionError(f"expected {exc.__name__}")
 
 
+def sampling_through(c, direct):
+    """logprobs, penalties and min_tokens reach the replicas through the RPC: the router answers what a
+    replica answers over its own HTTP API."""
+    kw = dict(model="tiny", prompt="The quick brown fox", max_tokens=10, temperature=0, logprobs=3,
+              extra_body={"ignore_eos": True})
+    want, got = direct.completions.create(**kw), c.completions.create(**kw)
+    assert got.choices[0].logprobs == want.choices[0].logprobs, (got, want)
+    first = want.choices[0].logprobs.tokens[0]
+    assert len(got.choices[0].logprobs.tokens) == 10
+    s = list(c.completions.create(stream=True, **kw))
+    parts = [x.choices[0].logprobs for x in s if x.choices and x.choices[0].logprobs]
+    assert sum((p.tokens for p in parts), []) == want.choices[0].logprobs.tokens
+    assert sum((p.token_logprobs for p in parts), []) == want.choices[0].logprobs.token_logprobs
+    assert sum((p.text_offset for p in parts), []) == want.choices[0].logprobs.text_offset
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0,
+              logprobs=True, top_logprobs=2)
+    want, got = direct.chat.completions.create(**kw), c.chat.completions.create(**kw)
+    assert got.choices[0].logprobs == want.choices[0].logprobs and len(got.choices[0].logprobs.content) == 6
+    s = list(c.chat.completions.create(stream=True, **kw))
+    assert [e for x in s if x.choices and x.choices[0].logprobs for e in x.choices[0].logprobs.content] == \
+        want.choices[0].logprobs.content
+    for extra in ({"presence_penalty": 2.0}, {"frequency_penalty": 1.0}, {"repetition_penalty": 5.0},
+                  {"min_tokens": 4, "stop": first}):  # without min_tokens the text would be empty
+        kw = dict(model="tiny", prompt="The quick brown fox", max_tokens=12, temperature=0, extra_body=extra)
+        plain = direct.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=12, temperature=0)
+        want, got = direct.completions.create(**kw), c.completions.create(**kw)
+        assert got.choices[0].text == want.choices[0].text, (extra, got, want)
+        if "min_tokens" in extra:
+            assert got.usage.completion_tokens >= 4 and got.choices[0].text, got
+        else:
+            assert got.choices[0].text != plain.choices[0].text, extra  # the penalty did reach the replica
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="gd-router-http-") as tmp:
         reps = [Daemon(GEMMAD, tmp, f"rep{i}", "--model", TINY, "--backend", "cpu") for i in range(2)]
@@ -111,10 +145,12 @@ def main():
             expect(openai.BadRequestError, 400, lambda: c.completions.create(model="tiny", prompt="w " * 3000,
                                                                              max_tokens=2),
                    code="context_length_exceeded")
-            for kw, param in [(dict(logprobs=1), "logprobs"), (dict(presence_penalty=1.0), "presence_penalty"),
-                              (dict(n=2), "n")]:
+            for kw, param in [(dict(n=2), "n"), (dict(echo=True), "echo")]:
                 expect(openai.BadRequestError, 400,
                        lambda: c.completions.create(model="tiny", prompt="a", max_tokens=2, **kw), param=param)
+            expect(openai.BadRequestError, 400, lambda: c.completions.create(
+                model="tiny", prompt="a", extra_body={"min_tokens": 20}), param="min_tokens")  # > max_tokens 16
+            sampling_through(c, direct)
             st, _, data = rt.request("POST", "/v1/completions", b"{oops")
             assert st == 400 and "error" in json.loads(data)
             st, _, data = rt.request("POST", "/tokenize", {"prompt": "x"})

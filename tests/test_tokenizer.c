@@ -208,6 +208,40 @@ static void test_special_layout(void **state)
     assert_int_equal(buf[0], 'A');
 }
 
+/* gm_tok_token_str: a token alone as logprobs show it: text bytes, or the piece of a control token */
+static void test_token_str(void **state)
+{
+    (void)state;
+    size_t n;
+    const char *p = gm_tok_token_str(g_tok, 1, &n);
+    assert_non_null(p);
+    assert_memory_equal(p, "<eos>", 5);
+    assert_int_equal(n, 5);
+    p = gm_tok_token_str(g_tok, 107, &n);
+    assert_int_equal(n, 13);
+    assert_memory_equal(p, "<end_of_turn>", 13);
+    p = gm_tok_token_str(g_tok, 108 + 0xE2, &n); /* a byte piece: one byte, not UTF-8 alone */
+    assert_int_equal(n, 1);
+    assert_int_equal((unsigned char)p[0], 0xE2);
+    assert_null(gm_tok_token_str(g_tok, -1, &n));
+    assert_int_equal(n, 0);
+    assert_null(gm_tok_token_str(g_tok, 1 << 30, &n));
+    /* ordinary pieces: the bytes they add to a text ("\u2581" is a space), as gm_tok_piece_bytes */
+    int32_t *ids, m;
+    encode(" Hello, world", false, &ids, &m);
+    assert_true(m >= 2);
+    for (int32_t i = 0; i < m; i++) {
+        char piece[64];
+        size_t pb = gm_tok_piece_bytes(g_tok, ids[i], piece, sizeof piece);
+        p = gm_tok_token_str(g_tok, ids[i], &n);
+        assert_int_equal(n, pb);
+        assert_memory_equal(p, piece, n);
+    }
+    p = gm_tok_token_str(g_tok, ids[0], &n);
+    assert_int_equal(p[0], ' ');
+    free(ids);
+}
+
 static void test_load_errors(void **state)
 {
     (void)state;
@@ -559,6 +593,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_invalid_bytes),   cmocka_unit_test(test_special_text_not_parsed),
         cmocka_unit_test(test_invalid_input_text), cmocka_unit_test(test_chat_template),
         cmocka_unit_test(test_chat_errors),     cmocka_unit_test(test_chat_gemma3),
+        cmocka_unit_test(test_token_str),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -51,6 +51,11 @@ static void usage(FILE *f)
             "  --top-k K            keep the K most likely tokens (default 0 = all)\n"
             "  --top-p P            nucleus mass in (0, 1] (default 1)\n"
             "  --seed S             sampling seed (default 0)\n"
+            "  --presence-penalty P   [-2, 2]: logit -= P for tokens already generated (OpenAI; default 0)\n"
+            "  --frequency-penalty F  [-2, 2]: logit -= F x their count among the outputs (OpenAI; default 0)\n"
+            "  --repetition-penalty R > 0: tokens of the prompt or the outputs have positive logits divided\n"
+            "                       by R, negative ones multiplied (Hugging Face, vLLM; default 1 = off)\n"
+            "  --min-tokens N       EOS (and <end_of_turn> with --chat) cannot be sampled before N tokens\n"
             "  --backend B          cpu or cuda (default cpu)\n"
             "  --dump-logits FILE   write float32 logits [prompt_tokens, vocab] of a teacher-forced\n"
             "                       pass over the prompt (BOS included), row-major\n"
@@ -85,6 +90,10 @@ static int parse_args(int argc, char **argv, gen_opts *o)
         {"top-k", ARGS_INT, &o->samp.top_k, 0, INT32_MAX},
         {"top-p", ARGS_FLOAT, &o->samp.top_p, 1e-30, 1},
         {"seed", ARGS_UINT64, &o->samp.seed},
+        {"presence-penalty", ARGS_FLOAT, &o->samp.presence_penalty, -2, 2},
+        {"frequency-penalty", ARGS_FLOAT, &o->samp.frequency_penalty, -2, 2},
+        {"repetition-penalty", ARGS_FLOAT, &o->samp.repetition_penalty, 1e-30, 1e30},
+        {"min-tokens", ARGS_INT, &o->samp.min_tokens, 0, INT32_MAX},
         {"backend", ARGS_CHOICE, &backend, .choices = "cpu|cuda"},
         {"dump-logits", ARGS_STRING, &o->dump},
         {"dump-tokens", ARGS_STRING, &o->dump_tokens},
@@ -336,6 +345,12 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
         goto done;
     }
     gm_gen_stream_set_stop_ids(gs, cfg->eos_id, cfg->end_of_turn_id);
+    /* what min_tokens keeps from being sampled: the ids that end the output here (as gemmad's set) */
+    gm_stop_set stops = {.n = 1, .ids = {cfg->eos_id}};
+    if (o->chat)
+        stops.ids[stops.n++] = cfg->end_of_turn_id;
+    gm_sampling samp = o->samp;
+    samp.n_prompt = n_ids; /* the penalties count outputs from here; min_tokens too */
     char buf[GM_DETOK_MAX_OUT];
     int64_t len = n_ids, produced = 0;
     int32_t next = -1;
@@ -345,7 +360,7 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
             int32_t m = (int32_t)(n_ids - p < chunk ? n_ids - p : chunk);
             bool last = p + m == n_ids;
             int mode = o->dump ? GM_LOGITS_ALL : last ? GM_LOGITS_LAST : GM_LOGITS_NONE;
-            gm_seq_step sq = {0, seq + p, m, (int32_t)p, bt, nbt, mode, o->samp};
+            gm_seq_step sq = {0, seq + p, m, (int32_t)p, bt, nbt, mode, samp, &stops};
             gm_step_out out = {&next, lg, lg ? chunk : 0};
             if ((st = gm_engine_step(e, &sq, 1, &out))) {
                 rc = fail_status("prefill", st);
@@ -368,7 +383,7 @@ static int run_generate(const gen_opts *o, const gm_model_config *cfg, const gm_
         if (produced == want || len >= ctx)
             break;
         seq[len] = next;
-        gm_seq_step sq = {0, seq + len, 1, (int32_t)len, bt, nbt, GM_LOGITS_LAST, o->samp};
+        gm_seq_step sq = {0, seq + len, 1, (int32_t)len, bt, nbt, GM_LOGITS_LAST, samp, &stops};
         gm_step_out out = {&next, NULL, 0};
         if ((st = gm_engine_step(e, &sq, 1, &out))) {
             rc = fail_status("decode", st);

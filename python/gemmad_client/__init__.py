@@ -6,7 +6,8 @@ except ImportError as e:  # a source checkout that was never built
     raise ImportError("gemmad_client.gemma_pb2 is missing: install the package (pip install ./python), "
                       "which generates it from proto/gemma.proto") from e
 
-from .client import PROTOCOL_VERSION, Chunk, Client, GemmadError, Result, Stream, Usage
+from .client import PROTOCOL_VERSION, Chunk, Client, GemmadError, Result, Stream, TokenLogprob, TopLogprob, Usage
 
-__all__ = ["Client", "Stream", "Chunk", "Result", "Usage", "GemmadError", "PROTOCOL_VERSION", "gemma_pb2"]
+__all__ = ["Client", "Stream", "Chunk", "Result", "Usage", "TokenLogprob", "TopLogprob", "GemmadError",
+           "PROTOCOL_VERSION", "gemma_pb2"]
 __version__ = "0.1.0"

@@ -53,6 +53,39 @@ class Usage:
 
 
 @dataclasses.dataclass
+class TopLogprob:
+    """One of the most likely tokens at a position."""
+
+    token_id: int
+    token: str  # the token alone as gemmad's tokenizer spells it (U+FFFD for part of a character)
+    bytes: bytes  # its exact bytes (consecutive tokens' bytes join into the text)
+    logprob: float
+
+
+@dataclasses.dataclass
+class TokenLogprob:
+    """A generated token's log-probability: log_softmax of the model's raw logits at its position (before
+    penalties, min_tokens, temperature, top_k and top_p), and the top_logprobs most likely tokens there."""
+
+    token_id: int
+    token: str
+    bytes: bytes
+    logprob: float
+    top: List[TopLogprob]
+
+
+def _logprobs(c: "pb.GenerateChunk") -> List[TokenLogprob]:
+    out = []
+    for i, t in enumerate(c.logprobs):
+        tid = c.token_ids[i] if i < len(c.token_ids) else -1
+        strs = list(t.top_tokens) + [b""] * (len(t.top_ids) - len(t.top_tokens))  # an older gemmad sends none
+        top = [TopLogprob(k, s.decode("utf-8", "replace"), bytes(s), lp)
+               for k, lp, s in zip(t.top_ids, t.top_logprobs, strs)]
+        out.append(TokenLogprob(tid, t.token.decode("utf-8", "replace"), bytes(t.token), t.logprob, top))
+    return out
+
+
+@dataclasses.dataclass
 class Chunk:
     """A piece of a streamed answer; finish_reason and usage are set on the last one."""
 
@@ -61,6 +94,7 @@ class Chunk:
     token_ids: List[int]
     finish_reason: Optional[str]  # None (more to come), "stop", "length", "cancelled"
     usage: Optional[Usage]
+    logprobs: Optional[List[TokenLogprob]] = None  # with logprobs / top_logprobs: one per token id
 
 
 @dataclasses.dataclass
@@ -72,6 +106,7 @@ class Result:
     token_ids: List[int]
     finish_reason: str
     usage: Usage
+    logprobs: Optional[List[TokenLogprob]] = None  # with logprobs / top_logprobs: one per token id
 
 
 Message = Union[Tuple[str, str], dict]
@@ -129,6 +164,7 @@ class Client:
         self._ids = itertools.count(1)
         self._queues = {}  # request id -> deque of pb.GenerateChunk / reply / pb.Error
         self._dropped = set()  # streams closed early: their chunks are discarded
+        self._want_lp = set()  # requests that asked for logprobs
 
     # ---- plumbing ----
 
@@ -188,17 +224,21 @@ class Client:
         ev = self._next(rid, timeout)
         if isinstance(ev, pb.Error):
             self._queues.pop(rid, None)
+            self._want_lp.discard(rid)
             raise GemmadError(ev.code, ev.message, rid)
         finish = _FINISH.get(ev.finish_reason, "error")
+        lps = _logprobs(ev) if rid in self._want_lp else None
         if finish is not None:
             self._queues.pop(rid, None)
+            self._want_lp.discard(rid)
         if finish == "error":
             raise GemmadError(ev.error_code, ev.error_message, rid)
         return Chunk(rid, ev.text.decode("utf-8", "replace"), list(ev.token_ids), finish,
-                     Usage.from_pb(ev.usage) if finish is not None else None)
+                     Usage.from_pb(ev.usage) if finish is not None else None, lps)
 
     def _drop(self, rid: int):
         self._queues.pop(rid, None)
+        self._want_lp.discard(rid)
         self._dropped.add(rid)
         try:
             cid = self._send(next(self._ids), cancel=pb.CancelRequest(target_request_id=rid))
@@ -217,16 +257,21 @@ class Client:
     # ---- requests ----
 
     def _submit(self, prompt: Optional[str], tokens: Optional[Sequence[int]], messages: Optional[Iterable[Message]],
-                max_tokens: int, temperature: float, top_k: int, top_p: float, seed: int, stop: Sequence[str],
-                stop_token_ids: Sequence[int], ignore_eos: bool, stream: bool) -> int:
+                stream: bool, max_tokens: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (), ignore_eos: bool = False,
+                presence_penalty: float = 0.0, frequency_penalty: float = 0.0, repetition_penalty: float = 1.0,
+                min_tokens: int = 0, logprobs: bool = False, top_logprobs: int = 0) -> int:
         if sum(x is not None for x in (prompt, tokens, messages)) != 1:
             raise ValueError("give exactly one of prompt, tokens, messages")
         if isinstance(stop, str):
             stop = [stop]
         g = pb.GenerateRequest(max_tokens=max_tokens, stop=list(stop), stop_token_ids=list(stop_token_ids),
-                               stream=stream, ignore_eos=ignore_eos,
+                               stream=stream, ignore_eos=ignore_eos, min_tokens=min_tokens,
+                               logprobs=bool(logprobs or top_logprobs), top_logprobs=top_logprobs,
                                sampling=pb.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
-                                                          seed=seed))
+                                                          seed=seed, presence_penalty=presence_penalty,
+                                                          frequency_penalty=frequency_penalty,
+                                                          repetition_penalty=repetition_penalty))
         if prompt is not None:
             g.text = prompt
         elif tokens is not None:
@@ -235,37 +280,41 @@ class Client:
             for m in messages:
                 role, text = (m["role"], m.get("content", m.get("text", ""))) if isinstance(m, dict) else m
                 g.chat.messages.add(role=role, text=text)
-        return self._send(next(self._ids), generate=g)
+        rid = self._send(next(self._ids), generate=g)
+        if g.logprobs:
+            self._want_lp.add(rid)
+        return rid
 
     def generate(self, prompt: Optional[str] = None, *, tokens: Optional[Sequence[int]] = None,
-                 messages: Optional[Iterable[Message]] = None, max_tokens: int = 0, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
-                 stop_token_ids: Sequence[int] = (), ignore_eos: bool = False,
-                 timeout: Optional[float] = None) -> Result:
+                 messages: Optional[Iterable[Message]] = None, timeout: Optional[float] = None,
+                 **sampling) -> Result:
         """Generate and wait for the whole answer. prompt: text (BOS added by gemmad); tokens: ids used
         verbatim; messages: [(role, text)] or [{"role", "content"}] for Gemma's chat template.
-        max_tokens 0: until EOS or the context is full; temperature 0: greedy. timeout: seconds for the
-        whole answer (default: the client's)."""
-        rid = self._submit(prompt, tokens, messages, max_tokens, temperature, top_k, top_p, seed, stop,
-                           stop_token_ids, ignore_eos, stream=False)
-        text, ids = [], []
+        timeout: seconds for the whole answer (default: the client's). Keyword arguments (gemma.proto's
+        GenerateRequest and SamplingParams): max_tokens (0, the default: until EOS or the context is full),
+        temperature (0, the default: greedy), top_k, top_p, seed, stop, stop_token_ids, ignore_eos,
+        presence_penalty, frequency_penalty ([-2, 2]), repetition_penalty (> 0, 1 = off), min_tokens,
+        logprobs (True: Result.logprobs has one TokenLogprob per token id) and top_logprobs (0..20
+        alternatives with each; implies logprobs)."""
+        rid = self._submit(prompt, tokens, messages, False, **sampling)
+        text, ids, lps = [], [], None
         while True:
             c = self._next_chunk(rid, timeout)
             text.append(c.text)
             ids.extend(c.token_ids)
+            if c.logprobs is not None:
+                lps = (lps or []) + c.logprobs
             if c.finish_reason is not None:
                 if c.finish_reason == "cancelled":
                     raise GemmadError(pb.CANCELLED, "the request was cancelled", rid)
-                return Result(rid, "".join(text), ids, c.finish_reason, c.usage)
+                return Result(rid, "".join(text), ids, c.finish_reason, c.usage, lps)
 
     def stream(self, prompt: Optional[str] = None, *, tokens: Optional[Sequence[int]] = None,
-               messages: Optional[Iterable[Message]] = None, max_tokens: int = 0, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
-               stop_token_ids: Sequence[int] = (), ignore_eos: bool = False,
-               timeout: Optional[float] = None) -> Stream:
-        """As generate, but returns at once an iterator of Chunks (timeout: per chunk)."""
-        rid = self._submit(prompt, tokens, messages, max_tokens, temperature, top_k, top_p, seed, stop,
-                           stop_token_ids, ignore_eos, stream=True)
+               messages: Optional[Iterable[Message]] = None, timeout: Optional[float] = None,
+               **sampling) -> Stream:
+        """As generate, but returns at once an iterator of Chunks (timeout: per chunk); with logprobs,
+        each Chunk's logprobs has one TokenLogprob per token id it carries."""
+        rid = self._submit(prompt, tokens, messages, True, **sampling)
         return Stream(self, rid, timeout)
 
     def cancel(self, request_id: int, timeout: Optional[float] = None) -> bool:
