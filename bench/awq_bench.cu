@@ -1,7 +1,7 @@
 /* awq_bench.cu - W4A16 kernel micro-benchmark at Gemma's Linear shapes.
  *
  * GEMV (M = 1..4, k_gemv_awq): GB/s counting the int4 weights, zeros, scales, x and y once, beside the
- * 4.2 TB/s copy ceiling of the H200 (bench/NOTES.md; ~3.0 TB/s on the H100) and beside cuBLAS bf16
+ * 4.2 TB/s copy ceiling of the H200 (bench/history/NOTES.md; ~3.0 TB/s on the H100) and beside cuBLAS bf16
  * (dense weights, 4x the bytes) in the same run. k_gemv_awq launches with PDL when k_get_pdl() is on,
  * as in the engine: its first weight copies overlap the previous call's tail; "noPDL" is the same
  * kernel launched plainly. Weights rotate through copies that together exceed L2, so every call reads

@@ -1,5 +1,5 @@
 /* fp8_gemm_bench.cu - cuBLASLt e4m3 GEMM (k_gemm_fp8) at Gemma's linear shapes, beside 1386 TFLOP/s
- * (H200, 8192^3 FP8; 1404 measured in run B, bench/NOTES.md) and beside the bf16 path (k_gemm_bf16,
+ * (H200, 8192^3 FP8; 1404 measured in run B, bench/history/NOTES.md) and beside the bf16 path (k_gemm_bf16,
  * GEMV for T <= 4) on the same shapes in the same run. Small T is weight-read bound, so the weight GB/s is printed beside
  * 4.2 TB/s too. The 8192^3 FP8 and bf16 rates measured in this run are printed first.
  * Weights rotate over enough copies to exceed the L2 cache. Median of 5 timed groups.

@@ -25,7 +25,7 @@
 #define BENCH_NAME "xqa_bench"
 #include "bench/bench_check.h"
 
-#define CEIL_GBS 4200.0 /* H200 device copy (bench/NOTES.md: 4222-4280 GB/s measured) */
+#define CEIL_GBS 4200.0 /* H200 device copy (bench/history/NOTES.md: 4222-4280 GB/s measured) */
 
 /* Random fill: bf16 in [-1, 1) (fp8 = 0: n halves) or e4m3 codes with |v| in [2^-3, 2^4] (bytes). */
 __global__ void fill_kernel(uint8_t *p, int64_t nbytes, uint64_t seed, int fp8)

@@ -36,7 +36,7 @@ static void opts_init(cuda_engine *c)
     c->opt.attn = GM_CUDA_ATTN_AUTO;
     c->opt.gemv_rows = CU_GEMV_ROWS;
     /* FP8 gate|up fused with its GeGLU exactly where k_gemm_fp8 would take the FP8 GEMV v2 for the product
-     * (gemma-2b: fused, 19.2 vs 20.5 us graph-timed; 7b: not, v2 is slower at K = 3072; bench/NOTES.md run F) */
+     * (gemma-2b: fused, 19.2 vs 20.5 us graph-timed; 7b: not, v2 is slower at K = 3072; bench/history/NOTES.md run F) */
     c->opt.gu_fused = c->wfmt == CU_W_FP8 && c->H % 16 == 0 && k_gemv_fp8_v2_for(1, c->H, 2 * c->ni);
     k_gemm_ctx_set_gemv_rows(c->gemm, c->opt.gemv_rows);
     if (c->wfmt == CU_W_FP8 && c->base.opts.verbose)

@@ -50,7 +50,7 @@ void cu_prof_mark(cuda_engine *c, int op)
 /* ---------------------------------------------------------------- the measured decode-attention rule */
 
 /* XQA (1) or k_attn_decode (0) for a decode batch of `rows` rows. XQA reads MHA's KV at the copy rate from
- * 2 rows and MQA/GQA's from XQA_MIN_BATCH rows (bench/NOTES.md runs F-K, bench/RESULTS.md); below that
+ * 2 rows and MQA/GQA's from XQA_MIN_BATCH rows (bench/history/NOTES.md runs F-K, bench/RESULTS.md); below that
  * k_attn_decode (bf16, with RoPE and the KV write folded in) and k_attn_decode_fp8 answer sooner at the
  * contexts batch-1 chat sees (7b batch 1: 338 vs 328 tok/s at 128-256 tokens, runs J-K; XQA wins past ~2k
  * tokens).

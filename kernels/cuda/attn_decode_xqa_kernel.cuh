@@ -1,7 +1,7 @@
 /* attn_decode_xqa_kernel.cuh - the XQA decode-attention kernel (its second version, "v2" in the lab
- * notes; the first one was removed once v2 measured faster everywhere: bench/NOTES.md run F). Internal:
+ * notes; the first one was removed once v2 measured faster everywhere: bench/history/NOTES.md run F). Internal:
  * included by attn_decode_xqa.cu only (after its PTX wrappers and xqa_kargs); the contract is
- * attn_decode.cuh. Analysis and predictions: bench/NOTES_FP8.md, "XQA v2".
+ * attn_decode.cuh. Analysis and predictions: bench/history/NOTES_FP8.md, "XQA v2".
  *
  * Grid (nb_sub_seq, n_kv, batch) and the split rule are xqa_split's; the CTA is 4 warps, but each warp is
  * its own pipeline: chunk c (16 keys) of the CTA's key range belongs to warp c % 4, which copies it

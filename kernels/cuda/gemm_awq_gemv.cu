@@ -10,7 +10,7 @@
  * weight copies start before griddepcontrol.wait: weights never depend on the previous kernel.
  * Every thread of the quad copies one 16-byte chunk per step with cp.async (eight lanes per
  * 128-byte line); cp.async groups + the quad barrier publish a slot. Measured on an H200
- * (bench/NOTES.md, session 2 and run E): 37-60% of 4.2 TB/s on the large shapes, 1.3-2.5x the first
+ * (bench/history/NOTES.md, session 2 and run E): 37-60% of 4.2 TB/s on the large shapes, 1.3-2.5x the first
  * AWQ GEMV (removed); filling the rings by TMA instead measured no faster (removed too).
  *
  * Product: mma.sync m16n8k16 with the WEIGHTS as A (16 MMA rows = output columns) and x as B

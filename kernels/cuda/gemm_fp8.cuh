@@ -80,7 +80,7 @@ gm_status k_gemv_fp8_v1(const void *xq, int64_t T, int64_t K, int64_t ldx, const
                       int64_t ldw, const float *w_scale, int64_t N, void *y, int y_f32, int64_t ldy, cudaStream_t s);
 
 /* 1 when k_gemv_fp8 and k_gemm_fp8's GEMV path take k_gemv_fp8_v2 for a [T, K] x [N, K]^T product: T <= 4
- * and K a power of two (v2 measured faster at K = 2048/4096/16384, slower at 3072/24576; bench/NOTES.md,
+ * and K a power of two (v2 measured faster at K = 2048/4096/16384, slower at 3072/24576; bench/history/NOTES.md,
  * runs F-K) or a shape v1 does not take (K % 64, N % 16). The engine asks it before calling the fused
  * GeGLU entries below. */
 int k_gemv_fp8_v2_for(int64_t T, int64_t K, int64_t N);

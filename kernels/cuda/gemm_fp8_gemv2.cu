@@ -16,7 +16,7 @@
  *   (2c, 2c + 1) and (2c + 8, 2c + 9), for W and x alike, so every k of the step is used once. This is
  *   what mma.sync e4m3 compiles to on sm_90 (F2FP + HMMA.16816: it has no native FP8 mma.sync), with
  *   the x conversion shared by the MT tiles: 0.75 (MT 1) or 0.625 (MT 2) F2FP and ~1.5 / 1.2 issued
- *   instructions per weight byte and lane, whatever T is (bench/NOTES_FP8.md "FP8 GEMV v2").
+ *   instructions per weight byte and lane, whatever T is (bench/history/NOTES_FP8.md "FP8 GEMV v2").
  * - MT = 2 for the large products (>= 32 rows for 4 warps an SM), else 1 (more tiles). S warps split
  *   the K of one tile and add their partial sums through shared memory; a block is 8 warps (8 / S
  *   tiles) or 16 (S = 16, MT = 1: one tile). S is the largest power of two that keeps every warp
