@@ -21,18 +21,19 @@ static size_t tokens_body(const Gemma__Control__V1__SeqPlan *q)
     return n;
 }
 
-static size_t blocks_body(const Gemma__Control__V1__SeqPlan *q)
+/* a packed repeated int32 field's payload */
+static size_t int32s_body(const int32_t *v, size_t n)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < q->n_block_table; i++)
-        n += pb_vlen(pb_i32v(q->block_table[i]));
-    return n;
+    size_t b = 0;
+    for (size_t i = 0; i < n; i++)
+        b += pb_vlen(pb_i32v(v[i]));
+    return b;
 }
 
 static size_t seq_body(const Gemma__Control__V1__SeqPlan *q, size_t *tok_b, size_t *blk_b, size_t *samp_b)
 {
     *tok_b = tokens_body(q);
-    *blk_b = blocks_body(q);
+    *blk_b = int32s_body(q->block_table, q->n_block_table);
     *samp_b = q->sampling ? sampling_body(q->sampling) : 0;
     return pb_fv(pb_i32v(q->slot)) + (q->n_tokens ? pb_flen(*tok_b) : 0) + pb_fv(pb_i32v(q->start_pos)) +
            (q->n_block_table ? pb_flen(*blk_b) : 0) + pb_fv(pb_i32v(q->logits_mode)) +
@@ -44,6 +45,8 @@ static size_t plan_body(const Gemma__Control__V1__StepPlan *p)
     size_t n = pb_fv(p->step_id), a, b, c;
     for (size_t i = 0; i < p->n_seqs; i++)
         n += pb_flen(seq_body(p->seqs[i], &a, &b, &c));
+    if (p->n_block_copies)
+        n += pb_flen(int32s_body(p->block_copies, p->n_block_copies));
     return n;
 }
 
@@ -89,6 +92,11 @@ size_t ctl_plan_pack(const Gemma__Control__V1__ControlMessage *m, size_t size, u
             w = pb_pv(w, 4, s->seed);
         }
         w = pb_pv(w, 7, q->reset ? 1 : 0);
+    }
+    if (p->n_block_copies) {
+        w = pb_plen(w, 3, int32s_body(p->block_copies, p->n_block_copies));
+        for (size_t j = 0; j < p->n_block_copies; j++)
+            w = pb_vput(w, pb_i32v(p->block_copies[j]));
     }
     return (size_t)(w - out);
 }
@@ -330,6 +338,10 @@ Gemma__Control__V1__ControlMessage *ctl_plan_decode(const uint8_t *buf, size_t l
             if (!pd_seq(sub, qp[p->n_seqs], a))
                 return NULL;
             p->n_seqs++;
+        } else if (f == 3) {
+            if ((wt != 0 && wt != 2) ||
+                !pd_append(&p->block_copies, &p->n_block_copies, wt == 2 ? &sub : NULL, v, false, a))
+                return NULL;
         }
     }
     return m;

@@ -43,7 +43,15 @@ typedef struct gm_seq_step {
     int32_t n_blocks;           /* >= ceil((start_pos + n_tokens) / kv_block_size) */
     int32_t logits_mode;        /* GM_LOGITS_* */
     gm_sampling sampling;
+    bool reset;                 /* the table is not an extension of the one the slot held in its last
+                                 * entry (a new sequence in the slot, a block replaced by a copy):
+                                 * the plan sends it whole. Also implied by start_pos == 0. */
 } gm_seq_step;
+
+/* Copy every layer's K and V of block src into block dst (copy-on-write of a shared block). */
+typedef struct gm_block_copy {
+    int32_t src, dst;
+} gm_block_copy;
 
 /* True when s asks for its slot's previous sample (a lone GM_TOKEN_PREVIOUS). */
 static inline bool gm_seq_step_fed(const gm_seq_step *s)

@@ -137,7 +137,7 @@ void gd_steps_submit(gd_server *s)
             GM_DEBUG("step %llu: %d sequence(s) preempted", (unsigned long long)plan->serial, plan->n_preempted);
         s->plan_sent_ms[s->n_plans] = now;
         s->n_plans++; /* outstanding in the scheduler now: workers_failed abandons it */
-        gm_status st = wk_pool_submit(s->pool, plan->steps, n);
+        gm_status st = wk_pool_submit(s->pool, plan->steps, n, plan->copies, plan->n_copies);
         if (st != GM_OK) {
             char why[512];
             snprintf(why, sizeof(why), "submit: %s: %s", gm_status_str(st), gm_last_error());
