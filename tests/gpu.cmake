@@ -10,6 +10,11 @@ if(GM_HAVE_CUDA)
   add_test(NAME test_gpu_model_lm8 COMMAND test_gpu_model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(test_gpu_model_lm8 PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600
     ENVIRONMENT GM_TEST_LM=fp8 FIXTURES_REQUIRED tiny_model)
+  # copy-on-write of shared KV blocks: the copy kernel against its twin, the engine's copies
+  gm_add_test(test_gpu_kv_copy ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_kv_copy.c
+    LIBS gm_worker gm_cuda gm_kernels_cpu gm_common CUDA::cudart LABELS gpu TIMEOUT 300
+    ARGS ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(test_gpu_kv_copy PROPERTIES FIXTURES_REQUIRED tiny_model)
   # the CUDA engine's own sizes with no sizing options (ctl/sizing.h); takes the whole GPU
   gm_add_test(test_gpu_sizing ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sizing.c
     LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)
