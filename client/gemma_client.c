@@ -510,6 +510,7 @@ gmc_code gmc_submit(gmc_client *c, const gmc_params *p, void *user, uint64_t *id
     g.stop_token_ids = (int32_t *)p->stop_ids;
     g.stream = p->stream;
     g.ignore_eos = p->ignore_eos;
+    g.n = p->n;
     cm.request_id = id;
     cm.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE;
     cm.generate = &g;
@@ -573,6 +574,7 @@ static void usage_from(gmc_usage *u, const Gemma__V1__Usage *pu)
     u->ttft_ms = pu->ttft_ms;
     u->total_ms = pu->total_ms;
     u->preemptions = pu->preemptions;
+    u->cached_tokens = pu->cached_tokens;
 }
 
 /* Feed one event of the request a blocking gmc_generate waits on. */
@@ -675,6 +677,11 @@ static void stats_from(gmc_stats *s, const Gemma__V1__StatsReply *r)
     s->clients = r->clients;
     s->worker_restarts = r->worker_restarts;
     s->uptime_s = r->uptime_s;
+    s->prefix_cache = r->prefix_cache;
+    s->kv_blocks_cached = r->kv_blocks_cached;
+    s->prefix_cache_queries = r->prefix_cache_queries;
+    s->prefix_cache_hits = r->prefix_cache_hits;
+    s->prefix_cache_hit_rate = r->prefix_cache_hit_rate;
 }
 
 /* Decode one received frame into events / replies. */
@@ -709,10 +716,16 @@ static gmc_code handle_frame(gmc_client *c, const void *data, size_t len)
         ev.text = (const char *)ch->text.data;
         ev.text_len = ch->text.len;
         ev.error_message = ch->error_message ? ch->error_message : "";
+        ev.index = ch->index;
         if (ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE) {
-            ev.finished = true;
+            ev.index_finished = true;
             ev.finish_reason = (gmc_finish)ch->finish_reason;
             ev.error = (gmc_code)ch->error_code;
+        }
+        if (ch->usage) { /* the request's last chunk: gemmad puts usage in it, and only there */
+            ev.finished = true;
+            if (!ev.index_finished)
+                ev.finish_reason = (gmc_finish)ch->finish_reason;
             usage_from(&ev.usage, ch->usage);
             tab_remove(c, e);
         }
@@ -993,6 +1006,13 @@ gmc_code gmc_generate(gmc_client *c, const gmc_params *p, int timeout_ms,
 {
     free_lent(c);
     memset(r, 0, sizeof(*r));
+    if (p->n > 1) {
+        r->finish_reason = GMC_FINISH_ERROR;
+        r->error = GMC_ERR_INVALID_ARGUMENT;
+        snprintf(r->error_message, sizeof(r->error_message), "gmc_generate returns one sequence: n > 1 goes "
+                                                             "through gmc_submit and gmc_poll");
+        return cfail(c, GMC_ERR_INVALID_ARGUMENT, "%s", r->error_message);
+    }
     uint64_t id;
     wait_reset(c);
     c->wait_kind = 3;

@@ -233,6 +233,40 @@ static void client_drop(gd_server *s, gd_client *c)
         GM_INFO("client vanished: %lld request(s) cancelled, their KV blocks freed", (long long)n);
 }
 
+/* Chunk k of the flush: what choice i (cc; NULL when the request has none) of r has news of. */
+static void chunk_put(gd_server *s, gd_req *r, gd_choice *cc, int32_t i, size_t k)
+{
+    Gemma__V1__GenerateChunk *ch = &s->chunks[k];
+    *ch = (Gemma__V1__GenerateChunk)GEMMA__V1__GENERATE_CHUNK__INIT;
+    ch->request_id = r->rid;
+    ch->index = i;
+    if (cc && cc->seq) {
+        sched_seq *q = cc->seq;
+        int32_t gen = sched_seq_generated(q);
+        ch->n_token_ids = (size_t)(gen - cc->n_sent);
+        ch->token_ids = q->tokens + q->n_prompt + cc->n_sent;
+        cc->n_sent = gen;
+    }
+    if (cc && cc->tx) {
+        size_t tl;
+        const char *t = txo_ready(cc->tx, &tl);
+        ch->text.len = tl;
+        ch->text.data = (uint8_t *)t;
+    }
+    bool ends = cc ? cc->done && !cc->reported : r->done;
+    if (ends) {
+        ch->finish_reason = cc ? cc->finish : r->finish;
+        if (ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR ||
+            ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED) {
+            ch->error_code = r->err;
+            if (r->errmsg)
+                ch->error_message = r->errmsg;
+        }
+    }
+    s->chunk_ptrs[k] = ch;
+    s->chunk_reqs[k] = r;
+}
+
 /* Send every dirty client its chunks: one message each. */
 void gd_rpc_flush(gd_server *s)
 {
@@ -244,7 +278,7 @@ void gd_rpc_flush(gd_server *s)
         c->dirty = false;
         size_t n = 0;
         for (gd_req *r = c->dirty_head; r; r = r->dirty_next)
-            n++;
+            n += r->n_ch > 1 ? (size_t)r->n_ch : 1;
         if (!ensure_chunks(s, n)) {
             GM_ERROR("out of memory for %zu chunks", n);
             continue;
@@ -254,40 +288,28 @@ void gd_rpc_flush(gd_server *s)
             next = r->dirty_next;
             r->dirty = false;
             r->dirty_next = NULL;
-            Gemma__V1__GenerateChunk *ch = &s->chunks[k];
-            *ch = (Gemma__V1__GenerateChunk)GEMMA__V1__GENERATE_CHUNK__INIT;
-            ch->request_id = r->rid;
-            if (r->seq) {
-                sched_seq *q = r->seq;
-                int32_t gen = q->n_tokens - q->n_prompt;
-                ch->n_token_ids = (size_t)(gen - r->n_sent);
-                ch->token_ids = q->tokens + q->n_prompt + r->n_sent;
-                r->n_sent = gen;
+            size_t first = k;
+            for (int32_t i = 0; i < (r->n_ch > 1 ? r->n_ch : 1); i++) {
+                gd_choice *cc = r->n_ch ? &r->ch[i] : NULL;
+                if (r->n_ch > 1 && !gd_choice_pending(cc) && !(r->done && i == r->n_ch - 1 && k == first))
+                    continue; /* n > 1: a chunk per choice with news (and one for the request's end) */
+                chunk_put(s, r, cc, i, k++);
             }
-            if (r->tx) {
-                size_t tl;
-                const char *t = txo_ready(r->tx, &tl);
-                ch->text.len = tl;
-                ch->text.data = (uint8_t *)t;
-            }
-            if (r->done) {
-                Gemma__V1__Usage *u = &s->usages[k];
+            if (r->done) { /* the request's end: usage with its last chunk */
+                Gemma__V1__Usage *u = &s->usages[k - 1];
                 *u = (Gemma__V1__Usage)GEMMA__V1__USAGE__INIT;
                 u->prompt_tokens = r->n_prompt;
-                u->completion_tokens = r->seq ? sched_seq_generated(r->seq) : 0;
+                for (int32_t i = 0; i < r->n_ch; i++)
+                    if (r->ch[i].seq) {
+                        u->completion_tokens += sched_seq_generated(r->ch[i].seq);
+                        u->preemptions += r->ch[i].seq->preemptions;
+                    }
+                u->cached_tokens = r->n_ch && r->ch[0].seq ? r->ch[0].seq->n_cached : 0;
                 u->queue_ms = r->t_sched > 0 ? r->t_sched - r->t_arrival : 0;
                 u->ttft_ms = r->t_first > 0 ? r->t_first - r->t_arrival : 0;
                 u->total_ms = r->t_end - r->t_arrival;
-                u->preemptions = r->seq ? r->seq->preemptions : 0;
-                ch->usage = u;
-                ch->finish_reason = r->finish;
-                ch->error_code = r->err;
-                if (r->errmsg)
-                    ch->error_message = r->errmsg;
+                s->chunks[k - 1].usage = u;
             }
-            s->chunk_ptrs[k] = ch;
-            s->chunk_reqs[k] = r;
-            k++;
         }
         c->dirty_head = c->dirty_tail = NULL;
         Gemma__V1__ServerMessage m = GEMMA__V1__SERVER_MESSAGE__INIT;
@@ -296,9 +318,13 @@ void gd_rpc_flush(gd_server *s)
         bool ok = send_to(s, c->id, c->id_len, &m);
         for (size_t i = 0; i < k; i++) {
             gd_req *r = s->chunk_reqs[i];
-            if (r->tx)
-                txo_consume(r->tx);
-            if (r->done && ok)
+            if (r->n_ch) {
+                gd_choice *cc = &r->ch[s->chunks[i].index];
+                if (cc->tx)
+                    txo_consume(cc->tx);
+                cc->reported = cc->done;
+            }
+            if (s->chunks[i].usage && ok) /* the request's last chunk */
                 finished_push(s, r);
         }
         if (!ok) {
@@ -353,6 +379,7 @@ static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t 
         gg.seed = g->sampling->seed;
     }
     gg.max_tokens = g->max_tokens;
+    gg.n = g->n;
     gg.stream = g->stream;
     gg.ignore_eos = g->ignore_eos;
     gg.stop_ids = g->stop_token_ids;
@@ -468,6 +495,11 @@ static void on_stats(gd_server *s, const uint8_t *id, size_t idlen, uint64_t rid
     r.clients = s->n_clients;
     r.worker_restarts = s->c.worker_restarts;
     r.uptime_s = (now - s->start_ms) / 1e3;
+    r.prefix_cache = s->cfg->prefix_cache;
+    r.kv_blocks_cached = sched_kv_cached(s->sch);
+    r.prefix_cache_queries = sched_prefix_queries(s->sch);
+    r.prefix_cache_hits = sched_prefix_hits(s->sch);
+    r.prefix_cache_hit_rate = r.prefix_cache_queries ? (double)r.prefix_cache_hits / (double)r.prefix_cache_queries : 0;
     m.body_case = GEMMA__V1__SERVER_MESSAGE__BODY_STATS;
     m.stats = &r;
     send_to(s, id, idlen, &m);

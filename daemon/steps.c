@@ -55,28 +55,27 @@ static void on_step_done(gd_server *s)
         if (!q)
             continue;
         gd_req *r = q->user;
-        if (r->done)
+        gd_choice *c = &r->ch[q->index];
+        if (r->done || c->done)
             continue;
         bool got = plan->got[i];
         if (got) {
             if (r->t_first == 0)
                 r->t_first = now;
             s->c.completion_tokens++;
-            if (r->dt && !(q->state == SCHED_FINISHED && q->stop_token)) {
-                size_t n = gm_detok_push(r->dt, q->tokens[q->n_tokens - 1], buf);
-                if (n && txo_append(r->tx, buf, n) && q->state != SCHED_FINISHED)
+            if (c->dt && !(q->state == SCHED_FINISHED && q->stop_token)) {
+                size_t n = gm_detok_push(c->dt, q->tokens[q->n_tokens - 1], buf);
+                if (n && txo_append(c->tx, buf, n) && q->state != SCHED_FINISHED)
                     sched_finish_seq(s->sch, q, SCHED_FINISH_STOP);
             }
         }
         if (q->state == SCHED_FINISHED) {
             switch (q->finish) {
             case SCHED_FINISH_LENGTH:
-                gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_LENGTH, GEMMA__V1__ERROR_CODE__ERROR_CODE_NONE,
-                             NULL);
+                gd_choice_complete(s, r, q->index, GEMMA__V1__FINISH_REASON__FINISH_LENGTH);
                 break;
             case SCHED_FINISH_STOP:
-                gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_STOP, GEMMA__V1__ERROR_CODE__ERROR_CODE_NONE,
-                             NULL);
+                gd_choice_complete(s, r, q->index, GEMMA__V1__FINISH_REASON__FINISH_STOP);
                 break;
             case SCHED_FINISH_CANCELLED:
                 gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_CANCELLED, GEMMA__V1__ERROR_CODE__CANCELLED,

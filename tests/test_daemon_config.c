@@ -520,6 +520,11 @@ static void test_wire_matches_protobuf_c(void **state)
         plan.step_id = rnd() % 3 ? ((uint64_t)rnd() << (rnd() % 32)) : 0;
         plan.seqs = spp;
         plan.n_seqs = n;
+        int32_t copies[6];
+        plan.n_block_copies = rnd() % 2 ? 0 : 2 * (rnd() % 4);
+        for (size_t j = 0; j < plan.n_block_copies; j++)
+            copies[j] = rnd_i32();
+        plan.block_copies = copies;
         Gemma__Control__V1__ControlMessage cm = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
         cm.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
         cm.plan = &plan;
@@ -551,6 +556,7 @@ static void test_wire_matches_protobuf_c(void **state)
             ch[i].text.data = (uint8_t *)texts[i];
             ch[i].finish_reason = (Gemma__V1__FinishReason)(rnd() % 5);
             ch[i].error_code = (Gemma__V1__ErrorCode)(rnd() % 3 ? 0 : rnd() % 12);
+            ch[i].index = rnd() % 2 ? 0 : rnd_i32();
             if (rnd() % 3 == 0) {
                 us[i].prompt_tokens = rnd_i32();
                 us[i].completion_tokens = rnd_i32();
@@ -558,6 +564,7 @@ static void test_wire_matches_protobuf_c(void **state)
                 us[i].ttft_ms = rnd() % 2 ? -0.0 : rnd() / 3.0;
                 us[i].total_ms = rnd() / 5.0;
                 us[i].preemptions = rnd_i32();
+                us[i].cached_tokens = rnd() % 2 ? 0 : rnd_i32();
                 ch[i].usage = &us[i];
             }
             if (rnd() % 3 == 0) {
