@@ -29,6 +29,7 @@ _Static_assert(sizeof(void *) >= 8, "request tags (run << 32 | index) need 64-bi
 typedef struct bench_opts {
     const char *endpoint;
     int32_t isl, osl;
+    int32_t shared_prefix; /* every synthetic prompt starts with these same ids (0 = none) */
     double isl_std, osl_std;
     int32_t vocab;
     const char *prompts_file;
@@ -88,6 +89,8 @@ static void usage(FILE *f)
             "                       random ids (BOS first, ids in [3, min(vocab, 4096))) and outputs are\n"
             "                       forced to osl tokens (ignore_eos, max_tokens = osl)\n"
             "  --isl-std S --osl-std S  draw lengths from Normal(N, S), rounded, at least 1 (default 0)\n"
+            "  --shared-prefix N    every prompt starts with the same N ids (BOS first: a system prompt),\n"
+            "                       then isl ids of its own (default 0); the prefix cache's workload\n"
             "  --vocab N            vocabulary size for prompt ids (default 256000)\n"
             "  --prompts FILE       text prompts, one per line (used in turn); max_tokens = osl\n"
             "  --stop-at-eos        let generations end at EOS (default: forced to osl)\n"
@@ -155,6 +158,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"isl", ARGS_INT, &o->isl, 1, 1 << 24},
         {"osl", ARGS_INT, &o->osl, 1, 1 << 24},
         {"isl-std", ARGS_DOUBLE, &o->isl_std, 0, 1e12},
+        {"shared-prefix", ARGS_INT, &o->shared_prefix, 0, 1 << 24},
         {"osl-std", ARGS_DOUBLE, &o->osl_std, 0, 1e12},
         {"vocab", ARGS_INT, &o->vocab, 4, INT32_MAX},
         {"prompts", ARGS_STRING, &o->prompts_file},
@@ -269,8 +273,17 @@ static void submit_one(bench_ctx *b, run_state *r, int64_t i)
     bench_req *q = &r->reqs[i];
     gmc_params p;
     gmc_params_init(&p);
+    int32_t np = o->shared_prefix;
     if (b->w.n_lines) {
         p.prompt = b->w.lines[i % b->w.n_lines];
+    } else if (np > 0) { /* the prefix (index -1: the same for all), then isl ids drawn for request i */
+        int32_t *buf = b->w.prompt_buf;
+        bench_make_prompt(r->seed, -1, o->vocab, np, buf);
+        int32_t last = buf[np - 1];
+        bench_make_prompt(r->seed, i, o->vocab, r->isl[i] + 1, buf + np - 1); /* its BOS lands on ... */
+        buf[np - 1] = last;                                                   /* ... the prefix's last id */
+        p.prompt_ids = buf;
+        p.n_prompt_ids = np + r->isl[i];
     } else {
         bench_make_prompt(r->seed, i, o->vocab, r->isl[i], b->w.prompt_buf);
         p.prompt_ids = b->w.prompt_buf;
@@ -279,7 +292,7 @@ static void submit_one(bench_ctx *b, run_state *r, int64_t i)
     p.max_tokens = r->osl[i];
     p.ignore_eos = o->ignore_eos;
     p.seed = r->seed + (uint64_t)i;
-    q->isl = r->isl[i];
+    q->isl = np + r->isl[i];
     q->osl = r->osl[i];
     q->t_submit = now_ms();
     uintptr_t tag = ((uintptr_t)r->gen << 32) | (uintptr_t)(i + 1);
@@ -443,7 +456,7 @@ static bool run_point(bench_ctx *b, int64_t n, int32_t conc, double rate, uint64
         if (r.isl[i] > max_isl)
             max_isl = r.isl[i];
     free(b->w.prompt_buf);
-    b->w.prompt_buf = malloc((size_t)max_isl * sizeof(int32_t));
+    b->w.prompt_buf = malloc((size_t)(max_isl + o->shared_prefix + 1) * sizeof(int32_t));
     if (!b->w.prompt_buf) {
         fprintf(stderr, "gemma-bench: no memory for a %d-token prompt\n", max_isl);
         run_free(&r);
@@ -506,7 +519,7 @@ static bool run_point(bench_ctx *b, int64_t n, int32_t conc, double rate, uint64
     if (s) {
         s->concurrency = conc;
         s->rate = rate;
-        s->isl = o->isl;
+        s->isl = o->shared_prefix + o->isl; /* what a prompt holds */
         s->osl = o->osl;
         s->isl_std = o->isl_std;
         s->osl_std = o->osl_std;
@@ -650,6 +663,11 @@ int main(int argc, char **argv)
                                                        : 0;
             s->daemon_step_avg_ms = st1.step_avg_ms;
             s->daemon_preemptions = st1.preemptions - st0.preemptions;
+            int64_t qn = st1.prefix_cache_queries - st0.prefix_cache_queries;
+            if (qn > 0 && !o->quiet)
+                fprintf(stderr, "gemma-bench: prefix cache: %lld of %lld prompt tokens found (%.1f%%)\n",
+                        (long long)(st1.prefix_cache_hits - st0.prefix_cache_hits), (long long)qn,
+                        100.0 * (double)(st1.prefix_cache_hits - st0.prefix_cache_hits) / (double)qn);
         }
         if (!conc)
             s->concurrency = (int32_t)(o->rate > 0 ? 0 : n); /* all at once: n in flight */
