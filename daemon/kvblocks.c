@@ -33,6 +33,7 @@ struct kvb_pool {
     int32_t lru_old, lru_new; /* cached blocks, least recently released first */
     uint64_t next_name;
     int64_t evictions;
+    int64_t n_shared; /* blocks with refcount > 1 */
 };
 
 kvb_pool *kvb_new(int64_t n_blocks, int32_t block_size)
@@ -90,6 +91,7 @@ int64_t kvb_available(const kvb_pool *p) { return p->n_free + p->n_cached; }
 int32_t kvb_block_size(const kvb_pool *p) { return p->block_size; }
 int64_t kvb_evictions(const kvb_pool *p) { return p->evictions; }
 int32_t kvb_refcount(const kvb_pool *p, int32_t id) { return p->b[id].ref; }
+int64_t kvb_shared(const kvb_pool *p) { return p->n_shared; }
 
 int64_t kvb_blocks_for(const kvb_pool *p, int64_t n_tokens)
 {
@@ -128,12 +130,22 @@ static void lru_push_new(kvb_pool *p, int32_t id)
 
 /* ---- the hash table of registered blocks ---- */
 
+/* Multiply-xor over the tokens two at a time, mixed once at the end (a block is hashed once when it
+ * is registered and once per lookup: this is on the serving path). Lookups compare the tokens, so the
+ * hash only needs to spread. */
 static uint64_t block_hash(const kvb_pool *p, uint64_t parent, const int32_t *tokens)
 {
-    uint64_t h = gm_mix64(p->key ^ parent);
-    for (int32_t i = 0; i < p->block_size; i++)
-        h = gm_mix64(h ^ (uint32_t)tokens[i]);
-    return h;
+    uint64_t h = p->key ^ gm_mix64(parent);
+    int32_t i = 0;
+    for (; i + 1 < p->block_size; i += 2) {
+        uint64_t two;
+        memcpy(&two, tokens + i, 8);
+        h = (h ^ two) * 0xc6a4a7935bd1e995ull;
+        h ^= h >> 29;
+    }
+    if (i < p->block_size)
+        h = (h ^ (uint32_t)tokens[i]) * 0xc6a4a7935bd1e995ull;
+    return gm_mix64(h);
 }
 
 static void unregister(kvb_pool *p, int32_t id)
@@ -222,7 +234,8 @@ void kvb_ref(kvb_pool *p, int32_t id)
         lru_unlink(p, id);
         p->n_used++;
     }
-    b->ref++;
+    if (++b->ref == 2)
+        p->n_shared++;
 }
 
 void kvb_release(kvb_pool *p, const int32_t *ids, int32_t n)
@@ -232,8 +245,10 @@ void kvb_release(kvb_pool *p, const int32_t *ids, int32_t n)
     for (int32_t i = n - 1; i >= 0; i--) {
         int32_t id = ids[i];
         assert(id >= 0 && id < p->n_blocks && p->b[id].ref > 0);
-        if (--p->b[id].ref > 0)
+        if (--p->b[id].ref > 0) {
+            p->n_shared -= p->b[id].ref == 1;
             continue;
+        }
         p->n_used--;
         if (p->b[id].name)
             lru_push_new(p, id);
@@ -290,10 +305,11 @@ bool kvb_check(const kvb_pool *p, char *why, size_t cap)
         CHECK(++n <= p->n_cached, "LRU longer than %lld", (long long)p->n_cached);
     }
     CHECK(n == p->n_cached, "LRU holds %lld blocks, count says %lld", (long long)n, (long long)p->n_cached);
-    int64_t used = 0, named = 0;
+    int64_t used = 0, named = 0, shared = 0;
     for (int64_t i = 0; i < p->n_blocks; i++) {
         const kvb_block *b = &p->b[i];
         CHECK(b->ref >= 0, "block %lld: refcount %d", (long long)i, b->ref);
+        shared += b->ref > 1;
         if (!seen[i]) {
             CHECK(b->ref > 0, "block %lld is in no state (refcount 0, not free, not cached)", (long long)i);
             used++;
@@ -305,6 +321,7 @@ bool kvb_check(const kvb_pool *p, char *why, size_t cap)
         }
     }
     CHECK(used == p->n_used, "%lld blocks referenced, count says %lld", (long long)used, (long long)p->n_used);
+    CHECK(shared == p->n_shared, "%lld blocks shared, count says %lld", (long long)shared, (long long)p->n_shared);
     int64_t chained = 0;
     for (uint64_t h = 0; h <= p->mask; h++)
         for (int32_t id = p->buckets[h]; id >= 0; id = p->b[id].hnext) {

@@ -65,6 +65,7 @@ void kvb_ref(kvb_pool *p, int32_t id);
 void kvb_release(kvb_pool *p, const int32_t *ids, int32_t n);
 
 int32_t kvb_refcount(const kvb_pool *p, int32_t id);
+int64_t kvb_shared(const kvb_pool *p); /* blocks with refcount > 1 (0: no copy-on-write can be needed) */
 
 /* Register used block id, holding tokens[0..block_size) after the block
  * named parent (0: first block), written by plan `serial`. Returns the name

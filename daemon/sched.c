@@ -163,6 +163,13 @@ void sched_destroy(sched **ps)
     *ps = NULL;
 }
 
+/* q's names are its first n_named blocks': where its next registration comes. */
+static void set_named(const sched *s, sched_seq *q, int32_t n_named)
+{
+    q->n_named = n_named;
+    q->reg_at = s->o.prefix_cache ? (n_named + 1) * s->o.kv_block_size : INT32_MAX;
+}
+
 /* A new waiting sequence of r (its place i among r's n), not yet queued; NULL when out of memory. */
 static sched_seq *seq_new(const sched *s, const sched_req *r, int64_t max_new, int32_t i)
 {
@@ -194,6 +201,7 @@ static sched_seq *seq_new(const sched *s, const sched_req *r, int64_t max_new, i
     q->slot = -1;
     for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++)
         q->plan_pos[b] = -1;
+    set_named(s, q, 0);
     q->state = SCHED_WAITING;
     return q;
 }
@@ -263,7 +271,7 @@ static void release_kv(sched *s, sched_seq *q)
     if (q->n_blocks)
         kvb_release(s->kv, q->blocks, q->n_blocks);
     q->n_blocks = 0;
-    q->n_named = 0;
+    set_named(s, q, 0);
     q->n_computed = 0;
     q->n_pending = 0;
     q->ready_serial = 0;
@@ -318,6 +326,8 @@ static int64_t write_need(const sched *s, const sched_seq *q, int32_t n_tok)
 {
     int64_t end = kvb_blocks_for(s->kv, q->n_computed + n_tok);
     int64_t need = end > q->n_blocks ? end - q->n_blocks : 0;
+    if (kvb_shared(s->kv) == 0) /* nothing shared anywhere: the common case, no table to walk */
+        return need;
     int64_t last = end < q->n_blocks ? end : q->n_blocks;
     for (int64_t j = q->n_computed / s->o.kv_block_size; j < last; j++)
         need += kvb_refcount(s->kv, q->blocks[j]) > 1;
@@ -330,7 +340,7 @@ static int64_t write_need(const sched *s, const sched_seq *q, int32_t n_tok)
 static void write_prepare(sched *s, struct plan_buf *pb, sched_seq *q, int32_t n_tok)
 {
     int64_t end = kvb_blocks_for(s->kv, q->n_computed + n_tok);
-    int64_t last = end < q->n_blocks ? end : q->n_blocks;
+    int64_t last = kvb_shared(s->kv) == 0 ? 0 : end < q->n_blocks ? end : q->n_blocks;
     for (int64_t j = q->n_computed / s->o.kv_block_size; j < last; j++) {
         int32_t old = q->blocks[j], fresh;
         if (kvb_refcount(s->kv, old) <= 1 || !kvb_alloc(s->kv, 1, &fresh))
@@ -344,20 +354,25 @@ static void write_prepare(sched *s, struct plan_buf *pb, sched_seq *q, int32_t n
         q->n_blocks = (int32_t)end;
 }
 
-/* Register q's full blocks of known, computed tokens in the prefix cache, in chain order. */
-static void register_known(sched *s, sched_seq *q)
+static __attribute__((noinline)) void register_blocks(sched *s, sched_seq *q, int32_t full)
 {
-    if (!s->o.prefix_cache)
-        return;
     int32_t bs = s->o.kv_block_size;
-    int32_t full = (q->n_tokens < q->n_computed ? q->n_tokens : q->n_computed) / bs;
     for (int32_t j = q->n_named; j < full; j++) {
         uint64_t parent = j ? q->names[j - 1] : 0;
         q->names[j] = kvb_register(s->kv, q->blocks[j], parent, q->tokens + (int64_t)j * bs, s->serial);
     }
-    if (full > q->n_named)
-        q->n_named = full;
+    q->n_named = full;
+    q->reg_at = (full + 1) * bs;
 }
+
+/* Register q's full blocks of known, computed tokens in the prefix cache, in chain order. Called for
+ * every entry planned and every token committed: the test for "a block filled up" comes first. */
+static inline void register_known(sched *s, sched_seq *q)
+{
+    if (q->n_computed >= q->reg_at && q->n_tokens >= q->reg_at)
+        register_blocks(s, q, (q->n_tokens < q->n_computed ? q->n_tokens : q->n_computed) / s->o.kv_block_size);
+}
+
 
 /* The longest cached prefix of q's tokens, in whole blocks and short of its
  * last token: ids into s->hit_ids, names into q->names. Returns the blocks. */
@@ -436,7 +451,7 @@ static bool admit(sched *s, int b, sched_seq *q, int32_t *budget)
     }
     kvb_alloc(s->kv, (int32_t)fresh, q->blocks + hits);
     q->n_blocks = hits + (int32_t)fresh;
-    q->n_named = hits;
+    set_named(s, q, hits);
     q->n_computed = hits * bs;
     q->n_cached = hits * bs;
     if (s->o.prefix_cache) {
@@ -464,7 +479,7 @@ static bool fork_from(sched *s, int b, sched_seq *q, sched_seq *p, int32_t *budg
         q->blocks[j] = p->blocks[j];
     }
     q->n_blocks = k;
-    q->n_named = p->n_named < k ? p->n_named : k;
+    set_named(s, q, p->n_named < k ? p->n_named : k);
     memcpy(q->names, p->names, (size_t)q->n_named * sizeof(uint64_t));
     q->n_computed = q->n_prompt - 1;
     q->forked = true;

@@ -135,6 +135,7 @@ struct sched_seq {
     int32_t index;        /* its place among the n sequences of its request (0 when n = 1) */
     uint64_t *names;      /* [blocks_cap] prefix-cache names of its first n_named blocks */
     int32_t n_named;
+    int32_t reg_at;       /* known and computed tokens at which its next block registers (INT32_MAX: never) */
     int32_t n_cached;     /* tokens found in the prefix cache at its last admission */
     bool forked;          /* started from another sequence's prompt blocks (n > 1) */
     bool table_reset;     /* its next entry resends its block table */
