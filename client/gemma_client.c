@@ -72,6 +72,7 @@ typedef struct req_ent {
     uint64_t id; /* 0 = empty */
     void *user;
     uint8_t tomb;
+    int32_t n;   /* sequences asked for: with n > 1 the request ends at the chunk with usage */
 } req_ent;
 
 typedef struct queued_ev {
@@ -220,7 +221,7 @@ static bool tab_grow(gmc_client *c)
     return true;
 }
 
-static bool tab_insert(gmc_client *c, uint64_t id, void *user)
+static bool tab_insert(gmc_client *c, uint64_t id, void *user, int32_t n)
 {
     if ((c->tab_used + 1) * 2 > c->tab_cap && !tab_grow(c))
         return false;
@@ -230,7 +231,7 @@ static bool tab_insert(gmc_client *c, uint64_t id, void *user)
         i = (i + 1) & mask;
     if (!c->tab[i].tomb)
         c->tab_used++;
-    c->tab[i] = (req_ent){id, user, 0};
+    c->tab[i] = (req_ent){id, user, 0, n};
     c->n_inflight++;
     return true;
 }
@@ -514,7 +515,7 @@ gmc_code gmc_submit(gmc_client *c, const gmc_params *p, void *user, uint64_t *id
     cm.request_id = id;
     cm.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE;
     cm.generate = &g;
-    if (!tab_insert(c, id, user)) {
+    if (!tab_insert(c, id, user, p->n)) {
         free(textbuf);
         return cfail(c, GMC_ERR_NOMEM, "out of memory");
     }
@@ -722,10 +723,8 @@ static gmc_code handle_frame(gmc_client *c, const void *data, size_t len)
             ev.finish_reason = (gmc_finish)ch->finish_reason;
             ev.error = (gmc_code)ch->error_code;
         }
-        if (ch->usage) { /* the request's last chunk: gemmad puts usage in it, and only there */
+        if (ev.index_finished && (e->n <= 1 || ch->usage)) { /* n > 1: the last chunk has usage */
             ev.finished = true;
-            if (!ev.index_finished)
-                ev.finish_reason = (gmc_finish)ch->finish_reason;
             usage_from(&ev.usage, ch->usage);
             tab_remove(c, e);
         }

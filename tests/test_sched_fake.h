@@ -37,7 +37,7 @@ typedef struct fake_kv {
 } fake_kv;
 
 /* 0: never EOS. Else a sampled token is EOS when (seed + position) % g_eos_mod == 0. */
-static __attribute__((unused)) int g_eos_mod __attribute__((unused));
+static __attribute__((unused)) int g_eos_mod;
 
 static __attribute__((unused)) int32_t fake_token(uint64_t h, uint64_t seed, int32_t end)
 {
