@@ -81,7 +81,7 @@ typedef struct prom_metrics {
     uint64_t failed[PROM_MAX_ERROR_CODE + 1]; /* [0] = other */
     uint64_t prompt_tokens, generation_tokens;
     uint64_t preemptions, worker_restarts;
-    uint64_t prefix_cache_queries, prefix_cache_hits; /* tokens looked up / found */
+    uint64_t prefix_cache_queries, prefix_cache_hits; /* tokens looked up / found: sched_prefix_queries/hits */
     uint64_t steps;
     /* gauges, set before rendering */
     int64_t running, waiting;
