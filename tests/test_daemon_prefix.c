@@ -1,10 +1,10 @@
 /* test_daemon_prefix.c - shared KV blocks through gemmad (tiny model, cpu backend, 4-token blocks):
  *  - prefix caching changes no output: prompts with long shared prefixes, greedy and sampled, all at
  *    once, one at a time, in reverse pairs, with and without run-ahead, in a pool small enough to evict
- *    and preempt, give exactly the token ids of gemmad with --prefix-cache false (the CPU engine is
- *    bit-exact whatever the chunking); Stats report the hits and the cached blocks;
- *  - n > 1: choice i is what a single request with seed + i gives; greedy choices are equal; chunks
- *    carry the choice's index and the request ends once, after every choice;
+ *    and preempt, at tp 2, give exactly the token ids of gemmad with --prefix-cache false (the CPU engine
+ *    is bit-exact whatever the chunking); Stats report the hits and the cached blocks;
+ *  - n > 1 (tp 1 and 2): choice i is what a single request with seed + i gives; greedy choices are
+ *    equal; chunks carry the choice's index and the request ends once, after every choice;
  *  - a client gone mid-stream, a cancel, a killed worker: every block comes back (free + cached +
  *    used == total, used 0 when idle), nothing cached survives the restart, and the workload gives
  *    the same tokens afterwards.
@@ -214,6 +214,8 @@ static void test_prefix_cache_same_tokens(void **state)
     cache_on("cache-serial", serial);
     const char *const small[] = {"--kv-blocks", "160", NULL}; /* evicts and preempts */
     cache_on("cache-small", small);
+    const char *const tp2[] = {"--tp", "2", NULL}; /* copies and hits on both ranks' shards */
+    cache_on("cache-tp2", tp2);
 }
 
 /* Submit one n > 1 request; each choice's tokens into got[i]. */
@@ -255,11 +257,10 @@ static void run_n(gmc_client *c, const req *r, int n, bool stream, int32_t (*got
     }
 }
 
-static void test_n_choices(void **state)
+static void n_choices(const char *name, const char *const *extra)
 {
-    (void)state;
     char ep[400];
-    pid_t pid = start("n", NULL, ep, sizeof ep);
+    pid_t pid = start(name, extra, ep, sizeof ep);
     gmc_client *c;
     assert_int_equal(gmc_connect(ep, 10000, &c), GMC_OK);
     int32_t got[4][MAX_GEN], n_got[4], one[MAX_GEN], n_one;
@@ -294,6 +295,14 @@ static void test_n_choices(void **state)
     gmc_close(&c);
     assert_idle_accounting(ep);
     assert_int_equal(td_stop(pid), 0);
+}
+
+static void test_n_choices(void **state)
+{
+    (void)state;
+    n_choices("n", NULL);
+    const char *const tp2[] = {"--tp", "2", NULL};
+    n_choices("n-tp2", tp2);
 }
 
 /* Long requests (n = 4 and shared prefixes) streaming on client a; wait for a token of each. */
