@@ -344,7 +344,7 @@ static void write_prepare(sched *s, struct plan_buf *pb, sched_seq *q, int32_t n
     for (int64_t j = q->n_computed / s->o.kv_block_size; j < last; j++) {
         int32_t old = q->blocks[j], fresh;
         if (kvb_refcount(s->kv, old) <= 1 || !kvb_alloc(s->kv, 1, &fresh))
-            continue;
+            continue; /* alone, or (never: write_need counted it) no block; sched_check reports a shared write */
         pb->copies[pb->n_copies++] = (gm_block_copy){old, fresh};
         kvb_release(s->kv, &old, 1); /* still held by the others */
         q->blocks[j] = fresh;
@@ -372,7 +372,6 @@ static inline void register_known(sched *s, sched_seq *q)
     if (q->n_computed >= q->reg_at && q->n_tokens >= q->reg_at)
         register_blocks(s, q, (q->n_tokens < q->n_computed ? q->n_tokens : q->n_computed) / s->o.kv_block_size);
 }
-
 
 /* The longest cached prefix of q's tokens, in whole blocks and short of its
  * last token: ids into s->hit_ids, names into q->names. Returns the blocks. */
