@@ -68,7 +68,14 @@ static void test_defaults(void **state)
     assert_int_equal(c.max_tokens_per_step, 0);
     assert_int_equal(c.max_context, 0);
     assert_true(c.run_ahead);
+    assert_true(c.prefix_cache); /* on by default */
     assert_null(c.model);
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--prefix-cache", "false"), GM_OK);
+    assert_false(c.prefix_cache);
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--prefix-cache", "sometimes"), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "prefix_cache"));
     gd_config_free(&c);
     assert_int_equal(from_args(&c, &a, 3, "--backend", "null", "--no-run-ahead"), GM_OK);
     assert_false(c.run_ahead);
@@ -111,7 +118,8 @@ static void test_file_and_flags(void **state)
                                          "quant = \"fp8\";\n"
                                          "kv_dtype = \"fp8\";\n"
                                          "lm_head = \"fp8\";\n"
-                                         "run_ahead = false;\n");
+                                         "run_ahead = false;\n"
+                                         "prefix_cache = false;\n");
     gd_config c;
     gd_action a;
     assert_int_equal(from_args(&c, &a, 2, "--config", p), GM_OK);
@@ -130,6 +138,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c.kv_dtype, GM_KV_FP8);
     assert_true(c.lm_head_fp8);
     assert_false(c.run_ahead);
+    assert_false(c.prefix_cache);
     gd_config_free(&c);
     /* flags win, whatever their position relative to --config */
     assert_int_equal(from_args(&c, &a, 9, "--tp", "4", "--config", p, "--listen", "ipc:///tmp/x", "--kv-memory=64M",
@@ -155,6 +164,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c2.tp, c.tp);
     assert_int_equal(c2.quant, c.quant);
     assert_int_equal(c2.run_ahead, c.run_ahead);
+    assert_int_equal(c2.prefix_cache, c.prefix_cache);
     gd_config_free(&c2);
     gd_config_free(&c);
 }
