@@ -276,9 +276,10 @@ static void submit_one(bench_ctx *b, run_state *r, int64_t i)
     int32_t np = o->shared_prefix;
     if (b->w.n_lines) {
         p.prompt = b->w.lines[i % b->w.n_lines];
-    } else if (np > 0) { /* the prefix (index -1: the same for all), then isl ids drawn for request i */
+    } else if (np > 0) { /* the prefix (from --seed, index -1: the same for every request and run, warm-up
+                            * included), then isl ids drawn for request i */
         int32_t *buf = b->w.prompt_buf;
-        bench_make_prompt(r->seed, -1, o->vocab, np, buf);
+        bench_make_prompt(o->seed, -1, o->vocab, np, buf);
         int32_t last = buf[np - 1];
         bench_make_prompt(r->seed, i, o->vocab, r->isl[i] + 1, buf + np - 1); /* its BOS lands on ... */
         buf[np - 1] = last;                                                   /* ... the prefix's last id */
