@@ -289,10 +289,13 @@ void gd_rpc_flush(gd_server *s)
             r->dirty = false;
             r->dirty_next = NULL;
             size_t first = k;
-            for (int32_t i = 0; i < (r->n_ch > 1 ? r->n_ch : 1); i++) {
+            /* n > 1: a chunk per choice with news (and one for the request's end); a request refused before
+             * it was scheduled ends in one chunk, whatever its n */
+            int32_t nch = r->n_ch > 1 && r->ch[0].seq ? r->n_ch : 1;
+            for (int32_t i = 0; i < nch; i++) {
                 gd_choice *cc = r->n_ch ? &r->ch[i] : NULL;
-                if (r->n_ch > 1 && !gd_choice_pending(cc) && !(r->done && i == r->n_ch - 1 && k == first))
-                    continue; /* n > 1: a chunk per choice with news (and one for the request's end) */
+                if (nch > 1 && !gd_choice_pending(cc) && !(r->done && i == nch - 1 && k == first))
+                    continue;
                 chunk_put(s, r, cc, i, k++);
             }
             if (r->done) { /* the request's end: usage with its last chunk */

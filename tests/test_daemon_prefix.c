@@ -281,17 +281,20 @@ static void n_choices(const char *name, const char *const *extra)
             if (r.temperature > 0)
                 assert_memory_not_equal(got[1], got[2], sizeof(int32_t) * (size_t)n_got[1]);
         }
-    /* refused: n beyond 64 */
+    /* refused: n beyond 64; a refused n = 3 request ends in one chunk */
     gmc_params p;
     params_of(&g_req[0], &p);
-    p.n = 65;
     uint64_t id;
-    assert_int_equal(gmc_submit(c, &p, NULL, &id), GMC_OK);
     gmc_event ev[4];
-    int k = gmc_poll(c, ev, 4, 10000);
-    assert_int_equal(k, 1);
-    assert_true(ev[0].finished);
-    assert_int_equal(ev[0].error, GMC_ERR_INVALID_ARGUMENT);
+    for (int bad = 0; bad < 2; bad++) {
+        p.n = bad ? 3 : 65;
+        p.max_tokens = bad ? 100000 : g_req[0].max_tokens;
+        assert_int_equal(gmc_submit(c, &p, NULL, &id), GMC_OK);
+        int k = gmc_poll(c, ev, 4, 10000);
+        assert_int_equal(k, 1);
+        assert_true(ev[0].finished);
+        assert_int_equal(ev[0].error, GMC_ERR_INVALID_ARGUMENT);
+    }
     gmc_close(&c);
     assert_idle_accounting(ep);
     assert_int_equal(td_stop(pid), 0);
