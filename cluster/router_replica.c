@@ -435,7 +435,9 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
         rt_req *q = rt_req_by_rid(r, ch->request_id);
         if (!q || q->rep != p || q->done)
             continue; /* already ended here (cancel, failover) */
-        bool final = ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE;
+        /* a request's last chunk; with n > 1 each sequence's last chunk has a finish_reason, and only
+         * the request's last one carries usage */
+        bool final = ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE && (q->n <= 1 || ch->usage);
         if (final && ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR && retryable(ch->error_code) &&
             !q->started && !q->cancelled && ch->n_token_ids == 0 && ch->text.len == 0) {
             req_retry(r, q);
