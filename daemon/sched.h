@@ -36,7 +36,10 @@
  * being admitted takes the longest registered prefix of its tokens (whole
  * blocks, never all of its tokens: the last one is always computed, for its
  * logits), so its first entry starts at start_pos = the cached tokens. A
- * block is only found by plans made after the one that writes it.
+ * block is only found by plans made after the one that writes it. A
+ * sequence with penalties (gm_sampling_has_penalties) takes nothing from the
+ * cache and does not fork (n > 1): the workers build its penalty history
+ * from its entries, which must start at position 0 (worker/engine_pen.h).
  *
  * n > 1 (sched_add with r->n): n sequences of one prompt, seeds seed + i.
  * The first prefills the prompt; the others wait (they are skipped, not
