@@ -424,7 +424,8 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
     Gemma__V1__GenerateChunk **grouped = malloc(nc * sizeof(*grouped));
     rt_client **groups = malloc(nc * sizeof(*groups));
     int32_t *gstart = calloc(nc + 1, sizeof(*gstart)), *gfill = calloc(nc + 1, sizeof(*gfill));
-    if (!reqs || !grouped || !groups || !gstart || !gfill) {
+    uint8_t *ends = calloc(nc, 1); /* chunk i is its request's last (n > 1: a request has several here) */
+    if (!reqs || !grouped || !groups || !gstart || !gfill || !ends) {
         GM_ERROR("out of memory forwarding %zu chunks from %s", nc, p->name);
         goto out;
     }
@@ -448,6 +449,7 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
         reqs[i] = q;
         if (final) {
             q->done = true;
+            ends[i] = 1;
             if (ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED)
                 atomic_fetch_add(&r->c_cancelled, 1);
             else if (ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR)
@@ -489,9 +491,10 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
         }
     }
     for (size_t i = 0; i < nc; i++)
-        if (reqs[i] && reqs[i]->done)
+        if (ends[i])
             rt_req_remove(r, reqs[i]);
 out:
+    free(ends);
     free(reqs);
     free(grouped);
     free(groups);
