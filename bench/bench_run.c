@@ -29,7 +29,7 @@ static void run_free(bench_run *r)
 static void submit_one(const bench_driver *d, bench_run *r, int64_t i)
 {
     bench_req *q = &r->reqs[i];
-    q->isl = r->isl[i];
+    q->isl = r->shared_prefix + r->isl[i];
     q->osl = r->osl[i];
     int32_t rc = d->submit(d->ctx, r, i);
     r->next++;
@@ -123,6 +123,7 @@ static bool run_init(bench_run *r, const bench_load *l, int64_t n, double rate, 
 {
     r->n = n;
     r->seed = seed;
+    r->shared_prefix = l->shared_prefix;
     r->reqs = calloc((size_t)n, sizeof(bench_req));
     r->isl = malloc((size_t)n * sizeof(int32_t));
     r->osl = malloc((size_t)n * sizeof(int32_t));
@@ -141,7 +142,7 @@ static bool run_init(bench_run *r, const bench_load *l, int64_t n, double rate, 
     for (int64_t i = 0; i < n; i++)
         if (r->isl[i] > max_isl)
             max_isl = r->isl[i];
-    r->prompt_buf = malloc((size_t)max_isl * sizeof(int32_t));
+    r->prompt_buf = malloc((size_t)(l->shared_prefix + max_isl + 1) * sizeof(int32_t));
     if (!r->prompt_buf) {
         fprintf(stderr, "gemma-bench: no memory for a %d-token prompt\n", max_isl);
         return false;
@@ -217,7 +218,7 @@ bool bench_run_point(const bench_driver *d, const bench_load *l, int64_t n, int3
     if (s) {
         s->concurrency = conc;
         s->rate = rate;
-        s->isl = l->isl;
+        s->isl = l->shared_prefix + l->isl; /* what a prompt holds */
         s->osl = l->osl;
         s->isl_std = l->isl_std;
         s->osl_std = l->osl_std;

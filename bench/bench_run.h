@@ -25,11 +25,12 @@ typedef struct bench_run {
     int32_t *osl;        /* [n] drawn output lengths */
     double *arrival;     /* [n] Poisson arrival offsets (ms) or NULL */
     uint64_t *ids;       /* [n] the driver's handle of each request (RPC request id, HTTP slot) */
-    int32_t *prompt_buf; /* [max isl] scratch for a synthetic prompt */
+    int32_t *prompt_buf; /* [shared_prefix + max isl + 1] scratch for a synthetic prompt */
     int64_t n, next, done, in_flight;
     bench_vec itl;       /* ms gaps between consecutive tokens of a stream */
     int64_t out_tokens, events;
     uint64_t seed;
+    int32_t shared_prefix; /* bench_load's */
     bool transport_failed;
     uint32_t gen;        /* run number: drivers tag requests with it, so late events of an
                             earlier run (cancelled on timeout) are recognised and dropped */
@@ -59,6 +60,8 @@ typedef struct bench_driver {
 /* The workload's shape (the same for every run of an invocation). */
 typedef struct bench_load {
     int32_t isl, osl;
+    int32_t shared_prefix; /* ids every synthetic prompt starts with, before its isl own (the driver builds
+                            * them into prompt_buf, which has room); counted in each request's isl */
     double isl_std, osl_std;
     double timeout_s;  /* per run; 0 = none */
     bool quiet;        /* no progress lines on stderr */

@@ -35,6 +35,7 @@ _Static_assert(sizeof(void *) >= 8, "request tags (run << 32 | index) need 64-bi
 typedef struct bench_opts {
     const char *endpoint;
     int32_t isl, osl;
+    int32_t shared_prefix; /* every synthetic prompt starts with these same ids (0 = none) */
     double isl_std, osl_std;
     int32_t vocab;
     const char *prompts_file;
@@ -90,6 +91,8 @@ static void usage(FILE *f)
             "                       random ids (BOS first, ids in [3, min(vocab, 4096))) and outputs are\n"
             "                       forced to osl tokens (ignore_eos, max_tokens = osl)\n"
             "  --isl-std S --osl-std S  draw lengths from Normal(N, S), rounded, at least 1 (default 0)\n"
+            "  --shared-prefix N    every prompt starts with the same N ids (BOS first: a system prompt),\n"
+            "                       then isl ids of its own (default 0); the prefix cache's workload (RPC only)\n"
             "  --vocab N            vocabulary size for prompt ids (default 256000)\n"
             "  --prompts FILE       text prompts, one per line (used in turn); max_tokens = osl\n"
             "  --stop-at-eos        let generations end at EOS (default: forced to osl)\n"
@@ -166,6 +169,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"isl", ARGS_INT, &o->isl, 1, 1 << 24},
         {"osl", ARGS_INT, &o->osl, 1, 1 << 24},
         {"isl-std", ARGS_DOUBLE, &o->isl_std, 0, 1e12},
+        {"shared-prefix", ARGS_INT, &o->shared_prefix, 0, 1 << 24},
         {"osl-std", ARGS_DOUBLE, &o->osl_std, 0, 1e12},
         {"vocab", ARGS_INT, &o->vocab, 4, INT32_MAX},
         {"prompts", ARGS_STRING, &o->prompts_file},
@@ -208,7 +212,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         return 2;
     }
     const char *rpc_only = endpoint_seen ? "--endpoint" : conn_seen ? "--connections"
-                           : o->server_key ? "--server-key" : o->client_key ? "--client-key" : NULL;
+                           : o->server_key ? "--server-key" : o->client_key ? "--client-key"
+                           : o->shared_prefix ? "--shared-prefix" : NULL;
     if (o->http_url && rpc_only) {
         fprintf(stderr, "gemma-bench: %s is for gemmad's RPC, not --http\n", rpc_only);
         return 2;
@@ -274,8 +279,18 @@ static int32_t rpc_submit(void *ctx, bench_run *r, int64_t i)
     const bench_opts *o = &b->o;
     gmc_params p;
     gmc_params_init(&p);
+    int32_t np = o->shared_prefix;
     if (b->w.n_lines) {
         p.prompt = b->w.lines[i % b->w.n_lines];
+    } else if (np > 0) { /* the prefix (from --seed, index -1: the same for every request and run, warm-up
+                            * included), then isl ids drawn for request i */
+        int32_t *buf = r->prompt_buf; /* bench_run.c sizes it for the prefix */
+        bench_make_prompt(o->seed, -1, o->vocab, np, buf);
+        int32_t last = buf[np - 1];
+        bench_make_prompt(r->seed, i, o->vocab, r->isl[i] + 1, buf + np - 1); /* its BOS lands on ... */
+        buf[np - 1] = last;                                                   /* ... the prefix's last id */
+        p.prompt_ids = buf;
+        p.n_prompt_ids = np + r->isl[i];
     } else {
         bench_make_prompt(r->seed, i, o->vocab, r->isl[i], r->prompt_buf);
         p.prompt_ids = r->prompt_buf;
@@ -526,6 +541,11 @@ static bool measure_point(bench_ctx *b, const bench_driver *d, const bench_load 
                                                    : 0;
         s->daemon_step_avg_ms = st1.step_avg_ms;
         s->daemon_preemptions = st1.preemptions - st0.preemptions;
+        int64_t qn = st1.prefix_cache_queries - st0.prefix_cache_queries;
+        if (qn > 0 && !o->quiet)
+            fprintf(stderr, "gemma-bench: prefix cache: %lld of %lld prompt tokens found (%.1f%%)\n",
+                    (long long)(st1.prefix_cache_hits - st0.prefix_cache_hits), (long long)qn,
+                    100.0 * (double)(st1.prefix_cache_hits - st0.prefix_cache_hits) / (double)qn);
     }
     return ok;
 }
@@ -561,6 +581,7 @@ int main(int argc, char **argv)
     }
     const char *label = o->label ? o->label : o->http_url ? "http" : h.backend;
     bench_load load = {.isl = o->isl,
+                       .shared_prefix = b.w.n_lines ? 0 : o->shared_prefix,
                        .osl = o->osl,
                        .isl_std = o->isl_std,
                        .osl_std = o->osl_std,

@@ -313,6 +313,10 @@ int main(int argc, char **argv)
         printf("queue_p50_ms: %.2f\nqueue_p99_ms: %.2f\nstep_avg_ms: %.3f\nclients: %d\nworker_restarts: %lld\n"
                "uptime_s: %.1f\n",
                s.queue_p50_ms, s.queue_p99_ms, s.step_avg_ms, s.clients, (long long)s.worker_restarts, s.uptime_s);
+        printf("prefix_cache: %s\nkv_blocks_cached: %lld\nprefix_cache_queries: %lld\nprefix_cache_hits: %lld\n"
+               "prefix_cache_hit_rate: %.4f\n",
+               s.prefix_cache ? "on" : "off", (long long)s.kv_blocks_cached, (long long)s.prefix_cache_queries,
+               (long long)s.prefix_cache_hits, s.prefix_cache_hit_rate);
         return 0;
     }
 

@@ -72,6 +72,7 @@ typedef struct req_ent {
     uint64_t id; /* 0 = empty */
     void *user;
     uint8_t tomb;
+    int32_t n;   /* sequences asked for: with n > 1 the request ends at the chunk with usage */
 } req_ent;
 
 typedef struct queued_ev {
@@ -220,7 +221,7 @@ static bool tab_grow(gmc_client *c)
     return true;
 }
 
-static bool tab_insert(gmc_client *c, uint64_t id, void *user)
+static bool tab_insert(gmc_client *c, uint64_t id, void *user, int32_t n)
 {
     if ((c->tab_used + 1) * 2 > c->tab_cap && !tab_grow(c))
         return false;
@@ -230,7 +231,7 @@ static bool tab_insert(gmc_client *c, uint64_t id, void *user)
         i = (i + 1) & mask;
     if (!c->tab[i].tomb)
         c->tab_used++;
-    c->tab[i] = (req_ent){id, user, 0};
+    c->tab[i] = (req_ent){id, user, 0, n};
     c->n_inflight++;
     return true;
 }
@@ -516,10 +517,11 @@ gmc_code gmc_submit(gmc_client *c, const gmc_params *p, void *user, uint64_t *id
     g.stop_token_ids = (int32_t *)p->stop_ids;
     g.stream = p->stream;
     g.ignore_eos = p->ignore_eos;
+    g.n = p->n;
     cm.request_id = id;
     cm.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE;
     cm.generate = &g;
-    if (!tab_insert(c, id, user)) {
+    if (!tab_insert(c, id, user, p->n)) {
         free(textbuf);
         return cfail(c, GMC_ERR_NOMEM, "out of memory");
     }
@@ -579,6 +581,7 @@ static void usage_from(gmc_usage *u, const Gemma__V1__Usage *pu)
     u->ttft_ms = pu->ttft_ms;
     u->total_ms = pu->total_ms;
     u->preemptions = pu->preemptions;
+    u->cached_tokens = pu->cached_tokens;
 }
 
 /* Feed one event of the request a blocking gmc_generate waits on. */
@@ -681,6 +684,11 @@ static void stats_from(gmc_stats *s, const Gemma__V1__StatsReply *r)
     s->clients = r->clients;
     s->worker_restarts = r->worker_restarts;
     s->uptime_s = r->uptime_s;
+    s->prefix_cache = r->prefix_cache;
+    s->kv_blocks_cached = r->kv_blocks_cached;
+    s->prefix_cache_queries = r->prefix_cache_queries;
+    s->prefix_cache_hits = r->prefix_cache_hits;
+    s->prefix_cache_hit_rate = r->prefix_cache_hit_rate;
 }
 
 /* Decode one received frame into events / replies. */
@@ -732,10 +740,14 @@ static gmc_code handle_frame(gmc_client *c, const void *data, size_t len)
         ev.text = (const char *)ch->text.data;
         ev.text_len = ch->text.len;
         ev.error_message = ch->error_message ? ch->error_message : "";
+        ev.index = ch->index;
         if (ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE) {
-            ev.finished = true;
+            ev.index_finished = true;
             ev.finish_reason = (gmc_finish)ch->finish_reason;
             ev.error = (gmc_code)ch->error_code;
+        }
+        if (ev.index_finished && (e->n <= 1 || ch->usage)) { /* n > 1: the last chunk has usage */
+            ev.finished = true;
             usage_from(&ev.usage, ch->usage);
             tab_remove(c, e);
         }
@@ -1016,6 +1028,13 @@ gmc_code gmc_generate(gmc_client *c, const gmc_params *p, int timeout_ms,
 {
     free_lent(c);
     memset(r, 0, sizeof(*r));
+    if (p->n > 1) {
+        r->finish_reason = GMC_FINISH_ERROR;
+        r->error = GMC_ERR_INVALID_ARGUMENT;
+        snprintf(r->error_message, sizeof(r->error_message), "gmc_generate returns one sequence: n > 1 goes "
+                                                             "through gmc_submit and gmc_poll");
+        return cfail(c, GMC_ERR_INVALID_ARGUMENT, "%s", r->error_message);
+    }
     uint64_t id;
     wait_reset(c);
     c->wait_kind = 3;

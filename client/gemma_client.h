@@ -116,6 +116,9 @@ typedef struct gmc_params {
     const int32_t *stop_ids; /* [n_stop_ids] extra stop token ids */
     int32_t n_stop_ids;      /* at most 64 */
     bool ignore_eos;         /* keep going past EOS (benchmarks force full length) */
+    int32_t n;               /* sequences from this prompt (OpenAI's n): 0 or 1 = one, at most 64;
+                                sequence i samples with seed + i; events say which (index).
+                                gmc_generate takes one only. */
 
     /* OpenAI / vLLM sampling extensions (0 = off for each) */
     float presence_penalty;   /* [-2, 2]: logit -= p for tokens among the outputs so far */
@@ -142,6 +145,7 @@ typedef struct gmc_usage {
     double ttft_ms;   /* arrival -> first token decoded */
     double total_ms;  /* arrival -> finished */
     int32_t preemptions; /* times this request was preempted and recomputed */
+    int32_t cached_tokens; /* prompt tokens found in gemmad's prefix cache (their prefill skipped) */
 } gmc_usage;
 
 /* Bytes that need not be text: not NUL-terminated, possibly part of a UTF-8 character. */
@@ -175,8 +179,11 @@ typedef struct gmc_event {
     int32_t n_logprobs;
     const char *text;        /* UTF-8 delta, not NUL-terminated; empty without a tokenizer */
     size_t text_len;
-    bool finished;           /* last event of this request; the id is free again afterwards */
-    gmc_finish finish_reason; /* when finished */
+    int32_t index;           /* n > 1: the sequence (0..n-1) this event is about */
+    bool index_finished;     /* the last event of that sequence (finish_reason says how) */
+    bool finished;           /* last event of this request (every sequence finished); the id is free
+                                again afterwards */
+    gmc_finish finish_reason; /* when index_finished or finished */
     gmc_code error;          /* when finish_reason == GMC_FINISH_ERROR (or a library failure) */
     const char *error_message; /* "" when none */
     gmc_usage usage;         /* when finished */
@@ -308,6 +315,11 @@ typedef struct gmc_stats {
     int32_t clients;           /* connected clients with requests in flight */
     int64_t worker_restarts;
     double uptime_s;
+    bool prefix_cache;             /* automatic prefix caching on */
+    int64_t kv_blocks_cached;      /* blocks holding cached prefixes, reusable */
+    int64_t prefix_cache_queries;  /* prompt tokens looked up */
+    int64_t prefix_cache_hits;     /* of those, found (prefill skipped) */
+    double prefix_cache_hit_rate;  /* hits / queries */
 } gmc_stats;
 
 gmc_code gmc_stats_get(gmc_client *c, int timeout_ms, gmc_stats *out);

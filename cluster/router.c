@@ -204,10 +204,12 @@ void rt_req_finish(gc_router *r, rt_req *q, Gemma__V1__FinishReason fr, Gemma__V
     Gemma__V1__GenerateChunk *chp = &ch;
     char msg[512]; /* may quote a replica or its name: valid UTF-8, cut between characters */
     gm_utf8_copy(msg, sizeof(msg), text ? text : "", text ? strlen(text) : 0);
+    Gemma__V1__Usage u = GEMMA__V1__USAGE__INIT; /* the request's last chunk carries usage (n > 1 clients) */
     ch.request_id = q->cid;
     ch.finish_reason = fr;
     ch.error_code = code;
     ch.error_message = msg;
+    ch.usage = &u;
     m.n_chunks = 1;
     m.chunks = &chp;
     rt_send_to_client(r, q->client->id, q->client->id_len, &m);
@@ -384,6 +386,7 @@ static void on_generate(gc_router *r, const uint8_t *id, size_t id_len, Gemma__V
     gemma__v1__client_message__pack(cm, buf);
     q->rid = cm->request_id;
     q->cid = cid;
+    q->n = cm->generate ? cm->generate->n : 1;
     q->client = c;
     q->msg = buf;
     q->msg_len = n;

@@ -14,9 +14,11 @@
  * serves), /metrics (the router's counters, Prometheus text). Tokenizing needs a replica:
  * /tokenize and /detokenize are answered by gemmad itself, not here.
  *
- * logprobs, the penalties and min_tokens go through the RPC; the replicas spell the tokens of the
- * logprobs (TokenLogprobs.token), so no tokenizer is needed here. n > 1, best_of, beam search and echo
- * are refused with a 400 naming the field. */
+ * logprobs, the penalties, min_tokens and n go through the RPC; the replicas spell the tokens of the
+ * logprobs (TokenLogprobs.token), so no tokenizer is needed here. With n > 1 a prompt's chunks name
+ * their choice (GenerateChunk.index): OpenAI's index is prompt * n + choice, and the prompt's request
+ * ends at the chunk with usage. best_of beyond n, beam search and echo are refused with a 400 naming
+ * the field. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,15 +37,22 @@
 #define RH_MAGIC 0x4a7e11u
 #define RH_CANCEL_ID 0x40000000u /* request ids of our cancels: above any prompt's */
 
-typedef struct rh_sub {
-    bool done;
-    int32_t finish;          /* Gemma__V1__FinishReason */
-    int32_t err;             /* Gemma__V1__ErrorCode */
-    char *errmsg;            /* (owned) */
+/* One choice of a prompt (n > 1: one of n). */
+typedef struct rh_choice {
+    int32_t finish;          /* Gemma__V1__FinishReason of its last chunk (0 while it runs) */
     char *text;              /* non-streaming: every delta so far (owned) */
     size_t len, cap;
     oai_lpbuf lp;            /* non-streaming: every token's logprobs so far */
     int64_t lp_chars;        /* streaming: text_offset of the next token's logprobs (characters) */
+} rh_choice;
+
+/* One prompt's request. */
+typedef struct rh_sub {
+    bool done;
+    int32_t finish;          /* Gemma__V1__FinishReason of the request */
+    int32_t err;             /* Gemma__V1__ErrorCode */
+    char *errmsg;            /* (owned) */
+    rh_choice *ch;           /* [q.n] */
     int64_t prompt_tokens, completion_tokens;
 } rh_sub;
 
@@ -110,8 +119,11 @@ static void x_free(rh_x *x)
 {
     for (int32_t i = 0; i < x->n_sub; i++) {
         free(x->sub[i].errmsg);
-        free(x->sub[i].text);
-        oai_lpbuf_free(&x->sub[i].lp);
+        for (int32_t j = 0; x->sub[i].ch && j < x->q.n; j++) {
+            free(x->sub[i].ch[j].text);
+            oai_lpbuf_free(&x->sub[i].ch[j].lp);
+        }
+        free(x->sub[i].ch);
     }
     free(x->sub);
     oai_request_free(&x->q);
@@ -184,17 +196,23 @@ static void x_answer(gc_router *r, rh_x *x)
         x_error(x, &e);
         http_req_respond_oai_error(x->h, &e);
     } else if (x->h) {
-        oai_choice ch[OAI_MAX_PROMPTS];
-        bool lp_oom = false;
-        for (int32_t i = 0; i < x->n_sub; i++) {
-            rh_sub *s = &x->sub[i];
-            ch[i] = (oai_choice){.index = i, .text = s->text, .text_len = s->len, .finish = finish_of(s->finish),
-                                 .has_logprobs = x->q.logprobs, .logprobs = oai_lpbuf_view(&s->lp),
-                                 .n_logprobs = s->lp.n};
-            lp_oom |= s->lp.oom;
-        }
+        int32_t n = x->n_sub * x->q.n;
+        oai_choice *ch = calloc((size_t)n, sizeof *ch);
+        bool lp_oom = !ch;
+        for (int32_t i = 0; ch && i < x->n_sub; i++)
+            for (int32_t j = 0; j < x->q.n; j++) {
+                rh_sub *s = &x->sub[i];
+                rh_choice *c = &s->ch[j];
+                ch[i * x->q.n + j] = (oai_choice){.index = i * x->q.n + j, .text = c->text, .text_len = c->len,
+                                                  .finish = finish_of(c->finish ? c->finish : s->finish),
+                                                  .has_logprobs = x->q.logprobs, .logprobs = oai_lpbuf_view(&c->lp),
+                                                  .n_logprobs = c->lp.n};
+                lp_oom |= c->lp.oom;
+            }
         oai_usage u = x_usage(x);
-        oai_write_response(w, &rs, ch, x->n_sub, &u);
+        if (ch)
+            oai_write_response(w, &rs, ch, n, &u);
+        free(ch);
         if (jsonw_ok(w) && !lp_oom)
             http_req_respond(x->h, 200, "application/json", w->p, w->len);
         else
@@ -247,7 +265,7 @@ static void x_sub_end(gc_router *r, rh_x *x, int32_t i, int32_t finish, int32_t 
     }
 }
 
-static bool text_append(rh_sub *s, const void *p, size_t n)
+static bool text_append(rh_choice *s, const void *p, size_t n)
 {
     if (s->len + n + 1 > s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 256;
@@ -301,6 +319,18 @@ static void x_chunk(gc_router *r, rh_x *x, const Gemma__V1__GenerateChunk *ch)
     rh_sub *s = &x->sub[i];
     bool failed = ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR ||
                   ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED;
+    /* the request's last chunk: with n > 1 each choice's last chunk has a finish_reason, and only the
+     * request's last one carries usage */
+    bool final = ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE && (x->q.n <= 1 || ch->usage);
+    if (ch->index < 0 || ch->index >= x->q.n) { /* not a choice of ours: the replica is broken */
+        x_sub_end(r, x, (int32_t)i, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INTERNAL,
+                  "a replica answered for a choice this request does not have");
+        return;
+    }
+    rh_choice *c = &s->ch[ch->index];
+    int32_t at = (int32_t)i * x->q.n + ch->index; /* OpenAI's index */
+    if (ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE && !c->finish)
+        c->finish = ch->finish_reason;
     if (ch->usage) {
         s->prompt_tokens = ch->usage->prompt_tokens;
         s->completion_tokens = ch->usage->completion_tokens;
@@ -313,26 +343,26 @@ static void x_chunk(gc_router *r, rh_x *x, const Gemma__V1__GenerateChunk *ch)
         if (x->q.logprobs)
             lp_from_chunk(ch, lb);
         if (ch->text.len > 0 || lb->n > 0 || (ch->finish_reason && !failed)) {
-            oai_choice c = {.index = (int32_t)i, .text = (const char *)ch->text.data, .text_len = ch->text.len,
-                            .finish = ch->finish_reason && !failed ? finish_of(ch->finish_reason) : OAI_FINISH_NONE,
-                            .has_logprobs = lb->n > 0, .logprobs = oai_lpbuf_view(lb), .n_logprobs = lb->n,
-                            .text_offset = s->lp_chars};
+            oai_choice oc = {.index = at, .text = (const char *)ch->text.data, .text_len = ch->text.len,
+                             .finish = ch->finish_reason && !failed ? finish_of(ch->finish_reason) : OAI_FINISH_NONE,
+                             .has_logprobs = lb->n > 0, .logprobs = oai_lpbuf_view(lb), .n_logprobs = lb->n,
+                             .text_offset = c->lp_chars};
             oai_resp rs = x_resp(r, x);
-            oai_write_chunk(w, &rs, &c, 1);
+            oai_write_chunk(w, &rs, &oc, 1);
             if (jsonw_ok(w))
                 http_req_stream_write(x->h, w->p, w->len);
         }
-        s->lp_chars += lb->chars;
+        c->lp_chars += lb->chars;
     } else if (x->h) {
         if (x->q.logprobs)
-            lp_from_chunk(ch, &s->lp);
-        if ((ch->text.len > 0 && !text_append(s, ch->text.data, ch->text.len)) || s->lp.oom) {
+            lp_from_chunk(ch, &c->lp);
+        if ((ch->text.len > 0 && !text_append(c, ch->text.data, ch->text.len)) || c->lp.oom) {
             x_sub_end(r, x, (int32_t)i, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INTERNAL,
                       "gemma-router ran out of memory");
             return;
         }
     }
-    if (ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE)
+    if (final)
         x_sub_end(r, x, (int32_t)i, ch->finish_reason, ch->error_code, ch->error_message);
 }
 
@@ -363,13 +393,11 @@ bool rt_http_deliver(gc_router *r, const uint8_t *id, size_t id_len, const Gemma
 
 /* ---- generation ---- */
 
-/* What the router does not do (the RPC has no n; no prompt text to echo for id prompts): the first one
- * asked for, or NULL. */
+/* What the router does not do (no prompt text to echo for id prompts): the first one asked for, or
+ * NULL. */
 static const char *unsupported_field(const oai_request *q)
 {
-    if (q->n > 1)
-        return "n";
-    if (q->best_of > 1)
+    if (q->best_of > q->n)
         return "best_of";
     if (q->use_beam_search)
         return "use_beam_search";
@@ -439,6 +467,7 @@ static void x_submit(gc_router *r, rh_x *x, int32_t i, const gm_chat_msg *msgs, 
     gr.stop_token_ids = q->stop_ids;
     gr.stream = q->stream;
     gr.ignore_eos = q->ignore_eos;
+    gr.n = q->n;
     size_t n = gemma__v1__client_message__get_packed_size(&cm);
     uint8_t *buf = malloc(n);
     if (buf) {
@@ -490,6 +519,11 @@ static void on_generate(gc_router *r, http_req *h, oai_endpoint ep)
     int32_t n = ep == OAI_COMPLETIONS ? x->q.n_prompts : 1;
     if (st == GM_OK && !(x->sub = calloc((size_t)n, sizeof(*x->sub))))
         st = oai_fail(&e, 500, "server_error", NULL, NULL, "out of memory");
+    if (x->sub)
+        x->n_sub = n; /* x_free frees what the loop below allocates */
+    for (int32_t i = 0; st == GM_OK && i < n; i++)
+        if (!(x->sub[i].ch = calloc((size_t)x->q.n, sizeof(*x->sub[i].ch))))
+            st = oai_fail(&e, 500, "server_error", NULL, NULL, "out of memory");
     if (st != GM_OK) {
         http_req_respond_oai_error(h, &e);
         free(msgs);
@@ -520,7 +554,7 @@ static void on_generate(gc_router *r, http_req *h, oai_endpoint ep)
             jsonw *w = &g->w;
             jsonw_reset(w);
             oai_resp rs = x_resp(r, x);
-            for (int32_t i = 0; i < n; i++) {
+            for (int32_t i = 0; i < n * x->q.n; i++) {
                 oai_choice c = {.index = i, .first = true};
                 oai_write_chunk(w, &rs, &c, 1);
             }

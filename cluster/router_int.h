@@ -51,6 +51,7 @@ typedef struct rt_req {
     bool started;          /* a chunk reached the client: it can no longer move */
     bool cancelled;
     bool done;
+    int32_t n;             /* sequences asked for (GenerateRequest.n): with n > 1 only the chunk with usage ends it */
     uint8_t *msg;          /* [msg_len] packed ClientMessage{request_id = rid, generate} */
     size_t msg_len;
     double deadline;       /* while queued */

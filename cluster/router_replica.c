@@ -424,7 +424,8 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
     Gemma__V1__GenerateChunk **grouped = malloc(nc * sizeof(*grouped));
     rt_client **groups = malloc(nc * sizeof(*groups));
     int32_t *gstart = calloc(nc + 1, sizeof(*gstart)), *gfill = calloc(nc + 1, sizeof(*gfill));
-    if (!reqs || !grouped || !groups || !gstart || !gfill) {
+    uint8_t *ends = calloc(nc, 1); /* chunk i is its request's last (n > 1: a request has several here) */
+    if (!reqs || !grouped || !groups || !gstart || !gfill || !ends) {
         GM_ERROR("out of memory forwarding %zu chunks from %s", nc, p->name);
         goto out;
     }
@@ -435,7 +436,9 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
         rt_req *q = rt_req_by_rid(r, ch->request_id);
         if (!q || q->rep != p || q->done)
             continue; /* already ended here (cancel, failover) */
-        bool final = ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE;
+        /* a request's last chunk; with n > 1 each sequence's last chunk has a finish_reason, and only
+         * the request's last one carries usage */
+        bool final = ch->finish_reason != GEMMA__V1__FINISH_REASON__FINISH_NONE && (q->n <= 1 || ch->usage);
         if (final && ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR && retryable(ch->error_code) &&
             !q->started && !q->cancelled && ch->n_token_ids == 0 && ch->text.len == 0) {
             req_retry(r, q);
@@ -446,6 +449,7 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
         reqs[i] = q;
         if (final) {
             q->done = true;
+            ends[i] = 1;
             if (ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED)
                 atomic_fetch_add(&r->c_cancelled, 1);
             else if (ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR)
@@ -487,9 +491,10 @@ void rt_on_replica_msg(gc_router *r, rt_replica *p, const uint8_t *data, size_t 
         }
     }
     for (size_t i = 0; i < nc; i++)
-        if (reqs[i] && reqs[i]->done)
+        if (ends[i])
             rt_req_remove(r, reqs[i]);
 out:
+    free(ends);
     free(reqs);
     free(grouped);
     free(groups);

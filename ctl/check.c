@@ -152,3 +152,24 @@ gm_status ctl_check_step(const ctl_limits *l, ctl_marks *marks, const gm_seq_ste
     }
     return GM_OK;
 }
+
+gm_status ctl_check_copies(const ctl_limits *l, const gm_block_copy *c, int32_t n)
+{
+    if (n < 0 || n > l->max_seqs)
+        return gm_fail(GM_ERR_INVALID_ARG, "step has %d block copies; at most %d", n, l->max_seqs);
+    if (n > 0 && !c)
+        return gm_fail(GM_ERR_INVALID_ARG, "step has %d block copies but no array", n);
+    for (int32_t i = 0; i < n; i++) {
+        if (c[i].src < 0 || c[i].src >= l->kv_blocks || c[i].dst < 0 || c[i].dst >= l->kv_blocks)
+            return gm_fail(GM_ERR_INVALID_ARG, "block copy %d: %d -> %d, pool has %lld blocks", i, c[i].src, c[i].dst,
+                           (long long)l->kv_blocks);
+        if (c[i].src == c[i].dst)
+            return gm_fail(GM_ERR_INVALID_ARG, "block copy %d: block %d onto itself", i, c[i].src);
+        /* copies are few (one per sequence that writes a shared block): pairwise is cheap */
+        for (int32_t j = 0; j < i; j++)
+            if (c[j].dst == c[i].dst || c[j].dst == c[i].src || c[j].src == c[i].dst)
+                return gm_fail(GM_ERR_INVALID_ARG, "block copies %d and %d overlap (%d -> %d, %d -> %d)", j, i,
+                               c[j].src, c[j].dst, c[i].src, c[i].dst);
+    }
+    return GM_OK;
+}

@@ -57,6 +57,12 @@ typedef struct ctl_step_sums {
 gm_status ctl_check_step(const ctl_limits *l, ctl_marks *marks, const gm_seq_step *seqs, int32_t n_seqs,
                          const int32_t *last, ctl_step_sums *sums);
 
+/* A step's block copies (ctl/step.h): at most max_seqs of them, ids in the
+ * pool, src != dst, and no block written twice or both written and read by
+ * the copies (so that running them in any order, or at once, gives the same
+ * pool). GM_ERR_INVALID_ARG naming the copy otherwise. */
+gm_status ctl_check_copies(const ctl_limits *l, const gm_block_copy *c, int32_t n);
+
 /* The GM_TOKEN_PREVIOUS rule alone, for entry i that gm_seq_step_fed(s) holds
  * for: start_pos > 0 and, when last is given, a previous sample in the slot
  * (slot already in range). Host engines call it where they resolve the token. */

@@ -8,17 +8,18 @@
 
 /* ---- encoder ---- */
 
-static size_t stops_body(const Gemma__Control__V1__Sampling *s)
+/* a packed repeated int32 field's payload */
+static size_t int32s_body(const int32_t *v, size_t n)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < s->n_stop_ids; i++)
-        n += pb_vlen(pb_i32v(s->stop_ids[i]));
-    return n;
+    size_t b = 0;
+    for (size_t i = 0; i < n; i++)
+        b += pb_vlen(pb_i32v(v[i]));
+    return b;
 }
 
 static size_t sampling_body(const Gemma__Control__V1__Sampling *s, size_t *stop_b)
 {
-    *stop_b = stops_body(s);
+    *stop_b = int32s_body(s->stop_ids, s->n_stop_ids);
     return (s->temperature != 0.0f ? 5 : 0) + pb_fv(pb_i32v(s->top_k)) + (s->top_p != 0.0f ? 5 : 0) + pb_fv(s->seed) +
            (s->presence_penalty != 0.0f ? 5 : 0) + (s->frequency_penalty != 0.0f ? 5 : 0) +
            (s->repetition_penalty != 0.0f ? 5 : 0) + pb_fv(pb_i32v(s->n_prompt)) + pb_fv(pb_i32v(s->min_tokens)) +
@@ -33,19 +34,11 @@ static size_t tokens_body(const Gemma__Control__V1__SeqPlan *q)
     return n;
 }
 
-static size_t blocks_body(const Gemma__Control__V1__SeqPlan *q)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < q->n_block_table; i++)
-        n += pb_vlen(pb_i32v(q->block_table[i]));
-    return n;
-}
-
 static size_t seq_body(const Gemma__Control__V1__SeqPlan *q, size_t *tok_b, size_t *blk_b, size_t *samp_b,
                        size_t *stop_b)
 {
     *tok_b = tokens_body(q);
-    *blk_b = blocks_body(q);
+    *blk_b = int32s_body(q->block_table, q->n_block_table);
     *samp_b = q->sampling ? sampling_body(q->sampling, stop_b) : 0;
     return pb_fv(pb_i32v(q->slot)) + (q->n_tokens ? pb_flen(*tok_b) : 0) + pb_fv(pb_i32v(q->start_pos)) +
            (q->n_block_table ? pb_flen(*blk_b) : 0) + pb_fv(pb_i32v(q->logits_mode)) +
@@ -57,6 +50,8 @@ static size_t plan_body(const Gemma__Control__V1__StepPlan *p)
     size_t n = pb_fv(p->step_id), a, b, c, d;
     for (size_t i = 0; i < p->n_seqs; i++)
         n += pb_flen(seq_body(p->seqs[i], &a, &b, &c, &d));
+    if (p->n_block_copies)
+        n += pb_flen(int32s_body(p->block_copies, p->n_block_copies));
     return n;
 }
 
@@ -114,6 +109,11 @@ size_t ctl_plan_pack(const Gemma__Control__V1__ControlMessage *m, size_t size, u
             w = pb_pv(w, 12, pb_i32v(s->top_logprobs));
         }
         w = pb_pv(w, 7, q->reset ? 1 : 0);
+    }
+    if (p->n_block_copies) {
+        w = pb_plen(w, 3, int32s_body(p->block_copies, p->n_block_copies));
+        for (size_t j = 0; j < p->n_block_copies; j++)
+            w = pb_vput(w, pb_i32v(p->block_copies[j]));
     }
     return (size_t)(w - out);
 }
@@ -371,6 +371,10 @@ Gemma__Control__V1__ControlMessage *ctl_plan_decode(const uint8_t *buf, size_t l
             if (!pd_seq(sub, qp[p->n_seqs], a))
                 return NULL;
             p->n_seqs++;
+        } else if (f == 3) {
+            if ((wt != 0 && wt != 2) ||
+                !pd_append(&p->block_copies, &p->n_block_copies, wt == 2 ? &sub : NULL, v, false, a))
+                return NULL;
         }
     }
     return m;

@@ -101,7 +101,7 @@ void ctl_slots_put(ctl_slots *s, const gm_seq_step *step, Gemma__Control__V1__Se
     q->logits_mode = step->logits_mode;
     bool tracked = step->slot >= 0 && step->slot < s->n;
     int32_t have = tracked ? s->len[step->slot] : -1;
-    bool reset = have < 0 || step->start_pos == 0 || step->n_blocks < have;
+    bool reset = have < 0 || step->reset || step->start_pos == 0 || step->n_blocks < have;
     int32_t from = reset ? 0 : have;
     q->reset = reset;
     q->block_table = (int32_t *)step->block_table + from;

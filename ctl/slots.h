@@ -3,14 +3,16 @@
  * Every rank keeps, per sequence slot, the slot's KV block table and its
  * sampling parameters; a plan entry (control.proto SeqPlan) carries only the
  * blocks appended since the slot's last entry and its sampling when it
- * changed. The table starts over (reset) when an entry starts at position 0,
- * shrinks, or follows a restart or a failed step. gemmad mirrors what the ranks
- * hold with the same type (without the tables themselves) to know what to
- * send: ctl_slots_put on the sender, ctl_slots_take on the receiver.
+ * changed. The table starts over (reset) when the entry says so
+ * (gm_seq_step.reset), starts at position 0, shrinks, or follows a restart or
+ * a failed step. gemmad mirrors what the ranks hold with the same type
+ * (without the tables themselves) to know what to send: ctl_slots_put on the
+ * sender, ctl_slots_take on the receiver.
  *
- * So a caller must keep a slot's block table append-only between entries that
- * start at position 0; the scheduler does: a slot changes hands only through a
- * new or recomputed sequence, which starts at 0. */
+ * So a caller keeps a slot's block table append-only between entries, or
+ * sets reset: the scheduler sets it whenever a slot gets a new sequence (which
+ * may start past position 0, at a cached prefix) and when a block of the
+ * table is replaced by its copy. */
 #ifndef GM_CTL_SLOTS_H
 #define GM_CTL_SLOTS_H
 

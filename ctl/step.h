@@ -44,6 +44,9 @@ typedef struct gm_seq_step {
     int32_t logits_mode;        /* GM_LOGITS_* */
     gm_sampling sampling;
     const gm_stop_set *stops;   /* the ids sampling.min_tokens masks; NULL = none; borrowed */
+    bool reset;                 /* the table is not an extension of the one the slot held in its last
+                                 * entry (a new sequence in the slot, a block replaced by a copy):
+                                 * the plan sends it whole. Also implied by start_pos == 0. */
 } gm_seq_step;
 
 /* A sampled token's log-probabilities (common/sampling.h: of the raw logits), rank 0's answer
@@ -54,6 +57,11 @@ typedef struct gm_token_logprobs {
     int32_t top_ids[GM_MAX_TOP_LOGPROBS];     /* the most likely tokens, most likely first (ties: lower id) */
     float top_logprobs[GM_MAX_TOP_LOGPROBS];  /* theirs */
 } gm_token_logprobs;
+
+/* Copy every layer's K and V of block src into block dst (copy-on-write of a shared block). */
+typedef struct gm_block_copy {
+    int32_t src, dst;
+} gm_block_copy;
 
 /* True when s asks for its slot's previous sample (a lone GM_TOKEN_PREVIOUS). */
 static inline bool gm_seq_step_fed(const gm_seq_step *s)

@@ -28,6 +28,7 @@ void gd_config_defaults(gd_config *c)
     c->log_level = GM_LOG_INFO;
     c->use_graphs = true;
     c->run_ahead = true;
+    c->prefix_cache = true;
     c->shutdown_timeout_ms = 30000;
     c->http_max_body = 8 << 20;
     c->http_max_connections = 4096;
@@ -151,8 +152,9 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
         if (errno || end == v || *end || !(d > 0 && d <= 1))
             return gm_fail(GM_ERR_INVALID_ARG, "kv_mem_fraction: '%s' is not in (0, 1]", v);
         c->kv_mem_fraction = d;
-    } else if (!strcmp(key, "use_graphs") || !strcmp(key, "run_ahead")) {
-        bool *b = !strcmp(key, "use_graphs") ? &c->use_graphs : &c->run_ahead;
+    } else if (!strcmp(key, "use_graphs") || !strcmp(key, "run_ahead") || !strcmp(key, "prefix_cache")) {
+        bool *b = !strcmp(key, "use_graphs") ? &c->use_graphs : !strcmp(key, "run_ahead") ? &c->run_ahead
+                                                                                          : &c->prefix_cache;
         if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "on"))
             *b = true;
         else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "off"))
@@ -312,6 +314,8 @@ void gd_config_usage(FILE *f)
             "  --use-graphs B            CUDA graphs for decode: true | false (default true)\n"
             "  --run-ahead B             plan step k+1 before step k's tokens are back: true | false\n"
             "                            (default true; --no-run-ahead = false: one step in flight)\n"
+            "  --prefix-cache B          reuse the KV of prompt prefixes seen before: true | false\n"
+            "                            (default true)\n"
             "  --worker-bin PATH         gemma-worker binary (default: beside gemmad)\n"
             "  --shutdown-timeout-ms N   SIGTERM: time for in-flight work to finish (default 30000)\n"
             "  --ready-timeout-ms N      worker start limit (default 600000)\n"
@@ -500,6 +504,7 @@ void gd_config_print(const gd_config *c, FILE *f)
     fprintf(f, "quant = \"%s\";\nkv_dtype = \"%s\";\nlm_head = \"%s\";\nuse_graphs = %s;\nrun_ahead = %s;\n",
             gm_quant_name(c->quant), gm_kv_dtype_name(c->kv_dtype), c->lm_head_fp8 ? "fp8" : "bf16",
             c->use_graphs ? "true" : "false", c->run_ahead ? "true" : "false");
+    fprintf(f, "prefix_cache = %s;\n", c->prefix_cache ? "true" : "false");
     if (c->worker_bin)
         gd_config_print_str(f, "worker_bin", c->worker_bin);
     fprintf(f, "shutdown_timeout_ms = %d;\nready_timeout_ms = %d;\nlog_level = \"%s\";\n", c->shutdown_timeout_ms,

@@ -11,7 +11,7 @@
  *   ready_timeout_ms = 0;      use_graphs = true;                   run_ahead = true;
  *   http_listen = "";          api_key = "";                        api_key_file = "";
  *   http_max_body = "8M";      http_max_requests = 0;               http_max_connections = 4096;
- *   served_model_name = "";
+ *   served_model_name = "";    prefix_cache = true;
  * and the cluster keys of daemon/cluster_glue.h (router, curve, ...).
  * The sizing keys (kv_memory, kv_blocks, kv_mem_fraction, max_tokens_per_step,
  * max_seqs, max_context) left unset (0; kv_memory -1) are decided by the
@@ -49,6 +49,7 @@ typedef struct gd_config {
     bool lm_head_fp8;        /* lm_head = "fp8": the LM head in FP8 e4m3 */
     bool use_graphs;
     bool run_ahead;          /* two steps in flight (docs/ARCHITECTURE.md, "run-ahead"); --no-run-ahead */
+    bool prefix_cache;       /* reuse the KV of cached prompt prefixes (daemon/sched.h); --prefix-cache false */
     char *worker_bin;        /* NULL = gemma-worker beside gemmad */
     int32_t shutdown_timeout_ms; /* SIGTERM: how long in-flight work may take to finish */
     int32_t ready_timeout_ms;    /* worker (re)start limit (0 = workers.h default) */

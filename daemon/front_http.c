@@ -9,9 +9,12 @@
  *   GET  /metrics                                Prometheus text (http/prom.h, daemon/metrics.h)
  *   GET  /version
  *
- * A generation request (an "exchange", hx) becomes one gd_req per prompt; steps.c marks them dirty,
- * and gd_http_flush writes, per dirty request, one stream_write holding every byte it is owed (text
- * of the step, its finish, and when the exchange is over the usage event and [DONE]). No allocation
+ * A generation request (an "exchange", hx) becomes one gd_req per prompt, each with n choices
+ * (gd_choice, OpenAI's n); OpenAI's choice index is prompt * n + choice. steps.c marks requests dirty,
+ * and gd_http_flush writes, per dirty request, one stream_write holding every byte it is owed (an event
+ * per choice with news: its text of the step, its finish; and when the exchange is over the usage
+ * event, prompt tokens counted once per prompt and completion tokens summed over the choices, and
+ * [DONE]). No allocation
  * per token: one formatting buffer serves every write. A client that goes away cancels its requests
  * at once (their KV blocks are freed), and so does one that leaves more than HX_MAX_BACKLOG bytes
  * unread.
@@ -50,8 +53,9 @@ typedef struct gd_http gd_http;
 struct hx {
     http_req *h;           /* NULL once answered in full or the client left */
     oai_request q;         /* the parsed body (prompts, stop strings) */
-    gd_req **sub;          /* [n_sub] one per prompt, in choice order */
-    int64_t *lp_chars;     /* [n_sub] streaming logprobs: text_offset of the next token (characters) */
+    gd_req **sub;          /* [n_sub] one per prompt, in prompt order */
+    int64_t *lp_chars;     /* [n_sub * q.n] streaming logprobs per choice: text_offset of the next token
+                            * (characters), at the choice's OpenAI index */
     int32_t n_sub;
     int32_t err_sub;       /* the first sub that failed, or -1 */
     bool begun;            /* streaming: headers and the first events are out */
@@ -147,13 +151,20 @@ static bool sub_failed(const gd_req *r)
     return r->finish == GEMMA__V1__FINISH_REASON__FINISH_ERROR || r->finish == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED;
 }
 
-static oai_finish sub_finish(const gd_req *r)
+/* How choice c ended (NONE while it runs). */
+static oai_finish choice_finish(const gd_choice *c)
 {
-    if (!r->done)
+    if (!c->done)
         return OAI_FINISH_NONE;
-    return r->finish == GEMMA__V1__FINISH_REASON__FINISH_LENGTH ? OAI_FINISH_LENGTH
-           : r->finish == GEMMA__V1__FINISH_REASON__FINISH_STOP ? OAI_FINISH_STOP
+    return c->finish == GEMMA__V1__FINISH_REASON__FINISH_LENGTH ? OAI_FINISH_LENGTH
+           : c->finish == GEMMA__V1__FINISH_REASON__FINISH_STOP ? OAI_FINISH_STOP
                                                                   : OAI_FINISH_ABORT;
+}
+
+/* Choice j of prompt i: OpenAI's index (the choices of a prompt are consecutive). */
+static int32_t choice_index(const hx *x, int32_t i, int32_t j)
+{
+    return i * x->q.n + j;
 }
 
 /* Cancel every unfinished request of x (their KV blocks are freed now). */
@@ -194,12 +205,15 @@ static oai_resp hx_resp(const gd_server *s, const hx *x)
     return (oai_resp){x->q.endpoint, x->id, x->created, s->http->model, x->q.include_usage};
 }
 
+/* Prompt tokens once per prompt, whatever its n; completion tokens summed over every choice. */
 static oai_usage hx_usage(const hx *x)
 {
     oai_usage u = {0, 0};
     for (int32_t i = 0; i < x->n_sub; i++) {
-        u.prompt_tokens += x->sub[i]->n_prompt;
-        u.completion_tokens += x->sub[i]->seq ? sched_seq_generated(x->sub[i]->seq) : 0;
+        const gd_req *r = x->sub[i];
+        u.prompt_tokens += r->n_prompt;
+        for (int32_t j = 0; j < r->n_ch; j++)
+            u.completion_tokens += r->ch[j].seq ? sched_seq_generated(r->ch[j].seq) : 0;
     }
     return u;
 }
@@ -216,13 +230,14 @@ static void hx_error(const hx *x, oai_error *e)
     oai_error_from_code(e, r->err, param, r->errmsg ? r->errmsg : "request failed");
 }
 
-/* r's generated tokens that have log-probabilities: [0, lp_upto(r)). */
-static int32_t lp_upto(const gd_req *r)
+/* The generated tokens of choice j of r that have log-probabilities: [0, lp_upto(r, j)). */
+static int32_t lp_upto(const gd_req *r, int32_t j)
 {
-    if (r->lp_top < 0 || !r->seq)
+    const gd_choice *c = &r->ch[j];
+    if (r->lp_top < 0 || !c->seq)
         return 0;
-    int32_t gen = sched_seq_generated(r->seq);
-    return gen < r->n_lp ? gen : r->n_lp;
+    int32_t gen = sched_seq_generated(c->seq);
+    return gen < c->n_lp ? gen : c->n_lp;
 }
 
 /* A token as logprobs show it: its string from the tokenizer, else "token_id:ID" in buf. */
@@ -235,17 +250,19 @@ static const char *token_str(const gd_server *s, int32_t id, char *buf, size_t c
     return buf;
 }
 
-/* Add r's generated tokens [from, to) with their log-probabilities and alternatives to b. */
-static void lp_collect(const gd_server *s, const gd_req *r, int32_t from, int32_t to, oai_lpbuf *b)
+/* Add the generated tokens [from, to) of choice j of r with their log-probabilities and alternatives
+ * to b. */
+static void lp_collect(const gd_server *s, const gd_req *r, int32_t j, int32_t from, int32_t to, oai_lpbuf *b)
 {
-    const int32_t *gen = r->seq->tokens + r->seq->n_prompt;
+    const sched_seq *q = r->ch[j].seq;
+    const int32_t *gen = q->tokens + q->n_prompt;
     char buf[32];
     for (int32_t i = from; i < to; i++) {
         float lp;
         const int32_t *ids;
         const float *lps;
         int32_t k;
-        if (!gd_req_logprobs(r, i, &lp, &ids, &lps, &k))
+        if (!gd_req_logprobs(r, j, i, &lp, &ids, &lps, &k))
             return;
         bool in_top = false;
         for (int32_t m = 0; m < k; m++)
@@ -285,46 +302,58 @@ static void hx_respond(gd_server *s, hx *x)
         respond_err(x->h, &e);
         return;
     }
-    oai_choice ch[OAI_MAX_PROMPTS];
-    char *joined[OAI_MAX_PROMPTS] = {0};
-    int32_t lp_at[OAI_MAX_PROMPTS + 1] = {0}; /* choice i's entries: [lp_at[i], lp_at[i + 1]) of g->lp */
+    int32_t n_ch = 0; /* every choice of every prompt, in OpenAI's index order */
+    for (int32_t i = 0; i < x->n_sub; i++)
+        n_ch += x->sub[i]->n_ch;
+    oai_choice *ch = calloc((size_t)n_ch, sizeof *ch);
+    char **joined = calloc((size_t)n_ch, sizeof *joined);
+    int32_t *lp_at = calloc((size_t)n_ch + 1, sizeof *lp_at); /* choice m's entries: [lp_at[m], lp_at[m + 1]) */
+    if (!ch || !joined || !lp_at) {
+        http_req_respond_error(x->h, 500, "server_error", NULL, "out of memory formatting the answer");
+        goto out;
+    }
     oai_lpbuf *lb = &s->http->lp;
     oai_lpbuf_clear(lb);
-    for (int32_t i = 0; i < x->n_sub; i++) {
-        if (x->q.logprobs)
-            lp_collect(s, x->sub[i], 0, lp_upto(x->sub[i]), lb);
-        lp_at[i + 1] = lb->n;
-    }
+    int32_t m = 0;
+    for (int32_t i = 0; i < x->n_sub; i++)
+        for (int32_t j = 0; j < x->sub[i]->n_ch; j++, m++) {
+            if (x->q.logprobs)
+                lp_collect(s, x->sub[i], j, 0, lp_upto(x->sub[i], j), lb);
+            lp_at[m + 1] = lb->n;
+        }
     const oai_token_logprob *lv = oai_lpbuf_view(lb);
+    m = 0;
     for (int32_t i = 0; i < x->n_sub; i++) {
         gd_req *r = x->sub[i];
-        size_t n = 0;
-        const char *t = r->tx ? txo_ready(r->tx, &n) : "";
-        if (x->q.echo) {
-            size_t el;
-            char *e = echo_text(s, &x->q.prompts[i], &el);
-            joined[i] = malloc(el + n + 1);
-            if (joined[i]) {
-                memcpy(joined[i], e ? e : "", el);
-                memcpy(joined[i] + el, t, n);
-                t = joined[i];
+        size_t el = 0;
+        char *e = x->q.echo ? echo_text(s, &x->q.prompts[i], &el) : NULL;
+        for (int32_t j = 0; j < r->n_ch; j++, m++) {
+            gd_choice *c = &r->ch[j];
+            size_t n = 0;
+            const char *t = c->tx ? txo_ready(c->tx, &n) : "";
+            if (x->q.echo && (joined[m] = malloc(el + n + 1))) {
+                memcpy(joined[m], e ? e : "", el);
+                memcpy(joined[m] + el, t, n);
+                t = joined[m];
                 n += el;
             }
-            free(e);
+            ch[m] = (oai_choice){.index = choice_index(x, i, j), .text = t, .text_len = n,
+                                 .finish = choice_finish(c), .has_logprobs = x->q.logprobs,
+                                 .logprobs = lv + lp_at[m], .n_logprobs = lp_at[m + 1] - lp_at[m]};
         }
-        ch[i] = (oai_choice){.index = i, .text = t, .text_len = n, .finish = sub_finish(r),
-                             .has_logprobs = x->q.logprobs, .logprobs = lv + lp_at[i],
-                             .n_logprobs = lp_at[i + 1] - lp_at[i]};
+        free(e);
     }
     oai_resp rs = hx_resp(s, x);
     oai_usage u = hx_usage(x);
-    oai_write_response(w, &rs, ch, x->n_sub, &u);
+    oai_write_response(w, &rs, ch, n_ch, &u);
     if (lb->oom) /* an answer short of some logprobs would mislead */
         http_req_respond_error(x->h, 500, "server_error", NULL, "out of memory gathering the logprobs");
     else
         respond_json(s, x->h, 200);
-    for (int32_t i = 0; i < x->n_sub; i++)
-        free(joined[i]);
+out:
+    for (int32_t k = 0; joined && k < n_ch; k++)
+        free(joined[k]);
+    free(joined), free(ch), free(lp_at);
 }
 
 /* Streaming: the events after the last choice ended (error or usage, then [DONE]), appended to w. */
@@ -360,34 +389,53 @@ static void hx_finish(gd_server *s, hx *x)
     g->to_free = x;
 }
 
-/* One dirty request of a streaming exchange: its new text (and finish) as one event, plus the
- * exchange's tail when this was its last request, in one write. */
-static void hx_stream_step(gd_server *s, hx *x, gd_req *r)
+/* What choice c had waiting went out (its logprobs up to upto when asked, else every token). */
+static void hx_choice_sent(const hx *x, gd_choice *c, int32_t upto)
+{
+    int32_t gen = c->seq ? sched_seq_generated(c->seq) : 0, sent = x->q.logprobs ? upto : gen;
+    if (sent > c->n_sent)
+        c->n_sent = sent;
+    if (c->tx)
+        txo_consume(c->tx);
+    c->reported = c->done;
+}
+
+/* Choice j of dirty request r (prompt i) of a streaming exchange: its new text and logprobs (even when
+ * the text waits) and its finish, as one event appended to w. A request that failed ends with the
+ * exchange's error event instead of a finish. */
+static void hx_stream_choice(gd_server *s, hx *x, gd_req *r, int32_t i, int32_t j, jsonw *w)
 {
     gd_http *g = s->http;
-    jsonw *w = &g->w;
-    jsonw_reset(w);
+    gd_choice *c = &r->ch[j];
+    int32_t at = choice_index(x, i, j), upto = lp_upto(r, j);
     size_t n = 0;
-    const char *t = r->tx ? txo_ready(r->tx, &n) : "";
-    bool failed = r->done && sub_failed(r);
-    int32_t i = sub_index(x, r), upto = lp_upto(r);
+    const char *t = c->tx ? txo_ready(c->tx, &n) : "";
+    bool failed = r->done && sub_failed(r), ends = c->done && !c->reported;
     oai_lpbuf_clear(&g->lp);
-    if (x->q.logprobs && upto > r->n_sent) /* the new tokens' logprobs, even when their text waits */
-        lp_collect(s, r, r->n_sent, upto, &g->lp);
-    if (n > 0 || g->lp.n > 0 || (r->done && !failed)) {
-        oai_choice c = {.index = i, .text = t, .text_len = n, .finish = failed ? OAI_FINISH_NONE : sub_finish(r),
-                        .has_logprobs = g->lp.n > 0, .logprobs = oai_lpbuf_view(&g->lp), .n_logprobs = g->lp.n,
-                        .text_offset = x->lp_chars[i]};
+    if (x->q.logprobs && upto > c->n_sent)
+        lp_collect(s, r, j, c->n_sent, upto, &g->lp);
+    if (n > 0 || g->lp.n > 0 || (ends && !failed)) {
+        oai_choice oc = {.index = at, .text = t, .text_len = n, .finish = failed ? OAI_FINISH_NONE : choice_finish(c),
+                         .has_logprobs = g->lp.n > 0, .logprobs = oai_lpbuf_view(&g->lp), .n_logprobs = g->lp.n,
+                         .text_offset = x->lp_chars[at]};
         oai_resp rs = hx_resp(s, x);
-        oai_write_chunk(w, &rs, &c, 1);
+        oai_write_chunk(w, &rs, &oc, 1);
     }
     if (g->lp.oom)
         GM_WARN("http: out of memory gathering logprobs: a chunk of %s lacks some", x->id);
-    x->lp_chars[i] += g->lp.chars;
-    if (upto > r->n_sent)
-        r->n_sent = upto;
-    if (r->tx)
-        txo_consume(r->tx);
+    x->lp_chars[at] += g->lp.chars;
+    hx_choice_sent(x, c, upto);
+}
+
+/* One dirty request of a streaming exchange: an event per choice with news, plus the exchange's tail
+ * when this was its last request, in one write. */
+static void hx_stream_step(gd_server *s, hx *x, gd_req *r)
+{
+    jsonw *w = &s->http->w;
+    jsonw_reset(w);
+    int32_t i = sub_index(x, r);
+    for (int32_t j = 0; j < r->n_ch; j++)
+        hx_stream_choice(s, x, r, i, j, w);
     bool last = all_out(x);
     if (last)
         hx_stream_tail(s, x, w);
@@ -431,8 +479,9 @@ void gd_http_flush(gd_server *s)
         }
         if (x->h && x->begun)
             hx_stream_step(s, x, r);
-        else if (r->tx && x->h == NULL)
-            txo_consume(r->tx);
+        else if (x->h == NULL) /* nobody listens: drop what waits */
+            for (int32_t j = 0; j < r->n_ch; j++)
+                hx_choice_sent(x, &r->ch[j], lp_upto(r, j));
         if (all_out(x))
             hx_finish(s, x);
     }
@@ -482,15 +531,14 @@ static void hx_begin_stream(gd_server *s, hx *x)
     x->begun = true;
     oai_resp rs = hx_resp(s, x);
     for (int32_t i = 0; i < x->n_sub; i++) {
-        oai_choice c = {.index = i, .first = true};
-        char *e = NULL;
-        if (x->q.endpoint == OAI_COMPLETIONS) {
-            if (!x->q.echo)
-                continue;
-            e = echo_text(s, &x->q.prompts[i], &c.text_len);
-            c.text = e;
+        if (x->q.endpoint == OAI_COMPLETIONS && !x->q.echo)
+            continue;
+        size_t el = 0;
+        char *e = x->q.endpoint == OAI_COMPLETIONS ? echo_text(s, &x->q.prompts[i], &el) : NULL;
+        for (int32_t j = 0; j < x->sub[i]->n_ch; j++) {
+            oai_choice c = {.index = choice_index(x, i, j), .first = true, .text = e, .text_len = el};
+            oai_write_chunk(w, &rs, &c, 1);
         }
-        oai_write_chunk(w, &rs, &c, 1);
         free(e);
     }
     if (w->len > 0 && jsonw_ok(w))
@@ -529,6 +577,9 @@ static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
         st = oai_fail(&e, 400, "invalid_request_error", "echo", "unsupported_parameter",
                       "Unsupported parameter: 'echo' with 'logprobs': gemmad does not compute the log-probabilities "
                       "of prompt tokens; ask for one or the other.");
+    if (st == GM_OK && x->q.n > SCHED_MAX_N)
+        st = oai_fail(&e, 400, "invalid_request_error", "n", "invalid_value",
+                      "Invalid 'n': %d choices; gemmad generates at most %d per prompt.", x->q.n, SCHED_MAX_N);
     if (st == GM_OK && x->q.best_of > x->q.n)
         st = oai_fail(&e, 400, "invalid_request_error", "best_of", "unsupported_parameter",
                       "Unsupported parameter: 'best_of' larger than n is not supported.");
@@ -548,7 +599,7 @@ static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
         return;
     }
     x->sub = calloc((size_t)n, sizeof(*x->sub));
-    x->lp_chars = calloc((size_t)n, sizeof(*x->lp_chars));
+    x->lp_chars = calloc((size_t)n * (size_t)x->q.n, sizeof(*x->lp_chars));
     if (!x->sub || !x->lp_chars) {
         free(x->sub);
         free(x->lp_chars);

@@ -47,8 +47,9 @@ void met_request_done(gd_metrics *m, const met_req *r, met_outcome o, int32_t co
     if (r->t_first > 0) {
         histo_observe(&p->ttft, (r->t_first - r->t_arrival) / 1e3);
         histo_samples_add(&m->ttft, r->t_first - r->t_arrival);
-        if (r->n_generated > 1) {
-            double tpot = (r->t_end - r->t_first) / (r->n_generated - 1);
+        int32_t paced = r->n_longest > 0 ? r->n_longest : r->n_generated;
+        if (paced > 1) {
+            double tpot = (r->t_end - r->t_first) / (paced - 1);
             histo_observe(&p->tpot, tpot / 1e3);
             histo_samples_add(&m->tpot, tpot);
         }

@@ -39,7 +39,9 @@ typedef enum met_outcome {
 /* One ended request's times (ms, monotonic; 0 = never reached) and sizes. */
 typedef struct met_req {
     double t_arrival, t_sched, t_first, t_end;
-    int32_t n_prompt, n_generated;
+    int32_t n_prompt, n_generated; /* n_generated: summed over the request's choices (n > 1) */
+    int32_t n_longest;             /* the most one choice generated (they run side by side: the time per
+                                    * output token is the longest one's pace); 0 = n_generated */
 } met_req;
 
 typedef struct gd_metrics {

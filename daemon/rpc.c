@@ -233,31 +233,33 @@ static ProtobufCBinaryData token_bytes(const gd_server *s, int32_t id)
     return (ProtobufCBinaryData){p ? n : 0, (uint8_t *)p};
 }
 
-/* Log-probabilities r owes with its next chunk: one per token id from n_sent on (fewer only when some
- * could not be kept). */
-static size_t lps_owed(const gd_req *r)
+/* Log-probabilities choice ch of r owes with its next chunk: one per token id from n_sent on (fewer only
+ * when some could not be kept). */
+static size_t lps_owed(const gd_req *r, int32_t ch)
 {
-    if (r->lp_top < 0 || !r->seq)
+    const gd_choice *c = ch < r->n_ch ? &r->ch[ch] : NULL;
+    if (r->lp_top < 0 || !c || !c->seq)
         return 0;
-    int32_t gen = sched_seq_generated(r->seq), upto = gen < r->n_lp ? gen : r->n_lp;
-    return upto > r->n_sent ? (size_t)(upto - r->n_sent) : 0;
+    int32_t gen = sched_seq_generated(c->seq), upto = gen < c->n_lp ? gen : c->n_lp;
+    return upto > c->n_sent ? (size_t)(upto - c->n_sent) : 0;
 }
 
-/* The chunk's logprobs field: TokenLogprobs messages for r's tokens [n_sent, n_sent + n) in s->lps[at..],
- * their alternatives' strings in s->lp_strs[*at_str..]. */
-static void chunk_logprobs(gd_server *s, const gd_req *r, size_t n, size_t at, size_t *at_str,
+/* The chunk's logprobs field: TokenLogprobs messages for choice i's tokens [n_sent, n_sent + n) in
+ * s->lps[at..], their alternatives' strings in s->lp_strs[*at_str..]. */
+static void chunk_logprobs(gd_server *s, const gd_req *r, int32_t ci, size_t n, size_t at, size_t *at_str,
                            Gemma__V1__GenerateChunk *ch)
 {
-    const int32_t *gen = r->seq->tokens + r->seq->n_prompt;
+    const gd_choice *c = &r->ch[ci];
+    const int32_t *gen = c->seq->tokens + c->seq->n_prompt;
     for (size_t j = 0; j < n; j++) {
         Gemma__V1__TokenLogprobs *t = &s->lps[at + j];
         *t = (Gemma__V1__TokenLogprobs)GEMMA__V1__TOKEN_LOGPROBS__INIT;
         const int32_t *ids;
         const float *lps;
         int32_t k;
-        int32_t i = r->n_sent + (int32_t)j;
+        int32_t i = c->n_sent + (int32_t)j;
         t->token = token_bytes(s, gen[i]);
-        if (gd_req_logprobs(r, i, &t->logprob, &ids, &lps, &k)) {
+        if (gd_req_logprobs(r, ci, i, &t->logprob, &ids, &lps, &k)) {
             t->n_top_ids = t->n_top_logprobs = t->n_top_tokens = (size_t)k;
             t->top_ids = (int32_t *)ids;
             t->top_logprobs = (float *)lps;
@@ -307,6 +309,44 @@ static void client_drop(gd_server *s, gd_client *c)
         GM_INFO("client vanished: %lld request(s) cancelled, their KV blocks freed", (long long)n);
 }
 
+/* Chunk k of the flush: what choice i (cc; NULL when the request has none) of r has news of; its
+ * log-probabilities go to s->lps[*at_lp..] and their strings to s->lp_strs[*at_str..]. */
+static void chunk_put(gd_server *s, gd_req *r, gd_choice *cc, int32_t i, size_t k, size_t *at_lp, size_t *at_str)
+{
+    Gemma__V1__GenerateChunk *ch = &s->chunks[k];
+    *ch = (Gemma__V1__GenerateChunk)GEMMA__V1__GENERATE_CHUNK__INIT;
+    ch->request_id = r->rid;
+    ch->index = i;
+    if (cc && cc->seq) {
+        sched_seq *q = cc->seq;
+        int32_t gen = sched_seq_generated(q);
+        size_t nl = lps_owed(r, i);
+        chunk_logprobs(s, r, i, nl, *at_lp, at_str, ch);
+        *at_lp += nl;
+        ch->n_token_ids = (size_t)(gen - cc->n_sent);
+        ch->token_ids = q->tokens + q->n_prompt + cc->n_sent;
+        cc->n_sent = gen;
+    }
+    if (cc && cc->tx) {
+        size_t tl;
+        const char *t = txo_ready(cc->tx, &tl);
+        ch->text.len = tl;
+        ch->text.data = (uint8_t *)t;
+    }
+    bool ends = cc ? cc->done && !cc->reported : r->done;
+    if (ends) {
+        ch->finish_reason = cc ? cc->finish : r->finish;
+        if (ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_ERROR ||
+            ch->finish_reason == GEMMA__V1__FINISH_REASON__FINISH_CANCELLED) {
+            ch->error_code = r->err;
+            if (r->errmsg)
+                ch->error_message = r->errmsg;
+        }
+    }
+    s->chunk_ptrs[k] = ch;
+    s->chunk_reqs[k] = r;
+}
+
 /* Send every dirty client its chunks: one message each. */
 void gd_rpc_flush(gd_server *s)
 {
@@ -318,10 +358,12 @@ void gd_rpc_flush(gd_server *s)
         c->dirty = false;
         size_t n = 0, n_lp = 0, n_str = 0;
         for (gd_req *r = c->dirty_head; r; r = r->dirty_next) {
-            n++;
-            size_t o = lps_owed(r);
-            n_lp += o;
-            n_str += o * (size_t)(r->lp_top > 0 ? r->lp_top : 0);
+            n += r->n_ch > 1 ? (size_t)r->n_ch : 1;
+            for (int32_t i = 0; i < r->n_ch; i++) {
+                size_t o = lps_owed(r, i);
+                n_lp += o;
+                n_str += o * (size_t)(r->lp_top > 0 ? r->lp_top : 0);
+            }
         }
         if (!ensure_chunks(s, n) || !ensure_lps(s, n_lp, n_str)) {
             GM_ERROR("out of memory for %zu chunks", n);
@@ -332,43 +374,31 @@ void gd_rpc_flush(gd_server *s)
             next = r->dirty_next;
             r->dirty = false;
             r->dirty_next = NULL;
-            Gemma__V1__GenerateChunk *ch = &s->chunks[k];
-            *ch = (Gemma__V1__GenerateChunk)GEMMA__V1__GENERATE_CHUNK__INIT;
-            ch->request_id = r->rid;
-            if (r->seq) {
-                sched_seq *q = r->seq;
-                int32_t gen = q->n_tokens - q->n_prompt;
-                size_t nl = lps_owed(r);
-                chunk_logprobs(s, r, nl, at_lp, &at_str, ch);
-                at_lp += nl;
-                ch->n_token_ids = (size_t)(gen - r->n_sent);
-                ch->token_ids = q->tokens + q->n_prompt + r->n_sent;
-                r->n_sent = gen;
+            size_t first = k;
+            /* n > 1: a chunk per choice with news (and one for the request's end); a request refused before
+             * it was scheduled ends in one chunk, whatever its n */
+            int32_t nch = r->n_ch > 1 && r->ch[0].seq ? r->n_ch : 1;
+            for (int32_t i = 0; i < nch; i++) {
+                gd_choice *cc = r->n_ch ? &r->ch[i] : NULL;
+                if (nch > 1 && !gd_choice_pending(cc) && !(r->done && i == nch - 1 && k == first))
+                    continue;
+                chunk_put(s, r, cc, i, k++, &at_lp, &at_str);
             }
-            if (r->tx) {
-                size_t tl;
-                const char *t = txo_ready(r->tx, &tl);
-                ch->text.len = tl;
-                ch->text.data = (uint8_t *)t;
-            }
-            if (r->done) {
-                Gemma__V1__Usage *u = &s->usages[k];
+            if (r->done) { /* the request's end: usage with its last chunk */
+                Gemma__V1__Usage *u = &s->usages[k - 1];
                 *u = (Gemma__V1__Usage)GEMMA__V1__USAGE__INIT;
                 u->prompt_tokens = r->n_prompt;
-                u->completion_tokens = r->seq ? sched_seq_generated(r->seq) : 0;
+                for (int32_t i = 0; i < r->n_ch; i++)
+                    if (r->ch[i].seq) {
+                        u->completion_tokens += sched_seq_generated(r->ch[i].seq);
+                        u->preemptions += r->ch[i].seq->preemptions;
+                    }
+                u->cached_tokens = r->n_ch && r->ch[0].seq ? r->ch[0].seq->n_cached : 0;
                 u->queue_ms = r->t_sched > 0 ? r->t_sched - r->t_arrival : 0;
                 u->ttft_ms = r->t_first > 0 ? r->t_first - r->t_arrival : 0;
                 u->total_ms = r->t_end - r->t_arrival;
-                u->preemptions = r->seq ? r->seq->preemptions : 0;
-                ch->usage = u;
-                ch->finish_reason = r->finish;
-                ch->error_code = r->err;
-                if (r->errmsg)
-                    ch->error_message = r->errmsg;
+                s->chunks[k - 1].usage = u;
             }
-            s->chunk_ptrs[k] = ch;
-            s->chunk_reqs[k] = r;
-            k++;
         }
         c->dirty_head = c->dirty_tail = NULL;
         Gemma__V1__ServerMessage m = GEMMA__V1__SERVER_MESSAGE__INIT;
@@ -377,9 +407,13 @@ void gd_rpc_flush(gd_server *s)
         bool ok = send_to(s, c->id, c->id_len, &m);
         for (size_t i = 0; i < k; i++) {
             gd_req *r = s->chunk_reqs[i];
-            if (r->tx)
-                txo_consume(r->tx);
-            if (r->done && ok)
+            if (r->n_ch) {
+                gd_choice *cc = &r->ch[s->chunks[i].index];
+                if (cc->tx)
+                    txo_consume(cc->tx);
+                cc->reported = cc->done;
+            }
+            if (s->chunks[i].usage && ok) /* the request's last chunk */
                 finished_push(s, r);
         }
         if (!ok) {
@@ -440,6 +474,7 @@ static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t 
     gg.logprobs = g->logprobs;
     gg.top_logprobs = g->top_logprobs;
     gg.max_tokens = g->max_tokens;
+    gg.n = g->n;
     gg.stream = g->stream;
     gg.ignore_eos = g->ignore_eos;
     gg.stop_ids = g->stop_token_ids;
@@ -555,6 +590,11 @@ static void on_stats(gd_server *s, const uint8_t *id, size_t idlen, uint64_t rid
     r.clients = s->n_clients;
     r.worker_restarts = s->c.worker_restarts;
     r.uptime_s = (now - s->start_ms) / 1e3;
+    r.prefix_cache = s->cfg->prefix_cache;
+    r.kv_blocks_cached = sched_kv_cached(s->sch);
+    r.prefix_cache_queries = sched_prefix_queries(s->sch);
+    r.prefix_cache_hits = sched_prefix_hits(s->sch);
+    r.prefix_cache_hit_rate = r.prefix_cache_queries ? (double)r.prefix_cache_hits / (double)r.prefix_cache_queries : 0;
     m.body_case = GEMMA__V1__SERVER_MESSAGE__BODY_STATS;
     m.stats = &r;
     send_to(s, id, idlen, &m);

@@ -1,6 +1,7 @@
 /* sched.c - in-flight batching over the KV block manager (see sched.h for the policy). */
 #include "daemon/sched.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,13 +21,18 @@ struct sched {
     int32_t n_free_slots;
     int64_t preemptions;
     int64_t cap_tokens; /* most tokens one sequence can ever hold: min(context, pool) */
+    int64_t pc_queries, pc_hits; /* prefix cache: tokens looked up at admission, tokens found */
+    int64_t forks;
+    int32_t *hit_ids;   /* [blocks of cap_tokens] admission's lookup scratch */
     /* plan buffers, a ring: [max_seqs] entries each */
     struct plan_buf {
         gm_seq_step *steps;
         sched_seq **seqs;
         uint32_t *epochs; /* each entry's sequence epoch when planned */
         uint8_t *got;
-        int32_t n;
+        gm_block_copy *copies; /* [max_seqs]: at most one per entry (only the block at its write position
+                                * can be shared) */
+        int32_t n, n_copies;
         uint64_t serial;
     } bufs[SCHED_MAX_OUTSTANDING];
     int32_t head, n_out; /* oldest outstanding buffer, outstanding count */
@@ -100,7 +106,8 @@ sched *sched_new(const sched_opts *o)
         pb->seqs = calloc((size_t)o->max_seqs, sizeof(sched_seq *));
         pb->epochs = calloc((size_t)o->max_seqs, sizeof(uint32_t));
         pb->got = calloc((size_t)o->max_seqs, 1);
-        ok = ok && pb->steps && pb->seqs && pb->epochs && pb->got;
+        pb->copies = calloc((size_t)o->max_seqs, sizeof(gm_block_copy));
+        ok = ok && pb->steps && pb->seqs && pb->epochs && pb->got && pb->copies;
     }
     if (!ok) {
         sched_destroy(&s);
@@ -113,6 +120,12 @@ sched *sched_new(const sched_opts *o)
     s->n_free_slots = o->max_seqs;
     int64_t pool_tokens = o->kv_blocks * o->kv_block_size;
     s->cap_tokens = pool_tokens < o->max_context ? pool_tokens : o->max_context;
+    s->hit_ids = malloc((size_t)(kvb_blocks_for(s->kv, s->cap_tokens) + 1) * sizeof(int32_t));
+    if (!s->hit_ids) {
+        sched_destroy(&s);
+        gm_fail(GM_ERR_NOMEM, "scheduler: out of memory");
+        return NULL;
+    }
     return s;
 }
 
@@ -120,6 +133,7 @@ static void seq_free_mem(sched_seq *q)
 {
     free(q->tokens);
     free(q->blocks);
+    free(q->names);
     free(q);
 }
 
@@ -137,11 +151,13 @@ void sched_destroy(sched **ps)
         }
     kvb_destroy(&s->kv);
     free(s->free_slots);
+    free(s->hit_ids);
     for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++) {
         free(s->bufs[b].steps);
         free(s->bufs[b].seqs);
         free(s->bufs[b].epochs);
         free(s->bufs[b].got);
+        free(s->bufs[b].copies);
     }
     free(s);
     *ps = NULL;
@@ -168,9 +184,57 @@ static void stop_set_build(const sched *s, const sched_req *r, gm_stop_set *ss)
     }
 }
 
+/* q's names are its first n_named blocks': where its next registration comes. */
+static void set_named(const sched *s, sched_seq *q, int32_t n_named)
+{
+    q->n_named = n_named;
+    q->reg_at = s->o.prefix_cache ? (n_named + 1) * s->o.kv_block_size : INT32_MAX;
+}
+
+/* A new waiting sequence of r (its place i among r's n), not yet queued; NULL when out of memory. */
+static sched_seq *seq_new(const sched *s, const sched_req *r, int64_t max_new, int32_t i)
+{
+    sched_seq *q = calloc(1, sizeof(*q));
+    if (!q)
+        return NULL;
+    /* room for everything up front: no reallocation while it runs */
+    q->cap = (int32_t)(r->n_prompt + max_new);
+    q->tokens = malloc((size_t)q->cap * sizeof(int32_t));
+    q->blocks_cap = (int32_t)kvb_blocks_for(s->kv, q->cap);
+    q->blocks = malloc((size_t)q->blocks_cap * sizeof(int32_t));
+    q->names = malloc((size_t)q->blocks_cap * sizeof(uint64_t));
+    if (!q->tokens || !q->blocks || !q->names) {
+        seq_free_mem(q);
+        return NULL;
+    }
+    memcpy(q->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+    q->n_prompt = q->n_tokens = r->n_prompt;
+    q->max_new = (int32_t)max_new;
+    q->sampling = r->sampling;
+    q->sampling.seed = r->sampling.seed + (uint64_t)i; /* distinct, reproducible draws per sequence */
+    q->sampling.n_prompt = r->n_prompt;
+    q->sampling.min_tokens = r->min_tokens;
+    q->index = i;
+    if (r->n_stop_ids)
+        memcpy(q->stop_ids, r->stop_ids, (size_t)r->n_stop_ids * sizeof(int32_t));
+    q->n_stop_ids = r->n_stop_ids;
+    if (r->min_tokens > 0)
+        stop_set_build(s, r, &q->stops);
+    q->ignore_eos = r->ignore_eos;
+    q->stop_at_eot = r->stop_at_eot;
+    q->user = r->user;
+    q->slot = -1;
+    for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++)
+        q->plan_pos[b] = -1;
+    set_named(s, q, 0);
+    q->state = SCHED_WAITING;
+    return q;
+}
+
 sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
 {
-    *out = NULL;
+    int32_t n = r->n > 0 ? r->n : 1;
+    out[0] = NULL;
     if (!r->prompt || r->n_prompt <= 0) {
         gm_fail(GM_ERR_INVALID_ARG, "the prompt is empty");
         return SCHED_REJECT_INVALID;
@@ -187,6 +251,10 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
         gm_fail(GM_ERR_INVALID_ARG, "%d stop token ids: at most %d", r->n_stop_ids, SCHED_MAX_STOP_IDS);
         return SCHED_REJECT_INVALID;
     }
+    if (n > SCHED_MAX_N) {
+        gm_fail(GM_ERR_INVALID_ARG, "n = %d sequences: at most %d", r->n, SCHED_MAX_N);
+        return SCHED_REJECT_INVALID;
+    }
     int64_t limit = s->cap_tokens;
     if (r->n_prompt >= limit) {
         gm_fail(GM_ERR_CAPACITY, "the prompt has %d tokens; at most %lld fit (%s %lld)", r->n_prompt,
@@ -201,45 +269,32 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
                 limit == s->o.max_context ? "context" : "KV pool", (long long)limit);
         return SCHED_REJECT_TOO_LONG;
     }
-    if (s->waiting.n >= s->o.max_waiting && s->o.max_waiting > 0) {
+    if (s->o.max_waiting > 0 && s->waiting.n + n > s->o.max_waiting) {
         gm_fail(GM_ERR_CAPACITY, "%d requests are already waiting", s->waiting.n);
         return SCHED_REJECT_FULL;
     }
-    sched_seq *q = calloc(1, sizeof(*q));
-    if (!q) {
-        gm_fail(GM_ERR_NOMEM, "out of memory");
-        return SCHED_REJECT_NOMEM;
+    for (int32_t i = 0; i < n; i++) {
+        out[i] = seq_new(s, r, max_new, i);
+        if (!out[i]) {
+            for (int32_t j = 0; j < i; j++)
+                seq_free_mem(out[j]);
+            out[0] = NULL;
+            gm_fail(GM_ERR_NOMEM, "out of memory for %d sequences of %lld tokens", n,
+                    (long long)(r->n_prompt + max_new));
+            return SCHED_REJECT_NOMEM;
+        }
     }
-    /* room for everything up front: no reallocation while it runs */
-    q->cap = (int32_t)(r->n_prompt + max_new);
-    q->tokens = malloc((size_t)q->cap * sizeof(int32_t));
-    q->blocks_cap = (int32_t)kvb_blocks_for(s->kv, q->cap);
-    q->blocks = malloc((size_t)q->blocks_cap * sizeof(int32_t));
-    if (!q->tokens || !q->blocks) {
-        gm_fail(GM_ERR_NOMEM, "out of memory for a %d-token sequence", q->cap);
-        seq_free_mem(q);
-        return SCHED_REJECT_NOMEM;
+    /* penalties count a slot's tokens from position 0 (worker/engine_pen.h): such sequences neither fork
+     * nor start at a cached prefix, each computes its whole prompt */
+    bool share = !gm_sampling_has_penalties(&r->sampling);
+    for (int32_t i = 0; i < n; i++) {
+        if (i > 0 && share) { /* waits for sequence 0's prompt, then shares its blocks */
+            out[i]->fork_of = out[0];
+            out[i]->kid_next = out[0]->kids;
+            out[0]->kids = out[i];
+        }
+        list_push_back(&s->waiting, out[i]);
     }
-    memcpy(q->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
-    q->n_prompt = q->n_tokens = r->n_prompt;
-    q->max_new = (int32_t)max_new;
-    q->sampling = r->sampling;
-    q->sampling.n_prompt = r->n_prompt;
-    q->sampling.min_tokens = r->min_tokens;
-    if (r->n_stop_ids)
-        memcpy(q->stop_ids, r->stop_ids, (size_t)r->n_stop_ids * sizeof(int32_t));
-    q->n_stop_ids = r->n_stop_ids;
-    if (r->min_tokens > 0)
-        stop_set_build(s, r, &q->stops);
-    q->ignore_eos = r->ignore_eos;
-    q->stop_at_eot = r->stop_at_eot;
-    q->user = r->user;
-    q->slot = -1;
-    for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++)
-        q->plan_pos[b] = -1;
-    q->state = SCHED_WAITING;
-    list_push_back(&s->waiting, q);
-    *out = q;
     return SCHED_ACCEPTED;
 }
 
@@ -248,12 +303,28 @@ static void release_kv(sched *s, sched_seq *q)
     if (q->n_blocks)
         kvb_release(s->kv, q->blocks, q->n_blocks);
     q->n_blocks = 0;
+    set_named(s, q, 0);
     q->n_computed = 0;
     q->n_pending = 0;
+    q->ready_serial = 0;
     q->epoch++; /* what outstanding steps sample for it is dropped */
     if (q->slot >= 0)
         s->free_slots[s->n_free_slots++] = q->slot;
     q->slot = -1;
+}
+
+/* q no longer waits to fork from its first sequence (it forked, or either one ended). */
+static void unfork(sched_seq *q)
+{
+    sched_seq *p = q->fork_of;
+    if (!p)
+        return;
+    for (sched_seq **k = &p->kids; *k; k = &(*k)->kid_next)
+        if (*k == q) {
+            *k = q->kid_next;
+            break;
+        }
+    q->fork_of = q->kid_next = NULL;
 }
 
 /* Send q back to the front of the queue; it is recomputed from its tokens. */
@@ -278,9 +349,86 @@ static sched_seq *pick_victim(sched *s)
 
 static inline int32_t virt_len(const sched_seq *q) { return q->n_tokens + q->n_pending; }
 
+/* ---- shared blocks ---- */
+
+/* Blocks q needs before it writes n_tok more tokens: the new ones past its
+ * table, and a copy of each block in the written range that another table
+ * holds too. */
+static int64_t write_need(const sched *s, const sched_seq *q, int32_t n_tok)
+{
+    int64_t end = kvb_blocks_for(s->kv, q->n_computed + n_tok);
+    int64_t need = end > q->n_blocks ? end - q->n_blocks : 0;
+    if (kvb_shared(s->kv) == 0) /* nothing shared anywhere: the common case, no table to walk */
+        return need;
+    int64_t last = end < q->n_blocks ? end : q->n_blocks;
+    for (int64_t j = q->n_computed / s->o.kv_block_size; j < last; j++)
+        need += kvb_refcount(s->kv, q->blocks[j]) > 1;
+    return need;
+}
+
+/* Give q what write_need counted (the caller made sure it is available):
+ * shared blocks in the written range are replaced by copies that plan buffer
+ * pb carries, new blocks are appended. */
+static void write_prepare(sched *s, struct plan_buf *pb, sched_seq *q, int32_t n_tok)
+{
+    int64_t end = kvb_blocks_for(s->kv, q->n_computed + n_tok);
+    int64_t last = kvb_shared(s->kv) == 0 ? 0 : end < q->n_blocks ? end : q->n_blocks;
+    for (int64_t j = q->n_computed / s->o.kv_block_size; j < last; j++) {
+        int32_t old = q->blocks[j], fresh;
+        if (kvb_refcount(s->kv, old) <= 1 || !kvb_alloc(s->kv, 1, &fresh))
+            continue; /* alone, or (never: write_need counted it) no block; sched_check reports a shared write */
+        pb->copies[pb->n_copies++] = (gm_block_copy){old, fresh};
+        kvb_release(s->kv, &old, 1); /* still held by the others */
+        q->blocks[j] = fresh;
+        q->table_reset = true;
+    }
+    if (end > q->n_blocks && kvb_alloc(s->kv, (int32_t)(end - q->n_blocks), q->blocks + q->n_blocks))
+        q->n_blocks = (int32_t)end;
+}
+
+static __attribute__((noinline)) void register_blocks(sched *s, sched_seq *q, int32_t full)
+{
+    int32_t bs = s->o.kv_block_size;
+    for (int32_t j = q->n_named; j < full; j++) {
+        uint64_t parent = j ? q->names[j - 1] : 0;
+        q->names[j] = kvb_register(s->kv, q->blocks[j], parent, q->tokens + (int64_t)j * bs, s->serial);
+    }
+    q->n_named = full;
+    q->reg_at = (full + 1) * bs;
+}
+
+/* Register q's full blocks of known, computed tokens in the prefix cache, in chain order. Called for
+ * every entry planned and every token committed: the test for "a block filled up" comes first. */
+static inline void register_known(sched *s, sched_seq *q)
+{
+    if (q->n_computed >= q->reg_at && q->n_tokens >= q->reg_at)
+        register_blocks(s, q, (q->n_tokens < q->n_computed ? q->n_tokens : q->n_computed) / s->o.kv_block_size);
+}
+
+/* The longest cached prefix of q's tokens, in whole blocks and short of its
+ * last token: ids into s->hit_ids, names into q->names. Returns the blocks. */
+static int32_t cache_lookup(sched *s, sched_seq *q)
+{
+    if (!s->o.prefix_cache || gm_sampling_has_penalties(&q->sampling))
+        return 0; /* penalties: from position 0 (sched_add) */
+    int32_t bs = s->o.kv_block_size, max = (q->n_tokens - 1) / bs, n = 0;
+    uint64_t parent = 0;
+    while (n < max) {
+        int32_t id = kvb_lookup(s->kv, parent, q->tokens + (int64_t)n * bs, s->serial, &q->names[n]);
+        if (id < 0)
+            break;
+        s->hit_ids[n] = id;
+        parent = q->names[n++];
+    }
+    return n;
+}
+
+/* ---- planning ---- */
+
 static void plan_add(sched *s, int b, sched_seq *q, int32_t n_tokens)
 {
     struct plan_buf *pb = &s->bufs[b];
+    write_prepare(s, pb, q, n_tokens);
     int32_t i = pb->n++;
     gm_seq_step *st = &pb->steps[i];
     st->slot = q->slot;
@@ -293,6 +441,8 @@ static void plan_add(sched *s, int b, sched_seq *q, int32_t n_tokens)
     st->logits_mode = q->n_computed + n_tokens == virt_len(q) ? GM_LOGITS_LAST : GM_LOGITS_NONE;
     st->sampling = q->sampling;
     st->stops = q->sampling.min_tokens > 0 ? &q->stops : NULL;
+    st->reset = q->table_reset;
+    q->table_reset = false;
     pb->seqs[i] = q;
     pb->epochs[i] = q->epoch;
     pb->got[i] = 0;
@@ -301,6 +451,76 @@ static void plan_add(sched *s, int b, sched_seq *q, int32_t n_tokens)
     q->n_computed += n_tokens;
     q->n_pending += st->logits_mode != GM_LOGITS_NONE;
     q->scheduled = true;
+    if (!q->ready_serial && q->n_computed >= q->n_prompt)
+        q->ready_serial = s->serial;
+    register_known(s, q);
+}
+
+/* q leaves the waiting queue for a slot; its table (n_blocks) is set. */
+static void start_running(sched *s, sched_seq *q)
+{
+    list_remove(&s->waiting, q);
+    q->n_pending = 0;
+    q->slot = s->free_slots[--s->n_free_slots];
+    q->state = SCHED_RUNNING;
+    q->table_reset = true; /* a new table for the slot, whatever its first position */
+    list_push_back(&s->running, q);
+}
+
+/* Admit waiting q with its cached prefix and its first chunk; false when the pool lacks room. */
+static bool admit(sched *s, int b, sched_seq *q, int32_t *budget)
+{
+    int32_t hits = cache_lookup(s, q);
+    int64_t fresh = kvb_blocks_for(s->kv, q->n_tokens) - hits, idle = 0;
+    for (int32_t j = 0; j < hits; j++)
+        idle += kvb_refcount(s->kv, s->hit_ids[j]) == 0; /* taking them shrinks what is available */
+    if (fresh > kvb_available(s->kv) - idle)
+        return false;
+    int32_t bs = s->o.kv_block_size;
+    for (int32_t j = 0; j < hits; j++) {
+        kvb_ref(s->kv, s->hit_ids[j]);
+        q->blocks[j] = s->hit_ids[j];
+    }
+    kvb_alloc(s->kv, (int32_t)fresh, q->blocks + hits);
+    q->n_blocks = hits + (int32_t)fresh;
+    set_named(s, q, hits);
+    q->n_computed = hits * bs;
+    q->n_cached = hits * bs;
+    if (s->o.prefix_cache && !gm_sampling_has_penalties(&q->sampling)) {
+        s->pc_queries += q->n_tokens;
+        s->pc_hits += (int64_t)hits * bs;
+    }
+    start_running(s, q);
+    int32_t left = q->n_tokens - q->n_computed;
+    int32_t chunk = left < *budget ? left : *budget;
+    plan_add(s, b, q, chunk);
+    *budget -= chunk;
+    return true;
+}
+
+/* Fork waiting q from p, whose prompt is in its blocks: q shares them and
+ * computes its last prompt token into a copy of the block holding it. false
+ * when the pool has no block for that copy. */
+static bool fork_from(sched *s, int b, sched_seq *q, sched_seq *p, int32_t *budget)
+{
+    if (kvb_available(s->kv) < 1)
+        return false;
+    int32_t k = (int32_t)kvb_blocks_for(s->kv, q->n_prompt);
+    for (int32_t j = 0; j < k; j++) {
+        kvb_ref(s->kv, p->blocks[j]);
+        q->blocks[j] = p->blocks[j];
+    }
+    q->n_blocks = k;
+    set_named(s, q, p->n_named < k ? p->n_named : k);
+    memcpy(q->names, p->names, (size_t)q->n_named * sizeof(uint64_t));
+    q->n_computed = q->n_prompt - 1;
+    q->forked = true;
+    s->forks++;
+    unfork(q);
+    start_running(s, q);
+    plan_add(s, b, q, 1);
+    (*budget)--;
+    return true;
 }
 
 int32_t sched_plan_step(sched *s, sched_plan *plan)
@@ -315,6 +535,7 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         if (pb->seqs[i] && pb->seqs[i]->plan_pos[b] == i)
             pb->seqs[i]->plan_pos[b] = -1;
     pb->n = 0;
+    pb->n_copies = 0;
     s->serial++;
     int32_t budget = s->o.max_tokens_per_step;
     int32_t preempted = 0;
@@ -326,9 +547,9 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         int32_t v = virt_len(q);
         if (v - q->n_computed != 1 || v >= q->cap || v - q->n_prompt >= q->max_new)
             continue;
-        int64_t need = kvb_blocks_for(s->kv, q->n_computed + 1) - q->n_blocks;
         bool self = false;
-        while (need > kvb_free_count(s->kv)) {
+        /* a victim may share blocks with q: count again after each */
+        while (write_need(s, q, 1) > kvb_available(s->kv)) {
             sched_seq *victim = pick_victim(s);
             if (!victim || victim == q) {
                 self = true;
@@ -344,10 +565,6 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
             preempted++;
             continue;
         }
-        if (need > 0) {
-            kvb_alloc(s->kv, (int32_t)need, q->blocks + q->n_blocks);
-            q->n_blocks += (int32_t)need;
-        }
         plan_add(s, b, q, 1);
         budget--;
     }
@@ -357,26 +574,24 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         if (q->plan_mark == s->serial || unfed <= 1 || q->n_pending > 0)
             continue;
         int32_t chunk = unfed < budget ? unfed : budget;
+        if (write_need(s, q, chunk) > kvb_available(s->kv))
+            continue;
         plan_add(s, b, q, chunk);
         budget -= chunk;
     }
-    /* 3. admit waiting sequences, FIFO */
-    while (budget > 0 && s->n_free_slots > 0 && s->waiting.head) {
-        sched_seq *q = s->waiting.head;
-        int64_t need = kvb_blocks_for(s->kv, q->n_tokens);
-        if (need > kvb_free_count(s->kv))
+    /* 3. admit waiting sequences, FIFO; a sequence of n > 1 waiting for its first one's prompt is
+     *    passed over, and forks once that prompt is in an earlier plan */
+    for (sched_seq *q = s->waiting.head, *next; q && budget > 0 && s->n_free_slots > 0; q = next) {
+        next = q->next;
+        sched_seq *p = q->fork_of;
+        if (p) {
+            if (p->state != SCHED_RUNNING || !p->ready_serial || p->ready_serial >= s->serial)
+                continue;
+            if (!fork_from(s, b, q, p, &budget))
+                break;
+        } else if (!admit(s, b, q, &budget)) {
             break;
-        list_remove(&s->waiting, q);
-        kvb_alloc(s->kv, (int32_t)need, q->blocks);
-        q->n_blocks = (int32_t)need;
-        q->n_computed = 0;
-        q->n_pending = 0;
-        q->slot = s->free_slots[--s->n_free_slots];
-        q->state = SCHED_RUNNING;
-        list_push_back(&s->running, q);
-        int32_t chunk = q->n_tokens < budget ? q->n_tokens : budget;
-        plan_add(s, b, q, chunk);
-        budget -= chunk;
+        }
     }
     pb->serial = s->serial;
     if (pb->n > 0)
@@ -388,6 +603,8 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
     plan->n_tokens = s->o.max_tokens_per_step - budget;
     plan->n_preempted = preempted;
     plan->serial = s->serial;
+    plan->copies = pb->copies;
+    plan->n_copies = pb->n_copies;
     return plan->n;
 }
 
@@ -424,6 +641,7 @@ void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens)
         }
         q->tokens[q->n_tokens++] = tok;
         pb->got[i] = 1;
+        register_known(s, q); /* a block whose last token was being sampled */
         if (is_stop_token(s, q, tok)) {
             q->stop_token = true;
             sched_finish_seq(s, q, SCHED_FINISH_STOP);
@@ -454,6 +672,9 @@ void sched_finish_seq(sched *s, sched_seq *q, sched_finish why)
         return;
     list_remove(q->state == SCHED_RUNNING ? &s->running : &s->waiting, q);
     release_kv(s, q);
+    unfork(q);
+    while (q->kids) /* they are admitted on their own now */
+        unfork(q->kids);
     q->state = SCHED_FINISHED;
     q->finish = why;
 }
@@ -481,6 +702,7 @@ int32_t sched_fail_running(sched *s, sched_seq **out)
         sched_finish_seq(s, q, SCHED_FINISH_ERROR);
         out[n++] = q;
     }
+    kvb_forget_all(s->kv); /* the new workers' pools hold nothing */
     return n;
 }
 
@@ -490,5 +712,62 @@ int64_t sched_preemptions(const sched *s) { return s->preemptions; }
 int64_t sched_kv_free(const sched *s) { return kvb_free_count(s->kv); }
 int64_t sched_kv_used(const sched *s) { return kvb_used(s->kv); }
 int64_t sched_kv_total(const sched *s) { return kvb_total(s->kv); }
+int64_t sched_kv_cached(const sched *s) { return kvb_cached(s->kv); }
+int64_t sched_prefix_queries(const sched *s) { return s->pc_queries; }
+int64_t sched_prefix_hits(const sched *s) { return s->pc_hits; }
+int64_t sched_forks(const sched *s) { return s->forks; }
+int64_t sched_evictions(const sched *s) { return kvb_evictions(s->kv); }
 bool sched_idle(const sched *s) { return s->running.n == 0 && s->waiting.n == 0; }
 sched_seq *sched_first_waiting(sched *s) { return s->waiting.head; }
+
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            snprintf(why, cap, __VA_ARGS__);                                                                           \
+            goto fail;                                                                                                 \
+        }                                                                                                              \
+    } while (0)
+
+bool sched_check(const sched *s, char *why, size_t cap)
+{
+    if (!kvb_check(s->kv, why, cap))
+        return false;
+    bool ok = false;
+    int64_t total = kvb_total(s->kv);
+    int32_t *refs = calloc((size_t)total, sizeof(int32_t));
+    uint8_t *slots = calloc((size_t)s->o.max_seqs, 1);
+    CHECK(refs && slots, "out of memory");
+    for (const sched_seq *q = s->waiting.head; q; q = q->next)
+        CHECK(q->n_blocks == 0 && q->slot < 0, "waiting sequence holds %d blocks, slot %d", q->n_blocks, q->slot);
+    int32_t bs = s->o.kv_block_size;
+    for (const sched_seq *q = s->running.head; q; q = q->next) {
+        CHECK(q->slot >= 0 && q->slot < s->o.max_seqs && !slots[q->slot], "running sequence in slot %d", q->slot);
+        slots[q->slot] = 1;
+        CHECK(q->n_blocks >= kvb_blocks_for(s->kv, q->n_computed) && q->n_blocks <= q->blocks_cap,
+              "slot %d: %d blocks for %d computed tokens", q->slot, q->n_blocks, q->n_computed);
+        CHECK(q->n_named <= (q->n_tokens < q->n_computed ? q->n_tokens : q->n_computed) / bs,
+              "slot %d: %d named blocks, %d tokens known, %d computed", q->slot, q->n_named, q->n_tokens,
+              q->n_computed);
+        for (int32_t j = 0; j < q->n_blocks; j++) {
+            int32_t id = q->blocks[j];
+            CHECK(id >= 0 && id < total, "slot %d: block %d out of range", q->slot, id);
+            refs[id]++;
+        }
+    }
+    for (int64_t i = 0; i < total; i++)
+        CHECK(refs[i] == kvb_refcount(s->kv, (int32_t)i), "block %lld: refcount %d, held by %d tables",
+              (long long)i, kvb_refcount(s->kv, (int32_t)i), refs[i]);
+    /* what a sequence writes next is its alone */
+    for (const sched_seq *q = s->running.head; q; q = q->next)
+        for (int32_t j = q->n_computed / bs; j < q->n_blocks; j++)
+            CHECK(refs[q->blocks[j]] == 1, "slot %d will write block %d (index %d), which %d tables hold", q->slot,
+                  q->blocks[j], j, refs[q->blocks[j]]);
+    CHECK(s->n_free_slots + s->running.n == s->o.max_seqs, "%d free slots + %d running != %d", s->n_free_slots,
+          s->running.n, s->o.max_seqs);
+    ok = true;
+fail:
+    free(refs);
+    free(slots);
+    return ok;
+}
+#undef CHECK

@@ -29,11 +29,36 @@
  * go to plans made later, which the workers run after the outstanding ones, so
  * no step ever sees a block that another sequence of the same or an earlier
  * step still uses. Preemption bumps the sequence's epoch, so the tokens of its
- * outstanding steps are discarded too (recompute gives the same ones). */
+ * outstanding steps are discarded too (recompute gives the same ones).
+ *
+ * Shared blocks (daemon/kvblocks.h). With the prefix cache on, every full
+ * block of known tokens a sequence computes is registered, and a sequence
+ * being admitted takes the longest registered prefix of its tokens (whole
+ * blocks, never all of its tokens: the last one is always computed, for its
+ * logits), so its first entry starts at start_pos = the cached tokens. A
+ * block is only found by plans made after the one that writes it. A
+ * sequence with penalties (gm_sampling_has_penalties) takes nothing from the
+ * cache and does not fork (n > 1): the workers build its penalty history
+ * from its entries, which must start at position 0 (worker/engine_pen.h).
+ *
+ * n > 1 (sched_add with r->n): n sequences of one prompt, seeds seed + i.
+ * The first prefills the prompt; the others wait (they are skipped, not
+ * blocking the queue) until its last prompt chunk is in a plan, then fork
+ * in a later plan: each takes the first one's prompt blocks by reference and
+ * computes only its last prompt token (for its own sample), writing it into
+ * its own copy of the block that holds it. If the first sequence ends or is
+ * freed before they fork, they are admitted like any other sequence (with the
+ * prefix cache, its cached blocks still serve them).
+ *
+ * Copy-on-write: before an entry writes into a block that another table also
+ * holds, the writer gets a fresh block and the plan carries a copy (old ->
+ * new) that the workers run before the step's forward pass; the entry then
+ * resends its table (gm_seq_step.reset). */
 #ifndef GM_SCHED_H
 #define GM_SCHED_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/sampling.h"
@@ -42,6 +67,7 @@
 
 #define SCHED_MAX_STOP_IDS 64
 #define SCHED_MAX_OUTSTANDING 2 /* plans made and not yet committed */
+#define SCHED_MAX_N 64          /* sequences of one request (n) */
 
 typedef enum sched_state {
     SCHED_WAITING = 0,
@@ -66,6 +92,7 @@ typedef struct sched_opts {
     int32_t kv_block_size;
     int32_t eos_id;              /* 1 */
     int32_t eot_id;              /* <end_of_turn> 107, a stop token in chat mode */
+    bool prefix_cache;           /* register full blocks and reuse them (gemmad: on unless --prefix-cache false) */
 } sched_opts;
 
 /* What a request asks for, checked by sched_add. */
@@ -80,6 +107,8 @@ typedef struct sched_req {
     bool stop_at_eot;      /* chat: <end_of_turn> stops too */
     int32_t min_tokens;    /* the engine masks the stop tokens (EOS, <end_of_turn>, stop ids) before this many
                             * outputs (sampling.min_tokens; sampling.n_prompt is set from the prompt) */
+    int32_t n;             /* sequences from this prompt, 1..SCHED_MAX_N (0 = 1); sequence i samples with
+                            * seed + i */
     void *user;            /* the caller's request; never touched */
 } sched_req;
 
@@ -108,6 +137,17 @@ struct sched_seq {
     uint64_t plan_mark; /* serial of the last plan that took it */
     int32_t plan_pos[SCHED_MAX_OUTSTANDING]; /* its entry in each plan buffer, -1 if none */
     sched_seq *prev, *next; /* in the running or waiting list */
+    /* shared blocks */
+    int32_t index;        /* its place among the n sequences of its request (0 when n = 1) */
+    uint64_t *names;      /* [blocks_cap] prefix-cache names of its first n_named blocks */
+    int32_t n_named;
+    int32_t reg_at;       /* known and computed tokens at which its next block registers (INT32_MAX: never) */
+    int32_t n_cached;     /* tokens found in the prefix cache at its last admission */
+    bool forked;          /* started from another sequence's prompt blocks (n > 1) */
+    bool table_reset;     /* its next entry resends its block table */
+    uint64_t ready_serial; /* the plan that fed its last prompt token (0: not yet, or preempted since) */
+    sched_seq *fork_of;   /* n > 1, not forked yet: the sequence whose prompt blocks it will share */
+    sched_seq *kids, *kid_next; /* the sequences waiting to fork from this one */
 };
 
 typedef struct sched sched;
@@ -123,6 +163,8 @@ typedef struct sched_plan {
     int32_t n_tokens;   /* sum of steps[i].n_tokens */
     int32_t n_preempted; /* sequences preempted while planning this step */
     uint64_t serial;    /* 1, 2, ... in planning order */
+    const gm_block_copy *copies; /* [n_copies] run before the step (copy-on-write), in order */
+    int32_t n_copies;
 } sched_plan;
 
 /* NULL on bad options (names the value in gm_last_error) or no memory. */
@@ -139,8 +181,8 @@ typedef enum sched_reject {
 } sched_reject;
 
 /* Check a request and queue it (ids are not checked against the vocabulary:
- * the caller knows it). *out receives the new sequence, owned by the
- * scheduler until sched_seq_free. */
+ * the caller knows it). out[0..n) receives its new sequences (n = r->n, or 1),
+ * each owned by the scheduler until sched_seq_free. */
 sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out);
 
 /* Build the next step into *plan; returns plan->n (0 = nothing runnable, and
@@ -172,7 +214,8 @@ void sched_seq_free(sched *s, sched_seq **q);
 
 /* Drop every running sequence's KV (the workers lost it): each is finished
  * with SCHED_FINISH_ERROR; out[0..n) receives them (caller frees them after
- * replying). Returns n. out must hold max_seqs entries. */
+ * replying), and the prefix cache forgets every block. Returns n. out must
+ * hold max_seqs entries. */
 int32_t sched_fail_running(sched *s, sched_seq **out);
 
 /* Generated tokens of q so far. */
@@ -184,6 +227,15 @@ int64_t sched_preemptions(const sched *s);
 int64_t sched_kv_free(const sched *s);
 int64_t sched_kv_used(const sched *s);
 int64_t sched_kv_total(const sched *s);
+int64_t sched_kv_cached(const sched *s);     /* blocks kept for the prefix cache, no reference */
+int64_t sched_prefix_queries(const sched *s); /* tokens of admitted sequences looked up in the cache */
+int64_t sched_prefix_hits(const sched *s);    /* of those, tokens found (prefill skipped) */
+int64_t sched_forks(const sched *s);          /* sequences started from another's prompt blocks (n > 1) */
+int64_t sched_evictions(const sched *s);      /* cached blocks reused for other content */
+/* The whole accounting, for tests: kvb_check, every block's refcount = the
+ * tables holding it, no sequence about to write a block another holds, slots.
+ * false with the first problem in why. */
+bool sched_check(const sched *s, char *why, size_t cap);
 /* True when there is nothing to run or wait for. */
 bool sched_idle(const sched *s);
 /* The oldest waiting sequence, or NULL (for shutdown: cancel what never started). */

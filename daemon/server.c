@@ -78,6 +78,7 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     so.kv_block_size = cfg->kv_block_size;
     so.eos_id = s->mcfg.eos_id > 0 ? s->mcfg.eos_id : GM_TOK_EOS;
     so.eot_id = s->chat.end_of_turn;
+    so.prefix_cache = cfg->prefix_cache;
     s->sch = sched_new(&so);
     if (!s->sch) {
         st = GM_ERR_INVALID_ARG;

@@ -10,7 +10,18 @@
  *             /v1/models, /health, /metrics, /tokenize, /detokenize
  *
  * A request (gd_req) belongs to one front door (gd_front); its output - token ids, a text delta with
- * stop strings applied, the finish - is produced once, in steps.c, and each front door formats it. */
+ * stop strings applied, the finish - is produced once, in steps.c, and each front door formats it.
+ *
+ * Choices (n > 1, OpenAI's `n`): a request has r->n_ch output sequences, r->ch[0..n_ch) (one unless
+ * n > 1; none only while it is being admitted). Choice i samples with seed + i. What a front door
+ * reads of choice c = &r->ch[i], at each flush of a dirty request:
+ *   new token ids   c->seq ? c->seq->tokens + c->seq->n_prompt + c->n_sent, up to sched_seq_generated(c->seq)
+ *                   (then set c->n_sent to it);
+ *   new text        txo_ready(c->tx, &len) when c->tx (then txo_consume(c->tx) once sent);
+ *   its end         c->done with c->finish, the first time (then set c->reported): the choice's last chunk;
+ * gd_choice_pending(c) says whether any of these is there. The request ends (r->done: r->finish, r->err,
+ * r->errmsg, its usage) once every choice has: a front door sends the request's end with the last choice
+ * that finishes, and frees r after that. */
 #ifndef GM_SERVER_INT_H
 #define GM_SERVER_INT_H
 
@@ -52,25 +63,37 @@ typedef enum gd_front {
     GD_FRONT_HTTP,    /* an HTTP connection (the OpenAI API) */
 } gd_front;
 
+/* One output sequence of a request (see above). */
+typedef struct gd_choice {
+    sched_seq *seq;   /* NULL when the request was rejected before scheduling */
+    gm_detok *dt;     /* NULL without a tokenizer */
+    txo *tx;          /* its text, stop strings applied; NULL when rejected before scheduling */
+    int32_t n_sent;   /* generated tokens already handed to the front door */
+    bool done;        /* finished: finish says how */
+    bool reported;    /* its last chunk went out */
+    fin_reason finish;
+    /* log-probabilities, one entry per token this choice generated, in order (gd_req_logprobs reads them;
+     * the request's lp_top alternatives each) */
+    int32_t n_lp, lp_cap;
+    float *lp;        /* [n_lp] token i's log-probability */
+    int32_t *lp_ids;  /* [n_lp * lp_top] token i's alternatives at i * lp_top, most likely first */
+    float *lp_alts;   /* [n_lp * lp_top] their log-probabilities, same layout */
+} gd_choice;
+
 struct gd_req {
     gd_front front;
     gd_client *cl;    /* RPC: the client connection */
     void *conn;       /* HTTP: the front door's per-request state; NULL once the connection is gone */
     uint64_t rid;     /* RPC: the client's request id; HTTP: a serial */
-    sched_seq *seq;   /* NULL when rejected before scheduling */
-    gm_detok *dt;     /* NULL without a tokenizer */
-    txo *tx;
+    gd_choice *ch;    /* [n_ch] its output sequences (owned) */
+    int32_t n_ch;
+    int32_t n_done;   /* choices finished */
     bool stream, done, dirty;
-    int32_t n_sent;   /* generated tokens already handed to the front door */
     int32_t n_prompt;
-    int32_t min_tokens; /* stop strings are looked for from this many generated tokens on */
-    /* log-probabilities, one entry per generated token in order (gd_req_logprobs reads them) */
-    int32_t lp_top;     /* alternatives kept per token: the request's top_logprobs; -1 = none asked */
-    int32_t n_lp, lp_cap;
-    float *lp;          /* [n_lp] token i's log-probability */
-    int32_t *lp_ids;    /* [n_lp * lp_top] token i's alternatives at i * lp_top, most likely first */
-    float *lp_alts;     /* [n_lp * lp_top] their log-probabilities, same layout */
-    fin_reason finish;
+    int32_t min_tokens; /* stop strings are looked for from this many generated tokens on (every choice) */
+    int32_t lp_top;     /* log-probability alternatives kept per token: the request's top_logprobs;
+                         * -1 = none asked (gd_choice's lp arrays stay empty) */
+    fin_reason finish; /* of the request: the last choice's, or the error / cancellation that ended all */
     err_code err;
     char *errmsg;     /* owned, or NULL */
     double t_arrival, t_sched, t_first, t_end; /* ms, monotonic */
@@ -127,7 +150,9 @@ typedef struct gd_gen_req {
     float repetition_penalty;  /* > 0, finite; 0 or 1 = off (HF: logits of seen tokens divided or multiplied) */
     int32_t min_tokens;        /* EOS, <end_of_turn>, stop ids and stop strings cannot end the output before
                                 * this many tokens; >= 0, <= max_tokens when that is set */
-    int32_t n;                 /* sequences for this prompt; 0 or 1 = one (n > 1 is refused for now) */
+    int32_t n;                 /* sequences (choices) for this prompt; 0 or 1 = one, at most SCHED_MAX_N;
+                                * choice i samples with seed + i, the prompt's KV is computed once (with a
+                                * penalty: once per choice, daemon/sched.h); every setting above is per choice */
 } gd_gen_req;
 
 struct gd_server {
@@ -179,6 +204,14 @@ struct gd_server {
     size_t n_finished, finished_cap;
 };
 
+/* True when choice c has something its front door has not sent: tokens, text, or its end. */
+static inline bool gd_choice_pending(const gd_choice *c)
+{
+    size_t tl = 0;
+    return (c->seq && sched_seq_generated(c->seq) > c->n_sent) || (c->tx && txo_ready(c->tx, &tl) && tl > 0) ||
+           (c->done && !c->reported);
+}
+
 /* ---- admit.c ---- */
 
 /* A new request of front f (not yet admitted), linked into the live list; NULL when out of memory. */
@@ -186,26 +219,31 @@ gd_req *gd_req_new(gd_server *s, gd_front f, uint64_t rid);
 /* Check g, tokenize its prompt and queue it; a rejection completes r with the error code and reason
  * (r->done, r->finish == FINISH_ERROR), which its front door sends like any final chunk. */
 void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g);
-/* End a request: its KV blocks are freed now; the final chunk goes out at the next flush. */
+/* End a request, every choice not finished yet with it: their KV blocks are freed now; the final chunks
+ * go out at the next flush. */
 void gd_req_complete(gd_server *s, gd_req *r, fin_reason fr, err_code code, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
+/* Choice i of r finished normally (length, stop): its text is flushed; the request completes with the
+ * last one. */
+void gd_choice_complete(gd_server *s, gd_req *r, int32_t i, fin_reason fr);
 /* Queue r's new output for its front door's next flush. */
 void gd_req_mark_dirty(gd_server *s, gd_req *r);
 /* Free r (its sequence, decoder, text output) and unlink it from its front door and the live list. */
 void gd_req_free(gd_server *s, gd_req *r);
 /* Complete every live request (shutdown deadline). */
 void gd_cancel_all(gd_server *s, err_code code, const char *why);
-/* Log-probabilities of r's generated token i: i counts r's generated tokens from 0, in the order their
- * ids go out (a final stop token - EOS, <end_of_turn>, a stop id - has its entry too, though it is not
- * text). False when r asked for none (gd_gen_req.logprobs / top_logprobs) or token i has none yet.
- * *lp gets the token's log-probability (log_softmax of the raw logits, common/sampling.h); *top_ids and
- * *top_lps point at *n_top (= the request's top_logprobs) alternatives, most likely first, ties to the
- * lower id; borrowed until the next step or gd_req_free. An entry the workers failed to return reads
- * NaN with ids -1. Layout: r->lp[i], r->lp_ids[i * r->lp_top + k], r->lp_alts[i * r->lp_top + k]. */
-bool gd_req_logprobs(const gd_req *r, int32_t i, float *lp, const int32_t **top_ids, const float **top_lps,
-                     int32_t *n_top);
-/* Append the log-probabilities of r's newest generated token (NULL: the workers sent none). */
-void gd_req_add_logprobs(gd_req *r, const gm_token_logprobs *lp);
+/* Log-probabilities of token i of r's choice ch: i counts the choice's generated tokens from 0, in the
+ * order their ids go out (a final stop token - EOS, <end_of_turn>, a stop id - has its entry too, though
+ * it is not text). False when r asked for none (gd_gen_req.logprobs / top_logprobs), ch is not a choice
+ * of r or token i has none yet. *lp gets the token's log-probability (log_softmax of the raw logits,
+ * common/sampling.h); *top_ids and *top_lps point at *n_top (= the request's top_logprobs) alternatives,
+ * most likely first, ties to the lower id; borrowed until the next step or gd_req_free. An entry the
+ * workers failed to return reads NaN with ids -1. Layout (c = &r->ch[ch]): c->lp[i],
+ * c->lp_ids[i * r->lp_top + k], c->lp_alts[i * r->lp_top + k]. */
+bool gd_req_logprobs(const gd_req *r, int32_t ch, int32_t i, float *lp, const int32_t **top_ids,
+                     const float **top_lps, int32_t *n_top);
+/* Append the log-probabilities of the newest token of r's choice ch (lp NULL: the workers sent none). */
+void gd_req_add_logprobs(gd_req *r, int32_t ch, const gm_token_logprobs *lp);
 
 /* ---- rpc.c ---- */
 

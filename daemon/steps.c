@@ -57,7 +57,8 @@ static void on_step_done(gd_server *s)
         if (!q)
             continue;
         gd_req *r = q->user;
-        if (r->done)
+        gd_choice *c = &r->ch[q->index];
+        if (r->done || c->done)
             continue;
         bool got = plan->got[i];
         if (got) {
@@ -65,24 +66,22 @@ static void on_step_done(gd_server *s)
                 r->t_first = now;
             s->c.completion_tokens++;
             if (r->lp_top >= 0)
-                gd_req_add_logprobs(r, lp && lp_has[i] ? &lp[i] : NULL);
-            if (r->dt && !(q->state == SCHED_FINISHED && q->stop_token)) {
+                gd_req_add_logprobs(r, q->index, lp && lp_has[i] ? &lp[i] : NULL);
+            if (c->dt && !(q->state == SCHED_FINISHED && q->stop_token)) {
                 if (r->min_tokens > 0) /* stop strings only from min_tokens outputs on, as vLLM */
-                    txo_arm(r->tx, sched_seq_generated(q) >= r->min_tokens);
-                size_t n = gm_detok_push(r->dt, q->tokens[q->n_tokens - 1], buf);
-                if (n && txo_append(r->tx, buf, n) && q->state != SCHED_FINISHED)
+                    txo_arm(c->tx, sched_seq_generated(q) >= r->min_tokens);
+                size_t n = gm_detok_push(c->dt, q->tokens[q->n_tokens - 1], buf);
+                if (n && txo_append(c->tx, buf, n) && q->state != SCHED_FINISHED)
                     sched_finish_seq(s->sch, q, SCHED_FINISH_STOP);
             }
         }
         if (q->state == SCHED_FINISHED) {
             switch (q->finish) {
             case SCHED_FINISH_LENGTH:
-                gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_LENGTH, GEMMA__V1__ERROR_CODE__ERROR_CODE_NONE,
-                             NULL);
+                gd_choice_complete(s, r, q->index, GEMMA__V1__FINISH_REASON__FINISH_LENGTH);
                 break;
             case SCHED_FINISH_STOP:
-                gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_STOP, GEMMA__V1__ERROR_CODE__ERROR_CODE_NONE,
-                             NULL);
+                gd_choice_complete(s, r, q->index, GEMMA__V1__FINISH_REASON__FINISH_STOP);
                 break;
             case SCHED_FINISH_CANCELLED:
                 gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_CANCELLED, GEMMA__V1__ERROR_CODE__CANCELLED,
@@ -143,7 +142,7 @@ void gd_steps_submit(gd_server *s)
             GM_DEBUG("step %llu: %d sequence(s) preempted", (unsigned long long)plan->serial, plan->n_preempted);
         s->plan_sent_ms[s->n_plans] = now;
         s->n_plans++; /* outstanding in the scheduler now: workers_failed abandons it */
-        gm_status st = wk_pool_submit(s->pool, plan->steps, n);
+        gm_status st = wk_pool_submit(s->pool, plan->steps, n, plan->copies, plan->n_copies);
         if (st != GM_OK) {
             char why[512];
             snprintf(why, sizeof(why), "submit: %s: %s", gm_status_str(st), gm_last_error());

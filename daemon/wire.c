@@ -8,7 +8,8 @@
 static size_t usage_body(const Gemma__V1__Usage *u)
 {
     return pb_fv(pb_i32v(u->prompt_tokens)) + pb_fv(pb_i32v(u->completion_tokens)) + (u->queue_ms != 0.0 ? 9 : 0) +
-           (u->ttft_ms != 0.0 ? 9 : 0) + (u->total_ms != 0.0 ? 9 : 0) + pb_fv(pb_i32v(u->preemptions));
+           (u->ttft_ms != 0.0 ? 9 : 0) + (u->total_ms != 0.0 ? 9 : 0) + pb_fv(pb_i32v(u->preemptions)) +
+           pb_fv(pb_i32v(u->cached_tokens));
 }
 
 static size_t ids_body(const Gemma__V1__GenerateChunk *c)
@@ -84,7 +85,8 @@ static size_t chunk_body(const Gemma__V1__GenerateChunk *c, size_t *ids_b, size_
     *msg_l = str_len(c->error_message);
     return pb_fv(c->request_id) + (c->n_token_ids ? pb_flen(*ids_b) : 0) + (c->text.len ? pb_flen(c->text.len) : 0) +
            pb_fv(pb_i32v((int32_t)c->finish_reason)) + (c->usage ? pb_flen(*use_b) : 0) +
-           pb_fv(pb_i32v((int32_t)c->error_code)) + (*msg_l ? pb_flen(*msg_l) : 0) + lps_size(c);
+           pb_fv(pb_i32v((int32_t)c->error_code)) + (*msg_l ? pb_flen(*msg_l) : 0) + lps_size(c) +
+           pb_fv(pb_i32v(c->index));
 }
 
 size_t wire_chunks_size(const Gemma__V1__ServerMessage *m)
@@ -123,6 +125,7 @@ size_t wire_chunks_pack(const Gemma__V1__ServerMessage *m, uint8_t *out)
             w = pb_pf64(w, 4, u->ttft_ms);
             w = pb_pf64(w, 5, u->total_ms);
             w = pb_pv(w, 6, pb_i32v(u->preemptions));
+            w = pb_pv(w, 7, pb_i32v(u->cached_tokens));
         }
         w = pb_pv(w, 6, pb_i32v((int32_t)c->error_code));
         if (ml) {
@@ -131,6 +134,7 @@ size_t wire_chunks_pack(const Gemma__V1__ServerMessage *m, uint8_t *out)
             w += ml;
         }
         w = lps_pack(c, w);
+        w = pb_pv(w, 9, pb_i32v(c->index));
     }
     return (size_t)(w - out);
 }

@@ -769,10 +769,14 @@ static bool wk_grow(void **a, size_t n, size_t elem)
     return true;
 }
 
-gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
+gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs, const gm_block_copy *copies,
+                         int32_t n_copies)
 {
+    _Static_assert(sizeof(gm_block_copy) == 2 * sizeof(int32_t), "block copies go out as int32 pairs");
     if (!p || n_seqs <= 0 || !seqs)
         return gm_fail(GM_ERR_INVALID_ARG, "submit: empty step (%d sequences)", (int)n_seqs);
+    if (n_copies < 0 || (n_copies > 0 && !copies))
+        return gm_fail(GM_ERR_INVALID_ARG, "submit: %d block copies", (int)n_copies);
     if (p->n_inflight >= WK_MAX_INFLIGHT)
         return gm_fail(GM_ERR_INVALID_ARG, "submit: %d steps are already in flight", (int)p->n_inflight);
     if ((size_t)n_seqs > p->plan_cap) {
@@ -798,6 +802,8 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs)
     plan.step_id = p->step_id + 1;
     plan.seqs = p->spp;
     plan.n_seqs = (size_t)n_seqs;
+    plan.block_copies = (int32_t *)copies; /* (src, dst) pairs */
+    plan.n_block_copies = 2 * (size_t)n_copies;
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
     m.plan = &plan;

@@ -59,8 +59,10 @@ const gm_model_config *wk_pool_config(const wk_pool *p);
 void *wk_pool_socket(wk_pool *p);
 
 /* Send one step plan to every rank (non-blocking; at most two steps in flight;
- * the ranks run them in order). The arrays in seqs are copied before return. */
-gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs);
+ * the ranks run them in order), with the block copies (copy-on-write) every
+ * rank runs before it. The arrays in seqs and copies are copied before return. */
+gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs, const gm_block_copy *copies,
+                         int32_t n_copies);
 
 /* After the socket polled readable: if the oldest in-flight step's result is
  * there, copy its n_seqs sampled tokens into tokens (-1 where no logits were

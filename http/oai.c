@@ -35,11 +35,12 @@ void oai_error_model_not_found(oai_error *e, const char *model)
 }
 
 /* The request field one of gemmad's INVALID_ARGUMENT messages is about: admission names it first
- * ("min_tokens 20 exceeds max_tokens 16", "n > 1 is not supported ..."), or NULL. */
+ * ("min_tokens 20 exceeds max_tokens 16", "n = 65 sequences: 1..64 allowed"), or NULL. */
 static const char *param_in_message(const char *msg)
 {
     static const char *const fields[][2] = {
-        {"n > 1", "n"},
+        {"n = ", "n"},
+        {"n > 1", "n"}, /* an older gemmad behind gemma-router */
         {"top_logprobs ", "top_logprobs"},
         {"presence_penalty ", "presence_penalty"},
         {"frequency_penalty ", "frequency_penalty"},

@@ -217,6 +217,9 @@ gm_status prom_render(const prom_metrics *m, jsonw *w)
     gauge(w, "gemmad_kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", usage);
     gauge(w, "gemmad_kv_cache_blocks_total", "KV-cache blocks in the pool.", (double)m->kv_blocks_total);
     gauge(w, "gemmad_kv_cache_blocks_used", "KV-cache blocks in use.", (double)m->kv_blocks_used);
+    gauge(w, "gemmad_kv_cache_blocks_cached",
+          "KV-cache blocks kept for the prefix cache (in no sequence, reused or evicted as needed).",
+          (double)m->kv_blocks_cached);
     gauge(w, "gemmad_http_connections", "Open HTTP connections.", (double)m->http_connections);
     gauge(w, "gemmad_rpc_clients", "Connected RPC clients.", (double)m->rpc_clients);
     gauge(w, "gemmad_uptime_seconds", "Seconds since gemmad started.", m->uptime_s);

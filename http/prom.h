@@ -15,6 +15,7 @@
  *   gemmad_engine_steps_total                                    counter
  *   gemmad_num_requests_running, gemmad_num_requests_waiting     gauges
  *   gemmad_kv_cache_usage_perc (0..1), gemmad_kv_cache_blocks_total, gemmad_kv_cache_blocks_used  gauges
+ *   gemmad_kv_cache_blocks_cached (prefix-cache blocks no sequence holds, reusable)            gauge
  *   gemmad_http_connections, gemmad_rpc_clients                  gauges
  *   gemmad_uptime_seconds                                        gauge
  *   gemmad_info{version,model,backend,tp} 1                      gauge
@@ -80,11 +81,12 @@ typedef struct prom_metrics {
     uint64_t failed[PROM_MAX_ERROR_CODE + 1]; /* [0] = other */
     uint64_t prompt_tokens, generation_tokens;
     uint64_t preemptions, worker_restarts;
-    uint64_t prefix_cache_queries, prefix_cache_hits; /* tokens looked up / found */
+    uint64_t prefix_cache_queries, prefix_cache_hits; /* tokens looked up / found: sched_prefix_queries/hits */
     uint64_t steps;
     /* gauges, set before rendering */
     int64_t running, waiting;
     int64_t kv_blocks_total, kv_blocks_used;
+    int64_t kv_blocks_cached; /* sched_kv_cached: kept for the prefix cache, in no sequence's table */
     int64_t http_connections, rpc_clients;
     double uptime_s;
     /* info labels (borrowed; NULL shows as "") */

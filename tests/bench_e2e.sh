@@ -105,4 +105,18 @@ check ttft_ms_p50 '>' 0
 check tpot_ms_p99 '>=' 0
 check itl_ms_p50 '>=' 0
 if [ $fail != 0 ]; then cat "$json" >&2; exit 1; fi
+
+# The prefix cache's workload: a 32-token prefix shared by every prompt, 8 tokens each after it.
+"$bench" --endpoint "$ep" --num-requests 32 --concurrency 4 --shared-prefix 32 --isl 8 --osl 8 --seed 2 \
+  --timeout 120 --json "$json" --quiet || { echo "FAIL: gemma-bench --shared-prefix" >&2; exit 1; }
+check completed == 32
+check input_tokens == 1280
+check output_tokens == 256
+hits=$("$bin/client/gemma-cli" --endpoint "$ep" --stats | sed -n 's/^prefix_cache_hits: //p')
+if [ -z "$hits" ] || [ "$hits" -le 0 ]; then
+  echo "FAIL: prefix_cache_hits = '$hits' after the shared-prefix run" >&2
+  exit 1
+fi
+echo "ok: prefix_cache_hits = $hits"
+if [ $fail != 0 ]; then cat "$json" >&2; exit 1; fi
 echo "PASS: gemma-bench against gemmad ($mode)"

@@ -14,6 +14,11 @@ if(GM_HAVE_CUDA)
   gm_add_test(test_gpu_sample ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sample.c
     LIBS gm_worker gm_cuda gm_kernels_cpu gm_common CUDA::cudart m LABELS gpu TIMEOUT 600)
   set_tests_properties(test_gpu_sample PROPERTIES FIXTURES_REQUIRED tiny_model)
+  # copy-on-write of shared KV blocks: the copy kernel against its twin, the engine's copies
+  gm_add_test(test_gpu_kv_copy ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_kv_copy.c
+    LIBS gm_worker gm_cuda gm_kernels_cpu gm_common CUDA::cudart LABELS gpu TIMEOUT 300
+    ARGS ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(test_gpu_kv_copy PROPERTIES FIXTURES_REQUIRED tiny_model)
   # the CUDA engine's own sizes with no sizing options (ctl/sizing.h); takes the whole GPU
   gm_add_test(test_gpu_sizing ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sizing.c
     LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)

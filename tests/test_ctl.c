@@ -68,6 +68,10 @@ static void same_plan(const ctl_msg *a, const ctl_msg *b)
     assert_int_equal(b->body_case, GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN);
     assert_int_equal(a->plan->step_id, b->plan->step_id);
     assert_int_equal(a->plan->n_seqs, b->plan->n_seqs);
+    assert_int_equal(a->plan->n_block_copies, b->plan->n_block_copies);
+    if (a->plan->n_block_copies)
+        assert_memory_equal(a->plan->block_copies, b->plan->block_copies,
+                            a->plan->n_block_copies * sizeof *a->plan->block_copies);
     for (size_t i = 0; i < a->plan->n_seqs; i++) {
         const Gemma__Control__V1__SeqPlan *x = a->plan->seqs[i], *y = b->plan->seqs[i];
         assert_int_equal(x->slot, y->slot);
@@ -155,6 +159,11 @@ static void test_plan_codec(void **state)
         plan.step_id = (uint64_t)r32() << (r32() % 30);
         plan.seqs = spp;
         plan.n_seqs = n;
+        int32_t copies[8];
+        plan.n_block_copies = r32() % 3 ? 0 : 2 * (r32() % 4);
+        for (size_t j = 0; j < plan.n_block_copies; j++)
+            copies[j] = r32() % 4 ? (int32_t)(r32() % 100000) : -(int32_t)(r32() % 9);
+        plan.block_copies = copies;
         ctl_msg cm = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
         cm.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
         cm.plan = &plan;
@@ -204,6 +213,10 @@ static void test_plan_codec(void **state)
     msg[k++] = 0x12, msg[k++] = (uint8_t)sizeof seq;
     memcpy(msg + k, seq, sizeof seq);
     k += sizeof seq;
+    const uint8_t copies_split[] = {0x18, 0x07, 0x1a, 0x02, 0x09, 0x0b}; /* block copies: 7 unpacked, then 9, 11 */
+    memcpy(msg + k, copies_split, sizeof copies_split);
+    k += sizeof copies_split;
+    msg[1] = (uint8_t)(msg[1] + sizeof copies_split);
     ctl_msg *ref = gemma__control__v1__control_message__unpack(NULL, k, msg);
     assert_non_null(ref);
     ctl_msg *mine = ctl_plan_decode(msg, k, &al);
@@ -213,6 +226,8 @@ static void test_plan_codec(void **state)
     assert_int_equal(mine->plan->seqs[0]->tokens[0], -1);
     assert_int_equal(mine->plan->seqs[0]->sampling->top_k, 0);
     assert_true(mine->plan->seqs[0]->sampling->top_p == 1.0f);
+    assert_int_equal(mine->plan->n_block_copies, 3);
+    assert_int_equal(mine->plan->block_copies[2], 11);
     gemma__control__v1__control_message__free_unpacked(ref, NULL);
     t_release(&tp);
     /* the sampling extensions as another encoder may write them: stop ids unpacked then packed, a bool as a
@@ -529,6 +544,35 @@ static void test_check_step(void **state)
     ctl_marks_free(&mk);
 }
 
+/* Block copies: each refusal, and what passes. */
+static void test_check_copies(void **state)
+{
+    (void)state;
+    gm_block_copy ok[3] = {{1, 2}, {1, 3}, {4, 5}}; /* one block copied twice is fine */
+    GOK(ctl_check_copies(&g_lim, ok, 3));
+    GOK(ctl_check_copies(&g_lim, NULL, 0));
+    struct {
+        gm_block_copy c[2];
+        int32_t n;
+        const char *says;
+    } bad[] = {
+        {{{1, 2}, {3, 2}}, 2, "overlap"},       /* dst twice */
+        {{{1, 2}, {2, 3}}, 2, "overlap"},       /* a dst read */
+        {{{1, 2}, {3, 1}}, 2, "overlap"},       /* a src written */
+        {{{4, 4}, {0, 1}}, 1, "onto itself"},
+        {{{-1, 2}, {0, 1}}, 1, "pool has"},
+        {{{1, 100000}, {0, 1}}, 1, "pool has"},
+        {{{1, 2}, {0, 1}}, -1, "block copies"},
+    };
+    for (size_t c = 0; c < sizeof bad / sizeof bad[0]; c++) {
+        gm_status st = ctl_check_copies(&g_lim, bad[c].c, bad[c].n);
+        if (st != GM_ERR_INVALID_ARG || !strstr(gm_last_error(), bad[c].says))
+            fail_msg("case %zu: %s: %s", c, gm_status_str(st), gm_last_error());
+    }
+    gm_block_copy many[5] = {{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}}; /* more than max_seqs */
+    assert_int_equal(ctl_check_copies(&g_lim, many, g_lim.max_seqs + 1), GM_ERR_INVALID_ARG);
+}
+
 /* ---- slot deltas: sender -> bytes -> receiver ---- */
 
 /* Send steps[0..n) from tx to rx through the plan codec; the receiver's view. */
@@ -626,6 +670,31 @@ static void test_slots(void **state)
     assert_true(sp[0].reset);
     same_entry(&s, &got[0]);
     t_release(&tp);
+    /* a new sequence in the slot at a cached prefix (start_pos > 0, a longer table): only its reset
+     * flag tells; without it the delta would extend the last sequence's table */
+    s = (gm_seq_step){0, g_tok, 2, 8, table[0], 4, GM_LOGITS_LAST, GM_SAMPLING_GREEDY};
+    s.reset = true;
+    GOK(send_plan(&tx, &rx, &s, 1, 12, got, &tp, sp));
+    assert_true(sp[0].reset);
+    assert_int_equal(sp[0].n_block_table, 4);
+    same_entry(&s, &got[0]);
+    t_release(&tp);
+    /* and a block replaced by its copy (same length): the same */
+    int32_t cow[4] = {5, 1, 11, 2};
+    s = (gm_seq_step){0, &g_prev, 1, 10, cow, 4, GM_LOGITS_LAST, GM_SAMPLING_GREEDY};
+    s.reset = true;
+    GOK(send_plan(&tx, &rx, &s, 1, 12, got, &tp, sp));
+    assert_true(sp[0].reset);
+    same_entry(&s, &got[0]);
+    t_release(&tp);
+    s.reset = false; /* the next decode extends it again */
+    s.start_pos = 11;
+    GOK(send_plan(&tx, &rx, &s, 1, 12, got, &tp, sp));
+    assert_false(sp[0].reset);
+    assert_int_equal(sp[0].n_block_table, 0);
+    same_entry(&s, &got[0]);
+    t_release(&tp);
+
     /* after a failure both ends forget: the next entry resends the whole table */
     ctl_slots_forget(&tx);
     ctl_slots_forget(&rx);
@@ -915,6 +984,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_codec),        cmocka_unit_test(test_spec),
         cmocka_unit_test(test_check_step),        cmocka_unit_test(test_slots),
+        cmocka_unit_test(test_check_copies),
         cmocka_unit_test(test_sizing_big_gpus),   cmocka_unit_test(test_sizing_small_gpus),
         cmocka_unit_test(test_sizing_explicit),   cmocka_unit_test(test_sizing_host),
     };

@@ -69,7 +69,14 @@ static void test_defaults(void **state)
     assert_int_equal(c.max_tokens_per_step, 0);
     assert_int_equal(c.max_context, 0);
     assert_true(c.run_ahead);
+    assert_true(c.prefix_cache); /* on by default */
     assert_null(c.model);
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--prefix-cache", "false"), GM_OK);
+    assert_false(c.prefix_cache);
+    gd_config_free(&c);
+    assert_int_equal(from_args(&c, &a, 4, "--backend", "null", "--prefix-cache", "sometimes"), GM_ERR_INVALID_ARG);
+    assert_non_null(strstr(gm_last_error(), "prefix_cache"));
     gd_config_free(&c);
     assert_int_equal(from_args(&c, &a, 3, "--backend", "null", "--no-run-ahead"), GM_OK);
     assert_false(c.run_ahead);
@@ -168,7 +175,8 @@ static void test_file_and_flags(void **state)
                                          "quant = \"fp8\";\n"
                                          "kv_dtype = \"fp8\";\n"
                                          "lm_head = \"fp8\";\n"
-                                         "run_ahead = false;\n");
+                                         "run_ahead = false;\n"
+                                         "prefix_cache = false;\n");
     gd_config c;
     gd_action a;
     assert_int_equal(from_args(&c, &a, 2, "--config", p), GM_OK);
@@ -187,6 +195,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c.kv_dtype, GM_KV_FP8);
     assert_true(c.lm_head_fp8);
     assert_false(c.run_ahead);
+    assert_false(c.prefix_cache);
     gd_config_free(&c);
     /* flags win, whatever their position relative to --config */
     assert_int_equal(from_args(&c, &a, 9, "--tp", "4", "--config", p, "--listen", "ipc:///tmp/x", "--kv-memory=64M",
@@ -212,6 +221,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c2.tp, c.tp);
     assert_int_equal(c2.quant, c.quant);
     assert_int_equal(c2.run_ahead, c.run_ahead);
+    assert_int_equal(c2.prefix_cache, c.prefix_cache);
     gd_config_free(&c2);
     gd_config_free(&c);
 }
@@ -616,6 +626,11 @@ static void test_wire_matches_protobuf_c(void **state)
         plan.step_id = rnd() % 3 ? ((uint64_t)rnd() << (rnd() % 32)) : 0;
         plan.seqs = spp;
         plan.n_seqs = n;
+        int32_t copies[6];
+        plan.n_block_copies = rnd() % 2 ? 0 : 2 * (rnd() % 4);
+        for (size_t j = 0; j < plan.n_block_copies; j++)
+            copies[j] = rnd_i32();
+        plan.block_copies = copies;
         Gemma__Control__V1__ControlMessage cm = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
         cm.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_PLAN;
         cm.plan = &plan;
@@ -647,6 +662,7 @@ static void test_wire_matches_protobuf_c(void **state)
             ch[i].text.data = (uint8_t *)texts[i];
             ch[i].finish_reason = (Gemma__V1__FinishReason)(rnd() % 5);
             ch[i].error_code = (Gemma__V1__ErrorCode)(rnd() % 3 ? 0 : rnd() % 12);
+            ch[i].index = rnd() % 2 ? 0 : rnd_i32();
             if (rnd() % 3 == 0) {
                 us[i].prompt_tokens = rnd_i32();
                 us[i].completion_tokens = rnd_i32();
@@ -654,6 +670,7 @@ static void test_wire_matches_protobuf_c(void **state)
                 us[i].ttft_ms = rnd() % 2 ? -0.0 : rnd() / 3.0;
                 us[i].total_ms = rnd() / 5.0;
                 us[i].preemptions = rnd_i32();
+                us[i].cached_tokens = rnd() % 2 ? 0 : rnd_i32();
                 ch[i].usage = &us[i];
             }
             if (rnd() % 3 == 0) {

@@ -1,225 +1,7 @@
-/* test_daemon_sched.c - the scheduler and KV block manager without processes.
- *
- * A fake engine stands in for the workers: it writes each fed token into a
- * paged "KV" store through the block table, and the token it samples is a
- * hash of (seed, everything in the sequence's KV read back through the block
- * table). So a wrong block table, a wrong start_pos, two sequences sharing a
- * block, or a recompute that feeds other tokens all change the output. Like
- * a real engine it resolves a -1 token from the slot's last sample, so the
- * run-ahead tests (two plans outstanding, the second made before the first
- * one's tokens are committed) check the same outputs. */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "common/sampling.h"
-#include "daemon/kvblocks.h"
-#include "daemon/sched.h"
-
-#define VOCAB 1000
-#define MAX_BLOCKS_FAKE 4096
-
-#define MAX_SLOTS_FAKE 64
-
-typedef struct fake_kv {
-    int32_t block_size;
-    int32_t *data;  /* [MAX_BLOCKS_FAKE, block_size] token written at each slot */
-    int32_t *owner; /* [MAX_BLOCKS_FAKE] slot that last wrote the block (-1) */
-    int32_t last[MAX_SLOTS_FAKE]; /* each slot's last sample, -1 = none (what -1 tokens read) */
-    int n_fed;      /* -1 tokens resolved */
-} fake_kv;
-
-/* 0: never EOS. Else a sampled token is EOS when (seed + position) % g_eos_mod == 0. */
-static int g_eos_mod;
-
-static int32_t fake_token(uint64_t h, uint64_t seed, int32_t end)
-{
-    if (g_eos_mod && (seed + (uint64_t)end) % (uint64_t)g_eos_mod == 0)
-        return 1;
-    return 3 + (int32_t)(h % (VOCAB - 3));
-}
-
-static void fake_init(fake_kv *f, int32_t bs)
-{
-    f->block_size = bs;
-    f->data = malloc(sizeof(int32_t) * MAX_BLOCKS_FAKE * bs);
-    f->owner = malloc(sizeof(int32_t) * MAX_BLOCKS_FAKE);
-    for (int i = 0; i < MAX_BLOCKS_FAKE * bs; i++)
-        f->data[i] = -7;
-    for (int i = 0; i < MAX_BLOCKS_FAKE; i++)
-        f->owner[i] = -1;
-    for (int i = 0; i < MAX_SLOTS_FAKE; i++)
-        f->last[i] = -1;
-    f->n_fed = 0;
-}
-
-static void fake_free(fake_kv *f)
-{
-    free(f->data);
-    free(f->owner);
-}
-
-/* Run one step like an engine: write every fed token, sample where asked. */
-static void fake_step(fake_kv *f, const sched_plan *p, int32_t *out)
-{
-    /* no two entries of a step may share a block or a slot */
-    for (int32_t i = 0; i < p->n; i++)
-        for (int32_t j = i + 1; j < p->n; j++) {
-            assert_int_not_equal(p->steps[i].slot, p->steps[j].slot);
-            for (int32_t a = 0; a < p->steps[i].n_blocks; a++)
-                for (int32_t b = 0; b < p->steps[j].n_blocks; b++)
-                    assert_int_not_equal(p->steps[i].block_table[a], p->steps[j].block_table[b]);
-        }
-    for (int32_t i = 0; i < p->n; i++) {
-        const gm_seq_step *s = &p->steps[i];
-        int32_t end = s->start_pos + s->n_tokens;
-        assert_true(s->n_blocks * f->block_size >= end);
-        assert_true(end <= 1024); /* max_context of opts() */
-        assert_true(s->slot >= 0 && s->slot < MAX_SLOTS_FAKE);
-        for (int32_t k = 0; k < s->n_tokens; k++) {
-            int32_t pos = s->start_pos + k;
-            int32_t blk = s->block_table[pos / f->block_size];
-            assert_true(blk >= 0 && blk < MAX_BLOCKS_FAKE);
-            int32_t t = s->tokens[k];
-            if (t == -1) { /* run-ahead: the slot's previous sample */
-                assert_int_equal(s->n_tokens, 1);
-                assert_true(s->start_pos > 0);
-                t = f->last[s->slot];
-                assert_true(t >= 0);
-                f->n_fed++;
-            }
-            f->data[blk * f->block_size + pos % f->block_size] = t;
-        }
-        if (s->logits_mode == GM_LOGITS_NONE) {
-            out[i] = -1;
-            f->last[s->slot] = -1;
-            continue;
-        }
-        /* "attention" over the whole KV read back through the table */
-        uint64_t h = s->sampling.seed * 0x9e3779b97f4a7c15ull + (uint64_t)end;
-        for (int32_t pos = 0; pos < end; pos++) {
-            int32_t blk = s->block_table[pos / f->block_size];
-            int32_t t = f->data[blk * f->block_size + pos % f->block_size];
-            h = gm_mix64(h ^ (uint64_t)(t + 1) * 0x100000001b3ull);
-        }
-        out[i] = fake_token(h, s->sampling.seed, end); /* never EOS unless g_eos_mod */
-        f->last[s->slot] = out[i];
-    }
-}
-
-/* The output a sequence gets when it runs alone with plenty of room: up to
- * n_gen tokens, fewer when an EOS comes first (g_eos_mod). Returns the count. */
-static int32_t reference(const int32_t *prompt, int32_t n_prompt, uint64_t seed, int32_t n_gen, int32_t *out)
-{
-    int32_t *all = malloc(sizeof(int32_t) * (size_t)(n_prompt + n_gen + 1));
-    memcpy(all, prompt, sizeof(int32_t) * (size_t)n_prompt);
-    int32_t g = 0;
-    while (g < n_gen) {
-        int32_t end = n_prompt + g;
-        uint64_t h = seed * 0x9e3779b97f4a7c15ull + (uint64_t)end;
-        for (int32_t pos = 0; pos < end; pos++)
-            h = gm_mix64(h ^ (uint64_t)(all[pos] + 1) * 0x100000001b3ull);
-        all[end] = fake_token(h, seed, end);
-        out[g++] = all[end];
-        if (all[end] == 1)
-            break;
-    }
-    free(all);
-    return g;
-}
-
-static sched_opts opts(int32_t max_seqs, int32_t budget, int64_t blocks, int32_t bs)
-{
-    sched_opts o = {0};
-    o.max_seqs = max_seqs;
-    o.max_tokens_per_step = budget;
-    o.max_context = 1024;
-    o.max_waiting = 1000;
-    o.kv_blocks = blocks;
-    o.kv_block_size = bs;
-    o.eos_id = 1;
-    o.eot_id = 107;
-    return o;
-}
-
-static void make_prompt(int32_t *p, int32_t n, int seed)
-{
-    p[0] = 2;
-    for (int32_t i = 1; i < n; i++)
-        p[i] = 3 + (int32_t)((uint32_t)(seed * 7919 + i * 104729) % (VOCAB - 3));
-}
-
-/* Run until idle; returns steps taken. Checks the token budget every step. */
-static int run_all(sched *s, fake_kv *f, int32_t budget, int32_t max_seqs, int *max_batch)
-{
-    sched_plan p;
-    int32_t toks[256];
-    int steps = 0;
-    while (!sched_idle(s)) {
-        int32_t n = sched_plan_step(s, &p);
-        assert_true(n > 0);
-        assert_true(n <= max_seqs);
-        assert_true(p.n_tokens <= budget);
-        int32_t sum = 0;
-        for (int32_t i = 0; i < n; i++)
-            sum += p.steps[i].n_tokens;
-        assert_int_equal(sum, p.n_tokens);
-        if (max_batch && n > *max_batch)
-            *max_batch = n;
-        fake_step(f, &p, toks);
-        sched_commit_step(s, &p, toks);
-        /* finished sequences stay allocated until the test frees them */
-        steps++;
-        assert_true(steps < 100000);
-    }
-    return steps;
-}
-
-/* Run until idle with two plans outstanding (run-ahead): plan k+1 is made
- * before step k is committed. The fake workers run each plan as soon as it is
- * made (they run in order); the commit comes one step later. after_commit (may
- * be NULL) runs after each commit. Returns the steps taken. */
-typedef void (*commit_hook)(sched *s, void *arg);
-
-static int run_all_ahead(sched *s, fake_kv *f, int32_t budget, int32_t max_seqs, int *max_batch,
-                         commit_hook after_commit, void *arg)
-{
-    sched_plan p[2];
-    int32_t toks[2][256];
-    int n_out = 0, steps = 0, both = 0;
-    while (!sched_idle(s) || n_out > 0) {
-        while (n_out < 2) {
-            int32_t n = sched_plan_step(s, &p[n_out]);
-            if (n == 0)
-                break;
-            assert_true(n <= max_seqs);
-            assert_true(p[n_out].n_tokens <= budget);
-            if (max_batch && n > *max_batch)
-                *max_batch = n;
-            fake_step(f, &p[n_out], toks[n_out]);
-            n_out++;
-        }
-        assert_int_equal(sched_outstanding(s), n_out);
-        assert_true(n_out > 0); /* something must be runnable or outstanding */
-        both += n_out == 2;
-        sched_commit_step(s, &p[0], toks[0]);
-        p[0] = p[1];
-        memcpy(toks[0], toks[1], sizeof toks[0]);
-        n_out--;
-        if (after_commit)
-            after_commit(s, arg);
-        steps++;
-        assert_true(steps < 100000);
-    }
-    assert_true(both > 0);
-    return steps;
-}
+/* test_daemon_sched.c - the scheduler and KV block manager without processes: in-flight batching,
+ * chunked prefill, preemption, run-ahead, stop conditions, admission, cancel and worker failure, driven
+ * through the fake engine of test_sched_fake.h (shared blocks: test_daemon_share.c). */
+#include "tests/test_sched_fake.h"
 
 #define NSEQ 24
 
@@ -691,7 +473,7 @@ static void test_runahead_fail_running(void **state)
     fake_free(&f);
 }
 
-/* The block manager alone. */
+/* The block manager alone: allocation order, refcounts, the states and their counts. */
 static void test_kvblocks(void **state)
 {
     (void)state;
@@ -716,9 +498,17 @@ static void test_kvblocks(void **state)
     assert_true(kvb_alloc(p, 4, c));
     assert_memory_equal(a, c, sizeof c); /* LIFO: the same blocks, same order */
     assert_false(kvb_alloc(p, -1, c));
+    /* a second reference keeps a block used */
+    kvb_ref(p, c[0]);
+    assert_int_equal(kvb_refcount(p, c[0]), 2);
+    kvb_release(p, c, 1);
+    assert_int_equal(kvb_refcount(p, c[0]), 1);
+    assert_int_equal(kvb_used(p), 10);
+    pool_ok(p);
     kvb_release(p, b, 6);
     kvb_release(p, c, 4);
     assert_int_equal(kvb_free_count(p), 10);
+    pool_ok(p);
     kvb_destroy(&p);
     assert_null(p);
     kvb_destroy(&p);

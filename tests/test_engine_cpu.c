@@ -123,6 +123,50 @@ static void test_batch_invariance(void **state)
     assert_null(e);
 }
 
+/* Block copies (copy-on-write): a sequence decoding from a copy of its partial block gives what it gives
+ * from the original; a step that is refused runs none of its copies. */
+static void test_block_copy(void **state)
+{
+    (void)state;
+    gm_engine *e = make_engine(0, 1, NULL);
+    int64_t V = e->cfg.vocab_size;
+    seq a;
+    seq_init(&a, 21, 4, 0, 0);
+    int32_t t;
+    gm_seq_step q = mk(&a, 0, 0, 18, GM_LOGITS_LAST); /* blocks 0..4, the last one partial (16, 17) */
+    step(e, &q, 1, &t, NULL, 0);
+    float *orig = malloc((size_t)V * 4), *copied = malloc((size_t)V * 4), *other = malloc((size_t)V * 4);
+    /* the copy: block 4 -> 100, then the next token from the copy's table */
+    seq b = a;
+    b.bt[4] = 100;
+    gm_block_copy cp = {4, 100};
+    gm_seq_step qb = mk(&b, 1, 18, 1, GM_LOGITS_LAST);
+    gm_step_out out = {&t, copied, 1};
+    assert_int_equal(gm_engine_step_copy(e, &cp, 1, &qb, 1, &out), GM_OK);
+    q = mk(&a, 0, 18, 1, GM_LOGITS_LAST);
+    step(e, &q, 1, &t, orig, 1);
+    assert_memory_equal(orig, copied, (size_t)V * 4);
+    /* refused (a token outside the vocabulary): its copy 4 -> 101 does not run either */
+    seq c = a;
+    c.bt[4] = 101;
+    c.ids[18] = (int32_t)V;
+    cp.dst = 101;
+    gm_seq_step qc = mk(&c, 2, 18, 1, GM_LOGITS_LAST);
+    assert_int_equal(gm_engine_step_copy(e, &cp, 1, &qc, 1, &out), GM_ERR_INVALID_ARG);
+    c.ids[18] = a.ids[18];
+    qc = mk(&c, 2, 18, 1, GM_LOGITS_LAST);
+    out.logits = other;
+    assert_int_equal(gm_engine_step_copy(e, NULL, 0, &qc, 1, &out), GM_OK);
+    assert_memory_not_equal(orig, other, (size_t)V * 4); /* block 101 never got positions 16, 17 */
+    /* bad copies are refused before anything runs */
+    gm_block_copy bad[2] = {{4, 102}, {5, 102}};
+    assert_int_equal(gm_engine_step_copy(e, bad, 2, &qc, 1, &out), GM_ERR_INVALID_ARG);
+    bad[0] = (gm_block_copy){4, NBLK};
+    assert_int_equal(gm_engine_step_copy(e, bad, 1, &qc, 1, &out), GM_ERR_INVALID_ARG);
+    free(orig), free(copied), free(other);
+    gm_engine_destroy(&e);
+}
+
 static void test_chunked_and_scattered(void **state)
 {
     (void)state;
@@ -492,7 +536,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_batch_invariance), cmocka_unit_test(test_chunked_and_scattered),
         cmocka_unit_test(test_invalid_inputs),   cmocka_unit_test(test_tensor_parallel),
         cmocka_unit_test(test_tp_layout),        cmocka_unit_test(test_weight_errors),
-        cmocka_unit_test(test_dispatch_and_null),
+        cmocka_unit_test(test_dispatch_and_null), cmocka_unit_test(test_block_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

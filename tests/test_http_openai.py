@@ -10,11 +10,15 @@ stop strings; seed reproducibility; usage in every response; token-id prompts, a
 puts it at the start of the first user turn, equal to writing it there; Gemma 1 refuses it: 400);
 errors as the SDK's typed exceptions with OpenAI's status and body (unknown model 404, bad
 parameters 400 naming the parameter, a prompt longer than the context 400
-context_length_exceeded, n > 1 400 naming n, echo with logprobs 400 naming echo); logprobs in
+context_length_exceeded, n > 64 400 naming n, best_of > n 400 naming best_of, echo with logprobs 400 naming
+echo); logprobs in
 OpenAI's two shapes, streamed and not, equal to the RPC's (gemma-cli --print-logprobs) for the same
 greedy request, each greedy token its own first alternative; presence, frequency and repetition
 penalties changing greedy output to what gemma-generate gives with the same flags; min_tokens
-holding back a stop id and a stop string; and the daemon still serving afterwards. Exit 77 only when
+holding back a stop id and a stop string; n > 1 (choices[i] with index i, choice i what gemma-generate
+gives with seed + i and its own logprobs, streamed chunks naming their choice with one finish_reason
+each, usage once: prompt tokens counted once, completion tokens summed; a list of prompts times n;
+greedy choices equal; penalties per choice); and the daemon still serving afterwards. Exit 77 only when
 the openai package cannot be installed."""
 import json
 import os
@@ -186,8 +190,9 @@ def test_errors(c):
                  code="context_length_exceeded")  # prompt + max_tokens past the context, as vLLM
     expect_error(openai.BadRequestError, 400,
                  lambda: c.completions.create(model="tiny", prompt=[1 << 20], max_tokens=2))
-    # n > 1 is refused by name until gemmad does it; bad sampling extensions by name too
-    for kw, param in [(dict(n=2), "n"), (dict(presence_penalty=2.5), "presence_penalty"),
+    # n past what gemmad generates, best_of beyond n, bad sampling extensions: refused by name
+    for kw, param in [(dict(n=65), "n"), (dict(n=200), "n"), (dict(n=2, best_of=3), "best_of"),
+                      (dict(presence_penalty=2.5), "presence_penalty"),
                       (dict(frequency_penalty=-3), "frequency_penalty"), (dict(logprobs=21), "logprobs"),
                       (dict(extra_body={"min_tokens": 5}), "min_tokens"),  # more than max_tokens
                       (dict(extra_body={"repetition_penalty": 0}), "repetition_penalty"),
@@ -197,7 +202,7 @@ def test_errors(c):
     # min_tokens past the default max_tokens (16): admission names it
     expect_error(openai.BadRequestError, 400, lambda: c.completions.create(
         model="tiny", prompt="x", extra_body={"min_tokens": 20}), param="min_tokens")
-    for kw, param in [(dict(n=3), "n"), (dict(logprobs=True, top_logprobs=21), "top_logprobs"),
+    for kw, param in [(dict(n=65), "n"), (dict(logprobs=True, top_logprobs=21), "top_logprobs"),
                       (dict(top_logprobs=2), "top_logprobs")]:  # top_logprobs without logprobs
         expect_error(openai.BadRequestError, 400, lambda: c.chat.completions.create(
             model="tiny", max_tokens=2, messages=[{"role": "user", "content": "x"}], **kw), param=param)
@@ -319,6 +324,82 @@ def test_penalties_min_tokens(c, d):
     assert r.usage.completion_tokens >= 4 and len(r.choices[0].text) >= 3 * len(cut), r
 
 
+def by_index(chunks):
+    """Streamed chunks -> {index: (text, [finish_reason...], [logprobs parts])}; each chunk names one choice."""
+    out = {}
+    for ch in chunks:
+        for c in ch.choices:
+            t, fins, lps = out.setdefault(c.index, ["", [], []])
+            delta = c.text if hasattr(c, "text") else (c.delta.content or "")
+            out[c.index][0] = t + delta
+            if c.finish_reason is not None:
+                fins.append(c.finish_reason)
+            if c.logprobs is not None:
+                lps.append(c.logprobs)
+    return out
+
+
+def test_n(c):
+    prompt, seed = "Once upon a time", 7
+    kw = dict(model="tiny", prompt=prompt, max_tokens=12, temperature=0.8, seed=seed)
+    r = c.completions.create(n=2, logprobs=2, **kw)
+    assert [ch.index for ch in r.choices] == [0, 1], r
+    lone = [c.completions.create(logprobs=2, **{**kw, "seed": seed + i}) for i in range(2)]
+    for i, ch in enumerate(r.choices):  # choice i: seed + i, its own tokens and logprobs
+        want = gemma_generate(TINY, "--prompt", prompt, "--max-tokens", "12", "--temperature", "0.8", "--seed",
+                              str(seed + i))
+        assert ch.text == want == lone[i].choices[0].text, (i, ch.text, want)
+        assert ch.finish_reason == lone[i].choices[0].finish_reason
+        assert ch.logprobs.tokens == lone[i].choices[0].logprobs.tokens
+        assert ch.logprobs.token_logprobs == lone[i].choices[0].logprobs.token_logprobs
+        assert ch.logprobs.top_logprobs == lone[i].choices[0].logprobs.top_logprobs
+    assert r.choices[0].logprobs.tokens != r.choices[1].logprobs.tokens  # distinct seeds, distinct draws
+    assert r.usage.prompt_tokens == lone[0].usage.prompt_tokens  # the prompt counted once
+    total = sum(x.usage.completion_tokens for x in lone)
+    assert r.usage.completion_tokens == total == sum(len(ch.logprobs.tokens) for ch in r.choices)
+    # streamed: every chunk names its choice, each choice ends once, the usage comes once at the end
+    s = list(c.completions.create(n=2, logprobs=2, stream=True, stream_options={"include_usage": True}, **kw))
+    got = by_index(s)
+    assert sorted(got) == [0, 1], got
+    for i in range(2):
+        text, fins, lps = got[i]
+        assert text == r.choices[i].text and fins == [r.choices[i].finish_reason], (i, text, fins)
+        assert sum((p.tokens for p in lps), []) == r.choices[i].logprobs.tokens
+        assert sum((p.text_offset for p in lps), []) == r.choices[i].logprobs.text_offset
+    assert s[-1].choices == [] and s[-1].usage.completion_tokens == total
+    assert s[-1].usage.prompt_tokens == r.usage.prompt_tokens
+    assert all(x.usage is None for x in s[:-1])
+    # a list of prompts times n: prompt p's choices are p * n .. p * n + n - 1
+    r2 = c.completions.create(model="tiny", prompt=["The quick brown fox", prompt], n=2, max_tokens=6,
+                              temperature=0.8, seed=seed)
+    assert [ch.index for ch in r2.choices] == [0, 1, 2, 3]
+    one = c.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0.8, seed=seed + 1)
+    assert r2.choices[3].text == one.choices[0].text
+    assert r2.usage.prompt_tokens == c.completions.create(
+        model="tiny", prompt=["The quick brown fox", prompt], max_tokens=1).usage.prompt_tokens
+    # greedy: every choice the same
+    g = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, n=3)
+    assert len({ch.text for ch in g.choices}) == 1 and len(g.choices) == 3
+    # chat, streamed: each choice opens with the role and ends once
+    msgs = [{"role": "user", "content": "Hello there"}]
+    ck = dict(model="tiny", messages=msgs, max_tokens=10, temperature=0.8, seed=seed)
+    r = c.chat.completions.create(n=2, **ck)
+    assert [ch.index for ch in r.choices] == [0, 1]
+    s = list(c.chat.completions.create(n=2, stream=True, **ck))
+    got = by_index(s)
+    for i in range(2):
+        roles = [x.choices[0].delta.role for x in s if x.choices and x.choices[0].index == i and x.choices[0].delta.role]
+        assert roles == ["assistant"], (i, roles)
+        assert got[i][0] == r.choices[i].message.content and got[i][1] == [r.choices[i].finish_reason]
+        assert got[i][0] == c.chat.completions.create(**{**ck, "seed": seed + i}).choices[0].message.content
+    # penalties per choice: choice i is gemma-generate's with seed + i and the same penalty
+    r = c.completions.create(n=2, presence_penalty=1.5, **kw)
+    for i in range(2):
+        want = gemma_generate(TINY, "--prompt", prompt, "--max-tokens", "12", "--temperature", "0.8", "--seed",
+                              str(seed + i), "--presence-penalty", "1.5")
+        assert r.choices[i].text == want, (i, r.choices[i].text, want)
+
+
 def test_gemma3_system(tmp):
     with serving(GEMMAD, tmp, "g3", "--model", TINY3, "--backend", "cpu", "--served-model-name", "g3-tiny") as d:
         c = client(d)
@@ -366,6 +447,7 @@ def main():
             test_tokenize(d)
             test_logprobs(c, d)
             test_penalties_min_tokens(c, d)
+            test_n(c)
             assert d.request("GET", "/health")[0] == 200
         test_gemma3_system(tmp)
     print("ok")

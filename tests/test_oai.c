@@ -581,6 +581,8 @@ static void test_errors(void **st)
     assert_string_equal(e.param, "min_tokens");
     oai_error_from_code(&e, 1, NULL, "n > 1 is not supported by this gemmad yet");
     assert_string_equal(e.param, "n");
+    oai_error_from_code(&e, 1, NULL, "n = 65 sequences: 1..64 allowed");
+    assert_string_equal(e.param, "n");
     oai_error_from_code(&e, 1, NULL, "the prompt is empty");
     assert_string_equal(e.param, "");
     oai_error_from_code(&e, 1, "messages", "top_k -1 must be >= 0");

@@ -114,6 +114,7 @@ static void fill(prom_metrics *m)
     m->waiting = 2;
     m->kv_blocks_total = 200;
     m->kv_blocks_used = 50;
+    m->kv_blocks_cached = 30;
     m->http_connections = 3;
     m->rpc_clients = 1;
     m->uptime_s = 12.5;
@@ -140,6 +141,7 @@ static void test_prom_render(void **st)
     assert_non_null(strstr(w.p, "gemmad_request_success_total{finished_reason=\"stop\"} 7\n"));
     assert_non_null(strstr(w.p, "gemmad_request_failure_total{code=\"overloaded\"} 2\n"));
     assert_non_null(strstr(w.p, "gemmad_kv_cache_usage_perc 0.25\n"));
+    assert_non_null(strstr(w.p, "gemmad_kv_cache_blocks_cached 30\n"));
     assert_non_null(strstr(w.p, "# TYPE gemmad_time_to_first_token_seconds histogram\n"));
     assert_non_null(strstr(w.p, "gemmad_time_to_first_token_seconds_count 10\n"));
     assert_non_null(strstr(w.p, "model=\"/models/gemma \\\"2b\\\"\\\\it\\n\""));

@@ -35,6 +35,7 @@ def main():
         "gemmad_kv_cache_usage_perc": "gauge",
         "gemmad_kv_cache_blocks_total": "gauge",
         "gemmad_kv_cache_blocks_used": "gauge",
+        "gemmad_kv_cache_blocks_cached": "gauge",
         "gemmad_http_connections": "gauge",
         "gemmad_rpc_clients": "gauge",
         "gemmad_uptime_seconds": "gauge",

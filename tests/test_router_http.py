@@ -6,8 +6,10 @@
 Checked: /health and /v1/models (the replicas' model name); greedy completions and chat equal to
 what a replica answers over its own HTTP API, streamed and not; a list of prompts; usage; errors
 (unknown model 404, bad parameters 400, a too-long prompt 400 context_length_exceeded as the
-replica says, n > 1 and echo 400 naming the field); logprobs (both shapes, streamed and not),
-penalties and min_tokens passed through the RPC, equal to a replica's own answers; a client
+replica says, n above 64, best_of beyond n and echo 400 naming the field); logprobs (both shapes,
+streamed and not), penalties and min_tokens passed through the RPC, equal to a replica's own answers;
+n > 1 (choices with their indexes, a list of prompts times n, streamed chunks naming their choice,
+usage once) equal to a replica's own answer; a client
 that disconnects mid-stream has its request cancelled at the replica (its KV blocks come back);
 /metrics parsed by prometheus_client; with every replica gone, /health says 503 and a request
 is refused, and the router exits cleanly on SIGTERM. Exit 77 only when openai or
@@ -103,6 +105,28 @@ def sampling_through(c, direct):
             assert got.choices[0].text != plain.choices[0].text, extra  # the penalty did reach the replica
 
 
+def n_through(c, direct):
+    """n > 1 through the RPC: the router answers what a replica answers (seeded, so reproducible)."""
+    kw = dict(model="tiny", prompt=["The quick brown fox", "Once upon"], n=2, max_tokens=8, temperature=0.8,
+              seed=3, logprobs=1)
+    want, got = direct.completions.create(**kw), c.completions.create(**kw)
+    assert [ch.index for ch in got.choices] == [0, 1, 2, 3]
+    for a, b in zip(got.choices, want.choices):
+        assert (a.index, a.text, a.finish_reason, a.logprobs) == (b.index, b.text, b.finish_reason, b.logprobs)
+    assert got.usage == want.usage
+    assert got.choices[0].text != got.choices[1].text or got.choices[0].logprobs != got.choices[1].logprobs
+    s = list(c.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    for ch in want.choices:
+        mine = [x.choices[0] for x in s if x.choices and x.choices[0].index == ch.index]
+        assert "".join(m.text for m in mine) == ch.text, (ch.index, mine)
+        assert [m.finish_reason for m in mine if m.finish_reason] == [ch.finish_reason]
+    assert s[-1].choices == [] and s[-1].usage == want.usage
+    ck = dict(model="tiny", messages=[{"role": "user", "content": "Hello"}], n=3, max_tokens=6, temperature=0.8,
+              seed=9)
+    want, got = direct.chat.completions.create(**ck), c.chat.completions.create(**ck)
+    assert [(x.index, x.message.content) for x in got.choices] == [(x.index, x.message.content) for x in want.choices]
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="gd-router-http-") as tmp:
         reps = [Daemon(GEMMAD, tmp, f"rep{i}", "--model", TINY, "--backend", "cpu") for i in range(2)]
@@ -145,12 +169,13 @@ def main():
             expect(openai.BadRequestError, 400, lambda: c.completions.create(model="tiny", prompt="w " * 3000,
                                                                              max_tokens=2),
                    code="context_length_exceeded")
-            for kw, param in [(dict(n=2), "n"), (dict(echo=True), "echo")]:
+            for kw, param in [(dict(n=65), "n"), (dict(n=2, best_of=3), "best_of"), (dict(echo=True), "echo")]:
                 expect(openai.BadRequestError, 400,
                        lambda: c.completions.create(model="tiny", prompt="a", max_tokens=2, **kw), param=param)
             expect(openai.BadRequestError, 400, lambda: c.completions.create(
                 model="tiny", prompt="a", extra_body={"min_tokens": 20}), param="min_tokens")  # > max_tokens 16
             sampling_through(c, direct)
+            n_through(c, direct)
             st, _, data = rt.request("POST", "/v1/completions", b"{oops")
             assert st == 400 and "error" in json.loads(data)
             st, _, data = rt.request("POST", "/tokenize", {"prompt": "x"})

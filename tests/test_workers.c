@@ -148,7 +148,7 @@ static void run_pool_script(wk_pool *p, int32_t got[N_DECODE + 1][N_SEQS])
     for (int k = 0; k <= N_DECODE; k++) {
         gm_seq_step q[N_SEQS];
         script_step(&s, k, last, q, store);
-        assert_int_equal(wk_pool_submit(p, q, N_SEQS), GM_OK);
+        assert_int_equal(wk_pool_submit(p, q, N_SEQS, NULL, 0), GM_OK);
         assert_true(wk_pool_busy(p));
         memset(store, 0x7f, sizeof store); /* the plan was copied: scribbling on it changes nothing */
         gm_status st = pool_wait(p, got[k], N_SEQS);
@@ -169,12 +169,12 @@ static void run_pool_script_ahead(wk_pool *p, int32_t got[N_DECODE + 1][N_SEQS])
     gm_seq_step q[N_SEQS];
     for (int k = 0; k <= N_DECODE; k++) {
         script_step(&s, k, NULL, q, store[k]);
-        assert_int_equal(wk_pool_submit(p, q, N_SEQS), GM_OK);
+        assert_int_equal(wk_pool_submit(p, q, N_SEQS, NULL, 0), GM_OK);
         memset(store[k], 0x7f, sizeof store[k]); /* copied: scribbling changes nothing */
         if (k == 0)
             continue;
         assert_int_equal(wk_pool_inflight(p), 2);
-        assert_int_not_equal(wk_pool_submit(p, q, N_SEQS), GM_OK); /* a third is refused, nothing sent */
+        assert_int_not_equal(wk_pool_submit(p, q, N_SEQS, NULL, 0), GM_OK); /* a third is refused, nothing sent */
         gm_status st = pool_wait(p, got[k - 1], N_SEQS);
         if (st != GM_OK)
             fail_msg("step %d: %s", k - 1, gm_last_error());
@@ -357,7 +357,7 @@ static void test_bad_plan_is_an_error(void **state)
             q[0].tokens = fed, q[0].n_tokens = 3; /* -1 inside a prefill */
         if (c == 7)
             q[0].n_blocks = 1; /* too few blocks for 7 positions */
-        assert_int_equal(wk_pool_submit(p, q, N_SEQS), GM_OK);
+        assert_int_equal(wk_pool_submit(p, q, N_SEQS, NULL, 0), GM_OK);
         gm_status st = pool_wait(p, tok, N_SEQS);
         assert_int_equal(st, GM_ERR_INVALID_ARG);
         assert_true(strlen(gm_last_error()) > 0);
@@ -366,11 +366,11 @@ static void test_bad_plan_is_an_error(void **state)
     }
     /* and a good step still runs */
     script_step(&s, 0, last, q, store);
-    assert_int_equal(wk_pool_submit(p, q, N_SEQS), GM_OK);
+    assert_int_equal(wk_pool_submit(p, q, N_SEQS, NULL, 0), GM_OK);
     assert_int_equal(pool_wait(p, tok, N_SEQS), GM_OK);
     /* caller mistakes */
-    assert_int_not_equal(wk_pool_submit(p, q, 0), GM_OK);
-    assert_int_not_equal(wk_pool_submit(p, NULL, 1), GM_OK);
+    assert_int_not_equal(wk_pool_submit(p, q, 0, NULL, 0), GM_OK);
+    assert_int_not_equal(wk_pool_submit(p, NULL, 1, NULL, 0), GM_OK);
     wk_pool_destroy(&p);
 }
 
@@ -415,9 +415,9 @@ static void test_kill_and_restart(void **state)
         int32_t st2[2][N_SEQS], tok2[N_SEQS];
         gm_seq_step q2[N_SEQS];
         script_step(&s2, 0, NULL, q2, st2[0]);
-        assert_int_equal(wk_pool_submit(p, q2, N_SEQS), GM_OK);
+        assert_int_equal(wk_pool_submit(p, q2, N_SEQS, NULL, 0), GM_OK);
         script_step(&s2, 1, NULL, q2, st2[1]);
-        assert_int_equal(wk_pool_submit(p, q2, N_SEQS), GM_OK);
+        assert_int_equal(wk_pool_submit(p, q2, N_SEQS, NULL, 0), GM_OK);
         pid_t k2[8];
         assert_int_equal(child_pids(k2, 8), 2);
         kill(k2[0], SIGKILL);
@@ -443,7 +443,7 @@ static void test_kill_and_restart(void **state)
     assert_int_equal(child_pids(kids, 8), 2);
     kill(kids[1], SIGKILL);
     int32_t tok[N_SEQS];
-    gm_status st = wk_pool_submit(p, q, N_SEQS); /* fails at once if the dead rank's pipe is gone */
+    gm_status st = wk_pool_submit(p, q, N_SEQS, NULL, 0); /* fails at once if the dead rank's pipe is gone */
     if (st == GM_OK)
         st = pool_wait(p, tok, N_SEQS); /* else rank 0 fails in its all-reduce, or we see the death */
     assert_int_not_equal(st, GM_OK);

@@ -126,6 +126,24 @@ gm_status gm_engine_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, 
     return e->ops->step(e, seqs, n_seqs, out);
 }
 
+gm_status gm_engine_step_copy(gm_engine *e, const gm_block_copy *copies, int32_t n_copies, const gm_seq_step *seqs,
+                              int32_t n_seqs, gm_step_out *out)
+{
+    if (!e)
+        return gm_fail(GM_ERR_INVALID_ARG, "engine is NULL");
+    if (n_copies != 0) {
+        ctl_limits l = gm_engine_limits(e);
+        gm_status st = gm_engine_check_step(e, seqs, n_seqs, out, NULL, NULL);
+        if (st == GM_OK)
+            st = ctl_check_copies(&l, copies, n_copies);
+        if (st == GM_OK && e->ops->copy_blocks)
+            st = e->ops->copy_blocks(e, copies, n_copies);
+        if (st != GM_OK)
+            return st;
+    }
+    return e->ops->step(e, seqs, n_seqs, out);
+}
+
 void gm_engine_destroy(gm_engine **e)
 {
     if (!e || !*e)

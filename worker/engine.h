@@ -73,6 +73,9 @@ typedef struct gm_engine gm_engine;
 typedef struct gm_engine_ops {
     gm_status (*step)(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out);
     void (*destroy)(gm_engine *e);
+    /* Copy every layer's K and V of copies[i].src into copies[i].dst (checked by the caller); NULL: the
+     * backend keeps no KV contents (null). */
+    gm_status (*copy_blocks)(gm_engine *e, const gm_block_copy *copies, int32_t n);
 } gm_engine_ops;
 
 /* Common head of every backend's engine struct. */
@@ -95,6 +98,10 @@ gm_status gm_engine_create(const gm_engine_opts *o, gm_engine **out);
 void gm_engine_share_limits(gm_engine *e, const ctl_limits *l);
 ctl_limits gm_engine_limits(const gm_engine *e);
 gm_status gm_engine_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out);
+/* A step with block copies (copy-on-write of shared blocks, ctl/step.h): the step is checked, then the
+ * copies (ctl_check_copies), so a refused plan touches nothing; then the copies run, then the step. */
+gm_status gm_engine_step_copy(gm_engine *e, const gm_block_copy *copies, int32_t n_copies, const gm_seq_step *seqs,
+                              int32_t n_seqs, gm_step_out *out);
 void gm_engine_destroy(gm_engine **e);
 
 /* Backend constructors (engine.c dispatches). */

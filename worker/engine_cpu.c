@@ -26,6 +26,7 @@
 #include "../kernels/cpu/geglu.h"
 #include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_fp8.h"
+#include "../kernels/cpu/kv_copy.h"
 #include "../kernels/cpu/norm.h"
 #include "../kernels/cpu/quant_fp8.h"
 #include "../kernels/cpu/rope_kv.h"
@@ -407,7 +408,17 @@ static void cpu_destroy(gm_engine *e)
     free(c);
 }
 
-static const gm_engine_ops g_cpu_ops = {cpu_step, cpu_destroy};
+/* Copy-on-write: each copy moves one block of every layer's K and V (f32). */
+static gm_status cpu_copy_blocks(gm_engine *e, const gm_block_copy *copies, int32_t n)
+{
+    cpu_engine *c = (cpu_engine *)e;
+    int64_t block_bytes = c->kv_w * e->opts.kv_block_size * (int64_t)sizeof(float);
+    cpu_kv_copy_blocks(c->kv, 2 * (int64_t)e->cfg.num_layers, c->layer_elems * (int64_t)sizeof(float), block_bytes,
+                       &copies[0].src, n);
+    return GM_OK;
+}
+
+static const gm_engine_ops g_cpu_ops = {cpu_step, cpu_destroy, cpu_copy_blocks};
 
 gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
 {

@@ -83,7 +83,7 @@ static void cuda_destroy(gm_engine *e)
     free(c);
 }
 
-static const gm_engine_ops g_cuda_ops = {cu_step, cuda_destroy};
+static const gm_engine_ops g_cuda_ops = {cu_step, cuda_destroy, cu_copy_blocks};
 
 /* Options and shapes the CUDA engine refuses (a clear error before anything is allocated). */
 static gm_status check_opts(const gm_engine_opts *o, const gm_model_config *cfg, int random)

@@ -255,6 +255,7 @@ typedef struct cuda_engine {
     char *meta_d, *meta_h; /* device buffer and pinned mirror */
     size_t meta_cap;
     int32_t *tok_h;       /* pinned [max_seqs] */
+    int32_t *copy_d, *copy_h; /* [2 max_seqs] a step's block copies (src, dst pairs): device, pinned mirror */
     int32_t *dump_rows_h; /* host [cap_t] */
     int32_t *order_h;     /* host [max_seqs]: a mixed step's sequences, decode ones first (caller's indices) */
     int64_t *tstart_h;    /* host [max_seqs]: first token row of each caller's sequence */
@@ -318,6 +319,8 @@ void cu_prof_mark(cuda_engine *c, int op);
 
 /* gm_engine_ops.step of the CUDA backend. */
 gm_status cu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out);
+/* gm_engine_ops.copy_blocks: one k_kv_copy_blocks launch on the engine's stream, before the step's forward. */
+gm_status cu_copy_blocks(gm_engine *e, const gm_block_copy *copies, int32_t n);
 /* Activations, step metadata, decode buckets and their scratch, the RoPE tables (and each layer's). */
 gm_status cu_runtime_alloc(cuda_engine *c);
 /* (Re)plan every decode bucket's attention by the rule; (re)allocates their XQA scratch as needed. */

@@ -15,6 +15,7 @@
 #include "../kernels/cuda/attn_decode.cuh"
 #include "../kernels/cuda/cuda_check.h"
 #include "../kernels/cuda/embed.cuh"
+#include "../kernels/cuda/kv_copy.cuh"
 #include "../kernels/cuda/rope_kv.cuh"
 #include "engine_check.h"
 #include "engine_cuda_internal.h"
@@ -348,6 +349,22 @@ gm_status cu_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step
     return st;
 }
 
+/* Copy-on-write of shared blocks: the pairs go in with the pinned mirror (free again: every step ends
+ * synchronized), then one launch copies every layer's K and V; the step's forward follows on the stream. */
+gm_status cu_copy_blocks(gm_engine *e, const gm_block_copy *copies, int32_t n)
+{
+    cuda_engine *c = (cuda_engine *)e;
+    if (n <= 0)
+        return GM_OK;
+    if (n > e->opts.max_seqs)
+        return gm_fail(GM_ERR_INVALID_ARG, "cuda engine: %d block copies; at most %d", n, e->opts.max_seqs);
+    memcpy(c->copy_h, copies, (size_t)n * 8);
+    GM_CUDA_CHECK(cudaMemcpyAsync(c->copy_d, c->copy_h, (size_t)n * 8, cudaMemcpyHostToDevice, c->stream));
+    int64_t esz = c->kv8 ? 1 : 2, block_bytes = c->nkv * e->opts.kv_block_size * c->hd * esz;
+    return k_kv_copy_blocks(c->kv, 2 * (int64_t)e->cfg.num_layers, c->layer_elems * esz, block_bytes, c->copy_d, n,
+                            c->stream);
+}
+
 /* ---------------------------------------------------------------- buffers */
 
 gm_status cu_buckets_plan(cuda_engine *c)
@@ -441,6 +458,8 @@ gm_status cu_runtime_alloc(cuda_engine *c)
     GM_CHECK(cu_dev_alloc((void **)&c->meta_d, c->meta_cap, "step metadata"));
     GM_CUDA_CHECK(cudaMallocHost((void **)&c->meta_h, c->meta_cap));
     GM_CUDA_CHECK(cudaMallocHost((void **)&c->tok_h, (size_t)o->max_seqs * 4));
+    GM_CUDA_CHECK(cudaMallocHost((void **)&c->copy_h, (size_t)o->max_seqs * 8));
+    GM_CHECK(cu_dev_alloc((void **)&c->copy_d, (size_t)o->max_seqs * 8, "block copies"));
     memset(c->meta_h, 0, c->meta_cap);
 
     /* decode buckets: 1, 2, 4, 8, then steps of 8 up to 128, then of 16 up to 256, 32 up to 512, ...
@@ -523,7 +542,9 @@ void cu_runtime_free(cuda_engine *c)
     cudaFree(c->delta), cudaFree(c->xs), cudaFree(c->logits), cudaFree(c->dump_rows), cudaFree(c->last_tok);
     cudaFree(c->dec_scratch), cudaFree(c->meta_d);
     cudaFree(c->neg_slots), cudaFree(c->xq8), cudaFree(c->attq8), cudaFree(c->actq8), cudaFree(c->act_tmp);
-    cudaFree(c->act_sc), cudaFree(c->xqa_scratch);
+    cudaFree(c->act_sc), cudaFree(c->xqa_scratch), cudaFree(c->copy_d);
+    if (c->copy_h)
+        cudaFreeHost(c->copy_h);
     cudaFree(c->pen_keys), cudaFree(c->pen_counts), cudaFree(c->pen_raw), cudaFree(c->lp_d);
     if (c->lp_h)
         cudaFreeHost(c->lp_h);

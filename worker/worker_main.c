@@ -346,7 +346,14 @@ static void wm_run_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
         s->lps[i].n_top = 0;
     }
     gm_step_out out = {s->tokens, NULL, 0, s->lps};
-    st = gm_engine_step(s->eng, s->seqs, n, &out); /* checks the step first (ctl/check.h) */
+    if (p->n_block_copies % 2 || p->n_block_copies > (size_t)2 * INT32_MAX) {
+        st = gm_fail(GM_ERR_INVALID_ARG, "step %llu: %zu block copy ids, not (src, dst) pairs",
+                     (unsigned long long)p->step_id, p->n_block_copies);
+    } else { /* the step and its copies are checked first (ctl/check.h), then the copies run, then the step */
+        _Static_assert(sizeof(gm_block_copy) == 2 * sizeof(int32_t), "block copies arrive as int32 pairs");
+        st = gm_engine_step_copy(s->eng, (const gm_block_copy *)p->block_copies, (int32_t)(p->n_block_copies / 2),
+                                 s->seqs, n, &out);
+    }
     if (st != GM_OK) {
         ctl_slots_forget(&s->slots);
         const char *why = gm_last_error();

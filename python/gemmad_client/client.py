@@ -87,7 +87,8 @@ def _logprobs(c: "pb.GenerateChunk") -> List[TokenLogprob]:
 
 @dataclasses.dataclass
 class Chunk:
-    """A piece of a streamed answer; finish_reason and usage are set on the last one."""
+    """A piece of a streamed answer: of choice `index` (0 unless n > 1). finish_reason is set on the last
+    chunk of its choice, usage (and finished) on the request's last chunk, once every choice ended."""
 
     request_id: int
     text: str
@@ -95,11 +96,13 @@ class Chunk:
     finish_reason: Optional[str]  # None (more to come), "stop", "length", "cancelled"
     usage: Optional[Usage]
     logprobs: Optional[List[TokenLogprob]] = None  # with logprobs / top_logprobs: one per token id
+    index: int = 0  # n > 1: the choice (0..n-1) these tokens belong to
+    finished: bool = False  # the request's last chunk
 
 
 @dataclasses.dataclass
 class Result:
-    """A whole answer."""
+    """A whole answer (of one choice, with n > 1)."""
 
     request_id: int
     text: str
@@ -128,7 +131,7 @@ class Stream:
         if self._done:
             raise StopIteration
         chunk = self._client._next_chunk(self.request_id, self._timeout)
-        if chunk.finish_reason is not None:
+        if chunk.finished:
             self._done = True
         return chunk
 
@@ -165,6 +168,7 @@ class Client:
         self._queues = {}  # request id -> deque of pb.GenerateChunk / reply / pb.Error
         self._dropped = set()  # streams closed early: their chunks are discarded
         self._want_lp = set()  # requests that asked for logprobs
+        self._n = {}  # request id -> n, for requests with n > 1
 
     # ---- plumbing ----
 
@@ -196,7 +200,7 @@ class Client:
         m.ParseFromString(self._sock.recv())
         for c in m.chunks:
             if c.request_id in self._dropped:
-                if c.finish_reason != pb.FINISH_NONE:
+                if c.HasField("usage"):  # the request's last chunk (every choice ended)
                     self._dropped.discard(c.request_id)
                 continue
             self._queues.setdefault(c.request_id, collections.deque()).append(c)
@@ -228,17 +232,23 @@ class Client:
             raise GemmadError(ev.code, ev.message, rid)
         finish = _FINISH.get(ev.finish_reason, "error")
         lps = _logprobs(ev) if rid in self._want_lp else None
-        if finish is not None:
+        # the request's last chunk carries usage (with n = 1 it is the one with the finish_reason)
+        last = ev.HasField("usage") or (finish is not None and self._n.get(rid, 1) == 1)
+        if last or finish == "error":
             self._queues.pop(rid, None)
             self._want_lp.discard(rid)
+            self._n.pop(rid, None)
         if finish == "error":
+            if not last:  # n > 1: the other choices' ends follow; drop them
+                self._dropped.add(rid)
             raise GemmadError(ev.error_code, ev.error_message, rid)
         return Chunk(rid, ev.text.decode("utf-8", "replace"), list(ev.token_ids), finish,
-                     Usage.from_pb(ev.usage) if finish is not None else None, lps)
+                     Usage.from_pb(ev.usage) if last else None, lps, ev.index, last)
 
     def _drop(self, rid: int):
         self._queues.pop(rid, None)
         self._want_lp.discard(rid)
+        self._n.pop(rid, None)
         self._dropped.add(rid)
         try:
             cid = self._send(next(self._ids), cancel=pb.CancelRequest(target_request_id=rid))
@@ -260,14 +270,14 @@ class Client:
                 stream: bool, max_tokens: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                 seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (), ignore_eos: bool = False,
                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0, repetition_penalty: float = 1.0,
-                min_tokens: int = 0, logprobs: bool = False, top_logprobs: int = 0) -> int:
+                min_tokens: int = 0, logprobs: bool = False, top_logprobs: int = 0, n: int = 1) -> int:
         if sum(x is not None for x in (prompt, tokens, messages)) != 1:
             raise ValueError("give exactly one of prompt, tokens, messages")
         if isinstance(stop, str):
             stop = [stop]
         g = pb.GenerateRequest(max_tokens=max_tokens, stop=list(stop), stop_token_ids=list(stop_token_ids),
                                stream=stream, ignore_eos=ignore_eos, min_tokens=min_tokens,
-                               logprobs=bool(logprobs or top_logprobs), top_logprobs=top_logprobs,
+                               logprobs=bool(logprobs or top_logprobs), top_logprobs=top_logprobs, n=n,
                                sampling=pb.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
                                                           seed=seed, presence_penalty=presence_penalty,
                                                           frequency_penalty=frequency_penalty,
@@ -283,11 +293,13 @@ class Client:
         rid = self._send(next(self._ids), generate=g)
         if g.logprobs:
             self._want_lp.add(rid)
+        if n > 1:
+            self._n[rid] = n
         return rid
 
     def generate(self, prompt: Optional[str] = None, *, tokens: Optional[Sequence[int]] = None,
                  messages: Optional[Iterable[Message]] = None, timeout: Optional[float] = None,
-                 **sampling) -> Result:
+                 **sampling) -> Union[Result, List[Result]]:
         """Generate and wait for the whole answer. prompt: text (BOS added by gemmad); tokens: ids used
         verbatim; messages: [(role, text)] or [{"role", "content"}] for Gemma's chat template.
         timeout: seconds for the whole answer (default: the client's). Keyword arguments (gemma.proto's
@@ -295,25 +307,32 @@ class Client:
         temperature (0, the default: greedy), top_k, top_p, seed, stop, stop_token_ids, ignore_eos,
         presence_penalty, frequency_penalty ([-2, 2]), repetition_penalty (> 0, 1 = off), min_tokens,
         logprobs (True: Result.logprobs has one TokenLogprob per token id) and top_logprobs (0..20
-        alternatives with each; implies logprobs)."""
+        alternatives with each; implies logprobs), n (choices from the prompt, 1..64: choice i samples with
+        seed + i and has its own tokens, logprobs and penalties; n > 1 returns a list of Results in index
+        order, each with the request's usage)."""
+        n = sampling.get("n", 1)
         rid = self._submit(prompt, tokens, messages, False, **sampling)
-        text, ids, lps = [], [], None
+        parts = {i: ([], [], None, None) for i in range(max(n, 1))}  # index -> text, ids, logprobs, finish
         while True:
             c = self._next_chunk(rid, timeout)
+            text, ids, lps, fin = parts.setdefault(c.index, ([], [], None, None))
             text.append(c.text)
             ids.extend(c.token_ids)
             if c.logprobs is not None:
                 lps = (lps or []) + c.logprobs
-            if c.finish_reason is not None:
+            parts[c.index] = (text, ids, lps, c.finish_reason or fin)
+            if c.finished:
                 if c.finish_reason == "cancelled":
                     raise GemmadError(pb.CANCELLED, "the request was cancelled", rid)
-                return Result(rid, "".join(text), ids, c.finish_reason, c.usage, lps)
+                out = [Result(rid, "".join(t), i, f, c.usage, lp) for _, (t, i, lp, f) in sorted(parts.items())]
+                return out if n > 1 else out[0]
 
     def stream(self, prompt: Optional[str] = None, *, tokens: Optional[Sequence[int]] = None,
                messages: Optional[Iterable[Message]] = None, timeout: Optional[float] = None,
                **sampling) -> Stream:
         """As generate, but returns at once an iterator of Chunks (timeout: per chunk); with logprobs,
-        each Chunk's logprobs has one TokenLogprob per token id it carries."""
+        each Chunk's logprobs has one TokenLogprob per token id it carries; with n > 1, Chunk.index says
+        which choice, and the iterator ends after the request's last chunk (Chunk.finished)."""
         rid = self._submit(prompt, tokens, messages, True, **sampling)
         return Stream(self, rid, timeout)
 
