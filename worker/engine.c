@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/gguf_model.h"
 #include "engine_check.h"
 
 void gm_engine_opts_init(gm_engine_opts *o)
@@ -92,7 +93,7 @@ gm_status gm_engine_create(const gm_engine_opts *o, gm_engine **out)
             /* the CUDA engine computes Gemma 1 only: it would run a Gemma 2/3 checkpoint without its
              * sandwich norms, soft-caps and windows (drop this when engine_cuda.cu switches on family) */
             gm_model_config cfg;
-            if (gm_config_load_dir(o->model_dir, &cfg) == GM_OK && cfg.family != GM_FAMILY_GEMMA1)
+            if (gm_checkpoint_config(o->model_dir, &cfg) == GM_OK && cfg.family != GM_FAMILY_GEMMA1)
                 return gm_fail(GM_ERR_UNSUPPORTED, "backend cuda: %s is Gemma %d; the CUDA engine runs Gemma 1 only "
                                "(use --backend cpu)", o->model_dir, (int)cfg.family);
         }
