@@ -655,8 +655,10 @@ static gm_status q_calib(q_ctx *c)
         n_seq = 1;
         S = n + 1;
     }
-    int64_t nb = (S + 15) / 16; /* KV blocks of a sequence (the engine's default block size) */
     c->n_seq = n_seq, c->S = S, c->T = n_seq * S;
+    if ((st = gm_engine_cpu_create_calib(o->model, n_seq, S, &c->eng)))
+        goto done;
+    int64_t bs = c->eng->opts.kv_block_size, nb = (S + bs - 1) / bs; /* KV blocks of a sequence */
     c->tok = malloc((size_t)c->T * sizeof(int32_t));
     c->bt = malloc((size_t)(n_seq * nb) * sizeof(int32_t));
     c->seqs = calloc((size_t)n_seq, sizeof *c->seqs);
@@ -673,8 +675,7 @@ static gm_status q_calib(q_ctx *c)
         c->seqs[i] = (gm_seq_step){(int32_t)i, c->tok + i * S, (int32_t)S, 0, c->bt + i * nb, (int32_t)nb,
                                    GM_LOGITS_NONE, GM_SAMPLING_GREEDY};
     }
-    if ((st = gm_engine_cpu_create_calib(o->model, n_seq, S, &c->eng)) ||
-        (st = gm_engine_cpu_embed(c->eng, c->seqs, (int32_t)n_seq, c->h)))
+    if ((st = gm_engine_cpu_embed(c->eng, c->seqs, (int32_t)n_seq, c->h)))
         goto done;
     if (!o->quiet)
         fprintf(stderr, "gemma-quantize: calibration: %lld sequences of %lld tokens from %s (%d tokens)\n",

@@ -95,7 +95,7 @@ static gm_status calibrate(gm_engine *e, const gm_checkpoint *ck, const gm_fp8_q
         goto out;
     }
     const int64_t S = o->calib_seq > 1 ? o->calib_seq : 256;
-    int32_t nb = (int32_t)((S + 15) / 16), *bt = malloc((size_t)nb * sizeof(int32_t));
+    int32_t bs = e->opts.kv_block_size, nb = (int32_t)((S + bs - 1) / bs), *bt = malloc((size_t)nb * sizeof(int32_t));
     seq = malloc((size_t)S * sizeof(int32_t));
     if (!seq || !bt) {
         free(bt);

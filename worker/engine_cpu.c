@@ -14,7 +14,11 @@
  * slice (worker/weights.h) and all-reduce float64 partial sums after o_proj and
  * down_proj; tp=1 takes the same float64 path without the communicator.
  * Rank 0 samples and broadcasts the ids, so every rank can resolve a -1 token
- * (run-ahead, engine.h) from its slot's last sample (engine_feed.h). */
+ * (run-ahead, engine.h) from its slot's last sample (engine_feed.h).
+ *
+ * The checkpoint is whatever --model names (common/gguf_model.h: a safetensors directory or a GGUF,
+ * dequantized at load). engine_cpu.h adds what the quantizers calibrate with: one layer or one block
+ * at a time, and taps on every Linear's input. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
