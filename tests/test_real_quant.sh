@@ -59,12 +59,13 @@ if [ -f "$cache/model.safetensors" ] && [ -f "$cache/config.json" ]; then
   ok "AWQ checkpoint from the cache: $cache"
 else
   start=$(date +%s)
-  if "$quant" $opts --model "$g" --calib "$calib" --out "$cache.tmp.$$" --quiet 2>"$tmp/awq.log"; then
+  rm -rf "$cdir"/.awq-new.* # left by a run that was killed
+  if "$quant" $opts --model "$g" --calib "$calib" --out "$cdir/.awq-new.$$" --quiet 2>"$tmp/awq.log"; then
     rm -rf "$cdir"/awq-* 2>/dev/null
-    mv "$cache.tmp.$$" "$cache"
+    mv "$cdir/.awq-new.$$" "$cache"
     ok "gemma-quantize $opts from the GGUF in $(( $(date +%s) - start )) s: $cache"
   else
-    rm -rf "$cache.tmp.$$"
+    rm -rf "$cdir/.awq-new.$$"
     echo "FAIL: gemma-quantize $opts: $(cat "$tmp/awq.log")"
     exit 1
   fi
