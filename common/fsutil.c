@@ -62,6 +62,49 @@ gm_status gm_copy_file(const char *src, const char *dst, bool optional)
     return st;
 }
 
+gm_status gm_read_file(const char *path, size_t max, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return errno == ENOENT ? gm_fail(GM_ERR_NOT_FOUND, "%s: no such file", path)
+                               : gm_fail(GM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t n = 0, cap = 0, r;
+    gm_status st = GM_OK;
+    do {
+        if (n + 1 >= cap) {
+            if (cap > max) {
+                st = gm_fail(GM_ERR_FORMAT, "%s: larger than %zu bytes", path, max);
+                break;
+            }
+            cap = cap ? 2 * cap : 65536;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                st = gm_fail(GM_ERR_NOMEM, "%s: no memory to read it", path);
+                break;
+            }
+            buf = nb;
+        }
+        r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+    } while (r > 0);
+    if (!st && ferror(f))
+        st = gm_fail(GM_ERR_IO, "%s: read error", path);
+    fclose(f);
+    if (!st && n > max)
+        st = gm_fail(GM_ERR_FORMAT, "%s: larger than %zu bytes", path, max);
+    if (st) {
+        free(buf);
+        return st;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return GM_OK;
+}
+
 gm_status gm_copy_checkpoint_aux(const char *in_dir, const char *out_dir)
 {
     static const char *const files[] = {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",

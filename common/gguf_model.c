@@ -415,6 +415,50 @@ gm_status gm_checkpoint_open(const char *path, int flags, gm_checkpoint **out)
     return GM_OK;
 }
 
+gm_status gm_checkpoint_config(const char *path, gm_model_config *cfg)
+{
+    gm_checkpoint *c = NULL;
+    gm_status st = gm_checkpoint_open(path, 0, &c);
+    if (st)
+        return st;
+    *cfg = c->cfg;
+    gm_checkpoint_destroy(&c);
+    return GM_OK;
+}
+
+gm_status gm_checkpoint_load(const char *path, gm_model_config *cfg, st_model **model)
+{
+    if (!model)
+        return gm_fail(GM_ERR_INVALID_ARG, "gm_checkpoint_load: NULL argument");
+    *model = NULL;
+    gm_checkpoint *c = NULL;
+    gm_status st = gm_checkpoint_open(path, GM_CKPT_WEIGHTS, &c);
+    if (st)
+        return st;
+    if (cfg)
+        *cfg = c->cfg;
+    *model = c->model; /* an in-memory GGUF checkpoint owns its bytes; a mapped one its mapping */
+    c->model = NULL;
+    gm_checkpoint_destroy(&c);
+    return GM_OK;
+}
+
+bool gm_checkpoint_is_gguf(const char *path)
+{
+    struct stat sb;
+    if (!path || stat(path, &sb) != 0)
+        return false;
+    if (S_ISREG(sb.st_mode))
+        return true;
+    if (!S_ISDIR(sb.st_mode) || is_file(path, "model.safetensors") || is_file(path, "model.safetensors.index.json"))
+        return false;
+    char *g = NULL;
+    bool yes = find_gguf(path, &g) == GM_OK;
+    free(g);
+    gm_clear_error();
+    return yes;
+}
+
 gm_status gm_checkpoint_tokenizer(const gm_checkpoint *c, gm_tokenizer **out)
 {
     if (!c || !out)

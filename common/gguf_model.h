@@ -62,6 +62,15 @@ enum { GM_CKPT_WEIGHTS = 1 }; /* also load (dequantize) the weights */
 
 /* Open path as above; caller owns *out (gm_checkpoint_destroy). Errors name the path. */
 gm_status gm_checkpoint_open(const char *path, int flags, gm_checkpoint **out);
+/* The config of what --model names, as gm_checkpoint_open reads it (a GGUF's metadata only, no
+ * weights): what every place that takes --model uses instead of gm_config_load_dir. */
+gm_status gm_checkpoint_config(const char *path, gm_model_config *cfg);
+/* The config (cfg may be NULL) and the weights of what --model names (a GGUF dequantized); caller owns *model
+ * (st_model_destroy): what the engines and tools use instead of st_model_open. */
+gm_status gm_checkpoint_load(const char *path, gm_model_config *cfg, st_model **model);
+/* True when path is a GGUF checkpoint as gm_checkpoint_open sees it: a regular file, or a directory
+ * with no model.safetensors[.index.json] that holds a .gguf file. Nothing is parsed. */
+bool gm_checkpoint_is_gguf(const char *path);
 /* The checkpoint's tokenizer: DIR/tokenizer.model, or the GGUF vocabulary. Caller owns *out. */
 gm_status gm_checkpoint_tokenizer(const gm_checkpoint *c, gm_tokenizer **out);
 void gm_checkpoint_destroy(gm_checkpoint **c);

@@ -3,6 +3,7 @@
 
 #include <sentencepiece_processor.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -441,6 +442,23 @@ gm_status gm_tok_load_gguf(const gguf_file *g, gm_tokenizer **out)
         return gm_fail(GM_ERR_FORMAT, "tokenizer %s: %s", gguf_name(g), e.what());
     } catch (...) {
         return gm_fail(GM_ERR_INTERNAL, "tokenizer %s: unknown exception", gguf_name(g));
+    }
+}
+
+gm_status gm_tok_save(const gm_tokenizer *t, const char *path)
+{
+    if (!t || !path)
+        return gm_fail(GM_ERR_INVALID_ARG, "gm_tok_save: NULL argument");
+    try {
+        const std::string proto = t->sp.serialized_model_proto();
+        FILE *f = std::fopen(path, "wb");
+        if (!f)
+            return gm_fail(GM_ERR_IO, "%s: cannot create: %s", path, std::strerror(errno));
+        bool ok = std::fwrite(proto.data(), 1, proto.size(), f) == proto.size();
+        ok = std::fclose(f) == 0 && ok;
+        return ok ? GM_OK : gm_fail(GM_ERR_IO, "%s: write failed", path);
+    } catch (const std::bad_alloc &) {
+        return gm_fail(GM_ERR_NOMEM, "%s: out of memory", path);
     }
 }
 

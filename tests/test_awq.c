@@ -20,9 +20,9 @@
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/tokenizer.h"
-#include "kernels/cpu/embed.h"
 #include "kernels/cpu/gemm_awq.h"
 #include "worker/awq.h"
+#include "worker/engine_cpu.h"
 
 static const char *g_quant, *g_tiny, *g_calib, *g_work, *g_gen;
 
@@ -353,18 +353,6 @@ static void tiny_close(tiny *t)
     st_model_destroy(&t->m);
 }
 
-static gm_ref_norms tiny_norms(const tiny *t, int l)
-{
-    char a[128], b[128];
-    snprintf(a, sizeof a, "model.layers.%d.input_layernorm.weight", l);
-    snprintf(b, sizeof b, "model.layers.%d.post_attention_layernorm.weight", l);
-    const st_tensor *x = st_model_find(t->m, a), *y = st_model_find(t->m, b);
-    assert_non_null(x);
-    assert_non_null(y);
-    gm_ref_norms n = {x->data, y->data, x->dtype, y->dtype};
-    return n;
-}
-
 static int quantize(const char *mode, const char *out)
 {
     return run("%s %s --model %s --calib %s --group %d --max-tokens %d --seq-len %d --out %s/%s --quiet", g_quant,
@@ -477,8 +465,15 @@ static void test_tp_slices(void **state)
     tiny_close(&t);
 }
 
-/* The calibration tokens as gemma-quantize takes them: sequences of CAL_SEQ, BOS first. */
-static float *calib_embed(const tiny *t, int64_t *n_seq)
+/* The calibration tokens as gemma-quantize takes them: n_seq sequences of CAL_SEQ, BOS first, as
+ * engine step entries over blocks of 16 (tok, bt, seqs: caller frees). */
+typedef struct calib_seqs {
+    int32_t *tok, *bt;
+    gm_seq_step *seqs;
+    int32_t n_seq;
+} calib_seqs;
+
+static void calib_make(calib_seqs *c)
 {
     char p[4096];
     assert_true(snprintf(p, sizeof p, "%s/tokenizer.model", g_tiny) < (int)sizeof p);
@@ -492,30 +487,30 @@ static float *calib_embed(const tiny *t, int64_t *n_seq)
     int32_t *ids = NULL, n = 0;
     assert_int_equal(gm_tok_encode(tok, text, len, false, &ids, &n), GM_OK);
     gm_tok_destroy(&tok);
-    *n_seq = CAL_TOKENS / CAL_SEQ;
-    assert_true(n >= *n_seq * (CAL_SEQ - 1));
-    int64_t T = *n_seq * CAL_SEQ, H = t->cfg.hidden_size;
-    int32_t *seq = malloc((size_t)T * sizeof(int32_t));
-    for (int64_t i = 0; i < *n_seq; i++) {
-        seq[i * CAL_SEQ] = 2;
-        memcpy(seq + i * CAL_SEQ + 1, ids + i * (CAL_SEQ - 1), (CAL_SEQ - 1) * sizeof(int32_t));
+    c->n_seq = CAL_TOKENS / CAL_SEQ;
+    assert_true(n >= c->n_seq * (CAL_SEQ - 1));
+    const int nb = CAL_SEQ / 16;
+    c->tok = malloc((size_t)(c->n_seq * CAL_SEQ) * sizeof(int32_t));
+    c->bt = malloc((size_t)(c->n_seq * nb) * sizeof(int32_t));
+    c->seqs = calloc((size_t)c->n_seq, sizeof *c->seqs);
+    for (int32_t i = 0; i < c->n_seq * nb; i++)
+        c->bt[i] = i;
+    for (int32_t i = 0; i < c->n_seq; i++) {
+        c->tok[i * CAL_SEQ] = 2;
+        memcpy(c->tok + i * CAL_SEQ + 1, ids + i * (CAL_SEQ - 1), (CAL_SEQ - 1) * sizeof(int32_t));
+        c->seqs[i] = (gm_seq_step){i, c->tok + i * CAL_SEQ, CAL_SEQ, 0, c->bt + i * nb, nb, GM_LOGITS_NONE,
+                                   GM_SAMPLING_GREEDY};
     }
     free(ids);
-    const st_tensor *e = st_model_find(t->m, "model.embed_tokens.weight");
-    float *h = malloc((size_t)(T * H) * sizeof(float));
-    cpu_embed(e->data, e->dtype, H, seq, T, gm_config_normalizer(&t->cfg), h);
-    free(seq);
-    return h;
 }
 
-/* Relative error of a quantized layer's residual update on the float model's inputs. */
-static double layer_err(const tiny *q, int l, const float *h_in, const float *h_out, int64_t n_seq)
+/* Relative error of a quantized layer's residual update on the float model's inputs (the CPU
+ * engine eq running layer l of the quantized checkpoint). */
+static double layer_err(gm_engine *eq, const calib_seqs *c, int l, const float *h_in, const float *h_out, int64_t n)
 {
-    int64_t n = n_seq * CAL_SEQ * q->cfg.hidden_size;
     float *h = malloc((size_t)n * sizeof(float));
     memcpy(h, h_in, (size_t)n * sizeof(float));
-    gm_ref_norms nq = tiny_norms(q, l);
-    assert_int_equal(gm_ref_layer(&q->cfg, &nq, q->lin + l * GM_LIN_COUNT, h, n_seq, CAL_SEQ, NULL), GM_OK);
+    assert_int_equal(gm_engine_cpu_layer(eq, l, c->seqs, c->n_seq, h), GM_OK);
     double num = 0, den = 0;
     for (int64_t i = 0; i < n; i++) {
         double d = (double)h[i] - h_out[i], u = (double)h_out[i] - h_in[i];
@@ -534,30 +529,33 @@ static void test_awq_beats_rtn(void **state)
     char da[4096], dr[4096];
     snprintf(da, sizeof da, "%s/awq", g_work);
     snprintf(dr, sizeof dr, "%s/rtn", g_work);
-    tiny f, a, r;
-    tiny_open(g_tiny, &f);
+    tiny a;
     tiny_open(da, &a);
-    tiny_open(dr, &r);
     assert_int_equal(a.group, GROUP);
-    int64_t n_seq;
-    float *h = calib_embed(&f, &n_seq);
-    int64_t n = n_seq * CAL_SEQ * f.cfg.hidden_size;
-    float *next = malloc((size_t)n * sizeof(float));
+    tiny_close(&a);
+    calib_seqs c;
+    calib_make(&c);
+    gm_engine *ef = NULL, *ea = NULL, *er = NULL;
+    assert_int_equal(gm_engine_cpu_create_calib(g_tiny, c.n_seq, CAL_SEQ, &ef), GM_OK);
+    assert_int_equal(gm_engine_cpu_create_calib(da, c.n_seq, CAL_SEQ, &ea), GM_OK);
+    assert_int_equal(gm_engine_cpu_create_calib(dr, c.n_seq, CAL_SEQ, &er), GM_OK);
+    int64_t n = (int64_t)c.n_seq * CAL_SEQ * ef->cfg.hidden_size;
+    float *h = malloc((size_t)n * sizeof(float)), *next = malloc((size_t)n * sizeof(float));
+    assert_int_equal(gm_engine_cpu_embed(ef, c.seqs, c.n_seq, h), GM_OK);
     double sa = 0, sr = 0;
-    for (int l = 0; l < f.cfg.num_layers; l++) {
+    for (int l = 0; l < ef->cfg.num_layers; l++) {
         memcpy(next, h, (size_t)n * sizeof(float));
-        gm_ref_norms nf = tiny_norms(&f, l);
-        assert_int_equal(gm_ref_layer(&f.cfg, &nf, f.lin + l * GM_LIN_COUNT, next, n_seq, CAL_SEQ, NULL), GM_OK);
-        double ea = layer_err(&a, l, h, next, n_seq), er = layer_err(&r, l, h, next, n_seq);
-        print_message("layer %d: relative error of the residual update: awq %.5f rtn %.5f\n", l, ea, er);
-        assert_true(ea > 0.0 && isfinite(ea));
-        assert_true(ea <= er);
-        sa += ea, sr += er;
+        assert_int_equal(gm_engine_cpu_layer(ef, l, c.seqs, c.n_seq, next), GM_OK);
+        double xa = layer_err(ea, &c, l, h, next, n), xr = layer_err(er, &c, l, h, next, n);
+        print_message("layer %d: relative error of the residual update: awq %.5f rtn %.5f\n", l, xa, xr);
+        assert_true(xa > 0.0 && isfinite(xa));
+        assert_true(xa <= xr);
+        sa += xa, sr += xr;
         memcpy(h, next, (size_t)n * sizeof(float));
     }
-    print_message("mean: awq %.5f rtn %.5f\n", sa / f.cfg.num_layers, sr / f.cfg.num_layers);
-    free(h), free(next);
-    tiny_close(&f), tiny_close(&a), tiny_close(&r);
+    print_message("mean: awq %.5f rtn %.5f\n", sa / ef->cfg.num_layers, sr / ef->cfg.num_layers);
+    free(h), free(next), free(c.tok), free(c.bt), free(c.seqs);
+    gm_engine_destroy(&ef), gm_engine_destroy(&ea), gm_engine_destroy(&er);
 }
 
 /* gemma-generate's "perplexity: X" on a model, or -1. */

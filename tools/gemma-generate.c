@@ -12,6 +12,7 @@
 
 #include "common/args.h"
 #include "common/gen_stream.h"
+#include "common/gguf_model.h"
 #include "common/log.h"
 #include "common/model_config.h"
 #include "common/tokenizer.h"
@@ -38,10 +39,11 @@ typedef struct gen_opts {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gemma-generate --model DIR --prompt TEXT [options]\n"
-            "       gemma-generate --model DIR --perplexity TEXTFILE [options]\n"
+            "usage: gemma-generate --model PATH --prompt TEXT [options]\n"
+            "       gemma-generate --model PATH --perplexity TEXTFILE [options]\n"
             "Generates a continuation of TEXT offline and prints only it on stdout, then one newline.\n\n"
-            "  --model DIR          Hugging Face Gemma checkpoint directory\n"
+            "  --model PATH         Hugging Face Gemma checkpoint directory, a Gemma .gguf file, or a\n"
+            "                       directory holding one (dequantized at load)\n"
             "  --prompt TEXT        the prompt (BOS is prepended)\n"
             "  --chat               wrap the prompt in the Gemma chat template; stop at <end_of_turn>\n"
             "  --max-tokens N       the most tokens to generate (default 128); 0 = no limit: until EOS\n"
@@ -119,7 +121,7 @@ static int parse_args(int argc, char **argv, gen_opts *o)
     o->kv_dtype = kv_dtype == 1 ? GM_KV_BF16 : kv_dtype == 2 ? GM_KV_FP8 : GM_KV_AUTO;
     o->lm_head_fp8 = lm_head == 1;
     if (!o->model) {
-        fprintf(stderr, "gemma-generate: --model DIR is required (see --help)\n");
+        fprintf(stderr, "gemma-generate: --model PATH is required (see --help)\n");
         return 2;
     }
     if (!o->prompt && !o->ppl) {
@@ -414,18 +416,14 @@ int main(int argc, char **argv)
     if (rc)
         return rc;
     gm_log_init("gemma-generate", GM_LOG_INFO);
-    gm_model_config cfg;
-    gm_status st = gm_config_load_dir(o.model, &cfg);
+    gm_checkpoint *ck = NULL; /* the config and tokenizer; the engine loads the weights */
+    gm_status st = gm_checkpoint_open(o.model, 0, &ck);
     if (st)
         return fail_status("model", st);
-    size_t pl = strlen(o.model) + 32;
-    char *tpath = malloc(pl);
-    if (!tpath)
-        return 1;
-    snprintf(tpath, pl, "%s/tokenizer.model", o.model);
+    gm_model_config cfg = ck->cfg;
     gm_tokenizer *tok = NULL;
-    st = gm_tok_load(tpath, &tok);
-    free(tpath);
+    st = gm_checkpoint_tokenizer(ck, &tok);
+    gm_checkpoint_destroy(&ck);
     if (st)
         return fail_status("tokenizer", st);
     rc = o.ppl ? run_perplexity(&o, &cfg, tok) : run_generate(&o, &cfg, tok);

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/ckpt_meta.h"
 #include "common/dtype.h"
 #include "common/fsutil.h"
 #include "common/model_config.h"
@@ -469,122 +470,16 @@ static gm_status mk_fill(void *vctx, int32_t index, void *dst, uint64_t nbytes)
 }
 
 
-/* Write a cJSON tree to path, pretty-printed. Frees j. */
-static gm_status mk_write_json(cJSON *j, const char *path)
-{
-    char *s = j ? cJSON_Print(j) : NULL;
-    cJSON_Delete(j);
-    if (!s)
-        return gm_fail(GM_ERR_NOMEM, "%s: cannot build JSON", path);
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        free(s);
-        return gm_fail(GM_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    }
-    size_t n = strlen(s);
-    bool ok = fwrite(s, 1, n, f) == n && fputc('\n', f) != EOF;
-    ok = (fclose(f) == 0) && ok;
-    free(s);
-    return ok ? GM_OK : gm_fail(GM_ERR_IO, "%s: write failed", path);
-}
-
-/* A float key written with a decimal point (30.0, not 30): transformers 5 type-checks float fields. */
-static void mk_add_float(cJSON *j, const char *key, double v)
-{
-    char buf[48];
-    if (v == floor(v) && fabs(v) < 1e15)
-        snprintf(buf, sizeof buf, "%.1f", v);
-    else
-        snprintf(buf, sizeof buf, "%.7g", v); /* the values are floats */
-    cJSON_AddRawToObject(j, key, buf);
-}
-
-/* config.json keys of Gemma 2/3 (transformers 4.5x spelling, which transformers 5 loads as well). */
-static void mk_config_gemma23(const gm_model_config *c, cJSON *j)
-{
-    cJSON_AddStringToObject(j, "cache_implementation", "hybrid");
-    cJSON_AddNumberToObject(j, "query_pre_attn_scalar", c->query_pre_attn_scalar);
-    if (c->attn_softcap > 0)
-        mk_add_float(j, "attn_logit_softcapping", c->attn_softcap);
-    else
-        cJSON_AddNullToObject(j, "attn_logit_softcapping");
-    if (c->final_softcap > 0)
-        mk_add_float(j, "final_logit_softcapping", c->final_softcap);
-    else
-        cJSON_AddNullToObject(j, "final_logit_softcapping");
-    cJSON_AddNumberToObject(j, "sliding_window", c->sliding_window);
-    cJSON *lt = cJSON_AddArrayToObject(j, "layer_types");
-    for (int32_t i = 0; i < c->num_layers; i++)
-        cJSON_AddItemToArray(lt, cJSON_CreateString(c->layer_sliding[i] ? "sliding_attention" : "full_attention"));
-    if (c->family == GM_FAMILY_GEMMA3)
-        mk_add_float(j, "rope_local_base_freq", c->rope_theta_local);
-}
-
-/* eos_token_id: Gemma 3 lists <end_of_turn> after <eos>, as its published configs do. */
-static void mk_add_eos(const gm_model_config *c, cJSON *j)
-{
-    if (c->family != GM_FAMILY_GEMMA3) {
-        cJSON_AddNumberToObject(j, "eos_token_id", c->eos_id);
-        return;
-    }
-    cJSON *e = cJSON_AddArrayToObject(j, "eos_token_id");
-    cJSON_AddItemToArray(e, cJSON_CreateNumber(c->eos_id));
-    cJSON_AddItemToArray(e, cJSON_CreateNumber(c->end_of_turn_id));
-}
-
+/* config.json and generation_config.json of the preset (common/ckpt_meta.h). */
 static gm_status mk_config(const mk_opts *o, const char *dir)
 {
-    const gm_model_config *c = &o->cfg;
-    static const char *const arch_of[] = {"", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"};
-    static const char *const type_of[] = {"", "gemma", "gemma2", "gemma3_text"};
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    cJSON *j = cJSON_CreateObject();
-    cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
-    cJSON_AddItemToArray(arch, cJSON_CreateString(arch_of[c->family]));
-    cJSON_AddBoolToObject(j, "attention_bias", 0);
-    cJSON_AddNumberToObject(j, "attention_dropout", 0.0);
-    cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
-    mk_add_eos(c, j);
-    cJSON_AddNumberToObject(j, "head_dim", c->head_dim);
-    cJSON_AddStringToObject(j, "hidden_act", "gelu_pytorch_tanh");
-    cJSON_AddStringToObject(j, "hidden_activation", "gelu_pytorch_tanh");
-    cJSON_AddNumberToObject(j, "hidden_size", c->hidden_size);
-    cJSON_AddNumberToObject(j, "initializer_range", 0.02);
-    cJSON_AddNumberToObject(j, "intermediate_size", c->intermediate_size);
-    cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_position);
-    cJSON_AddStringToObject(j, "model_type", type_of[c->family]);
-    cJSON_AddNumberToObject(j, "num_attention_heads", c->num_heads);
-    cJSON_AddNumberToObject(j, "num_hidden_layers", c->num_layers);
-    cJSON_AddNumberToObject(j, "num_key_value_heads", c->num_kv_heads);
-    cJSON_AddNumberToObject(j, "pad_token_id", c->pad_id);
-    cJSON_AddNumberToObject(j, "rms_norm_eps", 1e-6);
-    if (c->rope_scale != 1.0f) { /* Gemma 3's full layers */
-        cJSON *rs = cJSON_AddObjectToObject(j, "rope_scaling");
-        mk_add_float(rs, "factor", c->rope_scale);
-        cJSON_AddStringToObject(rs, "rope_type", "linear");
-    } else {
-        cJSON_AddNullToObject(j, "rope_scaling");
-    }
-    mk_add_float(j, "rope_theta", c->rope_theta);
-    cJSON_AddBoolToObject(j, "tie_word_embeddings", 1);
-    cJSON_AddStringToObject(j, "torch_dtype", c->torch_dtype);
-    cJSON_AddStringToObject(j, "transformers_version", c->family == GM_FAMILY_GEMMA1 ? "4.38.0" : "4.50.0");
-    cJSON_AddBoolToObject(j, "use_cache", 1);
-    cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
-    if (c->family != GM_FAMILY_GEMMA1)
-        mk_config_gemma23(c, j);
-    gm_status st = mk_write_json(j, path);
+    gm_status st = gm_json_write(gm_config_to_json(&o->cfg), path);
     if (st)
         return st;
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    j = cJSON_CreateObject();
-    cJSON_AddBoolToObject(j, "_from_model_config", 1);
-    cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
-    mk_add_eos(c, j);
-    cJSON_AddNumberToObject(j, "pad_token_id", c->pad_id);
-    cJSON_AddStringToObject(j, "transformers_version", c->family == GM_FAMILY_GEMMA1 ? "4.38.0" : "4.50.0");
-    return mk_write_json(j, path);
+    return gm_json_write(gm_generation_config_to_json(&o->cfg), path);
 }
 
 static void mk_shard_name(char *buf, size_t cap, int32_t s, int32_t n)
@@ -662,7 +557,7 @@ static gm_status mk_weights(const mk_opts *o, const char *dir)
             cJSON_AddStringToObject(map, t[i].name, fname);
         }
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-        st = mk_write_json(j, path);
+        st = gm_json_write(j, path);
     }
 out:
     free(t);

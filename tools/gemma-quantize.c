@@ -2,13 +2,15 @@
  *
  * --awq: activation-aware weight quantization (Lin et al. 2023, arXiv 2306.00978) to
  *   int4 with zero points, written in the AutoAWQ GEMM layout (worker/awq.h).
- *   Calibration activations come from a float32 forward of the model itself
- *   (worker/awq.h gm_ref_layer over kernels/cpu). Layer by layer:
- *   1. run the layer in float32, capturing the inputs of its Linears; its output
- *      is the next layer's input (the float model's activations, as AutoAWQ does);
+ *   Calibration activations come from the float model run by the CPU engine itself
+ *   (worker/engine_cpu.h: the same forward that serves it, for Gemma 1, 2 and 3). Layer by layer:
+ *   1. run the layer, its Linears' inputs tapped; its output is the next layer's
+ *      input (the float model's activations, as AutoAWQ does);
  *   2. for each scaling group (input_layernorm -> q,k,v judged on the attention
- *      block's output; post_attention_layernorm -> gate,up judged on the MLP's
- *      output; up -> down judged on down's output) search s = mean|x|^alpha over
+ *      block's output (o_proj's, before any sandwich norm); the pre-MLP norm
+ *      (Gemma 1: post_attention_layernorm; Gemma 2/3: pre_feedforward_layernorm) ->
+ *      gate,up judged on the MLP's output; up -> down judged on down's output),
+ *      the blocks re-run by the engine with candidate weights, search s = mean|x|^alpha over
  *      alpha in {0, 1/n, ..., (n-1)/n}, normalised by sqrt(max s * min s), for the
  *      smallest mean squared block output with the scaled weights int4-quantized;
  *   3. fold s into the norm (Gemma: w' = (1 + w) / s - 1, stored in the checkpoint
@@ -21,9 +23,11 @@
  * --rtn: the same format by plain round-to-nearest (no calibration), for comparisons.
  * --fp8: FP8 e4m3 weights (tools/quantize_fp8.c).
  *
- * Output: config.json with quantization_config, model.safetensors (embedding and
- * folded norms in the checkpoint's dtype, qweight/qzeros/scales for every decoder
- * Linear) and the tokenizer files. Exit status 0 ok, 1 failure, 2 bad usage. */
+ * --model is a safetensors directory or a GGUF (a .gguf file or a directory holding one),
+ * dequantized at load. Output: config.json with quantization_config (a GGUF's built from its
+ * metadata), model.safetensors (folded norms in the checkpoint's dtype, qweight/qzeros/scales for
+ * every decoder Linear, every other tensor as loaded) and the tokenizer (a GGUF's serialized from
+ * its vocabulary as tokenizer.model). Exit status 0 ok, 1 failure, 2 bad usage. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -36,16 +40,18 @@
 
 #include "quantize_fp8.h"
 #include "common/args.h"
+#include "common/ckpt_meta.h"
 #include "common/dtype.h"
 #include "common/fsutil.h"
+#include "common/gguf_model.h"
 #include "common/log.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "common/tokenizer.h"
-#include "kernels/cpu/embed.h"
 #include "kernels/cpu/gemm_awq.h"
 #include "worker/awq.h"
+#include "worker/engine_cpu.h"
 #include "worker/weights.h"
 
 typedef enum q_mode { Q_MODE_NONE = 0, Q_MODE_AWQ, Q_MODE_RTN, Q_MODE_FP8 } q_mode;
@@ -60,16 +66,18 @@ typedef struct q_opts {
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gemma-quantize --awq --model DIR --calib TEXTFILE --out DIR [options]\n"
-            "       gemma-quantize --rtn --model DIR --out DIR [--group N]\n"
+            "usage: gemma-quantize --awq --model PATH --calib TEXTFILE --out DIR [options]\n"
+            "       gemma-quantize --rtn --model PATH --out DIR [--group N]\n"
+            "       gemma-quantize --fp8 --model PATH --out DIR [--calib TEXTFILE]\n"
             "Quantizes a Gemma checkpoint's decoder Linears to int4 with zero points (AutoAWQ GEMM\n"
             "layout: qweight/qzeros/scales, quantization_config in config.json).\n\n"
             "  --awq               activation-aware quantization (scale search, folding, clip search)\n"
             "  --rtn               plain round-to-nearest int4, same format (no calibration)\n"
             "  --fp8               FP8 e4m3 weights, per-tensor scales (static input scales with --calib)\n"
-            "  --model DIR         input checkpoint (bf16/f16/f32 safetensors)\n"
+            "  --model PATH        input checkpoint: bf16/f16/f32 safetensors directory, or a Gemma\n"
+            "                      .gguf file (or a directory holding one), dequantized at load\n"
             "  --calib FILE        calibration text (--awq)\n"
-            "  --out DIR           output directory (created; must not be DIR)\n"
+            "  --out DIR           output directory (created; not the input nor the .gguf's directory)\n"
             "  --group N           quantization group along the input dimension (default 128;\n"
             "                      must divide every Linear's in_features, e.g. 32 for the tiny model)\n"
             "  --max-tokens N      calibration tokens used (default 4096)\n"
@@ -173,76 +181,7 @@ static gm_status q_add(q_out *o, const char *name, gm_dtype dt, int64_t d0, int6
     return GM_OK;
 }
 
-/* ---- files beside the weights ---- */
-
-static char *q_slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t n = 0, cap = 0, r;
-    do {
-        if (n + 65536 + 1 > cap) {
-            cap = cap ? 2 * cap : 1 << 17;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf), fclose(f);
-                return NULL;
-            }
-            buf = nb;
-        }
-        r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-    } while (r > 0);
-    int err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
-/* Copy config.json, adding `quantization_config` = qc (ownership taken). */
-static gm_status q_write_config(const char *in, const char *out, cJSON *qc)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", in);
-    size_t len = 0;
-    char *text = q_slurp(path, &len);
-    if (!text) {
-        cJSON_Delete(qc);
-        return gm_fail(GM_ERR_IO, "%s: cannot read", path);
-    }
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!root || !cJSON_IsObject(root)) {
-        cJSON_Delete(root), cJSON_Delete(qc);
-        return gm_fail(GM_ERR_FORMAT, "%s: not a JSON object", path);
-    }
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
-    cJSON_AddItemToObject(root, "quantization_config", qc);
-    char *s = cJSON_Print(root);
-    cJSON_Delete(root);
-    if (!s)
-        return gm_fail(GM_ERR_NOMEM, "config.json: no memory");
-    snprintf(path, sizeof path, "%s/config.json", out);
-    FILE *f = fopen(path, "wb");
-    gm_status st = GM_OK;
-    if (!f) {
-        st = gm_fail(GM_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    } else {
-        if (fputs(s, f) == EOF || fputc('\n', f) == EOF)
-            st = gm_fail(GM_ERR_IO, "%s: write failed", path);
-        if (fclose(f) != 0 && !st)
-            st = gm_fail(GM_ERR_IO, "%s: write failed", path);
-    }
-    free(s);
-    return st;
-}
+/* ---- the quantization config ---- */
 
 static cJSON *q_awq_config(int64_t group)
 {
@@ -262,11 +201,18 @@ static cJSON *q_awq_config(int64_t group)
 
 typedef struct q_ctx {
     const q_opts *o;
-    gm_model_config cfg;
-    st_model *model;
+    gm_checkpoint *ck;      /* config and tokenizer; the weights too for --rtn */
+    gm_engine *eng;         /* --awq: the CPU engine over the checkpoint, the float model's forward */
+    gm_model_config cfg;    /* w.cfg: the tensor prefix settled */
     gm_weights w;
-    int64_t n_seq, S, T; /* calibration: n_seq sequences of S tokens */
-    float *h;            /* [T, hidden] residual stream entering the current layer */
+    int64_t n_seq, S, T;    /* calibration: n_seq sequences of S tokens */
+    int32_t *tok, *bt;      /* [T] their ids, [n_seq * nb] their KV blocks */
+    gm_seq_step *seqs;      /* [n_seq] */
+    float *h;               /* [T, hidden] residual stream entering the current layer */
+    float *cap[GM_TAP_COUNT]; /* the current layer's tapped Linear inputs (QKV_IN, O_IN, GU_IN, DOWN_IN) */
+    int32_t cap_layer;
+    const st_tensor **done; /* tensors the output replaces (packed Linears, folded norms) */
+    int32_t n_done;
     q_out out;
 } q_ctx;
 
@@ -305,8 +251,11 @@ typedef struct q_layer {
     int32_t l;
     float *W[GM_LIN_COUNT];     /* [N, K] nn.Linear layout, scaled in place */
     int64_t N[GM_LIN_COUNT], K[GM_LIN_COUNT];
-    float *nw[2];               /* input / post norm weights w (not 1 + w), folded in place */
+    float *nw[2];               /* the norms before q|k|v and gate|up: weights w (not 1 + w), folded in place */
     gm_dtype ndt[2];            /* their checkpoint dtype */
+    const st_tensor *nt[2];     /* their tensors: input_layernorm; post_attention_layernorm (Gemma 1) or
+                                   pre_feedforward_layernorm (Gemma 2/3) */
+    const st_tensor *wt[GM_LIN_COUNT]; /* the Linears' weight tensors */
     gm_linear fp[GM_LIN_COUNT]; /* dense f32 linears over W */
 } q_layer;
 
@@ -330,9 +279,11 @@ static gm_status q_layer_load(q_ctx *c, int32_t l, q_layer *L)
         if (!L->W[i])
             goto nomem;
         L->fp[i] = q_lin_f32(L->W[i], L->N[i], L->K[i]);
+        L->wt[i] = v[i]->full;
     }
-    L->nw[0] = q_f32(&lw->input_norm), L->ndt[0] = lw->input_norm.dtype;
-    L->nw[1] = q_f32(&lw->post_norm), L->ndt[1] = lw->post_norm.dtype;
+    const gm_wview *nv[2] = {&lw->input_norm, c->cfg.sandwich_norm ? &lw->pre_ffw_norm : &lw->post_norm};
+    for (int k = 0; k < 2; k++)
+        L->nw[k] = q_f32(nv[k]), L->ndt[k] = nv[k]->dtype, L->nt[k] = nv[k]->full;
     if (!L->nw[0] || !L->nw[1])
         goto nomem;
     return GM_OK;
@@ -396,14 +347,14 @@ static gm_status q_fake(const float *W, int64_t N, int64_t K, const float *s, in
 enum { Q_BLK_ATTN = 0, Q_BLK_MLP, Q_BLK_DOWN };
 static const char *const q_blk_name[3] = {"qkv", "gate/up", "down"};
 
-/* The block's output for linears lin. x is its input ([T, hidden], or [T, inter] for down). */
-static gm_status q_block(const q_ctx *c, int blk, const gm_linear *lin, const float *x, float *out)
+/* The block's output for linears lin of layer l: the CPU engine's attention or MLP block (before any
+ * sandwich norm), or down_proj alone. x is its input ([T, hidden], or [T, inter] for down). */
+static gm_status q_block(const q_ctx *c, int32_t l, int blk, const gm_linear *lin, const float *x, float *out)
 {
-    if (blk == Q_BLK_ATTN)
-        return gm_ref_attn(&c->cfg, lin, x, c->n_seq, c->S, out, NULL);
-    if (blk == Q_BLK_MLP)
-        return gm_ref_mlp(&c->cfg, lin, x, c->T, out, NULL);
-    return gm_linear_matmul(&lin[GM_LIN_DOWN], x, c->T, c->cfg.intermediate_size, out, c->cfg.hidden_size);
+    if (blk == Q_BLK_DOWN)
+        return gm_linear_matmul(&lin[GM_LIN_DOWN], x, c->T, c->cfg.intermediate_size, out, c->cfg.hidden_size);
+    return gm_engine_cpu_block(c->eng, l, blk == Q_BLK_ATTN ? GM_CPU_BLOCK_ATTN : GM_CPU_BLOCK_MLP, lin, c->seqs,
+                               (int32_t)c->n_seq, x, out);
 }
 
 /* The AWQ scale search of one group. x [T, C] the Linears' input; members: which Linears take
@@ -439,7 +390,7 @@ static gm_status q_search(const q_ctx *c, const q_layer *L, int blk, const float
     for (int64_t k = 0; k < C; k++)
         xm[k] = (float)(acc[k] / (double)T);
     free(acc);
-    if ((st = q_block(c, blk, L->fp, x, ref)))
+    if ((st = q_block(c, L->l, blk, L->fp, x, ref)))
         goto done;
 
     double best = INFINITY;
@@ -463,7 +414,7 @@ static gm_status q_search(const q_ctx *c, const q_layer *L, int blk, const float
             if ((st = q_fake(L->W[j], L->N[j], L->K[j], gi == 0 ? NULL : s, G, NULL, cand[j])))
                 goto done;
         }
-        if ((st = q_block(c, blk, lin, x, cur)))
+        if ((st = q_block(c, L->l, blk, lin, x, cur)))
             goto done;
         double err = q_mse(cur, ref, T * H);
         if (gi == 0)
@@ -508,8 +459,20 @@ static gm_status q_clip(const q_ctx *c, const q_layer *L, int j, const float *x,
     return GM_OK;
 }
 
-/* Quantize Linear j of L (its scaled weights) with ratio and add it to the output. */
-static gm_status q_emit_linear(q_ctx *c, const q_layer *L, int j, const float *ratio, gm_linear *packed)
+/* Remember that the output replaces tensor t. */
+static gm_status q_mark_done(q_ctx *c, const st_tensor *t)
+{
+    const st_tensor **nd = realloc(c->done, (size_t)(c->n_done + 1) * sizeof *nd);
+    if (!nd)
+        return gm_fail(GM_ERR_NOMEM, "no memory");
+    c->done = nd;
+    c->done[c->n_done++] = t;
+    return GM_OK;
+}
+
+/* Quantize Linear j of L (its scaled weights) with ratio and add it to the output in place of
+ * its `<m>.weight`: `<m>.qweight`, `<m>.qzeros`, `<m>.scales`. */
+static gm_status q_emit_linear(q_ctx *c, const q_layer *L, int j, const float *ratio)
 {
     int64_t N = L->N[j], K = L->K[j], g = c->o->group, G = K / g;
     int32_t *qw = q_keep(&c->out, malloc((size_t)(K * N / 8) * sizeof(int32_t)));
@@ -518,30 +481,29 @@ static gm_status q_emit_linear(q_ctx *c, const q_layer *L, int j, const float *r
     if (!qw || !qz || !sc)
         return gm_fail(GM_ERR_NOMEM, "layer %d: no memory for packed %s", (int)L->l, gm_linear_names[j]);
     cpu_awq_quantize(L->W[j], N, K, K, g, ratio, qw, qz, sc);
-    char name[192];
+    const char *wn = L->wt[j]->name;
+    int base = (int)strlen(wn) - (int)strlen(".weight"); /* gm_weights_bind found it as <m>.weight */
+    char name[320];
     gm_status st;
-    snprintf(name, sizeof name, "model.layers.%d.%s.qweight", (int)L->l, gm_linear_names[j]);
+    snprintf(name, sizeof name, "%.*s.qweight", base, wn);
     if ((st = q_add(&c->out, name, GM_DT_I32, K, N / 8, qw)))
         return st;
-    snprintf(name, sizeof name, "model.layers.%d.%s.qzeros", (int)L->l, gm_linear_names[j]);
+    snprintf(name, sizeof name, "%.*s.qzeros", base, wn);
     if ((st = q_add(&c->out, name, GM_DT_I32, G, N / 8, qz)))
         return st;
-    snprintf(name, sizeof name, "model.layers.%d.%s.scales", (int)L->l, gm_linear_names[j]);
+    snprintf(name, sizeof name, "%.*s.scales", base, wn);
     if ((st = q_add(&c->out, name, GM_DT_F16, G, N, sc)))
         return st;
-    memset(packed, 0, sizeof *packed);
-    packed->kind = GM_LINEAR_AWQ;
-    packed->in = K, packed->out = N;
-    packed->awq = (cpu_awq_w){qw, qz, sc, K, N, N / 8, N, g};
-    return GM_OK;
+    return q_mark_done(c, L->wt[j]);
 }
 
-/* A norm weight [C] (float values) in dtype dt, kept for the writer. */
-static gm_status q_emit_norm(q_ctx *c, const char *name, const float *w, int64_t C, gm_dtype dt)
+/* A folded norm weight w [C] (float values) in place of tensor t, in t's dtype. */
+static gm_status q_emit_norm(q_ctx *c, const st_tensor *t, const float *w, int64_t C)
 {
+    gm_dtype dt = t->dtype;
     void *p = q_keep(&c->out, malloc((size_t)C * gm_dtype_size(dt)));
     if (!p)
-        return gm_fail(GM_ERR_NOMEM, "%s: no memory", name);
+        return gm_fail(GM_ERR_NOMEM, "%s: no memory", t->name);
     for (int64_t i = 0; i < C; i++) {
         if (dt == GM_DT_BF16)
             ((uint16_t *)p)[i] = gm_f32_to_bf16(w[i]);
@@ -550,29 +512,18 @@ static gm_status q_emit_norm(q_ctx *c, const char *name, const float *w, int64_t
         else
             ((float *)p)[i] = w[i];
     }
-    return q_add(&c->out, name, dt, C, 0, p);
+    gm_status st = q_add(&c->out, t->name, dt, C, 0, p);
+    return st ? st : q_mark_done(c, t);
 }
 
-/* Relative error of a layer's residual update: |d_q - d_fp| / |d_fp| with d = layer(h) - h. */
-static gm_status q_layer_err(const q_ctx *c, const gm_ref_norms *nq, const gm_linear *lq, const float *h_in,
-                             const float *h_out, double *rel)
+/* The CPU engine's tap: the inputs of layer cap_layer's Linears into c->cap (worker/engine_cpu.h). */
+static gm_status q_tap(void *ctx, int32_t l, gm_cpu_tap tap, int64_t row0, const float *x, int64_t rows, int64_t cols)
 {
-    int64_t n = c->T * c->cfg.hidden_size;
-    float *h = malloc((size_t)n * sizeof(float));
-    if (!h)
-        return gm_fail(GM_ERR_NOMEM, "no memory for the layer error");
-    memcpy(h, h_in, (size_t)n * sizeof(float));
-    gm_status st = gm_ref_layer(&c->cfg, nq, lq, h, c->n_seq, c->S, NULL);
-    if (!st) {
-        double num = 0, den = 0;
-        for (int64_t i = 0; i < n; i++) {
-            double d = (double)h[i] - (double)h_out[i], u = (double)h_out[i] - (double)h_in[i];
-            num += d * d, den += u * u;
-        }
-        *rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    }
-    free(h);
-    return st;
+    q_ctx *c = ctx;
+    if (l != c->cap_layer || !c->cap[tap])
+        return GM_OK;
+    memcpy(c->cap[tap] + row0 * cols, x, (size_t)(rows * cols) * sizeof(float));
+    return GM_OK;
 }
 
 /* Quantize one layer: capture, search, fold, clip, pack; advance c->h to the next layer's input. */
@@ -586,13 +537,11 @@ static gm_status q_do_layer(q_ctx *c, int32_t l)
     gm_status st = q_layer_load(c, l, &L);
     if (st)
         return st;
-    float *h_in = NULL, *x_attn = NULL, *att = NULL, *x_mlp = NULL, *act = NULL;
+    float *x_attn = NULL, *att = NULL, *x_mlp = NULL, *act = NULL;
     float *s[3] = {0}, *nwf[2] = {0};
     float *ratio[GM_LIN_COUNT] = {0};
-    gm_linear packed[GM_LIN_COUNT];
     double alpha[3] = {0}, ea[3] = {0}, er[3] = {0};
     if (awq) {
-        h_in = malloc((size_t)(T * H) * sizeof(float));
         x_attn = malloc((size_t)(T * H) * sizeof(float));
         att = malloc((size_t)(T * QW) * sizeof(float));
         x_mlp = malloc((size_t)(T * H) * sizeof(float));
@@ -600,16 +549,18 @@ static gm_status q_do_layer(q_ctx *c, int32_t l)
         s[0] = malloc((size_t)H * sizeof(float)), s[1] = malloc((size_t)H * sizeof(float));
         s[2] = malloc((size_t)I * sizeof(float));
         nwf[0] = malloc((size_t)H * sizeof(float)), nwf[1] = malloc((size_t)H * sizeof(float));
-        if (!h_in || !x_attn || !att || !x_mlp || !act || !s[0] || !s[1] || !s[2] || !nwf[0] || !nwf[1]) {
+        if (!x_attn || !att || !x_mlp || !act || !s[0] || !s[1] || !s[2] || !nwf[0] || !nwf[1]) {
             st = gm_fail(GM_ERR_NOMEM, "layer %d: no memory for %lld calibration tokens", (int)l, (long long)T);
             goto done;
         }
-        /* 1. float forward with capture; c->h becomes the next layer's input */
-        memcpy(h_in, c->h, (size_t)(T * H) * sizeof(float));
-        gm_ref_norms nf = {c->w.layers[l].input_norm.data, c->w.layers[l].post_norm.data,
-                           c->w.layers[l].input_norm.dtype, c->w.layers[l].post_norm.dtype};
-        gm_ref_capture cap = {x_attn, att, x_mlp, act};
-        if ((st = gm_ref_layer(m, &nf, L.fp, c->h, c->n_seq, c->S, &cap)))
+        /* 1. the float layer through the CPU engine, its Linears' inputs tapped; c->h becomes the next
+         *    layer's input */
+        c->cap_layer = l;
+        c->cap[GM_TAP_QKV_IN] = x_attn, c->cap[GM_TAP_O_IN] = att;
+        c->cap[GM_TAP_GU_IN] = x_mlp, c->cap[GM_TAP_DOWN_IN] = act;
+        if ((st = gm_engine_cpu_set_tap(c->eng, q_tap, c)) ||
+            (st = gm_engine_cpu_layer(c->eng, l, c->seqs, (int32_t)c->n_seq, c->h)) ||
+            (st = gm_engine_cpu_set_tap(c->eng, NULL, NULL)))
             goto done;
         /* 2. scale searches (each against the float weights) */
         static const int m_attn[3] = {GM_LIN_Q, GM_LIN_K, GM_LIN_V}, m_mlp[2] = {GM_LIN_GATE, GM_LIN_UP},
@@ -647,38 +598,25 @@ static gm_status q_do_layer(q_ctx *c, int32_t l)
         for (int j = 0; j < GM_LIN_COUNT; j++)
             if ((st = q_clip(c, &L, j, clip_in[j], &ratio[j])))
                 goto done;
+        /* the folded norms replace the checkpoint's */
+        if ((st = q_emit_norm(c, L.nt[0], L.nw[0], H)) || (st = q_emit_norm(c, L.nt[1], L.nw[1], H)))
+            goto done;
     }
     /* 5. pack and emit */
-    char name[128];
-    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", (int)l);
-    if ((st = q_emit_norm(c, name, L.nw[0], H, L.ndt[0])))
-        goto done;
-    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", (int)l);
-    if ((st = q_emit_norm(c, name, L.nw[1], H, L.ndt[1])))
-        goto done;
     for (int j = 0; j < GM_LIN_COUNT; j++)
-        if ((st = q_emit_linear(c, &L, j, ratio[j], &packed[j])))
+        if ((st = q_emit_linear(c, &L, j, ratio[j])))
             goto done;
-    if (awq) {
-        /* progress: the layer's residual-update error with these weights vs the float layer */
-        double rel = 0;
-        gm_ref_norms nq = {L.nw[0], L.nw[1], GM_DT_F32, GM_DT_F32};
-        for (int k = 0; k < 2; k++) /* the norms as the file will hold them */
-            for (int64_t i = 0; i < H; i++)
-                L.nw[k][i] = q_round_dt(L.nw[k][i], L.ndt[k]);
-        if ((st = q_layer_err(c, &nq, packed, h_in, c->h, &rel)))
-            goto done;
-        if (!c->o->quiet)
-            fprintf(stderr,
-                    "gemma-quantize: layer %d/%d: alpha qkv %.2f gate/up %.2f down %.2f; block mse awq/rtn "
-                    "%.3g/%.3g %.3g/%.3g %.3g/%.3g; layer rel err %.4f (%.1f s)\n",
-                    (int)l + 1, m->num_layers, alpha[0], alpha[1], alpha[2], ea[0], er[0], ea[1], er[1], ea[2],
-                    er[2], rel, now_s() - t0);
-    } else if (!c->o->quiet) {
+    if (awq && !c->o->quiet)
+        fprintf(stderr,
+                "gemma-quantize: layer %d/%d: alpha qkv %.2f gate/up %.2f down %.2f; block mse awq/rtn "
+                "%.3g/%.3g %.3g/%.3g %.3g/%.3g (%.1f s)\n",
+                (int)l + 1, m->num_layers, alpha[0], alpha[1], alpha[2], ea[0], er[0], ea[1], er[1], ea[2], er[2],
+                now_s() - t0);
+    else if (!c->o->quiet)
         fprintf(stderr, "gemma-quantize: layer %d/%d quantized (round-to-nearest)\n", (int)l + 1, m->num_layers);
-    }
 done:
-    free(h_in), free(x_attn), free(att), free(x_mlp), free(act);
+    memset(c->cap, 0, sizeof c->cap);
+    free(x_attn), free(att), free(x_mlp), free(act);
     for (int i = 0; i < 3; i++)
         free(s[i]);
     free(nwf[0]), free(nwf[1]);
@@ -688,35 +626,26 @@ done:
     return st;
 }
 
-/* Tokenize the calibration text into n_seq sequences of S tokens (BOS first) and embed them. */
+/* Tokenize the calibration text into n_seq sequences of S tokens (BOS first), make the CPU engine
+ * that runs them (c->eng; its weights become the source) and embed them into c->h. */
 static gm_status q_calib(q_ctx *c)
 {
     const q_opts *o = c->o;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer.model", o->model);
     gm_tokenizer *tok = NULL;
-    gm_status st = gm_tok_load(path, &tok);
-    if (st)
-        return st;
+    char *text = NULL;
     size_t len = 0;
-    char *text = q_slurp(o->calib, &len);
-    if (!text) {
-        gm_tok_destroy(&tok);
-        return gm_fail(GM_ERR_IO, "%s: cannot read the calibration text: %s", o->calib, strerror(errno));
-    }
     int32_t *ids = NULL, n = 0;
-    st = gm_tok_encode(tok, text, len, false, &ids, &n);
-    free(text);
-    gm_tok_destroy(&tok);
-    if (st)
-        return st;
+    gm_status st = gm_read_file(o->calib, (size_t)1 << 30, &text, &len);
+    if (st || (st = gm_checkpoint_tokenizer(c->ck, &tok)) || (st = gm_tok_encode(tok, text, len, false, &ids, &n)))
+        goto done;
     if (n < 1) {
-        free(ids);
-        return gm_fail(GM_ERR_INVALID_ARG, "%s: the calibration text has no tokens", o->calib);
+        st = gm_fail(GM_ERR_INVALID_ARG, "%s: the calibration text has no tokens", o->calib);
+        goto done;
     }
+    const gm_model_config *m = &c->ck->cfg;
     int64_t S = o->seq_len;
-    if (S > c->cfg.max_position)
-        S = c->cfg.max_position;
+    if (S > m->max_position)
+        S = m->max_position;
     if (S > o->max_tokens)
         S = o->max_tokens;
     int64_t n_seq = o->max_tokens / S;
@@ -727,30 +656,49 @@ static gm_status q_calib(q_ctx *c)
         S = n + 1;
     }
     c->n_seq = n_seq, c->S = S, c->T = n_seq * S;
-    int32_t *seq = malloc((size_t)c->T * sizeof(int32_t));
-    c->h = malloc((size_t)(c->T * c->cfg.hidden_size) * sizeof(float));
-    if (!seq || !c->h) {
-        free(ids), free(seq);
-        return gm_fail(GM_ERR_NOMEM, "no memory for %lld calibration tokens", (long long)c->T);
+    if ((st = gm_engine_cpu_create_calib(o->model, n_seq, S, &c->eng)))
+        goto done;
+    int64_t bs = c->eng->opts.kv_block_size, nb = (S + bs - 1) / bs; /* KV blocks of a sequence */
+    c->tok = malloc((size_t)c->T * sizeof(int32_t));
+    c->bt = malloc((size_t)(n_seq * nb) * sizeof(int32_t));
+    c->seqs = calloc((size_t)n_seq, sizeof *c->seqs);
+    c->h = malloc((size_t)(c->T * m->hidden_size) * sizeof(float));
+    if (!c->tok || !c->bt || !c->seqs || !c->h) {
+        st = gm_fail(GM_ERR_NOMEM, "no memory for %lld calibration tokens", (long long)c->T);
+        goto done;
     }
+    for (int64_t i = 0; i < n_seq * nb; i++)
+        c->bt[i] = (int32_t)i;
     for (int64_t i = 0; i < n_seq; i++) {
-        seq[i * S] = c->cfg.bos_id;
-        memcpy(seq + i * S + 1, ids + i * (S - 1), (size_t)(S - 1) * sizeof(int32_t));
+        c->tok[i * S] = m->bos_id;
+        memcpy(c->tok + i * S + 1, ids + i * (S - 1), (size_t)(S - 1) * sizeof(int32_t));
+        c->seqs[i] = (gm_seq_step){(int32_t)i, c->tok + i * S, (int32_t)S, 0, c->bt + i * nb, (int32_t)nb,
+                                   GM_LOGITS_NONE, GM_SAMPLING_GREEDY};
     }
-    free(ids);
-    for (int64_t i = 0; i < c->T; i++)
-        if (seq[i] < 0 || seq[i] >= c->cfg.vocab_size) {
-            st = gm_fail(GM_ERR_FORMAT, "token id %d is outside the model's vocabulary %d", seq[i],
-                         c->cfg.vocab_size);
-            free(seq);
-            return st;
-        }
-    cpu_embed(c->w.embed.data, c->w.embed.dtype, c->cfg.hidden_size, seq, c->T, gm_config_normalizer(&c->cfg),
-              c->h);
-    free(seq);
+    if ((st = gm_engine_cpu_embed(c->eng, c->seqs, (int32_t)n_seq, c->h)))
+        goto done;
     if (!o->quiet)
         fprintf(stderr, "gemma-quantize: calibration: %lld sequences of %lld tokens from %s (%d tokens)\n",
                 (long long)n_seq, (long long)S, o->calib, n);
+done:
+    free(text);
+    free(ids);
+    gm_tok_destroy(&tok);
+    return st;
+}
+
+/* Every tensor of m the quantized layers do not replace (embedding, final and other norms, ...),
+ * unchanged. */
+static gm_status q_copy_rest(q_ctx *c, const st_model *m)
+{
+    for (int32_t i = 0; i < st_model_count(m); i++) {
+        const st_tensor *t = st_model_at(m, i);
+        int32_t k = 0;
+        while (k < c->n_done && c->done[k] != t)
+            k++;
+        if (k == c->n_done && st_writer_add(c->out.w, t->name, t->dtype, t->ndim, t->shape, t->data) < 0)
+            return gm_fail(GM_ERR_INTERNAL, "writer: %s: %s", t->name, gm_last_error());
+    }
     return GM_OK;
 }
 
@@ -762,77 +710,79 @@ static gm_status q_run_int4(const q_opts *o)
     c.o = o;
     gm_status st;
     double t0 = now_s();
-    if ((st = gm_config_load_dir(o->model, &c.cfg)))
+    bool awq = o->mode == Q_MODE_AWQ;
+    /* --awq runs the float model on the CPU engine, whose weights then serve as the source */
+    if ((st = gm_checkpoint_open(o->model, awq ? 0 : GM_CKPT_WEIGHTS, &c.ck)))
         return st;
-    const gm_model_config *m = &c.cfg;
-    if (m->family != GM_FAMILY_GEMMA1) /* the calibration forward below is Gemma 1's */
-        return gm_fail(GM_ERR_UNSUPPORTED, "%s: int4 quantization (--awq, --rtn) supports Gemma 1 only (this is Gemma %d); "
-                       "--fp8 without --calib works for every family", o->model, (int)m->family);
+    const gm_model_config *m = &c.ck->cfg;
     int64_t qw = (int64_t)m->num_heads * m->head_dim, kvw = (int64_t)m->num_kv_heads * m->head_dim;
     int64_t Ks[3] = {m->hidden_size, qw, m->intermediate_size}, Ns[4] = {qw, kvw, m->hidden_size,
                                                                          m->intermediate_size};
-    for (int i = 0; i < 3; i++)
-        if (Ks[i] % o->group != 0)
-            return gm_fail(GM_ERR_INVALID_ARG, "--group %lld does not divide in_features %lld of this model",
-                           (long long)o->group, (long long)Ks[i]);
-    for (int i = 0; i < 4; i++)
-        if (Ns[i] % 8 != 0)
-            return gm_fail(GM_ERR_UNSUPPORTED, "out_features %lld is not a multiple of 8 (AWQ packing)",
-                           (long long)Ns[i]);
     gm_quant_config qc;
-    if ((st = gm_quant_config_load(o->model, &qc)))
-        return st;
-    if (qc.present)
-        return gm_fail(GM_ERR_INVALID_ARG, "%s is already quantized (%s); give an unquantized checkpoint", o->model,
-                       qc.method);
-    if ((st = st_model_open(o->model, &c.model)))
-        return st;
-    if ((st = gm_weights_bind(c.model, m, 0, 1, &c.w)))
+    for (int i = 0; i < 3 && !st; i++)
+        if (Ks[i] % o->group != 0)
+            st = gm_fail(GM_ERR_INVALID_ARG, "--group %lld does not divide in_features %lld of this model",
+                         (long long)o->group, (long long)Ks[i]);
+    for (int i = 0; i < 4 && !st; i++)
+        if (Ns[i] % 8 != 0)
+            st = gm_fail(GM_ERR_UNSUPPORTED, "out_features %lld is not a multiple of 8 (AWQ packing)",
+                         (long long)Ns[i]);
+    if (!st && !(st = gm_quant_config_load(o->model, &qc)) && qc.present)
+        st = gm_fail(GM_ERR_INVALID_ARG, "%s is already quantized (%s); give an unquantized checkpoint", o->model,
+                     qc.method);
+    if (st || (awq && (st = q_calib(&c))))
         goto done;
+    const st_model *src = awq ? gm_engine_cpu_model(c.eng) : c.ck->model;
+    if ((st = gm_weights_bind(src, m, 0, 1, &c.w)))
+        goto done;
+    c.cfg = c.w.cfg;
     if (!(c.out.w = st_writer_new())) {
         st = gm_fail(GM_ERR_NOMEM, "no memory for the writer");
         goto done;
     }
     st_writer_meta(c.out.w, "format", "pt");
-    st_writer_meta(c.out.w, "quantized_by", o->mode == Q_MODE_AWQ ? "gemma-quantize --awq" : "gemma-quantize --rtn");
-    if (o->mode == Q_MODE_AWQ && (st = q_calib(&c)))
-        goto done;
-    if ((st = q_add(&c.out, "model.embed_tokens.weight", c.w.embed.dtype, m->vocab_size, m->hidden_size,
-                    c.w.embed.data)))
-        goto done;
+    st_writer_meta(c.out.w, "quantized_by", awq ? "gemma-quantize --awq" : "gemma-quantize --rtn");
     for (int32_t l = 0; l < m->num_layers; l++)
         if ((st = q_do_layer(&c, l)))
             goto done;
-    if ((st = q_add(&c.out, "model.norm.weight", c.w.final_norm.dtype, m->hidden_size, 0, c.w.final_norm.data)))
-        goto done;
-    if ((st = gm_mkdirs(o->out)))
+    if ((st = q_copy_rest(&c, src)) || (st = gm_mkdirs(o->out)))
         goto done;
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", o->out);
     if (!o->quiet)
         fprintf(stderr, "gemma-quantize: writing %s (%.1f MB)\n", path, (double)st_writer_bytes(c.out.w) / 1e6);
-    if ((st = st_writer_write(c.out.w, path, NULL, NULL)))
-        goto done;
-    if ((st = q_write_config(o->model, o->out, q_awq_config(o->group))) || (st = gm_copy_checkpoint_aux(o->model, o->out)))
+    if ((st = st_writer_write(c.out.w, path, NULL, NULL)) ||
+        (st = gm_checkpoint_write_meta(c.ck, o->out, q_awq_config(o->group))))
         goto done;
     if (!o->quiet)
         fprintf(stderr, "gemma-quantize: done in %.1f s: %s\n", now_s() - t0, o->out);
 done:
     q_out_free(&c.out);
-    free(c.h);
+    free(c.h), free(c.tok), free(c.bt), free(c.seqs), free(c.done);
     gm_weights_release(&c.w);
-    st_model_destroy(&c.model);
+    gm_engine_destroy(&c.eng);
+    gm_checkpoint_destroy(&c.ck);
     return st;
 }
 
-/* Refuse to write over the input checkpoint. */
+/* --model must exist (a directory or a .gguf file); --out must be neither it nor the directory
+ * holding it (that directory would then hold two checkpoints). */
 static gm_status q_check_dirs(const q_opts *o)
 {
-    struct stat a, b;
-    if (stat(o->model, &a) != 0 || !S_ISDIR(a.st_mode))
-        return gm_fail(GM_ERR_IO, "--model %s: not a directory", o->model);
-    if (stat(o->out, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
-        return gm_fail(GM_ERR_INVALID_ARG, "--out %s is the input directory", o->out);
+    struct stat a, b, d;
+    if (stat(o->model, &a) != 0 || (!S_ISDIR(a.st_mode) && !S_ISREG(a.st_mode)))
+        return gm_fail(GM_ERR_IO, "--model %s: neither a checkpoint directory nor a .gguf file", o->model);
+    if (stat(o->out, &b) != 0)
+        return GM_OK;
+    if (a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        return gm_fail(GM_ERR_INVALID_ARG, "--out %s is the input %s", o->out, S_ISDIR(a.st_mode) ? "directory" : "file");
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", o->model);
+    char *slash = strrchr(parent, '/');
+    snprintf(slash ? slash + 1 : parent, sizeof parent - (size_t)(slash ? slash + 1 - parent : 0), ".");
+    if (S_ISREG(a.st_mode) && stat(parent, &d) == 0 && d.st_dev == b.st_dev && d.st_ino == b.st_ino)
+        return gm_fail(GM_ERR_INVALID_ARG, "--out %s is the directory holding --model %s; give another", o->out,
+                       o->model);
     return GM_OK;
 }
 

@@ -1,10 +1,10 @@
 /* quantize_fp8.c - FP8 e4m3 checkpoint writer with optional static-scale calibration
  * (see quantize_fp8.h for the output layout).
  *
- * Calibration: a float32 forward of the model itself (kernels/cpu ops) over the text, split into
- * sequences of calib_seq tokens each starting with BOS; per layer it records max |x| of the
- * inputs of qkv, o, gate|up and down (each value rounded to bf16 first, as the engine's
- * activations are) and max |k| (after RoPE), |v|. */
+ * Calibration: the float model run by the CPU engine itself (worker/engine_cpu.h, every Gemma
+ * family) over the text, split into sequences of calib_seq tokens each starting with BOS; its taps
+ * record per layer max |x| of the inputs of qkv, o, gate|up and down (each value rounded to bf16
+ * first, as the engine's activations are) and max |k| (after QK-norm and RoPE), |v|. */
 #include "quantize_fp8.h"
 
 #include <cjson/cJSON.h>
@@ -17,18 +17,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/ckpt_meta.h"
 #include "../common/dtype.h"
 #include "../common/fsutil.h"
+#include "../common/gguf_model.h"
 #include "../common/model_config.h"
 #include "../common/safetensors.h"
 #include "../common/tokenizer.h"
-#include "../kernels/cpu/attn.h"
-#include "../kernels/cpu/embed.h"
-#include "../kernels/cpu/geglu.h"
-#include "../kernels/cpu/gemm.h"
-#include "../kernels/cpu/norm.h"
 #include "../kernels/cpu/quant_fp8.h"
-#include "../kernels/cpu/rope_kv.h"
+#include "../worker/engine_cpu.h"
 #include "../worker/weights.h"
 
 enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_N };
@@ -66,122 +63,67 @@ static float amax_bf16_rounded(const float *x, int64_t n)
 
 static float maxf(float a, float b) { return a > b ? a : b; }
 
-/* y [T, N] = x [T, K] . W^T with a checkpoint view. */
-static void lin(const gm_wview *W, const float *x, int64_t T, float *y)
+/* The CPU engine's tap (worker/engine_cpu.h): max |x| of each Linear's input and of K, V. */
+static gm_status calib_tap(void *ctx, int32_t l, gm_cpu_tap tap, int64_t row0, const float *x, int64_t rows,
+                           int64_t cols)
 {
-    cpu_matmul(x, T, W->cols, W->cols, W->data, W->dtype, W->ld, W->rows, y, W->rows);
+    (void)row0;
+    fp8_calib *c = ctx;
+    float a = amax_bf16_rounded(x, rows * cols);
+    float *slot = tap == GM_TAP_QKV_IN ? &c->in_qkv[l]
+                  : tap == GM_TAP_O_IN ? &c->in_o[l]
+                  : tap == GM_TAP_GU_IN ? &c->in_gu[l]
+                  : tap == GM_TAP_DOWN_IN ? &c->in_down[l]
+                                          : &c->kv[l]; /* K, V */
+    *slot = maxf(*slot, a);
+    return GM_OK;
 }
 
-static char *read_text(const char *path, size_t *len)
+/* The float forward over the calibration text (the CPU engine e, one sequence of at most calib_seq
+ * tokens per step), recording amax per layer into c. */
+static gm_status calibrate(gm_engine *e, const gm_checkpoint *ck, const gm_fp8_quant_opts *o, fp8_calib *c)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        gm_fail(GM_ERR_IO, "calibration text %s: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (n < cap)
-            break;
-        cap *= 2;
-        char *nb = realloc(buf, cap + 1);
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-        } else {
-            buf = nb;
-        }
-    }
-    fclose(f);
-    if (!buf) {
-        gm_fail(GM_ERR_NOMEM, "calibration text %s: out of memory", path);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
-/* The float32 forward over the calibration text, recording amax per layer into c. */
-static gm_status calibrate(const char *model_dir, const gm_model_config *cfg, const gm_weights *w,
-                           const gm_fp8_quant_opts *o, fp8_calib *c)
-{
-    gm_status st = GM_OK;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer.model", model_dir);
     gm_tokenizer *tok = NULL;
+    char *text = NULL;
     size_t len = 0;
-    char *text = read_text(o->calib_file, &len);
-    if (!text)
-        return GM_ERR_IO;
-    int32_t *ids = NULL, n_ids = 0;
-    if ((st = gm_tok_load(path, &tok)) != GM_OK)
-        goto out;
-    if ((st = gm_tok_encode(tok, text, len, false, &ids, &n_ids)) != GM_OK)
+    int32_t *ids = NULL, n_ids = 0, *seq = NULL;
+    gm_status st = gm_read_file(o->calib_file, (size_t)1 << 30, &text, &len);
+    if (st || (st = gm_checkpoint_tokenizer(ck, &tok)) || (st = gm_tok_encode(tok, text, len, false, &ids, &n_ids)))
         goto out;
     if (n_ids < 1) {
         st = gm_fail(GM_ERR_INVALID_ARG, "calibration text %s has no tokens", o->calib_file);
         goto out;
     }
     const int64_t S = o->calib_seq > 1 ? o->calib_seq : 256;
-    const int64_t H = cfg->hidden_size, nh = cfg->num_heads, nkv = cfg->num_kv_heads, hd = cfg->head_dim;
-    const int64_t I = cfg->intermediate_size, qw = nh * hd, kw = nkv * hd;
-    float *h = malloc(S * H * 4), *x = malloc(S * H * 4), *q = malloc(S * qw * 4), *k = malloc(S * kw * 4);
-    float *v = malloc(S * kw * 4), *att = malloc(S * qw * 4), *y = malloc(S * H * 4), *g = malloc(S * I * 4);
-    float *u = malloc(S * I * 4), *kp = malloc(S * kw * 4), *vp = malloc(S * kw * 4);
-    int32_t *seq = malloc(S * sizeof(int32_t)), *pos = malloc(S * sizeof(int32_t));
-    if (!h || !x || !q || !k || !v || !att || !y || !g || !u || !kp || !vp || !seq || !pos) {
-        st = gm_fail(GM_ERR_NOMEM, "fp8 calibration: no memory for %lld-token activations", (long long)S);
-        goto free_bufs;
+    int32_t bs = e->opts.kv_block_size, nb = (int32_t)((S + bs - 1) / bs), *bt = malloc((size_t)nb * sizeof(int32_t));
+    seq = malloc((size_t)S * sizeof(int32_t));
+    if (!seq || !bt) {
+        free(bt);
+        st = gm_fail(GM_ERR_NOMEM, "fp8 calibration: no memory");
+        goto out;
     }
-    int32_t bt0 = 0;
+    for (int32_t i = 0; i < nb; i++)
+        bt[i] = i;
+    if ((st = gm_engine_cpu_set_tap(e, calib_tap, c)))
+        goto done;
     int64_t used = 0, next = 0, limit = o->calib_tokens > 0 ? o->calib_tokens : 512;
-    float norm = gm_config_normalizer(cfg), scale = 1.0f / sqrtf((float)hd);
     while (used < limit && next < n_ids) {
         int64_t T = 1;
-        seq[0] = cfg->bos_id;
+        seq[0] = ck->cfg.bos_id;
         while (T < S && next < n_ids && used + T < limit)
             seq[T++] = ids[next++];
-        for (int64_t t = 0; t < T; t++)
-            pos[t] = (int32_t)t;
-        cpu_embed(w->embed.data, w->embed.dtype, H, seq, T, norm, h);
-        for (int32_t l = 0; l < cfg->num_layers; l++) {
-            const gm_layer_weights *L = &w->layers[l];
-            cpu_rmsnorm(h, L->input_norm.data, L->input_norm.dtype, T, H, cfg->rms_norm_eps, x);
-            c->in_qkv[l] = maxf(c->in_qkv[l], amax_bf16_rounded(x, T * H));
-            lin(&L->q, x, T, q);
-            lin(&L->k, x, T, k);
-            lin(&L->v, x, T, v);
-            cpu_rope(q, T, nh, hd, pos, cfg->rope_theta);
-            cpu_rope(k, T, nkv, hd, pos, cfg->rope_theta);
-            c->kv[l] = maxf(c->kv[l], maxf(amax_bf16_rounded(k, T * kw), amax_bf16_rounded(v, T * kw)));
-            cpu_kv_write(kp, vp, &bt0, (int32_t)T, 0, T, nkv, hd, k, v); /* one block of T keys */
-            cpu_attention_paged(q, T, 0, nh, nkv, hd, kp, vp, &bt0, (int32_t)T, scale, att);
-            c->in_o[l] = maxf(c->in_o[l], amax_bf16_rounded(att, T * qw));
-            lin(&L->o, att, T, y);
-            for (int64_t i = 0; i < T * H; i++)
-                h[i] += y[i];
-            cpu_rmsnorm(h, L->post_norm.data, L->post_norm.dtype, T, H, cfg->rms_norm_eps, x);
-            c->in_gu[l] = maxf(c->in_gu[l], amax_bf16_rounded(x, T * H));
-            lin(&L->gate, x, T, g);
-            lin(&L->up, x, T, u);
-            cpu_geglu(g, u, T, I, g);
-            c->in_down[l] = maxf(c->in_down[l], amax_bf16_rounded(g, T * I));
-            lin(&L->down, g, T, y);
-            for (int64_t i = 0; i < T * H; i++)
-                h[i] += y[i];
-        }
+        gm_seq_step q = {0, seq, (int32_t)T, 0, bt, nb, GM_LOGITS_NONE, GM_SAMPLING_GREEDY};
+        if ((st = gm_engine_step(e, &q, 1, NULL)))
+            goto done;
         used += T;
         if (o->verbose)
             fprintf(stderr, "gemma-quantize --fp8: calibrated on %lld tokens\n", (long long)used);
     }
-free_bufs:
-    free(h), free(x), free(q), free(k), free(v), free(att), free(y), free(g), free(u), free(kp), free(vp);
-    free(seq), free(pos);
+done:
+    gm_engine_cpu_set_tap(e, NULL, NULL);
+    free(bt);
 out:
+    free(seq);
     free(ids);
     free(text);
     gm_tok_destroy(&tok);
@@ -266,55 +208,6 @@ static gm_status fill_fp8(void *ctx_, int32_t index, void *dst, uint64_t nbytes)
     return GM_OK;
 }
 
-static gm_status write_config(const char *model_dir, const char *out_dir, int calibrated)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", model_dir);
-    size_t len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return gm_fail(GM_ERR_IO, "%s: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *txt = malloc((size_t)(sz > 0 ? sz : 0) + 1);
-    if (txt)
-        len = fread(txt, 1, (size_t)(sz > 0 ? sz : 0), f);
-    fclose(f);
-    if (!txt)
-        return gm_fail(GM_ERR_NOMEM, "%s: out of memory", path);
-    txt[len] = 0;
-    cJSON *root = cJSON_ParseWithLength(txt, len);
-    free(txt);
-    if (!root || !cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return gm_fail(GM_ERR_FORMAT, "%s: not a JSON object", path);
-    }
-    cJSON_DeleteItemFromObject(root, "quantization_config");
-    cJSON *q = cJSON_CreateObject();
-    cJSON_AddStringToObject(q, "quant_method", "fp8");
-    cJSON_AddStringToObject(q, "fmt", "e4m3");
-    cJSON_AddStringToObject(q, "activation_scheme", calibrated ? "static" : "dynamic");
-    cJSON_AddStringToObject(q, "weight_scheme", "per-tensor");
-    if (calibrated)
-        cJSON_AddStringToObject(q, "kv_cache_scheme", "static");
-    cJSON_AddItemToObject(q, "ignored_layers", cJSON_CreateArray());
-    cJSON_AddItemToObject(root, "quantization_config", q);
-    char *out = cJSON_Print(root);
-    cJSON_Delete(root);
-    if (!out)
-        return gm_fail(GM_ERR_NOMEM, "config.json: out of memory");
-    snprintf(path, sizeof path, "%s/config.json", out_dir);
-    gm_status st = GM_OK;
-    f = fopen(path, "wb");
-    if (!f || fputs(out, f) < 0 || fputc('\n', f) == EOF)
-        st = gm_fail(GM_ERR_IO, "%s: %s", path, strerror(errno));
-    if (f && fclose(f) != 0 && st == GM_OK)
-        st = gm_fail(GM_ERR_IO, "%s: close failed", path);
-    free(out);
-    return st;
-}
-
 gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const gm_fp8_quant_opts *o)
 {
     gm_status st = GM_OK;
@@ -325,8 +218,9 @@ gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const g
     }
     if (!model_dir || !out_dir)
         return gm_fail(GM_ERR_INVALID_ARG, "gm_quantize_fp8: model and output directories are required");
-    gm_model_config cfg;
-    st_model *m = NULL;
+    const st_model *m = NULL;
+    gm_checkpoint *ck = NULL; /* config, tokenizer, and the weights unless the engine holds them */
+    gm_engine *eng = NULL;    /* calibration: the CPU engine over the same checkpoint */
     gm_weights w;
     memset(&w, 0, sizeof w);
     fp8_layer *layers = NULL;
@@ -334,16 +228,14 @@ gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const g
     st_writer *wr = NULL;
     fill_ctx fc = {0};
     char path[4096];
-    int bound = 0;
+    int bound = 0, calibrated = o->calib_file != NULL;
 
-    if ((st = gm_config_load_dir(model_dir, &cfg)) != GM_OK)
+    if ((st = gm_checkpoint_open(model_dir, calibrated ? 0 : GM_CKPT_WEIGHTS, &ck)) != GM_OK)
         return st;
-    if (o->calib_file && cfg.family != GM_FAMILY_GEMMA1) /* calibrate() runs Gemma 1's forward */
-        return gm_fail(GM_ERR_UNSUPPORTED, "%s: FP8 calibration (static input scales) supports Gemma 1 only (this "
-                       "is Gemma %d); quantize without a calibration text for dynamic scales", model_dir,
-                       (int)cfg.family);
-    if ((st = st_model_open(model_dir, &m)) != GM_OK)
-        return st;
+    const gm_model_config cfg = ck->cfg;
+    if (calibrated && (st = gm_engine_cpu_create_calib(model_dir, 1, o->calib_seq > 1 ? o->calib_seq : 256, &eng)))
+        goto done;
+    m = calibrated ? gm_engine_cpu_model(eng) : ck->model;
     for (int32_t i = 0; i < st_model_count(m); i++)
         if (st_model_at(m, i)->dtype == GM_DT_F8_E4M3) {
             st = gm_fail(GM_ERR_INVALID_ARG, "%s: tensor %s is already FP8", model_dir, st_model_at(m, i)->name);
@@ -377,9 +269,8 @@ gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const g
         layers[l].wscale[LIN_GATE] = layers[l].wscale[LIN_UP] = gu;
         layers[l].wscale[LIN_DOWN] = cpu_fp8_scale(am[LIN_DOWN]);
     }
-    int calibrated = o->calib_file != NULL;
     if (calibrated) {
-        if ((st = calibrate(model_dir, &cfg, &w, o, &cal)) != GM_OK)
+        if ((st = calibrate(eng, ck, o, &cal)) != GM_OK)
             goto done;
         for (int32_t l = 0; l < NL; l++) {
             float s_qkv = cpu_fp8_scale(cal.in_qkv[l]), s_gu = cpu_fp8_scale(cal.in_gu[l]);
@@ -455,7 +346,7 @@ gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const g
         for (int32_t l = 0; l < NL; l++) {
             const char *nm[2] = {"k_scale", "v_scale"};
             for (int k = 0; k < 2; k++) {
-                snprintf(path, sizeof path, "model.layers.%d.self_attn.%s", l, nm[k]);
+                snprintf(path, sizeof path, "%slayers.%d.self_attn.%s", gm_config_tensor_prefix(&w.cfg), l, nm[k]);
                 if (st_writer_add(wr, path, GM_DT_F32, 0, NULL, &layers[l].kv_scale) < 0) {
                     st = GM_ERR_INVALID_ARG;
                     goto done;
@@ -469,10 +360,15 @@ gm_status gm_quantize_fp8_ex(const char *model_dir, const char *out_dir, const g
         goto done;
     if (o->verbose)
         fprintf(stderr, "\ngemma-quantize --fp8: wrote %s (%.2f GB)\n", path, st_writer_bytes(wr) / 1e9);
-    if ((st = write_config(model_dir, out_dir, calibrated)) != GM_OK)
-        goto done;
-    if ((st = gm_copy_checkpoint_aux(model_dir, out_dir)) != GM_OK)
-        goto done;
+    cJSON *q = cJSON_CreateObject();
+    cJSON_AddStringToObject(q, "quant_method", "fp8");
+    cJSON_AddStringToObject(q, "fmt", "e4m3");
+    cJSON_AddStringToObject(q, "activation_scheme", calibrated ? "static" : "dynamic");
+    cJSON_AddStringToObject(q, "weight_scheme", "per-tensor");
+    if (calibrated)
+        cJSON_AddStringToObject(q, "kv_cache_scheme", "static");
+    cJSON_AddItemToObject(q, "ignored_layers", cJSON_CreateArray());
+    st = gm_checkpoint_write_meta(ck, out_dir, q); /* config.json (built for a GGUF), tokenizer */
 done:
     st_writer_destroy(&wr);
     free(fc.items);
@@ -480,7 +376,8 @@ done:
     free(layers);
     if (bound)
         gm_weights_release(&w);
-    st_model_destroy(&m);
+    gm_engine_destroy(&eng);
+    gm_checkpoint_destroy(&ck);
     return st;
 }
 

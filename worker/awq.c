@@ -1,5 +1,4 @@
-/* awq.c - AutoAWQ GEMM-layout checkpoints, the dense-or-AWQ linear, and a float32
- * reference decoder layer over it. */
+/* awq.c - AutoAWQ GEMM-layout checkpoints and the dense, AWQ or FP8 linear. */
 #include "awq.h"
 
 #include <cjson/cJSON.h>
@@ -10,14 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../kernels/cpu/attn.h"
-#include "../kernels/cpu/geglu.h"
+#include "../common/fsutil.h"
+#include "../common/gguf_model.h"
 #include "../kernels/cpu/gemm.h"
 #include "../kernels/cpu/gemm_awq.h"
 #include "../kernels/cpu/gemm_fp8.h"
-#include "../kernels/cpu/norm.h"
 #include "../kernels/cpu/quant_fp8.h"
-#include "../kernels/cpu/rope_kv.h"
 
 const char *const gm_linear_names[GM_LIN_COUNT] = {
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -107,55 +104,16 @@ gm_status gm_quant_config_parse(const char *json, size_t len, const char *name, 
     return st;
 }
 
-/* Whole file into a NUL-terminated buffer (caller frees); GM_ERR_NOT_FOUND when absent. */
-static gm_status read_file(const char *path, char **out, size_t *len)
-{
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return errno == ENOENT ? gm_fail(GM_ERR_NOT_FOUND, "%s: no such file", path)
-                               : gm_fail(GM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            cap = cap ? 2 * cap : 65536;
-            if (cap > ((size_t)64 << 20)) {
-                free(buf), fclose(f);
-                return gm_fail(GM_ERR_FORMAT, "%s: larger than 64 MiB, not a config file", path);
-            }
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf), fclose(f);
-                return gm_fail(GM_ERR_NOMEM, "%s: no memory to read it", path);
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (err) {
-        free(buf);
-        return gm_fail(GM_ERR_IO, "%s: read error", path);
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return GM_OK;
-}
-
 gm_status gm_quant_config_load(const char *dir, gm_quant_config *q)
 {
     memset(q, 0, sizeof *q);
+    if (gm_checkpoint_is_gguf(dir))
+        return GM_OK; /* its quantization is in its tensor types, undone at load */
     char path[4096];
     char *text = NULL;
     size_t len = 0;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    gm_status st = read_file(path, &text, &len);
+    gm_status st = gm_read_file(path, (size_t)64 << 20, &text, &len);
     if (st)
         return st; /* a model directory always has config.json */
     cJSON *root = cJSON_ParseWithLength(text, len);
@@ -170,7 +128,7 @@ gm_status gm_quant_config_load(const char *dir, gm_quant_config *q)
     }
     cJSON_Delete(root);
     snprintf(path, sizeof path, "%s/quant_config.json", dir);
-    st = read_file(path, &text, &len);
+    st = gm_read_file(path, (size_t)64 << 20, &text, &len);
     if (st == GM_ERR_NOT_FOUND) {
         gm_clear_error();
         return GM_OK; /* not quantized */
@@ -593,99 +551,4 @@ int64_t gm_linear_bytes(const gm_linear *L)
         return L->in * L->out * (int64_t)gm_dtype_size(L->dense.dtype);
     int64_t G = L->in / L->awq.group;
     return L->in * L->out / 2 + G * L->out / 2 + G * L->out * 2;
-}
-
-/* ---- float32 reference layer ---- */
-
-gm_status gm_ref_attn(const gm_model_config *cfg, const gm_linear *lin, const float *x, int64_t n_seq, int64_t S,
-                      float *out, float *att)
-{
-    int64_t H = cfg->hidden_size, hd = cfg->head_dim, nh = cfg->num_heads, nkv = cfg->num_kv_heads;
-    int64_t qw = nh * hd, kvw = nkv * hd, T = n_seq * S;
-    float *q = malloc((size_t)(T * qw) * sizeof(float));
-    float *k = malloc((size_t)(T * kvw) * sizeof(float));
-    float *v = malloc((size_t)(T * kvw) * sizeof(float));
-    float *kp = malloc((size_t)(S * kvw) * sizeof(float)); /* one block of S tokens: [1, n_kv, S, hd] */
-    float *vp = malloc((size_t)(S * kvw) * sizeof(float));
-    float *a = att ? att : malloc((size_t)(T * qw) * sizeof(float));
-    int32_t *pos = malloc((size_t)S * sizeof(int32_t));
-    gm_status st = GM_OK;
-    if (!q || !k || !v || !kp || !vp || !a || !pos) {
-        st = gm_fail(GM_ERR_NOMEM, "reference attention: no memory for %lld tokens", (long long)T);
-        goto done;
-    }
-    if ((st = gm_linear_matmul(&lin[GM_LIN_Q], x, T, H, q, qw)) ||
-        (st = gm_linear_matmul(&lin[GM_LIN_K], x, T, H, k, kvw)) ||
-        (st = gm_linear_matmul(&lin[GM_LIN_V], x, T, H, v, kvw)))
-        goto done;
-    for (int64_t i = 0; i < S; i++)
-        pos[i] = (int32_t)i;
-    const int32_t table[1] = {0};
-    float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t s = 0; s < n_seq; s++) {
-        float *qs = q + s * S * qw, *ks = k + s * S * kvw, *vs = v + s * S * kvw;
-        cpu_rope(qs, S, nh, hd, pos, cfg->rope_theta);
-        cpu_rope(ks, S, nkv, hd, pos, cfg->rope_theta);
-        cpu_kv_write(kp, vp, table, (int32_t)S, 0, S, nkv, hd, ks, vs);
-        cpu_attention_paged(qs, S, 0, nh, nkv, hd, kp, vp, table, (int32_t)S, scale, a + s * S * qw);
-    }
-    st = gm_linear_matmul(&lin[GM_LIN_O], a, T, qw, out, H);
-done:
-    free(q), free(k), free(v), free(kp), free(vp), free(pos);
-    if (a != att)
-        free(a);
-    return st;
-}
-
-gm_status gm_ref_mlp(const gm_model_config *cfg, const gm_linear *lin, const float *x, int64_t T, float *out,
-                     float *act)
-{
-    int64_t H = cfg->hidden_size, I = cfg->intermediate_size;
-    float *g = malloc((size_t)(T * I) * sizeof(float));
-    float *u = malloc((size_t)(T * I) * sizeof(float));
-    gm_status st = GM_OK;
-    if (!g || !u) {
-        st = gm_fail(GM_ERR_NOMEM, "reference MLP: no memory for %lld tokens", (long long)T);
-        goto done;
-    }
-    if ((st = gm_linear_matmul(&lin[GM_LIN_GATE], x, T, H, g, I)) ||
-        (st = gm_linear_matmul(&lin[GM_LIN_UP], x, T, H, u, I)))
-        goto done;
-    cpu_geglu(g, u, T, I, g);
-    if (act)
-        memcpy(act, g, (size_t)(T * I) * sizeof(float));
-    st = gm_linear_matmul(&lin[GM_LIN_DOWN], g, T, I, out, H);
-done:
-    free(g), free(u);
-    return st;
-}
-
-gm_status gm_ref_layer(const gm_model_config *cfg, const gm_ref_norms *norms, const gm_linear *lin, float *h,
-                       int64_t n_seq, int64_t S, gm_ref_capture *cap)
-{
-    int64_t H = cfg->hidden_size, T = n_seq * S;
-    float *x = malloc((size_t)(T * H) * sizeof(float));
-    float *o = malloc((size_t)(T * H) * sizeof(float));
-    gm_status st = GM_OK;
-    if (!x || !o) {
-        st = gm_fail(GM_ERR_NOMEM, "reference layer: no memory for %lld tokens", (long long)T);
-        goto done;
-    }
-    cpu_rmsnorm(h, norms->input, norms->input_dt, T, H, cfg->rms_norm_eps, x);
-    if (cap && cap->x_attn)
-        memcpy(cap->x_attn, x, (size_t)(T * H) * sizeof(float));
-    if ((st = gm_ref_attn(cfg, lin, x, n_seq, S, o, cap ? cap->att : NULL)))
-        goto done;
-    for (int64_t i = 0; i < T * H; i++)
-        h[i] += o[i];
-    cpu_rmsnorm(h, norms->post, norms->post_dt, T, H, cfg->rms_norm_eps, x);
-    if (cap && cap->x_mlp)
-        memcpy(cap->x_mlp, x, (size_t)(T * H) * sizeof(float));
-    if ((st = gm_ref_mlp(cfg, lin, x, T, o, cap ? cap->act : NULL)))
-        goto done;
-    for (int64_t i = 0; i < T * H; i++)
-        h[i] += o[i];
-done:
-    free(x), free(o);
-    return st;
 }

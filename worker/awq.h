@@ -5,9 +5,7 @@
  * [K, N/8] int32, `<m>.qzeros` [K/g, N/8] int32 and `<m>.scales` [K/g, N] fp16
  * (kernels/cpu/gemm_awq.h has the nibble order); embeddings and norms stay dense.
  * It says so in config.json's `quantization_config` (or an older quant_config.json).
- *
- * Also here: a float32 reference of one Gemma decoder layer over gm_linear weights,
- * the quantizer's calibration forward and the quality test's yardstick. */
+ * (The quantizer's calibration forward is the CPU engine's own: worker/engine_cpu.h.) */
 #ifndef GM_AWQ_H
 #define GM_AWQ_H
 
@@ -42,7 +40,7 @@ typedef struct gm_quant_config {
 gm_status gm_quant_config_parse(const char *json, size_t len, const char *name, int legacy, gm_quant_config *q);
 
 /* Read DIR/config.json's quantization_config, else DIR/quant_config.json; q->present = 0
- * when neither exists. */
+ * when neither exists, and for a GGUF checkpoint (a .gguf file or a directory holding one). */
 gm_status gm_quant_config_load(const char *dir, gm_quant_config *q);
 
 /* Find `<prefix>.qweight/.qzeros/.scales` in m and check dtypes (I32, I32, F16) and shapes
@@ -123,38 +121,6 @@ void gm_linears_free(gm_linear *lin, int64_t n);
 
 /* Bytes of the weight as stored (packed int4 + zeros + scales for AWQ). */
 int64_t gm_linear_bytes(const gm_linear *L);
-
-/* ---- float32 reference of a decoder layer (calibration, tests) ---- */
-
-/* Attention block of n_seq sequences of S tokens each (positions 0..S-1), T = n_seq * S:
- * out [T, hidden] = o_proj(attn(rope(q), rope(k), v)) of x [T, hidden] (already normed).
- * lin points at the layer's GM_LIN_COUNT linears (q, k, v, o used; tp 1). att [T, q width]
- * (optional) receives o_proj's input. */
-gm_status gm_ref_attn(const gm_model_config *cfg, const gm_linear *lin, const float *x, int64_t n_seq, int64_t S,
-                      float *out, float *att);
-
-/* MLP block: out [T, hidden] = down(gelu_tanh(gate(x)) * up(x)); act [T, intermediate]
- * (optional) receives down_proj's input. */
-gm_status gm_ref_mlp(const gm_model_config *cfg, const gm_linear *lin, const float *x, int64_t T, float *out,
-                     float *act);
-
-/* Norm weights of one layer. */
-typedef struct gm_ref_norms {
-    const void *input, *post; /* [hidden] */
-    gm_dtype input_dt, post_dt;
-} gm_ref_norms;
-
-/* Inputs of a layer's Linears, captured by gm_ref_layer (each optional). */
-typedef struct gm_ref_capture {
-    float *x_attn; /* [T, hidden] input of q, k, v */
-    float *att;    /* [T, q width] input of o */
-    float *x_mlp;  /* [T, hidden] input of gate, up */
-    float *act;    /* [T, intermediate] input of down */
-} gm_ref_capture;
-
-/* One decoder layer in place: h [T, hidden] += attn(rmsnorm(h)); h += mlp(rmsnorm(h)). */
-gm_status gm_ref_layer(const gm_model_config *cfg, const gm_ref_norms *norms, const gm_linear *lin, float *h,
-                       int64_t n_seq, int64_t S, gm_ref_capture *cap);
 
 #ifdef __cplusplus
 }

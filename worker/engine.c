@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/gguf_model.h"
 #include "engine_check.h"
 
 void gm_engine_opts_init(gm_engine_opts *o)

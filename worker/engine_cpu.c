@@ -14,11 +14,16 @@
  * slice (worker/weights.h) and all-reduce float64 partial sums after o_proj and
  * down_proj; tp=1 takes the same float64 path without the communicator.
  * Rank 0 samples and broadcasts the ids, so every rank can resolve a -1 token
- * (run-ahead, engine.h) from its slot's last sample (engine_feed.h). */
+ * (run-ahead, engine.h) from its slot's last sample (engine_feed.h).
+ *
+ * The checkpoint is whatever --model names (common/gguf_model.h: a safetensors directory or a GGUF,
+ * dequantized at load). engine_cpu.h adds what the quantizers calibrate with: one layer or one block
+ * at a time, and taps on every Linear's input. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/gguf_model.h"
 #include "../common/log.h"
 #include "../common/safetensors.h"
 #include "../kernels/cpu/attn.h"
@@ -35,6 +40,7 @@
 #include "awq.h"
 #include "engine.h"
 #include "engine_check.h"
+#include "engine_cpu.h"
 #include "engine_feed.h"
 #include "engine_pen.h"
 #include "weights.h"
@@ -74,6 +80,8 @@ typedef struct cpu_engine {
                         * penalties (allocated then) */
     int32_t *cnt;      /* [vocab] zero: cpu_penalize's scratch */
     float *work;       /* [vocab] a row being penalized or masked (the logits stay raw) */
+    gm_cpu_tap_fn tap; /* engine_cpu.h: the calibration taps, or NULL */
+    void *tap_ctx;
 } cpu_engine;
 
 static void *xrealloc(void *p, size_t n, int *fail)
@@ -161,19 +169,26 @@ static gm_status reduce_norm_add(cpu_engine *c, int64_t T, const gm_wview *norm)
     return GM_OK;
 }
 
-static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs, int32_t n_seqs, int64_t T)
+/* The tap of layer l, when one is set. */
+static gm_status tap(cpu_engine *c, int32_t l, gm_cpu_tap t, int64_t row0, const float *x, int64_t rows, int64_t cols)
+{
+    return c->tap ? c->tap(c->tap_ctx, l, t, row0, x, rows, cols) : GM_OK;
+}
+
+/* Attention block of layer l with Linears lin: c->part [T, hidden] = o_proj(attention) of the
+ * normed input c->x [T, hidden] (this rank's partial sum); writes the sequences' K/V. */
+static gm_status attn_block(cpu_engine *c, int32_t l, const gm_linear *lin, const gm_seq_step *seqs, int32_t n_seqs,
+                            int64_t T)
 {
     const gm_model_config *m = &c->base.cfg;
     const gm_layer_weights *L = &c->w.layers[l];
-    const gm_linear *lin = c->lin + (int64_t)l * GM_LIN_COUNT;
-    gm_status st;
     const gm_tp_layout *tp = &c->w.tp;
     int64_t H = m->hidden_size, hd = m->head_dim, bs = c->base.opts.kv_block_size;
     float *kp = c->kv + (int64_t)l * 2 * c->layer_elems, *vp = kp + c->layer_elems;
     int gemma1 = m->family == GM_FAMILY_GEMMA1, sliding = m->layer_sliding[l] && m->sliding_window > 0;
-
-    /* attention block */
-    cpu_rmsnorm(c->h, L->input_norm.data, L->input_norm.dtype, T, H, m->rms_norm_eps, c->x);
+    gm_status st;
+    if ((st = tap(c, l, GM_TAP_QKV_IN, 0, c->x, T, H)))
+        return st;
     if ((st = mm(c->x, T, &lin[GM_LIN_Q], c->q)) || (st = mm(c->x, T, &lin[GM_LIN_K], c->k)) ||
         (st = mm(c->x, T, &lin[GM_LIN_V], c->v)))
         return st;
@@ -185,6 +200,8 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
     float rscale = m->layer_sliding[l] ? 1.0f : m->rope_scale;
     cpu_rope_scaled(c->q, T, tp->n_heads, hd, c->pos, theta, rscale);
     cpu_rope_scaled(c->k, T, tp->n_kv, hd, c->pos, theta, rscale);
+    if ((st = tap(c, l, GM_TAP_K, 0, c->k, T, c->kv_w)) || (st = tap(c, l, GM_TAP_V, 0, c->v, T, c->kv_w)))
+        return st;
     /* Gemma 1: 1/sqrt(head_dim) as it always was; Gemma 2/3: query_pre_attn_scalar^-0.5, as
      * transformers computes it in double and applies it as a float32 scalar */
     float scale = gemma1 ? 1.0f / sqrtf((float)hd) : (float)(1.0 / sqrt((double)m->query_pre_attn_scalar));
@@ -202,24 +219,45 @@ static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs
                                    sliding ? m->sliding_window : 0, c->att + t0 * c->q_w);
         t0 += s->n_tokens;
     }
-    if ((st = gm_linear_matmul_f64(&lin[GM_LIN_O], c->att, T, c->q_w, c->part, H)))
+    if ((st = tap(c, l, GM_TAP_O_IN, 0, c->att, T, c->q_w)))
         return st;
-    if ((st = m->sandwich_norm ? reduce_norm_add(c, T, &L->post_attn_norm) : reduce_add(c, T)))
-        return st;
+    return gm_linear_matmul_f64(&lin[GM_LIN_O], c->att, T, c->q_w, c->part, H);
+}
 
-    /* MLP block, MLP_ROWS token rows at a time */
-    const gm_wview *mlp_norm = m->sandwich_norm ? &L->pre_ffw_norm : &L->post_norm;
-    cpu_rmsnorm(c->h, mlp_norm->data, mlp_norm->dtype, T, H, m->rms_norm_eps, c->x);
-    int64_t ni = tp->n_inter;
-    for (int64_t r = 0; r < T; r += MLP_ROWS) {
+/* MLP block of layer l with Linears lin, MLP_ROWS token rows at a time: c->part [T, hidden] =
+ * down(gelu_tanh(gate(x)) * up(x)) of the normed input c->x [T, hidden]. */
+static gm_status mlp_block(cpu_engine *c, int32_t l, const gm_linear *lin, int64_t T)
+{
+    int64_t H = c->base.cfg.hidden_size, ni = c->w.tp.n_inter;
+    gm_status st = tap(c, l, GM_TAP_GU_IN, 0, c->x, T, H);
+    for (int64_t r = 0; r < T && !st; r += MLP_ROWS) {
         int64_t nr = T - r < MLP_ROWS ? T - r : MLP_ROWS;
         if ((st = mm(c->x + r * H, nr, &lin[GM_LIN_GATE], c->gate)) ||
             (st = mm(c->x + r * H, nr, &lin[GM_LIN_UP], c->up)))
             return st;
         cpu_geglu(c->gate, c->up, nr, ni, c->gate);
-        if ((st = gm_linear_matmul_f64(&lin[GM_LIN_DOWN], c->gate, nr, ni, c->part + r * H, H)))
-            return st;
+        if (!(st = tap(c, l, GM_TAP_DOWN_IN, r, c->gate, nr, ni)))
+            st = gm_linear_matmul_f64(&lin[GM_LIN_DOWN], c->gate, nr, ni, c->part + r * H, H);
     }
+    return st;
+}
+
+static gm_status layer_forward(cpu_engine *c, int32_t l, const gm_seq_step *seqs, int32_t n_seqs, int64_t T)
+{
+    const gm_model_config *m = &c->base.cfg;
+    const gm_layer_weights *L = &c->w.layers[l];
+    const gm_linear *lin = c->lin + (int64_t)l * GM_LIN_COUNT;
+    int64_t H = m->hidden_size;
+    gm_status st;
+    cpu_rmsnorm(c->h, L->input_norm.data, L->input_norm.dtype, T, H, m->rms_norm_eps, c->x);
+    if ((st = attn_block(c, l, lin, seqs, n_seqs, T)))
+        return st;
+    if ((st = m->sandwich_norm ? reduce_norm_add(c, T, &L->post_attn_norm) : reduce_add(c, T)))
+        return st;
+    const gm_wview *mlp_norm = m->sandwich_norm ? &L->pre_ffw_norm : &L->post_norm;
+    cpu_rmsnorm(c->h, mlp_norm->data, mlp_norm->dtype, T, H, m->rms_norm_eps, c->x);
+    if ((st = mlp_block(c, l, lin, T)))
+        return st;
     return m->sandwich_norm ? reduce_norm_add(c, T, &L->post_ffw_norm) : reduce_add(c, T);
 }
 
@@ -324,14 +362,13 @@ static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t
     return GM_OK;
 }
 
-/* A checked step of T tokens and `rows` logits rows: the forward pass, then rank 0 samples. */
-static gm_status cpu_forward_sample(cpu_engine *c, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out,
-                                    int64_t T, int64_t rows)
+/* Check a step of resolved entries and lay out its ids and positions; *T its tokens, *rows its
+ * logits rows. */
+static gm_status step_prep(cpu_engine *c, const gm_seq_step *seqs, int32_t n_seqs, const gm_step_out *out, int64_t *T,
+                           int64_t *rows)
 {
-    gm_engine *e = &c->base;
-    const gm_model_config *m = &e->cfg;
-    gm_status st;
-    if ((st = ensure_tokens(c, T)))
+    gm_status st = gm_engine_check_step(&c->base, seqs, n_seqs, out, T, rows);
+    if (st || *T == 0 || (st = ensure_tokens(c, *T)))
         return st;
     int64_t t0 = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
@@ -341,6 +378,17 @@ static gm_status cpu_forward_sample(cpu_engine *c, const gm_seq_step *seqs, int3
         }
         t0 += seqs[i].n_tokens;
     }
+    return GM_OK;
+}
+
+/* A checked, laid-out step (step_prep) of T tokens and `rows` logits rows: the forward pass, then rank 0
+ * samples and every rank learns the samples. */
+static gm_status cpu_forward_sample(cpu_engine *c, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out,
+                                    int64_t T, int64_t rows)
+{
+    gm_engine *e = &c->base;
+    const gm_model_config *m = &e->cfg;
+    gm_status st;
     int64_t H = m->hidden_size;
     cpu_embed(c->w.embed.data, c->w.embed.dtype, H, c->ids, T, gm_config_normalizer(m), c->h);
     for (int32_t l = 0; l < m->num_layers; l++)
@@ -373,8 +421,7 @@ static gm_status cpu_step(gm_engine *e, const gm_seq_step *seqs_in, int32_t n_se
     if (st)
         return st;
     int64_t T = 0, rows = 0;
-    st = gm_engine_check_step(e, seqs, n_seqs, out, &T, &rows);
-    if (st)
+    if ((st = step_prep(c, seqs, n_seqs, out, &T, &rows))) /* the checks, and the ids and positions */
         return st;
     if ((st = gm_pen_step(&c->pen, seqs, n_seqs, c->pen_flags)))
         return st;
@@ -435,11 +482,9 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
                            gm_comm_rank(o->comm), gm_comm_size(o->comm), o->tp_rank, o->tp_size);
     }
     gm_model_config cfg;
-    gm_status st = gm_config_load_dir(o->model_dir, &cfg);
-    if (st)
-        return st;
-    gm_quant_config qc; /* an AWQ checkpoint is recognised by its quantization config */
-    if ((st = gm_quant_config_load(o->model_dir, &qc)))
+    gm_quant_config qc; /* an AWQ checkpoint is recognised by its quantization config (a GGUF has none) */
+    gm_status st = gm_checkpoint_config(o->model_dir, &cfg);
+    if (st || (st = gm_quant_config_load(o->model_dir, &qc)))
         return st;
     int ck_awq = qc.present && !strcmp(qc.method, "awq"), ck_fp8 = qc.present && !strcmp(qc.method, "fp8");
     if (qc.present && !ck_awq && !ck_fp8)
@@ -456,7 +501,7 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
         return gm_fail(GM_ERR_NOMEM, "cpu backend: no memory");
     c->base.ops = &g_cpu_ops;
     gm_engine_init_common(&c->base, &cfg, o);
-    if ((st = st_model_open(o->model_dir, &c->model)))
+    if ((st = gm_checkpoint_load(o->model_dir, &cfg, &c->model))) /* a directory, or a GGUF dequantized */
         goto fail;
     if ((st = gm_weights_bind(c->model, &cfg, o->tp_rank, o->tp_size, &c->w)))
         goto fail;
@@ -517,5 +562,102 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     return GM_OK;
 fail:
     cpu_destroy(&c->base);
+    return st;
+}
+
+/* ---------------------------------------------------------------- extras (engine_cpu.h) */
+
+/* e as a CPU engine of one rank, or NULL after gm_fail. */
+static cpu_engine *as_cpu(gm_engine *e, const char *what)
+{
+    if (!e || e->ops != &g_cpu_ops || e->opts.tp_size != 1) {
+        gm_fail(GM_ERR_INVALID_ARG, "%s: needs a CPU engine of one rank", what);
+        return NULL;
+    }
+    return (cpu_engine *)e;
+}
+
+gm_status gm_engine_cpu_create_calib(const char *model, int64_t n_seq, int64_t S, gm_engine **out)
+{
+    *out = NULL;
+    if (n_seq < 1 || S < 1 || n_seq * S > INT32_MAX || n_seq > INT32_MAX)
+        return gm_fail(GM_ERR_INVALID_ARG, "calibration engine: %lld sequences of %lld tokens", (long long)n_seq,
+                       (long long)S);
+    gm_engine_opts eo;
+    gm_engine_opts_init(&eo);
+    eo.backend = GM_BACKEND_CPU;
+    eo.model_dir = model;
+    eo.kv_num_blocks = n_seq * ((S + eo.kv_block_size - 1) / eo.kv_block_size);
+    eo.max_seqs = (int32_t)n_seq;
+    eo.max_tokens = (int32_t)(n_seq * S);
+    eo.max_context = (int32_t)S;
+    return gm_engine_create(&eo, out);
+}
+
+gm_status gm_engine_cpu_set_tap(gm_engine *e, gm_cpu_tap_fn fn, void *ctx)
+{
+    cpu_engine *c = as_cpu(e, "gm_engine_cpu_set_tap");
+    if (!c)
+        return GM_ERR_INVALID_ARG;
+    c->tap = fn;
+    c->tap_ctx = ctx;
+    return GM_OK;
+}
+
+const st_model *gm_engine_cpu_model(const gm_engine *e)
+{
+    return e && e->ops == &g_cpu_ops ? ((const cpu_engine *)e)->model : NULL;
+}
+
+gm_status gm_engine_cpu_embed(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, float *h)
+{
+    cpu_engine *c = as_cpu(e, "gm_engine_cpu_embed");
+    int64_t T = 0, rows = 0;
+    gm_status st = c ? step_prep(c, seqs, n_seqs, NULL, &T, &rows) : GM_ERR_INVALID_ARG;
+    if (!st && T > 0)
+        cpu_embed(c->w.embed.data, c->w.embed.dtype, e->cfg.hidden_size, c->ids, T, gm_config_normalizer(&e->cfg),
+                  h);
+    return st;
+}
+
+/* A layer index in range, or GM_ERR_INVALID_ARG. */
+static gm_status check_layer(const gm_engine *e, int32_t layer)
+{
+    if (layer < 0 || layer >= e->cfg.num_layers)
+        return gm_fail(GM_ERR_INVALID_ARG, "cpu engine: layer %d of %d", (int)layer, (int)e->cfg.num_layers);
+    return GM_OK;
+}
+
+gm_status gm_engine_cpu_layer(gm_engine *e, int32_t layer, const gm_seq_step *seqs, int32_t n_seqs, float *h)
+{
+    cpu_engine *c = as_cpu(e, "gm_engine_cpu_layer");
+    int64_t T = 0, rows = 0;
+    gm_status st = c ? check_layer(e, layer) : GM_ERR_INVALID_ARG;
+    if (st || (st = step_prep(c, seqs, n_seqs, NULL, &T, &rows)) || T == 0)
+        return st;
+    size_t n = (size_t)(T * e->cfg.hidden_size);
+    memcpy(c->h, h, n * sizeof(float));
+    if (!(st = layer_forward(c, layer, seqs, n_seqs, T)))
+        memcpy(h, c->h, n * sizeof(float));
+    return st;
+}
+
+gm_status gm_engine_cpu_block(gm_engine *e, int32_t layer, gm_cpu_block blk, const gm_linear *lin,
+                              const gm_seq_step *seqs, int32_t n_seqs, const float *x, float *out)
+{
+    cpu_engine *c = as_cpu(e, "gm_engine_cpu_block");
+    int64_t T = 0, rows = 0;
+    gm_status st = c ? check_layer(e, layer) : GM_ERR_INVALID_ARG;
+    if (!st && blk != GM_CPU_BLOCK_ATTN && blk != GM_CPU_BLOCK_MLP)
+        st = gm_fail(GM_ERR_INVALID_ARG, "gm_engine_cpu_block: block %d", (int)blk);
+    if (st || (st = step_prep(c, seqs, n_seqs, NULL, &T, &rows)) || T == 0)
+        return st;
+    if (!lin)
+        lin = c->lin + (int64_t)layer * GM_LIN_COUNT;
+    int64_t n = T * e->cfg.hidden_size;
+    memcpy(c->x, x, (size_t)n * sizeof(float));
+    st = blk == GM_CPU_BLOCK_ATTN ? attn_block(c, layer, lin, seqs, n_seqs, T) : mlp_block(c, layer, lin, T);
+    for (int64_t i = 0; !st && i < n; i++)
+        out[i] = (float)c->part[i];
     return st;
 }

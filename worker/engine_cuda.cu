@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/gguf_model.h"
 #include "../kernels/cuda/attn_decode.cuh"
 #include "../kernels/cuda/cuda_check.h"
 #include "../kernels/cuda/launch.cuh"
@@ -178,7 +179,7 @@ static gm_status cuda_create(const gm_engine_opts *o, const gm_model_config *cfg
     GM_GOTO(gm_engine_opts_spec(o, &spec), st, fail);
     GM_GOTO(gm_tp_layout_make(cfg, o->tp_rank, o->tp_size, &c->tp), st, fail);
     if (!random) {
-        GM_GOTO(st_model_open(model_dir, &c->model), st, fail);
+        GM_GOTO(gm_checkpoint_load(model_dir, NULL, &c->model), st, fail); /* a directory or a GGUF */
         GM_GOTO(gm_weights_bind(c->model, cfg, o->tp_rank, o->tp_size, &w), st, fail);
         have_w = 1;
         GM_GOTO(bind_quant(c, model_dir, &w, &lin), st, fail);
@@ -268,7 +269,7 @@ extern "C" gm_status gm_engine_cuda_create(const gm_engine_opts *o, gm_engine **
     if (!o->model_dir || !*o->model_dir)
         return gm_fail(GM_ERR_INVALID_ARG, "backend cuda: no model directory given");
     gm_model_config cfg;
-    GM_CHECK(gm_config_load_dir(o->model_dir, &cfg));
+    GM_CHECK(gm_checkpoint_config(o->model_dir, &cfg));
     return cuda_create(o, &cfg, o->model_dir, 0, 0, out);
 }
 

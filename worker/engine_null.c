@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/gguf_model.h"
 #include "engine.h"
 #include "engine_check.h"
 #include "engine_feed.h"
@@ -89,7 +90,7 @@ gm_status gm_engine_null_create(const gm_engine_opts *o, gm_engine **out)
     *out = NULL;
     gm_model_config cfg;
     if (o->model_dir && *o->model_dir) {
-        gm_status st = gm_config_load_dir(o->model_dir, &cfg);
+        gm_status st = gm_checkpoint_config(o->model_dir, &cfg); /* a directory or a GGUF: its config only */
         if (st)
             return st;
     } else { /* gemma-2b */
