@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cluster/router.h"
+#include "common/args.h"
 #include "common/log.h"
 #include "http/http.h"
 
@@ -269,6 +270,66 @@ void gc_router_usage(FILE *f)
             "  --help                 this text\n");
 }
 
+/* args_parse's fallback for the router's --name VALUE options (the config keys, '-' for '_'). */
+typedef struct router_args {
+    gc_router_config *c;
+    gc_router_action action;
+    const char *keygen_prefix;
+} router_args;
+
+static gm_status router_set_flag(void *ctx, const char *name, const char *v)
+{
+    router_args *x = ctx;
+    gc_router_config *c = x->c;
+    gm_status st = GM_OK;
+    char key[64], flag[80];
+    snprintf(key, sizeof(key), "%s", name);
+    snprintf(flag, sizeof(flag), "--%s", name);
+    for (char *p = key; *p; p++)
+        if (*p == '-')
+            *p = '_';
+    const int_opt *io = find_int_opt(key);
+    if (io) {
+        char *end;
+        errno = 0;
+        long long n = strtoll(v, &end, 10);
+        if (errno || end == v || *end)
+            return gm_fail(GM_ERR_INVALID_ARG, "'%s' is not an integer", v);
+        st = set_int(c, io, n, flag);
+    } else if (!strcmp(key, "config")) {
+        /* read above */
+    } else if (!strcmp(key, "listen")) {
+        st = set_str(&c->listen, v);
+    } else if (!strcmp(key, "register")) {
+        st = set_str(&c->register_ep, v);
+    } else if (!strcmp(key, "replica")) {
+        st = push_str(&c->replicas, &c->n_replicas, v);
+    } else if (!strcmp(key, "curve_secret_key")) {
+        st = set_str(&c->curve_secret_key, v);
+    } else if (!strcmp(key, "curve_allow")) {
+        st = push_str(&c->curve_allow, &c->n_curve_allow, v);
+    } else if (!strcmp(key, "curve_replica_key")) {
+        st = set_str(&c->curve_replica_key, v);
+    } else if (!strcmp(key, "replica_allow")) {
+        st = push_str(&c->replica_allow, &c->n_replica_allow, v);
+    } else if (!strcmp(key, "log_level")) {
+        int lv = gm_log_parse_level(v);
+        if (lv < 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "'%s' is not debug|info|warn|error|off", v);
+        c->log_level = lv;
+    } else if (!strncmp(key, "http_", 5) || !strncmp(key, "api_key", 7) || !strcmp(key, "served_model_name")) {
+        st = set_http_str(c, key, v);
+        if (st == GM_ERR_NOT_FOUND)
+            return GM_ERR_NOT_FOUND;
+    } else if (!strcmp(key, "keygen")) {
+        x->action = GC_ROUTER_KEYGEN;
+        x->keygen_prefix = v;
+    } else {
+        return GM_ERR_NOT_FOUND;
+    }
+    return st;
+}
+
 gm_status gc_router_config_from_args(int argc, char **argv, gc_router_config *c, gc_router_action *action,
                                      const char **keygen_prefix, bool *force)
 {
@@ -276,84 +337,40 @@ gm_status gc_router_config_from_args(int argc, char **argv, gc_router_config *c,
     *action = GC_ROUTER_RUN;
     *force = false;
     *keygen_prefix = NULL;
-    gm_status st = GM_OK;
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--config")) {
-            if (i + 1 >= argc)
-                return gm_fail(GM_ERR_INVALID_ARG, "--config needs a file");
-            st = gc_router_config_load_file(c, argv[i + 1]);
-            if (st != GM_OK)
-                return st;
-        }
-    for (int i = 1; i < argc && st == GM_OK; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+    for (int i = 1; i < argc; i++) { /* the file first: the flags override it */
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             *action = GC_ROUTER_HELP;
             return GM_OK;
         }
-        if (!strcmp(a, "--curve")) {
-            c->curve = true;
-            continue;
-        }
-        if (!strcmp(a, "--force")) {
-            *force = true;
-            continue;
-        }
-        if (!strcmp(a, "--insecure-register")) {
-            c->insecure_register = true;
-            continue;
-        }
-        if (strncmp(a, "--", 2) != 0)
-            return gm_fail(GM_ERR_INVALID_ARG, "unexpected argument '%s' (see --help)", a);
-        if (i + 1 >= argc)
-            return gm_fail(GM_ERR_INVALID_ARG, "%s needs a value", a);
-        const char *v = argv[++i];
-        char key[64];
-        snprintf(key, sizeof(key), "%s", a + 2);
-        for (char *p = key; *p; p++)
-            if (*p == '-')
-                *p = '_';
-        const int_opt *io = find_int_opt(key);
-        if (io) {
-            char *end;
-            errno = 0;
-            long long x = strtoll(v, &end, 10);
-            if (errno || end == v || *end)
-                return gm_fail(GM_ERR_INVALID_ARG, "%s: '%s' is not an integer", a, v);
-            st = set_int(c, io, x, a);
-        } else if (!strcmp(key, "config")) {
-            /* read above */
-        } else if (!strcmp(key, "listen")) {
-            st = set_str(&c->listen, v);
-        } else if (!strcmp(key, "register")) {
-            st = set_str(&c->register_ep, v);
-        } else if (!strcmp(key, "replica")) {
-            st = push_str(&c->replicas, &c->n_replicas, v);
-        } else if (!strcmp(key, "curve_secret_key")) {
-            st = set_str(&c->curve_secret_key, v);
-        } else if (!strcmp(key, "curve_allow")) {
-            st = push_str(&c->curve_allow, &c->n_curve_allow, v);
-        } else if (!strcmp(key, "curve_replica_key")) {
-            st = set_str(&c->curve_replica_key, v);
-        } else if (!strcmp(key, "replica_allow")) {
-            st = push_str(&c->replica_allow, &c->n_replica_allow, v);
-        } else if (!strcmp(key, "log_level")) {
-            int lv = gm_log_parse_level(v);
-            if (lv < 0)
-                return gm_fail(GM_ERR_INVALID_ARG, "--log-level '%s' is not debug|info|warn|error|off", v);
-            c->log_level = lv;
-        } else if (!strncmp(key, "http_", 5) || !strncmp(key, "api_key", 7) || !strcmp(key, "served_model_name")) {
-            st = set_http_str(c, key, v);
-            if (st == GM_ERR_NOT_FOUND)
-                return gm_fail(GM_ERR_INVALID_ARG, "unknown option '%s' (see --help)", a);
-        } else if (!strcmp(key, "keygen")) {
-            *action = GC_ROUTER_KEYGEN;
-            *keygen_prefix = v;
-        } else {
-            return gm_fail(GM_ERR_INVALID_ARG, "unknown option '%s' (see --help)", a);
+        if (!strcmp(argv[i], "--config") || !strncmp(argv[i], "--config=", 9)) {
+            const char *f = argv[i][8] == '=' ? argv[i] + 9 : i + 1 < argc ? argv[++i] : NULL;
+            if (!f)
+                return gm_fail(GM_ERR_INVALID_ARG, "--config needs a file");
+            gm_status st = gc_router_config_load_file(c, f);
+            if (st != GM_OK)
+                return st;
         }
     }
-    return st;
+    const char *config_file = NULL;
+    router_args x = {c, GC_ROUTER_RUN, NULL};
+    args_opt opts[] = {
+        {"config", ARGS_STRING, &config_file}, /* read above */
+        {"curve", ARGS_FLAG, &c->curve},
+        {"force", ARGS_FLAG, force},
+        {"insecure-register", ARGS_FLAG, &c->insecure_register},
+        {NULL},
+    };
+    args_spec spec = {"gemma-router", opts, .unknown = router_set_flag, .unknown_ctx = &x, .quiet = true};
+    int rc = args_parse(&spec, argc, argv);
+    if (rc == ARGS_HELP) {
+        *action = GC_ROUTER_HELP;
+        return GM_OK;
+    }
+    if (rc != ARGS_OK)
+        return GM_ERR_INVALID_ARG; /* gm_last_error() says why */
+    *action = x.action;
+    *keygen_prefix = x.keygen_prefix;
+    return GM_OK;
 }
 
 gm_status gc_router_config_validate(const gc_router_config *c)

@@ -7,7 +7,6 @@
  * bytes are identical whatever the thread count or the sharding. */
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -20,6 +19,7 @@
 
 #include "common/ckpt_meta.h"
 #include "common/dtype.h"
+#include "common/args.h"
 #include "common/fsutil.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
@@ -182,92 +182,42 @@ static void mk_preset_switches(const mk_preset_def *p, int64_t window, gm_model_
 }
 
 /* Parse a positive int flag value. */
-static gm_status mk_int(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return gm_fail(GM_ERR_INVALID_ARG, "%s: '%s' is not an integer in [%lld, %lld]", flag, s, (long long)lo,
-                       (long long)hi);
-    *out = v;
-    return GM_OK;
-}
-
-enum { OPT_PRESET = 1, OPT_OUT, OPT_SEED, OPT_DTYPE, OPT_SHARDS, OPT_LAYERS, OPT_KV, OPT_HEADS, OPT_HIDDEN,
-       OPT_INTER, OPT_HDIM, OPT_VOCAB, OPT_WINDOW, OPT_CORPUS, OPT_THREADS, OPT_CONFIG_ONLY, OPT_HELP };
-
 /* Parse argv into o. Returns GM_OK, or an error; *help set when --help was given. */
 static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
 {
-    static const struct option lo[] = {
-        {"preset", required_argument, 0, OPT_PRESET}, {"out", required_argument, 0, OPT_OUT},
-        {"seed", required_argument, 0, OPT_SEED},     {"dtype", required_argument, 0, OPT_DTYPE},
-        {"shards", required_argument, 0, OPT_SHARDS}, {"layers", required_argument, 0, OPT_LAYERS},
-        {"kv-heads", required_argument, 0, OPT_KV},   {"heads", required_argument, 0, OPT_HEADS},
-        {"hidden", required_argument, 0, OPT_HIDDEN}, {"intermediate", required_argument, 0, OPT_INTER},
-        {"head-dim", required_argument, 0, OPT_HDIM}, {"vocab", required_argument, 0, OPT_VOCAB},
-        {"sliding-window", required_argument, 0, OPT_WINDOW},
-        {"corpus", required_argument, 0, OPT_CORPUS}, {"threads", required_argument, 0, OPT_THREADS},
-        {"config-only", no_argument, 0, OPT_CONFIG_ONLY},
-        {"help", no_argument, 0, OPT_HELP},           {0, 0, 0, 0},
-    };
-    /* shape overrides, applied after the preset: -1 = not given */
-    int64_t ov[OPT_WINDOW + 1];
-    for (int i = 0; i <= OPT_WINDOW; i++)
-        ov[i] = -1;
+    /* shape overrides, applied after the preset: 0 = not given */
+    int32_t layers = 0, kv = 0, heads = 0, hidden = 0, inter = 0, hdim = 0, vocab = 0, window = 0;
     const char *dtype = "bf16";
     memset(o, 0, sizeof *o);
     o->corpus = NULL; /* the shipped corpus (gm_data_path) unless --corpus */
     *help = false;
-    opterr = 0;
-    optind = 1;
-    int c;
-    gm_status st = GM_OK;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        int64_t v = 0;
-        switch (c) {
-        case OPT_PRESET: o->preset = optarg; break;
-        case OPT_OUT: o->out = optarg; break;
-        case OPT_DTYPE: dtype = optarg; break;
-        case OPT_CORPUS: o->corpus = optarg; break;
-        case OPT_HELP: *help = true; return GM_OK;
-        case OPT_CONFIG_ONLY: o->config_only = true; break;
-        case OPT_SEED: {
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(optarg, &end, 0);
-            if (errno || end == optarg || *end || optarg[0] == '-')
-                return gm_fail(GM_ERR_INVALID_ARG, "--seed: '%s' is not a non-negative integer", optarg);
-            o->seed = s;
-            break;
-        }
-        case OPT_SHARDS:
-            if ((st = mk_int("--shards", optarg, 1, 99999, &v)))
-                return st;
-            o->shards = (int32_t)v;
-            break;
-        case OPT_THREADS:
-            if ((st = mk_int("--threads", optarg, 1, 1024, &v)))
-                return st;
-            o->threads = (int32_t)v;
-            break;
-        case OPT_LAYERS: case OPT_KV: case OPT_HEADS: case OPT_HIDDEN: case OPT_INTER: case OPT_HDIM:
-        case OPT_VOCAB: case OPT_WINDOW:
-            if ((st = mk_int(lo[c - 1].name, optarg, 1, 1 << 24, &v)))
-                return gm_fail(GM_ERR_INVALID_ARG, "--%s: '%s' is not an integer in [1, %d]", lo[c - 1].name,
-                               optarg, 1 << 24);
-            ov[c] = v;
-            break;
-        case '?':
-        default:
-            if (optopt)
-                return gm_fail(GM_ERR_INVALID_ARG, "option needs a value or is unknown: %s", argv[optind - 1]);
-            return gm_fail(GM_ERR_INVALID_ARG, "unknown option: %s", argv[optind - 1]);
-        }
+    args_opt opts[] = {
+        {"preset", ARGS_STRING, &o->preset},
+        {"out", ARGS_STRING, &o->out},
+        {"seed", ARGS_UINT64, &o->seed},
+        {"dtype", ARGS_STRING, &dtype},
+        {"shards", ARGS_INT, &o->shards, 1, 99999},
+        {"threads", ARGS_INT, &o->threads, 1, 1024},
+        {"layers", ARGS_INT, &layers, 1, 1 << 24},
+        {"kv-heads", ARGS_INT, &kv, 1, 1 << 24},
+        {"heads", ARGS_INT, &heads, 1, 1 << 24},
+        {"hidden", ARGS_INT, &hidden, 1, 1 << 24},
+        {"intermediate", ARGS_INT, &inter, 1, 1 << 24},
+        {"head-dim", ARGS_INT, &hdim, 1, 1 << 24},
+        {"vocab", ARGS_INT, &vocab, 1, 1 << 24},
+        {"sliding-window", ARGS_INT, &window, 1, 1 << 24},
+        {"corpus", ARGS_STRING, &o->corpus},
+        {"config-only", ARGS_FLAG, &o->config_only},
+        {NULL},
+    };
+    args_spec spec = {"gemma-mkmodel", opts, .quiet = true};
+    int rc = args_parse(&spec, argc, argv);
+    if (rc == ARGS_HELP) {
+        *help = true;
+        return GM_OK;
     }
-    if (optind < argc)
-        return gm_fail(GM_ERR_INVALID_ARG, "unexpected argument: %s", argv[optind]);
+    if (rc != ARGS_OK)
+        return GM_ERR_INVALID_ARG; /* gm_last_error() says why */
     if (!o->preset)
         return gm_fail(GM_ERR_INVALID_ARG, "--preset is required (" MK_PRESET_NAMES ")");
     if (!o->out)
@@ -275,21 +225,21 @@ static gm_status mk_parse(int argc, char **argv, mk_opts *o, bool *help)
     const mk_preset_def *pd = mk_preset_find(o->preset);
     if (!pd)
         return gm_fail(GM_ERR_INVALID_ARG, "--preset: unknown preset '%s' (expected " MK_PRESET_NAMES ")", o->preset);
-    if (ov[OPT_WINDOW] > 0 && pd->family == GM_FAMILY_GEMMA1)
+    if (window > 0 && pd->family == GM_FAMILY_GEMMA1)
         return gm_fail(GM_ERR_INVALID_ARG, "--sliding-window: preset '%s' (Gemma 1) has no sliding layers",
                        o->preset);
     gm_model_config *m = &o->cfg;
     mk_preset_shape(pd, m);
-    if (ov[OPT_LAYERS] > 0) m->num_layers = (int32_t)ov[OPT_LAYERS];
-    if (ov[OPT_KV] > 0) m->num_kv_heads = (int32_t)ov[OPT_KV];
-    if (ov[OPT_HEADS] > 0) m->num_heads = (int32_t)ov[OPT_HEADS];
-    if (ov[OPT_HIDDEN] > 0) m->hidden_size = (int32_t)ov[OPT_HIDDEN];
-    if (ov[OPT_INTER] > 0) m->intermediate_size = (int32_t)ov[OPT_INTER];
-    if (ov[OPT_HDIM] > 0) m->head_dim = (int32_t)ov[OPT_HDIM];
-    if (ov[OPT_VOCAB] > 0) m->vocab_size = (int32_t)ov[OPT_VOCAB];
+    if (layers > 0) m->num_layers = layers;
+    if (kv > 0) m->num_kv_heads = kv;
+    if (heads > 0) m->num_heads = heads;
+    if (hidden > 0) m->hidden_size = hidden;
+    if (inter > 0) m->intermediate_size = inter;
+    if (hdim > 0) m->head_dim = hdim;
+    if (vocab > 0) m->vocab_size = vocab;
     if (m->num_layers > GM_MAX_LAYERS)
         return gm_fail(GM_ERR_INVALID_ARG, "--layers %d: at most %d", m->num_layers, GM_MAX_LAYERS);
-    mk_preset_switches(pd, ov[OPT_WINDOW], m); /* after the shape overrides */
+    mk_preset_switches(pd, window > 0 ? window : -1, m); /* after the shape overrides */
     if (m->num_heads % m->num_kv_heads != 0)
         return gm_fail(GM_ERR_INVALID_ARG, "--heads %d is not a multiple of --kv-heads %d", m->num_heads,
                        m->num_kv_heads);

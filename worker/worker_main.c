@@ -23,6 +23,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/args.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "parallel/comm.h"
@@ -152,63 +153,32 @@ static void usage(FILE *f)
             "  --help\n");
 }
 
-static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-/* Parse argv; returns 0 ok, 1 help printed, -1 error printed. */
 static int parse_args(int argc, char **argv, wm_args *a)
 {
     memset(a, 0, sizeof *a);
     a->rank = -1;
     a->tp = 1;
     a->log_level = GM_LOG_INFO;
-    for (int i = 1; i < argc; i++) {
-        const char *k = argv[i];
-        if (!strcmp(k, "--help") || !strcmp(k, "-h")) {
-            usage(stdout);
-            return 1;
-        }
-        if (strncmp(k, "--", 2) != 0 || i + 1 >= argc) {
-            fprintf(stderr, "gemma-worker: %s '%s' (try --help)\n",
-                    strncmp(k, "--", 2) ? "unexpected argument" : "missing value for", k);
-            return -1;
-        }
-        const char *v = argv[++i];
-        int64_t n = 0;
-        int bad = 0;
-        if (!strcmp(k, "--control"))
-            a->control = v;
-        else if (!strcmp(k, "--rank"))
-            bad = parse_i64(v, 0, 1023, &n), a->rank = (int32_t)n;
-        else if (!strcmp(k, "--tp"))
-            bad = parse_i64(v, 1, 1024, &n), a->tp = (int32_t)n;
-        else if (!strcmp(k, "--shm"))
-            a->shm = v;
-        else if (!strcmp(k, "--session"))
-            a->session = v;
-        else if (!strcmp(k, "--parent-pid"))
-            bad = parse_i64(v, 1, INT32_MAX, &n), a->parent_pid = (long)n;
-        else if (!strcmp(k, "--log-level")) {
-            a->log_level = gm_log_parse_level(v);
-            bad = a->log_level < 0;
-        } else {
-            fprintf(stderr, "gemma-worker: unknown flag '%s' (engine settings come from the coordinator; "
-                            "try --help)\n", k);
-            return -1;
-        }
-        if (bad) {
-            fprintf(stderr, "gemma-worker: bad value '%s' for %s (try --help)\n", v, k);
-            return -1;
-        }
+    int64_t parent = 0;
+    args_opt opts[] = {
+        {"control", ARGS_STRING, &a->control},
+        {"rank", ARGS_INT, &a->rank, 0, 1023},
+        {"tp", ARGS_INT, &a->tp, 1, 1024},
+        {"shm", ARGS_STRING, &a->shm},
+        {"session", ARGS_STRING, &a->session},
+        {"parent-pid", ARGS_INT64, &parent, 1, INT32_MAX},
+        {"log-level", ARGS_CHOICE, &a->log_level, .choices = "debug|info|warn|error|off"},
+        {NULL},
+    };
+    args_spec spec = {"gemma-worker", opts};
+    int rc = args_parse(&spec, argc, argv);
+    if (rc == ARGS_HELP) {
+        usage(stdout);
+        return 1;
     }
+    if (rc != ARGS_OK)
+        return -1; /* engine settings come from the coordinator (WorkerSpec), not from flags */
+    a->parent_pid = (long)parent;
     if (!a->control || a->rank < 0) {
         fprintf(stderr, "gemma-worker: --control and --rank are required (try --help)\n");
         return -1;
