@@ -133,6 +133,8 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
     mk tiny_gemma2 --preset tiny-gemma2 --seed 5
     mk tiny_gemma3 --preset tiny-gemma3 --seed 5
     mk 2b2 --preset 2b --layers 2 --seed 5
+    mk hd256_mqa --preset 2b --layers 2 --hidden 256 --intermediate 512 --vocab 4096 --seed 3
+    mk hd256_mha --preset 7b --layers 2 --hidden 256 --heads 4 --kv-heads 4 --intermediate 512 --vocab 4096 --seed 4
     t test_gpu_ops 240 $P/test_gpu_ops
     t model_tiny 120 $P/test_gpu_model $M/tiny
     t model_2b2 120 $P/test_gpu_model $M/2b2
@@ -144,7 +146,9 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
     t test_gpu_xqa 200 $P/test_gpu_xqa
     t test_gpu_fp8 150 $P/test_gpu_fp8
     t prefill_hopper_small 150 env GM_PREFILL_SMALL=1 $P/test_gpu_prefill_hopper
-    for x in $P/test_gpu_prefix*; do [ -x "$x" ] && t "$(basename $x)" 120 $x $M/tiny; done
+    t model_long_prefill 150 $P/test_gpu_model $M/hd256_mqa $M/hd256_mha
+    t model_long_prefill_kv8 150 env GM_TEST_KV=fp8 $P/test_gpu_model $M/hd256_mqa $M/hd256_mha
+    t test_gpu_kv_copy 120 $P/test_gpu_kv_copy $M/tiny
     t test_gpu_awq 150 $P/test_gpu_awq
     t test_gpu_sizing 120 $P/test_gpu_sizing
     t test_gpu_generate 120 bash tests/test_gpu_generate.sh $P/gemma-generate $M/tiny /tmp/gg-tiny
