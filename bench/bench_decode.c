@@ -15,16 +15,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/clock.h"
 #include "common/model_config.h"
 #include "worker/engine.h"
 #include "worker/engine_cuda.h"
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* The Gemma 2/3 presets: the public configs' shapes and switches (layer i slides unless (i + 1) % pattern == 0). */
 typedef struct g23_preset {
@@ -121,9 +115,9 @@ static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, in
         prompt[0] = e->cfg.bos_id;
         gm_seq_step p = {b, prompt, rc->prompt, 0, bt + b * per, per, GM_LOGITS_LAST, GM_SAMPLING_GREEDY};
         gm_step_out o = {out, NULL, 0};
-        double t0 = now_s();
+        double t0 = gm_now_s();
         gm_status st = gm_engine_step(e, &p, 1, &o);
-        t_pre += now_s() - t0;
+        t_pre += gm_now_s() - t0;
         if (st) {
             fprintf(stderr, "bench_decode: prefill: %s: %s\n", gm_status_str(st), gm_last_error());
             return 1;
@@ -135,7 +129,7 @@ static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, in
     double t0 = 0;
     for (int32_t k = 0; k < warm + rc->gen; k++) {
         if (k == warm)
-            t0 = now_s();
+            t0 = gm_now_s();
         for (int32_t b = 0; b < B; b++)
             s[b] = (gm_seq_step){b, &tok[b], 1, pos, bt + b * per, per, GM_LOGITS_LAST, GM_SAMPLING_GREEDY};
         gm_step_out o = {out, NULL, 0};
@@ -147,7 +141,7 @@ static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, in
         memcpy(tok, out, (size_t)B * 4);
         pos++;
     }
-    double dt = now_s() - t0;
+    double dt = gm_now_s() - t0;
     double tps = (double)B * rc->gen / dt, ms = 1e3 * dt / rc->gen;
     double bound = bw > 0 ? bw * 1e9 / (double)wbytes : 0;
     printf("%-10s B=%-3d prompt %-5d gen %-4d %-22s | %8.1f tok/s | %6.3f ms/step | batch-1 bound %6.0f tok/s (%.2f GB "

@@ -7,11 +7,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
+
 double bench_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    return gm_now_ms();
 }
 
 static void run_free(bench_run *r)

@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/clock.h"
+
 #include "common/log.h"
 #include "proto/cluster.pb-c.h"
 
@@ -29,13 +31,6 @@ struct gc_register {
     pthread_mutex_t err_mu;
     char error[256];
 };
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static void send_cluster(void *sock, Gemma__Cluster__V1__ClusterMessage *m)
 {
@@ -100,10 +95,10 @@ static void *register_thread(void *arg)
         GM_ERROR("registration: %s", gm_last_error());
     if (zmq_connect(sock, g->router) != 0)
         GM_ERROR("registration: cannot connect to '%s': %s", g->router, zmq_strerror(errno));
-    double last = 0, last_ack = now_ms();
+    double last = 0, last_ack = gm_now_ms();
     int answered = 0; /* an answer (accept or refusal) came since the router was last heard of */
     for (;;) {
-        double now = now_ms();
+        double now = gm_now_ms();
         /* until the router answers, retry every 50 ms: with ZMQ_IMMEDIATE a Register sent before
          * the connection is up is dropped, and waiting a whole heartbeat made the first
          * registration land ~1 s late; after an answer, one Register per heartbeat */
@@ -118,7 +113,7 @@ static void *register_thread(void *arg)
             answered = 0;
         }
         zmq_pollitem_t it[2] = {{sock, 0, ZMQ_POLLIN, 0}, {ctl, 0, ZMQ_POLLIN, 0}};
-        long wait = (long)(every - (now_ms() - last));
+        long wait = (long)(every - (gm_now_ms() - last));
         if (zmq_poll(it, 2, wait > 0 ? wait : 0) < 0 && errno != EINTR)
             break;
         if (it[1].revents & ZMQ_POLLIN) {
@@ -143,7 +138,7 @@ static void *register_thread(void *arg)
                 break;
             }
             on_ack(g, zmq_msg_data(&msg), zmq_msg_size(&msg));
-            last_ack = now_ms();
+            last_ack = gm_now_ms();
             answered = 1;
             zmq_msg_close(&msg);
         }

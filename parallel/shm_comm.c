@@ -28,6 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
+
 #include "common/status.h"
 
 #define SHM_MAGIC 0x47534843u /* "GSHC" */
@@ -75,13 +77,6 @@ typedef struct shm_comm {
 static size_t shm_bytes(int32_t size, int64_t max_elems)
 {
     return SHM_HDR_BYTES + (size_t)size * (size_t)max_elems * sizeof(double);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* True when pid is gone or a zombie (a dead child not yet reaped still answers kill(0)). */
@@ -144,7 +139,7 @@ static gm_status shm_barrier(shm_comm *c)
         if ((i & 63) == 63)
             sched_yield();
     }
-    int64_t deadline = now_ms() + c->timeout_ms;
+    int64_t deadline = (int64_t)gm_now_ms() + c->timeout_ms;
     while (atomic_load(&h->bar_gen) == gen) {
         if (atomic_load(&h->broken))
             return gm_fail(GM_ERR_INTERNAL, "shm comm rank %d: a peer rank failed", (int)c->head.rank);
@@ -153,7 +148,7 @@ static gm_status shm_barrier(shm_comm *c)
             if (r != c->head.rank && pid_dead(pid))
                 return shm_break(c, "exited", r);
         }
-        if (now_ms() >= deadline)
+        if ((int64_t)gm_now_ms() >= deadline)
             return shm_break(c, "peer rank timed out", -1);
         futex_wait(&h->bar_gen, gen, SHM_POLL_NS);
     }

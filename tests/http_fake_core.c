@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "http/http.h"
 #include "http/oai.h"
 
@@ -41,13 +42,6 @@ typedef struct core {
     int64_t aborts, streams_done;
     bool quit, misuse_ok;
 } core;
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static int qint(http_req *r, const char *name, int def)
 {
@@ -87,7 +81,7 @@ static void on_request(void *cls, http_req *r)
         j->stream = true;
         j->n = qint(r, "n", 3);
         j->ms = qint(r, "ms", 10);
-        j->next = now_ms();
+        j->next = gm_now_ms();
         http_req_stream_begin(r, 200, "text/event-stream");
     } else if (!strcmp(p, "/big")) {
         size_t n = (size_t)qint(r, "kb", 1024) * 1024;
@@ -103,7 +97,7 @@ static void on_request(void *cls, http_req *r)
             http_req_respond_error(r, 503, "server_error", NULL, "too many jobs");
             return;
         }
-        j->next = now_ms() + qint(r, "ms", 100);
+        j->next = gm_now_ms() + qint(r, "ms", 100);
     } else if (!strcmp(p, "/misuse")) { /* calls out of order are refused, not crashes */
         bool ok = http_req_stream_write(r, "x", 1) != GM_OK && http_req_stream_end(r) != GM_OK;
         http_req_add_header(r, "X-Test", "1");
@@ -154,7 +148,7 @@ static void on_abort(void *cls, http_req *r, void *user)
 /* Advance timers: stream events and delayed answers. Returns ms to the next timer (-1: none). */
 static long tick(core *c)
 {
-    double t = now_ms(), next = -1;
+    double t = gm_now_ms(), next = -1;
     for (int i = 0; i < MAX_JOBS; i++) {
         job *j = &c->jobs[i];
         if (!j->r)

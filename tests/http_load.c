@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
+
 typedef enum { ST_HEAD, ST_SIZE, ST_DATA, ST_DATA_CRLF, ST_TRAILER } conn_state;
 
 typedef struct conn {
@@ -43,13 +45,6 @@ typedef struct conn {
     bool done_seen;
     bool busy;
 } conn;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void grow(char **p, size_t *cap, size_t need)
 {
@@ -288,7 +283,7 @@ int main(int argc, char **argv)
             return 2;
         }
     if (warmup == 0)
-        t0 = now_s();
+        t0 = gm_now_s();
     struct epoll_event evs[256];
     char buf[65536];
     while (finished < total) {
@@ -322,7 +317,7 @@ int main(int argc, char **argv)
                     events += c->events;
                 }
                 if (finished == warmup)
-                    t0 = now_s();
+                    t0 = gm_now_s();
                 c->busy = false;
                 if (started < total) {
                     start(c);
@@ -335,7 +330,7 @@ int main(int argc, char **argv)
             }
         }
     }
-    double dt = now_s() - t0;
+    double dt = gm_now_s() - t0;
     long timed = total - (warmup < total ? warmup : 0);
     printf("requests %ld errors %ld tokens %ld events %ld seconds %.3f tok/s %.0f events/s %.0f\n", timed, errors,
            tokens, events, dt, tokens / dt, events / dt);

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "client/gemma_client.h"
 #include "test_daemon_util.h"
 
@@ -29,13 +30,6 @@
 #define N_REP 3
 
 static char g_dir[256];
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /* ---- child processes: each in its own process group, so kill -9 takes its workers too ---- */
 
@@ -110,8 +104,8 @@ static void endpoint(char *out, size_t cap, const char *name)
 /* Wait until ep answers Health as serving (bounded); false if p exited. */
 static bool wait_serving(const char *ep, proc *p)
 {
-    double end = now_ms() + WAIT_MS;
-    while (now_ms() < end) {
+    double end = gm_now_ms() + WAIT_MS;
+    while (gm_now_ms() < end) {
         int st;
         if (p && waitpid(p->pid, &st, WNOHANG) == p->pid) {
             p->pid = 0;
@@ -192,9 +186,9 @@ static void start_cluster(cluster *k, const char *backend, int max_seqs, const c
         }
     k->kv_one = stats_of(k->rep_ep[0]).kv_blocks_total;
     /* the router has seen every replica: its summed KV pool is complete */
-    double end = now_ms() + WAIT_MS;
+    double end = gm_now_ms() + WAIT_MS;
     assert_true(wait_serving(k->router_ep, &k->router));
-    while (stats_of(k->router_ep).kv_blocks_total != N_REP * k->kv_one && now_ms() < end)
+    while (stats_of(k->router_ep).kv_blocks_total != N_REP * k->kv_one && gm_now_ms() < end)
         usleep(20000);
     assert_int_equal(stats_of(k->router_ep).kv_blocks_total, N_REP * k->kv_one);
 }
@@ -203,8 +197,8 @@ static void stop_cluster(cluster *k)
 {
     kill_group(&k->router, SIGTERM);
     int st;
-    double end = now_ms() + 15000;
-    while (waitpid(k->router.pid, &st, WNOHANG) == 0 && now_ms() < end)
+    double end = gm_now_ms() + 15000;
+    while (waitpid(k->router.pid, &st, WNOHANG) == 0 && gm_now_ms() < end)
         usleep(10000);
     reap(&k->router);
     for (int i = 0; i < N_REP; i++)
@@ -295,14 +289,14 @@ static void pump(gmc_client *c, int timeout_ms)
 
 static void wait_all(gmc_client *c, job *js, int n)
 {
-    double end = now_ms() + WAIT_MS;
+    double end = gm_now_ms() + WAIT_MS;
     for (;;) {
         int done = 0;
         for (int i = 0; i < n; i++)
             done += js[i].done;
         if (done == n)
             return;
-        if (now_ms() > end)
+        if (gm_now_ms() > end)
             fail_msg("%d of %d requests finished in %d ms", done, n, WAIT_MS);
         pump(c, 50);
     }
@@ -432,8 +426,8 @@ static void test_kill_under_load(void **state)
         submit_job(c, &js[i]);
     }
     /* every replica is streaming its first MAXSEQ and holding the rest in its queue */
-    double end = now_ms() + WAIT_MS;
-    while (count_started(js, NJ) < N_REP * MAXSEQ && now_ms() < end)
+    double end = gm_now_ms() + WAIT_MS;
+    while (count_started(js, NJ) < N_REP * MAXSEQ && gm_now_ms() < end)
         pump(c, 5);
     assert_true(count_started(js, NJ) >= N_REP * MAXSEQ);
     gmc_stats s0 = stats_of(k.rep_ep[0]);
@@ -493,8 +487,8 @@ static void test_kill_under_load(void **state)
     reap(&k.rep[0]);
     start_replica(&k, 0, MAXSEQ);
     assert_true(wait_serving(k.rep_ep[0], &k.rep[0]));
-    end = now_ms() + WAIT_MS;
-    while (stats_of(k.router_ep).kv_blocks_total != N_REP * k.kv_one && now_ms() < end)
+    end = gm_now_ms() + WAIT_MS;
+    while (stats_of(k.router_ep).kv_blocks_total != N_REP * k.kv_one && gm_now_ms() < end)
         usleep(20000);
     assert_int_equal(stats_of(k.router_ep).kv_blocks_total, N_REP * k.kv_one);
     for (int i = 0; i < 6; i++)
@@ -528,8 +522,8 @@ static void test_frozen_replica(void **state)
         js[i].max_tokens = NTOK;
         submit_job(c, &js[i]);
     }
-    double end = now_ms() + WAIT_MS;
-    while (count_started(js, NJ) < NJ && now_ms() < end)
+    double end = gm_now_ms() + WAIT_MS;
+    while (count_started(js, NJ) < NJ && gm_now_ms() < end)
         pump(c, 5);
     assert_int_equal(count_started(js, NJ), NJ); /* 4 per replica, all streaming */
     kill_group(&k.rep[1], SIGSTOP);
@@ -545,8 +539,8 @@ static void test_frozen_replica(void **state)
     }
     assert_true(failed >= 1 && failed <= MAXSEQ);
     kill_group(&k.rep[1], SIGCONT);
-    end = now_ms() + WAIT_MS;
-    while (stats_of(k.router_ep).kv_blocks_total != N_REP * k.kv_one && now_ms() < end)
+    end = gm_now_ms() + WAIT_MS;
+    while (stats_of(k.router_ep).kv_blocks_total != N_REP * k.kv_one && gm_now_ms() < end)
         usleep(20000);
     assert_int_equal(stats_of(k.router_ep).kv_blocks_total, N_REP * k.kv_one);
     for (int i = 0; i < NJ; i++)

@@ -11,14 +11,14 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/clock.h"
+
 #include "common/log.h"
 #include "tests/test_router_util.h"
 
 double ms_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+    return gm_now_ms();
 }
 
 static void *router_thread(void *arg)

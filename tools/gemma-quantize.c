@@ -38,6 +38,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "quantize_fp8.h"
 #include "common/args.h"
 #include "common/ckpt_meta.h"
@@ -129,13 +130,6 @@ static int parse_args(int argc, char **argv, q_opts *o)
         return 2;
     }
     return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---- output bookkeeping: tensors for the writer and the buffers they borrow ---- */
@@ -532,7 +526,7 @@ static gm_status q_do_layer(q_ctx *c, int32_t l)
     const gm_model_config *m = &c->cfg;
     int64_t T = c->T, H = m->hidden_size, I = m->intermediate_size, QW = (int64_t)m->num_heads * m->head_dim;
     bool awq = c->o->mode == Q_MODE_AWQ;
-    double t0 = now_s();
+    double t0 = gm_now_s();
     q_layer L;
     gm_status st = q_layer_load(c, l, &L);
     if (st)
@@ -611,7 +605,7 @@ static gm_status q_do_layer(q_ctx *c, int32_t l)
                 "gemma-quantize: layer %d/%d: alpha qkv %.2f gate/up %.2f down %.2f; block mse awq/rtn "
                 "%.3g/%.3g %.3g/%.3g %.3g/%.3g (%.1f s)\n",
                 (int)l + 1, m->num_layers, alpha[0], alpha[1], alpha[2], ea[0], er[0], ea[1], er[1], ea[2], er[2],
-                now_s() - t0);
+                gm_now_s() - t0);
     else if (!c->o->quiet)
         fprintf(stderr, "gemma-quantize: layer %d/%d quantized (round-to-nearest)\n", (int)l + 1, m->num_layers);
 done:
@@ -709,7 +703,7 @@ static gm_status q_run_int4(const q_opts *o)
     memset(&c, 0, sizeof c);
     c.o = o;
     gm_status st;
-    double t0 = now_s();
+    double t0 = gm_now_s();
     bool awq = o->mode == Q_MODE_AWQ;
     /* --awq runs the float model on the CPU engine, whose weights then serve as the source */
     if ((st = gm_checkpoint_open(o->model, awq ? 0 : GM_CKPT_WEIGHTS, &c.ck)))
@@ -755,7 +749,7 @@ static gm_status q_run_int4(const q_opts *o)
         (st = gm_checkpoint_write_meta(c.ck, o->out, q_awq_config(o->group))))
         goto done;
     if (!o->quiet)
-        fprintf(stderr, "gemma-quantize: done in %.1f s: %s\n", now_s() - t0, o->out);
+        fprintf(stderr, "gemma-quantize: done in %.1f s: %s\n", gm_now_s() - t0, o->out);
 done:
     q_out_free(&c.out);
     free(c.h), free(c.tok), free(c.bt), free(c.seqs), free(c.done);
