@@ -5,7 +5,7 @@ gm_add_test(test_comm ${CMAKE_CURRENT_SOURCE_DIR}/test_comm.c LIBS gm_parallel g
 if(TARGET gemma-worker AND TARGET gm_proto)
   gm_add_test(test_workers ${CMAKE_CURRENT_SOURCE_DIR}/test_workers.c
     LIBS gm_worker gm_ctl gm_parallel gm_proto gm_common PkgConfig::ZMQ TIMEOUT 300)
-  target_sources(test_workers PRIVATE ${CMAKE_SOURCE_DIR}/daemon/workers.c)
+  target_sources(test_workers PRIVATE ${CMAKE_SOURCE_DIR}/daemon/workers.c ${CMAKE_SOURCE_DIR}/daemon/workers_start.c)
   add_dependencies(test_workers gemma-worker)
   set_tests_properties(test_workers PROPERTIES FIXTURES_REQUIRED tiny_model)
 endif()
