@@ -177,6 +177,9 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
 
     if (s->stopping)
         REJECT(SHUTTING_DOWN, "gemmad is shutting down and accepts no new requests");
+    if (!s->pool_ok) /* no worker to run it: say so now rather than keep it waiting through the outage */
+        REJECT(UNAVAILABLE, "%s", s->sch ? "gemmad's workers failed and are restarting: retry shortly"
+                                         : "gemmad is still starting its workers (loading the model): retry shortly");
     if (!check_sampling(g, &samp, msg, sizeof(msg)))
         REJECT(INVALID_ARGUMENT, "%s", msg);
     if (g->logprobs || g->top_logprobs || g->presence_penalty != 0.0f || g->frequency_penalty != 0.0f ||

@@ -51,50 +51,11 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
         GM_INFO("no model: null backend with gemma-2b's shapes; only token-id prompts are accepted");
     }
 
-    wk_pool_opts wo;
-    memset(&wo, 0, sizeof(wo));
-    wo.worker_bin = cfg->worker_bin;
-    wo.log_level = cfg->log_level;
-    wo.ready_timeout_ms = cfg->ready_timeout_ms;
-    if ((st = gd_config_spec(cfg, &wo.spec)) != GM_OK)
+    /* the workers start in the background: Health says not serving until they are ready */
+    if ((st = gd_workers_start(s)) != GM_OK)
         goto fail;
-    GM_INFO("starting %d %s worker(s)%s%s", cfg->tp, gm_backend_name(cfg->backend), wo.spec.model_dir[0] ? " for " : "",
-            wo.spec.model_dir);
-    st = wk_pool_start(&wo, &s->pool);
-    if (st != GM_OK)
-        goto fail;
-    s->pool_ok = true;
-    s->mcfg = *wk_pool_config(s->pool);
-    const gm_sizing *sz = wk_pool_sizing(s->pool); /* what the workers decided (ctl/sizing.h) */
-    s->max_context = sz->max_context;
-    sched_opts so = {0};
-    so.max_seqs = sz->max_seqs;
-    so.max_tokens_per_step = sz->max_tokens;
-    so.max_context = s->max_context;
-    so.max_waiting = cfg->max_waiting;
-    so.kv_blocks = wk_pool_kv_blocks(s->pool);
-    so.kv_block_size = cfg->kv_block_size;
-    so.eos_id = s->mcfg.eos_id > 0 ? s->mcfg.eos_id : GM_TOK_EOS;
-    so.eot_id = s->chat.end_of_turn;
-    s->sch = sched_new(&so);
-    if (!s->sch) {
-        st = GM_ERR_INVALID_ARG;
-        goto fail;
-    }
-    s->depth = cfg->run_ahead ? 2 : 1;
-    s->step_tokens = calloc((size_t)so.max_seqs, sizeof(int32_t));
-    s->failed = calloc((size_t)so.max_seqs, sizeof(sched_seq *));
-    if (!s->step_tokens || !s->failed) {
-        st = gm_fail(GM_ERR_NOMEM, "step buffers");
-        goto fail;
-    }
-
     if ((st = glue_start(s->glue, s->router)) != GM_OK)
         goto fail;
-    GM_INFO("serving %s on %s: %lld KV blocks of %d tokens, %d seqs, %d tokens/step, context %d, vocab %d%s%s",
-            cfg->model ? cfg->model : "(no model)", cfg->listen, (long long)so.kv_blocks, so.kv_block_size,
-            so.max_seqs, so.max_tokens_per_step, so.max_context, s->mcfg.vocab_size,
-            s->tok ? "" : ", no tokenizer", cfg->run_ahead ? "" : ", no run-ahead");
     *out = s;
     return GM_OK;
 fail:
@@ -142,16 +103,9 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
     for (;;) {
         double now = gm_now_ms();
         /* before sleep: plan the next step, send what the last one produced */
-        if (!s->pool_ok && now >= s->next_restart_ms) {
-            gm_status st = wk_pool_restart(s->pool);
-            if (st == GM_OK) {
-                GM_INFO("workers restarted");
-                s->pool_ok = true;
-            } else {
-                GM_ERROR("worker restart failed: %s; retrying in 5 s", gm_last_error());
-                s->next_restart_ms = now + 5000;
-            }
-        }
+        gm_status wst = gd_workers_tick(s, now); /* starts, restarts, the step watchdog */
+        if (wst != GM_OK)
+            return wst;
         if (s->stopping && now >= s->stop_deadline_ms && !sched_idle(s->sch))
             gd_cancel_all(s, GEMMA__V1__ERROR_CODE__SHUTTING_DOWN, "gemmad shut down before the request finished");
         gd_steps_submit(s);
@@ -174,26 +128,26 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
             return GM_OK;
         }
 
-        zmq_pollitem_t items[3] = {
-            {s->router, 0, ZMQ_POLLIN, 0},
-            {wk_pool_socket(s->pool), 0, ZMQ_POLLIN, 0},
-            {NULL, signal_fd, ZMQ_POLLIN, 0},
-        };
-        int nitems = signal_fd >= 0 ? 3 : 2;
+        zmq_pollitem_t items[3];
+        int nitems = 0, i_wk = -1, i_sig = -1;
+        items[nitems++] = (zmq_pollitem_t){s->router, 0, ZMQ_POLLIN, 0};
+        if (wk_pool_socket(s->pool)) /* a new one at each worker (re)start, none between */
+            i_wk = nitems, items[nitems++] = (zmq_pollitem_t){wk_pool_socket(s->pool), 0, ZMQ_POLLIN, 0};
+        if (signal_fd >= 0)
+            i_sig = nitems, items[nitems++] = (zmq_pollitem_t){NULL, signal_fd, ZMQ_POLLIN, 0};
         long timeout = 1000;
         if (s->stopping) {
             double left = s->stop_deadline_ms - now;
             timeout = left < 1 ? 1 : left < 1000 ? (long)left : 1000;
         }
-        if (!s->pool_ok)
-            timeout = 500;
+        timeout = gd_workers_poll_ms(s, now, timeout);
         int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0) {
             if (errno == EINTR)
                 continue;
             return gm_fail(GM_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
         }
-        if (nitems == 3 && (items[2].revents & ZMQ_POLLIN)) {
+        if (i_sig >= 0 && (items[i_sig].revents & ZMQ_POLLIN)) {
             unsigned char sigs[64];
             ssize_t n = read(signal_fd, sigs, sizeof(sigs));
             bool child = false;
@@ -203,14 +157,14 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
                 else
                     begin_shutdown(s, sigs[i]);
             }
-            if (child && s->pool_ok && !wk_pool_alive(s->pool))
-                gd_workers_failed(s, "a worker process exited");
+            if (child)
+                gd_workers_on_child(s);
         }
-        if (s->pool_ok && (items[1].revents & ZMQ_POLLIN))
-            gd_steps_on_readable(s);
+        if (i_wk >= 0 && (items[i_wk].revents & ZMQ_POLLIN))
+            gd_workers_on_readable(s);
         if (items[0].revents & ZMQ_POLLIN)
             gd_rpc_read(s);
-        if (rc == 0 && s->pool_ok && !wk_pool_alive(s->pool)) /* periodic check, in case SIGCHLD was missed */
-            gd_workers_failed(s, "a worker process exited");
+        if (rc == 0) /* periodic check, in case SIGCHLD was missed */
+            gd_workers_on_child(s);
     }
 }

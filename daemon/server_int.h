@@ -5,7 +5,8 @@
  *   admit.c   one admission path for both front doors: a gd_gen_req is checked, tokenized and queued;
  *             request lifetime (complete, mark dirty, free)
  *   rpc.c     the protobuf front door: ZeroMQ clients, their messages, one ServerMessage per client per step
- *   steps.c   the step pipeline: plan and submit, collect tokens, stream them, worker failures
+ *   steps.c   the step pipeline: plan and submit, collect tokens, stream them; the workers' state (start,
+ *             failure, restart with back-off, the step watchdog) - never blocking the loop
  *
  * A request (gd_req) belongs to one front door (gd_front); its output - token ids, a text delta with
  * stop strings applied, the finish - is produced once, in steps.c, and each front door formats it. */
@@ -124,8 +125,13 @@ struct gd_server {
     void *zctx, *router;
     glue *glue;           /* CurveZMQ + router registration (daemon/cluster_glue.h) */
     wk_pool *pool;
-    bool pool_ok;
+    bool pool_ok;         /* the workers are ready and the scheduler exists: Health says serving */
+    gm_status fatal;      /* the first start failed: gd_server_run returns it (gemmad exits non-zero) */
     double next_restart_ms;
+    int32_t restart_backoff_ms;
+    int64_t steps_since_start;  /* steps done since the workers' last (re)start */
+    double plan_allow_ms[SCHED_MAX_OUTSTANDING]; /* watchdog allowance of each step in flight */
+    double wd_p99_ms, wd_p99_tok_ms; /* p99 of step_ms and step_tok_ms, refreshed every few steps */
     gm_tokenizer *tok;
     gm_model_config mcfg;
     gm_chat_format chat;  /* the model's turn markers */
@@ -151,6 +157,7 @@ struct gd_server {
     int64_t reported_steps;
     gd_counters c;
     met_ring ttft, tpot, queue, step_ms;
+    met_ring step_tok_ms; /* step time / tokens in the step */
     met_rate rate;
     /* rpc.c flush scratch */
     Gemma__V1__GenerateChunk *chunks;
@@ -193,7 +200,20 @@ void gd_rpc_close(gd_server *s);       /* every client and its requests, then th
 /* ---- steps.c ---- */
 
 void gd_steps_submit(gd_server *s);           /* plan and submit while fewer than depth are in flight */
-void gd_steps_on_readable(gd_server *s);      /* the workers' socket polled readable */
+/* Every running request ends with WORKER_FAILED, every waiting one with UNAVAILABLE; the workers are
+ * killed and a new set launched (without waiting for it). */
 void gd_workers_failed(gd_server *s, const char *why);
+/* The first launch (gd_server_new); the scheduler is made when the workers are first ready. */
+gm_status gd_workers_start(gd_server *s);
+/* Before each sleep: move the pool's start on, relaunch failed workers when due, run the step
+ * watchdog. Not GM_OK only when the FIRST start failed: gemmad then exits. */
+gm_status gd_workers_tick(gd_server *s, double now);
+/* The workers' socket polled readable (results, or Hello/Ready while starting). */
+void gd_workers_on_readable(gd_server *s);
+/* SIGCHLD, or a quiet poll: check that the workers are alive. */
+void gd_workers_on_child(gd_server *s);
+/* The longest the loop may sleep (ms) for the workers' sake: a start in progress, a restart due, the
+ * watchdog deadline of the oldest step; at most cap. */
+long gd_workers_poll_ms(gd_server *s, double now, long cap);
 
 #endif
