@@ -7,6 +7,7 @@
 
 #include "cluster/router_int.h"
 #include "common/log.h"
+#include "common/pbscan.h"
 #include "common/utf8.h"
 
 double rt_now_ms(void)
@@ -349,8 +350,14 @@ static void answer_stats(gc_router *r, const uint8_t *id, size_t id_len, uint64_
     rt_send_to_client(r, id, id_len, &m);
 }
 
-static void on_generate(gc_router *r, const uint8_t *id, size_t id_len, Gemma__V1__ClientMessage *cm)
+static void on_generate(gc_router *r, const uint8_t *id, size_t id_len, Gemma__V1__ClientMessage *cm,
+                        const uint8_t *frame, size_t frame_len)
 {
+    char nul[128]; /* re-packing would cut the string at the NUL: refuse it as gemmad does */
+    if (pbscan_find_nul(frame, frame_len, nul, sizeof nul)) {
+        rt_send_error(r, id, id_len, cm->request_id, GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT, nul);
+        return;
+    }
     if (r->stopping) {
         rt_send_error(r, id, id_len, cm->request_id, GEMMA__V1__ERROR_CODE__SHUTTING_DOWN, "gemma-router is stopping");
         return;
@@ -433,7 +440,7 @@ static void on_client_msg(gc_router *r, const uint8_t *id, size_t id_len, const 
         rt_send_error(r, id, id_len, cm->request_id, GEMMA__V1__ERROR_CODE__UNSUPPORTED_VERSION, text);
     } else {
         switch (cm->body_case) {
-        case GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE: on_generate(r, id, id_len, cm); break;
+        case GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE: on_generate(r, id, id_len, cm, data, len); break;
         case GEMMA__V1__CLIENT_MESSAGE__BODY_CANCEL: on_cancel(r, id, id_len, cm); break;
         case GEMMA__V1__CLIENT_MESSAGE__BODY_HEALTH: answer_health(r, id, id_len, cm->request_id); break;
         case GEMMA__V1__CLIENT_MESSAGE__BODY_STATS: answer_stats(r, id, id_len, cm->request_id); break;

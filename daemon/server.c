@@ -29,18 +29,21 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     s->start_ms = gm_now_ms();
     gm_status st;
 
-    /* the listen endpoint first: a port in use fails now, not after a model load of minutes */
-    if ((st = gd_rpc_open(s)) != GM_OK)
-        goto fail;
-    /* the model's own config (chat markers, stop ids) and tokenizer: a checkpoint directory or a GGUF file */
+    /* the model's own config (chat markers, stop ids, context) and tokenizer - a checkpoint directory or a
+     * GGUF file - read in moments: the client limits depend on them */
     s->chat = (gm_chat_format){GM_TOK_START_OF_TURN, GM_TOK_END_OF_TURN, false};
+    int64_t ctx_bound = 8192; /* the null backend's gemma-2b shapes */
+    gm_tokenizer *thread_tok = NULL; /* the tokenizer thread's own instance */
     if (cfg->model && *cfg->model) {
         gm_checkpoint *ck = NULL;
         if ((st = gm_checkpoint_open(cfg->model, 0, &ck)) != GM_OK)
             goto fail;
         s->chat = (gm_chat_format){ck->cfg.start_of_turn_id, ck->cfg.end_of_turn_id,
                                    ck->cfg.family == GM_FAMILY_GEMMA3};
+        ctx_bound = ck->cfg.max_position;
         st = gm_checkpoint_tokenizer(ck, &s->tok);
+        if (st == GM_OK && gm_checkpoint_tokenizer(ck, &thread_tok) != GM_OK)
+            thread_tok = NULL; /* then the loop tokenizes itself */
         gm_checkpoint_destroy(&ck);
         if (st != GM_OK) {
             GM_WARN("%s: no tokenizer (%s): only token-id prompts are accepted and text deltas are empty", cfg->model,
@@ -50,6 +53,16 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     } else {
         GM_INFO("no model: null backend with gemma-2b's shapes; only token-id prompts are accepted");
     }
+    if (cfg->max_context > 0 && (cfg->max_context < ctx_bound || !cfg->model))
+        ctx_bound = cfg->max_context;
+    gd_admit_open(s, ctx_bound);
+    /* the listen endpoint before the workers: a port in use fails now, not after a model load of minutes */
+    if ((st = gd_rpc_open(s)) != GM_OK) {
+        gm_tok_destroy(&thread_tok);
+        goto fail;
+    }
+    if (thread_tok && (st = tokq_new(s->zctx, thread_tok, &s->chat, &s->tokq)) != GM_OK)
+        goto fail;
 
     /* the workers start in the background: Health says not serving until they are ready */
     if ((st = gd_workers_start(s)) != GM_OK)
@@ -72,12 +85,14 @@ void gd_server_destroy(gd_server **ps)
     if (!ps || !*ps)
         return;
     gd_server *s = *ps;
+    tokq_destroy(&s->tokq); /* its sockets before the context goes */
     gd_rpc_close(s);
     while (s->live_head) /* requests of other front doors */
         gd_req_free(s, s->live_head);
     wk_pool_destroy(&s->pool);
     sched_destroy(&s->sch);
     gm_tok_destroy(&s->tok);
+    gd_admit_close(s);
     free(s->step_tokens);
     free(s->failed);
     free(s);
@@ -123,14 +138,17 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
             s->reported_steps = s->c.steps;
             s->next_report_ms = now + 10000;
         }
-        if (s->stopping && sched_idle(s->sch) && !s->dirty_head) {
+        gd_admit_trim(s, now);
+        if (s->stopping && sched_idle(s->sch) && !s->dirty_head && !s->n_tokenizing) {
             GM_INFO("shutdown complete: %lld requests served", (long long)s->c.requests_finished);
             return GM_OK;
         }
 
-        zmq_pollitem_t items[3];
-        int nitems = 0, i_wk = -1, i_sig = -1;
+        zmq_pollitem_t items[4];
+        int nitems = 0, i_wk = -1, i_sig = -1, i_tok = -1;
         items[nitems++] = (zmq_pollitem_t){s->router, 0, ZMQ_POLLIN, 0};
+        if (s->tokq)
+            i_tok = nitems, items[nitems++] = (zmq_pollitem_t){tokq_socket(s->tokq), 0, ZMQ_POLLIN, 0};
         if (wk_pool_socket(s->pool)) /* a new one at each worker (re)start, none between */
             i_wk = nitems, items[nitems++] = (zmq_pollitem_t){wk_pool_socket(s->pool), 0, ZMQ_POLLIN, 0};
         if (signal_fd >= 0)
@@ -140,7 +158,7 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
             double left = s->stop_deadline_ms - now;
             timeout = left < 1 ? 1 : left < 1000 ? (long)left : 1000;
         }
-        timeout = gd_workers_poll_ms(s, now, timeout);
+        timeout = gd_rpc_poll_ms(s, gd_workers_poll_ms(s, now, timeout));
         int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0) {
             if (errno == EINTR)
@@ -162,6 +180,8 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
         }
         if (i_wk >= 0 && (items[i_wk].revents & ZMQ_POLLIN))
             gd_workers_on_readable(s);
+        if (i_tok >= 0 && (items[i_tok].revents & ZMQ_POLLIN))
+            gd_admit_on_tokens(s);
         if (items[0].revents & ZMQ_POLLIN)
             gd_rpc_read(s);
         if (rc == 0) /* periodic check, in case SIGCHLD was missed */

@@ -26,6 +26,7 @@
 #include "daemon/sched.h"
 #include "daemon/server.h"
 #include "daemon/textout.h"
+#include "daemon/tokq.h"
 #include "daemon/u64map.h"
 #include "daemon/workers.h"
 #include "proto/gemma.pb-c.h"
@@ -38,12 +39,15 @@
 #define GD_MAX_CHAT_MSGS 1024
 #define GD_RECV_BATCH 4096
 #define GD_ID_MAX 256
+#define GD_CLIENT_SNDHWM 256  /* replies ZeroMQ queues per client; beyond, they wait in the requests */
+#define GD_STALL_RETRY_MS 20  /* how often a client that is not reading is tried again */
 
 typedef Gemma__V1__ErrorCode err_code;
 typedef Gemma__V1__FinishReason fin_reason;
 
 typedef struct gd_client gd_client;
 typedef struct gd_req gd_req;
+typedef struct gd_pending gd_pending; /* admit.c: a request whose prompt is being tokenized */
 
 typedef enum gd_front {
     GD_FRONT_RPC = 0, /* a ZeroMQ client (rpc.c) */
@@ -65,6 +69,9 @@ struct gd_req {
     err_code err;
     char *errmsg;     /* owned, or NULL */
     double t_arrival, t_sched, t_first, t_end; /* ms, monotonic */
+    gd_pending *pend; /* while its prompt is tokenized off the loop (tokq.h); owned */
+    uint64_t tok_job; /* that job's key in gd_server.tok_jobs, 0 = none */
+    int64_t charge;   /* bytes counted in gd_server.waiting_bytes until it first runs or is freed */
     gd_req *dirty_next;
     gd_req *live_prev, *live_next; /* every request not yet freed, in arrival order */
 };
@@ -78,6 +85,8 @@ struct gd_client {
     gd_req *dirty_head, *dirty_tail;
     bool dirty;
     gd_client *dirty_next;
+    double stalled_since; /* ms: its queue has been full since then (0 = it is reading) */
+    double retry_ms;      /* when to try it again */
 };
 
 typedef struct gd_counters {
@@ -133,6 +142,15 @@ struct gd_server {
     double plan_allow_ms[SCHED_MAX_OUTSTANDING]; /* watchdog allowance of each step in flight */
     double wd_p99_ms, wd_p99_tok_ms; /* p99 of step_ms and step_tok_ms, refreshed every few steps */
     gm_tokenizer *tok;
+    tokq *tokq;           /* text and chat prompts are tokenized there, off the loop */
+    u64map tok_jobs;      /* job -> gd_req waiting for its prompt's ids */
+    uint64_t tok_serial;
+    int32_t n_tokenizing; /* live requests whose ids are not back yet */
+    int32_t tok_piece_max; /* bytes of the longest vocabulary piece */
+    int64_t frame_limit;  /* ZMQ_MAXMSGSIZE of the client socket */
+    int64_t waiting_bytes; /* memory of queued requests (admit.c: the charge rule) */
+    int64_t freed_bytes;  /* request memory freed since the last malloc_trim */
+    double last_trim_ms;
     gm_model_config mcfg;
     gm_chat_format chat;  /* the model's turn markers */
     int32_t max_context;
@@ -187,12 +205,23 @@ void gd_req_mark_dirty(gd_server *s, gd_req *r);
 void gd_req_free(gd_server *s, gd_req *r);
 /* Complete every live request (shutdown deadline). */
 void gd_cancel_all(gd_server *s, err_code code, const char *why);
+/* Before the client socket is bound: the longest piece of the tokenizer, the frame limit (from
+ * ctx_bound, the largest context the workers can choose), the tokenizer thread. */
+gm_status gd_admit_open(gd_server *s, int64_t ctx_bound);
+void gd_admit_close(gd_server *s);
+/* The tokenizer thread's socket polled readable: finish the admission of those requests. */
+void gd_admit_on_tokens(gd_server *s);
+/* r runs for the first time: its memory no longer counts against max_waiting_memory. */
+void gd_req_uncharge(gd_server *s, gd_req *r);
+/* Give freed request memory back to the system (malloc_trim) after large frees, at most once a second. */
+void gd_admit_trim(gd_server *s, double now);
 
 /* ---- rpc.c ---- */
 
 gm_status gd_rpc_open(gd_server *s);   /* the ROUTER socket, bound (before the model loads) */
 void gd_rpc_read(gd_server *s);        /* up to GD_RECV_BATCH client messages, without blocking */
 void gd_rpc_flush(gd_server *s);       /* one ServerMessage per dirty client */
+long gd_rpc_poll_ms(gd_server *s, long cap); /* how long the loop may sleep: stalled clients are retried */
 void gd_rpc_mark_dirty(gd_server *s, gd_req *r);
 void gd_rpc_forget(gd_server *s, gd_req *r); /* r leaves its client's table */
 void gd_rpc_close(gd_server *s);       /* every client and its requests, then the socket */

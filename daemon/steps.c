@@ -320,8 +320,10 @@ void gd_steps_submit(gd_server *s)
         double now = gm_now_ms();
         for (int32_t i = 0; i < n; i++) {
             gd_req *r = plan->seqs[i]->user;
-            if (r->t_sched == 0)
+            if (r->t_sched == 0) {
                 r->t_sched = now;
+                gd_req_uncharge(s, r); /* running: no longer counted against max_waiting_memory */
+            }
         }
         if (plan->n_preempted)
             GM_DEBUG("step %llu: %d sequence(s) preempted", (unsigned long long)plan->serial, plan->n_preempted);
