@@ -272,8 +272,14 @@ static void on_step_done(gd_server *s)
                              "cancelled");
                 break;
             default:
-                gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INTERNAL,
-                             "the engine returned no token");
+                if (s->step_tokens[i] == GM_SAMPLE_NONFINITE)
+                    gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR,
+                                    GEMMA__V1__ERROR_CODE__NONFINITE_LOGITS,
+                                    "the model's logits for this request were NaN or Inf at position %d: a numerical "
+                                    "fault of the weights or the engine", q->n_tokens);
+                else
+                    gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INTERNAL,
+                                    "the engine returned no token");
                 break;
             }
         } else if (got && r->stream) {

@@ -9,7 +9,11 @@
  *     Health, Stats and Cancel answered and requests refused at once, until a working worker is back;
  *   - a first start that fails (a worker that exits, or one that never becomes ready) ends gemmad
  *     with a non-zero status; while it starts, Health says not serving;
- *   - the control directory of a gemmad killed with SIGKILL is removed by the next gemmad.
+ *   - the control directory of a gemmad killed with SIGKILL is removed by the next gemmad;
+ *   - NaN and Inf (risk "NaN or corrupt weights"): a checkpoint with a NaN weight is refused at load,
+ *     naming the tensor; logits that overflow at run time end the request with NONFINITE_LOGITS
+ *     instead of token 0; on the null backend (GM_NULL_NAN_SEED) one poisoned request in a batch ends
+ *     that way while the others finish, without a worker restart.
  * Each gemmad gets TMPDIR = the test's private directory, so its control directories are found
  * there. Timings are printed, never asserted; every wait has a deadline. */
 #include <setjmp.h>
@@ -19,7 +23,9 @@
 #include <cmocka.h>
 
 #include <libgen.h>
+#include <stdint.h>
 
+#include "common/safetensors.h"
 #include "tests/test_daemon_util.h"
 
 #define LONG_TOKENS 8000
@@ -351,6 +357,182 @@ static void test_stale_dirs(void **state)
     rmdir(keep2);
 }
 
+/* ---- NaN and Inf ---- */
+
+/* A copy of the tiny model in td_dir/name (its path into dir). */
+static void copy_tiny(const char *name, char *dir, size_t cap)
+{
+    snprintf(dir, cap, "%s/%s", td_dir, name);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    const char *files[] = {"config.json", "generation_config.json", "tokenizer.model", "model.safetensors"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char from[1200], to[1200];
+        snprintf(from, sizeof from, "%s/%s", TINY_MODEL_DIR, files[i]);
+        snprintf(to, sizeof to, "%s/%s", dir, files[i]);
+        FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+        if (!in) { /* optional files */
+            if (out)
+                fclose(out), unlink(to);
+            continue;
+        }
+        assert_non_null(out);
+        char buf[65536];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+            assert_int_equal(fwrite(buf, 1, n, out), n);
+        fclose(in);
+        fclose(out);
+    }
+}
+
+/* Overwrite elements [first, first + count) of tensor name in dir's model.safetensors with bits (bf16/f32). */
+static void poke_tensor(const char *dir, const char *name, int64_t first, int64_t count, uint32_t bits)
+{
+    st_model *m = NULL;
+    assert_int_equal(st_model_open(dir, &m), GM_OK);
+    const st_tensor *t = st_model_find(m, name);
+    assert_non_null(t);
+    assert_true(t->dtype == GM_DT_BF16 || t->dtype == GM_DT_F32);
+    size_t es = t->dtype == GM_DT_BF16 ? 2 : 4;
+    if (count < 0)
+        count = st_numel(t) - first;
+    uint64_t off = t->offset;
+    st_model_destroy(&m);
+    char path[1200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    uint64_t hlen = 0;
+    assert_int_equal(fread(&hlen, 8, 1, f), 1);
+    uint32_t v = es == 2 ? bits >> 16 : bits; /* bf16: the high half of the f32 pattern */
+    assert_int_equal(fseek(f, (long)(8 + hlen + off + (uint64_t)first * es), SEEK_SET), 0);
+    for (int64_t i = 0; i < count; i++)
+        assert_int_equal(fwrite(&v, es, 1, f), 1);
+    fclose(f);
+}
+
+static void remove_model(const char *dir)
+{
+    const char *files[] = {"config.json", "generation_config.json", "tokenizer.model", "model.safetensors"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char p[1200];
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+static bool log_has(const char *log, const char *what)
+{
+    char p[600], line[2048];
+    snprintf(p, sizeof p, "%s/%s", td_dir, log);
+    FILE *f = fopen(p, "r");
+    bool found = false;
+    while (f && !found && fgets(line, sizeof line, f))
+        found = strstr(line, what) != NULL;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+static void test_nan_weights_refused(void **state)
+{
+    (void)state;
+    char dir[600], ep[400];
+    copy_tiny("nan-weights", dir, sizeof dir);
+    poke_tensor(dir, "model.layers.1.mlp.down_proj.weight", 5, 1, 0x7fc00000u);
+    const char *log = "nan-weights.log";
+    td_endpoint(ep, sizeof ep, "nan-weights.sock");
+    const char *argv[] = {"--listen", ep, "--model", dir, "--backend", "cpu", NULL};
+    pid_t pid = td_spawn_gemmad(argv, log);
+    assert_true(pid > 0);
+    int rc = td_wait_exit(pid, 60000);
+    assert_true(rc > 0 && rc < 128);
+    if (!log_has(log, "model.layers.1.mlp.down_proj.weight") || !log_has(log, "NaN or Inf")) {
+        td_dump_log(log);
+        fail_msg("the log does not name the tensor with the NaN");
+    }
+    remove_model(dir);
+}
+
+static void test_nan_logits_cpu(void **state)
+{
+    (void)state;
+    char dir[600], ep[400];
+    copy_tiny("nan-logits", dir, sizeof dir);
+    /* finite weights whose product overflows: the final norm's scale at bf16's largest value */
+    poke_tensor(dir, "model.norm.weight", 0, -1, 0x7f7f0000u);
+    td_endpoint(ep, sizeof ep, "nan-logits.sock");
+    const char *argv[] = {"--listen", ep, "--model", dir, "--backend", "cpu", NULL};
+    pid_t pid = td_spawn_gemmad(argv, "nan-logits.log");
+    assert_true(pid > 0);
+    assert_true(td_wait_ready(ep, pid, 60000));
+    gmc_client *c;
+    assert_int_equal(gmc_connect(ep, 10000, &c), GMC_OK);
+    gmc_params p;
+    params_ids(&p, 4);
+    gmc_result r;
+    gmc_code rc = gmc_generate(c, &p, 30000, NULL, NULL, &r);
+    if (rc != GMC_ERR_NONFINITE_LOGITS)
+        fail_msg("generate: %s (%s), %d tokens; want NONFINITE_LOGITS", gmc_code_name(rc),
+                 r.error_message ? r.error_message : "", (int)r.n_tokens);
+    assert_int_equal(r.n_tokens, 0); /* never token 0 */
+    fprintf(stderr, "  %s\n", r.error_message);
+    gmc_result_free(&r);
+    gmc_health h;
+    assert_int_equal(gmc_health_check(c, 5000, &h), GMC_OK);
+    assert_true(h.serving);
+    gmc_stats st;
+    assert_int_equal(gmc_stats_get(c, 5000, &st), GMC_OK);
+    assert_int_equal(st.worker_restarts, 0);
+    gmc_close(&c);
+    assert_int_equal(td_stop(pid), 0);
+    remove_model(dir);
+}
+
+static void test_nan_one_of_many(void **state)
+{
+    (void)state;
+    char ep[400];
+    setenv("GM_NULL_NAN_SEED", "777", 1); /* passed on to the workers */
+    pid_t pid = start_gemmad("nan-null", NULL, ep, sizeof ep, true);
+    unsetenv("GM_NULL_NAN_SEED");
+    gmc_client *c;
+    assert_int_equal(gmc_connect(ep, 10000, &c), GMC_OK);
+    uint64_t ids[4];
+    for (int i = 0; i < 4; i++) {
+        gmc_params p;
+        params_ids(&p, 200);
+        p.temperature = 0.7f;
+        p.seed = i == 2 ? 777 : 100 + (uint64_t)i;
+        assert_int_equal(gmc_submit(c, &p, NULL, &ids[i]), GMC_OK);
+    }
+    int ended = 0;
+    while (ended < 4) {
+        gmc_event ev[256];
+        int k = gmc_poll(c, ev, 256, 30000);
+        assert_true(k > 0);
+        for (int i = 0; i < k; i++) {
+            if (!ev[i].finished)
+                continue;
+            ended++;
+            if (ev[i].request_id == ids[2]) {
+                assert_int_equal(ev[i].error, GMC_ERR_NONFINITE_LOGITS);
+            } else {
+                assert_int_equal(ev[i].error, GMC_OK);
+                assert_int_equal(ev[i].usage.completion_tokens, 200);
+            }
+        }
+    }
+    gmc_stats st;
+    assert_int_equal(gmc_stats_get(c, 5000, &st), GMC_OK);
+    assert_int_equal(st.worker_restarts, 0);
+    assert_int_equal(st.requests_failed, 1);
+    assert_int_equal(st.requests_finished, 3);
+    gmc_close(&c);
+    assert_int_equal(td_stop(pid), 0);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -388,7 +570,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_watchdog_sigstop), cmocka_unit_test(test_restart_socket_deleted),
         cmocka_unit_test(test_restart_hangs),    cmocka_unit_test(test_first_start_fails),
-        cmocka_unit_test(test_stale_dirs),
+        cmocka_unit_test(test_stale_dirs),       cmocka_unit_test(test_nan_weights_refused),
+        cmocka_unit_test(test_nan_logits_cpu),   cmocka_unit_test(test_nan_one_of_many),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -12,3 +12,7 @@ endif()
 
 # The step contract (ctl/): plan codec, worker spec, step validator, slot deltas, sizing rule.
 gm_add_test(test_ctl ${CMAKE_CURRENT_SOURCE_DIR}/test_ctl.c LIBS gm_ctl gm_common m TIMEOUT 60)
+
+# NaN and Inf: the weight check at load, the CPU sampler's answer, the run-ahead feed.
+gm_add_test(test_nonfinite ${CMAKE_CURRENT_SOURCE_DIR}/test_nonfinite.c LIBS gm_worker gm_parallel gm_kernels_cpu gm_common m
+  TIMEOUT 60)
