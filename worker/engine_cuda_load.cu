@@ -413,7 +413,8 @@ gm_status cu_weights_load(cuda_engine *c, const gm_weights *w, const gm_linear *
     memset(&L, 0, sizeof L);
     L.verbose = c->base.opts.verbose;
     /* NaN/Inf weights are refused here, naming the tensor: served, they give token 0 forever */
-    GM_GOTO(gm_weights_check_finite(c->model, c->tp.rank, c->tp.size), st, done);
+    if ((st = gm_weights_check_finite(c->model, c->tp.rank, c->tp.size)) != GM_OK)
+        return st; /* nothing allocated yet */
     int64_t H = c->H;
     int32_t nl = c->base.cfg.num_layers;
     /* bytes read from the checkpoint, for progress */
