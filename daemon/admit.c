@@ -420,7 +420,8 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
     if ((g->kind == GD_PROMPT_TEXT ? gm_tok_encode(s->tok, g->text, g->text_len, true, &ids, &n_ids)
                                    : gm_tok_encode_chat_fmt(s->tok, &s->chat, g->msgs, (int32_t)g->n_msgs, &ids,
                                                             &n_ids)) != GM_OK)
-        REJECT(INVALID_ARGUMENT, "cannot tokenize the prompt: %s", gm_last_error());
+        REJECT(INVALID_ARGUMENT, "%s: %s", sr.stop_at_eot ? "bad chat" : "cannot tokenize the prompt",
+               gm_last_error());
     admit_queue(s, r, &sr, ids, n_ids);
 out:
     free(ids);
@@ -441,7 +442,7 @@ void gd_admit_on_tokens(gd_server *s)
         gd_req_uncharge(s, r);
         if (t.status != GM_OK)
             gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT,
-                            "cannot tokenize the prompt: %s", t.error);
+                            "%s: %s", p->sr.stop_at_eot ? "bad chat" : "cannot tokenize the prompt", t.error);
         else if (s->stopping)
             gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__SHUTTING_DOWN,
                             "gemmad is shutting down and accepts no new requests");

@@ -119,20 +119,14 @@ gm_status gd_workers_start(gd_server *s)
     return GM_OK;
 }
 
-/* The pool became ready: the first time, make the scheduler; later, check it kept its sizes. */
+/* The pool became ready: the first time, make the scheduler (a restart has the first start's sizes:
+ * the pool fails one that does not). */
 static gm_status workers_ready(gd_server *s)
 {
     if (!s->sch) {
         gm_status st = workers_first_ready(s);
         if (st != GM_OK)
             return st;
-    } else if (wk_pool_kv_blocks(s->pool) != sched_kv_total(s->sch) ||
-               wk_pool_sizing(s->pool)->max_context != s->max_context) {
-        GM_ERROR("restarted workers have %lld KV blocks and context %d, not %lld and %d; restarting again",
-                 (long long)wk_pool_kv_blocks(s->pool), (int)wk_pool_sizing(s->pool)->max_context,
-                 (long long)sched_kv_total(s->sch), (int)s->max_context);
-        workers_launch(s);
-        return GM_OK;
     } else {
         GM_INFO("workers restarted");
     }

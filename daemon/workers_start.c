@@ -445,6 +445,14 @@ wk_state wk_pool_launch(wk_pool *p)
 /* Every rank is ready: Start with the smallest pool and limits; the first start fixes the sizes. */
 static wk_state wk_all_ready(wk_pool *p)
 {
+    const gm_worker_spec *first = &p->o.spec; /* after the first start: the sizes it decided */
+    if (p->sent.n > 0 && (p->sizing.kv_num_blocks != first->kv_num_blocks || p->sizing.max_seqs != first->max_seqs ||
+                          p->sizing.max_tokens != first->max_tokens || p->sizing.max_context != first->max_context))
+        return wk_fail(p, GM_ERR_INTERNAL,
+                       "the restarted workers decided %lld KV blocks, %d seqs, %d tokens/step, context %d; the first "
+                       "start had %lld, %d, %d, %d", (long long)p->sizing.kv_num_blocks, (int)p->sizing.max_seqs,
+                       (int)p->sizing.max_tokens, (int)p->sizing.max_context, (long long)first->kv_num_blocks,
+                       (int)first->max_seqs, (int)first->max_tokens, (int)first->max_context);
     p->kv_blocks = p->sizing.kv_num_blocks;
     p->max_seqs = p->sizing.max_seqs;
     Gemma__Control__V1__Start s = GEMMA__CONTROL__V1__START__INIT;
