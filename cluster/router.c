@@ -245,6 +245,14 @@ void rt_req_dispatch(gc_router *r, rt_req *q, bool is_new)
             rt_req_remove(r, q);
             return;
         }
+        int64_t lim = p->health && p->health->health ? p->health->health->max_message_bytes : 0;
+        if (lim > 0 && (int64_t)q->msg_len > lim) { /* the replica would drop this connection for it */
+            char text[200];
+            snprintf(text, sizeof(text), "the request is %zu bytes; replica %.80s reads frames of at most %lld bytes",
+                     q->msg_len, p->label, (long long)lim);
+            rt_req_finish(r, q, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__PROMPT_TOO_LONG, text);
+            return;
+        }
         if (zmq_send(p->sock, q->msg, q->msg_len, ZMQ_DONTWAIT) < 0) {
             rt_replica_down(r, p, errno == EAGAIN ? "not connected" : zmq_strerror(errno));
             continue;

@@ -528,6 +528,7 @@ static void on_health(gd_server *s, const uint8_t *id, size_t idlen, uint64_t ri
     h.tp = s->cfg->tp;
     h.version = GD_VERSION;
     h.uptime_s = (gm_now_ms() - s->start_ms) / 1e3;
+    h.max_message_bytes = s->frame_limit;
     m.body_case = GEMMA__V1__SERVER_MESSAGE__BODY_HEALTH;
     m.health = &h;
     send_to(s, id, idlen, &m);

@@ -340,7 +340,9 @@ static void test_queue_memory(void **state)
         usleep(100000);
     }
     fprintf(stderr, "  after the client left: RSS %ld kB\n", rss2);
+#ifndef __SANITIZE_ADDRESS__ /* ASan's allocator keeps freed memory (quarantine): malloc_trim cannot return it */
     assert_true(rss2 - rss0 < (rss1 - rss0) / 2 + 4096);
+#endif
     gmc_close(&c);
     zmq_ctx_term(ctx);
     assert_int_equal(td_stop(pid), 0);

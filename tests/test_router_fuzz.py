@@ -273,6 +273,12 @@ def main():
             if not ok:
                 print(f"FAIL: {label}: a prompt with a NUL byte got {r}")
                 failed = True
+            if label == "gemma-router":  # a frame over gemmad's limit: refused by the router, never forwarded
+                m = client_cls(protocol_version=1, request_id=9, generate={"text": "x" * 100000, "max_tokens": 1})
+                r = peer.call(m.SerializeToString())
+                if r in (None, "timeout") or not any(c.request_id == 9 and c.error_code == 2 for c in r.chunks):
+                    print(f"FAIL: {label}: a request over the replica's frame limit got {r}")
+                    failed = True
             sent = fuzz(peer, client_cls, rng, a.count)
             print(f"{label}: {sent} mutated messages, {peer.replies} replies, {len(peer.bad)} not parseable")
             for frame, err in peer.bad[:3]:
