@@ -139,6 +139,8 @@ const char *gmc_code_name(gmc_code c)
     case GMC_ERR_SHUTTING_DOWN: return "SHUTTING_DOWN";
     case GMC_ERR_UNKNOWN_TYPE: return "UNKNOWN_TYPE";
     case GMC_ERR_DUPLICATE_ID: return "DUPLICATE_ID";
+    case GMC_ERR_UNAVAILABLE: return "UNAVAILABLE";
+    case GMC_ERR_NONFINITE_LOGITS: return "NONFINITE_LOGITS";
     case GMC_ERR_TIMEOUT: return "TIMEOUT";
     case GMC_ERR_TRANSPORT: return "TRANSPORT";
     case GMC_ERR_PROTOCOL: return "PROTOCOL";

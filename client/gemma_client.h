@@ -60,6 +60,8 @@ typedef enum gmc_code {
     GMC_ERR_SHUTTING_DOWN = 10,      /* the daemon is stopping and accepts no new work */
     GMC_ERR_UNKNOWN_TYPE = 11,       /* a message type the daemon does not know */
     GMC_ERR_DUPLICATE_ID = 12,       /* a request id already in flight on this connection */
+    GMC_ERR_UNAVAILABLE = 13,        /* no worker is up (loading, or restarting after a failure); retry later */
+    GMC_ERR_NONFINITE_LOGITS = 14,   /* the model's logits for this request were NaN or Inf */
     GMC_ERR_TIMEOUT = 100,           /* no answer within the timeout (library) */
     GMC_ERR_TRANSPORT = 101,         /* ZeroMQ failure, bad endpoint (library) */
     GMC_ERR_PROTOCOL = 102,          /* the daemon sent something we cannot decode (library) */

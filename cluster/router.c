@@ -7,6 +7,7 @@
 
 #include "cluster/router_int.h"
 #include "common/log.h"
+#include "common/pbscan.h"
 #include "common/utf8.h"
 
 double rt_now_ms(void)
@@ -248,6 +249,14 @@ void rt_req_dispatch(gc_router *r, rt_req *q, bool is_new)
             rt_req_remove(r, q);
             return;
         }
+        int64_t lim = p->health && p->health->health ? p->health->health->max_message_bytes : 0;
+        if (lim > 0 && (int64_t)q->msg_len > lim) { /* the replica would drop this connection for it */
+            char text[200];
+            snprintf(text, sizeof(text), "the request is %zu bytes; replica %.80s reads frames of at most %lld bytes",
+                     q->msg_len, p->label, (long long)lim);
+            rt_req_finish(r, q, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__PROMPT_TOO_LONG, text);
+            return;
+        }
         if (zmq_send(p->sock, q->msg, q->msg_len, ZMQ_DONTWAIT) < 0) {
             rt_replica_down(r, p, errno == EAGAIN ? "not connected" : zmq_strerror(errno));
             continue;
@@ -353,8 +362,14 @@ static void answer_stats(gc_router *r, const uint8_t *id, size_t id_len, uint64_
     rt_send_to_client(r, id, id_len, &m);
 }
 
-static void on_generate(gc_router *r, const uint8_t *id, size_t id_len, Gemma__V1__ClientMessage *cm)
+static void on_generate(gc_router *r, const uint8_t *id, size_t id_len, Gemma__V1__ClientMessage *cm,
+                        const uint8_t *frame, size_t frame_len)
 {
+    char nul[128]; /* re-packing would cut the string at the NUL: refuse it as gemmad does */
+    if (pbscan_find_nul(frame, frame_len, nul, sizeof nul)) {
+        rt_send_error(r, id, id_len, cm->request_id, GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT, nul);
+        return;
+    }
     if (r->stopping) {
         rt_send_error(r, id, id_len, cm->request_id, GEMMA__V1__ERROR_CODE__SHUTTING_DOWN, "gemma-router is stopping");
         return;
@@ -438,7 +453,7 @@ void rt_on_client_msg(gc_router *r, const uint8_t *id, size_t id_len, const uint
         rt_send_error(r, id, id_len, cm->request_id, GEMMA__V1__ERROR_CODE__UNSUPPORTED_VERSION, text);
     } else {
         switch (cm->body_case) {
-        case GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE: on_generate(r, id, id_len, cm); break;
+        case GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE: on_generate(r, id, id_len, cm, data, len); break;
         case GEMMA__V1__CLIENT_MESSAGE__BODY_CANCEL: on_cancel(r, id, id_len, cm); break;
         case GEMMA__V1__CLIENT_MESSAGE__BODY_HEALTH: answer_health(r, id, id_len, cm->request_id); break;
         case GEMMA__V1__CLIENT_MESSAGE__BODY_STATS: answer_stats(r, id, id_len, cm->request_id); break;

@@ -346,7 +346,7 @@ void rt_replica_probe(gc_router *r, rt_replica *p, double now)
 static bool retryable(Gemma__V1__ErrorCode c)
 {
     return c == GEMMA__V1__ERROR_CODE__OVERLOADED || c == GEMMA__V1__ERROR_CODE__SHUTTING_DOWN ||
-           c == GEMMA__V1__ERROR_CODE__WORKER_FAILED;
+           c == GEMMA__V1__ERROR_CODE__WORKER_FAILED || c == GEMMA__V1__ERROR_CODE__UNAVAILABLE;
 }
 
 /* q was refused by its replica before producing anything: try elsewhere. */

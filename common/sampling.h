@@ -50,6 +50,11 @@ typedef struct gm_stop_set {
     int32_t ids[GM_MAX_STOP_SET];
 } gm_stop_set;
 
+/* What a sampler returns for a row of logits holding a NaN or +Inf, or no finite value at all: no
+ * token. The worker hands it on per sequence (ctl/step.h); gemmad ends that request with
+ * NONFINITE_LOGITS and feeds nothing from it. */
+#define GM_SAMPLE_NONFINITE (-2)
+
 #if defined(__CUDACC__)
 #define GM_HD __host__ __device__
 #else

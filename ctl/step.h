@@ -31,7 +31,9 @@ enum {
     GM_LOGITS_ALL = 2,  /* logits of every new position (teacher forcing); also samples the last */
 };
 
-/* tokens[0] of a one-token entry: the token this slot sampled last (run-ahead). */
+/* tokens[0] of a one-token entry: the token this slot sampled last (run-ahead). A slot whose last
+ * sample was GM_SAMPLE_NONFINITE (common/sampling.h: NaN logits) feeds a valid id instead; gemmad
+ * has ended that sequence and drops what it produces. */
 #define GM_TOKEN_PREVIOUS (-1)
 
 typedef struct gm_seq_step {

@@ -2,8 +2,25 @@
  *
  * A front door turns its own message (a protobuf GenerateRequest, an OpenAI JSON body) into a
  * gd_gen_req; everything from there on - parameter checks, tokenizing, the chat template, queueing,
- * completion and the counters - happens here, the same way for every client. */
+ * completion and the counters - happens here, the same way for every client.
+ *
+ * Limits that keep one request from hurting the others:
+ *  - prompt text: at most max_prompt_bytes, checked before tokenizing (PROMPT_TOO_LONG). Derived:
+ *    the context x min(16, the tokenizer's longest piece in bytes): text with more bytes cannot fit
+ *    the context unless its tokens average more than 16 bytes. A NUL byte is INVALID_ARGUMENT.
+ *  - frames: the client socket's ZMQ_MAXMSGSIZE is max(the prompt limit, 6 bytes per token of
+ *    context) + 64K; libzmq drops the connection of a peer that sends more.
+ *  - tokenizing runs on a thread of its own (tokq.h): a megabyte prompt never stalls the loop.
+ *  - memory of queued requests: each request not yet running is charged, per choice, 1K + 4 bytes per
+ *    token it may hold (prompt + max new tokens, with its block table; the text while it is tokenized);
+ *    past max_waiting_memory a new request gets OVERLOADED. The charge ends when it first runs or is
+ *    freed. After large frees the heap is trimmed, so RSS comes back when a client leaves.
+ *
+ * A request whose prompt is tokenized on the thread is pending: it has its choices (r->n_ch, their text
+ * outputs) but no sequences until gd_admit_on_tokens queues it - or completes it with an error, which
+ * its front door answers like any other. Nothing of it is dirty before that. */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,12 +49,40 @@ gd_req *gd_req_new(gd_server *s, gd_front f, uint64_t rid)
     return r;
 }
 
+#define REQ_OVERHEAD 1024      /* bytes of a request beside its token arrays (gd_req, sched_seq, maps) */
+#define PIECE_BYTES_CAP 16      /* prompt bytes per context token, at most (the limit above) */
+#define FRAME_HEADROOM (64 << 10)
+#define TRIM_BYTES (8 << 20)
+
+void gd_req_uncharge(gd_server *s, gd_req *r)
+{
+    s->waiting_bytes -= r->charge;
+    r->charge = 0;
+}
+
+/* r stops waiting for its prompt's ids (they came, or it ended). */
+static void req_untokenize(gd_server *s, gd_req *r)
+{
+    if (r->tok_job) {
+        u64map_del(&s->tok_jobs, r->tok_job);
+        r->tok_job = 0;
+        s->n_tokenizing--;
+    }
+    free(r->pend);
+    r->pend = NULL;
+}
+
 void gd_req_free(gd_server *s, gd_req *r)
 {
+    req_untokenize(s, r);
+    gd_req_uncharge(s, r);
+    s->freed_bytes += REQ_OVERHEAD;
     for (int32_t i = 0; i < r->n_ch; i++) {
         gd_choice *c = &r->ch[i];
-        if (c->seq)
+        if (c->seq) {
+            s->freed_bytes += 4 * (int64_t)c->seq->cap;
             sched_seq_free(s->sch, &c->seq);
+        }
         gm_detok_destroy(&c->dt);
         txo_destroy(&c->tx);
         free(c->lp), free(c->lp_ids), free(c->lp_alts);
@@ -169,6 +214,7 @@ void gd_req_complete(gd_server *s, gd_req *r, fin_reason fr, err_code code, cons
     if (r->done)
         return;
     r->done = true;
+    req_untokenize(s, r); /* its ids, if they still come, are dropped */
     r->finish = fr;
     r->err = code;
     r->t_end = gm_now_ms();
@@ -284,6 +330,58 @@ static bool check_sampling(const gd_gen_req *g, gm_sampling *out, char *msg, siz
     return true;
 }
 
+/* What a request keeps while its prompt is tokenized off the loop. */
+struct gd_pending {
+    sched_req sr;                      /* everything but the prompt */
+    int32_t stop_ids[GD_MAX_STOP_IDS]; /* sr.stop_ids points here */
+};
+
+/* The prompt byte limit for a context of ctx tokens (the rule above). */
+static int64_t prompt_limit(const gd_server *s, int64_t ctx)
+{
+    if (s->cfg->max_prompt_bytes > 0)
+        return s->cfg->max_prompt_bytes;
+    int64_t per = s->tok_piece_max > 0 && s->tok_piece_max < PIECE_BYTES_CAP ? s->tok_piece_max : PIECE_BYTES_CAP;
+    return ctx * per > 4096 ? ctx * per : 4096;
+}
+
+gm_status gd_admit_open(gd_server *s, int64_t ctx_bound)
+{
+    if (s->tok) {
+        char buf[512];
+        int32_t V = gm_tok_vocab_size(s->tok);
+        for (int32_t id = 0; id < V; id++) {
+            int32_t n = (int32_t)gm_tok_piece_bytes(s->tok, id, buf, sizeof buf);
+            if (n > s->tok_piece_max)
+                s->tok_piece_max = n;
+        }
+    }
+    int64_t ids = 6 * ctx_bound, text = prompt_limit(s, ctx_bound);
+    s->frame_limit = s->cfg->max_message_bytes > 0 ? s->cfg->max_message_bytes
+                                                   : (ids > text ? ids : text) + FRAME_HEADROOM;
+    GM_INFO("client limits: frames of at most %lld bytes, prompt text of at most %lld bytes (context %lld, "
+            "longest piece %d bytes)", (long long)s->frame_limit, (long long)text, (long long)ctx_bound,
+            (int)s->tok_piece_max);
+    return GM_OK;
+}
+
+void gd_admit_close(gd_server *s)
+{
+    tokq_destroy(&s->tokq);
+    u64map_free(&s->tok_jobs);
+}
+
+void gd_admit_trim(gd_server *s, double now)
+{
+    /* soon after large frees; within 10 s after any (clients' sockets go a little after their requests) */
+    if (!(s->freed_bytes >= TRIM_BYTES && now - s->last_trim_ms >= 1000) &&
+        !(s->freed_bytes > 0 && now - s->last_trim_ms >= 10000))
+        return;
+    malloc_trim(0);
+    s->freed_bytes = 0;
+    s->last_trim_ms = now;
+}
+
 /* Reject r before it reaches the scheduler. */
 #define REJECT(code, ...)                                                                                              \
     do {                                                                                                               \
@@ -291,16 +389,52 @@ static bool check_sampling(const gd_gen_req *g, gm_sampling *out, char *msg, siz
         goto out;                                                                                                      \
     } while (0)
 
+/* Queue r with its prompt ids (copied) and sr's parameters: its choices get their sequences. */
+static void admit_queue(gd_server *s, gd_req *r, sched_req *sr, const int32_t *ids, int32_t n_ids)
+{
+    sched_seq *seqs[SCHED_MAX_N];
+    r->n_prompt = n_ids;
+    sr->prompt = ids;
+    sr->n_prompt = n_ids;
+    sr->user = r;
+    int64_t room = sr->max_tokens > 0 ? sr->max_tokens : s->max_context; /* what a sequence may hold */
+    int64_t charge = r->n_ch * (REQ_OVERHEAD + 5 * ((int64_t)n_ids + room)); /* tokens + block tables, rounded up */
+    if (s->waiting_bytes + charge > s->cfg->max_waiting_memory && s->cfg->max_waiting_memory > 0)
+        REJECT(OVERLOADED, "the waiting queue holds %lld bytes of requests; this one would pass max_waiting_memory "
+               "(%lld): retry later", (long long)s->waiting_bytes, (long long)s->cfg->max_waiting_memory);
+    switch (sched_add(s->sch, sr, seqs)) {
+    case SCHED_ACCEPTED:
+        break;
+    case SCHED_REJECT_INVALID:
+        REJECT(INVALID_ARGUMENT, "%s", gm_last_error());
+    case SCHED_REJECT_TOO_LONG:
+        REJECT(PROMPT_TOO_LONG, "%s", gm_last_error());
+    case SCHED_REJECT_FULL:
+        REJECT(OVERLOADED, "%s", gm_last_error());
+    default:
+        REJECT(INTERNAL, "%s", gm_last_error());
+    }
+    r->charge = 0;
+    for (int32_t i = 0; i < r->n_ch; i++) {
+        r->ch[i].seq = seqs[i];
+        r->charge += REQ_OVERHEAD + 4 * ((int64_t)seqs[i]->cap + seqs[i]->blocks_cap);
+    }
+    s->waiting_bytes += r->charge;
+    s->c.requests_total++;
+    s->c.prompt_tokens += n_ids;
+out:
+    return;
+}
+
 void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
 {
     r->stream = g->stream;
     int32_t *ids = NULL;
     int32_t n_ids = 0;
-    bool chat = false;
     char msg[512];
     gm_sampling samp = GM_SAMPLING_GREEDY;
     size_t stop_lens[GD_MAX_STOP];
-    sched_seq *seqs[SCHED_MAX_N];
+    int64_t text_bytes = 0;
     int32_t n = g->n > 1 ? g->n : 1;
 
     if (g->n < 0 || g->n > SCHED_MAX_N)
@@ -311,6 +445,9 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
     r->n_ch = n;
     if (s->stopping)
         REJECT(SHUTTING_DOWN, "gemmad is shutting down and accepts no new requests");
+    if (!s->pool_ok) /* no worker to run it: say so now rather than keep it waiting through the outage */
+        REJECT(UNAVAILABLE, "%s", s->sch ? "gemmad's workers failed and are restarting: retry shortly"
+                                         : "gemmad is still starting its workers (loading the model): retry shortly");
     if (!check_sampling(g, &samp, msg, sizeof(msg)))
         REJECT(INVALID_ARGUMENT, "%s", msg);
     if (g->n < 0 || g->n > SCHED_MAX_N)
@@ -339,14 +476,18 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
             REJECT(INVALID_ARGUMENT, "stop token id %d is outside the vocabulary [0, %d)", g->stop_ids[i],
                    s->mcfg.vocab_size);
 
+    /* the prompt, checked without tokenizing it */
+    int64_t limit = prompt_limit(s, s->max_context);
     switch (g->kind) {
     case GD_PROMPT_TEXT: {
         if (g->text_len == 0)
             REJECT(INVALID_ARGUMENT, "the prompt is empty");
         if (!s->tok)
             REJECT(INVALID_ARGUMENT, "text prompts need a tokenizer; this gemmad has none: send token ids");
-        if (gm_tok_encode(s->tok, g->text, g->text_len, true, &ids, &n_ids) != GM_OK)
-            REJECT(INVALID_ARGUMENT, "cannot tokenize the prompt: %s", gm_last_error());
+        const char *nul = memchr(g->text, 0, g->text_len);
+        if (nul)
+            REJECT(INVALID_ARGUMENT, "the prompt has a NUL byte at position %zu", (size_t)(nul - g->text));
+        text_bytes = (int64_t)g->text_len;
         break;
     }
     case GD_PROMPT_IDS: {
@@ -358,11 +499,6 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
             if (g->ids[i] < 0 || g->ids[i] >= s->mcfg.vocab_size)
                 REJECT(INVALID_ARGUMENT, "prompt token %zu is %d, outside the vocabulary [0, %d)", i, g->ids[i],
                        s->mcfg.vocab_size);
-        ids = malloc(g->n_ids * sizeof(int32_t));
-        if (!ids)
-            REJECT(INTERNAL, "out of memory");
-        memcpy(ids, g->ids, g->n_ids * sizeof(int32_t));
-        n_ids = (int32_t)g->n_ids;
         break;
     }
     case GD_PROMPT_CHAT: {
@@ -372,55 +508,104 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
             REJECT(INVALID_ARGUMENT, "chat prompts need a tokenizer; this gemmad has none: send token ids");
         if (g->n_msgs > GD_MAX_CHAT_MSGS)
             REJECT(INVALID_ARGUMENT, "%zu chat messages: at most %d", g->n_msgs, GD_MAX_CHAT_MSGS);
-        if (gm_tok_encode_chat_fmt(s->tok, &s->chat, g->msgs, (int32_t)g->n_msgs, &ids, &n_ids) != GM_OK)
-            REJECT(INVALID_ARGUMENT, "bad chat: %s", gm_last_error());
-        chat = true;
+        for (size_t i = 0; i < g->n_msgs; i++) {
+            if (!g->msgs[i].role || !g->msgs[i].text)
+                REJECT(INVALID_ARGUMENT, "chat message %zu has no role or text", i);
+            text_bytes += (int64_t)strlen(g->msgs[i].role) + (int64_t)strlen(g->msgs[i].text);
+        }
         break;
     }
     default:
         REJECT(INVALID_ARGUMENT, "the prompt is empty (no text, tokens or chat given)");
     }
-    r->n_prompt = n_ids;
+    if (text_bytes > limit)
+        REJECT(PROMPT_TOO_LONG, "the prompt has %lld bytes of text; at most %lld can fit the context of %d tokens "
+               "(max_prompt_bytes)", (long long)text_bytes, (long long)limit, s->max_context);
 
+    for (int32_t i = 0; i < n; i++) {
+        gd_choice *c = &r->ch[i];
+        c->tx = txo_new((const char **)g->stops, stop_lens, (int)g->n_stops);
+        if (s->tok)
+            c->dt = gm_detok_new(s->tok);
+        if (!c->tx || (s->tok && !c->dt))
+            REJECT(INTERNAL, "out of memory");
+    }
+    r->min_tokens = g->min_tokens;
+    r->lp_top = samp.logprobs ? samp.top_logprobs : -1;
     sched_req sr = {0};
-    sr.prompt = ids;
-    sr.n_prompt = n_ids;
     sr.max_tokens = (int32_t)g->max_tokens;
     sr.sampling = samp;
     sr.stop_ids = g->stop_ids;
     sr.n_stop_ids = (int32_t)g->n_stop_ids;
     sr.ignore_eos = g->ignore_eos;
-    sr.stop_at_eot = chat;
+    sr.stop_at_eot = g->kind == GD_PROMPT_CHAT;
     sr.min_tokens = g->min_tokens;
     sr.n = n;
-    sr.user = r;
-    r->min_tokens = g->min_tokens;
-    r->lp_top = samp.logprobs ? samp.top_logprobs : -1;
-    switch (sched_add(s->sch, &sr, seqs)) {
-    case SCHED_ACCEPTED:
-        break;
-    case SCHED_REJECT_INVALID:
-        REJECT(INVALID_ARGUMENT, "%s", gm_last_error());
-    case SCHED_REJECT_TOO_LONG:
-        REJECT(PROMPT_TOO_LONG, "%s", gm_last_error());
-    case SCHED_REJECT_FULL:
-        REJECT(OVERLOADED, "%s", gm_last_error());
-    default:
-        REJECT(INTERNAL, "%s", gm_last_error());
+    if (g->kind == GD_PROMPT_IDS) {
+        admit_queue(s, r, &sr, g->ids, (int32_t)g->n_ids);
+        goto out;
     }
-    for (int32_t i = 0; i < n; i++) {
-        gd_choice *c = &r->ch[i];
-        c->seq = seqs[i];
-        c->tx = txo_new((const char **)g->stops, stop_lens, (int)g->n_stops);
-        if (s->tok)
-            c->dt = gm_detok_new(s->tok);
-    }
-    for (int32_t i = 0; i < n; i++)
-        if (!r->ch[i].tx || (s->tok && !r->ch[i].dt))
+    if (s->tokq) { /* off the loop: the ids come back through gd_admit_on_tokens */
+        if (s->waiting_bytes + REQ_OVERHEAD + text_bytes > s->cfg->max_waiting_memory && s->cfg->max_waiting_memory > 0)
+            REJECT(OVERLOADED, "the waiting queue holds %lld bytes of requests; this one would pass "
+                   "max_waiting_memory (%lld): retry later", (long long)s->waiting_bytes,
+                   (long long)s->cfg->max_waiting_memory);
+        r->pend = malloc(sizeof *r->pend);
+        uint64_t job = ++s->tok_serial;
+        if (!r->pend || !u64map_put(&s->tok_jobs, job, r))
             REJECT(INTERNAL, "out of memory");
-    s->c.requests_total++;
-    s->c.prompt_tokens += n_ids;
+        r->tok_job = job;
+        s->n_tokenizing++;
+        r->pend->sr = sr;
+        if (g->n_stop_ids)
+            memcpy(r->pend->stop_ids, g->stop_ids, g->n_stop_ids * sizeof(int32_t));
+        r->pend->sr.stop_ids = r->pend->stop_ids;
+        gm_status st = g->kind == GD_PROMPT_TEXT ? tokq_submit_text(s->tokq, job, g->text, g->text_len)
+                                                 : tokq_submit_chat(s->tokq, job, g->msgs, (int32_t)g->n_msgs);
+        if (st != GM_OK)
+            REJECT(OVERLOADED, "cannot queue the prompt for tokenizing: %s", gm_last_error());
+        r->charge = REQ_OVERHEAD + text_bytes;
+        s->waiting_bytes += r->charge;
+        goto out;
+    }
+    if ((g->kind == GD_PROMPT_TEXT ? gm_tok_encode(s->tok, g->text, g->text_len, true, &ids, &n_ids)
+                                   : gm_tok_encode_chat_fmt(s->tok, &s->chat, g->msgs, (int32_t)g->n_msgs, &ids,
+                                                            &n_ids)) != GM_OK)
+        REJECT(INVALID_ARGUMENT, "%s: %s", sr.stop_at_eot ? "bad chat" : "cannot tokenize the prompt",
+               gm_last_error());
+    admit_queue(s, r, &sr, ids, n_ids);
 out:
     free(ids);
+}
+
+void gd_admit_on_tokens(gd_server *s)
+{
+    tokq_result t;
+    for (int k = 0; k < GD_RECV_BATCH && tokq_take(s->tokq, &t); k++) {
+        gd_req *r = u64map_get(&s->tok_jobs, t.job);
+        if (!r || r->done) { /* cancelled, or its client went away meanwhile */
+            free(t.ids);
+            continue;
+        }
+        gd_pending *p = r->pend;
+        r->pend = NULL;
+        req_untokenize(s, r);
+        gd_req_uncharge(s, r);
+        if (t.status != GM_OK)
+            gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT,
+                            "%s: %s", p->sr.stop_at_eot ? "bad chat" : "cannot tokenize the prompt", t.error);
+        else if (s->stopping)
+            gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__SHUTTING_DOWN,
+                            "gemmad is shutting down and accepts no new requests");
+        else if (!s->pool_ok)
+            gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__UNAVAILABLE,
+                            "gemmad's workers failed and are restarting: retry shortly");
+        else
+            admit_queue(s, r, &p->sr, t.ids, t.n_ids);
+        if (r->front == GD_FRONT_HTTP && !r->done) /* admitted: a stream's headers may go now (front_http.c) */
+            gd_req_mark_dirty(s, r);
+        free(p);
+        free(t.ids);
+    }
 }
 #undef REJECT

@@ -34,6 +34,11 @@ void gd_config_defaults(gd_config *c)
     c->shutdown_timeout_ms = 30000;
     c->http_max_body = 8 << 20;
     c->http_max_connections = 4096;
+    c->step_timeout_ms = 10000;
+    c->step_warmup_ms = 120000;
+    c->client_stall_ms = 10000;
+    c->client_output_bytes = 4 << 20;
+    c->max_waiting_memory = 256 << 20;
 }
 
 void gd_config_free(gd_config *c)
@@ -148,6 +153,14 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
         if (!args_parse_size(v, &n))
             return gm_fail(GM_ERR_INVALID_ARG, "kv_memory: '%s' is not a size (bytes, or like 64M, 2G)", v);
         c->kv_memory = n;
+    } else if (!strcmp(key, "max_prompt_bytes") || !strcmp(key, "max_message_bytes") ||
+               !strcmp(key, "client_output_bytes") || !strcmp(key, "max_waiting_memory")) {
+        if (!args_parse_size(v, &n) || n < 0 || n > ((int64_t)1 << 40))
+            return gm_fail(GM_ERR_INVALID_ARG, "%s: '%s' is not a size (bytes, or like 64M, 2G)", key, v);
+        *(!strcmp(key, "max_prompt_bytes")      ? &c->max_prompt_bytes
+          : !strcmp(key, "max_message_bytes")   ? &c->max_message_bytes
+          : !strcmp(key, "client_output_bytes") ? &c->client_output_bytes
+                                                : &c->max_waiting_memory) = n;
     } else if (!strcmp(key, "kv_mem_fraction")) {
         errno = 0;
         double d = strtod(v, &end);
@@ -181,6 +194,9 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             {"ready_timeout_ms", 0, 24 * 3600 * 1000},
             {"http_max_requests", 0, 1 << 20},
             {"http_max_connections", 1, 1 << 20},
+            {"step_timeout_ms", 0, 24 * 3600 * 1000},
+            {"step_warmup_ms", 0, 24 * 3600 * 1000},
+            {"client_stall_ms", 0, 24 * 3600 * 1000},
         };
         size_t i;
         for (i = 0; i < sizeof(ik) / sizeof(ik[0]); i++)
@@ -215,6 +231,12 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             c->http_max_requests = (int32_t)x;
         else if (!strcmp(key, "http_max_connections"))
             c->http_max_connections = (int32_t)x;
+        else if (!strcmp(key, "step_timeout_ms"))
+            c->step_timeout_ms = (int32_t)x;
+        else if (!strcmp(key, "step_warmup_ms"))
+            c->step_warmup_ms = (int32_t)x;
+        else if (!strcmp(key, "client_stall_ms"))
+            c->client_stall_ms = (int32_t)x;
         else
             c->ready_timeout_ms = (int32_t)x;
     }
@@ -322,6 +344,19 @@ void gd_config_usage(FILE *f)
             "  --worker-bin PATH         gemma-worker binary (default: beside gemmad)\n"
             "  --shutdown-timeout-ms N   SIGTERM: time for in-flight work to finish (default 30000)\n"
             "  --ready-timeout-ms N      worker start limit (default 600000)\n"
+            "  --step-timeout-ms N       step watchdog: a step in flight longer than max(N, 10 x the recent\n"
+            "                            p99 step time, scaled by its tokens) restarts the workers\n"
+            "                            (default 10000; 0 = off)\n"
+            "  --step-warmup-ms N        the watchdog's allowance for the first 8 steps after a (re)start\n"
+            "                            (default 120000)\n"
+            "  --max-prompt-bytes SIZE   text of one prompt, checked before tokenizing (default: the context\n"
+            "                            x min(16, the tokenizer's longest piece) bytes, at least 4K)\n"
+            "  --max-message-bytes SIZE  largest client frame; a larger one drops that client's connection\n"
+            "                            (default: the prompt limit + 64K, at least 6 bytes per token)\n"
+            "  --client-stall-ms N       a client that takes no reply for N ms while its output waits has\n"
+            "                            its requests cancelled (default 10000; 0 = never)\n"
+            "  --client-output-bytes SIZE  output held for a client that is not reading (default 4M)\n"
+            "  --max-waiting-memory SIZE bytes of queued requests before OVERLOADED (default 256M)\n"
             "  --log-level L             debug | info | warn | error | off (default info)\n"
             "  --http-listen HOST:PORT   also serve the OpenAI-compatible HTTP API there (off by default;\n"
             "                            e.g. 127.0.0.1:8000): /v1/completions, /v1/chat/completions,\n"
@@ -568,5 +603,11 @@ void gd_config_print(const gd_config *c, FILE *f)
         gd_config_print_str(f, "served_model_name", c->served_model_name);
     fprintf(f, "http_max_body = %lldL;\nhttp_max_requests = %d;\nhttp_max_connections = %d;\n",
             (long long)c->http_max_body, c->http_max_requests, c->http_max_connections);
+    fprintf(f, "step_timeout_ms = %d;\nstep_warmup_ms = %d;\nclient_stall_ms = %d;\n", c->step_timeout_ms,
+            c->step_warmup_ms, c->client_stall_ms);
+    fprintf(f, "max_prompt_bytes = %lldL;\nmax_message_bytes = %lldL;\nclient_output_bytes = %lldL;\n"
+               "max_waiting_memory = %lldL;\n",
+            (long long)c->max_prompt_bytes, (long long)c->max_message_bytes, (long long)c->client_output_bytes,
+            (long long)c->max_waiting_memory);
     glue_config_print(&c->cluster, f);
 }

@@ -12,6 +12,10 @@
  *   http_listen = "";          api_key = "";                        api_key_file = "";
  *   http_max_body = "8M";      http_max_requests = 0;               http_max_connections = 4096;
  *   served_model_name = "";    prefix_cache = true;
+ * Limits that keep one client or one fault from stalling the rest (0 = derived or default, below):
+ *   step_timeout_ms = 10000;   step_warmup_ms = 120000;             client_stall_ms = 10000;
+ *   max_prompt_bytes = 0;      max_message_bytes = 0;               client_output_bytes = "4M";
+ *   max_waiting_memory = "256M";
  * and the cluster keys of daemon/cluster_glue.h (router, curve, ...).
  * The sizing keys (kv_memory, kv_blocks, kv_mem_fraction, max_tokens_per_step,
  * max_seqs, max_context) left unset (0; kv_memory -1) are decided by the
@@ -53,6 +57,13 @@ typedef struct gd_config {
     char *worker_bin;        /* NULL = gemma-worker beside gemmad */
     int32_t shutdown_timeout_ms; /* SIGTERM: how long in-flight work may take to finish */
     int32_t ready_timeout_ms;    /* worker (re)start limit (0 = workers.h default) */
+    int32_t step_timeout_ms;     /* step watchdog floor (steps.c has the rule); 0 = no watchdog */
+    int32_t step_warmup_ms;      /* the watchdog's allowance for the first steps after each (re)start */
+    int64_t max_prompt_bytes;    /* text of one prompt (chat: all texts); 0 = derived from the context */
+    int64_t max_message_bytes;   /* ZMQ_MAXMSGSIZE of the client socket; 0 = derived from the prompt limit */
+    int32_t client_stall_ms;     /* a client that takes no reply this long loses its requests; 0 = never */
+    int64_t client_output_bytes; /* output held for one client that is not reading, at most */
+    int64_t max_waiting_memory;  /* bytes of queued requests beyond which OVERLOADED is answered */
     char *config_path;       /* the file read, or NULL */
     /* the OpenAI-compatible HTTP API (daemon/front_http.c) */
     char *http_listen;       /* "HOST:PORT"; NULL = off */

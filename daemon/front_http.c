@@ -145,6 +145,15 @@ static bool all_out(const hx *x)
     return true;
 }
 
+/* Some request of x still waits for its prompt's tokens (admission completes later, admit.c). */
+static bool any_tokenizing(const hx *x)
+{
+    for (int32_t i = 0; i < x->n_sub; i++)
+        if (gd_req_tokenizing(x->sub[i]))
+            return true;
+    return false;
+}
+
 /* A request failed (or was cancelled by the server): a client sees an error. */
 static bool sub_failed(const gd_req *r)
 {
@@ -299,6 +308,9 @@ static void hx_respond(gd_server *s, hx *x)
     if (x->err_sub >= 0) {
         oai_error e;
         hx_error(x, &e);
+        err_code c = x->sub[x->err_sub]->err;
+        if (c == GEMMA__V1__ERROR_CODE__OVERLOADED || c == GEMMA__V1__ERROR_CODE__UNAVAILABLE)
+            http_req_add_header(x->h, "Retry-After", "1"); /* worth retrying soon (here or elsewhere) */
         respond_err(x->h, &e);
         return;
     }
@@ -457,6 +469,8 @@ static void hx_stream_step(gd_server *s, hx *x, gd_req *r)
     }
 }
 
+static void hx_begin_stream(gd_server *s, hx *x);
+
 void gd_http_flush(gd_server *s)
 {
     gd_http *g = s->http;
@@ -476,6 +490,22 @@ void gd_http_flush(gd_server *s)
             /* one prompt failed: the whole request does (its siblings join the dirty list) */
             x->err_sub = sub_index(x, r);
             hx_cancel(s, x, "another prompt of the same request failed");
+        }
+        if (x->h && x->q.stream && !x->begun && x->err_sub < 0 && !any_tokenizing(x)) {
+            /* the stream waited for every prompt's admission: a refusal (of any prompt, this one or
+             * another admitted in the same turn) is still an HTTP error; else the headers now, and every
+             * other request's output waiting so far after this one's */
+            for (int32_t i = 0; i < x->n_sub && x->err_sub < 0; i++)
+                if (x->sub[i]->done && sub_failed(x->sub[i])) {
+                    x->err_sub = i;
+                    hx_cancel(s, x, "another prompt of the same request failed");
+                }
+            if (x->err_sub < 0) {
+                hx_begin_stream(s, x);
+                for (int32_t i = 0; i < x->n_sub; i++)
+                    if (x->sub[i] != r)
+                        gd_req_mark_dirty(s, x->sub[i]);
+            }
         }
         if (x->h && x->begun)
             hx_stream_step(s, x, r);
@@ -662,7 +692,7 @@ static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
         refused |= x->sub[i]->done;
     if (x->n_sub < n && !refused) /* out of memory part way */
         hx_cancel(s, x, "out of memory");
-    else if (x->q.stream && !refused)
+    else if (x->q.stream && !refused && !any_tokenizing(x)) /* else at the flush once all are admitted */
         hx_begin_stream(s, x);
 }
 
@@ -698,7 +728,7 @@ static void on_health(gd_server *s, http_req *h)
     bool ok = s->pool_ok && !s->stopping;
     jsonw_obj_begin(w);
     jsonw_key(w, "status");
-    jsonw_str(w, ok ? "ok" : s->stopping ? "draining" : "restarting workers");
+    jsonw_str(w, ok ? "ok" : s->stopping ? "draining" : s->sch ? "restarting workers" : "loading");
     jsonw_key(w, "model");
     jsonw_str(w, s->http->model);
     jsonw_obj_end(w);

@@ -11,6 +11,7 @@ void met_init(gd_metrics *m)
     histo_samples_init(&m->tpot, MET_WINDOW);
     histo_samples_init(&m->queue, MET_WINDOW);
     histo_samples_init(&m->step, MET_WINDOW);
+    histo_samples_init(&m->step_tok, MET_WINDOW);
 }
 
 void met_free(gd_metrics *m)
@@ -19,6 +20,7 @@ void met_free(gd_metrics *m)
     histo_samples_free(&m->tpot);
     histo_samples_free(&m->queue);
     histo_samples_free(&m->step);
+    histo_samples_free(&m->step_tok);
 }
 
 void met_request_done(gd_metrics *m, const met_req *r, met_outcome o, int32_t code)
@@ -56,9 +58,10 @@ void met_request_done(gd_metrics *m, const met_req *r, met_outcome o, int32_t co
     }
 }
 
-void met_step_done(gd_metrics *m, double ms)
+void met_step_done(gd_metrics *m, double ms, int32_t n_tokens)
 {
     histo_samples_add(&m->step, ms);
+    histo_samples_add(&m->step_tok, ms / (n_tokens > 0 ? n_tokens : 1));
 }
 
 double met_pct(histo_samples *s, double p)

@@ -48,6 +48,7 @@ typedef struct gd_metrics {
     prom_metrics prom;                  /* cumulative, for /metrics (seconds and tokens) */
     histo_samples ttft, tpot, queue;    /* ms, the last MET_WINDOW finished requests (Stats) */
     histo_samples step;                 /* ms, the last MET_WINDOW steps */
+    histo_samples step_tok;             /* ms per token of the same steps (the step watchdog's per-token term) */
     met_rate rate;                      /* generated tokens per second */
 } gd_metrics;
 
@@ -57,8 +58,8 @@ void met_free(gd_metrics *m);
 /* A request ended with outcome o (code: its ErrorCode when o is MET_ERROR). Latencies are observed
  * for requests that finished (stop or length), as vLLM does. */
 void met_request_done(gd_metrics *m, const met_req *r, met_outcome o, int32_t code);
-/* A step's time (ms). */
-void met_step_done(gd_metrics *m, double ms);
+/* A step's time (ms) and how many tokens it computed. */
+void met_step_done(gd_metrics *m, double ms, int32_t n_tokens);
 
 /* Stats helpers: the p-th percentile / mean of a window (0 when empty). */
 double met_pct(histo_samples *s, double p);

@@ -10,6 +10,7 @@
 #include <zmq.h>
 
 #include "common/log.h"
+#include "common/pbscan.h"
 #include "common/utf8.h"
 #include "daemon/server_int.h"
 #include "daemon/wire.h"
@@ -31,30 +32,36 @@ static bool ensure_txbuf(gd_server *s, size_t n)
     return true;
 }
 
-/* Pack m and send it to the client with routing id (id, len). false when the
- * client is gone (EHOSTUNREACH) or not reading (EAGAIN at the high-water mark). */
-static bool send_to(gd_server *s, const void *id, size_t idlen, Gemma__V1__ServerMessage *m)
+typedef enum send_res {
+    SEND_OK = 0,
+    SEND_FULL, /* the client's queue is at its high-water mark: it is not reading */
+    SEND_GONE, /* no such peer any more */
+} send_res;
+
+/* Pack m and send it to the client with routing id (id, len). */
+static send_res send_to(gd_server *s, const void *id, size_t idlen, Gemma__V1__ServerMessage *m)
 {
     m->protocol_version = GD_PROTOCOL_VERSION;
     bool chunks = m->body_case == GEMMA__V1__SERVER_MESSAGE__BODY__NOT_SET; /* the per-step message: by hand */
     size_t n = chunks ? wire_chunks_size(m) : gemma__v1__server_message__get_packed_size(m);
     if (!ensure_txbuf(s, n)) { /* our problem, not the client's: drop this message, keep the client */
         GM_ERROR("out of memory packing a %zu-byte reply", n);
-        return true;
+        return SEND_OK;
     }
     if (chunks)
         wire_chunks_pack(m, s->txbuf);
     else
         gemma__v1__server_message__pack(m, s->txbuf);
     if (zmq_send(s->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        GM_DEBUG("client gone (%s)", zmq_strerror(errno));
-        return false;
+        int e = errno;
+        GM_DEBUG("client %s (%s)", e == EAGAIN ? "not reading" : "gone", zmq_strerror(e));
+        return e == EAGAIN ? SEND_FULL : SEND_GONE;
     }
     if (zmq_send(s->router, s->txbuf, n, ZMQ_DONTWAIT) < 0) {
         GM_WARN("send of %zu bytes failed: %s", n, zmq_strerror(errno));
-        return false;
+        return SEND_GONE;
     }
-    return true;
+    return SEND_OK;
 }
 
 static void reply_error(gd_server *s, const void *id, size_t idlen, uint64_t rid, err_code code, const char *fmt,
@@ -310,7 +317,8 @@ static void client_drop(gd_server *s, gd_client *c)
 }
 
 /* Chunk k of the flush: what choice i (cc; NULL when the request has none) of r has news of; its
- * log-probabilities go to s->lps[*at_lp..] and their strings to s->lp_strs[*at_str..]. */
+ * log-probabilities go to s->lps[*at_lp..] and their strings to s->lp_strs[*at_str..]. Nothing is
+ * marked sent here: gd_rpc_flush does that once the client took the message. */
 static void chunk_put(gd_server *s, gd_req *r, gd_choice *cc, int32_t i, size_t k, size_t *at_lp, size_t *at_str)
 {
     Gemma__V1__GenerateChunk *ch = &s->chunks[k];
@@ -325,7 +333,6 @@ static void chunk_put(gd_server *s, gd_req *r, gd_choice *cc, int32_t i, size_t 
         *at_lp += nl;
         ch->n_token_ids = (size_t)(gen - cc->n_sent);
         ch->token_ids = q->tokens + q->n_prompt + cc->n_sent;
-        cc->n_sent = gen;
     }
     if (cc && cc->tx) {
         size_t tl;
@@ -347,14 +354,86 @@ static void chunk_put(gd_server *s, gd_req *r, gd_choice *cc, int32_t i, size_t 
     s->chunk_reqs[k] = r;
 }
 
-/* Send every dirty client its chunks: one message each. */
+/* Bytes of output held for c: token ids and text of its dirty requests' choices not sent yet. */
+static int64_t client_held(const gd_client *c)
+{
+    int64_t held = 0;
+    for (const gd_req *r = c->dirty_head; r; r = r->dirty_next)
+        for (int32_t i = 0; i < r->n_ch; i++) {
+            const gd_choice *cc = &r->ch[i];
+            if (cc->seq)
+                held += 4 * (int64_t)(sched_seq_generated(cc->seq) - cc->n_sent);
+            if (cc->tx) {
+                size_t tl;
+                txo_ready(cc->tx, &tl);
+                held += (int64_t)tl;
+            }
+        }
+    return held;
+}
+
+/* Take every request off c's dirty list. */
+static void client_undirty(gd_client *c)
+{
+    for (gd_req *r = c->dirty_head, *next; r; r = next) {
+        next = r->dirty_next;
+        r->dirty = false;
+        r->dirty_next = NULL;
+    }
+    c->dirty_head = c->dirty_tail = NULL;
+}
+
+/* c's queue is full: keep its output in its requests and retry soon, or - past client_stall_ms
+ * without taking anything, past client_output_bytes held, or at the shutdown deadline - give up on
+ * it: every request of it is cancelled and its KV blocks freed. true when c was dropped. */
+static bool client_stalled(gd_server *s, gd_client *c, double now)
+{
+    const gd_config *cfg = s->cfg;
+    if (c->stalled_since == 0)
+        c->stalled_since = now;
+    int64_t held = client_held(c);
+    double stalled = now - c->stalled_since;
+    if ((cfg->client_stall_ms > 0 && stalled >= cfg->client_stall_ms) ||
+        (cfg->client_output_bytes > 0 && held > cfg->client_output_bytes) ||
+        (s->stopping && now >= s->stop_deadline_ms)) {
+        GM_WARN("a client took no reply for %.0f ms with %lld bytes of output waiting for it: its requests are "
+                "cancelled (client_stall_ms %d, client_output_bytes %lld)", stalled, (long long)held,
+                cfg->client_stall_ms, (long long)cfg->client_output_bytes);
+        client_undirty(c);
+        client_drop(s, c);
+        return true;
+    }
+    c->retry_ms = now + GD_STALL_RETRY_MS;
+    return false;
+}
+
+/* Append c to the list (*head, *tail) linked by dirty_next. */
+static void client_list_push(gd_client **head, gd_client **tail, gd_client *c)
+{
+    c->dirty_next = NULL;
+    if (*tail)
+        (*tail)->dirty_next = c;
+    else
+        *head = c;
+    *tail = c;
+}
+
+/* Send every dirty client its chunks: one message each. A client that is not reading keeps its
+ * output in its requests (client_stalled has the rule). */
 void gd_rpc_flush(gd_server *s)
 {
+    double now = gm_now_ms();
+    gd_client *keep_head = NULL, *keep_tail = NULL; /* stalled, to retry later */
     while (s->dirty_head) {
         gd_client *c = s->dirty_head;
         s->dirty_head = c->dirty_next;
         if (!s->dirty_head)
             s->dirty_tail = NULL;
+        c->dirty_next = NULL;
+        if (c->stalled_since > 0 && now < c->retry_ms && !(s->stopping && now >= s->stop_deadline_ms)) {
+            client_list_push(&keep_head, &keep_tail, c);
+            continue;
+        }
         c->dirty = false;
         size_t n = 0, n_lp = 0, n_str = 0;
         for (gd_req *r = c->dirty_head; r; r = r->dirty_next) {
@@ -370,10 +449,7 @@ void gd_rpc_flush(gd_server *s)
             continue;
         }
         size_t k = 0, at_lp = 0, at_str = 0;
-        for (gd_req *r = c->dirty_head, *next; r; r = next) {
-            next = r->dirty_next;
-            r->dirty = false;
-            r->dirty_next = NULL;
+        for (gd_req *r = c->dirty_head; r; r = r->dirty_next) {
             size_t first = k;
             /* n > 1: a chunk per choice with news (and one for the request's end); a request refused before
              * it was scheduled ends in one chunk, whatever its n */
@@ -400,23 +476,35 @@ void gd_rpc_flush(gd_server *s)
                 s->chunks[k - 1].usage = u;
             }
         }
-        c->dirty_head = c->dirty_tail = NULL;
         Gemma__V1__ServerMessage m = GEMMA__V1__SERVER_MESSAGE__INIT;
         m.n_chunks = k;
         m.chunks = s->chunk_ptrs;
-        bool ok = send_to(s, c->id, c->id_len, &m);
+        send_res res = send_to(s, c->id, c->id_len, &m);
+        if (res == SEND_FULL) { /* nothing was taken: the requests keep their output */
+            c->dirty = true;
+            if (!client_stalled(s, c, now)) {
+                client_list_push(&keep_head, &keep_tail, c);
+                continue;
+            }
+            c->dirty = false;
+            client_maybe_free(s, c);
+            continue;
+        }
+        c->stalled_since = 0;
+        client_undirty(c);
         for (size_t i = 0; i < k; i++) {
             gd_req *r = s->chunk_reqs[i];
             if (r->n_ch) {
                 gd_choice *cc = &r->ch[s->chunks[i].index];
+                cc->n_sent += (int32_t)s->chunks[i].n_token_ids;
                 if (cc->tx)
                     txo_consume(cc->tx);
                 cc->reported = cc->done;
             }
-            if (s->chunks[i].usage && ok) /* the request's last chunk */
+            if (s->chunks[i].usage && res == SEND_OK) /* the request's last chunk */
                 finished_push(s, r);
         }
-        if (!ok) {
+        if (res == SEND_GONE) {
             client_drop(s, c);
         } else {
             for (size_t i = 0; i < s->n_finished; i++)
@@ -425,12 +513,20 @@ void gd_rpc_flush(gd_server *s)
         }
         client_maybe_free(s, c);
     }
+    s->dirty_head = keep_head;
+    s->dirty_tail = keep_tail;
+}
+
+long gd_rpc_poll_ms(gd_server *s, long cap)
+{
+    return s->dirty_head && cap > GD_STALL_RETRY_MS ? GD_STALL_RETRY_MS : cap; /* stalled clients to retry */
 }
 
 /* ---- requests in ---- */
 
 /* A GenerateRequest: the envelope checks (request id, duplicates), then admission (admit.c). */
-static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t rid, const Gemma__V1__GenerateRequest *g)
+static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t rid, const Gemma__V1__GenerateRequest *g,
+                        const uint8_t *frame, size_t frame_len)
 {
     if (rid == 0) {
         reply_error(s, id, idlen, 0, GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT, "request_id must be non-zero");
@@ -456,6 +552,12 @@ static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t 
     if (!r) {
         reply_error(s, id, idlen, rid, GEMMA__V1__ERROR_CODE__INTERNAL, "out of memory (request)");
         client_maybe_free(s, c);
+        return;
+    }
+    char nul[128];
+    if (pbscan_find_nul(frame, frame_len, nul, sizeof nul)) {
+        gd_req_complete(s, r, GEMMA__V1__FINISH_REASON__FINISH_ERROR, GEMMA__V1__ERROR_CODE__INVALID_ARGUMENT, "%s",
+                        nul);
         return;
     }
     gd_gen_req gg = {0};
@@ -554,6 +656,7 @@ static void on_health(gd_server *s, const uint8_t *id, size_t idlen, uint64_t ri
     h.tp = s->cfg->tp;
     h.version = GD_VERSION;
     h.uptime_s = (gm_now_ms() - s->start_ms) / 1e3;
+    h.max_message_bytes = s->frame_limit;
     m.body_case = GEMMA__V1__SERVER_MESSAGE__BODY_HEALTH;
     m.health = &h;
     send_to(s, id, idlen, &m);
@@ -622,7 +725,7 @@ static void on_client_message(gd_server *s, const uint8_t *id, size_t idlen, con
     } else {
         switch (cm->body_case) {
         case GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE:
-            on_generate(s, id, idlen, cm->request_id, cm->generate);
+            on_generate(s, id, idlen, cm->request_id, cm->generate, data, len);
             break;
         case GEMMA__V1__CLIENT_MESSAGE__BODY_CANCEL:
             on_cancel(s, id, idlen, cm->request_id, cm->cancel);
@@ -712,9 +815,11 @@ gm_status gd_rpc_open(gd_server *s)
     s->router = s->zctx ? zmq_socket(s->zctx, ZMQ_ROUTER) : NULL;
     if (!s->router)
         return gm_fail(GM_ERR_ZMQ, "zmq ROUTER socket: %s", zmq_strerror(errno));
-    int one = 1, hwm = 100000, ivl = 2000, hto = 10000, linger = 2000;
+    int one = 1, hwm = 100000, ivl = 2000, hto = 10000, linger = 2000, sndhwm = GD_CLIENT_SNDHWM;
+    int64_t maxmsg = s->frame_limit > 0 ? s->frame_limit : -1; /* admit.c: a larger frame drops the peer */
+    zmq_setsockopt(s->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
     zmq_setsockopt(s->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-    zmq_setsockopt(s->router, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+    zmq_setsockopt(s->router, ZMQ_SNDHWM, &sndhwm, sizeof(sndhwm)); /* per peer; then flush holds the output */
     zmq_setsockopt(s->router, ZMQ_RCVHWM, &hwm, sizeof(hwm));
     zmq_setsockopt(s->router, ZMQ_HEARTBEAT_IVL, &ivl, sizeof(ivl));
     zmq_setsockopt(s->router, ZMQ_HEARTBEAT_TIMEOUT, &hto, sizeof(hto));

@@ -706,19 +706,20 @@ int32_t sched_fail_running(sched *s, sched_seq **out)
     return n;
 }
 
-int32_t sched_running(const sched *s) { return s->running.n; }
-int32_t sched_waiting(const sched *s) { return s->waiting.n; }
-int64_t sched_preemptions(const sched *s) { return s->preemptions; }
-int64_t sched_kv_free(const sched *s) { return kvb_free_count(s->kv); }
-int64_t sched_kv_used(const sched *s) { return kvb_used(s->kv); }
-int64_t sched_kv_total(const sched *s) { return kvb_total(s->kv); }
-int64_t sched_kv_cached(const sched *s) { return kvb_cached(s->kv); }
-int64_t sched_prefix_queries(const sched *s) { return s->pc_queries; }
-int64_t sched_prefix_hits(const sched *s) { return s->pc_hits; }
-int64_t sched_forks(const sched *s) { return s->forks; }
-int64_t sched_evictions(const sched *s) { return kvb_evictions(s->kv); }
-bool sched_idle(const sched *s) { return s->running.n == 0 && s->waiting.n == 0; }
-sched_seq *sched_first_waiting(sched *s) { return s->waiting.head; }
+/* The counters take NULL (gemmad before its workers first started): nothing runs, nothing is held. */
+int32_t sched_running(const sched *s) { return s ? s->running.n : 0; }
+int32_t sched_waiting(const sched *s) { return s ? s->waiting.n : 0; }
+int64_t sched_preemptions(const sched *s) { return s ? s->preemptions : 0; }
+int64_t sched_kv_free(const sched *s) { return s ? kvb_free_count(s->kv) : 0; }
+int64_t sched_kv_used(const sched *s) { return s ? kvb_used(s->kv) : 0; }
+int64_t sched_kv_total(const sched *s) { return s ? kvb_total(s->kv) : 0; }
+int64_t sched_kv_cached(const sched *s) { return s ? kvb_cached(s->kv) : 0; }
+int64_t sched_prefix_queries(const sched *s) { return s ? s->pc_queries : 0; }
+int64_t sched_prefix_hits(const sched *s) { return s ? s->pc_hits : 0; }
+int64_t sched_forks(const sched *s) { return s ? s->forks : 0; }
+int64_t sched_evictions(const sched *s) { return s ? kvb_evictions(s->kv) : 0; }
+bool sched_idle(const sched *s) { return !s || (s->running.n == 0 && s->waiting.n == 0); }
+sched_seq *sched_first_waiting(sched *s) { return s ? s->waiting.head : NULL; }
 
 #define CHECK(cond, ...)                                                                                               \
     do {                                                                                                               \

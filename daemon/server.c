@@ -1,8 +1,9 @@
 /* server.c - gemmad's lifecycle and its one event loop (server_int.h says which module does what).
  *
- * Before each sleep: restart failed workers when due, plan and submit steps, flush every front door's
- * output, report; then zmq_poll over the client ROUTER, the workers' socket, the HTTP server's fd
- * (--http-listen) and the signal pipe; after it, the HTTP server runs (accepts, reads, writes). */
+ * Before each sleep: move the workers' (re)start on and run the step watchdog (steps.c), plan and submit
+ * steps, flush every front door's output, report; then zmq_poll over the client ROUTER, the tokenizer
+ * thread's socket, the workers' socket (while a session has one), the signal pipe and the HTTP server's
+ * fd (--http-listen); after it, the HTTP server runs (accepts, reads, writes). */
 #define _GNU_SOURCE
 #include "daemon/server.h"
 
@@ -31,18 +32,21 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     met_init(&s->met);
     gm_status st;
 
-    /* the listen endpoint first: a port in use fails now, not after a model load of minutes */
-    if ((st = gd_rpc_open(s)) != GM_OK || (st = gd_http_open(s)) != GM_OK)
-        goto fail;
-    /* the model's own config (chat markers, stop ids) and tokenizer: a checkpoint directory or a GGUF file */
+    /* the model's own config (chat markers, stop ids, context) and tokenizer - a checkpoint directory or a
+     * GGUF file - read in moments: the client limits depend on them */
     s->chat = (gm_chat_format){GM_TOK_START_OF_TURN, GM_TOK_END_OF_TURN, false};
+    int64_t ctx_bound = 8192; /* the null backend's gemma-2b shapes */
+    gm_tokenizer *thread_tok = NULL; /* the tokenizer thread's own instance */
     if (cfg->model && *cfg->model) {
         gm_checkpoint *ck = NULL;
         if ((st = gm_checkpoint_open(cfg->model, 0, &ck)) != GM_OK)
             goto fail;
         s->chat = (gm_chat_format){ck->cfg.start_of_turn_id, ck->cfg.end_of_turn_id,
                                    ck->cfg.family == GM_FAMILY_GEMMA3};
+        ctx_bound = ck->cfg.max_position;
         st = gm_checkpoint_tokenizer(ck, &s->tok);
+        if (st == GM_OK && gm_checkpoint_tokenizer(ck, &thread_tok) != GM_OK)
+            thread_tok = NULL; /* then the loop tokenizes itself */
         gm_checkpoint_destroy(&ck);
         if (st != GM_OK) {
             GM_WARN("%s: no tokenizer (%s): only token-id prompts are accepted and text deltas are empty", cfg->model,
@@ -52,52 +56,22 @@ gm_status gd_server_new(const gd_config *cfg, gd_server **out)
     } else {
         GM_INFO("no model: null backend with gemma-2b's shapes; only token-id prompts are accepted");
     }
-
-    wk_pool_opts wo;
-    memset(&wo, 0, sizeof(wo));
-    wo.worker_bin = cfg->worker_bin;
-    wo.log_level = cfg->log_level;
-    wo.ready_timeout_ms = cfg->ready_timeout_ms;
-    if ((st = gd_config_spec(cfg, &wo.spec)) != GM_OK)
-        goto fail;
-    GM_INFO("starting %d %s worker(s)%s%s", cfg->tp, gm_backend_name(cfg->backend), wo.spec.model_dir[0] ? " for " : "",
-            wo.spec.model_dir);
-    st = wk_pool_start(&wo, &s->pool);
-    if (st != GM_OK)
-        goto fail;
-    s->pool_ok = true;
-    s->mcfg = *wk_pool_config(s->pool);
-    const gm_sizing *sz = wk_pool_sizing(s->pool); /* what the workers decided (ctl/sizing.h) */
-    s->max_context = sz->max_context;
-    sched_opts so = {0};
-    so.max_seqs = sz->max_seqs;
-    so.max_tokens_per_step = sz->max_tokens;
-    so.max_context = s->max_context;
-    so.max_waiting = cfg->max_waiting;
-    so.kv_blocks = wk_pool_kv_blocks(s->pool);
-    so.kv_block_size = cfg->kv_block_size;
-    so.eos_id = s->mcfg.eos_id > 0 ? s->mcfg.eos_id : GM_TOK_EOS;
-    so.eot_id = s->chat.end_of_turn;
-    so.prefix_cache = cfg->prefix_cache;
-    s->sch = sched_new(&so);
-    if (!s->sch) {
-        st = GM_ERR_INVALID_ARG;
+    if (cfg->max_context > 0 && (cfg->max_context < ctx_bound || !cfg->model))
+        ctx_bound = cfg->max_context;
+    gd_admit_open(s, ctx_bound);
+    /* the listen endpoints before the workers: a port in use fails now, not after a model load of minutes */
+    if ((st = gd_rpc_open(s)) != GM_OK || (st = gd_http_open(s)) != GM_OK) {
+        gm_tok_destroy(&thread_tok);
         goto fail;
     }
-    s->depth = cfg->run_ahead ? 2 : 1;
-    s->step_tokens = calloc((size_t)so.max_seqs, sizeof(int32_t));
-    s->failed = calloc((size_t)so.max_seqs, sizeof(sched_seq *));
-    if (!s->step_tokens || !s->failed) {
-        st = gm_fail(GM_ERR_NOMEM, "step buffers");
+    if (thread_tok && (st = tokq_new(s->zctx, thread_tok, &s->chat, &s->tokq)) != GM_OK)
         goto fail;
-    }
 
+    /* the workers start in the background: Health says not serving until they are ready */
+    if ((st = gd_workers_start(s)) != GM_OK)
+        goto fail;
     if ((st = glue_start(s->glue, s->router)) != GM_OK)
         goto fail;
-    GM_INFO("serving %s on %s: %lld KV blocks of %d tokens, %d seqs, %d tokens/step, context %d, vocab %d%s%s",
-            cfg->model ? cfg->model : "(no model)", cfg->listen, (long long)so.kv_blocks, so.kv_block_size,
-            so.max_seqs, so.max_tokens_per_step, so.max_context, s->mcfg.vocab_size,
-            s->tok ? "" : ", no tokenizer", cfg->run_ahead ? "" : ", no run-ahead");
     *out = s;
     return GM_OK;
 fail:
@@ -115,12 +89,14 @@ void gd_server_destroy(gd_server **ps)
         return;
     gd_server *s = *ps;
     gd_http_close(s);
+    tokq_destroy(&s->tokq); /* its sockets before the context goes */
     gd_rpc_close(s);
     while (s->live_head) /* requests of other front doors */
         gd_req_free(s, s->live_head);
     wk_pool_destroy(&s->pool);
     sched_destroy(&s->sch);
     gm_tok_destroy(&s->tok);
+    gd_admit_close(s);
     free(s->step_tokens);
     free(s->failed);
     met_free(&s->met);
@@ -147,17 +123,10 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
     for (;;) {
         double now = gm_now_ms();
         /* before sleep: plan the next step, send what the last one produced */
-        if (!s->pool_ok && now >= s->next_restart_ms) {
-            gm_status st = wk_pool_restart(s->pool);
-            if (st == GM_OK) {
-                GM_INFO("workers restarted");
-                s->pool_ok = true;
-            } else {
-                GM_ERROR("worker restart failed: %s; retrying in 5 s", gm_last_error());
-                s->next_restart_ms = now + 5000;
-            }
-        }
-        if (s->stopping && now >= s->stop_deadline_ms && !sched_idle(s->sch))
+        gm_status wst = gd_workers_tick(s, now); /* starts, restarts, the step watchdog */
+        if (wst != GM_OK)
+            return wst;
+        if (s->stopping && now >= s->stop_deadline_ms && (!sched_idle(s->sch) || s->n_tokenizing))
             gd_cancel_all(s, GEMMA__V1__ERROR_CODE__SHUTTING_DOWN, "gemmad shut down before the request finished");
         gd_steps_submit(s);
         gd_rpc_flush(s);
@@ -175,30 +144,31 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
             s->reported_steps = s->c.steps;
             s->next_report_ms = now + 10000;
         }
-        if (s->stopping && sched_idle(s->sch) && !s->dirty_head && !s->http_dirty_head) {
+        gd_admit_trim(s, now);
+        if (s->stopping && sched_idle(s->sch) && !s->dirty_head && !s->http_dirty_head && !s->n_tokenizing) {
             gd_http_run(s, true); /* the last answers out */
             GM_INFO("shutdown complete: %lld requests served", (long long)s->c.requests_finished);
             return GM_OK;
         }
 
-        zmq_pollitem_t items[4] = {
-            {s->router, 0, ZMQ_POLLIN, 0},
-            {wk_pool_socket(s->pool), 0, ZMQ_POLLIN, 0},
-            {NULL, signal_fd, ZMQ_POLLIN, 0},
-            {NULL, gd_http_fd(s, now), ZMQ_POLLIN, 0},
-        };
-        int nitems = 2, sig_item = -1;
+        zmq_pollitem_t items[5];
+        int nitems = 0, i_wk = -1, i_sig = -1, i_tok = -1;
+        items[nitems++] = (zmq_pollitem_t){s->router, 0, ZMQ_POLLIN, 0};
+        if (s->tokq)
+            i_tok = nitems, items[nitems++] = (zmq_pollitem_t){tokq_socket(s->tokq), 0, ZMQ_POLLIN, 0};
+        if (wk_pool_socket(s->pool)) /* a new one at each worker (re)start, none between */
+            i_wk = nitems, items[nitems++] = (zmq_pollitem_t){wk_pool_socket(s->pool), 0, ZMQ_POLLIN, 0};
         if (signal_fd >= 0)
-            sig_item = nitems++;
-        if (items[3].fd >= 0)
-            items[nitems++] = items[3];
+            i_sig = nitems, items[nitems++] = (zmq_pollitem_t){NULL, signal_fd, ZMQ_POLLIN, 0};
+        int http_fd = gd_http_fd(s, now);
+        if (http_fd >= 0)
+            items[nitems++] = (zmq_pollitem_t){NULL, http_fd, ZMQ_POLLIN, 0};
         long timeout = 1000;
         if (s->stopping) {
             double left = s->stop_deadline_ms - now;
             timeout = left < 1 ? 1 : left < 1000 ? (long)left : 1000;
         }
-        if (!s->pool_ok)
-            timeout = 500;
+        timeout = gd_rpc_poll_ms(s, gd_workers_poll_ms(s, now, timeout));
         timeout = gd_http_timeout_ms(s, timeout, now);
         int rc = zmq_poll(items, nitems, timeout);
         if (rc < 0) {
@@ -207,7 +177,7 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
             return gm_fail(GM_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
         }
         gd_http_run(s, false); /* always (unless paced): cheap when idle, and its timeouts need it */
-        if (sig_item >= 0 && (items[sig_item].revents & ZMQ_POLLIN)) {
+        if (i_sig >= 0 && (items[i_sig].revents & ZMQ_POLLIN)) {
             unsigned char sigs[64];
             ssize_t n = read(signal_fd, sigs, sizeof(sigs));
             bool child = false;
@@ -217,14 +187,16 @@ gm_status gd_server_run(gd_server *s, int signal_fd)
                 else
                     begin_shutdown(s, sigs[i]);
             }
-            if (child && s->pool_ok && !wk_pool_alive(s->pool))
-                gd_workers_failed(s, "a worker process exited");
+            if (child)
+                gd_workers_on_child(s);
         }
-        if (s->pool_ok && (items[1].revents & ZMQ_POLLIN))
-            gd_steps_on_readable(s);
+        if (i_wk >= 0 && (items[i_wk].revents & ZMQ_POLLIN))
+            gd_workers_on_readable(s);
+        if (i_tok >= 0 && (items[i_tok].revents & ZMQ_POLLIN))
+            gd_admit_on_tokens(s);
         if (items[0].revents & ZMQ_POLLIN)
             gd_rpc_read(s);
-        if (rc == 0 && s->pool_ok && !wk_pool_alive(s->pool)) /* periodic check, in case SIGCHLD was missed */
-            gd_workers_failed(s, "a worker process exited");
+        if (rc == 0) /* periodic check, in case SIGCHLD was missed */
+            gd_workers_on_child(s);
     }
 }

@@ -5,7 +5,8 @@
  *   admit.c   one admission path for both front doors: a gd_gen_req is checked, tokenized and queued;
  *             request lifetime (complete, mark dirty, free)
  *   rpc.c     the protobuf front door: ZeroMQ clients, their messages, one ServerMessage per client per step
- *   steps.c   the step pipeline: plan and submit, collect tokens, stream them, worker failures
+ *   steps.c   the step pipeline: plan and submit, collect tokens, stream them; the workers' state (start,
+ *             failure, restart with back-off, the step watchdog) - never blocking the loop
  *   front_http.c  the OpenAI-compatible HTTP front door (--http-listen): JSON and server-sent events,
  *             /v1/models, /health, /metrics, /tokenize, /detokenize
  *
@@ -13,7 +14,8 @@
  * stop strings applied, the finish - is produced once, in steps.c, and each front door formats it.
  *
  * Choices (n > 1, OpenAI's `n`): a request has r->n_ch output sequences, r->ch[0..n_ch) (one unless
- * n > 1; none only while it is being admitted). Choice i samples with seed + i. What a front door
+ * n > 1; none only while it is being admitted; without sequences while its prompt is tokenized,
+ * gd_req_tokenizing). Choice i samples with seed + i. What a front door
  * reads of choice c = &r->ch[i], at each flush of a dirty request:
  *   new token ids   c->seq ? c->seq->tokens + c->seq->n_prompt + c->n_sent, up to sched_seq_generated(c->seq)
  *                   (then set c->n_sent to it);
@@ -39,6 +41,7 @@
 #include "daemon/sched.h"
 #include "daemon/server.h"
 #include "daemon/textout.h"
+#include "daemon/tokq.h"
 #include "daemon/u64map.h"
 #include "daemon/workers.h"
 #include "proto/gemma.pb-c.h"
@@ -51,12 +54,15 @@
 #define GD_MAX_CHAT_MSGS 1024
 #define GD_RECV_BATCH 4096
 #define GD_ID_MAX 256
+#define GD_CLIENT_SNDHWM 256  /* replies ZeroMQ queues per client; beyond, they wait in the requests */
+#define GD_STALL_RETRY_MS 20  /* how often a client that is not reading is tried again */
 
 typedef Gemma__V1__ErrorCode err_code;
 typedef Gemma__V1__FinishReason fin_reason;
 
 typedef struct gd_client gd_client;
 typedef struct gd_req gd_req;
+typedef struct gd_pending gd_pending; /* admit.c: a request whose prompt is being tokenized */
 
 typedef enum gd_front {
     GD_FRONT_RPC = 0, /* a ZeroMQ client (rpc.c) */
@@ -65,9 +71,9 @@ typedef enum gd_front {
 
 /* One output sequence of a request (see above). */
 typedef struct gd_choice {
-    sched_seq *seq;   /* NULL when the request was rejected before scheduling */
+    sched_seq *seq;   /* NULL until the request is queued (rejected before scheduling, or tokenizing) */
     gm_detok *dt;     /* NULL without a tokenizer */
-    txo *tx;          /* its text, stop strings applied; NULL when rejected before scheduling */
+    txo *tx;          /* its text, stop strings applied; NULL when rejected early in admission */
     int32_t n_sent;   /* generated tokens already handed to the front door */
     bool done;        /* finished: finish says how */
     bool reported;    /* its last chunk went out */
@@ -97,6 +103,9 @@ struct gd_req {
     err_code err;
     char *errmsg;     /* owned, or NULL */
     double t_arrival, t_sched, t_first, t_end; /* ms, monotonic */
+    gd_pending *pend; /* while its prompt is tokenized off the loop (tokq.h); owned */
+    uint64_t tok_job; /* that job's key in gd_server.tok_jobs, 0 = none */
+    int64_t charge;   /* bytes counted in gd_server.waiting_bytes until it first runs or is freed */
     gd_req *dirty_next;
     gd_req *live_prev, *live_next; /* every request not yet freed, in arrival order */
 };
@@ -110,6 +119,8 @@ struct gd_client {
     gd_req *dirty_head, *dirty_tail;
     bool dirty;
     gd_client *dirty_next;
+    double stalled_since; /* ms: its queue has been full since then (0 = it is reading) */
+    double retry_ms;      /* when to try it again */
 };
 
 typedef struct gd_counters {
@@ -160,9 +171,23 @@ struct gd_server {
     void *zctx, *router;
     glue *glue;           /* CurveZMQ + router registration (daemon/cluster_glue.h) */
     wk_pool *pool;
-    bool pool_ok;
+    bool pool_ok;         /* the workers are ready and the scheduler exists: Health says serving */
+    gm_status fatal;      /* the first start failed: gd_server_run returns it (gemmad exits non-zero) */
     double next_restart_ms;
+    int32_t restart_backoff_ms;
+    int64_t steps_since_start;  /* steps done since the workers' last (re)start */
+    double plan_allow_ms[SCHED_MAX_OUTSTANDING]; /* watchdog allowance of each step in flight */
+    double wd_p99_ms, wd_p99_tok_ms; /* p99 of met.step and met.step_tok, refreshed every few steps */
     gm_tokenizer *tok;
+    tokq *tokq;           /* text and chat prompts are tokenized there, off the loop */
+    u64map tok_jobs;      /* job -> gd_req waiting for its prompt's ids */
+    uint64_t tok_serial;
+    int32_t n_tokenizing; /* live requests whose ids are not back yet */
+    int32_t tok_piece_max; /* bytes of the longest vocabulary piece */
+    int64_t frame_limit;  /* ZMQ_MAXMSGSIZE of the client socket */
+    int64_t waiting_bytes; /* memory of queued requests (admit.c: the charge rule) */
+    int64_t freed_bytes;  /* request memory freed since the last malloc_trim */
+    double last_trim_ms;
     gm_model_config mcfg;
     gm_chat_format chat;  /* the model's turn markers */
     int32_t max_context;
@@ -186,7 +211,7 @@ struct gd_server {
     double next_report_ms;  /* periodic INFO line while busy */
     int64_t reported_steps;
     gd_counters c;
-    gd_metrics met;
+    gd_metrics met;       /* met.step and met.step_tok also feed the step watchdog (steps.c) */
     struct gd_http *http; /* the HTTP front door, or NULL (front_http.c) */
     /* rpc.c flush scratch */
     Gemma__V1__GenerateChunk *chunks;
@@ -210,6 +235,13 @@ static inline bool gd_choice_pending(const gd_choice *c)
     size_t tl = 0;
     return (c->seq && sched_seq_generated(c->seq) > c->n_sent) || (c->tx && txo_ready(c->tx, &tl) && tl > 0) ||
            (c->done && !c->reported);
+}
+
+/* True while r's prompt is tokenized off the loop (admit.c): its admission completes later, queued or
+ * refused; it has its choices but no sequences yet, and nothing of it is dirty. */
+static inline bool gd_req_tokenizing(const gd_req *r)
+{
+    return r->tok_job != 0;
 }
 
 /* ---- admit.c ---- */
@@ -244,12 +276,23 @@ bool gd_req_logprobs(const gd_req *r, int32_t ch, int32_t i, float *lp, const in
                      const float **top_lps, int32_t *n_top);
 /* Append the log-probabilities of the newest token of r's choice ch (lp NULL: the workers sent none). */
 void gd_req_add_logprobs(gd_req *r, int32_t ch, const gm_token_logprobs *lp);
+/* Before the client socket is bound: the longest piece of the tokenizer, the frame limit (from
+ * ctx_bound, the largest context the workers can choose), the tokenizer thread. */
+gm_status gd_admit_open(gd_server *s, int64_t ctx_bound);
+void gd_admit_close(gd_server *s);
+/* The tokenizer thread's socket polled readable: finish the admission of those requests. */
+void gd_admit_on_tokens(gd_server *s);
+/* r runs for the first time: its memory no longer counts against max_waiting_memory. */
+void gd_req_uncharge(gd_server *s, gd_req *r);
+/* Give freed request memory back to the system (malloc_trim) after large frees, at most once a second. */
+void gd_admit_trim(gd_server *s, double now);
 
 /* ---- rpc.c ---- */
 
 gm_status gd_rpc_open(gd_server *s);   /* the ROUTER socket, bound (before the model loads) */
 void gd_rpc_read(gd_server *s);        /* up to GD_RECV_BATCH client messages, without blocking */
 void gd_rpc_flush(gd_server *s);       /* one ServerMessage per dirty client */
+long gd_rpc_poll_ms(gd_server *s, long cap); /* how long the loop may sleep: stalled clients are retried */
 void gd_rpc_mark_dirty(gd_server *s, gd_req *r);
 void gd_rpc_forget(gd_server *s, gd_req *r); /* r leaves its client's table */
 void gd_rpc_close(gd_server *s);       /* every client and its requests, then the socket */
@@ -270,7 +313,20 @@ void gd_flush_fronts(gd_server *s);
 /* ---- steps.c ---- */
 
 void gd_steps_submit(gd_server *s);           /* plan and submit while fewer than depth are in flight */
-void gd_steps_on_readable(gd_server *s);      /* the workers' socket polled readable */
+/* Every running request ends with WORKER_FAILED, every waiting one with UNAVAILABLE; the workers are
+ * killed and a new set launched (without waiting for it). */
 void gd_workers_failed(gd_server *s, const char *why);
+/* The first launch (gd_server_new); the scheduler is made when the workers are first ready. */
+gm_status gd_workers_start(gd_server *s);
+/* Before each sleep: move the pool's start on, relaunch failed workers when due, run the step
+ * watchdog. Not GM_OK only when the FIRST start failed: gemmad then exits. */
+gm_status gd_workers_tick(gd_server *s, double now);
+/* The workers' socket polled readable (results, or Hello/Ready while starting). */
+void gd_workers_on_readable(gd_server *s);
+/* SIGCHLD, or a quiet poll: check that the workers are alive. */
+void gd_workers_on_child(gd_server *s);
+/* The longest the loop may sleep (ms) for the workers' sake: a start in progress, a restart due, the
+ * watchdog deadline of the oldest step; at most cap. */
+long gd_workers_poll_ms(gd_server *s, double now, long cap);
 
 #endif

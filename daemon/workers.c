@@ -1,26 +1,19 @@
-/* workers.c - the coordinator's worker pool: fork/exec gemma-worker per rank,
- * step plans out over a ZeroMQ ROUTER (proto/control.proto), tokens back.
+/* workers.c - the coordinator's worker pool: step plans out over a ZeroMQ ROUTER
+ * (proto/control.proto), tokens back, liveness, shutdown. Sessions (a private
+ * directory and control socket each, spawning, Hello/Ready) are workers_start.c.
  *
- * Resources of one pool: a private directory (mkdtemp, mode 0700) holding the
- * ipc:// control socket, the ROUTER bound there, for tp > 1 on cpu a POSIX shm
- * segment for the workers' all-reduce, and the child processes. Each start is a
- * new "session": workers' routing ids are "<rank>.<session>", so anything a
- * killed worker sent before a restart is recognised and dropped. */
-#define _GNU_SOURCE /* pipe2 */
+ * Resources of one pool: a ZeroMQ context; per session a private directory
+ * (mkdtemp, mode 0700) holding the ipc:// control socket and an owner file, the
+ * ROUTER bound there, for tp > 1 on cpu a POSIX shm segment for the workers'
+ * all-reduce, and the child processes. Workers' routing ids are
+ * "<rank>.<session>", so anything a killed worker sent is recognised and dropped. */
 #include "daemon/workers.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,73 +23,17 @@
 #include "common/log.h"
 #include "ctl/msg.h"
 #include "ctl/plan.h"
-#include "ctl/slots.h"
-#include "parallel/comm.h"
-#include "proto/control.pb-c.h"
+#include "daemon/workers_int.h"
 
-typedef Gemma__Control__V1__ControlMessage ctl_msg;
-
-#define WK_MAX_RANKS 64
-#define WK_ID_MAX 64
-#define WK_MAX_INFLIGHT 2
-
-struct wk_pool {
-    wk_pool_opts o;         /* copy; worker_bin points at the copy below; after the first start the
-                             * spec's sizing fields hold what the ranks decided (restarts ask for it) */
-    char *worker_bin;       /* owned */
-    int32_t tp;
-    char dir[256];          /* private dir of the ipc socket */
-    char ipc_path[300];
-    char endpoint[320];
-    char shm_name[64];      /* "" when no segment */
-    int64_t shm_elems;
-    void *ctx, *sock;
-    pid_t pids[WK_MAX_RANKS]; /* 0 = not running (reaped) */
-    unsigned session;
-    int64_t kv_blocks;      /* the smallest pool over ranks */
-    int32_t max_seqs;       /* slots every rank has (the smallest Ready.max_seqs) */
-    gm_sizing sizing;       /* what the ranks decided (smallest over ranks), rank 0's reasons */
-    gm_worker_spec *spec_sent; /* [tp] the spec each rank got at this (re)start */
-    gm_worker_spec *echo;   /* [tp] the spec each rank says it received */
-    bool *echoed;           /* [tp] */
-    gm_model_config cfg;
-    uint64_t step_id;       /* last step submitted */
-    /* steps in flight, oldest first: their ids and sequence counts */
-    uint64_t inflight_id[WK_MAX_INFLIGHT];
-    int32_t inflight_n[WK_MAX_INFLIGHT];
-    int32_t n_inflight;
-    /* what every rank holds per slot once the plans sent so far have run; plans
-     * carry only the difference (ctl/slots.h, without the tables) */
-    ctl_slots sent;
-    /* per-step scratch, reused */
-    Gemma__Control__V1__SeqPlan *sp;
-    Gemma__Control__V1__Sampling *sa;
-    Gemma__Control__V1__SeqPlan **spp;
-    size_t plan_cap;
-    uint8_t *buf;
-    size_t buf_cap;
-    /* the log-probabilities of the step collected last (wk_pool_logprobs) */
-    gm_token_logprobs *lp;
-    uint8_t *lp_has;
-    size_t lp_cap;
-    bool lp_any;
-};
-
-static int64_t wk_now_ms(void)
+int64_t wk_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static const char *wk_log_name(int32_t lvl)
-{
-    static const char *names[] = {"debug", "info", "warn", "error", "off"};
-    return lvl >= 0 && lvl <= 4 ? names[lvl] : "info";
-}
-
 /* The spec rank r is to be created with. */
-static void wk_spec_for(const wk_pool *p, int r, gm_worker_spec *out)
+void wk_spec_for(const wk_pool *p, int r, gm_worker_spec *out)
 {
     *out = p->o.spec;
     if (out->backend == GM_BACKEND_CUDA) /* one GPU per rank, counted from the configured device */
@@ -108,7 +45,7 @@ void wk_pool_rank_spec(const wk_pool *p, int32_t r, gm_worker_spec *out)
     *out = p->spec_sent[r];
 }
 
-static gm_status wk_status(int32_t s)
+gm_status wk_status(int32_t s)
 {
     return s > 0 && s < GM_STATUS_COUNT ? (gm_status)s : GM_ERR_INTERNAL;
 }
@@ -145,7 +82,7 @@ static gm_status wk_send_raw(wk_pool *p, int r, const void *buf, size_t n)
     return GM_OK;
 }
 
-static gm_status wk_send(wk_pool *p, int r, const ctl_msg *m)
+gm_status wk_send(wk_pool *p, int r, const ctl_msg *m)
 {
     size_t n = gemma__control__v1__control_message__get_packed_size(m);
     uint8_t *buf = malloc(n ? n : 1);
@@ -157,9 +94,7 @@ static gm_status wk_send(wk_pool *p, int r, const ctl_msg *m)
     return st;
 }
 
-/* Receive one [id][payload] message without blocking; *m NULL when nothing or malformed.
- * Returns the sender's rank in this session, or -1 (message dropped). */
-static int wk_recv(wk_pool *p, ctl_msg **m, bool *got)
+int wk_recv(wk_pool *p, ctl_msg **m, bool *got)
 {
     *m = NULL;
     *got = false;
@@ -198,394 +133,24 @@ static int wk_recv(wk_pool *p, ctl_msg **m, bool *got)
     return *m ? rank : -1;
 }
 
-/* Kill every running rank with SIGKILL and reap it. */
-static void wk_kill_all(wk_pool *p)
-{
-    for (int r = 0; r < p->tp; r++)
-        if (p->pids[r] > 0)
-            kill(p->pids[r], SIGKILL);
-    for (int r = 0; r < p->tp; r++) {
-        if (p->pids[r] > 0) {
-            while (waitpid(p->pids[r], NULL, 0) < 0 && errno == EINTR) {
-            }
-            p->pids[r] = 0;
-        }
-    }
-}
-
-/* Drop everything queued on the socket (stale replies of a killed session). */
-static void wk_drain(wk_pool *p)
-{
-    for (;;) {
-        ctl_msg *m = NULL;
-        bool got = false;
-        wk_recv(p, &m, &got);
-        if (m)
-            gemma__control__v1__control_message__free_unpacked(m, NULL);
-        if (!got)
-            break;
-    }
-}
-
-static void wk_shm_remove(wk_pool *p)
-{
-    if (p->shm_name[0]) {
-        gm_shm_comm_unlink(p->shm_name);
-        p->shm_name[0] = 0;
-    }
-}
-
-static gm_status wk_shm_make(wk_pool *p)
-{
-    wk_shm_remove(p);
-    if (p->tp <= 1 || p->o.spec.backend != GM_BACKEND_CPU)
-        return GM_OK;
-    static atomic_uint counter;
-    snprintf(p->shm_name, sizeof p->shm_name, "/gemmad-%d-%u", (int)getpid(), atomic_fetch_add(&counter, 1u));
-    gm_status st = gm_shm_comm_create(p->shm_name, p->tp, p->shm_elems);
-    if (st != GM_OK)
-        p->shm_name[0] = 0;
-    return st;
-}
-
-/* Append a formatted argument; a failed strdup leaves a NULL that wk_argv reports. */
-static void wk_arg(char **av, int *n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void wk_arg(char **av, int *n, const char *fmt, ...)
-{
-    char b[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(b, sizeof b, fmt, ap);
-    va_end(ap);
-    av[(*n)++] = strdup(b);
-}
-
-/* argv (NULL-terminated, caller frees with wk_argv_free) of rank r's gemma-worker:
- * how to reach us and who it is; everything else comes in its WorkerSpec. */
-static char **wk_argv(const wk_pool *p, int r)
-{
-    enum { MAXA = 24 };
-    char **av = calloc(MAXA, sizeof *av);
-    if (!av)
-        return NULL;
-    int n = 0;
-    wk_arg(av, &n, "%s", p->worker_bin);
-    wk_arg(av, &n, "--control");
-    wk_arg(av, &n, "%s", p->endpoint);
-    wk_arg(av, &n, "--rank");
-    wk_arg(av, &n, "%d", r);
-    wk_arg(av, &n, "--tp");
-    wk_arg(av, &n, "%d", (int)p->tp);
-    if (p->shm_name[0]) {
-        wk_arg(av, &n, "--shm");
-        wk_arg(av, &n, "%s", p->shm_name);
-    }
-    wk_arg(av, &n, "--session");
-    wk_arg(av, &n, "%u", p->session);
-    wk_arg(av, &n, "--parent-pid");
-    wk_arg(av, &n, "%d", (int)getpid());
-    wk_arg(av, &n, "--log-level");
-    wk_arg(av, &n, "%s", wk_log_name(p->o.log_level));
-    for (int i = 0; i < n; i++)
-        if (!av[i]) {
-            for (int j = 0; j < n; j++)
-                free(av[j]);
-            free(av);
-            return NULL;
-        }
-    return av;
-}
-
-static void wk_argv_free(char **av)
-{
-    if (!av)
-        return;
-    for (int i = 0; av[i]; i++)
-        free(av[i]);
-    free(av);
-}
-
-/* fork/exec rank r. The child dies with us (PR_SET_PDEATHSIG) and keeps no fd of ours but 0-2. */
-static gm_status wk_spawn(wk_pool *p, int r)
-{
-    char **av = wk_argv(p, r);
-    if (!av)
-        return gm_fail(GM_ERR_NOMEM, "worker argv");
-    int pfd[2];
-    if (pipe2(pfd, O_CLOEXEC) != 0) {
-        wk_argv_free(av);
-        return gm_fail(GM_ERR_IO, "pipe: %s", strerror(errno));
-    }
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(pfd[0]);
-        close(pfd[1]);
-        wk_argv_free(av);
-        return gm_fail(GM_ERR_IO, "fork: %s", strerror(e));
-    }
-    if (pid == 0) { /* child: async-signal-safe calls only */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(127);
-#ifdef SYS_close_range
-        syscall(SYS_close_range, 3u, ~0u, 4u /* CLOSE_RANGE_CLOEXEC */);
-#endif
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        execv(av[0], av);
-        int e = errno;
-        ssize_t w = write(pfd[1], &e, sizeof e);
-        (void)w;
-        _exit(127);
-    }
-    close(pfd[1]);
-    int e = 0;
-    ssize_t n;
-    do
-        n = read(pfd[0], &e, sizeof e);
-    while (n < 0 && errno == EINTR);
-    close(pfd[0]);
-    p->pids[r] = pid;
-    if (n == (ssize_t)sizeof e) {
-        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-        }
-        p->pids[r] = 0;
-        gm_status st = gm_fail(GM_ERR_IO, "cannot run worker %s: %s", av[0], strerror(e));
-        wk_argv_free(av);
-        return st;
-    }
-    wk_argv_free(av);
-    return GM_OK;
-}
-
-static const char *wk_exit_str(int st, char *buf, size_t cap)
-{
-    if (WIFSIGNALED(st))
-        snprintf(buf, cap, "killed by signal %d", WTERMSIG(st));
-    else
-        snprintf(buf, cap, "exited with code %d", WEXITSTATUS(st));
-    return buf;
-}
-
-/* Answer rank r's Hello with the spec its engine is created with. */
-static gm_status wk_send_spec(wk_pool *p, int r)
-{
-    wk_spec_for(p, r, &p->spec_sent[r]);
-    Gemma__Control__V1__WorkerSpec ws;
-    ctl_spec_pack(&p->spec_sent[r], &ws);
-    ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
-    m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_SPEC;
-    m.spec = &ws;
-    return wk_send(p, r, &m);
-}
-
-/* Rank r is ready (n_ready ranks were before it): check the spec it received
- * against the one sent, and merge its sizes into p->sizing (smallest over ranks). */
-static gm_status wk_take_ready(wk_pool *p, int r, int n_ready, const Gemma__Control__V1__Ready *rd)
-{
-    gm_worker_spec want, *got = &p->echo[r];
-    wk_spec_for(p, r, &want);
-    if (ctl_spec_unpack(rd->spec, got) != GM_OK) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", gm_last_error());
-        return gm_fail(GM_ERR_FORMAT, "worker rank %d: its Ready carries no valid spec (%s)", r, msg);
-    }
-    const char *d = ctl_spec_diff(&want, got);
-    if (d)
-        return gm_fail(GM_ERR_INTERNAL, "worker rank %d received a different spec than was sent: '%s' differs", r, d);
-    p->echoed[r] = true;
-    gm_sizing z;
-    ctl_sizing_unpack(rd, &z);
-    if (z.kv_num_blocks < 1 || z.max_seqs < 1 || z.max_tokens < 1 || z.max_context < 1)
-        return gm_fail(GM_ERR_FORMAT, "worker rank %d reports %lld KV blocks, %d seqs, %d tokens, context %d", r,
-                       (long long)z.kv_num_blocks, (int)z.max_seqs, (int)z.max_tokens, (int)z.max_context);
-    gm_sizing *m = &p->sizing;
-    if (n_ready == 0 || r == 0) { /* rank 0's reasons; the numbers are merged below */
-        gm_sizing keep = *m;
-        *m = z;
-        if (n_ready > 0) {
-            m->kv_num_blocks = keep.kv_num_blocks, m->kv_bytes = keep.kv_bytes, m->max_seqs = keep.max_seqs;
-            m->max_tokens = keep.max_tokens, m->max_context = keep.max_context;
-        }
-    }
-    if (r == 0)
-        ctl_model_unpack(rd->model, &p->cfg);
-    if (n_ready > 0 && (z.max_seqs != m->max_seqs || z.max_tokens != m->max_tokens || z.max_context != m->max_context))
-        GM_WARN("worker rank %d decided %d seqs, %d tokens/step, context %d; the others %d, %d, %d: all take the "
-                "smallest", r, (int)z.max_seqs, (int)z.max_tokens, (int)z.max_context, (int)m->max_seqs,
-                (int)m->max_tokens, (int)m->max_context);
-    bool first = n_ready == 0;
-    m->kv_num_blocks = first || z.kv_num_blocks < m->kv_num_blocks ? z.kv_num_blocks : m->kv_num_blocks;
-    m->kv_bytes = first || z.kv_bytes < m->kv_bytes ? z.kv_bytes : m->kv_bytes;
-    m->max_seqs = first || z.max_seqs < m->max_seqs ? z.max_seqs : m->max_seqs;
-    m->max_tokens = first || z.max_tokens < m->max_tokens ? z.max_tokens : m->max_tokens;
-    m->max_context = first || z.max_context < m->max_context ? z.max_context : m->max_context;
-    return GM_OK;
-}
-
-/* Wait for Ready from every rank; answers Hellos with specs, relays NCCL ids,
- * sends Start with the smallest pool and limits. */
-static gm_status wk_wait_ready(wk_pool *p)
-{
-    bool ready[WK_MAX_RANKS] = {false};
-    int n_ready = 0;
-    int64_t limit = p->o.ready_timeout_ms > 0 ? p->o.ready_timeout_ms : 600000;
-    int64_t deadline = wk_now_ms() + limit;
-    int64_t grace = 0; /* when a rank died: read what it sent before exiting, until then */
-    int dead_rank = -1, dead_status = 0;
-    for (int r = 0; r < p->tp; r++)
-        p->echoed[r] = false;
-    while (n_ready < p->tp) {
-        zmq_pollitem_t it = {p->sock, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&it, 1, 50);
-        if (rc < 0 && errno != EINTR)
-            return gm_fail(GM_ERR_ZMQ, "poll on %s: %s", p->endpoint, zmq_strerror(errno));
-        for (;;) {
-            ctl_msg *m = NULL;
-            bool got = false;
-            int r = wk_recv(p, &m, &got);
-            if (!got)
-                break;
-            if (!m)
-                continue;
-            gm_status st = GM_OK;
-            if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_HELLO) {
-                if (m->hello->version != GEMMA__CONTROL__V1__CONTROL_VERSION__CONTROL_VERSION_CURRENT) {
-                    st = gm_fail(GM_ERR_FORMAT, "worker rank %d speaks control protocol %u, want %d", r,
-                                 m->hello->version, GEMMA__CONTROL__V1__CONTROL_VERSION__CONTROL_VERSION_CURRENT);
-                } else {
-                    GM_DEBUG("worker rank %d connected (pid %d)", r, (int)m->hello->pid);
-                    st = wk_send_spec(p, r);
-                }
-            } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_READY && !ready[r]) {
-                const Gemma__Control__V1__Ready *rd = m->ready;
-                if (!rd->ok) {
-                    st = gm_fail(wk_status(rd->status), "worker rank %d: %s", r,
-                                 rd->error && rd->error[0] ? rd->error : "failed to load");
-                } else if ((st = wk_take_ready(p, r, n_ready, rd)) == GM_OK) {
-                    ready[r] = true;
-                    n_ready++;
-                }
-            } else if (m->body_case == GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_NCCL_ID && r == 0) {
-                for (int k = 1; k < p->tp && st == GM_OK; k++)
-                    st = wk_send(p, k, m);
-            }
-            gemma__control__v1__control_message__free_unpacked(m, NULL);
-            if (st != GM_OK)
-                return st;
-        }
-        if (n_ready == p->tp)
-            break;
-        if (dead_rank < 0) {
-            for (int r = 0; r < p->tp; r++) {
-                int ws = 0;
-                if (p->pids[r] > 0 && waitpid(p->pids[r], &ws, WNOHANG) == p->pids[r]) {
-                    p->pids[r] = 0;
-                    dead_rank = r;
-                    dead_status = ws;
-                    grace = wk_now_ms() + 1000;
-                    break;
-                }
-            }
-        } else if (wk_now_ms() >= grace) {
-            char why[64];
-            return gm_fail(GM_ERR_INTERNAL, "worker rank %d %s before it was ready (see its log above)",
-                           dead_rank, wk_exit_str(dead_status, why, sizeof why));
-        }
-        if (wk_now_ms() >= deadline)
-            return gm_fail(GM_ERR_INTERNAL, "workers not ready after %lld ms (%d of %d ranks)", (long long)limit,
-                           n_ready, (int)p->tp);
-    }
-    p->kv_blocks = p->sizing.kv_num_blocks;
-    p->max_seqs = p->sizing.max_seqs;
-    Gemma__Control__V1__Start s = GEMMA__CONTROL__V1__START__INIT;
-    s.kv_num_blocks = p->kv_blocks;
-    s.max_seqs = p->sizing.max_seqs;
-    s.max_tokens = p->sizing.max_tokens;
-    s.max_context = p->sizing.max_context;
-    ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
-    m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_START;
-    m.start = &s;
-    for (int r = 0; r < p->tp; r++) {
-        gm_status st = wk_send(p, r, &m);
-        if (st != GM_OK)
-            return st;
-    }
-    return GM_OK;
-}
-
-/* One INFO line per size the ranks decided, with its reason. */
-static void wk_log_sizing(const wk_pool *p)
-{
-    const gm_sizing *z = &p->sizing;
-    GM_INFO("KV pool: %lld blocks of %d tokens (%.1f MiB per rank): %s", (long long)z->kv_num_blocks,
-            (int)p->o.spec.kv_block_size, (double)z->kv_bytes / (1024.0 * 1024.0), z->why_kv);
-    GM_INFO("max_seqs = %d: %s", (int)z->max_seqs, z->why_seqs);
-    GM_INFO("max_tokens_per_step = %d: %s", (int)z->max_tokens, z->why_tokens);
-    GM_INFO("max_context = %d: %s", (int)z->max_context, z->why_context);
-}
-
 /* Nothing in flight any more, and no slot state assumed on the ranks: the next
  * plan resends every slot it names in full (after a restart or a failed step). */
-static void wk_forget(wk_pool *p)
+void wk_forget(wk_pool *p)
 {
     p->n_inflight = 0;
     ctl_slots_forget(&p->sent);
 }
 
-/* One session: fresh shm, spawn every rank, wait until all are ready. On failure
- * every rank spawned is killed and reaped. */
-static gm_status wk_launch(wk_pool *p)
-{
-    p->session++;
-    wk_forget(p);
-    wk_drain(p);
-    gm_status st = wk_shm_make(p);
-    for (int r = 0; r < p->tp && st == GM_OK; r++)
-        st = wk_spawn(p, r);
-    if (st == GM_OK)
-        st = wk_wait_ready(p);
-    if (st != GM_OK) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", gm_last_error());
-        wk_kill_all(p);
-        wk_shm_remove(p);
-        gm_fail(st, "%s", msg);
-        return st;
-    }
-    /* every rank has mapped the segment: drop its name now, so a SIGKILLed gemmad leaks no shm */
-    wk_shm_remove(p);
-    if (p->sent.n == 0) { /* the first start: restarts ask for exactly these sizes */
-        if ((st = ctl_slots_init(&p->sent, p->max_seqs, 0)) != GM_OK) {
-            wk_kill_all(p);
-            return st;
-        }
-        gm_worker_spec *sp = &p->o.spec;
-        sp->kv_num_blocks = p->kv_blocks;
-        sp->max_seqs = p->sizing.max_seqs;
-        sp->max_tokens = p->sizing.max_tokens;
-        sp->max_context = p->sizing.max_context;
-    }
-    GM_INFO("%d worker%s ready on %s", (int)p->tp, p->tp > 1 ? "s" : "", p->endpoint);
-    wk_log_sizing(p);
-    return GM_OK;
-}
-
 static void wk_release(wk_pool *p)
 {
     wk_kill_all(p);
-    wk_shm_remove(p);
-    if (p->sock)
-        zmq_close(p->sock);
+    wk_session_close(p);
+    for (int32_t i = 0; i < p->n_reap; i++) /* SIGKILLed: gone in moments */
+        while (waitpid(p->reap[i], NULL, 0) < 0 && errno == EINTR) {
+        }
+    p->n_reap = 0;
     if (p->ctx)
         zmq_ctx_term(p->ctx);
-    if (p->ipc_path[0])
-        unlink(p->ipc_path);
-    if (p->dir[0])
-        rmdir(p->dir);
     ctl_slots_free(&p->sent);
     free(p->spec_sent);
     free(p->echo);
@@ -619,40 +184,6 @@ static char *wk_default_bin(void)
     return out;
 }
 
-static gm_status wk_make_dir(wk_pool *p)
-{
-    const char *tmp = getenv("TMPDIR");
-    if (!tmp || !tmp[0] || strlen(tmp) > 60)
-        tmp = "/tmp";
-    snprintf(p->dir, sizeof p->dir, "%s/gemmad-XXXXXX", tmp);
-    if (!mkdtemp(p->dir)) {
-        int e = errno;
-        char want[256];
-        snprintf(want, sizeof want, "%s", p->dir);
-        p->dir[0] = 0;
-        return gm_fail(GM_ERR_IO, "mkdtemp(%s): %s", want, strerror(e));
-    }
-    snprintf(p->ipc_path, sizeof p->ipc_path, "%s/control", p->dir);
-    snprintf(p->endpoint, sizeof p->endpoint, "ipc://%s", p->ipc_path);
-    return GM_OK;
-}
-
-static gm_status wk_open_socket(wk_pool *p)
-{
-    p->ctx = zmq_ctx_new();
-    if (!p->ctx)
-        return gm_fail(GM_ERR_ZMQ, "zmq_ctx_new: %s", zmq_strerror(errno));
-    p->sock = zmq_socket(p->ctx, ZMQ_ROUTER);
-    if (!p->sock)
-        return gm_fail(GM_ERR_ZMQ, "zmq_socket(ROUTER): %s", zmq_strerror(errno));
-    int one = 1, zero = 0;
-    zmq_setsockopt(p->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
-    zmq_setsockopt(p->sock, ZMQ_LINGER, &zero, sizeof zero);
-    if (zmq_bind(p->sock, p->endpoint) != 0)
-        return gm_fail(GM_ERR_ZMQ, "bind %s: %s", p->endpoint, zmq_strerror(errno));
-    return GM_OK;
-}
-
 /* Largest all-reduce the CPU engine does: [max_tokens, hidden] or a vocab row (doubles). */
 static int64_t wk_shm_elems(const wk_pool_opts *o)
 {
@@ -672,13 +203,13 @@ static int64_t wk_shm_elems(const wk_pool_opts *o)
     return elems;
 }
 
-gm_status wk_pool_start(const wk_pool_opts *o, wk_pool **out)
+gm_status wk_pool_new(const wk_pool_opts *o, wk_pool **out)
 {
     if (!out)
-        return gm_fail(GM_ERR_INVALID_ARG, "wk_pool_start: out is NULL");
+        return gm_fail(GM_ERR_INVALID_ARG, "wk_pool_new: out is NULL");
     *out = NULL;
     if (!o)
-        return gm_fail(GM_ERR_INVALID_ARG, "wk_pool_start: options are NULL");
+        return gm_fail(GM_ERR_INVALID_ARG, "wk_pool_new: options are NULL");
     gm_status st = ctl_spec_check(&o->spec);
     if (st != GM_OK)
         return st;
@@ -692,12 +223,19 @@ gm_status wk_pool_start(const wk_pool_opts *o, wk_pool **out)
         return gm_fail(GM_ERR_NOMEM, "worker pool");
     p->o = *o;
     p->tp = tp;
+    p->dead_rank = -1;
     p->worker_bin = o->worker_bin ? strdup(o->worker_bin) : wk_default_bin();
     p->o.worker_bin = p->worker_bin;
+    const char *tmp = o->tmpdir ? o->tmpdir : getenv("TMPDIR");
+    if (!tmp || !tmp[0] || strlen(tmp) > 60) /* the socket path must fit sockaddr_un */
+        tmp = "/tmp";
+    snprintf(p->tmpdir, sizeof p->tmpdir, "%s", tmp);
+    p->o.tmpdir = p->tmpdir;
     p->spec_sent = calloc((size_t)tp, sizeof *p->spec_sent);
     p->echo = calloc((size_t)tp, sizeof *p->echo);
     p->echoed = calloc((size_t)tp, sizeof *p->echoed);
-    if (!p->spec_sent || !p->echo || !p->echoed) {
+    p->ctx = zmq_ctx_new();
+    if (!p->spec_sent || !p->echo || !p->echoed || !p->ctx) {
         wk_release(p);
         return gm_fail(GM_ERR_NOMEM, "worker pool");
     }
@@ -706,22 +244,12 @@ gm_status wk_pool_start(const wk_pool_opts *o, wk_pool **out)
         return gm_fail(GM_ERR_NOMEM, "worker pool: cannot find the gemma-worker path");
     }
     if (access(p->worker_bin, X_OK) != 0) {
-        gm_status st = gm_fail(GM_ERR_NOT_FOUND, "worker binary %s: %s", p->worker_bin, strerror(errno));
+        st = gm_fail(GM_ERR_NOT_FOUND, "worker binary %s: %s", p->worker_bin, strerror(errno));
         wk_release(p);
         return st;
     }
     p->shm_elems = wk_shm_elems(&p->o);
-    st = wk_make_dir(p);
-    if (st == GM_OK)
-        st = wk_open_socket(p);
-    if (st == GM_OK)
-        st = wk_launch(p);
-    if (st != GM_OK) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", gm_last_error());
-        wk_release(p);
-        return gm_fail(st, "%s", msg);
-    }
+    wk_clean_stale_dirs(p->tmpdir);
     *out = p;
     return GM_OK;
 }
@@ -778,6 +306,8 @@ gm_status wk_pool_submit(wk_pool *p, const gm_seq_step *seqs, int32_t n_seqs, co
         return gm_fail(GM_ERR_INVALID_ARG, "submit: empty step (%d sequences)", (int)n_seqs);
     if (n_copies < 0 || (n_copies > 0 && !copies))
         return gm_fail(GM_ERR_INVALID_ARG, "submit: %d block copies", (int)n_copies);
+    if (p->state != WK_STATE_READY)
+        return gm_fail(GM_ERR_INTERNAL, "submit: the workers are not ready");
     if (p->n_inflight >= WK_MAX_INFLIGHT)
         return gm_fail(GM_ERR_INVALID_ARG, "submit: %d steps are already in flight", (int)p->n_inflight);
     if ((size_t)n_seqs > p->plan_cap) {
@@ -944,8 +474,9 @@ gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *don
 
 bool wk_pool_alive(wk_pool *p)
 {
-    if (!p)
+    if (!p || p->state != WK_STATE_READY)
         return false;
+    wk_reap(p);
     bool alive = true;
     for (int r = 0; r < p->tp; r++) {
         if (p->pids[r] <= 0) {
@@ -962,16 +493,13 @@ bool wk_pool_alive(wk_pool *p)
             alive = false;
         }
     }
+    if (!alive) {
+        snprintf(p->err, sizeof p->err, "a worker process exited");
+        p->err_st = GM_ERR_INTERNAL;
+        p->state = WK_STATE_FAILED;
+        wk_kill_all(p);
+    }
     return alive;
-}
-
-gm_status wk_pool_restart(wk_pool *p)
-{
-    if (!p)
-        return gm_fail(GM_ERR_INVALID_ARG, "restart: NULL pool");
-    GM_WARN("restarting %d worker%s", (int)p->tp, p->tp > 1 ? "s" : "");
-    wk_kill_all(p);
-    return wk_launch(p);
 }
 
 void wk_pool_destroy(wk_pool **pp)

@@ -34,14 +34,57 @@ typedef struct wk_pool_opts {
                              * rank r gets device + r) */
     int32_t log_level;      /* gm_log_level for the workers */
     int32_t ready_timeout_ms; /* how long a (re)start may take before it fails (0 = 600 s) */
+    const char *tmpdir;     /* where the control directories go; NULL = $TMPDIR or /tmp */
 } wk_pool_opts;
 
-/* Spawn spec.tp_size workers and wait until every rank has loaded its shard
- * (their progress goes to gemmad's stderr); logs each size the ranks decided
- * and why. Fails with the worker's own error message (e.g. the loader's, or
- * "does not fit") when a rank cannot start. A restart asks for exactly the
- * sizes of the first start. */
+/* The life of one worker set ("session"). Every (re)start is a new session with a fresh private
+ * directory and control socket; the loop drives it with wk_pool_advance and never blocks on it:
+ *
+ *   wk_pool_launch:  STOPPED/READY/FAILED -> REAPING (ranks of the last session were killed and are not
+ *                    reaped yet) -> STARTING (ranks spawned: Hello -> spec, Ready) -> READY
+ *   any failure:     -> FAILED (wk_pool_error says why); the caller decides when to launch again */
+typedef enum wk_state {
+    WK_STATE_STOPPED = 0, /* no ranks yet */
+    WK_STATE_REAPING,     /* waiting (at most a few seconds) for the killed ranks of the last session */
+    WK_STATE_STARTING,    /* ranks spawned, not all ready: poll the socket, call wk_pool_advance */
+    WK_STATE_READY,       /* every rank ready: plans may be submitted */
+    WK_STATE_FAILED,      /* the last launch failed (wk_pool_error) or a rank died (wk_pool_alive) */
+} wk_state;
+
+/* A pool without processes: checks o, finds the worker binary, removes the control directories of
+ * gemmads that are gone (below). Then wk_pool_launch. */
+gm_status wk_pool_new(const wk_pool_opts *o, wk_pool **out);
+
+/* Start a session without waiting: SIGKILL every rank still running (reaped in the background), a fresh
+ * directory TMPDIR/gemmad-XXXXXX (mode 0700, an "owner" file with gemmad's pid) with its ipc:// control
+ * socket, and the ranks spawned (or, while killed ranks are still being reaped, spawned by
+ * wk_pool_advance). Returns the state; FAILED when something failed at once (wk_pool_error). */
+wk_state wk_pool_launch(wk_pool *p);
+
+/* Make progress without blocking (call after the socket polled readable, after SIGCHLD, and at least
+ * every wk_pool_advance_ms): reap killed ranks, spawn, answer Hellos with specs, relay NCCL ids, take
+ * Ready messages (the spec echo, the sizes), fail on a rank that exits or a launch older than
+ * ready_timeout_ms, send Start when all are ready. Returns the state. */
+wk_state wk_pool_advance(wk_pool *p);
+
+wk_state wk_pool_state(const wk_pool *p);
+/* Why the last launch failed ("" when it did not). Borrowed until the next launch. */
+const char *wk_pool_error(const wk_pool *p);
+/* The longest the caller may wait before calling wk_pool_advance again (ms; -1 = no need). */
+int32_t wk_pool_advance_ms(const wk_pool *p);
+/* Sessions launched so far (1 after the first launch). */
+uint32_t wk_pool_session(const wk_pool *p);
+/* The current session's private directory ("" when none). Borrowed. */
+const char *wk_pool_dir(const wk_pool *p);
+
+/* Blocking forms for tools and tests: new + launch + advance until READY or FAILED (then the
+ * workers' own error message, e.g. the loader's, or "does not fit"). Logs each size the ranks
+ * decided and why. A restart asks for exactly the sizes of the first start. */
 gm_status wk_pool_start(const wk_pool_opts *o, wk_pool **out);
+
+/* Remove the control directories TMPDIR/gemmad-* (this user's) whose owner file names a process that
+ * no longer exists (a gemmad killed with SIGKILL). Returns how many were removed. */
+int wk_clean_stale_dirs(const char *tmpdir);
 
 /* KV blocks each rank's pool holds (the smallest over ranks). */
 int64_t wk_pool_kv_blocks(const wk_pool *p);
@@ -55,7 +98,8 @@ const gm_worker_spec *wk_pool_spec_echo(const wk_pool *p, int32_t r);
 /* The model config the workers loaded. */
 const gm_model_config *wk_pool_config(const wk_pool *p);
 
-/* The ZeroMQ socket to poll for ZMQ_POLLIN (results and worker errors). Borrowed. */
+/* The current session's ZeroMQ socket to poll for ZMQ_POLLIN (Hello/Ready while starting, then results
+ * and worker errors); it changes at each launch, NULL before the first. Borrowed. */
 void *wk_pool_socket(wk_pool *p);
 
 /* Send one step plan to every rank (non-blocking; at most two steps in flight;
@@ -81,10 +125,11 @@ const gm_token_logprobs *wk_pool_logprobs(const wk_pool *p, const uint8_t **has)
 bool wk_pool_busy(const wk_pool *p);
 int32_t wk_pool_inflight(const wk_pool *p);
 
-/* Reap children without blocking; false when any rank has exited or been killed. */
+/* READY only: reap children without blocking; false (and the state FAILED) when any rank has exited
+ * or been killed. */
 bool wk_pool_alive(wk_pool *p);
 
-/* Kill all ranks (SIGKILL), reap them, and start a fresh set; the KV contents are lost. */
+/* Blocking: wk_pool_launch, then wk_pool_advance until READY or FAILED (its error). */
 gm_status wk_pool_restart(wk_pool *p);
 
 /* Ask ranks to exit, wait briefly, then kill; frees p and nulls it. */

@@ -67,6 +67,8 @@ void oai_error_from_code(oai_error *e, int32_t code, const char *param, const ch
     case 4: oai_fail(e, 503, "server_error", NULL, "cancelled", "%s", m); break;
     case 6: oai_fail(e, 503, "server_error", NULL, "worker_failed", "%s", m); break;
     case 10: oai_fail(e, 503, "server_error", NULL, "shutting_down", "%s", m); break;
+    case 13: oai_fail(e, 503, "server_error", NULL, "unavailable", "%s", m); break;
+    case 14: oai_fail(e, 500, "server_error", NULL, "nonfinite_logits", "%s", m); break;
     default: oai_fail(e, 500, "server_error", NULL, NULL, "%s", m); break;
     }
 }

@@ -67,7 +67,8 @@ gm_status oai_fail(oai_error *e, int status, const char *type, const char *param
 void oai_error_model_not_found(oai_error *e, const char *model);
 /* An error from gemmad's RPC ErrorCode (proto/gemma.proto numbers: 1 INVALID_ARGUMENT,
  * 2 PROMPT_TOO_LONG, 3 OVERLOADED, 4 CANCELLED, 5 INTERNAL, 6 WORKER_FAILED,
- * 10 SHUTTING_DOWN; others are 500) with its message. param may be NULL; for INVALID_ARGUMENT it is
+ * 10 SHUTTING_DOWN, 13 UNAVAILABLE (503: no worker is up, retry), 14 NONFINITE_LOGITS (500); others are 500)
+ * with its message. param may be NULL; for INVALID_ARGUMENT it is
  * then the field admission's message starts with ("min_tokens 20 exceeds ..." -> min_tokens), if any. */
 void oai_error_from_code(oai_error *e, int32_t code, const char *param, const char *message);
 

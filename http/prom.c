@@ -153,6 +153,8 @@ static const char *const g_error_names[PROM_MAX_ERROR_CODE + 1] = {
     [10] = "shutting_down",
     [11] = "unknown_type",
     [12] = "duplicate_id",
+    [13] = "unavailable",
+    [14] = "nonfinite_logits",
 };
 
 const char *prom_error_name(int32_t code)

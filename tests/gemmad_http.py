@@ -35,7 +35,8 @@ def need_module(mod, pkg):
 
 
 class Daemon:
-    def __init__(self, gemmad, tmp, name, *args, env=None):
+    def __init__(self, gemmad, tmp, name, *args, env=None, healthy=True):
+        """healthy: wait until /health says 200 (else only until the HTTP port is known)."""
         self.name = name
         self.log = os.path.join(tmp, name + ".log")
         self.endpoint = f"ipc://{tmp}/{name}.sock"
@@ -55,7 +56,7 @@ class Daemon:
             else:
                 time.sleep(0.05)
         self.base = f"http://127.0.0.1:{self.port}"
-        while True:
+        while healthy:
             assert self.p.poll() is None, f"gemmad {name} exited:\n{self.logtext()}"
             assert time.time() < deadline, f"gemmad {name} never became healthy:\n{self.logtext()}"
             try:

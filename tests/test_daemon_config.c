@@ -428,8 +428,9 @@ static void test_u64map_and_metrics(void **state)
     assert_true(fabs(met_pct(&mt.ttft, 50) - 50.5) < 1e-9); /* milliseconds */
     assert_true(fabs(met_pct(&mt.ttft, 100) - 100) < 1e-9);
     for (int i = 0; i < MET_WINDOW + 10; i++)
-        met_step_done(&mt, i < 10 ? 1e6 : 2.0);
+        met_step_done(&mt, i < 10 ? 1e6 : 2.0, 4);
     assert_true(fabs(met_mean(&mt.step) - 2.0) < 1e-9); /* the oldest fell out of the window */
+    assert_true(fabs(met_pct(&mt.step_tok, 99) - 0.5) < 1e-9); /* per token: the watchdog's term */
     met_free(&mt);
     met_rate rt;
     memset(&rt, 0, sizeof rt);

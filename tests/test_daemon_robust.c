@@ -422,22 +422,7 @@ static void start_long(gmc_client *c, int n, uint64_t *ids)
     params_ids(&p);
     p.max_tokens = LONG_TOKENS;
     p.ignore_eos = true;
-    for (int i = 0; i < n; i++)
-        assert_int_equal(gmc_submit(c, &p, NULL, &ids[i]), GMC_OK);
-    int seen = 0;
-    bool got[64] = {0};
-    while (seen < n) {
-        gmc_event ev[256];
-        int k = gmc_poll(c, ev, 256, 10000);
-        assert_true(k > 0);
-        for (int i = 0; i < k; i++)
-            for (int j = 0; j < n; j++)
-                if (ev[i].request_id == ids[j] && !got[j]) {
-                    assert_false(ev[i].finished);
-                    got[j] = true;
-                    seen++;
-                }
-    }
+    assert_true(td_submit_started(c, &p, n, ids));
 }
 
 static void wait_stats(const char *ep, gmc_stats *st, bool (*ok)(const gmc_stats *))

@@ -229,6 +229,33 @@ static __attribute__((unused)) char *td_run_capture(const char *const *argv, int
     return buf;
 }
 
+/* Submit p n times (at most 64; ids[n] get the request ids) and wait until each has streamed a token;
+ * false when one finishes first or nothing comes for 10 s. */
+static __attribute__((unused)) bool td_submit_started(gmc_client *c, const gmc_params *p, int n, uint64_t *ids)
+{
+    if (n > 64)
+        return false;
+    for (int i = 0; i < n; i++)
+        if (gmc_submit(c, p, NULL, &ids[i]) != GMC_OK)
+            return false;
+    bool got[64] = {0};
+    for (int seen = 0; seen < n;) {
+        gmc_event ev[256];
+        int k = gmc_poll(c, ev, 256, 10000);
+        if (k <= 0)
+            return false;
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < n; j++)
+                if (ev[i].request_id == ids[j] && !got[j]) {
+                    if (ev[i].finished)
+                        return false;
+                    got[j] = true;
+                    seen++;
+                }
+    }
+    return true;
+}
+
 /* pid of the gemma-worker child of gemmad with --rank rank, or -1. */
 static __attribute__((unused)) pid_t td_worker_pid(pid_t gemmad, int rank)
 {

@@ -1,7 +1,8 @@
 /* test_gguf_model.c - a Gemma GGUF as a checkpoint (common/gguf_model.c): metadata to config for
  * gemma, gemma2 and gemma3 with their defaults, tensor names and shapes, the norm +1 removed,
  * the in-memory st_model bound by gm_weights_bind, gm_checkpoint_open on files and directories,
- * the tokenizer built from GGUF vocabulary, and mutated files through the whole path. */
+ * the tokenizer built from GGUF vocabulary, mutated files through the whole path, and NaN or Inf data
+ * refused by the engines' load check after dequantizing. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -551,6 +552,54 @@ static void test_mutations(void **state)
     free(b.p);
 }
 
+/* ------------------------------------------------------------------ NaN and Inf (issue 14) */
+
+/* A GGUF whose data holds a NaN or Inf - a float16 tensor's element, or a Q8_0 block's scale that
+ * dequantizes a whole block to NaN - loads (dequantized), and the engines' load check then refuses it
+ * naming the Hugging Face tensor; the clean file passes. */
+static void test_nonfinite_weights(void **state)
+{
+    gb b = tiny_gguf("gemma3", NULL, 0);
+    gguf_file *f = NULL;
+    GOK(parse(&b, &f));
+    size_t up = (size_t)((const uint8_t *)gguf_find_tensor(f, "blk.1.ffn_up.weight")->data - b.p); /* F16 */
+    size_t emb = (size_t)((const uint8_t *)gguf_find_tensor(f, "token_embd.weight")->data - b.p); /* Q8_0 */
+    gguf_destroy(&f);
+    struct {
+        size_t at;     /* byte of the file poisoned (-1: none) */
+        uint16_t bits; /* float16 bits written there */
+        const char *want;
+    } cases[] = {
+        {(size_t)-1, 0, NULL},
+        {up + 2 * 5, 0x7c00, "model.layers.1.mlp.up_proj.weight: element 5 is NaN or Inf"},
+        {emb + 34, 0x7e00, "model.embed_tokens.weight: element 32 is NaN or Inf"}, /* the second block's scale */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        gb x = {malloc(b.len), b.len, b.len};
+        assert_non_null(x.p);
+        memcpy(x.p, b.p, b.len);
+        if (cases[k].at != (size_t)-1)
+            memcpy(x.p + cases[k].at, &cases[k].bits, 2);
+        GOK(parse(&x, &f));
+        gm_model_config c;
+        GOK(gguf_model_config(f, &c));
+        st_model *m = NULL;
+        GOK(gguf_model_load(f, &c, &m)); /* dequantizing does not judge the values */
+        gm_status st = gm_weights_check_finite(m, 0, 1);
+        if (!cases[k].want) {
+            GOK(st);
+        } else {
+            assert_int_equal(st, GM_ERR_FORMAT);
+            if (!strstr(gm_last_error(), cases[k].want) || !strstr(gm_last_error(), "tiny.gguf"))
+                fail_msg("case %zu: '%s', want '%s'", k, gm_last_error(), cases[k].want);
+        }
+        st_model_destroy(&m);
+        gguf_destroy(&f);
+        free(x.p);
+    }
+    free(b.p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -559,6 +608,7 @@ int main(void)
         cmocka_unit_test(test_load_errors),  cmocka_unit_test(test_mem_model),
         cmocka_unit_test(test_tokenizer),    cmocka_unit_test(test_tokenizer_errors),
         cmocka_unit_test(test_checkpoint_open), cmocka_unit_test(test_mutations),
+        cmocka_unit_test(test_nonfinite_weights),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -598,10 +598,10 @@ static void check_sampling(const char *what, int64_t V, int ties, gm_sampling sp
     cudaFree(dl), cudaFree(dp), cudaFree(dc), cudaFree(dt);
 }
 
-/* greedy over one row whose answer is known: a flat row and an all -inf row pick id 0 */
-static void check_greedy_row(const char *what, const float *row, int64_t V, int32_t expect)
+/* one row whose answer is known (a flat row picks id 0; a row with a NaN or +inf, or all -inf, has no
+ * token: GM_SAMPLE_NONFINITE), sampled with sp */
+static void check_row(const char *what, const float *row, int64_t V, gm_sampling sp, int32_t expect)
 {
-    gm_sampling sp = GM_SAMPLING_GREEDY;
     uint64_t ctr = 0;
     float *dl = dev_put(row, (size_t)V * 4);
     gm_sampling *dp = dev_put(&sp, sizeof sp);
@@ -624,12 +624,20 @@ static void test_sampling(void **state)
         float *row = malloc((size_t)n * 4);
         for (int64_t i = 0; i < n; i++)
             row[i] = 1.0f;
-        check_greedy_row("greedy, flat row", row, n, 0);
+        gm_sampling g = GM_SAMPLING_GREEDY, hot = {0.9f, 40, 0.95f, 5};
+        check_row("greedy, flat row", row, n, g, 0);
         for (int64_t i = 0; i < n; i++)
             row[i] = -INFINITY;
-        check_greedy_row("greedy, all -inf", row, n, 0);
+        check_row("greedy, all -inf: no token", row, n, g, GM_SAMPLE_NONFINITE);
+        check_row("sampled, all -inf: no token", row, n, hot, GM_SAMPLE_NONFINITE);
         row[n - 1] = 0.0f, row[4097] = 0.0f;
-        check_greedy_row("greedy, two equal maxima", row, n, 4097);
+        check_row("greedy, two equal maxima", row, n, g, 4097);
+        row[70000] = NAN; /* the scalar tail of an odd row */
+        check_row("greedy, a NaN: no token", row, n, g, GM_SAMPLE_NONFINITE);
+        check_row("sampled, a NaN: no token", row, n, hot, GM_SAMPLE_NONFINITE);
+        row[70000] = -INFINITY, row[8] = INFINITY; /* the float4 body */
+        check_row("greedy, +inf: no token", row, n, g, GM_SAMPLE_NONFINITE);
+        check_row("sampled, +inf: no token", row, n, hot, GM_SAMPLE_NONFINITE);
         free(row);
     }
     /* vocabularies smaller than the block: threads without elements */
@@ -654,10 +662,10 @@ static void test_sampling(void **state)
 static void test_token_feed(void **state)
 {
     (void)state;
-    int32_t toks[3] = {11, 22, 33}, slots[3] = {2, -1, 0}, last[4] = {-5, -5, -5, -5};
+    int32_t toks[4] = {11, 22, 33, GM_SAMPLE_NONFINITE}, slots[4] = {2, -1, 0, 3}, last[4] = {-5, -5, -5, -5};
     int32_t *dt = dev_put(toks, sizeof toks), *ds = dev_put(slots, sizeof slots), *dl = dev_put(last, sizeof last);
-    GOK(k_feed_tokens(dt, ds, 3, dl, 0));
-    int32_t ids[4] = {7, -1, -1, 9}, tslot[4] = {1, 2, 0, 3};
+    GOK(k_feed_tokens(dt, ds, 4, dl, 0));
+    int32_t ids[4] = {7, -1, -1, -1}, tslot[4] = {1, 2, 0, 3};
     int32_t *di = dev_put(ids, sizeof ids), *dts = dev_put(tslot, sizeof tslot);
     GOK(k_resolve_ids(di, dts, 4, dl, 0));
     CK(cudaDeviceSynchronize());
@@ -665,7 +673,7 @@ static void test_token_feed(void **state)
     assert_int_equal(ids[0], 7);
     assert_int_equal(ids[1], 11);
     assert_int_equal(ids[2], 33);
-    assert_int_equal(ids[3], 9);
+    assert_int_equal(ids[3], 0); /* a NaN row's slot feeds a valid id */
     cudaFree(dt), cudaFree(ds), cudaFree(dl), cudaFree(di), cudaFree(dts);
 }
 

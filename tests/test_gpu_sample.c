@@ -5,6 +5,8 @@
  *   - penalties: per-slot tables built over steps (a prompt in chunks, decodes, a slot reset and reused)
  *     change exactly the logits cpu_penalize changes, to the bit;
  *   - min_tokens: the masked ids are -inf and never drawn;
+ *   - a row with a NaN or +inf, penalized or not, with log-probabilities or not: no token
+ *     (GM_SAMPLE_NONFINITE, as cpu_sample), its log-probability -inf;
  *   - the tokens drawn equal cpu_sample's on the twins' rows for the same seeds (greedy: all; sampled: all
  *     but draws within ~1e-7 of a boundary);
  *   - the CUDA engine on the tiny model: every sampled row of tests/sample_scenario.h against the twins
@@ -155,12 +157,13 @@ static int32_t twin_row(const float *raw, int64_t V, const grow *r, const int32_
     return cpu_sample(work, V, &r->sp, r->ctr);
 }
 
-/* Logits rows [n, V]: normal-ish, bf16-rounded (ties), some NaN and -inf. */
+/* Logits rows [n, V]: normal-ish, bf16-rounded (ties), a -inf (a row with a NaN or +inf has no token:
+ * the tests put one where they mean it). */
 static void fill_rows(float *lg, int n, int64_t V, float scale)
 {
     for (int64_t i = 0; i < n * V; i++)
         lg[i] = gm_round_bf16((frand() + frand() + frand()) * scale);
-    lg[7] = NAN, lg[V + 9] = -INFINITY;
+    lg[V + 9] = -INFINITY;
 }
 
 static void test_logprobs(void **state)
@@ -175,6 +178,9 @@ static void test_logprobs(void **state)
         float *lg = malloc((size_t)(n * V) * 4), *out = malloc((size_t)(n * V) * 4), *work = malloc((size_t)V * 4);
         int32_t *cnt = calloc((size_t)V, 4);
         fill_rows(lg, n, V, 3.0f);
+        /* no token (GM_SAMPLE_NONFINITE): a NaN in rows 2 (greedy) and 3 (sampled), +inf in row 6 (greedy,
+         * no log-probabilities: those of a row with +inf are NaN) */
+        lg[2 * V + 7] = NAN, lg[3 * V + V - 1] = NAN, lg[6 * V + 100] = INFINITY;
         grow rows[MAXR];
         for (int r = 0; r < n; r++) {
             memset(&rows[r], 0, sizeof rows[r]);
@@ -198,9 +204,13 @@ static void test_logprobs(void **state)
             else if (tok[r] != want)
                 print_message("  V %lld row %d: drew %d, cpu_sample %d (a draw at a boundary)\n", (long long)V, r,
                               tok[r], want);
+            assert_int_equal(tok[r] == GM_SAMPLE_NONFINITE, r == 2 || r == 3 || r == 6);
             if (!gm_sampling_wants_logprobs(&rows[r].sp))
                 continue;
-            assert_true(fabs((double)lp[r] - ((double)lg[r * V + tok[r]] - lse)) < 1e-5);
+            if (tok[r] < 0)
+                assert_true(lp[r] == -INFINITY);
+            else
+                assert_true(fabs((double)lp[r] - ((double)lg[r * V + tok[r]] - lse)) < 1e-5);
             for (int32_t k = 0; k < rows[r].sp.top_logprobs; k++) {
                 assert_int_equal(top_ids[r * GM_MAX_TOP_LOGPROBS + k], ids[k]);
                 assert_true(fabs((double)top_lps[r * GM_MAX_TOP_LOGPROBS + k] - lps[k]) < 1e-5);
@@ -266,6 +276,9 @@ static void test_penalties_and_mask(void **state)
         for (int i = 0; i < 4; i++)
             for (int32_t p = 0; p < s[i].n; p++)
                 lg[i * V + s[i].hist[p]] = 6.0f + (float)(p % 5) * 0.5f - (float)(i % 2) * 9.0f;
+        int nan_row = step == 9 ? 1 : step == 10 ? 0 : -1; /* penalized rows with logprobs: no token */
+        if (nan_row >= 0)
+            lg[nan_row * V + 5] = NAN; /* 5: in no history, so the row's other logits compare bit for bit */
         int32_t tok[MAXR], top_ids[MAXR * GM_MAX_TOP_LOGPROBS];
         float lp[MAXR], top_lps[MAXR * GM_MAX_TOP_LOGPROBS];
         gx_run(&g, rows, 4, lg, out, tok, lp, top_ids, top_lps);
@@ -279,11 +292,14 @@ static void test_penalties_and_mask(void **state)
                 fail_msg("step %d row %d: the GPU's penalized logits differ from cpu_penalize's", step, i);
             for (int k = 0; k < rows[i].n_mask; k++)
                 assert_int_not_equal(tok[i], mask[k]);
-            if (gm_sampling_is_greedy(&sp[i]))
+            if (gm_sampling_is_greedy(&sp[i]) || i == nan_row)
                 assert_int_equal(tok[i], want);
+            assert_int_equal(tok[i] == GM_SAMPLE_NONFINITE, i == nan_row);
             draws++;
             agree += tok[i] == want;
-            if (gm_sampling_wants_logprobs(&sp[i])) /* of the raw logits, the penalties notwithstanding */
+            if (gm_sampling_wants_logprobs(&sp[i]) && tok[i] < 0)
+                assert_true(lp[i] == -INFINITY);
+            else if (gm_sampling_wants_logprobs(&sp[i])) /* of the raw logits, the penalties notwithstanding */
                 assert_true(fabs((double)lp[i] - ((double)lg[i * V + tok[i]] - lse)) < 1e-5);
             for (int32_t k = 0; k < sp[i].top_logprobs; k++)
                 assert_int_equal(top_ids[i * GM_MAX_TOP_LOGPROBS + k], ids[k]);

@@ -12,7 +12,10 @@ On the CPU backend with the tiny model:
     wrong types, absurd values, unknown fields (ignored: 200), deep nesting, NUL bytes, malformed
     HTTP, a body over the limit (413), a client sending its headers one byte at a time;
   * a client that stops reading mid-stream does not hold up the others; one that vanishes
-    mid-stream is cancelled and its KV blocks come back (gemmad_kv_cache_blocks_used, abort count).
+    mid-stream is cancelled and its KV blocks come back (gemmad_kv_cache_blocks_used, abort count);
+  * prompts tokenized off the loop: one too long once tokenized is a 400, streamed or not, beside
+    other prompts or with n > 1; n > 1 over two prompts streams every choice.
+While the workers start (a worker that sleeps first): /health 503, generation 503 `unavailable`.
 On the null backend (token-id prompts, GM_NULL_STEP_US slowing each step): bearer auth from a key
 file (401 on /v1/ without it, /health and /metrics open), --http-max-requests answering 429
 (code overloaded) and serving again once a slot is free, and a drain on SIGTERM (/health 503, new
@@ -20,6 +23,7 @@ requests 503, the stream in flight finishing with [DONE], exit 0).
 Exit 77 only when prometheus_client cannot be installed."""
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -280,6 +284,71 @@ def test_slow_and_vanishing(d):
     assert st == 200, r
 
 
+def read_stream(s):
+    """The rest of a streamed answer (after its headers) until [DONE] and the last chunk."""
+    got = b""
+    while not (b"data: [DONE]\n\n" in got and got.endswith(b"\r\n0\r\n\r\n")):
+        chunk = s.recv(65536)
+        assert chunk, got[-300:]
+        got += chunk
+    s.close()
+    return got
+
+
+def test_admitted_later(d):
+    """Text and chat prompts are tokenized off the loop: admission completes after the request came in.
+    A prompt too long for the context once tokenized is still an HTTP 400 (context_length_exceeded),
+    streamed or not, alone or beside another prompt; a stream's headers wait for that."""
+    long_text = "x " * 1500  # within the byte limit, past the 1024-token context
+    cases = [
+        ("/v1/completions", {"prompt": long_text}),
+        ("/v1/completions", {"prompt": long_text, "stream": True}),
+        ("/v1/completions", {"prompt": ["short one", long_text], "stream": True}),
+        ("/v1/completions", {"prompt": [long_text, "short one"], "n": 2, "stream": True}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": long_text}], "stream": True}),
+    ]
+    for path, body in cases:
+        st, hdrs, data = d.request("POST", path, body, {"Content-Type": "application/json"})
+        e = check_error_body(st, data, 400)
+        assert e["code"] == "context_length_exceeded" and hdrs["content-type"] == "application/json", (body, e)
+    # n > 1 and two prompts, streamed: every choice of both prompts, then [DONE]
+    s, head = stream_open(d.port, {"prompt": ["one", "two"], "n": 2, "max_tokens": 3, "stream": True,
+                                   "temperature": 1.0, "seed": 5})
+    assert head.startswith("HTTP/1.1 200"), head
+    got = read_stream(s)
+    seen = {}
+    for ev in re.findall(rb"data: (\{[^\n]*\})\n\n", got):  # each event is one write, inside one chunk
+        for c in json.loads(ev)["choices"]:
+            if c.get("finish_reason"):
+                seen[c["index"]] = c["finish_reason"]
+    assert seen == {0: "length", 1: "length", 2: "length", 3: "length"}, (seen, got[-400:])
+
+
+def test_unavailable(tmp):
+    """While no worker is up (a worker that takes long to start), gemmad already answers: /health 503,
+    a generation request 503 with code unavailable (the RPC's UNAVAILABLE), /metrics 200."""
+    worker = os.path.join(os.path.dirname(os.path.abspath(GEMMAD)), "gemma-worker")
+    script = os.path.join(tmp, "slow-worker.sh")
+    with open(script, "w") as f:
+        f.write(f"#!/bin/sh\nsleep 30\nexec '{worker}' \"$@\"\n")
+    os.chmod(script, 0o700)
+    d = Daemon(GEMMAD, tmp, "starting", "--backend", "null", "--worker-bin", script, healthy=False)
+    try:
+        st, _, data = d.request("GET", "/health")
+        assert st == 503 and json.loads(data)["status"] == "loading", (st, data)
+        st, hdrs, data = d.request("POST", "/v1/completions", {"prompt": [5, 6], "max_tokens": 2})
+        assert st == 503, (st, data)
+        e = json.loads(data)["error"]
+        assert e["code"] == "unavailable" and e["type"] == "server_error", e
+        assert hdrs.get("retry-after") == "1", hdrs
+        assert d.request("GET", "/metrics")[0] == 200
+    except BaseException:
+        print(d.logtext()[-4000:])
+        raise
+    finally:
+        d.kill()
+
+
 def test_null_backend(tmp):
     key = os.path.join(tmp, "key.txt")
     with open(key, "w") as f:
@@ -312,12 +381,7 @@ def test_null_backend(tmp):
         e = check_error_body(st, data, 429)
         assert e["code"] == "overloaded" and hdrs.get("retry-after") == "1", (e, hdrs)
         for s in (a, b):
-            got = b""
-            while not (b"data: [DONE]\n\n" in got and got.endswith(b"\r\n0\r\n\r\n")):
-                chunk = s.recv(65536)
-                assert chunk, got[-200:]
-                got += chunk
-            s.close()
+            read_stream(s)
         st, _, data = d.request("POST", "/v1/completions", {"prompt": [5], "max_tokens": 2}, auth)
         assert st == 200, data
         # drain: SIGTERM while a stream runs; it finishes, new work is refused, /health says 503
@@ -352,6 +416,8 @@ def main():
             test_metrics(d)
             test_bad_input(d)
             test_slow_and_vanishing(d)
+            test_admitted_later(d)
+        test_unavailable(tmp)
         test_null_backend(tmp)
     print("ok")
 

@@ -564,7 +564,8 @@ static void test_errors(void **st)
     } map[] = {{1, 400, "invalid_request_error", NULL},  {2, 400, "invalid_request_error", "context_length_exceeded"},
                {3, 429, "rate_limit_error", "overloaded"}, {4, 503, "server_error", "cancelled"},
                {5, 500, "server_error", NULL},           {6, 503, "server_error", "worker_failed"},
-               {10, 503, "server_error", "shutting_down"}, {99, 500, "server_error", NULL}};
+               {10, 503, "server_error", "shutting_down"}, {13, 503, "server_error", "unavailable"},
+               {14, 500, "server_error", "nonfinite_logits"}, {99, 500, "server_error", NULL}};
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
         oai_error_from_code(&e, map[i].code, map[i].code == 2 ? "prompt" : NULL, "why");
         assert_int_equal(e.status, map[i].status);

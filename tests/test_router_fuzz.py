@@ -163,6 +163,17 @@ def generate_msg(client_cls, rid, rng, kind):
         msg.text = raw(rand_text(rng, rng.choice([3, 64, 3000])))
     elif kind == "text":
         g.text = raw(rand_text(rng, rng.choice([1, 100, 20000])))
+    elif kind == "nul":  # a NUL byte inside a string: gemmad names its position (INVALID_ARGUMENT)
+        where = rng.choice(["text", "chat", "role", "stop"])
+        bad = raw(b"ab\x00" + rand_text(rng, rng.choice([1, 40])))
+        if where == "text":
+            g.text = bad
+        elif where == "stop":
+            g.text = "hello"
+            g.stop.append(bad)
+        else:
+            msg = g.chat.messages.add()
+            msg.role, msg.text = (bad, "hi") if where == "role" else ("user", bad)
     elif kind == "stop":
         g.text = "hello"
         for _ in range(rng.choice([1, 3, 17])):
@@ -186,7 +197,7 @@ def mutate(rng, data):
     return bytes(b)
 
 
-KINDS = ["role_cut", "role", "chat_text", "text", "stop", "tokens"]
+KINDS = ["role_cut", "role", "chat_text", "text", "stop", "tokens", "nul"]
 
 
 def fuzz(peer, client_cls, rng, n):
@@ -251,6 +262,23 @@ def main():
             if r == "timeout":
                 print(f"FAIL: {label}: no reply to the cut-role request")
                 failed = True
+            # a NUL inside the prompt text is refused with its position, not cut off silently
+            r = peer.call(with_raw_strings(client_cls(protocol_version=1, request_id=8,
+                                                      generate={"text": "QXZJK", "max_tokens": 1}),
+                                           [("QXZJK", b"ab\x00cd")]))
+            ok = r not in (None, "timeout") and (
+                any(c.request_id == 8 and c.error_code == 1 and "NUL byte at position 2" in c.error_message
+                    for c in r.chunks) or  # gemmad: the request's final chunk
+                (r.HasField("error") and r.error.code == 1 and "NUL byte at position 2" in r.error.message))  # router
+            if not ok:
+                print(f"FAIL: {label}: a prompt with a NUL byte got {r}")
+                failed = True
+            if label == "gemma-router":  # a frame over gemmad's limit: refused by the router, never forwarded
+                m = client_cls(protocol_version=1, request_id=9, generate={"text": "x" * 100000, "max_tokens": 1})
+                r = peer.call(m.SerializeToString())
+                if r in (None, "timeout") or not any(c.request_id == 9 and c.error_code == 2 for c in r.chunks):
+                    print(f"FAIL: {label}: a request over the replica's frame limit got {r}")
+                    failed = True
             sent = fuzz(peer, client_cls, rng, a.count)
             print(f"{label}: {sent} mutated messages, {peer.replies} replies, {len(peer.bad)} not parseable")
             for frame, err in peer.bad[:3]:

@@ -503,6 +503,8 @@ gm_status gm_engine_cpu_create(const gm_engine_opts *o, gm_engine **out)
     gm_engine_init_common(&c->base, &cfg, o);
     if ((st = gm_checkpoint_load(o->model_dir, &cfg, &c->model))) /* a directory, or a GGUF dequantized */
         goto fail;
+    if ((st = gm_weights_check_finite(c->model, o->tp_rank, o->tp_size))) /* NaN weights: refuse, do not serve */
+        goto fail;
     if ((st = gm_weights_bind(c->model, &cfg, o->tp_rank, o->tp_size, &c->w)))
         goto fail;
     if ((st = gm_linears_bind(c->model, &c->w.cfg, &c->w.tp, ck_awq ? qc.group_size : 0, &c->lin)))

@@ -462,6 +462,9 @@ gm_status cu_weights_load(cuda_engine *c, const gm_weights *w, const gm_linear *
     loader L;
     memset(&L, 0, sizeof L);
     L.verbose = c->base.opts.verbose;
+    /* NaN/Inf weights are refused here, naming the tensor: served, they give token 0 forever */
+    if ((st = gm_weights_check_finite(c->model, c->tp.rank, c->tp.size)) != GM_OK)
+        return st; /* nothing allocated yet */
     int64_t H = c->H;
     int32_t nl = c->base.cfg.num_layers;
     /* bytes read from the checkpoint, for progress */

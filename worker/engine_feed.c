@@ -63,6 +63,8 @@ void gm_feed_record(gm_feed *f, const gm_seq_step *seqs, int32_t n_seqs, const i
     for (int32_t i = 0; i < n_seqs; i++) {
         int32_t slot = seqs[i].slot;
         if (slot >= 0 && slot < f->max_seqs)
-            f->last[slot] = seqs[i].logits_mode == GM_LOGITS_NONE ? -1 : sampled[i];
+            f->last[slot] = seqs[i].logits_mode == GM_LOGITS_NONE ? -1
+                            : sampled[i] == GM_SAMPLE_NONFINITE ? 0 /* any valid id: gemmad ends the request */
+                                                                 : sampled[i];
     }
 }

@@ -8,7 +8,11 @@
  * GM_NULL_STEP_US=N in the environment (gemmad passes it on to its workers)
  * makes every step also sleep N microseconds, standing in for the time a GPU
  * would spend on it: then the serving path's own cost per step shows as the
- * difference from N (bench/SERVING.md, run-ahead). */
+ * difference from N (bench/SERVING.md, run-ahead).
+ *
+ * GM_NULL_NAN_SEED=S makes every sequence sampled with seed S come out as if its logits
+ * were NaN (GM_SAMPLE_NONFINITE), the others in the same step as usual: the path of a
+ * numerical fault, end to end, without a broken model. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +27,8 @@ typedef struct null_engine {
     gm_engine base;
     gm_feed feed;
     long step_us; /* emulated device time per step (GM_NULL_STEP_US), 0 = none */
+    bool nan_on;  /* GM_NULL_NAN_SEED given */
+    uint64_t nan_seed;
 } null_engine;
 
 /* The distribution the null backend draws from: uniform over the span ids from 3 on, so every
@@ -62,8 +68,13 @@ static gm_status null_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         uint64_t pos = (uint64_t)s->start_pos + (uint64_t)s->n_tokens;
         uint32_t r = (uint32_t)(gm_rng_uniform(s->sampling.seed, pos) * (float)span);
         tok[i] = 3 + (int32_t)(r < span ? r : span - 1);
-        if (out && out->logprobs && e->opts.tp_rank == 0 && gm_seq_step_wants_logprobs(s))
+        if (ne->nan_on && s->sampling.seed == ne->nan_seed)
+            tok[i] = GM_SAMPLE_NONFINITE; /* as a sampler answers a NaN row; its log-probability reads -inf */
+        if (out && out->logprobs && e->opts.tp_rank == 0 && gm_seq_step_wants_logprobs(s)) {
             null_logprobs(span, s->sampling.top_logprobs, &out->logprobs[i]);
+            if (tok[i] < 0)
+                out->logprobs[i].logprob = -INFINITY;
+        }
     }
     gm_feed_record(&ne->feed, q, n_seqs, tok);
     if (ne->step_us > 0) {
@@ -129,6 +140,14 @@ gm_status gm_engine_null_create(const gm_engine_opts *o, gm_engine **out)
         if (*end || v < 0 || v > 10000000)
             st = gm_fail(GM_ERR_INVALID_ARG, "null backend: GM_NULL_STEP_US='%s' is not 0..10000000 microseconds", us);
         ne->step_us = v;
+    }
+    const char *nan = getenv("GM_NULL_NAN_SEED");
+    if (st == GM_OK && nan && *nan) {
+        char *end = NULL;
+        ne->nan_seed = strtoull(nan, &end, 10);
+        ne->nan_on = true;
+        if (*end)
+            st = gm_fail(GM_ERR_INVALID_ARG, "null backend: GM_NULL_NAN_SEED='%s' is not a seed", nan);
     }
     if (st) {
         gm_feed_free(&ne->feed);

@@ -81,6 +81,12 @@ gm_status gm_weights_bind(const st_model *m, const gm_model_config *cfg, int32_t
                           gm_weights *w);
 void gm_weights_release(gm_weights *w);
 
+/* Check that every floating-point tensor of m holds only finite values (F32, F16, BF16 and F64:
+ * exponent not all ones; F8_E4M3: not the NaN code 0x7f/0xff; F8_E5M2: no Inf/NaN), one streaming
+ * pass over the bytes. Tensor i is checked by rank i % size only, so tp ranks share the work.
+ * GM_ERR_FORMAT naming the file, the tensor, the element and its bits at the first bad value. */
+gm_status gm_weights_check_finite(const st_model *m, int32_t rank, int32_t size);
+
 #ifdef __cplusplus
 }
 #endif

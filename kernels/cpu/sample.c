@@ -6,6 +6,7 @@
  * summed in double. */
 #include "sample.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -47,10 +48,24 @@ static void heap_down(cand *h, int64_t n, int64_t i)
     }
 }
 
+/* True when x [n] has a NaN or +Inf, or nothing but -Inf (-Inf alone is a masked token). */
+static int row_nonfinite(const float *x, int64_t n)
+{
+    int bad = 0;
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        bad |= !(x[i] <= FLT_MAX);
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    return bad || mx == -INFINITY;
+}
+
 int32_t cpu_sample(const float *logits, int64_t vocab, const gm_sampling *s, uint64_t counter)
 {
     if (vocab <= 0)
         return -1;
+    if (row_nonfinite(logits, vocab))
+        return GM_SAMPLE_NONFINITE;
     if (gm_sampling_is_greedy(s))
         return (int32_t)cpu_argmax(logits, vocab);
     float mx = logits[cpu_argmax(logits, vocab)];

@@ -11,7 +11,8 @@
 extern "C" {
 #endif
 
-/* Sample one id from logits [vocab] (not modified): argmax when greedy (ties to the
+/* Sample one id from logits [vocab] (not modified), or GM_SAMPLE_NONFINITE when the row has a NaN or
+ * +Inf or no finite value: argmax when greedy (ties to the
  * lowest id); else softmax(logits / temperature), keep the top_k most likely (0 = all),
  * then the smallest prefix (by descending probability, ties by lower id) whose mass
  * reaches top_p, renormalise, and draw with u = gm_rng_uniform(seed, counter). */

@@ -9,6 +9,7 @@
  * among equal p. Every pass recomputes p from the logits (the row stays in L2). */
 #include "sample.cuh"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -427,7 +428,8 @@ __device__ int32_t sample_fast(const float *lg, int64_t V, float mx, float invt,
 }
 
 /* The token of one row lg [V] (not written) under sp with the draw at counter; every thread of the block
- * calls it and gets the same id (-1 when V <= 0). */
+ * calls it and gets the same id (-1 when V <= 0, GM_SAMPLE_NONFINITE for a row with a NaN or +Inf or
+ * no finite value). */
 __device__ int32_t sample_one(const float *lg, int64_t V, const gm_sampling &sp, uint64_t counter, smp_smem &sm)
 {
     int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
@@ -439,6 +441,7 @@ __device__ int32_t sample_one(const float *lg, int64_t V, const gm_sampling &sp,
     float bv = -INFINITY;
     int32_t bi = INT32_MAX;
     int64_t done = 0;
+    bool bad = false; /* a NaN or +Inf in the row (GM_SAMPLE_NONFINITE) */
     if ((reinterpret_cast<uintptr_t>(lg) & 15) == 0) {
         const float4 *l4 = reinterpret_cast<const float4 *>(lg);
         const int64_t V4 = V / 4, step = blockDim.x;
@@ -455,6 +458,7 @@ __device__ int32_t sample_one(const float *lg, int64_t V, const gm_sampling &sp,
                     float x[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
+                        bad |= !(x[e] <= FLT_MAX);
                         x[e] = isnan(x[e]) ? -INFINITY : x[e]; /* NaN never wins */
                         if (x[e] > bv || bi == INT32_MAX)
                             bv = x[e], bi = (int32_t)(4 * jj + e);
@@ -466,10 +470,12 @@ __device__ int32_t sample_one(const float *lg, int64_t V, const gm_sampling &sp,
     }
     for (int64_t i = done + tid; i < V; i += blockDim.x) {
         float x = lg[i];
+        bad |= !(x <= FLT_MAX);
         x = isnan(x) ? -INFINITY : x;
         if (x > bv || bi == INT32_MAX)
             bv = x, bi = (int32_t)i;
     }
+    bad = __syncthreads_or(bad);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         float ov = __shfl_xor_sync(0xffffffffu, bv, o);
@@ -498,6 +504,8 @@ __device__ int32_t sample_one(const float *lg, int64_t V, const gm_sampling &sp,
     int32_t amax = sm.ired[0];
     float mx = sm.fred[0];
     __syncthreads(); /* every thread has read fred[0] / ired[0] before anything reuses them */
+    if (V > 0 && (bad || mx == -INFINITY)) /* as cpu_sample: no token from a non-finite row (bad, mx: the block's) */
+        return GM_SAMPLE_NONFINITE;
     if (gm_sampling_is_greedy(&sp) || V <= 0)
         return V > 0 ? amax : -1;
     float invt = 1.0f / sp.temperature;
@@ -754,8 +762,8 @@ __global__ void feed_kernel(const int32_t *tokens, const int32_t *slots, int32_t
 {
     pdl_wait();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n && slots[i] >= 0)
-        last_tok[slots[i]] = tokens[i];
+    if (i < n && slots[i] >= 0) /* GM_SAMPLE_NONFINITE feeds a valid id; gemmad has ended that sequence */
+        last_tok[slots[i]] = tokens[i] >= 0 ? tokens[i] : 0;
 }
 
 __global__ void resolve_kernel(int32_t *ids, const int32_t *tok_slot, int64_t T, const int32_t *last_tok)

@@ -14,7 +14,8 @@
 extern "C" {
 #endif
 
-/* tokens[r] = cpu_sample(logits[r, :vocab], params[r], counters[r]) for r < n: argmax (ties to the
+/* tokens[r] = cpu_sample(logits[r, :vocab], params[r], counters[r]) for r < n (GM_SAMPLE_NONFINITE for
+ * a row with a NaN or +Inf or no finite value): argmax (ties to the
  * lowest id) when greedy; else p_i = expf((l_i - max) / T), the top_k most likely (ties: lower id),
  * the shortest prefix reaching top_p of their mass, and the first token whose cumulative mass
  * exceeds u * kept mass, u = gm_rng_uniform(seed, counter). Greedy picks agree with the CPU exactly;
@@ -60,11 +61,13 @@ typedef struct k_sample_aux {
 } k_sample_aux;
 
 /* k_sample with aux's extras (aux is copied; NULL = k_sample). logits are modified in place where a row is
- * penalized or masked. */
+ * penalized or masked. A row with a NaN or +Inf, or no finite value, once penalized and masked (as
+ * cpu_sample sees it) gets GM_SAMPLE_NONFINITE, and lp[r] -inf when it asked for log-probabilities. */
 gm_status k_sample_ex(float *logits, int64_t ld, int64_t vocab, int32_t n, const gm_sampling *params,
                       const uint64_t *counters, int32_t *tokens, const k_sample_aux *aux, cudaStream_t s);
 
-/* last_tok[slots[i]] = tokens[i] where slots[i] >= 0 (i < n).  All device arrays. */
+/* last_tok[slots[i]] = tokens[i] where slots[i] >= 0 (i < n); a negative token (GM_SAMPLE_NONFINITE)
+ * becomes 0, a valid id to feed.  All device arrays. */
 gm_status k_feed_tokens(const int32_t *tokens, const int32_t *slots, int32_t n, int32_t *last_tok, cudaStream_t s);
 
 /* ids[t] = last_tok[tok_slot[t]] where ids[t] < 0 (t < T): a decode step's token that the
