@@ -433,7 +433,8 @@ static void admit_queue(gd_server *s, gd_req *r, sched_req *sr, const int32_t *i
     sr->n_prompt = n_ids;
     sr->user = r;
     int64_t room = sr->max_tokens > 0 ? sr->max_tokens : s->max_context; /* what a sequence may hold */
-    int64_t charge = r->n_ch * (REQ_OVERHEAD + 5 * ((int64_t)n_ids + room)); /* tokens + block tables, rounded up */
+    int64_t n_seqs = sr->beam_width > r->n_ch ? sr->beam_width : r->n_ch; /* beams: one sequence each */
+    int64_t charge = n_seqs * (REQ_OVERHEAD + 5 * ((int64_t)n_ids + room)); /* tokens + block tables, rounded up */
     if (s->waiting_bytes + charge > s->cfg->max_waiting_memory && s->cfg->max_waiting_memory > 0)
         REJECT(OVERLOADED, "the waiting queue holds %lld bytes of requests; this one would pass max_waiting_memory "
                "(%lld): retry later", (long long)s->waiting_bytes, (long long)s->cfg->max_waiting_memory);
@@ -450,7 +451,6 @@ static void admit_queue(gd_server *s, gd_req *r, sched_req *sr, const int32_t *i
         REJECT(INTERNAL, "%s", gm_last_error());
     }
     r->charge = 0;
-    int32_t n_seqs = sr->beam_width > 1 ? sr->beam_width : r->n_ch;
     for (int32_t i = 0; i < n_seqs; i++) {
         if (i < r->n_ch)
             r->ch[i].seq = seqs[i];
