@@ -351,6 +351,21 @@ static void test_stop_id(void **state)
     assert_true(stopped > 0);
 }
 
+/* Wait for n requests of c to finish; count the cancelled and the failed ones. */
+static void drain(gmc_client *c, int n, int *cancelled, int *failed)
+{
+    for (int left = n; left > 0;) {
+        gmc_event ev[16];
+        int k = gmc_poll(c, ev, 16, 60000);
+        assert_true(k > 0);
+        for (int j = 0; j < k; j++) {
+            left -= ev[j].finished;
+            *cancelled += ev[j].finished && ev[j].finish_reason == GMC_FINISH_CANCELLED;
+            *failed += ev[j].finished && ev[j].error != GMC_OK && ev[j].finish_reason != GMC_FINISH_CANCELLED;
+        }
+    }
+}
+
 /* Cancelled searches, a client gone and a worker killed mid-search hold no block afterwards. */
 static void test_no_leaks(void **state)
 {
@@ -374,15 +389,7 @@ static void test_no_leaks(void **state)
         assert_int_equal(gmc_cancel(a, ids[i]), GMC_OK);
     gmc_close(&b); /* its requests lose their client */
     int cancelled = 0, failed = 0;
-    for (int left = 4; left > 0;) {
-        gmc_event ev[16];
-        int k = gmc_poll(a, ev, 16, 60000);
-        assert_true(k > 0);
-        for (int j = 0; j < k; j++) {
-            left -= ev[j].finished;
-            cancelled += ev[j].finished && ev[j].finish_reason == GMC_FINISH_CANCELLED;
-        }
-    }
+    drain(a, 4, &cancelled, &failed);
     gmc_close(&a);
     expect_no_blocks_held();
 
@@ -401,15 +408,8 @@ static void test_no_leaks(void **state)
     pid_t w = td_worker_pid(g_pid, 0);
     assert_true(w > 0);
     kill(w, SIGKILL);
-    for (int left = N_KILL; left > 0;) {
-        gmc_event ev[16];
-        int k = gmc_poll(a, ev, 16, 60000);
-        assert_true(k > 0);
-        for (int j = 0; j < k; j++) {
-            left -= ev[j].finished;
-            failed += ev[j].finished && ev[j].error != GMC_OK;
-        }
-    }
+    int dummy = 0;
+    drain(a, N_KILL, &dummy, &failed);
     gmc_close(&a);
     print_message("cancelled mid-search: %d of 4; failed by the worker's death: %d of %d\n", cancelled, failed, N_KILL);
     assert_true(td_wait_ready(g_ep, g_pid, 120000));
