@@ -52,6 +52,7 @@ typedef struct bench_opts {
     int32_t connections;
     bool allow_errors;
     bool ignore_eos;
+    int32_t beam_width; /* > 1: beam search (RPC only), one hypothesis back, not streamed */
     double timeout_s; /* per run; 0 = none */
     int connect_timeout_ms;
     const char *server_key, *client_key; /* CurveZMQ key files, or NULL */
@@ -96,6 +97,9 @@ static void usage(FILE *f)
             "  --vocab N            vocabulary size for prompt ids (default 256000)\n"
             "  --prompts FILE       text prompts, one per line (used in turn); max_tokens = osl\n"
             "  --stop-at-eos        let generations end at EOS (default: forced to osl)\n"
+            "  --beam-width W       beam search over W (2..8) beams, the best hypothesis back whole (not\n"
+            "                       streamed: TTFT is the whole request); output tokens count that one\n"
+            "                       hypothesis, so tokens/s compares with --beam-width 1 (RPC only)\n"
             "  --num-requests N     measured requests (default: 4 x concurrency, at least 32; or 100)\n"
             "  --concurrency N      closed loop: at most N requests in flight (default: all at once)\n"
             "  --rate R             open loop: Poisson arrivals at R requests/s (with --concurrency: a cap)\n"
@@ -190,6 +194,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"markdown", ARGS_FLAG, &o->markdown},
         {"allow-errors", ARGS_FLAG, &o->allow_errors},
         {"stop-at-eos", ARGS_FLAG, &stop_at_eos},
+        {"beam-width", ARGS_INT, &o->beam_width, 0, 8},
         {"quiet", ARGS_FLAG, &o->quiet},
         {"http", ARGS_STRING, &o->http_url},
         {"model", ARGS_STRING, &o->model},
@@ -219,6 +224,10 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         return 2;
     }
     const char *http_only = o->chat ? "--chat" : o->model ? "--model" : o->api_key ? "--api-key" : NULL;
+    if (o->http_url && o->beam_width > 1) {
+        fprintf(stderr, "gemma-bench: --beam-width is for the RPC (not --http)\n");
+        return 2;
+    }
     if (!o->http_url && http_only) {
         fprintf(stderr, "gemma-bench: %s needs --http\n", http_only);
         return 2;
@@ -299,6 +308,10 @@ static int32_t rpc_submit(void *ctx, bench_run *r, int64_t i)
     p.max_tokens = r->osl[i];
     p.ignore_eos = o->ignore_eos;
     p.seed = r->seed + (uint64_t)i;
+    if (o->beam_width > 1) { /* the hypothesis comes back whole, in the final event */
+        p.beam_width = o->beam_width;
+        p.stream = false;
+    }
     r->reqs[i].t_submit = bench_now_ms();
     uintptr_t tag = ((uintptr_t)r->gen << 32) | (uintptr_t)(i + 1);
     return gmc_submit(b->conn[i % b->n_conn], &p, (void *)tag, &r->ids[i]);

@@ -40,6 +40,10 @@ static void usage(FILE *f)
             "  --print-logprobs   print one JSON line per generated token instead of the text:\n"
             "                     {\"id\", \"token\", \"logprob\", \"top_logprobs\": [{\"id\", \"token\", \"logprob\"}]}\n"
             "                     (--logprobs 0 unless given)\n"
+            "  --beam-width W     beam search over W (2..8) hypotheses; prints the best one (implies\n"
+            "                     --no-stream; greedy only)\n"
+            "  --length-penalty L the score of a hypothesis is sum logprob / tokens^L (default 1)\n"
+            "  --early-stopping   end the search once W hypotheses are finished\n"
             "  --tokens           PROMPT is a list of token ids (\"2,651,6037\"), used verbatim\n"
             "  --print-ids        print the generated token ids (space separated) instead of text\n"
             "  --no-stream        ask for one final reply instead of a stream\n"
@@ -239,6 +243,9 @@ int main(int argc, char **argv)
         {"logprobs", ARGS_INT, &logprobs, 0, 20},
         {"top-logprobs", ARGS_INT, &logprobs, 0, 20},
         {"print-logprobs", ARGS_FLAG, &print_lp},
+        {"beam-width", ARGS_INT, &p.beam_width, 0, 64},
+        {"length-penalty", ARGS_FLOAT, &p.length_penalty},
+        {"early-stopping", ARGS_FLAG, &p.early_stopping},
         {"tokens", ARGS_FLAG, &tokens},
         {"print-ids", ARGS_FLAG, &print_ids},
         {"stream", ARGS_FLAG, &p.stream, .negatable = true},
@@ -267,6 +274,8 @@ int main(int argc, char **argv)
         logprobs = 0;
     p.logprobs = logprobs >= 0;
     p.top_logprobs = logprobs > 0 ? logprobs : 0;
+    if (p.beam_width > 1) /* the hypotheses come back whole */
+        p.stream = false;
 
     gmc_client *c = NULL;
     int ctimeout = timeout > 0 ? (int)timeout : 10000;

@@ -164,6 +164,7 @@ void gmc_params_init(gmc_params *p)
 {
     memset(p, 0, sizeof(*p));
     p->top_p = 1.0f;
+    p->length_penalty = 1.0f;
     p->stream = true;
 }
 
@@ -520,6 +521,12 @@ gmc_code gmc_submit(gmc_client *c, const gmc_params *p, void *user, uint64_t *id
     g.stream = p->stream;
     g.ignore_eos = p->ignore_eos;
     g.n = p->n;
+    g.beam_width = p->beam_width;
+    if (p->beam_width > 1) {
+        g.length_penalty_set_case = GEMMA__V1__GENERATE_REQUEST__LENGTH_PENALTY_SET_LENGTH_PENALTY;
+        g.length_penalty = p->length_penalty;
+        g.early_stopping = p->early_stopping;
+    }
     cm.request_id = id;
     cm.body_case = GEMMA__V1__CLIENT_MESSAGE__BODY_GENERATE;
     cm.generate = &g;

@@ -131,6 +131,12 @@ typedef struct gmc_params {
     bool logprobs;            /* each event carries the log-probability of each of its tokens */
     int32_t top_logprobs;     /* and this many (0..20) most likely alternatives (implies logprobs) */
 
+    /* beam search: beam_width (2..8; 0 or 1 = off) hypotheses followed, the n best returned whole in
+     * one final event each (stream must be false; greedy only) */
+    int32_t beam_width;
+    float length_penalty;     /* score = sum logprob / (generated tokens ^ length_penalty); default 1 */
+    bool early_stopping;      /* end once beam_width hypotheses are finished */
+
     bool stream;          /* true (default): one event per decoded step; false: one final event */
     uint64_t request_id;  /* 0 = assigned by the library (unique per client); else yours,
                              must be unique among this client's in-flight requests */

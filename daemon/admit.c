@@ -77,6 +77,7 @@ void gd_req_free(gd_server *s, gd_req *r)
     req_untokenize(s, r);
     gd_req_uncharge(s, r);
     s->freed_bytes += REQ_OVERHEAD;
+    gd_beam_free(s, r); /* its beams past the choices' */
     for (int32_t i = 0; i < r->n_ch; i++) {
         gd_choice *c = &r->ch[i];
         if (c->seq) {
@@ -226,6 +227,7 @@ void gd_req_complete(gd_server *s, gd_req *r, fin_reason fr, err_code code, cons
         va_end(ap);
         r->errmsg = strdup(msg);
     }
+    gd_beam_end(s, r);
     for (int32_t i = 0; i < r->n_ch; i++) { /* the choices still going end with the request */
         gd_choice *c = &r->ch[i];
         if (c->done)
@@ -330,6 +332,39 @@ static bool check_sampling(const gd_gen_req *g, gm_sampling *out, char *msg, siz
     return true;
 }
 
+/* Beam search's settings, and what it cannot go with (the search picks tokens itself and returns
+ * whole hypotheses at the end). */
+static bool check_beam(const gd_gen_req *g, char *msg, size_t cap)
+{
+    if (g->beam_width < 0 || g->beam_width > SCHED_MAX_BEAM) {
+        snprintf(msg, cap, "beam_width %d: 0 or 1 (off), or 2..%d", g->beam_width, SCHED_MAX_BEAM);
+        return false;
+    }
+    if (g->beam_width <= 1)
+        return true;
+    const char *bad = g->n > g->beam_width                 ? "n larger than beam_width"
+                      : g->temperature > 0.0f              ? "temperature > 0 (beam search is deterministic)"
+                      : g->top_k > 1                       ? "top_k"
+                      : g->top_p > 0.0f && g->top_p < 1.0f ? "top_p < 1"
+                      : g->stream                          ? "streaming (hypotheses come back whole at the end)"
+                      : g->n_stops > 0                     ? "stop strings"
+                      : g->min_tokens > 0                  ? "min_tokens"
+                      : g->top_logprobs > 0                ? "top_logprobs (logprobs alone is supported)"
+                      : g->presence_penalty != 0.0f || g->frequency_penalty != 0.0f ||
+                              (g->repetition_penalty != 0.0f && g->repetition_penalty != 1.0f)
+                          ? "penalties"
+                          : NULL;
+    if (bad) {
+        snprintf(msg, cap, "beam search (beam_width %d) does not go with %s", g->beam_width, bad);
+        return false;
+    }
+    if (!isfinite(g->length_penalty)) {
+        snprintf(msg, cap, "length_penalty %g must be finite", (double)g->length_penalty);
+        return false;
+    }
+    return true;
+}
+
 /* What a request keeps while its prompt is tokenized off the loop. */
 struct gd_pending {
     sched_req sr;                      /* everything but the prompt */
@@ -398,7 +433,8 @@ static void admit_queue(gd_server *s, gd_req *r, sched_req *sr, const int32_t *i
     sr->n_prompt = n_ids;
     sr->user = r;
     int64_t room = sr->max_tokens > 0 ? sr->max_tokens : s->max_context; /* what a sequence may hold */
-    int64_t charge = r->n_ch * (REQ_OVERHEAD + 5 * ((int64_t)n_ids + room)); /* tokens + block tables, rounded up */
+    int64_t n_seqs = sr->beam_width > r->n_ch ? sr->beam_width : r->n_ch; /* beams: one sequence each */
+    int64_t charge = n_seqs * (REQ_OVERHEAD + 5 * ((int64_t)n_ids + room)); /* tokens + block tables, rounded up */
     if (s->waiting_bytes + charge > s->cfg->max_waiting_memory && s->cfg->max_waiting_memory > 0)
         REJECT(OVERLOADED, "the waiting queue holds %lld bytes of requests; this one would pass max_waiting_memory "
                "(%lld): retry later", (long long)s->waiting_bytes, (long long)s->cfg->max_waiting_memory);
@@ -415,9 +451,16 @@ static void admit_queue(gd_server *s, gd_req *r, sched_req *sr, const int32_t *i
         REJECT(INTERNAL, "%s", gm_last_error());
     }
     r->charge = 0;
-    for (int32_t i = 0; i < r->n_ch; i++) {
-        r->ch[i].seq = seqs[i];
+    for (int32_t i = 0; i < n_seqs; i++) {
+        if (i < r->n_ch)
+            r->ch[i].seq = seqs[i];
         r->charge += REQ_OVERHEAD + 4 * ((int64_t)seqs[i]->cap + seqs[i]->blocks_cap);
+    }
+    if (sr->beam_width > 1 && gd_beam_start(s, r, seqs, sr->beam_width) != GM_OK) {
+        for (int32_t i = r->n_ch; i < n_seqs; i++) /* the choices' are freed with r */
+            sched_seq_free(s->sch, &seqs[i]);
+        r->charge = 0;
+        REJECT(INTERNAL, "%s", gm_last_error());
     }
     s->waiting_bytes += r->charge;
     s->c.requests_total++;
@@ -452,6 +495,8 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
         REJECT(INVALID_ARGUMENT, "%s", msg);
     if (g->n < 0 || g->n > SCHED_MAX_N)
         REJECT(INVALID_ARGUMENT, "n = %d sequences: 1..%d allowed", g->n, SCHED_MAX_N);
+    if (!check_beam(g, msg, sizeof msg))
+        REJECT(INVALID_ARGUMENT, "%s", msg);
     if (g->max_tokens < 0)
         REJECT(INVALID_ARGUMENT, "max_tokens %lld is negative", (long long)g->max_tokens);
     if (g->max_tokens > s->max_context)
@@ -532,6 +577,12 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
     }
     r->min_tokens = g->min_tokens;
     r->lp_top = samp.logprobs ? samp.top_logprobs : -1;
+    if (g->beam_width > 1) { /* every beam asks for its top 2W; what it samples (greedy) is not used */
+        r->beam_length_penalty = g->length_penalty;
+        r->beam_early_stopping = g->early_stopping;
+        samp.logprobs = 1;
+        samp.top_logprobs = 2 * g->beam_width;
+    }
     sched_req sr = {0};
     sr.max_tokens = (int32_t)g->max_tokens;
     sr.sampling = samp;
@@ -540,7 +591,8 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
     sr.ignore_eos = g->ignore_eos;
     sr.stop_at_eot = g->kind == GD_PROMPT_CHAT;
     sr.min_tokens = g->min_tokens;
-    sr.n = n;
+    sr.n = g->beam_width > 1 ? 1 : n;
+    sr.beam_width = g->beam_width > 1 ? g->beam_width : 0;
     if (g->kind == GD_PROMPT_IDS) {
         admit_queue(s, r, &sr, g->ids, (int32_t)g->n_ids);
         goto out;

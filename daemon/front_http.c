@@ -550,6 +550,13 @@ static void gen_from_oai(gd_server *s, const oai_request *q, gd_gen_req *g, cons
     g->repetition_penalty = (float)q->repetition_penalty;
     g->min_tokens = q->min_tokens;
     g->n = q->n;
+    if (q->use_beam_search) { /* vLLM's names: best_of beams (completions; else n), the n best come back */
+        g->beam_width = q->best_of > 0 ? q->best_of : q->n;
+        g->length_penalty = (float)q->length_penalty;
+        g->early_stopping = q->early_stopping;
+        if (!q->has_temperature) /* OpenAI's default of 1 does not apply: beam search is greedy */
+            g->temperature = 0.0f;
+    }
 }
 
 /* Streaming: headers now, then the events that open every choice (chat: the role; echo: the prompt). */
@@ -600,9 +607,11 @@ static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
         oai_error_model_not_found(&e, x->q.model);
         st = GM_ERR_NOT_FOUND;
     }
-    if (st == GM_OK && x->q.use_beam_search)
-        st = oai_fail(&e, 400, "invalid_request_error", "use_beam_search", "unsupported_parameter",
-                      "Unsupported parameter: 'use_beam_search': beam search is not supported.");
+    int32_t beams = x->q.best_of > 0 ? x->q.best_of : x->q.n;
+    if (st == GM_OK && x->q.use_beam_search && (beams < 2 || beams > SCHED_MAX_BEAM))
+        st = oai_fail(&e, 400, "invalid_request_error", x->q.best_of > 0 ? "best_of" : "n", "invalid_value",
+                      "Invalid beam width %d ('best_of', else 'n'): beam search takes 2..%d beams.", beams,
+                      SCHED_MAX_BEAM);
     if (st == GM_OK && x->q.echo && x->q.logprobs)
         st = oai_fail(&e, 400, "invalid_request_error", "echo", "unsupported_parameter",
                       "Unsupported parameter: 'echo' with 'logprobs': gemmad does not compute the log-probabilities "
@@ -610,7 +619,7 @@ static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
     if (st == GM_OK && x->q.n > SCHED_MAX_N)
         st = oai_fail(&e, 400, "invalid_request_error", "n", "invalid_value",
                       "Invalid 'n': %d choices; gemmad generates at most %d per prompt.", x->q.n, SCHED_MAX_N);
-    if (st == GM_OK && x->q.best_of > x->q.n)
+    if (st == GM_OK && x->q.best_of > x->q.n && !x->q.use_beam_search)
         st = oai_fail(&e, 400, "invalid_request_error", "best_of", "unsupported_parameter",
                       "Unsupported parameter: 'best_of' larger than n is not supported.");
     if (st != GM_OK) {
@@ -754,6 +763,8 @@ static void on_metrics(gd_server *s, http_req *h)
     p->steps = (uint64_t)s->c.steps;
     p->worker_restarts = (uint64_t)s->c.worker_restarts;
     p->preemptions = (uint64_t)sched_preemptions(s->sch);
+    p->beam_forks = (uint64_t)sched_beam_forks(s->sch);
+    p->beam_shared_blocks = (uint64_t)sched_beam_shared(s->sch);
     p->finished[PROM_FINISH_ABORT] = (uint64_t)s->c.requests_cancelled;
     p->running = sched_running(s->sch);
     p->waiting = sched_waiting(s->sch);

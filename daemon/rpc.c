@@ -577,6 +577,11 @@ static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t 
     gg.top_logprobs = g->top_logprobs;
     gg.max_tokens = g->max_tokens;
     gg.n = g->n;
+    gg.beam_width = g->beam_width;
+    gg.length_penalty = g->length_penalty_set_case == GEMMA__V1__GENERATE_REQUEST__LENGTH_PENALTY_SET_LENGTH_PENALTY
+                            ? g->length_penalty
+                            : 1.0f;
+    gg.early_stopping = g->early_stopping;
     gg.stream = g->stream;
     gg.ignore_eos = g->ignore_eos;
     gg.stop_ids = g->stop_token_ids;

@@ -23,6 +23,7 @@ struct sched {
     int64_t cap_tokens; /* most tokens one sequence can ever hold: min(context, pool) */
     int64_t pc_queries, pc_hits; /* prefix cache: tokens looked up at admission, tokens found */
     int64_t forks;
+    int64_t beam_forks, beam_shared; /* beams re-pointed, blocks they took by reference */
     int32_t *hit_ids;   /* [blocks of cap_tokens] admission's lookup scratch */
     /* plan buffers, a ring: [max_seqs] entries each */
     struct plan_buf {
@@ -134,6 +135,7 @@ static void seq_free_mem(sched_seq *q)
     free(q->tokens);
     free(q->blocks);
     free(q->names);
+    free(q->beams);
     free(q);
 }
 
@@ -255,6 +257,14 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
         gm_fail(GM_ERR_INVALID_ARG, "n = %d sequences: at most %d", r->n, SCHED_MAX_N);
         return SCHED_REJECT_INVALID;
     }
+    int32_t beams = r->beam_width > 1 ? r->beam_width : 0;
+    if (beams && (beams > SCHED_MAX_BEAM || n > 1 || r->min_tokens > 0 || gm_sampling_has_penalties(&r->sampling))) {
+        gm_fail(GM_ERR_INVALID_ARG, "beam_width %d: at most %d, with one sequence, no min_tokens and no penalties",
+                r->beam_width, SCHED_MAX_BEAM);
+        return SCHED_REJECT_INVALID;
+    }
+    if (beams)
+        n = beams;
     int64_t limit = s->cap_tokens;
     if (r->n_prompt >= limit) {
         gm_fail(GM_ERR_CAPACITY, "the prompt has %d tokens; at most %lld fit (%s %lld)", r->n_prompt,
@@ -267,6 +277,13 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
         gm_fail(GM_ERR_CAPACITY, "prompt (%d tokens) + max_tokens (%d) = %lld exceeds the %s of %lld tokens",
                 r->n_prompt, r->max_tokens, (long long)(r->n_prompt + max_new),
                 limit == s->o.max_context ? "context" : "KV pool", (long long)limit);
+        return SCHED_REJECT_TOO_LONG;
+    }
+    if (beams && (beams > s->o.max_seqs || beams * kvb_blocks_for(s->kv, r->n_prompt + max_new) > s->o.kv_blocks)) {
+        /* a group runs whole: it must fit alone, even with nothing shared */
+        gm_fail(GM_ERR_CAPACITY, "beam_width %d: %d beams of %lld tokens need more than the %d slots or %lld KV "
+                "blocks there are", beams, beams, (long long)(r->n_prompt + max_new), s->o.max_seqs,
+                (long long)s->o.kv_blocks);
         return SCHED_REJECT_TOO_LONG;
     }
     if (s->o.max_waiting > 0 && s->waiting.n + n > s->o.max_waiting) {
@@ -287,8 +304,21 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
     /* penalties count a slot's tokens from position 0 (worker/engine_pen.h): such sequences neither fork
      * nor start at a cached prefix, each computes its whole prompt */
     bool share = !gm_sampling_has_penalties(&r->sampling);
+    if (beams && !(out[0]->beams = malloc((size_t)n * sizeof(sched_seq *)))) {
+        for (int32_t j = 0; j < n; j++)
+            seq_free_mem(out[j]);
+        out[0] = NULL;
+        gm_fail(GM_ERR_NOMEM, "out of memory for %d beams", n);
+        return SCHED_REJECT_NOMEM;
+    }
     for (int32_t i = 0; i < n; i++) {
-        if (i > 0 && share) { /* waits for sequence 0's prompt, then shares its blocks */
+        if (beams) { /* one group; beams past the first are dormant until sched_beam_reseat */
+            out[0]->beams[i] = out[i];
+            out[i]->beam_lead = out[0];
+            out[i]->beam_width = n;
+            if (i > 0)
+                out[i]->n_tokens = 0;
+        } else if (i > 0 && share) { /* waits for sequence 0's prompt, then shares its blocks */
             out[i]->fork_of = out[0];
             out[i]->kid_next = out[0]->kids;
             out[0]->kids = out[i];
@@ -307,6 +337,7 @@ static void release_kv(sched *s, sched_seq *q)
     q->n_computed = 0;
     q->n_pending = 0;
     q->ready_serial = 0;
+    q->beam_ready = false;
     q->epoch++; /* what outstanding steps sample for it is dropped */
     if (q->slot >= 0)
         s->free_slots[s->n_free_slots++] = q->slot;
@@ -338,11 +369,42 @@ static void preempt(sched *s, sched_seq *q)
     list_push_front(&s->waiting, q);
 }
 
-/* The newest running sequence that is not in the plan being built, or NULL. */
+/* True when a beam of q's group other than skip is in the plan being built. */
+static bool group_planned(const sched *s, const sched_seq *q, const sched_seq *skip)
+{
+    const sched_seq *l = q->beam_lead;
+    for (int32_t i = 0; l && i < l->beam_width; i++)
+        if (l->beams[i] != skip && l->beams[i]->state == SCHED_RUNNING && l->beams[i]->plan_mark == s->serial)
+            return true;
+    return false;
+}
+
+/* Preempt q, or its whole group when q is a beam (back to the queue's front in group order); *next
+ * (the caller's place in the running list) moves past every sequence removed. */
+static void preempt_seqs(sched *s, sched_seq *q, sched_seq **next)
+{
+    if (!q->beam_lead) {
+        if (*next == q)
+            *next = q->next;
+        preempt(s, q);
+        return;
+    }
+    sched_seq *l = q->beam_lead;
+    for (int32_t i = l->beam_width - 1; i >= 0; i--) { /* pushed to the front: the last first */
+        sched_seq *m = l->beams[i];
+        if (m->state != SCHED_RUNNING)
+            continue;
+        if (*next == m)
+            *next = m->next;
+        preempt(s, m);
+    }
+}
+
+/* The newest running sequence that is not in the plan being built (nor is a beam of its group), or NULL. */
 static sched_seq *pick_victim(sched *s)
 {
     for (sched_seq *q = s->running.tail; q; q = q->prev)
-        if (q->plan_mark != s->serial)
+        if (q->plan_mark != s->serial && !group_planned(s, q, NULL))
             return q;
     return NULL;
 }
@@ -493,8 +555,35 @@ static bool admit(sched *s, int b, sched_seq *q, int32_t *budget)
     start_running(s, q);
     int32_t left = q->n_tokens - q->n_computed;
     int32_t chunk = left < *budget ? left : *budget;
-    plan_add(s, b, q, chunk);
+    if (chunk > 0) /* none: a beam of a group admitted past the budget; a later plan feeds it */
+        plan_add(s, b, q, chunk);
     *budget -= chunk;
+    return true;
+}
+
+/* Admit every waiting beam of lead's group, or none (no slots or blocks for all of them). */
+static bool admit_group(sched *s, int b, sched_seq *lead, int32_t *budget)
+{
+    int32_t slots = 0;
+    int64_t blocks = 0;
+    for (int32_t i = 0; i < lead->beam_width; i++) {
+        const sched_seq *m = lead->beams[i];
+        if (m->state != SCHED_WAITING)
+            continue;
+        slots++;
+        blocks += kvb_blocks_for(s->kv, m->n_tokens); /* at most: the prefix cache may serve some */
+    }
+    if (slots > s->n_free_slots || blocks > kvb_available(s->kv))
+        return false;
+    for (int32_t i = 0; i < lead->beam_width; i++) {
+        sched_seq *m = lead->beams[i];
+        if (m->state != SCHED_WAITING)
+            continue;
+        if (m->n_tokens == 0) /* dormant: a slot and nothing to compute */
+            start_running(s, m);
+        else
+            admit(s, b, m, budget);
+    }
     return true;
 }
 
@@ -547,22 +636,24 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         int32_t v = virt_len(q);
         if (v - q->n_computed != 1 || v >= q->cap || v - q->n_prompt >= q->max_new)
             continue;
+        if (q->beam_lead && q->n_pending > 0) /* a beam's next token is the caller's choice */
+            continue;
         bool self = false;
         /* a victim may share blocks with q: count again after each */
         while (write_need(s, q, 1) > kvb_available(s->kv)) {
             sched_seq *victim = pick_victim(s);
-            if (!victim || victim == q) {
+            if (!victim || victim == q || (q->beam_lead && victim->beam_lead == q->beam_lead)) {
                 self = true;
                 break;
             }
-            if (victim == next)
-                next = victim->next;
-            preempt(s, victim);
+            preempt_seqs(s, victim, &next);
             preempted++;
         }
-        if (self) { /* q is the newest unplanned sequence: it yields */
-            preempt(s, q);
-            preempted++;
+        if (self) { /* q is the newest unplanned sequence: it yields (a beam with planned mates waits) */
+            if (!group_planned(s, q, q)) {
+                preempt_seqs(s, q, &next);
+                preempted++;
+            }
             continue;
         }
         plan_add(s, b, q, 1);
@@ -584,7 +675,11 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
     for (sched_seq *q = s->waiting.head, *next; q && budget > 0 && s->n_free_slots > 0; q = next) {
         next = q->next;
         sched_seq *p = q->fork_of;
-        if (p) {
+        if (q->beam_lead) {
+            if (!admit_group(s, b, q->beam_lead, &budget))
+                break;
+            next = s->waiting.head; /* the group left the queue, wherever its beams were */
+        } else if (p) {
             if (p->state != SCHED_RUNNING || !p->ready_serial || p->ready_serial >= s->serial)
                 continue;
             if (!fork_from(s, b, q, p, &budget))
@@ -610,7 +705,7 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
 
 int32_t sched_outstanding(const sched *s) { return s->n_out; }
 
-static bool is_stop_token(const sched *s, const sched_seq *q, int32_t tok)
+bool sched_is_stop(const sched *s, const sched_seq *q, int32_t tok)
 {
     if (!q->ignore_eos && (tok == s->o.eos_id || (q->stop_at_eot && tok == s->o.eot_id)))
         return true;
@@ -639,10 +734,15 @@ void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens)
             sched_finish_seq(s, q, SCHED_FINISH_ERROR);
             continue;
         }
+        if (q->beam_lead) { /* a beam keeps its log-probabilities, not the sample (sched_beam_reseat) */
+            q->beam_ready = true;
+            pb->got[i] = 1;
+            continue;
+        }
         q->tokens[q->n_tokens++] = tok;
         pb->got[i] = 1;
         register_known(s, q); /* a block whose last token was being sampled */
-        if (is_stop_token(s, q, tok)) {
+        if (sched_is_stop(s, q, tok)) {
             q->stop_token = true;
             sched_finish_seq(s, q, SCHED_FINISH_STOP);
         } else if (q->n_tokens - q->n_prompt >= q->max_new || q->n_tokens >= q->cap) {
@@ -706,6 +806,75 @@ int32_t sched_fail_running(sched *s, sched_seq **out)
     return n;
 }
 
+/* ---- beam groups ---- */
+
+bool sched_beam_ready(const sched *s, const sched_seq *lead)
+{
+    (void)s;
+    if (!lead->beams || lead->n_tokens == 0)
+        return false;
+    for (int32_t i = 0; i < lead->beam_width; i++) {
+        const sched_seq *m = lead->beams[i];
+        if (m->state != SCHED_RUNNING || (m->n_tokens > 0 && (!m->beam_ready || m->n_pending > 0)))
+            return false;
+    }
+    return true;
+}
+
+gm_status sched_beam_reseat(sched *s, sched_seq *lead, const int32_t *parent, const int32_t *token)
+{
+    int32_t W = lead->beam_width;
+    int32_t *nt[SCHED_MAX_BEAM] = {0}, *nb[SCHED_MAX_BEAM] = {0};
+    uint64_t *nn[SCHED_MAX_BEAM] = {0};
+    for (int32_t i = 0; i < W; i++) {
+        if (parent[i] < 0 || parent[i] >= W || lead->beams[parent[i]]->n_tokens == 0)
+            return gm_fail(GM_ERR_INVALID_ARG, "beam %d: parent %d is not a live beam", i, parent[i]);
+        if (parent[i] == i)
+            continue;
+        sched_seq *q = lead->beams[i];
+        nt[i] = malloc((size_t)q->cap * sizeof(int32_t));
+        nb[i] = malloc((size_t)q->blocks_cap * sizeof(int32_t));
+        nn[i] = malloc((size_t)q->blocks_cap * sizeof(uint64_t));
+        if (!nt[i] || !nb[i] || !nn[i]) {
+            for (int32_t j = 0; j <= i; j++)
+                free(nt[j]), free(nb[j]), free(nn[j]);
+            return gm_fail(GM_ERR_NOMEM, "beam search: out of memory re-pointing %d beams", W);
+        }
+    }
+    /* 1. copies of the parents' histories, from the tables as they are (each block one more reference) */
+    int32_t n_tok[SCHED_MAX_BEAM], n_blk[SCHED_MAX_BEAM], n_nam[SCHED_MAX_BEAM], n_comp[SCHED_MAX_BEAM];
+    for (int32_t i = 0; i < W; i++) {
+        if (!nt[i])
+            continue;
+        const sched_seq *p = lead->beams[parent[i]];
+        memcpy(nt[i], p->tokens, (size_t)p->n_tokens * sizeof(int32_t));
+        memcpy(nb[i], p->blocks, (size_t)p->n_blocks * sizeof(int32_t));
+        memcpy(nn[i], p->names, (size_t)p->n_named * sizeof(uint64_t));
+        for (int32_t j = 0; j < p->n_blocks; j++)
+            kvb_ref(s->kv, p->blocks[j]);
+        n_tok[i] = p->n_tokens, n_blk[i] = p->n_blocks, n_nam[i] = p->n_named, n_comp[i] = p->n_computed;
+        s->beam_forks++;
+        s->beam_shared += p->n_blocks;
+    }
+    /* 2. the beams that changed history drop their old one */
+    for (int32_t i = 0; i < W; i++) {
+        sched_seq *q = lead->beams[i];
+        if (nt[i]) {
+            if (q->n_blocks)
+                kvb_release(s->kv, q->blocks, q->n_blocks);
+            free(q->tokens), free(q->blocks), free(q->names);
+            q->tokens = nt[i], q->blocks = nb[i], q->names = nn[i];
+            q->n_tokens = n_tok[i], q->n_blocks = n_blk[i], q->n_computed = n_comp[i];
+            set_named(s, q, n_nam[i]);
+            q->table_reset = true;
+            q->epoch++;
+        }
+        q->tokens[q->n_tokens++] = token[i];
+        q->beam_ready = false;
+    }
+    return GM_OK;
+}
+
 /* The counters take NULL (gemmad before its workers first started): nothing runs, nothing is held. */
 int32_t sched_running(const sched *s) { return s ? s->running.n : 0; }
 int32_t sched_waiting(const sched *s) { return s ? s->waiting.n : 0; }
@@ -717,6 +886,8 @@ int64_t sched_kv_cached(const sched *s) { return s ? kvb_cached(s->kv) : 0; }
 int64_t sched_prefix_queries(const sched *s) { return s ? s->pc_queries : 0; }
 int64_t sched_prefix_hits(const sched *s) { return s ? s->pc_hits : 0; }
 int64_t sched_forks(const sched *s) { return s ? s->forks : 0; }
+int64_t sched_beam_forks(const sched *s) { return s ? s->beam_forks : 0; }
+int64_t sched_beam_shared(const sched *s) { return s ? s->beam_shared : 0; }
 int64_t sched_evictions(const sched *s) { return s ? kvb_evictions(s->kv) : 0; }
 bool sched_idle(const sched *s) { return !s || (s->running.n == 0 && s->waiting.n == 0); }
 sched_seq *sched_first_waiting(sched *s) { return s ? s->waiting.head : NULL; }
@@ -760,7 +931,7 @@ bool sched_check(const sched *s, char *why, size_t cap)
               (long long)i, kvb_refcount(s->kv, (int32_t)i), refs[i]);
     /* what a sequence writes next is its alone */
     for (const sched_seq *q = s->running.head; q; q = q->next)
-        for (int32_t j = q->n_computed / bs; j < q->n_blocks; j++)
+        for (int32_t j = q->n_computed / bs; j < q->n_blocks && !(q->beam_lead && !q->n_pending); j++)
             CHECK(refs[q->blocks[j]] == 1, "slot %d will write block %d (index %d), which %d tables hold", q->slot,
                   q->blocks[j], j, refs[q->blocks[j]]);
     CHECK(s->n_free_slots + s->running.n == s->o.max_seqs, "%d free slots + %d running != %d", s->n_free_slots,

@@ -53,7 +53,18 @@
  * Copy-on-write: before an entry writes into a block that another table also
  * holds, the writer gets a fresh block and the plan carries a copy (old ->
  * new) that the workers run before the step's forward pass; the entry then
- * resends its table (gm_seq_step.reset). */
+ * resends its table (gm_seq_step.reset).
+ *
+ * Beam groups (sched_req.beam_width = W > 1): W sequences scheduled as one. The first holds the prompt;
+ * the others start dormant (no tokens, no blocks: n_tokens == 0) and get a history by
+ * sched_beam_reseat. A beam never runs ahead: a plan feeds it only the token the caller appended, and
+ * at the commit the token the workers sampled is not appended; instead beam_ready says its
+ * log-probabilities are in (gm_seq_step's top_logprobs: the caller asked for them in the sampling).
+ * Once every non-dormant beam of the group is ready (sched_beam_ready), the caller picks the next round
+ * and re-points the beams: beam i takes beam parent[i]'s blocks by reference and its tokens, plus the
+ * new token; the write of that token into a shared partial block goes through copy-on-write. A group
+ * is admitted whole (slots for every beam, blocks for every known token) and preempted whole, so a
+ * group never waits on itself holding what its missing beams need. */
 #ifndef GM_SCHED_H
 #define GM_SCHED_H
 
@@ -68,6 +79,7 @@
 #define SCHED_MAX_STOP_IDS 64
 #define SCHED_MAX_OUTSTANDING 2 /* plans made and not yet committed */
 #define SCHED_MAX_N 64          /* sequences of one request (n) */
+#define SCHED_MAX_BEAM 8        /* beams of one request (beam_width) */
 
 typedef enum sched_state {
     SCHED_WAITING = 0,
@@ -109,6 +121,8 @@ typedef struct sched_req {
                             * outputs (sampling.min_tokens; sampling.n_prompt is set from the prompt) */
     int32_t n;             /* sequences from this prompt, 1..SCHED_MAX_N (0 = 1); sequence i samples with
                             * seed + i */
+    int32_t beam_width;    /* beam search (daemon/beam.h): 2..SCHED_MAX_BEAM sequences, one group; 0 or 1 = off.
+                            * n must be 1 (the group's sequences are its beams; out[] receives beam_width) */
     void *user;            /* the caller's request; never touched */
 } sched_req;
 
@@ -148,6 +162,11 @@ struct sched_seq {
     uint64_t ready_serial; /* the plan that fed its last prompt token (0: not yet, or preempted since) */
     sched_seq *fork_of;   /* n > 1, not forked yet: the sequence whose prompt blocks it will share */
     sched_seq *kids, *kid_next; /* the sequences waiting to fork from this one */
+    /* beam search (see "Beam groups" above) */
+    sched_seq *beam_lead; /* the group's first sequence (itself for the first); NULL: not a beam */
+    sched_seq **beams;    /* first sequence only: [beam_width] the group, beams[i]->index == i */
+    int32_t beam_width;
+    bool beam_ready;      /* its last token's log-probabilities came back (and nothing since changed it) */
 };
 
 typedef struct sched sched;
@@ -218,6 +237,18 @@ void sched_seq_free(sched *s, sched_seq **q);
  * hold max_seqs entries. */
 int32_t sched_fail_running(sched *s, sched_seq **out);
 
+/* True when the group of beam lead can take its next round: every beam running, every non-dormant one
+ * ready. */
+bool sched_beam_ready(const sched *s, const sched_seq *lead);
+
+/* The next round of lead's group: beam i becomes beam parent[i]'s history + token[i] (read from the
+ * histories before any changes), for i in 0..beam_width; its ready flag clears and its next plan feeds
+ * token[i]. GM_ERR_NOMEM leaves the group as it was. */
+gm_status sched_beam_reseat(sched *s, sched_seq *lead, const int32_t *parent, const int32_t *token);
+
+/* True when tok ends q's output: EOS (unless ignore_eos), <end_of_turn> in chat, a stop id. */
+bool sched_is_stop(const sched *s, const sched_seq *q, int32_t tok);
+
 /* Generated tokens of q so far. */
 static inline int32_t sched_seq_generated(const sched_seq *q) { return q->n_tokens - q->n_prompt; }
 
@@ -231,6 +262,8 @@ int64_t sched_kv_cached(const sched *s);     /* blocks kept for the prefix cache
 int64_t sched_prefix_queries(const sched *s); /* tokens of admitted sequences looked up in the cache */
 int64_t sched_prefix_hits(const sched *s);    /* of those, tokens found (prefill skipped) */
 int64_t sched_forks(const sched *s);          /* sequences started from another's prompt blocks (n > 1) */
+int64_t sched_beam_forks(const sched *s);     /* beams re-pointed at another beam's history */
+int64_t sched_beam_shared(const sched *s);    /* blocks those took by reference instead of computing them */
 int64_t sched_evictions(const sched *s);      /* cached blocks reused for other content */
 /* The whole accounting, for tests: kvb_check, every block's refcount = the
  * tables holding it, no sequence about to write a block another holds, slots.

@@ -63,6 +63,7 @@ typedef Gemma__V1__FinishReason fin_reason;
 typedef struct gd_client gd_client;
 typedef struct gd_req gd_req;
 typedef struct gd_pending gd_pending; /* admit.c: a request whose prompt is being tokenized */
+typedef struct gd_beam gd_beam;       /* beam_run.c: a beam search request's search */
 
 typedef enum gd_front {
     GD_FRONT_RPC = 0, /* a ZeroMQ client (rpc.c) */
@@ -106,6 +107,9 @@ struct gd_req {
     gd_pending *pend; /* while its prompt is tokenized off the loop (tokq.h); owned */
     uint64_t tok_job; /* that job's key in gd_server.tok_jobs, 0 = none */
     int64_t charge;   /* bytes counted in gd_server.waiting_bytes until it first runs or is freed */
+    gd_beam *beam;    /* beam search (beam_run.c), or NULL; owned */
+    float beam_length_penalty;
+    bool beam_early_stopping;
     gd_req *dirty_next;
     gd_req *live_prev, *live_next; /* every request not yet freed, in arrival order */
 };
@@ -164,6 +168,12 @@ typedef struct gd_gen_req {
     int32_t n;                 /* sequences (choices) for this prompt; 0 or 1 = one, at most SCHED_MAX_N;
                                 * choice i samples with seed + i, the prompt's KV is computed once (with a
                                 * penalty: once per choice, daemon/sched.h); every setting above is per choice */
+    /* beam search (beam_run.c): beam_width 2..8 beams, the n best hypotheses come back (n <= beam_width);
+     * greedy only (temperature 0, no top_k / top_p), no penalties, min_tokens, stop strings, top_logprobs
+     * or streaming */
+    int32_t beam_width;        /* 0 or 1 = off */
+    float length_penalty;      /* a hypothesis scores sum logprob / (generated tokens ^ length_penalty) */
+    bool early_stopping;       /* end once beam_width hypotheses are finished (else: once none can improve) */
 } gd_gen_req;
 
 struct gd_server {
@@ -286,6 +296,19 @@ void gd_admit_on_tokens(gd_server *s);
 void gd_req_uncharge(gd_server *s, gd_req *r);
 /* Give freed request memory back to the system (malloc_trim) after large frees, at most once a second. */
 void gd_admit_trim(gd_server *s, double now);
+
+/* ---- beam_run.c ---- */
+
+/* r's sequences came from the scheduler (seqs[0..width), a beam group): start its search; the choices
+ * hold seqs[0..n_ch), the search the rest. */
+gm_status gd_beam_start(gd_server *s, gd_req *r, sched_seq **seqs, int32_t width);
+/* A step entry of beam q of r was committed (got: its log-probabilities lp came; tok: what the
+ * workers returned): advance the search when the round is complete, or deliver its result. */
+void gd_beam_on_step(gd_server *s, gd_req *r, sched_seq *q, bool got, int32_t tok, const gm_token_logprobs *lp);
+/* r ends before its search did (gd_req_complete): every beam ends, the choices report no tokens. */
+void gd_beam_end(gd_server *s, gd_req *r);
+/* Free r's search and the beams it holds (gd_req_free, before the choices). */
+void gd_beam_free(gd_server *s, gd_req *r);
 
 /* ---- rpc.c ---- */
 

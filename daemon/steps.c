@@ -244,6 +244,10 @@ static void on_step_done(gd_server *s)
         if (!q)
             continue;
         gd_req *r = q->user;
+        if (r->beam) { /* beam search: the round's log-probabilities, no token of its own */
+            gd_beam_on_step(s, r, q, plan->got[i], s->step_tokens[i], lp && lp_has[i] ? &lp[i] : NULL);
+            continue;
+        }
         gd_choice *c = &r->ch[q->index];
         if (r->done || c->done)
             continue;

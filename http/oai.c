@@ -50,6 +50,7 @@ static const char *param_in_message(const char *msg)
         {"temperature ", "temperature"},
         {"top_k ", "top_k"},
         {"top_p ", "top_p"},
+        {"beam", "use_beam_search"}, /* "beam search (beam_width 4) does not go with ..." */
     };
     for (size_t i = 0; msg && i < sizeof fields / sizeof fields[0]; i++)
         if (!strncmp(msg, fields[i][0], strlen(fields[i][0])))

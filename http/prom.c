@@ -212,6 +212,9 @@ gm_status prom_render(const prom_metrics *m, jsonw *w)
             m->prefix_cache_queries);
     counter(w, "gemmad_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", m->prefix_cache_hits);
     counter(w, "gemmad_engine_steps_total", "Engine steps run.", m->steps);
+    counter(w, "gemmad_beam_forks_total", "Beam search: beams re-pointed at another beam's history.", m->beam_forks);
+    counter(w, "gemmad_beam_shared_blocks_total",
+            "Beam search: KV blocks those beams took by reference instead of computing them.", m->beam_shared_blocks);
 
     gauge(w, "gemmad_num_requests_running", "Requests in the running batch.", (double)m->running);
     gauge(w, "gemmad_num_requests_waiting", "Requests waiting to be scheduled.", (double)m->waiting);

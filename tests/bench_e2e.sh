@@ -119,4 +119,11 @@ if [ -z "$hits" ] || [ "$hits" -le 0 ]; then
 fi
 echo "ok: prefix_cache_hits = $hits"
 if [ $fail != 0 ]; then cat "$json" >&2; exit 1; fi
+# beam search: 4 beams each, the best hypothesis back whole (osl tokens: EOS is ignored)
+"$bench" --endpoint "$ep" --num-requests 16 --concurrency 4 --isl 8 --osl 8 --seed 3 --beam-width 4 \
+  --timeout 120 --json "$json" --quiet || { echo "FAIL: gemma-bench --beam-width" >&2; exit 1; }
+check completed == 16
+check failed == 0
+check output_tokens == 128
+if [ $fail != 0 ]; then cat "$json" >&2; exit 1; fi
 echo "PASS: gemma-bench against gemmad ($mode)"

@@ -3,6 +3,7 @@
 if(TARGET gm_daemon)
   gm_add_test(test_daemon_sched ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_sched.c LIBS gm_daemon TIMEOUT 60)
   gm_add_test(test_daemon_share ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_share.c LIBS gm_daemon TIMEOUT 120)
+  gm_add_test(test_daemon_beam_sched ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_beam_sched.c LIBS gm_daemon TIMEOUT 120)
   gm_add_test(test_daemon_config ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_config.c LIBS gm_daemon TIMEOUT 60)
 
   # gemmad links no device code (ldd, ELF sections, cuobjdump --list-elf when the toolkit has it)
@@ -22,6 +23,12 @@ if(TARGET gm_daemon)
     add_dependencies(${t} gemmad gemma-worker gemma-generate gemma-cli)
     set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED tiny_model)
   endforeach()
+  # beam search through the RPC against a reference search on a CPU engine in the test process
+  gm_add_test(test_daemon_beam ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_beam.c
+    LIBS gm_client gm_worker gm_parallel gm_common PkgConfig::ZMQ m TIMEOUT 600)
+  target_compile_definitions(test_daemon_beam PRIVATE ${GM_DAEMON_TEST_DEFS})
+  add_dependencies(test_daemon_beam gemmad gemma-worker)
+  set_tests_properties(test_daemon_beam PROPERTIES FIXTURES_REQUIRED tiny_model)
   # logprobs, penalties, min_tokens through the RPC, checked against a CPU engine in the test process
   gm_add_test(test_daemon_sampling ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_sampling.c
     LIBS gm_client gm_worker gm_parallel gm_common PkgConfig::ZMQ m TIMEOUT 600)

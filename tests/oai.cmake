@@ -41,7 +41,10 @@ if(TARGET gemmad AND TARGET gemma-generate AND TARGET gemma-cli)
   # the clients' sampling flags: gemma-cli over the RPC against gemma-generate offline
   gm_add_py_test(test_cli_sampling test_cli_sampling.py $<TARGET_FILE:gemmad> $<TARGET_FILE:gemma-cli>
                  $<TARGET_FILE:gemma-generate> ${CMAKE_BINARY_DIR}/models/tiny)
-  foreach(t test_http_openai test_http_serve test_cli_sampling)
+  # beam search over HTTP (openai package) and gemma-cli --beam-width
+  gm_add_py_test(test_http_beam test_http_beam.py $<TARGET_FILE:gemmad> $<TARGET_FILE:gemma-cli>
+                 ${CMAKE_BINARY_DIR}/models/tiny)
+  foreach(t test_http_openai test_http_serve test_cli_sampling test_http_beam)
     if(TEST ${t})
       set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED "tiny_model;tiny_gemma3" TIMEOUT 600)
     endif()

@@ -30,6 +30,8 @@ def main():
         "gemmad_prefix_cache_queries": "counter",
         "gemmad_prefix_cache_hits": "counter",
         "gemmad_engine_steps": "counter",
+        "gemmad_beam_forks": "counter",
+        "gemmad_beam_shared_blocks": "counter",
         "gemmad_num_requests_running": "gauge",
         "gemmad_num_requests_waiting": "gauge",
         "gemmad_kv_cache_usage_perc": "gauge",
