@@ -15,6 +15,7 @@
 #   prefill  Hopper prefill vs mma.sync vs torch SDPA (cuDNN, flash) at T = 1k..8k (bench/run_prefill.sh)
 #   b1       bench_decode batch 1 and 4, 2b and 7b FP8 (static scales, FP8 LM head): this build and the base
 #   g23b     bench_decode of gemma2-9b / gemma3-4b / gemma3-12b shapes, FP8, batch 1 and 64
+#   beam     beam width 4 vs 1 at 1 and 64 requests in flight, 2b bf16 (bench/run_beam.sh)
 # Logs: $OUT/wave.tgz (everything), $OUT/summary.txt (the lines printed last).
 set -u
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null  # 1,024 HTTP streams and the bench's side of them
@@ -187,6 +188,10 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
       timeout 90 $P/bench_decode --preset $m --batch 1,64 --gen 64 --quant fp8 --kv-dtype fp8 > "$W/g23b_$m.log" 2>&1
       say "[g23b $m fp8] $(grep -E 'tok/s' "$W/g23b_$m.log" | tail -2 | tr '\n' ' ')"
     done
+    ;;
+  beam) # issue 17: beam width 4 vs 1 at 1 and 64 in flight (bench/run_beam.sh)
+    [ "$(left)" -gt 90 ] && PACK=$P GM_MODELS=$M OUT=$W/beam timeout $(( $(left) - 10 )) bash bench/run_beam.sh > /dev/null 2>&1
+    [ -f "$W/beam/beam_summary.txt" ] && sed "s/^/[beam] /" "$W/beam/beam_summary.txt" | tee -a "$summary"
     ;;
   *) say "unknown phase $ph" ;;
   esac
