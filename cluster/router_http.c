@@ -17,7 +17,7 @@
  * logprobs, the penalties, min_tokens and n go through the RPC; the replicas spell the tokens of the
  * logprobs (TokenLogprobs.token), so no tokenizer is needed here. With n > 1 a prompt's chunks name
  * their choice (GenerateChunk.index): OpenAI's index is prompt * n + choice, and the prompt's request
- * ends at the chunk with usage. best_of beyond n, beam search and echo are refused with a 400 naming
+ * ends at the chunk with usage. best_of beyond n (without beam search) and echo are refused with a 400 naming
  * the field. */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -397,10 +397,8 @@ bool rt_http_deliver(gc_router *r, const uint8_t *id, size_t id_len, const Gemma
  * NULL. */
 static const char *unsupported_field(const oai_request *q)
 {
-    if (q->best_of > q->n)
+    if (q->best_of > q->n && !q->use_beam_search)
         return "best_of";
-    if (q->use_beam_search)
-        return "use_beam_search";
     if (q->echo)
         return "echo";
     return NULL;
@@ -468,6 +466,14 @@ static void x_submit(gc_router *r, rh_x *x, int32_t i, const gm_chat_msg *msgs, 
     gr.stream = q->stream;
     gr.ignore_eos = q->ignore_eos;
     gr.n = q->n;
+    if (q->use_beam_search) { /* the replica checks the width and what goes with it, as gemmad's own HTTP does */
+        gr.beam_width = q->best_of > 0 ? q->best_of : q->n;
+        gr.length_penalty_set_case = GEMMA__V1__GENERATE_REQUEST__LENGTH_PENALTY_SET_LENGTH_PENALTY;
+        gr.length_penalty = (float)q->length_penalty;
+        gr.early_stopping = q->early_stopping;
+        if (!q->has_temperature) /* beam search is greedy: OpenAI's default of 1 does not apply */
+            sp.temperature = 0.0f;
+    }
     size_t n = gemma__v1__client_message__get_packed_size(&cm);
     uint8_t *buf = malloc(n);
     if (buf) {

@@ -43,6 +43,8 @@
 #include "http/oai.h"
 #include "daemon/server_int.h"
 
+_Static_assert(OAI_MAX_BEAM == SCHED_MAX_BEAM, "http/oai.c checks the beam width the scheduler takes");
+
 #define HX_MAX_BACKLOG (8u << 20) /* unread stream bytes after which a slow client is cut off */
 #define HTTP_JSON "application/json"
 
@@ -607,11 +609,6 @@ static void on_generate(gd_server *s, http_req *h, oai_endpoint ep)
         oai_error_model_not_found(&e, x->q.model);
         st = GM_ERR_NOT_FOUND;
     }
-    int32_t beams = x->q.best_of > 0 ? x->q.best_of : x->q.n;
-    if (st == GM_OK && x->q.use_beam_search && (beams < 2 || beams > SCHED_MAX_BEAM))
-        st = oai_fail(&e, 400, "invalid_request_error", x->q.best_of > 0 ? "best_of" : "n", "invalid_value",
-                      "Invalid beam width %d ('best_of', else 'n'): beam search takes 2..%d beams.", beams,
-                      SCHED_MAX_BEAM);
     if (st == GM_OK && x->q.echo && x->q.logprobs)
         st = oai_fail(&e, 400, "invalid_request_error", "echo", "unsupported_parameter",
                       "Unsupported parameter: 'echo' with 'logprobs': gemmad does not compute the log-probabilities "

@@ -678,6 +678,10 @@ static gm_status read_choices(const cJSON *obj, oai_request *r, oai_error *e)
         if (r->best_of > 0 && r->best_of < r->n)
             return BAD(e, "best_of", "invalid_value", "Invalid 'best_of': %d is less than n (%d).", r->best_of, r->n);
     }
+    int32_t beams = r->best_of > 0 ? r->best_of : r->n;
+    if (r->use_beam_search && (beams < 2 || beams > OAI_MAX_BEAM))
+        return BAD(e, r->best_of > 0 ? "best_of" : "n", "invalid_value",
+                   "Invalid beam width %d ('best_of', else 'n'): beam search takes 2..%d beams.", beams, OAI_MAX_BEAM);
     return GM_OK;
 }
 

@@ -40,6 +40,7 @@ extern "C" {
 #define OAI_MAX_PROMPTS 128      /* prompts in one completions request */
 #define OAI_MAX_MESSAGES 1024    /* chat messages */
 #define OAI_MAX_N 128            /* choices per request (OpenAI's limit) */
+#define OAI_MAX_BEAM 8           /* beams of a use_beam_search request (the RPC's beam_width limit) */
 #define OAI_MAX_TOKEN_ID 0x7fffffff
 /* OpenAI's default max_tokens for /v1/completions when none is given (chat has none). */
 #define OAI_COMPLETIONS_DEFAULT_MAX_TOKENS 16

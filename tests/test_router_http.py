@@ -9,7 +9,7 @@ what a replica answers over its own HTTP API, streamed and not; a list of prompt
 replica says, n above 64, best_of beyond n and echo 400 naming the field); logprobs (both shapes,
 streamed and not), penalties and min_tokens passed through the RPC, equal to a replica's own answers;
 n > 1 (choices with their indexes, a list of prompts times n, streamed chunks naming their choice,
-usage once) equal to a replica's own answer; a client
+usage once) and beam search (use_beam_search with best_of / n) equal to a replica's own answer; a client
 that disconnects mid-stream has its request cancelled at the replica (its KV blocks come back);
 /metrics parsed by prometheus_client; with every replica gone, /health says 503 and a request
 is refused, and the router exits cleanly on SIGTERM. Exit 77 only when openai or
@@ -127,6 +127,24 @@ def n_through(c, direct):
     assert [(x.index, x.message.content) for x in got.choices] == [(x.index, x.message.content) for x in want.choices]
 
 
+def beam_through(c, direct):
+    """use_beam_search through the RPC: the router answers what a replica answers; a width outside 2..8
+    is a 400 naming the field, from the router's own check."""
+    kw = dict(model="tiny", prompt="Once upon a time", n=2, best_of=4, max_tokens=8,
+              extra_body={"use_beam_search": True, "length_penalty": 0.5})
+    want, got = direct.completions.create(**kw), c.completions.create(**kw)
+    assert [(x.index, x.text, x.finish_reason) for x in got.choices] == \
+        [(x.index, x.text, x.finish_reason) for x in want.choices]
+    assert got.usage == want.usage
+    ck = dict(model="tiny", messages=[{"role": "user", "content": "Hello"}], n=3, max_tokens=6,
+              extra_body={"use_beam_search": True})
+    want, got = direct.chat.completions.create(**ck), c.chat.completions.create(**ck)
+    assert [(x.index, x.message.content) for x in got.choices] == [(x.index, x.message.content) for x in want.choices]
+    for extra, param in [({"use_beam_search": True}, "n"), ({"use_beam_search": True, "best_of": 9}, "best_of")]:
+        expect(openai.BadRequestError, 400,
+               lambda x=extra: c.completions.create(model="tiny", prompt="a", max_tokens=2, extra_body=x), param=param)
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="gd-router-http-") as tmp:
         reps = [Daemon(GEMMAD, tmp, f"rep{i}", "--model", TINY, "--backend", "cpu") for i in range(2)]
@@ -176,6 +194,7 @@ def main():
                 model="tiny", prompt="a", extra_body={"min_tokens": 20}), param="min_tokens")  # > max_tokens 16
             sampling_through(c, direct)
             n_through(c, direct)
+            beam_through(c, direct)
             st, _, data = rt.request("POST", "/v1/completions", b"{oops")
             assert st == 400 and "error" in json.loads(data)
             st, _, data = rt.request("POST", "/tokenize", {"prompt": "x"})
