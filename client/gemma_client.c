@@ -10,6 +10,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/curve.h"
 #include "proto/gemma.pb-c.h"
 
@@ -166,13 +167,6 @@ void gmc_params_init(gmc_params *p)
     p->top_p = 1.0f;
     p->length_penalty = 1.0f;
     p->stream = true;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 /* ---- request table ---- */
@@ -927,9 +921,9 @@ int gmc_poll(gmc_client *c, gmc_event *events, int max_events, int timeout_ms)
 {
     free_lent(c);
     if (c->q_len == 0) {
-        double deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
+        double deadline = timeout_ms > 0 ? gm_now_ms() + timeout_ms : 0;
         for (;;) {
-            int left = timeout_ms < 0 ? -1 : timeout_ms == 0 ? 0 : (int)(deadline - now_ms());
+            int left = timeout_ms < 0 ? -1 : timeout_ms == 0 ? 0 : (int)(deadline - gm_now_ms());
             if (timeout_ms > 0 && left < 0)
                 left = 0;
             int n = wait_recv(c, left);
@@ -963,9 +957,9 @@ int gmc_poll(gmc_client *c, gmc_event *events, int max_events, int timeout_ms)
 static gmc_code wait_for(gmc_client *c, int timeout_ms)
 {
     int t = timeout_ms == 0 ? c->timeout_ms : timeout_ms;
-    double deadline = t > 0 ? now_ms() + t : 0;
+    double deadline = t > 0 ? gm_now_ms() + t : 0;
     while (!c->wait_done) {
-        int left = t < 0 ? -1 : (int)(deadline - now_ms());
+        int left = t < 0 ? -1 : (int)(deadline - gm_now_ms());
         if (t > 0 && left <= 0)
             return cfail(c, GMC_ERR_TIMEOUT, "no answer from gemmad within %d ms", t);
         int n = wait_recv(c, left);

@@ -10,13 +10,6 @@
 #include "common/pbscan.h"
 #include "common/utf8.h"
 
-double rt_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 uint64_t rt_mix64(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ull;
@@ -234,7 +227,7 @@ void rt_req_dispatch(gc_router *r, rt_req *q, bool is_new)
         if (!p) {
             if (!is_new || r->q_len < r->cfg->max_queue) {
                 /* the wait is counted from when it first found no room */
-                queue_push(r, q, q->deadline > 0 ? q->deadline : rt_now_ms() + r->cfg->queue_timeout_ms);
+                queue_push(r, q, q->deadline > 0 ? q->deadline : gm_now_ms() + r->cfg->queue_timeout_ms);
                 return;
             }
             int up = 0;
@@ -294,7 +287,7 @@ static void answer_health(gc_router *r, const uint8_t *id, size_t id_len, uint64
     h.request_id = request_id;
     h.shutting_down = r->stopping;
     h.version = RT_VERSION;
-    h.uptime_s = (rt_now_ms() - r->t_start) / 1e3;
+    h.uptime_s = (gm_now_ms() - r->t_start) / 1e3;
     h.model = "";
     h.backend = "";
     for (int i = 0; i < r->n_reps; i++) {
@@ -356,7 +349,7 @@ static void answer_stats(gc_router *r, const uint8_t *id, size_t id_len, uint64_
     s.requests_failed = atomic_load(&r->c_failed) + atomic_load(&r->c_shed);
     s.requests_cancelled = atomic_load(&r->c_cancelled);
     s.clients = (int32_t)r->n_clients;
-    s.uptime_s = (rt_now_ms() - r->t_start) / 1e3;
+    s.uptime_s = (gm_now_ms() - r->t_start) / 1e3;
     m.body_case = GEMMA__V1__SERVER_MESSAGE__BODY_STATS;
     m.stats = &s;
     rt_send_to_client(r, id, id_len, &m);
@@ -601,7 +594,7 @@ gm_status gc_router_run(gc_router *r)
     int cap = 0;
     gm_status st = GM_OK;
     for (;;) {
-        double now = rt_now_ms();
+        double now = gm_now_ms();
         if (atomic_load(&r->stop_flag) && !r->stopping) {
             r->stopping = true;
             stop_deadline = now + r->cfg->shutdown_timeout_ms;
@@ -653,7 +646,7 @@ gm_status gc_router_run(gc_router *r)
             st = gm_fail(GM_ERR_ZMQ, "zmq_poll: %s", zmq_strerror(errno));
             break;
         }
-        now = rt_now_ms();
+        now = gm_now_ms();
         /* replicas first: their answers free room for new requests */
         for (int i = first_rep; i < n; i++) {
             rt_replica *p = owners[i];
@@ -747,7 +740,7 @@ gm_status gc_router_new(const gc_router_config *c, void *zmq_ctx, gc_router **ou
     if (!r)
         return gm_fail(GM_ERR_NOMEM, "router");
     r->cfg = c;
-    r->t_start = rt_now_ms();
+    r->t_start = gm_now_ms();
     r->next_rid = 1;
     r->ctx = zmq_ctx;
     if (!r->ctx) {

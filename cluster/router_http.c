@@ -663,7 +663,7 @@ static void on_metrics(gc_router *r, http_req *h)
     gauge(w, "gemma_router_requests_in_flight", "Requests at replicas or held.", (double)r->n_reqs);
     gauge(w, "gemma_router_requests_queued", "Requests held while every replica is full.", r->q_len);
     gauge(w, "gemma_router_http_connections", "Open HTTP connections.", (double)http_server_connections(r->http->srv));
-    gauge(w, "gemma_router_uptime_seconds", "Seconds since the router started.", (rt_now_ms() - r->t_start) / 1e3);
+    gauge(w, "gemma_router_uptime_seconds", "Seconds since the router started.", (gm_now_ms() - r->t_start) / 1e3);
     respond_w(h, w, 200, PROM_CONTENT_TYPE);
 }
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <zmq.h>
 
+#include "common/clock.h"
 #include "common/curve.h"
 #include "cluster/router.h"
 #include "proto/cluster.pb-c.h"
@@ -125,8 +126,7 @@ typedef struct rt_peer {
     bool local;               /* on this host: an ipc socket or a loopback address */
 } rt_peer;
 
-/* router.c: time, hashing, requests, replies to clients, dispatch */
-double rt_now_ms(void);
+/* router.c: hashing, requests, replies to clients, dispatch */
 uint64_t rt_mix64(uint64_t x);
 rt_req *rt_req_by_rid(gc_router *r, uint64_t rid);
 void rt_req_remove(gc_router *r, rt_req *q);

@@ -91,7 +91,7 @@ rt_replica *rt_replica_add(gc_router *r, const char *endpoint, const char *name,
     p->dynamic = dynamic;
     p->max_in_flight = max_in_flight > 0 ? max_in_flight : r->cfg->max_in_flight;
     p->serial = r->serial++;
-    p->down_since = p->last_register = rt_now_ms();
+    p->down_since = p->last_register = gm_now_ms();
     if (!p->endpoint || !p->name)
         gm_fail(GM_ERR_NOMEM, "replica '%s'", endpoint);
     if (!p->endpoint || !p->name || rt_replica_open_socket(r, p) != GM_OK) {
@@ -199,7 +199,7 @@ void rt_replica_down(gc_router *r, rt_replica *p, const char *why)
     GM_WARN("replica %s taken out: %s; %d request(s) in flight there", p->label, why,
             p->in_flight);
     p->up = p->serving = false;
-    p->down_since = rt_now_ms();
+    p->down_since = gm_now_ms();
     p->failures++;
     p->ext_load = 0;
     rt_req **moved;

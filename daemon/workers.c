@@ -25,13 +25,6 @@
 #include "ctl/plan.h"
 #include "daemon/workers_int.h"
 
-int64_t wk_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The spec rank r is to be created with. */
 void wk_spec_for(const wk_pool *p, int r, gm_worker_spec *out)
 {
@@ -516,7 +509,7 @@ void wk_pool_destroy(wk_pool **pp)
     for (int r = 0; r < p->tp; r++)
         if (p->pids[r] > 0)
             wk_send(p, r, &m);
-    int64_t deadline = wk_now_ms() + 2000;
+    int64_t deadline = (int64_t)gm_now_ms() + 2000;
     for (;;) {
         bool any = false;
         for (int r = 0; r < p->tp; r++) {
@@ -528,7 +521,7 @@ void wk_pool_destroy(wk_pool **pp)
             else
                 any = true;
         }
-        if (!any || wk_now_ms() >= deadline)
+        if (!any || (int64_t)gm_now_ms() >= deadline)
             break;
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "common/clock.h"
 #include "ctl/slots.h"
 #include "daemon/workers.h"
 #include "proto/control.pb-c.h"
@@ -78,7 +79,6 @@ struct wk_pool {
 };
 
 /* ---- workers.c ---- */
-int64_t wk_now_ms(void);
 gm_status wk_status(int32_t s);
 gm_status wk_send(wk_pool *p, int r, const ctl_msg *m);
 /* One [id][payload] message without blocking; *m NULL when nothing or malformed. The sender's

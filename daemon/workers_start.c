@@ -407,7 +407,7 @@ static wk_state wk_spawn_all(wk_pool *p)
         snprintf(msg, sizeof msg, "%s", gm_last_error());
         return wk_fail(p, st, "%s", msg);
     }
-    p->t_launch = wk_now_ms();
+    p->t_launch = (int64_t)gm_now_ms();
     p->state = WK_STATE_STARTING;
     return p->state;
 }
@@ -435,7 +435,7 @@ wk_state wk_pool_launch(wk_pool *p)
         return wk_fail(p, st, "%s", msg);
     }
     if (!wk_reap(p)) {
-        p->reap_deadline = wk_now_ms() + WK_REAP_MS;
+        p->reap_deadline = (int64_t)gm_now_ms() + WK_REAP_MS;
         p->state = WK_STATE_REAPING;
         return p->state;
     }
@@ -482,7 +482,7 @@ static wk_state wk_all_ready(wk_pool *p)
         sp->max_context = p->sizing.max_context;
     }
     GM_INFO("%d worker%s ready on %s after %lld ms", (int)p->tp, p->tp > 1 ? "s" : "", p->endpoint,
-            (long long)(wk_now_ms() - p->t_launch));
+            (long long)((int64_t)gm_now_ms() - p->t_launch));
     wk_log_sizing(p);
     p->state = WK_STATE_READY;
     return p->state;
@@ -529,7 +529,7 @@ wk_state wk_pool_advance(wk_pool *p)
         return WK_STATE_FAILED;
     wk_reap(p);
     if (p->state == WK_STATE_REAPING) {
-        if (p->n_reap > 0 && wk_now_ms() < p->reap_deadline)
+        if (p->n_reap > 0 && (int64_t)gm_now_ms() < p->reap_deadline)
             return p->state;
         if (p->n_reap > 0)
             GM_WARN("%d killed worker(s) not gone after %d ms; starting the new ones anyway", (int)p->n_reap,
@@ -556,7 +556,7 @@ wk_state wk_pool_advance(wk_pool *p)
     }
     if (p->n_ready == p->tp)
         return wk_all_ready(p);
-    int64_t now = wk_now_ms();
+    int64_t now = (int64_t)gm_now_ms();
     if (p->dead_rank < 0) {
         for (int r = 0; r < p->tp; r++) {
             int ws = 0;

@@ -67,11 +67,13 @@ ip netns exec "$NA" "$B/cluster/gemma-router" --listen "$A:5550" --replica "$A:5
     --heartbeat-ms 200 --dead-ms 1000 > "$T/router.log" 2>&1 &
 PIDS+=($!)
 
-# up to 60 s for both replicas to serve and the router to see both (summed KV pool)
+# up to 60 s for both replicas to serve and the router to see both (summed KV pool, both serving)
 for i in $(seq 600); do
     ka=$(inA "$B/client/gemma-cli" --endpoint "$A:5555" --timeout 1000 --stats 2> /dev/null | awk '/^kv_blocks_total:/ {print $2}')
     kr=$(inB "$B/client/gemma-cli" --endpoint "$A:5550" --timeout 1000 --stats 2> /dev/null | awk '/^kv_blocks_total:/ {print $2}')
-    [ -n "$ka" ] && [ -n "$kr" ] && [ "$kr" = $((2 * ka)) ] && break
+    # the sizes are known before the workers are up: wait for the router to call both serving too
+    [ -n "$ka" ] && [ -n "$kr" ] && [ "$kr" = $((2 * ka)) ] && [ "$(grep -c 'is serving' "$T/router.log")" -ge 2 ] &&
+        break
     sleep 0.1
 done
 [ -n "${ka:-}" ] && [ "${kr:-}" = $((2 * ka)) ] || fail "the router did not see both replicas (kv $kr vs 2 x $ka)"
