@@ -30,6 +30,7 @@
 #include "common/log.h"
 #include "common/utf8.h"
 #include "daemon/server_int.h"
+#include "daemon/spec.h"
 
 gd_req *gd_req_new(gd_server *s, gd_front f, uint64_t rid)
 {
@@ -541,6 +542,9 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
     sr.stop_at_eot = g->kind == GD_PROMPT_CHAT;
     sr.min_tokens = g->min_tokens;
     sr.n = n;
+    if (g->spec_k < -1 || g->spec_k > SPEC_MAX_K)
+        REJECT(INVALID_ARGUMENT, "speculative_tokens %d: -1 (off), 0 (the default) or 1..%d", g->spec_k, SPEC_MAX_K);
+    sr.spec_k = g->spec_k < 0 ? 0 : g->spec_k > 0 ? g->spec_k : s->cfg->speculative_tokens;
     if (g->kind == GD_PROMPT_IDS) {
         admit_queue(s, r, &sr, g->ids, (int32_t)g->n_ids);
         goto out;

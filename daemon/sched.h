@@ -50,6 +50,14 @@
  * freed before they fork, they are admitted like any other sequence (with the
  * prefix cache, its cached blocks still serve them).
  *
+ * Speculative decoding (r->spec_k > 0, daemon/spec.h, docs/SPECULATIVE.md): a running sequence whose
+ * tokens are all known drafts up to k tokens by prompt lookup and decodes its last token and the drafts
+ * in one GM_LOGITS_VERIFY entry, with blocks for every drafted position; the commit keeps the drafts the
+ * samples confirm and the first sample that differs, sets n_computed to what is right in the KV (the
+ * next entry overwrites the rejected positions) and gives back blocks that hold only rejected positions.
+ * Such a sequence never runs ahead (it is planned only when none of its steps is outstanding), and only
+ * tokens it accepted are ever registered in the prefix cache. With no draft it decodes one token.
+ *
  * Copy-on-write: before an entry writes into a block that another table also
  * holds, the writer gets a fresh block and the plan carries a copy (old ->
  * new) that the workers run before the step's forward pass; the entry then
@@ -109,6 +117,8 @@ typedef struct sched_req {
                             * outputs (sampling.min_tokens; sampling.n_prompt is set from the prompt) */
     int32_t n;             /* sequences from this prompt, 1..SCHED_MAX_N (0 = 1); sequence i samples with
                             * seed + i */
+    int32_t spec_k;        /* speculative decoding: tokens drafted per step, 0..SPEC_MAX_K (daemon/spec.h);
+                            * 0 = off. Ignored (off) with penalties or log-probabilities */
     void *user;            /* the caller's request; never touched */
 } sched_req;
 
@@ -148,6 +158,7 @@ struct sched_seq {
     uint64_t ready_serial; /* the plan that fed its last prompt token (0: not yet, or preempted since) */
     sched_seq *fork_of;   /* n > 1, not forked yet: the sequence whose prompt blocks it will share */
     sched_seq *kids, *kid_next; /* the sequences waiting to fork from this one */
+    int32_t spec_k;       /* tokens to draft per step (speculative decoding), 0 = off */
 };
 
 typedef struct sched sched;
@@ -158,7 +169,8 @@ typedef struct sched sched;
 typedef struct sched_plan {
     gm_seq_step *steps; /* [n] */
     sched_seq **seqs;   /* [n] */
-    uint8_t *got;       /* [n] set by sched_commit_step: 1 where a token was appended to the sequence */
+    uint8_t *got;       /* [n] set by sched_commit_step: how many tokens were appended to the sequence (1, or
+                         * up to 1 + k for a verify entry) */
     int32_t n;
     int32_t n_tokens;   /* sum of steps[i].n_tokens */
     int32_t n_preempted; /* sequences preempted while planning this step */
@@ -201,6 +213,13 @@ int32_t sched_outstanding(const sched *s);
  * changed (and finished ones to end them). */
 void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens);
 
+/* sched_commit_step for a plan with verify entries (speculative decoding): verify [n_verify] holds their
+ * samples, n_tokens per such entry in plan order (wk_pool_verify). A verify entry appends its accepted
+ * drafts and the target's next token (daemon/spec.h), stopping at a stop token or the length limit;
+ * false (nothing applied) when n_verify does not match the plan. */
+bool sched_commit_verified(sched *s, const sched_plan *plan, const int32_t *tokens, const int32_t *verify,
+                           int64_t n_verify);
+
 /* Forget every outstanding plan (the workers failed; call after
  * sched_fail_running, which ends every sequence they held). */
 void sched_abandon(sched *s);
@@ -232,6 +251,9 @@ int64_t sched_prefix_queries(const sched *s); /* tokens of admitted sequences lo
 int64_t sched_prefix_hits(const sched *s);    /* of those, tokens found (prefill skipped) */
 int64_t sched_forks(const sched *s);          /* sequences started from another's prompt blocks (n > 1) */
 int64_t sched_evictions(const sched *s);      /* cached blocks reused for other content */
+int64_t sched_spec_steps(const sched *s);     /* verify entries committed (speculative decoding) */
+int64_t sched_spec_drafted(const sched *s);   /* tokens they drafted */
+int64_t sched_spec_accepted(const sched *s);  /* of those, tokens the target confirmed */
 /* The whole accounting, for tests: kvb_check, every block's refcount = the
  * tables holding it, no sequence about to write a block another holds, slots.
  * false with the first problem in why. */

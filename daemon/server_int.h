@@ -164,6 +164,8 @@ typedef struct gd_gen_req {
     int32_t n;                 /* sequences (choices) for this prompt; 0 or 1 = one, at most SCHED_MAX_N;
                                 * choice i samples with seed + i, the prompt's KV is computed once (with a
                                 * penalty: once per choice, daemon/sched.h); every setting above is per choice */
+    int32_t spec_k;            /* speculative decoding: 0 = the daemon's default (--speculative-tokens), -1 = off,
+                                * 1..SPEC_MAX_K tokens drafted per step (docs/SPECULATIVE.md) */
 } gd_gen_req;
 
 struct gd_server {

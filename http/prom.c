@@ -212,6 +212,12 @@ gm_status prom_render(const prom_metrics *m, jsonw *w)
             m->prefix_cache_queries);
     counter(w, "gemmad_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", m->prefix_cache_hits);
     counter(w, "gemmad_engine_steps_total", "Engine steps run.", m->steps);
+    counter(w, "gemmad_spec_decode_num_drafts_total", "Speculative decoding: verify steps of drafted tokens.",
+            m->spec_drafts);
+    counter(w, "gemmad_spec_decode_num_draft_tokens_total", "Speculative decoding: tokens drafted.",
+            m->spec_draft_tokens);
+    counter(w, "gemmad_spec_decode_num_accepted_tokens_total",
+            "Speculative decoding: drafted tokens the model confirmed.", m->spec_accepted_tokens);
 
     gauge(w, "gemmad_num_requests_running", "Requests in the running batch.", (double)m->running);
     gauge(w, "gemmad_num_requests_waiting", "Requests waiting to be scheduled.", (double)m->waiting);

@@ -3,6 +3,7 @@
 if(TARGET gm_daemon)
   gm_add_test(test_daemon_sched ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_sched.c LIBS gm_daemon TIMEOUT 60)
   gm_add_test(test_daemon_share ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_share.c LIBS gm_daemon TIMEOUT 120)
+  gm_add_test(test_daemon_spec ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_spec.c LIBS gm_daemon TIMEOUT 120)
   gm_add_test(test_daemon_config ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_config.c LIBS gm_daemon TIMEOUT 60)
 
   # gemmad links no device code (ldd, ELF sections, cuobjdump --list-elf when the toolkit has it)
