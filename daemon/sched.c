@@ -626,8 +626,11 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         int32_t v = virt_len(q);
         if (v - q->n_computed != 1 || v >= q->cap || v - q->n_prompt >= q->max_new)
             continue;
-        if (q->spec_k > 0 && (q->n_pending > 0 || plan_verify(s, b, q, &budget)))
-            continue; /* speculative: no run-ahead; drafted and planned */
+        if (q->spec_k > 0 && q->spec_idle == 0) {
+            if (q->n_pending > 0 || plan_verify(s, b, q, &budget))
+                continue; /* speculative: no run-ahead; drafted and planned */
+            q->spec_idle = SPEC_IDLE_PLANS; /* nothing to draft: decode plainly, running ahead, a while */
+        }
         bool self = false;
         /* a victim may share blocks with q: count again after each */
         while (write_need(s, q, 1) > kvb_available(s->kv)) {
@@ -648,6 +651,7 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         }
         plan_add(s, b, q, 1);
         budget--;
+        q->spec_idle -= q->spec_idle > 0;
     }
     /* 2. prefill chunks of running sequences (their blocks were taken at admission) */
     for (sched_seq *q = s->running.head; q && budget > 0; q = q->next) {

@@ -55,8 +55,10 @@
  * in one GM_LOGITS_VERIFY entry, with blocks for every drafted position; the commit keeps the drafts the
  * samples confirm and the first sample that differs, sets n_computed to what is right in the KV (the
  * next entry overwrites the rejected positions) and gives back blocks that hold only rejected positions.
- * Such a sequence never runs ahead (it is planned only when none of its steps is outstanding), and only
- * tokens it accepted are ever registered in the prefix cache. With no draft it decodes one token.
+ * Such a sequence does not run ahead while it drafts (it is planned only when none of its steps is
+ * outstanding), and only tokens it accepted are ever registered in the prefix cache. When the lookup
+ * finds nothing it decodes plainly, running ahead, for SPEC_IDLE_PLANS plans, then waits one step for
+ * its last token and looks again.
  *
  * Copy-on-write: before an entry writes into a block that another table also
  * holds, the writer gets a fresh block and the plan carries a copy (old ->
@@ -159,6 +161,7 @@ struct sched_seq {
     sched_seq *fork_of;   /* n > 1, not forked yet: the sequence whose prompt blocks it will share */
     sched_seq *kids, *kid_next; /* the sequences waiting to fork from this one */
     int32_t spec_k;       /* tokens to draft per step (speculative decoding), 0 = off */
+    int32_t spec_idle;    /* plans left in which it decodes plainly (and may run ahead) after a failed lookup */
 };
 
 typedef struct sched sched;

@@ -13,6 +13,8 @@
 #define SPEC_MAX_K 16     /* drafted tokens per step, at most (--speculative-tokens, the requests' k) */
 #define SPEC_NGRAM_MAX 3  /* the longest suffix looked up */
 #define SPEC_SCAN_MAX 8192 /* tokens scanned back from the end for a match, at most (a bound per step) */
+#define SPEC_IDLE_PLANS 8  /* after a lookup found nothing: plans of plain decoding (with run-ahead) before
+                            * the next lookup */
 
 /* Propose up to k (<= SPEC_MAX_K) tokens to follow tok [n] into out [k]: for g = SPEC_NGRAM_MAX down to 1
  * (g < n), the last g tokens are looked for at earlier starts, the latest first, within the last
