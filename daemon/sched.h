@@ -119,9 +119,9 @@ typedef struct sched_req {
                             * outputs (sampling.min_tokens; sampling.n_prompt is set from the prompt) */
     int32_t n;             /* sequences from this prompt, 1..SCHED_MAX_N (0 = 1); sequence i samples with
                             * seed + i */
+    void *user;            /* the caller's request; never touched */
     int32_t spec_k;        /* speculative decoding: tokens drafted per step, 0..SPEC_MAX_K (daemon/spec.h);
                             * 0 = off. Ignored (off) with penalties or log-probabilities */
-    void *user;            /* the caller's request; never touched */
 } sched_req;
 
 typedef struct sched_seq sched_seq;
