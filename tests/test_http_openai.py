@@ -123,6 +123,11 @@ def test_speculative(c, d):
                                   extra_body={"num_speculative_tokens": 6})
         assert on.choices[0].text == off.choices[0].text, (on.choices[0].text, off.choices[0].text)
         assert on.usage.completion_tokens == off.usage.completion_tokens
+        # streamed: several tokens may come in one event; the text is the same
+        chunks = list(c.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=temp, seed=3,
+                                           stream=True, extra_body={"num_speculative_tokens": 6}))
+        assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == off.choices[0].text
+        assert [ch for ch in chunks if ch.choices][-1].choices[0].finish_reason == off.choices[0].finish_reason
     status, _, body = d.request("GET", "/metrics")
     assert status == 200
     drafted = [l for l in body.decode().splitlines() if l.startswith("gemmad_spec_decode_num_draft_tokens_total ")]
