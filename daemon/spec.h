@@ -16,9 +16,9 @@
 #define SPEC_IDLE_PLANS 8  /* after a lookup found nothing: plans of plain decoding (with run-ahead) before
                             * the next lookup */
 
-/* Propose up to k (<= SPEC_MAX_K) tokens to follow tok [n] into out [k]: for g = SPEC_NGRAM_MAX down to 1
- * (g < n), the last g tokens are looked for at earlier starts, the latest first, within the last
- * SPEC_SCAN_MAX tokens; the k tokens that follow the first match are the draft, read on into the
+/* Propose up to k (<= SPEC_MAX_K) tokens to follow tok [n] into out [k]: the latest earlier occurrence,
+ * within the last SPEC_SCAN_MAX tokens, of the longest suffix of tok of at most SPEC_NGRAM_MAX tokens
+ * that occurs there at all; the k tokens that follow it are the draft, read on into the
  * draft itself past the end of tok (a match close to the end is a repeating text: the draft repeats
  * it). Returns k (capped), or 0 (no match, or k <= 0). */
 int32_t spec_draft(const int32_t *tok, int32_t n, int32_t k, int32_t *out);

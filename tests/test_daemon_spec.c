@@ -271,11 +271,36 @@ static void test_spec_prefix_cache(void **state)
     }
 }
 
+/* The drafter's definition, the slow way: for g = 3 down to 1, the latest start of the last g tokens
+ * earlier in tok; the k tokens after it, reading on into the draft. */
+static int32_t draft_ref(const int32_t *tok, int32_t n, int32_t k, int32_t *out)
+{
+    for (int32_t g = SPEC_NGRAM_MAX < n - 1 ? SPEC_NGRAM_MAX : n - 1; g >= 1; g--)
+        for (int32_t i = n - g - 1; i >= 0; i--) {
+            if (memcmp(tok + i, tok + n - g, sizeof(int32_t) * (size_t)g))
+                continue;
+            for (int32_t j = 0; j < k; j++)
+                out[j] = i + g + j < n ? tok[i + g + j] : out[i + g + j - n];
+            return k;
+        }
+    return 0;
+}
+
 /* The drafter alone. */
 static void test_spec_draft(void **state)
 {
     (void)state;
-    int32_t out[SPEC_MAX_K];
+    int32_t out[SPEC_MAX_K], ref[SPEC_MAX_K], seq[48];
+    uint64_t h = 5;
+    for (int t = 0; t < 3000; t++) { /* random texts over 2..5 ids: every kind of match */
+        h = gm_mix64(h);
+        int32_t n = 1 + (int32_t)(h % 47), alpha = 2 + (int32_t)((h >> 8) % 4), k = 1 + (int32_t)((h >> 16) % 8);
+        for (int32_t i = 0; i < n; i++)
+            seq[i] = (int32_t)((h = gm_mix64(h)) % (uint64_t)alpha);
+        int32_t d = spec_draft(seq, n, k, out);
+        assert_int_equal(d, draft_ref(seq, n, k, ref));
+        assert_memory_equal(out, ref, sizeof(int32_t) * (size_t)d);
+    }
     /* the longest suffix wins, its latest occurrence: "7 8 9" at 1 and 6; the later one is followed by 5 */
     int32_t a[] = {2, 7, 8, 9, 4, 1, 7, 8, 9, 5, 6, 3, 7, 8, 9};
     assert_int_equal(spec_draft(a, 15, 3, out), 3);
