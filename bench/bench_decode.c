@@ -94,15 +94,17 @@ static double copy_bw(void)
 typedef struct run_cfg {
     int32_t batch, prompt, gen;
     const char *label;
+    int32_t verify; /* > 0: each step is a verify entry of 1 + verify tokens per sequence (speculative decoding) */
 } run_cfg;
 
 static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, int64_t wbytes, FILE *csv)
 {
     int32_t B = rc->batch, V = e->cfg.vocab_size, bs = e->opts.kv_block_size;
-    int32_t per = (rc->prompt + rc->gen + 8 + bs - 1) / bs;
+    int32_t per = (rc->prompt + rc->gen + 8 + rc->verify + bs - 1) / bs;
     int32_t *bt = malloc((size_t)(B * per) * 4), *tok = malloc((size_t)B * 4), *out = malloc((size_t)B * 4);
     int32_t *prompt = malloc((size_t)rc->prompt * 4);
     gm_seq_step *s = calloc((size_t)B, sizeof *s);
+    int32_t nv = 1 + rc->verify, *vin = malloc((size_t)B * (size_t)nv * 4), *vout = malloc((size_t)B * (size_t)nv * 4);
     for (int32_t i = 0; i < B * per; i++)
         bt[i] = i;
     uint64_t r = 7;
@@ -130,9 +132,15 @@ static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, in
     for (int32_t k = 0; k < warm + rc->gen; k++) {
         if (k == warm)
             t0 = gm_now_s();
-        for (int32_t b = 0; b < B; b++)
+        for (int32_t b = 0; b < B; b++) {
             s[b] = (gm_seq_step){b, &tok[b], 1, pos, bt + b * per, per, GM_LOGITS_LAST, GM_SAMPLING_GREEDY};
-        gm_step_out o = {out, NULL, 0};
+            if (rc->verify > 0) { /* the sequence's token and k drafts (its copies: the step time is what counts) */
+                for (int32_t j = 0; j < nv; j++)
+                    vin[b * nv + j] = tok[b];
+                s[b].tokens = vin + b * nv, s[b].n_tokens = nv, s[b].logits_mode = GM_LOGITS_VERIFY;
+            }
+        }
+        gm_step_out o = {out, NULL, 0, NULL, vout, (int64_t)B * nv};
         gm_status st = gm_engine_step(e, s, B, &o);
         if (st) {
             fprintf(stderr, "bench_decode: decode: %s: %s\n", gm_status_str(st), gm_last_error());
@@ -150,7 +158,7 @@ static int run(gm_engine *e, const run_cfg *rc, const char *model, double bw, in
            bound > 0 ? 100.0 * (tps / B) / bound : 0, (double)B * rc->prompt / t_pre);
     if (csv)
         fprintf(csv, "%s,%d,%d,%d,%s,%.2f,%.4f,%.1f\n", model, B, rc->prompt, rc->gen, rc->label, tps, ms, bound);
-    free(bt), free(tok), free(out), free(prompt), free(s);
+    free(bt), free(tok), free(out), free(prompt), free(s), free(vin), free(vout);
     return 0;
 }
 
@@ -165,7 +173,7 @@ static int act_mode(gm_engine *e, float s)
 
 int main(int argc, char **argv)
 {
-    const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1", *cfg_dir = NULL;
+    const char *pre = "2b", *model = NULL, *csv_path = NULL, *batches = "1", *cfg_dir = NULL, *verifies = NULL;
     int32_t prompt = 128, gen = 256;
     int variants = 0, q_fp8 = 0, kv_fp8 = 0, act = 0, lm8 = 0; /* act: 0 as loaded, 1 dynamic, 2 static, 3 both */
     int attn = GM_CUDA_ATTN_AUTO, pre_attn = GM_CUDA_PREFILL_AUTO;
@@ -177,6 +185,7 @@ int main(int argc, char **argv)
                    "                    [--variants] [--csv FILE] [--quant none|fp8|awq] [--kv-dtype bf16|fp8]\n"
                    "                    [--xqa 0|1|2] [--act-scale dynamic|static|both]\n"
                    "                    [--lm-head bf16|fp8] [--prefill-attn auto|mma|hopper|e4m3]\n"
+                   "                    [--verify K[,K...]]\n"
                    "Decode tokens/s of the CUDA engine, random weights at a preset's shapes (2b, 7b, gemma2-9b,\n"
                    "gemma3-4b, gemma3-12b) or a config.json's (--config DIR), or a checkpoint (--model DIR).\n"
                    "--variants adds, at batch 1, cuBLASLt instead of the bf16\n"
@@ -186,7 +195,9 @@ int main(int argc, char **argv)
                    "one after the other at each batch.\n"
                    "--prefill-attn: the prompt rows' attention kernel (default: the engine's rule; e4m3: the Hopper\n"
                    "kernel on e4m3 tensor cores, FP8 KV only); the prefill tok/s each line prints is the prompts'\n"
-                   "step time.\n");
+                   "step time.\n"
+                   "--verify K,...: after each batch's decode, the same with every step a verify entry of 1 + K\n"
+                   "tokens per sequence (speculative decoding, docs/SPECULATIVE.md): the step time against K.\n");
             return 0;
         } else if (!strcmp(a, "--preset") && v) {
             pre = v, i++;
@@ -233,6 +244,8 @@ int main(int argc, char **argv)
             }
         } else if (!strcmp(a, "--variants")) {
             variants = 1;
+        } else if (!strcmp(a, "--verify") && v) {
+            verifies = v, i++;
         } else {
             fprintf(stderr, "bench_decode: bad argument '%s' (try --help)\n", a);
             return 2;
@@ -274,9 +287,10 @@ int main(int argc, char **argv)
     o.model_dir = model;
     o.kv_block_size = 16;
     o.max_seqs = maxb < 8 ? 8 : maxb;
-    o.max_tokens = prompt > o.max_seqs ? prompt : o.max_seqs;
+    int32_t step_tokens = verifies ? o.max_seqs * 17 : o.max_seqs; /* --verify: up to 1 + 16 a sequence */
+    o.max_tokens = prompt > step_tokens ? prompt : step_tokens;
     o.max_context = 8192;
-    o.kv_num_blocks = (int64_t)maxb * ((prompt + gen + 8 + 15) / 16) + 16;
+    o.kv_num_blocks = (int64_t)maxb * ((prompt + gen + 8 + 16 + 15) / 16) + 16;
     o.verbose = 1;
     o.quant = q_fp8 == 1 ? GM_QUANT_FP8 : q_fp8 == 2 ? GM_QUANT_AWQ : GM_QUANT_NONE;
     o.kv_dtype = kv_fp8 ? GM_KV_FP8 : GM_KV_BF16;
@@ -316,6 +330,21 @@ int main(int argc, char **argv)
         }
         if (!act)
             rc = run(e, &c, name, bw, wb, csv);
+        for (const char *p = verifies; p && *p && !rc;) { /* step time against k */
+            char lab[48];
+            c.verify = atoi(p);
+            if (c.verify < 1 || c.verify > 16) {
+                fprintf(stderr, "bench_decode: --verify %s: each K in 1..16\n", verifies);
+                rc = 2;
+                break;
+            }
+            snprintf(lab, sizeof lab, "verify k=%d (eager)", c.verify);
+            c.label = lab;
+            rc = run(e, &c, name, bw, wb, csv);
+            c.verify = 0;
+            p = strchr(p, ',');
+            p = p ? p + 1 : NULL;
+        }
         c.label = "graphs, gemv<=2 rows";
         if (!rc && variants && bl[i] == 1) {
             gm_engine_cuda_set_gemv_rows(e, 0);

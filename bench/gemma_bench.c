@@ -53,6 +53,7 @@ typedef struct bench_opts {
     bool allow_errors;
     bool ignore_eos;
     int32_t beam_width; /* > 1: beam search (RPC only), one hypothesis back, not streamed */
+    int32_t spec_tokens; /* --speculative-tokens: the requests' speculative_tokens (0 = gemmad's default) */
     double timeout_s; /* per run; 0 = none */
     int connect_timeout_ms;
     const char *server_key, *client_key; /* CurveZMQ key files, or NULL */
@@ -100,6 +101,9 @@ static void usage(FILE *f)
             "  --beam-width W       beam search over W (2..8) beams, the best hypothesis back whole (not\n"
             "                       streamed: TTFT is the whole request); output tokens count that one\n"
             "                       hypothesis, so tokens/s compares with --beam-width 1 (RPC only)\n"
+            "  --speculative-tokens K  speculative decoding by prompt lookup: K (1..16) tokens drafted per\n"
+            "                       step, -1 = off, 0 = gemmad's default (RPC only; docs/SPECULATIVE.md);\n"
+            "                       the acceptance is printed after each run\n"
             "  --num-requests N     measured requests (default: 4 x concurrency, at least 32; or 100)\n"
             "  --concurrency N      closed loop: at most N requests in flight (default: all at once)\n"
             "  --rate R             open loop: Poisson arrivals at R requests/s (with --concurrency: a cap)\n"
@@ -195,6 +199,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         {"allow-errors", ARGS_FLAG, &o->allow_errors},
         {"stop-at-eos", ARGS_FLAG, &stop_at_eos},
         {"beam-width", ARGS_INT, &o->beam_width, 0, 8},
+        {"speculative-tokens", ARGS_INT, &o->spec_tokens, -1, 16},
         {"quiet", ARGS_FLAG, &o->quiet},
         {"http", ARGS_STRING, &o->http_url},
         {"model", ARGS_STRING, &o->model},
@@ -218,7 +223,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     }
     const char *rpc_only = endpoint_seen ? "--endpoint" : conn_seen ? "--connections"
                            : o->server_key ? "--server-key" : o->client_key ? "--client-key"
-                           : o->shared_prefix ? "--shared-prefix" : NULL;
+                           : o->shared_prefix ? "--shared-prefix" : o->spec_tokens ? "--speculative-tokens" : NULL;
     if (o->http_url && rpc_only) {
         fprintf(stderr, "gemma-bench: %s is for gemmad's RPC, not --http\n", rpc_only);
         return 2;
@@ -312,6 +317,7 @@ static int32_t rpc_submit(void *ctx, bench_run *r, int64_t i)
         p.beam_width = o->beam_width;
         p.stream = false;
     }
+    p.speculative_tokens = o->spec_tokens;
     r->reqs[i].t_submit = bench_now_ms();
     uintptr_t tag = ((uintptr_t)r->gen << 32) | (uintptr_t)(i + 1);
     return gmc_submit(b->conn[i % b->n_conn], &p, (void *)tag, &r->ids[i]);
@@ -559,6 +565,12 @@ static bool measure_point(bench_ctx *b, const bench_driver *d, const bench_load 
             fprintf(stderr, "gemma-bench: prefix cache: %lld of %lld prompt tokens found (%.1f%%)\n",
                     (long long)(st1.prefix_cache_hits - st0.prefix_cache_hits), (long long)qn,
                     100.0 * (double)(st1.prefix_cache_hits - st0.prefix_cache_hits) / (double)qn);
+        int64_t dn = st1.spec_drafted - st0.spec_drafted, an = st1.spec_accepted - st0.spec_accepted;
+        int64_t vn = st1.spec_steps - st0.spec_steps;
+        if (vn > 0 && !o->quiet)
+            fprintf(stderr, "gemma-bench: speculative decoding: %lld verify steps, %lld of %lld drafted tokens "
+                    "accepted (%.1f%%), %.2f tokens per verify step\n", (long long)vn, (long long)an, (long long)dn,
+                    dn ? 100.0 * (double)an / (double)dn : 0.0, (double)(an + vn) / (double)vn);
     }
     return ok;
 }

@@ -35,6 +35,8 @@ static void usage(FILE *f)
             "  --repetition-penalty R > 0: the logits of tokens of the prompt or the output: positive ones\n"
             "                     divided by R, negative ones multiplied (Hugging Face, vLLM; 1 = off)\n"
             "  --min-tokens N     EOS, stop ids and stop strings cannot end the output before N tokens\n"
+            "  --speculative-tokens K  speculative decoding by prompt lookup: K (1..16) tokens drafted\n"
+            "                     per step; 0 = gemmad's default, -1 = off (docs/SPECULATIVE.md)\n"
             "  --logprobs N       ask for each token's log-probability and its N (0..20) most likely\n"
             "                     alternatives (--top-logprobs N is the same)\n"
             "  --print-logprobs   print one JSON line per generated token instead of the text:\n"
@@ -240,6 +242,7 @@ int main(int argc, char **argv)
         {"frequency-penalty", ARGS_FLOAT, &p.frequency_penalty},
         {"repetition-penalty", ARGS_FLOAT, &p.repetition_penalty},
         {"min-tokens", ARGS_INT, &p.min_tokens, 0, INT32_MAX},
+        {"speculative-tokens", ARGS_INT, &p.speculative_tokens, -1, 16},
         {"logprobs", ARGS_INT, &logprobs, 0, 20},
         {"top-logprobs", ARGS_INT, &logprobs, 0, 20},
         {"print-logprobs", ARGS_FLAG, &print_lp},
@@ -326,6 +329,9 @@ int main(int argc, char **argv)
                "prefix_cache_hit_rate: %.4f\n",
                s.prefix_cache ? "on" : "off", (long long)s.kv_blocks_cached, (long long)s.prefix_cache_queries,
                (long long)s.prefix_cache_hits, s.prefix_cache_hit_rate);
+        printf("spec_steps: %lld\nspec_drafted: %lld\nspec_accepted: %lld\nspec_acceptance_rate: %.4f\n",
+               (long long)s.spec_steps, (long long)s.spec_drafted, (long long)s.spec_accepted,
+               s.spec_acceptance_rate);
         return 0;
     }
 

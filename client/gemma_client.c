@@ -505,6 +505,7 @@ gmc_code gmc_submit(gmc_client *c, const gmc_params *p, void *user, uint64_t *id
     sp.repetition_penalty = p->repetition_penalty;
     g.sampling = &sp;
     g.min_tokens = p->min_tokens;
+    g.speculative_tokens = p->speculative_tokens;
     g.logprobs = p->logprobs;
     g.top_logprobs = p->top_logprobs;
     g.max_tokens = p->max_tokens;
@@ -692,6 +693,10 @@ static void stats_from(gmc_stats *s, const Gemma__V1__StatsReply *r)
     s->prefix_cache_queries = r->prefix_cache_queries;
     s->prefix_cache_hits = r->prefix_cache_hits;
     s->prefix_cache_hit_rate = r->prefix_cache_hit_rate;
+    s->spec_steps = r->spec_steps;
+    s->spec_drafted = r->spec_drafted_tokens;
+    s->spec_accepted = r->spec_accepted_tokens;
+    s->spec_acceptance_rate = r->spec_acceptance_rate;
 }
 
 /* Decode one received frame into events / replies. */

@@ -130,6 +130,8 @@ typedef struct gmc_params {
                                  this many tokens (<= max_tokens when that is set) */
     bool logprobs;            /* each event carries the log-probability of each of its tokens */
     int32_t top_logprobs;     /* and this many (0..20) most likely alternatives (implies logprobs) */
+    int32_t speculative_tokens; /* speculative decoding by prompt lookup (docs/SPECULATIVE.md): 0 = the
+                                   daemon's default, -1 = off, 1..16 tokens drafted per step */
 
     /* beam search: beam_width (2..8; 0 or 1 = off) hypotheses followed, the n best returned whole in
      * one final event each (stream must be false; greedy only) */
@@ -328,6 +330,10 @@ typedef struct gmc_stats {
     int64_t prefix_cache_queries;  /* prompt tokens looked up */
     int64_t prefix_cache_hits;     /* of those, found (prefill skipped) */
     double prefix_cache_hit_rate;  /* hits / queries */
+    int64_t spec_steps;            /* speculative decoding: verify steps */
+    int64_t spec_drafted;          /* tokens drafted in them */
+    int64_t spec_accepted;         /* of those, confirmed by the model */
+    double spec_acceptance_rate;   /* accepted / drafted */
 } gmc_stats;
 
 gmc_code gmc_stats_get(gmc_client *c, int timeout_ms, gmc_stats *out);

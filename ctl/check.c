@@ -85,7 +85,8 @@ static gm_status check_sampling(const ctl_limits *l, const gm_seq_step *s, int32
 }
 
 /* One entry, its slot already checked; adds its logits rows. */
-static gm_status check_seq(const ctl_limits *l, const gm_seq_step *s, int32_t i, const int32_t *last, int64_t *rows)
+static gm_status check_seq(const ctl_limits *l, const gm_seq_step *s, int32_t i, const int32_t *last, int64_t *rows,
+                           int64_t *verify)
 {
     if (s->n_tokens < 1 || !s->tokens)
         return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): %d tokens", i, s->slot, s->n_tokens);
@@ -114,6 +115,14 @@ static gm_status check_seq(const ctl_limits *l, const gm_seq_step *s, int32_t i,
     case GM_LOGITS_ALL:
         *rows += s->n_tokens;
         break;
+    case GM_LOGITS_VERIFY:
+        if (gm_sampling_has_penalties(&s->sampling) || gm_sampling_wants_logprobs(&s->sampling) ||
+            gm_seq_step_fed(s))
+            return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): a verify entry takes no penalties, "
+                           "log-probabilities or fed-back token", i, s->slot);
+        *rows += s->n_tokens;
+        *verify += s->n_tokens;
+        break;
     default:
         return gm_fail(GM_ERR_INVALID_ARG, "sequence %d (slot %d): unknown logits mode %d", i, s->slot,
                        s->logits_mode);
@@ -131,7 +140,7 @@ gm_status ctl_check_step(const ctl_limits *l, ctl_marks *marks, const gm_seq_ste
     gm_status st = marks_begin(marks, l->max_seqs);
     if (st != GM_OK)
         return st;
-    int64_t total = 0, rows = 0;
+    int64_t total = 0, rows = 0, verify = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
         const gm_seq_step *s = &seqs[i];
         if (s->slot < 0 || s->slot >= l->max_seqs)
@@ -139,7 +148,7 @@ gm_status ctl_check_step(const ctl_limits *l, ctl_marks *marks, const gm_seq_ste
         if (marks->seen[s->slot] == marks->stamp)
             return gm_fail(GM_ERR_INVALID_ARG, "sequence %d reuses slot %d of an earlier sequence", i, s->slot);
         marks->seen[s->slot] = marks->stamp;
-        if ((st = check_seq(l, s, i, last, &rows)) != GM_OK)
+        if ((st = check_seq(l, s, i, last, &rows, &verify)) != GM_OK)
             return st;
         total += s->n_tokens;
     }
@@ -149,6 +158,7 @@ gm_status ctl_check_step(const ctl_limits *l, ctl_marks *marks, const gm_seq_ste
     if (sums) {
         sums->tokens = total;
         sums->logits_rows = rows;
+        sums->verify_rows = verify;
     }
     return GM_OK;
 }

@@ -6,7 +6,8 @@
  * distinct; each entry has n_tokens >= 1 and the step at most max_tokens in
  * all; positions [start_pos, start_pos + n_tokens) lie in [0, max_context);
  * the block table covers them and every block it uses is in the pool; the
- * logits mode is known; the sampling is sane (temperature finite and >= 0,
+ * logits mode is known (a VERIFY entry without penalties, log-probabilities
+ * or a fed-back token); the sampling is sane (temperature finite and >= 0,
  * top_k >= 0, top_p in (0, 1], penalties finite, repetition >= 0, n_prompt and
  * min_tokens >= 0, logprobs 0 or 1, top_logprobs 0..GM_MAX_TOP_LOGPROBS, at most
  * GM_MAX_STOP_SET stop ids, each in the vocabulary); and every token is in the vocabulary, except a
@@ -47,7 +48,8 @@ void ctl_marks_free(ctl_marks *m);
 /* What a valid step produces. */
 typedef struct ctl_step_sums {
     int64_t tokens;      /* sum of n_tokens */
-    int64_t logits_rows; /* rows of logits: 1 per LAST entry, n_tokens per ALL entry */
+    int64_t logits_rows; /* rows of logits: 1 per LAST entry, n_tokens per ALL or VERIFY entry */
+    int64_t verify_rows; /* samples of VERIFY entries: n_tokens each */
 } ctl_step_sums;
 
 /* Validate seqs[0..n_seqs) (above). last (optional, [max_seqs]): each slot's

@@ -29,7 +29,17 @@ enum {
     GM_LOGITS_NONE = 0, /* no output for this sequence (a prefill chunk that is not the last) */
     GM_LOGITS_LAST = 1, /* sample a token from the last new position */
     GM_LOGITS_ALL = 2,  /* logits of every new position (teacher forcing); also samples the last */
+    GM_LOGITS_VERIFY = 3, /* speculative decoding: a sample at every new position (below) */
 };
+
+/* A GM_LOGITS_VERIFY entry (docs/SPECULATIVE.md) carries the sequence's last accepted token then k
+ * drafted ids, n_tokens = 1 + k, at start_pos. Row j (0..k) is sampled exactly as a GM_LOGITS_LAST
+ * entry of the first j + 1 of these tokens would be: the draw for position start_pos + j + 1 with the
+ * counter of that position, the min_tokens mask judged at that position. The engine returns the
+ * n_tokens samples (gm_step_out.verify); the coordinator keeps the drafts that equal them and the
+ * first sample that differs. Such an entry has no penalties and asks for no log-probabilities
+ * (ctl/check.h refuses them), and the slot's "last sample" after it is the coordinator's to tell: it
+ * never sends GM_TOKEN_PREVIOUS to a slot whose last sampling entry was a verify. */
 
 /* tokens[0] of a one-token entry: the token this slot sampled last (run-ahead). A slot whose last
  * sample was GM_SAMPLE_NONFINITE (common/sampling.h: NaN logits) feeds a valid id instead; gemmad

@@ -30,6 +30,7 @@
 #include "common/log.h"
 #include "common/utf8.h"
 #include "daemon/server_int.h"
+#include "daemon/spec.h"
 
 gd_req *gd_req_new(gd_server *s, gd_front f, uint64_t rid)
 {
@@ -593,6 +594,16 @@ void gd_admit(gd_server *s, gd_req *r, const gd_gen_req *g)
     sr.min_tokens = g->min_tokens;
     sr.n = g->beam_width > 1 ? 1 : n;
     sr.beam_width = g->beam_width > 1 ? g->beam_width : 0;
+    if (g->spec_k < -1 || g->spec_k > SPEC_MAX_K)
+        REJECT(INVALID_ARGUMENT, "speculative_tokens %d: -1 (off), 0 (the default) or 1..%d", g->spec_k, SPEC_MAX_K);
+    sr.spec_k = g->spec_k < 0 ? 0 : g->spec_k > 0 ? g->spec_k : s->cfg->speculative_tokens;
+    /* stop strings armed at min_tokens may match text not yet sent (textout.h), which depends on when
+     * the front door sent it: with several tokens a step that would differ, so such requests decode
+     * one token a step */
+    if (g->min_tokens > 0 && g->n_stops > 0)
+        sr.spec_k = 0;
+    if (sr.beam_width > 1) /* beams choose their tokens themselves */
+        sr.spec_k = 0;
     if (g->kind == GD_PROMPT_IDS) {
         admit_queue(s, r, &sr, g->ids, (int32_t)g->n_ids);
         goto out;

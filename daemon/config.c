@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/args.h"
+#include "daemon/spec.h"
 #include "common/gguf_model.h"
 #include "common/gguf_quants.h"
 #include "common/log.h"
@@ -197,6 +198,7 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             {"step_timeout_ms", 0, 24 * 3600 * 1000},
             {"step_warmup_ms", 0, 24 * 3600 * 1000},
             {"client_stall_ms", 0, 24 * 3600 * 1000},
+            {"speculative_tokens", 0, SPEC_MAX_K},
         };
         size_t i;
         for (i = 0; i < sizeof(ik) / sizeof(ik[0]); i++)
@@ -237,6 +239,8 @@ static gm_status set_key_str(gd_config *c, const char *key, const char *v)
             c->step_warmup_ms = (int32_t)x;
         else if (!strcmp(key, "client_stall_ms"))
             c->client_stall_ms = (int32_t)x;
+        else if (!strcmp(key, "speculative_tokens"))
+            c->speculative_tokens = (int32_t)x;
         else
             c->ready_timeout_ms = (int32_t)x;
     }
@@ -341,6 +345,9 @@ void gd_config_usage(FILE *f)
             "                            (default true; --no-run-ahead = false: one step in flight)\n"
             "  --prefix-cache B          reuse the KV of prompt prefixes seen before: true | false\n"
             "                            (default true)\n"
+            "  --speculative-tokens K    speculative decoding by prompt lookup: tokens drafted per step for\n"
+            "                            requests that do not choose (0..16; default 0 = off;\n"
+            "                            docs/SPECULATIVE.md)\n"
             "  --worker-bin PATH         gemma-worker binary (default: beside gemmad)\n"
             "  --shutdown-timeout-ms N   SIGTERM: time for in-flight work to finish (default 30000)\n"
             "  --ready-timeout-ms N      worker start limit (default 600000)\n"
@@ -588,7 +595,8 @@ void gd_config_print(const gd_config *c, FILE *f)
     fprintf(f, "quant = \"%s\";\nkv_dtype = \"%s\";\nlm_head = \"%s\";\nuse_graphs = %s;\nrun_ahead = %s;\n",
             gm_quant_name(c->quant), gm_kv_dtype_name(c->kv_dtype), c->lm_head_fp8 ? "fp8" : "bf16",
             c->use_graphs ? "true" : "false", c->run_ahead ? "true" : "false");
-    fprintf(f, "prefix_cache = %s;\n", c->prefix_cache ? "true" : "false");
+    fprintf(f, "prefix_cache = %s;\nspeculative_tokens = %d;\n", c->prefix_cache ? "true" : "false",
+            c->speculative_tokens);
     if (c->worker_bin)
         gd_config_print_str(f, "worker_bin", c->worker_bin);
     fprintf(f, "shutdown_timeout_ms = %d;\nready_timeout_ms = %d;\nlog_level = \"%s\";\n", c->shutdown_timeout_ms,

@@ -11,7 +11,7 @@
  *   ready_timeout_ms = 0;      use_graphs = true;                   run_ahead = true;
  *   http_listen = "";          api_key = "";                        api_key_file = "";
  *   http_max_body = "8M";      http_max_requests = 0;               http_max_connections = 4096;
- *   served_model_name = "";    prefix_cache = true;
+ *   served_model_name = "";    prefix_cache = true;                 speculative_tokens = 0;
  * Limits that keep one client or one fault from stalling the rest (0 = derived or default, below):
  *   step_timeout_ms = 10000;   step_warmup_ms = 120000;             client_stall_ms = 10000;
  *   max_prompt_bytes = 0;      max_message_bytes = 0;               client_output_bytes = "4M";
@@ -54,6 +54,8 @@ typedef struct gd_config {
     bool use_graphs;
     bool run_ahead;          /* two steps in flight (docs/ARCHITECTURE.md, "run-ahead"); --no-run-ahead */
     bool prefix_cache;       /* reuse the KV of cached prompt prefixes (daemon/sched.h); --prefix-cache false */
+    int32_t speculative_tokens; /* speculative decoding's default k for requests that do not choose (0 = off;
+                                 * docs/SPECULATIVE.md); --speculative-tokens K */
     char *worker_bin;        /* NULL = gemma-worker beside gemmad */
     int32_t shutdown_timeout_ms; /* SIGTERM: how long in-flight work may take to finish */
     int32_t ready_timeout_ms;    /* worker (re)start limit (0 = workers.h default) */

@@ -559,6 +559,7 @@ static void gen_from_oai(gd_server *s, const oai_request *q, gd_gen_req *g, cons
         if (!q->has_temperature) /* OpenAI's default of 1 does not apply: beam search is greedy */
             g->temperature = 0.0f;
     }
+    g->spec_k = q->num_speculative_tokens < 0 ? 0 : q->num_speculative_tokens == 0 ? -1 : q->num_speculative_tokens;
 }
 
 /* Streaming: headers now, then the events that open every choice (chat: the role; echo: the prompt). */
@@ -762,6 +763,9 @@ static void on_metrics(gd_server *s, http_req *h)
     p->preemptions = (uint64_t)sched_preemptions(s->sch);
     p->beam_forks = (uint64_t)sched_beam_forks(s->sch);
     p->beam_shared_blocks = (uint64_t)sched_beam_shared(s->sch);
+    p->spec_drafts = (uint64_t)sched_spec_steps(s->sch);
+    p->spec_draft_tokens = (uint64_t)sched_spec_drafted(s->sch);
+    p->spec_accepted_tokens = (uint64_t)sched_spec_accepted(s->sch);
     p->finished[PROM_FINISH_ABORT] = (uint64_t)s->c.requests_cancelled;
     p->running = sched_running(s->sch);
     p->waiting = sched_waiting(s->sch);

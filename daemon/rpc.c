@@ -582,6 +582,7 @@ static void on_generate(gd_server *s, const uint8_t *id, size_t idlen, uint64_t 
                             ? g->length_penalty
                             : 1.0f;
     gg.early_stopping = g->early_stopping;
+    gg.spec_k = g->speculative_tokens;
     gg.stream = g->stream;
     gg.ignore_eos = g->ignore_eos;
     gg.stop_ids = g->stop_token_ids;
@@ -703,6 +704,10 @@ static void on_stats(gd_server *s, const uint8_t *id, size_t idlen, uint64_t rid
     r.prefix_cache_queries = sched_prefix_queries(s->sch);
     r.prefix_cache_hits = sched_prefix_hits(s->sch);
     r.prefix_cache_hit_rate = r.prefix_cache_queries ? (double)r.prefix_cache_hits / (double)r.prefix_cache_queries : 0;
+    r.spec_steps = sched_spec_steps(s->sch);
+    r.spec_drafted_tokens = sched_spec_drafted(s->sch);
+    r.spec_accepted_tokens = sched_spec_accepted(s->sch);
+    r.spec_acceptance_rate = r.spec_drafted_tokens ? (double)r.spec_accepted_tokens / (double)r.spec_drafted_tokens : 0;
     m.body_case = GEMMA__V1__SERVER_MESSAGE__BODY_STATS;
     m.stats = &r;
     send_to(s, id, idlen, &m);

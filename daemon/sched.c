@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "daemon/kvblocks.h"
+#include "daemon/spec.h"
 
 typedef struct seq_list {
     sched_seq *head, *tail;
@@ -24,6 +25,7 @@ struct sched {
     int64_t pc_queries, pc_hits; /* prefix cache: tokens looked up at admission, tokens found */
     int64_t forks;
     int64_t beam_forks, beam_shared; /* beams re-pointed, blocks they took by reference */
+    int64_t spec_steps, spec_drafted, spec_accepted; /* speculative decoding */
     int32_t *hit_ids;   /* [blocks of cap_tokens] admission's lookup scratch */
     /* plan buffers, a ring: [max_seqs] entries each */
     struct plan_buf {
@@ -165,7 +167,7 @@ void sched_destroy(sched **ps)
     *ps = NULL;
 }
 
-/* What min_tokens masks: every token that would end r (is_stop_token's list), each once. */
+/* What min_tokens masks: every token that would end r (sched_is_stop's list), each once. */
 static void stop_set_build(const sched *s, const sched_req *r, gm_stop_set *ss)
 {
     int32_t cand[SCHED_MAX_STOP_IDS + 2], n = 0;
@@ -217,6 +219,8 @@ static sched_seq *seq_new(const sched *s, const sched_req *r, int64_t max_new, i
     q->sampling.n_prompt = r->n_prompt;
     q->sampling.min_tokens = r->min_tokens;
     q->index = i;
+    /* penalties and log-probabilities are per sampled row in the engines: speculation stays off for them */
+    q->spec_k = gm_sampling_has_penalties(&r->sampling) || gm_sampling_wants_logprobs(&r->sampling) ? 0 : r->spec_k;
     if (r->n_stop_ids)
         memcpy(q->stop_ids, r->stop_ids, (size_t)r->n_stop_ids * sizeof(int32_t));
     q->n_stop_ids = r->n_stop_ids;
@@ -251,6 +255,10 @@ sched_reject sched_add(sched *s, const sched_req *r, sched_seq **out)
     }
     if (r->n_stop_ids < 0 || r->n_stop_ids > SCHED_MAX_STOP_IDS) {
         gm_fail(GM_ERR_INVALID_ARG, "%d stop token ids: at most %d", r->n_stop_ids, SCHED_MAX_STOP_IDS);
+        return SCHED_REJECT_INVALID;
+    }
+    if (r->spec_k < 0 || r->spec_k > SPEC_MAX_K) {
+        gm_fail(GM_ERR_INVALID_ARG, "%d speculative tokens: 0..%d", r->spec_k, SPEC_MAX_K);
         return SCHED_REJECT_INVALID;
     }
     if (n > SCHED_MAX_N) {
@@ -612,6 +620,76 @@ static bool fork_from(sched *s, int b, sched_seq *q, sched_seq *p, int32_t *budg
     return true;
 }
 
+/* ---- speculative decoding ---- */
+
+
+/* Speculative q (all its tokens known, the last one not fed): draft by prompt lookup and plan its last
+ * token with the drafts as one verify entry when a draft exists and its blocks are free without
+ * preempting anyone. The drafts go into q->tokens past n_tokens (room: cap, as the length limits below
+ * keep them inside it), where the entry reads them. false: nothing planned (decode it plainly). */
+static bool plan_verify(sched *s, int b, sched_seq *q, int32_t *budget)
+{
+    int32_t k = q->spec_k;
+    int32_t room = q->max_new - (q->n_tokens - q->n_prompt) - 1; /* outputs past this step's sure one */
+    if (room < k)
+        k = room;
+    if (q->cap - q->n_tokens - 1 < k)
+        k = q->cap - q->n_tokens - 1;
+    if (*budget - 1 < k)
+        k = *budget - 1;
+    int32_t d = spec_draft(q->tokens, q->n_tokens, k, q->tokens + q->n_tokens);
+    if (d <= 0 || write_need(s, q, 1 + d) > kvb_available(s->kv))
+        return false;
+    plan_add(s, b, q, 1 + d);
+    struct plan_buf *pb = &s->bufs[b];
+    pb->steps[pb->n - 1].logits_mode = GM_LOGITS_VERIFY; /* plan_add saw no sample at the end: set it */
+    q->n_pending++;
+    *budget -= 1 + d;
+    return true;
+}
+
+/* Apply verify entry st's samples rows [n_tokens] to q (running, its step current): the accepted drafts
+ * and the first differing sample, with sched_commit_step's stop and length rules per token. Returns the
+ * tokens appended. */
+static int32_t commit_verify(sched *s, sched_seq *q, const gm_seq_step *st, const int32_t *rows)
+{
+    int32_t d = st->n_tokens - 1;
+    int32_t a = spec_accepted(st->tokens + 1, d, rows);
+    s->spec_steps++;
+    s->spec_drafted += d;
+    s->spec_accepted += a;
+    /* the KV is right for positions < start_pos + 1 + a (the fed token and the accepted drafts) */
+    q->n_computed = st->start_pos + 1 + a;
+    int32_t got = 0;
+    for (int32_t j = 0; j <= a; j++) {
+        int32_t tok = rows[j];
+        if (tok < 0) {
+            sched_finish_seq(s, q, SCHED_FINISH_ERROR);
+            return got;
+        }
+        q->tokens[q->n_tokens++] = tok;
+        got++;
+        register_known(s, q);
+        if (sched_is_stop(s, q, tok)) {
+            q->stop_token = true;
+            sched_finish_seq(s, q, SCHED_FINISH_STOP);
+            return got;
+        }
+        if (q->n_tokens - q->n_prompt >= q->max_new || q->n_tokens >= q->cap) {
+            sched_finish_seq(s, q, SCHED_FINISH_LENGTH);
+            return got;
+        }
+    }
+    /* blocks past the one the next token goes into hold only rejected positions: give them back */
+    int32_t keep = (int32_t)kvb_blocks_for(s->kv, q->n_tokens);
+    if (q->n_blocks > keep) {
+        kvb_release(s->kv, q->blocks + keep, q->n_blocks - keep);
+        q->n_blocks = keep;
+        q->table_reset = true; /* the slot's table shrank: resend it whole */
+    }
+    return got;
+}
+
 int32_t sched_plan_step(sched *s, sched_plan *plan)
 {
     memset(plan, 0, sizeof *plan);
@@ -636,6 +714,11 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         int32_t v = virt_len(q);
         if (v - q->n_computed != 1 || v >= q->cap || v - q->n_prompt >= q->max_new)
             continue;
+        if (q->spec_k > 0 && q->spec_idle == 0) {
+            if (q->n_pending > 0 || plan_verify(s, b, q, &budget))
+                continue; /* speculative: no run-ahead; drafted and planned */
+            q->spec_idle = SPEC_IDLE_PLANS; /* nothing to draft: decode plainly, running ahead, a while */
+        }
         if (q->beam_lead && q->n_pending > 0) /* a beam's next token is the caller's choice */
             continue;
         bool self = false;
@@ -658,6 +741,7 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         }
         plan_add(s, b, q, 1);
         budget--;
+        q->spec_idle -= q->spec_idle > 0;
     }
     /* 2. prefill chunks of running sequences (their blocks were taken at admission) */
     for (sched_seq *q = s->running.head; q && budget > 0; q = q->next) {
@@ -717,18 +801,39 @@ bool sched_is_stop(const sched *s, const sched_seq *q, int32_t tok)
 
 void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens)
 {
+    sched_commit_verified(s, plan, tokens, NULL, 0);
+}
+
+bool sched_commit_verified(sched *s, const sched_plan *plan, const int32_t *tokens, const int32_t *verify,
+                           int64_t n_verify)
+{
     if (s->n_out == 0 || plan->steps != s->bufs[s->head].steps)
-        return; /* not the oldest outstanding plan: a caller bug, nothing to apply */
+        return false; /* not the oldest outstanding plan: a caller bug, nothing to apply */
     struct plan_buf *pb = &s->bufs[s->head];
+    int64_t want = 0;
+    for (int32_t i = 0; i < pb->n; i++)
+        want += pb->steps[i].logits_mode == GM_LOGITS_VERIFY ? pb->steps[i].n_tokens : 0;
+    if (want != n_verify || (want > 0 && !verify))
+        return false;
     s->head = (s->head + 1) % SCHED_MAX_OUTSTANDING;
     s->n_out--;
+    const int32_t *vt = verify;
     for (int32_t i = 0; i < pb->n; i++) {
         pb->got[i] = 0;
         sched_seq *q = pb->seqs[i];
+        const int32_t *rows = NULL;
+        if (pb->steps[i].logits_mode == GM_LOGITS_VERIFY) {
+            rows = vt;
+            vt += pb->steps[i].n_tokens;
+        }
         if (!q || q->state != SCHED_RUNNING || pb->epochs[i] != q->epoch ||
             pb->steps[i].logits_mode == GM_LOGITS_NONE)
             continue; /* freed, finished (an extra run-ahead step), preempted, or no sample */
         q->n_pending--;
+        if (rows) {
+            pb->got[i] = (uint8_t)commit_verify(s, q, &pb->steps[i], rows);
+            continue;
+        }
         int32_t tok = tokens[i];
         if (tok < 0) {
             sched_finish_seq(s, q, SCHED_FINISH_ERROR);
@@ -749,6 +854,7 @@ void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens)
             sched_finish_seq(s, q, SCHED_FINISH_LENGTH);
         }
     }
+    return true;
 }
 
 void sched_abandon(sched *s)
@@ -889,6 +995,9 @@ int64_t sched_forks(const sched *s) { return s ? s->forks : 0; }
 int64_t sched_beam_forks(const sched *s) { return s ? s->beam_forks : 0; }
 int64_t sched_beam_shared(const sched *s) { return s ? s->beam_shared : 0; }
 int64_t sched_evictions(const sched *s) { return s ? kvb_evictions(s->kv) : 0; }
+int64_t sched_spec_steps(const sched *s) { return s ? s->spec_steps : 0; }
+int64_t sched_spec_drafted(const sched *s) { return s ? s->spec_drafted : 0; }
+int64_t sched_spec_accepted(const sched *s) { return s ? s->spec_accepted : 0; }
 bool sched_idle(const sched *s) { return !s || (s->running.n == 0 && s->waiting.n == 0); }
 sched_seq *sched_first_waiting(sched *s) { return s ? s->waiting.head : NULL; }
 

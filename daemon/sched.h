@@ -50,6 +50,16 @@
  * freed before they fork, they are admitted like any other sequence (with the
  * prefix cache, its cached blocks still serve them).
  *
+ * Speculative decoding (r->spec_k > 0, daemon/spec.h, docs/SPECULATIVE.md): a running sequence whose
+ * tokens are all known drafts up to k tokens by prompt lookup and decodes its last token and the drafts
+ * in one GM_LOGITS_VERIFY entry, with blocks for every drafted position; the commit keeps the drafts the
+ * samples confirm and the first sample that differs, sets n_computed to what is right in the KV (the
+ * next entry overwrites the rejected positions) and gives back blocks that hold only rejected positions.
+ * Such a sequence does not run ahead while it drafts (it is planned only when none of its steps is
+ * outstanding), and only tokens it accepted are ever registered in the prefix cache. When the lookup
+ * finds nothing it decodes plainly, running ahead, for SPEC_IDLE_PLANS plans, then waits one step for
+ * its last token and looks again.
+ *
  * Copy-on-write: before an entry writes into a block that another table also
  * holds, the writer gets a fresh block and the plan carries a copy (old ->
  * new) that the workers run before the step's forward pass; the entry then
@@ -124,6 +134,8 @@ typedef struct sched_req {
     int32_t beam_width;    /* beam search (daemon/beam.h): 2..SCHED_MAX_BEAM sequences, one group; 0 or 1 = off.
                             * n must be 1 (the group's sequences are its beams; out[] receives beam_width) */
     void *user;            /* the caller's request; never touched */
+    int32_t spec_k;        /* speculative decoding: tokens drafted per step, 0..SPEC_MAX_K (daemon/spec.h);
+                            * 0 = off. Ignored (off) with penalties or log-probabilities */
 } sched_req;
 
 typedef struct sched_seq sched_seq;
@@ -167,6 +179,8 @@ struct sched_seq {
     sched_seq **beams;    /* first sequence only: [beam_width] the group, beams[i]->index == i */
     int32_t beam_width;
     bool beam_ready;      /* its last token's log-probabilities came back (and nothing since changed it) */
+    int32_t spec_k;       /* tokens to draft per step (speculative decoding), 0 = off */
+    int32_t spec_idle;    /* plans left in which it decodes plainly (and may run ahead) after a failed lookup */
 };
 
 typedef struct sched sched;
@@ -177,7 +191,8 @@ typedef struct sched sched;
 typedef struct sched_plan {
     gm_seq_step *steps; /* [n] */
     sched_seq **seqs;   /* [n] */
-    uint8_t *got;       /* [n] set by sched_commit_step: 1 where a token was appended to the sequence */
+    uint8_t *got;       /* [n] set by sched_commit_step: how many tokens were appended to the sequence (1, or
+                         * up to 1 + k for a verify entry) */
     int32_t n;
     int32_t n_tokens;   /* sum of steps[i].n_tokens */
     int32_t n_preempted; /* sequences preempted while planning this step */
@@ -219,6 +234,13 @@ int32_t sched_outstanding(const sched *s);
  * dropped. The caller then walks plan->seqs where plan->got[i] to stream what
  * changed (and finished ones to end them). */
 void sched_commit_step(sched *s, const sched_plan *plan, const int32_t *tokens);
+
+/* sched_commit_step for a plan with verify entries (speculative decoding): verify [n_verify] holds their
+ * samples, n_tokens per such entry in plan order (wk_pool_verify). A verify entry appends its accepted
+ * drafts and the target's next token (daemon/spec.h), stopping at a stop token or the length limit;
+ * false (nothing applied) when n_verify does not match the plan. */
+bool sched_commit_verified(sched *s, const sched_plan *plan, const int32_t *tokens, const int32_t *verify,
+                           int64_t n_verify);
 
 /* Forget every outstanding plan (the workers failed; call after
  * sched_fail_running, which ends every sequence they held). */
@@ -265,6 +287,9 @@ int64_t sched_forks(const sched *s);          /* sequences started from another'
 int64_t sched_beam_forks(const sched *s);     /* beams re-pointed at another beam's history */
 int64_t sched_beam_shared(const sched *s);    /* blocks those took by reference instead of computing them */
 int64_t sched_evictions(const sched *s);      /* cached blocks reused for other content */
+int64_t sched_spec_steps(const sched *s);     /* verify entries committed (speculative decoding) */
+int64_t sched_spec_drafted(const sched *s);   /* tokens they drafted */
+int64_t sched_spec_accepted(const sched *s);  /* of those, tokens the target confirmed */
 /* The whole accounting, for tests: kvb_check, every block's refcount = the
  * tables holding it, no sequence about to write a block another holds, slots.
  * false with the first problem in why. */

@@ -174,6 +174,8 @@ typedef struct gd_gen_req {
     int32_t beam_width;        /* 0 or 1 = off */
     float length_penalty;      /* a hypothesis scores sum logprob / (generated tokens ^ length_penalty) */
     bool early_stopping;       /* end once beam_width hypotheses are finished (else: once none can improve) */
+    int32_t spec_k;            /* speculative decoding: 0 = the daemon's default (--speculative-tokens), -1 = off,
+                                * 1..SPEC_MAX_K tokens drafted per step (docs/SPECULATIVE.md) */
 } gd_gen_req;
 
 struct gd_server {

@@ -235,7 +235,12 @@ static void on_step_done(gd_server *s)
     s->last_done_ms = now;
     s->c.steps++;
     s->steps_since_start++;
-    sched_commit_step(s->sch, plan, s->step_tokens);
+    int64_t n_vt = 0;
+    const int32_t *vt = wk_pool_verify(s->pool, &n_vt);
+    if (!sched_commit_verified(s->sch, plan, s->step_tokens, vt, n_vt)) {
+        gd_workers_failed(s, "rank 0 returned verify samples that do not match the step");
+        return;
+    }
     const uint8_t *lp_has = NULL;
     const gm_token_logprobs *lp = wk_pool_logprobs(s->pool, &lp_has);
     char buf[GM_DETOK_MAX_OUT];
@@ -251,19 +256,29 @@ static void on_step_done(gd_server *s)
         gd_choice *c = &r->ch[q->index];
         if (r->done || c->done)
             continue;
-        bool got = plan->got[i];
-        if (got) {
-            if (r->t_first == 0)
-                r->t_first = now;
+        int32_t got = plan->got[i], base = q->n_tokens - got;
+        if (got && r->t_first == 0)
+            r->t_first = now;
+        /* a verify entry (speculative decoding) may append several: each as if it came alone */
+        for (int32_t j = 0; j < got; j++) {
             s->c.completion_tokens++;
             if (r->lp_top >= 0)
                 gd_req_add_logprobs(r, q->index, lp && lp_has[i] ? &lp[i] : NULL);
-            if (c->dt && !(q->state == SCHED_FINISHED && q->stop_token)) {
+            bool last = j == got - 1;
+            if (c->dt && !(last && q->state == SCHED_FINISHED && q->stop_token)) {
                 if (r->min_tokens > 0) /* stop strings only from min_tokens outputs on, as vLLM */
-                    txo_arm(c->tx, sched_seq_generated(q) >= r->min_tokens);
-                size_t n = gm_detok_push(c->dt, q->tokens[q->n_tokens - 1], buf);
-                if (n && txo_append(c->tx, buf, n) && q->state != SCHED_FINISHED)
-                    sched_finish_seq(s->sch, q, SCHED_FINISH_STOP);
+                    txo_arm(c->tx, base + j + 1 - q->n_prompt >= r->min_tokens);
+                size_t n = gm_detok_push(c->dt, q->tokens[base + j], buf);
+                if (n && txo_append(c->tx, buf, n)) { /* a stop string */
+                    if (q->state != SCHED_FINISHED)
+                        sched_finish_seq(s->sch, q, SCHED_FINISH_STOP);
+                    if (!last) { /* the tokens after it never were (as without speculation) */
+                        q->n_tokens = base + j + 1;
+                        q->stop_token = false;
+                        q->finish = SCHED_FINISH_STOP;
+                        break;
+                    }
+                }
             }
         }
         if (q->state == SCHED_FINISHED) {

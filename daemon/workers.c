@@ -154,6 +154,7 @@ static void wk_release(wk_pool *p)
     free(p->buf);
     free(p->lp);
     free(p->lp_has);
+    free(p->vt);
     free(p->worker_bin);
     free(p);
 }
@@ -390,6 +391,27 @@ static gm_status wk_take_logprobs(wk_pool *p, const Gemma__Control__V1__StepResu
     return GM_OK;
 }
 
+/* Keep the verify samples of a finished step (rank 0's result res). */
+static gm_status wk_take_verify(wk_pool *p, const Gemma__Control__V1__StepResult *res)
+{
+    p->n_vt = 0;
+    if (res->n_verify_tokens > p->vt_cap) {
+        if (!wk_grow((void **)&p->vt, res->n_verify_tokens, sizeof *p->vt))
+            return gm_fail(GM_ERR_NOMEM, "%zu verify samples", res->n_verify_tokens);
+        p->vt_cap = res->n_verify_tokens;
+    }
+    if (res->n_verify_tokens)
+        memcpy(p->vt, res->verify_tokens, res->n_verify_tokens * sizeof *p->vt);
+    p->n_vt = res->n_verify_tokens;
+    return GM_OK;
+}
+
+const int32_t *wk_pool_verify(const wk_pool *p, int64_t *n)
+{
+    *n = p ? (int64_t)p->n_vt : 0;
+    return p ? p->vt : NULL;
+}
+
 const gm_token_logprobs *wk_pool_logprobs(const wk_pool *p, const uint8_t **has)
 {
     *has = p && p->lp_any ? p->lp_has : NULL;
@@ -434,7 +456,8 @@ gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *don
                     st = gm_fail(GM_ERR_INTERNAL, "worker rank 0 returned %zu tokens for %d sequences",
                                  res->n_tokens, (int)n_seqs);
                     failed = true;
-                } else if ((st = wk_take_logprobs(p, res, n_seqs)) != GM_OK) {
+                } else if ((st = wk_take_logprobs(p, res, n_seqs)) != GM_OK ||
+                           (st = wk_take_verify(p, res)) != GM_OK) {
                     failed = true;
                 } else {
                     memcpy(tokens, res->tokens, (size_t)n_seqs * sizeof *tokens);

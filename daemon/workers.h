@@ -121,6 +121,11 @@ gm_status wk_pool_collect(wk_pool *p, int32_t *tokens, int32_t n_seqs, bool *don
  * did. Borrowed until the next wk_pool_collect. */
 const gm_token_logprobs *wk_pool_logprobs(const wk_pool *p, const uint8_t **has);
 
+/* The samples of the verify entries (speculative decoding, ctl/step.h) rank 0 returned with the step
+ * wk_pool_collect finished last: n_tokens per such entry, in plan order; *n of them. Borrowed until the
+ * next wk_pool_collect. */
+const int32_t *wk_pool_verify(const wk_pool *p, int64_t *n);
+
 /* True while a step is in flight; wk_pool_inflight: how many (0..2). */
 bool wk_pool_busy(const wk_pool *p);
 int32_t wk_pool_inflight(const wk_pool *p);

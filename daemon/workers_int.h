@@ -76,6 +76,9 @@ struct wk_pool {
     uint8_t *lp_has;
     size_t lp_cap;
     bool lp_any;
+    /* the verify samples of the step collected last (wk_pool_verify) */
+    int32_t *vt;
+    size_t vt_cap, n_vt;
 };
 
 /* ---- workers.c ---- */

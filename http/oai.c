@@ -648,7 +648,8 @@ static gm_status read_sampling(const cJSON *obj, oai_request *r, oai_error *e)
         (st = get_num(obj, "presence_penalty", -2, false, 2, NULL, &r->presence_penalty, e)) != GM_OK ||
         (st = get_num(obj, "frequency_penalty", -2, false, 2, NULL, &r->frequency_penalty, e)) != GM_OK ||
         (st = get_num(obj, "repetition_penalty", 0, true, 1e6, NULL, &r->repetition_penalty, e)) != GM_OK ||
-        (st = get_i32(obj, "min_tokens", 0, INT32_MAX, &r->min_tokens, e)) != GM_OK)
+        (st = get_i32(obj, "min_tokens", 0, INT32_MAX, &r->min_tokens, e)) != GM_OK ||
+        (st = get_i32(obj, "num_speculative_tokens", 0, OAI_MAX_SPEC, &r->num_speculative_tokens, e)) != GM_OK)
         return st;
     if (r->top_k < 0)
         r->top_k = 0;
@@ -690,6 +691,7 @@ static void request_defaults(oai_request *r, oai_endpoint ep)
     memset(r, 0, sizeof(*r));
     r->endpoint = ep;
     r->max_tokens = -1;
+    r->num_speculative_tokens = -1;
     r->repetition_penalty = 1.0;
     r->length_penalty = 1.0;
     r->n = 1;

@@ -42,6 +42,7 @@ extern "C" {
 #define OAI_MAX_N 128            /* choices per request (OpenAI's limit) */
 #define OAI_MAX_BEAM 8           /* beams of a use_beam_search request (the RPC's beam_width limit) */
 #define OAI_MAX_TOKEN_ID 0x7fffffff
+#define OAI_MAX_SPEC 16          /* num_speculative_tokens (gemmad: daemon/spec.h SPEC_MAX_K) */
 /* OpenAI's default max_tokens for /v1/completions when none is given (chat has none). */
 #define OAI_COMPLETIONS_DEFAULT_MAX_TOKENS 16
 
@@ -130,6 +131,8 @@ typedef struct oai_request {
     double length_penalty;       /* default 1 */
     bool early_stopping;
     char *user;                  /* NULL when not given (owned) */
+    int32_t num_speculative_tokens; /* speculative decoding (docs/SPECULATIVE.md): -1 = not given (the
+                                     * server's default), 0 = off, 1..OAI_MAX_SPEC tokens drafted per step */
 } oai_request;
 
 /* Parse and check a request body of len bytes (need not be NUL-terminated).

@@ -215,6 +215,12 @@ gm_status prom_render(const prom_metrics *m, jsonw *w)
     counter(w, "gemmad_beam_forks_total", "Beam search: beams re-pointed at another beam's history.", m->beam_forks);
     counter(w, "gemmad_beam_shared_blocks_total",
             "Beam search: KV blocks those beams took by reference instead of computing them.", m->beam_shared_blocks);
+    counter(w, "gemmad_spec_decode_num_drafts_total", "Speculative decoding: verify steps of drafted tokens.",
+            m->spec_drafts);
+    counter(w, "gemmad_spec_decode_num_draft_tokens_total", "Speculative decoding: tokens drafted.",
+            m->spec_draft_tokens);
+    counter(w, "gemmad_spec_decode_num_accepted_tokens_total",
+            "Speculative decoding: drafted tokens the model confirmed.", m->spec_accepted_tokens);
 
     gauge(w, "gemmad_num_requests_running", "Requests in the running batch.", (double)m->running);
     gauge(w, "gemmad_num_requests_waiting", "Requests waiting to be scheduled.", (double)m->waiting);

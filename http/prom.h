@@ -15,6 +15,8 @@
  *   gemmad_engine_steps_total                                    counter
  *   gemmad_beam_forks_total, gemmad_beam_shared_blocks_total     counters: beams re-pointed at another
  *                                                                beam's history, blocks taken by reference
+ *   gemmad_spec_decode_num_drafts_total, gemmad_spec_decode_num_draft_tokens_total,
+ *   gemmad_spec_decode_num_accepted_tokens_total  counters (speculative decoding, docs/SPECULATIVE.md)
  *   gemmad_num_requests_running, gemmad_num_requests_waiting     gauges
  *   gemmad_kv_cache_usage_perc (0..1), gemmad_kv_cache_blocks_total, gemmad_kv_cache_blocks_used  gauges
  *   gemmad_kv_cache_blocks_cached (prefix-cache blocks no sequence holds, reusable)            gauge
@@ -86,6 +88,7 @@ typedef struct prom_metrics {
     uint64_t prefix_cache_queries, prefix_cache_hits; /* tokens looked up / found: sched_prefix_queries/hits */
     uint64_t steps;
     uint64_t beam_forks, beam_shared_blocks; /* sched_beam_forks / sched_beam_shared */
+    uint64_t spec_drafts, spec_draft_tokens, spec_accepted_tokens; /* sched_spec_steps/drafted/accepted */
     /* gauges, set before rendering */
     int64_t running, waiting;
     int64_t kv_blocks_total, kv_blocks_used;

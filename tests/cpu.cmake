@@ -124,3 +124,9 @@ if(Python3_Interpreter_FOUND AND TARGET gemma-generate AND TARGET gemma-mkmodel)
   set_tests_properties(ref_gemma_tiny ref_gemma_tiny_block7 generate_golden PROPERTIES
     FIXTURES_REQUIRED tiny_model SKIP_RETURN_CODE 77 TIMEOUT 300)
 endif()
+
+# Speculative decoding's verify entries in the CPU and null engines: rows equal plain decoding, and the kept
+# tokens follow the model's distribution (chi-square) (docs/SPECULATIVE.md).
+gm_add_test(test_engine_spec ${CMAKE_CURRENT_SOURCE_DIR}/test_engine_spec.c LIBS gm_worker gm_parallel gm_common m
+  TIMEOUT 300)
+set_tests_properties(test_engine_spec PROPERTIES FIXTURES_REQUIRED tiny_model)

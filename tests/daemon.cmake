@@ -4,6 +4,7 @@ if(TARGET gm_daemon)
   gm_add_test(test_daemon_sched ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_sched.c LIBS gm_daemon TIMEOUT 60)
   gm_add_test(test_daemon_share ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_share.c LIBS gm_daemon TIMEOUT 120)
   gm_add_test(test_daemon_beam_sched ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_beam_sched.c LIBS gm_daemon TIMEOUT 120)
+  gm_add_test(test_daemon_spec ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_spec.c LIBS gm_daemon TIMEOUT 120)
   gm_add_test(test_daemon_config ${CMAKE_CURRENT_SOURCE_DIR}/test_daemon_config.c LIBS gm_daemon TIMEOUT 60)
 
   # gemmad links no device code (ldd, ELF sections, cuobjdump --list-elf when the toolkit has it)
@@ -17,7 +18,7 @@ if(TARGET gm_daemon)
     GEMMA_CLI_BIN="$<TARGET_FILE:gemma-cli>"
     TINY_MODEL_DIR="${CMAKE_BINARY_DIR}/models/tiny")
   foreach(t test_daemon_e2e test_daemon_robust test_daemon_faults test_daemon_limits test_client
-           test_daemon_prefix)
+           test_daemon_prefix test_daemon_spec_e2e)
     gm_add_test(${t} ${CMAKE_CURRENT_SOURCE_DIR}/${t}.c LIBS gm_client gm_common PkgConfig::ZMQ TIMEOUT 600)
     target_compile_definitions(${t} PRIVATE ${GM_DAEMON_TEST_DEFS})
     add_dependencies(${t} gemmad gemma-worker gemma-generate gemma-cli)

@@ -19,6 +19,11 @@ if(GM_HAVE_CUDA)
     LIBS gm_worker gm_cuda gm_kernels_cpu gm_common CUDA::cudart LABELS gpu TIMEOUT 300
     ARGS ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(test_gpu_kv_copy PROPERTIES FIXTURES_REQUIRED tiny_model)
+  # speculative decoding's verify entries: the same samples as the CPU sampler on the same logits, as plain
+  # decoding, and batched as alone (docs/SPECULATIVE.md)
+  gm_add_test(test_gpu_spec ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_spec.c
+    LIBS gm_worker gm_kernels_cpu gm_common CUDA::cudart m LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(test_gpu_spec PROPERTIES FIXTURES_REQUIRED tiny_model)
   # the CUDA engine's own sizes with no sizing options (ctl/sizing.h); takes the whole GPU
   gm_add_test(test_gpu_sizing ${CMAKE_CURRENT_SOURCE_DIR}/test_gpu_sizing.c
     LIBS gm_worker gm_common CUDA::cudart LABELS gpu TIMEOUT 600 ARGS ${CMAKE_BINARY_DIR}/models/tiny)

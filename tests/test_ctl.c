@@ -446,7 +446,8 @@ static const char *const g_step_says[] = {
     "bad sampling",       "bad sampling",      "bad sampling",    "bad sampling",     "bad sampling",
     "bad sampling",       "bad penalties",     "bad penalties",   "bad penalties",    "bad penalties",
     "n_prompt -1",        "min_tokens -2",     "logprobs 2",      "top_logprobs 21",  "67 stop ids",
-    "stop id 100",        "unknown logits mode", "at most 16",
+    "stop id 100",        "unknown logits mode", "a verify entry takes no", "a verify entry takes no",
+    "a verify entry takes no", "at most 16",
 };
 #define N_STEP_CASES ((int)(sizeof g_step_says / sizeof g_step_says[0]))
 
@@ -486,7 +487,10 @@ static int step_spoil(gm_seq_step *s, int c)
     case 28: s[0].sampling.top_logprobs = GM_MAX_TOP_LOGPROBS + 1; break;
     case 29: s[0].stops = &g_stops_many; break;
     case 30: s[0].stops = &g_stops_bad; break;
-    case 31: s[0].logits_mode = 3; break;
+    case 31: s[0].logits_mode = 4; break;
+    case 32: s[0].logits_mode = GM_LOGITS_VERIFY, s[0].sampling.repetition_penalty = 1.2f; break;
+    case 33: s[0].logits_mode = GM_LOGITS_VERIFY, s[0].sampling.logprobs = 1; break;
+    case 34: s[0].logits_mode = GM_LOGITS_VERIFY, s[0].tokens = &g_prev, s[0].n_tokens = 1, s[0].start_pos = 3; break;
     default: s[0].n_tokens = 8, s[1].n_tokens = 9, s[1].n_blocks = 2; return 2; /* 17 > max_tokens */
     }
     return 1;
@@ -507,6 +511,11 @@ static void test_check_step(void **state)
     assert_int_equal(sums.tokens, 7);
     assert_int_equal(sums.logits_rows, 1 + 3 + 1);
     GOK(ctl_check_step(&g_lim, &mk, NULL, 0, NULL, NULL)); /* an empty step is valid */
+    q[1].logits_mode = GM_LOGITS_VERIFY; /* speculative decoding: a sample per new position */
+    GOK(ctl_check_step(&g_lim, &mk, q, 3, NULL, &sums));
+    assert_int_equal(sums.logits_rows, 1 + 3 + 1);
+    assert_int_equal(sums.verify_rows, 3);
+    q[1].logits_mode = GM_LOGITS_ALL;
     static const gm_stop_set stops = {3, {1, 99, 0}};
     q[0].sampling.presence_penalty = -2.0f, q[0].sampling.frequency_penalty = 2.0f;
     q[0].sampling.repetition_penalty = 1.3f, q[0].sampling.n_prompt = 3, q[0].sampling.min_tokens = 5;

@@ -112,6 +112,30 @@ def test_stop(c):
         assert s[-1].choices[0].finish_reason == "stop"
 
 
+def test_speculative(c, d):
+    """num_speculative_tokens: the same text with speculation off and on (docs/SPECULATIVE.md), the drafts
+    counted in /metrics; out of range is a 400 naming it."""
+    prompt = "one two three one two three one two three one two"
+    for temp in (0, 0.8):
+        off = c.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=temp, seed=3,
+                                   extra_body={"num_speculative_tokens": 0})
+        on = c.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=temp, seed=3,
+                                  extra_body={"num_speculative_tokens": 6})
+        assert on.choices[0].text == off.choices[0].text, (on.choices[0].text, off.choices[0].text)
+        assert on.usage.completion_tokens == off.usage.completion_tokens
+        # streamed: several tokens may come in one event; the text is the same
+        chunks = list(c.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=temp, seed=3,
+                                           stream=True, extra_body={"num_speculative_tokens": 6}))
+        assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == off.choices[0].text
+        assert [ch for ch in chunks if ch.choices][-1].choices[0].finish_reason == off.choices[0].finish_reason
+    status, _, body = d.request("GET", "/metrics")
+    assert status == 200
+    drafted = [l for l in body.decode().splitlines() if l.startswith("gemmad_spec_decode_num_draft_tokens_total ")]
+    assert drafted and float(drafted[0].split()[1]) > 0, drafted
+    expect_error(openai.BadRequestError, 400, lambda: c.completions.create(
+        model="tiny", prompt="x", extra_body={"num_speculative_tokens": 17}), param="num_speculative_tokens")
+
+
 def test_prompt_forms(c):
     ids = [2, 651, 432, 842]
     r = c.completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0)
@@ -448,6 +472,7 @@ def main():
             test_logprobs(c, d)
             test_penalties_min_tokens(c, d)
             test_n(c)
+            test_speculative(c, d)
             assert d.request("GET", "/health")[0] == 200
         test_gemma3_system(tmp)
     print("ok")

@@ -79,6 +79,7 @@ static void test_defaults(void **st)
     assert_true(R.presence_penalty == 0.0 && R.frequency_penalty == 0.0);
     assert_true(R.length_penalty == 1.0);
     assert_int_equal(R.min_tokens, 0);
+    assert_int_equal(R.num_speculative_tokens, -1); /* not given: the server's default */
     assert_null(R.user);
     oai_request_free(&R);
     oai_request_free(&R); /* twice is fine */
@@ -282,6 +283,12 @@ static void test_numbers(void **st)
     ok(C, "{\"prompt\": \"x\", \"min_tokens\": 8, \"max_tokens\": 8, \"presence_penalty\": -2, \"frequency_penalty\": 2}");
     assert_int_equal(R.min_tokens, 8);
     ok(C, "{\"prompt\": \"x\", \"min_tokens\": 100}"); /* no max_tokens: the context bounds it */
+    bad(C, "{\"prompt\": \"x\", \"num_speculative_tokens\": -1}", "num_speculative_tokens", "integer_below_min_value");
+    bad(C, "{\"prompt\": \"x\", \"num_speculative_tokens\": 17}", "num_speculative_tokens", "integer_above_max_value");
+    ok(C, "{\"prompt\": \"x\", \"num_speculative_tokens\": 0}");
+    assert_int_equal(R.num_speculative_tokens, 0);
+    ok(C, "{\"prompt\": \"x\", \"num_speculative_tokens\": 16}");
+    assert_int_equal(R.num_speculative_tokens, 16);
     bad(C, "{\"prompt\": \"x\", \"n\": 0}", "n", "integer_below_min_value");
     bad(C, "{\"prompt\": \"x\", \"n\": 129}", "n", "integer_above_max_value");
     bad(C, "{\"prompt\": \"x\", \"n\": 3, \"best_of\": 2}", "best_of", "invalid_value");

@@ -110,6 +110,7 @@ static void fill(prom_metrics *m)
     m->prefix_cache_queries = 100;
     m->prefix_cache_hits = 40;
     m->steps = 99;
+    m->spec_drafts = 11, m->spec_draft_tokens = 44, m->spec_accepted_tokens = 30;
     m->running = 4;
     m->waiting = 2;
     m->kv_blocks_total = 200;

@@ -32,6 +32,9 @@ def main():
         "gemmad_engine_steps": "counter",
         "gemmad_beam_forks": "counter",
         "gemmad_beam_shared_blocks": "counter",
+        "gemmad_spec_decode_num_drafts": "counter",
+        "gemmad_spec_decode_num_draft_tokens": "counter",
+        "gemmad_spec_decode_num_accepted_tokens": "counter",
         "gemmad_num_requests_running": "gauge",
         "gemmad_num_requests_waiting": "gauge",
         "gemmad_kv_cache_usage_perc": "gauge",
@@ -66,6 +69,8 @@ def main():
     assert value("gemmad_request_failure", "gemmad_request_failure_total", code="overloaded") == 2
     assert value("gemmad_request_failure", "gemmad_request_failure_total", code="invalid_argument") == 1
     assert value("gemmad_generation_tokens", "gemmad_generation_tokens_total") == 5678
+    assert value("gemmad_spec_decode_num_draft_tokens", "gemmad_spec_decode_num_draft_tokens_total") == 44
+    assert value("gemmad_spec_decode_num_accepted_tokens", "gemmad_spec_decode_num_accepted_tokens_total") == 30
     assert value("gemmad_kv_cache_usage_perc", "gemmad_kv_cache_usage_perc") == 0.25
     assert value("gemmad_uptime_seconds", "gemmad_uptime_seconds") == 12.5
     info = fams["gemmad_info"].samples[0]

@@ -186,6 +186,9 @@ gm_status gm_engine_check_step(const gm_engine *e, const gm_seq_step *seqs, int3
     if (out && out->logits && sums.logits_rows > out->logits_rows_cap)
         return gm_fail(GM_ERR_INVALID_ARG, "step produces %lld logits rows; the output holds %lld",
                        (long long)sums.logits_rows, (long long)out->logits_rows_cap);
+    if (out && out->verify && sums.verify_rows > out->verify_cap)
+        return gm_fail(GM_ERR_INVALID_ARG, "step verifies %lld positions; the output holds %lld",
+                       (long long)sums.verify_rows, (long long)out->verify_cap);
     if (total_tokens)
         *total_tokens = sums.tokens;
     if (logit_rows)

@@ -66,6 +66,10 @@ typedef struct gm_step_out {
     int64_t logits_rows_cap;
     gm_token_logprobs *logprobs; /* optional [n_seqs]: entry i's where gm_seq_step_wants_logprobs
                                     (others untouched); NULL = not wanted (rank 0 only) */
+    int32_t *verify;     /* optional [verify_cap]: the samples of the GM_LOGITS_VERIFY entries (ctl/step.h),
+                            n_tokens each, entries in batch order; NULL = not wanted (rank 0 only). tokens[i]
+                            of such an entry is its last row's sample */
+    int64_t verify_cap;
 } gm_step_out;
 
 typedef struct gm_engine gm_engine;

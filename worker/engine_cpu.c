@@ -291,6 +291,24 @@ static int32_t sample_row(cpu_engine *c, const gm_seq_step *s, uint8_t pen, cons
     return id;
 }
 
+/* Rank 0: the samples of a GM_LOGITS_VERIFY entry from its rows lg [n_tokens, vocab] into out [n_tokens]
+ * (when given): row j as a LAST entry of its first j + 1 tokens samples it (ctl/step.h). Returns the
+ * last row's. */
+static int32_t verify_rows(cpu_engine *c, const gm_seq_step *s, const float *lg, int32_t *out)
+{
+    int64_t V = c->base.cfg.vocab_size;
+    int32_t id = -1;
+    for (int32_t j = 0; j < s->n_tokens; j++) {
+        gm_seq_step row = *s;
+        row.n_tokens = j + 1;
+        row.logits_mode = GM_LOGITS_LAST;
+        id = sample_row(c, &row, 0, lg + (int64_t)j * V, NULL, (uint64_t)s->start_pos + (uint64_t)j + 1);
+        if (out)
+            out[j] = id;
+    }
+    return id;
+}
+
 /* Rank 0: each penalized entry's new tokens (ids [T], the step's resolved inputs) into its slot's history. */
 static gm_status pen_record(cpu_engine *c, const gm_seq_step *seqs, int32_t n_seqs)
 {
@@ -318,7 +336,7 @@ static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t
     if (!full) {
         rows = 0;
         for (int32_t i = 0; i < n_seqs; i++)
-            rows += seqs[i].logits_mode != GM_LOGITS_NONE;
+            rows += seqs[i].logits_mode == GM_LOGITS_VERIFY ? seqs[i].n_tokens : seqs[i].logits_mode != GM_LOGITS_NONE;
     }
     gm_status st;
     if ((st = ensure_rows(c, rows)))
@@ -326,7 +344,7 @@ static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t
     int64_t r = 0, t0 = 0, H = m->hidden_size;
     for (int32_t i = 0; i < n_seqs; i++) {
         const gm_seq_step *s = &seqs[i];
-        if (s->logits_mode == GM_LOGITS_ALL && full)
+        if ((s->logits_mode == GM_LOGITS_ALL && full) || s->logits_mode == GM_LOGITS_VERIFY)
             for (int32_t t = 0; t < s->n_tokens; t++)
                 c->row_tok[r++] = t0 + t;
         else if (s->logits_mode != GM_LOGITS_NONE)
@@ -348,10 +366,17 @@ static gm_status cpu_sample_rows(cpu_engine *c, const gm_seq_step *seqs, int32_t
     if (m->final_softcap > 0.0f) /* Gemma 2 */
         cpu_softcap(lg, rows * V, m->final_softcap);
     r = 0;
+    int64_t vo = 0; /* the next verify sample's index in out->verify */
     for (int32_t i = 0; i < n_seqs; i++) {
         const gm_seq_step *s = &seqs[i];
         if (s->logits_mode == GM_LOGITS_NONE) {
             sampled[i] = -1;
+            continue;
+        }
+        if (s->logits_mode == GM_LOGITS_VERIFY) {
+            sampled[i] = verify_rows(c, s, lg + r * V, out && out->verify ? out->verify + vo : NULL);
+            r += s->n_tokens;
+            vo += s->n_tokens;
             continue;
         }
         r += s->logits_mode == GM_LOGITS_ALL && full ? s->n_tokens : 1;

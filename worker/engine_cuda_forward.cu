@@ -362,19 +362,21 @@ gm_status cu_lm_head(cuda_engine *c, const bf16 *x, int64_t nr)
     return GM_OK;
 }
 
-/* Rank 0: the token of each of a's rows from c->logits, with the rows' penalties, min_tokens masks and
- * log-probabilities (k_sample_aux; rows that ask for none of them cost nothing more). */
-static gm_status sample(cuda_engine *c, const fwd_args *a, cudaStream_t s)
+/* Rank 0: the token of a's sampled rows r0 .. r0 + n from c->logits [n, V], with the rows' penalties,
+ * min_tokens masks and log-probabilities (k_sample_aux; rows that ask for none of them cost nothing more).
+ * Rows past the sequences' (verify entries' extra rows) ask for no penalties or log-probabilities. */
+static gm_status sample(cuda_engine *c, const fwd_args *a, int32_t r0, int32_t n, cudaStream_t s)
 {
     const meta_ptrs *m = &a->m;
     k_sample_aux x;
     memset(&x, 0, sizeof x);
-    x.ids = m->ids, x.q_start = m->q_start, x.n_new = m->n_new, x.start_pos = m->start_pos;
-    x.slot = m->pslot, x.pen = m->pen;
+    x.ids = m->ids, x.q_start = m->q_start + r0, x.n_new = m->n_new + r0, x.start_pos = m->start_pos + r0;
+    x.slot = m->pslot + r0, x.pen = m->pen + r0;
     x.keys = c->pen_keys, x.counts = c->pen_counts, x.raw = c->pen_raw, x.cap = c->pen_cap;
-    x.mask_off = m->mask_off, x.mask_n = m->mask_n, x.mask_ids = m->mask_ids;
+    x.mask_off = m->mask_off + r0, x.mask_n = m->mask_n + r0, x.mask_ids = m->mask_ids;
     cu_lp_layout(c->lp_d, c->base.opts.max_seqs, &x.lp, &x.top_ids, &x.top_lps);
-    return k_sample_ex(c->logits, c->V, c->V, a->S, m->params, m->counters, m->tokens, &x, s);
+    x.lp += r0, x.top_ids += (int64_t)r0 * GM_MAX_TOP_LOGPROBS, x.top_lps += (int64_t)r0 * GM_MAX_TOP_LOGPROBS;
+    return k_sample_ex(c->logits, c->V, c->V, n, m->params + r0, m->counters + r0, m->tokens + r0, &x, s);
 }
 
 /* ---------------------------------------------------------------- the forward pass */
@@ -420,20 +422,24 @@ gm_status cu_forward(cuda_engine *c, const fwd_args *a)
     const float *last_out = c->layers[c->base.cfg.num_layers - 1].mlp_out_norm;
     GM_CHECK(norm(c, c->delta, last_out, c->final_norm, NULL, T, &x)); /* h += down's output; final norm -> c->xn */
     cu_prof_mark(c, OP_NORM);
-    if (a->sample) {
-        /* logits of each sequence's last row (every row of a decode step), then the sampled tokens */
-        const bf16 *last = c->xn;
-        if (!a->decode) {
-            GM_CHECK(k_gather_rows(c->xn, H, m->rows, a->S, H, c->xs, s));
-            last = c->xs;
-        }
-        GM_CHECK(cu_lm_head(c, last, a->S));
+    if (a->sample && a->decode) {
+        /* a decode step: logits of every row, then the sampled tokens */
+        GM_CHECK(cu_lm_head(c, c->xn, a->S));
         cu_prof_mark(c, OP_LM_HEAD);
-        GM_CHECK(sample(c, a, s));
+        GM_CHECK(sample(c, a, 0, a->S, s));
+    } else if (a->sample) {
+        /* each sequence's last row, then the verify entries' earlier rows (meta_ptrs), cap_rows at a time */
+        for (int32_t r0 = 0; r0 < a->R; r0 += (int32_t)c->cap_rows) {
+            int32_t n = a->R - r0 < c->cap_rows ? a->R - r0 : (int32_t)c->cap_rows;
+            GM_CHECK(k_gather_rows(c->xn, H, m->rows + r0, n, H, c->xs, s));
+            GM_CHECK(cu_lm_head(c, c->xs, n));
+            GM_CHECK(sample(c, a, r0, n, s));
+        }
+        cu_prof_mark(c, OP_LM_HEAD);
     }
     if (c->nccl)
-        GM_CHECK(gm_nccl_broadcast_i32(c->nccl, m->tokens, a->S, 0, s));
-    GM_CHECK(k_feed_tokens(m->tokens, m->sslot, a->S, c->last_tok, s));
+        GM_CHECK(gm_nccl_broadcast_i32(c->nccl, m->tokens, a->R, 0, s));
+    GM_CHECK(k_feed_tokens(m->tokens, m->sslot, a->R, c->last_tok, s));
     cu_prof_mark(c, OP_SAMPLE);
     return GM_OK;
 }

@@ -135,12 +135,15 @@ static inline size_t cu_lp_bytes(int32_t max_seqs)
 }
 
 /* Device (or pinned host mirror) arrays of one step; same offsets on both sides. */
+/* Sampled rows: row i < Sc is sequence i's (its last token's); a GM_LOGITS_VERIFY entry (speculative
+ * decoding, ctl/step.h) of n tokens adds rows Sc.. for its first n - 1 tokens, so the arrays below marked
+ * [Rc] hold Rc = Sc + those rows (the attention reads only their first Sc). */
 typedef struct meta_ptrs {
     int32_t *ids, *pos, *slot, *tok_slot;                                   /* [Tc] */
-    int32_t *q_start, *n_new, *start_pos, *ctx_len, *rows, *sslot, *tokens; /* [Sc] */
-    int32_t *pslot, *pen, *mask_off, *mask_n;                               /* [Sc] k_sample_aux's */
-    uint64_t *counters;                                                     /* [Sc] */
-    gm_sampling *params;                                                    /* [Sc] */
+    int32_t *q_start, *n_new, *start_pos, *ctx_len, *rows, *sslot, *tokens; /* [Rc] */
+    int32_t *pslot, *pen, *mask_off, *mask_n;                               /* [Rc] k_sample_aux's */
+    uint64_t *counters;                                                     /* [Rc] */
+    gm_sampling *params;                                                    /* [Rc] */
     int32_t *bt;                                                            /* [Sc, max_blocks] */
     int32_t *mask_ids;  /* [Sc * GM_MAX_STOP_SET] last: a step copies only the part it fills */
     size_t mask_at;     /* byte offset of mask_ids */
@@ -254,7 +257,9 @@ typedef struct cuda_engine {
 
     char *meta_d, *meta_h; /* device buffer and pinned mirror */
     size_t meta_cap;
-    int32_t *tok_h;       /* pinned [max_seqs] */
+    int32_t *tok_h;       /* pinned [max(cap_t, max_seqs)]: a step's sampled rows */
+    int32_t *vrow_h;      /* host [max_seqs]: a verify entry's first extra row (caller's indices) */
+    int32_t *spos_h;      /* host [max_seqs]: each caller's entry's row in step order */
     int32_t *copy_d, *copy_h; /* [2 max_seqs] a step's block copies (src, dst pairs): device, pinned mirror */
     int32_t *dump_rows_h; /* host [cap_t] */
     int32_t *order_h;     /* host [max_seqs]: a mixed step's sequences, decode ones first (caller's indices) */
@@ -269,7 +274,8 @@ typedef struct cuda_engine {
 typedef struct fwd_args {
     meta_ptrs m;      /* device pointers */
     int64_t T;        /* token rows */
-    int32_t S;        /* sequences (rows sampled) */
+    int32_t S;        /* sequences */
+    int32_t R;        /* rows sampled: S, and the extra rows of verify entries (meta_ptrs) */
     int decode;       /* every sequence appends one token: T == S, row i = sequence i */
     int32_t max_new;  /* prompt chunks: the largest n_new */
     int sample;       /* rank 0 computes logits and samples */

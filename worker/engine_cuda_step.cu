@@ -34,7 +34,7 @@ static void prof_collect(cuda_engine *c)
     p->steps++;
 }
 
-static void meta_layout(char *base, int64_t Tc, int64_t Sc, int64_t max_blocks, meta_ptrs *m)
+static void meta_layout(char *base, int64_t Tc, int64_t Sc, int64_t Rc, int64_t max_blocks, meta_ptrs *m)
 {
     size_t o = 0;
 #define TAKE(field, type, n)                                                                                          \
@@ -47,19 +47,19 @@ static void meta_layout(char *base, int64_t Tc, int64_t Sc, int64_t max_blocks, 
     TAKE(pos, int32_t, Tc);
     TAKE(slot, int32_t, Tc);
     TAKE(tok_slot, int32_t, Tc);
-    TAKE(q_start, int32_t, Sc);
-    TAKE(n_new, int32_t, Sc);
-    TAKE(start_pos, int32_t, Sc);
-    TAKE(ctx_len, int32_t, Sc);
-    TAKE(rows, int32_t, Sc);
-    TAKE(sslot, int32_t, Sc);
-    TAKE(tokens, int32_t, Sc);
-    TAKE(pslot, int32_t, Sc);
-    TAKE(pen, int32_t, Sc);
-    TAKE(mask_off, int32_t, Sc);
-    TAKE(mask_n, int32_t, Sc);
-    TAKE(counters, uint64_t, Sc);
-    TAKE(params, gm_sampling, Sc);
+    TAKE(q_start, int32_t, Rc);
+    TAKE(n_new, int32_t, Rc);
+    TAKE(start_pos, int32_t, Rc);
+    TAKE(ctx_len, int32_t, Rc);
+    TAKE(rows, int32_t, Rc);
+    TAKE(sslot, int32_t, Rc);
+    TAKE(tokens, int32_t, Rc);
+    TAKE(pslot, int32_t, Rc);
+    TAKE(pen, int32_t, Rc);
+    TAKE(mask_off, int32_t, Rc);
+    TAKE(mask_n, int32_t, Rc);
+    TAKE(counters, uint64_t, Rc);
+    TAKE(params, gm_sampling, Rc);
     TAKE(bt, int32_t, Sc * max_blocks);
     TAKE(mask_ids, int32_t, Sc * GM_MAX_STOP_SET);
     m->mask_at = (size_t)((char *)m->mask_ids - base);
@@ -155,9 +155,38 @@ static gm_status check_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seq
     return st;
 }
 
+/* The extra sampled rows Sc.. of the verify entries (meta_ptrs): row j of entry q (j < n_tokens - 1) samples
+ * as a LAST entry of q's first j + 1 tokens would, from token row t0 + j; c->vrow_h gets each entry's first. */
+static void fill_verify_rows(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, int32_t Sc, meta_ptrs *mh)
+{
+    int32_t r = Sc;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        int32_t k = c->order_h[i];
+        const gm_seq_step *q = &seqs[k];
+        c->vrow_h[k] = -1;
+        if (q->logits_mode != GM_LOGITS_VERIFY)
+            continue;
+        c->vrow_h[k] = r;
+        for (int32_t j = 0; j < q->n_tokens - 1; j++, r++) {
+            gm_seq_step row = *q;
+            row.n_tokens = j + 1;
+            row.logits_mode = GM_LOGITS_LAST;
+            mh->q_start[r] = mh->q_start[i], mh->n_new[r] = mh->n_new[i], mh->start_pos[r] = q->start_pos;
+            mh->ctx_len[r] = q->start_pos + j + 1;
+            mh->rows[r] = (int32_t)c->tstart_h[k] + j;
+            mh->sslot[r] = -1; /* the slot's last sample is its last row's */
+            mh->counters[r] = (uint64_t)q->start_pos + (uint64_t)j + 1;
+            mh->params[r] = q->sampling;
+            mh->pslot[r] = q->slot, mh->pen[r] = 0; /* a verify entry has no penalties (ctl/check.h) */
+            mh->mask_off[r] = mh->mask_off[i];
+            mh->mask_n[r] = gm_seq_step_masks_stops(&row) ? q->stops->n : 0;
+        }
+    }
+}
+
 /* The step's metadata in the pinned mirror (mh) for Sc sequences (n_seqs real ones, in c->order_h's order,
- * then bucket padding), c->tstart_h of each caller's sequence. Returns the min_tokens ids written to
- * mh->mask_ids. */
+ * then bucket padding) and the verify entries' extra rows, c->tstart_h of each caller's sequence. Returns the
+ * min_tokens ids written to mh->mask_ids. */
 static int32_t fill_meta(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs, int32_t Sc, meta_ptrs *mh)
 {
     int32_t n_mask = 0;
@@ -189,9 +218,12 @@ static int32_t fill_meta(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs
         mh->pen[i] = c->pen_flags_h[c->order_h[i]];
         mh->mask_off[i] = n_mask;
         mh->mask_n[i] = 0;
-        if (gm_seq_step_masks_stops(q)) {
+        c->spos_h[c->order_h[i]] = i;
+        bool masks = gm_seq_step_masks_stops(q);
+        if (masks || (q->logits_mode == GM_LOGITS_VERIFY && q->stops && q->sampling.min_tokens > 0)) {
+            /* a verify entry's earlier rows may be masked where its last is not: they share these ids */
             memcpy(mh->mask_ids + n_mask, q->stops->ids, (size_t)q->stops->n * sizeof(int32_t));
-            mh->mask_n[i] = q->stops->n;
+            mh->mask_n[i] = masks ? q->stops->n : 0;
             n_mask += q->stops->n;
         }
         int32_t nb = q->n_blocks < c->max_blocks ? q->n_blocks : c->max_blocks;
@@ -204,6 +236,7 @@ static int32_t fill_meta(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seqs
             mh->tok_slot[t] = q->slot;
         }
     }
+    fill_verify_rows(c, seqs, n_seqs, Sc, mh);
     return n_mask;
 }
 
@@ -254,10 +287,13 @@ static gm_status step_run(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seq
     int use_bucket = bi >= 0;
     int32_t Sc = use_bucket ? c->buckets[bi].size : n_seqs;
     int64_t Tc = use_bucket ? Sc : T;
+    int32_t Rc = Sc; /* sampled rows: one per sequence, and a verify entry's earlier ones */
+    for (int32_t i = 0; i < n_seqs; i++)
+        Rc += seqs[i].logits_mode == GM_LOGITS_VERIFY ? seqs[i].n_tokens - 1 : 0;
 
     meta_ptrs mh, md;
-    meta_layout(c->meta_h, Tc, Sc, c->max_blocks, &mh);
-    meta_layout(c->meta_d, Tc, Sc, c->max_blocks, &md);
+    meta_layout(c->meta_h, Tc, Sc, Rc, c->max_blocks, &mh);
+    meta_layout(c->meta_d, Tc, Sc, Rc, c->max_blocks, &md);
     if (mh.bytes > c->meta_cap)
         return gm_fail(GM_ERR_INTERNAL, "cuda step: metadata of %zu bytes exceeds %zu", mh.bytes, c->meta_cap);
     int32_t n_mask = fill_meta(c, seqs, n_seqs, Sc, &mh);
@@ -269,6 +305,7 @@ static gm_status step_run(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seq
     a.m = md;
     a.T = Tc;
     a.S = Sc;
+    a.R = Rc;
     a.decode = decode;
     a.max_new = max_new;
     a.sample = o->tp_rank == 0;
@@ -296,7 +333,8 @@ static gm_status step_run(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seq
     }
 
     if (out && out->tokens && o->tp_rank == 0)
-        GM_CUDA_CHECK(cudaMemcpyAsync(c->tok_h, md.tokens, (size_t)n_seqs * 4, cudaMemcpyDeviceToHost, c->stream));
+        GM_CUDA_CHECK(cudaMemcpyAsync(c->tok_h, md.tokens, (size_t)(Rc > n_seqs ? Rc : n_seqs) * 4,
+                                      cudaMemcpyDeviceToHost, c->stream));
     bool want_lp = false;
     for (int32_t i = 0; i < n_seqs && out && out->logprobs && o->tp_rank == 0; i++)
         want_lp = want_lp || gm_seq_step_wants_logprobs(&seqs[i]);
@@ -315,7 +353,7 @@ static gm_status step_run(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seq
         for (int32_t i = 0; i < n_seqs; i++) {
             const gm_seq_step *q = &seqs[i];
             int64_t tt = c->tstart_h[i];
-            if (q->logits_mode == GM_LOGITS_ALL)
+            if (q->logits_mode == GM_LOGITS_ALL || q->logits_mode == GM_LOGITS_VERIFY)
                 for (int32_t j = 0; j < q->n_tokens; j++)
                     c->dump_rows_h[n_dump++] = (int32_t)(tt + j);
             else if (q->logits_mode == GM_LOGITS_LAST)
@@ -327,9 +365,18 @@ static gm_status step_run(cuda_engine *c, const gm_seq_step *seqs, int32_t n_seq
     if (decode)
         prof_collect(c); /* the profile covers decode steps */
     c->prof.n = 0;
-    if (out && out->tokens && o->tp_rank == 0)
+    if (out && out->tokens && o->tp_rank == 0) {
         for (int32_t i = 0; i < n_seqs; i++)
             out->tokens[c->order_h[i]] = seqs[c->order_h[i]].logits_mode == GM_LOGITS_NONE ? -1 : c->tok_h[i];
+        int64_t vo = 0; /* the verify samples, entries in the caller's order: extra rows, then the entry's own */
+        for (int32_t k = 0; k < n_seqs && out->verify && Rc > Sc; k++) {
+            if (seqs[k].logits_mode != GM_LOGITS_VERIFY)
+                continue;
+            for (int32_t j = 0; j < seqs[k].n_tokens - 1; j++)
+                out->verify[vo++] = c->tok_h[c->vrow_h[k] + j];
+            out->verify[vo++] = c->tok_h[c->spos_h[k]];
+        }
+    }
     if (want_lp)
         lp_deliver(c, seqs, n_seqs, out->logprobs);
     return GM_OK;
@@ -447,17 +494,20 @@ gm_status cu_runtime_alloc(cuda_engine *c)
     c->dump_rows_h = (int32_t *)malloc((size_t)T * 4);
     c->order_h = (int32_t *)malloc((size_t)o->max_seqs * 4);
     c->tstart_h = (int64_t *)malloc((size_t)o->max_seqs * 8);
-    if (!c->dump_rows_h || !c->order_h || !c->tstart_h)
+    c->vrow_h = (int32_t *)malloc((size_t)o->max_seqs * 4);
+    c->spos_h = (int32_t *)malloc((size_t)o->max_seqs * 4);
+    if (!c->dump_rows_h || !c->order_h || !c->tstart_h || !c->vrow_h || !c->spos_h)
         return gm_fail(GM_ERR_NOMEM, "cuda engine: no host memory");
 
     /* metadata: the largest of an eager step (T tokens, max_seqs) and any bucket */
     meta_ptrs m;
     char dummy[16];
-    meta_layout(dummy, T > o->max_seqs ? T : o->max_seqs, o->max_seqs, c->max_blocks, &m);
+    int64_t most_rows = T > o->max_seqs ? T : o->max_seqs; /* sampled rows: at most one per token */
+    meta_layout(dummy, most_rows, o->max_seqs, most_rows, c->max_blocks, &m);
     c->meta_cap = m.bytes;
     GM_CHECK(cu_dev_alloc((void **)&c->meta_d, c->meta_cap, "step metadata"));
     GM_CUDA_CHECK(cudaMallocHost((void **)&c->meta_h, c->meta_cap));
-    GM_CUDA_CHECK(cudaMallocHost((void **)&c->tok_h, (size_t)o->max_seqs * 4));
+    GM_CUDA_CHECK(cudaMallocHost((void **)&c->tok_h, (size_t)most_rows * 4));
     GM_CUDA_CHECK(cudaMallocHost((void **)&c->copy_h, (size_t)o->max_seqs * 8));
     GM_CHECK(cu_dev_alloc((void **)&c->copy_d, (size_t)o->max_seqs * 8, "block copies"));
     memset(c->meta_h, 0, c->meta_cap);
@@ -556,7 +606,7 @@ void cu_runtime_free(cuda_engine *c)
         cudaFreeHost(c->meta_h);
     if (c->tok_h)
         cudaFreeHost(c->tok_h);
-    free(c->dump_rows_h), free(c->order_h), free(c->tstart_h);
+    free(c->dump_rows_h), free(c->order_h), free(c->tstart_h), free(c->vrow_h), free(c->spos_h);
 }
 
 /* The sizes the spec leaves unset (ctl/sizing.h), from the memory left after the weights;

@@ -12,7 +12,11 @@
  *
  * GM_NULL_NAN_SEED=S makes every sequence sampled with seed S come out as if its logits
  * were NaN (GM_SAMPLE_NONFINITE), the others in the same step as usual: the path of a
- * numerical fault, end to end, without a broken model. */
+ * numerical fault, end to end, without a broken model.
+ *
+ * GM_NULL_CYCLE=N makes the token at position p 3 + p % N for every sequence: an output that repeats
+ * itself, so speculative decoding's prompt lookup (docs/SPECULATIVE.md) drafts it right every time and
+ * its serving-path cost can be measured. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +32,7 @@ typedef struct null_engine {
     gm_feed feed;
     long step_us; /* emulated device time per step (GM_NULL_STEP_US), 0 = none */
     bool nan_on;  /* GM_NULL_NAN_SEED given */
+    uint32_t cycle; /* GM_NULL_CYCLE: tokens repeat with this period (0 = random) */
     uint64_t nan_seed;
 } null_engine;
 
@@ -42,6 +47,16 @@ static void null_logprobs(uint32_t span, int32_t n_top, gm_token_logprobs *lp)
         lp->top_ids[k] = 3 + k;
         lp->top_logprobs[k] = l;
     }
+}
+
+/* The token at position pos of a sequence: uniform over ids 3.. from (seed, pos), or with GM_NULL_CYCLE=N
+ * 3 + pos % N (a text that repeats itself, which prompt lookup drafts exactly). */
+static int32_t null_draw(const null_engine *ne, const gm_seq_step *s, uint64_t pos, uint32_t span)
+{
+    if (ne->cycle > 0)
+        return 3 + (int32_t)(pos % (uint64_t)(ne->cycle < span ? ne->cycle : span));
+    uint32_t r = (uint32_t)(gm_rng_uniform(s->sampling.seed, pos) * (float)span);
+    return 3 + (int32_t)(r < span ? r : span - 1);
 }
 
 static gm_status null_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs, gm_step_out *out)
@@ -59,15 +74,20 @@ static gm_status null_step(gm_engine *e, const gm_seq_step *seqs, int32_t n_seqs
         memset(out->logits, 0, (size_t)rows * (size_t)e->cfg.vocab_size * sizeof(float));
     uint32_t span = (uint32_t)e->cfg.vocab_size - 3u;
     int32_t *tok = ne->feed.sampled;
+    int64_t vo = 0;
     for (int32_t i = 0; i < n_seqs; i++) {
         const gm_seq_step *s = &q[i];
         if (s->logits_mode == GM_LOGITS_NONE) {
             tok[i] = -1;
             continue;
         }
-        uint64_t pos = (uint64_t)s->start_pos + (uint64_t)s->n_tokens;
-        uint32_t r = (uint32_t)(gm_rng_uniform(s->sampling.seed, pos) * (float)span);
-        tok[i] = 3 + (int32_t)(r < span ? r : span - 1);
+        /* a verify entry samples at each new position as a LAST entry ending there would */
+        int32_t first = s->logits_mode == GM_LOGITS_VERIFY ? 1 : s->n_tokens;
+        for (int32_t j = first; j <= s->n_tokens; j++) {
+            tok[i] = null_draw(ne, s, (uint64_t)s->start_pos + (uint64_t)j, span);
+            if (s->logits_mode == GM_LOGITS_VERIFY && out && out->verify)
+                out->verify[vo++] = tok[i];
+        }
         if (ne->nan_on && s->sampling.seed == ne->nan_seed)
             tok[i] = GM_SAMPLE_NONFINITE; /* as a sampler answers a NaN row; its log-probability reads -inf */
         if (out && out->logprobs && e->opts.tp_rank == 0 && gm_seq_step_wants_logprobs(s)) {
@@ -140,6 +160,14 @@ gm_status gm_engine_null_create(const gm_engine_opts *o, gm_engine **out)
         if (*end || v < 0 || v > 10000000)
             st = gm_fail(GM_ERR_INVALID_ARG, "null backend: GM_NULL_STEP_US='%s' is not 0..10000000 microseconds", us);
         ne->step_us = v;
+    }
+    const char *cyc = getenv("GM_NULL_CYCLE");
+    if (st == GM_OK && cyc && *cyc) {
+        char *end = NULL;
+        long v = strtol(cyc, &end, 10);
+        if (*end || v < 1 || v > 1000000)
+            st = gm_fail(GM_ERR_INVALID_ARG, "null backend: GM_NULL_CYCLE='%s' is not a period of 1..1000000", cyc);
+        ne->cycle = (uint32_t)v;
     }
     const char *nan = getenv("GM_NULL_NAN_SEED");
     if (st == GM_OK && nan && *nan) {

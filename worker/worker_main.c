@@ -122,6 +122,8 @@ typedef struct wm_state {
     gm_engine *eng;
     int64_t kv_blocks; /* block ids a plan may append (Start may lower it) */
     int32_t *tokens;   /* [max_seqs] step output */
+    int32_t *verify;   /* [max_tokens] step output: the verify entries' samples (speculative decoding) */
+    int64_t verify_cap;
     gm_token_logprobs *lps; /* [max_seqs] step output: log-probabilities of the entries that ask */
     Gemma__Control__V1__TokenLogprobs *tl, **tlp; /* [max_seqs] their StepResult messages */
     uint8_t nccl_id[128]; /* CUDA, tp > 1: the ncclUniqueId every rank joins with */
@@ -289,6 +291,11 @@ static gm_status wm_send_result(wm_state *s, uint64_t step_id, gm_status st, con
         r.tokens = (int32_t *)tokens;
         r.n_tokens = (size_t)n;
         wm_result_logprobs(s, n, &r);
+        int64_t nv = 0;
+        for (int32_t i = 0; i < n; i++)
+            nv += s->seqs[i].logits_mode == GM_LOGITS_VERIFY ? s->seqs[i].n_tokens : 0;
+        r.verify_tokens = s->verify;
+        r.n_verify_tokens = (size_t)nv;
     }
     ctl_msg m = GEMMA__CONTROL__V1__CONTROL_MESSAGE__INIT;
     m.body_case = GEMMA__CONTROL__V1__CONTROL_MESSAGE__BODY_RESULT;
@@ -315,7 +322,7 @@ static void wm_run_plan(wm_state *s, const Gemma__Control__V1__StepPlan *p)
         s->lps[i].logprob = NAN; /* an engine that fails to fill one shows it */
         s->lps[i].n_top = 0;
     }
-    gm_step_out out = {s->tokens, NULL, 0, s->lps};
+    gm_step_out out = {s->tokens, NULL, 0, s->lps, s->verify, s->verify_cap};
     if (p->n_block_copies % 2 || p->n_block_copies > (size_t)2 * INT32_MAX) {
         st = gm_fail(GM_ERR_INVALID_ARG, "step %llu: %zu block copy ids, not (src, dst) pairs",
                      (unsigned long long)p->step_id, p->n_block_copies);
@@ -601,7 +608,9 @@ static gm_status wm_load(wm_state *s)
     s->lps = calloc((size_t)ms, sizeof *s->lps);
     s->tl = calloc((size_t)ms, sizeof *s->tl);
     s->tlp = calloc((size_t)ms, sizeof *s->tlp);
-    if (!s->tokens || !s->seqs || !s->lps || !s->tl || !s->tlp)
+    s->verify_cap = o->max_tokens > 0 ? o->max_tokens : 1;
+    s->verify = calloc((size_t)s->verify_cap, sizeof *s->verify);
+    if (!s->tokens || !s->seqs || !s->lps || !s->tl || !s->tlp || !s->verify)
         return gm_fail(GM_ERR_NOMEM, "step buffers for %d sequences", (int)ms);
     return ctl_slots_init(&s->slots, ms, max_blocks > 0 ? max_blocks : 1);
 }
@@ -612,7 +621,7 @@ static void wm_close(wm_state *s)
     gm_comm_destroy(&s->comm);
     free(s->tokens);
     free(s->seqs);
-    free(s->lps), free(s->tl), free(s->tlp);
+    free(s->lps), free(s->tl), free(s->tlp), free(s->verify);
     ctl_slots_free(&s->slots);
     free(s->txbuf);
     wm_arena_destroy(&s->arena);
