@@ -23,16 +23,7 @@ N64=${N64:-256} # at concurrency 64
 ISL=${ISL:-128}
 OSL=${OSL:-128}
 mkdir -p "$OUT" "$M"
-if [ -f "$PACK/bins.tar.xz" ]; then
-  rm -rf /tmp/gm-pack && mkdir -p /tmp/gm-pack && tar -xJf "$PACK/bins.tar.xz" -C /tmp/gm-pack &&
-    cp -r "$PACK/lib" /tmp/gm-pack/
-  PACK=/tmp/gm-pack
-  export LD_LIBRARY_PATH=$PACK/lib:${LD_LIBRARY_PATH:-}
-fi
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -d "$d" ] && export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$d
-done
-export NCCL_NVLS_ENABLE=0
+. "$(dirname "$0")/gpu_env.sh"
 log=$OUT/beam.log
 : > "$log"
 say() { echo "$*" | tee -a "$OUT/beam_summary.txt"; }

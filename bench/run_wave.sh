@@ -16,6 +16,7 @@
 #   b1       bench_decode batch 1 and 4, 2b and 7b FP8 (static scales, FP8 LM head): this build and the base
 #   g23b     bench_decode of gemma2-9b / gemma3-4b / gemma3-12b shapes, FP8, batch 1 and 64
 #   beam     beam width 4 vs 1 at 1 and 64 requests in flight, 2b bf16 (bench/run_beam.sh)
+#   spec     speculative decoding: verify-entry step time against k, 2b and 7b (bench/run_spec.sh)
 # Logs: $OUT/wave.tgz (everything), $OUT/summary.txt (the lines printed last).
 set -u
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null  # 1,024 HTTP streams and the bench's side of them
@@ -152,6 +153,7 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
     t test_gpu_kv_copy 120 $P/test_gpu_kv_copy $M/tiny
     t test_gpu_awq 150 $P/test_gpu_awq
     t test_gpu_sizing 120 $P/test_gpu_sizing
+    t test_gpu_spec 150 $P/test_gpu_spec $M/tiny
     t test_gpu_generate 120 bash tests/test_gpu_generate.sh $P/gemma-generate $M/tiny /tmp/gg-tiny
     # gemmad on cuda: its greedy text equals gemma-generate --backend cuda's
     ep=ipc:///tmp/gm-smoke.sock
@@ -192,6 +194,10 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
   beam) # issue 17: beam width 4 vs 1 at 1 and 64 in flight (bench/run_beam.sh)
     [ "$(left)" -gt 90 ] && PACK=$P GM_MODELS=$M OUT=$W/beam timeout $(( $(left) - 10 )) bash bench/run_beam.sh > /dev/null 2>&1
     [ -f "$W/beam/beam_summary.txt" ] && sed "s/^/[beam] /" "$W/beam/beam_summary.txt" | tee -a "$summary"
+    ;;
+  spec) # issue 20: verify step time against k on 2b/7b shapes (bench/run_spec.sh; no real model here)
+    [ "$(left)" -gt 90 ] && PACK=$P GM_MODELS=$M OUT=$W/spec timeout $(( $(left) - 10 )) bash bench/run_spec.sh > /dev/null 2>&1
+    [ -f "$W/spec/spec_summary.txt" ] && sed "s/^/[spec] /" "$W/spec/spec_summary.txt" | tee -a "$summary"
     ;;
   *) say "unknown phase $ph" ;;
   esac
