@@ -17,6 +17,7 @@
 #   g23b     bench_decode of gemma2-9b / gemma3-4b / gemma3-12b shapes, FP8, batch 1 and 64
 #   beam     beam width 4 vs 1 at 1 and 64 requests in flight, 2b bf16 (bench/run_beam.sh)
 #   spec     speculative decoding: verify-entry step time against k, 2b and 7b (bench/run_spec.sh)
+#   shapes   the long serving shapes through gemmad with default sizing (bench/run_serving_shapes.sh)
 # Logs: $OUT/wave.tgz (everything), $OUT/summary.txt (the lines printed last).
 set -u
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null  # 1,024 HTTP streams and the bench's side of them
@@ -198,6 +199,12 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
   spec) # issue 20: verify step time against k on 2b/7b shapes (bench/run_spec.sh; no real model here)
     [ "$(left)" -gt 90 ] && PACK=$P GM_MODELS=$M OUT=$W/spec timeout $(( $(left) - 10 )) bash bench/run_spec.sh > /dev/null 2>&1
     [ -f "$W/spec/spec_summary.txt" ] && sed "s/^/[spec] /" "$W/spec/spec_summary.txt" | tee -a "$summary"
+    ;;
+  shapes) # issue 18: 2048/128, mixed, 128/2048, 2048/2048 through gemmad with default sizing, each run cut at
+          # WAVE_SHAPE_LIM s (bench/run_serving_shapes.sh; MODELS from WAVE_SHAPE_MODELS, default 2b 7b)
+    [ "$(left)" -gt 90 ] && PACK=$P GM_MODELS=$M OUT=$W LIM=${WAVE_SHAPE_LIM:-40} MODELS="${WAVE_SHAPE_MODELS:-2b 7b}" \
+      timeout $(( $(left) - 10 )) bash bench/run_serving_shapes.sh 2048/128 mixed 128/2048 2048/2048 > /dev/null 2>&1
+    [ -f "$W/shapes/shapes.md" ] && sed "s/^/[shapes] /" "$W/shapes/shapes.md" | tail -30 | tee -a "$summary"
     ;;
   *) say "unknown phase $ph" ;;
   esac
