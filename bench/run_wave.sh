@@ -18,6 +18,7 @@
 #   beam     beam width 4 vs 1 at 1 and 64 requests in flight, 2b bf16 (bench/run_beam.sh)
 #   spec     speculative decoding: verify-entry step time against k, 2b and 7b (bench/run_spec.sh)
 #   shapes   the long serving shapes through gemmad with default sizing (bench/run_serving_shapes.sh)
+#   gemm     FP8 GEMMs at prefill rows (fp8_gemm_bench --prefill)
 # Logs: $OUT/wave.tgz (everything), $OUT/summary.txt (the lines printed last).
 set -u
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null  # 1,024 HTTP streams and the bench's side of them
@@ -205,6 +206,10 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
     [ "$(left)" -gt 90 ] && PACK=$P GM_MODELS=$M OUT=$W LIM=${WAVE_SHAPE_LIM:-40} MODELS="${WAVE_SHAPE_MODELS:-2b 7b}" \
       timeout $(( $(left) - 10 )) bash bench/run_serving_shapes.sh 2048/128 mixed 128/2048 2048/2048 > /dev/null 2>&1
     [ -f "$W/shapes/shapes.md" ] && sed "s/^/[shapes] /" "$W/shapes/shapes.md" | tail -30 | tee -a "$summary"
+    ;;
+  gemm) # issue 18 item 4: FP8 GEMMs at prefill rows, heuristic vs autotuned, against the 8192^3 rate
+    [ "$(left)" -gt 40 ] && timeout $(( $(left) - 10 < 150 ? $(left) - 10 : 150 )) $P/fp8_gemm_bench --prefill > "$W/gemm.log" 2>&1
+    sed "s/^/[gemm] /" "$W/gemm.log" | tail -30 | tee -a "$summary"
     ;;
   *) say "unknown phase $ph" ;;
   esac
