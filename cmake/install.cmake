@@ -22,8 +22,8 @@ install(CODE "
 # The client library, shared and self-contained (the RPC client, its protobuf code, CurveZMQ keys).
 if(TARGET gm_proto)
   add_library(gemmad_client SHARED
-    ${CMAKE_SOURCE_DIR}/client/gemma_client.c ${CMAKE_SOURCE_DIR}/common/curve.c
-    ${CMAKE_SOURCE_DIR}/common/status.c ${CMAKE_BINARY_DIR}/proto/gemma.pb-c.c)
+    ${CMAKE_SOURCE_DIR}/client/gemma_client.c ${CMAKE_SOURCE_DIR}/client/gemma_client_rx.c
+    ${CMAKE_SOURCE_DIR}/common/curve.c ${CMAKE_SOURCE_DIR}/common/status.c ${CMAKE_BINARY_DIR}/proto/gemma.pb-c.c)
   target_link_libraries(gemmad_client PRIVATE PkgConfig::PROTOBUFC PkgConfig::ZMQ Threads::Threads m)
   set_target_properties(gemmad_client PROPERTIES VERSION ${PROJECT_VERSION} SOVERSION 0
     PUBLIC_HEADER ${CMAKE_SOURCE_DIR}/client/gemma_client.h)

@@ -1,4 +1,6 @@
-/* sched.c - in-flight batching over the KV block manager (see sched.h for the policy). */
+/* sched.c - in-flight batching over the KV block manager (see sched.h for the policy): sequences,
+ * admission, planning, committing, the counters and sched_check; speculative decoding is in
+ * sched_spec.c, beam groups in sched_beam.c (what they share: sched_int.h). */
 #include "daemon/sched.h"
 
 #include <stdio.h>
@@ -6,41 +8,8 @@
 #include <string.h>
 
 #include "daemon/kvblocks.h"
+#include "daemon/sched_int.h"
 #include "daemon/spec.h"
-
-typedef struct seq_list {
-    sched_seq *head, *tail;
-    int32_t n;
-} seq_list;
-
-struct sched {
-    sched_opts o;
-    kvb_pool *kv;
-    seq_list running; /* admission order: head oldest */
-    seq_list waiting; /* FIFO; preempted sequences go to the front */
-    int32_t *free_slots; /* [max_seqs] stack */
-    int32_t n_free_slots;
-    int64_t preemptions;
-    int64_t cap_tokens; /* most tokens one sequence can ever hold: min(context, pool) */
-    int64_t pc_queries, pc_hits; /* prefix cache: tokens looked up at admission, tokens found */
-    int64_t forks;
-    int64_t beam_forks, beam_shared; /* beams re-pointed, blocks they took by reference */
-    int64_t spec_steps, spec_drafted, spec_accepted; /* speculative decoding */
-    int32_t *hit_ids;   /* [blocks of cap_tokens] admission's lookup scratch */
-    /* plan buffers, a ring: [max_seqs] entries each */
-    struct plan_buf {
-        gm_seq_step *steps;
-        sched_seq **seqs;
-        uint32_t *epochs; /* each entry's sequence epoch when planned */
-        uint8_t *got;
-        gm_block_copy *copies; /* [max_seqs]: at most one per entry (only the block at its write position
-                                * can be shared) */
-        int32_t n, n_copies;
-        uint64_t serial;
-    } bufs[SCHED_MAX_OUTSTANDING];
-    int32_t head, n_out; /* oldest outstanding buffer, outstanding count */
-    uint64_t serial;     /* of the last plan made */
-};
 
 /* The token of a decode whose input is still being sampled (ctl/step.h). */
 static const int32_t k_fed_back = GM_TOKEN_PREVIOUS;
@@ -188,13 +157,6 @@ static void stop_set_build(const sched *s, const sched_req *r, gm_stop_set *ss)
     }
 }
 
-/* q's names are its first n_named blocks': where its next registration comes. */
-static void set_named(const sched *s, sched_seq *q, int32_t n_named)
-{
-    q->n_named = n_named;
-    q->reg_at = s->o.prefix_cache ? (n_named + 1) * s->o.kv_block_size : INT32_MAX;
-}
-
 /* A new waiting sequence of r (its place i among r's n), not yet queued; NULL when out of memory. */
 static sched_seq *seq_new(const sched *s, const sched_req *r, int64_t max_new, int32_t i)
 {
@@ -232,7 +194,7 @@ static sched_seq *seq_new(const sched *s, const sched_req *r, int64_t max_new, i
     q->slot = -1;
     for (int b = 0; b < SCHED_MAX_OUTSTANDING; b++)
         q->plan_pos[b] = -1;
-    set_named(s, q, 0);
+    sched_set_named(s, q, 0);
     q->state = SCHED_WAITING;
     return q;
 }
@@ -341,7 +303,7 @@ static void release_kv(sched *s, sched_seq *q)
     if (q->n_blocks)
         kvb_release(s->kv, q->blocks, q->n_blocks);
     q->n_blocks = 0;
-    set_named(s, q, 0);
+    sched_set_named(s, q, 0);
     q->n_computed = 0;
     q->n_pending = 0;
     q->ready_serial = 0;
@@ -424,7 +386,7 @@ static inline int32_t virt_len(const sched_seq *q) { return q->n_tokens + q->n_p
 /* Blocks q needs before it writes n_tok more tokens: the new ones past its
  * table, and a copy of each block in the written range that another table
  * holds too. */
-static int64_t write_need(const sched *s, const sched_seq *q, int32_t n_tok)
+int64_t sched_write_need(const sched *s, const sched_seq *q, int32_t n_tok)
 {
     int64_t end = kvb_blocks_for(s->kv, q->n_computed + n_tok);
     int64_t need = end > q->n_blocks ? end - q->n_blocks : 0;
@@ -436,7 +398,7 @@ static int64_t write_need(const sched *s, const sched_seq *q, int32_t n_tok)
     return need;
 }
 
-/* Give q what write_need counted (the caller made sure it is available):
+/* Give q what sched_write_need counted (the caller made sure it is available):
  * shared blocks in the written range are replaced by copies that plan buffer
  * pb carries, new blocks are appended. */
 static void write_prepare(sched *s, struct plan_buf *pb, sched_seq *q, int32_t n_tok)
@@ -446,7 +408,7 @@ static void write_prepare(sched *s, struct plan_buf *pb, sched_seq *q, int32_t n
     for (int64_t j = q->n_computed / s->o.kv_block_size; j < last; j++) {
         int32_t old = q->blocks[j], fresh;
         if (kvb_refcount(s->kv, old) <= 1 || !kvb_alloc(s->kv, 1, &fresh))
-            continue; /* alone, or (never: write_need counted it) no block; sched_check reports a shared write */
+            continue; /* alone, or (never: sched_write_need counted it) no block; sched_check reports a shared write */
         pb->copies[pb->n_copies++] = (gm_block_copy){old, fresh};
         kvb_release(s->kv, &old, 1); /* still held by the others */
         q->blocks[j] = fresh;
@@ -456,7 +418,7 @@ static void write_prepare(sched *s, struct plan_buf *pb, sched_seq *q, int32_t n
         q->n_blocks = (int32_t)end;
 }
 
-static __attribute__((noinline)) void register_blocks(sched *s, sched_seq *q, int32_t full)
+__attribute__((noinline)) void sched_register_blocks(sched *s, sched_seq *q, int32_t full)
 {
     int32_t bs = s->o.kv_block_size;
     for (int32_t j = q->n_named; j < full; j++) {
@@ -465,14 +427,6 @@ static __attribute__((noinline)) void register_blocks(sched *s, sched_seq *q, in
     }
     q->n_named = full;
     q->reg_at = (full + 1) * bs;
-}
-
-/* Register q's full blocks of known, computed tokens in the prefix cache, in chain order. Called for
- * every entry planned and every token committed: the test for "a block filled up" comes first. */
-static inline void register_known(sched *s, sched_seq *q)
-{
-    if (q->n_computed >= q->reg_at && q->n_tokens >= q->reg_at)
-        register_blocks(s, q, (q->n_tokens < q->n_computed ? q->n_tokens : q->n_computed) / s->o.kv_block_size);
 }
 
 /* The longest cached prefix of q's tokens, in whole blocks and short of its
@@ -495,7 +449,7 @@ static int32_t cache_lookup(sched *s, sched_seq *q)
 
 /* ---- planning ---- */
 
-static void plan_add(sched *s, int b, sched_seq *q, int32_t n_tokens)
+void sched_plan_add(sched *s, int b, sched_seq *q, int32_t n_tokens)
 {
     struct plan_buf *pb = &s->bufs[b];
     write_prepare(s, pb, q, n_tokens);
@@ -523,7 +477,7 @@ static void plan_add(sched *s, int b, sched_seq *q, int32_t n_tokens)
     q->scheduled = true;
     if (!q->ready_serial && q->n_computed >= q->n_prompt)
         q->ready_serial = s->serial;
-    register_known(s, q);
+    sched_register_known(s, q);
 }
 
 /* q leaves the waiting queue for a slot; its table (n_blocks) is set. */
@@ -553,7 +507,7 @@ static bool admit(sched *s, int b, sched_seq *q, int32_t *budget)
     }
     kvb_alloc(s->kv, (int32_t)fresh, q->blocks + hits);
     q->n_blocks = hits + (int32_t)fresh;
-    set_named(s, q, hits);
+    sched_set_named(s, q, hits);
     q->n_computed = hits * bs;
     q->n_cached = hits * bs;
     if (s->o.prefix_cache && !gm_sampling_has_penalties(&q->sampling)) {
@@ -564,7 +518,7 @@ static bool admit(sched *s, int b, sched_seq *q, int32_t *budget)
     int32_t left = q->n_tokens - q->n_computed;
     int32_t chunk = left < *budget ? left : *budget;
     if (chunk > 0) /* none: a beam of a group admitted past the budget; a later plan feeds it */
-        plan_add(s, b, q, chunk);
+        sched_plan_add(s, b, q, chunk);
     *budget -= chunk;
     return true;
 }
@@ -608,86 +562,16 @@ static bool fork_from(sched *s, int b, sched_seq *q, sched_seq *p, int32_t *budg
         q->blocks[j] = p->blocks[j];
     }
     q->n_blocks = k;
-    set_named(s, q, p->n_named < k ? p->n_named : k);
+    sched_set_named(s, q, p->n_named < k ? p->n_named : k);
     memcpy(q->names, p->names, (size_t)q->n_named * sizeof(uint64_t));
     q->n_computed = q->n_prompt - 1;
     q->forked = true;
     s->forks++;
     unfork(q);
     start_running(s, q);
-    plan_add(s, b, q, 1);
+    sched_plan_add(s, b, q, 1);
     (*budget)--;
     return true;
-}
-
-/* ---- speculative decoding ---- */
-
-
-/* Speculative q (all its tokens known, the last one not fed): draft by prompt lookup and plan its last
- * token with the drafts as one verify entry when a draft exists and its blocks are free without
- * preempting anyone. The drafts go into q->tokens past n_tokens (room: cap, as the length limits below
- * keep them inside it), where the entry reads them. false: nothing planned (decode it plainly). */
-static bool plan_verify(sched *s, int b, sched_seq *q, int32_t *budget)
-{
-    int32_t k = q->spec_k;
-    int32_t room = q->max_new - (q->n_tokens - q->n_prompt) - 1; /* outputs past this step's sure one */
-    if (room < k)
-        k = room;
-    if (q->cap - q->n_tokens - 1 < k)
-        k = q->cap - q->n_tokens - 1;
-    if (*budget - 1 < k)
-        k = *budget - 1;
-    int32_t d = spec_draft(q->tokens, q->n_tokens, k, q->tokens + q->n_tokens);
-    if (d <= 0 || write_need(s, q, 1 + d) > kvb_available(s->kv))
-        return false;
-    plan_add(s, b, q, 1 + d);
-    struct plan_buf *pb = &s->bufs[b];
-    pb->steps[pb->n - 1].logits_mode = GM_LOGITS_VERIFY; /* plan_add saw no sample at the end: set it */
-    q->n_pending++;
-    *budget -= 1 + d;
-    return true;
-}
-
-/* Apply verify entry st's samples rows [n_tokens] to q (running, its step current): the accepted drafts
- * and the first differing sample, with sched_commit_step's stop and length rules per token. Returns the
- * tokens appended. */
-static int32_t commit_verify(sched *s, sched_seq *q, const gm_seq_step *st, const int32_t *rows)
-{
-    int32_t d = st->n_tokens - 1;
-    int32_t a = spec_accepted(st->tokens + 1, d, rows);
-    s->spec_steps++;
-    s->spec_drafted += d;
-    s->spec_accepted += a;
-    /* the KV is right for positions < start_pos + 1 + a (the fed token and the accepted drafts) */
-    q->n_computed = st->start_pos + 1 + a;
-    int32_t got = 0;
-    for (int32_t j = 0; j <= a; j++) {
-        int32_t tok = rows[j];
-        if (tok < 0) {
-            sched_finish_seq(s, q, SCHED_FINISH_ERROR);
-            return got;
-        }
-        q->tokens[q->n_tokens++] = tok;
-        got++;
-        register_known(s, q);
-        if (sched_is_stop(s, q, tok)) {
-            q->stop_token = true;
-            sched_finish_seq(s, q, SCHED_FINISH_STOP);
-            return got;
-        }
-        if (q->n_tokens - q->n_prompt >= q->max_new || q->n_tokens >= q->cap) {
-            sched_finish_seq(s, q, SCHED_FINISH_LENGTH);
-            return got;
-        }
-    }
-    /* blocks past the one the next token goes into hold only rejected positions: give them back */
-    int32_t keep = (int32_t)kvb_blocks_for(s->kv, q->n_tokens);
-    if (q->n_blocks > keep) {
-        kvb_release(s->kv, q->blocks + keep, q->n_blocks - keep);
-        q->n_blocks = keep;
-        q->table_reset = true; /* the slot's table shrank: resend it whole */
-    }
-    return got;
 }
 
 int32_t sched_plan_step(sched *s, sched_plan *plan)
@@ -715,7 +599,7 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         if (v - q->n_computed != 1 || v >= q->cap || v - q->n_prompt >= q->max_new)
             continue;
         if (q->spec_k > 0 && q->spec_idle == 0) {
-            if (q->n_pending > 0 || plan_verify(s, b, q, &budget))
+            if (q->n_pending > 0 || sched_spec_plan(s, b, q, &budget))
                 continue; /* speculative: no run-ahead; drafted and planned */
             q->spec_idle = SPEC_IDLE_PLANS; /* nothing to draft: decode plainly, running ahead, a while */
         }
@@ -723,7 +607,7 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
             continue;
         bool self = false;
         /* a victim may share blocks with q: count again after each */
-        while (write_need(s, q, 1) > kvb_available(s->kv)) {
+        while (sched_write_need(s, q, 1) > kvb_available(s->kv)) {
             sched_seq *victim = pick_victim(s);
             if (!victim || victim == q || (q->beam_lead && victim->beam_lead == q->beam_lead)) {
                 self = true;
@@ -739,7 +623,7 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
             }
             continue;
         }
-        plan_add(s, b, q, 1);
+        sched_plan_add(s, b, q, 1);
         budget--;
         q->spec_idle -= q->spec_idle > 0;
     }
@@ -749,9 +633,9 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
         if (q->plan_mark == s->serial || unfed <= 1 || q->n_pending > 0)
             continue;
         int32_t chunk = unfed < budget ? unfed : budget;
-        if (write_need(s, q, chunk) > kvb_available(s->kv))
+        if (sched_write_need(s, q, chunk) > kvb_available(s->kv))
             continue;
-        plan_add(s, b, q, chunk);
+        sched_plan_add(s, b, q, chunk);
         budget -= chunk;
     }
     /* 3. admit waiting sequences, FIFO; a sequence of n > 1 waiting for its first one's prompt is
@@ -786,6 +670,8 @@ int32_t sched_plan_step(sched *s, sched_plan *plan)
     plan->n_copies = pb->n_copies;
     return plan->n;
 }
+
+/* ---- committing and ending ---- */
 
 int32_t sched_outstanding(const sched *s) { return s->n_out; }
 
@@ -831,7 +717,7 @@ bool sched_commit_verified(sched *s, const sched_plan *plan, const int32_t *toke
             continue; /* freed, finished (an extra run-ahead step), preempted, or no sample */
         q->n_pending--;
         if (rows) {
-            pb->got[i] = (uint8_t)commit_verify(s, q, &pb->steps[i], rows);
+            pb->got[i] = (uint8_t)sched_spec_commit(s, q, &pb->steps[i], rows);
             continue;
         }
         int32_t tok = tokens[i];
@@ -846,7 +732,7 @@ bool sched_commit_verified(sched *s, const sched_plan *plan, const int32_t *toke
         }
         q->tokens[q->n_tokens++] = tok;
         pb->got[i] = 1;
-        register_known(s, q); /* a block whose last token was being sampled */
+        sched_register_known(s, q); /* a block whose last token was being sampled */
         if (sched_is_stop(s, q, tok)) {
             q->stop_token = true;
             sched_finish_seq(s, q, SCHED_FINISH_STOP);
@@ -910,75 +796,6 @@ int32_t sched_fail_running(sched *s, sched_seq **out)
     }
     kvb_forget_all(s->kv); /* the new workers' pools hold nothing */
     return n;
-}
-
-/* ---- beam groups ---- */
-
-bool sched_beam_ready(const sched *s, const sched_seq *lead)
-{
-    (void)s;
-    if (!lead->beams || lead->n_tokens == 0)
-        return false;
-    for (int32_t i = 0; i < lead->beam_width; i++) {
-        const sched_seq *m = lead->beams[i];
-        if (m->state != SCHED_RUNNING || (m->n_tokens > 0 && (!m->beam_ready || m->n_pending > 0)))
-            return false;
-    }
-    return true;
-}
-
-gm_status sched_beam_reseat(sched *s, sched_seq *lead, const int32_t *parent, const int32_t *token)
-{
-    int32_t W = lead->beam_width;
-    int32_t *nt[SCHED_MAX_BEAM] = {0}, *nb[SCHED_MAX_BEAM] = {0};
-    uint64_t *nn[SCHED_MAX_BEAM] = {0};
-    for (int32_t i = 0; i < W; i++) {
-        if (parent[i] < 0 || parent[i] >= W || lead->beams[parent[i]]->n_tokens == 0)
-            return gm_fail(GM_ERR_INVALID_ARG, "beam %d: parent %d is not a live beam", i, parent[i]);
-        if (parent[i] == i)
-            continue;
-        sched_seq *q = lead->beams[i];
-        nt[i] = malloc((size_t)q->cap * sizeof(int32_t));
-        nb[i] = malloc((size_t)q->blocks_cap * sizeof(int32_t));
-        nn[i] = malloc((size_t)q->blocks_cap * sizeof(uint64_t));
-        if (!nt[i] || !nb[i] || !nn[i]) {
-            for (int32_t j = 0; j <= i; j++)
-                free(nt[j]), free(nb[j]), free(nn[j]);
-            return gm_fail(GM_ERR_NOMEM, "beam search: out of memory re-pointing %d beams", W);
-        }
-    }
-    /* 1. copies of the parents' histories, from the tables as they are (each block one more reference) */
-    int32_t n_tok[SCHED_MAX_BEAM], n_blk[SCHED_MAX_BEAM], n_nam[SCHED_MAX_BEAM], n_comp[SCHED_MAX_BEAM];
-    for (int32_t i = 0; i < W; i++) {
-        if (!nt[i])
-            continue;
-        const sched_seq *p = lead->beams[parent[i]];
-        memcpy(nt[i], p->tokens, (size_t)p->n_tokens * sizeof(int32_t));
-        memcpy(nb[i], p->blocks, (size_t)p->n_blocks * sizeof(int32_t));
-        memcpy(nn[i], p->names, (size_t)p->n_named * sizeof(uint64_t));
-        for (int32_t j = 0; j < p->n_blocks; j++)
-            kvb_ref(s->kv, p->blocks[j]);
-        n_tok[i] = p->n_tokens, n_blk[i] = p->n_blocks, n_nam[i] = p->n_named, n_comp[i] = p->n_computed;
-        s->beam_forks++;
-        s->beam_shared += p->n_blocks;
-    }
-    /* 2. the beams that changed history drop their old one */
-    for (int32_t i = 0; i < W; i++) {
-        sched_seq *q = lead->beams[i];
-        if (nt[i]) {
-            if (q->n_blocks)
-                kvb_release(s->kv, q->blocks, q->n_blocks);
-            free(q->tokens), free(q->blocks), free(q->names);
-            q->tokens = nt[i], q->blocks = nb[i], q->names = nn[i];
-            q->n_tokens = n_tok[i], q->n_blocks = n_blk[i], q->n_computed = n_comp[i];
-            set_named(s, q, n_nam[i]);
-            q->table_reset = true;
-            q->epoch++;
-        }
-        q->tokens[q->n_tokens++] = token[i];
-        q->beam_ready = false;
-    }
-    return GM_OK;
 }
 
 /* The counters take NULL (gemmad before its workers first started): nothing runs, nothing is held. */

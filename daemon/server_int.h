@@ -7,8 +7,8 @@
  *   rpc.c     the protobuf front door: ZeroMQ clients, their messages, one ServerMessage per client per step
  *   steps.c   the step pipeline: plan and submit, collect tokens, stream them; the workers' state (start,
  *             failure, restart with back-off, the step watchdog) - never blocking the loop
- *   front_http.c  the OpenAI-compatible HTTP front door (--http-listen): JSON and server-sent events,
- *             /v1/models, /health, /metrics, /tokenize, /detokenize
+ *   front_http.c  the OpenAI-compatible HTTP front door (--http-listen): JSON and server-sent events;
+ *             front_http_routes.c: /v1/models, /health, /metrics, /tokenize, /detokenize
  *
  * A request (gd_req) belongs to one front door (gd_front); its output - token ids, a text delta with
  * stop strings applied, the finish - is produced once, in steps.c, and each front door formats it.

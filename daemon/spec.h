@@ -4,7 +4,7 @@
  * the sequence's last n tokens (n = SPEC_NGRAM_MAX down to 1, the longest match wins) anywhere in its
  * prompt and output. Text that copies from its input (editing, summarizing, code) or repeats itself
  * gets long runs of right guesses; free writing gets few, and costs only the verify rows
- * (docs/SPECULATIVE.md). The scheduler calls it (sched.c); pure, no state. */
+ * (docs/SPECULATIVE.md). The scheduler calls it (sched_spec.c); pure, no state. */
 #ifndef GM_DAEMON_SPEC_H
 #define GM_DAEMON_SPEC_H
 
