@@ -7,7 +7,8 @@ real gemmad: on the null backend (token-id prompts: generate, stream, cancel, a 
 health, stats, typed errors, many requests in flight on one connection) and on the CPU backend
 with the tiny model (text, chat and stop strings; greedy and seeded output equal to
 gemma-generate's; logprobs, penalties equal to gemma-generate's with the same flags, min_tokens; n > 1:
-choice i equal to the request with seed + i, logprobs included, streamed chunks naming their choice). Exit 77 only when pyzmq or protobuf cannot be imported or installed."""
+choice i equal to the request with seed + i, logprobs included, streamed chunks naming their choice;
+beam search ranked by its score; speculative decoding's output equal to plain decoding's). Exit 77 only when pyzmq or protobuf cannot be imported or installed."""
 import os
 import shutil
 import subprocess
@@ -235,6 +236,16 @@ def test_cpu_sampling(g, gc):
             assert [lp for ch in mine for lp in ch.logprobs] == rs[i].logprobs
             assert [ch.finish_reason for ch in mine if ch.finish_reason] == [rs[i].finish_reason]
         assert chunks[-1].usage.completion_tokens == rs[0].usage.completion_tokens
+        # beam search: n of beam_width hypotheses, best first by sum logprob / tokens ** length_penalty;
+        # speculative decoding changes nothing in the output
+        rs = c.generate(prompt, max_tokens=8, beam_width=4, n=3, length_penalty=0.5, logprobs=True)
+        assert isinstance(rs, list) and len(rs) == 3 and rs[0].token_ids != rs[1].token_ids, rs
+        scores = [sum(lp.logprob for lp in r.logprobs) /
+                  max(len(r.token_ids) - (r.finish_reason == "stop"), 1) ** 0.5 for r in rs]
+        assert scores == sorted(scores, reverse=True), scores
+        plain = c.generate("one two three one two three one two", max_tokens=24, speculative_tokens=-1)
+        spec = c.generate("one two three one two three one two", max_tokens=24, speculative_tokens=8)
+        assert (spec.token_ids, spec.text, spec.finish_reason) == (plain.token_ids, plain.text, plain.finish_reason)
         try:
             c.generate(prompt, max_tokens=4, min_tokens=5)
             raise AssertionError("min_tokens > max_tokens accepted")

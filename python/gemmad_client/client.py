@@ -270,7 +270,9 @@ class Client:
                 stream: bool, max_tokens: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                 seed: int = 0, stop: Sequence[str] = (), stop_token_ids: Sequence[int] = (), ignore_eos: bool = False,
                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0, repetition_penalty: float = 1.0,
-                min_tokens: int = 0, logprobs: bool = False, top_logprobs: int = 0, n: int = 1) -> int:
+                min_tokens: int = 0, logprobs: bool = False, top_logprobs: int = 0, n: int = 1,
+                beam_width: int = 0, length_penalty: Optional[float] = None, early_stopping: bool = False,
+                speculative_tokens: int = 0) -> int:
         if sum(x is not None for x in (prompt, tokens, messages)) != 1:
             raise ValueError("give exactly one of prompt, tokens, messages")
         if isinstance(stop, str):
@@ -281,7 +283,11 @@ class Client:
                                sampling=pb.SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
                                                           seed=seed, presence_penalty=presence_penalty,
                                                           frequency_penalty=frequency_penalty,
-                                                          repetition_penalty=repetition_penalty))
+                                                          repetition_penalty=repetition_penalty),
+                               beam_width=beam_width, early_stopping=early_stopping,
+                               speculative_tokens=speculative_tokens)
+        if length_penalty is not None:
+            g.length_penalty = length_penalty
         if prompt is not None:
             g.text = prompt
         elif tokens is not None:
@@ -309,7 +315,10 @@ class Client:
         logprobs (True: Result.logprobs has one TokenLogprob per token id) and top_logprobs (0..20
         alternatives with each; implies logprobs), n (choices from the prompt, 1..64: choice i samples with
         seed + i and has its own tokens, logprobs and penalties; n > 1 returns a list of Results in index
-        order, each with the request's usage)."""
+        order, each with the request's usage), beam_width (2..8: beam search, greedy, not streamed; the n
+        best hypotheses come back, best first), length_penalty (default 1: a hypothesis scores sum logprob /
+        tokens ** length_penalty), early_stopping, speculative_tokens (prompt-lookup speculative decoding:
+        0 = gemmad's default, -1 = off, 1..16 tokens drafted a step; the output is the same either way)."""
         n = sampling.get("n", 1)
         rid = self._submit(prompt, tokens, messages, False, **sampling)
         parts = {i: ([], [], None, None) for i in range(max(n, 1))}  # index -> text, ids, logprobs, finish
