@@ -466,6 +466,9 @@ static void x_submit(gc_router *r, rh_x *x, int32_t i, const gm_chat_msg *msgs, 
     gr.stream = q->stream;
     gr.ignore_eos = q->ignore_eos;
     gr.n = q->n;
+    /* speculative decoding: absent = the replica's default (0 on the RPC), 0 = off (-1), else k */
+    gr.speculative_tokens = q->num_speculative_tokens < 0 ? 0 : q->num_speculative_tokens == 0 ? -1
+                                                                                           : q->num_speculative_tokens;
     if (q->use_beam_search) { /* the replica checks the width and what goes with it, as gemmad's own HTTP does */
         gr.beam_width = q->best_of > 0 ? q->best_of : q->n;
         gr.length_penalty_set_case = GEMMA__V1__GENERATE_REQUEST__LENGTH_PENALTY_SET_LENGTH_PENALTY;

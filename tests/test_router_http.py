@@ -9,7 +9,8 @@ what a replica answers over its own HTTP API, streamed and not; a list of prompt
 replica says, n above 64, best_of beyond n and echo 400 naming the field); logprobs (both shapes,
 streamed and not), penalties and min_tokens passed through the RPC, equal to a replica's own answers;
 n > 1 (choices with their indexes, a list of prompts times n, streamed chunks naming their choice,
-usage once) and beam search (use_beam_search with best_of / n) equal to a replica's own answer; a client
+usage once) and beam search (use_beam_search with best_of / n) equal to a replica's own answer; num_speculative_tokens
+passed through (the same text); a client
 that disconnects mid-stream has its request cancelled at the replica (its KV blocks come back);
 /metrics parsed by prometheus_client; with every replica gone, /health says 503 and a request
 is refused, and the router exits cleanly on SIGTERM. Exit 77 only when openai or
@@ -140,6 +141,10 @@ def beam_through(c, direct):
               extra_body={"use_beam_search": True})
     want, got = direct.chat.completions.create(**ck), c.chat.completions.create(**ck)
     assert [(x.index, x.message.content) for x in got.choices] == [(x.index, x.message.content) for x in want.choices]
+    sk = dict(model="tiny", prompt="one two three one two three one two", max_tokens=16, temperature=0)
+    plain = c.completions.create(**sk, extra_body={"num_speculative_tokens": 0})
+    spec = c.completions.create(**sk, extra_body={"num_speculative_tokens": 8})
+    assert (spec.choices[0].text, spec.usage) == (plain.choices[0].text, plain.usage)
     for extra, param in [({"use_beam_search": True}, "n"), ({"use_beam_search": True, "best_of": 9}, "best_of")]:
         expect(openai.BadRequestError, 400,
                lambda x=extra: c.completions.create(model="tiny", prompt="a", max_tokens=2, extra_body=x), param=param)
@@ -195,6 +200,8 @@ def main():
             sampling_through(c, direct)
             n_through(c, direct)
             beam_through(c, direct)
+            drafts = sum(metric(rep.metrics(), "gemmad_spec_decode_num_drafts_total") or 0 for rep in reps)
+            assert drafts > 0, "num_speculative_tokens did not reach a replica"
             st, _, data = rt.request("POST", "/v1/completions", b"{oops")
             assert st == 400 and "error" in json.loads(data)
             st, _, data = rt.request("POST", "/tokenize", {"prompt": "x"})
