@@ -12,6 +12,8 @@
 #            flags through the RPC and through HTTP (the same gemmad), a shared-prefix workload with the prefix
 #            cache on and off, this build with the tuned flags, the base build with the tuned flags
 #   serve7b  defaults, tuned and base rows for 7b
+#   tests2   only the GPU tests changed since the last run (sizing, speculative decoding)
+#   http2b   2b defaults: RPC, HTTP, RPC again on one gemmad, 10,240 requests each (the 5% comparison)
 #   prefill  Hopper prefill vs mma.sync vs torch SDPA (cuDNN, flash) at T = 1k..8k (bench/run_prefill.sh)
 #   b1       bench_decode batch 1 and 4, 2b and 7b FP8 (static scales, FP8 LM head): this build and the base
 #   g23b     bench_decode of gemma2-9b / gemma3-4b / gemma3-12b shapes, FP8, batch 1 and 64
@@ -154,7 +156,7 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
     t model_long_prefill_kv8 150 env GM_TEST_KV=fp8 $P/test_gpu_model $M/hd256_mqa $M/hd256_mha
     t test_gpu_kv_copy 120 $P/test_gpu_kv_copy $M/tiny
     t test_gpu_awq 150 $P/test_gpu_awq
-    t test_gpu_sizing 120 $P/test_gpu_sizing
+    t test_gpu_sizing 120 $P/test_gpu_sizing $M/tiny
     t test_gpu_spec 150 $P/test_gpu_spec $M/tiny
     t test_gpu_generate 120 bash tests/test_gpu_generate.sh $P/gemma-generate $M/tiny /tmp/gg-tiny
     # gemmad on cuda: its greedy text equals gemma-generate --backend cuda's
@@ -166,6 +168,26 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
     $P/gemma-generate --model $M/tiny --backend cuda --prompt "The capital of the tiny model is" --max-tokens 24 \
       > $W/smoke_g.txt 2>> $W/smoke.log
     t daemon_cuda_smoke 10 cmp $W/smoke_d.txt $W/smoke_g.txt
+    kill $pid; wait $pid 2>/dev/null
+    ;;
+  tests2) # the tests that a change since the last run touched: sizing and speculative decoding
+    mk tiny --preset tiny --seed 1
+    t test_gpu_sizing 120 $P/test_gpu_sizing $M/tiny
+    t test_gpu_spec 150 $P/test_gpu_spec $M/tiny
+    grep -hE "verify vs plain|UNEXPLAINED|^prompt [0-9]+ row" "$W/t_test_gpu_spec.log" | tail -8 | sed 's/^/[spec test] /' |
+      tee -a "$summary"
+    ;;
+  http2b) # HTTP beside the RPC on one gemmad with defaults, 2b, long enough to leave the ramp behind
+    mdir=$M/2bfp8s ep=ipc:///tmp/gm-wave.sock
+    for _ in $(seq 1 300); do [ -f "$M/2bfp8s.done" ] && break; sleep 1; done
+    "$P/gemmad" --model "$mdir" --backend cuda --listen $ep --http-listen 127.0.0.1:8000 --quant fp8 --kv-dtype fp8 \
+      --lm-head fp8 --worker-bin "$P/gemma-worker" > "$W/gemmad_2b_http.log" 2>&1 &
+    pid=$!
+    wait_up $ep $pid > /dev/null
+    long="--isl 128 --osl 128 --concurrency 1024 --num-requests 10240 --warmup 2048"
+    bench "2b defaults rpc 128/128 x10240" --endpoint $ep $long
+    bench "2b defaults http 128/128 x10240" --http http://127.0.0.1:8000 $long
+    bench "2b defaults rpc 128/128 x10240 again" --endpoint $ep $long
     kill $pid; wait $pid 2>/dev/null
     ;;
   serve2b) serve_model 2b ;;

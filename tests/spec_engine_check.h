@@ -1,6 +1,6 @@
 /* spec_engine_check.h - an engine's GM_LOGITS_VERIFY entries (speculative decoding, ctl/step.h) against
- * plain decoding of the same tokens, for any backend: test_engine_spec.c runs it on the CPU engine (exact),
- * test_gpu_spec.c on the CUDA engine.
+ * plain decoding of the same tokens, for any backend: test_engine_spec.c runs it on the CPU engine (exact);
+ * test_gpu_spec.c uses the helpers and judges the CUDA engine by its logits instead.
  *
  * Slot 0 decodes a prompt one token at a time (the reference). Slot 1 computes the prompt but its last
  * token, then verifies drafts that are the reference's tokens with one of them wrong: every row up to and
@@ -47,7 +47,7 @@ static gm_seq_step spc_entry(int32_t slot, const int32_t *tokens, int32_t n, int
 
 /* Returns the rows (of both verify entries, up to their first mismatch) that differ from the reference;
  * 0 on an exact engine. wrong_at: the draft index (0..k-1) made wrong in the first entry. */
-static int spc_verify_vs_plain(gm_engine *e, gm_sampling s, int32_t k, int32_t wrong_at)
+static inline int spc_verify_vs_plain(gm_engine *e, gm_sampling s, int32_t k, int32_t wrong_at)
 {
     int32_t V = e->cfg.vocab_size;
     int32_t bt0[SPC_SLOT_BLOCKS], bt1[SPC_SLOT_BLOCKS];
