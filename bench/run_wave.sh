@@ -14,6 +14,7 @@
 #   serve7b  defaults, tuned and base rows for 7b
 #   tests2   only the GPU tests changed since the last run (sizing, speculative decoding)
 #   http2b   2b defaults: RPC, HTTP, RPC again on one gemmad, 10,240 requests each (the 5% comparison)
+#   prefix2b 2b shared-prefix workload, prefix cache on and off, 2,048 requests each
 #   prefill  Hopper prefill vs mma.sync vs torch SDPA (cuDNN, flash) at T = 1k..8k (bench/run_prefill.sh)
 #   b1       bench_decode batch 1 and 4, 2b and 7b FP8 (static scales, FP8 LM head): this build and the base
 #   g23b     bench_decode of gemma2-9b / gemma3-4b / gemma3-12b shapes, FP8, batch 1 and 64
@@ -189,6 +190,18 @@ for ph in ${*:-tests serve2b prefill b1 g23b serve7b}; do
     bench "2b defaults http 128/128 x10240" --http http://127.0.0.1:8000 $long
     bench "2b defaults rpc 128/128 x10240 again" --endpoint $ep $long
     kill $pid; wait $pid 2>/dev/null
+    ;;
+  prefix2b) # the shared-prefix workload with the cache on and off, 2,048 requests (steady state, not two bursts)
+    mdir=$M/2bfp8s ep=ipc:///tmp/gm-wave.sock
+    pre="--shared-prefix 1000 --isl 128 --osl 128 --concurrency 256 --num-requests 2048 --warmup 256"
+    for pc in true false; do
+      "$P/gemmad" --model "$mdir" --backend cuda --listen $ep --quant fp8 --kv-dtype fp8 --lm-head fp8 \
+        --prefix-cache $pc --worker-bin "$P/gemma-worker" > "$W/gemmad_2b_prefix_$pc.log" 2>&1 &
+      pid=$!
+      wait_up $ep $pid > /dev/null
+      bench "2b prefix-cache $pc 1000+128/128@256 x2048" --endpoint $ep $pre
+      kill $pid; wait $pid 2>/dev/null
+    done
     ;;
   serve2b) serve_model 2b ;;
   serve7b) serve_model 7b ;;
