@@ -104,12 +104,12 @@ serve_model() { # serve_model 2b|7b
   say "gemmad $m defaults up in $(wait_up $ep $pid) s; $(grep -hE 'KV pool|max_seqs|max_tokens_per_step' "$W/gemmad_${m}_defaults.log" | head -3 | sed 's/.*gemmad: //' | tr '\n' ';')"
   bench "$m defaults rpc 128/128" --endpoint $ep $common
   bench "$m defaults http 128/128" --http http://127.0.0.1:8000 $common
-  if "$P/gemma-bench" --help 2>&1 | grep -q -- --shared-prefix; then
+  if [ -z "${WAVE_NOPREFIX:-}" ] && "$P/gemma-bench" --help 2>&1 | grep -q -- --shared-prefix; then
     bench "$m prefix-cache on 1000+128/128@256" --endpoint $ep --shared-prefix 1000 --isl 128 --osl 128 \
       --concurrency 256 --num-requests 512 --warmup 64
   fi
   kill $pid; wait $pid 2>/dev/null
-  if "$P/gemma-bench" --help 2>&1 | grep -q -- --shared-prefix && [ "$(left)" -gt 120 ]; then
+  if [ -z "${WAVE_NOPREFIX:-}" ] && "$P/gemma-bench" --help 2>&1 | grep -q -- --shared-prefix && [ "$(left)" -gt 120 ]; then
     "$P/gemmad" --model "$mdir" --backend $be --listen $ep $qa --prefix-cache false \
       --worker-bin "$P/gemma-worker" > "$W/gemmad_${m}_nocache.log" 2>&1 &
     pid=$!
