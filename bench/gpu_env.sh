@@ -12,3 +12,16 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
   [ -d "$d" ] && export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:$d
 done
 export NCCL_NVLS_ENABLE=0
+
+# gpu_wait_up EP PID: wait up to 300 s for the gemmad with that pid to answer Health on EP; 0 when it does,
+# else the gemmad is stopped and 1 is returned.
+gpu_wait_up() {
+  local i
+  for i in $(seq 1 300); do
+    "$PACK/gemma-cli" --endpoint "$1" --health >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || break
+    sleep 1
+  done
+  kill "$2" 2>/dev/null; wait "$2" 2>/dev/null
+  return 1
+}

@@ -45,15 +45,8 @@ ep=ipc:///tmp/gm-beam.sock
 "$PACK/gemmad" --model "$MODEL" --backend "$BACKEND" --listen $ep $qa $kv --max-seqs 256 --max-context 512 \
   --max-tokens-per-step 8192 --worker-bin "$PACK/gemma-worker" --log-level info >> "$log" 2>&1 &
 dpid=$!
-ok=0
-for _ in $(seq 1 300); do
-  "$PACK/gemma-cli" --endpoint $ep --health >/dev/null 2>&1 && { ok=1; break; }
-  kill -0 $dpid 2>/dev/null || break
-  sleep 1
-done
-if [ $ok != 1 ]; then
+if ! gpu_wait_up $ep $dpid; then
   say "gemmad did not come up (see beam.log)"
-  kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
   exit 1
 fi
 for c in 1 64; do

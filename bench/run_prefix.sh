@@ -53,15 +53,8 @@ for cache in true false; do
     --max-context 2304 --max-tokens-per-step 8192 --prefix-cache $cache --worker-bin "$PACK/gemma-worker" \
     --log-level info >> "$log" 2>&1 &
   dpid=$!
-  ok=0
-  for _ in $(seq 1 300); do
-    "$PACK/gemma-cli" --endpoint $ep --health >/dev/null 2>&1 && { ok=1; break; }
-    kill -0 $dpid 2>/dev/null || break
-    sleep 1
-  done
-  if [ $ok != 1 ]; then
+  if ! gpu_wait_up $ep $dpid; then
     say "gemmad --prefix-cache $cache did not come up (see prefix.log)"
-    kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
     continue
   fi
   timeout 300 "$PACK/gemma-bench" --endpoint $ep --shared-prefix 1000 --isl 128 --osl 128 --concurrency 256 \

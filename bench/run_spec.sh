@@ -46,15 +46,8 @@ ep=ipc:///tmp/gm-spec.sock
 "$PACK/gemmad" --model "$SPEC_MODEL" --backend cuda --listen $ep --max-seqs 16 --worker-bin "$PACK/gemma-worker" \
   --log-level info >> "$log" 2>&1 &
 dpid=$!
-ok=0
-for _ in $(seq 1 300); do
-  "$PACK/gemma-cli" --endpoint $ep --health >/dev/null 2>&1 && { ok=1; break; }
-  kill -0 $dpid 2>/dev/null || break
-  sleep 1
-done
-if [ $ok != 1 ]; then
+if ! gpu_wait_up $ep $dpid; then
   say "gemmad did not come up (see spec.log)"
-  kill $dpid 2>/dev/null; wait $dpid 2>/dev/null
   exit 1
 fi
 for f in copy free; do
