@@ -474,8 +474,6 @@ static void x_submit(gc_router *r, rh_x *x, int32_t i, const gm_chat_msg *msgs, 
         gr.length_penalty_set_case = GEMMA__V1__GENERATE_REQUEST__LENGTH_PENALTY_SET_LENGTH_PENALTY;
         gr.length_penalty = (float)q->length_penalty;
         gr.early_stopping = q->early_stopping;
-        if (!q->has_temperature) /* beam search is greedy: OpenAI's default of 1 does not apply */
-            sp.temperature = 0.0f;
     }
     size_t n = gemma__v1__client_message__get_packed_size(&cm);
     uint8_t *buf = malloc(n);

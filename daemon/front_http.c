@@ -546,8 +546,6 @@ static void gen_from_oai(gd_server *s, const oai_request *q, gd_gen_req *g, cons
         g->beam_width = q->best_of > 0 ? q->best_of : q->n;
         g->length_penalty = (float)q->length_penalty;
         g->early_stopping = q->early_stopping;
-        if (!q->has_temperature) /* OpenAI's default of 1 does not apply: beam search is greedy */
-            g->temperature = 0.0f;
     }
     g->spec_k = q->num_speculative_tokens < 0 ? 0 : q->num_speculative_tokens == 0 ? -1 : q->num_speculative_tokens;
 }

@@ -683,6 +683,10 @@ static gm_status read_choices(const cJSON *obj, oai_request *r, oai_error *e)
     if (r->use_beam_search && (beams < 2 || beams > OAI_MAX_BEAM))
         return BAD(e, r->best_of > 0 ? "best_of" : "n", "invalid_value",
                    "Invalid beam width %d ('best_of', else 'n'): beam search takes 2..%d beams.", beams, OAI_MAX_BEAM);
+    if (r->use_beam_search && !r->has_temperature) { /* beam search is greedy: OpenAI's default of 1 does not apply */
+        r->temperature = 0.0;
+        r->has_temperature = true;
+    }
     return GM_OK;
 }
 
